@@ -1,0 +1,1 @@
+"""Identity: who sent a request, for which team, with which roles."""

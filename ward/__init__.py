@@ -1,0 +1,1 @@
+"""Ward's command line: one entry point for the worker, the gateway and the tools around them."""

@@ -1,0 +1,5 @@
+import sys
+
+from ward.cli import main
+
+sys.exit(main())

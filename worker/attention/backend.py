@@ -1,0 +1,81 @@
+"""The attention contract shared by every backend.
+
+Tokens of all requests in a step are laid out flat: request i owns query rows
+``query_start_loc[i]:query_start_loc[i+1]``. Its cached context (tokens computed in earlier steps,
+or found in the prefix cache) has ``seq_lens[i] - query_len_i`` tokens; queries are causal with that
+offset, so the same call serves prefill, chunked prefill and decode.
+
+The paged KV cache of one layer is a pair ``(key_cache, value_cache)``, each
+``[num_blocks, block_size, num_kv_heads, head_dim]``. Token t of the step is written at flat slot
+``slot_mapping[t]`` (= block_id * block_size + offset); a negative slot marks a padding token that
+must not be written.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    """Flat per-step tensors, built once per step by the model runner and shared by every layer."""
+
+    num_tokens: int  # rows of q that belong to real requests (graph padding may add more)
+    num_reqs: int
+    query_start_loc: torch.Tensor  # int32 [num_reqs + 1]
+    seq_lens: torch.Tensor  # int32 [num_reqs], context + this step's tokens
+    block_tables: torch.Tensor  # int32 [num_reqs, max_blocks_per_req]
+    slot_mapping: torch.Tensor  # int64 [num_tokens (+ padding)], -1 for padding
+    max_query_len: int
+    max_seq_len: int
+    # Host copies, for backends that loop or size grids on the CPU side (never read back from the device).
+    query_start_loc_cpu: list[int] | None = None
+    seq_lens_cpu: list[int] | None = None
+
+    @property
+    def is_pure_decode(self) -> bool:
+        return self.max_query_len == 1
+
+
+class AttentionImpl(Protocol):
+    """One layer's attention: writes this step's K/V into the cache, then attends over it."""
+
+    def forward(
+        self,
+        q: torch.Tensor,  # [T, num_heads, head_dim]
+        k: torch.Tensor,  # [T, num_kv_heads, head_dim]
+        v: torch.Tensor,  # [T, num_kv_heads, head_dim]
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:  # [T, num_heads, head_dim]
+        ...
+
+
+class AttentionBackend(Protocol):
+    name: str
+
+    def make_impl(
+        self,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        scale: float,
+        sliding_window: int | None = None,
+    ) -> AttentionImpl: ...
+
+
+def get_backend(name: str, device: torch.device) -> AttentionBackend:
+    """Pick a backend by name; ``auto`` takes the fastest one that works on the device."""
+    if name == "auto":
+        name = "triton" if device.type == "cuda" else "torch"
+    if name == "torch":
+        from worker.attention.torch_backend import TorchBackend
+
+        return TorchBackend()
+    if name == "triton":
+        from worker.attention.triton_backend import TritonBackend
+
+        return TritonBackend()
+    raise ValueError(f"unknown attention backend {name!r} (choose auto, torch or triton)")
