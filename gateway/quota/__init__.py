@@ -1,0 +1,1 @@
+"""Per-team quotas: exact rate limits and token budgets, in Redis or in-process."""
