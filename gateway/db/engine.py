@@ -6,15 +6,9 @@ import pathlib
 
 from sqlalchemy import Engine, create_engine, event
 
+from ward.paths import default_data_dir
+
 MIGRATIONS = pathlib.Path(__file__).resolve().parent / "migrations"
-
-
-def default_data_dir() -> pathlib.Path:
-    """Ward's data directory: $WARD_DATA_DIR, else $XDG_DATA_HOME/ward, else ~/.local/share/ward."""
-    if os.environ.get("WARD_DATA_DIR"):
-        return pathlib.Path(os.environ["WARD_DATA_DIR"]).expanduser()
-    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return pathlib.Path(base) / "ward"
 
 
 def database_url(data_dir: str | os.PathLike | None = None, url: str | None = None) -> str:
