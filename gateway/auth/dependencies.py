@@ -1,0 +1,46 @@
+"""FastAPI dependencies: the request's Principal and role requirements.
+
+Contract with the gateway app: it stores its Authenticator at `app.state.authenticator`. A request is
+authenticated at most once; the Principal is kept on `request.state.principal`.
+"""
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends
+from starlette.requests import Request
+
+from gateway.auth.errors import PermissionDenied
+from gateway.auth.principal import Principal, Role
+
+
+async def current_principal(request: Request) -> Principal:
+    """The authenticated caller; raises AuthenticationError (401) or PermissionDenied (403)."""
+    principal = getattr(request.state, "principal", None)
+    if principal is None:
+        principal = await request.app.state.authenticator.authenticate(request)
+        request.state.principal = principal
+    return principal
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+def require_roles(*roles: Role) -> Callable[[Request], Awaitable[Principal]]:
+    """A dependency admitting a caller holding any of `roles` (effective roles, see expand_roles).
+
+    Inference routes use require_roles(Role.USER), audit routes require_roles(Role.AUDITOR).
+    """
+    if not roles:
+        raise ValueError("require_roles needs at least one role")
+    needed = frozenset(Role(r) for r in roles)
+    names = " or ".join(sorted(r.value for r in needed))
+
+    async def dependency(principal: CurrentPrincipal) -> Principal:
+        if not principal.has_any(needed):
+            raise PermissionDenied(f"This route needs the {names} role.")
+        return principal
+
+    dependency.__name__ = f"require_{'_or_'.join(sorted(r.value for r in needed))}"
+    return dependency

@@ -1,0 +1,138 @@
+"""The OpenID provider's signing keys: discovery, a cached JWKS, and re-fetch on an unknown `kid`.
+
+Rotation works without a restart: a token signed by a key we have not seen makes us fetch the JWKS
+again, at most once per `jwks_refresh_min_interval_s`, so a flood of forged `kid`s cannot turn the
+gateway into a load generator against the provider.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import httpx
+from joserfc.jwk import ECKey, KeySet, OKPKey, RSAKey
+
+from gateway.auth.errors import IdentityProviderUnavailable
+from gateway.auth.settings import ASYMMETRIC_ALGORITHMS, OIDCSettings, check_provider_url
+
+log = logging.getLogger("ward.auth.oidc")
+
+AsymmetricKey = RSAKey | ECKey | OKPKey
+_ASYMMETRIC_KTY = {"RSA", "EC", "OKP"}
+_DEFAULT_ALG = {"RSA": "RS256", "P-256": "ES256", "P-384": "ES384", "P-521": "ES512", "Ed25519": "EdDSA"}
+
+
+def _key_algorithms(jwk: dict[str, Any]) -> set[str]:
+    """The algorithms a published key may be used with: its `alg`, else the usual one for its type."""
+    if jwk.get("alg"):
+        return {jwk["alg"]} & ASYMMETRIC_ALGORITHMS
+    default = _DEFAULT_ALG.get(jwk.get("crv") or jwk.get("kty", ""))
+    return {default} if default else set()
+
+
+class ProviderKeys:
+    """Discovery document and JWKS of one issuer, fetched lazily and cached."""
+
+    def __init__(self, settings: OIDCSettings, client: httpx.AsyncClient | None = None, clock=time.monotonic):
+        self.settings = settings
+        self._client = client
+        self._owns_client = client is None
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._jwks_uri: str | None = None
+        self._metadata_algs: set[str] = set()
+        self._keys: dict[str, tuple[AsymmetricKey, set[str]]] = {}  # kid -> (key, algorithms)
+        self._fetched_at: float | None = None
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(timeout=self.settings.http_timeout_s, follow_redirects=False)
+        return self._client
+
+    async def aclose(self) -> None:
+        if self._owns_client and self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    @property
+    def algorithms(self) -> set[str]:
+        """The algorithms a token may use: configured ones, else those of the published keys."""
+        if self.settings.algorithms:
+            return set(self.settings.algorithms)
+        published = set().union(*(algs for _, algs in self._keys.values())) if self._keys else set()
+        return published or (self._metadata_algs & ASYMMETRIC_ALGORITHMS)
+
+    async def key_for(self, kid: str | None, alg: str) -> AsymmetricKey | None:
+        """The verification key for a token header, re-fetching the JWKS when the kid is unknown.
+
+        None when no published key fits (the caller answers 401). Raises IdentityProviderUnavailable
+        when the provider cannot be reached and no keys are cached.
+        """
+        now = self._clock()
+        stale = self._fetched_at is None or now - self._fetched_at >= self.settings.jwks_max_age_s
+        if stale or (self._find(kid, alg) is None and self._may_refresh(now)):
+            await self._refresh()
+        return self._find(kid, alg)
+
+    def _find(self, kid: str | None, alg: str) -> AsymmetricKey | None:
+        if kid is not None:
+            entry = self._keys.get(kid)
+            return entry[0] if entry and alg in entry[1] else None
+        # no kid: acceptable only when exactly one published key fits the algorithm
+        fitting = [key for key, algs in self._keys.values() if alg in algs]
+        return fitting[0] if len(fitting) == 1 else None
+
+    def _may_refresh(self, now: float) -> bool:
+        return self._fetched_at is None or now - self._fetched_at >= self.settings.jwks_refresh_min_interval_s
+
+    async def _refresh(self) -> None:
+        started = self._clock()
+        async with self._lock:
+            # another request may have refreshed while we waited for the lock
+            if self._fetched_at is not None and self._fetched_at >= started:
+                return
+            try:
+                if self._jwks_uri is None:
+                    await self._discover()
+                await self._fetch_jwks()
+            except (httpx.HTTPError, ValueError) as exc:
+                log.warning("could not refresh the OpenID provider's keys: %s", type(exc).__name__)
+                if not self._keys:
+                    raise IdentityProviderUnavailable() from None
+                # keep serving with the cached keys; try again after the minimum interval
+                self._fetched_at = self._clock()
+
+    async def _discover(self) -> None:
+        issuer = self.settings.issuer
+        url = issuer.rstrip("/") + "/.well-known/openid-configuration"
+        resp = await self.client.get(url)
+        resp.raise_for_status()
+        meta = resp.json()
+        if meta.get("issuer") != issuer:
+            raise ValueError("discovery document names another issuer")
+        self._jwks_uri = check_provider_url(str(meta["jwks_uri"]), "jwks_uri")
+        self._metadata_algs = set(meta.get("id_token_signing_alg_values_supported") or [])
+
+    async def _fetch_jwks(self) -> None:
+        resp = await self.client.get(self._jwks_uri)  # type: ignore[arg-type]
+        resp.raise_for_status()
+        keys: dict[str, tuple[AsymmetricKey, set[str]]] = {}
+        for i, jwk in enumerate(resp.json().get("keys", [])):
+            if jwk.get("kty") not in _ASYMMETRIC_KTY or jwk.get("use", "sig") != "sig":
+                continue
+            algs = _key_algorithms(jwk)
+            if not algs:
+                continue
+            public = {k: v for k, v in jwk.items() if k not in ("d", "p", "q", "dp", "dq", "qi", "oth")}
+            try:
+                key = KeySet.import_key_set({"keys": [public]}).keys[0]
+            except Exception:  # a malformed key must not take the others down
+                log.warning("ignoring a malformed key in the provider's JWKS")
+                continue
+            keys[jwk.get("kid") or f"#{i}"] = (key, algs)  # type: ignore[assignment]
+        self._keys = keys
+        self._fetched_at = self._clock()
+        log.info("fetched %d signing keys from the OpenID provider", len(keys))
