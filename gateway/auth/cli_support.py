@@ -1,0 +1,63 @@
+"""What `ward keys` and `ward teams` share: the database, the operator's principal, date parsing."""
+from __future__ import annotations
+
+import argparse
+import getpass
+import re
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import Engine
+
+from gateway.auth.admin_service import IdentityAdmin
+from gateway.auth.principal import PLATFORM_TEAM, AuthMethod, Principal, Role, expand_roles
+from gateway.auth.records import InvalidIdentityInput
+from gateway.auth.stores import KeyStore, TeamStore
+from gateway.db import create_db_engine, database_url, upgrade_to_head
+
+_DURATION_RE = re.compile(r"^(\d+)([mhdw])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def add_database_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database-url", help="gateway database (default: $WARD_DATABASE_URL, else SQLite in the data directory)")
+    parser.add_argument("--data-dir", help="Ward's data directory (default: $WARD_DATA_DIR or ~/.local/share/ward)")
+
+
+def open_database(args: argparse.Namespace) -> Engine:
+    """The gateway database, migrated to the current schema."""
+    url = database_url(args.data_dir, args.database_url)
+    upgrade_to_head(url)
+    return create_db_engine(url)
+
+
+def operator() -> Principal:
+    """The principal of an operator at the gateway host: full platform rights (the host is trusted)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return Principal(subject=f"cli:{user}", team=PLATFORM_TEAM, roles=expand_roles([Role.PLATFORM_ADMIN]), auth_method=AuthMethod.LOCAL)
+
+
+def identity_admin(engine: Engine) -> IdentityAdmin:
+    # the audit log connects its recorder here once it exists (see docs/identity.md)
+    return IdentityAdmin(TeamStore(engine), KeyStore(engine))
+
+
+def parse_expiry(text: str, now: datetime | None = None) -> datetime:
+    """`30d`, `12h`, `90m`, `2w`, or an ISO date/datetime (naive = UTC). Raises InvalidIdentityInput."""
+    now = now or datetime.now(timezone.utc)
+    m = _DURATION_RE.match(text.strip())
+    if m:
+        return now + timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InvalidIdentityInput(f"cannot read expiry {text!r}: use e.g. 30d, 12h or 2027-01-31") from None
+    return when.replace(tzinfo=timezone.utc) if when.tzinfo is None else when
+
+
+def print_table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    for row in [header, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
