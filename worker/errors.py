@@ -1,0 +1,38 @@
+"""Typed errors of the engine. Each says what was wrong and never takes other requests down."""
+from __future__ import annotations
+
+
+class WardError(Exception):
+    """Base of every error the worker raises on purpose."""
+
+    code = "internal_error"
+
+
+class InvalidRequestError(WardError, ValueError):
+    """A request or parameter the engine cannot serve as asked."""
+
+    code = "invalid_request"
+
+
+class PromptTooLongError(InvalidRequestError):
+    """The prompt (plus what must be generated) does not fit the model's context."""
+
+    code = "context_length_exceeded"
+
+
+class RequestTooLargeError(InvalidRequestError):
+    """The request could never fit in the KV cache pool, even alone."""
+
+    code = "request_too_large"
+
+
+class ModelLoadError(WardError):
+    """A model directory is missing, incomplete or of an unsupported family."""
+
+    code = "model_load_error"
+
+
+class EngineDeadError(WardError):
+    """The engine loop failed; no further requests can be served by this process."""
+
+    code = "engine_dead"

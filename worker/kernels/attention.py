@@ -1,0 +1,201 @@
+"""Paged attention over block tables for prefill, chunked prefill and decode in one launch.
+
+``unified_attention`` checks shapes on the host, picks a tile shape and a split count from Python
+ints, and launches ``paged_attention_kernel`` (plus ``merge_splits_kernel`` when the context is split).
+It never reads a device tensor on the host, so it can be captured in a CUDA graph.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from worker.kernels.attention_config import choose_num_splits, choose_tile_config, next_power_of_2
+from worker.kernels.attention_kernels import merge_splits_kernel, paged_attention_kernel
+from worker.kernels.errors import KernelInputError
+
+# Stands in for the SM count off-GPU (Triton's interpreter), so split decisions stay testable there.
+INTERPRETER_NUM_SMS = 4
+LOG2_E = 1.4426950408889634
+_INDEX_DTYPES = (torch.int32, torch.int64)
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (a fixed stand-in off CUDA)."""
+    if device.type != "cuda":
+        return INTERPRETER_NUM_SMS
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _cuda_num_sms(index)
+
+
+def unified_attention(
+    q: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    out: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_tables: torch.Tensor,
+    max_query_len: int,
+    max_seq_len: int,
+    scale: float,
+    sliding_window: int | None = None,
+    *,
+    num_reqs: int | None = None,
+    num_splits: int | None = None,
+) -> torch.Tensor:
+    """Causal attention of every request's queries over its paged context; writes and returns ``out``.
+
+    Shapes (T = rows of q, possibly with graph padding at the end):
+      q, out           [T, Hq, D], float16/bfloat16/float32, last dim contiguous
+      key/value_cache  [num_blocks, block_size, Hkv, D], last dim contiguous, Hq % Hkv == 0
+      query_start_loc  [num_reqs + 1] int32/int64: request i owns rows query_start_loc[i]:[i+1]
+      seq_lens         [num_reqs] int32/int64: context + this step's queries of request i
+      block_tables     [num_reqs, max_blocks] int32/int64: physical block of each logical block
+    Query j of request i sits at position ``seq_lens[i] - q_len_i + j`` and sees keys at positions
+    <= its own, and with ``sliding_window`` only the last ``sliding_window`` of them (itself included).
+    The step's K/V must already be in the cache (``reshape_and_cache``). Rows of requests with
+    ``seq_len == 0`` (padding requests) are written as zeros; rows past ``query_start_loc[num_reqs]``
+    are left untouched.
+
+    ``max_query_len`` and ``max_seq_len`` are host ints that only steer the launch shape: results are
+    correct for any device values within them, and ``max_query_len`` must bound every request's query
+    count. ``num_reqs`` defaults to ``seq_lens.shape[0]``; ``num_splits`` forces a split count
+    (1 disables split-KV), otherwise a heuristic picks one.
+    """
+    num_reqs = seq_lens.shape[0] if num_reqs is None else num_reqs
+    _check_inputs(q, key_cache, value_cache, out, query_start_loc, seq_lens, block_tables, num_reqs)
+    if sliding_window is not None and sliding_window < 1:
+        raise KernelInputError(f"sliding_window must be >= 1 or None, got {sliding_window}")
+    if num_splits is not None and num_splits < 1:
+        raise KernelInputError(f"num_splits must be >= 1, got {num_splits}")
+    num_tokens, num_heads, head_dim = q.shape
+    num_kv_heads, block_size = key_cache.shape[2], key_cache.shape[1]
+    if num_tokens == 0 or num_reqs == 0:
+        return out
+    group = num_heads // num_kv_heads
+
+    config = choose_tile_config(max_query_len, group, head_dim)
+    single_block = max_query_len <= config.block_q
+    q_programs = num_reqs if single_block else num_tokens // config.block_q + num_reqs
+    if num_splits is None:
+        num_splits = choose_num_splits(q_programs * num_kv_heads, max_seq_len, num_sms(q.device))
+    split = num_splits > 1
+
+    if split:
+        part_out = torch.empty((num_tokens, num_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
+        part_max = torch.empty((num_tokens, num_heads, num_splits), dtype=torch.float32, device=q.device)
+        part_sum = torch.empty_like(part_max)
+        part_strides = (*part_out.stride()[:3], *part_max.stride()[:2])
+    else:
+        part_out = part_max = part_sum = out  # unused by the kernel without SPLIT
+        part_strides = (0, 0, 0, 0, 0)
+
+    head_dim_p = next_power_of_2(head_dim)
+    paged_attention_kernel[(q_programs, num_kv_heads, num_splits)](
+        q,
+        key_cache,
+        value_cache,
+        out,
+        part_out,
+        part_max,
+        part_sum,
+        query_start_loc,
+        seq_lens,
+        block_tables,
+        num_reqs,
+        num_splits,
+        scale * LOG2_E,
+        sliding_window or 0,
+        q.stride(0),
+        q.stride(1),
+        out.stride(0),
+        out.stride(1),
+        *key_cache.stride()[:3],
+        *value_cache.stride()[:3],
+        block_tables.stride(0),
+        *part_strides,
+        HEAD_DIM=head_dim,
+        HEAD_DIM_P=head_dim_p,
+        GROUP=group,
+        GROUP_P=next_power_of_2(group),
+        BLOCK_M=config.block_m,
+        BLOCK_Q=config.block_q,
+        TILE_N=config.tile_n,
+        PAGE_SIZE=block_size,
+        SINGLE_BLOCK_PER_REQ=single_block,
+        USE_WINDOW=sliding_window is not None,
+        SPLIT=split,
+        EXACT_FP32=q.dtype == torch.float32,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )
+    if split:
+        merge_splits_kernel[(num_tokens, num_heads)](
+            out,
+            part_out,
+            part_max,
+            part_sum,
+            query_start_loc,
+            num_reqs,
+            num_splits,
+            out.stride(0),
+            out.stride(1),
+            *part_strides,
+            HEAD_DIM=head_dim,
+            HEAD_DIM_P=head_dim_p,
+            SPLITS_P=next_power_of_2(num_splits),
+            num_warps=4 if head_dim_p * next_power_of_2(num_splits) >= 4096 else 2,
+        )
+    return out
+
+
+def _check_inputs(
+    q: torch.Tensor,
+    key_cache: torch.Tensor,
+    value_cache: torch.Tensor,
+    out: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    block_tables: torch.Tensor,
+    num_reqs: int,
+) -> None:
+    if q.dim() != 3:
+        raise KernelInputError(f"q must be [T, Hq, D], got shape {tuple(q.shape)}")
+    if q.dtype not in _FLOAT_DTYPES or key_cache.dtype not in _FLOAT_DTYPES:
+        raise KernelInputError(f"q and caches must be float16, bfloat16 or float32, got {q.dtype}, {key_cache.dtype}")
+    if out.shape != q.shape:
+        raise KernelInputError(f"out shape {tuple(out.shape)} differs from q shape {tuple(q.shape)}")
+    if key_cache.dim() != 4 or value_cache.shape != key_cache.shape:
+        raise KernelInputError(
+            f"key/value caches must both be [num_blocks, block_size, Hkv, D], got {tuple(key_cache.shape)} "
+            f"and {tuple(value_cache.shape)}"
+        )
+    if key_cache.shape[3] != q.shape[2]:
+        raise KernelInputError(f"cache head_dim {key_cache.shape[3]} differs from q head_dim {q.shape[2]}")
+    if q.shape[1] % key_cache.shape[2]:
+        raise KernelInputError(f"Hq {q.shape[1]} is not a multiple of Hkv {key_cache.shape[2]}")
+    for name, tensor in (("q", q), ("out", out), ("key_cache", key_cache), ("value_cache", value_cache)):
+        if tensor.stride(-1) != 1:
+            raise KernelInputError(f"{name} must have a contiguous last dimension")
+        if tensor.device != q.device:
+            raise KernelInputError(f"{name} is on {tensor.device}, q on {q.device}")
+    for name, tensor in (("query_start_loc", query_start_loc), ("seq_lens", seq_lens), ("block_tables", block_tables)):
+        if tensor.dtype not in _INDEX_DTYPES:
+            raise KernelInputError(f"{name} must be int32 or int64, got {tensor.dtype}")
+        if tensor.device != q.device:
+            raise KernelInputError(f"{name} is on {tensor.device}, q on {q.device}")
+    if query_start_loc.dim() != 1 or query_start_loc.shape[0] < num_reqs + 1:
+        raise KernelInputError(f"query_start_loc needs num_reqs + 1 = {num_reqs + 1} entries")
+    if seq_lens.dim() != 1 or seq_lens.shape[0] < num_reqs:
+        raise KernelInputError(f"seq_lens needs num_reqs = {num_reqs} entries")
+    if block_tables.dim() != 2 or block_tables.shape[0] < num_reqs or block_tables.stride(1) != 1:
+        raise KernelInputError(f"block_tables must be [>= {num_reqs}, max_blocks] with contiguous rows")
+    if query_start_loc.stride(0) != 1 or seq_lens.stride(0) != 1:
+        raise KernelInputError("query_start_loc and seq_lens must be contiguous")

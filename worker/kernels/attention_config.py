@@ -1,0 +1,81 @@
+"""Launch decisions for paged attention, made on the host from Python ints only.
+
+Nothing here reads a device tensor, so the choices are free under CUDA-graph capture. The choices
+change speed, never results: every tile shape and split count computes the same attention.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Below this many rows a tensor-core dot is not allowed (M, N and K must be at least 16).
+MIN_DOT_ROWS = 16
+# Split-KV aims for about this many programs per SM, so that a wave's tail does not idle the card.
+TARGET_PROGRAMS_PER_SM = 2
+# A split shorter than this spends more on writing and merging partial results than it saves.
+MIN_TOKENS_PER_SPLIT = 256
+MAX_SPLITS = 64
+
+
+def next_power_of_2(n: int) -> int:
+    """Smallest power of two >= n (1 for n <= 1)."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
+
+
+def prev_power_of_2(n: int) -> int:
+    """Largest power of two <= n (n must be >= 1)."""
+    return 1 << (n.bit_length() - 1)
+
+
+@dataclass(frozen=True)
+class AttentionTileConfig:
+    """One compiled shape of the attention kernel.
+
+    A program owns ``block_q`` consecutive queries of one request times the ``group_p`` query heads of
+    one KV head (``block_m = block_q * group_p`` rows), and walks the context ``tile_n`` tokens at a time.
+    """
+
+    block_m: int
+    block_q: int
+    tile_n: int
+    num_warps: int
+    num_stages: int
+
+
+def choose_tile_config(max_query_len: int, group_size: int, head_dim: int) -> AttentionTileConfig:
+    """Pick the tile shape from the step's longest query run and the GQA group.
+
+    Decode-like steps (every request's queries fit in one 16-row tile with its whole group) take the
+    smallest tile: the work is memory-bound and small tiles give more programs. Longer query runs take
+    64 or 128 rows so each loaded K/V tile feeds more tensor-core work.
+    """
+    group_p = next_power_of_2(group_size)
+    decode_rows = max(MIN_DOT_ROWS, group_p)
+    rows_needed = max(1, max_query_len) * group_p
+    if rows_needed <= decode_rows:
+        config = AttentionTileConfig(decode_rows, decode_rows // group_p, tile_n=32, num_warps=4, num_stages=3)
+    elif rows_needed <= 64:
+        config = AttentionTileConfig(64, 64 // group_p, tile_n=64, num_warps=4, num_stages=2)
+    else:
+        block_m = max(128, group_p)
+        config = AttentionTileConfig(block_m, block_m // group_p, tile_n=64, num_warps=8, num_stages=2)
+    if head_dim > 128 and config.tile_n > 32:
+        # Keep the K and V tiles of one stage within shared memory for wide heads.
+        config = AttentionTileConfig(config.block_m, config.block_q, 32, config.num_warps, config.num_stages)
+    return config
+
+
+def choose_num_splits(num_programs: int, max_seq_len: int, num_sms: int) -> int:
+    """How many KV partitions (flash-decoding) a step should use; 1 means no split.
+
+    ``num_programs`` is the unsplit grid size (query programs x KV heads). Split only when that grid
+    leaves SMs idle, and only as far as each split keeps at least ``MIN_TOKENS_PER_SPLIT`` tokens of the
+    longest context. Powers of two keep the number of compiled reduction kernels small.
+    """
+    if num_programs <= 0 or num_sms <= 0:
+        return 1
+    if num_programs >= num_sms:
+        return 1
+    wanted = -(-TARGET_PROGRAMS_PER_SM * num_sms // num_programs)
+    by_length = max_seq_len // MIN_TOKENS_PER_SPLIT
+    splits = min(wanted, by_length, MAX_SPLITS)
+    return prev_power_of_2(splits) if splits >= 2 else 1

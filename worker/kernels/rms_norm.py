@@ -1,0 +1,153 @@
+"""RMSNorm and residual-add + RMSNorm, with Hugging Face Llama's rounding.
+
+Hugging Face computes ``weight * (x_f32 * rsqrt(mean(x_f32^2) + eps)).to(x.dtype)``; the residual add
+before it happens in the activations' dtype. These kernels round at the same places, so on the same
+inputs they differ from the torch ops only by the last-bit effects of a different summation order.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from worker.kernels.attention_config import next_power_of_2
+from worker.kernels.errors import KernelInputError
+
+MAX_HIDDEN = 65536  # one row is held in registers; wider rows are not a Llama shape
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr,
+    residual_ptr,
+    weight_ptr,
+    out_ptr,
+    residual_out_ptr,
+    stride_x,
+    stride_residual,
+    stride_out,
+    stride_residual_out,
+    eps,
+    HIDDEN: tl.constexpr,
+    BLOCK: tl.constexpr,
+    ADD_RESIDUAL: tl.constexpr,
+):
+    """One program per row; reads the whole row, so ``out`` and ``residual_out`` may alias the inputs."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < HIDDEN
+    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
+    if ADD_RESIDUAL:
+        residual = tl.load(residual_ptr + row * stride_residual + offs, mask=mask, other=0.0)
+        # Rounded to the sum's dtype, as a torch add of the two tensors would be.
+        x = (x.to(tl.float32) + residual.to(tl.float32)).to(residual_out_ptr.dtype.element_ty)
+        tl.store(residual_out_ptr + row * stride_residual_out + offs, x, mask=mask)
+    xf = x.to(tl.float32)
+    variance = tl.sum(xf * xf, axis=0) / HIDDEN
+    normed = (xf * tl.math.rsqrt(variance + eps)).to(x.dtype)
+    weight = tl.load(weight_ptr + offs, mask=mask, other=0.0)
+    out = normed.to(tl.float32) * weight.to(tl.float32)
+    tl.store(out_ptr + row * stride_out + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``weight * rmsnorm(x)`` over the last dimension.
+
+    x: [..., H] float16/bfloat16/float32 with a contiguous last dim; weight: [H].
+    Returns a new tensor (or fills ``out``, which may be ``x`` itself) of dtype
+    ``torch.promote_types(x.dtype, weight.dtype)`` and x's shape.
+    """
+    hidden = _check_row_input(x, weight)
+    out_dtype = torch.promote_types(x.dtype, weight.dtype)
+    out = _output_like(x, out_dtype, out, "out")
+    _launch(x, x, weight, out, out, eps, hidden, add_residual=False)
+    return out
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``residual_out = x + residual``; ``normed = weight * rmsnorm(residual_out)``. Inputs are not modified.
+
+    x, residual: [..., H] with the same shape; weight: [H]. ``residual_out`` has the dtype of
+    ``x + residual`` and ``normed`` the dtype of ``weight * residual_out``. Returns (normed, residual_out).
+    """
+    hidden = _check_row_input(x, weight)
+    _check_residual(x, residual)
+    sum_dtype = torch.promote_types(x.dtype, residual.dtype)
+    residual_out = torch.empty(x.shape, dtype=sum_dtype, device=x.device)
+    normed = torch.empty(x.shape, dtype=torch.promote_types(sum_dtype, weight.dtype), device=x.device)
+    _launch(x, residual, weight, normed, residual_out, eps, hidden, add_residual=True)
+    return normed, residual_out
+
+
+def fused_add_rms_norm_(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> None:
+    """In-place ``fused_add_rms_norm``: ``residual`` becomes ``x + residual`` and ``x`` its normed value.
+
+    Needs x, residual and weight of one dtype (so both results fit where they are stored).
+    """
+    hidden = _check_row_input(x, weight)
+    _check_residual(x, residual)
+    if not (x.dtype == residual.dtype == weight.dtype):
+        raise KernelInputError(
+            f"in-place fused_add_rms_norm_ needs one dtype, got x {x.dtype}, residual {residual.dtype}, "
+            f"weight {weight.dtype}"
+        )
+    _launch(x, residual, weight, x, residual, eps, hidden, add_residual=True)
+
+
+def _check_row_input(x: torch.Tensor, weight: torch.Tensor) -> int:
+    if x.dim() < 1 or x.stride(-1) != 1:
+        raise KernelInputError("x must have a contiguous last dimension")
+    hidden = x.shape[-1]
+    if weight.shape != (hidden,) or weight.stride(0) != 1:
+        raise KernelInputError(f"weight must be contiguous [{hidden}], got {tuple(weight.shape)}")
+    if hidden > MAX_HIDDEN:
+        raise KernelInputError(f"hidden size {hidden} exceeds {MAX_HIDDEN}")
+    if weight.device != x.device:
+        raise KernelInputError(f"weight is on {weight.device}, x on {x.device}")
+    return hidden
+
+
+def _check_residual(x: torch.Tensor, residual: torch.Tensor) -> None:
+    if residual.shape != x.shape or residual.stride(-1) != 1 or residual.device != x.device:
+        raise KernelInputError(f"residual must match x {tuple(x.shape)} with a contiguous last dimension")
+
+
+def _output_like(x: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None, name: str) -> torch.Tensor:
+    if out is None:
+        return torch.empty(x.shape, dtype=dtype, device=x.device)
+    if out.shape != x.shape or out.dtype != dtype or out.stride(-1) != 1 or out.device != x.device:
+        raise KernelInputError(f"{name} must be {tuple(x.shape)} {dtype} on {x.device} with a contiguous last dim")
+    return out
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """[N, H] view of a [..., H] tensor (a view, so in-place writes land in ``t``)."""
+    try:
+        return t.view(-1, t.shape[-1])
+    except RuntimeError as err:
+        raise KernelInputError("tensor rows must be viewable as [N, H] (uniform row stride)") from err
+
+
+def _launch(x, residual, weight, out, residual_out, eps: float, hidden: int, add_residual: bool) -> None:
+    x2, r2, o2, ro2 = _rows(x), _rows(residual), _rows(out), _rows(residual_out)
+    if x2.shape[0] == 0:
+        return
+    block = next_power_of_2(hidden)
+    _rms_norm_kernel[(x2.shape[0],)](
+        x2,
+        r2,
+        weight,
+        o2,
+        ro2,
+        x2.stride(0),
+        r2.stride(0),
+        o2.stride(0),
+        ro2.stride(0),
+        eps,
+        HIDDEN=hidden,
+        BLOCK=block,
+        ADD_RESIDUAL=add_residual,
+        num_warps=min(max(block // 512, 1), 16),
+    )
