@@ -1,0 +1,1 @@
+"""A real OpenID provider (npm `oidc-provider` under Node.js) run by the identity tests."""
