@@ -64,13 +64,13 @@ def test_secret_hash_is_bound_to_the_key_id():
 
 def test_database_keeps_only_the_hash(engine):
     TeamStore(engine).create("radiology")
-    record, text = KeyStore(engine).create("radiology", Role.USER, description="pacs bridge")
+    record, key_text = KeyStore(engine).create("radiology", Role.USER, description="pacs bridge")
     with Session(engine) as s:
         row = s.scalars(select(ApiKey)).one()
         dumped = " ".join(str(v) for v in s.execute(text("SELECT * FROM api_keys")).one())
-    secret = parse_key(text).secret
+    secret = parse_key(key_text).secret
     assert row.secret_hash == hash_secret(record.id, secret)
-    assert secret not in dumped and text not in dumped
+    assert secret not in dumped and key_text not in dumped
 
 
 def test_key_for_unknown_team_is_refused(engine):
