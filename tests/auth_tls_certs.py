@@ -35,6 +35,8 @@ def _name(cn: str, org: str = "Ward Test Hospital") -> x509.Name:
 class TestCA:
     """A self-signed CA that issues leaf certificates into a directory."""
 
+    __test__ = False  # a helper, not a pytest test class
+
     def __init__(self, directory: pathlib.Path, name: str):
         self.directory = directory
         self.name = name
@@ -105,6 +107,8 @@ class TestCA:
 
 class TestPKI:
     """The usual set: `ca` (trusted), `server` (127.0.0.1, localhost), `gateway` (client), and `other_ca`."""
+
+    __test__ = False
 
     def __init__(self, directory: pathlib.Path):
         self.ca = TestCA(directory, "ward")

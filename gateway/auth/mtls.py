@@ -41,8 +41,12 @@ class CertInfo:
 
 
 def normalize_subject(subject: str) -> str:
-    """Canonical RFC 4514 form of a configured subject, so spacing and escaping do not matter."""
-    return x509.Name.from_rfc4514_string(subject).rfc4514_string()
+    """Canonical RFC 4514 form of a configured subject, so spaces after commas and escaping do not matter.
+
+    Raises ValueError for text that is not an RFC 4514 name.
+    """
+    parts = [part.strip() for part in re.split(r"(?<!\\),", subject)]
+    return x509.Name.from_rfc4514_string(",".join(parts)).rfc4514_string()
 
 
 @lru_cache(maxsize=4096)

@@ -115,6 +115,18 @@ class CertIdentity(BaseModel):
     roles: list[Role] = Field(default_factory=lambda: [Role.USER])
     name: str | None = None  # the principal's subject; default: the matched value
 
+    @field_validator("subject")
+    @classmethod
+    def _subject_is_a_name(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from gateway.auth.mtls import normalize_subject  # the one place that knows RFC 4514
+
+        try:
+            return normalize_subject(v)
+        except ValueError:
+            raise ValueError(f"not an RFC 4514 subject: {v!r} (e.g. 'CN=lab-system,O=General Hospital')") from None
+
     @model_validator(mode="after")
     def _one_match(self) -> "CertIdentity":
         given = [f for f in ("subject", "san_dns", "san_uri", "san_email") if getattr(self, f)]

@@ -28,6 +28,8 @@ def new_signing_key(kid: str) -> RSAKey:
 
 @dataclass
 class TestClient:
+    __test__ = False  # an OpenID client of the provider, not a pytest test class
+
     client_id: str
     client_secret: str
     claims: dict = field(default_factory=dict)
