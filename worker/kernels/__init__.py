@@ -15,9 +15,9 @@ from typing import Any
 _EXPORTS: dict[str, str] = {
     "reshape_and_cache": "worker.kernels.kv_cache",
     "unified_attention": "worker.kernels.attention",
-    "rms_norm": "worker.kernels.rms_norm",
-    "fused_add_rms_norm": "worker.kernels.rms_norm",
-    "fused_add_rms_norm_": "worker.kernels.rms_norm",
+    "rms_norm": "worker.kernels.norm",
+    "fused_add_rms_norm": "worker.kernels.norm",
+    "fused_add_rms_norm_": "worker.kernels.norm",
     "rotary_embedding": "worker.kernels.rotary",
     "silu_and_mul": "worker.kernels.activation",
     "KernelInputError": "worker.kernels.errors",

@@ -1,0 +1,442 @@
+"""Checks of the Triton kernels against the torch references, shared by the CPU and GPU tests.
+
+Each ``check_*`` builds fresh random inputs (never zeros), fills every output with NaN before the
+launch, runs the kernel, and returns plain metrics: ``rel_err`` = ||out - ref|| / ||ref|| over the rows
+that must be written, ``unwritten`` = NaNs left in those rows, plus case-specific counts. The test
+module asserts on them. On the CPU the checks run inside Triton's interpreter (a subprocess started by
+the test module, see ``kernels_interpreter.py``); on CUDA they run the compiled kernels.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from worker.attention.backend import AttentionMetadata
+from worker.attention.torch_backend import gather_kv, reference_attention, write_kv_cache
+
+Metrics = dict[str, float]
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64 (NaN if out holds NaN)."""
+    out64, ref64 = out.double().cpu(), ref.double().cpu()
+    return float((out64 - ref64).norm() / ref64.norm().clamp_min(1e-300))
+
+
+def nan_count(t: torch.Tensor) -> float:
+    return float(torch.isnan(t.float()).sum())
+
+
+def _randn(generator: torch.Generator, *shape: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    # Drawn on the CPU so a case sees the same numbers on every device.
+    return torch.randn(*shape, generator=generator).to(dtype=dtype, device=device)
+
+
+# ---------------------------------------------------------------- paged attention
+
+
+@dataclass(frozen=True)
+class AttentionCase:
+    """One step's batch: request i has ``context_lens[i]`` cached tokens and ``query_lens[i]`` new ones."""
+
+    query_lens: tuple[int, ...]
+    context_lens: tuple[int, ...]
+    num_heads: int = 4
+    num_kv_heads: int = 1
+    head_dim: int = 64
+    block_size: int = 16
+    sliding_window: int | None = None
+    num_splits: int | None = None  # None lets the heuristic choose
+    padding_reqs: int = 0  # trailing requests with one query row and seq_len 0 (CUDA-graph padding)
+    padding_rows: int = 0  # rows after the last request, owned by no request
+    through_backend: bool = False  # run TritonBackend.forward (cache write + attention) instead of the kernel
+    seed: int = 0
+
+    @property
+    def seq_lens(self) -> tuple[int, ...]:
+        return tuple(c + q for c, q in zip(self.context_lens, self.query_lens, strict=True))
+
+
+@dataclass
+class _PagedBatch:
+    q: torch.Tensor
+    k_new: torch.Tensor  # this step's K rows for every q row (padding rows included)
+    v_new: torch.Tensor
+    key_cache: torch.Tensor
+    value_cache: torch.Tensor
+    query_start_loc: torch.Tensor
+    seq_lens: torch.Tensor
+    block_tables: torch.Tensor
+    slot_mapping: torch.Tensor
+    contexts: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # full K, V per real request
+
+
+def _build_paged_batch(case: AttentionCase, device: str, dtype: torch.dtype, write_step_kv: bool) -> _PagedBatch:
+    g = torch.Generator().manual_seed(case.seed)
+    bs, hkv, d = case.block_size, case.num_kv_heads, case.head_dim
+    seq_lens = list(case.seq_lens) + [0] * case.padding_reqs
+    query_lens = list(case.query_lens) + [1] * case.padding_reqs
+    blocks_needed = [math.ceil(s / bs) for s in seq_lens]
+    # Shuffled physical blocks, plus one spare "poison" block that every unused table entry points at.
+    num_blocks = sum(blocks_needed) + 3
+    perm = torch.randperm(num_blocks, generator=g)
+    poison_block = int(perm[-1])
+    width = max(blocks_needed) + 2
+    block_tables = torch.full((len(seq_lens), width), poison_block, dtype=torch.int32)
+    used = 0
+    for i, n in enumerate(blocks_needed):
+        block_tables[i, :n] = perm[used : used + n].to(torch.int32)
+        used += n
+
+    # Everything the kernel must never read stays NaN, so a stray read shows up in the output.
+    key_cache = torch.full((num_blocks, bs, hkv, d), float("nan"), dtype=dtype)
+    value_cache = torch.full_like(key_cache, float("nan"))
+    num_rows = sum(query_lens) + case.padding_rows
+    k_new = _randn(g, num_rows, hkv, d, dtype=dtype, device="cpu")
+    v_new = _randn(g, num_rows, hkv, d, dtype=dtype, device="cpu")
+    slot_mapping = torch.full((num_rows,), -1, dtype=torch.int64)
+    contexts = []
+    row = 0
+    for i, (ctx, q_len) in enumerate(zip(case.context_lens, case.query_lens, strict=True)):
+        seq = ctx + q_len
+        k = _randn(g, seq, hkv, d, dtype=dtype, device="cpu")
+        v = _randn(g, seq, hkv, d, dtype=dtype, device="cpu")
+        k[ctx:], v[ctx:] = k_new[row : row + q_len], v_new[row : row + q_len]
+        positions = torch.arange(seq)
+        slots = block_tables[i, positions // bs].long() * bs + positions % bs
+        written = seq if write_step_kv else ctx
+        key_cache.view(-1, hkv, d)[slots[:written]] = k[:written]
+        value_cache.view(-1, hkv, d)[slots[:written]] = v[:written]
+        slot_mapping[row : row + q_len] = slots[ctx:]
+        contexts.append((k, v))
+        row += q_len
+
+    q = _randn(g, num_rows, case.num_heads, d, dtype=dtype, device="cpu")
+    query_start_loc = torch.tensor([0, *torch.tensor(query_lens).cumsum(0).tolist()], dtype=torch.int32)
+    return _PagedBatch(
+        q=q.to(device),
+        k_new=k_new.to(device),
+        v_new=v_new.to(device),
+        key_cache=key_cache.to(device),
+        value_cache=value_cache.to(device),
+        query_start_loc=query_start_loc.to(device),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
+        block_tables=block_tables.to(device),
+        slot_mapping=slot_mapping.to(device),
+        contexts=contexts,
+    )
+
+
+def check_attention(case: AttentionCase, device: str, dtype: torch.dtype) -> Metrics:
+    """Paged attention (kernel alone, or the whole TritonBackend step) against ``reference_attention``.
+
+    Metrics: rel_err and unwritten over the real requests' rows; ``padding_req_nonzero`` = entries of
+    padding-request rows that are not exactly 0; ``padding_rows_wrong`` = entries of rows owned by no
+    request that differ from what the path promises (untouched NaN for the kernel, zeros for the
+    backend); ``cache_mismatch`` = cache entries that differ from the torch cache write (backend only).
+    """
+    batch = _build_paged_batch(case, device, dtype, write_step_kv=not case.through_backend)
+    scale = case.head_dim**-0.5
+    out = torch.full_like(batch.q, float("nan"))
+    num_reqs = len(case.query_lens) + case.padding_reqs
+    real_rows = sum(case.query_lens)
+    expected_cache = None
+    if case.through_backend:
+        from worker.attention.triton_backend import TritonBackend
+
+        expected_cache = (batch.key_cache.clone(), batch.value_cache.clone())
+        write_kv_cache(batch.k_new, batch.v_new, expected_cache, batch.slot_mapping)
+        meta = AttentionMetadata(
+            num_tokens=real_rows,
+            num_reqs=num_reqs,
+            query_start_loc=batch.query_start_loc,
+            seq_lens=batch.seq_lens,
+            block_tables=batch.block_tables,
+            slot_mapping=batch.slot_mapping,
+            max_query_len=max(case.query_lens),
+            max_seq_len=max(case.seq_lens),
+        )
+        impl = TritonBackend().make_impl(case.num_heads, case.num_kv_heads, case.head_dim, scale, case.sliding_window)
+        impl.num_splits = case.num_splits
+        out = impl.forward(batch.q, batch.k_new, batch.v_new, (batch.key_cache, batch.value_cache), meta)
+    else:
+        from worker.kernels import unified_attention
+
+        unified_attention(
+            batch.q,
+            batch.key_cache,
+            batch.value_cache,
+            out,
+            batch.query_start_loc,
+            batch.seq_lens,
+            batch.block_tables,
+            max_query_len=max(case.query_lens),
+            max_seq_len=max(case.seq_lens),
+            scale=scale,
+            sliding_window=case.sliding_window,
+            num_splits=case.num_splits,
+        )
+
+    refs = []
+    start = 0
+    for (k, v), q_len in zip(batch.contexts, case.query_lens, strict=True):
+        q = batch.q[start : start + q_len].float().cpu()
+        refs.append(reference_attention(q, k.float(), v.float(), scale, case.sliding_window))
+        start += q_len
+    ref = torch.cat(refs)
+    out_cpu = out.float().cpu()
+    real = out_cpu[:real_rows]
+    padding_req_rows = out_cpu[real_rows : real_rows + case.padding_reqs]
+    orphan_rows = out_cpu[real_rows + case.padding_reqs :]
+    if case.through_backend:
+        orphan_wrong = float((orphan_rows != 0).sum())
+    else:
+        orphan_wrong = float((~torch.isnan(orphan_rows)).sum())
+    metrics: Metrics = {
+        "rel_err": rel_err(real, ref),
+        "unwritten": nan_count(real) + nan_count(padding_req_rows),
+        "padding_req_nonzero": float((padding_req_rows != 0).sum()),
+        "padding_rows_wrong": orphan_wrong,
+    }
+    if expected_cache is not None:
+        metrics["cache_mismatch"] = _cache_mismatch((batch.key_cache, batch.value_cache), expected_cache)
+    return metrics
+
+
+def _cache_mismatch(got: tuple[torch.Tensor, torch.Tensor], want: tuple[torch.Tensor, torch.Tensor]) -> float:
+    """Entries (NaN-aware) where two caches differ."""
+    wrong = 0.0
+    for a, b in zip(got, want, strict=True):
+        a, b = a.float().cpu(), b.float().cpu()
+        same = (a == b) | (torch.isnan(a) & torch.isnan(b))
+        wrong += float((~same).sum())
+    return wrong
+
+
+# ---------------------------------------------------------------- KV cache write
+
+
+def check_reshape_and_cache(
+    num_tokens: int,
+    num_kv_heads: int,
+    head_dim: int,
+    block_size: int,
+    num_padding: int,
+    device: str,
+    dtype: torch.dtype,
+    strided_input: bool = False,
+    seed: int = 0,
+) -> Metrics:
+    """``reshape_and_cache`` against ``write_kv_cache`` on a NaN-filled cache with shuffled slots.
+
+    ``num_padding`` of the tokens get slot -1 and must write nothing; with ``strided_input`` K and V are
+    views into one fused [T, 2 * Hkv * D] tensor (row stride != Hkv * D). Metrics: ``mismatch`` =
+    cache entries differing from the reference write; ``written`` = entries that changed.
+    """
+    from worker.kernels import reshape_and_cache
+
+    g = torch.Generator().manual_seed(seed)
+    num_blocks = math.ceil(num_tokens / block_size) + 2
+    cache_shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    key_cache = torch.full(cache_shape, float("nan"), dtype=dtype, device=device)
+    value_cache = torch.full_like(key_cache, float("nan"))
+    slots = torch.randperm(num_blocks * block_size, generator=g)[:num_tokens]
+    slots[torch.randperm(num_tokens, generator=g)[:num_padding]] = -1
+    if strided_input:
+        fused = _randn(g, num_tokens, 2 * num_kv_heads * head_dim, dtype=dtype, device=device)
+        key = fused[:, : num_kv_heads * head_dim].view(num_tokens, num_kv_heads, head_dim)
+        value = fused[:, num_kv_heads * head_dim :].view(num_tokens, num_kv_heads, head_dim)
+    else:
+        key = _randn(g, num_tokens, num_kv_heads, head_dim, dtype=dtype, device=device)
+        value = _randn(g, num_tokens, num_kv_heads, head_dim, dtype=dtype, device=device)
+    # Extra trailing slots, as with a slot_mapping sized for CUDA-graph padding; they must be ignored.
+    slot_mapping = torch.cat([slots, torch.zeros(3, dtype=torch.int64)]).to(device)
+    expected = (key_cache.clone(), value_cache.clone())
+    write_kv_cache(key, value, expected, slot_mapping[:num_tokens])
+    reshape_and_cache(key, value, key_cache, value_cache, slot_mapping)
+    written = float((~torch.isnan(key_cache.float())).sum() + (~torch.isnan(value_cache.float())).sum())
+    return {
+        "mismatch": _cache_mismatch((key_cache, value_cache), expected),
+        "written": written,
+        "expected_written": float(2 * (num_tokens - num_padding) * num_kv_heads * head_dim),
+    }
+
+
+# ---------------------------------------------------------------- norms, rotary, activation
+
+
+def hf_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Hugging Face Llama's RMSNorm, verbatim in behaviour: fp32 statistics, cast, then weight."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def check_rms_norm(shape: tuple[int, ...], device: str, dtype: torch.dtype, seed: int = 0) -> Metrics:
+    """``rms_norm``, ``fused_add_rms_norm`` and ``fused_add_rms_norm_`` against the Hugging Face formula.
+
+    Metrics: rel_err of the plain norm, of the fused norm and of the in-place norm; ``residual_mismatch``
+    = entries where the fused residual output differs from ``x + residual`` (exact match expected);
+    ``unwritten`` = NaNs left in any output.
+    """
+    from worker.kernels import fused_add_rms_norm, fused_add_rms_norm_, rms_norm
+
+    g = torch.Generator().manual_seed(seed)
+    eps = 1e-5
+    hidden = shape[-1]
+    x = _randn(g, *shape, dtype=dtype, device=device) * 3.0
+    residual = _randn(g, *shape, dtype=dtype, device=device)
+    weight = (1.0 + 0.3 * _randn(g, hidden, dtype=torch.float32, device="cpu")).to(dtype=dtype, device=device)
+
+    out = torch.full(shape, float("nan"), dtype=dtype, device=device)
+    rms_norm(x, weight, eps, out=out)
+    ref = hf_rms_norm(x, weight, eps)
+
+    summed_ref = x + residual
+    fused_ref = hf_rms_norm(summed_ref, weight, eps)
+    normed, summed = fused_add_rms_norm(x, residual, weight, eps)
+
+    x_inplace, residual_inplace = x.clone(), residual.clone()
+    fused_add_rms_norm_(x_inplace, residual_inplace, weight, eps)
+    return {
+        "rel_err": rel_err(out, ref),
+        "fused_rel_err": rel_err(normed, fused_ref),
+        "inplace_rel_err": rel_err(x_inplace, fused_ref),
+        "residual_mismatch": float((summed != summed_ref).sum() + (residual_inplace != summed_ref).sum()),
+        "unwritten": nan_count(out) + nan_count(normed) + nan_count(summed),
+    }
+
+
+def torch_rotary(
+    positions: torch.Tensor, x: torch.Tensor, cos_sin_cache: torch.Tensor, rotary_dim: int, is_neox: bool
+) -> torch.Tensor:
+    """Reference RoPE in x's dtype: x * cos + rotate(x) * sin with cos/sin cast to x's dtype."""
+    half = rotary_dim // 2
+    cs = cos_sin_cache[positions.long()]
+    cos, sin = cs[:, None, :half].to(x.dtype), cs[:, None, half:].to(x.dtype)
+    xr = x[..., :rotary_dim]
+    if is_neox:
+        x1, x2 = xr[..., :half], xr[..., half:]
+        rotated = torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+    else:
+        x1, x2 = xr[..., 0::2], xr[..., 1::2]
+        rotated = torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).flatten(-2)
+    return torch.cat([rotated, x[..., rotary_dim:]], dim=-1)
+
+
+def check_rotary(
+    num_tokens: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    rotary_dim: int,
+    is_neox: bool,
+    device: str,
+    dtype: torch.dtype,
+    seed: int = 0,
+) -> Metrics:
+    """``rotary_embedding`` in place on q/k views of a fused qkv tensor, against ``torch_rotary``.
+
+    Metrics: ``rel_err`` over q and k; ``pass_through_changed`` = entries past ``rotary_dim`` that
+    changed; ``v_changed`` = entries of the v part of qkv that changed (must stay 0).
+    """
+    from worker.kernels import rotary_embedding
+
+    g = torch.Generator().manual_seed(seed)
+    max_position = 4096
+    inv_freq = 1.0 / (500000.0 ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
+    freqs = torch.outer(torch.arange(max_position, dtype=torch.float32), inv_freq)
+    cos_sin_cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1).to(device)
+    positions = torch.randint(0, max_position, (num_tokens,), generator=g).to(device)
+    q_width, kv_width = num_heads * head_dim, num_kv_heads * head_dim
+    qkv = _randn(g, num_tokens, q_width + 2 * kv_width, dtype=dtype, device=device)
+    original = qkv.clone()
+    q = qkv[:, :q_width].view(num_tokens, num_heads, head_dim)
+    k = qkv[:, q_width : q_width + kv_width].view(num_tokens, num_kv_heads, head_dim)
+    q_ref = torch_rotary(positions, q.clone(), cos_sin_cache, rotary_dim, is_neox)
+    k_ref = torch_rotary(positions, k.clone(), cos_sin_cache, rotary_dim, is_neox)
+    rotary_embedding(positions, q, k, cos_sin_cache, rotary_dim, is_neox)
+    orig_q = original[:, :q_width].view_as(q)
+    orig_k = original[:, q_width : q_width + kv_width].view_as(k)
+    return {
+        "rel_err": rel_err(torch.cat([q.flatten(), k.flatten()]), torch.cat([q_ref.flatten(), k_ref.flatten()])),
+        "pass_through_changed": float(
+            (q[..., rotary_dim:] != orig_q[..., rotary_dim:]).sum() + (k[..., rotary_dim:] != orig_k[..., rotary_dim:]).sum()
+        ),
+        "v_changed": float((qkv[:, q_width + kv_width :] != original[:, q_width + kv_width :]).sum()),
+    }
+
+
+def check_silu_and_mul(num_tokens: int, intermediate: int, device: str, dtype: torch.dtype, seed: int = 0) -> Metrics:
+    """``silu_and_mul`` against ``F.silu(gate) * up``. Metrics: rel_err, unwritten."""
+    from worker.kernels import silu_and_mul
+
+    g = torch.Generator().manual_seed(seed)
+    x = _randn(g, num_tokens, 2 * intermediate, dtype=dtype, device=device) * 4.0
+    out = torch.full((num_tokens, intermediate), float("nan"), dtype=dtype, device=device)
+    silu_and_mul(x, out=out)
+    ref = F.silu(x[:, :intermediate]) * x[:, intermediate:]
+    return {"rel_err": rel_err(out, ref), "unwritten": nan_count(out)}
+
+
+# ---------------------------------------------------------------- host-side input checks
+
+
+def check_input_validation(device: str) -> dict[str, list[str]]:
+    """Call every kernel with malformed inputs; returns the names of calls that did NOT raise
+    ``KernelInputError`` (``unraised``) and of every call tried (``tried``)."""
+    from worker.kernels import (
+        KernelInputError,
+        fused_add_rms_norm,
+        reshape_and_cache,
+        rms_norm,
+        rotary_embedding,
+        silu_and_mul,
+        unified_attention,
+    )
+
+    def t(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return torch.ones(*shape, dtype=dtype, device=device)
+
+    i32 = torch.int32
+    q, cache, qsl, lens, tables = t(3, 4, 16), t(4, 16, 2, 16), t(4, dtype=i32), t(3, dtype=i32), t(3, 2, dtype=i32)
+    attention_ok = dict(
+        q=q, key_cache=cache, value_cache=cache, out=t(3, 4, 16), query_start_loc=qsl, seq_lens=lens,
+        block_tables=tables, max_query_len=1, max_seq_len=5, scale=0.25,
+    )
+    bad_calls = {
+        "attention_q_2d": lambda: unified_attention(**{**attention_ok, "q": t(3, 64), "out": t(3, 64)}),
+        "attention_heads_not_multiple": lambda: unified_attention(**{**attention_ok, "q": t(3, 3, 16), "out": t(3, 3, 16)}),
+        "attention_head_dim_mismatch": lambda: unified_attention(**{**attention_ok, "q": t(3, 4, 32), "out": t(3, 4, 32)}),
+        "attention_out_shape": lambda: unified_attention(**{**attention_ok, "out": t(2, 4, 16)}),
+        "attention_float_index": lambda: unified_attention(**{**attention_ok, "seq_lens": t(3)}),
+        "attention_short_query_start_loc": lambda: unified_attention(**{**attention_ok, "query_start_loc": t(3, dtype=i32)}),
+        "attention_zero_window": lambda: unified_attention(**attention_ok, sliding_window=0),
+        "attention_zero_splits": lambda: unified_attention(**attention_ok, num_splits=0),
+        "attention_strided_head_dim": lambda: unified_attention(**{**attention_ok, "q": t(3, 4, 32)[:, :, ::2]}),
+        "attention_int_q": lambda: unified_attention(**{**attention_ok, "q": t(3, 4, 16, dtype=i32)}),
+        "cache_short_slot_mapping": lambda: reshape_and_cache(t(3, 2, 16), t(3, 2, 16), cache, cache, t(2, dtype=torch.int64)),
+        "cache_row_shape": lambda: reshape_and_cache(t(3, 4, 16), t(3, 4, 16), cache, cache, t(3, dtype=torch.int64)),
+        "cache_float_slots": lambda: reshape_and_cache(t(3, 2, 16), t(3, 2, 16), cache, cache, t(3)),
+        "rms_norm_weight_size": lambda: rms_norm(t(2, 8), t(7), 1e-6),
+        "rms_norm_out_dtype": lambda: rms_norm(t(2, 8), t(8), 1e-6, out=t(2, 8, dtype=torch.float16)),
+        "fused_add_residual_shape": lambda: fused_add_rms_norm(t(2, 8), t(3, 8), t(8), 1e-6),
+        "rotary_odd_dim": lambda: rotary_embedding(t(3, dtype=torch.int64), t(3, 4, 16), t(3, 2, 16), t(8, 5)),
+        "rotary_dim_too_large": lambda: rotary_embedding(t(3, dtype=torch.int64), t(3, 4, 16), t(3, 2, 16), t(8, 32)),
+        "rotary_float_positions": lambda: rotary_embedding(t(3), t(3, 4, 16), t(3, 2, 16), t(8, 16)),
+        "silu_odd_width": lambda: silu_and_mul(t(3, 7)),
+    }
+    unraised = []
+    for name, call in bad_calls.items():
+        try:
+            call()
+        except KernelInputError:
+            continue
+        except Exception as err:  # the wrong error type counts as a miss, with its type
+            unraised.append(f"{name} ({type(err).__name__})")
+            continue
+        unraised.append(name)
+    return {"unraised": unraised, "tried": list(bad_calls)}

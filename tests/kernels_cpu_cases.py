@@ -1,0 +1,74 @@
+"""The CPU cases of the kernel checks: small float32 shapes that Triton's interpreter runs quickly.
+
+Importing this module does not import the kernels (``kernels_interpreter.py`` runs the cases in a
+process that has switched the interpreter on first).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from kernels_cases import (
+    AttentionCase,
+    Metrics,
+    check_attention,
+    check_input_validation,
+    check_reshape_and_cache,
+    check_rms_norm,
+    check_rotary,
+    check_silu_and_mul,
+)
+
+F32 = torch.float32
+
+ATTENTION_CASES: dict[str, AttentionCase] = {
+    "decode_varied_lengths_group4": AttentionCase((1,) * 6, (0, 5, 15, 16, 33, 70)),
+    "decode_group1": AttentionCase((1, 1), (12, 47), num_heads=2, num_kv_heads=2),
+    "decode_group8_head128_block32": AttentionCase(
+        (1, 1, 1), (31, 64, 100), num_heads=8, num_kv_heads=1, head_dim=128, block_size=32
+    ),
+    "prefill_group1": AttentionCase((7, 33, 16), (0, 0, 0), num_heads=2, num_kv_heads=2),
+    "prefill_large_tile_several_blocks": AttentionCase((70, 45), (0, 10), num_heads=8, num_kv_heads=2),
+    "chunked_prefill_group8_block32": AttentionCase((20, 9), (35, 16), num_heads=8, num_kv_heads=1, block_size=32),
+    "mixed_group4_head128": AttentionCase((1, 17, 1, 40), (50, 0, 3, 21), num_heads=8, num_kv_heads=2, head_dim=128),
+    "mixed_group3": AttentionCase((1, 5, 2), (9, 20, 0), num_heads=6, num_kv_heads=2),
+    "sliding_window_mixed": AttentionCase((1, 30, 1), (60, 10, 5), sliding_window=24),
+    "sliding_window_decode": AttentionCase((1, 1), (100, 17), num_heads=4, num_kv_heads=2, sliding_window=16),
+    "split_decode_forced": AttentionCase((1, 1, 1), (300, 77, 5), num_splits=4),
+    "split_mixed_forced": AttentionCase((1, 12, 40), (200, 90, 0), num_splits=3),
+    "split_sliding_window_forced": AttentionCase((1, 1), (300, 40), sliding_window=50, num_splits=4),
+    "split_by_heuristic": AttentionCase((1,), (700,)),
+    "padding_decode": AttentionCase((1, 1, 1), (20, 3, 40), padding_reqs=2, padding_rows=3),
+    "padding_mixed": AttentionCase((1, 40), (20, 5), num_heads=8, num_kv_heads=2, padding_reqs=2, padding_rows=2),
+    "padding_split_forced": AttentionCase((1, 1), (150, 60), num_splits=4, padding_reqs=2, padding_rows=2),
+    "backend_mixed": AttentionCase((1, 23, 1), (40, 9, 0), num_heads=8, num_kv_heads=2, padding_rows=2, through_backend=True),
+    "backend_decode_split": AttentionCase(
+        (1, 1), (260, 33), num_splits=2, padding_reqs=1, padding_rows=2, through_backend=True
+    ),
+}
+
+OTHER_CASES: dict[str, Callable[[], Metrics | dict[str, list[str]]]] = {
+    "cache_write_block16": lambda: check_reshape_and_cache(37, 2, 64, 16, 5, "cpu", F32),
+    "cache_write_block32_strided": lambda: check_reshape_and_cache(40, 4, 32, 32, 3, "cpu", F32, strided_input=True),
+    "cache_write_odd_shapes": lambda: check_reshape_and_cache(11, 3, 80, 16, 2, "cpu", F32),
+    "rms_norm_2d": lambda: check_rms_norm((5, 96), "cpu", F32),
+    "rms_norm_3d": lambda: check_rms_norm((3, 2, 256), "cpu", F32),
+    "rotary_neox_full": lambda: check_rotary(9, 4, 2, 64, 64, True, "cpu", F32),
+    "rotary_neox_partial": lambda: check_rotary(7, 4, 2, 64, 32, True, "cpu", F32),
+    "rotary_gptj_full": lambda: check_rotary(9, 4, 2, 64, 64, False, "cpu", F32),
+    "rotary_gptj_partial": lambda: check_rotary(5, 2, 1, 128, 96, False, "cpu", F32),
+    "silu_and_mul_wide": lambda: check_silu_and_mul(7, 1000, "cpu", F32),
+    "silu_and_mul_narrow": lambda: check_silu_and_mul(3, 64, "cpu", F32),
+    "input_validation": lambda: check_input_validation("cpu"),
+}
+
+
+def all_case_names() -> list[str]:
+    return [*ATTENTION_CASES, *OTHER_CASES]
+
+
+def run_case(name: str) -> Metrics | dict[str, list[str]]:
+    if name in ATTENTION_CASES:
+        return check_attention(ATTENTION_CASES[name], "cpu", F32)
+    return OTHER_CASES[name]()

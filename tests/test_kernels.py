@@ -1,0 +1,263 @@
+"""Triton kernels against the torch references: in Triton's interpreter on the CPU, compiled on CUDA.
+
+CPU: Triton picks interpreter or compiler when a kernel is defined, so the interpreter cases run in a
+fresh process with ``TRITON_INTERPRET=1`` (``kernels_interpreter.py``, float32, small shapes) and each
+test here asserts one case's metrics. This process itself never imports the kernels on a CPU-only
+machine, so it cannot fix Triton's mode for other test modules.
+GPU (``@pytest.mark.gpu``): the same checks, compiled, in bfloat16 at Llama-3.1-8B shapes, plus CUDA-graph
+capture and replay and a no-synchronisation check.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+TESTS_DIR = Path(__file__).resolve().parent
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+from kernels_cases import (  # noqa: E402
+    AttentionCase,
+    check_attention,
+    check_reshape_and_cache,
+    check_rms_norm,
+    check_rotary,
+    check_silu_and_mul,
+)
+from kernels_cpu_cases import all_case_names  # noqa: E402
+
+from worker.kernels.attention_config import (  # noqa: E402  (plain Python: no Triton import)
+    MAX_SPLITS,
+    choose_num_splits,
+    choose_tile_config,
+    next_power_of_2,
+)
+
+INTERPRETER_TOLERANCE = 1e-4  # float32 in the interpreter
+BF16_ATTENTION_TOLERANCE = 1e-2
+BF16_ELEMENTWISE_TOLERANCE = 2e-3  # well under one bfloat16 ulp (3.9e-3) on average
+# Metrics that must be exactly zero whenever a check reports them.
+ZERO_METRICS = (
+    "unwritten",
+    "padding_req_nonzero",
+    "padding_rows_wrong",
+    "cache_mismatch",
+    "mismatch",
+    "residual_mismatch",
+    "pass_through_changed",
+    "v_changed",
+)
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU: CUDA is not available")
+
+
+def assert_metrics(metrics: dict, tolerance: float) -> None:
+    """Every ``*rel_err`` within tolerance, every count in ZERO_METRICS zero, nothing unchecked."""
+    checked = set()
+    for key, value in metrics.items():
+        if key.endswith("rel_err"):
+            assert value <= tolerance, f"{key} = {value:.3e} > {tolerance:.0e} ({metrics})"
+            checked.add(key)
+        elif key in ZERO_METRICS:
+            assert value == 0, f"{key} = {value} ({metrics})"
+            checked.add(key)
+    if "written" in metrics:
+        assert metrics["written"] == metrics["expected_written"], metrics
+        checked |= {"written", "expected_written"}
+    if "unraised" in metrics:
+        assert metrics["tried"], metrics
+        assert metrics["unraised"] == [], f"calls that did not raise KernelInputError: {metrics['unraised']}"
+        checked |= {"unraised", "tried"}
+    assert checked == set(metrics), f"unchecked metrics: {set(metrics) - checked}"
+
+
+# ---------------------------------------------------------------- CPU: Triton's interpreter
+
+
+@pytest.fixture(scope="module")
+def interpreter_results() -> dict:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(TESTS_DIR.parent), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, str(TESTS_DIR / "kernels_interpreter.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=TESTS_DIR.parent,
+    )
+    if proc.returncode != 0 or not proc.stdout.strip():
+        pytest.fail(f"interpreter run failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", all_case_names())
+def test_kernel_matches_torch_reference_in_interpreter(case: str, interpreter_results: dict) -> None:
+    result = interpreter_results.get(case)
+    assert result is not None, f"case {case} did not run"
+    assert "error" not in result, result.get("error")
+    assert_metrics(result["metrics"], INTERPRETER_TOLERANCE)
+
+
+def test_importing_the_kernel_package_defines_no_kernel() -> None:
+    # The lazy package is what lets a process pick Triton's interpreter after importing worker.kernels.
+    code = "import sys, worker.kernels; print(sorted(m for m in sys.modules if m.startswith(('triton', 'worker.kernels.'))))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=TESTS_DIR.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------- launch heuristics (plain Python)
+
+
+@pytest.mark.parametrize(
+    ("num_programs", "max_seq_len", "num_sms", "expected"),
+    [
+        (132, 32768, 132, 1),  # grid already fills the card
+        (8, 32768, 132, 32),  # batch-1 decode of an 8-KV-head model, long context
+        (8, 1024, 132, 4),  # limited by 256 tokens per split
+        (8, 300, 132, 1),  # too short to be worth splitting
+        (64, 8192, 132, 4),  # 5 splits would reach ~2 programs per SM; rounded down to a power of two
+        (1, 10**6, 132, MAX_SPLITS),
+        (0, 4096, 132, 1),
+    ],
+)
+def test_split_count_heuristic(num_programs: int, max_seq_len: int, num_sms: int, expected: int) -> None:
+    assert choose_num_splits(num_programs, max_seq_len, num_sms) == expected
+
+
+def test_split_count_is_a_bounded_power_of_two() -> None:
+    for num_programs in (1, 3, 8, 17, 64, 131):
+        for max_seq_len in (1, 255, 256, 513, 4000, 70000):
+            splits = choose_num_splits(num_programs, max_seq_len, 132)
+            assert 1 <= splits <= MAX_SPLITS and splits & (splits - 1) == 0
+            assert splits == 1 or max_seq_len // splits >= 256
+
+
+@pytest.mark.parametrize("group", [1, 2, 3, 4, 5, 8, 16, 32, 64])
+@pytest.mark.parametrize("max_query_len", [1, 2, 3, 16, 17, 64, 2048])
+def test_tile_config_rows_hold_whole_query_groups(group: int, max_query_len: int) -> None:
+    config = choose_tile_config(max_query_len, group, 128)
+    assert config.block_m >= 16 and config.block_q >= 1
+    assert config.block_m == config.block_q * next_power_of_2(group)
+
+
+def test_tile_config_by_step_shape() -> None:
+    decode = choose_tile_config(1, 4, 128)
+    assert (decode.block_m, decode.block_q) == (16, 4)
+    assert choose_tile_config(1, 8, 128).block_q == 2
+    assert choose_tile_config(1, 32, 128).block_m == 32
+    assert choose_tile_config(2048, 4, 128).block_m == 128
+    assert choose_tile_config(2048, 4, 256).tile_n == 32  # wide heads keep a stage in shared memory
+
+
+# ---------------------------------------------------------------- GPU: compiled kernels, bfloat16
+
+
+def _lengths(seed: int, count: int, low: int, high: int) -> tuple[int, ...]:
+    rng = random.Random(seed)
+    return tuple(rng.randint(low, high) for _ in range(count))
+
+
+LLAMA_8B = dict(num_heads=32, num_kv_heads=8, head_dim=128)
+GPU_ATTENTION_CASES: dict[str, AttentionCase] = {
+    "decode_batch64_8b": AttentionCase((1,) * 64, _lengths(1, 64, 1, 4000), **LLAMA_8B),
+    "decode_batch2_long_context_heuristic_split": AttentionCase((1, 1), (16000, 5003), **LLAMA_8B),
+    "decode_split_forced": AttentionCase((1,) * 4, _lengths(2, 4, 500, 3000), num_splits=8, **LLAMA_8B),
+    "prefill_8b": AttentionCase((512, 300, 1000), (0, 0, 0), **LLAMA_8B),
+    "chunked_prefill_8b": AttentionCase((256, 1, 1, 512), (1024, 700, 3000, 2048), **LLAMA_8B),
+    "steady_state_decodes_plus_chunk": AttentionCase((1,) * 60 + (512,), _lengths(3, 60, 1, 3000) + (777,), **LLAMA_8B),
+    "group1_head128": AttentionCase((1, 1, 200, 1), (900, 17, 300, 2500), num_heads=16, num_kv_heads=16, head_dim=128),
+    "group4_head64_block32": AttentionCase(
+        (1, 300, 1, 7), (1500, 0, 33, 400), num_heads=16, num_kv_heads=4, head_dim=64, block_size=32
+    ),
+    "group8_head128_block32": AttentionCase(
+        (1, 129, 1), (2000, 511, 64), num_heads=32, num_kv_heads=4, head_dim=128, block_size=32
+    ),
+    "group8_head64_block16": AttentionCase((1, 64, 1, 1), (100, 900, 3000, 1), num_heads=32, num_kv_heads=4, head_dim=64),
+    "block64": AttentionCase((1, 100, 1), (1000, 200, 77), block_size=64, **LLAMA_8B),
+    "sliding_window_512": AttentionCase((1, 700, 1, 64), (3000, 100, 400, 2000), sliding_window=512, **LLAMA_8B),
+    "sliding_window_split_forced": AttentionCase((1, 1), (5000, 300), sliding_window=1000, num_splits=8, **LLAMA_8B),
+    "graph_padding_decode": AttentionCase(
+        (1,) * 30, _lengths(4, 30, 1, 2000), padding_reqs=2, padding_rows=4, **LLAMA_8B
+    ),
+    "graph_padding_split": AttentionCase((1, 1), (4000, 10), padding_reqs=2, padding_rows=6, num_splits=16, **LLAMA_8B),
+    "backend_mixed": AttentionCase((1, 1, 400, 1), (50, 3000, 100, 7), padding_rows=5, through_backend=True, **LLAMA_8B),
+}
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("case", list(GPU_ATTENTION_CASES))
+def test_attention_matches_reference_on_gpu_bf16(case: str) -> None:
+    assert_metrics(check_attention(GPU_ATTENTION_CASES[case], "cuda", torch.bfloat16), BF16_ATTENTION_TOLERANCE)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_attention_float32_is_exact_on_gpu() -> None:
+    # float32 runs its dots in IEEE precision (no TF32), so fp32 models keep fp32 attention.
+    case = AttentionCase((1, 40, 1), (300, 20, 5), num_heads=8, num_kv_heads=2, head_dim=128)
+    assert_metrics(check_attention(case, "cuda", torch.float32), 1e-5)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize(("num_tokens", "num_padding", "block_size"), [(4096, 0, 16), (300, 37, 32)])
+def test_cache_write_on_gpu_bf16(num_tokens: int, num_padding: int, block_size: int) -> None:
+    metrics = check_reshape_and_cache(num_tokens, 8, 128, block_size, num_padding, "cuda", torch.bfloat16, strided_input=True)
+    assert_metrics(metrics, 0.0)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("shape", [(512, 4096), (3, 8192), (2, 5, 4096)])
+def test_rms_norms_on_gpu_bf16(shape: tuple[int, ...]) -> None:
+    assert_metrics(check_rms_norm(shape, "cuda", torch.bfloat16), BF16_ELEMENTWISE_TOLERANCE)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize(("head_dim", "rotary_dim", "is_neox"), [(128, 128, True), (128, 64, True), (64, 64, False)])
+def test_rotary_on_gpu_bf16(head_dim: int, rotary_dim: int, is_neox: bool) -> None:
+    metrics = check_rotary(512, 32, 8, head_dim, rotary_dim, is_neox, "cuda", torch.bfloat16)
+    assert_metrics(metrics, BF16_ELEMENTWISE_TOLERANCE)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize(("num_tokens", "intermediate"), [(512, 14336), (1, 14336), (7, 1000)])
+def test_silu_and_mul_on_gpu_bf16(num_tokens: int, intermediate: int) -> None:
+    assert_metrics(check_silu_and_mul(num_tokens, intermediate, "cuda", torch.bfloat16), BF16_ELEMENTWISE_TOLERANCE)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("num_splits", [1, None])
+def test_attention_step_captures_in_cuda_graph_and_replays_new_lengths(num_splits: int | None) -> None:
+    from kernels_graph import check_graph_replay
+
+    metrics = check_graph_replay(num_splits)
+    assert_metrics(metrics, BF16_ATTENTION_TOLERANCE)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_kernels_never_synchronise_with_the_host() -> None:
+    from kernels_graph import build_kernel_inputs, run_every_kernel
+
+    inputs = build_kernel_inputs()
+    run_every_kernel(inputs)  # compile first: compilation and input set-up may synchronise
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        run_every_kernel(inputs)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()

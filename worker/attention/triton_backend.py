@@ -1,0 +1,85 @@
+"""Triton attention backend: the GPU path behind the ``AttentionBackend`` contract.
+
+Per layer and step: one kernel writes the step's K/V into the paged cache, one launch of the
+unified paged-attention kernel (plus a merge kernel when the context is split) computes every
+request's output, whatever mix of prefill, chunked prefill and decode the step holds. Nothing here
+synchronises with the device, so a whole step can be captured in a CUDA graph.
+"""
+from __future__ import annotations
+
+import torch
+
+from worker.attention.backend import AttentionMetadata
+from worker.kernels.errors import KernelInputError
+
+
+class TritonAttention:
+    """One layer's attention with the Triton kernels.
+
+    ``num_splits`` forces the split-KV partition count (1 disables it); None lets the kernel's
+    heuristic choose per step from host-side sizes.
+    """
+
+    def __init__(
+        self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float, sliding_window: int | None
+    ) -> None:
+        if num_kv_heads < 1 or num_heads % num_kv_heads:
+            raise KernelInputError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
+        if sliding_window is not None and sliding_window < 1:
+            raise KernelInputError(f"sliding_window must be >= 1 or None, got {sliding_window}")
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.scale, self.sliding_window = scale, sliding_window
+        self.num_splits: int | None = None
+
+    def forward(
+        self,
+        q: torch.Tensor,  # [T, num_heads, head_dim]
+        k: torch.Tensor,  # [T, num_kv_heads, head_dim]
+        v: torch.Tensor,  # [T, num_kv_heads, head_dim]
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """Write K/V at ``meta.slot_mapping`` and return attention [T, num_heads, head_dim].
+
+        Rows past ``meta.num_tokens`` (graph padding) come back as zeros, like the torch backend's.
+        """
+        from worker.kernels.attention import unified_attention
+        from worker.kernels.kv_cache import reshape_and_cache
+
+        key_cache, value_cache = kv_cache
+        reshape_and_cache(k, v, key_cache, value_cache, meta.slot_mapping)
+        out = torch.empty_like(q)
+        if q.shape[0] > meta.num_tokens:
+            out[meta.num_tokens :].zero_()
+        unified_attention(
+            q,
+            key_cache,
+            value_cache,
+            out,
+            meta.query_start_loc,
+            meta.seq_lens,
+            meta.block_tables,
+            max_query_len=meta.max_query_len,
+            max_seq_len=meta.max_seq_len,
+            scale=self.scale,
+            sliding_window=self.sliding_window,
+            num_reqs=meta.num_reqs,
+            num_splits=self.num_splits,
+        )
+        return out
+
+
+class TritonBackend:
+    """Factory of ``TritonAttention`` layers (``get_backend("triton", ...)``)."""
+
+    name = "triton"
+
+    def make_impl(
+        self,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        scale: float,
+        sliding_window: int | None = None,
+    ) -> TritonAttention:
+        return TritonAttention(num_heads, num_kv_heads, head_dim, scale, sliding_window)
