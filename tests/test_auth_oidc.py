@@ -19,6 +19,7 @@ from joserfc.jwk import RSAKey
 from auth_support import make_app, sqlite_url
 from gateway.auth.errors import IdentityProviderUnavailable
 from gateway.auth.factory import build_identity
+from gateway.auth.oidc import OIDCAuthenticator
 from gateway.auth.oidc_keys import ProviderKeys
 from gateway.auth.settings import AuthSettings, OIDCSettings
 from gateway.auth.stores import TeamStore
@@ -274,3 +275,22 @@ def test_unreachable_provider_answers_503(tmp_path):
     with TestClient(make_app(build_identity(settings, engine))) as c:
         r = call(c, "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJ4In0.c2ln")
     assert r.status_code == 503 and r.json()["error"]["code"] == "identity_provider_unavailable"
+
+
+def test_steady_state_token_validation_is_well_under_a_millisecond():
+    key = new_signing_key("perf")
+    settings = oidc_settings("https://idp.example")
+    authn = OIDCAuthenticator(settings, ProviderKeys(settings, _scripted_provider({"keys": [key.as_dict(private=False)]}, {})))
+    now = int(time.time())
+    token = signed(key, {"iss": "https://idp.example", "aud": AUD, "sub": "svc", "groups": ["grp-radiology"], "iat": now, "exp": now + 300})
+
+    async def measure() -> float:
+        await authn.authenticate_token(token)  # discovery and JWKS fetched once
+        n = 300
+        start = time.perf_counter()
+        for _ in range(n):
+            await authn.authenticate_token(token)
+        return (time.perf_counter() - start) / n
+
+    per_call = asyncio.run(measure())
+    assert per_call < 1e-3, f"{per_call * 1e6:.0f} µs per token"
