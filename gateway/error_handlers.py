@@ -1,0 +1,79 @@
+"""Every error leaves in OpenAI's shape, with its status, and is reported to the request hooks."""
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.auth.errors import AuthenticationError, PermissionDenied
+from gateway.errors import InvalidRequest, OpenAIError, PermissionDeniedError, Unauthorized, WorkerFailed
+from gateway.http_context import context_for, json_response
+
+log = logging.getLogger("ward.gateway")
+
+_HTTP_ERROR_TYPES = {401: "invalid_request_error", 403: "invalid_request_error", 404: "invalid_request_error"}
+
+
+async def error_response(request: Request, error: OpenAIError) -> Response:
+    """Reports ``error`` as the request's outcome (hooks, metrics) and renders it."""
+    ctx = context_for(request)
+    await request.app.state.ward.lifecycle.fail(ctx, error)
+    return json_response(ctx, error.body(), status_code=error.status_code, headers=error.headers)
+
+
+async def _openai_error(request: Request, exc: OpenAIError) -> Response:
+    return await error_response(request, exc)
+
+
+async def _authentication_error(request: Request, exc: AuthenticationError) -> Response:
+    error = Unauthorized(exc.message, code=exc.code, headers={"www-authenticate": "Bearer"})
+    return await error_response(request, error)
+
+
+async def _permission_denied(request: Request, exc: PermissionDenied) -> Response:
+    return await error_response(request, PermissionDeniedError(exc.message, code=exc.code))
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+    # FastAPI's own validation (query/path parameters of mounted routers): 400, never 422.
+    errors = exc.errors()
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    param = ".".join(loc) or None
+    message = str(first.get("msg", "Invalid request.")).removeprefix("Value error, ")
+    if first.get("type") == "json_invalid":
+        error = InvalidRequest("We could not parse the JSON body of your request.", code="invalid_json")
+    else:
+        error = InvalidRequest(f"Invalid value for '{param}': {message}" if param else message, param=param, code="invalid_value")
+    return await error_response(request, error)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    status = exc.status_code
+    if status == 422:
+        status = 400
+    error = OpenAIError(
+        str(exc.detail),
+        status_code=status,
+        error_type=_HTTP_ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error"),
+        headers=exc.headers,
+    )
+    return await error_response(request, error)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s", request.url.path, exc_info=exc)
+    return await error_response(request, WorkerFailed("The gateway failed to process the request.", code="internal_error"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(OpenAIError, _openai_error)
+    app.add_exception_handler(AuthenticationError, _authentication_error)
+    app.add_exception_handler(PermissionDenied, _permission_denied)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,116 @@
+"""Per-request plumbing between HTTP and serving: the RequestContext, identity, body parsing,
+disconnect detection, JSON responses."""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.context import RequestContext
+from gateway.errors import ClientDisconnected, InvalidRequest
+from gateway.serving.sse import EventStreamResponse, dumps
+
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+CONTEXT_KEY = "ward.context"
+RECEIVED_KEY = "ward.received"  # perf_counter() at arrival, stamped by the body-limit middleware
+
+
+def context_for(request: Request) -> RequestContext:
+    """The request's RequestContext, created on first use (also for requests rejected early)."""
+    scope = request.scope
+    ctx = scope.get(CONTEXT_KEY)
+    if ctx is None:
+        route = scope.get("route")
+        client = scope.get("client")
+        ctx = RequestContext(
+            request_id=RequestContext.new_id(),
+            endpoint=getattr(route, "path", "unmatched"),
+            client_address=client[0] if client else None,
+        )
+        received = scope.get(RECEIVED_KEY)
+        if received is not None:
+            ctx.received_at -= time.perf_counter() - received
+            ctx.received_mono = received
+        scope[CONTEXT_KEY] = ctx
+    return ctx
+
+
+async def authenticated_context(request: Request) -> RequestContext:
+    """FastAPI dependency: the request's context with its principal; raises the authenticator's errors."""
+    ctx = context_for(request)
+    ctx.principal = await request.app.state.ward.authenticator.authenticate(request)
+    return ctx
+
+
+def _validation_error(exc: ValidationError) -> InvalidRequest:
+    error = exc.errors(include_url=False)[0]
+    if error["type"] == "json_invalid":
+        return InvalidRequest(
+            "We could not parse the JSON body of your request. Send a valid JSON object.", code="invalid_json"
+        )
+    loc = [str(part) for part in error["loc"]]
+    message = error["msg"].removeprefix("Value error, ")
+    param = loc[0] if loc else None
+    if error["type"] == "missing":
+        return InvalidRequest(f"Missing required parameter: '{'.'.join(loc)}'.", param=param, code="missing_required_parameter")
+    where = f"Invalid value for '{'.'.join(loc)}': " if loc else ""
+    return InvalidRequest(f"{where}{message}", param=param, code="invalid_value")
+
+
+async def parse_body(request: Request, model: type[M]) -> M:
+    """The JSON body validated as ``model``; raises InvalidRequest (400) for anything malformed."""
+    body = await request.body()
+    if not body:
+        raise InvalidRequest("The request body is empty. Send a JSON object.", code="invalid_json")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Awaits ``work``; if the client disconnects first, cancels it and raises ClientDisconnected."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+            try:
+                await task
+            except BaseException:  # its own cleanup ran; the disconnect is what we report
+                pass
+        watcher.cancel()
+    if task.cancelled():
+        raise ClientDisconnected()
+    return task.result()
+
+
+async def _disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def json_response(ctx: RequestContext, body: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON response carrying the request id and the hooks' headers."""
+    return Response(
+        dumps(body).encode(),
+        status_code=status_code,
+        media_type="application/json",
+        headers={**ctx.response_headers, **(headers or {}), "x-request-id": ctx.request_id},
+    )
+
+
+def serving_response(ctx: RequestContext, result: dict[str, Any] | EventStreamResponse) -> Response:
+    if isinstance(result, EventStreamResponse):
+        result.headers["x-request-id"] = ctx.request_id
+        return result
+    return json_response(ctx, result)

@@ -1,0 +1,94 @@
+"""The gateway's Prometheus metrics, named ``ward_gateway_*`` after vLLM's serving metrics.
+
+| Ward (gateway)                                   | vLLM                                  |
+| ------------------------------------------------ | ------------------------------------- |
+| ward_gateway_requests_total{route,model_name,status} | vllm:request_success_total (by finish) |
+| ward_gateway_e2e_request_latency_seconds         | vllm:e2e_request_latency_seconds      |
+| ward_gateway_time_to_first_token_seconds         | vllm:time_to_first_token_seconds      |
+| ward_gateway_inter_token_latency_seconds         | vllm:inter_token_latency_seconds      |
+| ward_gateway_prompt_tokens_total                 | vllm:prompt_tokens_total              |
+| ward_gateway_generation_tokens_total             | vllm:generation_tokens_total          |
+
+Latencies are measured at the gateway (they include the gateway and the network to the worker).
+Each app owns its registry, so several apps can live in one process (tests).
+"""
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from gateway.context import RequestContext
+
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0)
+E2E_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+
+
+class GatewayMetrics:
+    """Counters and histograms the serving code updates once per request (inter-token per message)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "ward_gateway_requests", "Requests by route, model and HTTP status.", ["route", "model_name", "status"], registry=r
+        )
+        self.e2e_latency = Histogram(
+            "ward_gateway_e2e_request_latency_seconds", "Request latency from arrival to the last byte.",
+            ["route", "model_name"], buckets=E2E_BUCKETS, registry=r,
+        )
+        self.ttft = Histogram(
+            "ward_gateway_time_to_first_token_seconds", "Time from arrival to the first generated token.",
+            ["model_name"], buckets=TTFT_BUCKETS, registry=r,
+        )
+        self.inter_token = Histogram(
+            "ward_gateway_inter_token_latency_seconds", "Time between successive token deliveries of a request.",
+            ["model_name"], buckets=ITL_BUCKETS, registry=r,
+        )
+        self.prompt_tokens = Counter("ward_gateway_prompt_tokens", "Prompt tokens processed.", ["model_name"], registry=r)
+        self.generation_tokens = Counter(
+            "ward_gateway_generation_tokens", "Tokens generated.", ["model_name"], registry=r
+        )
+        self.in_flight = Gauge("ward_gateway_requests_in_flight", "Inference requests being served.", registry=r)
+        self._itl_children: dict[str, object] = {}
+
+    def observe_inter_token(self, model: str, seconds: float) -> None:
+        child = self._itl_children.get(model)
+        if child is None:
+            child = self._itl_children[model] = self.inter_token.labels(model)
+        child.observe(seconds)
+
+    def observe_request(self, ctx: RequestContext, model_label: str) -> None:
+        """Records a finished request; ``model_label`` must be a configured model name or ""."""
+        status = str(ctx.status_code or 500)
+        self.requests.labels(ctx.endpoint, model_label, status).inc()
+        self.e2e_latency.labels(ctx.endpoint, model_label).observe(time.perf_counter() - ctx.received_mono)
+        if not model_label:
+            return
+        if ctx.first_token_mono is not None:
+            self.ttft.labels(model_label).observe(ctx.first_token_mono - ctx.received_mono)
+        if ctx.prompt_tokens:
+            self.prompt_tokens.labels(model_label).inc(ctx.prompt_tokens)
+        if ctx.completion_tokens:
+            self.generation_tokens.labels(model_label).inc(ctx.completion_tokens)
+
+
+class WorkerPoolCollector(Collector):
+    """Per-worker readiness and this gateway's in-flight requests, read from the pool at scrape time."""
+
+    def __init__(self, pool) -> None:
+        self._pool = pool
+
+    def collect(self):
+        ready = GaugeMetricFamily("ward_gateway_worker_ready", "1 if the worker is in rotation.", labels=["model_name", "worker"])
+        in_flight = GaugeMetricFamily(
+            "ward_gateway_worker_requests_in_flight", "This gateway's requests on the worker.", labels=["model_name", "worker"]
+        )
+        for handle in self._pool.handles():
+            ready.add_metric([handle.model, handle.address], 1.0 if handle.ready else 0.0)
+            in_flight.add_metric([handle.model, handle.address], float(handle.in_flight))
+        yield ready
+        yield in_flight

@@ -1,0 +1,90 @@
+"""Fields shared by chat and completion requests: OpenAI's sampling options and Ward's extras.
+
+Bounds follow OpenAI's where it has them, and otherwise the worker contract's integer widths, so a
+valid request always fits its protobuf message.
+"""
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+
+INT32_MAX = 2**31 - 1
+UINT32_MAX = 2**32 - 1
+
+TokenId = Annotated[StrictInt, Field(ge=0, le=INT32_MAX)]
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class UnsupportedField(ValueError):
+    """A known OpenAI field whose feature Ward does not offer (a 400, never silently ignored)."""
+
+
+class SamplingRequest(BaseModel):
+    """The request fields that become the worker's SamplingParams. Unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(min_length=1, max_length=256)
+    n: int = Field(1, ge=1, le=128)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    max_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = Field(None, max_length=256)
+    # Ward's engine extras (vLLM's names and meanings)
+    top_k: int | None = Field(None, ge=-1, le=INT32_MAX)
+    min_p: float | None = Field(None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
+    min_tokens: int = Field(0, ge=0, le=INT32_MAX)
+    ignore_eos: bool = False
+    priority: int = Field(0, ge=-(2**31), le=INT32_MAX)
+    stop_token_ids: list[TokenId] | None = Field(None, max_length=64)
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        values = [stop] if isinstance(stop, str) else stop or []
+        if len(values) > 16:
+            raise ValueError("at most 16 stop sequences are allowed")
+        if any(not s for s in values):
+            raise ValueError("stop sequences must not be empty")
+        return stop
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SamplingRequest:
+        if self.stream_options is not None and not self.stream:
+            raise ValueError("stream_options is only allowed when stream is true")
+        budget = self.completion_budget()
+        if budget is not None and self.min_tokens > budget:
+            raise ValueError("min_tokens must not exceed max_tokens")
+        return self
+
+    def completion_budget(self) -> int | None:
+        """The most tokens to generate per choice (None: up to the context length)."""
+        return self.max_tokens
+
+    def stop_list(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or ())
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and self.stream_options and self.stream_options.include_usage)
+
+
+def reject_if_set(values: dict, field: str, feature: str) -> None:
+    """Raises UnsupportedField when ``field`` carries a non-empty value."""
+    if values.get(field) not in (None, False, [], {}, "", "none", "auto"):
+        raise UnsupportedField(f"`{field}` is not supported: Ward does not offer {feature}")

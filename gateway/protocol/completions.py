@@ -1,0 +1,50 @@
+"""POST /v1/completions request body."""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, field_validator, model_validator
+
+from gateway.protocol.common import SamplingRequest, TokenId, reject_if_set
+
+MAX_PROMPTS = 256
+
+
+class CompletionRequest(SamplingRequest):
+    # a string, several strings, one tokenized prompt, or several tokenized prompts
+    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
+    max_tokens: int | None = Field(16, ge=1, le=2**31 - 1)  # OpenAI's default for completions
+    logprobs: int | None = Field(None, ge=0, le=20)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported_features(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            reject_if_set(data, "echo", "echoing the prompt")
+            reject_if_set(data, "suffix", "suffixes (insertion)")
+            reject_if_set(data, "logit_bias", "logit bias")
+            best_of = data.get("best_of")
+            if best_of is not None and best_of != data.get("n", 1):
+                raise ValueError("`best_of` is not supported (it may only equal n)")
+        return data
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompts_present(cls, prompt):
+        if isinstance(prompt, list):
+            if not prompt:
+                raise ValueError("prompt must not be empty")
+            if isinstance(prompt[0], list) and any(not p for p in prompt):
+                raise ValueError("a tokenized prompt must not be empty")
+            if isinstance(prompt[0], (str, list)) and len(prompt) > MAX_PROMPTS:
+                raise ValueError(f"at most {MAX_PROMPTS} prompts per request")
+        return prompt
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts one by one: strings or token-id lists."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if isinstance(p[0], int):
+            return [p]  # one tokenized prompt
+        return list(p)

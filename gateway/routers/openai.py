@@ -1,0 +1,58 @@
+"""OpenAI-compatible routes under /v1. Each one authenticates, parses, and hands off to a service."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.context import RequestContext
+from gateway.errors import ModelNotFound
+from gateway.http_context import authenticated_context, json_response, parse_body, serving_response, until_disconnected
+from gateway.protocol.chat import ChatCompletionRequest
+from gateway.protocol.completions import CompletionRequest
+from gateway.protocol.embeddings import EmbeddingRequest
+
+router = APIRouter(prefix="/v1")
+
+Context = Annotated[RequestContext, Depends(authenticated_context)]
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request, ctx: Context) -> Response:
+    body = await parse_body(request, ChatCompletionRequest)
+    result = await until_disconnected(request, request.app.state.ward.chat.create(ctx, body))
+    return serving_response(ctx, result)
+
+
+@router.post("/completions")
+async def completions(request: Request, ctx: Context) -> Response:
+    body = await parse_body(request, CompletionRequest)
+    result = await until_disconnected(request, request.app.state.ward.completions.create(ctx, body))
+    return serving_response(ctx, result)
+
+
+@router.post("/embeddings")
+async def embeddings(request: Request, ctx: Context) -> Response:
+    body = await parse_body(request, EmbeddingRequest)
+    result = await until_disconnected(request, request.app.state.ward.embeddings.create(ctx, body))
+    return serving_response(ctx, result)
+
+
+@router.get("/models")
+async def list_models(request: Request, ctx: Context) -> Response:
+    ward = request.app.state.ward
+    body = {"object": "list", "data": [ward.model_card(name) for name in ward.pool.models()]}
+    ward.lifecycle.succeed_without_hooks(ctx)
+    return json_response(ctx, body)
+
+
+@router.get("/models/{model:path}")
+async def retrieve_model(model: str, request: Request, ctx: Context) -> Response:
+    ward = request.app.state.ward
+    ctx.model = model
+    if not ward.pool.has_model(model):
+        raise ModelNotFound(model)
+    ward.lifecycle.succeed_without_hooks(ctx)
+    return json_response(ctx, ward.model_card(model))

@@ -1,0 +1,33 @@
+"""Unauthenticated operational routes: liveness, readiness and Prometheus metrics."""
+from __future__ import annotations
+
+from fastapi import APIRouter
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> Response:
+    """The process is up and serving HTTP."""
+    return JSONResponse({"status": "ok"})
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> Response:
+    """200 when every configured model has a ready worker, else 503 (with per-model counts)."""
+    pool = request.app.state.ward.pool
+    models = {}
+    for name in pool.models():
+        handles = pool.handles(name)
+        models[name] = {"ready": pool.is_ready(name), "ready_workers": sum(h.ready for h in handles), "workers": len(handles)}
+    ready = all(m["ready"] for m in models.values())
+    return JSONResponse({"ready": ready, "models": models}, status_code=200 if ready else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    registry = request.app.state.ward.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,1 @@
+"""Serving objects: HTTP-free logic behind each OpenAI endpoint, over the worker-client protocol."""

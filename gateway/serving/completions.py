@@ -1,0 +1,114 @@
+"""POST /v1/completions: one Generate call per prompt, choices numbered prompt by prompt."""
+from __future__ import annotations
+
+from typing import Any
+
+from gateway.context import RequestContext
+from gateway.protocol.completions import CompletionRequest
+from gateway.serving.generation import GenerationRun
+from gateway.serving.logprobs import CompletionLogprobs
+from gateway.serving.params import sampling_params
+from gateway.serving.sse import DONE, ChunkTemplate, EventStreamResponse, event
+from gateway.serving.text_generation import GenerationService, ResponseMeta
+from proto.ward.worker.v1 import worker_pb2 as pb
+
+PROMPT_PARAM = "prompt"
+
+
+def worker_prompt(prompt: str | list[int]) -> pb.Prompt:
+    if isinstance(prompt, str):
+        return pb.Prompt(text=prompt)
+    return pb.Prompt(token_ids=pb.TokenIds(ids=prompt))
+
+
+def generate_requests(ctx: RequestContext, request: CompletionRequest) -> list[pb.GenerateRequest]:
+    params = sampling_params(request, logprobs=request.logprobs)
+    prompts = request.prompts()
+    salt = ctx.principal.team if ctx.principal else ""
+    return [
+        pb.GenerateRequest(
+            request_id=ctx.request_id if len(prompts) == 1 else f"{ctx.request_id}-{i}",
+            model=request.model,
+            prompt=worker_prompt(p),
+            params=params,
+            priority=request.priority,
+            cache_salt=salt,
+        )
+        for i, p in enumerate(prompts)
+    ]
+
+
+class CompletionFormatter:
+    """text_completion bodies and chunks (OpenAI streams completions as text_completion objects)."""
+
+    def __init__(self, meta: ResponseMeta, request: CompletionRequest) -> None:
+        self.meta = meta
+        self.include_usage = request.include_usage
+        self.logprobs = request.logprobs is not None
+        self._fields = {
+            "id": meta.id,
+            "object": "text_completion",
+            "created": meta.created,
+            "model": meta.model,
+            "system_fingerprint": meta.system_fingerprint,
+        }
+        self._template = ChunkTemplate(self._fields, usage_null=self.include_usage)
+        self._offsets: dict[int, CompletionLogprobs] = {}
+
+    def _logprobs_of(self, index: int) -> CompletionLogprobs:
+        state = self._offsets.get(index)
+        if state is None:
+            state = self._offsets[index] = CompletionLogprobs()
+        return state
+
+    def delta_events(self, index: int, delta: pb.ChoiceDelta) -> bytes:
+        if not delta.text and not (self.logprobs and delta.logprobs):
+            return b""
+        logprobs = self._logprobs_of(index).format(delta.logprobs) if self.logprobs else None
+        return self._template.encode({"text": delta.text, "index": index, "logprobs": logprobs, "finish_reason": None})
+
+    def final_events(self, run: GenerationRun) -> bytes:
+        out = b"".join(
+            self._template.encode({"text": "", "index": i, "logprobs": None, "finish_reason": reason})
+            for i, reason in enumerate(run.ctx.finish_reasons)
+        )
+        if self.include_usage:
+            out += event({**self._fields, "choices": [], "usage": run.usage()})
+        return out + DONE
+
+    def response(self, run: GenerationRun) -> dict[str, Any]:
+        ctx = run.ctx
+        choices = []
+        for i in range(ctx.num_choices):
+            logprobs = CompletionLogprobs().format(run.logprobs[i]) if run.logprobs is not None else None
+            choices.append(
+                {"text": ctx.response_text(i), "index": i, "logprobs": logprobs, "finish_reason": ctx.finish_reasons[i]}
+            )
+        return {**self._fields, "choices": choices, "usage": run.usage()}
+
+
+class CompletionService:
+    """Serves legacy completions through a GenerationService."""
+
+    def __init__(self, generation: GenerationService) -> None:
+        self.generation = generation
+
+    async def create(self, ctx: RequestContext, request: CompletionRequest) -> dict[str, Any] | EventStreamResponse:
+        """The response body, or a streaming response; raises OpenAIError."""
+        ctx.model = request.model
+        ctx.params = request
+        prompts = request.prompts()
+        ctx.prompt = prompts[0] if len(prompts) == 1 else prompts
+        ctx.stream = request.stream
+        ctx.max_tokens = request.completion_budget()
+        self.generation.check_model(request.model, "generate")
+        meta = self.generation.meta(ctx, "cmpl-")
+        return await self.generation.run(
+            ctx,
+            generate_requests(ctx, request),
+            n=request.n,
+            stream=request.stream,
+            keep_logprobs=request.logprobs is not None,
+            formatter=lambda: CompletionFormatter(meta, request),
+            prompt_param=PROMPT_PARAM,
+        )

@@ -1,0 +1,49 @@
+"""Worker logprobs in OpenAI's two formats: chat (``content: [...]``) and legacy completions."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from proto.ward.worker.v1 import worker_pb2 as pb
+
+
+def _bytes(token: str, raw: bytes) -> list[int]:
+    return list(raw) if raw else list(token.encode("utf-8", "surrogatepass"))
+
+
+def chat_logprobs(logprobs: Iterable[pb.TokenLogprob]) -> dict[str, Any]:
+    """``{"content": [{token, logprob, bytes, top_logprobs: [...]}, ...], "refusal": None}``."""
+    return {
+        "content": [
+            {
+                "token": lp.token,
+                "logprob": lp.logprob,
+                "bytes": _bytes(lp.token, lp.token_bytes),
+                "top_logprobs": [
+                    {"token": t.token, "logprob": t.logprob, "bytes": _bytes(t.token, t.token_bytes)} for t in lp.top
+                ],
+            }
+            for lp in logprobs
+        ],
+        "refusal": None,
+    }
+
+
+class CompletionLogprobs:
+    """Builds the completions format (tokens, token_logprobs, top_logprobs, text_offset) of one choice,
+    keeping the running text offset across stream chunks."""
+
+    __slots__ = ("offset",)
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def format(self, logprobs: Iterable[pb.TokenLogprob]) -> dict[str, Any]:
+        tokens, token_logprobs, top_logprobs, text_offset = [], [], [], []
+        for lp in logprobs:
+            tokens.append(lp.token)
+            token_logprobs.append(lp.logprob)
+            top_logprobs.append({t.token: t.logprob for t in lp.top})
+            text_offset.append(self.offset)
+            self.offset += len(lp.token)
+        return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs, "text_offset": text_offset}

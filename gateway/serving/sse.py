@@ -1,0 +1,120 @@
+"""Server-sent events as OpenAI sends them: ``data: {json}\\n\\n`` per chunk, ``data: [DONE]`` last.
+
+:class:`EventStreamResponse` stops the stream when the client disconnects and always closes the
+event generator, so its cleanup (cancelling the worker call, failure hooks) runs promptly.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any, Protocol
+
+import anyio
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from gateway.errors import ClientDisconnected
+from gateway.serving.generation import GenerationRun
+from gateway.serving.lifecycle import Lifecycle
+from gateway.workers.pool import WorkerPool
+from proto.ward.worker.v1 import worker_pb2 as pb
+
+DONE = b"data: [DONE]\n\n"
+
+
+def dumps(obj: Any) -> str:
+    """Compact JSON, UTF-8 kept as is (the encoding OpenAI uses on the wire)."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def event(obj: Any) -> bytes:
+    return b"data: " + dumps(obj).encode() + b"\n\n"
+
+
+class ChunkTemplate:
+    """Encodes chunks of one response quickly: the fields all chunks share are serialized once."""
+
+    __slots__ = ("_head", "_tail")
+
+    def __init__(self, fields: dict[str, Any], *, usage_null: bool) -> None:
+        # {"id":...,"object":...,...,"choices":[  <choice>  ],"usage":null}
+        self._head = "data: " + dumps(fields)[:-1] + ',"choices":['
+        self._tail = "]" + (',"usage":null' if usage_null else "") + "}\n\n"
+
+    def encode(self, choice: dict[str, Any]) -> bytes:
+        return (self._head + dumps(choice) + self._tail).encode()
+
+
+class ChunkFormatter(Protocol):
+    """Turns choice deltas into an endpoint's SSE chunks."""
+
+    def delta_events(self, index: int, delta: pb.ChoiceDelta) -> bytes:
+        """Events for one delta (b"" when there is nothing to send); finish reasons are held back."""
+
+    def final_events(self, run: GenerationRun) -> bytes:
+        """The finish-reason chunks, the usage chunk if asked for, and ``data: [DONE]``."""
+
+
+async def run_event_stream(
+    run: GenerationRun, formatter: ChunkFormatter, lifecycle: Lifecycle, pool: WorkerPool, *, prompt_param: str
+) -> AsyncGenerator[bytes, None]:
+    """The SSE body of a streamed generation.
+
+    ``before_finish`` completes before the finish chunks and ``data: [DONE]`` are sent. A failure
+    mid-stream sends one OpenAI-shaped error event and ends the stream (no [DONE]).
+    """
+    ctx = run.ctx
+    try:
+        try:
+            async for index, delta in run.updates():
+                chunk = formatter.delta_events(index, delta)
+                if chunk:
+                    yield chunk
+            run.complete()
+            await lifecycle.finish(ctx)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes an error event
+            error = run.client_error(exc, pool=pool, prompt_param=prompt_param)
+            await lifecycle.fail(ctx, error)
+            yield event(error.body())
+            return
+        yield formatter.final_events(run)
+    except (asyncio.CancelledError, GeneratorExit):
+        ctx.cancelled = True
+        await lifecycle.fail(ctx, ClientDisconnected())
+        raise
+    finally:
+        run.close()
+
+
+class EventStreamResponse(Response):
+    """A text/event-stream response over an async generator of encoded events."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, events: AsyncGenerator[bytes, None], *, headers: Mapping[str, str] | None = None) -> None:
+        self.events = events
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no", **(headers or {})})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._watch_disconnect, receive, group.cancel_scope)
+                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+                async for chunk in self.events:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+                group.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.events.aclose()
+
+    @staticmethod
+    async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                scope.cancel()
+                return

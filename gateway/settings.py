@@ -1,0 +1,139 @@
+"""Gateway configuration: a YAML file (``ward gateway --config FILE``) overridden by ``WARD_*`` env vars.
+
+Precedence, highest first: keyword arguments, environment (``WARD_PORT``, nested with ``__`` such as
+``WARD_ROUTING__POLL_INTERVAL_S``), the YAML file, the defaults below. The sections ``auth``, ``quota``
+and ``audit`` belong to their layers; this module only composes them.
+"""
+from __future__ import annotations
+
+import contextvars
+import pathlib
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from gateway.audit.settings import AuditSettings
+from gateway.auth.settings import AuthSettings
+from gateway.quota.settings import QuotaSettings
+
+# The YAML file of the settings being built; a context variable keeps concurrent loads apart.
+_CONFIG_FILE: contextvars.ContextVar[pathlib.Path | None] = contextvars.ContextVar("ward_gateway_config", default=None)
+
+
+class ConfigFileError(ValueError):
+    """The configuration file is missing or is not a YAML mapping."""
+
+
+class ModelRoute(BaseModel):
+    """Where a served model name lives: one or more worker addresses (``host:port``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workers: list[str] = Field(min_length=1)
+
+    @field_validator("workers")
+    @classmethod
+    def _addresses_look_like_host_port(cls, workers: list[str]) -> list[str]:
+        for address in workers:
+            host, sep, port = address.rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"worker address {address!r} is not host:port")
+        if len(set(workers)) != len(workers):
+            raise ValueError("a worker address is listed twice")
+        return workers
+
+
+class RoutingSettings(BaseModel):
+    """How the gateway watches workers and spreads requests across them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    poll_interval_s: float = Field(0.5, gt=0, le=30)  # Health + LoadStats period per worker
+    poll_timeout_s: float = Field(1.0, gt=0, le=30)  # a poll slower than this counts as missed
+    # A worker failing its polls this long is dead: its in-flight streams are cut with an error.
+    dead_after_s: float = Field(3.0, gt=0, le=300)
+    max_attempts: int = Field(3, ge=1, le=16)  # workers tried before the first token is sent
+
+
+class GatewaySettings(BaseSettings):
+    """Everything ``ward gateway`` needs; load with :meth:`load`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="WARD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    host: str = "127.0.0.1"  # localhost unless told otherwise
+    port: int = Field(8000, ge=0, le=65535)
+    models: dict[str, ModelRoute] = Field(default_factory=dict)
+    # The minimal identity check: API key -> team. Replaced by the identity layer's authenticator.
+    api_keys: dict[SecretStr, str] = Field(default_factory=dict)
+    routing: RoutingSettings = Field(default_factory=RoutingSettings)
+    max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)  # larger bodies get 413
+    access_log: bool = False  # uvicorn's per-request log lines (paths and statuses only)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    quota: QuotaSettings = Field(default_factory=QuotaSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_and_teams_are_not_empty(cls, keys: dict[SecretStr, str]) -> dict[SecretStr, str]:
+        for key, team in keys.items():
+            if len(key.get_secret_value()) < 8:
+                raise ValueError("an API key is shorter than 8 characters")
+            if not team:
+                raise ValueError("an API key maps to an empty team name")
+        return keys
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _CONFIG_FILE.get()
+        if config_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: str | pathlib.Path | None = None, **overrides: Any) -> GatewaySettings:
+        """Settings from ``config_file`` (optional), the environment and ``overrides``.
+
+        Raises ConfigFileError when the file is missing or not a mapping, and pydantic's
+        ValidationError when a value is invalid.
+        """
+        path = None
+        if config_file is not None:
+            path = pathlib.Path(config_file)
+            if not path.is_file():
+                raise ConfigFileError(f"config file not found: {path}")
+            _check_is_mapping(path)
+        token = _CONFIG_FILE.set(path)
+        try:
+            return cls(**overrides)
+        finally:
+            _CONFIG_FILE.reset(token)
+
+
+def _check_is_mapping(path: pathlib.Path) -> None:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigFileError(f"{path} is not valid YAML: {exc}") from None
+    if data is not None and not isinstance(data, dict):
+        raise ConfigFileError(f"{path} must hold a mapping at the top level")

@@ -1,0 +1,1 @@
+"""How the gateway reaches workers: gRPC clients, channel security, and the pool that routes by load."""

@@ -1,0 +1,90 @@
+"""Worker failures in a transport-neutral form, and their translation into OpenAI errors.
+
+The worker signals a machine-readable reason for a refusal in the gRPC trailing metadata key
+``ward-error-code`` (e.g. ``context_length_exceeded``), beside the status code and details message.
+"""
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from gateway.errors import (
+    ContextLengthExceeded,
+    GatewayTimeout,
+    InvalidRequest,
+    ModelNotFound,
+    OpenAIError,
+    ServiceUnavailable,
+    WorkerFailed,
+)
+
+ERROR_CODE_METADATA_KEY = "ward-error-code"
+
+log = logging.getLogger("ward.gateway.workers")
+
+# Statuses whose details were written for the client (request problems); the others may carry
+# worker internals and are replaced by a generic message.
+_CLIENT_FACING = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.NOT_FOUND,
+}
+
+
+class WorkerError(Exception):
+    """A worker call failed: the gRPC status, the worker's error code if it sent one, and its message."""
+
+    def __init__(self, status: grpc.StatusCode, message: str, *, code: str | None = None, address: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.address = address
+
+    @property
+    def worker_unreachable(self) -> bool:
+        """The worker could not be reached: take it out of rotation and try another."""
+        return self.status is grpc.StatusCode.UNAVAILABLE
+
+    @property
+    def retryable(self) -> bool:
+        """Another worker may succeed where this one failed (before any output was sent)."""
+        return self.status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+    def __str__(self) -> str:
+        code = f" [{self.code}]" if self.code else ""
+        return f"{self.address}: {self.status.name}{code}: {self.message}"
+
+
+def from_rpc_error(exc: grpc.aio.AioRpcError, address: str) -> WorkerError:
+    """The WorkerError for a failed gRPC call, reading ``ward-error-code`` from its trailers."""
+    code = None
+    trailers = exc.trailing_metadata()
+    if trailers:
+        for key, value in trailers:
+            if key == ERROR_CODE_METADATA_KEY:
+                code = value.decode() if isinstance(value, bytes) else value
+                break
+    return WorkerError(exc.code(), exc.details() or "", code=code, address=address)
+
+
+def to_openai_error(err: WorkerError, *, model: str, prompt_param: str = "messages") -> OpenAIError:
+    """The client-facing error for a worker failure (worker internals are logged, never returned)."""
+    status = err.status
+    if status in _CLIENT_FACING:
+        if err.code == "context_length_exceeded":
+            return ContextLengthExceeded(err.message or "The prompt is too long for this model.", param=prompt_param)
+        if status is grpc.StatusCode.NOT_FOUND:
+            return ModelNotFound(model)
+        return InvalidRequest(err.message or "The worker rejected the request.", code=err.code)
+    if status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED):
+        return ServiceUnavailable("The worker serving this model is unavailable; please retry.")
+    if status is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return ServiceUnavailable("The workers serving this model are overloaded; please retry.", code="overloaded")
+    if status is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return GatewayTimeout("The worker did not answer in time.", code="timeout")
+    log.error("worker call failed: %s", err)
+    return WorkerFailed("The worker failed to process the request.", code="worker_error")
