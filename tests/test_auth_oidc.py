@@ -294,3 +294,36 @@ def test_steady_state_token_validation_is_well_under_a_millisecond():
 
     per_call = asyncio.run(measure())
     assert per_call < 1e-3, f"{per_call * 1e6:.0f} µs per token"
+
+
+def test_provider_outage_keeps_cached_keys_and_retries_after_the_interval():
+    key = new_signing_key("steady")
+    counter: dict = {}
+    state = {"up": True}
+    now = [0.0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        counter[request.url.path] = counter.get(request.url.path, 0) + 1
+        if not state["up"]:
+            raise httpx.ConnectError("down")
+        if request.url.path == "/.well-known/openid-configuration":
+            return httpx.Response(200, json={"issuer": "https://idp.example", "jwks_uri": "https://idp.example/jwks"})
+        return httpx.Response(200, json={"keys": [key.as_dict(private=False)]})
+
+    settings = oidc_settings("https://idp.example", jwks_refresh_min_interval_s=30, jwks_max_age_s=60)
+    keys = ProviderKeys(settings, httpx.AsyncClient(transport=httpx.MockTransport(handler)), clock=lambda: now[0])
+
+    async def scenario():
+        assert await keys.key_for("steady", "RS256") is not None
+        state["up"] = False
+        now[0] = 61  # cached keys are stale: a refresh is tried and fails, the cached key still serves
+        assert await keys.key_for("steady", "RS256") is not None
+        now[0] = 70  # within the interval after the failed attempt: no new attempt
+        assert await keys.key_for("steady", "RS256") is not None
+        assert counter["/jwks"] == 2
+        state["up"] = True
+        now[0] = 92
+        assert await keys.key_for("steady", "RS256") is not None
+        assert counter["/jwks"] == 3
+
+    asyncio.run(scenario())

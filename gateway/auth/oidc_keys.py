@@ -44,7 +44,8 @@ class ProviderKeys:
         self._jwks_uri: str | None = None
         self._metadata_algs: set[str] = set()
         self._keys: dict[str, tuple[AsymmetricKey, set[str]]] = {}  # kid -> (key, algorithms)
-        self._fetched_at: float | None = None
+        self._fetched_at: float | None = None  # last successful JWKS fetch
+        self._attempted_at: float | None = None  # last fetch attempt, successful or not
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -73,8 +74,10 @@ class ProviderKeys:
         """
         now = self._clock()
         stale = self._fetched_at is None or now - self._fetched_at >= self.settings.jwks_max_age_s
-        if stale or (self._find(kid, alg) is None and self._may_refresh(now)):
+        if (stale or self._find(kid, alg) is None) and self._may_attempt(now):
             await self._refresh()
+        if self._fetched_at is None:
+            raise IdentityProviderUnavailable()
         return self._find(kid, alg)
 
     def _find(self, kid: str | None, alg: str) -> AsymmetricKey | None:
@@ -85,25 +88,29 @@ class ProviderKeys:
         fitting = [key for key, algs in self._keys.values() if alg in algs]
         return fitting[0] if len(fitting) == 1 else None
 
-    def _may_refresh(self, now: float) -> bool:
-        return self._fetched_at is None or now - self._fetched_at >= self.settings.jwks_refresh_min_interval_s
+    def _may_attempt(self, now: float) -> bool:
+        if self._attempted_at is None:
+            return True
+        # with no keys at all, retry soon (the provider may just be starting); else respect the interval
+        interval = self.settings.jwks_refresh_min_interval_s
+        if self._fetched_at is None:
+            interval = min(1.0, interval)
+        return now - self._attempted_at >= interval
 
     async def _refresh(self) -> None:
         started = self._clock()
         async with self._lock:
-            # another request may have refreshed while we waited for the lock
-            if self._fetched_at is not None and self._fetched_at >= started:
+            # another request may have tried while we waited for the lock
+            if self._attempted_at is not None and self._attempted_at >= started:
                 return
+            self._attempted_at = self._clock()
             try:
                 if self._jwks_uri is None:
                     await self._discover()
                 await self._fetch_jwks()
-            except (httpx.HTTPError, ValueError) as exc:
+            except (httpx.HTTPError, ValueError, KeyError) as exc:
+                # keep serving with the cached keys, if any; the next attempt waits for the interval
                 log.warning("could not refresh the OpenID provider's keys: %s", type(exc).__name__)
-                if not self._keys:
-                    raise IdentityProviderUnavailable() from None
-                # keep serving with the cached keys; try again after the minimum interval
-                self._fetched_at = self._clock()
 
     async def _discover(self) -> None:
         issuer = self.settings.issuer
