@@ -1,0 +1,118 @@
+"""Shared fixtures of the audit tests (imported by the test_audit_* modules; holds no tests itself).
+
+PostgreSQL tests run in a scratch database created per module on the server at
+$WARD_TEST_POSTGRES_URL (default: postgresql://postgres@127.0.0.1:5432/test) and dropped afterwards;
+they fail, never skip, when the server is unreachable.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlalchemy import Engine, delete, update
+
+from gateway.audit.bench import scratch_postgres_database
+from gateway.audit.canonical import GENESIS_HASH
+from gateway.audit.chain import CHECKPOINTS, ENTRIES, HEAD, ChainStore, CheckpointPolicy
+from gateway.audit.records import Actor, RequestEnd, RequestStart, RequestStatus
+from gateway.audit.service import create_audit_engine
+from gateway.audit.signing import Signer, TrustedKeys
+from gateway.db.engine import upgrade_to_head
+from gateway.db.models_identity import ApiKey, Team
+
+PG_SERVER_URL = os.environ.get("WARD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+BACKENDS = ["sqlite", "postgresql"]
+
+ALICE = Actor(subject="key-alice", team="cardiology", auth_method="api_key", key_id="key-alice", roles=("user",))
+BOB = Actor(subject="bob@hospital.example", team="radiology", auth_method="oidc", roles=("user",))
+
+
+@pytest.fixture(scope="module")
+def pg_module_url() -> Iterator[str]:
+    """One scratch PostgreSQL database for the whole module, migrated."""
+    with scratch_postgres_database(PG_SERVER_URL, "ward_audit_test") as url:
+        upgrade_to_head(url)
+        yield url
+
+
+def reset_log(engine: Engine) -> None:
+    """Empties the log and the identity tables (a fresh chain for the next test)."""
+    with engine.begin() as conn:
+        conn.execute(delete(ENTRIES))
+        conn.execute(delete(CHECKPOINTS))
+        conn.execute(
+            update(HEAD).values(
+                last_seq=0, last_hash=GENESIS_HASH, last_time=None, last_checkpoint_seq=0, last_checkpoint_at=None, key_id=None, signature=None
+            )
+        )
+        conn.execute(delete(ApiKey.__table__))
+        conn.execute(delete(Team.__table__))
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request, tmp_path: pathlib.Path) -> str:
+    """A migrated, empty audit database: SQLite in tmp_path, or the module's PostgreSQL scratch database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'ward.db'}"
+        upgrade_to_head(url)
+        return url
+    url = request.getfixturevalue("pg_module_url")
+    engine = create_audit_engine(url)
+    reset_log(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = create_audit_engine(db_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def signer(tmp_path: pathlib.Path) -> Signer:
+    return Signer.load_or_create(tmp_path / "audit" / "checkpoint-key.pem")
+
+
+@pytest.fixture
+def trusted(signer: Signer) -> TrustedKeys:
+    return TrustedKeys.from_keys([signer.public_key])
+
+
+def make_store(engine: Engine, signer: Signer, every_records: int = 1000, every_s: float = 3600.0) -> ChainStore:
+    return ChainStore(engine, signer, CheckpointPolicy(every_records=every_records, every_s=every_s))
+
+
+def request_start(i: int, actor: Actor = ALICE, **overrides) -> RequestStart:
+    fields = dict(
+        request_id=f"req-{i}",
+        endpoint="/v1/chat/completions",
+        received_at=datetime(2025, 3, 1, 12, 0, tzinfo=timezone.utc) + timedelta(seconds=i),
+        principal=actor,
+        client_address="10.0.0.7",
+        model="llama-8b",
+        worker="worker-a:50051",
+        params={"temperature": 0.5, "max_tokens": 64, "stop": ["\n\n"]},
+        prompt=[{"role": "user", "content": f"Question {i}: patient jane@example.org, MRN 12345678, seen 2024-05-01?"}],
+    )
+    fields.update(overrides)
+    return RequestStart(**fields)
+
+
+def request_end(i: int, **overrides) -> RequestEnd:
+    fields = dict(
+        status=RequestStatus.OK,
+        http_status=200,
+        finished_at=datetime(2025, 3, 1, 12, 0, 1, tzinfo=timezone.utc) + timedelta(seconds=i),
+        first_token_at=datetime(2025, 3, 1, 12, 0, 0, 500000, tzinfo=timezone.utc) + timedelta(seconds=i),
+        response=f"Answer {i}: call 555-123-4567.",
+        finish_reason="stop",
+        prompt_tokens=20 + i,
+        completion_tokens=10 + i,
+    )
+    fields.update(overrides)
+    return RequestEnd(**fields)
