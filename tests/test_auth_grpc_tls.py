@@ -1,4 +1,4 @@
-"""The gateway side of the worker link: TLS with the gateway's client certificate.
+"""The gateway side of the worker link: TLS credentials with the gateway's client certificate.
 
 A stand-in worker (a real grpc.aio server with the Worker service, TLS and required client
 certificates) answers Health; only a caller holding a gateway certificate from the trusted CA gets in.
@@ -13,7 +13,7 @@ import pytest
 
 from auth_support import free_port
 from auth_tls_certs import TestPKI
-from gateway.auth.grpc_tls import InsecureWorkerChannel, open_worker_channel
+from gateway.auth.grpc_tls import gateway_channel_credentials, gateway_channel_options
 from gateway.auth.settings import WorkerTLSSettings
 from proto.ward.worker.v1 import worker_pb2, worker_pb2_grpc
 
@@ -26,8 +26,8 @@ class HealthOnly(worker_pb2_grpc.WorkerServicer):
 async def _health_through(
     pki: TestPKI, tls: WorkerTLSSettings | None, *, bare_credentials: grpc.ChannelCredentials | None = None
 ) -> worker_pb2.HealthResponse:
-    """Health of a TLS worker that requires client certificates, through open_worker_channel(tls), or
-    through a channel with bare_credentials when given (a caller that is not a gateway)."""
+    """Health of a TLS worker that requires client certificates, through a channel with the gateway's
+    credentials for `tls`, or with bare_credentials when given (a caller that is not a gateway)."""
     port = free_port()
     server = grpc.aio.server()
     worker_pb2_grpc.add_WorkerServicer_to_server(HealthOnly(), server)
@@ -40,7 +40,12 @@ async def _health_through(
     await server.start()
     try:
         target = f"127.0.0.1:{port}"
-        channel = grpc.aio.secure_channel(target, bare_credentials) if bare_credentials else open_worker_channel(target, tls)
+        if bare_credentials is not None:
+            channel = grpc.aio.secure_channel(target, bare_credentials)
+        elif tls is not None:
+            channel = grpc.aio.secure_channel(target, gateway_channel_credentials(tls), options=gateway_channel_options(tls))
+        else:
+            channel = grpc.aio.insecure_channel(target)
         async with channel:
             return await worker_pb2_grpc.WorkerStub(channel).Health(worker_pb2.HealthRequest(), timeout=5)
     finally:
@@ -64,6 +69,10 @@ def test_gateway_certificate_reaches_a_tls_worker(pki):
 def test_server_name_override_checks_the_worker_certificate(pki):
     tls = settings_for(pki, pki.gateway).model_copy(update={"server_name": "localhost"})
     assert asyncio.run(_health_through(pki, tls)).live
+    wrong = settings_for(pki, pki.gateway).model_copy(update={"server_name": "worker.elsewhere.test"})
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        asyncio.run(_health_through(pki, wrong))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_call_without_a_gateway_certificate_is_refused(pki):
@@ -85,18 +94,3 @@ def test_call_with_a_certificate_from_another_ca_is_refused(pki):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         asyncio.run(_health_through(pki, tls))
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
-
-
-def test_plaintext_to_a_non_loopback_worker_is_refused():
-    with pytest.raises(InsecureWorkerChannel):
-        open_worker_channel("10.0.0.7:50051", None)
-
-
-def test_plaintext_to_loopback_or_when_marked_insecure_is_allowed():
-    async def open_and_close(target: str, allow: bool) -> None:
-        channel = open_worker_channel(target, None, allow_insecure=allow)
-        await channel.close()
-
-    asyncio.run(open_and_close("127.0.0.1:50051", False))
-    asyncio.run(open_and_close("[::1]:50051", False))
-    asyncio.run(open_and_close("10.0.0.7:50051", True))

@@ -63,5 +63,10 @@ class WardAuthenticator:
         raise AuthenticationError("Invalid API key or access token.", code="invalid_api_key", bearer_error="invalid_token")
 
     async def aclose(self) -> None:
+        """Closes the OpenID provider's HTTP client."""
         if self.oidc is not None:
             await self.oidc.aclose()
+
+    async def shutdown(self) -> None:
+        """Called by the gateway app when it stops (gateway.app lifecycle)."""
+        await self.aclose()

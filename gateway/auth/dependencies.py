@@ -1,7 +1,8 @@
 """FastAPI dependencies: the request's Principal and role requirements.
 
-Contract with the gateway app: it stores its Authenticator at `app.state.authenticator`. A request is
-authenticated at most once; the Principal is kept on `request.state.principal`.
+The Authenticator is found where the gateway app keeps it (`app.state.ward.authenticator`, set by
+gateway.app.create_app), else at `app.state.authenticator` (small apps, tests). A request is
+authenticated at most once here; the Principal is kept on `request.state.principal`.
 """
 from __future__ import annotations
 
@@ -11,15 +12,23 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.requests import Request
 
+from gateway.auth.authenticator import Authenticator
 from gateway.auth.errors import PermissionDenied
 from gateway.auth.principal import Principal, Role
+
+
+def app_authenticator(request: Request) -> Authenticator:
+    services = getattr(request.app.state, "ward", None)
+    if services is not None:
+        return services.authenticator
+    return request.app.state.authenticator
 
 
 async def current_principal(request: Request) -> Principal:
     """The authenticated caller; raises AuthenticationError (401) or PermissionDenied (403)."""
     principal = getattr(request.state, "principal", None)
     if principal is None:
-        principal = await request.app.state.authenticator.authenticate(request)
+        principal = await app_authenticator(request).authenticate(request)
         request.state.principal = principal
     return principal
 
