@@ -107,6 +107,16 @@ class ChainStore:
 
     def checkpoint_if_due(self, *, force: bool = False) -> int | None:
         """Writes a checkpoint at the head when the policy says one is due (or force); returns its seq."""
+        if not force:
+            # Look before locking: an idle tick must not take the write lock for nothing.
+            try:
+                with self.engine.connect() as conn:
+                    row = conn.execute(select(HEAD).where(HEAD.c.id == CHAIN_HEAD_ID)).one()
+            except OUTAGE_ERRORS as error:
+                raise AuditUnavailable(f"audit database unavailable: {error}") from error
+            peek = Head(row.last_seq, row.last_hash, as_utc(row.last_time), row.last_checkpoint_seq, as_utc(row.last_checkpoint_at))
+            if peek.last_seq <= peek.last_checkpoint_seq or not self._checkpoint_due(peek, peek.last_seq, _utcnow()):
+                return None
         with self.locked() as (conn, head):
             result = self.append_locked(conn, head, [], force_checkpoint=force)
             return result.checkpoint_seq

@@ -177,12 +177,17 @@ class _Verifier:
                 signed_hash, source = self.expected[seq]
                 if signed_hash != row.entry_hash:
                     start = self.last_good_checkpoint + 1
-                    self.problem(start, f"records {start}..{seq} were rewritten: the {source} at seq {seq} signed a different hash")
+                    if not self._named_between(start, seq):
+                        self.problem(start, f"records {start}..{seq} were rewritten: the {source} at seq {seq} signed a different hash")
                 else:
                     self.last_good_checkpoint = seq
             self.report.entries += 1
             prev_seq, prev_hash = seq, row.entry_hash
         self.report.last_seq = prev_seq
+
+    def _named_between(self, first: int, last: int) -> bool:
+        """Whether a more precise problem already names a record in first..last."""
+        return any(p.seq is not None and first <= p.seq <= last for p in self.report.problems)
 
     @staticmethod
     def _hash_of(row, seq: int) -> str:
@@ -249,7 +254,8 @@ class _Verifier:
             self.problem(head.last_seq + 1, f"inserted: records {head.last_seq + 1}..{last} lie beyond the signed chain head")
         elif last and head.last_hash != last_hash:
             start = self.last_good_checkpoint + 1
-            self.problem(start, f"records {start}..{last} were rewritten: the signed head names a different last hash")
+            if not self._named_between(start, last):
+                self.problem(start, f"records {start}..{last} were rewritten: the signed head names a different last hash")
         if head.last_seq == 0 and head.signature is None:
             self.report.head_checked = True
             return
@@ -258,7 +264,12 @@ class _Verifier:
             return
         why = self.trusted.check(head.last_seq, head.last_hash, as_utc(head.last_time), head.key_id, head.signature)
         if why is not None:
-            self.problem(None, f"the chain head: {why}")
+            # The head's signature is what vouches for the records after the last checkpoint.
+            start = self.last_good_checkpoint + 1
+            if last >= start and not self._named_between(start, last):
+                self.problem(start, f"records {start}..{last} cannot be vouched for (rewritten?): the chain head does not check out ({why})")
+            else:
+                self.problem(None, f"the chain head: {why}")
         else:
             self.report.head_checked = True
 
