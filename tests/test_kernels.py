@@ -105,6 +105,28 @@ def test_kernel_matches_torch_reference_in_interpreter(case: str, interpreter_re
     assert_metrics(result["metrics"], INTERPRETER_TOLERANCE)
 
 
+def test_every_kernel_variant_compiles_for_hopper() -> None:
+    # Compilation (layouts, loop-carried types, dot shapes) is what the interpreter cannot check.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR.parent), os.environ.get("PYTHONPATH", "")])}
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run(
+        [sys.executable, str(TESTS_DIR / "kernels_compile.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=TESTS_DIR.parent,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr[-4000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    failed = {name: result["error"] for name, result in report.items() if "error" in result}
+    assert not failed, "\n".join(f"{name}:\n{error}" for name, error in failed.items())
+    # The attention loop's K/V loads must be software-pipelined (cp.async) and feed tensor cores.
+    decode, prefill = report["attention_decode_group4_d128"], report["attention_prefill_group4_d128"]
+    assert decode["cp_async"] > 0 and decode["mma_sync"] > 0, decode
+    assert prefill["cp_async"] > 0 and prefill["wgmma"] > 0, prefill
+
+
 def test_importing_the_kernel_package_defines_no_kernel() -> None:
     # The lazy package is what lets a process pick Triton's interpreter after importing worker.kernels.
     code = "import sys, worker.kernels; print(sorted(m for m in sys.modules if m.startswith(('triton', 'worker.kernels.'))))"
@@ -154,7 +176,8 @@ def test_tile_config_by_step_shape() -> None:
     assert choose_tile_config(1, 8, 128).block_q == 2
     assert choose_tile_config(1, 32, 128).block_m == 32
     assert choose_tile_config(2048, 4, 128).block_m == 128
-    assert choose_tile_config(2048, 4, 256).tile_n == 32  # wide heads keep a stage in shared memory
+    assert choose_tile_config(2048, 4, 256).tile_n == 32  # wide heads keep the stages in shared memory
+    assert choose_tile_config(2048, 4, 128, element_size=4).tile_n == 32  # so do float32 caches
 
 
 # ---------------------------------------------------------------- GPU: compiled kernels, bfloat16

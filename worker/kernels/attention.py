@@ -81,7 +81,7 @@ def unified_attention(
         return out
     group = num_heads // num_kv_heads
 
-    config = choose_tile_config(max_query_len, group, head_dim)
+    config = choose_tile_config(max_query_len, group, head_dim, key_cache.element_size())
     single_block = max_query_len <= config.block_q
     q_programs = num_reqs if single_block else num_tokens // config.block_q + num_reqs
     if num_splits is None:

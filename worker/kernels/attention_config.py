@@ -41,8 +41,10 @@ class AttentionTileConfig:
     num_stages: int
 
 
-def choose_tile_config(max_query_len: int, group_size: int, head_dim: int) -> AttentionTileConfig:
-    """Pick the tile shape from the step's longest query run and the GQA group.
+def choose_tile_config(
+    max_query_len: int, group_size: int, head_dim: int, element_size: int = 2
+) -> AttentionTileConfig:
+    """Pick the tile shape from the step's longest query run, the GQA group and the K/V element size.
 
     Decode-like steps (every request's queries fit in one 16-row tile with its whole group) take the
     smallest tile: the work is memory-bound and small tiles give more programs. Longer query runs take
@@ -58,8 +60,8 @@ def choose_tile_config(max_query_len: int, group_size: int, head_dim: int) -> At
     else:
         block_m = max(128, group_p)
         config = AttentionTileConfig(block_m, block_m // group_p, tile_n=64, num_warps=8, num_stages=2)
-    if head_dim > 128 and config.tile_n > 32:
-        # Keep the K and V tiles of one stage within shared memory for wide heads.
+    if (head_dim > 128 or element_size > 2) and config.tile_n > 32:
+        # Keep the pipelined K and V tiles within shared memory for wide heads and float32 caches.
         config = AttentionTileConfig(config.block_m, config.block_q, 32, config.num_warps, config.num_stages)
     return config
 
