@@ -116,3 +116,27 @@ def request_end(i: int, **overrides) -> RequestEnd:
     )
     fields.update(overrides)
     return RequestEnd(**fields)
+
+
+def make_log(engine: Engine, signer: Signer, *, levels=None, spool=None, every_records: int = 1000, every_s: float = 3600.0, **kwargs):
+    """An AuditLog over engine (not started)."""
+    from gateway.audit.capture import CaptureLevel
+    from gateway.audit.log import AuditLog
+    from gateway.audit.team_levels import FixedCaptureLevels
+
+    store = make_store(engine, signer, every_records=every_records, every_s=every_s)
+    return AuditLog(store, capture_levels=levels or FixedCaptureLevels(CaptureLevel.FULL), spool=spool, **kwargs)
+
+
+def run_with_log(log, body):
+    """Starts log, awaits body(log), closes log; returns body's result."""
+    import asyncio
+
+    async def main():
+        await log.start()
+        try:
+            return await body(log)
+        finally:
+            await log.close()
+
+    return asyncio.run(main())
