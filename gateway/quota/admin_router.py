@@ -1,0 +1,125 @@
+"""Admin endpoints for quotas and usage, as an APIRouter independent of the app.
+
+The app supplies two dependencies: one that yields the authenticated ``Principal`` and one that yields
+the process's ``QuotaService``. Platform admins may read and change every team; team admins may read
+their own team's limits and usage. Register ``install_quota_error_handlers`` (gateway.quota.http) and a
+handler for ``PermissionDenied`` on the app so errors leave in OpenAI's shape.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query
+
+from gateway.auth.errors import PermissionDenied
+from gateway.auth.principal import Principal, Role
+from gateway.quota.errors import InvalidQuotaRequest
+from gateway.quota.limits import TEAM_SCOPE, QuotaLimits, Scope, ScopeKind
+from gateway.quota.service import QuotaService, ScopeView
+from gateway.quota.usage import UsageGroupBy
+
+TeamPath = Annotated[str, Path(min_length=1, max_length=200, description="team name")]
+
+
+def make_quota_admin_router(*, principal: Callable[..., Any], service: Callable[..., Any]) -> APIRouter:
+    """Routes: GET/PUT/DELETE /admin/teams/{team}/quotas and GET /admin/teams/{team}/usage.
+
+    ``principal`` and ``service`` are FastAPI dependencies (callables FastAPI can resolve) returning a
+    ``Principal`` and a ``QuotaService``.
+    """
+    router = APIRouter(prefix="/admin/teams", tags=["admin: quotas"])
+    PrincipalDep = Annotated[Principal, Depends(principal)]
+    ServiceDep = Annotated[QuotaService, Depends(service)]
+
+    @router.get("/{team}/quotas")
+    async def get_quotas(team: TeamPath, who: PrincipalDep, quotas: ServiceDep) -> dict:
+        """The limits in force for the team, its keys and its models, and where each comes from."""
+        _require_reader(who, team)
+        return _team_view(team, await quotas.team_limits(team))
+
+    @router.put("/{team}/quotas")
+    async def put_quotas(
+        team: TeamPath,
+        limits: QuotaLimits,
+        who: PrincipalDep,
+        quotas: ServiceDep,
+        key_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+        model: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    ) -> dict:
+        """Replace the limits of the team (or of one key / model with ``?key_id=`` / ``?model=``).
+        Every field left out or null is unlimited. The change is audited."""
+        _require_platform_admin(who)
+        await quotas.set_limits(team, limits, actor=who.subject, scope=_scope(key_id, model))
+        return _team_view(team, await quotas.team_limits(team))
+
+    @router.delete("/{team}/quotas")
+    async def delete_quotas(
+        team: TeamPath,
+        who: PrincipalDep,
+        quotas: ServiceDep,
+        key_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+        model: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    ) -> dict:
+        """Drop limits set through the API, so the quota file (or its defaults) applies again. Audited."""
+        _require_platform_admin(who)
+        await quotas.clear_limits(team, actor=who.subject, scope=_scope(key_id, model))
+        return _team_view(team, await quotas.team_limits(team))
+
+    @router.get("/{team}/usage")
+    async def get_usage(
+        team: TeamPath,
+        who: PrincipalDep,
+        quotas: ServiceDep,
+        first_day: Annotated[dt.date | None, Query(alias="from", description="first UTC day (default: 1st of `to`'s month)")] = None,
+        last_day: Annotated[dt.date | None, Query(alias="to", description="last UTC day, included (default: today)")] = None,
+        group_by: UsageGroupBy = UsageGroupBy.DAY,
+    ) -> dict:
+        """Settled requests and tokens of the team per UTC day or per model."""
+        _require_reader(who, team)
+        last = last_day or dt.datetime.now(dt.timezone.utc).date()
+        first = first_day or last.replace(day=1)
+        rows = await quotas.usage(team, first, last, group_by)
+        return {
+            "object": "list",
+            "team": team,
+            "from": first.isoformat(),
+            "to": last.isoformat(),
+            "group_by": group_by.value,
+            "data": [row.as_dict(group_by) for row in rows],
+        }
+
+    return router
+
+
+def _require_platform_admin(who: Principal) -> None:
+    if not who.has(Role.PLATFORM_ADMIN):
+        raise PermissionDenied("Changing quotas needs the platform_admin role.")
+
+
+def _require_reader(who: Principal, team: str) -> None:
+    if who.has(Role.PLATFORM_ADMIN) or (who.has(Role.TEAM_ADMIN) and who.team == team):
+        return
+    raise PermissionDenied("Reading a team's quotas and usage needs platform_admin, or team_admin of that team.")
+
+
+def _scope(key_id: str | None, model: str | None) -> Scope:
+    if key_id is not None and model is not None:
+        raise InvalidQuotaRequest("give at most one of `key_id` and `model`", param="model")
+    if key_id is not None:
+        return Scope(ScopeKind.KEY, key_id)
+    if model is not None:
+        return Scope(ScopeKind.MODEL, model)
+    return TEAM_SCOPE
+
+
+def _team_view(team: str, views: list[ScopeView]) -> dict:
+    out: dict[str, Any] = {"object": "team.quotas", "team": team, "keys": {}, "models": {}}
+    for view in views:
+        entry = {"limits": view.limits.model_dump(), "source": view.source}
+        if view.scope.kind is ScopeKind.TEAM:
+            out.update(entry)
+        else:
+            out["keys" if view.scope.kind is ScopeKind.KEY else "models"][view.scope.name] = entry
+    return out

@@ -1,0 +1,52 @@
+"""How quota changes reach the audit log: the quota layer emits QuotaChange events to a sink the
+gateway provides (its implementation writes them to the tamper-evident audit log)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from gateway.quota.limits import QuotaLimits, Scope
+
+log = logging.getLogger(__name__)
+
+
+class ChangeSource(str, Enum):
+    ADMIN_API = "admin_api"  # PUT / DELETE /admin/teams/{team}/quotas
+    CONFIG_FILE = "config_file"  # an accepted reload of the quota file
+
+
+@dataclass(frozen=True)
+class QuotaChange:
+    """The effective limits of one scope before and after a change (None: unlimited)."""
+
+    source: ChangeSource
+    actor: str  # principal subject for the admin API; the file path for reloads
+    team: str
+    scope: Scope
+    before: QuotaLimits
+    after: QuotaLimits
+
+    def as_dict(self) -> dict:
+        return {
+            "source": self.source.value,
+            "actor": self.actor,
+            "team": self.team,
+            "scope": {"kind": self.scope.kind.value, "name": self.scope.name or None},
+            "before": self.before.model_dump(),
+            "after": self.after.model_dump(),
+        }
+
+
+class QuotaAuditSink(Protocol):
+    """Receives every quota change. An exception from an admin-API change undoes that change."""
+
+    async def record_quota_change(self, change: QuotaChange) -> None: ...
+
+
+class LogAuditSink:
+    """Writes changes to the log only: for tests and setups without an audit database."""
+
+    async def record_quota_change(self, change: QuotaChange) -> None:
+        log.info("quota change: %s", change.as_dict())

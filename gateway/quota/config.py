@@ -1,0 +1,74 @@
+"""The quota configuration file's schema (config/quotas.yaml) and how it resolves to a scope's limits."""
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from gateway.quota.limits import UNLIMITED, QuotaLimits, Scope, ScopeKind
+
+Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
+
+
+class TeamQuotaConfig(BaseModel):
+    """One team's entry. Fields left out of ``limits`` inherit ``defaults``; an explicit null is unlimited.
+    ``keys`` and ``models`` add limits of their own on one API key or on the team's use of one model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    limits: QuotaLimits = Field(default_factory=QuotaLimits)
+    keys: dict[Name, QuotaLimits] = Field(default_factory=dict)
+    models: dict[Name, QuotaLimits] = Field(default_factory=dict)
+
+
+class QuotaConfig(BaseModel):
+    """The whole file. ``defaults`` are the team-scope limits of every team, listed or not."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    defaults: QuotaLimits = Field(default_factory=QuotaLimits)
+    teams: dict[Name, TeamQuotaConfig] = Field(default_factory=dict)
+
+    def limits_for(self, team: str, scope: Scope) -> tuple[QuotaLimits, str]:
+        """The limits this file gives one scope of a team, and where they come from:
+        "file" (the team's own entry), "default" (the defaults) or "none" (unlimited)."""
+        entry = self.teams.get(team)
+        if scope.kind is ScopeKind.TEAM:
+            if entry is None or not entry.limits.model_fields_set:
+                return self.defaults, "default" if not self.defaults.is_unlimited() else "none"
+            merged = self.defaults.model_dump() | entry.limits.model_dump(exclude_unset=True)
+            return QuotaLimits.model_validate(merged), "file"
+        table = {} if entry is None else (entry.keys if scope.kind is ScopeKind.KEY else entry.models)
+        if scope.name in table:
+            return table[scope.name], "file"
+        return UNLIMITED, "none"
+
+    def scopes_of(self, team: str) -> list[Scope]:
+        """The key and model scopes the file names for a team (the team scope is implied)."""
+        entry = self.teams.get(team)
+        if entry is None:
+            return []
+        return [Scope(ScopeKind.KEY, k) for k in entry.keys] + [Scope(ScopeKind.MODEL, m) for m in entry.models]
+
+
+EMPTY_CONFIG = QuotaConfig()
+
+
+ALL_TEAMS = "*"  # the team named in changes of `defaults`, which reach every team without limits of its own
+
+
+def diff_configs(old: QuotaConfig, new: QuotaConfig) -> list[tuple[str, Scope, QuotaLimits, QuotaLimits]]:
+    """(team, scope, before, after) for every scope whose limits differ between two configurations.
+    A change of ``defaults`` is reported once under team ``*``, plus per listed team it reaches."""
+    changes = []
+    if old.defaults != new.defaults:
+        changes.append((ALL_TEAMS, Scope(ScopeKind.TEAM), old.defaults, new.defaults))
+    for team in sorted(set(old.teams) | set(new.teams)):
+        scopes = [Scope(ScopeKind.TEAM)] + sorted(
+            set(old.scopes_of(team)) | set(new.scopes_of(team)), key=lambda s: (s.kind.value, s.name)
+        )
+        for scope in scopes:
+            (before, _), (after, _) = old.limits_for(team, scope), new.limits_for(team, scope)
+            if before != after:
+                changes.append((team, scope, before, after))
+    return changes

@@ -1,0 +1,19 @@
+"""Prometheus metrics of the quota layer (default registry, names under ward_quota_)."""
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge
+
+ADMITTED = Counter(
+    "ward_quota_admitted",
+    "Requests admitted; mode is exact (the shared store) or degraded (outage policy, local limiter).",
+    ["team", "mode"],
+)
+REJECTED = Counter("ward_quota_rejected", "Requests refused with 429, by the limit that refused them.", ["team", "limit_kind"])
+UNAVAILABLE = Counter("ward_quota_unavailable", "Requests refused with 503: store down and a fail-closed limit in play.", ["team"])
+REQUESTS = Counter("ward_quota_requests", "Requests settled (finished, cancelled or failed).", ["team"])
+TOKENS = Counter("ward_quota_tokens", "Tokens settled, by type (prompt or completion).", ["team", "type"])
+DEGRADED = Gauge("ward_quota_degraded", "1 while the quota store is unreachable and the outage policy applies.")
+STORE_ERRORS = Counter("ward_quota_store_errors", "Failed calls to the quota store.", ["operation"])
+PENDING_SETTLEMENTS = Gauge("ward_quota_pending_settlements", "Settlements waiting for the store to come back.")
+DROPPED_SETTLEMENTS = Counter("ward_quota_dropped_settlements", "Settlements dropped because the pending queue was full.")
+CONFIG_RELOADS = Counter("ward_quota_config_reloads", "Reloads of the quota file, accepted or rejected.", ["result"])

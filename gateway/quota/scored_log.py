@@ -1,0 +1,57 @@
+"""A scored log of reservations with optional token amounts: the in-process twin of a Redis ZSET plus
+its amounts HASH (see lua/common.lua), with the same ordering (score, then id)."""
+from __future__ import annotations
+
+import bisect
+
+
+class ScoredLog:
+    """Entries ``(score, id)`` kept sorted; ``amounts`` and their ``total`` for the entries that carry one."""
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[int, str]] = []
+        self._scores: dict[str, int] = {}
+        self.amounts: dict[str, int] = {}
+        self.total = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, score: int, entry_id: str, amount: int | None = None) -> None:
+        self.remove(entry_id)
+        bisect.insort(self._entries, (score, entry_id))
+        self._scores[entry_id] = score
+        if amount is not None:
+            self.amounts[entry_id] = amount
+            self.total += amount
+
+    def remove(self, entry_id: str) -> bool:
+        """Drop one entry and its amount; False if it was not there."""
+        score = self._scores.pop(entry_id, None)
+        if score is None:
+            return False
+        del self._entries[bisect.bisect_left(self._entries, (score, entry_id))]
+        self.total -= self.amounts.pop(entry_id, 0)
+        return True
+
+    def purge_upto(self, score: int) -> None:
+        """Drop every entry scored <= ``score``."""
+        cut = bisect.bisect_right(self._entries, (score, "\U0010ffff"))
+        for _, entry_id in self._entries[:cut]:
+            del self._scores[entry_id]
+            self.total -= self.amounts.pop(entry_id, 0)
+        del self._entries[:cut]
+
+    def set_amount(self, entry_id: str, amount: int) -> bool:
+        """Change the amount of a present entry; False if it is not there (e.g. it left the window)."""
+        if entry_id not in self.amounts:
+            return False
+        self.total += amount - self.amounts[entry_id]
+        self.amounts[entry_id] = amount
+        return True
+
+    def score_at(self, index: int) -> int:
+        return self._entries[index][0]
+
+    def ordered(self) -> list[tuple[int, str]]:
+        return list(self._entries)

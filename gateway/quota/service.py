@@ -1,0 +1,433 @@
+"""QuotaService: what the gateway calls per request (admit before dispatch, settle at the end) and what
+the admin API calls to read and change limits. It owns the outage behaviour: circuit breaker, outage
+policy per limit kind, the local limiter, and settlements replayed once the store is back."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import re
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Protocol, TypeVar
+
+from gateway.quota import metrics
+from gateway.quota.audit import ChangeSource, QuotaAuditSink, QuotaChange
+from gateway.quota.breaker import CircuitBreaker
+from gateway.quota.config import QuotaConfig, diff_configs
+from gateway.quota.errors import InvalidQuotaRequest, QuotaExceeded, QuotaStoreError, QuotaUnavailable
+from gateway.quota.headers import rate_limit_headers
+from gateway.quota.limits import TEAM_SCOPE, LimitKind, QuotaLimits, Scope, ScopeKind, ScopeLimits
+from gateway.quota.memory_store import InMemoryQuotaStore
+from gateway.quota.settings import OutagePolicy, QuotaSettings
+from gateway.quota.store import AdmitRequest, AdmitResult, OverrideKey, QuotaStore, SettleMode, Settlement
+from gateway.quota.usage import UsageGroupBy, UsageRow, check_report_range, group_usage
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
+_MAX_TOKENS = 2**50
+
+
+class QuotaConfigSource(Protocol):
+    """Gives the current file configuration (QuotaConfigFile or StaticQuotaConfig)."""
+
+    def current(self) -> QuotaConfig: ...
+
+
+@dataclass
+class Admission:
+    """One admitted request. Pass it to ``settle`` exactly once it ends (extra calls do nothing).
+
+    ``headers`` are the x-ratelimit-* headers to send with the response. ``degraded`` is True when the
+    outage policy admitted it because the shared store was unreachable.
+    """
+
+    id: str
+    team: str
+    key_id: str | None
+    model: str | None
+    reserved_tokens: int
+    scopes: tuple[Scope, ...]
+    day: str
+    month: str
+    headers: dict[str, str]
+    degraded: bool = False
+    settled: bool = field(default=False, repr=False)
+
+
+@dataclass(frozen=True)
+class ScopeView:
+    scope: Scope
+    limits: QuotaLimits
+    source: str  # "admin" (set through the API), "file", "default" or "none" (unlimited)
+
+
+class QuotaService:
+    """Per-request quota checks for one gateway process. Create one per process, call ``start()`` at
+    start-up (or let the first request do it) and ``aclose()`` at shutdown."""
+
+    def __init__(
+        self,
+        store: QuotaStore,
+        config: QuotaConfigSource,
+        settings: QuotaSettings | None = None,
+        *,
+        audit: QuotaAuditSink | None = None,
+    ):
+        self._store = store
+        self._config = config
+        self._settings = settings or QuotaSettings(redis_url=None)
+        self._audit = audit
+        self._breaker = CircuitBreaker(
+            failure_threshold=self._settings.breaker_failure_threshold,
+            reset_after_s=self._settings.breaker_reset_s,
+        )
+        self._local = InMemoryQuotaStore()  # the outage-time limiter of this process
+        self._overrides: dict[OverrideKey, QuotaLimits] = {}
+        self._pending: deque[Settlement] = deque()
+        self._maintenance: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
+        self._started = False
+        if hasattr(config, "on_change"):
+            config.on_change = self._on_file_change  # type: ignore[attr-defined]
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load admin-set limits (tolerating an unreachable store) and start the maintenance loop that
+        refreshes them, probes the store while it is down and replays pending settlements."""
+        if self._started:
+            return
+        self._started = True
+        await self._refresh_overrides()
+        self._maintenance = asyncio.create_task(self._maintain(), name="quota-maintenance")
+
+    async def aclose(self) -> None:
+        tasks = [t for t in [self._maintenance, *self._background] if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self._store.aclose()
+
+    @property
+    def degraded(self) -> bool:
+        return self._breaker.state.value != "closed"
+
+    @property
+    def pending_settlements(self) -> int:
+        return len(self._pending)
+
+    # ---- per request -------------------------------------------------------------------------
+
+    async def admit(self, team: str, *, key_id: str | None = None, model: str | None = None, reserve_tokens: int) -> Admission:
+        """Admit one request and reserve ``reserve_tokens`` (see ``tokens_to_reserve``) against every
+        limit of the team, the key (if given) and the team's use of the model (if given).
+
+        Raises QuotaExceeded (429) when a limit refuses, consuming nothing; QuotaUnavailable (503)
+        when the store is unreachable and a fail-closed limit is in play; InvalidQuotaRequest on bad input.
+        """
+        _check_name(team, "team")
+        if key_id is not None:
+            _check_name(key_id, "key_id")
+        if model is not None:
+            _check_name(model, "model")
+        _check_tokens(reserve_tokens, "reserve_tokens")
+        if not self._started:
+            await self.start()
+        request = AdmitRequest(
+            team=team,
+            reservation_id=uuid.uuid4().hex,
+            reserve_tokens=reserve_tokens,
+            model=model,
+            scopes=self._scope_limits(team, key_id, model),
+            ttl_s=self._settings.reservation_ttl_s,
+        )
+        if self._breaker.allow():
+            try:
+                result = await self._store.admit(request)
+            except QuotaStoreError as exc:
+                self._store_failed("admit", exc)
+                # The script may have run before the reply was lost: give back whatever it recorded.
+                self._queue(Settlement(team, request.reservation_id, _scopes(request), "", "", model, 0, 0, SettleMode.RELEASE))
+            else:
+                self._store_ok()
+                return self._admission(request, result, key_id, degraded=False)
+        return await self._admit_degraded(request, key_id)
+
+    async def settle(self, admission: Admission, *, prompt_tokens: int, completion_tokens: int) -> None:
+        """Settle a finished, cancelled or failed request to what it really used: the difference to its
+        reservation goes back to the limits at once, and the usage is recorded. Idempotent; never raises
+        for store trouble (the settlement is kept and replayed when the store is back)."""
+        _check_tokens(prompt_tokens, "prompt_tokens")
+        _check_tokens(completion_tokens, "completion_tokens")
+        if admission.settled:
+            return
+        admission.settled = True
+        metrics.REQUESTS.labels(team=admission.team).inc()
+        metrics.TOKENS.labels(team=admission.team, type="prompt").inc(prompt_tokens)
+        metrics.TOKENS.labels(team=admission.team, type="completion").inc(completion_tokens)
+        settlement = Settlement(
+            admission.team, admission.id, admission.scopes, admission.day, admission.month,
+            admission.model, prompt_tokens, completion_tokens,
+        )
+        if admission.degraded:
+            await self._local.settle(settlement)
+            # The shared store never saw this request: it still needs its usage for budgets and reports.
+            settlement = replace(settlement, mode=SettleMode.USAGE_ONLY)
+        await self._settle_shared(settlement)
+
+    async def release(self, admission: Admission) -> None:
+        """Give back everything of a request that never reached a worker; no usage is recorded."""
+        if admission.settled:
+            return
+        admission.settled = True
+        settlement = Settlement(
+            admission.team, admission.id, admission.scopes, admission.day, admission.month,
+            admission.model, 0, 0, SettleMode.RELEASE,
+        )
+        if admission.degraded:
+            await self._local.settle(settlement)
+            return
+        await self._settle_shared(settlement)
+
+    # ---- admin -------------------------------------------------------------------------------
+
+    async def team_limits(self, team: str) -> list[ScopeView]:
+        """The effective limits of a team: its team scope first, then every key and model scope that
+        the file or the admin API gives limits to."""
+        _check_name(team, "team")
+        await self._admin_call(self._refresh_overrides_strict)
+        config = self._config.current()
+        scopes = {TEAM_SCOPE, *config.scopes_of(team), *(s for (t, s) in self._overrides if t == team)}
+        ordered = sorted(scopes, key=lambda s: (s.kind is not ScopeKind.TEAM, s.kind.value, s.name))
+        return [ScopeView(s, *self._effective(config, team, s)) for s in ordered]
+
+    async def set_limits(self, team: str, limits: QuotaLimits, *, actor: str, scope: Scope = TEAM_SCOPE) -> ScopeView:
+        """Set the limits of one scope through the admin API; they replace the file's for that scope."""
+        return await self._change(team, scope, limits, actor)
+
+    async def clear_limits(self, team: str, *, actor: str, scope: Scope = TEAM_SCOPE) -> ScopeView:
+        """Remove admin-set limits of one scope, so the file's (or the defaults) apply again."""
+        return await self._change(team, scope, None, actor)
+
+    async def usage(self, team: str, first_day: dt.date, last_day: dt.date, group_by: UsageGroupBy) -> list[UsageRow]:
+        _check_name(team, "team")
+        check_report_range(first_day, last_day)
+        records = await self._admin_call(lambda: self._store.usage(team, first_day, last_day))
+        return group_usage(records, group_by)
+
+    async def _change(self, team: str, scope: Scope, limits: QuotaLimits | None, actor: str) -> ScopeView:
+        _check_name(team, "team")
+        await self._admin_call(self._refresh_overrides_strict)
+        config = self._config.current()
+        previous = self._overrides.get((team, scope))
+        before, _ = self._effective(config, team, scope)
+        await self._admin_call(lambda: self._store.set_override(team, scope, limits))
+        self._apply_override(team, scope, limits)
+        after, source = self._effective(config, team, scope)
+        if self._audit is not None:
+            try:
+                await self._audit.record_quota_change(QuotaChange(ChangeSource.ADMIN_API, actor, team, scope, before, after))
+            except Exception:
+                # An unaudited change must not stay in force.
+                await self._admin_call(lambda: self._store.set_override(team, scope, previous))
+                self._apply_override(team, scope, previous)
+                raise
+        log.info("quota limits of team %r %s changed by %s: %s", team, scope.label(), actor, after.model_dump())
+        return ScopeView(scope, after, source)
+
+    # ---- limits in force ---------------------------------------------------------------------
+
+    def _effective(self, config: QuotaConfig, team: str, scope: Scope) -> tuple[QuotaLimits, str]:
+        override = self._overrides.get((team, scope))
+        if override is not None:
+            return override, "admin"
+        return config.limits_for(team, scope)
+
+    def _scope_limits(self, team: str, key_id: str | None, model: str | None) -> tuple[ScopeLimits, ...]:
+        config = self._config.current()
+        scopes = [TEAM_SCOPE]
+        if key_id is not None:
+            scopes.append(Scope(ScopeKind.KEY, key_id))
+        if model is not None:
+            scopes.append(Scope(ScopeKind.MODEL, model))
+        return tuple(ScopeLimits(s, self._effective(config, team, s)[0]) for s in scopes)
+
+    def _apply_override(self, team: str, scope: Scope, limits: QuotaLimits | None) -> None:
+        if limits is None:
+            self._overrides.pop((team, scope), None)
+        else:
+            self._overrides[(team, scope)] = limits
+
+    def _on_file_change(self, old: QuotaConfig, new: QuotaConfig) -> None:
+        if self._audit is None:
+            return
+        actor = str(getattr(self._config, "path", "quota file"))
+        changes = [QuotaChange(ChangeSource.CONFIG_FILE, actor, t, s, b, a) for t, s, b, a in diff_configs(old, new)]
+        self._spawn(self._audit_file_changes(changes))
+
+    async def _audit_file_changes(self, changes: list[QuotaChange]) -> None:
+        for change in changes:
+            try:
+                await self._audit.record_quota_change(change)  # type: ignore[union-attr]
+            except Exception:
+                log.exception("could not audit a quota file change: %s", change.as_dict())
+
+    # ---- outage handling ---------------------------------------------------------------------
+
+    async def _admit_degraded(self, request: AdmitRequest, key_id: str | None) -> Admission:
+        policy = self._settings.outage_policy
+        in_play = {kind for item in request.scopes for kind in item.limits.kinds()}
+        closed = sorted((k for k in in_play if policy.of(k) is OutagePolicy.FAIL_CLOSED), key=lambda k: k.value)
+        if closed:
+            metrics.UNAVAILABLE.labels(team=request.team).inc()
+            raise QuotaUnavailable(
+                "The quota service is temporarily unavailable, so limits on "
+                + ", ".join(k.value for k in closed)
+                + " cannot be checked. Please try again shortly.",
+                retry_after_s=max(1.0, self._breaker.retry_after_s()),
+            )
+        local = tuple(ScopeLimits(item.scope, self._local_share(item.limits)) for item in request.scopes)
+        result = await self._local.admit(replace(request, scopes=local))
+        return self._admission(request, result, key_id, degraded=True)
+
+    def _local_share(self, limits: QuotaLimits) -> QuotaLimits:
+        """What this process may admit alone: limit // replicas for local-policy kinds, nothing else."""
+        policy, replicas = self._settings.outage_policy, self._settings.gateway_replicas
+        share = {}
+        for kind in LimitKind:
+            limit = limits.get(kind)
+            share[kind.value] = limit // replicas if limit is not None and policy.of(kind) is OutagePolicy.LOCAL else None
+        return QuotaLimits(**share)
+
+    def _admission(self, request: AdmitRequest, result: AdmitResult, key_id: str | None, *, degraded: bool) -> Admission:
+        headers = rate_limit_headers(result.requests, result.tokens)
+        mode = "degraded" if degraded else "exact"
+        if result.rejection is not None:
+            r = result.rejection
+            metrics.REJECTED.labels(team=request.team, limit_kind=r.kind.value).inc()
+            raise QuotaExceeded(
+                team=request.team, limit_kind=r.kind, scope=r.scope, limit=r.limit, used=r.used,
+                requested=1 if r.kind in (LimitKind.REQUESTS_PER_MINUTE, LimitKind.MAX_CONCURRENT) else request.reserve_tokens,
+                retry_after_s=r.retry_after_s, headers=headers,
+            )
+        metrics.ADMITTED.labels(team=request.team, mode=mode).inc()
+        return Admission(
+            id=request.reservation_id, team=request.team, key_id=key_id, model=request.model,
+            reserved_tokens=request.reserve_tokens, scopes=_scopes(request), day=result.day,
+            month=result.month, headers=headers, degraded=degraded,
+        )
+
+    async def _settle_shared(self, settlement: Settlement) -> None:
+        if not self._breaker.allow():
+            self._queue(settlement)
+            return
+        try:
+            await self._store.settle(settlement)
+        except QuotaStoreError as exc:
+            self._store_failed("settle", exc)
+            self._queue(settlement)
+        else:
+            self._store_ok()
+
+    def _queue(self, settlement: Settlement) -> None:
+        if self._settings.max_pending_settlements == 0:
+            metrics.DROPPED_SETTLEMENTS.inc()
+            return
+        if len(self._pending) >= self._settings.max_pending_settlements:
+            self._pending.popleft()
+            metrics.DROPPED_SETTLEMENTS.inc()
+        self._pending.append(settlement)
+        metrics.PENDING_SETTLEMENTS.set(len(self._pending))
+
+    async def _replay_pending(self) -> None:
+        while self._pending and self._breaker.allow():
+            try:
+                await self._store.settle(self._pending[0])
+            except QuotaStoreError as exc:
+                self._store_failed("settle", exc)
+                return
+            self._store_ok()
+            self._pending.popleft()
+            metrics.PENDING_SETTLEMENTS.set(len(self._pending))
+
+    def _store_ok(self) -> None:
+        if self._breaker.record_success():
+            metrics.DEGRADED.set(0)
+            log.warning("quota store reachable again: exact enforcement restored; %d settlements to replay", len(self._pending))
+
+    def _store_failed(self, operation: str, exc: Exception) -> None:
+        metrics.STORE_ERRORS.labels(operation=operation).inc()
+        if self._breaker.record_failure():
+            metrics.DEGRADED.set(1)
+            policy = self._settings.outage_policy
+            log.warning(
+                "quota store unreachable (%s); degraded until it is back: %s",
+                exc,
+                ", ".join(f"{k.value}={policy.of(k).value}" for k in LimitKind),
+            )
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.override_refresh_s)
+            await self._refresh_overrides()
+            if self._pending:
+                await self._replay_pending()
+
+    async def _refresh_overrides(self) -> None:
+        """Re-read admin-set limits; on failure keep the last known ones (they also serve the outage path)."""
+        if not self._breaker.allow():
+            return
+        try:
+            self._overrides = await self._store.get_overrides()
+        except QuotaStoreError as exc:
+            self._store_failed("overrides", exc)
+        else:
+            self._store_ok()
+
+    async def _refresh_overrides_strict(self) -> None:
+        self._overrides = await self._store.get_overrides()
+
+    async def _admin_call(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Admin operations need the real store: 503 rather than answers from stale state."""
+        if not self._breaker.allow():
+            raise QuotaUnavailable("The quota store is unavailable; try again shortly.", retry_after_s=max(1.0, self._breaker.retry_after_s()))
+        try:
+            result = await call()
+        except QuotaStoreError as exc:
+            self._store_failed("admin", exc)
+            raise QuotaUnavailable("The quota store is unavailable; try again shortly.", retry_after_s=1.0) from exc
+        self._store_ok()
+        return result
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # reloaded outside the event loop: nothing to run the sink on
+            coro.close()  # type: ignore[attr-defined]
+            log.error("quota file change seen outside the event loop; it was not audited")
+            return
+        task = loop.create_task(coro)  # type: ignore[arg-type]
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _scopes(request: AdmitRequest) -> tuple[Scope, ...]:
+    return tuple(item.scope for item in request.scopes)
+
+
+def _check_name(value: object, param: str) -> None:
+    if not isinstance(value, str) or not _NAME.match(value):
+        raise InvalidQuotaRequest(f"`{param}` must be 1 to 200 printable characters", param=param)
+
+
+def _check_tokens(value: object, param: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_TOKENS:
+        raise InvalidQuotaRequest(f"`{param}` must be a non-negative integer", param=param)

@@ -1,0 +1,126 @@
+"""Helpers for tests of the quota layer and of the gateway around it: a clock to move by hand, a
+private redis-server to stop and start, and cleanup of a key prefix."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import redis
+
+TEST_REDIS_URL = os.environ.get("WARD_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+class FakeClock:
+    """Seconds since the epoch that only move when told to."""
+
+    def __init__(self, start: float):
+        self.now = float(start)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def redis_url(db: int) -> str:
+    return f"{TEST_REDIS_URL.rstrip('/')}/{db}"
+
+
+def require_redis(url: str) -> None:
+    """Raise (so the test fails, never skips) when the Redis at ``url`` does not answer."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        raise RuntimeError(f"Redis at {url} is required for this test and did not answer: {exc}") from exc
+    finally:
+        client.close()
+
+
+def unique_prefix(area: str = "test") -> str:
+    return f"ward:quota:{area}-{uuid.uuid4().hex[:10]}"
+
+
+def delete_prefix(url: str, prefix: str) -> int:
+    """Delete every key under ``prefix``; returns how many."""
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for i in range(0, len(keys), 500):
+            client.delete(*keys[i : i + 500])
+        return len(keys)
+    finally:
+        client.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrivateRedis:
+    """A redis-server of our own on a free local port, to stop (kill), freeze and start again.
+
+    Data lives in an append-only file fsynced on every write, so a restart keeps what was written.
+    """
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="ward-quota-redis-"))
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is required for this test")
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
+                return
+            except redis.RedisError:
+                time.sleep(0.02)
+        raise RuntimeError("private redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def freeze(self) -> None:
+        """SIGSTOP: connections stay open but nothing answers (calls time out)."""
+        self._running().send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._running().send_signal(signal.SIGCONT)
+
+    def _running(self) -> subprocess.Popen:
+        if self.proc is None:
+            raise RuntimeError("the private redis-server is not running")
+        return self.proc
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.thaw()
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
