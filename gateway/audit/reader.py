@@ -24,6 +24,13 @@ from gateway.db.models_audit import CHAIN_HEAD_ID
 RECORD_KINDS = ("request", EntryKind.ADMIN.value, EntryKind.ACCESS.value, EntryKind.PURGE.value)
 MAX_PAGE = 1000
 
+# Every request record has these fields (None when unknown, e.g. the end of an incomplete stream).
+REQUEST_FIELDS = (
+    "principal", "client_address", "endpoint", "model", "worker", "received_at", "capture_level", "params", "prompt",
+    "status", "http_status", "first_token_at", "finished_at", "finish_reason", "prompt_tokens", "completion_tokens",
+    "error", "response",
+)  # fmt: skip
+
 
 @dataclass(frozen=True)
 class RecordFilter:
@@ -215,6 +222,7 @@ class AuditReader:
             "id": row.o_request_id,
             "kind": "request",
             "complete": complete,
+            **dict.fromkeys(REQUEST_FIELDS),
             **data,
             "status": data.get("status") if complete else "incomplete",
             "team": row.o_team,

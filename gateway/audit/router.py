@@ -15,8 +15,8 @@ Endpoints:
 - ``GET /audit/records/{id}`` → one record (id: the request id, or the entry id of other kinds)
 - ``GET /audit/export?format=jsonl|csv&<same filters>`` → a streamed file of every matching record
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI must see the closure-built dependency
+# annotations (Caller, Services, ...) as objects, not as strings it would look up in module globals.
 from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
