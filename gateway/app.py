@@ -5,6 +5,8 @@ Seams for later layers, all optional:
   from the settings);
 - ``hooks``: a :class:`gateway.hooks.RequestHooks` (quotas, audit; default: no-op);
 - ``routers``: extra APIRouters to mount (admin APIs);
+- ``error_converters``: exception type -> OpenAIError converters for errors other layers raise
+  (e.g. from a hook), so they leave in OpenAI's shape and reach ``on_failure`` and the metrics;
 - ``connect``: the WorkerClient factory per worker address (default: gRPC channels; tests and
   in-process engines pass their own).
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.auth.authenticator import Authenticator
 from gateway.body_limit import BodyLimitMiddleware
-from gateway.error_handlers import install_error_handlers
+from gateway.error_handlers import ErrorConverter, install_error_handlers
 from gateway.hooks import NoopHooks, RequestHooks
 from gateway.metrics import GatewayMetrics, WorkerPoolCollector
 from gateway.routers import openai as openai_routes
@@ -108,6 +110,7 @@ def create_app(
     authenticator: Authenticator | None = None,
     hooks: RequestHooks | None = None,
     routers: Sequence[APIRouter] = (),
+    error_converters: Mapping[type[Exception], ErrorConverter] | None = None,
     connect: Callable[[str], WorkerClient] | None = None,
     registry: CollectorRegistry | None = None,
 ) -> FastAPI:
@@ -166,7 +169,7 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
     )
-    install_error_handlers(app)
+    install_error_handlers(app, error_converters)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.include_router(operations.router)
     app.include_router(openai_routes.router)

@@ -35,6 +35,7 @@ class RequestContext:
     prompt: Any = None  # chat messages (list of dicts), a prompt string, token ids, or embedding inputs
     stream: bool = False
     max_tokens: int | None = None  # the completion budget asked for (None: up to the context length)
+    max_model_len: int | None = None  # the model's context length, when a worker has reported it
     num_choices: int = 0
     choice_text: list[list[str]] = field(default_factory=list)  # text pieces per choice, in order
     finish_reasons: list[str | None] = field(default_factory=list)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -70,10 +71,24 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
     return await error_response(request, WorkerFailed("The gateway failed to process the request.", code="internal_error"))
 
 
-def install_error_handlers(app: FastAPI) -> None:
+ErrorConverter = Callable[[Exception], OpenAIError]
+
+
+def _converted(convert: ErrorConverter):
+    async def handler(request: Request, exc: Exception) -> Response:
+        return await error_response(request, convert(exc))
+
+    return handler
+
+
+def install_error_handlers(app: FastAPI, converters: Mapping[type[Exception], ErrorConverter] | None = None) -> None:
+    """OpenAI-shaped handlers for the gateway's errors; ``converters`` turn other layers' exception
+    types (e.g. a quota layer's) into OpenAIErrors, so hooks and metrics see those failures too."""
     app.add_exception_handler(OpenAIError, _openai_error)
     app.add_exception_handler(AuthenticationError, _authentication_error)
     app.add_exception_handler(PermissionDenied, _permission_denied)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)
+    for exc_type, convert in (converters or {}).items():
+        app.add_exception_handler(exc_type, _converted(convert))

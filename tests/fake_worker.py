@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import random
 import signal
@@ -290,6 +291,87 @@ class FakeWorker:
 
     async def __aexit__(self, *exc) -> None:
         await self.stop()
+
+
+# -- harness: a gateway in front of fake workers, for in-process tests ----------------------------
+
+API_KEY = "sk-test-gateway-key"
+TEAM = "team-test"
+
+
+@dataclass
+class GatewayHarness:
+    app: object
+    client: object  # httpx.AsyncClient on the app, authenticated
+    settings: object
+
+    @property
+    def pool(self):
+        return self.app.state.ward.pool
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(models: dict[str, list[FakeWorker]], *, wait_ready: bool = True, **create_kwargs):
+    """The gateway app (lifespan running) routing ``models`` to fake workers, with an httpx client.
+
+    Routing polls fast (0.1 s) so health changes show within a fraction of a second.
+    """
+    import httpx
+
+    from gateway.app import create_app
+    from gateway.settings import GatewaySettings, RoutingSettings
+
+    routing = create_kwargs.pop("routing", None) or RoutingSettings(poll_interval_s=0.1, poll_timeout_s=0.5, dead_after_s=1.0)
+    settings = GatewaySettings(
+        models={name: {"workers": [w.address for w in workers]} for name, workers in models.items()},
+        api_keys={API_KEY: TEAM},
+        routing=routing,
+        **create_kwargs.pop("settings", {}),
+    )
+    app = create_app(settings, **create_kwargs)
+    async with app.router.lifespan_context(app):
+        if wait_ready:
+            assert await app.state.ward.pool.wait_until_ready(5.0), "fake workers never became ready"
+        transport = httpx.ASGITransport(app=app)
+        headers = {"authorization": f"Bearer {API_KEY}"}
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", headers=headers, timeout=10) as client:
+            yield GatewayHarness(app, client, settings)
+
+
+@contextlib.asynccontextmanager
+async def serving_http(app):
+    """Serves ``app`` with uvicorn on a free 127.0.0.1 port in this event loop; yields the base URL."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+def parse_sse(body: str) -> list:
+    """The JSON payloads of an SSE body, with the literal string "[DONE]" for the terminator."""
+    import json
+
+    events = []
+    for block in body.split("\n\n"):
+        if not block.strip():
+            continue
+        assert block.startswith("data: "), block
+        payload = block[len("data: "):]
+        events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events
 
 
 async def _serve(args: argparse.Namespace) -> None:

@@ -77,6 +77,8 @@ class GenerationService:
         prompts = [r.prompt for r in requests]
         ctx.set_token_counter(lambda: self.dispatcher.count_tokens(model, prompts, prompt_param=prompt_param))
         self.lifecycle.begin(ctx)
+        info = self.pool.model_info(model)
+        ctx.max_model_len = info.max_model_len if info is not None and info.max_model_len else None
         await self.dispatcher.admit(ctx)
         generation = await self.dispatcher.open_generation(ctx, requests, prompt_param=prompt_param)
         run = GenerationRun(

@@ -1,0 +1,104 @@
+"""POST /v1/completions: prompt forms, choice numbering, the legacy logprobs format, streaming."""
+from __future__ import annotations
+
+import pytest
+from fake_worker import FakeConfig, FakeWorker, parse_sse, running_gateway
+
+pytestmark = pytest.mark.anyio
+
+MODEL = "fake-chat"
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture
+async def gw():
+    async with FakeWorker(FakeConfig(model=MODEL)) as worker, running_gateway({MODEL: [worker]}) as harness:
+        harness.worker = worker
+        yield harness
+
+
+async def complete(gw, **fields):
+    return await gw.client.post("/v1/completions", json={"model": MODEL, **fields})
+
+
+async def test_text_prompt_returns_a_text_completion_with_usage(gw):
+    r = await complete(gw, prompt="the patient is", seed=1)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["object"] == "text_completion" and body["id"].startswith("cmpl-")
+    [choice] = body["choices"]
+    assert choice["text"] and choice["finish_reason"] == "stop" and choice["logprobs"] is None
+    assert body["usage"] == {
+        "prompt_tokens": 3,
+        "completion_tokens": 6,
+        "total_tokens": 9,
+        "prompt_tokens_details": {"cached_tokens": 0},
+    }
+    sent = gw.worker.servicer.generate_requests[-1]
+    assert sent.prompt.text == "the patient is"
+
+
+async def test_default_max_tokens_is_openais_16(gw):
+    await complete(gw, prompt="x")
+    assert gw.worker.servicer.generate_requests[-1].params.max_tokens == 16
+
+
+async def test_token_id_prompt_goes_to_the_worker_as_ids(gw):
+    r = await complete(gw, prompt=[5, 6, 7, 8], seed=1)
+    assert r.status_code == 200 and r.json()["usage"]["prompt_tokens"] == 4
+    assert list(gw.worker.servicer.generate_requests[-1].prompt.token_ids.ids) == [5, 6, 7, 8]
+
+
+async def test_several_prompts_number_choices_prompt_by_prompt(gw):
+    r = await complete(gw, prompt=["a b", "c d e"], n=2, seed=9)
+    body = r.json()
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
+    assert body["usage"]["prompt_tokens"] == 2 + 3
+    assert body["usage"]["completion_tokens"] == 4 * 6
+    sent = gw.worker.servicer.generate_requests[-2:]
+    assert sorted(s.prompt.text for s in sent) == ["a b", "c d e"]
+    assert len({s.request_id for s in sent}) == 2
+
+
+async def test_several_tokenized_prompts(gw):
+    body = (await complete(gw, prompt=[[1, 2], [3]], seed=1)).json()
+    assert len(body["choices"]) == 2 and body["usage"]["prompt_tokens"] == 3
+
+
+async def test_legacy_logprobs_format(gw):
+    body = (await complete(gw, prompt="hello", seed=3, logprobs=2)).json()
+    [choice] = body["choices"]
+    lp = choice["logprobs"]
+    assert set(lp) == {"tokens", "token_logprobs", "top_logprobs", "text_offset"}
+    assert "".join(lp["tokens"]) == choice["text"]
+    assert len(lp["token_logprobs"]) == len(lp["tokens"]) == len(lp["top_logprobs"]) == 6
+    assert all(len(top) == 2 and token in top for token, top in zip(lp["tokens"], lp["top_logprobs"]))
+    offsets = [sum(len(t) for t in lp["tokens"][:i]) for i in range(len(lp["tokens"]))]
+    assert lp["text_offset"] == offsets
+
+
+async def test_stream_of_text_completion_chunks(gw):
+    whole = (await complete(gw, prompt="hello", seed=3, logprobs=1)).json()["choices"][0]
+    r = await complete(gw, prompt="hello", seed=3, logprobs=1, stream=True, stream_options={"include_usage": True})
+    events = parse_sse(r.text)
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert {c["object"] for c in chunks} == {"text_completion"}
+    text_chunks = [c for c in chunks if c["choices"] and c["choices"][0]["text"]]
+    assert "".join(c["choices"][0]["text"] for c in text_chunks) == whole["text"]
+    streamed_offsets = [o for c in text_chunks for o in c["choices"][0]["logprobs"]["text_offset"]]
+    assert streamed_offsets == whole["logprobs"]["text_offset"]
+    assert chunks[-2]["choices"][0]["finish_reason"] == "stop"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 6
+
+
+async def test_echo_suffix_and_best_of_are_refused_not_ignored(gw):
+    for fields in ({"echo": True}, {"suffix": "end"}, {"best_of": 3}):
+        r = await complete(gw, prompt="x", **fields)
+        assert r.status_code == 400, fields
+        assert "not supported" in r.json()["error"]["message"]
+    assert (await complete(gw, prompt="x", best_of=1)).status_code == 200

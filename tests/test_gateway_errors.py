@@ -1,0 +1,233 @@
+"""Every error leaves in OpenAI's shape with the right status; malformed bodies never cause a 5xx."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import grpc
+import pytest
+from fake_worker import FakeConfig, FakeWorker, running_gateway
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pytestmark = pytest.mark.anyio
+
+MODEL = "fake-chat"
+USER = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture
+async def gw():
+    async with FakeWorker(FakeConfig(model=MODEL, max_model_len=32)) as worker, running_gateway(
+        {MODEL: [worker]}, settings={"max_request_bytes": 64 * 1024}
+    ) as harness:
+        harness.worker = worker
+        yield harness
+
+
+def assert_openai_error(r, status: int, *, code=None, param=None):
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    if code is not None:
+        assert body["error"]["code"] == code
+    if param is not None:
+        assert body["error"]["param"] == param
+    assert "Traceback" not in r.text
+    return body["error"]
+
+
+async def test_malformed_json_is_400_not_422(gw):
+    for raw in (b"{", b"not json", b"\xff\xfe", b'{"model": "fake-chat", "messages": [}'):
+        r = await gw.client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+        assert_openai_error(r, 400, code="invalid_json")
+
+
+async def test_empty_body_and_non_object_bodies_are_400(gw):
+    assert_openai_error(await gw.client.post("/v1/chat/completions", content=b""), 400)
+    for body in ([], "x", 3, None):
+        assert_openai_error(await gw.client.post("/v1/chat/completions", json=body), 400)
+
+
+@pytest.mark.parametrize(
+    "fields, param",
+    [
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "wizard", "content": "x"}]}, "messages"),
+        ({"temperature": 3}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"n": 0}, "n"),
+        ({"n": 10**30}, "n"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_tokens": 2**40}, "max_tokens"),
+        ({"presence_penalty": 2.5}, "presence_penalty"),
+        ({"top_logprobs": 30, "logprobs": True}, "top_logprobs"),
+        ({"seed": 2**70}, "seed"),
+        ({"stop": [""]}, "stop"),
+        ({"priority": 2**40}, "priority"),
+        ({"stop_token_ids": [-1]}, "stop_token_ids"),
+        ({"model": ""}, "model"),
+    ],
+)
+async def test_invalid_fields_are_400_with_the_param(gw, fields, param):
+    r = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, **fields})
+    assert_openai_error(r, 400, param=param)
+    assert gw.worker.servicer.generate_requests == []
+
+
+async def test_cross_field_rules_are_400(gw):
+    for fields in (
+        {"top_logprobs": 2},  # without logprobs
+        {"stream_options": {"include_usage": True}},  # without stream
+        {"min_tokens": 5, "max_tokens": 2},
+        {"tools": [{"type": "function", "function": {"name": "f"}}]},
+        {"response_format": {"type": "json_schema"}},
+    ):
+        r = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, **fields})
+        assert_openai_error(r, 400)
+
+
+async def test_missing_required_field_is_400(gw):
+    r = await gw.client.post("/v1/chat/completions", json={"model": MODEL})
+    assert_openai_error(r, 400, param="messages", code="missing_required_parameter")
+
+
+async def test_missing_or_wrong_api_key_is_401_before_the_body_is_read(gw):
+    r = await gw.client.post("/v1/chat/completions", content=b"{", headers={"authorization": ""})
+    assert_openai_error(r, 401, code="missing_api_key")
+    assert r.headers["www-authenticate"] == "Bearer"
+    r = await gw.client.post("/v1/chat/completions", json={}, headers={"authorization": "Bearer sk-wrong-key"})
+    assert_openai_error(r, 401, code="invalid_api_key")
+    r = await gw.client.get("/v1/models", headers={"authorization": "Basic abc"})
+    assert_openai_error(r, 401)
+
+
+async def test_unknown_model_is_404(gw):
+    r = await gw.client.post("/v1/chat/completions", json={"model": "no-such-model", "messages": USER})
+    assert_openai_error(r, 404, code="model_not_found", param="model")
+    assert_openai_error(await gw.client.get("/v1/models/no-such-model"), 404, code="model_not_found")
+
+
+async def test_unknown_route_and_wrong_method_keep_the_shape(gw):
+    assert_openai_error(await gw.client.get("/v1/nothing-here"), 404)
+    assert_openai_error(await gw.client.get("/v1/chat/completions"), 405)
+
+
+async def test_over_long_prompt_is_400_context_length_exceeded_streamed_or_not(gw):
+    long = [{"role": "user", "content": "word " * 40}]
+    for stream in (False, True):
+        r = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": long, "stream": stream})
+        error = assert_openai_error(r, 400, code="context_length_exceeded", param="messages")
+        assert "maximum context length" in error["message"]
+    r = await gw.client.post("/v1/completions", json={"model": MODEL, "prompt": "w " * 40})
+    assert_openai_error(r, 400, code="context_length_exceeded", param="prompt")
+
+
+async def test_body_over_the_size_limit_is_413(gw):
+    r = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "x" * 70_000}]})
+    assert_openai_error(r, 413, code="request_too_large")
+
+
+async def test_no_ready_worker_is_503_with_retry_after(gw):
+    gw.worker.servicer.ready = False
+    for _ in range(50):
+        if not gw.pool.is_ready(MODEL):
+            break
+        await asyncio.sleep(0.02)
+    r = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER})
+    assert_openai_error(r, 503, code="no_ready_worker")
+    assert r.headers["retry-after"] == "1"
+    assert (await gw.client.get("/readyz")).status_code == 503
+
+
+async def test_worker_internal_error_is_500_without_its_details(gw):
+    gw.worker.servicer.fail_generate = (grpc.StatusCode.INTERNAL, "CUDA error at kernel.cu:42 secret", None)
+    r = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER})
+    error = assert_openai_error(r, 500, code="worker_error")
+    assert "secret" not in error["message"] and "kernel" not in r.text
+
+
+async def test_worker_invalid_argument_is_400_with_its_message_and_code(gw):
+    gw.worker.servicer.fail_generate = (grpc.StatusCode.INVALID_ARGUMENT, "top_k exceeds the vocabulary", "invalid_value")
+    r = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "stream": True})
+    error = assert_openai_error(r, 400, code="invalid_value")
+    assert error["message"] == "top_k exceeds the vocabulary"
+
+
+async def test_worker_overloaded_is_503(gw):
+    gw.worker.servicer.fail_generate = (grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full", None)
+    r = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER})
+    assert_openai_error(r, 503, code="overloaded")
+
+
+# -- fuzz: malformed and adversarial bodies never produce a 5xx -------------------------------------
+
+_json_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70), st.floats(allow_nan=False), st.text(max_size=20)
+)
+_json = st.recursive(_json_leaf, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+_field_values = {
+    "model": st.one_of(st.just(MODEL), _json),
+    "messages": st.one_of(
+        st.just(USER),
+        st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "x", 3]), "content": _json}), max_size=3),
+        _json,
+    ),
+    "prompt": st.one_of(st.just("hi"), st.lists(st.integers(-5, 2**33), max_size=4), _json),
+    "input": st.one_of(st.just("hi"), _json),
+    "n": _json,
+    "temperature": _json,
+    "top_p": _json,
+    "max_tokens": st.one_of(st.integers(-3, 2**40), _json),
+    "stop": _json,
+    "seed": _json,
+    "logprobs": _json,
+    "top_logprobs": _json,
+    "stream": st.one_of(st.booleans(), _json),
+    "stream_options": _json,
+    "encoding_format": _json,
+    "dimensions": _json,
+    "top_k": _json,
+    "priority": _json,
+    "min_tokens": _json,
+}
+_bodies = st.one_of(
+    st.fixed_dictionaries({}, optional=_field_values).map(lambda d: json.dumps(d).encode()),
+    _json.map(lambda v: json.dumps(v).encode()),
+    st.binary(max_size=64),
+    st.text(max_size=64).map(str.encode),
+)
+
+
+def test_fuzzed_bodies_never_cause_a_5xx():
+    loop = asyncio.new_event_loop()
+    worker = FakeWorker(FakeConfig(model=MODEL, max_model_len=64))
+    gateway = running_gateway({MODEL: [worker]})
+
+    async def start():
+        await worker.start()
+        return await gateway.__aenter__()
+
+    harness = loop.run_until_complete(start())
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(path=st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]), body=_bodies)
+    def check(path, body):
+        r = loop.run_until_complete(harness.client.post(path, content=body, headers={"content-type": "application/json"}))
+        assert r.status_code < 500, (path, body, r.status_code, r.text)
+        if r.status_code >= 400:
+            assert set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+    try:
+        check()
+    finally:
+        loop.run_until_complete(gateway.__aexit__(None, None, None))
+        loop.run_until_complete(worker.stop())
+        loop.close()
