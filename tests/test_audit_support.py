@@ -140,3 +140,22 @@ def run_with_log(log, body):
             await log.close()
 
     return asyncio.run(main())
+
+
+def set_database_available(database_url: str, available: bool) -> None:
+    """Simulates a database outage on our own scratch database (never the shared server):
+    refuses new connections and ends the open ones; or lets connections in again."""
+    from sqlalchemy import create_engine, make_url
+
+    name = make_url(database_url).database
+    admin = create_engine(PG_SERVER_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {"true" if available else "false"}')
+            if not available:
+                conn.exec_driver_sql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %(name)s AND pid <> pg_backend_pid()",
+                    {"name": name},
+                )
+    finally:
+        admin.dispose()
