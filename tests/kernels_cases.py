@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from worker.attention.backend import AttentionMetadata
-from worker.attention.torch_backend import gather_kv, reference_attention, write_kv_cache
+from worker.attention.torch_backend import reference_attention, write_kv_cache
 
 Metrics = dict[str, float]
 
@@ -364,7 +364,8 @@ def check_rotary(
     return {
         "rel_err": rel_err(torch.cat([q.flatten(), k.flatten()]), torch.cat([q_ref.flatten(), k_ref.flatten()])),
         "pass_through_changed": float(
-            (q[..., rotary_dim:] != orig_q[..., rotary_dim:]).sum() + (k[..., rotary_dim:] != orig_k[..., rotary_dim:]).sum()
+            (q[..., rotary_dim:] != orig_q[..., rotary_dim:]).sum()
+            + (k[..., rotary_dim:] != orig_k[..., rotary_dim:]).sum()
         ),
         "v_changed": float((qkv[:, q_width + kv_width :] != original[:, q_width + kv_width :]).sum()),
     }
@@ -407,18 +408,22 @@ def check_input_validation(device: str) -> dict[str, list[str]]:
         q=q, key_cache=cache, value_cache=cache, out=t(3, 4, 16), query_start_loc=qsl, seq_lens=lens,
         block_tables=tables, max_query_len=1, max_seq_len=5, scale=0.25,
     )
+    def attention(**changes: object) -> None:
+        unified_attention(**{**attention_ok, **changes})
+
+    i64 = torch.int64
     bad_calls = {
-        "attention_q_2d": lambda: unified_attention(**{**attention_ok, "q": t(3, 64), "out": t(3, 64)}),
-        "attention_heads_not_multiple": lambda: unified_attention(**{**attention_ok, "q": t(3, 3, 16), "out": t(3, 3, 16)}),
-        "attention_head_dim_mismatch": lambda: unified_attention(**{**attention_ok, "q": t(3, 4, 32), "out": t(3, 4, 32)}),
-        "attention_out_shape": lambda: unified_attention(**{**attention_ok, "out": t(2, 4, 16)}),
-        "attention_float_index": lambda: unified_attention(**{**attention_ok, "seq_lens": t(3)}),
-        "attention_short_query_start_loc": lambda: unified_attention(**{**attention_ok, "query_start_loc": t(3, dtype=i32)}),
-        "attention_zero_window": lambda: unified_attention(**attention_ok, sliding_window=0),
-        "attention_zero_splits": lambda: unified_attention(**attention_ok, num_splits=0),
-        "attention_strided_head_dim": lambda: unified_attention(**{**attention_ok, "q": t(3, 4, 32)[:, :, ::2]}),
-        "attention_int_q": lambda: unified_attention(**{**attention_ok, "q": t(3, 4, 16, dtype=i32)}),
-        "cache_short_slot_mapping": lambda: reshape_and_cache(t(3, 2, 16), t(3, 2, 16), cache, cache, t(2, dtype=torch.int64)),
+        "attention_q_2d": lambda: attention(q=t(3, 64), out=t(3, 64)),
+        "attention_heads_not_multiple": lambda: attention(q=t(3, 3, 16), out=t(3, 3, 16)),
+        "attention_head_dim_mismatch": lambda: attention(q=t(3, 4, 32), out=t(3, 4, 32)),
+        "attention_out_shape": lambda: attention(out=t(2, 4, 16)),
+        "attention_float_index": lambda: attention(seq_lens=t(3)),
+        "attention_short_query_start_loc": lambda: attention(query_start_loc=t(3, dtype=i32)),
+        "attention_zero_window": lambda: attention(sliding_window=0),
+        "attention_zero_splits": lambda: attention(num_splits=0),
+        "attention_strided_head_dim": lambda: attention(q=t(3, 4, 32)[:, :, ::2]),
+        "attention_int_q": lambda: attention(q=t(3, 4, 16, dtype=i32)),
+        "cache_short_slot_mapping": lambda: reshape_and_cache(t(3, 2, 16), t(3, 2, 16), cache, cache, t(2, dtype=i64)),
         "cache_row_shape": lambda: reshape_and_cache(t(3, 4, 16), t(3, 4, 16), cache, cache, t(3, dtype=torch.int64)),
         "cache_float_slots": lambda: reshape_and_cache(t(3, 2, 16), t(3, 2, 16), cache, cache, t(3)),
         "rms_norm_weight_size": lambda: rms_norm(t(2, 8), t(7), 1e-6),

@@ -90,12 +90,18 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     "attention_prefill_group4_d128_fp32": attention_variant(2048, 4, 128, False, False, "*fp32"),
     "merge_splits": lambda: compile_variant(
         merge_splits_kernel,
-        {"out_ptr": BF16, "part_out_ptr": "*fp32", "part_max_ptr": "*fp32", "part_sum_ptr": "*fp32", "query_start_loc_ptr": "*i32"},
+        {
+            "out_ptr": BF16, "part_out_ptr": "*fp32", "part_max_ptr": "*fp32", "part_sum_ptr": "*fp32",
+            "query_start_loc_ptr": "*i32",
+        },
         dict(HEAD_DIM=128, HEAD_DIM_P=128, SPLITS_P=16),
     ),
     "reshape_and_cache": lambda: compile_variant(
         kv_cache._reshape_and_cache_kernel,
-        {"key_ptr": BF16, "value_ptr": BF16, "key_cache_ptr": BF16, "value_cache_ptr": BF16, "slot_mapping_ptr": "*i64"},
+        {
+            "key_ptr": BF16, "value_ptr": BF16, "key_cache_ptr": BF16, "value_cache_ptr": BF16,
+            "slot_mapping_ptr": "*i64",
+        },
         dict(NUM_KV_HEADS=8, HEAD_DIM=128, HEADS_P=8, HEAD_DIM_P=128, PAGE_SIZE=16),
     ),
     "rms_norm": lambda: compile_variant(

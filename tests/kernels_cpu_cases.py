@@ -42,7 +42,9 @@ ATTENTION_CASES: dict[str, AttentionCase] = {
     "padding_decode": AttentionCase((1, 1, 1), (20, 3, 40), padding_reqs=2, padding_rows=3),
     "padding_mixed": AttentionCase((1, 40), (20, 5), num_heads=8, num_kv_heads=2, padding_reqs=2, padding_rows=2),
     "padding_split_forced": AttentionCase((1, 1), (150, 60), num_splits=4, padding_reqs=2, padding_rows=2),
-    "backend_mixed": AttentionCase((1, 23, 1), (40, 9, 0), num_heads=8, num_kv_heads=2, padding_rows=2, through_backend=True),
+    "backend_mixed": AttentionCase(
+        (1, 23, 1), (40, 9, 0), num_heads=8, num_kv_heads=2, padding_rows=2, through_backend=True
+    ),
     "backend_decode_split": AttentionCase(
         (1, 1), (260, 33), num_splits=2, padding_reqs=1, padding_rows=2, through_backend=True
     ),

@@ -13,7 +13,9 @@ from worker.attention.torch_backend import gather_kv, reference_attention
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 32, 8, 128, 16
 
 
-def check_graph_replay(num_splits: int | None, num_real: int = 6, graph_batch: int = 8, max_blocks: int = 64) -> Metrics:
+def check_graph_replay(
+    num_splits: int | None, num_real: int = 6, graph_batch: int = 8, max_blocks: int = 64
+) -> Metrics:
     """Capture one decode step of ``TritonAttention`` (cache write + attention) and replay it twice.
 
     The graph batch has ``graph_batch - num_real`` padding requests (seq_len 0, slot -1), as a runner
@@ -99,6 +101,8 @@ def build_kernel_inputs() -> dict[str, object]:
     num_reqs, max_blocks = 5, 32
     query_lens = [1, 1, 1, 3, 64]
     seq_lens = [300, 17, 500, 40, 64]
+    cache_shape = (num_reqs * max_blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM)
+    query_start_loc = [0, *torch.tensor(query_lens).cumsum(0).tolist()]
     return {
         "hidden": torch.randn(num_tokens, hidden, dtype=dtype, device=device),
         "residual": torch.randn(num_tokens, hidden, dtype=dtype, device=device),
@@ -109,10 +113,10 @@ def build_kernel_inputs() -> dict[str, object]:
         "q": torch.randn(num_tokens, NUM_HEADS, HEAD_DIM, dtype=dtype, device=device),
         "k": torch.randn(num_tokens, NUM_KV_HEADS, HEAD_DIM, dtype=dtype, device=device),
         "v": torch.randn(num_tokens, NUM_KV_HEADS, HEAD_DIM, dtype=dtype, device=device),
-        "key_cache": torch.randn(num_reqs * max_blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM, dtype=dtype, device=device),
-        "value_cache": torch.randn(num_reqs * max_blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM, dtype=dtype, device=device),
+        "key_cache": torch.randn(cache_shape, dtype=dtype, device=device),
+        "value_cache": torch.randn(cache_shape, dtype=dtype, device=device),
         "slot_mapping": torch.randperm(num_reqs * max_blocks * BLOCK_SIZE, device=device)[:num_tokens],
-        "query_start_loc": torch.tensor([0, *torch.tensor(query_lens).cumsum(0).tolist()], dtype=torch.int32, device=device),
+        "query_start_loc": torch.tensor(query_start_loc, dtype=torch.int32, device=device),
         "seq_lens": torch.tensor(seq_lens, dtype=torch.int32, device=device),
         "block_tables": torch.randperm(num_reqs * max_blocks, device=device).to(torch.int32).view(num_reqs, max_blocks),
         "max_query_len": max(query_lens),

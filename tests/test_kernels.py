@@ -81,9 +81,14 @@ def assert_metrics(metrics: dict, tolerance: float) -> None:
 # ---------------------------------------------------------------- CPU: Triton's interpreter
 
 
+def _python_path() -> str:
+    """PYTHONPATH for helper processes: the repository root first, so ``worker`` is this checkout's."""
+    return os.pathsep.join(filter(None, [str(TESTS_DIR.parent), os.environ.get("PYTHONPATH")]))
+
+
 @pytest.fixture(scope="module")
 def interpreter_results() -> dict:
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(TESTS_DIR.parent), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": _python_path()}
     proc = subprocess.run(
         [sys.executable, str(TESTS_DIR / "kernels_interpreter.py")],
         capture_output=True,
@@ -107,7 +112,7 @@ def test_kernel_matches_torch_reference_in_interpreter(case: str, interpreter_re
 
 def test_every_kernel_variant_compiles_for_hopper() -> None:
     # Compilation (layouts, loop-carried types, dot shapes) is what the interpreter cannot check.
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS_DIR.parent), os.environ.get("PYTHONPATH", "")])}
+    env = {**os.environ, "PYTHONPATH": _python_path()}
     env.pop("TRITON_INTERPRET", None)
     proc = subprocess.run(
         [sys.executable, str(TESTS_DIR / "kernels_compile.py")],
@@ -129,8 +134,14 @@ def test_every_kernel_variant_compiles_for_hopper() -> None:
 
 def test_importing_the_kernel_package_defines_no_kernel() -> None:
     # The lazy package is what lets a process pick Triton's interpreter after importing worker.kernels.
-    code = "import sys, worker.kernels; print(sorted(m for m in sys.modules if m.startswith(('triton', 'worker.kernels.'))))"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=TESTS_DIR.parent)
+    code = (
+        "import sys, worker.kernels; "
+        "print(sorted(m for m in sys.modules if m.startswith(('triton', 'worker.kernels.'))))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=TESTS_DIR.parent,
+        env={**os.environ, "PYTHONPATH": _python_path()},
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
 
@@ -203,7 +214,9 @@ GPU_ATTENTION_CASES: dict[str, AttentionCase] = {
     "group8_head128_block32": AttentionCase(
         (1, 129, 1), (2000, 511, 64), num_heads=32, num_kv_heads=4, head_dim=128, block_size=32
     ),
-    "group8_head64_block16": AttentionCase((1, 64, 1, 1), (100, 900, 3000, 1), num_heads=32, num_kv_heads=4, head_dim=64),
+    "group8_head64_block16": AttentionCase(
+        (1, 64, 1, 1), (100, 900, 3000, 1), num_heads=32, num_kv_heads=4, head_dim=64
+    ),
     "block64": AttentionCase((1, 100, 1), (1000, 200, 77), block_size=64, **LLAMA_8B),
     "sliding_window_512": AttentionCase((1, 700, 1, 64), (3000, 100, 400, 2000), sliding_window=512, **LLAMA_8B),
     "sliding_window_split_forced": AttentionCase((1, 1), (5000, 300), sliding_window=1000, num_splits=8, **LLAMA_8B),
@@ -211,7 +224,9 @@ GPU_ATTENTION_CASES: dict[str, AttentionCase] = {
         (1,) * 30, _lengths(4, 30, 1, 2000), padding_reqs=2, padding_rows=4, **LLAMA_8B
     ),
     "graph_padding_split": AttentionCase((1, 1), (4000, 10), padding_reqs=2, padding_rows=6, num_splits=16, **LLAMA_8B),
-    "backend_mixed": AttentionCase((1, 1, 400, 1), (50, 3000, 100, 7), padding_rows=5, through_backend=True, **LLAMA_8B),
+    "backend_mixed": AttentionCase(
+        (1, 1, 400, 1), (50, 3000, 100, 7), padding_rows=5, through_backend=True, **LLAMA_8B
+    ),
 }
 
 
@@ -234,7 +249,9 @@ def test_attention_float32_is_exact_on_gpu() -> None:
 @requires_cuda
 @pytest.mark.parametrize(("num_tokens", "num_padding", "block_size"), [(4096, 0, 16), (300, 37, 32)])
 def test_cache_write_on_gpu_bf16(num_tokens: int, num_padding: int, block_size: int) -> None:
-    metrics = check_reshape_and_cache(num_tokens, 8, 128, block_size, num_padding, "cuda", torch.bfloat16, strided_input=True)
+    metrics = check_reshape_and_cache(
+        num_tokens, 8, 128, block_size, num_padding, "cuda", torch.bfloat16, strided_input=True
+    )
     assert_metrics(metrics, 0.0)
 
 

@@ -45,5 +45,7 @@ def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
     if x2.shape[0] == 0 or intermediate == 0:
         return out
     grid = (x2.shape[0], triton.cdiv(intermediate, BLOCK))
-    _silu_and_mul_kernel[grid](x2, out2, x2.stride(0), out2.stride(0), INTERMEDIATE=intermediate, BLOCK=BLOCK, num_warps=4)
+    _silu_and_mul_kernel[grid](
+        x2, out2, x2.stride(0), out2.stride(0), INTERMEDIATE=intermediate, BLOCK=BLOCK, num_warps=4
+    )
     return out

@@ -64,10 +64,11 @@ def unified_attention(
     ``seq_len == 0`` (padding requests) are written as zeros; rows past ``query_start_loc[num_reqs]``
     are left untouched.
 
-    ``max_query_len`` and ``max_seq_len`` are host ints that only steer the launch shape: results are
-    correct for any device values within them, and ``max_query_len`` must bound every request's query
-    count. ``num_reqs`` defaults to ``seq_lens.shape[0]``; ``num_splits`` forces a split count
-    (1 disables split-KV), otherwise a heuristic picks one.
+    ``max_query_len`` and ``max_seq_len`` are host ints that steer the launch shape only.
+    ``max_query_len`` must bound every request's query count (it may select the one-program-per-request
+    grid); ``max_seq_len`` only feeds the split heuristic, so any upper bound is correct (under CUDA
+    graphs, pass the bound the graph must serve). ``num_reqs`` defaults to ``seq_lens.shape[0]``;
+    ``num_splits`` forces a split count (1 disables split-KV), otherwise a heuristic picks one.
     """
     num_reqs = seq_lens.shape[0] if num_reqs is None else num_reqs
     _check_inputs(q, key_cache, value_cache, out, query_start_loc, seq_lens, block_tables, num_reqs)

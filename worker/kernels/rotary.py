@@ -128,7 +128,9 @@ def _check_inputs(
     if q.dtype != k.dtype:
         raise KernelInputError(f"q and k dtypes differ: {q.dtype} vs {k.dtype}")
     if positions.dim() != 1 or positions.shape[0] != q.shape[0] or positions.dtype not in (torch.int32, torch.int64):
-        raise KernelInputError(f"positions must be int32/int64 [{q.shape[0]}], got {positions.dtype} {tuple(positions.shape)}")
+        raise KernelInputError(
+            f"positions must be int32/int64 [{q.shape[0]}], got {positions.dtype} {tuple(positions.shape)}"
+        )
     if rotary_dim % 2 or not 2 <= rotary_dim <= q.shape[2]:
         raise KernelInputError(f"rotary_dim must be even and in [2, {q.shape[2]}], got {rotary_dim}")
     if cos_sin_cache.dim() != 2 or cos_sin_cache.shape[1] != rotary_dim or cos_sin_cache.stride(1) != 1:
