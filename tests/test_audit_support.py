@@ -159,3 +159,76 @@ def set_database_available(database_url: str, available: bool) -> None:
                 )
     finally:
         admin.dispose()
+
+
+# A gateway-like writer process: `python -c WRITER_SCRIPT URL DATA_DIR NAME COUNT CONCURRENCY SPOOL_DIR`.
+# It starts writing when a line arrives on stdin (see go()). COUNT 0 runs until killed. Prints "OPEN id" once a stream's open is durable and "DONE id" once its
+# completion is (the moments a gateway may send the first and the last byte); every third request is
+# a whole one-shot request instead ("DONE id" only).
+WRITER_SCRIPT = r"""
+import asyncio, itertools, random, sys
+from datetime import datetime, timezone
+from gateway.audit.records import Actor, RequestEnd, RequestStart
+from gateway.audit.service import build_audit_services
+from gateway.audit.settings import AuditSettings
+
+url, data_dir, name, count, concurrency, spool_dir = sys.argv[1:7]
+count, concurrency = int(count), int(concurrency)
+actor = Actor(subject=f"key-{name}", team="cardiology", auth_method="api_key", key_id=f"key-{name}")
+
+def start(rid):
+    return RequestStart(request_id=rid, endpoint="/v1/chat/completions", principal=actor, model="m",
+                        params={"stream": True}, prompt=[{"role": "user", "content": f"hello {rid}"}])
+
+def end():
+    return RequestEnd(status="ok", http_status=200, response="fine thanks", finish_reason="stop",
+                      prompt_tokens=3, completion_tokens=2, finished_at=datetime.now(timezone.utc))
+
+async def main():
+    settings = AuditSettings(database_url=url, checkpoint_every_records=40,
+                             on_database_outage="spool" if spool_dir != "-" else "fail_closed",
+                             spool_dir=None if spool_dir == "-" else spool_dir, spool_drain_interval_s=0.2)
+    log = build_audit_services(settings, data_dir, migrate=False).log
+    await log.start()
+    await asyncio.to_thread(sys.stdin.readline)  # start together: wait for the parent's "go"
+    numbers = itertools.count() if count == 0 else iter(range(count))
+
+    async def client():
+        for i in numbers:
+            rid = f"{name}-{i}"
+            if i % 3 == 2:
+                await log.record_request(start(rid), end())
+            else:
+                handle = await log.open(start(rid))
+                print("OPEN", rid, flush=True)
+                await asyncio.sleep(random.random() * 0.01)
+                await log.complete(handle, end())
+            print("DONE", rid, flush=True)
+
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    await log.close()
+
+asyncio.run(main())
+"""
+
+
+def spawn_writer(url: str, data_dir, name: str, count: int, concurrency: int, spool_dir=None):
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER_SCRIPT, url, str(data_dir), name, str(count), str(concurrency), str(spool_dir or "-")],
+        cwd=root,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def go(*writers) -> None:
+    """Lets spawned writers start (together)."""
+    for writer in writers:
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
