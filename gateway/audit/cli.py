@@ -29,9 +29,16 @@ def _add_database_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--signing-key", help="the checkpoint signing key (default: <data dir>/audit/checkpoint-key.pem)")
 
 
+def _utc_time(text: str):
+    try:
+        return parse_utc_iso(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO-8601 time with a zone (e.g. 2025-01-31T00:00:00Z)") from None
+
+
 def _add_filter_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--since", type=parse_utc_iso, help="records received at or after (ISO-8601 with zone)")
-    parser.add_argument("--until", type=parse_utc_iso, help="records received before (ISO-8601 with zone)")
+    parser.add_argument("--since", type=_utc_time, help="records received at or after (ISO-8601 with zone)")
+    parser.add_argument("--until", type=_utc_time, help="records received before (ISO-8601 with zone)")
     for name in ("team", "subject", "model"):
         parser.add_argument(f"--{name}")
     parser.add_argument("--status", help="ok, error, cancelled, rejected, incomplete, denied, or an HTTP code")
@@ -114,10 +121,13 @@ def _verify(args: argparse.Namespace) -> int:
     from gateway.audit.verify import load_checkpoint_file, verify_chain
 
     settings, paths = _settings_and_paths(args)
-    keys = trusted_keys(settings, paths, args.public_key)
-    external = [cp for path in args.checkpoints for cp in load_checkpoint_file(path)]
     engine = _engine(paths.database_url)
     try:
+        keys = trusted_keys(settings, paths, args.public_key)
+        if not keys.keys:
+            print("ward audit verify: no trusted public key: signatures cannot be checked (pass --public-key)", file=sys.stderr)
+            return 2
+        external = [cp for path in args.checkpoints for cp in load_checkpoint_file(path)]
         report = verify_chain(engine, keys, external)
     finally:
         engine.dispose()
@@ -139,8 +149,7 @@ def _verify(args: argparse.Namespace) -> int:
     if report.truncated_problems:
         print(f"  ... and {report.truncated_problems} more")
     print(f"checked: {summary}")
-    no_key = not keys.keys and len(report.problems) == 1
-    return 2 if no_key else 1
+    return 1
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -153,7 +162,7 @@ def _export(args: argparse.Namespace) -> int:
     settings, paths = _settings_and_paths(args)
     engine = _engine(paths.database_url)
     try:
-        store: ChainStore = build_chain_store(settings, paths, engine)
+        store: ChainStore = build_chain_store(settings, paths, engine, create_key=False)
         reader = AuditReader(engine)
         flt = RecordFilter(since=args.since, until=args.until, team=args.team, subject=args.subject, model=args.model, status=args.status, kind=args.kind)
         query = {**flt.to_json(), "format": args.format, "out": args.out}
@@ -183,7 +192,7 @@ def _checkpoints(args: argparse.Namespace) -> int:
     engine = _engine(paths.database_url)
     try:
         if args.now:
-            build_chain_store(settings, paths, engine).checkpoint_if_due(force=True)
+            build_chain_store(settings, paths, engine, create_key=False).checkpoint_if_due(force=True)
         with engine.connect() as conn:
             checkpoints = read_checkpoints(conn)
     finally:
@@ -214,13 +223,13 @@ def _purge(args: argparse.Namespace) -> int:
     from gateway.audit.service import build_chain_store
 
     settings, paths = _settings_and_paths(args)
-    days = args.retention_days or settings.retention_days
+    days = settings.retention_days if args.retention_days is None else args.retention_days
     if days < 1:
         print("ward audit purge: --retention-days must be at least 1", file=sys.stderr)
         return 2
     engine = _engine(paths.database_url)
     try:
-        store = build_chain_store(settings, paths, engine)
+        store = build_chain_store(settings, paths, engine, create_key=False)
         result = purge_expired(store, retention_cutoff(days), Actor.local_operator(), dry_run=args.dry_run)
     finally:
         engine.dispose()

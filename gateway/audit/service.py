@@ -71,8 +71,9 @@ class AuditServices:
     engine: Engine
 
 
-def build_chain_store(settings: AuditSettings, paths: AuditPaths, engine: Engine) -> ChainStore:
-    signer = Signer.load_or_create(paths.signing_key)
+def build_chain_store(settings: AuditSettings, paths: AuditPaths, engine: Engine, *, create_key: bool = True) -> ChainStore:
+    """The chain store; create_key=False refuses to make a new signing key (tools must use the gateway's)."""
+    signer = Signer.load_or_create(paths.signing_key) if create_key else Signer.load(paths.signing_key)
     policy = CheckpointPolicy(every_records=settings.checkpoint_every_records, every_s=settings.checkpoint_every_s)
     return ChainStore(engine, signer, policy, write_timeout_s=settings.write_timeout_s)
 

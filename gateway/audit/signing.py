@@ -59,6 +59,14 @@ class Signer:
         return base64.b64encode(self._private_key.sign(statement(seq, entry_hash, time, self.key_id))).decode("ascii")
 
     @classmethod
+    def load(cls, path: str | os.PathLike) -> Signer:
+        """The existing key at path. Raises SigningKeyError when it is missing or not an Ed25519 key."""
+        path = pathlib.Path(path)
+        if not path.exists():
+            raise SigningKeyError(f"the audit signing key {path} does not exist (pass the gateway's key)")
+        return cls(_load_private_key(path))
+
+    @classmethod
     def load_or_create(cls, path: str | os.PathLike) -> Signer:
         """The key at path (PEM, PKCS#8); created with mode 0600 when absent, its public key written beside it.
 
