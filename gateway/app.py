@@ -98,6 +98,9 @@ def check_worker_channels(settings: GatewaySettings) -> None:
                 )
 
 
+NO_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False, "auto_configure": False}
+
+
 async def _call_optional(component: object, name: str) -> None:
     method = getattr(component, name, None)
     if callable(method):
@@ -168,6 +171,10 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        # FastAPI's OpenTelemetry hooks stay off: they would record validation failures (which can
+        # quote request bodies, i.e. patient data) and cost time on every request. Ward exports
+        # Prometheus metrics instead and sends nothing out.
+        telemetry=NO_TELEMETRY,
     )
     install_error_handlers(app, error_converters)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)

@@ -15,6 +15,7 @@ Each app owns its registry, so several apps can live in one process (tests).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -53,27 +54,32 @@ class GatewayMetrics:
             "ward_gateway_generation_tokens", "Tokens generated.", ["model_name"], registry=r
         )
         self.in_flight = Gauge("ward_gateway_requests_in_flight", "Inference requests being served.", registry=r)
-        self._itl_children: dict[str, object] = {}
+        self._children: dict[tuple, Any] = {}
+
+    def _child(self, metric, *labels: str):
+        # labels() takes a lock and builds a key each call; the label sets are few, so keep them.
+        key = (metric, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def observe_inter_token(self, model: str, seconds: float) -> None:
-        child = self._itl_children.get(model)
-        if child is None:
-            child = self._itl_children[model] = self.inter_token.labels(model)
-        child.observe(seconds)
+        self._child(self.inter_token, model).observe(seconds)
 
     def observe_request(self, ctx: RequestContext, model_label: str) -> None:
         """Records a finished request; ``model_label`` must be a configured model name or ""."""
-        status = str(ctx.status_code or 500)
-        self.requests.labels(ctx.endpoint, model_label, status).inc()
-        self.e2e_latency.labels(ctx.endpoint, model_label).observe(time.perf_counter() - ctx.received_mono)
+        route = ctx.endpoint
+        self._child(self.requests, route, model_label, str(ctx.status_code or 500)).inc()
+        self._child(self.e2e_latency, route, model_label).observe(time.perf_counter() - ctx.received_mono)
         if not model_label:
             return
         if ctx.first_token_mono is not None:
-            self.ttft.labels(model_label).observe(ctx.first_token_mono - ctx.received_mono)
+            self._child(self.ttft, model_label).observe(ctx.first_token_mono - ctx.received_mono)
         if ctx.prompt_tokens:
-            self.prompt_tokens.labels(model_label).inc(ctx.prompt_tokens)
+            self._child(self.prompt_tokens, model_label).inc(ctx.prompt_tokens)
         if ctx.completion_tokens:
-            self.generation_tokens.labels(model_label).inc(ctx.completion_tokens)
+            self._child(self.generation_tokens, model_label).inc(ctx.completion_tokens)
 
 
 class WorkerPoolCollector(Collector):

@@ -331,7 +331,7 @@ async def running_gateway(models: dict[str, list[FakeWorker]], *, wait_ready: bo
     app = create_app(settings, **create_kwargs)
     async with app.router.lifespan_context(app):
         if wait_ready:
-            assert await app.state.ward.pool.wait_until_ready(5.0), "fake workers never became ready"
+            assert await app.state.ward.pool.wait_until_ready(5.0, every_worker=True), "fake workers never became ready"
         transport = httpx.ASGITransport(app=app)
         headers = {"authorization": f"Bearer {API_KEY}"}
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway", headers=headers, timeout=10) as client:

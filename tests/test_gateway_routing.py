@@ -48,11 +48,28 @@ async def chat(gw, **fields):
     return await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, **fields})
 
 
-async def test_equally_loaded_workers_share_sequential_requests(two):
+async def test_equally_loaded_workers_take_turns(two):
+    for w in (two.a, two.b):
+        w.servicer.load_override = {"num_running": 0, "kv_usage": 0.0}  # identical, whatever is running
+    await asyncio.sleep(0.25)  # a poll of each with the override
     for _ in range(10):
         assert (await chat(two)).status_code == 200
-    counts = served_by(two.a, two.b)
-    assert counts["a"] >= 3 and counts["b"] >= 3
+    assert served_by(two.a, two.b) == Counter({"a": 5, "b": 5})
+
+
+async def test_other_gateways_load_counts_but_ours_is_not_counted_twice(two):
+    handle_a, handle_b = two.pool.handles(MODEL)
+    two.a.servicer.load_override = {"num_running": 3, "num_waiting": 1, "kv_usage": 0.25}
+    await until(lambda: handle_a.load is not None and handle_a.load.num_running == 3)
+    assert handle_a.load_score() == pytest.approx(4.25)  # another gateway's four requests
+    with handle_b.lease(), handle_b.lease():
+        assert handle_b.load_score() == pytest.approx(2.0)
+        assert two.pool.pick(MODEL) is handle_b
+        with handle_b.lease(), handle_b.lease(), handle_b.lease():
+            assert two.pool.pick(MODEL) is handle_a
+        two.b.servicer.load_override = {"num_running": 2, "kv_usage": 0.0}  # b sees our two requests
+        await until(lambda: handle_b.load.num_running == 2)
+        assert handle_b.load_score() == pytest.approx(2.0)  # counted once, not 2 + 2
 
 
 async def test_concurrent_streams_are_spread_by_load(two):

@@ -51,17 +51,21 @@ class ChatFormatter:
         self.meta = meta
         self.include_usage = request.include_usage
         self.logprobs = request.logprobs
-        self._template = ChunkTemplate(
-            {
-                "id": meta.id,
-                "object": "chat.completion.chunk",
-                "created": meta.created,
-                "model": meta.model,
-                "system_fingerprint": meta.system_fingerprint,
-            },
-            usage_null=self.include_usage,
-        )
+        self._chunks: ChunkTemplate | None = None
         self._started: set[int] = set()
+
+    @property
+    def _template(self) -> ChunkTemplate:
+        if self._chunks is None:  # built on first use: non-streamed responses never need it
+            fields = {
+                "id": self.meta.id,
+                "object": "chat.completion.chunk",
+                "created": self.meta.created,
+                "model": self.meta.model,
+                "system_fingerprint": self.meta.system_fingerprint,
+            }
+            self._chunks = ChunkTemplate(fields, usage_null=self.include_usage)
+        return self._chunks
 
     def delta_events(self, index: int, delta: pb.ChoiceDelta) -> bytes:
         out = b""

@@ -52,8 +52,14 @@ class CompletionFormatter:
             "model": meta.model,
             "system_fingerprint": meta.system_fingerprint,
         }
-        self._template = ChunkTemplate(self._fields, usage_null=self.include_usage)
+        self._chunks: ChunkTemplate | None = None
         self._offsets: dict[int, CompletionLogprobs] = {}
+
+    @property
+    def _template(self) -> ChunkTemplate:
+        if self._chunks is None:  # built on first use: non-streamed responses never need it
+            self._chunks = ChunkTemplate(self._fields, usage_null=self.include_usage)
+        return self._chunks
 
     def _logprobs_of(self, index: int) -> CompletionLogprobs:
         state = self._offsets.get(index)

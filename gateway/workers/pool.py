@@ -5,9 +5,9 @@ a request that finds the worker UNAVAILABLE, takes it out of rotation at once; a
 brings it back. A worker failing its polls for ``dead_after_s`` is dead: its in-flight streams are
 cut so clients get an error instead of a hang.
 
-Routing picks the ready worker with the least load: the larger of the worker's own count of
-running + waiting requests (as of the last poll) and this gateway's in-flight requests on it, plus
-its KV usage (0..1) as a tie-breaker; equal loads rotate round-robin.
+Routing picks the ready worker with the least load: this gateway's in-flight requests on it (known
+exactly) plus the running + waiting requests other gateways had there at the last poll, with its KV
+usage (0..1) breaking ties; equal loads rotate round-robin.
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+
+import grpc
 
 from gateway.errors import ModelNotFound, ServiceUnavailable
 from gateway.settings import RoutingSettings
@@ -41,6 +43,7 @@ class WorkerHandle:
     info: pb.ModelInfoResponse | None = None
     load: pb.LoadStatsResponse | None = None
     in_flight: int = 0  # this gateway's requests on the worker now
+    in_flight_at_poll: int = 0  # ... when the last LoadStats was taken (they are counted in it)
     failing_since: float | None = None  # monotonic time of the first failed poll in a row
     streams: set[GenerateStream] = field(default_factory=set)
 
@@ -49,9 +52,12 @@ class WorkerHandle:
         return self.client.address
 
     def load_score(self) -> float:
-        queued = self.load.num_running + self.load.num_waiting if self.load is not None else 0
-        kv_usage = self.load.kv_usage if self.load is not None else 0.0
-        return max(queued, self.in_flight) + kv_usage
+        """Requests on the worker now: other gateways' (as of the last poll) plus ours (exact),
+        with KV usage (0..1) breaking ties."""
+        if self.load is None:
+            return float(self.in_flight)
+        others = max(self.load.num_running + self.load.num_waiting - self.in_flight_at_poll, 0)
+        return others + self.in_flight + self.load.kv_usage
 
     @contextlib.contextmanager
     def lease(self, stream: GenerateStream | None = None):
@@ -116,10 +122,17 @@ class WorkerPool:
         self._tasks = []
         await asyncio.gather(*(c.close() for c in self._clients), return_exceptions=True)
 
-    async def wait_until_ready(self, timeout: float) -> bool:
-        """Waits until every model has a ready worker; False on timeout."""
+    async def wait_until_ready(self, timeout: float, *, every_worker: bool = False) -> bool:
+        """Waits until every model has a ready worker (or, with ``every_worker``, until every worker
+        is ready); False on timeout."""
         deadline = self._clock() + timeout
-        while not all(self.is_ready(m) for m in self._by_model):
+
+        def done() -> bool:
+            if every_worker:
+                return all(h.ready for h in self.handles())
+            return all(self.is_ready(m) for m in self._by_model)
+
+        while not done():
             remaining = deadline - self._clock()
             if remaining <= 0:
                 return False
@@ -187,7 +200,11 @@ class WorkerPool:
 
     async def _watch(self, handle: WorkerHandle) -> None:
         while True:
-            await self.poll(handle)
+            try:
+                await self.poll(handle)
+            except Exception as exc:  # a bug must not stop the watch: count it as a failed poll
+                log.exception("polling worker %s failed", handle.address)
+                self._mark_failed(handle, WorkerError(grpc.StatusCode.UNKNOWN, str(exc), address=handle.address))
             await asyncio.sleep(self.settings.poll_interval_s)
 
     async def poll(self, handle: WorkerHandle) -> None:
@@ -213,6 +230,7 @@ class WorkerPool:
             self._mark_failed(handle, err)
             return
         handle.load = load
+        handle.in_flight_at_poll = handle.in_flight
         self._mark_alive(handle)
         if load.draining:
             self._set_unready(handle, "draining")
