@@ -1,0 +1,222 @@
+"""End to end: the real gateway (AuditHooks), a fake worker process, the official openai client.
+
+A mixed run (answers, streams, cancelled streams, 401s, 429s, 400s, a 404) leaves exactly one
+record per request, with the right fields, in a chain that verifies.
+"""
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+import uvicorn
+
+from gateway.app import create_app
+from gateway.audit.hooks import AuditHooks
+from gateway.audit.reader import AuditReader, ReadScope, RecordFilter
+from gateway.audit.service import build_audit_services, trusted_keys, resolve_paths
+from gateway.audit.settings import AuditSettings
+from gateway.audit.verify import verify_chain
+from gateway.errors import RateLimited
+from gateway.hooks import HookChain, NoopHooks
+from gateway.settings import GatewaySettings
+from test_audit_support import db_url, pg_module_url  # noqa: F401
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+MODEL = "fake-chat"
+CARDIO_KEY = "key-cardiology-0001"
+RADIO_KEY = "key-radiology-0002"  # its team is over quota: every request gets 429
+ALL = ReadScope(teams=None, content=True, kinds=None)
+
+
+class OverQuota(NoopHooks):
+    """Stands in for the quota layer: refuses the radiology team."""
+
+    async def before_dispatch(self, ctx) -> None:
+        if ctx.principal is not None and ctx.principal.team == "radiology":
+            raise RateLimited("Team radiology is over its token quota.", code="quota_exceeded", headers={"retry-after": "30"})
+
+
+@pytest.fixture(scope="module")
+def fake_worker():
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "fake_worker.py"), "--model", MODEL, "--natural-length", "12", "--token-delay", "0.03"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    line = process.stdout.readline().split()
+    assert line and line[0] == "PORT", "fake worker did not start"
+    yield int(line[1])
+    process.terminate()
+    process.wait(timeout=10)
+
+
+class Gateway:
+    """The gateway app served by uvicorn on a free port, in a background thread."""
+
+    def __init__(self, app):
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            assert time.monotonic() < deadline and self.thread.is_alive(), "gateway did not start"
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def _wait_ready(base: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if httpx.get(f"{base}/readyz").status_code == 200:
+            return
+        time.sleep(0.1)
+    raise AssertionError("no ready worker")
+
+
+class Hooks(HookChain):
+    """A HookChain that also passes the app's startup and shutdown on to its hooks."""
+
+    async def startup(self) -> None:
+        for hook in self.hooks:
+            if hasattr(hook, "startup"):
+                await hook.startup()
+
+    async def shutdown(self) -> None:
+        for hook in reversed(self.hooks):
+            if hasattr(hook, "shutdown"):
+                await hook.shutdown()
+
+
+def _mixed_run(base: str) -> dict[str, dict]:
+    """Sends the mix; returns what each request's client saw, by x-request-id."""
+    good = openai.OpenAI(base_url=f"{base}/v1", api_key=CARDIO_KEY, max_retries=0)
+    limited = openai.OpenAI(base_url=f"{base}/v1", api_key=RADIO_KEY, max_retries=0)
+    stranger = openai.OpenAI(base_url=f"{base}/v1", api_key="not-a-key", max_retries=0)
+    seen: dict[str, dict] = {}
+    messages = lambda i: [{"role": "user", "content": f"question {i} about patient jane@example.org"}]  # noqa: E731
+
+    for i in range(3):  # answers
+        raw = good.chat.completions.with_raw_response.create(model=MODEL, messages=messages(i), max_tokens=8, temperature=0.0)
+        completion = raw.parse()
+        choice = completion.choices[0]
+        seen[raw.headers["x-request-id"]] = {
+            "kind": "ok", "text": choice.message.content, "finish": choice.finish_reason, "usage": completion.usage, "prompt": messages(i),
+        }
+    raw = good.completions.with_raw_response.create(model=MODEL, prompt="plain text prompt", max_tokens=4)
+    completion = raw.parse()
+    seen[raw.headers["x-request-id"]] = {
+        "kind": "ok", "text": completion.choices[0].text, "finish": completion.choices[0].finish_reason, "usage": completion.usage, "prompt": "plain text prompt",
+    }
+
+    for i in range(3, 6):  # streams read to [DONE]
+        with good.chat.completions.create(model=MODEL, messages=messages(i), stream=True, stream_options={"include_usage": True}) as stream:
+            text, usage, finish = "", None, None
+            for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    text += chunk.choices[0].delta.content
+                if chunk.choices and chunk.choices[0].finish_reason:
+                    finish = chunk.choices[0].finish_reason
+                usage = chunk.usage or usage
+            seen[stream.response.headers["x-request-id"]] = {"kind": "ok", "text": text, "finish": finish, "usage": usage, "prompt": messages(i)}
+
+    for i in range(6, 8):  # streams the client abandons after the first chunk
+        stream = good.chat.completions.create(model=MODEL, messages=messages(i), stream=True)
+        next(iter(stream))
+        stream.close()
+        seen[stream.response.headers["x-request-id"]] = {"kind": "cancelled"}
+
+    for client, kind, call in (
+        (stranger, "401", lambda c: c.chat.completions.create(model=MODEL, messages=messages(8))),
+        (stranger, "401", lambda c: c.chat.completions.create(model=MODEL, messages=messages(9), stream=True)),
+        (limited, "429", lambda c: c.chat.completions.create(model=MODEL, messages=messages(10))),
+        (limited, "429", lambda c: c.chat.completions.create(model=MODEL, messages=messages(11), stream=True)),
+        (good, "400", lambda c: c.chat.completions.create(model=MODEL, messages=messages(12), temperature=5)),
+        (good, "400", lambda c: c.chat.completions.create(model=MODEL, messages=[])),
+        (good, "404", lambda c: c.chat.completions.create(model="no-such-model", messages=messages(13))),
+    ):
+        with pytest.raises(openai.APIStatusError) as failure:
+            call(client)
+        assert str(failure.value.status_code) == kind
+        seen[failure.value.response.headers["x-request-id"]] = {"kind": kind}
+    return seen
+
+
+def test_mixed_openai_run_leaves_one_complete_record_per_request(db_url, fake_worker, tmp_path):
+    settings = GatewaySettings(models={MODEL: {"workers": [f"127.0.0.1:{fake_worker}"]}}, api_keys={CARDIO_KEY: "cardiology", RADIO_KEY: "radiology"})
+    audit_settings = AuditSettings(database_url=db_url)
+    services = build_audit_services(audit_settings, tmp_path)
+    app = create_app(settings, hooks=Hooks([OverQuota(), AuditHooks(services.log)]))
+    with Gateway(app) as base:
+        _wait_ready(base)
+        seen = _mixed_run(base)
+        time.sleep(0.5)  # cancelled streams are recorded as the gateway notices the disconnect
+    records = {r["id"]: r for r in AuditReader(services.engine).iter_records(RecordFilter(), ALL, through_seq=10**12)}
+
+    assert set(records) == set(seen)  # exactly one record per request, none missing, none extra
+    for rid, client_saw in seen.items():
+        record = records[rid]
+        assert record["complete"], record
+        kind = client_saw["kind"]
+        if kind == "ok":
+            assert (record["status"], record["http_status"], record["finish_reason"]) == ("ok", 200, client_saw["finish"])
+            assert record["response"] == client_saw["text"] and record["prompt"] == client_saw["prompt"]
+            assert (record["prompt_tokens"], record["completion_tokens"]) == (client_saw["usage"].prompt_tokens, client_saw["usage"].completion_tokens)
+            assert record["received_at"] <= record["first_token_at"] <= record["finished_at"]
+            assert record["principal"]["team"] == "cardiology" and record["principal"]["auth_method"] == "api_key"
+            assert record["model"] == MODEL and record["worker"] == f"127.0.0.1:{fake_worker}"
+        elif kind == "cancelled":
+            assert record["status"] == "cancelled" and len(record["entries"]) == 2  # opened, then completed
+        elif kind == "401":
+            assert (record["status"], record["http_status"], record["team"]) == ("rejected", 401, None)
+            assert record["error"]["code"] == "invalid_api_key"
+        elif kind == "429":
+            assert (record["status"], record["http_status"], record["team"]) == ("rejected", 429, "radiology")
+            assert record["error"]["code"] == "quota_exceeded"
+        else:
+            assert record["status"] == "error" and str(record["http_status"]) == kind
+        assert record["endpoint"] in ("/v1/chat/completions", "/v1/completions")
+        assert record["client_address"] == "127.0.0.1"
+    streams = [r for r in records.values() if len(r["entries"]) == 2]
+    assert len(streams) == 3 + 2  # the answered and the abandoned streams were opened before their first byte
+    report = verify_chain(services.engine, trusted_keys(audit_settings, resolve_paths(audit_settings, tmp_path)))
+    assert report.ok, [p.describe() for p in report.problems]
+    services.engine.dispose()
+
+
+def test_audit_database_down_means_503_and_nothing_served(pg_module_url, fake_worker, tmp_path):
+    from test_audit_support import reset_log, set_database_available
+
+    settings = GatewaySettings(models={MODEL: {"workers": [f"127.0.0.1:{fake_worker}"]}}, api_keys={CARDIO_KEY: "cardiology"})
+    services = build_audit_services(AuditSettings(database_url=pg_module_url, write_timeout_s=2), tmp_path)
+    reset_log(services.engine)
+    app = create_app(settings, hooks=AuditHooks(services.log))
+    with Gateway(app) as base:
+        _wait_ready(base)
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=CARDIO_KEY, max_retries=0)
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+        set_database_available(pg_module_url, False)
+        try:
+            for stream in (False, True):
+                with pytest.raises(openai.APIStatusError) as failure:
+                    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2, stream=stream)
+                assert failure.value.status_code == 503 and failure.value.code == "audit_unavailable"
+        finally:
+            set_database_available(pg_module_url, True)
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "again"}], max_tokens=2)
+    records = list(AuditReader(services.engine).iter_records(RecordFilter(), ALL, through_seq=10**12))
+    assert [r["status"] for r in records] == ["ok", "ok"]  # nothing was served unaudited
+    services.engine.dispose()
