@@ -13,6 +13,7 @@ Seams for later layers, all optional:
 An authenticator or hooks object with ``async startup()`` / ``async shutdown()`` methods has them
 awaited when the app starts and stops (connection pools, background tasks).
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,5 @@
 """ASGI middleware: stamps each request's arrival time and refuses bodies over the size limit (413)."""
+
 from __future__ import annotations
 
 import time

@@ -1,4 +1,5 @@
 """``ward gateway --config FILE``: serve the OpenAI-compatible API with uvicorn."""
+
 from __future__ import annotations
 
 import argparse

@@ -3,6 +3,7 @@
 Created when the request arrives (or when it is rejected), filled in by serving code, and handed to
 every request hook. Hooks may keep their own state in ``extra``.
 """
+
 from __future__ import annotations
 
 import time

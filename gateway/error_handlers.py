@@ -1,4 +1,5 @@
 """Every error leaves in OpenAI's shape, with its status, and is reported to the request hooks."""
+
 from __future__ import annotations
 
 import logging
@@ -11,7 +12,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.auth.errors import AuthenticationError, PermissionDenied
-from gateway.errors import InvalidRequest, OpenAIError, PermissionDeniedError, Unauthorized, WorkerFailed
+from gateway.errors import (
+    InvalidRequest,
+    OpenAIError,
+    PermissionDeniedError,
+    Unauthorized,
+    WorkerFailed,
+)
 from gateway.http_context import context_for, json_response
 
 log = logging.getLogger("ward.gateway")
@@ -49,7 +56,9 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> Re
     if first.get("type") == "json_invalid":
         error = InvalidRequest("We could not parse the JSON body of your request.", code="invalid_json")
     else:
-        error = InvalidRequest(f"Invalid value for '{param}': {message}" if param else message, param=param, code="invalid_value")
+        error = InvalidRequest(
+            f"Invalid value for '{param}': {message}" if param else message, param=param, code="invalid_value"
+        )
     return await error_response(request, error)
 
 
@@ -68,7 +77,9 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s", request.url.path, exc_info=exc)
-    return await error_response(request, WorkerFailed("The gateway failed to process the request.", code="internal_error"))
+    return await error_response(
+        request, WorkerFailed("The gateway failed to process the request.", code="internal_error")
+    )
 
 
 ErrorConverter = Callable[[Exception], OpenAIError]

@@ -3,6 +3,7 @@
 Serving code raises an :class:`OpenAIError` (or a subclass); the handlers in
 ``gateway.error_handlers`` turn it into a response with its status and headers.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -108,7 +109,9 @@ class ServiceUnavailable(OpenAIError):
     status_code = 503
     error_type = "server_error"
 
-    def __init__(self, message: str, *, code: str | None = "service_unavailable", retry_after_s: int | None = 1) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = "service_unavailable", retry_after_s: int | None = 1
+    ) -> None:
         headers = {"retry-after": str(retry_after_s)} if retry_after_s is not None else None
         super().__init__(message, code=code, headers=headers)
 

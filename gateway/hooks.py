@@ -23,6 +23,7 @@ Each request ends in exactly one terminal call: ``before_finish`` returning norm
 ``on_failure`` (which may follow a ``before_finish`` that raised). ``on_failure`` must not raise;
 errors it raises are logged and swallowed.
 """
+
 from __future__ import annotations
 
 import logging

@@ -1,5 +1,6 @@
 """Per-request plumbing between HTTP and serving: the RequestContext, identity, body parsing,
 disconnect detection, JSON responses."""
+
 from __future__ import annotations
 
 import asyncio
@@ -13,7 +14,8 @@ from starlette.responses import Response
 
 from gateway.context import RequestContext
 from gateway.errors import ClientDisconnected, InvalidRequest
-from gateway.serving.sse import EventStreamResponse, dumps
+from gateway.serving.sse import EventStream, dumps
+from gateway.sse_response import EventStreamResponse
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")
@@ -59,7 +61,9 @@ def _validation_error(exc: ValidationError) -> InvalidRequest:
     message = error["msg"].removeprefix("Value error, ")
     param = loc[0] if loc else None
     if error["type"] == "missing":
-        return InvalidRequest(f"Missing required parameter: '{'.'.join(loc)}'.", param=param, code="missing_required_parameter")
+        return InvalidRequest(
+            f"Missing required parameter: '{'.'.join(loc)}'.", param=param, code="missing_required_parameter"
+        )
     where = f"Invalid value for '{'.'.join(loc)}': " if loc else ""
     return InvalidRequest(f"{where}{message}", param=param, code="invalid_value")
 
@@ -99,7 +103,9 @@ async def _disconnect(request: Request) -> None:
         pass
 
 
-def json_response(ctx: RequestContext, body: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    ctx: RequestContext, body: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     """A JSON response carrying the request id and the hooks' headers."""
     return Response(
         dumps(body).encode(),
@@ -109,8 +115,8 @@ def json_response(ctx: RequestContext, body: Any, status_code: int = 200, header
     )
 
 
-def serving_response(ctx: RequestContext, result: dict[str, Any] | EventStreamResponse) -> Response:
-    if isinstance(result, EventStreamResponse):
-        result.headers["x-request-id"] = ctx.request_id
-        return result
+def serving_response(ctx: RequestContext, result: dict[str, Any] | EventStream) -> Response:
+    """The HTTP response for a service's result: a JSON body, or server-sent events."""
+    if isinstance(result, EventStream):
+        return EventStreamResponse(result, headers={**ctx.response_headers, "x-request-id": ctx.request_id})
     return json_response(ctx, result)

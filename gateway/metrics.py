@@ -12,6 +12,7 @@
 Latencies are measured at the gateway (they include the gateway and the network to the worker).
 Each app owns its registry, so several apps can live in one process (tests).
 """
+
 from __future__ import annotations
 
 import time
@@ -23,9 +24,69 @@ from prometheus_client.registry import Collector
 
 from gateway.context import RequestContext
 
-TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
-ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0)
-E2E_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+ITL_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+)
+E2E_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+)
 
 
 class GatewayMetrics:
@@ -35,21 +96,35 @@ class GatewayMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "ward_gateway_requests", "Requests by route, model and HTTP status.", ["route", "model_name", "status"], registry=r
+            "ward_gateway_requests",
+            "Requests by route, model and HTTP status.",
+            ["route", "model_name", "status"],
+            registry=r,
         )
         self.e2e_latency = Histogram(
-            "ward_gateway_e2e_request_latency_seconds", "Request latency from arrival to the last byte.",
-            ["route", "model_name"], buckets=E2E_BUCKETS, registry=r,
+            "ward_gateway_e2e_request_latency_seconds",
+            "Request latency from arrival to the last byte.",
+            ["route", "model_name"],
+            buckets=E2E_BUCKETS,
+            registry=r,
         )
         self.ttft = Histogram(
-            "ward_gateway_time_to_first_token_seconds", "Time from arrival to the first generated token.",
-            ["model_name"], buckets=TTFT_BUCKETS, registry=r,
+            "ward_gateway_time_to_first_token_seconds",
+            "Time from arrival to the first generated token.",
+            ["model_name"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
         )
         self.inter_token = Histogram(
-            "ward_gateway_inter_token_latency_seconds", "Time between successive token deliveries of a request.",
-            ["model_name"], buckets=ITL_BUCKETS, registry=r,
+            "ward_gateway_inter_token_latency_seconds",
+            "Time between successive token deliveries of a request.",
+            ["model_name"],
+            buckets=ITL_BUCKETS,
+            registry=r,
         )
-        self.prompt_tokens = Counter("ward_gateway_prompt_tokens", "Prompt tokens processed.", ["model_name"], registry=r)
+        self.prompt_tokens = Counter(
+            "ward_gateway_prompt_tokens", "Prompt tokens processed.", ["model_name"], registry=r
+        )
         self.generation_tokens = Counter(
             "ward_gateway_generation_tokens", "Tokens generated.", ["model_name"], registry=r
         )
@@ -89,9 +164,13 @@ class WorkerPoolCollector(Collector):
         self._pool = pool
 
     def collect(self):
-        ready = GaugeMetricFamily("ward_gateway_worker_ready", "1 if the worker is in rotation.", labels=["model_name", "worker"])
+        ready = GaugeMetricFamily(
+            "ward_gateway_worker_ready", "1 if the worker is in rotation.", labels=["model_name", "worker"]
+        )
         in_flight = GaugeMetricFamily(
-            "ward_gateway_worker_requests_in_flight", "This gateway's requests on the worker.", labels=["model_name", "worker"]
+            "ward_gateway_worker_requests_in_flight",
+            "This gateway's requests on the worker.",
+            labels=["model_name", "worker"],
         )
         for handle in self._pool.handles():
             ready.add_metric([handle.model, handle.address], 1.0 if handle.ready else 0.0)

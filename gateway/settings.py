@@ -4,6 +4,7 @@ Precedence, highest first: keyword arguments, environment (``WARD_PORT``, nested
 ``WARD_ROUTING__POLL_INTERVAL_S``), the YAML file, the defaults below. The sections ``auth``, ``quota``
 and ``audit`` belong to their layers; this module only composes them.
 """
+
 from __future__ import annotations
 
 import contextvars

@@ -4,6 +4,7 @@ Keys are kept only as SHA-256 digests and every presented key is compared agains
 constant time. The identity layer's authenticator (OIDC, database-backed keys, mTLS) replaces this
 one through ``create_app(authenticator=...)``.
 """
+
 from __future__ import annotations
 
 import hashlib

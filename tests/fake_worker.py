@@ -11,6 +11,7 @@ Use in-process (``async with FakeWorker(...) as worker``) or as a subprocess
 (``python tests/fake_worker.py --model NAME``; prints ``PORT <n>`` once serving, stops on SIGTERM).
 The worker records what it saw: ``generate_requests``, ``cancelled``, ``completed``, ``active``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,9 +20,8 @@ import contextlib
 import math
 import random
 import signal
-import sys
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import grpc
 
@@ -178,7 +178,9 @@ class FakeWorkerServicer(pb_grpc.WorkerServicer):
         delta = pb.ChoiceDelta(index=index, token_ids=[token_id(word)], stop_token_id=-1)
         if want_logprobs:
             top = [
-                pb.TopLogprob(token_id=token_id(w), token=w + " ", logprob=-0.1 - 0.5 * k, token_bytes=(w + " ").encode())
+                pb.TopLogprob(
+                    token_id=token_id(w), token=w + " ", logprob=-0.1 - 0.5 * k, token_bytes=(w + " ").encode()
+                )
                 for k, w in enumerate([word] + [x for x in WORDS if x != word][: max(params.logprobs - 1, 0)])
             ][: params.logprobs]
             delta.logprobs.append(
@@ -321,7 +323,9 @@ async def running_gateway(models: dict[str, list[FakeWorker]], *, wait_ready: bo
     from gateway.app import create_app
     from gateway.settings import GatewaySettings, RoutingSettings
 
-    routing = create_kwargs.pop("routing", None) or RoutingSettings(poll_interval_s=0.1, poll_timeout_s=0.5, dead_after_s=1.0)
+    routing = create_kwargs.pop("routing", None) or RoutingSettings(
+        poll_interval_s=0.1, poll_timeout_s=0.5, dead_after_s=1.0
+    )
     settings = GatewaySettings(
         models={name: {"workers": [w.address for w in workers]} for name, workers in models.items()},
         api_keys={API_KEY: TEAM},
@@ -334,7 +338,9 @@ async def running_gateway(models: dict[str, list[FakeWorker]], *, wait_ready: bo
             assert await app.state.ward.pool.wait_until_ready(5.0, every_worker=True), "fake workers never became ready"
         transport = httpx.ASGITransport(app=app)
         headers = {"authorization": f"Bearer {API_KEY}"}
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", headers=headers, timeout=10) as client:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://gateway", headers=headers, timeout=10
+        ) as client:
             yield GatewayHarness(app, client, settings)
 
 
@@ -369,7 +375,7 @@ def parse_sse(body: str) -> list:
         if not block.strip():
             continue
         assert block.startswith("data: "), block
-        payload = block[len("data: "):]
+        payload = block[len("data: ") :]
         events.append(payload if payload == "[DONE]" else json.loads(payload))
     return events
 

@@ -1,4 +1,5 @@
 """POST /v1/chat/completions through the gateway to a fake worker: bodies, SSE format, parameters."""
+
 from __future__ import annotations
 
 import pytest
@@ -60,7 +61,9 @@ async def test_stream_is_openai_sse_with_role_content_finish_usage_and_done(gw):
     r = await chat(gw, seed=7, stream=True, stream_options={"include_usage": True})
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/event-stream")
+    assert r.headers["cache-control"] == "no-cache"
     events = parse_sse(r.text)
+    assert events[0]["id"] == "chatcmpl-" + r.headers["x-request-id"]
     assert events[-1] == "[DONE]"
     chunks = events[:-1]
     ids = {c["id"] for c in chunks}
@@ -118,7 +121,9 @@ async def test_stop_string_ends_the_text_before_it(gw):
     [choice] = body["choices"]
     assert choice["finish_reason"] == "stop"
     assert choice["message"]["content"] == " ".join(full.split()[:2])
-    streamed = parse_sse((await chat(gw, seed=4, max_tokens=12, ignore_eos=True, stop=" " + third_word, stream=True)).text)
+    streamed = parse_sse(
+        (await chat(gw, seed=4, max_tokens=12, ignore_eos=True, stop=" " + third_word, stream=True)).text
+    )
     assert "".join(c["choices"][0]["delta"].get("content", "") for c in streamed[:-1]) == choice["message"]["content"]
 
 
@@ -203,7 +208,9 @@ async def test_unset_fields_stay_unset_for_the_engine_defaults(gw):
 
 
 async def test_text_parts_are_joined_and_the_template_is_left_to_the_worker(gw):
-    messages = [{"role": "user", "content": [{"type": "text", "text": "one "}, {"type": "text", "text": "two"}], "name": "dr"}]
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "one "}, {"type": "text", "text": "two"}], "name": "dr"}
+    ]
     r = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": messages, "seed": 1})
     assert r.status_code == 200
     chat_prompt = gw.worker.servicer.generate_requests[-1].prompt.chat

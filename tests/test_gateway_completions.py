@@ -1,4 +1,5 @@
 """POST /v1/completions: prompt forms, choice numbering, the legacy logprobs format, streaming."""
+
 from __future__ import annotations
 
 import pytest
@@ -76,7 +77,7 @@ async def test_legacy_logprobs_format(gw):
     assert set(lp) == {"tokens", "token_logprobs", "top_logprobs", "text_offset"}
     assert "".join(lp["tokens"]) == choice["text"]
     assert len(lp["token_logprobs"]) == len(lp["tokens"]) == len(lp["top_logprobs"]) == 6
-    assert all(len(top) == 2 and token in top for token, top in zip(lp["tokens"], lp["top_logprobs"]))
+    assert all(len(top) == 2 and token in top for token, top in zip(lp["tokens"], lp["top_logprobs"], strict=True))
     offsets = [sum(len(t) for t in lp["tokens"][:i]) for i in range(len(lp["tokens"]))]
     assert lp["text_offset"] == offsets
 

@@ -1,4 +1,5 @@
 """A client that goes away cancels the worker call promptly (over real HTTP, served by uvicorn)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -81,3 +82,40 @@ async def test_disconnect_before_the_first_token_cancels_the_call(served):
     assert await until(lambda: worker.servicer.cancelled) < 1.0
     await until(lambda: "on_failure" in hooks.events)
     assert "on_first_token" not in hooks.events
+
+
+async def test_a_stream_whose_headers_cannot_be_sent_still_releases_the_worker_call():
+    hooks = RecordingHooks()
+    worker = FakeWorker(FakeConfig(model=MODEL, token_delay_s=0.05))
+    async with worker, running_gateway({MODEL: [worker]}, hooks=hooks) as gw:
+        import json
+
+        body = json.dumps({**BODY, "stream": True}).encode()
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0", "spec_version": "2.3"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/v1/chat/completions",
+            "raw_path": b"/v1/chat/completions",
+            "query_string": b"",
+            "root_path": "",
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+            "headers": [(b"authorization", f"Bearer {API_KEY}".encode()), (b"content-length", str(len(body)).encode())],
+        }
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive():
+            if messages:
+                return messages.pop()
+            await asyncio.sleep(3600)
+
+        async def send(message):
+            raise OSError("connection reset by peer")  # the client is gone before the headers
+
+        await gw.app(scope, receive, send)
+        assert await until(lambda: worker.servicer.cancelled) < 1.0
+        assert gw.pool.handles(MODEL)[0].in_flight == 0
+        assert hooks.events[-1] == "on_failure" and hooks.contexts[-1].cancelled

@@ -1,4 +1,5 @@
 """POST /v1/embeddings: input forms, float and base64 encodings, dimensions, task checks."""
+
 from __future__ import annotations
 
 import base64
@@ -48,7 +49,7 @@ async def test_string_input_gives_one_float_embedding_with_usage(gw):
 async def test_list_of_strings_keeps_order(gw):
     body = (await embed(gw, input=["a", "b c", "d"])).json()
     assert [d["index"] for d in body["data"]] == [0, 1, 2]
-    for d, text in zip(body["data"], ["a", "b c", "d"]):
+    for d, text in zip(body["data"], ["a", "b c", "d"], strict=True):
         assert d["embedding"] == pytest.approx(fake_embedding(text, 8, 0), abs=1e-6)
     assert body["usage"]["prompt_tokens"] == 4
 
@@ -56,7 +57,7 @@ async def test_list_of_strings_keeps_order(gw):
 async def test_base64_decodes_to_the_float_values(gw):
     floats = (await embed(gw, input=["x y", "z"])).json()["data"]
     encoded = (await embed(gw, input=["x y", "z"], encoding_format="base64")).json()["data"]
-    for f, e in zip(floats, encoded):
+    for f, e in zip(floats, encoded, strict=True):
         raw = base64.b64decode(e["embedding"])
         decoded = list(struct.unpack(f"<{len(raw) // 4}f", raw))
         assert decoded == pytest.approx(f["embedding"], abs=1e-7)
@@ -89,5 +90,7 @@ async def test_malformed_inputs_are_400(gw, bad):
 async def test_chat_model_refuses_embeddings_and_embedding_model_refuses_chat(gw):
     r = await gw.client.post("/v1/embeddings", json={"model": CHAT, "input": "x"})
     assert r.status_code == 400 and r.json()["error"]["code"] == "model_not_supported"
-    r = await gw.client.post("/v1/chat/completions", json={"model": EMBED, "messages": [{"role": "user", "content": "x"}]})
+    r = await gw.client.post(
+        "/v1/chat/completions", json={"model": EMBED, "messages": [{"role": "user", "content": "x"}]}
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "model_not_supported"

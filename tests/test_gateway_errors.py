@@ -1,4 +1,5 @@
 """Every error leaves in OpenAI's shape with the right status; malformed bodies never cause a 5xx."""
+
 from __future__ import annotations
 
 import asyncio
@@ -23,9 +24,10 @@ def anyio_backend():
 
 @pytest.fixture
 async def gw():
-    async with FakeWorker(FakeConfig(model=MODEL, max_model_len=32)) as worker, running_gateway(
-        {MODEL: [worker]}, settings={"max_request_bytes": 64 * 1024}
-    ) as harness:
+    async with (
+        FakeWorker(FakeConfig(model=MODEL, max_model_len=32)) as worker,
+        running_gateway({MODEL: [worker]}, settings={"max_request_bytes": 64 * 1024}) as harness,
+    ):
         harness.worker = worker
         yield harness
 
@@ -131,7 +133,9 @@ async def test_over_long_prompt_is_400_context_length_exceeded_streamed_or_not(g
 
 
 async def test_body_over_the_size_limit_is_413(gw):
-    r = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "x" * 70_000}]})
+    r = await gw.client.post(
+        "/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "x" * 70_000}]}
+    )
     assert_openai_error(r, 413, code="request_too_large")
 
 
@@ -155,7 +159,11 @@ async def test_worker_internal_error_is_500_without_its_details(gw):
 
 
 async def test_worker_invalid_argument_is_400_with_its_message_and_code(gw):
-    gw.worker.servicer.fail_generate = (grpc.StatusCode.INVALID_ARGUMENT, "top_k exceeds the vocabulary", "invalid_value")
+    gw.worker.servicer.fail_generate = (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "top_k exceeds the vocabulary",
+        "invalid_value",
+    )
     r = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "stream": True})
     error = assert_openai_error(r, 400, code="invalid_value")
     assert error["message"] == "top_k exceeds the vocabulary"
@@ -170,14 +178,24 @@ async def test_worker_overloaded_is_503(gw):
 # -- fuzz: malformed and adversarial bodies never produce a 5xx -------------------------------------
 
 _json_leaf = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70), st.floats(allow_nan=False), st.text(max_size=20)
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
 )
-_json = st.recursive(_json_leaf, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+_json = st.recursive(
+    _json_leaf,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 _field_values = {
     "model": st.one_of(st.just(MODEL), _json),
     "messages": st.one_of(
         st.just(USER),
-        st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "x", 3]), "content": _json}), max_size=3),
+        st.lists(
+            st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "x", 3]), "content": _json}), max_size=3
+        ),
         _json,
     ),
     "prompt": st.one_of(st.just("hi"), st.lists(st.integers(-5, 2**33), max_size=4), _json),
@@ -220,7 +238,9 @@ def test_fuzzed_bodies_never_cause_a_5xx():
     @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
     @given(path=st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]), body=_bodies)
     def check(path, body):
-        r = loop.run_until_complete(harness.client.post(path, content=body, headers={"content-type": "application/json"}))
+        r = loop.run_until_complete(
+            harness.client.post(path, content=body, headers={"content-type": "application/json"})
+        )
         assert r.status_code < 500, (path, body, r.status_code, r.text)
         if r.status_code >= 400:
             assert set(r.json()["error"]) == {"message", "type", "param", "code"}

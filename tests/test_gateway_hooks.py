@@ -1,11 +1,19 @@
 """The request-lifecycle seam: hook order, what the context carries, rejections, and the
 guarantee that before_finish completes before the last byte is sent."""
+
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-from fake_worker import API_KEY, TEAM, FakeConfig, FakeWorker, parse_sse, running_gateway
+from fake_worker import (
+    API_KEY,
+    TEAM,
+    FakeConfig,
+    FakeWorker,
+    parse_sse,
+    running_gateway,
+)
 from fastapi import APIRouter
 from starlette.requests import Request
 
@@ -87,13 +95,24 @@ async def test_streamed_request_runs_every_hook_in_order_and_commits_before_done
     hooks = RecordingHooks()
     async with running_gateway(workers, hooks=hooks) as gw:
         gw.client._transport.app = recording_app_sends(gw.app, hooks.events)
-        r = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "stream": True, "seed": 1})
+        r = await gw.client.post(
+            "/v1/chat/completions", json={"model": MODEL, "messages": USER, "stream": True, "seed": 1}
+        )
     assert r.status_code == 200
     points = [e for e in hooks.events if isinstance(e, str)]
-    assert points == ["before_dispatch", "response_headers", "on_start", "on_first_token", "before_finish:start", "before_finish:end"]
+    assert points == [
+        "before_dispatch",
+        "response_headers",
+        "on_start",
+        "on_first_token",
+        "before_finish:start",
+        "before_finish:end",
+    ]
     finish_end = hooks.events.index("before_finish:end")
     done_at = next(i for i, e in enumerate(hooks.events) if isinstance(e, tuple) and b"[DONE]" in e[1])
-    finish_chunk_at = next(i for i, e in enumerate(hooks.events) if isinstance(e, tuple) and b'"finish_reason":"stop"' in e[1])
+    finish_chunk_at = next(
+        i for i, e in enumerate(hooks.events) if isinstance(e, tuple) and b'"finish_reason":"stop"' in e[1]
+    )
     assert finish_end < finish_chunk_at <= done_at  # nothing that completes the response precedes the commit
     assert r.headers["x-ratelimit-remaining-requests"] == "41"
     [ctx] = hooks.contexts
@@ -124,7 +143,13 @@ async def test_embeddings_run_the_lifecycle_with_token_counts(workers):
     async with running_gateway(workers, hooks=hooks) as gw:
         r = await gw.client.post("/v1/embeddings", json={"model": EMBED, "input": ["a b", "c"]})
     assert r.status_code == 200
-    assert hooks.events == ["before_dispatch", "response_headers", "on_start", "before_finish:start", "before_finish:end"]
+    assert hooks.events == [
+        "before_dispatch",
+        "response_headers",
+        "on_start",
+        "before_finish:start",
+        "before_finish:end",
+    ]
     assert hooks.token_counts == [3] and hooks.contexts[0].prompt_tokens == 3
 
 
@@ -143,7 +168,12 @@ async def test_before_dispatch_can_refuse_with_429_and_headers_and_nothing_reach
     async with running_gateway(workers, hooks=hooks) as gw:
         r = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "stream": True})
     assert r.status_code == 429
-    assert r.json()["error"] == {"message": "Rate limit reached for requests.", "type": "rate_limit_error", "param": None, "code": "rate_limit_exceeded"}
+    assert r.json()["error"] == {
+        "message": "Rate limit reached for requests.",
+        "type": "rate_limit_error",
+        "param": None,
+        "code": "rate_limit_exceeded",
+    }
     assert r.headers["retry-after"] == "7" and r.headers["x-ratelimit-remaining-requests"] == "0"
     assert hooks.events == ["before_dispatch", "on_failure"]
     assert hooks.contexts[0].status_code == 429 and isinstance(hooks.contexts[0].error, RateLimited)
@@ -153,11 +183,23 @@ async def test_before_dispatch_can_refuse_with_429_and_headers_and_nothing_reach
 async def test_rejections_before_routing_reach_on_failure(workers):
     hooks = RecordingHooks()
     async with running_gateway(workers, hooks=hooks) as gw:
-        await gw.client.post("/v1/chat/completions", json={"model": MODEL}, headers={"authorization": "Bearer nope-nope"})
+        await gw.client.post(
+            "/v1/chat/completions", json={"model": MODEL}, headers={"authorization": "Bearer nope-nope"}
+        )
         await gw.client.post("/v1/chat/completions", content=b"{oops")
         await gw.client.post("/v1/chat/completions", json={"model": "unknown", "messages": USER})
-        await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "w " * 300}]})
-    assert hooks.events == ["on_failure", "on_failure", "on_failure", "before_dispatch", "response_headers", "on_start", "on_failure"]
+        await gw.client.post(
+            "/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "w " * 300}]}
+        )
+    assert hooks.events == [
+        "on_failure",
+        "on_failure",
+        "on_failure",
+        "before_dispatch",
+        "response_headers",
+        "on_start",
+        "on_failure",
+    ]
     unauthorized, malformed, unknown, too_long = hooks.contexts
     assert (unauthorized.status_code, unauthorized.principal) == (401, None)
     assert (malformed.status_code, malformed.principal.team) == (400, TEAM)
@@ -223,10 +265,16 @@ async def test_custom_authenticator_extra_routers_and_error_converters(workers):
 
     converters = {QuotaExceeded: lambda exc: RateLimited("Budget exhausted.", code="insufficient_quota")}
     hooks = HookChain([Raising(), RecordingHooks()])
-    async with running_gateway(workers, authenticator=HeaderAuth(), routers=[admin], hooks=hooks, error_converters=converters) as gw:
+    async with running_gateway(
+        workers, authenticator=HeaderAuth(), routers=[admin], hooks=hooks, error_converters=converters
+    ) as gw:
         body = {"model": MODEL, "messages": USER}
-        assert (await gw.client.post("/v1/chat/completions", json=body)).status_code == 401  # the API key no longer works
-        assert (await gw.client.post("/v1/chat/completions", json=body, headers={"x-team": "radiology"})).status_code == 200
+        assert (
+            await gw.client.post("/v1/chat/completions", json=body)
+        ).status_code == 401  # the API key no longer works
+        assert (
+            await gw.client.post("/v1/chat/completions", json=body, headers={"x-team": "radiology"})
+        ).status_code == 200
         assert workers[MODEL][0].servicer.generate_requests[-1].cache_salt == "radiology"
         refused = await gw.client.post("/v1/chat/completions", json=body, headers={"x-team": "over-budget"})
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
@@ -240,7 +288,9 @@ async def test_the_admin_key_authenticates_as_a_platform_admin(workers):
     hooks = RecordingHooks()
     async with running_gateway(workers, hooks=hooks, settings={"auth": {"admin_key": admin_key}}) as gw:
         r = await gw.client.post(
-            "/v1/chat/completions", json={"model": MODEL, "messages": USER}, headers={"authorization": f"Bearer {admin_key}"}
+            "/v1/chat/completions",
+            json={"model": MODEL, "messages": USER},
+            headers={"authorization": f"Bearer {admin_key}"},
         )
         assert r.status_code == 200
         assert (await gw.client.get("/v1/models", headers={"authorization": f"Bearer {API_KEY}"})).status_code == 200

@@ -1,5 +1,6 @@
 """Prometheus /metrics on the gateway: request counts by route, model and status; latency and
 token series; bounded label values."""
+
 from __future__ import annotations
 
 import pytest
@@ -48,6 +49,14 @@ async def test_metrics_count_requests_tokens_and_latencies(tmp_path):
     assert m[("ward_gateway_generation_tokens_total", model)] == 3 * 6
     assert m[("ward_gateway_time_to_first_token_seconds_count", model)] == 3
     assert m[("ward_gateway_inter_token_latency_seconds_count", model)] == 3 * 5
-    assert m[("ward_gateway_e2e_request_latency_seconds_count", (("model_name", MODEL), ("route", "/v1/chat/completions")))] == 3
+    assert (
+        m[
+            (
+                "ward_gateway_e2e_request_latency_seconds_count",
+                (("model_name", MODEL), ("route", "/v1/chat/completions")),
+            )
+        ]
+        == 3
+    )
     assert m[("ward_gateway_requests_in_flight", ())] == 0
     assert m[("ward_gateway_worker_ready", (("model_name", MODEL), ("worker", worker.address)))] == 1

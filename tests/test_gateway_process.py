@@ -1,5 +1,6 @@
 """The gateway as a real ``ward gateway --config`` process in front of fake worker processes,
 driven by the official ``openai`` client."""
+
 from __future__ import annotations
 
 import asyncio
@@ -46,8 +47,16 @@ class Processes:
     def gateway(self, models: dict[str, list[str]]) -> str:
         port = free_port()
         config = self.log_dir / "gateway.yaml"
-        lines = ["host: 127.0.0.1", f"port: {port}", "api_keys:", f"  {API_KEY}: team-process", "routing:",
-                 "  poll_interval_s: 0.2", "  poll_timeout_s: 0.5", "models:"]
+        lines = [
+            "host: 127.0.0.1",
+            f"port: {port}",
+            "api_keys:",
+            f"  {API_KEY}: team-process",
+            "routing:",
+            "  poll_interval_s: 0.2",
+            "  poll_timeout_s: 0.5",
+            "models:",
+        ]
         for model, addresses in models.items():
             lines += [f"  {model}:", f"    workers: [{', '.join(repr(a) for a in addresses)}]"]
         config.write_text("\n".join(lines) + "\n")
@@ -55,7 +64,9 @@ class Processes:
         log = open(self.log_dir / "gateway.log", "w")
         proc = subprocess.Popen(
             [sys.executable, "-m", "ward", "gateway", "--config", str(config), "--log-level", "warning"],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
         self.procs.append(proc)
         url = f"http://127.0.0.1:{port}"
@@ -118,19 +129,32 @@ def test_models_list(client):
 
 
 def test_chat_streamed_and_not_agree_and_usage_matches_tokenize(client, stack):
-    whole = client.chat.completions.create(model=CHAT, messages=USER, seed=21, max_tokens=10, extra_body={"ignore_eos": True})
+    whole = client.chat.completions.create(
+        model=CHAT, messages=USER, seed=21, max_tokens=10, extra_body={"ignore_eos": True}
+    )
     assert whole.object == "chat.completion" and whole.choices[0].finish_reason == "length"
     stream = client.chat.completions.create(
-        model=CHAT, messages=USER, seed=21, max_tokens=10, stream=True,
-        stream_options={"include_usage": True}, extra_body={"ignore_eos": True},
+        model=CHAT,
+        messages=USER,
+        seed=21,
+        max_tokens=10,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
     )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
     assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens == 10
-    conversation = pb.Conversation(messages=[pb.ChatMessage(role="user", content=USER[0]["content"])], add_generation_prompt=True)
+    conversation = pb.Conversation(
+        messages=[pb.ChatMessage(role="user", content=USER[0]["content"])], add_generation_prompt=True
+    )
     with grpc.insecure_channel(stack["chat_workers"][0]) as channel:
-        count = pb_grpc.WorkerStub(channel).Tokenize(pb.TokenizeRequest(model=CHAT, prompt=pb.Prompt(chat=conversation))).count
+        count = (
+            pb_grpc.WorkerStub(channel)
+            .Tokenize(pb.TokenizeRequest(model=CHAT, prompt=pb.Prompt(chat=conversation)))
+            .count
+        )
     assert whole.usage.prompt_tokens == chunks[-1].usage.prompt_tokens == count
 
 
@@ -139,9 +163,13 @@ def test_chat_features_through_http(client):
     assert [c.index for c in two.choices] == [0, 1]
     one = client.chat.completions.create(model=CHAT, messages=USER, max_tokens=1)
     assert one.usage.completion_tokens == 1 and one.choices[0].finish_reason == "length"
-    full = client.chat.completions.create(model=CHAT, messages=USER, seed=8, max_tokens=8, extra_body={"ignore_eos": True})
+    full = client.chat.completions.create(
+        model=CHAT, messages=USER, seed=8, max_tokens=8, extra_body={"ignore_eos": True}
+    )
     word = full.choices[0].message.content.split()[3]
-    stopped = client.chat.completions.create(model=CHAT, messages=USER, seed=8, max_tokens=8, stop=[" " + word], extra_body={"ignore_eos": True})
+    stopped = client.chat.completions.create(
+        model=CHAT, messages=USER, seed=8, max_tokens=8, stop=[" " + word], extra_body={"ignore_eos": True}
+    )
     assert stopped.choices[0].message.content == " ".join(full.choices[0].message.content.split()[:3])
     lp = client.chat.completions.create(model=CHAT, messages=USER, seed=8, logprobs=True, top_logprobs=3)
     assert all(len(t.top_logprobs) == 3 for t in lp.choices[0].logprobs.content)
@@ -152,7 +180,11 @@ def test_chat_features_through_http(client):
 def test_completions_and_embeddings(client):
     c = client.completions.create(model=CHAT, prompt="the patient", max_tokens=4, seed=2, logprobs=1)
     assert c.object == "text_completion" and len(c.choices[0].logprobs.tokens) == c.usage.completion_tokens
-    streamed = "".join(ch.choices[0].text for ch in client.completions.create(model=CHAT, prompt="the patient", max_tokens=4, seed=2, stream=True) if ch.choices)
+    streamed = "".join(
+        ch.choices[0].text
+        for ch in client.completions.create(model=CHAT, prompt="the patient", max_tokens=4, seed=2, stream=True)
+        if ch.choices
+    )
     assert streamed == c.choices[0].text
     e = client.embeddings.create(model=EMBED, input=["first note", "second"])
     assert [d.index for d in e.data] == [0, 1] and len(e.data[0].embedding) == 8
@@ -174,14 +206,18 @@ def test_errors_reach_the_client_as_openai_exceptions(client, stack):
         with pytest.raises(openai.AuthenticationError) as err:
             stranger.models.list()
     assert err.value.status_code == 401
-    raw = httpx.post(f"{stack['url']}/v1/chat/completions", content=b"{nope", headers={"authorization": f"Bearer {API_KEY}"})
+    raw = httpx.post(
+        f"{stack['url']}/v1/chat/completions", content=b"{nope", headers={"authorization": f"Bearer {API_KEY}"}
+    )
     assert raw.status_code == 400 and raw.json()["error"]["code"] == "invalid_json"
     assert httpx.get(f"{stack['url']}/healthz").json() == {"status": "ok"}
 
 
 def test_32_concurrent_streams_all_complete_correctly(stack):
     async def run():
-        async with openai.AsyncOpenAI(base_url=stack["url"] + "/v1", api_key=API_KEY, max_retries=0, timeout=30) as aclient:
+        async with openai.AsyncOpenAI(
+            base_url=stack["url"] + "/v1", api_key=API_KEY, max_retries=0, timeout=30
+        ) as aclient:
 
             async def one(seed: int) -> tuple[str, str]:
                 stream = await aclient.chat.completions.create(

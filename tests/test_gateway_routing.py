@@ -1,4 +1,5 @@
 """Routing across workers: load balancing, health, failover before the first token, worker loss."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,4 +1,5 @@
 """Gateway settings: YAML file, WARD_* environment overrides, validation, and the CLI's handling."""
+
 from __future__ import annotations
 
 import argparse

@@ -3,11 +3,19 @@
 Bounds follow OpenAI's where it has them, and otherwise the worker contract's integer widths, so a
 valid request always fits its protobuf message.
 """
+
 from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    field_validator,
+    model_validator,
+)
 
 INT32_MAX = 2**31 - 1
 UINT32_MAX = 2**32 - 1

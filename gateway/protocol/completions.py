@@ -1,4 +1,5 @@
 """POST /v1/completions request body."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,4 +1,5 @@
 """POST /v1/embeddings request body."""
+
 from __future__ import annotations
 
 from typing import Literal

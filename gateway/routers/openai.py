@@ -1,4 +1,5 @@
 """OpenAI-compatible routes under /v1. Each one authenticates, parses, and hands off to a service."""
+
 from __future__ import annotations
 
 from typing import Annotated
@@ -9,7 +10,13 @@ from starlette.responses import Response
 
 from gateway.context import RequestContext
 from gateway.errors import ModelNotFound
-from gateway.http_context import authenticated_context, json_response, parse_body, serving_response, until_disconnected
+from gateway.http_context import (
+    authenticated_context,
+    json_response,
+    parse_body,
+    serving_response,
+    until_disconnected,
+)
 from gateway.protocol.chat import ChatCompletionRequest
 from gateway.protocol.completions import CompletionRequest
 from gateway.protocol.embeddings import EmbeddingRequest

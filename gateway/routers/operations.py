@@ -1,4 +1,5 @@
 """Unauthenticated operational routes: liveness, readiness and Prometheus metrics."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter
@@ -22,7 +23,11 @@ async def readyz(request: Request) -> Response:
     models = {}
     for name in pool.models():
         handles = pool.handles(name)
-        models[name] = {"ready": pool.is_ready(name), "ready_workers": sum(h.ready for h in handles), "workers": len(handles)}
+        models[name] = {
+            "ready": pool.is_ready(name),
+            "ready_workers": sum(h.ready for h in handles),
+            "workers": len(handles),
+        }
     ready = all(m["ready"] for m in models.values())
     return JSONResponse({"ready": ready, "models": models}, status_code=200 if ready else 503)
 

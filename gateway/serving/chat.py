@@ -1,4 +1,5 @@
 """POST /v1/chat/completions: chat messages to the worker (which applies the chat template)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -8,7 +9,7 @@ from gateway.protocol.chat import ChatCompletionRequest
 from gateway.serving.generation import GenerationRun
 from gateway.serving.logprobs import chat_logprobs
 from gateway.serving.params import sampling_params
-from gateway.serving.sse import DONE, ChunkTemplate, EventStreamResponse, event
+from gateway.serving.sse import DONE, ChunkTemplate, EventStream, event
 from gateway.serving.text_generation import GenerationService, ResponseMeta
 from proto.ward.worker.v1 import worker_pb2 as pb
 
@@ -133,8 +134,8 @@ class ChatService:
     def __init__(self, generation: GenerationService) -> None:
         self.generation = generation
 
-    async def create(self, ctx: RequestContext, request: ChatCompletionRequest) -> dict[str, Any] | EventStreamResponse:
-        """The response body, or a streaming response; raises OpenAIError."""
+    async def create(self, ctx: RequestContext, request: ChatCompletionRequest) -> dict[str, Any] | EventStream:
+        """The response body, or the event stream; raises OpenAIError."""
         ctx.model = request.model
         ctx.params = request
         ctx.prompt = prompt_messages(request)

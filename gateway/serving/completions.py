@@ -1,4 +1,5 @@
 """POST /v1/completions: one Generate call per prompt, choices numbered prompt by prompt."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -8,7 +9,7 @@ from gateway.protocol.completions import CompletionRequest
 from gateway.serving.generation import GenerationRun
 from gateway.serving.logprobs import CompletionLogprobs
 from gateway.serving.params import sampling_params
-from gateway.serving.sse import DONE, ChunkTemplate, EventStreamResponse, event
+from gateway.serving.sse import DONE, ChunkTemplate, EventStream, event
 from gateway.serving.text_generation import GenerationService, ResponseMeta
 from proto.ward.worker.v1 import worker_pb2 as pb
 
@@ -99,8 +100,8 @@ class CompletionService:
     def __init__(self, generation: GenerationService) -> None:
         self.generation = generation
 
-    async def create(self, ctx: RequestContext, request: CompletionRequest) -> dict[str, Any] | EventStreamResponse:
-        """The response body, or a streaming response; raises OpenAIError."""
+    async def create(self, ctx: RequestContext, request: CompletionRequest) -> dict[str, Any] | EventStream:
+        """The response body, or the event stream; raises OpenAIError."""
         ctx.model = request.model
         ctx.params = request
         prompts = request.prompts()

@@ -3,6 +3,7 @@
 A call that fails because its worker is unreachable (or overloaded) before anything was sent to
 the client is retried on another ready worker, up to ``routing.max_attempts`` workers.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -120,7 +121,9 @@ class Dispatcher:
         Raises ServiceUnavailable (no ready worker) or what ``before_dispatch`` raises.
         """
         if not self.pool.is_ready(ctx.model):
-            raise ServiceUnavailable(f"No ready worker for model `{ctx.model}`; please retry shortly.", code="no_ready_worker")
+            raise ServiceUnavailable(
+                f"No ready worker for model `{ctx.model}`; please retry shortly.", code="no_ready_worker"
+            )
         await self.hooks.before_dispatch(ctx)
         ctx.response_headers.update(self.hooks.response_headers(ctx))
         await self.hooks.on_start(ctx)

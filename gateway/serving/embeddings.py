@@ -1,4 +1,5 @@
 """POST /v1/embeddings: texts or token ids to an embedding worker; floats or base64 back."""
+
 from __future__ import annotations
 
 import base64
@@ -66,9 +67,14 @@ class EmbeddingService:
             raise WorkerFailed("The worker returned the wrong number of embeddings.", code="worker_error")
         ctx.prompt_tokens = response.prompt_tokens
         if request.encoding_format == "base64":
-            data = [{"object": "embedding", "index": i, "embedding": encode_base64(e.values)} for i, e in enumerate(response.data)]
+            data = [
+                {"object": "embedding", "index": i, "embedding": encode_base64(e.values)}
+                for i, e in enumerate(response.data)
+            ]
         else:
-            data = [{"object": "embedding", "index": i, "embedding": list(e.values)} for i, e in enumerate(response.data)]
+            data = [
+                {"object": "embedding", "index": i, "embedding": list(e.values)} for i, e in enumerate(response.data)
+            ]
         body = {
             "object": "list",
             "data": data,

@@ -3,6 +3,7 @@
 It keeps the RequestContext current (text per choice, finish reasons, token counts, first-token
 time), fires ``on_first_token``, records inter-token latency, and checks the ending is complete.
 """
+
 from __future__ import annotations
 
 import logging
@@ -68,7 +69,9 @@ class GenerationRun:
             for delta in message.choices:
                 index = base + delta.index
                 if delta.index >= self.n or index >= total:
-                    raise WorkerError(grpc.StatusCode.INTERNAL, f"choice index {delta.index} out of range", address=ctx.worker or "")
+                    raise WorkerError(
+                        grpc.StatusCode.INTERNAL, f"choice index {delta.index} out of range", address=ctx.worker or ""
+                    )
                 if delta.token_ids:
                     produced = True
                     ctx.completion_tokens += len(delta.token_ids)

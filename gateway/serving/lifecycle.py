@@ -1,4 +1,5 @@
 """The terminal steps of every request: hooks first, then metrics, exactly once per request."""
+
 from __future__ import annotations
 
 import logging

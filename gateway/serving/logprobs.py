@@ -1,4 +1,5 @@
 """Worker logprobs in OpenAI's two formats: chat (``content: [...]``) and legacy completions."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -46,4 +47,9 @@ class CompletionLogprobs:
             top_logprobs.append({t.token: t.logprob for t in lp.top})
             text_offset.append(self.offset)
             self.offset += len(lp.token)
-        return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs, "text_offset": text_offset}
+        return {
+            "tokens": tokens,
+            "token_logprobs": token_logprobs,
+            "top_logprobs": top_logprobs,
+            "text_offset": text_offset,
+        }

@@ -1,4 +1,5 @@
 """OpenAI request fields -> the worker's SamplingParams."""
+
 from __future__ import annotations
 
 from gateway.protocol.common import SamplingRequest

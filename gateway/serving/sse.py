@@ -1,18 +1,12 @@
-"""Server-sent events as OpenAI sends them: ``data: {json}\\n\\n`` per chunk, ``data: [DONE]`` last.
+"""Server-sent events as OpenAI sends them: ``data: {json}\\n\\n`` per chunk, ``data: [DONE]`` last."""
 
-:class:`EventStreamResponse` stops the stream when the client disconnects and always closes the
-event generator, so its cleanup (cancelling the worker call, failure hooks) runs promptly.
-"""
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
-
-import anyio
-from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
 
 from gateway.errors import ClientDisconnected
 from gateway.serving.generation import GenerationRun
@@ -44,6 +38,15 @@ class ChunkTemplate:
 
     def encode(self, choice: dict[str, Any]) -> bytes:
         return (self._head + dumps(choice) + self._tail).encode()
+
+
+@dataclass(frozen=True)
+class EventStream:
+    """A streamed response: encoded events, and ``close`` to release what they hold (the worker
+    call, the request's failure hooks) if the stream is abandoned before it ends; idempotent."""
+
+    events: AsyncGenerator[bytes, None]
+    close: Callable[[], Awaitable[None]]
 
 
 class ChunkFormatter(Protocol):
@@ -80,41 +83,7 @@ async def run_event_stream(
             return
         yield formatter.final_events(run)
     except (asyncio.CancelledError, GeneratorExit):
-        ctx.cancelled = True
-        await lifecycle.fail(ctx, ClientDisconnected())
+        await lifecycle.fail(ctx, ClientDisconnected())  # a no-op once the response was complete
         raise
     finally:
         run.close()
-
-
-class EventStreamResponse(Response):
-    """A text/event-stream response over an async generator of encoded events."""
-
-    media_type = "text/event-stream"
-
-    def __init__(self, events: AsyncGenerator[bytes, None], *, headers: Mapping[str, str] | None = None) -> None:
-        self.events = events
-        self.status_code = 200
-        self.background = None
-        self.init_headers({"cache-control": "no-cache", "x-accel-buffering": "no", **(headers or {})})
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            async with anyio.create_task_group() as group:
-                group.start_soon(self._watch_disconnect, receive, group.cancel_scope)
-                await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-                async for chunk in self.events:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                group.cancel_scope.cancel()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await self.events.aclose()
-
-    @staticmethod
-    async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                scope.cancel()
-                return

@@ -1,4 +1,5 @@
 """The path shared by chat and completions: admit, dispatch, then stream or collect the result."""
+
 from __future__ import annotations
 
 import time
@@ -6,12 +7,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from gateway.context import RequestContext
-from gateway.errors import InvalidRequest, ModelNotFound
+from gateway.errors import ClientDisconnected, InvalidRequest, ModelNotFound
 from gateway.metrics import GatewayMetrics
 from gateway.serving.dispatch import Dispatcher
 from gateway.serving.generation import GenerationRun
 from gateway.serving.lifecycle import Lifecycle
-from gateway.serving.sse import ChunkFormatter, EventStreamResponse, run_event_stream
+from gateway.serving.sse import ChunkFormatter, EventStream, run_event_stream
 from gateway.workers.pool import WorkerPool, system_fingerprint
 from proto.ward.worker.v1 import worker_pb2 as pb
 
@@ -68,8 +69,8 @@ class GenerationService:
         keep_logprobs: bool,
         formatter: Callable[[], ResponseFormatter],
         prompt_param: str,
-    ) -> dict[str, Any] | EventStreamResponse:
-        """Admits and dispatches ``requests``; returns the body, or a streaming response.
+    ) -> dict[str, Any] | EventStream:
+        """Admits and dispatches ``requests``; returns the body, or the event stream.
 
         Raises OpenAIError; the request's terminal hooks have run when a body is returned.
         """
@@ -93,7 +94,12 @@ class GenerationService:
         fmt = formatter()
         if stream:
             events = run_event_stream(run, fmt, self.lifecycle, self.pool, prompt_param=prompt_param)
-            return EventStreamResponse(events, headers=ctx.response_headers)
+
+            async def release() -> None:  # a no-op unless the stream never ran to its end
+                run.close()
+                await self.lifecycle.fail(ctx, ClientDisconnected())
+
+            return EventStream(events, release)
         try:
             async for _ in run.updates():
                 pass

@@ -3,6 +3,7 @@
 Plaintext is accepted only to loopback addresses unless ``auth.insecure_worker_channel`` says
 otherwise, so prompts never cross a network unencrypted by accident.
 """
+
 from __future__ import annotations
 
 import pathlib

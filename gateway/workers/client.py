@@ -3,6 +3,7 @@
 Serving depends on the :class:`WorkerClient` protocol only, so tests (or an in-process engine) can
 stand in for a remote worker. Every failure surfaces as a :class:`WorkerError`.
 """
+
 from __future__ import annotations
 
 import asyncio

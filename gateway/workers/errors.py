@@ -3,6 +3,7 @@
 The worker signals a machine-readable reason for a refusal in the gRPC trailing metadata key
 ``ward-error-code`` (e.g. ``context_length_exceeded``), beside the status code and details message.
 """
+
 from __future__ import annotations
 
 import logging

@@ -9,6 +9,7 @@ Routing picks the ready worker with the least load: this gateway's in-flight req
 exactly) plus the running + waiting requests other gateways had there at the last poll, with its KV
 usage (0..1) breaking ties; equal loads rotate round-robin.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -187,7 +188,9 @@ class WorkerPool:
             if best is None or score < best_score:
                 best, best_score = h, score
         if best is None:
-            raise ServiceUnavailable(f"No ready worker for model `{model}`; please retry shortly.", code="no_ready_worker")
+            raise ServiceUnavailable(
+                f"No ready worker for model `{model}`; please retry shortly.", code="no_ready_worker"
+            )
         return best
 
     def report_failure(self, handle: WorkerHandle, err: WorkerError) -> None:
