@@ -14,7 +14,6 @@ from gateway.audit.service import create_audit_engine
 from gateway.audit.signing import Signer, TrustedKeys
 from gateway.audit.spool import Spool
 from gateway.audit.verify import verify_chain
-from gateway.db.engine import upgrade_to_head
 from test_audit_support import db_url, go, make_log, pg_module_url, run_with_log, set_database_available, spawn_writer  # noqa: F401
 
 ALL = ReadScope(teams=None, content=True, kinds=None)

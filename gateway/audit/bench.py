@@ -73,7 +73,16 @@ def _start(i: int) -> RequestStart:
 
 def _end() -> RequestEnd:
     now = datetime.now(timezone.utc)
-    return RequestEnd(status=RequestStatus.OK, http_status=200, first_token_at=now, finished_at=now, response=ANSWER, finish_reason="stop", prompt_tokens=180, completion_tokens=140)
+    return RequestEnd(
+        status=RequestStatus.OK,
+        http_status=200,
+        first_token_at=now,
+        finished_at=now,
+        response=ANSWER,
+        finish_reason="stop",
+        prompt_tokens=180,
+        completion_tokens=140,
+    )
 
 
 async def _measure(url: str, data_dir: str, records: int, concurrency: int) -> dict[str, Any]:

@@ -168,10 +168,8 @@ class ChainStore:
         if rows:
             conn.execute(insert(ENTRIES), rows)
         if seq > head.last_checkpoint_seq and (force_checkpoint or self._checkpoint_due(head, seq, now)):
-            conn.execute(
-                insert(CHECKPOINTS),
-                {"seq": seq, "entry_hash": prev, "created_at": now, "key_id": self.signer.key_id, "signature": self.signer.sign(seq, prev, now)},
-            )
+            checkpoint = {"seq": seq, "entry_hash": prev, "created_at": now, "key_id": self.signer.key_id}
+            conn.execute(insert(CHECKPOINTS), {**checkpoint, "signature": self.signer.sign(seq, prev, now)})
             head.last_checkpoint_seq, head.last_checkpoint_at = seq, now
             result.checkpoint_seq = seq
         if rows or result.checkpoint_seq is not None:

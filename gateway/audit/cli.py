@@ -164,7 +164,9 @@ def _export(args: argparse.Namespace) -> int:
     try:
         store: ChainStore = build_chain_store(settings, paths, engine, create_key=False)
         reader = AuditReader(engine)
-        flt = RecordFilter(since=args.since, until=args.until, team=args.team, subject=args.subject, model=args.model, status=args.status, kind=args.kind)
+        flt = RecordFilter(
+            since=args.since, until=args.until, team=args.team, subject=args.subject, model=args.model, status=args.status, kind=args.kind
+        )
         query = {**flt.to_json(), "format": args.format, "out": args.out}
         through = reader.head_seq()
         # The read is recorded (and durable) before any record is written out.

@@ -200,7 +200,7 @@ class AuditReader:
     # --- records -------------------------------------------------------------------------------
     @staticmethod
     def _record(row, scope: ReadScope) -> dict[str, Any]:
-        entries = [{"seq": row.o_seq, "kind": row.o_kind, "entry_hash": row.o_entry_hash, "recorded_at": utc_iso(as_utc(row.o_recorded_at))}]
+        entries = [_entry_ref(row.o_seq, row.o_kind, row.o_entry_hash, row.o_recorded_at)]
         data = json.loads(row.o_data)
         if row.o_kind not in REQUEST_KINDS:
             record = {
@@ -216,7 +216,7 @@ class AuditReader:
             return record
         if row.c_seq is not None:
             data.update(json.loads(row.c_data))
-            entries.append({"seq": row.c_seq, "kind": row.c_kind, "entry_hash": row.c_entry_hash, "recorded_at": utc_iso(as_utc(row.c_recorded_at))})
+            entries.append(_entry_ref(row.c_seq, row.c_kind, row.c_entry_hash, row.c_recorded_at))
         complete = row.o_kind != EntryKind.REQUEST_OPEN.value or row.c_seq is not None
         record = {
             "id": row.o_request_id,
@@ -235,6 +235,11 @@ class AuditReader:
         if not scope.content:
             _strip_content(record)
         return record
+
+
+def _entry_ref(seq: int, kind: str, digest: str, recorded_at: datetime) -> dict[str, Any]:
+    """Where a record's entry sits in the chain (for checking it against an export or a verify run)."""
+    return {"seq": seq, "kind": kind, "entry_hash": digest, "recorded_at": utc_iso(as_utc(recorded_at))}
 
 
 def _strip_content(record: dict[str, Any]) -> None:

@@ -95,7 +95,8 @@ def create_audit_router(
         try:
             scope = await authorize(who, svc, request, "list", query)
             page = await run_in_threadpool(svc.reader.list_records, RecordFilter(**filters), scope, cursor=cursor, limit=limit)
-            await svc.log.record_access(who, "list", query, allowed=True, record_ids=[r["id"] for r in page.records], client_address=_client(request))
+            returned = [r["id"] for r in page.records]
+            await svc.log.record_access(who, "list", query, allowed=True, record_ids=returned, client_address=_client(request))
         except AuditQueryError as error:
             return _error(400, str(error), type_="invalid_request_error", code="invalid_query")
         except AuditUnavailable as error:
@@ -137,7 +138,8 @@ def create_audit_router(
             return _unavailable(error)
         lines = export_lines(svc.reader.iter_records(flt, scope, through_seq=through), format)
         filename = f"audit-through-{through}.{format}"
-        return StreamingResponse(lines, media_type=MEDIA_TYPES[format], headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+        disposition = {"Content-Disposition": f'attachment; filename="{filename}"'}
+        return StreamingResponse(lines, media_type=MEDIA_TYPES[format], headers=disposition)
 
     return router
 

@@ -43,7 +43,13 @@ class SignedCheckpoint:
     signature: str
 
     def to_json(self) -> dict:
-        return {"seq": self.seq, "entry_hash": self.entry_hash, "time": utc_iso(self.time), "key_id": self.key_id, "signature": self.signature}
+        return {
+            "seq": self.seq,
+            "entry_hash": self.entry_hash,
+            "time": utc_iso(self.time),
+            "key_id": self.key_id,
+            "signature": self.signature,
+        }
 
     @classmethod
     def from_json(cls, obj: dict) -> SignedCheckpoint:
@@ -159,7 +165,7 @@ class _Verifier:
             if prev_seq is None:
                 self.report.first_seq = seq
                 if seq == 1 and row.prev_hash != GENESIS_HASH:
-                    self.problem(1, "the first record does not start the chain (its predecessor hash is not the genesis value)", row.request_id)
+                    self.problem(1, "the first record does not start the chain (its predecessor is not the genesis hash)", row.request_id)
             elif seq != prev_seq + 1:
                 missing = f"{prev_seq + 1}" if seq == prev_seq + 2 else f"{prev_seq + 1}..{seq - 1}"
                 self.problem(prev_seq + 1, f"missing: record(s) {missing} were deleted")
@@ -220,9 +226,11 @@ class _Verifier:
             elif previous is not None and previous - (seq - 1) == offset:
                 pass  # the same shift as the record before: one problem already names where it began
             elif offset < 0:
-                self.problem(original, f"inserted: a forged record sits at seq {original}; the record now at seq {seq} was written as seq {original}", row.request_id)
+                message = f"inserted: a forged record sits at seq {original}; the record now at seq {seq} was written as seq {original}"
+                self.problem(original, message, row.request_id)
             else:
-                self.problem(seq, f"moved: the record now at seq {seq} was written as seq {original} (rows deleted or reordered)", row.request_id)
+                message = f"moved: the record now at seq {seq} was written as seq {original} (rows deleted or reordered)"
+                self.problem(seq, message, row.request_id)
             return
         self.problem(seq, "changed: its content does not match its hash", row.request_id)
 
@@ -267,7 +275,8 @@ class _Verifier:
             # The head's signature is what vouches for the records after the last checkpoint.
             start = self.last_good_checkpoint + 1
             if last >= start and not self._named_between(start, last):
-                self.problem(start, f"records {start}..{last} cannot be vouched for (rewritten?): the chain head does not check out ({why})")
+                message = f"records {start}..{last} cannot be vouched for (rewritten?): the chain head does not check out ({why})"
+                self.problem(start, message)
             else:
                 self.problem(None, f"the chain head: {why}")
         else:
