@@ -148,3 +148,35 @@ def test_tools_never_make_up_a_signing_key(data_dir, capsys):
     assert ward(["audit", "export", "--data-dir", str(data_dir)]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not (data_dir / "audit" / "checkpoint-key.pem").exists()
+
+
+def test_direct_admin_recorder_chains_changes_from_tools(data_dir):
+    from gateway.audit.admin_recorder import DirectAdminRecorder
+    from gateway.audit.records import Actor
+
+    recorder = DirectAdminRecorder.from_settings(AuditSettings(), data_dir)
+    try:
+        asyncio.run(recorder.record_admin_change(Actor.local_operator(), "team.create", "team:oncology", None, {"name": "oncology"}))
+    finally:
+        recorder.close()
+    engine = _engine(data_dir)
+    with engine.connect() as conn:
+        last = conn.execute(select(ENTRIES).order_by(ENTRIES.c.seq.desc()).limit(1)).one()
+    engine.dispose()
+    assert (last.seq, last.kind, last.team) == (13, "admin", "oncology")
+    assert json.loads(last.data)["actor"]["auth_method"] == "local"
+    assert ward(["audit", "verify", "--data-dir", str(data_dir)]) == 0
+
+
+def test_a_fresh_log_gets_a_new_key_but_an_existing_one_never_does(tmp_path, monkeypatch):
+    from gateway.audit.errors import SigningKeyError
+
+    monkeypatch.delenv("WARD_DATABASE_URL", raising=False)
+    from gateway.audit.service import build_audit_services
+
+    build_audit_services(AuditSettings(), tmp_path).engine.dispose()  # empty log: key created
+    assert (tmp_path / "audit" / "checkpoint-key.pem").exists()
+    _write_log(tmp_path, n=1)
+    (tmp_path / "audit" / "checkpoint-key.pem").unlink()
+    with pytest.raises(SigningKeyError, match="already holds 1 entries"):
+        build_audit_services(AuditSettings(), tmp_path)

@@ -162,7 +162,7 @@ def _export(args: argparse.Namespace) -> int:
     settings, paths = _settings_and_paths(args)
     engine = _engine(paths.database_url)
     try:
-        store: ChainStore = build_chain_store(settings, paths, engine, create_key=False)
+        store: ChainStore = build_chain_store(settings, paths, engine)
         reader = AuditReader(engine)
         flt = RecordFilter(
             since=args.since, until=args.until, team=args.team, subject=args.subject, model=args.model, status=args.status, kind=args.kind
@@ -194,7 +194,7 @@ def _checkpoints(args: argparse.Namespace) -> int:
     engine = _engine(paths.database_url)
     try:
         if args.now:
-            build_chain_store(settings, paths, engine, create_key=False).checkpoint_if_due(force=True)
+            build_chain_store(settings, paths, engine).checkpoint_if_due(force=True)
         with engine.connect() as conn:
             checkpoints = read_checkpoints(conn)
     finally:
@@ -231,7 +231,7 @@ def _purge(args: argparse.Namespace) -> int:
         return 2
     engine = _engine(paths.database_url)
     try:
-        store = build_chain_store(settings, paths, engine, create_key=False)
+        store = build_chain_store(settings, paths, engine)
         result = purge_expired(store, retention_cutoff(days), Actor.local_operator(), dry_run=args.dry_run)
     finally:
         engine.dispose()

@@ -12,10 +12,11 @@ import os
 import pathlib
 from dataclasses import dataclass
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from gateway.audit.capture import CaptureLevel, Redactor
-from gateway.audit.chain import ChainStore, CheckpointPolicy
+from gateway.audit.chain import HEAD, ChainStore, CheckpointPolicy
+from gateway.audit.errors import SigningKeyError
 from gateway.audit.log import AuditLog
 from gateway.audit.reader import AuditReader
 from gateway.audit.settings import AuditSettings
@@ -23,6 +24,7 @@ from gateway.audit.signing import Signer, TrustedKeys, load_public_key, public_k
 from gateway.audit.spool import Spool
 from gateway.audit.team_levels import TeamCaptureLevels
 from gateway.db.engine import create_db_engine, database_url, default_data_dir, upgrade_to_head
+from gateway.db.models_audit import CHAIN_HEAD_ID
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,26 @@ class AuditServices:
     engine: Engine
 
 
-def build_chain_store(settings: AuditSettings, paths: AuditPaths, engine: Engine, *, create_key: bool = True) -> ChainStore:
-    """The chain store; create_key=False refuses to make a new signing key (tools must use the gateway's)."""
-    signer = Signer.load_or_create(paths.signing_key) if create_key else Signer.load(paths.signing_key)
+def load_signer(engine: Engine, key_path: pathlib.Path) -> Signer:
+    """The signing key at key_path; a new one is made only for a log that has no entries yet.
+
+    Raises SigningKeyError when the key is missing but the log already holds entries: a made-up key
+    would sign the chain head with a key nobody trusts (copy the existing key to this host instead).
+    """
+    if key_path.exists():
+        return Signer.load(key_path)
+    with engine.connect() as conn:
+        head_seq = conn.execute(select(HEAD.c.last_seq).where(HEAD.c.id == CHAIN_HEAD_ID)).scalar_one()
+    if head_seq:
+        raise SigningKeyError(
+            f"the audit signing key {key_path} does not exist, but the log already holds {head_seq} entries: "
+            "use the key that signed them (signing_key_path / --signing-key)"
+        )
+    return Signer.load_or_create(key_path)
+
+
+def build_chain_store(settings: AuditSettings, paths: AuditPaths, engine: Engine) -> ChainStore:
+    signer = load_signer(engine, paths.signing_key)
     policy = CheckpointPolicy(every_records=settings.checkpoint_every_records, every_s=settings.checkpoint_every_s)
     return ChainStore(engine, signer, policy, write_timeout_s=settings.write_timeout_s)
 
