@@ -85,17 +85,18 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     watcher = asyncio.ensure_future(_disconnect(request))
     try:
         await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not task.done():
-            task.cancel()
-            try:
-                await task
-            except BaseException:  # its own cleanup ran; the disconnect is what we report
-                pass
+    except asyncio.CancelledError:
+        task.cancel()
         watcher.cancel()
-    if task.cancelled():
-        raise ClientDisconnected()
-    return task.result()
+        raise
+    watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.wait((task,))  # its cleanup (cancelling the worker call) runs to the end
+    if not task.cancelled():
+        task.exception()  # retrieved and dropped: the disconnect is what happened
+    raise ClientDisconnected()
 
 
 async def _disconnect(request: Request) -> None:

@@ -190,64 +190,89 @@ _json = st.recursive(
     max_leaves=12,
 )
 _field_values = {
-    "model": st.one_of(st.just(MODEL), _json),
+    "model": _json,
     "messages": st.one_of(
-        st.just(USER),
         st.lists(
-            st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "x", 3]), "content": _json}), max_size=3
+            st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "x", 3]), "content": _json}),
+            max_size=3,
         ),
         _json,
     ),
-    "prompt": st.one_of(st.just("hi"), st.lists(st.integers(-5, 2**33), max_size=4), _json),
-    "input": st.one_of(st.just("hi"), _json),
-    "n": _json,
-    "temperature": _json,
+    "prompt": st.one_of(st.lists(st.integers(-5, 2**33), max_size=4), _json),
+    "input": _json,
+    "n": st.one_of(st.integers(-1, 3), _json),
+    "temperature": st.one_of(st.floats(-1, 3), _json),
     "top_p": _json,
     "max_tokens": st.one_of(st.integers(-3, 2**40), _json),
     "stop": _json,
     "seed": _json,
     "logprobs": _json,
-    "top_logprobs": _json,
+    "top_logprobs": st.one_of(st.integers(-1, 25), _json),
     "stream": st.one_of(st.booleans(), _json),
     "stream_options": _json,
-    "encoding_format": _json,
-    "dimensions": _json,
+    "encoding_format": st.one_of(st.sampled_from(["float", "base64"]), _json),
+    "dimensions": st.one_of(st.integers(-1, 10), _json),
     "top_k": _json,
     "priority": _json,
-    "min_tokens": _json,
+    "min_tokens": st.one_of(st.integers(-1, 5), _json),
+    "tools": _json,
 }
-_bodies = st.one_of(
-    st.fixed_dictionaries({}, optional=_field_values).map(lambda d: json.dumps(d).encode()),
-    _json.map(lambda v: json.dumps(v).encode()),
-    st.binary(max_size=64),
-    st.text(max_size=64).map(str.encode),
-)
+EMBED = "fake-embed"
+_VALID = {
+    "/v1/chat/completions": {"model": MODEL, "messages": USER, "max_tokens": 3},
+    "/v1/completions": {"model": MODEL, "prompt": "hi", "max_tokens": 3},
+    "/v1/embeddings": {"model": EMBED, "input": "hi"},
+}
+
+
+@st.composite
+def _requests(draw):
+    """A path and a body: a valid body with fields changed or dropped, or arbitrary JSON or bytes."""
+    path = draw(st.sampled_from(sorted(_VALID)))
+    kind = draw(st.sampled_from(["mutated", "mutated", "json", "bytes"]))
+    if kind == "mutated":
+        body = dict(_VALID[path])
+        for key in draw(st.sets(st.sampled_from(sorted(body)), max_size=1)):
+            del body[key]
+        for key in draw(st.lists(st.sampled_from(sorted(_field_values)), max_size=2, unique=True)):
+            body[key] = draw(_field_values[key])
+        return path, json.dumps(body).encode()
+    if kind == "json":
+        return path, json.dumps(draw(_json)).encode()
+    return path, draw(st.binary(max_size=64) | st.text(max_size=64).map(str.encode))
 
 
 def test_fuzzed_bodies_never_cause_a_5xx():
     loop = asyncio.new_event_loop()
     worker = FakeWorker(FakeConfig(model=MODEL, max_model_len=64))
-    gateway = running_gateway({MODEL: [worker]})
+    embedder = FakeWorker(FakeConfig(model=EMBED, task="embed"))
+    gateway = running_gateway({MODEL: [worker], EMBED: [embedder]})
 
     async def start():
         await worker.start()
+        await embedder.start()
         return await gateway.__aenter__()
 
     harness = loop.run_until_complete(start())
 
     @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(path=st.sampled_from(["/v1/chat/completions", "/v1/completions", "/v1/embeddings"]), body=_bodies)
-    def check(path, body):
+    @given(request=_requests())
+    def check(request):
+        path, body = request
         r = loop.run_until_complete(
             harness.client.post(path, content=body, headers={"content-type": "application/json"})
         )
         assert r.status_code < 500, (path, body, r.status_code, r.text)
+        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
         if r.status_code >= 400:
             assert set(r.json()["error"]) == {"message", "type", "param", "code"}
 
+    statuses: dict[int, int] = {}
     try:
         check()
+        assert statuses.get(200, 0) > 0 and statuses.get(400, 0) > 0  # both valid and invalid bodies ran
     finally:
         loop.run_until_complete(gateway.__aexit__(None, None, None))
         loop.run_until_complete(worker.stop())
+        loop.run_until_complete(embedder.stop())
         loop.close()

@@ -49,7 +49,7 @@ class OpenGeneration:
             return
         tasks = [asyncio.ensure_future(_first(s, self.handle.address)) for s in self.streams]
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in tasks:
                 if task.done() and task.exception() is not None:
                     raise task.exception()
