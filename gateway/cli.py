@@ -7,6 +7,7 @@ import logging
 import pathlib
 import ssl
 import sys
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -28,8 +29,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"ward gateway: invalid configuration: {exc}", file=sys.stderr)
         return 2
 
-    import uvicorn
-
     from gateway.app import create_app
     from gateway.workers.channels import InsecureWorkerChannel
 
@@ -39,21 +38,33 @@ def run(args: argparse.Namespace) -> int:
     except InsecureWorkerChannel as exc:
         print(f"ward gateway: {exc}", file=sys.stderr)
         return 2
+    serve(app, settings, log_level=args.log_level)
+    return 0
+
+
+def uvicorn_tls_options(settings: GatewaySettings) -> dict[str, Any]:
+    """uvicorn's TLS arguments for ``auth.tls`` (empty: plain HTTP)."""
     tls = settings.auth.tls
-    tls_args = {}
-    if tls is not None:
-        tls_args = {"ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file}
-        if tls.client_ca_file:
-            tls_args["ssl_ca_certs"] = tls.client_ca_file
-            tls_args["ssl_cert_reqs"] = ssl.CERT_REQUIRED if tls.client_cert == "required" else ssl.CERT_OPTIONAL
+    if tls is None:
+        return {}
+    options: dict[str, Any] = {"ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file}
+    if tls.client_ca_file:
+        options["ssl_ca_certs"] = tls.client_ca_file
+        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED if tls.client_cert == "required" else ssl.CERT_OPTIONAL
+    return options
+
+
+def serve(app: Any, settings: GatewaySettings, *, log_level: str = "info") -> None:
+    """Serves ``app`` (from ``create_app``) with uvicorn on the settings' address until SIGTERM/SIGINT."""
+    import uvicorn
+
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
-        log_level=args.log_level,
+        log_level=log_level,
         access_log=settings.access_log,
         server_header=False,
         timeout_graceful_shutdown=10,
-        **tls_args,
+        **uvicorn_tls_options(settings),
     )
-    return 0

@@ -110,3 +110,21 @@ def test_plaintext_to_a_remote_worker_is_refused_unless_allowed():
         create_app(GatewaySettings(models=remote))
     create_app(GatewaySettings(models=remote, auth={"insecure_worker_channel": True}))
     create_app(GatewaySettings(models={"m": {"workers": ["localhost:7000", "[::1]:7001"]}}))
+
+
+def test_tls_settings_become_uvicorn_options():
+    import ssl
+
+    plain = GatewaySettings()
+    assert cli.uvicorn_tls_options(plain) == {}
+    tls = GatewaySettings(auth={"tls": {"cert_file": "c.pem", "key_file": "k.pem", "client_ca_file": "ca.pem"}})
+    assert cli.uvicorn_tls_options(tls) == {
+        "ssl_certfile": "c.pem",
+        "ssl_keyfile": "k.pem",
+        "ssl_ca_certs": "ca.pem",
+        "ssl_cert_reqs": ssl.CERT_REQUIRED,
+    }
+    optional = GatewaySettings(
+        auth={"tls": {"cert_file": "c", "key_file": "k", "client_ca_file": "a", "client_cert": "optional"}}
+    )
+    assert cli.uvicorn_tls_options(optional)["ssl_cert_reqs"] == ssl.CERT_OPTIONAL
