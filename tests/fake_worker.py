@@ -263,10 +263,14 @@ class FakeWorkerServicer(pb_grpc.WorkerServicer):
 class FakeWorker:
     """A fake worker serving on 127.0.0.1 (port 0: a free one) in the running event loop."""
 
-    def __init__(self, config: FakeConfig | None = None, *, port: int = 0) -> None:
+    def __init__(
+        self, config: FakeConfig | None = None, *, port: int = 0, credentials: grpc.ServerCredentials | None = None
+    ) -> None:
+        """``credentials``: serve TLS with them (e.g. ``grpc.ssl_server_credentials``); None: plaintext."""
         self.config = config or FakeConfig()
         self.servicer = FakeWorkerServicer(self.config)
         self._port = port
+        self._credentials = credentials
         self.server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -277,7 +281,11 @@ class FakeWorker:
     async def start(self) -> FakeWorker:
         self.server = grpc.aio.server()
         pb_grpc.add_WorkerServicer_to_server(self.servicer, self.server)
-        self.port = self.server.add_insecure_port(f"127.0.0.1:{self._port}")
+        where = f"127.0.0.1:{self._port}"
+        if self._credentials is None:
+            self.port = self.server.add_insecure_port(where)
+        else:
+            self.port = self.server.add_secure_port(where, self._credentials)
         self._port = self.port  # a restart comes back on the same address
         await self.server.start()
         return self

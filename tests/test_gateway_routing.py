@@ -171,3 +171,29 @@ async def test_a_worker_serving_another_model_never_becomes_ready():
         assert not handle.ready and "something-else" in handle.detail
         assert (await gw.client.get("/readyz")).status_code == 503
         assert (await chat(gw)).status_code == 503
+
+
+async def test_workers_are_reached_over_mutual_tls_when_configured(tmp_path):
+    import grpc
+    from auth_tls_certs import TestPKI
+
+    pki = TestPKI(tmp_path)
+    credentials = grpc.ssl_server_credentials(
+        [(pki.server.key_pem(), pki.server.cert_pem())],
+        root_certificates=pki.ca.ca_file.read_bytes(),
+        require_client_auth=True,
+    )
+    trusted = {"ca_file": str(pki.ca.ca_file), "cert_file": str(pki.gateway.cert), "key_file": str(pki.gateway.key)}
+    untrusted = {**trusted, "cert_file": str(pki.other_gateway.cert), "key_file": str(pki.other_gateway.key)}
+    async with FakeWorker(FakeConfig(model=MODEL), credentials=credentials) as worker:
+        async with running_gateway({MODEL: [worker]}, settings={"auth": {"worker_tls": trusted}}) as gw:
+            assert (await chat(gw)).status_code == 200
+        async with running_gateway(
+            {MODEL: [worker]}, settings={"auth": {"worker_tls": untrusted}}, wait_ready=False
+        ) as gw:
+            await asyncio.sleep(0.5)
+            assert not gw.pool.is_ready(MODEL)  # the worker refuses a certificate from another CA
+            assert (await chat(gw)).status_code == 503
+        async with running_gateway({MODEL: [worker]}, wait_ready=False) as gw:
+            await asyncio.sleep(0.5)
+            assert not gw.pool.is_ready(MODEL)  # and plaintext does not reach it at all
