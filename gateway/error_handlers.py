@@ -66,8 +66,11 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
     status = exc.status_code
     if status == 422:
         status = 400
+    message = str(exc.detail)
+    if status in (404, 405) and "route" not in request.scope:  # no route matched: say which URL, as OpenAI does
+        message = f"Invalid URL ({request.method} {request.url.path})"
     error = OpenAIError(
-        str(exc.detail),
+        message,
         status_code=status,
         error_type=_HTTP_ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error"),
         headers=exc.headers,

@@ -118,7 +118,8 @@ async def test_unknown_model_is_404(gw):
 
 
 async def test_unknown_route_and_wrong_method_keep_the_shape(gw):
-    assert_openai_error(await gw.client.get("/v1/nothing-here"), 404)
+    error = assert_openai_error(await gw.client.get("/v1/nothing-here"), 404)
+    assert error["message"] == "Invalid URL (GET /v1/nothing-here)"
     assert_openai_error(await gw.client.get("/v1/chat/completions"), 405)
 
 
