@@ -99,7 +99,8 @@ class TorchAttention:
         lens = torch.tensor(seq_lens, device=q.device)
         mask = torch.arange(max_len, device=q.device)[None, :] >= lens[:, None]  # [B, L]
         scores.masked_fill_(mask[:, None, None, :], float("-inf"))
-        out = torch.einsum("bhgl,blhd->bhgd", torch.softmax(scores, dim=-1), v.float())
+        probs = torch.softmax(scores, dim=-1).nan_to_num_(0.0)  # padding rows (length 0) attend to nothing
+        out = torch.einsum("bhgl,blhd->bhgd", probs, v.float())
         return out.reshape(B, self.num_heads, self.head_dim).to(q.dtype)
 
 

@@ -17,8 +17,8 @@ from worker.config import EngineConfig
 from worker.engine.kv_cache_manager import KVCacheManager
 from worker.engine.output_processor import OutputProcessor, ParentState
 from worker.engine.request import Request
-from worker.engine.scheduler import Scheduler
 from worker.engine.request import RequestStatus
+from worker.engine.scheduler import Scheduler
 from worker.errors import InvalidRequestError, PromptTooLongError, RequestTooLargeError
 from worker.model.registry import resolve_model
 from worker.model.spec import load_spec
@@ -28,6 +28,16 @@ from worker.sampling_params import SamplingParams
 from worker.tokenizer import PromptInput, WardTokenizer
 
 log = logging.getLogger("ward.worker.engine")
+
+
+@dataclass
+class PreparedRequest:
+    """A tokenized, validated request, ready to be queued."""
+
+    text: str | None
+    token_ids: list[int]
+    params: SamplingParams
+    max_tokens: int  # effective: capped by the context and the KV pool
 
 
 @dataclass
@@ -45,7 +55,7 @@ class EngineStats:
     num_preemptions: int
     num_steps: int
     num_generated_tokens: int
-    num_prompt_tokens_computed: int
+    num_tokens_computed: int
 
 
 class LLMEngine:
@@ -77,7 +87,7 @@ class LLMEngine:
         self.eos_token_ids = frozenset(self.spec.eos_token_ids)
         self._steps = 0
         self._generated = 0
-        self._prompt_computed = 0
+        self._tokens_computed = 0
         self._waste_area = 0.0
         self._slot_area = 0.0
         self._last_step_end = None
@@ -101,10 +111,16 @@ class LLMEngine:
             raise InvalidRequestError("this model has no tokenizer: send prompt_token_ids")
         return self.tokenizer.encode_prompt(prompt)
 
+    def prepare_request(self, prompt: PromptInput, params: SamplingParams | None = None) -> "PreparedRequest":
+        """Tokenizes and validates a request without touching engine state (safe from any thread)."""
+        params = dataclasses.replace(params or SamplingParams()).with_eos(self.eos_token_ids)
+        text, ids = self.encode_prompt(prompt)
+        return PreparedRequest(text, ids, params, self._check_lengths(len(ids), params))
+
     def add_request(
         self,
         request_id: str,
-        prompt: PromptInput,
+        prompt: PromptInput | "PreparedRequest",
         params: SamplingParams | None = None,
         *,
         priority: int = 0,
@@ -112,18 +128,17 @@ class LLMEngine:
         arrival_time: float | None = None,
     ) -> None:
         """Queues a request (n choices). Raises a typed error if it can never be served."""
+        prepared = prompt if isinstance(prompt, PreparedRequest) else self.prepare_request(prompt, params)
         if request_id in self.outputs.parents:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
-        params = dataclasses.replace(params or SamplingParams()).with_eos(self.eos_token_ids)
-        text, ids = self.encode_prompt(prompt)
-        max_tokens = self._check_lengths(len(ids), params)
-        parent = ParentState(request_id, text, ids)
+        params, ids = prepared.params, prepared.token_ids
+        parent = ParentState(request_id, prepared.text, ids)
         children = []
         for i in range(params.n):
             child_params = params if params.seed is None or i == 0 else dataclasses.replace(params, seed=params.seed + i)
             child_id = request_id if params.n == 1 else f"{request_id}#{i}"
             children.append(Request(
-                child_id, ids, child_params, max_tokens=max_tokens, block_size=self.config.block_size,
+                child_id, ids, child_params, max_tokens=prepared.max_tokens, block_size=self.config.block_size,
                 priority=priority, cache_salt=cache_salt, arrival_time=arrival_time,
                 wait_for=children[0].request_id if i > 0 else None,
             ))
@@ -188,7 +203,7 @@ class LLMEngine:
     def _account(self, sched, core, dt: float) -> None:
         self._steps += 1
         self._generated += sum(len(c.new_token_ids) for c in core)
-        self._prompt_computed += sched.total_num_scheduled_tokens
+        self._tokens_computed += sched.total_num_scheduled_tokens
         slots = self.kv.num_allocated_slots()
         if slots:
             self._slot_area += slots * dt
@@ -212,5 +227,5 @@ class LLMEngine:
             num_preemptions=self.scheduler.num_preemptions,
             num_steps=self._steps,
             num_generated_tokens=self._generated,
-            num_prompt_tokens_computed=self._prompt_computed,
+            num_tokens_computed=self._tokens_computed,
         )

@@ -1,0 +1,16 @@
+"""The model's ops (same contracts as worker/model/ops.py) backed by the Triton kernels."""
+from __future__ import annotations
+
+import torch
+
+from worker.kernels.activation import silu_and_mul
+from worker.kernels.norm import fused_add_rms_norm, rms_norm
+from worker.kernels.rotary import rotary_embedding as _rotary
+from worker.model.ops import build_cos_sin_cache
+
+__all__ = ["rms_norm", "fused_add_rms_norm", "silu_and_mul", "rotary_embedding", "build_cos_sin_cache"]
+
+
+def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor,
+                     rotary_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _rotary(positions, q, k, cos_sin_cache, rotary_dim=rotary_dim, is_neox=True)

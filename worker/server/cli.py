@@ -1,0 +1,166 @@
+"""`ward worker`: serve one model over gRPC (generation engine or embedding model)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import logging
+import signal
+import sys
+
+log = logging.getLogger("ward.worker")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="smollm2-135m-instruct", help="model directory or packaged model name")
+    p.add_argument("--served-model-name", default=None, help="name clients use (default: the model name)")
+    p.add_argument("--task", choices=["auto", "generate", "embed"], default="auto")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=50051, help="0 picks a free port (printed when ready)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--load-format", default="auto", choices=["auto", "safetensors", "dummy"])
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--num-kv-blocks", type=int, default=None)
+    p.add_argument("--kv-cache-memory", type=int, default=None, help="KV pool budget in bytes")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--no-prefix-caching", action="store_true")
+    p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
+    p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight requests")
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: off)")
+    p.add_argument("--tls-cert", default=None, help="server certificate (PEM)")
+    p.add_argument("--tls-key", default=None, help="server private key (PEM)")
+    p.add_argument("--client-ca", default=None, help="CA whose client certificates (gateways) may call this worker")
+    p.add_argument("--insecure", action="store_true", help="allow plaintext on a non-loopback address")
+    p.add_argument("--log-level", default="INFO")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _credentials(args):
+    import grpc
+
+    if not (args.tls_cert or args.tls_key):
+        if args.client_ca:
+            raise SystemExit("ward worker: --client-ca needs --tls-cert and --tls-key")
+        return None
+    if not (args.tls_cert and args.tls_key):
+        raise SystemExit("ward worker: --tls-cert and --tls-key go together")
+    with open(args.tls_key, "rb") as f:
+        key = f.read()
+    with open(args.tls_cert, "rb") as f:
+        cert = f.read()
+    ca = None
+    if args.client_ca:
+        with open(args.client_ca, "rb") as f:
+            ca = f.read()
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
+
+
+def _build(args):
+    from worker.model.registry import packaged_task, resolve_model
+
+    task = args.task
+    if task == "auto":
+        task = packaged_task(args.model) or "generate"
+    name = args.served_model_name or args.model.rstrip("/").split("/")[-1]
+    if task == "embed":
+        from worker.server.embedding import EmbeddingModel
+
+        return task, name, EmbeddingModel(resolve_model(args.model), device=args.device)
+    from worker.config import EngineConfig
+    from worker.engine.llm_engine import LLMEngine
+
+    config = EngineConfig(
+        model=args.model, served_model_name=name, dtype=args.dtype, device=args.device,
+        load_format=args.load_format, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size,
+        num_kv_blocks=args.num_kv_blocks, kv_cache_memory_bytes=args.kv_cache_memory,
+        gpu_memory_utilization=args.gpu_memory_utilization, enable_prefix_caching=not args.no_prefix_caching,
+        attention_backend=args.attention_backend, enforce_eager=args.enforce_eager,
+    )
+    return task, name, LLMEngine(config)
+
+
+async def serve(args) -> int:
+    import grpc
+
+    from proto.ward.worker.v1 import worker_pb2_grpc as pb_grpc
+    from worker.server.async_engine import AsyncEngine
+    from worker.server.metrics import WorkerMetrics
+    from worker.server.servicer import WorkerServicer
+
+    creds = _credentials(args)
+    if creds is None and not _is_loopback(args.host) and not args.insecure:
+        print(f"ward worker: refusing to serve plaintext on non-loopback address {args.host}; "
+              "give --tls-cert/--tls-key/--client-ca, or --insecure if you really mean it", file=sys.stderr)
+        return 2
+    task, name, model = await asyncio.to_thread(_build, args)
+    engine = embedder = None
+    metrics = None
+    if task == "embed":
+        embedder = model
+    else:
+        engine = AsyncEngine(model)
+        metrics = WorkerMetrics(engine.stats, name)
+        engine._on_finished = metrics.observe_finished
+        engine.start()
+    servicer = WorkerServicer(name, engine=engine, embedder=embedder)
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
+                                      ("grpc.max_send_message_length", 64 << 20)])
+    pb_grpc.add_WorkerServicer_to_server(servicer, server)
+    address = f"{args.host}:{args.port}"
+    port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    if port == 0:
+        print(f"ward worker: cannot bind {address}", file=sys.stderr)
+        return 2
+    await server.start()
+    if metrics is not None and args.metrics_port:
+        metrics.serve(args.host, args.metrics_port)
+    print(f"WARD_WORKER_READY port={port} model={name} task={task}", flush=True)
+    log.info("worker serving %s (%s) on %s:%d", name, task, args.host, port)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    waits = [asyncio.ensure_future(stop.wait())]
+    if engine is not None:
+        waits.append(asyncio.ensure_future(engine.dead.wait()))
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    if engine is not None and engine.dead.is_set():
+        log.error("engine failed; stopping the worker")
+        await server.stop(0)
+        return 1
+    # Drain: refuse new work (readiness turns false), let in-flight requests finish.
+    servicer.draining = True
+    deadline = loop.time() + args.shutdown_timeout
+    while engine is not None and engine.num_in_flight and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    await server.stop(grace=1.0)
+    if engine is not None:
+        engine.shutdown()
+    log.info("worker stopped")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from worker.errors import ModelLoadError
+
+    try:
+        return asyncio.run(serve(args))
+    except ModelLoadError as exc:
+        print(f"ward worker: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,78 @@
+"""Prometheus metrics of a worker, named under ``ward_`` with vLLM's meanings
+(ward_num_requests_running ~ vllm:num_requests_running, and so on), served on their own port."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from worker.engine.llm_engine import EngineStats
+from worker.outputs import RequestOutput
+
+_LATENCY = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+_ITL = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.2, 0.4, 1.0, 2.5)
+
+
+class _EngineCollector:
+    """Reads engine gauges at scrape time (no polling thread, no stale values)."""
+
+    def __init__(self, stats: Callable[[], EngineStats], model: str) -> None:
+        self._stats, self._model = stats, model
+
+    def collect(self):
+        s = self._stats()
+        labels = ["model_name"]
+
+        def gauge(name, doc, value):
+            g = GaugeMetricFamily(name, doc, labels=labels)
+            g.add_metric([self._model], value)
+            return g
+
+        def counter(name, doc, value):
+            c = CounterMetricFamily(name, doc, labels=labels)
+            c.add_metric([self._model], value)
+            return c
+
+        yield gauge("ward_num_requests_running", "Requests in the running batch.", s.num_running)
+        yield gauge("ward_num_requests_waiting", "Requests waiting to be scheduled.", s.num_waiting)
+        yield gauge("ward_kv_cache_usage_perc", "Fraction of KV cache blocks in use (0-1).", s.kv_usage)
+        yield gauge("ward_kv_cache_waste_perc", "1 - live tokens / allocated KV slots, now (0-1).", s.kv_waste)
+        yield gauge("ward_prefix_cache_hit_rate", "Prefix-cache hit rate in tokens since start (0-1).",
+                    s.prefix_cache_hit_rate)
+        yield counter("ward_prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", s.prefix_cache_queries)
+        yield counter("ward_prefix_cache_hits", "Prompt tokens found in the prefix cache.", s.prefix_cache_hits)
+        yield counter("ward_num_preemptions", "Requests preempted (recomputed later) since start.", s.num_preemptions)
+
+
+class WorkerMetrics:
+    def __init__(self, stats: Callable[[], EngineStats], model: str) -> None:
+        self.model = model
+        self.registry = CollectorRegistry()
+        self.registry.register(_EngineCollector(stats, model))
+        r, lbl = self.registry, ["model_name"]
+        self.prompt_tokens = Counter("ward_prompt_tokens", "Prompt tokens processed.", lbl, registry=r)
+        self.generation_tokens = Counter("ward_generation_tokens", "Tokens generated.", lbl, registry=r)
+        self.request_success = Counter("ward_request_success", "Finished requests by finish reason.",
+                                       lbl + ["finished_reason"], registry=r)
+        self.ttft = Histogram("ward_time_to_first_token_seconds", "Time to first token.", lbl, buckets=_LATENCY, registry=r)
+        self.itl = Histogram("ward_inter_token_latency_seconds", "Time between tokens.", lbl, buckets=_ITL, registry=r)
+        self.e2e = Histogram("ward_e2e_request_latency_seconds", "Arrival to last token.", lbl, buckets=_LATENCY, registry=r)
+
+    def observe_finished(self, out: RequestOutput) -> None:
+        m = self.model
+        self.prompt_tokens.labels(m).inc(len(out.prompt_token_ids))
+        self.generation_tokens.labels(m).inc(out.num_generated_tokens)
+        for c in out.outputs:
+            self.request_success.labels(m, c.finish_reason or "abort").inc()
+        if out.metrics is not None:
+            if out.metrics.time_to_first_token is not None:
+                self.ttft.labels(m).observe(out.metrics.time_to_first_token)
+            for x in out.metrics.inter_token_latencies:
+                self.itl.labels(m).observe(x)
+            end = out.metrics.last_token_time or time.monotonic()
+            self.e2e.labels(m).observe(max(0.0, end - out.metrics.arrival_time))
+
+    def serve(self, host: str, port: int) -> None:
+        start_http_server(port, addr=host, registry=self.registry)
