@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import select, update
@@ -62,9 +63,11 @@ def test_checkpoints_every_n_records_are_signed_and_match_their_entry(engine, si
 
 
 def test_time_based_checkpoint_is_written_once_per_head(engine, signer):
-    store = make_store(engine, signer, every_records=1000, every_s=0.001)
+    store = make_store(engine, signer, every_records=1000, every_s=0.005)
     store.append(_drafts(1))  # first checkpoint at seq 1
+    time.sleep(0.01)
     store.append(_drafts(1, start=1))  # seq 2: due by time
+    time.sleep(0.01)
     assert store.checkpoint_if_due() is None  # nothing new since seq 2
     store.append(_drafts(1, start=2))
     with engine.connect() as conn:

@@ -162,7 +162,7 @@ def set_database_available(database_url: str, available: bool) -> None:
 
 
 # A gateway-like writer process: `python -c WRITER_SCRIPT URL DATA_DIR NAME COUNT CONCURRENCY SPOOL_DIR`.
-# It starts writing when a line arrives on stdin (see go()). COUNT 0 runs until killed. Prints "OPEN id" once a stream's open is durable and "DONE id" once its
+# It prints READY once started, then waits for a line on stdin (see go()). COUNT 0 runs until killed. Prints "OPEN id" once a stream's open is durable and "DONE id" once its
 # completion is (the moments a gateway may send the first and the last byte); every third request is
 # a whole one-shot request instead ("DONE id" only).
 WRITER_SCRIPT = r"""
@@ -190,6 +190,7 @@ async def main():
                              spool_dir=None if spool_dir == "-" else spool_dir, spool_drain_interval_s=0.2)
     log = build_audit_services(settings, data_dir, migrate=False).log
     await log.start()
+    print("READY", flush=True)
     await asyncio.to_thread(sys.stdin.readline)  # start together: wait for the parent's "go"
     numbers = itertools.count() if count == 0 else iter(range(count))
 
@@ -228,7 +229,10 @@ def spawn_writer(url: str, data_dir, name: str, count: int, concurrency: int, sp
 
 
 def go(*writers) -> None:
-    """Lets spawned writers start (together)."""
+    """Waits until every spawned writer is ready, then lets them all start at once."""
+    for writer in writers:
+        line = writer.stdout.readline()
+        assert line.strip() == "READY", f"writer failed to start: {line!r} {writer.stderr.read() if not line else ''}"
     for writer in writers:
         writer.stdin.write("go\n")
         writer.stdin.flush()

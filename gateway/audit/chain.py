@@ -25,6 +25,13 @@ ENTRIES = AuditEntry.__table__
 CHECKPOINTS = AuditCheckpoint.__table__
 HEAD = AuditChainHead.__table__
 
+# Built once: the append path runs per batch, and statement construction is most of its CPU time.
+_SELECT_HEAD = select(HEAD).where(HEAD.c.id == CHAIN_HEAD_ID)
+_LOCK_HEAD = _SELECT_HEAD.with_for_update()
+_INSERT_ENTRIES = insert(ENTRIES)
+_INSERT_CHECKPOINT = insert(CHECKPOINTS)
+_UPDATE_HEAD = update(HEAD).where(HEAD.c.id == CHAIN_HEAD_ID)
+
 # Errors that mean "the database cannot take the write now", as opposed to a bug or a bad schema.
 OUTAGE_ERRORS = (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError, exc.TimeoutError)
 
@@ -69,12 +76,18 @@ class ChainStore:
             with self.engine.connect() as conn:
                 timeout_ms = int(self.write_timeout_s * 1000)
                 if self._sqlite:
-                    conn.exec_driver_sql(f"PRAGMA busy_timeout = {timeout_ms}")
+                    info = conn.connection.info  # lives as long as the pooled DBAPI connection
+                    if info.get("audit_busy_timeout_ms") != timeout_ms:
+                        conn.exec_driver_sql(f"PRAGMA busy_timeout = {timeout_ms}")
+                        info["audit_busy_timeout_ms"] = timeout_ms
                     conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, taken up front
                 else:
-                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = {timeout_ms}")
-                    conn.exec_driver_sql(f"SET LOCAL statement_timeout = {timeout_ms}")
-                row = conn.execute(select(HEAD).where(HEAD.c.id == CHAIN_HEAD_ID).with_for_update()).one()
+                    # Both limits for this transaction only, in one round trip.
+                    conn.exec_driver_sql(
+                        "SELECT set_config('lock_timeout', %(t)s, true), set_config('statement_timeout', %(t)s, true)",
+                        {"t": str(timeout_ms)},
+                    )
+                row = conn.execute(_LOCK_HEAD).one()
                 head = Head(
                     last_seq=row.last_seq,
                     last_hash=row.last_hash,
@@ -111,7 +124,7 @@ class ChainStore:
             # Look before locking: an idle tick must not take the write lock for nothing.
             try:
                 with self.engine.connect() as conn:
-                    row = conn.execute(select(HEAD).where(HEAD.c.id == CHAIN_HEAD_ID)).one()
+                    row = conn.execute(_SELECT_HEAD).one()
             except OUTAGE_ERRORS as error:
                 raise AuditUnavailable(f"audit database unavailable: {error}") from error
             peek = Head(row.last_seq, row.last_hash, as_utc(row.last_time), row.last_checkpoint_seq, as_utc(row.last_checkpoint_at))
@@ -166,10 +179,10 @@ class ChainStore:
             result.refs.append(EntryRef(entry_id=draft.entry_id, seq=seq, entry_hash=digest))
             prev = digest
         if rows:
-            conn.execute(insert(ENTRIES), rows)
+            conn.execute(_INSERT_ENTRIES, rows)
         if seq > head.last_checkpoint_seq and (force_checkpoint or self._checkpoint_due(head, seq, now)):
             checkpoint = {"seq": seq, "entry_hash": prev, "created_at": now, "key_id": self.signer.key_id}
-            conn.execute(insert(CHECKPOINTS), {**checkpoint, "signature": self.signer.sign(seq, prev, now)})
+            conn.execute(_INSERT_CHECKPOINT, {**checkpoint, "signature": self.signer.sign(seq, prev, now)})
             head.last_checkpoint_seq, head.last_checkpoint_at = seq, now
             result.checkpoint_seq = seq
         if rows or result.checkpoint_seq is not None:
@@ -191,17 +204,16 @@ class ChainStore:
         signed_time = head.last_time or head.last_checkpoint_at or _utcnow()
         head.last_time = signed_time
         conn.execute(
-            update(HEAD)
-            .where(HEAD.c.id == CHAIN_HEAD_ID)
-            .values(
-                last_seq=head.last_seq,
-                last_hash=head.last_hash,
-                last_time=signed_time,
-                last_checkpoint_seq=head.last_checkpoint_seq,
-                last_checkpoint_at=head.last_checkpoint_at,
-                key_id=self.signer.key_id,
-                signature=self.signer.sign(head.last_seq, head.last_hash, signed_time),
-            )
+            _UPDATE_HEAD,
+            {
+                "last_seq": head.last_seq,
+                "last_hash": head.last_hash,
+                "last_time": signed_time,
+                "last_checkpoint_seq": head.last_checkpoint_seq,
+                "last_checkpoint_at": head.last_checkpoint_at,
+                "key_id": self.signer.key_id,
+                "signature": self.signer.sign(head.last_seq, head.last_hash, signed_time),
+            },
         )
 
     @staticmethod
