@@ -1,11 +1,15 @@
-"""``ward gateway --config FILE``: serve the OpenAI-compatible API with uvicorn."""
+"""``ward gateway --config FILE``: serve the OpenAI-compatible API with uvicorn.
+
+The served app has the identity layer on: the gateway database is migrated, then API keys, OIDC
+tokens and client certificates are checked by ``gateway.auth`` (plus any static ``api_keys`` of the
+config file), and the admin API is mounted. ``--tls-cert --tls-key [--client-ca]`` serve HTTPS.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import pathlib
-import ssl
 import sys
 from typing import Any
 
@@ -13,28 +17,50 @@ from pydantic import ValidationError
 
 from gateway.settings import ConfigFileError, GatewaySettings
 
+log = logging.getLogger("ward.gateway")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from gateway.auth.tls_server import add_tls_arguments
+
     parser.add_argument("--config", type=pathlib.Path, help="gateway YAML config (WARD_* env vars override it)")
     parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to bind (default 8000)")
+    parser.add_argument("--data-dir", type=pathlib.Path, help="where the default SQLite database lives")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    add_tls_arguments(parser)
+
+
+def settings_from_args(args: argparse.Namespace) -> GatewaySettings:
+    """The settings for these flags: flags, then WARD_* env vars, then the config file.
+
+    Raises ConfigFileError, pydantic's ValidationError, or ValueError for incomplete TLS flags.
+    """
+    from gateway.auth.tls_server import tls_settings_from_args
+
+    overrides: dict[str, Any] = {
+        name: getattr(args, name) for name in ("host", "port", "data_dir") if getattr(args, name) is not None
+    }
+    settings = GatewaySettings.load(args.config, **overrides)
+    tls = tls_settings_from_args(args)
+    if tls is not None:
+        auth = settings.auth.model_copy(update={"tls": tls})
+        settings = settings.model_copy(update={"auth": auth})
+    return settings
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = {name: getattr(args, name) for name in ("host", "port") if getattr(args, name) is not None}
     try:
-        settings = GatewaySettings.load(args.config, **overrides)
-    except (ConfigFileError, ValidationError) as exc:
+        settings = settings_from_args(args)
+    except (ConfigFileError, ValidationError, ValueError) as exc:
         print(f"ward gateway: invalid configuration: {exc}", file=sys.stderr)
         return 2
 
-    from gateway.app import create_app
     from gateway.workers.channels import InsecureWorkerChannel
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        app = create_app(settings)
+        app = build_app(settings)
     except InsecureWorkerChannel as exc:
         print(f"ward gateway: {exc}", file=sys.stderr)
         return 2
@@ -42,20 +68,72 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+class ConfiguredKeysThenIdentity:
+    """Authenticates with the config file's static ``api_keys`` first, else with the identity layer.
+
+    Static keys are compared in constant time against all of them (``StaticKeyAuthenticator``); a
+    request they do not match is the identity layer's to accept or refuse.
+    """
+
+    def __init__(self, static: Any, identity: Any) -> None:
+        self.static = static
+        self.identity = identity
+
+    async def authenticate(self, request: Any) -> Any:
+        from gateway.auth.errors import AuthenticationError
+
+        try:
+            return await self.static.authenticate(request)
+        except AuthenticationError:
+            return await self.identity.authenticate(request)
+
+    async def shutdown(self) -> None:
+        await self.identity.shutdown()
+
+
+def build_app(settings: GatewaySettings, *, registry: Any = None) -> Any:
+    """The gateway app ``ward gateway`` serves: identity on the migrated database, admin API mounted.
+
+    Raises InsecureWorkerChannel when a remote worker has no TLS configured.
+    """
+    from gateway.app import create_app
+    from gateway.auth.factory import build_identity
+    from gateway.db import create_db_engine, upgrade_to_head
+    from gateway.static_auth import StaticKeyAuthenticator
+
+    url = settings.resolved_database_url()
+    upgrade_to_head(url)
+    engine = create_db_engine(url)
+    identity = build_identity(settings.auth, engine)
+    authenticator: Any = identity.authenticator
+    if settings.api_keys:
+        static = StaticKeyAuthenticator({key.get_secret_value(): team for key, team in settings.api_keys.items()})
+        authenticator = ConfiguredKeysThenIdentity(static, identity.authenticator)
+    app = create_app(settings, authenticator=authenticator, routers=identity.routers, registry=registry)
+    for middleware, options in identity.middleware:
+        app.add_middleware(middleware, **options)
+    app.state.database = engine  # for layers wired later (quota overrides, audit); closed at exit
+    return app
+
+
 def uvicorn_tls_options(settings: GatewaySettings) -> dict[str, Any]:
-    """uvicorn's TLS arguments for ``auth.tls`` (empty: plain HTTP)."""
+    """uvicorn's ``ssl_*`` arguments for ``auth.tls`` (empty: plain HTTP)."""
+    return {key: value for key, value in _server_tls_options(settings).items() if key.startswith("ssl_")}
+
+
+def _server_tls_options(settings: GatewaySettings) -> dict[str, Any]:
+    from gateway.auth.tls_server import uvicorn_tls_options as tls_options
+
     tls = settings.auth.tls
-    if tls is None:
-        return {}
-    options: dict[str, Any] = {"ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file}
-    if tls.client_ca_file:
-        options["ssl_ca_certs"] = tls.client_ca_file
-        options["ssl_cert_reqs"] = ssl.CERT_REQUIRED if tls.client_cert == "required" else ssl.CERT_OPTIONAL
-    return options
+    return tls_options(tls) if tls is not None else {}
 
 
 def serve(app: Any, settings: GatewaySettings, *, log_level: str = "info") -> None:
-    """Serves ``app`` (from ``create_app``) with uvicorn on the settings' address until SIGTERM/SIGINT."""
+    """Serves ``app`` with uvicorn on the settings' address until SIGTERM/SIGINT.
+
+    With ``auth.tls``, HTTPS through ``PeerCertH11Protocol``, which hands verified client
+    certificates to the identity layer.
+    """
     import uvicorn
 
     uvicorn.run(
@@ -66,5 +144,5 @@ def serve(app: Any, settings: GatewaySettings, *, log_level: str = "info") -> No
         access_log=settings.access_log,
         server_header=False,
         timeout_graceful_shutdown=10,
-        **uvicorn_tls_options(settings),
+        **_server_tls_options(settings),
     )

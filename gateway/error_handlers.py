@@ -11,11 +11,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.auth.errors import AuthenticationError, PermissionDenied
+from gateway.auth.errors import AuthenticationError, IdentityProviderUnavailable, PermissionDenied
+from gateway.auth.http_errors import www_authenticate
 from gateway.errors import (
     InvalidRequest,
     OpenAIError,
     PermissionDeniedError,
+    ServiceUnavailable,
     Unauthorized,
     WorkerFailed,
 )
@@ -38,12 +40,18 @@ async def _openai_error(request: Request, exc: OpenAIError) -> Response:
 
 
 async def _authentication_error(request: Request, exc: AuthenticationError) -> Response:
-    error = Unauthorized(exc.message, code=exc.code, headers={"www-authenticate": "Bearer"})
+    # RFC 6750 challenge, with error="invalid_token" when a presented credential was rejected.
+    error = Unauthorized(exc.message, code=exc.code, headers={"www-authenticate": www_authenticate(exc)})
     return await error_response(request, error)
 
 
 async def _permission_denied(request: Request, exc: PermissionDenied) -> Response:
     return await error_response(request, PermissionDeniedError(exc.message, code=exc.code))
+
+
+async def _identity_provider_unavailable(request: Request, exc: IdentityProviderUnavailable) -> Response:
+    # The caller's token may be fine: the keys to check it could not be fetched. Retry shortly.
+    return await error_response(request, ServiceUnavailable(exc.message, code=exc.code, retry_after_s=5))
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -101,6 +109,7 @@ def install_error_handlers(app: FastAPI, converters: Mapping[type[Exception], Er
     app.add_exception_handler(OpenAIError, _openai_error)
     app.add_exception_handler(AuthenticationError, _authentication_error)
     app.add_exception_handler(PermissionDenied, _permission_denied)
+    app.add_exception_handler(IdentityProviderUnavailable, _identity_provider_unavailable)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)

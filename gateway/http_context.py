@@ -12,6 +12,8 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.auth.errors import PermissionDenied
+from gateway.auth.principal import Role
 from gateway.context import RequestContext
 from gateway.errors import ClientDisconnected, InvalidRequest
 from gateway.serving.sse import EventStream, dumps
@@ -45,9 +47,18 @@ def context_for(request: Request) -> RequestContext:
 
 
 async def authenticated_context(request: Request) -> RequestContext:
-    """FastAPI dependency: the request's context with its principal; raises the authenticator's errors."""
+    """FastAPI dependency of the inference routes: the request's context with its principal.
+
+    Raises the authenticator's errors (401, 403, 503), and PermissionDenied (403) for a principal
+    without the ``user`` role: auditors read the audit log and nothing else (team and platform
+    admins hold ``user`` through role expansion).
+    """
     ctx = context_for(request)
-    ctx.principal = await request.app.state.ward.authenticator.authenticate(request)
+    principal = await request.app.state.ward.authenticator.authenticate(request)
+    ctx.principal = principal
+    request.state.principal = principal  # gateway.auth.dependencies reuses it: one authentication per request
+    if not principal.has(Role.USER):
+        raise PermissionDenied("Inference needs the user, team_admin or platform_admin role.")
     return ctx
 
 

@@ -80,6 +80,10 @@ class GatewaySettings(BaseSettings):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)  # larger bodies get 413
     access_log: bool = False  # uvicorn's per-request log lines (paths and statuses only)
+    # The gateway database (teams, API keys): WARD_DATABASE_URL, else SQLite in the data directory
+    # (WARD_DATA_DIR, else the user's data directory; see ward.paths).
+    database_url: str | None = None
+    data_dir: pathlib.Path | None = None
     auth: AuthSettings = Field(default_factory=AuthSettings)
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
@@ -93,6 +97,12 @@ class GatewaySettings(BaseSettings):
             if not team:
                 raise ValueError("an API key maps to an empty team name")
         return keys
+
+    def resolved_database_url(self) -> str:
+        """The database URL to use: ``database_url``, else SQLite in the data directory (created)."""
+        from gateway.db import database_url
+
+        return database_url(self.data_dir, self.database_url)
 
     @classmethod
     def settings_customise_sources(

@@ -6,10 +6,9 @@ otherwise, so prompts never cross a network unencrypted by accident.
 
 from __future__ import annotations
 
-import pathlib
-
 import grpc
 
+from gateway.auth.grpc_tls import gateway_channel_credentials, gateway_channel_options
 from gateway.auth.settings import WorkerTLSSettings, is_loopback_host
 
 _MiB = 1024 * 1024
@@ -39,15 +38,8 @@ def open_channel(
 ) -> grpc.aio.Channel:
     """A channel to ``address``; raises InsecureWorkerChannel for plaintext to another host."""
     if tls is not None:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=pathlib.Path(tls.ca_file).read_bytes(),
-            private_key=pathlib.Path(tls.key_file).read_bytes(),
-            certificate_chain=pathlib.Path(tls.cert_file).read_bytes(),
-        )
-        options = CHANNEL_OPTIONS
-        if tls.server_name:
-            options = options + (("grpc.ssl_target_name_override", tls.server_name),)
-        return grpc.aio.secure_channel(address, credentials, options=options)
+        options = [*CHANNEL_OPTIONS, *gateway_channel_options(tls)]
+        return grpc.aio.secure_channel(address, gateway_channel_credentials(tls), options=options)
     if not allow_insecure and not is_loopback_host(worker_host(address)):
         raise InsecureWorkerChannel(
             f"worker {address} is not on this host: configure auth.worker_tls "
