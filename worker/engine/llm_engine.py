@@ -209,6 +209,11 @@ class LLMEngine:
             self._slot_area += slots * dt
             self._waste_area += (slots - self.scheduler.live_tokens()) * dt
 
+    def reset_counters(self) -> None:
+        """Starts the time-weighted and cumulative counters afresh (benchmarks measure one workload)."""
+        self._waste_area = self._slot_area = 0.0
+        self.scheduler.num_preemptions = 0
+
     def stats(self) -> EngineStats:
         slots = self.kv.num_allocated_slots()
         live = self.scheduler.live_tokens()

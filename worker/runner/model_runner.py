@@ -15,6 +15,8 @@ from worker.engine.scheduler_output import ModelRunnerOutput, SampledLogprobs, S
 from worker.errors import ModelLoadError
 from worker.model.loader import build_model, fill_dummy_weights, load_weights
 from worker.model.spec import ModelSpec
+from worker.runner.cuda_graphs import DecodeGraphs, capture_sizes
+from worker.runner.input_buffers import InputBuffers
 from worker.runner.sampler import SamplingBatch, sample
 from worker.sampling_params import SamplingParams
 
@@ -71,6 +73,10 @@ class ModelRunner:
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.max_blocks_per_req = -(-max_model_len // self.block_size)
         self.eos_token_ids = list(spec.eos_token_ids)
+        self.graphs: DecodeGraphs | None = None
+        self.graph_capture_seconds = 0.0
+        self.memory_report: dict[str, int] = {}
+        self._make_buffers()
 
     def _ops(self):
         if self.device.type == "cuda" and self.config.attention_backend != "torch":
@@ -84,13 +90,26 @@ class ModelRunner:
 
         return ops
 
-    # ---- KV cache --------------------------------------------------------------------------
+    # ---- memory and KV cache -------------------------------------------------------------
     def kv_block_bytes(self) -> int:
         s = self.spec
         elem = torch.tensor([], dtype=self.dtype).element_size()
         return 2 * s.num_layers * self.block_size * s.num_kv_heads * s.head_dim * elem
 
+    @property
+    def use_cuda_graphs(self) -> bool:
+        return self.device.type == "cuda" and not self.config.enforce_eager
+
+    def _graph_max_batch(self) -> int:
+        return min(self.config.cuda_graph_max_batch, self.config.max_num_seqs, self.config.max_num_batched_tokens)
+
+    def _make_buffers(self) -> None:
+        max_tokens = max(self.config.max_num_batched_tokens, self._graph_max_batch())
+        self.buffers = InputBuffers(max_tokens, self.config.max_num_seqs, self.max_blocks_per_req, self.device)
+
     def determine_num_blocks(self) -> int:
+        """KV blocks that fit the budget: explicit count, byte budget, or on CUDA the card's share
+        minus weights, the profiled activation peak of the widest step and the decode graphs."""
         c = self.config
         if c.num_kv_blocks is not None:
             return c.num_kv_blocks
@@ -105,45 +124,68 @@ class ModelRunner:
             raise ModelLoadError("the KV cache budget is too small for a single block")
         return int(n)
 
+    def _scratch_kv(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        shape = (num_blocks, self.block_size, self.spec.num_kv_heads, self.spec.head_dim)
+        return [(torch.zeros(shape, dtype=self.dtype, device=self.device),) * 2 for _ in range(self.spec.num_layers)]
+
     def _profile_free_gpu_memory(self) -> int:
-        """Memory left for the KV pool: the card's share minus weights and a profiled activation peak."""
-        torch.cuda.synchronize(self.device)
+        dev = self.device
+        torch.cuda.synchronize(dev)
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(self.device)
+        torch.cuda.reset_peak_memory_stats(dev)
+        weights = torch.cuda.memory_allocated(dev)
         n = min(self.config.max_num_batched_tokens, self.max_model_len)
-        ids = torch.zeros(n, dtype=torch.long, device=self.device)
-        pos = torch.arange(n, device=self.device) % self.max_model_len
-        scratch = [(torch.empty(1, self.block_size, self.spec.num_kv_heads, self.spec.head_dim, dtype=self.dtype, device=self.device),) * 2
-                   for _ in range(self.spec.num_layers)]
-        meta = AttentionMetadata(
-            num_tokens=n, num_reqs=1,
-            query_start_loc=torch.tensor([0, n], dtype=torch.int32, device=self.device),
-            seq_lens=torch.tensor([n], dtype=torch.int32, device=self.device),
-            block_tables=torch.zeros(1, 1, dtype=torch.int32, device=self.device),
-            slot_mapping=torch.full((n,), -1, dtype=torch.long, device=self.device),
-            max_query_len=n, max_seq_len=n, query_start_loc_cpu=[0, n], seq_lens_cpu=[n],
-        )
-        # Attention over a fake one-block context would be wrong but costs the same memory order;
-        # the profile only needs the activation peak of the widest step.
-        try:
-            hidden = self.model(ids, pos, scratch, meta)
-            self.model.compute_logits(hidden[-min(n, self.config.max_num_seqs):])
-        except Exception as exc:
-            log.debug("profile forward failed (%s); falling back to a static estimate", exc)
-        torch.cuda.synchronize(self.device)
-        peak = torch.cuda.max_memory_allocated(self.device)
-        free, total = torch.cuda.mem_get_info(self.device)
-        used_by_others = total - free - torch.cuda.memory_reserved(self.device)
-        budget = int(total * self.config.gpu_memory_utilization) - used_by_others - peak
-        del scratch
-        torch.cuda.empty_cache()
-        if budget <= self.kv_block_bytes():
+        nb = -(-n // self.block_size)
+        scratch = self._scratch_kv(1)
+        b = self.buffers
+        b.input_ids_np[:n] = 0
+        b.positions_np[:n] = np.arange(n)
+        b.slot_mapping_np[:n] = -1
+        b.query_start_np[:2] = [0, n]
+        b.seq_lens_np[:1] = n
+        b.block_tables_np[:1, :nb] = 0  # every logical block reads the one scratch block
+        num_sample = min(n, self.config.max_num_seqs)
+        b.logits_idx_np[:num_sample] = np.arange(n - num_sample, n)
+        b.upload(n, 1, num_sample)
+        meta = self._metadata(n, 1, n, n, [0, n], [n])
+        with torch.inference_mode():
+            hidden = self.model(b.input_ids[:n], b.positions[:n], scratch, meta)
+            self.model.compute_logits(hidden.index_select(0, b.logits_idx[:num_sample])).float().softmax(-1)
+        torch.cuda.synchronize(dev)
+        peak = torch.cuda.max_memory_allocated(dev) - weights
+        del hidden, scratch
+        graph_bytes = self._measure_graph_memory() if self.use_cuda_graphs else 0
+        free, total = torch.cuda.mem_get_info(dev)
+        others = total - free - torch.cuda.memory_reserved(dev)  # other processes on the card
+        allowed = int(total * self.config.gpu_memory_utilization)
+        budget = allowed - others - weights - peak - graph_bytes
+        log.info("memory: weights %.2f GiB, activation peak %.2f GiB, decode graphs %.2f GiB, KV budget %.2f GiB",
+                 weights / 2**30, peak / 2**30, graph_bytes / 2**30, budget / 2**30)
+        if budget < self.kv_block_bytes() * 2:
             raise ModelLoadError(
-                f"the model does not fit: weights and activations need {peak / 2**30:.1f} GiB of the "
-                f"{total * self.config.gpu_memory_utilization / 2**30:.1f} GiB allowed "
-                f"(gpu_memory_utilization={self.config.gpu_memory_utilization})"
+                f"the model does not fit: weights {weights / 2**30:.1f} GiB + activations {peak / 2**30:.1f} GiB "
+                f"+ graphs {graph_bytes / 2**30:.1f} GiB leave no room for a KV cache within "
+                f"{allowed / 2**30:.1f} GiB (gpu_memory_utilization={self.config.gpu_memory_utilization})"
             )
+        self.memory_report = {"weights": weights, "activation_peak": peak, "graphs": graph_bytes, "kv_budget": budget}
         return budget
+
+    def _measure_graph_memory(self) -> int:
+        """Memory the decode graphs will hold: capture the largest one on a scratch cache, then free it."""
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_reserved(self.device)
+        probe = DecodeGraphs(self.device)
+        saved = self.kv_caches
+        self.kv_caches = self._scratch_kv(2)
+        size = self._graph_max_batch()
+        probe.capture([size], self._decode_forward)
+        used = torch.cuda.memory_reserved(self.device) - before
+        del probe
+        self.kv_caches = saved
+        torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()
+        return max(used, 0) + (64 << 20)  # headroom for the smaller graphs' own bookkeeping
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         s = self.spec
@@ -152,6 +194,10 @@ class ModelRunner:
             (torch.zeros(shape, dtype=self.dtype, device=self.device), torch.zeros(shape, dtype=self.dtype, device=self.device))
             for _ in range(s.num_layers)
         ]
+        self.num_blocks = num_blocks
+        if self.use_cuda_graphs:
+            self.graphs = DecodeGraphs(self.device)
+            self.graph_capture_seconds = self.graphs.capture(capture_sizes(self._graph_max_batch()), self._decode_forward)
 
     # ---- one step --------------------------------------------------------------------------
     def _update_states(self, sched: SchedulerOutput) -> None:
@@ -172,6 +218,31 @@ class ModelRunner:
             state.block_ids.extend(cached.new_block_ids)
             state.num_computed_tokens = cached.num_computed_tokens
 
+    def _metadata(self, num_tokens, num_reqs, max_q, max_seq, starts_cpu, lens_cpu) -> AttentionMetadata:
+        b = self.buffers
+        return AttentionMetadata(
+            num_tokens=num_tokens,
+            num_reqs=num_reqs,
+            query_start_loc=b.query_start_loc[: num_reqs + 1],
+            seq_lens=b.seq_lens[:num_reqs],
+            block_tables=b.block_tables[:num_reqs],
+            slot_mapping=b.slot_mapping[:num_tokens],
+            max_query_len=max_q,
+            max_seq_len=max_seq,
+            query_start_loc_cpu=starts_cpu,
+            seq_lens_cpu=lens_cpu,
+        )
+
+    def _decode_forward(self, size: int) -> torch.Tensor:
+        """The model over ``size`` one-token requests in the persistent buffers (graph body)."""
+        b = self.buffers
+        meta = AttentionMetadata(
+            num_tokens=size, num_reqs=size, query_start_loc=b.query_start_loc[: size + 1],
+            seq_lens=b.seq_lens[:size], block_tables=b.block_tables[:size], slot_mapping=b.slot_mapping[:size],
+            max_query_len=1, max_seq_len=self.max_model_len,
+        )
+        return self.model(b.input_ids[:size], b.positions[:size], self.kv_caches, meta)
+
     @torch.inference_mode()
     def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
         self._update_states(sched)
@@ -180,46 +251,49 @@ class ModelRunner:
         order = [c.req_id for c in sched.cached_reqs] + [n.req_id for n in sched.new_reqs]
         num_reqs = len(order)
         bs = self.block_size
-        q_lens = np.array([sched.num_scheduled_tokens[r] for r in order], dtype=np.int64)
-        query_start = np.zeros(num_reqs + 1, dtype=np.int64)
-        np.cumsum(q_lens, out=query_start[1:])
-        T = int(query_start[-1])
-        input_ids = np.empty(T, dtype=np.int64)
-        positions = np.empty(T, dtype=np.int64)
-        seq_lens = np.empty(num_reqs, dtype=np.int64)
-        max_blocks = max(len(self.requests[r].block_ids) for r in order)
-        block_table = np.zeros((num_reqs, max_blocks), dtype=np.int64)
+        b = self.buffers
+        q_lens = np.fromiter((sched.num_scheduled_tokens[r] for r in order), dtype=np.int64, count=num_reqs)
+        starts = b.query_start_np[: num_reqs + 1]
+        starts[0] = 0
+        np.cumsum(q_lens, out=starts[1:])
+        T = int(starts[-1])
         sampling_rows: list[int] = []
+        ids_np, pos_np, bt_np, lens_np = b.input_ids_np, b.positions_np, b.block_tables_np, b.seq_lens_np
         for i, rid in enumerate(order):
             st = self.requests[rid]
-            s, n, nc = int(query_start[i]), int(q_lens[i]), st.num_computed_tokens
-            input_ids[s : s + n] = st.token_ids[nc : nc + n]
-            positions[s : s + n] = np.arange(nc, nc + n)
-            seq_lens[i] = nc + n
-            block_table[i, : len(st.block_ids)] = st.block_ids
+            s, n, nc = int(starts[i]), int(q_lens[i]), st.num_computed_tokens
+            if n == 1:
+                ids_np[s] = st.token_ids[nc]
+                pos_np[s] = nc
+            else:
+                ids_np[s : s + n] = st.token_ids[nc : nc + n]
+                pos_np[s : s + n] = np.arange(nc, nc + n)
+            lens_np[i] = nc + n
+            blocks = st.block_ids
+            bt_np[i, : len(blocks)] = blocks
             if nc + n >= len(st.token_ids):
                 sampling_rows.append(i)
+        positions = pos_np[:T]
         req_of_token = np.repeat(np.arange(num_reqs), q_lens)
-        slot_mapping = block_table[req_of_token, positions // bs] * bs + positions % bs
-
-        dev = self.device
-        meta = AttentionMetadata(
-            num_tokens=T,
-            num_reqs=num_reqs,
-            query_start_loc=torch.from_numpy(query_start).to(dev, torch.int32),
-            seq_lens=torch.from_numpy(seq_lens).to(dev, torch.int32),
-            block_tables=torch.from_numpy(block_table).to(dev, torch.int32),
-            slot_mapping=torch.from_numpy(slot_mapping).to(dev),
-            max_query_len=int(q_lens.max()),
-            max_seq_len=int(seq_lens.max()),
-            query_start_loc_cpu=query_start.tolist(),
-            seq_lens_cpu=seq_lens.tolist(),
-        )
-        hidden = self.model(torch.from_numpy(input_ids).to(dev), torch.from_numpy(positions).to(dev), self.kv_caches, meta)
+        b.slot_mapping_np[:T] = bt_np[req_of_token, positions // bs].astype(np.int64) * bs + positions % bs
+        num_sample = len(sampling_rows)
+        b.logits_idx_np[:num_sample] = starts[1:][sampling_rows] - 1
+        max_q = int(q_lens.max())
+        padded = None
+        if max_q == 1 and self.graphs is not None:
+            padded = self.graphs.padded_size(num_reqs)
+        if padded is not None:
+            b.pad_decode(num_reqs, padded)
+            b.upload(padded, padded, num_sample)
+            hidden = self.graphs.replay(padded)
+        else:
+            b.upload(T, num_reqs, num_sample)
+            lens = lens_np[:num_reqs]
+            meta = self._metadata(T, num_reqs, max_q, int(lens.max()), starts.tolist(), lens.tolist())
+            hidden = self.model(b.input_ids[:T], b.positions[:T], self.kv_caches, meta)
         if not sampling_rows:
             return ModelRunnerOutput({})
-        last_token = torch.from_numpy(query_start[1:][sampling_rows] - 1).to(dev)
-        logits = self.model.compute_logits(hidden.index_select(0, last_token)).float()
+        logits = self.model.compute_logits(hidden.index_select(0, b.logits_idx[:num_sample])).float()
         sample_ids = [order[i] for i in sampling_rows]
         batch = self._sampling_batch(sample_ids, logits.shape[-1])
         out = sample(logits, batch)

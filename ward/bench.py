@@ -1,0 +1,108 @@
+"""`ward bench`: measured figures beside the card's own ceilings, printed as a table and written as JSON.
+
+    ward bench offline --model llama-3.1-8b --out DIR      engine workloads (dummy weights)
+    ward bench card                                         copy bandwidth and matmul rate only
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import tempfile
+import time
+
+WORKLOADS = ["latency", "batch1", "offline_256_256", "offline_1024_128", "mixed", "gpu_busy"]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("suite", choices=["offline", "card"])
+    p.add_argument("--model", default="llama-3.1-8b", help="a shape name (dummy weights) or a model directory")
+    p.add_argument("--workloads", default=",".join(WORKLOADS))
+    p.add_argument("--out", default=os.environ.get("OUT", "bench-out"))
+    p.add_argument("--max-model-len", type=int, default=4096)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-batched-tokens", type=int, default=8192)
+
+
+def _rooflines(card: dict, cfg: dict, results: dict) -> dict:
+    from ward.benchmarks.models import kv_bytes_per_token, param_counts
+
+    if "copy_bandwidth_tb_s" not in card:
+        return {}
+    read_params, _ = param_counts(cfg)
+    bw = card["copy_bandwidth_tb_s"] * 1e12
+    step_bytes = read_params * 2 + 512 * kv_bytes_per_token(cfg)
+    out = {"batch1_step_bytes_gb": round(step_bytes / 1e9, 2),
+           "batch1_roofline_tok_s": round(bw / step_bytes, 1)}
+    if "batch1" in results:
+        out["batch1_fraction_of_roofline"] = round(results["batch1"]["tok_s"] / out["batch1_roofline_tok_s"], 3)
+    flops = card["bf16_matmul_tflop_s"] * 1e12
+    for name, n_in, n_out in [("offline_256_256", 256, 256), ("offline_1024_128", 1024, 128)]:
+        total = 1000 * (2 * read_params * (n_in + n_out))  # matmul FLOPs; attention adds a few percent
+        floor_s = total / flops
+        out[f"{name}_compute_floor_req_s"] = round(1000 / floor_s, 1)
+        if name in results:
+            out[f"{name}_fraction_of_compute_floor"] = round(results[name]["req_s"] / (1000 / floor_s), 3)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from ward.benchmarks.card import measure_card
+
+    os.makedirs(args.out, exist_ok=True)
+    card = measure_card()
+    report = {"date": datetime.date.today().isoformat(), "card": card}
+    print(json.dumps(card), flush=True)
+    if args.suite == "offline":
+        from worker import LLM
+        from ward.benchmarks.models import SHAPES, write_config_dir
+        from ward.benchmarks.offline import OfflineBench
+
+        if args.model in SHAPES:
+            model_dir = write_config_dir(args.model, tempfile.mkdtemp(prefix="ward-bench-"))
+            cfg, load = SHAPES[args.model], "dummy"
+        else:
+            model_dir = args.model
+            with open(os.path.join(model_dir, "config.json")) as f:
+                cfg = json.load(f)
+            load = "auto"
+        t0 = time.perf_counter()
+        llm = LLM(model=model_dir, load_format=load, dtype="bfloat16", max_model_len=args.max_model_len,
+                  gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
+                  max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
+        report["startup_s"] = round(time.perf_counter() - t0, 1)
+        report["engine"] = {"kv_blocks": llm.engine.kv.num_blocks, "memory": llm.engine.runner.memory_report,
+                            "graph_capture_s": round(llm.engine.runner.graph_capture_seconds, 1)}
+        print("startup", report["startup_s"], "s", report["engine"], flush=True)
+        bench = OfflineBench(llm)
+        bench.warmup()
+        wanted = [w.strip() for w in args.workloads.split(",") if w.strip()]
+        results = {}
+        for w in wanted:
+            if w == "latency":
+                results[w] = bench.latency()
+            elif w == "batch1":
+                results[w] = bench.batch1_decode()
+            elif w == "offline_256_256":
+                results[w] = bench.throughput(1000, 256, 256)
+            elif w == "offline_1024_128":
+                results[w] = bench.throughput(1000, 1024, 128)
+            elif w == "mixed":
+                results[w] = bench.mixed()
+            elif w == "gpu_busy":
+                results[w] = bench.gpu_busy()
+            else:
+                print(f"ward bench: unknown workload {w!r}", file=sys.stderr)
+                return 2
+            print(w, json.dumps(results[w]), flush=True)
+        report["results"] = results
+        report["rooflines"] = _rooflines(card, cfg, results)
+    path = os.path.join(args.out, f"ward_bench_{args.suite}.json")
+    with open(path, "w") as f:
+        json.dump(report, f, indent=1)
+    print(json.dumps(report), flush=True)
+    return 0

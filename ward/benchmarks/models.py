@@ -1,0 +1,45 @@
+"""Model directories for benchmarks: real architectures with random weights (load_format dummy)."""
+from __future__ import annotations
+
+import json
+import os
+
+LLAMA_3_1_8B = {
+    "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "intermediate_size": 14336,
+    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+    "max_position_embeddings": 131072, "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "hidden_act": "silu",
+    "rope_scaling": {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                     "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "bos_token_id": 128000, "eos_token_id": 128001,
+}
+
+# A few-MB model of the same layout: lets the benchmark code itself be exercised on a CPU.
+TINY_LLAMA = dict(LLAMA_3_1_8B, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, vocab_size=128256)
+
+SHAPES = {"llama-3.1-8b": LLAMA_3_1_8B, "tiny-llama": TINY_LLAMA}
+
+
+def write_config_dir(shape: str, directory: str) -> str:
+    """A model directory holding only config.json (weights come from the dummy loader)."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown model shape {shape!r} (known: {', '.join(SHAPES)})")
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(SHAPES[shape], f)
+    return directory
+
+
+def param_counts(cfg: dict) -> tuple[int, int]:
+    """(parameters read per decode step, embedding-table parameters) of a Llama-shaped config."""
+    h, i, L, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    hd = h // cfg["num_attention_heads"]
+    kv = cfg["num_key_value_heads"] * hd
+    per_layer = h * (h + 2 * kv) + h * h + 3 * h * i + 2 * h
+    lm_head = 0 if cfg.get("tie_word_embeddings") else h * v
+    return L * per_layer + h + lm_head, h * v
+
+
+def kv_bytes_per_token(cfg: dict, elem: int = 2) -> int:
+    hd = cfg["hidden_size"] // cfg["num_attention_heads"]
+    return 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * hd * elem

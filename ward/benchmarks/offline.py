@@ -1,0 +1,93 @@
+"""Offline engine workloads, the same ones (and the same random prompts) as the vLLM peer's
+script: latency (batch 8, 32 in / 128 out), batch-1 decode, 1,000 x 256/256, 1,000 x 1,024/128,
+and the mixed-length run (256 requests, in and out uniform in 100..1,024). Greedy, EOS ignored."""
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+
+from worker import LLM, SamplingParams
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class OfflineBench:
+    def __init__(self, llm: LLM) -> None:
+        self.llm = llm
+        self.rng = random.Random(0)
+
+    def prompts(self, n: int, length: int) -> list[dict]:
+        return [{"prompt_token_ids": [self.rng.randrange(1000, 120000) for _ in range(length)]} for _ in range(n)]
+
+    @staticmethod
+    def params(n_out: int) -> SamplingParams:
+        return SamplingParams(max_tokens=n_out, min_tokens=n_out, ignore_eos=True, detokenize=False, temperature=0.0)
+
+    def run(self, prompts, params) -> tuple[float, int]:
+        _sync()
+        t = time.perf_counter()
+        outs = self.llm.generate(prompts, params)
+        _sync()
+        return time.perf_counter() - t, sum(len(o.outputs[0].token_ids) for o in outs)
+
+    def warmup(self) -> None:
+        self.run(self.prompts(8, 32), self.params(16))
+
+    def latency(self) -> dict:
+        times = [self.run(self.prompts(8, 32), self.params(128))[0] for _ in range(5)]
+        return {"mean_ms": round(1000 * sum(times) / len(times), 1), "runs_ms": [round(1000 * t, 1) for t in times]}
+
+    def batch1_decode(self) -> dict:
+        p1 = self.prompts(1, 512)
+        a = min(self.run(p1, self.params(1))[0] for _ in range(3))
+        b = min(self.run(p1, self.params(257))[0] for _ in range(3))
+        return {"tok_s": round(256 / (b - a), 1), "step_ms": round(1000 * (b - a) / 256, 3)}
+
+    def throughput(self, n: int, n_in: int, n_out: int) -> dict:
+        self.llm.engine.reset_counters()
+        dt, ntok = self.run(self.prompts(n, n_in), self.params(n_out))
+        s = self.llm.engine.stats()
+        return {"req_s": round(n / dt, 2), "out_tok_s": round(ntok / dt, 1), "seconds": round(dt, 2),
+                "kv_waste_time_weighted": round(s.kv_waste_time_weighted, 4), "preemptions": s.num_preemptions}
+
+    def mixed(self) -> dict:
+        rng2 = random.Random(1)
+        prompts, params = [], []
+        for _ in range(256):
+            prompts.append({"prompt_token_ids": [rng2.randrange(1000, 120000) for _ in range(rng2.randint(100, 1024))]})
+            k = rng2.randint(100, 1024)
+            params.append(SamplingParams(max_tokens=k, min_tokens=k, ignore_eos=True, detokenize=False, temperature=0.0))
+        self.llm.engine.reset_counters()
+        dt, ntok = self.run(prompts, params)
+        s = self.llm.engine.stats()
+        return {"out_tok_s": round(ntok / dt, 1), "seconds": round(dt, 2), "out_tokens": ntok,
+                "kv_waste_time_weighted": round(s.kv_waste_time_weighted, 4), "preemptions": s.num_preemptions}
+
+    def gpu_busy(self, batch: int = 64, prompt: int = 256, steps: int = 60) -> dict:
+        """Kernel time / wall time over steady decode steps (torch profiler, CUDA activity)."""
+        engine = self.llm.engine
+        for i, p in enumerate(self.prompts(batch, prompt)):
+            engine.add_request(f"busy-{i}", p, self.params(steps + 40))
+        while any(r.num_computed_tokens < r.num_prompt_tokens for r in engine.scheduler.requests.values()) or \
+                engine.scheduler.waiting:
+            engine.step()
+        for _ in range(5):
+            engine.step()
+        _sync()
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+            t = time.perf_counter()
+            for _ in range(steps):
+                engine.step()
+            _sync()
+            wall = time.perf_counter() - t
+        kernel_us = sum(e.device_time for e in prof.events() if e.device_type.name == "CUDA")
+        engine.abort_request([f"busy-{i}" for i in range(batch)])
+        return {"busy_fraction": round(kernel_us / 1e6 / wall, 4), "step_ms": round(1000 * wall / steps, 3),
+                "batch": batch}
