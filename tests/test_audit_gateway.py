@@ -201,8 +201,12 @@ def test_audit_database_down_means_503_and_nothing_served(pg_module_url, fake_wo
     from test_audit_support import reset_log, set_database_available
 
     settings = GatewaySettings(models={MODEL: {"workers": [f"127.0.0.1:{fake_worker}"]}}, api_keys={CARDIO_KEY: "cardiology"})
+    from gateway.audit.service import create_audit_engine
+
+    engine = create_audit_engine(pg_module_url)
+    reset_log(engine)  # a fresh log of its own: this test's gateway makes its own key
+    engine.dispose()
     services = build_audit_services(AuditSettings(database_url=pg_module_url, write_timeout_s=2), tmp_path)
-    reset_log(services.engine)
     app = create_app(settings, hooks=AuditHooks(services.log))
     with Gateway(app) as base:
         _wait_ready(base)
