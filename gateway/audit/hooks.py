@@ -26,6 +26,7 @@ from gateway.hooks import NoopHooks
 log = logging.getLogger(__name__)
 
 OPEN_KEY = "audit.open"  # ctx.extra key of a stream's OpenRequest
+FAILED_KEY = "audit.failed"  # set when this request fails because its record could not be written
 REJECTION_STATUSES = frozenset({401, 403, 429})  # refused by identity or quota before any work
 PROMPT_FIELDS = frozenset({"messages", "prompt", "input"})  # kept as the prompt, not as parameters
 
@@ -116,6 +117,7 @@ class AuditHooks(NoopHooks):
         try:
             ctx.extra[OPEN_KEY] = await self.log.open(request_start(ctx))
         except AuditUnavailable as error:
+            ctx.extra[FAILED_KEY] = True
             raise _unavailable(error) from None
 
     async def before_finish(self, ctx: RequestContext) -> None:
@@ -127,11 +129,11 @@ class AuditHooks(NoopHooks):
             else:
                 await self.log.record_request(request_start(ctx), end)
         except AuditUnavailable as error:
-            ctx.extra["audit.failed"] = True
+            ctx.extra[FAILED_KEY] = True
             raise _unavailable(error) from None
 
     async def on_failure(self, ctx: RequestContext) -> None:
-        if ctx.extra.get("audit.failed"):
+        if ctx.extra.get(FAILED_KEY):
             return  # the database is down; that is why this request fails
         end = request_end(ctx, _failure_status(ctx), ctx.status_code)
         handle = ctx.extra.get(OPEN_KEY)
