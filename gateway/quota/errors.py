@@ -78,7 +78,14 @@ class QuotaUnavailable(QuotaError):
 
 
 class QuotaStoreError(QuotaError):
-    """The backing store failed (connection refused, timeout, server error). Feeds the circuit breaker."""
+    """The backing store failed (connection refused, timeout, server error). Feeds the circuit breaker.
+
+    ``maybe_applied``: the call may have taken effect before its reply was lost (a timeout).
+    """
+
+    def __init__(self, message: str, *, maybe_applied: bool = False):
+        super().__init__(message)
+        self.maybe_applied = maybe_applied
 
 
 class InvalidQuotaRequest(QuotaError, ValueError):

@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import DataError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.quota.errors import QuotaStoreError
 from gateway.quota.headers import WindowState
@@ -150,7 +151,7 @@ class RedisQuotaStore:
                     pipe.hgetall(self.keys.usage(team, day_id(day)))
                 rows = await pipe.execute()
         except _STORE_FAILURES as exc:
-            raise QuotaStoreError(f"quota store unavailable: {exc}") from exc
+            raise _store_error(exc) from exc
         records = []
         for day, row in zip(days, rows):
             by_model: dict[str, dict[str, int]] = {}
@@ -192,7 +193,7 @@ class RedisQuotaStore:
         except DataError:
             raise  # a bad argument is a bug here, not an outage
         except _STORE_FAILURES as exc:
-            raise QuotaStoreError(f"quota store unavailable: {exc}") from exc
+            raise _store_error(exc) from exc
 
     async def _call_client(self, method: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -200,7 +201,12 @@ class RedisQuotaStore:
         except DataError:
             raise
         except _STORE_FAILURES as exc:
-            raise QuotaStoreError(f"quota store unavailable: {exc}") from exc
+            raise _store_error(exc) from exc
+
+
+def _store_error(exc: BaseException) -> QuotaStoreError:
+    timed_out = isinstance(exc, (RedisTimeoutError, asyncio.TimeoutError))
+    return QuotaStoreError(f"quota store unavailable: {exc!r}", maybe_applied=timed_out)
 
 
 def _window(values: list[Any]) -> WindowState | None:

@@ -4,7 +4,6 @@ policy per limit kind, the local limiter, and settlements replayed once the stor
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import re
@@ -93,6 +92,7 @@ class QuotaService:
         self._maintenance: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
         self._started = False
+        self._closed = False
         if hasattr(config, "on_change"):
             config.on_change = self._on_file_change  # type: ignore[attr-defined]
 
@@ -108,12 +108,13 @@ class QuotaService:
         self._maintenance = asyncio.create_task(self._maintain(), name="quota-maintenance")
 
     async def aclose(self) -> None:
+        self._closed = True
         tasks = [t for t in [self._maintenance, *self._background] if t is not None]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            # A cancel can be swallowed when it races a Redis timeout; the loop also checks _closed.
+            await asyncio.wait(tasks, timeout=self._settings.override_refresh_s + 2 * self._settings.redis_timeout_s + 1)
         await self._store.aclose()
 
     @property
@@ -154,8 +155,8 @@ class QuotaService:
                 result = await self._store.admit(request)
             except QuotaStoreError as exc:
                 self._store_failed("admit", exc)
-                # The script may have run before the reply was lost: give back whatever it recorded.
-                self._queue(Settlement(team, request.reservation_id, _scopes(request), "", "", model, 0, 0, SettleMode.RELEASE))
+                if exc.maybe_applied:  # the script may have run before the reply was lost: give it back
+                    self._queue(Settlement(team, request.reservation_id, _scopes(request), "", "", model, 0, 0, SettleMode.RELEASE))
             else:
                 self._store_ok()
                 return self._admission(request, result, key_id, degraded=False)
@@ -375,7 +376,7 @@ class QuotaService:
             )
 
     async def _maintain(self) -> None:
-        while True:
+        while not self._closed:
             await asyncio.sleep(self._settings.override_refresh_s)
             await self._refresh_overrides()
             if self._pending:
