@@ -5,8 +5,8 @@ the process's ``QuotaService``. Platform admins may read and change every team; 
 their own team's limits and usage. Register ``install_quota_error_handlers`` (gateway.quota.http) and a
 handler for ``PermissionDenied`` on the app so errors leave in OpenAI's shape.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI must see the dependency aliases defined inside
+# make_quota_admin_router as objects, not as strings it would look up in this module's globals.
 import datetime as dt
 from collections.abc import Callable
 from typing import Annotated, Any
