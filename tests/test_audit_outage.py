@@ -131,7 +131,9 @@ def test_spool_keeps_requests_served_and_drains_in_order(pg_engine, pg_module_ur
     records = list(AuditReader(pg_engine).iter_records(RecordFilter(), ALL, through_seq=10**9))
     assert [r["id"] for r in records] == ["req-1", "req-2", "req-3", "req-4"] and records[-1]["complete"]
     assert list(spool_dir.glob("spool-*.jsonl")) == []  # closed writer's empty file is removed
-    assert log.stats.spooled == 3 and log.stats.drained == 3
+    # Three entries were spooled during the outage; the completion too if it came within one drain
+    # interval of the last failed try (the database is retried once per interval, not per request).
+    assert log.stats.spooled in (3, 4) and log.stats.drained == log.stats.spooled
 
 
 def test_redraining_after_a_crash_mid_drain_adds_no_duplicates(pg_engine, signer, trusted, tmp_path):

@@ -105,7 +105,7 @@ class AuditLog:
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._closing = False
-        self._spool_pending = False
+        self._spool_pending = False  # own entries or other files wait in the spool directory
         self._last_checkpoint_check = time.monotonic()
         self._last_drain_try = 0.0
 
@@ -247,15 +247,17 @@ class AuditLog:
     def _tick_sync(self) -> None:
         now = time.monotonic()
         if self.spool is not None and now - self._last_drain_try >= self.drain_interval_s:
-            self._last_drain_try = now
             if self._spool_pending or self.spool.has_pending():
                 self._drain_sync()
+            else:
+                self._last_drain_try = now
         if now - self._last_checkpoint_check >= self.checkpoint_check_s:
             self._last_checkpoint_check = now
             self.store.checkpoint_if_due()
 
     def _drain_sync(self) -> None:
         """Moves spooled entries into the database. Raises AuditUnavailable while it is still down."""
+        self._last_drain_try = time.monotonic()
         try:
             self.stats.drained += self.spool.drain(self.store, self.max_batch)
         except SpoolCorrupt as error:
@@ -284,8 +286,12 @@ class AuditLog:
                 item.ref = by_id[item.draft.entry_id]
 
     def _commit(self, drafts: list[EntryDraft]) -> list[EntryRef]:
-        if self.spool is not None and self._spool_pending:
-            # Keep order: nothing goes to the database ahead of what waits in the spool.
+        if self.spool is not None and self.spool.own_pending:
+            # Keep order: nothing goes to the database ahead of this writer's spooled entries. The
+            # database is tried again once per drain interval, not per batch: during an outage a
+            # connection attempt can take up to its timeout, and requests must not wait for it.
+            if time.monotonic() - self._last_drain_try < self.drain_interval_s:
+                return self._spool_batch(drafts)
             try:
                 self._drain_sync()
             except AuditUnavailable:
@@ -297,6 +303,7 @@ class AuditLog:
                 self.available = False
                 self.stats.failures += 1
                 raise
+            self._last_drain_try = time.monotonic()  # the database just failed: spool until the next try
             return self._spool_batch(drafts)
         self.available = True
         self.stats.entries += len(refs)

@@ -100,8 +100,13 @@ class Spool:
                 pass
 
     # --- draining ------------------------------------------------------------------------------
+    @property
+    def own_pending(self) -> bool:
+        """Whether this writer has spooled entries not yet drained (later entries must queue behind them)."""
+        return self._size > 0
+
     def has_pending(self) -> bool:
-        """Whether this writer has spooled entries, or a dead writer left a file behind."""
+        """Whether this writer has spooled entries, or another spool file exists (maybe left by a dead writer)."""
         if self._size > 0:
             return True
         return any(p != self._path for p in self.directory.glob(SPOOL_GLOB)) if self.directory.is_dir() else False
