@@ -180,3 +180,128 @@ def test_spool_lines_carry_checksums(tmp_path):
     line = json.loads(path.read_text())
     assert set(line) == {"entry", "sha256"} and line["entry"]["request_id"] == "req-1"
     spool.close()
+
+
+# --- a database that really stops: a private PostgreSQL cluster of our own --------------------
+
+class PrivateCluster:
+    """A throwaway PostgreSQL cluster on a free port (never the shared server), stopped and started at will."""
+
+    def __init__(self):
+        import glob
+        import shutil
+        import socket
+        import tempfile
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl")) or ([shutil.which("pg_ctl")] if shutil.which("pg_ctl") else [])
+        assert found, "PostgreSQL server binaries (pg_ctl, initdb) are needed for the database-stop tests"
+        self.bin = os.path.dirname(found[-1])
+        self.base = tempfile.mkdtemp(prefix="ward-audit-pg-", dir="/tmp")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        import subprocess
+
+        command = [os.path.join(self.bin, args[0]), *args[1:]]
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+    def init(self) -> None:
+        import shutil
+
+        if os.geteuid() == 0:
+            shutil.chown(self.base, "postgres")
+        self._run("initdb", "-D", f"{self.base}/data", "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        self.start()
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1"
+        self._run("pg_ctl", "-D", f"{self.base}/data", "-o", options, "-l", f"{self.base}/log", "-w", "start")
+
+    def stop(self) -> None:
+        """An immediate stop: connections cut, no clean shutdown (like a crash)."""
+        self._run("pg_ctl", "-D", f"{self.base}/data", "-m", "immediate", "-w", "stop")
+
+    def destroy(self) -> None:
+        import shutil
+
+        try:
+            self.stop()
+        except Exception:  # already stopped
+            pass
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from gateway.db.engine import upgrade_to_head
+
+    private = PrivateCluster()
+    try:
+        private.init()
+        upgrade_to_head(private.url)
+        yield private
+    finally:
+        private.destroy()
+
+
+@pytest.fixture
+def cluster_engine(cluster):
+    from test_audit_support import reset_log
+
+    if not _accepts(cluster.url):  # a previous test left it stopped
+        cluster.start()
+    engine = create_audit_engine(cluster.url, connect_timeout_s=2)
+    reset_log(engine)
+    yield engine
+    engine.dispose()
+
+
+def _accepts(url: str) -> bool:
+    try:
+        engine = create_audit_engine(url, connect_timeout_s=1)
+        with engine.connect():
+            pass
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
+def test_stopped_database_fails_closed_then_recovers(cluster, cluster_engine, signer, trusted):
+    async def body(log):
+        await log.record_request(request_start(1), request_end(1))
+        cluster.stop()
+        started = time.monotonic()
+        with pytest.raises(AuditUnavailable):
+            await log.record_request(request_start(2), request_end(2))
+        with pytest.raises(AuditUnavailable):
+            await log.open(request_start(3))
+        assert time.monotonic() - started < 10
+        cluster.start()
+        await log.record_request(request_start(4), request_end(4))
+
+    run_with_log(make_log(cluster_engine, signer), body)
+    with cluster_engine.connect() as conn:
+        assert list(conn.execute(select(ENTRIES.c.request_id).order_by(ENTRIES.c.seq)).scalars()) == ["req-1", "req-4"]
+    assert verify_chain(cluster_engine, trusted).ok
+
+
+def test_stopped_database_with_spool_loses_nothing(cluster, cluster_engine, signer, trusted, tmp_path):
+    async def body(log):
+        await log.record_request(request_start(0), request_end(0))
+        cluster.stop()
+        refs = await asyncio.gather(*(log.record_request(request_start(i), request_end(i)) for i in range(1, 30)))
+        assert all(r.spooled for r in refs)
+        cluster.start()
+        await _wait_for(lambda: _count(cluster_engine) == 30)
+
+    run_with_log(make_log(cluster_engine, signer, spool=Spool(tmp_path / "spool"), drain_interval_s=0.1), body)
+    with cluster_engine.connect() as conn:
+        ids = list(conn.execute(select(ENTRIES.c.request_id).order_by(ENTRIES.c.seq)).scalars())
+    assert ids[0] == "req-0" and sorted(ids) == sorted(f"req-{i}" for i in range(30))
+    assert verify_chain(cluster_engine, trusted).ok
