@@ -224,3 +224,89 @@ def test_audit_database_down_means_503_and_nothing_served(pg_module_url, fake_wo
     records = list(AuditReader(services.engine).iter_records(RecordFilter(), ALL, through_seq=10**12))
     assert [r["status"] for r in records] == ["ok", "ok"]  # nothing was served unaudited
     services.engine.dispose()
+
+
+GATEWAY_SCRIPT = r"""
+import sys, uvicorn
+from gateway.app import create_app
+from gateway.audit.hooks import AuditHooks
+from gateway.audit.service import build_audit_services
+from gateway.audit.settings import AuditSettings
+from gateway.settings import GatewaySettings
+
+db_url, data_dir, worker_port, port, key = sys.argv[1:6]
+services = build_audit_services(AuditSettings(database_url=db_url), data_dir)
+settings = GatewaySettings(models={"fake-chat": {"workers": [f"127.0.0.1:{worker_port}"]}}, api_keys={key: "cardiology"})
+uvicorn.run(create_app(settings, hooks=AuditHooks(services.log)), host="127.0.0.1", port=int(port), log_level="warning")
+"""
+
+
+def test_sigkill_of_the_gateway_under_streaming_load(db_url, fake_worker, tmp_path):
+    import signal
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    gateway = subprocess.Popen(
+        [sys.executable, "-c", GATEWAY_SCRIPT, db_url, str(tmp_path), str(fake_worker), str(port), CARDIO_KEY], cwd=ROOT
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base}/readyz").status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline and gateway.poll() is None, "gateway did not start"
+        time.sleep(0.1)
+
+    started: set[str] = set()  # got the response head: the stream began
+    done: set[str] = set()  # got data: [DONE]
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client(n: int) -> None:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": f"client {n}"}], "stream": True}
+        headers = {"authorization": f"Bearer {CARDIO_KEY}"}
+        with httpx.Client(timeout=10) as http:
+            while not stop.is_set():
+                try:
+                    with http.stream("POST", f"{base}/v1/chat/completions", json=body, headers=headers) as response:
+                        rid = response.headers["x-request-id"]
+                        with lock:
+                            started.add(rid)
+                        for line in response.iter_lines():
+                            if line == "data: [DONE]":
+                                with lock:
+                                    done.add(rid)
+                except httpx.HTTPError:
+                    return  # the gateway is gone
+
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    while len(done) < 24:
+        assert time.monotonic() < deadline + 60 and gateway.poll() is None
+        time.sleep(0.02)
+    gateway.send_signal(signal.SIGKILL)
+    gateway.wait(timeout=10)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=15)
+
+    from gateway.audit.service import create_audit_engine
+
+    engine = create_audit_engine(db_url)
+    try:
+        records = {r["id"]: r for r in AuditReader(engine).iter_records(RecordFilter(), ALL, through_seq=10**12)}
+        audit_settings = AuditSettings(database_url=db_url)
+        report = verify_chain(engine, trusted_keys(audit_settings, resolve_paths(audit_settings, tmp_path)))
+    finally:
+        engine.dispose()
+    assert done <= {rid for rid, r in records.items() if r["complete"] and r["status"] == "ok"}  # [DONE] sent: complete
+    assert started <= set(records)  # a stream that began has a record: nothing is missing
+    cut_off = started - done  # their completion may have committed just before the kill, or not
+    assert any(not records[rid]["complete"] for rid in cut_off)  # streams killed mid-way: visible, incomplete
+    assert report.ok, [p.describe() for p in report.problems]
