@@ -310,3 +310,75 @@ def test_sigkill_of_the_gateway_under_streaming_load(db_url, fake_worker, tmp_pa
     cut_off = started - done  # their completion may have committed just before the kill, or not
     assert any(not records[rid]["complete"] for rid in cut_off)  # streams killed mid-way: visible, incomplete
     assert report.ok, [p.describe() for p in report.problems]
+
+
+def _start_gateway(db_url: str, data_dir, worker_port: int):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-c", GATEWAY_SCRIPT, db_url, str(data_dir), str(worker_port), str(port), CARDIO_KEY], cwd=ROOT
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+def _wait_up(process, base: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{base}/readyz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline and process.poll() is None, "gateway did not start"
+        time.sleep(0.1)
+
+
+def test_three_gateway_processes_share_one_verifiable_log(db_url, fake_worker, tmp_path, capsys):
+    from ward.cli import main as ward
+
+    gateways = [_start_gateway(db_url, tmp_path, fake_worker) for _ in range(3)]
+    try:
+        for process, base in gateways:
+            _wait_up(process, base)
+        sent: list[str] = []
+        lock = threading.Lock()
+
+        def client(base: str, n: int) -> None:
+            api = openai.OpenAI(base_url=f"{base}/v1", api_key=CARDIO_KEY, max_retries=0)
+            for i in range(6):
+                messages = [{"role": "user", "content": f"client {n} request {i}"}]
+                if i % 2:
+                    with api.chat.completions.create(model=MODEL, messages=messages, max_tokens=3, stream=True) as stream:
+                        for _ in stream:
+                            pass
+                        rid = stream.response.headers["x-request-id"]
+                else:
+                    rid = api.chat.completions.with_raw_response.create(model=MODEL, messages=messages, max_tokens=3).headers["x-request-id"]
+                with lock:
+                    sent.append(rid)
+
+        threads = [threading.Thread(target=client, args=(base, n)) for _, base in gateways for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        for process, _ in gateways:
+            process.terminate()
+            process.wait(timeout=30)
+    assert len(sent) == 3 * 6 * 6
+    from gateway.audit.service import create_audit_engine
+
+    engine = create_audit_engine(db_url)
+    try:
+        records = {r["id"]: r for r in AuditReader(engine).iter_records(RecordFilter(kind="request"), ALL, through_seq=10**12)}
+    finally:
+        engine.dispose()
+    assert set(records) == set(sent) and all(r["complete"] and r["status"] == "ok" for r in records.values())
+    key = str(tmp_path / "audit" / "checkpoint-key.pem")  # made by whichever gateway came first, shared by all
+    location = ["--data-dir", str(tmp_path)] if db_url.startswith("sqlite") else ["--database-url", db_url, "--signing-key", key]
+    assert ward(["audit", "verify", *location]) == 0
+    assert "OK: the audit log is intact" in capsys.readouterr().out

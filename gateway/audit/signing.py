@@ -98,7 +98,10 @@ class Signer:
         signer = cls(_load_private_key(path))
         public_path = public_key_path_for(path)
         if not public_path.exists():
-            public_path.write_text(public_pem(signer.public_key), encoding="ascii")
+            # Whole or not at all, even with several processes doing this at once.
+            tmp = public_path.with_name(f".{public_path.name}.{os.getpid()}.tmp")
+            tmp.write_text(public_pem(signer.public_key), encoding="ascii")
+            os.replace(tmp, public_path)
         return signer
 
 
