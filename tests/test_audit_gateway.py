@@ -160,11 +160,17 @@ def test_mixed_openai_run_leaves_one_complete_record_per_request(db_url, fake_wo
     audit_settings = AuditSettings(database_url=db_url)
     services = build_audit_services(audit_settings, tmp_path)
     app = create_app(settings, hooks=Hooks([OverQuota(), AuditHooks(services.log)]))
+    reader = AuditReader(services.engine)
     with Gateway(app) as base:
         _wait_ready(base)
         seen = _mixed_run(base)
-        time.sleep(0.5)  # cancelled streams are recorded as the gateway notices the disconnect
-    records = {r["id"]: r for r in AuditReader(services.engine).iter_records(RecordFilter(), ALL, through_seq=10**12)}
+        # Cancelled streams are completed when the gateway notices the disconnect: wait for that.
+        deadline = time.monotonic() + 20
+        while True:
+            records = {r["id"]: r for r in reader.iter_records(RecordFilter(), ALL, through_seq=10**12)}
+            if all(records.get(rid, {}).get("complete") for rid in seen) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
 
     assert set(records) == set(seen)  # exactly one record per request, none missing, none extra
     for rid, client_saw in seen.items():

@@ -76,12 +76,19 @@ class _Reader(threading.Thread):
         return sum(1 for line in self.lines if line and line[0] == word)
 
 
+def _streams_in_flight(reader: _Reader) -> bool:
+    lines = list(reader.lines)
+    opened = {line[1] for line in lines if len(line) == 2 and line[0] == "OPEN"}
+    finished = {line[1] for line in lines if len(line) == 2 and line[0] == "DONE"}
+    return bool(opened - finished)
+
+
 def _kill_under_load(writer, done_before_kill: int):
     go(writer)
     reader = _Reader(writer.stdout)
     reader.start()
     deadline = time.monotonic() + 60
-    while reader.count("DONE") < done_before_kill:
+    while reader.count("DONE") < done_before_kill or not _streams_in_flight(reader):
         assert writer.poll() is None, writer.stderr.read()
         assert time.monotonic() < deadline, "the writer made no progress"
         time.sleep(0.02)
