@@ -111,7 +111,7 @@ class AuditLog:
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
-        """Starts the background writer; drains what a previous run left in the spool if it can."""
+        """Starts the background writer (which also drains, in the background, what a previous run spooled)."""
         if self._task is not None:
             return
         self._wakeup = asyncio.Event()
@@ -199,7 +199,7 @@ class AuditLog:
 
     def _submit(self, build: Callable[[], EntryDraft]) -> asyncio.Future:
         # Not a coroutine: the entry is queued at call time, before the caller can be cancelled.
-        if self._closing or self._task is None:
+        if self._closing or self._task is None or self._task.done():
             raise AuditClosed("the audit log is not running")
         future = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(build, future))
@@ -243,6 +243,8 @@ class AuditLog:
             await asyncio.to_thread(self._tick_sync)
         except AuditError as error:
             log.warning("audit writer: idle work deferred: %s", error)
+        except Exception:  # never let idle work end the writer: every later request would hang
+            log.exception("audit writer: idle work failed")
 
     def _tick_sync(self) -> None:
         now = time.monotonic()
