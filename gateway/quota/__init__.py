@@ -21,7 +21,8 @@ from gateway.quota.limits import LimitKind, QuotaLimits, Scope, ScopeKind
 from gateway.quota.memory_store import InMemoryQuotaStore
 from gateway.quota.redis_store import RedisQuotaStore
 from gateway.quota.reservation import tokens_to_reserve
-from gateway.quota.service import Admission, QuotaService, ScopeView
+from gateway.quota.limits_in_force import ScopeView
+from gateway.quota.service import Admission, QuotaService
 from gateway.quota.settings import OutagePolicies, OutagePolicy, QuotaSettings
 from gateway.quota.usage import UsageGroupBy, UsageRow
 

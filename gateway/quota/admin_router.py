@@ -17,7 +17,8 @@ from gateway.auth.errors import PermissionDenied
 from gateway.auth.principal import Principal, Role
 from gateway.quota.errors import InvalidQuotaRequest
 from gateway.quota.limits import TEAM_SCOPE, QuotaLimits, Scope, ScopeKind
-from gateway.quota.service import QuotaService, ScopeView
+from gateway.quota.limits_in_force import ScopeView
+from gateway.quota.service import QuotaService
 from gateway.quota.usage import UsageGroupBy
 
 TeamPath = Annotated[str, Path(min_length=1, max_length=200, description="team name")]

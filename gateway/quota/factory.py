@@ -16,6 +16,7 @@ def build_quota_store(settings: QuotaSettings) -> QuotaStore:
         return RedisQuotaStore.from_url(
             settings.redis_url,
             timeout_s=settings.redis_timeout_s,
+            cluster=settings.redis_cluster,
             key_prefix=settings.key_prefix,
             usage_retention_days=settings.usage_retention_days,
         )

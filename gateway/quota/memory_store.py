@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.quota.headers import WindowState
-from gateway.quota.limits import LIMIT_KINDS, LimitKind, QuotaLimits, Scope
+from gateway.quota.limits import LimitKind, QuotaLimits, Scope
 from gateway.quota.periods import day_id, periods_at
 from gateway.quota.redis_keys import override_field, parse_override_field
 from gateway.quota.scored_log import ScoredLog

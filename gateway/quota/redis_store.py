@@ -9,6 +9,7 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import DataError, RedisError
@@ -74,15 +75,18 @@ class RedisQuotaStore:
         self._settle = client.register_script(_load_script("settle.lua"))
 
     @classmethod
-    def from_url(cls, url: str, *, timeout_s: float = 0.25, **kwargs: Any) -> RedisQuotaStore:
-        """A store on a new client for ``url`` with ``timeout_s`` connect and read timeouts and no retries."""
-        client = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            health_check_interval=0,
-        )
+    def from_url(cls, url: str, *, timeout_s: float = 0.25, cluster: bool = False, **kwargs: Any) -> RedisQuotaStore:
+        """A store on a new client for ``url`` with ``timeout_s`` connect and read timeouts and no retries.
+        ``cluster``: connect to a Redis Cluster (every key of one team shares a slot, see redis_keys)."""
+        options: dict[str, Any] = {
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        if cluster:
+            client: Any = RedisCluster.from_url(url, **options)
+        else:
+            client = aioredis.Redis.from_url(url, health_check_interval=0, **options)
         return cls(client, **kwargs)
 
     def _now_arg(self) -> str:

@@ -6,36 +6,27 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import re
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from gateway.quota import metrics
 from gateway.quota.audit import ChangeSource, QuotaAuditSink, QuotaChange
 from gateway.quota.breaker import CircuitBreaker
 from gateway.quota.config import QuotaConfig, diff_configs
-from gateway.quota.errors import InvalidQuotaRequest, QuotaExceeded, QuotaStoreError, QuotaUnavailable
+from gateway.quota.errors import QuotaExceeded, QuotaStoreError, QuotaUnavailable
 from gateway.quota.headers import rate_limit_headers
-from gateway.quota.limits import TEAM_SCOPE, LimitKind, QuotaLimits, Scope, ScopeKind, ScopeLimits
-from gateway.quota.memory_store import InMemoryQuotaStore
-from gateway.quota.settings import OutagePolicy, QuotaSettings
-from gateway.quota.store import AdmitRequest, AdmitResult, OverrideKey, QuotaStore, SettleMode, Settlement
+from gateway.quota.limits import TEAM_SCOPE, LimitKind, QuotaLimits, Scope
+from gateway.quota.limits_in_force import LimitsInForce, QuotaConfigSource, ScopeView
+from gateway.quota.outage import OutageLimiter, PendingSettlements
+from gateway.quota.settings import QuotaSettings
+from gateway.quota.store import AdmitRequest, AdmitResult, QuotaStore, SettleMode, Settlement
 from gateway.quota.usage import UsageGroupBy, UsageRow, check_report_range, group_usage
+from gateway.quota.validation import check_name, check_tokens
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-_NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,200}$")
-_MAX_TOKENS = 2**50
-
-
-class QuotaConfigSource(Protocol):
-    """Gives the current file configuration (QuotaConfigFile or StaticQuotaConfig)."""
-
-    def current(self) -> QuotaConfig: ...
 
 
 @dataclass
@@ -59,13 +50,6 @@ class Admission:
     settled: bool = field(default=False, repr=False)
 
 
-@dataclass(frozen=True)
-class ScopeView:
-    scope: Scope
-    limits: QuotaLimits
-    source: str  # "admin" (set through the API), "file", "default" or "none" (unlimited)
-
-
 class QuotaService:
     """Per-request quota checks for one gateway process. Create one per process, call ``start()`` at
     start-up (or let the first request do it) and ``aclose()`` at shutdown."""
@@ -80,15 +64,15 @@ class QuotaService:
     ):
         self._store = store
         self._config = config
+        self._limits = LimitsInForce(config)
         self._settings = settings or QuotaSettings(redis_url=None)
         self._audit = audit
         self._breaker = CircuitBreaker(
             failure_threshold=self._settings.breaker_failure_threshold,
             reset_after_s=self._settings.breaker_reset_s,
         )
-        self._local = InMemoryQuotaStore()  # the outage-time limiter of this process
-        self._overrides: dict[OverrideKey, QuotaLimits] = {}
-        self._pending: deque[Settlement] = deque()
+        self._outage = OutageLimiter(self._settings.outage_policy, self._settings.gateway_replicas)
+        self._pending = PendingSettlements(self._settings.max_pending_settlements)
         self._maintenance: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
         self._started = False
@@ -134,12 +118,12 @@ class QuotaService:
         Raises QuotaExceeded (429) when a limit refuses, consuming nothing; QuotaUnavailable (503)
         when the store is unreachable and a fail-closed limit is in play; InvalidQuotaRequest on bad input.
         """
-        _check_name(team, "team")
+        check_name(team, "team")
         if key_id is not None:
-            _check_name(key_id, "key_id")
+            check_name(key_id, "key_id")
         if model is not None:
-            _check_name(model, "model")
-        _check_tokens(reserve_tokens, "reserve_tokens")
+            check_name(model, "model")
+        check_tokens(reserve_tokens, "reserve_tokens")
         if not self._started:
             await self.start()
         request = AdmitRequest(
@@ -147,7 +131,7 @@ class QuotaService:
             reservation_id=uuid.uuid4().hex,
             reserve_tokens=reserve_tokens,
             model=model,
-            scopes=self._scope_limits(team, key_id, model),
+            scopes=self._limits.for_request(team, key_id, model),
             ttl_s=self._settings.reservation_ttl_s,
         )
         if self._breaker.allow():
@@ -166,8 +150,8 @@ class QuotaService:
         """Settle a finished, cancelled or failed request to what it really used: the difference to its
         reservation goes back to the limits at once, and the usage is recorded. Idempotent; never raises
         for store trouble (the settlement is kept and replayed when the store is back)."""
-        _check_tokens(prompt_tokens, "prompt_tokens")
-        _check_tokens(completion_tokens, "completion_tokens")
+        check_tokens(prompt_tokens, "prompt_tokens")
+        check_tokens(completion_tokens, "completion_tokens")
         if admission.settled:
             return
         admission.settled = True
@@ -179,7 +163,7 @@ class QuotaService:
             admission.model, prompt_tokens, completion_tokens,
         )
         if admission.degraded:
-            await self._local.settle(settlement)
+            await self._outage.settle(settlement)
             # The shared store never saw this request: it still needs its usage for budgets and reports.
             settlement = replace(settlement, mode=SettleMode.USAGE_ONLY)
         await self._settle_shared(settlement)
@@ -194,7 +178,7 @@ class QuotaService:
             admission.model, 0, 0, SettleMode.RELEASE,
         )
         if admission.degraded:
-            await self._local.settle(settlement)
+            await self._outage.settle(settlement)
             return
         await self._settle_shared(settlement)
 
@@ -203,12 +187,9 @@ class QuotaService:
     async def team_limits(self, team: str) -> list[ScopeView]:
         """The effective limits of a team: its team scope first, then every key and model scope that
         the file or the admin API gives limits to."""
-        _check_name(team, "team")
+        check_name(team, "team")
         await self._admin_call(self._refresh_overrides_strict)
-        config = self._config.current()
-        scopes = {TEAM_SCOPE, *config.scopes_of(team), *(s for (t, s) in self._overrides if t == team)}
-        ordered = sorted(scopes, key=lambda s: (s.kind is not ScopeKind.TEAM, s.kind.value, s.name))
-        return [ScopeView(s, *self._effective(config, team, s)) for s in ordered]
+        return self._limits.views(team)
 
     async def set_limits(self, team: str, limits: QuotaLimits, *, actor: str, scope: Scope = TEAM_SCOPE) -> ScopeView:
         """Set the limits of one scope through the admin API; they replace the file's for that scope."""
@@ -219,53 +200,31 @@ class QuotaService:
         return await self._change(team, scope, None, actor)
 
     async def usage(self, team: str, first_day: dt.date, last_day: dt.date, group_by: UsageGroupBy) -> list[UsageRow]:
-        _check_name(team, "team")
+        check_name(team, "team")
         check_report_range(first_day, last_day)
         records = await self._admin_call(lambda: self._store.usage(team, first_day, last_day))
         return group_usage(records, group_by)
 
     async def _change(self, team: str, scope: Scope, limits: QuotaLimits | None, actor: str) -> ScopeView:
-        _check_name(team, "team")
+        check_name(team, "team")
         await self._admin_call(self._refresh_overrides_strict)
-        config = self._config.current()
-        previous = self._overrides.get((team, scope))
-        before, _ = self._effective(config, team, scope)
+        previous = self._limits.override(team, scope)
+        before = self._limits.effective(team, scope).limits
         await self._admin_call(lambda: self._store.set_override(team, scope, limits))
-        self._apply_override(team, scope, limits)
-        after, source = self._effective(config, team, scope)
+        self._limits.set_override(team, scope, limits)
+        after = self._limits.effective(team, scope)
         if self._audit is not None:
             try:
-                await self._audit.record_quota_change(QuotaChange(ChangeSource.ADMIN_API, actor, team, scope, before, after))
+                await self._audit.record_quota_change(
+                    QuotaChange(ChangeSource.ADMIN_API, actor, team, scope, before, after.limits)
+                )
             except Exception:
                 # An unaudited change must not stay in force.
                 await self._admin_call(lambda: self._store.set_override(team, scope, previous))
-                self._apply_override(team, scope, previous)
+                self._limits.set_override(team, scope, previous)
                 raise
-        log.info("quota limits of team %r %s changed by %s: %s", team, scope.label(), actor, after.model_dump())
-        return ScopeView(scope, after, source)
-
-    # ---- limits in force ---------------------------------------------------------------------
-
-    def _effective(self, config: QuotaConfig, team: str, scope: Scope) -> tuple[QuotaLimits, str]:
-        override = self._overrides.get((team, scope))
-        if override is not None:
-            return override, "admin"
-        return config.limits_for(team, scope)
-
-    def _scope_limits(self, team: str, key_id: str | None, model: str | None) -> tuple[ScopeLimits, ...]:
-        config = self._config.current()
-        scopes = [TEAM_SCOPE]
-        if key_id is not None:
-            scopes.append(Scope(ScopeKind.KEY, key_id))
-        if model is not None:
-            scopes.append(Scope(ScopeKind.MODEL, model))
-        return tuple(ScopeLimits(s, self._effective(config, team, s)[0]) for s in scopes)
-
-    def _apply_override(self, team: str, scope: Scope, limits: QuotaLimits | None) -> None:
-        if limits is None:
-            self._overrides.pop((team, scope), None)
-        else:
-            self._overrides[(team, scope)] = limits
+        log.info("quota limits of team %r %s changed by %s: %s", team, scope.label(), actor, after.limits.model_dump())
+        return after
 
     def _on_file_change(self, old: QuotaConfig, new: QuotaConfig) -> None:
         if self._audit is None:
@@ -284,29 +243,8 @@ class QuotaService:
     # ---- outage handling ---------------------------------------------------------------------
 
     async def _admit_degraded(self, request: AdmitRequest, key_id: str | None) -> Admission:
-        policy = self._settings.outage_policy
-        in_play = {kind for item in request.scopes for kind in item.limits.kinds()}
-        closed = sorted((k for k in in_play if policy.of(k) is OutagePolicy.FAIL_CLOSED), key=lambda k: k.value)
-        if closed:
-            metrics.UNAVAILABLE.labels(team=request.team).inc()
-            raise QuotaUnavailable(
-                "The quota service is temporarily unavailable, so limits on "
-                + ", ".join(k.value for k in closed)
-                + " cannot be checked. Please try again shortly.",
-                retry_after_s=max(1.0, self._breaker.retry_after_s()),
-            )
-        local = tuple(ScopeLimits(item.scope, self._local_share(item.limits)) for item in request.scopes)
-        result = await self._local.admit(replace(request, scopes=local))
+        result = await self._outage.admit(request, retry_after_s=max(1.0, self._breaker.retry_after_s()))
         return self._admission(request, result, key_id, degraded=True)
-
-    def _local_share(self, limits: QuotaLimits) -> QuotaLimits:
-        """What this process may admit alone: limit // replicas for local-policy kinds, nothing else."""
-        policy, replicas = self._settings.outage_policy, self._settings.gateway_replicas
-        share = {}
-        for kind in LimitKind:
-            limit = limits.get(kind)
-            share[kind.value] = limit // replicas if limit is not None and policy.of(kind) is OutagePolicy.LOCAL else None
-        return QuotaLimits(**share)
 
     def _admission(self, request: AdmitRequest, result: AdmitResult, key_id: str | None, *, degraded: bool) -> Admission:
         headers = rate_limit_headers(result.requests, result.tokens)
@@ -339,25 +277,17 @@ class QuotaService:
             self._store_ok()
 
     def _queue(self, settlement: Settlement) -> None:
-        if self._settings.max_pending_settlements == 0:
-            metrics.DROPPED_SETTLEMENTS.inc()
-            return
-        if len(self._pending) >= self._settings.max_pending_settlements:
-            self._pending.popleft()
-            metrics.DROPPED_SETTLEMENTS.inc()
-        self._pending.append(settlement)
-        metrics.PENDING_SETTLEMENTS.set(len(self._pending))
+        self._pending.add(settlement)
 
     async def _replay_pending(self) -> None:
-        while self._pending and self._breaker.allow():
-            try:
-                await self._store.settle(self._pending[0])
-            except QuotaStoreError as exc:
-                self._store_failed("settle", exc)
-                return
+        if not self._breaker.allow():
+            return
+        try:
+            await self._pending.replay(self._store.settle)
+        except QuotaStoreError as exc:
+            self._store_failed("settle", exc)
+        else:
             self._store_ok()
-            self._pending.popleft()
-            metrics.PENDING_SETTLEMENTS.set(len(self._pending))
 
     def _store_ok(self) -> None:
         if self._breaker.record_success():
@@ -387,14 +317,14 @@ class QuotaService:
         if not self._breaker.allow():
             return
         try:
-            self._overrides = await self._store.get_overrides()
+            self._limits.replace_overrides(await self._store.get_overrides())
         except QuotaStoreError as exc:
             self._store_failed("overrides", exc)
         else:
             self._store_ok()
 
     async def _refresh_overrides_strict(self) -> None:
-        self._overrides = await self._store.get_overrides()
+        self._limits.replace_overrides(await self._store.get_overrides())
 
     async def _admin_call(self, call: Callable[[], Awaitable[T]]) -> T:
         """Admin operations need the real store: 503 rather than answers from stale state."""
@@ -423,12 +353,3 @@ class QuotaService:
 def _scopes(request: AdmitRequest) -> tuple[Scope, ...]:
     return tuple(item.scope for item in request.scopes)
 
-
-def _check_name(value: object, param: str) -> None:
-    if not isinstance(value, str) or not _NAME.match(value):
-        raise InvalidQuotaRequest(f"`{param}` must be 1 to 200 printable characters", param=param)
-
-
-def _check_tokens(value: object, param: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_TOKENS:
-        raise InvalidQuotaRequest(f"`{param}` must be a non-negative integer", param=param)

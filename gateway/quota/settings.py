@@ -45,6 +45,8 @@ class QuotaSettings(BaseModel):
 
     # redis://... ; None: the in-process store (one gateway). Env: WARD_REDIS_URL
     redis_url: str | None = Field(default_factory=lambda: os.environ.get("WARD_REDIS_URL") or None)
+    # The URL names one node of a Redis Cluster.
+    redis_cluster: bool = False
     # The YAML file of limits (see docs/quotas.md); None: limits come from the admin API only.
     config_file: Path | None = None
     # In-process store only: where admin-set limits survive restarts; None: they live in memory.

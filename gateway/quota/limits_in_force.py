@@ -1,0 +1,66 @@
+"""Which limits apply to a scope right now: admin-set limits where there are any, else the quota file's."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.quota.config import QuotaConfig
+from gateway.quota.limits import TEAM_SCOPE, QuotaLimits, Scope, ScopeKind, ScopeLimits
+from gateway.quota.store import OverrideKey
+
+
+class QuotaConfigSource(Protocol):
+    """Gives the current file configuration (QuotaConfigFile or StaticQuotaConfig)."""
+
+    def current(self) -> QuotaConfig: ...
+
+
+@dataclass(frozen=True)
+class ScopeView:
+    scope: Scope
+    limits: QuotaLimits
+    source: str  # "admin" (set through the API), "file", "default" or "none" (unlimited)
+
+
+class LimitsInForce:
+    """The quota file plus this process's copy of the admin-set limits (refreshed from the store by the
+    service). An admin-set scope replaces the file's limits of that scope entirely."""
+
+    def __init__(self, config: QuotaConfigSource):
+        self.config = config
+        self._overrides: dict[OverrideKey, QuotaLimits] = {}
+
+    def replace_overrides(self, overrides: dict[OverrideKey, QuotaLimits]) -> None:
+        self._overrides = dict(overrides)
+
+    def override(self, team: str, scope: Scope) -> QuotaLimits | None:
+        return self._overrides.get((team, scope))
+
+    def set_override(self, team: str, scope: Scope, limits: QuotaLimits | None) -> None:
+        if limits is None:
+            self._overrides.pop((team, scope), None)
+        else:
+            self._overrides[(team, scope)] = limits
+
+    def effective(self, team: str, scope: Scope, config: QuotaConfig | None = None) -> ScopeView:
+        override = self._overrides.get((team, scope))
+        if override is not None:
+            return ScopeView(scope, override, "admin")
+        return ScopeView(scope, *(config or self.config.current()).limits_for(team, scope))
+
+    def for_request(self, team: str, key_id: str | None, model: str | None) -> tuple[ScopeLimits, ...]:
+        """The team scope, then the key and model scopes when the request has them."""
+        config = self.config.current()
+        scopes = [TEAM_SCOPE]
+        if key_id is not None:
+            scopes.append(Scope(ScopeKind.KEY, key_id))
+        if model is not None:
+            scopes.append(Scope(ScopeKind.MODEL, model))
+        return tuple(ScopeLimits(s, self.effective(team, s, config).limits) for s in scopes)
+
+    def views(self, team: str) -> list[ScopeView]:
+        """Every scope of a team that has limits from the file or the admin API, the team scope first."""
+        config = self.config.current()
+        scopes = {TEAM_SCOPE, *config.scopes_of(team), *(s for (t, s) in self._overrides if t == team)}
+        ordered = sorted(scopes, key=lambda s: (s.kind is not ScopeKind.TEAM, s.kind.value, s.name))
+        return [self.effective(team, s, config) for s in ordered]
