@@ -280,3 +280,36 @@ async def test_outage_policies_can_fail_open_and_a_settle_made_during_the_outage
         await quotas.admit("ed", reserve_tokens=60)
     assert info.value.limit_kind is LimitKind.TOKENS_PER_DAY
     await quotas.aclose()
+
+
+# ---- construction ------------------------------------------------------------------------------
+
+
+async def test_the_factory_picks_redis_only_when_a_url_is_set_and_refuses_a_bad_file(tmp_path, monkeypatch):
+    from gateway.quota.config_file import QuotaConfigError
+    from gateway.quota.factory import build_quota_service
+
+    monkeypatch.delenv("WARD_REDIS_URL", raising=False)
+    embedded = build_quota_service(QuotaSettings())
+    assert isinstance(embedded._store, InMemoryQuotaStore)
+    await embedded.aclose()
+    monkeypatch.setenv("WARD_REDIS_URL", URL)
+    shared = build_quota_service(QuotaSettings())
+    assert isinstance(shared._store, RedisQuotaStore)
+    await shared.aclose()
+    bad = tmp_path / "quotas.yaml"
+    bad.write_text("teams: {ed: {limits: {tokens_per_day: -5}}}\n")
+    with pytest.raises(QuotaConfigError, match="teams.ed.limits.tokens_per_day"):
+        build_quota_service(QuotaSettings(redis_url=None, config_file=bad))
+
+
+async def test_the_embedded_store_keeps_admin_limits_across_restarts_in_its_file(tmp_path):
+    path = tmp_path / "quota-overrides.json"
+    first = QuotaService(InMemoryQuotaStore(overrides_path=path), StaticQuotaConfig(), QuotaSettings(redis_url=None))
+    await first.set_limits("ed", QuotaLimits(requests_per_minute=1), actor="alice", scope=Scope(ScopeKind.MODEL, "m"))
+    await first.aclose()
+    second = QuotaService(InMemoryQuotaStore(overrides_path=path), StaticQuotaConfig(), QuotaSettings(redis_url=None))
+    await second.admit("ed", model="m", reserve_tokens=0)
+    with pytest.raises(QuotaExceeded):
+        await second.admit("ed", model="m", reserve_tokens=0)
+    await second.aclose()

@@ -1,0 +1,141 @@
+"""Quotas on the gateway's request-lifecycle seam (gateway.hooks): admit before dispatch, send the
+x-ratelimit-* headers on every response, settle to the true usage when the request ends, however it ends.
+
+Wiring::
+
+    quotas = build_quota_service(settings.quota, audit=...)
+    app = create_app(
+        settings,
+        hooks=HookChain([QuotaHooks(quotas), audit_hooks]),
+        error_converters=quota_error_converters(),
+        routers=[make_quota_admin_router(principal=..., service=lambda: quotas)],
+    )
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+from gateway.context import RequestContext
+from gateway.errors import InvalidRequest, OpenAIError, RateLimited
+from gateway.hooks import NoopHooks
+from gateway.quota.errors import InvalidQuotaRequest, QuotaExceeded, QuotaUnavailable
+from gateway.quota.headers import retry_after_headers
+from gateway.quota.http import quota_exceeded_body
+from gateway.quota.service import Admission, QuotaService
+
+log = logging.getLogger(__name__)
+
+_ADMISSION = "quota.admission"  # keys of this layer's state in RequestContext.extra
+_DISPATCHED = "quota.dispatched"
+
+
+class QuotaHooks(NoopHooks):
+    """Reserves the exact prompt tokens plus the most the completion may use (max_tokens per choice,
+    capped by the context length) before dispatch, and settles to the worker's usage at the end.
+
+    ``fallback_completion_tokens`` is reserved per choice only when neither max_tokens nor the model's
+    context length is known.
+    """
+
+    def __init__(self, service: QuotaService, *, fallback_completion_tokens: int = 4096):
+        self.service = service
+        self._fallback = fallback_completion_tokens
+
+    async def startup(self) -> None:
+        await self.service.start()
+
+    async def shutdown(self) -> None:
+        await self.service.aclose()
+
+    async def before_dispatch(self, ctx: RequestContext) -> None:
+        if ctx.principal is None:
+            return
+        admission = await self.service.admit(
+            ctx.principal.team,
+            key_id=ctx.principal.key_id,
+            model=ctx.model,
+            reserve_tokens=await self.tokens_to_reserve(ctx),
+        )
+        ctx.extra[_ADMISSION] = admission
+
+    def response_headers(self, ctx: RequestContext) -> Mapping[str, str]:
+        admission: Admission | None = ctx.extra.get(_ADMISSION)
+        return admission.headers if admission is not None else {}
+
+    async def on_start(self, ctx: RequestContext) -> None:
+        ctx.extra[_DISPATCHED] = True
+
+    async def before_finish(self, ctx: RequestContext) -> None:
+        admission: Admission | None = ctx.extra.get(_ADMISSION)
+        if admission is None:
+            return
+        prompt = ctx.prompt_tokens if ctx.prompt_tokens is not None else await ctx.prompt_token_count()
+        await self.service.settle(admission, prompt_tokens=prompt, completion_tokens=ctx.completion_tokens)
+
+    async def on_failure(self, ctx: RequestContext) -> None:
+        """Failed, refused after admission, or cancelled: give back what was not used. A request that
+        never reached a worker records nothing; one that did is charged what the worker reported, or
+        its prompt once generation had started."""
+        admission: Admission | None = ctx.extra.get(_ADMISSION)
+        if admission is None:
+            return
+        if not ctx.extra.get(_DISPATCHED):
+            await self.service.release(admission)
+            return
+        prompt = ctx.prompt_tokens
+        if prompt is None:
+            prompt = await ctx.prompt_token_count() if ctx.first_token_at is not None else 0
+        await self.service.settle(admission, prompt_tokens=prompt, completion_tokens=ctx.completion_tokens)
+
+    async def tokens_to_reserve(self, ctx: RequestContext) -> int:
+        """Prompt tokens (exact, from the worker's Tokenize) plus, for generation, n choices per prompt
+        of max_tokens each, capped by the room the context leaves."""
+        try:
+            prompt = await ctx.prompt_token_count()
+        except ValueError:  # an endpoint without a prompt
+            return 0
+        if ctx.endpoint.endswith("/embeddings"):
+            return prompt
+        params = ctx.params
+        choices = getattr(params, "n", None) or 1
+        prompts = len(params.prompts()) if hasattr(params, "prompts") else 1
+        if ctx.max_model_len:
+            # With several prompts only their sum is known: cap each by the whole context (safe side).
+            room = max(0, ctx.max_model_len - prompt) if prompts == 1 else ctx.max_model_len
+            per_choice = room if ctx.max_tokens is None else min(ctx.max_tokens, room)
+        else:
+            per_choice = self._fallback if ctx.max_tokens is None else ctx.max_tokens
+        return prompt + prompts * choices * per_choice
+
+
+def quota_error_converters() -> dict[type[Exception], Callable[[Exception], OpenAIError]]:
+    """``error_converters`` for create_app: the quota layer's errors as the gateway's OpenAIErrors."""
+    converters: dict[type[Exception], Callable] = {
+        QuotaExceeded: exceeded_error,
+        QuotaUnavailable: unavailable_error,
+        InvalidQuotaRequest: invalid_error,
+    }
+    return converters
+
+
+def exceeded_error(exc: QuotaExceeded) -> OpenAIError:
+    """429 with OpenAI's type and code, Retry-After (or x-should-retry: false) and x-ratelimit-*."""
+    error = quota_exceeded_body(exc)["error"]
+    return RateLimited(
+        error["message"],
+        error_type=error["type"],
+        code=error["code"],
+        headers={**exc.headers, **retry_after_headers(exc.retry_after_s)},
+    )
+
+
+def unavailable_error(exc: QuotaUnavailable) -> OpenAIError:
+    return OpenAIError(
+        exc.message, status_code=503, error_type="server_error", code="quota_unavailable",
+        headers=retry_after_headers(exc.retry_after_s),
+    )
+
+
+def invalid_error(exc: InvalidQuotaRequest) -> OpenAIError:
+    return InvalidRequest(exc.message, param=exc.param, code="invalid_value")

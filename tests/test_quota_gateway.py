@@ -1,0 +1,185 @@
+"""Quotas in the real gateway (fake workers behind it): the reservation is the exact prompt plus the
+completion budget, headers ride on every response, 429/503 leave in OpenAI's shape, the `openai`
+client's retry waits for Retry-After, and failed requests give their reservation back."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+
+import httpx2
+import openai
+import pytest
+from fake_worker import API_KEY, TEAM, FakeConfig, FakeWorker, parse_sse, running_gateway
+
+from gateway.hooks import HookChain, NoopHooks
+from gateway.quota.config_file import StaticQuotaConfig, parse_quota_config
+from gateway.quota.errors import QuotaExceeded, QuotaStoreError
+from gateway.quota.hooks import QuotaHooks, quota_error_converters
+from gateway.quota.memory_store import InMemoryQuotaStore
+from gateway.quota.service import QuotaService
+from gateway.quota.settings import QuotaSettings
+from gateway.quota.usage import UsageGroupBy
+
+pytestmark = pytest.mark.anyio
+MODEL, EMBED = "fake-chat", "fake-embed"
+USER = [{"role": "user", "content": "three short words"}]
+RATE_HEADERS = {f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset") for kind in ("requests", "tokens")}
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+class ShiftedClock:
+    """Real time plus an offset the test can move forward."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+def quota_service(yaml_text: str, store=None) -> QuotaService:
+    return QuotaService(store or InMemoryQuotaStore(), StaticQuotaConfig(parse_quota_config(yaml_text)), QuotaSettings(redis_url=None))
+
+
+def with_quotas(quotas: QuotaService) -> dict:
+    return {"hooks": QuotaHooks(quotas), "error_converters": quota_error_converters()}
+
+
+def openai_client(app, max_retries: int) -> openai.AsyncOpenAI:
+    http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=app), base_url="http://gateway/v1")
+    return openai.AsyncOpenAI(base_url="http://gateway/v1", api_key=API_KEY, max_retries=max_retries, http_client=http)
+
+
+async def test_headers_on_every_response_and_the_reservation_is_prompt_plus_max_tokens():
+    quotas = quota_service("defaults: {requests_per_minute: 100, tokens_per_minute: 10000}")
+    async with FakeWorker(FakeConfig(model=MODEL)) as chat, FakeWorker(FakeConfig(model=EMBED, task="embed")) as embed:
+        async with running_gateway({MODEL: [chat], EMBED: [embed]}, **with_quotas(quotas)) as gw:
+            first = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "max_tokens": 50})
+            assert first.status_code == 200 and RATE_HEADERS <= set(first.headers)
+            usage = first.json()["usage"]
+            assert first.headers["x-ratelimit-remaining-requests"] == "99"
+            assert first.headers["x-ratelimit-limit-tokens"] == "10000"
+            assert int(first.headers["x-ratelimit-remaining-tokens"]) == 10000 - (usage["prompt_tokens"] + 50)
+
+            streamed = await gw.client.post(
+                "/v1/chat/completions", json={"model": MODEL, "messages": USER, "max_tokens": 20, "n": 2, "stream": True}
+            )
+            assert streamed.status_code == 200 and RATE_HEADERS <= set(streamed.headers)
+            assert parse_sse(streamed.text)[-1] == "[DONE]"
+            # The first request was settled to what it used; this one reserved prompt + 2 x 20.
+            expected = 10000 - usage["total_tokens"] - (usage["prompt_tokens"] + 2 * 20)
+            assert int(streamed.headers["x-ratelimit-remaining-tokens"]) == expected
+
+            embedded = await gw.client.post("/v1/embeddings", json={"model": EMBED, "input": ["one two", "three"]})
+            assert embedded.status_code == 200 and RATE_HEADERS <= set(embedded.headers)
+
+    today = dt.datetime.now(dt.timezone.utc).date()
+    rows = await quotas.usage(TEAM, today, today, UsageGroupBy.MODEL)
+    by_model = {r.group: (r.requests, r.prompt_tokens) for r in rows}
+    assert by_model[EMBED] == (1, 3) and by_model[MODEL][0] == 2
+    await quotas.aclose()
+
+
+async def test_a_429_has_openai_shape_and_the_openai_client_waits_for_retry_after():
+    clock = ShiftedClock()
+    quotas = quota_service("defaults: {requests_per_minute: 1}", InMemoryQuotaStore(clock=clock))
+    async with FakeWorker(FakeConfig(model=MODEL)) as chat:
+        async with running_gateway({MODEL: [chat]}, **with_quotas(quotas)) as gw:
+            await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER})
+            refused = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER})
+            assert refused.status_code == 429
+            error = refused.json()["error"]
+            assert (error["type"], error["code"], error["param"]) == ("requests", "rate_limit_exceeded", None)
+            assert 59 <= int(refused.headers["retry-after"]) <= 60
+            # Only requests_per_minute is limited: the token headers are left out, the request ones are there.
+            assert {h for h in RATE_HEADERS if h.endswith("requests")} <= set(refused.headers)
+            assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+
+            no_retry = openai_client(gw.app, max_retries=0)
+            with pytest.raises(openai.RateLimitError) as info:
+                await no_retry.chat.completions.create(model=MODEL, messages=USER)
+            assert info.value.code == "rate_limit_exceeded" and info.value.type == "requests"
+
+            clock.offset = 58.5  # the one admitted request leaves the window 1.5 s from now
+            retrying = openai_client(gw.app, max_retries=2)
+            started = time.monotonic()
+            done = await retrying.chat.completions.create(model=MODEL, messages=USER)
+            waited = time.monotonic() - started
+            assert done.choices[0].message.content
+            assert 1.4 <= waited < 4.0, waited  # Retry-After, not the client's 0.5 s backoff
+    await quotas.aclose()
+
+
+class FailureRecorder(NoopHooks):
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, int]] = []  # (prompt tokens from Tokenize, completion tokens)
+
+    async def on_failure(self, ctx) -> None:
+        self.seen.append((await ctx.prompt_token_count(), ctx.completion_tokens))
+
+
+async def test_a_stream_lost_mid_way_gives_back_all_but_what_was_used():
+    quotas = quota_service("defaults: {tokens_per_minute: 1000}")
+    recorder = FailureRecorder()
+    config = FakeConfig(model=MODEL, natural_length=200, token_delay_s=0.02, max_model_len=1000)
+    hooks = {"hooks": HookChain([QuotaHooks(quotas), recorder]), "error_converters": quota_error_converters()}
+    async with FakeWorker(config) as chat:
+        async with running_gateway({MODEL: [chat]}, **hooks) as gw:
+            body = {"model": MODEL, "messages": USER, "max_tokens": 900, "stream": True}
+
+            async def stop_soon() -> None:
+                await asyncio.sleep(0.3)
+                await chat.stop()
+
+            stopper = asyncio.create_task(stop_soon())
+            response = await gw.client.post("/v1/chat/completions", json=body)
+            await stopper
+            events = parse_sse(response.text)
+            assert "error" in events[-1]  # the stream ended with an error event
+            streamed = sum(1 for e in events[:-1] if e["choices"] and e["choices"][0]["delta"].get("content"))
+            assert 0 < streamed < 200
+    # Charged the exact prompt and the tokens generated before the loss (at least those that reached
+    # the client); the rest of the 900 came back.
+    [(prompt, generated)] = recorder.seen
+    assert generated >= streamed
+    charged = prompt + generated
+    held = await quotas.admit(TEAM, reserve_tokens=1000 - charged)
+    with pytest.raises(QuotaExceeded):
+        await quotas.admit(TEAM, reserve_tokens=1)
+    await quotas.release(held)
+    await quotas.aclose()
+
+
+async def test_requests_refused_by_the_worker_before_generation_record_nothing():
+    quotas = quota_service("defaults: {tokens_per_minute: 1000}")
+    async with FakeWorker(FakeConfig(model=MODEL, max_model_len=64)) as chat:
+        async with running_gateway({MODEL: [chat]}, **with_quotas(quotas)) as gw:
+            too_long = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "max_tokens": 500})
+            assert too_long.status_code == 400
+    held = await quotas.admit(TEAM, reserve_tokens=1000)  # everything was given back
+    await quotas.release(held)
+    today = dt.datetime.now(dt.timezone.utc).date()
+    rows = await quotas.usage(TEAM, today, today, UsageGroupBy.DAY)
+    assert sum(r.prompt_tokens + r.completion_tokens for r in rows) == 0
+    await quotas.aclose()
+
+
+class DownStore(InMemoryQuotaStore):
+    async def admit(self, request):
+        raise QuotaStoreError("connection refused")
+
+
+async def test_a_store_outage_with_a_budget_in_play_is_a_503_in_openai_shape():
+    quotas = quota_service("defaults: {tokens_per_day: 100000}", DownStore())
+    async with FakeWorker(FakeConfig(model=MODEL)) as chat:
+        async with running_gateway({MODEL: [chat]}, **with_quotas(quotas)) as gw:
+            response = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER})
+    assert response.status_code == 503 and int(response.headers["retry-after"]) >= 1
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("server_error", "quota_unavailable")
+    assert "tokens_per_day" in error["message"]
