@@ -8,7 +8,6 @@ import multiprocessing as mp
 import time
 
 import httpx2
-import pytest
 
 from fake_worker import FakeConfig, FakeWorker, FakeWorkerServicer
 
