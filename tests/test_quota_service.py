@@ -313,3 +313,21 @@ async def test_the_embedded_store_keeps_admin_limits_across_restarts_in_its_file
     with pytest.raises(QuotaExceeded):
         await second.admit("ed", model="m", reserve_tokens=0)
     await second.aclose()
+
+
+async def test_quota_metrics_can_be_served_from_the_gateway_apps_own_registry():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from gateway.quota.metrics import QuotaMetricsCollector
+
+    quotas = service_with("teams: {metrics-team: {limits: {requests_per_minute: 1}}}")
+    await quotas.admit("metrics-team", reserve_tokens=0)
+    with pytest.raises(QuotaExceeded):
+        await quotas.admit("metrics-team", reserve_tokens=0)
+    registry = CollectorRegistry()
+    registry.register(QuotaMetricsCollector())
+    text = generate_latest(registry).decode()
+    assert 'ward_quota_admitted_total{mode="exact",team="metrics-team"} 1.0' in text
+    assert 'ward_quota_rejected_total{limit_kind="requests_per_minute",team="metrics-team"} 1.0' in text
+    assert "ward_quota_degraded " in text
+    await quotas.aclose()

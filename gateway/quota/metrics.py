@@ -1,7 +1,11 @@
 """Prometheus metrics of the quota layer (default registry, names under ward_quota_)."""
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 ADMITTED = Counter(
     "ward_quota_admitted",
@@ -17,3 +21,17 @@ STORE_ERRORS = Counter("ward_quota_store_errors", "Failed calls to the quota sto
 PENDING_SETTLEMENTS = Gauge("ward_quota_pending_settlements", "Settlements waiting for the store to come back.")
 DROPPED_SETTLEMENTS = Counter("ward_quota_dropped_settlements", "Settlements dropped because the pending queue was full.")
 CONFIG_RELOADS = Counter("ward_quota_config_reloads", "Reloads of the quota file, accepted or rejected.", ["result"])
+
+_ALL = (
+    ADMITTED, REJECTED, UNAVAILABLE, REQUESTS, TOKENS, DEGRADED, STORE_ERRORS,
+    PENDING_SETTLEMENTS, DROPPED_SETTLEMENTS, CONFIG_RELOADS,
+)
+
+
+class QuotaMetricsCollector(Collector):
+    """Serves the metrics above from another registry too, e.g. the gateway app's own:
+    ``app_registry.register(QuotaMetricsCollector())``."""
+
+    def collect(self) -> Iterable[Metric]:
+        for metric in _ALL:
+            yield from metric.collect()
