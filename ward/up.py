@@ -1,0 +1,224 @@
+"""``ward up``: a gateway and two workers on this machine, with embedded defaults.
+
+Starts a generation worker (``--model``, default smollm2-135m-instruct) and an embedding worker
+(all-minilm-l6-v2) on loopback ports, then a gateway in front of them: SQLite in the data directory
+(unless WARD_DATABASE_URL), the in-process quota store (unless WARD_REDIS_URL), identity on. It waits
+for the gateway's /readyz, prints the URL and the keys, and runs until Ctrl-C or SIGTERM, when it
+stops the gateway, then the workers, and exits 0. If any process exits on its own, everything stops
+and ``ward up`` exits 1.
+
+Every process is separate and they talk real gRPC, exactly as in a multi-machine deployment.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import signal
+import socket
+import ssl
+import sys
+import threading
+import time
+from typing import Any
+
+import yaml
+
+from ward.paths import default_data_dir
+from ward.supervisor import Child, ChildFailed, Supervisor
+
+DEFAULT_PORT = 8000
+READY_PREFIX = "WARD_WORKER_READY"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from gateway.auth.tls_server import add_tls_arguments
+
+    parser.add_argument("--host", default="127.0.0.1", help="address the gateway binds (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"gateway port (default {DEFAULT_PORT})")
+    parser.add_argument("--data-dir", type=pathlib.Path, help="models, database and logs (default: $WARD_DATA_DIR or ~/.local/share/ward)")
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="generation model: a directory or a packaged name")
+    parser.add_argument("--embedding-model", default="all-minilm-l6-v2", help="embedding model: a directory or a packaged name")
+    parser.add_argument("--api-key", help="a Ward key (ward-...) for team `default`; default: one made on first start, printed once")
+    parser.add_argument("--admin-key", help="bootstrap platform-admin key (>= 24 characters); default: one made on first start, printed once")
+    parser.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for every process to be ready")
+    add_tls_arguments(parser)
+
+
+class _StopRequested:
+    """Set by SIGINT/SIGTERM; ``ward up`` checks it between steps."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self.event.set())
+
+    def __call__(self) -> bool:
+        return self.event.is_set()
+
+
+def run(args: argparse.Namespace) -> int:
+    from gateway.auth.tls_server import tls_settings_from_args
+
+    if args.admin_key is not None and len(args.admin_key) < 24:
+        print("ward up: --admin-key must be at least 24 characters (use a generated key)", file=sys.stderr)
+        return 2
+    try:
+        tls = tls_settings_from_args(args)
+    except ValueError as exc:
+        print(f"ward up: {exc}", file=sys.stderr)
+        return 2
+    data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stop = _StopRequested()
+    stop.install()
+
+    from ward.up_keys import KeySetupError
+
+    try:
+        keys = _prepare_database(data_dir, args)
+    except KeySetupError as exc:
+        print(f"ward up: {exc}", file=sys.stderr)
+        return 2
+
+    env = {**os.environ, "WARD_DATA_DIR": str(data_dir)}
+    supervisor = Supervisor(data_dir / "logs")
+    gateway: Child | None = None
+    workers: list[Child] = []
+    status = 0
+    try:
+        generate = supervisor.start("worker-generate", _worker_argv(args.model, "generate"), env)
+        embed = supervisor.start("worker-embed", _worker_argv(args.embedding_model, "embed"), env)
+        workers = [generate, embed]
+        routes: dict[str, Any] = {}
+        for worker in workers:
+            line = supervisor.wait_for_line(worker, READY_PREFIX, args.startup_timeout, stop)
+            if line is None:
+                return 0
+            ready = _ready_fields(line)
+            routes[ready["model"]] = {"workers": [f"127.0.0.1:{ready['port']}"]}
+        config = _write_gateway_config(data_dir, routes)
+        gateway = supervisor.start("gateway", _gateway_argv(args, config, data_dir), _gateway_env(env, args.admin_key))
+        scheme = "https" if tls else "http"
+        probe_host = _probe_host(args.host)
+        if not _wait_gateway_ready(gateway, scheme, probe_host, args.port, tls, args.startup_timeout, stop):
+            return 0
+        _print_banner(f"{scheme}://{probe_host}:{args.port}/v1", list(routes), keys, data_dir / "logs")
+        while not stop():
+            exited = supervisor.first_exited()
+            if exited is not None:
+                raise exited.failure(f"exited with status {exited.process.returncode}")
+            stop.event.wait(0.5)
+        print("ward up: stopping", flush=True)
+    except ChildFailed as exc:
+        print(f"ward up: {exc}", file=sys.stderr)
+        status = 1
+    finally:
+        supervisor.stop_all([[gateway] if gateway else [], workers])
+    return status
+
+
+def _prepare_database(data_dir: pathlib.Path, args: argparse.Namespace):
+    """Migrates the gateway database and makes sure the local keys exist; returns what to print."""
+    from gateway.db import create_db_engine, database_url, upgrade_to_head
+    from ward.up_keys import ensure_local_keys
+
+    url = database_url(data_dir)  # WARD_DATABASE_URL wins over the data directory's SQLite file
+    upgrade_to_head(url)
+    engine = create_db_engine(url)
+    try:
+        return ensure_local_keys(engine, user_key=args.api_key, admin_key=args.admin_key)
+    finally:
+        engine.dispose()
+
+
+def _worker_argv(model: str, task: str) -> list[str]:
+    # Workers listen on loopback only, plaintext: the gateway is their one client on this host.
+    return [sys.executable, "-m", "ward", "worker", "--model", model, "--task", task, "--host", "127.0.0.1", "--port", "0"]
+
+
+def _ready_fields(line: str) -> dict[str, str]:
+    """``WARD_WORKER_READY port=N model=NAME task=T`` as a dict."""
+    return dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
+
+
+def _write_gateway_config(data_dir: pathlib.Path, routes: dict[str, Any]) -> pathlib.Path:
+    # No secret goes in this file: the admin key reaches the gateway through its environment.
+    run_dir = data_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "gateway.yaml"
+    path.write_text(yaml.safe_dump({"models": routes}, sort_keys=True))
+    return path
+
+
+def _gateway_argv(args: argparse.Namespace, config: pathlib.Path, data_dir: pathlib.Path) -> list[str]:
+    argv = [sys.executable, "-m", "ward", "gateway", "--config", str(config), "--host", args.host,
+            "--port", str(args.port), "--data-dir", str(data_dir)]
+    for flag in ("tls_cert", "tls_key", "client_ca"):
+        if getattr(args, flag):
+            argv += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    if args.client_ca:
+        argv += ["--client-cert", args.client_cert]
+    return argv
+
+
+def _gateway_env(env: dict[str, str], admin_key: str | None) -> dict[str, str]:
+    return {**env, "WARD_AUTH__ADMIN_KEY": admin_key} if admin_key else env
+
+
+def _probe_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+
+
+def _wait_gateway_ready(gateway: Child, scheme: str, host: str, port: int, tls, timeout_s: float, stop) -> bool:
+    """Waits for /readyz (200); False when a stop was requested first. Raises ChildFailed.
+
+    With client certificates required, ward up holds none, so an accepted TCP connection is the
+    sign of life instead (the workers are ready already).
+    """
+    import httpx
+
+    needs_client_cert = tls is not None and tls.client_ca_file and tls.client_cert == "required"
+    deadline = time.monotonic() + timeout_s
+    url = f"{scheme}://{host}:{port}/readyz"
+    while time.monotonic() < deadline:
+        if stop():
+            return False
+        if gateway.exited():
+            raise gateway.failure(f"exited with status {gateway.process.returncode} before it was ready")
+        try:
+            if needs_client_cert:
+                with socket.create_connection((host, port), timeout=1):
+                    return True
+            # Our own child on this host: its certificate need not be checked to see it is up.
+            if httpx.get(url, timeout=2, verify=_unverified_context() if tls else True).status_code == 200:
+                return True
+        except (httpx.HTTPError, OSError):
+            pass
+        time.sleep(0.2)
+    raise gateway.failure(f"was not ready after {timeout_s:.0f} s")
+
+
+def _unverified_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _print_banner(url: str, models: list[str], keys, logs: pathlib.Path) -> None:
+    lines = [f"Ward is up: {url}", f"Models: {', '.join(models)}"]
+    if keys.user_key:
+        lines.append(f"API key (team default, role user): {keys.user_key}")
+    else:
+        lines.append("API key (team default, role user): shown on the first start only; "
+                     "make another with `ward keys create --team default`")
+    if keys.admin_key:
+        lines.append(f"Platform admin key: {keys.admin_key}")
+    else:
+        lines.append("Platform admin key: shown on the first start only; "
+                     "make another with `ward keys create --team platform --role platform_admin`")
+    lines += [f"Logs: {logs}", "Press Ctrl-C to stop."]
+    print("\n".join(lines), flush=True)
