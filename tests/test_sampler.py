@@ -85,7 +85,7 @@ def test_penalties_follow_openai_and_hf_definitions():
 
 def test_min_tokens_bans_end_tokens_for_listed_rows_only():
     logits = torch.tensor([[0.0, 9.0, 1.0], [0.0, 9.0, 1.0]])
-    b = batch(2, temperature=torch.zeros(2), min_tokens_rows=[0], min_tokens_banned=[[1]])
+    b = batch(2, temperature=torch.zeros(2), ban_rows=torch.tensor([0]), ban_cols=torch.tensor([1]))
     assert sample(logits, b).token_ids.tolist() == [2, 1]
 
 

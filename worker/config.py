@@ -25,7 +25,8 @@ class EngineConfig:
     attention_backend: str = "auto"  # auto, torch, triton
     enforce_eager: bool = False  # True: no CUDA graphs
     cuda_graph_max_batch: int = 512
-    async_scheduling: bool = True  # prepare step N+1 while step N runs (GPU only)
+    # prepare step N+1 while step N runs: None = on GPUs only; True forces it (also on CPU, for tests)
+    async_scheduling: bool | None = None
 
     def __post_init__(self) -> None:
         self.validate()

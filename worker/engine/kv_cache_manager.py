@@ -28,6 +28,7 @@ class KVCacheManager:
         self.pool = BlockPool(num_blocks, enable_prefix_caching)
         self.req_blocks: dict[str, list[KVBlock]] = {}
         self.num_hashed_blocks: dict[str, int] = {}  # per request: full blocks already registered
+        self.num_allocated_blocks = 0  # held by requests (a shared block counts once per holder)
         self.prefix_stats = PrefixCacheStats()
 
     @property
@@ -68,8 +69,17 @@ class KVCacheManager:
     ) -> list[int] | None:
         """Ensures blocks for ``num_new_tokens`` more tokens after the computed ones (plus any
         prefix-cache hits given). Returns the ids of newly added blocks, or None if the pool is short."""
-        new_computed_blocks = new_computed_blocks or []
-        blocks = self.req_blocks.get(request.request_id, [])
+        blocks = self.req_blocks.get(request.request_id)
+        if blocks is None:
+            blocks = self.req_blocks[request.request_id] = []
+        if not new_computed_blocks:
+            # the common decode step: the last block usually has room
+            total_tokens = request.num_computed_tokens + num_new_tokens
+            need = -(-total_tokens // self.block_size) - len(blocks)
+            if need <= 0:
+                self._cache_full_blocks(request, blocks, total_tokens)
+                return []
+            new_computed_blocks = []
         num_computed = request.num_computed_tokens + len(new_computed_blocks) * self.block_size
         total_tokens = num_computed + num_new_tokens
         need = self.blocks_needed(total_tokens) - len(blocks) - len(new_computed_blocks)
@@ -80,8 +90,9 @@ class KVCacheManager:
         if new_computed_blocks:
             self.pool.touch(new_computed_blocks)
         new_blocks = self.pool.get_new_blocks(need) if need > 0 else []
-        blocks = blocks + new_computed_blocks + new_blocks
-        self.req_blocks[request.request_id] = blocks
+        blocks.extend(new_computed_blocks)
+        blocks.extend(new_blocks)
+        self.num_allocated_blocks += len(new_computed_blocks) + len(new_blocks)
         self._cache_full_blocks(request, blocks, total_tokens)
         return [b.block_id for b in new_computed_blocks + new_blocks]
 
@@ -93,6 +104,8 @@ class KVCacheManager:
         bs = self.block_size
         num_full = min(num_tokens // bs, len(request.block_hashes))
         start = self.num_hashed_blocks.get(request.request_id, 0)
+        if num_full <= start:
+            return
         for i in range(start, num_full):
             block = blocks[i]
             if block.block_hash is None:
@@ -103,10 +116,11 @@ class KVCacheManager:
         """Releases the request's blocks, tail first: shared prefixes stay cached longest."""
         blocks = self.req_blocks.pop(request.request_id, [])
         self.num_hashed_blocks.pop(request.request_id, None)
+        self.num_allocated_blocks -= len(blocks)
         self.pool.free_blocks(list(reversed(blocks)))
 
     def get_block_ids(self, request_id: str) -> list[int]:
         return [b.block_id for b in self.req_blocks.get(request_id, [])]
 
     def num_allocated_slots(self) -> int:
-        return sum(len(bl) for bl in self.req_blocks.values()) * self.block_size
+        return self.num_allocated_blocks * self.block_size

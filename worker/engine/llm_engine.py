@@ -90,7 +90,9 @@ class LLMEngine:
         self._tokens_computed = 0
         self._waste_area = 0.0
         self._slot_area = 0.0
-        self._last_step_end = None
+        self._inflight = None  # (SchedulerOutput, StepHandle) launched but not yet collected
+        forced = config.async_scheduling
+        self._async = forced if forced is not None else self.runner.device.type == "cuda"
         self.startup_seconds = time.monotonic() - t0
         log.info("engine ready: %s, %d KV blocks of %d tokens, %.1fs", self.served_model_name, num_blocks,
                  config.block_size, self.startup_seconds)
@@ -179,30 +181,51 @@ class LLMEngine:
         return self.outputs.finish_aborted(child_ids)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or self._inflight is not None
 
     def num_unfinished_requests(self) -> int:
         return len(self.outputs.parents)
 
     # ---- stepping --------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Schedules, runs and samples one step; returns the outputs that changed."""
+        """Runs one step; returns the outputs that changed.
+
+        With asynchronous scheduling (GPU), step N+1 is scheduled and launched before step N's
+        results are collected, so the CPU's bookkeeping overlaps the device's work; the outputs
+        returned are those of the step that just completed."""
         start = time.monotonic()
         sched = self.scheduler.schedule()
-        if sched.is_empty and not sched.freed_req_ids:
+        if self._async and not self.runner.requires_sync(sched):
+            handle = self.runner.launch(sched)
+            results = self._finish_inflight()
+            self._inflight = (sched, handle) if handle is not None else None
+        else:
+            results = self._finish_inflight()
+            handle = self.runner.launch(sched)
+            if handle is not None:
+                results += self._apply(sched, self.runner.collect(handle))
+        self._account(sched, time.monotonic() - start)
+        return results
+
+    def _finish_inflight(self) -> list[RequestOutput]:
+        if self._inflight is None:
             return []
-        out = self.runner.execute_model(sched)
+        sched, handle = self._inflight
+        self._inflight = None
+        return self._apply(sched, self.runner.collect(handle))
+
+    def _apply(self, sched, out) -> list[RequestOutput]:
         core = self.scheduler.update_from_output(sched, out)
+        self._generated += sum(len(c.new_token_ids) for c in core)
         results, stopped = self.outputs.process(core)
         if stopped:
             self.scheduler.finish_requests(stopped, RequestStatus.FINISHED_STOPPED)
-        end = time.monotonic()
-        self._account(sched, core, end - start)
         return results
 
-    def _account(self, sched, core, dt: float) -> None:
+    def _account(self, sched, dt: float) -> None:
+        if sched.is_empty:
+            return
         self._steps += 1
-        self._generated += sum(len(c.new_token_ids) for c in core)
         self._tokens_computed += sched.total_num_scheduled_tokens
         slots = self.kv.num_allocated_slots()
         if slots:

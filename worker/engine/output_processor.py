@@ -107,25 +107,34 @@ class OutputProcessor:
         return [self.snapshot(p) for p in changed.values()]
 
     def snapshot(self, parent: ParentState) -> RequestOutput:
-        """The request's output now; resets the per-step deltas and drops finished requests."""
+        """The request's output now, and resets the per-step deltas. While a request runs only the
+        deltas are filled (copying whole histories every step would cost O(length) per token);
+        the final output carries everything. Finished requests are dropped."""
+        finished = parent.finished
         outs = []
         for c in parent.choices:
             o = c.output
-            outs.append(CompletionOutput(
-                index=o.index, text=o.text, token_ids=list(o.token_ids), finish_reason=o.finish_reason,
-                stop_reason=o.stop_reason, logprobs=list(o.logprobs) if o.logprobs is not None else None,
-                cumulative_logprob=o.cumulative_logprob, text_delta=o.text_delta,
-                token_ids_delta=o.token_ids_delta, logprobs_delta=o.logprobs_delta,
-            ))
+            if finished:
+                outs.append(CompletionOutput(
+                    index=o.index, text=o.text, token_ids=o.token_ids, finish_reason=o.finish_reason,
+                    stop_reason=o.stop_reason, logprobs=o.logprobs, cumulative_logprob=o.cumulative_logprob,
+                    text_delta=o.text_delta, token_ids_delta=o.token_ids_delta, logprobs_delta=o.logprobs_delta,
+                ))
+            else:
+                outs.append(CompletionOutput(
+                    index=o.index, finish_reason=o.finish_reason, stop_reason=o.stop_reason,
+                    text_delta=o.text_delta, token_ids_delta=o.token_ids_delta, logprobs_delta=o.logprobs_delta,
+                ))
             o.text_delta, o.token_ids_delta, o.logprobs_delta = "", [], None
         first = parent.choices[0].request
-        t = first.timings
-        metrics = RequestMetrics(
-            arrival_time=t.arrival, first_scheduled_time=t.first_scheduled, first_token_time=t.first_token,
-            last_token_time=t.last_token, time_to_first_token=t.ttft, inter_token_latencies=list(t.inter_token),
-            num_preemptions=sum(c.request.num_preemptions for c in parent.choices),
-        )
-        finished = parent.finished
+        metrics = None
+        if finished:
+            t = first.timings
+            metrics = RequestMetrics(
+                arrival_time=t.arrival, first_scheduled_time=t.first_scheduled, first_token_time=t.first_token,
+                last_token_time=t.last_token, time_to_first_token=t.ttft, inter_token_latencies=t.inter_token,
+                num_preemptions=sum(c.request.num_preemptions for c in parent.choices),
+            )
         result = RequestOutput(parent.request_id, parent.prompt, parent.prompt_token_ids, outs, finished,
                                max(first.num_cached_tokens, 0), metrics)
         if finished:

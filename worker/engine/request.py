@@ -73,7 +73,8 @@ class Request:
         self.arrival_time = time.monotonic() if arrival_time is None else arrival_time
         self.wait_for = wait_for  # n > 1: siblings wait for the first choice's prefill to share its blocks
         self.status = RequestStatus.WAITING
-        self.num_computed_tokens = 0
+        self.num_computed_tokens = 0  # advanced when tokens are scheduled (their K/V is then in flight)
+        self.num_placeholders = 0  # tokens being sampled by steps in flight, not yet known
         self.num_cached_tokens = -1  # prompt tokens found in the prefix cache at first scheduling
         self.num_preemptions = 0
         self.stop_reason: str | int | None = None
@@ -86,6 +87,10 @@ class Request:
     @property
     def num_tokens(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def num_tokens_with_placeholders(self) -> int:
+        return len(self.token_ids) + self.num_placeholders
 
     @property
     def num_output_tokens(self) -> int:

@@ -5,6 +5,11 @@ unfinished prefill continues in chunks), then waiting requests are admitted in (
 order with what is left of the budget. When the KV pool runs dry, the lowest-priority, latest
 request is preempted by recompute: its blocks are freed and it waits again, keeping its tokens.
 Plain Python: the scheduler decides, the model runner executes.
+
+A request's ``num_computed_tokens`` advances when its tokens are scheduled. A request whose step
+reaches the end of its tokens will sample one more: that token is a placeholder until the step's
+output comes back, so the next step can be scheduled (and its input gathered on the device) while
+the previous one still runs.
 """
 from __future__ import annotations
 
@@ -92,8 +97,8 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
-            if n <= 0:
+            n = min(req.num_tokens_with_placeholders - req.num_computed_tokens, budget)
+            if n <= 0 or self._reached_limit(req):
                 i += 1
                 continue
             new_block_ids = self.kv.allocate_slots(req, n)
@@ -116,7 +121,7 @@ class Scheduler:
         idx = 0
         while not preempted and idx < len(self.waiting) and budget > 0 and len(self.running) < self.max_num_seqs:
             req = self.waiting[idx]
-            if self._blocked_by_sibling(req):
+            if req.num_placeholders or self._blocked_by_sibling(req):  # its last step's token is still coming
                 idx += 1
                 continue
             hits, num_hit = self.kv.get_computed_blocks(req)
@@ -153,6 +158,12 @@ class Scheduler:
             )
             budget -= n
 
+        # The scheduled tokens are now in flight; requests that reach their end will sample one more.
+        for rid, n in num_scheduled.items():
+            req = self.requests[rid]
+            req.num_computed_tokens += n
+            if req.num_computed_tokens >= req.num_tokens_with_placeholders:
+                req.num_placeholders += 1
         freed, self._freed_ids = self._freed_ids, set()
         return SchedulerOutput(
             new_reqs=list(new_reqs.values()),
@@ -163,20 +174,17 @@ class Scheduler:
         )
 
     def update_from_output(self, sched: SchedulerOutput, out: ModelRunnerOutput) -> list[EngineCoreOutput]:
-        """Advances each scheduled request by what the step computed and sampled."""
+        """Applies a finished step's sampled tokens (placeholders become real tokens)."""
         now = time.monotonic()
         outputs = []
-        for rid, n in sched.num_scheduled_tokens.items():
+        for rid, sampled in out.sampled_token_ids.items():
             req = self.requests.get(rid)
-            if req is None or req.status != RequestStatus.RUNNING:
-                continue  # aborted or preempted while the step ran
-            req.num_computed_tokens += n
-            sampled = out.sampled_token_ids.get(rid)
-            if not sampled:
-                continue  # a prefill chunk that did not reach the end of the prompt
+            if req is None or req.status.finished or not sampled:
+                continue  # finished or aborted while the step ran: its extra token is discarded
             new_tokens = []
             status = None
             for token in sampled:
+                req.num_placeholders = max(0, req.num_placeholders - 1)
                 req.append_token(token)
                 new_tokens.append(token)
                 req.timings.on_token(now)
@@ -194,14 +202,17 @@ class Scheduler:
                 )
             )
             if status is not None:
-                self.running.remove(req)
+                if req.status == RequestStatus.RUNNING:
+                    self.running.remove(req)
+                else:
+                    self._remove_waiting(req)  # preempted while its last step ran
                 self._finish(req, status)
         return outputs
 
     # ---- statistics ----------------------------------------------------------------------
     def live_tokens(self) -> int:
         """Tokens whose K/V sit (or are being written) in allocated slots."""
-        return sum(min(r.num_tokens, r.num_computed_tokens + 1) for r in self.running)
+        return sum(r.num_computed_tokens for r in self.running)
 
     # ---- internals -----------------------------------------------------------------------
     def _check_stop(self, req: Request, token: int) -> RequestStatus | None:
@@ -215,6 +226,11 @@ class Scheduler:
         if req.num_output_tokens >= req.max_tokens or req.num_tokens >= self.max_model_len:
             return RequestStatus.FINISHED_LENGTH
         return None
+
+    def _reached_limit(self, req: Request) -> bool:
+        """No token beyond max_tokens or the context is worth computing (its output is known to end)."""
+        return (req.num_output_tokens + req.num_placeholders >= req.max_tokens
+                or req.num_tokens_with_placeholders >= self.max_model_len)
 
     def _blocked_by_sibling(self, req: Request) -> bool:
         leader = self.requests.get(req.wait_for) if req.wait_for else None

@@ -4,11 +4,19 @@ from __future__ import annotations
 import torch
 
 from worker.kernels.activation import silu_and_mul
-from worker.kernels.norm import fused_add_rms_norm, rms_norm
+from worker.kernels.norm import fused_add_rms_norm
+from worker.kernels.norm import rms_norm as _rms_norm
 from worker.kernels.rotary import rotary_embedding as _rotary
 from worker.model.ops import build_cos_sin_cache
 
 __all__ = ["rms_norm", "fused_add_rms_norm", "silu_and_mul", "rotary_embedding", "build_cos_sin_cache"]
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    # q/k norms see per-head views of the fused qkv output, whose rows are not uniformly strided
+    if x.dim() > 2 and not x.is_contiguous():
+        x = x.contiguous()
+    return _rms_norm(x, weight, eps)
 
 
 def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor,

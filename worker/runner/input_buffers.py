@@ -1,49 +1,83 @@
-"""Persistent step-input buffers: host arrays filled with numpy (pinned on CUDA), copied to
-fixed device tensors once per step. Fixed addresses are what CUDA graphs replay against."""
+"""Persistent step-input buffers: host arrays filled with numpy, copied to fixed device tensors
+once per step. Fixed device addresses are what CUDA graphs replay against.
+
+On CUDA the host side is pinned and double-buffered: while step N's copies may still be queued,
+step N+1 is prepared in the other set (asynchronous scheduling).
+"""
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+_FIELDS = {  # name -> (shape key, dtype)
+    "input_ids": ("tokens", torch.int64),
+    "positions": ("tokens", torch.int64),
+    "slot_mapping": ("tokens", torch.int64),
+    "query_start": ("reqs+1", torch.int32),
+    "seq_lens": ("reqs", torch.int32),
+    "block_tables": ("table", torch.int32),
+    "logits_idx": ("reqs", torch.int64),
+    "gather_dst": ("reqs", torch.int64),
+    "gather_src": ("reqs", torch.int64),
+}
+
+
+class _HostSet:
+    def __init__(self, shapes: dict, pin: bool) -> None:
+        self.tensors = {}
+        self.arrays = {}
+        for name, (key, dtype) in _FIELDS.items():
+            t = torch.zeros(shapes[key], dtype=dtype, pin_memory=pin)
+            self.tensors[name], self.arrays[name] = t, t.numpy()
 
 
 class InputBuffers:
     def __init__(self, max_tokens: int, max_reqs: int, max_blocks: int, device: torch.device) -> None:
         pin = device.type == "cuda"
         self.device = device
-
-        def host(shape, dtype):
-            t = torch.zeros(shape, dtype=dtype, pin_memory=pin)
-            return t, t.numpy()
-
-        def dev(shape, dtype):
-            return torch.zeros(shape, dtype=dtype, device=device)
-
-        self.input_ids_cpu, self.input_ids_np = host(max_tokens, torch.int64)
-        self.positions_cpu, self.positions_np = host(max_tokens, torch.int64)
-        self.slot_mapping_cpu, self.slot_mapping_np = host(max_tokens, torch.int64)
-        self.query_start_cpu, self.query_start_np = host(max_reqs + 1, torch.int32)
-        self.seq_lens_cpu, self.seq_lens_np = host(max_reqs, torch.int32)
-        self.block_tables_cpu, self.block_tables_np = host((max_reqs, max_blocks), torch.int32)
-        self.logits_idx_cpu, self.logits_idx_np = host(max_reqs, torch.int64)
-        self.input_ids = dev(max_tokens, torch.int64)
-        self.positions = dev(max_tokens, torch.int64)
-        self.slot_mapping = dev(max_tokens, torch.int64)
-        self.query_start_loc = dev(max_reqs + 1, torch.int32)
-        self.seq_lens = dev(max_reqs, torch.int32)
-        self.block_tables = dev((max_reqs, max_blocks), torch.int32)
-        self.logits_idx = dev(max_reqs, torch.int64)
+        shapes = {"tokens": max_tokens, "reqs": max_reqs, "reqs+1": max_reqs + 1, "table": (max_reqs, max_blocks)}
+        self._sets = [_HostSet(shapes, pin) for _ in range(2 if pin else 1)]
+        self._cur = 0
+        dev = {name: torch.zeros(shapes[key], dtype=dtype, device=device) for name, (key, dtype) in _FIELDS.items()}
+        self.input_ids = dev["input_ids"]
+        self.positions = dev["positions"]
+        self.slot_mapping = dev["slot_mapping"]
+        self.query_start_loc = dev["query_start"]
+        self.seq_lens = dev["seq_lens"]
+        self.block_tables = dev["block_tables"]
+        self.logits_idx = dev["logits_idx"]
+        self.gather_dst = dev["gather_dst"]
+        self.gather_src = dev["gather_src"]
         self.max_tokens, self.max_reqs, self.max_blocks = max_tokens, max_reqs, max_blocks
+        self._bind()
 
-    def upload(self, num_tokens: int, num_reqs: int, num_sample: int) -> None:
+    def _bind(self) -> None:
+        a = self._sets[self._cur].arrays
+        self.input_ids_np, self.positions_np, self.slot_mapping_np = a["input_ids"], a["positions"], a["slot_mapping"]
+        self.query_start_np, self.seq_lens_np, self.block_tables_np = a["query_start"], a["seq_lens"], a["block_tables"]
+        self.logits_idx_np, self.gather_dst_np, self.gather_src_np = a["logits_idx"], a["gather_dst"], a["gather_src"]
+
+    def flip(self) -> None:
+        """Switches to the other host set (the one whose last copies are known to be done)."""
+        self._cur = (self._cur + 1) % len(self._sets)
+        self._bind()
+
+    def _copy(self, name: str, dst: torch.Tensor, n: int) -> None:
+        src = self._sets[self._cur].tensors[name]
+        dst[:n].copy_(src[:n], non_blocking=self.device.type == "cuda")
+
+    def upload(self, num_tokens: int, num_reqs: int, num_sample: int, num_gather: int = 0) -> None:
         """Copies the filled prefixes of every host buffer to the device (asynchronously on CUDA)."""
-        nb = self.device.type == "cuda"
-        self.input_ids[:num_tokens].copy_(self.input_ids_cpu[:num_tokens], non_blocking=nb)
-        self.positions[:num_tokens].copy_(self.positions_cpu[:num_tokens], non_blocking=nb)
-        self.slot_mapping[:num_tokens].copy_(self.slot_mapping_cpu[:num_tokens], non_blocking=nb)
-        self.query_start_loc[: num_reqs + 1].copy_(self.query_start_cpu[: num_reqs + 1], non_blocking=nb)
-        self.seq_lens[:num_reqs].copy_(self.seq_lens_cpu[:num_reqs], non_blocking=nb)
-        self.block_tables[:num_reqs].copy_(self.block_tables_cpu[:num_reqs], non_blocking=nb)
-        self.logits_idx[:num_sample].copy_(self.logits_idx_cpu[:num_sample], non_blocking=nb)
+        self._copy("input_ids", self.input_ids, num_tokens)
+        self._copy("positions", self.positions, num_tokens)
+        self._copy("slot_mapping", self.slot_mapping, num_tokens)
+        self._copy("query_start", self.query_start_loc, num_reqs + 1)
+        self._copy("seq_lens", self.seq_lens, num_reqs)
+        self._copy("block_tables", self.block_tables, num_reqs)
+        self._copy("logits_idx", self.logits_idx, num_sample)
+        if num_gather:
+            self._copy("gather_dst", self.gather_dst, num_gather)
+            self._copy("gather_src", self.gather_src, num_gather)
 
     def pad_decode(self, num_reqs: int, padded: int) -> None:
         """Makes rows num_reqs..padded harmless for a decode graph of size ``padded``: no KV write,

@@ -17,22 +17,39 @@ from worker.model.loader import build_model, fill_dummy_weights, load_weights
 from worker.model.spec import ModelSpec
 from worker.runner.cuda_graphs import DecodeGraphs, capture_sizes
 from worker.runner.input_buffers import InputBuffers
-from worker.runner.sampler import SamplingBatch, sample
+from worker.runner.input_batch import InputBatch
+from worker.runner.sampler import SamplerOutput, SamplingBatch, sample
 from worker.sampling_params import SamplingParams
 
 log = logging.getLogger("ward.worker.runner")
 
 
 @dataclass
+class StepHandle:
+    """A launched step: what to wait for, and where its sampled tokens belong."""
+
+    step_id: int
+    sample_ids: list[str]
+    rows: np.ndarray  # InputBatch rows of the sampling requests (at launch)
+    positions: np.ndarray  # token slot each sampled token fills in its row
+    states: list
+    out: object  # SamplerOutput
+    host: torch.Tensor | None  # pinned copy of the sampled tokens
+    event: object  # torch.cuda.Event, or None on the CPU
+
+
+@dataclass
 class RunnerRequest:
     req_id: str
-    token_ids: list[int]
+    row: int  # its row in the InputBatch
     num_prompt_tokens: int
     params: SamplingParams
-    block_ids: list[int]
-    num_computed_tokens: int
     generator: torch.Generator | None = None
     output_counts: dict[int, int] = field(default_factory=dict)
+    # anything beyond plain greedy argmax (temperature, penalties, logprobs, end-token bans)
+    special: bool = False
+    penalties: bool = False
+    banned_until_min: tuple[int, ...] = ()
 
 
 def pick_device(name: str) -> torch.device:
@@ -77,6 +94,11 @@ class ModelRunner:
         self.graph_capture_seconds = 0.0
         self.memory_report: dict[str, int] = {}
         self._make_buffers()
+        self.batch = InputBatch(config.max_num_seqs, max_model_len, self.max_blocks_per_req)
+        self._step_id = 0
+        self._last_sampled: torch.Tensor | None = None
+        pin = self.device.type == "cuda"
+        self._token_host = [torch.zeros(config.max_num_seqs, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
 
     def _ops(self):
         if self.device.type == "cuda" and self.config.attention_backend != "torch":
@@ -201,22 +223,32 @@ class ModelRunner:
 
     # ---- one step --------------------------------------------------------------------------
     def _update_states(self, sched: SchedulerOutput) -> None:
+        ib = self.batch
         for rid in sched.freed_req_ids:
-            self.requests.pop(rid, None)
+            if self.requests.pop(rid, None) is not None:
+                ib.remove(rid)
         for new in sched.new_reqs:
             p = new.sampling_params
             gen = None
             if p.seed is not None and not p.greedy:
                 gen = torch.Generator(device=self.device).manual_seed(p.seed)
-            state = RunnerRequest(new.req_id, list(new.token_ids), new.num_prompt_tokens, p, list(new.block_ids),
-                                  new.num_computed_tokens, gen)
-            for t in new.token_ids[new.num_prompt_tokens :]:
-                state.output_counts[t] = state.output_counts.get(t, 0) + 1
+            row = ib.add(new.req_id, new.token_ids, new.block_ids, new.num_computed_tokens)
+            penalties = bool(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0)
+            banned = ()
+            if p.min_tokens:
+                ends = set(p.stop_token_ids) | (set() if p.ignore_eos else set(p._eos_token_ids))
+                banned = tuple(sorted(t for t in ends if 0 <= t < self.spec.vocab_size))
+            state = RunnerRequest(new.req_id, row, new.num_prompt_tokens, p, gen, penalties=penalties,
+                                  banned_until_min=banned)
+            state.special = (not p.greedy) or penalties or p.logprobs is not None or bool(banned)
+            if penalties:
+                for t in new.token_ids[new.num_prompt_tokens :]:
+                    state.output_counts[t] = state.output_counts.get(t, 0) + 1
             self.requests[new.req_id] = state
         for cached in sched.cached_reqs:
-            state = self.requests[cached.req_id]
-            state.block_ids.extend(cached.new_block_ids)
-            state.num_computed_tokens = cached.num_computed_tokens
+            row = self.requests[cached.req_id].row
+            ib.append_blocks(row, cached.new_block_ids)
+            ib.num_computed[row] = cached.num_computed_tokens
 
     def _metadata(self, num_tokens, num_reqs, max_q, max_seq, starts_cpu, lens_cpu) -> AttentionMetadata:
         b = self.buffers
@@ -243,87 +275,146 @@ class ModelRunner:
         )
         return self.model(b.input_ids[:size], b.positions[:size], self.kv_caches, meta)
 
-    @torch.inference_mode()
-    def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
-        self._update_states(sched)
-        if sched.is_empty:
-            return ModelRunnerOutput({})
-        order = [c.req_id for c in sched.cached_reqs] + [n.req_id for n in sched.new_reqs]
+    def _prepare(self, order: list[str], sched: SchedulerOutput) -> tuple[int, int, np.ndarray, np.ndarray]:
+        """Fills the host buffers for this step; returns (tokens, max query length, rows, sampling rows)."""
+        b, ib, bs = self.buffers, self.batch, self.block_size
         num_reqs = len(order)
-        bs = self.block_size
-        b = self.buffers
+        rows = np.fromiter((self.requests[r].row for r in order), dtype=np.int64, count=num_reqs)
         q_lens = np.fromiter((sched.num_scheduled_tokens[r] for r in order), dtype=np.int64, count=num_reqs)
         starts = b.query_start_np[: num_reqs + 1]
         starts[0] = 0
         np.cumsum(q_lens, out=starts[1:])
         T = int(starts[-1])
-        sampling_rows: list[int] = []
-        ids_np, pos_np, bt_np, lens_np = b.input_ids_np, b.positions_np, b.block_tables_np, b.seq_lens_np
-        for i, rid in enumerate(order):
-            st = self.requests[rid]
-            s, n, nc = int(starts[i]), int(q_lens[i]), st.num_computed_tokens
-            if n == 1:
-                ids_np[s] = st.token_ids[nc]
-                pos_np[s] = nc
-            else:
-                ids_np[s : s + n] = st.token_ids[nc : nc + n]
-                pos_np[s : s + n] = np.arange(nc, nc + n)
-            lens_np[i] = nc + n
-            blocks = st.block_ids
-            bt_np[i, : len(blocks)] = blocks
-            if nc + n >= len(st.token_ids):
-                sampling_rows.append(i)
-        positions = pos_np[:T]
-        req_of_token = np.repeat(np.arange(num_reqs), q_lens)
-        b.slot_mapping_np[:T] = bt_np[req_of_token, positions // bs].astype(np.int64) * bs + positions % bs
-        num_sample = len(sampling_rows)
-        b.logits_idx_np[:num_sample] = starts[1:][sampling_rows] - 1
+        nc = ib.num_computed[rows]
         max_q = int(q_lens.max())
-        padded = None
-        if max_q == 1 and self.graphs is not None:
-            padded = self.graphs.padded_size(num_reqs)
+        if max_q == 1:
+            positions, token_rows, batch_idx = nc, rows, np.arange(num_reqs)
+        else:
+            batch_idx = np.repeat(np.arange(num_reqs), q_lens)
+            positions = np.repeat(nc - starts[:-1], q_lens) + np.arange(T)
+            token_rows = rows[batch_idx]
+        b.positions_np[:T] = positions
+        b.input_ids_np[:T] = ib.token_ids[token_rows, positions]
+        np.add(nc, q_lens, out=b.seq_lens_np[:num_reqs], casting="unsafe")
+        bt = b.block_tables_np[:num_reqs]
+        np.take(ib.block_table, rows, axis=0, out=bt)
+        b.slot_mapping_np[:T] = bt[batch_idx, positions // bs].astype(np.int64) * bs + positions % bs
+        sampling_rows = np.flatnonzero(nc + q_lens >= ib.num_tokens[rows])
+        b.logits_idx_np[: len(sampling_rows)] = starts[1:][sampling_rows] - 1
+        return T, max_q, rows, sampling_rows
+
+    def requires_sync(self, sched: SchedulerOutput) -> bool:
+        """Penalties need every earlier token counted, so such a step waits for the one before it."""
+        if any(n.sampling_params.presence_penalty or n.sampling_params.frequency_penalty
+               or n.sampling_params.repetition_penalty != 1.0 for n in sched.new_reqs):
+            return True
+        return any(self.requests[c.req_id].penalties for c in sched.cached_reqs if c.req_id in self.requests)
+
+    def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
+        """Runs one step to completion (launch, then collect)."""
+        handle = self.launch(sched)
+        return self.collect(handle) if handle is not None else ModelRunnerOutput({})
+
+    @torch.inference_mode()
+    def launch(self, sched: SchedulerOutput) -> "StepHandle | None":
+        """Enqueues one step on the device (inputs, model, sampling) without waiting for it.
+
+        Tokens sampled by the previous, uncollected step are gathered on the device as inputs."""
+        self._update_states(sched)
+        if sched.is_empty:
+            return None
+        self._step_id += 1
+        b, ib = self.buffers, self.batch
+        b.flip()
+        order = [c.req_id for c in sched.cached_reqs] + [n.req_id for n in sched.new_reqs]
+        num_reqs = len(order)
+        T, max_q, rows, sampling_rows = self._prepare(order, sched)
+        num_sample = len(sampling_rows)
+        # inputs still on the device: rows whose last token the previous step is sampling
+        pend = ib.pending_idx[rows]
+        gather_at = np.flatnonzero(pend >= 0)
+        num_gather = len(gather_at)
+        if num_gather:
+            b.gather_dst_np[:num_gather] = b.query_start_np[gather_at]  # decode rows: their single token
+            b.gather_src_np[:num_gather] = pend[gather_at]
+        padded = self.graphs.padded_size(num_reqs) if (max_q == 1 and self.graphs is not None) else None
         if padded is not None:
             b.pad_decode(num_reqs, padded)
-            b.upload(padded, padded, num_sample)
+            b.upload(padded, padded, num_sample, num_gather)
+        else:
+            b.upload(T, num_reqs, num_sample, num_gather)
+        if num_gather:
+            prev = self._last_sampled
+            b.input_ids.index_copy_(0, b.gather_dst[:num_gather], prev.index_select(0, b.gather_src[:num_gather]))
+        if padded is not None:
             hidden = self.graphs.replay(padded)
         else:
-            b.upload(T, num_reqs, num_sample)
-            lens = lens_np[:num_reqs]
-            meta = self._metadata(T, num_reqs, max_q, int(lens.max()), starts.tolist(), lens.tolist())
+            lens = b.seq_lens_np[:num_reqs]
+            meta = self._metadata(T, num_reqs, max_q, int(lens.max()), b.query_start_np[: num_reqs + 1].tolist(),
+                                  lens.tolist())
             hidden = self.model(b.input_ids[:T], b.positions[:T], self.kv_caches, meta)
-        if not sampling_rows:
-            return ModelRunnerOutput({})
+        if not num_sample:
+            return StepHandle(self._step_id, [], np.empty(0, np.int64), np.empty(0, np.int64), [], None, None, None)
         logits = self.model.compute_logits(hidden.index_select(0, b.logits_idx[:num_sample])).float()
-        sample_ids = [order[i] for i in sampling_rows]
-        batch = self._sampling_batch(sample_ids, logits.shape[-1])
-        out = sample(logits, batch)
-        tokens = out.token_ids.tolist()
-        result = ModelRunnerOutput({})
+        sample_ids = [order[i] for i in sampling_rows.tolist()]
+        states = [self.requests[r] for r in sample_ids]
+        if any(st.special for st in states):
+            out = sample(logits, self._sampling_batch(states, logits.shape[-1]))
+        else:
+            out = SamplerOutput(token_ids=logits.argmax(dim=-1))
+        self._last_sampled = out.token_ids
+        # placeholders: the sampled token's slot in each row, filled on the host at collect
+        srows = rows[sampling_rows]
+        positions = ib.num_tokens[srows].copy()
+        ib.num_tokens[srows] += 1
+        ib.pending_idx[srows] = np.arange(num_sample)
+        ib.pending_step[srows] = self._step_id
+        host = self._token_host[self._step_id % 2][:num_sample]
+        host.copy_(out.token_ids, non_blocking=self.device.type == "cuda")
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        return StepHandle(self._step_id, sample_ids, srows, positions, states, out, host, event)
+
+    def collect(self, h: "StepHandle") -> ModelRunnerOutput:
+        """Waits for a launched step and returns its sampled tokens (and logprobs)."""
+        if not h.sample_ids:
+            return ModelRunnerOutput({})
+        if h.event is not None:
+            h.event.synchronize()
+        tokens = h.host.tolist()
+        ib = self.batch
+        live = [i for i, rid in enumerate(h.sample_ids) if ib.row_of.get(rid) == h.rows[i]]
+        if live:
+            rows, pos = h.rows[live], h.positions[live]
+            ib.token_ids[rows, pos] = np.asarray(tokens, dtype=np.int64)[live]
+            mine = ib.pending_step[rows] == h.step_id
+            ib.pending_idx[rows[mine]] = -1
+        result = ModelRunnerOutput({rid: [t] for rid, t in zip(h.sample_ids, tokens)})
+        out = h.out
         if out.token_logprobs is not None:
             tok_lp = out.token_logprobs.tolist()
             top_ids = out.top_ids.tolist() if out.top_ids is not None else None
             top_lps = out.top_logprobs.tolist() if out.top_logprobs is not None else None
-        for row, rid in enumerate(sample_ids):
-            st = self.requests[rid]
-            t = tokens[row]
-            st.token_ids.append(t)
-            st.output_counts[t] = st.output_counts.get(t, 0) + 1
-            result.sampled_token_ids[rid] = [t]
+        for row, st in enumerate(h.states):
+            if st.penalties:
+                t = tokens[row]
+                st.output_counts[t] = st.output_counts.get(t, 0) + 1
             k = st.params.logprobs
             if k is not None and out.token_logprobs is not None:
-                result.logprobs[rid] = [
+                result.logprobs[st.req_id] = [
                     SampledLogprobs(tok_lp[row], top_ids[row][:k] if top_ids else [], top_lps[row][:k] if top_lps else [])
                 ]
         return result
 
-    def _sampling_batch(self, req_ids: list[str], vocab: int) -> SamplingBatch:
-        states = [self.requests[r] for r in req_ids]
+    def _sampling_batch(self, states: list[RunnerRequest], vocab: int) -> SamplingBatch:
         params = [s.params for s in states]
         dev = self.device
         greedy = [p.greedy for p in params]
         temps = [0.0 if g else p.temperature for g, p in zip(greedy, params)]
         batch = SamplingBatch(
-            temperature=torch.tensor(temps, dtype=torch.float32, device=dev),
+            temperature=torch.tensor(temps, dtype=torch.float32).to(dev, non_blocking=True),
             top_p=None,
             top_k=None,
             min_p=None,
@@ -333,36 +424,36 @@ class ModelRunner:
         )
         if not batch.all_greedy:
             if any(p.top_p < 1.0 for p in params):
-                batch.top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32, device=dev)
+                batch.top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32).to(dev)
             if any(p.top_k > 0 for p in params):
-                batch.top_k = torch.tensor([p.top_k if p.top_k > 0 else vocab for p in params], device=dev)
+                batch.top_k = torch.tensor([p.top_k if p.top_k > 0 else vocab for p in params]).to(dev)
             if any(p.min_p > 0 for p in params):
-                batch.min_p = torch.tensor([p.min_p for p in params], dtype=torch.float32, device=dev)
-        if any(p.presence_penalty or p.frequency_penalty or p.repetition_penalty != 1.0 for p in params):
+                batch.min_p = torch.tensor([p.min_p for p in params], dtype=torch.float32).to(dev)
+        if any(s.penalties for s in states):
             counts = torch.zeros(len(states), vocab, dtype=torch.int32)
             for i, s in enumerate(states):
                 if s.output_counts:
                     ids = torch.tensor(list(s.output_counts.keys()))
                     counts[i, ids] = torch.tensor(list(s.output_counts.values()), dtype=torch.int32)
             batch.output_counts = counts.to(dev)
-            batch.presence = torch.tensor([p.presence_penalty for p in params], dtype=torch.float32, device=dev)
-            batch.frequency = torch.tensor([p.frequency_penalty for p in params], dtype=torch.float32, device=dev)
+            batch.presence = torch.tensor([p.presence_penalty for p in params], dtype=torch.float32).to(dev)
+            batch.frequency = torch.tensor([p.frequency_penalty for p in params], dtype=torch.float32).to(dev)
             if any(p.repetition_penalty != 1.0 for p in params):
                 seen = torch.zeros(len(states), vocab, dtype=torch.bool)
                 for i, s in enumerate(states):
-                    seen[i, torch.tensor(s.token_ids[: s.num_prompt_tokens] or [0])] = bool(s.num_prompt_tokens)
+                    prompt = torch.from_numpy(self.batch.tokens(s.req_id)[: s.num_prompt_tokens])
+                    seen[i, prompt] = True
                 seen |= counts > 0
                 batch.seen_mask = seen.to(dev)
-                batch.repetition = torch.tensor([p.repetition_penalty for p in params], dtype=torch.float32, device=dev)
-        rows, banned = [], []
+                batch.repetition = torch.tensor([p.repetition_penalty for p in params], dtype=torch.float32).to(dev)
+        rows, cols = [], []
         for i, s in enumerate(states):
-            p = s.params
-            if len(s.token_ids) - s.num_prompt_tokens < p.min_tokens:
-                ids = set(p.stop_token_ids) | (set() if p.ignore_eos else set(p._eos_token_ids))
-                rows.append(i)
-                banned.append(sorted(t for t in ids if 0 <= t < vocab))
+            if s.banned_until_min and self.batch.num_tokens[s.row] - s.num_prompt_tokens < s.params.min_tokens:
+                rows += [i] * len(s.banned_until_min)
+                cols += s.banned_until_min
         if rows:
-            batch.min_tokens_rows, batch.min_tokens_banned = rows, banned
+            batch.ban_rows = torch.tensor(rows).to(dev)
+            batch.ban_cols = torch.tensor(cols).to(dev)
         ks = [p.logprobs for p in params if p.logprobs is not None]
         batch.max_logprobs = max(ks) if ks else None
         return batch

@@ -29,9 +29,9 @@ class SamplingBatch:
     repetition: torch.Tensor | None = None  # [B]
     output_counts: torch.Tensor | None = None  # [B, V] counts of generated tokens
     seen_mask: torch.Tensor | None = None  # [B, V] prompt or output token present (repetition penalty)
-    # rows still under min_tokens, and the token ids they may not end with
-    min_tokens_rows: list[int] | None = None
-    min_tokens_banned: list[list[int]] | None = None
+    # (row, token) pairs that may not be sampled yet: end tokens of rows still under min_tokens
+    ban_rows: torch.Tensor | None = None
+    ban_cols: torch.Tensor | None = None
     max_logprobs: int | None = None  # None: no row asked for logprobs
 
 
@@ -80,11 +80,9 @@ def sample(logits: torch.Tensor, b: SamplingBatch) -> SamplerOutput:
     raw = logits
     if b.repetition is not None or b.output_counts is not None:
         logits = apply_penalties(logits, b)
-    if b.min_tokens_rows:
+    if b.ban_rows is not None:
         logits = logits.clone() if logits is raw else logits
-        for row, banned in zip(b.min_tokens_rows, b.min_tokens_banned):
-            if banned:
-                logits[row, banned] = float("-inf")
+        logits.index_put_((b.ban_rows, b.ban_cols), torch.tensor(float("-inf"), device=logits.device))
     greedy_tokens = logits.argmax(dim=-1) if b.any_greedy else None
     if b.all_greedy:
         tokens = greedy_tokens
