@@ -117,11 +117,17 @@ async def serve(args) -> int:
         engine._on_finished = metrics.observe_finished
         engine.start()
     servicer = WorkerServicer(name, engine=engine, embedder=embedder)
+    # SO_REUSEPORT off: gRPC turns it on by default, which lets a second worker start silently on a
+    # port already in use and share its connections with the first.
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
-                                      ("grpc.max_send_message_length", 64 << 20)])
+                                      ("grpc.max_send_message_length", 64 << 20),
+                                      ("grpc.so_reuseport", 0)])
     pb_grpc.add_WorkerServicer_to_server(servicer, server)
     address = f"{args.host}:{args.port}"
-    port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    try:
+        port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+    except RuntimeError:  # recent grpcio raises instead of returning 0
+        port = 0
     if port == 0:
         print(f"ward worker: cannot bind {address}", file=sys.stderr)
         return 2
