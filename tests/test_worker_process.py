@@ -1,0 +1,161 @@
+"""``ward worker`` as a real process on the default models (CPU): transport security, SIGTERM drain,
+and what an engine failure does to readiness and the exit status."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+
+import grpc
+import pytest
+from auth_tls_certs import TestPKI
+from e2e_support import EMBED_MODEL, GENERATE_MODEL, ROOT, ProcessStack, clean_env, health
+
+from proto.ward.worker.v1 import worker_pb2 as pb
+from proto.ward.worker.v1 import worker_pb2_grpc as pb_grpc
+
+
+def generate_request(max_tokens: int, text: str = "Describe the ward at night.") -> pb.GenerateRequest:
+    return pb.GenerateRequest(
+        model=GENERATE_MODEL,
+        prompt=pb.Prompt(chat=pb.Conversation(messages=[pb.ChatMessage(role="user", content=text)],
+                                              add_generation_prompt=True)),
+        params=pb.SamplingParams(max_tokens=max_tokens, ignore_eos=True, temperature=0),
+    )
+
+
+@pytest.fixture
+def stack(tmp_path):
+    procs = ProcessStack(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.close()
+
+
+def test_a_worker_on_a_non_loopback_address_without_tls_refuses_to_start_unless_insecure(stack):
+    refused = subprocess.run(
+        [sys.executable, "-m", "ward", "worker", "--model", EMBED_MODEL, "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True, text=True, env=clean_env(), timeout=120, cwd=ROOT,
+    )
+    assert refused.returncode == 2
+    assert "refusing to serve plaintext on non-loopback address 0.0.0.0" in refused.stderr
+    assert "WARD_WORKER_READY" not in refused.stdout
+
+    insecure = stack.start_worker("insecure", "--host", "0.0.0.0", "--insecure", task="embed")
+    stack.wait_ready(insecure)
+    assert health(insecure.address).ready
+
+
+def test_a_tls_worker_serves_only_callers_with_a_certificate_from_its_client_ca(stack, tmp_path):
+    pki = TestPKI(tmp_path / "pki")
+    worker = stack.start_worker("tls", "--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key),
+                                "--client-ca", str(pki.ca.ca_file), task="embed")
+    stack.wait_ready(worker)
+    ca = pki.ca.ca_file.read_bytes()
+
+    def credentials(client=None) -> grpc.ChannelCredentials:
+        if client is None:
+            return grpc.ssl_channel_credentials(root_certificates=ca)
+        return grpc.ssl_channel_credentials(ca, client.key_pem(), client.cert_pem())
+
+    assert health(worker.address, credentials(pki.gateway)).ready
+    for refused in (credentials(), credentials(pki.other_gateway)):
+        with pytest.raises(grpc.RpcError) as err:
+            health(worker.address, refused, timeout=3)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(grpc.RpcError) as err:  # plaintext against the TLS port
+        health(worker.address, timeout=3)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_sigterm_drains_in_flight_requests_to_completion_then_exits_0(stack):
+    worker = stack.start_worker("drain", "--shutdown-timeout", "60")
+    stack.wait_ready(worker)
+    with grpc.insecure_channel(worker.address) as channel:
+        stub = pb_grpc.WorkerStub(channel)
+        stream = stub.Generate(generate_request(max_tokens=40), timeout=120)
+        first = next(stream)
+        worker.process.send_signal(signal.SIGTERM)
+        rest = list(stream)
+        tokens = [t for message in [first, *rest] for c in message.choices for t in c.token_ids]
+        assert len(tokens) == 40
+        assert rest[-1].choices[0].finish_reason == "length" and rest[-1].usage.completion_tokens == 40
+    assert worker.process.wait(30) == 0
+    assert "worker stopped" in worker.child.log_path.read_text()
+
+
+def test_new_requests_during_the_drain_are_refused_as_unavailable(stack):
+    worker = stack.start_worker("drain-refuse", "--shutdown-timeout", "60")
+    stack.wait_ready(worker)
+    with grpc.insecure_channel(worker.address) as channel:
+        stub = pb_grpc.WorkerStub(channel)
+        stream = stub.Generate(generate_request(max_tokens=60), timeout=120)
+        next(stream)
+        worker.process.send_signal(signal.SIGTERM)
+        status = None
+        for _ in range(100):  # the signal lands within a few event-loop turns
+            status = stub.Health(pb.HealthRequest(), timeout=5)
+            if not status.ready:
+                break
+        assert not status.ready and status.detail == "draining"
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Generate(generate_request(max_tokens=2), timeout=30))
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert list(stream)[-1].choices[0].finish_reason == "length"
+    assert worker.process.wait(30) == 0
+
+
+FAILING_LAUNCHER = textwrap.dedent(
+    """
+    # `ward worker` whose engine breaks after a few steps (the failure is injected here, not in Ward).
+    import sys
+
+    from worker.engine.llm_engine import LLMEngine
+
+    real_step = LLMEngine.step
+    calls = 0
+
+    def failing_step(self):
+        global calls
+        calls += 1
+        if calls > {steps}:
+            raise RuntimeError("injected engine failure")
+        return real_step(self)
+
+    LLMEngine.step = failing_step
+    from ward.cli import main
+
+    sys.exit(main(["worker", *sys.argv[1:]]))
+    """
+)
+
+
+def test_an_engine_failure_fails_the_stream_turns_readiness_false_and_exits_non_zero(stack, tmp_path):
+    launcher = tmp_path / "failing_worker.py"
+    launcher.write_text(FAILING_LAUNCHER.format(steps=5))
+    worker = stack.start_worker("failing", argv=[sys.executable, str(launcher)])
+    stack.wait_ready(worker)
+    assert health(worker.address).ready
+    with grpc.insecure_channel(worker.address) as channel:
+        with pytest.raises(grpc.RpcError) as err:
+            list(pb_grpc.WorkerStub(channel).Generate(generate_request(max_tokens=50), timeout=60))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "injected engine failure" in err.value.details()
+    assert worker.process.wait(30) != 0
+    with pytest.raises(grpc.RpcError):  # nobody answers as ready any more
+        health(worker.address, timeout=2)
+    assert "engine failed" in worker.child.log_path.read_text()
+
+
+def test_a_worker_port_in_use_is_an_error_not_a_silent_start(stack):
+    first = stack.start_worker("first", task="embed")
+    stack.wait_ready(first)
+    taken = subprocess.run(
+        [sys.executable, "-m", "ward", "worker", "--model", EMBED_MODEL, "--port", str(first.port)],
+        capture_output=True, text=True, env=clean_env(), timeout=60, cwd=ROOT,
+    )
+    assert taken.returncode == 2 and "WARD_WORKER_READY" not in taken.stdout
+    assert f"cannot bind 127.0.0.1:{first.port}" in taken.stderr
+    assert health(first.address).ready
