@@ -1,0 +1,189 @@
+"""``ward up`` as a user runs it: one command, a URL and keys printed, the openai client served, and a
+clean stop on SIGINT (or every process stopped, exit 1, when one of them dies)."""
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+from e2e_support import EMBED_MODEL, GENERATE_MODEL, ROOT, clean_env, free_port, wait_until
+
+from gateway.auth.principal import Role
+from gateway.auth.stores import KeyStore, TeamStore
+from gateway.db import create_db_engine, upgrade_to_head
+from ward.up_keys import DEFAULT_TEAM, KeySetupError, ensure_local_keys, store_given_key
+
+KEY_LINE = re.compile(r"^API key \(team default, role user\): (ward-\S+)$", re.M)
+ADMIN_LINE = re.compile(r"^Platform admin key: (ward-\S+)$", re.M)
+
+
+class WardUp:
+    """``ward up`` in a subprocess, its output in a file."""
+
+    def __init__(self, data_dir: pathlib.Path, *args: str) -> None:
+        from worker.model.registry import resolve_model
+
+        self.port = free_port()
+        self.output = data_dir.parent / f"ward-up-{self.port}.out"
+        argv = [sys.executable, "-m", "ward", "up", "--data-dir", str(data_dir), "--port", str(self.port),
+                # the converted default model, so the data directory need not convert it again
+                "--model", resolve_model(GENERATE_MODEL), *args]
+        with open(self.output, "w") as out:
+            self.process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=clean_env(), cwd=ROOT)
+
+    def text(self) -> str:
+        return self.output.read_text()
+
+    def wait_up(self, timeout_s: float = 180) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if "Press Ctrl-C to stop." in self.text():
+                return self.text()
+            assert self.process.poll() is None, self.text()
+            time.sleep(0.2)
+        raise AssertionError("ward up was not ready in time:\n" + self.text())
+
+    def children(self) -> list[int]:
+        """Pids of the processes ``ward up`` started (by parent pid, from /proc)."""
+        found = []
+        for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid:
+                found.append(int(stat.parent.name))
+        return found
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return state != "Z"
+
+
+def client_for(up: WardUp, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"http://127.0.0.1:{up.port}/v1", api_key=key, max_retries=0, timeout=120)
+
+
+def test_ward_up_serves_the_openai_client_with_the_printed_key_and_stops_cleanly_on_sigint(tmp_path):
+    up = WardUp(tmp_path / "data")
+    try:
+        banner = up.wait_up()
+        assert f"Ward is up: http://127.0.0.1:{up.port}/v1" in banner
+        key, admin_key = KEY_LINE.search(banner).group(1), ADMIN_LINE.search(banner).group(1)
+        children = up.children()
+        assert len(children) == 3  # two workers and the gateway
+        with client_for(up, key) as client:
+            assert {m.id for m in client.models.list()} == {GENERATE_MODEL, EMBED_MODEL}
+            answer = client.chat.completions.create(model=GENERATE_MODEL, max_tokens=4,
+                                                    messages=[{"role": "user", "content": "Hello"}])
+            assert answer.choices[0].message.content and answer.usage.completion_tokens <= 4
+            assert len(client.embeddings.create(model=EMBED_MODEL, input="hello").data[0].embedding) == 384
+        teams = httpx.get(f"http://127.0.0.1:{up.port}/admin/teams", headers={"authorization": f"Bearer {admin_key}"})
+        assert teams.status_code == 200 and {t["name"] for t in teams.json()["data"]} == {"default", "platform"}
+
+        up.process.send_signal(signal.SIGINT)
+        assert up.process.wait(60) == 0
+        assert not [pid for pid in children if alive(pid)]
+        assert "ward up: stopping" in up.text()
+    finally:
+        up.kill()
+
+
+def test_a_restarted_ward_up_keeps_its_keys_and_stops_everything_when_a_process_dies(tmp_path):
+    data = tmp_path / "data"
+    engine = _database(data)
+    earlier = ensure_local_keys(engine)  # what an earlier start made and printed
+    given = _ward_key(engine)
+    engine.dispose()
+    up = WardUp(data, "--api-key", given)
+    try:
+        banner = up.wait_up()
+        assert KEY_LINE.search(banner).group(1) == given
+        assert "Platform admin key: shown on the first start only" in banner
+        for key in (given, earlier.user_key):
+            with client_for(up, key) as client:
+                assert client.chat.completions.create(model=GENERATE_MODEL, max_tokens=1,
+                                                      messages=[{"role": "user", "content": "Hi"}]).choices
+        children = up.children()
+        embed_worker = next(pid for pid in children if "embed" in pathlib.Path(f"/proc/{pid}/cmdline").read_text())
+        os.kill(embed_worker, signal.SIGKILL)
+        assert up.process.wait(60) == 1
+        assert "worker-embed exited" in up.text()
+        assert wait_until(lambda: not [pid for pid in children if alive(pid)], 5)
+    finally:
+        up.kill()
+
+
+def test_ward_up_refuses_bad_keys_before_starting_anything(tmp_path):
+    for args, message in ((["--api-key", "sk-not-a-ward-key"], "--api-key must be a Ward key"),
+                          (["--admin-key", "short"], "--admin-key must be at least 24 characters")):
+        done = subprocess.run([sys.executable, "-m", "ward", "up", "--data-dir", str(tmp_path), *args],
+                              capture_output=True, text=True, env=clean_env(), cwd=ROOT, timeout=60)
+        assert done.returncode == 2 and message in done.stderr
+    assert not (tmp_path / "logs").exists()
+
+
+# ---- the keys ward up hands out (database only, no processes) ---------------------------------------
+def _database(directory: pathlib.Path):
+    directory.mkdir(parents=True, exist_ok=True)
+    url = f"sqlite:///{directory / 'ward.db'}"
+    upgrade_to_head(url)
+    return create_db_engine(url)
+
+
+def _ward_key(engine) -> str:
+    """A well-formed key text that is not stored yet (made on a throwaway team, then that row removed)."""
+    from sqlalchemy.orm import Session
+
+    from gateway.db.models_identity import ApiKey
+
+    TeamStore(engine).ensure("scratch")
+    record, text = KeyStore(engine).create("scratch", Role.USER)
+    with Session(engine) as session, session.begin():
+        session.delete(session.get(ApiKey, record.id))
+    return text
+
+
+def test_local_keys_are_made_once_and_shown_once(tmp_path):
+    engine = _database(tmp_path)
+    first = ensure_local_keys(engine)
+    assert first.user_key and first.admin_key
+    again = ensure_local_keys(engine)
+    assert again.user_key is None and again.admin_key is None
+    active = KeyStore(engine).list(DEFAULT_TEAM, include_revoked=False)
+    assert [(k.team, k.role) for k in active] == [(DEFAULT_TEAM, "user")]
+    assert first.user_key.startswith(f"ward-{active[0].id}.")
+
+
+def test_a_given_key_is_stored_once_and_must_not_clash(tmp_path):
+    engine = _database(tmp_path)
+    given = _ward_key(engine)
+    assert ensure_local_keys(engine, user_key=given, admin_key="a" * 24).user_key == given
+    assert ensure_local_keys(engine, user_key=given).user_key == given  # idempotent on restart
+    key_id = given.split(".")[0].removeprefix("ward-")
+    assert KeyStore(engine).get(key_id).team == DEFAULT_TEAM
+    forged = given[:-4] + ("AAAA" if not given.endswith("AAAA") else "BBBB")
+    with pytest.raises(KeySetupError, match="another key"):
+        store_given_key(engine, forged, DEFAULT_TEAM, Role.USER)
+    with pytest.raises(KeySetupError, match="belongs to team"):
+        store_given_key(engine, given, DEFAULT_TEAM, Role.AUDITOR)
+    KeyStore(engine).revoke(key_id)
+    with pytest.raises(KeySetupError, match="revoked"):
+        store_given_key(engine, given, DEFAULT_TEAM, Role.USER)
