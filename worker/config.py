@@ -20,7 +20,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     enable_prefix_caching: bool = True
     max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192
+    max_num_batched_tokens: int = 16384  # offline default; `ward worker` uses 8192 for latency
     enable_chunked_prefill: bool = True
     attention_backend: str = "auto"  # auto, torch, triton
     enforce_eager: bool = False  # True: no CUDA graphs
