@@ -2,6 +2,7 @@
 
     ward bench offline --model llama-3.1-8b --out DIR      engine workloads (dummy weights)
     ward bench card                                         copy bandwidth and matmul rate only
+    ward bench hf --device cpu                              32 requests: engine together vs transformers one by one
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ WORKLOADS = ["latency", "batch1", "offline_256_256", "offline_1024_128", "mixed"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("suite", choices=["offline", "card"])
+    p.add_argument("suite", choices=["offline", "card", "hf"])
+    p.add_argument("--device", default="auto", help="for `hf`: cpu or cuda (auto: cuda when present)")
     p.add_argument("--model", default="llama-3.1-8b", help="a shape name (dummy weights) or a model directory")
     p.add_argument("--workloads", default=",".join(WORKLOADS))
     p.add_argument("--out", default=os.environ.get("OUT", "bench-out"))
@@ -101,6 +103,14 @@ def run(args: argparse.Namespace) -> int:
             print(w, json.dumps(results[w]), flush=True)
         report["results"] = results
         report["rooflines"] = _rooflines(card, cfg, results)
+    if args.suite == "hf":
+        import torch
+
+        from ward.benchmarks.hf_compare import run as run_hf
+
+        device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        report["results"] = run_hf(device=device)
+        print(json.dumps(report["results"]), flush=True)
     path = os.path.join(args.out, f"ward_bench_{args.suite}.json")
     with open(path, "w") as f:
         json.dump(report, f, indent=1)
