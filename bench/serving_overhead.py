@@ -19,7 +19,7 @@ import json
 import os
 import pathlib
 import platform
-import statistics
+import socket
 import sys
 import tempfile
 import time
@@ -131,7 +131,7 @@ def start_stack(args: argparse.Namespace, workdir: pathlib.Path):
     db.dispose()
     config = workdir / "gateway.yaml"
     config.write_text(yaml.safe_dump({"models": {MODEL: {"workers": [f"127.0.0.1:{port}"]}}}))
-    with __import__("socket").socket() as s:
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         gateway_port = s.getsockname()[1]
     gateway = supervisor.start("gateway", [
@@ -188,7 +188,8 @@ def run_served(args: argparse.Namespace) -> list[Result]:
 # ---- report --------------------------------------------------------------------------------------------
 def report(results: list[Result]) -> list[dict]:
     rows = []
-    print(f"{'path':<24}{'conc':>5}{'req/s':>8}{'tok/s':>8}{'p50 ms':>9}{'p99 ms':>9}{'overhead p50':>14}{'tput ratio':>12}")
+    print(f"{'path':<24}{'conc':>5}{'req/s':>8}{'tok/s':>8}{'p50 ms':>9}{'p99 ms':>9}"
+          f"{'overhead p50':>14}{'tput ratio':>12}")
     base = {r.concurrency: r for r in results if r.path == "in-process engine"}
     for r in results:
         ref = base[r.concurrency]

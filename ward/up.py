@@ -34,14 +34,17 @@ READY_PREFIX = "WARD_WORKER_READY"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from gateway.auth.tls_server import add_tls_arguments
 
-    parser.add_argument("--host", default="127.0.0.1", help="address the gateway binds (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"gateway port (default {DEFAULT_PORT})")
-    parser.add_argument("--data-dir", type=pathlib.Path, help="models, database and logs (default: $WARD_DATA_DIR or ~/.local/share/ward)")
-    parser.add_argument("--model", default="smollm2-135m-instruct", help="generation model: a directory or a packaged name")
-    parser.add_argument("--embedding-model", default="all-minilm-l6-v2", help="embedding model: a directory or a packaged name")
-    parser.add_argument("--api-key", help="a Ward key (ward-...) for team `default`; default: one made on first start, printed once")
-    parser.add_argument("--admin-key", help="bootstrap platform-admin key (>= 24 characters); default: one made on first start, printed once")
-    parser.add_argument("--startup-timeout", type=float, default=600.0, help="seconds to wait for every process to be ready")
+    add = parser.add_argument
+    add("--host", default="127.0.0.1", help="address the gateway binds (default 127.0.0.1)")
+    add("--port", type=int, default=DEFAULT_PORT, help=f"gateway port (default {DEFAULT_PORT})")
+    add("--data-dir", type=pathlib.Path,
+        help="models, database and logs (default: $WARD_DATA_DIR or ~/.local/share/ward)")
+    add("--model", default="smollm2-135m-instruct", help="generation model: a directory or a packaged name")
+    add("--embedding-model", default="all-minilm-l6-v2", help="embedding model: a directory or a packaged name")
+    add("--api-key", help="a Ward key (ward-...) for team `default`; default: one made on first start, printed once")
+    add("--admin-key",
+        help="bootstrap platform-admin key (>= 24 characters); default: one made on first start, printed once")
+    add("--startup-timeout", type=float, default=600.0, help="seconds to wait for every process to be ready")
     add_tls_arguments(parser)
 
 
@@ -136,7 +139,8 @@ def _prepare_database(data_dir: pathlib.Path, args: argparse.Namespace):
 
 def _worker_argv(model: str, task: str) -> list[str]:
     # Workers listen on loopback only, plaintext: the gateway is their one client on this host.
-    return [sys.executable, "-m", "ward", "worker", "--model", model, "--task", task, "--host", "127.0.0.1", "--port", "0"]
+    return [sys.executable, "-m", "ward", "worker", "--model", model, "--task", task,
+            "--host", "127.0.0.1", "--port", "0"]
 
 
 def _ready_fields(line: str) -> dict[str, str]:
