@@ -6,6 +6,7 @@ import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -131,12 +132,17 @@ def test_a_restarted_ward_up_keeps_its_keys_and_stops_everything_when_a_process_
         up.kill()
 
 
-def test_ward_up_refuses_bad_keys_before_starting_anything(tmp_path):
-    for args, message in ((["--api-key", "sk-not-a-ward-key"], "--api-key must be a Ward key"),
-                          (["--admin-key", "short"], "--admin-key must be at least 24 characters")):
-        done = subprocess.run([sys.executable, "-m", "ward", "up", "--data-dir", str(tmp_path), *args],
-                              capture_output=True, text=True, env=clean_env(), cwd=ROOT, timeout=60)
-        assert done.returncode == 2 and message in done.stderr
+def test_ward_up_refuses_bad_keys_and_a_busy_port_before_starting_anything(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port, free = str(busy.getsockname()[1]), str(free_port())
+        for args, message in ((["--port", free, "--api-key", "sk-not-a-ward-key"], "--api-key must be a Ward key"),
+                              (["--port", free, "--admin-key", "short"], "--admin-key must be at least 24 characters"),
+                              (["--port", port], f"127.0.0.1:{port} is in use")):
+            done = subprocess.run([sys.executable, "-m", "ward", "up", "--data-dir", str(tmp_path), *args],
+                                  capture_output=True, text=True, env=clean_env(), cwd=ROOT, timeout=60)
+            assert done.returncode == 2 and message in done.stderr
     assert not (tmp_path / "logs").exists()
 
 

@@ -73,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"ward up: {exc}", file=sys.stderr)
         return 2
+    if not _can_bind(args.host, args.port):
+        print(f"ward up: {args.host}:{args.port} is in use (another Ward?); choose another --port", file=sys.stderr)
+        return 2
     data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     stop = _StopRequested()
@@ -170,6 +173,19 @@ def _gateway_argv(args: argparse.Namespace, config: pathlib.Path, data_dir: path
 
 def _gateway_env(env: dict[str, str], admin_key: str | None) -> dict[str, str]:
     return {**env, "WARD_AUTH__ADMIN_KEY": admin_key} if admin_key else env
+
+
+def _can_bind(host: str, port: int) -> bool:
+    """Whether the gateway's address is free (checked up front, so a Ward already serving there is
+    not mistaken for ours). SO_REUSEADDR as uvicorn sets it, so closed connections do not count."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+        return True
+    except OSError:
+        return False
 
 
 def _probe_host(host: str) -> str:
