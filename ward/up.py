@@ -1,8 +1,9 @@
 """``ward up``: a gateway and two workers on this machine, with embedded defaults.
 
 Starts a generation worker (``--model``, default smollm2-135m-instruct) and an embedding worker
-(all-minilm-l6-v2) on loopback ports, then a gateway in front of them: SQLite in the data directory
-(unless WARD_DATABASE_URL), the in-process quota store (unless WARD_REDIS_URL), identity on. It waits
+(all-minilm-l6-v2) on loopback ports, then a gateway in front of them with identity on: its database
+is SQLite in the data directory unless WARD_DATABASE_URL says otherwise, and the rest of the
+environment (WARD_OIDC_*, WARD_REDIS_URL, ...) reaches the gateway unchanged. It waits
 for the gateway's /readyz, prints the URL and the keys, and runs until Ctrl-C or SIGTERM, when it
 stops the gateway, then the workers, and exits 0. If any process exits on its own, everything stops
 and ``ward up`` exits 1.
