@@ -74,10 +74,39 @@ class NoopHooks:
 
 class HookChain(NoopHooks):
     """Several hooks run in order (e.g. quota then audit). A raise stops the chain at that point,
-    except in ``on_failure``, where every hook runs."""
+    except in ``on_failure``, where every hook runs.
+
+    The app's ``startup()`` / ``shutdown()`` reach every member that has them. Members start from
+    the last to the first and stop from the first to the last, as nested context managers would:
+    the last member (the audit log, which earlier members may write to) is running before any other
+    starts and closes only after every other has stopped.
+    """
 
     def __init__(self, hooks: Sequence[RequestHooks]) -> None:
         self.hooks = list(hooks)
+
+    async def startup(self) -> None:
+        """Starts the members, last first; if one fails, those already started are stopped again."""
+        started: list[object] = []
+        try:
+            for hook in reversed(self.hooks):
+                await _call_if_present(hook, "startup")
+                started.append(hook)
+        except BaseException:
+            for hook in reversed(started):
+                try:
+                    await _call_if_present(hook, "shutdown")
+                except Exception:
+                    log.exception("request hook %r failed to stop after a failed start", hook)
+            raise
+
+    async def shutdown(self) -> None:
+        """Stops the members, first first; every member is stopped even if another fails (logged)."""
+        for hook in self.hooks:
+            try:
+                await _call_if_present(hook, "shutdown")
+            except Exception:
+                log.exception("request hook %r failed to stop", hook)
 
     async def before_dispatch(self, ctx: RequestContext) -> None:
         for hook in self.hooks:
@@ -107,3 +136,9 @@ class HookChain(NoopHooks):
                 await hook.on_failure(ctx)
             except Exception:  # one failing hook must not hide the failure from the others
                 log.exception("request hook %r failed in on_failure", hook)
+
+
+async def _call_if_present(component: object, name: str) -> None:
+    method = getattr(component, name, None)
+    if callable(method):
+        await method()

@@ -241,6 +241,38 @@ async def test_hook_chain_runs_hooks_in_order_and_every_on_failure():
     assert events == ["response_headers", "response_headers", "broken", "on_failure"]
 
 
+class Lifecycled(NoopHooks):
+    """A member with its own start and stop, as the quota service and the audit log have."""
+
+    def __init__(self, name: str, events: list, fail_start: bool = False) -> None:
+        self.name, self.events, self.fail_start = name, events, fail_start
+
+    async def startup(self):
+        if self.fail_start:
+            raise RuntimeError(f"{self.name} cannot start")
+        self.events.append(f"start {self.name}")
+
+    async def shutdown(self):
+        self.events.append(f"stop {self.name}")
+
+
+async def test_hook_chain_starts_members_last_first_and_stops_them_first_first_with_the_app(workers):
+    events = []
+    chain = HookChain([Lifecycled("quota", events), NoopHooks(), Lifecycled("audit", events)])
+    async with running_gateway(workers, hooks=chain) as gw:
+        assert events == ["start audit", "start quota"]  # the audit log runs before anything may write to it
+        assert (await gw.client.get("/healthz")).status_code == 200
+    assert events == ["start audit", "start quota", "stop quota", "stop audit"]
+
+
+async def test_a_member_that_fails_to_start_stops_those_already_started():
+    events = []
+    chain = HookChain([Lifecycled("quota", events, fail_start=True), Lifecycled("audit", events)])
+    with pytest.raises(RuntimeError, match="quota cannot start"):
+        await chain.startup()
+    assert events == ["start audit", "stop audit"]
+
+
 async def test_custom_authenticator_extra_routers_and_error_converters(workers):
     class HeaderAuth:
         async def authenticate(self, request: Request) -> Principal:
@@ -275,7 +307,7 @@ async def test_custom_authenticator_extra_routers_and_error_converters(workers):
         assert (
             await gw.client.post("/v1/chat/completions", json=body, headers={"x-team": "radiology"})
         ).status_code == 200
-        assert workers[MODEL][0].servicer.generate_requests[-1].cache_salt == "radiology"
+        assert workers[MODEL][0].servicer.generate_requests[-1].cache_salt == "team:radiology"
         refused = await gw.client.post("/v1/chat/completions", json=body, headers={"x-team": "over-budget"})
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
         assert (await gw.client.get("/admin/ping")).json() == {"pong": True}
