@@ -196,7 +196,7 @@ async def test_every_sampling_field_and_engine_extra_reaches_the_worker(gw):
     assert list(p.stop_token_ids) == [7, 8]
     assert not p.HasField("logprobs")
     assert sent.priority == -2
-    assert sent.cache_salt == TEAM
+    assert sent.cache_salt == f"team:{TEAM}"  # the identity layer's per-team salt (Principal.cache_salt)
     assert sent.model == MODEL and sent.request_id == r.headers["x-request-id"]
 
 

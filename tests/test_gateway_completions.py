@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from fake_worker import FakeConfig, FakeWorker, parse_sse, running_gateway
+from fake_worker import TEAM, FakeConfig, FakeWorker, parse_sse, running_gateway
 
 pytestmark = pytest.mark.anyio
 
@@ -46,6 +46,15 @@ async def test_text_prompt_returns_a_text_completion_with_usage(gw):
 async def test_default_max_tokens_is_openais_16(gw):
     await complete(gw, prompt="x")
     assert gw.worker.servicer.generate_requests[-1].params.max_tokens == 16
+    # An explicit null is OpenAI's "not given" too, not "up to the context length".
+    r = await complete(gw, prompt="x", max_tokens=None, ignore_eos=True)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 16
+    assert gw.worker.servicer.generate_requests[-1].params.max_tokens == 16
+
+
+async def test_the_prompt_goes_with_the_teams_cache_salt(gw):
+    await complete(gw, prompt="x")
+    assert gw.worker.servicer.generate_requests[-1].cache_salt == f"team:{TEAM}"
 
 
 async def test_token_id_prompt_goes_to_the_worker_as_ids(gw):

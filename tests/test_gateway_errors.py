@@ -104,7 +104,7 @@ async def test_missing_required_field_is_400(gw):
 async def test_missing_or_wrong_api_key_is_401_before_the_body_is_read(gw):
     r = await gw.client.post("/v1/chat/completions", content=b"{", headers={"authorization": ""})
     assert_openai_error(r, 401, code="missing_api_key")
-    assert r.headers["www-authenticate"] == "Bearer"
+    assert r.headers["www-authenticate"] == 'Bearer realm="ward"'  # RFC 6750: no error code without a credential
     r = await gw.client.post("/v1/chat/completions", json={}, headers={"authorization": "Bearer sk-wrong-key"})
     assert_openai_error(r, 401, code="invalid_api_key")
     r = await gw.client.get("/v1/models", headers={"authorization": "Basic abc"})

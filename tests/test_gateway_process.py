@@ -61,6 +61,8 @@ class Processes:
             lines += [f"  {model}:", f"    workers: [{', '.join(repr(a) for a in addresses)}]"]
         config.write_text("\n".join(lines) + "\n")
         env = {k: v for k, v in os.environ.items() if not k.startswith("WARD_")}
+        # The gateway always opens its database (identity, audit log): keep it in this test's directory.
+        env["WARD_DATA_DIR"] = str(self.log_dir / "data")
         log = open(self.log_dir / "gateway.log", "w")
         proc = subprocess.Popen(
             [sys.executable, "-m", "ward", "gateway", "--config", str(config), "--log-level", "warning"],

@@ -9,13 +9,20 @@ from pydantic import Field, field_validator, model_validator
 from gateway.protocol.common import SamplingRequest, TokenId, reject_if_set
 
 MAX_PROMPTS = 256
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 
 
 class CompletionRequest(SamplingRequest):
     # a string, several strings, one tokenized prompt, or several tokenized prompts
     prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
-    max_tokens: int | None = Field(16, ge=1, le=2**31 - 1)  # OpenAI's default for completions
+    max_tokens: int = Field(DEFAULT_MAX_TOKENS, ge=1, le=2**31 - 1)
     logprobs: int | None = Field(None, ge=0, le=20)
+
+    @field_validator("max_tokens", mode="before")
+    @classmethod
+    def _null_means_the_default(cls, value: Any) -> Any:
+        # OpenAI reads an explicit null as "not given", i.e. 16, not as "up to the context length".
+        return DEFAULT_MAX_TOKENS if value is None else value
 
     @model_validator(mode="before")
     @classmethod

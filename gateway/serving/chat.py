@@ -41,7 +41,7 @@ def generate_request(
         prompt=pb.Prompt(chat=conversation),
         params=sampling_params(request, logprobs=request.worker_logprobs()),
         priority=request.priority,
-        cache_salt=ctx.principal.team if ctx.principal else "",
+        cache_salt=ctx.principal.cache_salt if ctx.principal else "",
     )
 
 

@@ -25,7 +25,7 @@ def worker_prompt(prompt: str | list[int]) -> pb.Prompt:
 def generate_requests(ctx: RequestContext, request: CompletionRequest) -> list[pb.GenerateRequest]:
     params = sampling_params(request, logprobs=request.logprobs)
     prompts = request.prompts()
-    salt = ctx.principal.team if ctx.principal else ""
+    salt = ctx.principal.cache_salt if ctx.principal else ""
     return [
         pb.GenerateRequest(
             request_id=ctx.request_id if len(prompts) == 1 else f"{ctx.request_id}-{i}",
