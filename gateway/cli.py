@@ -1,8 +1,9 @@
 """``ward gateway --config FILE``: serve the OpenAI-compatible API with uvicorn.
 
-The served app has the identity layer on: the gateway database is migrated, then API keys, OIDC
-tokens and client certificates are checked by ``gateway.auth`` (plus any static ``api_keys`` of the
-config file), and the admin API is mounted. ``--tls-cert --tls-key [--client-ca]`` serve HTTPS.
+The served app has identity, quotas and the audit log on (``build_app``): the gateway database is
+migrated, API keys, OIDC tokens and client certificates are checked by ``gateway.auth`` (plus any
+static ``api_keys`` of the config file), every request passes the quota and audit hooks, and the
+admin and auditor APIs are mounted. ``--tls-cert --tls-key [--client-ca]`` serve HTTPS.
 """
 
 from __future__ import annotations
@@ -56,14 +57,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"ward gateway: invalid configuration: {exc}", file=sys.stderr)
         return 2
 
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway.audit.errors import SigningKeyError
+    from gateway.quota.config_file import QuotaConfigError
     from gateway.workers.channels import InsecureWorkerChannel
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         app = build_app(settings)
-    except InsecureWorkerChannel as exc:
+    except (InsecureWorkerChannel, SigningKeyError, QuotaConfigError) as exc:
         print(f"ward gateway: {exc}", file=sys.stderr)
         return 2
+    except SQLAlchemyError as exc:
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]  # the driver's reason, no SQL
+        print(f"ward gateway: the gateway database cannot be used: {detail}", file=sys.stderr)
+        return 1
     serve(app, settings, log_level=args.log_level)
     return 0
 
@@ -92,27 +101,50 @@ class ConfiguredKeysThenIdentity:
 
 
 def build_app(settings: GatewaySettings, *, registry: Any = None) -> Any:
-    """The gateway app ``ward gateway`` serves: identity on the migrated database, admin API mounted.
+    """The gateway app ``ward gateway`` serves, with identity, quotas and the audit log on.
 
-    Raises InsecureWorkerChannel when a remote worker has no TLS configured.
+    The gateway database is migrated; identity (API keys, OIDC, client certificates, plus the config
+    file's static ``api_keys``) authenticates; the request hooks are quotas then audit
+    (``gateway.governance``); the admin API (teams, keys, quotas, usage) and the auditor API are
+    mounted; admin changes of teams, keys and quotas go into the audit log; the quota metrics join
+    the app's Prometheus registry. ``app.state`` holds ``database``, ``audit_services`` and ``quotas``.
+
+    Raises InsecureWorkerChannel when a remote worker has no TLS configured, SigningKeyError or
+    QuotaConfigError when the audit key or the quota file cannot be used.
     """
+    from prometheus_client import CollectorRegistry
+
     from gateway.app import create_app
     from gateway.auth.factory import build_identity
     from gateway.db import create_db_engine, upgrade_to_head
+    from gateway.governance import build_governance
     from gateway.static_auth import StaticKeyAuthenticator
 
     url = settings.resolved_database_url()
     upgrade_to_head(url)
     engine = create_db_engine(url)
-    identity = build_identity(settings.auth, engine)
+    governance = build_governance(settings, database_url=url)
+    identity = build_identity(settings.auth, engine, recorder=governance.audit.log)
     authenticator: Any = identity.authenticator
     if settings.api_keys:
         static = StaticKeyAuthenticator({key.get_secret_value(): team for key, team in settings.api_keys.items()})
         authenticator = ConfiguredKeysThenIdentity(static, identity.authenticator)
-    app = create_app(settings, authenticator=authenticator, routers=identity.routers, registry=registry)
+    registry = registry if registry is not None else CollectorRegistry()
+    for collector in governance.collectors:
+        registry.register(collector)
+    app = create_app(
+        settings,
+        authenticator=authenticator,
+        hooks=governance.hooks,
+        routers=[*identity.routers, *governance.routers],
+        error_converters=governance.error_converters,
+        registry=registry,
+    )
     for middleware, options in identity.middleware:
         app.add_middleware(middleware, **options)
-    app.state.database = engine  # for layers wired later (quota overrides, audit); closed at exit
+    app.state.database = engine
+    app.state.audit_services = governance.audit  # read by the auditor router
+    app.state.quotas = governance.quotas
     return app
 
 

@@ -9,6 +9,7 @@ import asyncio
 import json
 import sys
 
+from gateway.audit.errors import AuditError
 from gateway.auth.cli_support import add_database_arguments, identity_admin, open_database, operator, parse_expiry, print_table
 from gateway.auth.principal import Role
 from gateway.auth.records import InvalidIdentityInput
@@ -37,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         engine = open_database(args)
-        admin = identity_admin(engine)
+        admin = identity_admin(engine, args, records_changes=args.action != "list")
         if args.action == "create":
             expires = parse_expiry(args.expires) if args.expires else None
             record, text = asyncio.run(
@@ -69,4 +70,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"ward keys: no key {exc.args[0]!r}", file=sys.stderr)
     except InvalidIdentityInput as exc:
         print(f"ward keys: {exc}", file=sys.stderr)
+    except AuditError as exc:  # no signing key for the log, or the change could not be committed to it
+        print(f"ward keys: audit log: {exc}", file=sys.stderr)
     return 2

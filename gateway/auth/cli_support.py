@@ -21,6 +21,7 @@ _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 def add_database_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", help="gateway database (default: $WARD_DATABASE_URL, else SQLite in the data directory)")
     parser.add_argument("--data-dir", help="Ward's data directory (default: $WARD_DATA_DIR or ~/.local/share/ward)")
+    parser.add_argument("--signing-key", help="the audit log's signing key (default: <data dir>/audit/checkpoint-key.pem)")
 
 
 def open_database(args: argparse.Namespace) -> Engine:
@@ -39,9 +40,23 @@ def operator() -> Principal:
     return Principal(subject=f"cli:{user}", team=PLATFORM_TEAM, roles=expand_roles([Role.PLATFORM_ADMIN]), auth_method=AuthMethod.LOCAL)
 
 
-def identity_admin(engine: Engine) -> IdentityAdmin:
-    # the audit log connects its recorder here once it exists (see docs/identity.md)
-    return IdentityAdmin(TeamStore(engine), KeyStore(engine))
+def identity_admin(engine: Engine, args: argparse.Namespace, *, records_changes: bool = True) -> IdentityAdmin:
+    """Identity administration on ``engine``. With ``records_changes`` every change is appended to the
+    audit log in the same database, durable before the command returns (``DirectAdminRecorder``); the
+    log's signing key is loaded first, so a command that cannot record changes none.
+
+    Raises SigningKeyError when the log holds entries but the key that signed them is not on this host.
+    """
+    recorder = None
+    if records_changes:
+        from gateway.audit.admin_recorder import DirectAdminRecorder
+        from gateway.audit.service import build_chain_store, resolve_paths
+        from gateway.audit.settings import AuditSettings
+
+        url = engine.url.render_as_string(hide_password=False)
+        settings = AuditSettings(database_url=url, signing_key_path=args.signing_key)
+        recorder = DirectAdminRecorder(build_chain_store(settings, resolve_paths(settings, args.data_dir), engine))
+    return IdentityAdmin(TeamStore(engine), KeyStore(engine), recorder)
 
 
 def parse_expiry(text: str, now: datetime | None = None) -> datetime:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import sys
 
+from gateway.audit.errors import AuditError
 from gateway.auth.cli_support import add_database_arguments, identity_admin, open_database, operator, print_table
 from gateway.auth.records import CAPTURE_LEVELS, InvalidIdentityInput
 from gateway.auth.stores import TeamExists, TeamNotFound
@@ -29,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        admin = identity_admin(open_database(args))
+        admin = identity_admin(open_database(args), args, records_changes=args.action != "list")
         if args.action == "create":
             team = asyncio.run(admin.create_team(operator(), args.name, args.display_name, args.capture_level))
             print(f"created team {team.name}")
@@ -52,4 +53,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"ward teams: no team {exc.args[0]!r}", file=sys.stderr)
     except InvalidIdentityInput as exc:
         print(f"ward teams: {exc}", file=sys.stderr)
+    except AuditError as exc:  # no signing key for the log, or the change could not be committed to it
+        print(f"ward teams: audit log: {exc}", file=sys.stderr)
     return 2

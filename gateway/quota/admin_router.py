@@ -52,7 +52,7 @@ def make_quota_admin_router(*, principal: Callable[..., Any], service: Callable[
         """Replace the limits of the team (or of one key / model with ``?key_id=`` / ``?model=``).
         Every field left out or null is unlimited. The change is audited."""
         _require_platform_admin(who)
-        await quotas.set_limits(team, limits, actor=who.subject, scope=_scope(key_id, model))
+        await quotas.set_limits(team, limits, actor=who.subject, scope=_scope(key_id, model), principal=who)
         return _team_view(team, await quotas.team_limits(team))
 
     @router.delete("/{team}/quotas")
@@ -65,7 +65,7 @@ def make_quota_admin_router(*, principal: Callable[..., Any], service: Callable[
     ) -> dict:
         """Drop limits set through the API, so the quota file (or its defaults) applies again. Audited."""
         _require_platform_admin(who)
-        await quotas.clear_limits(team, actor=who.subject, scope=_scope(key_id, model))
+        await quotas.clear_limits(team, actor=who.subject, scope=_scope(key_id, model), principal=who)
         return _team_view(team, await quotas.team_limits(team))
 
     @router.get("/{team}/usage")

@@ -3,10 +3,11 @@ gateway provides (its implementation writes them to the tamper-evident audit log
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Protocol
 
+from gateway.auth.principal import Principal
 from gateway.quota.limits import QuotaLimits, Scope
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,10 @@ class QuotaChange:
     scope: Scope
     before: QuotaLimits
     after: QuotaLimits
+    # Admin API only: who made the change (the audit log keeps their team, roles and key id), and
+    # whether the change removed admin-set limits (DELETE) rather than setting them (PUT).
+    principal: Principal | None = field(default=None, compare=False)
+    cleared: bool = False
 
     def as_dict(self) -> dict:
         return {

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
+from gateway.auth.principal import Principal
 from gateway.quota import metrics
 from gateway.quota.audit import ChangeSource, QuotaAuditSink, QuotaChange
 from gateway.quota.breaker import CircuitBreaker
@@ -191,13 +192,18 @@ class QuotaService:
         await self._admin_call(self._refresh_overrides_strict)
         return self._limits.views(team)
 
-    async def set_limits(self, team: str, limits: QuotaLimits, *, actor: str, scope: Scope = TEAM_SCOPE) -> ScopeView:
-        """Set the limits of one scope through the admin API; they replace the file's for that scope."""
-        return await self._change(team, scope, limits, actor)
+    async def set_limits(
+        self, team: str, limits: QuotaLimits, *, actor: str, scope: Scope = TEAM_SCOPE, principal: Principal | None = None
+    ) -> ScopeView:
+        """Set the limits of one scope through the admin API; they replace the file's for that scope.
+        ``principal`` (the caller, when known) is handed to the audit sink with the change."""
+        return await self._change(team, scope, limits, actor, principal)
 
-    async def clear_limits(self, team: str, *, actor: str, scope: Scope = TEAM_SCOPE) -> ScopeView:
+    async def clear_limits(
+        self, team: str, *, actor: str, scope: Scope = TEAM_SCOPE, principal: Principal | None = None
+    ) -> ScopeView:
         """Remove admin-set limits of one scope, so the file's (or the defaults) apply again."""
-        return await self._change(team, scope, None, actor)
+        return await self._change(team, scope, None, actor, principal)
 
     async def usage(self, team: str, first_day: dt.date, last_day: dt.date, group_by: UsageGroupBy) -> list[UsageRow]:
         check_name(team, "team")
@@ -205,7 +211,9 @@ class QuotaService:
         records = await self._admin_call(lambda: self._store.usage(team, first_day, last_day))
         return group_usage(records, group_by)
 
-    async def _change(self, team: str, scope: Scope, limits: QuotaLimits | None, actor: str) -> ScopeView:
+    async def _change(
+        self, team: str, scope: Scope, limits: QuotaLimits | None, actor: str, principal: Principal | None = None
+    ) -> ScopeView:
         check_name(team, "team")
         await self._admin_call(self._refresh_overrides_strict)
         previous = self._limits.override(team, scope)
@@ -216,7 +224,10 @@ class QuotaService:
         if self._audit is not None:
             try:
                 await self._audit.record_quota_change(
-                    QuotaChange(ChangeSource.ADMIN_API, actor, team, scope, before, after.limits)
+                    QuotaChange(
+                        ChangeSource.ADMIN_API, actor, team, scope, before, after.limits,
+                        principal=principal, cleared=limits is None,
+                    )
                 )
             except Exception:
                 # An unaudited change must not stay in force.

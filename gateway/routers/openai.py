@@ -47,11 +47,13 @@ async def embeddings(request: Request, ctx: Context) -> Response:
     return serving_response(ctx, result)
 
 
+# The model routes send nothing to a worker: of the hooks they call only the terminal ones
+# (before_finish, or on_failure), so they are audited like every other request.
 @router.get("/models")
 async def list_models(request: Request, ctx: Context) -> Response:
     ward = request.app.state.ward
     body = {"object": "list", "data": [ward.model_card(name) for name in ward.pool.models()]}
-    ward.lifecycle.succeed_without_hooks(ctx)
+    await ward.lifecycle.finish(ctx)
     return json_response(ctx, body)
 
 
@@ -61,5 +63,5 @@ async def retrieve_model(model: str, request: Request, ctx: Context) -> Response
     ctx.model = model
     if not ward.pool.has_model(model):
         raise ModelNotFound(model)
-    ward.lifecycle.succeed_without_hooks(ctx)
+    await ward.lifecycle.finish(ctx)
     return json_response(ctx, ward.model_card(model))

@@ -53,13 +53,6 @@ class Lifecycle:
         self._end(ctx)
         self.metrics.observe_request(ctx, self.model_label(ctx))
 
-    def succeed_without_hooks(self, ctx: RequestContext) -> None:
-        """Records a successful request that has no lifecycle hooks (e.g. GET /v1/models)."""
-        ctx._terminal = True
-        ctx.status_code = 200
-        ctx.finished_at = time.time()
-        self.metrics.observe_request(ctx, self.model_label(ctx))
-
     async def fail(self, ctx: RequestContext, error: OpenAIError) -> None:
         """Records ``error`` as the request's outcome and runs ``on_failure`` (once; never raises).
 

@@ -1,0 +1,98 @@
+"""Quotas and the audit log, built from the gateway's settings and wired for ``create_app``.
+
+``build_governance`` returns everything the served app needs from the two layers:
+
+- ``hooks``: ``HookChain([QuotaHooks, AuditHooks])``. Quotas admit before dispatch and settle at the
+  end; the audit hooks come last, so no later hook can turn a recorded outcome into another one. The
+  chain starts the audit log before the quota service and stops it after (``HookChain``).
+- ``routers``: the quota admin API (``/admin/teams/{team}/quotas``, ``/usage``) and the auditor
+  API (``/audit/...``), both behind the identity layer's ``current_principal``.
+- ``error_converters``: the quota and audit errors as OpenAI-shaped 429 / 503 / 400.
+- ``collectors``: the quota metrics, for the app's own Prometheus registry.
+
+The audit log lives in the gateway database unless ``audit.database_url`` says otherwise, so the
+teams' capture levels are read where the identity layer keeps them. Quota changes made through the
+admin API or by a reload of the quota file are written to the same log (``AuditedQuotaChanges``).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter
+from prometheus_client.registry import Collector
+
+from gateway.audit.errors import AuditInputError, AuditQueryError, AuditUnavailable
+from gateway.audit.hooks import AuditHooks
+from gateway.audit.quota_changes import AuditedQuotaChanges
+from gateway.audit.router import create_audit_router
+from gateway.audit.service import AuditServices, build_audit_services
+from gateway.auth.dependencies import current_principal
+from gateway.errors import InvalidRequest, OpenAIError, ServiceUnavailable
+from gateway.hooks import HookChain
+from gateway.quota.admin_router import make_quota_admin_router
+from gateway.quota.factory import build_quota_service
+from gateway.quota.hooks import QuotaHooks, quota_error_converters
+from gateway.quota.metrics import QuotaMetricsCollector
+from gateway.quota.service import QuotaService
+from gateway.settings import GatewaySettings
+
+
+@dataclass
+class Governance:
+    """The quota and audit layers of one gateway process, ready to hand to ``create_app``."""
+
+    audit: AuditServices
+    quotas: QuotaService
+    hooks: HookChain
+    routers: list[APIRouter]
+    error_converters: dict[type[Exception], Callable[[Exception], OpenAIError]]
+    collectors: list[Collector]
+
+
+def build_governance(
+    settings: GatewaySettings, *, database_url: str, data_dir: str | os.PathLike | None = None
+) -> Governance:
+    """Builds both layers (migrates the audit database, loads or creates the signing key, reads the
+    quota file). Nothing runs until the app starts the hook chain.
+
+    ``database_url`` is the gateway database, used by the audit log when ``audit.database_url`` is
+    unset. Raises SigningKeyError, QuotaConfigError, or the database's error when it is unreachable.
+    """
+    audit_settings = settings.audit
+    if audit_settings.database_url is None:
+        audit_settings = audit_settings.model_copy(update={"database_url": database_url})
+    audit = build_audit_services(audit_settings, data_dir if data_dir is not None else settings.data_dir)
+    try:
+        quotas = build_quota_service(settings.quota, audit=AuditedQuotaChanges(audit.log))
+    except BaseException:
+        audit.engine.dispose()
+        raise
+    hooks = HookChain([QuotaHooks(quotas), AuditHooks(audit.log)])
+    routers = [
+        make_quota_admin_router(principal=current_principal, service=lambda: quotas),
+        create_audit_router(principal=current_principal),
+    ]
+    return Governance(
+        audit=audit,
+        quotas=quotas,
+        hooks=hooks,
+        routers=routers,
+        error_converters={**quota_error_converters(), **audit_error_converters()},
+        collectors=[QuotaMetricsCollector()],
+    )
+
+
+def audit_error_converters() -> dict[type[Exception], Callable[[Any], OpenAIError]]:
+    """The audit layer's errors outside the request hooks (admin changes, auditor reads) in OpenAI's shape."""
+    return {
+        AuditUnavailable: _audit_unavailable,
+        AuditQueryError: lambda exc: InvalidRequest(str(exc), code="invalid_query"),
+        AuditInputError: lambda exc: InvalidRequest(str(exc), code="invalid_value"),
+    }
+
+
+def _audit_unavailable(exc: AuditUnavailable) -> OpenAIError:
+    return ServiceUnavailable("The audit log is unavailable. Please retry.", code="audit_unavailable")
