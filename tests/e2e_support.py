@@ -1,5 +1,6 @@
-"""Real processes for the end-to-end tests: ``ward worker`` on the default models (CPU), ``ward gateway``
-in front of them, and helpers to reach workers over gRPC and to make teams and keys.
+"""Real processes for the end-to-end tests: ``ward worker`` on the default models (CPU) or the fake
+worker, ``ward gateway`` in front of them, and helpers to reach workers over gRPC and to make teams and
+keys.
 
 A ``ProcessStack`` owns every process it starts (through ``ward.supervisor``: own session, SIGTERM if
 the test process dies) and stops them all in ``close()``, which fixtures call in ``finally``.
@@ -112,6 +113,16 @@ class ProcessStack:
         command = list(argv) if argv is not None else [sys.executable, "-m", "ward", "worker"]
         child = self.supervisor.start(name, [*command, *args, *extra], env or clean_env())
         worker = WorkerProcess(child)
+        self.workers.append(worker)
+        return worker
+
+    def start_fake_worker(self, name: str, model: str, *args: str) -> WorkerProcess:
+        """``tests/fake_worker.py`` as a process (deterministic words, no model): for tests where the
+        model's output does not matter. Returns once it serves."""
+        argv = [sys.executable, str(ROOT / "tests" / "fake_worker.py"), "--model", model, "--worker-id", name, *args]
+        child = self.supervisor.start(name, argv, clean_env())
+        line = self.supervisor.wait_for_line(child, "PORT ", START_TIMEOUT_S)
+        worker = WorkerProcess(child, int(line.split()[1]), model)
         self.workers.append(worker)
         return worker
 

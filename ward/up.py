@@ -1,9 +1,10 @@
 """``ward up``: a gateway and two workers on this machine, with embedded defaults.
 
 Starts a generation worker (``--model``, default smollm2-135m-instruct) and an embedding worker
-(all-minilm-l6-v2) on loopback ports, then a gateway in front of them with identity on: its database
-is SQLite in the data directory unless WARD_DATABASE_URL says otherwise, and the rest of the
-environment (WARD_OIDC_*, WARD_REDIS_URL, ...) reaches the gateway unchanged. It waits
+(all-minilm-l6-v2) on loopback ports, then a gateway in front of them with identity, quotas and the
+audit log on: its database (teams, keys, the audit log) is SQLite in the data directory unless
+WARD_DATABASE_URL says otherwise, quota limits come from ``<data dir>/quotas.yaml`` and the admin
+API, and the rest of the environment (WARD_OIDC_*, WARD_REDIS_URL, ...) reaches the gateway unchanged. It waits
 for the gateway's /readyz, prints the URL and the keys, and runs until Ctrl-C or SIGTERM, when it
 stops the gateway, then the workers, and exits 0. If any process exits on its own, everything stops
 and ``ward up`` exits 1.
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         probe_host = _probe_host(args.host)
         if not _wait_gateway_ready(gateway, scheme, probe_host, args.port, tls, args.startup_timeout, stop):
             return 0
-        _print_banner(f"{scheme}://{probe_host}:{args.port}/v1", list(routes), keys, data_dir / "logs")
+        _print_banner(f"{scheme}://{probe_host}:{args.port}/v1", list(routes), keys, data_dir)
         while not stop():
             exited = supervisor.first_exited()
             if exited is not None:
@@ -152,12 +153,40 @@ def _ready_fields(line: str) -> dict[str, str]:
     return dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
 
 
+QUOTA_FILE_NAME = "quotas.yaml"
+QUOTA_FILE_TEMPLATE = """\
+# Per-team quotas of this Ward (docs/quotas.md). Edits are picked up within a second; a version that
+# does not validate is refused (the gateway log says why) and the previous limits stay in force.
+# Limits set with PUT /admin/teams/{team}/quotas replace this file's for that scope.
+#
+# defaults:                      # team-scope limits of every team (null or left out: unlimited)
+#   requests_per_minute: 120
+#   tokens_per_minute: 200000
+# teams:
+#   radiology:
+#     limits: {tokens_per_day: 2000000}
+defaults: {}
+teams: {}
+"""
+
+
+def _quota_settings(data_dir: pathlib.Path) -> dict[str, str]:
+    """Quotas of ``ward up``: limits from ``<data dir>/quotas.yaml`` (written once, unlimited, for the
+    operator to edit), admin-set limits kept in the data directory so they survive restarts. With
+    WARD_REDIS_URL the counters and admin-set limits live in Redis instead."""
+    quota_file = data_dir / QUOTA_FILE_NAME
+    if not quota_file.exists():
+        quota_file.write_text(QUOTA_FILE_TEMPLATE)
+    return {"config_file": str(quota_file), "overrides_file": str(data_dir / "quota" / "overrides.json")}
+
+
 def _write_gateway_config(data_dir: pathlib.Path, routes: dict[str, Any]) -> pathlib.Path:
-    # No secret goes in this file: the admin key reaches the gateway through its environment.
+    # No secret goes in this file: the admin key reaches the gateway through its environment. The
+    # gateway's own data directory (--data-dir) holds its database and the audit log's signing key.
     run_dir = data_dir / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / "gateway.yaml"
-    path.write_text(yaml.safe_dump({"models": routes}, sort_keys=True))
+    path.write_text(yaml.safe_dump({"models": routes, "quota": _quota_settings(data_dir)}, sort_keys=True))
     return path
 
 
@@ -229,7 +258,13 @@ def _unverified_context() -> ssl.SSLContext:
     return context
 
 
-def _print_banner(url: str, models: list[str], keys, logs: pathlib.Path) -> None:
+def _verify_command(data_dir: pathlib.Path) -> str:
+    if os.environ.get("WARD_DATABASE_URL"):  # the database is elsewhere; the signing key is still here
+        return f"ward audit verify --signing-key {data_dir / 'audit' / 'checkpoint-key.pem'}"
+    return f"ward audit verify --data-dir {data_dir}"
+
+
+def _print_banner(url: str, models: list[str], keys, data_dir: pathlib.Path) -> None:
     lines = [f"Ward is up: {url}", f"Models: {', '.join(models)}"]
     if keys.user_key:
         lines.append(f"API key (team default, role user): {keys.user_key}")
@@ -241,5 +276,7 @@ def _print_banner(url: str, models: list[str], keys, logs: pathlib.Path) -> None
     else:
         lines.append("Platform admin key: shown on the first start only; "
                      "make another with `ward keys create --team platform --role platform_admin`")
-    lines += [f"Logs: {logs}", "Press Ctrl-C to stop."]
+    lines += [f"Quotas: {data_dir / QUOTA_FILE_NAME} (reloaded on change)",
+              f"Audit log: check it with `{_verify_command(data_dir)}`",
+              f"Logs: {data_dir / 'logs'}", "Press Ctrl-C to stop."]
     print("\n".join(lines), flush=True)
