@@ -1,7 +1,8 @@
-"""End to end: the real gateway (AuditHooks), a fake worker process, the official openai client.
+"""End to end: the gateway with AuditHooks, a fake worker process, the official openai client.
 
 A mixed run (answers, streams, cancelled streams, 401s, 429s, 400s, a 404) leaves exactly one
-record per request, with the right fields, in a chain that verifies.
+record per request, with the right fields, in a chain that verifies. The kill -9 and three-gateway
+tests run real processes serving the app ``ward gateway`` builds (identity, quotas and audit on).
 """
 from __future__ import annotations
 
@@ -87,20 +88,6 @@ def _wait_ready(base: str) -> None:
     raise AssertionError("no ready worker")
 
 
-class Hooks(HookChain):
-    """A HookChain that also passes the app's startup and shutdown on to its hooks."""
-
-    async def startup(self) -> None:
-        for hook in self.hooks:
-            if hasattr(hook, "startup"):
-                await hook.startup()
-
-    async def shutdown(self) -> None:
-        for hook in reversed(self.hooks):
-            if hasattr(hook, "shutdown"):
-                await hook.shutdown()
-
-
 def _mixed_run(base: str) -> dict[str, dict]:
     """Sends the mix; returns what each request's client saw, by x-request-id."""
     good = openai.OpenAI(base_url=f"{base}/v1", api_key=CARDIO_KEY, max_retries=0)
@@ -159,7 +146,7 @@ def test_mixed_openai_run_leaves_one_complete_record_per_request(db_url, fake_wo
     settings = GatewaySettings(models={MODEL: {"workers": [f"127.0.0.1:{fake_worker}"]}}, api_keys={CARDIO_KEY: "cardiology", RADIO_KEY: "radiology"})
     audit_settings = AuditSettings(database_url=db_url)
     services = build_audit_services(audit_settings, tmp_path)
-    app = create_app(settings, hooks=Hooks([OverQuota(), AuditHooks(services.log)]))
+    app = create_app(settings, hooks=HookChain([OverQuota(), AuditHooks(services.log)]))
     reader = AuditReader(services.engine)
     with Gateway(app) as base:
         _wait_ready(base)
@@ -234,17 +221,19 @@ def test_audit_database_down_means_503_and_nothing_served(pg_module_url, fake_wo
 
 GATEWAY_SCRIPT = r"""
 import sys, uvicorn
-from gateway.app import create_app
-from gateway.audit.hooks import AuditHooks
-from gateway.audit.service import build_audit_services
-from gateway.audit.settings import AuditSettings
+from gateway.cli import build_app
 from gateway.settings import GatewaySettings
 
 db_url, data_dir, worker_port, port, key = sys.argv[1:6]
-services = build_audit_services(AuditSettings(database_url=db_url), data_dir)
-settings = GatewaySettings(models={"fake-chat": {"workers": [f"127.0.0.1:{worker_port}"]}}, api_keys={key: "cardiology"})
-uvicorn.run(create_app(settings, hooks=AuditHooks(services.log)), host="127.0.0.1", port=int(port), log_level="warning")
-"""
+settings = GatewaySettings(
+    models={"fake-chat": {"workers": [f"127.0.0.1:{worker_port}"]}},
+    api_keys={key: "cardiology"},
+    database_url=db_url,
+    data_dir=data_dir,
+    quota={"redis_url": None},
+)
+uvicorn.run(build_app(settings), host="127.0.0.1", port=int(port), log_level="warning")
+"""  # the app `ward gateway` serves: identity, quotas and the audit log on
 
 
 def test_sigkill_of_the_gateway_under_streaming_load(db_url, fake_worker, tmp_path):

@@ -1,10 +1,14 @@
-"""Acceptance over HTTP: three real gateway processes (uvicorn, the gateway app, QuotaHooks) share one
-Redis (DB 2) in front of one fake worker process, and are hammered at once by clients spread over all
-three. Admissions are exact across them, and every response carries OpenAI's headers and shapes."""
+"""Acceptance over HTTP: three real gateway processes (uvicorn serving the app ``ward gateway`` builds:
+identity, quotas, audit log) share one Redis (DB 7) in front of one fake worker, and are hammered at
+once by clients spread over all three. Admissions are exact across them, and every response carries
+OpenAI's headers and shapes."""
 from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import pathlib
+import shutil
+import tempfile
 import time
 
 import httpx2
@@ -13,34 +17,30 @@ from fake_worker import FakeConfig, FakeWorker, FakeWorkerServicer
 
 from gateway.quota.testing import delete_prefix, free_port, redis_url, require_redis, unique_prefix
 
-URL = redis_url(2)
+URL = redis_url(7)
 MODEL = "fake-chat"
 API_KEY = "sk-quota-gateway-processes"
 TEAM = "ed"
 USER = [{"role": "user", "content": "three short words"}]
 
 
-def _gateway_process(worker: str, port: int, prefix: str, quota_yaml: str, ready, stop) -> None:
-    """One gateway: the real app with QuotaHooks on Redis, served by uvicorn until `stop` is set."""
+def _gateway_process(worker: str, port: int, prefix: str, quota_file: str, data_dir: str, ready, stop) -> None:
+    """One gateway: the app ``ward gateway`` serves (identity, quotas on Redis, audit log in its own
+    SQLite database), served by uvicorn until `stop` is set."""
     import uvicorn
 
-    from gateway.app import create_app
-    from gateway.quota.config_file import StaticQuotaConfig, parse_quota_config
-    from gateway.quota.hooks import QuotaHooks, quota_error_converters
-    from gateway.quota.redis_store import RedisQuotaStore
-    from gateway.quota.service import QuotaService
-    from gateway.quota.settings import QuotaSettings
+    from gateway.cli import build_app
     from gateway.settings import GatewaySettings
 
     async def serve() -> None:
-        quota_settings = QuotaSettings(redis_url=URL, key_prefix=prefix, redis_timeout_s=2.0)
-        quotas = QuotaService(
-            RedisQuotaStore.from_url(URL, key_prefix=prefix, timeout_s=2.0),
-            StaticQuotaConfig(parse_quota_config(quota_yaml)),
-            quota_settings,
+        settings = GatewaySettings(
+            models={MODEL: {"workers": [worker]}},
+            api_keys={API_KEY: TEAM},
+            data_dir=data_dir,
+            database_url=f"sqlite:///{data_dir}/ward.db",
+            quota={"redis_url": URL, "key_prefix": prefix, "redis_timeout_s": 2.0, "config_file": quota_file},
         )
-        settings = GatewaySettings(models={MODEL: {"workers": [worker]}}, api_keys={API_KEY: TEAM})
-        app = create_app(settings, hooks=QuotaHooks(quotas), error_converters=quota_error_converters())
+        app = build_app(settings)
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
         task = asyncio.create_task(server.serve())
         while not server.started:
@@ -84,7 +84,9 @@ class Gateways:
     """A fake worker in this event loop and three gateway processes in front of it."""
 
     def __init__(self, quota_yaml: str, worker_config: FakeConfig):
-        self.quota_yaml = quota_yaml
+        self.workdir = pathlib.Path(tempfile.mkdtemp(prefix="ward-quota-gateways-"))
+        self.quota_file = self.workdir / "quotas.yaml"
+        self.quota_file.write_text(quota_yaml)
         self.worker = FakeWorker(worker_config)
         self.worker.servicer = self.servicer = CountingServicer(worker_config)
         self.prefix = unique_prefix("gwp")
@@ -97,9 +99,11 @@ class Gateways:
         require_redis(URL)
         await self.worker.start()
         events = []
-        for _ in range(3):
+        for n in range(3):
             port, ready = free_port(), self.ctx.Event()
-            args = (self.worker.address, port, self.prefix, self.quota_yaml, ready, self.stop)
+            data_dir = self.workdir / f"gateway-{n}"
+            data_dir.mkdir()
+            args = (self.worker.address, port, self.prefix, str(self.quota_file), str(data_dir), ready, self.stop)
             proc = self.ctx.Process(target=_gateway_process, args=args)
             proc.start()
             self.procs.append(proc)
@@ -112,6 +116,22 @@ class Gateways:
             await asyncio.sleep(0.05)
         return self
 
+    def audited_statuses(self) -> list[int]:
+        """The HTTP status of every request record in the three gateways' audit logs."""
+        from gateway.audit.reader import AuditReader, ReadScope, RecordFilter
+        from gateway.audit.service import create_audit_engine
+
+        statuses = []
+        for n in range(3):
+            engine = create_audit_engine(f"sqlite:///{self.workdir / f'gateway-{n}' / 'ward.db'}")
+            try:
+                scope = ReadScope(teams=None, content=False, kinds=None)
+                records = AuditReader(engine).iter_records(RecordFilter(kind="request"), scope, through_seq=10**12)
+                statuses += [r["http_status"] for r in records]
+            finally:
+                engine.dispose()
+        return statuses
+
     async def __aexit__(self, *exc) -> None:
         self.stop.set()
         for proc in self.procs:
@@ -120,6 +140,7 @@ class Gateways:
                 proc.join(timeout=0)
         await self.worker.stop()
         delete_prefix(URL, self.prefix)
+        shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 async def hammer(urls: list[str], clients_per_gateway: int, attempts: int, body: dict) -> list[httpx2.Response]:
@@ -140,11 +161,13 @@ async def hammer(urls: list[str], clients_per_gateway: int, attempts: int, body:
 
 
 def test_three_gateway_processes_admit_exactly_the_rate_limit_with_openai_headers_and_bodies():
-    async def run() -> list[httpx2.Response]:
+    async def run() -> tuple[list[httpx2.Response], list[int]]:
         async with Gateways("defaults: {requests_per_minute: 40, tokens_per_minute: 1000000}", FakeConfig(model=MODEL)) as gw:
-            return await hammer(gw.urls, clients_per_gateway=8, attempts=4, body={"model": MODEL, "messages": USER})
+            responses = await hammer(gw.urls, clients_per_gateway=8, attempts=4, body={"model": MODEL, "messages": USER})
+            return responses, gw.audited_statuses()
 
-    responses = asyncio.run(run())
+    responses, audited = asyncio.run(run())
+    assert sorted(audited) == sorted(r.status_code for r in responses)  # each gateway audited what it answered
     statuses = [r.status_code for r in responses]
     assert len(statuses) == 3 * 8 * 4
     assert statuses.count(200) == 40 and statuses.count(429) == len(statuses) - 40
