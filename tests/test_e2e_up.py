@@ -1,5 +1,6 @@
-"""``ward up`` as a user runs it: one command, a URL and keys printed, the openai client served, and a
-clean stop on SIGINT (or every process stopped, exit 1, when one of them dies)."""
+"""``ward up`` as a user runs it: one command, a URL and keys printed, the openai client served with
+quotas and the audit log on, and a clean stop on SIGINT (or every process stopped, exit 1, when one of
+them dies)."""
 from __future__ import annotations
 
 import os
@@ -96,8 +97,17 @@ def test_ward_up_serves_the_openai_client_with_the_printed_key_and_stops_cleanly
                                                     messages=[{"role": "user", "content": "Hello"}])
             assert answer.choices[0].message.content and answer.usage.completion_tokens <= 4
             assert len(client.embeddings.create(model=EMBED_MODEL, input="hello").data[0].embedding) == 384
-        teams = httpx.get(f"http://127.0.0.1:{up.port}/admin/teams", headers={"authorization": f"Bearer {admin_key}"})
+        admin = {"authorization": f"Bearer {admin_key}"}
+        teams = httpx.get(f"http://127.0.0.1:{up.port}/admin/teams", headers=admin)
         assert teams.status_code == 200 and {t["name"] for t in teams.json()["data"]} == {"default", "platform"}
+        # Quotas are on: a limit set by the platform admin is in force on the next request.
+        limit = httpx.put(f"http://127.0.0.1:{up.port}/admin/teams/default/quotas", headers=admin,
+                          json={"requests_per_minute": 1000})
+        assert limit.status_code == 200 and limit.json()["source"] == "admin"
+        with client_for(up, key) as client:
+            raw = client.chat.completions.with_raw_response.create(model=GENERATE_MODEL, max_tokens=1,
+                                                                   messages=[{"role": "user", "content": "Hi"}])
+        assert raw.headers["x-ratelimit-limit-requests"] == "1000"
 
         up.process.send_signal(signal.SIGINT)
         assert up.process.wait(60) == 0
@@ -105,6 +115,27 @@ def test_ward_up_serves_the_openai_client_with_the_printed_key_and_stops_cleanly
         assert "ward up: stopping" in up.text()
     finally:
         up.kill()
+    # The audit log was on: one record per request served, the quota change recorded, the chain intact.
+    records = _audit_records(tmp_path / "data")
+    assert sorted((r["endpoint"], r["http_status"]) for r in records if r["kind"] == "request") == sorted([
+        ("/v1/models", 200), ("/v1/chat/completions", 200), ("/v1/embeddings", 200), ("/v1/chat/completions", 200)])
+    assert [r["data"]["action"] for r in records if r["kind"] == "admin"] == ["quota.set"]
+    assert (tmp_path / "data" / "quotas.yaml").exists() and (tmp_path / "data" / "quota" / "overrides.json").exists()
+    verify = subprocess.run([sys.executable, "-m", "ward", "audit", "verify", "--data-dir", str(tmp_path / "data")],
+                            capture_output=True, text=True, env=clean_env(), cwd=ROOT, timeout=60)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def _audit_records(data_dir: pathlib.Path) -> list[dict]:
+    from gateway.audit.reader import AuditReader, ReadScope, RecordFilter
+    from gateway.audit.service import create_audit_engine
+
+    engine = create_audit_engine(f"sqlite:///{data_dir / 'ward.db'}")
+    try:
+        scope = ReadScope(teams=None, content=True, kinds=None)
+        return list(AuditReader(engine).iter_records(RecordFilter(), scope, through_seq=10**12))
+    finally:
+        engine.dispose()
 
 
 def test_a_restarted_ward_up_keeps_its_keys_and_stops_everything_when_a_process_dies(tmp_path):
@@ -113,6 +144,7 @@ def test_a_restarted_ward_up_keeps_its_keys_and_stops_everything_when_a_process_
     earlier = ensure_local_keys(engine)  # what an earlier start made and printed
     given = _ward_key(engine)
     engine.dispose()
+    _limit_set_by_an_earlier_start(data, requests_per_minute=500)
     up = WardUp(data, "--api-key", given)
     try:
         banner = up.wait_up()
@@ -120,8 +152,10 @@ def test_a_restarted_ward_up_keeps_its_keys_and_stops_everything_when_a_process_
         assert "Platform admin key: shown on the first start only" in banner
         for key in (given, earlier.user_key):
             with client_for(up, key) as client:
-                assert client.chat.completions.create(model=GENERATE_MODEL, max_tokens=1,
-                                                      messages=[{"role": "user", "content": "Hi"}]).choices
+                raw = client.chat.completions.with_raw_response.create(model=GENERATE_MODEL, max_tokens=1,
+                                                                       messages=[{"role": "user", "content": "Hi"}])
+                assert raw.parse().choices
+                assert raw.headers["x-ratelimit-limit-requests"] == "500"  # admin-set limits survive restarts
         children = up.children()
         embed_worker = next(pid for pid in children if "embed" in pathlib.Path(f"/proc/{pid}/cmdline").read_text())
         os.kill(embed_worker, signal.SIGKILL)
@@ -130,6 +164,17 @@ def test_a_restarted_ward_up_keeps_its_keys_and_stops_everything_when_a_process_
         assert wait_until(lambda: not [pid for pid in children if alive(pid)], 5)
     finally:
         up.kill()
+
+
+def _limit_set_by_an_earlier_start(data_dir: pathlib.Path, requests_per_minute: int) -> None:
+    """What PUT /admin/teams/default/quotas on an earlier ``ward up`` left in the data directory."""
+    import asyncio
+
+    from gateway.quota.limits import TEAM_SCOPE, QuotaLimits
+    from gateway.quota.memory_store import InMemoryQuotaStore
+
+    store = InMemoryQuotaStore(overrides_path=data_dir / "quota" / "overrides.json")
+    asyncio.run(store.set_override(DEFAULT_TEAM, TEAM_SCOPE, QuotaLimits(requests_per_minute=requests_per_minute)))
 
 
 def test_ward_up_refuses_bad_keys_and_a_busy_port_before_starting_anything(tmp_path):
