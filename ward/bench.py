@@ -3,6 +3,7 @@
     ward bench offline --model llama-3.1-8b --out DIR      engine workloads (dummy weights)
     ward bench card                                         copy bandwidth and matmul rate only
     ward bench hf --device cpu                              32 requests: engine together vs transformers one by one
+    ward bench hf-mixed                                     transformers generate on the mixed workload (GPU)
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ WORKLOADS = ["latency", "batch1", "offline_256_256", "offline_1024_128", "mixed"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("suite", choices=["offline", "card", "hf"])
+    p.add_argument("suite", choices=["offline", "card", "hf", "hf-mixed"])
     p.add_argument("--device", default="auto", help="for `hf`: cpu or cuda (auto: cuda when present)")
     p.add_argument("--model", default="llama-3.1-8b", help="a shape name (dummy weights) or a model directory")
     p.add_argument("--workloads", default=",".join(WORKLOADS))
@@ -110,6 +111,12 @@ def run(args: argparse.Namespace) -> int:
 
         device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         report["results"] = run_hf(device=device)
+        print(json.dumps(report["results"]), flush=True)
+    if args.suite == "hf-mixed":
+        from ward.benchmarks.hf_baseline import run_mixed
+        from ward.benchmarks.models import SHAPES
+
+        report["results"] = run_mixed(SHAPES[args.model], batch=args.max_num_seqs)
         print(json.dumps(report["results"]), flush=True)
     path = os.path.join(args.out, f"ward_bench_{args.suite}.json")
     with open(path, "w") as f:
