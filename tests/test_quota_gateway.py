@@ -183,3 +183,17 @@ async def test_a_store_outage_with_a_budget_in_play_is_a_503_in_openai_shape():
     error = response.json()["error"]
     assert (error["type"], error["code"]) == ("server_error", "quota_unavailable")
     assert "tokens_per_day" in error["message"]
+
+
+async def test_without_a_token_limit_the_prompt_is_not_counted_before_dispatch_and_usage_is_still_settled():
+    quotas = quota_service("defaults: {requests_per_minute: 100}\nteams:\n  other: {limits: {tokens_per_minute: 1000}}")
+    async with FakeWorker(FakeConfig(model=MODEL)) as chat:
+        async with running_gateway({MODEL: [chat]}, **with_quotas(quotas)) as gw:
+            answer = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "max_tokens": 5})
+            assert answer.status_code == 200 and answer.headers["x-ratelimit-remaining-requests"] == "99"
+            assert chat.servicer.tokenize_requests == []  # no Tokenize round trip: no token limit applies
+    today = dt.datetime.now(dt.timezone.utc).date()
+    [row] = await quotas.usage(TEAM, today, today, UsageGroupBy.DAY)
+    assert (row.requests, row.prompt_tokens) == (1, answer.json()["usage"]["prompt_tokens"])
+    assert quotas.counts_tokens("other") and not quotas.counts_tokens(TEAM)
+    await quotas.aclose()

@@ -51,13 +51,12 @@ class QuotaHooks(NoopHooks):
     async def before_dispatch(self, ctx: RequestContext) -> None:
         if ctx.principal is None:
             return
-        admission = await self.service.admit(
-            ctx.principal.team,
-            key_id=ctx.principal.key_id,
-            model=ctx.model,
-            reserve_tokens=await self.tokens_to_reserve(ctx),
-        )
-        ctx.extra[_ADMISSION] = admission
+        team, key_id = ctx.principal.team, ctx.principal.key_id
+        # Counting the prompt costs the worker a Tokenize call; without a token limit in play the
+        # reservation changes nothing, so it is skipped (the usage is settled from the worker's count).
+        counts = self.service.counts_tokens(team, key_id=key_id, model=ctx.model)
+        reserve = await self.tokens_to_reserve(ctx) if counts else 0
+        ctx.extra[_ADMISSION] = await self.service.admit(team, key_id=key_id, model=ctx.model, reserve_tokens=reserve)
 
     def response_headers(self, ctx: RequestContext) -> Mapping[str, str]:
         admission: Admission | None = ctx.extra.get(_ADMISSION)

@@ -21,9 +21,14 @@ class LimitKind(str, Enum):
     def is_budget(self) -> bool:
         return self in (LimitKind.TOKENS_PER_DAY, LimitKind.TOKENS_PER_MONTH)
 
+    @property
+    def counts_tokens(self) -> bool:
+        return self in TOKEN_KINDS
+
 
 # The order the stores use to pass limits around (Lua arguments, result codes 1..5).
 LIMIT_KINDS: tuple[LimitKind, ...] = tuple(LimitKind)
+TOKEN_KINDS = frozenset({LimitKind.TOKENS_PER_MINUTE, LimitKind.TOKENS_PER_DAY, LimitKind.TOKENS_PER_MONTH})
 
 NonNegativeInt = Annotated[int, Field(ge=0, le=2**50)]  # bounded so Lua's doubles stay exact
 
@@ -44,6 +49,10 @@ class QuotaLimits(BaseModel):
 
     def is_unlimited(self) -> bool:
         return all(self.get(kind) is None for kind in LimitKind)
+
+    def limits_tokens(self) -> bool:
+        """Whether any token limit (per minute, day or month) is set: only then do reservations matter."""
+        return any(self.get(kind) is not None for kind in TOKEN_KINDS)
 
     def kinds(self) -> set[LimitKind]:
         """The kinds this scope actually limits."""

@@ -147,6 +147,12 @@ class QuotaService:
                 return self._admission(request, result, key_id, degraded=False)
         return await self._admit_degraded(request, key_id)
 
+    def counts_tokens(self, team: str, *, key_id: str | None = None, model: str | None = None) -> bool:
+        """Whether a token limit applies to a request of this team, key and model right now. When none
+        does, its token reservation changes nothing, so callers may reserve 0 and skip counting the
+        prompt (its usage is still recorded when it is settled)."""
+        return any(item.limits.limits_tokens() for item in self._limits.for_request(team, key_id, model))
+
     async def settle(self, admission: Admission, *, prompt_tokens: int, completion_tokens: int) -> None:
         """Settle a finished, cancelled or failed request to what it really used: the difference to its
         reservation goes back to the limits at once, and the usage is recorded. Idempotent; never raises
