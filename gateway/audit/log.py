@@ -213,7 +213,8 @@ class AuditLog:
                     return
                 self._wakeup.clear()
                 try:
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=self._idle_timeout())
+                    async with asyncio.timeout(self._idle_timeout()):  # unlike wait_for, no task per wait
+                        await self._wakeup.wait()
                 except TimeoutError:
                     await self._idle_tick()
                 continue
