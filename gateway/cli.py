@@ -166,8 +166,16 @@ def serve(app: Any, settings: GatewaySettings, *, log_level: str = "info") -> No
     With ``auth.tls``, HTTPS through ``PeerCertH11Protocol``, which hands verified client
     certificates to the identity layer.
     """
+    import gc
+
     import uvicorn
 
+    # Everything built so far (modules, the app, its layers) lives as long as the process: moved out
+    # of the collector's sight, a full collection no longer scans it and no longer stalls every
+    # request in flight for tens of milliseconds (measured: 65-75 ms on the 2-core box, about once a
+    # second under load; see docs/performance.md).
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
         app,
         host=settings.host,
