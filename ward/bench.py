@@ -4,6 +4,9 @@
     ward bench card                                         copy bandwidth and matmul rate only
     ward bench hf --device cpu                              32 requests: engine together vs transformers one by one
     ward bench hf-mixed                                     transformers generate on the mixed workload (GPU)
+    ward bench gateway [--redis-url URL --postgres URL]     gateway overhead: identity, quotas, audit off vs on (CPU)
+    ward bench quota [--redis-url URL]                      latency quotas add: in-process, Redis (CPU)
+    ward bench audit [--postgres URL]                       audit write latency and records/s: SQLite, PostgreSQL (CPU)
 """
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ WORKLOADS = ["latency", "batch1", "offline_256_256", "offline_1024_128", "mixed"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("suite", choices=["offline", "card", "hf", "hf-mixed"])
+    p.add_argument("suite", choices=["offline", "card", "hf", "hf-mixed", "gateway", "quota", "audit"])
     p.add_argument("--device", default="auto", help="for `hf`: cpu or cuda (auto: cuda when present)")
     p.add_argument("--model", default="llama-3.1-8b", help="a shape name (dummy weights) or a model directory")
     p.add_argument("--workloads", default=",".join(WORKLOADS))
@@ -29,6 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--enforce-eager", action="store_true")
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=16384)
+    p.add_argument("--redis-url", help="gateway, quota: a Redis to measure (its keys are removed afterwards)")
+    p.add_argument("--postgres", help="gateway, audit: a PostgreSQL server; a scratch database is made there and dropped")
+    p.add_argument("--requests", type=int, default=2000, help="gateway, quota, audit: measured requests per row")
+    p.add_argument("--rounds", type=int, default=3, help="gateway: measurement rounds (medians are reported)")
 
 
 def _rooflines(card: dict, cfg: dict, results: dict) -> dict:
@@ -54,6 +61,8 @@ def _rooflines(card: dict, cfg: dict, results: dict) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.suite in ("gateway", "quota", "audit"):
+        return _run_gateway_suite(args)
     from ward.benchmarks.card import measure_card
 
     os.makedirs(args.out, exist_ok=True)
@@ -122,4 +131,39 @@ def run(args: argparse.Namespace) -> int:
     with open(path, "w") as f:
         json.dump(report, f, indent=1)
     print(json.dumps(report), flush=True)
+    return 0
+
+
+def _run_gateway_suite(args: argparse.Namespace) -> int:
+    """The serving-layer suites: CPU only, no card is measured."""
+    os.makedirs(args.out, exist_ok=True)
+    path = os.path.join(args.out, f"ward_bench_{args.suite}.json")
+    report: dict = {"date": datetime.date.today().isoformat(), "cpus": os.cpu_count()}
+    if args.suite == "gateway":
+        from gateway.benchmark.overhead import as_json, format_table, run_benchmark
+
+        rows = run_benchmark(requests=args.requests, clients=[1, 16], rounds=args.rounds,
+                             redis_url=args.redis_url, postgres=args.postgres)
+        print(format_table(rows))
+        report["rows"] = as_json(rows)
+    elif args.suite == "quota":
+        from dataclasses import asdict
+
+        from gateway.quota.bench import measure
+
+        rows = measure(args.redis_url, args.requests, 200, ["gateway", "layer"])
+        for r in rows:
+            print(f"{r.path:<9}{r.mode:<12}p50 {r.p50_ms:.3f} ms  p99 {r.p99_ms:.3f} ms  "
+                  f"added p50 {r.added_p50_ms:.3f}  added p99 {r.added_p99_ms:.3f}")
+        report["rows"] = [asdict(r) for r in rows]
+    else:
+        from gateway.audit.bench import format_table as audit_table
+        from gateway.audit.bench import run_benchmark as audit_benchmark
+
+        results = audit_benchmark(args.postgres, args.requests, 64)
+        print(audit_table(results))
+        report["results"] = results
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"wrote {path}")
     return 0

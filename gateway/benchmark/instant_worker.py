@@ -1,0 +1,88 @@
+"""A gRPC worker that answers at once, so a benchmark measures the gateway and nothing behind it.
+
+Every Generate yields one token (``ok``, finish reason ``stop``) and the usage; Tokenize counts
+whitespace-separated words (chat messages: their words plus one per message and one for the
+generation prompt). It implements the ``ward.worker.v1`` contract only as far as the gateway uses it
+for chat and completions. Run it as ``python -m gateway.benchmark.instant_worker --model NAME``; it
+prints ``PORT <n>`` once serving and stops on SIGTERM.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+import grpc
+
+from proto.ward.worker.v1 import worker_pb2 as pb
+from proto.ward.worker.v1 import worker_pb2_grpc as pb_grpc
+
+MAX_MODEL_LEN = 4096
+
+
+def prompt_token_count(prompt: pb.Prompt) -> int:
+    kind = prompt.WhichOneof("kind")
+    if kind == "text":
+        return len(prompt.text.split())
+    if kind == "token_ids":
+        return len(prompt.token_ids.ids)
+    if kind == "chat":
+        words = sum(1 + len(m.content.split()) for m in prompt.chat.messages)
+        return words + (1 if prompt.chat.add_generation_prompt else 0)
+    return 0
+
+
+class InstantWorkerServicer(pb_grpc.WorkerServicer):
+    def __init__(self, model: str) -> None:
+        self.model = model
+
+    async def Generate(self, request: pb.GenerateRequest, context):  # noqa: N802 - gRPC method names
+        prompt = prompt_token_count(request.prompt)
+        choices = request.params.n or 1
+        yield pb.GenerateResponse(
+            prompt_tokens=prompt,
+            choices=[pb.ChoiceDelta(index=i, token_ids=[1], text="ok", finish_reason="stop", stop_token_id=-1)
+                     for i in range(choices)],
+        )
+        yield pb.GenerateResponse(prompt_tokens=prompt, usage=pb.Usage(prompt_tokens=prompt, completion_tokens=choices))
+
+    async def Tokenize(self, request: pb.TokenizeRequest, context):  # noqa: N802
+        return pb.TokenizeResponse(count=prompt_token_count(request.prompt), max_model_len=MAX_MODEL_LEN)
+
+    async def ModelInfo(self, request, context):  # noqa: N802
+        return pb.ModelInfoResponse(
+            served_model_name=self.model, max_model_len=MAX_MODEL_LEN, has_chat_template=True, task="generate",
+            vocab_size=32000, worker_id="instant-0", contract_version="ward.worker.v1",
+        )
+
+    async def Health(self, request, context):  # noqa: N802
+        return pb.HealthResponse(live=True, ready=True, detail="ready")
+
+    async def LoadStats(self, request, context):  # noqa: N802
+        return pb.LoadStatsResponse()
+
+
+async def serve(model: str, port: int = 0) -> None:
+    server = grpc.aio.server()
+    pb_grpc.add_WorkerServicer_to_server(InstantWorkerServicer(model), server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print(f"PORT {bound}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(0.5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m gateway.benchmark.instant_worker", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="bench-model")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args()
+    asyncio.run(serve(args.model, args.port))
+
+
+if __name__ == "__main__":
+    main()
