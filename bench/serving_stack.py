@@ -124,12 +124,16 @@ def main() -> int:
                                  capture_output=True, text=True, env=env, timeout=900)
             line = [x for x in res.stdout.splitlines() if x.startswith("{")]
             if res.returncode != 0 or not line:
-                print(res.stdout[-2000:], res.stderr[-4000:], file=sys.stderr)
-                raise SystemExit(f"load tool failed at concurrency {c}")
+                report["failed_level"] = {"concurrency": c, "stderr": res.stderr[-3000:]}
+                print(f"load tool failed at concurrency {c}:\n{res.stderr[-3000:]}", file=sys.stderr, flush=True)
+                break
             levels.append(json.loads(line[-1]))
             print(line[-1], flush=True)
         report["levels"] = levels
-        with urllib.request.urlopen(urllib.request.Request(base + "/v1/models", headers={"Authorization": f"Bearer {key}"})) as r:
+        probe = urllib.request.Request(
+            base + "/v1/completions", data=json.dumps({"model": name, "prompt": [1000, 1001], "max_tokens": 1}).encode(),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(probe) as r:  # quotas are on: every answer carries the limits
             report["rate_limit_headers"] = {k: v for k, v in r.headers.items() if k.lower().startswith("x-ratelimit")}
     finally:
         for p in reversed(procs):
