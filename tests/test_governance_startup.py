@@ -36,6 +36,7 @@ def test_an_audit_log_signed_with_a_key_this_host_lacks_stops_the_gateway(tmp_pa
 
     async def one_entry() -> None:  # a log with history, whose key then goes missing
         data = tmp_path / "data"
+        data.mkdir()
         services = build_audit_services(AuditSettings(database_url=f"sqlite:///{data / 'ward.db'}"), data)
         await services.log.start()
         await services.log.record_admin_change(Actor("ops", None, "local"), "team.create", "team:x", None, {"name": "x"})
