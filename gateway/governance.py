@@ -24,7 +24,7 @@ from typing import Any
 from fastapi import APIRouter
 from prometheus_client.registry import Collector
 
-from gateway.audit.errors import AuditInputError, AuditQueryError, AuditUnavailable
+from gateway.audit.errors import AuditQueryError, AuditUnavailable
 from gateway.audit.hooks import AuditHooks
 from gateway.audit.quota_changes import AuditedQuotaChanges
 from gateway.audit.router import create_audit_router
@@ -87,10 +87,10 @@ def build_governance(
 
 def audit_error_converters() -> dict[type[Exception], Callable[[Any], OpenAIError]]:
     """The audit layer's errors outside the request hooks (admin changes, auditor reads) in OpenAI's shape."""
+    # AuditInputError is left to the generic handler: it means a caller's bug (a 500), not bad input.
     return {
         AuditUnavailable: _audit_unavailable,
         AuditQueryError: lambda exc: InvalidRequest(str(exc), code="invalid_query"),
-        AuditInputError: lambda exc: InvalidRequest(str(exc), code="invalid_value"),
     }
 
 

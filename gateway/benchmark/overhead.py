@@ -202,7 +202,7 @@ def _configs(redis_url: str | None, postgres: str | None) -> Iterator[list[Confi
 
 
 def run_benchmark(*, requests: int, clients: list[int], rounds: int, redis_url: str | None = None,
-                  postgres: str | None = None) -> list[Row]:
+                  postgres: str | None = None, warmup: int = 300) -> list[Row]:
     """Starts the worker and one gateway per configuration, measures them in turns, stops them all."""
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="ward-gateway-bench-"))
     worker, address = _start_worker(workdir)
@@ -212,8 +212,8 @@ def run_benchmark(*, requests: int, clients: list[int], rounds: int, redis_url: 
             try:
                 gateways = [_start_gateway(config, address, workdir) for config in configs]
                 for gateway in gateways:  # warm-up: imports, caches, connections
-                    _measure(gateway, 1, 300)
-                    _measure(gateway, 16, 320)
+                    _measure(gateway, 1, warmup)
+                    _measure(gateway, 16, warmup)
                 results = []
                 for _ in range(rounds):
                     results.append([_measure(g, c, requests * (2 if c > 1 else 1)) for g in gateways for c in clients])
