@@ -16,8 +16,8 @@ for _ in range(50):
     os.write(fd, b"x" * 512); t = time.perf_counter(); os.fsync(fd); ts.append(time.perf_counter() - t)
 ts.sort(); print(f"fsync p50 {1000*ts[25]:.2f} ms, p99 {1000*ts[-1]:.2f} ms"); os.remove(path)
 PY
-python3 bench/serving_stack.py --load-tool .peer/serving_load.py --tokenizer-tool .peer/dummy_tokenizer.py \
-  --shape llama-3.1-8b --device cuda --concurrency ${LEVELS:-1 16 64 256} --out "$OUT/serving" > "$OUT/serving.txt" 2>&1
+python3 -m ward bench serving --load-tool .peer/serving_load.py --tokenizer-tool .peer/dummy_tokenizer.py \
+  --model llama-3.1-8b --device cuda --concurrency ${LEVELS:-1 16 64 256} --out "$OUT/serving" > "$OUT/serving.txt" 2>&1
 grep -E '^\{"concurrency' "$OUT/serving.txt"
 grep -A30 "load tool failed" "$OUT/serving.txt" | tail -30
 grep -iE "warning|error" "$OUT/serving/gateway.log" | tail -15

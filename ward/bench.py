@@ -4,6 +4,8 @@
     ward bench card                                         copy bandwidth and matmul rate only
     ward bench hf --device cpu                              32 requests: engine together vs transformers one by one
     ward bench hf-mixed                                     transformers generate on the mixed workload (GPU)
+    ward bench serving --load-tool T --tokenizer-tool T     the whole stack (worker + governed gateway) under load
+    ward bench report [--results bench/results]             Ward beside vLLM and the targets: table, JSON, PNG
     ward bench gateway [--redis-url URL --postgres URL]     gateway overhead: identity, quotas, audit off vs on (CPU)
     ward bench quota [--redis-url URL]                      latency quotas add: in-process, Redis (CPU)
     ward bench audit [--postgres URL]                       audit write latency and records/s: SQLite, PostgreSQL (CPU)
@@ -22,7 +24,7 @@ WORKLOADS = ["latency", "batch1", "offline_256_256", "offline_1024_128", "mixed"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("suite", choices=["offline", "card", "hf", "hf-mixed", "gateway", "quota", "audit"])
+    p.add_argument("suite", choices=["offline", "card", "hf", "hf-mixed", "serving", "report", "gateway", "quota", "audit"])
     p.add_argument("--device", default="auto", help="for `hf`: cpu or cuda (auto: cuda when present)")
     p.add_argument("--model", default="llama-3.1-8b", help="a shape name (dummy weights) or a model directory")
     p.add_argument("--workloads", default=",".join(WORKLOADS))
@@ -36,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--postgres", help="gateway, audit: a PostgreSQL server; a scratch database is made there and dropped")
     p.add_argument("--requests", type=int, default=2000, help="gateway, quota, audit: measured requests per row")
     p.add_argument("--rounds", type=int, default=3, help="gateway: measurement rounds (medians are reported)")
+    p.add_argument("--results", default="bench/results", help="report: folder of earlier suites' JSON files")
+    from ward.benchmarks import serving
+
+    serving.add_arguments(p.add_argument_group("serving"))
 
 
 def _rooflines(card: dict, cfg: dict, results: dict) -> dict:
@@ -63,6 +69,25 @@ def _rooflines(card: dict, cfg: dict, results: dict) -> dict:
 def run(args: argparse.Namespace) -> int:
     if args.suite in ("gateway", "quota", "audit"):
         return _run_gateway_suite(args)
+    if args.suite == "serving":
+        from ward.benchmarks import serving
+
+        if args.device == "auto":
+            import torch
+
+            args.device = "cuda" if torch.cuda.is_available() else "cpu"
+        return serving.run(args)
+    if args.suite == "report":
+        from ward.benchmarks import report as rep
+
+        os.makedirs(args.out, exist_ok=True)
+        rows = rep.collect(args.results)
+        rep.print_table(rows)
+        with open(os.path.join(args.out, "report.json"), "w") as f:
+            json.dump(rows, f, indent=1)
+        png = os.path.join(args.out, "report.png")
+        print(f"wrote {png}" if rep.plot(rows, png) else "matplotlib is not installed: no PNG (pip install matplotlib)")
+        return 0
     from ward.benchmarks.card import measure_card
 
     os.makedirs(args.out, exist_ok=True)

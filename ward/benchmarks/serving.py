@@ -1,9 +1,9 @@
-"""Serving through Ward's whole stack: a `ward worker` and a `ward gateway` with identity (a real
+"""`ward bench serving`: serving through Ward's whole stack: a `ward worker` and a `ward gateway` with identity (a real
 API key of a real team), quotas (limits enforced on every request) and the audit log (SQLite)
 switched on, driven by the shared streaming load tool (`serving_load.py`). A script, not a test.
 
-    python bench/serving_stack.py --load-tool PATH/serving_load.py --tokenizer-tool PATH/dummy_tokenizer.py \
-        --shape llama-3.1-8b --device cuda --concurrency 1 16 64 256 --out DIR
+    ward bench serving --load-tool PATH/serving_load.py --tokenizer-tool PATH/dummy_tokenizer.py \
+        --model llama-3.1-8b --device cuda --concurrency 1 16 64 256 --out DIR
 
 Prints one JSON line per concurrency level (TTFT, TPOT, ITL p50/p99, output tok/s), then a summary
 with the audit chain check, and writes serving_stack.json into --out.
@@ -22,7 +22,7 @@ import tempfile
 import time
 import urllib.request
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
 
 
 def free_port() -> int:
@@ -63,18 +63,20 @@ def wait_http(url: str, timeout: float) -> None:
     raise SystemExit(f"{url} not ready in time")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--load-tool", required=True)
-    ap.add_argument("--tokenizer-tool", required=True)
-    ap.add_argument("--shape", default="llama-3.1-8b")
-    ap.add_argument("--device", default="cuda")
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--load-tool", help="serving: the shared serving_load.py")
+    ap.add_argument("--tokenizer-tool", help="serving: the shared dummy_tokenizer.py")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64, 256])
     ap.add_argument("--input", type=int, default=1024)
     ap.add_argument("--output", type=int, default=128)
-    ap.add_argument("--max-model-len", type=int, default=4096)
-    ap.add_argument("--out", default=os.environ.get("OUT", "bench-out"))
-    a = ap.parse_args()
+
+
+def run(a: argparse.Namespace) -> int:
+    """Runs the stack for ``a.model`` (a shape name), ``a.device``, ``a.max_model_len``, ``a.out``."""
+    if not (a.load_tool and a.tokenizer_tool):
+        print("ward bench serving: --load-tool and --tokenizer-tool are required", file=sys.stderr)
+        return 2
+    a.shape = a.model
     from ward.benchmarks.models import SHAPES, write_config_dir
 
     out = pathlib.Path(a.out)
@@ -153,5 +155,3 @@ def main() -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
