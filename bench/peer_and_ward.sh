@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # On a GPU machine: vLLM 0.26.0 (the peer, built by the shared vllm-peer.sh into .peer/vllm) and
 # Ward on the same workloads, back to back on the same card. The peer's first part was copied to
-# $STASH by an earlier call; the second is carried now (.peer/vllm/part01).
+# $STASH by an earlier command; the second is at .peer/vllm/part01.
 set -u
-STASH=${STASH:-/root/ward_stash}
+STASH=${STASH:-${TMPDIR:-/tmp}/ward-stash}
 OUT=${OUT:-$PWD/bench-out}
 mkdir -p "$STASH/vllm-site" "$OUT"
 cat "$STASH/part00" .peer/vllm/part01 | xz -d | tar -x -C "$STASH/vllm-site"
