@@ -4,7 +4,7 @@ lengths), runs the model and samples. Owns the device, the KV cache tensors and 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -16,10 +16,13 @@ from worker.errors import ModelLoadError
 from worker.model.loader import build_model, fill_dummy_weights, load_weights
 from worker.model.spec import ModelSpec
 from worker.runner.cuda_graphs import DecodeGraphs, capture_sizes
-from worker.runner.input_buffers import InputBuffers
+from worker.runner.device import pick_device, pick_dtype
 from worker.runner.input_batch import InputBatch
-from worker.runner.sampler import SamplerOutput, SamplingBatch, sample
-from worker.sampling_params import SamplingParams
+from worker.runner.input_buffers import InputBuffers
+from worker.runner.memory import profile_kv_budget
+from worker.runner.request_state import RunnerRequest
+from worker.runner.sampler import SamplerOutput, sample
+from worker.runner.sampling_batch import build_sampling_batch
 
 log = logging.getLogger("ward.worker.runner")
 
@@ -36,39 +39,6 @@ class StepHandle:
     out: object  # SamplerOutput
     host: torch.Tensor | None  # pinned copy of the sampled tokens
     event: object  # torch.cuda.Event, or None on the CPU
-
-
-@dataclass
-class RunnerRequest:
-    req_id: str
-    row: int  # its row in the InputBatch
-    num_prompt_tokens: int
-    params: SamplingParams
-    generator: torch.Generator | None = None
-    output_counts: dict[int, int] = field(default_factory=dict)
-    # anything beyond plain greedy argmax (temperature, penalties, logprobs, end-token bans)
-    special: bool = False
-    penalties: bool = False
-    banned_until_min: tuple[int, ...] = ()
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError("device cuda was asked for, but no CUDA GPU is available")
-    return device
-
-
-def pick_dtype(name: str, device: torch.device, config_dtype: torch.dtype | None) -> torch.dtype:
-    if name != "auto":
-        return getattr(torch, name)
-    if device.type == "cpu":
-        return torch.float32  # half precision matmuls are slow on most CPUs
-    if config_dtype in (torch.bfloat16, torch.float16):
-        return config_dtype
-    return torch.bfloat16
 
 
 class ModelRunner:
@@ -122,11 +92,11 @@ class ModelRunner:
     def use_cuda_graphs(self) -> bool:
         return self.device.type == "cuda" and not self.config.enforce_eager
 
-    def _graph_max_batch(self) -> int:
+    def graph_max_batch(self) -> int:
         return min(self.config.cuda_graph_max_batch, self.config.max_num_seqs, self.config.max_num_batched_tokens)
 
     def _make_buffers(self) -> None:
-        max_tokens = max(self.config.max_num_batched_tokens, self._graph_max_batch())
+        max_tokens = max(self.config.max_num_batched_tokens, self.graph_max_batch())
         self.buffers = InputBuffers(max_tokens, self.config.max_num_seqs, self.max_blocks_per_req, self.device)
 
     def determine_num_blocks(self) -> int:
@@ -138,7 +108,7 @@ class ModelRunner:
         if c.kv_cache_memory_bytes is not None:
             budget = c.kv_cache_memory_bytes
         elif self.device.type == "cuda":
-            budget = self._profile_free_gpu_memory()
+            budget = profile_kv_budget(self)
         else:
             budget = 1 << 30  # 1 GiB of host memory by default
         n = budget // self.kv_block_bytes()
@@ -146,68 +116,9 @@ class ModelRunner:
             raise ModelLoadError("the KV cache budget is too small for a single block")
         return int(n)
 
-    def _scratch_kv(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def scratch_kv(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         shape = (num_blocks, self.block_size, self.spec.num_kv_heads, self.spec.head_dim)
         return [(torch.zeros(shape, dtype=self.dtype, device=self.device),) * 2 for _ in range(self.spec.num_layers)]
-
-    def _profile_free_gpu_memory(self) -> int:
-        dev = self.device
-        torch.cuda.synchronize(dev)
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(dev)
-        weights = torch.cuda.memory_allocated(dev)
-        n = min(self.config.max_num_batched_tokens, self.max_model_len)
-        nb = -(-n // self.block_size)
-        scratch = self._scratch_kv(1)
-        b = self.buffers
-        b.input_ids_np[:n] = 0
-        b.positions_np[:n] = np.arange(n)
-        b.slot_mapping_np[:n] = -1
-        b.query_start_np[:2] = [0, n]
-        b.seq_lens_np[:1] = n
-        b.block_tables_np[:1, :nb] = 0  # every logical block reads the one scratch block
-        num_sample = min(n, self.config.max_num_seqs)
-        b.logits_idx_np[:num_sample] = np.arange(n - num_sample, n)
-        b.upload(n, 1, num_sample)
-        meta = self._metadata(n, 1, n, n, [0, n], [n])
-        with torch.inference_mode():
-            hidden = self.model(b.input_ids[:n], b.positions[:n], scratch, meta)
-            self.model.compute_logits(hidden.index_select(0, b.logits_idx[:num_sample])).float().softmax(-1)
-        torch.cuda.synchronize(dev)
-        peak = torch.cuda.max_memory_allocated(dev) - weights
-        del hidden, scratch
-        graph_bytes = self._measure_graph_memory() if self.use_cuda_graphs else 0
-        free, total = torch.cuda.mem_get_info(dev)
-        others = total - free - torch.cuda.memory_reserved(dev)  # other processes on the card
-        allowed = int(total * self.config.gpu_memory_utilization)
-        budget = allowed - others - weights - peak - graph_bytes
-        log.info("memory: weights %.2f GiB, activation peak %.2f GiB, decode graphs %.2f GiB, KV budget %.2f GiB",
-                 weights / 2**30, peak / 2**30, graph_bytes / 2**30, budget / 2**30)
-        if budget < self.kv_block_bytes() * 2:
-            raise ModelLoadError(
-                f"the model does not fit: weights {weights / 2**30:.1f} GiB + activations {peak / 2**30:.1f} GiB "
-                f"+ graphs {graph_bytes / 2**30:.1f} GiB leave no room for a KV cache within "
-                f"{allowed / 2**30:.1f} GiB (gpu_memory_utilization={self.config.gpu_memory_utilization})"
-            )
-        self.memory_report = {"weights": weights, "activation_peak": peak, "graphs": graph_bytes, "kv_budget": budget}
-        return budget
-
-    def _measure_graph_memory(self) -> int:
-        """Memory the decode graphs will hold: capture the largest one on a scratch cache, then free it."""
-        torch.cuda.synchronize(self.device)
-        torch.cuda.empty_cache()
-        before = torch.cuda.memory_reserved(self.device)
-        probe = DecodeGraphs(self.device)
-        saved = self.kv_caches
-        self.kv_caches = self._scratch_kv(2)
-        size = self._graph_max_batch()
-        probe.capture([size], self._decode_forward)
-        used = torch.cuda.memory_reserved(self.device) - before
-        del probe
-        self.kv_caches = saved
-        torch.cuda.synchronize(self.device)
-        torch.cuda.empty_cache()
-        return max(used, 0) + (64 << 20)  # headroom for the smaller graphs' own bookkeeping
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         s = self.spec
@@ -219,7 +130,7 @@ class ModelRunner:
         self.num_blocks = num_blocks
         if self.use_cuda_graphs:
             self.graphs = DecodeGraphs(self.device)
-            self.graph_capture_seconds = self.graphs.capture(capture_sizes(self._graph_max_batch()), self._decode_forward)
+            self.graph_capture_seconds = self.graphs.capture(capture_sizes(self.graph_max_batch()), self.decode_forward)
 
     # ---- one step --------------------------------------------------------------------------
     def _update_states(self, sched: SchedulerOutput) -> None:
@@ -250,7 +161,7 @@ class ModelRunner:
             ib.append_blocks(row, cached.new_block_ids)
             ib.num_computed[row] = cached.num_computed_tokens
 
-    def _metadata(self, num_tokens, num_reqs, max_q, max_seq, starts_cpu, lens_cpu) -> AttentionMetadata:
+    def metadata(self, num_tokens, num_reqs, max_q, max_seq, starts_cpu, lens_cpu) -> AttentionMetadata:
         b = self.buffers
         return AttentionMetadata(
             num_tokens=num_tokens,
@@ -265,7 +176,7 @@ class ModelRunner:
             seq_lens_cpu=lens_cpu,
         )
 
-    def _decode_forward(self, size: int) -> torch.Tensor:
+    def decode_forward(self, size: int) -> torch.Tensor:
         """The model over ``size`` one-token requests in the persistent buffers (graph body)."""
         b = self.buffers
         meta = AttentionMetadata(
@@ -350,7 +261,7 @@ class ModelRunner:
             hidden = self.graphs.replay(padded)
         else:
             lens = b.seq_lens_np[:num_reqs]
-            meta = self._metadata(T, num_reqs, max_q, int(lens.max()), b.query_start_np[: num_reqs + 1].tolist(),
+            meta = self.metadata(T, num_reqs, max_q, int(lens.max()), b.query_start_np[: num_reqs + 1].tolist(),
                                   lens.tolist())
             hidden = self.model(b.input_ids[:T], b.positions[:T], self.kv_caches, meta)
         if not num_sample:
@@ -359,7 +270,7 @@ class ModelRunner:
         sample_ids = [order[i] for i in sampling_rows.tolist()]
         states = [self.requests[r] for r in sample_ids]
         if any(st.special for st in states):
-            out = sample(logits, self._sampling_batch(states, logits.shape[-1]))
+            out = sample(logits, build_sampling_batch(states, self.batch, logits.shape[-1], self.device))
         else:
             out = SamplerOutput(token_ids=logits.argmax(dim=-1))
         self._last_sampled = out.token_ids
@@ -407,53 +318,3 @@ class ModelRunner:
                     SampledLogprobs(tok_lp[row], top_ids[row][:k] if top_ids else [], top_lps[row][:k] if top_lps else [])
                 ]
         return result
-
-    def _sampling_batch(self, states: list[RunnerRequest], vocab: int) -> SamplingBatch:
-        params = [s.params for s in states]
-        dev = self.device
-        greedy = [p.greedy for p in params]
-        temps = [0.0 if g else p.temperature for g, p in zip(greedy, params)]
-        batch = SamplingBatch(
-            temperature=torch.tensor(temps, dtype=torch.float32).to(dev, non_blocking=True),
-            top_p=None,
-            top_k=None,
-            min_p=None,
-            all_greedy=all(greedy),
-            any_greedy=any(greedy),
-            generators={i: s.generator for i, s in enumerate(states) if s.generator is not None},
-        )
-        if not batch.all_greedy:
-            if any(p.top_p < 1.0 for p in params):
-                batch.top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32).to(dev)
-            if any(p.top_k > 0 for p in params):
-                batch.top_k = torch.tensor([p.top_k if p.top_k > 0 else vocab for p in params]).to(dev)
-            if any(p.min_p > 0 for p in params):
-                batch.min_p = torch.tensor([p.min_p for p in params], dtype=torch.float32).to(dev)
-        if any(s.penalties for s in states):
-            counts = torch.zeros(len(states), vocab, dtype=torch.int32)
-            for i, s in enumerate(states):
-                if s.output_counts:
-                    ids = torch.tensor(list(s.output_counts.keys()))
-                    counts[i, ids] = torch.tensor(list(s.output_counts.values()), dtype=torch.int32)
-            batch.output_counts = counts.to(dev)
-            batch.presence = torch.tensor([p.presence_penalty for p in params], dtype=torch.float32).to(dev)
-            batch.frequency = torch.tensor([p.frequency_penalty for p in params], dtype=torch.float32).to(dev)
-            if any(p.repetition_penalty != 1.0 for p in params):
-                seen = torch.zeros(len(states), vocab, dtype=torch.bool)
-                for i, s in enumerate(states):
-                    prompt = torch.from_numpy(self.batch.tokens(s.req_id)[: s.num_prompt_tokens])
-                    seen[i, prompt] = True
-                seen |= counts > 0
-                batch.seen_mask = seen.to(dev)
-                batch.repetition = torch.tensor([p.repetition_penalty for p in params], dtype=torch.float32).to(dev)
-        rows, cols = [], []
-        for i, s in enumerate(states):
-            if s.banned_until_min and self.batch.num_tokens[s.row] - s.num_prompt_tokens < s.params.min_tokens:
-                rows += [i] * len(s.banned_until_min)
-                cols += s.banned_until_min
-        if rows:
-            batch.ban_rows = torch.tensor(rows).to(dev)
-            batch.ban_cols = torch.tensor(cols).to(dev)
-        ks = [p.logprobs for p in params if p.logprobs is not None]
-        batch.max_logprobs = max(ks) if ks else None
-        return batch
