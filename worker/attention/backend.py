@@ -66,10 +66,23 @@ class AttentionBackend(Protocol):
     ) -> AttentionImpl: ...
 
 
-def get_backend(name: str, device: torch.device) -> AttentionBackend:
-    """Pick a backend by name; ``auto`` takes the fastest one that works on the device."""
+def get_backend(name: str, device: torch.device, block_size: int = 16) -> AttentionBackend:
+    """Pick a backend by name; ``auto`` takes the fastest one that works on the device and block
+    size: flash-attn where it is installed and the block size suits it, else Triton on CUDA,
+    else the torch reference."""
     if name == "auto":
-        name = "triton" if device.type == "cuda" else "torch"
+        from worker.attention.flash_attn_backend import PAGE_MULTIPLE, flash_attn_available
+
+        if device.type != "cuda":
+            name = "torch"
+        elif block_size % PAGE_MULTIPLE == 0 and flash_attn_available():
+            name = "flash_attn"
+        else:
+            name = "triton"
+    if name == "flash_attn":
+        from worker.attention.flash_attn_backend import FlashAttnBackend
+
+        return FlashAttnBackend()
     if name == "torch":
         from worker.attention.torch_backend import TorchBackend
 
@@ -78,4 +91,4 @@ def get_backend(name: str, device: torch.device) -> AttentionBackend:
         from worker.attention.triton_backend import TritonBackend
 
         return TritonBackend()
-    raise ValueError(f"unknown attention backend {name!r} (choose auto, torch or triton)")
+    raise ValueError(f"unknown attention backend {name!r} (choose auto, torch, triton or flash_attn)")

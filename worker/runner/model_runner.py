@@ -49,7 +49,7 @@ class ModelRunner:
         self.dtype = pick_dtype(config.dtype, self.device, spec.config_dtype)
         self.block_size = config.block_size
         self.max_model_len = max_model_len
-        self.backend = get_backend(config.attention_backend, self.device)
+        self.backend = get_backend(config.attention_backend, self.device, config.block_size)
         ops = self._ops()
         self.model = build_model(spec, self.backend, self.device, self.dtype, max_model_len, ops)
         if config.load_format == "dummy":
