@@ -6,6 +6,8 @@
     ward bench hf-mixed                                     transformers generate on the mixed workload (GPU)
     ward bench serving --load-tool T --tokenizer-tool T     the whole stack (worker + governed gateway) under load
     ward bench report [--results bench/results]             Ward beside vLLM and the targets: table, JSON, PNG
+    ward bench all --out DIR [--load-tool T --tokenizer-tool T] [--with-transformers]
+                                                            offline, serving, transformers, then the report over DIR
     ward bench gateway [--redis-url URL --postgres URL]     gateway overhead: identity, quotas, audit off vs on (CPU)
     ward bench quota [--redis-url URL]                      latency quotas add: in-process, Redis (CPU)
     ward bench audit [--postgres URL]                       audit write latency and records/s: SQLite, PostgreSQL (CPU)
@@ -24,7 +26,8 @@ WORKLOADS = ["latency", "batch1", "offline_256_256", "offline_1024_128", "mixed"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("suite", choices=["offline", "card", "hf", "hf-mixed", "serving", "report", "gateway", "quota", "audit"])
+    p.add_argument("suite", choices=["all", "offline", "card", "hf", "hf-mixed", "serving", "report", "gateway", "quota", "audit"])
+    p.add_argument("--with-transformers", action="store_true", help="all: also run hf-mixed (several minutes)")
     p.add_argument("--device", default="auto", help="for `hf`: cpu or cuda (auto: cuda when present)")
     p.add_argument("--model", default="llama-3.1-8b", help="a shape name (dummy weights) or a model directory")
     p.add_argument("--workloads", default=",".join(WORKLOADS))
@@ -66,7 +69,36 @@ def _rooflines(card: dict, cfg: dict, results: dict) -> dict:
     return out
 
 
+def run_all(args: argparse.Namespace) -> int:
+    """Every GPU figure in one command; the vLLM peer is run beside it by bench/peer_and_ward.sh."""
+    import copy
+    import shutil
+
+    out = args.out
+    os.makedirs(out, exist_ok=True)
+    steps = [("offline", "ward-offline.json")]
+    if args.load_tool and args.tokenizer_tool:
+        steps.append(("serving", "serving-governed.json"))
+    if args.with_transformers:
+        steps.append(("hf-mixed", "transformers-mixed.json"))
+    date = datetime.date.today().isoformat()
+    for suite, name in steps:
+        sub = copy.copy(args)
+        sub.suite, sub.out = suite, os.path.join(out, suite)
+        if suite == "hf-mixed":
+            sub.max_num_seqs = 128  # transformers' largest static batch that fits an 80 GB card
+        if run(sub) != 0:
+            return 1
+        produced = "serving_stack.json" if suite == "serving" else f"ward_bench_{suite}.json"
+        shutil.copy(os.path.join(sub.out, produced), os.path.join(out, f"{date}-{name}"))
+    report = copy.copy(args)
+    report.suite, report.results = "report", out
+    return run(report)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.suite == "all":
+        return run_all(args)
     if args.suite in ("gateway", "quota", "audit"):
         return _run_gateway_suite(args)
     if args.suite == "serving":

@@ -45,11 +45,12 @@ def collect(folder: str, ward: str | None = None, vllm: str | None = None, servi
     if ward:
         w = json.load(open(ward))
         r = w["results"]
-        put("latency_ms", r["latency"]["mean_ms"])
-        put("batch1_tok_s", r["batch1"]["tok_s"])
-        put("offline_256_256_req_s", r["offline_256_256"]["req_s"])
-        put("offline_1024_128_req_s", r["offline_1024_128"]["req_s"])
-        put("mixed_out_tok_s", r["mixed"]["out_tok_s"])
+        for row, workload, key in [("latency_ms", "latency", "mean_ms"), ("batch1_tok_s", "batch1", "tok_s"),
+                                   ("offline_256_256_req_s", "offline_256_256", "req_s"),
+                                   ("offline_1024_128_req_s", "offline_1024_128", "req_s"),
+                                   ("mixed_out_tok_s", "mixed", "out_tok_s")]:
+            if workload in r:  # a run may cover only some workloads
+                put(row, r[workload][key])
         put("startup_s", w["startup_s"])
         rows["card"] = w["card"]
     if vllm:
