@@ -12,7 +12,7 @@ import tempfile
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from ward.benchmarks.models import SHAPES, write_config_dir
+from ward.benchmarks.models import write_config_dir
 from worker import LLM, SamplingParams
 
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from worker.engine.kv_cache_manager import KVCacheManager
-from worker.engine.request import Request, RequestStatus
+from worker.engine.request import Request
 from worker.engine.scheduler import Scheduler
 from worker.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
 from worker.sampling_params import SamplingParams
@@ -89,7 +89,7 @@ def test_finished_requests_leave_at_once_and_free_their_blocks():
 
 
 def test_max_num_seqs_caps_the_running_batch():
-    s, r = make_scheduler(max_seqs=2, budget=100), FakeRunner()
+    s = make_scheduler(max_seqs=2, budget=100)
     for i in range(5):
         s.add_request(req(f"r{i}", 4, arrival=i))
     out = s.schedule()
@@ -97,7 +97,7 @@ def test_max_num_seqs_caps_the_running_batch():
 
 
 def test_priority_orders_admission_lower_value_first():
-    s, r = make_scheduler(max_seqs=1, budget=100), FakeRunner()
+    s = make_scheduler(max_seqs=1, budget=100)
     s.add_request(req("late-urgent", 4, priority=-5, arrival=2))
     s.add_request(req("early", 4, priority=0, arrival=1))
     out = s.schedule()

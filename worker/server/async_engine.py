@@ -10,7 +10,6 @@ import asyncio
 import logging
 import queue
 import threading
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -167,10 +166,3 @@ class AsyncEngine:
         self._streams.clear()
         self.dead.set()
 
-
-def wait_idle(engine: AsyncEngine, timeout: float) -> bool:
-    """Blocks (in a thread) until no request is in flight or the timeout passes."""
-    end = time.monotonic() + timeout
-    while engine.num_in_flight and time.monotonic() < end:
-        time.sleep(0.05)
-    return engine.num_in_flight == 0
