@@ -132,13 +132,3 @@ class BlockPool:
         block.block_hash = None
         block.token_ids = None
         self.num_evictions += 1
-
-    def reset_prefix_cache(self) -> bool:
-        """Forgets every cached hash; only possible when no block is in use."""
-        if self.num_used_blocks:
-            return False
-        for block in self.blocks:
-            block.block_hash = None
-            block.token_ids = None
-        self.cached.clear()
-        return True

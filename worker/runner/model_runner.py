@@ -221,11 +221,6 @@ class ModelRunner:
             return True
         return any(self.requests[c.req_id].penalties for c in sched.cached_reqs if c.req_id in self.requests)
 
-    def execute_model(self, sched: SchedulerOutput) -> ModelRunnerOutput:
-        """Runs one step to completion (launch, then collect)."""
-        handle = self.launch(sched)
-        return self.collect(handle) if handle is not None else ModelRunnerOutput({})
-
     @torch.inference_mode()
     def launch(self, sched: SchedulerOutput) -> "StepHandle | None":
         """Enqueues one step on the device (inputs, model, sampling) without waiting for it.
