@@ -259,6 +259,8 @@ def test_sigkill_of_the_gateway_under_streaming_load(db_url, fake_worker, tmp_pa
 
     started: set[str] = set()  # got the response head: the stream began
     done: set[str] = set()  # got data: [DONE]
+    mid_way: set[str] = set()  # got its first content chunk once enough streams were done
+    kill_now = threading.Event()
     lock = threading.Lock()
     stop = threading.Event()
 
@@ -276,15 +278,21 @@ def test_sigkill_of_the_gateway_under_streaming_load(db_url, fake_worker, tmp_pa
                             if line == "data: [DONE]":
                                 with lock:
                                     done.add(rid)
+                            elif '"content"' in line:
+                                with lock:
+                                    if len(done) >= 24 and not kill_now.is_set():
+                                        # Eleven more tokens, 30 ms apart, are still to come: a kill
+                                        # now must catch this stream before its completion commits.
+                                        mid_way.add(rid)
+                                        kill_now.set()
                 except httpx.HTTPError:
                     return  # the gateway is gone
 
     threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(8)]
     for thread in threads:
         thread.start()
-    while len(done) < 24:
+    while not kill_now.wait(0.02):
         assert time.monotonic() < deadline + 60 and gateway.poll() is None
-        time.sleep(0.02)
     gateway.send_signal(signal.SIGKILL)
     gateway.wait(timeout=10)
     stop.set()
@@ -302,8 +310,8 @@ def test_sigkill_of_the_gateway_under_streaming_load(db_url, fake_worker, tmp_pa
         engine.dispose()
     assert done <= {rid for rid, r in records.items() if r["complete"] and r["status"] == "ok"}  # [DONE] sent: complete
     assert started <= set(records)  # a stream that began has a record: nothing is missing
-    cut_off = started - done  # their completion may have committed just before the kill, or not
-    assert any(not records[rid]["complete"] for rid in cut_off)  # streams killed mid-way: visible, incomplete
+    assert mid_way and mid_way <= started - done
+    assert all(not records[rid]["complete"] for rid in mid_way)  # a stream killed mid-way: visible, incomplete
     assert report.ok, [p.describe() for p in report.problems]
 
 
