@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+BACKEND_NAMES = ("auto", "torch", "triton", "flash_attn", "flashinfer")  # attention backends
+
 
 @dataclass
 class EngineConfig:
@@ -22,7 +24,7 @@ class EngineConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 16384  # offline default; `ward worker` uses 8192 for latency
     enable_chunked_prefill: bool = True
-    attention_backend: str = "auto"  # auto, torch, triton, flash_attn
+    attention_backend: str = "auto"  # auto, torch, triton, flash_attn, flashinfer
     enforce_eager: bool = False  # True: no CUDA graphs
     cuda_graph_max_batch: int = 512
     # prepare step N+1 while step N runs: None = on GPUs only; True forces it (also on CPU, for tests)
@@ -52,5 +54,5 @@ class EngineConfig:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
-        if self.attention_backend not in ("auto", "torch", "triton", "flash_attn"):
-            raise ValueError(f"attention_backend must be auto, torch, triton or flash_attn, got {self.attention_backend!r}")
+        if self.attention_backend not in BACKEND_NAMES:
+            raise ValueError(f"attention_backend must be one of {', '.join(BACKEND_NAMES)}, got {self.attention_backend!r}")

@@ -12,10 +12,15 @@ must not be written.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+
+from worker.config import BACKEND_NAMES
+
+log = logging.getLogger("ward.worker.attention")
 
 
 @dataclass
@@ -66,29 +71,59 @@ class AttentionBackend(Protocol):
     ) -> AttentionImpl: ...
 
 
-def get_backend(name: str, device: torch.device, block_size: int = 16) -> AttentionBackend:
-    """Pick a backend by name; ``auto`` takes the fastest one that works on the device and block
-    size: flash-attn where it is installed and the block size suits it, else Triton on CUDA,
-    else the torch reference."""
-    if name == "auto":
-        from worker.attention.flash_attn_backend import PAGE_MULTIPLE, flash_attn_available
+OPTIONAL_BACKENDS = ("flash_attn", "flashinfer")  # from packages Ward does not pin: self-checked
 
-        if device.type != "cuda":
-            name = "torch"
-        elif block_size % PAGE_MULTIPLE == 0 and flash_attn_available():
-            name = "flash_attn"
-        else:
-            name = "triton"
+
+class BackendUnusable(ValueError):
+    """An explicitly chosen optional backend is missing or failed its start-up self-check."""
+
+
+def _optional_backend(name: str, device: torch.device, block_size: int) -> AttentionBackend | None:
+    """The optional backend ``name`` if its package imports and suits the block size, else None."""
+    if device.type != "cuda":
+        return None
     if name == "flash_attn":
-        from worker.attention.flash_attn_backend import FlashAttnBackend
+        from worker.attention.flash_attn_backend import PAGE_MULTIPLE, FlashAttnBackend, flash_attn_available
 
-        return FlashAttnBackend()
+        return FlashAttnBackend() if block_size % PAGE_MULTIPLE == 0 and flash_attn_available() else None
+    from worker.attention.flashinfer_backend import FlashInferBackend, flashinfer_available
+
+    return FlashInferBackend(device) if flashinfer_available() else None
+
+
+def get_backend(name: str, device: torch.device, block_size: int = 16, shape=None) -> AttentionBackend:
+    """Pick a backend by name; ``auto`` takes the fastest one that works on the device and block
+    size: flash-attn where it is installed and the block size suits it, then FlashInfer where it
+    is installed, else Triton on CUDA, else the torch reference.
+
+    With ``shape`` (a ``worker.attention.probe.AttentionShape``), an optional backend is used only
+    after it matched the torch reference on one mixed step at that shape: ``auto`` moves on to the
+    next candidate, an explicit choice raises ``BackendUnusable`` naming the problem.
+    """
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"unknown attention backend {name!r} (choose {', '.join(BACKEND_NAMES)})")
+    if name == "auto" and device.type != "cuda":
+        name = "torch"
+    if name == "auto" or name in OPTIONAL_BACKENDS:
+        candidates = OPTIONAL_BACKENDS if name == "auto" else (name,)
+        for candidate in candidates:
+            backend = _optional_backend(candidate, device, block_size)
+            problem = None if backend is not None else "not installed, no CUDA device, or the block size does not suit it"
+            if backend is not None and shape is not None:
+                from worker.attention.probe import check_backend
+
+                problem = check_backend(backend, device, shape)
+            if problem is None:
+                return backend
+            if name != "auto":
+                raise BackendUnusable(f"attention backend {candidate!r} cannot be used: {problem}")
+            if backend is not None:
+                log.warning("attention backend %s failed its start-up self-check (%s); not using it", candidate, problem)
+        name = "triton"
     if name == "torch":
         from worker.attention.torch_backend import TorchBackend
 
         return TorchBackend()
-    if name == "triton":
-        from worker.attention.triton_backend import TritonBackend
+    from worker.attention.triton_backend import TritonBackend
 
-        return TritonBackend()
-    raise ValueError(f"unknown attention backend {name!r} (choose auto, torch, triton or flash_attn)")
+    return TritonBackend()

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from worker.attention.backend import AttentionMetadata, get_backend
+from worker.attention.probe import AttentionShape
 from worker.config import EngineConfig
 from worker.engine.scheduler_output import ModelRunnerOutput, SampledLogprobs, SchedulerOutput
 from worker.errors import ModelLoadError
@@ -49,7 +50,9 @@ class ModelRunner:
         self.dtype = pick_dtype(config.dtype, self.device, spec.config_dtype)
         self.block_size = config.block_size
         self.max_model_len = max_model_len
-        self.backend = get_backend(config.attention_backend, self.device, config.block_size)
+        shape = AttentionShape(spec.num_heads, spec.num_kv_heads, spec.head_dim, self.dtype, config.block_size,
+                               tuple(dict.fromkeys(spec.sliding_windows)))
+        self.backend = get_backend(config.attention_backend, self.device, config.block_size, shape)
         ops = self._ops()
         self.model = build_model(spec, self.backend, self.device, self.dtype, max_model_len, ops)
         if config.load_format == "dummy":
@@ -71,7 +74,7 @@ class ModelRunner:
         self._token_host = [torch.zeros(config.max_num_seqs, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
 
     def _ops(self):
-        if self.device.type == "cuda" and self.config.attention_backend != "torch":
+        if self.device.type == "cuda" and self.backend.name != "torch":
             try:
                 from worker.kernels import model_ops
 

@@ -8,6 +8,8 @@ import logging
 import signal
 import sys
 
+from worker.config import BACKEND_NAMES
+
 log = logging.getLogger("ward.worker")
 
 
@@ -28,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache-memory", type=int, default=None, help="KV pool budget in bytes")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--no-prefix-caching", action="store_true")
-    p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton", "flash_attn"])
+    p.add_argument("--attention-backend", default="auto", choices=list(BACKEND_NAMES),
+                   help="auto: flash-attn or FlashInfer where installed and self-checked, else Triton on CUDA")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     p.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight requests")
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: off)")
