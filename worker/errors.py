@@ -32,6 +32,12 @@ class ModelLoadError(WardError):
     code = "model_load_error"
 
 
+class BackendUnusable(ModelLoadError, ValueError):
+    """An explicitly chosen optional attention backend is missing or failed its start-up self-check."""
+
+    code = "attention_backend_unusable"
+
+
 class EngineDeadError(WardError):
     """The engine loop failed; no further requests can be served by this process."""
 

@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 
 from worker.config import BACKEND_NAMES
+from worker.errors import BackendUnusable
 
 log = logging.getLogger("ward.worker.attention")
 
@@ -72,10 +73,6 @@ class AttentionBackend(Protocol):
 
 
 OPTIONAL_BACKENDS = ("flash_attn", "flashinfer")  # from packages Ward does not pin: self-checked
-
-
-class BackendUnusable(ValueError):
-    """An explicitly chosen optional backend is missing or failed its start-up self-check."""
 
 
 def _optional_backend(name: str, device: torch.device, block_size: int) -> AttentionBackend | None:
