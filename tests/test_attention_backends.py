@@ -158,3 +158,16 @@ def test_flash_attn_backend_matches_the_reference():
         kk, vv = gather_kv((kc, vc), meta.block_tables[i], lens[i])
         ref = reference_attention(q[starts[i]:starts[i + 1]].float(), kk.float(), vv.float(), D**-0.5)
         assert rel_err(out[starts[i]:starts[i + 1]].float(), ref) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_self_check_passes_the_triton_kernel_on_the_gpu(dtype):
+    # The check's tolerance must admit a correct kernel in half precision, or auto would never
+    # take an optional backend at all.
+    from worker.attention.triton_backend import TritonBackend
+
+    shape = AttentionShape(32, 8, 128, dtype, 16, (None, 40))
+    for seed in range(3):
+        assert check_backend(TritonBackend(), torch.device("cuda"), shape, seed) is None
