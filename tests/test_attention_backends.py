@@ -6,13 +6,12 @@ import random
 import pytest
 import torch
 
-from tests.paged_driver import rel_err
 from worker.attention import backend as backend_module
-from worker.attention.backend import AttentionMetadata, BackendUnusable, get_backend
+from worker.attention.backend import BackendUnusable, get_backend
 from worker.attention.flash_attn_backend import flash_attn_available
 from worker.attention.flashinfer_backend import block_tables_to_csr, flashinfer_available
 from worker.attention.probe import AttentionShape, check_backend
-from worker.attention.torch_backend import TorchAttention, TorchBackend, gather_kv, reference_attention
+from worker.attention.torch_backend import TorchAttention, TorchBackend, gather_kv
 from worker.config import EngineConfig
 
 
@@ -131,33 +130,10 @@ def test_flashinfer_backend_matches_the_reference(block_size):
 @pytest.mark.gpu
 @pytest.mark.skipif(not flash_attn_available(), reason="flash-attn is not installed (optional fast path)")
 def test_flash_attn_backend_matches_the_reference():
-    torch.manual_seed(0)
-    rng = random.Random(0)
-    H, Hkv, D, bs = 32, 8, 128, 256
-    dev, dt = "cuda", torch.bfloat16
-    kc = torch.randn(64, bs, Hkv, D, device=dev, dtype=dt)
-    vc = torch.randn_like(kc)
-    lens, qlens = [700, 1, 300], [700, 1, 45]  # a prefill, a decode, a chunk with cached context
-    tables, slots, free = [], [], list(range(64))
-    rng.shuffle(free)
-    for L, q in zip(lens, qlens):
-        t = [free.pop() for _ in range(-(-L // bs))]
-        tables.append(t + [0] * (4 - len(t)))
-        slots += [t[p // bs] * bs + p % bs for p in range(L - q, L)]
-    T = sum(qlens)
-    q = torch.randn(T, H, D, device=dev, dtype=dt)
-    k, v = torch.randn(T, Hkv, D, device=dev, dtype=dt), torch.randn(T, Hkv, D, device=dev, dtype=dt)
-    starts = [0, 700, 701, 746]
-    meta = AttentionMetadata(T, 3, torch.tensor(starts, dtype=torch.int32, device=dev),
-                             torch.tensor(lens, dtype=torch.int32, device=dev),
-                             torch.tensor(tables, dtype=torch.int32, device=dev),
-                             torch.tensor(slots, dtype=torch.long, device=dev), 700, 700, starts, lens)
-    impl = get_backend("flash_attn", torch.device(dev)).make_impl(H, Hkv, D, D**-0.5)
-    out = impl.forward(q, k, v, (kc, vc), meta)
-    for i in range(3):
-        kk, vv = gather_kv((kc, vc), meta.block_tables[i], lens[i])
-        ref = reference_attention(q[starts[i]:starts[i + 1]].float(), kk.float(), vv.float(), D**-0.5)
-        assert rel_err(out[starts[i]:starts[i + 1]].float(), ref) < 1e-2
+    # A prefill, a decode and a chunk after cached context, on scattered 256-token pages.
+    shape = AttentionShape(32, 8, 128, torch.bfloat16, 256, (None, 300))
+    for seed in range(3):  # fresh random inputs each time
+        assert check_backend(get_backend("flash_attn", torch.device("cuda"), 256), torch.device("cuda"), shape, seed) is None
 
 
 @pytest.mark.gpu
