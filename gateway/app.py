@@ -27,8 +27,8 @@ from fastapi import APIRouter, FastAPI
 from prometheus_client import CollectorRegistry
 
 from gateway.auth.authenticator import Authenticator
-from gateway.body_limit import BodyLimitMiddleware
-from gateway.error_handlers import ErrorConverter, install_error_handlers
+from gateway.http.body_limit import BodyLimitMiddleware
+from gateway.http.error_handlers import ErrorConverter, install_error_handlers
 from gateway.hooks import NoopHooks, RequestHooks
 from gateway.metrics import GatewayMetrics, WorkerPoolCollector
 from gateway.routers import openai as openai_routes

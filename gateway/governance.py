@@ -30,7 +30,7 @@ from gateway.audit.quota_changes import AuditedQuotaChanges
 from gateway.audit.router import create_audit_router
 from gateway.audit.service import AuditServices, build_audit_services
 from gateway.auth.dependencies import current_principal
-from gateway.errors import InvalidRequest, OpenAIError, ServiceUnavailable
+from gateway.http.errors import InvalidRequest, OpenAIError, ServiceUnavailable
 from gateway.hooks import HookChain
 from gateway.quota.admin_router import make_quota_admin_router
 from gateway.quota.factory import build_quota_service

@@ -30,7 +30,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
-from gateway.context import RequestContext
+from gateway.http.request_context import RequestContext
 
 log = logging.getLogger("ward.gateway.hooks")
 

@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from gateway.context import RequestContext
+from gateway.http.request_context import RequestContext
 
 TTFT_BUCKETS = (
     0.001,

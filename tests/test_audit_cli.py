@@ -132,11 +132,10 @@ def test_purge_dry_run_and_nothing_due(data_dir, capsys):
 
 
 def test_bench_prints_latency_and_throughput_for_both_databases(tmp_path, capsys):
-    out = tmp_path / "bench.json"
-    assert ward(["audit", "bench", "--records", "40", "--concurrency", "8", "--postgres", PG_SERVER_URL, "--json", str(out)]) == 0
+    assert ward(["bench", "audit", "--requests", "40", "--postgres", PG_SERVER_URL, "--out", str(tmp_path)]) == 0
     table = capsys.readouterr().out
     assert "1 client p50/p99 ms" in table and table.count("\n") >= 2
-    results = json.loads(out.read_text())["results"]
+    results = json.loads((tmp_path / "ward_bench_audit.json").read_text())["results"]
     assert set(results) == {"sqlite", "postgresql"}
     for r in results.values():
         assert r["verify_ok"] and r["records_per_s"] > 0 and 0 < r["single_p50_ms"] <= r["single_p99_ms"]

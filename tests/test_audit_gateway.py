@@ -23,7 +23,7 @@ from gateway.audit.reader import AuditReader, ReadScope, RecordFilter
 from gateway.audit.service import build_audit_services, trusted_keys, resolve_paths
 from gateway.audit.settings import AuditSettings
 from gateway.audit.verify import verify_chain
-from gateway.errors import RateLimited
+from gateway.http.errors import RateLimited
 from gateway.hooks import HookChain, NoopHooks
 from gateway.settings import GatewaySettings
 from test_audit_support import db_url, pg_module_url  # noqa: F401

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import Engine, delete, update
 
-from gateway.audit.bench import scratch_postgres_database
+from ward.benchmarks.audit import scratch_postgres_database
 from gateway.audit.canonical import GENESIS_HASH
 from gateway.audit.chain import CHECKPOINTS, ENTRIES, HEAD, ChainStore, CheckpointPolicy
 from gateway.audit.records import Actor, RequestEnd, RequestStart, RequestStatus

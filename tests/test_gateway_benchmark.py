@@ -2,8 +2,8 @@
 only 200s through the keep-alive load generator, and reports its figures."""
 from __future__ import annotations
 
-from gateway.benchmark.load import LoadResult
-from gateway.benchmark.overhead import format_table, run_benchmark
+from ward.benchmarks.gateway.load import LoadResult
+from ward.benchmarks.gateway.overhead import format_table, run_benchmark
 
 
 def test_the_overhead_benchmark_measures_every_configuration_with_only_successful_answers():

@@ -19,7 +19,7 @@ from starlette.requests import Request
 
 from gateway.auth.errors import AuthenticationError
 from gateway.auth.principal import AuthMethod, Principal, Role
-from gateway.errors import OpenAIError, RateLimited
+from gateway.http.errors import OpenAIError, RateLimited
 from gateway.hooks import HookChain, NoopHooks
 
 pytestmark = pytest.mark.anyio

@@ -21,8 +21,8 @@ import pytest
 import yaml
 from e2e_support import ROOT, ProcessStack, clean_env, make_keys, wait_until
 
-from gateway.audit.bench import scratch_postgres_database
-from gateway.quota.testing import delete_prefix, redis_url, require_redis, unique_prefix
+from ward.benchmarks.audit import scratch_postgres_database
+from quota_support import delete_prefix, redis_url, require_redis, unique_prefix
 from test_audit_support import PG_SERVER_URL
 
 MODEL = "fake-chat"

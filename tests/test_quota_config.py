@@ -10,7 +10,7 @@ from gateway.quota.config import diff_configs
 from gateway.quota.config_file import QuotaConfigError, QuotaConfigFile, load_quota_config, parse_quota_config
 from gateway.quota.limits import TEAM_SCOPE, QuotaLimits, Scope, ScopeKind
 from gateway.quota.settings import OutagePolicies, QuotaSettings
-from gateway.quota.testing import FakeClock
+from quota_support import FakeClock
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "quotas.yaml"
 

@@ -15,7 +15,7 @@ import httpx2
 
 from fake_worker import FakeConfig, FakeWorker, FakeWorkerServicer
 
-from gateway.quota.testing import delete_prefix, free_port, redis_url, require_redis, unique_prefix
+from quota_support import delete_prefix, free_port, redis_url, require_redis, unique_prefix
 
 URL = redis_url(7)
 MODEL = "fake-chat"

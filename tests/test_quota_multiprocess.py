@@ -23,7 +23,7 @@ from gateway.quota.memory_store import InMemoryQuotaStore
 from gateway.quota.redis_store import RedisQuotaStore
 from gateway.quota.service import QuotaService
 from gateway.quota.settings import QuotaSettings
-from gateway.quota.testing import delete_prefix, redis_url, require_redis, unique_prefix
+from quota_support import delete_prefix, redis_url, require_redis, unique_prefix
 
 URL = redis_url(2)
 PROCESSES = 3

@@ -14,7 +14,7 @@ from gateway.quota.errors import QuotaExceeded, QuotaUnavailable
 from gateway.quota.redis_store import RedisQuotaStore
 from gateway.quota.service import QuotaService
 from gateway.quota.settings import QuotaSettings
-from gateway.quota.testing import PrivateRedis
+from quota_support import PrivateRedis
 from gateway.quota.usage import UsageGroupBy
 
 pytestmark = pytest.mark.anyio

@@ -14,7 +14,7 @@ from gateway.quota.limits import TEAM_SCOPE, QuotaLimits, Scope, ScopeKind, Scop
 from gateway.quota.redis_keys import RedisKeys, override_field, parse_override_field
 from gateway.quota.redis_store import RedisQuotaStore
 from gateway.quota.store import AdmitRequest, Settlement
-from gateway.quota.testing import delete_prefix, redis_url, require_redis, unique_prefix
+from quota_support import delete_prefix, redis_url, require_redis, unique_prefix
 
 pytestmark = pytest.mark.anyio
 URL = redis_url(1)

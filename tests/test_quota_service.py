@@ -16,7 +16,7 @@ from gateway.quota.redis_store import RedisQuotaStore
 from gateway.quota.reservation import tokens_to_reserve
 from gateway.quota.service import QuotaService
 from gateway.quota.settings import OutagePolicies, QuotaSettings
-from gateway.quota.testing import delete_prefix, redis_url, require_redis, unique_prefix
+from quota_support import delete_prefix, redis_url, require_redis, unique_prefix
 from gateway.quota.usage import UsageGroupBy
 
 pytestmark = pytest.mark.anyio

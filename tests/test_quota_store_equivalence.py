@@ -15,7 +15,7 @@ from gateway.quota.memory_store import InMemoryQuotaStore
 from gateway.quota.periods import periods_at
 from gateway.quota.redis_store import RedisQuotaStore
 from gateway.quota.store import AdmitRequest, SettleMode, Settlement
-from gateway.quota.testing import FakeClock, delete_prefix, redis_url, require_redis, unique_prefix
+from quota_support import FakeClock, delete_prefix, redis_url, require_redis, unique_prefix
 
 URL = redis_url(1)
 T0 = dt.datetime(2026, 1, 31, 23, 58, 30, tzinfo=dt.timezone.utc).timestamp()  # a day and a month end ahead

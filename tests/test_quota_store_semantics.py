@@ -12,7 +12,7 @@ from gateway.quota.limits import TEAM_SCOPE, LimitKind, QuotaLimits, Scope, Scop
 from gateway.quota.memory_store import InMemoryQuotaStore
 from gateway.quota.redis_store import RedisQuotaStore
 from gateway.quota.store import AdmitRequest, AdmitResult, SettleMode, Settlement
-from gateway.quota.testing import FakeClock, delete_prefix, redis_url, require_redis, unique_prefix
+from quota_support import FakeClock, delete_prefix, redis_url, require_redis, unique_prefix
 
 pytestmark = pytest.mark.anyio
 URL = redis_url(1)

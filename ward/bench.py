@@ -197,7 +197,7 @@ def _run_gateway_suite(args: argparse.Namespace) -> int:
     path = os.path.join(args.out, f"ward_bench_{args.suite}.json")
     report: dict = {"date": datetime.date.today().isoformat(), "cpus": os.cpu_count()}
     if args.suite == "gateway":
-        from gateway.benchmark.overhead import as_json, format_table, run_benchmark
+        from ward.benchmarks.gateway.overhead import as_json, format_table, run_benchmark
 
         rows = run_benchmark(requests=args.requests, clients=[1, 16], rounds=args.rounds,
                              redis_url=args.redis_url, postgres=args.postgres)
@@ -206,7 +206,7 @@ def _run_gateway_suite(args: argparse.Namespace) -> int:
     elif args.suite == "quota":
         from dataclasses import asdict
 
-        from gateway.quota.bench import measure
+        from ward.benchmarks.quota import measure
 
         rows = measure(args.redis_url, args.requests, 200, ["gateway", "layer"])
         for r in rows:
@@ -214,12 +214,15 @@ def _run_gateway_suite(args: argparse.Namespace) -> int:
                   f"added p50 {r.added_p50_ms:.3f}  added p99 {r.added_p99_ms:.3f}")
         report["rows"] = [asdict(r) for r in rows]
     else:
-        from gateway.audit.bench import format_table as audit_table
-        from gateway.audit.bench import run_benchmark as audit_benchmark
+        from ward.benchmarks.audit import format_table as audit_table
+        from ward.benchmarks.audit import run_benchmark as audit_benchmark
 
         results = audit_benchmark(args.postgres, args.requests, 64)
         print(audit_table(results))
         report["results"] = results
+        if not all(r["verify_ok"] for r in results.values()):
+            print("the audit chain written by the benchmark did not verify", file=sys.stderr)
+            return 1
     with open(path, "w") as f:
         json.dump(report, f, indent=2)
     print(f"wrote {path}")

@@ -8,5 +8,5 @@ Modules, by job:
 - hooks: AuditLog at the gateway's request hooks;  admin_recorder: admin changes from one-shot tools;
 - verify: recomputes the chain and checks signatures;  signing: Ed25519 keys and statements;
 - reader / access / export / router: the auditor API;  retention: purge at a checkpoint;
-- cli: ``ward audit``;  bench: ``ward audit bench``.
+- cli: ``ward audit`` (the writer's benchmark is ``ward bench audit``).
 """

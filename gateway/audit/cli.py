@@ -1,11 +1,10 @@
-"""`ward audit`: verify, export and purge the audit log; export checkpoints; benchmark the writer.
+"""`ward audit`: verify, export and purge the audit log; export checkpoints.
 
     ward audit verify      [--data-dir DIR | --database-url URL] [--public-key PEM]... [--checkpoints FILE]
     ward audit export      [--format jsonl|csv] [--out FILE] [--since T] [--until T] [--team T] ...
     ward audit checkpoints [--out FILE] [--now]
     ward audit public-key
     ward audit purge       [--retention-days N] [--dry-run]
-    ward audit bench       [--postgres URL] [--records N] [--concurrency C] [--json FILE]
 
 Exit status: 0 success (verify: the log is intact), 1 verify found tampering, 2 the command could
 not run (bad arguments, database unreachable, no trusted key).
@@ -72,11 +71,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--retention-days", type=int, help=f"default: {AuditSettings().retention_days} (six years)")
     p.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
 
-    p = sub.add_parser("bench", help="audit write latency (p50, p99) and sustained records/s, SQLite and PostgreSQL")
-    p.add_argument("--postgres", help="a PostgreSQL server URL; a scratch database is created there and dropped")
-    p.add_argument("--records", type=int, default=2000, help="records per measurement")
-    p.add_argument("--concurrency", type=int, default=64, help="concurrent writers for the throughput run")
-    p.add_argument("--json", help="also write the results as JSON to this file")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -244,18 +238,11 @@ def _purge(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from gateway.audit.bench import main as bench_main
-
-    return bench_main(postgres=args.postgres, records=args.records, concurrency=args.concurrency, json_path=args.json)
-
-
 _ACTIONS = {
     "verify": _verify,
     "export": _export,
     "checkpoints": _checkpoints,
     "public-key": _public_key,
     "purge": _purge,
-    "bench": _bench,
 }
 

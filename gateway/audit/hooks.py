@@ -19,8 +19,8 @@ from typing import Any
 from gateway.audit.errors import AuditError, AuditUnavailable
 from gateway.audit.log import AuditLog
 from gateway.audit.records import RequestEnd, RequestStart, RequestStatus
-from gateway.context import RequestContext
-from gateway.errors import ServiceUnavailable
+from gateway.http.request_context import RequestContext
+from gateway.http.errors import ServiceUnavailable
 from gateway.hooks import NoopHooks
 
 log = logging.getLogger(__name__)

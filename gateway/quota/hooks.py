@@ -16,8 +16,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
-from gateway.context import RequestContext
-from gateway.errors import InvalidRequest, OpenAIError, RateLimited
+from gateway.http.request_context import RequestContext
+from gateway.http.errors import InvalidRequest, OpenAIError, RateLimited
 from gateway.hooks import NoopHooks
 from gateway.quota.errors import InvalidQuotaRequest, QuotaExceeded, QuotaUnavailable
 from gateway.quota.headers import retry_after_headers

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Depends
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.context import RequestContext
-from gateway.errors import ModelNotFound
-from gateway.http_context import (
+from gateway.http.request_context import RequestContext
+from gateway.http.errors import ModelNotFound
+from gateway.http.plumbing import (
     authenticated_context,
     json_response,
     parse_body,

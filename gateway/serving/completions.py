@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.context import RequestContext
+from gateway.http.request_context import RequestContext
 from gateway.protocol.completions import CompletionRequest
 from gateway.serving.generation import GenerationRun
 from gateway.serving.logprobs import CompletionLogprobs

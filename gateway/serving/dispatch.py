@@ -13,8 +13,8 @@ from typing import TypeVar
 
 import grpc
 
-from gateway.context import RequestContext
-from gateway.errors import OpenAIError, ServiceUnavailable
+from gateway.http.request_context import RequestContext
+from gateway.http.errors import OpenAIError, ServiceUnavailable
 from gateway.hooks import RequestHooks
 from gateway.workers.client import GenerateStream, WorkerClient
 from gateway.workers.errors import WorkerError, to_openai_error

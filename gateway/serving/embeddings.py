@@ -7,8 +7,8 @@ import sys
 from array import array
 from typing import Any
 
-from gateway.context import RequestContext
-from gateway.errors import InvalidRequest, WorkerFailed
+from gateway.http.request_context import RequestContext
+from gateway.http.errors import InvalidRequest, WorkerFailed
 from gateway.protocol.embeddings import EmbeddingRequest
 from gateway.serving.dispatch import Dispatcher
 from gateway.serving.lifecycle import Lifecycle

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from gateway.context import RequestContext
-from gateway.errors import OpenAIError, ServiceUnavailable, WorkerFailed
+from gateway.http.request_context import RequestContext
+from gateway.http.errors import OpenAIError, ServiceUnavailable, WorkerFailed
 from gateway.hooks import RequestHooks
 from gateway.metrics import GatewayMetrics
 from gateway.serving.dispatch import OpenGeneration

@@ -8,8 +8,8 @@ from collections.abc import Collection
 
 import anyio
 
-from gateway.context import RequestContext
-from gateway.errors import OpenAIError
+from gateway.http.request_context import RequestContext
+from gateway.http.errors import OpenAIError
 from gateway.hooks import RequestHooks
 from gateway.metrics import GatewayMetrics
 

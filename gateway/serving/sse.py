@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.errors import ClientDisconnected
+from gateway.http.errors import ClientDisconnected
 from gateway.serving.generation import GenerationRun
 from gateway.serving.lifecycle import Lifecycle
 from gateway.workers.pool import WorkerPool

@@ -6,8 +6,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from gateway.context import RequestContext
-from gateway.errors import ClientDisconnected, InvalidRequest, ModelNotFound
+from gateway.http.request_context import RequestContext
+from gateway.http.errors import ClientDisconnected, InvalidRequest, ModelNotFound
 from gateway.metrics import GatewayMetrics
 from gateway.serving.dispatch import Dispatcher
 from gateway.serving.generation import GenerationRun

@@ -10,7 +10,7 @@ import logging
 
 import grpc
 
-from gateway.errors import (
+from gateway.http.errors import (
     ContextLengthExceeded,
     GatewayTimeout,
     InvalidRequest,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from gateway.errors import ModelNotFound, ServiceUnavailable
+from gateway.http.errors import ModelNotFound, ServiceUnavailable
 from gateway.settings import RoutingSettings
 from gateway.workers.client import GenerateStream, WorkerClient
 from gateway.workers.errors import WorkerError

@@ -13,7 +13,7 @@ from starlette.responses import Response
 
 from gateway.auth.errors import AuthenticationError, IdentityProviderUnavailable, PermissionDenied
 from gateway.auth.http_errors import www_authenticate
-from gateway.errors import (
+from gateway.http.errors import (
     InvalidRequest,
     OpenAIError,
     PermissionDeniedError,
@@ -21,7 +21,7 @@ from gateway.errors import (
     Unauthorized,
     WorkerFailed,
 )
-from gateway.http_context import context_for, json_response
+from gateway.http.plumbing import context_for, json_response
 
 log = logging.getLogger("ward.gateway")
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import yaml
 
-from gateway.benchmark.load import build_request, run_load
+from ward.benchmarks.gateway.load import build_request, run_load
 
 MODEL = "bench-model"
 TEAM = "bench"
@@ -111,7 +111,7 @@ def _database_key(database_url: str) -> str:
 
 def _start_worker(workdir: pathlib.Path) -> tuple[subprocess.Popen, str]:
     log = open(workdir / "instant-worker.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "gateway.benchmark.instant_worker", "--model", MODEL],
+    process = subprocess.Popen([sys.executable, "-m", "ward.benchmarks.gateway.instant_worker", "--model", MODEL],
                                stdout=subprocess.PIPE, stderr=log, text=True, env=_clean_env({}))
     line = process.stdout.readline().split()
     if not line or line[0] != "PORT":
@@ -126,7 +126,7 @@ def _start_gateway(config: Config, worker: str, workdir: pathlib.Path) -> Gatewa
     body: dict[str, Any] = {"port": port, "models": {MODEL: {"workers": [worker]}}}
     if config.quotas is None:
         body["api_keys"] = {STATIC_KEY: TEAM}
-        argv = [sys.executable, "-m", "gateway.benchmark.serve_plain"]
+        argv = [sys.executable, "-m", "ward.benchmarks.gateway.serve_plain"]
         api_key = STATIC_KEY
     else:
         (data_dir / "quotas.yaml").write_text(yaml.safe_dump(config.quotas))
@@ -193,7 +193,7 @@ def _configs(redis_url: str | None, postgres: str | None) -> Iterator[list[Confi
     ]
     with contextlib.ExitStack() as stack:
         if redis_url and postgres:
-            from gateway.audit.bench import scratch_postgres_database
+            from ward.benchmarks.audit import scratch_postgres_database
 
             database = stack.enter_context(scratch_postgres_database(postgres, "ward_gateway_bench"))
             configs.append(Config("on, Redis + PostgreSQL", {"defaults": both},

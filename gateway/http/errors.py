@@ -1,7 +1,7 @@
 """OpenAI-shaped errors: every failure leaves the gateway as ``{"error": {message, type, param, code}}``.
 
 Serving code raises an :class:`OpenAIError` (or a subclass); the handlers in
-``gateway.error_handlers`` turn it into a response with its status and headers.
+``gateway.http.error_handlers`` turn it into a response with its status and headers.
 """
 
 from __future__ import annotations

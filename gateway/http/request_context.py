@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.auth.principal import Principal
-from gateway.errors import OpenAIError
+from gateway.http.errors import OpenAIError
 
 
 @dataclass(eq=False)

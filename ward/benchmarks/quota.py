@@ -9,7 +9,7 @@ Two measurements per mode:
 Every limit kind is set on the team, the key and the model, high enough never to refuse, so each
 request runs the full check-and-record path over three scopes. Run::
 
-    python -m gateway.quota.bench --redis-url redis://127.0.0.1:6379/0 [--requests N] [--json out.json]
+    python -m ward.benchmarks.quota --redis-url redis://127.0.0.1:6379/0 [--requests N] [--json out.json]
 
 The Redis keys it writes, under a fresh prefix, are deleted afterwards.
 """
@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.quota.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ward.benchmarks.quota", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return run(parser.parse_args())
 

@@ -6,8 +6,8 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import RequestTooLarge
-from gateway.http_context import RECEIVED_KEY
+from gateway.http.errors import RequestTooLarge
+from gateway.http.plumbing import RECEIVED_KEY
 
 
 class BodyLimitMiddleware:

@@ -12,7 +12,6 @@ then verifies the chain it wrote. Each record carries a ~1 KB prompt and a ~1 KB
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import statistics
 import tempfile
@@ -180,11 +179,3 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows)
 
-
-def main(*, postgres: str | None, records: int, concurrency: int, json_path: str | None) -> int:
-    results = run_benchmark(postgres, records, concurrency)
-    print(format_table(results))
-    if json_path:
-        with open(json_path, "w", encoding="utf-8") as handle:
-            json.dump({"benchmark": "audit_write", "when": datetime.now(timezone.utc).isoformat(), "results": results}, handle, indent=2)
-    return 0 if all(r["verify_ok"] for r in results.values()) else 1

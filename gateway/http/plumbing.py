@@ -14,10 +14,10 @@ from starlette.responses import Response
 
 from gateway.auth.errors import PermissionDenied
 from gateway.auth.principal import Role
-from gateway.context import RequestContext
-from gateway.errors import ClientDisconnected, InvalidRequest
+from gateway.http.request_context import RequestContext
+from gateway.http.errors import ClientDisconnected, InvalidRequest
 from gateway.serving.sse import EventStream, dumps
-from gateway.sse_response import EventStreamResponse
+from gateway.http.sse_response import EventStreamResponse
 
 M = TypeVar("M", bound=BaseModel)
 T = TypeVar("T")

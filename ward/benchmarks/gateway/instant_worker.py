@@ -3,7 +3,7 @@
 Every Generate yields one token (``ok``, finish reason ``stop``) and the usage; Tokenize counts
 whitespace-separated words (chat messages: their words plus one per message and one for the
 generation prompt). It implements the ``ward.worker.v1`` contract only as far as the gateway uses it
-for chat and completions. Run it as ``python -m gateway.benchmark.instant_worker --model NAME``; it
+for chat and completions. Run it as ``python -m ward.benchmarks.gateway.instant_worker --model NAME``; it
 prints ``PORT <n>`` once serving and stops on SIGTERM.
 """
 from __future__ import annotations
@@ -77,7 +77,7 @@ async def serve(model: str, port: int = 0) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m gateway.benchmark.instant_worker", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ward.benchmarks.gateway.instant_worker", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="bench-model")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()

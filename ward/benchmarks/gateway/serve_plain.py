@@ -1,6 +1,6 @@
 """The gateway with identity, quotas and audit off, for the overhead benchmark's baseline.
 
-``python -m gateway.benchmark.serve_plain --config FILE`` serves ``create_app(settings)`` (the config's
+``python -m ward.benchmarks.gateway.serve_plain --config FILE`` serves ``create_app(settings)`` (the config's
 static ``api_keys``, no database, no request hooks) through ``gateway.cli.serve``, exactly as
 ``ward gateway`` serves its full app. Not for production: nothing is audited and nothing is limited.
 """
@@ -16,7 +16,7 @@ def main() -> None:
     from gateway.cli import serve
     from gateway.settings import GatewaySettings
 
-    parser = argparse.ArgumentParser(prog="python -m gateway.benchmark.serve_plain", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m ward.benchmarks.gateway.serve_plain", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=pathlib.Path, required=True)
     args = parser.parse_args()
     logging.basicConfig(level="WARNING")
