@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!proto/ward/worker/v1/worker.proto\x12\x0eward.worker.v1\":\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"|\n\x0c\x43onversation\x12-\n\x08messages\x18\x01 \x03(\x0b\x32\x1b.ward.worker.v1.ChatMessage\x12\x1d\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08\x12\x1e\n\x16\x63ontinue_final_message\x18\x03 \x01(\x08\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"}\n\x06Prompt\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12-\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x18.ward.worker.v1.TokenIdsH\x00\x12,\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x1c.ward.worker.v1.ConversationH\x00\x42\x06\n\x04kind\"\xd5\x04\n\x0eSamplingParams\x12\t\n\x01n\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x05 \x01(\x02H\x03\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x06 \x01(\x02H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x07 \x01(\x02H\x05\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x08 \x01(\x02H\x06\x88\x01\x01\x12\x11\n\x04seed\x18\t \x01(\x03H\x07\x88\x01\x01\x12\x17\n\nmax_tokens\x18\n \x01(\rH\x08\x88\x01\x01\x12\x12\n\nmin_tokens\x18\x0b \x01(\r\x12\x0c\n\x04stop\x18\x0c \x03(\t\x12\x16\n\x0estop_token_ids\x18\r \x03(\x05\x12\x12\n\nignore_eos\x18\x0e \x01(\x08\x12\x15\n\x08logprobs\x18\x0f \x01(\rH\t\x88\x01\x01\x12\"\n\x1ainclude_stop_str_in_output\x18\x10 \x01(\x08\x12 \n\x13skip_special_tokens\x18\x11 \x01(\x08H\n\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\r\n\x0b_max_tokensB\x0b\n\t_logprobsB\x16\n\x14_skip_special_tokens\"\xb2\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12&\n\x06prompt\x18\x03 \x01(\x0b\x32\x16.ward.worker.v1.Prompt\x12.\n\x06params\x18\x04 \x01(\x0b\x32\x1e.ward.worker.v1.SamplingParams\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x12\n\ncache_salt\x18\x06 \x01(\t\"S\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x13\n\x0btoken_bytes\x18\x04 \x01(\x0c\"~\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x13\n\x0btoken_bytes\x18\x04 \x01(\x0c\x12\'\n\x03top\x18\x05 \x03(\x0b\x32\x1a.ward.worker.v1.TopLogprob\"\xb0\x01\n\x0b\x43hoiceDelta\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12.\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1c.ward.worker.v1.TokenLogprob\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\x13\n\x0bstop_reason\x18\x06 \x01(\t\x12\x15\n\rstop_token_id\x18\x07 \x01(\x05\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"}\n\x10GenerateResponse\x12,\n\x07\x63hoices\x18\x01 \x03(\x0b\x32\x1b.ward.worker.v1.ChoiceDelta\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12$\n\x05usage\x18\x03 \x01(\x0b\x32\x15.ward.worker.v1.Usage\"\x97\x01\n\x0c\x45mbedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05texts\x18\x03 \x03(\t\x12.\n\x0ctoken_inputs\x18\x04 \x03(\x0b\x32\x18.ward.worker.v1.TokenIds\x12\x11\n\tnormalize\x18\x05 \x01(\x08\x12\x12\n\ndimensions\x18\x06 \x01(\r\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"O\n\rEmbedResponse\x12\'\n\x04\x64\x61ta\x18\x01 \x03(\x0b\x32\x19.ward.worker.v1.Embedding\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\"b\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x06prompt\x18\x02 \x01(\x0b\x32\x16.ward.worker.v1.Prompt\x12\x18\n\x10return_token_ids\x18\x03 \x01(\x08\"K\n\x10TokenizeResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\"\x12\n\x10ModelInfoRequest\"\xc6\x01\n\x11ModelInfoResponse\x12\x19\n\x11served_model_name\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\x19\n\x11has_chat_template\x18\x03 \x01(\x08\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x12\n\nvocab_size\x18\x05 \x01(\r\x12\x11\n\tworker_id\x18\x06 \x01(\t\x12\x18\n\x10\x63ontract_version\x18\x07 \x01(\t\x12\x15\n\rembedding_dim\x18\x08 \x01(\r\"\x0f\n\rHealthRequest\"=\n\x0eHealthResponse\x12\x0c\n\x04live\x18\x01 \x01(\x08\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\x12\n\x10LoadStatsRequest\"\xf6\x01\n\x11LoadStatsResponse\x12\x13\n\x0bnum_running\x18\x01 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x02 \x01(\r\x12\x10\n\x08kv_usage\x18\x03 \x01(\x02\x12\x16\n\x0ekv_blocks_used\x18\x04 \x01(\r\x12\x17\n\x0fkv_blocks_total\x18\x05 \x01(\r\x12\x1c\n\x14prefix_cache_queries\x18\x06 \x01(\x04\x12\x19\n\x11prefix_cache_hits\x18\x07 \x01(\x04\x12\x17\n\x0fnum_preemptions\x18\x08 \x01(\x04\x12\x10\n\x08kv_waste\x18\t \x01(\x02\x12\x10\n\x08\x64raining\x18\n \x01(\x08\x32\xdb\x03\n\x06Worker\x12O\n\x08Generate\x12\x1f.ward.worker.v1.GenerateRequest\x1a .ward.worker.v1.GenerateResponse0\x01\x12\x44\n\x05\x45mbed\x12\x1c.ward.worker.v1.EmbedRequest\x1a\x1d.ward.worker.v1.EmbedResponse\x12M\n\x08Tokenize\x12\x1f.ward.worker.v1.TokenizeRequest\x1a .ward.worker.v1.TokenizeResponse\x12P\n\tModelInfo\x12 .ward.worker.v1.ModelInfoRequest\x1a!.ward.worker.v1.ModelInfoResponse\x12G\n\x06Health\x12\x1d.ward.worker.v1.HealthRequest\x1a\x1e.ward.worker.v1.HealthResponse\x12P\n\tLoadStats\x12 .ward.worker.v1.LoadStatsRequest\x1a!.ward.worker.v1.LoadStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!proto/ward/worker/v1/worker.proto\x12\x0eward.worker.v1\":\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"|\n\x0c\x43onversation\x12-\n\x08messages\x18\x01 \x03(\x0b\x32\x1b.ward.worker.v1.ChatMessage\x12\x1d\n\x15\x61\x64\x64_generation_prompt\x18\x02 \x01(\x08\x12\x1e\n\x16\x63ontinue_final_message\x18\x03 \x01(\x08\"\x17\n\x08TokenIds\x12\x0b\n\x03ids\x18\x01 \x03(\x05\"}\n\x06Prompt\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12-\n\ttoken_ids\x18\x02 \x01(\x0b\x32\x18.ward.worker.v1.TokenIdsH\x00\x12,\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x1c.ward.worker.v1.ConversationH\x00\x42\x06\n\x04kind\"\xd5\x04\n\x0eSamplingParams\x12\t\n\x01n\x18\x01 \x01(\r\x12\x18\n\x0btemperature\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\x05H\x02\x88\x01\x01\x12\x12\n\x05min_p\x18\x05 \x01(\x02H\x03\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\x06 \x01(\x02H\x04\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\x07 \x01(\x02H\x05\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x08 \x01(\x02H\x06\x88\x01\x01\x12\x11\n\x04seed\x18\t \x01(\x03H\x07\x88\x01\x01\x12\x17\n\nmax_tokens\x18\n \x01(\rH\x08\x88\x01\x01\x12\x12\n\nmin_tokens\x18\x0b \x01(\r\x12\x0c\n\x04stop\x18\x0c \x03(\t\x12\x16\n\x0estop_token_ids\x18\r \x03(\x05\x12\x12\n\nignore_eos\x18\x0e \x01(\x08\x12\x15\n\x08logprobs\x18\x0f \x01(\rH\t\x88\x01\x01\x12\"\n\x1ainclude_stop_str_in_output\x18\x10 \x01(\x08\x12 \n\x13skip_special_tokens\x18\x11 \x01(\x08H\n\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\r\n\x0b_max_tokensB\x0b\n\t_logprobsB\x16\n\x14_skip_special_tokens\"\xec\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12&\n\x06prompt\x18\x03 \x01(\x0b\x32\x16.ward.worker.v1.Prompt\x12.\n\x06params\x18\x04 \x01(\x0b\x32\x1e.ward.worker.v1.SamplingParams\x12\x10\n\x08priority\x18\x05 \x01(\x05\x12\x12\n\ncache_salt\x18\x06 \x01(\t\x12\x0c\n\x04team\x18\x07 \x01(\t\x12\x15\n\rteam_priority\x18\x08 \x01(\x05\x12\x13\n\x0bteam_weight\x18\t \x01(\x02\"S\n\nTopLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x13\n\x0btoken_bytes\x18\x04 \x01(\x0c\"~\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\x05\x12\r\n\x05token\x18\x02 \x01(\t\x12\x0f\n\x07logprob\x18\x03 \x01(\x02\x12\x13\n\x0btoken_bytes\x18\x04 \x01(\x0c\x12\'\n\x03top\x18\x05 \x03(\x0b\x32\x1a.ward.worker.v1.TopLogprob\"\xb0\x01\n\x0b\x43hoiceDelta\x12\r\n\x05index\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0c\n\x04text\x18\x03 \x01(\t\x12.\n\x08logprobs\x18\x04 \x03(\x0b\x32\x1c.ward.worker.v1.TokenLogprob\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12\x13\n\x0bstop_reason\x18\x06 \x01(\t\x12\x15\n\rstop_token_id\x18\x07 \x01(\x05\"P\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x15\n\rcached_tokens\x18\x03 \x01(\r\"}\n\x10GenerateResponse\x12,\n\x07\x63hoices\x18\x01 \x03(\x0b\x32\x1b.ward.worker.v1.ChoiceDelta\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12$\n\x05usage\x18\x03 \x01(\x0b\x32\x15.ward.worker.v1.Usage\"\x97\x01\n\x0c\x45mbedRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05texts\x18\x03 \x03(\t\x12.\n\x0ctoken_inputs\x18\x04 \x03(\x0b\x32\x18.ward.worker.v1.TokenIds\x12\x11\n\tnormalize\x18\x05 \x01(\x08\x12\x12\n\ndimensions\x18\x06 \x01(\r\"\x1b\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\"O\n\rEmbedResponse\x12\'\n\x04\x64\x61ta\x18\x01 \x03(\x0b\x32\x19.ward.worker.v1.Embedding\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\"b\n\x0fTokenizeRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12&\n\x06prompt\x18\x02 \x01(\x0b\x32\x16.ward.worker.v1.Prompt\x12\x18\n\x10return_token_ids\x18\x03 \x01(\x08\"K\n\x10TokenizeResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x15\n\rmax_model_len\x18\x03 \x01(\r\"\x12\n\x10ModelInfoRequest\"\xe0\x01\n\x11ModelInfoResponse\x12\x19\n\x11served_model_name\x18\x01 \x01(\t\x12\x15\n\rmax_model_len\x18\x02 \x01(\r\x12\x19\n\x11has_chat_template\x18\x03 \x01(\x08\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x12\n\nvocab_size\x18\x05 \x01(\r\x12\x11\n\tworker_id\x18\x06 \x01(\t\x12\x18\n\x10\x63ontract_version\x18\x07 \x01(\t\x12\x15\n\rembedding_dim\x18\x08 \x01(\r\x12\x18\n\x10max_prompt_bytes\x18\t \x01(\x04\"\x0f\n\rHealthRequest\"=\n\x0eHealthResponse\x12\x0c\n\x04live\x18\x01 \x01(\x08\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"\x12\n\x10LoadStatsRequest\"\xe2\x02\n\x11LoadStatsResponse\x12\x13\n\x0bnum_running\x18\x01 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x02 \x01(\r\x12\x10\n\x08kv_usage\x18\x03 \x01(\x02\x12\x16\n\x0ekv_blocks_used\x18\x04 \x01(\r\x12\x17\n\x0fkv_blocks_total\x18\x05 \x01(\r\x12\x1c\n\x14prefix_cache_queries\x18\x06 \x01(\x04\x12\x19\n\x11prefix_cache_hits\x18\x07 \x01(\x04\x12\x17\n\x0fnum_preemptions\x18\x08 \x01(\x04\x12\x10\n\x08kv_waste\x18\t \x01(\x02\x12\x10\n\x08\x64raining\x18\n \x01(\x08\x12!\n\x19num_waiting_prompt_tokens\x18\x0b \x01(\x04\x12\x1e\n\x16num_admission_refusals\x18\x0c \x01(\x04\x12\'\n\x05teams\x18\r \x03(\x0b\x32\x18.ward.worker.v1.TeamLoad\"Y\n\x08TeamLoad\x12\x0c\n\x04team\x18\x01 \x01(\t\x12\x13\n\x0bnum_running\x18\x02 \x01(\r\x12\x13\n\x0bnum_waiting\x18\x03 \x01(\r\x12\x15\n\rserved_tokens\x18\x04 \x01(\x04\"\x10\n\x0eMetricsRequest\"\x1f\n\x0fMetricsResponse\x12\x0c\n\x04text\x18\x01 \x01(\t2\xa7\x04\n\x06Worker\x12O\n\x08Generate\x12\x1f.ward.worker.v1.GenerateRequest\x1a .ward.worker.v1.GenerateResponse0\x01\x12\x44\n\x05\x45mbed\x12\x1c.ward.worker.v1.EmbedRequest\x1a\x1d.ward.worker.v1.EmbedResponse\x12M\n\x08Tokenize\x12\x1f.ward.worker.v1.TokenizeRequest\x1a .ward.worker.v1.TokenizeResponse\x12P\n\tModelInfo\x12 .ward.worker.v1.ModelInfoRequest\x1a!.ward.worker.v1.ModelInfoResponse\x12G\n\x06Health\x12\x1d.ward.worker.v1.HealthRequest\x1a\x1e.ward.worker.v1.HealthResponse\x12P\n\tLoadStats\x12 .ward.worker.v1.LoadStatsRequest\x1a!.ward.worker.v1.LoadStatsResponse\x12J\n\x07Metrics\x12\x1e.ward.worker.v1.MetricsRequest\x1a\x1f.ward.worker.v1.MetricsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,39 +42,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS']._serialized_start=392
   _globals['_SAMPLINGPARAMS']._serialized_end=989
   _globals['_GENERATEREQUEST']._serialized_start=992
-  _globals['_GENERATEREQUEST']._serialized_end=1170
-  _globals['_TOPLOGPROB']._serialized_start=1172
-  _globals['_TOPLOGPROB']._serialized_end=1255
-  _globals['_TOKENLOGPROB']._serialized_start=1257
-  _globals['_TOKENLOGPROB']._serialized_end=1383
-  _globals['_CHOICEDELTA']._serialized_start=1386
-  _globals['_CHOICEDELTA']._serialized_end=1562
-  _globals['_USAGE']._serialized_start=1564
-  _globals['_USAGE']._serialized_end=1644
-  _globals['_GENERATERESPONSE']._serialized_start=1646
-  _globals['_GENERATERESPONSE']._serialized_end=1771
-  _globals['_EMBEDREQUEST']._serialized_start=1774
-  _globals['_EMBEDREQUEST']._serialized_end=1925
-  _globals['_EMBEDDING']._serialized_start=1927
-  _globals['_EMBEDDING']._serialized_end=1954
-  _globals['_EMBEDRESPONSE']._serialized_start=1956
-  _globals['_EMBEDRESPONSE']._serialized_end=2035
-  _globals['_TOKENIZEREQUEST']._serialized_start=2037
-  _globals['_TOKENIZEREQUEST']._serialized_end=2135
-  _globals['_TOKENIZERESPONSE']._serialized_start=2137
-  _globals['_TOKENIZERESPONSE']._serialized_end=2212
-  _globals['_MODELINFOREQUEST']._serialized_start=2214
-  _globals['_MODELINFOREQUEST']._serialized_end=2232
-  _globals['_MODELINFORESPONSE']._serialized_start=2235
-  _globals['_MODELINFORESPONSE']._serialized_end=2433
-  _globals['_HEALTHREQUEST']._serialized_start=2435
-  _globals['_HEALTHREQUEST']._serialized_end=2450
-  _globals['_HEALTHRESPONSE']._serialized_start=2452
-  _globals['_HEALTHRESPONSE']._serialized_end=2513
-  _globals['_LOADSTATSREQUEST']._serialized_start=2515
-  _globals['_LOADSTATSREQUEST']._serialized_end=2533
-  _globals['_LOADSTATSRESPONSE']._serialized_start=2536
-  _globals['_LOADSTATSRESPONSE']._serialized_end=2782
-  _globals['_WORKER']._serialized_start=2785
-  _globals['_WORKER']._serialized_end=3260
+  _globals['_GENERATEREQUEST']._serialized_end=1228
+  _globals['_TOPLOGPROB']._serialized_start=1230
+  _globals['_TOPLOGPROB']._serialized_end=1313
+  _globals['_TOKENLOGPROB']._serialized_start=1315
+  _globals['_TOKENLOGPROB']._serialized_end=1441
+  _globals['_CHOICEDELTA']._serialized_start=1444
+  _globals['_CHOICEDELTA']._serialized_end=1620
+  _globals['_USAGE']._serialized_start=1622
+  _globals['_USAGE']._serialized_end=1702
+  _globals['_GENERATERESPONSE']._serialized_start=1704
+  _globals['_GENERATERESPONSE']._serialized_end=1829
+  _globals['_EMBEDREQUEST']._serialized_start=1832
+  _globals['_EMBEDREQUEST']._serialized_end=1983
+  _globals['_EMBEDDING']._serialized_start=1985
+  _globals['_EMBEDDING']._serialized_end=2012
+  _globals['_EMBEDRESPONSE']._serialized_start=2014
+  _globals['_EMBEDRESPONSE']._serialized_end=2093
+  _globals['_TOKENIZEREQUEST']._serialized_start=2095
+  _globals['_TOKENIZEREQUEST']._serialized_end=2193
+  _globals['_TOKENIZERESPONSE']._serialized_start=2195
+  _globals['_TOKENIZERESPONSE']._serialized_end=2270
+  _globals['_MODELINFOREQUEST']._serialized_start=2272
+  _globals['_MODELINFOREQUEST']._serialized_end=2290
+  _globals['_MODELINFORESPONSE']._serialized_start=2293
+  _globals['_MODELINFORESPONSE']._serialized_end=2517
+  _globals['_HEALTHREQUEST']._serialized_start=2519
+  _globals['_HEALTHREQUEST']._serialized_end=2534
+  _globals['_HEALTHRESPONSE']._serialized_start=2536
+  _globals['_HEALTHRESPONSE']._serialized_end=2597
+  _globals['_LOADSTATSREQUEST']._serialized_start=2599
+  _globals['_LOADSTATSREQUEST']._serialized_end=2617
+  _globals['_LOADSTATSRESPONSE']._serialized_start=2620
+  _globals['_LOADSTATSRESPONSE']._serialized_end=2974
+  _globals['_TEAMLOAD']._serialized_start=2976
+  _globals['_TEAMLOAD']._serialized_end=3065
+  _globals['_METRICSREQUEST']._serialized_start=3067
+  _globals['_METRICSREQUEST']._serialized_end=3083
+  _globals['_METRICSRESPONSE']._serialized_start=3085
+  _globals['_METRICSRESPONSE']._serialized_end=3116
+  _globals['_WORKER']._serialized_start=3119
+  _globals['_WORKER']._serialized_end=3670
 # @@protoc_insertion_point(module_scope)

@@ -80,20 +80,26 @@ class SamplingParams(_message.Message):
     def __init__(self, n: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., min_p: _Optional[float] = ..., presence_penalty: _Optional[float] = ..., frequency_penalty: _Optional[float] = ..., repetition_penalty: _Optional[float] = ..., seed: _Optional[int] = ..., max_tokens: _Optional[int] = ..., min_tokens: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ..., stop_token_ids: _Optional[_Iterable[int]] = ..., ignore_eos: bool = ..., logprobs: _Optional[int] = ..., include_stop_str_in_output: bool = ..., skip_special_tokens: bool = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "model", "prompt", "params", "priority", "cache_salt")
+    __slots__ = ("request_id", "model", "prompt", "params", "priority", "cache_salt", "team", "team_priority", "team_weight")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     CACHE_SALT_FIELD_NUMBER: _ClassVar[int]
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    TEAM_PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    TEAM_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     prompt: Prompt
     params: SamplingParams
     priority: int
     cache_salt: str
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[_Union[Prompt, _Mapping]] = ..., params: _Optional[_Union[SamplingParams, _Mapping]] = ..., priority: _Optional[int] = ..., cache_salt: _Optional[str] = ...) -> None: ...
+    team: str
+    team_priority: int
+    team_weight: float
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[_Union[Prompt, _Mapping]] = ..., params: _Optional[_Union[SamplingParams, _Mapping]] = ..., priority: _Optional[int] = ..., cache_salt: _Optional[str] = ..., team: _Optional[str] = ..., team_priority: _Optional[int] = ..., team_weight: _Optional[float] = ...) -> None: ...
 
 class TopLogprob(_message.Message):
     __slots__ = ("token_id", "token", "logprob", "token_bytes")
@@ -214,7 +220,7 @@ class ModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfoResponse(_message.Message):
-    __slots__ = ("served_model_name", "max_model_len", "has_chat_template", "task", "vocab_size", "worker_id", "contract_version", "embedding_dim")
+    __slots__ = ("served_model_name", "max_model_len", "has_chat_template", "task", "vocab_size", "worker_id", "contract_version", "embedding_dim", "max_prompt_bytes")
     SERVED_MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
     HAS_CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
@@ -223,6 +229,7 @@ class ModelInfoResponse(_message.Message):
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     CONTRACT_VERSION_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
+    MAX_PROMPT_BYTES_FIELD_NUMBER: _ClassVar[int]
     served_model_name: str
     max_model_len: int
     has_chat_template: bool
@@ -231,7 +238,8 @@ class ModelInfoResponse(_message.Message):
     worker_id: str
     contract_version: str
     embedding_dim: int
-    def __init__(self, served_model_name: _Optional[str] = ..., max_model_len: _Optional[int] = ..., has_chat_template: bool = ..., task: _Optional[str] = ..., vocab_size: _Optional[int] = ..., worker_id: _Optional[str] = ..., contract_version: _Optional[str] = ..., embedding_dim: _Optional[int] = ...) -> None: ...
+    max_prompt_bytes: int
+    def __init__(self, served_model_name: _Optional[str] = ..., max_model_len: _Optional[int] = ..., has_chat_template: bool = ..., task: _Optional[str] = ..., vocab_size: _Optional[int] = ..., worker_id: _Optional[str] = ..., contract_version: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., max_prompt_bytes: _Optional[int] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()
@@ -252,7 +260,7 @@ class LoadStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class LoadStatsResponse(_message.Message):
-    __slots__ = ("num_running", "num_waiting", "kv_usage", "kv_blocks_used", "kv_blocks_total", "prefix_cache_queries", "prefix_cache_hits", "num_preemptions", "kv_waste", "draining")
+    __slots__ = ("num_running", "num_waiting", "kv_usage", "kv_blocks_used", "kv_blocks_total", "prefix_cache_queries", "prefix_cache_hits", "num_preemptions", "kv_waste", "draining", "num_waiting_prompt_tokens", "num_admission_refusals", "teams")
     NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
     NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
     KV_USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -263,6 +271,9 @@ class LoadStatsResponse(_message.Message):
     NUM_PREEMPTIONS_FIELD_NUMBER: _ClassVar[int]
     KV_WASTE_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
+    NUM_WAITING_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    NUM_ADMISSION_REFUSALS_FIELD_NUMBER: _ClassVar[int]
+    TEAMS_FIELD_NUMBER: _ClassVar[int]
     num_running: int
     num_waiting: int
     kv_usage: float
@@ -273,4 +284,29 @@ class LoadStatsResponse(_message.Message):
     num_preemptions: int
     kv_waste: float
     draining: bool
-    def __init__(self, num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., kv_usage: _Optional[float] = ..., kv_blocks_used: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., num_preemptions: _Optional[int] = ..., kv_waste: _Optional[float] = ..., draining: bool = ...) -> None: ...
+    num_waiting_prompt_tokens: int
+    num_admission_refusals: int
+    teams: _containers.RepeatedCompositeFieldContainer[TeamLoad]
+    def __init__(self, num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., kv_usage: _Optional[float] = ..., kv_blocks_used: _Optional[int] = ..., kv_blocks_total: _Optional[int] = ..., prefix_cache_queries: _Optional[int] = ..., prefix_cache_hits: _Optional[int] = ..., num_preemptions: _Optional[int] = ..., kv_waste: _Optional[float] = ..., draining: bool = ..., num_waiting_prompt_tokens: _Optional[int] = ..., num_admission_refusals: _Optional[int] = ..., teams: _Optional[_Iterable[_Union[TeamLoad, _Mapping]]] = ...) -> None: ...
+
+class TeamLoad(_message.Message):
+    __slots__ = ("team", "num_running", "num_waiting", "served_tokens")
+    TEAM_FIELD_NUMBER: _ClassVar[int]
+    NUM_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    NUM_WAITING_FIELD_NUMBER: _ClassVar[int]
+    SERVED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    team: str
+    num_running: int
+    num_waiting: int
+    served_tokens: int
+    def __init__(self, team: _Optional[str] = ..., num_running: _Optional[int] = ..., num_waiting: _Optional[int] = ..., served_tokens: _Optional[int] = ...) -> None: ...
+
+class MetricsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MetricsResponse(_message.Message):
+    __slots__ = ("text",)
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    def __init__(self, text: _Optional[str] = ...) -> None: ...

@@ -64,6 +64,11 @@ class WorkerStub(object):
                 request_serializer=proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.LoadStatsRequest.SerializeToString,
                 response_deserializer=proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.LoadStatsResponse.FromString,
                 _registered_method=True)
+        self.Metrics = channel.unary_unary(
+                '/ward.worker.v1.Worker/Metrics',
+                request_serializer=proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.MetricsRequest.SerializeToString,
+                response_deserializer=proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.MetricsResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServicer(object):
@@ -110,6 +115,13 @@ class WorkerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Metrics(self, request, context):
+        """The worker's Prometheus metrics in the text exposition format (relayed by gateways).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,6 +154,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.LoadStats,
                     request_deserializer=proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.LoadStatsRequest.FromString,
                     response_serializer=proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.LoadStatsResponse.SerializeToString,
+            ),
+            'Metrics': grpc.unary_unary_rpc_method_handler(
+                    servicer.Metrics,
+                    request_deserializer=proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.MetricsRequest.FromString,
+                    response_serializer=proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.MetricsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -306,6 +323,33 @@ class Worker(object):
             '/ward.worker.v1.Worker/LoadStats',
             proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.LoadStatsRequest.SerializeToString,
             proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.LoadStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Metrics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ward.worker.v1.Worker/Metrics',
+            proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.MetricsRequest.SerializeToString,
+            proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.MetricsResponse.FromString,
             options,
             channel_credentials,
             insecure,
