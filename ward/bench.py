@@ -11,6 +11,8 @@
     ward bench gateway [--redis-url URL --postgres URL]     gateway overhead: identity, quotas, audit off vs on (CPU)
     ward bench quota [--redis-url URL]                      latency quotas add: in-process, Redis (CPU)
     ward bench audit [--postgres URL]                       audit write latency and records/s: SQLite, PostgreSQL (CPU)
+    ward bench fairness --model M --device D [--base-url URL --served-model NAME]
+                                                            noisy neighbour: team B's latency beside a flooding team A
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ WORKLOADS = ["latency", "batch1", "offline_256_256", "offline_1024_128", "mixed"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("suite", choices=["all", "offline", "card", "hf", "hf-mixed", "serving", "report", "gateway", "quota", "audit"])
+    p.add_argument("suite", choices=["all", "offline", "card", "hf", "hf-mixed", "serving", "report", "gateway", "quota", "audit", "fairness"])
     p.add_argument("--with-transformers", action="store_true", help="all: also run hf-mixed (several minutes)")
     p.add_argument("--device", default="auto", help="for `hf`: cpu or cuda (auto: cuda when present)")
     p.add_argument("--model", default="llama-3.1-8b", help="a shape name (dummy weights) or a model directory")
@@ -42,9 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", type=int, default=2000, help="gateway, quota, audit: measured requests per row")
     p.add_argument("--rounds", type=int, default=3, help="gateway: measurement rounds (medians are reported)")
     p.add_argument("--results", default="bench/results", help="report: folder of earlier suites' JSON files")
-    from ward.benchmarks import serving
+    from ward.benchmarks import fairness, serving
 
     serving.add_arguments(p.add_argument_group("serving"))
+    fairness.add_arguments(p.add_argument_group("fairness"))
 
 
 def _rooflines(card: dict, cfg: dict, results: dict) -> dict:
@@ -101,6 +104,14 @@ def run(args: argparse.Namespace) -> int:
         return run_all(args)
     if args.suite in ("gateway", "quota", "audit"):
         return _run_gateway_suite(args)
+    if args.suite == "fairness":
+        from ward.benchmarks import fairness
+
+        if args.device == "auto" and not args.base_url:
+            import torch
+
+            args.device = "cuda" if torch.cuda.is_available() else "cpu"
+        return fairness.run(args)
     if args.suite == "serving":
         from ward.benchmarks import serving
 

@@ -1,0 +1,223 @@
+"""`ward bench fairness`: the noisy neighbour. Team A floods the engine (a closed loop of many streams), team B
+sends one request at a time; B's latency beside A is compared with B's latency alone, and each team's share of
+the served tokens with its weight. A script that prints figures, not a test.
+
+    ward bench fairness --model smollm2-135m-instruct --device cpu --out DIR          # Ward's whole stack
+    ward bench fairness --base-url http://127.0.0.1:8011 --served-model llama8b ...   # any OpenAI server (a peer)
+
+Phases, each ``--duration`` seconds of measurement after ``--warmup`` seconds of load:
+  alone   B alone, one request at a time
+  flood   A's closed loop of ``--flood`` streams, B as before
+  shares  A and B both flooding (half the streams each); served tokens per team against the weights
+Every request is a streamed /v1/completions call with a random token-id prompt of ``--input`` tokens asking
+for exactly ``--output`` tokens (ignore_eos). A refused request (429/503) waits its Retry-After (at most 1 s)
+and is counted, as the OpenAI SDK would wait.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import pathlib
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+
+@dataclass
+class TeamRecord:
+    """What one team saw in a phase's measurement window."""
+
+    ttft: list[float] = field(default_factory=list)
+    e2e: list[float] = field(default_factory=list)
+    tokens_in_window: int = 0
+    completed: int = 0
+    refused: int = 0
+    errors: int = 0
+
+
+@dataclass
+class Client:
+    team: str
+    key: str | None
+    record: TeamRecord = field(default_factory=TeamRecord)
+
+
+class Window:
+    """The measurement window of a phase: load runs before it (warm-up) and stops at its end."""
+
+    def __init__(self, warmup: float, duration: float) -> None:
+        now = time.perf_counter()
+        self.start, self.end = now + warmup, now + warmup + duration
+
+    def open(self, t: float) -> bool:
+        return self.start <= t < self.end
+
+    def over(self) -> bool:
+        return time.perf_counter() >= self.end
+
+
+def _pct(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return round(1000 * xs[min(len(xs) - 1, int(q * len(xs)))], 1)
+
+
+async def _one(http: httpx.AsyncClient, client: Client, model: str, prompt: list[int], n_out: int,
+               window: Window) -> None:
+    body = {"model": model, "prompt": prompt, "max_tokens": n_out, "min_tokens": n_out, "ignore_eos": True,
+            "temperature": 0.0, "stream": True}
+    headers = {"Authorization": f"Bearer {client.key}"} if client.key else {}
+    rec = client.record
+    t0 = time.perf_counter()
+    first = None
+    try:
+        async with http.stream("POST", "/v1/completions", json=body, headers=headers) as r:
+            if r.status_code in (429, 503):
+                await r.aread()
+                if window.open(t0):
+                    rec.refused += 1
+                await asyncio.sleep(min(float(r.headers.get("retry-after", "1") or 1), 1.0))
+                return
+            if r.status_code != 200:
+                await r.aread()
+                rec.errors += window.open(t0)
+                await asyncio.sleep(0.1)
+                return
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                now = time.perf_counter()
+                if '"error"' in line[:20]:
+                    rec.errors += window.open(t0)
+                    return
+                if first is None:
+                    first = now
+                if window.open(now):
+                    rec.tokens_in_window += 1  # one chunk per token: the servers stream token by token here
+    except httpx.HTTPError:
+        rec.errors += window.open(t0)
+        return
+    end = time.perf_counter()
+    if first is not None and window.open(t0):
+        rec.ttft.append(first - t0)
+        rec.e2e.append(end - t0)
+        rec.completed += 1
+
+
+async def _loop(http: httpx.AsyncClient, client: Client, model: str, n_in: int, n_out: int, vocab: int,
+                window: Window, seed: int, delayed: bool) -> None:
+    rng = random.Random(seed)
+    if delayed:  # a probing client starts when the flood is established, not with it
+        await asyncio.sleep(max(0.0, window.start - time.perf_counter()))
+    while not window.over():
+        prompt = [rng.randrange(1000, vocab) for _ in range(n_in)]
+        await _one(http, client, model, prompt, n_out, window)
+
+
+async def _phase(base: str, model: str, loops: list[tuple[Client, int, bool]], a: argparse.Namespace) -> dict:
+    """Runs ``(client, streams, delayed)`` loops; requests that start in the window are measured to their end."""
+    window = Window(a.warmup, a.duration)
+    streams = sum(n for _, n, _ in loops)
+    limits = httpx.Limits(max_connections=streams + 8, max_keepalive_connections=streams + 8)
+    async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(600, connect=30), limits=limits) as http:
+        tasks = [asyncio.ensure_future(_loop(http, client, model, a.input, a.output, a.vocab, window,
+                                             hash((client.team, i)), delayed))
+                 for client, n, delayed in loops for i in range(n)]
+        await asyncio.gather(*tasks)
+    return {c.team: _summary(c.record, a.duration) for c, _, _ in loops}
+
+
+def _summary(rec: TeamRecord, duration: float) -> dict:
+    return {"completed": rec.completed, "refused": rec.refused, "errors": rec.errors,
+            "tokens_per_s": round(rec.tokens_in_window / duration, 1),
+            "ttft_p50_ms": _pct(rec.ttft, 0.5), "ttft_p99_ms": _pct(rec.ttft, 0.99),
+            "e2e_p50_ms": _pct(rec.e2e, 0.5), "e2e_p99_ms": _pct(rec.e2e, 0.99),
+            "ttft_mean_ms": round(1000 * statistics.fmean(rec.ttft), 1) if rec.ttft else None}
+
+
+async def measure(base: str, model: str, keys: dict[str, str | None], weights: dict[str, float],
+                  a: argparse.Namespace) -> dict:
+    """The three phases against ``base``; ``keys`` maps team "a" and "b" to their API keys (None: no key)."""
+    phases: dict = {}
+    b = Client("b", keys["b"])
+    phases["alone"] = await _phase(base, model, [(b, 1, False)], a)
+    print("alone", json.dumps(phases["alone"]), flush=True)
+    a_client, b = Client("a", keys["a"]), Client("b", keys["b"])
+    phases["flood"] = await _phase(base, model, [(a_client, a.flood, False), (b, 1, True)], a)
+    print("flood", json.dumps(phases["flood"]), flush=True)
+    half = max(1, a.flood // 2)
+    a_client, b = Client("a", keys["a"]), Client("b", keys["b"])
+    phases["shares"] = await _phase(base, model, [(a_client, half, False), (b, half, False)], a)
+    total = sum(phases["shares"][t]["tokens_per_s"] for t in ("a", "b")) or 1.0
+    wsum = weights["a"] + weights["b"]
+    for t in ("a", "b"):
+        share = phases["shares"][t]["tokens_per_s"] / total
+        phases["shares"][t]["share"] = round(share, 3)
+        phases["shares"][t]["weight_share"] = round(weights[t] / wsum, 3)
+        phases["shares"][t]["share_error"] = round(share / (weights[t] / wsum) - 1, 3)
+    print("shares", json.dumps(phases["shares"]), flush=True)
+    alone, beside = phases["alone"]["b"]["ttft_p50_ms"], phases["flood"]["b"]["ttft_p50_ms"]
+    phases["b_ttft_p50_ratio"] = round(beside / alone, 2) if alone and beside else None
+    return phases
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--base-url", help="fairness: measure this OpenAI-compatible server instead of starting Ward")
+    ap.add_argument("--served-model", help="fairness: the model name at --base-url")
+    ap.add_argument("--flood", type=int, default=None,
+                    help="fairness: team A's concurrent streams (default: 8 x --max-num-seqs)")
+    ap.add_argument("--weights", default="1,2", help="fairness: weights of teams A and B (Ward only)")
+    ap.add_argument("--duration", type=float, default=30.0, help="fairness: seconds measured per phase")
+    ap.add_argument("--warmup", type=float, default=5.0, help="fairness: seconds of load before measuring")
+    ap.add_argument("--vocab", type=int, default=None, help="fairness: prompt token ids are drawn below this")
+    ap.add_argument("--tokenizer-tool-for-shape", dest="fair_tokenizer_tool", default=None,
+                    help="fairness: the shared dummy_tokenizer.py, for a benchmark shape with dummy weights")
+
+
+def run(a: argparse.Namespace) -> int:
+    out = pathlib.Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    wa, wb = (float(x) for x in a.weights.split(","))
+    weights = {"a": wa, "b": wb}
+    a.flood = a.flood or 8 * a.max_num_seqs
+    report: dict = {"date": time.strftime("%Y-%m-%d"), "input": a.input, "output": a.output, "flood": a.flood,
+                    "duration_s": a.duration, "warmup_s": a.warmup}
+    if a.base_url:
+        a.vocab = a.vocab or 32000
+        report.update(server=a.base_url, weights=weights, weights_enforced=False)
+        report["phases"] = asyncio.run(measure(a.base_url, a.served_model, {"a": None, "b": None}, weights, a))
+    else:
+        from ward.benchmarks.models import SHAPES
+        from ward.benchmarks.stack import GovernedStack
+
+        worker_args = ["--device", a.device, "--max-num-seqs", str(a.max_num_seqs), "--max-model-len", str(a.max_model_len)]
+        teams = {"a": {"weight": wa}, "b": {"weight": wb}}
+        stack = GovernedStack(a.model, a.model, worker_args, teams=teams, out=out)
+        if a.model in SHAPES:
+            from ward.benchmarks.serving import dummy_model_dir
+
+            stack.model_dir = dummy_model_dir(a.model, a.fair_tokenizer_tool, stack.data / "model")
+            stack.worker_args += ["--load-format", "dummy", "--dtype", "bfloat16"]
+            a.vocab = a.vocab or SHAPES[a.model]["vocab_size"]
+        else:
+            from worker.model.registry import resolve_model
+
+            with open(pathlib.Path(resolve_model(a.model)) / "config.json") as f:
+                a.vocab = a.vocab or json.load(f)["vocab_size"]
+        with stack:
+            report.update(server="ward", model=a.model, device=a.device, weights=weights,
+                          max_num_seqs=a.max_num_seqs, stack_ready_s=stack.stack_ready_s)
+            report["phases"] = asyncio.run(measure(stack.base, a.model, stack.keys, weights, a))
+        report["audit_verify_exit"], report["audit_verify"] = stack.verify_audit()
+    path = out / "fairness.json"
+    path.write_text(json.dumps(report, indent=1))
+    p = report["phases"]
+    print(f"B TTFT p50 alone {p['alone']['b']['ttft_p50_ms']} ms, beside A {p['flood']['b']['ttft_p50_ms']} ms "
+          f"(x{p['b_ttft_p50_ratio']}); shares a {p['shares']['a']['share']} b {p['shares']['b']['share']} "
+          f"(weights {report['weights']}); wrote {path}", flush=True)
+    return 0
