@@ -17,8 +17,10 @@ PYTHONPATH=$SITE VLLM_USE_FLASHINFER_SAMPLER=0 python3 -m vllm.entrypoints.cli.m
   --dtype bfloat16 --max-model-len 4096 --max-num-seqs 256 --port 8011 --served-model-name llama8b \
   > "$OUT/vllm-server.log" 2>&1 &
 server=$!
-for _ in $(seq 300); do curl -sf http://127.0.0.1:8011/health >/dev/null && break; sleep 1; done
-curl -sf http://127.0.0.1:8011/health >/dev/null || { tail -30 "$OUT/vllm-server.log"; kill $server; exit 1; }
+up() { python3 -c "import urllib.request as u; u.urlopen('http://127.0.0.1:8011/health', timeout=2)" 2>/dev/null; }
+for _ in $(seq 300); do up && break; sleep 1; done
+up || { tail -30 "$OUT/vllm-server.log"; kill $server; exit 1; }
+echo "server ready after $SECONDS s"
 PYTHONPATH=$PWD python3 -m ward bench fairness --base-url http://127.0.0.1:8011 --served-model llama8b \
   --max-num-seqs 256 --input ${FAIR_INPUT:-256} --output ${FAIR_OUTPUT:-128} --duration ${FAIR_DURATION:-30} \
   --warmup ${FAIR_WARMUP:-10} --vocab 120000 --out "$OUT/fairness-vllm" 2>&1 | tail -5
