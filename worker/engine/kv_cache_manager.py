@@ -27,7 +27,6 @@ class KVCacheManager:
         self.enable_prefix_caching = enable_prefix_caching
         self.pool = BlockPool(num_blocks, enable_prefix_caching)
         self.req_blocks: dict[str, list[KVBlock]] = {}
-        self.num_hashed_blocks: dict[str, int] = {}  # per request: full blocks already registered
         self.num_allocated_blocks = 0  # held by requests (a shared block counts once per holder)
         self.prefix_stats = PrefixCacheStats()
 
@@ -77,7 +76,6 @@ class KVCacheManager:
             total_tokens = request.num_computed_tokens + num_new_tokens
             need = -(-total_tokens // self.block_size) - len(blocks)
             if need <= 0:
-                self._cache_full_blocks(request, blocks, total_tokens)
                 return []
             new_computed_blocks = []
         num_computed = request.num_computed_tokens + len(new_computed_blocks) * self.block_size
@@ -93,29 +91,32 @@ class KVCacheManager:
         blocks.extend(new_computed_blocks)
         blocks.extend(new_blocks)
         self.num_allocated_blocks += len(new_computed_blocks) + len(new_blocks)
-        self._cache_full_blocks(request, blocks, total_tokens)
         return [b.block_id for b in new_computed_blocks + new_blocks]
 
-    def _cache_full_blocks(self, request: Request, blocks: list[KVBlock], num_tokens: int) -> None:
-        # Tokens scheduled this step are known and their K/V are written before any layer's
-        # attention reads the cache, so a block is shareable as soon as it is scheduled full.
-        if not self.enable_prefix_caching:
-            return
+    def cache_blocks(self, request: Request, num_tokens: int) -> None:
+        """Makes the request's full blocks among its first ``num_tokens`` findable in the prefix cache.
+
+        Call it only for tokens of a step that is certain to run (the scheduler does, once a step's
+        plan is final): a block is findable only once a launched step writes its K/V. Steps run in
+        order on the device, so a later step that hits the block reads what the earlier one wrote.
+        Allocation alone never registers a block: tokens scheduled and then taken back in the same
+        step (a preemption) must not leave a block findable that nothing will write."""
         bs = self.block_size
         num_full = min(num_tokens // bs, len(request.block_hashes))
-        start = self.num_hashed_blocks.get(request.request_id, 0)
-        if num_full <= start:
-            return
+        start = request.num_registered_blocks
+        if num_full <= start or not self.enable_prefix_caching:
+            return  # the common decode step: no block completed since the last call
+        blocks = self.req_blocks[request.request_id]
         for i in range(start, num_full):
             block = blocks[i]
             if block.block_hash is None:
                 self.pool.cache_block(block, request.block_hashes[i], request.token_ids[i * bs : (i + 1) * bs])
-        self.num_hashed_blocks[request.request_id] = max(start, num_full)
+        request.num_registered_blocks = num_full
 
     def free(self, request: Request) -> None:
         """Releases the request's blocks, tail first: shared prefixes stay cached longest."""
         blocks = self.req_blocks.pop(request.request_id, [])
-        self.num_hashed_blocks.pop(request.request_id, None)
+        request.num_registered_blocks = 0
         self.num_allocated_blocks -= len(blocks)
         self.pool.free_blocks(list(reversed(blocks)))
 

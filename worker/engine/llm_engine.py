@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 
 from worker.config import EngineConfig
+from worker.engine.fair_share import check_policy
 from worker.engine.kv_cache_manager import KVCacheManager
 from worker.engine.output_processor import OutputProcessor, ParentState
 from worker.engine.request import Request
@@ -41,6 +42,16 @@ class PreparedRequest:
 
 
 @dataclass
+class TeamStats:
+    """One team's requests in the engine and the service it has had (the fair-share counter's input)."""
+
+    num_running: int
+    num_waiting: int
+    num_waiting_prompt_tokens: int
+    served_tokens: float  # prefill tokens x 1 + decode tokens x 2, since start
+
+
+@dataclass
 class EngineStats:
     num_running: int
     num_waiting: int
@@ -56,6 +67,8 @@ class EngineStats:
     num_steps: int
     num_generated_tokens: int
     num_tokens_computed: int
+    num_waiting_prompt_tokens: int = 0  # tokens of the waiting requests (admission control's bound)
+    teams: dict[str, TeamStats] = dataclasses.field(default_factory=dict)  # "" is the default account
 
 
 class LLMEngine:
@@ -128,8 +141,19 @@ class LLMEngine:
         priority: int = 0,
         cache_salt: str | None = None,
         arrival_time: float | None = None,
+        team: str | None = None,
+        team_priority: int = 0,
+        team_weight: float = 1.0,
     ) -> None:
-        """Queues a request (n choices). Raises a typed error if it can never be served."""
+        """Queues a request (n choices). Raises a typed error if it can never be served.
+
+        ``team`` is the fair-share account (None: the shared default one); ``team_priority`` (a lower
+        class is served first) and ``team_weight`` (> 0) are the team's policy, set by admins, and
+        replace the team's earlier values; ``priority`` orders requests within the team only."""
+        try:
+            check_policy(team_priority, team_weight)
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc)) from None
         prepared = prompt if isinstance(prompt, PreparedRequest) else self.prepare_request(prompt, params)
         if request_id in self.outputs.parents:
             raise InvalidRequestError(f"request id {request_id!r} is already in use")
@@ -143,6 +167,7 @@ class LLMEngine:
                 child_id, ids, child_params, max_tokens=prepared.max_tokens, block_size=self.config.block_size,
                 priority=priority, cache_salt=cache_salt, arrival_time=arrival_time,
                 wait_for=children[0].request_id if i > 0 else None,
+                team=team, team_priority=team_priority, team_weight=float(team_weight),
             ))
         for i, child in enumerate(children):
             self.outputs.add(parent, i, child)
@@ -243,7 +268,7 @@ class LLMEngine:
         ps = self.kv.prefix_stats
         return EngineStats(
             num_running=len(self.scheduler.running),
-            num_waiting=len(self.scheduler.waiting),
+            num_waiting=self.scheduler.num_waiting,
             kv_blocks_used=self.kv.pool.num_used_blocks,
             kv_blocks_total=self.kv.num_blocks,
             kv_usage=self.kv.usage,
@@ -256,4 +281,7 @@ class LLMEngine:
             num_steps=self._steps,
             num_generated_tokens=self._generated,
             num_tokens_computed=self._tokens_computed,
+            num_waiting_prompt_tokens=sum(t.waiting_tokens for t in self.scheduler.fair.teams.values()),
+            teams={t.name: TeamStats(t.num_running, len(t.waiting), t.waiting_tokens, t.served_tokens)
+                   for t in self.scheduler.fair.teams.values()},
         )

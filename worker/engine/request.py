@@ -62,13 +62,20 @@ class Request:
         cache_salt: str | None = None,
         arrival_time: float | None = None,
         wait_for: str | None = None,
+        team: str | None = None,
+        team_priority: int = 0,
+        team_weight: float = 1.0,
     ) -> None:
         self.request_id = request_id
         self.sampling_params = sampling_params
         self.token_ids: list[int] = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
         self.max_tokens = max_tokens  # effective: capped by context and pool
-        self.priority = priority
+        self.priority = priority  # orders requests within the team only
+        self.team = team or ""  # the fair-share account ("": the shared default one)
+        self.team_priority = team_priority  # the team's class, set by admins: a lower class is served first
+        self.team_weight = team_weight  # the team's fair-share weight, set by admins
+        self.queued_tokens = 0  # tokens counted in the waiting queue's total when it was queued
         self.cache_salt = cache_salt
         self.arrival_time = time.monotonic() if arrival_time is None else arrival_time
         self.wait_for = wait_for  # n > 1: siblings wait for the first choice's prefill to share its blocks
@@ -76,6 +83,7 @@ class Request:
         self.num_computed_tokens = 0  # advanced when tokens are scheduled (their K/V is then in flight)
         self.num_placeholders = 0  # tokens being sampled by steps in flight, not yet known
         self.num_cached_tokens = -1  # prompt tokens found in the prefix cache at first scheduling
+        self.num_registered_blocks = 0  # of its blocks now, how many the KV manager made findable
         self.num_preemptions = 0
         self.stop_reason: str | int | None = None
         self.timings = RequestTimings(arrival=self.arrival_time)
@@ -116,5 +124,9 @@ class Request:
             self.block_hashes.append(hash_block_tokens(parent, self.token_ids[i * bs : (i + 1) * bs]))
 
     def sort_key(self) -> tuple[int, float]:
-        """Scheduling order: lower priority value first, then earlier arrival."""
+        """Order within the team: lower priority value first, then earlier arrival."""
         return (self.priority, self.arrival_time)
+
+    def running_key(self) -> tuple[int, int, float]:
+        """Order of the running batch (who advances first when the budget is short)."""
+        return (self.team_priority, self.priority, self.arrival_time)

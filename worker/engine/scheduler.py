@@ -1,10 +1,13 @@
 """Continuous batching: schedules tokens, not phases.
 
 Each step has a token budget. Running requests advance first (a decode is one token, an
-unfinished prefill continues in chunks), then waiting requests are admitted in (priority, arrival)
-order with what is left of the budget. When the KV pool runs dry, the lowest-priority, latest
-request is preempted by recompute: its blocks are freed and it waits again, keeping its tokens.
-Plain Python: the scheduler decides, the model runner executes.
+unfinished prefill continues in chunks), then waiting requests are admitted with what is left of
+the budget, in the order of the fair-share policy (``fair_share.py``): the most urgent team class
+first, within it the team furthest below its weighted share, within a team by the request's own
+priority and arrival. When the KV pool runs dry, a request is preempted by recompute (its blocks are
+freed and it waits again, keeping its tokens): from the least urgent class, the team furthest above
+its share, its least urgent and latest request. Plain Python: the scheduler decides, the model
+runner executes.
 
 A request's ``num_computed_tokens`` advances when its tokens are scheduled. A request whose step
 reaches the end of its tokens will sample one more: that token is a placeholder until the step's
@@ -16,6 +19,7 @@ from __future__ import annotations
 import bisect
 import time
 
+from worker.engine.fair_share import DECODE_COST, FairShare
 from worker.engine.kv_cache_manager import KVCacheManager
 from worker.engine.request import Request, RequestStatus
 from worker.engine.scheduler_output import (
@@ -43,10 +47,19 @@ class Scheduler:
         self.max_model_len = max_model_len
         self.enable_chunked_prefill = enable_chunked_prefill
         self.requests: dict[str, Request] = {}
-        self.waiting: list[Request] = []  # sorted by sort_key
-        self.running: list[Request] = []  # sorted by sort_key; the last one is preempted first
+        self.fair = FairShare()  # the teams' accounts and their waiting queues
+        self.running: list[Request] = []  # sorted by running_key
         self._freed_ids: set[str] = set()
         self.num_preemptions = 0
+
+    @property
+    def waiting(self) -> list[Request]:
+        """Every waiting request (a new list; the queues themselves live in the teams' accounts)."""
+        return self.fair.waiting_requests()
+
+    @property
+    def num_waiting(self) -> int:
+        return self.fair.num_waiting
 
     # ---- the interface -------------------------------------------------------------------
     def add_request(self, request: Request) -> None:
@@ -69,7 +82,7 @@ class Scheduler:
             if req is None or req.status.finished:
                 continue
             if req.status == RequestStatus.RUNNING:
-                self.running.remove(req)
+                self._remove_running(req)
             else:
                 self._remove_waiting(req)
             self._finish(req, status)
@@ -77,7 +90,7 @@ class Scheduler:
         return done
 
     def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.fair.num_waiting or self.running)
 
     def schedule(self) -> SchedulerOutput:
         budget = self.max_num_batched_tokens
@@ -85,25 +98,33 @@ class Scheduler:
         new_reqs: dict[str, NewRequestData] = {}
         cached_reqs: dict[str, CachedRequestData] = {}
         preempted = False
+        fair = self.fair
+        pending_costs: dict[str, float] | None = {}  # phase 1 charges its teams at its end
 
         def unschedule(req: Request) -> None:
             nonlocal budget
             if req.request_id in num_scheduled:
-                budget += num_scheduled.pop(req.request_id)
+                n = num_scheduled.pop(req.request_id)
+                budget += n
+                if pending_costs is not None:
+                    pending_costs[req.team] -= fair.cost(req, n)
+                else:
+                    fair.add(req.team, -fair.cost(req, n))
                 new_reqs.pop(req.request_id, None)
                 cached_reqs.pop(req.request_id, None)
 
         # 1. Running requests advance first.
-        i = 0
-        while i < len(self.running) and budget > 0:
-            req = self.running[i]
+        for req in list(self.running):
+            if budget <= 0:
+                break
+            if req.status != RequestStatus.RUNNING:
+                continue  # preempted earlier in this step to make room
             n = min(req.num_tokens_with_placeholders - req.num_computed_tokens, budget)
             if n <= 0 or self._reached_limit(req):
-                i += 1
                 continue
             new_block_ids = self.kv.allocate_slots(req, n)
             while new_block_ids is None:
-                victim = self.running[-1]
+                victim = fair.pick_victim(self.running)
                 unschedule(victim)
                 self._preempt(victim)
                 preempted = True
@@ -111,18 +132,25 @@ class Scheduler:
                     break
                 new_block_ids = self.kv.allocate_slots(req, n)
             if new_block_ids is None:
-                continue  # req itself was preempted; running[i] is now the next one
+                continue  # req itself was preempted
             num_scheduled[req.request_id] = n
+            cost = n * DECODE_COST if req.num_computed_tokens >= req.num_prompt_tokens else fair.cost(req, n)
+            pending_costs[req.team] = pending_costs.get(req.team, 0.0) + cost
             cached_reqs[req.request_id] = CachedRequestData(req.request_id, new_block_ids, req.num_computed_tokens)
             budget -= n
-            i += 1
+        for team, cost in pending_costs.items():
+            fair.add(team, cost)
+        pending_costs = None
 
         # 2. Waiting requests fill what is left (not in a step that had to preempt).
-        idx = 0
-        while not preempted and idx < len(self.waiting) and budget > 0 and len(self.running) < self.max_num_seqs:
-            req = self.waiting[idx]
-            if req.num_placeholders or self._blocked_by_sibling(req):  # its last step's token is still coming
-                idx += 1
+        exhausted: set[str] = set()  # teams with nothing more to admit in this step
+        while not preempted and budget > 0 and len(self.running) < self.max_num_seqs:
+            team = fair.next_team(exhausted)
+            if team is None:
+                break
+            req = next((r for r in team.waiting if not r.num_placeholders and not self._blocked_by_sibling(r)), None)
+            if req is None:  # each is waiting for its last step's token or for a sibling's prefill
+                exhausted.add(team.name)
                 continue
             hits, num_hit = self.kv.get_computed_blocks(req)
             n = req.num_tokens - num_hit
@@ -131,14 +159,14 @@ class Scheduler:
             n = min(n, budget)
             new_block_ids = self.kv.allocate_slots(req, n, hits)
             if new_block_ids is None:
-                victim = self.running[-1] if self.running else None
-                if victim is not None and victim.priority > req.priority:
-                    # A more urgent request takes the blocks of the least urgent running one.
+                victim = fair.pick_victim(r for r in self.running if fair.may_preempt(r, req))
+                if victim is not None:
+                    # A more urgent request (of its own team, or of a more urgent class) takes its blocks.
                     unschedule(victim)
                     self._preempt(victim)
                     continue
                 break
-            del self.waiting[idx]
+            self._remove_waiting(req)
             if self.kv.enable_prefix_caching:
                 self.kv.record_prefix_lookup(req.num_tokens, num_hit)
             req.status = RequestStatus.RUNNING
@@ -146,8 +174,9 @@ class Scheduler:
             if req.num_cached_tokens < 0:
                 req.num_cached_tokens = num_hit
                 req.timings.first_scheduled = time.monotonic()
-            bisect.insort(self.running, req, key=Request.sort_key)
+            self._add_running(req)
             num_scheduled[req.request_id] = n
+            fair.charge(req, n)
             new_reqs[req.request_id] = NewRequestData(
                 req_id=req.request_id,
                 token_ids=list(req.token_ids),
@@ -158,10 +187,12 @@ class Scheduler:
             )
             budget -= n
 
-        # The scheduled tokens are now in flight; requests that reach their end will sample one more.
+        # The plan is final: the scheduled tokens are in flight, their full blocks become findable,
+        # and requests that reach their end will sample one more token.
         for rid, n in num_scheduled.items():
             req = self.requests[rid]
             req.num_computed_tokens += n
+            self.kv.cache_blocks(req, req.num_computed_tokens)
             if req.num_computed_tokens >= req.num_tokens_with_placeholders:
                 req.num_placeholders += 1
         freed, self._freed_ids = self._freed_ids, set()
@@ -203,7 +234,7 @@ class Scheduler:
             )
             if status is not None:
                 if req.status == RequestStatus.RUNNING:
-                    self.running.remove(req)
+                    self._remove_running(req)
                 else:
                     self._remove_waiting(req)  # preempted while its last step ran
                 self._finish(req, status)
@@ -239,7 +270,7 @@ class Scheduler:
         return leader.num_computed_tokens < leader.num_prompt_tokens
 
     def _preempt(self, req: Request) -> None:
-        self.running.remove(req)
+        self._remove_running(req)
         self.kv.free(req)
         req.status = RequestStatus.PREEMPTED
         req.num_computed_tokens = 0
@@ -255,7 +286,15 @@ class Scheduler:
         self.requests.pop(req.request_id, None)
 
     def _push_waiting(self, req: Request) -> None:
-        bisect.insort(self.waiting, req, key=Request.sort_key)
+        self.fair.push_waiting(req)
 
     def _remove_waiting(self, req: Request) -> None:
-        self.waiting.remove(req)
+        self.fair.remove_waiting(req)
+
+    def _add_running(self, req: Request) -> None:
+        bisect.insort(self.running, req, key=Request.running_key)
+        self.fair.on_running(req)
+
+    def _remove_running(self, req: Request) -> None:
+        self.running.remove(req)
+        self.fair.on_stopped_running(req)

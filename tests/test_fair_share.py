@@ -1,0 +1,187 @@
+"""Weighted fair share between teams in the scheduler (Virtual Token Counter with admin classes)."""
+from __future__ import annotations
+
+import pytest
+
+from worker.engine.fair_share import DECODE_COST, PREFILL_COST, FairShare, check_policy
+from worker.engine.kv_cache_manager import KVCacheManager
+from worker.engine.request import Request
+from worker.engine.scheduler import Scheduler
+from worker.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
+from worker.sampling_params import SamplingParams
+
+BS = 4
+
+
+class Runner:
+    """Samples token 1 for every request that reached the end of its tokens."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, int] = {}
+        self.computed: dict[str, int] = {}
+
+    def execute(self, out: SchedulerOutput) -> ModelRunnerOutput:
+        for new in out.new_reqs:
+            self.tokens[new.req_id] = len(new.token_ids)
+            self.computed[new.req_id] = new.num_computed_tokens
+        for c in out.cached_reqs:
+            self.computed[c.req_id] = c.num_computed_tokens
+        sampled = {}
+        for rid, n in out.num_scheduled_tokens.items():
+            self.computed[rid] += n
+            if self.computed[rid] >= self.tokens[rid]:
+                self.tokens[rid] += 1
+                sampled[rid] = [1]
+        return ModelRunnerOutput(sampled)
+
+
+class Bench:
+    def __init__(self, num_blocks=256, budget=16, max_seqs=4) -> None:
+        self.sched = Scheduler(KVCacheManager(num_blocks, BS), max_num_seqs=max_seqs,
+                               max_num_batched_tokens=budget, max_model_len=512)
+        self.runner = Runner()
+        self.count = 0
+
+    def add(self, team: str, *, weight=1.0, team_priority=0, priority=0, prompt=8, out=8) -> Request:
+        self.count += 1
+        r = Request(f"{team}-{self.count}", [100 + (self.count * 7 + i) % 300 for i in range(prompt)],
+                    SamplingParams(max_tokens=out, ignore_eos=True), max_tokens=out, block_size=BS,
+                    priority=priority, arrival_time=float(self.count), team=team, team_priority=team_priority,
+                    team_weight=weight)
+        self.sched.add_request(r)
+        return r
+
+    def step(self) -> SchedulerOutput:
+        out = self.sched.schedule()
+        self.sched.update_from_output(out, self.runner.execute(out))
+        return out
+
+    def served(self, team: str) -> float:
+        return self.sched.fair.teams[team].served_tokens
+
+    def waiting(self, team: str) -> int:
+        return len(self.sched.fair.teams[team].waiting) if team in self.sched.fair.teams else 0
+
+
+@pytest.mark.parametrize("weights", [(1.0, 1.0), (1.0, 3.0), (2.0, 1.0)])
+def test_saturating_teams_share_served_tokens_by_weight_within_ten_percent(weights):
+    b = Bench()
+    wa, wb = weights
+    for _ in range(400):
+        for team, w in (("a", wa), ("b", wb)):
+            while b.waiting(team) < 6:  # both teams always backlogged
+                b.add(team, weight=w)
+        b.step()
+    total = b.served("a") + b.served("b")
+    for team, w in (("a", wa), ("b", wb)):
+        share, target = b.served(team) / total, w / (wa + wb)
+        assert abs(share / target - 1) <= 0.10, (team, share, target)
+
+
+def test_a_team_alone_gets_the_whole_engine_whatever_its_weight():
+    b = Bench(max_seqs=4, budget=64)
+    for _ in range(12):
+        b.add("alone", weight=0.01)
+    out = b.step()
+    assert len(out.num_scheduled_tokens) == 4  # every seat taken
+    for _ in range(3):
+        assert len(b.step().num_scheduled_tokens) == 4
+
+
+def test_a_team_back_from_idleness_banks_no_credit():
+    b = Bench()
+    for _ in range(200):  # a runs alone for a long time; b has no counter to speak of
+        while b.waiting("a") < 6:
+            b.add("a")
+        b.step()
+    fair = b.sched.fair
+    b.add("b")
+    assert fair.teams["b"].counter == pytest.approx(fair.teams["a"].counter)  # lifted, not left at 0
+    before_a, before_b = b.served("a"), b.served("b")
+    for _ in range(200):
+        for team in ("a", "b"):
+            while b.waiting(team) < 6:
+                b.add(team)
+        b.step()
+    gained_a, gained_b = b.served("a") - before_a, b.served("b") - before_b
+    assert abs(gained_a / (gained_a + gained_b) - 0.5) <= 0.05  # not starved by b's idle history
+
+
+def test_a_more_urgent_class_is_admitted_first_whatever_the_counters():
+    b = Bench(max_seqs=1, budget=64)
+    normal = b.add("ward", out=2)
+    urgent = b.add("emergency", team_priority=-1, out=2)
+    b.sched.fair.teams["emergency"].counter = 1e9  # far above its share: the class still comes first
+    out = b.step()
+    assert list(out.num_scheduled_tokens) == [urgent.request_id]
+    assert normal.request_id not in out.num_scheduled_tokens
+
+
+def test_a_clients_priority_never_overtakes_another_team():
+    b = Bench(max_seqs=1, budget=64)
+    for _ in range(30):  # team a has had far more service than team b
+        while b.waiting("a") < 2:
+            b.add("a", out=4)
+        b.step()
+    b.add("b", out=4)
+    pushy = b.add("a", priority=-(2**31), out=4)
+    while len(b.sched.running) >= 1:
+        b.step()
+    out = b.step()
+    admitted = [r.req_id for r in out.new_reqs]
+    assert admitted and admitted[0].startswith("b-") and pushy.request_id not in admitted
+
+
+def test_a_clients_priority_never_preempts_another_team():
+    # 5 blocks: team b's running request holds 3 (4 by its end); a's pushy request needs 3
+    b = Bench(num_blocks=5, budget=64, max_seqs=4)
+    victim = b.add("b", prompt=12, out=4)
+    b.step()
+    pushy = b.add("a", priority=-(2**31), prompt=12, out=4)
+    while victim.num_output_tokens < 4:
+        b.step()
+        assert b.sched.num_preemptions == 0 and pushy in b.sched.waiting
+    b.step()
+    assert pushy in b.sched.running  # it runs once b's request is done
+
+
+def test_within_a_team_the_clients_priority_may_preempt():
+    b = Bench(num_blocks=3, budget=64, max_seqs=4)
+    low = b.add("a", priority=5, prompt=8, out=4)
+    b.step()
+    b.add("a", priority=0, prompt=8, out=4)
+    b.step()
+    assert b.sched.num_preemptions == 1 and low in b.sched.waiting
+
+
+def test_preemption_takes_the_victim_from_the_team_furthest_above_its_share():
+    b = Bench(num_blocks=9, budget=64, max_seqs=4)
+    heavy = b.add("heavy", prompt=8, out=12)
+    light = b.add("light", prompt=8, out=12)
+    b.step()
+    b.sched.fair.teams["heavy"].counter += 1000  # heavy has had far more than its share
+    freed = set()
+    for _ in range(12):
+        out = b.step()
+        freed |= out.freed_req_ids
+        if b.sched.num_preemptions:
+            break
+    assert b.sched.num_preemptions >= 1
+    assert heavy.request_id in freed and light.request_id not in freed
+
+
+def test_costs_count_prefill_once_and_decode_twice():
+    fair = FairShare()
+    r = Request("r", [1] * 10, SamplingParams(max_tokens=4), max_tokens=4, block_size=BS, team="t", team_weight=2.0)
+    fair.push_waiting(r)
+    assert fair.charge(r, 6) == 6 * PREFILL_COST  # tokens 0..5 are prompt
+    r.num_computed_tokens = 6
+    assert fair.charge(r, 5) == 4 * PREFILL_COST + 1 * DECODE_COST
+    assert fair.teams["t"].counter == pytest.approx((6 + 4 + 2) / 2.0)
+
+
+@pytest.mark.parametrize("priority, weight", [(0, 0.0), (0, -1.0), (0, float("nan")), (0, float("inf")), (1.5, 1.0),
+                                              (True, 1.0)])
+def test_a_policy_the_scheduler_cannot_honour_is_refused(priority, weight):
+    with pytest.raises(ValueError):
+        check_policy(priority, weight)
