@@ -73,6 +73,7 @@ class FakeConfig:
     token_delay_s: float = 0.0
     embedding_dim: int = 8
     worker_id: str = "fake-0"
+    max_prompt_bytes: int = 0  # reported in ModelInfo (0: no bound)
 
 
 @dataclass
@@ -105,8 +106,11 @@ class FakeWorkerServicer(pb_grpc.WorkerServicer):
 
     async def _abort(self, context, failure: tuple[grpc.StatusCode, str, str | None]) -> None:
         status, message, code = failure
-        if code:
-            context.set_trailing_metadata(((ERROR_CODE_KEY, code),))
+        trailers = [(ERROR_CODE_KEY, code)] if code else []
+        if status is grpc.StatusCode.RESOURCE_EXHAUSTED:  # an admission refusal says when to retry
+            trailers.append(("ward-retry-after-ms", "2500"))
+        if trailers:
+            context.set_trailing_metadata(tuple(trailers))
         await context.abort(status, message)
 
     # -- generation ------------------------------------------------------------------------------
@@ -234,6 +238,7 @@ class FakeWorkerServicer(pb_grpc.WorkerServicer):
             task=cfg.task,
             vocab_size=WORD_TOKEN_BASE + len(WORDS),
             worker_id=cfg.worker_id,
+            max_prompt_bytes=cfg.max_prompt_bytes,
             contract_version="ward.worker.v1",
             embedding_dim=cfg.embedding_dim if cfg.task == "embed" else 0,
         )

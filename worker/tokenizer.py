@@ -11,6 +11,37 @@ PromptInput = Union[str, dict[str, Any]]
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 
+# Prompt bytes per token above which a prompt can never fit: the longest vocabulary entry's UTF-8
+# bytes (a token stands for at most that much text), times this slack for normalizers.
+BYTES_PER_TOKEN_SLACK = 2
+GIL_FREE_ENCODE_CHARS = 16_384  # longer texts are encoded without holding the GIL
+CHAT_OVERHEAD_TOKENS = 64  # upper bound of what a chat template adds around the messages
+MESSAGE_OVERHEAD_TOKENS = 16  # ... and around each message
+
+
+def prompt_text_bytes(prompt: PromptInput) -> int:
+    """The UTF-8 bytes of a prompt's text (every message's role, name and content for a chat)."""
+    if isinstance(prompt, str):
+        return len(prompt.encode("utf-8", "surrogatepass"))
+    if isinstance(prompt, dict):
+        if "messages" in prompt and isinstance(prompt["messages"], list):
+            return sum(len(str(m.get(k, "")).encode("utf-8", "surrogatepass"))
+                       for m in prompt["messages"] if isinstance(m, dict) for k in ("role", "name", "content"))
+        if isinstance(prompt.get("prompt"), str):
+            return len(prompt["prompt"].encode("utf-8", "surrogatepass"))
+    return 0
+
+
+def prompt_token_bound(prompt: PromptInput) -> int:
+    """An upper bound of the prompt's token count, known without tokenizing: a token covers at least one
+    byte of text, plus what a chat template or special tokens may add."""
+    if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
+        return len(prompt["prompt_token_ids"])
+    extra = 8
+    if isinstance(prompt, dict) and isinstance(prompt.get("messages"), list):
+        extra = CHAT_OVERHEAD_TOKENS + MESSAGE_OVERHEAD_TOKENS * len(prompt["messages"])
+    return prompt_text_bytes(prompt) + extra
+
 
 class WardTokenizer:
     def __init__(self, hf_tokenizer) -> None:
@@ -30,11 +61,21 @@ class WardTokenizer:
         except Exception as exc:
             raise ModelLoadError(f"{model_dir}: cannot load the tokenizer: {exc}") from exc
 
+    def max_token_bytes(self) -> int:
+        """The UTF-8 bytes of the longest vocabulary entry (byte-level and byte-fallback spellings are
+        longer than the text they stand for, so this bounds the text one token covers)."""
+        return max((len(t.encode("utf-8", "surrogatepass")) for t in self.fast.get_vocab(with_added_tokens=True)),
+                   default=1)
+
     @property
     def has_chat_template(self) -> bool:
         return bool(getattr(self.hf, "chat_template", None))
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        if len(text) > GIL_FREE_ENCODE_CHARS:
+            # encode_batch lets go of the GIL while it works, encode does not: a long text would stall
+            # every other thread of the process (the gRPC loop answering health checks among them)
+            return self.fast.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
         return self.fast.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:

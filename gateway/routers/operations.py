@@ -7,6 +7,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from gateway.workers.metrics_relay import relayed_metrics
+
 router = APIRouter()
 
 
@@ -34,5 +36,8 @@ async def readyz(request: Request) -> Response:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    registry = request.app.state.ward.metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    """The gateway's own metrics, then every worker's (labelled ``worker``), relayed at scrape time."""
+    ward = request.app.state.ward
+    own = generate_latest(ward.metrics.registry)
+    workers = await relayed_metrics(h.client for h in ward.pool.handles())
+    return Response(own + workers, media_type=CONTENT_TYPE_LATEST)

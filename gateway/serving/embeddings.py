@@ -7,11 +7,12 @@ import sys
 from array import array
 from typing import Any
 
-from gateway.http.request_context import RequestContext
 from gateway.http.errors import InvalidRequest, WorkerFailed
+from gateway.http.request_context import RequestContext
 from gateway.protocol.embeddings import EmbeddingRequest
 from gateway.serving.dispatch import Dispatcher
 from gateway.serving.lifecycle import Lifecycle
+from gateway.serving.prompt_size import check_prompt_sizes
 from gateway.serving.text_generation import GenerationService
 from proto.ward.worker.v1 import worker_pb2 as pb
 
@@ -50,6 +51,7 @@ class EmbeddingService:
         check_dimensions(request.dimensions, self.generation.pool.model_info(request.model))
         texts, token_inputs = request.texts(), request.token_inputs()
         prompts = [pb.Prompt(text=t) for t in texts] or [pb.Prompt(token_ids=pb.TokenIds(ids=t)) for t in token_inputs]
+        check_prompt_sizes(self.generation.pool.model_info(request.model), prompts, param=PROMPT_PARAM)
         ctx.set_token_counter(lambda: self.dispatcher.count_tokens(request.model, prompts, prompt_param=PROMPT_PARAM))
         self.lifecycle.begin(ctx)
         await self.dispatcher.admit(ctx)

@@ -6,12 +6,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from gateway.http.request_context import RequestContext
 from gateway.http.errors import ClientDisconnected, InvalidRequest, ModelNotFound
+from gateway.http.request_context import RequestContext
 from gateway.metrics import GatewayMetrics
 from gateway.serving.dispatch import Dispatcher
 from gateway.serving.generation import GenerationRun
 from gateway.serving.lifecycle import Lifecycle
+from gateway.serving.prompt_size import check_prompt_sizes
 from gateway.serving.sse import ChunkFormatter, EventStream, run_event_stream
 from gateway.workers.pool import WorkerPool, system_fingerprint
 from proto.ward.worker.v1 import worker_pb2 as pb
@@ -76,6 +77,7 @@ class GenerationService:
         """
         model = ctx.model or ""
         prompts = [r.prompt for r in requests]
+        check_prompt_sizes(self.pool.model_info(model), prompts, param=prompt_param)
         ctx.set_token_counter(lambda: self.dispatcher.count_tokens(model, prompts, prompt_param=prompt_param))
         self.lifecycle.begin(ctx)
         info = self.pool.model_info(model)

@@ -48,6 +48,8 @@ class WorkerClient(Protocol):
 
     async def load_stats(self, timeout: float | None = None) -> pb.LoadStatsResponse: ...
 
+    async def metrics(self, timeout: float | None = None) -> pb.MetricsResponse: ...
+
     async def close(self) -> None: ...
 
 
@@ -116,6 +118,9 @@ class GrpcWorkerClient:
 
     async def load_stats(self, timeout: float | None = None) -> pb.LoadStatsResponse:
         return await self._unary(self._stub.LoadStats, pb.LoadStatsRequest(), timeout)
+
+    async def metrics(self, timeout: float | None = None) -> pb.MetricsResponse:
+        return await self._unary(self._stub.Metrics, pb.MetricsRequest(), timeout)
 
     async def close(self) -> None:
         await self._channel.close()

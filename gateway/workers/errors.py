@@ -16,11 +16,14 @@ from gateway.http.errors import (
     InvalidRequest,
     ModelNotFound,
     OpenAIError,
+    RateLimited,
     ServiceUnavailable,
     WorkerFailed,
 )
 
 ERROR_CODE_METADATA_KEY = "ward-error-code"
+RETRY_AFTER_METADATA_KEY = "ward-retry-after-ms"  # sent with admission refusals (RESOURCE_EXHAUSTED)
+TEAM_SHARE_EXCEEDED = "team_share_exceeded"  # the caller's team holds its share of the worker's queue
 
 log = logging.getLogger("ward.gateway.workers")
 
@@ -38,12 +41,14 @@ _CLIENT_FACING = {
 class WorkerError(Exception):
     """A worker call failed: the gRPC status, the worker's error code if it sent one, and its message."""
 
-    def __init__(self, status: grpc.StatusCode, message: str, *, code: str | None = None, address: str = "") -> None:
+    def __init__(self, status: grpc.StatusCode, message: str, *, code: str | None = None, address: str = "",
+                 retry_after_ms: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
         self.address = address
+        self.retry_after_ms = retry_after_ms
 
     @property
     def worker_unreachable(self) -> bool:
@@ -62,14 +67,14 @@ class WorkerError(Exception):
 
 def from_rpc_error(exc: grpc.aio.AioRpcError, address: str) -> WorkerError:
     """The WorkerError for a failed gRPC call, reading ``ward-error-code`` from its trailers."""
-    code = None
-    trailers = exc.trailing_metadata()
-    if trailers:
-        for key, value in trailers:
-            if key == ERROR_CODE_METADATA_KEY:
-                code = value.decode() if isinstance(value, bytes) else value
-                break
-    return WorkerError(exc.code(), exc.details() or "", code=code, address=address)
+    code = retry_after_ms = None
+    for key, value in exc.trailing_metadata() or ():
+        text = value.decode() if isinstance(value, bytes) else value
+        if key == ERROR_CODE_METADATA_KEY:
+            code = text
+        elif key == RETRY_AFTER_METADATA_KEY and text.isdigit():
+            retry_after_ms = int(text)
+    return WorkerError(exc.code(), exc.details() or "", code=code, address=address, retry_after_ms=retry_after_ms)
 
 
 def to_openai_error(err: WorkerError, *, model: str, prompt_param: str = "messages") -> OpenAIError:
@@ -84,7 +89,14 @@ def to_openai_error(err: WorkerError, *, model: str, prompt_param: str = "messag
     if status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED):
         return ServiceUnavailable("The worker serving this model is unavailable; please retry.")
     if status is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return ServiceUnavailable("The workers serving this model are overloaded; please retry.", code="overloaded")
+        retry_after_s = max(1, -(-(err.retry_after_ms or 1000) // 1000))
+        if err.code == TEAM_SHARE_EXCEEDED:  # the caller's own team is the cause: back off
+            return RateLimited(
+                "Your team is using its full share of this model's capacity; please retry after a short wait.",
+                code=TEAM_SHARE_EXCEEDED, headers={"retry-after": str(retry_after_s)},
+            )
+        return ServiceUnavailable("The workers serving this model are overloaded; please retry.", code="overloaded",
+                                  retry_after_s=retry_after_s)
     if status is grpc.StatusCode.DEADLINE_EXCEEDED:
         return GatewayTimeout("The worker did not answer in time.", code="timeout")
     log.error("worker call failed: %s", err)

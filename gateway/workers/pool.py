@@ -2,8 +2,10 @@
 
 Each worker is polled (Health, then LoadStats) every ``poll_interval_s``. A failed or missed poll, or
 a request that finds the worker UNAVAILABLE, takes it out of rotation at once; a successful poll
-brings it back. A worker failing its polls for ``dead_after_s`` is dead: its in-flight streams are
-cut so clients get an error instead of a hang.
+brings it back. A worker that cannot be reached for ``dead_after_s`` is dead: its in-flight streams
+are cut so clients get an error instead of a hang. A worker that is reachable but slow to answer
+(polls time out) is busy, not dead: it leaves rotation until it answers, and its streams go on, for
+up to ``BUSY_GRACE_FACTOR`` times as long.
 
 Routing picks the ready worker with the least load: this gateway's in-flight requests on it (known
 exactly) plus the running + waiting requests other gateways had there at the last poll, with its KV
@@ -31,6 +33,7 @@ from proto.ward.worker.v1 import worker_pb2 as pb
 log = logging.getLogger("ward.gateway.pool")
 
 CONTRACT_VERSION = "ward.worker.v1"
+BUSY_GRACE_FACTOR = 5  # a worker whose polls only time out is dead after this many times dead_after_s
 
 
 @dataclass(eq=False)
@@ -258,7 +261,12 @@ class WorkerPool:
             handle.failing_since = now
         handle.info = None  # a restarted worker may serve something else: ask again
         self._set_unready(handle, f"poll failed: {err.status.name} {err.message}")
-        if now - handle.failing_since >= self.settings.dead_after_s and handle.streams:
+        dead_after = self.settings.dead_after_s
+        if err.status is grpc.StatusCode.DEADLINE_EXCEEDED:
+            # Reachable but slow to answer is busy, not dead: its streams go on (it leaves rotation
+            # meanwhile), unless it stays silent so long that it must be hung (stopped, deadlocked).
+            dead_after *= BUSY_GRACE_FACTOR
+        if now - handle.failing_since >= dead_after and handle.streams:
             log.error("worker %s dead: cutting %d in-flight streams", handle.address, len(handle.streams))
             for stream in list(handle.streams):
                 stream.abort_lost()

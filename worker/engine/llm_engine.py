@@ -17,8 +17,7 @@ from worker.config import EngineConfig
 from worker.engine.fair_share import check_policy
 from worker.engine.kv_cache_manager import KVCacheManager
 from worker.engine.output_processor import OutputProcessor, ParentState
-from worker.engine.request import Request
-from worker.engine.request import RequestStatus
+from worker.engine.request import Request, RequestStatus
 from worker.engine.scheduler import Scheduler
 from worker.errors import InvalidRequestError, PromptTooLongError, RequestTooLargeError
 from worker.model.registry import resolve_model
@@ -26,7 +25,12 @@ from worker.model.spec import load_spec
 from worker.outputs import RequestOutput
 from worker.runner.model_runner import ModelRunner
 from worker.sampling_params import SamplingParams
-from worker.tokenizer import PromptInput, WardTokenizer
+from worker.tokenizer import (
+    BYTES_PER_TOKEN_SLACK,
+    PromptInput,
+    WardTokenizer,
+    prompt_text_bytes,
+)
 
 log = logging.getLogger("ward.worker.engine")
 
@@ -83,6 +87,9 @@ class LLMEngine:
         self.max_model_len = config.max_model_len or limit
         self.served_model_name = config.served_model_name or os.path.basename(self.model_dir.rstrip("/"))
         self.tokenizer = WardTokenizer.load(self.model_dir)
+        # No prompt whose text is longer than this can fit the context: refused before tokenizing.
+        self.max_prompt_bytes = (self.max_model_len * self.tokenizer.max_token_bytes() * BYTES_PER_TOKEN_SLACK
+                                 if self.tokenizer else 0)
         self.runner = ModelRunner(config, self.spec, self.model_dir, self.max_model_len)
         num_blocks = self.runner.determine_num_blocks()
         self.runner.initialize_kv_cache(num_blocks)
@@ -126,8 +133,22 @@ class LLMEngine:
             raise InvalidRequestError("this model has no tokenizer: send prompt_token_ids")
         return self.tokenizer.encode_prompt(prompt)
 
+    def check_prompt_size(self, prompt: PromptInput) -> None:
+        """Raises PromptTooLongError for a prompt whose text alone is too long for the context (cheap: no
+        tokenization), so oversized input is refused before any heavy work."""
+        size = prompt_text_bytes(prompt)
+        if self.max_prompt_bytes and size > self.max_prompt_bytes:
+            raise PromptTooLongError(
+                f"This model's maximum context length is {self.max_model_len} tokens. However, your prompt is "
+                f"{size} bytes long, more than any prompt of {self.max_model_len} tokens can be "
+                f"({self.max_prompt_bytes} bytes). Please reduce the length of the prompt."
+            )
+        if isinstance(prompt, dict) and "prompt_token_ids" in prompt and len(prompt["prompt_token_ids"]) >= self.max_model_len:
+            self._check_lengths(len(prompt["prompt_token_ids"]), SamplingParams())
+
     def prepare_request(self, prompt: PromptInput, params: SamplingParams | None = None) -> "PreparedRequest":
         """Tokenizes and validates a request without touching engine state (safe from any thread)."""
+        self.check_prompt_size(prompt)
         params = dataclasses.replace(params or SamplingParams()).with_eos(self.eos_token_ids)
         text, ids = self.encode_prompt(prompt)
         return PreparedRequest(text, ids, params, self._check_lengths(len(ids), params))

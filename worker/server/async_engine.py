@@ -24,8 +24,7 @@ log = logging.getLogger("ward.worker.async_engine")
 class _Add:
     request_id: str
     prepared: PreparedRequest
-    priority: int
-    cache_salt: str | None
+    options: dict  # priority, cache_salt, team, team_priority, team_weight: LLMEngine.add_request's keywords
     stream: asyncio.Queue
     accepted: asyncio.Future
 
@@ -73,14 +72,17 @@ class AsyncEngine:
 
     # ---- requests --------------------------------------------------------------------------
     async def generate(
-        self, request_id: str, prepared: PreparedRequest, *, priority: int = 0, cache_salt: str | None = None
+        self, request_id: str, prepared: PreparedRequest, *, priority: int = 0, cache_salt: str | None = None,
+        team: str | None = None, team_priority: int = 0, team_weight: float = 1.0,
     ) -> AsyncIterator[RequestOutput]:
         """Streams the request's outputs until it finishes; leaving early aborts it."""
         if self.error is not None:
             raise EngineDeadError(f"the engine has stopped: {self.error}")
         stream: asyncio.Queue = asyncio.Queue()
         accepted = self._loop.create_future()
-        self._commands.put(_Add(request_id, prepared, priority, cache_salt, stream, accepted))
+        options = dict(priority=priority, cache_salt=cache_salt, team=team, team_priority=team_priority,
+                       team_weight=team_weight)
+        self._commands.put(_Add(request_id, prepared, options, stream, accepted))
         await accepted  # raises if the engine refused the request
         finished = False
         try:
@@ -125,7 +127,7 @@ class AsyncEngine:
         while cmd is not None:
             if isinstance(cmd, _Add):
                 try:
-                    self.engine.add_request(cmd.request_id, cmd.prepared, priority=cmd.priority, cache_salt=cmd.cache_salt)
+                    self.engine.add_request(cmd.request_id, cmd.prepared, **cmd.options)
                     self._loop.call_soon_threadsafe(self._accept, cmd, None)
                 except Exception as exc:
                     self._loop.call_soon_threadsafe(self._accept, cmd, exc)

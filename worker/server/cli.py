@@ -34,7 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="auto: flash-attn or FlashInfer where installed and self-checked, else Triton on CUDA")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     p.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight requests")
-    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus /metrics port (0: off)")
+    p.add_argument("--metrics-port", type=int, default=0,
+                   help="Prometheus /metrics port (0: off; gateways relay the same metrics on their /metrics)")
+    p.add_argument("--max-waiting-requests", type=int, default=None,
+                   help="admission: requests queued before refusing (default: 4 x --max-num-seqs; embeddings: 64)")
+    p.add_argument("--max-waiting-tokens", type=int, default=None,
+                   help="admission: prompt tokens queued before refusing (default: twice the KV pool)")
     p.add_argument("--tls-cert", default=None, help="server certificate (PEM)")
     p.add_argument("--tls-key", default=None, help="server private key (PEM)")
     p.add_argument("--client-ca", default=None, help="CA whose client certificates (gateways) may call this worker")
@@ -115,9 +120,10 @@ async def serve(args) -> int:
     import grpc
 
     from proto.ward.worker.v1 import worker_pb2_grpc as pb_grpc
+    from worker.server.admission import AdmissionLimits
     from worker.server.async_engine import AsyncEngine
     from worker.server.metrics import WorkerMetrics
-    from worker.server.servicer import WorkerServicer
+    from worker.server.servicer import WorkerServicer, default_limits
 
     creds = _credentials(args)
     if creds is None and not _is_loopback(args.host) and not args.insecure:
@@ -129,12 +135,22 @@ async def serve(args) -> int:
     metrics = None
     if task == "embed":
         embedder = model
+        metrics = WorkerMetrics(None, name)
     else:
         engine = AsyncEngine(model)
         metrics = WorkerMetrics(engine.stats, name)
         engine._on_finished = metrics.observe_finished
         engine.start()
-    servicer = WorkerServicer(name, engine=engine, embedder=embedder)
+    limits = default_limits(engine, embedder)
+    try:
+        limits = AdmissionLimits(args.max_waiting_requests or limits.max_waiting_requests,
+                                 args.max_waiting_tokens or limits.max_waiting_tokens)
+    except ValueError as exc:
+        print(f"ward worker: {exc}", file=sys.stderr)
+        return 2
+    servicer = WorkerServicer(name, engine=engine, embedder=embedder, limits=limits)
+    metrics.watch_admission(servicer.admission)
+    servicer.metrics_text = metrics.text
     # SO_REUSEPORT off: gRPC turns it on by default, which lets a second worker start silently on a
     # port already in use and share its connections with the first.
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
@@ -173,6 +189,7 @@ async def serve(args) -> int:
     while engine is not None and engine.num_in_flight and loop.time() < deadline:
         await asyncio.sleep(0.05)
     await server.stop(grace=1.0)
+    servicer.close()
     if engine is not None:
         engine.shutdown()
     log.info("worker stopped")

@@ -7,7 +7,8 @@ import os
 
 import torch
 
-from worker.errors import InvalidRequestError, ModelLoadError
+from worker.errors import InvalidRequestError, ModelLoadError, PromptTooLongError
+from worker.tokenizer import BYTES_PER_TOKEN_SLACK
 
 
 class EmbeddingModel:
@@ -30,6 +31,38 @@ class EmbeddingModel:
         self.max_model_len = limit
         self.dim = self.model.config.hidden_size
         self.max_batch = max_batch
+        vocab = self.tokenizer.get_vocab()
+        longest = max((len(t.encode("utf-8", "surrogatepass")) for t in vocab), default=1)
+        # An input longer than this can never fit: refused before tokenizing. Tokenizers that drop
+        # whitespace (WordPiece) could fit longer inputs made mostly of blanks; those are refused too.
+        self.max_input_bytes = self.max_model_len * longest * BYTES_PER_TOKEN_SLACK
+
+    def check_input_sizes(self, texts: list[str], token_inputs: list[list[int]]) -> None:
+        """Refuses inputs that can never fit, from their bytes or lengths alone (no tokenizer)."""
+        for i, text in enumerate(texts):
+            size = len(text.encode("utf-8", "surrogatepass"))
+            if size > self.max_input_bytes:
+                raise PromptTooLongError(
+                    f"input {i} is {size} bytes long; this model embeds at most {self.max_model_len} tokens, "
+                    f"which no input over {self.max_input_bytes} bytes can be")
+        for i, ids in enumerate(token_inputs):
+            if len(ids) > self.max_model_len:
+                raise PromptTooLongError(f"input {i} has {len(ids)} tokens; this model embeds at most "
+                                         f"{self.max_model_len}")
+
+    def embed_batched(self, texts: list[str], token_inputs: list[list[int]],
+                      dimensions: int = 0) -> tuple[list[list[float]], int]:
+        """Tokenizes and embeds ``max_batch`` inputs at a time (never the whole request at once);
+        returns the vectors and the number of tokens embedded."""
+        vectors: list[list[float]] = []
+        count = 0
+        items = token_inputs or texts
+        for start in range(0, len(items), self.max_batch):
+            chunk = items[start : start + self.max_batch]
+            ids = chunk if token_inputs else self.token_ids(chunk)
+            count += sum(len(x) for x in ids)
+            vectors.extend(self.embed(ids, None, dimensions))
+        return vectors, count
 
     def _read_modules(self) -> tuple[str, bool]:
         pooling, normalize = "mean", False

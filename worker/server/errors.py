@@ -7,8 +7,10 @@ import logging
 import grpc
 
 from worker.errors import EngineDeadError, InvalidRequestError, WardError
+from worker.server.admission import AdmissionRefused
 
 ERROR_CODE_KEY = "ward-error-code"
+RETRY_AFTER_KEY = "ward-retry-after-ms"
 log = logging.getLogger("ward.worker.server")
 
 
@@ -23,6 +25,8 @@ class UnknownModel(WardError):
 def status_for(exc: BaseException) -> grpc.StatusCode:
     if isinstance(exc, InvalidRequestError):
         return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, AdmissionRefused):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
     if isinstance(exc, UnknownModel):
         return grpc.StatusCode.NOT_FOUND
     if isinstance(exc, (Unavailable, EngineDeadError)):
@@ -34,8 +38,11 @@ def status_for(exc: BaseException) -> grpc.StatusCode:
 
 async def abort_with(context: grpc.aio.ServicerContext, exc: BaseException) -> None:
     code = getattr(exc, "code", None) if isinstance(exc, WardError) else None
-    if code:
-        context.set_trailing_metadata(((ERROR_CODE_KEY, code),))
+    trailers = [(ERROR_CODE_KEY, code)] if code else []
+    if isinstance(exc, AdmissionRefused):
+        trailers.append((RETRY_AFTER_KEY, str(exc.retry_after_ms)))
+    if trailers:
+        context.set_trailing_metadata(tuple(trailers))
     status = status_for(exc)
     if status is grpc.StatusCode.INTERNAL:
         log.exception("unexpected error serving a request", exc_info=exc)

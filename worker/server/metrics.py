@@ -1,18 +1,46 @@
 """Prometheus metrics of a worker, named under ``ward_`` with vLLM's meanings
-(ward_num_requests_running ~ vllm:num_requests_running, and so on), served on their own port."""
+(ward_num_requests_running ~ vllm:num_requests_running, and so on), served on their own port
+(``--metrics-port``) and through the ``Metrics`` RPC, which gateways relay on their own /metrics."""
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from worker.engine.llm_engine import EngineStats
 from worker.outputs import RequestOutput
+from worker.server.admission import Admission
 
 _LATENCY = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
 _ITL = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.2, 0.4, 1.0, 2.5)
+
+
+class _AdmissionCollector:
+    """The admission queue and its refusals, read at scrape time."""
+
+    def __init__(self, admission: Admission, model: str) -> None:
+        self._admission, self._model = admission, model
+
+    def collect(self):
+        a = self._admission
+        refusals = CounterMetricFamily("ward_admission_refusals", "Requests refused by admission control, by reason.",
+                                       labels=["model_name", "reason"])
+        for reason, count in sorted(a.refusals.items()):
+            refusals.add_metric([self._model, reason], count)
+        yield refusals
+        queue = GaugeMetricFamily("ward_admission_queue_requests",
+                                  "Admitted requests not yet producing output (tokenizing, waiting, prefilling).",
+                                  labels=["model_name"])
+        queue.add_metric([self._model], a.requests)
+        yield queue
 
 
 class _EngineCollector:
@@ -24,6 +52,7 @@ class _EngineCollector:
     def collect(self):
         s = self._stats()
         labels = ["model_name"]
+        yield from self._teams(s)
 
         def gauge(name, doc, value):
             g = GaugeMetricFamily(name, doc, labels=labels)
@@ -44,13 +73,32 @@ class _EngineCollector:
         yield counter("ward_prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", s.prefix_cache_queries)
         yield counter("ward_prefix_cache_hits", "Prompt tokens found in the prefix cache.", s.prefix_cache_hits)
         yield counter("ward_num_preemptions", "Requests preempted (recomputed later) since start.", s.num_preemptions)
+        yield gauge("ward_num_waiting_prompt_tokens", "Tokens of the requests waiting to be scheduled.",
+                    s.num_waiting_prompt_tokens)
+
+    def _teams(self, s: EngineStats):
+        labels = ["model_name", "team"]
+        waiting = GaugeMetricFamily("ward_team_num_requests_waiting", "Requests waiting, per team.", labels=labels)
+        running = GaugeMetricFamily("ward_team_num_requests_running", "Requests running, per team.", labels=labels)
+        served = CounterMetricFamily("ward_team_served_tokens",
+                                     "Weighted tokens served per team (prefill x1, decode x2): fair share's input.",
+                                     labels=labels)
+        for team, t in sorted(s.teams.items()):
+            key = [self._model, team or "default"]
+            waiting.add_metric(key, t.num_waiting)
+            running.add_metric(key, t.num_running)
+            served.add_metric(key, t.served_tokens)
+        yield waiting
+        yield running
+        yield served
 
 
 class WorkerMetrics:
-    def __init__(self, stats: Callable[[], EngineStats], model: str) -> None:
+    def __init__(self, stats: Callable[[], EngineStats] | None, model: str) -> None:
         self.model = model
         self.registry = CollectorRegistry()
-        self.registry.register(_EngineCollector(stats, model))
+        if stats is not None:  # embedding workers have no engine
+            self.registry.register(_EngineCollector(stats, model))
         r, lbl = self.registry, ["model_name"]
         self.prompt_tokens = Counter("ward_prompt_tokens", "Prompt tokens processed.", lbl, registry=r)
         self.generation_tokens = Counter("ward_generation_tokens", "Tokens generated.", lbl, registry=r)
@@ -73,6 +121,13 @@ class WorkerMetrics:
                 self.itl.labels(m).observe(x)
             end = out.metrics.last_token_time or time.monotonic()
             self.e2e.labels(m).observe(max(0.0, end - out.metrics.arrival_time))
+
+    def watch_admission(self, admission: Admission) -> None:
+        self.registry.register(_AdmissionCollector(admission, self.model))
+
+    def text(self) -> str:
+        """The exposition, as /metrics serves it."""
+        return generate_latest(self.registry).decode()
 
     def serve(self, host: str, port: int) -> None:
         start_http_server(port, addr=host, registry=self.registry)

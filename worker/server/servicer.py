@@ -1,27 +1,53 @@
-"""The Worker gRPC service: thin handlers, proto -> engine call -> proto."""
+"""The Worker gRPC service: thin handlers, proto -> engine call -> proto.
+
+Nothing heavy runs on the event loop that answers Health: tokenization, chat templating and embedding
+run in a small executor of their own, after admission control has bounded the queue (from the
+prompt's bytes, before any tokenization).
+"""
 from __future__ import annotations
 
 import asyncio
 import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
 from proto.ward.worker.v1 import worker_pb2 as pb
 from proto.ward.worker.v1 import worker_pb2_grpc as pb_grpc
+from worker.engine.fair_share import check_policy
+from worker.errors import InvalidRequestError, WardError
+from worker.server.admission import Admission, AdmissionLimits, AdmissionRefused
 from worker.server.async_engine import AsyncEngine
-from worker.server.convert import params_from_proto, prompt_from_proto, response_from_output
+from worker.server.convert import (
+    params_from_proto,
+    prompt_from_proto,
+    response_from_output,
+)
 from worker.server.embedding import EmbeddingModel
 from worker.server.errors import Unavailable, UnknownModel, abort_with, mapped_errors
-from worker.errors import InvalidRequestError, WardError
+from worker.tokenizer import prompt_token_bound
+
+PREPARE_THREADS = 2  # tokenization runs here, off the event loop; the engine keeps its own thread
 
 log = logging.getLogger("ward.worker.server")
 CONTRACT = "ward.worker.v1"
 
 
+def default_limits(engine: AsyncEngine | None, embedder: EmbeddingModel | None) -> AdmissionLimits:
+    """Production defaults: a generation worker queues up to 4 full batches of requests and twice its
+    KV pool in prompt tokens; an embedding worker up to 64 requests and 16 MB of text."""
+    if engine is None:
+        return AdmissionLimits(max_waiting_requests=64, max_waiting_tokens=16 << 20)
+    e = engine.engine
+    return AdmissionLimits(max_waiting_requests=4 * e.config.max_num_seqs,
+                           max_waiting_tokens=max(2 * e.kv_capacity_tokens, 4 * e.max_model_len))
+
+
 class WorkerServicer(pb_grpc.WorkerServicer):
     def __init__(self, served_model_name: str, *, engine: AsyncEngine | None = None,
-                 embedder: EmbeddingModel | None = None, worker_id: str | None = None) -> None:
+                 embedder: EmbeddingModel | None = None, worker_id: str | None = None,
+                 limits: AdmissionLimits | None = None) -> None:
         if (engine is None) == (embedder is None):
             raise ValueError("a worker serves either a generation engine or an embedding model")
         self.name = served_model_name
@@ -29,7 +55,17 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self.embedder = embedder
         self.worker_id = worker_id or uuid.uuid4().hex[:12]
         self.draining = False
+        self.admission = Admission(limits or default_limits(engine, embedder))
         self._embed_lock = asyncio.Lock()
+        self._heavy = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="ward-prepare")
+        self._tokenizing = 0  # Tokenize calls in progress
+
+    async def _off_loop(self, fn, *args):
+        """Runs heavy work (tokenizing, templating, embedding) where it cannot delay the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._heavy, fn, *args)
+
+    def close(self) -> None:
+        self._heavy.shutdown(wait=False, cancel_futures=True)
 
     # ---- helpers ---------------------------------------------------------------------------
     def _check_model(self, model: str) -> None:
@@ -49,6 +85,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
 
     # ---- RPCs ------------------------------------------------------------------------------
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        ticket = None
         try:
             engine = self._need_engine()
             self._check_model(request.model)
@@ -56,14 +93,27 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 raise Unavailable("the worker is shutting down")
             params = params_from_proto(request.params)
             prompt = prompt_from_proto(request.prompt)
-            prepared = engine.engine.prepare_request(prompt, params)
+            weight = request.team_weight or 1.0
+            try:
+                check_policy(request.team_priority, weight)
+            except ValueError as exc:
+                raise InvalidRequestError(str(exc)) from None
+            engine.engine.check_prompt_size(prompt)  # cheap: bytes, no tokenizer
+            ticket = self.admission.admit(request.team, weight, prompt_token_bound(prompt))
+            prepared = await self._off_loop(engine.engine.prepare_request, prompt, params)
+            ticket.set_tokens(len(prepared.token_ids))
             request_id = request.request_id or uuid.uuid4().hex
             stream = engine.generate(request_id, prepared, priority=request.priority,
-                                     cache_salt=request.cache_salt or None)
+                                     cache_salt=request.cache_salt or None, team=request.team or None,
+                                     team_priority=request.team_priority, team_weight=weight)
             async for out in stream:
+                ticket.release()  # it left the queue: the engine produced its first output
                 yield response_from_output(out)
         except (WardError, ValueError, NotImplementedError) as exc:
             await abort_with(context, exc)
+        finally:
+            if ticket is not None:
+                ticket.release()
 
     @mapped_errors
     async def Embed(self, request: pb.EmbedRequest, context) -> pb.EmbedResponse:
@@ -74,31 +124,48 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             raise Unavailable("the worker is shutting down")
         if request.texts and request.token_inputs:
             raise InvalidRequestError("send texts or token_inputs, not both")
-        inputs = ([list(t.ids) for t in request.token_inputs] if request.token_inputs
-                  else self.embedder.token_ids(list(request.texts)))
-        if not inputs:
+        texts = list(request.texts)
+        token_inputs = [list(t.ids) for t in request.token_inputs]
+        if not texts and not token_inputs:
             raise InvalidRequestError("no input to embed")
-        async with self._embed_lock:  # one batch at a time on the device
-            vectors = await asyncio.to_thread(self.embedder.embed, inputs, None, request.dimensions)
-        return pb.EmbedResponse(data=[pb.Embedding(values=v) for v in vectors],
-                                prompt_tokens=sum(len(x) for x in inputs))
+        self.embedder.check_input_sizes(texts, token_inputs)  # cheap: bytes and lengths, no tokenizer
+        bound = sum(len(t.encode("utf-8", "surrogatepass")) + 2 for t in texts) + sum(map(len, token_inputs))
+        ticket = self.admission.admit("", 1.0, bound)
+        try:
+            async with self._embed_lock:  # one request at a time on the device, in bounded batches
+                ticket.release()
+                vectors, count = await self._off_loop(self.embedder.embed_batched, texts, token_inputs,
+                                                      request.dimensions)
+        finally:
+            ticket.release()
+        return pb.EmbedResponse(data=[pb.Embedding(values=v) for v in vectors], prompt_tokens=count)
 
     @mapped_errors
     async def Tokenize(self, request: pb.TokenizeRequest, context) -> pb.TokenizeResponse:
         self._check_model(request.model)
-        if self.embedder is not None:
-            kind = request.prompt.WhichOneof("kind")
-            if kind == "token_ids":
-                ids = list(request.prompt.token_ids.ids)
-            elif kind == "text":
-                ids = self.embedder.token_ids([request.prompt.text])[0]
+        if self._tokenizing >= self.admission.limits.max_waiting_requests:
+            self.admission.refusals["worker_overloaded"] += 1
+            raise AdmissionRefused("this worker has too many tokenizations in progress", "worker_overloaded")
+        self._tokenizing += 1
+        try:
+            if self.embedder is not None:
+                kind = request.prompt.WhichOneof("kind")
+                if kind == "token_ids":
+                    ids = list(request.prompt.token_ids.ids)
+                elif kind == "text":
+                    self.embedder.check_input_sizes([request.prompt.text], [])
+                    ids = (await self._off_loop(self.embedder.token_ids, [request.prompt.text]))[0]
+                else:
+                    raise InvalidRequestError("an embedding model tokenizes text or token ids only")
+                max_len = self.embedder.max_model_len
             else:
-                raise InvalidRequestError("an embedding model tokenizes text or token ids only")
-            max_len = self.embedder.max_model_len
-        else:
-            engine = self._need_engine().engine
-            _, ids = engine.encode_prompt(prompt_from_proto(request.prompt))
-            max_len = engine.max_model_len
+                engine = self._need_engine().engine
+                prompt = prompt_from_proto(request.prompt)
+                engine.check_prompt_size(prompt)
+                _, ids = await self._off_loop(engine.encode_prompt, prompt)
+                max_len = engine.max_model_len
+        finally:
+            self._tokenizing -= 1
         return pb.TokenizeResponse(count=len(ids), token_ids=ids if request.return_token_ids else [],
                                    max_model_len=max_len)
 
@@ -109,11 +176,12 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 served_model_name=self.name, max_model_len=e.max_model_len,
                 has_chat_template=bool(e.tokenizer and e.tokenizer.has_chat_template), task="generate",
                 vocab_size=e.spec.vocab_size, worker_id=self.worker_id, contract_version=CONTRACT,
+                max_prompt_bytes=e.max_prompt_bytes,
             )
         return pb.ModelInfoResponse(
             served_model_name=self.name, max_model_len=self.embedder.max_model_len, has_chat_template=False,
             task="embed", vocab_size=self.embedder.model.config.vocab_size, worker_id=self.worker_id,
-            contract_version=CONTRACT, embedding_dim=self.embedder.dim,
+            contract_version=CONTRACT, embedding_dim=self.embedder.dim, max_prompt_bytes=self.embedder.max_input_bytes,
         )
 
     async def Health(self, request, context) -> pb.HealthResponse:
@@ -123,12 +191,23 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         return pb.HealthResponse(live=True, ready=self.ready, detail=detail)
 
     async def LoadStats(self, request, context) -> pb.LoadStatsResponse:
+        refusals = self.admission.num_refusals
         if self.engine is None:
-            return pb.LoadStatsResponse(draining=self.draining)
+            return pb.LoadStatsResponse(draining=self.draining, num_waiting=self.admission.requests,
+                                        num_admission_refusals=refusals)
         s = self.engine.stats()
         return pb.LoadStatsResponse(
             num_running=s.num_running, num_waiting=s.num_waiting, kv_usage=s.kv_usage,
             kv_blocks_used=s.kv_blocks_used, kv_blocks_total=s.kv_blocks_total,
             prefix_cache_queries=s.prefix_cache_queries, prefix_cache_hits=s.prefix_cache_hits,
             num_preemptions=s.num_preemptions, kv_waste=s.kv_waste, draining=self.draining,
+            num_waiting_prompt_tokens=s.num_waiting_prompt_tokens, num_admission_refusals=refusals,
+            teams=[pb.TeamLoad(team=name, num_running=t.num_running, num_waiting=t.num_waiting,
+                               served_tokens=int(t.served_tokens))
+                   for name, t in s.teams.items() if t.num_running or t.num_waiting or t.served_tokens],
         )
+
+    async def Metrics(self, request, context) -> pb.MetricsResponse:
+        return pb.MetricsResponse(text=self.metrics_text() if self.metrics_text else "")
+
+    metrics_text = None  # set by the server: the worker's Prometheus exposition, as text

@@ -1,0 +1,42 @@
+"""Prompts that can never fit the model's context, refused before any worker call.
+
+A worker reports ``max_prompt_bytes`` in ModelInfo: a prompt whose text is longer than that cannot
+fit in ``max_model_len`` tokens whatever it says, so a multi-megabyte body is answered 400 at once,
+without a Tokenize call or a place in a worker's queue. Token-id prompts are checked by length.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from gateway.http.errors import ContextLengthExceeded
+from proto.ward.worker.v1 import worker_pb2 as pb
+
+
+def prompt_bytes(prompt: pb.Prompt) -> int:
+    kind = prompt.WhichOneof("kind")
+    if kind == "text":
+        return len(prompt.text.encode("utf-8", "surrogatepass"))
+    if kind == "chat":
+        return sum(len(m.role.encode()) + len(m.name.encode()) + len(m.content.encode("utf-8", "surrogatepass"))
+                   for m in prompt.chat.messages)
+    return 0
+
+
+def check_prompt_sizes(info: pb.ModelInfoResponse | None, prompts: Sequence[pb.Prompt], *, param: str) -> None:
+    """Raises ContextLengthExceeded (400) for a prompt that cannot fit, judged without tokenizing."""
+    if info is None:
+        return
+    for prompt in prompts:
+        if prompt.WhichOneof("kind") == "token_ids":
+            count = len(prompt.token_ids.ids)
+            if info.max_model_len and count > info.max_model_len:
+                raise ContextLengthExceeded(
+                    f"This model's maximum context length is {info.max_model_len} tokens. However, your prompt "
+                    f"has {count} tokens. Please reduce the length of the prompt.", param=param)
+            continue
+        size = prompt_bytes(prompt)
+        if info.max_prompt_bytes and size > info.max_prompt_bytes:
+            raise ContextLengthExceeded(
+                f"This model's maximum context length is {info.max_model_len} tokens. However, your prompt is "
+                f"{size} bytes long, more than any prompt of {info.max_model_len} tokens can be "
+                f"({info.max_prompt_bytes} bytes). Please reduce the length of the prompt.", param=param)

@@ -1,0 +1,214 @@
+"""Admission control: a worker's bounded queue with per-team shares (unit), the gateway's answers to a
+refusal (fail over, 503 or 429 with Retry-After), and the whole path with a real worker process."""
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import grpc
+import httpx
+import pytest
+from e2e_support import GENERATE_MODEL, ProcessStack, free_port, make_keys
+from fake_worker import FakeConfig, FakeWorker, running_gateway
+
+from worker.server.admission import Admission, AdmissionLimits, AdmissionRefused
+
+# ---- the queue's arithmetic -----------------------------------------------------------------------
+
+
+def refused(admission: Admission, team: str, weight: float = 1.0, tokens: int = 10) -> str:
+    with pytest.raises(AdmissionRefused) as err:
+        admission.admit(team, weight, tokens)
+    assert err.value.retry_after_ms > 0
+    return err.value.code
+
+
+def test_a_team_alone_may_fill_the_whole_queue_and_then_the_worker_is_overloaded():
+    a = Admission(AdmissionLimits(max_waiting_requests=4, max_waiting_tokens=10_000))
+    tickets = [a.admit("radiology", 1.0, 10) for _ in range(4)]
+    assert refused(a, "radiology") == "worker_overloaded"
+    tickets[0].release()
+    a.admit("radiology", 1.0, 10)  # a place came free
+    assert a.refusals == {"worker_overloaded": 1, "team_share_exceeded": 0}
+
+
+def test_a_flood_cannot_lock_out_a_team_that_arrives_later():
+    a = Admission(AdmissionLimits(max_waiting_requests=4, max_waiting_tokens=10_000))
+    for _ in range(4):
+        a.admit("flood", 1.0, 10)
+    quiet = a.admit("quiet", 1.0, 10)  # under its share: admitted although the flood filled the queue
+    assert refused(a, "flood") == "team_share_exceeded"  # over its share while another team waits
+    quiet.release()
+    assert refused(a, "flood") == "worker_overloaded"  # alone again, and the queue is full
+
+
+def test_shares_follow_the_weights_and_the_overflow_is_bounded():
+    a = Admission(AdmissionLimits(max_waiting_requests=8, max_waiting_tokens=10**6))
+    a.admit("light", 1.0, 10)
+    heavy = [a.admit("heavy", 3.0, 10) for _ in range(6)]  # 3/4 of 8
+    assert len(heavy) == 6 and refused(a, "heavy", 3.0) == "team_share_exceeded"
+    for team in ("t1", "t2", "t3", "t4", "t5", "t6", "t7", "t8", "t9"):
+        try:
+            a.admit(team, 1.0, 10)
+        except AdmissionRefused as exc:
+            assert exc.code == "worker_overloaded"
+            break
+    assert a.requests <= 2 * 8  # never past twice the bound, however many teams arrive
+
+
+def test_prompt_tokens_are_bounded_too_and_corrected_after_tokenizing():
+    a = Admission(AdmissionLimits(max_waiting_requests=100, max_waiting_tokens=1000))
+    big = a.admit("t", 1.0, 900)  # the byte estimate
+    assert refused(a, "t", tokens=200) == "worker_overloaded"
+    big.set_tokens(300)  # the exact count, once tokenized
+    a.admit("t", 1.0, 200)
+    assert a.tokens == 500
+
+
+def test_a_single_request_larger_than_the_token_bound_is_not_refused_by_an_empty_queue():
+    a = Admission(AdmissionLimits(max_waiting_requests=4, max_waiting_tokens=100))
+    a.admit("t", 1.0, 5000)  # bounded by the context length elsewhere, not starved here
+    assert a.tokens == 5000
+
+
+# ---- the gateway's answers to a refusal (fake workers) ---------------------------------------------
+
+MODEL = "fake-chat"
+USER = [{"role": "user", "content": "hello there"}]
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_a_refused_request_fails_over_to_another_worker_of_the_model():
+    async with FakeWorker(FakeConfig(model=MODEL)) as full, FakeWorker(FakeConfig(model=MODEL)) as free:
+        full.servicer.fail_generate = (grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full", "worker_overloaded")
+        async with running_gateway({MODEL: [full, free]}) as gw:
+            for _ in range(4):
+                r = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER})
+                assert r.status_code == 200
+            assert free.servicer.completed and len(free.servicer.completed) == 4
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("code, status, error_code", [("worker_overloaded", 503, "overloaded"),
+                                                      ("team_share_exceeded", 429, "team_share_exceeded")])
+async def test_when_every_worker_refuses_the_client_gets_the_cause_and_when_to_retry(code, status, error_code):
+    async with FakeWorker(FakeConfig(model=MODEL)) as one, FakeWorker(FakeConfig(model=MODEL)) as two:
+        for w in (one, two):
+            w.servicer.fail_generate = (grpc.StatusCode.RESOURCE_EXHAUSTED, "refused", code)
+        async with running_gateway({MODEL: [one, two]}) as gw:
+            r = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER})
+    assert r.status_code == status
+    body = r.json()["error"]
+    assert body["code"] == error_code and body["message"]
+    assert r.headers["retry-after"] == "3"  # the worker's 2,500 ms hint, rounded up
+
+
+@pytest.mark.anyio
+async def test_the_gateway_sends_the_teams_policy_and_never_the_clients_choice():
+    async with FakeWorker(FakeConfig(model=MODEL)) as worker:
+        async with running_gateway({MODEL: [worker]}) as gw:
+            r = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "priority": -5})
+            assert r.status_code == 200
+    sent = worker.servicer.generate_requests[-1]
+    assert sent.team and sent.priority == -5  # the client's priority orders only within its team
+    assert sent.team_priority == 0 and sent.team_weight == 1.0  # no policy set: the defaults
+
+
+@pytest.mark.anyio
+async def test_a_prompt_that_cannot_fit_is_refused_before_any_worker_call():
+    async with FakeWorker(FakeConfig(model=MODEL, max_model_len=64, max_prompt_bytes=1 << 20)) as worker:
+        async with running_gateway({MODEL: [worker]}, settings={"max_request_bytes": 64 << 20}) as gw:
+            big = "word " * 400_000  # 2 MB
+            before = len(worker.servicer.tokenize_requests), len(worker.servicer.generate_requests)
+            r = await gw.client.post("/v1/chat/completions",
+                                     json={"model": MODEL, "messages": [{"role": "user", "content": big}]})
+            ids = await gw.client.post("/v1/completions", json={"model": MODEL, "prompt": list(range(65))})
+    assert (len(worker.servicer.tokenize_requests), len(worker.servicer.generate_requests)) == before
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
+    assert r.json()["error"]["param"] == "messages" and "bytes" in r.json()["error"]["message"]
+    assert ids.status_code == 400 and ids.json()["error"]["code"] == "context_length_exceeded"
+
+
+# ---- the whole path: a real worker with one seat and a queue of two --------------------------------
+
+
+@pytest.fixture
+def stack(tmp_path):
+    procs = ProcessStack(tmp_path)
+    try:
+        yield procs
+    finally:
+        procs.close()
+
+
+@pytest.mark.slow
+def test_a_full_worker_answers_503_a_team_over_its_share_429_and_another_team_still_gets_in(stack):
+    metrics_port = free_port()
+    worker = stack.start_worker("generate", "--max-num-seqs", "1", "--max-waiting-requests", "2",
+                                "--metrics-port", str(metrics_port))
+    stack.wait_ready(worker)
+    gateway = stack.start_gateway({GENERATE_MODEL: [worker.address]})
+    keys = make_keys(gateway.database_url, {"a": ("radiology", "user"), "b": ("cardiology", "user")})
+    url = gateway.url + "/v1/chat/completions"
+
+    def body(tokens: int) -> dict:
+        return {"model": GENERATE_MODEL, "messages": [{"role": "user", "content": "Summarise the handover."}],
+                "max_tokens": tokens, "ignore_eos": True, "stream": True}
+
+    def stream(key: str, tokens: int, first_chunk: concurrent.futures.Future | None = None) -> int:
+        with httpx.Client(timeout=120) as client, client.stream(
+                "POST", url, json=body(tokens), headers={"Authorization": f"Bearer {key}"}) as r:
+            for line in r.iter_lines():
+                if first_chunk is not None and line.startswith("data: ") and not first_chunk.done():
+                    first_chunk.set_result(True)
+            return r.status_code
+
+    def plain(key: str) -> httpx.Response:
+        b = {**body(2), "stream": False}
+        return httpx.post(url, json=b, headers={"Authorization": f"Bearer {key}"}, timeout=120)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        seated = concurrent.futures.Future()
+        running = pool.submit(stream, keys["a"], 300, seated)  # takes the only seat for a while
+        seated.result(timeout=60)
+        queued = [pool.submit(stream, keys["a"], 2) for _ in range(2)]  # the queue's two places
+        time.sleep(1.0)
+        overloaded = plain(keys["a"])
+        assert overloaded.status_code == 503, overloaded.text
+        assert overloaded.json()["error"]["code"] == "overloaded" and int(overloaded.headers["retry-after"]) >= 1
+        other_team = pool.submit(stream, keys["b"], 2)  # under its share: admitted despite the full queue
+        time.sleep(1.0)
+        over_share = plain(keys["a"])
+        assert over_share.status_code == 429, over_share.text
+        assert over_share.json()["error"]["code"] == "team_share_exceeded" and over_share.headers["retry-after"]
+        assert not other_team.done()  # it waits in the queue, it was not refused
+        # the engine's and the admission queue's state, on the worker's endpoint and relayed by the gateway
+        own = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        relayed = httpx.get(gateway.url + "/metrics").text
+        for text, label in ((own, ""), (relayed, f'worker="{worker.address}"')):
+            for name in ("ward_num_requests_running", "ward_num_requests_waiting", "ward_kv_cache_usage_perc",
+                         "ward_prefix_cache_hit_rate", "ward_num_preemptions_total", "ward_num_waiting_prompt_tokens",
+                         'ward_team_num_requests_waiting{model_name="smollm2-135m-instruct",team="cardiology"',
+                         'ward_team_served_tokens_total{model_name="smollm2-135m-instruct",team="radiology"',
+                         'ward_admission_refusals_total{model_name="smollm2-135m-instruct",reason="team_share_exceeded"'):
+                lines = [line for line in text.splitlines() if line.startswith(name)]
+                assert lines and all(label in line for line in lines), (name, label)
+        refusals = [line for line in own.splitlines() if line.startswith("ward_admission_refusals_total")]
+        assert {float(line.rsplit(" ", 1)[1]) for line in refusals} == {1.0}  # one of each reason
+        assert running.result(timeout=120) == 200
+        assert other_team.result(timeout=120) == 200 and all(q.result(timeout=120) == 200 for q in queued)
+
+    # refused requests are audited like any other
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(gateway.database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT http_status, data FROM audit_entries WHERE request_id IS NOT NULL")).all()
+    engine.dispose()
+    assert any(status == 503 and '"overloaded"' in data for status, data in rows)
+    assert any(status == 429 and '"team_share_exceeded"' in data and "radiology" in data for status, data in rows)
