@@ -74,6 +74,7 @@ class FakeConfig:
     embedding_dim: int = 8
     worker_id: str = "fake-0"
     max_prompt_bytes: int = 0  # reported in ModelInfo (0: no bound)
+    log_requests: bool = False  # print each Generate's tenancy fields (for tests of a worker process)
 
 
 @dataclass
@@ -118,6 +119,9 @@ class FakeWorkerServicer(pb_grpc.WorkerServicer):
     async def Generate(self, request: pb.GenerateRequest, context):  # noqa: N802 - gRPC method name
         self.generate_requests.append(request)
         cfg = self.config
+        if cfg.log_requests:
+            print(f"GENERATE team={request.team} team_priority={request.team_priority} "
+                  f"team_weight={request.team_weight:g} priority={request.priority}", flush=True)
         if self.fail_generate is not None:
             await self._abort(context, self.fail_generate)
         if request.model != cfg.model:
@@ -402,6 +406,7 @@ async def _serve(args: argparse.Namespace) -> None:
         first_token_delay_s=args.first_token_delay,
         token_delay_s=args.token_delay,
         worker_id=args.worker_id,
+        log_requests=args.log_requests,
     )
     worker = await FakeWorker(config, port=args.port).start()
     print(f"PORT {worker.port}", flush=True)
@@ -423,6 +428,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--first-token-delay", type=float, default=0.0)
     parser.add_argument("--token-delay", type=float, default=0.0)
     parser.add_argument("--worker-id", default="fake-0")
+    parser.add_argument("--log-requests", action="store_true", help="print each Generate's tenancy fields")
     asyncio.run(_serve(parser.parse_args(argv)))
 
 
