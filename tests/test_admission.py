@@ -2,13 +2,14 @@
 refusal (fail over, 503 or 429 with Retry-After), and the whole path with a real worker process."""
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import time
 
 import grpc
 import httpx
 import pytest
-from e2e_support import GENERATE_MODEL, ProcessStack, free_port, make_keys
+from e2e_support import GENERATE_MODEL, ProcessStack, free_port, make_keys, wait_until
 from fake_worker import FakeConfig, FakeWorker, running_gateway
 
 from worker.server.admission import Admission, AdmissionLimits, AdmissionRefused
@@ -168,6 +169,12 @@ def test_a_full_worker_answers_503_a_team_over_its_share_429_and_another_team_st
                     first_chunk.set_result(True)
             return r.status_code
 
+    def queued_now() -> float:
+        for line in httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text.splitlines():
+            if line.startswith("ward_admission_queue_requests"):
+                return float(line.rsplit(" ", 1)[1])
+        return -1.0
+
     def plain(key: str) -> httpx.Response:
         b = {**body(2), "stream": False}
         return httpx.post(url, json=b, headers={"Authorization": f"Bearer {key}"}, timeout=120)
@@ -177,12 +184,12 @@ def test_a_full_worker_answers_503_a_team_over_its_share_429_and_another_team_st
         running = pool.submit(stream, keys["a"], 300, seated)  # takes the only seat for a while
         seated.result(timeout=60)
         queued = [pool.submit(stream, keys["a"], 2) for _ in range(2)]  # the queue's two places
-        time.sleep(1.0)
+        assert wait_until(lambda: queued_now() == 2, 60)
         overloaded = plain(keys["a"])
         assert overloaded.status_code == 503, overloaded.text
         assert overloaded.json()["error"]["code"] == "overloaded" and int(overloaded.headers["retry-after"]) >= 1
         other_team = pool.submit(stream, keys["b"], 2)  # under its share: admitted despite the full queue
-        time.sleep(1.0)
+        assert wait_until(lambda: queued_now() == 3, 60)
         over_share = plain(keys["a"])
         assert over_share.status_code == 429, over_share.text
         assert over_share.json()["error"]["code"] == "team_share_exceeded" and over_share.headers["retry-after"]
@@ -212,3 +219,27 @@ def test_a_full_worker_answers_503_a_team_over_its_share_429_and_another_team_st
     engine.dispose()
     assert any(status == 503 and '"overloaded"' in data for status, data in rows)
     assert any(status == 429 and '"team_share_exceeded"' in data and "radiology" in data for status, data in rows)
+
+
+# ---- long prompts' tokenization: teams take turns -----------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_one_teams_burst_of_long_prompts_never_queues_another_team_behind_it():
+    from worker.server.prepare import FairPrepareExecutor
+
+    executor = FairPrepareExecutor(threads=1)
+    order: list[str] = []
+
+    def job(name: str) -> str:
+        time.sleep(0.02)
+        order.append(name)
+        return name
+
+    flood = [asyncio.ensure_future(executor.run("flood", job, f"flood-{i}")) for i in range(8)]
+    await asyncio.sleep(0)  # the flood is queued first
+    quiet = asyncio.ensure_future(executor.run("quiet", job, "quiet"))
+    assert await quiet == "quiet"
+    await asyncio.gather(*flood)
+    executor.shutdown()
+    assert order.index("quiet") <= 2  # served at its first turn, not after the whole flood

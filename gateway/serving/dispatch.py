@@ -179,11 +179,11 @@ class Dispatcher:
                 last = err
         raise to_openai_error(last, model=model, prompt_param=prompt_param)
 
-    async def count_tokens(self, model: str, prompts: Sequence[pb.Prompt], *, prompt_param: str) -> int:
+    async def count_tokens(self, model: str, prompts: Sequence[pb.Prompt], *, prompt_param: str, team: str = "") -> int:
         """The exact token count of ``prompts`` (summed), from the worker's Tokenize RPC."""
 
         async def one(prompt: pb.Prompt) -> int:
-            request = pb.TokenizeRequest(model=model, prompt=prompt)
+            request = pb.TokenizeRequest(model=model, prompt=prompt, team=team)
             response = await self.call(
                 None, model, lambda client: client.tokenize(request, TOKENIZE_TIMEOUT_S), prompt_param=prompt_param
             )

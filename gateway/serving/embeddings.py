@@ -52,7 +52,8 @@ class EmbeddingService:
         texts, token_inputs = request.texts(), request.token_inputs()
         prompts = [pb.Prompt(text=t) for t in texts] or [pb.Prompt(token_ids=pb.TokenIds(ids=t)) for t in token_inputs]
         check_prompt_sizes(self.generation.pool.model_info(request.model), prompts, param=PROMPT_PARAM)
-        ctx.set_token_counter(lambda: self.dispatcher.count_tokens(request.model, prompts, prompt_param=PROMPT_PARAM))
+        ctx.set_token_counter(lambda: self.dispatcher.count_tokens(request.model, prompts, prompt_param=PROMPT_PARAM,
+                                                                      team=ctx.principal.team if ctx.principal else ""))
         self.lifecycle.begin(ctx)
         await self.dispatcher.admit(ctx)
         worker_request = pb.EmbedRequest(

@@ -78,7 +78,8 @@ class GenerationService:
         model = ctx.model or ""
         prompts = [r.prompt for r in requests]
         check_prompt_sizes(self.pool.model_info(model), prompts, param=prompt_param)
-        ctx.set_token_counter(lambda: self.dispatcher.count_tokens(model, prompts, prompt_param=prompt_param))
+        team = ctx.principal.team if ctx.principal else ""
+        ctx.set_token_counter(lambda: self.dispatcher.count_tokens(model, prompts, prompt_param=prompt_param, team=team))
         self.lifecycle.begin(ctx)
         info = self.pool.model_info(model)
         ctx.max_model_len = info.max_model_len if info is not None and info.max_model_len else None

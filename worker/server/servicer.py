@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
@@ -26,9 +25,10 @@ from worker.server.convert import (
 )
 from worker.server.embedding import EmbeddingModel
 from worker.server.errors import Unavailable, UnknownModel, abort_with, mapped_errors
+from worker.server.prepare import FairPrepareExecutor, is_small
 from worker.tokenizer import prompt_token_bound
 
-PREPARE_THREADS = 2  # tokenization runs here, off the event loop; the engine keeps its own thread
+PREPARE_THREADS = 2  # long prompts are tokenized here, off the event loop; the engine has its own thread
 
 log = logging.getLogger("ward.worker.server")
 CONTRACT = "ward.worker.v1"
@@ -57,15 +57,22 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self.draining = False
         self.admission = Admission(limits or default_limits(engine, embedder))
         self._embed_lock = asyncio.Lock()
-        self._heavy = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="ward-prepare")
+        self._heavy = FairPrepareExecutor(PREPARE_THREADS)
         self._tokenizing = 0  # Tokenize calls in progress
 
-    async def _off_loop(self, fn, *args):
-        """Runs heavy work (tokenizing, templating, embedding) where it cannot delay the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self._heavy, fn, *args)
+    async def _off_loop(self, team: str, fn, *args):
+        """Runs heavy work (tokenizing, templating, embedding) where it cannot delay the event loop,
+        teams taking turns."""
+        return await self._heavy.run(team, fn, *args)
+
+    async def _prepare(self, team: str, prompt, fn, *args):
+        """``fn(*args)`` for a prompt: at once when it is small, else off the loop in the team's turn."""
+        if is_small(prompt):
+            return fn(*args)
+        return await self._off_loop(team, fn, *args)
 
     def close(self) -> None:
-        self._heavy.shutdown(wait=False, cancel_futures=True)
+        self._heavy.shutdown()
 
     # ---- helpers ---------------------------------------------------------------------------
     def _check_model(self, model: str) -> None:
@@ -100,7 +107,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 raise InvalidRequestError(str(exc)) from None
             engine.engine.check_prompt_size(prompt)  # cheap: bytes, no tokenizer
             ticket = self.admission.admit(request.team, weight, prompt_token_bound(prompt))
-            prepared = await self._off_loop(engine.engine.prepare_request, prompt, params)
+            prepared = await self._prepare(request.team, prompt, engine.engine.prepare_request, prompt, params)
             ticket.set_tokens(len(prepared.token_ids))
             request_id = request.request_id or uuid.uuid4().hex
             stream = engine.generate(request_id, prepared, priority=request.priority,
@@ -134,7 +141,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         try:
             async with self._embed_lock:  # one request at a time on the device, in bounded batches
                 ticket.release()
-                vectors, count = await self._off_loop(self.embedder.embed_batched, texts, token_inputs,
+                vectors, count = await self._off_loop("", self.embedder.embed_batched, texts, token_inputs,
                                                       request.dimensions)
         finally:
             ticket.release()
@@ -154,7 +161,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                     ids = list(request.prompt.token_ids.ids)
                 elif kind == "text":
                     self.embedder.check_input_sizes([request.prompt.text], [])
-                    ids = (await self._off_loop(self.embedder.token_ids, [request.prompt.text]))[0]
+                    ids = (await self._prepare(request.team, request.prompt.text, self.embedder.token_ids,
+                                               [request.prompt.text]))[0]
                 else:
                     raise InvalidRequestError("an embedding model tokenizes text or token ids only")
                 max_len = self.embedder.max_model_len
@@ -162,7 +170,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 engine = self._need_engine().engine
                 prompt = prompt_from_proto(request.prompt)
                 engine.check_prompt_size(prompt)
-                _, ids = await self._off_loop(engine.encode_prompt, prompt)
+                _, ids = await self._prepare(request.team, prompt, engine.encode_prompt, prompt)
                 max_len = engine.max_model_len
         finally:
             self._tokenizing -= 1
