@@ -140,10 +140,6 @@ class Supervisor:
             return None
         raise child.failure(f"was not ready after {timeout_s:.0f} s")
 
-    def first_exited(self) -> Child | None:
-        """A child that has exited, if any."""
-        return next((child for child in self.children if child.exited()), None)
-
     def stop_all(self, order: Sequence[Sequence[Child]], timeout_s: float = 30.0) -> None:
         """SIGTERM to each group in ``order`` in turn (waiting for the group to exit), then to any
         child not named; a child still running after ``timeout_s`` gets SIGKILL."""
