@@ -65,8 +65,10 @@ class GatewayServices:
     started_at: int = field(default_factory=lambda: int(time.time()))
 
     def model_card(self, name: str) -> dict[str, Any]:
-        """A /v1/models entry (plus the context length, once a worker reported it)."""
-        card: dict[str, Any] = {"id": name, "object": "model", "created": self.started_at, "owned_by": "ward"}
+        """A /v1/models entry: OpenAI's fields, whether a worker can serve it now (``ready``), and the
+        context length once a worker reported it."""
+        card: dict[str, Any] = {"id": name, "object": "model", "created": self.started_at, "owned_by": "ward",
+                                "ready": self.pool.is_ready(name)}
         info = self.pool.model_info(name)
         if info is not None and info.max_model_len:
             card["max_model_len"] = info.max_model_len

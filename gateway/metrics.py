@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gateway.http.request_context import RequestContext
@@ -158,7 +158,8 @@ class GatewayMetrics:
 
 
 class WorkerPoolCollector(Collector):
-    """Per-worker readiness and this gateway's in-flight requests, read from the pool at scrape time."""
+    """Per-worker readiness, restarts seen and this gateway's in-flight requests, read from the pool
+    at scrape time."""
 
     def __init__(self, pool) -> None:
         self._pool = pool
@@ -172,8 +173,16 @@ class WorkerPoolCollector(Collector):
             "This gateway's requests on the worker.",
             labels=["model_name", "worker"],
         )
+        restarts = CounterMetricFamily(
+            "ward_gateway_worker_restarts",
+            "Times another worker process came up at the worker's address (a new worker_id), since this "
+            "gateway started.",
+            labels=["model_name", "worker"],
+        )
         for handle in self._pool.handles():
             ready.add_metric([handle.model, handle.address], 1.0 if handle.ready else 0.0)
             in_flight.add_metric([handle.model, handle.address], float(handle.in_flight))
+            restarts.add_metric([handle.model, handle.address], float(handle.restarts))
         yield ready
         yield in_flight
+        yield restarts

@@ -175,19 +175,25 @@ class ProcessStack:
 
 
 def wait_for_gateway(gateway: GatewayProcess, *, timeout_s: float = 60.0, verify: Any = True, cert: Any = None) -> None:
-    """Waits until the gateway's /readyz answers 200; raises with its log if it exits or times out."""
+    """Waits until the gateway's /readyz says every model can serve (200 alone means at least one
+    can); raises with its log if it exits or times out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if gateway.child.exited():
             raise gateway.child.failure(f"exited with status {gateway.process.returncode}")
         try:
             with httpx.Client(verify=verify, cert=cert, timeout=2) as client:
-                if client.get(f"{gateway.url}/readyz").status_code == 200:
+                if every_model_ready(client.get(f"{gateway.url}/readyz")):
                     return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
     raise gateway.child.failure("was not ready in time")
+
+
+def every_model_ready(readyz: httpx.Response) -> bool:
+    """Whether a /readyz answer says every configured model has a ready worker."""
+    return readyz.status_code == 200 and all(m["ready"] for m in readyz.json()["models"].values())
 
 
 # ---- workers over gRPC -------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """``ward up`` as a user runs it: one command, a URL and keys printed, the openai client served with
-quotas and the audit log on, and a clean stop on SIGINT (or every process stopped, exit 1, when one of
-them dies)."""
+quotas and the audit log on, and a clean stop on SIGINT or SIGTERM; a worker killed with SIGKILL is
+restarted while the other model keeps serving, until the crash-loop limit; a worker that cannot start
+at all ends ``ward up`` with exit 1."""
 from __future__ import annotations
 
 import os
@@ -63,6 +64,20 @@ class WardUp:
             if int(fields[1]) == self.process.pid:
                 found.append(int(stat.parent.name))
         return found
+
+    def worker_pid(self, task: str) -> int | None:
+        """The pid of the running worker of ``task`` (generate or embed), if there is one."""
+        for pid in self.children():
+            try:
+                argv = pathlib.Path(f"/proc/{pid}/cmdline").read_text().split("\0")
+            except OSError:
+                continue
+            if "worker" in argv and f"{task}" in argv and alive(pid):
+                return pid
+        return None
+
+    def lines(self, containing: str) -> list[str]:
+        return [line for line in self.text().splitlines() if containing in line]
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -138,7 +153,7 @@ def _audit_records(data_dir: pathlib.Path) -> list[dict]:
         engine.dispose()
 
 
-def test_a_restarted_ward_up_keeps_its_keys_and_stops_everything_when_a_process_dies(tmp_path):
+def test_a_restarted_ward_up_keeps_its_keys_and_sigterm_while_a_worker_restarts_stops_everything(tmp_path):
     data = tmp_path / "data"
     engine = _database(data)
     earlier = ensure_local_keys(engine)  # what an earlier start made and printed
@@ -156,14 +171,146 @@ def test_a_restarted_ward_up_keeps_its_keys_and_stops_everything_when_a_process_
                                                                        messages=[{"role": "user", "content": "Hi"}])
                 assert raw.parse().choices
                 assert raw.headers["x-ratelimit-limit-requests"] == "500"  # admin-set limits survive restarts
-        children = up.children()
-        embed_worker = next(pid for pid in children if "embed" in pathlib.Path(f"/proc/{pid}/cmdline").read_text())
-        os.kill(embed_worker, signal.SIGKILL)
-        assert up.process.wait(60) == 1
-        assert "worker-embed exited" in up.text()
-        assert wait_until(lambda: not [pid for pid in children if alive(pid)], 5)
+        # A worker stopped behind ward up's back (SIGTERM: it drains and exits 0) is restarted after
+        # the backoff; a SIGTERM to ward up meanwhile still stops everything and exits 0.
+        os.kill(up.worker_pid("embed"), signal.SIGTERM)
+        assert wait_until(lambda: up.lines("ward up: worker-embed exited (exit status 0)"), 30)
+        assert up.lines("; restart 1 in 1.0 s (crash 1 of 5 allowed in 300 s; log: ")
+        up.process.send_signal(signal.SIGTERM)
+        assert up.process.wait(60) == 0
+        assert "ward up: stopping" in up.text()
+        assert wait_until(lambda: not processes_of(data), 5), processes_of(data)
     finally:
         up.kill()
+
+
+@pytest.mark.slow
+def test_a_killed_generation_worker_is_restarted_while_embeddings_serve_and_a_crash_loop_is_given_up(tmp_path):
+    data = tmp_path / "data"
+    up = WardUp(data, "--restart-limit", "2")
+    base = f"http://127.0.0.1:{up.port}"
+    try:
+        key = KEY_LINE.search(up.wait_up()).group(1)
+        address = _routes(data)[GENERATE_MODEL]
+        first = up.worker_pid("generate")
+        with client_for(up, key) as client:
+            os.kill(first, signal.SIGKILL)
+            # While it is down: its model is 503 with Retry-After, embeddings serve, /readyz stays 200.
+            assert wait_until(lambda: not _model_ready(base, GENERATE_MODEL), 10)
+            _assert_refused_with_retry_after(client)
+            assert len(client.embeddings.create(model=EMBED_MODEL, input="during the outage").data[0].embedding) == 384
+            readyz = httpx.get(f"{base}/readyz")
+            assert readyz.status_code == 200
+            assert {name: m["ready"] for name, m in readyz.json()["models"].items()} == {
+                GENERATE_MODEL: False, EMBED_MODEL: True}  # still down: the embedding was served meanwhile
+            # It comes back by itself, on the same port, and serves again.
+            assert wait_until(lambda: _model_ready(base, GENERATE_MODEL), 180, 0.2), up.text()
+            answer = client.chat.completions.create(model=GENERATE_MODEL, max_tokens=2,
+                                                    messages=[{"role": "user", "content": "Hello again"}])
+            assert answer.choices[0].message.content is not None
+        second = up.worker_pid("generate")
+        assert second not in (None, first)
+        crash, = up.lines("ward up: worker-generate exited")
+        assert crash.startswith("ward up: worker-generate exited (killed by SIGKILL) after ")
+        assert "; restart 1 in 1.0 s (crash 1 of 2 allowed in 300 s; log: " in crash
+        assert up.lines(f"ward up: worker-generate is serving again on port {address.rsplit(':', 1)[1]} (restart 1")
+        metrics = httpx.get(f"{base}/metrics").text
+        assert f'ward_gateway_worker_restarts_total{{model_name="{GENERATE_MODEL}",worker="{address}"}} 1.0' in metrics
+        assert f'ward_gateway_worker_restarts_total{{model_name="{EMBED_MODEL}",' in metrics
+
+        # A second crash within the window reaches the limit of 2: one clear line, no more restarts,
+        # and ward up keeps serving the other model.
+        os.kill(second, signal.SIGKILL)
+        assert wait_until(lambda: up.lines("ward up: giving up on worker-generate"), 30), up.text()
+        log_path = (data / "logs" / "worker-generate.log").resolve()
+        given_up = (f"ward up: giving up on worker-generate (model {GENERATE_MODEL}) after 2 crashes in 300 s; "
+                    f"last exit: killed by SIGKILL; log: {log_path}")
+        assert up.lines("ward up: giving up") == [given_up]
+        assert up.lines(f"ward up: {GENERATE_MODEL} stays down (its requests get 503) until ward up is restarted; "
+                        f"still serving {EMBED_MODEL}")
+        assert "--- ward up: restart 1 at " in log_path.read_text()  # the crashed run's output is kept
+        time.sleep(1.5)  # longer than the first backoff: nothing restarts it
+        assert up.process.poll() is None and up.worker_pid("generate") is None
+        with client_for(up, key) as client:
+            _assert_refused_with_retry_after(client)
+            assert len(client.embeddings.create(model=EMBED_MODEL, input="after").data[0].embedding) == 384
+            assert {m.id: m.model_extra["ready"] for m in client.models.list()} == {
+                GENERATE_MODEL: False, EMBED_MODEL: True}
+        assert httpx.get(f"{base}/readyz").status_code == 200
+
+        up.process.send_signal(signal.SIGTERM)
+        assert up.process.wait(60) == 0
+        assert wait_until(lambda: not processes_of(data), 5), processes_of(data)
+    finally:
+        up.kill()
+
+
+@pytest.mark.slow
+def test_ward_up_exits_1_when_no_worker_is_left(tmp_path):
+    data = tmp_path / "data"
+    up = WardUp(data, "--restart-limit", "1")  # never restart
+    try:
+        up.wait_up()
+        os.kill(up.worker_pid("generate"), signal.SIGKILL)
+        assert wait_until(lambda: up.lines("ward up: giving up on worker-generate"), 30)
+        assert up.process.poll() is None  # the embedding model still serves
+        os.kill(up.worker_pid("embed"), signal.SIGKILL)
+        assert up.process.wait(60) == 1
+        assert up.lines("ward up: giving up on worker-embed (model all-minilm-l6-v2) after 1 crash in 300 s")
+        assert up.lines("ward up: no worker left to serve")
+        assert not up.lines(f"ward up: {EMBED_MODEL} stays down")
+        assert not up.lines("restart 1 in")
+        assert wait_until(lambda: not processes_of(data), 5), processes_of(data)
+    finally:
+        up.kill()
+
+
+def test_a_worker_that_cannot_start_ends_ward_up_with_exit_1_and_its_log_without_retrying(tmp_path):
+    data = tmp_path / "data"
+    argv = [sys.executable, "-m", "ward", "up", "--data-dir", str(data), "--port", str(free_port()),
+            "--model", str(tmp_path / "no-such-model")]
+    done = subprocess.run(argv, capture_output=True, text=True, env=clean_env(), cwd=ROOT, timeout=300, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "ward up: worker-generate exited (exit status 1) before it was ready (log: " in done.stderr
+    assert "no-such-model" in done.stderr  # the end of its log says why
+    assert "restart 1 in" not in done.stderr and "Ward is up" not in done.stdout
+    assert not processes_of(data)
+
+
+def _routes(data_dir: pathlib.Path) -> dict[str, str]:
+    """Model -> worker address, from the gateway configuration ``ward up`` wrote."""
+    import yaml
+
+    config = yaml.safe_load((data_dir / "run" / "gateway.yaml").read_text())
+    return {model: route["workers"][0] for model, route in config["models"].items()}
+
+
+def _model_ready(base: str, model: str) -> bool:
+    try:
+        return httpx.get(f"{base}/readyz", timeout=5).json()["models"][model]["ready"]
+    except (httpx.HTTPError, ValueError):
+        return False
+
+
+def _assert_refused_with_retry_after(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as refused:
+        client.chat.completions.create(model=GENERATE_MODEL, max_tokens=2, messages=[{"role": "user", "content": "Hi"}])
+    assert refused.value.status_code == 503 and refused.value.code == "no_ready_worker"
+    assert int(refused.value.response.headers["retry-after"]) >= 1
+    assert refused.value.body["type"] == "server_error" and "retry" in refused.value.body["message"]
+
+
+def processes_of(data_dir: pathlib.Path) -> list[int]:
+    """Live processes started for this data directory (``ward up`` gives its children WARD_DATA_DIR)."""
+    marker = f"WARD_DATA_DIR={data_dir.resolve()}".encode()
+    found = []
+    for environ in pathlib.Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker in environ.read_bytes().split(b"\0") and alive(int(environ.parent.name)):
+                found.append(int(environ.parent.name))
+        except (OSError, ValueError):
+            continue
+    return found
 
 
 def _limit_set_by_an_earlier_start(data_dir: pathlib.Path, requests_per_minute: int) -> None:

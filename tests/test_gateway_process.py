@@ -16,6 +16,7 @@ import grpc
 import httpx
 import openai
 import pytest
+from e2e_support import every_model_ready
 from fake_worker import API_KEY
 
 from proto.ward.worker.v1 import worker_pb2 as pb
@@ -76,7 +77,7 @@ class Processes:
         while time.monotonic() < deadline:
             assert proc.poll() is None, (self.log_dir / "gateway.log").read_text()
             try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                if every_model_ready(httpx.get(f"{url}/readyz", timeout=1)):
                     return url
             except httpx.HTTPError:
                 pass

@@ -23,14 +23,38 @@ class ChildFailed(RuntimeError):
     """A child exited, or did not become ready in time; the message quotes the end of its log."""
 
 
+def describe_exit(returncode: int) -> str:
+    """``exit status 1`` or ``killed by SIGKILL`` for a Popen return code."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
 @dataclass
 class Child:
     name: str
     process: subprocess.Popen
     log_path: pathlib.Path
+    log_start: int = 0  # where this run's output begins in the log (a restart appends to it)
 
     def exited(self) -> bool:
         return self.process.poll() is not None
+
+    def find_line(self, prefix: str) -> str | None:
+        """The first line of this run's output starting with ``prefix``, if it was written yet."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self.log_start)
+                for raw in log:
+                    line = raw.decode(errors="replace")
+                    if line.startswith(prefix) and line.endswith("\n"):
+                        return line.strip()
+        except OSError:
+            pass
+        return None
 
     def log_tail(self, lines: int = 20) -> str:
         try:
@@ -63,11 +87,22 @@ class Supervisor:
         self.log_dir = log_dir
         self.children: list[Child] = []
 
-    def start(self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None) -> Child:
-        """Starts ``argv`` with stdout and stderr appended to ``<log_dir>/<name>.log``."""
+    def start(
+        self, name: str, argv: Sequence[str], env: Mapping[str, str] | None = None, *, continue_log: str | None = None
+    ) -> Child:
+        """Starts ``argv`` with stdout and stderr written to ``<log_dir>/<name>.log``.
+
+        The log starts afresh, unless ``continue_log`` is given (a restart): then that line is
+        appended and the new run's output follows it, so the log keeps why the last run ended.
+        A child of the same name that has exited is forgotten.
+        """
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{name}.log"
-        with open(log_path, "w") as log:
+        with open(log_path, "a" if continue_log is not None else "w") as log:
+            if continue_log is not None:
+                log.write(continue_log.rstrip("\n") + "\n")
+                log.flush()
+            log_start = log.tell()
             process = subprocess.Popen(
                 list(argv),
                 stdin=subprocess.DEVNULL,
@@ -77,8 +112,8 @@ class Supervisor:
                 start_new_session=True,
                 preexec_fn=_terminate_with_parent(os.getpid()),
             )
-        child = Child(name, process, log_path)
-        self.children.append(child)
+        child = Child(name, process, log_path, log_start)
+        self.children = [c for c in self.children if not (c.name == name and c.exited())] + [child]
         return child
 
     @staticmethod
@@ -92,23 +127,18 @@ class Supervisor:
         """
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not stop():
-            try:
-                with open(child.log_path, errors="replace") as log:
-                    for line in log:
-                        if line.startswith(prefix):
-                            return line.strip()
-            except OSError:
-                pass
+            line = child.find_line(prefix)
+            if line is not None:
+                return line
             if child.exited():
-                raise child.failure(f"exited with status {child.process.returncode} before it was ready")
+                line = child.find_line(prefix)  # written just before it exited
+                if line is not None:
+                    return line
+                raise child.failure(f"exited ({describe_exit(child.process.returncode)}) before it was ready")
             time.sleep(0.1)
         if stop():
             return None
         raise child.failure(f"was not ready after {timeout_s:.0f} s")
-
-    def first_exited(self) -> Child | None:
-        """A child that has exited, if any."""
-        return next((child for child in self.children if child.exited()), None)
 
     def stop_all(self, order: Sequence[Sequence[Child]], timeout_s: float = 30.0) -> None:
         """SIGTERM to each group in ``order`` in turn (waiting for the group to exit), then to any

@@ -6,8 +6,14 @@ audit log on: its database (teams, keys, the audit log) is SQLite in the data di
 WARD_DATABASE_URL says otherwise, quota limits come from ``<data dir>/quotas.yaml`` and the admin
 API, and the rest of the environment (WARD_OIDC_*, WARD_REDIS_URL, ...) reaches the gateway unchanged. It waits
 for the gateway's /readyz, prints the URL and the keys, and runs until Ctrl-C or SIGTERM, when it
-stops the gateway, then the workers, and exits 0. If any process exits on its own, everything stops
-and ``ward up`` exits 1.
+stops the gateway, then the workers, and exits 0.
+
+A worker that exits later is started again on the same port (``ward.supervised_worker``: backoff
+1 s doubling to 30 s, every restart reported); meanwhile the gateway answers its model 503 with
+Retry-After and serves the others. After ``--restart-limit`` crashes within ``--restart-window``
+seconds the worker is left down and the other models keep serving; when no worker is left, or the
+gateway exits, everything stops and ``ward up`` exits 1. A worker that fails its first start (a bad
+model, say) is never retried: ``ward up`` exits 1 with the end of its log.
 
 Every process is separate and they talk real gRPC, exactly as in a multi-machine deployment.
 """
@@ -27,7 +33,9 @@ from typing import Any
 import yaml
 
 from ward.paths import default_data_dir
-from ward.supervisor import Child, ChildFailed, Supervisor
+from ward.restart_policy import RestartPolicy
+from ward.supervised_worker import SupervisedWorker
+from ward.supervisor import Child, ChildFailed, Supervisor, describe_exit
 
 DEFAULT_PORT = 8000
 READY_PREFIX = "WARD_WORKER_READY"
@@ -47,6 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--admin-key",
         help="bootstrap platform-admin key (>= 24 characters); default: one made on first start, printed once")
     add("--startup-timeout", type=float, default=600.0, help="seconds to wait for every process to be ready")
+    add("--restart-limit", type=int, default=RestartPolicy.max_crashes, metavar="N",
+        help="give up on a worker after N crashes within --restart-window; 1: never restart "
+             f"(default {RestartPolicy.max_crashes})")
+    add("--restart-window", type=float, default=RestartPolicy.window_s, metavar="SECONDS",
+        help=f"the crash-loop window of --restart-limit (default {RestartPolicy.window_s:.0f})")
     add_tls_arguments(parser)
 
 
@@ -75,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"ward up: {exc}", file=sys.stderr)
         return 2
+    if args.restart_limit < 1 or not args.restart_window > 0:
+        print("ward up: --restart-limit must be at least 1 and --restart-window positive", file=sys.stderr)
+        return 2
+    policy = RestartPolicy(max_crashes=args.restart_limit, window_s=args.restart_window)
     if not _can_bind(args.host, args.port):
         print(f"ward up: {args.host}:{args.port} is in use (another Ward?); choose another --port", file=sys.stderr)
         return 2
@@ -95,11 +112,11 @@ def run(args: argparse.Namespace) -> int:
     supervisor = Supervisor(data_dir / "logs")
     gateway: Child | None = None
     workers: list[Child] = []
+    watched: list[SupervisedWorker] = []
     status = 0
     try:
-        generate = supervisor.start("worker-generate", _worker_argv(args.model, "generate"), env)
-        embed = supervisor.start("worker-embed", _worker_argv(args.embedding_model, "embed"), env)
-        workers = [generate, embed]
+        tasks = {"worker-generate": (args.model, "generate"), "worker-embed": (args.embedding_model, "embed")}
+        workers = [supervisor.start(name, _worker_argv(model, task, 0), env) for name, (model, task) in tasks.items()]
         routes: dict[str, Any] = {}
         for worker in workers:
             line = supervisor.wait_for_line(worker, READY_PREFIX, args.startup_timeout, stop)
@@ -107,25 +124,50 @@ def run(args: argparse.Namespace) -> int:
                 return 0
             ready = _ready_fields(line)
             routes[ready["model"]] = {"workers": [f"127.0.0.1:{ready['port']}"]}
+            model, task = tasks[worker.name]
+            watched.append(SupervisedWorker(
+                supervisor, worker, port=int(ready["port"]), model=ready["model"],
+                argv_for_port=lambda port, model=model, task=task: _worker_argv(model, task, port),
+                env=env, policy=policy, ready_prefix=READY_PREFIX, startup_timeout_s=args.startup_timeout,
+                report=_report,
+            ))
         config = _write_gateway_config(data_dir, routes)
         gateway = supervisor.start("gateway", _gateway_argv(args, config, data_dir), _gateway_env(env, args.admin_key))
         scheme = "https" if tls else "http"
         probe_host = _probe_host(args.host)
-        if not _wait_gateway_ready(gateway, scheme, probe_host, args.port, tls, args.startup_timeout, stop):
+        if not _wait_gateway_ready(gateway, scheme, probe_host, args.port, tls, args.startup_timeout, stop, watched):
             return 0
         _print_banner(f"{scheme}://{probe_host}:{args.port}/v1", list(routes), keys, data_dir)
         while not stop():
-            exited = supervisor.first_exited()
-            if exited is not None:
-                raise exited.failure(f"exited with status {exited.process.returncode}")
-            stop.event.wait(0.5)
+            _check_processes(gateway, watched)
+            stop.event.wait(0.25)
         print("ward up: stopping", flush=True)
     except ChildFailed as exc:
         print(f"ward up: {exc}", file=sys.stderr)
         status = 1
     finally:
-        supervisor.stop_all([[gateway] if gateway else [], workers])
+        supervisor.stop_all([[gateway] if gateway else [], [w.child for w in watched] or workers])
     return status
+
+
+def _report(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _check_processes(gateway: Child, watched: list[SupervisedWorker]) -> None:
+    """Restarts what needs it; raises ChildFailed when the gateway exited or no worker is left."""
+    if gateway.exited():
+        raise gateway.failure(f"exited ({describe_exit(gateway.process.returncode)})")
+    for worker in watched:
+        was_down = worker.gave_up
+        worker.check()
+        if worker.gave_up and not was_down:
+            serving = [w.model for w in watched if not w.gave_up]
+            if serving:
+                _report(f"ward up: {worker.model} stays down (its requests get 503) until ward up is restarted; "
+                        f"still serving {', '.join(serving)}")
+    if all(worker.gave_up for worker in watched):
+        raise ChildFailed("no worker left to serve (every one was given up on, see above); stopping")
 
 
 def _prepare_database(data_dir: pathlib.Path, args: argparse.Namespace):
@@ -142,10 +184,11 @@ def _prepare_database(data_dir: pathlib.Path, args: argparse.Namespace):
         engine.dispose()
 
 
-def _worker_argv(model: str, task: str) -> list[str]:
+def _worker_argv(model: str, task: str, port: int) -> list[str]:
     # Workers listen on loopback only, plaintext: the gateway is their one client on this host.
+    # Port 0 at the first start (a free one); a restart reuses the port the gateway knows.
     return [sys.executable, "-m", "ward", "worker", "--model", model, "--task", task,
-            "--host", "127.0.0.1", "--port", "0"]
+            "--host", "127.0.0.1", "--port", str(port)]
 
 
 def _ready_fields(line: str) -> dict[str, str]:
@@ -222,8 +265,11 @@ def _probe_host(host: str) -> str:
     return "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 
 
-def _wait_gateway_ready(gateway: Child, scheme: str, host: str, port: int, tls, timeout_s: float, stop) -> bool:
-    """Waits for /readyz (200); False when a stop was requested first. Raises ChildFailed.
+def _wait_gateway_ready(
+    gateway: Child, scheme: str, host: str, port: int, tls, timeout_s: float, stop, watched: list[SupervisedWorker]
+) -> bool:
+    """Waits until /readyz says every model can serve; False when a stop was requested first.
+    Raises ChildFailed. A worker that exits meanwhile is restarted as later on.
 
     With client certificates required, ward up holds none, so an accepted TCP connection is the
     sign of life instead (the workers are ready already).
@@ -237,15 +283,20 @@ def _wait_gateway_ready(gateway: Child, scheme: str, host: str, port: int, tls, 
         if stop():
             return False
         if gateway.exited():
-            raise gateway.failure(f"exited with status {gateway.process.returncode} before it was ready")
+            raise gateway.failure(f"exited ({describe_exit(gateway.process.returncode)}) before it was ready")
+        _check_processes(gateway, watched)
         try:
             if needs_client_cert:
                 with socket.create_connection((host, port), timeout=1):
                     return True
             # Our own child on this host: its certificate need not be checked to see it is up.
-            if httpx.get(url, timeout=2, verify=_unverified_context() if tls else True).status_code == 200:
-                return True
-        except (httpx.HTTPError, OSError):
+            ready = httpx.get(url, timeout=2, verify=_unverified_context() if tls else True)
+            # 200 means some model can serve; the banner waits for each one with a worker left.
+            if ready.status_code == 200:
+                models = ready.json()["models"]
+                if all(models[w.model]["ready"] for w in watched if not w.gave_up):
+                    return True
+        except (httpx.HTTPError, OSError, ValueError, KeyError, TypeError):
             pass
         time.sleep(0.2)
     raise gateway.failure(f"was not ready after {timeout_s:.0f} s")

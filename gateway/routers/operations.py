@@ -20,7 +20,12 @@ async def healthz() -> Response:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> Response:
-    """200 when every configured model has a ready worker, else 503 (with per-model counts)."""
+    """200 once every worker has been polled and at least one model has a ready worker, else 503;
+    the body says which models can serve.
+
+    One model's workers being down (crashed, restarting) must not take the gateway out of a load
+    balancer: its other models still serve, and that model's requests get 503 with Retry-After.
+    """
     pool = request.app.state.ward.pool
     models = {}
     for name in pool.models():
@@ -30,7 +35,8 @@ async def readyz(request: Request) -> Response:
             "ready_workers": sum(h.ready for h in handles),
             "workers": len(handles),
         }
-    ready = all(m["ready"] for m in models.values())
+    polled = all(h.polled for h in pool.handles())
+    ready = polled and any(m["ready"] for m in models.values())
     return JSONResponse({"ready": ready, "models": models}, status_code=200 if ready else 503)
 
 

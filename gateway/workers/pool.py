@@ -6,6 +6,8 @@ brings it back. A worker that cannot be reached for ``dead_after_s`` is dead: it
 are cut so clients get an error instead of a hang. A worker that is reachable but slow to answer
 (polls time out) is busy, not dead: it leaves rotation until it answers, and its streams go on, for
 up to ``BUSY_GRACE_FACTOR`` times as long.
+ModelInfo is asked again after a failed poll; a different ``worker_id`` at the same address is a
+restart, counted per worker.
 
 Routing picks the ready worker with the least load: this gateway's in-flight requests on it (known
 exactly) plus the running + waiting requests other gateways had there at the last poll, with its KV
@@ -50,6 +52,9 @@ class WorkerHandle:
     in_flight_at_poll: int = 0  # ... when the last LoadStats was taken (they are counted in it)
     failing_since: float | None = None  # monotonic time of the first failed poll in a row
     streams: set[GenerateStream] = field(default_factory=set)
+    polled: bool = False  # a first poll has finished (either way)
+    worker_id: str = ""  # the process last seen at this address (ModelInfo.worker_id)
+    restarts: int = 0  # times another process came up at this address
 
     @property
     def address(self) -> str:
@@ -211,6 +216,7 @@ class WorkerPool:
             except Exception as exc:  # a bug must not stop the watch: count it as a failed poll
                 log.exception("polling worker %s failed", handle.address)
                 self._mark_failed(handle, WorkerError(grpc.StatusCode.UNKNOWN, str(exc), address=handle.address))
+            handle.polled = True
             await asyncio.sleep(self.settings.poll_interval_s)
 
     async def poll(self, handle: WorkerHandle) -> None:
@@ -231,6 +237,7 @@ class WorkerPool:
                     self._set_unready(handle, problem)
                     return
                 handle.info = info
+                self._note_worker_id(handle, info.worker_id)
             load = await client.load_stats(timeout)
         except WorkerError as err:
             self._mark_failed(handle, err)
@@ -251,6 +258,14 @@ class WorkerPool:
         if info.contract_version and info.contract_version != CONTRACT_VERSION:
             return f"speaks {info.contract_version}, the gateway speaks {CONTRACT_VERSION}"
         return None
+
+    def _note_worker_id(self, handle: WorkerHandle, worker_id: str) -> None:
+        """Counts a restart when a different worker process answers at a known address."""
+        if handle.worker_id and worker_id and worker_id != handle.worker_id:
+            handle.restarts += 1
+            log.warning("worker %s of %s restarted (worker id %s, was %s)", handle.address, handle.model,
+                        worker_id, handle.worker_id)
+        handle.worker_id = worker_id or handle.worker_id
 
     def _mark_alive(self, handle: WorkerHandle) -> None:
         handle.failing_since = None
