@@ -10,7 +10,10 @@
 | ward_gateway_generation_tokens_total             | vllm:generation_tokens_total          |
 
 Latencies are measured at the gateway (they include the gateway and the network to the worker).
-Each app owns its registry, so several apps can live in one process (tests).
+Each app owns its registry, so several apps can live in one process (tests). The other layers add
+their collectors to it (``gateway.governance``): the quotas (``ward_quota_*``) and the audit writer
+(``ward_audit_write_latency_seconds``, ``ward_audit_write_failures_total``, ``ward_audit_spool_pending``;
+gateway/audit/metrics.py); /metrics then relays every worker's metrics (gateway/workers/metrics_relay.py).
 """
 
 from __future__ import annotations
