@@ -175,8 +175,16 @@ class WorkerPoolCollector(Collector):
             "This gateway's requests on the worker.",
             labels=["model_name", "worker"],
         )
+        # One series per configured model, also when it has no worker at all (DNS found none yet):
+        # what a "model unavailable" alert needs, where the per-worker series simply vanish.
+        model_ready = GaugeMetricFamily(
+            "ward_gateway_model_ready_workers", "Workers of the model in rotation now.", labels=["model_name"]
+        )
         for handle in self._pool.handles():
             ready.add_metric([handle.model, handle.address], 1.0 if handle.ready else 0.0)
             in_flight.add_metric([handle.model, handle.address], float(handle.in_flight))
+        for model in self._pool.models():
+            model_ready.add_metric([model], float(sum(h.ready for h in self._pool.handles(model))))
         yield ready
         yield in_flight
+        yield model_ready

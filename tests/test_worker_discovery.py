@@ -227,3 +227,12 @@ def test_a_model_needs_workers_or_dns_names_in_host_port_form():
 def test_a_remote_dns_name_needs_worker_tls():
     with pytest.raises(InsecureWorkerChannel, match="ward-worker-m.ward.svc:50051"):
         create_app(GatewaySettings(models={"m": {"dns": ["ward-worker-m.ward.svc:50051"]}}))
+
+
+async def test_a_model_with_no_worker_in_dns_still_has_a_ready_workers_series():
+    resolver = StubResolver()
+    resolver.answers[NAME] = set()
+    async with gateway_on(resolver, 50051) as (pool, base_url):
+        async with httpx.AsyncClient(base_url=base_url) as client:
+            text = (await client.get("/metrics")).text
+    assert f'ward_gateway_model_ready_workers{{model_name="{MODEL}"}} 0.0' in text
