@@ -265,6 +265,19 @@ def test_bundled_stores_are_only_for_trials_and_wired_to_the_gateway(rendered):
     assert len(secret["password"]) == 32 and secret["url"].startswith(f"postgresql://ward:{secret['password']}@ward-postgresql:5432/")
 
 
+def test_extra_volumes_reach_the_gateway_pod(tmp_path):
+    values = deep_merge(REQUIRED_VALUES, {"gateway": {
+        "extraVolumes": [{"name": "retired-keys", "secret": {"secretName": "ward-audit-retired"}}],
+        "extraVolumeMounts": [{"name": "retired-keys", "mountPath": "/etc/ward/audit-retired", "readOnly": True}],
+        "config": {"audit": {"trusted_public_keys": ["/etc/ward/audit-retired/2026.pub.pem"]}}}})
+    docs = render(values, tmp_path)
+    pod = one(docs, "Deployment", "ward-gateway")["spec"]["template"]["spec"]
+    assert {"name": "retired-keys", "secret": {"secretName": "ward-audit-retired"}} in pod["volumes"]
+    assert {"name": "retired-keys", "mountPath": "/etc/ward/audit-retired", "readOnly": True} in pod["containers"][0]["volumeMounts"]
+    assert gateway_config(docs)["audit"]["trusted_public_keys"] == ["/etc/ward/audit-retired/2026.pub.pem"]
+    kubernetes_validate.validate(one(docs, "Deployment", "ward-gateway"), KUBE_VERSION, strict=True)
+
+
 def test_the_audit_purge_job_runs_ward_audit_purge_with_the_retention(rendered):
     job = one(rendered["everything-on"], "CronJob", "ward-audit-purge")
     container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
@@ -280,9 +293,15 @@ def test_the_audit_purge_job_runs_ward_audit_purge_with_the_retention(rendered):
         ({k: v for k, v in REQUIRED_VALUES.items() if k != "database"}, "database.existingSecret is required"),
         (deep_merge(REQUIRED_VALUES, {"tls": {"gateway": {"existingSecret": ""}}}), "tls.gateway.existingSecret is required"),
         (deep_merge(REQUIRED_VALUES, {"tls": {"workers": {"gatewayClientSecret": ""}}}), "tls.workers.existingSecret and"),
-        ({**REQUIRED_VALUES, "models": [{"name": "m"}]}, "model m: weights.persistentVolumeClaim or weights.hostPath is required"),
+        ({**REQUIRED_VALUES, "models": [{"name": "m", "weights": {}}]}, "model m: weights.persistentVolumeClaim or weights.hostPath is required"),
+        ({**REQUIRED_VALUES, "models": [{"name": "m"}]}, "missing property 'weights'"),
+        ({**REQUIRED_VALUES, "modles": []}, "additional properties 'modles' not allowed"),
+        (deep_merge(REQUIRED_VALUES, {"audit": {"defaultCaptureLevel": "everything"}}), "must be one of 'metadata', 'redacted', 'full'"),
+        (deep_merge(REQUIRED_VALUES, {"audit": {"onDatabaseOutage": "spool"}}), "onDatabaseOutage"),
+        (deep_merge(REQUIRED_VALUES, {"gateway": {"replicas": 1}}), "replicas"),
     ],
-    ids=["no-signing-key", "no-database", "no-gateway-cert", "no-gateway-client-cert", "no-weights"],
+    ids=["no-signing-key", "no-database", "no-gateway-cert", "no-gateway-client-cert", "no-weights", "weights-unset",
+         "misspelt-key", "unknown-capture-level", "spool-on-kubernetes", "one-gateway"],
 )
 def test_missing_required_values_fail_with_a_clear_message(values, message, tmp_path):
     with pytest.raises(HelmError, match=message):
