@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 
 import kubernetes_validate
 import pytest
@@ -295,14 +298,53 @@ def test_the_audit_purge_job_runs_ward_audit_purge_with_the_retention(rendered):
         (deep_merge(REQUIRED_VALUES, {"tls": {"workers": {"gatewayClientSecret": ""}}}), "tls.workers.existingSecret and"),
         ({**REQUIRED_VALUES, "models": [{"name": "m", "weights": {}}]}, "model m: weights.persistentVolumeClaim or weights.hostPath is required"),
         ({**REQUIRED_VALUES, "models": [{"name": "m"}]}, "missing property 'weights'"),
+        ({**REQUIRED_VALUES, "models": [{"name": n, "weights": {"hostPath": "/m"}} for n in ("Llama.3", "llama-3")]},
+         'models "Llama.3" and "llama-3" both become worker-llama-3'),
         ({**REQUIRED_VALUES, "modles": []}, "additional properties 'modles' not allowed"),
         (deep_merge(REQUIRED_VALUES, {"audit": {"defaultCaptureLevel": "everything"}}), "must be one of 'metadata', 'redacted', 'full'"),
         (deep_merge(REQUIRED_VALUES, {"audit": {"onDatabaseOutage": "spool"}}), "onDatabaseOutage"),
         (deep_merge(REQUIRED_VALUES, {"gateway": {"replicas": 1}}), "replicas"),
     ],
-    ids=["no-signing-key", "no-database", "no-gateway-cert", "no-gateway-client-cert", "no-weights", "weights-unset",
+    ids=["no-signing-key", "no-database", "no-gateway-cert", "no-gateway-client-cert", "no-weights", "weights-unset", "colliding-names",
          "misspelt-key", "unknown-capture-level", "spool-on-kubernetes", "one-gateway"],
 )
 def test_missing_required_values_fail_with_a_clear_message(values, message, tmp_path):
     with pytest.raises(HelmError, match=message):
         render(values, tmp_path)
+
+
+def _parse(module_name: str, argv: list[str]):
+    import argparse
+    import importlib
+
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    importlib.import_module(module_name).add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def test_the_commands_the_chart_runs_are_commands_ward_accepts(rendered, tmp_path):
+    docs = rendered["everything-on"]
+    gateway_args = one(docs, "Deployment", "ward-gateway")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert gateway_args[0] == "gateway"
+    parsed = _parse("gateway.cli", gateway_args[1:])
+    assert str(parsed.config) == "/etc/ward/gateway/gateway.yaml"
+    worker_args = one(docs, "Deployment", "ward-worker-llama-3-1-8b-instruct")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert worker_args[0] == "worker"
+    worker = _parse("worker.server.cli", worker_args[1:])
+    assert (worker.model, worker.served_model_name, worker.host, worker.port) == (
+        "/models/llama-3.1-8b-instruct", "llama-3.1-8b-instruct", "0.0.0.0", 50051)
+    assert worker.client_ca == "/etc/ward/tls/worker/ca.crt" and worker.shutdown_timeout == 120
+    # The purge job's command, run for real on a database with a log and its key.
+    from gateway.audit.signing import Signer
+    from gateway.db.engine import upgrade_to_head
+
+    url = f"sqlite:///{tmp_path / 'ward.db'}"
+    upgrade_to_head(url)
+    key = tmp_path / "checkpoint-key.pem"
+    Signer.load_or_create(key)
+    job = one(docs, "CronJob", "ward-audit-purge")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    args = [str(key) if a == "/etc/ward/audit/checkpoint-key.pem" else a for a in job["args"]]
+    done = subprocess.run([sys.executable, "-m", "ward", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "WARD_DATABASE_URL": url})
+    assert done.returncode == 0, done.stderr
+    assert "nothing to purge" in done.stdout
