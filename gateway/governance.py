@@ -8,7 +8,7 @@
 - ``routers``: the quota admin API (``/admin/teams/{team}/quotas``, ``/usage``) and the auditor
   API (``/audit/...``), both behind the identity layer's ``current_principal``.
 - ``error_converters``: the quota and audit errors as OpenAI-shaped 429 / 503 / 400.
-- ``collectors``: the quota metrics, for the app's own Prometheus registry.
+- ``collectors``: the quota and audit-writer metrics, for the app's own Prometheus registry.
 
 The audit log lives in the gateway database unless ``audit.database_url`` says otherwise, so the
 teams' capture levels are read where the identity layer keeps them. Quota changes made through the
@@ -81,7 +81,7 @@ def build_governance(
         hooks=hooks,
         routers=routers,
         error_converters={**quota_error_converters(), **audit_error_converters()},
-        collectors=[QuotaMetricsCollector()],
+        collectors=[QuotaMetricsCollector(), audit.log.metrics],
     )
 
 

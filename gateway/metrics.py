@@ -10,7 +10,10 @@
 | ward_gateway_generation_tokens_total             | vllm:generation_tokens_total          |
 
 Latencies are measured at the gateway (they include the gateway and the network to the worker).
-Each app owns its registry, so several apps can live in one process (tests).
+Each app owns its registry, so several apps can live in one process (tests). The other layers add
+their collectors to it (``gateway.governance``): the quotas (``ward_quota_*``) and the audit writer
+(``ward_audit_write_latency_seconds``, ``ward_audit_write_failures_total``, ``ward_audit_spool_pending``;
+gateway/audit/metrics.py); /metrics then relays every worker's metrics (gateway/workers/metrics_relay.py).
 """
 
 from __future__ import annotations
@@ -179,10 +182,18 @@ class WorkerPoolCollector(Collector):
             "gateway started.",
             labels=["model_name", "worker"],
         )
+        # One series per configured model, also when it has no worker at all (DNS found none yet):
+        # what a "model unavailable" alert needs, where the per-worker series simply vanish.
+        model_ready = GaugeMetricFamily(
+            "ward_gateway_model_ready_workers", "Workers of the model in rotation now.", labels=["model_name"]
+        )
         for handle in self._pool.handles():
             ready.add_metric([handle.model, handle.address], 1.0 if handle.ready else 0.0)
             in_flight.add_metric([handle.model, handle.address], float(handle.in_flight))
             restarts.add_metric([handle.model, handle.address], float(handle.restarts))
+        for model in self._pool.models():
+            model_ready.add_metric([model], float(sum(h.ready for h in self._pool.handles(model))))
         yield ready
         yield in_flight
         yield restarts
+        yield model_ready

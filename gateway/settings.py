@@ -11,7 +11,7 @@ import contextvars
 import pathlib
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -32,13 +32,16 @@ class ConfigFileError(ValueError):
 
 
 class ModelRoute(BaseModel):
-    """Where a served model name lives: one or more worker addresses (``host:port``)."""
+    """Where a served model name lives: worker addresses (``host:port``), and/or DNS names whose
+    every A/AAAA record is a worker (``host:port``, e.g. a Kubernetes headless Service), re-resolved
+    every ``routing.dns_refresh_s`` (gateway.workers.discovery)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    workers: list[str] = Field(min_length=1)
+    workers: list[str] = Field(default_factory=list)
+    dns: list[str] = Field(default_factory=list)
 
-    @field_validator("workers")
+    @field_validator("workers", "dns")
     @classmethod
     def _addresses_look_like_host_port(cls, workers: list[str]) -> list[str]:
         for address in workers:
@@ -48,6 +51,12 @@ class ModelRoute(BaseModel):
         if len(set(workers)) != len(workers):
             raise ValueError("a worker address is listed twice")
         return workers
+
+    @model_validator(mode="after")
+    def _has_workers(self) -> ModelRoute:
+        if not self.workers and not self.dns:
+            raise ValueError("a model needs `workers` (host:port list) or `dns` (names to resolve)")
+        return self
 
 
 class RoutingSettings(BaseModel):
@@ -60,6 +69,7 @@ class RoutingSettings(BaseModel):
     # A worker failing its polls this long is dead: its in-flight streams are cut with an error.
     dead_after_s: float = Field(3.0, gt=0, le=300)
     max_attempts: int = Field(3, ge=1, le=16)  # workers tried before the first token is sent
+    dns_refresh_s: float = Field(5.0, gt=0, le=300)  # how often `dns` names of models are re-resolved
 
 
 class GatewaySettings(BaseSettings):

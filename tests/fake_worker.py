@@ -270,14 +270,21 @@ class FakeWorkerServicer(pb_grpc.WorkerServicer):
 
 
 class FakeWorker:
-    """A fake worker serving on 127.0.0.1 (port 0: a free one) in the running event loop."""
+    """A fake worker serving on 127.0.0.1 (or another loopback ``host``; port 0: a free one) in the
+    running event loop."""
 
     def __init__(
-        self, config: FakeConfig | None = None, *, port: int = 0, credentials: grpc.ServerCredentials | None = None
+        self,
+        config: FakeConfig | None = None,
+        *,
+        port: int = 0,
+        credentials: grpc.ServerCredentials | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         """``credentials``: serve TLS with them (e.g. ``grpc.ssl_server_credentials``); None: plaintext."""
         self.config = config or FakeConfig()
         self.servicer = FakeWorkerServicer(self.config)
+        self.host = host
         self._port = port
         self._credentials = credentials
         self.server: grpc.aio.Server | None = None
@@ -285,12 +292,12 @@ class FakeWorker:
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     async def start(self) -> FakeWorker:
         self.server = grpc.aio.server()
         pb_grpc.add_WorkerServicer_to_server(self.servicer, self.server)
-        where = f"127.0.0.1:{self._port}"
+        where = f"{self.host}:{self._port}"
         if self._credentials is None:
             self.port = self.server.add_insecure_port(where)
         else:

@@ -33,6 +33,7 @@ from gateway.audit.capture import CaptureLevel, Redactor
 from gateway.audit.chain import ChainStore
 from gateway.audit.entries import EntryDraft, EntryRef
 from gateway.audit.errors import AuditClosed, AuditError, AuditInputError, AuditUnavailable
+from gateway.audit.metrics import AuditMetrics
 from gateway.audit.records import (
     Actor,
     OpenRequest,
@@ -59,6 +60,7 @@ class CaptureLevels(Protocol):
 class _Pending:
     build: Callable[[], EntryDraft]
     future: asyncio.Future
+    queued_at: float = field(default_factory=time.perf_counter)
     draft: EntryDraft | None = None
     ref: EntryRef | None = None
     error: BaseException | None = None
@@ -99,6 +101,7 @@ class AuditLog:
         # How often idle time checks for a time-based checkpoint.
         self.checkpoint_check_s = checkpoint_check_s or max(1.0, min(60.0, store.policy.every_s / 4))
         self.stats = AuditStats()
+        self.metrics = AuditMetrics(spool_pending=lambda: self._spool_pending)
         self.available = True  # False after a batch failed with no spool to fall back on
         self._on_close = on_close
         self._pending: collections.deque[_Pending] = collections.deque()
@@ -318,9 +321,13 @@ class AuditLog:
         self.stats.spooled += len(drafts)
         return [EntryRef(entry_id=d.entry_id, spooled=True) for d in drafts]
 
-    @staticmethod
-    def _resolve(batch: list[_Pending]) -> None:
+    def _resolve(self, batch: list[_Pending]) -> None:
+        now = time.perf_counter()
         for item in batch:
+            if item.ref is not None:
+                self.metrics.observe_written(now - item.queued_at, spooled=item.ref.spooled)
+            elif not isinstance(item.error, AuditInputError):  # a malformed entry is a caller's bug, not the writer's
+                self.metrics.observe_failed()
             if item.future.done():
                 continue  # the caller gave up waiting (cancelled); the entry was still written
             if item.error is not None:

@@ -102,6 +102,7 @@ class WorkerPool:
         """``routes`` maps model names to worker addresses; ``connect`` opens a client per address."""
         self.settings = settings or RoutingSettings()
         self._clock = clock
+        self._connect = connect
         self._by_model: dict[str, list[WorkerHandle]] = {}
         clients: dict[str, WorkerClient] = {}
         for model, addresses in routes.items():
@@ -114,13 +115,15 @@ class WorkerPool:
         self._clients = list(clients.values())
         self._turn = 0
         self._tasks: list[asyncio.Task] = []
+        self._started = False
         self._ready_changed = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Starts one poll loop per worker (the first polls run at once)."""
-        if not self._tasks:
+        if not self._started:
+            self._started = True
             self._tasks = [asyncio.create_task(self._watch(h), name=f"poll {h.address}") for h in self.handles()]
 
     async def close(self) -> None:
@@ -210,7 +213,7 @@ class WorkerPool:
     # -- polling -----------------------------------------------------------------------------------
 
     async def _watch(self, handle: WorkerHandle) -> None:
-        while True:
+        while handle in self._by_model.get(handle.model, ()) or handle.in_flight:  # removed: drain, then stop
             try:
                 await self.poll(handle)
             except Exception as exc:  # a bug must not stop the watch: count it as a failed poll
@@ -218,6 +221,25 @@ class WorkerPool:
                 self._mark_failed(handle, WorkerError(grpc.StatusCode.UNKNOWN, str(exc), address=handle.address))
             handle.polled = True
             await asyncio.sleep(self.settings.poll_interval_s)
+        self._clients.remove(handle.client)
+        await handle.client.close()
+
+    # -- membership: workers found or lost by discovery (gateway.workers.discovery) ---------------
+
+    def add_worker(self, model: str, address: str) -> WorkerHandle:
+        """Watches a new worker of ``model``; it joins rotation once a poll finds it ready."""
+        handle = WorkerHandle(model=model, client=self._connect(address))
+        self._by_model.setdefault(model, []).append(handle)
+        self._clients.append(handle.client)
+        if self._started:  # watch it now (else start() will)
+            self._tasks = [t for t in self._tasks if not t.done()]
+            self._tasks.append(asyncio.create_task(self._watch(handle), name=f"poll {address}"))
+        return handle
+
+    def remove_worker(self, handle: WorkerHandle) -> None:
+        """Takes ``handle`` out of rotation at once; its requests in flight finish (or are cut if it
+        dies), then its watch stops and its channel closes."""
+        self._by_model[handle.model].remove(handle)
 
     async def poll(self, handle: WorkerHandle) -> None:
         """One health check of ``handle``; updates its readiness and load."""
