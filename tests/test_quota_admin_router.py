@@ -14,7 +14,7 @@ from gateway.quota.admin_router import make_quota_admin_router
 from gateway.quota.audit import ChangeSource, QuotaChange
 from gateway.quota.config_file import StaticQuotaConfig, parse_quota_config
 from gateway.quota.http import install_quota_error_handlers
-from gateway.quota.limits import SCHEDULING_FIELDS, QuotaLimits, Scope, ScopeKind
+from gateway.quota.limits import QuotaLimits, Scope, ScopeKind
 from gateway.quota.memory_store import InMemoryQuotaStore
 from gateway.quota.service import QuotaService
 from gateway.quota.settings import QuotaSettings
@@ -74,8 +74,7 @@ def as_(who: str) -> dict:
     return {"x-test-principal": who}
 
 
-UNLIMITED = {k: None for k in QuotaLimits.model_fields if k not in SCHEDULING_FIELDS}
-DEFAULT_POLICY = {"priority": 0, "weight": 1.0}
+UNLIMITED = {k: None for k in QuotaLimits.model_fields}
 
 
 async def test_get_shows_effective_limits_of_team_keys_and_models_with_their_source(api):
@@ -87,7 +86,6 @@ async def test_get_shows_effective_limits_of_team_keys_and_models_with_their_sou
         "team": "ed",
         "limits": {**UNLIMITED, "requests_per_minute": 100, "max_concurrent": 8},
         "source": "file",
-        "scheduling": DEFAULT_POLICY,
         "keys": {"batch": {"limits": {**UNLIMITED, "requests_per_minute": 5}, "source": "file"}},
         "models": {},
     }
@@ -166,55 +164,3 @@ async def test_usage_is_reported_per_day_or_per_model(api):
     assert too_long.status_code == 400
     bad_group = await http.get("/admin/teams/ed/usage?group_by=week", headers=as_("root"))
     assert bad_group.status_code == 422
-
-
-async def test_a_teams_priority_class_and_weight_are_set_by_platform_admins_and_audited(api):
-    http, quotas, audit = api
-    patched = await http.patch("/admin/teams/ed/quotas", json={"priority": -1, "weight": 4}, headers=as_("root"))
-    assert patched.status_code == 200, patched.text
-    view = patched.json()
-    assert view["scheduling"] == {"priority": -1, "weight": 4.0}
-    assert view["limits"]["max_concurrent"] == 8 and view["limits"]["requests_per_minute"] == 100  # kept
-    assert quotas.team_policy("ed") == (-1, 4.0)
-    [change] = audit.changes
-    assert change.before.weight is None and change.after.weight == 4.0 and change.after.priority == -1
-    assert change.as_dict()["after"]["weight"] == 4.0  # in the audit record
-    # a limit changed later keeps the policy
-    await http.patch("/admin/teams/ed/quotas", json={"requests_per_minute": 7}, headers=as_("root"))
-    assert quotas.team_policy("ed") == (-1, 4.0)
-    back = await http.patch("/admin/teams/ed/quotas", json={"weight": None}, headers=as_("root"))
-    assert back.json()["scheduling"] == {"priority": -1, "weight": 1.0}
-    for who in ("ed-admin", "ed-user"):  # a team cannot raise its own share
-        denied = await http.patch("/admin/teams/ed/quotas", json={"weight": 100}, headers=as_(who))
-        assert denied.status_code == 403
-    assert quotas.team_policy("ed") == (-1, 1.0)
-
-
-async def test_a_policy_out_of_range_or_on_a_key_or_model_is_refused(api):
-    http, _, audit = api
-    for body in ('{"weight": 0}', '{"weight": 1000}', '{"weight": "heavy"}', '{"priority": 11}', '{"priority": 1.5}'):
-        response = await http.patch("/admin/teams/ed/quotas", content=body,
-                                    headers={**as_("root"), "content-type": "application/json"})
-        assert response.status_code in (400, 422), (body, response.text)
-    for scope in ("key_id=batch", "model=llama"):
-        response = await http.put(f"/admin/teams/ed/quotas?{scope}", json={"weight": 2}, headers=as_("root"))
-        assert response.status_code == 400 and response.json()["error"]["param"] == "weight"
-    assert audit.changes == []
-
-
-def test_the_quota_file_gives_teams_a_policy_and_refuses_it_on_keys_and_models():
-    from gateway.quota.config_file import QuotaConfigError
-
-    config = parse_quota_config("""
-defaults: {weight: 2}
-teams:
-  emergency: {limits: {priority: -2, weight: 8}}
-  research: {limits: {tokens_per_day: 100}}
-""")
-    assert config.limits_for("emergency", Scope(ScopeKind.TEAM))[0].scheduling() == (-2, 8.0)
-    assert config.limits_for("research", Scope(ScopeKind.TEAM))[0].scheduling() == (0, 2.0)  # the defaults'
-    assert config.limits_for("other", Scope(ScopeKind.TEAM))[0].scheduling() == (0, 2.0)
-    for bad in ("teams: {a: {keys: {k: {weight: 2}}}}", "teams: {a: {models: {m: {priority: 1}}}}",
-                "teams: {a: {limits: {weight: 0}}}", "defaults: {priority: 99}"):
-        with pytest.raises(QuotaConfigError):
-            parse_quota_config(bad)

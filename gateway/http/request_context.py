@@ -50,7 +50,6 @@ class RequestContext:
     error: OpenAIError | None = None
     cancelled: bool = False  # the client went away before the response was complete
     response_headers: dict[str, str] = field(default_factory=dict)  # from hooks, sent on success and error
-    team_policy: tuple[int, float] = (0, 1.0)  # the team's (priority class, weight) in the engine, from quotas
     extra: dict[str, Any] = field(default_factory=dict)
     _token_counter: Callable[[], Awaitable[int]] | None = field(default=None, repr=False)
     _token_count: int | None = field(default=None, repr=False)

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Path, Query
 from gateway.auth.errors import PermissionDenied
 from gateway.auth.principal import Principal, Role
 from gateway.quota.errors import InvalidQuotaRequest
-from gateway.quota.limits import SCHEDULING_FIELDS, TEAM_SCOPE, QuotaLimits, Scope, ScopeKind
+from gateway.quota.limits import TEAM_SCOPE, QuotaLimits, Scope, ScopeKind
 from gateway.quota.limits_in_force import ScopeView
 from gateway.quota.service import QuotaService
 from gateway.quota.usage import UsageGroupBy
@@ -25,7 +25,7 @@ TeamPath = Annotated[str, Path(min_length=1, max_length=200, description="team n
 
 
 def make_quota_admin_router(*, principal: Callable[..., Any], service: Callable[..., Any]) -> APIRouter:
-    """Routes: GET/PUT/PATCH/DELETE /admin/teams/{team}/quotas and GET /admin/teams/{team}/usage.
+    """Routes: GET/PUT/DELETE /admin/teams/{team}/quotas and GET /admin/teams/{team}/usage.
 
     ``principal`` and ``service`` are FastAPI dependencies (callables FastAPI can resolve) returning a
     ``Principal`` and a ``QuotaService``.
@@ -53,24 +53,6 @@ def make_quota_admin_router(*, principal: Callable[..., Any], service: Callable[
         Every field left out or null is unlimited. The change is audited."""
         _require_platform_admin(who)
         await quotas.set_limits(team, limits, actor=who.subject, scope=_scope(key_id, model), principal=who)
-        return _team_view(team, await quotas.team_limits(team))
-
-    @router.patch("/{team}/quotas")
-    async def patch_quotas(
-        team: TeamPath,
-        changes: QuotaLimits,
-        who: PrincipalDep,
-        quotas: ServiceDep,
-        key_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-        model: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-    ) -> dict:
-        """Change only the fields given (null: unlimited, or the default class/weight); the others keep
-        the values in force, wherever they come from. The result is set as the scope's admin limits."""
-        _require_platform_admin(who)
-        scope = _scope(key_id, model)
-        current = next((v.limits for v in await quotas.team_limits(team) if v.scope == scope), QuotaLimits())
-        merged = QuotaLimits.model_validate(current.model_dump() | changes.model_dump(exclude_unset=True))
-        await quotas.set_limits(team, merged, actor=who.subject, scope=scope, principal=who)
         return _team_view(team, await quotas.team_limits(team))
 
     @router.delete("/{team}/quotas")
@@ -136,10 +118,9 @@ def _scope(key_id: str | None, model: str | None) -> Scope:
 def _team_view(team: str, views: list[ScopeView]) -> dict:
     out: dict[str, Any] = {"object": "team.quotas", "team": team, "keys": {}, "models": {}}
     for view in views:
-        entry = {"limits": view.limits.model_dump(exclude=set(SCHEDULING_FIELDS)), "source": view.source}
+        entry = {"limits": view.limits.model_dump(), "source": view.source}
         if view.scope.kind is ScopeKind.TEAM:
-            priority, weight = view.limits.scheduling()
-            out.update(entry, scheduling={"priority": priority, "weight": weight})
+            out.update(entry)
         else:
             out["keys" if view.scope.kind is ScopeKind.KEY else "models"][view.scope.name] = entry
     return out

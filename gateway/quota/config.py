@@ -3,15 +3,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from gateway.quota.limits import (
-    SCHEDULING_FIELDS,
-    UNLIMITED,
-    QuotaLimits,
-    Scope,
-    ScopeKind,
-)
+from gateway.quota.limits import UNLIMITED, QuotaLimits, Scope, ScopeKind
 
 Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
@@ -25,15 +19,6 @@ class TeamQuotaConfig(BaseModel):
     limits: QuotaLimits = Field(default_factory=QuotaLimits)
     keys: dict[Name, QuotaLimits] = Field(default_factory=dict)
     models: dict[Name, QuotaLimits] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _scheduling_on_the_team_only(self) -> "TeamQuotaConfig":
-        for kind, table in (("keys", self.keys), ("models", self.models)):
-            for name, limits in table.items():
-                if limits.has_scheduling():
-                    raise ValueError(f"{kind}.{name}: {' and '.join(SCHEDULING_FIELDS)} belong to the team's "
-                                     "`limits`, not to a key or a model")
-        return self
 
 
 class QuotaConfig(BaseModel):
@@ -50,8 +35,7 @@ class QuotaConfig(BaseModel):
         entry = self.teams.get(team)
         if scope.kind is ScopeKind.TEAM:
             if entry is None or not entry.limits.model_fields_set:
-                configured = not self.defaults.is_unlimited() or self.defaults.has_scheduling()
-                return self.defaults, "default" if configured else "none"
+                return self.defaults, "default" if not self.defaults.is_unlimited() else "none"
             merged = self.defaults.model_dump() | entry.limits.model_dump(exclude_unset=True)
             return QuotaLimits.model_validate(merged), "file"
         table = {} if entry is None else (entry.keys if scope.kind is ScopeKind.KEY else entry.models)

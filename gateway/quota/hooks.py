@@ -16,9 +16,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 
-from gateway.hooks import NoopHooks
-from gateway.http.errors import InvalidRequest, OpenAIError, RateLimited
 from gateway.http.request_context import RequestContext
+from gateway.http.errors import InvalidRequest, OpenAIError, RateLimited
+from gateway.hooks import NoopHooks
 from gateway.quota.errors import InvalidQuotaRequest, QuotaExceeded, QuotaUnavailable
 from gateway.quota.headers import retry_after_headers
 from gateway.quota.http import quota_exceeded_body
@@ -52,7 +52,6 @@ class QuotaHooks(NoopHooks):
         if ctx.principal is None:
             return
         team, key_id = ctx.principal.team, ctx.principal.key_id
-        ctx.team_policy = self.service.team_policy(team)  # what the engine's fair share applies
         # Counting the prompt costs the worker a Tokenize call; without a token limit in play the
         # reservation changes nothing, so it is skipped (the usage is settled from the worker's count).
         counts = self.service.counts_tokens(team, key_id=key_id, model=ctx.model)

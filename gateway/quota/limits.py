@@ -32,21 +32,9 @@ TOKEN_KINDS = frozenset({LimitKind.TOKENS_PER_MINUTE, LimitKind.TOKENS_PER_DAY, 
 
 NonNegativeInt = Annotated[int, Field(ge=0, le=2**50)]  # bounded so Lua's doubles stay exact
 
-# The team's scheduling policy inside the engine (team scope only): a priority class, lower served
-# first, and a fair-share weight. Admin policy: clients cannot choose either.
-PRIORITY_CLASSES = (-10, 10)
-WEIGHT_RANGE = (0.01, 100.0)
-DEFAULT_PRIORITY = 0
-DEFAULT_WEIGHT = 1.0
-PriorityClass = Annotated[int, Field(ge=PRIORITY_CLASSES[0], le=PRIORITY_CLASSES[1])]
-Weight = Annotated[float, Field(ge=WEIGHT_RANGE[0], le=WEIGHT_RANGE[1], allow_inf_nan=False)]
-SCHEDULING_FIELDS = ("priority", "weight")
-
 
 class QuotaLimits(BaseModel):
-    """Limits of one scope. ``None`` means unlimited; 0 blocks the scope entirely. The team scope also
-    carries the team's scheduling policy in the engine: ``priority`` (its class: lower is served first,
-    -10..10, default 0) and ``weight`` (its fair share, 0.01..100, default 1)."""
+    """Limits of one scope. ``None`` means unlimited; 0 blocks the scope entirely."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
@@ -55,20 +43,9 @@ class QuotaLimits(BaseModel):
     max_concurrent: NonNegativeInt | None = None
     tokens_per_day: NonNegativeInt | None = None
     tokens_per_month: NonNegativeInt | None = None
-    # Scheduling policy of the team scope (None: the default class 0 and weight 1).
-    priority: PriorityClass | None = None
-    weight: Weight | None = None
 
     def get(self, kind: LimitKind) -> int | None:
         return getattr(self, kind.value)
-
-    def has_scheduling(self) -> bool:
-        return self.priority is not None or self.weight is not None
-
-    def scheduling(self) -> tuple[int, float]:
-        """(priority class, weight) in force, defaults filled in."""
-        return (DEFAULT_PRIORITY if self.priority is None else self.priority,
-                DEFAULT_WEIGHT if self.weight is None else float(self.weight))
 
     def is_unlimited(self) -> bool:
         return all(self.get(kind) is None for kind in LimitKind)

@@ -16,24 +16,13 @@ from gateway.quota import metrics
 from gateway.quota.audit import ChangeSource, QuotaAuditSink, QuotaChange
 from gateway.quota.breaker import CircuitBreaker
 from gateway.quota.config import QuotaConfig, diff_configs
-from gateway.quota.errors import (
-    InvalidQuotaRequest,
-    QuotaExceeded,
-    QuotaStoreError,
-    QuotaUnavailable,
-)
+from gateway.quota.errors import QuotaExceeded, QuotaStoreError, QuotaUnavailable
 from gateway.quota.headers import rate_limit_headers
-from gateway.quota.limits import TEAM_SCOPE, LimitKind, QuotaLimits, Scope, ScopeKind
+from gateway.quota.limits import TEAM_SCOPE, LimitKind, QuotaLimits, Scope
 from gateway.quota.limits_in_force import LimitsInForce, QuotaConfigSource, ScopeView
 from gateway.quota.outage import OutageLimiter, PendingSettlements
 from gateway.quota.settings import QuotaSettings
-from gateway.quota.store import (
-    AdmitRequest,
-    AdmitResult,
-    QuotaStore,
-    Settlement,
-    SettleMode,
-)
+from gateway.quota.store import AdmitRequest, AdmitResult, QuotaStore, SettleMode, Settlement
 from gateway.quota.usage import UsageGroupBy, UsageRow, check_report_range, group_usage
 from gateway.quota.validation import check_name, check_tokens
 
@@ -202,10 +191,6 @@ class QuotaService:
 
     # ---- admin -------------------------------------------------------------------------------
 
-    def team_policy(self, team: str) -> tuple[int, float]:
-        """The team's scheduling policy in force (priority class, weight), from local state: no I/O."""
-        return self._limits.effective(team, TEAM_SCOPE).limits.scheduling()
-
     async def team_limits(self, team: str) -> list[ScopeView]:
         """The effective limits of a team: its team scope first, then every key and model scope that
         the file or the admin API gives limits to."""
@@ -236,9 +221,6 @@ class QuotaService:
         self, team: str, scope: Scope, limits: QuotaLimits | None, actor: str, principal: Principal | None = None
     ) -> ScopeView:
         check_name(team, "team")
-        if limits is not None and limits.has_scheduling() and scope.kind is not ScopeKind.TEAM:
-            raise InvalidQuotaRequest("`priority` and `weight` are set on the team, not on a key or a model",
-                                      param="weight" if limits.weight is not None else "priority")
         await self._admin_call(self._refresh_overrides_strict)
         previous = self._limits.override(team, scope)
         before = self._limits.effective(team, scope).limits

@@ -132,10 +132,6 @@ class Dispatcher:
         self, ctx: RequestContext, requests: Sequence[pb.GenerateRequest], *, prompt_param: str
     ) -> OpenGeneration:
         """Starts ``requests`` on one worker and waits for their first responses, failing over."""
-        team_priority, team_weight = ctx.team_policy
-        for r in requests:  # tenancy is the gateway's to say, from admin policy, never the client's
-            r.team = ctx.principal.team if ctx.principal is not None else ""
-            r.team_priority, r.team_weight = team_priority, team_weight
         max_attempts = self.pool.settings.max_attempts
         tried: list[WorkerHandle] = []
         last: WorkerError | None = None
