@@ -198,6 +198,10 @@ async def test_every_admin_and_audit_answer_carries_a_request_id(gw):
     for response in answers:
         assert len(response.headers.get("x-request-id", "")) == 32, (response.request.url, response.status_code)
         assert records_of(gw.url, response.headers["x-request-id"]), (response.request.url, response.status_code)
+    [exists] = records_of(gw.url, answers[1].headers["x-request-id"])  # the route's own 409
+    assert (exists["kind"], exists["data"]["action"], exists["http_status"]) == ("access", "admin.attempt", 409)
+    [bad_cursor] = records_of(gw.url, answers[6].headers["x-request-id"])
+    assert (bad_cursor["data"]["action"], bad_cursor["http_status"]) == ("audit.read", 400)
 
 
 async def test_an_admin_read_that_cannot_be_recorded_is_refused_with_503(gw):

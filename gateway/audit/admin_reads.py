@@ -12,7 +12,8 @@ Who records what, so each request has its record:
 - reads of the audit log itself: the auditor router (``access``, with the records returned), which
   marks the request with :func:`mark_access_recorded`;
 - admin changes that succeed: the service making them (``admin``, naming the same request id);
-- everything else, i.e. admin reads and answers a route returned directly: this middleware (``access``).
+- everything else: this middleware (``access``, action ``admin.read`` or ``audit.read`` for a read,
+  ``admin.attempt`` for a change a route turned down by answering directly, such as 409).
 """
 from __future__ import annotations
 
@@ -53,8 +54,12 @@ class AccessRecorder(Protocol):
     ) -> Any: ...
 
 
+def is_governed_by(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
+
+
 def is_governed(path: str) -> bool:
-    return any(path == prefix or path.startswith(prefix + "/") for prefix in GOVERNED_PREFIXES)
+    return any(is_governed_by(path, prefix) for prefix in GOVERNED_PREFIXES)
 
 
 def mark_access_recorded(request: Request) -> None:
@@ -102,7 +107,8 @@ class AuditedAdminReads:
             who = Actor(subject=None, team=None, auth_method=None)
         request = Request(scope)
         query = {"method": scope["method"], "path": scope["path"], "params": dict(request.query_params)}
-        action = "admin.read" if scope["method"] in READ_METHODS else "admin.refused"
+        area = "audit" if is_governed_by(scope["path"], "/audit") else "admin"
+        action = f"{area}.read" if scope["method"] in READ_METHODS else f"{area}.attempt"
         await self.recorder.record_access(
             who, action, query, allowed=status not in _REFUSED, client_address=ctx.client_address,
             http_status=status, request_id=ctx.request_id,
@@ -110,7 +116,9 @@ class AuditedAdminReads:
 
 
 def _needs_record(scope: Scope, ctx: RequestContext, status: int) -> bool:
-    if ctx._terminal or scope.get(RECORDED_KEY):  # the request hooks or the auditor router wrote it
+    # An error raised to the app's handlers was recorded by the request hooks (Lifecycle.fail sets
+    # ctx.error first); the auditor router marks the reads it recorded.
+    if ctx.error is not None or scope.get(RECORDED_KEY):
         return False
     # A change that succeeded is recorded as an `admin` entry by the service that made it.
     return scope["method"] in READ_METHODS or status >= 400
