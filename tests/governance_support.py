@@ -137,6 +137,28 @@ def admin_entries(url: str, team: str | None = None, action: str | None = None) 
     return [e for e in entries if action is None or e["data"]["action"] == action]
 
 
+@dataclass
+class Done:
+    """What a `ward` command did: its exit status and output."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def ward_here(capsys: Any, *args: str) -> Done:
+    """`ward ...` run in this process (``ward.cli.main``: the same parsing and code path as the command,
+    without a new interpreter's start-up); the environment is the test's (monkeypatch WARD_DATA_DIR)."""
+    from ward.cli import main
+
+    try:
+        status = main(list(args))
+    except SystemExit as exit_:  # argparse refusing a value
+        status = exit_.code
+    out = capsys.readouterr()
+    return Done(status, out.out, out.err)
+
+
 def records_of(url: str, request_id: str) -> list[dict]:
     """Every record naming the request ``request_id`` (its request record, or admin/access entries)."""
     return [r for r in audit_records(url) if r["id"] == request_id or r.get("request_id") == request_id]

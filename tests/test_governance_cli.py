@@ -54,47 +54,47 @@ def test_without_the_logs_signing_key_nothing_changes_but_listing_still_works(tm
 
 
 # ---- `ward quotas` and `ward approvals` --------------------------------------------------------------
+# Run in this process (`ward.cli.main`: the same parsing and code path, without a new interpreter's
+# start-up for each of the many commands); test_what_the_cli_sets_... runs them as real processes.
 
-def ward_json(data_dir, *args: str):
-    done = ward(data_dir, *args, "--json")
+@pytest.fixture
+def here(tmp_path, monkeypatch, capsys):
+    """``here(*args)``: `ward ...` on the data directory tmp_path, in this process."""
+    from governance_support import ward_here
+
+    monkeypatch.setenv("WARD_DATA_DIR", str(tmp_path))
+    for name in ("WARD_DATABASE_URL", "WARD_REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return lambda *args: ward_here(capsys, *args)
+
+
+def as_json(done):
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
-def test_ward_quotas_sets_only_what_it_is_given_and_each_change_is_an_admin_entry(tmp_path):
+def test_ward_quotas_sets_only_what_it_is_given_and_each_change_is_an_admin_entry(tmp_path, here):
     (tmp_path / "quotas.yaml").write_text("defaults: {priority: 2, tokens_per_minute: 5000}\nteams: {icu: {weight: 3}}\n")
-    assert ward(tmp_path, "teams", "create", "icu").returncode == 0
-    shown = ward_json(tmp_path, "quotas", "show", "icu")
+    assert here("teams", "create", "icu").returncode == 0
+    shown = as_json(here("quotas", "show", "icu", "--json"))
     assert shown["scheduling"] == {"priority": 2, "weight": 3.0, "source": {"priority": "default", "weight": "file"}}
-    changed = ward_json(tmp_path, "quotas", "set", "icu", "--priority", "-6", "--requests-per-minute", "40")
+    changed = as_json(here("quotas", "set", "icu", "--priority", "-6", "--requests-per-minute", "40", "--json"))
     assert changed["scheduling"] == {"priority": -6, "weight": 3.0, "source": {"priority": "admin", "weight": "file"}}
     assert changed["quotas"]["limits"]["requests_per_minute"] == 40
     assert changed["quotas"]["limits"]["tokens_per_minute"] == 5000  # kept: only the given limit changed
-    weighted = ward_json(tmp_path, "quotas", "set", "icu", "--weight", "0.5")
+    weighted = as_json(here("quotas", "set", "icu", "--weight", "0.5", "--json"))
     assert weighted["scheduling"]["priority"] == -6  # the admin-set class stays
-    model = ward_json(tmp_path, "quotas", "set", "icu", "--model", "llama", "--max-concurrent", "2")
+    model = as_json(here("quotas", "set", "icu", "--model", "llama", "--max-concurrent", "2", "--json"))
     assert model["quotas"]["models"]["llama"]["limits"]["max_concurrent"] == 2
-    cleared = ward_json(tmp_path, "quotas", "clear", "icu")
+    cleared = as_json(here("quotas", "clear", "icu", "--json"))
     assert cleared["scheduling"]["source"] == {"priority": "default", "weight": "file"}
     assert cleared["quotas"]["source"] == "default"
     actions = [(e["data"]["action"], e["data"]["after"].get("source")) for e in admin_entries(tmp_path)[1:]]
     assert actions == [("quota.set", "cli"), ("scheduling.set", "cli"), ("scheduling.set", "cli"), ("quota.set", "cli"),
                        ("quota.clear", "cli"), ("scheduling.clear", "cli")]
     assert all(e["subject"].startswith("cli:") for e in admin_entries(tmp_path))
-    verify = ward(tmp_path, "audit", "verify", "--data-dir", str(tmp_path))
+    verify = here("audit", "verify", "--data-dir", str(tmp_path))
     assert verify.returncode == 0, verify.stdout + verify.stderr
-
-
-def ward_here(capsys, *args: str) -> tuple[int, str, str]:
-    """`ward ...` run in this process (the same code path, without a new interpreter's start-up)."""
-    from ward.cli import main
-
-    try:
-        status = main(list(args))
-    except SystemExit as exit_:  # argparse refusing a value
-        status = exit_.code
-    out = capsys.readouterr()
-    return status, out.out, out.err
 
 
 BAD_QUOTA_ARGS = [
@@ -103,44 +103,41 @@ BAD_QUOTA_ARGS = [
 ]
 
 
-def test_ward_quotas_refuses_bad_values_and_unknown_teams_and_changes_nothing(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("WARD_DATA_DIR", str(tmp_path))
-    monkeypatch.delenv("WARD_DATABASE_URL", raising=False)
-    monkeypatch.delenv("WARD_REDIS_URL", raising=False)
-    assert ward_here(capsys, "teams", "create", "icu")[0] == 0
+def test_ward_quotas_refuses_bad_values_and_unknown_teams_and_changes_nothing(tmp_path, here):
+    assert here("teams", "create", "icu").returncode == 0
     for args in BAD_QUOTA_ARGS:
-        status, out, err = ward_here(capsys, "quotas", "set", "icu", *args)
-        assert status == 2 and err and not out, args
-    status, _, err = ward_here(capsys, "quotas", "set", "nobody", "--priority", "1")
-    assert status == 2 and "no team 'nobody'" in err
+        refused = here("quotas", "set", "icu", *args)
+        assert refused.returncode == 2 and refused.stderr and not refused.stdout, args
+    refused = here("quotas", "set", "nobody", "--priority", "1")
+    assert refused.returncode == 2 and "no team 'nobody'" in refused.stderr
     assert [e["data"]["action"] for e in admin_entries(tmp_path)] == ["team.create"]
     assert not (tmp_path / "quota" / "overrides.json").exists()
 
 
-def test_ward_approvals_records_the_boards_decisions_in_the_audit_log(tmp_path):
-    assert ward(tmp_path, "teams", "create", "icu").returncode == 0
-    assert ward(tmp_path, "approvals", "set", "llama-70b", "pilot", "--note", "board 2026-14").returncode == 0
-    assert ward(tmp_path, "approvals", "set", "old-model", "retired").returncode == 0
-    assert ward(tmp_path, "approvals", "allow", "icu", "llama-70b", "old-model").returncode == 0
-    shown = ward_json(tmp_path, "approvals", "show", "icu")
+def test_ward_approvals_records_the_boards_decisions_in_the_audit_log(tmp_path, here):
+    assert here("teams", "create", "icu").returncode == 0
+    assert here("approvals", "set", "llama-70b", "pilot", "--note", "board 2026-14").returncode == 0
+    assert here("approvals", "set", "old-model", "retired").returncode == 0
+    assert here("approvals", "allow", "icu", "llama-70b", "old-model").returncode == 0
+    shown = as_json(here("approvals", "show", "icu", "--json"))
     assert shown["allowed_models"] == ["llama-70b", "old-model"]
     assert {m["model"]: (m["allowed"], m["reason"]) for m in shown["models"]} == {
         "llama-70b": (True, "listed"), "old-model": (False, "retired")}
-    assert ward(tmp_path, "approvals", "allow", "icu", "--all-approved").returncode == 0
-    assert ward(tmp_path, "approvals", "clear", "old-model").returncode == 0
-    listed = ward_json(tmp_path, "approvals", "list")
+    assert here("approvals", "allow", "icu", "--all-approved").returncode == 0
+    assert here("approvals", "clear", "old-model").returncode == 0
+    listed = as_json(here("approvals", "list", "--json"))
     assert [(m["model"], m["status"], m["note"]) for m in listed["models"]] == [("llama-70b", "pilot", "board 2026-14")]
     assert listed["allow_lists"] == {}
-    assert ward(tmp_path, "approvals", "set", "x", "banned").returncode == 2
-    assert ward(tmp_path, "approvals", "allow", "icu").returncode == 2  # neither models nor a flag: refused
-    assert ward(tmp_path, "approvals", "allow", "nobody", "--none").returncode == 2
+    assert here("approvals", "set", "x", "banned").returncode == 2
+    assert here("approvals", "allow", "icu").returncode == 2  # neither models nor a flag: refused
+    assert here("approvals", "allow", "nobody", "--none").returncode == 2
     entries = admin_entries(tmp_path)[1:]
     assert [(e["data"]["action"], e["data"]["target"]) for e in entries] == [
         ("model.status", "model:llama-70b"), ("model.status", "model:old-model"), ("team.models", "team:icu"),
         ("team.models", "team:icu"), ("model.status_clear", "model:old-model")]
     assert entries[3]["data"]["before"] == {"allowed_models": ["llama-70b", "old-model"]}
     assert entries[3]["data"]["after"] == {"allowed_models": None}
-    verify = ward(tmp_path, "audit", "verify", "--data-dir", str(tmp_path))
+    verify = here("audit", "verify", "--data-dir", str(tmp_path))
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 

@@ -24,6 +24,7 @@ from governance_support import (
     make_team,
     records_of,
     unique_team,
+    ward_here,
 )
 
 pytestmark = pytest.mark.anyio
@@ -223,15 +224,12 @@ async def test_an_admin_read_that_cannot_be_recorded_is_refused_with_503(gw):
 
 # ---- the host: `ward keys` ------------------------------------------------------------------------
 
-def test_the_cli_grants_oversight_roles_only_with_the_logs_signing_key(tmp_path):
-    import subprocess
-    import sys
+def test_the_cli_grants_oversight_roles_only_with_the_logs_signing_key(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WARD_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("WARD_DATABASE_URL", raising=False)
 
-    from e2e_support import ROOT, clean_env
-
-    def ward(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "ward", *args], capture_output=True, text=True,
-                              env=clean_env(WARD_DATA_DIR=str(tmp_path)), cwd=ROOT, timeout=60)
+    def ward(*args: str):
+        return ward_here(capsys, *args)
 
     for role in ("auditor", "security_officer"):  # a fresh host: no log, no key
         refused = ward("keys", "create", "--team", "lab", "--role", role)
