@@ -8,11 +8,13 @@ Seams for later layers, all optional:
 - ``error_converters``: exception type -> OpenAIError converters for errors other layers raise
   (e.g. from a hook), so they leave in OpenAI's shape and reach ``on_failure`` and the metrics;
 - ``connect``: the WorkerClient factory per worker address (default: gRPC channels; tests and
-  in-process engines pass their own).
-- ``resolver``: how models' ``dns`` names become worker addresses (default: the system resolver).
+  in-process engines pass their own);
+- ``resolver``: how models' ``dns`` names become worker addresses (default: the system resolver);
+- ``policy``: a :class:`gateway.policy.team_policy.TeamPolicy`: which models a caller's team may use
+  and the scheduling class and weight its Generate calls carry (default: every model, class 0, weight 1).
 
-An authenticator or hooks object with ``async startup()`` / ``async shutdown()`` methods has them
-awaited when the app starts and stops (connection pools, background tasks).
+An authenticator, hooks or policy object with ``async startup()`` / ``async shutdown()`` methods has
+them awaited when the app starts and stops (connection pools, background tasks).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from gateway.http.body_limit import BodyLimitMiddleware
 from gateway.http.error_handlers import ErrorConverter, install_error_handlers
 from gateway.hooks import NoopHooks, RequestHooks
 from gateway.metrics import GatewayMetrics, WorkerPoolCollector
+from gateway.policy.team_policy import OpenTeamPolicy, TeamPolicy
 from gateway.routers import openai as openai_routes
 from gateway.routers import operations
 from gateway.serving.chat import ChatService
@@ -64,6 +67,7 @@ class GatewayServices:
     chat: ChatService
     completions: CompletionService
     embeddings: EmbeddingService
+    policy: TeamPolicy
     started_at: int = field(default_factory=lambda: int(time.time()))
 
     def model_card(self, name: str) -> dict[str, Any]:
@@ -122,6 +126,7 @@ def create_app(
     connect: Callable[[str], WorkerClient] | None = None,
     registry: CollectorRegistry | None = None,
     resolver: Resolver | None = None,
+    policy: TeamPolicy | None = None,
 ) -> FastAPI:
     """The gateway app; workers are connected and polled from startup until shutdown.
 
@@ -137,6 +142,7 @@ def create_app(
         if not keys and not settings.auth.admin_key:
             log.warning("no API keys configured: every /v1 request will be refused with 401")
     hooks = hooks or NoopHooks()
+    policy = policy or OpenTeamPolicy()
     metrics = GatewayMetrics(registry)
 
     @contextlib.asynccontextmanager
@@ -147,7 +153,7 @@ def create_app(
         discovery = DnsDiscovery(pool, dns_names, resolver=resolver, refresh_s=settings.routing.dns_refresh_s)
         lifecycle = Lifecycle(hooks, metrics, routes)
         dispatcher = Dispatcher(pool, hooks)
-        generation = GenerationService(pool, dispatcher, lifecycle, metrics)
+        generation = GenerationService(pool, dispatcher, lifecycle, metrics, policy)
         app.state.ward = GatewayServices(
             settings=settings,
             authenticator=authenticator,
@@ -159,17 +165,18 @@ def create_app(
             chat=ChatService(generation),
             completions=CompletionService(generation),
             embeddings=EmbeddingService(generation, dispatcher, lifecycle),
+            policy=policy,
         )
         collector = WorkerPoolCollector(pool)
         metrics.registry.register(collector)
         await discovery.start()
         await pool.start()
-        for component in (authenticator, hooks):
+        for component in (authenticator, hooks, policy):
             await _call_optional(component, "startup")
         try:
             yield
         finally:
-            for component in (hooks, authenticator):
+            for component in (policy, hooks, authenticator):
                 await _call_optional(component, "shutdown")
             await discovery.close()
             await pool.close()

@@ -106,9 +106,11 @@ def build_app(settings: GatewaySettings, *, registry: Any = None) -> Any:
     The gateway database is migrated; identity (API keys, OIDC, client certificates, plus the config
     file's static ``api_keys``) authenticates; the request hooks are quotas then audit
     (``gateway.governance``); the admin API (teams, keys, quotas, usage) and the auditor API are
-    mounted; admin changes of teams, keys and quotas go into the audit log; the quota, audit-writer
-    and certificate-expiry metrics join the app's Prometheus registry. ``app.state`` holds
-    ``database``, ``audit_services`` and ``quotas``.
+    mounted, with the model approval API; each caller's team is held to its model allow-list and its
+    Generate calls carry the team's scheduling class and weight; admin changes of teams, keys, quotas
+    and policy, and every admin read, go into the audit log; the quota, audit-writer and
+    certificate-expiry metrics join the app's Prometheus registry. ``app.state`` holds ``database``,
+    ``audit_services`` and ``quotas``.
 
     Raises InsecureWorkerChannel when a remote worker has no TLS configured, SigningKeyError or
     QuotaConfigError when the audit key or the quota file cannot be used.
@@ -125,7 +127,7 @@ def build_app(settings: GatewaySettings, *, registry: Any = None) -> Any:
     url = settings.resolved_database_url()
     upgrade_to_head(url)
     engine = create_db_engine(url)
-    governance = build_governance(settings, database_url=url)
+    governance = build_governance(settings, database_url=url, engine=engine)
     identity = build_identity(settings.auth, engine, recorder=governance.audit.log)
     authenticator: Any = identity.authenticator
     if settings.api_keys:
@@ -141,8 +143,9 @@ def build_app(settings: GatewaySettings, *, registry: Any = None) -> Any:
         routers=[*identity.routers, *governance.routers],
         error_converters=governance.error_converters,
         registry=registry,
+        policy=governance.policy,
     )
-    for middleware, options in identity.middleware:
+    for middleware, options in [*identity.middleware, *governance.middleware]:
         app.add_middleware(middleware, **options)
     app.state.database = engine
     app.state.audit_services = governance.audit  # read by the auditor router

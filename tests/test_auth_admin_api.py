@@ -48,6 +48,7 @@ def _world(url: str):
         "other_team_admin": keys.create("cardiology", Role.TEAM_ADMIN)[1],
         "user": keys.create("radiology", Role.USER)[1],
         "auditor": keys.create(PLATFORM_TEAM, Role.AUDITOR)[1],
+        "security_officer": keys.create(PLATFORM_TEAM, Role.SECURITY_OFFICER)[1],
     }
     with TestClient(make_app(identity)) as client:
         yield {"client": client, "creds": creds, "seam": seam, "keys": keys}
@@ -58,10 +59,11 @@ def as_(world, who: str) -> dict:
     return {"Authorization": f"Bearer {world['creds'][who]}"}
 
 
-ROLES = ["platform_admin", "team_admin", "other_team_admin", "user", "auditor"]
+ROLES = ["platform_admin", "team_admin", "other_team_admin", "user", "auditor", "security_officer"]
 
 
-@pytest.mark.parametrize("who,allowed", [("platform_admin", True), ("team_admin", True), ("other_team_admin", True), ("user", True), ("auditor", False)])
+@pytest.mark.parametrize("who,allowed", [("platform_admin", True), ("team_admin", True), ("other_team_admin", True), ("user", True),
+                                         ("auditor", False), ("security_officer", False)])
 def test_inference_route(world, who, allowed):
     r = world["client"].post("/v1/chat/completions", headers=as_(world, who))
     assert r.status_code == (200 if allowed else 403)
@@ -107,6 +109,40 @@ def test_team_admin_grants_only_team_roles(world, role, status):
     assert r.status_code == status
 
 
+# Separation of duties: who may mint a key of each role in radiology (201) and who may not (403).
+GRANTS = {
+    "platform_admin": {"user", "team_admin", "platform_admin"},
+    "team_admin": {"user", "team_admin"},
+    "other_team_admin": set(),
+    "user": set(),
+    "auditor": set(),
+    "security_officer": {"auditor"},
+}
+
+
+@pytest.mark.parametrize("who", ROLES)
+@pytest.mark.parametrize("role", ["user", "team_admin", "platform_admin", "auditor", "security_officer"])
+def test_who_may_grant_which_role(world, who, role):
+    r = world["client"].post("/admin/teams/radiology/keys", json={"role": role}, headers=as_(world, who))
+    assert r.status_code == (201 if role in GRANTS[who] else 403), r.text
+    changes = [c for c in world["seam"].changes if c["action"] == "key.create" and c["after"]["role"] == role]
+    if r.status_code == 201:
+        assert changes and changes[-1]["after"]["id"] == r.json()["id"]
+    if role in ("auditor", "security_officer") and who in ("platform_admin", "team_admin"):
+        assert r.json()["error"]["code"] == "separation_of_duties"
+
+
+# A team admin administers its team's user and team_admin keys only; a platform admin may revoke any key
+# (removing access grants nothing, and the revocation is in the log).
+@pytest.mark.parametrize("who,status", [("platform_admin", 200), ("team_admin", 404), ("other_team_admin", 404), ("user", 403),
+                                        ("auditor", 403), ("security_officer", 200)])
+def test_revoke_an_auditor_key(world, who, status):
+    record, _ = world["keys"].create("radiology", Role.AUDITOR)
+    r = world["client"].delete(f"/admin/keys/{record.id}", headers=as_(world, who))
+    assert r.status_code == status
+    assert (world["keys"].get(record.id).revoked_at is not None) == (status == 200)
+
+
 @pytest.mark.parametrize("who,status", [("platform_admin", 200), ("team_admin", 200), ("other_team_admin", 403), ("user", 403), ("auditor", 403)])
 def test_list_radiology_keys(world, who, status):
     r = world["client"].get("/admin/teams/radiology/keys", headers=as_(world, who))
@@ -117,7 +153,8 @@ def test_list_radiology_keys(world, who, status):
         assert all("key" not in row and "secret_hash" not in row for row in rows)
 
 
-@pytest.mark.parametrize("who,status", [("platform_admin", 200), ("team_admin", 200), ("other_team_admin", 404), ("user", 403), ("auditor", 403)])
+@pytest.mark.parametrize("who,status", [("platform_admin", 200), ("team_admin", 200), ("other_team_admin", 404), ("user", 403), ("auditor", 403),
+                                        ("security_officer", 404)])
 def test_revoke_a_radiology_key(world, who, status):
     record, _ = world["keys"].create("radiology", Role.USER)
     r = world["client"].delete(f"/admin/keys/{record.id}", headers=as_(world, who))

@@ -33,6 +33,8 @@ CLIENTS = [
     IdPClient("svc-ghost", "secret-ghost-0123456789", {"groups": ["grp-ghost"]}),
     IdPClient("svc-nogroup", "secret-nogroup-0123456789", {"groups": ["grp-unrelated"]}),
     IdPClient("svc-two-teams", "secret-two-0123456789", {"groups": ["grp-radiology", "grp-cardiology"]}),
+    IdPClient("svc-admin-auditor", "secret-admin-auditor-0123", {"groups": ["grp-radiology"], "roles": ["ward-admin", "ward-auditor"]}),
+    IdPClient("svc-auditor", "secret-auditor-0123456789", {"groups": ["grp-radiology"], "roles": ["ward-auditor"]}),
 ]
 
 
@@ -50,7 +52,7 @@ def oidc_settings(issuer: str, **overrides) -> OIDCSettings:
         team_claim="groups",
         team_map={"grp-radiology": "radiology", "grp-cardiology": "cardiology", "grp-ghost": "ghost"},
         roles_claim="roles",
-        role_map={"ward-user": "user", "ward-team-admin": "team_admin"},
+        role_map={"ward-user": "user", "ward-team-admin": "team_admin", "ward-admin": "platform_admin", "ward-auditor": "auditor"},
         leeway_s=5,
         jwks_refresh_min_interval_s=0.2,
     )
@@ -213,6 +215,15 @@ def test_token_whose_groups_map_to_no_team_is_forbidden(provider, client):
 def test_user_token_cannot_read_the_audit_log(provider, client):
     r = client.get("/v1/audit/records", headers={"Authorization": f"Bearer {provider.token('svc-radiology')}"})
     assert r.status_code == 403 and r.json()["error"]["code"] == "permission_denied"
+
+
+def test_a_token_granting_admin_and_auditor_together_is_refused(provider, client):
+    both = provider.token("svc-admin-auditor")
+    for path, method in (("/v1/audit/records", "GET"), ("/v1/chat/completions", "POST"), ("/admin/teams", "GET")):
+        r = client.request(method, path, headers={"Authorization": f"Bearer {both}"})
+        assert r.status_code == 403 and r.json()["error"]["code"] == "conflicting_roles", (path, r.text)
+    alone = client.get("/v1/audit/records", headers={"Authorization": f"Bearer {provider.token('svc-auditor')}"})
+    assert alone.status_code == 200  # the auditor role by itself, from the identity provider, is honoured
 
 
 def test_no_token_appears_in_logs(provider, client, caplog):

@@ -6,7 +6,7 @@ import argparse
 import pytest
 from pydantic import ValidationError
 
-from gateway.auth.principal import Role, expand_roles
+from gateway.auth.principal import Role, conflicting_roles, expand_roles
 from gateway.auth.settings import AuthSettings, CertIdentity, OIDCSettings
 from gateway.auth.tls_server import add_tls_arguments, tls_settings_from_args
 
@@ -73,6 +73,34 @@ def test_role_implications():
     assert expand_roles([Role.AUDITOR]) == {Role.AUDITOR}  # separation of duties: no inference
     with pytest.raises(ValueError):
         expand_roles(["superuser"])
+
+
+@pytest.mark.parametrize("roles,conflict", [
+    ([Role.AUDITOR, Role.PLATFORM_ADMIN], (Role.AUDITOR, Role.PLATFORM_ADMIN)),
+    ([Role.AUDITOR, Role.TEAM_ADMIN], (Role.AUDITOR, Role.TEAM_ADMIN)),
+    ([Role.SECURITY_OFFICER, Role.PLATFORM_ADMIN], (Role.SECURITY_OFFICER, Role.PLATFORM_ADMIN)),
+    ([Role.SECURITY_OFFICER, Role.TEAM_ADMIN], (Role.SECURITY_OFFICER, Role.TEAM_ADMIN)),
+    ([Role.AUDITOR, Role.USER], None),
+    ([Role.AUDITOR, Role.SECURITY_OFFICER], None),
+    ([Role.PLATFORM_ADMIN, Role.TEAM_ADMIN, Role.USER], None),
+])
+def test_separation_of_duties_forbids_oversight_beside_administration(roles, conflict):
+    assert conflicting_roles(roles) == conflict
+    assert expand_roles([Role.SECURITY_OFFICER]) == {Role.SECURITY_OFFICER}  # grants auditors, nothing else
+
+
+@pytest.mark.parametrize("roles", [["auditor", "platform_admin"], ["security_officer", "team_admin"]])
+def test_a_certificate_rule_cannot_join_oversight_and_administration(roles):
+    with pytest.raises(ValidationError, match="separation of duties"):
+        CertIdentity(team="lab", san_dns="siem.example", roles=roles)
+    assert CertIdentity(team="lab", san_dns="siem.example", roles=["auditor"]).roles == [Role.AUDITOR]
+
+
+@pytest.mark.parametrize("roles", [["auditor"], ["user", "security_officer"], ["auditor", "team_admin"]])
+def test_oidc_default_roles_never_grant_oversight(roles):
+    # every token without a role the mapping knows would get them
+    with pytest.raises(ValidationError):
+        OIDCSettings(issuer="https://idp.example", audience="a", default_roles=roles)
 
 
 def _tls_args(*argv: str) -> argparse.Namespace:

@@ -44,6 +44,8 @@ KEYS = {
     "pathology": ("pathology", "user"),
     "pathology_admin": ("pathology", "team_admin"),
     "neurology": ("neurology", "user"),
+    "genetics": ("genetics", "user"),
+    "genetics_admin": ("genetics", "team_admin"),
     "admin": ("platform", "platform_admin"),
     "auditor": ("platform", "auditor"),
 }
@@ -259,6 +261,35 @@ def test_rejections_bad_requests_and_unknown_routes_are_answered_in_openais_shap
     assert models.status_code == 200 and [m["id"] for m in models.json()["data"]] == [MODEL]
 
 
+def ward_cli(stack, *args: str) -> subprocess.CompletedProcess:
+    key = stack["gateway"].data_dir / "audit" / "checkpoint-key.pem"
+    return subprocess.run(
+        [sys.executable, "-m", "ward", *args, "--database-url", stack["database_url"], "--signing-key", str(key)],
+        capture_output=True, text=True, env=clean_env(), cwd=ROOT, timeout=60,
+    )
+
+
+def test_the_model_policy_and_scheduling_set_on_the_host_govern_the_running_gateway(stack):
+    with http(stack, "genetics") as user, http(stack, "genetics_admin") as team_admin, http(stack, "admin") as admin:
+        assert user.post("/v1/chat/completions", json=chat()).status_code == 200
+        done = ward_cli(stack, "approvals", "allow", "genetics", "a-model-under-review")
+        assert done.returncode == 0, done.stderr
+        assert wait_until(lambda: user.post("/v1/chat/completions", json=chat()).status_code == 403, 5)
+        refused = user.post("/v1/chat/completions", json=chat())
+        assert refused.json()["error"]["code"] == "model_not_allowed" and user.get("/v1/models").json()["data"] == []
+        assert team_admin.delete("/admin/teams/genetics/models").status_code == 403  # not its own to lift
+        assert admin.delete("/admin/teams/genetics/models").status_code == 200
+        assert user.post("/v1/chat/completions", json=chat()).status_code == 200  # this gateway: at once
+        done = ward_cli(stack, "quotas", "set", "genetics", "--priority", "-3", "--weight", "2")
+        assert done.returncode == 0, done.stderr
+        scheduling = team_admin.get("/admin/teams/genetics/scheduling").json()
+        raised = team_admin.put("/admin/teams/genetics/scheduling", json={"priority": -10})
+    assert scheduling["priority"] == -3 and scheduling["weight"] == 2.0 and scheduling["source"]["priority"] == "admin"
+    assert raised.status_code == 403
+    actions = [r["data"]["action"] for r in audit_records(stack, kind="admin", team="genetics")]
+    assert actions == ["team.models", "team.models", "scheduling.set"]
+
+
 def test_every_request_has_exactly_one_record_and_ward_audit_verify_passes(stack):
     from gateway.audit.reader import AuditReader, ReadScope, RecordFilter
     from gateway.audit.service import create_audit_engine
@@ -266,12 +297,20 @@ def test_every_request_has_exactly_one_record_and_ward_audit_verify_passes(stack
     engine = create_audit_engine(stack["database_url"])
     try:
         scope = ReadScope(teams=None, content=True, kinds=None)
-        records = list(AuditReader(engine).iter_records(RecordFilter(kind="request"), scope, through_seq=10**12))
+        everything = list(AuditReader(engine).iter_records(RecordFilter(), scope, through_seq=10**12))
     finally:
         engine.dispose()
+    records = [r for r in everything if r["kind"] == "request"]
+    # Admin and auditor answers that succeeded are in the log as the entries naming their request id:
+    # an `access` entry for a read, an `admin` entry for a change.
+    named = {r["request_id"]: r for r in everything if r["kind"] in ("access", "admin") and r["request_id"]}
     ledger = stack["ledger"]
-    assert len(records) == len(ledger.ids)  # one record per request sent: none missing, none extra
-    assert {r["id"]: r["http_status"] for r in records} == dict(ledger.statuses)
+    statuses = dict(ledger.statuses)
+    assert len(statuses) == len(ledger.ids)  # every answer had its own id
+    answered_by_admin_api = {rid: status for rid, status in statuses.items() if rid not in {r["id"] for r in records}}
+    assert answered_by_admin_api and all(status < 400 and rid in named for rid, status in answered_by_admin_api.items())
+    # one request record per other answer: none missing, none extra
+    assert {r["id"]: r["http_status"] for r in records} == {rid: s for rid, s in statuses.items() if rid not in answered_by_admin_api}
     assert {401, 403, 429, 400, 404} <= {status for _, status in ledger.statuses}
     assert all(r["complete"] for r in records)
 

@@ -315,6 +315,31 @@ async def test_the_embedded_store_keeps_admin_limits_across_restarts_in_its_file
     await second.aclose()
 
 
+async def test_two_processes_on_one_overrides_file_see_and_keep_each_others_changes(tmp_path):
+    # a running gateway and `ward quotas` on the same host: neither may lose or miss the other's change
+    path = tmp_path / "quota" / "overrides.json"
+    gateway, command = InMemoryQuotaStore(overrides_path=path), InMemoryQuotaStore(overrides_path=path)
+    await gateway.set_override("ed", TEAM_SCOPE, QuotaLimits(requests_per_minute=5))
+    await command.set_override("icu", TEAM_SCOPE, QuotaLimits(max_concurrent=2))  # written after the gateway's
+    await gateway.set_override("ed", Scope(ScopeKind.MODEL, "m"), QuotaLimits(tokens_per_day=9))
+    expected = {("ed", TEAM_SCOPE): QuotaLimits(requests_per_minute=5), ("icu", TEAM_SCOPE): QuotaLimits(max_concurrent=2),
+                ("ed", Scope(ScopeKind.MODEL, "m")): QuotaLimits(tokens_per_day=9)}
+    assert await gateway.get_overrides() == expected
+    assert await command.get_overrides() == expected
+    assert await InMemoryQuotaStore(overrides_path=path).get_overrides() == expected
+
+
+async def test_a_broken_overrides_file_keeps_the_limits_in_force_and_refuses_changes(tmp_path):
+    path = tmp_path / "overrides.json"
+    store = InMemoryQuotaStore(overrides_path=path)
+    await store.set_override("ed", TEAM_SCOPE, QuotaLimits(requests_per_minute=5))
+    path.write_text("{not json")
+    assert await store.get_overrides() == {("ed", TEAM_SCOPE): QuotaLimits(requests_per_minute=5)}
+    with pytest.raises(QuotaUnavailable, match="cannot be read"):
+        await store.set_override("ed", TEAM_SCOPE, None)
+    assert path.read_text() == "{not json"  # never overwritten with what this process happens to hold
+
+
 async def test_quota_metrics_can_be_served_from_the_gateway_apps_own_registry():
     from prometheus_client import CollectorRegistry, generate_latest
 

@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "model": ("worker.model.cli", "manage local models (path, import-gguf)"),
     "keys": ("gateway.auth.cli", "create, list and revoke API keys"),
     "teams": ("gateway.auth.teams_cli", "create and list teams"),
+    "quotas": ("gateway.quota.cli", "show and set a team's limits, priority class and weight"),
+    "approvals": ("gateway.policy.cli", "model approval: models' statuses and teams' allowed models"),
     "audit": ("gateway.audit.cli", "verify, export and purge the audit log"),
     "bench": ("ward.bench", "benchmarks: print a table and write JSON"),
 }

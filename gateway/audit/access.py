@@ -3,8 +3,9 @@
 - auditor: every record, with content (prompts and answers at the capture level kept), every kind;
 - platform_admin: every team's request and admin records, metadata only;
 - team_admin: its own team's request and admin records, metadata only;
-- anyone else: nothing (PermissionDenied, HTTP 403).
-Reads of the log (access records) are visible to auditors only.
+- anyone else (users, security officers): nothing (PermissionDenied, HTTP 403).
+Metadata only means no prompt, no response and no hash of either (reader._strip_content). Reads of the
+log and of the admin API (access records) are visible to auditors only: the auditors watch the admins.
 """
 from __future__ import annotations
 

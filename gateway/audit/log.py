@@ -31,6 +31,7 @@ from typing import Any, Protocol
 
 from gateway.audit.capture import CaptureLevel, Redactor
 from gateway.audit.chain import ChainStore
+from gateway.audit.correlation import current_request_id
 from gateway.audit.entries import EntryDraft, EntryRef
 from gateway.audit.errors import AuditClosed, AuditError, AuditInputError, AuditUnavailable
 from gateway.audit.metrics import AuditMetrics
@@ -162,9 +163,11 @@ class AuditLog:
         before: dict[str, Any] | None,
         after: dict[str, Any] | None,
     ) -> None:
-        """An admin change (teams, keys, quotas) into the same chain. Returns once durable."""
+        """An admin change (teams, keys, quotas, policy) into the same chain. Returns once durable.
+        The entry names the admin API request it was made in (``x-request-id``), when there is one."""
         actor = as_actor(principal)
-        await self._submit(lambda: admin_draft(actor, action, target, before, after))
+        request_id = current_request_id()
+        await self._submit(lambda: admin_draft(actor, action, target, before, after, request_id=request_id))
 
     async def record_access(
         self,
@@ -177,9 +180,13 @@ class AuditLog:
         count: int | None = None,
         through_seq: int | None = None,
         client_address: str | None = None,
+        http_status: int | None = None,
+        request_id: str | None = None,
     ) -> EntryRef:
-        """A read of the audit log (who looked at what). Returns once durable."""
+        """A read of the audit log or the admin API (who looked at what). Returns once durable. The
+        entry names the request it answers (``x-request-id``; default: the request being served)."""
         actor = as_actor(who)
+        request_id = request_id or current_request_id()
         return await self._submit(
             lambda: access_draft(
                 actor,
@@ -190,6 +197,8 @@ class AuditLog:
                 count=count,
                 through_seq=through_seq,
                 client_address=client_address,
+                request_id=request_id,
+                http_status=http_status,
             )
         )
 

@@ -3,7 +3,9 @@
 Admin API changes are recorded with the caller's principal (``quota.set`` for PUT, ``quota.clear``
 for DELETE); accepted reloads of the quota file as ``quota.file_reload`` by the file itself. The
 target is ``team:<name>`` (``team:*`` for the file's defaults), and ``before`` / ``after`` hold the
-scope and the effective limits, so the record reads on its own.
+scope and the effective limits, so the record reads on its own. Scheduling changes (a team's priority
+class and weight) are recorded the same way as ``scheduling.set``, ``scheduling.clear`` and
+``scheduling.file_reload``, with ``before`` / ``after`` holding the policy in force.
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 
 from gateway.audit.records import Actor
 from gateway.auth.admin_audit import AdminChangeRecorder
-from gateway.quota.audit import ChangeSource, QuotaChange
+from gateway.quota.audit import ChangeSource, QuotaChange, SchedulingChange
 
 
 def quota_change_action(change: QuotaChange) -> str:
@@ -19,6 +21,21 @@ def quota_change_action(change: QuotaChange) -> str:
     if change.source is ChangeSource.CONFIG_FILE:
         return "quota.file_reload"
     return "quota.clear" if change.cleared else "quota.set"
+
+
+def scheduling_change_action(change: SchedulingChange) -> str:
+    """The admin entry's action: scheduling.set, scheduling.clear or scheduling.file_reload."""
+    if change.source is ChangeSource.CONFIG_FILE:
+        return "scheduling.file_reload"
+    return "scheduling.clear" if change.cleared else "scheduling.set"
+
+
+def _who(change: QuotaChange | SchedulingChange) -> Any:
+    if change.principal is not None:
+        return change.principal
+    # a file reload, or a caller that gave no principal
+    kind = "config" if change.source is ChangeSource.CONFIG_FILE else "admin"
+    return Actor(subject=f"{kind}:{change.actor}", team=None, auth_method="local")
 
 
 def _state(change: QuotaChange, limits: Any) -> dict[str, Any]:
@@ -37,14 +54,19 @@ class AuditedQuotaChanges:
         self.recorder = recorder
 
     async def record_quota_change(self, change: QuotaChange) -> None:
-        who: Any = change.principal
-        if who is None:  # a file reload, or a caller that gave no principal
-            kind = "config" if change.source is ChangeSource.CONFIG_FILE else "admin"
-            who = Actor(subject=f"{kind}:{change.actor}", team=None, auth_method="local")
         await self.recorder.record_admin_change(
-            who,
+            _who(change),
             quota_change_action(change),
             f"team:{change.team}",
             _state(change, change.before),
             {**_state(change, change.after), "source": change.source.value},
+        )
+
+    async def record_scheduling_change(self, change: SchedulingChange) -> None:
+        await self.recorder.record_admin_change(
+            _who(change),
+            scheduling_change_action(change),
+            f"team:{change.team}",
+            {"scheduling": change.before.model_dump()},
+            {"scheduling": change.after.model_dump(), "source": change.source.value},
         )

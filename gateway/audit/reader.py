@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, exists, func, literal, not_, or_, select
 
-from gateway.audit.canonical import as_utc, canonical_json, sha256_hex, utc_iso
+from gateway.audit.canonical import as_utc, utc_iso
 from gateway.audit.capture import scalar_params
 from gateway.audit.chain import ENTRIES, HEAD
 from gateway.audit.entries import REQUEST_KINDS, EntryKind
@@ -210,6 +210,8 @@ class AuditReader:
                 "team": row.o_team,
                 "subject": row.o_subject,
                 "occurred_at": utc_iso(as_utc(row.o_occurred_at)),
+                "request_id": row.o_request_id,  # the admin or audit API request it answers, if any
+                "http_status": row.o_http_status,
                 "data": data,
                 "entries": entries,
             }
@@ -243,9 +245,12 @@ def _entry_ref(seq: int, kind: str, digest: str, recorded_at: datetime) -> dict[
 
 
 def _strip_content(record: dict[str, Any]) -> None:
-    """Metadata only: hashes in place of prompt and response, numeric parameters only."""
+    """Metadata only: no prompt, no response, not even their hashes, and numeric parameters only.
+
+    An unkeyed hash of a short answer ("yes", "positive") is its content to anyone who can guess and
+    hash candidates, so readers without the content right get neither the text nor its digest.
+    """
     for name in ("prompt", "response"):
-        value = record.pop(name, None)
-        if value is not None and f"{name}_sha256" not in record:
-            record[f"{name}_sha256"] = sha256_hex(canonical_json(value))
+        record.pop(name, None)
+        record.pop(f"{name}_sha256", None)
     record["params"] = scalar_params(record.get("params") or {})

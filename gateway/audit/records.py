@@ -259,8 +259,10 @@ def admin_draft(
     *,
     team: str | None = None,
     occurred_at: datetime | None = None,
+    request_id: str | None = None,
 ) -> EntryDraft:
-    """An admin change: who (actor) did what (action, e.g. "key.revoke") to which target (e.g. "key:abc")."""
+    """An admin change: who (actor) did what (action, e.g. "key.revoke") to which target (e.g. "key:abc").
+    ``request_id``: the admin API request that made it (None for the CLI and file reloads)."""
     if not action or not target:
         raise AuditInputError("an admin change needs an action and a target")
     _reject_secrets(before, "before")
@@ -276,6 +278,7 @@ def admin_draft(
         team=team if isinstance(team, str) else None,
         subject=actor.subject,
         status="ok",
+        request_id=request_id,
     )
 
 
@@ -289,8 +292,11 @@ def access_draft(
     count: int | None = None,
     through_seq: int | None = None,
     client_address: str | None = None,
+    request_id: str | None = None,
+    http_status: int | None = None,
 ) -> EntryDraft:
-    """A read of the log: who asked for what (query), whether it was allowed, and what came back."""
+    """A read of the log or of the admin API: who asked for what (query), whether it was allowed, and
+    what came back. ``request_id`` is the ``x-request-id`` the reader received (None from the CLI)."""
     return EntryDraft.build(
         EntryKind.ACCESS,
         utcnow(),
@@ -307,4 +313,6 @@ def access_draft(
         team=actor.team,
         subject=actor.subject,
         status="ok" if allowed else "denied",
+        request_id=request_id,
+        http_status=http_status,
     )

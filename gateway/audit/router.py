@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from gateway.audit.access import scope_for
+from gateway.audit.admin_reads import mark_access_recorded
 from gateway.audit.errors import AuditQueryError, AuditUnavailable
 from gateway.audit.export import MEDIA_TYPES, export_lines
 from gateway.audit.reader import MAX_PAGE, ReadScope, RecordFilter
@@ -79,7 +80,8 @@ def create_audit_router(
             return scope_for(who)
         except PermissionDenied:
             # A refused attempt is evidence too.
-            await svc.log.record_access(who, action, query, allowed=False, client_address=_client(request))
+            await svc.log.record_access(who, action, query, allowed=False, client_address=_client(request), http_status=403)
+            mark_access_recorded(request)
             raise
 
     @router.get("/records")
@@ -97,6 +99,7 @@ def create_audit_router(
             page = await run_in_threadpool(svc.reader.list_records, RecordFilter(**filters), scope, cursor=cursor, limit=limit)
             returned = [r["id"] for r in page.records]
             await svc.log.record_access(who, "list", query, allowed=True, record_ids=returned, client_address=_client(request))
+            mark_access_recorded(request)
         except AuditQueryError as error:
             return _error(400, str(error), type_="invalid_request_error", code="invalid_query")
         except AuditUnavailable as error:
@@ -111,6 +114,7 @@ def create_audit_router(
             record = await run_in_threadpool(svc.reader.get_record, record_id, scope)
             found = [record["id"]] if record else []
             await svc.log.record_access(who, "get", query, allowed=True, record_ids=found, client_address=_client(request))
+            mark_access_recorded(request)
         except AuditUnavailable as error:
             return _unavailable(error)
         if record is None:
@@ -132,6 +136,7 @@ def create_audit_router(
             # The export is fixed to the log as it stands now, and that bound is what gets recorded.
             through = await run_in_threadpool(svc.reader.head_seq)
             await svc.log.record_access(who, "export", query, allowed=True, through_seq=through, client_address=_client(request))
+            mark_access_recorded(request)
         except AuditQueryError as error:
             return _error(400, str(error), type_="invalid_request_error", code="invalid_query")
         except AuditUnavailable as error:

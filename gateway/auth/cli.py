@@ -1,6 +1,9 @@
 """`ward keys`: create, list and revoke API keys in the gateway database.
 
-Revocation reaches every running gateway within its key cache time (2 s at most).
+Revocation reaches every running gateway within its key cache time (2 s at most). Keys of the
+oversight roles (`auditor`, `security_officer`) are made here only by an operator holding the audit
+log's signing key: the key file must already exist on this host (separation of duties, see
+docs/identity.md).
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import sys
 
 from gateway.audit.errors import AuditError
 from gateway.auth.cli_support import add_database_arguments, identity_admin, open_database, operator, parse_expiry, print_table
-from gateway.auth.principal import Role
+from gateway.auth.principal import OVERSIGHT_ROLES, Role
 from gateway.auth.records import InvalidIdentityInput
 from gateway.auth.stores import KeyNotFound, TeamNotFound
 
@@ -38,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         engine = open_database(args)
-        admin = identity_admin(engine, args, records_changes=args.action != "list")
+        oversight = args.action == "create" and Role(args.role) in OVERSIGHT_ROLES
+        admin = identity_admin(engine, args, records_changes=args.action != "list", signing_key_must_exist=oversight)
         if args.action == "create":
             expires = parse_expiry(args.expires) if args.expires else None
             record, text = asyncio.run(

@@ -5,6 +5,7 @@ import argparse
 import getpass
 import re
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -40,22 +41,36 @@ def operator() -> Principal:
     return Principal(subject=f"cli:{user}", team=PLATFORM_TEAM, roles=expand_roles([Role.PLATFORM_ADMIN]), auth_method=AuthMethod.LOCAL)
 
 
-def identity_admin(engine: Engine, args: argparse.Namespace, *, records_changes: bool = True) -> IdentityAdmin:
-    """Identity administration on ``engine``. With ``records_changes`` every change is appended to the
-    audit log in the same database, durable before the command returns (``DirectAdminRecorder``); the
-    log's signing key is loaded first, so a command that cannot record changes none.
+def admin_recorder(engine: Engine, args: argparse.Namespace, *, signing_key_must_exist: bool = False) -> Any:
+    """A recorder appending each change to the audit log in ``engine``'s database, durable before the
+    command returns (``DirectAdminRecorder``). The log's signing key is loaded first, so a command that
+    cannot record changes none.
 
-    Raises SigningKeyError when the log holds entries but the key that signed them is not on this host.
+    Raises SigningKeyError when the log holds entries but the key that signed them is not on this host,
+    and, with ``signing_key_must_exist``, whenever the key file is missing (no new key is made): the
+    command then proves its operator holds the key of the log it writes to.
     """
-    recorder = None
-    if records_changes:
-        from gateway.audit.admin_recorder import DirectAdminRecorder
-        from gateway.audit.service import build_chain_store, resolve_paths
-        from gateway.audit.settings import AuditSettings
+    from gateway.audit.admin_recorder import DirectAdminRecorder
+    from gateway.audit.errors import SigningKeyError
+    from gateway.audit.service import build_chain_store, resolve_paths
+    from gateway.audit.settings import AuditSettings
 
-        url = engine.url.render_as_string(hide_password=False)
-        settings = AuditSettings(database_url=url, signing_key_path=args.signing_key)
-        recorder = DirectAdminRecorder(build_chain_store(settings, resolve_paths(settings, args.data_dir), engine))
+    url = engine.url.render_as_string(hide_password=False)
+    settings = AuditSettings(database_url=url, signing_key_path=args.signing_key)
+    paths = resolve_paths(settings, args.data_dir)
+    if signing_key_must_exist and not paths.signing_key.exists():
+        raise SigningKeyError(
+            f"the audit signing key {paths.signing_key} is not on this host; this change needs it (--signing-key)"
+        )
+    return DirectAdminRecorder(build_chain_store(settings, paths, engine))
+
+
+def identity_admin(
+    engine: Engine, args: argparse.Namespace, *, records_changes: bool = True, signing_key_must_exist: bool = False
+) -> IdentityAdmin:
+    """Identity administration on ``engine``; with ``records_changes`` every change is audited
+    (``admin_recorder``, whose errors it raises)."""
+    recorder = admin_recorder(engine, args, signing_key_must_exist=signing_key_must_exist) if records_changes else None
     return IdentityAdmin(TeamStore(engine), KeyStore(engine), recorder)
 
 

@@ -12,9 +12,11 @@ from typing import Annotated
 from fastapi import Depends
 from starlette.requests import Request
 
+from gateway.audit.correlation import CURRENT_REQUEST_ID
 from gateway.auth.authenticator import Authenticator
 from gateway.auth.errors import PermissionDenied
 from gateway.auth.principal import Principal, Role
+from gateway.http.plumbing import context_for
 
 
 def app_authenticator(request: Request) -> Authenticator:
@@ -25,11 +27,18 @@ def app_authenticator(request: Request) -> Authenticator:
 
 
 async def current_principal(request: Request) -> Principal:
-    """The authenticated caller; raises AuthenticationError (401) or PermissionDenied (403)."""
+    """The authenticated caller; raises AuthenticationError (401) or PermissionDenied (403).
+
+    The caller is also bound to the request's context: its audit records (a refusal, a change, a read)
+    name this principal and the request's id, which the response carries as ``x-request-id``.
+    """
     principal = getattr(request.state, "principal", None)
     if principal is None:
         principal = await app_authenticator(request).authenticate(request)
         request.state.principal = principal
+    ctx = context_for(request)
+    ctx.principal = principal
+    CURRENT_REQUEST_ID.set(ctx.request_id)
     return principal
 
 

@@ -14,7 +14,7 @@ from joserfc.errors import ExpiredTokenError, JoseError
 
 from gateway.auth.errors import AuthenticationError, PermissionDenied
 from gateway.auth.oidc_keys import ProviderKeys
-from gateway.auth.principal import AuthMethod, Principal, Role, expand_roles
+from gateway.auth.principal import AuthMethod, Principal, Role, conflicting_roles, expand_roles
 from gateway.auth.settings import ASYMMETRIC_ALGORITHMS, OIDCSettings
 
 log = logging.getLogger("ward.auth.oidc")
@@ -81,7 +81,16 @@ class ClaimMapper:
         else:
             known = {r.value for r in Role}
             granted = [Role(v) for v in values if v in known]
-        return expand_roles(granted or self.settings.default_roles)
+        roles = granted or self.settings.default_roles
+        pair = conflicting_roles(roles)
+        if pair is not None:
+            # The identity provider grants both; Ward refuses the combination rather than pick one.
+            raise PermissionDenied(
+                f"The access token grants both {pair[0].value} and {pair[1].value}; separation of duties "
+                "needs a separate identity for each.",
+                code="conflicting_roles",
+            )
+        return expand_roles(roles)
 
 
 class OIDCAuthenticator:

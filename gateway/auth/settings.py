@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.auth.principal import Role
+from gateway.auth.principal import OVERSIGHT_ROLES, Role, check_separation_of_duties
 
 # Only signature algorithms with a public/private key pair: a resource server must never accept
 # `none`, nor HS* (an attacker could sign with the published public key as the HMAC secret).
@@ -91,6 +91,17 @@ class OIDCSettings(BaseModel):
             return [a.strip() for a in v.split(",") if a.strip()]
         return v
 
+    @field_validator("default_roles")
+    @classmethod
+    def _no_oversight_by_default(cls, v: list[Role]) -> list[Role]:
+        # Every token without a known role claim gets these: reading or granting access to the audit
+        # log must be an explicit grant of the identity provider, never a default.
+        oversight = sorted(r.value for r in set(v) & OVERSIGHT_ROLES)
+        if oversight:
+            raise ValueError(f"auth.oidc.default_roles cannot include {', '.join(oversight)}: grant it in the identity provider")
+        check_separation_of_duties(v)
+        return v
+
     @field_validator("algorithms")
     @classmethod
     def _asymmetric_only(cls, v: list[str] | None) -> list[str] | None:
@@ -132,6 +143,7 @@ class CertIdentity(BaseModel):
         given = [f for f in ("subject", "san_dns", "san_uri", "san_email") if getattr(self, f)]
         if len(given) != 1:
             raise ValueError("a certificate identity needs exactly one of subject, san_dns, san_uri, san_email")
+        check_separation_of_duties(self.roles)
         return self
 
 

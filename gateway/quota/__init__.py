@@ -9,9 +9,13 @@ The gateway uses, per request::
 
 ``admit`` raises QuotaExceeded (429) or QuotaUnavailable (503); ``install_quota_error_handlers`` turns
 them into OpenAI-shaped responses. ``make_quota_admin_router`` gives the admin endpoints.
+
+A team's scheduling class and weight are quota configuration too (``scheduling``: the file's values,
+admin-set ones in the gateway database through ``scheduling_store``); ``quotas.scheduling(team)`` gives
+the policy in force for every Generate call. ``cli`` is ``ward quotas``.
 """
 from gateway.quota.admin_router import make_quota_admin_router
-from gateway.quota.audit import ChangeSource, LogAuditSink, QuotaAuditSink, QuotaChange
+from gateway.quota.audit import ChangeSource, LogAuditSink, QuotaAuditSink, QuotaChange, SchedulingChange
 from gateway.quota.config import QuotaConfig, TeamQuotaConfig
 from gateway.quota.config_file import QuotaConfigError, QuotaConfigFile, StaticQuotaConfig, parse_quota_config
 from gateway.quota.errors import InvalidQuotaRequest, QuotaError, QuotaExceeded, QuotaStoreError, QuotaUnavailable
@@ -21,6 +25,7 @@ from gateway.quota.limits import LimitKind, QuotaLimits, Scope, ScopeKind
 from gateway.quota.memory_store import InMemoryQuotaStore
 from gateway.quota.redis_store import RedisQuotaStore
 from gateway.quota.reservation import tokens_to_reserve
+from gateway.quota.scheduling import SchedulingOverride, TeamScheduling
 from gateway.quota.limits_in_force import ScopeView
 from gateway.quota.service import Admission, QuotaService
 from gateway.quota.settings import OutagePolicies, OutagePolicy, QuotaSettings
@@ -30,8 +35,8 @@ __all__ = [
     "Admission", "ChangeSource", "InMemoryQuotaStore", "InvalidQuotaRequest", "LimitKind", "LogAuditSink",
     "OutagePolicies", "OutagePolicy", "QuotaAuditSink", "QuotaChange", "QuotaConfig", "QuotaConfigError",
     "QuotaConfigFile", "QuotaError", "QuotaExceeded", "QuotaLimits", "QuotaService", "QuotaSettings",
-    "QuotaStoreError", "QuotaUnavailable", "RedisQuotaStore", "Scope", "ScopeKind", "ScopeView",
-    "StaticQuotaConfig", "TeamQuotaConfig", "UsageGroupBy", "UsageRow", "build_quota_service",
+    "QuotaStoreError", "QuotaUnavailable", "RedisQuotaStore", "SchedulingChange", "SchedulingOverride",
+    "Scope", "ScopeKind", "ScopeView", "StaticQuotaConfig", "TeamQuotaConfig", "TeamScheduling", "UsageGroupBy", "UsageRow", "build_quota_service",
     "build_quota_store", "install_quota_error_handlers", "make_quota_admin_router", "parse_quota_config",
     "quota_exceeded_response", "quota_unavailable_response", "tokens_to_reserve",
 ]

@@ -1,8 +1,9 @@
-"""Admin endpoints for quotas and usage, as an APIRouter independent of the app.
+"""Admin endpoints for quotas, scheduling and usage, as an APIRouter independent of the app.
 
 The app supplies two dependencies: one that yields the authenticated ``Principal`` and one that yields
 the process's ``QuotaService``. Platform admins may read and change every team; team admins may read
-their own team's limits and usage. Register ``install_quota_error_handlers`` (gateway.quota.http) and a
+their own team's limits, scheduling and usage, and change none of them (a team admin must not raise its
+own team's class or weight). Register ``install_quota_error_handlers`` (gateway.quota.http) and a
 handler for ``PermissionDenied`` on the app so errors leave in OpenAI's shape.
 """
 # No `from __future__ import annotations` here: FastAPI must see the dependency aliases defined inside
@@ -15,9 +16,12 @@ from fastapi import APIRouter, Depends, Path, Query
 
 from gateway.auth.errors import PermissionDenied
 from gateway.auth.principal import Principal, Role
+from gateway.auth.stores import TeamNotFound
+from gateway.http.errors import NotFound
 from gateway.quota.errors import InvalidQuotaRequest
 from gateway.quota.limits import TEAM_SCOPE, QuotaLimits, Scope, ScopeKind
 from gateway.quota.limits_in_force import ScopeView
+from gateway.quota.scheduling import SchedulingOverride, SchedulingView
 from gateway.quota.service import QuotaService
 from gateway.quota.usage import UsageGroupBy
 
@@ -25,7 +29,8 @@ TeamPath = Annotated[str, Path(min_length=1, max_length=200, description="team n
 
 
 def make_quota_admin_router(*, principal: Callable[..., Any], service: Callable[..., Any]) -> APIRouter:
-    """Routes: GET/PUT/DELETE /admin/teams/{team}/quotas and GET /admin/teams/{team}/usage.
+    """Routes: GET/PUT/DELETE /admin/teams/{team}/quotas, GET/PUT/DELETE /admin/teams/{team}/scheduling
+    and GET /admin/teams/{team}/usage.
 
     ``principal`` and ``service`` are FastAPI dependencies (callables FastAPI can resolve) returning a
     ``Principal`` and a ``QuotaService``.
@@ -38,7 +43,7 @@ def make_quota_admin_router(*, principal: Callable[..., Any], service: Callable[
     async def get_quotas(team: TeamPath, who: PrincipalDep, quotas: ServiceDep) -> dict:
         """The limits in force for the team, its keys and its models, and where each comes from."""
         _require_reader(who, team)
-        return _team_view(team, await quotas.team_limits(team))
+        return team_quotas_view(team, await quotas.team_limits(team))
 
     @router.put("/{team}/quotas")
     async def put_quotas(
@@ -53,7 +58,7 @@ def make_quota_admin_router(*, principal: Callable[..., Any], service: Callable[
         Every field left out or null is unlimited. The change is audited."""
         _require_platform_admin(who)
         await quotas.set_limits(team, limits, actor=who.subject, scope=_scope(key_id, model), principal=who)
-        return _team_view(team, await quotas.team_limits(team))
+        return team_quotas_view(team, await quotas.team_limits(team))
 
     @router.delete("/{team}/quotas")
     async def delete_quotas(
@@ -66,7 +71,30 @@ def make_quota_admin_router(*, principal: Callable[..., Any], service: Callable[
         """Drop limits set through the API, so the quota file (or its defaults) applies again. Audited."""
         _require_platform_admin(who)
         await quotas.clear_limits(team, actor=who.subject, scope=_scope(key_id, model), principal=who)
-        return _team_view(team, await quotas.team_limits(team))
+        return team_quotas_view(team, await quotas.team_limits(team))
+
+    @router.get("/{team}/scheduling")
+    async def get_scheduling(team: TeamPath, who: PrincipalDep, quotas: ServiceDep) -> dict:
+        """The team's priority class and weight in force, and where each comes from."""
+        _require_reader(who, team)
+        return _scheduling_view(team, await _known_team(quotas.team_scheduling(team)))
+
+    @router.put("/{team}/scheduling")
+    async def put_scheduling(team: TeamPath, body: SchedulingOverride, who: PrincipalDep, quotas: ServiceDep) -> dict:
+        """Set the team's class and/or weight; a field left out or null keeps the quota file's value
+        (both left out: the same as DELETE). Platform admins only; audited."""
+        if not who.has(Role.PLATFORM_ADMIN):
+            raise PermissionDenied("Changing a team's priority class or weight needs the platform_admin role.")
+        view = await _known_team(quotas.set_scheduling(team, body, actor=who.subject, principal=who))
+        return _scheduling_view(team, view)
+
+    @router.delete("/{team}/scheduling")
+    async def delete_scheduling(team: TeamPath, who: PrincipalDep, quotas: ServiceDep) -> dict:
+        """Drop the admin-set class and weight, so the quota file's (or its defaults) apply. Audited."""
+        if not who.has(Role.PLATFORM_ADMIN):
+            raise PermissionDenied("Changing a team's priority class or weight needs the platform_admin role.")
+        view = await _known_team(quotas.set_scheduling(team, None, actor=who.subject, principal=who))
+        return _scheduling_view(team, view)
 
     @router.get("/{team}/usage")
     async def get_usage(
@@ -115,7 +143,19 @@ def _scope(key_id: str | None, model: str | None) -> Scope:
     return TEAM_SCOPE
 
 
-def _team_view(team: str, views: list[ScopeView]) -> dict:
+async def _known_team(call: Any) -> Any:
+    try:
+        return await call
+    except TeamNotFound:
+        raise NotFound("Team not found.", param="team", code="not_found") from None
+
+
+def _scheduling_view(team: str, view: SchedulingView) -> dict:
+    return {"object": "team.scheduling", "team": team, **view.as_dict()}
+
+
+def team_quotas_view(team: str, views: list[ScopeView]) -> dict:
+    """The body of GET /admin/teams/{team}/quotas (also `ward quotas show --json`)."""
     out: dict[str, Any] = {"object": "team.quotas", "team": team, "keys": {}, "models": {}}
     for view in views:
         entry = {"limits": view.limits.model_dump(), "source": view.source}

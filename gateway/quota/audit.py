@@ -9,13 +9,15 @@ from typing import Protocol
 
 from gateway.auth.principal import Principal
 from gateway.quota.limits import QuotaLimits, Scope
+from gateway.quota.scheduling import TeamScheduling
 
 log = logging.getLogger(__name__)
 
 
 class ChangeSource(str, Enum):
-    ADMIN_API = "admin_api"  # PUT / DELETE /admin/teams/{team}/quotas
+    ADMIN_API = "admin_api"  # PUT / DELETE /admin/teams/{team}/quotas or /scheduling
     CONFIG_FILE = "config_file"  # an accepted reload of the quota file
+    CLI = "cli"  # `ward quotas` on the gateway host
 
 
 @dataclass(frozen=True)
@@ -44,10 +46,34 @@ class QuotaChange:
         }
 
 
+@dataclass(frozen=True)
+class SchedulingChange:
+    """A team's scheduling policy in force before and after a change (team ``*``: the file's defaults)."""
+
+    source: ChangeSource
+    actor: str
+    team: str
+    before: TeamScheduling
+    after: TeamScheduling
+    principal: Principal | None = field(default=None, compare=False)
+    cleared: bool = False  # admin-set scheduling removed (the file's applies again)
+
+    def as_dict(self) -> dict:
+        return {
+            "source": self.source.value,
+            "actor": self.actor,
+            "team": self.team,
+            "before": self.before.model_dump(),
+            "after": self.after.model_dump(),
+        }
+
+
 class QuotaAuditSink(Protocol):
-    """Receives every quota change. An exception from an admin-API change undoes that change."""
+    """Receives every quota change. An exception from an admin change undoes that change."""
 
     async def record_quota_change(self, change: QuotaChange) -> None: ...
+
+    async def record_scheduling_change(self, change: SchedulingChange) -> None: ...
 
 
 class LogAuditSink:
@@ -55,3 +81,6 @@ class LogAuditSink:
 
     async def record_quota_change(self, change: QuotaChange) -> None:
         log.info("quota change: %s", change.as_dict())
+
+    async def record_scheduling_change(self, change: SchedulingChange) -> None:
+        log.info("scheduling change: %s", change.as_dict())

@@ -4,18 +4,22 @@ It mirrors lua/admit.lua and lua/settle.lua step by step; keep the two in step w
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import heapq
 import json
+import logging
 import os
 import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.quota.errors import QuotaUnavailable
 from gateway.quota.headers import WindowState
 from gateway.quota.limits import LimitKind, QuotaLimits, Scope
 from gateway.quota.periods import day_id, periods_at
@@ -33,6 +37,7 @@ from gateway.quota.store import (
     UsageRecord,
 )
 
+log = logging.getLogger(__name__)
 _WINDOW_US = int(RATE_WINDOW_S * 1_000_000)
 _IN_FLIGHT_RETRY_US = int(IN_FLIGHT_RETRY_S * 1_000_000)
 
@@ -62,7 +67,9 @@ class _Refusal:
 class InMemoryQuotaStore:
     """QuotaStore for one gateway process. ``clock`` gives seconds since the epoch (wall time, since
     budgets follow UTC calendar days). ``overrides_path``, when given, keeps admin-set limits across
-    restarts in a small JSON file."""
+    restarts in a small JSON file, which `ward quotas` on the same host may change too: the file is
+    re-read when it changed (``get_overrides``), and every write re-reads it under a file lock first,
+    so neither writer loses the other's change."""
 
     def __init__(
         self,
@@ -79,6 +86,7 @@ class InMemoryQuotaStore:
         self._usage: dict[tuple[str, str], dict[str | None, list[int]]] = {}  # (team, day) -> model -> [r, p, c]
         self._settle_grace_us = int(settle_grace_s * 1_000_000)
         self._overrides_path = overrides_path
+        self._overrides_signature: tuple[int, int, int] | None = None
         self._overrides: dict[OverrideKey, QuotaLimits] = self._load_overrides()
 
     def _now_us(self) -> int:
@@ -248,10 +256,23 @@ class InMemoryQuotaStore:
 
     async def get_overrides(self) -> dict[OverrideKey, QuotaLimits]:
         with self._lock:
+            if self._overrides_path is not None and self._file_signature() != self._overrides_signature:
+                try:
+                    self._overrides = self._load_overrides()
+                except (OSError, ValueError) as exc:  # a hand edit gone wrong: keep what is in force
+                    log.error("quota overrides file %s unreadable, the previous limits stay in force: %s", self._overrides_path, exc)
             return dict(self._overrides)
 
     async def set_override(self, team: str, scope: Scope, limits: QuotaLimits | None) -> None:
-        with self._lock:
+        with self._lock, self._file_lock():
+            if self._overrides_path is not None:
+                try:
+                    self._overrides = self._load_overrides()  # another process may have written since
+                except (OSError, ValueError) as exc:
+                    raise QuotaUnavailable(
+                        f"The admin-set limits file {self._overrides_path} cannot be read ({exc}); fix or remove it.",
+                        retry_after_s=60.0,
+                    ) from exc
             if limits is None:
                 self._overrides.pop((team, scope), None)
             else:
@@ -261,8 +282,32 @@ class InMemoryQuotaStore:
     async def aclose(self) -> None:
         return None
 
+    def _file_signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self._overrides_path)  # type: ignore[arg-type]
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        """An exclusive lock beside the overrides file, across processes (the gateway and `ward quotas`)."""
+        if self._overrides_path is None:
+            yield
+            return
+        self._overrides_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._overrides_path.with_name(self._overrides_path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def _load_overrides(self) -> dict[OverrideKey, QuotaLimits]:
-        if self._overrides_path is None or not self._overrides_path.exists():
+        if self._overrides_path is None:
+            return {}
+        self._overrides_signature = self._file_signature()
+        if self._overrides_signature is None:
             return {}
         raw = json.loads(self._overrides_path.read_text())
         return {parse_override_field(k): QuotaLimits.model_validate(v) for k, v in raw.items()}
@@ -277,6 +322,7 @@ class InMemoryQuotaStore:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=True)
         os.replace(tmp, self._overrides_path)
+        self._overrides_signature = self._file_signature()
 
 
 def _window_state(log: ScoredLog, limit: int, used: int, now: int) -> WindowState:

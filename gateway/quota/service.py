@@ -11,16 +11,20 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from gateway.auth.principal import Principal
 from gateway.quota import metrics
-from gateway.quota.audit import ChangeSource, QuotaAuditSink, QuotaChange
+from gateway.quota.audit import ChangeSource, QuotaAuditSink, QuotaChange, SchedulingChange
 from gateway.quota.breaker import CircuitBreaker
-from gateway.quota.config import QuotaConfig, diff_configs
-from gateway.quota.errors import QuotaExceeded, QuotaStoreError, QuotaUnavailable
+from gateway.quota.config import QuotaConfig, diff_configs, diff_scheduling
+from gateway.quota.errors import InvalidQuotaRequest, QuotaExceeded, QuotaStoreError, QuotaUnavailable
 from gateway.quota.headers import rate_limit_headers
 from gateway.quota.limits import TEAM_SCOPE, LimitKind, QuotaLimits, Scope
 from gateway.quota.limits_in_force import LimitsInForce, QuotaConfigSource, ScopeView
 from gateway.quota.outage import OutageLimiter, PendingSettlements
+from gateway.quota.scheduling import SchedulingOverride, SchedulingView, TeamScheduling
+from gateway.quota.scheduling_store import SchedulingStore
 from gateway.quota.settings import QuotaSettings
 from gateway.quota.store import AdmitRequest, AdmitResult, QuotaStore, SettleMode, Settlement
 from gateway.quota.usage import UsageGroupBy, UsageRow, check_report_range, group_usage
@@ -62,9 +66,16 @@ class QuotaService:
         settings: QuotaSettings | None = None,
         *,
         audit: QuotaAuditSink | None = None,
+        scheduling: SchedulingStore | None = None,
     ):
         self._store = store
         self._config = config
+        # Admin-set scheduling lives in the gateway database; this process keeps a copy, re-read with
+        # the admin-set limits (override_refresh_s), so the request path never waits on the database.
+        self._scheduling_store = scheduling
+        self._scheduling: dict[str, SchedulingOverride] = {}
+        self._scheduling_cache: dict[str, tuple[QuotaConfig, SchedulingOverride | None, TeamScheduling]] = {}
+        self._scheduling_stale = False
         self._limits = LimitsInForce(config)
         self._settings = settings or QuotaSettings(redis_url=None)
         self._audit = audit
@@ -90,6 +101,7 @@ class QuotaService:
             return
         self._started = True
         await self._refresh_overrides()
+        await self._refresh_scheduling()
         self._maintenance = asyncio.create_task(self._maintain(), name="quota-maintenance")
 
     async def aclose(self) -> None:
@@ -189,6 +201,103 @@ class QuotaService:
             return
         await self._settle_shared(settlement)
 
+    # ---- scheduling --------------------------------------------------------------------------
+
+    @property
+    def config(self) -> QuotaConfig:
+        """The quota file's configuration in force (empty without a file)."""
+        return self._config.current()
+
+    def scheduling(self, team: str) -> TeamScheduling:
+        """The team's priority class and weight in force (no I/O: for every Generate call). Worked out
+        once per team for each configuration and admin-set value, not on every call."""
+        config, override = self._config.current(), self._scheduling.get(team)
+        cached = self._scheduling_cache.get(team)
+        if cached is not None and cached[0] is config and cached[1] is override:
+            return cached[2]
+        policy = config.scheduling_for(team, override).scheduling
+        self._scheduling_cache[team] = (config, override, policy)
+        return policy
+
+    async def team_scheduling(self, team: str) -> SchedulingView:
+        """The team's scheduling in force and where each field comes from, read fresh from the database.
+        Raises TeamNotFound for a team the database does not know."""
+        check_name(team, "team")
+        store = self._require_scheduling_store()
+        override = await self._db_call(lambda: self._existing_team_override(store, team))
+        return self._config.current().scheduling_for(team, override)
+
+    async def set_scheduling(
+        self,
+        team: str,
+        override: SchedulingOverride | None,
+        *,
+        actor: str,
+        principal: Principal | None = None,
+        source: ChangeSource = ChangeSource.ADMIN_API,
+    ) -> SchedulingView:
+        """Set a team's admin-set scheduling (None or empty: remove it, the file's applies again).
+        Each field set replaces the file's; the change is audited, and undone if the audit write fails.
+        Raises TeamNotFound, QuotaUnavailable (database unreachable)."""
+        check_name(team, "team")
+        store = self._require_scheduling_store()
+        config = self._config.current()
+        previous = await self._db_call(lambda: store.put(team, override, by=actor))
+        before = config.scheduling_for(team, previous)
+        cleared = override is None or override.is_empty()
+        self._set_cached_scheduling(team, None if cleared else override)
+        after = config.scheduling_for(team, None if cleared else override)
+        if self._audit is not None:
+            change = SchedulingChange(source, actor, team, before.scheduling, after.scheduling, principal=principal, cleared=cleared)
+            try:
+                await self._audit.record_scheduling_change(change)
+            except Exception:
+                # An unaudited change must not stay in force.
+                await self._db_call(lambda: store.put(team, previous, by=actor))
+                self._set_cached_scheduling(team, previous)
+                raise
+        log.info("scheduling of team %r changed by %s: %s", team, actor, after.scheduling.model_dump())
+        return after
+
+    def _set_cached_scheduling(self, team: str, override: SchedulingOverride | None) -> None:
+        if override is None or override.is_empty():
+            self._scheduling.pop(team, None)
+        else:
+            self._scheduling[team] = override
+
+    @staticmethod
+    def _existing_team_override(store: SchedulingStore, team: str) -> SchedulingOverride | None:
+        from gateway.auth.stores import TeamNotFound
+
+        if not store.team_exists(team):
+            raise TeamNotFound(team)
+        return store.get(team)
+
+    def _require_scheduling_store(self) -> SchedulingStore:
+        if self._scheduling_store is None:
+            raise InvalidQuotaRequest("This gateway keeps no admin-set scheduling (it has no database).", param="team")
+        return self._scheduling_store
+
+    async def _db_call(self, call: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(call)
+        except SQLAlchemyError as exc:
+            log.warning("gateway database unreachable for scheduling: %s", exc)
+            raise QuotaUnavailable("The gateway database is unavailable; try again shortly.", retry_after_s=1.0) from exc
+
+    async def _refresh_scheduling(self) -> None:
+        """Re-read admin-set scheduling; on failure keep the last known (logged once per outage)."""
+        if self._scheduling_store is None:
+            return
+        try:
+            self._scheduling = await asyncio.to_thread(self._scheduling_store.all)
+        except SQLAlchemyError as exc:
+            if not self._scheduling_stale:
+                log.warning("admin-set scheduling not re-read, the last known stays in force: %s", exc)
+            self._scheduling_stale = True
+        else:
+            self._scheduling_stale = False
+
     # ---- admin -------------------------------------------------------------------------------
 
     async def team_limits(self, team: str) -> list[ScopeView]:
@@ -199,17 +308,30 @@ class QuotaService:
         return self._limits.views(team)
 
     async def set_limits(
-        self, team: str, limits: QuotaLimits, *, actor: str, scope: Scope = TEAM_SCOPE, principal: Principal | None = None
+        self,
+        team: str,
+        limits: QuotaLimits,
+        *,
+        actor: str,
+        scope: Scope = TEAM_SCOPE,
+        principal: Principal | None = None,
+        source: ChangeSource = ChangeSource.ADMIN_API,
     ) -> ScopeView:
-        """Set the limits of one scope through the admin API; they replace the file's for that scope.
-        ``principal`` (the caller, when known) is handed to the audit sink with the change."""
-        return await self._change(team, scope, limits, actor, principal)
+        """Set the limits of one scope through the admin API (or ``ward quotas``); they replace the
+        file's for that scope. ``principal`` (the caller, when known) is handed to the audit sink."""
+        return await self._change(team, scope, limits, actor, principal, source)
 
     async def clear_limits(
-        self, team: str, *, actor: str, scope: Scope = TEAM_SCOPE, principal: Principal | None = None
+        self,
+        team: str,
+        *,
+        actor: str,
+        scope: Scope = TEAM_SCOPE,
+        principal: Principal | None = None,
+        source: ChangeSource = ChangeSource.ADMIN_API,
     ) -> ScopeView:
         """Remove admin-set limits of one scope, so the file's (or the defaults) apply again."""
-        return await self._change(team, scope, None, actor, principal)
+        return await self._change(team, scope, None, actor, principal, source)
 
     async def usage(self, team: str, first_day: dt.date, last_day: dt.date, group_by: UsageGroupBy) -> list[UsageRow]:
         check_name(team, "team")
@@ -218,7 +340,13 @@ class QuotaService:
         return group_usage(records, group_by)
 
     async def _change(
-        self, team: str, scope: Scope, limits: QuotaLimits | None, actor: str, principal: Principal | None = None
+        self,
+        team: str,
+        scope: Scope,
+        limits: QuotaLimits | None,
+        actor: str,
+        principal: Principal | None = None,
+        source: ChangeSource = ChangeSource.ADMIN_API,
     ) -> ScopeView:
         check_name(team, "team")
         await self._admin_call(self._refresh_overrides_strict)
@@ -231,7 +359,7 @@ class QuotaService:
             try:
                 await self._audit.record_quota_change(
                     QuotaChange(
-                        ChangeSource.ADMIN_API, actor, team, scope, before, after.limits,
+                        source, actor, team, scope, before, after.limits,
                         principal=principal, cleared=limits is None,
                     )
                 )
@@ -247,13 +375,19 @@ class QuotaService:
         if self._audit is None:
             return
         actor = str(getattr(self._config, "path", "quota file"))
-        changes = [QuotaChange(ChangeSource.CONFIG_FILE, actor, t, s, b, a) for t, s, b, a in diff_configs(old, new)]
+        changes: list[QuotaChange | SchedulingChange] = [
+            QuotaChange(ChangeSource.CONFIG_FILE, actor, t, s, b, a) for t, s, b, a in diff_configs(old, new)
+        ]
+        changes += [SchedulingChange(ChangeSource.CONFIG_FILE, actor, t, b, a) for t, b, a in diff_scheduling(old, new)]
         self._spawn(self._audit_file_changes(changes))
 
-    async def _audit_file_changes(self, changes: list[QuotaChange]) -> None:
+    async def _audit_file_changes(self, changes: list[QuotaChange | SchedulingChange]) -> None:
         for change in changes:
             try:
-                await self._audit.record_quota_change(change)  # type: ignore[union-attr]
+                if isinstance(change, SchedulingChange):
+                    await self._audit.record_scheduling_change(change)  # type: ignore[union-attr]
+                else:
+                    await self._audit.record_quota_change(change)  # type: ignore[union-attr]
             except Exception:
                 log.exception("could not audit a quota file change: %s", change.as_dict())
 
@@ -326,6 +460,7 @@ class QuotaService:
         while not self._closed:
             await asyncio.sleep(self._settings.override_refresh_s)
             await self._refresh_overrides()
+            await self._refresh_scheduling()
             if self._pending:
                 await self._replay_pending()
 

@@ -1,4 +1,6 @@
-"""OpenAI-compatible routes under /v1. Each one authenticates, parses, and hands off to a service."""
+"""OpenAI-compatible routes under /v1. Each one authenticates, parses, checks that the caller's team
+may use the model (403, or 404 on the model routes, as OpenAI answers for models a key cannot see),
+and hands off to a service."""
 
 from __future__ import annotations
 
@@ -26,9 +28,16 @@ router = APIRouter(prefix="/v1")
 Context = Annotated[RequestContext, Depends(authenticated_context)]
 
 
+def check_model_allowed(request: Request, ctx: RequestContext, model: str) -> None:
+    """Raises the policy's 403 when the caller's team may not use ``model`` (audited as a refusal)."""
+    ctx.model = model
+    request.app.state.ward.policy.check_model(ctx.principal, model)
+
+
 @router.post("/chat/completions")
 async def chat_completions(request: Request, ctx: Context) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
+    check_model_allowed(request, ctx, body.model)
     result = await until_disconnected(request, request.app.state.ward.chat.create(ctx, body))
     return serving_response(ctx, result)
 
@@ -36,6 +45,7 @@ async def chat_completions(request: Request, ctx: Context) -> Response:
 @router.post("/completions")
 async def completions(request: Request, ctx: Context) -> Response:
     body = await parse_body(request, CompletionRequest)
+    check_model_allowed(request, ctx, body.model)
     result = await until_disconnected(request, request.app.state.ward.completions.create(ctx, body))
     return serving_response(ctx, result)
 
@@ -43,6 +53,7 @@ async def completions(request: Request, ctx: Context) -> Response:
 @router.post("/embeddings")
 async def embeddings(request: Request, ctx: Context) -> Response:
     body = await parse_body(request, EmbeddingRequest)
+    check_model_allowed(request, ctx, body.model)
     result = await until_disconnected(request, request.app.state.ward.embeddings.create(ctx, body))
     return serving_response(ctx, result)
 
@@ -52,7 +63,8 @@ async def embeddings(request: Request, ctx: Context) -> Response:
 @router.get("/models")
 async def list_models(request: Request, ctx: Context) -> Response:
     ward = request.app.state.ward
-    body = {"object": "list", "data": [ward.model_card(name) for name in ward.pool.models()]}
+    names = ward.policy.visible_models(ctx.principal, ward.pool.models())
+    body = {"object": "list", "data": [ward.model_card(name) for name in names]}
     await ward.lifecycle.finish(ctx)
     return json_response(ctx, body)
 
@@ -61,7 +73,7 @@ async def list_models(request: Request, ctx: Context) -> Response:
 async def retrieve_model(model: str, request: Request, ctx: Context) -> Response:
     ward = request.app.state.ward
     ctx.model = model
-    if not ward.pool.has_model(model):
+    if not ward.pool.has_model(model) or not ward.policy.visible_models(ctx.principal, [model]):
         raise ModelNotFound(model)
     await ward.lifecycle.finish(ctx)
     return json_response(ctx, ward.model_card(model))

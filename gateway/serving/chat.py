@@ -28,8 +28,9 @@ def prompt_messages(request: ChatCompletionRequest) -> list[dict[str, str]]:
 
 
 def generate_request(
-    ctx: RequestContext, request: ChatCompletionRequest, messages: list[dict[str, str]]
+    ctx: RequestContext, request: ChatCompletionRequest, messages: list[dict[str, str]], tenancy: dict[str, Any]
 ) -> pb.GenerateRequest:
+    """The worker request; ``tenancy`` holds its tenancy fields (gateway.serving.tenancy)."""
     conversation = pb.Conversation(
         messages=[pb.ChatMessage(role=m["role"], content=m["content"], name=m.get("name", "")) for m in messages],
         add_generation_prompt=request.add_generation_prompt,
@@ -40,8 +41,8 @@ def generate_request(
         model=request.model,
         prompt=pb.Prompt(chat=conversation),
         params=sampling_params(request, logprobs=request.worker_logprobs()),
-        priority=request.priority,
-        cache_salt=ctx.principal.cache_salt if ctx.principal else "",
+        priority=request.priority,  # orders requests within the caller's team only
+        **tenancy,
     )
 
 
@@ -145,7 +146,7 @@ class ChatService:
         meta = self.generation.meta(ctx, "chatcmpl-")
         return await self.generation.run(
             ctx,
-            [generate_request(ctx, request, ctx.prompt)],
+            [generate_request(ctx, request, ctx.prompt, self.generation.tenancy(ctx))],
             n=request.n,
             stream=request.stream,
             keep_logprobs=request.logprobs,

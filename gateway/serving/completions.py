@@ -22,18 +22,18 @@ def worker_prompt(prompt: str | list[int]) -> pb.Prompt:
     return pb.Prompt(token_ids=pb.TokenIds(ids=prompt))
 
 
-def generate_requests(ctx: RequestContext, request: CompletionRequest) -> list[pb.GenerateRequest]:
+def generate_requests(ctx: RequestContext, request: CompletionRequest, tenancy: dict[str, Any]) -> list[pb.GenerateRequest]:
+    """One worker request per prompt; ``tenancy`` holds their tenancy fields (gateway.serving.tenancy)."""
     params = sampling_params(request, logprobs=request.logprobs)
     prompts = request.prompts()
-    salt = ctx.principal.cache_salt if ctx.principal else ""
     return [
         pb.GenerateRequest(
             request_id=ctx.request_id if len(prompts) == 1 else f"{ctx.request_id}-{i}",
             model=request.model,
             prompt=worker_prompt(p),
             params=params,
-            priority=request.priority,
-            cache_salt=salt,
+            priority=request.priority,  # orders requests within the caller's team only
+            **tenancy,
         )
         for i, p in enumerate(prompts)
     ]
@@ -112,7 +112,7 @@ class CompletionService:
         meta = self.generation.meta(ctx, "cmpl-")
         return await self.generation.run(
             ctx,
-            generate_requests(ctx, request),
+            generate_requests(ctx, request, self.generation.tenancy(ctx)),
             n=request.n,
             stream=request.stream,
             keep_logprobs=request.logprobs is not None,

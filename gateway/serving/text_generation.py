@@ -9,11 +9,13 @@ from typing import Any, Protocol
 from gateway.http.errors import ClientDisconnected, InvalidRequest, ModelNotFound
 from gateway.http.request_context import RequestContext
 from gateway.metrics import GatewayMetrics
+from gateway.policy.team_policy import OpenTeamPolicy, SchedulingSource
 from gateway.serving.dispatch import Dispatcher
 from gateway.serving.generation import GenerationRun
 from gateway.serving.lifecycle import Lifecycle
 from gateway.serving.prompt_size import check_prompt_sizes
 from gateway.serving.sse import ChunkFormatter, EventStream, run_event_stream
+from gateway.serving.tenancy import tenancy_fields
 from gateway.workers.pool import WorkerPool, system_fingerprint
 from proto.ward.worker.v1 import worker_pb2 as pb
 
@@ -38,11 +40,23 @@ class ResponseMeta:
 class GenerationService:
     """Runs a generation request end to end; endpoint services supply requests and formatting."""
 
-    def __init__(self, pool: WorkerPool, dispatcher: Dispatcher, lifecycle: Lifecycle, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        pool: WorkerPool,
+        dispatcher: Dispatcher,
+        lifecycle: Lifecycle,
+        metrics: GatewayMetrics,
+        scheduling: SchedulingSource | None = None,
+    ) -> None:
         self.pool = pool
         self.dispatcher = dispatcher
         self.lifecycle = lifecycle
         self.metrics = metrics
+        self.scheduling = scheduling or OpenTeamPolicy()
+
+    def tenancy(self, ctx: RequestContext) -> dict[str, Any]:
+        """The tenancy fields of the request's Generate calls (team, its class and weight, cache salt)."""
+        return tenancy_fields(ctx, self.scheduling)
 
     def check_model(self, model: str, task: str) -> None:
         """Raises ModelNotFound for an unknown model, InvalidRequest when it serves another task."""
