@@ -84,8 +84,8 @@ class GovernedStack:
         raise SystemExit("worker not ready in time")
 
     def write_quotas(self) -> pathlib.Path:
-        # a team's scheduling policy (priority, weight) sits beside its limits
-        teams = {team: {"limits": {**GENEROUS_LIMITS, **dict(policy)}} for team, policy in self.teams.items()}
+        # a team's scheduling policy (priority, weight) is part of its entry, beside its limits
+        teams = {team: {"limits": dict(GENEROUS_LIMITS), **dict(policy)} for team, policy in self.teams.items()}
         path = self.data / "quotas.yaml"
         path.write_text(yaml.safe_dump({"teams": teams}, sort_keys=False))
         return path
