@@ -116,6 +116,7 @@ def build_app(settings: GatewaySettings, *, registry: Any = None) -> Any:
 
     from gateway.app import create_app
     from gateway.auth.factory import build_identity
+    from gateway.auth.stores import TeamStore
     from gateway.db import create_db_engine, upgrade_to_head
     from gateway.governance import build_governance
     from gateway.static_auth import StaticKeyAuthenticator
@@ -123,7 +124,10 @@ def build_app(settings: GatewaySettings, *, registry: Any = None) -> Any:
     url = settings.resolved_database_url()
     upgrade_to_head(url)
     engine = create_db_engine(url)
-    governance = build_governance(settings, database_url=url)
+    teams = TeamStore(engine)
+    for team in sorted(set(settings.api_keys.values())):
+        teams.ensure(team)  # the config file's static keys name teams the admin API can then manage
+    governance = build_governance(settings, database_url=url, teams=teams)
     identity = build_identity(settings.auth, engine, recorder=governance.audit.log)
     authenticator: Any = identity.authenticator
     if settings.api_keys:

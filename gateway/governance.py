@@ -17,11 +17,12 @@ admin API or by a reload of the quota file are written to the same log (``Audite
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
 from prometheus_client.registry import Collector
 
 from gateway.audit.errors import AuditQueryError, AuditUnavailable
@@ -30,6 +31,7 @@ from gateway.audit.quota_changes import AuditedQuotaChanges
 from gateway.audit.router import create_audit_router
 from gateway.audit.service import AuditServices, build_audit_services
 from gateway.auth.dependencies import current_principal
+from gateway.auth.stores import TeamStore
 from gateway.http.errors import InvalidRequest, OpenAIError, ServiceUnavailable
 from gateway.hooks import HookChain
 from gateway.quota.admin_router import make_quota_admin_router
@@ -53,13 +55,18 @@ class Governance:
 
 
 def build_governance(
-    settings: GatewaySettings, *, database_url: str, data_dir: str | os.PathLike | None = None
+    settings: GatewaySettings,
+    *,
+    database_url: str,
+    data_dir: str | os.PathLike | None = None,
+    teams: TeamStore | None = None,
 ) -> Governance:
     """Builds both layers (migrates the audit database, loads or creates the signing key, reads the
     quota file). Nothing runs until the app starts the hook chain.
 
     ``database_url`` is the gateway database, used by the audit log when ``audit.database_url`` is
-    unset. Raises SigningKeyError, QuotaConfigError, or the database's error when it is unreachable.
+    unset. ``teams``, when given, limits the quota admin API to registered teams (404 otherwise).
+    Raises SigningKeyError, QuotaConfigError, or the database's error when it is unreachable.
     """
     audit_settings = settings.audit
     if audit_settings.database_url is None:
@@ -72,7 +79,11 @@ def build_governance(
         raise
     hooks = HookChain([QuotaHooks(quotas), AuditHooks(audit.log)])
     routers = [
-        make_quota_admin_router(principal=current_principal, service=lambda: quotas),
+        make_quota_admin_router(
+            principal=current_principal,
+            service=lambda: quotas,
+            team_exists=(lambda: _team_exists(teams)) if teams is not None else None,
+        ),
         create_audit_router(principal=current_principal),
     ]
     return Governance(
@@ -83,6 +94,13 @@ def build_governance(
         error_converters={**quota_error_converters(), **audit_error_converters()},
         collectors=[QuotaMetricsCollector()],
     )
+
+
+def _team_exists(teams: TeamStore) -> Callable[[str], Awaitable[bool]]:
+    async def exists(team: str) -> bool:
+        return await run_in_threadpool(teams.get, team) is not None
+
+    return exists
 
 
 def audit_error_converters() -> dict[type[Exception], Callable[[Any], OpenAIError]]:

@@ -21,6 +21,7 @@ from pydantic_settings import (
 
 from gateway.audit.settings import AuditSettings
 from gateway.auth.settings import AuthSettings
+from gateway.identifiers import TEAM_NAME_RULE, is_team_name
 from gateway.quota.settings import QuotaSettings
 
 # The YAML file of the settings being built; a context variable keeps concurrent loads apart.
@@ -94,8 +95,8 @@ class GatewaySettings(BaseSettings):
         for key, team in keys.items():
             if len(key.get_secret_value()) < 8:
                 raise ValueError("an API key is shorter than 8 characters")
-            if not team:
-                raise ValueError("an API key maps to an empty team name")
+            if not is_team_name(team):
+                raise ValueError(f"an API key maps to the team name {team!r}: use {TEAM_NAME_RULE}")
         return keys
 
     def resolved_database_url(self) -> str:

@@ -62,6 +62,35 @@ async def authenticated_context(request: Request) -> RequestContext:
     return ctx
 
 
+# pydantic's type errors, as OpenAI words the type it expected ("Invalid type for 'n': expected an
+# integer, but got a string instead.").
+_EXPECTED = {
+    "int_type": "an integer",
+    "bool_type": "a boolean",
+    "float_type": "a number",
+    "string_type": "a string",
+    "list_type": "an array",
+    "dict_type": "an object",
+    "model_type": "an object",
+}
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
 def _validation_error(exc: ValidationError) -> InvalidRequest:
     error = exc.errors(include_url=False)[0]
     if error["type"] == "json_invalid":
@@ -74,6 +103,13 @@ def _validation_error(exc: ValidationError) -> InvalidRequest:
     if error["type"] == "missing":
         return InvalidRequest(
             f"Missing required parameter: '{'.'.join(loc)}'.", param=param, code="missing_required_parameter"
+        )
+    expected = _EXPECTED.get(error["type"])
+    if expected is not None and loc:
+        return InvalidRequest(
+            f"Invalid type for '{'.'.join(loc)}': expected {expected}, but got {_json_type(error['input'])} instead.",
+            param=param,
+            code="invalid_type",
         )
     where = f"Invalid value for '{'.'.join(loc)}': " if loc else ""
     return InvalidRequest(f"{where}{message}", param=param, code="invalid_value")

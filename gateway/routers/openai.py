@@ -17,6 +17,7 @@ from gateway.http.plumbing import (
     serving_response,
     until_disconnected,
 )
+from gateway.identifiers import MODEL_NAME_MAX, is_model_name
 from gateway.protocol.chat import ChatCompletionRequest
 from gateway.protocol.completions import CompletionRequest
 from gateway.protocol.embeddings import EmbeddingRequest
@@ -60,6 +61,8 @@ async def list_models(request: Request, ctx: Context) -> Response:
 @router.get("/models/{model:path}")
 async def retrieve_model(model: str, request: Request, ctx: Context) -> Response:
     ward = request.app.state.ward
+    if not is_model_name(model):  # no model can have this name; the audit record keeps no such value
+        raise ModelNotFound(model[:MODEL_NAME_MAX])
     ctx.model = model
     if not ward.pool.has_model(model):
         raise ModelNotFound(model)
