@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.auth.authenticator import Authenticator
 from gateway.http.body_limit import BodyLimitMiddleware
+from gateway.http.error_boundary import GatewayApp
 from gateway.http.error_handlers import ErrorConverter, install_error_handlers
 from gateway.hooks import NoopHooks, RequestHooks
 from gateway.metrics import GatewayMetrics, WorkerPoolCollector
@@ -166,7 +167,7 @@ def create_app(
             await pool.close()
             metrics.registry.unregister(collector)
 
-    app = FastAPI(
+    app = GatewayApp(
         title="Ward gateway",
         lifespan=lifespan,
         docs_url=None,
