@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.auth.authenticator import Authenticator
 from gateway.http.body_limit import BodyLimitMiddleware
+from gateway.http.drain_gate import DrainGate
 from gateway.http.error_boundary import GatewayApp
 from gateway.http.error_handlers import ErrorConverter, install_error_handlers
 from gateway.hooks import NoopHooks, RequestHooks
@@ -39,6 +40,7 @@ from gateway.serving.completions import CompletionService
 from gateway.serving.dispatch import Dispatcher
 from gateway.serving.embeddings import EmbeddingService
 from gateway.serving.lifecycle import Lifecycle
+from gateway.serving.shutdown import ServerShutdown
 from gateway.serving.text_generation import GenerationService
 from gateway.settings import GatewaySettings
 from gateway.static_auth import StaticKeyAuthenticator
@@ -59,6 +61,7 @@ class GatewayServices:
     metrics: GatewayMetrics
     pool: WorkerPool
     lifecycle: Lifecycle
+    shutdown: ServerShutdown
     dispatcher: Dispatcher
     chat: ChatService
     completions: CompletionService
@@ -134,12 +137,13 @@ def create_app(
             log.warning("no API keys configured: every /v1 request will be refused with 401")
     hooks = hooks or NoopHooks()
     metrics = GatewayMetrics(registry)
+    shutdown = ServerShutdown()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         routes = {name: route.workers for name, route in settings.models.items()}
         pool = WorkerPool(routes, connect, settings.routing)
-        lifecycle = Lifecycle(hooks, metrics, routes)
+        lifecycle = Lifecycle(hooks, metrics, routes, shutdown)
         dispatcher = Dispatcher(pool, hooks)
         generation = GenerationService(pool, dispatcher, lifecycle, metrics)
         app.state.ward = GatewayServices(
@@ -149,6 +153,7 @@ def create_app(
             metrics=metrics,
             pool=pool,
             lifecycle=lifecycle,
+            shutdown=shutdown,
             dispatcher=dispatcher,
             chat=ChatService(generation),
             completions=CompletionService(generation),
@@ -179,9 +184,12 @@ def create_app(
         telemetry=NO_TELEMETRY,
     )
     install_error_handlers(app, error_converters)
+    # Outermost last: the body limit answers before anything else, then the drain gate.
+    app.add_middleware(DrainGate, shutdown=shutdown)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.include_router(operations.router)
     app.include_router(openai_routes.router)
     for router in routers:
         app.include_router(router)
+    app.state.shutdown = shutdown  # for the server: SIGTERM drains (gateway.http.server)
     return app

@@ -63,6 +63,17 @@ class RoutingSettings(BaseModel):
     max_attempts: int = Field(3, ge=1, le=16)  # workers tried before the first token is sent
 
 
+class ShutdownSettings(BaseModel):
+    """What SIGTERM does: drain, then end what is left (see gateway.serving.shutdown)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # How long requests in flight may run on after SIGTERM before they are ended with a 503
+    # `server_shutdown`. The default matches Kubernetes' terminationGracePeriodSeconds (30 s); give
+    # the pod a few seconds more than this, for the ended requests' last bytes and the audit flush.
+    grace_s: float = Field(30.0, ge=0, le=3600)
+
+
 class GatewaySettings(BaseSettings):
     """Everything ``ward gateway`` needs; load with :meth:`load`."""
 
@@ -81,6 +92,7 @@ class GatewaySettings(BaseSettings):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)  # larger bodies get 413
     access_log: bool = False  # uvicorn's per-request log lines (paths and statuses only)
+    shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     # The gateway database (teams, API keys): WARD_DATABASE_URL, else SQLite in the data directory
     # (WARD_DATA_DIR, else the user's data directory; see ward.paths).
     database_url: str | None = None

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from gateway.auth.errors import PermissionDenied
 from gateway.auth.principal import Role
 from gateway.http.request_context import RequestContext
-from gateway.http.errors import ClientDisconnected, InvalidRequest
+from gateway.http.errors import ClientDisconnected, InvalidRequest, OpenAIError, ServerShuttingDown
 from gateway.serving.sse import EventStream, dumps
 from gateway.http.sse_response import EventStreamResponse
 
@@ -127,11 +127,19 @@ async def parse_body(request: Request, model: type[M]) -> M:
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Awaits ``work``; if the client disconnects first, cancels it and raises ClientDisconnected."""
+    """Awaits ``work``; if the client disconnects first, cancels it and raises ClientDisconnected.
+
+    If the gateway's shutdown cuts the request first, cancels it and raises ServerShuttingDown (503).
+    """
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnect(request))
+    ended: OpenAIError = ClientDisconnected()
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        await request.app.state.ward.shutdown.interruptibly(
+            asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        )
+    except ServerShuttingDown as cut:
+        ended = cut
     except asyncio.CancelledError:
         task.cancel()
         watcher.cancel()
@@ -142,8 +150,8 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     task.cancel()
     await asyncio.wait((task,))  # its cleanup (cancelling the worker call) runs to the end
     if not task.cancelled():
-        task.exception()  # retrieved and dropped: the disconnect is what happened
-    raise ClientDisconnected()
+        task.exception()  # retrieved and dropped: the disconnect (or the shutdown) is what happened
+    raise ended
 
 
 async def _disconnect(request: Request) -> None:

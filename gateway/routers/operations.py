@@ -20,8 +20,10 @@ async def healthz() -> Response:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> Response:
-    """200 when every configured model has a ready worker, else 503 (with per-model counts)."""
-    pool = request.app.state.ward.pool
+    """200 when every configured model has a ready worker, else 503 (with per-model counts); 503 at
+    once when the gateway is draining for shutdown, so balancers stop sending it requests."""
+    ward = request.app.state.ward
+    pool = ward.pool
     models = {}
     for name in pool.models():
         handles = pool.handles(name)
@@ -30,8 +32,10 @@ async def readyz(request: Request) -> Response:
             "ready_workers": sum(h.ready for h in handles),
             "workers": len(handles),
         }
-    ready = all(m["ready"] for m in models.values())
-    return JSONResponse({"ready": ready, "models": models}, status_code=200 if ready else 503)
+    draining = ward.shutdown.draining
+    ready = all(m["ready"] for m in models.values()) and not draining
+    body = {"ready": ready, "draining": draining, "models": models}
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/metrics")
