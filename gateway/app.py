@@ -31,6 +31,7 @@ from gateway.http.body_limit import BodyLimitMiddleware
 from gateway.http.drain_gate import DrainGate
 from gateway.http.error_boundary import GatewayApp
 from gateway.http.error_handlers import ErrorConverter, install_error_handlers
+from gateway.http.openapi import gateway_openapi
 from gateway.hooks import NoopHooks, RequestHooks
 from gateway.metrics import GatewayMetrics, WorkerPoolCollector
 from gateway.routers import openai as openai_routes
@@ -177,7 +178,7 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        openapi_url=None,
+        openapi_url="/openapi.json" if settings.openapi else None,
         # FastAPI's OpenTelemetry hooks stay off: they would record validation failures (which can
         # quote request bodies, i.e. patient data) and cost time on every request. Ward exports
         # Prometheus metrics instead and sends nothing out.
@@ -191,5 +192,6 @@ def create_app(
     app.include_router(openai_routes.router)
     for router in routers:
         app.include_router(router)
+    app.openapi = lambda: gateway_openapi(app)  # type: ignore[method-assign]
     app.state.shutdown = shutdown  # for the server: SIGTERM drains (gateway.http.server)
     return app

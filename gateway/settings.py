@@ -92,6 +92,7 @@ class GatewaySettings(BaseSettings):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)  # larger bodies get 413
     access_log: bool = False  # uvicorn's per-request log lines (paths and statuses only)
+    openapi: bool = True  # serve the API's schema at /openapi.json
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     # The gateway database (teams, API keys): WARD_DATABASE_URL, else SQLite in the data directory
     # (WARD_DATA_DIR, else the user's data directory; see ward.paths).

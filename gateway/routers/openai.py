@@ -17,6 +17,7 @@ from gateway.http.plumbing import (
     serving_response,
     until_disconnected,
 )
+from gateway.http.openapi import json_body
 from gateway.identifiers import MODEL_NAME_MAX, is_model_name
 from gateway.protocol.chat import ChatCompletionRequest
 from gateway.protocol.completions import CompletionRequest
@@ -27,21 +28,21 @@ router = APIRouter(prefix="/v1")
 Context = Annotated[RequestContext, Depends(authenticated_context)]
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", openapi_extra=json_body(ChatCompletionRequest))
 async def chat_completions(request: Request, ctx: Context) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
     result = await until_disconnected(request, request.app.state.ward.chat.create(ctx, body))
     return serving_response(ctx, result)
 
 
-@router.post("/completions")
+@router.post("/completions", openapi_extra=json_body(CompletionRequest))
 async def completions(request: Request, ctx: Context) -> Response:
     body = await parse_body(request, CompletionRequest)
     result = await until_disconnected(request, request.app.state.ward.completions.create(ctx, body))
     return serving_response(ctx, result)
 
 
-@router.post("/embeddings")
+@router.post("/embeddings", openapi_extra=json_body(EmbeddingRequest))
 async def embeddings(request: Request, ctx: Context) -> Response:
     body = await parse_body(request, EmbeddingRequest)
     result = await until_disconnected(request, request.app.state.ward.embeddings.create(ctx, body))

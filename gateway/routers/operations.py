@@ -38,7 +38,7 @@ async def readyz(request: Request) -> Response:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     """The gateway's own metrics, then every worker's (labelled ``worker``), relayed at scrape time."""
     ward = request.app.state.ward
