@@ -31,7 +31,10 @@ from prometheus_client import CollectorRegistry
 
 from gateway.auth.authenticator import Authenticator
 from gateway.http.body_limit import BodyLimitMiddleware
+from gateway.http.drain_gate import DrainGate
+from gateway.http.error_boundary import GatewayApp
 from gateway.http.error_handlers import ErrorConverter, install_error_handlers
+from gateway.http.openapi import gateway_openapi
 from gateway.hooks import NoopHooks, RequestHooks
 from gateway.metrics import GatewayMetrics, WorkerPoolCollector
 from gateway.policy.team_policy import OpenTeamPolicy, TeamPolicy
@@ -42,6 +45,7 @@ from gateway.serving.completions import CompletionService
 from gateway.serving.dispatch import Dispatcher
 from gateway.serving.embeddings import EmbeddingService
 from gateway.serving.lifecycle import Lifecycle
+from gateway.serving.shutdown import ServerShutdown
 from gateway.serving.text_generation import GenerationService
 from gateway.settings import GatewaySettings
 from gateway.static_auth import StaticKeyAuthenticator
@@ -63,6 +67,7 @@ class GatewayServices:
     metrics: GatewayMetrics
     pool: WorkerPool
     lifecycle: Lifecycle
+    shutdown: ServerShutdown
     dispatcher: Dispatcher
     chat: ChatService
     completions: CompletionService
@@ -144,6 +149,7 @@ def create_app(
     hooks = hooks or NoopHooks()
     policy = policy or OpenTeamPolicy()
     metrics = GatewayMetrics(registry)
+    shutdown = ServerShutdown()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -151,7 +157,7 @@ def create_app(
         pool = WorkerPool(routes, connect, settings.routing)
         dns_names = {name: route.dns for name, route in settings.models.items()}
         discovery = DnsDiscovery(pool, dns_names, resolver=resolver, refresh_s=settings.routing.dns_refresh_s)
-        lifecycle = Lifecycle(hooks, metrics, routes)
+        lifecycle = Lifecycle(hooks, metrics, routes, shutdown)
         dispatcher = Dispatcher(pool, hooks)
         generation = GenerationService(pool, dispatcher, lifecycle, metrics, policy)
         app.state.ward = GatewayServices(
@@ -161,6 +167,7 @@ def create_app(
             metrics=metrics,
             pool=pool,
             lifecycle=lifecycle,
+            shutdown=shutdown,
             dispatcher=dispatcher,
             chat=ChatService(generation),
             completions=CompletionService(generation),
@@ -182,21 +189,25 @@ def create_app(
             await pool.close()
             metrics.registry.unregister(collector)
 
-    app = FastAPI(
+    app = GatewayApp(
         title="Ward gateway",
         lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
-        openapi_url=None,
+        openapi_url="/openapi.json" if settings.openapi else None,
         # FastAPI's OpenTelemetry hooks stay off: they would record validation failures (which can
         # quote request bodies, i.e. patient data) and cost time on every request. Ward exports
         # Prometheus metrics instead and sends nothing out.
         telemetry=NO_TELEMETRY,
     )
     install_error_handlers(app, error_converters)
+    # Outermost last: the body limit answers before anything else, then the drain gate.
+    app.add_middleware(DrainGate, shutdown=shutdown)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.include_router(operations.router)
     app.include_router(openai_routes.router)
     for router in routers:
         app.include_router(router)
+    app.openapi = lambda: gateway_openapi(app)  # type: ignore[method-assign]
+    app.state.shutdown = shutdown  # for the server: SIGTERM drains (gateway.http.server)
     return app

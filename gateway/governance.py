@@ -22,11 +22,12 @@ changes made through the admin API or by a reload of the quota file are written 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine
 
@@ -37,6 +38,7 @@ from gateway.audit.quota_changes import AuditedQuotaChanges
 from gateway.audit.router import create_audit_router
 from gateway.audit.service import AuditServices, build_audit_services
 from gateway.auth.dependencies import current_principal
+from gateway.auth.stores import TeamStore
 from gateway.http.errors import InvalidRequest, OpenAIError, ServiceUnavailable
 from gateway.db import create_db_engine
 from gateway.hooks import HookChain
@@ -74,14 +76,16 @@ def build_governance(
     database_url: str,
     data_dir: str | os.PathLike | None = None,
     engine: Engine | None = None,
+    teams: TeamStore | None = None,
 ) -> Governance:
     """Builds the layers (migrates the audit database, loads or creates the signing key, reads the
     quota file). Nothing runs until the app starts the hook chain and the policy.
 
     ``database_url`` is the gateway database (already migrated), used by the audit log when
     ``audit.database_url`` is unset; ``engine`` an engine on it (made when not given) for the teams'
-    scheduling and the model policy. Raises SigningKeyError, QuotaConfigError, or the database's error
-    when it is unreachable.
+    scheduling and the model policy. ``teams``, when given, limits the quota admin API to registered
+    teams (404 otherwise). Raises SigningKeyError, QuotaConfigError, or the database's error when it
+    is unreachable.
     """
     audit_settings = settings.audit
     if audit_settings.database_url is None:
@@ -98,7 +102,11 @@ def build_governance(
     models = ModelPolicy(ModelPolicyStore(engine), recorder=audit.log, refresh_s=settings.quota.override_refresh_s)
     hooks = HookChain([QuotaHooks(quotas), AuditHooks(audit.log)])
     routers = [
-        make_quota_admin_router(principal=current_principal, service=lambda: quotas),
+        make_quota_admin_router(
+            principal=current_principal,
+            service=lambda: quotas,
+            team_exists=(lambda: _team_exists(teams)) if teams is not None else None,
+        ),
         make_policy_admin_router(principal=current_principal, policy=lambda: models),
         create_audit_router(principal=current_principal),
     ]
@@ -112,6 +120,13 @@ def build_governance(
         collectors=[QuotaMetricsCollector(), audit.log.metrics],
         middleware=[(AuditedAdminReads, {"recorder": audit.log})],
     )
+
+
+def _team_exists(teams: TeamStore) -> Callable[[str], Awaitable[bool]]:
+    async def exists(team: str) -> bool:
+        return await run_in_threadpool(teams.get, team) is not None
+
+    return exists
 
 
 def audit_error_converters() -> dict[type[Exception], Callable[[Any], OpenAIError]]:

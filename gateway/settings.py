@@ -21,6 +21,7 @@ from pydantic_settings import (
 
 from gateway.audit.settings import AuditSettings
 from gateway.auth.settings import AuthSettings
+from gateway.identifiers import TEAM_NAME_RULE, is_team_name
 from gateway.quota.settings import QuotaSettings
 
 # The YAML file of the settings being built; a context variable keeps concurrent loads apart.
@@ -72,6 +73,17 @@ class RoutingSettings(BaseModel):
     dns_refresh_s: float = Field(5.0, gt=0, le=300)  # how often `dns` names of models are re-resolved
 
 
+class ShutdownSettings(BaseModel):
+    """What SIGTERM does: drain, then end what is left (see gateway.serving.shutdown)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # How long requests in flight may run on after SIGTERM before they are ended with a 503
+    # `server_shutdown`. The default matches Kubernetes' terminationGracePeriodSeconds (30 s); give
+    # the pod a few seconds more than this, for the ended requests' last bytes and the audit flush.
+    grace_s: float = Field(30.0, ge=0, le=3600)
+
+
 class GatewaySettings(BaseSettings):
     """Everything ``ward gateway`` needs; load with :meth:`load`."""
 
@@ -90,6 +102,8 @@ class GatewaySettings(BaseSettings):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)  # larger bodies get 413
     access_log: bool = False  # uvicorn's per-request log lines (paths and statuses only)
+    openapi: bool = True  # serve the API's schema at /openapi.json
+    shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     # The gateway database (teams, API keys): WARD_DATABASE_URL, else SQLite in the data directory
     # (WARD_DATA_DIR, else the user's data directory; see ward.paths).
     database_url: str | None = None
@@ -104,8 +118,8 @@ class GatewaySettings(BaseSettings):
         for key, team in keys.items():
             if len(key.get_secret_value()) < 8:
                 raise ValueError("an API key is shorter than 8 characters")
-            if not team:
-                raise ValueError("an API key maps to an empty team name")
+            if not is_team_name(team):
+                raise ValueError(f"an API key maps to the team name {team!r}: use {TEAM_NAME_RULE}")
         return keys
 
     def resolved_database_url(self) -> str:

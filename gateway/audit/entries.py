@@ -9,6 +9,7 @@ from typing import Any
 
 from gateway.audit.canonical import canonical_json, parse_utc_iso, utc_iso
 from gateway.audit.errors import AuditInputError
+from gateway.identifiers import MODEL_NAME_MAX, REQUEST_ID_MAX, SUBJECT_MAX, TEAM_NAME_MAX
 
 
 class EntryKind(str, Enum):
@@ -22,8 +23,14 @@ class EntryKind(str, Enum):
 
 REQUEST_KINDS = frozenset({EntryKind.REQUEST.value, EntryKind.REQUEST_OPEN.value, EntryKind.REQUEST_COMPLETE.value})
 
-# Lengths of the indexed header columns (gateway/db/models_audit.py).
-_LIMITS = {"request_id": 128, "team": 64, "subject": 512, "model": 256, "status": 16}
+# Lengths of the indexed header columns (gateway/db/models_audit.py), from the identifiers' one definition.
+_LIMITS = {
+    "request_id": REQUEST_ID_MAX,
+    "team": TEAM_NAME_MAX,
+    "subject": SUBJECT_MAX,
+    "model": MODEL_NAME_MAX,
+    "status": 16,
+}
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -33,6 +33,7 @@ from gateway.audit.reader import MAX_PAGE, ReadScope, RecordFilter
 from gateway.audit.service import AuditServices
 from gateway.auth.errors import PermissionDenied
 from gateway.auth.principal import Principal
+from gateway.identifiers import MODEL_NAME_MAX, REQUEST_ID_MAX, SUBJECT_MAX, TEAM_NAME_MAX
 
 
 def services_from_app_state(request: Request) -> AuditServices:
@@ -54,9 +55,9 @@ def _unavailable(error: AuditUnavailable) -> JSONResponse:
 def _filters(
     since: Annotated[datetime | None, Query(description="records received at or after (ISO-8601 with zone)")] = None,
     until: Annotated[datetime | None, Query(description="records received before")] = None,
-    team: str | None = None,
-    subject: str | None = None,
-    model: str | None = None,
+    team: Annotated[str | None, Query(max_length=TEAM_NAME_MAX)] = None,
+    subject: Annotated[str | None, Query(max_length=SUBJECT_MAX)] = None,
+    model: Annotated[str | None, Query(max_length=MODEL_NAME_MAX)] = None,
     status: Annotated[str | None, Query(description="ok, error, cancelled, rejected, incomplete, denied, or an HTTP code")] = None,
     kind: Annotated[str | None, Query(description="request, admin, access or purge")] = None,
 ) -> dict[str, Any]:
@@ -107,7 +108,9 @@ def create_audit_router(
         return {"object": "list", "data": page.records, "next_cursor": page.next_cursor}
 
     @router.get("/records/{record_id}")
-    async def get_record(request: Request, record_id: str, who: Caller, svc: Services):
+    async def get_record(
+        request: Request, record_id: Annotated[str, Path(max_length=REQUEST_ID_MAX)], who: Caller, svc: Services
+    ):
         query = {"id": record_id}
         try:
             scope = await authorize(who, svc, request, "get", query)

@@ -6,10 +6,10 @@ seam. Errors leave in OpenAI's shape.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Path
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import JSONResponse
 
 from gateway.auth.admin_service import IdentityAdmin
@@ -19,15 +19,25 @@ from gateway.auth.http_errors import openai_error
 from gateway.auth.principal import Role
 from gateway.auth.records import InvalidIdentityInput
 from gateway.auth.stores import KeyNotFound, TeamExists, TeamNotFound
+from gateway.identifiers import TEAM_NAME_MAX, TEAM_NAME_PATTERN, KeyId, TeamName
+
+
+TeamPath = Annotated[TeamName, Path(description="team name")]
+KeyIdPath = Annotated[KeyId, Path(description="API key id")]
 
 
 class CreateTeam(BaseModel):
-    name: str = Field(min_length=1, max_length=64)
+    model_config = ConfigDict(extra="forbid")
+
+    # The length here, the pattern in the team store (a 400 from this router, mounted anywhere).
+    name: str = Field(min_length=1, max_length=TEAM_NAME_MAX, json_schema_extra={"pattern": TEAM_NAME_PATTERN})
     display_name: str = Field(default="", max_length=200)
-    capture_level: str = "full"
+    capture_level: Literal["full", "redacted", "metadata"] = "full"
 
 
 class CreateKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     role: Role = Role.USER
     description: str = Field(default="", max_length=200)
     expires_at: datetime | None = None  # naive values are taken as UTC
@@ -56,7 +66,7 @@ def build_admin_router(admin: IdentityAdmin, api_keys: ApiKeyAuthenticator | Non
         return {"object": "list", "data": [t.to_dict() for t in await admin.list_teams(principal)]}
 
     @router.post("/teams/{team}/keys", status_code=201)
-    async def create_key(team: str, body: CreateKey, principal: CurrentPrincipal) -> Any:
+    async def create_key(team: TeamPath, body: CreateKey, principal: CurrentPrincipal) -> Any:
         try:
             record, text = await admin.create_key(
                 principal, team, body.role, description=body.description, expires_at=body.expires_at
@@ -69,7 +79,7 @@ def build_admin_router(admin: IdentityAdmin, api_keys: ApiKeyAuthenticator | Non
         return {**record.to_dict(), "key": text}
 
     @router.get("/teams/{team}/keys")
-    async def list_keys(team: str, principal: CurrentPrincipal) -> Any:
+    async def list_keys(team: TeamPath, principal: CurrentPrincipal) -> Any:
         try:
             records = await admin.list_keys(principal, team)
         except TeamNotFound:
@@ -77,7 +87,7 @@ def build_admin_router(admin: IdentityAdmin, api_keys: ApiKeyAuthenticator | Non
         return {"object": "list", "data": [r.to_dict() for r in records]}
 
     @router.delete("/keys/{key_id}")
-    async def revoke_key(key_id: str, principal: CurrentPrincipal) -> Any:
+    async def revoke_key(key_id: KeyIdPath, principal: CurrentPrincipal) -> Any:
         try:
             record = await admin.revoke_key(principal, key_id)
         except KeyNotFound:

@@ -16,6 +16,7 @@ from gateway.auth.errors import AuthenticationError, PermissionDenied
 from gateway.auth.oidc_keys import ProviderKeys
 from gateway.auth.principal import AuthMethod, Principal, Role, conflicting_roles, expand_roles
 from gateway.auth.settings import ASYMMETRIC_ALGORITHMS, OIDCSettings
+from gateway.identifiers import SUBJECT_MAX, is_subject
 
 log = logging.getLogger("ward.auth.oidc")
 
@@ -50,6 +51,8 @@ class ClaimMapper:
     def subject(self, claims: dict[str, Any]) -> str:
         for name in ("sub", "client_id", "azp"):
             if isinstance(claims.get(name), str) and claims[name]:
+                if not is_subject(claims[name]):  # the audit log keeps subjects of bounded length
+                    raise _invalid(f"The access token's '{name}' claim is longer than {SUBJECT_MAX} characters.")
                 return claims[name]
         raise _invalid("The access token names no subject.")
 

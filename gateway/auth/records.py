@@ -1,12 +1,12 @@
 """Plain views of the teams and api_keys rows, safe to pass around and to serialise (no secret hash)."""
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-TEAM_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+from gateway.identifiers import TEAM_NAME_RULE, is_team_name
+
 CAPTURE_LEVELS = ("full", "redacted", "metadata")
 
 
@@ -15,10 +15,8 @@ class InvalidIdentityInput(ValueError):
 
 
 def check_team_name(name: str) -> str:
-    if not TEAM_NAME_RE.match(name):
-        raise InvalidIdentityInput(
-            f"invalid team name {name!r}: use 1-64 lowercase letters, digits, '-' or '_', starting with a letter or digit"
-        )
+    if not is_team_name(name):
+        raise InvalidIdentityInput(f"invalid team name {name!r}: use {TEAM_NAME_RULE}")
     return name
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import BigInteger, DateTime, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.db.base import Base
+from gateway.identifiers import MODEL_NAME_MAX, REQUEST_ID_MAX, SUBJECT_MAX, TEAM_NAME_MAX
 
 # The head row's fixed primary key: there is one chain per database.
 CHAIN_HEAD_ID = 1
@@ -27,10 +28,10 @@ class AuditEntry(Base):
     kind: Mapped[str] = mapped_column(String(24))
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # append time, non-decreasing
     occurred_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # when the event happened
-    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    team: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    subject: Mapped[str | None] = mapped_column(String(512), nullable=True)
-    model: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(REQUEST_ID_MAX), nullable=True)
+    team: Mapped[str | None] = mapped_column(String(TEAM_NAME_MAX), nullable=True)
+    subject: Mapped[str | None] = mapped_column(String(SUBJECT_MAX), nullable=True)
+    model: Mapped[str | None] = mapped_column(String(MODEL_NAME_MAX), nullable=True)
     status: Mapped[str | None] = mapped_column(String(16), nullable=True)
     http_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
     data: Mapped[str] = mapped_column(Text)  # canonical JSON, hashed byte for byte
@@ -66,4 +67,4 @@ class AuditChainHead(Base):
     last_checkpoint_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     # the head's own signed statement (seq, hash, time); NULL only before the first append
     key_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    signature: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    signature: Mapped[str | None] = mapped_column(String(REQUEST_ID_MAX), nullable=True)

@@ -7,12 +7,13 @@ from sqlalchemy import Boolean, DateTime, ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.db.base import Base
+from gateway.identifiers import KEY_ID_MAX, TEAM_NAME_MAX
 
 
 class Team(Base):
     __tablename__ = "teams"
 
-    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(TEAM_NAME_MAX), primary_key=True)
     display_name: Mapped[str] = mapped_column(String(200), default="")
     # audit capture level for the team's prompts and responses: full, redacted or metadata
     capture_level: Mapped[str] = mapped_column(String(16), default="full")
@@ -24,7 +25,7 @@ class ApiKey(Base):
     __tablename__ = "api_keys"
 
     # public identifier, also embedded in the key text; the secret part is stored only as a hash
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    id: Mapped[str] = mapped_column(String(KEY_ID_MAX), primary_key=True)
     team: Mapped[str] = mapped_column(ForeignKey("teams.name"), index=True)
     role: Mapped[str] = mapped_column(String(32), default="user")
     secret_hash: Mapped[str] = mapped_column(String(128))

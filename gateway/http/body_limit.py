@@ -1,18 +1,39 @@
-"""ASGI middleware: stamps each request's arrival time and refuses bodies over the size limit (413)."""
+"""ASGI middleware: stamps each request's arrival time and refuses bodies over the size limit (413).
+
+The limit holds on every route, before any parsing:
+
+- a body that declares a Content-Length over the limit is answered 413 at once, before the app
+  (authentication, routing, body parsing) sees the request;
+- a body sent without a length (chunked) raises :class:`BodyTooLarge` from ``receive`` once it
+  passes the limit. It is an ``HTTPException``, so FastAPI's body parsing lets it through instead
+  of turning it into a 400, and the app's handler answers it (and reports it to the request hooks).
+"""
 
 from __future__ import annotations
 
 import time
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.http.error_handlers import refuse_before_app
 from gateway.http.errors import RequestTooLarge
 from gateway.http.plumbing import RECEIVED_KEY
 
 
+class BodyTooLarge(HTTPException):
+    """A request body grew past the limit while it was being read."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(status_code=413, detail=too_large_message(limit))
+
+
+def too_large_message(limit: int) -> str:
+    return f"The request body is larger than {limit} bytes."
+
+
 class BodyLimitMiddleware:
-    """Raises RequestTooLarge from ``receive`` once a body passes ``max_bytes`` (or declares it will),
-    so the route's error handling (and the request hooks) see the rejection."""
+    """Refuses request bodies over ``max_bytes`` with 413, whatever the route."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -25,17 +46,20 @@ class BodyLimitMiddleware:
         scope[RECEIVED_KEY] = time.perf_counter()
         limit = self.max_bytes
         declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            # Answered unread: the server discards the body afterwards, so the connection stays usable.
+            error = RequestTooLarge(too_large_message(limit), code="request_too_large")
+            await refuse_before_app(scope, receive, send, error)
+            return
         seen = 0
 
         async def limited_receive() -> Message:
             nonlocal seen
-            if declared is not None and declared > limit:
-                raise _too_large(limit)
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise _too_large(limit)
+                    raise BodyTooLarge(limit)
             return message
 
         await self.app(scope, limited_receive, send)
@@ -49,7 +73,3 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return None
     return None
-
-
-def _too_large(limit: int) -> RequestTooLarge:
-    return RequestTooLarge(f"The request body is larger than {limit} bytes.", code="request_too_large")

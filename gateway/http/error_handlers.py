@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
+from starlette.types import Receive, Scope, Send
 
 from gateway.auth.errors import AuthenticationError, IdentityProviderUnavailable, PermissionDenied
 from gateway.auth.http_errors import www_authenticate
@@ -26,6 +28,7 @@ from gateway.http.plumbing import context_for, json_response
 log = logging.getLogger("ward.gateway")
 
 _HTTP_ERROR_TYPES = {401: "invalid_request_error", 403: "invalid_request_error", 404: "invalid_request_error"}
+_HTTP_ERROR_CODES = {413: "request_too_large"}  # the body limit (gateway.http.body_limit)
 
 
 async def error_response(request: Request, error: OpenAIError) -> Response:
@@ -33,6 +36,28 @@ async def error_response(request: Request, error: OpenAIError) -> Response:
     ctx = context_for(request)
     await request.app.state.ward.lifecycle.fail(ctx, error)
     return json_response(ctx, error.body(), status_code=error.status_code, headers=error.headers)
+
+
+async def refuse_before_app(scope: Scope, receive: Receive, send: Send, error: OpenAIError) -> None:
+    """Answers ``error`` from a middleware, before routing: reported (hooks, metrics) under the route
+    the request was meant for, like any other failure, then sent."""
+    request = Request(scope, receive)
+    ctx = context_for(request)
+    ctx.endpoint = _route_template(scope) or ctx.endpoint
+    services = getattr(request.app.state, "ward", None)
+    if services is not None:
+        await services.lifecycle.fail(ctx, error)
+    response = json_response(ctx, error.body(), status_code=error.status_code, headers=error.headers)
+    await response(scope, receive, send)
+
+
+def _route_template(scope: Scope) -> str | None:
+    app = scope.get("app")
+    for route in getattr(getattr(app, "router", None), "routes", ()):
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return getattr(route, "path", None)
+    return None
 
 
 async def _openai_error(request: Request, exc: OpenAIError) -> Response:
@@ -81,6 +106,7 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
         message,
         status_code=status,
         error_type=_HTTP_ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error"),
+        code=_HTTP_ERROR_CODES.get(status),
         headers=exc.headers,
     )
     return await error_response(request, error)

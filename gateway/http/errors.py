@@ -116,6 +116,13 @@ class ServiceUnavailable(OpenAIError):
         super().__init__(message, code=code, headers=headers)
 
 
+class ServerShuttingDown(ServiceUnavailable):
+    """503: the gateway is shutting down; the request was refused, or ended before it completed."""
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, code="server_shutdown", retry_after_s=retry_after_s)
+
+
 class GatewayTimeout(OpenAIError):
     status_code = 504
     error_type = "server_error"

@@ -15,7 +15,7 @@ from starlette.responses import Response
 from gateway.auth.errors import PermissionDenied
 from gateway.auth.principal import Role
 from gateway.http.request_context import RequestContext
-from gateway.http.errors import ClientDisconnected, InvalidRequest
+from gateway.http.errors import ClientDisconnected, InvalidRequest, OpenAIError, ServerShuttingDown
 from gateway.serving.sse import EventStream, dumps
 from gateway.http.sse_response import EventStreamResponse
 
@@ -62,6 +62,35 @@ async def authenticated_context(request: Request) -> RequestContext:
     return ctx
 
 
+# pydantic's type errors, as OpenAI words the type it expected ("Invalid type for 'n': expected an
+# integer, but got a string instead.").
+_EXPECTED = {
+    "int_type": "an integer",
+    "bool_type": "a boolean",
+    "float_type": "a number",
+    "string_type": "a string",
+    "list_type": "an array",
+    "dict_type": "an object",
+    "model_type": "an object",
+}
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a decimal"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
 def _validation_error(exc: ValidationError) -> InvalidRequest:
     error = exc.errors(include_url=False)[0]
     if error["type"] == "json_invalid":
@@ -74,6 +103,13 @@ def _validation_error(exc: ValidationError) -> InvalidRequest:
     if error["type"] == "missing":
         return InvalidRequest(
             f"Missing required parameter: '{'.'.join(loc)}'.", param=param, code="missing_required_parameter"
+        )
+    expected = _EXPECTED.get(error["type"])
+    if expected is not None and loc:
+        return InvalidRequest(
+            f"Invalid type for '{'.'.join(loc)}': expected {expected}, but got {_json_type(error['input'])} instead.",
+            param=param,
+            code="invalid_type",
         )
     where = f"Invalid value for '{'.'.join(loc)}': " if loc else ""
     return InvalidRequest(f"{where}{message}", param=param, code="invalid_value")
@@ -91,11 +127,19 @@ async def parse_body(request: Request, model: type[M]) -> M:
 
 
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Awaits ``work``; if the client disconnects first, cancels it and raises ClientDisconnected."""
+    """Awaits ``work``; if the client disconnects first, cancels it and raises ClientDisconnected.
+
+    If the gateway's shutdown cuts the request first, cancels it and raises ServerShuttingDown (503).
+    """
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnect(request))
+    ended: OpenAIError = ClientDisconnected()
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        await request.app.state.ward.shutdown.interruptibly(
+            asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        )
+    except ServerShuttingDown as cut:
+        ended = cut
     except asyncio.CancelledError:
         task.cancel()
         watcher.cancel()
@@ -106,8 +150,8 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     task.cancel()
     await asyncio.wait((task,))  # its cleanup (cancelling the worker call) runs to the end
     if not task.cancelled():
-        task.exception()  # retrieved and dropped: the disconnect is what happened
-    raise ClientDisconnected()
+        task.exception()  # retrieved and dropped: the disconnect (or the shutdown) is what happened
+    raise ended
 
 
 async def _disconnect(request: Request) -> None:

@@ -2,11 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
-from gateway.protocol.common import INT32_MAX, SamplingRequest, reject_if_set
+from gateway.protocol.common import INT32_MAX, SamplingRequest, UnsupportedField, reject_if_set
+
+
+# The content parts Ward reads, as the schema documents them (the validator below gives the 400).
+_TEXT_PARTS_SCHEMA = {
+    "type": "array",
+    "items": {
+        "oneOf": [
+            {"type": "object", "required": ["type", "text"],
+             "properties": {"type": {"const": "text"}, "text": {"type": "string"}}},
+            {"type": "object", "required": ["type", "refusal"],
+             "properties": {"type": {"const": "refusal"}, "refusal": {"type": "string"}}},
+        ]
+    },
+}
+ContentParts = Annotated[list[dict[str, Any]], WithJsonSchema(_TEXT_PARTS_SCHEMA)]
 
 
 class ChatMessage(BaseModel):
@@ -15,7 +39,7 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | ContentParts | None = None
     name: str | None = Field(None, max_length=256)
 
     @field_validator("content")
@@ -36,14 +60,36 @@ class ChatMessage(BaseModel):
         return "".join(part[part["type"]] for part in self.content)
 
 
+class TextResponseFormat(BaseModel):
+    """OpenAI's ``{"type": "text"}``, the only response format Ward serves until structured output lands."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+
+
+STRUCTURED_FORMATS = ("json_object", "json_schema")
+
+
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1, max_length=4096)
-    max_completion_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1, le=INT32_MAX)
+    logprobs: StrictBool = False
+    top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
+    response_format: TextResponseFormat | None = None
     # vLLM's chat-template controls
-    add_generation_prompt: bool = True
-    continue_final_message: bool = False
+    add_generation_prompt: StrictBool = True
+    continue_final_message: StrictBool = False
+
+    @field_validator("response_format", mode="before")
+    @classmethod
+    def _no_structured_output_yet(cls, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("type") in STRUCTURED_FORMATS:
+            raise UnsupportedField(
+                f"`{value['type']}` needs structured output, which Ward does not offer yet: "
+                "send {'type': 'text'} or leave response_format out"
+            )
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -53,9 +99,6 @@ class ChatCompletionRequest(SamplingRequest):
             reject_if_set(data, "functions", "function calling")
             reject_if_set(data, "logit_bias", "logit bias")
             reject_if_set(data, "audio", "audio output")
-            fmt = data.get("response_format")
-            if isinstance(fmt, dict) and fmt.get("type") not in (None, "text"):
-                raise ValueError("`response_format` other than text is not supported")
         return data
 
     @model_validator(mode="after")

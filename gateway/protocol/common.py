@@ -12,10 +12,14 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
     StrictInt,
     field_validator,
     model_validator,
 )
+
+from gateway.identifiers import ModelName
 
 INT32_MAX = 2**31 - 1
 UINT32_MAX = 2**32 - 1
@@ -26,7 +30,7 @@ TokenId = Annotated[StrictInt, Field(ge=0, le=INT32_MAX)]
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class UnsupportedField(ValueError):
@@ -38,28 +42,30 @@ class SamplingRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(min_length=1, max_length=256)
-    n: int = Field(1, ge=1, le=128)
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    max_tokens: int | None = Field(None, ge=1, le=INT32_MAX)
+    model: ModelName
+    # Strict where OpenAI is strict: integers and booleans are never coerced from strings ("10",
+    # "yes") or other types; numbers accept integers and decimals, never strings.
+    n: StrictInt = Field(1, ge=1, le=128)
+    temperature: StrictFloat | None = Field(None, ge=0.0, le=2.0)
+    top_p: StrictFloat | None = Field(None, gt=0.0, le=1.0)
+    max_tokens: StrictInt | None = Field(None, ge=1, le=INT32_MAX)
     stop: str | list[str] | None = None
-    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
-    stream: bool = False
+    seed: StrictInt | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    presence_penalty: StrictFloat | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: StrictFloat | None = Field(None, ge=-2.0, le=2.0)
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=256)
     # Ward's engine extras (vLLM's names and meanings)
-    top_k: int | None = Field(None, ge=-1, le=INT32_MAX)
-    min_p: float | None = Field(None, ge=0.0, le=1.0)
-    repetition_penalty: float | None = Field(None, gt=0.0, le=10.0)
-    min_tokens: int = Field(0, ge=0, le=INT32_MAX)
-    ignore_eos: bool = False
-    priority: int = Field(0, ge=-(2**31), le=INT32_MAX)
+    top_k: StrictInt | None = Field(None, ge=-1, le=INT32_MAX)
+    min_p: StrictFloat | None = Field(None, ge=0.0, le=1.0)
+    repetition_penalty: StrictFloat | None = Field(None, gt=0.0, le=10.0)
+    min_tokens: StrictInt = Field(0, ge=0, le=INT32_MAX)
+    ignore_eos: StrictBool = False
+    priority: StrictInt = Field(0, ge=-(2**31), le=INT32_MAX)
     stop_token_ids: list[TokenId] | None = Field(None, max_length=64)
-    include_stop_str_in_output: bool = False
-    skip_special_tokens: bool | None = None
+    include_stop_str_in_output: StrictBool = False
+    skip_special_tokens: StrictBool | None = None
 
     @field_validator("stop")
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, StrictInt, field_validator, model_validator
 
 from gateway.protocol.common import SamplingRequest, TokenId, reject_if_set
 
@@ -15,8 +15,8 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 class CompletionRequest(SamplingRequest):
     # a string, several strings, one tokenized prompt, or several tokenized prompts
     prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
-    max_tokens: int = Field(DEFAULT_MAX_TOKENS, ge=1, le=2**31 - 1)
-    logprobs: int | None = Field(None, ge=0, le=20)
+    max_tokens: StrictInt = Field(DEFAULT_MAX_TOKENS, ge=1, le=2**31 - 1)
+    logprobs: StrictInt | None = Field(None, ge=0, le=20)
 
     @field_validator("max_tokens", mode="before")
     @classmethod

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
+from gateway.identifiers import ModelName
 from gateway.protocol.common import UINT32_MAX, TokenId
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
@@ -14,10 +15,10 @@ MAX_INPUTS = 2048  # OpenAI's limit per request
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    model: str = Field(min_length=1, max_length=256)
+    model: ModelName
     input: str | list[str] | list[TokenId] | list[list[TokenId]]
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(None, ge=1, le=UINT32_MAX)
+    dimensions: StrictInt | None = Field(None, ge=1, le=UINT32_MAX)
     user: str | None = Field(None, max_length=256)
 
     @field_validator("input")

@@ -9,7 +9,7 @@ handler for ``PermissionDenied`` on the app so errors leave in OpenAI's shape.
 # No `from __future__ import annotations` here: FastAPI must see the dependency aliases defined inside
 # make_quota_admin_router as objects, not as strings it would look up in this module's globals.
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -18,6 +18,7 @@ from gateway.auth.errors import PermissionDenied
 from gateway.auth.principal import Principal, Role
 from gateway.auth.stores import TeamNotFound
 from gateway.http.errors import NotFound
+from gateway.identifiers import KeyId, ModelName, TeamName
 from gateway.quota.errors import InvalidQuotaRequest
 from gateway.quota.limits import TEAM_SCOPE, QuotaLimits, Scope, ScopeKind
 from gateway.quota.limits_in_force import ScopeView
@@ -25,24 +26,36 @@ from gateway.quota.scheduling import SchedulingOverride, SchedulingView
 from gateway.quota.service import QuotaService
 from gateway.quota.usage import UsageGroupBy
 
-TeamPath = Annotated[str, Path(min_length=1, max_length=200, description="team name")]
+TeamPath = Annotated[TeamName, Path(description="team name")]
+KeyIdQuery = Annotated[KeyId | None, Query(description="one API key's limits instead of the team's")]
+ModelQuery = Annotated[ModelName | None, Query(description="the team's limits on one model")]
+TeamExists = Callable[[str], Awaitable[bool]]
 
 
-def make_quota_admin_router(*, principal: Callable[..., Any], service: Callable[..., Any]) -> APIRouter:
-    """Routes: GET/PUT/DELETE /admin/teams/{team}/quotas, GET/PUT/DELETE /admin/teams/{team}/scheduling
-    and GET /admin/teams/{team}/usage.
+async def _no_team_check() -> None:
+    return None
+
+
+def make_quota_admin_router(
+    *, principal: Callable[..., Any], service: Callable[..., Any], team_exists: Callable[..., Any] | None = None
+) -> APIRouter:
+    """Routes: GET/PUT/PATCH/DELETE /admin/teams/{team}/quotas, GET/PUT/DELETE
+    /admin/teams/{team}/scheduling and GET /admin/teams/{team}/usage.
 
     ``principal`` and ``service`` are FastAPI dependencies (callables FastAPI can resolve) returning a
-    ``Principal`` and a ``QuotaService``.
+    ``Principal`` and a ``QuotaService``. ``team_exists``, when given, is a dependency returning an
+    async ``team -> bool``: a team it does not know is a 404 (after the permission check).
     """
     router = APIRouter(prefix="/admin/teams", tags=["admin: quotas"])
     PrincipalDep = Annotated[Principal, Depends(principal)]
     ServiceDep = Annotated[QuotaService, Depends(service)]
+    KnownTeams = Annotated[TeamExists | None, Depends(team_exists or _no_team_check)]
 
     @router.get("/{team}/quotas")
-    async def get_quotas(team: TeamPath, who: PrincipalDep, quotas: ServiceDep) -> dict:
+    async def get_quotas(team: TeamPath, who: PrincipalDep, quotas: ServiceDep, known: KnownTeams) -> dict:
         """The limits in force for the team, its keys and its models, and where each comes from."""
         _require_reader(who, team)
+        await _require_team(team, known)
         return team_quotas_view(team, await quotas.team_limits(team))
 
     @router.put("/{team}/quotas")
@@ -51,13 +64,35 @@ def make_quota_admin_router(*, principal: Callable[..., Any], service: Callable[
         limits: QuotaLimits,
         who: PrincipalDep,
         quotas: ServiceDep,
-        key_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-        model: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+        known: KnownTeams,
+        key_id: KeyIdQuery = None,
+        model: ModelQuery = None,
     ) -> dict:
         """Replace the limits of the team (or of one key / model with ``?key_id=`` / ``?model=``).
         Every field left out or null is unlimited. The change is audited."""
         _require_platform_admin(who)
+        await _require_team(team, known)
         await quotas.set_limits(team, limits, actor=who.subject, scope=_scope(key_id, model), principal=who)
+        return team_quotas_view(team, await quotas.team_limits(team))
+
+    @router.patch("/{team}/quotas")
+    async def patch_quotas(
+        team: TeamPath,
+        changes: QuotaLimits,
+        who: PrincipalDep,
+        quotas: ServiceDep,
+        known: KnownTeams,
+        key_id: KeyIdQuery = None,
+        model: ModelQuery = None,
+    ) -> dict:
+        """Change only the limits given (null: unlimited); the others keep the values in force, wherever
+        they come from. The result is set as the scope's admin limits. Audited."""
+        _require_platform_admin(who)
+        await _require_team(team, known)
+        scope = _scope(key_id, model)
+        current = next((v.limits for v in await quotas.team_limits(team) if v.scope == scope), QuotaLimits())
+        merged = QuotaLimits.model_validate(current.model_dump() | changes.model_dump(exclude_unset=True))
+        await quotas.set_limits(team, merged, actor=who.subject, scope=scope, principal=who)
         return team_quotas_view(team, await quotas.team_limits(team))
 
     @router.delete("/{team}/quotas")
@@ -65,11 +100,13 @@ def make_quota_admin_router(*, principal: Callable[..., Any], service: Callable[
         team: TeamPath,
         who: PrincipalDep,
         quotas: ServiceDep,
-        key_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-        model: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+        known: KnownTeams,
+        key_id: KeyIdQuery = None,
+        model: ModelQuery = None,
     ) -> dict:
         """Drop limits set through the API, so the quota file (or its defaults) applies again. Audited."""
         _require_platform_admin(who)
+        await _require_team(team, known)
         await quotas.clear_limits(team, actor=who.subject, scope=_scope(key_id, model), principal=who)
         return team_quotas_view(team, await quotas.team_limits(team))
 
@@ -101,12 +138,14 @@ def make_quota_admin_router(*, principal: Callable[..., Any], service: Callable[
         team: TeamPath,
         who: PrincipalDep,
         quotas: ServiceDep,
+        known: KnownTeams,
         first_day: Annotated[dt.date | None, Query(alias="from", description="first UTC day (default: 1st of `to`'s month)")] = None,
         last_day: Annotated[dt.date | None, Query(alias="to", description="last UTC day, included (default: today)")] = None,
         group_by: UsageGroupBy = UsageGroupBy.DAY,
     ) -> dict:
         """Settled requests and tokens of the team per UTC day or per model."""
         _require_reader(who, team)
+        await _require_team(team, known)
         last = last_day or dt.datetime.now(dt.timezone.utc).date()
         first = first_day or last.replace(day=1)
         rows = await quotas.usage(team, first, last, group_by)
@@ -120,6 +159,11 @@ def make_quota_admin_router(*, principal: Callable[..., Any], service: Callable[
         }
 
     return router
+
+
+async def _require_team(team: str, known: TeamExists | None) -> None:
+    if known is not None and not await known(team):
+        raise NotFound(f"Team {team!r} not found.", param="team", code="team_not_found")
 
 
 def _require_platform_admin(who: Principal) -> None:

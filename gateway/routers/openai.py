@@ -19,6 +19,8 @@ from gateway.http.plumbing import (
     serving_response,
     until_disconnected,
 )
+from gateway.http.openapi import json_body
+from gateway.identifiers import MODEL_NAME_MAX, is_model_name
 from gateway.protocol.chat import ChatCompletionRequest
 from gateway.protocol.completions import CompletionRequest
 from gateway.protocol.embeddings import EmbeddingRequest
@@ -34,7 +36,7 @@ def check_model_allowed(request: Request, ctx: RequestContext, model: str) -> No
     request.app.state.ward.policy.check_model(ctx.principal, model)
 
 
-@router.post("/chat/completions")
+@router.post("/chat/completions", openapi_extra=json_body(ChatCompletionRequest))
 async def chat_completions(request: Request, ctx: Context) -> Response:
     body = await parse_body(request, ChatCompletionRequest)
     check_model_allowed(request, ctx, body.model)
@@ -42,7 +44,7 @@ async def chat_completions(request: Request, ctx: Context) -> Response:
     return serving_response(ctx, result)
 
 
-@router.post("/completions")
+@router.post("/completions", openapi_extra=json_body(CompletionRequest))
 async def completions(request: Request, ctx: Context) -> Response:
     body = await parse_body(request, CompletionRequest)
     check_model_allowed(request, ctx, body.model)
@@ -50,7 +52,7 @@ async def completions(request: Request, ctx: Context) -> Response:
     return serving_response(ctx, result)
 
 
-@router.post("/embeddings")
+@router.post("/embeddings", openapi_extra=json_body(EmbeddingRequest))
 async def embeddings(request: Request, ctx: Context) -> Response:
     body = await parse_body(request, EmbeddingRequest)
     check_model_allowed(request, ctx, body.model)
@@ -72,6 +74,8 @@ async def list_models(request: Request, ctx: Context) -> Response:
 @router.get("/models/{model:path}")
 async def retrieve_model(model: str, request: Request, ctx: Context) -> Response:
     ward = request.app.state.ward
+    if not is_model_name(model):  # no model can have this name; the audit record keeps no such value
+        raise ModelNotFound(model[:MODEL_NAME_MAX])
     ctx.model = model
     if not ward.pool.has_model(model) or not ward.policy.visible_models(ctx.principal, [model]):
         raise ModelNotFound(model)

@@ -21,12 +21,14 @@ async def healthz() -> Response:
 @router.get("/readyz")
 async def readyz(request: Request) -> Response:
     """200 once every worker has been polled and at least one model has a ready worker, else 503;
-    the body says which models can serve.
+    the body says which models can serve. 503 at once when the gateway is draining for shutdown, so
+    balancers stop sending it requests.
 
     One model's workers being down (crashed, restarting) must not take the gateway out of a load
     balancer: its other models still serve, and that model's requests get 503 with Retry-After.
     """
-    pool = request.app.state.ward.pool
+    ward = request.app.state.ward
+    pool = ward.pool
     models = {}
     for name in pool.models():
         handles = pool.handles(name)
@@ -36,11 +38,13 @@ async def readyz(request: Request) -> Response:
             "workers": len(handles),
         }
     polled = all(h.polled for h in pool.handles())
-    ready = polled and any(m["ready"] for m in models.values())
-    return JSONResponse({"ready": ready, "models": models}, status_code=200 if ready else 503)
+    draining = ward.shutdown.draining
+    ready = polled and any(m["ready"] for m in models.values()) and not draining
+    body = {"ready": ready, "draining": draining, "models": models}
+    return JSONResponse(body, status_code=200 if ready else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     """The gateway's own metrics, then every worker's (labelled ``worker``), relayed at scrape time."""
     ward = request.app.state.ward

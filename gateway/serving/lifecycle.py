@@ -12,6 +12,7 @@ from gateway.http.request_context import RequestContext
 from gateway.http.errors import OpenAIError
 from gateway.hooks import RequestHooks
 from gateway.metrics import GatewayMetrics
+from gateway.serving.shutdown import ServerShutdown
 
 log = logging.getLogger("ward.gateway")
 
@@ -20,11 +21,22 @@ FAILURE_HOOK_TIMEOUT_S = 10.0
 
 
 class Lifecycle:
-    """Calls the terminal hooks (``before_finish`` / ``on_failure``) and records metrics."""
+    """Calls the terminal hooks (``before_finish`` / ``on_failure``) and records metrics.
 
-    def __init__(self, hooks: RequestHooks, metrics: GatewayMetrics, models: Collection[str]) -> None:
+    ``shutdown`` is the gateway's shutdown state: long waits go through its ``interruptibly`` so
+    that a drain's cut ends them with the server's own error.
+    """
+
+    def __init__(
+        self,
+        hooks: RequestHooks,
+        metrics: GatewayMetrics,
+        models: Collection[str],
+        shutdown: ServerShutdown | None = None,
+    ) -> None:
         self.hooks = hooks
         self.metrics = metrics
+        self.shutdown = shutdown if shutdown is not None else ServerShutdown()
         self._models = frozenset(models)
 
     def model_label(self, ctx: RequestContext) -> str:

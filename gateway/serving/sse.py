@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.http.errors import ClientDisconnected
+from gateway.http.errors import ClientDisconnected, ServerShuttingDown
 from gateway.serving.generation import GenerationRun
 from gateway.serving.lifecycle import Lifecycle
 from gateway.workers.pool import WorkerPool
@@ -65,12 +65,21 @@ async def run_event_stream(
     """The SSE body of a streamed generation.
 
     ``before_finish`` completes before the finish chunks and ``data: [DONE]`` are sent. A failure
-    mid-stream sends one OpenAI-shaped error event and ends the stream (no [DONE]).
+    mid-stream sends one OpenAI-shaped error event and ends the stream (no [DONE]). A stream the
+    gateway's shutdown ends (after the drain's grace) sends the ``server_shutdown`` error event and
+    then ``data: [DONE]``: the client sees a complete, well-formed stream that says why it stopped.
     """
     ctx = run.ctx
+    updates = run.updates()
+    next_update = updates.__anext__
+    shutdown = lifecycle.shutdown
     try:
         try:
-            async for index, delta in run.updates():
+            while True:
+                try:
+                    index, delta = await shutdown.interruptibly(next_update())
+                except StopAsyncIteration:
+                    break
                 chunk = formatter.delta_events(index, delta)
                 if chunk:
                     yield chunk
@@ -79,11 +88,12 @@ async def run_event_stream(
         except Exception as exc:  # noqa: BLE001 - every failure becomes an error event
             error = run.client_error(exc, pool=pool, prompt_param=prompt_param)
             await lifecycle.fail(ctx, error)
-            yield event(error.body())
+            yield event(error.body()) + (DONE if isinstance(error, ServerShuttingDown) else b"")
             return
         yield formatter.final_events(run)
     except (asyncio.CancelledError, GeneratorExit):
         await lifecycle.fail(ctx, ClientDisconnected())  # a no-op once the response was complete
         raise
     finally:
+        await updates.aclose()
         run.close()

@@ -2,7 +2,9 @@
 
 Every Generate yields one token (``ok``, finish reason ``stop``) and the usage; Tokenize counts
 whitespace-separated words (chat messages: their words plus one per message and one for the
-generation prompt). It implements the ``ward.worker.v1`` contract only as far as the gateway uses it
+generation prompt). With ``--token-delay S`` it streams slowly instead: ``max_tokens`` tokens (16
+when unset), one every S seconds, the last with finish reason ``length`` (for soak runs that hold
+many streams open at once). It implements the ``ward.worker.v1`` contract only as far as the gateway uses it
 for chat and completions. Run it as ``python -m ward.benchmarks.gateway.instant_worker --model NAME``; it
 prints ``PORT <n>`` once serving and stops on SIGTERM.
 """
@@ -33,18 +35,36 @@ def prompt_token_count(prompt: pb.Prompt) -> int:
 
 
 class InstantWorkerServicer(pb_grpc.WorkerServicer):
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, token_delay_s: float = 0.0) -> None:
         self.model = model
+        self.token_delay_s = token_delay_s
 
     async def Generate(self, request: pb.GenerateRequest, context):  # noqa: N802 - gRPC method names
         prompt = prompt_token_count(request.prompt)
         choices = request.params.n or 1
+        if self.token_delay_s > 0:
+            async for response in self._slow_stream(request, prompt, choices):
+                yield response
+            return
         yield pb.GenerateResponse(
             prompt_tokens=prompt,
             choices=[pb.ChoiceDelta(index=i, token_ids=[1], text="ok", finish_reason="stop", stop_token_id=-1)
                      for i in range(choices)],
         )
         yield pb.GenerateResponse(prompt_tokens=prompt, usage=pb.Usage(prompt_tokens=prompt, completion_tokens=choices))
+
+    async def _slow_stream(self, request: pb.GenerateRequest, prompt: int, choices: int):
+        tokens = request.params.max_tokens if request.params.HasField("max_tokens") else 16
+        for step in range(1, tokens + 1):
+            finish = "length" if step == tokens else ""
+            yield pb.GenerateResponse(
+                prompt_tokens=prompt,
+                choices=[pb.ChoiceDelta(index=i, token_ids=[1], text="ok ", finish_reason=finish, stop_token_id=-1)
+                         for i in range(choices)],
+            )
+            if step < tokens:
+                await asyncio.sleep(self.token_delay_s)
+        yield pb.GenerateResponse(prompt_tokens=prompt, usage=pb.Usage(prompt_tokens=prompt, completion_tokens=tokens * choices))
 
     async def Tokenize(self, request: pb.TokenizeRequest, context):  # noqa: N802
         return pb.TokenizeResponse(count=prompt_token_count(request.prompt), max_model_len=MAX_MODEL_LEN)
@@ -62,9 +82,9 @@ class InstantWorkerServicer(pb_grpc.WorkerServicer):
         return pb.LoadStatsResponse()
 
 
-async def serve(model: str, port: int = 0) -> None:
+async def serve(model: str, port: int = 0, token_delay_s: float = 0.0) -> None:
     server = grpc.aio.server()
-    pb_grpc.add_WorkerServicer_to_server(InstantWorkerServicer(model), server)
+    pb_grpc.add_WorkerServicer_to_server(InstantWorkerServicer(model, token_delay_s), server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print(f"PORT {bound}", flush=True)
@@ -80,8 +100,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m ward.benchmarks.gateway.instant_worker", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="bench-model")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--token-delay", type=float, default=0.0, metavar="S",
+                        help="stream max_tokens tokens, one every S seconds (default 0: one token at once)")
     args = parser.parse_args()
-    asyncio.run(serve(args.model, args.port))
+    asyncio.run(serve(args.model, args.port, args.token_delay))
 
 
 if __name__ == "__main__":
