@@ -185,3 +185,39 @@ def test_costs_count_prefill_once_and_decode_twice():
 def test_a_policy_the_scheduler_cannot_honour_is_refused(priority, weight):
     with pytest.raises(ValueError):
         check_policy(priority, weight)
+
+
+def test_a_lone_request_takes_a_seat_from_a_flood_holding_every_seat():
+    b = Bench(max_seqs=4, budget=64)
+    for _ in range(8):
+        b.add("flood", out=200)
+    for _ in range(5):
+        b.step()
+    assert len(b.sched.running) == 4
+    lone = b.add("lone", out=4)
+    out = b.step()
+    assert lone.request_id in [r.req_id for r in out.new_reqs]
+    assert b.sched.num_preemptions == 1 and sum(r.team == "flood" for r in b.sched.running) == 3
+    while lone.num_output_tokens < 4:  # it runs to its end while the flood keeps its other seats
+        b.step()
+    assert b.sched.num_preemptions == 1
+
+
+def test_teams_that_both_run_never_preempt_each_other_for_share():
+    b = Bench(max_seqs=4, budget=64)
+    for team in ("a", "a", "b", "b", "a", "b"):
+        b.add(team, out=40)
+    for _ in range(60):
+        b.step()
+        assert b.sched.num_preemptions == 0
+
+
+def test_a_single_running_request_is_never_preempted_for_share():
+    b = Bench(max_seqs=1, budget=64)
+    only = b.add("a", out=30)
+    for _ in range(10):
+        b.step()
+    b.add("b", out=4)
+    while only.num_output_tokens < 30:
+        b.step()
+        assert b.sched.num_preemptions == 0

@@ -53,7 +53,7 @@ async def test_a_model_whose_worker_is_down_gets_503_with_retry_after_while_the_
 
         ready = await gw.client.get("/readyz")  # still in the load balancer: EMBED serves
         assert ready.status_code == 200
-        assert ready.json() == {"ready": True, "models": {
+        assert ready.json() == {"ready": True, "draining": False, "models": {
             CHAT: {"ready": False, "ready_workers": 0, "workers": 1},
             EMBED: {"ready": True, "ready_workers": 1, "workers": 1}}}
         cards = {m["id"]: m["ready"] for m in (await gw.client.get("/v1/models")).json()["data"]}

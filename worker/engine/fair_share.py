@@ -7,6 +7,11 @@ count ``PREFILL_COST`` each and decode tokens ``DECODE_COST`` (the paper's w_p =
 token costs a whole pass over the weights for one token). The scheduler admits waiting requests from
 the most urgent class, and within it from the team with the least counter; when it must preempt, it
 takes the victim from the least urgent class, and within it from the team furthest above its share.
+A team with nothing running whose counter is below another team's may take one of that team's seats
+(preemption by recompute, cheap while the victim's blocks stay in the prefix cache): a flood holding
+every seat cannot make a lone request wait for the flood's requests to end. Two teams that both run
+never preempt each other for share, and a team is never preempted down to nothing running by this rule
+(so it cannot turn starved and preempt back); the admission order evens them out as seats free.
 
 Work-conserving: a team alone is served at the engine's full speed, whatever its weight. No banking:
 a team that comes back after an idle spell has its counter lifted to the least counter of the teams
@@ -152,8 +157,20 @@ class FairShare:
         return victim
 
     def may_preempt(self, victim: Request, for_request: Request) -> bool:
-        """Whether a waiting request may take a running one's blocks: within a team by the requests'
-        own priorities; across teams only for a more urgent class (admins' policy, never a client's)."""
+        """Whether a waiting request may take a running one's place (its seat or its blocks): within a
+        team by the requests' own priorities; across teams for a more urgent class (admins' policy,
+        never a client's), or for a starved team: one with nothing running, below the share of the
+        victim's team, which runs more than one request (a flood holding every seat must not make another
+        team wait for its requests to end)."""
         if victim.team == for_request.team:
             return victim.sort_key() > for_request.sort_key()
-        return self.teams[victim.team].priority > self.teams[for_request.team].priority
+        theirs, ours = self.teams[victim.team], self.teams[for_request.team]
+        if theirs.priority != ours.priority:
+            return theirs.priority > ours.priority
+        # The victim's team keeps a request running, so it can never be starved in turn: no ping-pong.
+        return ours.num_running == 0 and theirs.num_running > 1 and theirs.counter > ours.counter
+
+    def may_take_seat(self, victim: Request, for_request: Request) -> bool:
+        """Whether a waiting request may take a running one's seat when all are taken: only across
+        teams (within a team, requests wait for seats in their own order, as vLLM's do)."""
+        return victim.team != for_request.team and self.may_preempt(victim, for_request)

@@ -144,7 +144,7 @@ class Scheduler:
 
         # 2. Waiting requests fill what is left (not in a step that had to preempt).
         exhausted: set[str] = set()  # teams with nothing more to admit in this step
-        while not preempted and budget > 0 and len(self.running) < self.max_num_seqs:
+        while not preempted and budget > 0:
             team = fair.next_team(exhausted)
             if team is None:
                 break
@@ -152,6 +152,12 @@ class Scheduler:
             if req is None:  # each is waiting for its last step's token or for a sibling's prefill
                 exhausted.add(team.name)
                 continue
+            if len(self.running) >= self.max_num_seqs:  # every seat taken: only a starved team gets one
+                victim = fair.pick_victim(r for r in self.running if fair.may_take_seat(r, req))
+                if victim is None:
+                    break
+                unschedule(victim)
+                self._preempt(victim)
             hits, num_hit = self.kv.get_computed_blocks(req)
             n = req.num_tokens - num_hit
             if not self.enable_chunked_prefill and n > budget:
@@ -161,7 +167,7 @@ class Scheduler:
             if new_block_ids is None:
                 victim = fair.pick_victim(r for r in self.running if fair.may_preempt(r, req))
                 if victim is not None:
-                    # A more urgent request (of its own team, or of a more urgent class) takes its blocks.
+                    # A more urgent request (own team, more urgent class, or a starved team) takes its blocks.
                     unschedule(victim)
                     self._preempt(victim)
                     continue
