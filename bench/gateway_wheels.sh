@@ -7,5 +7,5 @@ mkdir -p "$out"
 plat="--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any"
 python3 -m pip download -q --no-deps $plat -d "$out" fastapi starlette pydantic pydantic-core pydantic-settings \
   python-dotenv annotated-types typing-inspection uvicorn authlib joserfc cryptography cffi pycparser redis \
-  sqlalchemy greenlet alembic mako opentelemetry-api importlib-metadata
+  sqlalchemy greenlet alembic mako opentelemetry-api importlib-metadata pyyaml
 du -sh "$out"

@@ -12,19 +12,33 @@ Phases, each ``--duration`` seconds of measurement after ``--warmup`` seconds of
 Every request is a streamed /v1/completions call with a random token-id prompt of ``--input`` tokens asking
 for exactly ``--output`` tokens (ignore_eos). A refused request (429/503) waits its Retry-After (at most 1 s)
 and is counted, as the OpenAI SDK would wait.
+
+One Python process reading thousands of SSE streams saturates its core long before an H200 engine does, and
+then measures its own event loop; so the flood runs in processes of at most ``STREAMS_PER_PROCESS`` streams
+each, and B's prober alone in the main process. Halfway through each window the server's ``/metrics`` are
+read (where it has them), to show where the flood's requests sit: gateway, worker queue or engine.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import math
+import multiprocessing
 import pathlib
 import random
+import re
 import statistics
 import time
-from dataclasses import dataclass, field
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
 
 import httpx
+
+
+STREAMS_PER_PROCESS = 256
+SERVER_GAUGES = ("ward_gateway_requests_in_flight", "ward_admission_queue_requests", "ward_num_requests_waiting",
+                 "ward_num_requests_running", "ward_team_num_requests_waiting", "ward_team_num_requests_running")
 
 
 @dataclass
@@ -38,6 +52,12 @@ class TeamRecord:
     refused: int = 0
     errors: int = 0
 
+    def merge(self, other: "TeamRecord") -> None:
+        self.ttft += other.ttft
+        self.e2e += other.e2e
+        for name in ("tokens_in_window", "completed", "refused", "errors"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
 
 @dataclass
 class Client:
@@ -46,18 +66,24 @@ class Client:
     record: TeamRecord = field(default_factory=TeamRecord)
 
 
+@dataclass(frozen=True)
 class Window:
-    """The measurement window of a phase: load runs before it (warm-up) and stops at its end."""
+    """The measurement window of a phase (monotonic clock, the same in every process of the machine): load
+    runs before it (warm-up) and stops at its end."""
 
-    def __init__(self, warmup: float, duration: float) -> None:
-        now = time.perf_counter()
-        self.start, self.end = now + warmup, now + warmup + duration
+    start: float
+    end: float
+
+    @classmethod
+    def after(cls, warmup: float, duration: float) -> "Window":
+        now = time.monotonic()
+        return cls(now + warmup, now + warmup + duration)
 
     def open(self, t: float) -> bool:
         return self.start <= t < self.end
 
     def over(self) -> bool:
-        return time.perf_counter() >= self.end
+        return time.monotonic() >= self.end
 
 
 def _pct(xs: list[float], q: float) -> float | None:
@@ -73,7 +99,7 @@ async def _one(http: httpx.AsyncClient, client: Client, model: str, prompt: list
             "temperature": 0.0, "stream": True}
     headers = {"Authorization": f"Bearer {client.key}"} if client.key else {}
     rec = client.record
-    t0 = time.perf_counter()
+    t0 = time.monotonic()
     first = None
     try:
         async with http.stream("POST", "/v1/completions", json=body, headers=headers) as r:
@@ -91,7 +117,7 @@ async def _one(http: httpx.AsyncClient, client: Client, model: str, prompt: list
             async for line in r.aiter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
-                now = time.perf_counter()
+                now = time.monotonic()
                 if '"error"' in line[:20]:
                     rec.errors += window.open(t0)
                     return
@@ -102,7 +128,7 @@ async def _one(http: httpx.AsyncClient, client: Client, model: str, prompt: list
     except httpx.HTTPError:
         rec.errors += window.open(t0)
         return
-    end = time.perf_counter()
+    end = time.monotonic()
     if first is not None and window.open(t0):
         rec.ttft.append(first - t0)
         rec.e2e.append(end - t0)
@@ -113,23 +139,69 @@ async def _loop(http: httpx.AsyncClient, client: Client, model: str, n_in: int, 
                 window: Window, seed: int, delayed: bool) -> None:
     rng = random.Random(seed)
     if delayed:  # a probing client starts when the flood is established, not with it
-        await asyncio.sleep(max(0.0, window.start - time.perf_counter()))
+        await asyncio.sleep(max(0.0, window.start - time.monotonic()))
     while not window.over():
         prompt = [rng.randrange(1000, vocab) for _ in range(n_in)]
         await _one(http, client, model, prompt, n_out, window)
 
 
-async def _phase(base: str, model: str, loops: list[tuple[Client, int, bool]], a: argparse.Namespace) -> dict:
-    """Runs ``(client, streams, delayed)`` loops; requests that start in the window are measured to their end."""
-    window = Window(a.warmup, a.duration)
-    streams = sum(n for _, n, _ in loops)
+async def _streams(base: str, model: str, client: Client, streams: int, first_seed: int, a: argparse.Namespace,
+                   window: Window, delayed: bool) -> None:
     limits = httpx.Limits(max_connections=streams + 8, max_keepalive_connections=streams + 8)
     async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(600, connect=30), limits=limits) as http:
-        tasks = [asyncio.ensure_future(_loop(http, client, model, a.input, a.output, a.vocab, window,
-                                             hash((client.team, i)), delayed))
-                 for client, n, delayed in loops for i in range(n)]
-        await asyncio.gather(*tasks)
-    return {c.team: _summary(c.record, a.duration) for c, _, _ in loops}
+        await asyncio.gather(*(_loop(http, client, model, a.input, a.output, a.vocab, window,
+                                     f"{client.team}-{first_seed + i}", delayed) for i in range(streams)))
+
+
+def _flood_process(base: str, model: str, team: str, key: str | None, streams: int, first_seed: int,
+                   a: argparse.Namespace, window: Window) -> dict:
+    """One flood process's streams (run in a child process); its record as a dict."""
+    client = Client(team, key)
+    asyncio.run(_streams(base, model, client, streams, first_seed, a, window, False))
+    return asdict(client.record)
+
+
+async def _server_gauges(base: str, window: Window) -> dict:
+    """The server's queue gauges halfway through the window (empty where it has no such /metrics)."""
+    await asyncio.sleep(max(0.0, (window.start + window.end) / 2 - time.monotonic()))
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            text = (await http.get("/metrics")).text
+    except httpx.HTTPError:
+        return {}
+    gauges: dict = {}
+    for line in text.splitlines():
+        m = re.match(r"([a-z_:]+)(\{[^}]*\})? ([0-9.eE+-]+)$", line)
+        if not m or m.group(1) not in SERVER_GAUGES:
+            continue
+        team = re.search(r'team="([^"]*)"', m.group(2) or "")
+        name = m.group(1) + (f"[{team.group(1)}]" if team else "")
+        gauges[name] = gauges.get(name, 0.0) + float(m.group(3))
+    return gauges
+
+
+async def _phase(base: str, model: str, loops: list[tuple[Client, int, bool]], a: argparse.Namespace) -> dict:
+    """Runs ``(client, streams, delayed)`` loops; requests that start in the window are measured to their end.
+    Loops of more than one stream run in child processes (``STREAMS_PER_PROCESS`` each)."""
+    window = Window.after(a.warmup, a.duration)
+    flood = [(c, n) for c, n, _ in loops if n > 1]
+    processes = sum(math.ceil(n / STREAMS_PER_PROCESS) for _, n in flood)
+    loop = asyncio.get_running_loop()
+    jobs: list[tuple[Client, asyncio.Future]] = []
+    local = [_streams(base, model, c, n, 0, a, window, delayed) for c, n, delayed in loops if n == 1]
+    gauges = asyncio.ensure_future(_server_gauges(base, window))
+    with ProcessPoolExecutor(max(1, processes), mp_context=multiprocessing.get_context("spawn")) as pool:
+        for client, n in flood:
+            for first in range(0, n, STREAMS_PER_PROCESS):
+                count = min(STREAMS_PER_PROCESS, n - first)
+                jobs.append((client, loop.run_in_executor(pool, _flood_process, base, model, client.team, client.key,
+                                                          count, first, a, window)))
+        await asyncio.gather(*local, *(job for _, job in jobs))
+    for client, job in jobs:
+        client.record.merge(TeamRecord(**job.result()))
+    result = {c.team: _summary(c.record, a.duration) for c, _, _ in loops}
+    result["server"] = await gauges
+    return result
 
 
 def _summary(rec: TeamRecord, duration: float) -> dict:
