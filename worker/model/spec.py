@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -14,7 +14,42 @@ SUPPORTED_ARCHITECTURES = {
     "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "Gemma2ForCausalLM": "gemma2",
+    "Gemma3ForCausalLM": "gemma3",
+    "Gemma3ForConditionalGeneration": "gemma3",  # its text part (MedGemma); the vision tower is not loaded
+    "Phi3ForCausalLM": "phi3",
+    "MixtralForCausalLM": "mixtral",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
 }
+MODEL_TYPES = {
+    "llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2",
+    "gemma3_text": "gemma3", "gemma3": "gemma3", "phi3": "phi3", "mixtral": "mixtral", "qwen3_moe": "qwen3_moe",
+}
+GEMMA_FAMILIES = ("gemma2", "gemma3")
+_GELU_TANH = ("gelu_pytorch_tanh", "gelu_tanh")
+
+
+@dataclass(frozen=True)
+class Rope:
+    """One RoPE table: inverse frequencies and cos/sin scaling, plus LongRoPE's long-context set."""
+
+    inv_freq: torch.Tensor  # [rotary_dim // 2], float32
+    scaling: float
+    # LongRoPE (Phi-3): positions >= ``long_from`` use ``long_inv_freq`` (transformers switches once
+    # the sequence passes the original context; a per-position table keeps the cache valid).
+    long_inv_freq: torch.Tensor | None = None
+    long_from: int | None = None
+
+
+@dataclass
+class MoeSpec:
+    """A sparse mixture-of-experts MLP: a softmax router picks ``top_k`` of ``num_experts``."""
+
+    num_experts: int
+    top_k: int
+    intermediate_size: int  # of one expert
+    renormalize: bool  # top-k weights divided by their sum (Mixtral always; Qwen3-MoE by norm_topk_prob)
+    layers: list[bool]  # per layer: sparse MoE (True) or the dense MLP
 
 
 @dataclass
@@ -42,6 +77,22 @@ class ModelSpec:
     eos_token_ids: list[int]
     bos_token_id: int | None
     hf_config: object
+    # Gemma 2/3: (1 + w) norms, sandwich norms, GeGLU, scaled embeddings, soft-capping, a RoPE table
+    # per layer type. Defaults are the Llama family's.
+    hidden_act: str = "silu"
+    attn_scale: float | None = None  # None: head_dim ** -0.5
+    attn_logit_softcap: float | None = None
+    final_logit_softcap: float | None = None
+    ropes: list[Rope] = field(default_factory=list)  # distinct tables; ropes[0] is inv_freq's
+    rope_index: list[int] = field(default_factory=list)  # per layer, into ropes
+    moe: MoeSpec | None = None
+
+    @property
+    def is_gemma(self) -> bool:
+        return self.family in GEMMA_FAMILIES
+
+    def layer_rope(self, layer_idx: int) -> int:
+        return self.rope_index[layer_idx] if self.rope_index else 0
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -49,27 +100,42 @@ class ModelSpec:
         return 2 * self.num_layers * self.num_kv_heads * self.head_dim * 2
 
 
-def _rope(config, head_dim: int) -> tuple[torch.Tensor, float, int]:
-    """inv_freq and attention scaling from transformers' own RoPE initialisers (every variant they know)."""
+def _rope_params(config, layer_type: str | None) -> dict:
     params = getattr(config, "rope_parameters", None) or {}
+    if layer_type is not None:
+        return dict(params.get(layer_type) or {})
     if not params:  # transformers 4.x layout
         params = dict(getattr(config, "rope_scaling", None) or {})
         params.setdefault("rope_theta", getattr(config, "rope_theta", 10000.0))
+    return params
+
+
+def _rope(config, head_dim: int, layer_type: str | None = None) -> tuple[Rope, int]:
+    """One RoPE table from transformers' own initialisers (every variant they know); ``layer_type``
+    picks a per-layer-type table (Gemma 3: local and global)."""
+    params = _rope_params(config, layer_type)
     rope_type = params.get("rope_type", params.get("type", "default"))
     partial = float(params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)) or 1.0)
     rotary_dim = int(head_dim * partial)
     if rope_type in ("default", None):
         base = float(params.get("rope_theta", 10000.0))
         inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim))
-        return inv_freq, 1.0, rotary_dim
+        return Rope(inv_freq, 1.0), rotary_dim
     if rope_type == "dynamic":
-        raise ModelLoadError("dynamic NTK RoPE scaling is not supported")
+        raise ModelLoadError("rope_parameters.rope_type: dynamic NTK RoPE scaling is not supported")
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     if rope_type not in ROPE_INIT_FUNCTIONS:
-        raise ModelLoadError(f"unsupported RoPE type {rope_type!r}")
-    inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, "cpu")
-    return inv_freq.float(), float(scaling), rotary_dim
+        raise ModelLoadError(f"rope_parameters.rope_type: unsupported RoPE type {rope_type!r}")
+    init = ROPE_INIT_FUNCTIONS[rope_type]
+    kwargs = {"layer_type": layer_type} if layer_type is not None else {}
+    inv_freq, scaling = init(config, "cpu", **kwargs)
+    if rope_type in ("longrope", "su"):
+        original = int(params.get("original_max_position_embeddings")
+                       or getattr(config, "original_max_position_embeddings", 0) or config.max_position_embeddings)
+        long_inv, _ = init(config, "cpu", seq_len=original + 1, **kwargs)
+        return Rope(inv_freq.float(), float(scaling), long_inv.float(), original), rotary_dim
+    return Rope(inv_freq.float(), float(scaling)), rotary_dim
 
 
 def _eos_ids(model_dir: str, config) -> list[int]:
@@ -102,28 +168,36 @@ def load_spec(model_dir: str) -> ModelSpec:
     archs = getattr(config, "architectures", None) or []
     family = next((SUPPORTED_ARCHITECTURES[a] for a in archs if a in SUPPORTED_ARCHITECTURES), None)
     if family is None:
-        family = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2", "qwen3": "qwen3"}.get(config.model_type)
+        family = MODEL_TYPES.get(config.model_type)
     if family is None:
         raise ModelLoadError(
-            f"{model_dir}: architecture {archs or config.model_type} is not supported "
+            f"{model_dir}: architectures {archs or config.model_type} is not supported "
             f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
         )
+    top = config
+    config = getattr(config, "text_config", None) or config  # Gemma3ForConditionalGeneration: its text part
+    _refuse_unsupported(family, config)
     num_heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // num_heads
     num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
     layer_types = getattr(config, "layer_types", None)
     window = getattr(config, "sliding_window", None)
-    if family == "mistral":
+    if family in ("mistral", "mixtral", "phi3"):
         windows = [window] * config.num_hidden_layers
     elif layer_types:
         windows = [window if t == "sliding_attention" else None for t in layer_types]
     else:
         windows = [None] * config.num_hidden_layers
-    inv_freq, scaling, rotary_dim = _rope(config, head_dim)
-    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    ropes, rope_index, rotary_dim = _ropes(config, head_dim, layer_types)
+    dtype = getattr(top, "dtype", None) or getattr(top, "torch_dtype", None)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype, None)
     attention_bias = bool(getattr(config, "attention_bias", False))
+    gemma = family in GEMMA_FAMILIES
+    hidden_act = getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", "silu")
+    if hidden_act not in ("silu", *_GELU_TANH):
+        raise ModelLoadError(f"{model_dir}: hidden_act {hidden_act!r} is not supported (silu, gelu_pytorch_tanh)")
+    scalar = getattr(config, "query_pre_attn_scalar", None) if gemma else None
     return ModelSpec(
         family=family,
         hidden_size=config.hidden_size,
@@ -135,17 +209,60 @@ def load_spec(model_dir: str) -> ModelSpec:
         vocab_size=config.vocab_size,
         rms_norm_eps=float(config.rms_norm_eps),
         max_position_embeddings=int(getattr(config, "max_position_embeddings", 4096)),
-        tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)),
+        tie_word_embeddings=bool(getattr(top, "tie_word_embeddings", getattr(config, "tie_word_embeddings", False))),
         qkv_bias=True if family == "qwen2" else attention_bias,
         o_bias=False if family == "qwen2" else attention_bias,
         mlp_bias=bool(getattr(config, "mlp_bias", False)),
-        qk_norm=family == "qwen3",
+        qk_norm=family in ("qwen3", "qwen3_moe", "gemma3"),
         sliding_windows=windows,
-        inv_freq=inv_freq,
-        rope_attention_scaling=scaling,
+        inv_freq=ropes[0].inv_freq,
+        rope_attention_scaling=ropes[0].scaling,
         rotary_dim=rotary_dim,
         config_dtype=dtype if isinstance(dtype, torch.dtype) else None,
         eos_token_ids=_eos_ids(model_dir, config),
         bos_token_id=getattr(config, "bos_token_id", None),
-        hf_config=config,
+        hf_config=top,
+        hidden_act="gelu_tanh" if hidden_act in _GELU_TANH else "silu",
+        attn_scale=float(scalar) ** -0.5 if scalar else None,
+        attn_logit_softcap=getattr(config, "attn_logit_softcapping", None) if gemma else None,
+        final_logit_softcap=getattr(config, "final_logit_softcapping", None) if gemma else None,
+        ropes=ropes,
+        rope_index=rope_index,
+        moe=_moe(family, config),
     )
+
+
+def _ropes(config, head_dim: int, layer_types: list[str] | None) -> tuple[list[Rope], list[int], int]:
+    """The distinct RoPE tables and each layer's index into them (one table unless the config keys
+    its RoPE parameters by layer type, as Gemma 3 does: local base 10k, global 1M with its scaling)."""
+    params = getattr(config, "rope_parameters", None) or {}
+    if layer_types and all(t in params for t in set(layer_types)):
+        kinds = list(dict.fromkeys(layer_types))
+        built = [_rope(config, head_dim, kind) for kind in kinds]
+        dims = {dim for _, dim in built}
+        if len(dims) != 1:
+            raise ModelLoadError("rope_parameters: partial_rotary_factor must be equal for every layer type")
+        return [r for r, _ in built], [kinds.index(t) for t in layer_types], dims.pop()
+    rope, dim = _rope(config, head_dim)
+    return [rope], [0] * config.num_hidden_layers, dim
+
+
+def _moe(family: str, config) -> MoeSpec | None:
+    if family == "mixtral":
+        n = config.num_local_experts
+        return MoeSpec(n, config.num_experts_per_tok, config.intermediate_size, True, [True] * config.num_hidden_layers)
+    if family == "qwen3_moe":
+        n = getattr(config, "num_experts", None) or getattr(config, "num_local_experts", 0)
+        skip = set(getattr(config, "mlp_only_layers", None) or [])
+        step = int(getattr(config, "decoder_sparse_step", 1) or 1)
+        layers = [i not in skip and n > 0 and (i + 1) % step == 0 for i in range(config.num_hidden_layers)]
+        return MoeSpec(n, config.num_experts_per_tok, config.moe_intermediate_size, bool(config.norm_topk_prob), layers)
+    return None
+
+
+def _refuse_unsupported(family: str, config) -> None:
+    """Options the engine does not implement are refused at load, naming the field."""
+    if getattr(config, "use_bidirectional_attention", False):
+        raise ModelLoadError("use_bidirectional_attention: bidirectional attention (embedding Gemma) is not supported")
+    if family == "qwen3_moe" and getattr(config, "use_sliding_window", False):
+        raise ModelLoadError("use_sliding_window: sliding-window attention for Qwen3-MoE is not supported")
