@@ -153,3 +153,57 @@ def test_engine_greedy_tokens_equal_transformers(family):
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
                         SamplingParams(temperature=0.0, max_tokens=new, ignore_eos=True))
     assert [o.outputs[0].token_ids for o in outs] == expected, name
+
+
+def test_phi3_longrope_switches_to_long_factors_past_the_original_context(tmp_path):
+    """Decoding across the original context: transformers (with its KV cache) rotates each new token
+    with the long factors once the sequence passes it, keeping earlier keys as they were; Ward's
+    per-position table does the same, so tokens and logits agree on both sides of the switch."""
+    torch.manual_seed(5)
+    hf = _random_hf(_phi3())
+    hf.save_pretrained(tmp_path)
+    spec = load_spec(str(tmp_path))
+    ours = build_model(spec, TorchBackend(), torch.device("cpu"), torch.float32, 128)
+    load_weights(ours, spec, str(tmp_path))
+    prompt = [random.Random(6).randrange(VOCAB) for _ in range(PHI_ORIGINAL_CONTEXT - 4)]
+    drv = PagedDriver(ours, spec, num_blocks=30, block_size=4)
+    ours_logits = [drv.step([("a", prompt, 0)])[0][-1]]
+    with torch.no_grad():
+        out = hf(input_ids=torch.tensor([prompt]), use_cache=True)
+        hf_logits_ = [out.logits[0, -1]]
+        seq = list(prompt)
+        for _ in range(10):  # positions 36..45: the switch happens at 40
+            nxt = int(hf_logits_[-1].argmax())
+            assert nxt == int(ours_logits[-1].argmax())
+            seq.append(nxt)
+            out = hf(input_ids=torch.tensor([[nxt]]), cache=out.past_key_values, use_cache=True)
+            hf_logits_.append(out.logits[0, -1])
+            ours_logits.append(drv.step([("a", [nxt], len(seq) - 1)])[0][-1])
+    for i, (got, ref) in enumerate(zip(ours_logits, hf_logits_)):
+        assert rel_err(got, ref) < 1e-4, f"step {i}"
+    rope = spec.ropes[0]
+    assert rope.long_from == PHI_ORIGINAL_CONTEXT and not torch.allclose(rope.inv_freq, rope.long_inv_freq)
+
+
+@pytest.mark.parametrize("config, field", [
+    (lambda: _gemma3_text(use_bidirectional_attention=True), "use_bidirectional_attention"),
+    (lambda: Qwen3MoeConfig(**COMMON, num_hidden_layers=2, num_experts=4, use_sliding_window=True, sliding_window=8),
+     "use_sliding_window"),
+    (lambda: Phi3Config(**COMMON, num_hidden_layers=2, pad_token_id=0, hidden_act="relu"), "hidden_act"),
+    (lambda: MixtralConfig(**COMMON, num_hidden_layers=2, rope_parameters={"rope_type": "dynamic", "factor": 2.0,
+                                                                           "rope_theta": 10000.0}), "rope_type"),
+])
+def test_unsupported_options_are_refused_naming_the_field(tmp_path, config, field):
+    config().save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError) as err:
+        load_spec(str(tmp_path))
+    assert field in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unsupported_architecture_is_refused(tmp_path):
+    from transformers import GPT2Config
+
+    GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=VOCAB, architectures=["GPT2LMHeadModel"]).save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError) as err:
+        load_spec(str(tmp_path))
+    assert "architectures ['GPT2LMHeadModel'] is not supported" in str(err.value)
