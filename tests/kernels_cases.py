@@ -54,6 +54,7 @@ class AttentionCase:
     padding_rows: int = 0  # rows after the last request, owned by no request
     through_backend: bool = False  # run TritonBackend.forward (cache write + attention) instead of the kernel
     seed: int = 0
+    logit_softcap: float | None = None  # Gemma 2's attention soft-capping
 
     @property
     def seq_lens(self) -> tuple[int, ...]:
@@ -159,7 +160,8 @@ def check_attention(case: AttentionCase, device: str, dtype: torch.dtype) -> Met
             max_query_len=max(case.query_lens),
             max_seq_len=max(case.seq_lens),
         )
-        impl = TritonBackend().make_impl(case.num_heads, case.num_kv_heads, case.head_dim, scale, case.sliding_window)
+        impl = TritonBackend().make_impl(case.num_heads, case.num_kv_heads, case.head_dim, scale, case.sliding_window,
+                                         logit_softcap=case.logit_softcap)
         impl.num_splits = case.num_splits
         out = impl.forward(batch.q, batch.k_new, batch.v_new, (batch.key_cache, batch.value_cache), meta)
     else:
@@ -178,13 +180,14 @@ def check_attention(case: AttentionCase, device: str, dtype: torch.dtype) -> Met
             scale=scale,
             sliding_window=case.sliding_window,
             num_splits=case.num_splits,
+            logit_softcap=case.logit_softcap,
         )
 
     refs = []
     start = 0
     for (k, v), q_len in zip(batch.contexts, case.query_lens, strict=True):
         q = batch.q[start : start + q_len].float().cpu()
-        refs.append(reference_attention(q, k.float(), v.float(), scale, case.sliding_window))
+        refs.append(reference_attention(q, k.float(), v.float(), scale, case.sliding_window, case.logit_softcap))
         start += q_len
     ref = torch.cat(refs)
     out_cpu = out.float().cpu()

@@ -57,7 +57,9 @@ def compile_variant(
     }
 
 
-def attention_variant(max_query_len: int, group: int, head_dim: int, split: bool, window: bool, dtype: str) -> Callable:
+def attention_variant(
+    max_query_len: int, group: int, head_dim: int, split: bool, window: bool, dtype: str, softcap: bool = False
+) -> Callable:
     def build() -> dict[str, int]:
         config = choose_tile_config(max_query_len, group, head_dim, 4 if dtype == "*fp32" else 2)
         pointers = {
@@ -69,10 +71,10 @@ def attention_variant(max_query_len: int, group: int, head_dim: int, split: bool
             HEAD_DIM=head_dim, HEAD_DIM_P=next_power_of_2(head_dim), GROUP=group, GROUP_P=next_power_of_2(group),
             BLOCK_M=config.block_m, BLOCK_Q=config.block_q, TILE_N=config.tile_n, PAGE_SIZE=16,
             SINGLE_BLOCK_PER_REQ=max_query_len <= config.block_q, USE_WINDOW=window, SPLIT=split,
-            EXACT_FP32=dtype == "*fp32",
+            EXACT_FP32=dtype == "*fp32", USE_SOFTCAP=softcap,
         )
         return compile_variant(
-            paged_attention_kernel, pointers, constexprs, ("qk_scale_log2",),
+            paged_attention_kernel, pointers, constexprs, ("qk_scale_log2", "softcap_log2"),
             num_warps=config.num_warps, num_stages=config.num_stages,
         )
 
@@ -88,6 +90,8 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     "attention_prefill_group4_d128": attention_variant(2048, 4, 128, False, False, BF16),
     "attention_prefill_group1_d64_window": attention_variant(512, 1, 64, False, True, BF16),
     "attention_prefill_group4_d128_fp32": attention_variant(2048, 4, 128, False, False, "*fp32"),
+    "attention_decode_group2_d256_softcap_window": attention_variant(1, 2, 256, False, True, BF16, softcap=True),
+    "attention_prefill_group2_d256_softcap_split": attention_variant(512, 2, 256, True, False, BF16, softcap=True),
     "merge_splits": lambda: compile_variant(
         merge_splits_kernel,
         {

@@ -45,6 +45,12 @@ ATTENTION_CASES: dict[str, AttentionCase] = {
     "backend_mixed": AttentionCase(
         (1, 23, 1), (40, 9, 0), num_heads=8, num_kv_heads=2, padding_rows=2, through_backend=True
     ),
+    # a small cap (scores are ~N(0, 1) here) so that capping changes the result
+    "softcap_mixed_window": AttentionCase((1, 19, 1), (30, 6, 0), num_heads=4, num_kv_heads=2, sliding_window=12,
+                                          logit_softcap=0.7),
+    "softcap_split_forced": AttentionCase((1, 1), (200, 33), num_splits=3, logit_softcap=0.7),
+    "softcap_backend_mixed": AttentionCase((1, 9), (20, 4), num_heads=4, num_kv_heads=2, logit_softcap=0.7,
+                                           through_backend=True),
     "backend_decode_split": AttentionCase(
         (1, 1), (260, 33), num_splits=2, padding_reqs=1, padding_rows=2, through_backend=True
     ),
