@@ -386,6 +386,25 @@ def check_silu_and_mul(num_tokens: int, intermediate: int, device: str, dtype: t
     return {"rel_err": rel_err(out, ref), "unwritten": nan_count(out)}
 
 
+def check_fused_moe(num_tokens: int, num_experts: int, top_k: int, hidden: int, intermediate: int, device: str,
+                    dtype: torch.dtype, seed: int = 0) -> Metrics:
+    """The Triton fused MoE against the torch reference (``worker.model.ops.fused_moe``) on the same
+    routing. Metrics: rel_err, unwritten."""
+    from worker.kernels import fused_moe
+    from worker.model.moe import select_experts
+    from worker.model.ops import fused_moe as reference
+
+    g = torch.Generator().manual_seed(seed)
+    x = _randn(g, num_tokens, hidden, dtype=dtype, device=device)
+    w13 = _randn(g, num_experts, 2 * intermediate, hidden, dtype=dtype, device=device) * hidden**-0.5
+    w2 = _randn(g, num_experts, hidden, intermediate, dtype=dtype, device=device) * intermediate**-0.5
+    logits = _randn(g, num_tokens, num_experts, dtype=torch.float32, device=device)
+    weights, ids = select_experts(logits, top_k, renormalize=True)
+    out = fused_moe(x, w13, w2, weights, ids)
+    ref = reference(x.float().cpu(), w13.float().cpu(), w2.float().cpu(), weights.cpu(), ids.cpu())
+    return {"rel_err": rel_err(out, ref), "unwritten": nan_count(out)}
+
+
 # ---------------------------------------------------------------- host-side input checks
 
 

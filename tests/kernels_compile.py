@@ -23,7 +23,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from worker.kernels import activation, kv_cache, norm, rotary  # noqa: E402
+from worker.kernels import activation, kv_cache, moe_gemm, norm, rotary  # noqa: E402
 from worker.kernels.attention_config import choose_tile_config, next_power_of_2  # noqa: E402
 from worker.kernels.attention_kernels import merge_splits_kernel, paged_attention_kernel  # noqa: E402
 
@@ -127,6 +127,18 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
         rotary._rotary_kernel,
         {"positions_ptr": "*i32", "q_ptr": BF16, "k_ptr": BF16, "cos_sin_ptr": "*fp32"},
         dict(NUM_Q_HEADS=32, Q_HEADS_P=32, NUM_K_HEADS=8, K_HEADS_P=8, HALF=32, HALF_P=32, IS_NEOX=False),
+    ),
+    "moe_gemm_up_bf16": lambda: compile_variant(
+        moe_gemm._moe_gemm_kernel,
+        {"a_ptr": BF16, "b_ptr": BF16, "c_ptr": BF16, "weights_ptr": "*fp32", "sorted_ids_ptr": "*i32",
+         "block_experts_ptr": "*i32", "num_rows_ptr": "*i32"},
+        dict(A_ROW_DIV=2, MUL_WEIGHT=False, EXACT_FP32=False, BLOCK_M=16, BLOCK_N=64, BLOCK_K=64),
+    ),
+    "moe_gemm_down_weighted_bf16": lambda: compile_variant(
+        moe_gemm._moe_gemm_kernel,
+        {"a_ptr": BF16, "b_ptr": BF16, "c_ptr": "*fp32", "weights_ptr": "*fp32", "sorted_ids_ptr": "*i32",
+         "block_experts_ptr": "*i32", "num_rows_ptr": "*i32"},
+        dict(A_ROW_DIV=1, MUL_WEIGHT=True, EXACT_FP32=False, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64),
     ),
     "silu_and_mul": lambda: compile_variant(
         activation._silu_and_mul_kernel, {"x_ptr": BF16, "out_ptr": BF16}, dict(INTERMEDIATE=14336, BLOCK=1024)
