@@ -85,6 +85,11 @@ class TorchAttention:
         for i in range(meta.num_reqs):
             s, e = starts[i], starts[i + 1]
             k_ctx, v_ctx = gather_kv(kv_cache, meta.block_tables[i], seq_lens[i])
+            if self.sliding_window is not None:
+                # Keys before the first query's window are never read (their blocks may have been
+                # given back and reused); the masks are shift-invariant, so drop them.
+                first = max(0, seq_lens[i] - (e - s) - self.sliding_window + 1)
+                k_ctx, v_ctx = k_ctx[first:], v_ctx[first:]
             out[s:e] = reference_attention(q[s:e], k_ctx, v_ctx, self.scale, self.sliding_window, self.logit_softcap)
         return out
 

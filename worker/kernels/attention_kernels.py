@@ -155,6 +155,9 @@ def paged_attention_kernel(
     for tile in range(tile_lo, tile_hi):
         offs_n = tile * TILE_N + tl.arange(0, TILE_N)
         n_valid = offs_n < kv_end
+        if USE_WINDOW:
+            # never load keys before the window: their blocks may have been given back and reused
+            n_valid = n_valid & (offs_n >= kv_start)
         page = tl.load(block_table + offs_n // PAGE_SIZE, mask=n_valid, other=0).to(tl.int64)
         slot = offs_n % PAGE_SIZE
         kv_mask = n_valid[:, None] & d_valid[None, :]
