@@ -207,3 +207,57 @@ def test_unsupported_architecture_is_refused(tmp_path):
     with pytest.raises(ModelLoadError) as err:
         load_spec(str(tmp_path))
     assert "architectures ['GPT2LMHeadModel'] is not supported" in str(err.value)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU: CUDA is not available")
+def test_gpu_path_matches_transformers(family):
+    """The CUDA path of each family (Triton attention with soft-capping and windows, Triton norms,
+    rotary and fused MoE) in float32 against transformers, prefill and paged decode."""
+    from worker.attention.triton_backend import TritonBackend
+    from worker.kernels import model_ops
+
+    name, hf, _, spec, model_dir = family
+    ours = build_model(spec, TritonBackend(), torch.device("cuda"), torch.float32, 128, model_ops)
+    load_weights(ours, spec, model_dir)
+    rng = random.Random(8)
+    a = [rng.randrange(VOCAB) for _ in range(30)]
+    ref = hf_logits(hf, a)
+    drv = PagedDriver(ours, spec, num_blocks=40, block_size=16, device="cuda")
+    got = [drv.step([("a", a[:24], 0)])[0]] + [drv.step([("a", a[p : p + 1], p)])[0] for p in range(24, 30)]
+    assert rel_err(torch.cat(got).cpu(), ref) < 1e-3, name
+
+
+def test_both_multimodal_weight_layouts_load_the_same_language_model(tmp_path):
+    """Gemma 3 multimodal checkpoints name the language model ``language_model.model.*`` (as published,
+    MedGemma included) or ``model.language_model.*`` (newer transformers); both load, vision skipped."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(9)
+    legacy = tmp_path / "legacy"
+    _random_hf(_gemma3_multimodal()).save_pretrained(legacy)
+    tensors = load_file(str(legacy / "model.safetensors"))
+    assert any(k.startswith("language_model.model.") for k in tensors)
+    renamed = {}
+    for key, value in tensors.items():
+        for old, new in (("language_model.model.", "model.language_model."), ("vision_tower.", "model.vision_tower."),
+                         ("multi_modal_projector.", "model.multi_modal_projector.")):
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        renamed[key] = value
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    shutil.copy(legacy / "config.json", newer / "config.json")
+    save_file(renamed, str(newer / "model.safetensors"), metadata={"format": "pt"})
+    models = []
+    for d in (legacy, newer):
+        spec = load_spec(str(d))
+        model = build_model(spec, TorchBackend(), torch.device("cpu"), torch.float32, 64)
+        load_weights(model, spec, str(d))
+        models.append(model)
+    a, b = (dict(m.named_parameters()) for m in models)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(a["embed_tokens.weight"], tensors["language_model.model.embed_tokens.weight"])
