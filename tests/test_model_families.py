@@ -261,3 +261,31 @@ def test_both_multimodal_weight_layouts_load_the_same_language_model(tmp_path):
     a, b = (dict(m.named_parameters()) for m in models)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert torch.equal(a["embed_tokens.weight"], tensors["language_model.model.embed_tokens.weight"])
+
+
+def test_a_published_gemma3_multimodal_config_reads_as_its_text_model(tmp_path):
+    """config.json as MedGemma 4B / Gemma 3 4B were published (transformers 4.50 layout: rope_theta,
+    rope_local_base_freq, rope_scaling, sliding_window_pattern; end tokens at the top level)."""
+    import json
+
+    text = {"head_dim": 256, "hidden_activation": "gelu_pytorch_tanh", "hidden_size": 2560, "intermediate_size": 10240,
+            "max_position_embeddings": 131072, "model_type": "gemma3_text", "num_attention_heads": 8,
+            "num_hidden_layers": 34, "num_key_value_heads": 4, "query_pre_attn_scalar": 256, "rms_norm_eps": 1e-06,
+            "rope_local_base_freq": 10000.0, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+            "rope_theta": 1000000.0, "sliding_window": 1024, "sliding_window_pattern": 6, "vocab_size": 262208,
+            "attn_logit_softcapping": None, "final_logit_softcapping": None}
+    config = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3", "eos_token_id": [1, 106],
+              "mm_tokens_per_image": 256, "text_config": text, "torch_dtype": "bfloat16",
+              "vision_config": {"hidden_size": 1152, "image_size": 896, "intermediate_size": 4304,
+                                "model_type": "siglip_vision_model", "num_attention_heads": 16,
+                                "num_hidden_layers": 27, "patch_size": 14, "vision_use_head": False}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    spec = load_spec(str(tmp_path))
+    assert spec.family == "gemma3" and spec.num_layers == 34 and spec.config_dtype == torch.bfloat16
+    assert spec.sliding_windows[:6] == [1024] * 5 + [None] and spec.kv_window is None
+    local, global_ = spec.ropes[spec.rope_index[0]], spec.ropes[spec.rope_index[5]]
+    dim = torch.arange(0, 256, 2).float() / 256
+    assert torch.allclose(local.inv_freq, 1.0 / 10000.0**dim)
+    assert torch.allclose(global_.inv_freq, 1.0 / 1000000.0**dim / 8.0)  # linear scaling of the global table
+    assert spec.attn_scale == 256**-0.5 and spec.attn_logit_softcap is None and spec.final_logit_softcap is None
+    assert spec.eos_token_ids == [1, 106] and spec.tie_word_embeddings and spec.qk_norm

@@ -145,17 +145,17 @@ def _rope(config, head_dim: int, layer_type: str | None = None) -> tuple[Rope, i
     return Rope(inv_freq.float(), float(scaling)), rotary_dim
 
 
-def _eos_ids(model_dir: str, config) -> list[int]:
+def _eos_ids(model_dir: str, *configs) -> list[int]:
+    """End tokens from generation_config.json, then from each config given (a multimodal checkpoint
+    names Gemma's <end_of_turn> at its top level, not in its text part)."""
+    values = []
+    path = os.path.join(model_dir, "generation_config.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            values.append(json.load(f).get("eos_token_id"))
+    values += [getattr(c, "eos_token_id", None) for c in configs]
     ids: list[int] = []
-    for source in (os.path.join(model_dir, "generation_config.json"), None):
-        value = None
-        if source and os.path.exists(source):
-            with open(source) as f:
-                value = json.load(f).get("eos_token_id")
-        elif source is None:
-            value = getattr(config, "eos_token_id", None)
-        if value is None:
-            continue
+    for value in values:
         for v in value if isinstance(value, list) else [value]:
             if v is not None and int(v) not in ids:
                 ids.append(int(v))
@@ -226,8 +226,9 @@ def load_spec(model_dir: str) -> ModelSpec:
         rope_attention_scaling=ropes[0].scaling,
         rotary_dim=rotary_dim,
         config_dtype=dtype if isinstance(dtype, torch.dtype) else None,
-        eos_token_ids=_eos_ids(model_dir, config),
-        bos_token_id=getattr(config, "bos_token_id", None),
+        eos_token_ids=_eos_ids(model_dir, top, config),
+        bos_token_id=getattr(config, "bos_token_id", None) if getattr(config, "bos_token_id", None) is not None
+        else getattr(top, "bos_token_id", None),
         hf_config=top,
         hidden_act="gelu_tanh" if hidden_act in _GELU_TANH else "silu",
         attn_scale=float(scalar) ** -0.5 if scalar else None,
