@@ -289,3 +289,27 @@ def test_a_published_gemma3_multimodal_config_reads_as_its_text_model(tmp_path):
     assert torch.allclose(global_.inv_freq, 1.0 / 1000000.0**dim / 8.0)  # linear scaling of the global table
     assert spec.attn_scale == 256**-0.5 and spec.attn_logit_softcap is None and spec.final_logit_softcap is None
     assert spec.eos_token_ids == [1, 106] and spec.tie_word_embeddings and spec.qk_norm
+
+
+@pytest.mark.parametrize("name", ["mixtral-top2-renormalised", "qwen3-moe-not-renormalised"])
+def test_stacked_expert_tensors_load_like_per_expert_ones(tmp_path, name):
+    """Checkpoints written from transformers 5's own state dict hold each layer's experts stacked
+    (``mlp.experts.gate_up_proj`` / ``down_proj``); they load to the same weights as per-expert files."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(10)
+    hf = _random_hf(FAMILIES[name]())
+    per_expert, stacked = tmp_path / "per_expert", tmp_path / "stacked"
+    hf.save_pretrained(per_expert)
+    hf.config.save_pretrained(stacked)
+    state = {k: v.contiguous() for k, v in hf.state_dict().items()}
+    assert any(k.endswith("mlp.experts.gate_up_proj") for k in state)
+    save_file(state, str(stacked / "model.safetensors"), metadata={"format": "pt"})
+    models = []
+    for d in (per_expert, stacked):
+        spec = load_spec(str(d))
+        model = build_model(spec, TorchBackend(), torch.device("cpu"), torch.float32, 64)
+        load_weights(model, spec, str(d))
+        models.append(dict(model.named_parameters()))
+    a, b = models
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -19,6 +19,9 @@ from worker.model.spec import ModelSpec
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 _EXPERT = re.compile(r"^(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
+# transformers 5 holds a layer's experts stacked: gate_up_proj [E, 2I, hidden] (gate rows first) and
+# down_proj [E, hidden, I], which are w13 and w2 as they are
+_STACKED_EXPERTS = {"mlp.experts.gate_up_proj": "w13", "mlp.experts.down_proj": "w2"}
 _SKIP = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
 # Multimodal checkpoints (Gemma3ForConditionalGeneration, e.g. MedGemma): the language model's
 # tensors under either prefix transformers has written; the vision tower and projector are skipped.
@@ -75,6 +78,8 @@ def _target(model: CausalLM, spec: ModelSpec, name: str) -> tuple[torch.Tensor, 
     expert = _EXPERT.match(rest)
     if expert and spec.moe is not None:
         return _expert_target(layer.mlp, int(expert.group(1)), expert.group(2), spec.moe.intermediate_size)
+    if rest in _STACKED_EXPERTS and spec.moe is not None:  # experts already stacked, in our layout
+        return getattr(layer.mlp, _STACKED_EXPERTS[rest]), None
     if rest.startswith("block_sparse_moe.gate."):  # Mixtral's router
         rest = "mlp.gate." + rest.rpartition(".")[2]
     module_name, _, kind = rest.rpartition(".")
