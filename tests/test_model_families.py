@@ -313,3 +313,30 @@ def test_stacked_expert_tensors_load_like_per_expert_ones(tmp_path, name):
         models.append(dict(model.named_parameters()))
     a, b = models
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+INTERPRETED = ["gemma3-text-5-local-1-global", "qwen3-moe-not-renormalised"]  # soft-capping: tests/test_kernels.py
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine test_gpu_path_matches_transformers runs this")
+def test_cuda_code_path_matches_transformers_in_the_triton_interpreter():
+    """The CUDA path (Triton paged attention, norms, rotary with Gemma 3's two RoPE tables, fused MoE
+    with a dense layer between sparse ones) run on the CPU by Triton's interpreter in a fresh process
+    (``tests/families_interpreter.py``): prefill and paged decode against transformers."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("triton")
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "TRITON_INTERPRET": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, str(root / "tests" / "families_interpreter.py"), *INTERPRETED],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=root)
+    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr[-4000:]
+    errors = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert errors.keys() == set(INTERPRETED)
+    for name, err in errors.items():
+        assert err < 1e-4, f"{name}: relative error {err:.2e}"
