@@ -9,6 +9,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
 
 from worker.errors import InvalidRequestError
+from tests.test_model_families import one_torch_thread  # noqa: F401  (autouse)
 from worker.llm import LLM
 from worker.sampling_params import SamplingParams
 from worker.tokenizer import WardTokenizer

@@ -42,6 +42,16 @@ LOCAL_GLOBAL_ROPE = {"sliding_attention": {"rope_type": "default", "rope_theta":
 PHI_ORIGINAL_CONTEXT = 40  # LongRoPE switches to its long factors past this many positions
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and a busy 2-core machine cannot then stall them
+    (with two threads a tiny forward was seen to take 100x longer while other work ran)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _gemma3_text(**extra) -> Gemma3TextConfig:
     # 6 layers: transformers' default pattern, 5 sliding-window layers then 1 global
     return Gemma3TextConfig(**COMMON, num_hidden_layers=6, head_dim=16, sliding_window=5, query_pre_attn_scalar=24,

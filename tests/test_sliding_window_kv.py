@@ -16,6 +16,7 @@ from tests.test_prefix_cache_integrity import PREFIXES, Driver, SlotWritingRunne
 from worker.engine.kv_cache_manager import KVCacheManager
 from worker.engine.scheduler import Scheduler
 from worker.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
+from tests.test_model_families import one_torch_thread  # noqa: F401  (autouse)
 from worker.llm import LLM
 from worker.sampling_params import SamplingParams
 
