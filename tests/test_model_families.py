@@ -44,7 +44,7 @@ PHI_ORIGINAL_CONTEXT = 40  # LongRoPE switches to its long factors past this man
 
 @pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
-    """Tiny models run fastest on one thread, and a busy 2-core machine cannot then stall them
+    """Tiny models run fastest on one thread, and a busy machine with few cores cannot then stall them
     (with two threads a tiny forward was seen to take 100x longer while other work ran)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
