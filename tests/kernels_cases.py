@@ -54,6 +54,7 @@ class AttentionCase:
     padding_rows: int = 0  # rows after the last request, owned by no request
     through_backend: bool = False  # run TritonBackend.forward (cache write + attention) instead of the kernel
     seed: int = 0
+    logit_softcap: float | None = None  # Gemma 2's attention soft-capping
 
     @property
     def seq_lens(self) -> tuple[int, ...]:
@@ -159,7 +160,8 @@ def check_attention(case: AttentionCase, device: str, dtype: torch.dtype) -> Met
             max_query_len=max(case.query_lens),
             max_seq_len=max(case.seq_lens),
         )
-        impl = TritonBackend().make_impl(case.num_heads, case.num_kv_heads, case.head_dim, scale, case.sliding_window)
+        impl = TritonBackend().make_impl(case.num_heads, case.num_kv_heads, case.head_dim, scale, case.sliding_window,
+                                         logit_softcap=case.logit_softcap)
         impl.num_splits = case.num_splits
         out = impl.forward(batch.q, batch.k_new, batch.v_new, (batch.key_cache, batch.value_cache), meta)
     else:
@@ -178,13 +180,14 @@ def check_attention(case: AttentionCase, device: str, dtype: torch.dtype) -> Met
             scale=scale,
             sliding_window=case.sliding_window,
             num_splits=case.num_splits,
+            logit_softcap=case.logit_softcap,
         )
 
     refs = []
     start = 0
     for (k, v), q_len in zip(batch.contexts, case.query_lens, strict=True):
         q = batch.q[start : start + q_len].float().cpu()
-        refs.append(reference_attention(q, k.float(), v.float(), scale, case.sliding_window))
+        refs.append(reference_attention(q, k.float(), v.float(), scale, case.sliding_window, case.logit_softcap))
         start += q_len
     ref = torch.cat(refs)
     out_cpu = out.float().cpu()
@@ -380,6 +383,25 @@ def check_silu_and_mul(num_tokens: int, intermediate: int, device: str, dtype: t
     out = torch.full((num_tokens, intermediate), float("nan"), dtype=dtype, device=device)
     silu_and_mul(x, out=out)
     ref = F.silu(x[:, :intermediate]) * x[:, intermediate:]
+    return {"rel_err": rel_err(out, ref), "unwritten": nan_count(out)}
+
+
+def check_fused_moe(num_tokens: int, num_experts: int, top_k: int, hidden: int, intermediate: int, device: str,
+                    dtype: torch.dtype, seed: int = 0) -> Metrics:
+    """The Triton fused MoE against the torch reference (``worker.model.ops.fused_moe``) on the same
+    routing. Metrics: rel_err, unwritten."""
+    from worker.kernels import fused_moe
+    from worker.model.moe import select_experts
+    from worker.model.ops import fused_moe as reference
+
+    g = torch.Generator().manual_seed(seed)
+    x = _randn(g, num_tokens, hidden, dtype=dtype, device=device)
+    w13 = _randn(g, num_experts, 2 * intermediate, hidden, dtype=dtype, device=device) * hidden**-0.5
+    w2 = _randn(g, num_experts, hidden, intermediate, dtype=dtype, device=device) * intermediate**-0.5
+    logits = _randn(g, num_tokens, num_experts, dtype=torch.float32, device=device)
+    weights, ids = select_experts(logits, top_k, renormalize=True)
+    out = fused_moe(x, w13, w2, weights, ids)
+    ref = reference(x.float().cpu(), w13.float().cpu(), w2.float().cpu(), weights.cpu(), ids.cpu())
     return {"rel_err": rel_err(out, ref), "unwritten": nan_count(out)}
 
 

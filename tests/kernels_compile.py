@@ -23,7 +23,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from worker.kernels import activation, kv_cache, norm, rotary  # noqa: E402
+from worker.kernels import activation, kv_cache, moe_gemm, norm, rotary  # noqa: E402
 from worker.kernels.attention_config import choose_tile_config, next_power_of_2  # noqa: E402
 from worker.kernels.attention_kernels import merge_splits_kernel, paged_attention_kernel  # noqa: E402
 
@@ -57,7 +57,9 @@ def compile_variant(
     }
 
 
-def attention_variant(max_query_len: int, group: int, head_dim: int, split: bool, window: bool, dtype: str) -> Callable:
+def attention_variant(
+    max_query_len: int, group: int, head_dim: int, split: bool, window: bool, dtype: str, softcap: bool = False
+) -> Callable:
     def build() -> dict[str, int]:
         config = choose_tile_config(max_query_len, group, head_dim, 4 if dtype == "*fp32" else 2)
         pointers = {
@@ -69,10 +71,10 @@ def attention_variant(max_query_len: int, group: int, head_dim: int, split: bool
             HEAD_DIM=head_dim, HEAD_DIM_P=next_power_of_2(head_dim), GROUP=group, GROUP_P=next_power_of_2(group),
             BLOCK_M=config.block_m, BLOCK_Q=config.block_q, TILE_N=config.tile_n, PAGE_SIZE=16,
             SINGLE_BLOCK_PER_REQ=max_query_len <= config.block_q, USE_WINDOW=window, SPLIT=split,
-            EXACT_FP32=dtype == "*fp32",
+            EXACT_FP32=dtype == "*fp32", USE_SOFTCAP=softcap,
         )
         return compile_variant(
-            paged_attention_kernel, pointers, constexprs, ("qk_scale_log2",),
+            paged_attention_kernel, pointers, constexprs, ("qk_scale_log2", "softcap_log2"),
             num_warps=config.num_warps, num_stages=config.num_stages,
         )
 
@@ -88,6 +90,8 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     "attention_prefill_group4_d128": attention_variant(2048, 4, 128, False, False, BF16),
     "attention_prefill_group1_d64_window": attention_variant(512, 1, 64, False, True, BF16),
     "attention_prefill_group4_d128_fp32": attention_variant(2048, 4, 128, False, False, "*fp32"),
+    "attention_decode_group2_d256_softcap_window": attention_variant(1, 2, 256, False, True, BF16, softcap=True),
+    "attention_prefill_group2_d256_softcap_split": attention_variant(512, 2, 256, True, False, BF16, softcap=True),
     "merge_splits": lambda: compile_variant(
         merge_splits_kernel,
         {
@@ -123,6 +127,18 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
         rotary._rotary_kernel,
         {"positions_ptr": "*i32", "q_ptr": BF16, "k_ptr": BF16, "cos_sin_ptr": "*fp32"},
         dict(NUM_Q_HEADS=32, Q_HEADS_P=32, NUM_K_HEADS=8, K_HEADS_P=8, HALF=32, HALF_P=32, IS_NEOX=False),
+    ),
+    "moe_gemm_up_bf16": lambda: compile_variant(
+        moe_gemm._moe_gemm_kernel,
+        {"a_ptr": BF16, "b_ptr": BF16, "c_ptr": BF16, "weights_ptr": "*fp32", "sorted_ids_ptr": "*i32",
+         "block_experts_ptr": "*i32", "num_rows_ptr": "*i32"},
+        dict(A_ROW_DIV=2, MUL_WEIGHT=False, EXACT_FP32=False, BLOCK_M=16, BLOCK_N=64, BLOCK_K=64),
+    ),
+    "moe_gemm_down_weighted_bf16": lambda: compile_variant(
+        moe_gemm._moe_gemm_kernel,
+        {"a_ptr": BF16, "b_ptr": BF16, "c_ptr": "*fp32", "weights_ptr": "*fp32", "sorted_ids_ptr": "*i32",
+         "block_experts_ptr": "*i32", "num_rows_ptr": "*i32"},
+        dict(A_ROW_DIV=1, MUL_WEIGHT=True, EXACT_FP32=False, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64),
     ),
     "silu_and_mul": lambda: compile_variant(
         activation._silu_and_mul_kernel, {"x_ptr": BF16, "out_ptr": BF16}, dict(INTERMEDIATE=14336, BLOCK=1024)

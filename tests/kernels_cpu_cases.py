@@ -13,6 +13,7 @@ from kernels_cases import (
     AttentionCase,
     Metrics,
     check_attention,
+    check_fused_moe,
     check_input_validation,
     check_reshape_and_cache,
     check_rms_norm,
@@ -45,6 +46,12 @@ ATTENTION_CASES: dict[str, AttentionCase] = {
     "backend_mixed": AttentionCase(
         (1, 23, 1), (40, 9, 0), num_heads=8, num_kv_heads=2, padding_rows=2, through_backend=True
     ),
+    # a small cap (scores are ~N(0, 1) here) so that capping changes the result
+    "softcap_mixed_window": AttentionCase((1, 19, 1), (30, 6, 0), num_heads=4, num_kv_heads=2, sliding_window=12,
+                                          logit_softcap=0.7),
+    "softcap_split_forced": AttentionCase((1, 1), (200, 33), num_splits=3, logit_softcap=0.7),
+    "softcap_backend_mixed": AttentionCase((1, 9), (20, 4), num_heads=4, num_kv_heads=2, logit_softcap=0.7,
+                                           through_backend=True),
     "backend_decode_split": AttentionCase(
         (1, 1), (260, 33), num_splits=2, padding_reqs=1, padding_rows=2, through_backend=True
     ),
@@ -56,6 +63,10 @@ OTHER_CASES: dict[str, Callable[[], Metrics | dict[str, list[str]]]] = {
     "cache_write_odd_shapes": lambda: check_reshape_and_cache(11, 3, 80, 16, 2, "cpu", F32),
     "rms_norm_2d": lambda: check_rms_norm((5, 96), "cpu", F32),
     "rms_norm_3d": lambda: check_rms_norm((3, 2, 256), "cpu", F32),
+    # tokens, experts, top-k, hidden, intermediate: a decode-sized step (most experts idle), and a step
+    # where several blocks of one expert and ragged K/N tiles occur
+    "fused_moe_decode_8_experts": lambda: check_fused_moe(3, 8, 2, 64, 32, "cpu", F32),
+    "fused_moe_prefill_ragged": lambda: check_fused_moe(40, 4, 3, 80, 48, "cpu", F32),
     "rotary_neox_full": lambda: check_rotary(9, 4, 2, 64, 64, True, "cpu", F32),
     "rotary_neox_partial": lambda: check_rotary(7, 4, 2, 64, 32, True, "cpu", F32),
     "rotary_gptj_full": lambda: check_rotary(9, 4, 2, 64, 64, False, "cpu", F32),

@@ -147,3 +147,19 @@ def test_the_self_check_passes_the_triton_kernel_on_the_gpu(dtype):
     shape = AttentionShape(32, 8, 128, dtype, 16, (None, 40))
     for seed in range(3):
         assert check_backend(TritonBackend(), torch.device("cuda"), shape, seed) is None
+
+
+class _IgnoresSoftcap(_Backend):
+    def make_impl(self, num_heads, num_kv_heads, head_dim, scale, sliding_window=None, logit_softcap=None):
+        return self.impl(num_heads, num_kv_heads, head_dim, scale, sliding_window)
+
+
+def test_the_self_check_refuses_a_backend_that_cannot_soft_cap():
+    """Gemma 2 soft-caps attention scores: a backend without the option, or one that ignores it, fails."""
+    import dataclasses
+
+    cpu = torch.device("cpu")
+    capped = dataclasses.replace(SHAPE, logit_softcap=0.5)
+    assert check_backend(TorchBackend(), cpu, capped) is None
+    assert "logit_softcap" in check_backend(_Backend(TorchAttention), cpu, capped)
+    assert "relative error" in check_backend(_IgnoresSoftcap(TorchAttention), cpu, capped)

@@ -26,6 +26,7 @@ if str(TESTS_DIR) not in sys.path:
 from kernels_cases import (  # noqa: E402
     AttentionCase,
     check_attention,
+    check_fused_moe,
     check_reshape_and_cache,
     check_rms_norm,
     check_rotary,
@@ -280,6 +281,19 @@ def test_rotary_on_gpu_bf16(head_dim: int, rotary_dim: int, is_neox: bool) -> No
 @pytest.mark.parametrize(("num_tokens", "intermediate"), [(512, 14336), (1, 14336), (7, 1000)])
 def test_silu_and_mul_on_gpu_bf16(num_tokens: int, intermediate: int) -> None:
     assert_metrics(check_silu_and_mul(num_tokens, intermediate, "cuda", torch.bfloat16), BF16_ELEMENTWISE_TOLERANCE)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize(("num_tokens", "num_experts", "top_k", "hidden", "intermediate"), [
+    (1, 8, 2, 1024, 3584),  # Mixtral-like routing, a decode
+    (300, 8, 2, 1024, 3584),  # a prefill: many blocks per expert
+    (5, 128, 8, 2048, 768),  # Qwen3-MoE-like: 128 experts, top-8, most idle
+    (700, 128, 8, 2048, 768),  # the large-block path (T * top_k > 1024)
+])
+def test_fused_moe_matches_reference_on_gpu_bf16(num_tokens, num_experts, top_k, hidden, intermediate) -> None:
+    assert_metrics(check_fused_moe(num_tokens, num_experts, top_k, hidden, intermediate, "cuda", torch.bfloat16),
+                   BF16_ATTENTION_TOLERANCE)
 
 
 @pytest.mark.gpu

@@ -29,6 +29,7 @@ class AttentionShape:
     dtype: torch.dtype
     block_size: int
     sliding_windows: tuple[int | None, ...] = (None,)  # the distinct windows of the model's layers
+    logit_softcap: float | None = None  # Gemma 2: a backend that cannot soft-cap fails the check
 
 
 def probe_step(shape: AttentionShape) -> tuple[list[int], list[int]]:
@@ -84,7 +85,10 @@ def _check_one(
     )
     scale = D**-0.5
     try:
-        impl = backend.make_impl(H, Hkv, D, scale, window)
+        if shape.logit_softcap is None:
+            impl = backend.make_impl(H, Hkv, D, scale, window)
+        else:
+            impl = backend.make_impl(H, Hkv, D, scale, window, logit_softcap=shape.logit_softcap)
         out = impl.forward(q, k, v, (key_cache, value_cache), meta)
     except Exception as exc:  # any failure of a foreign package means: do not use it
         return f"{type(exc).__name__}: {exc}"
@@ -93,7 +97,8 @@ def _check_one(
     worst = 0.0
     for i, n in enumerate(lens):
         kk, vv = gather_kv((key_cache, value_cache), meta.block_tables[i], n)
-        ref = reference_attention(q[starts[i] : starts[i + 1]].float(), kk.float(), vv.float(), scale, window)
+        ref = reference_attention(q[starts[i] : starts[i + 1]].float(), kk.float(), vv.float(), scale, window,
+                                  shape.logit_softcap)
         got = out[starts[i] : starts[i + 1]].float()
         err = float((got - ref).norm() / ref.norm().clamp_min(1e-12))
         if err != err:  # NaN

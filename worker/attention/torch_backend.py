@@ -43,8 +43,10 @@ def reference_attention(
     v: torch.Tensor,
     scale: float,
     sliding_window: int | None = None,
+    logit_softcap: float | None = None,
 ) -> torch.Tensor:
-    """Exact causal attention of q_len queries that are the last q_len positions of seq_len."""
+    """Exact causal attention of q_len queries that are the last q_len positions of seq_len;
+    with ``logit_softcap`` (Gemma 2) scores become cap * tanh(scores / cap) before the mask."""
     q_len, num_heads, _ = q.shape
     seq_len, num_kv_heads, _ = k.shape
     group = num_heads // num_kv_heads
@@ -52,6 +54,8 @@ def reference_attention(
     kf = k.float().repeat_interleave(group, dim=1).transpose(0, 1)  # [Hq, seq_len, D]
     vf = v.float().repeat_interleave(group, dim=1).transpose(0, 1)
     scores = torch.matmul(qf, kf.transpose(1, 2)) * scale  # [Hq, q_len, seq_len]
+    if logit_softcap is not None:
+        scores = torch.tanh(scores / logit_softcap) * logit_softcap
     q_pos = torch.arange(seq_len - q_len, seq_len, device=q.device)[:, None]
     k_pos = torch.arange(seq_len, device=q.device)[None, :]
     mask = k_pos > q_pos
@@ -63,11 +67,12 @@ def reference_attention(
 
 
 class TorchAttention:
-    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float, sliding_window: int | None):
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float, sliding_window: int | None,
+                 logit_softcap: float | None = None):
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-        self.scale, self.sliding_window = scale, sliding_window
+        self.scale, self.sliding_window, self.logit_softcap = scale, sliding_window, logit_softcap
 
     def forward(self, q, k, v, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
         write_kv_cache(k, v, kv_cache, meta.slot_mapping)
@@ -80,7 +85,12 @@ class TorchAttention:
         for i in range(meta.num_reqs):
             s, e = starts[i], starts[i + 1]
             k_ctx, v_ctx = gather_kv(kv_cache, meta.block_tables[i], seq_lens[i])
-            out[s:e] = reference_attention(q[s:e], k_ctx, v_ctx, self.scale, self.sliding_window)
+            if self.sliding_window is not None:
+                # Keys before the first query's window are never read (their blocks may have been
+                # given back and reused); the masks are shift-invariant, so drop them.
+                first = max(0, seq_lens[i] - (e - s) - self.sliding_window + 1)
+                k_ctx, v_ctx = k_ctx[first:], v_ctx[first:]
+            out[s:e] = reference_attention(q[s:e], k_ctx, v_ctx, self.scale, self.sliding_window, self.logit_softcap)
         return out
 
     def _batched_decode(self, q, kv_cache, meta: AttentionMetadata, seq_lens: list[int]) -> torch.Tensor:
@@ -96,6 +106,8 @@ class TorchAttention:
         B = q.shape[0]
         qf = q.view(B, self.num_kv_heads, group, self.head_dim).float()
         scores = torch.einsum("bhgd,blhd->bhgl", qf, k.float()) * self.scale
+        if self.logit_softcap is not None:
+            scores = torch.tanh(scores / self.logit_softcap) * self.logit_softcap
         lens = torch.tensor(seq_lens, device=q.device)
         mask = torch.arange(max_len, device=q.device)[None, :] >= lens[:, None]  # [B, L]
         scores.masked_fill_(mask[:, None, None, :], float("-inf"))
@@ -107,5 +119,5 @@ class TorchAttention:
 class TorchBackend:
     name = "torch"
 
-    def make_impl(self, num_heads, num_kv_heads, head_dim, scale, sliding_window=None) -> TorchAttention:
-        return TorchAttention(num_heads, num_kv_heads, head_dim, scale, sliding_window)
+    def make_impl(self, num_heads, num_kv_heads, head_dim, scale, sliding_window=None, logit_softcap=None) -> TorchAttention:
+        return TorchAttention(num_heads, num_kv_heads, head_dim, scale, sliding_window, logit_softcap)

@@ -21,14 +21,15 @@ class TritonAttention:
     """
 
     def __init__(
-        self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float, sliding_window: int | None
+        self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float, sliding_window: int | None,
+        logit_softcap: float | None = None,
     ) -> None:
         if num_kv_heads < 1 or num_heads % num_kv_heads:
             raise KernelInputError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
         if sliding_window is not None and sliding_window < 1:
             raise KernelInputError(f"sliding_window must be >= 1 or None, got {sliding_window}")
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-        self.scale, self.sliding_window = scale, sliding_window
+        self.scale, self.sliding_window, self.logit_softcap = scale, sliding_window, logit_softcap
         self.num_splits: int | None = None
 
     def forward(
@@ -65,6 +66,7 @@ class TritonAttention:
             sliding_window=self.sliding_window,
             num_reqs=meta.num_reqs,
             num_splits=self.num_splits,
+            logit_softcap=self.logit_softcap,
         )
         return out
 
@@ -81,5 +83,6 @@ class TritonBackend:
         head_dim: int,
         scale: float,
         sliding_window: int | None = None,
+        logit_softcap: float | None = None,
     ) -> TritonAttention:
-        return TritonAttention(num_heads, num_kv_heads, head_dim, scale, sliding_window)
+        return TritonAttention(num_heads, num_kv_heads, head_dim, scale, sliding_window, logit_softcap)

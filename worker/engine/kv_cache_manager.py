@@ -2,6 +2,15 @@
 
 Methods answer "no" cheaply (``allocate_slots`` returns None) and leave the decision, such as
 preempting another request, to the scheduler.
+
+With ``sliding_window`` (a model whose every layer attends to a window, such as Mistral v0.1 or
+Phi-3-mini), a request's leading blocks that fall out of the window of its next query are given
+back at once: no later step reads them (queries only move forward; a preempted request frees all
+and starts again). They keep their place in the request's block list, so logical block i stays at
+index i and the runner's block table keeps its (now stale) ids, which every backend masks out.
+Released blocks that were registered stay findable in the prefix cache until reused, as freed
+blocks always do; they hold K/V their own steps wrote, and steps run in order on the device, so
+one reused by another request is only written after every earlier step has read it.
 """
 from __future__ import annotations
 
@@ -22,11 +31,17 @@ class PrefixCacheStats:
 
 
 class KVCacheManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True) -> None:
+    def __init__(
+        self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True, sliding_window: int | None = None
+    ) -> None:
+        if sliding_window is not None and sliding_window < 1:
+            raise ValueError(f"sliding_window must be >= 1 or None, got {sliding_window}")
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
+        self.sliding_window = sliding_window
         self.pool = BlockPool(num_blocks, enable_prefix_caching)
         self.req_blocks: dict[str, list[KVBlock]] = {}
+        self.num_released: dict[str, int] = {}  # leading blocks of a request already given back
         self.num_allocated_blocks = 0  # held by requests (a shared block counts once per holder)
         self.prefix_stats = PrefixCacheStats()
 
@@ -76,6 +91,8 @@ class KVCacheManager:
             total_tokens = request.num_computed_tokens + num_new_tokens
             need = -(-total_tokens // self.block_size) - len(blocks)
             if need <= 0:
+                if self.sliding_window is not None:
+                    self._release_out_of_window(request.request_id, blocks, request.num_computed_tokens)
                 return []
             new_computed_blocks = []
         num_computed = request.num_computed_tokens + len(new_computed_blocks) * self.block_size
@@ -91,7 +108,20 @@ class KVCacheManager:
         blocks.extend(new_computed_blocks)
         blocks.extend(new_blocks)
         self.num_allocated_blocks += len(new_computed_blocks) + len(new_blocks)
+        if self.sliding_window is not None:
+            self._release_out_of_window(request.request_id, blocks, num_computed)
         return [b.block_id for b in new_computed_blocks + new_blocks]
+
+    def _release_out_of_window(self, request_id: str, blocks: list[KVBlock], first_query: int) -> None:
+        """Gives back the leading blocks whose every position is before the window of the query at
+        ``first_query`` (keys at positions <= first_query - window are never read again)."""
+        done = max(0, first_query - self.sliding_window + 1) // self.block_size
+        start = self.num_released.get(request_id, 0)
+        if done <= start:
+            return
+        self.num_released[request_id] = done
+        self.num_allocated_blocks -= done - start
+        self.pool.free_blocks(blocks[start:done])
 
     def cache_blocks(self, request: Request, num_tokens: int) -> None:
         """Makes the request's full blocks among its first ``num_tokens`` findable in the prefix cache.
@@ -107,7 +137,8 @@ class KVCacheManager:
         if num_full <= start or not self.enable_prefix_caching:
             return  # the common decode step: no block completed since the last call
         blocks = self.req_blocks[request.request_id]
-        for i in range(start, num_full):
+        # a released block may already belong to another request: never register it
+        for i in range(max(start, self.num_released.get(request.request_id, 0)), num_full):
             block = blocks[i]
             if block.block_hash is None:
                 self.pool.cache_block(block, request.block_hashes[i], request.token_ids[i * bs : (i + 1) * bs])
@@ -116,11 +147,17 @@ class KVCacheManager:
     def free(self, request: Request) -> None:
         """Releases the request's blocks, tail first: shared prefixes stay cached longest."""
         blocks = self.req_blocks.pop(request.request_id, [])
+        released = self.num_released.pop(request.request_id, 0)
         request.num_registered_blocks = 0
-        self.num_allocated_blocks -= len(blocks)
-        self.pool.free_blocks(list(reversed(blocks)))
+        self.num_allocated_blocks -= len(blocks) - released
+        self.pool.free_blocks(list(reversed(blocks[released:])))
+
+    def num_held_blocks(self, request_id: str) -> int:
+        """Blocks the request holds a reference on (released ones excluded)."""
+        return len(self.req_blocks.get(request_id, [])) - self.num_released.get(request_id, 0)
 
     def get_block_ids(self, request_id: str) -> list[int]:
+        """The request's block table; ids of released blocks stay in place (never read again)."""
         return [b.block_id for b in self.req_blocks.get(request_id, [])]
 
     def num_allocated_slots(self) -> int:

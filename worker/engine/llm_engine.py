@@ -93,7 +93,7 @@ class LLMEngine:
         self.runner = ModelRunner(config, self.spec, self.model_dir, self.max_model_len)
         num_blocks = self.runner.determine_num_blocks()
         self.runner.initialize_kv_cache(num_blocks)
-        self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching)
+        self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching, self.spec.kv_window)
         self.scheduler = Scheduler(
             self.kv,
             max_num_seqs=config.max_num_seqs,

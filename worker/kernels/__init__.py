@@ -1,4 +1,5 @@
-"""Triton kernels of the worker's hot path: paged attention, KV-cache writes, norms, rotary, activation.
+"""Triton kernels of the worker's hot path: paged attention, KV-cache writes, norms, rotary, activation,
+fused mixture of experts.
 
 Every public function takes torch tensors and launches Triton kernels without host<->device
 synchronisation, so it can be captured in a CUDA graph. Names resolve lazily: importing this package
@@ -20,6 +21,7 @@ _EXPORTS: dict[str, str] = {
     "fused_add_rms_norm_": "worker.kernels.norm",
     "rotary_embedding": "worker.kernels.rotary",
     "silu_and_mul": "worker.kernels.activation",
+    "fused_moe": "worker.kernels.moe_gemm",
     "KernelInputError": "worker.kernels.errors",
 }
 

@@ -49,6 +49,7 @@ def unified_attention(
     *,
     num_reqs: int | None = None,
     num_splits: int | None = None,
+    logit_softcap: float | None = None,
 ) -> torch.Tensor:
     """Causal attention of every request's queries over its paged context; writes and returns ``out``.
 
@@ -69,6 +70,7 @@ def unified_attention(
     grid); ``max_seq_len`` only feeds the split heuristic, so any upper bound is correct (under CUDA
     graphs, pass the bound the graph must serve). ``num_reqs`` defaults to ``seq_lens.shape[0]``;
     ``num_splits`` forces a split count (1 disables split-KV), otherwise a heuristic picks one.
+    ``logit_softcap`` (Gemma 2) caps scores at cap * tanh(score / cap) before the mask.
     """
     num_reqs = seq_lens.shape[0] if num_reqs is None else num_reqs
     _check_inputs(q, key_cache, value_cache, out, query_start_loc, seq_lens, block_tables, num_reqs)
@@ -76,6 +78,8 @@ def unified_attention(
         raise KernelInputError(f"sliding_window must be >= 1 or None, got {sliding_window}")
     if num_splits is not None and num_splits < 1:
         raise KernelInputError(f"num_splits must be >= 1, got {num_splits}")
+    if logit_softcap is not None and not logit_softcap > 0:
+        raise KernelInputError(f"logit_softcap must be > 0 or None, got {logit_softcap}")
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads, block_size = key_cache.shape[2], key_cache.shape[1]
     if num_tokens == 0 or num_reqs == 0:
@@ -112,7 +116,8 @@ def unified_attention(
         block_tables,
         num_reqs,
         num_splits,
-        scale * LOG2_E,
+        scale * LOG2_E if logit_softcap is None else scale / logit_softcap,
+        0.0 if logit_softcap is None else logit_softcap * LOG2_E,
         sliding_window or 0,
         q.stride(0),
         q.stride(1),
@@ -134,6 +139,7 @@ def unified_attention(
         USE_WINDOW=sliding_window is not None,
         SPLIT=split,
         EXACT_FP32=q.dtype == torch.float32,
+        USE_SOFTCAP=logit_softcap is not None,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )

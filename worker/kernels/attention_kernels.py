@@ -7,6 +7,8 @@ launch shape. Layouts (last dimension contiguous everywhere):
   block_tables  [num_reqs, max_blocks] int32
   partials      out [T, Hq, S, D] fp32, max and sum [T, Hq, S] fp32 (split-KV only)
 Softmax runs in base 2: scores are multiplied by ``scale * log2(e)`` so ``exp2`` replaces ``exp``.
+With soft-capping (Gemma 2) scores become cap * tanh(scale * qk / cap): the kernel is passed
+``scale / cap`` and ``cap * log2(e)`` instead.
 """
 from __future__ import annotations
 
@@ -33,6 +35,14 @@ def _find_request(query_start_loc_ptr, num_reqs, program, BLOCK_Q: tl.constexpr)
     return lo - 1
 
 
+@triton.jit
+def _tanh(x):
+    # tanh from one exp of a non-positive argument: no overflow, exact sign
+    t = tl.exp(-2.0 * tl.abs(x))
+    y = (1.0 - t) / (1.0 + t)
+    return tl.where(x < 0, -y, y)
+
+
 @triton.jit(do_not_specialize=["num_reqs", "num_splits", "sliding_window"])
 def paged_attention_kernel(
     q_ptr,
@@ -48,6 +58,7 @@ def paged_attention_kernel(
     num_reqs,
     num_splits,
     qk_scale_log2,
+    softcap_log2,
     sliding_window,
     stride_q_tok,
     stride_q_head,
@@ -77,6 +88,7 @@ def paged_attention_kernel(
     USE_WINDOW: tl.constexpr,
     SPLIT: tl.constexpr,
     EXACT_FP32: tl.constexpr,
+    USE_SOFTCAP: tl.constexpr,
 ):
     """One program: BLOCK_Q queries of one request x the GROUP query heads of one KV head.
 
@@ -143,6 +155,9 @@ def paged_attention_kernel(
     for tile in range(tile_lo, tile_hi):
         offs_n = tile * TILE_N + tl.arange(0, TILE_N)
         n_valid = offs_n < kv_end
+        if USE_WINDOW:
+            # never load keys before the window: their blocks may have been given back and reused
+            n_valid = n_valid & (offs_n >= kv_start)
         page = tl.load(block_table + offs_n // PAGE_SIZE, mask=n_valid, other=0).to(tl.int64)
         slot = offs_n % PAGE_SIZE
         kv_mask = n_valid[:, None] & d_valid[None, :]
@@ -156,6 +171,8 @@ def paged_attention_kernel(
         else:
             s = tl.dot(q, tl.trans(k))
         s = s * qk_scale_log2
+        if USE_SOFTCAP:
+            s = _tanh(s) * softcap_log2
         allowed = n_valid[None, :] & (offs_n[None, :] <= q_pos[:, None])
         if USE_WINDOW:
             allowed = allowed & (offs_n[None, :] > q_pos[:, None] - sliding_window)

@@ -1,4 +1,5 @@
-"""The Llama family (Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3) as one compact model.
+"""The Llama family (Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3, Phi-3/4, and with sparse MoE MLPs
+Mixtral and Qwen3-MoE) as one compact model.
 
 Tokens of every request in a step are laid out flat: hidden states are [num_tokens, hidden],
 never [batch, seq, hidden]; attention reads and writes the paged KV cache through the backend.
@@ -14,6 +15,7 @@ from torch import nn
 
 from worker.attention.backend import AttentionBackend, AttentionMetadata
 from worker.model import ops as torch_ops
+from worker.model.moe import SparseMoe
 from worker.model.spec import ModelSpec
 
 
@@ -77,7 +79,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, ops)
         self.self_attn = Attention(spec, layer_idx, backend, ops)
         self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, ops)
-        self.mlp = MLP(spec, ops)
+        sparse = spec.moe is not None and spec.moe.layers[layer_idx]
+        self.mlp = SparseMoe(spec.hidden_size, spec.moe, ops) if sparse else MLP(spec, ops)
 
     def forward(self, positions, hidden, residual, kv_cache, meta, cos_sin_cache):
         if residual is None:
@@ -103,7 +106,7 @@ class LlamaForCausalLM(nn.Module):
 
     def init_buffers(self) -> None:
         """Fills non-weight buffers (after the module was materialised on its device)."""
-        cache = torch_ops.build_cos_sin_cache(self.spec.inv_freq, self.max_position, self.spec.rope_attention_scaling)
+        cache = torch_ops.build_rope_cache(self.spec.ropes[0], self.max_position)
         self.cos_sin_cache = cache.to(self.cos_sin_cache.device)
 
     def forward(

@@ -13,11 +13,33 @@ import torch
 from worker.attention.backend import AttentionBackend
 from worker.errors import ModelLoadError
 from worker.model import ops as torch_ops
+from worker.model.gemma import GemmaForCausalLM
 from worker.model.llama import LlamaForCausalLM
 from worker.model.spec import ModelSpec
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+_EXPERT = re.compile(r"^(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
+# transformers 5 holds a layer's experts stacked: gate_up_proj [E, 2I, hidden] (gate rows first) and
+# down_proj [E, hidden, I], which are w13 and w2 as they are
+_STACKED_EXPERTS = {"mlp.experts.gate_up_proj": "w13", "mlp.experts.down_proj": "w2"}
 _SKIP = ("rotary_emb.inv_freq", "rotary_emb.cos_cached", "rotary_emb.sin_cached")
+# Multimodal checkpoints (Gemma3ForConditionalGeneration, e.g. MedGemma): the language model's
+# tensors under either prefix transformers has written; the vision tower and projector are skipped.
+_PREFIXES = (("language_model.model.", "model."), ("model.language_model.", "model."),
+             ("language_model.lm_head.", "lm_head."))
+_SKIP_PREFIXES = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+
+CausalLM = LlamaForCausalLM | GemmaForCausalLM
+Rows = slice | tuple | None  # where in the parameter a checkpoint tensor goes (fused or stacked weights)
+
+
+def _canonical(name: str) -> str | None:
+    if name.startswith(_SKIP_PREFIXES):
+        return None
+    for prefix, replacement in _PREFIXES:
+        if name.startswith(prefix):
+            return replacement + name[len(prefix) :]
+    return name
 
 
 def build_model(
@@ -27,18 +49,20 @@ def build_model(
     dtype: torch.dtype,
     max_position: int,
     ops: ModuleType = torch_ops,
-) -> LlamaForCausalLM:
+) -> CausalLM:
     """The model with uninitialised parameters on ``device`` (no time spent on random init)."""
+    cls = GemmaForCausalLM if spec.is_gemma else LlamaForCausalLM
     with torch.device("meta"):
-        model = LlamaForCausalLM(spec, backend, ops, max_position=max_position)
+        model = cls(spec, backend, ops, max_position=max_position)
     model = model.to_empty(device=device).to(dtype)
     model.init_buffers()
     return model.eval().requires_grad_(False)
 
 
-def _target(model: LlamaForCausalLM, spec: ModelSpec, name: str) -> tuple[torch.Tensor, slice | None] | None:
-    """The parameter (and row slice, for fused weights) a checkpoint tensor goes to."""
-    if name.endswith(_SKIP):
+def _target(model: CausalLM, spec: ModelSpec, name: str) -> tuple[torch.Tensor, Rows] | None:
+    """The parameter (and index into it, for fused or stacked weights) a checkpoint tensor goes to."""
+    name = _canonical(name)
+    if name is None or name.endswith(_SKIP):
         return None
     if name == "model.embed_tokens.weight":
         return model.embed_tokens.weight, None
@@ -51,23 +75,44 @@ def _target(model: LlamaForCausalLM, spec: ModelSpec, name: str) -> tuple[torch.
         raise ModelLoadError(f"unexpected tensor {name!r} in checkpoint")
     layer = model.layers[int(m.group(1))]
     rest = m.group(2)
-    q, kv = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
-    inter = spec.intermediate_size
-    fused = {
-        "self_attn.q_proj": (layer.self_attn.qkv_proj, slice(0, q)),
-        "self_attn.k_proj": (layer.self_attn.qkv_proj, slice(q, q + kv)),
-        "self_attn.v_proj": (layer.self_attn.qkv_proj, slice(q + kv, q + 2 * kv)),
-        "mlp.gate_proj": (layer.mlp.gate_up_proj, slice(0, inter)),
-        "mlp.up_proj": (layer.mlp.gate_up_proj, slice(inter, 2 * inter)),
-    }
+    expert = _EXPERT.match(rest)
+    if expert and spec.moe is not None:
+        return _expert_target(layer.mlp, int(expert.group(1)), expert.group(2), spec.moe.intermediate_size)
+    if rest in _STACKED_EXPERTS and spec.moe is not None:  # experts already stacked, in our layout
+        return getattr(layer.mlp, _STACKED_EXPERTS[rest]), None
+    if rest.startswith("block_sparse_moe.gate."):  # Mixtral's router
+        rest = "mlp.gate." + rest.rpartition(".")[2]
     module_name, _, kind = rest.rpartition(".")
-    if module_name in fused:
-        module, rows = fused[module_name]
-        return getattr(module, kind), rows
+    fused = _fused_rows(spec).get(module_name)
+    if fused is not None:
+        attr, rows = fused
+        return getattr(layer.get_submodule(attr), kind), rows
     try:
         return layer.get_parameter(rest), None
     except AttributeError:
         raise ModelLoadError(f"unexpected tensor {name!r} in checkpoint") from None
+
+
+def _fused_rows(spec: ModelSpec) -> dict[str, tuple[str, slice]]:
+    """Checkpoint modules that the model holds fused: (our module, its rows)."""
+    q, kv = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim
+    inter = spec.intermediate_size
+    return {
+        "self_attn.q_proj": ("self_attn.qkv_proj", slice(0, q)),
+        "self_attn.k_proj": ("self_attn.qkv_proj", slice(q, q + kv)),
+        "self_attn.v_proj": ("self_attn.qkv_proj", slice(q + kv, q + 2 * kv)),
+        "mlp.gate_proj": ("mlp.gate_up_proj", slice(0, inter)),
+        "mlp.up_proj": ("mlp.gate_up_proj", slice(inter, 2 * inter)),
+    }
+
+
+def _expert_target(moe, expert: int, which: str, inter: int) -> tuple[torch.Tensor, Rows]:
+    """Per-expert tensors into the stacked w13 (gate rows, then up rows) and w2."""
+    if which in ("w1", "gate_proj"):
+        return moe.w13, (expert, slice(0, inter))
+    if which in ("w3", "up_proj"):
+        return moe.w13, (expert, slice(inter, 2 * inter))
+    return moe.w2, (expert,)
 
 
 def _checkpoint_files(model_dir: str) -> list[str]:
@@ -86,12 +131,12 @@ def _checkpoint_files(model_dir: str) -> list[str]:
     return files
 
 
-def load_weights(model: LlamaForCausalLM, spec: ModelSpec, model_dir: str) -> None:
+def load_weights(model: CausalLM, spec: ModelSpec, model_dir: str) -> None:
     from safetensors import safe_open
 
     device = next(model.parameters()).device
     expected = {id(p): n for n, p in model.named_parameters()}
-    filled: dict[int, int] = {}  # parameter -> rows filled
+    filled: dict[int, int] = {}  # parameter -> elements filled
     for path in _checkpoint_files(model_dir):
         with safe_open(path, framework="pt", device="cpu") as f:
             for name in f.keys():
@@ -104,17 +149,20 @@ def load_weights(model: LlamaForCausalLM, spec: ModelSpec, model_dir: str) -> No
                 if tuple(dst.shape) != tuple(tensor.shape):
                     raise ModelLoadError(f"{name}: shape {tuple(tensor.shape)} in checkpoint, model expects {tuple(dst.shape)}")
                 dst.copy_(tensor.to(device=device, dtype=dst.dtype))
-                filled[id(param)] = filled.get(id(param), 0) + dst.shape[0]
-    missing = [n for pid, n in expected.items() if filled.get(pid, 0) < dict(model.named_parameters())[n].shape[0]]
+                filled[id(param)] = filled.get(id(param), 0) + dst.numel()
+    params = dict(model.named_parameters())
+    missing = [n for pid, n in expected.items() if filled.get(pid, 0) < params[n].numel()]
     if missing:
         raise ModelLoadError(f"{model_dir}: checkpoint lacks weights for {missing[:5]}{' ...' if len(missing) > 5 else ''}")
 
 
-def fill_dummy_weights(model: LlamaForCausalLM, seed: int = 0) -> None:
-    """Random weights of the real architecture: small uniform values, norms at one."""
+def fill_dummy_weights(model: CausalLM, seed: int = 0) -> None:
+    """Random weights of the real architecture: small uniform values, norms at one (Gemma's
+    (1 + w) norms at zero)."""
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    gemma = isinstance(model, GemmaForCausalLM)
     for name, p in model.named_parameters():
         if "norm" in name:
-            p.data.fill_(1.0)
+            p.data.fill_(0.0 if gemma else 1.0)
         else:
             p.data.uniform_(-0.02, 0.02, generator=gen)

@@ -32,6 +32,22 @@ def build_cos_sin_cache(inv_freq: torch.Tensor, max_position: int, scaling: floa
     return torch.cat([freqs.cos() * scaling, freqs.sin() * scaling], dim=-1)
 
 
+def build_rope_cache(rope, max_position: int) -> torch.Tensor:
+    """The cos/sin table of a ``spec.Rope``; with LongRoPE, rows from ``long_from`` on use the
+    long-context frequencies."""
+    cache = build_cos_sin_cache(rope.inv_freq, max_position, rope.scaling)
+    if rope.long_inv_freq is not None and rope.long_from < max_position:
+        long = build_cos_sin_cache(rope.long_inv_freq, max_position, rope.scaling)
+        cache[rope.long_from :] = long[rope.long_from :]
+    return cache
+
+
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """GeGLU (Gemma): gelu(gate, tanh approximation) * up."""
+    d = x.shape[-1] // 2
+    return F.gelu(x[..., :d], approximate="tanh") * x[..., d:]
+
+
 def rotary_embedding(
     positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor, rotary_dim: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,3 +67,21 @@ def rotary_embedding(
         return torch.cat([out, x[..., rotary_dim:]], dim=-1)
 
     return apply(q), apply(k)
+
+
+def fused_moe(
+    x: torch.Tensor,  # [T, hidden]
+    w13: torch.Tensor,  # [E, 2I, hidden]: gate rows, then up rows
+    w2: torch.Tensor,  # [E, hidden, I]
+    topk_weights: torch.Tensor,  # [T, k] float32
+    topk_ids: torch.Tensor,  # [T, k]
+) -> torch.Tensor:  # [T, hidden]
+    """The reference mixture of SiLU-gated experts: each expert hit runs on its tokens, the outputs
+    weighted and summed in float32 (the oracle of the Triton kernel)."""
+    out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)
+    for expert in torch.unique(topk_ids).tolist():
+        token, slot = torch.where(topk_ids == expert)
+        h = silu_and_mul(x[token] @ w13[expert].t())  # [n, I]
+        y = (h @ w2[expert].t()).float() * topk_weights[token, slot, None]
+        out.index_add_(0, token, y)
+    return out.to(x.dtype)

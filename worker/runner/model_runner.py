@@ -51,7 +51,7 @@ class ModelRunner:
         self.block_size = config.block_size
         self.max_model_len = max_model_len
         shape = AttentionShape(spec.num_heads, spec.num_kv_heads, spec.head_dim, self.dtype, config.block_size,
-                               tuple(dict.fromkeys(spec.sliding_windows)))
+                               tuple(dict.fromkeys(spec.sliding_windows)), spec.attn_logit_softcap)
         self.backend = get_backend(config.attention_backend, self.device, config.block_size, shape)
         ops = self._ops()
         self.model = build_model(spec, self.backend, self.device, self.dtype, max_model_len, ops)

@@ -1,0 +1,140 @@
+"""Gemma 2 and Gemma 3 (text; also the language model of Gemma 3 multimodal checkpoints such as
+MedGemma) as one compact model.
+
+What differs from the Llama family: RMSNorm scales by (1 + weight), computed in float32 before the
+cast; every layer has sandwich norms (after attention, before and after the MLP); the MLP is GeGLU
+(tanh-approximated GELU); embeddings are scaled by sqrt(hidden) and tied to the output; attention
+scales by ``query_pre_attn_scalar ** -0.5``; layers alternate sliding-window and global attention,
+each type with its own RoPE table in Gemma 3 (local base 10k, global 1M with its scaling). Gemma 2
+soft-caps attention scores and final logits (cap * tanh(x / cap)); Gemma 3 instead normalises q and k.
+Tokens are flat, [num_tokens, hidden], as in ``llama.py``.
+"""
+from __future__ import annotations
+
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from worker.attention.backend import AttentionBackend, AttentionMetadata
+from worker.model import ops as torch_ops
+from worker.model.spec import ModelSpec
+
+
+class GemmaRMSNorm(nn.Module):
+    """x / rms(x) * (1 + weight), in float32 then cast, exactly as transformers computes it."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (h * (1.0 + self.weight.float())).to(x.dtype)
+
+
+class GemmaAttention(nn.Module):
+    def __init__(self, spec: ModelSpec, layer_idx: int, backend: AttentionBackend, ops: ModuleType):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = spec.num_heads, spec.num_kv_heads, spec.head_dim
+        self.q_size = self.num_heads * self.head_dim
+        self.kv_size = self.num_kv_heads * self.head_dim
+        self.qkv_proj = nn.Linear(spec.hidden_size, self.q_size + 2 * self.kv_size, bias=spec.qkv_bias)
+        self.o_proj = nn.Linear(self.q_size, spec.hidden_size, bias=spec.o_bias)
+        self.q_norm = GemmaRMSNorm(self.head_dim, spec.rms_norm_eps) if spec.qk_norm else None
+        self.k_norm = GemmaRMSNorm(self.head_dim, spec.rms_norm_eps) if spec.qk_norm else None
+        self.rotary_dim = spec.rotary_dim
+        self.rope = spec.layer_rope(layer_idx)
+        self.ops = ops
+        scale = spec.attn_scale if spec.attn_scale is not None else self.head_dim**-0.5
+        window = spec.sliding_windows[layer_idx]
+        if spec.attn_logit_softcap is not None:
+            self.attn = backend.make_impl(self.num_heads, self.num_kv_heads, self.head_dim, scale, window,
+                                          logit_softcap=float(spec.attn_logit_softcap))
+        else:
+            self.attn = backend.make_impl(self.num_heads, self.num_kv_heads, self.head_dim, scale, window)
+
+    def forward(self, positions, hidden, kv_cache, meta: AttentionMetadata, rope_caches) -> torch.Tensor:
+        T = hidden.shape[0]
+        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.reshape(T, self.num_heads, self.head_dim)
+        k = k.reshape(T, self.num_kv_heads, self.head_dim)
+        v = v.reshape(T, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = self.ops.rotary_embedding(positions, q, k, rope_caches[self.rope], self.rotary_dim)
+        out = self.attn.forward(q, k, v, kv_cache, meta)  # [T, Hq, D]
+        return self.o_proj(out.reshape(T, self.q_size))
+
+
+class GemmaMLP(nn.Module):
+    def __init__(self, spec: ModelSpec, ops: ModuleType):
+        super().__init__()
+        self.gate_up_proj = nn.Linear(spec.hidden_size, 2 * spec.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=False)
+        self.ops = ops
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.ops.gelu_tanh_and_mul(self.gate_up_proj(x)))
+
+
+class GemmaDecoderLayer(nn.Module):
+    def __init__(self, spec: ModelSpec, layer_idx: int, backend: AttentionBackend, ops: ModuleType):
+        super().__init__()
+        eps = spec.rms_norm_eps
+        self.input_layernorm = GemmaRMSNorm(spec.hidden_size, eps)
+        self.self_attn = GemmaAttention(spec, layer_idx, backend, ops)
+        self.post_attention_layernorm = GemmaRMSNorm(spec.hidden_size, eps)
+        self.pre_feedforward_layernorm = GemmaRMSNorm(spec.hidden_size, eps)
+        self.mlp = GemmaMLP(spec, ops)
+        self.post_feedforward_layernorm = GemmaRMSNorm(spec.hidden_size, eps)
+
+    def forward(self, positions, hidden, kv_cache, meta, rope_caches) -> torch.Tensor:
+        attn = self.self_attn(positions, self.input_layernorm(hidden), kv_cache, meta, rope_caches)
+        hidden = hidden + self.post_attention_layernorm(attn)
+        mlp = self.mlp(self.pre_feedforward_layernorm(hidden))
+        return hidden + self.post_feedforward_layernorm(mlp)
+
+
+class GemmaForCausalLM(nn.Module):
+    def __init__(self, spec: ModelSpec, backend: AttentionBackend, ops: ModuleType = torch_ops, max_position: int = 4096):
+        super().__init__()
+        self.spec = spec
+        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        self.layers = nn.ModuleList(GemmaDecoderLayer(spec, i, backend, ops) for i in range(spec.num_layers))
+        self.norm = GemmaRMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        self.lm_head = None if spec.tie_word_embeddings else nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+        self.max_position = max_position
+        for i in range(len(spec.ropes)):
+            self.register_buffer(f"rope_cache_{i}", torch.empty(max_position, spec.rotary_dim), persistent=False)
+
+    def init_buffers(self) -> None:
+        """Fills non-weight buffers (after the module was materialised on its device)."""
+        for i, rope in enumerate(self.spec.ropes):
+            old = getattr(self, f"rope_cache_{i}")
+            setattr(self, f"rope_cache_{i}", torch_ops.build_rope_cache(rope, self.max_position).to(old.device))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [T]
+        positions: torch.Tensor,  # [T]
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:  # [T, hidden]
+        hidden = self.embed_tokens(input_ids)
+        # transformers rounds sqrt(hidden) to the weights' dtype before scaling
+        hidden = hidden * torch.tensor(self.spec.hidden_size**0.5, dtype=hidden.dtype)
+        rope_caches = [getattr(self, f"rope_cache_{i}") for i in range(len(self.spec.ropes))]
+        for layer, kv in zip(self.layers, kv_caches):
+            hidden = layer(positions, hidden, kv, meta, rope_caches)
+        return self.norm(hidden)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [N, vocab]
+        weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+        logits = torch.matmul(hidden, weight.t())
+        cap = self.spec.final_logit_softcap
+        if cap is not None:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
