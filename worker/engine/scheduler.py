@@ -226,6 +226,8 @@ class Scheduler:
                 new_tokens.append(token)
                 req.timings.on_token(now)
                 status = self._check_stop(req, token)
+                if rid in out.grammar_finished:
+                    status = RequestStatus.FINISHED_STOPPED  # the output is complete, whatever the budget left
                 if status is not None:
                     break
             lps = out.logprobs.get(rid)

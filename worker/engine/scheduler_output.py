@@ -54,6 +54,7 @@ class SampledLogprobs:
 class ModelRunnerOutput:
     sampled_token_ids: dict[str, list[int]]  # only requests that reached the end of their tokens
     logprobs: dict[str, list[SampledLogprobs]] = field(default_factory=dict)
+    grammar_finished: set[str] = field(default_factory=set)  # their grammar allows nothing more: stop
 
 
 @dataclass

@@ -154,7 +154,12 @@ class ModelRunner:
                 banned = tuple(sorted(t for t in ends if 0 <= t < self.spec.vocab_size))
             state = RunnerRequest(new.req_id, row, new.num_prompt_tokens, p, gen, penalties=penalties,
                                   banned_until_min=banned)
-            state.special = (not p.greedy) or penalties or p.logprobs is not None or bool(banned)
+            if p._grammar is not None:
+                state.matcher = p._grammar.deep_copy()
+                # resumed after preemption: the matcher catches up with what was generated before
+                state.matcher.consume_tokens(new.token_ids[new.num_prompt_tokens :])
+            state.special = ((not p.greedy) or penalties or p.logprobs is not None or bool(banned)
+                             or bool(p.logit_bias) or state.matcher is not None)
             if penalties:
                 for t in new.token_ids[new.num_prompt_tokens :]:
                     state.output_counts[t] = state.output_counts.get(t, 0) + 1
@@ -218,11 +223,14 @@ class ModelRunner:
         return T, max_q, rows, sampling_rows
 
     def requires_sync(self, sched: SchedulerOutput) -> bool:
-        """Penalties need every earlier token counted, so such a step waits for the one before it."""
+        """Penalties need every earlier token counted, and a grammar's mask needs its matcher advanced
+        by the token before, so such a step waits for the one before it (other batches stay async)."""
         if any(n.sampling_params.presence_penalty or n.sampling_params.frequency_penalty
-               or n.sampling_params.repetition_penalty != 1.0 for n in sched.new_reqs):
+               or n.sampling_params.repetition_penalty != 1.0 or n.sampling_params._grammar is not None
+               for n in sched.new_reqs):
             return True
-        return any(self.requests[c.req_id].penalties for c in sched.cached_reqs if c.req_id in self.requests)
+        return any(st.penalties or st.matcher is not None
+                   for st in (self.requests.get(c.req_id) for c in sched.cached_reqs) if st is not None)
 
     @torch.inference_mode()
     def launch(self, sched: SchedulerOutput) -> "StepHandle | None":
@@ -307,6 +315,10 @@ class ModelRunner:
             top_ids = out.top_ids.tolist() if out.top_ids is not None else None
             top_lps = out.top_logprobs.tolist() if out.top_logprobs is not None else None
         for row, st in enumerate(h.states):
+            if st.matcher is not None:
+                st.matcher.consume_token(tokens[row])
+                if st.matcher.is_stopped():
+                    result.grammar_finished.add(st.req_id)
             if st.penalties:
                 t = tokens[row]
                 st.output_counts[t] = st.output_counts.get(t, 0) + 1

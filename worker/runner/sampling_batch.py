@@ -6,6 +6,7 @@ import torch
 from worker.runner.input_batch import InputBatch
 from worker.runner.request_state import RunnerRequest
 from worker.runner.sampler import SamplingBatch
+from worker.structured.bitmask import fill_bitmask
 
 
 def build_sampling_batch(
@@ -56,6 +57,15 @@ def build_sampling_batch(
     if rows:
         batch.ban_rows = torch.tensor(rows).to(dev)
         batch.ban_cols = torch.tensor(cols).to(dev)
+    bias = [(i, t, v) for i, p in enumerate(params) if p.logit_bias for t, v in p.logit_bias.items() if t < vocab]
+    if bias:
+        batch.bias_rows = torch.tensor([r for r, _, _ in bias]).to(dev)
+        batch.bias_cols = torch.tensor([t for _, t, _ in bias]).to(dev)
+        batch.bias_values = torch.tensor([v for _, _, v in bias], dtype=torch.float32).to(dev)
+    matchers = [(i, s.matcher) for i, s in enumerate(states) if s.matcher is not None]
+    if matchers:
+        # The model's forward is already enqueued on the device: this host work overlaps it.
+        batch.token_bitmask = fill_bitmask(matchers, len(states), vocab).to(dev, non_blocking=True)
     ks = [p.logprobs for p in params if p.logprobs is not None]
     batch.max_logprobs = max(ks) if ks else None
     return batch
