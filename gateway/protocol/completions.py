@@ -6,7 +6,8 @@ from typing import Any
 
 from pydantic import Field, StrictInt, field_validator, model_validator
 
-from gateway.protocol.common import SamplingRequest, TokenId, reject_if_set
+from gateway.protocol.common import LogitBias, SamplingRequest, TokenId, reject_if_set
+from gateway.protocol.structured import ResponseFormat
 
 MAX_PROMPTS = 256
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
@@ -17,6 +18,8 @@ class CompletionRequest(SamplingRequest):
     prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
     max_tokens: StrictInt = Field(DEFAULT_MAX_TOKENS, ge=1, le=2**31 - 1)
     logprobs: StrictInt | None = Field(None, ge=0, le=20)
+    response_format: ResponseFormat | None = None  # Ward's extension (vLLM's too): JSON output for completions
+    logit_bias: LogitBias | None = None
 
     @field_validator("max_tokens", mode="before")
     @classmethod
@@ -30,7 +33,6 @@ class CompletionRequest(SamplingRequest):
         if isinstance(data, dict):
             reject_if_set(data, "echo", "echoing the prompt")
             reject_if_set(data, "suffix", "suffixes (insertion)")
-            reject_if_set(data, "logit_bias", "logit bias")
             best_of = data.get("best_of")
             if best_of is not None and best_of != data.get("n", 1):
                 raise ValueError("`best_of` is not supported (it may only equal n)")

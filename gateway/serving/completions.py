@@ -7,6 +7,7 @@ from typing import Any
 from gateway.http.request_context import RequestContext
 from gateway.protocol.completions import CompletionRequest
 from gateway.serving.generation import GenerationRun
+from gateway.serving.constraints import structured_output
 from gateway.serving.logprobs import CompletionLogprobs
 from gateway.serving.params import sampling_params
 from gateway.serving.sse import DONE, ChunkTemplate, EventStream, event
@@ -22,9 +23,14 @@ def worker_prompt(prompt: str | list[int]) -> pb.Prompt:
     return pb.Prompt(token_ids=pb.TokenIds(ids=prompt))
 
 
-def generate_requests(ctx: RequestContext, request: CompletionRequest, tenancy: dict[str, Any]) -> list[pb.GenerateRequest]:
+def generate_requests(
+    ctx: RequestContext,
+    request: CompletionRequest,
+    tenancy: dict[str, Any],
+    structured: pb.StructuredOutput | None = None,
+) -> list[pb.GenerateRequest]:
     """One worker request per prompt; ``tenancy`` holds their tenancy fields (gateway.serving.tenancy)."""
-    params = sampling_params(request, logprobs=request.logprobs)
+    params = sampling_params(request, logprobs=request.logprobs, structured=structured)
     prompts = request.prompts()
     return [
         pb.GenerateRequest(
@@ -109,10 +115,11 @@ class CompletionService:
         ctx.stream = request.stream
         ctx.max_tokens = request.completion_budget()
         self.generation.check_model(request.model, "generate")
+        structured = structured_output(request, self.generation.pool.model_info(request.model))
         meta = self.generation.meta(ctx, "cmpl-")
         return await self.generation.run(
             ctx,
-            generate_requests(ctx, request, self.generation.tenancy(ctx)),
+            generate_requests(ctx, request, self.generation.tenancy(ctx), structured),
             n=request.n,
             stream=request.stream,
             keep_logprobs=request.logprobs is not None,

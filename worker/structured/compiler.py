@@ -23,6 +23,14 @@ class StructuredOutputUnavailable(InvalidRequestError):
     code = "structured_output_unavailable"
 
 
+class InvalidGrammarError(InvalidRequestError):
+    """A schema or grammar the library refuses; the code names which, so the gateway can name the field."""
+
+    def __init__(self, message: str, spec: GrammarSpec) -> None:
+        super().__init__(message)
+        self.code = "invalid_json_schema" if spec.kind != "lark" else "invalid_grammar"
+
+
 def library_available() -> bool:
     try:
         import llguidance  # noqa: F401
@@ -43,13 +51,13 @@ def grammar_text(spec: GrammarSpec) -> str:
         try:
             schema = json.loads(spec.text)
         except ValueError as exc:
-            raise InvalidRequestError(f"the JSON schema is not valid JSON: {exc}") from None
+            raise InvalidGrammarError(f"the JSON schema is not valid JSON: {exc}", spec) from None
         if not isinstance(schema, (dict, bool)):
-            raise InvalidRequestError("a JSON schema must be an object")
+            raise InvalidGrammarError("a JSON schema must be an object", spec)
     try:
         return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_OPTIONS)
     except ValueError as exc:
-        raise InvalidRequestError(f"invalid JSON schema: {exc}") from None
+        raise InvalidGrammarError(f"invalid JSON schema: {exc}", spec) from None
 
 
 class GrammarCompiler:
@@ -93,10 +101,10 @@ class GrammarCompiler:
         grammar = grammar_text(spec)
         is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
         if is_error:
-            raise InvalidRequestError(f"unsupported {_what(spec)}: {_first_line(messages[0])}")
+            raise InvalidGrammarError(f"unsupported {_what(spec)}: {_first_line(messages[0])}", spec)
         matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
         if matcher.is_error():
-            raise InvalidRequestError(f"unsupported {_what(spec)}: {_first_line(matcher.get_error())}")
+            raise InvalidGrammarError(f"unsupported {_what(spec)}: {_first_line(matcher.get_error())}", spec)
         with self._lock:
             self._cache[key] = matcher
             while len(self._cache) > CACHE_SIZE:
