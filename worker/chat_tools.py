@@ -42,10 +42,12 @@ def hermes_calls_text(calls: list[dict[str, Any]]) -> str:
     parts = []
     for call in calls:
         fn = call.get("function", call)
-        try:
-            arguments = json.loads(fn.get("arguments") or "{}")
-        except ValueError:
-            arguments = fn.get("arguments")
+        arguments = fn.get("arguments") or {}
+        if isinstance(arguments, str):  # OpenAI's JSON text (the worker's convert step parses it already)
+            try:
+                arguments = json.loads(arguments)
+            except ValueError:
+                pass
         body = json.dumps({"name": fn.get("name", ""), "arguments": arguments}, ensure_ascii=False)
         parts.append(f"<tool_call>\n{body}\n</tool_call>")
     return "\n".join(parts)

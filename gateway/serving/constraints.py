@@ -61,7 +61,9 @@ def structured_output(
         named = request.forced_function()
         functions = {t.function.name: t.function.parameters_schema() for t in tools
                      if named is None or t.function.name == named}
-        return pb.StructuredOutput(lark=tool_call_grammar(plan.fmt, functions, parallel=request.parallel_tool_calls))
+        # a named choice is one call of that function (OpenAI's meaning); "required" may make several
+        parallel = request.parallel_tool_calls and named is None
+        return pb.StructuredOutput(lark=tool_call_grammar(plan.fmt, functions, parallel=parallel))
     return None
 
 
