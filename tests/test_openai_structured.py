@@ -170,6 +170,16 @@ def test_logit_bias_bans_and_forces_tokens(client):
     assert len(set(other)) == 1 and other[0] != forced[0]
 
 
+def test_best_of_returns_the_candidate_with_the_highest_total_logprob(client):
+    kw = dict(model=MODEL, prompt="A short poem about rain:", max_tokens=6, temperature=1.0, seed=21, logprobs=0)
+    every = client.completions.create(n=3, **kw)  # the same seeds: the same three candidates
+    totals = [sum(c.logprobs.token_logprobs) for c in every.choices]
+    best = client.completions.create(n=1, best_of=3, **kw)
+    assert len(best.choices) == 1 and best.choices[0].index == 0
+    assert best.choices[0].text == every.choices[totals.index(max(totals))].text
+    assert best.usage.completion_tokens == every.usage.completion_tokens  # every candidate is billed
+
+
 @pytest.mark.parametrize("fields, param", [
     ({"response_format": record_format({"type": "strnig"})}, "response_format"),  # not a JSON Schema
     ({"response_format": record_format({"type": "string", "pattern": "(?<=a)b"})}, "response_format"),  # unsupported

@@ -20,6 +20,22 @@ class CompletionRequest(SamplingRequest):
     logprobs: StrictInt | None = Field(None, ge=0, le=20)
     response_format: ResponseFormat | None = None  # Ward's extension (vLLM's too): JSON output for completions
     logit_bias: LogitBias | None = None
+    # candidates generated per prompt, of which the n with the highest total logprob are returned
+    best_of: StrictInt | None = Field(None, ge=1, le=128)
+
+    @model_validator(mode="after")
+    def _best_of_consistent(self) -> CompletionRequest:
+        if self.best_of is not None:
+            if self.best_of < self.n:
+                raise ValueError("best_of must be greater than or equal to n")
+            if self.best_of > self.n and self.stream:
+                raise ValueError("best_of cannot be used with stream (candidates are ranked once they are complete)")
+        return self
+
+    @property
+    def candidates(self) -> int:
+        """Choices the worker generates per prompt (best_of, else n)."""
+        return max(self.best_of or 0, self.n)
 
     @field_validator("max_tokens", mode="before")
     @classmethod
@@ -33,9 +49,6 @@ class CompletionRequest(SamplingRequest):
         if isinstance(data, dict):
             reject_if_set(data, "echo", "echoing the prompt")
             reject_if_set(data, "suffix", "suffixes (insertion)")
-            best_of = data.get("best_of")
-            if best_of is not None and best_of != data.get("n", 1):
-                raise ValueError("`best_of` is not supported (it may only equal n)")
         return data
 
     @field_validator("prompt")

@@ -30,7 +30,11 @@ def generate_requests(
     structured: pb.StructuredOutput | None = None,
 ) -> list[pb.GenerateRequest]:
     """One worker request per prompt; ``tenancy`` holds their tenancy fields (gateway.serving.tenancy)."""
-    params = sampling_params(request, logprobs=request.logprobs, structured=structured)
+    ranked = request.candidates > request.n
+    # best_of ranks candidates by their total logprob, so the worker sends logprobs for all of them
+    params = sampling_params(request, logprobs=(request.logprobs or 0) if ranked else request.logprobs,
+                             structured=structured)
+    params.n = request.candidates
     prompts = request.prompts()
     return [
         pb.GenerateRequest(
@@ -52,6 +56,7 @@ class CompletionFormatter:
         self.meta = meta
         self.include_usage = request.include_usage
         self.logprobs = request.logprobs is not None
+        self.n, self.candidates = request.n, request.candidates
         self._fields = {
             "id": meta.id,
             "object": "text_completion",
@@ -92,12 +97,23 @@ class CompletionFormatter:
     def response(self, run: GenerationRun) -> dict[str, Any]:
         ctx = run.ctx
         choices = []
-        for i in range(ctx.num_choices):
-            logprobs = CompletionLogprobs().format(run.logprobs[i]) if run.logprobs is not None else None
-            choices.append(
-                {"text": ctx.response_text(i), "index": i, "logprobs": logprobs, "finish_reason": ctx.finish_reasons[i]}
-            )
+        for i in self._returned(run):
+            logprobs = (CompletionLogprobs().format(run.logprobs[i])
+                        if run.logprobs is not None and self.logprobs else None)
+            choices.append({"text": ctx.response_text(i), "index": len(choices), "logprobs": logprobs,
+                            "finish_reason": ctx.finish_reasons[i]})
         return {**self._fields, "choices": choices, "usage": run.usage()}
+
+    def _returned(self, run: GenerationRun) -> list[int]:
+        """The choices to return: all, or per prompt the n of best_of with the highest total logprob."""
+        if self.candidates == self.n or run.logprobs is None:
+            return list(range(run.ctx.num_choices))
+        picked = []
+        for start in range(0, run.ctx.num_choices, self.candidates):
+            group = range(start, start + self.candidates)
+            ranked = sorted(group, key=lambda i: -sum(lp.logprob for lp in run.logprobs[i]))
+            picked += sorted(ranked[: self.n])
+        return picked
 
 
 class CompletionService:
@@ -120,9 +136,9 @@ class CompletionService:
         return await self.generation.run(
             ctx,
             generate_requests(ctx, request, self.generation.tenancy(ctx), structured),
-            n=request.n,
+            n=request.candidates,
             stream=request.stream,
-            keep_logprobs=request.logprobs is not None,
+            keep_logprobs=request.logprobs is not None or request.candidates > request.n,
             formatter=lambda: CompletionFormatter(meta, request),
             prompt_param=PROMPT_PARAM,
         )
