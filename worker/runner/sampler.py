@@ -39,7 +39,8 @@ class SamplingBatch:
     bias_rows: torch.Tensor | None = None
     bias_cols: torch.Tensor | None = None
     bias_values: torch.Tensor | None = None
-    # grammar rows: int32 [B, ceil(V/32)] allowed-token bits (all set for rows without a grammar)
+    # grammar rows [G] and their int32 [G, ceil(V/32)] allowed-token bits
+    bitmask_rows: torch.Tensor | None = None
     token_bitmask: torch.Tensor | None = None
 
 
@@ -95,7 +96,7 @@ def sample(logits: torch.Tensor, b: SamplingBatch) -> SamplerOutput:
         logits = logits.clone() if logits is raw else logits
         logits.index_put_((b.ban_rows, b.ban_cols), torch.tensor(float("-inf"), device=logits.device))
     if b.token_bitmask is not None:  # last: no bias or penalty can revive a token the grammar forbids
-        logits = apply_bitmask(logits.clone() if logits is raw else logits, b.token_bitmask)
+        logits = apply_bitmask(logits.clone() if logits is raw else logits, b.token_bitmask, b.bitmask_rows)
     greedy_tokens = logits.argmax(dim=-1) if b.any_greedy else None
     if b.all_greedy:
         tokens = greedy_tokens

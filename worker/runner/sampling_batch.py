@@ -62,10 +62,12 @@ def build_sampling_batch(
         batch.bias_rows = torch.tensor([r for r, _, _ in bias]).to(dev)
         batch.bias_cols = torch.tensor([t for _, t, _ in bias]).to(dev)
         batch.bias_values = torch.tensor([v for _, _, v in bias], dtype=torch.float32).to(dev)
-    matchers = [(i, s.matcher) for i, s in enumerate(states) if s.matcher is not None]
-    if matchers:
+    grammar_rows = [i for i, s in enumerate(states) if s.matcher is not None]
+    if grammar_rows:
         # The model's forward is already enqueued on the device: this host work overlaps it.
-        batch.token_bitmask = fill_bitmask(matchers, len(states), vocab).to(dev, non_blocking=True)
+        mask = fill_bitmask([states[i].matcher for i in grammar_rows], vocab)
+        batch.token_bitmask = mask.to(dev, non_blocking=True)
+        batch.bitmask_rows = torch.tensor(grammar_rows).to(dev)
     ks = [p.logprobs for p in params if p.logprobs is not None]
     batch.max_logprobs = max(ks) if ks else None
     return batch

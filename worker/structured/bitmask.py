@@ -20,24 +20,23 @@ def _parallel_executor() -> Any:
     return _executor
 
 
-def fill_bitmask(matchers: list[tuple[int, Any]], num_rows: int, vocab_size: int) -> torch.Tensor:
-    """An int32 ``[num_rows, ceil(V/32)]`` mask: rows without a matcher allow everything."""
+def fill_bitmask(matchers: list[Any], vocab_size: int) -> torch.Tensor:
+    """An int32 ``[len(matchers), ceil(V/32)]`` mask, row i from matcher i."""
     words = (vocab_size + 31) // 32
-    mask = torch.full((num_rows, words), -1, dtype=torch.int32)
+    mask = torch.empty((len(matchers), words), dtype=torch.int32)
     if len(matchers) == 1:
-        row, matcher = matchers[0]
-        view = mask[row]
-        matcher.unsafe_compute_mask_ptr(view.data_ptr(), words * 4)
-    elif matchers:  # many rows: llguidance fills them on its own threads, without the GIL
-        _parallel_executor().unsafe_compute_mask_ptr([(m, row) for row, m in matchers], mask.data_ptr(),
-                                                     words * 4, num_rows)
+        matchers[0].unsafe_compute_mask_ptr(mask.data_ptr(), words * 4)
+    else:  # many rows: llguidance fills them on its own threads, without the GIL
+        _parallel_executor().unsafe_compute_mask_ptr([(m, i) for i, m in enumerate(matchers)], mask.data_ptr(),
+                                                     words * 4, len(matchers))
     return mask
 
 
-def apply_bitmask(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``logits`` [B, V] with disallowed tokens at -inf (in place); ``mask`` on the logits' device."""
+def apply_bitmask(logits: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``logits`` [B, V] (in place) with the tokens that ``mask`` [G, W] disallows at -inf in ``rows`` [G]."""
     vocab = logits.shape[-1]
     shifts = torch.arange(32, device=logits.device, dtype=torch.int32)
-    bits = (mask[:, :, None] >> shifts) & 1  # [B, W, 32]
+    bits = (mask[:, :, None] >> shifts) & 1  # [G, W, 32]: only the grammar rows are unpacked
     allowed = bits.reshape(mask.shape[0], -1)[:, :vocab].bool()
-    return logits.masked_fill_(~allowed, float("-inf"))
+    logits[rows] = logits[rows].masked_fill(~allowed, float("-inf"))
+    return logits
