@@ -1,11 +1,11 @@
-"""Grammar-constrained decoding in the engine on the default model: sampled JSON always matches its
-schema, a finished grammar stops the choice, the budget still says "length", grammars are cached,
-malformed schemas are refused before queueing, and asynchronous scheduling keeps working beside it."""
+"""Grammar-constrained decoding in the engine on the default model: a finished grammar stops the
+choice, the budget still says "length", grammars are cached, malformed schemas are refused before
+queueing, and asynchronous scheduling keeps working beside it. (Sampling many outputs at temperature
+1 against schemas is tested end to end, through the openai SDK, in test_openai_structured.py.)"""
 from __future__ import annotations
 
 import json
 
-import jsonschema
 import pytest
 
 from worker import LLM, SamplingParams
@@ -40,22 +40,6 @@ def llm(default_model_dir):
 
 def schema_params(schema: dict, **kw) -> SamplingParams:
     return SamplingParams(structured=GrammarSpec("json_schema", json.dumps(schema)), **kw)
-
-
-def test_sampled_outputs_always_match_the_schema(llm):
-    outs = llm.chat(ASK, schema_params(PERSON, n=10, temperature=1.0, max_tokens=100, seed=7))[0].outputs
-    for choice in outs:
-        assert choice.finish_reason == "stop", choice.text
-        jsonschema.validate(json.loads(choice.text), PERSON)
-
-
-def test_json_object_always_parses_and_ends_with_stop(llm):
-    p = SamplingParams(n=4, temperature=1.0, max_tokens=60, seed=3, structured=GrammarSpec("json_object"))
-    for choice in llm.chat([{"role": "user", "content": "Give me a JSON object."}], p)[0].outputs:
-        if choice.finish_reason == "stop":
-            assert isinstance(json.loads(choice.text), dict)
-        else:  # an unbounded object may outgrow the budget: then it says so
-            assert choice.finish_reason == "length" and len(choice.token_ids) == 60
 
 
 def test_budget_exhaustion_is_length_not_stop(llm):
