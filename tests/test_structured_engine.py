@@ -50,7 +50,7 @@ def test_budget_exhaustion_is_length_not_stop(llm):
 
 
 def test_grammar_and_plain_requests_share_a_batch(llm):
-    plain = SamplingParams(temperature=0, max_tokens=12)
+    plain = SamplingParams(temperature=0, max_tokens=6)
     alone = llm.generate("The capital of France is", plain)[0].outputs[0].token_ids
     params = [plain, schema_params({"enum": ["yes", "no"]}, temperature=0, max_tokens=10)]
     mixed = llm.generate(["The capital of France is", "Is water wet? Answer:"], params)
@@ -63,9 +63,10 @@ def test_compiled_grammars_are_cached_by_schema(llm):
     grammars = llm.engine.grammars
     schema = {"type": "object", "properties": {"cached": {"type": "boolean"}}, "required": ["cached"]}
     before = grammars.cache_size
-    for _ in range(3):
-        llm.generate("x", schema_params(schema, temperature=0, max_tokens=8))
-    assert grammars.cache_size == before + 1
+    prototypes = {id(llm.engine.prepare_request("x", schema_params(schema)).params._grammar) for _ in range(3)}
+    assert len(prototypes) == 1 and grammars.cache_size == before + 1
+    llm.engine.prepare_request("x", schema_params({**schema, "required": []}))
+    assert grammars.cache_size == before + 2
 
 
 @pytest.mark.parametrize(
@@ -96,3 +97,17 @@ def test_logit_bias_steers_and_bans_tokens(llm):
     assert forced[0].outputs[0].token_ids == [42] * 4
     with pytest.raises(InvalidRequestError, match="vocabulary"):
         llm.engine.prepare_request("x", SamplingParams(logit_bias={10**7: 1.0}))
+
+
+def test_a_worker_without_the_grammar_library_imports_and_refuses_clearly(llm, monkeypatch):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['llguidance'] = None; import worker.server.servicer, worker.llm; "
+            "from worker.structured.compiler import library_available; assert not library_available()")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    monkeypatch.setattr("worker.structured.compiler.library_available", lambda: False)
+    other = {"type": "object", "properties": {"never": {"type": "null"}}}  # not cached yet
+    with pytest.raises(InvalidRequestError, match="llguidance") as caught:
+        llm.engine.prepare_request("x", schema_params(other))
+    assert caught.value.code == "structured_output_unavailable"
