@@ -201,3 +201,21 @@ def test_malformed_and_inconsistent_requests_are_400s(client, fields, param):
     error = caught.value.body
     assert error["param"] == param, error
     assert error["message"]
+
+
+def test_echo_returns_the_prompt_with_its_logprobs_streamed_or_not(client):
+    kw = dict(model=MODEL, prompt="Rain falls on the hospital roof", max_tokens=3, temperature=0, echo=True, logprobs=1)
+    whole = client.completions.create(**kw).choices[0]
+    assert whole.text.startswith("Rain falls on the hospital roof") and len(whole.text) > len(kw["prompt"])
+    lp = whole.logprobs
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert all(x is not None and x <= 0 for x in lp.token_logprobs[1:])
+    assert "".join(lp.tokens) == whole.text and lp.text_offset[0] == 0
+    text, tokens = "", []
+    for chunk in client.completions.create(stream=True, **kw):
+        for c in chunk.choices:
+            text += c.text
+            tokens += c.logprobs.tokens if c.logprobs else []
+    assert text == whole.text and tokens == lp.tokens
+    ids = client.completions.create(model=MODEL, prompt=[504, 3575, 282], max_tokens=1, temperature=0, echo=True)
+    assert len(ids.choices[0].text) > 1  # a tokenized prompt is echoed as its tokens' text

@@ -111,3 +111,17 @@ def test_a_worker_without_the_grammar_library_imports_and_refuses_clearly(llm, m
     with pytest.raises(InvalidRequestError, match="llguidance") as caught:
         llm.engine.prepare_request("x", schema_params(other))
     assert caught.value.code == "structured_output_unavailable"
+
+
+def test_prompt_logprobs_are_the_same_chunked_and_cached(llm, default_model_dir):
+    prompt = "The capital of France is Paris. The capital of Italy is"
+    whole = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=2, n=2))[0]
+    lps = whole.prompt_logprobs
+    assert len(lps) == len(whole.prompt_token_ids) and lps[0].logprob != lps[0].logprob  # NaN: nothing before it
+    assert [lp.token_id for lp in lps] == whole.prompt_token_ids
+    assert all(len(lp.top) == 2 and lp.top[0].logprob >= lp.logprob - 1e-5 for lp in lps[1:])
+    chunked = LLM(model=default_model_dir, device="cpu", max_model_len=512, max_num_batched_tokens=8)
+    chunked.generate(prompt, SamplingParams(temperature=0, max_tokens=1))  # its blocks now in the prefix cache
+    again = chunked.generate(prompt, SamplingParams(temperature=0, max_tokens=1, prompt_logprobs=0))[0]
+    assert again.prompt_logprobs[1:] and all(
+        abs(a.logprob - b.logprob) < 1e-3 for a, b in zip(lps[1:], again.prompt_logprobs[1:], strict=True))

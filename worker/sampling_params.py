@@ -33,6 +33,7 @@ class SamplingParams:
     detokenize: bool = True
     structured: GrammarSpec | None = None  # constrained decoding (worker.structured)
     logit_bias: dict[int, float] | None = None  # token id -> added to its logit
+    prompt_logprobs: int | None = None  # None: none; k: each prompt token's logprob plus k alternatives
     # filled by the engine: the model's EOS ids and the stop ids that end generation
     _eos_token_ids: frozenset[int] = field(default_factory=frozenset, repr=False)
     # filled by the engine: the compiled grammar's matcher prototype (deep-copied per choice)
@@ -77,6 +78,8 @@ class SamplingParams:
             raise bad(f"min_tokens ({self.min_tokens}) must be <= max_tokens ({self.max_tokens})")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
             raise bad(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= MAX_LOGPROBS:
+            raise bad(f"prompt_logprobs must be in [0, {MAX_LOGPROBS}], got {self.prompt_logprobs}")
         if self.seed is not None and not isinstance(self.seed, int):
             raise bad(f"seed must be an integer, got {self.seed!r}")
         if any(not isinstance(s, str) or not s for s in self.stop):

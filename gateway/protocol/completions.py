@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, StrictInt, field_validator, model_validator
+from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
 
 from gateway.protocol.common import LogitBias, SamplingRequest, TokenId, reject_if_set
 from gateway.protocol.structured import ResponseFormat
@@ -18,6 +18,7 @@ class CompletionRequest(SamplingRequest):
     prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
     max_tokens: StrictInt = Field(DEFAULT_MAX_TOKENS, ge=1, le=2**31 - 1)
     logprobs: StrictInt | None = Field(None, ge=0, le=20)
+    echo: StrictBool = False  # the prompt before each choice's text (and its tokens' logprobs, when asked)
     response_format: ResponseFormat | None = None  # Ward's extension (vLLM's too): JSON output for completions
     logit_bias: LogitBias | None = None
     # candidates generated per prompt, of which the n with the highest total logprob are returned
@@ -47,7 +48,6 @@ class CompletionRequest(SamplingRequest):
     @classmethod
     def _unsupported_features(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            reject_if_set(data, "echo", "echoing the prompt")
             reject_if_set(data, "suffix", "suffixes (insertion)")
         return data
 

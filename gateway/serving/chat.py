@@ -201,6 +201,6 @@ class ChatService:
             n=request.n,
             stream=request.stream,
             keep_logprobs=request.logprobs,
-            formatter=lambda: ChatFormatter(meta, request, tools),
+            formatter=lambda _run: ChatFormatter(meta, request, tools),
             prompt_param=PROMPT_PARAM,
         )

@@ -35,6 +35,9 @@ def generate_requests(
     params = sampling_params(request, logprobs=(request.logprobs or 0) if ranked else request.logprobs,
                              structured=structured)
     params.n = request.candidates
+    if request.echo and (request.logprobs is not None or not isinstance(request.prompt, str)):
+        # the prompt's own logprobs, and its token strings (a tokenized prompt's echo is made of them)
+        params.prompt_logprobs = request.logprobs or 0
     prompts = request.prompts()
     return [
         pb.GenerateRequest(
@@ -52,8 +55,12 @@ def generate_requests(
 class CompletionFormatter:
     """text_completion bodies and chunks (OpenAI streams completions as text_completion objects)."""
 
-    def __init__(self, meta: ResponseMeta, request: CompletionRequest) -> None:
+    def __init__(self, meta: ResponseMeta, request: CompletionRequest, run: GenerationRun | None = None) -> None:
         self.meta = meta
+        self.run = run
+        self.echo = request.echo
+        self._prompts = request.prompts()
+        self._echoed: set[int] = set()
         self.include_usage = request.include_usage
         self.logprobs = request.logprobs is not None
         self.n, self.candidates = request.n, request.candidates
@@ -79,11 +86,23 @@ class CompletionFormatter:
             state = self._offsets[index] = CompletionLogprobs()
         return state
 
+    def _echo(self, index: int, run: GenerationRun) -> tuple[str, list[pb.TokenLogprob]]:
+        """The prompt text of choice ``index`` and its tokens' logprobs (empty unless asked)."""
+        prompt = index // self.candidates
+        lps = run.prompt_logprobs[prompt] or []
+        text = self._prompts[prompt]
+        return (text if isinstance(text, str) else "".join(lp.token for lp in lps)), lps
+
     def delta_events(self, index: int, delta: pb.ChoiceDelta) -> bytes:
-        if not delta.text and not (self.logprobs and delta.logprobs):
+        text, lps = delta.text, list(delta.logprobs)
+        if self.echo and index not in self._echoed and self.run is not None:
+            self._echoed.add(index)
+            prompt_text, prompt_lps = self._echo(index, self.run)
+            text, lps = prompt_text + text, prompt_lps + lps
+        if not text and not (self.logprobs and lps):
             return b""
-        logprobs = self._logprobs_of(index).format(delta.logprobs) if self.logprobs else None
-        return self._template.encode({"text": delta.text, "index": index, "logprobs": logprobs, "finish_reason": None})
+        logprobs = self._logprobs_of(index).format(lps) if self.logprobs else None
+        return self._template.encode({"text": text, "index": index, "logprobs": logprobs, "finish_reason": None})
 
     def final_events(self, run: GenerationRun) -> bytes:
         out = b"".join(
@@ -98,9 +117,12 @@ class CompletionFormatter:
         ctx = run.ctx
         choices = []
         for i in self._returned(run):
-            logprobs = (CompletionLogprobs().format(run.logprobs[i])
-                        if run.logprobs is not None and self.logprobs else None)
-            choices.append({"text": ctx.response_text(i), "index": len(choices), "logprobs": logprobs,
+            text, lps = ctx.response_text(i), list(run.logprobs[i]) if run.logprobs is not None else []
+            if self.echo:
+                prompt_text, prompt_lps = self._echo(i, run)
+                text, lps = prompt_text + text, prompt_lps + lps
+            logprobs = CompletionLogprobs().format(lps) if self.logprobs else None
+            choices.append({"text": text, "index": len(choices), "logprobs": logprobs,
                             "finish_reason": ctx.finish_reasons[i]})
         return {**self._fields, "choices": choices, "usage": run.usage()}
 
@@ -139,6 +161,6 @@ class CompletionService:
             n=request.candidates,
             stream=request.stream,
             keep_logprobs=request.logprobs is not None or request.candidates > request.n,
-            formatter=lambda: CompletionFormatter(meta, request),
+            formatter=lambda run: CompletionFormatter(meta, request, run),
             prompt_param=PROMPT_PARAM,
         )

@@ -190,6 +190,8 @@ class LLMEngine:
         children = []
         for i in range(params.n):
             child_params = params if params.seed is None or i == 0 else dataclasses.replace(params, seed=params.seed + i)
+            if i > 0 and params.prompt_logprobs is not None:  # the prompt's logprobs come from the first choice
+                child_params = dataclasses.replace(child_params, prompt_logprobs=None)
             child_id = request_id if params.n == 1 else f"{request_id}#{i}"
             children.append(Request(
                 child_id, ids, child_params, max_tokens=prepared.max_tokens, block_size=self.config.block_size,

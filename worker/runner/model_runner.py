@@ -4,7 +4,7 @@ lengths), runs the model and samples. Owns the device, the KV cache tensors and 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from worker.runner.input_batch import InputBatch
 from worker.runner.input_buffers import InputBuffers
 from worker.runner.memory import profile_kv_budget
 from worker.runner.request_state import RunnerRequest
+from worker.runner.prompt_logprobs import PromptLogprobs, prompt_logprobs
 from worker.runner.sampler import SamplerOutput, sample
 from worker.runner.sampling_batch import build_sampling_batch
 
@@ -40,6 +41,7 @@ class StepHandle:
     out: object  # SamplerOutput
     host: torch.Tensor | None  # pinned copy of the sampled tokens
     event: object  # torch.cuda.Event, or None on the CPU
+    prompt_lps: list = field(default_factory=list)  # (req id, PromptLogprobs) of prefill chunks
 
 
 class ModelRunner:
@@ -270,8 +272,11 @@ class ModelRunner:
             meta = self.metadata(T, num_reqs, max_q, int(lens.max()), b.query_start_np[: num_reqs + 1].tolist(),
                                   lens.tolist())
             hidden = self.model(b.input_ids[:T], b.positions[:T], self.kv_caches, meta)
+        prompt_lps = (self._prompt_logprobs(order, sched, hidden)
+                      if any(self.requests[r].params.prompt_logprobs is not None for r in order) else [])
         if not num_sample:
-            return StepHandle(self._step_id, [], np.empty(0, np.int64), np.empty(0, np.int64), [], None, None, None)
+            return StepHandle(self._step_id, [], np.empty(0, np.int64), np.empty(0, np.int64), [], None, None, None,
+                              prompt_lps)
         logits = self.model.compute_logits(hidden.index_select(0, b.logits_idx[:num_sample])).float()
         sample_ids = [order[i] for i in sampling_rows.tolist()]
         states = [self.requests[r] for r in sample_ids]
@@ -292,12 +297,32 @@ class ModelRunner:
         if self.device.type == "cuda":
             event = torch.cuda.Event()
             event.record()
-        return StepHandle(self._step_id, sample_ids, srows, positions, states, out, host, event)
+        return StepHandle(self._step_id, sample_ids, srows, positions, states, out, host, event, prompt_lps)
+
+    def _prompt_logprobs(self, order: list[str], sched: SchedulerOutput, hidden: torch.Tensor) -> list:
+        """Logprobs of the prompt tokens this step's prefill chunks predict, for requests that asked."""
+        found = []
+        start = 0
+        for rid in order:
+            q = sched.num_scheduled_tokens[rid]
+            st = self.requests[rid]
+            k = st.params.prompt_logprobs
+            if k is not None:
+                nc = int(self.batch.num_computed[st.row])
+                # position p's logits predict token p + 1: only prompt tokens are targets here
+                m = min(q, st.num_prompt_tokens - 1 - nc)
+                if m > 0:
+                    targets = torch.from_numpy(self.batch.token_ids[st.row, nc + 1 : nc + 1 + m].copy())
+                    found.append((rid, prompt_logprobs(self.model, hidden[start : start + m], targets, k)))
+            start += q
+        return found
 
     def collect(self, h: "StepHandle") -> ModelRunnerOutput:
         """Waits for a launched step and returns its sampled tokens (and logprobs)."""
         if not h.sample_ids:
-            return ModelRunnerOutput({})
+            result = ModelRunnerOutput({})
+            result.prompt_logprobs = {rid: lp.to_host() for rid, lp in h.prompt_lps}
+            return result
         if h.event is not None:
             h.event.synchronize()
         tokens = h.host.tolist()
@@ -309,6 +334,7 @@ class ModelRunner:
             mine = ib.pending_step[rows] == h.step_id
             ib.pending_idx[rows[mine]] = -1
         result = ModelRunnerOutput({rid: [t] for rid, t in zip(h.sample_ids, tokens)})
+        result.prompt_logprobs = {rid: lp.to_host() for rid, lp in h.prompt_lps}
         out = h.out
         if out.token_logprobs is not None:
             tok_lp = out.token_logprobs.tolist()

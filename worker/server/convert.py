@@ -88,6 +88,7 @@ def params_from_proto(p: pb.SamplingParams) -> SamplingParams:
         skip_special_tokens=opt("skip_special_tokens", True),
         structured=_structured(p),
         logit_bias=dict(p.logit_bias) or None,
+        prompt_logprobs=opt("prompt_logprobs", None),
     )
 
 
@@ -105,6 +106,8 @@ def _logprob(lp: TokenLogprob) -> pb.TokenLogprob:
 def response_from_output(out: RequestOutput) -> pb.GenerateResponse:
     """One stream message: the choices that changed in this step, usage when the request ends."""
     msg = pb.GenerateResponse(prompt_tokens=len(out.prompt_token_ids))
+    if out.prompt_logprobs_delta is not None:  # once, in the first message with tokens
+        msg.prompt_logprobs.extend(_logprob(lp) for lp in out.prompt_logprobs_delta)
     for c in out.outputs:
         if not (c.token_ids_delta or c.text_delta or (c.finished and out.finished)):
             continue
