@@ -73,6 +73,13 @@ def test_stream_releases_a_false_alarm_marker_as_content():
     assert s.finish() == ("<to", [])
 
 
+def test_a_choice_cut_by_its_budget_gives_its_calls_back_as_text():
+    s = ToolCallStream(HERMES, forced=True)
+    text = '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>\n<tool_call>\n{"na'
+    assert s.feed(text) == ""
+    assert s.finish(complete=False) == (text, [])
+
+
 def test_forced_stream_holds_everything_and_gives_back_a_broken_call_as_text():
     s = ToolCallStream(HERMES, forced=True)
     assert feed_all(s, ['<tool_call>\n{"name": "f", "argu']) == ""

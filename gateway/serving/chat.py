@@ -115,7 +115,7 @@ class ChatFormatter:
         stream = self._tool_streams.get(index)
         if stream is None:
             return b"", reason
-        rest, calls = stream.finish()
+        rest, calls = stream.finish(complete=reason == "stop")
         out = b""
         if rest:
             out += self._template.encode(

@@ -59,10 +59,11 @@ class ToolCallStream:
         self.sent_any = self.sent_any or bool(text)
         return text
 
-    def finish(self) -> tuple[str, list[ParsedCall]]:
-        """(content still to send, the calls) once the choice has ended."""
+    def finish(self, complete: bool = True) -> tuple[str, list[ParsedCall]]:
+        """(content still to send, the calls) once the choice has ended; an incomplete choice (cut by
+        its budget) has no calls, as in a non-streamed response."""
         held, self.held = self.held, ""
-        if not self.capturing:
+        if not self.capturing or not complete:
             return held, []
         content, calls = parse_tool_calls(self.fmt, held)
         if not calls:
