@@ -106,9 +106,15 @@ async def test_stream_of_text_completion_chunks(gw):
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 6
 
 
-async def test_echo_suffix_and_best_of_are_refused_not_ignored(gw):
-    for fields in ({"echo": True}, {"suffix": "end"}, {"best_of": 3}):
+async def test_suffix_is_refused_not_ignored(gw):
+    for fields in ({"suffix": "end"},):
         r = await complete(gw, prompt="x", **fields)
         assert r.status_code == 400, fields
         assert "not supported" in r.json()["error"]["message"]
     assert (await complete(gw, prompt="x", best_of=1)).status_code == 200
+
+
+async def test_best_of_must_cover_n_and_cannot_stream(gw):
+    for fields in ({"best_of": 1, "n": 2}, {"best_of": 3, "stream": True}):
+        r = await complete(gw, prompt="x", **fields)
+        assert r.status_code == 400, fields

@@ -89,7 +89,9 @@ async def test_cross_field_rules_are_400(gw):
         {"top_logprobs": 2},  # without logprobs
         {"stream_options": {"include_usage": True}},  # without stream
         {"min_tokens": 5, "max_tokens": 2},
-        {"tools": [{"type": "function", "function": {"name": "f"}}]},
+        {"tools": [{"type": "function", "function": {"name": "f"}}],
+         "tool_choice": {"type": "function", "function": {"name": "g"}}},  # not among the tools
+        {"tool_choice": "required"},  # without tools
         {"response_format": {"type": "json_schema"}},
     ):
         r = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, **fields})

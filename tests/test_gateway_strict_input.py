@@ -1,7 +1,8 @@
 """Strict, consistent input through a real governed gateway process (identity, quotas, audit log on).
 
 - OpenAI's strict fields stay strict: ``max_tokens: "10"`` and ``stream: "yes"`` are 400s, not coerced;
-- ``response_format`` is validated: text is served, structured formats and other shapes are 400s;
+- ``response_format`` is validated: text is served, other shapes are 400s, and so are structured
+  formats on a worker that cannot constrain decoding (this fake one);
 - identifiers have one set of limits: a team name the audit log could not hold is a 4xx at the edge,
   never a 500, and the connection it arrived on stays usable;
 - quotas exist only for registered teams (404 otherwise);

@@ -58,6 +58,10 @@ class RequestOutput:
     finished: bool = False
     num_cached_tokens: int = 0
     metrics: RequestMetrics | None = None
+    # when asked: one per prompt token (the first has no logprob: NaN), from the first output with
+    # tokens on; ``prompt_logprobs_delta`` is set in that first output only (what a stream sends)
+    prompt_logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs_delta: list[TokenLogprob] | None = None
 
     @property
     def num_generated_tokens(self) -> int:

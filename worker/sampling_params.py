@@ -4,8 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from worker.errors import InvalidRequestError
+from worker.structured.spec import GrammarSpec
 
 MAX_LOGPROBS = 20
+MAX_LOGIT_BIAS = 100.0  # OpenAI's bound
+MAX_LOGIT_BIAS_ENTRIES = 300  # OpenAI's limit
 
 
 @dataclass
@@ -28,8 +31,13 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = True
     detokenize: bool = True
+    structured: GrammarSpec | None = None  # constrained decoding (worker.structured)
+    logit_bias: dict[int, float] | None = None  # token id -> added to its logit
+    prompt_logprobs: int | None = None  # None: none; k: each prompt token's logprob plus k alternatives
     # filled by the engine: the model's EOS ids and the stop ids that end generation
     _eos_token_ids: frozenset[int] = field(default_factory=frozenset, repr=False)
+    # filled by the engine: the compiled grammar's matcher prototype (deep-copied per choice)
+    _grammar: object | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -70,6 +78,8 @@ class SamplingParams:
             raise bad(f"min_tokens ({self.min_tokens}) must be <= max_tokens ({self.max_tokens})")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
             raise bad(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
+        if self.prompt_logprobs is not None and not 0 <= self.prompt_logprobs <= MAX_LOGPROBS:
+            raise bad(f"prompt_logprobs must be in [0, {MAX_LOGPROBS}], got {self.prompt_logprobs}")
         if self.seed is not None and not isinstance(self.seed, int):
             raise bad(f"seed must be an integer, got {self.seed!r}")
         if any(not isinstance(s, str) or not s for s in self.stop):
@@ -78,6 +88,17 @@ class SamplingParams:
             raise bad("at most 16 stop strings are allowed")
         if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
             raise bad("stop_token_ids must be non-negative integers")
+        if self.logit_bias:
+            if len(self.logit_bias) > MAX_LOGIT_BIAS_ENTRIES:
+                raise bad(f"logit_bias may hold at most {MAX_LOGIT_BIAS_ENTRIES} tokens")
+            for t, b in self.logit_bias.items():
+                if not isinstance(t, int) or t < 0:
+                    raise bad(f"logit_bias keys must be token ids, got {t!r}")
+                if not -MAX_LOGIT_BIAS <= b <= MAX_LOGIT_BIAS:
+                    raise bad(f"logit_bias values must be in [-100, 100], got {b} for token {t}")
+        if self.structured is not None and self.min_tokens:
+            # the grammar may allow only the end token before min_tokens are out: the two cannot both hold
+            raise bad("min_tokens cannot be combined with structured output")
 
     @property
     def greedy(self) -> bool:

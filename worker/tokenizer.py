@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any, Union
 
+from worker.chat_tools import inline_tools, renders_tools, tool_call_format
 from worker.errors import InvalidRequestError, ModelLoadError
 
 # A prompt: text, {"prompt": text}, {"prompt_token_ids": [...]}, or {"messages": [...]} (chat)
@@ -81,8 +82,16 @@ class WardTokenizer:
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.fast.decode(ids, skip_special_tokens=skip_special_tokens)
 
+    @property
+    def tool_call_format(self) -> str:
+        return tool_call_format(getattr(self.hf, "chat_template", None))
+
     def render_chat(
-        self, messages: list[dict], add_generation_prompt: bool = True, continue_final_message: bool = False
+        self,
+        messages: list[dict],
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        tools: list[dict] | None = None,
     ) -> str:
         if not self.has_chat_template:
             raise InvalidRequestError("this model has no chat template; use the completions API")
@@ -91,12 +100,19 @@ class WardTokenizer:
         for m in messages:
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content", ""), str):
                 raise InvalidRequestError("each message needs a string role and string content")
+        extra = {}
+        if renders_tools(self.hf.chat_template):
+            if tools:
+                extra["tools"] = tools
+        elif tools or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+            messages = inline_tools(messages, tools)
         try:
             return self.hf.apply_chat_template(
                 messages,
                 tokenize=False,
                 add_generation_prompt=add_generation_prompt and not continue_final_message,
                 continue_final_message=continue_final_message,
+                **extra,
             )
         except Exception as exc:  # template errors (jinja raise_exception, bad roles) are the caller's
             raise InvalidRequestError(f"the chat template rejected these messages: {exc}") from exc
@@ -111,6 +127,7 @@ class WardTokenizer:
                     prompt["messages"],
                     prompt.get("add_generation_prompt", True),
                     prompt.get("continue_final_message", False),
+                    prompt.get("tools"),
                 )
                 # the template already placed any special tokens the model expects
                 return text, self.encode(text, add_special_tokens=False)

@@ -57,8 +57,33 @@ class Redactor:
 
 
 def scalar_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The numeric, boolean and null parameters: how a model was asked, without content."""
-    return {k: v for k, v in params.items() if v is None or isinstance(v, bool | int | float)}
+    """The numeric, boolean and null parameters: how a model was asked, without content; plus the
+    shape it was asked for (response format type, schema name and digest, tool names, tool choice)."""
+    out = {k: v for k, v in params.items() if v is None or isinstance(v, bool | int | float)}
+    out.update(structure_params(params))
+    return out
+
+
+def structure_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Which output constraint a request used, without the schemas' text."""
+    out: dict[str, Any] = {}
+    fmt = params.get("response_format")
+    if isinstance(fmt, dict) and isinstance(fmt.get("type"), str):
+        summary: dict[str, Any] = {"type": fmt["type"]}
+        spec = fmt.get("json_schema")
+        if isinstance(spec, dict):
+            summary["name"] = spec.get("name")
+            summary["schema_sha256"] = sha256_hex(canonical_json(spec.get("schema")))
+        out["response_format"] = summary
+    tools = params.get("tools")
+    if isinstance(tools, list):
+        out["tools"] = [t.get("function", {}).get("name") for t in tools if isinstance(t, dict)]
+    choice = params.get("tool_choice")
+    if isinstance(choice, str):
+        out["tool_choice"] = choice
+    elif isinstance(choice, dict):
+        out["tool_choice"] = {"function": (choice.get("function") or {}).get("name")}
+    return out
 
 
 def capture_request(level: CaptureLevel, redactor: Redactor, prompt: Any, params: dict[str, Any]) -> dict[str, Any]:

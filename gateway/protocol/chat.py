@@ -11,11 +11,24 @@ from pydantic import (
     StrictBool,
     StrictInt,
     WithJsonSchema,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from gateway.protocol.common import INT32_MAX, SamplingRequest, UnsupportedField, reject_if_set
+from gateway.protocol.common import INT32_MAX, LogitBias, SamplingRequest, reject_if_set
+from gateway.protocol.structured import (
+    MAX_TOOLS,
+    AssistantToolCall,
+    JsonObjectFormat,
+    JsonSchemaFormat,
+    ResponseFormat,
+    Tool,
+    ToolChoice,
+    forced_tool,
+    validate_tool_choice,
+    validate_tools,
+)
 
 
 # The content parts Ward reads, as the schema documents them (the validator below gives the 400).
@@ -41,6 +54,16 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | ContentParts | None = None
     name: str | None = Field(None, max_length=256)
+    tool_calls: list[AssistantToolCall] | None = Field(None, max_length=128)  # assistant messages
+    tool_call_id: str | None = Field(None, max_length=256)  # tool messages
+
+    @model_validator(mode="after")
+    def _tool_fields_fit_the_role(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages may carry tool_calls")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        return self
 
     @field_validator("content")
     @classmethod
@@ -60,46 +83,56 @@ class ChatMessage(BaseModel):
         return "".join(part[part["type"]] for part in self.content)
 
 
-class TextResponseFormat(BaseModel):
-    """OpenAI's ``{"type": "text"}``, the only response format Ward serves until structured output lands."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    type: Literal["text"]
-
-
-STRUCTURED_FORMATS = ("json_object", "json_schema")
-
-
 class ChatCompletionRequest(SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1, max_length=4096)
     max_completion_tokens: StrictInt | None = Field(None, ge=1, le=INT32_MAX)
     logprobs: StrictBool = False
     top_logprobs: StrictInt | None = Field(None, ge=0, le=20)
-    response_format: TextResponseFormat | None = None
+    # tools, then tool_choice and response_format: their validators read the fields before them
+    tools: list[Tool] | None = Field(None, max_length=MAX_TOOLS)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: StrictBool = True
+    response_format: ResponseFormat | None = None
+    logit_bias: LogitBias | None = None
     # vLLM's chat-template controls
     add_generation_prompt: StrictBool = True
     continue_final_message: StrictBool = False
 
-    @field_validator("response_format", mode="before")
+    @field_validator("tools")
     @classmethod
-    def _no_structured_output_yet(cls, value: Any) -> Any:
-        if isinstance(value, dict) and value.get("type") in STRUCTURED_FORMATS:
-            raise UnsupportedField(
-                f"`{value['type']}` needs structured output, which Ward does not offer yet: "
-                "send {'type': 'text'} or leave response_format out"
-            )
-        return value
+    def _unique_tools(cls, tools: list[Tool] | None) -> list[Tool] | None:
+        validate_tools(tools)
+        return tools
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_fits_tools(cls, choice: ToolChoice | None, info: ValidationInfo) -> ToolChoice | None:
+        validate_tool_choice(choice, info.data.get("tools"))
+        return choice
+
+    @field_validator("response_format")
+    @classmethod
+    def _one_constraint(cls, fmt: Any, info: ValidationInfo) -> Any:
+        structured = isinstance(fmt, (JsonObjectFormat, JsonSchemaFormat))
+        choice = info.data.get("tool_choice")
+        if structured and (choice == "required" or forced_tool(None, choice)):
+            raise ValueError("a JSON response format cannot be combined with a required or named tool_choice")
+        return fmt
 
     @model_validator(mode="before")
     @classmethod
     def _unsupported_features(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            reject_if_set(data, "tools", "tool calling")
-            reject_if_set(data, "functions", "function calling")
-            reject_if_set(data, "logit_bias", "logit bias")
+            reject_if_set(data, "functions", "the deprecated `functions` (send `tools`)")
             reject_if_set(data, "audio", "audio output")
         return data
+
+    def tools_in_use(self) -> list[Tool]:
+        """The tools the model is shown and may call (none with tool_choice "none")."""
+        return list(self.tools or []) if self.tool_choice != "none" else []
+
+    def forced_function(self) -> str | None:
+        return forced_tool(self.tools, self.tool_choice)
 
     @model_validator(mode="after")
     def _logprobs_consistent(self) -> ChatCompletionRequest:
@@ -107,6 +140,10 @@ class ChatCompletionRequest(SamplingRequest):
             raise ValueError("top_logprobs requires logprobs to be true")
         if self.continue_final_message and self.add_generation_prompt:
             raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
+        structured = self.tool_choice == "required" or self.forced_function() is not None or isinstance(
+            self.response_format, (JsonObjectFormat, JsonSchemaFormat))
+        if structured and self.min_tokens:
+            raise ValueError("min_tokens cannot be combined with a JSON response format or a required tool call")
         return self
 
     def completion_budget(self) -> int | None:

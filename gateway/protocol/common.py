@@ -25,6 +25,9 @@ INT32_MAX = 2**31 - 1
 UINT32_MAX = 2**32 - 1
 
 TokenId = Annotated[StrictInt, Field(ge=0, le=INT32_MAX)]
+# OpenAI's logit_bias: token id (as a JSON object key) -> bias in [-100, 100], at most 300 entries
+LogitBias = Annotated[dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[StrictFloat, Field(ge=-100, le=100)]],
+                      Field(max_length=300)]
 
 
 class StreamOptions(BaseModel):

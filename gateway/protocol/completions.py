@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, StrictInt, field_validator, model_validator
+from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
 
-from gateway.protocol.common import SamplingRequest, TokenId, reject_if_set
+from gateway.protocol.common import LogitBias, SamplingRequest, TokenId, reject_if_set
+from gateway.protocol.structured import ResponseFormat
 
 MAX_PROMPTS = 256
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
@@ -17,6 +18,25 @@ class CompletionRequest(SamplingRequest):
     prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
     max_tokens: StrictInt = Field(DEFAULT_MAX_TOKENS, ge=1, le=2**31 - 1)
     logprobs: StrictInt | None = Field(None, ge=0, le=20)
+    echo: StrictBool = False  # the prompt before each choice's text (and its tokens' logprobs, when asked)
+    response_format: ResponseFormat | None = None  # Ward's extension (vLLM's too): JSON output for completions
+    logit_bias: LogitBias | None = None
+    # candidates generated per prompt, of which the n with the highest total logprob are returned
+    best_of: StrictInt | None = Field(None, ge=1, le=128)
+
+    @model_validator(mode="after")
+    def _best_of_consistent(self) -> CompletionRequest:
+        if self.best_of is not None:
+            if self.best_of < self.n:
+                raise ValueError("best_of must be greater than or equal to n")
+            if self.best_of > self.n and self.stream:
+                raise ValueError("best_of cannot be used with stream (candidates are ranked once they are complete)")
+        return self
+
+    @property
+    def candidates(self) -> int:
+        """Choices the worker generates per prompt (best_of, else n)."""
+        return max(self.best_of or 0, self.n)
 
     @field_validator("max_tokens", mode="before")
     @classmethod
@@ -28,12 +48,7 @@ class CompletionRequest(SamplingRequest):
     @classmethod
     def _unsupported_features(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            reject_if_set(data, "echo", "echoing the prompt")
             reject_if_set(data, "suffix", "suffixes (insertion)")
-            reject_if_set(data, "logit_bias", "logit bias")
-            best_of = data.get("best_of")
-            if best_of is not None and best_of != data.get("n", 1):
-                raise ValueError("`best_of` is not supported (it may only equal n)")
         return data
 
     @field_validator("prompt")

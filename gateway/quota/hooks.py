@@ -97,7 +97,7 @@ class QuotaHooks(NoopHooks):
         if ctx.endpoint.endswith("/embeddings"):
             return prompt
         params = ctx.params
-        choices = getattr(params, "n", None) or 1
+        choices = getattr(params, "candidates", None) or getattr(params, "n", None) or 1  # best_of generates more
         prompts = len(params.prompts()) if hasattr(params, "prompts") else 1
         if ctx.max_model_len:
             # With several prompts only their sum is known: cap each by the whole context (safe side).

@@ -7,6 +7,7 @@ from typing import Any
 from gateway.http.request_context import RequestContext
 from gateway.protocol.completions import CompletionRequest
 from gateway.serving.generation import GenerationRun
+from gateway.serving.constraints import structured_output
 from gateway.serving.logprobs import CompletionLogprobs
 from gateway.serving.params import sampling_params
 from gateway.serving.sse import DONE, ChunkTemplate, EventStream, event
@@ -22,9 +23,21 @@ def worker_prompt(prompt: str | list[int]) -> pb.Prompt:
     return pb.Prompt(token_ids=pb.TokenIds(ids=prompt))
 
 
-def generate_requests(ctx: RequestContext, request: CompletionRequest, tenancy: dict[str, Any]) -> list[pb.GenerateRequest]:
+def generate_requests(
+    ctx: RequestContext,
+    request: CompletionRequest,
+    tenancy: dict[str, Any],
+    structured: pb.StructuredOutput | None = None,
+) -> list[pb.GenerateRequest]:
     """One worker request per prompt; ``tenancy`` holds their tenancy fields (gateway.serving.tenancy)."""
-    params = sampling_params(request, logprobs=request.logprobs)
+    ranked = request.candidates > request.n
+    # best_of ranks candidates by their total logprob, so the worker sends logprobs for all of them
+    params = sampling_params(request, logprobs=(request.logprobs or 0) if ranked else request.logprobs,
+                             structured=structured)
+    params.n = request.candidates
+    if request.echo and (request.logprobs is not None or not isinstance(request.prompt, str)):
+        # the prompt's own logprobs, and its token strings (a tokenized prompt's echo is made of them)
+        params.prompt_logprobs = request.logprobs or 0
     prompts = request.prompts()
     return [
         pb.GenerateRequest(
@@ -42,10 +55,15 @@ def generate_requests(ctx: RequestContext, request: CompletionRequest, tenancy: 
 class CompletionFormatter:
     """text_completion bodies and chunks (OpenAI streams completions as text_completion objects)."""
 
-    def __init__(self, meta: ResponseMeta, request: CompletionRequest) -> None:
+    def __init__(self, meta: ResponseMeta, request: CompletionRequest, run: GenerationRun | None = None) -> None:
         self.meta = meta
+        self.run = run
+        self.echo = request.echo
+        self._prompts = request.prompts()
+        self._echoed: set[int] = set()
         self.include_usage = request.include_usage
         self.logprobs = request.logprobs is not None
+        self.n, self.candidates = request.n, request.candidates
         self._fields = {
             "id": meta.id,
             "object": "text_completion",
@@ -68,11 +86,23 @@ class CompletionFormatter:
             state = self._offsets[index] = CompletionLogprobs()
         return state
 
+    def _echo(self, index: int, run: GenerationRun) -> tuple[str, list[pb.TokenLogprob]]:
+        """The prompt text of choice ``index`` and its tokens' logprobs (empty unless asked)."""
+        prompt = index // self.candidates
+        lps = run.prompt_logprobs[prompt] or []
+        text = self._prompts[prompt]
+        return (text if isinstance(text, str) else "".join(lp.token for lp in lps)), lps
+
     def delta_events(self, index: int, delta: pb.ChoiceDelta) -> bytes:
-        if not delta.text and not (self.logprobs and delta.logprobs):
+        text, lps = delta.text, list(delta.logprobs)
+        if self.echo and index not in self._echoed and self.run is not None:
+            self._echoed.add(index)
+            prompt_text, prompt_lps = self._echo(index, self.run)
+            text, lps = prompt_text + text, prompt_lps + lps
+        if not text and not (self.logprobs and lps):
             return b""
-        logprobs = self._logprobs_of(index).format(delta.logprobs) if self.logprobs else None
-        return self._template.encode({"text": delta.text, "index": index, "logprobs": logprobs, "finish_reason": None})
+        logprobs = self._logprobs_of(index).format(lps) if self.logprobs else None
+        return self._template.encode({"text": text, "index": index, "logprobs": logprobs, "finish_reason": None})
 
     def final_events(self, run: GenerationRun) -> bytes:
         out = b"".join(
@@ -86,12 +116,26 @@ class CompletionFormatter:
     def response(self, run: GenerationRun) -> dict[str, Any]:
         ctx = run.ctx
         choices = []
-        for i in range(ctx.num_choices):
-            logprobs = CompletionLogprobs().format(run.logprobs[i]) if run.logprobs is not None else None
-            choices.append(
-                {"text": ctx.response_text(i), "index": i, "logprobs": logprobs, "finish_reason": ctx.finish_reasons[i]}
-            )
+        for i in self._returned(run):
+            text, lps = ctx.response_text(i), list(run.logprobs[i]) if run.logprobs is not None else []
+            if self.echo:
+                prompt_text, prompt_lps = self._echo(i, run)
+                text, lps = prompt_text + text, prompt_lps + lps
+            logprobs = CompletionLogprobs().format(lps) if self.logprobs else None
+            choices.append({"text": text, "index": len(choices), "logprobs": logprobs,
+                            "finish_reason": ctx.finish_reasons[i]})
         return {**self._fields, "choices": choices, "usage": run.usage()}
+
+    def _returned(self, run: GenerationRun) -> list[int]:
+        """The choices to return: all, or per prompt the n of best_of with the highest total logprob."""
+        if self.candidates == self.n or run.logprobs is None:
+            return list(range(run.ctx.num_choices))
+        picked = []
+        for start in range(0, run.ctx.num_choices, self.candidates):
+            group = range(start, start + self.candidates)
+            ranked = sorted(group, key=lambda i: -sum(lp.logprob for lp in run.logprobs[i]))
+            picked += sorted(ranked[: self.n])
+        return picked
 
 
 class CompletionService:
@@ -109,13 +153,14 @@ class CompletionService:
         ctx.stream = request.stream
         ctx.max_tokens = request.completion_budget()
         self.generation.check_model(request.model, "generate")
+        structured = structured_output(request, self.generation.pool.model_info(request.model))
         meta = self.generation.meta(ctx, "cmpl-")
         return await self.generation.run(
             ctx,
-            generate_requests(ctx, request, self.generation.tenancy(ctx)),
-            n=request.n,
+            generate_requests(ctx, request, self.generation.tenancy(ctx), structured),
+            n=request.candidates,
             stream=request.stream,
-            keep_logprobs=request.logprobs is not None,
-            formatter=lambda: CompletionFormatter(meta, request),
+            keep_logprobs=request.logprobs is not None or request.candidates > request.n,
+            formatter=lambda run: CompletionFormatter(meta, request, run),
             prompt_param=PROMPT_PARAM,
         )

@@ -51,6 +51,8 @@ class GenerationRun:
         # Logprobs per choice, kept only for non-streamed responses (streams send them as they come).
         self.logprobs: list[list[pb.TokenLogprob]] | None = [[] for _ in range(prompts * n)] if keep_logprobs else None
         self._last_token_mono: float | None = None
+        # per prompt: its tokens' logprobs, when asked (completions' echo), from the first message with tokens
+        self.prompt_logprobs: list[list[pb.TokenLogprob] | None] = [None] * prompts
 
     async def updates(self) -> AsyncIterator[tuple[int, pb.ChoiceDelta]]:
         """``(choice index, delta)`` for every choice delta, in the order the worker sent them."""
@@ -62,6 +64,8 @@ class GenerationRun:
                 ctx.prompt_tokens = sum(self._prompt_tokens)
             if message.HasField("usage"):
                 self._usage[prompt_index] = message.usage
+            if message.prompt_logprobs:
+                self.prompt_logprobs[prompt_index] = list(message.prompt_logprobs)
             if not message.choices:
                 continue
             produced = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -43,8 +44,9 @@ class CompletionLogprobs:
         tokens, token_logprobs, top_logprobs, text_offset = [], [], [], []
         for lp in logprobs:
             tokens.append(lp.token)
-            token_logprobs.append(lp.logprob)
-            top_logprobs.append({t.token: t.logprob for t in lp.top})
+            first = math.isnan(lp.logprob)  # an echoed prompt's first token: nothing before it
+            token_logprobs.append(None if first else lp.logprob)
+            top_logprobs.append(None if first else {t.token: t.logprob for t in lp.top})
             text_offset.append(self.offset)
             self.offset += len(lp.token)
         return {

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from gateway.protocol.common import SamplingRequest
+from gateway.serving.constraints import logit_bias
 from proto.ward.worker.v1 import worker_pb2 as pb
 
 
-def sampling_params(request: SamplingRequest, *, logprobs: int | None) -> pb.SamplingParams:
+def sampling_params(
+    request: SamplingRequest, *, logprobs: int | None, structured: pb.StructuredOutput | None = None
+) -> pb.SamplingParams:
     """The worker's sampling parameters for ``request`` (unset fields stay unset: the engine's defaults)."""
     return pb.SamplingParams(
+        structured=structured,
+        logit_bias=logit_bias(request),
         n=request.n,
         temperature=request.temperature,
         top_p=request.top_p,

@@ -82,7 +82,7 @@ class GenerationService:
         n: int,
         stream: bool,
         keep_logprobs: bool,
-        formatter: Callable[[], ResponseFormatter],
+        formatter: Callable[[GenerationRun], ResponseFormatter],
         prompt_param: str,
     ) -> dict[str, Any] | EventStream:
         """Admits and dispatches ``requests``; returns the body, or the event stream.
@@ -108,7 +108,7 @@ class GenerationService:
             model_label=self.lifecycle.model_label(ctx),
             keep_logprobs=keep_logprobs and not stream,
         )
-        fmt = formatter()
+        fmt = formatter(run)
         if stream:
             events = run_event_stream(run, fmt, self.lifecycle, self.pool, prompt_param=prompt_param)
 

@@ -25,6 +25,9 @@ ERROR_CODE_METADATA_KEY = "ward-error-code"
 RETRY_AFTER_METADATA_KEY = "ward-retry-after-ms"  # sent with admission refusals (RESOURCE_EXHAUSTED)
 TEAM_SHARE_EXCEEDED = "team_share_exceeded"  # the caller's team holds its share of the worker's queue
 
+# the request field a worker's grammar refusal is about
+GRAMMAR_ERROR_PARAMS = {"invalid_json_schema": "response_format", "invalid_grammar": "tools"}
+
 log = logging.getLogger("ward.gateway.workers")
 
 # Statuses whose details were written for the client (request problems); the others may carry
@@ -85,6 +88,8 @@ def to_openai_error(err: WorkerError, *, model: str, prompt_param: str = "messag
             return ContextLengthExceeded(err.message or "The prompt is too long for this model.", param=prompt_param)
         if status is grpc.StatusCode.NOT_FOUND:
             return ModelNotFound(model)
+        if err.code in GRAMMAR_ERROR_PARAMS:  # a schema the worker's grammar library cannot enforce
+            return InvalidRequest(err.message, param=GRAMMAR_ERROR_PARAMS[err.code], code=err.code)
         return InvalidRequest(err.message or "The worker rejected the request.", code=err.code)
     if status in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.ABORTED):
         return ServiceUnavailable("The worker serving this model is unavailable; please retry.")

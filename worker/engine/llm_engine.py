@@ -25,6 +25,7 @@ from worker.model.spec import load_spec
 from worker.outputs import RequestOutput
 from worker.runner.model_runner import ModelRunner
 from worker.sampling_params import SamplingParams
+from worker.structured.compiler import GrammarCompiler
 from worker.tokenizer import (
     BYTES_PER_TOKEN_SLACK,
     PromptInput,
@@ -105,6 +106,8 @@ class LLMEngine:
             raise ValueError("without chunked prefill, max_num_batched_tokens must cover max_model_len")
         self.outputs = OutputProcessor(self.tokenizer.fast if self.tokenizer else None)
         self.eos_token_ids = frozenset(self.spec.eos_token_ids)
+        self.grammars = GrammarCompiler(self.tokenizer.hf if self.tokenizer else None, self.spec.vocab_size,
+                                        sorted(self.eos_token_ids))
         self._steps = 0
         self._generated = 0
         self._tokens_computed = 0
@@ -150,6 +153,10 @@ class LLMEngine:
         """Tokenizes and validates a request without touching engine state (safe from any thread)."""
         self.check_prompt_size(prompt)
         params = dataclasses.replace(params or SamplingParams()).with_eos(self.eos_token_ids)
+        if params.logit_bias and max(params.logit_bias) >= self.spec.vocab_size:
+            raise InvalidRequestError(f"logit_bias names a token id beyond the vocabulary ({self.spec.vocab_size})")
+        if params.structured is not None:
+            params._grammar = self.grammars.compile(params.structured)  # cached by the spec's hash
         text, ids = self.encode_prompt(prompt)
         return PreparedRequest(text, ids, params, self._check_lengths(len(ids), params))
 
@@ -183,6 +190,8 @@ class LLMEngine:
         children = []
         for i in range(params.n):
             child_params = params if params.seed is None or i == 0 else dataclasses.replace(params, seed=params.seed + i)
+            if i > 0 and params.prompt_logprobs is not None:  # the prompt's logprobs come from the first choice
+                child_params = dataclasses.replace(child_params, prompt_logprobs=None)
             child_id = request_id if params.n == 1 else f"{request_id}#{i}"
             children.append(Request(
                 child_id, ids, child_params, max_tokens=prepared.max_tokens, block_size=self.config.block_size,

@@ -25,6 +25,8 @@ class ParentState:
     prompt: str | None
     prompt_token_ids: list[int]
     choices: list[ChoiceState] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs_new: bool = False  # not yet in a snapshot
 
     @property
     def finished(self) -> bool:
@@ -76,6 +78,11 @@ class OutputProcessor:
             if choice is None or choice.output.finished:
                 continue
             out = choice.output
+            if co.prompt_logprobs is not None:
+                ids = choice.parent.prompt_token_ids
+                first = TokenLogprob(ids[0], self.token_text(ids[0]), float("nan"), [])  # nothing before it
+                choice.parent.prompt_logprobs = [first] + self._logprobs(ids[1:], co.prompt_logprobs)
+                choice.parent.prompt_logprobs_new = True
             out.token_ids.extend(co.new_token_ids)
             out.token_ids_delta.extend(co.new_token_ids)
             if co.new_logprobs is not None and out.logprobs is not None:
@@ -136,7 +143,9 @@ class OutputProcessor:
                 num_preemptions=sum(c.request.num_preemptions for c in parent.choices),
             )
         result = RequestOutput(parent.request_id, parent.prompt, parent.prompt_token_ids, outs, finished,
-                               max(first.num_cached_tokens, 0), metrics)
+                               max(first.num_cached_tokens, 0), metrics, parent.prompt_logprobs,
+                               parent.prompt_logprobs if parent.prompt_logprobs_new else None)
+        parent.prompt_logprobs_new = False
         if finished:
             self.parents.pop(parent.request_id, None)
             for c in parent.choices:

@@ -86,6 +86,8 @@ class Request:
         self.num_registered_blocks = 0  # of its blocks now, how many the KV manager made findable
         self.num_preemptions = 0
         self.stop_reason: str | int | None = None
+        # prompt logprobs gathered over the prefill chunks (None: not asked, or already sent)
+        self.prompt_logprobs: list | None = [] if sampling_params.prompt_logprobs is not None else None
         self.timings = RequestTimings(arrival=self.arrival_time)
         self._block_size = block_size
         self._root = salt_root(cache_salt)

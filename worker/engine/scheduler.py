@@ -159,6 +159,8 @@ class Scheduler:
                 unschedule(victim)
                 self._preempt(victim)
             hits, num_hit = self.kv.get_computed_blocks(req)
+            if req.prompt_logprobs is not None:  # every prompt position's logits are needed
+                hits, num_hit = [], 0
             n = req.num_tokens - num_hit
             if not self.enable_chunked_prefill and n > budget:
                 break
@@ -214,6 +216,10 @@ class Scheduler:
         """Applies a finished step's sampled tokens (placeholders become real tokens)."""
         now = time.monotonic()
         outputs = []
+        for rid, lps in out.prompt_logprobs.items():
+            req = self.requests.get(rid)
+            if req is not None and req.prompt_logprobs is not None:
+                req.prompt_logprobs.extend(lps)
         for rid, sampled in out.sampled_token_ids.items():
             req = self.requests.get(rid)
             if req is None or req.status.finished or not sampled:
@@ -226,9 +232,12 @@ class Scheduler:
                 new_tokens.append(token)
                 req.timings.on_token(now)
                 status = self._check_stop(req, token)
+                if rid in out.grammar_finished:
+                    status = RequestStatus.FINISHED_STOPPED  # the output is complete, whatever the budget left
                 if status is not None:
                     break
             lps = out.logprobs.get(rid)
+            prompt_lps, req.prompt_logprobs = req.prompt_logprobs, None  # sent once, with the first token
             outputs.append(
                 EngineCoreOutput(
                     rid,
@@ -236,6 +245,7 @@ class Scheduler:
                     lps[: len(new_tokens)] if lps else None,
                     None if status is None else status.finish_reason,
                     req.stop_reason,
+                    prompt_lps,
                 )
             )
             if status is not None:
@@ -280,6 +290,8 @@ class Scheduler:
         self.kv.free(req)
         req.status = RequestStatus.PREEMPTED
         req.num_computed_tokens = 0
+        if req.prompt_logprobs:  # preempted mid-prefill: its prompt is computed again from the start
+            req.prompt_logprobs = []
         req.num_preemptions += 1
         self.num_preemptions += 1
         self._freed_ids.add(req.request_id)

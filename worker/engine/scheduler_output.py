@@ -54,6 +54,9 @@ class SampledLogprobs:
 class ModelRunnerOutput:
     sampled_token_ids: dict[str, list[int]]  # only requests that reached the end of their tokens
     logprobs: dict[str, list[SampledLogprobs]] = field(default_factory=dict)
+    grammar_finished: set[str] = field(default_factory=set)  # their grammar allows nothing more: stop
+    # prompt logprobs computed this step (prefill chunks), for the prompt tokens 1.. in order
+    prompt_logprobs: dict[str, list[SampledLogprobs]] = field(default_factory=dict)
 
 
 @dataclass
@@ -63,6 +66,7 @@ class EngineCoreOutput:
     new_logprobs: list[SampledLogprobs] | None = None
     finish_reason: str | None = None
     stop_reason: str | int | None = None
+    prompt_logprobs: list[SampledLogprobs] | None = None  # with the first token, when asked
 
     @property
     def finished(self) -> bool:

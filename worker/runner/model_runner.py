@@ -4,7 +4,7 @@ lengths), runs the model and samples. Owns the device, the KV cache tensors and 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from worker.runner.input_batch import InputBatch
 from worker.runner.input_buffers import InputBuffers
 from worker.runner.memory import profile_kv_budget
 from worker.runner.request_state import RunnerRequest
+from worker.runner.prompt_logprobs import PromptLogprobs, prompt_logprobs
 from worker.runner.sampler import SamplerOutput, sample
 from worker.runner.sampling_batch import build_sampling_batch
 
@@ -40,6 +41,7 @@ class StepHandle:
     out: object  # SamplerOutput
     host: torch.Tensor | None  # pinned copy of the sampled tokens
     event: object  # torch.cuda.Event, or None on the CPU
+    prompt_lps: list = field(default_factory=list)  # (req id, PromptLogprobs) of prefill chunks
 
 
 class ModelRunner:
@@ -154,7 +156,12 @@ class ModelRunner:
                 banned = tuple(sorted(t for t in ends if 0 <= t < self.spec.vocab_size))
             state = RunnerRequest(new.req_id, row, new.num_prompt_tokens, p, gen, penalties=penalties,
                                   banned_until_min=banned)
-            state.special = (not p.greedy) or penalties or p.logprobs is not None or bool(banned)
+            if p._grammar is not None:
+                state.matcher = p._grammar.deep_copy()
+                # resumed after preemption: the matcher catches up with what was generated before
+                state.matcher.consume_tokens(new.token_ids[new.num_prompt_tokens :])
+            state.special = ((not p.greedy) or penalties or p.logprobs is not None or bool(banned)
+                             or bool(p.logit_bias) or state.matcher is not None)
             if penalties:
                 for t in new.token_ids[new.num_prompt_tokens :]:
                     state.output_counts[t] = state.output_counts.get(t, 0) + 1
@@ -218,11 +225,14 @@ class ModelRunner:
         return T, max_q, rows, sampling_rows
 
     def requires_sync(self, sched: SchedulerOutput) -> bool:
-        """Penalties need every earlier token counted, so such a step waits for the one before it."""
+        """Penalties need every earlier token counted, and a grammar's mask needs its matcher advanced
+        by the token before, so such a step waits for the one before it (other batches stay async)."""
         if any(n.sampling_params.presence_penalty or n.sampling_params.frequency_penalty
-               or n.sampling_params.repetition_penalty != 1.0 for n in sched.new_reqs):
+               or n.sampling_params.repetition_penalty != 1.0 or n.sampling_params._grammar is not None
+               for n in sched.new_reqs):
             return True
-        return any(self.requests[c.req_id].penalties for c in sched.cached_reqs if c.req_id in self.requests)
+        return any(st.penalties or st.matcher is not None
+                   for st in (self.requests.get(c.req_id) for c in sched.cached_reqs) if st is not None)
 
     @torch.inference_mode()
     def launch(self, sched: SchedulerOutput) -> "StepHandle | None":
@@ -262,8 +272,11 @@ class ModelRunner:
             meta = self.metadata(T, num_reqs, max_q, int(lens.max()), b.query_start_np[: num_reqs + 1].tolist(),
                                   lens.tolist())
             hidden = self.model(b.input_ids[:T], b.positions[:T], self.kv_caches, meta)
+        prompt_lps = (self._prompt_logprobs(order, sched, hidden)
+                      if any(self.requests[r].params.prompt_logprobs is not None for r in order) else [])
         if not num_sample:
-            return StepHandle(self._step_id, [], np.empty(0, np.int64), np.empty(0, np.int64), [], None, None, None)
+            return StepHandle(self._step_id, [], np.empty(0, np.int64), np.empty(0, np.int64), [], None, None, None,
+                              prompt_lps)
         logits = self.model.compute_logits(hidden.index_select(0, b.logits_idx[:num_sample])).float()
         sample_ids = [order[i] for i in sampling_rows.tolist()]
         states = [self.requests[r] for r in sample_ids]
@@ -284,12 +297,32 @@ class ModelRunner:
         if self.device.type == "cuda":
             event = torch.cuda.Event()
             event.record()
-        return StepHandle(self._step_id, sample_ids, srows, positions, states, out, host, event)
+        return StepHandle(self._step_id, sample_ids, srows, positions, states, out, host, event, prompt_lps)
+
+    def _prompt_logprobs(self, order: list[str], sched: SchedulerOutput, hidden: torch.Tensor) -> list:
+        """Logprobs of the prompt tokens this step's prefill chunks predict, for requests that asked."""
+        found = []
+        start = 0
+        for rid in order:
+            q = sched.num_scheduled_tokens[rid]
+            st = self.requests[rid]
+            k = st.params.prompt_logprobs
+            if k is not None:
+                nc = int(self.batch.num_computed[st.row])
+                # position p's logits predict token p + 1: only prompt tokens are targets here
+                m = min(q, st.num_prompt_tokens - 1 - nc)
+                if m > 0:
+                    targets = torch.from_numpy(self.batch.token_ids[st.row, nc + 1 : nc + 1 + m].copy())
+                    found.append((rid, prompt_logprobs(self.model, hidden[start : start + m], targets, k)))
+            start += q
+        return found
 
     def collect(self, h: "StepHandle") -> ModelRunnerOutput:
         """Waits for a launched step and returns its sampled tokens (and logprobs)."""
         if not h.sample_ids:
-            return ModelRunnerOutput({})
+            result = ModelRunnerOutput({})
+            result.prompt_logprobs = {rid: lp.to_host() for rid, lp in h.prompt_lps}
+            return result
         if h.event is not None:
             h.event.synchronize()
         tokens = h.host.tolist()
@@ -301,12 +334,17 @@ class ModelRunner:
             mine = ib.pending_step[rows] == h.step_id
             ib.pending_idx[rows[mine]] = -1
         result = ModelRunnerOutput({rid: [t] for rid, t in zip(h.sample_ids, tokens)})
+        result.prompt_logprobs = {rid: lp.to_host() for rid, lp in h.prompt_lps}
         out = h.out
         if out.token_logprobs is not None:
             tok_lp = out.token_logprobs.tolist()
             top_ids = out.top_ids.tolist() if out.top_ids is not None else None
             top_lps = out.top_logprobs.tolist() if out.top_logprobs is not None else None
         for row, st in enumerate(h.states):
+            if st.matcher is not None:
+                st.matcher.consume_token(tokens[row])
+                if st.matcher.is_stopped():
+                    result.grammar_finished.add(st.req_id)
             if st.penalties:
                 t = tokens[row]
                 st.output_counts[t] = st.output_counts.get(t, 0) + 1

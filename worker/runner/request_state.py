@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -20,3 +21,4 @@ class RunnerRequest:
     special: bool = False
     penalties: bool = False
     banned_until_min: tuple[int, ...] = ()
+    matcher: Any = None  # the choice's grammar matcher (llguidance), advanced with each sampled token

@@ -1,5 +1,5 @@
-"""Sampling for the whole batch on the logits' device: penalties, min_tokens, temperature,
-top-k / top-p / min-p, per-request seeds, and logprobs with top-k alternatives.
+"""Sampling for the whole batch on the logits' device: penalties, logit bias, min_tokens, grammar
+masks, temperature, top-k / top-p / min-p, per-request seeds, and logprobs with top-k alternatives.
 
 Random rows use the exponential-race trick (argmax of p / q with q ~ Exp(1)), which samples
 exactly from p; a seeded request draws its q from its own generator, so its tokens do not
@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from worker.structured.bitmask import apply_bitmask
 
 
 @dataclass
@@ -33,6 +35,13 @@ class SamplingBatch:
     ban_rows: torch.Tensor | None = None
     ban_cols: torch.Tensor | None = None
     max_logprobs: int | None = None  # None: no row asked for logprobs
+    # logit_bias as (row, token, bias) triples
+    bias_rows: torch.Tensor | None = None
+    bias_cols: torch.Tensor | None = None
+    bias_values: torch.Tensor | None = None
+    # grammar rows [G] and their int32 [G, ceil(V/32)] allowed-token bits
+    bitmask_rows: torch.Tensor | None = None
+    token_bitmask: torch.Tensor | None = None
 
 
 @dataclass
@@ -80,9 +89,14 @@ def sample(logits: torch.Tensor, b: SamplingBatch) -> SamplerOutput:
     raw = logits
     if b.repetition is not None or b.output_counts is not None:
         logits = apply_penalties(logits, b)
+    if b.bias_rows is not None:
+        logits = logits.clone() if logits is raw else logits
+        logits.index_put_((b.bias_rows, b.bias_cols), b.bias_values, accumulate=True)
     if b.ban_rows is not None:
         logits = logits.clone() if logits is raw else logits
         logits.index_put_((b.ban_rows, b.ban_cols), torch.tensor(float("-inf"), device=logits.device))
+    if b.token_bitmask is not None:  # last: no bias or penalty can revive a token the grammar forbids
+        logits = apply_bitmask(logits.clone() if logits is raw else logits, b.token_bitmask, b.bitmask_rows)
     greedy_tokens = logits.argmax(dim=-1) if b.any_greedy else None
     if b.all_greedy:
         tokens = greedy_tokens

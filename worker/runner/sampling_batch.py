@@ -6,6 +6,7 @@ import torch
 from worker.runner.input_batch import InputBatch
 from worker.runner.request_state import RunnerRequest
 from worker.runner.sampler import SamplingBatch
+from worker.structured.bitmask import fill_bitmask
 
 
 def build_sampling_batch(
@@ -56,6 +57,17 @@ def build_sampling_batch(
     if rows:
         batch.ban_rows = torch.tensor(rows).to(dev)
         batch.ban_cols = torch.tensor(cols).to(dev)
+    bias = [(i, t, v) for i, p in enumerate(params) if p.logit_bias for t, v in p.logit_bias.items() if t < vocab]
+    if bias:
+        batch.bias_rows = torch.tensor([r for r, _, _ in bias]).to(dev)
+        batch.bias_cols = torch.tensor([t for _, t, _ in bias]).to(dev)
+        batch.bias_values = torch.tensor([v for _, _, v in bias], dtype=torch.float32).to(dev)
+    grammar_rows = [i for i, s in enumerate(states) if s.matcher is not None]
+    if grammar_rows:
+        # The model's forward is already enqueued on the device: this host work overlaps it.
+        mask = fill_bitmask([states[i].matcher for i in grammar_rows], vocab)
+        batch.token_bitmask = mask.to(dev, non_blocking=True)
+        batch.bitmask_rows = torch.tensor(grammar_rows).to(dev)
     ks = [p.logprobs for p in params if p.logprobs is not None]
     batch.max_logprobs = max(ks) if ks else None
     return batch

@@ -1,10 +1,13 @@
 """Proto messages <-> engine objects (the only place that knows both)."""
 from __future__ import annotations
 
+import json
+
 from proto.ward.worker.v1 import worker_pb2 as pb
 from worker.errors import InvalidRequestError
 from worker.outputs import RequestOutput, TokenLogprob
 from worker.sampling_params import SamplingParams
+from worker.structured.spec import GrammarSpec
 from worker.tokenizer import PromptInput
 
 
@@ -17,16 +20,48 @@ def prompt_from_proto(prompt: pb.Prompt) -> PromptInput:
     if kind == "chat":
         messages = []
         for m in prompt.chat.messages:
-            msg = {"role": m.role, "content": m.content}
+            msg: dict = {"role": m.role, "content": m.content}
             if m.name:
                 msg["name"] = m.name
+            if m.tool_call_id:
+                msg["tool_call_id"] = m.tool_call_id
+            if m.tool_calls:
+                msg["tool_calls"] = [_tool_call(c) for c in m.tool_calls]
             messages.append(msg)
-        return {
+        chat = {
             "messages": messages,
             "add_generation_prompt": prompt.chat.add_generation_prompt,
             "continue_final_message": prompt.chat.continue_final_message,
         }
+        if prompt.chat.tools_json:
+            try:
+                chat["tools"] = json.loads(prompt.chat.tools_json)
+            except ValueError:
+                raise InvalidRequestError("tools_json is not valid JSON") from None
+        return chat
     raise InvalidRequestError("the request has no prompt")
+
+
+def _tool_call(c: pb.ToolCall) -> dict:
+    # transformers' templates read arguments as a mapping (Llama, Qwen) where OpenAI sends JSON text
+    try:
+        arguments = json.loads(c.arguments) if c.arguments else {}
+    except ValueError:
+        arguments = c.arguments
+    return {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": arguments}}
+
+
+def _structured(p: pb.SamplingParams) -> GrammarSpec | None:
+    if not p.HasField("structured"):
+        return None
+    kind = p.structured.WhichOneof("kind")
+    if kind == "json_schema":
+        return GrammarSpec("json_schema", p.structured.json_schema)
+    if kind == "json_object":
+        return GrammarSpec("json_object")
+    if kind == "lark":
+        return GrammarSpec("lark", p.structured.lark)
+    return None
 
 
 def params_from_proto(p: pb.SamplingParams) -> SamplingParams:
@@ -51,6 +86,9 @@ def params_from_proto(p: pb.SamplingParams) -> SamplingParams:
         logprobs=opt("logprobs", None),
         include_stop_str_in_output=p.include_stop_str_in_output,
         skip_special_tokens=opt("skip_special_tokens", True),
+        structured=_structured(p),
+        logit_bias=dict(p.logit_bias) or None,
+        prompt_logprobs=opt("prompt_logprobs", None),
     )
 
 
@@ -68,6 +106,8 @@ def _logprob(lp: TokenLogprob) -> pb.TokenLogprob:
 def response_from_output(out: RequestOutput) -> pb.GenerateResponse:
     """One stream message: the choices that changed in this step, usage when the request ends."""
     msg = pb.GenerateResponse(prompt_tokens=len(out.prompt_token_ids))
+    if out.prompt_logprobs_delta is not None:  # once, in the first message with tokens
+        msg.prompt_logprobs.extend(_logprob(lp) for lp in out.prompt_logprobs_delta)
     for c in out.outputs:
         if not (c.token_ids_delta or c.text_delta or (c.finished and out.finished)):
             continue

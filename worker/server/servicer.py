@@ -26,6 +26,7 @@ from worker.server.convert import (
 from worker.server.embedding import EmbeddingModel
 from worker.server.errors import Unavailable, UnknownModel, abort_with, mapped_errors
 from worker.server.prepare import FairPrepareExecutor, is_small
+from worker.structured.compiler import library_available
 from worker.tokenizer import prompt_token_bound
 
 PREPARE_THREADS = 2  # long prompts are tokenized here, off the event loop; the engine has its own thread
@@ -65,9 +66,9 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         teams taking turns."""
         return await self._heavy.run(team, fn, *args)
 
-    async def _prepare(self, team: str, prompt, fn, *args):
+    async def _prepare(self, team: str, prompt, fn, *args, heavy: bool = False):
         """``fn(*args)`` for a prompt: at once when it is small, else off the loop in the team's turn."""
-        if is_small(prompt):
+        if is_small(prompt) and not heavy:
             return fn(*args)
         return await self._off_loop(team, fn, *args)
 
@@ -107,7 +108,9 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 raise InvalidRequestError(str(exc)) from None
             engine.engine.check_prompt_size(prompt)  # cheap: bytes, no tokenizer
             ticket = self.admission.admit(request.team, weight, prompt_token_bound(prompt))
-            prepared = await self._prepare(request.team, prompt, engine.engine.prepare_request, prompt, params)
+            # compiling a grammar can take a while (a new schema, the first use): never on the loop
+            prepared = await self._prepare(request.team, prompt, engine.engine.prepare_request, prompt, params,
+                                           heavy=params.structured is not None)
             ticket.set_tokens(len(prepared.token_ids))
             request_id = request.request_id or uuid.uuid4().hex
             stream = engine.generate(request_id, prepared, priority=request.priority,
@@ -185,6 +188,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 has_chat_template=bool(e.tokenizer and e.tokenizer.has_chat_template), task="generate",
                 vocab_size=e.spec.vocab_size, worker_id=self.worker_id, contract_version=CONTRACT,
                 max_prompt_bytes=e.max_prompt_bytes,
+                tool_call_format=e.tokenizer.tool_call_format if e.tokenizer else "",
+                structured_output=library_available(),
             )
         return pb.ModelInfoResponse(
             served_model_name=self.name, max_model_len=self.embedder.max_model_len, has_chat_template=False,
