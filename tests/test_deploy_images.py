@@ -25,7 +25,8 @@ from fake_worker import FakeWorker
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 IMAGES = ROOT / "deploy" / "images"
 DOCKERFILES = {"gateway": IMAGES / "gateway.Dockerfile", "worker": IMAGES / "worker.Dockerfile"}
-HEAVY = {"torch", "numpy", "transformers", "safetensors", "tokenizers", "triton", "accelerate", "gguf"}
+# the engine's packages: in the worker image, never in the gateway's
+HEAVY = {"torch", "numpy", "transformers", "safetensors", "tokenizers", "triton", "accelerate", "gguf", "llguidance"}
 
 
 def hadolint() -> str:
