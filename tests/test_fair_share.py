@@ -221,3 +221,25 @@ def test_a_single_running_request_is_never_preempted_for_share():
     while only.num_output_tokens < 30:
         b.step()
         assert b.sched.num_preemptions == 0
+
+
+def test_after_the_engine_idles_past_service_is_no_debt():
+    b = Bench()
+    for _ in range(200):  # a has the engine to itself for a long time, then everything ends
+        while b.waiting("a") < 6:
+            b.add("a", out=4)
+        b.step()
+    while b.sched.running or b.sched.fair.num_waiting:
+        b.step()
+    b.add("b", weight=2.0)  # b comes back first, into an idle engine, then a
+    b.add("a")
+    fair = b.sched.fair
+    assert fair.teams["a"].counter == pytest.approx(fair.teams["b"].counter)  # level: no debt, no credit
+    before = {t: b.served(t) for t in "ab"}
+    for _ in range(300):
+        b.add("a") if b.waiting("a") < 6 else None
+        while b.waiting("b") < 6:
+            b.add("b", weight=2.0)
+        b.step()
+    gained = {t: b.served(t) - before[t] for t in "ab"}
+    assert abs(gained["a"] / sum(gained.values()) - 1 / 3) <= 0.05  # by the weights from the first step

@@ -15,7 +15,9 @@ never preempt each other for share, and a team is never preempted down to nothin
 
 Work-conserving: a team alone is served at the engine's full speed, whatever its weight. No banking:
 a team that comes back after an idle spell has its counter lifted to the least counter of the teams
-still active, so past idleness buys no burst at the others' expense.
+still active, so past idleness buys no burst at the others' expense. No debt either: once the engine has
+idled (nothing waiting or running), returning teams start level, so a team that had the engine to
+itself earlier is not made to wait while the others catch up.
 
 A request's own ``priority`` orders requests only within its team; it never moves a request ahead of
 another team's, and never makes it preempt another team's request.
@@ -83,9 +85,13 @@ class FairShare:
         return account
 
     def _lift(self, account: TeamAccount) -> None:
-        """A team becoming active starts no lower than the least counter of the active teams."""
+        """A team becoming active starts no lower than the least counter of the active teams; into an idle
+        engine, level with the highest counter of all, so that neither credit nor debt outlives a spell in
+        which nothing waited (a team that had the engine to itself is not made to wait for it afterwards)."""
         floor = min((t.counter for t in self.teams.values() if t.active and t is not account), default=None)
-        if floor is not None and account.counter < floor:
+        if floor is None:
+            floor = max(t.counter for t in self.teams.values())
+        if account.counter < floor:
             account.counter = floor
 
     @staticmethod
