@@ -8,10 +8,10 @@ teams of weights 1 and 2. Separates the scheduler's behaviour from the serving l
 """
 from __future__ import annotations
 
+from ward.benchmarks.modelless_runner import ModellessRunner
 from worker.engine.kv_cache_manager import KVCacheManager
 from worker.engine.request import Request
 from worker.engine.scheduler import Scheduler
-from worker.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
 from worker.sampling_params import SamplingParams
 
 SEATS, BUDGET, PROMPT, OUTPUT, BLOCK = 256, 8192, 256, 128, 16
@@ -21,8 +21,7 @@ class Sim:
     def __init__(self) -> None:
         self.sched = Scheduler(KVCacheManager(100_000, BLOCK), max_num_seqs=SEATS, max_num_batched_tokens=BUDGET,
                                max_model_len=4096)
-        self.length: dict[str, int] = {}
-        self.computed: dict[str, int] = {}
+        self.runner = ModellessRunner()
         self.count = 0
 
     def add(self, team: str, weight: float) -> Request:
@@ -40,19 +39,8 @@ class Sim:
             account = self.sched.fair.teams[team]
 
     def step(self) -> None:
-        out: SchedulerOutput = self.sched.schedule()
-        for new in out.new_reqs:
-            self.length[new.req_id] = len(new.token_ids)
-            self.computed[new.req_id] = new.num_computed_tokens
-        for c in out.cached_reqs:
-            self.computed[c.req_id] = c.num_computed_tokens
-        sampled = {}
-        for rid, n in out.num_scheduled_tokens.items():
-            self.computed[rid] += n
-            if self.computed[rid] >= self.length[rid]:
-                self.length[rid] += 1
-                sampled[rid] = [1]
-        self.sched.update_from_output(out, ModelRunnerOutput(sampled))
+        out = self.sched.schedule()
+        self.sched.update_from_output(out, self.runner.execute(out))
 
 
 def lone_request_wait() -> tuple[int, int]:

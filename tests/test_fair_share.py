@@ -3,43 +3,22 @@ from __future__ import annotations
 
 import pytest
 
+from ward.benchmarks.modelless_runner import ModellessRunner
 from worker.engine.fair_share import DECODE_COST, PREFILL_COST, FairShare, check_policy
 from worker.engine.kv_cache_manager import KVCacheManager
 from worker.engine.request import Request
 from worker.engine.scheduler import Scheduler
-from worker.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
+from worker.engine.scheduler_output import SchedulerOutput
 from worker.sampling_params import SamplingParams
 
 BS = 4
-
-
-class Runner:
-    """Samples token 1 for every request that reached the end of its tokens."""
-
-    def __init__(self) -> None:
-        self.tokens: dict[str, int] = {}
-        self.computed: dict[str, int] = {}
-
-    def execute(self, out: SchedulerOutput) -> ModelRunnerOutput:
-        for new in out.new_reqs:
-            self.tokens[new.req_id] = len(new.token_ids)
-            self.computed[new.req_id] = new.num_computed_tokens
-        for c in out.cached_reqs:
-            self.computed[c.req_id] = c.num_computed_tokens
-        sampled = {}
-        for rid, n in out.num_scheduled_tokens.items():
-            self.computed[rid] += n
-            if self.computed[rid] >= self.tokens[rid]:
-                self.tokens[rid] += 1
-                sampled[rid] = [1]
-        return ModelRunnerOutput(sampled)
 
 
 class Bench:
     def __init__(self, num_blocks=256, budget=16, max_seqs=4) -> None:
         self.sched = Scheduler(KVCacheManager(num_blocks, BS), max_num_seqs=max_seqs,
                                max_num_batched_tokens=budget, max_model_len=512)
-        self.runner = Runner()
+        self.runner = ModellessRunner()
         self.count = 0
 
     def add(self, team: str, *, weight=1.0, team_priority=0, priority=0, prompt=8, out=8) -> Request:
