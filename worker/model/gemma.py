@@ -18,6 +18,7 @@ from torch import nn
 
 from worker.attention.backend import AttentionBackend, AttentionMetadata
 from worker.model import ops as torch_ops
+from worker.model.llama import Attention
 from worker.model.spec import ModelSpec
 
 
@@ -35,38 +36,19 @@ class GemmaRMSNorm(nn.Module):
         return (h * (1.0 + self.weight.float())).to(x.dtype)
 
 
-class GemmaAttention(nn.Module):
+class GemmaAttention(Attention):
+    """Llama's attention with Gemma's (1 + weight) head norms and a RoPE table per layer kind (local or
+    global); the query scalar and soft-capping come from the spec."""
+
     def __init__(self, spec: ModelSpec, layer_idx: int, backend: AttentionBackend, ops: ModuleType):
-        super().__init__()
-        self.num_heads, self.num_kv_heads, self.head_dim = spec.num_heads, spec.num_kv_heads, spec.head_dim
-        self.q_size = self.num_heads * self.head_dim
-        self.kv_size = self.num_kv_heads * self.head_dim
-        self.qkv_proj = nn.Linear(spec.hidden_size, self.q_size + 2 * self.kv_size, bias=spec.qkv_bias)
-        self.o_proj = nn.Linear(self.q_size, spec.hidden_size, bias=spec.o_bias)
-        self.q_norm = GemmaRMSNorm(self.head_dim, spec.rms_norm_eps) if spec.qk_norm else None
-        self.k_norm = GemmaRMSNorm(self.head_dim, spec.rms_norm_eps) if spec.qk_norm else None
-        self.rotary_dim = spec.rotary_dim
+        super().__init__(spec, layer_idx, backend, ops)
         self.rope = spec.layer_rope(layer_idx)
-        self.ops = ops
-        scale = spec.attn_scale if spec.attn_scale is not None else self.head_dim**-0.5
-        window = spec.sliding_windows[layer_idx]
-        if spec.attn_logit_softcap is not None:
-            self.attn = backend.make_impl(self.num_heads, self.num_kv_heads, self.head_dim, scale, window,
-                                          logit_softcap=float(spec.attn_logit_softcap))
-        else:
-            self.attn = backend.make_impl(self.num_heads, self.num_kv_heads, self.head_dim, scale, window)
+
+    def head_norm(self, spec: ModelSpec, ops: ModuleType) -> nn.Module:
+        return GemmaRMSNorm(self.head_dim, spec.rms_norm_eps)
 
     def forward(self, positions, hidden, kv_cache, meta: AttentionMetadata, rope_caches) -> torch.Tensor:
-        T = hidden.shape[0]
-        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.reshape(T, self.num_heads, self.head_dim)
-        k = k.reshape(T, self.num_kv_heads, self.head_dim)
-        v = v.reshape(T, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.ops.rotary_embedding(positions, q, k, rope_caches[self.rope], self.rotary_dim)
-        out = self.attn.forward(q, k, v, kv_cache, meta)  # [T, Hq, D]
-        return self.o_proj(out.reshape(T, self.q_size))
+        return super().forward(positions, hidden, kv_cache, meta, rope_caches[self.rope])
 
 
 class GemmaMLP(nn.Module):

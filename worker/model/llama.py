@@ -40,13 +40,19 @@ class Attention(nn.Module):
         self.kv_size = self.num_kv_heads * self.head_dim
         self.qkv_proj = nn.Linear(spec.hidden_size, self.q_size + 2 * self.kv_size, bias=spec.qkv_bias)
         self.o_proj = nn.Linear(self.q_size, spec.hidden_size, bias=spec.o_bias)
-        self.q_norm = RMSNorm(self.head_dim, spec.rms_norm_eps, ops) if spec.qk_norm else None
-        self.k_norm = RMSNorm(self.head_dim, spec.rms_norm_eps, ops) if spec.qk_norm else None
+        self.q_norm = self.head_norm(spec, ops) if spec.qk_norm else None
+        self.k_norm = self.head_norm(spec, ops) if spec.qk_norm else None
         self.rotary_dim = spec.rotary_dim
         self.ops = ops
-        self.attn = backend.make_impl(
-            self.num_heads, self.num_kv_heads, self.head_dim, self.head_dim**-0.5, spec.sliding_windows[layer_idx]
-        )
+        scale = spec.attn_scale if spec.attn_scale is not None else self.head_dim**-0.5
+        # soft-capping only where the family asks for it: not every backend takes the argument
+        softcap = {} if spec.attn_logit_softcap is None else {"logit_softcap": float(spec.attn_logit_softcap)}
+        self.attn = backend.make_impl(self.num_heads, self.num_kv_heads, self.head_dim, scale,
+                                      spec.sliding_windows[layer_idx], **softcap)
+
+    def head_norm(self, spec: ModelSpec, ops: ModuleType) -> nn.Module:
+        """The per-head q/k norm of the family (Qwen3's and Gemma 3's differ in their weight's meaning)."""
+        return RMSNorm(self.head_dim, spec.rms_norm_eps, ops)
 
     def forward(self, positions, hidden, kv_cache, meta: AttentionMetadata, cos_sin_cache) -> torch.Tensor:
         T = hidden.shape[0]
