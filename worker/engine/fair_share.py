@@ -180,3 +180,10 @@ class FairShare:
         """Whether a waiting request may take a running one's seat when all are taken: only across
         teams (within a team, requests wait for seats in their own order, as vLLM's do)."""
         return victim.team != for_request.team and self.may_preempt(victim, for_request)
+
+    def seat_victim(self, for_request: Request, running: Iterable[Request]) -> Request | None:
+        """The running request whose seat ``for_request`` takes when every seat is taken, or None."""
+        ours = self.teams[for_request.team]
+        if ours.num_running and not any(t.num_running and t.priority > ours.priority for t in self.teams.values()):
+            return None  # the usual case under a flood, decided per team, not per running request
+        return self.pick_victim(r for r in running if self.may_take_seat(r, for_request))

@@ -153,7 +153,7 @@ class Scheduler:
                 exhausted.add(team.name)
                 continue
             if len(self.running) >= self.max_num_seqs:  # every seat taken: only a starved team gets one
-                victim = fair.pick_victim(r for r in self.running if fair.may_take_seat(r, req))
+                victim = fair.seat_victim(req, self.running)
                 if victim is None:
                     break
                 unschedule(victim)
