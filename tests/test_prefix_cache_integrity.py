@@ -3,7 +3,7 @@ the issue's same-step preemption on the real default model, and a property over 
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from worker import LLM, SamplingParams
@@ -136,6 +136,10 @@ def _request(i: int, prompt: list[int], max_tokens: int, priority: int, team: in
                    block_size=BS, priority=priority, arrival_time=float(i), team=f"team-{team}")
 
 
+# Two teams on six blocks: each admission evicted the other's request, which was admitted again in the
+# same step (an endless schedule() before evicted requests waited for the next step).
+@example(ops=[("add", 1, 2, 0, 2, 1), ("add", 0, 0, 2, 1, 0), ("add", 1, 2, 0, 1, 1), ("add", 0, 4, 0, 5, 0)],
+         asynchronous=False, num_blocks=6, budget=10)
 @settings(max_examples=300, deadline=None)
 @given(st.lists(operation, max_size=60), st.booleans(), st.integers(6, 14), st.integers(3, 16))
 def test_every_prefix_cache_hit_reads_computed_kv(ops, asynchronous, num_blocks, budget):

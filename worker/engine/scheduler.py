@@ -113,6 +113,13 @@ class Scheduler:
                 new_reqs.pop(req.request_id, None)
                 cached_reqs.pop(req.request_id, None)
 
+        evicted: set[str] = set()  # preempted in this step: not admitted again before the next one
+
+        def evict(req: Request) -> None:
+            unschedule(req)
+            self._preempt(req)
+            evicted.add(req.request_id)
+
         # 1. Running requests advance first.
         for req in list(self.running):
             if budget <= 0:
@@ -125,8 +132,7 @@ class Scheduler:
             new_block_ids = self.kv.allocate_slots(req, n)
             while new_block_ids is None:
                 victim = fair.pick_victim(self.running)
-                unschedule(victim)
-                self._preempt(victim)
+                evict(victim)
                 preempted = True
                 if victim is req:
                     break
@@ -148,16 +154,16 @@ class Scheduler:
             team = fair.next_team(exhausted)
             if team is None:
                 break
-            req = next((r for r in team.waiting if not r.num_placeholders and not self._blocked_by_sibling(r)), None)
-            if req is None:  # each is waiting for its last step's token or for a sibling's prefill
+            req = next((r for r in team.waiting if not r.num_placeholders and r.request_id not in evicted
+                        and not self._blocked_by_sibling(r)), None)
+            if req is None:  # each waits for its last step's token, a sibling's prefill or the next step
                 exhausted.add(team.name)
                 continue
             if len(self.running) >= self.max_num_seqs:  # every seat taken: only a starved team gets one
                 victim = fair.seat_victim(req, self.running)
                 if victim is None:
                     break
-                unschedule(victim)
-                self._preempt(victim)
+                evict(victim)
             hits, num_hit = self.kv.get_computed_blocks(req)
             if req.prompt_logprobs is not None:  # every prompt position's logits are needed
                 hits, num_hit = [], 0
@@ -170,8 +176,8 @@ class Scheduler:
                 victim = fair.pick_victim(r for r in self.running if fair.may_preempt(r, req))
                 if victim is not None:
                     # A more urgent request (own team, more urgent class, or a starved team) takes its blocks.
-                    unschedule(victim)
-                    self._preempt(victim)
+                    # The victim waits for the next step, so two teams cannot take the blocks back and forth.
+                    evict(victim)
                     continue
                 break
             self._remove_waiting(req)
