@@ -34,7 +34,7 @@ ASK = [{"role": "user", "content": "Describe a person as JSON."}]
 
 @pytest.fixture(scope="module")
 def llm(default_model_dir):
-    # async scheduling forced on: grammar steps must sync while the engine otherwise overlaps steps
+    # async scheduling forced on: grammar and penalty batches stay asynchronous (sampling deferred)
     return LLM(model=default_model_dir, device="cpu", max_model_len=512, async_scheduling=True)
 
 
@@ -57,6 +57,39 @@ def test_grammar_and_plain_requests_share_a_batch(llm):
     assert mixed[0].outputs[0].token_ids == alone
     assert json.loads(mixed[1].outputs[0].text) in ("yes", "no")
     assert mixed[1].outputs[0].finish_reason == "stop"
+
+
+def test_grammar_and_penalty_batches_stay_asynchronous_and_agree_with_synchronous(llm, default_model_dir):
+    """Step N+1's forward is launched before step N is collected; only its sampling waits for the
+    grammar's mask (and the penalty counts) to take step N's token. Tokens are those of a synchronous
+    engine: greedy, seeded sampling, penalties and a grammar in one batch."""
+    prompts = ["Describe a person as JSON.", "The capital of France is", "Count: one, two,", "Colours:"]
+    small = {"type": "object", "properties": {"color": {"enum": ["red", "green", "blue"]},
+                                              "age": {"type": "integer", "minimum": 0, "maximum": 120}},
+             "required": ["color", "age"], "additionalProperties": False}
+    params = [schema_params(small, temperature=0, max_tokens=40),
+              SamplingParams(temperature=0, max_tokens=12),
+              SamplingParams(temperature=0.8, seed=7, max_tokens=12, frequency_penalty=0.5),
+              schema_params({"type": "array", "items": {"enum": ["red", "blue"]}, "maxItems": 4},
+                            temperature=1.0, seed=3, max_tokens=30, presence_penalty=0.3)]
+    deferred = []
+    runner = llm.engine.runner
+    original = runner.launch
+
+    def launch(sched, defer_sampling=False):
+        handle = original(sched, defer_sampling)
+        deferred.append(handle is not None and handle.logits is not None)
+        return handle
+
+    runner.launch = launch
+    try:
+        asynchronous = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+    finally:
+        del runner.launch
+    synchronous = LLM(model=default_model_dir, device="cpu", max_model_len=512, async_scheduling=False)
+    assert [o.outputs[0].token_ids for o in synchronous.generate(prompts, params)] == asynchronous
+    assert sum(deferred) >= 10, "sampling was not deferred behind the in-flight step"
+    assert json.loads(llm.engine.tokenizer.decode(asynchronous[0]))["color"] in ("red", "green", "blue")
 
 
 def test_compiled_grammars_are_cached_by_schema(llm):

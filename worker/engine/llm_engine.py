@@ -250,9 +250,13 @@ class LLMEngine:
         returned are those of the step that just completed."""
         start = time.monotonic()
         sched = self.scheduler.schedule()
-        if self._async and not self.runner.requires_sync(sched):
-            handle = self.runner.launch(sched)
+        if self._async:
+            # A batch whose sampling needs the in-flight step's tokens (grammar masks, penalties) is
+            # sampled after that step is collected, while the device runs this step's forward.
+            handle = self.runner.launch(sched, defer_sampling=self._inflight is not None)
             results = self._finish_inflight()
+            if handle is not None:
+                self.runner.sample(handle)
             self._inflight = (sched, handle) if handle is not None else None
         else:
             results = self._finish_inflight()

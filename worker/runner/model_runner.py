@@ -42,6 +42,7 @@ class StepHandle:
     host: torch.Tensor | None  # pinned copy of the sampled tokens
     event: object  # torch.cuda.Event, or None on the CPU
     prompt_lps: list = field(default_factory=list)  # (req id, PromptLogprobs) of prefill chunks
+    logits: torch.Tensor | None = None  # [num_sample, V] until sampled
 
 
 class ModelRunner:
@@ -224,21 +225,14 @@ class ModelRunner:
         b.logits_idx_np[: len(sampling_rows)] = starts[1:][sampling_rows] - 1
         return T, max_q, rows, sampling_rows
 
-    def requires_sync(self, sched: SchedulerOutput) -> bool:
-        """Penalties need every earlier token counted, and a grammar's mask needs its matcher advanced
-        by the token before, so such a step waits for the one before it (other batches stay async)."""
-        if any(n.sampling_params.presence_penalty or n.sampling_params.frequency_penalty
-               or n.sampling_params.repetition_penalty != 1.0 or n.sampling_params._grammar is not None
-               for n in sched.new_reqs):
-            return True
-        return any(st.penalties or st.matcher is not None
-                   for st in (self.requests.get(c.req_id) for c in sched.cached_reqs) if st is not None)
-
     @torch.inference_mode()
-    def launch(self, sched: SchedulerOutput) -> "StepHandle | None":
+    def launch(self, sched: SchedulerOutput, defer_sampling: bool = False) -> "StepHandle | None":
         """Enqueues one step on the device (inputs, model, sampling) without waiting for it.
 
-        Tokens sampled by the previous, uncollected step are gathered on the device as inputs."""
+        Tokens sampled by the previous, uncollected step are gathered on the device as inputs. With
+        ``defer_sampling``, a batch whose sampling needs that step's tokens on the host (a grammar's
+        mask, penalty counts) stops after the logits: ``sample`` finishes it once that step is
+        collected, while the device still runs this step's forward."""
         self._update_states(sched)
         if sched.is_empty:
             return None
@@ -280,24 +274,35 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden.index_select(0, b.logits_idx[:num_sample])).float()
         sample_ids = [order[i] for i in sampling_rows.tolist()]
         states = [self.requests[r] for r in sample_ids]
-        if any(st.special for st in states):
-            out = sample(logits, build_sampling_batch(states, self.batch, logits.shape[-1], self.device))
-        else:
-            out = SamplerOutput(token_ids=logits.argmax(dim=-1))
-        self._last_sampled = out.token_ids
         # placeholders: the sampled token's slot in each row, filled on the host at collect
         srows = rows[sampling_rows]
         positions = ib.num_tokens[srows].copy()
         ib.num_tokens[srows] += 1
         ib.pending_idx[srows] = np.arange(num_sample)
         ib.pending_step[srows] = self._step_id
-        host = self._token_host[self._step_id % 2][:num_sample]
+        handle = StepHandle(self._step_id, sample_ids, srows, positions, states, None, None, None, prompt_lps,
+                            logits=logits)
+        if not (defer_sampling and any(st.matcher is not None or st.penalties for st in states)):
+            self.sample(handle)
+        return handle
+
+    @torch.inference_mode()
+    def sample(self, h: "StepHandle") -> None:
+        """Samples a launched step's logits (at once, or deferred: see ``launch``); idempotent."""
+        if h.logits is None:
+            return
+        logits, h.logits = h.logits, None
+        if any(st.special for st in h.states):
+            out = sample(logits, build_sampling_batch(h.states, self.batch, logits.shape[-1], self.device))
+        else:
+            out = SamplerOutput(token_ids=logits.argmax(dim=-1))
+        self._last_sampled = out.token_ids
+        host = self._token_host[h.step_id % 2][: len(h.sample_ids)]
         host.copy_(out.token_ids, non_blocking=self.device.type == "cuda")
-        event = None
+        h.out, h.host = out, host
         if self.device.type == "cuda":
-            event = torch.cuda.Event()
-            event.record()
-        return StepHandle(self._step_id, sample_ids, srows, positions, states, out, host, event, prompt_lps)
+            h.event = torch.cuda.Event()
+            h.event.record()
 
     def _prompt_logprobs(self, order: list[str], sched: SchedulerOutput, hidden: torch.Tensor) -> list:
         """Logprobs of the prompt tokens this step's prefill chunks predict, for requests that asked."""
@@ -319,6 +324,7 @@ class ModelRunner:
 
     def collect(self, h: "StepHandle") -> ModelRunnerOutput:
         """Waits for a launched step and returns its sampled tokens (and logprobs)."""
+        self.sample(h)
         if not h.sample_ids:
             result = ModelRunnerOutput({})
             result.prompt_logprobs = {rid: lp.to_host() for rid, lp in h.prompt_lps}
@@ -341,7 +347,7 @@ class ModelRunner:
             top_ids = out.top_ids.tolist() if out.top_ids is not None else None
             top_lps = out.top_logprobs.tolist() if out.top_logprobs is not None else None
         for row, st in enumerate(h.states):
-            if st.matcher is not None:
+            if st.matcher is not None and not st.matcher.is_stopped():  # stopped: its request has ended
                 st.matcher.consume_token(tokens[row])
                 if st.matcher.is_stopped():
                     result.grammar_finished.add(st.req_id)

@@ -62,7 +62,10 @@ def build_sampling_batch(
         batch.bias_rows = torch.tensor([r for r, _, _ in bias]).to(dev)
         batch.bias_cols = torch.tensor([t for _, t, _ in bias]).to(dev)
         batch.bias_values = torch.tensor([v for _, _, v in bias], dtype=torch.float32).to(dev)
-    grammar_rows = [i for i, s in enumerate(states) if s.matcher is not None]
+    # A matcher that has stopped belongs to a request that ended in the step before (its token here is
+    # discarded): it has no mask to give.
+    grammar_rows = [i for i, s in enumerate(states)
+                    if s.matcher is not None and not s.matcher.is_stopped() and not s.matcher.is_error()]
     if grammar_rows:
         # The model's forward is already enqueued on the device: this host work overlaps it.
         mask = fill_bitmask([states[i].matcher for i in grammar_rows], vocab)
