@@ -386,6 +386,22 @@ def check_silu_and_mul(num_tokens: int, intermediate: int, device: str, dtype: t
     return {"rel_err": rel_err(out, ref), "unwritten": nan_count(out)}
 
 
+def check_token_bitmask(num_rows: int, vocab: int, grammar_rows: tuple[int, ...], device: str, seed: int = 0) -> Metrics:
+    """``apply_token_bitmask_`` against the torch path (``worker.structured.bitmask.apply_bitmask_torch``):
+    random masks, some rows without a grammar. Metrics: mismatched (entries that differ)."""
+    from worker.kernels import apply_token_bitmask_
+    from worker.structured.bitmask import apply_bitmask_torch
+
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(num_rows, vocab, generator=g).to(device)
+    words = (vocab + 31) // 32
+    mask = torch.randint(-(2**31), 2**31 - 1, (len(grammar_rows), words), generator=g, dtype=torch.int32).to(device)
+    rows = torch.tensor(grammar_rows, dtype=torch.int64, device=device)
+    ref = apply_bitmask_torch(logits.clone(), mask, rows)
+    got = apply_token_bitmask_(logits.clone(), mask, rows)
+    return {"mismatched": int((ref.isinf() != got.isinf()).sum() + ((ref != got) & ~ref.isinf()).sum())}
+
+
 def check_fused_moe(num_tokens: int, num_experts: int, top_k: int, hidden: int, intermediate: int, device: str,
                     dtype: torch.dtype, seed: int = 0) -> Metrics:
     """The Triton fused MoE against the torch reference (``worker.model.ops.fused_moe``) on the same

@@ -23,7 +23,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from worker.kernels import activation, kv_cache, moe_gemm, norm, rotary  # noqa: E402
+from worker.kernels import activation, kv_cache, moe_gemm, norm, rotary, token_bitmask  # noqa: E402
 from worker.kernels.attention_config import choose_tile_config, next_power_of_2  # noqa: E402
 from worker.kernels.attention_kernels import merge_splits_kernel, paged_attention_kernel  # noqa: E402
 
@@ -142,6 +142,10 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     ),
     "silu_and_mul": lambda: compile_variant(
         activation._silu_and_mul_kernel, {"x_ptr": BF16, "out_ptr": BF16}, dict(INTERMEDIATE=14336, BLOCK=1024)
+    ),
+    "token_bitmask": lambda: compile_variant(
+        token_bitmask._apply_token_bitmask_kernel, {"logits_ptr": "*fp32", "mask_ptr": "*i32", "rows_ptr": "*i64"},
+        dict(BLOCK=2048)
     ),
 }
 

@@ -19,6 +19,7 @@ from kernels_cases import (
     check_rms_norm,
     check_rotary,
     check_silu_and_mul,
+    check_token_bitmask,
 )
 
 F32 = torch.float32
@@ -74,6 +75,8 @@ OTHER_CASES: dict[str, Callable[[], Metrics | dict[str, list[str]]]] = {
     "silu_and_mul_wide": lambda: check_silu_and_mul(7, 1000, "cpu", F32),
     "silu_and_mul_narrow": lambda: check_silu_and_mul(3, 64, "cpu", F32),
     "input_validation": lambda: check_input_validation("cpu"),
+    "token_bitmask_odd_vocab": lambda: check_token_bitmask(5, 1000, (0, 2, 3), "cpu"),
+    "token_bitmask_padded_words": lambda: check_token_bitmask(3, 4100, (2, 0), "cpu"),
 }
 
 

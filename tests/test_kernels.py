@@ -31,6 +31,7 @@ from kernels_cases import (  # noqa: E402
     check_rms_norm,
     check_rotary,
     check_silu_and_mul,
+    check_token_bitmask,
 )
 from kernels_cpu_cases import all_case_names  # noqa: E402
 
@@ -54,6 +55,7 @@ ZERO_METRICS = (
     "residual_mismatch",
     "pass_through_changed",
     "v_changed",
+    "mismatched",
 )
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU: CUDA is not available")
@@ -281,6 +283,14 @@ def test_rotary_on_gpu_bf16(head_dim: int, rotary_dim: int, is_neox: bool) -> No
 @pytest.mark.parametrize(("num_tokens", "intermediate"), [(512, 14336), (1, 14336), (7, 1000)])
 def test_silu_and_mul_on_gpu_bf16(num_tokens: int, intermediate: int) -> None:
     assert_metrics(check_silu_and_mul(num_tokens, intermediate, "cuda", torch.bfloat16), BF16_ELEMENTWISE_TOLERANCE)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize(("num_rows", "vocab", "grammar_rows"), [(64, 128256, tuple(range(64))),
+                                                                 (256, 151936, (3, 100, 255)), (1, 49152, (0,))])
+def test_token_bitmask_matches_torch_path_on_gpu(num_rows: int, vocab: int, grammar_rows: tuple[int, ...]) -> None:
+    assert_metrics(check_token_bitmask(num_rows, vocab, grammar_rows, "cuda"), 0.0)
 
 
 @pytest.mark.gpu

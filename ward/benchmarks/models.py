@@ -30,6 +30,32 @@ def write_config_dir(shape: str, directory: str) -> str:
     return directory
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "tokenizer.model", "generation_config.json")
+
+
+def copy_tokenizer(source_dir: str, directory: str) -> None:
+    """The tokenizer files of ``source_dir`` into a shape's directory. Its config keeps the shape's
+    vocabulary size (ids past the tokenizer's are never allowed by a grammar) and takes the source's
+    BOS/EOS ids, which the tokenizer knows."""
+    import shutil
+
+    copied = [n for n in TOKENIZER_FILES if os.path.exists(os.path.join(source_dir, n))]
+    if "tokenizer.json" not in copied and "tokenizer.model" not in copied:
+        raise ValueError(f"{source_dir}: no tokenizer.json or tokenizer.model")
+    for name in copied:
+        if name != "generation_config.json":
+            shutil.copy(os.path.join(source_dir, name), os.path.join(directory, name))
+    with open(os.path.join(source_dir, "config.json")) as f:
+        source = json.load(f)
+    path = os.path.join(directory, "config.json")
+    with open(path) as f:
+        cfg = json.load(f)
+    cfg.update({k: source[k] for k in ("bos_token_id", "eos_token_id") if k in source})
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+
+
 def param_counts(cfg: dict) -> tuple[int, int]:
     """(parameters read per decode step, embedding-table parameters) of a Llama-shaped config."""
     h, i, L, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]

@@ -68,6 +68,30 @@ class OfflineBench:
         return {"out_tok_s": round(ntok / dt, 1), "seconds": round(dt, 2), "out_tokens": ntok,
                 "kv_waste_time_weighted": round(s.kv_waste_time_weighted, 4), "preemptions": s.num_preemptions}
 
+    def structured(self) -> dict:
+        """Output tokens/s with a JSON schema on every request vs without, at batch 1 and 64 (the
+        model directory's tokenizer builds the grammar; greedy, the same prompts)."""
+        import json
+
+        from ward.benchmarks import structured_workload as wl
+        from worker.structured.spec import GrammarSpec
+
+        tok = self.llm.get_tokenizer()
+        if tok is None:
+            raise ValueError("the structured workload needs a tokenizer in the model directory (--tokenizer)")
+        spec = GrammarSpec("json_schema", json.dumps(wl.SCHEMA))
+        out = {"tokenizer_size": len(tok)}
+        for batch in wl.BATCHES:
+            prompts = [{"prompt_token_ids": p} for p in wl.prompts(batch, len(tok))]
+            base = dict(max_tokens=wl.OUTPUT_TOKENS, ignore_eos=True, detokenize=False, temperature=0.0)
+            figures = {}
+            for name, params in (("plain", SamplingParams(**base)), ("schema", SamplingParams(**base, structured=spec))):
+                self.run(prompts, params)  # warm: compiled grammar cached, graphs captured
+                best = min((self.run(prompts, params) for _ in range(2)), key=lambda r: r[0])
+                figures[name] = best[1] / best[0]
+            out[f"batch{batch}"] = wl.summary(figures["plain"], figures["schema"])
+        return out
+
     def gpu_busy(self, batch: int = 64, prompt: int = 256, steps: int = 60) -> dict:
         """Kernel time / wall time over steady decode steps (torch profiler, CUDA activity)."""
         engine = self.llm.engine

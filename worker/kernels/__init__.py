@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     "rotary_embedding": "worker.kernels.rotary",
     "silu_and_mul": "worker.kernels.activation",
     "fused_moe": "worker.kernels.moe_gemm",
+    "apply_token_bitmask_": "worker.kernels.token_bitmask",
     "KernelInputError": "worker.kernels.errors",
 }
 

@@ -33,7 +33,17 @@ def fill_bitmask(matchers: list[Any], vocab_size: int) -> torch.Tensor:
 
 
 def apply_bitmask(logits: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """``logits`` [B, V] (in place) with the tokens that ``mask`` [G, W] disallows at -inf in ``rows`` [G]."""
+    """``logits`` [B, V] (in place) with the tokens that ``mask`` [G, W] disallows at -inf in ``rows`` [G]:
+    one Triton pass on CUDA, torch elsewhere."""
+    if logits.is_cuda and logits.dtype == torch.float32:
+        from worker.kernels import apply_token_bitmask_
+
+        return apply_token_bitmask_(logits, mask, rows)
+    return apply_bitmask_torch(logits, mask, rows)
+
+
+def apply_bitmask_torch(logits: torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The torch path of ``apply_bitmask`` (and the kernel's reference)."""
     vocab = logits.shape[-1]
     shifts = torch.arange(32, device=logits.device, dtype=torch.int32)
     bits = (mask[:, :, None] >> shifts) & 1  # [G, W, 32]: only the grammar rows are unpacked
