@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention-backend", default="auto", choices=list(BACKEND_NAMES),
                    help="auto: flash-attn or FlashInfer where installed and self-checked, else Triton on CUDA")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    p.add_argument("--tensor-parallel-size", type=int, default=1,
+                   help="split the model over this many GPUs (one process per GPU; gloo on --device cpu)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight requests")
     p.add_argument("--metrics-port", type=int, default=0,
                    help="Prometheus /metrics port (0: off; gateways relay the same metrics on their /metrics)")
@@ -112,6 +114,7 @@ def _build(args):
         num_kv_blocks=args.num_kv_blocks, kv_cache_memory_bytes=args.kv_cache_memory,
         gpu_memory_utilization=args.gpu_memory_utilization, enable_prefix_caching=not args.no_prefix_caching,
         attention_backend=args.attention_backend, enforce_eager=args.enforce_eager,
+        tensor_parallel_size=args.tensor_parallel_size,
     )
     return task, name, LLMEngine(config)
 
