@@ -10,13 +10,18 @@ The KV pool is sized by the smallest rank: each rank measures its own budget, ra
 
 A rank that dies, or fails, is noticed within a second (``check_health`` is called while idle, and
 a collective with a dead peer fails at once on gloo; NCCL times out after ``distributed_timeout``)
-and raised as EngineDeadError naming the rank, which stops the worker with a non-zero exit.
+and raised as EngineDeadError naming the rank, which stops the worker with a non-zero exit. On
+GPUs a step can instead wait on the device for a collective its dead peer will never join: a
+watchdog ends the process (exit 1, naming the rank) when a step is still running STUCK_EXIT_S after
+a rank died, rather than let it hang until NCCL's timeout.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import multiprocessing
+import os
+import threading
 import time
 from multiprocessing.connection import wait
 
@@ -32,6 +37,7 @@ from worker.runner.model_runner import ModelRunner
 
 log = logging.getLogger("ward.worker.parallel")
 DEATH_GRACE_S = 2.0  # after a failed collective: how long to wait for the culprit's exit
+STUCK_EXIT_S = 10.0  # a step still running this long after a rank died is waiting for it on the device
 
 
 class TensorParallelRunner:
@@ -49,6 +55,8 @@ class TensorParallelRunner:
         self.conns: list = []
         self._tokens: list[int] | None = None  # sampled in the last collected step, for the other ranks
         self._failure: str | None = None
+        self._in_step = False
+        self._closing = False
         timeout = config.distributed_timeout
         self._store = make_store(0, 0, size, timeout)
         ctx = multiprocessing.get_context("spawn")
@@ -70,6 +78,7 @@ class TensorParallelRunner:
         except BaseException:
             self.close()
             raise
+        threading.Thread(target=self._watch, name="ward-tp-watchdog", daemon=True).start()
         log.info("tensor parallel: %d ranks on %s", size, device)
 
     # ---- what the engine reads from its runner ---------------------------------------------
@@ -100,14 +109,21 @@ class TensorParallelRunner:
         self.check_health()
         self._send(("step", _plain(sched), self._tokens))
         self._tokens = None
+        self._in_step = True
         try:
-            return self.local.launch(sched)
+            handle = self.local.launch(sched)
         except Exception as exc:
+            self._in_step = False
             self._raise_if_a_rank_died(exc)
             raise
+        self._in_step = handle is not None
+        return handle
 
     def collect(self, handle):
-        out = self.local.collect(handle)
+        try:
+            out = self.local.collect(handle)
+        finally:
+            self._in_step = False
         self._tokens = [out.sampled_token_ids[rid][0] for rid in handle.sample_ids]
         return out
 
@@ -119,6 +135,20 @@ class TensorParallelRunner:
         for rank, proc in enumerate(self.procs, start=1):
             if proc.exitcode is not None:
                 self._failed(rank)
+
+    def _watch(self) -> None:
+        """Ends the process when a step is stuck on the device after a rank died (see the module doc)."""
+        wait([p.sentinel for p in self.procs])
+        deadline = time.monotonic() + STUCK_EXIT_S
+        while time.monotonic() < deadline:
+            if self._closing or not self._in_step:
+                return
+            time.sleep(0.1)
+        dead = [(r, p.pid, p.exitcode) for r, p in enumerate(self.procs, start=1) if p.exitcode is not None]
+        log.critical("tensor-parallel rank(s) %s died and the running step has waited %.0fs for them: exiting",
+                     ", ".join(f"{r} (pid {pid}, exit code {code})" for r, pid, code in dead), STUCK_EXIT_S)
+        logging.shutdown()
+        os._exit(1)
 
     def _failed(self, rank: int):
         proc, conn = self.procs[rank - 1], self.conns[rank - 1]
@@ -181,6 +211,7 @@ class TensorParallelRunner:
 
     def close(self) -> None:
         """Stops the other ranks (each exits on its own when this process ends, too)."""
+        self._closing = True
         for conn in self.conns:
             try:
                 conn.send(("stop",))
