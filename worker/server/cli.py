@@ -92,6 +92,7 @@ def _set_cpu_threads(args) -> None:
 
 
 def _build(args):
+    from worker.errors import ModelLoadError
     from worker.model.registry import packaged_task, resolve_model
 
     _set_cpu_threads(args)
@@ -102,6 +103,9 @@ def _build(args):
     name = args.served_model_name or args.model.rstrip("/").split("/")[-1]
     if task == "embed":
         from worker.server.embedding import EmbeddingModel
+
+        if args.tensor_parallel_size != 1:
+            raise ModelLoadError("--tensor-parallel-size applies to generation models only")
 
         return task, name, EmbeddingModel(resolve_model(args.model), device=args.device)
     from worker.config import EngineConfig
