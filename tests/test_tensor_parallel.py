@@ -107,3 +107,15 @@ def test_a_killed_rank_ends_the_worker_with_a_non_zero_exit_naming_the_rank(chec
         assert re.search(rf"tensor-parallel rank 1 \(pid {pid}\) failed: exit code -9", log.read_text())
     finally:
         stack.close()
+
+
+def test_kv_heads_fewer_than_ranks_are_replicated_on_the_ranks_whose_queries_read_them(checkpoints):
+    from worker.model.spec import load_spec
+    from worker.parallel.layers import plan_shard
+
+    spec = load_spec(checkpoints["qwen2"])  # 4 query heads, 2 KV heads
+    shards = [plan_shard(spec, r, 4) for r in range(4)]
+    assert [(s.heads, s.kv_heads, s.kv_start) for s in shards] == [(1, 1, 0), (1, 1, 0), (1, 1, 1), (1, 1, 1)]
+    assert [s.vocab for s in shards] == [128] * 4 and 4 * 128 >= VOCAB  # padded to a multiple of 4
+    two = [plan_shard(spec, r, 2) for r in range(2)]
+    assert [(s.heads, s.kv_heads, s.kv_start, s.intermediate) for s in two] == [(2, 1, 0, 64), (2, 1, 1, 64)]
