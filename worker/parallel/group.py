@@ -50,8 +50,11 @@ def make_group(store, rank: int, size: int, device: torch.device, timeout_s: flo
         opts = dist.ProcessGroupNCCL.Options()
         opts._timeout = timeout
         pg = dist.ProcessGroupNCCL(prefixed, rank, size, opts)
-    else:
-        pg = dist.ProcessGroupGloo(prefixed, rank, size, timeout)
+    else:  # over loopback: the ranks share one host, whatever its name resolves to
+        opts = dist.ProcessGroupGloo._Options()
+        opts._devices = [dist.ProcessGroupGloo.create_device(hostname=LOCALHOST)]
+        opts._timeout = timeout
+        pg = dist.ProcessGroupGloo(prefixed, rank, size, opts)
     return ParallelGroup(rank, size, pg)
 
 
