@@ -70,7 +70,8 @@ def greedy(model_dir: str, tp: int) -> tuple[list[list[int]], torch.Tensor]:
     return [list(out.token_ids) for out in outs], top
 
 
-@pytest.mark.parametrize("name,tp", [("llama", 2), ("qwen2", 2), ("qwen3-moe", 2), ("qwen2", 4)])
+@pytest.mark.parametrize("name,tp", [("llama", 2), ("qwen2", 2), ("qwen3-moe", 2),
+                                     pytest.param("qwen2", 4, marks=pytest.mark.slow)])  # 3 rank processes
 def test_tensor_parallel_greedy_tokens_equal_a_single_rank(checkpoints, name, tp):
     tokens, top = greedy(checkpoints[name], 1)
     assert all(len(t) == GREEDY.max_tokens for t in tokens)
