@@ -42,6 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--enforce-eager", action="store_true")
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=16384)
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="offline: GPUs the model is split over")
     p.add_argument("--redis-url", help="gateway, quota: a Redis to measure (its keys are removed afterwards)")
     p.add_argument("--postgres", help="gateway, audit: a PostgreSQL server; a scratch database is made there and dropped")
     p.add_argument("--requests", type=int, default=2000, help="gateway, quota, audit: measured requests per row")
@@ -158,7 +159,8 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         llm = LLM(model=model_dir, load_format=load, dtype="bfloat16", max_model_len=args.max_model_len,
                   gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
-                  max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens)
+                  max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+                  tensor_parallel_size=args.tensor_parallel_size)
         report["startup_s"] = round(time.perf_counter() - t0, 1)
         report["engine"] = {"kv_blocks": llm.engine.kv.num_blocks, "memory": llm.engine.runner.memory_report,
                             "graph_capture_s": round(llm.engine.runner.graph_capture_seconds, 1)}

@@ -29,6 +29,10 @@ class EngineConfig:
     cuda_graph_max_batch: int = 512
     # prepare step N+1 while step N runs: None = on GPUs only; True forces it (also on CPU, for tests)
     async_scheduling: bool | None = None
+    # tensor parallelism: one model over this many GPUs (ranks), one process per rank > 0; on the
+    # CPU the ranks talk over gloo (tests). A collective or a rank's answer waits at most this long.
+    tensor_parallel_size: int = 1
+    distributed_timeout: float = 300.0  # seconds
 
     def __post_init__(self) -> None:
         self.validate()
@@ -54,5 +58,9 @@ class EngineConfig:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        if self.distributed_timeout <= 0:
+            raise ValueError(f"distributed_timeout must be positive, got {self.distributed_timeout}")
         if self.attention_backend not in BACKEND_NAMES:
             raise ValueError(f"attention_backend must be one of {', '.join(BACKEND_NAMES)}, got {self.attention_backend!r}")

@@ -17,7 +17,11 @@ LLAMA_3_1_8B = {
 TINY_LLAMA = dict(LLAMA_3_1_8B, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, vocab_size=128256)
 
-SHAPES = {"llama-3.1-8b": LLAMA_3_1_8B, "tiny-llama": TINY_LLAMA}
+# The tensor-parallel anchor's shape (TP=2): 80 layers, 64 heads, 8 KV heads.
+LLAMA_3_1_70B = dict(LLAMA_3_1_8B, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                     num_attention_heads=64, num_key_value_heads=8)
+
+SHAPES = {"llama-3.1-8b": LLAMA_3_1_8B, "llama-3.1-70b": LLAMA_3_1_70B, "tiny-llama": TINY_LLAMA}
 
 
 def write_config_dir(shape: str, directory: str) -> str:

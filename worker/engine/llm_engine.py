@@ -91,7 +91,12 @@ class LLMEngine:
         # No prompt whose text is longer than this can fit the context: refused before tokenizing.
         self.max_prompt_bytes = (self.max_model_len * self.tokenizer.max_token_bytes() * BYTES_PER_TOKEN_SLACK
                                  if self.tokenizer else 0)
-        self.runner = ModelRunner(config, self.spec, self.model_dir, self.max_model_len)
+        if config.tensor_parallel_size > 1:
+            from worker.parallel.runner import TensorParallelRunner
+
+            self.runner = TensorParallelRunner(config, self.spec, self.model_dir, self.max_model_len)
+        else:
+            self.runner = ModelRunner(config, self.spec, self.model_dir, self.max_model_len)
         num_blocks = self.runner.determine_num_blocks()
         self.runner.initialize_kv_cache(num_blocks)
         self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching, self.spec.kv_window)
@@ -116,6 +121,8 @@ class LLMEngine:
         self._inflight = None  # (SchedulerOutput, StepHandle) launched but not yet collected
         forced = config.async_scheduling
         self._async = forced if forced is not None else self.runner.device.type == "cuda"
+        if config.tensor_parallel_size > 1:  # the other ranks need each step's tokens before the next step
+            self._async = False
         self.startup_seconds = time.monotonic() - t0
         log.info("engine ready: %s, %d KV blocks of %d tokens, %.1fs", self.served_model_name, num_blocks,
                  config.block_size, self.startup_seconds)
@@ -240,6 +247,16 @@ class LLMEngine:
 
     def num_unfinished_requests(self) -> int:
         return len(self.outputs.parents)
+
+    def check_health(self) -> None:
+        """Raises EngineDeadError when part of the engine (a tensor-parallel rank) has died."""
+        self.runner.check_health()
+
+    def close(self) -> None:
+        """Stops the engine's other processes (tensor-parallel ranks), if any."""
+        close = getattr(self.runner, "close", None)
+        if close is not None:
+            close()
 
     # ---- stepping --------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:

@@ -131,7 +131,9 @@ def _checkpoint_files(model_dir: str) -> list[str]:
     return files
 
 
-def load_weights(model: CausalLM, spec: ModelSpec, model_dir: str) -> None:
+def load_weights(model: CausalLM, spec: ModelSpec, model_dir: str, read=None) -> None:
+    """Fills every parameter from the checkpoint. ``read(file, name)``, when given, returns the part of
+    a checkpoint tensor this model holds (a tensor-parallel rank's slice); by default the whole tensor."""
     from safetensors import safe_open
 
     device = next(model.parameters()).device
@@ -144,7 +146,7 @@ def load_weights(model: CausalLM, spec: ModelSpec, model_dir: str) -> None:
                 if target is None:
                     continue
                 param, rows = target
-                tensor = f.get_tensor(name)
+                tensor = f.get_tensor(name) if read is None else read(f, name)
                 dst = param.data if rows is None else param.data[rows]
                 if tuple(dst.shape) != tuple(tensor.shape):
                     raise ModelLoadError(f"{name}: shape {tuple(tensor.shape)} in checkpoint, model expects {tuple(dst.shape)}")

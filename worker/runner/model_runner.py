@@ -46,22 +46,33 @@ class StepHandle:
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig, spec: ModelSpec, model_dir: str, max_model_len: int) -> None:
+    def __init__(self, config: EngineConfig, spec: ModelSpec, model_dir: str, max_model_len: int,
+                 parallel=None) -> None:
         self.config = config
         self.spec = spec
+        # tensor parallelism (worker.parallel.layers.RankPart): this rank's part of the model; only
+        # rank 0 samples (the others are sent its tokens)
+        self.parallel = parallel
+        self.model_spec = spec if parallel is None else parallel.spec
+        self.samples = parallel is None or parallel.group.rank == 0
+        mspec = self.model_spec
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(config.dtype, self.device, spec.config_dtype)
         self.block_size = config.block_size
         self.max_model_len = max_model_len
-        shape = AttentionShape(spec.num_heads, spec.num_kv_heads, spec.head_dim, self.dtype, config.block_size,
+        shape = AttentionShape(mspec.num_heads, mspec.num_kv_heads, spec.head_dim, self.dtype, config.block_size,
                                tuple(dict.fromkeys(spec.sliding_windows)), spec.attn_logit_softcap)
         self.backend = get_backend(config.attention_backend, self.device, config.block_size, shape)
         ops = self._ops()
-        self.model = build_model(spec, self.backend, self.device, self.dtype, max_model_len, ops)
+        self.model = build_model(mspec, self.backend, self.device, self.dtype, max_model_len, ops)
+        if parallel is not None:
+            from worker.parallel.layers import parallelize
+
+            parallelize(self.model, parallel.shard, parallel.group)
         if config.load_format == "dummy":
             fill_dummy_weights(self.model, config.seed)
         else:
-            load_weights(self.model, spec, model_dir)
+            load_weights(self.model, mspec, model_dir, read=None if parallel is None else parallel.read)
         self.requests: dict[str, RunnerRequest] = {}
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.max_blocks_per_req = -(-max_model_len // self.block_size)
@@ -90,7 +101,7 @@ class ModelRunner:
 
     # ---- memory and KV cache -------------------------------------------------------------
     def kv_block_bytes(self) -> int:
-        s = self.spec
+        s = self.model_spec
         elem = torch.tensor([], dtype=self.dtype).element_size()
         return 2 * s.num_layers * self.block_size * s.num_kv_heads * s.head_dim * elem
 
@@ -123,11 +134,12 @@ class ModelRunner:
         return int(n)
 
     def scratch_kv(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        shape = (num_blocks, self.block_size, self.spec.num_kv_heads, self.spec.head_dim)
-        return [(torch.zeros(shape, dtype=self.dtype, device=self.device),) * 2 for _ in range(self.spec.num_layers)]
+        s = self.model_spec
+        shape = (num_blocks, self.block_size, s.num_kv_heads, s.head_dim)
+        return [(torch.zeros(shape, dtype=self.dtype, device=self.device),) * 2 for _ in range(s.num_layers)]
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
-        s = self.spec
+        s = self.model_spec
         shape = (num_blocks, self.block_size, s.num_kv_heads, s.head_dim)
         self.kv_caches = [
             (torch.zeros(shape, dtype=self.dtype, device=self.device), torch.zeros(shape, dtype=self.dtype, device=self.device))
@@ -137,6 +149,9 @@ class ModelRunner:
         if self.use_cuda_graphs:
             self.graphs = DecodeGraphs(self.device)
             self.graph_capture_seconds = self.graphs.capture(capture_sizes(self.graph_max_batch()), self.decode_forward)
+
+    def check_health(self) -> None:
+        """Raises EngineDeadError when part of the engine has died (one process here: never)."""
 
     # ---- one step --------------------------------------------------------------------------
     def _update_states(self, sched: SchedulerOutput) -> None:
@@ -292,7 +307,9 @@ class ModelRunner:
         if h.logits is None:
             return
         logits, h.logits = h.logits, None
-        if any(st.special for st in h.states):
+        if not self.samples:  # a tensor-parallel rank > 0: rank 0 samples and sends the tokens
+            out = SamplerOutput(token_ids=torch.zeros(len(h.sample_ids), dtype=torch.int64, device=self.device))
+        elif any(st.special for st in h.states):
             out = sample(logits, build_sampling_batch(h.states, self.batch, logits.shape[-1], self.device))
         else:
             out = SamplerOutput(token_ids=logits.argmax(dim=-1))

@@ -58,6 +58,7 @@ class AsyncEngine:
         self._commands.put(None)
         if self._thread is not None:
             self._thread.join(timeout=10)
+        self.engine.close()
 
     @property
     def alive(self) -> bool:
@@ -105,6 +106,7 @@ class AsyncEngine:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
+                self.engine.check_health()  # a dead tensor-parallel rank is noticed even while idle
                 busy = self.engine.has_unfinished_requests()
                 self._drain_commands(block=not busy)
                 if self._stop.is_set():

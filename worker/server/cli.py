@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attention-backend", default="auto", choices=list(BACKEND_NAMES),
                    help="auto: flash-attn or FlashInfer where installed and self-checked, else Triton on CUDA")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    p.add_argument("--tensor-parallel-size", type=int, default=1,
+                   help="split the model over this many GPUs (one process per GPU; gloo on --device cpu)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight requests")
     p.add_argument("--metrics-port", type=int, default=0,
                    help="Prometheus /metrics port (0: off; gateways relay the same metrics on their /metrics)")
@@ -90,6 +92,7 @@ def _set_cpu_threads(args) -> None:
 
 
 def _build(args):
+    from worker.errors import ModelLoadError
     from worker.model.registry import packaged_task, resolve_model
 
     _set_cpu_threads(args)
@@ -100,6 +103,9 @@ def _build(args):
     name = args.served_model_name or args.model.rstrip("/").split("/")[-1]
     if task == "embed":
         from worker.server.embedding import EmbeddingModel
+
+        if args.tensor_parallel_size != 1:
+            raise ModelLoadError("--tensor-parallel-size applies to generation models only")
 
         return task, name, EmbeddingModel(resolve_model(args.model), device=args.device)
     from worker.config import EngineConfig
@@ -112,6 +118,7 @@ def _build(args):
         num_kv_blocks=args.num_kv_blocks, kv_cache_memory_bytes=args.kv_cache_memory,
         gpu_memory_utilization=args.gpu_memory_utilization, enable_prefix_caching=not args.no_prefix_caching,
         attention_backend=args.attention_backend, enforce_eager=args.enforce_eager,
+        tensor_parallel_size=args.tensor_parallel_size,
     )
     return task, name, LLMEngine(config)
 
