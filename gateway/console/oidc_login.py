@@ -1,0 +1,110 @@
+"""Sign-in through the hospital's OpenID provider: the authorization code flow with PKCE (S256).
+
+``start`` gives the provider's authorization URL and a pending login (state, code verifier); the
+browser comes back with ``code`` and ``state``; ``finish`` checks the state, redeems the code with the
+verifier and the client's secret, and returns the access token. The gateway then authenticates that
+token like any bearer token (issuer, audience, signature, claims to team and roles): what the console
+may do is what the token may do.
+"""
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from authlib.common.security import generate_token
+from authlib.integrations.httpx_client import AsyncOAuth2Client
+
+from gateway.auth.settings import OIDCSettings
+
+PENDING_TTL_S = 600.0
+MAX_PENDING = 10_000
+
+
+class SignInFailed(Exception):
+    """The provider refused, or the answer did not match the login started here."""
+
+
+@dataclass
+class PendingLogin:
+    state: str
+    verifier: str
+    redirect_uri: str
+    created: float = field(default_factory=time.monotonic)
+
+
+class OIDCLogin:
+    def __init__(self, settings: OIDCSettings):
+        if not settings.client_id:
+            raise ValueError("the console's OIDC sign-in needs auth.oidc.client_id (WARD_OIDC_CLIENT_ID)")
+        self.settings = settings
+        self._metadata: dict[str, Any] | None = None
+        self._pending: dict[str, PendingLogin] = {}
+
+    async def metadata(self) -> dict[str, Any]:
+        if self._metadata is None:
+            url = self.settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
+            async with httpx.AsyncClient(timeout=self.settings.http_timeout_s) as http:
+                response = await http.get(url)
+                response.raise_for_status()
+                self._metadata = response.json()
+        return self._metadata
+
+    def _client(self, redirect_uri: str) -> AsyncOAuth2Client:
+        secret = self.settings.client_secret.get_secret_value() if self.settings.client_secret else None
+        scope = " ".join(dict.fromkeys(["openid", *self.settings.scopes]))
+        return AsyncOAuth2Client(
+            client_id=self.settings.client_id,
+            client_secret=secret,
+            scope=scope,
+            redirect_uri=redirect_uri,
+            code_challenge_method="S256",
+            token_endpoint_auth_method="client_secret_basic" if secret else "none",
+            timeout=self.settings.http_timeout_s,
+        )
+
+    async def start(self, redirect_uri: str) -> tuple[str, PendingLogin]:
+        """The provider's authorization URL to send the browser to, and the login to keep until it returns."""
+        meta = await self.metadata()
+        verifier = generate_token(64)
+        state = secrets.token_urlsafe(32)
+        async with self._client(redirect_uri) as client:
+            url, _ = client.create_authorization_url(
+                meta["authorization_endpoint"], state=state, code_verifier=verifier,
+                nonce=secrets.token_urlsafe(16), resource=self.settings.audience[0],
+            )
+        self._forget_expired()
+        pending = PendingLogin(state, verifier, redirect_uri)
+        self._pending[state] = pending
+        return url, pending
+
+    async def finish(self, state: str | None, code: str | None, bound_state: str | None) -> str:
+        """The access token for a returning browser. ``bound_state`` is the state its login cookie holds:
+        a code delivered to another browser than the one that started the login is refused."""
+        if not state or not code or not bound_state or not secrets.compare_digest(state, bound_state):
+            raise SignInFailed("the sign-in does not match one started in this browser")
+        pending = self._pending.pop(state, None)
+        if pending is None or time.monotonic() - pending.created > PENDING_TTL_S:
+            raise SignInFailed("the sign-in has expired; start again")
+        meta = await self.metadata()
+        try:
+            async with self._client(pending.redirect_uri) as client:
+                token = await client.fetch_token(
+                    meta["token_endpoint"], code=code, code_verifier=pending.verifier,
+                    resource=self.settings.audience[0],
+                )
+        except Exception as exc:  # authlib raises OAuthError, httpx its own: both mean no sign-in
+            raise SignInFailed(f"the identity provider refused the sign-in ({type(exc).__name__})") from None
+        access = token.get("access_token")
+        if not isinstance(access, str) or not access:
+            raise SignInFailed("the identity provider returned no access token")
+        return access
+
+    def _forget_expired(self) -> None:
+        now = time.monotonic()
+        for state in [s for s, p in self._pending.items() if now - p.created > PENDING_TTL_S]:
+            del self._pending[state]
+        while len(self._pending) >= MAX_PENDING:
+            self._pending.pop(next(iter(self._pending)))

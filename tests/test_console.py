@@ -1,0 +1,214 @@
+"""The web console's server side, without a browser: the served app (``gateway.cli.build_app``) in this
+event loop with an in-process fake worker, on SQLite.
+
+Sessions, cookie flags, CSRF, the Content-Security-Policy, role refusals through a console session,
+the audit records of sign-in, sign-out and changes, usage over time and the log's verification.
+"""
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+from governance_support import (
+    ADMIN_KEY,
+    CHAT_MODEL,
+    admin_entries,
+    audit_records,
+    bearer,
+    chat,
+    database,
+    fake_workers,
+    governed_gateway,
+    make_team,
+    unique_team,
+)
+
+from gateway.console.middleware import CONTENT_SECURITY_POLICY
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    with database("sqlite", tmp_path_factory.mktemp("console-db")) as url:
+        yield url, tmp_path_factory.mktemp("console-data")
+
+
+@pytest.fixture
+async def gw(db):
+    async with fake_workers() as workers, governed_gateway(*db, workers) as gateway:
+        yield gateway
+
+
+def browser(gw, base_url: str = "http://gateway") -> httpx.AsyncClient:
+    """A client that behaves like the console's page: same-origin fetches, its own cookie jar."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=gw.app), base_url=base_url, timeout=10,
+                             headers={"sec-fetch-site": "same-origin", "origin": base_url})
+
+
+async def sign_in(client: httpx.AsyncClient, key: str) -> dict:
+    response = await client.post("/console/session", json={"api_key": key})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_the_page_and_its_assets_carry_a_strict_policy_and_no_inline_script(gw):
+    for path in ("/console", "/console/static/console.js", "/console/static/console.css", "/console/session"):
+        response = await gw.client.get(path)
+        assert response.status_code == 200, path
+        assert response.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["x-content-type-options"] == "nosniff"
+        assert response.headers["cache-control"] == "no-store"
+    policy = CONTENT_SECURITY_POLICY
+    assert "'unsafe-inline'" not in policy and "'unsafe-eval'" not in policy and "default-src 'none'" in policy
+    page = (await gw.client.get("/console")).text
+    assert re.findall(r"<script(?![^>]*\bsrc=)", page) == []  # every script is a file of the gateway
+    assert "http://" not in page and "https://" not in page  # nothing loaded from elsewhere
+    assert (await gw.client.get("/console/static/other.js")).status_code == 404
+
+
+async def test_key_sign_in_sets_a_strict_http_only_short_lived_cookie(gw):
+    async with browser(gw) as client:
+        response = await client.post("/console/session", json={"api_key": ADMIN_KEY})
+        assert response.status_code == 200
+        cookie = response.headers["set-cookie"]
+        assert cookie.startswith("ward_console=")
+        flags = {part.strip().split("=")[0].lower() for part in cookie.split(";")}
+        assert {"httponly", "samesite", "path", "max-age"} <= flags and "secure" not in flags
+        assert "samesite=strict" in cookie.lower() and "max-age=1800" in cookie.lower()
+        session = response.json()
+        assert session["signed_in"] and "platform_admin" in session["roles"] and session["csrf_token"]
+        assert ADMIN_KEY not in response.text  # the credential stays in the gateway
+    async with browser(gw, "https://gateway") as client:
+        response = await client.post("/console/session", json={"api_key": ADMIN_KEY})
+        assert "secure" in response.headers["set-cookie"].lower()
+
+
+async def test_a_change_needs_the_session_csrf_token_and_the_same_site(gw):
+    team = unique_team("csrf")
+    async with browser(gw) as client:
+        token = (await sign_in(client, ADMIN_KEY))["csrf_token"]
+        assert (await client.get("/admin/teams")).status_code == 200  # reads need no token
+        missing = await client.post("/admin/teams", json={"name": team})
+        assert missing.status_code == 403 and missing.json()["error"]["code"] == "csrf_failed"
+        wrong = await client.post("/admin/teams", json={"name": team}, headers={"x-csrf-token": "x" + token})
+        assert wrong.status_code == 403
+        cross = await client.post("/admin/teams", json={"name": team},
+                                  headers={"x-csrf-token": token, "sec-fetch-site": "cross-site"})
+        assert cross.status_code == 403 and cross.json()["error"]["code"] == "csrf_failed"
+        other_origin = await client.post("/admin/teams", json={"name": team},
+                                         headers={"x-csrf-token": token, "origin": "https://evil.example"})
+        assert other_origin.status_code == 403
+        assert (await gw.client.get("/admin/teams", headers=bearer(ADMIN_KEY))).json()["data"]
+        assert team not in {t["name"] for t in (await client.get("/admin/teams")).json()["data"]}
+        made = await client.post("/admin/teams", json={"name": team}, headers={"x-csrf-token": token})
+        assert made.status_code == 201, made.text
+        signout = await client.post("/console/sign-out")
+        assert signout.status_code == 403  # signing out is a change too
+    async with browser(gw) as client:
+        cross_sign_in = await client.post("/console/session", json={"api_key": ADMIN_KEY},
+                                          headers={"sec-fetch-site": "cross-site"})
+        assert cross_sign_in.status_code == 403
+
+
+async def test_a_session_has_exactly_the_rights_of_its_credential(gw):
+    team = unique_team("roles")
+    keys = make_team(gw.url, team, "user", "team_admin")
+    auditor = make_team(gw.url, unique_team("oversight"), "auditor")["auditor"]
+    async with browser(gw) as client:
+        user = await sign_in(client, keys["user"])
+        assert user["roles"] == ["user"]
+        assert (await client.get("/admin/teams")).status_code == 403
+        assert (await client.get("/audit/records")).status_code == 403
+    async with browser(gw) as client:
+        token = (await sign_in(client, keys["team_admin"]))["csrf_token"]
+        own = await client.get("/admin/teams")
+        assert [t["name"] for t in own.json()["data"]] == [team]
+        refused = await client.put(f"/admin/teams/{team}/quotas", json={"requests_per_minute": 5},
+                                   headers={"x-csrf-token": token})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "permission_denied"
+        assert (await client.get("/admin/usage/series", params={"team": "platform"})).status_code == 403
+        assert (await client.post("/audit/verification", headers={"x-csrf-token": token})).status_code == 403
+    async with browser(gw) as client:
+        token = (await sign_in(client, auditor))["csrf_token"]
+        assert (await client.get("/audit/records")).status_code == 200
+        assert (await client.get("/admin/teams")).status_code == 403
+        created = await client.post("/admin/teams", json={"name": unique_team()}, headers={"x-csrf-token": token})
+        assert created.status_code == 403 and created.json()["error"]["code"] == "permission_denied"
+
+
+async def test_sign_in_sign_out_and_changes_are_in_the_audit_log(gw):
+    team = unique_team("audited")
+    async with browser(gw) as client:
+        refused = await client.post("/console/session", json={"api_key": "ward-0123456789abcdef." + "q" * 43})
+        assert refused.status_code == 401
+        token = (await sign_in(client, ADMIN_KEY))["csrf_token"]
+        assert (await client.post("/admin/teams", json={"name": team}, headers={"x-csrf-token": token})).status_code == 201
+        assert (await client.post("/console/sign-out", headers={"x-csrf-token": token})).status_code == 200
+        after = await client.get("/admin/teams")
+        assert after.status_code == 401  # the cookie is dead (and deleted)
+        assert (await client.get("/console/session")).json()["signed_in"] is False
+    actions = [e["data"]["action"] for e in admin_entries(gw.url) if e["data"]["action"].startswith("console.")]
+    assert actions[-3:] == ["console.sign_in_refused", "console.sign_in", "console.sign_out"]
+    created = admin_entries(gw.url, team=team, action="team.create")
+    assert created and created[0]["data"]["actor"]["auth_method"] == "api_key"
+    reads = [r for r in audit_records(gw.url, kind="access") if r["data"]["action"] == "admin.read"]
+    assert reads  # the console's reads are recorded like any admin read
+
+
+async def test_a_revoked_key_ends_its_console_session(gw):
+    team = unique_team("revoke")
+    key = make_team(gw.url, team, "team_admin")["team_admin"]
+    async with browser(gw) as client:
+        await sign_in(client, key)
+        assert (await client.get("/admin/teams")).status_code == 200
+        key_id = (await gw.client.get(f"/admin/teams/{team}/keys", headers=bearer(ADMIN_KEY))).json()["data"][0]["id"]
+        assert (await gw.client.delete(f"/admin/keys/{key_id}", headers=bearer(ADMIN_KEY))).status_code == 200
+        assert (await client.get("/admin/teams")).status_code == 401
+        assert (await client.get("/console/session")).json()["signed_in"] is False
+
+
+async def test_usage_over_time_counts_requests_tokens_and_refusals_per_team_and_model(gw):
+    team = unique_team("usage")
+    keys = make_team(gw.url, team, "user", "team_admin")
+    for _ in range(2):
+        assert (await gw.client.post("/v1/chat/completions", json=chat(), headers=bearer(keys["user"]))).status_code == 200
+    refused = await gw.client.post("/v1/chat/completions", json=chat(model="no-such-model"), headers=bearer(keys["user"]))
+    assert refused.status_code in (400, 403, 404)
+    async with browser(gw) as client:
+        await sign_in(client, keys["team_admin"])
+        series = (await client.get("/admin/usage/series", params={"bucket": "hour"})).json()
+    rows = [r for r in series["data"] if r["team"] == team]
+    assert {r["team"] for r in series["data"]} == {team}  # a team admin sees its own team only
+    served = [r for r in rows if r["model"] == CHAT_MODEL]
+    assert sum(r["requests"] for r in served) == 2
+    assert sum(r["prompt_tokens"] + r["completion_tokens"] for r in served) > 0
+    assert all(r["latency_ms_p50"] is not None for r in served)
+    assert sum(r["requests"] for r in rows) == 3
+    everyone = (await gw.client.get("/admin/usage/series", headers=bearer(ADMIN_KEY))).json()
+    assert team in {r["team"] for r in everyone["data"]}
+
+
+async def test_an_auditor_verifies_the_log_and_the_run_is_recorded(gw):
+    auditor = make_team(gw.url, unique_team("verify"), "auditor")["auditor"]
+    async with browser(gw) as client:
+        token = (await sign_in(client, auditor))["csrf_token"]
+        assert (await client.get("/audit/verification")).json()["last"] is None
+        report = (await client.post("/audit/verification", headers={"x-csrf-token": token})).json()
+        assert report["ok"] is True and report["entries"] > 0 and report["first_problem"] is None
+        assert (await client.get("/audit/verification")).json()["last"]["finished_at"] == report["finished_at"]
+    actions = {r["data"]["action"] for r in audit_records(gw.url, kind="access")}
+    assert {"verification.read", "verification.run"} <= actions
+    assert (await gw.client.post("/audit/verification", headers=bearer(ADMIN_KEY))).status_code == 403
+
+
+async def test_without_an_identity_provider_the_sso_sign_in_is_not_offered(gw):
+    assert (await gw.client.get("/console/session")).json() == {"signed_in": False, "oidc": False}
+    assert (await gw.client.get("/console/oidc/start")).status_code == 404
