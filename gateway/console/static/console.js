@@ -146,7 +146,7 @@ const enc = encodeURIComponent;
 const when = (iso) => (iso ? iso.replace("T", " ").replace(/\.\d+/, "").replace("+00:00", " UTC") : "");
 
 // ---- teams, keys, quotas ---------------------------------------------------------------------
-async function drawTeams() {
+async function drawTeams(focusTeam = false) {
   const section = document.getElementById("view-teams");
   const teams = await attempt(() => api("GET", "/admin/teams"));
   const parts = [el("h1", { id: "teams-title" }, "Teams and keys")];
@@ -167,7 +167,7 @@ async function drawTeams() {
   parts.push(table("Teams", ["Name", "Display name", "Capture level", "State", ""], rows));
   parts.push(el("div", { id: "team-detail" }));
   section.replaceChildren(...parts);
-  if (state.team_open) await openTeam(state.team_open, false);
+  if (state.team_open) await openTeam(state.team_open, focusTeam);
 }
 
 async function createTeam(event) {
@@ -178,7 +178,7 @@ async function createTeam(event) {
     capture_level: document.getElementById("team-capture").value,
   };
   const team = await attempt(() => api("POST", "/admin/teams", body), `Team ${body.name} created.`);
-  if (team) { state.team_open = team.name; await drawTeams(); say(`Team ${team.name} created.`); }
+  if (team) { state.team_open = team.name; await drawTeams(true); say(`Team ${team.name} created.`); }
 }
 
 async function openTeam(name, focus = true) {
