@@ -212,3 +212,41 @@ async def test_an_auditor_verifies_the_log_and_the_run_is_recorded(gw):
 async def test_without_an_identity_provider_the_sso_sign_in_is_not_offered(gw):
     assert (await gw.client.get("/console/session")).json() == {"signed_in": False, "oidc": False}
     assert (await gw.client.get("/console/oidc/start")).status_code == 404
+
+
+async def test_auditors_search_the_stored_text_and_admins_cannot(gw):
+    team = unique_team("text")
+    keys = make_team(gw.url, team, "user")
+    auditor = make_team(gw.url, unique_team("reader"), "auditor")["auditor"]
+    marker = "bed fourteen handover"
+    assert (await gw.client.post("/v1/chat/completions", json=chat(content=marker), headers=bearer(keys["user"]))).status_code == 200
+    assert (await gw.client.post("/v1/chat/completions", json=chat(content="other"), headers=bearer(keys["user"]))).status_code == 200
+    async with browser(gw) as client:
+        await sign_in(client, auditor)
+        found = (await client.get("/audit/records", params={"team": team, "text": "Bed Fourteen"})).json()["data"]
+        assert len(found) == 1 and marker in str(found[0]["prompt"])
+        checkpoints = await client.get("/audit/checkpoints")
+        assert checkpoints.status_code == 200 and checkpoints.headers["content-type"].startswith("application/x-ndjson")
+    refused = await gw.client.get("/audit/records", params={"text": "bed"}, headers=bearer(ADMIN_KEY))
+    assert refused.status_code == 400
+    export = await gw.client.get("/audit/export", params={"text": "bed"}, headers=bearer(ADMIN_KEY))
+    assert export.status_code == 400
+    assert (await gw.client.get("/audit/checkpoints", headers=bearer(ADMIN_KEY))).status_code == 403
+
+
+async def test_a_session_ends_after_its_lifetime_and_after_idling():
+    from gateway.console.sessions import SessionStore
+
+    now = [0.0]
+    store = SessionStore(ttl_s=100, idle_s=30, clock=lambda: now[0])
+    session = store.create("credential", "subject", "team", "api_key")
+    for _ in range(4):
+        now[0] += 25
+        assert store.get(session.id) is session  # each use restarts the idle clock
+    now[0] += 25  # 125 s after sign-in: past the absolute lifetime although used
+    assert store.get(session.id) is None and len(store) == 0
+    idle = store.create("credential", "subject", "team", "api_key")
+    now[0] += 31
+    assert store.get(idle.id) is None
+    assert store.get(None) is None and store.get("forged") is None
+    assert not idle.csrf_matches(None) and not idle.csrf_matches(idle.csrf + "x") and idle.csrf_matches(idle.csrf)

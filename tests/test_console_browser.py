@@ -92,6 +92,8 @@ def shot(page, name: str) -> None:
 
 def sign_in_with_provider(page, stack, login: str) -> None:
     page.goto(stack["url"] + "/console")
+    page.get_by_role("heading", name="Sign in").wait_for()
+    shot(page, "sign-in")
     page.get_by_role("link", name="Sign in with the hospital's account").click()
     page.locator("input[name=login]").fill(login)
     page.locator("input[name=password]").fill("any password")

@@ -11,7 +11,7 @@ Every read, allowed or refused, is appended to the log (kind ``access``: who, wh
 records) before any record leaves; if that cannot be made durable, the read fails with 503.
 
 Endpoints:
-- ``GET /audit/records?since&until&team&subject&model&status&kind&cursor&limit`` → ``{"data": [...], "next_cursor"}``
+- ``GET /audit/records?since&until&team&subject&model&status&kind&text&cursor&limit`` → ``{"data": [...], "next_cursor"}``
 - ``GET /audit/records/{id}`` → one record (id: the request id, or the entry id of other kinds)
 - ``GET /audit/export?format=jsonl|csv&<same filters>`` → a streamed file of every matching record
 """
@@ -60,8 +60,10 @@ def _filters(
     model: Annotated[str | None, Query(max_length=MODEL_NAME_MAX)] = None,
     status: Annotated[str | None, Query(description="ok, error, cancelled, rejected, incomplete, denied, or an HTTP code")] = None,
     kind: Annotated[str | None, Query(description="request, admin, access or purge")] = None,
+    text: Annotated[str | None, Query(max_length=200, description="words in the record's stored text (auditors)")] = None,
 ) -> dict[str, Any]:
-    return {"since": since, "until": until, "team": team, "subject": subject, "model": model, "status": status, "kind": kind}
+    return {"since": since, "until": until, "team": team, "subject": subject, "model": model, "status": status, "kind": kind,
+            "text": text}
 
 
 def create_audit_router(
@@ -136,6 +138,8 @@ def create_audit_router(
         try:
             scope = await authorize(who, svc, request, "export", query)
             flt = RecordFilter(**filters)
+            if flt.text and not scope.content:
+                raise AuditQueryError("searching the records' text needs the auditor role")
             # The export is fixed to the log as it stands now, and that bound is what gets recorded.
             through = await run_in_threadpool(svc.reader.head_seq)
             await svc.log.record_access(who, "export", query, allowed=True, through_seq=through, client_address=_client(request))

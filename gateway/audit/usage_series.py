@@ -129,8 +129,11 @@ def make_usage_series_router(*, principal: Callable[..., Any], engine: Callable[
             if team is not None and team != who.team:
                 raise PermissionDenied("A team admin reads its own team's usage only.")
             team = who.team
-        end = as_utc(until) if until else datetime.now(timezone.utc)
-        start = as_utc(since) if since else _floor(end, bucket) - 23 * BUCKETS[bucket]
+        try:
+            end = as_utc(until) if until else datetime.now(timezone.utc)
+            start = as_utc(since) if since else _floor(end, bucket) - 23 * BUCKETS[bucket]
+        except OverflowError:  # a moment near the calendar's ends
+            start = end = datetime.now(timezone.utc)
         if start >= end or (end - start) / BUCKETS[bucket] > MAX_BUCKETS:
             raise InvalidRequest(f"`since` must be before `until`, at most {MAX_BUCKETS} {bucket}s apart.",
                                  code="invalid_value", param="since")

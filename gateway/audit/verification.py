@@ -3,23 +3,28 @@
 - ``GET /audit/verification`` → the last run's result in this gateway (``null`` before the first run)
 - ``POST /audit/verification`` → verifies the whole chain now (the same check as ``ward audit
   verify``: hashes, links, signed checkpoints and head, with the gateway's trusted public keys)
+- ``GET /audit/checkpoints`` → the signed checkpoints as JSON Lines (what ``ward audit checkpoints``
+  writes): kept beside an export, they let ``ward audit verify --checkpoints`` show later that the
+  log still holds what was exported
 
 Auditors only; each call, allowed or refused, is an ``access`` entry in the log.
 """
 # No `from __future__ import annotations`: FastAPI must see the dependency aliases as objects.
 import asyncio
+import json
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from gateway.audit.admin_reads import mark_access_recorded
 from gateway.audit.canonical import utc_iso
 from gateway.audit.service import AuditServices
 from gateway.audit.signing import TrustedKeys
-from gateway.audit.verify import VerifyReport, verify_chain
+from gateway.audit.verify import VerifyReport, read_checkpoints, verify_chain
 from gateway.auth.errors import PermissionDenied
 from gateway.auth.principal import Principal, Role
 
@@ -81,5 +86,22 @@ def make_verification_router(
                                     client_address=request.client.host if request.client else None)
         mark_access_recorded(request)
         return view
+
+    @router.get("/checkpoints")
+    async def checkpoints(request: Request, who: Caller, svc: Services) -> Response:
+        await authorize(who, svc, request, "checkpoints.export")
+
+        def read() -> list[dict]:
+            with svc.engine.connect() as conn:
+                return [cp.to_json() for cp in read_checkpoints(conn)]
+
+        found = await run_in_threadpool(read)
+        through = found[-1]["seq"] if found else 0
+        await svc.log.record_access(who, "checkpoints.export", {}, allowed=True, count=len(found), through_seq=through,
+                                    client_address=request.client.host if request.client else None)
+        mark_access_recorded(request)
+        body = "".join(json.dumps(cp, sort_keys=True) + "\n" for cp in found)
+        disposition = {"Content-Disposition": f'attachment; filename="audit-checkpoints-through-{through}.jsonl"'}
+        return Response(body, media_type="application/x-ndjson", headers=disposition)
 
     return router
