@@ -235,18 +235,53 @@ async def test_auditors_search_the_stored_text_and_admins_cannot(gw):
 
 
 async def test_a_session_ends_after_its_lifetime_and_after_idling():
-    from gateway.console.sessions import SessionStore
+    from gateway.console.sessions import MemorySessions
 
     now = [0.0]
-    store = SessionStore(ttl_s=100, idle_s=30, clock=lambda: now[0])
-    session = store.create("credential", "subject", "team", "api_key")
+    store = MemorySessions(ttl_s=100, idle_s=30, clock=lambda: now[0])
+    session = await store.create("credential", "subject", "team", "api_key")
     for _ in range(4):
         now[0] += 25
-        assert store.get(session.id) is session  # each use restarts the idle clock
+        assert await store.get(session.id) is session  # each use restarts the idle clock
     now[0] += 25  # 125 s after sign-in: past the absolute lifetime although used
-    assert store.get(session.id) is None and len(store) == 0
-    idle = store.create("credential", "subject", "team", "api_key")
+    assert await store.get(session.id) is None and len(store) == 0
+    idle = await store.create("credential", "subject", "team", "api_key")
     now[0] += 31
-    assert store.get(idle.id) is None
-    assert store.get(None) is None and store.get("forged") is None
+    assert await store.get(idle.id) is None
+    assert await store.get(None) is None and await store.get("forged") is None
     assert not idle.csrf_matches(None) and not idle.csrf_matches(idle.csrf + "x") and idle.csrf_matches(idle.csrf)
+    await store.save_login("state", {"verifier": "v"}, ttl_s=10)
+    assert await store.take_login("state") == {"verifier": "v"} and await store.take_login("state") is None
+
+
+async def test_sessions_in_redis_are_shared_and_hold_no_usable_credential():
+    import redis.asyncio as aioredis
+    from quota_support import redis_url, require_redis
+
+    from gateway.console.redis_sessions import PREFIX, RedisSessions
+
+    url = redis_url(12)
+    require_redis(url)
+    now = [1000.0]
+    one = RedisSessions(url, ttl_s=100, idle_s=30, clock=lambda: now[0])
+    other = RedisSessions(url, ttl_s=100, idle_s=30, clock=lambda: now[0])  # another gateway replica
+    raw = aioredis.from_url(url)
+    try:
+        session = await one.create(ADMIN_KEY, "subject", "platform", "api_key")
+        seen = await other.get(session.id)
+        assert seen is not None and seen.credential == ADMIN_KEY and seen.csrf == session.csrf
+        stored = {k: await raw.get(k) for k in await raw.keys(PREFIX + "session:*")}
+        assert all(ADMIN_KEY.encode() not in v and session.id.encode() not in v for v in stored.values() if v)
+        mine = [k for k, v in stored.items() if v and session.csrf.encode() in v]
+        assert len(mine) == 1 and 0 < await raw.pttl(mine[0]) <= 30_000  # the idle lifetime, kept by Redis
+        assert await other.get(session.id[:-1] + ("A" if session.id[-1] != "A" else "B")) is None
+        now[0] += 101
+        assert await other.get(session.id) is None  # past the absolute lifetime
+        again = await one.create(ADMIN_KEY, "subject", "platform", "api_key")
+        assert (await other.end(again.id)).id == again.id and await one.get(again.id) is None
+        await one.save_login("state-x", {"verifier": "v"}, ttl_s=10)
+        assert await other.take_login("state-x") == {"verifier": "v"} and await one.take_login("state-x") is None
+    finally:
+        await raw.aclose()
+        await one.shutdown()
+        await other.shutdown()

@@ -79,15 +79,13 @@ class ConsoleSessions:
         headers = list(scope["headers"])
         is_console = scope["path"] == CONSOLE_PREFIX or scope["path"].startswith(CONSOLE_PREFIX + "/")
         if header(headers, b"authorization") is None:
-            session = self.sessions.get(cookie_value(headers, COOKIE))
+            session = await self.sessions.get(cookie_value(headers, COOKIE))
             if session is not None:
                 if scope["method"] not in SAFE_METHODS:
                     if not same_origin(headers) or not session.csrf_matches(header(headers, CSRF_HEADER)):
                         await _refuse(send, is_console)
                         return
                 headers.append((b"authorization", f"Bearer {session.credential}".encode()))
-                if session.team_header is not None:
-                    headers.append((b"x-ward-team", session.team_header.encode()))
                 scope = {**scope, "headers": headers, "ward.console_session": session}
         if not is_console:
             await self.app(scope, receive, send)

@@ -9,8 +9,6 @@ may do is what the token may do.
 from __future__ import annotations
 
 import secrets
-import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -18,30 +16,22 @@ from authlib.common.security import generate_token
 from authlib.integrations.httpx_client import AsyncOAuth2Client
 
 from gateway.auth.settings import OIDCSettings
+from gateway.console.sessions import SessionStore
 
 PENDING_TTL_S = 600.0
-MAX_PENDING = 10_000
 
 
 class SignInFailed(Exception):
     """The provider refused, or the answer did not match the login started here."""
 
 
-@dataclass
-class PendingLogin:
-    state: str
-    verifier: str
-    redirect_uri: str
-    created: float = field(default_factory=time.monotonic)
-
-
 class OIDCLogin:
-    def __init__(self, settings: OIDCSettings):
+    def __init__(self, settings: OIDCSettings, store: SessionStore):
         if not settings.client_id:
             raise ValueError("the console's OIDC sign-in needs auth.oidc.client_id (WARD_OIDC_CLIENT_ID)")
         self.settings = settings
+        self.store = store  # keeps the logins in flight (any gateway replica may get the callback)
         self._metadata: dict[str, Any] | None = None
-        self._pending: dict[str, PendingLogin] = {}
 
     async def metadata(self) -> dict[str, Any]:
         if self._metadata is None:
@@ -65,8 +55,9 @@ class OIDCLogin:
             timeout=self.settings.http_timeout_s,
         )
 
-    async def start(self, redirect_uri: str) -> tuple[str, PendingLogin]:
-        """The provider's authorization URL to send the browser to, and the login to keep until it returns."""
+    async def start(self, redirect_uri: str) -> tuple[str, str]:
+        """The provider's authorization URL to send the browser to, and the login's state (which the
+        browser keeps in a cookie until it returns)."""
         meta = await self.metadata()
         verifier = generate_token(64)
         state = secrets.token_urlsafe(32)
@@ -75,24 +66,22 @@ class OIDCLogin:
                 meta["authorization_endpoint"], state=state, code_verifier=verifier,
                 nonce=secrets.token_urlsafe(16), resource=self.settings.audience[0],
             )
-        self._forget_expired()
-        pending = PendingLogin(state, verifier, redirect_uri)
-        self._pending[state] = pending
-        return url, pending
+        await self.store.save_login(state, {"verifier": verifier, "redirect_uri": redirect_uri}, PENDING_TTL_S)
+        return url, state
 
     async def finish(self, state: str | None, code: str | None, bound_state: str | None) -> str:
         """The access token for a returning browser. ``bound_state`` is the state its login cookie holds:
         a code delivered to another browser than the one that started the login is refused."""
         if not state or not code or not bound_state or not secrets.compare_digest(state, bound_state):
             raise SignInFailed("the sign-in does not match one started in this browser")
-        pending = self._pending.pop(state, None)
-        if pending is None or time.monotonic() - pending.created > PENDING_TTL_S:
+        pending = await self.store.take_login(state)
+        if pending is None:
             raise SignInFailed("the sign-in has expired; start again")
         meta = await self.metadata()
         try:
-            async with self._client(pending.redirect_uri) as client:
+            async with self._client(pending["redirect_uri"]) as client:
                 token = await client.fetch_token(
-                    meta["token_endpoint"], code=code, code_verifier=pending.verifier,
+                    meta["token_endpoint"], code=code, code_verifier=pending["verifier"],
                     resource=self.settings.audience[0],
                 )
         except Exception as exc:  # authlib raises OAuthError, httpx its own: both mean no sign-in
@@ -101,10 +90,3 @@ class OIDCLogin:
         if not isinstance(access, str) or not access:
             raise SignInFailed("the identity provider returned no access token")
         return access
-
-    def _forget_expired(self) -> None:
-        now = time.monotonic()
-        for state in [s for s, p in self._pending.items() if now - p.created > PENDING_TTL_S]:
-            del self._pending[state]
-        while len(self._pending) >= MAX_PENDING:
-            self._pending.pop(next(iter(self._pending)))

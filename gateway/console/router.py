@@ -98,7 +98,7 @@ def build_console_router(settings: ConsoleSettings, sessions: SessionStore, oidc
 
     async def sign_in(request: Request, credential: str, method: str) -> tuple[Principal, Session]:
         principal = await authenticator(request).authenticate(_with_bearer(request, credential))
-        session = sessions.create(credential, principal.subject, principal.team, method)
+        session = await sessions.create(credential, principal.subject, principal.team, method)
         await audit(request, principal, "console.sign_in", {"method": method, "session": _session_ref(session)})
         return principal, session
 
@@ -127,7 +127,7 @@ def build_console_router(settings: ConsoleSettings, sessions: SessionStore, oidc
         try:
             principal = await authenticator(request).authenticate(request)
         except (AuthenticationError, PermissionDenied):
-            sessions.end(session.id)  # the key was revoked or the token expired: the session is over
+            await sessions.end(session.id)  # the key was revoked or the token expired: the session is over
             return signed_out
         return {**_view(principal, session), "oidc": oidc is not None}
 
@@ -152,7 +152,7 @@ def build_console_router(settings: ConsoleSettings, sessions: SessionStore, oidc
         response.delete_cookie(COOKIE, path="/", httponly=True, secure=request.url.scheme == "https", samesite="strict")
         if session is None:
             return response
-        sessions.end(session.id)
+        await sessions.end(session.id)
         actor = Actor(subject=session.subject, team=session.team, auth_method=session.method)
         await audit(request, actor, "console.sign_out", {"method": session.method, "session": _session_ref(session)})
         return response
@@ -162,10 +162,10 @@ def build_console_router(settings: ConsoleSettings, sessions: SessionStore, oidc
         if oidc is None:
             return _error(404, "No identity provider is configured for the console.", "oidc_not_configured")
         redirect_uri = str(request.url_for("console_oidc_callback"))
-        url, pending = await oidc.start(redirect_uri)
+        url, state = await oidc.start(redirect_uri)
         response = RedirectResponse(url, status_code=303)
         # Lax, not Strict: the browser must send it back on the provider's redirect to the callback.
-        response.set_cookie(LOGIN_COOKIE, pending.state, max_age=600, path=LOGIN_PATH, httponly=True,
+        response.set_cookie(LOGIN_COOKIE, state, max_age=600, path=LOGIN_PATH, httponly=True,
                             secure=request.url.scheme == "https", samesite="lax")
         return response
 

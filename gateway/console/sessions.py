@@ -3,7 +3,10 @@
 A session holds the credential the browser signed in with (an API key, or the identity provider's
 access token) and a CSRF token. Nothing else: the caller's team and roles are worked out again on every
 request from that credential, so a revoked key or an expired token ends the console's rights at once.
-Sessions live in the gateway process (a restart signs everybody out).
+
+Two stores with one interface: ``MemorySessions`` (one gateway process: a restart signs everybody out)
+and ``gateway.console.redis_sessions.RedisSessions`` (every gateway sharing the quota Redis, so any
+replica serves any session). Both also keep the OIDC logins in flight (state -> PKCE verifier).
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 COOKIE = "ward_console"
 
@@ -24,36 +28,53 @@ class Session:
     team: str
     method: str  # api_key or oidc
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
-    created: float = field(default_factory=time.monotonic)
-    last_seen: float = field(default_factory=time.monotonic)
-    # the team chosen at sign-in when the provider's token names several
-    team_header: str | None = None
+    created: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.time)
 
     def csrf_matches(self, token: str | None) -> bool:
         return token is not None and hmac.compare_digest(token.encode(), self.csrf.encode())
 
 
-class SessionStore:
-    """In-memory sessions with an absolute and an idle lifetime."""
+def new_session(credential: str, subject: str, team: str, method: str, now: float) -> Session:
+    return Session(secrets.token_urlsafe(32), credential, subject, team, method, created=now, last_seen=now)
 
-    def __init__(self, ttl_s: float, idle_s: float, max_sessions: int = 10_000, clock=time.monotonic):
+
+class SessionStore(Protocol):
+    ttl_s: float
+    idle_s: float
+
+    async def create(self, credential: str, subject: str, team: str, method: str) -> Session: ...
+
+    async def get(self, session_id: str | None) -> Session | None:
+        """The live session of a cookie value (its idle clock restarts), or None."""
+
+    async def end(self, session_id: str) -> Session | None: ...
+
+    async def save_login(self, state: str, login: dict[str, Any], ttl_s: float) -> None: ...
+
+    async def take_login(self, state: str) -> dict[str, Any] | None:
+        """The login started with ``state``, at most once, or None (unknown or expired)."""
+
+
+class MemorySessions:
+    """Sessions in this process, with an absolute and an idle lifetime."""
+
+    def __init__(self, ttl_s: float, idle_s: float, max_sessions: int = 10_000, clock=time.time):
         self.ttl_s = ttl_s
         self.idle_s = idle_s
         self.max_sessions = max_sessions
         self.clock = clock
         self._sessions: OrderedDict[str, Session] = OrderedDict()
+        self._logins: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
 
-    def create(self, credential: str, subject: str, team: str, method: str, team_header: str | None = None) -> Session:
-        now = self.clock()
-        session = Session(secrets.token_urlsafe(32), credential, subject, team, method, created=now, last_seen=now,
-                          team_header=team_header)
+    async def create(self, credential: str, subject: str, team: str, method: str) -> Session:
+        session = new_session(credential, subject, team, method, self.clock())
         self._sessions[session.id] = session
         while len(self._sessions) > self.max_sessions:
             self._sessions.popitem(last=False)
         return session
 
-    def get(self, session_id: str | None) -> Session | None:
-        """The live session of a cookie value (its idle clock restarts), or None."""
+    async def get(self, session_id: str | None) -> Session | None:
         if not session_id:
             return None
         session = self._sessions.get(session_id)
@@ -66,8 +87,22 @@ class SessionStore:
         session.last_seen = now
         return session
 
-    def end(self, session_id: str) -> Session | None:
+    async def end(self, session_id: str) -> Session | None:
         return self._sessions.pop(session_id, None)
+
+    async def save_login(self, state: str, login: dict[str, Any], ttl_s: float) -> None:
+        now = self.clock()
+        for key in [k for k, (expires, _) in self._logins.items() if expires <= now]:
+            del self._logins[key]
+        self._logins[state] = (now + ttl_s, login)
+        while len(self._logins) > self.max_sessions:
+            self._logins.popitem(last=False)
+
+    async def take_login(self, state: str) -> dict[str, Any] | None:
+        found = self._logins.pop(state, None)
+        if found is None or found[0] <= self.clock():
+            return None
+        return found[1]
 
     def __len__(self) -> int:
         return len(self._sessions)
