@@ -218,7 +218,12 @@ def test_keyboard_only_sign_in_and_labelled_controls(browser, stack):
     assert page.evaluate("document.activeElement.id") == "api-key"
     page.keyboard.type(ADMIN_KEY)
     page.keyboard.press("Enter")
-    expect(page.get_by_role("heading", name="Teams and keys")).to_be_visible()
+    expect(page.get_by_role("heading", name="Teams and keys")).to_be_focused()
+    page.get_by_role("button", name="Usage").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Usage")).to_be_focused()
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Team", exact=True)).to_be_focused()
     unlabeled = page.evaluate("""[...document.querySelectorAll('input, select, button')]
         .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())
         .map(e => e.outerHTML)""")

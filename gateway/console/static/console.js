@@ -119,7 +119,7 @@ async function signOut() {
   showSignIn(await api("GET", "/console/session"));
 }
 
-function show(id) {
+async function show(id) {
   state.view = id;
   for (const section of document.querySelectorAll("main > section")) section.hidden = section.id !== `view-${id}`;
   for (const button of document.querySelectorAll("#nav button")) {
@@ -127,7 +127,9 @@ function show(id) {
     else button.removeAttribute("aria-current");
   }
   say("");
-  ({ teams: drawTeams, usage: drawUsage, models: drawModels, audit: drawAudit })[id]();
+  await ({ teams: drawTeams, usage: drawUsage, models: drawModels, audit: drawAudit })[id]();
+  const heading = document.getElementById(`${id}-title`);
+  if (heading) heading.focus();  // keyboard and screen-reader users land on the view they opened
 }
 
 function field(id, label, input) {
@@ -149,7 +151,7 @@ const when = (iso) => (iso ? iso.replace("T", " ").replace(/\.\d+/, "").replace(
 async function drawTeams(focusTeam = false) {
   const section = document.getElementById("view-teams");
   const teams = await attempt(() => api("GET", "/admin/teams"));
-  const parts = [el("h1", { id: "teams-title" }, "Teams and keys")];
+  const parts = [el("h1", { id: "teams-title", tabindex: "-1" }, "Teams and keys")];
   if (isPlatformAdmin()) {
     parts.push(el("form", { class: "card inline", id: "team-form", onsubmit: createTeam },
       el("h2", {}, "New team"),
@@ -314,7 +316,7 @@ async function drawUsage() {
   const form = el("form", { class: "card inline", id: "usage-form", onsubmit: (e) => { e.preventDefault(); loadUsage(); } },
     field("usage-team", "Team", teamSelect), field("usage-bucket", "Period", bucket),
     el("button", { type: "submit" }, "Show usage"));
-  section.replaceChildren(el("h1", { id: "usage-title" }, "Usage"), form, el("div", { id: "usage-charts" }));
+  section.replaceChildren(el("h1", { id: "usage-title", tabindex: "-1" }, "Usage"), form, el("div", { id: "usage-charts" }));
   await loadUsage();
 }
 
@@ -406,7 +408,7 @@ async function drawModels() {
   const workers = ready ? Object.entries(ready.models).map(([name, m]) => el("tr", {},
     el("td", {}, name), el("td", { class: m.ready ? "ok" : "error" }, m.ready ? "ready" : "not ready"),
     el("td", {}, `${m.ready_workers} of ${m.workers}`))) : [];
-  section.replaceChildren(el("h1", { id: "models-title" }, "Models and workers"),
+  section.replaceChildren(el("h1", { id: "models-title", tabindex: "-1" }, "Models and workers"),
     table("Model approvals", headers, rows),
     el("h2", {}, "Workers"),
     ready ? el("p", {}, `Gateway ${ready.ready ? "ready" : "not ready"}${ready.draining ? ", draining" : ""}.`) : null,
@@ -438,7 +440,7 @@ async function drawAudit() {
       el("button", { type: "button", class: "quiet", onclick: exportAudit }, "Export this range (JSON lines)"), " ",
       isAuditor() ? el("a", { class: "button quiet-link", href: "/audit/checkpoints", download: "" },
         "Download the signed checkpoints") : null));
-  const parts = [el("h1", { id: "audit-title" }, "Audit log"), form, el("div", { id: "audit-results" }),
+  const parts = [el("h1", { id: "audit-title", tabindex: "-1" }, "Audit log"), form, el("div", { id: "audit-results" }),
     el("div", { id: "audit-record" })];
   if (isAuditor()) {
     parts.splice(1, 0, el("div", { class: "card", id: "verification" },
