@@ -285,3 +285,20 @@ async def test_sessions_in_redis_are_shared_and_hold_no_usable_credential():
         await raw.aclose()
         await one.shutdown()
         await other.shutdown()
+
+
+async def test_an_oidc_callback_must_match_a_login_started_in_the_same_browser():
+    from gateway.auth.settings import OIDCSettings
+    from gateway.console.oidc_login import OIDCLogin, SignInFailed
+    from gateway.console.sessions import MemorySessions
+
+    store = MemorySessions(ttl_s=100, idle_s=30)
+    login = OIDCLogin(OIDCSettings(issuer="http://127.0.0.1:9", audience=["ward"], client_id="console"), store)
+    await store.save_login("started-here", {"verifier": "v", "redirect_uri": "http://gw/console/oidc/callback"}, 60)
+    for state, code, bound in (("started-here", "code", "other-browser"), ("started-here", None, "started-here"),
+                               ("forged", "code", "forged"), (None, "code", None)):
+        with pytest.raises(SignInFailed):
+            await login.finish(state, code, bound)
+    assert await store.take_login("started-here") is not None  # refused answers did not use up the login
+    with pytest.raises(ValueError, match="client_id"):
+        OIDCLogin(OIDCSettings(issuer="http://127.0.0.1:9", audience=["ward"]), store)

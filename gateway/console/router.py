@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.audit.records import Actor
 from gateway.auth.errors import AuthenticationError, PermissionDenied
 from gateway.auth.principal import Principal
-from gateway.console.middleware import SECURITY_HEADERS, same_origin
+from gateway.console.middleware import same_origin
 from gateway.console.oidc_login import OIDCLogin, SignInFailed
 from gateway.console.sessions import COOKIE, Session, SessionStore
 from gateway.console.settings import ConsoleSettings
@@ -188,5 +188,3 @@ def build_console_router(settings: ConsoleSettings, sessions: SessionStore, oidc
 
     return router
 
-
-__all__ = ["build_console_router", "SECURITY_HEADERS"]
