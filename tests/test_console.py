@@ -302,3 +302,11 @@ async def test_an_oidc_callback_must_match_a_login_started_in_the_same_browser()
     assert await store.take_login("started-here") is not None  # refused answers did not use up the login
     with pytest.raises(ValueError, match="client_id"):
         OIDCLogin(OIDCSettings(issuer="http://127.0.0.1:9", audience=["ward"]), store)
+
+
+async def test_the_console_cookie_does_not_reach_the_inference_api(gw):
+    async with browser(gw) as client:
+        token = (await sign_in(client, ADMIN_KEY))["csrf_token"]
+        answer = await client.post("/v1/chat/completions", json=chat(), headers={"x-csrf-token": token})
+        assert answer.status_code == 401
+        assert (await client.get("/v1/models")).status_code == 401

@@ -1,7 +1,7 @@
 """ASGI middleware: a console session cookie becomes the credential it stands for; CSRF and headers.
 
-For a request that carries no ``Authorization`` header but the console's cookie of a live session, the
-session's credential is added as ``Authorization: Bearer ...``: the route then authenticates and
+For a request to ``/admin``, ``/audit`` or ``/console`` that carries no ``Authorization`` header but
+the console's cookie of a live session, the session's credential is added as ``Authorization: Bearer ...``: the route then authenticates and
 authorizes exactly as for an API call. A request that changes something (any method but GET, HEAD and
 OPTIONS) must also carry the session's CSRF token in ``x-csrf-token``, and must not come from another
 site (``Sec-Fetch-Site`` / ``Origin``); otherwise it is refused with 403 ``csrf_failed`` before any route
@@ -19,6 +19,8 @@ from gateway.console.sessions import COOKIE, SessionStore
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CSRF_HEADER = b"x-csrf-token"
 CONSOLE_PREFIX = "/console"
+# where the cookie stands for its credential: the console and the APIs it calls (never /v1)
+SESSION_PREFIXES = ("/admin", "/audit", CONSOLE_PREFIX)
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -77,8 +79,9 @@ class ConsoleSessions:
             await self.app(scope, receive, send)
             return
         headers = list(scope["headers"])
-        is_console = scope["path"] == CONSOLE_PREFIX or scope["path"].startswith(CONSOLE_PREFIX + "/")
-        if header(headers, b"authorization") is None:
+        path = scope["path"]
+        is_console = _under(path, CONSOLE_PREFIX)
+        if header(headers, b"authorization") is None and any(_under(path, p) for p in SESSION_PREFIXES):
             session = await self.sessions.get(cookie_value(headers, COOKIE))
             if session is not None:
                 if scope["method"] not in SAFE_METHODS:
@@ -99,6 +102,10 @@ class ConsoleSessions:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix + "/")
 
 
 async def _refuse(send: Send, is_console: bool) -> None:
