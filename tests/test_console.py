@@ -310,3 +310,11 @@ async def test_the_console_cookie_does_not_reach_the_inference_api(gw):
         answer = await client.post("/v1/chat/completions", json=chat(), headers={"x-csrf-token": token})
         assert answer.status_code == 401
         assert (await client.get("/v1/models")).status_code == 401
+
+
+async def test_a_key_session_cannot_choose_another_team(gw):
+    async with browser(gw) as client:
+        token = (await sign_in(client, ADMIN_KEY))["csrf_token"]
+        refused = await client.post("/console/session/team", json={"team": "default"}, headers={"x-csrf-token": token})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "team_not_granted"
+        assert (await client.post("/console/session/team", json={"team": "platform"})).status_code == 403  # no CSRF token

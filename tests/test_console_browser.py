@@ -26,6 +26,7 @@ MODEL = "fake-chat"
 USERS = [
     User("dr.admin", {"ward_team": "platform", "ward_roles": ["platform_admin"]}),
     User("compliance", {"ward_team": "platform", "ward_roles": ["auditor"]}),
+    User("dr.both", {"ward_team": ["platform", "cardiology"], "ward_roles": ["team_admin"]}),
 ]
 AXE = pathlib.Path(__file__).resolve().parent / "browser_tools" / "node_modules" / "axe-core" / "axe.min.js"
 SHOTS = os.environ.get("WARD_CONSOLE_SCREENSHOTS")
@@ -100,7 +101,7 @@ def sign_in_with_provider(page, stack, login: str) -> None:
     page.locator("button[type=submit]").click()
     page.get_by_role("button", name="Continue").click()  # the provider's consent page
     page.wait_for_url(stack["url"] + "/console")
-    page.get_by_text(f"{login} · team platform").wait_for()
+    page.get_by_text(f"{login} · team ").wait_for()
 
 
 def test_an_admin_signs_in_with_sso_makes_a_team_key_and_quota_and_sees_usage(browser, stack):
@@ -237,4 +238,24 @@ def test_keyboard_only_sign_in_and_labelled_controls(browser, stack):
         violations = page.evaluate("""axe.run(document, {runOnly: ['wcag2a', 'wcag2aa']})
             .then(r => r.violations.map(v => v.id + ': ' + v.nodes.map(n => n.target.join(' ')).join(', ')))""")
         assert violations == [], view
+    context.close()
+
+
+def test_a_person_in_two_teams_works_as_one_and_switches(browser, stack):
+    from playwright.sync_api import expect
+
+    with httpx.Client(base_url=stack["url"], timeout=30) as http:
+        made = http.post("/admin/teams", json={"name": "cardiology"}, headers={"authorization": f"Bearer {ADMIN_KEY}"})
+        assert made.status_code in (201, 409)
+    context = browser.new_context()
+    page = context.new_page()
+    sign_in_with_provider(page, stack, "dr.both")
+    choice = page.get_by_label("Working as team")
+    expect(choice).to_have_value("cardiology")  # the first of the token's teams
+    expect(page.get_by_role("button", name="Manage team cardiology")).to_be_visible()
+    expect(page.get_by_role("button", name="Manage team platform")).to_have_count(0)
+    choice.select_option("platform")
+    expect(page.get_by_role("status")).to_have_text("Working as team platform.")
+    expect(page.get_by_role("button", name="Manage team platform")).to_be_visible()
+    expect(page.get_by_role("button", name="Manage team cardiology")).to_have_count(0)
     context.close()

@@ -89,6 +89,9 @@ class ConsoleSessions:
                         await _refuse(send, is_console)
                         return
                 headers.append((b"authorization", f"Bearer {session.credential}".encode()))
+                if session.team_choice is not None:
+                    headers = [(k, v) for k, v in headers if k != b"x-ward-team"]
+                    headers.append((b"x-ward-team", session.team_choice.encode()))
                 scope = {**scope, "headers": headers, "ward.console_session": session}
         if not is_console:
             await self.app(scope, receive, send)

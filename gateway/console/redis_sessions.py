@@ -52,11 +52,14 @@ class RedisSessions:
         return max(1, int(left * 1000))
 
     async def create(self, credential: str, subject: str, team: str, method: str) -> Session:
-        now = self.clock()
-        session = new_session(credential, subject, team, method, now)
-        stored = {**asdict(session), "id": None, "credential": seal(session.id, credential)}
-        await self.redis.set(PREFIX + "session:" + _digest(session.id), json.dumps(stored), px=self._expiry_ms(session, now))
+        session = new_session(credential, subject, team, method, self.clock())
+        await self.update(session)
         return session
+
+    async def update(self, session: Session) -> None:
+        stored = {**asdict(session), "id": None, "credential": seal(session.id, session.credential)}
+        await self.redis.set(PREFIX + "session:" + _digest(session.id), json.dumps(stored),
+                             px=self._expiry_ms(session, self.clock()))
 
     async def get(self, session_id: str | None) -> Session | None:
         if not session_id or len(session_id) > 128:

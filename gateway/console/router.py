@@ -9,6 +9,7 @@ gateway.console.middleware for how the session cookie reaches them).
 | ``GET /console/static/{console.js,console.css}`` | the page's script and style, from the package |
 | ``GET /console/session`` | who is signed in: subject, team, roles, CSRF token; or ``signed_in: false`` |
 | ``POST /console/session`` ``{"api_key": ...}`` | sign in with an API key (where no SSO is configured too) |
+| ``POST /console/session/team`` ``{"team": ...}`` | work as another team the provider's token names |
 | ``POST /console/sign-out`` | end the session (CSRF token needed) |
 | ``GET /console/oidc/start`` → provider → ``GET /console/oidc/callback`` | sign in with the identity provider |
 
@@ -32,12 +33,19 @@ from gateway.console.middleware import same_origin
 from gateway.console.oidc_login import OIDCLogin, SignInFailed
 from gateway.console.sessions import COOKIE, Session, SessionStore
 from gateway.console.settings import ConsoleSettings
+from gateway.identifiers import TEAM_NAME_MAX
 
 log = logging.getLogger("ward.console")
 
 LOGIN_COOKIE = "ward_console_login"
 LOGIN_PATH = "/console/oidc"
 STATIC = {"console.js": "text/javascript; charset=utf-8", "console.css": "text/css; charset=utf-8"}
+
+
+class TeamChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    team: str = Field(min_length=1, max_length=TEAM_NAME_MAX)
 
 
 class KeySignIn(BaseModel):
@@ -78,6 +86,7 @@ def _view(principal: Principal, session: Session) -> dict[str, Any]:
         "roles": sorted(r.value for r in principal.roles),
         "method": session.method,
         "csrf_token": session.csrf,
+        "teams": list(session.teams),  # the teams to choose from (a provider's token naming several)
     }
 
 
@@ -97,8 +106,21 @@ def build_console_router(settings: ConsoleSettings, sessions: SessionStore, oidc
                             secure=request.url.scheme == "https", samesite="strict")
 
     async def sign_in(request: Request, credential: str, method: str) -> tuple[Principal, Session]:
-        principal = await authenticator(request).authenticate(_with_bearer(request, credential))
+        teams: list[str] = []
+        try:
+            principal = await authenticator(request).authenticate(_with_bearer(request, credential))
+        except PermissionDenied as exc:
+            # A provider's token naming several teams: the first is chosen, the page offers the others.
+            if exc.code != "team_ambiguous" or oidc is None or method != "oidc":
+                raise
+            teams = oidc.teams_of(credential)
+            if not teams:
+                raise
+            principal = await authenticator(request).authenticate(_with_bearer(request, credential, teams[0]))
         session = await sessions.create(credential, principal.subject, principal.team, method)
+        if teams:
+            session.teams, session.team_choice = teams, principal.team
+            await sessions.update(session)
         await audit(request, principal, "console.sign_in", {"method": method, "session": _session_ref(session)})
         return principal, session
 
@@ -143,6 +165,19 @@ def build_console_router(settings: ConsoleSettings, sessions: SessionStore, oidc
         response = JSONResponse(_view(principal, session))
         set_session_cookie(response, request, session)
         return response
+
+    @router.post("/session/team")
+    async def choose_team(request: Request, body: TeamChoice) -> Any:
+        """Another of the teams the provider's token names (CSRF token needed, like every change)."""
+        session: Session | None = request.scope.get("ward.console_session")
+        if session is None or body.team not in session.teams:
+            return _error(403, "This sign-in does not name that team.", "team_not_granted")
+        principal = await authenticator(request).authenticate(_with_bearer(request, session.credential, body.team))
+        before = session.team_choice
+        session.team_choice, session.team = body.team, principal.team
+        await sessions.update(session)
+        await audit(request, principal, "console.team", {"team": body.team, "before": before, "session": _session_ref(session)})
+        return _view(principal, session)
 
     @router.post("/sign-out")
     async def sign_out(request: Request) -> Any:

@@ -30,6 +30,10 @@ class Session:
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     created: float = field(default_factory=time.time)
     last_seen: float = field(default_factory=time.time)
+    # a provider's token that names several Ward teams: the ones it names, and the one chosen (sent as
+    # the API's team header, which the gateway checks against the token on every request)
+    teams: list[str] = field(default_factory=list)
+    team_choice: str | None = None
 
     def csrf_matches(self, token: str | None) -> bool:
         return token is not None and hmac.compare_digest(token.encode(), self.csrf.encode())
@@ -49,6 +53,9 @@ class SessionStore(Protocol):
         """The live session of a cookie value (its idle clock restarts), or None."""
 
     async def end(self, session_id: str) -> Session | None: ...
+
+    async def update(self, session: Session) -> None:
+        """Keeps a changed session (e.g. another team chosen)."""
 
     async def save_login(self, state: str, login: dict[str, Any], ttl_s: float) -> None: ...
 
@@ -89,6 +96,10 @@ class MemorySessions:
 
     async def end(self, session_id: str) -> Session | None:
         return self._sessions.pop(session_id, None)
+
+    async def update(self, session: Session) -> None:
+        if session.id in self._sessions:
+            self._sessions[session.id] = session
 
     async def save_login(self, state: str, login: dict[str, Any], ttl_s: float) -> None:
         now = self.clock()

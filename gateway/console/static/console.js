@@ -86,6 +86,10 @@ async function loadSession() {
   document.getElementById("who").hidden = false;
   document.getElementById("who-text").textContent =
     `${session.subject} · team ${session.team} · ${session.roles.filter((r) => r !== "user").join(", ") || "user"}`;
+  const teamSwitch = document.getElementById("team-switch");
+  teamSwitch.hidden = !(session.teams && session.teams.length > 1);
+  document.getElementById("team-choice").replaceChildren(...(session.teams || []).map((t) =>
+    el("option", { value: t, selected: t === session.team }, t)));
   const nav = document.getElementById("nav");
   nav.replaceChildren(...views().map(([id, label]) =>
     el("button", { type: "button", "data-view": id, onclick: () => show(id) }, label)));
@@ -110,6 +114,12 @@ async function signInWithKey(event) {
   const ok = await attempt(() => api("POST", "/console/session", { api_key: input.value }));
   input.value = "";
   if (ok) { history.replaceState(null, "", "/console"); say(""); await loadSession(); }
+}
+
+async function chooseTeam(event) {
+  const team = event.target.value;
+  const done = await attempt(() => api("POST", "/console/session/team", { team }));
+  if (done) { state.team_open = null; await loadSession(); say(`Working as team ${team}.`); }
 }
 
 async function signOut() {
@@ -527,5 +537,6 @@ function exportAudit() {
 document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("key-form").addEventListener("submit", signInWithKey);
   document.getElementById("sign-out").addEventListener("click", signOut);
+  document.getElementById("team-choice").addEventListener("change", chooseTeam);
   loadSession().catch((error) => say(error.message, true));
 });
