@@ -318,3 +318,37 @@ async def test_a_key_session_cannot_choose_another_team(gw):
         refused = await client.post("/console/session/team", json={"team": "default"}, headers={"x-csrf-token": token})
         assert refused.status_code == 403 and refused.json()["error"]["code"] == "team_not_granted"
         assert (await client.post("/console/session/team", json={"team": "platform"})).status_code == 403  # no CSRF token
+
+
+async def test_a_signed_export_checks_out_and_any_change_to_it_does_not(gw, capsys):
+    from gateway.audit.export import check_signed_export
+    from gateway.audit.service import resolve_paths, trusted_keys
+    from gateway.settings import GatewaySettings
+
+    team = unique_team("export")
+    keys = make_team(gw.url, team, "user")
+    for content in ("first note", "second note"):
+        assert (await gw.client.post("/v1/chat/completions", json=chat(content=content), headers=bearer(keys["user"]))).status_code == 200
+    auditor = make_team(gw.url, unique_team("exporter"), "auditor")["auditor"]
+    answer = await gw.client.get("/audit/export", params={"team": team, "signed": "true"}, headers=bearer(auditor))
+    assert answer.status_code == 200 and "-signed.jsonl" in answer.headers["content-disposition"]
+    lines = answer.content.splitlines(keepends=True)
+    assert len(lines) == 3
+    settings = GatewaySettings(database_url=gw.url, data_dir=gw.data_dir)
+    trusted = trusted_keys(settings.audit, resolve_paths(settings.audit, gw.data_dir))
+    trailer, problem = check_signed_export(lines, trusted)
+    assert problem is None and trailer["records"] == 2
+    forged = [lines[0].replace(b"first note", b"fifth note"), *lines[1:]]
+    assert check_signed_export(forged, trusted)[1] == "the records differ from those that were signed"
+    assert check_signed_export(lines[1:], trusted)[1] is not None  # a record left out
+    assert check_signed_export(lines[:-1], trusted)[1] == "the file does not end with an export signature"
+    csv = await gw.client.get("/audit/export", params={"format": "csv", "signed": "true"}, headers=bearer(auditor))
+    assert csv.status_code == 400
+    exported = gw.data_dir / "export.jsonl"
+    exported.write_bytes(answer.content)
+    from ward.cli import main
+
+    assert main(["audit", "verify-export", str(exported), "--data-dir", str(gw.data_dir)]) == 0
+    exported.write_bytes(b"".join(forged))
+    assert main(["audit", "verify-export", str(exported), "--data-dir", str(gw.data_dir)]) == 1
+    assert "FAILED" in capsys.readouterr().out

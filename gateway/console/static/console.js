@@ -447,7 +447,7 @@ async function drawAudit() {
       field("audit-status", "Status", status), field("audit-kind", "Kind", kind),
       isAuditor() ? field("audit-text", "Text in prompts and answers", el("input", { maxlength: 200 })) : null),
     el("p", {}, el("button", { type: "submit" }, "Search"), " ",
-      el("button", { type: "button", class: "quiet", onclick: exportAudit }, "Export this range (JSON lines)"), " ",
+      el("button", { type: "button", class: "quiet", onclick: exportAudit }, isAuditor() ? "Export this range, signed (JSON lines)" : "Export this range (JSON lines)"), " ",
       isAuditor() ? el("a", { class: "button quiet-link", href: "/audit/checkpoints", download: "" },
         "Download the signed checkpoints") : null));
   const parts = [el("h1", { id: "audit-title", tabindex: "-1" }, "Audit log"), form, el("div", { id: "audit-results" }),
@@ -530,6 +530,7 @@ async function runVerification() {
 function exportAudit() {
   const query = auditQuery();
   query.set("format", "jsonl");
+  if (isAuditor()) query.set("signed", "true");
   window.location.assign(`/audit/export?${query}`);
 }
 
