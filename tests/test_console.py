@@ -352,3 +352,19 @@ async def test_a_signed_export_checks_out_and_any_change_to_it_does_not(gw, caps
     exported.write_bytes(b"".join(forged))
     assert main(["audit", "verify-export", str(exported), "--data-dir", str(gw.data_dir)]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+async def test_an_unreachable_provider_is_a_503_not_a_crash():
+    from fastapi import FastAPI
+
+    from gateway.console.factory import build_console
+    from gateway.settings import GatewaySettings
+
+    oidc = {"issuer": "http://127.0.0.1:9", "audience": ["ward"], "client_id": "console", "http_timeout_s": 0.5}
+    console = build_console(GatewaySettings(auth={"oidc": oidc}))
+    app = FastAPI()
+    for router in console.routers:
+        app.include_router(router)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+        answer = await client.get("/console/oidc/start")
+    assert answer.status_code == 503 and answer.json()["error"]["code"] == "identity_provider_unavailable"

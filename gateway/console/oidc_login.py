@@ -37,12 +37,18 @@ class OIDCLogin:
         self._metadata: dict[str, Any] | None = None
 
     async def metadata(self) -> dict[str, Any]:
+        """The provider's discovery document (fetched once). Raises SignInFailed when unreachable."""
         if self._metadata is None:
             url = self.settings.issuer.rstrip("/") + "/.well-known/openid-configuration"
-            async with httpx.AsyncClient(timeout=self.settings.http_timeout_s) as http:
-                response = await http.get(url)
-                response.raise_for_status()
-                self._metadata = response.json()
+            try:
+                async with httpx.AsyncClient(timeout=self.settings.http_timeout_s) as http:
+                    response = await http.get(url)
+                    response.raise_for_status()
+                    meta = response.json()
+                meta["authorization_endpoint"], meta["token_endpoint"]  # noqa: B018 (both must be there)
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+                raise SignInFailed(f"the identity provider's metadata could not be read ({type(exc).__name__})") from None
+            self._metadata = meta
         return self._metadata
 
     def _client(self, redirect_uri: str) -> AsyncOAuth2Client:

@@ -197,7 +197,11 @@ def build_console_router(settings: ConsoleSettings, sessions: SessionStore, oidc
         if oidc is None:
             return _error(404, "No identity provider is configured for the console.", "oidc_not_configured")
         redirect_uri = str(request.url_for("console_oidc_callback"))
-        url, state = await oidc.start(redirect_uri)
+        try:
+            url, state = await oidc.start(redirect_uri)
+        except SignInFailed as exc:
+            log.warning("console sign-in could not start: %s", exc)
+            return _error(503, "The identity provider is unavailable; try again shortly.", "identity_provider_unavailable")
         response = RedirectResponse(url, status_code=303)
         # Lax, not Strict: the browser must send it back on the provider's redirect to the callback.
         response.set_cookie(LOGIN_COOKIE, state, max_age=600, path=LOGIN_PATH, httponly=True,
