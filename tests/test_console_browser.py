@@ -94,6 +94,8 @@ def shot(page, name: str) -> None:
 def sign_in_with_provider(page, stack, login: str) -> None:
     page.goto(stack["url"] + "/console")
     page.get_by_role("heading", name="Sign in").wait_for()
+    assert not page.get_by_role("button", name="Sign out").is_visible()
+    assert not page.get_by_role("navigation").is_visible()
     shot(page, "sign-in")
     page.get_by_role("link", name="Sign in with the hospital's account").click()
     page.locator("input[name=login]").fill(login)
@@ -144,6 +146,8 @@ def test_an_admin_signs_in_with_sso_makes_a_team_key_and_quota_and_sees_usage(br
     shot(page, "models")
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(page.get_by_role("button", name="Sign out")).to_be_hidden()
+    expect(page.get_by_role("heading", name="Teams and keys")).to_be_hidden()
     assert page.evaluate("fetch('/admin/teams').then(r => r.status)") == 401
     context.close()
 
