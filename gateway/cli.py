@@ -130,6 +130,7 @@ def build_app(settings: GatewaySettings, *, registry: Any = None) -> Any:
     from gateway.certificate_metrics import CertificateExpiryCollector
     from gateway.auth.stores import TeamStore
     from gateway.db import create_db_engine, upgrade_to_head
+    from gateway.console.factory import build_console
     from gateway.governance import build_governance
     from gateway.static_auth import StaticKeyAuthenticator
 
@@ -141,6 +142,8 @@ def build_app(settings: GatewaySettings, *, registry: Any = None) -> Any:
         teams.ensure(team)  # the config file's static keys name teams the admin API can then manage
     governance = build_governance(settings, database_url=url, engine=engine, teams=teams)
     identity = build_identity(settings.auth, engine, recorder=governance.audit.log)
+    console = build_console(settings)
+    readers = console_read_routers(settings)
     authenticator: Any = identity.authenticator
     if settings.api_keys:
         static = StaticKeyAuthenticator({key.get_secret_value(): team for key, team in settings.api_keys.items()})
@@ -152,17 +155,33 @@ def build_app(settings: GatewaySettings, *, registry: Any = None) -> Any:
         settings,
         authenticator=authenticator,
         hooks=governance.hooks,
-        routers=[*identity.routers, *governance.routers],
+        routers=[*identity.routers, *governance.routers, *readers, *(console.routers if console else [])],
         error_converters=governance.error_converters,
         registry=registry,
         policy=governance.policy,
     )
-    for middleware, options in [*identity.middleware, *governance.middleware]:
+    for middleware, options in [*identity.middleware, *governance.middleware, *(console.middleware if console else [])]:
         app.add_middleware(middleware, **options)
     app.state.database = engine
     app.state.audit_services = governance.audit  # read by the auditor router
     app.state.quotas = governance.quotas
     return app
+
+
+def console_read_routers(settings: GatewaySettings) -> list[Any]:
+    """The read APIs the console draws from besides the admin and auditor APIs: usage over time
+    (``/admin/usage/series``) and the audit log's verification (``/audit/verification``)."""
+    from gateway.audit.router import services_from_app_state
+    from gateway.audit.service import resolve_paths, trusted_keys
+    from gateway.audit.usage_series import engine_from_app_state, make_usage_series_router
+    from gateway.audit.verification import make_verification_router
+    from gateway.auth.dependencies import current_principal
+
+    trusted = trusted_keys(settings.audit, resolve_paths(settings.audit, settings.data_dir))
+    return [
+        make_usage_series_router(principal=current_principal, engine=engine_from_app_state),
+        make_verification_router(principal=current_principal, services=services_from_app_state, trusted=trusted),
+    ]
 
 
 def uvicorn_tls_options(settings: GatewaySettings) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from pydantic_settings import (
 
 from gateway.audit.settings import AuditSettings
 from gateway.auth.settings import AuthSettings
+from gateway.console.settings import ConsoleSettings
 from gateway.identifiers import TEAM_NAME_RULE, is_team_name
 from gateway.quota.settings import QuotaSettings
 
@@ -111,6 +112,7 @@ class GatewaySettings(BaseSettings):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
 
     @field_validator("api_keys")
     @classmethod

@@ -150,13 +150,14 @@ class ProcessStack:
         scheme: str = "http",
         wait: bool = True,
         verify: Any = True,
+        port: int | None = None,
     ) -> GatewayProcess:
         """``ward gateway --config`` for ``models`` (name -> worker addresses) on a free port, its
         SQLite database in its own data directory; waits for /readyz (200) unless ``wait`` is False."""
         index = len(self.gateways)
         data_dir = self.workdir / f"gateway-{index}"
         data_dir.mkdir(parents=True, exist_ok=True)
-        port = free_port()
+        port = port or free_port()
         body = {"routing": dict(FAST_ROUTING), **(config or {})}
         body["models"] = {name: {"workers": list(addresses)} for name, addresses in models.items()}
         config_path = data_dir / "gateway.yaml"

@@ -123,6 +123,14 @@ def test_ward_up_serves_the_openai_client_with_the_printed_key_and_stops_cleanly
             raw = client.chat.completions.with_raw_response.create(model=GENERATE_MODEL, max_tokens=1,
                                                                    messages=[{"role": "user", "content": "Hi"}])
         assert raw.headers["x-ratelimit-limit-requests"] == "1000"
+        # The web console is served, and the printed admin key signs in to it.
+        base = f"http://127.0.0.1:{up.port}"
+        assert f"Console: {base}/console" in banner
+        with httpx.Client(base_url=base, headers={"origin": base}, timeout=30) as browser:
+            page = browser.get("/console")
+            assert page.status_code == 200 and "script-src 'self'" in page.headers["content-security-policy"]
+            assert "platform_admin" in browser.post("/console/session", json={"api_key": admin_key}).json()["roles"]
+            assert browser.get("/admin/teams").status_code == 200
 
         up.process.send_signal(signal.SIGINT)
         assert up.process.wait(60) == 0
@@ -134,7 +142,7 @@ def test_ward_up_serves_the_openai_client_with_the_printed_key_and_stops_cleanly
     records = _audit_records(tmp_path / "data")
     assert sorted((r["endpoint"], r["http_status"]) for r in records if r["kind"] == "request") == sorted([
         ("/v1/models", 200), ("/v1/chat/completions", 200), ("/v1/embeddings", 200), ("/v1/chat/completions", 200)])
-    assert [r["data"]["action"] for r in records if r["kind"] == "admin"] == ["quota.set"]
+    assert [r["data"]["action"] for r in records if r["kind"] == "admin"] == ["quota.set", "console.sign_in"]
     assert (tmp_path / "data" / "quotas.yaml").exists() and (tmp_path / "data" / "quota" / "overrides.json").exists()
     verify = subprocess.run([sys.executable, "-m", "ward", "audit", "verify", "--data-dir", str(tmp_path / "data")],
                             capture_output=True, text=True, env=clean_env(), cwd=ROOT, timeout=60)

@@ -327,7 +327,8 @@ def _print_banner(url: str, models: list[str], keys, data_dir: pathlib.Path) -> 
     else:
         lines.append("Platform admin key: shown on the first start only; "
                      "make another with `ward keys create --team platform --role platform_admin`")
-    lines += [f"Quotas: {data_dir / QUOTA_FILE_NAME} (reloaded on change)",
+    lines += [f"Console: {url.removesuffix('/v1')}/console (admins and auditors; sign in with a key)",
+              f"Quotas: {data_dir / QUOTA_FILE_NAME} (reloaded on change)",
               f"Audit log: check it with `{_verify_command(data_dir)}`",
               f"Logs: {data_dir / 'logs'}", "Press Ctrl-C to stop."]
     print("\n".join(lines), flush=True)

@@ -1,12 +1,13 @@
 """`ward audit`: verify, export and purge the audit log; export checkpoints.
 
     ward audit verify      [--data-dir DIR | --database-url URL] [--public-key PEM]... [--checkpoints FILE]
+    ward audit verify-export FILE [--public-key PEM]...   (an export made with GET /audit/export?signed=true)
     ward audit export      [--format jsonl|csv] [--out FILE] [--since T] [--until T] [--team T] ...
     ward audit checkpoints [--out FILE] [--now]
     ward audit public-key
     ward audit purge       [--retention-days N] [--dry-run]
 
-Exit status: 0 success (verify: the log is intact), 1 verify found tampering, 2 the command could
+Exit status: 0 success (verify: the log is intact), 1 verify (or verify-export) found tampering, 2 the command could
 not run (bad arguments, database unreachable, no trusted key).
 """
 from __future__ import annotations
@@ -51,6 +52,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add_database_args(p)
     p.add_argument("--public-key", action="append", default=[], help="trusted public key PEM (repeatable; default: the signing key's)")
     p.add_argument("--checkpoints", action="append", default=[], help="exported checkpoints (JSONL) to check the log against")
+
+    p = sub.add_parser("verify-export", help="check a signed export (GET /audit/export?signed=true)")
+    _add_database_args(p)
+    p.add_argument("file", help="the exported JSON Lines file")
+    p.add_argument("--public-key", action="append", default=[], help="trusted public key PEM (repeatable; default: the signing key's)")
 
     p = sub.add_parser("export", help="write records as JSON Lines or CSV (the read itself is logged)")
     _add_database_args(p)
@@ -144,6 +150,25 @@ def _verify(args: argparse.Namespace) -> int:
         print(f"  ... and {report.truncated_problems} more")
     print(f"checked: {summary}")
     return 1
+
+
+def _verify_export(args: argparse.Namespace) -> int:
+    from gateway.audit.export import check_signed_export
+    from gateway.audit.service import trusted_keys
+
+    settings, paths = _settings_and_paths(args)
+    keys = trusted_keys(settings, paths, args.public_key)
+    if not keys.keys:
+        print("ward audit verify-export: no trusted public key (pass --public-key)", file=sys.stderr)
+        return 2
+    with open(args.file, "rb") as handle:
+        trailer, problem = check_signed_export(handle, keys)
+    if problem is not None:
+        print(f"FAILED: {args.file}: {problem}")
+        return 1
+    print(f"OK: {trailer['records']} records through seq {trailer['through_seq']}, signed {trailer['time']} "
+          f"by key {trailer['key_id']}")
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -240,6 +265,7 @@ def _purge(args: argparse.Namespace) -> int:
 
 _ACTIONS = {
     "verify": _verify,
+    "verify-export": _verify_export,
     "export": _export,
     "checkpoints": _checkpoints,
     "public-key": _public_key,

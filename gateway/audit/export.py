@@ -1,13 +1,24 @@
-"""Records as JSON Lines or CSV, streamed (an export never holds the whole log in memory)."""
+"""Records as JSON Lines or CSV, streamed (an export never holds the whole log in memory).
+
+A signed JSON Lines export ends with one more line, ``{"object": "audit.export.signature",
+"through_seq", "records", "sha256", "time", "key_id", "signature"}``: the audit signing key's Ed25519
+signature over the SHA-256 of every line before it, the number of records and the log position the
+export was fixed to. ``check_signed_export`` (``ward audit verify-export``) checks it.
+"""
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
 from typing import Any
 
-from gateway.audit.canonical import canonical_json
+from gateway.audit.canonical import canonical_json, parse_utc_iso, utc_iso
+from gateway.audit.signing import Signer, TrustedKeys
+
+SIGNATURE_OBJECT = "audit.export.signature"
 
 FORMATS = ("jsonl", "csv")
 
@@ -68,3 +79,44 @@ def export_lines(records: Iterable[dict[str, Any]], fmt: str) -> Iterator[str]:
     if fmt == "csv":
         return csv_lines(records)
     raise ValueError(f"unknown export format {fmt!r} (jsonl or csv)")
+
+
+def signed_jsonl(records: Iterable[dict[str, Any]], signer: Signer, through_seq: int) -> Iterator[str]:
+    """JSON Lines of records, then the signature line over them."""
+    digest = hashlib.sha256()
+    count = 0
+    for line in jsonl_lines(records):
+        digest.update(line.encode("utf-8"))
+        count += 1
+        yield line
+    now = datetime.now(timezone.utc)
+    sha = digest.hexdigest()
+    yield json.dumps({"object": SIGNATURE_OBJECT, "through_seq": through_seq, "records": count, "sha256": sha,
+                      "time": utc_iso(now), "key_id": signer.key_id,
+                      "signature": signer.sign_export(through_seq, sha, count, now)}, sort_keys=True) + "\n"
+
+
+def check_signed_export(lines: Iterable[bytes], trusted: TrustedKeys) -> tuple[dict[str, Any] | None, str | None]:
+    """(the signature line, None) when an export's lines are those that were signed, else (..., why not)."""
+    digest = hashlib.sha256()
+    count = 0
+    last: bytes | None = None
+    for line in lines:
+        if last is not None:
+            digest.update(last)
+            count += 1
+        last = line
+    try:
+        trailer = json.loads(last) if last else None
+    except ValueError:
+        trailer = None
+    if not isinstance(trailer, dict) or trailer.get("object") != SIGNATURE_OBJECT:
+        return None, "the file does not end with an export signature"
+    if trailer.get("records") != count or trailer.get("sha256") != digest.hexdigest():
+        return trailer, "the records differ from those that were signed"
+    try:
+        why = trusted.check_export(int(trailer["through_seq"]), trailer["sha256"], count, parse_utc_iso(trailer["time"]),
+                                   str(trailer["key_id"]), str(trailer["signature"]))
+    except (KeyError, TypeError, ValueError):
+        return trailer, "the export signature is malformed"
+    return trailer, why

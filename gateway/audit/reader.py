@@ -41,6 +41,9 @@ class RecordFilter:
     model: str | None = None
     status: str | None = None  # ok, error, cancelled, rejected, incomplete, denied, or an HTTP code such as 429
     kind: str | None = None  # one of RECORD_KINDS
+    # words in the stored record (prompts and answers as far as the capture level kept them); readers
+    # with the content right only
+    text: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind is not None and self.kind not in RECORD_KINDS:
@@ -179,6 +182,12 @@ class AuditReader:
             query = query.where(o.c.occurred_at < flt.until)
         if flt.status is not None:
             query = query.where(http_status == int(flt.status) if flt.status.isdigit() else status == flt.status)
+        if flt.text:
+            if not scope.content:
+                raise AuditQueryError("searching the records' text needs the auditor role")
+            needle = flt.text.lower()
+            query = query.where(or_(func.lower(o.c.data).contains(needle, autoescape=True),
+                                    func.lower(c.c.data).contains(needle, autoescape=True)))
         return query
 
     @staticmethod

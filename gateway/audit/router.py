@@ -11,9 +11,10 @@ Every read, allowed or refused, is appended to the log (kind ``access``: who, wh
 records) before any record leaves; if that cannot be made durable, the read fails with 503.
 
 Endpoints:
-- ``GET /audit/records?since&until&team&subject&model&status&kind&cursor&limit`` → ``{"data": [...], "next_cursor"}``
+- ``GET /audit/records?since&until&team&subject&model&status&kind&text&cursor&limit`` → ``{"data": [...], "next_cursor"}``
 - ``GET /audit/records/{id}`` → one record (id: the request id, or the entry id of other kinds)
-- ``GET /audit/export?format=jsonl|csv&<same filters>`` → a streamed file of every matching record
+- ``GET /audit/export?format=jsonl|csv&signed&<same filters>`` → a streamed file of every matching record
+  (``signed=true``: JSON Lines ending with the audit key's signature, see gateway.audit.export)
 """
 # No `from __future__ import annotations` here: FastAPI must see the closure-built dependency
 # annotations (Caller, Services, ...) as objects, not as strings it would look up in module globals.
@@ -28,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from gateway.audit.access import scope_for
 from gateway.audit.admin_reads import mark_access_recorded
 from gateway.audit.errors import AuditQueryError, AuditUnavailable
-from gateway.audit.export import MEDIA_TYPES, export_lines
+from gateway.audit.export import MEDIA_TYPES, export_lines, signed_jsonl
 from gateway.audit.reader import MAX_PAGE, ReadScope, RecordFilter
 from gateway.audit.service import AuditServices
 from gateway.auth.errors import PermissionDenied
@@ -60,8 +61,10 @@ def _filters(
     model: Annotated[str | None, Query(max_length=MODEL_NAME_MAX)] = None,
     status: Annotated[str | None, Query(description="ok, error, cancelled, rejected, incomplete, denied, or an HTTP code")] = None,
     kind: Annotated[str | None, Query(description="request, admin, access or purge")] = None,
+    text: Annotated[str | None, Query(max_length=200, description="words in the record's stored text (auditors)")] = None,
 ) -> dict[str, Any]:
-    return {"since": since, "until": until, "team": team, "subject": subject, "model": model, "status": status, "kind": kind}
+    return {"since": since, "until": until, "team": team, "subject": subject, "model": model, "status": status, "kind": kind,
+            "text": text}
 
 
 def create_audit_router(
@@ -131,11 +134,17 @@ def create_audit_router(
         svc: Services,
         filters: Filters,
         format: Literal["jsonl", "csv"] = "jsonl",
+        signed: Annotated[bool, Query(description="end a JSON Lines export with the audit key's signature")] = False,
     ):
-        query = {**_jsonable(filters), "format": format}
+        query = {**_jsonable(filters), "format": format, **({"signed": True} if signed else {})}
+        if signed and format != "jsonl":
+            return _error(400, "Only JSON Lines exports are signed.", type_="invalid_request_error", code="invalid_value",
+                          param="signed")
         try:
             scope = await authorize(who, svc, request, "export", query)
             flt = RecordFilter(**filters)
+            if flt.text and not scope.content:
+                raise AuditQueryError("searching the records' text needs the auditor role")
             # The export is fixed to the log as it stands now, and that bound is what gets recorded.
             through = await run_in_threadpool(svc.reader.head_seq)
             await svc.log.record_access(who, "export", query, allowed=True, through_seq=through, client_address=_client(request))
@@ -144,8 +153,12 @@ def create_audit_router(
             return _error(400, str(error), type_="invalid_request_error", code="invalid_query")
         except AuditUnavailable as error:
             return _unavailable(error)
-        lines = export_lines(svc.reader.iter_records(flt, scope, through_seq=through), format)
-        filename = f"audit-through-{through}.{format}"
+        records = svc.reader.iter_records(flt, scope, through_seq=through)
+        if signed:
+            lines = signed_jsonl(records, svc.log.store.signer, through)
+        else:
+            lines = export_lines(records, format)
+        filename = f"audit-through-{through}{'-signed' if signed else ''}.{format}"
         disposition = {"Content-Disposition": f'attachment; filename="{filename}"'}
         return StreamingResponse(lines, media_type=MEDIA_TYPES[format], headers=disposition)
 

@@ -35,6 +35,12 @@ def statement(seq: int, entry_hash: str, time: datetime, key_id: str) -> bytes:
     return canonical_json({"seq": seq, "entry_hash": entry_hash, "time": utc_iso(time), "key_id": key_id}).encode()
 
 
+def export_statement(through_seq: int, sha256: str, records: int, time: datetime, key_id: str) -> bytes:
+    """The bytes an export's signature covers (a purpose of its own: never readable as a checkpoint)."""
+    return canonical_json({"purpose": "ward-audit-export", "through_seq": through_seq, "sha256": sha256,
+                           "records": records, "time": utc_iso(time), "key_id": key_id}).encode()
+
+
 def public_pem(public_key: Ed25519PublicKey) -> str:
     return public_key.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -57,6 +63,11 @@ class Signer:
     def sign(self, seq: int, entry_hash: str, time: datetime) -> str:
         """Base64 signature of statement(seq, entry_hash, time, self.key_id)."""
         return base64.b64encode(self._private_key.sign(statement(seq, entry_hash, time, self.key_id))).decode("ascii")
+
+    def sign_export(self, through_seq: int, sha256: str, records: int, time: datetime) -> str:
+        """Base64 signature of export_statement(...) with this key."""
+        message = export_statement(through_seq, sha256, records, time, self.key_id)
+        return base64.b64encode(self._private_key.sign(message)).decode("ascii")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Signer:
@@ -151,6 +162,17 @@ class TrustedKeys:
             return f"signed by key {key_id}, which is not trusted"
         try:
             key.verify(base64.b64decode(signature, validate=True), statement(seq, entry_hash, time, key_id))
+        except (InvalidSignature, ValueError):
+            return "signature is invalid"
+        return None
+
+    def check_export(self, through_seq: int, sha256: str, records: int, time: datetime, key_id: str, signature: str) -> str | None:
+        """None when an export's signature is valid under a trusted key, else why not."""
+        key = self.keys.get(key_id)
+        if key is None:
+            return f"signed by key {key_id}, which is not trusted"
+        try:
+            key.verify(base64.b64decode(signature, validate=True), export_statement(through_seq, sha256, records, time, key_id))
         except (InvalidSignature, ValueError):
             return "signature is invalid"
         return None

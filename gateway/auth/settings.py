@@ -11,7 +11,7 @@ import os
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from gateway.auth.principal import OVERSIGHT_ROLES, Role, check_separation_of_duties
 
@@ -26,6 +26,8 @@ OIDC_ENV = {
     "audience": "WARD_OIDC_AUDIENCE",
     "team_claim": "WARD_OIDC_TEAM_CLAIM",
     "roles_claim": "WARD_OIDC_ROLES_CLAIM",
+    "client_id": "WARD_OIDC_CLIENT_ID",
+    "client_secret": "WARD_OIDC_CLIENT_SECRET",
 }
 
 
@@ -77,6 +79,11 @@ class OIDCSettings(BaseModel):
     # cached keys are re-fetched after this long even without an unknown kid (retired keys drop out)
     jwks_max_age_s: float = Field(default=3600.0, gt=0.0)
     http_timeout_s: float = Field(default=5.0, gt=0.0)
+    # the web console's sign-in (authorization code + PKCE); unset: the console offers API keys only
+    client_id: str | None = None
+    client_secret: SecretStr | None = None
+    # requested at sign-in besides `openid` (the scope that makes the provider issue the access token)
+    scopes: list[str] = Field(default_factory=list)
 
     @field_validator("issuer")
     @classmethod

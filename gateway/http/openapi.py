@@ -55,6 +55,7 @@ MEDIA_TYPES = {
         "application/x-ndjson": {"schema": {"type": "string"}},
         "text/csv": {"schema": {"type": "string"}},
     },
+    ("/audit/checkpoints", "get"): {"application/x-ndjson": {"schema": {"type": "string"}}},
 }
 
 _BODY_MODELS: dict[str, type[BaseModel]] = {}

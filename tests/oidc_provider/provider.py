@@ -35,10 +35,28 @@ class TestClient:
     claims: dict = field(default_factory=dict)
 
 
+@dataclass
+class WebClient:
+    """A client that signs people in (authorization code + PKCE), e.g. Ward's web console."""
+
+    client_id: str
+    client_secret: str
+    redirect_uris: list[str]
+
+
+@dataclass
+class User:
+    """A person the provider knows: the login typed on its page (any password) and the claims of their tokens."""
+
+    login: str
+    claims: dict = field(default_factory=dict)
+
+
 class OIDCProvider:
     """One provider process. `keys[0]` signs; `restart(keys)` rotates them like an IdP would."""
 
-    def __init__(self, workdir: pathlib.Path, audience: str, clients: list[TestClient], keys: list[RSAKey]):
+    def __init__(self, workdir: pathlib.Path, audience: str, clients: list[TestClient], keys: list[RSAKey],
+                 web_clients: list[WebClient] = (), users: list[User] = ()):
         if shutil.which("node") is None:
             raise RuntimeError("Node.js is required for the OIDC tests (apt-get install nodejs npm)")
         if not (HERE / "node_modules" / "oidc-provider").is_dir():
@@ -49,6 +67,8 @@ class OIDCProvider:
         self.audience = audience
         self.clients = clients
         self.keys = keys
+        self.web_clients = list(web_clients)
+        self.users = list(users)
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "OIDCProvider":
@@ -58,6 +78,8 @@ class OIDCProvider:
             "audience": self.audience,
             "jwks": [k.as_dict(private=True) for k in self.keys],
             "clients": [c.__dict__ for c in self.clients],
+            "web_clients": [c.__dict__ for c in self.web_clients],
+            "users": [u.__dict__ for u in self.users],
         }
         path = self.workdir / "oidc-config.json"
         path.write_text(json.dumps(cfg))
