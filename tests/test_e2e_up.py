@@ -94,6 +94,45 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def console_in_a_browser(base: str, admin_key: str) -> None:
+    """The web console of a running ``ward up`` in headless Chromium: the printed admin key signs in,
+    makes a team, a key and its quota; the key is served by the real model, and its request shows in
+    the usage chart; sign-out ends the session."""
+    from test_console_browser import chromium_path
+
+    executable = chromium_path()
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True)
+        page = browser.new_page()
+        page.goto(base + "/console")
+        page.get_by_label("API key").fill(admin_key)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("heading", name="Teams and keys")).to_be_visible()
+        page.get_by_label("Team name").fill("oncology")
+        page.get_by_role("button", name="Create team").click()
+        expect(page.get_by_role("status")).to_have_text("Team oncology created.")
+        page.get_by_role("button", name="Create key").click()
+        key = page.get_by_label("The new API key").inner_text()
+        page.get_by_label("Requests per minute").fill("60")
+        page.get_by_role("button", name="Save quotas").click()
+        expect(page.get_by_role("status")).to_have_text("Quotas of oncology saved.")
+        with openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=120) as client:
+            raw = client.chat.completions.with_raw_response.create(
+                model=GENERATE_MODEL, max_tokens=2, messages=[{"role": "user", "content": "Hi"}])
+        assert raw.headers["x-ratelimit-limit-requests"] == "60"
+        page.get_by_role("button", name="Usage").click()
+        page.get_by_label("Team", exact=True).select_option("oncology")
+        page.get_by_role("button", name="Show usage").click()
+        expect(page.get_by_role("img", name="Requests: 1 in total, at most 1 in one period")).to_be_visible()
+        expect(page.get_by_role("cell", name=f"oncology / {GENERATE_MODEL}")).to_be_visible()
+        page.get_by_role("button", name="Sign out").click()
+        expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        assert page.evaluate("fetch('/admin/teams').then(r => r.status)") == 401
+        browser.close()
+
+
 def client_for(up: WardUp, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"http://127.0.0.1:{up.port}/v1", api_key=key, max_retries=0, timeout=120)
 
@@ -131,6 +170,7 @@ def test_ward_up_serves_the_openai_client_with_the_printed_key_and_stops_cleanly
             assert page.status_code == 200 and "script-src 'self'" in page.headers["content-security-policy"]
             assert "platform_admin" in browser.post("/console/session", json={"api_key": admin_key}).json()["roles"]
             assert browser.get("/admin/teams").status_code == 200
+        console_in_a_browser(base, admin_key)
 
         up.process.send_signal(signal.SIGINT)
         assert up.process.wait(60) == 0
@@ -140,9 +180,17 @@ def test_ward_up_serves_the_openai_client_with_the_printed_key_and_stops_cleanly
         up.kill()
     # The audit log was on: one record per request served, the quota change recorded, the chain intact.
     records = _audit_records(tmp_path / "data")
-    assert sorted((r["endpoint"], r["http_status"]) for r in records if r["kind"] == "request") == sorted([
-        ("/v1/models", 200), ("/v1/chat/completions", 200), ("/v1/embeddings", 200), ("/v1/chat/completions", 200)])
-    assert [r["data"]["action"] for r in records if r["kind"] == "admin"] == ["quota.set", "console.sign_in"]
+    served = [(r["endpoint"], r["http_status"]) for r in records if r["kind"] == "request"]
+    served = [s for s in served if s != ("unmatched", 404)]  # the browser asks for /favicon.ico by itself
+    assert sorted(served) == sorted([
+        ("/v1/models", 200), ("/v1/chat/completions", 200), ("/v1/embeddings", 200), ("/v1/chat/completions", 200),
+        ("/v1/chat/completions", 200), ("/admin/teams", 401)])  # the last two: the console's key, after sign-out
+    actions = [r["data"]["action"] for r in records if r["kind"] == "admin"]
+    assert actions[:2] == ["quota.set", "console.sign_in"]
+    # the browser's session: signed in, a team, a key and a quota made, signed out, in that order
+    browser_actions = [a for a in actions[2:] if a in ("console.sign_in", "team.create", "key.create", "quota.set",
+                                                        "console.sign_out")]
+    assert browser_actions == ["console.sign_in", "team.create", "key.create", "quota.set", "console.sign_out"], actions
     assert (tmp_path / "data" / "quotas.yaml").exists() and (tmp_path / "data" / "quota" / "overrides.json").exists()
     verify = subprocess.run([sys.executable, "-m", "ward", "audit", "verify", "--data-dir", str(tmp_path / "data")],
                             capture_output=True, text=True, env=clean_env(), cwd=ROOT, timeout=60)
