@@ -304,6 +304,49 @@ async def test_an_oidc_callback_must_match_a_login_started_in_the_same_browser()
         OIDCLogin(OIDCSettings(issuer="http://127.0.0.1:9", audience=["ward"]), store)
 
 
+async def test_the_id_token_must_be_signed_by_the_issuer_for_this_client_and_this_login():
+    import time
+
+    from joserfc import jwt
+    from joserfc.jwk import RSAKey
+
+    from gateway.auth.settings import OIDCSettings
+    from gateway.console.oidc_login import OIDCLogin, SignInFailed
+    from gateway.console.sessions import MemorySessions
+
+    issuer_key, other_key = RSAKey.generate_key(2048), RSAKey.generate_key(2048)
+
+    class Keys:  # the issuer's published key, as ProviderKeys finds it by kid
+        async def key_for(self, kid, alg):
+            return issuer_key if kid == "k1" and alg == "RS256" else None
+
+    settings = OIDCSettings(issuer="https://idp.test", audience=["ward"], client_id="console")
+    login = OIDCLogin(settings, MemorySessions(ttl_s=100, idle_s=30), keys=Keys())
+    now = int(time.time())
+    good = {"iss": "https://idp.test", "aud": "console", "sub": "dr.admin", "exp": now + 300, "iat": now,
+            "nonce": "n-1"}
+
+    def token(claims, key=issuer_key, kid="k1", alg="RS256"):
+        return jwt.encode({"alg": alg, "kid": kid}, claims, key)
+
+    assert (await login.verify_id_token(token(good), "n-1"))["sub"] == "dr.admin"
+    assert (await login.verify_id_token(token({**good, "aud": ["console", "x"]}), "n-1"))["sub"] == "dr.admin"
+    refused = [
+        (token(good), "another login's nonce"),
+        (token({**good, "aud": "ward"}), "n-1"),  # an access token's audience, not the console's
+        (token({**good, "iss": "https://evil.test"}), "n-1"),
+        (token({**good, "exp": now - 600}), "n-1"),
+        (token({k: v for k, v in good.items() if k != "nonce"}), "n-1"),
+        (token(good, key=other_key), "n-1"),  # not the issuer's key
+        (token(good, kid="k2"), "n-1"),
+        (None, "n-1"),
+        ("not.a.token", "n-1"),
+    ]
+    for id_token, nonce in refused:
+        with pytest.raises(SignInFailed):
+            await login.verify_id_token(id_token, nonce)
+
+
 async def test_the_console_cookie_does_not_reach_the_inference_api(gw):
     async with browser(gw) as client:
         token = (await sign_in(client, ADMIN_KEY))["csrf_token"]

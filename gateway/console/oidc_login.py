@@ -2,9 +2,11 @@
 
 ``start`` gives the provider's authorization URL and a pending login (state, code verifier); the
 browser comes back with ``code`` and ``state``; ``finish`` checks the state, redeems the code with the
-verifier and the client's secret, and returns the access token. The gateway then authenticates that
-token like any bearer token (issuer, audience, signature, claims to team and roles): what the console
-may do is what the token may do.
+verifier and the client's secret, checks the ID token (signature by a key of the issuer, issuer,
+audience = the console's client id, expiry, the login's nonce, the same subject as the access token)
+and returns the access token. The gateway then authenticates that token like any bearer token
+(issuer, audience, signature, claims to team and roles): what the console may do is what the token
+may do.
 """
 from __future__ import annotations
 
@@ -16,9 +18,13 @@ from typing import Any
 import httpx
 from authlib.common.security import generate_token
 from authlib.integrations.httpx_client import AsyncOAuth2Client
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
 
+from gateway.auth.errors import IdentityProviderUnavailable
 from gateway.auth.oidc import ClaimMapper
-from gateway.auth.settings import OIDCSettings
+from gateway.auth.oidc_keys import ProviderKeys
+from gateway.auth.settings import ASYMMETRIC_ALGORITHMS, OIDCSettings
 from gateway.console.sessions import SessionStore
 
 PENDING_TTL_S = 600.0
@@ -29,10 +35,11 @@ class SignInFailed(Exception):
 
 
 class OIDCLogin:
-    def __init__(self, settings: OIDCSettings, store: SessionStore):
+    def __init__(self, settings: OIDCSettings, store: SessionStore, keys: ProviderKeys | None = None):
         if not settings.client_id:
             raise ValueError("the console's OIDC sign-in needs auth.oidc.client_id (WARD_OIDC_CLIENT_ID)")
         self.settings = settings
+        self.keys = keys or ProviderKeys(settings)
         self.store = store  # keeps the logins in flight (any gateway replica may get the callback)
         self._metadata: dict[str, Any] | None = None
 
@@ -70,12 +77,14 @@ class OIDCLogin:
         meta = await self.metadata()
         verifier = generate_token(64)
         state = secrets.token_urlsafe(32)
+        nonce = secrets.token_urlsafe(24)
         async with self._client(redirect_uri) as client:
             url, _ = client.create_authorization_url(
                 meta["authorization_endpoint"], state=state, code_verifier=verifier,
-                nonce=secrets.token_urlsafe(16), resource=self.settings.audience[0],
+                nonce=nonce, resource=self.settings.audience[0],
             )
-        await self.store.save_login(state, {"verifier": verifier, "redirect_uri": redirect_uri}, PENDING_TTL_S)
+        await self.store.save_login(state, {"verifier": verifier, "redirect_uri": redirect_uri, "nonce": nonce},
+                                    PENDING_TTL_S)
         return url, state
 
     async def finish(self, state: str | None, code: str | None, bound_state: str | None) -> str:
@@ -98,14 +107,52 @@ class OIDCLogin:
         access = token.get("access_token")
         if not isinstance(access, str) or not access:
             raise SignInFailed("the identity provider returned no access token")
+        claims = await self.verify_id_token(token.get("id_token"), pending.get("nonce"))
+        if claims.get("sub") != _unverified_claims(access).get("sub"):
+            raise SignInFailed("the ID token and the access token name different subjects")
         return access
+
+    async def verify_id_token(self, id_token: Any, nonce: Any) -> dict[str, Any]:
+        """The ID token's claims, checked as OpenID Connect Core 3.1.3.7 asks of a confidential client;
+        raises SignInFailed for any defect (the sign-in is refused, nothing else is said)."""
+        if not isinstance(id_token, str) or not id_token or not isinstance(nonce, str) or not nonce:
+            raise SignInFailed("the identity provider returned no ID token")
+        try:
+            header = jws.extract_compact(id_token.encode("ascii")).headers()
+            alg, kid = header.get("alg"), header.get("kid")
+            if not isinstance(alg, str) or alg not in ASYMMETRIC_ALGORITHMS or (kid is not None and not isinstance(kid, str)):
+                raise SignInFailed("the ID token's signing algorithm is not accepted")
+            key = await self.keys.key_for(kid, alg)
+            if key is None:
+                raise SignInFailed("the ID token was not signed by a key of the issuer")
+            claims = jwt.decode(id_token, key, algorithms=[alg]).claims
+            jwt.JWTClaimsRegistry(
+                leeway=self.settings.leeway_s,
+                iss={"essential": True, "value": self.settings.issuer},
+                aud={"essential": True, "value": self.settings.client_id},
+                exp={"essential": True},
+                nonce={"essential": True, "value": nonce},
+            ).validate(claims)
+        except IdentityProviderUnavailable:
+            raise SignInFailed("the identity provider's keys could not be read") from None
+        except (JoseError, ValueError, UnicodeError) as exc:
+            claim = getattr(exc, "claim", None)
+            raise SignInFailed(f"the ID token's '{claim}' claim is not accepted" if claim
+                               else "the ID token is not valid") from None
+        return claims
 
     def teams_of(self, token: str) -> list[str]:
         """The Ward teams a token names, sorted. Only for a token the gateway has just verified (and
         refused as naming several teams): every request made with it is verified again anyway."""
-        try:
-            payload = token.split(".")[1]
-            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-        except (IndexError, ValueError):
-            return []
-        return sorted(ClaimMapper(self.settings).teams(claims)) if isinstance(claims, dict) else []
+        claims = _unverified_claims(token)
+        return sorted(ClaimMapper(self.settings).teams(claims)) if claims else []
+
+
+def _unverified_claims(token: str) -> dict[str, Any]:
+    """A JWT's payload without checking it (for comparing with claims verified elsewhere), or {}."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return {}
+    return claims if isinstance(claims, dict) else {}
