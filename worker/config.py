@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 BACKEND_NAMES = ("auto", "torch", "triton", "flash_attn", "flashinfer")  # attention backends
+QUANTIZATION_CHOICES = ("auto", "fp8", "none")  # auto: as the checkpoint ships; fp8: quantize a float one at load
+KV_CACHE_DTYPES = ("auto", "fp8")  # auto: the model's dtype; fp8: e4m3 with per-tensor or per-head scales
 
 
 @dataclass
@@ -29,6 +31,8 @@ class EngineConfig:
     cuda_graph_max_batch: int = 512
     # prepare step N+1 while step N runs: None = on GPUs only; True forces it (also on CPU, for tests)
     async_scheduling: bool | None = None
+    quantization: str = "auto"  # auto, fp8, none (worker/model/quant)
+    kv_cache_dtype: str = "auto"  # auto, fp8
 
     def __post_init__(self) -> None:
         self.validate()
@@ -56,3 +60,7 @@ class EngineConfig:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
         if self.attention_backend not in BACKEND_NAMES:
             raise ValueError(f"attention_backend must be one of {', '.join(BACKEND_NAMES)}, got {self.attention_backend!r}")
+        if self.quantization not in QUANTIZATION_CHOICES:
+            raise ValueError(f"quantization must be one of {', '.join(QUANTIZATION_CHOICES)}, got {self.quantization!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}")

@@ -15,6 +15,8 @@ from worker.config import EngineConfig
 from worker.engine.scheduler_output import ModelRunnerOutput, SampledLogprobs, SchedulerOutput
 from worker.errors import ModelLoadError
 from worker.model.loader import build_model, fill_dummy_weights, load_weights
+from worker.model.quant import finalize_quantized, quantize_model, resolve_quant_config, weight_report
+from worker.model.quant.apply import fill_dummy_quantized
 from worker.model.spec import ModelSpec
 from worker.runner.cuda_graphs import DecodeGraphs, capture_sizes
 from worker.runner.device import pick_device, pick_dtype
@@ -57,10 +59,15 @@ class ModelRunner:
         self.backend = get_backend(config.attention_backend, self.device, config.block_size, shape)
         ops = self._ops()
         self.model = build_model(spec, self.backend, self.device, self.dtype, max_model_len, ops)
+        self.quant = resolve_quant_config(config.quantization, spec.hf_config)
+        quantize_model(self.model, spec, self.quant, getattr(config, "tensor_parallel_size", 1))
         if config.load_format == "dummy":
             fill_dummy_weights(self.model, config.seed)
+            fill_dummy_quantized(self.model, torch.Generator(device=self.device).manual_seed(config.seed))
         else:
             load_weights(self.model, spec, model_dir)
+        finalize_quantized(self.model, spec, self.quant)
+        self.weight_report = weight_report(self.model, self.quant)
         self.requests: dict[str, RunnerRequest] = {}
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.max_blocks_per_req = -(-max_model_len // self.block_size)
