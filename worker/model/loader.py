@@ -83,6 +83,10 @@ def _target(model: CausalLM, spec: ModelSpec, name: str) -> tuple[torch.Tensor, 
     if rest.startswith("block_sparse_moe.gate."):  # Mixtral's router
         rest = "mlp.gate." + rest.rpartition(".")[2]
     module_name, _, kind = rest.rpartition(".")
+    if kind in ("k_scale", "v_scale"):  # FP8 KV cache scales (worker.model.quant.kv_cache)
+        from worker.model.quant.kv_cache import kv_scale_target
+
+        return kv_scale_target(layer, kind, name)
     fused = _fused_rows(spec).get(module_name)
     if fused is not None:
         attr, rows = fused

@@ -17,6 +17,7 @@ from worker.errors import ModelLoadError
 from worker.model.loader import build_model, fill_dummy_weights, load_weights
 from worker.model.quant import finalize_quantized, quantize_model, resolve_quant_config, weight_report
 from worker.model.quant.apply import fill_dummy_quantized
+from worker.model.quant.kv_cache import attach_kv_scales, fp8_kv_backend, kv_cache_torch_dtype
 from worker.model.spec import ModelSpec
 from worker.runner.cuda_graphs import DecodeGraphs, capture_sizes
 from worker.runner.device import pick_device, pick_dtype
@@ -56,10 +57,14 @@ class ModelRunner:
         self.max_model_len = max_model_len
         shape = AttentionShape(spec.num_heads, spec.num_kv_heads, spec.head_dim, self.dtype, config.block_size,
                                tuple(dict.fromkeys(spec.sliding_windows)), spec.attn_logit_softcap)
-        self.backend = get_backend(config.attention_backend, self.device, config.block_size, shape)
+        self.kv_dtype = kv_cache_torch_dtype(config.kv_cache_dtype, self.dtype)
+        self.backend = get_backend(fp8_kv_backend(config.attention_backend, self.kv_dtype, self.device), self.device,
+                                   config.block_size, shape)
         ops = self._ops()
         self.model = build_model(spec, self.backend, self.device, self.dtype, max_model_len, ops)
         self.quant = resolve_quant_config(config.quantization, spec.hf_config)
+        if self.kv_dtype != self.dtype:
+            attach_kv_scales(self.model, spec)
         quantize_model(self.model, spec, self.quant, getattr(config, "tensor_parallel_size", 1))
         if config.load_format == "dummy":
             fill_dummy_weights(self.model, config.seed)
@@ -97,7 +102,7 @@ class ModelRunner:
     # ---- memory and KV cache -------------------------------------------------------------
     def kv_block_bytes(self) -> int:
         s = self.spec
-        elem = torch.tensor([], dtype=self.dtype).element_size()
+        elem = torch.tensor([], dtype=self.kv_dtype).element_size()
         return 2 * s.num_layers * self.block_size * s.num_kv_heads * s.head_dim * elem
 
     @property
@@ -130,13 +135,14 @@ class ModelRunner:
 
     def scratch_kv(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         shape = (num_blocks, self.block_size, self.spec.num_kv_heads, self.spec.head_dim)
-        return [(torch.zeros(shape, dtype=self.dtype, device=self.device),) * 2 for _ in range(self.spec.num_layers)]
+        return [(torch.zeros(shape, dtype=self.kv_dtype, device=self.device),) * 2 for _ in range(self.spec.num_layers)]
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         s = self.spec
         shape = (num_blocks, self.block_size, s.num_kv_heads, s.head_dim)
         self.kv_caches = [
-            (torch.zeros(shape, dtype=self.dtype, device=self.device), torch.zeros(shape, dtype=self.dtype, device=self.device))
+            (torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
+             torch.zeros(shape, dtype=self.kv_dtype, device=self.device))
             for _ in range(s.num_layers)
         ]
         self.num_blocks = num_blocks
