@@ -169,7 +169,7 @@ class Fp8Linear(QuantLinear):
     def _scaled_mm(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
         xq, xs = quantize_fp8_per_token(x2, self.input_scale)
-        y = torch._scaled_mm(xq, self.weight.t(), scale_a=xs, scale_b=self.weight_scale.t(), out_dtype=x.dtype)
+        y = torch._scaled_mm(xq, self.weight.t(), scale_a=xs, scale_b=self.weight_scale.reshape(1, -1), out_dtype=x.dtype)
         return y.reshape(*x.shape[:-1], -1)
 
     def fill_dummy(self, gen):
