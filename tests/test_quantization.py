@@ -278,3 +278,48 @@ def test_fp8_asked_for_an_int4_checkpoint_is_refused():
         quantization_config = {"quant_method": "awq", "bits": 4, "group_size": 128}
     with pytest.raises(ModelLoadError, match="awq"):
         resolve_quant_config("fp8", Cfg())
+
+
+def test_startup_report_gives_format_bytes_and_kv_capacity(tmp_path_factory, base):
+    from worker.model.loader import checkpoint_files
+    from worker.runner.memory import checkpoint_weight_bytes
+
+    quantized_dir, reference_dir = write_pair(tmp_path_factory, base, "awq-g128")
+    _, llm = _greedy(quantized_dir, kv_cache_dtype="fp8")
+    report = llm.engine.runner.startup_report
+    assert report["weight_format"] == "awq" and report["kv_cache_dtype"] == "float8_e4m3fn"
+    assert report["kv_blocks"] == 64 and report["kv_tokens"] == 64 * 4
+    assert report["kv_bytes"] == 64 * llm.engine.runner.kv_block_bytes()
+    # the header-only estimate: packed int32 and float16 scales as stored, float tensors at the run dtype
+    estimate = checkpoint_weight_bytes(checkpoint_files(quantized_dir), torch.float32)
+    float_estimate = checkpoint_weight_bytes(checkpoint_files(reference_dir), torch.float32)
+    cfg, state = base
+    assert float_estimate == sum(t.numel() * 4 for t in state.values())
+    assert estimate < float_estimate
+
+
+def test_a_model_that_cannot_fit_says_so_with_the_numbers(monkeypatch):
+    from types import SimpleNamespace
+
+    from worker.runner import memory
+
+    monkeypatch.setattr(memory.torch.cuda, "mem_get_info", lambda dev: (80 * 2**30, 80 * 2**30))
+    monkeypatch.setattr(memory.torch.cuda, "memory_reserved", lambda dev: 0)
+    runner = SimpleNamespace(device=torch.device("cuda", 0), config=SimpleNamespace(gpu_memory_utilization=0.9))
+    memory.check_weights_fit(runner, 70 * 2**30, "fp8_block")  # 70 GiB of FP8 fits 72 GiB
+    with pytest.raises(ModelLoadError, match=r"does not fit: its weights take 140\.0 GiB \(bfloat16\).* 72\.0 GiB"):
+        memory.check_weights_fit(runner, 140 * 2**30, "bfloat16")
+
+
+def test_models_listing_shows_the_quantization():
+    from types import SimpleNamespace
+
+    from gateway.app import GatewayServices
+    from proto.ward.worker.v1 import worker_pb2 as pb
+
+    info = pb.ModelInfoResponse(max_model_len=4096, quantization="gptq", kv_cache_dtype="fp8")
+    state = SimpleNamespace(started_at=0, pool=SimpleNamespace(is_ready=lambda name: True, model_info=lambda name: info))
+    card = GatewayServices.model_card(state, "m")
+    assert card["quantization"] == "gptq" and card["kv_cache_dtype"] == "fp8"
+    info = pb.ModelInfoResponse(max_model_len=4096)  # an older worker reports nothing
+    assert "quantization" not in GatewayServices.model_card(state, "m")

@@ -148,6 +148,9 @@ def _checkpoint_files(model_dir: str) -> list[str]:
     return files
 
 
+checkpoint_files = _checkpoint_files  # the safetensors files of a model directory (memory sizing reads their headers)
+
+
 def load_weights(model: CausalLM, spec: ModelSpec, model_dir: str) -> None:
     from safetensors import safe_open
 

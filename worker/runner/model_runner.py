@@ -14,7 +14,7 @@ from worker.attention.probe import AttentionShape
 from worker.config import EngineConfig
 from worker.engine.scheduler_output import ModelRunnerOutput, SampledLogprobs, SchedulerOutput
 from worker.errors import ModelLoadError
-from worker.model.loader import build_model, fill_dummy_weights, load_weights
+from worker.model.loader import build_model, checkpoint_files, fill_dummy_weights, load_weights
 from worker.model.quant import finalize_quantized, quantize_model, resolve_quant_config, weight_report
 from worker.model.quant.apply import fill_dummy_quantized
 from worker.model.quant.kv_cache import attach_kv_scales, fp8_kv_backend, kv_cache_torch_dtype
@@ -23,7 +23,7 @@ from worker.runner.cuda_graphs import DecodeGraphs, capture_sizes
 from worker.runner.device import pick_device, pick_dtype
 from worker.runner.input_batch import InputBatch
 from worker.runner.input_buffers import InputBuffers
-from worker.runner.memory import profile_kv_budget
+from worker.runner.memory import check_weights_fit, checkpoint_weight_bytes, profile_kv_budget
 from worker.runner.request_state import RunnerRequest
 from worker.runner.prompt_logprobs import PromptLogprobs, prompt_logprobs
 from worker.runner.sampler import SamplerOutput, sample
@@ -61,8 +61,12 @@ class ModelRunner:
         self.backend = get_backend(fp8_kv_backend(config.attention_backend, self.kv_dtype, self.device), self.device,
                                    config.block_size, shape)
         ops = self._ops()
-        self.model = build_model(spec, self.backend, self.device, self.dtype, max_model_len, ops)
         self.quant = resolve_quant_config(config.quantization, spec.hf_config)
+        if self.device.type == "cuda" and config.load_format != "dummy":
+            # a float checkpoint quantized at load is read in full first: its float size must fit
+            check_weights_fit(self, checkpoint_weight_bytes(checkpoint_files(model_dir), self.dtype),
+                              self.quant.method if self.quant else str(self.dtype).removeprefix("torch."))
+        self.model = build_model(spec, self.backend, self.device, self.dtype, max_model_len, ops)
         if self.kv_dtype != self.dtype:
             attach_kv_scales(self.model, spec)
         quantize_model(self.model, spec, self.quant, getattr(config, "tensor_parallel_size", 1))
@@ -146,9 +150,22 @@ class ModelRunner:
             for _ in range(s.num_layers)
         ]
         self.num_blocks = num_blocks
+        self.startup_report = self._startup_report(num_blocks)
+        w = self.startup_report
+        log.info("weights: %s (%s), %.2f GiB; KV cache: %s, %d blocks x %d tokens = %d tokens, %.2f GiB",
+                 w["weight_format"], w["weight_source"], w["weight_bytes"] / 2**30, w["kv_cache_dtype"], num_blocks,
+                 self.block_size, w["kv_tokens"], w["kv_bytes"] / 2**30)
         if self.use_cuda_graphs:
             self.graphs = DecodeGraphs(self.device)
             self.graph_capture_seconds = self.graphs.capture(capture_sizes(self.graph_max_batch()), self.decode_forward)
+
+    def _startup_report(self, num_blocks: int) -> dict:
+        """Weight format and bytes, KV cache dtype and capacity: logged at start, kept for metadata."""
+        return {"weight_format": self.weight_report["format"], "weight_source": self.weight_report["source"],
+                "weight_bytes": self.weight_report["weight_bytes"],
+                "kv_cache_dtype": str(self.kv_dtype).removeprefix("torch."),
+                "kv_blocks": num_blocks, "kv_tokens": num_blocks * self.block_size,
+                "kv_bytes": num_blocks * self.kv_block_bytes()}
 
     # ---- one step --------------------------------------------------------------------------
     def _update_states(self, sched: SchedulerOutput) -> None:
