@@ -10,18 +10,22 @@ from worker.model.quant.linear import dequantize_fp8_block, quantize_fp8_per_tok
 from worker.model.quant.packing import dequantize_int, pack_rows
 
 
-def check_int4(M: int, K: int, N: int, group: int, force: str | None, device: str, dtype=torch.float32) -> float:
+def check_int4(M: int, K: int, N: int, group: int, force: str | None, device: str, dtype=torch.float32,
+               offsets: bool = False) -> float:
+    """``offsets``: float offsets instead of integer zeros (GGUF Q4_1 kept quantized)."""
     from worker.kernels.int4_gemm import int4_matmul
 
     gen = torch.Generator().manual_seed(M * 7 + K + N + group)
     q = torch.randint(0, 16, (K, N), generator=gen)
     zeros = torch.randint(0, 16, (K // group, N), generator=gen).to(torch.uint8)
     scales = (torch.rand(K // group, N, generator=gen) * 0.02).to(dtype)
+    offs = (torch.randn(K // group, N, generator=gen) * 0.05).half() if offsets else None
     x = torch.randn(M, K, generator=gen).to(dtype)
     qweight = pack_rows(q, 4)
-    want = x.float() @ dequantize_int(qweight, scales, zeros, 4, group, torch.float32)
+    want = x.float() @ dequantize_int(qweight, scales, None if offsets else zeros, 4, group, torch.float32, offs)
     dev = torch.device(device)
-    got = int4_matmul(x.to(dev), qweight.to(dev), scales.to(dev), zeros.to(dev), group, force=force).float().cpu()
+    got = int4_matmul(x.to(dev), qweight.to(dev), scales.to(dev), None if offsets else zeros.to(dev), group,
+                      offsets=offs.to(dev) if offsets else None, force=force).float().cpu()
     return float((got - want).abs().max() / want.abs().max())
 
 
@@ -54,6 +58,8 @@ INTERPRETER_CASES = {  # small shapes: the interpreter runs kernels in numpy
     "int4-gemm-g32": lambda: check_int4(5, 128, 96, 32, "gemm", "cpu"),
     "int4-gemm-g128-ragged": lambda: check_int4(20, 256, 160, 128, "gemm", "cpu"),
     "int4-gemv-g64": lambda: check_int4(3, 256, 128, 64, "gemv", "cpu"),
+    "int4-gemm-offsets": lambda: check_int4(17, 128, 64, 32, "gemm", "cpu", offsets=True),
+    "int4-gemv-offsets": lambda: check_int4(2, 128, 64, 32, "gemv", "cpu", offsets=True),
     "fp8-block-gemm": lambda: check_fp8_block(20, 384, 200, "cpu"),
 }
 

@@ -47,6 +47,13 @@ def test_int4_matmul_matches_dequantized_reference(M, group):
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("M", [1, 5, 300])
+def test_int4_matmul_with_float_offsets_matches_reference(M):
+    assert check_int4(M, 4096, 4096, 32, None, "cuda", torch.bfloat16, offsets=True) < 2e-2
+
+
+@pytest.mark.gpu
+@gpu
 @pytest.mark.parametrize("M", [1, 3])
 def test_int4_gemm_and_gemv_agree_on_small_batches(M):
     assert check_int4(M, 4096, 4096, 128, "gemm", "cuda", torch.bfloat16) < 2e-2

@@ -323,3 +323,57 @@ def test_models_listing_shows_the_quantization():
     assert card["quantization"] == "gptq" and card["kv_cache_dtype"] == "fp8"
     info = pb.ModelInfoResponse(max_model_len=4096)  # an older worker reports nothing
     assert "quantization" not in GatewayServices.model_card(state, "m")
+
+
+# ---- GGUF Q4_0 / Q4_1 / Q8_0 kept quantized (ward model import-gguf) ----------------------------
+@pytest.mark.parametrize("kind", ["Q4_0", "Q4_1", "Q8_0"])
+def test_gguf_blocks_convert_to_wards_layout_exactly(kind):
+    gguf = pytest.importorskip("gguf")
+    from worker.model.quant.gguf import block_layout, to_ward
+    from worker.model.quant.packing import dequantize_int
+
+    w = (torch.randn(48, 128, generator=torch.Generator().manual_seed(5)) * 0.1).numpy()
+    qtype = getattr(gguf.GGMLQuantizationType, kind)
+    raw = gguf.quants.quantize(w, qtype)  # [48, bytes per row]
+    want = torch.from_numpy(gguf.quants.dequantize(raw, qtype)).reshape(48, 128)
+    for fmt in (None, "offset"):
+        t = to_ward(raw, kind, 48, 128, fmt)
+        got = dequantize_int(t["qweight"], t["scales"], t.get("zeros"), block_layout(kind)[0], 32, torch.float32,
+                             t.get("offsets"))
+        assert torch.allclose(got.t(), want, rtol=1e-6, atol=1e-7)
+
+
+def test_gguf_rope_row_order_matches_transformers():
+    from worker.model.quant.gguf import row_order_of_rope_permute
+
+    rows, heads = 24, 3
+    w = torch.arange(rows * 2).reshape(rows, 2)
+    dim = rows // heads // 2
+    expected = w.reshape(heads, dim, 2, 2).swapaxes(2, 1).reshape(rows, 2)  # transformers' reverse permute
+    assert torch.equal(w[torch.from_numpy(row_order_of_rope_permute(rows, heads))], expected)
+
+
+def test_wards_int_layout_with_offsets_loads_like_its_dequantized_model(tmp_path_factory, base):
+    """What import-gguf writes for a Q4_1 file: 4-bit, group 32, float offsets."""
+    gguf = pytest.importorskip("gguf")
+    from worker.model.quant.gguf import to_ward
+
+    cfg, state = base
+    quantized, dequantized = {}, {}
+    for name, t in state.items():
+        module, _, kind = name.rpartition(".")
+        if kind == "weight" and module.rpartition(".")[2] in PROJ:
+            raw = gguf.quants.quantize(t.numpy(), gguf.GGMLQuantizationType.Q4_1)
+            quantized.update({f"{module}.{k}": v for k, v in to_ward(raw, "Q4_1", *t.shape).items()})
+            deq = gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q4_1)
+            dequantized[name] = torch.from_numpy(deq).reshape(t.shape).float().contiguous()
+        else:
+            quantized[name] = dequantized[name] = t
+    root = tmp_path_factory.mktemp("ward-int")
+    qcfg = {"quant_method": "ward-int", "bits": 4, "group_size": 32, "zero_format": "offset"}
+    got, llm = _greedy(_write(root / "q", cfg, quantized, qcfg))
+    want, ref = _greedy(_write(root / "d", cfg, dequantized, None))
+    assert got == want
+    assert llm.engine.runner.weight_report["format"] == "ward_int"
+    a, b = _prefill_logits(llm, PROMPTS[2]), _prefill_logits(ref, PROMPTS[2])
+    assert (a - b).abs().max() <= 1e-4 * b.abs().max()

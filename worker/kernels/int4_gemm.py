@@ -1,6 +1,7 @@
 """Weight-only INT4 matmul on Ward's packed layout (worker/model/quant/packing.py):
-``y = x @ W`` with ``W[k, n] = (q[k, n] - zeros[k // group, n]) * scales[k // group, n]``, ``q``
-packed eight input rows to an int32 (lowest bits first).
+``y = x @ W`` with ``W[k, n] = (q[k, n] - zeros[k // group, n]) * scales[k // group, n]`` (or with
+float ``offsets``, ``q[k, n] * scales[..] + offsets[..]``: GGUF Q4_1), ``q`` packed eight input rows
+to an int32 (lowest bits first).
 
 Two kernels: a tiled GEMM that de-quantizes a [BLOCK_K, BLOCK_N] tile in registers and feeds
 ``tl.dot`` (prefill, large batches), and for a few rows (decode, memory-bound) a GEMV that streams
@@ -8,6 +9,8 @@ the packed weight once, split along K across programs so every SM reads, its par
 float32.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -23,6 +26,7 @@ def _int4_gemm_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, M, N, K,
     stride_xm, stride_qk, stride_sg, stride_ym,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_OFFSETS: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -41,7 +45,10 @@ def _int4_gemm_kernel(
         g = offs_k // GROUP
         s = tl.load(s_ptr + g[:, None] * stride_sg + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         z = tl.load(z_ptr + g[:, None] * stride_sg + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0)
-        w = ((q - z.to(tl.int32)).to(tl.float32) * s.to(tl.float32)).to(x.dtype)
+        if HAS_OFFSETS:  # z holds float offsets
+            w = (q.to(tl.float32) * s.to(tl.float32) + z.to(tl.float32)).to(x.dtype)
+        else:
+            w = ((q - z.to(tl.int32)).to(tl.float32) * s.to(tl.float32)).to(x.dtype)
         acc += tl.dot(x, w)
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
@@ -52,6 +59,7 @@ def _int4_gemv_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, M, N, K, k_per_split,
     stride_xm, stride_qk, stride_sg, stride_ym,
     GROUP: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_OFFSETS: tl.constexpr,
 ):
     """Grid (N / BLOCK_N, splits): each program de-quantizes its K range of BLOCK_N columns once and
     applies it to every row of x (at most ROWS), adding float32 partial sums into y."""
@@ -72,14 +80,17 @@ def _int4_gemv_kernel(
         g = offs_k // GROUP
         s = tl.load(s_ptr + g[:, None] * stride_sg + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
         z = tl.load(z_ptr + g[:, None] * stride_sg + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0)
-        w = (q - z.to(tl.int32)).to(tl.float32) * s.to(tl.float32)  # [BLOCK_K, BLOCK_N]
+        if HAS_OFFSETS:
+            w = q.to(tl.float32) * s.to(tl.float32) + z.to(tl.float32)  # [BLOCK_K, BLOCK_N]
+        else:
+            w = (q - z.to(tl.int32)).to(tl.float32) * s.to(tl.float32)
         x = tl.load(x_ptr + rows[:, None] * stride_xm + offs_k[None, :], mask=r_ok[:, None] & k_ok[None, :],
                     other=0.0).to(tl.float32)  # [ROWS, BLOCK_K]
         acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
     tl.atomic_add(y_ptr + rows[:, None] * stride_ym + offs_n[None, :], acc, mask=r_ok[:, None] & n_ok[None, :])
 
 
-def _check(x, qweight, scales, zeros, group_size):
+def _check(x, qweight, scales, zeros, group_size, offsets=None):
     if x.dim() != 2 or x.stride(-1) != 1:
         raise KernelInputError(f"x must be [M, K] with a contiguous last dim, got {tuple(x.shape)}")
     M, K = x.shape
@@ -89,17 +100,24 @@ def _check(x, qweight, scales, zeros, group_size):
     if group_size < 1 or K % group_size:
         raise KernelInputError(f"group_size {group_size} must divide K = {K}")
     shape = (K // group_size, N)
-    if tuple(scales.shape) != shape or tuple(zeros.shape) != shape or zeros.dtype != torch.uint8:
-        raise KernelInputError(f"scales and uint8 zeros must be {shape}, got {tuple(scales.shape)}, {tuple(zeros.shape)}")
-    if not (scales.is_contiguous() and zeros.is_contiguous()):
+    if (zeros is None) == (offsets is None):
+        raise KernelInputError("give either uint8 zeros or float offsets")
+    z = zeros if zeros is not None else offsets
+    if tuple(scales.shape) != shape or tuple(z.shape) != shape or (zeros is not None and zeros.dtype != torch.uint8):
+        raise KernelInputError(f"scales and uint8 zeros (or offsets) must be {shape}, got {tuple(scales.shape)}, "
+                               f"{tuple(z.shape)}")
+    if not (scales.is_contiguous() and z.is_contiguous()):
         raise KernelInputError("scales and zeros must be contiguous")
     return M, N, K
 
 
-def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
-                group_size: int, *, force: str | None = None) -> torch.Tensor:
-    """[M, K] @ INT4 [K, N] -> [M, N] in x's dtype. ``force``: "gemm" or "gemv" (tests)."""
-    M, N, K = _check(x, qweight, scales, zeros, group_size)
+def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+                group_size: int, *, offsets: torch.Tensor | None = None, force: str | None = None) -> torch.Tensor:
+    """[M, K] @ INT4 [K, N] -> [M, N] in x's dtype, with uint8 ``zeros`` or float ``offsets``.
+    ``force``: "gemm" or "gemv" (tests)."""
+    M, N, K = _check(x, qweight, scales, zeros, group_size, offsets)
+    has_offsets = offsets is not None
+    zeros = offsets if has_offsets else zeros
     use_gemv = force == "gemv" or (force is None and M <= GEMV_MAX_ROWS)
     if use_gemv:
         if M > GEMV_MAX_ROWS:
@@ -114,7 +132,7 @@ def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, ze
         _int4_gemv_kernel[(col_programs, splits)](
             x, qweight, scales, zeros, y, M, N, K, k_per_split, x.stride(0), qweight.stride(0), scales.stride(0),
             y.stride(0), GROUP=group_size, ROWS=max(2, triton.next_power_of_2(M)), BLOCK_N=block_n, BLOCK_K=block_k,
-            num_warps=4)
+            HAS_OFFSETS=has_offsets, num_warps=4)
         return y.to(x.dtype)
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     block_m = 16 if M <= 16 else (64 if M <= 64 else 128)
@@ -122,10 +140,11 @@ def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, ze
     grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
     _int4_gemm_kernel[grid](x, qweight, scales, zeros, y, M, N, K, x.stride(0), qweight.stride(0), scales.stride(0),
                             y.stride(0), GROUP=group_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                            num_warps=4 if block_m <= 64 else 8, num_stages=3)
+                            HAS_OFFSETS=has_offsets, num_warps=4 if block_m <= 64 else 8, num_stages=3)
     return y
 
 
+@functools.lru_cache(maxsize=None)
 def _num_sms(device: torch.device) -> int:
     if device.type != "cuda":
         return 4

@@ -14,6 +14,10 @@ Each layout a model hub ships is one ``method``:
 - ``gptq``: ``qweight`` int32 [in/8, out] (input rows packed, low bits first), ``qzeros`` int32
   [groups, out/8] (stored zero - 1 in v1 checkpoints), ``scales`` [groups, out], ``g_idx`` [in]
   (the group of each input row; a permutation of groups with ``desc_act``).
+- ``ward_int``: Ward's own layout (``packing``), written by ``ward model import-gguf`` from GGUF
+  Q4_0/Q4_1/Q8_0: ``qweight`` int32 [in / pack, out], ``scales`` [groups, out] and either ``zeros``
+  uint8 [groups, out] (``zero_format: "int"``, w = (q - zero) * scale) or ``offsets`` float16
+  [groups, out] (``"offset"``, w = q * scale + offset).
 - ``fp8``: a float checkpoint quantized while loading (``quantization="fp8"``): per-channel scales.
 
 A field the engine cannot honour is a ``ModelLoadError`` that names it.
@@ -38,6 +42,7 @@ class QuantConfig:
     block_size: tuple[int, int] | None = None  # fp8_block: (rows, cols) of one scale
     desc_act: bool = False  # gptq: g_idx permutes the groups
     zero_offset: int = 0  # gptq v1: stored zeros are zero - 1
+    zero_format: str = "int"  # ward_int: "int" (uint8 zeros) or "offset" (float offsets)
     static_input_scale: bool = False  # fp8: activations use the checkpoint's input_scale
     ignore: tuple[str, ...] = field(default_factory=tuple)  # module names (or suffixes) left in float
 
@@ -169,7 +174,18 @@ def _gptq(q: dict) -> QuantConfig:
                        ignore=tuple(q.get("modules_to_not_convert") or ()))
 
 
-_READERS = {"fp8": _fp8_native, "compressed-tensors": _compressed_tensors, "awq": _awq, "gptq": _gptq}
+def _ward_int(q: dict) -> QuantConfig:
+    p = "quantization_config"
+    bits = _int(q, "bits", (4, 8))
+    group = _int(q, "group_size", INT4_GROUP_SIZES)
+    fmt = q.get("zero_format", "int")
+    if fmt not in ("int", "offset"):
+        raise ModelLoadError(f"{p}.zero_format = {fmt!r} is not supported (int, offset)")
+    return QuantConfig("ward_int", "gguf", bits=bits, group_size=group, zero_format=fmt,
+                       ignore=tuple(q.get("modules_to_not_convert") or ()))
+
+
+_READERS = {"fp8": _fp8_native, "compressed-tensors": _compressed_tensors, "awq": _awq, "gptq": _gptq, "ward-int": _ward_int}
 
 
 def parse_quant_config(q: dict) -> QuantConfig:

@@ -215,6 +215,16 @@ class IntLinear(QuantLinear):
                 raise ModelLoadError(f"output size {n} is not a multiple of {self.pack} (packed zeros)")
         self.num_groups = in_features // self.group_size
         g, o, p = self.num_groups, out_features, self.pack
+        self.offsets: torch.Tensor | None = None
+        if qc.method == "ward_int":  # already Ward's layout (import-gguf)
+            self.qweight = self._new(in_features // p, o, dtype=torch.int32)
+            self.scales = self._new(g, o, dtype=torch.float16)
+            if qc.zero_format == "offset":
+                self.offsets = self._new(g, o, dtype=torch.float16)
+            else:
+                self.zeros = self._new(g, o, dtype=torch.uint8)
+            self.perm = None
+            return
         if qc.method == "awq":
             self.qweight = self._new(in_features, o // p, dtype=torch.int32)
         else:
@@ -227,6 +237,9 @@ class IntLinear(QuantLinear):
     def placer(self, kind, rows, name):
         i, start, n = self._shard(rows)
         p = self.pack
+        if self.qc.method == "ward_int" and kind in ("qweight", "scales", "zeros", "offsets") and kind in self._parameters:
+            param = self._parameters[kind]
+            return param, lambda t: (param.data[:, start : start + n], t)
         if kind == "qweight":
             if self.qc.method == "awq":
                 return self.qweight, lambda t: (self.qweight.data[:, start // p : (start + n) // p], t)
@@ -242,6 +255,14 @@ class IntLinear(QuantLinear):
     def finalize(self, name: str = "") -> None:
         """Checkpoint layout -> Ward's: input rows packed in group order, zeros unpacked."""
         qc = self.qc
+        if qc.method == "ward_int":
+            for attr in ("qweight", "scales", "zeros", "offsets"):
+                if attr in self._parameters:
+                    t = self._parameters.pop(attr).data
+                    if attr == "zeros" and int(t.max()) >= (1 << self.bits):
+                        raise ModelLoadError(f"{name}.zeros: zero points outside the {self.bits}-bit range")
+                    self.register_buffer(attr, t.contiguous())
+            return
         if qc.method == "awq":
             values = packing.awq_unpack(self.qweight.data)  # [in, out]
             zeros = packing.awq_unpack(self.qzeros.data)
@@ -272,8 +293,8 @@ class IntLinear(QuantLinear):
 
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """W [in, out] with rows in group order (the reference of the kernels)."""
-        return packing.dequantize_int(self.qweight, self.scales, self.zeros, self.bits, self.group_size,
-                                      dtype or self.dtype)
+        return packing.dequantize_int(self.qweight, self.scales, getattr(self, "zeros", None), self.bits,
+                                      self.group_size, dtype or self.dtype, self.offsets)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
@@ -282,7 +303,8 @@ class IntLinear(QuantLinear):
         if x.device.type == "cuda" and self.bits == 4:
             from worker.kernels.int4_gemm import int4_matmul
 
-            y = int4_matmul(x2, self.qweight, self.scales, self.zeros, self.group_size)
+            y = int4_matmul(x2, self.qweight, self.scales, getattr(self, "zeros", None), self.group_size,
+                            offsets=self.offsets)
         else:
             y = x2 @ self.dequantized_weight(x.dtype)
         return self._add_bias(y.reshape(*x.shape[:-1], self.out_features))

@@ -2,7 +2,8 @@
 
 Ward's INT4/INT8 layout, the one every kernel reads: ``qweight`` int32 [in / pack, out] with the
 values of ``pack = 32 // bits`` consecutive input rows in one word, lowest bits first;
-``scales`` [groups, out] and ``zeros`` uint8 [groups, out] (a weight is ``(q - zero) * scale``);
+``scales`` [groups, out] and ``zeros`` uint8 [groups, out] (a weight is ``(q - zero) * scale``), or
+instead of zeros float ``offsets`` [groups, out] (a weight is ``q * scale + offset``: GGUF's Q4_1);
 input rows sorted by group (act-order checkpoints carry the permutation ``perm`` so that
 ``y = x[:, perm] @ W``), so input row r belongs to group ``r // group_size``.
 """
@@ -76,10 +77,13 @@ def group_order(g_idx: torch.Tensor, group_size: int, num_groups: int) -> torch.
     return torch.argsort(g_idx, stable=True)
 
 
-def dequantize_int(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int,
-                   group_size: int, dtype: torch.dtype) -> torch.Tensor:
+def dequantize_int(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, bits: int,
+                   group_size: int, dtype: torch.dtype, offsets: torch.Tensor | None = None) -> torch.Tensor:
     """Ward's layout -> W [in, out] in ``dtype`` (rows in group order): the reference of the kernels."""
     q = unpack_rows(qweight, bits)  # [in, out]
     groups = torch.arange(q.shape[0], device=q.device) // group_size
-    w = (q - zeros.to(torch.int32)[groups]).float() * scales.float()[groups]
+    if offsets is not None:
+        w = q.float() * scales.float()[groups] + offsets.float()[groups]
+    else:
+        w = (q - zeros.to(torch.int32)[groups]).float() * scales.float()[groups]
     return w.to(dtype)
