@@ -33,8 +33,8 @@ def _reshape_and_cache_kernel(
     HEADS_P: tl.constexpr,
     HEAD_DIM_P: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
-    FP8: tl.constexpr,
-    SCALE_STRIDE: tl.constexpr,
+    FP8: tl.constexpr = False,
+    SCALE_STRIDE: tl.constexpr = 0,
 ):
     """One program per token: copy its [Hkv, D] K and V rows to their slot; a negative slot is skipped.
     FP8: the rows are divided by their per-tensor (SCALE_STRIDE 0) or per-head (1) scales first."""
