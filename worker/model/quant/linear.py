@@ -12,6 +12,7 @@ path and the oracle of the kernels.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -28,7 +29,13 @@ Placer = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _cuda_fp8_ok(device: torch.device) -> bool:
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    """FP8 tensor cores: Ada (8.9) and Hopper (9.0) or later."""
+    return device.type == "cuda" and _capability(device.index) >= (8, 9)
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: int | None) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
 
 
 def quantize_fp8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
