@@ -125,7 +125,7 @@ def awq(w: torch.Tensor, group: int):
     return tensors, deq_t.t()
 
 
-def gptq(w: torch.Tensor, group: int, act_order: bool, bits: int = 4, seed: int = 0):
+def gptq(w: torch.Tensor, group: int, act_order: bool, bits: int = 4, seed: int = 0, v2: bool = False):
     wt = w.t().contiguous()
     n_in = wt.shape[0]
     if act_order:  # rows quantized in a permuted order: g_idx[perm[j]] = j // group
@@ -140,7 +140,7 @@ def gptq(w: torch.Tensor, group: int, act_order: bool, bits: int = 4, seed: int 
     for r in range(n_in // pf):  # input rows r*pf .. r*pf+pf-1 in one word, lowest bits first
         for c in range(wt.shape[1]):
             qweight[r, c] = pack_word([q[r * pf + i, c] for i in range(pf)], bits)
-    stored = zeros - 1  # GPTQ v1: zero points are stored minus one
+    stored = zeros if v2 else zeros - 1  # GPTQ v1: zero points are stored minus one
     qzeros = torch.empty(stored.shape[0], stored.shape[1] // pf, dtype=torch.int32)
     for g in range(stored.shape[0]):
         for c in range(stored.shape[1] // pf):
@@ -164,6 +164,8 @@ FORMATS = {
                            lambda w: gptq(w, 64, True)),
     "gptq-g32-act-order": ({"quant_method": "gptq", "bits": 4, "group_size": 32, "desc_act": True, "sym": False},
                            lambda w: gptq(w, 32, True, seed=3)),
+    "gptq-8bit-g128-v2": ({"quant_method": "gptq", "bits": 8, "group_size": 128, "desc_act": False,
+                           "checkpoint_format": "gptq_v2"}, lambda w: gptq(w, 128, False, bits=8, v2=True)),
 }
 
 
@@ -259,6 +261,8 @@ def test_quantization_none_refuses_a_quantized_checkpoint(tmp_path_factory, base
     ({"quant_method": "gptq", "bits": 4}, "group_size"),
     ({"quant_method": "compressed-tensors", "format": "pack-quantized", "config_groups": {}}, "format"),
     ({**compressed_tensors("group")}, "strategy"),
+    ({"quant_method": "gptq", "bits": 4, "group_size": 128, "lm_head": True}, "lm_head"),
+    ({"quant_method": "ward-int", "bits": 4, "group_size": 32, "zero_format": "nf4"}, "zero_format"),
 ])
 def test_malformed_quantization_config_names_the_field(config, field):
     with pytest.raises(ModelLoadError, match=field):

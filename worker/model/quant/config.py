@@ -167,8 +167,8 @@ def _gptq(q: dict) -> QuantConfig:
     fmt = q.get("checkpoint_format", "gptq")
     if fmt not in ("gptq", "gptq_v2"):
         raise ModelLoadError(f"{p}.checkpoint_format = {fmt!r} is not supported (gptq, gptq_v2)")
-    if q.get("sym", True) is not True and fmt == "gptq":
-        pass  # asymmetric zeros are stored the same way; nothing to refuse
+    if q.get("lm_head", False):
+        raise ModelLoadError(f"{p}.lm_head = true is not supported (a quantized LM head)")
     return QuantConfig("gptq", "gptq", bits=bits, group_size=group, desc_act=desc_act,
                        zero_offset=1 if fmt == "gptq" else 0,
                        ignore=tuple(q.get("modules_to_not_convert") or ()))

@@ -238,7 +238,8 @@ class IntLinear(QuantLinear):
             self.qweight = self._new(in_features // p, o, dtype=torch.int32)
             self.g_idx = self._new(len(shards), in_features, dtype=torch.int32)
         self.qzeros = self._new(g, o // p, dtype=torch.int32)
-        self.scales = self._new(g, o, dtype=dtype)
+        # float16 as AWQ and GPTQ ship them (a bfloat16 copy would round them); kernels read float32
+        self.scales = self._new(g, o, dtype=torch.float16)
         self.perm: torch.Tensor | None = None
 
     def placer(self, kind, rows, name):
@@ -284,7 +285,9 @@ class IntLinear(QuantLinear):
             except ValueError as exc:
                 raise ModelLoadError(f"{name}.g_idx: {exc}") from None
             values = packing.unpack_rows(self.qweight.data, self.bits) if perm is not None else None
-        if int(zeros.max()) >= (1 << self.bits) or int(zeros.min()) < 0:
+        # GPTQ v1 stores zero - 1 in the bit width, so a zero of 0 wraps and loads as 2^bits, as every
+        # v1 reader computes it: allowed (uint8 holds it)
+        if int(zeros.max()) > (1 << self.bits) - 1 + qc.zero_offset or int(zeros.min()) < 0:
             raise ModelLoadError(f"{name}.qzeros: zero points outside the {self.bits}-bit range")
         if values is None:  # GPTQ rows in order: already Ward's layout
             qweight = self.qweight.data
