@@ -381,3 +381,20 @@ def test_wards_int_layout_with_offsets_loads_like_its_dequantized_model(tmp_path
     assert llm.engine.runner.weight_report["format"] == "ward_int"
     a, b = _prefill_logits(llm, PROMPTS[2]), _prefill_logits(ref, PROMPTS[2])
     assert (a - b).abs().max() <= 1e-4 * b.abs().max()
+
+
+def test_worker_model_info_reports_the_quantization(tmp_path_factory, base):
+    import asyncio
+    from types import SimpleNamespace
+
+    from proto.ward.worker.v1 import worker_pb2 as pb
+    from worker.server.servicer import WorkerServicer
+
+    quantized_dir, _ = write_pair(tmp_path_factory, base, "gptq-g128")
+    _, llm = _greedy(quantized_dir, kv_cache_dtype="fp8")
+    servicer = WorkerServicer("m", engine=SimpleNamespace(engine=llm.engine))
+    try:
+        info = asyncio.run(servicer.ModelInfo(pb.ModelInfoRequest(), None))
+    finally:
+        servicer.close()
+    assert info.quantization == "gptq" and info.kv_cache_dtype == "fp8"
