@@ -6,16 +6,12 @@ head and MoE routers stay in the model's dtype.
 """
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch import nn
 
 from worker.errors import ModelLoadError
 from worker.model.quant.config import QuantConfig
 from worker.model.quant.linear import Fp8Linear, IntLinear, QuantLinear
-
-log = logging.getLogger("ward.worker.quant")
 
 # our fused module -> the checkpoint projections it holds, in row order
 _CHECKPOINT_NAMES = {
