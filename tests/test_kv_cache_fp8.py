@@ -77,7 +77,10 @@ def test_fp8_kv_cache_engine_halves_the_bytes_and_stays_close(tmp_path_factory, 
     assert runner.kv_caches[0][0].dtype == FP8
     assert runner.kv_block_bytes() * 4 == ref.engine.runner.kv_block_bytes()  # float32 model: a quarter
     a, b = _prefill_logits(llm, PROMPTS[2]), _prefill_logits(ref, PROMPTS[2])
-    assert (a - b).abs().max() <= 0.05 * b.abs().max()
+    # e4m3 keeps 3 mantissa bits (up to 6% per element, about 3.6% RMS); this random two-layer model
+    # passes it on to its logits at about 4.4% (relative norm)
+    err = float((a - b).norm() / b.norm())
+    assert 0 < err < 0.08, err
     # a random model's logits are nearly tied, so later tokens may part ways; the first agree
     assert [g[0] for g in got] == [w[0] for w in want]
 

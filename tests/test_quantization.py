@@ -205,10 +205,14 @@ def _greedy(model_dir: str, **kw) -> tuple[list[list[int]], object]:
 
 
 def _prefill_logits(llm, tokens: list[int]) -> torch.Tensor:
+    """One prefill through the engine's model over a fresh paged cache of the engine's KV dtype."""
     from tests.paged_driver import PagedDriver
 
     runner = llm.engine.runner
-    drv = PagedDriver(runner.model, runner.spec, num_blocks=32, block_size=4)
+    drv = PagedDriver(runner.model, runner.spec, num_blocks=32, block_size=4, dtype=runner.dtype, device=runner.device)
+    if runner.kv_dtype != runner.dtype:  # an FP8 cache: the model writes and reads e4m3
+        drv.kv = [(torch.zeros_like(k, dtype=runner.kv_dtype), torch.zeros_like(v, dtype=runner.kv_dtype))
+                  for k, v in drv.kv]
     return drv.step([("s", tokens, 0)])[0]
 
 
@@ -398,3 +402,24 @@ def test_worker_model_info_reports_the_quantization(tmp_path_factory, base):
     finally:
         servicer.close()
     assert info.quantization == "gptq" and info.kv_cache_dtype == "fp8"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_quantized_checkpoint_on_cuda_is_close_to_the_dequantized_model(tmp_path_factory, base, fmt):
+    """The GPU paths (torch._scaled_mm, the block FP8 and INT4 Triton kernels, FP8 KV cache) on the
+    whole model, in bfloat16: prefill logits close to the de-quantized model's on the torch path."""
+    if fmt.startswith(("fp8", "ct-fp8")) and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need Ada or Hopper")
+    quantized_dir, reference_dir = write_pair(tmp_path_factory, base, fmt)
+    logits = {}
+    for name, d, kw in (("quantized", quantized_dir, {}), ("kv-fp8", quantized_dir, {"kv_cache_dtype": "fp8"}),
+                        ("reference", reference_dir, {})):
+        llm = LLM(model=d, device="cuda", dtype="bfloat16", block_size=16, num_kv_blocks=64, max_model_len=64,
+                  enforce_eager=True, **kw)
+        logits[name] = _prefill_logits(llm, PROMPTS[2]).float()
+        del llm
+    ref = logits["reference"]
+    assert (logits["quantized"] - ref).abs().max() <= 0.05 * ref.abs().max()
+    assert float((logits["kv-fp8"] - ref).norm() / ref.norm()) < 0.1
