@@ -77,12 +77,15 @@ class GatewayServices:
 
     def model_card(self, name: str) -> dict[str, Any]:
         """A /v1/models entry: OpenAI's fields, whether a worker can serve it now (``ready``), and the
-        context length once a worker reported it."""
+        context length and weight format (``quantization``, ``kv_cache_dtype``) once a worker reported them."""
         card: dict[str, Any] = {"id": name, "object": "model", "created": self.started_at, "owned_by": "ward",
                                 "ready": self.pool.is_ready(name)}
         info = self.pool.model_info(name)
         if info is not None and info.max_model_len:
             card["max_model_len"] = info.max_model_len
+        if info is not None and info.quantization:  # how the worker holds the weights and KV cache
+            card["quantization"] = info.quantization
+            card["kv_cache_dtype"] = info.kv_cache_dtype or "auto"
         return card
 
 

@@ -23,7 +23,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from worker.kernels import activation, kv_cache, moe_gemm, norm, rotary, token_bitmask  # noqa: E402
+from worker.kernels import activation, fp8_gemm, int4_gemm, kv_cache, moe_gemm, norm, rotary, token_bitmask  # noqa: E402
 from worker.kernels.attention_config import choose_tile_config, next_power_of_2  # noqa: E402
 from worker.kernels.attention_kernels import merge_splits_kernel, paged_attention_kernel  # noqa: E402
 
@@ -58,20 +58,23 @@ def compile_variant(
 
 
 def attention_variant(
-    max_query_len: int, group: int, head_dim: int, split: bool, window: bool, dtype: str, softcap: bool = False
+    max_query_len: int, group: int, head_dim: int, split: bool, window: bool, dtype: str, softcap: bool = False,
+    kv_fp8: bool = False,
 ) -> Callable:
     def build() -> dict[str, int]:
         config = choose_tile_config(max_query_len, group, head_dim, 4 if dtype == "*fp32" else 2)
+        cache = "*fp8e4nv" if kv_fp8 else dtype
         pointers = {
-            "q_ptr": dtype, "key_cache_ptr": dtype, "value_cache_ptr": dtype, "out_ptr": dtype,
+            "q_ptr": dtype, "key_cache_ptr": cache, "value_cache_ptr": cache, "out_ptr": dtype,
             "part_out_ptr": "*fp32", "part_max_ptr": "*fp32", "part_sum_ptr": "*fp32",
             "query_start_loc_ptr": "*i32", "seq_lens_ptr": "*i32", "block_tables_ptr": "*i32",
+            "k_scale_ptr": "*fp32", "v_scale_ptr": "*fp32",
         }
         constexprs = dict(
             HEAD_DIM=head_dim, HEAD_DIM_P=next_power_of_2(head_dim), GROUP=group, GROUP_P=next_power_of_2(group),
             BLOCK_M=config.block_m, BLOCK_Q=config.block_q, TILE_N=config.tile_n, PAGE_SIZE=16,
             SINGLE_BLOCK_PER_REQ=max_query_len <= config.block_q, USE_WINDOW=window, SPLIT=split,
-            EXACT_FP32=dtype == "*fp32", USE_SOFTCAP=softcap,
+            EXACT_FP32=dtype == "*fp32", USE_SOFTCAP=softcap, KV_FP8=kv_fp8, SCALE_STRIDE=int(kv_fp8),
         )
         return compile_variant(
             paged_attention_kernel, pointers, constexprs, ("qk_scale_log2", "softcap_log2"),
@@ -92,6 +95,8 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     "attention_prefill_group4_d128_fp32": attention_variant(2048, 4, 128, False, False, "*fp32"),
     "attention_decode_group2_d256_softcap_window": attention_variant(1, 2, 256, False, True, BF16, softcap=True),
     "attention_prefill_group2_d256_softcap_split": attention_variant(512, 2, 256, True, False, BF16, softcap=True),
+    "attention_decode_split_group4_d128_kv_fp8": attention_variant(1, 4, 128, True, False, BF16, kv_fp8=True),
+    "attention_prefill_group4_d128_kv_fp8": attention_variant(2048, 4, 128, False, False, BF16, kv_fp8=True),
     "merge_splits": lambda: compile_variant(
         merge_splits_kernel,
         {
@@ -104,9 +109,32 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
         kv_cache._reshape_and_cache_kernel,
         {
             "key_ptr": BF16, "value_ptr": BF16, "key_cache_ptr": BF16, "value_cache_ptr": BF16,
-            "slot_mapping_ptr": "*i64",
+            "slot_mapping_ptr": "*i64", "k_scale_ptr": "*i64", "v_scale_ptr": "*i64",
         },
-        dict(NUM_KV_HEADS=8, HEAD_DIM=128, HEADS_P=8, HEAD_DIM_P=128, PAGE_SIZE=16),
+        dict(NUM_KV_HEADS=8, HEAD_DIM=128, HEADS_P=8, HEAD_DIM_P=128, PAGE_SIZE=16, FP8=False, SCALE_STRIDE=0),
+    ),
+    "reshape_and_cache_fp8": lambda: compile_variant(
+        kv_cache._reshape_and_cache_kernel,
+        {
+            "key_ptr": BF16, "value_ptr": BF16, "key_cache_ptr": "*fp8e4nv", "value_cache_ptr": "*fp8e4nv",
+            "slot_mapping_ptr": "*i64", "k_scale_ptr": "*fp32", "v_scale_ptr": "*fp32",
+        },
+        dict(NUM_KV_HEADS=8, HEAD_DIM=128, HEADS_P=8, HEAD_DIM_P=128, PAGE_SIZE=16, FP8=True, SCALE_STRIDE=1),
+    ),
+    "int4_gemm": lambda: compile_variant(
+        int4_gemm._int4_gemm_kernel,
+        {"x_ptr": BF16, "qw_ptr": "*i32", "s_ptr": BF16, "z_ptr": "*u8", "y_ptr": BF16},
+        dict(GROUP=128, BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, HAS_OFFSETS=False), num_warps=4, num_stages=3,
+    ),
+    "int4_gemv_offsets": lambda: compile_variant(
+        int4_gemm._int4_gemv_kernel,
+        {"x_ptr": BF16, "qw_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*fp16", "y_ptr": "*fp32"},
+        dict(GROUP=32, ROWS=2, BLOCK_N=128, BLOCK_K=32, HAS_OFFSETS=True), num_warps=4,
+    ),
+    "fp8_block_gemm": lambda: compile_variant(
+        fp8_gemm._fp8_block_gemm_kernel,
+        {"a_ptr": "*fp8e4nv", "as_ptr": "*fp32", "b_ptr": "*fp8e4nv", "bs_ptr": "*fp32", "y_ptr": BF16},
+        dict(SCALE_N=128, BLOCK_M=64, BLOCK_N=128, BLOCK_K=128), num_warps=4, num_stages=3,
     ),
     "rms_norm": lambda: compile_variant(
         norm._rms_norm_kernel,

@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 BACKEND_NAMES = ("auto", "torch", "triton", "flash_attn", "flashinfer")  # attention backends
+QUANTIZATION_CHOICES = ("auto", "fp8", "none")  # auto: as the checkpoint ships; fp8: quantize a float one at load
+KV_CACHE_DTYPES = ("auto", "fp8")  # auto: the model's dtype; fp8: e4m3 with per-tensor or per-head scales
 
 
 @dataclass
@@ -33,6 +35,8 @@ class EngineConfig:
     # CPU the ranks talk over gloo (tests). A collective or a rank's answer waits at most this long.
     tensor_parallel_size: int = 1
     distributed_timeout: float = 300.0  # seconds
+    quantization: str = "auto"  # auto, fp8, none (worker/model/quant)
+    kv_cache_dtype: str = "auto"  # auto, fp8
 
     def __post_init__(self) -> None:
         self.validate()
@@ -64,3 +68,11 @@ class EngineConfig:
             raise ValueError(f"distributed_timeout must be positive, got {self.distributed_timeout}")
         if self.attention_backend not in BACKEND_NAMES:
             raise ValueError(f"attention_backend must be one of {', '.join(BACKEND_NAMES)}, got {self.attention_backend!r}")
+        if self.quantization not in QUANTIZATION_CHOICES:
+            raise ValueError(f"quantization must be one of {', '.join(QUANTIZATION_CHOICES)}, got {self.quantization!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}")
+        if self.tensor_parallel_size > 1 and (self.quantization == "fp8" or self.kv_cache_dtype == "fp8"):
+            # the FP8 layers and per-head KV scales are not sharded over ranks yet
+            raise ValueError("quantization='fp8' and kv_cache_dtype='fp8' are not supported with "
+                             "tensor_parallel_size > 1 yet")

@@ -10,11 +10,29 @@ import torch
 from worker.attention.backend import AttentionMetadata
 
 
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+def to_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """[T, Hkv, D] -> e4m3 with a per-tensor ([1]) or per-head ([Hkv]) scale: x ~= q * scale."""
+    return (x.float() / scale.view(1, -1, 1)).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+
+
+def from_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """e4m3 [..., Hkv, D] -> float32, scaled back."""
+    return x.float() * scale.view(-1, 1)
+
+
 def write_kv_cache(
-    k: torch.Tensor, v: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor], slot_mapping: torch.Tensor
+    k: torch.Tensor, v: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor], slot_mapping: torch.Tensor,
+    k_scale: torch.Tensor | None = None, v_scale: torch.Tensor | None = None,
 ) -> None:
-    """Scatter this step's K/V rows into the paged cache; padding slots (< 0) are skipped."""
+    """Scatter this step's K/V rows into the paged cache; padding slots (< 0) are skipped. An FP8
+    cache stores ``k / k_scale`` and ``v / v_scale`` in e4m3."""
     key_cache, value_cache = kv_cache
+    if key_cache.dtype == torch.float8_e4m3fn:  # copied as bytes (index_copy_ has no e4m3 kernel on every device)
+        k, v = to_fp8(k, k_scale).view(torch.uint8), to_fp8(v, v_scale).view(torch.uint8)
+        key_cache, value_cache = key_cache.view(torch.uint8), value_cache.view(torch.uint8)
     num_blocks, block_size, num_kv_heads, head_dim = key_cache.shape
     slots = slot_mapping[: k.shape[0]]
     valid = slots >= 0
@@ -73,9 +91,13 @@ class TorchAttention:
             raise ValueError(f"num_heads {num_heads} is not a multiple of num_kv_heads {num_kv_heads}")
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale, self.sliding_window, self.logit_softcap = scale, sliding_window, logit_softcap
+        # FP8 KV cache: float32 [1] or [num_kv_heads] scales (set by worker.model.quant.kv_cache)
+        self.k_scale: torch.Tensor | None = None
+        self.v_scale: torch.Tensor | None = None
 
     def forward(self, q, k, v, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
-        write_kv_cache(k, v, kv_cache, meta.slot_mapping)
+        write_kv_cache(k, v, kv_cache, meta.slot_mapping, self.k_scale, self.v_scale)
+        fp8 = kv_cache[0].dtype == torch.float8_e4m3fn
         out = torch.zeros_like(q)
         starts = meta.query_start_loc_cpu or meta.query_start_loc.tolist()
         seq_lens = meta.seq_lens_cpu or meta.seq_lens.tolist()
@@ -85,6 +107,8 @@ class TorchAttention:
         for i in range(meta.num_reqs):
             s, e = starts[i], starts[i + 1]
             k_ctx, v_ctx = gather_kv(kv_cache, meta.block_tables[i], seq_lens[i])
+            if fp8:
+                k_ctx, v_ctx = from_fp8(k_ctx, self.k_scale), from_fp8(v_ctx, self.v_scale)
             if self.sliding_window is not None:
                 # Keys before the first query's window are never read (their blocks may have been
                 # given back and reused); the masks are shift-invariant, so drop them.
@@ -103,6 +127,8 @@ class TorchAttention:
         group = self.num_heads // self.num_kv_heads
         k = key_cache[ids].flatten(1, 2)[:, :max_len]  # [B, L, Hkv, D]
         v = value_cache[ids].flatten(1, 2)[:, :max_len]
+        if key_cache.dtype == torch.float8_e4m3fn:
+            k, v = from_fp8(k, self.k_scale), from_fp8(v, self.v_scale)
         B = q.shape[0]
         qf = q.view(B, self.num_kv_heads, group, self.head_dim).float()
         scores = torch.einsum("bhgd,blhd->bhgl", qf, k.float()) * self.scale

@@ -31,6 +31,9 @@ class TritonAttention:
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale, self.sliding_window, self.logit_softcap = scale, sliding_window, logit_softcap
         self.num_splits: int | None = None
+        # FP8 KV cache: float32 [1] or [num_kv_heads] scales (set by worker.model.quant.kv_cache)
+        self.k_scale: torch.Tensor | None = None
+        self.v_scale: torch.Tensor | None = None
 
     def forward(
         self,
@@ -48,7 +51,7 @@ class TritonAttention:
         from worker.kernels.kv_cache import reshape_and_cache
 
         key_cache, value_cache = kv_cache
-        reshape_and_cache(k, v, key_cache, value_cache, meta.slot_mapping)
+        reshape_and_cache(k, v, key_cache, value_cache, meta.slot_mapping, self.k_scale, self.v_scale)
         out = torch.empty_like(q)
         if q.shape[0] > meta.num_tokens:
             out[meta.num_tokens :].zero_()
@@ -67,6 +70,8 @@ class TritonAttention:
             num_reqs=meta.num_reqs,
             num_splits=self.num_splits,
             logit_softcap=self.logit_softcap,
+            k_scale=self.k_scale,
+            v_scale=self.v_scale,
         )
         return out
 

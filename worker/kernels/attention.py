@@ -50,6 +50,8 @@ def unified_attention(
     num_reqs: int | None = None,
     num_splits: int | None = None,
     logit_softcap: float | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of every request's queries over its paged context; writes and returns ``out``.
 
@@ -71,6 +73,8 @@ def unified_attention(
     graphs, pass the bound the graph must serve). ``num_reqs`` defaults to ``seq_lens.shape[0]``;
     ``num_splits`` forces a split count (1 disables split-KV), otherwise a heuristic picks one.
     ``logit_softcap`` (Gemma 2) caps scores at cap * tanh(score / cap) before the mask.
+    An e4m3 cache (float8_e4m3fn) is read with float32 ``k_scale`` / ``v_scale`` of [1] or [Hkv]
+    (a cached value stands for ``value * scale``).
     """
     num_reqs = seq_lens.shape[0] if num_reqs is None else num_reqs
     _check_inputs(q, key_cache, value_cache, out, query_start_loc, seq_lens, block_tables, num_reqs)
@@ -82,6 +86,10 @@ def unified_attention(
         raise KernelInputError(f"logit_softcap must be > 0 or None, got {logit_softcap}")
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads, block_size = key_cache.shape[2], key_cache.shape[1]
+    kv_fp8 = key_cache.dtype == torch.float8_e4m3fn
+    if kv_fp8 and (k_scale is None or v_scale is None or k_scale.numel() not in (1, num_kv_heads)
+                   or v_scale.numel() != k_scale.numel()):
+        raise KernelInputError(f"an fp8 cache needs k_scale and v_scale of 1 or {num_kv_heads} values")
     if num_tokens == 0 or num_reqs == 0:
         return out
     group = num_heads // num_kv_heads
@@ -114,6 +122,8 @@ def unified_attention(
         query_start_loc,
         seq_lens,
         block_tables,
+        k_scale if kv_fp8 else seq_lens,
+        v_scale if kv_fp8 else seq_lens,
         num_reqs,
         num_splits,
         scale * LOG2_E if logit_softcap is None else scale / logit_softcap,
@@ -140,6 +150,8 @@ def unified_attention(
         SPLIT=split,
         EXACT_FP32=q.dtype == torch.float32,
         USE_SOFTCAP=logit_softcap is not None,
+        KV_FP8=kv_fp8,
+        SCALE_STRIDE=int(kv_fp8 and k_scale.numel() > 1),
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )
@@ -175,7 +187,7 @@ def _check_inputs(
 ) -> None:
     if q.dim() != 3:
         raise KernelInputError(f"q must be [T, Hq, D], got shape {tuple(q.shape)}")
-    if q.dtype not in _FLOAT_DTYPES or key_cache.dtype not in _FLOAT_DTYPES:
+    if q.dtype not in _FLOAT_DTYPES or key_cache.dtype not in (*_FLOAT_DTYPES, torch.float8_e4m3fn):
         raise KernelInputError(f"q and caches must be float16, bfloat16 or float32, got {q.dtype}, {key_cache.dtype}")
     if out.shape != q.shape:
         raise KernelInputError(f"out shape {tuple(out.shape)} differs from q shape {tuple(q.shape)}")

@@ -55,6 +55,8 @@ def paged_attention_kernel(
     query_start_loc_ptr,
     seq_lens_ptr,
     block_tables_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
     num_reqs,
     num_splits,
     qk_scale_log2,
@@ -89,6 +91,8 @@ def paged_attention_kernel(
     SPLIT: tl.constexpr,
     EXACT_FP32: tl.constexpr,
     USE_SOFTCAP: tl.constexpr,
+    KV_FP8: tl.constexpr = False,
+    SCALE_STRIDE: tl.constexpr = 0,
 ):
     """One program: BLOCK_Q queries of one request x the GROUP query heads of one KV head.
 
@@ -151,6 +155,9 @@ def paged_attention_kernel(
     block_table = block_tables_ptr + req.to(tl.int64) * stride_bt_req
     k_head = key_cache_ptr + kv_head * stride_k_head
     v_head = value_cache_ptr + kv_head * stride_v_head
+    if KV_FP8:  # e4m3 cache: scores scale by k_scale, the output by v_scale (both per KV head)
+        k_scale = tl.load(k_scale_ptr + kv_head * SCALE_STRIDE)
+        v_scale = tl.load(v_scale_ptr + kv_head * SCALE_STRIDE)
 
     for tile in range(tile_lo, tile_hi):
         offs_n = tile * TILE_N + tl.arange(0, TILE_N)
@@ -170,7 +177,10 @@ def paged_attention_kernel(
             s = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
             s = tl.dot(q, tl.trans(k))
-        s = s * qk_scale_log2
+        if KV_FP8:
+            s = s * (qk_scale_log2 * k_scale)
+        else:
+            s = s * qk_scale_log2
         if USE_SOFTCAP:
             s = _tanh(s) * softcap_log2
         allowed = n_valid[None, :] & (offs_n[None, :] <= q_pos[:, None])
@@ -197,6 +207,8 @@ def paged_attention_kernel(
         acc = acc * alpha[:, None] + pv
         m_i = m_new
 
+    if KV_FP8:
+        acc = acc * v_scale
     if SPLIT:
         part = token[:, None] * stride_p_tok + q_head[:, None] * stride_p_head + split * stride_p_split
         tl.store(part_out_ptr + part + offs_d[None, :], acc, mask=row_valid[:, None] & d_valid[None, :])

@@ -16,6 +16,8 @@ def _reshape_and_cache_kernel(
     key_cache_ptr,
     value_cache_ptr,
     slot_mapping_ptr,
+    k_scale_ptr,
+    v_scale_ptr,
     stride_k_tok,
     stride_k_head,
     stride_v_tok,
@@ -31,8 +33,11 @@ def _reshape_and_cache_kernel(
     HEADS_P: tl.constexpr,
     HEAD_DIM_P: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
+    FP8: tl.constexpr = False,
+    SCALE_STRIDE: tl.constexpr = 0,
 ):
-    """One program per token: copy its [Hkv, D] K and V rows to their slot; a negative slot is skipped."""
+    """One program per token: copy its [Hkv, D] K and V rows to their slot; a negative slot is skipped.
+    FP8: the rows are divided by their per-tensor (SCALE_STRIDE 0) or per-head (1) scales first."""
     token = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
     if slot < 0:
@@ -44,6 +49,12 @@ def _reshape_and_cache_kernel(
     mask = (heads < NUM_KV_HEADS) & (dims < HEAD_DIM)
     k = tl.load(key_ptr + token * stride_k_tok + heads * stride_k_head + dims, mask=mask)
     v = tl.load(value_ptr + token * stride_v_tok + heads * stride_v_head + dims, mask=mask)
+    if FP8:
+        head_ok = heads < NUM_KV_HEADS
+        ks = tl.load(k_scale_ptr + heads * SCALE_STRIDE, mask=head_ok, other=1.0)
+        vs = tl.load(v_scale_ptr + heads * SCALE_STRIDE, mask=head_ok, other=1.0)
+        k = tl.clamp(k.to(tl.float32) / ks, -448.0, 448.0)
+        v = tl.clamp(v.to(tl.float32) / vs, -448.0, 448.0)
     k_dst = key_cache_ptr + page * stride_kc_block + offset * stride_kc_slot + heads * stride_kc_head + dims
     v_dst = value_cache_ptr + page * stride_vc_block + offset * stride_vc_slot + heads * stride_vc_head + dims
     tl.store(k_dst, k.to(key_cache_ptr.dtype.element_ty), mask=mask)
@@ -56,8 +67,13 @@ def reshape_and_cache(
     key_cache: torch.Tensor,
     value_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
 ) -> None:
     """Scatter this step's K/V into the paged cache, in place.
+
+    An e4m3 cache (float8_e4m3fn) needs float32 ``k_scale`` / ``v_scale`` of [1] or [Hkv]: it stores
+    ``k / k_scale`` (clamped to the e4m3 range).
 
     key, value:  [T, Hkv, D] (any float dtype; converted to the cache dtype), last dim contiguous
     key_cache, value_cache: [num_blocks, block_size, Hkv, D], last dim contiguous
@@ -85,6 +101,10 @@ def reshape_and_cache(
     if slot_mapping.device != key.device:
         raise KernelInputError(f"slot_mapping is on {slot_mapping.device}, key on {key.device}")
     num_tokens, num_kv_heads, head_dim = key.shape
+    fp8 = key_cache.dtype == torch.float8_e4m3fn
+    if fp8 and (k_scale is None or v_scale is None or k_scale.numel() not in (1, num_kv_heads)
+                or v_scale.numel() != k_scale.numel()):
+        raise KernelInputError(f"an fp8 cache needs k_scale and v_scale of 1 or {num_kv_heads} values")
     if num_tokens == 0:
         return
     _reshape_and_cache_kernel[(num_tokens,)](
@@ -93,6 +113,8 @@ def reshape_and_cache(
         key_cache,
         value_cache,
         slot_mapping,
+        k_scale if fp8 else slot_mapping,
+        v_scale if fp8 else slot_mapping,
         key.stride(0),
         key.stride(1),
         value.stride(0),
@@ -104,5 +126,7 @@ def reshape_and_cache(
         HEADS_P=next_power_of_2(num_kv_heads),
         HEAD_DIM_P=next_power_of_2(head_dim),
         PAGE_SIZE=key_cache.shape[1],
+        FP8=fp8,
+        SCALE_STRIDE=int(fp8 and k_scale.numel() > 1),
         num_warps=4 if num_kv_heads * head_dim >= 2048 else 2,
     )

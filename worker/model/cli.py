@@ -14,6 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("file")
     g.add_argument("dir")
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    g.add_argument("--dequantize", action="store_true",
+                   help="expand Q4/Q8 projections to --dtype (default: keep them quantized in Ward's layout)")
     sub.add_parser("list", help="list the packaged model names")
 
 
@@ -27,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         elif args.action == "import-gguf":
             from worker.model.gguf_import import import_gguf
 
-            print(import_gguf(args.file, args.dir, dtype=args.dtype))
+            print(import_gguf(args.file, args.dir, dtype=args.dtype, keep_quantized=not args.dequantize))
         elif args.action == "list":
             for name, entry in registry.PACKAGED_MODELS.items():
                 print(f"{name}\t{entry.task}\t(pip package {entry.pip_name})")

@@ -1,5 +1,7 @@
 """Writes a Hugging Face model directory (config, safetensors, tokenizer, chat template,
-generation config) from a GGUF file. transformers reads and de-quantizes the GGUF."""
+generation config) from a GGUF file. transformers reads and de-quantizes the GGUF; with
+``keep_quantized`` the decoder's Q4_0/Q4_1/Q8_0 projections are written in Ward's integer layout
+instead (worker/model/quant/gguf.py), so they stay 4 or 8 bits on disk and on the device."""
 from __future__ import annotations
 
 import os
@@ -9,7 +11,8 @@ import tempfile
 from worker.errors import ModelLoadError
 
 
-def import_gguf(gguf_path: str, out_dir: str, dtype: str = "float32", progress: bool = True) -> str:
+def import_gguf(gguf_path: str, out_dir: str, dtype: str = "float32", progress: bool = True,
+                keep_quantized: bool = False) -> str:
     """Converts ``gguf_path`` into ``out_dir`` (written atomically: a partial directory never appears)."""
     if not os.path.isfile(gguf_path):
         raise ModelLoadError(f"{gguf_path}: no such GGUF file")
@@ -33,6 +36,7 @@ def import_gguf(gguf_path: str, out_dir: str, dtype: str = "float32", progress: 
         raise ModelLoadError(f"{gguf_path}: transformers cannot read this GGUF file: {exc}") from exc
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     state = {k: v.contiguous() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
+    quantization = _keep_quantized(gguf_path, state, model.config) if keep_quantized else None
     parent = os.path.dirname(os.path.abspath(out_dir)) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".import-", dir=parent)
@@ -42,6 +46,8 @@ def import_gguf(gguf_path: str, out_dir: str, dtype: str = "float32", progress: 
         config = model.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config  # the weights are written de-quantized
+        if quantization is not None:
+            config.quantization_config = quantization
         config.save_pretrained(tmp)
         model.generation_config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -55,3 +61,67 @@ def import_gguf(gguf_path: str, out_dir: str, dtype: str = "float32", progress: 
     finally:
         steps.close()
     return out_dir
+
+
+_PROJECTIONS = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+                "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+                "ffn_down": "mlp.down_proj"}
+
+
+def _keep_quantized(gguf_path: str, state: dict, config) -> dict | None:
+    """Replaces the float projection weights in ``state`` by Ward's integer layout where the GGUF
+    holds them as Q4_0/Q4_1/Q8_0 (one bit width for all); returns the quantization_config to write,
+    or None when the file's projections cannot all be kept (they stay float then).
+
+    Each converted weight is de-quantized again and compared with transformers' reading of the same
+    tensor (with and without its q/k row order), so a layout mistake cannot pass silently."""
+    import logging
+
+    import torch
+    from gguf import GGUFReader
+
+    from worker.model.quant.gguf import block_layout, row_order_of_rope_permute, to_ward
+    from worker.model.quant.packing import dequantize_int
+
+    log = logging.getLogger("ward.worker.model")
+    reader = GGUFReader(gguf_path)
+    found = {}
+    for t in reader.tensors:
+        parts = t.name.split(".")  # blk.N.attn_q.weight
+        if len(parts) == 4 and parts[0] == "blk" and parts[2] in _PROJECTIONS and parts[3] == "weight":
+            found[f"model.layers.{parts[1]}.{_PROJECTIONS[parts[2]]}.weight"] = t
+    kinds = {t.tensor_type.name for t in found.values()}
+    bits = {block_layout(k)[0] for k in kinds if k in ("Q4_0", "Q4_1", "Q8_0")}
+    if not found or not kinds <= {"Q4_0", "Q4_1", "Q8_0"} or len(bits) != 1:
+        log.warning("%s: projections are %s; only files whose projections are all Q4_0/Q4_1 or all Q8_0 are "
+                    "kept quantized, writing float weights", gguf_path, sorted(kinds))
+        return None
+    fmt = "offset" if "Q4_1" in kinds else "int"
+    text = getattr(config, "text_config", None) or config
+    heads = {"self_attn.q_proj": text.num_attention_heads,
+             "self_attn.k_proj": getattr(text, "num_key_value_heads", None) or text.num_attention_heads}
+    for name, t in found.items():
+        want = state.get(name)
+        if want is None:
+            return None
+        out_f, in_f = want.shape
+        tensors = to_ward(t.data, t.tensor_type.name, out_f, in_f, fmt)
+        orders = [None]
+        proj = name.split(".", 3)[3].rsplit(".", 1)[0]
+        if proj in heads:
+            orders.append(row_order_of_rope_permute(out_f, heads[proj]))
+        for order in orders:
+            cand = tensors if order is None else {k: v[:, order].contiguous() for k, v in tensors.items()
+                                                  if k != "qweight"} | {"qweight": tensors["qweight"][:, order].contiguous()}
+            w = dequantize_int(cand["qweight"], cand["scales"], cand.get("zeros"), block_layout(t.tensor_type.name)[0],
+                               32, torch.float32, cand.get("offsets"))
+            if torch.allclose(w.t(), want.float(), rtol=1e-3, atol=1e-6):
+                break
+        else:
+            log.warning("%s: %s does not de-quantize to transformers' reading; writing float weights", gguf_path, name)
+            return None
+        module = name[: -len(".weight")]
+        del state[name]
+        state.update({f"{module}.{k}": v for k, v in cand.items()})
+    return {"quant_method": "ward-int", "bits": bits.pop(), "group_size": 32, "zero_format": fmt,
+            "source": "gguf " + "/".join(sorted(kinds))}

@@ -83,14 +83,31 @@ def _target(model: CausalLM, spec: ModelSpec, name: str) -> tuple[torch.Tensor, 
     if rest.startswith("block_sparse_moe.gate."):  # Mixtral's router
         rest = "mlp.gate." + rest.rpartition(".")[2]
     module_name, _, kind = rest.rpartition(".")
+    if kind in ("k_scale", "v_scale"):  # FP8 KV cache scales (worker.model.quant.kv_cache)
+        from worker.model.quant.kv_cache import kv_scale_target
+
+        return kv_scale_target(layer, kind, name)
     fused = _fused_rows(spec).get(module_name)
     if fused is not None:
         attr, rows = fused
-        return getattr(layer.get_submodule(attr), kind), rows
+        module = layer.get_submodule(attr)
+        if hasattr(module, "placer"):  # a quantized layer places its own tensors
+            return module.placer(kind, rows, name)
+        return getattr(module, kind), rows
+    module = _submodule(layer, module_name)
+    if hasattr(module, "placer"):
+        return module.placer(kind, None, name)
     try:
         return layer.get_parameter(rest), None
     except AttributeError:
         raise ModelLoadError(f"unexpected tensor {name!r} in checkpoint") from None
+
+
+def _submodule(layer, name: str):
+    try:
+        return layer.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def _fused_rows(spec: ModelSpec) -> dict[str, tuple[str, slice]]:
@@ -131,6 +148,9 @@ def _checkpoint_files(model_dir: str) -> list[str]:
     return files
 
 
+checkpoint_files = _checkpoint_files  # the safetensors files of a model directory (memory sizing reads their headers)
+
+
 def load_weights(model: CausalLM, spec: ModelSpec, model_dir: str, read=None) -> None:
     """Fills every parameter from the checkpoint. ``read(file, name)``, when given, returns the part of
     a checkpoint tensor this model holds (a tensor-parallel rank's slice); by default the whole tensor."""
@@ -147,7 +167,10 @@ def load_weights(model: CausalLM, spec: ModelSpec, model_dir: str, read=None) ->
                     continue
                 param, rows = target
                 tensor = f.get_tensor(name) if read is None else read(f, name)
-                dst = param.data if rows is None else param.data[rows]
+                if callable(rows):  # a quantized layer's placer: (destination, tensor as it lands)
+                    dst, tensor = rows(tensor)
+                else:
+                    dst = param.data if rows is None else param.data[rows]
                 if tuple(dst.shape) != tuple(tensor.shape):
                     raise ModelLoadError(f"{name}: shape {tuple(tensor.shape)} in checkpoint, model expects {tuple(dst.shape)}")
                 dst.copy_(tensor.to(device=device, dtype=dst.dtype))
@@ -164,6 +187,8 @@ def fill_dummy_weights(model: CausalLM, seed: int = 0) -> None:
     gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     gemma = isinstance(model, GemmaForCausalLM)
     for name, p in model.named_parameters():
+        if not p.dtype.is_floating_point or p.element_size() == 1:
+            continue  # quantized tensors: their layer fills them (worker.model.quant)
         if "norm" in name:
             p.data.fill_(0.0 if gemma else 1.0)
         else:

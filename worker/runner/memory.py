@@ -49,7 +49,7 @@ def profile_kv_budget(runner) -> int:
              weights / 2**30, peak / 2**30, graph_bytes / 2**30, budget / 2**30)
     if budget < runner.kv_block_bytes() * 2:
         raise ModelLoadError(
-            f"the model does not fit: weights {weights / 2**30:.1f} GiB + activations {peak / 2**30:.1f} GiB "
+            f"the model does not fit: weights {weights / 2**30:.1f} GiB ({runner.weight_report['format']}) + activations {peak / 2**30:.1f} GiB "
             f"+ graphs {graph_bytes / 2**30:.1f} GiB leave no room for a KV cache within "
             f"{allowed / 2**30:.1f} GiB (gpu_memory_utilization={runner.config.gpu_memory_utilization})"
         )
@@ -72,3 +72,45 @@ def measure_graph_memory(runner) -> int:
     torch.cuda.synchronize(runner.device)
     torch.cuda.empty_cache()
     return max(used, 0) + (64 << 20)  # headroom for the smaller graphs' own bookkeeping
+
+
+_FLOAT_CODES = ("F32", "F16", "BF16", "F64")
+_CODE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "U32": 4, "I16": 2, "I8": 1, "U8": 1,
+               "F8_E4M3": 1, "F8_E5M2": 1, "BOOL": 1}
+
+
+def checkpoint_weight_bytes(files: list[str], dtype: torch.dtype) -> int:
+    """Bytes the checkpoint's tensors take on the device, read from the safetensors headers only:
+    float tensors at ``dtype``, packed integers and FP8 as stored."""
+    import json
+    import struct
+
+    elem = torch.tensor([], dtype=dtype).element_size()
+    total = 0
+    for path in files:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+        for name, entry in header.items():
+            if name == "__metadata__":
+                continue
+            numel = int(np.prod(entry["shape"])) if entry["shape"] else 1
+            code = entry["dtype"]
+            total += numel * (elem if code in _FLOAT_CODES else _CODE_BYTES.get(code, 1))
+    return total
+
+
+def check_weights_fit(runner, weight_bytes: int, weight_format: str) -> None:
+    """Refuses at start, with the numbers, a model whose weights alone exceed the card's share."""
+    dev = runner.device
+    free, total = torch.cuda.mem_get_info(dev)
+    util = runner.config.gpu_memory_utilization
+    others = total - free - torch.cuda.memory_reserved(dev)
+    allowed = int(total * util) - others
+    if weight_bytes > allowed:
+        raise ModelLoadError(
+            f"the model does not fit: its weights take {weight_bytes / 2**30:.1f} GiB ({weight_format}) but "
+            f"{dev} leaves {allowed / 2**30:.1f} GiB to this worker ({util} of {total / 2**30:.1f} GiB, "
+            f"{others / 2**30:.1f} GiB held by other processes); a quantized checkpoint (FP8, AWQ, GPTQ) or "
+            f"tensor parallelism would be needed"
+        )

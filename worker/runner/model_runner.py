@@ -14,13 +14,16 @@ from worker.attention.probe import AttentionShape
 from worker.config import EngineConfig
 from worker.engine.scheduler_output import ModelRunnerOutput, SampledLogprobs, SchedulerOutput
 from worker.errors import ModelLoadError
-from worker.model.loader import build_model, fill_dummy_weights, load_weights
+from worker.model.loader import build_model, checkpoint_files, fill_dummy_weights, load_weights
+from worker.model.quant import finalize_quantized, quantize_model, resolve_quant_config, weight_report
+from worker.model.quant.apply import fill_dummy_quantized
+from worker.model.quant.kv_cache import attach_kv_scales, fp8_kv_backend, kv_cache_torch_dtype
 from worker.model.spec import ModelSpec
 from worker.runner.cuda_graphs import DecodeGraphs, capture_sizes
 from worker.runner.device import pick_device, pick_dtype
 from worker.runner.input_batch import InputBatch
 from worker.runner.input_buffers import InputBuffers
-from worker.runner.memory import profile_kv_budget
+from worker.runner.memory import check_weights_fit, checkpoint_weight_bytes, profile_kv_budget
 from worker.runner.request_state import RunnerRequest
 from worker.runner.prompt_logprobs import PromptLogprobs, prompt_logprobs
 from worker.runner.sampler import SamplerOutput, sample
@@ -62,17 +65,32 @@ class ModelRunner:
         self.max_model_len = max_model_len
         shape = AttentionShape(mspec.num_heads, mspec.num_kv_heads, spec.head_dim, self.dtype, config.block_size,
                                tuple(dict.fromkeys(spec.sliding_windows)), spec.attn_logit_softcap)
-        self.backend = get_backend(config.attention_backend, self.device, config.block_size, shape)
+        self.kv_dtype = kv_cache_torch_dtype(config.kv_cache_dtype, self.dtype)
+        self.backend = get_backend(fp8_kv_backend(config.attention_backend, self.kv_dtype, self.device), self.device,
+                                   config.block_size, shape)
         ops = self._ops()
+        self.quant = resolve_quant_config(config.quantization, spec.hf_config)
+        tp_size = getattr(config, "tensor_parallel_size", 1)
+        if self.device.type == "cuda" and config.load_format != "dummy":
+            # a float checkpoint quantized at load is read in full first: its float size must fit (a
+            # tensor-parallel rank holds about its share of it)
+            check_weights_fit(self, checkpoint_weight_bytes(checkpoint_files(model_dir), self.dtype) // tp_size,
+                              self.quant.method if self.quant else str(self.dtype).removeprefix("torch."))
         self.model = build_model(mspec, self.backend, self.device, self.dtype, max_model_len, ops)
-        if parallel is not None:
+        if self.kv_dtype != self.dtype:
+            attach_kv_scales(self.model, spec)
+        quantize_model(self.model, spec, self.quant, tp_size)  # refused with tensor parallelism, for now
+        if parallel is not None:  # after any module swap: the row-parallel all-reduce hooks stay on
             from worker.parallel.layers import parallelize
 
             parallelize(self.model, parallel.shard, parallel.group)
         if config.load_format == "dummy":
             fill_dummy_weights(self.model, config.seed)
+            fill_dummy_quantized(self.model, torch.Generator(device=self.device).manual_seed(config.seed))
         else:
             load_weights(self.model, mspec, model_dir, read=None if parallel is None else parallel.read)
+        finalize_quantized(self.model, spec, self.quant)
+        self.weight_report = weight_report(self.model, self.quant)
         self.requests: dict[str, RunnerRequest] = {}
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.max_blocks_per_req = -(-max_model_len // self.block_size)
@@ -102,7 +120,7 @@ class ModelRunner:
     # ---- memory and KV cache -------------------------------------------------------------
     def kv_block_bytes(self) -> int:
         s = self.model_spec
-        elem = torch.tensor([], dtype=self.dtype).element_size()
+        elem = torch.tensor([], dtype=self.kv_dtype).element_size()
         return 2 * s.num_layers * self.block_size * s.num_kv_heads * s.head_dim * elem
 
     @property
@@ -136,19 +154,33 @@ class ModelRunner:
     def scratch_kv(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         s = self.model_spec
         shape = (num_blocks, self.block_size, s.num_kv_heads, s.head_dim)
-        return [(torch.zeros(shape, dtype=self.dtype, device=self.device),) * 2 for _ in range(s.num_layers)]
+        return [(torch.zeros(shape, dtype=self.kv_dtype, device=self.device),) * 2 for _ in range(s.num_layers)]
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
         s = self.model_spec
         shape = (num_blocks, self.block_size, s.num_kv_heads, s.head_dim)
         self.kv_caches = [
-            (torch.zeros(shape, dtype=self.dtype, device=self.device), torch.zeros(shape, dtype=self.dtype, device=self.device))
+            (torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
+             torch.zeros(shape, dtype=self.kv_dtype, device=self.device))
             for _ in range(s.num_layers)
         ]
         self.num_blocks = num_blocks
+        self.startup_report = self._startup_report(num_blocks)
+        w = self.startup_report
+        log.info("weights: %s (%s), %.2f GiB; KV cache: %s, %d blocks x %d tokens = %d tokens, %.2f GiB",
+                 w["weight_format"], w["weight_source"], w["weight_bytes"] / 2**30, w["kv_cache_dtype"], num_blocks,
+                 self.block_size, w["kv_tokens"], w["kv_bytes"] / 2**30)
         if self.use_cuda_graphs:
             self.graphs = DecodeGraphs(self.device)
             self.graph_capture_seconds = self.graphs.capture(capture_sizes(self.graph_max_batch()), self.decode_forward)
+
+    def _startup_report(self, num_blocks: int) -> dict:
+        """Weight format and bytes, KV cache dtype and capacity: logged at start, kept for metadata."""
+        return {"weight_format": self.weight_report["format"], "weight_source": self.weight_report["source"],
+                "weight_bytes": self.weight_report["weight_bytes"],
+                "kv_cache_dtype": str(self.kv_dtype).removeprefix("torch."),
+                "kv_blocks": num_blocks, "kv_tokens": num_blocks * self.block_size,
+                "kv_bytes": num_blocks * self.kv_block_bytes()}
 
     def check_health(self) -> None:
         """Raises EngineDeadError when part of the engine has died (one process here: never)."""

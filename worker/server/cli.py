@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from worker.config import BACKEND_NAMES
+from worker.config import BACKEND_NAMES, KV_CACHE_DTYPES, QUANTIZATION_CHOICES
 
 log = logging.getLogger("ward.worker")
 
@@ -35,6 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     p.add_argument("--tensor-parallel-size", type=int, default=1,
                    help="split the model over this many GPUs (one process per GPU; gloo on --device cpu)")
+    p.add_argument("--quantization", default="auto", choices=list(QUANTIZATION_CHOICES),
+                   help="auto: as the checkpoint ships (FP8, compressed-tensors FP8, AWQ, GPTQ); fp8: quantize a "
+                        "float checkpoint's projections to FP8 at load; none: refuse quantized checkpoints")
+    p.add_argument("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES),
+                   help="auto: the model's dtype; fp8: e4m3 with per-tensor or per-head scales (half the bytes)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight requests")
     p.add_argument("--metrics-port", type=int, default=0,
                    help="Prometheus /metrics port (0: off; gateways relay the same metrics on their /metrics)")
@@ -119,6 +124,7 @@ def _build(args):
         gpu_memory_utilization=args.gpu_memory_utilization, enable_prefix_caching=not args.no_prefix_caching,
         attention_backend=args.attention_backend, enforce_eager=args.enforce_eager,
         tensor_parallel_size=args.tensor_parallel_size,
+        quantization=args.quantization, kv_cache_dtype=args.kv_cache_dtype,
     )
     return task, name, LLMEngine(config)
 

@@ -263,7 +263,7 @@ class ModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfoResponse(_message.Message):
-    __slots__ = ("served_model_name", "max_model_len", "has_chat_template", "task", "vocab_size", "worker_id", "contract_version", "embedding_dim", "max_prompt_bytes", "tool_call_format", "structured_output")
+    __slots__ = ("served_model_name", "max_model_len", "has_chat_template", "task", "vocab_size", "worker_id", "contract_version", "embedding_dim", "max_prompt_bytes", "tool_call_format", "structured_output", "quantization", "kv_cache_dtype")
     SERVED_MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
     HAS_CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
@@ -275,6 +275,8 @@ class ModelInfoResponse(_message.Message):
     MAX_PROMPT_BYTES_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALL_FORMAT_FIELD_NUMBER: _ClassVar[int]
     STRUCTURED_OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    QUANTIZATION_FIELD_NUMBER: _ClassVar[int]
+    KV_CACHE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     served_model_name: str
     max_model_len: int
     has_chat_template: bool
@@ -286,7 +288,9 @@ class ModelInfoResponse(_message.Message):
     max_prompt_bytes: int
     tool_call_format: str
     structured_output: bool
-    def __init__(self, served_model_name: _Optional[str] = ..., max_model_len: _Optional[int] = ..., has_chat_template: bool = ..., task: _Optional[str] = ..., vocab_size: _Optional[int] = ..., worker_id: _Optional[str] = ..., contract_version: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., max_prompt_bytes: _Optional[int] = ..., tool_call_format: _Optional[str] = ..., structured_output: bool = ...) -> None: ...
+    quantization: str
+    kv_cache_dtype: str
+    def __init__(self, served_model_name: _Optional[str] = ..., max_model_len: _Optional[int] = ..., has_chat_template: bool = ..., task: _Optional[str] = ..., vocab_size: _Optional[int] = ..., worker_id: _Optional[str] = ..., contract_version: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., max_prompt_bytes: _Optional[int] = ..., tool_call_format: _Optional[str] = ..., structured_output: bool = ..., quantization: _Optional[str] = ..., kv_cache_dtype: _Optional[str] = ...) -> None: ...
 
 class HealthRequest(_message.Message):
     __slots__ = ()

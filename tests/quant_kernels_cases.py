@@ -1,0 +1,69 @@
+"""Checks of the quantized-GEMM kernels against torch references, shared by the GPU tests and the
+Triton-interpreter run on the CPU. Each returns the relative error (max |got - want| / max |want|)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from worker.model.quant.linear import dequantize_fp8_block, quantize_fp8_per_token_block
+from worker.model.quant.packing import dequantize_int, pack_rows
+
+
+def check_int4(M: int, K: int, N: int, group: int, force: str | None, device: str, dtype=torch.float32,
+               offsets: bool = False) -> float:
+    """``offsets``: float offsets instead of integer zeros (GGUF Q4_1 kept quantized)."""
+    from worker.kernels.int4_gemm import int4_matmul
+
+    gen = torch.Generator().manual_seed(M * 7 + K + N + group)
+    q = torch.randint(0, 16, (K, N), generator=gen)
+    zeros = torch.randint(0, 16, (K // group, N), generator=gen).to(torch.uint8)
+    scales = (torch.rand(K // group, N, generator=gen) * 0.02).to(dtype)
+    offs = (torch.randn(K // group, N, generator=gen) * 0.05).half() if offsets else None
+    x = torch.randn(M, K, generator=gen).to(dtype)
+    qweight = pack_rows(q, 4)
+    want = x.float() @ dequantize_int(qweight, scales, None if offsets else zeros, 4, group, torch.float32, offs)
+    dev = torch.device(device)
+    got = int4_matmul(x.to(dev), qweight.to(dev), scales.to(dev), None if offsets else zeros.to(dev), group,
+                      offsets=offs.to(dev) if offsets else None, force=force).float().cpu()
+    return float((got - want).abs().max() / want.abs().max())
+
+
+def block_quantize(w: torch.Tensor, bn: int = 128, bk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    N, K = w.shape
+    s = torch.empty(math.ceil(N / bn), math.ceil(K / bk))
+    q = torch.empty(N, K, dtype=torch.float8_e4m3fn)
+    for i in range(s.shape[0]):
+        for j in range(s.shape[1]):
+            blk = w[i * bn : (i + 1) * bn, j * bk : (j + 1) * bk]
+            s[i, j] = blk.abs().max() / 448.0
+            q[i * bn : (i + 1) * bn, j * bk : (j + 1) * bk] = (blk / s[i, j]).to(torch.float8_e4m3fn)
+    return q, s
+
+
+def check_fp8_block(M: int, K: int, N: int, device: str, out_dtype=torch.float32) -> float:
+    from worker.kernels.fp8_gemm import fp8_block_gemm
+
+    gen = torch.Generator().manual_seed(M + K + N)
+    q, s = block_quantize(torch.randn(N, K, generator=gen) * 0.05)
+    x = torch.randn(M, K, generator=gen)
+    xq, xs = quantize_fp8_per_token_block(x, 128)
+    want = (xq.float() * xs.repeat_interleave(128, 1)[:, :K]) @ dequantize_fp8_block(q, s, (128, 128), torch.float32).t()
+    dev = torch.device(device)
+    got = fp8_block_gemm(xq.to(dev), xs.to(dev), q.to(dev), s.to(dev), (128, 128), out_dtype).float().cpu()
+    return float((got - want).abs().max() / want.abs().max())
+
+
+INTERPRETER_CASES = {  # small shapes: the interpreter runs kernels in numpy
+    "int4-gemm-g32": lambda: check_int4(5, 128, 96, 32, "gemm", "cpu"),
+    "int4-gemm-g128-ragged": lambda: check_int4(20, 256, 160, 128, "gemm", "cpu"),
+    "int4-gemv-g64": lambda: check_int4(3, 256, 128, 64, "gemv", "cpu"),
+    "int4-gemm-offsets": lambda: check_int4(17, 128, 64, 32, "gemm", "cpu", offsets=True),
+    "int4-gemv-offsets": lambda: check_int4(2, 128, 64, 32, "gemv", "cpu", offsets=True),
+    "fp8-block-gemm": lambda: check_fp8_block(20, 384, 200, "cpu"),
+}
+
+if __name__ == "__main__":  # run under TRITON_INTERPRET=1: one JSON line of errors
+    import json
+
+    print(json.dumps({name: case() for name, case in INTERPRETER_CASES.items()}))

@@ -1,0 +1,151 @@
+"""Weight-only INT4 matmul on Ward's packed layout (worker/model/quant/packing.py):
+``y = x @ W`` with ``W[k, n] = (q[k, n] - zeros[k // group, n]) * scales[k // group, n]`` (or with
+float ``offsets``, ``q[k, n] * scales[..] + offsets[..]``: GGUF Q4_1), ``q`` packed eight input rows
+to an int32 (lowest bits first).
+
+Two kernels: a tiled GEMM that de-quantizes a [BLOCK_K, BLOCK_N] tile in registers and feeds
+``tl.dot`` (prefill, large batches), and for a few rows (decode, memory-bound) a GEMV that streams
+the packed weight once, split along K across programs so every SM reads, its partial sums added in
+float32.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from worker.kernels.errors import KernelInputError
+
+GEMV_MAX_ROWS = 8
+
+
+@triton.jit
+def _int4_gemm_kernel(
+    x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, M, N, K,
+    stride_xm, stride_qk, stride_sg, stride_ym,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_OFFSETS: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = offs_m < M
+    n_ok = offs_n < N
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < K
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
+        words = tl.load(qw_ptr + (offs_k // 8)[:, None] * stride_qk + offs_n[None, :],
+                        mask=k_ok[:, None] & n_ok[None, :], other=0)
+        q = (words >> ((offs_k % 8) * 4)[:, None]) & 0xF
+        g = offs_k // GROUP
+        s = tl.load(s_ptr + g[:, None] * stride_sg + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        z = tl.load(z_ptr + g[:, None] * stride_sg + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0)
+        if HAS_OFFSETS:  # z holds float offsets
+            w = (q.to(tl.float32) * s.to(tl.float32) + z.to(tl.float32)).to(x.dtype)
+        else:
+            w = ((q - z.to(tl.int32)).to(tl.float32) * s.to(tl.float32)).to(x.dtype)
+        acc += tl.dot(x, w)
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _int4_gemv_kernel(
+    x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, M, N, K, k_per_split,
+    stride_xm, stride_qk, stride_sg, stride_ym,
+    GROUP: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_OFFSETS: tl.constexpr,
+):
+    """Grid (N / BLOCK_N, splits): each program de-quantizes its K range of BLOCK_N columns once and
+    applies it to every row of x (at most ROWS), adding float32 partial sums into y."""
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    rows = tl.arange(0, ROWS)
+    r_ok = rows < M
+    acc = tl.zeros([ROWS, BLOCK_N], dtype=tl.float32)
+    k_lo = split * k_per_split
+    for k0 in range(k_lo, k_lo + k_per_split, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < K
+        words = tl.load(qw_ptr + (offs_k // 8)[:, None] * stride_qk + offs_n[None, :],
+                        mask=k_ok[:, None] & n_ok[None, :], other=0)
+        q = (words >> ((offs_k % 8) * 4)[:, None]) & 0xF
+        g = offs_k // GROUP
+        s = tl.load(s_ptr + g[:, None] * stride_sg + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+        z = tl.load(z_ptr + g[:, None] * stride_sg + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0)
+        if HAS_OFFSETS:
+            w = q.to(tl.float32) * s.to(tl.float32) + z.to(tl.float32)  # [BLOCK_K, BLOCK_N]
+        else:
+            w = (q - z.to(tl.int32)).to(tl.float32) * s.to(tl.float32)
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + offs_k[None, :], mask=r_ok[:, None] & k_ok[None, :],
+                    other=0.0).to(tl.float32)  # [ROWS, BLOCK_K]
+        acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
+    tl.atomic_add(y_ptr + rows[:, None] * stride_ym + offs_n[None, :], acc, mask=r_ok[:, None] & n_ok[None, :])
+
+
+def _check(x, qweight, scales, zeros, group_size, offsets=None):
+    if x.dim() != 2 or x.stride(-1) != 1:
+        raise KernelInputError(f"x must be [M, K] with a contiguous last dim, got {tuple(x.shape)}")
+    M, K = x.shape
+    if qweight.dtype != torch.int32 or qweight.dim() != 2 or qweight.shape[0] * 8 != K or not qweight.is_contiguous():
+        raise KernelInputError(f"qweight must be contiguous int32 [K / 8, N] = [{K // 8}, N], got {tuple(qweight.shape)}")
+    N = qweight.shape[1]
+    if group_size < 1 or K % group_size:
+        raise KernelInputError(f"group_size {group_size} must divide K = {K}")
+    shape = (K // group_size, N)
+    if (zeros is None) == (offsets is None):
+        raise KernelInputError("give either uint8 zeros or float offsets")
+    z = zeros if zeros is not None else offsets
+    if tuple(scales.shape) != shape or tuple(z.shape) != shape or (zeros is not None and zeros.dtype != torch.uint8):
+        raise KernelInputError(f"scales and uint8 zeros (or offsets) must be {shape}, got {tuple(scales.shape)}, "
+                               f"{tuple(z.shape)}")
+    if not (scales.is_contiguous() and z.is_contiguous()):
+        raise KernelInputError("scales and zeros must be contiguous")
+    return M, N, K
+
+
+def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+                group_size: int, *, offsets: torch.Tensor | None = None, force: str | None = None) -> torch.Tensor:
+    """[M, K] @ INT4 [K, N] -> [M, N] in x's dtype, with uint8 ``zeros`` or float ``offsets``.
+    ``force``: "gemm" or "gemv" (tests)."""
+    M, N, K = _check(x, qweight, scales, zeros, group_size, offsets)
+    has_offsets = offsets is not None
+    zeros = offsets if has_offsets else zeros
+    use_gemv = force == "gemv" or (force is None and M <= GEMV_MAX_ROWS)
+    if use_gemv:
+        if M > GEMV_MAX_ROWS:
+            raise KernelInputError(f"the GEMV takes at most {GEMV_MAX_ROWS} rows, got {M}")
+        y = torch.zeros(M, N, dtype=torch.float32, device=x.device)
+        block_n, block_k = 128, 32
+        col_programs = triton.cdiv(N, block_n)
+        # enough programs to cover the SMs several times, each with whole K tiles
+        splits = max(1, min(K // block_k, 4 * _num_sms(x.device) // max(col_programs, 1)))
+        k_per_split = triton.cdiv(triton.cdiv(K, splits), block_k) * block_k
+        splits = triton.cdiv(K, k_per_split)
+        _int4_gemv_kernel[(col_programs, splits)](
+            x, qweight, scales, zeros, y, M, N, K, k_per_split, x.stride(0), qweight.stride(0), scales.stride(0),
+            y.stride(0), GROUP=group_size, ROWS=max(2, triton.next_power_of_2(M)), BLOCK_N=block_n, BLOCK_K=block_k,
+            HAS_OFFSETS=has_offsets, num_warps=4)
+        return y.to(x.dtype)
+    y = torch.empty(M, N, dtype=x.dtype, device=x.device)
+    block_m = 16 if M <= 16 else (64 if M <= 64 else 128)
+    block_n, block_k = 128, min(64, group_size)
+    grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
+    _int4_gemm_kernel[grid](x, qweight, scales, zeros, y, M, N, K, x.stride(0), qweight.stride(0), scales.stride(0),
+                            y.stride(0), GROUP=group_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+                            HAS_OFFSETS=has_offsets, num_warps=4 if block_m <= 64 else 8, num_stages=3)
+    return y
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count

@@ -1,0 +1,105 @@
+"""Applies a ``QuantConfig`` to a built model: a walk over its decoder layers that swaps the
+projection layers, before (checkpoint formats) or after (FP8 at load) the weights are read.
+
+Only the decoder's projections are quantized (qkv, o, gate_up, down); embeddings, norms, the LM
+head and MoE routers stay in the model's dtype.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from worker.errors import ModelLoadError
+from worker.model.quant.config import QuantConfig
+from worker.model.quant.linear import Fp8Linear, IntLinear, QuantLinear
+
+# our fused module -> the checkpoint projections it holds, in row order
+_CHECKPOINT_NAMES = {
+    "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "self_attn.o_proj": ("self_attn.o_proj",),
+    "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
+    "mlp.down_proj": ("mlp.down_proj",),
+}
+
+
+def _shards(spec, ours: str) -> list[int]:
+    q, kv, inter = spec.num_heads * spec.head_dim, spec.num_kv_heads * spec.head_dim, spec.intermediate_size
+    return {"self_attn.qkv_proj": [q, kv, kv], "mlp.gate_up_proj": [inter, inter]}.get(ours, [])
+
+
+def _projections(model, spec):
+    """(layer index, our module name, the nn.Linear) of every projection that may be quantized."""
+    for i, layer in enumerate(model.layers):
+        for ours in _CHECKPOINT_NAMES:
+            try:
+                module = layer.get_submodule(ours)
+            except AttributeError:
+                continue
+            if isinstance(module, nn.Linear):
+                yield i, layer, ours, module
+
+
+def _set(layer: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(layer.get_submodule(parent) if parent else layer, attr, module)
+
+
+def quantize_model(model, spec, qc: QuantConfig | None, tensor_parallel_size: int = 1) -> None:
+    """Before loading a quantized checkpoint: its projection layers become quantized layers whose
+    tensors carry the checkpoint's names. A float model (or FP8 at load) is left as it is."""
+    if qc is None or not qc.from_checkpoint:
+        return
+    if tensor_parallel_size > 1:
+        raise ModelLoadError(f"quantized checkpoints ({qc.source}) are not supported with tensor_parallel_size > 1 yet")
+    if spec.moe is not None and any(spec.moe.layers):
+        raise ModelLoadError(f"quantized ({qc.source}) mixture-of-experts checkpoints are not supported yet")
+    cls = Fp8Linear if qc.is_fp8 else IntLinear
+    dtype = next(model.parameters()).dtype
+    for i, layer, ours, linear in _projections(model, spec):
+        names = [f"model.layers.{i}.{n}" for n in _CHECKPOINT_NAMES[ours]]
+        skipped = [qc.skips(n) for n in names]
+        if all(skipped):
+            continue
+        if any(skipped):
+            raise ModelLoadError(f"quantization_config: {names} are fused in one layer but only some are left unquantized")
+        shards = _shards(spec, ours) or [linear.out_features]
+        _set(layer, ours, cls(linear.in_features, linear.out_features, shards, linear.bias is not None, qc, dtype,
+                              linear.weight.device))
+
+
+def finalize_quantized(model, spec, qc: QuantConfig | None) -> None:
+    """After loading: checkpoint layouts become the kernels' layout, or (FP8 at load) the loaded
+    float projections are quantized."""
+    if qc is None:
+        return
+    if not qc.from_checkpoint:
+        for i, layer, ours, linear in list(_projections(model, spec)):
+            _set(layer, ours, Fp8Linear.from_float(linear, qc))
+        if model.layers[0].self_attn.qkv_proj.weight.is_cuda:
+            torch.cuda.empty_cache()
+        return
+    for i, layer in enumerate(model.layers):
+        for ours in _CHECKPOINT_NAMES:
+            try:
+                module = layer.get_submodule(ours)
+            except AttributeError:
+                continue
+            if isinstance(module, IntLinear):
+                module.finalize(f"model.layers.{i}.{ours}")
+            elif isinstance(module, Fp8Linear):
+                module.finalize()
+
+
+def fill_dummy_quantized(model, gen: torch.Generator) -> None:
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            module.fill_dummy(gen)
+
+
+def weight_report(model, qc: QuantConfig | None) -> dict:
+    """The weight format and bytes, for the start-up report and model metadata."""
+    tensors = [t for n, t in list(model.named_parameters()) + list(model.named_buffers()) if "cos_sin_cache" not in n]
+    total = sum(t.numel() * t.element_size() for t in tensors)
+    quantized = sum(1 for m in model.modules() if isinstance(m, QuantLinear))
+    return {"format": qc.method if qc else "none", "source": qc.source if qc else "none",
+            "weight_bytes": int(total), "quantized_layers": quantized}
