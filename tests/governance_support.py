@@ -86,6 +86,7 @@ async def governed_gateway(
     *,
     quota_file: pathlib.Path | None = None,
     refresh_s: float = 0.1,
+    console: Mapping[str, Any] | None = None,
 ) -> AsyncIterator[Gateway]:
     """The served app (build_app) on database ``url`` with its lifespan running, and a client."""
     from gateway.cli import build_app
@@ -102,6 +103,7 @@ async def governed_gateway(
         auth={"admin_key": ADMIN_KEY, "api_key_cache_ttl_s": 0, "team_cache_ttl_s": 0},
         routing={"poll_interval_s": 0.1, "poll_timeout_s": 0.5, "dead_after_s": 1.0},
         quota=quota,
+        console=dict(console or {}),
     )
     app = build_app(settings)
     async with app.router.lifespan_context(app):

@@ -397,6 +397,53 @@ async def test_a_signed_export_checks_out_and_any_change_to_it_does_not(gw, caps
     assert "FAILED" in capsys.readouterr().out
 
 
+async def test_behind_a_proxy_the_public_url_sets_the_origin_the_cookie_and_the_redirect(db):
+    """TLS ends at the ingress and the gateway sees plain HTTP under another Host: with console.public_url
+    the cookie is still Secure, only the public origin may make changes, and the provider sends the
+    browser back to the public address."""
+    from urllib.parse import parse_qs, urlsplit
+
+    from fastapi import FastAPI
+
+    from gateway.console.factory import build_console
+    from gateway.console.router import build_console_router
+    from gateway.settings import GatewaySettings
+
+    public = "https://ward.hospital.example"
+    async with fake_workers() as workers, governed_gateway(*db, workers, console={"public_url": public + "/"}) as gw:
+        async with browser(gw, "http://gateway-svc:8000") as inside:
+            inside.headers["origin"] = public
+            response = await inside.post("/console/session", json={"api_key": ADMIN_KEY})
+            assert response.status_code == 200 and "secure" in response.headers["set-cookie"].lower()
+            token = response.json()["csrf_token"]
+            # the browser sends the Secure cookie over HTTPS to the ingress, which passes it on as it is
+            inside.headers["cookie"] = response.headers["set-cookie"].split(";")[0]
+            team = unique_team("proxy")
+            made = await inside.post("/admin/teams", json={"name": team}, headers={"x-csrf-token": token})
+            assert made.status_code == 201, made.text
+            host_origin = await inside.post("/admin/teams", json={"name": team + "x"},
+                                            headers={"x-csrf-token": token, "origin": "http://gateway-svc:8000"})
+            assert host_origin.status_code == 403  # the Host's origin is not the console's public one
+            plain = await inside.post("/admin/teams", json={"name": team + "y"},
+                                      headers={"x-csrf-token": token, "origin": "http://ward.hospital.example"})
+            assert plain.status_code == 403  # nor is the public host over HTTP
+    with pytest.raises(ValueError, match="public_url"):
+        GatewaySettings(console={"public_url": "https://ward.example/console"})
+
+    class Provider:  # what OIDCLogin.start is given, without a provider to talk to
+        async def start(self, redirect_uri: str):
+            return "https://idp.example/authorize?" + f"redirect_uri={redirect_uri}", "state-1"
+
+    settings = GatewaySettings(console={"public_url": public})
+    app = FastAPI()
+    app.include_router(build_console_router(settings.console, build_console(settings).sessions, Provider()))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway-svc") as client:
+        answer = await client.get("/console/oidc/start")
+    assert answer.status_code == 303
+    assert parse_qs(urlsplit(answer.headers["location"]).query)["redirect_uri"] == [public + "/console/oidc/callback"]
+    assert "secure" in answer.headers["set-cookie"].lower()
+
+
 async def test_an_unreachable_provider_is_a_503_not_a_crash():
     from fastapi import FastAPI
 

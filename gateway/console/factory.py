@@ -36,4 +36,4 @@ def build_console(settings: GatewaySettings) -> Console | None:
         sessions = MemorySessions(options.session_ttl_s, options.idle_timeout_s, options.max_sessions)
     oidc = settings.auth.oidc
     login = OIDCLogin(oidc, sessions) if oidc is not None and oidc.client_id else None
-    return Console(sessions, [build_console_router(options, sessions, login)], [(ConsoleSessions, {"sessions": sessions})])
+    return Console(sessions, [build_console_router(options, sessions, login)], [(ConsoleSessions, {"sessions": sessions, "public_origin": options.public_url})])

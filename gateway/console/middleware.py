@@ -56,13 +56,17 @@ def header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
     return None
 
 
-def same_origin(headers: list[tuple[bytes, bytes]]) -> bool:
-    """False when the browser says the request comes from another site (or another origin)."""
+def same_origin(headers: list[tuple[bytes, bytes]], public_origin: str | None = None) -> bool:
+    """False when the browser says the request comes from another site (or another origin). With the
+    console's public origin configured, ``Origin`` must be exactly it (scheme, host and port); else its
+    host must be the request's ``Host``."""
     site = header(headers, b"sec-fetch-site")
     if site is not None and site != "same-origin":
         return False
     origin = header(headers, b"origin")
     if origin is not None:
+        if public_origin is not None:
+            return origin == public_origin
         return origin.split("://", 1)[-1] == header(headers, b"host")
     return True
 
@@ -70,9 +74,10 @@ def same_origin(headers: list[tuple[bytes, bytes]]) -> bool:
 class ConsoleSessions:
     """ASGI middleware; ``sessions`` is the gateway's SessionStore (shared with the console routes)."""
 
-    def __init__(self, app: ASGIApp, sessions: SessionStore) -> None:
+    def __init__(self, app: ASGIApp, sessions: SessionStore, public_origin: str | None = None) -> None:
         self.app = app
         self.sessions = sessions
+        self.public_origin = public_origin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -85,7 +90,7 @@ class ConsoleSessions:
             session = await self.sessions.get(cookie_value(headers, COOKIE))
             if session is not None:
                 if scope["method"] not in SAFE_METHODS:
-                    if not same_origin(headers) or not session.csrf_matches(header(headers, CSRF_HEADER)):
+                    if not same_origin(headers, self.public_origin) or not session.csrf_matches(header(headers, CSRF_HEADER)):
                         await _refuse(send, is_console)
                         return
                 headers.append((b"authorization", f"Bearer {session.credential}".encode()))

@@ -96,6 +96,12 @@ def build_console_router(settings: ConsoleSettings, sessions: SessionStore, oidc
     def authenticator(request: Request):
         return request.app.state.ward.authenticator
 
+    def secure(request: Request) -> bool:
+        """Cookies are Secure when browsers reach the console over HTTPS (directly or through a proxy)."""
+        if settings.public_url is not None:
+            return settings.public_url.startswith("https://")
+        return request.url.scheme == "https"
+
     async def audit(request: Request, who: Principal | Actor, action: str, after: dict[str, Any]) -> None:
         services = getattr(request.app.state, "audit_services", None)
         if services is not None:
@@ -103,7 +109,7 @@ def build_console_router(settings: ConsoleSettings, sessions: SessionStore, oidc
 
     def set_session_cookie(response: Response, request: Request, session: Session) -> None:
         response.set_cookie(COOKIE, session.id, max_age=settings.session_ttl_s, path="/", httponly=True,
-                            secure=request.url.scheme == "https", samesite="strict")
+                            secure=secure(request), samesite="strict")
 
     async def sign_in(request: Request, credential: str, method: str) -> tuple[Principal, Session]:
         teams: list[str] = []
@@ -155,7 +161,7 @@ def build_console_router(settings: ConsoleSettings, sessions: SessionStore, oidc
 
     @router.post("/session")
     async def sign_in_with_key(request: Request, body: KeySignIn) -> Any:
-        if not same_origin(list(request.scope["headers"])):
+        if not same_origin(list(request.scope["headers"]), settings.public_url):
             return _error(403, "Sign in from the console's own page.", "csrf_failed")
         try:
             principal, session = await sign_in(request, body.api_key.strip(), "api_key")
@@ -184,7 +190,7 @@ def build_console_router(settings: ConsoleSettings, sessions: SessionStore, oidc
         # The middleware let this through only with the session's CSRF token.
         session: Session | None = request.scope.get("ward.console_session")
         response = JSONResponse({"signed_in": False})
-        response.delete_cookie(COOKIE, path="/", httponly=True, secure=request.url.scheme == "https", samesite="strict")
+        response.delete_cookie(COOKIE, path="/", httponly=True, secure=secure(request), samesite="strict")
         if session is None:
             return response
         await sessions.end(session.id)
@@ -196,7 +202,8 @@ def build_console_router(settings: ConsoleSettings, sessions: SessionStore, oidc
     async def oidc_start(request: Request) -> Any:
         if oidc is None:
             return _error(404, "No identity provider is configured for the console.", "oidc_not_configured")
-        redirect_uri = str(request.url_for("console_oidc_callback"))
+        redirect_uri = (settings.public_url + LOGIN_PATH + "/callback" if settings.public_url
+                        else str(request.url_for("console_oidc_callback")))
         try:
             url, state = await oidc.start(redirect_uri)
         except SignInFailed as exc:
@@ -205,7 +212,7 @@ def build_console_router(settings: ConsoleSettings, sessions: SessionStore, oidc
         response = RedirectResponse(url, status_code=303)
         # Lax, not Strict: the browser must send it back on the provider's redirect to the callback.
         response.set_cookie(LOGIN_COOKIE, state, max_age=600, path=LOGIN_PATH, httponly=True,
-                            secure=request.url.scheme == "https", samesite="lax")
+                            secure=secure(request), samesite="lax")
         return response
 
     @router.get("/oidc/callback", name="console_oidc_callback")

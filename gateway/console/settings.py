@@ -1,7 +1,9 @@
 """The web console's settings (``console:`` in the gateway config, WARD_CONSOLE__* in the environment)."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ConsoleSettings(BaseModel):
@@ -14,3 +16,18 @@ class ConsoleSettings(BaseModel):
     idle_timeout_s: int = Field(default=900, ge=60, le=12 * 3600)
     # sign-ins (API key or identity provider) in flight or held at once; the oldest go first
     max_sessions: int = Field(default=10_000, ge=1)
+    # The address browsers use, e.g. https://ward.hospital.example, when a proxy or ingress (TLS ended
+    # there, Host rewritten) stands in front: the provider's redirect URI, the origin changes must come
+    # from and the cookies' Secure flag follow it instead of what the gateway sees.
+    public_url: str | None = None
+
+    @field_validator("public_url")
+    @classmethod
+    def _an_origin(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/") or parts.query \
+                or parts.fragment or parts.username:
+            raise ValueError("public_url must be an origin such as https://ward.hospital.example (no path)")
+        return f"{parts.scheme}://{parts.netloc}"
