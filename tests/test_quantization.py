@@ -288,6 +288,29 @@ def test_fp8_asked_for_an_int4_checkpoint_is_refused():
         resolve_quant_config("fp8", Cfg())
 
 
+@pytest.mark.parametrize("quant", [
+    {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"},
+    {"quant_method": "gptq", "bits": 4, "group_size": 64, "desc_act": False, "sym": True},
+])
+def test_dummy_weights_of_an_int4_shape_load_in_the_checkpoint_layout(tmp_path, quant):
+    """Benchmarks of 8B/70B INT4 shapes have no checkpoint: random codes in the checkpoint's layout go
+    through the same conversion, and de-quantize to small weights."""
+    from ward.benchmarks.models import TINY_LLAMA
+    from worker.model.quant.linear import IntLinear
+
+    (tmp_path / "config.json").write_text(json.dumps(dict(TINY_LLAMA, vocab_size=512, quantization_config=quant)))
+    llm = LLM(model=str(tmp_path), load_format="dummy", device="cpu", max_model_len=64, num_kv_blocks=16)
+    layers = [m for m in llm.engine.runner.model.modules() if isinstance(m, IntLinear)]
+    assert len(layers) == 2 * TINY_LLAMA["num_hidden_layers"] * 2  # qkv, o, gate_up, down per layer
+    for layer in layers:
+        w = layer.dequantized_weight(torch.float32)
+        assert w.shape == (layer.in_features, layer.out_features) and 0 < w.abs().max() <= 0.033
+    assert llm.engine.runner.weight_report["format"] == quant["quant_method"]
+    out = llm.generate([{"prompt_token_ids": list(range(10, 30))}],
+                       SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
+    assert len(out[0].outputs[0].token_ids) == 4
+
+
 def test_startup_report_gives_format_bytes_and_kv_capacity(tmp_path_factory, base):
     from worker.model.loader import checkpoint_files
     from worker.runner.memory import checkpoint_weight_bytes

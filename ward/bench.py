@@ -36,6 +36,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workloads", default=",".join(WORKLOADS))
     p.add_argument("--out", default=os.environ.get("OUT", "bench-out"))
     p.add_argument("--max-model-len", type=int, default=4096)
+    p.add_argument("--quantization", default="auto", choices=["auto", "fp8", "none"],
+                   help="offline: as the model ships (a shape ending in -awq is 4-bit AWQ), or FP8 at load")
+    p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"], help="offline: the KV cache's dtype")
     p.add_argument("--tokenizer", help="offline: a model directory whose tokenizer joins a shape's dummy weights "
                                        "(the structured workload needs one)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
@@ -158,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
             load = "auto"
         t0 = time.perf_counter()
         llm = LLM(model=model_dir, load_format=load, dtype="bfloat16", max_model_len=args.max_model_len,
+                  quantization=args.quantization, kv_cache_dtype=args.kv_cache_dtype,
                   gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
                   max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                   tensor_parallel_size=args.tensor_parallel_size)

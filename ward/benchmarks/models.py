@@ -21,7 +21,12 @@ TINY_LLAMA = dict(LLAMA_3_1_8B, hidden_size=128, intermediate_size=256, num_hidd
 LLAMA_3_1_70B = dict(LLAMA_3_1_8B, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
                      num_attention_heads=64, num_key_value_heads=8)
 
+# 4-bit AWQ (GEMM packing, group 128) as AutoAWQ writes it: the INT4 shapes get random codes in the
+# checkpoint's layout (the 70B one fits one H200: about 37 GB of weights).
+AWQ_INT4 = {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"}
+
 SHAPES = {"llama-3.1-8b": LLAMA_3_1_8B, "llama-3.1-70b": LLAMA_3_1_70B, "tiny-llama": TINY_LLAMA}
+SHAPES.update({f"{name}-awq": dict(cfg, quantization_config=AWQ_INT4) for name, cfg in list(SHAPES.items())})
 
 
 def write_config_dir(shape: str, directory: str) -> str:

@@ -320,5 +320,31 @@ class IntLinear(QuantLinear):
         return self._add_bias(y.reshape(*x.shape[:-1], self.out_features))
 
     def fill_dummy(self, gen):
-        raise ModelLoadError("load_format='dummy' is not supported for AWQ/GPTQ checkpoints (use --quantization fp8 "
-                             "on a float model for quantized benchmarks)")
+        """Random codes and zero points, scales that keep de-quantized weights near the float dummy
+        range (|w| <= 16 x 0.002), GPTQ's input order as written (no act-order): the checkpoint's layout, so
+        ``finalize`` converts it as it would a real file (benchmarks of 8B/70B shapes without one)."""
+        dev = self.scales.device
+
+        def codes(param: nn.Parameter | None) -> None:
+            if param is not None:
+                param.data.copy_(torch.randint(-(2**31), 2**31 - 1, tuple(param.shape), generator=gen,
+                                               dtype=torch.int32, device=dev))
+
+        def small(param: nn.Parameter | None) -> None:
+            if param is not None:
+                param.data.copy_(torch.empty(tuple(param.shape), device=dev).uniform_(0.001, 0.002, generator=gen))
+
+        if self.qc.method == "ward_int":
+            codes(self._parameters.get("qweight"))
+            small(self._parameters.get("scales"))
+            small(self._parameters.get("offsets"))
+            zeros = self._parameters.get("zeros")
+            if zeros is not None:
+                zeros.data.fill_(1 << (self.bits - 1))
+            return
+        codes(self.qweight)
+        codes(self.qzeros)
+        small(self.scales)
+        if self.qc.method == "gptq":
+            order = torch.arange(self.in_features, device=dev, dtype=torch.int32) // self.group_size
+            self.g_idx.data.copy_(order.expand_as(self.g_idx))
