@@ -93,6 +93,12 @@ def test_a_quantized_checkpoint_with_tensor_parallelism_is_refused(checkpoints, 
         LLM(str(tmp_path), tensor_parallel_size=2, **ENGINE)
 
 
+@pytest.mark.parametrize("option", [{"quantization": "fp8"}, {"kv_cache_dtype": "fp8"}])
+def test_fp8_at_load_and_an_fp8_kv_cache_with_tensor_parallelism_are_refused(checkpoints, option):
+    with pytest.raises(ValueError, match="not supported with tensor_parallel_size > 1"):
+        LLM(checkpoints["llama"], tensor_parallel_size=2, **ENGINE, **option)
+
+
 def test_a_killed_rank_ends_the_worker_with_a_non_zero_exit_naming_the_rank(checkpoints, tmp_path):
     stack = ProcessStack(tmp_path)
     try:
