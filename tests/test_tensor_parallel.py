@@ -93,6 +93,25 @@ def test_a_quantized_checkpoint_with_tensor_parallelism_is_refused(checkpoints, 
         LLM(str(tmp_path), tensor_parallel_size=2, **ENGINE)
 
 
+def test_asynchronous_scheduling_across_ranks_gives_the_synchronous_single_rank_tokens(checkpoints):
+    """Step N + 1 is launched on every rank before step N is collected: the ranks gather step N's
+    tokens from rank 0's broadcast on the device. Greedy, seeded sampling and a penalty (sampled after
+    the step before is collected) agree with one synchronous rank."""
+    params = [GREEDY, SamplingParams(temperature=0.8, seed=11, max_tokens=GREEDY.max_tokens, ignore_eos=True),
+              SamplingParams(temperature=0.7, seed=5, frequency_penalty=0.8, max_tokens=GREEDY.max_tokens,
+                             ignore_eos=True)]
+    prompts = PROMPTS[:3]
+    results = []
+    for tp, asynchronous in ((1, False), (2, True)):
+        llm = LLM(checkpoints["llama"], tensor_parallel_size=tp, async_scheduling=asynchronous, **ENGINE)
+        try:
+            assert llm.engine._async is asynchronous
+            results.append([list(o.outputs[0].token_ids) for o in llm.generate(prompts, params)])
+        finally:
+            llm.engine.close()
+    assert results[1] == results[0]
+
+
 @pytest.mark.parametrize("option", [{"quantization": "fp8"}, {"kv_cache_dtype": "fp8"}])
 def test_fp8_at_load_and_an_fp8_kv_cache_with_tensor_parallelism_are_refused(checkpoints, option):
     with pytest.raises(ValueError, match="not supported with tensor_parallel_size > 1"):

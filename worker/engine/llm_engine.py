@@ -121,8 +121,6 @@ class LLMEngine:
         self._inflight = None  # (SchedulerOutput, StepHandle) launched but not yet collected
         forced = config.async_scheduling
         self._async = forced if forced is not None else self.runner.device.type == "cuda"
-        if config.tensor_parallel_size > 1:  # the other ranks need each step's tokens before the next step
-            self._async = False
         self.startup_seconds = time.monotonic() - t0
         log.info("engine ready: %s, %d KV blocks of %d tokens, %.1fs", self.served_model_name, num_blocks,
                  config.block_size, self.startup_seconds)

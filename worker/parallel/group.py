@@ -22,6 +22,11 @@ class ParallelGroup:
         self.pg.allreduce([x]).wait()
         return x
 
+    def broadcast_(self, x: torch.Tensor, src: int = 0) -> torch.Tensor:
+        """``x`` becomes rank ``src``'s ``x`` on every rank, in place (stream-ordered on GPUs)."""
+        self.pg.broadcast(x, src).wait()
+        return x
+
     def all_gather_last(self, x: torch.Tensor) -> torch.Tensor:
         """Concatenates every rank's ``x`` along its last dimension, in rank order."""
         x = x.contiguous()

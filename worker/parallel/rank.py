@@ -2,7 +2,7 @@
 a loop that runs whatever rank 0 tells it, in the same order, so their collectives pair up.
 
 Messages from rank 0 (over a pipe): ("num_blocks",) -> ("num_blocks", n); ("init_kv", n) -> ("ok",);
-("step", scheduler output, tokens rank 0 sampled in the step before) -> no answer; ("stop",).
+("step", scheduler output) -> no answer (the sampled tokens come by broadcast); ("stop",).
 Any failure is sent back as ("error", text) before the process exits non-zero; when rank 0 goes
 away (the pipe closes) the rank exits too."""
 from __future__ import annotations
@@ -60,11 +60,12 @@ def _serve(conn, config, model_dir, max_model_len, rank, size, store_port, threa
         msg = conn.recv()
         kind = msg[0]
         if kind == "step":
-            _, sched, tokens = msg
-            if handle is not None and handle.sample_ids:
-                handle.host.copy_(torch.tensor(tokens, dtype=torch.int64))
+            # Launch this step, then collect the one before (its tokens came by broadcast from rank 0):
+            # rank 0's order under asynchronous scheduling, and never behind it by more than one step.
+            launched = runner.launch(msg[1])
+            if handle is not None:
                 runner.collect(handle)
-            handle = runner.launch(sched)
+            handle = launched
         elif kind == "num_blocks":
             conn.send(("num_blocks", runner.determine_num_blocks()))
         elif kind == "init_kv":

@@ -1,10 +1,10 @@
 """Rank 0's model runner under tensor parallelism.
 
 The engine (scheduler, KV cache manager, sampling) runs once, here. Rank 0 spawns one process per
-other rank; every step it sends them the scheduler's plan (plain data over a pipe) together with the
-tokens it sampled in the step before, then runs its own part of the model: the collectives inside
-the model keep the ranks in lock-step. Steps are synchronous (a rank needs the tokens of step N
-before it can run step N + 1).
+other rank; every step it sends them the scheduler's plan (plain data over a pipe), then runs its own
+part of the model: the collectives inside the model keep the ranks in lock-step. Rank 0 samples and
+broadcasts the tokens on the device, so every rank gathers step N's tokens as step N + 1's inputs
+there: asynchronous scheduling works as on one GPU (step N + 1 launched before step N is collected).
 
 The KV pool is sized by the smallest rank: each rank measures its own budget, rank 0 takes the least.
 
@@ -53,9 +53,8 @@ class TensorParallelRunner:
         self.size = size
         self.procs: list = []
         self.conns: list = []
-        self._tokens: list[int] | None = None  # sampled in the last collected step, for the other ranks
         self._failure: str | None = None
-        self._in_step = False
+        self._in_flight = 0  # steps launched and not yet collected
         self._closing = False
         timeout = config.distributed_timeout
         self._store = make_store(0, 0, size, timeout)
@@ -103,30 +102,27 @@ class TensorParallelRunner:
         self.num_blocks = num_blocks
 
     def launch(self, sched, defer_sampling: bool = False):
-        # The engine steps synchronously under tensor parallelism: nothing is in flight to defer behind.
         self.check_health()
-        self._send(("step", _plain(sched), self._tokens))
-        self._tokens = None
-        self._in_step = True
+        self._send(("step", _plain(sched)))
+        self._in_flight += 1
         try:
-            handle = self.local.launch(sched)
+            handle = self.local.launch(sched, defer_sampling)
         except Exception as exc:
-            self._in_step = False
+            self._in_flight -= 1
             self._raise_if_a_rank_died(exc)
             raise
-        self._in_step = handle is not None
+        if handle is None:
+            self._in_flight -= 1
         return handle
 
     def sample(self, handle) -> None:
-        self.local.sample(handle)
+        self.local.sample(handle)  # its tokens are broadcast to the other ranks
 
     def collect(self, handle):
         try:
-            out = self.local.collect(handle)
+            return self.local.collect(handle)
         finally:
-            self._in_step = False
-        self._tokens = [out.sampled_token_ids[rid][0] for rid in handle.sample_ids]
-        return out
+            self._in_flight -= 1
 
     # ---- health ------------------------------------------------------------------------------
     def check_health(self) -> None:
@@ -142,7 +138,7 @@ class TensorParallelRunner:
         wait([p.sentinel for p in self.procs])
         deadline = time.monotonic() + STUCK_EXIT_S
         while time.monotonic() < deadline:
-            if self._closing or not self._in_step:
+            if self._closing or not self._in_flight:
                 return
             time.sleep(0.1)
         dead = [(r, p.pid, p.exitcode) for r, p in enumerate(self.procs, start=1) if p.exitcode is not None]

@@ -345,6 +345,8 @@ class ModelRunner:
             out = sample(logits, build_sampling_batch(h.states, self.batch, logits.shape[-1], self.device))
         else:
             out = SamplerOutput(token_ids=logits.argmax(dim=-1))
+        if self.parallel is not None:  # every rank holds rank 0's tokens: the next step's inputs on the device
+            self.parallel.group.broadcast_(out.token_ids, 0)
         self._last_sampled = out.token_ids
         host = self._token_host[h.step_id % 2][: len(h.sample_ids)]
         host.copy_(out.token_ids, non_blocking=self.device.type == "cuda")
