@@ -53,6 +53,11 @@ def test_max_tokens_min_tokens_and_ignore_eos(llm):
     forced = llm.chat([{"role": "user", "content": "Say hi."}],
                       SamplingParams(temperature=0, max_tokens=natural + 10, min_tokens=natural + 5))[0]
     assert len(forced.outputs[0].token_ids) >= natural + 5
+    # min_tokens counts the outputs before the one being sampled (as vLLM does): EOS, the natural-th
+    # token, is still banned when min_tokens is exactly that count
+    edge = llm.chat([{"role": "user", "content": "Say hi."}],
+                    SamplingParams(temperature=0, max_tokens=natural + 10, min_tokens=natural))[0].outputs[0]
+    assert len(edge.token_ids) > natural
     ign = llm.chat([{"role": "user", "content": "Say hi."}],
                    SamplingParams(temperature=0, max_tokens=natural + 7, ignore_eos=True))[0]
     assert len(ign.outputs[0].token_ids) == natural + 7 and ign.outputs[0].finish_reason == "length"

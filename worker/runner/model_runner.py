@@ -342,7 +342,9 @@ class ModelRunner:
         if not self.samples:  # a tensor-parallel rank > 0: rank 0 samples and sends the tokens
             out = SamplerOutput(token_ids=torch.zeros(len(h.sample_ids), dtype=torch.int64, device=self.device))
         elif any(st.special for st in h.states):
-            out = sample(logits, build_sampling_batch(h.states, self.batch, logits.shape[-1], self.device))
+            # h.positions: each row's token count before this step's token (min_tokens counts outputs)
+            out = sample(logits, build_sampling_batch(h.states, self.batch, logits.shape[-1], self.device,
+                                                      h.positions))
         else:
             out = SamplerOutput(token_ids=logits.argmax(dim=-1))
         if self.parallel is not None:  # every rank holds rank 0's tokens: the next step's inputs on the device

@@ -1,6 +1,7 @@
 """Turns the sampling requests of a step into the sampler's batched inputs."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from worker.runner.input_batch import InputBatch
@@ -10,9 +11,10 @@ from worker.structured.bitmask import fill_bitmask
 
 
 def build_sampling_batch(
-    states: list[RunnerRequest], input_batch: InputBatch, vocab: int, dev: torch.device
+    states: list[RunnerRequest], input_batch: InputBatch, vocab: int, dev: torch.device, num_tokens: np.ndarray
 ) -> SamplingBatch:
-    """The sampler's per-row inputs for the requests that sample this step (tensors on ``dev``)."""
+    """The sampler's per-row inputs for the requests that sample this step (tensors on ``dev``).
+    ``num_tokens[i]``: row i's tokens before the one sampled now (the slot it fills)."""
     params = [s.params for s in states]
     greedy = [p.greedy for p in params]
     temps = [0.0 if g else p.temperature for g, p in zip(greedy, params)]
@@ -51,7 +53,7 @@ def build_sampling_batch(
             batch.repetition = torch.tensor([p.repetition_penalty for p in params], dtype=torch.float32).to(dev)
     rows, cols = [], []
     for i, s in enumerate(states):
-        if s.banned_until_min and input_batch.num_tokens[s.row] - s.num_prompt_tokens < s.params.min_tokens:
+        if s.banned_until_min and num_tokens[i] - s.num_prompt_tokens < s.params.min_tokens:
             rows += [i] * len(s.banned_until_min)
             cols += s.banned_until_min
     if rows:
