@@ -4,6 +4,7 @@
 #   1. every GPU-marked test (kernels incl. token bitmask, FP8/INT4 and the FP8 KV cache, families,
 #      tensor parallelism where two GPUs are present);
 #   2. offline figures of the Llama-3.1-8B shape: bf16, FP8 at load, FP8 KV cache, INT4 (AWQ dummy);
+#      the 70B shape at TP=2 where two GPUs are present;
 #      the 70B INT4 shape on one card; the structured-output cost (schema vs none, batch 1 and 64).
 # Needs a tokenizer directory at .gpu/tokenizer (the default model's tokenizer files) for (2)'s
 # structured workload. Results land in $OUT (bench-out by default).
@@ -26,3 +27,7 @@ run fp8kv --model llama-3.1-8b --kv-cache-dtype fp8 --workloads batch1,offline_2
 run awq --model llama-3.1-8b-awq --workloads latency,batch1,offline_256_256,mixed
 run awq70b --model llama-3.1-70b-awq --workloads batch1,mixed --max-num-seqs 128
 [ -d .gpu/tokenizer ] && run structured --model llama-3.1-8b --tokenizer .gpu/tokenizer --workloads structured
+# Tensor parallelism where the machine has two GPUs: the 70B shape at TP=2 (the peer's anchor).
+if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
+  run tp2_70b --model llama-3.1-70b --tensor-parallel-size 2 --workloads latency,batch1,offline_256_256,mixed
+fi
