@@ -22,6 +22,22 @@ GEMV_MAX_ROWS = 8
 
 
 @triton.jit
+def _dequant_tile(qw_ptr, s_ptr, z_ptr, offs_k, offs_n, k_ok, n_ok, stride_qk, stride_sg,
+                  GROUP: tl.constexpr, HAS_OFFSETS: tl.constexpr):
+    """The float32 [BLOCK_K, BLOCK_N] weights of Ward's packed layout: 4-bit codes along input rows,
+    per-group scales and integer zero points (or float offsets)."""
+    mask = k_ok[:, None] & n_ok[None, :]
+    words = tl.load(qw_ptr + (offs_k // 8)[:, None] * stride_qk + offs_n[None, :], mask=mask, other=0)
+    q = (words >> ((offs_k % 8) * 4)[:, None]) & 0xF
+    g = offs_k // GROUP
+    s = tl.load(s_ptr + g[:, None] * stride_sg + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(z_ptr + g[:, None] * stride_sg + offs_n[None, :], mask=mask, other=0)
+    if HAS_OFFSETS:  # z holds float offsets
+        return q.to(tl.float32) * s + z.to(tl.float32)
+    return (q - z.to(tl.int32)).to(tl.float32) * s
+
+
+@triton.jit
 def _int4_gemm_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, M, N, K,
     stride_xm, stride_qk, stride_sg, stride_ym,
@@ -39,16 +55,8 @@ def _int4_gemm_kernel(
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < K
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
-        words = tl.load(qw_ptr + (offs_k // 8)[:, None] * stride_qk + offs_n[None, :],
-                        mask=k_ok[:, None] & n_ok[None, :], other=0)
-        q = (words >> ((offs_k % 8) * 4)[:, None]) & 0xF
-        g = offs_k // GROUP
-        s = tl.load(s_ptr + g[:, None] * stride_sg + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        z = tl.load(z_ptr + g[:, None] * stride_sg + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0)
-        if HAS_OFFSETS:  # z holds float offsets
-            w = (q.to(tl.float32) * s.to(tl.float32) + z.to(tl.float32)).to(x.dtype)
-        else:
-            w = ((q - z.to(tl.int32)).to(tl.float32) * s.to(tl.float32)).to(x.dtype)
+        w = _dequant_tile(qw_ptr, s_ptr, z_ptr, offs_k, offs_n, k_ok, n_ok, stride_qk, stride_sg, GROUP,
+                          HAS_OFFSETS).to(x.dtype)
         acc += tl.dot(x, w)
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
@@ -74,16 +82,8 @@ def _int4_gemv_kernel(
     for k0 in range(k_lo, k_lo + k_per_split, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < K
-        words = tl.load(qw_ptr + (offs_k // 8)[:, None] * stride_qk + offs_n[None, :],
-                        mask=k_ok[:, None] & n_ok[None, :], other=0)
-        q = (words >> ((offs_k % 8) * 4)[:, None]) & 0xF
-        g = offs_k // GROUP
-        s = tl.load(s_ptr + g[:, None] * stride_sg + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
-        z = tl.load(z_ptr + g[:, None] * stride_sg + offs_n[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0)
-        if HAS_OFFSETS:
-            w = q.to(tl.float32) * s.to(tl.float32) + z.to(tl.float32)  # [BLOCK_K, BLOCK_N]
-        else:
-            w = (q - z.to(tl.int32)).to(tl.float32) * s.to(tl.float32)
+        w = _dequant_tile(qw_ptr, s_ptr, z_ptr, offs_k, offs_n, k_ok, n_ok, stride_qk, stride_sg, GROUP,
+                          HAS_OFFSETS)  # [BLOCK_K, BLOCK_N]
         x = tl.load(x_ptr + rows[:, None] * stride_xm + offs_k[None, :], mask=r_ok[:, None] & k_ok[None, :],
                     other=0.0).to(tl.float32)  # [ROWS, BLOCK_K]
         acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)

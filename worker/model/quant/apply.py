@@ -27,15 +27,16 @@ def _shards(spec, ours: str) -> list[int]:
     return {"self_attn.qkv_proj": [q, kv, kv], "mlp.gate_up_proj": [inter, inter]}.get(ours, [])
 
 
-def _projections(model, spec):
-    """(layer index, our module name, the nn.Linear) of every projection that may be quantized."""
+def _projections(model, kind: type = nn.Linear):
+    """(layer index, layer, our module name, module) of every projection that is a ``kind``: the float
+    ones that may be quantized, or the quantized ones to finalize."""
     for i, layer in enumerate(model.layers):
         for ours in _CHECKPOINT_NAMES:
             try:
                 module = layer.get_submodule(ours)
             except AttributeError:
                 continue
-            if isinstance(module, nn.Linear):
+            if isinstance(module, kind):
                 yield i, layer, ours, module
 
 
@@ -55,7 +56,7 @@ def quantize_model(model, spec, qc: QuantConfig | None, tensor_parallel_size: in
         raise ModelLoadError(f"quantized ({qc.source}) mixture-of-experts checkpoints are not supported yet")
     cls = Fp8Linear if qc.is_fp8 else IntLinear
     dtype = next(model.parameters()).dtype
-    for i, layer, ours, linear in _projections(model, spec):
+    for i, layer, ours, linear in _projections(model):
         names = [f"model.layers.{i}.{n}" for n in _CHECKPOINT_NAMES[ours]]
         skipped = [qc.skips(n) for n in names]
         if all(skipped):
@@ -73,21 +74,16 @@ def finalize_quantized(model, spec, qc: QuantConfig | None) -> None:
     if qc is None:
         return
     if not qc.from_checkpoint:
-        for i, layer, ours, linear in list(_projections(model, spec)):
+        for i, layer, ours, linear in list(_projections(model)):
             _set(layer, ours, Fp8Linear.from_float(linear, qc))
         if model.layers[0].self_attn.qkv_proj.weight.is_cuda:
             torch.cuda.empty_cache()
         return
-    for i, layer in enumerate(model.layers):
-        for ours in _CHECKPOINT_NAMES:
-            try:
-                module = layer.get_submodule(ours)
-            except AttributeError:
-                continue
-            if isinstance(module, IntLinear):
-                module.finalize(f"model.layers.{i}.{ours}")
-            elif isinstance(module, Fp8Linear):
-                module.finalize()
+    for i, _, ours, module in _projections(model, QuantLinear):
+        if isinstance(module, IntLinear):
+            module.finalize(f"model.layers.{i}.{ours}")
+        elif isinstance(module, Fp8Linear):
+            module.finalize()
 
 
 def fill_dummy_quantized(model, gen: torch.Generator) -> None:
