@@ -11,8 +11,7 @@ from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from gateway.db.base import Base
-
-MODEL_NAME_MAX = 256  # as the audit log's model column
+from gateway.identifiers import MODEL_NAME_MAX
 
 
 class TeamSchedulingPolicy(Base):

@@ -23,13 +23,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.auth.principal import Principal
 from gateway.auth.stores import TeamNotFound
 from gateway.http.errors import InvalidRequest, NotFound, ServiceUnavailable
+from gateway.identifiers import ModelName, TeamName
 from gateway.policy.model_access import ModelStatus
 from gateway.policy.service import ModelPolicy, PolicyUnavailable
 from gateway.policy.store import NOTE_MAX, InvalidPolicyInput
 
 T = TypeVar("T")
-TeamPath = Annotated[str, Path(min_length=1, max_length=64, description="team name")]
-ModelPath = Annotated[str, Path(min_length=1, max_length=256, description="model name")]
+TeamPath = Annotated[TeamName, Path(description="team name")]
+ModelPath = Annotated[ModelName, Path(description="model name")]
 
 
 class ModelStatusBody(BaseModel):
@@ -43,7 +44,7 @@ class TeamModelsBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # the models the team may use; null: no allow-list (every approved model); []: none
-    allowed_models: list[Annotated[str, Field(min_length=1, max_length=256)]] | None
+    allowed_models: list[ModelName] | None
 
 
 def _served(request: Request) -> list[str]:

@@ -2,7 +2,6 @@
 SQLAlchemy; async callers use a thread)."""
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -13,12 +12,12 @@ from sqlalchemy.orm import Session
 from gateway.auth.records import as_utc, utcnow
 from gateway.auth.stores import TeamNotFound
 from gateway.db.models_identity import Team
-from gateway.db.models_policy import MODEL_NAME_MAX, ModelApproval, TeamModelAccess
+from gateway.db.models_policy import ModelApproval, TeamModelAccess
+from gateway.identifiers import MODEL_NAME_MAX, is_model_name
 from gateway.policy.model_access import ModelStatus
 
 NOTE_MAX = 500
 MAX_ALLOWED_MODELS = 1000
-_MODEL_NAME = re.compile(rf"^[^\x00-\x1f\x7f]{{1,{MODEL_NAME_MAX}}}$")
 
 
 class InvalidPolicyInput(ValueError):
@@ -26,7 +25,7 @@ class InvalidPolicyInput(ValueError):
 
 
 def check_model_name(name: object) -> str:
-    if not isinstance(name, str) or not _MODEL_NAME.match(name):
+    if not is_model_name(name):
         raise InvalidPolicyInput(f"a model name is 1 to {MODEL_NAME_MAX} printable characters")
     return name
 
