@@ -290,6 +290,23 @@ def test_the_model_policy_and_scheduling_set_on_the_host_govern_the_running_gate
     assert actions == ["team.models", "team.models", "scheduling.set"]
 
 
+def test_a_platform_admin_cannot_mint_an_oversight_key_and_its_reads_are_audited_with_a_request_id(stack):
+    with http(stack, "admin") as admin, http(stack, "auditor") as auditor:
+        refused = {role: admin.post("/admin/teams/platform/keys", json={"role": role})
+                   for role in ("auditor", "security_officer")}
+        read = admin.get("/admin/teams/platform/keys")
+        records = {r["id"]: r for r in auditor.get("/audit/records", params={"kind": "request", "limit": 1000}).json()["data"]}
+        access = auditor.get("/audit/records", params={"kind": "access", "limit": 1000}).json()["data"]
+    for role, response in refused.items():
+        assert response.status_code == 403, (role, response.text)
+        assert response.json()["error"]["code"] == "separation_of_duties"
+        record = records[response.headers["x-request-id"]]  # the attempt is evidence
+        assert (record["status"], record["http_status"]) == ("rejected", 403)
+    assert read.status_code == 200
+    [entry] = [r for r in access if r["request_id"] == read.headers["x-request-id"]]
+    assert (entry["data"]["action"], entry["http_status"]) == ("admin.read", 200)
+
+
 def test_every_request_has_exactly_one_record_and_ward_audit_verify_passes(stack):
     from gateway.audit.reader import AuditReader, ReadScope, RecordFilter
     from gateway.audit.service import create_audit_engine
