@@ -334,6 +334,10 @@ def test_the_commands_the_chart_runs_are_commands_ward_accepts(rendered, tmp_pat
     assert (worker.model, worker.served_model_name, worker.host, worker.port) == (
         "/models/llama-3.1-8b-instruct", "llama-3.1-8b-instruct", "0.0.0.0", 50051)
     assert worker.client_ca == "/etc/ward/tls/worker/ca.crt" and worker.shutdown_timeout == 120
+    # A tensor-parallel model's worker: the flag the chart adds is one the worker takes.
+    big_args = one(docs, "Deployment", "ward-worker-llama-3-1-70b-instruct")["spec"]["template"]["spec"]["containers"][0]["args"]
+    big = _parse("worker.server.cli", big_args[1:])
+    assert (big.tensor_parallel_size, big.max_model_len) == (2, 16384)
     # The purge job's command, run for real on a database with a log and its key.
     from gateway.audit.signing import Signer
     from gateway.db.engine import upgrade_to_head
