@@ -131,7 +131,7 @@ async def test_a_platform_admin_reads_no_prompt_content_by_any_read_path(gw):
         "/audit/export?format=jsonl", "/audit/export?format=csv", f"/audit/export?format=jsonl&team={team}",
         "/admin/teams", f"/admin/teams/{team}/keys", f"/admin/teams/{team}/quotas", f"/admin/teams/{team}/usage",
         f"/admin/teams/{team}/usage?group_by=model", f"/admin/teams/{team}/scheduling", f"/admin/teams/{team}/models",
-        "/admin/models",
+        "/admin/models", "/admin/usage/series", f"/admin/usage/series?team={team}&bucket=day",
     ]
     for reader in (admin(), bearer(keys["team_admin"])):
         for path in paths:
@@ -158,7 +158,7 @@ async def test_an_auditor_reads_the_content_and_the_read_is_recorded(gw):
 
 
 ADMIN_READS = ["/admin/teams", "/admin/teams/{team}/keys", "/admin/teams/{team}/quotas", "/admin/teams/{team}/usage",
-               "/admin/teams/{team}/scheduling", "/admin/teams/{team}/models", "/admin/models"]
+               "/admin/teams/{team}/scheduling", "/admin/teams/{team}/models", "/admin/models", "/admin/usage/series"]
 
 
 async def test_every_admin_read_carries_a_request_id_and_leaves_one_access_record(gw):
