@@ -28,6 +28,7 @@ from transformers import (
 
 from tests.paged_driver import PagedDriver, rel_err
 from worker.attention.torch_backend import TorchBackend
+from worker.engine.kv_layout import plan_kv_layout
 from worker.errors import ModelLoadError
 from worker.llm import LLM
 from worker.model.loader import build_model, load_weights
@@ -292,7 +293,10 @@ def test_a_published_gemma3_multimodal_config_reads_as_its_text_model(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     spec = load_spec(str(tmp_path))
     assert spec.family == "gemma3" and spec.num_layers == 34 and spec.config_dtype == torch.bfloat16
-    assert spec.sliding_windows[:6] == [1024] * 5 + [None] and spec.kv_window is None
+    assert spec.sliding_windows[:6] == [1024] * 5 + [None]
+    # MedGemma 4B's 34 layers: one global group of its 5 global layers, six sliding groups of up to 5
+    layout = plan_kv_layout(spec.sliding_windows, 131072)
+    assert layout.windows == (None,) + (1024,) * 6 and layout.layers_per_block == 5
     local, global_ = spec.ropes[spec.rope_index[0]], spec.ropes[spec.rope_index[5]]
     dim = torch.arange(0, 256, 2).float() / 256
     assert torch.allclose(local.inv_freq, 1.0 / 10000.0**dim)

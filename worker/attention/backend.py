@@ -6,7 +6,8 @@ or found in the prefix cache) has ``seq_lens[i] - query_len_i`` tokens; queries 
 offset, so the same call serves prefill, chunked prefill and decode.
 
 The paged KV cache of one layer is a pair ``(key_cache, value_cache)``, each
-``[num_blocks, block_size, num_kv_heads, head_dim]``. Token t of the step is written at flat slot
+``[num_blocks, block_size, num_kv_heads, head_dim]`` (layers of different KV groups may share a
+pair: each group has its own block tables and slot mapping, ``AttentionMetadata.for_group``). Token t of the step is written at flat slot
 ``slot_mapping[t]`` (= block_id * block_size + offset); a negative slot marks a padding token that
 must not be written.
 """
@@ -39,10 +40,18 @@ class AttentionMetadata:
     # Host copies, for backends that loop or size grids on the CPU side (never read back from the device).
     query_start_loc_cpu: list[int] | None = None
     seq_lens_cpu: list[int] | None = None
+    # Models with several KV groups (worker.engine.kv_layout): this is group 0's; ``groups`` holds
+    # groups 1.. (each its own block tables and slot mapping, the rest shared).
+    kv_group: int = 0
+    groups: tuple["AttentionMetadata", ...] = ()
 
     @property
     def is_pure_decode(self) -> bool:
         return self.max_query_len == 1
+
+    def for_group(self, group: int) -> "AttentionMetadata":
+        """The metadata a layer of KV group ``group`` reads."""
+        return self.groups[group - 1] if group else self
 
 
 class AttentionImpl(Protocol):

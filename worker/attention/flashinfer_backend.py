@@ -60,13 +60,13 @@ def block_tables_to_csr(
 
 
 class FlashInferPlanner:
-    """One prefill wrapper per sliding window, planned once per step and shared by every layer."""
+    """One prefill wrapper per sliding window and KV group, planned once per step and shared by its layers."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.workspace = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
-        self.wrappers: dict[int, object] = {}
-        self.planned: dict[int, AttentionMetadata] = {}
+        self.wrappers: dict[tuple[int, int], object] = {}
+        self.planned: dict[tuple[int, int], AttentionMetadata] = {}
 
     def wrapper_for(
         self, meta: AttentionMetadata, window_left: int, num_heads: int, num_kv_heads: int, head_dim: int,
@@ -74,11 +74,12 @@ class FlashInferPlanner:
     ):
         import flashinfer
 
-        wrapper = self.wrappers.get(window_left)
+        key = (window_left, meta.kv_group)  # each KV group has its own block tables
+        wrapper = self.wrappers.get(key)
         if wrapper is None:
             wrapper = flashinfer.BatchPrefillWithPagedKVCacheWrapper(self.workspace, "NHD")
-            self.wrappers[window_left] = wrapper
-        if self.planned.get(window_left) is not meta:  # the first layer of a step plans for all
+            self.wrappers[key] = wrapper
+        if self.planned.get(key) is not meta:  # the first layer of a step plans for all
             if meta.seq_lens_cpu is None or meta.query_start_loc_cpu is None:
                 raise ValueError("the FlashInfer backend needs the step's host-side lengths")
             qo_indptr, csr = block_tables_to_csr(
@@ -90,7 +91,7 @@ class FlashInferPlanner:
                 causal=True, sm_scale=scale, window_left=window_left,
                 q_data_type=q_dtype, kv_data_type=key_cache.dtype,
             )
-            self.planned[window_left] = meta
+            self.planned[key] = meta
         return wrapper
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from worker.config import EngineConfig
 from worker.engine.fair_share import check_policy
+from worker.engine.hybrid_kv_cache_manager import HybridKVCacheManager
 from worker.engine.kv_cache_manager import KVCacheManager
 from worker.engine.output_processor import OutputProcessor, ParentState
 from worker.engine.request import Request, RequestStatus
@@ -99,7 +100,11 @@ class LLMEngine:
             self.runner = ModelRunner(config, self.spec, self.model_dir, self.max_model_len)
         num_blocks = self.runner.determine_num_blocks()
         self.runner.initialize_kv_cache(num_blocks)
-        self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching, self.spec.kv_window)
+        layout = self.runner.kv_layout
+        if layout.num_groups == 1:
+            self.kv = KVCacheManager(num_blocks, config.block_size, config.enable_prefix_caching, layout.groups[0].window)
+        else:  # global and sliding-window layers: a block table per group (kv_layout.py)
+            self.kv = HybridKVCacheManager(num_blocks, config.block_size, layout.windows, config.enable_prefix_caching)
         self.scheduler = Scheduler(
             self.kv,
             max_num_seqs=config.max_num_seqs,
@@ -128,6 +133,9 @@ class LLMEngine:
     # ---- requests --------------------------------------------------------------------------
     @property
     def kv_capacity_tokens(self) -> int:
+        """The longest request the KV pool can ever hold."""
+        if isinstance(self.kv, HybridKVCacheManager):
+            return self.kv.capacity_tokens(self.config.max_num_batched_tokens)
         return self.kv.num_blocks * self.config.block_size
 
     def encode_prompt(self, prompt: PromptInput) -> tuple[str | None, list[int]]:

@@ -33,6 +33,8 @@ class RMSNorm(nn.Module):
 
 
 class Attention(nn.Module):
+    kv_group = 0  # set by the model runner when the model's layers form several KV groups
+
     def __init__(self, spec: ModelSpec, layer_idx: int, backend: AttentionBackend, ops: ModuleType):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = spec.num_heads, spec.num_kv_heads, spec.head_dim
@@ -64,7 +66,7 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = self.ops.rotary_embedding(positions, q, k, cos_sin_cache, self.rotary_dim)
-        out = self.attn.forward(q, k, v, kv_cache, meta)  # [T, Hq, D]
+        out = self.attn.forward(q, k, v, kv_cache, meta.for_group(self.kv_group))  # [T, Hq, D]
         return self.o_proj(out.reshape(T, self.q_size))
 
 

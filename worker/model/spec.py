@@ -77,13 +77,6 @@ class ModelSpec:
     moe: MoeSpec | None = None
 
     @property
-    def kv_window(self) -> int | None:
-        """The window beyond which no layer reads a key (None when any layer is global): KV blocks
-        before it can be given back. Gemma's global layers keep every block."""
-        windows = self.sliding_windows
-        return max(windows) if windows and all(w is not None for w in windows) else None
-
-    @property
     def is_gemma(self) -> bool:
         return self.family in GEMMA_FAMILIES
 

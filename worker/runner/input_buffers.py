@@ -3,6 +3,9 @@ once per step. Fixed device addresses are what CUDA graphs replay against.
 
 On CUDA the host side is pinned and double-buffered: while step N's copies may still be queued,
 step N+1 is prepared in the other set (asynchronous scheduling).
+
+A model with several KV groups has a block table and a slot mapping per group: group 0's are
+``block_tables``/``slot_mapping``, the others' ``group_block_tables``/``group_slot_mappings``.
 """
 from __future__ import annotations
 
@@ -22,23 +25,34 @@ _FIELDS = {  # name -> (shape key, dtype)
 }
 
 
+def _fields(num_kv_groups: int) -> dict:
+    fields = dict(_FIELDS)
+    for g in range(1, num_kv_groups):
+        fields[f"block_tables_{g}"] = _FIELDS["block_tables"]
+        fields[f"slot_mapping_{g}"] = _FIELDS["slot_mapping"]
+    return fields
+
+
 class _HostSet:
-    def __init__(self, shapes: dict, pin: bool) -> None:
+    def __init__(self, shapes: dict, fields: dict, pin: bool) -> None:
         self.tensors = {}
         self.arrays = {}
-        for name, (key, dtype) in _FIELDS.items():
+        for name, (key, dtype) in fields.items():
             t = torch.zeros(shapes[key], dtype=dtype, pin_memory=pin)
             self.tensors[name], self.arrays[name] = t, t.numpy()
 
 
 class InputBuffers:
-    def __init__(self, max_tokens: int, max_reqs: int, max_blocks: int, device: torch.device) -> None:
+    def __init__(self, max_tokens: int, max_reqs: int, max_blocks: int, device: torch.device,
+                 num_kv_groups: int = 1) -> None:
         pin = device.type == "cuda"
         self.device = device
+        self.num_kv_groups = num_kv_groups
+        fields = _fields(num_kv_groups)
         shapes = {"tokens": max_tokens, "reqs": max_reqs, "reqs+1": max_reqs + 1, "table": (max_reqs, max_blocks)}
-        self._sets = [_HostSet(shapes, pin) for _ in range(2 if pin else 1)]
+        self._sets = [_HostSet(shapes, fields, pin) for _ in range(2 if pin else 1)]
         self._cur = 0
-        dev = {name: torch.zeros(shapes[key], dtype=dtype, device=device) for name, (key, dtype) in _FIELDS.items()}
+        dev = {name: torch.zeros(shapes[key], dtype=dtype, device=device) for name, (key, dtype) in fields.items()}
         self.input_ids = dev["input_ids"]
         self.positions = dev["positions"]
         self.slot_mapping = dev["slot_mapping"]
@@ -48,6 +62,8 @@ class InputBuffers:
         self.logits_idx = dev["logits_idx"]
         self.gather_dst = dev["gather_dst"]
         self.gather_src = dev["gather_src"]
+        self.group_block_tables = [dev[f"block_tables_{g}"] for g in range(1, num_kv_groups)]
+        self.group_slot_mappings = [dev[f"slot_mapping_{g}"] for g in range(1, num_kv_groups)]
         self.max_tokens, self.max_reqs, self.max_blocks = max_tokens, max_reqs, max_blocks
         self._bind()
 
@@ -56,6 +72,8 @@ class InputBuffers:
         self.input_ids_np, self.positions_np, self.slot_mapping_np = a["input_ids"], a["positions"], a["slot_mapping"]
         self.query_start_np, self.seq_lens_np, self.block_tables_np = a["query_start"], a["seq_lens"], a["block_tables"]
         self.logits_idx_np, self.gather_dst_np, self.gather_src_np = a["logits_idx"], a["gather_dst"], a["gather_src"]
+        self.group_block_tables_np = [a[f"block_tables_{g}"] for g in range(1, self.num_kv_groups)]
+        self.group_slot_mappings_np = [a[f"slot_mapping_{g}"] for g in range(1, self.num_kv_groups)]
 
     def flip(self) -> None:
         """Switches to the other host set (the one whose last copies are known to be done)."""
@@ -74,6 +92,9 @@ class InputBuffers:
         self._copy("query_start", self.query_start_loc, num_reqs + 1)
         self._copy("seq_lens", self.seq_lens, num_reqs)
         self._copy("block_tables", self.block_tables, num_reqs)
+        for g in range(1, self.num_kv_groups):
+            self._copy(f"slot_mapping_{g}", self.group_slot_mappings[g - 1], num_tokens)
+            self._copy(f"block_tables_{g}", self.group_block_tables[g - 1], num_reqs)
         self._copy("logits_idx", self.logits_idx, num_sample)
         if num_gather:
             self._copy("gather_dst", self.gather_dst, num_gather)
@@ -87,5 +108,7 @@ class InputBuffers:
         self.input_ids_np[num_reqs:padded] = 0
         self.positions_np[num_reqs:padded] = 0
         self.slot_mapping_np[num_reqs:padded] = -1
+        for slots in self.group_slot_mappings_np:
+            slots[num_reqs:padded] = -1
         self.seq_lens_np[num_reqs:padded] = 0
         self.query_start_np[num_reqs + 1 : padded + 1] = np.arange(num_reqs + 1, padded + 1)

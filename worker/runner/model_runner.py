@@ -3,6 +3,7 @@ into flat tensors (input ids, positions, slot mapping, block tables, query offse
 lengths), runs the model and samples. Owns the device, the KV cache tensors and their sizing."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
@@ -12,6 +13,7 @@ import torch
 from worker.attention.backend import AttentionMetadata, get_backend
 from worker.attention.probe import AttentionShape
 from worker.config import EngineConfig
+from worker.engine.kv_layout import plan_kv_layout
 from worker.engine.scheduler_output import ModelRunnerOutput, SampledLogprobs, SchedulerOutput
 from worker.errors import ModelLoadError
 from worker.model.loader import build_model, checkpoint_files, fill_dummy_weights, load_weights
@@ -63,6 +65,8 @@ class ModelRunner:
         self.dtype = pick_dtype(config.dtype, self.device, spec.config_dtype)
         self.block_size = config.block_size
         self.max_model_len = max_model_len
+        # global and sliding-window layers in separate block tables where that saves KV (kv_layout.py)
+        self.kv_layout = plan_kv_layout(list(spec.sliding_windows), max_model_len)
         shape = AttentionShape(mspec.num_heads, mspec.num_kv_heads, spec.head_dim, self.dtype, config.block_size,
                                tuple(dict.fromkeys(spec.sliding_windows)), spec.attn_logit_softcap)
         self.kv_dtype = kv_cache_torch_dtype(config.kv_cache_dtype, self.dtype)
@@ -90,6 +94,9 @@ class ModelRunner:
         else:
             load_weights(self.model, mspec, model_dir, read=None if parallel is None else parallel.read)
         finalize_quantized(self.model, spec, self.quant)
+        if self.kv_layout.num_groups > 1:
+            for layer, group in zip(self.model.layers, self.kv_layout.layer_group):
+                layer.self_attn.kv_group = group
         self.weight_report = weight_report(self.model, self.quant)
         self.requests: dict[str, RunnerRequest] = {}
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -99,7 +106,7 @@ class ModelRunner:
         self.graph_capture_seconds = 0.0
         self.memory_report: dict[str, int] = {}
         self._make_buffers()
-        self.batch = InputBatch(config.max_num_seqs, max_model_len, self.max_blocks_per_req)
+        self.batch = InputBatch(config.max_num_seqs, max_model_len, self.max_blocks_per_req, self.kv_layout.num_groups)
         self._step_id = 0
         self._last_sampled: torch.Tensor | None = None
         pin = self.device.type == "cuda"
@@ -119,9 +126,10 @@ class ModelRunner:
 
     # ---- memory and KV cache -------------------------------------------------------------
     def kv_block_bytes(self) -> int:
+        """Bytes of one KV block: K and V of a block of tokens for each layer slot of the layout."""
         s = self.model_spec
         elem = torch.tensor([], dtype=self.kv_dtype).element_size()
-        return 2 * s.num_layers * self.block_size * s.num_kv_heads * s.head_dim * elem
+        return 2 * self.kv_layout.layers_per_block * self.block_size * s.num_kv_heads * s.head_dim * elem
 
     @property
     def use_cuda_graphs(self) -> bool:
@@ -132,7 +140,8 @@ class ModelRunner:
 
     def _make_buffers(self) -> None:
         max_tokens = max(self.config.max_num_batched_tokens, self.graph_max_batch())
-        self.buffers = InputBuffers(max_tokens, self.config.max_num_seqs, self.max_blocks_per_req, self.device)
+        self.buffers = InputBuffers(max_tokens, self.config.max_num_seqs, self.max_blocks_per_req, self.device,
+                                    self.kv_layout.num_groups)
 
     def determine_num_blocks(self) -> int:
         """KV blocks that fit the budget: explicit count, byte budget, or on CUDA the card's share
@@ -151,36 +160,49 @@ class ModelRunner:
             raise ModelLoadError("the KV cache budget is too small for a single block")
         return int(n)
 
-    def scratch_kv(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _layer_kv(self, num_blocks: int, separate_values: bool = True) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's (key, value) cache: one pair per layer slot of a block, shared by the
+        layers that hold that slot in their KV groups."""
         s = self.model_spec
         shape = (num_blocks, self.block_size, s.num_kv_heads, s.head_dim)
-        return [(torch.zeros(shape, dtype=self.kv_dtype, device=self.device),) * 2 for _ in range(s.num_layers)]
+        slots = []
+        for _ in range(self.kv_layout.layers_per_block):
+            k = torch.zeros(shape, dtype=self.kv_dtype, device=self.device)
+            slots.append((k, torch.zeros_like(k) if separate_values else k))
+        return [slots[j] for j in self.kv_layout.layer_slot]
+
+    def scratch_kv(self, num_blocks: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return self._layer_kv(num_blocks, separate_values=False)
 
     def initialize_kv_cache(self, num_blocks: int) -> None:
-        s = self.model_spec
-        shape = (num_blocks, self.block_size, s.num_kv_heads, s.head_dim)
-        self.kv_caches = [
-            (torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
-             torch.zeros(shape, dtype=self.kv_dtype, device=self.device))
-            for _ in range(s.num_layers)
-        ]
+        self.kv_caches = self._layer_kv(num_blocks)
         self.num_blocks = num_blocks
         self.startup_report = self._startup_report(num_blocks)
         w = self.startup_report
-        log.info("weights: %s (%s), %.2f GiB; KV cache: %s, %d blocks x %d tokens = %d tokens, %.2f GiB",
+        log.info("weights: %s (%s), %.2f GiB; KV cache: %s, %d blocks x %d tokens = %d tokens, %.2f GiB%s",
                  w["weight_format"], w["weight_source"], w["weight_bytes"] / 2**30, w["kv_cache_dtype"], num_blocks,
-                 self.block_size, w["kv_tokens"], w["kv_bytes"] / 2**30)
+                 self.block_size, w["kv_tokens"], w["kv_bytes"] / 2**30, self._layout_note())
         if self.use_cuda_graphs:
             self.graphs = DecodeGraphs(self.device)
             self.graph_capture_seconds = self.graphs.capture(capture_sizes(self.graph_max_batch()), self.decode_forward)
 
     def _startup_report(self, num_blocks: int) -> dict:
-        """Weight format and bytes, KV cache dtype and capacity: logged at start, kept for metadata."""
+        """Weight format and bytes, KV cache dtype and capacity: logged at start, kept for metadata.
+        ``kv_tokens`` counts tokens held in every layer (with several KV groups, sliding-window
+        groups give blocks back, so long contexts hold more)."""
         return {"weight_format": self.weight_report["format"], "weight_source": self.weight_report["source"],
                 "weight_bytes": self.weight_report["weight_bytes"],
                 "kv_cache_dtype": str(self.kv_dtype).removeprefix("torch."),
-                "kv_blocks": num_blocks, "kv_tokens": num_blocks * self.block_size,
-                "kv_bytes": num_blocks * self.kv_block_bytes()}
+                "kv_blocks": num_blocks, "kv_tokens": num_blocks * self.block_size // self.kv_layout.num_groups,
+                "kv_groups": self.kv_layout.num_groups, "kv_bytes": num_blocks * self.kv_block_bytes()}
+
+    def _layout_note(self) -> str:
+        layout = self.kv_layout
+        if layout.num_groups == 1:
+            return ""
+        kinds = ", ".join(f"{layout.windows.count(w)} x {'global' if w is None else f'window {w}'}"
+                          for w in dict.fromkeys(layout.windows))
+        return f" in {layout.num_groups} groups of {layout.layers_per_block} layers ({kinds})"
 
     def check_health(self) -> None:
         """Raises EngineDeadError when part of the engine has died (one process here: never)."""
@@ -221,7 +243,7 @@ class ModelRunner:
 
     def metadata(self, num_tokens, num_reqs, max_q, max_seq, starts_cpu, lens_cpu) -> AttentionMetadata:
         b = self.buffers
-        return AttentionMetadata(
+        meta = AttentionMetadata(
             num_tokens=num_tokens,
             num_reqs=num_reqs,
             query_start_loc=b.query_start_loc[: num_reqs + 1],
@@ -233,15 +255,17 @@ class ModelRunner:
             query_start_loc_cpu=starts_cpu,
             seq_lens_cpu=lens_cpu,
         )
+        if b.num_kv_groups > 1:
+            meta.groups = tuple(
+                dataclasses.replace(meta, kv_group=g, block_tables=tables[:num_reqs], slot_mapping=slots[:num_tokens])
+                for g, (tables, slots) in enumerate(zip(b.group_block_tables, b.group_slot_mappings), start=1)
+            )
+        return meta
 
     def decode_forward(self, size: int) -> torch.Tensor:
         """The model over ``size`` one-token requests in the persistent buffers (graph body)."""
         b = self.buffers
-        meta = AttentionMetadata(
-            num_tokens=size, num_reqs=size, query_start_loc=b.query_start_loc[: size + 1],
-            seq_lens=b.seq_lens[:size], block_tables=b.block_tables[:size], slot_mapping=b.slot_mapping[:size],
-            max_query_len=1, max_seq_len=self.max_model_len,
-        )
+        meta = self.metadata(size, size, 1, self.max_model_len, None, None)
         return self.model(b.input_ids[:size], b.positions[:size], self.kv_caches, meta)
 
     def _prepare(self, order: list[str], sched: SchedulerOutput) -> tuple[int, int, np.ndarray, np.ndarray]:
@@ -267,7 +291,12 @@ class ModelRunner:
         np.add(nc, q_lens, out=b.seq_lens_np[:num_reqs], casting="unsafe")
         bt = b.block_tables_np[:num_reqs]
         np.take(ib.block_table, rows, axis=0, out=bt)
-        b.slot_mapping_np[:T] = bt[batch_idx, positions // bs].astype(np.int64) * bs + positions % bs
+        block_idx, offset = positions // bs, positions % bs
+        b.slot_mapping_np[:T] = bt[batch_idx, block_idx].astype(np.int64) * bs + offset
+        for g, (tables, slots) in enumerate(zip(b.group_block_tables_np, b.group_slot_mappings_np), start=1):
+            gt = tables[:num_reqs]
+            np.take(ib.block_tables[g], rows, axis=0, out=gt)
+            slots[:T] = gt[batch_idx, block_idx].astype(np.int64) * bs + offset
         sampling_rows = np.flatnonzero(nc + q_lens >= ib.num_tokens[rows])
         b.logits_idx_np[: len(sampling_rows)] = starts[1:][sampling_rows] - 1
         return T, max_q, rows, sampling_rows
