@@ -5,7 +5,9 @@
 #      tensor parallelism where two GPUs are present);
 #   2. offline figures of the Llama-3.1-8B shape: bf16, FP8 at load, FP8 KV cache, INT4 (AWQ dummy);
 #      the 70B shape at TP=2 where two GPUs are present;
-#      the 70B INT4 shape on one card; the structured-output cost (schema vs none, batch 1 and 64).
+#      the 70B INT4 shape on one card; the structured-output cost (schema vs none, batch 1 and 64);
+#      the model-family anchors: Gemma 3 27B (per-group KV tables) and Mixtral 8x7B (fused MoE),
+#      batch-1 decode and the mixed run (the peer: python bench/families_peer.py SHAPE OUT.json).
 # Needs a tokenizer directory at .gpu/tokenizer (the default model's tokenizer files) for (2)'s
 # structured workload. Results land in $OUT (bench-out by default).
 set -u
@@ -26,6 +28,8 @@ run fp8 --model llama-3.1-8b --quantization fp8 --workloads latency,batch1,offli
 run fp8kv --model llama-3.1-8b --kv-cache-dtype fp8 --workloads batch1,offline_256_256,mixed
 run awq --model llama-3.1-8b-awq --workloads latency,batch1,offline_256_256,mixed
 run awq70b --model llama-3.1-70b-awq --workloads batch1,mixed --max-num-seqs 128
+run gemma3_27b --model gemma-3-27b --workloads batch1,mixed
+run mixtral_8x7b --model mixtral-8x7b --workloads batch1,mixed
 [ -d .gpu/tokenizer ] && run structured --model llama-3.1-8b --tokenizer .gpu/tokenizer --workloads structured
 # Tensor parallelism where the machine has two GPUs: the 70B shape at TP=2 (the peer's anchor).
 if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then

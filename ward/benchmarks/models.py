@@ -21,12 +21,37 @@ TINY_LLAMA = dict(LLAMA_3_1_8B, hidden_size=128, intermediate_size=256, num_hidd
 LLAMA_3_1_70B = dict(LLAMA_3_1_8B, hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
                      num_attention_heads=64, num_key_value_heads=8)
 
+# The model-family anchors (bf16 fits one H200): Gemma 3 27B's text model (MedGemma 27B has the same
+# shape), 5 sliding-window layers (1,024) to 1 global; Mixtral 8x7B, 8 experts, top-2.
+GEMMA_3_27B = {
+    "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "hidden_size": 5376,
+    "intermediate_size": 21504, "num_hidden_layers": 62, "num_attention_heads": 32, "num_key_value_heads": 16,
+    "head_dim": 128, "vocab_size": 262208, "max_position_embeddings": 131072, "rms_norm_eps": 1e-6,
+    "query_pre_attn_scalar": 168, "sliding_window": 1024, "sliding_window_pattern": 6, "rope_theta": 1000000.0,
+    "rope_local_base_freq": 10000.0, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+    "hidden_activation": "gelu_pytorch_tanh", "final_logit_softcapping": None, "attn_logit_softcapping": None,
+    "tie_word_embeddings": True, "torch_dtype": "bfloat16", "bos_token_id": 2, "eos_token_id": [1, 106],
+}
+MIXTRAL_8X7B = {
+    "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336,
+    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8, "num_local_experts": 8,
+    "num_experts_per_tok": 2, "vocab_size": 32000, "max_position_embeddings": 32768, "rms_norm_eps": 1e-5,
+    "rope_theta": 1000000.0, "hidden_act": "silu", "sliding_window": None, "router_aux_loss_coef": 0.02,
+    "tie_word_embeddings": False, "torch_dtype": "bfloat16", "bos_token_id": 1, "eos_token_id": 2,
+}
+
 # 4-bit AWQ (GEMM packing, group 128) as AutoAWQ writes it: the INT4 shapes get random codes in the
 # checkpoint's layout (the 70B one fits one H200: about 37 GB of weights).
 AWQ_INT4 = {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"}
 
 SHAPES = {"llama-3.1-8b": LLAMA_3_1_8B, "llama-3.1-70b": LLAMA_3_1_70B, "tiny-llama": TINY_LLAMA}
 SHAPES.update({f"{name}-awq": dict(cfg, quantization_config=AWQ_INT4) for name, cfg in list(SHAPES.items())})
+SHAPES.update({"gemma-3-27b": GEMMA_3_27B, "mixtral-8x7b": MIXTRAL_8X7B})
+
+
+def prompt_id_limit(vocab_size: int) -> int:
+    """Prompt token ids are drawn from [1000, this): 120,000 as the peer's script, or the vocabulary's end."""
+    return min(120000, vocab_size)
 
 
 def write_config_dir(shape: str, directory: str) -> str:
@@ -66,15 +91,18 @@ def copy_tokenizer(source_dir: str, directory: str) -> None:
 
 
 def param_counts(cfg: dict) -> tuple[int, int]:
-    """(parameters read per decode step, embedding-table parameters) of a Llama-shaped config."""
+    """(parameters read per batch-1 decode step, embedding-table parameters) of a config: attention,
+    the MLP (a MoE reads its top-k experts and its router), norms and the output projection (read
+    for the logits even when tied to the embeddings)."""
     h, i, L, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
-    hd = h // cfg["num_attention_heads"]
-    kv = cfg["num_key_value_heads"] * hd
-    per_layer = h * (h + 2 * kv) + h * h + 3 * h * i + 2 * h
-    lm_head = 0 if cfg.get("tie_word_embeddings") else h * v
-    return L * per_layer + h + lm_head, h * v
+    hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
+    q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
+    experts = cfg.get("num_local_experts")
+    mlp = 3 * h * i * (cfg["num_experts_per_tok"] if experts else 1) + (h * experts if experts else 0)
+    per_layer = h * (q + 2 * kv) + q * h + mlp + 2 * h
+    return L * per_layer + h + h * v, h * v
 
 
 def kv_bytes_per_token(cfg: dict, elem: int = 2) -> int:
-    hd = cfg["hidden_size"] // cfg["num_attention_heads"]
+    hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
     return 2 * cfg["num_hidden_layers"] * cfg["num_key_value_heads"] * hd * elem

@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from ward.benchmarks.models import prompt_id_limit
 from worker import LLM, SamplingParams
 
 
@@ -20,9 +21,11 @@ class OfflineBench:
     def __init__(self, llm: LLM) -> None:
         self.llm = llm
         self.rng = random.Random(0)
+        # token ids as the peer's script draws them, within the vocabulary (Mixtral's has 32,000)
+        self.top_id = prompt_id_limit(llm.engine.spec.vocab_size)
 
     def prompts(self, n: int, length: int) -> list[dict]:
-        return [{"prompt_token_ids": [self.rng.randrange(1000, 120000) for _ in range(length)]} for _ in range(n)]
+        return [{"prompt_token_ids": [self.rng.randrange(1000, self.top_id) for _ in range(length)]} for _ in range(n)]
 
     @staticmethod
     def params(n_out: int) -> SamplingParams:
@@ -59,7 +62,7 @@ class OfflineBench:
         rng2 = random.Random(1)
         prompts, params = [], []
         for _ in range(256):
-            prompts.append({"prompt_token_ids": [rng2.randrange(1000, 120000) for _ in range(rng2.randint(100, 1024))]})
+            prompts.append({"prompt_token_ids": [rng2.randrange(1000, self.top_id) for _ in range(rng2.randint(100, 1024))]})
             k = rng2.randint(100, 1024)
             params.append(SamplingParams(max_tokens=k, min_tokens=k, ignore_eos=True, detokenize=False, temperature=0.0))
         self.llm.engine.reset_counters()
