@@ -7,7 +7,8 @@
 #      the 70B shape at TP=2 where two GPUs are present;
 #      the 70B INT4 shape on one card; the structured-output cost (schema vs none, batch 1 and 64);
 #      the model-family anchors: Gemma 3 27B (per-group KV tables) and Mixtral 8x7B (fused MoE),
-#      batch-1 decode and the mixed run (the peer: python bench/families_peer.py SHAPE OUT.json).
+#      batch-1 decode and the mixed run; Qwen3-30B-A3B in bf16 and FP8 (fused MoE over FP8 experts)
+#      (the peer on each: python bench/families_peer.py SHAPE OUT.json).
 # Needs a tokenizer directory at .gpu/tokenizer (the default model's tokenizer files) for (2)'s
 # structured workload. Results land in $OUT (bench-out by default).
 set -u
@@ -30,6 +31,8 @@ run awq --model llama-3.1-8b-awq --workloads latency,batch1,offline_256_256,mixe
 run awq70b --model llama-3.1-70b-awq --workloads batch1,mixed --max-num-seqs 128
 run gemma3_27b --model gemma-3-27b --workloads batch1,mixed
 run mixtral_8x7b --model mixtral-8x7b --workloads batch1,mixed
+run qwen3_30b_a3b --model qwen3-30b-a3b --workloads batch1,mixed
+run qwen3_30b_a3b_fp8 --model qwen3-30b-a3b-fp8 --workloads batch1,mixed
 [ -d .gpu/tokenizer ] && run structured --model llama-3.1-8b --tokenizer .gpu/tokenizer --workloads structured
 # Tensor parallelism where the machine has two GPUs: the 70B shape at TP=2 (the peer's anchor).
 if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then

@@ -159,14 +159,30 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     "moe_gemm_up_bf16": lambda: compile_variant(
         moe_gemm._moe_gemm_kernel,
         {"a_ptr": BF16, "b_ptr": BF16, "c_ptr": BF16, "weights_ptr": "*fp32", "sorted_ids_ptr": "*i32",
-         "block_experts_ptr": "*i32", "num_rows_ptr": "*i32"},
-        dict(A_ROW_DIV=2, MUL_WEIGHT=False, EXACT_FP32=False, BLOCK_M=16, BLOCK_N=64, BLOCK_K=64),
+         "block_experts_ptr": "*i32", "num_rows_ptr": "*i32", "scale_ptr": "*fp32"},
+        dict(A_ROW_DIV=2, MUL_WEIGHT=False, EXACT_FP32=False, SCALE_MODE=0, SCALE_BN=1, SCALE_BK=1, BLOCK_M=16,
+             BLOCK_N=64, BLOCK_K=64),
     ),
     "moe_gemm_down_weighted_bf16": lambda: compile_variant(
         moe_gemm._moe_gemm_kernel,
         {"a_ptr": BF16, "b_ptr": BF16, "c_ptr": "*fp32", "weights_ptr": "*fp32", "sorted_ids_ptr": "*i32",
-         "block_experts_ptr": "*i32", "num_rows_ptr": "*i32"},
-        dict(A_ROW_DIV=1, MUL_WEIGHT=True, EXACT_FP32=False, BLOCK_M=64, BLOCK_N=64, BLOCK_K=64),
+         "block_experts_ptr": "*i32", "num_rows_ptr": "*i32", "scale_ptr": "*fp32"},
+        dict(A_ROW_DIV=1, MUL_WEIGHT=True, EXACT_FP32=False, SCALE_MODE=0, SCALE_BN=1, SCALE_BK=1, BLOCK_M=64,
+             BLOCK_N=64, BLOCK_K=64),
+    ),
+    "moe_gemm_up_fp8_block": lambda: compile_variant(
+        moe_gemm._moe_gemm_kernel,
+        {"a_ptr": BF16, "b_ptr": "*fp8e4nv", "c_ptr": BF16, "weights_ptr": "*fp32", "sorted_ids_ptr": "*i32",
+         "block_experts_ptr": "*i32", "num_rows_ptr": "*i32", "scale_ptr": "*fp32"},
+        dict(A_ROW_DIV=8, MUL_WEIGHT=False, EXACT_FP32=False, SCALE_MODE=2, SCALE_BN=128, SCALE_BK=128, BLOCK_M=16,
+             BLOCK_N=64, BLOCK_K=64),
+    ),
+    "moe_gemm_down_fp8_channel": lambda: compile_variant(
+        moe_gemm._moe_gemm_kernel,
+        {"a_ptr": BF16, "b_ptr": "*fp8e4nv", "c_ptr": "*fp32", "weights_ptr": "*fp32", "sorted_ids_ptr": "*i32",
+         "block_experts_ptr": "*i32", "num_rows_ptr": "*i32", "scale_ptr": "*fp32"},
+        dict(A_ROW_DIV=1, MUL_WEIGHT=True, EXACT_FP32=False, SCALE_MODE=1, SCALE_BN=1, SCALE_BK=1, BLOCK_M=64,
+             BLOCK_N=64, BLOCK_K=64),
     ),
     "silu_and_mul": lambda: compile_variant(
         activation._silu_and_mul_kernel, {"x_ptr": BF16, "out_ptr": BF16}, dict(INTERMEDIATE=14336, BLOCK=1024)

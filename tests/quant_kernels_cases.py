@@ -54,6 +54,35 @@ def check_fp8_block(M: int, K: int, N: int, device: str, out_dtype=torch.float32
     return float((got - want).abs().max() / want.abs().max())
 
 
+def check_fp8_moe(T: int, E: int, top_k: int, hidden: int, inter: int, per_block: bool, device: str,
+                  dtype=torch.float32) -> float:
+    """The fused MoE with FP8 experts (per-channel or 128x128-block scales) against the reference
+    on the same experts de-quantized."""
+    from worker.kernels.moe_gemm import fused_moe
+    from worker.model.moe import select_experts
+    from worker.model.ops import fused_moe as reference
+
+    gen = torch.Generator().manual_seed(T + E + hidden + inter + per_block)
+
+    def quantize(w: torch.Tensor):  # [E, N, K] -> e4m3 and scales
+        if per_block:
+            pairs = [block_quantize(w[e]) for e in range(w.shape[0])]
+            return torch.stack([q for q, _ in pairs]), torch.stack([s for _, s in pairs])
+        scale = w.abs().amax(dim=2, keepdim=True) / 448.0
+        return (w / scale).to(torch.float8_e4m3fn), scale
+
+    w13, s13 = quantize(torch.randn(E, 2 * inter, hidden, generator=gen) * hidden**-0.5)
+    w2, s2 = quantize(torch.randn(E, hidden, inter, generator=gen) * inter**-0.5)
+    x = torch.randn(T, hidden, generator=gen)
+    weights, ids = select_experts(torch.randn(T, E, generator=gen), top_k, renormalize=True)
+    block = (128, 128) if per_block else None
+    want = reference(x, w13, w2, weights, ids, s13, s2, block)
+    dev = torch.device(device)
+    got = fused_moe(x.to(dev, dtype), w13.to(dev), w2.to(dev), weights.to(dev), ids.to(dev), s13.to(dev), s2.to(dev),
+                    block).float().cpu()
+    return float((got - want).abs().max() / want.abs().max())
+
+
 INTERPRETER_CASES = {  # small shapes: the interpreter runs kernels in numpy
     "int4-gemm-g32": lambda: check_int4(5, 128, 96, 32, "gemm", "cpu"),
     "int4-gemm-g128-ragged": lambda: check_int4(20, 256, 160, 128, "gemm", "cpu"),
@@ -61,6 +90,8 @@ INTERPRETER_CASES = {  # small shapes: the interpreter runs kernels in numpy
     "int4-gemm-offsets": lambda: check_int4(17, 128, 64, 32, "gemm", "cpu", offsets=True),
     "int4-gemv-offsets": lambda: check_int4(2, 128, 64, 32, "gemv", "cpu", offsets=True),
     "fp8-block-gemm": lambda: check_fp8_block(20, 384, 200, "cpu"),
+    "fp8-moe-channel": lambda: check_fp8_moe(5, 4, 2, 64, 48, False, "cpu"),
+    "fp8-moe-block": lambda: check_fp8_moe(9, 4, 2, 256, 128, True, "cpu"),
 }
 
 if __name__ == "__main__":  # run under TRITON_INTERPRET=1: one JSON line of errors

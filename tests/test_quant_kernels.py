@@ -1,5 +1,5 @@
 """Quantized GEMM kernels (INT4 de-quantizing GEMM and GEMV, block-scaled FP8 GEMM, the FP8
-``torch._scaled_mm`` layer path) against torch references: in Triton's interpreter on the CPU (one
+``torch._scaled_mm`` layer path, the fused MoE over FP8 experts) against torch references: in Triton's interpreter on the CPU (one
 subprocess with ``TRITON_INTERPRET=1``, small shapes, float32), compiled on CUDA (``gpu``-marked,
 bfloat16 at Llama-3.1-8B shapes)."""
 from __future__ import annotations
@@ -17,7 +17,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
-from quant_kernels_cases import INTERPRETER_CASES, check_fp8_block, check_int4  # noqa: E402
+from quant_kernels_cases import INTERPRETER_CASES, check_fp8_block, check_fp8_moe, check_int4  # noqa: E402
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 
@@ -67,6 +67,16 @@ def test_fp8_block_gemm_matches_dequantized_reference(M):
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 tensor cores need Ada or Hopper")
     assert check_fp8_block(M, 4096, 6144, "cuda", torch.bfloat16) < 2e-2
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("T, per_block", [(1, True), (64, True), (700, True), (64, False)])
+def test_fp8_moe_matches_dequantized_reference(T, per_block):
+    """Qwen3-30B-A3B's expert shape (128 experts, top 8, hidden 2048, 768 per expert), bfloat16."""
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("Triton reads e4m3 from Ada on")
+    assert check_fp8_moe(T, 128, 8, 2048, 768, per_block, "cuda", torch.bfloat16) < 2e-2
 
 
 @pytest.mark.gpu

@@ -50,10 +50,11 @@ def base():
     return cfg, {k: v.float().contiguous() for k, v in model.state_dict().items()}
 
 
-def _write(path, cfg: LlamaConfig, tensors: dict, quantization_config: dict | None) -> str:
+def _write(path, cfg: LlamaConfig, tensors: dict, quantization_config: dict | None,
+           architectures=("LlamaForCausalLM",)) -> str:
     path.mkdir(parents=True, exist_ok=True)
     config = cfg.to_dict()
-    config["architectures"] = ["LlamaForCausalLM"]
+    config["architectures"] = list(architectures)
     config.pop("quantization_config", None)
     if quantization_config is not None:
         config["quantization_config"] = quantization_config

@@ -40,13 +40,26 @@ MIXTRAL_8X7B = {
     "tie_word_embeddings": False, "torch_dtype": "bfloat16", "bos_token_id": 1, "eos_token_id": 2,
 }
 
+# Qwen3-30B-A3B (128 experts, top 8, 768 rows each) in bf16 and in its FP8 release's layout
+# (128x128 block scales on every projection and expert; the router in bf16).
+QWEN3_30B_A3B = {
+    "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe", "hidden_size": 2048, "intermediate_size": 6144,
+    "moe_intermediate_size": 768, "num_hidden_layers": 48, "num_attention_heads": 32, "num_key_value_heads": 4,
+    "head_dim": 128, "num_experts": 128, "num_experts_per_tok": 8, "norm_topk_prob": True, "decoder_sparse_step": 1,
+    "mlp_only_layers": [], "vocab_size": 151936, "max_position_embeddings": 40960, "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0, "hidden_act": "silu", "use_sliding_window": False, "tie_word_embeddings": False,
+    "torch_dtype": "bfloat16", "bos_token_id": 151643, "eos_token_id": 151645,
+}
+FP8_BLOCK = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
+
 # 4-bit AWQ (GEMM packing, group 128) as AutoAWQ writes it: the INT4 shapes get random codes in the
 # checkpoint's layout (the 70B one fits one H200: about 37 GB of weights).
 AWQ_INT4 = {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True, "version": "gemm"}
 
 SHAPES = {"llama-3.1-8b": LLAMA_3_1_8B, "llama-3.1-70b": LLAMA_3_1_70B, "tiny-llama": TINY_LLAMA}
 SHAPES.update({f"{name}-awq": dict(cfg, quantization_config=AWQ_INT4) for name, cfg in list(SHAPES.items())})
-SHAPES.update({"gemma-3-27b": GEMMA_3_27B, "mixtral-8x7b": MIXTRAL_8X7B})
+SHAPES.update({"gemma-3-27b": GEMMA_3_27B, "mixtral-8x7b": MIXTRAL_8X7B, "qwen3-30b-a3b": QWEN3_30B_A3B,
+               "qwen3-30b-a3b-fp8": dict(QWEN3_30B_A3B, quantization_config=FP8_BLOCK)})
 
 
 def prompt_id_limit(vocab_size: int) -> int:
@@ -97,8 +110,11 @@ def param_counts(cfg: dict) -> tuple[int, int]:
     h, i, L, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
     hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
     q, kv = cfg["num_attention_heads"] * hd, cfg["num_key_value_heads"] * hd
-    experts = cfg.get("num_local_experts")
-    mlp = 3 * h * i * (cfg["num_experts_per_tok"] if experts else 1) + (h * experts if experts else 0)
+    experts = cfg.get("num_local_experts") or cfg.get("num_experts")
+    if experts:
+        mlp = 3 * h * cfg.get("moe_intermediate_size", i) * cfg["num_experts_per_tok"] + h * experts
+    else:
+        mlp = 3 * h * i
     per_layer = h * (q + 2 * kv) + q * h + mlp + 2 * h
     return L * per_layer + h + h * v, h * v
 

@@ -7,7 +7,9 @@
   sum over each token's top_k rows         -> [T, hidden]
 
 Same contract as ``worker.model.ops.fused_moe`` (the CPU reference and the oracle of this kernel).
-No host synchronisation: launch sizes depend only on T, so a decode step can be graph-captured.
+FP8 experts (e4m3 weights with per-channel or 128x128-block scales, as FP8 checkpoints ship them)
+are de-quantized tile by tile inside the GEMM (weights read as one byte each; activations stay in
+the model's dtype). No host synchronisation: launch sizes depend only on T, so a decode step can be graph-captured.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ def _moe_gemm_kernel(
     sorted_ids_ptr,  # [P] int32 pair indices, num_pairs = padding
     block_experts_ptr,  # [P // BLOCK_M] int32
     num_rows_ptr,  # [1] int32 padded rows in use
+    scale_ptr,  # FP8 weights: [E, N, 1] per channel, or [E, cdiv(N, SCALE_BN), cdiv(K, SCALE_BK)] per block
     num_pairs,
     N,
     K,
@@ -36,9 +39,15 @@ def _moe_gemm_kernel(
     stride_be,
     stride_bn,
     stride_cm,
+    stride_se,
+    stride_sn,
+    stride_sk,
     A_ROW_DIV: tl.constexpr,  # a row of pair p is p // A_ROW_DIV (top_k for gemm 1, 1 for gemm 2)
     MUL_WEIGHT: tl.constexpr,
     EXACT_FP32: tl.constexpr,
+    SCALE_MODE: tl.constexpr,  # 0: float weights, 1: FP8 per channel, 2: FP8 per block
+    SCALE_BN: tl.constexpr,
+    SCALE_BK: tl.constexpr,  # a multiple of BLOCK_K: one scale per tile along K
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -58,30 +67,52 @@ def _moe_gemm_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     a_base = a_ptr + a_row[:, None] * stride_am
     b_base = b_ptr + expert * stride_be + offs_n[None, :].to(tl.int64) * stride_bn
+    s_base = scale_ptr + expert * stride_se + (offs_n[None, :] // SCALE_BN).to(tl.int64) * stride_sn
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k_valid = (k0 + offs_k) < K
         a = tl.load(a_base + (k0 + offs_k)[None, :], mask=row_valid[:, None] & k_valid[None, :], other=0.0)
         b = tl.load(b_base + (k0 + offs_k)[:, None], mask=k_valid[:, None] & n_valid[None, :], other=0.0)
+        if SCALE_MODE == 2:
+            s = tl.load(s_base + (k0 // SCALE_BK) * stride_sk, mask=n_valid[None, :], other=0.0)
+            b = (b.to(tl.float32) * s).to(a.dtype)
+        elif SCALE_MODE == 1:
+            b = b.to(a.dtype)
         if EXACT_FP32:
             acc += tl.dot(a, b, input_precision="ieee")
         else:
             acc += tl.dot(a, b)
+    if SCALE_MODE == 1:
+        acc = acc * tl.load(s_base, mask=n_valid[None, :], other=0.0)
     if MUL_WEIGHT:
         acc = acc * tl.load(weights_ptr + pair, mask=row_valid, other=0.0)[:, None]
     c = c_ptr + pair.to(tl.int64)[:, None] * stride_cm + offs_n[None, :]
     tl.store(c, acc.to(c_ptr.dtype.element_ty), mask=row_valid[:, None] & n_valid[None, :])
 
 
-def _gemm(a, b, c, weights, sorted_ids, block_experts, num_rows, a_row_div: int, mul_weight: bool, block_m: int):
+def _gemm(a, b, c, weights, sorted_ids, block_experts, num_rows, a_row_div: int, mul_weight: bool, block_m: int,
+          scale: torch.Tensor | None = None, block: tuple[int, int] | None = None):
     num_pairs, n = c.shape
     k = a.shape[1]
     block_n, block_k = 64, 64 if k >= 64 else 32
+    mode, bn, bk = 0, 1, 1
+    if scale is not None:
+        mode = 1 if block is None else 2
+        if block is not None:
+            bn, bk = block
+            while bk % block_k:  # one scale per tile along K
+                block_k //= 2
+            if block_k < 16:
+                raise KernelInputError(f"fused_moe: FP8 scale blocks of {bk} columns are too narrow")
+        scale_strides = scale.stride()
+    else:
+        scale, scale_strides = weights, (0, 0, 0)  # unused
     grid = (sorted_ids.shape[0] // block_m, triton.cdiv(n, block_n))
     _moe_gemm_kernel[grid](
-        a, b, c, weights, sorted_ids, block_experts, num_rows, num_pairs, n, k,
-        a.stride(0), b.stride(0), b.stride(1), c.stride(0),
+        a, b, c, weights, sorted_ids, block_experts, num_rows, scale, num_pairs, n, k,
+        a.stride(0), b.stride(0), b.stride(1), c.stride(0), *scale_strides[:3],
         A_ROW_DIV=a_row_div, MUL_WEIGHT=mul_weight, EXACT_FP32=a.dtype == torch.float32,
+        SCALE_MODE=mode, SCALE_BN=bn, SCALE_BK=bk,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
     )
 
@@ -92,6 +123,9 @@ def fused_moe(
     w2: torch.Tensor,  # [E, hidden, I]
     topk_weights: torch.Tensor,  # [T, k]
     topk_ids: torch.Tensor,  # [T, k]
+    w13_scale: torch.Tensor | None = None,  # FP8 experts: [E, 2I, 1] per channel, [E, 2I/bn, hidden/bk] per block
+    w2_scale: torch.Tensor | None = None,
+    block: tuple[int, int] | None = None,
 ) -> torch.Tensor:  # [T, hidden], x's dtype
     """The mixture of SiLU-gated experts of every token (see the module docstring)."""
     T, hidden = x.shape
@@ -103,13 +137,15 @@ def fused_moe(
             f"weights {tuple(topk_weights.shape)}, ids {tuple(topk_ids.shape)}")
     if T == 0:
         return torch.zeros_like(x)
+    if (w13_scale is None) != (w13.element_size() != 1) or (w2_scale is None) != (w2.element_size() != 1):
+        raise KernelInputError("fused_moe: FP8 expert weights need their scales (and float ones none)")
     x, w13, w2 = x.contiguous(), w13.contiguous(), w2.contiguous()
     block_m = 16 if T * top_k <= 1024 else 64  # small steps: less padding per expert
     sorted_ids, block_experts, num_rows = moe_align(topk_ids, E, block_m)
     weights = topk_weights.reshape(-1).float().contiguous()
     inter = torch.empty((T * top_k, two_i), dtype=x.dtype, device=x.device)
-    _gemm(x, w13, inter, weights, sorted_ids, block_experts, num_rows, top_k, False, block_m)
+    _gemm(x, w13, inter, weights, sorted_ids, block_experts, num_rows, top_k, False, block_m, w13_scale, block)
     h = silu_and_mul(inter)
     out = torch.empty((T * top_k, hidden), dtype=torch.float32, device=x.device)
-    _gemm(h, w2, out, weights, sorted_ids, block_experts, num_rows, 1, True, block_m)
+    _gemm(h, w2, out, weights, sorted_ids, block_experts, num_rows, 1, True, block_m, w2_scale, block)
     return out.view(T, top_k, hidden).sum(dim=1).to(x.dtype)

@@ -18,7 +18,8 @@ from worker.model.llama import LlamaForCausalLM
 from worker.model.spec import ModelSpec
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
-_EXPERT = re.compile(r"^(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\.weight$")
+_EXPERT = re.compile(r"^(?:block_sparse_moe|mlp)\.experts\.(\d+)\.(w1|w2|w3|gate_proj|up_proj|down_proj)\."
+                     r"(weight|weight_scale_inv|weight_scale|input_scale)$")
 # transformers 5 holds a layer's experts stacked: gate_up_proj [E, 2I, hidden] (gate rows first) and
 # down_proj [E, hidden, I], which are w13 and w2 as they are
 _STACKED_EXPERTS = {"mlp.experts.gate_up_proj": "w13", "mlp.experts.down_proj": "w2"}
@@ -77,7 +78,12 @@ def _target(model: CausalLM, spec: ModelSpec, name: str) -> tuple[torch.Tensor, 
     rest = m.group(2)
     expert = _EXPERT.match(rest)
     if expert and spec.moe is not None:
-        return _expert_target(layer.mlp, int(expert.group(1)), expert.group(2), spec.moe.intermediate_size)
+        index, which, kind = int(expert.group(1)), expert.group(2), expert.group(3)
+        if hasattr(layer.mlp, "expert_placer"):  # quantized experts place their own tensors
+            return layer.mlp.expert_placer(index, which, kind, name)
+        if kind != "weight":
+            raise ModelLoadError(f"unexpected tensor {name!r} in checkpoint (its experts are not quantized)")
+        return _expert_target(layer.mlp, index, which, spec.moe.intermediate_size)
     if rest in _STACKED_EXPERTS and spec.moe is not None:  # experts already stacked, in our layout
         return getattr(layer.mlp, _STACKED_EXPERTS[rest]), None
     if rest.startswith("block_sparse_moe.gate."):  # Mixtral's router

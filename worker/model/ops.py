@@ -69,19 +69,39 @@ def rotary_embedding(
     return apply(q), apply(k)
 
 
+def dequantize_expert(w: torch.Tensor, scale: torch.Tensor | None, block: tuple[int, int] | None,
+                      dtype: torch.dtype) -> torch.Tensor:
+    """One expert's FP8 weight [N, K] in ``dtype``: per-channel scales [N, 1], or with ``block`` (bn, bk)
+    one scale per block [ceil(N / bn), ceil(K / bk)]. A float weight comes back as it is."""
+    if scale is None:
+        return w
+    if block is None:
+        return (w.float() * scale.float()).to(dtype)
+    bn, bk = block
+    n, k = w.shape
+    s = scale.float().repeat_interleave(bn, 0)[:n].repeat_interleave(bk, 1)[:, :k]
+    return (w.float() * s).to(dtype)
+
+
 def fused_moe(
     x: torch.Tensor,  # [T, hidden]
     w13: torch.Tensor,  # [E, 2I, hidden]: gate rows, then up rows
     w2: torch.Tensor,  # [E, hidden, I]
     topk_weights: torch.Tensor,  # [T, k] float32
     topk_ids: torch.Tensor,  # [T, k]
+    w13_scale: torch.Tensor | None = None,  # FP8 experts: [E, 2I, 1] per channel or [E, 2I/bn, hidden/bk]
+    w2_scale: torch.Tensor | None = None,
+    block: tuple[int, int] | None = None,  # FP8 block scales' (rows, cols)
 ) -> torch.Tensor:  # [T, hidden]
     """The reference mixture of SiLU-gated experts: each expert hit runs on its tokens, the outputs
-    weighted and summed in float32 (the oracle of the Triton kernel)."""
+    weighted and summed in float32 (the oracle of the Triton kernel). FP8 experts are de-quantized
+    one at a time, only those a token picked."""
     out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float32, device=x.device)
     for expert in torch.unique(topk_ids).tolist():
         token, slot = torch.where(topk_ids == expert)
-        h = silu_and_mul(x[token] @ w13[expert].t())  # [n, I]
-        y = (h @ w2[expert].t()).float() * topk_weights[token, slot, None]
+        gate_up = dequantize_expert(w13[expert], None if w13_scale is None else w13_scale[expert], block, x.dtype)
+        down = dequantize_expert(w2[expert], None if w2_scale is None else w2_scale[expert], block, x.dtype)
+        h = silu_and_mul(x[token] @ gate_up.t())  # [n, I]
+        y = (h @ down.t()).float() * topk_weights[token, slot, None]
         out.index_add_(0, token, y)
     return out.to(x.dtype)

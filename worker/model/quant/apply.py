@@ -1,8 +1,9 @@
 """Applies a ``QuantConfig`` to a built model: a walk over its decoder layers that swaps the
 projection layers, before (checkpoint formats) or after (FP8 at load) the weights are read.
 
-Only the decoder's projections are quantized (qkv, o, gate_up, down); embeddings, norms, the LM
-head and MoE routers stay in the model's dtype.
+Only the decoder's projections and MoE experts are quantized (qkv, o, gate_up, down, the stacked
+experts); embeddings, norms, the LM head and MoE routers stay in the model's dtype. MoE experts
+take FP8 (``quant/moe.py``); 4-bit MoE checkpoints are refused.
 """
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from torch import nn
 
 from worker.errors import ModelLoadError
 from worker.model.quant.config import QuantConfig
+from worker.model.moe import SparseMoe
 from worker.model.quant.linear import Fp8Linear, IntLinear, QuantLinear
+from worker.model.quant.moe import Fp8SparseMoe
 
 # our fused module -> the checkpoint projections it holds, in row order
 _CHECKPOINT_NAMES = {
@@ -40,6 +43,18 @@ def _projections(model, kind: type = nn.Linear):
                 yield i, layer, ours, module
 
 
+def _moe_layers(model, kind: type = SparseMoe):
+    """(layer index, layer) of every decoder layer whose MLP is a ``kind`` mixture of experts."""
+    for i, layer in enumerate(model.layers):
+        if type(layer.mlp) is kind:
+            yield i, layer
+
+
+def _experts_skipped(qc: QuantConfig, i: int) -> bool:
+    names = (f"model.layers.{i}.mlp.experts.0.gate_proj", f"model.layers.{i}.block_sparse_moe.experts.0.w1")
+    return any(qc.skips(n) for n in names)
+
+
 def _set(layer: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, attr = name.rpartition(".")
     setattr(layer.get_submodule(parent) if parent else layer, attr, module)
@@ -52,10 +67,16 @@ def quantize_model(model, spec, qc: QuantConfig | None, tensor_parallel_size: in
         return
     if tensor_parallel_size > 1:
         raise ModelLoadError(f"quantized checkpoints ({qc.source}) are not supported with tensor_parallel_size > 1 yet")
-    if spec.moe is not None and any(spec.moe.layers):
-        raise ModelLoadError(f"quantized ({qc.source}) mixture-of-experts checkpoints are not supported yet")
-    cls = Fp8Linear if qc.is_fp8 else IntLinear
     dtype = next(model.parameters()).dtype
+    if spec.moe is not None and any(spec.moe.layers):
+        if not qc.is_fp8:
+            raise ModelLoadError(f"quantization_config.quant_method {qc.source!r}: 4-bit mixture-of-experts checkpoints "
+                                 "are not supported yet (FP8 ones are)")
+        for i, layer in list(_moe_layers(model)):
+            if not _experts_skipped(qc, i):
+                device = layer.mlp.gate.weight.device
+                layer.mlp = Fp8SparseMoe(spec.hidden_size, spec.moe, layer.mlp.ops, qc, device, dtype)
+    cls = Fp8Linear if qc.is_fp8 else IntLinear
     for i, layer, ours, linear in _projections(model):
         names = [f"model.layers.{i}.{n}" for n in _CHECKPOINT_NAMES[ours]]
         skipped = [qc.skips(n) for n in names]
@@ -76,6 +97,8 @@ def finalize_quantized(model, spec, qc: QuantConfig | None) -> None:
     if not qc.from_checkpoint:
         for i, layer, ours, linear in list(_projections(model)):
             _set(layer, ours, Fp8Linear.from_float(linear, qc))
+        for i, layer in list(_moe_layers(model)):
+            layer.mlp = Fp8SparseMoe.from_float(layer.mlp, qc)
         if model.layers[0].self_attn.qkv_proj.weight.is_cuda:
             torch.cuda.empty_cache()
         return
@@ -88,7 +111,7 @@ def finalize_quantized(model, spec, qc: QuantConfig | None) -> None:
 
 def fill_dummy_quantized(model, gen: torch.Generator) -> None:
     for module in model.modules():
-        if isinstance(module, QuantLinear):
+        if isinstance(module, (QuantLinear, Fp8SparseMoe)):
             module.fill_dummy(gen)
 
 
@@ -96,6 +119,6 @@ def weight_report(model, qc: QuantConfig | None) -> dict:
     """The weight format and bytes, for the start-up report and model metadata."""
     tensors = [t for n, t in list(model.named_parameters()) + list(model.named_buffers()) if "cos_sin_cache" not in n]
     total = sum(t.numel() * t.element_size() for t in tensors)
-    quantized = sum(1 for m in model.modules() if isinstance(m, QuantLinear))
+    quantized = sum(1 for m in model.modules() if isinstance(m, (QuantLinear, Fp8SparseMoe)))
     return {"format": qc.method if qc else "none", "source": qc.source if qc else "none",
             "weight_bytes": int(total), "quantized_layers": quantized}
