@@ -27,6 +27,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64, 256])
     ap.add_argument("--input", type=int, default=1024)
     ap.add_argument("--output", type=int, default=128)
+    ap.add_argument("--engine-process", action="store_true",
+                    help="serving: the worker runs its engine core in a process of its own")
 
 
 def dummy_model_dir(shape: str, tokenizer_tool: str, directory: pathlib.Path) -> str:
@@ -47,8 +49,9 @@ def run(a: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     name = a.model
     worker_args = ["--load-format", "dummy", "--device", a.device, "--max-model-len", str(a.max_model_len),
-                   "--dtype", "bfloat16"]
-    report: dict = {"date": time.strftime("%Y-%m-%d"), "shape": name, "input": a.input, "output": a.output}
+                   "--dtype", "bfloat16"] + (["--engine-process"] if getattr(a, "engine_process", False) else [])
+    report: dict = {"date": time.strftime("%Y-%m-%d"), "shape": name, "input": a.input, "output": a.output,
+                    "engine_process": bool(getattr(a, "engine_process", False))}
     stack = GovernedStack("", name, worker_args, teams={"bench": {}}, out=out)
     stack.model_dir = dummy_model_dir(name, a.tokenizer_tool, stack.data / "model")
     with stack:

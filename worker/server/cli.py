@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "float checkpoint's projections to FP8 at load; none: refuse quantized checkpoints")
     p.add_argument("--kv-cache-dtype", default="auto", choices=list(KV_CACHE_DTYPES),
                    help="auto: the model's dtype; fp8: e4m3 with per-tensor or per-head scales (half the bytes)")
+    p.add_argument("--engine-process", action="store_true",
+                   help="run the engine core (scheduler, model, sampling) in a process of its own, apart from "
+                        "gRPC, tokenization and streaming")
     p.add_argument("--shutdown-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight requests")
     p.add_argument("--metrics-port", type=int, default=0,
                    help="Prometheus /metrics port (0: off; gateways relay the same metrics on their /metrics)")
@@ -85,15 +88,25 @@ def _credentials(args):
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
-def _set_cpu_threads(args) -> None:
-    # torch's threads and the worker's own gRPC threads share the cores; oversubscribing them
-    # costs more than a thread of matmul earns (measured: +230 ms p50 per request on 2 cores)
+def _cpu_threads(args) -> int | None:
+    """torch threads for a CPU engine (None on a GPU). torch's threads and the worker's own gRPC
+    threads share the cores; oversubscribing them costs more than a thread of matmul earns
+    (measured: +230 ms p50 per request on 2 cores)."""
     import os
 
     import torch
 
     if args.device == "cpu" or (args.device == "auto" and not torch.cuda.is_available()):
-        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 2) - 1))
+        return args.threads or max(1, (os.cpu_count() or 2) - 1)
+    return None
+
+
+def _set_cpu_threads(args) -> None:
+    import torch
+
+    threads = _cpu_threads(args)
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def _build(args):
@@ -126,6 +139,10 @@ def _build(args):
         tensor_parallel_size=args.tensor_parallel_size,
         quantization=args.quantization, kv_cache_dtype=args.kv_cache_dtype,
     )
+    if args.engine_process:
+        from worker.server.engine_process import EngineProcess
+
+        return task, name, EngineProcess(config, torch_threads=_cpu_threads(args), log_level=args.log_level)
     return task, name, LLMEngine(config)
 
 
@@ -150,7 +167,7 @@ async def serve(args) -> int:
         embedder = model
         metrics = WorkerMetrics(None, name)
     else:
-        engine = AsyncEngine(model)
+        engine = model if getattr(args, "engine_process", False) else AsyncEngine(model)
         metrics = WorkerMetrics(engine.stats, name)
         engine._on_finished = metrics.observe_finished
         engine.start()

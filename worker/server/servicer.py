@@ -190,7 +190,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 max_prompt_bytes=e.max_prompt_bytes,
                 tool_call_format=e.tokenizer.tool_call_format if e.tokenizer else "",
                 structured_output=library_available(),
-                quantization=e.runner.weight_report["format"], kv_cache_dtype=e.config.kv_cache_dtype,
+                quantization=e.weight_format, kv_cache_dtype=e.config.kv_cache_dtype,
             )
         return pb.ModelInfoResponse(
             served_model_name=self.name, max_model_len=self.embedder.max_model_len, has_chat_template=False,
