@@ -4,7 +4,8 @@ collectives in the model, plan broadcast, sampling on rank 0) without GPUs.
 - TP=2 (and TP=4 where the heads allow: 2 KV heads replicated over 4 ranks, a vocabulary padded to
   a multiple of 4) gives TP=1's greedy tokens on tiny random Llama, Qwen2 (qkv bias, tied embeddings)
   and Qwen3-MoE (experts split, a dense layer among sparse ones) checkpoints, chunked prefill included;
-- shapes that cannot be split, and quantized checkpoints, are refused before any process starts;
+- shapes that cannot be split are refused before any process starts (quantized checkpoints:
+  tests/test_tensor_parallel_quant.py);
 - a killed rank ends ``ward worker`` with a non-zero exit within seconds, naming the rank.
 """
 from __future__ import annotations
@@ -85,14 +86,6 @@ def test_shapes_that_cannot_be_split_are_refused_before_starting_ranks(checkpoin
         LLM(checkpoints["llama"], tensor_parallel_size=3, **ENGINE)
 
 
-def test_a_quantized_checkpoint_with_tensor_parallelism_is_refused(checkpoints, tmp_path):
-    config = CHECKPOINTS["llama"]()
-    config.quantization_config = {"quant_method": "fp8"}
-    config.save_pretrained(tmp_path)
-    with pytest.raises(ModelLoadError, match="quantized checkpoint is not supported yet"):
-        LLM(str(tmp_path), tensor_parallel_size=2, **ENGINE)
-
-
 def test_asynchronous_scheduling_across_ranks_gives_the_synchronous_single_rank_tokens(checkpoints):
     """Step N + 1 is launched on every rank before step N is collected: the ranks gather step N's
     tokens from rank 0's broadcast on the device. Greedy, seeded sampling and a penalty (sampled after
@@ -110,12 +103,6 @@ def test_asynchronous_scheduling_across_ranks_gives_the_synchronous_single_rank_
         finally:
             llm.engine.close()
     assert results[1] == results[0]
-
-
-@pytest.mark.parametrize("option", [{"quantization": "fp8"}, {"kv_cache_dtype": "fp8"}])
-def test_fp8_at_load_and_an_fp8_kv_cache_with_tensor_parallelism_are_refused(checkpoints, option):
-    with pytest.raises(ValueError, match="not supported with tensor_parallel_size > 1"):
-        LLM(checkpoints["llama"], tensor_parallel_size=2, **ENGINE, **option)
 
 
 def test_a_killed_rank_ends_the_worker_with_a_non_zero_exit_naming_the_rank(checkpoints, tmp_path):

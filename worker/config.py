@@ -72,7 +72,3 @@ class EngineConfig:
             raise ValueError(f"quantization must be one of {', '.join(QUANTIZATION_CHOICES)}, got {self.quantization!r}")
         if self.kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ValueError(f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}, got {self.kv_cache_dtype!r}")
-        if self.tensor_parallel_size > 1 and (self.quantization == "fp8" or self.kv_cache_dtype == "fp8"):
-            # the FP8 layers and per-head KV scales are not sharded over ranks yet
-            raise ValueError("quantization='fp8' and kv_cache_dtype='fp8' are not supported with "
-                             "tensor_parallel_size > 1 yet")

@@ -22,6 +22,15 @@ class ParallelGroup:
         self.pg.allreduce([x]).wait()
         return x
 
+    def all_reduce_max(self, x: torch.Tensor) -> torch.Tensor:
+        """The element-wise maximum of ``x`` over the ranks, in place."""
+        import torch.distributed as dist
+
+        opts = dist.AllreduceOptions()
+        opts.reduceOp = dist.ReduceOp.MAX
+        self.pg.allreduce([x], opts).wait()
+        return x
+
     def broadcast_(self, x: torch.Tensor, src: int = 0) -> torch.Tensor:
         """``x`` becomes rank ``src``'s ``x`` on every rank, in place (stream-ordered on GPUs)."""
         self.pg.broadcast(x, src).wait()

@@ -22,8 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from worker.errors import ModelLoadError
+from worker.model.quant.config import resolve_quant_config
 from worker.model.spec import ModelSpec
 from worker.parallel.group import ParallelGroup
+from worker.parallel.quant_split import check_split
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,8 @@ class Shard:
 
 
 def plan_shard(spec: ModelSpec, rank: int, size: int) -> Shard:
-    """The split for ``rank``; ModelLoadError when the model's shape cannot be split ``size`` ways."""
-    if getattr(spec.hf_config, "quantization_config", None) is not None:
-        raise ModelLoadError("tensor parallelism with a quantized checkpoint is not supported yet")
+    """The split for ``rank``; ModelLoadError when the model's shape (or its quantized checkpoint's
+    packing, groups or scale blocks) cannot be split ``size`` ways."""
     H, KV = spec.num_heads, spec.num_kv_heads
     if H % size:
         raise ModelLoadError(f"tensor_parallel_size {size} must divide the {H} attention heads")
@@ -56,6 +57,7 @@ def plan_shard(spec: ModelSpec, rank: int, size: int) -> Shard:
     if spec.moe is not None and spec.moe.intermediate_size % size:
         raise ModelLoadError(f"tensor_parallel_size {size} must divide the experts' intermediate size "
                              f"{spec.moe.intermediate_size}")
+    check_split(spec, resolve_quant_config("auto", spec.hf_config), size)
     heads = H // size
     if KV >= size:
         kv_heads, kv_start = KV // size, rank * (KV // size)
@@ -117,8 +119,10 @@ class RankPart:
     read: object  # read(file, name) -> the rank's slice of a checkpoint tensor
 
 
-def rank_part(spec: ModelSpec, group: ParallelGroup) -> RankPart:
+def rank_part(spec: ModelSpec, group: ParallelGroup, quantization: str = "auto") -> RankPart:
+    """``quantization`` as configured: the reader slices the checkpoint's quantized tensors by its format."""
     from worker.parallel.loading import shard_reader
 
     shard = plan_shard(spec, group.rank, group.size)
-    return RankPart(shard, group, shard_spec(spec, shard), shard_reader(spec, shard))
+    qc = resolve_quant_config(quantization, spec.hf_config)
+    return RankPart(shard, group, shard_spec(spec, shard), shard_reader(spec, shard, qc))

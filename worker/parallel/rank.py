@@ -53,7 +53,7 @@ def _serve(conn, config, model_dir, max_model_len, rank, size, store_port, threa
     conn.send(("joining",))
     group = make_group(store, rank, size, device, timeout)
     spec = load_spec(model_dir)
-    runner = ModelRunner(config, spec, model_dir, max_model_len, parallel=rank_part(spec, group))
+    runner = ModelRunner(config, spec, model_dir, max_model_len, parallel=rank_part(spec, group, config.quantization))
     conn.send(("ready",))
     handle = None
     while True:

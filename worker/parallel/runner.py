@@ -72,7 +72,8 @@ class TensorParallelRunner:
         try:
             self._gather("joining", timeout)
             group = make_group(self._store, 0, size, device, timeout)
-            self.local = ModelRunner(config, spec, model_dir, max_model_len, parallel=rank_part(spec, group))
+            self.local = ModelRunner(config, spec, model_dir, max_model_len,
+                                     parallel=rank_part(spec, group, config.quantization))
             self._gather("ready", timeout)
         except BaseException:
             self.close()

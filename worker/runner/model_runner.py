@@ -83,17 +83,17 @@ class ModelRunner:
         self.model = build_model(mspec, self.backend, self.device, self.dtype, max_model_len, ops)
         if self.kv_dtype != self.dtype:
             attach_kv_scales(self.model, spec)
-        quantize_model(self.model, spec, self.quant, tp_size)  # refused with tensor parallelism, for now
-        if parallel is not None:  # after any module swap: the row-parallel all-reduce hooks stay on
-            from worker.parallel.layers import parallelize
-
-            parallelize(self.model, parallel.shard, parallel.group)
+        quantize_model(self.model, mspec, self.quant)  # the rank's sizes under tensor parallelism
         if config.load_format == "dummy":
             fill_dummy_weights(self.model, config.seed)
             fill_dummy_quantized(self.model, torch.Generator(device=self.device).manual_seed(config.seed))
         else:
             load_weights(self.model, mspec, model_dir, read=None if parallel is None else parallel.read)
-        finalize_quantized(self.model, spec, self.quant)
+        finalize_quantized(self.model, mspec, self.quant, None if parallel is None else parallel.group.all_reduce_max)
+        if parallel is not None:  # after every module swap (FP8 at load too): the all-reduce hooks stay on
+            from worker.parallel.layers import parallelize
+
+            parallelize(self.model, parallel.shard, parallel.group)
         if self.kv_layout.num_groups > 1:
             for layer, group in zip(self.model.layers, self.kv_layout.layer_group):
                 layer.self_attn.kv_group = group

@@ -13,7 +13,7 @@ from torch import nn
 from worker.errors import ModelLoadError
 from worker.model.quant.config import QuantConfig
 from worker.model.moe import SparseMoe
-from worker.model.quant.linear import Fp8Linear, IntLinear, QuantLinear
+from worker.model.quant.linear import AmaxReduce, Fp8Linear, IntLinear, QuantLinear
 from worker.model.quant.moe import Fp8SparseMoe
 
 # our fused module -> the checkpoint projections it holds, in row order
@@ -60,13 +60,14 @@ def _set(layer: nn.Module, name: str, module: nn.Module) -> None:
     setattr(layer.get_submodule(parent) if parent else layer, attr, module)
 
 
-def quantize_model(model, spec, qc: QuantConfig | None, tensor_parallel_size: int = 1) -> None:
+def quantize_model(model, spec, qc: QuantConfig | None) -> None:
     """Before loading a quantized checkpoint: its projection layers become quantized layers whose
-    tensors carry the checkpoint's names. A float model (or FP8 at load) is left as it is."""
+    tensors carry the checkpoint's names. A float model (or FP8 at load) is left as it is.
+
+    ``spec`` is the spec the model was built from: under tensor parallelism the rank's part, so the
+    layers take the rank's sizes (its heads, columns and expert columns)."""
     if qc is None or not qc.from_checkpoint:
         return
-    if tensor_parallel_size > 1:
-        raise ModelLoadError(f"quantized checkpoints ({qc.source}) are not supported with tensor_parallel_size > 1 yet")
     dtype = next(model.parameters()).dtype
     if spec.moe is not None and any(spec.moe.layers):
         if not qc.is_fp8:
@@ -89,16 +90,20 @@ def quantize_model(model, spec, qc: QuantConfig | None, tensor_parallel_size: in
                               linear.weight.device))
 
 
-def finalize_quantized(model, spec, qc: QuantConfig | None) -> None:
+_ROW_PARALLEL = ("self_attn.o_proj", "mlp.down_proj")  # under tensor parallelism: split by input rows
+
+
+def finalize_quantized(model, spec, qc: QuantConfig | None, reduce_amax: AmaxReduce | None = None) -> None:
     """After loading: checkpoint layouts become the kernels' layout, or (FP8 at load) the loaded
-    float projections are quantized."""
+    float projections are quantized. ``reduce_amax`` (tensor parallelism) takes a row-parallel
+    rank's per-channel amax to the maximum over the ranks, so the ranks' scales are one GPU's."""
     if qc is None:
         return
     if not qc.from_checkpoint:
         for i, layer, ours, linear in list(_projections(model)):
-            _set(layer, ours, Fp8Linear.from_float(linear, qc))
+            _set(layer, ours, Fp8Linear.from_float(linear, qc, reduce_amax if ours in _ROW_PARALLEL else None))
         for i, layer in list(_moe_layers(model)):
-            layer.mlp = Fp8SparseMoe.from_float(layer.mlp, qc)
+            layer.mlp = Fp8SparseMoe.from_float(layer.mlp, qc, reduce_amax)
         if model.layers[0].self_attn.qkv_proj.weight.is_cuda:
             torch.cuda.empty_cache()
         return

@@ -26,6 +26,9 @@ from worker.model.quant.config import QuantConfig
 FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
 Placer = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# a row-parallel rank's per-channel amax -> the maximum over the ranks (FP8 at load under tensor
+# parallelism), so every rank scales its part of a row as one GPU would scale the whole row
+AmaxReduce = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _cuda_fp8_ok(device: torch.device) -> bool:
@@ -38,9 +41,10 @@ def _capability(index: int | None) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
 
 
-def quantize_fp8_per_channel(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_fp8_per_channel(w: torch.Tensor, reduce: AmaxReduce | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """[out, in] float -> (e4m3 [out, in], float32 scales [out, 1]) with w ~= q * scale."""
-    amax = w.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12)
+    amax = w.abs().amax(dim=1, keepdim=True).float()
+    amax = (reduce(amax) if reduce is not None else amax).clamp(min=1e-12)
     scale = amax / FP8_MAX
     return (w.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale
 
@@ -118,11 +122,12 @@ class Fp8Linear(QuantLinear):
         self.input_scale = self._new(len(shards), dtype=torch.float32) if qc.static_input_scale else None
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, qc: QuantConfig) -> "Fp8Linear":
-        """Quantizes a loaded float layer (``quantization="fp8"`` on a float checkpoint)."""
+    def from_float(cls, linear: nn.Linear, qc: QuantConfig, reduce: AmaxReduce | None = None) -> "Fp8Linear":
+        """Quantizes a loaded float layer (``quantization="fp8"`` on a float checkpoint); ``reduce``
+        joins a row-parallel rank's amax with the other ranks'."""
         w = linear.weight.data
         layer = cls(w.shape[1], w.shape[0], [w.shape[0]], linear.bias is not None, qc, w.dtype, w.device)
-        q, scale = quantize_fp8_per_channel(w)
+        q, scale = quantize_fp8_per_channel(w, reduce)
         layer.weight.data.copy_(q)
         layer.weight_scale.data.copy_(scale)
         if linear.bias is not None:

@@ -50,14 +50,18 @@ class Fp8SparseMoe(SparseMoe):
         return self.moe.num_experts, math.ceil(n / bn), math.ceil(k / bk)
 
     @classmethod
-    def from_float(cls, moe: SparseMoe, qc: QuantConfig) -> "Fp8SparseMoe":
-        """Quantizes loaded float experts per output channel (``quantization="fp8"``)."""
+    def from_float(cls, moe: SparseMoe, qc: QuantConfig, reduce=None) -> "Fp8SparseMoe":
+        """Quantizes loaded float experts per output channel (``quantization="fp8"``); ``reduce``
+        joins a tensor-parallel rank's amax of its down columns with the other ranks'."""
         w13 = moe.w13.data
         layer = cls(w13.shape[2], moe.moe, moe.ops, qc, w13.device, w13.dtype)
         layer.gate.weight.data.copy_(moe.gate.weight.data)
         for name in ("w13", "w2"):
             w = getattr(moe, name).data
-            scale = (w.abs().amax(dim=2, keepdim=True).float() / FP8_MAX).clamp(min=1e-12)
+            amax = w.abs().amax(dim=2, keepdim=True).float()
+            if name == "w2" and reduce is not None:  # row-parallel: each rank holds part of a row
+                amax = reduce(amax)
+            scale = (amax / FP8_MAX).clamp(min=1e-12)
             getattr(layer, name).data.copy_((w.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8))
             getattr(layer, f"{name}_scale").data.copy_(scale)
         return layer
