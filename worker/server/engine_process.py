@@ -317,9 +317,14 @@ class EngineProcess:
             failure = EngineDeadError(f"the engine core exited (exit code {self.process.exitcode}): {exc!r}")
         except EngineDeadError as exc:
             failure = exc
+        except RuntimeError:  # the event loop has closed: the worker is on its way out
+            return
         log.error("%s", failure)
         self.error = failure
-        self._loop.call_soon_threadsafe(self._fail_all, failure)
+        try:
+            self._loop.call_soon_threadsafe(self._fail_all, failure)
+        except RuntimeError:
+            pass
 
     # ---- on the event loop -----------------------------------------------------------------
     def _accept(self, request_id: str, error) -> None:
