@@ -96,6 +96,29 @@ class WindowCheckingRunner(SlotWritingRunner):
         return result
 
 
+def play(sched: Scheduler, driver: Driver, ops: list[tuple], after_step=None, capacity: int | None = None) -> None:
+    """Plays drawn operations on a scheduler: ("add", prefix, extra tokens, max_tokens), ("abort", i),
+    ("step", n); ``after_step`` checks whatever must hold after each step. A request longer than
+    ``capacity`` tokens is not added (the engine refuses it before the scheduler sees it)."""
+    added = 0
+    for op in ops:
+        if op[0] == "add":
+            _, prefix, extra, max_tokens = op
+            prompt = PREFIXES[prefix] + [40 + added % 7 + i for i in range(extra)]
+            if capacity is not None and len(prompt) + max_tokens > capacity:
+                continue
+            sched.add_request(_request(added, prompt, max_tokens, 0))
+            added += 1
+        elif op[0] == "abort":
+            sched.abort(f"r{op[1] % max(added, 1)}")
+        else:
+            for _ in range(op[1]):
+                if driver.busy():
+                    driver.step()
+                    if after_step is not None:
+                        after_step()
+
+
 operation = st.one_of(
     st.tuples(st.just("add"), st.integers(0, 2), st.integers(0, 10), st.integers(1, 14)),
     st.tuples(st.just("abort"), st.integers(0, 50)),
@@ -111,21 +134,12 @@ def test_no_query_reads_a_slot_reused_after_its_block_was_given_back(ops, asynch
     sched = Scheduler(kv, max_num_seqs=4, max_num_batched_tokens=budget, max_model_len=40)
     runner = WindowCheckingRunner(window)
     driver = Driver(sched, runner, asynchronous)
-    added = 0
-    for op in ops:
-        if op[0] == "add":
-            _, prefix, extra, max_tokens = op
-            prompt = PREFIXES[prefix] + [40 + added % 7 + i for i in range(extra)]
-            sched.add_request(_request(added, prompt, max_tokens, 0))
-            added += 1
-        elif op[0] == "abort":
-            sched.abort(f"r{op[1] % max(added, 1)}")
-        else:
-            for _ in range(op[1]):
-                if driver.busy():
-                    driver.step()
-                    for rid in kv.req_blocks:
-                        assert kv.num_held_blocks(rid) <= held_bound(window, budget)
+
+    def bounded() -> None:
+        for rid in kv.req_blocks:
+            assert kv.num_held_blocks(rid) <= held_bound(window, budget)
+
+    play(sched, driver, ops, after_step=bounded)
     driver.finish()
     assert kv.pool.num_used_blocks == 0 and kv.num_allocated_blocks == 0
 

@@ -184,14 +184,15 @@ class HybridKVCacheManager:
             revived = sum(1 for blocks in new_computed_blocks for b in blocks if b is not _SKIPPED and b.ref_cnt == 0)
         if need * self.num_groups + revived > self.pool.num_free_blocks:
             return None
+        if num_hit:  # every group's hits leave the free list before any new block is taken from it
+            for hits in new_computed_blocks:
+                self.pool.touch([b for b in hits if b is not _SKIPPED])
         added: list[list[int]] = []
         for g, blocks in enumerate(st.groups):
             taken = []
             if num_hit:
                 hits = new_computed_blocks[g]
-                real = [b for b in hits if b is not _SKIPPED]
-                self.pool.touch(real)
-                st.released[g] += len(hits) - len(real)  # skipped places count as given back
+                st.released[g] += sum(1 for b in hits if b is _SKIPPED)  # skipped places count as given back
                 taken.extend(hits)
             taken.extend(self.pool.get_new_blocks(need) if need else [])
             blocks.extend(taken)
