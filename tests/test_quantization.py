@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -373,6 +374,41 @@ def test_gguf_blocks_convert_to_wards_layout_exactly(kind):
         got = dequantize_int(t["qweight"], t["scales"], t.get("zeros"), block_layout(kind)[0], 32, torch.float32,
                              t.get("offsets"))
         assert torch.allclose(got.t(), want, rtol=1e-6, atol=1e-7)
+
+
+def q4_k_blocks(rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    """Random Q4_K rows as ggml lays them out (written here independently of worker/model/quant/gguf.py):
+    per 256 weights float16 d and dmin, twelve bytes of 6-bit scales and mins, 128 bytes of nibbles."""
+    rng = np.random.default_rng(seed)
+    nb = cols // 256
+    out = np.zeros((rows, nb, 144), dtype=np.uint8)
+    for r in range(rows):
+        for b in range(nb):
+            blk = out[r, b]
+            blk[0:2] = np.frombuffer(np.float16(rng.uniform(0.001, 0.01)).tobytes(), np.uint8)
+            blk[2:4] = np.frombuffer(np.float16(rng.uniform(0.001, 0.01)).tobytes(), np.uint8)
+            sc, mn = rng.integers(0, 64, 8), rng.integers(0, 64, 8)
+            for j in range(4):
+                blk[4 + j] = (sc[j] & 63) | ((sc[j + 4] >> 4) << 6)
+                blk[8 + j] = (mn[j] & 63) | ((mn[j + 4] >> 4) << 6)
+                blk[12 + j] = (sc[j + 4] & 0x0F) | ((mn[j + 4] & 0x0F) << 4)
+            blk[16:] = rng.integers(0, 256, 128)
+    return out.reshape(rows, nb * 144)
+
+
+def test_gguf_q4_k_converts_to_wards_layout_exactly():
+    """Q4_K (the 4-bit K-quant of Q4_K_M files): Ward's 4-bit, group 32, float32 scales and offsets
+    de-quantize to what gguf's own reader computes, to the last bit."""
+    gguf = pytest.importorskip("gguf")
+    from worker.model.quant.gguf import to_ward
+    from worker.model.quant.packing import dequantize_int
+
+    raw = q4_k_blocks(24, 512)
+    want = torch.from_numpy(gguf.quants.dequantize(raw, gguf.GGMLQuantizationType.Q4_K)).reshape(24, 512)
+    t = to_ward(raw, "Q4_K", 24, 512)
+    assert t["scales"].dtype == torch.float32 and t["offsets"].dtype == torch.float32
+    got = dequantize_int(t["qweight"], t["scales"], None, 4, 32, torch.float32, t["offsets"])
+    assert torch.equal(got.t(), want)
 
 
 def test_gguf_rope_row_order_matches_transformers():

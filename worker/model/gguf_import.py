@@ -1,7 +1,7 @@
 """Writes a Hugging Face model directory (config, safetensors, tokenizer, chat template,
 generation config) from a GGUF file. transformers reads and de-quantizes the GGUF; with
-``keep_quantized`` the decoder's Q4_0/Q4_1/Q8_0 projections are written in Ward's integer layout
-instead (worker/model/quant/gguf.py), so they stay 4 or 8 bits on disk and on the device."""
+``keep_quantized`` the decoder's Q4_0/Q4_1/Q4_K/Q8_0 projections are written in Ward's integer
+layout instead (worker/model/quant/gguf.py), so they stay 4 or 8 bits on disk and on the device."""
 from __future__ import annotations
 
 import os
@@ -68,10 +68,18 @@ _PROJECTIONS = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "att
                 "ffn_down": "mlp.down_proj"}
 
 
+_FUSED = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
+          ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))  # projections one layer of the model holds
+
+
 def _keep_quantized(gguf_path: str, state: dict, config) -> dict | None:
     """Replaces the float projection weights in ``state`` by Ward's integer layout where the GGUF
-    holds them as Q4_0/Q4_1/Q8_0 (one bit width for all); returns the quantization_config to write,
-    or None when the file's projections cannot all be kept (they stay float then).
+    holds them in a block type Ward keeps (Q4_0, Q4_1, Q4_K, Q8_0); returns the quantization_config to
+    write, or None when no projection can be kept (all stay float then).
+
+    One bit width serves the model (4-bit where any projection is 4-bit): projections the model
+    fuses (q/k/v, gate/up) stay quantized together or not at all, and those in another block type
+    (the Q6_K layers of a Q4_K_M file) stay float, listed in ``modules_to_not_convert``.
 
     Each converted weight is de-quantized again and compared with transformers' reading of the same
     tensor (with and without its q/k row order), so a layout mistake cannot pass silently."""
@@ -80,7 +88,7 @@ def _keep_quantized(gguf_path: str, state: dict, config) -> dict | None:
     import torch
     from gguf import GGUFReader
 
-    from worker.model.quant.gguf import block_layout, row_order_of_rope_permute, to_ward
+    from worker.model.quant.gguf import KEPT, block_layout, row_order_of_rope_permute, to_ward
     from worker.model.quant.packing import dequantize_int
 
     log = logging.getLogger("ward.worker.model")
@@ -89,39 +97,57 @@ def _keep_quantized(gguf_path: str, state: dict, config) -> dict | None:
     for t in reader.tensors:
         parts = t.name.split(".")  # blk.N.attn_q.weight
         if len(parts) == 4 and parts[0] == "blk" and parts[2] in _PROJECTIONS and parts[3] == "weight":
-            found[f"model.layers.{parts[1]}.{_PROJECTIONS[parts[2]]}.weight"] = t
-    kinds = {t.tensor_type.name for t in found.values()}
-    bits = {block_layout(k)[0] for k in kinds if k in ("Q4_0", "Q4_1", "Q8_0")}
-    if not found or not kinds <= {"Q4_0", "Q4_1", "Q8_0"} or len(bits) != 1:
-        log.warning("%s: projections are %s; only files whose projections are all Q4_0/Q4_1 or all Q8_0 are "
-                    "kept quantized, writing float weights", gguf_path, sorted(kinds))
+            found[f"model.layers.{parts[1]}.{_PROJECTIONS[parts[2]]}"] = t
+    layers = sorted({int(name.split(".")[2]) for name in found})
+    groups = [[f"model.layers.{i}.{p}" for p in fused] for i in layers for fused in _FUSED]
+    groups = [g for g in groups if all(name in found for name in g)]
+    kinds_of = [{found[name].tensor_type.name for name in g} for g in groups]
+    keepable = [k <= set(KEPT) and len({block_layout(x)[0] for x in k}) == 1 for k in kinds_of]
+    widths = {block_layout(next(iter(k)))[0] for k, ok in zip(kinds_of, keepable) if ok}
+    if not widths:
+        log.warning("%s: projections are %s; none in a block type kept quantized (%s), writing float weights",
+                    gguf_path, sorted(set().union(*kinds_of)), ", ".join(KEPT))
         return None
-    fmt = "offset" if "Q4_1" in kinds else "int"
+    bits = min(widths)  # 4-bit where there is any
+    kept = [g for g, k, ok in zip(groups, kinds_of, keepable) if ok and block_layout(next(iter(k)))[0] == bits]
+    kept_kinds = set().union(*(kinds_of[groups.index(g)] for g in kept))
+    floats = sorted(name for g in groups if g not in kept for name in g)
+    if floats:
+        log.warning("%s: %d of %d projections stay float (another block type or bit width: %s)", gguf_path,
+                    len(floats), len(found), sorted(set().union(*kinds_of) - kept_kinds))
+    fmt = "offset" if kept_kinds & {"Q4_1", "Q4_K"} else "int"
+    scale_dtype = torch.float32 if "Q4_K" in kept_kinds else torch.float16  # K-quant scales are products
     text = getattr(config, "text_config", None) or config
     heads = {"self_attn.q_proj": text.num_attention_heads,
              "self_attn.k_proj": getattr(text, "num_key_value_heads", None) or text.num_attention_heads}
-    for name, t in found.items():
-        want = state.get(name)
+    converted = {}
+    for module in (name for g in kept for name in g):
+        t = found[module]
+        want = state.get(f"{module}.weight")
         if want is None:
             return None
         out_f, in_f = want.shape
         tensors = to_ward(t.data, t.tensor_type.name, out_f, in_f, fmt)
+        tensors = {k: v.to(scale_dtype) if k in ("scales", "offsets") else v for k, v in tensors.items()}
         orders = [None]
-        proj = name.split(".", 3)[3].rsplit(".", 1)[0]
+        proj = module.split(".", 3)[3]
         if proj in heads:
             orders.append(row_order_of_rope_permute(out_f, heads[proj]))
         for order in orders:
-            cand = tensors if order is None else {k: v[:, order].contiguous() for k, v in tensors.items()
-                                                  if k != "qweight"} | {"qweight": tensors["qweight"][:, order].contiguous()}
-            w = dequantize_int(cand["qweight"], cand["scales"], cand.get("zeros"), block_layout(t.tensor_type.name)[0],
-                               32, torch.float32, cand.get("offsets"))
+            cand = tensors if order is None else {k: v[:, order].contiguous() for k, v in tensors.items()}
+            w = dequantize_int(cand["qweight"], cand["scales"], cand.get("zeros"), bits, 32, torch.float32,
+                               cand.get("offsets"))
             if torch.allclose(w.t(), want.float(), rtol=1e-3, atol=1e-6):
                 break
         else:
-            log.warning("%s: %s does not de-quantize to transformers' reading; writing float weights", gguf_path, name)
+            log.warning("%s: %s does not de-quantize to transformers' reading; writing float weights", gguf_path, module)
             return None
-        module = name[: -len(".weight")]
-        del state[name]
+        converted[module] = cand
+    for module, cand in converted.items():
+        del state[f"{module}.weight"]
         state.update({f"{module}.{k}": v for k, v in cand.items()})
-    return {"quant_method": "ward-int", "bits": bits.pop(), "group_size": 32, "zero_format": fmt,
-            "source": "gguf " + "/".join(sorted(kinds))}
+    config_out = {"quant_method": "ward-int", "bits": bits, "group_size": 32, "zero_format": fmt,
+                  "scale_dtype": str(scale_dtype).removeprefix("torch."), "source": "gguf " + "/".join(sorted(kept_kinds))}
+    if floats:
+        config_out["modules_to_not_convert"] = floats
+    return config_out

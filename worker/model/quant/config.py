@@ -15,9 +15,10 @@ Each layout a model hub ships is one ``method``:
   [groups, out/8] (stored zero - 1 in v1 checkpoints), ``scales`` [groups, out], ``g_idx`` [in]
   (the group of each input row; a permutation of groups with ``desc_act``).
 - ``ward_int``: Ward's own layout (``packing``), written by ``ward model import-gguf`` from GGUF
-  Q4_0/Q4_1/Q8_0: ``qweight`` int32 [in / pack, out], ``scales`` [groups, out] and either ``zeros``
-  uint8 [groups, out] (``zero_format: "int"``, w = (q - zero) * scale) or ``offsets`` float16
-  [groups, out] (``"offset"``, w = q * scale + offset).
+  Q4_0/Q4_1/Q8_0/Q4_K: ``qweight`` int32 [in / pack, out], ``scales`` [groups, out] and either ``zeros``
+  uint8 [groups, out] (``zero_format: "int"``, w = (q - zero) * scale) or ``offsets`` [groups, out]
+  (``"offset"``, w = q * scale + offset); scales and offsets in ``scale_dtype`` (float16, or
+  float32 for K-quants), projections listed in ``modules_to_not_convert`` in float.
 - ``fp8``: a float checkpoint quantized while loading (``quantization="fp8"``): per-channel scales.
 
 A field the engine cannot honour is a ``ModelLoadError`` that names it.
@@ -43,6 +44,7 @@ class QuantConfig:
     desc_act: bool = False  # gptq: g_idx permutes the groups
     zero_offset: int = 0  # gptq v1: stored zeros are zero - 1
     zero_format: str = "int"  # ward_int: "int" (uint8 zeros) or "offset" (float offsets)
+    scale_dtype: str = "float16"  # ward_int: scales and offsets as stored (float32 for GGUF K-quants)
     static_input_scale: bool = False  # fp8: activations use the checkpoint's input_scale
     ignore: tuple[str, ...] = field(default_factory=tuple)  # module names (or suffixes) left in float
 
@@ -181,7 +183,10 @@ def _ward_int(q: dict) -> QuantConfig:
     fmt = q.get("zero_format", "int")
     if fmt not in ("int", "offset"):
         raise ModelLoadError(f"{p}.zero_format = {fmt!r} is not supported (int, offset)")
-    return QuantConfig("ward_int", "gguf", bits=bits, group_size=group, zero_format=fmt,
+    scale_dtype = q.get("scale_dtype", "float16")
+    if scale_dtype not in ("float16", "float32"):
+        raise ModelLoadError(f"{p}.scale_dtype = {scale_dtype!r} is not supported (float16, float32)")
+    return QuantConfig("ward_int", "gguf", bits=bits, group_size=group, zero_format=fmt, scale_dtype=scale_dtype,
                        ignore=tuple(q.get("modules_to_not_convert") or ()))
 
 

@@ -229,10 +229,11 @@ class IntLinear(QuantLinear):
         g, o, p = self.num_groups, out_features, self.pack
         self.offsets: torch.Tensor | None = None
         if qc.method == "ward_int":  # already Ward's layout (import-gguf)
+            scale_dtype = getattr(torch, qc.scale_dtype)
             self.qweight = self._new(in_features // p, o, dtype=torch.int32)
-            self.scales = self._new(g, o, dtype=torch.float16)
+            self.scales = self._new(g, o, dtype=scale_dtype)
             if qc.zero_format == "offset":
-                self.offsets = self._new(g, o, dtype=torch.float16)
+                self.offsets = self._new(g, o, dtype=scale_dtype)
             else:
                 self.zeros = self._new(g, o, dtype=torch.uint8)
             self.perm = None
