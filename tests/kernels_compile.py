@@ -131,6 +131,16 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
         {"x_ptr": BF16, "qw_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*fp16", "y_ptr": "*fp32"},
         dict(GROUP=32, ROWS=2, BLOCK_N=128, BLOCK_K=32, HAS_OFFSETS=True), num_warps=4,
     ),
+    "int8_gemm": lambda: compile_variant(
+        int4_gemm._int4_gemm_kernel,
+        {"x_ptr": BF16, "qw_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*u8", "y_ptr": BF16},
+        dict(GROUP=32, BLOCK_M=64, BLOCK_N=128, BLOCK_K=32, HAS_OFFSETS=False, BITS=8), num_warps=4, num_stages=3,
+    ),
+    "int8_gemv_float32_offsets": lambda: compile_variant(
+        int4_gemm._int4_gemv_kernel,
+        {"x_ptr": BF16, "qw_ptr": "*i32", "s_ptr": "*fp32", "z_ptr": "*fp32", "y_ptr": "*fp32"},
+        dict(GROUP=32, ROWS=2, BLOCK_N=128, BLOCK_K=32, HAS_OFFSETS=True, BITS=8), num_warps=4,
+    ),
     "fp8_block_gemm": lambda: compile_variant(
         fp8_gemm._fp8_block_gemm_kernel,
         {"a_ptr": "*fp8e4nv", "as_ptr": "*fp32", "b_ptr": "*fp8e4nv", "bs_ptr": "*fp32", "y_ptr": BF16},

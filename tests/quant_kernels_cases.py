@@ -11,21 +11,23 @@ from worker.model.quant.packing import dequantize_int, pack_rows
 
 
 def check_int4(M: int, K: int, N: int, group: int, force: str | None, device: str, dtype=torch.float32,
-               offsets: bool = False) -> float:
-    """``offsets``: float offsets instead of integer zeros (GGUF Q4_1 kept quantized)."""
-    from worker.kernels.int4_gemm import int4_matmul
+               offsets: bool = False, bits: int = 4) -> float:
+    """``offsets``: float offsets instead of integer zeros (GGUF Q4_1/Q4_K kept quantized); ``bits``
+    8: the INT8 codes of 8-bit GPTQ and GGUF Q8_0."""
+    from worker.kernels.int4_gemm import int_matmul
 
-    gen = torch.Generator().manual_seed(M * 7 + K + N + group)
-    q = torch.randint(0, 16, (K, N), generator=gen)
-    zeros = torch.randint(0, 16, (K // group, N), generator=gen).to(torch.uint8)
+    gen = torch.Generator().manual_seed(M * 7 + K + N + group + bits)
+    top = 1 << bits
+    q = torch.randint(0, top, (K, N), generator=gen)
+    zeros = torch.randint(0, top, (K // group, N), generator=gen).to(torch.uint8)
     scales = (torch.rand(K // group, N, generator=gen) * 0.02).to(dtype)
     offs = (torch.randn(K // group, N, generator=gen) * 0.05).half() if offsets else None
     x = torch.randn(M, K, generator=gen).to(dtype)
-    qweight = pack_rows(q, 4)
-    want = x.float() @ dequantize_int(qweight, scales, None if offsets else zeros, 4, group, torch.float32, offs)
+    qweight = pack_rows(q, bits)
+    want = x.float() @ dequantize_int(qweight, scales, None if offsets else zeros, bits, group, torch.float32, offs)
     dev = torch.device(device)
-    got = int4_matmul(x.to(dev), qweight.to(dev), scales.to(dev), None if offsets else zeros.to(dev), group,
-                      offsets=offs.to(dev) if offsets else None, force=force).float().cpu()
+    got = int_matmul(x.to(dev), qweight.to(dev), scales.to(dev), None if offsets else zeros.to(dev), group,
+                     bits=bits, offsets=offs.to(dev) if offsets else None, force=force).float().cpu()
     return float((got - want).abs().max() / want.abs().max())
 
 
@@ -89,6 +91,9 @@ INTERPRETER_CASES = {  # small shapes: the interpreter runs kernels in numpy
     "int4-gemv-g64": lambda: check_int4(3, 256, 128, 64, "gemv", "cpu"),
     "int4-gemm-offsets": lambda: check_int4(17, 128, 64, 32, "gemm", "cpu", offsets=True),
     "int4-gemv-offsets": lambda: check_int4(2, 128, 64, 32, "gemv", "cpu", offsets=True),
+    "int8-gemm-g32": lambda: check_int4(9, 128, 96, 32, "gemm", "cpu", bits=8),
+    "int8-gemv-g128": lambda: check_int4(3, 256, 128, 128, "gemv", "cpu", bits=8),
+    "int8-gemm-offsets": lambda: check_int4(17, 128, 64, 32, "gemm", "cpu", offsets=True, bits=8),
     "fp8-block-gemm": lambda: check_fp8_block(20, 384, 200, "cpu"),
     "fp8-moe-channel": lambda: check_fp8_moe(5, 4, 2, 64, 48, False, "cpu"),
     "fp8-moe-block": lambda: check_fp8_moe(9, 4, 2, 256, 128, True, "cpu"),

@@ -54,6 +54,15 @@ def test_int4_matmul_with_float_offsets_matches_reference(M):
 
 @pytest.mark.gpu
 @gpu
+@pytest.mark.parametrize("M", [1, 8, 300])
+def test_int8_matmul_matches_dequantized_reference(M):
+    """8-bit GPTQ and GGUF Q8_0 codes (four to a word) through the same GEMM / GEMV."""
+    assert check_int4(M, 4096, 4096, 32, None, "cuda", torch.bfloat16, bits=8) < 2e-2
+    assert check_int4(M, 4096, 4096, 32, None, "cuda", torch.bfloat16, offsets=True, bits=8) < 2e-2
+
+
+@pytest.mark.gpu
+@gpu
 @pytest.mark.parametrize("M", [1, 3])
 def test_int4_gemm_and_gemv_agree_on_small_batches(M):
     assert check_int4(M, 4096, 4096, 128, "gemm", "cuda", torch.bfloat16) < 2e-2

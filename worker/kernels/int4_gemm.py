@@ -1,7 +1,7 @@
-"""Weight-only INT4 matmul on Ward's packed layout (worker/model/quant/packing.py):
+"""Weight-only INT4 and INT8 matmul on Ward's packed layout (worker/model/quant/packing.py):
 ``y = x @ W`` with ``W[k, n] = (q[k, n] - zeros[k // group, n]) * scales[k // group, n]`` (or with
-float ``offsets``, ``q[k, n] * scales[..] + offsets[..]``: GGUF Q4_1), ``q`` packed eight input rows
-to an int32 (lowest bits first).
+float ``offsets``, ``q[k, n] * scales[..] + offsets[..]``: GGUF Q4_1/Q4_K), ``q`` packed eight
+(INT4) or four (INT8: 8-bit GPTQ, GGUF Q8_0) input rows to an int32 (lowest bits first).
 
 Two kernels: a tiled GEMM that de-quantizes a [BLOCK_K, BLOCK_N] tile in registers and feeds
 ``tl.dot`` (prefill, large batches), and for a few rows (decode, memory-bound) a GEMV that streams
@@ -23,12 +23,13 @@ GEMV_MAX_ROWS = 8
 
 @triton.jit
 def _dequant_tile(qw_ptr, s_ptr, z_ptr, offs_k, offs_n, k_ok, n_ok, stride_qk, stride_sg,
-                  GROUP: tl.constexpr, HAS_OFFSETS: tl.constexpr):
-    """The float32 [BLOCK_K, BLOCK_N] weights of Ward's packed layout: 4-bit codes along input rows,
-    per-group scales and integer zero points (or float offsets)."""
+                  GROUP: tl.constexpr, HAS_OFFSETS: tl.constexpr, BITS: tl.constexpr = 4):
+    """The float32 [BLOCK_K, BLOCK_N] weights of Ward's packed layout: BITS-bit codes along input
+    rows, per-group scales and integer zero points (or float offsets)."""
+    PER_WORD: tl.constexpr = 32 // BITS
     mask = k_ok[:, None] & n_ok[None, :]
-    words = tl.load(qw_ptr + (offs_k // 8)[:, None] * stride_qk + offs_n[None, :], mask=mask, other=0)
-    q = (words >> ((offs_k % 8) * 4)[:, None]) & 0xF
+    words = tl.load(qw_ptr + (offs_k // PER_WORD)[:, None] * stride_qk + offs_n[None, :], mask=mask, other=0)
+    q = (words >> ((offs_k % PER_WORD) * BITS)[:, None]) & ((1 << BITS) - 1)
     g = offs_k // GROUP
     s = tl.load(s_ptr + g[:, None] * stride_sg + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
     z = tl.load(z_ptr + g[:, None] * stride_sg + offs_n[None, :], mask=mask, other=0)
@@ -42,7 +43,7 @@ def _int4_gemm_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, M, N, K,
     stride_xm, stride_qk, stride_sg, stride_ym,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    HAS_OFFSETS: tl.constexpr,
+    HAS_OFFSETS: tl.constexpr, BITS: tl.constexpr = 4,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -56,7 +57,7 @@ def _int4_gemm_kernel(
         k_ok = offs_k < K
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0)
         w = _dequant_tile(qw_ptr, s_ptr, z_ptr, offs_k, offs_n, k_ok, n_ok, stride_qk, stride_sg, GROUP,
-                          HAS_OFFSETS).to(x.dtype)
+                          HAS_OFFSETS, BITS).to(x.dtype)
         acc += tl.dot(x, w)
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=m_ok[:, None] & n_ok[None, :])
@@ -67,7 +68,7 @@ def _int4_gemv_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr, M, N, K, k_per_split,
     stride_xm, stride_qk, stride_sg, stride_ym,
     GROUP: tl.constexpr, ROWS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    HAS_OFFSETS: tl.constexpr,
+    HAS_OFFSETS: tl.constexpr, BITS: tl.constexpr = 4,
 ):
     """Grid (N / BLOCK_N, splits): each program de-quantizes its K range of BLOCK_N columns once and
     applies it to every row of x (at most ROWS), adding float32 partial sums into y."""
@@ -83,19 +84,23 @@ def _int4_gemv_kernel(
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_ok = offs_k < K
         w = _dequant_tile(qw_ptr, s_ptr, z_ptr, offs_k, offs_n, k_ok, n_ok, stride_qk, stride_sg, GROUP,
-                          HAS_OFFSETS)  # [BLOCK_K, BLOCK_N]
+                          HAS_OFFSETS, BITS)  # [BLOCK_K, BLOCK_N]
         x = tl.load(x_ptr + rows[:, None] * stride_xm + offs_k[None, :], mask=r_ok[:, None] & k_ok[None, :],
                     other=0.0).to(tl.float32)  # [ROWS, BLOCK_K]
         acc += tl.sum(x[:, :, None] * w[None, :, :], axis=1)
     tl.atomic_add(y_ptr + rows[:, None] * stride_ym + offs_n[None, :], acc, mask=r_ok[:, None] & n_ok[None, :])
 
 
-def _check(x, qweight, scales, zeros, group_size, offsets=None):
+def _check(x, qweight, scales, zeros, group_size, offsets=None, bits=4):
+    if bits not in (4, 8):
+        raise KernelInputError(f"codes of {bits} bits are not supported (4, 8)")
     if x.dim() != 2 or x.stride(-1) != 1:
         raise KernelInputError(f"x must be [M, K] with a contiguous last dim, got {tuple(x.shape)}")
     M, K = x.shape
-    if qweight.dtype != torch.int32 or qweight.dim() != 2 or qweight.shape[0] * 8 != K or not qweight.is_contiguous():
-        raise KernelInputError(f"qweight must be contiguous int32 [K / 8, N] = [{K // 8}, N], got {tuple(qweight.shape)}")
+    per_word = 32 // bits
+    if qweight.dtype != torch.int32 or qweight.dim() != 2 or qweight.shape[0] * per_word != K or not qweight.is_contiguous():
+        raise KernelInputError(f"qweight must be contiguous int32 [K / {per_word}, N] = [{K // per_word}, N], "
+                               f"got {tuple(qweight.shape)}")
     N = qweight.shape[1]
     if group_size < 1 or K % group_size:
         raise KernelInputError(f"group_size {group_size} must divide K = {K}")
@@ -115,7 +120,14 @@ def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, ze
                 group_size: int, *, offsets: torch.Tensor | None = None, force: str | None = None) -> torch.Tensor:
     """[M, K] @ INT4 [K, N] -> [M, N] in x's dtype, with uint8 ``zeros`` or float ``offsets``.
     ``force``: "gemm" or "gemv" (tests)."""
-    M, N, K = _check(x, qweight, scales, zeros, group_size, offsets)
+    return int_matmul(x, qweight, scales, zeros, group_size, bits=4, offsets=offsets, force=force)
+
+
+def int_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+               group_size: int, *, bits: int, offsets: torch.Tensor | None = None,
+               force: str | None = None) -> torch.Tensor:
+    """[M, K] @ INT4 or INT8 [K, N] -> [M, N] in x's dtype (``int4_matmul``'s contract, ``bits`` wide)."""
+    M, N, K = _check(x, qweight, scales, zeros, group_size, offsets, bits)
     has_offsets = offsets is not None
     zeros = offsets if has_offsets else zeros
     use_gemv = force == "gemv" or (force is None and M <= GEMV_MAX_ROWS)
@@ -132,7 +144,7 @@ def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, ze
         _int4_gemv_kernel[(col_programs, splits)](
             x, qweight, scales, zeros, y, M, N, K, k_per_split, x.stride(0), qweight.stride(0), scales.stride(0),
             y.stride(0), GROUP=group_size, ROWS=max(2, triton.next_power_of_2(M)), BLOCK_N=block_n, BLOCK_K=block_k,
-            HAS_OFFSETS=has_offsets, num_warps=4)
+            HAS_OFFSETS=has_offsets, BITS=bits, num_warps=4)
         return y.to(x.dtype)
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
     block_m = 16 if M <= 16 else (64 if M <= 64 else 128)
@@ -140,7 +152,7 @@ def int4_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, ze
     grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n))
     _int4_gemm_kernel[grid](x, qweight, scales, zeros, y, M, N, K, x.stride(0), qweight.stride(0), scales.stride(0),
                             y.stride(0), GROUP=group_size, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-                            HAS_OFFSETS=has_offsets, num_warps=4 if block_m <= 64 else 8, num_stages=3)
+                            HAS_OFFSETS=has_offsets, BITS=bits, num_warps=4 if block_m <= 64 else 8, num_stages=3)
     return y
 
 

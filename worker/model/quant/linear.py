@@ -316,11 +316,11 @@ class IntLinear(QuantLinear):
         x2 = x.reshape(-1, x.shape[-1])
         if self.perm is not None:
             x2 = x2.index_select(1, self.perm)
-        if x.device.type == "cuda" and self.bits == 4:
-            from worker.kernels.int4_gemm import int4_matmul
+        if x.device.type == "cuda":  # INT4 and INT8 through the de-quantizing Triton GEMM / GEMV
+            from worker.kernels.int4_gemm import int_matmul
 
-            y = int4_matmul(x2, self.qweight, self.scales, getattr(self, "zeros", None), self.group_size,
-                            offsets=self.offsets)
+            y = int_matmul(x2, self.qweight, self.scales, getattr(self, "zeros", None), self.group_size,
+                           bits=self.bits, offsets=self.offsets)
         else:
             y = x2 @ self.dequantized_weight(x.dtype)
         return self._add_bias(y.reshape(*x.shape[:-1], self.out_features))
