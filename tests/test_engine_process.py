@@ -158,3 +158,15 @@ def _is_zombie(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_an_embedding_worker_refuses_the_flag():
+    import subprocess
+    import sys
+
+    from e2e_support import EMBED_MODEL, ROOT, clean_env
+
+    done = subprocess.run([sys.executable, "-m", "ward", "worker", "--model", EMBED_MODEL, "--task", "embed",
+                           "--port", "0", "--engine-process"], capture_output=True, text=True, env=clean_env(),
+                          timeout=120, cwd=ROOT)
+    assert done.returncode == 1 and "--engine-process applies to generation models only" in done.stderr

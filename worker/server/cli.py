@@ -124,6 +124,8 @@ def _build(args):
 
         if args.tensor_parallel_size != 1:
             raise ModelLoadError("--tensor-parallel-size applies to generation models only")
+        if args.engine_process:
+            raise ModelLoadError("--engine-process applies to generation models only")
 
         return task, name, EmbeddingModel(resolve_model(args.model), device=args.device)
     from worker.config import EngineConfig
