@@ -103,10 +103,10 @@ class GatewaySettings(BaseSettings):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)  # larger bodies get 413
     access_log: bool = False  # uvicorn's per-request log lines (paths and statuses only)
-    # uvicorn's event loop and HTTP parser. "auto" takes uvloop and httptools (dependencies: they cut
-    # the gateway's CPU per request, see docs/performance.md); "asyncio" / "h11" force the pure-Python
-    # ones (WARD_LOOP, WARD_HTTP), for comparison or if a platform lacks the wheels. HTTPS always uses h11.
-    loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    # uvicorn's event loop and HTTP parser (WARD_LOOP, WARD_HTTP). "auto" HTTP takes httptools (a
+    # dependency: less CPU per request than h11, see docs/performance.md); the loop stays asyncio, as
+    # uvloop measured no gain here beside grpc.aio. "h11" forces the pure-Python parser; HTTPS always uses h11.
+    loop: Literal["asyncio", "uvloop", "auto"] = "asyncio"
     http: Literal["auto", "h11", "httptools"] = "auto"
     openapi: bool = True  # serve the API's schema at /openapi.json
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
