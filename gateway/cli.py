@@ -196,6 +196,11 @@ def _server_tls_options(settings: GatewaySettings) -> dict[str, Any]:
     return tls_options(tls) if tls is not None else {}
 
 
+def server_options(settings: GatewaySettings) -> dict[str, Any]:
+    """uvicorn's loop and HTTP implementation, then TLS (which brings its own h11 protocol)."""
+    return {"loop": settings.loop, "http": settings.http, **_server_tls_options(settings)}
+
+
 def serve(app: Any, settings: GatewaySettings, *, log_level: str = "info") -> None:
     """Serves ``app`` with uvicorn on the settings' address until SIGTERM/SIGINT, then drains
     (``shutdown.grace_s``, see gateway.http.server) and returns.
@@ -224,6 +229,6 @@ def serve(app: Any, settings: GatewaySettings, *, log_level: str = "info") -> No
         server_header=False,
         # The drain has ended every request by then; this only bounds a client that stopped reading.
         timeout_graceful_shutdown=int(CUT_SETTLE_S),
-        **_server_tls_options(settings),
+        **server_options(settings),
     )
     DrainingServer(config, app.state.shutdown, settings.shutdown.grace_s).run()

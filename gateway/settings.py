@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import pathlib
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -103,6 +103,11 @@ class GatewaySettings(BaseSettings):
     routing: RoutingSettings = Field(default_factory=RoutingSettings)
     max_request_bytes: int = Field(32 * 1024 * 1024, ge=1024)  # larger bodies get 413
     access_log: bool = False  # uvicorn's per-request log lines (paths and statuses only)
+    # uvicorn's event loop and HTTP parser (WARD_LOOP, WARD_HTTP). "auto" HTTP takes httptools (a
+    # dependency: less CPU per request than h11, see docs/performance.md); the loop stays asyncio, as
+    # uvloop measured no gain here beside grpc.aio. "h11" forces the pure-Python parser; HTTPS always uses h11.
+    loop: Literal["asyncio", "uvloop", "auto"] = "asyncio"
+    http: Literal["auto", "h11", "httptools"] = "auto"
     openapi: bool = True  # serve the API's schema at /openapi.json
     shutdown: ShutdownSettings = Field(default_factory=ShutdownSettings)
     # The gateway database (teams, API keys): WARD_DATABASE_URL, else SQLite in the data directory

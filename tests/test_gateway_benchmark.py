@@ -18,3 +18,33 @@ def test_the_overhead_benchmark_measures_every_configuration_with_only_successfu
 def test_percentiles_of_a_load_result():
     result = LoadResult(clients=1, requests=4, seconds=2.0, latencies_s=[0.004, 0.001, 0.003, 0.002], statuses={200: 4})
     assert (result.requests_per_s, result.percentile_ms(50), result.percentile_ms(99)) == (2.0, 2.0, 4.0)
+
+
+def test_the_litellm_peer_gets_a_mock_model_and_the_master_key_from_the_environment(tmp_path, monkeypatch):
+    import yaml
+
+    from ward.benchmarks.gateway.peer import LITELLM_VERSION, litellm_command
+
+    root = tmp_path / "litellm"
+    (root / "bin").mkdir(parents=True)
+    (root / f".installed-{LITELLM_VERSION}").touch()  # installed: nothing is fetched
+    monkeypatch.setenv("LITELLM_MASTER_KEY", "sk-from-the-environment")
+    argv, env, key = litellm_command("bench-model", 4123, tmp_path, root)
+    config = yaml.safe_load((tmp_path / "litellm.yaml").read_text())
+    assert config["model_list"] == [{"model_name": "bench-model",
+                                     "litellm_params": {"model": "openai/bench-model", "mock_response": "ok"}}]
+    assert config["general_settings"]["master_key"] == "os.environ/LITELLM_MASTER_KEY"
+    assert key == env["LITELLM_MASTER_KEY"] == "sk-from-the-environment"
+    assert argv[0] == str(root.resolve() / "bin" / "litellm") and argv[argv.index("--port") + 1] == "4123"
+
+
+def test_the_ratio_is_taken_from_litellm_measured_in_the_same_run():
+    from ward.benchmarks.gateway.overhead import Row, _configs
+
+    rows = [Row("litellm", 1, 100, 50.0, 20.0, 30.0, 5.0), Row("on", 1, 100, 500.0, 2.0, 3.0, 1.0)]
+    assert format_table(rows).splitlines()[2].split()[-1] == "10.0"
+    with _configs(None, None, peer="litellm", baseline_tree=".") as configs:
+        names = [c.name for c in configs]
+        before = configs[names.index("on, before")]
+    assert names == ["litellm", "off", "on, before", "on", "on, no token limit"]
+    assert (before.env["WARD_LOOP"], before.env["WARD_HTTP"], before.cwd) == ("asyncio", "h11", before.env["PYTHONPATH"])

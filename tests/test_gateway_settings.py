@@ -128,3 +128,28 @@ def test_tls_settings_become_uvicorn_options():
         auth={"tls": {"cert_file": "c", "key_file": "k", "client_ca_file": "a", "client_cert": "optional"}}
     )
     assert cli.uvicorn_tls_options(optional)["ssl_cert_reqs"] == ssl.CERT_OPTIONAL
+
+
+def test_server_takes_httptools_and_asyncio_unless_the_environment_says_otherwise(monkeypatch):
+    import asyncio
+
+    import uvicorn
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    from gateway.auth.tls_server import PeerCertH11Protocol
+
+    assert cli.server_options(GatewaySettings()) == {"loop": "asyncio", "http": "auto"}
+    assert AutoHTTPProtocol is HttpToolsProtocol  # "auto": httptools, installed with the project's dependencies
+    loop = uvicorn.Config(object(), **cli.server_options(GatewaySettings())).get_loop_factory()()
+    try:
+        assert isinstance(loop, asyncio.SelectorEventLoop)  # not uvloop
+    finally:
+        loop.close()
+    monkeypatch.setenv("WARD_LOOP", "uvloop")
+    monkeypatch.setenv("WARD_HTTP", "h11")
+    assert cli.server_options(GatewaySettings()) == {"loop": "uvloop", "http": "h11"}
+    tls = GatewaySettings(auth={"tls": {"cert_file": "c", "key_file": "k", "client_ca_file": "a"}})
+    assert cli.server_options(tls)["http"] is PeerCertH11Protocol  # client certificates need the h11 protocol
+    with pytest.raises(ValidationError):
+        GatewaySettings(loop="trio")

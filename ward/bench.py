@@ -50,6 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--postgres", help="gateway, audit: a PostgreSQL server; a scratch database is made there and dropped")
     p.add_argument("--requests", type=int, default=2000, help="gateway, quota, audit: measured requests per row")
     p.add_argument("--rounds", type=int, default=3, help="gateway: measurement rounds (medians are reported)")
+    p.add_argument("--peer", choices=["litellm"], help="gateway: also measure LiteLLM's proxy in the same rounds "
+                   "(installed into .peer/litellm on first use)")
+    p.add_argument("--baseline-tree", help="gateway: also measure `on` served from this checkout with uvicorn's "
+                   "pure-Python loop and parser (A/B against an earlier commit in one run)")
     p.add_argument("--results", default="bench/results", help="report: folder of earlier suites' JSON files")
     from ward.benchmarks import fairness, serving
 
@@ -224,7 +228,8 @@ def _run_gateway_suite(args: argparse.Namespace) -> int:
         from ward.benchmarks.gateway.overhead import as_json, format_table, run_benchmark
 
         rows = run_benchmark(requests=args.requests, clients=[1, 16], rounds=args.rounds,
-                             redis_url=args.redis_url, postgres=args.postgres)
+                             redis_url=args.redis_url, postgres=args.postgres, peer=args.peer,
+                             baseline_tree=args.baseline_tree)
         print(format_table(rows))
         report["rows"] = as_json(rows)
     elif args.suite == "quota":

@@ -15,7 +15,10 @@ Configurations:
 - ``on, no token limit``: the same with ``requests_per_minute`` only (no token limit in play, so
   the prompt is not counted before dispatch);
 - ``on, Redis + PostgreSQL``: quotas on Redis and identity and audit on PostgreSQL (a scratch
-  database), with ``--redis-url`` and ``--postgres``.
+  database), with ``--redis-url`` and ``--postgres``;
+- ``on, before``: ``on`` served from another checkout (``--baseline-tree``, e.g. a worktree of the
+  previous commit) with uvicorn's pure-Python loop and parser, so a change is measured A/B in one run;
+- ``litellm``: LiteLLM's proxy (``--peer litellm``, see ``peer.py``): master key, mock response.
 
 The gateways run side by side and are measured in turns, ``rounds`` times; each figure is the median
 over the rounds, so slow spells of a shared machine do not land on one configuration only.
@@ -46,8 +49,10 @@ TEAM = "bench"
 STATIC_KEY = "sk-bench-static-key-0123456789"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Summarise the handover note."}], "max_tokens": 1}
 HIGH = 10**12  # limits far above any load: every request is checked and recorded, none refused
-# The anchor (docs/performance.md): LiteLLM 1.108 proxy, master key only, mock response, 2-core box.
+# The anchor when LiteLLM is not measured in the run (docs/performance.md): LiteLLM 1.108 proxy,
+# master key only, mock response, 2-core box.
 LITELLM_REQ_S = {1: 73.0, 16: 100.0}
+PEER = "litellm"
 
 
 @dataclass
@@ -56,6 +61,8 @@ class Config:
     quotas: dict[str, Any] | None  # None: the plain gateway (off)
     env: dict[str, str] = field(default_factory=dict)
     database_url: str | None = None
+    peer: bool = False  # not Ward: LiteLLM's proxy
+    cwd: str | None = None  # ``python -m ward`` imports from the working directory first
 
 
 @dataclass
@@ -123,6 +130,16 @@ def _start_gateway(config: Config, worker: str, workdir: pathlib.Path) -> Gatewa
     data_dir = workdir / config.name.replace(" ", "-").replace(",", "").replace("+", "")
     data_dir.mkdir(parents=True)
     port = _free_port()
+    if config.peer:
+        from ward.benchmarks.gateway.peer import litellm_command
+
+        argv, env, key = litellm_command(MODEL, port, data_dir)
+        log = open(data_dir / "gateway.log", "w")
+        env = {k: v for k, v in _clean_env(env).items() if k != "PYTHONPATH"}
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=data_dir)
+        gateway = Gateway(config, process, port, key)
+        _wait_ready(gateway, data_dir / "gateway.log", path="/health/liveliness", timeout_s=180.0)
+        return gateway
     body: dict[str, Any] = {"port": port, "models": {MODEL: {"workers": [worker]}}}
     if config.quotas is None:
         body["api_keys"] = {STATIC_KEY: TEAM}
@@ -137,13 +154,13 @@ def _start_gateway(config: Config, worker: str, workdir: pathlib.Path) -> Gatewa
     config_path.write_text(yaml.safe_dump(body))
     log = open(data_dir / "gateway.log", "w")
     process = subprocess.Popen([*argv, "--config", str(config_path)], stdout=log, stderr=subprocess.STDOUT,
-                               env=_clean_env(config.env))
+                               env=_clean_env(config.env), cwd=config.cwd)
     gateway = Gateway(config, process, port, api_key)
     _wait_ready(gateway, data_dir / "gateway.log")
     return gateway
 
 
-def _wait_ready(gateway: Gateway, log: pathlib.Path, timeout_s: float = 60.0) -> None:
+def _wait_ready(gateway: Gateway, log: pathlib.Path, timeout_s: float = 60.0, path: str = "/readyz") -> None:
     import httpx
 
     deadline = time.monotonic() + timeout_s
@@ -151,7 +168,7 @@ def _wait_ready(gateway: Gateway, log: pathlib.Path, timeout_s: float = 60.0) ->
         if gateway.process.poll() is not None:
             raise RuntimeError(f"gateway `{gateway.config.name}` exited:\n{log.read_text()[-2000:]}")
         with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"http://127.0.0.1:{gateway.port}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{gateway.port}{path}", timeout=2).status_code == 200:
                 return
         time.sleep(0.1)
     raise RuntimeError(f"gateway `{gateway.config.name}` was not ready in {timeout_s:.0f} s")
@@ -184,13 +201,22 @@ def _median_rows(rounds: list[list[Row]]) -> list[Row]:
 
 
 @contextlib.contextmanager
-def _configs(redis_url: str | None, postgres: str | None) -> Iterator[list[Config]]:
+def _configs(redis_url: str | None, postgres: str | None, peer: str | None = None,
+             baseline_tree: str | None = None) -> Iterator[list[Config]]:
     both = {"requests_per_minute": HIGH, "tokens_per_minute": HIGH}
     configs = [
         Config("off", None),
         Config("on", {"defaults": both}, env={}),
         Config("on, no token limit", {"defaults": {"requests_per_minute": HIGH}}),
     ]
+    if baseline_tree:
+        tree = str(pathlib.Path(baseline_tree).resolve())
+        configs.insert(1, Config("on, before", {"defaults": both},
+                                 env={"PYTHONPATH": tree, "WARD_LOOP": "asyncio", "WARD_HTTP": "h11"}, cwd=tree))
+    if peer:
+        if peer != PEER:
+            raise ValueError(f"unknown peer {peer!r} (known: {PEER})")
+        configs.insert(0, Config(PEER, None, peer=True))
     with contextlib.ExitStack() as stack:
         if redis_url and postgres:
             from ward.benchmarks.audit import scratch_postgres_database
@@ -202,13 +228,14 @@ def _configs(redis_url: str | None, postgres: str | None) -> Iterator[list[Confi
 
 
 def run_benchmark(*, requests: int, clients: list[int], rounds: int, redis_url: str | None = None,
-                  postgres: str | None = None, warmup: int = 300) -> list[Row]:
+                  postgres: str | None = None, warmup: int = 300, peer: str | None = None,
+                  baseline_tree: str | None = None) -> list[Row]:
     """Starts the worker and one gateway per configuration, measures them in turns, stops them all."""
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="ward-gateway-bench-"))
     worker, address = _start_worker(workdir)
     gateways: list[Gateway] = []
     try:
-        with _configs(redis_url, postgres) as configs:
+        with _configs(redis_url, postgres, peer, baseline_tree) as configs:
             try:
                 gateways = [_start_gateway(config, address, workdir) for config in configs]
                 for gateway in gateways:  # warm-up: imports, caches, connections
@@ -242,10 +269,17 @@ def _delete_bench_keys(redis_url: str) -> None:
         client.close()
 
 
+def litellm_req_s(rows: list[Row]) -> dict[int, float]:
+    """LiteLLM's req/s per client count: measured in this run when it was, else the recorded anchor."""
+    measured = {r.clients: r.requests_per_s for r in rows if r.config == PEER}
+    return measured or LITELLM_REQ_S
+
+
 def format_table(rows: list[Row]) -> str:
+    peer = litellm_req_s(rows)
     lines = [f"{'configuration':<26}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'gw CPU ms/req':>15}{'x LiteLLM':>11}"]
     for r in rows:
-        anchor = LITELLM_REQ_S.get(r.clients)
+        anchor = peer.get(r.clients)
         ratio = f"{r.requests_per_s / anchor:.1f}" if anchor else ""
         lines.append(f"{r.config:<26}{r.clients:>8}{r.requests_per_s:>9.1f}{r.p50_ms:>9.3f}{r.p99_ms:>9.3f}"
                      f"{r.gateway_cpu_ms_per_request:>15.3f}{ratio:>11}")
