@@ -298,6 +298,21 @@ def test_gemma3_serves_contexts_many_windows_long_on_a_pool_one_table_could_not_
     assert peak <= 2 * (15 + 5 * held_bound(5, 8)) < 180
 
 
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_gemma3_under_preemption_gives_transformers_tokens(tmp_path, asynchronous):
+    """Four requests on 60 one-layer blocks: some are preempted and come back (through the prefix
+    cache, in every group), with and without asynchronous scheduling."""
+    hf = _save_random(gemma3_config(), tmp_path)
+    rng = random.Random(11)
+    prompts = [[rng.randrange(VOCAB) for _ in range(12)] for _ in range(3)] + [[5, 6, 7] * 5]
+    expected = [_greedy_reference(hf, p, 30) for p in prompts]
+    llm = LLM(model=str(tmp_path), device="cpu", dtype="float32", block_size=BS, num_kv_blocks=60, max_model_len=64,
+              max_num_batched_tokens=8, async_scheduling=asynchronous)
+    got, _ = _run(llm, prompts, 30)
+    assert got == expected
+    assert llm.engine.scheduler.num_preemptions > 0
+
+
 def test_gemma2_prefix_hits_across_groups_give_the_same_tokens(tmp_path):
     """Gemma 2 (alternating layers, window 5, soft-capping): two groups of two layers. A prompt of
     several windows is served, then again with a new ending: the second finds its prefix in both
