@@ -34,6 +34,17 @@ class _Abort:
     request_id: str
 
 
+async def outputs_until_finished(stream: asyncio.Queue) -> AsyncIterator[RequestOutput]:
+    """A request's outputs from its queue, up to the finished one; an exception put there is raised."""
+    while True:
+        item = await stream.get()
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+        if item.finished:
+            return
+
+
 class AsyncEngine:
     def __init__(self, engine: LLMEngine, on_finished=None) -> None:
         self.engine = engine
@@ -87,14 +98,9 @@ class AsyncEngine:
         await accepted  # raises if the engine refused the request
         finished = False
         try:
-            while True:
-                item = await stream.get()
-                if isinstance(item, BaseException):
-                    raise item
+            async for item in outputs_until_finished(stream):
                 finished = item.finished
                 yield item
-                if finished:
-                    return
         finally:
             if not finished:
                 self.abort(request_id)

@@ -35,6 +35,7 @@ from worker.config import EngineConfig
 from worker.engine.request_preparation import PreparedRequest, RequestPreparation
 from worker.errors import EngineDeadError, ModelLoadError
 from worker.outputs import CompletionOutput, RequestOutput
+from worker.server.async_engine import outputs_until_finished
 
 log = logging.getLogger("ward.worker.engine_process")
 
@@ -272,14 +273,9 @@ class EngineProcess:
         finished = False
         try:
             await stream.accepted  # raises if the engine refused the request
-            while True:
-                item = await stream.queue.get()
-                if isinstance(item, BaseException):
-                    raise item
+            async for item in outputs_until_finished(stream.queue):
                 finished = item.finished
                 yield item
-                if finished:
-                    return
         finally:
             if not finished:
                 self._streams.pop(request_id, None)
