@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from worker.engine.block_pool import BlockPool, KVBlock
-from worker.engine.kv_cache_manager import PrefixCacheStats
+from worker.engine.kv_cache_manager import KVPoolAccounting, PrefixCacheStats
 from worker.engine.request import Request
 
 # Stands in for a sliding group's blocks before the window of a prefix hit: never taken, never
@@ -33,7 +33,7 @@ class _RequestBlocks:
         self.released = [0] * num_groups  # leading blocks of each group given back (or skipped)
 
 
-class HybridKVCacheManager:
+class HybridKVCacheManager(KVPoolAccounting):
     def __init__(
         self, num_blocks: int, block_size: int, windows: Sequence[int | None], enable_prefix_caching: bool = True
     ) -> None:
@@ -63,14 +63,6 @@ class HybridKVCacheManager:
         self.prefix_stats = PrefixCacheStats()
 
     # ---- sizes ---------------------------------------------------------------------------
-    @property
-    def num_blocks(self) -> int:
-        return self.pool.num_blocks
-
-    @property
-    def usage(self) -> float:
-        return self.pool.num_used_blocks / self.pool.num_blocks
-
     def num_allocated_slots(self) -> int:
         """Token slots held, counted as one global group's (what a token costs at the least)."""
         return self.num_global_blocks * self.block_size // len(self._global)
@@ -138,10 +130,6 @@ class HybridKVCacheManager:
             skip = 0 if w is None else self._first_needed(g, k * bs)
             hits.append([_SKIPPED] * skip + [found[(g, i)] for i in range(skip, k)])
         return hits, k * bs
-
-    def record_prefix_lookup(self, num_tokens: int, num_hit_tokens: int) -> None:
-        self.prefix_stats.queries += num_tokens
-        self.prefix_stats.hits += num_hit_tokens
 
     def cache_blocks(self, request: Request, num_tokens: int) -> None:
         """Makes the request's full, computed blocks findable (``KVCacheManager.cache_blocks``)."""

@@ -30,7 +30,28 @@ class PrefixCacheStats:
         return self.hits / self.queries if self.queries else 0.0
 
 
-class KVCacheManager:
+class KVPoolAccounting:
+    """What every KV cache manager reports about its pool and prefix cache (``pool`` and
+    ``prefix_stats`` are set by the manager)."""
+
+    pool: BlockPool
+    prefix_stats: PrefixCacheStats
+
+    @property
+    def num_blocks(self) -> int:
+        return self.pool.num_blocks
+
+    @property
+    def usage(self) -> float:
+        return self.pool.num_used_blocks / self.pool.num_blocks
+
+    def record_prefix_lookup(self, num_tokens: int, num_hit_tokens: int) -> None:
+        """Counts one admitted request's lookup (failed admissions are retried and not counted)."""
+        self.prefix_stats.queries += num_tokens
+        self.prefix_stats.hits += num_hit_tokens
+
+
+class KVCacheManager(KVPoolAccounting):
     def __init__(
         self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True, sliding_window: int | None = None
     ) -> None:
@@ -45,13 +66,9 @@ class KVCacheManager:
         self.num_allocated_blocks = 0  # held by requests (a shared block counts once per holder)
         self.prefix_stats = PrefixCacheStats()
 
-    @property
-    def num_blocks(self) -> int:
-        return self.pool.num_blocks
-
-    @property
-    def usage(self) -> float:
-        return self.pool.num_used_blocks / self.pool.num_blocks
+    def capacity_tokens(self, max_step_tokens: int) -> int:
+        """The longest request the whole pool can hold (one table: a block of tokens per block)."""
+        return self.pool.num_blocks * self.block_size
 
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
@@ -72,11 +89,6 @@ class KVCacheManager:
                 break
             hits.append(block)
         return hits, len(hits) * bs
-
-    def record_prefix_lookup(self, num_tokens: int, num_hit_tokens: int) -> None:
-        """Counts one admitted request's lookup (failed admissions are retried and not counted)."""
-        self.prefix_stats.queries += num_tokens
-        self.prefix_stats.hits += num_hit_tokens
 
     def allocate_slots(
         self, request: Request, num_new_tokens: int, new_computed_blocks: list[KVBlock] | None = None

@@ -107,9 +107,7 @@ class LLMEngine(RequestPreparation):
     @property
     def kv_capacity_tokens(self) -> int:
         """The longest request the KV pool can ever hold."""
-        if isinstance(self.kv, HybridKVCacheManager):
-            return self.kv.capacity_tokens(self.config.max_num_batched_tokens)
-        return self.kv.num_blocks * self.config.block_size
+        return self.kv.capacity_tokens(self.config.max_num_batched_tokens)
 
     def add_request(
         self,
