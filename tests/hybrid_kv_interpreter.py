@@ -17,7 +17,8 @@ os.environ["TRITON_INTERPRET"] = "1"  # before anything imports the kernels
 
 import torch  # noqa: E402
 
-from tests.test_hybrid_kv_cache import BS, _greedy_reference, _save_random, gemma3_config  # noqa: E402
+from tests.test_hybrid_kv_cache import BS, _greedy_reference, gemma3_config  # noqa: E402
+from tests.test_sliding_window_kv import random_checkpoint  # noqa: E402
 from tests.test_model_families import VOCAB  # noqa: E402
 from worker.llm import LLM  # noqa: E402
 from worker.sampling_params import SamplingParams  # noqa: E402
@@ -29,7 +30,7 @@ if __name__ == "__main__":
     prompts = [shared + [5], shared + [9, 10]]  # the second hits the first's prefix in every group
     new = 12
     with tempfile.TemporaryDirectory() as d:
-        hf = _save_random(gemma3_config(), d)
+        hf = random_checkpoint(gemma3_config(), d)
         expected = [_greedy_reference(hf, p, new) for p in prompts]
         llm = LLM(model=d, device="cpu", dtype="float32", attention_backend="triton", block_size=BS,
                   num_kv_blocks=90, max_model_len=64, max_num_batched_tokens=8)

@@ -12,17 +12,16 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig
+from transformers import Gemma2Config, Gemma3TextConfig
 
 from tests.test_model_families import COMMON, LOCAL_GLOBAL_ROPE, VOCAB, one_torch_thread  # noqa: F401  (autouse)
 from tests.test_prefix_cache_integrity import PREFIXES, Driver, _request
-from tests.test_sliding_window_kv import operation, play
+from tests.test_sliding_window_kv import operation, play, random_checkpoint, run_greedy
 from worker.engine.hybrid_kv_cache_manager import HybridKVCacheManager
 from worker.engine.kv_layout import plan_kv_layout
 from worker.engine.scheduler import Scheduler
 from worker.engine.scheduler_output import ModelRunnerOutput, SchedulerOutput
 from worker.llm import LLM
-from worker.sampling_params import SamplingParams
 
 BS = 4
 
@@ -240,36 +239,12 @@ def test_the_property_exercises_hits_and_preemptions(asynchronous):
 
 # ---- the engine on tiny Gemma checkpoints --------------------------------------------------------
 
-def _save_random(cfg, path) -> None:
-    torch.manual_seed(0)
-    hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager").eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.normal_(0.0, 0.08)
-    hf.save_pretrained(path)
-    return hf
-
-
 def _greedy_reference(hf, prompt: list[int], new: int) -> list[int]:
     seq = list(prompt)
     with torch.no_grad():
         for _ in range(new):  # transformers' full forward each time: no cache of its own to trust
             seq.append(int(hf(input_ids=torch.tensor([seq])).logits[0, -1].argmax()))
     return seq[len(prompt):]
-
-
-def _run(llm: LLM, prompts: list[list[int]], new: int) -> tuple[list[list[int]], int]:
-    engine = llm.engine
-    params = SamplingParams(temperature=0.0, max_tokens=new, ignore_eos=True)
-    for i, p in enumerate(prompts):
-        engine.add_request(f"q{i}", {"prompt_token_ids": p}, params)
-    done, peak = {}, 0
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            if out.finished:
-                done[out.request_id] = list(out.outputs[0].token_ids)
-        peak = max(peak, engine.kv.pool.num_used_blocks)
-    return [done[f"q{i}"] for i in range(len(prompts))], peak
 
 
 def gemma3_config() -> Gemma3TextConfig:
@@ -283,7 +258,7 @@ def test_gemma3_serves_contexts_many_windows_long_on_a_pool_one_table_could_not_
     of 12 + 48 tokens need 2 x 15 blocks of six layers (180 layer-blocks) with one table for all
     layers; the pool has 90 one-layer blocks. Neither is preempted, and both give transformers'
     greedy tokens (so no given-back block was read)."""
-    hf = _save_random(gemma3_config(), tmp_path)
+    hf = random_checkpoint(gemma3_config(), tmp_path)
     rng = random.Random(11)
     prompts = [[rng.randrange(VOCAB) for _ in range(12)] for _ in range(2)]
     new = 48
@@ -292,7 +267,7 @@ def test_gemma3_serves_contexts_many_windows_long_on_a_pool_one_table_could_not_
               max_num_batched_tokens=8, async_scheduling=False)
     layout = llm.engine.runner.kv_layout
     assert layout.num_groups == 6 and layout.layers_per_block == 1
-    got, peak = _run(llm, prompts, new)
+    got, peak = run_greedy(llm, prompts, new)
     assert got == expected
     assert llm.engine.scheduler.num_preemptions == 0
     assert peak <= 2 * (15 + 5 * held_bound(5, 8)) < 180
@@ -302,13 +277,13 @@ def test_gemma3_serves_contexts_many_windows_long_on_a_pool_one_table_could_not_
 def test_gemma3_under_preemption_gives_transformers_tokens(tmp_path, asynchronous):
     """Four requests on 60 one-layer blocks: some are preempted and come back (through the prefix
     cache, in every group), with and without asynchronous scheduling."""
-    hf = _save_random(gemma3_config(), tmp_path)
+    hf = random_checkpoint(gemma3_config(), tmp_path)
     rng = random.Random(11)
     prompts = [[rng.randrange(VOCAB) for _ in range(12)] for _ in range(3)] + [[5, 6, 7] * 5]
     expected = [_greedy_reference(hf, p, 30) for p in prompts]
     llm = LLM(model=str(tmp_path), device="cpu", dtype="float32", block_size=BS, num_kv_blocks=60, max_model_len=64,
               max_num_batched_tokens=8, async_scheduling=asynchronous)
-    got, _ = _run(llm, prompts, 30)
+    got, _ = run_greedy(llm, prompts, 30)
     assert got == expected
     assert llm.engine.scheduler.num_preemptions > 0
 
@@ -319,7 +294,7 @@ def test_gemma2_prefix_hits_across_groups_give_the_same_tokens(tmp_path):
     groups (the sliding one only its window) and still gives transformers' tokens."""
     cfg = Gemma2Config(**COMMON, num_hidden_layers=4, head_dim=16, sliding_window=5, query_pre_attn_scalar=24,
                        attn_logit_softcapping=1.5, final_logit_softcapping=2.0)
-    hf = _save_random(cfg, tmp_path)
+    hf = random_checkpoint(cfg, tmp_path)
     rng = random.Random(12)
     shared = [rng.randrange(VOCAB) for _ in range(26)]
     prompts = [shared + [3], shared + [7, 8]]
@@ -328,10 +303,10 @@ def test_gemma2_prefix_hits_across_groups_give_the_same_tokens(tmp_path):
     llm = LLM(model=str(tmp_path), device="cpu", dtype="float32", block_size=BS, num_kv_blocks=40, max_model_len=64,
               max_num_batched_tokens=16)
     assert llm.engine.runner.kv_layout.windows == (None, 5)
-    first, _ = _run(llm, prompts[:1], new)
+    first, _ = run_greedy(llm, prompts[:1], new)
     stats = llm.engine.kv.prefix_stats
     before = stats.hits
-    second, _ = _run(llm, prompts[1:], new)
+    second, _ = run_greedy(llm, prompts[1:], new)
     assert stats.hits - before == 24  # six full blocks of the shared prefix
     assert [first[0], second[0]] == expected
 
@@ -364,7 +339,7 @@ def test_the_triton_kernels_read_each_groups_table_in_the_interpreter():
 def test_gemma3_groups_on_the_gpu_with_cuda_graphs(tmp_path):
     """The same long-context case on the GPU: Triton kernels, asynchronous scheduling and decode CUDA
     graphs over the per-group tables give transformers' greedy tokens, without preemption."""
-    hf = _save_random(gemma3_config(), tmp_path)
+    hf = random_checkpoint(gemma3_config(), tmp_path)
     rng = random.Random(11)
     prompts = [[rng.randrange(VOCAB) for _ in range(12)] for _ in range(2)]
     new = 48
@@ -372,5 +347,5 @@ def test_gemma3_groups_on_the_gpu_with_cuda_graphs(tmp_path):
     llm = LLM(model=str(tmp_path), device="cuda", dtype="float32", block_size=BS, num_kv_blocks=90, max_model_len=64,
               max_num_batched_tokens=8)
     assert llm.engine.runner.graphs is not None
-    got, _ = _run(llm, prompts, new)
+    got, _ = run_greedy(llm, prompts, new)
     assert got == expected and llm.engine.scheduler.num_preemptions == 0

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig
 
 from worker.errors import ModelLoadError
 from worker.llm import LLM
@@ -37,18 +37,23 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def base():
-    """A tiny Llama: hidden 128 (group sizes up to 128), q/k/v 128 rows each (FP8 blocks), 2 layers."""
+def random_state(cfg) -> dict[str, torch.Tensor]:
+    """Every weight of a transformers model of ``cfg`` random (norms near one), seeded, in float32."""
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
-                      num_key_value_heads=2, head_dim=64, vocab_size=512, max_position_embeddings=128,
-                      rms_norm_eps=1e-6, tie_word_embeddings=False)
-    model = LlamaForCausalLM(cfg)
+    model = AutoModelForCausalLM.from_config(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
             p.normal_(1.0 if "norm" in name else 0.0, 0.05 if "norm" in name else 0.1)
-    return cfg, {k: v.float().contiguous() for k, v in model.state_dict().items()}
+    return {k: v.float().contiguous() for k, v in model.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def base():
+    """A tiny Llama: hidden 128 (group sizes up to 128), q/k/v 128 rows each (FP8 blocks), 2 layers."""
+    cfg = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=2, head_dim=64, vocab_size=512, max_position_embeddings=128,
+                      rms_norm_eps=1e-6, tie_word_embeddings=False)
+    return cfg, random_state(cfg)
 
 
 def _write(path, cfg: LlamaConfig, tensors: dict, quantization_config: dict | None,

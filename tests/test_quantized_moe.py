@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, MixtralConfig, Qwen3MoeConfig
+from transformers import MixtralConfig, Qwen3MoeConfig
 
 from tests.test_quantization import (
     PROMPTS,
@@ -20,6 +20,7 @@ from tests.test_quantization import (
     fp8_block,
     fp8_scaled,
     one_torch_thread,  # noqa: F401  (autouse)
+    random_state,
 )
 from worker.errors import ModelLoadError
 from worker.llm import LLM
@@ -28,15 +29,6 @@ from worker.sampling_params import SamplingParams
 
 BLOCK_FP8 = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def _random_state(cfg) -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(1.0 if "norm" in name else 0.0, 0.05 if "norm" in name else 0.1)
-    return {k: v.float().contiguous() for k, v in model.state_dict().items()}
 
 
 def _per_expert(state: dict, layer_prefix: str, names: tuple[str, str, str]) -> dict[str, torch.Tensor]:
@@ -74,7 +66,7 @@ def qwen3_moe_block_fp8(tmp_path) -> tuple[str, str]:
                          num_attention_heads=2, num_key_value_heads=2, head_dim=64, vocab_size=512, num_experts=4,
                          num_experts_per_tok=2, mlp_only_layers=[1], max_position_embeddings=128,
                          architectures=["Qwen3MoeForCausalLM"])
-    state = _random_state(cfg)
+    state = random_state(cfg)
     state.update(_per_expert(state, "mlp", ("gate_proj", "up_proj", "down_proj")))
     return _write_pair(tmp_path, cfg, state, BLOCK_FP8, fp8_block)
 
@@ -83,7 +75,7 @@ def mixtral_compressed_tensors(tmp_path, strategy: str) -> tuple[str, str]:
     cfg = MixtralConfig(hidden_size=128, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
                         num_key_value_heads=2, vocab_size=512, num_local_experts=4, num_experts_per_tok=2,
                         max_position_embeddings=128, tie_word_embeddings=False, architectures=["MixtralForCausalLM"])
-    state = _random_state(cfg)
+    state = random_state(cfg)
     state.update(_per_expert(state, "block_sparse_moe", ("w1", "w3", "w2")))
     for key in [k for k in state if k.endswith("mlp.gate.weight")]:  # the hub's router name
         state[key.replace("mlp.gate", "block_sparse_moe.gate")] = state.pop(key)
@@ -153,7 +145,7 @@ def test_fp8_block_experts_whose_rows_split_a_block_are_refused(tmp_path):
     cfg = Qwen3MoeConfig(hidden_size=128, intermediate_size=128, moe_intermediate_size=96, num_hidden_layers=1,
                          num_attention_heads=2, num_key_value_heads=2, head_dim=64, vocab_size=512, num_experts=2,
                          num_experts_per_tok=1, max_position_embeddings=128, architectures=["Qwen3MoeForCausalLM"])
-    state = _random_state(cfg)
+    state = random_state(cfg)
     state.update(_per_expert(state, "mlp", ("gate_proj", "up_proj", "down_proj")))
     quantized_dir, _ = _write_pair(tmp_path, cfg, state, BLOCK_FP8, fp8_block)
     with pytest.raises(ModelLoadError, match="weight_block_size"):

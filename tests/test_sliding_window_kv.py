@@ -144,18 +144,39 @@ def test_no_query_reads_a_slot_reused_after_its_block_was_given_back(ops, asynch
     assert kv.pool.num_used_blocks == 0 and kv.num_allocated_blocks == 0
 
 
-def test_engine_serves_contexts_several_windows_long_within_a_bounded_pool(tmp_path):
-    """Mistral-style model, window 6, 16 blocks of 4 (64 slots): two requests of 10 + 50 tokens
-    would need 30 blocks without freeing; with it neither is preempted, the blocks in use stay
-    bounded, and both produce transformers' greedy tokens (so no reused block was read)."""
+def random_checkpoint(cfg, path):
+    """A transformers model of ``cfg`` with every weight random (seeded), saved at ``path``; returned."""
     torch.manual_seed(0)
-    cfg = MistralConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                        num_key_value_heads=2, vocab_size=211, max_position_embeddings=128, sliding_window=6)
     hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager").eval()
     with torch.no_grad():
         for p in hf.parameters():
             p.normal_(0.0, 0.08)
-    hf.save_pretrained(tmp_path)
+    hf.save_pretrained(path)
+    return hf
+
+
+def run_greedy(llm: LLM, prompts: list[list[int]], new: int) -> tuple[list[list[int]], int]:
+    """Each prompt's ``new`` greedy tokens through the engine, and the most KV blocks in use at once."""
+    engine = llm.engine
+    params = SamplingParams(temperature=0.0, max_tokens=new, ignore_eos=True)
+    for i, p in enumerate(prompts):
+        engine.add_request(f"q{i}", {"prompt_token_ids": p}, params)
+    done, peak = {}, 0
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                done[out.request_id] = list(out.outputs[0].token_ids)
+        peak = max(peak, engine.kv.pool.num_used_blocks)
+    return [done[f"q{i}"] for i in range(len(prompts))], peak
+
+
+def test_engine_serves_contexts_several_windows_long_within_a_bounded_pool(tmp_path):
+    """Mistral-style model, window 6, 16 blocks of 4 (64 slots): two requests of 10 + 50 tokens
+    would need 30 blocks without freeing; with it neither is preempted, the blocks in use stay
+    bounded, and both produce transformers' greedy tokens (so no reused block was read)."""
+    cfg = MistralConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=211, max_position_embeddings=128, sliding_window=6)
+    hf = random_checkpoint(cfg, tmp_path)
     rng = random.Random(7)
     prompts = [[rng.randrange(211) for _ in range(10)] for _ in range(2)]
     new = 50
@@ -170,16 +191,7 @@ def test_engine_serves_contexts_several_windows_long_within_a_bounded_pool(tmp_p
             expected.append(seq)
     llm = LLM(model=str(tmp_path), device="cpu", dtype="float32", block_size=BS, num_kv_blocks=16, max_model_len=64,
               max_num_batched_tokens=8, async_scheduling=False)
-    engine = llm.engine
-    params = SamplingParams(temperature=0.0, max_tokens=new, ignore_eos=True)
-    for i, p in enumerate(prompts):
-        engine.add_request(f"q{i}", {"prompt_token_ids": p}, params)
-    done, peak = {}, 0
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            if out.finished:
-                done[out.request_id] = list(out.outputs[0].token_ids)
-        peak = max(peak, engine.kv.pool.num_used_blocks)
-    assert [done["q0"], done["q1"]] == expected
-    assert engine.scheduler.num_preemptions == 0
+    got, peak = run_greedy(llm, prompts, new)
+    assert got == expected
+    assert llm.engine.scheduler.num_preemptions == 0
     assert peak <= 2 * held_bound(6, 8) < 30

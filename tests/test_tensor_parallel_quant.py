@@ -14,10 +14,10 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen3MoeConfig
+from transformers import LlamaConfig, Qwen3MoeConfig
 
-from tests.test_quantization import FORMATS, PROJ, _write, awq, compressed_tensors, fp8_block, gptq
-from tests.test_quantized_moe import BLOCK_FP8, _per_expert, _random_state, _write_pair, mixtral_compressed_tensors
+from tests.test_quantization import FORMATS, PROJ, _write, awq, compressed_tensors, fp8_block, gptq, random_state
+from tests.test_quantized_moe import BLOCK_FP8, _per_expert, _write_pair, mixtral_compressed_tensors
 from tests.test_tensor_parallel import ENGINE, GREEDY, PROMPTS, one_torch_thread  # noqa: F401 (autouse)
 from worker.errors import ModelLoadError
 from worker.llm import LLM
@@ -35,15 +35,10 @@ def tp_base():
 def make_tp_base() -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
     """A tiny Llama whose per-rank sizes at TP=2 fall on 128-row FP8 blocks and 128-row groups:
     2 heads of 128 (q, k, v: 128 rows a rank), intermediate 512 (256 a rank)."""
-    torch.manual_seed(0)
     cfg = LlamaConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2,
                       num_key_value_heads=2, head_dim=128, vocab_size=512, max_position_embeddings=512,
                       rms_norm_eps=1e-6, tie_word_embeddings=False)
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(1.0 if "norm" in name else 0.0, 0.05 if "norm" in name else 0.1)
-    return cfg, {k: v.float().contiguous() for k, v in model.state_dict().items()}
+    return cfg, random_state(cfg)
 
 
 def run(model_dir: str, tp: int, **options) -> tuple[list[list[int]], torch.Tensor, LLM]:
@@ -140,7 +135,7 @@ def _qwen3_moe_fp8(tmp_path) -> tuple[str, str]:
                          num_attention_heads=2, num_key_value_heads=2, head_dim=128, vocab_size=512, num_experts=4,
                          num_experts_per_tok=2, mlp_only_layers=[1], max_position_embeddings=512,
                          architectures=["Qwen3MoeForCausalLM"])
-    state = _random_state(cfg)
+    state = random_state(cfg)
     state.update(_per_expert(state, "mlp", ("gate_proj", "up_proj", "down_proj")))
     return _write_pair(tmp_path, cfg, state, BLOCK_FP8, fp8_block)
 
