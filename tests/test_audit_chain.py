@@ -130,3 +130,53 @@ def test_admin_entries_share_the_chain(engine, signer, trusted):
         kinds = list(conn.execute(select(ENTRIES.c.kind).order_by(ENTRIES.c.seq)).scalars())
     assert kinds == ["request", "admin", "request"]
     assert verify_chain(engine, trusted).ok
+
+
+def test_appends_share_one_kept_connection_and_survive_its_loss(engine, signer, trusted):
+    """The store keeps its connection between appends; when the database drops it (a restart, an
+    idle timeout), the next append reconnects instead of failing."""
+    store = make_store(engine, signer)
+    store.append(_drafts(2))
+    kept = store._held
+    store.append(_drafts(2, start=2))
+    assert store._held is kept, "the second append reused the kept connection"
+    if engine.dialect.name == "postgresql":
+        backend = kept.exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        kept.rollback()
+        with engine.connect() as admin:
+            admin.exec_driver_sql(f"SELECT pg_terminate_backend({int(backend)})")
+            admin.commit()
+        time.sleep(0.2)
+    else:
+        kept.connection.dbapi_connection.close()  # SQLite: the file handle is gone under SQLAlchemy
+    store.append(_drafts(2, start=4))
+    assert store._held is not kept
+    store.close()
+    assert store._held is None
+    report = verify_chain(engine, trusted)
+    assert report.ok and report.entries == 6
+
+
+def test_concurrent_appends_from_threads_stay_gap_free(engine, signer, trusted):
+    """One thread uses the kept connection; the others take pooled ones, and the head lock orders them."""
+    import threading
+
+    store = make_store(engine, signer)
+    errors: list[BaseException] = []
+
+    def writer(offset: int) -> None:
+        try:
+            for i in range(10):
+                store.append(_drafts(1, start=offset + i))
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=writer, args=(k * 100,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    store.close()
+    assert not errors
+    report = verify_chain(engine, trusted)
+    assert report.ok and report.entries == 40

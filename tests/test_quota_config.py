@@ -137,3 +137,36 @@ def test_redis_url_comes_from_the_environment_when_not_given(monkeypatch):
     assert QuotaSettings().redis_url == "redis://example:6379/0"
     monkeypatch.delenv("WARD_REDIS_URL")
     assert QuotaSettings().redis_url is None
+
+
+class _SwitchableConfig:
+    def __init__(self, config) -> None:
+        self.config = config
+
+    def current(self):
+        return self.config
+
+
+def test_limits_in_force_follow_file_reloads_and_admin_changes_at_once() -> None:
+    """Resolved limits are kept per (team, key, model) for speed; a new file, an admin-set limit and
+    a refreshed set of overrides must each show in the very next lookup."""
+    from gateway.quota.limits_in_force import LimitsInForce
+
+    source = _SwitchableConfig(parse_quota_config("defaults: {requests_per_minute: 10}"))
+    limits = LimitsInForce(source)
+
+    def team_rpm() -> int | None:
+        return limits.for_request("cardiology", "key-1", "m")[0].limits.requests_per_minute
+
+    assert team_rpm() == 10
+    assert limits.for_request("cardiology", "key-1", "m") is limits.for_request("cardiology", "key-1", "m")
+    source.config = parse_quota_config("defaults: {requests_per_minute: 20}")
+    assert team_rpm() == 20
+    limits.set_override("cardiology", TEAM_SCOPE, QuotaLimits(requests_per_minute=5))
+    assert team_rpm() == 5
+    limits.replace_overrides({("cardiology", TEAM_SCOPE): QuotaLimits(requests_per_minute=7)})
+    assert team_rpm() == 7
+    limits.set_override("cardiology", TEAM_SCOPE, None)
+    assert team_rpm() == 20
+    key_scope = limits.for_request("cardiology", "key-2", None)
+    assert [item.scope for item in key_scope] == [TEAM_SCOPE, Scope(ScopeKind.KEY, "key-2")]

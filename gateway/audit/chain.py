@@ -8,6 +8,7 @@ serialised and the sequence is gap-free; throughput comes from batching many ent
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,6 +65,11 @@ class ChainStore:
         self.policy = policy or CheckpointPolicy()
         self.write_timeout_s = write_timeout_s
         self._sqlite = engine.dialect.name == "sqlite"
+        # One connection kept open between appends: checking one out of the pool and resetting it
+        # on return cost more CPU than the append itself (and a ping round trip on PostgreSQL).
+        # Whichever thread holds the lock uses it; a concurrent caller takes a pooled one.
+        self._held: Connection | None = None
+        self._held_lock = threading.Lock()
 
     # --- the locked transaction ----------------------------------------------------------------
     @contextmanager
@@ -73,33 +79,77 @@ class ChainStore:
         Raises AuditUnavailable when the database cannot be reached or the lock not had in time.
         """
         try:
-            with self.engine.connect() as conn:
-                timeout_ms = int(self.write_timeout_s * 1000)
-                if self._sqlite:
-                    info = conn.connection.info  # lives as long as the pooled DBAPI connection
-                    if info.get("audit_busy_timeout_ms") != timeout_ms:
-                        conn.exec_driver_sql(f"PRAGMA busy_timeout = {timeout_ms}")
-                        info["audit_busy_timeout_ms"] = timeout_ms
-                    conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, taken up front
-                else:
-                    # Both limits for this transaction only, in one round trip.
-                    conn.exec_driver_sql(
-                        "SELECT set_config('lock_timeout', %(t)s, true), set_config('statement_timeout', %(t)s, true)",
-                        {"t": str(timeout_ms)},
-                    )
-                row = conn.execute(_LOCK_HEAD).one()
-                head = Head(
-                    last_seq=row.last_seq,
-                    last_hash=row.last_hash,
-                    last_time=as_utc(row.last_time),
-                    last_checkpoint_seq=row.last_checkpoint_seq,
-                    last_checkpoint_at=as_utc(row.last_checkpoint_at),
-                )
-                yield conn, head
-                conn.commit()
+            if not self._held_lock.acquire(blocking=False):
+                with self.engine.connect() as conn:  # another thread is appending: a pooled connection
+                    head = self._lock_head(conn)
+                    yield conn, head
+                    conn.commit()
+                return
+            try:
+                conn, head = self._held_and_locked()
+                try:
+                    yield conn, head
+                    conn.commit()
+                except BaseException:
+                    self._drop_held()  # rolls back; the next append starts on a fresh connection
+                    raise
+            finally:
+                self._held_lock.release()
         except OUTAGE_ERRORS as error:
             cause = getattr(error, "orig", None) or error
             raise AuditUnavailable(f"audit database unavailable: {type(cause).__name__}: {cause}") from error
+
+    def close(self) -> None:
+        """Closes the connection kept between appends (the next append opens one again)."""
+        with self._held_lock:
+            self._drop_held()
+
+    def _held_and_locked(self) -> tuple[Connection, Head]:
+        """The kept connection with the head locked. A kept connection the database dropped since
+        its last use (a restart, an idle timeout) fails on its first statement as a disconnect: then
+        one fresh connection from the pool (which pings it) is tried before the outage is reported."""
+        for attempt in range(2):
+            reused = self._held is not None
+            if self._held is None:
+                self._held = self.engine.connect()
+            try:
+                return self._held, self._lock_head(self._held)
+            except BaseException as error:
+                self._drop_held()
+                if attempt or not (reused and getattr(error, "connection_invalidated", False)):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _drop_held(self) -> None:
+        conn, self._held = self._held, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # a dead connection may fail to roll back; it is discarded either way
+                conn.invalidate()
+
+    def _lock_head(self, conn: Connection) -> Head:
+        timeout_ms = int(self.write_timeout_s * 1000)
+        if self._sqlite:
+            info = conn.connection.info  # lives as long as the pooled DBAPI connection
+            if info.get("audit_busy_timeout_ms") != timeout_ms:
+                conn.exec_driver_sql(f"PRAGMA busy_timeout = {timeout_ms}")
+                info["audit_busy_timeout_ms"] = timeout_ms
+            conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, taken up front
+        else:
+            # Both limits for this transaction only, in one round trip.
+            conn.exec_driver_sql(
+                "SELECT set_config('lock_timeout', %(t)s, true), set_config('statement_timeout', %(t)s, true)",
+                {"t": str(timeout_ms)},
+            )
+        row = conn.execute(_LOCK_HEAD).one()
+        return Head(
+            last_seq=row.last_seq,
+            last_hash=row.last_hash,
+            last_time=as_utc(row.last_time),
+            last_checkpoint_seq=row.last_checkpoint_seq,
+            last_checkpoint_at=as_utc(row.last_checkpoint_at),
+        )
 
     # --- public operations ---------------------------------------------------------------------
     def append(self, drafts: Sequence[EntryDraft], *, skip_existing: bool = False) -> AppendResult:

@@ -3,7 +3,9 @@
 Every call returns only once its entry is durable: committed to the database, or (when a spool is
 configured and the database is down) fsync'd into the spool. Calls made while a batch is being
 committed wait for the next one, so concurrent requests share transactions and the log keeps up with
-the gateway. Building an entry (capture level, redaction, JSON) and all I/O run on a worker thread.
+the gateway. Building an entry (capture level, redaction, JSON) and all I/O run on the log's own
+writer thread, which wakes as soon as an entry is queued and hands each batch's results back to the
+event loop in one call (no task or executor hop in between).
 
 Usage::
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -106,8 +109,9 @@ class AuditLog:
         self.available = True  # False after a batch failed with no spool to fall back on
         self._on_close = on_close
         self._pending: collections.deque[_Pending] = collections.deque()
-        self._wakeup: asyncio.Event | None = None
-        self._task: asyncio.Task | None = None
+        self._wakeup = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._spool_pending = False  # own entries or other files wait in the spool directory
         self._last_checkpoint_check = time.monotonic()
@@ -115,21 +119,26 @@ class AuditLog:
 
     # --- lifecycle -----------------------------------------------------------------------------
     async def start(self) -> None:
-        """Starts the background writer (which also drains, in the background, what a previous run spooled)."""
-        if self._task is not None:
+        """Starts the writer thread (which also drains, in the background, what a previous run spooled)."""
+        if self._thread is not None:
             return
-        self._wakeup = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         if self.spool is not None:
             self._spool_pending = await asyncio.to_thread(self.spool.has_pending)
-        self._task = asyncio.create_task(self._run(), name="audit-writer")
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
 
     async def close(self) -> None:
         """Writes everything queued, then stops. Later calls raise AuditClosed."""
         self._closing = True
-        if self._task is not None:
-            self._wakeup.set()
-            await self._task
-            self._task = None
+        if self._thread is not None:
+            with self._wakeup:
+                self._wakeup.notify()
+            await asyncio.to_thread(self._thread.join)
+            self._thread = None
+        close_store = getattr(self.store, "close", None)
+        if close_store is not None:  # the connection the writer kept between batches
+            await asyncio.to_thread(close_store)
         if self.spool is not None:
             self.spool.close()
         if self._on_close is not None:
@@ -211,39 +220,43 @@ class AuditLog:
 
     def _submit(self, build: Callable[[], EntryDraft]) -> asyncio.Future:
         # Not a coroutine: the entry is queued at call time, before the caller can be cancelled.
-        if self._closing or self._task is None or self._task.done():
+        # close() runs on the same loop, so no entry can be queued after the writer saw it closing.
+        if self._closing or self._thread is None or not self._thread.is_alive():
             raise AuditClosed("the audit log is not running")
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(build, future))
-        self._wakeup.set()
+        future = self._loop.create_future()
+        with self._wakeup:
+            self._pending.append(_Pending(build, future))
+            self._wakeup.notify()
         return future
 
-    async def _run(self) -> None:
+    def _run(self) -> None:
+        """The writer thread: batches what is queued, commits it, hands the results to the loop."""
         while True:
-            if not self._pending:
-                if self._closing:
-                    return
-                self._wakeup.clear()
-                try:
-                    async with asyncio.timeout(self._idle_timeout()):  # unlike wait_for, no task per wait
-                        await self._wakeup.wait()
-                except TimeoutError:
-                    await self._idle_tick()
+            with self._wakeup:
+                if not self._pending and not self._closing:
+                    self._wakeup.wait(self._idle_timeout())
+                if not self._pending:
+                    if self._closing:
+                        return
+                    batch = None
+                else:
+                    batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
+            if batch is None:
+                self._idle_tick()
                 continue
-            batch = [self._pending.popleft() for _ in range(min(self.max_batch, len(self._pending)))]
             try:
-                await asyncio.to_thread(self._write_batch, batch)
+                self._write_batch(batch)
             except BaseException as error:  # the batch must always resolve, whatever happened
                 failure = error if isinstance(error, AuditError) else AuditUnavailable(f"audit write failed: {error!r}")
                 for item in batch:
                     if item.error is None and item.ref is None:
                         item.error = failure
-                if isinstance(error, asyncio.CancelledError):
-                    self._resolve(batch)
-                    raise
                 if not isinstance(error, AuditUnavailable):
                     log.exception("audit writer: unexpected failure")
-            self._resolve(batch)
+            try:
+                self._loop.call_soon_threadsafe(self._resolve, batch)
+            except RuntimeError:  # the loop is gone: nobody is waiting any more
+                log.warning("audit writer: event loop closed; %d entries written, not acknowledged", len(batch))
 
     def _idle_timeout(self) -> float:
         timeout = self.checkpoint_check_s
@@ -251,9 +264,9 @@ class AuditLog:
             timeout = min(timeout, self.drain_interval_s)
         return timeout
 
-    async def _idle_tick(self) -> None:
+    def _idle_tick(self) -> None:
         try:
-            await asyncio.to_thread(self._tick_sync)
+            self._tick_sync()
         except AuditError as error:
             log.warning("audit writer: idle work deferred: %s", error)
         except Exception:  # never let idle work end the writer: every later request would hang

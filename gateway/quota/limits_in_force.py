@@ -22,6 +22,11 @@ class ScopeView:
     source: str  # "admin" (set through the API), "file", "default" or "none" (unlimited)
 
 
+# Resolved limits kept per (team, key, model) until the file or the admin-set limits change;
+# past this many the cache starts afresh (many keys and models must not grow it without bound).
+REQUEST_CACHE_SIZE = 4096
+
+
 class LimitsInForce:
     """The quota file plus this process's copy of the admin-set limits (refreshed from the store by the
     service). An admin-set scope replaces the file's limits of that scope entirely."""
@@ -29,9 +34,14 @@ class LimitsInForce:
     def __init__(self, config: QuotaConfigSource):
         self.config = config
         self._overrides: dict[OverrideKey, QuotaLimits] = {}
+        # Every admitted request asks for_request; resolving builds pydantic models, so the answer
+        # is kept for as long as the configuration object and the overrides are the same.
+        self._requests: dict[tuple[str, str | None, str | None], tuple[ScopeLimits, ...]] = {}
+        self._requests_config: QuotaConfig | None = None
 
     def replace_overrides(self, overrides: dict[OverrideKey, QuotaLimits]) -> None:
         self._overrides = dict(overrides)
+        self._requests.clear()
 
     def override(self, team: str, scope: Scope) -> QuotaLimits | None:
         return self._overrides.get((team, scope))
@@ -41,6 +51,7 @@ class LimitsInForce:
             self._overrides.pop((team, scope), None)
         else:
             self._overrides[(team, scope)] = limits
+        self._requests.clear()
 
     def effective(self, team: str, scope: Scope, config: QuotaConfig | None = None) -> ScopeView:
         override = self._overrides.get((team, scope))
@@ -51,12 +62,23 @@ class LimitsInForce:
     def for_request(self, team: str, key_id: str | None, model: str | None) -> tuple[ScopeLimits, ...]:
         """The team scope, then the key and model scopes when the request has them."""
         config = self.config.current()
+        if config is not self._requests_config:  # the file was reloaded (or this is the first call)
+            self._requests.clear()
+            self._requests_config = config
+        cache_key = (team, key_id, model)
+        cached = self._requests.get(cache_key)
+        if cached is not None:
+            return cached
+        if len(self._requests) >= REQUEST_CACHE_SIZE:
+            self._requests.clear()
         scopes = [TEAM_SCOPE]
         if key_id is not None:
             scopes.append(Scope(ScopeKind.KEY, key_id))
         if model is not None:
             scopes.append(Scope(ScopeKind.MODEL, model))
-        return tuple(ScopeLimits(s, self.effective(team, s, config).limits) for s in scopes)
+        resolved = tuple(ScopeLimits(s, self.effective(team, s, config).limits) for s in scopes)
+        self._requests[cache_key] = resolved
+        return resolved
 
     def views(self, team: str) -> list[ScopeView]:
         """Every scope of a team that has limits from the file or the admin API, the team scope first."""
