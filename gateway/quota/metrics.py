@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 from prometheus_client import Counter, Gauge
 from prometheus_client.metrics_core import Metric
@@ -26,6 +27,24 @@ _ALL = (
     ADMITTED, REJECTED, UNAVAILABLE, REQUESTS, TOKENS, DEGRADED, STORE_ERRORS,
     PENDING_SETTLEMENTS, DROPPED_SETTLEMENTS, CONFIG_RELOADS,
 )
+
+
+class TeamSeries:
+    """One team's per-request series, looked up once: ``labels()`` takes a lock and validates its
+    arguments on every call, and every admitted request touches four of these."""
+
+    __slots__ = ("admitted_exact", "requests", "prompt_tokens", "completion_tokens")
+
+    def __init__(self, team: str) -> None:
+        self.admitted_exact = ADMITTED.labels(team=team, mode="exact")
+        self.requests = REQUESTS.labels(team=team)
+        self.prompt_tokens = TOKENS.labels(team=team, type="prompt")
+        self.completion_tokens = TOKENS.labels(team=team, type="completion")
+
+
+@lru_cache(maxsize=4096)
+def team_series(team: str) -> TeamSeries:
+    return TeamSeries(team)
 
 
 class QuotaMetricsCollector(Collector):

@@ -174,9 +174,10 @@ class QuotaService:
         if admission.settled:
             return
         admission.settled = True
-        metrics.REQUESTS.labels(team=admission.team).inc()
-        metrics.TOKENS.labels(team=admission.team, type="prompt").inc(prompt_tokens)
-        metrics.TOKENS.labels(team=admission.team, type="completion").inc(completion_tokens)
+        series = metrics.team_series(admission.team)
+        series.requests.inc()
+        series.prompt_tokens.inc(prompt_tokens)
+        series.completion_tokens.inc(completion_tokens)
         settlement = Settlement(
             admission.team, admission.id, admission.scopes, admission.day, admission.month,
             admission.model, prompt_tokens, completion_tokens,
@@ -408,7 +409,10 @@ class QuotaService:
                 requested=1 if r.kind in (LimitKind.REQUESTS_PER_MINUTE, LimitKind.MAX_CONCURRENT) else request.reserve_tokens,
                 retry_after_s=r.retry_after_s, headers=headers,
             )
-        metrics.ADMITTED.labels(team=request.team, mode=mode).inc()
+        if degraded:
+            metrics.ADMITTED.labels(team=request.team, mode=mode).inc()
+        else:
+            metrics.team_series(request.team).admitted_exact.inc()
         return Admission(
             id=request.reservation_id, team=request.team, key_id=key_id, model=request.model,
             reserved_tokens=request.reserve_tokens, scopes=_scopes(request), day=result.day,
