@@ -47,4 +47,4 @@ def test_the_ratio_is_taken_from_litellm_measured_in_the_same_run():
         names = [c.name for c in configs]
         before = configs[names.index("on, before")]
     assert names == ["litellm", "off", "on, before", "on", "on, no token limit"]
-    assert (before.env["WARD_LOOP"], before.env["WARD_HTTP"], before.cwd) == ("asyncio", "h11", before.env["PYTHONPATH"])
+    assert before.cwd == before.env["PYTHONPATH"] and not any(k.startswith("WARD_") for k in before.env)

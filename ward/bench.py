@@ -52,8 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=3, help="gateway: measurement rounds (medians are reported)")
     p.add_argument("--peer", choices=["litellm"], help="gateway: also measure LiteLLM's proxy in the same rounds "
                    "(installed into .peer/litellm on first use)")
-    p.add_argument("--baseline-tree", help="gateway: also measure `on` served from this checkout with uvicorn's "
-                   "pure-Python loop and parser (A/B against an earlier commit in one run)")
+    p.add_argument("--baseline-tree", help="gateway: also measure `on` served from this checkout "
+                   "(A/B against an earlier commit in one run)")
     p.add_argument("--results", default="bench/results", help="report: folder of earlier suites' JSON files")
     from ward.benchmarks import fairness, serving
 

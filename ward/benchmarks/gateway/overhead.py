@@ -17,7 +17,7 @@ Configurations:
 - ``on, Redis + PostgreSQL``: quotas on Redis and identity and audit on PostgreSQL (a scratch
   database), with ``--redis-url`` and ``--postgres``;
 - ``on, before``: ``on`` served from another checkout (``--baseline-tree``, e.g. a worktree of the
-  previous commit) with uvicorn's pure-Python loop and parser, so a change is measured A/B in one run;
+  previous commit) with that checkout's own defaults, so a change is measured A/B in one run;
 - ``litellm``: LiteLLM's proxy (``--peer litellm``, see ``peer.py``): master key, mock response.
 
 The gateways run side by side and are measured in turns, ``rounds`` times; each figure is the median
@@ -212,7 +212,7 @@ def _configs(redis_url: str | None, postgres: str | None, peer: str | None = Non
     if baseline_tree:
         tree = str(pathlib.Path(baseline_tree).resolve())
         configs.insert(1, Config("on, before", {"defaults": both},
-                                 env={"PYTHONPATH": tree, "WARD_LOOP": "asyncio", "WARD_HTTP": "h11"}, cwd=tree))
+                                 env={"PYTHONPATH": tree}, cwd=tree))
     if peer:
         if peer != PEER:
             raise ValueError(f"unknown peer {peer!r} (known: {PEER})")
