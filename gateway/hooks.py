@@ -6,7 +6,14 @@ at these points, in this order:
 1. ``before_dispatch``: the request is authenticated and valid, its model resolved and a ready
    worker exists; nothing was sent to a worker yet. Admission control goes here: it may await
    ``ctx.prompt_token_count()`` and read ``ctx.max_tokens``, and may raise an OpenAIError (e.g.
-   RateLimited with Retry-After and x-ratelimit-* headers) to refuse the request.
+   RateLimited with Retry-After and x-ratelimit-* headers) to refuse the request. When
+   ``ctx.dispatch_can_count`` is set, a hook may instead set ``ctx.count_on_dispatch`` and leave
+   its decision to ``after_count`` (below): the worker then reports the count itself, saving a
+   Tokenize round trip.
+   ``after_count`` (only when some hook set ``ctx.count_on_dispatch``): the request is on a
+   worker, which reported the exact prompt token count (``ctx.prompt_token_count()`` answers at
+   once); no output reached the gateway yet. Raising refuses the request: its Generate call is
+   cancelled. Points 2 and 3 come after it.
 2. ``response_headers``: extra headers for the response (e.g. x-ratelimit-*), also sent on errors.
 3. ``on_start``: the request is about to be sent to a worker (a stream opens for streaming
    requests). An audit record can be opened here.
@@ -45,6 +52,8 @@ class RequestHooks(Protocol):
 
     async def on_first_token(self, ctx: RequestContext) -> None: ...
 
+    # Optional: async def after_count(self, ctx) -> None (see the module's docstring).
+
     async def before_finish(self, ctx: RequestContext) -> None: ...
 
     async def on_failure(self, ctx: RequestContext) -> None: ...
@@ -54,6 +63,9 @@ class NoopHooks:
     """Does nothing at every point; subclass and override only the points you need."""
 
     async def before_dispatch(self, ctx: RequestContext) -> None:
+        return None
+
+    async def after_count(self, ctx: RequestContext) -> None:
         return None
 
     def response_headers(self, ctx: RequestContext) -> Mapping[str, str]:
@@ -111,6 +123,12 @@ class HookChain(NoopHooks):
     async def before_dispatch(self, ctx: RequestContext) -> None:
         for hook in self.hooks:
             await hook.before_dispatch(ctx)
+
+    async def after_count(self, ctx: RequestContext) -> None:
+        for hook in self.hooks:
+            after_count = getattr(hook, "after_count", None)
+            if after_count is not None:
+                await after_count(ctx)
 
     def response_headers(self, ctx: RequestContext) -> Mapping[str, str]:
         headers: dict[str, str] = {}

@@ -158,6 +158,8 @@ class FakeWorkerServicer(pb_grpc.WorkerServicer):
         self.active.add(request.request_id)
         finished_ok = False
         try:
+            if request.report_prompt_tokens:
+                yield pb.GenerateResponse(prompt_tokens=prompt_len)
             if cfg.first_token_delay_s:
                 await asyncio.sleep(cfg.first_token_delay_s)
             while any(not ch.finish for ch in choices):

@@ -197,3 +197,78 @@ async def test_without_a_token_limit_the_prompt_is_not_counted_before_dispatch_a
     assert (row.requests, row.prompt_tokens) == (1, answer.json()["usage"]["prompt_tokens"])
     assert quotas.counts_tokens("other") and not quotas.counts_tokens(TEAM)
     await quotas.aclose()
+
+
+async def test_with_room_to_spare_the_worker_counts_the_prompt_on_dispatch_and_the_reservation_stays_exact():
+    """After one admission with ample room, later requests skip the Tokenize round trip: the worker
+    reports the count in its first message and the same exact reservation is made before any output."""
+    quotas = quota_service("defaults: {requests_per_minute: 1000, tokens_per_minute: 100000}")
+    async with FakeWorker(FakeConfig(model=MODEL)) as chat:
+        async with running_gateway({MODEL: [chat]}, **with_quotas(quotas)) as gw:
+            answers = []
+            for max_tokens in (5, 7, 9):
+                answer = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "max_tokens": max_tokens})
+                assert answer.status_code == 200
+                answers.append(answer)
+            assert len(chat.servicer.tokenize_requests) == 1, "only the first request counted before dispatch"
+            assert [r.report_prompt_tokens for r in chat.servicer.generate_requests] == [False, True, True]
+            # Each response's remaining tokens: the earlier ones settled, this one reserved prompt + max_tokens.
+            used = 0
+            for answer, max_tokens in zip(answers, (5, 7, 9)):
+                usage = answer.json()["usage"]
+                assert int(answer.headers["x-ratelimit-remaining-tokens"]) == 100000 - used - (usage["prompt_tokens"] + max_tokens)
+                used += usage["total_tokens"]
+            streamed = await gw.client.post("/v1/chat/completions",
+                                            json={"model": MODEL, "messages": USER, "max_tokens": 4, "stream": True})
+            assert streamed.status_code == 200 and parse_sse(streamed.text)[-1] == "[DONE]"
+            assert len(chat.servicer.tokenize_requests) == 1
+    today = dt.datetime.now(dt.timezone.utc).date()
+    rows = await quotas.usage(TEAM, today, today, UsageGroupBy.MODEL)
+    assert [(r.requests, r.prompt_tokens) for r in rows] == [(4, 4 * answers[0].json()["usage"]["prompt_tokens"])]
+    await quotas.aclose()
+
+
+async def test_near_the_limit_the_prompt_is_counted_before_dispatch():
+    """Little room left (less than twice the most a request may reserve, here one full context of 256
+    tokens): every request is counted and admitted before it reaches a worker, so a refusal costs the
+    worker nothing."""
+    quotas = quota_service("defaults: {tokens_per_minute: 500}")
+    async with FakeWorker(FakeConfig(model=MODEL)) as chat:
+        async with running_gateway({MODEL: [chat]}, **with_quotas(quotas)) as gw:
+            for _ in range(2):
+                answer = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "max_tokens": 5})
+                assert answer.status_code == 200
+            assert len(chat.servicer.tokenize_requests) == 2
+            assert not any(r.report_prompt_tokens for r in chat.servicer.generate_requests)
+    await quotas.aclose()
+
+
+async def test_a_refusal_after_dispatch_cancels_the_worker_call_and_withdraws_the_shortcut():
+    """The room seen at the last admission was gone by the time the count came (here: an admin cut
+    the limit): the exact reservation refuses with 429, the Generate call is cancelled, nothing is
+    charged, and the next request of the team is counted and refused before dispatch."""
+    from gateway.quota.limits import TEAM_SCOPE, QuotaLimits
+
+    quotas = quota_service("defaults: {tokens_per_minute: 100000}")
+    async with FakeWorker(FakeConfig(model=MODEL, first_token_delay_s=0.2)) as chat:
+        async with running_gateway({MODEL: [chat]}, **with_quotas(quotas)) as gw:
+            ok = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "max_tokens": 5})
+            assert ok.status_code == 200
+            quotas._limits.set_override(TEAM, TEAM_SCOPE, QuotaLimits(tokens_per_minute=10))
+            refused = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "max_tokens": 5})
+            assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
+            assert chat.servicer.generate_requests[-1].report_prompt_tokens
+            for _ in range(50):
+                if chat.servicer.generate_requests[-1].request_id in chat.servicer.cancelled:
+                    break
+                await asyncio.sleep(0.02)
+            assert chat.servicer.generate_requests[-1].request_id in chat.servicer.cancelled
+            dispatched = len(chat.servicer.generate_requests)
+            again = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, "max_tokens": 5})
+            assert again.status_code == 429
+            assert len(chat.servicer.generate_requests) == dispatched, "refused before dispatch this time"
+            assert len(chat.servicer.tokenize_requests) == 2
+    today = dt.datetime.now(dt.timezone.utc).date()
+    rows = await quotas.usage(TEAM, today, today, UsageGroupBy.MODEL)
+    assert [r.requests for r in rows] == [1]
+    await quotas.aclose()

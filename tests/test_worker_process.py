@@ -159,3 +159,21 @@ def test_a_worker_port_in_use_is_an_error_not_a_silent_start(stack):
     assert taken.returncode == 2 and "WARD_WORKER_READY" not in taken.stdout
     assert f"cannot bind 127.0.0.1:{first.port}" in taken.stderr
     assert health(first.address).ready
+
+
+def test_asked_to_the_worker_reports_the_prompt_count_before_any_output(stack):
+    """GenerateRequest.report_prompt_tokens: the first message holds only the exact count (what
+    Tokenize says for the same prompt), so a gateway can reserve quota without a Tokenize call."""
+    worker = stack.start_worker("count-first")
+    stack.wait_ready(worker)
+    with grpc.insecure_channel(worker.address) as channel:
+        stub = pb_grpc.WorkerStub(channel)
+        request = generate_request(max_tokens=3)
+        counted = stub.Tokenize(pb.TokenizeRequest(model=request.model, prompt=request.prompt), timeout=60).count
+        request.report_prompt_tokens = True
+        first, *rest = list(stub.Generate(request, timeout=120))
+        assert first.prompt_tokens == counted > 0
+        assert not first.choices and not first.HasField("usage")
+        assert sum(len(c.token_ids) for m in rest for c in m.choices) == 3 and rest[-1].usage.prompt_tokens == counted
+        plain = list(stub.Generate(generate_request(max_tokens=3), timeout=120))
+        assert plain[0].choices, "without the flag the first message carries output, as before"

@@ -51,6 +51,11 @@ class RequestContext:
     cancelled: bool = False  # the client went away before the response was complete
     response_headers: dict[str, str] = field(default_factory=dict)  # from hooks, sent on success and error
     extra: dict[str, Any] = field(default_factory=dict)
+    # Counting on dispatch: the serving code sets ``dispatch_can_count`` when the worker can report
+    # the prompt's token count in its first message (one Generate call); a hook that would otherwise
+    # ask for the count before dispatch may then set ``count_on_dispatch`` and act on ``after_count``.
+    dispatch_can_count: bool = False
+    count_on_dispatch: bool = False
     _token_counter: Callable[[], Awaitable[int]] | None = field(default=None, repr=False)
     _token_count: int | None = field(default=None, repr=False)
     _terminal: bool = field(default=False, repr=False)
@@ -85,3 +90,11 @@ class RequestContext:
     def set_token_counter(self, counter: Callable[[], Awaitable[int]]) -> None:
         self._token_counter = counter
         self._token_count = None
+
+    def set_prompt_token_count(self, count: int) -> None:
+        """The exact count, as a worker reported it on dispatch: later asks need no Tokenize call."""
+        self._token_count = count
+
+    @property
+    def prompt_token_count_known(self) -> bool:
+        return self._token_count is not None

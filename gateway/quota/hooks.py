@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 _ADMISSION = "quota.admission"  # keys of this layer's state in RequestContext.extra
 _DISPATCHED = "quota.dispatched"
+_DEFERRED = "quota.deferred"  # admission left to after_count: the worker counts the prompt
 
 
 class QuotaHooks(NoopHooks):
@@ -55,7 +56,22 @@ class QuotaHooks(NoopHooks):
         # Counting the prompt costs the worker a Tokenize call; without a token limit in play the
         # reservation changes nothing, so it is skipped (the usage is settled from the worker's count).
         counts = self.service.counts_tokens(team, key_id=key_id, model=ctx.model)
+        if counts and ctx.dispatch_can_count and ctx.max_model_len:
+            # The reservation is at most n full contexts; with ample room for that, the worker counts
+            # the prompt on dispatch and the same exact reservation is made in after_count.
+            most = self._choices(ctx) * ctx.max_model_len
+            if self.service.has_headroom(team, key_id=key_id, model=ctx.model, most_tokens=most):
+                ctx.count_on_dispatch = True
+                ctx.extra[_DEFERRED] = True
+                return
         reserve = await self.tokens_to_reserve(ctx) if counts else 0
+        ctx.extra[_ADMISSION] = await self.service.admit(team, key_id=key_id, model=ctx.model, reserve_tokens=reserve)
+
+    async def after_count(self, ctx: RequestContext) -> None:
+        if not ctx.extra.pop(_DEFERRED, False):
+            return
+        team, key_id = ctx.principal.team, ctx.principal.key_id
+        reserve = await self.tokens_to_reserve(ctx)  # the worker's count: no Tokenize call
         ctx.extra[_ADMISSION] = await self.service.admit(team, key_id=key_id, model=ctx.model, reserve_tokens=reserve)
 
     def response_headers(self, ctx: RequestContext) -> Mapping[str, str]:
@@ -97,7 +113,7 @@ class QuotaHooks(NoopHooks):
         if ctx.endpoint.endswith("/embeddings"):
             return prompt
         params = ctx.params
-        choices = getattr(params, "candidates", None) or getattr(params, "n", None) or 1  # best_of generates more
+        choices = self._choices(ctx)
         prompts = len(params.prompts()) if hasattr(params, "prompts") else 1
         if ctx.max_model_len:
             # With several prompts only their sum is known: cap each by the whole context (safe side).
@@ -106,6 +122,12 @@ class QuotaHooks(NoopHooks):
         else:
             per_choice = self._fallback if ctx.max_tokens is None else ctx.max_tokens
         return prompt + prompts * choices * per_choice
+
+
+    @staticmethod
+    def _choices(ctx: RequestContext) -> int:
+        params = ctx.params
+        return getattr(params, "candidates", None) or getattr(params, "n", None) or 1  # best_of generates more
 
 
 def quota_error_converters() -> dict[type[Exception], Callable[[Exception], OpenAIError]]:

@@ -20,6 +20,7 @@ from gateway.quota.breaker import CircuitBreaker
 from gateway.quota.config import QuotaConfig, diff_configs, diff_scheduling
 from gateway.quota.errors import InvalidQuotaRequest, QuotaExceeded, QuotaStoreError, QuotaUnavailable
 from gateway.quota.headers import rate_limit_headers
+from gateway.quota.headroom import Headroom
 from gateway.quota.limits import TEAM_SCOPE, LimitKind, QuotaLimits, Scope
 from gateway.quota.limits_in_force import LimitsInForce, QuotaConfigSource, ScopeView
 from gateway.quota.outage import OutageLimiter, PendingSettlements
@@ -77,6 +78,7 @@ class QuotaService:
         self._scheduling_cache: dict[str, tuple[QuotaConfig, SchedulingOverride | None, TeamScheduling]] = {}
         self._scheduling_stale = False
         self._limits = LimitsInForce(config)
+        self._headroom = Headroom()
         self._settings = settings or QuotaSettings(redis_url=None)
         self._audit = audit
         self._breaker = CircuitBreaker(
@@ -158,6 +160,17 @@ class QuotaService:
                 self._store_ok()
                 return self._admission(request, result, key_id, degraded=False)
         return await self._admit_degraded(request, key_id)
+
+    def has_headroom(self, team: str, *, key_id: str | None = None, model: str | None = None, most_tokens: int) -> bool:
+        """Whether a request of this team, key and model that can reserve at most ``most_tokens`` may
+        be dispatched before its reservation (see gateway.quota.headroom): the store is reachable, no
+        concurrency limit is in play (one is checked only by admitting), and the latest admission of
+        the same team, key and model left ample room."""
+        if self.degraded:
+            return False
+        if any(item.limits.max_concurrent is not None for item in self._limits.for_request(team, key_id, model)):
+            return False
+        return self._headroom.allows((team, key_id, model), most_tokens)
 
     def counts_tokens(self, team: str, *, key_id: str | None = None, model: str | None = None) -> bool:
         """Whether a token limit applies to a request of this team, key and model right now. When none
@@ -401,6 +414,8 @@ class QuotaService:
     def _admission(self, request: AdmitRequest, result: AdmitResult, key_id: str | None, *, degraded: bool) -> Admission:
         headers = rate_limit_headers(result.requests, result.tokens)
         mode = "degraded" if degraded else "exact"
+        self._headroom.record((request.team, key_id, request.model), admitted=result.rejection is None and not degraded,
+                              requests=result.requests, tokens=result.tokens)
         if result.rejection is not None:
             r = result.rejection
             metrics.REJECTED.labels(team=request.team, limit_kind=r.kind.value).inc()

@@ -24,6 +24,7 @@ from proto.ward.worker.v1 import worker_pb2 as pb
 T = TypeVar("T")
 
 TOKENIZE_TIMEOUT_S = 30.0
+_COUNTED = "dispatch.counted"  # RequestContext.extra: the worker's count arrived and was acted on
 
 
 class OpenGeneration:
@@ -41,11 +42,21 @@ class OpenGeneration:
             self._leases.enter_context(handle.lease(stream))
         self._pumps: list[asyncio.Task] = []
         self._closed = False
+        self._early: pb.GenerateResponse | None = None
+
+    async def receive_count(self) -> int:
+        """The prompt token count the worker reports first (GenerateRequest.report_prompt_tokens;
+        one stream). A worker that sends output at once instead has it kept for receive_first."""
+        message = await _next(self.streams[0], self.handle.address)
+        if not _count_only(message):
+            self._early = message
+        return message.prompt_tokens
 
     async def receive_first(self) -> None:
         """Waits for every stream's first response; raises WorkerError if any fails."""
         if len(self.streams) == 1:
-            self.first = [await _first(self.streams[0], self.handle.address)]
+            early, self._early = self._early, None
+            self.first = [early if early is not None else await _first(self.streams[0], self.handle.address)]
             return
         tasks = [asyncio.ensure_future(_first(s, self.handle.address)) for s in self.streams]
         try:
@@ -92,11 +103,24 @@ class OpenGeneration:
         self._leases.close()
 
 
-async def _first(stream: GenerateStream, address: str) -> pb.GenerateResponse:
+def _count_only(message: pb.GenerateResponse) -> bool:
+    """A message carrying only the prompt's token count (no output, no usage)."""
+    return not message.choices and not message.HasField("usage") and not message.prompt_logprobs
+
+
+async def _next(stream: GenerateStream, address: str) -> pb.GenerateResponse:
     try:
         return await stream.__anext__()
     except StopAsyncIteration:
         raise WorkerError(grpc.StatusCode.INTERNAL, "stream ended without a response", address=address) from None
+
+
+async def _first(stream: GenerateStream, address: str) -> pb.GenerateResponse:
+    """The first message with output (a count-only message, sent first when asked for, is skipped)."""
+    while True:
+        message = await _next(stream, address)
+        if not _count_only(message):
+            return message
 
 
 async def _pump(index: int, stream: GenerateStream, queue: asyncio.Queue) -> None:
@@ -125,8 +149,23 @@ class Dispatcher:
                 f"No ready worker for model `{ctx.model}`; please retry shortly.", code="no_ready_worker"
             )
         await self.hooks.before_dispatch(ctx)
+        if not ctx.count_on_dispatch:  # else after the worker's count (open_generation)
+            await self._started(ctx)
+
+    async def _started(self, ctx: RequestContext) -> None:
         ctx.response_headers.update(self.hooks.response_headers(ctx))
         await self.hooks.on_start(ctx)
+
+    async def _counted(self, ctx: RequestContext, generation: OpenGeneration) -> None:
+        """Reads the worker's prompt count (its first message) and runs the admission left to it."""
+        count = await generation.receive_count()
+        if count > 0:  # a worker that does not report it leaves the count to a Tokenize call
+            ctx.set_prompt_token_count(count)
+        ctx.extra[_COUNTED] = True
+        after_count = getattr(self.hooks, "after_count", None)
+        if after_count is not None:
+            await after_count(ctx)
+        await self._started(ctx)
 
     async def open_generation(
         self, ctx: RequestContext, requests: Sequence[pb.GenerateRequest], *, prompt_param: str
@@ -135,11 +174,18 @@ class Dispatcher:
         max_attempts = self.pool.settings.max_attempts
         tried: list[WorkerHandle] = []
         last: WorkerError | None = None
+        if ctx.count_on_dispatch:
+            if len(requests) != 1:
+                raise ValueError("counting on dispatch needs exactly one Generate call")
+            for request in requests:
+                request.report_prompt_tokens = True
         for _ in range(max_attempts):
             handle = self._pick(ctx.model, tried, last, prompt_param)
             ctx.worker = handle.address
             generation = OpenGeneration(handle, [handle.client.generate(r) for r in requests])
             try:
+                if ctx.count_on_dispatch and not ctx.extra.get(_COUNTED):
+                    await self._counted(ctx, generation)
                 await generation.receive_first()
                 return generation
             except WorkerError as err:

@@ -97,6 +97,7 @@ class GenerationService:
         self.lifecycle.begin(ctx)
         info = self.pool.model_info(model)
         ctx.max_model_len = info.max_model_len if info is not None and info.max_model_len else None
+        ctx.dispatch_can_count = len(requests) == 1  # the worker can report the count in its first message
         await self.dispatcher.admit(ctx)
         generation = await self.dispatcher.open_generation(ctx, requests, prompt_param=prompt_param)
         run = GenerationRun(

@@ -116,6 +116,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
             stream = engine.generate(request_id, prepared, priority=request.priority,
                                      cache_salt=request.cache_salt or None, team=request.team or None,
                                      team_priority=request.team_priority, team_weight=weight)
+            if request.report_prompt_tokens:  # the gateway reserves this exact count meanwhile
+                yield pb.GenerateResponse(prompt_tokens=len(prepared.token_ids))
             async for out in stream:
                 ticket.release()  # it left the queue: the engine produced its first output
                 yield response_from_output(out)

@@ -42,6 +42,8 @@ class InstantWorkerServicer(pb_grpc.WorkerServicer):
     async def Generate(self, request: pb.GenerateRequest, context):  # noqa: N802 - gRPC method names
         prompt = prompt_token_count(request.prompt)
         choices = request.params.n or 1
+        if request.report_prompt_tokens:
+            yield pb.GenerateResponse(prompt_tokens=prompt)
         if self.token_delay_s > 0:
             async for response in self._slow_stream(request, prompt, choices):
                 yield response

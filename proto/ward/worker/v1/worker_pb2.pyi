@@ -119,7 +119,7 @@ class StructuredOutput(_message.Message):
     def __init__(self, json_schema: _Optional[str] = ..., json_object: bool = ..., lark: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "model", "prompt", "params", "priority", "cache_salt", "team", "team_priority", "team_weight")
+    __slots__ = ("request_id", "model", "prompt", "params", "priority", "cache_salt", "team", "team_priority", "team_weight", "report_prompt_tokens")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,7 @@ class GenerateRequest(_message.Message):
     TEAM_FIELD_NUMBER: _ClassVar[int]
     TEAM_PRIORITY_FIELD_NUMBER: _ClassVar[int]
     TEAM_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    REPORT_PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     prompt: Prompt
@@ -138,7 +139,8 @@ class GenerateRequest(_message.Message):
     team: str
     team_priority: int
     team_weight: float
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[_Union[Prompt, _Mapping]] = ..., params: _Optional[_Union[SamplingParams, _Mapping]] = ..., priority: _Optional[int] = ..., cache_salt: _Optional[str] = ..., team: _Optional[str] = ..., team_priority: _Optional[int] = ..., team_weight: _Optional[float] = ...) -> None: ...
+    report_prompt_tokens: bool
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., prompt: _Optional[_Union[Prompt, _Mapping]] = ..., params: _Optional[_Union[SamplingParams, _Mapping]] = ..., priority: _Optional[int] = ..., cache_salt: _Optional[str] = ..., team: _Optional[str] = ..., team_priority: _Optional[int] = ..., team_weight: _Optional[float] = ..., report_prompt_tokens: bool = ...) -> None: ...
 
 class TopLogprob(_message.Message):
     __slots__ = ("token_id", "token", "logprob", "token_bytes")
