@@ -48,3 +48,17 @@ def test_the_ratio_is_taken_from_litellm_measured_in_the_same_run():
         before = configs[names.index("on, before")]
     assert names == ["litellm", "off", "on, before", "on", "on, no token limit"]
     assert before.cwd == before.env["PYTHONPATH"] and not any(k.startswith("WARD_") for k in before.env)
+
+
+def test_with_redis_postgres_and_a_baseline_the_production_layout_is_measured_before_and_after_too():
+    from test_audit_support import PG_SERVER_URL
+
+    from ward.benchmarks.gateway.overhead import _configs
+
+    with _configs("redis://127.0.0.1:6379/6", PG_SERVER_URL, baseline_tree=".") as configs:
+        by_name = {c.name: c for c in configs}
+        before, after = by_name["on, Redis + PostgreSQL, before"], by_name["on, Redis + PostgreSQL"]
+        assert list(by_name)[-2:] == ["on, Redis + PostgreSQL, before", "on, Redis + PostgreSQL"]
+        assert before.database_url == after.database_url and before.database_url.startswith("postgresql")
+        assert before.env["PYTHONPATH"] == before.cwd and "PYTHONPATH" not in after.env
+        assert before.env["WARD_REDIS_URL"] == after.env["WARD_REDIS_URL"] == "redis://127.0.0.1:6379/6"

@@ -17,7 +17,8 @@ Configurations:
 - ``on, Redis + PostgreSQL``: quotas on Redis and identity and audit on PostgreSQL (a scratch
   database), with ``--redis-url`` and ``--postgres``;
 - ``on, before``: ``on`` served from another checkout (``--baseline-tree``, e.g. a worktree of the
-  previous commit) with that checkout's own defaults, so a change is measured A/B in one run;
+  previous commit) with that checkout's own defaults, so a change is measured A/B in one run (with
+  ``--redis-url`` and ``--postgres`` also ``on, Redis + PostgreSQL, before``);
 - ``litellm``: LiteLLM's proxy (``--peer litellm``, see ``peer.py``): master key, mock response.
 
 The gateways run side by side and are measured in turns, ``rounds`` times; each figure is the median
@@ -222,8 +223,11 @@ def _configs(redis_url: str | None, postgres: str | None, peer: str | None = Non
             from ward.benchmarks.audit import scratch_postgres_database
 
             database = stack.enter_context(scratch_postgres_database(postgres, "ward_gateway_bench"))
-            configs.append(Config("on, Redis + PostgreSQL", {"defaults": both},
-                                  env={"WARD_REDIS_URL": redis_url, "WARD_DATABASE_URL": database}, database_url=database))
+            shared = {"WARD_REDIS_URL": redis_url, "WARD_DATABASE_URL": database}
+            if baseline_tree:
+                configs.append(Config("on, Redis + PostgreSQL, before", {"defaults": both},
+                                      env={**shared, "PYTHONPATH": tree}, cwd=tree, database_url=database))
+            configs.append(Config("on, Redis + PostgreSQL", {"defaults": both}, env=shared, database_url=database))
         yield configs
 
 
