@@ -123,7 +123,6 @@ class QuotaHooks(NoopHooks):
             per_choice = self._fallback if ctx.max_tokens is None else ctx.max_tokens
         return prompt + prompts * choices * per_choice
 
-
     @staticmethod
     def _choices(ctx: RequestContext) -> int:
         params = ctx.params
