@@ -93,9 +93,11 @@ def grpc_connector(settings: GatewaySettings) -> Callable[[str], WorkerClient]:
     """The default WorkerClient factory: one gRPC channel per address, TLS per ``auth.worker_tls``."""
     tls = settings.auth.worker_tls
     allow_insecure = settings.auth.insecure_worker_channel
+    multiplex = settings.routing.multiplex
 
     def connect(address: str) -> WorkerClient:
-        return GrpcWorkerClient(address, open_channel(address, tls=tls, allow_insecure=allow_insecure))
+        return GrpcWorkerClient(address, open_channel(address, tls=tls, allow_insecure=allow_insecure),
+                                multiplex=multiplex)
 
     return connect
 

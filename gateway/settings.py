@@ -72,6 +72,10 @@ class RoutingSettings(BaseModel):
     dead_after_s: float = Field(3.0, gt=0, le=300)
     max_attempts: int = Field(3, ge=1, le=16)  # workers tried before the first token is sent
     dns_refresh_s: float = Field(5.0, gt=0, le=300)  # how often `dns` names of models are re-resolved
+    # Generations to a worker share one long-lived Multiplex call (far less CPU per request on both
+    # sides than a Generate call each); off: a Generate call per generation. Workers that predate
+    # Multiplex are served by Generate calls either way.
+    multiplex: bool = True
 
 
 class ShutdownSettings(BaseModel):

@@ -9,7 +9,8 @@ forming, like the real engine does).
 
 Use in-process (``async with FakeWorker(...) as worker``) or as a subprocess
 (``python tests/fake_worker.py --model NAME``; prints ``PORT <n>`` once serving, stops on SIGTERM).
-The worker records what it saw: ``generate_requests``, ``cancelled``, ``completed``, ``active``.
+The worker records what it saw: ``generate_requests``, ``cancelled``, ``completed``, ``active``,
+``multiplex_calls``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import grpc
 
 from proto.ward.worker.v1 import worker_pb2 as pb
 from proto.ward.worker.v1 import worker_pb2_grpc as pb_grpc
+from worker.server.multiplex import serve_multiplex
 
 WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima"]
 WORD_TOKEN_BASE = 1000
@@ -75,6 +77,7 @@ class FakeConfig:
     worker_id: str = "fake-0"
     max_prompt_bytes: int = 0  # reported in ModelInfo (0: no bound)
     log_requests: bool = False  # print each Generate's tenancy fields (for tests of a worker process)
+    multiplex: bool = True  # serve the Multiplex RPC (False: an older worker, Generate calls only)
 
 
 @dataclass
@@ -104,6 +107,7 @@ class FakeWorkerServicer(pb_grpc.WorkerServicer):
         self.cancelled: list[str] = []
         self.completed: list[str] = []
         self.health_polls = 0
+        self.multiplex_calls = 0  # Multiplex calls opened (each carries many generations)
 
     async def _abort(self, context, failure: tuple[grpc.StatusCode, str, str | None]) -> None:
         status, message, code = failure
@@ -115,6 +119,13 @@ class FakeWorkerServicer(pb_grpc.WorkerServicer):
         await context.abort(status, message)
 
     # -- generation ------------------------------------------------------------------------------
+
+    async def Multiplex(self, request_iterator, context):  # noqa: N802 - gRPC method name
+        if not self.config.multiplex:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not implemented!")
+        self.multiplex_calls += 1
+        async for message in serve_multiplex(self.Generate, request_iterator, context):
+            yield message
 
     async def Generate(self, request: pb.GenerateRequest, context):  # noqa: N802 - gRPC method name
         self.generate_requests.append(request)

@@ -22,4 +22,5 @@ def test_contract_is_versioned():
 
     assert worker_pb2.DESCRIPTOR.package == "ward.worker.v1"
     service = worker_pb2.DESCRIPTOR.services_by_name["Worker"]
-    assert {m.name for m in service.methods} == {"Generate", "Embed", "Tokenize", "ModelInfo", "Health", "LoadStats", "Metrics"}
+    assert {m.name for m in service.methods} == {
+        "Generate", "Multiplex", "Embed", "Tokenize", "ModelInfo", "Health", "LoadStats", "Metrics"}

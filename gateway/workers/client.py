@@ -13,6 +13,7 @@ from typing import Protocol
 import grpc
 
 from gateway.workers.errors import WorkerError, from_rpc_error
+from gateway.workers.multiplex import GenerateMux
 from proto.ward.worker.v1 import worker_pb2 as pb
 from proto.ward.worker.v1 import worker_pb2_grpc as pb_grpc
 
@@ -94,14 +95,24 @@ class GrpcGenerateStream:
 
 
 class GrpcWorkerClient:
-    """A WorkerClient over one long-lived gRPC channel (never one per request)."""
+    """A WorkerClient over one long-lived gRPC channel (never one per request).
 
-    def __init__(self, address: str, channel: grpc.aio.Channel) -> None:
+    Generations share one Multiplex call (gateway/workers/multiplex.py) unless ``multiplex`` is off
+    or the worker does not serve it; then each is a Generate call of its own.
+    """
+
+    def __init__(self, address: str, channel: grpc.aio.Channel, *, multiplex: bool = True) -> None:
         self.address = address
         self._channel = channel
         self._stub = pb_grpc.WorkerStub(channel)
+        self._mux = GenerateMux(address, self._stub.Multiplex, self._generate_call) if multiplex else None
 
-    def generate(self, request: pb.GenerateRequest) -> GrpcGenerateStream:
+    def generate(self, request: pb.GenerateRequest) -> GenerateStream:
+        if self._mux is not None:
+            return self._mux.generate(request)
+        return self._generate_call(request)
+
+    def _generate_call(self, request: pb.GenerateRequest) -> GrpcGenerateStream:
         return GrpcGenerateStream(self._stub.Generate(request), self.address)
 
     async def embed(self, request: pb.EmbedRequest, timeout: float | None = None) -> pb.EmbedResponse:
@@ -123,6 +134,8 @@ class GrpcWorkerClient:
         return await self._unary(self._stub.Metrics, pb.MetricsRequest(), timeout)
 
     async def close(self) -> None:
+        if self._mux is not None:
+            self._mux.close()
         await self._channel.close()
 
     async def _unary(self, method, request, timeout: float | None):

@@ -25,6 +25,7 @@ from worker.server.convert import (
 )
 from worker.server.embedding import EmbeddingModel
 from worker.server.errors import Unavailable, UnknownModel, abort_with, mapped_errors
+from worker.server.multiplex import serve_multiplex
 from worker.server.prepare import FairPrepareExecutor, is_small
 from worker.structured.compiler import library_available
 from worker.tokenizer import prompt_token_bound
@@ -126,6 +127,11 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         finally:
             if ticket is not None:
                 ticket.release()
+
+    async def Multiplex(self, request_iterator, context: grpc.aio.ServicerContext):  # noqa: N802
+        """Many Generate calls over this one (worker/server/multiplex.py)."""
+        async for message in serve_multiplex(self.Generate, request_iterator, context):
+            yield message
 
     @mapped_errors
     async def Embed(self, request: pb.EmbedRequest, context) -> pb.EmbedResponse:

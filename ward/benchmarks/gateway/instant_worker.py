@@ -18,6 +18,7 @@ import grpc
 
 from proto.ward.worker.v1 import worker_pb2 as pb
 from proto.ward.worker.v1 import worker_pb2_grpc as pb_grpc
+from worker.server.multiplex import serve_multiplex
 
 MAX_MODEL_LEN = 4096
 
@@ -54,6 +55,10 @@ class InstantWorkerServicer(pb_grpc.WorkerServicer):
                      for i in range(choices)],
         )
         yield pb.GenerateResponse(prompt_tokens=prompt, usage=pb.Usage(prompt_tokens=prompt, completion_tokens=choices))
+
+    async def Multiplex(self, request_iterator, context):  # noqa: N802
+        async for message in serve_multiplex(self.Generate, request_iterator, context):
+            yield message
 
     async def _slow_stream(self, request: pb.GenerateRequest, prompt: int, choices: int):
         tokens = request.params.max_tokens if request.params.HasField("max_tokens") else 16

@@ -39,6 +39,11 @@ class WorkerStub(object):
                 request_serializer=proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.GenerateResponse.FromString,
                 _registered_method=True)
+        self.Multiplex = channel.stream_stream(
+                '/ward.worker.v1.Worker/Multiplex',
+                request_serializer=proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.MultiplexRequest.SerializeToString,
+                response_deserializer=proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.MultiplexResponse.FromString,
+                _registered_method=True)
         self.Embed = channel.unary_unary(
                 '/ward.worker.v1.Worker/Embed',
                 request_serializer=proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.EmbedRequest.SerializeToString,
@@ -77,6 +82,16 @@ class WorkerServicer(object):
     def Generate(self, request, context):
         """Streams a request's progress: one message per engine step that produced tokens, then a final
         message that carries the usage. Cancelling the call aborts the request and frees its KV blocks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Multiplex(self, request_iterator, context):
+        """Many Generate calls over one long-lived call, for a gateway that keeps a connection to the
+        worker: each generation is a numbered stream whose events are exactly what Generate would send
+        (its responses in order, then its end or its error status). Far less work per request than a
+        call each, on both sides. Messages batch whatever is pending, so a busy connection sends fewer.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -129,6 +144,11 @@ def add_WorkerServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.GenerateRequest.FromString,
                     response_serializer=proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.GenerateResponse.SerializeToString,
+            ),
+            'Multiplex': grpc.stream_stream_rpc_method_handler(
+                    servicer.Multiplex,
+                    request_deserializer=proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.MultiplexRequest.FromString,
+                    response_serializer=proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.MultiplexResponse.SerializeToString,
             ),
             'Embed': grpc.unary_unary_rpc_method_handler(
                     servicer.Embed,
@@ -188,6 +208,33 @@ class Worker(object):
             '/ward.worker.v1.Worker/Generate',
             proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.GenerateRequest.SerializeToString,
             proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.GenerateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Multiplex(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/ward.worker.v1.Worker/Multiplex',
+            proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.MultiplexRequest.SerializeToString,
+            proto_dot_ward_dot_worker_dot_v1_dot_worker__pb2.MultiplexResponse.FromString,
             options,
             channel_credentials,
             insecure,
