@@ -318,6 +318,33 @@ def test_dummy_weights_of_an_int4_shape_load_in_the_checkpoint_layout(tmp_path, 
     assert len(out[0].outputs[0].token_ids) == 4
 
 
+def test_quantized_layers_replace_the_float_ones_before_any_weight_memory_is_taken(tmp_path, monkeypatch):
+    """A 70B INT4 model fits one card only if its float projections are never allocated: the swap to
+    quantized layers happens while the model is still on the meta device."""
+    from ward.benchmarks.models import TINY_LLAMA
+    from worker.model.quant.linear import IntLinear
+    from worker.runner import model_runner
+
+    seen: list[set[str]] = []
+    real = model_runner.quantize_model
+
+    def spy(model, spec, qc):
+        seen.append({t.device.type for t in model.parameters()})
+        return real(model, spec, qc)
+
+    monkeypatch.setattr(model_runner, "quantize_model", spy)
+    quant = {"quant_method": "awq", "bits": 4, "group_size": 32, "zero_point": True, "version": "gemm"}
+    (tmp_path / "config.json").write_text(json.dumps(dict(TINY_LLAMA, vocab_size=512, quantization_config=quant)))
+    llm = LLM(model=str(tmp_path), load_format="dummy", device="cpu", max_model_len=64, num_kv_blocks=16)
+    assert seen == [{"meta"}]
+    model = llm.engine.runner.model
+    assert {t.device.type for t in list(model.parameters()) + list(model.buffers())} == {"cpu"}
+    assert sum(isinstance(m, IntLinear) for m in model.modules()) == 2 * TINY_LLAMA["num_hidden_layers"] * 2
+    out = llm.generate([{"prompt_token_ids": list(range(10, 30))}],
+                       SamplingParams(max_tokens=4, temperature=0, ignore_eos=True))
+    assert len(out[0].outputs[0].token_ids) == 4
+
+
 def test_startup_report_gives_format_bytes_and_kv_capacity(tmp_path_factory, base):
     from worker.model.loader import checkpoint_files
     from worker.runner.memory import checkpoint_weight_bytes

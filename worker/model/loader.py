@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import re
+from collections.abc import Callable
 from types import ModuleType
 
 import torch
@@ -50,12 +51,20 @@ def build_model(
     dtype: torch.dtype,
     max_position: int,
     ops: ModuleType = torch_ops,
+    prepare: Callable[[CausalLM], None] | None = None,
 ) -> CausalLM:
-    """The model with uninitialised parameters on ``device`` (no time spent on random init)."""
+    """The model with uninitialised parameters on ``device`` (no time spent on random init).
+
+    ``prepare`` runs on the model before any memory is taken (its tensors on the meta device, in
+    ``dtype``): module swaps there (a quantized checkpoint's layers) allocate only what they keep,
+    so a 70B INT4 model never needs its float size on the card."""
     cls = GemmaForCausalLM if spec.is_gemma else LlamaForCausalLM
     with torch.device("meta"):
         model = cls(spec, backend, ops, max_position=max_position)
-    model = model.to_empty(device=device).to(dtype)
+    model = model.to(dtype)
+    if prepare is not None:
+        prepare(model)
+    model = model.to_empty(device=device)
     model.init_buffers()
     return model.eval().requires_grad_(False)
 

@@ -80,10 +80,12 @@ class ModelRunner:
             # tensor-parallel rank holds about its share of it)
             check_weights_fit(self, checkpoint_weight_bytes(checkpoint_files(model_dir), self.dtype) // tp_size,
                               self.quant.method if self.quant else str(self.dtype).removeprefix("torch."))
-        self.model = build_model(mspec, self.backend, self.device, self.dtype, max_model_len, ops)
+        # a quantized checkpoint's layers replace the float ones before anything is allocated; under
+        # tensor parallelism they take the rank's sizes (mspec)
+        self.model = build_model(mspec, self.backend, self.device, self.dtype, max_model_len, ops,
+                                 prepare=lambda model: quantize_model(model, mspec, self.quant))
         if self.kv_dtype != self.dtype:
             attach_kv_scales(self.model, spec)
-        quantize_model(self.model, mspec, self.quant)  # the rank's sizes under tensor parallelism
         if config.load_format == "dummy":
             fill_dummy_weights(self.model, config.seed)
             fill_dummy_quantized(self.model, torch.Generator(device=self.device).manual_seed(config.seed))
