@@ -165,6 +165,38 @@ async def test_the_call_ending_cancels_every_generation_on_it():
     await until(lambda: cancelled == ["x"])
 
 
+async def test_events_are_batched_by_size_and_one_too_large_for_the_channel_fails_only_its_stream(monkeypatch):
+    from worker.server import multiplex
+
+    monkeypatch.setattr(multiplex, "BATCH_BYTES", 300)
+    monkeypatch.setattr(multiplex, "MAX_MESSAGE_BYTES", 1000)
+    cancelled = []
+
+    async def generate(req, context):
+        try:
+            size = 2000 if req.request_id == "huge" else 100
+            for _ in range(5):
+                yield pb.GenerateResponse(choices=[pb.ChoiceDelta(text="x" * size)])
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            cancelled.append(req.request_id)
+            raise
+
+    calls = Calls()
+    calls.send(pb.MuxCall(stream=1, generate=pb.GenerateRequest(request_id="huge")),
+               pb.MuxCall(stream=2, generate=pb.GenerateRequest(request_id="small")))
+    events: dict[int, list] = {}
+    async for message in serve_multiplex(generate, calls):
+        assert message.ByteSize() <= 300 + 200 or len(message.events) == 1
+        for event in message.events:
+            events.setdefault(event.stream, []).append(event)
+        if any(e.end for e in events.get(2, [])) and 1 in events:
+            calls.close()
+    assert len(events[1]) == 1 and events[1][0].error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    assert [len(e.response.choices[0].text) for e in events[2] if e.HasField("response")] == [100] * 5
+    assert cancelled == ["huge"]
+
+
 # ---- gateway side: GrpcWorkerClient over a fake worker --------------------------------------------
 
 def client_for(worker: FakeWorker, *, multiplex: bool = True) -> GrpcWorkerClient:
@@ -322,3 +354,21 @@ async def test_chat_through_the_gateway_streams_over_one_multiplexed_call():
         assert [a.status_code for a in answers] == [200] * 6
         assert all(a.json()["usage"]["completion_tokens"] == 3 for a in answers)
         assert worker.servicer.multiplex_calls == 1
+
+
+async def test_a_request_too_large_for_the_channel_fails_alone_and_the_call_serves_the_others(monkeypatch):
+    from gateway.workers import multiplex
+
+    monkeypatch.setattr(multiplex, "MAX_MESSAGE_BYTES", 2000)
+    async with FakeWorker(FakeConfig(model=MODEL, max_model_len=4096)) as worker:
+        client = client_for(worker)
+        try:
+            huge = client.generate(request("word " * 1000, max_tokens=2))
+            small = client.generate(request("short one", max_tokens=2))
+            with pytest.raises(WorkerError) as caught:
+                await drain(huge)
+            assert caught.value.status is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert (await drain(small))[-1].usage.completion_tokens == 2
+            assert worker.servicer.multiplex_calls == 1 and len(worker.servicer.generate_requests) == 1
+        finally:
+            await client.close()

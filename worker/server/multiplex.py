@@ -22,7 +22,9 @@ from proto.ward.worker.v1 import worker_pb2 as pb
 
 log = logging.getLogger("ward.worker.server")
 
-MAX_EVENTS_PER_MESSAGE = 256  # keeps one message well under the channel's size limit
+MAX_EVENTS_PER_MESSAGE = 256
+BATCH_BYTES = 4 << 20  # events are batched up to this size; a larger one goes alone
+MAX_MESSAGE_BYTES = (64 << 20) - (64 << 10)  # the channels' message limit (64 MiB), less framing
 
 GenerateHandler = Callable[[pb.GenerateRequest, Any], AsyncIterator[pb.GenerateResponse]]
 
@@ -68,16 +70,46 @@ def _error_event(stream: int, code: grpc.StatusCode, details: str, trailers: tup
                                                          trailing_metadata=metadata))
 
 
+def _take_batch(outbox: list[pb.MuxEvent], too_large: Callable[[int, int], None]) -> list[pb.MuxEvent]:
+    """The next message's events, taken off ``outbox``: up to BATCH_BYTES (one larger event alone).
+    An event the channel could not carry is dropped and reported to ``too_large(stream, bytes)``,
+    which fails that stream instead of the whole call."""
+    batch: list[pb.MuxEvent] = []
+    size = 0
+    while outbox and len(batch) < MAX_EVENTS_PER_MESSAGE:
+        n = outbox[0].ByteSize()
+        if n > MAX_MESSAGE_BYTES:
+            too_large(outbox.pop(0).stream, n)
+            continue
+        if batch and size + n > BATCH_BYTES:
+            break
+        batch.append(outbox.pop(0))
+        size += n
+    return batch
+
+
 async def serve_multiplex(generate: GenerateHandler, requests: AsyncIterator[pb.MultiplexRequest],
                           context: Any = None) -> AsyncIterator[pb.MultiplexResponse]:
     """The Multiplex handler's body: runs ``generate`` per stream and yields their events, batched."""
     outbox: list[pb.MuxEvent] = []
     wake = asyncio.Event()
     running: dict[int, asyncio.Task] = {}
+    failed: set[int] = set()  # streams ended here for an oversized event: what they still emit is dropped
 
     def emit(event: pb.MuxEvent) -> None:
+        if event.stream in failed:
+            return
         outbox.append(event)
         wake.set()
+
+    def too_large(stream: int, size: int) -> None:
+        outbox[:] = [e for e in outbox if e.stream != stream]
+        outbox.insert(0, _error_event(stream, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                      f"a response of {size} bytes is larger than the channel's limit"))
+        failed.add(stream)
+        task = running.pop(stream, None)
+        if task is not None:
+            task.cancel()
 
     async def run_stream(stream: int, request: pb.GenerateRequest) -> None:
         try:
@@ -106,6 +138,7 @@ async def serve_multiplex(generate: GenerateHandler, requests: AsyncIterator[pb.
                 emit(_error_event(call.stream, grpc.StatusCode.INVALID_ARGUMENT,
                                   f"stream {call.stream} is already open on this call"))
                 return
+            failed.discard(call.stream)
             running[call.stream] = asyncio.ensure_future(run_stream(call.stream, call.generate))
 
     async def read() -> None:
@@ -118,9 +151,9 @@ async def serve_multiplex(generate: GenerateHandler, requests: AsyncIterator[pb.
     try:
         while True:
             if outbox:
-                batch = outbox[:MAX_EVENTS_PER_MESSAGE]
-                del outbox[:MAX_EVENTS_PER_MESSAGE]
-                yield pb.MultiplexResponse(events=batch)
+                batch = _take_batch(outbox, too_large)
+                if batch:
+                    yield pb.MultiplexResponse(events=batch)
                 continue
             if reader.done() and not running:
                 if not reader.cancelled() and reader.exception() is not None:
