@@ -126,10 +126,25 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
         {"x_ptr": BF16, "qw_ptr": "*i32", "s_ptr": BF16, "z_ptr": "*u8", "y_ptr": BF16},
         dict(GROUP=128, BLOCK_M=64, BLOCK_N=128, BLOCK_K=64, HAS_OFFSETS=False), num_warps=4, num_stages=3,
     ),
+    "int4_gemv": lambda: compile_variant(  # decode at batch 1: y stored in bf16, no split
+        int4_gemm._int4_gemv_kernel,
+        {"x_ptr": BF16, "qw_ptr": "*i32", "s_ptr": BF16, "z_ptr": "*u8", "y_ptr": BF16},
+        dict(GROUP=128, ROWS=2, BLOCK_N=64, BLOCK_K=128, HAS_OFFSETS=False, BITS=4, ATOMIC=False), num_warps=4,
+    ),
+    "int4_gemv_split": lambda: compile_variant(  # K split across programs, float32 partial sums
+        int4_gemm._int4_gemv_kernel,
+        {"x_ptr": BF16, "qw_ptr": "*i32", "s_ptr": BF16, "z_ptr": "*u8", "y_ptr": "*fp32"},
+        dict(GROUP=128, ROWS=2, BLOCK_N=32, BLOCK_K=128, HAS_OFFSETS=False, BITS=4, ATOMIC=True), num_warps=4,
+    ),
+    "int4_gemv_rows8": lambda: compile_variant(
+        int4_gemm._int4_gemv_rows_kernel,
+        {"x_ptr": BF16, "qw_ptr": "*i32", "s_ptr": BF16, "z_ptr": "*u8", "y_ptr": "*fp32"},
+        dict(GROUP=128, ROWS=8, BLOCK_N=128, BLOCK_K=32, HAS_OFFSETS=False, BITS=4), num_warps=4,
+    ),
     "int4_gemv_offsets": lambda: compile_variant(
         int4_gemm._int4_gemv_kernel,
         {"x_ptr": BF16, "qw_ptr": "*i32", "s_ptr": "*fp16", "z_ptr": "*fp16", "y_ptr": "*fp32"},
-        dict(GROUP=32, ROWS=2, BLOCK_N=128, BLOCK_K=32, HAS_OFFSETS=True), num_warps=4,
+        dict(GROUP=32, ROWS=2, BLOCK_N=32, BLOCK_K=32, HAS_OFFSETS=True, BITS=4, ATOMIC=True), num_warps=4,
     ),
     "int8_gemm": lambda: compile_variant(
         int4_gemm._int4_gemm_kernel,
@@ -139,7 +154,7 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     "int8_gemv_float32_offsets": lambda: compile_variant(
         int4_gemm._int4_gemv_kernel,
         {"x_ptr": BF16, "qw_ptr": "*i32", "s_ptr": "*fp32", "z_ptr": "*fp32", "y_ptr": "*fp32"},
-        dict(GROUP=32, ROWS=2, BLOCK_N=128, BLOCK_K=32, HAS_OFFSETS=True, BITS=8), num_warps=4,
+        dict(GROUP=32, ROWS=2, BLOCK_N=32, BLOCK_K=32, HAS_OFFSETS=True, BITS=8, ATOMIC=True), num_warps=4,
     ),
     "fp8_block_gemm": lambda: compile_variant(
         fp8_gemm._fp8_block_gemm_kernel,

@@ -91,6 +91,12 @@ INTERPRETER_CASES = {  # small shapes: the interpreter runs kernels in numpy
     "int4-gemv-g64": lambda: check_int4(3, 256, 128, 64, "gemv", "cpu"),
     "int4-gemm-offsets": lambda: check_int4(17, 128, 64, 32, "gemm", "cpu", offsets=True),
     "int4-gemv-offsets": lambda: check_int4(2, 128, 64, 32, "gemv", "cpu", offsets=True),
+    # wide enough that each program takes all of K and stores y itself (no split, no atomics); ragged N
+    "int4-gemv-g128-wide": lambda: check_int4(1, 256, 520, 128, "gemv", "cpu"),
+    "int4-gemv-rows5-wide": lambda: check_int4(5, 256, 512, 64, "gemv", "cpu"),
+    "int4-gemv-g12": lambda: check_int4(1, 96, 64, 12, "gemv", "cpu"),  # no K tile fits a group of 12
+    "int4-gemv-per-channel": lambda: check_int4(1, 384, 96, 384, "gemv", "cpu"),
+    "int8-gemv-offsets-wide": lambda: check_int4(1, 128, 512, 32, "gemv", "cpu", offsets=True, bits=8),
     "int8-gemm-g32": lambda: check_int4(9, 128, 96, 32, "gemm", "cpu", bits=8),
     "int8-gemv-g128": lambda: check_int4(3, 256, 128, 128, "gemv", "cpu", bits=8),
     "int8-gemm-offsets": lambda: check_int4(17, 128, 64, 32, "gemm", "cpu", offsets=True, bits=8),

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# On a GPU machine, one call: the steps named in STEPS, each only if it can finish inside BUDGET
+# seconds of the call. Results and logs land in $OUT (bench-out by default).
+#   int4       the INT4 GEMV against earlier versions of the module (bench/int4_variants/*.py, when
+#              present) and cuBLAS bf16, then a sweep of its tile plan (bench/int4_gemv.py)
+#   quant      the quantized kernels' GPU tests (tests/test_quant_kernels.py, tests/test_quantization.py)
+#   awq        INT4 Llama-3.1-8B shape, batch-1 decode       awq70b   the 70B INT4 shape on one card
+#   fp8        FP8 weights, batch 1 and 1,000 x 256/256      fp8kv    an FP8 KV cache, the same
+#   serving    the governed stack at LEVELS (bench/gpu_serving.sh; .gpu/gw-wheels and .peer's tools)
+#   serving_ab the same with routing.multiplex on, then off (a Generate call per request)
+set -u
+OUT=${OUT:-$PWD/bench-out}
+BUDGET=${BUDGET:-570}
+STEPS=${STEPS:-int4 quant awq serving awq70b fp8 fp8kv}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/card.txt"
+left() { echo $((BUDGET - SECONDS)); }
+step() {  # name, seconds it may take, command...
+  local name=$1 need=$2; shift 2
+  if [ "$(left)" -lt "$need" ]; then echo "$name: not run ($(left) s left)"; return; fi
+  timeout "$need" "$@" > "$OUT/$name.txt" 2>&1
+  echo "$name rc=$? ($SECONDS s): $(grep -E '^(startup|batch1|offline|mixed|[0-9]+ passed|.*(passed|failed))' "$OUT/$name.txt" | cut -c1-260 | tr '\n' ' ')"
+  grep -iE "error|Traceback" "$OUT/$name.txt" | grep -v "_err" | tail -3
+}
+bench() { local name=$1 need=$2; shift 2; step "$name" "$need" python3 -m ward bench offline --out "$OUT/$name" "$@"; }
+serving() {  # name, then environment assignments for the stack
+  local name=$1; shift
+  if [ ! -d .gpu/gw-wheels ] || [ "$(left)" -lt 150 ]; then echo "$name: not run ($(left) s left)"; return; fi
+  env "$@" OUT="$OUT/$name" LEVELS="${LEVELS:-1 64 256}" timeout 140 bash bench/gpu_serving.sh > "$OUT/$name.txt" 2>&1
+  echo "$name ($SECONDS s):"; grep -E '^\{"concurrency' "$OUT/$name.txt" | cut -c1-330
+}
+for s in $STEPS; do
+  case $s in
+    int4)
+      VARIANTS=()
+      for f in bench/int4_variants/*.py; do [ -f "$f" ] && VARIANTS+=(--variant "$(basename "$f" .py)=$f"); done
+      step int4_gemv 120 python3 bench/int4_gemv.py "${VARIANTS[@]}"
+      grep -E '"best"|"shape"' "$OUT/int4_gemv.txt" | cut -c1-420 ;;
+    quant) step quant_tests 150 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/test_quant_kernels.py tests/test_quantization.py
+      tail -3 "$OUT/quant_tests.txt" ;;
+    awq) bench awq_b1 80 --model llama-3.1-8b-awq --workloads batch1 ;;
+    awq70b) bench awq70b_b1 110 --model llama-3.1-70b-awq --workloads batch1 --max-num-seqs 128 ;;
+    fp8) bench fp8 100 --model llama-3.1-8b --quantization fp8 --workloads batch1,offline_256_256 ;;
+    fp8kv) bench fp8kv 80 --model llama-3.1-8b --kv-cache-dtype fp8 --workloads batch1,offline_256_256 ;;
+    serving) serving serving WARD_ROUTING__MULTIPLEX=true ;;
+    serving_ab) serving serving_mux WARD_ROUTING__MULTIPLEX=true; serving serving_calls WARD_ROUTING__MULTIPLEX=false ;;
+    *) echo "unknown step $s" >&2 ;;
+  esac
+done
