@@ -31,6 +31,20 @@ def check_int4(M: int, K: int, N: int, group: int, force: str | None, device: st
     return float((got - want).abs().max() / want.abs().max())
 
 
+def check_fp8_gemv(M: int, K: int, N: int, device: str, dtype=torch.float32) -> float:
+    """The weight-only FP8 GEMV of decode against the de-quantized weights."""
+    from worker.kernels.fp8_gemv import fp8_gemv
+    from worker.model.quant.linear import quantize_fp8_per_channel
+
+    gen = torch.Generator().manual_seed(M + K + N)
+    q, scale = quantize_fp8_per_channel(torch.randn(N, K, generator=gen) * 0.05)
+    x = torch.randn(M, K, generator=gen).to(dtype)
+    want = x.float() @ (q.float() * scale).t()
+    dev = torch.device(device)
+    got = fp8_gemv(x.to(dev), q.to(dev), scale.to(dev)).float().cpu()
+    return float((got - want).abs().max() / want.abs().max())
+
+
 def block_quantize(w: torch.Tensor, bn: int = 128, bk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     N, K = w.shape
     s = torch.empty(math.ceil(N / bn), math.ceil(K / bk))
@@ -101,6 +115,8 @@ INTERPRETER_CASES = {  # small shapes: the interpreter runs kernels in numpy
     "int8-gemv-g128": lambda: check_int4(3, 256, 128, 128, "gemv", "cpu", bits=8),
     "int8-gemm-offsets": lambda: check_int4(17, 128, 64, 32, "gemm", "cpu", offsets=True, bits=8),
     "fp8-block-gemm": lambda: check_fp8_block(20, 384, 200, "cpu"),
+    "fp8-gemv-1": lambda: check_fp8_gemv(1, 256, 72, "cpu"),
+    "fp8-gemv-ragged": lambda: check_fp8_gemv(5, 200, 40, "cpu"),
     "fp8-moe-channel": lambda: check_fp8_moe(5, 4, 2, 64, 48, False, "cpu"),
     "fp8-moe-block": lambda: check_fp8_moe(9, 4, 2, 256, 128, True, "cpu"),
 }

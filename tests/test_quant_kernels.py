@@ -17,7 +17,13 @@ TESTS_DIR = Path(__file__).resolve().parent
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
-from quant_kernels_cases import INTERPRETER_CASES, check_fp8_block, check_fp8_moe, check_int4  # noqa: E402
+from quant_kernels_cases import (  # noqa: E402
+    INTERPRETER_CASES,
+    check_fp8_block,
+    check_fp8_gemv,
+    check_fp8_moe,
+    check_int4,
+)
 
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 
@@ -109,3 +115,12 @@ def test_fp8_scaled_mm_layer_matches_its_reference(M):
     want = (xq.float() * xs) @ (layer.weight.float() * layer.weight_scale).t() + layer.bias.float()
     got = layer(x).float()
     assert float((got - want).abs().max() / want.abs().max()) < 2e-2
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("M", [1, 2, 5, 8])
+def test_fp8_gemv_matches_dequantized_reference(M):
+    """Decode with e4m3 weights: Llama-3.1-8B's qkv and down projection shapes."""
+    assert check_fp8_gemv(M, 4096, 6144, "cuda", torch.bfloat16) < 2e-2
+    assert check_fp8_gemv(M, 14336, 4096, "cuda", torch.bfloat16) < 2e-2

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Callable
 
 import torch
@@ -29,6 +30,11 @@ Placer = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 # a row-parallel rank's per-channel amax -> the maximum over the ranks (FP8 at load under tensor
 # parallelism), so every rank scales its part of a row as one GPU would scale the whole row
 AmaxReduce = Callable[[torch.Tensor], torch.Tensor]
+
+
+# Decode (up to 8 rows) through the weight-only FP8 GEMV (worker/kernels/fp8_gemv.py) instead of
+# per-token quantization plus torch._scaled_mm: opt-in until it is measured against that path on a GPU.
+FP8_DECODE_GEMV = os.environ.get("WARD_FP8_DECODE_GEMV") == "1"
 
 
 def _cuda_fp8_ok(device: torch.device) -> bool:
@@ -174,6 +180,11 @@ class Fp8Linear(QuantLinear):
 
                 xq, xs = quantize_fp8_per_token_block(x.reshape(-1, x.shape[-1]), self.qc.block_size[1])
                 y = fp8_block_gemm(xq, xs, self.weight, self.weight_scale_inv, self.qc.block_size, x.dtype)
+                return self._add_bias(y.reshape(*x.shape[:-1], -1))
+            if FP8_DECODE_GEMV and x.numel() <= 8 * x.shape[-1]:
+                from worker.kernels.fp8_gemv import fp8_gemv
+
+                y = fp8_gemv(x.reshape(-1, x.shape[-1]).contiguous(), self.weight, self.weight_scale)
                 return self._add_bias(y.reshape(*x.shape[:-1], -1))
             return self._add_bias(self._scaled_mm(x))
         return nn.functional.linear(x, self.dequantized_weight(x.dtype), self.bias)
