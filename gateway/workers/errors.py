@@ -7,6 +7,7 @@ The worker signals a machine-readable reason for a refusal in the gRPC trailing 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 
 import grpc
 
@@ -70,14 +71,21 @@ class WorkerError(Exception):
 
 def from_rpc_error(exc: grpc.aio.AioRpcError, address: str) -> WorkerError:
     """The WorkerError for a failed gRPC call, reading ``ward-error-code`` from its trailers."""
+    return worker_error(exc.code(), exc.details() or "", exc.trailing_metadata() or (), address)
+
+
+def worker_error(status: grpc.StatusCode, details: str, trailers: Iterable[tuple[str, str | bytes]],
+                 address: str) -> WorkerError:
+    """The WorkerError for a status and its trailing metadata (a gRPC call's, or a multiplexed
+    stream's ``MuxStatus``): ``ward-error-code`` and ``ward-retry-after-ms`` read from the trailers."""
     code = retry_after_ms = None
-    for key, value in exc.trailing_metadata() or ():
+    for key, value in trailers:
         text = value.decode() if isinstance(value, bytes) else value
         if key == ERROR_CODE_METADATA_KEY:
             code = text
         elif key == RETRY_AFTER_METADATA_KEY and text.isdigit():
             retry_after_ms = int(text)
-    return WorkerError(exc.code(), exc.details() or "", code=code, address=address, retry_after_ms=retry_after_ms)
+    return WorkerError(status, details, code=code, address=address, retry_after_ms=retry_after_ms)
 
 
 def to_openai_error(err: WorkerError, *, model: str, prompt_param: str = "messages") -> OpenAIError:

@@ -21,12 +21,7 @@ from collections.abc import Callable
 
 import grpc
 
-from gateway.workers.errors import (
-    ERROR_CODE_METADATA_KEY,
-    RETRY_AFTER_METADATA_KEY,
-    WorkerError,
-    from_rpc_error,
-)
+from gateway.workers.errors import WorkerError, from_rpc_error, worker_error
 from proto.ward.worker.v1 import worker_pb2 as pb
 
 log = logging.getLogger("ward.gateway.workers")
@@ -40,11 +35,8 @@ MAX_MESSAGE_BYTES = (64 << 20) - (64 << 10)  # the channels' message limit (64 M
 
 def _stream_error(status: pb.MuxStatus, address: str) -> WorkerError:
     """The WorkerError a Generate call that ended with this status would have raised."""
-    metadata = status.trailing_metadata
-    retry_after = metadata.get(RETRY_AFTER_METADATA_KEY, "")
-    return WorkerError(_STATUS_BY_CODE.get(status.code, grpc.StatusCode.UNKNOWN), status.details,
-                       code=metadata.get(ERROR_CODE_METADATA_KEY) or None, address=address,
-                       retry_after_ms=int(retry_after) if retry_after.isdigit() else None)
+    return worker_error(_STATUS_BY_CODE.get(status.code, grpc.StatusCode.UNKNOWN), status.details,
+                        status.trailing_metadata.items(), address)
 
 
 class MuxGenerateStream:
