@@ -166,10 +166,10 @@ async def test_the_call_ending_cancels_every_generation_on_it():
 
 
 async def test_events_are_batched_by_size_and_one_too_large_for_the_channel_fails_only_its_stream(monkeypatch):
-    from worker.server import multiplex
+    from proto import batching
 
-    monkeypatch.setattr(multiplex, "BATCH_BYTES", 300)
-    monkeypatch.setattr(multiplex, "MAX_MESSAGE_BYTES", 1000)
+    monkeypatch.setattr(batching, "BATCH_BYTES", 300)
+    monkeypatch.setattr(batching, "MAX_MESSAGE_BYTES", 1000)
     cancelled = []
 
     async def generate(req, context):
@@ -357,9 +357,9 @@ async def test_chat_through_the_gateway_streams_over_one_multiplexed_call():
 
 
 async def test_a_request_too_large_for_the_channel_fails_alone_and_the_call_serves_the_others(monkeypatch):
-    from gateway.workers import multiplex
+    from proto import batching
 
-    monkeypatch.setattr(multiplex, "MAX_MESSAGE_BYTES", 2000)
+    monkeypatch.setattr(batching, "MAX_MESSAGE_BYTES", 2000)
     async with FakeWorker(FakeConfig(model=MODEL, max_model_len=4096)) as worker:
         client = client_for(worker)
         try:

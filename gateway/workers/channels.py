@@ -10,12 +10,11 @@ import grpc
 
 from gateway.auth.grpc_tls import gateway_channel_credentials, gateway_channel_options
 from gateway.auth.settings import WorkerTLSSettings, is_loopback_host
-
-_MiB = 1024 * 1024
+from proto.batching import MESSAGE_LIMIT_BYTES
 
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
-    ("grpc.max_receive_message_length", 64 * _MiB),  # large embedding batches
-    ("grpc.max_send_message_length", 64 * _MiB),
+    ("grpc.max_receive_message_length", MESSAGE_LIMIT_BYTES),  # large embedding batches
+    ("grpc.max_send_message_length", MESSAGE_LIMIT_BYTES),
     # A restarted worker is found again within a couple of seconds (gRPC's default backoff grows to 2 min).
     ("grpc.initial_reconnect_backoff_ms", 250),
     ("grpc.min_reconnect_backoff_ms", 250),

@@ -22,15 +22,13 @@ from collections.abc import Callable
 import grpc
 
 from gateway.workers.errors import WorkerError, from_rpc_error, worker_error
+from proto.batching import take_batch
 from proto.ward.worker.v1 import worker_pb2 as pb
 
 log = logging.getLogger("ward.gateway.workers")
 
 _END = object()  # a stream's normal end
 _STATUS_BY_CODE = {status.value[0]: status for status in grpc.StatusCode}
-MAX_CALLS_PER_MESSAGE = 256
-BATCH_BYTES = 4 << 20  # starts are batched up to this size; a larger one goes alone
-MAX_MESSAGE_BYTES = (64 << 20) - (64 << 10)  # the channels' message limit (64 MiB), less framing
 
 
 def _stream_error(status: pb.MuxStatus, address: str) -> WorkerError:
@@ -158,27 +156,13 @@ class _MuxCall:
         self._outbox.append(call)
         self._wake.set()
 
-    def _take_batch(self) -> list[pb.MuxCall]:
-        """The next message's calls, taken off the outbox: up to BATCH_BYTES (one larger call alone).
-        A request the channel could not carry fails its own stream, as its Generate call would,
-        instead of the whole call."""
-        outbox = self._outbox
-        batch: list[pb.MuxCall] = []
-        size = 0
-        while outbox and len(batch) < MAX_CALLS_PER_MESSAGE:
-            n = outbox[0].ByteSize()
-            if n > MAX_MESSAGE_BYTES:
-                stream = self._streams.pop(outbox.pop(0).stream, None)
-                if stream is not None:
-                    stream._finish(WorkerError(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                               f"a request of {n} bytes is larger than the channel's limit",
-                                               address=self.address))
-                continue
-            if batch and size + n > BATCH_BYTES:
-                break
-            batch.append(outbox.pop(0))
-            size += n
-        return batch
+    def _too_large(self, call: pb.MuxCall, size: int) -> None:
+        """A request the channel could not carry fails its own stream, as its Generate call would."""
+        stream = self._streams.pop(call.stream, None)
+        if stream is not None:
+            stream._finish(WorkerError(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                       f"a request of {size} bytes is larger than the channel's limit",
+                                       address=self.address))
 
     async def _write(self) -> None:
         try:
@@ -186,7 +170,7 @@ class _MuxCall:
                 await self._wake.wait()
                 self._wake.clear()
                 while self._outbox:
-                    batch = self._take_batch()
+                    batch = take_batch(self._outbox, self._too_large)
                     if batch:
                         await self._call.write(pb.MultiplexRequest(calls=batch))
         except asyncio.CancelledError:

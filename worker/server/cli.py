@@ -151,6 +151,7 @@ def _build(args):
 async def serve(args) -> int:
     import grpc
 
+    from proto.batching import MESSAGE_LIMIT_BYTES
     from proto.ward.worker.v1 import worker_pb2_grpc as pb_grpc
     from worker.server.admission import AdmissionLimits
     from worker.server.async_engine import AsyncEngine
@@ -185,8 +186,8 @@ async def serve(args) -> int:
     servicer.metrics_text = metrics.text
     # SO_REUSEPORT off: gRPC turns it on by default, which lets a second worker start silently on a
     # port already in use and share its connections with the first.
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
-                                      ("grpc.max_send_message_length", 64 << 20),
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", MESSAGE_LIMIT_BYTES),
+                                      ("grpc.max_send_message_length", MESSAGE_LIMIT_BYTES),
                                       ("grpc.so_reuseport", 0)])
     pb_grpc.add_WorkerServicer_to_server(servicer, server)
     address = f"{args.host}:{args.port}"

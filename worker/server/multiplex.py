@@ -18,13 +18,10 @@ from typing import Any
 
 import grpc
 
+from proto.batching import take_batch
 from proto.ward.worker.v1 import worker_pb2 as pb
 
 log = logging.getLogger("ward.worker.server")
-
-MAX_EVENTS_PER_MESSAGE = 256
-BATCH_BYTES = 4 << 20  # events are batched up to this size; a larger one goes alone
-MAX_MESSAGE_BYTES = (64 << 20) - (64 << 10)  # the channels' message limit (64 MiB), less framing
 
 GenerateHandler = Callable[[pb.GenerateRequest, Any], AsyncIterator[pb.GenerateResponse]]
 
@@ -70,24 +67,6 @@ def _error_event(stream: int, code: grpc.StatusCode, details: str, trailers: tup
                                                          trailing_metadata=metadata))
 
 
-def _take_batch(outbox: list[pb.MuxEvent], too_large: Callable[[int, int], None]) -> list[pb.MuxEvent]:
-    """The next message's events, taken off ``outbox``: up to BATCH_BYTES (one larger event alone).
-    An event the channel could not carry is dropped and reported to ``too_large(stream, bytes)``,
-    which fails that stream instead of the whole call."""
-    batch: list[pb.MuxEvent] = []
-    size = 0
-    while outbox and len(batch) < MAX_EVENTS_PER_MESSAGE:
-        n = outbox[0].ByteSize()
-        if n > MAX_MESSAGE_BYTES:
-            too_large(outbox.pop(0).stream, n)
-            continue
-        if batch and size + n > BATCH_BYTES:
-            break
-        batch.append(outbox.pop(0))
-        size += n
-    return batch
-
-
 async def serve_multiplex(generate: GenerateHandler, requests: AsyncIterator[pb.MultiplexRequest],
                           context: Any = None) -> AsyncIterator[pb.MultiplexResponse]:
     """The Multiplex handler's body: runs ``generate`` per stream and yields their events, batched."""
@@ -102,7 +81,8 @@ async def serve_multiplex(generate: GenerateHandler, requests: AsyncIterator[pb.
         outbox.append(event)
         wake.set()
 
-    def too_large(stream: int, size: int) -> None:
+    def too_large(event: pb.MuxEvent, size: int) -> None:
+        stream = event.stream
         outbox[:] = [e for e in outbox if e.stream != stream]
         outbox.insert(0, _error_event(stream, grpc.StatusCode.RESOURCE_EXHAUSTED,
                                       f"a response of {size} bytes is larger than the channel's limit"))
@@ -151,7 +131,7 @@ async def serve_multiplex(generate: GenerateHandler, requests: AsyncIterator[pb.
     try:
         while True:
             if outbox:
-                batch = _take_batch(outbox, too_large)
+                batch = take_batch(outbox, too_large)
                 if batch:
                     yield pb.MultiplexResponse(events=batch)
                 continue
