@@ -13,12 +13,11 @@ the W8A8 path on a GPU (``bench/int4_gemv.py`` prints both per layer; ``bench/gp
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
+from worker.kernels.attention import num_sms
 from worker.kernels.errors import KernelInputError
 
 FP8_GEMV_MAX_ROWS = 8
@@ -65,7 +64,7 @@ def fp8_gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torc
     if scale.numel() != N:
         raise KernelInputError(f"scale must hold one value per output channel ({N}), got {tuple(scale.shape)}")
     y = torch.empty(M, N, dtype=x.dtype, device=x.device)
-    block_n = _block_n(N, _num_sms(x.device))
+    block_n = _block_n(N, num_sms(x.device))
     _fp8_gemv_kernel[(triton.cdiv(N, block_n),)](
         x, weight, scale.reshape(-1), y, M, N, K, x.stride(0), weight.stride(0), y.stride(0),
         ROWS=max(2, triton.next_power_of_2(M)), BLOCK_N=block_n, BLOCK_K=128, num_warps=4)
@@ -78,10 +77,3 @@ def _block_n(N: int, sms: int) -> int:
         if triton.cdiv(N, block_n) >= 2 * sms:
             return block_n
     return 8
-
-
-@functools.lru_cache(maxsize=None)
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    return torch.cuda.get_device_properties(device).multi_processor_count

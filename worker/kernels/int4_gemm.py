@@ -10,12 +10,11 @@ float32.
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
+from worker.kernels.attention import num_sms
 from worker.kernels.errors import KernelInputError
 
 GEMV_MAX_ROWS = 8
@@ -220,14 +219,19 @@ def _gemv_plan(N: int, K: int, block_k: int, sms: int) -> tuple[int, int]:
     return block_n, max(1, min(K // block_k, triton.cdiv(4 * sms, columns)))
 
 
+def _k_ranges(K: int, splits: int, block_k: int) -> tuple[int, int]:
+    """(K per program, programs along K) for about ``splits`` programs, each with whole K tiles."""
+    k_per_split = triton.cdiv(triton.cdiv(K, splits), block_k) * block_k
+    return k_per_split, triton.cdiv(K, k_per_split)
+
+
 def _gemv(x, qweight, scales, zeros, group_size: int, bits: int, has_offsets: bool, M: int, N: int, K: int):
     rows = max(2, triton.next_power_of_2(M))
     block_k = _gemv_block_k(group_size, bits)
     if rows > 2 or group_size % block_k:  # several rows, or groups no K tile fits in
         return _gemv_rows(x, qweight, scales, zeros, group_size, bits, has_offsets, M, N, K, rows)
-    block_n, splits = _gemv_plan(N, K, block_k, _num_sms(x.device))
-    k_per_split = triton.cdiv(triton.cdiv(K, splits), block_k) * block_k
-    splits = triton.cdiv(K, k_per_split)
+    block_n, splits = _gemv_plan(N, K, block_k, num_sms(x.device))
+    k_per_split, splits = _k_ranges(K, splits, block_k)
     atomic = splits > 1
     y = torch.zeros(M, N, dtype=torch.float32, device=x.device) if atomic else torch.empty(M, N, dtype=x.dtype,
                                                                                            device=x.device)
@@ -244,18 +248,10 @@ def _gemv_rows(x, qweight, scales, zeros, group_size: int, bits: int, has_offset
     block_n, block_k = 128, 32
     col_programs = triton.cdiv(N, block_n)
     # enough programs to cover the SMs several times, each with whole K tiles
-    splits = max(1, min(K // block_k, 4 * _num_sms(x.device) // max(col_programs, 1)))
-    k_per_split = triton.cdiv(triton.cdiv(K, splits), block_k) * block_k
-    splits = triton.cdiv(K, k_per_split)
+    splits = max(1, min(K // block_k, 4 * num_sms(x.device) // max(col_programs, 1)))
+    k_per_split, splits = _k_ranges(K, splits, block_k)
     _int4_gemv_rows_kernel[(col_programs, splits)](
         x, qweight, scales, zeros, y, M, N, K, k_per_split, x.stride(0), qweight.stride(0), scales.stride(0),
         y.stride(0), GROUP=group_size, ROWS=rows, BLOCK_N=block_n, BLOCK_K=block_k, HAS_OFFSETS=has_offsets,
         BITS=bits, num_warps=4)
     return y.to(x.dtype)
-
-
-@functools.lru_cache(maxsize=None)
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    return torch.cuda.get_device_properties(device).multi_processor_count

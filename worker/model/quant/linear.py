@@ -181,11 +181,12 @@ class Fp8Linear(QuantLinear):
                 xq, xs = quantize_fp8_per_token_block(x.reshape(-1, x.shape[-1]), self.qc.block_size[1])
                 y = fp8_block_gemm(xq, xs, self.weight, self.weight_scale_inv, self.qc.block_size, x.dtype)
                 return self._add_bias(y.reshape(*x.shape[:-1], -1))
-            if FP8_DECODE_GEMV and x.numel() <= 8 * x.shape[-1]:
-                from worker.kernels.fp8_gemv import fp8_gemv
+            if FP8_DECODE_GEMV:
+                from worker.kernels.fp8_gemv import FP8_GEMV_MAX_ROWS, fp8_gemv
 
-                y = fp8_gemv(x.reshape(-1, x.shape[-1]).contiguous(), self.weight, self.weight_scale)
-                return self._add_bias(y.reshape(*x.shape[:-1], -1))
+                if x.numel() <= FP8_GEMV_MAX_ROWS * x.shape[-1]:
+                    y = fp8_gemv(x.reshape(-1, x.shape[-1]).contiguous(), self.weight, self.weight_scale)
+                    return self._add_bias(y.reshape(*x.shape[:-1], -1))
             return self._add_bias(self._scaled_mm(x))
         return nn.functional.linear(x, self.dequantized_weight(x.dtype), self.bias)
 
