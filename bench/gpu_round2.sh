@@ -28,7 +28,9 @@ run() {  # name, then ward bench offline arguments
 for step in $STEPS; do
   case $step in
     tests)
-      timeout 240 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/ > "$OUT/gpu_tests.txt" 2>&1
+      # the GPU image lacks the gateway's packages: collect only the files that hold GPU tests
+      timeout 240 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu --continue-on-collection-errors \
+        $(grep -l "mark.gpu" tests/*.py) > "$OUT/gpu_tests.txt" 2>&1
       tail -15 "$OUT/gpu_tests.txt" ;;
     bf16) run bf16 --model llama-3.1-8b --workloads latency,batch1,offline_256_256,offline_1024_128,mixed ;;
     fp8) run fp8 --model llama-3.1-8b --quantization fp8 --workloads latency,batch1,offline_256_256,offline_1024_128,mixed ;;
