@@ -135,7 +135,7 @@ class GrpcWorkerClient:
 
     async def close(self) -> None:
         if self._mux is not None:
-            self._mux.close()
+            await self._mux.aclose()
         await self._channel.close()
 
     async def _unary(self, method, request, timeout: float | None):

@@ -147,10 +147,15 @@ class _MuxCall:
         streams, self._streams = self._streams, {}
         for stream in streams.values():
             stream._finish(err)
-        for task in (self._writer, self._reader):
-            if task is not asyncio.current_task():
-                task.cancel()
+        # Cancelling the call completes its pending read and write in gRPC's core, which ends the
+        # reader and writer by themselves; cancelling their tasks instead would leave those
+        # operations to complete later, possibly after the event loop has closed.
         self._call.cancel()
+        self._wake.set()
+
+    async def ended(self, timeout_s: float = 2.0) -> None:
+        """Waits (at most ``timeout_s``) until the reader and writer are done, after ``abandon``."""
+        await asyncio.wait((self._writer, self._reader), timeout=timeout_s)
 
     def _send(self, call: pb.MuxCall) -> None:
         self._outbox.append(call)
@@ -166,10 +171,10 @@ class _MuxCall:
 
     async def _write(self) -> None:
         try:
-            while True:
+            while not self.failed:
                 await self._wake.wait()
                 self._wake.clear()
-                while self._outbox:
+                while self._outbox and not self.failed:
                     batch = take_batch(self._outbox, self._too_large)
                     if batch:
                         await self._call.write(pb.MultiplexRequest(calls=batch))
@@ -218,7 +223,7 @@ class _MuxCall:
         self.failed = True
         self.mux.forget(self)
         streams, self._streams = self._streams, {}
-        self._writer.cancel()
+        self._wake.set()  # the writer sees the call failed and ends
         for stream in streams.values():
             stream._send_as_call(self.mux.open_call)
 
@@ -245,7 +250,9 @@ class GenerateMux:
         if self._current is call:
             self._current = None
 
-    def close(self) -> None:
-        if self._current is not None:
-            self._current.abandon(WorkerError(grpc.StatusCode.UNAVAILABLE, "the gateway is closing",
-                                              address=self.address))
+    async def aclose(self) -> None:
+        """Ends the current call (its open streams fail with UNAVAILABLE) and waits until it is done."""
+        call = self._current
+        if call is not None:
+            call.abandon(WorkerError(grpc.StatusCode.UNAVAILABLE, "the gateway is closing", address=self.address))
+            await call.ended()

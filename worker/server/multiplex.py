@@ -142,6 +142,7 @@ async def serve_multiplex(generate: GenerateHandler, requests: AsyncIterator[pb.
             wake.clear()
             await wake.wait()
     finally:
-        reader.cancel()
-        for task in list(running.values()):
+        tasks = [reader, *running.values()]
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # nothing of this call outlives it
