@@ -195,14 +195,23 @@ def test_a_full_worker_answers_503_a_team_over_its_share_429_and_another_team_st
         assert over_share.json()["error"]["code"] == "team_share_exceeded" and over_share.headers["retry-after"]
         assert not other_team.done()  # it waits in the queue, it was not refused
         # the engine's and the admission queue's state, on the worker's endpoint and relayed by the gateway
-        own = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
-        relayed = httpx.get(gateway.url + "/metrics").text
-        for text, label in ((own, ""), (relayed, f'worker="{worker.address}"')):
-            for name in ("ward_num_requests_running", "ward_num_requests_waiting", "ward_kv_cache_usage_perc",
-                         "ward_prefix_cache_hit_rate", "ward_num_preemptions_total", "ward_num_waiting_prompt_tokens",
-                         'ward_team_num_requests_waiting{model_name="smollm2-135m-instruct",team="cardiology"',
-                         'ward_team_served_tokens_total{model_name="smollm2-135m-instruct",team="radiology"',
-                         'ward_admission_refusals_total{model_name="smollm2-135m-instruct",reason="team_share_exceeded"'):
+        names = ("ward_num_requests_running", "ward_num_requests_waiting", "ward_kv_cache_usage_perc",
+                 "ward_prefix_cache_hit_rate", "ward_num_preemptions_total", "ward_num_waiting_prompt_tokens",
+                 'ward_team_num_requests_waiting{model_name="smollm2-135m-instruct",team="cardiology"',
+                 'ward_team_served_tokens_total{model_name="smollm2-135m-instruct",team="radiology"',
+                 'ward_admission_refusals_total{model_name="smollm2-135m-instruct",reason="team_share_exceeded"')
+        scraped: dict[str, str] = {}
+
+        def engine_has_seen_the_other_team() -> bool:
+            # admission counts a request while it is still tokenized, before the engine holds it as waiting
+            scraped["own"] = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+            scraped["relayed"] = httpx.get(gateway.url + "/metrics").text
+            return all(names[6] in text for text in scraped.values())
+
+        assert wait_until(engine_has_seen_the_other_team, 30), scraped
+        own = scraped["own"]
+        for text, label in ((own, ""), (scraped["relayed"], f'worker="{worker.address}"')):
+            for name in names:
                 lines = [line for line in text.splitlines() if line.startswith(name)]
                 assert lines and all(label in line for line in lines), (name, label)
         refusals = [line for line in own.splitlines() if line.startswith("ward_admission_refusals_total")]
