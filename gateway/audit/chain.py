@@ -16,6 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import Connection, Engine, exc, insert, select, update
 
+from gateway.audit.append_sql import AppendStatements
 from gateway.audit.canonical import as_utc, entry_hash
 from gateway.audit.entries import AppendResult, EntryDraft, EntryRef, entry_header
 from gateway.audit.errors import AuditUnavailable
@@ -65,6 +66,7 @@ class ChainStore:
         self.policy = policy or CheckpointPolicy()
         self.write_timeout_s = write_timeout_s
         self._sqlite = engine.dialect.name == "sqlite"
+        self._sql = AppendStatements(_LOCK_HEAD, _INSERT_ENTRIES, _UPDATE_HEAD, engine.dialect)
         # One connection kept open between appends: checking one out of the pool and resetting it
         # on return cost more CPU than the append itself (and a ping round trip on PostgreSQL).
         # Whichever thread holds the lock uses it; a concurrent caller takes a pooled one.
@@ -142,13 +144,13 @@ class ChainStore:
                 "SELECT set_config('lock_timeout', %(t)s, true), set_config('statement_timeout', %(t)s, true)",
                 {"t": str(timeout_ms)},
             )
-        row = conn.execute(_LOCK_HEAD).one()
+        row = self._sql.lock_head(conn)
         return Head(
-            last_seq=row.last_seq,
-            last_hash=row.last_hash,
-            last_time=as_utc(row.last_time),
-            last_checkpoint_seq=row.last_checkpoint_seq,
-            last_checkpoint_at=as_utc(row.last_checkpoint_at),
+            last_seq=row["last_seq"],
+            last_hash=row["last_hash"],
+            last_time=as_utc(row["last_time"]),
+            last_checkpoint_seq=row["last_checkpoint_seq"],
+            last_checkpoint_at=as_utc(row["last_checkpoint_at"]),
         )
 
     # --- public operations ---------------------------------------------------------------------
@@ -229,7 +231,7 @@ class ChainStore:
             result.refs.append(EntryRef(entry_id=draft.entry_id, seq=seq, entry_hash=digest))
             prev = digest
         if rows:
-            conn.execute(_INSERT_ENTRIES, rows)
+            self._sql.insert_entries(conn, rows)
         if seq > head.last_checkpoint_seq and (force_checkpoint or self._checkpoint_due(head, seq, now)):
             checkpoint = {"seq": seq, "entry_hash": prev, "created_at": now, "key_id": self.signer.key_id}
             conn.execute(_INSERT_CHECKPOINT, {**checkpoint, "signature": self.signer.sign(seq, prev, now)})
@@ -253,8 +255,8 @@ class ChainStore:
         # made to match it without the private key.
         signed_time = head.last_time or head.last_checkpoint_at or _utcnow()
         head.last_time = signed_time
-        conn.execute(
-            _UPDATE_HEAD,
+        self._sql.update_head(
+            conn,
             {
                 "last_seq": head.last_seq,
                 "last_hash": head.last_hash,
