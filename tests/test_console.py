@@ -151,6 +151,7 @@ async def test_sign_in_sign_out_and_changes_are_in_the_audit_log(gw):
         assert refused.status_code == 401
         token = (await sign_in(client, ADMIN_KEY))["csrf_token"]
         assert (await client.post("/admin/teams", json={"name": team}, headers={"x-csrf-token": token})).status_code == 201
+        assert (await client.get("/admin/teams")).status_code == 200  # an admin read through the console
         assert (await client.post("/console/sign-out", headers={"x-csrf-token": token})).status_code == 200
         after = await client.get("/admin/teams")
         assert after.status_code == 401  # the cookie is dead (and deleted)
