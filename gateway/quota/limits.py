@@ -30,6 +30,8 @@ class LimitKind(str, Enum):
 LIMIT_KINDS: tuple[LimitKind, ...] = tuple(LimitKind)
 TOKEN_KINDS = frozenset({LimitKind.TOKENS_PER_MINUTE, LimitKind.TOKENS_PER_DAY, LimitKind.TOKENS_PER_MONTH})
 
+_KIND_FIELDS = tuple((kind, kind.value) for kind in LimitKind)  # read per request: no Enum lookups
+
 NonNegativeInt = Annotated[int, Field(ge=0, le=2**50)]  # bounded so Lua's doubles stay exact
 
 
@@ -56,7 +58,7 @@ class QuotaLimits(BaseModel):
 
     def kinds(self) -> set[LimitKind]:
         """The kinds this scope actually limits."""
-        return {kind for kind in LimitKind if self.get(kind) is not None}
+        return {kind for kind, name in _KIND_FIELDS if getattr(self, name) is not None}
 
 
 UNLIMITED = QuotaLimits()
