@@ -6,7 +6,8 @@ import stat
 import time
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import select, update
+import pytest
+from sqlalchemy import exc, func, select, update
 
 from gateway.audit.canonical import GENESIS_HASH, as_utc
 from gateway.audit.capture import CaptureLevel, Redactor
@@ -155,6 +156,22 @@ def test_appends_share_one_kept_connection_and_survive_its_loss(engine, signer, 
     assert store._held is None
     report = verify_chain(engine, trusted)
     assert report.ok and report.entries == 6
+
+
+def test_a_statement_failing_on_the_driver_raises_sqlalchemys_error_and_leaves_the_chain_as_it_was(engine, signer, trusted):
+    """The append's statements run on the driver's cursor (append_sql.py): a failure there still
+    raises SQLAlchemy's exception type, rolls the whole batch back, and the next append goes on."""
+    store = make_store(engine, signer)
+    first = _drafts(2)
+    store.append(first)
+    with pytest.raises(exc.IntegrityError):
+        store.append(_drafts(1, start=2) + [first[0]])  # the same entry id twice: a unique violation
+    with engine.connect() as conn:
+        assert conn.execute(select(HEAD.c.last_seq)).scalar_one() == 2
+        assert conn.execute(select(func.count()).select_from(ENTRIES)).scalar_one() == 2
+    assert [r.seq for r in store.append(_drafts(1, start=3)).refs] == [3]
+    report = verify_chain(engine, trusted)
+    assert report.ok and report.entries == 3
 
 
 def test_concurrent_appends_from_threads_stay_gap_free(engine, signer, trusted):
