@@ -15,7 +15,7 @@ from starlette.responses import Response
 from gateway.auth.errors import PermissionDenied
 from gateway.auth.principal import Role
 from gateway.http.request_context import RequestContext
-from gateway.http.errors import ClientDisconnected, InvalidRequest, OpenAIError, ServerShuttingDown
+from gateway.http.errors import ClientDisconnected, InvalidRequest
 from gateway.serving.sse import EventStream, dumps
 from gateway.http.sse_response import EventStreamResponse
 
@@ -130,28 +130,34 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Awaits ``work``; if the client disconnects first, cancels it and raises ClientDisconnected.
 
     If the gateway's shutdown cuts the request first, cancels it and raises ServerShuttingDown (503).
+    The work runs in the caller's task (a task of its own and a wait on both cost two task switches
+    and a loop iteration per request): a disconnect cancels the caller's task, and either way the
+    work's own cleanup (cancelling the worker call) has run when this raises.
     """
-    task = asyncio.ensure_future(work)
+    task = asyncio.current_task()
+    disconnected = False
+
+    def on_disconnect(watcher: asyncio.Future) -> None:
+        nonlocal disconnected
+        # Called by the loop, so never while the task runs: the task is suspended inside ``work``.
+        if not watcher.cancelled() and watcher.exception() is None:
+            disconnected = True
+            task.cancel(msg="client disconnected")
+
     watcher = asyncio.ensure_future(_disconnect(request))
-    ended: OpenAIError = ClientDisconnected()
+    watcher.add_done_callback(on_disconnect)
     try:
-        await request.app.state.ward.shutdown.interruptibly(
-            asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
-        )
-    except ServerShuttingDown as cut:
-        ended = cut
+        result = await request.app.state.ward.shutdown.interruptibly(work)
     except asyncio.CancelledError:
-        task.cancel()
-        watcher.cancel()
+        if disconnected and task.uncancel() == 0:  # nobody else cancelled the request's task
+            raise ClientDisconnected() from None
         raise
-    watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    await asyncio.wait((task,))  # its cleanup (cancelling the worker call) runs to the end
-    if not task.cancelled():
-        task.exception()  # retrieved and dropped: the disconnect (or the shutdown) is what happened
-    raise ended
+    finally:
+        watcher.remove_done_callback(on_disconnect)
+        watcher.cancel()
+    if disconnected:  # the work finished despite the cancellation: its answer is still returned
+        task.uncancel()
+    return result
 
 
 async def _disconnect(request: Request) -> None:
