@@ -152,6 +152,11 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
         if disconnected and task.uncancel() == 0:  # nobody else cancelled the request's task
             raise ClientDisconnected() from None
         raise
+    except Exception:
+        if disconnected:  # the work's cleanup turned the cancellation into an error: the disconnect is what happened
+            task.uncancel()
+            raise ClientDisconnected() from None
+        raise
     finally:
         watcher.remove_done_callback(on_disconnect)
         watcher.cancel()
