@@ -29,14 +29,9 @@ from gateway.auth.http_errors import install_auth_error_handlers  # noqa: E402
 from gateway.auth.principal import Principal, Role  # noqa: E402
 from gateway.auth.settings import AuthSettings  # noqa: E402
 from gateway.db import create_db_engine, upgrade_to_head  # noqa: E402
+from ports import free_port  # noqa: E402
 
 PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sqlite_url(directory: pathlib.Path) -> str:

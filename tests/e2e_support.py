@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-import socket
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,8 @@ from proto.ward.worker.v1 import worker_pb2 as pb
 from proto.ward.worker.v1 import worker_pb2_grpc as pb_grpc
 from ward.supervisor import Child, Supervisor
 
+from ports import free_port
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GENERATE_MODEL = "smollm2-135m-instruct"
 EMBED_MODEL = "all-minilm-l6-v2"
@@ -32,12 +33,6 @@ READY_PREFIX = "WARD_WORKER_READY"
 SMALL_ENGINE = ("--max-model-len", "1024", "--max-num-seqs", "16", "--num-kv-blocks", "256", "--device", "cpu")
 FAST_ROUTING = {"poll_interval_s": 0.2, "poll_timeout_s": 1.0, "dead_after_s": 2.0}
 START_TIMEOUT_S = 180.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def clean_env(**extra: str) -> dict[str, str]:

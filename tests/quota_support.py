@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -13,6 +12,8 @@ import uuid
 from pathlib import Path
 
 import redis
+
+from ports import free_port
 
 TEST_REDIS_URL = os.environ.get("WARD_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
@@ -59,12 +60,6 @@ def delete_prefix(url: str, prefix: str) -> int:
         return len(keys)
     finally:
         client.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PrivateRedis:

@@ -26,6 +26,7 @@ from gateway.audit.verify import verify_chain
 from gateway.http.errors import RateLimited
 from gateway.hooks import HookChain, NoopHooks
 from gateway.settings import GatewaySettings
+from ports import free_port
 from test_audit_support import db_url, pg_module_url  # noqa: F401
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -238,11 +239,8 @@ uvicorn.run(build_app(settings), host="127.0.0.1", port=int(port), log_level="wa
 
 def test_sigkill_of_the_gateway_under_streaming_load(db_url, fake_worker, tmp_path):
     import signal
-    import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     gateway = subprocess.Popen(
         [sys.executable, "-c", GATEWAY_SCRIPT, db_url, str(tmp_path), str(fake_worker), str(port), CARDIO_KEY], cwd=ROOT
     )
@@ -316,11 +314,7 @@ def test_sigkill_of_the_gateway_under_streaming_load(db_url, fake_worker, tmp_pa
 
 
 def _start_gateway(db_url: str, data_dir, worker_port: int):
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-c", GATEWAY_SCRIPT, db_url, str(data_dir), str(worker_port), str(port), CARDIO_KEY], cwd=ROOT
     )

@@ -18,6 +18,7 @@ from gateway.audit.reader import AuditReader, ReadScope, RecordFilter
 from gateway.audit.service import create_audit_engine
 from gateway.audit.spool import Spool
 from gateway.audit.verify import verify_chain
+from ports import free_port
 from test_audit_support import (  # noqa: F401
     make_log,
     make_store,
@@ -190,16 +191,13 @@ class PrivateCluster:
     def __init__(self):
         import glob
         import shutil
-        import socket
         import tempfile
 
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl")) or ([shutil.which("pg_ctl")] if shutil.which("pg_ctl") else [])
         assert found, "PostgreSQL server binaries (pg_ctl, initdb) are needed for the database-stop tests"
         self.bin = os.path.dirname(found[-1])
         self.base = tempfile.mkdtemp(prefix="ward-audit-pg-", dir="/tmp")
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, *args: str) -> None:

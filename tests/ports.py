@@ -1,0 +1,48 @@
+"""Ports for the processes a test starts, picked outside the kernel's ephemeral range.
+
+A port found free by binding port 0 comes from the ephemeral range, where the kernel keeps handing
+out ports to outgoing connections (gRPC channels, HTTP clients, the database drivers): between the
+test picking it and the child process binding it, another socket could take it ("Address already in
+use", seen once in a full run). Below that range only listeners bind, and this process never hands
+out the same port twice.
+"""
+from __future__ import annotations
+
+import pathlib
+import random
+import socket
+
+_handed_out: set[int] = set()
+_LOWEST = 20000
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0  # not Linux: fall back to the kernel's choice
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    """A port no socket of this machine holds now, below the ephemeral range where it can."""
+    top = _ephemeral_start()
+    if top - _LOWEST >= 1000:
+        for _ in range(200):
+            port = random.randrange(_LOWEST, top)
+            if port not in _handed_out and _bindable(port):
+                _handed_out.add(port)
+                return port
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    _handed_out.add(port)
+    return port
