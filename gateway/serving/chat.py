@@ -103,7 +103,9 @@ class ChatFormatter:
             if stream is None:
                 stream = self._tool_streams[index] = ToolCallStream(self.tools.fmt, forced=self.tools.forced)
             text = stream.feed(text)
-        if text or (self.logprobs and delta.logprobs):
+        if text and not self.logprobs:
+            out += self._template.encode_content(index, text)
+        elif text or (self.logprobs and delta.logprobs):
             logprobs = chat_logprobs(delta.logprobs) if self.logprobs else None
             out += self._template.encode(
                 {"index": index, "delta": {"content": text}, "logprobs": logprobs, "finish_reason": None}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from json.encoder import encode_basestring  # the escaping dumps does with ensure_ascii=False
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -17,9 +18,14 @@ from proto.ward.worker.v1 import worker_pb2 as pb
 DONE = b"data: [DONE]\n\n"
 
 
+# One encoder for every call: json.dumps with other than its default arguments builds a new
+# JSONEncoder per call, a third of the time of encoding a token's chunk.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(obj: Any) -> str:
     """Compact JSON, UTF-8 kept as is (the encoding OpenAI uses on the wire)."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(obj)
 
 
 def event(obj: Any) -> bytes:
@@ -38,6 +44,13 @@ class ChunkTemplate:
 
     def encode(self, choice: dict[str, Any]) -> bytes:
         return (self._head + dumps(choice) + self._tail).encode()
+
+    def encode_content(self, index: int, text: str) -> bytes:
+        """The chat chunk of one choice's new text, the one sent per token: what ``encode`` gives for
+        ``{"index": index, "delta": {"content": text}, "logprobs": None, "finish_reason": None}``,
+        with only the text left to escape."""
+        return (f'{self._head}{{"index":{int(index)},"delta":{{"content":{encode_basestring(text)}}},'
+                f'"logprobs":null,"finish_reason":null}}{self._tail}').encode()
 
 
 @dataclass(frozen=True)
