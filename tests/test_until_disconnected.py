@@ -28,6 +28,14 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def waits_for_the_worker(cleaned: list, mark: object = True) -> None:
+    """A request's work that waits long on its worker; its cleanup appends ``mark`` to ``cleaned``."""
+    try:
+        await asyncio.sleep(30)
+    finally:
+        cleaned.append(mark)
+
+
 def test_the_work_runs_in_the_callers_task_and_its_result_comes_back():
     async def main():
         request = FakeRequest()
@@ -49,16 +57,9 @@ def test_a_disconnect_cancels_the_work_runs_its_cleanup_and_raises_client_discon
     async def main():
         request = FakeRequest()
         cleaned = []
-
-        async def work():
-            try:
-                await asyncio.sleep(30)
-            finally:
-                cleaned.append("worker call cancelled")
-
         asyncio.get_running_loop().call_later(0.05, request.gone.set)
         with pytest.raises(ClientDisconnected):
-            await until_disconnected(request, work())
+            await until_disconnected(request, waits_for_the_worker(cleaned, "worker call cancelled"))
         assert cleaned == ["worker call cancelled"]
         assert asyncio.current_task().cancelling() == 0  # later awaits of the request are not cancelled
         await asyncio.sleep(0)
@@ -88,16 +89,9 @@ def test_the_shutdowns_cut_ends_the_work_with_server_shutting_down():
     async def main():
         request = FakeRequest()
         cleaned = []
-
-        async def work():
-            try:
-                await asyncio.sleep(30)
-            finally:
-                cleaned.append(True)
-
         asyncio.get_running_loop().call_later(0.05, request.app.state.ward.shutdown.cut)
         with pytest.raises(ServerShuttingDown):
-            await until_disconnected(request, work())
+            await until_disconnected(request, waits_for_the_worker(cleaned))
         assert cleaned == [True]
 
     run(main())
@@ -107,14 +101,7 @@ def test_cancelling_the_request_from_outside_is_not_taken_for_a_disconnect():
     async def main():
         request = FakeRequest()
         cleaned = []
-
-        async def work():
-            try:
-                await asyncio.sleep(30)
-            finally:
-                cleaned.append(True)
-
-        task = asyncio.ensure_future(until_disconnected(request, work()))
+        task = asyncio.ensure_future(until_disconnected(request, waits_for_the_worker(cleaned)))
         await asyncio.sleep(0.05)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -96,17 +96,18 @@ class AppendStatements:
         return head
 
     def insert_entries(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-        if self._time_to_db is not None:
-            convert = self._time_to_db
-            rows = [{**row, "recorded_at": convert(row["recorded_at"]), "occurred_at": convert(row["occurred_at"])}
-                    for row in rows]
+        rows = [self._times_to_db(row, ("recorded_at", "occurred_at")) for row in rows]
         if len(rows) == 1:
             self._insert_entries.execute(conn, rows[0])
         else:
             self._insert_entries.execute_many(conn, rows)
 
     def update_head(self, conn: Connection, values: dict[str, Any]) -> None:
-        if self._time_to_db is not None:
-            values = {**values, "last_time": self._time_to_db(values["last_time"]),
-                      "last_checkpoint_at": self._time_to_db(values["last_checkpoint_at"])}
-        self._update_head.execute(conn, values)
+        self._update_head.execute(conn, self._times_to_db(values, ("last_time", "last_checkpoint_at")))
+
+    def _times_to_db(self, values: dict[str, Any], names: tuple[str, ...]) -> dict[str, Any]:
+        """``values`` with the datetime columns ``names`` as the dialect stores them."""
+        convert = self._time_to_db
+        if convert is None:
+            return values
+        return {**values, **{name: convert(values[name]) for name in names}}
