@@ -26,6 +26,9 @@ class EngineConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 16384  # offline default; `ward worker` uses 8192 for latency
     enable_chunked_prefill: bool = True
+    # admission keeps KV room for every running request's prompt and first this-many outputs, so a
+    # new request does not force a running one out to be recomputed (0: admit while blocks are free)
+    reserved_output_tokens: int = 256
     attention_backend: str = "auto"  # auto, torch, triton, flash_attn, flashinfer
     enforce_eager: bool = False  # True: no CUDA graphs
     cuda_graph_max_batch: int = 512
@@ -62,6 +65,8 @@ class EngineConfig:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.reserved_output_tokens < 0:
+            raise ValueError(f"reserved_output_tokens must be >= 0, got {self.reserved_output_tokens}")
         if self.tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
         if self.distributed_timeout <= 0:

@@ -56,7 +56,8 @@ class OfflineBench:
         dt, ntok = self.run(self.prompts(n, n_in), self.params(n_out))
         s = self.llm.engine.stats()
         return {"req_s": round(n / dt, 2), "out_tok_s": round(ntok / dt, 1), "seconds": round(dt, 2),
-                "kv_waste_time_weighted": round(s.kv_waste_time_weighted, 4), "preemptions": s.num_preemptions}
+                "kv_waste_time_weighted": round(s.kv_waste_time_weighted, 4), "preemptions": s.num_preemptions,
+                "reserve_waits": s.num_reserve_waits}
 
     def mixed(self) -> dict:
         rng2 = random.Random(1)
@@ -69,7 +70,8 @@ class OfflineBench:
         dt, ntok = self.run(prompts, params)
         s = self.llm.engine.stats()
         return {"out_tok_s": round(ntok / dt, 1), "seconds": round(dt, 2), "out_tokens": ntok,
-                "kv_waste_time_weighted": round(s.kv_waste_time_weighted, 4), "preemptions": s.num_preemptions}
+                "kv_waste_time_weighted": round(s.kv_waste_time_weighted, 4), "preemptions": s.num_preemptions,
+                "reserve_waits": s.num_reserve_waits}
 
     def structured(self) -> dict:
         """Output tokens/s with a JSON schema on every request vs without, at batch 1 and 64 (the

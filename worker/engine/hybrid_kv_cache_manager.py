@@ -88,6 +88,22 @@ class HybridKVCacheManager(KVPoolAccounting):
         global_only = (total - windows) // len(self._global) * bs if total > windows else 0
         return max(every_group, global_only)
 
+    def blocks_to_hold(self, request: Request, num_tokens: int, num_cached_tokens: int = 0) -> int:
+        """Blocks the request would still take from the pool, over all groups, to hold its first
+        ``num_tokens`` tokens besides what it holds and a prefix-cache hit of ``num_cached_tokens``; a
+        sliding group never holds more than its window's blocks and one."""
+        bs = self.block_size
+        st = self.reqs.get(request.request_id)
+        held = (len(st.groups[0]) if st else 0) + num_cached_tokens // bs
+        need = -(-num_tokens // bs) - held
+        if need <= 0:
+            return 0
+        total = need * len(self._global)
+        for g in self._sliding:
+            held_g = len(st.groups[g]) - st.released[g] if st else 0
+            total += max(0, min(need, -(-self.windows[g] // bs) + 1 - held_g))
+        return total
+
     def _first_needed(self, group: int, first_query: int) -> int:
         """The first block the query at ``first_query`` reads in a sliding group."""
         return max(0, first_query - self.windows[group] + 1) // self.block_size

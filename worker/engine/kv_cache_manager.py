@@ -73,6 +73,15 @@ class KVCacheManager(KVPoolAccounting):
     def blocks_needed(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
+    def blocks_to_hold(self, request: Request, num_tokens: int, num_cached_tokens: int = 0) -> int:
+        """Blocks the request would still take from the pool to hold its first ``num_tokens`` tokens,
+        besides what it holds and the ``num_cached_tokens`` a prefix-cache hit gives it (0 if none)."""
+        held = len(self.req_blocks.get(request.request_id, ())) + num_cached_tokens // self.block_size
+        need = self.blocks_needed(num_tokens) - held
+        if self.sliding_window is not None:  # blocks that fall out of the window are given back
+            need = min(need, self.blocks_needed(self.sliding_window) + 1 - self.num_held_blocks(request.request_id))
+        return max(0, need)
+
     def get_computed_blocks(self, request: Request) -> tuple[list[KVBlock], int]:
         """The longest cached prefix of the request's full blocks, and how many tokens it covers.
 

@@ -56,6 +56,7 @@ class EngineStats:
     num_generated_tokens: int
     num_tokens_computed: int
     num_waiting_prompt_tokens: int = 0  # tokens of the waiting requests (admission control's bound)
+    num_reserve_waits: int = 0  # steps whose admissions stopped to keep the running requests' KV room
     teams: dict[str, TeamStats] = dataclasses.field(default_factory=dict)  # "" is the default account
 
 
@@ -82,6 +83,7 @@ class LLMEngine(RequestPreparation):
             max_num_batched_tokens=config.max_num_batched_tokens,
             max_model_len=self.max_model_len,
             enable_chunked_prefill=config.enable_chunked_prefill,
+            reserved_output_tokens=config.reserved_output_tokens,
         )
         if not config.enable_chunked_prefill and config.max_num_batched_tokens < self.max_model_len:
             raise ValueError("without chunked prefill, max_num_batched_tokens must cover max_model_len")
@@ -237,6 +239,7 @@ class LLMEngine(RequestPreparation):
         """Starts the time-weighted and cumulative counters afresh (benchmarks measure one workload)."""
         self._waste_area = self._slot_area = 0.0
         self.scheduler.num_preemptions = 0
+        self.scheduler.num_reserve_waits = 0
 
     def stats(self) -> EngineStats:
         slots = self.kv.num_allocated_slots()
@@ -258,6 +261,7 @@ class LLMEngine(RequestPreparation):
             num_generated_tokens=self._generated,
             num_tokens_computed=self._tokens_computed,
             num_waiting_prompt_tokens=sum(t.waiting_tokens for t in self.scheduler.fair.teams.values()),
+            num_reserve_waits=self.scheduler.num_reserve_waits,
             teams={t.name: TeamStats(t.num_running, len(t.waiting), t.waiting_tokens, t.served_tokens)
                    for t in self.scheduler.fair.teams.values()},
         )

@@ -9,6 +9,12 @@ freed and it waits again, keeping its tokens): from the least urgent class, the 
 its share, its least urgent and latest request. Plain Python: the scheduler decides, the model
 runner executes.
 
+Preemption recomputes a prompt, so admission keeps room for the requests already running: with
+``reserved_output_tokens`` = R, a request is admitted only while the free blocks cover, after its
+own prompt and first R output tokens, every running request's rest of prompt and first R outputs.
+A request that may preempt a running one (a more urgent class, a starved team) is not held back by
+that room, and an empty batch always takes its first request.
+
 A request's ``num_computed_tokens`` advances when its tokens are scheduled. A request whose step
 reaches the end of its tokens will sample one more: that token is a placeholder until the step's
 output comes back, so the next step can be scheduled (and its input gathered on the device) while
@@ -40,8 +46,13 @@ class Scheduler:
         max_num_batched_tokens: int,
         max_model_len: int,
         enable_chunked_prefill: bool = True,
+        reserved_output_tokens: int = 0,
     ) -> None:
+        if reserved_output_tokens < 0:
+            raise ValueError(f"reserved_output_tokens must be >= 0, got {reserved_output_tokens}")
         self.kv = kv
+        self.reserved_output_tokens = reserved_output_tokens
+        self.num_reserve_waits = 0  # steps whose admissions stopped to keep the running requests' room
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.max_model_len = max_model_len
@@ -150,6 +161,7 @@ class Scheduler:
 
         # 2. Waiting requests fill what is left (not in a step that had to preempt).
         exhausted: set[str] = set()  # teams with nothing more to admit in this step
+        reserve: int | None = None  # blocks the running requests may still take (counted when first needed)
         while not preempted and budget > 0:
             team = fair.next_team(exhausted)
             if team is None:
@@ -171,6 +183,14 @@ class Scheduler:
             if not self.enable_chunked_prefill and n > budget:
                 break
             n = min(n, budget)
+            if self.reserved_output_tokens and self.running:
+                if reserve is None:
+                    reserve = sum(self.kv.blocks_to_hold(r, self._reserve_target(r)) for r in self.running)
+                need = self.kv.blocks_to_hold(req, self._reserve_target(req), num_hit)
+                if self.kv.pool.num_free_blocks - need < reserve and not any(
+                        fair.may_preempt(r, req) for r in self.running):
+                    self.num_reserve_waits += 1
+                    break
             new_block_ids = self.kv.allocate_slots(req, n, hits)
             if new_block_ids is None:
                 victim = fair.pick_victim(r for r in self.running if fair.may_preempt(r, req))
@@ -189,6 +209,8 @@ class Scheduler:
                 req.num_cached_tokens = num_hit
                 req.timings.first_scheduled = time.monotonic()
             self._add_running(req)
+            if reserve is not None:
+                reserve += self.kv.blocks_to_hold(req, self._reserve_target(req))
             num_scheduled[req.request_id] = n
             fair.charge(req, n)
             new_reqs[req.request_id] = NewRequestData(
@@ -284,6 +306,12 @@ class Scheduler:
         """No token beyond max_tokens or the context is worth computing (its output is known to end)."""
         return (req.num_output_tokens + req.num_placeholders >= req.max_tokens
                 or req.num_tokens_with_placeholders >= self.max_model_len)
+
+    def _reserve_target(self, req: Request) -> int:
+        """The tokens a request is kept room for: its prompt and first reserved outputs (at least what
+        it has, and the next token), within its max_tokens and the context."""
+        first = req.num_prompt_tokens + min(req.max_tokens, self.reserved_output_tokens)
+        return min(max(first, req.num_tokens + 1), self.max_model_len)
 
     def _blocked_by_sibling(self, req: Request) -> bool:
         leader = self.requests.get(req.wait_for) if req.wait_for else None

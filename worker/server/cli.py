@@ -25,6 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    p.add_argument("--reserved-output-tokens", type=int, default=256,
+                   help="admission keeps KV room for every running request's prompt and first N outputs "
+                        "(0: admit while blocks are free, preempting when they run out)")
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--num-kv-blocks", type=int, default=None)
     p.add_argument("--kv-cache-memory", type=int, default=None, help="KV pool budget in bytes")
@@ -135,7 +138,7 @@ def _build(args):
         model=args.model, served_model_name=name, dtype=args.dtype, device=args.device,
         load_format=args.load_format, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size,
-        num_kv_blocks=args.num_kv_blocks, kv_cache_memory_bytes=args.kv_cache_memory,
+        reserved_output_tokens=args.reserved_output_tokens, num_kv_blocks=args.num_kv_blocks, kv_cache_memory_bytes=args.kv_cache_memory,
         gpu_memory_utilization=args.gpu_memory_utilization, enable_prefix_caching=not args.no_prefix_caching,
         attention_backend=args.attention_backend, enforce_eager=args.enforce_eager,
         tensor_parallel_size=args.tensor_parallel_size,
