@@ -18,7 +18,34 @@ import sys
 import time
 import urllib.request
 
-from ward.benchmarks.stack import GovernedStack
+from ward.benchmarks.stack import GovernedStack, free_port
+
+# The worker's own view of each level: where a request's time to first token went inside the engine.
+_ENGINE_HISTOGRAMS = {"engine_ttft": "ward_time_to_first_token_seconds", "engine_queue": "ward_request_queue_time_seconds",
+                      "engine_prefill": "ward_request_prefill_time_seconds"}
+
+
+def scrape_engine_times(url: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the worker's latency histograms at ``url`` (its /metrics)."""
+    with urllib.request.urlopen(url, timeout=10) as r:
+        text = r.read().decode()
+    found: dict[str, list[float]] = {k: [0.0, 0.0] for k in _ENGINE_HISTOGRAMS}
+    for line in text.splitlines():
+        for key, name in _ENGINE_HISTOGRAMS.items():
+            for i, suffix in enumerate(("_sum", "_count")):
+                if line.startswith(name + suffix + "{") or line.startswith(name + suffix + " "):
+                    found[key][i] += float(line.rsplit(" ", 1)[1])
+    return {k: (v[0], v[1]) for k, v in found.items()}
+
+
+def engine_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Mean milliseconds of each histogram over the requests finished between two scrapes."""
+    out = {}
+    for key in _ENGINE_HISTOGRAMS:
+        total, count = after[key][0] - before[key][0], after[key][1] - before[key][1]
+        if count > 0:
+            out[f"{key}_mean_ms"] = round(1000 * total / count, 2)
+    return out
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -48,8 +75,9 @@ def run(a: argparse.Namespace) -> int:
     out = pathlib.Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     name = a.model
+    metrics_port = free_port()
     worker_args = ["--load-format", "dummy", "--device", a.device, "--max-model-len", str(a.max_model_len),
-                   "--dtype", "bfloat16"] + (["--engine-process"] if getattr(a, "engine_process", False) else [])
+                   "--dtype", "bfloat16", "--metrics-port", str(metrics_port)] + (["--engine-process"] if getattr(a, "engine_process", False) else [])
     report: dict = {"date": time.strftime("%Y-%m-%d"), "shape": name, "input": a.input, "output": a.output,
                     "engine_process": bool(getattr(a, "engine_process", False))}
     stack = GovernedStack("", name, worker_args, teams={"bench": {}}, out=out)
@@ -58,7 +86,9 @@ def run(a: argparse.Namespace) -> int:
         report["worker_ready_s"], report["stack_ready_s"] = stack.worker_ready_s, stack.stack_ready_s
         key, base = stack.keys["bench"], stack.base
         levels = []
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         for c in a.concurrency:
+            before = scrape_engine_times(metrics_url)
             res = subprocess.run([sys.executable, a.load_tool, base, name, "--concurrency", str(c), "--input",
                                   str(a.input), "--output", str(a.output), "--api-key", key],
                                  capture_output=True, text=True, env=stack.env, timeout=900)
@@ -67,8 +97,11 @@ def run(a: argparse.Namespace) -> int:
                 report["failed_level"] = {"concurrency": c, "stderr": res.stderr[-3000:]}
                 print(f"load tool failed at concurrency {c}:\n{res.stderr[-3000:]}", file=sys.stderr, flush=True)
                 break
-            levels.append(json.loads(line[-1]))
-            print(line[-1], flush=True)
+            level = json.loads(line[-1])
+            # the load tool's warm-up request finishes inside the level too: one request in 2c+1
+            level.update(engine_means(before, scrape_engine_times(metrics_url)))
+            levels.append(level)
+            print(json.dumps(level), flush=True)
         report["levels"] = levels
         probe = urllib.request.Request(
             base + "/v1/completions", data=json.dumps({"model": name, "prompt": [1000, 1001], "max_tokens": 1}).encode(),

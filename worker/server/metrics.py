@@ -73,6 +73,9 @@ class _EngineCollector:
         yield counter("ward_prefix_cache_queries", "Prompt tokens looked up in the prefix cache.", s.prefix_cache_queries)
         yield counter("ward_prefix_cache_hits", "Prompt tokens found in the prefix cache.", s.prefix_cache_hits)
         yield counter("ward_num_preemptions", "Requests preempted (recomputed later) since start.", s.num_preemptions)
+        yield counter("ward_num_reserve_waits",
+                      "Steps whose admissions stopped to keep KV room for the running requests, since start.",
+                      s.num_reserve_waits)
         yield gauge("ward_num_waiting_prompt_tokens", "Tokens of the requests waiting to be scheduled.",
                     s.num_waiting_prompt_tokens)
 
@@ -107,6 +110,10 @@ class WorkerMetrics:
         self.ttft = Histogram("ward_time_to_first_token_seconds", "Time to first token.", lbl, buckets=_LATENCY, registry=r)
         self.itl = Histogram("ward_inter_token_latency_seconds", "Time between tokens.", lbl, buckets=_ITL, registry=r)
         self.e2e = Histogram("ward_e2e_request_latency_seconds", "Arrival to last token.", lbl, buckets=_LATENCY, registry=r)
+        self.queue = Histogram("ward_request_queue_time_seconds", "Arrival to first scheduled (waiting).", lbl,
+                               buckets=_LATENCY, registry=r)
+        self.prefill = Histogram("ward_request_prefill_time_seconds", "First scheduled to first token (prefill).", lbl,
+                                 buckets=_LATENCY, registry=r)
 
     def observe_finished(self, out: RequestOutput) -> None:
         m = self.model
@@ -119,6 +126,11 @@ class WorkerMetrics:
                 self.ttft.labels(m).observe(out.metrics.time_to_first_token)
             for x in out.metrics.inter_token_latencies:
                 self.itl.labels(m).observe(x)
+            scheduled, first = out.metrics.first_scheduled_time, out.metrics.first_token_time
+            if scheduled is not None:
+                self.queue.labels(m).observe(max(0.0, scheduled - out.metrics.arrival_time))
+                if first is not None:
+                    self.prefill.labels(m).observe(max(0.0, first - scheduled))
             end = out.metrics.last_token_time or time.monotonic()
             self.e2e.labels(m).observe(max(0.0, end - out.metrics.arrival_time))
 

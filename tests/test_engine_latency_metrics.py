@@ -1,0 +1,65 @@
+"""The worker's split of a request's time to first token (waiting, then prefill), its count of
+admissions held back for KV room, and how `ward bench serving` reads them per load level."""
+from __future__ import annotations
+
+import http.server
+import threading
+
+from ward.benchmarks.serving import engine_means, scrape_engine_times
+from worker.engine.llm_engine import EngineStats
+from worker.outputs import CompletionOutput, RequestMetrics, RequestOutput
+from worker.server.metrics import WorkerMetrics
+
+
+def finished(arrival: float, scheduled: float | None, first: float) -> RequestOutput:
+    metrics = RequestMetrics(arrival_time=arrival, first_scheduled_time=scheduled, first_token_time=first,
+                             last_token_time=first + 1.0, time_to_first_token=first - arrival)
+    return RequestOutput("r", None, [1, 2], [CompletionOutput(0, "x", [3], finish_reason="length")], True,
+                         metrics=metrics)
+
+
+def stats(**overrides) -> EngineStats:
+    base = dict(num_running=0, num_waiting=0, kv_blocks_used=0, kv_blocks_total=10, kv_usage=0.0, kv_waste=0.0,
+                kv_waste_time_weighted=0.0, prefix_cache_queries=0, prefix_cache_hits=0, prefix_cache_hit_rate=0.0,
+                num_preemptions=0, num_steps=0, num_generated_tokens=0, num_tokens_computed=0)
+    return EngineStats(**{**base, **overrides})
+
+
+def serve_text(text: str):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = text.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def test_queue_and_prefill_times_split_the_time_to_first_token_and_the_benchmark_reads_their_means():
+    m = WorkerMetrics(lambda: stats(num_reserve_waits=3), "model-a")
+    empty = m.text()
+    m.observe_finished(finished(10.0, 10.5, 10.75))
+    m.observe_finished(finished(20.0, 20.25, 21.0))
+    m.observe_finished(finished(30.0, None, 30.5))  # never scheduled (aborted while waiting): no split
+    text = m.text()
+    assert 'ward_num_reserve_waits_total{model_name="model-a"} 3.0' in text
+    assert 'ward_request_queue_time_seconds_count{model_name="model-a"} 2.0' in text
+    assert 'ward_request_prefill_time_seconds_count{model_name="model-a"} 2.0' in text
+    before_server, after_server = serve_text(empty), serve_text(text)
+    try:
+        before = scrape_engine_times(f"http://127.0.0.1:{before_server.server_port}/metrics")
+        after = scrape_engine_times(f"http://127.0.0.1:{after_server.server_port}/metrics")
+    finally:
+        before_server.shutdown()
+        after_server.shutdown()
+    assert before == {"engine_ttft": (0.0, 0.0), "engine_queue": (0.0, 0.0), "engine_prefill": (0.0, 0.0)}
+    assert engine_means(before, after) == {"engine_ttft_mean_ms": 750.0, "engine_queue_mean_ms": 375.0,
+                                           "engine_prefill_mean_ms": 500.0}
+    assert engine_means(after, after) == {}  # nothing finished in between: no figure rather than a zero
