@@ -28,8 +28,10 @@ step() {  # name, seconds it may take, command...
   grep -iE "error|Traceback" "$OUT/$name.txt" | grep -v "_err" | tail -3
 }
 bench() { local name=$1 need=$2; shift 2; step "$name" "$need" python3 -m ward bench offline --out "$OUT/$name" "$@"; }
-serving() {  # name, then environment assignments for the stack
+RUNS=0
+serving() {  # name, then environment assignments for the stack (a step named twice keeps both runs)
   local name=$1; shift
+  RUNS=$((RUNS + 1)); [ -e "$OUT/$name" ] && name="$name-$RUNS"
   if [ ! -d .gpu/gw-wheels ] || [ "$(left)" -lt 150 ]; then echo "$name: not run ($(left) s left)"; return; fi
   env "$@" OUT="$OUT/$name" LEVELS="${LEVELS:-1 64 256}" timeout 140 bash bench/gpu_serving.sh > "$OUT/$name.txt" 2>&1
   echo "$name ($SECONDS s):"; grep -E '^\{"concurrency' "$OUT/$name.txt" | cut -c1-330
