@@ -272,3 +272,34 @@ async def test_a_refusal_after_dispatch_cancels_the_worker_call_and_withdraws_th
     rows = await quotas.usage(TEAM, today, today, UsageGroupBy.MODEL)
     assert [r.requests for r in rows] == [1]
     await quotas.aclose()
+
+
+async def test_a_prompt_of_token_ids_is_counted_by_its_ids_without_a_tokenize_call():
+    """Even where the shortcut is closed (a concurrency limit is in play, so every request is admitted
+    before dispatch), a token-id prompt's count is its length: no Tokenize round trip, the same exact
+    reservation and usage; ids outside the vocabulary are refused before the quota reserves anything."""
+    quotas = quota_service("defaults: {tokens_per_minute: 100000, max_concurrent: 10}")
+    ids = [1000, 1001, 1002, 1003, 1004, 1005, 1006]
+    async with FakeWorker(FakeConfig(model=MODEL)) as chat:
+        async with running_gateway({MODEL: [chat]}, **with_quotas(quotas)) as gw:
+            answer = await gw.client.post("/v1/completions", json={"model": MODEL, "prompt": ids, "max_tokens": 5})
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["usage"]["prompt_tokens"] == len(ids)
+            assert int(answer.headers["x-ratelimit-remaining-tokens"]) == 100000 - (len(ids) + 5)
+            streamed = await gw.client.post("/v1/completions", json={"model": MODEL, "prompt": [ids, ids[:3]],
+                                                                      "max_tokens": 2, "stream": True})
+            assert streamed.status_code == 200 and parse_sse(streamed.text)[-1] == "[DONE]"
+            assert chat.servicer.tokenize_requests == []
+            assert not any(r.report_prompt_tokens for r in chat.servicer.generate_requests)
+            dispatched = len(chat.servicer.generate_requests)
+            beyond = await gw.client.post("/v1/completions", json={"model": MODEL, "prompt": [5, 10**6], "max_tokens": 2})
+            assert beyond.status_code == 400
+            assert beyond.json()["error"]["type"] == "invalid_request_error"
+            assert "out of range" in beyond.json()["error"]["message"]
+            assert len(chat.servicer.generate_requests) == dispatched
+            text = await gw.client.post("/v1/completions", json={"model": MODEL, "prompt": "three short words", "max_tokens": 2})
+            assert text.status_code == 200 and len(chat.servicer.tokenize_requests) == 1  # text is still counted by the worker
+    today = dt.datetime.now(dt.timezone.utc).date()
+    [row] = await quotas.usage(TEAM, today, today, UsageGroupBy.DAY)
+    assert row.prompt_tokens == len(ids) + (len(ids) + 3) + 3 and row.requests == 3
+    await quotas.aclose()

@@ -222,9 +222,12 @@ class Dispatcher:
         raise to_openai_error(last, model=model, prompt_param=prompt_param)
 
     async def count_tokens(self, model: str, prompts: Sequence[pb.Prompt], *, prompt_param: str, team: str = "") -> int:
-        """The exact token count of ``prompts`` (summed), from the worker's Tokenize RPC."""
+        """The exact token count of ``prompts`` (summed): a prompt of token ids counts its ids, any
+        other is counted by the worker's Tokenize RPC."""
 
         async def one(prompt: pb.Prompt) -> int:
+            if prompt.WhichOneof("kind") == "token_ids":  # the worker takes the ids as they are
+                return len(prompt.token_ids.ids)
             request = pb.TokenizeRequest(model=model, prompt=prompt, team=team)
             response = await self.call(
                 None, model, lambda client: client.tokenize(request, TOKENIZE_TIMEOUT_S), prompt_param=prompt_param

@@ -2,13 +2,15 @@
 
 A worker reports ``max_prompt_bytes`` in ModelInfo: a prompt whose text is longer than that cannot
 fit in ``max_model_len`` tokens whatever it says, so a multi-megabyte body is answered 400 at once,
-without a Tokenize call or a place in a worker's queue. Token-id prompts are checked by length.
+without a Tokenize call or a place in a worker's queue. Token-id prompts are checked by length and
+against the vocabulary (their count needs no Tokenize call either, so nothing else checks them before
+the quota reserves for them).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.http.errors import ContextLengthExceeded
+from gateway.http.errors import ContextLengthExceeded, InvalidRequest
 from proto.ward.worker.v1 import worker_pb2 as pb
 
 
@@ -28,7 +30,11 @@ def check_prompt_sizes(info: pb.ModelInfoResponse | None, prompts: Sequence[pb.P
         return
     for prompt in prompts:
         if prompt.WhichOneof("kind") == "token_ids":
-            count = len(prompt.token_ids.ids)
+            ids = prompt.token_ids.ids
+            count = len(ids)
+            if info.vocab_size and count and (min(ids) < 0 or max(ids) >= info.vocab_size):
+                bad = [t for t in ids if not 0 <= t < info.vocab_size][:5]
+                raise InvalidRequest(f"token ids out of range [0, {info.vocab_size}): {bad}", param=param)
             if info.max_model_len and count > info.max_model_len:
                 raise ContextLengthExceeded(
                     f"This model's maximum context length is {info.max_model_len} tokens. However, your prompt "
