@@ -10,8 +10,8 @@
 #   serving    the governed stack at LEVELS (bench/gpu_serving.sh; .gpu/gw-wheels and .peer's tools)
 #   serving_ab the same with routing.multiplex on, then off (a Generate call per request)
 #   serving_ep the same with the worker's engine core in its own process (ward worker --engine-process)
-#   seqs       1,000 x 256/256 and 1,000 x 1,024/128 with 256, 512 and 1,024 sequences per step
-#              (vLLM's default on this class of card is 1,024)
+#   seqs       1,000 x 256/256 and 1,000 x 1,024/128 with 512 and 1,024 sequences per step (vLLM's
+#              default on this class of card is 1,024), each without and with a KV reserve of 256 outputs
 set -u
 OUT=${OUT:-$PWD/bench-out}
 BUDGET=${BUDGET:-570}
@@ -54,8 +54,10 @@ for s in $STEPS; do
     serving) serving serving WARD_ROUTING__MULTIPLEX=true ;;
     serving_ab) serving serving_mux WARD_ROUTING__MULTIPLEX=true; serving serving_calls WARD_ROUTING__MULTIPLEX=false ;;
     serving_ep) serving serving_ep WARD_ROUTING__MULTIPLEX=true ENGINE_PROCESS=1 ;;
-    seqs) for n in ${SEQS:-256 512 1024}; do
+    seqs) for n in ${SEQS:-512 1024}; do
             bench "seqs$n" 110 --workloads offline_256_256,offline_1024_128 --max-num-seqs "$n"
+            bench "seqs$n-reserve" 110 --workloads offline_256_256,offline_1024_128 --max-num-seqs "$n" \
+              --reserved-output-tokens 256
           done ;;
     *) echo "unknown step $s" >&2 ;;
   esac

@@ -70,8 +70,7 @@ def test_text_prompts_and_chat_go_through_the_same_tokenization(llm, reference):
 
 def test_under_preemption_output_is_identical(default_model_dir, reference):
     # 40 blocks of 16 tokens: far less than the 22 requests need together, enough for the longest alone.
-    small = LLM(model=default_model_dir, dtype="float32", device="cpu", num_kv_blocks=40,
-                reserved_output_tokens=0)  # admit past the room kept, so the pool runs dry
+    small = LLM(model=default_model_dir, dtype="float32", device="cpu", num_kv_blocks=40)
     outs = small.generate(as_prompts(reference), greedy())
     assert small.engine.stats().num_preemptions > 0
     check(outs, reference)

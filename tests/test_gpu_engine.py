@@ -138,8 +138,7 @@ def test_preemption_on_gpu_keeps_greedy_output(default_model_dir, hf_model):
     prompts = [{"prompt_token_ids": p} for p in _prompts(tok)]
     params = SamplingParams(temperature=0, max_tokens=NEW)
     roomy = LLM(model=default_model_dir, dtype="float32", device="cuda", num_kv_blocks=2000)
-    tight = LLM(model=default_model_dir, dtype="float32", device="cuda", num_kv_blocks=40,
-                reserved_output_tokens=0)  # admit past the room kept, so the pool runs dry
+    tight = LLM(model=default_model_dir, dtype="float32", device="cuda", num_kv_blocks=40)
     a = [o.outputs[0].token_ids for o in roomy.generate(prompts, params)]
     b = [o.outputs[0].token_ids for o in tight.generate(prompts, params)]
     assert tight.engine.stats().num_preemptions > 0

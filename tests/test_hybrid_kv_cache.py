@@ -282,7 +282,7 @@ def test_gemma3_under_preemption_gives_transformers_tokens(tmp_path, asynchronou
     prompts = [[rng.randrange(VOCAB) for _ in range(12)] for _ in range(3)] + [[5, 6, 7] * 5]
     expected = [_greedy_reference(hf, p, 30) for p in prompts]
     llm = LLM(model=str(tmp_path), device="cpu", dtype="float32", block_size=BS, num_kv_blocks=60, max_model_len=64,
-              max_num_batched_tokens=8, async_scheduling=asynchronous, reserved_output_tokens=0)
+              max_num_batched_tokens=8, async_scheduling=asynchronous)
     got, _ = run_greedy(llm, prompts, 30)
     assert got == expected
     assert llm.engine.scheduler.num_preemptions > 0

@@ -103,3 +103,19 @@ def test_a_negative_reserve_is_refused():
         EngineConfig(reserved_output_tokens=-1)
     with pytest.raises(ValueError, match="reserved_output_tokens"):
         scheduler(8, reserve=-1)
+
+
+def test_the_engine_takes_the_reserve_from_its_config_and_a_tight_pool_then_preempts_nothing(default_model_dir):
+    from worker import LLM, SamplingParams
+
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    prompts = [{"prompt_token_ids": list(range(100 + 7 * i, 160 + 7 * i))} for i in range(6)]
+    plain = LLM(model=default_model_dir, device="cpu", max_model_len=1024, num_kv_blocks=24)
+    kept = LLM(model=default_model_dir, device="cpu", max_model_len=1024, num_kv_blocks=24, reserved_output_tokens=256)
+    expected = [o.outputs[0].token_ids for o in plain.generate(prompts, params)]
+    got = [o.outputs[0].token_ids for o in kept.generate(prompts, params)]
+    assert got == expected
+    assert plain.engine.stats().num_preemptions > 0  # the pool is tight: without the reserve it preempts
+    stats = kept.engine.stats()
+    assert stats.num_preemptions == 0 and stats.num_reserve_waits > 0
+    assert kept.engine.kv.pool.num_used_blocks == 0

@@ -45,8 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--enforce-eager", action="store_true")
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=16384)
-    p.add_argument("--reserved-output-tokens", type=int, default=256,
-                   help="offline: KV room kept for every running request's first N outputs (0: none)")
+    p.add_argument("--reserved-output-tokens", type=int, default=0,
+                   help="offline: KV room kept for every running request's first N outputs (0: none, preempt)")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="offline: GPUs the model is split over")
     p.add_argument("--redis-url", help="gateway, quota: a Redis to measure (its keys are removed afterwards)")
     p.add_argument("--postgres", help="gateway, audit: a PostgreSQL server; a scratch database is made there and dropped")

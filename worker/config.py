@@ -26,9 +26,10 @@ class EngineConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 16384  # offline default; `ward worker` uses 8192 for latency
     enable_chunked_prefill: bool = True
-    # admission keeps KV room for every running request's prompt and first this-many outputs, so a
-    # new request does not force a running one out to be recomputed (0: admit while blocks are free)
-    reserved_output_tokens: int = 256
+    # > 0: admission keeps KV room for every running request's prompt and first this-many outputs, so
+    # a new request does not force a running one out to be recomputed; 0 (default, as vLLM): admit
+    # while blocks are free and preempt when they run out
+    reserved_output_tokens: int = 0
     attention_backend: str = "auto"  # auto, torch, triton, flash_attn, flashinfer
     enforce_eager: bool = False  # True: no CUDA graphs
     cuda_graph_max_batch: int = 512

@@ -25,9 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
-    p.add_argument("--reserved-output-tokens", type=int, default=256,
-                   help="admission keeps KV room for every running request's prompt and first N outputs "
-                        "(0: admit while blocks are free, preempting when they run out)")
+    p.add_argument("--reserved-output-tokens", type=int, default=0,
+                   help="N > 0: admission keeps KV room for every running request's prompt and first N outputs "
+                        "instead of preempting later (default 0: admit while blocks are free, preempt when they run out)")
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--num-kv-blocks", type=int, default=None)
     p.add_argument("--kv-cache-memory", type=int, default=None, help="KV pool budget in bytes")
