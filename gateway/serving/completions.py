@@ -10,6 +10,7 @@ from gateway.serving.generation import GenerationRun
 from gateway.serving.constraints import structured_output
 from gateway.serving.logprobs import CompletionLogprobs
 from gateway.serving.params import sampling_params
+from gateway.serving.prompt_size import check_token_ids
 from gateway.serving.sse import DONE, ChunkTemplate, EventStream, event
 from gateway.serving.text_generation import GenerationService, ResponseMeta
 from proto.ward.worker.v1 import worker_pb2 as pb
@@ -153,7 +154,9 @@ class CompletionService:
         ctx.stream = request.stream
         ctx.max_tokens = request.completion_budget()
         self.generation.check_model(request.model, "generate")
-        structured = structured_output(request, self.generation.pool.model_info(request.model))
+        info = self.generation.pool.model_info(request.model)
+        check_token_ids(info, prompts, param=PROMPT_PARAM)
+        structured = structured_output(request, info)
         meta = self.generation.meta(ctx, "cmpl-")
         return await self.generation.run(
             ctx,
