@@ -16,7 +16,10 @@ at these points, in this order:
    cancelled. Points 2 and 3 come after it.
 2. ``response_headers``: extra headers for the response (e.g. x-ratelimit-*), also sent on errors.
 3. ``on_start``: the request is about to be sent to a worker (a stream opens for streaming
-   requests). An audit record can be opened here.
+   requests). An audit record can be opened here; its write may go on while the worker starts.
+   ``before_response`` (optional): the worker's first response arrived and nothing was sent to the
+   client yet; raising refuses the request (its Generate call is cancelled). Writes begun in
+   ``on_start`` are made durable by here.
 4. ``on_first_token``: the first generated token arrived (generation endpoints only).
 5. ``before_finish``: the whole response is known (text per choice, finish reasons, usage) but its
    last byte — the non-streamed body, or the final chunks and ``data: [DONE]`` — is not sent yet and
@@ -52,7 +55,8 @@ class RequestHooks(Protocol):
 
     async def on_first_token(self, ctx: RequestContext) -> None: ...
 
-    # Optional: async def after_count(self, ctx) -> None (see the module's docstring).
+    # Optional: async def after_count(self, ctx) -> None and
+    # async def before_response(self, ctx) -> None (see the module's docstring).
 
     async def before_finish(self, ctx: RequestContext) -> None: ...
 
@@ -72,6 +76,9 @@ class NoopHooks:
         return {}
 
     async def on_start(self, ctx: RequestContext) -> None:
+        return None
+
+    async def before_response(self, ctx: RequestContext) -> None:
         return None
 
     async def on_first_token(self, ctx: RequestContext) -> None:
@@ -139,6 +146,12 @@ class HookChain(NoopHooks):
     async def on_start(self, ctx: RequestContext) -> None:
         for hook in self.hooks:
             await hook.on_start(ctx)
+
+    async def before_response(self, ctx: RequestContext) -> None:
+        for hook in self.hooks:
+            before_response = getattr(hook, "before_response", None)
+            if before_response is not None:
+                await before_response(ctx)
 
     async def on_first_token(self, ctx: RequestContext) -> None:
         for hook in self.hooks:

@@ -327,3 +327,97 @@ async def test_the_admin_key_authenticates_as_a_platform_admin(workers):
         assert r.status_code == 200
         assert (await gw.client.get("/v1/models", headers={"authorization": f"Bearer {API_KEY}"})).status_code == 200
     assert hooks.contexts[0].principal.has(Role.PLATFORM_ADMIN)
+
+
+class SlowOpenLog:
+    """An audit log whose stream entries are committed only when the test says so."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.release = asyncio.Event()
+        self.fail = fail
+        self.opened: list = []
+        self.completed: list = []
+        self.requests: list = []
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def open(self, start):
+        self.opened.append(start)
+        await self.release.wait()
+        if self.fail:
+            from gateway.audit.errors import AuditUnavailable
+
+            raise AuditUnavailable("database down")
+        return ("handle", start.request_id)
+
+    async def complete(self, handle, end) -> None:
+        self.completed.append((handle, end.status))
+
+    async def record_request(self, start, end) -> None:
+        self.requests.append((start.request_id, end.status))
+
+
+def recording_response_start(app, events):
+    async def wrapped(scope, receive, send):
+        async def recording_send(message):
+            if message["type"] == "http.response.start":
+                events.append(("start", message["status"]))
+            await send(message)
+
+        await app(scope, receive, recording_send)
+
+    return wrapped
+
+
+async def _streamed_with_a_slow_open(workers, log, then=None):
+    from gateway.audit.hooks import AuditHooks
+
+    events: list = []
+    worker = workers[MODEL][0].servicer
+    async with running_gateway(workers, hooks=AuditHooks(log)) as gw:
+        gw.client._transport.app = recording_response_start(gw.app, events)
+        before = len(worker.generate_requests)
+        call = asyncio.ensure_future(gw.client.post(
+            "/v1/chat/completions", json={"model": MODEL, "messages": USER, "stream": True}))
+        for _ in range(200):  # the worker starts on the prompt while the open entry is being written
+            if len(worker.generate_requests) > before:
+                break
+            await asyncio.sleep(0.01)
+        assert len(worker.generate_requests) == before + 1 and len(log.opened) == 1
+        await asyncio.sleep(0.2)
+        assert events == [] and not call.done()  # nothing reaches the client before the entry is durable
+        log.release.set()
+        response = await call
+        if then is not None:
+            await then(worker)
+    return response, events, worker
+
+
+async def test_a_streams_open_entry_is_written_while_the_worker_starts_and_before_its_first_byte(workers):
+    log = SlowOpenLog()
+    response, events, _ = await _streamed_with_a_slow_open(workers, log)
+    assert response.status_code == 200 and parse_sse(response.text)[-1] == "[DONE]"
+    assert events == [("start", 200)]
+    [(handle, status)] = log.completed
+    assert handle[1] == log.opened[0].request_id and status.value == "ok"
+    assert log.requests == []  # completed, not written a second time
+
+
+async def test_a_streams_open_entry_that_cannot_be_written_is_a_503_and_the_worker_call_is_cancelled():
+    async def cancelled(worker) -> None:
+        for _ in range(100):
+            if worker.generate_requests[-1].request_id in worker.cancelled:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("the Generate call was not cancelled")
+
+    log = SlowOpenLog(fail=True)
+    async with FakeWorker(FakeConfig(model=MODEL, token_delay_s=0.5)) as slow:  # still generating at the 503
+        response, events, _ = await _streamed_with_a_slow_open({MODEL: [slow]}, log, then=cancelled)
+    assert response.status_code == 503 and response.json()["error"]["code"] == "audit_unavailable"
+    assert events == [("start", 503)]
+    assert log.completed == [] and log.requests == []  # the database is down: nothing more is tried

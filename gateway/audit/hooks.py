@@ -12,6 +12,7 @@ into an error.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime, timezone
 from typing import Any
@@ -26,6 +27,7 @@ from gateway.hooks import NoopHooks
 log = logging.getLogger(__name__)
 
 OPEN_KEY = "audit.open"  # ctx.extra key of a stream's OpenRequest
+OPENING_KEY = "audit.opening"  # ctx.extra key of a stream's open entry on its way (an asyncio task)
 FAILED_KEY = "audit.failed"  # set when this request fails because its record could not be written
 REJECTION_STATUSES = frozenset({401, 403, 429})  # refused by identity or quota before any work
 PROMPT_FIELDS = frozenset({"messages", "prompt", "input"})  # kept as the prompt, not as parameters
@@ -114,13 +116,26 @@ class AuditHooks(NoopHooks):
     async def on_start(self, ctx: RequestContext) -> None:
         if not ctx.stream:
             return  # one entry at the end is enough: nothing reaches the client before it
+        # Committed while the worker starts on the prompt; the stream's first byte waits for it
+        # (before_response). A task of its own: the request being cancelled does not stop it.
+        ctx.extra[OPENING_KEY] = asyncio.ensure_future(self.log.open(request_start(ctx)))
+
+    async def before_response(self, ctx: RequestContext) -> None:
+        await self._opened(ctx)
+
+    async def _opened(self, ctx: RequestContext) -> None:
+        """Waits for the stream's open entry begun in on_start (once); 503 if it could not be written."""
+        opening = ctx.extra.pop(OPENING_KEY, None)
+        if opening is None:
+            return
         try:
-            ctx.extra[OPEN_KEY] = await self.log.open(request_start(ctx))
+            ctx.extra[OPEN_KEY] = await opening
         except AuditUnavailable as error:
             ctx.extra[FAILED_KEY] = True
             raise _unavailable(error) from None
 
     async def before_finish(self, ctx: RequestContext) -> None:
+        await self._opened(ctx)
         end = request_end(ctx, RequestStatus.OK, 200)
         handle = ctx.extra.get(OPEN_KEY)
         try:
@@ -133,6 +148,10 @@ class AuditHooks(NoopHooks):
             raise _unavailable(error) from None
 
     async def on_failure(self, ctx: RequestContext) -> None:
+        try:
+            await self._opened(ctx)  # an open entry on its way is completed below, not duplicated
+        except ServiceUnavailable:
+            pass  # FAILED_KEY is set: nothing more can be written
         if ctx.extra.get(FAILED_KEY):
             return  # the database is down; that is why this request fails
         end = request_end(ctx, _failure_status(ctx), ctx.status_code)

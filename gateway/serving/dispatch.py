@@ -187,6 +187,9 @@ class Dispatcher:
                 if ctx.count_on_dispatch and not ctx.extra.get(_COUNTED):
                     await self._counted(ctx, generation)
                 await generation.receive_first()
+                before_response = getattr(self.hooks, "before_response", None)
+                if before_response is not None:
+                    await before_response(ctx)
                 return generation
             except WorkerError as err:
                 generation.close()
