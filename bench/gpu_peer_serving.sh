@@ -28,4 +28,4 @@ kill $server; wait $server 2>/dev/null
 start=$SECONDS
 env WARD_ROUTING__MULTIPLEX=${MULTIPLEX:-true} OUT="$OUT/ward" LEVELS="$LEVELS" timeout 170 bash bench/gpu_serving.sh \
   > "$OUT/ward-serving.txt" 2>&1
-echo "ward serving ($((SECONDS - start)) s):"; grep -E '^\{"concurrency' "$OUT/ward-serving.txt" | cut -c1-330
+echo "ward serving ($((SECONDS - start)) s):"; python3 bench/level_summary.py < "$OUT/ward-serving.txt"

@@ -34,7 +34,7 @@ serving() {  # name, then environment assignments for the stack (a step named tw
   RUNS=$((RUNS + 1)); [ -e "$OUT/$name" ] && name="$name-$RUNS"
   if [ ! -d .gpu/gw-wheels ] || [ "$(left)" -lt 150 ]; then echo "$name: not run ($(left) s left)"; return; fi
   env "$@" OUT="$OUT/$name" LEVELS="${LEVELS:-1 64 256}" timeout 140 bash bench/gpu_serving.sh > "$OUT/$name.txt" 2>&1
-  echo "$name ($SECONDS s):"; grep -E '^\{"concurrency' "$OUT/$name.txt" | cut -c1-330
+  echo "$name ($SECONDS s):"; python3 bench/level_summary.py < "$OUT/$name.txt"
 }
 for s in $STEPS; do
   case $s in
