@@ -27,15 +27,16 @@ _ENGINE_HISTOGRAMS = {"engine_ttft": "ward_time_to_first_token_seconds", "engine
 
 def scrape_engine_times(url: str) -> dict[str, tuple[float, float]]:
     """(sum, count) of the worker's latency histograms at ``url`` (its /metrics)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     with urllib.request.urlopen(url, timeout=10) as r:
         text = r.read().decode()
-    found: dict[str, list[float]] = {k: [0.0, 0.0] for k in _ENGINE_HISTOGRAMS}
-    for line in text.splitlines():
-        for key, name in _ENGINE_HISTOGRAMS.items():
-            for i, suffix in enumerate(("_sum", "_count")):
-                if line.startswith(name + suffix + "{") or line.startswith(name + suffix + " "):
-                    found[key][i] += float(line.rsplit(" ", 1)[1])
-    return {k: (v[0], v[1]) for k, v in found.items()}
+    samples: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name] = samples.get(sample.name, 0.0) + sample.value
+    return {key: (samples.get(name + "_sum", 0.0), samples.get(name + "_count", 0.0))
+            for key, name in _ENGINE_HISTOGRAMS.items()}
 
 
 def engine_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
@@ -77,7 +78,9 @@ def run(a: argparse.Namespace) -> int:
     name = a.model
     metrics_port = free_port()
     worker_args = ["--load-format", "dummy", "--device", a.device, "--max-model-len", str(a.max_model_len),
-                   "--dtype", "bfloat16", "--metrics-port", str(metrics_port)] + (["--engine-process"] if getattr(a, "engine_process", False) else [])
+                   "--dtype", "bfloat16", "--metrics-port", str(metrics_port)]
+    if getattr(a, "engine_process", False):
+        worker_args.append("--engine-process")
     report: dict = {"date": time.strftime("%Y-%m-%d"), "shape": name, "input": a.input, "output": a.output,
                     "engine_process": bool(getattr(a, "engine_process", False))}
     stack = GovernedStack("", name, worker_args, teams={"bench": {}}, out=out)

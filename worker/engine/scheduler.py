@@ -9,9 +9,10 @@ freed and it waits again, keeping its tokens): from the least urgent class, the 
 its share, its least urgent and latest request. Plain Python: the scheduler decides, the model
 runner executes.
 
-Preemption recomputes a prompt, so admission keeps room for the requests already running: with
-``reserved_output_tokens`` = R, a request is admitted only while the free blocks cover, after its
-own prompt and first R output tokens, every running request's rest of prompt and first R outputs.
+Preemption recomputes a prompt, so admission can keep room for the requests already running: with
+``reserved_output_tokens`` = R > 0 (off by default), a request is admitted only while the free blocks
+cover, after its own prompt and first R output tokens, every running request's rest of prompt and
+first R outputs.
 A request that may preempt a running one (a more urgent class, a starved team) is not held back by
 that room, and an empty batch always takes its first request.
 
