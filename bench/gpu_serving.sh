@@ -16,10 +16,11 @@ for _ in range(50):
     os.write(fd, b"x" * 512); t = time.perf_counter(); os.fsync(fd); ts.append(time.perf_counter() - t)
 ts.sort(); print(f"fsync p50 {1000*ts[25]:.2f} ms, p99 {1000*ts[-1]:.2f} ms"); os.remove(path)
 PY
-# ENGINE_PROCESS=1: the worker's engine core in a process of its own (ward worker --engine-process)
+# ENGINE_PROCESS=1: the worker's engine core in a process of its own (ward worker --engine-process);
+# WORKER_ARGS: more worker arguments (e.g. "--max-num-batched-tokens 2048")
 python3 -m ward bench serving --load-tool .peer/serving_load.py --tokenizer-tool .peer/dummy_tokenizer.py \
   --model llama-3.1-8b --device cuda --concurrency ${LEVELS:-1 16 64 256} --out "$OUT/serving" \
-  ${ENGINE_PROCESS:+--engine-process} > "$OUT/serving.txt" 2>&1
+  ${ENGINE_PROCESS:+--engine-process} --worker-args "${WORKER_ARGS:-}" > "$OUT/serving.txt" 2>&1
 grep -E '^\{"concurrency' "$OUT/serving.txt"
 grep -A30 "load tool failed" "$OUT/serving.txt" | tail -30
 grep -iE "warning|error" "$OUT/serving/gateway.log" | tail -15

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import shlex
 import subprocess
 import sys
 import time
@@ -55,6 +56,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64, 256])
     ap.add_argument("--input", type=int, default=1024)
     ap.add_argument("--output", type=int, default=128)
+    ap.add_argument("--worker-args", default="",
+                    help="serving: more arguments for the worker, one string (e.g. '--max-num-batched-tokens 2048')")
     ap.add_argument("--engine-process", action="store_true",
                     help="serving: the worker runs its engine core in a process of its own")
 
@@ -81,8 +84,10 @@ def run(a: argparse.Namespace) -> int:
                    "--dtype", "bfloat16", "--metrics-port", str(metrics_port)]
     if getattr(a, "engine_process", False):
         worker_args.append("--engine-process")
+    worker_args += shlex.split(getattr(a, "worker_args", "") or "")
     report: dict = {"date": time.strftime("%Y-%m-%d"), "shape": name, "input": a.input, "output": a.output,
-                    "engine_process": bool(getattr(a, "engine_process", False))}
+                    "engine_process": bool(getattr(a, "engine_process", False)),
+                    "worker_args": getattr(a, "worker_args", "") or ""}
     stack = GovernedStack("", name, worker_args, teams={"bench": {}}, out=out)
     stack.model_dir = dummy_model_dir(name, a.tokenizer_tool, stack.data / "model")
     with stack:
