@@ -421,6 +421,43 @@ def check_fused_moe(num_tokens: int, num_experts: int, top_k: int, hidden: int, 
     return {"rel_err": rel_err(out, ref), "unwritten": nan_count(out)}
 
 
+# ---------------------------------------------------------------- decode GEMV
+
+
+def check_decode_gemv(rows: int, n: int, k: int, device: str, dtype: torch.dtype, silu: bool = False,
+                      bias: bool = False, plan: tuple[int, int, int, int, int] | None = None, seed: int = 0) -> Metrics:
+    """``decode_gemv`` against ``F.linear`` (then ``F.silu(gate) * up`` with ``silu``), twice in a row.
+
+    ``n`` is the output width (with ``silu`` the intermediate size: the weight has 2n rows); ``plan``
+    = (block_n, block_k, warps, stages, split_k), else the kernel's own choice. The reference is
+    computed in float64 from the same (rounded) operands. Metrics: ``rel_err``; ``unwritten``;
+    ``repeat_mismatch`` = entries of a second call that differ from the first (split-K sums are in a
+    fixed order); ``tickets_left`` = split tickets not re-armed to zero after the calls.
+    """
+    from worker.kernels.decode_gemv import decode_gemv, workspace
+    from worker.kernels.decode_gemv_config import GemvPlan
+
+    g = torch.Generator().manual_seed(seed)
+    width = 2 * n if silu else n
+    x = _randn(g, rows, k, dtype=dtype, device=device)
+    w = _randn(g, width, k, dtype=dtype, device=device) * k**-0.5
+    b = _randn(g, width, dtype=dtype, device=device) if bias else None
+    gemv_plan = GemvPlan(*plan) if plan is not None else None
+    out = torch.full((rows, n), float("nan"), dtype=dtype, device=device)
+    decode_gemv(x, w, b, silu=silu, plan=gemv_plan, out=out)
+    again = decode_gemv(x, w, b, silu=silu, plan=gemv_plan)
+    ref = F.linear(x.double(), w.double(), None if b is None else b.double())
+    if silu:
+        gate, up = ref.to(dtype).chunk(2, dim=-1)
+        ref = F.silu(gate.double()).to(dtype).double() * up.double()
+    return {
+        "rel_err": rel_err(out, ref),
+        "unwritten": nan_count(out),
+        "repeat_mismatch": float((again != out).sum()),
+        "tickets_left": float(workspace(torch.device(device)).tickets.count_nonzero()),
+    }
+
+
 # ---------------------------------------------------------------- host-side input checks
 
 
@@ -436,6 +473,7 @@ def check_input_validation(device: str) -> dict[str, list[str]]:
         silu_and_mul,
         unified_attention,
     )
+    from worker.kernels.decode_gemv import decode_gemv
 
     def t(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.ones(*shape, dtype=dtype, device=device)
@@ -471,6 +509,11 @@ def check_input_validation(device: str) -> dict[str, list[str]]:
         "rotary_dim_too_large": lambda: rotary_embedding(t(3, dtype=torch.int64), t(3, 4, 16), t(3, 2, 16), t(8, 32)),
         "rotary_float_positions": lambda: rotary_embedding(t(3), t(3, 4, 16), t(3, 2, 16), t(8, 16)),
         "silu_odd_width": lambda: silu_and_mul(t(3, 7)),
+        "gemv_too_many_rows": lambda: decode_gemv(t(9, 16), t(32, 16)),
+        "gemv_k_mismatch": lambda: decode_gemv(t(2, 16), t(32, 24)),
+        "gemv_dtype_mismatch": lambda: decode_gemv(t(2, 16), t(32, 16, dtype=torch.float16)),
+        "gemv_silu_odd_rows": lambda: decode_gemv(t(2, 16), t(33, 16), silu=True),
+        "gemv_bias_size": lambda: decode_gemv(t(2, 16), t(32, 16), t(31)),
     }
     unraised = []
     for name, call in bad_calls.items():
