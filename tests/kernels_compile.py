@@ -23,7 +23,9 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from worker.kernels import activation, decode_gemv, fp8_gemm, fp8_gemv, int4_gemm, kv_cache, moe_gemm, norm, rotary, token_bitmask  # noqa: E402
+from worker.kernels import (  # noqa: E402
+    activation, decode_gemv, fp8_gemm, fp8_gemv, int4_gemm, kv_cache, moe_gemm, norm, rotary, rotary_cache, token_bitmask,
+)
 from worker.kernels.attention_config import choose_tile_config, next_power_of_2  # noqa: E402
 from worker.kernels.attention_kernels import merge_splits_kernel, paged_attention_kernel  # noqa: E402
 
@@ -206,6 +208,20 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
         rotary._rotary_kernel,
         {"positions_ptr": "*i32", "q_ptr": BF16, "k_ptr": BF16, "cos_sin_ptr": "*fp32"},
         dict(NUM_Q_HEADS=32, Q_HEADS_P=32, NUM_K_HEADS=8, K_HEADS_P=8, HALF=32, HALF_P=32, IS_NEOX=False),
+    ),
+    "rotary_cache_llama": lambda: compile_variant(
+        rotary_cache._rotary_cache_kernel,
+        {"positions_ptr": "*i64", "q_ptr": BF16, "k_ptr": BF16, "v_ptr": BF16, "key_cache_ptr": BF16,
+         "value_cache_ptr": BF16, "slot_mapping_ptr": "*i64", "cos_sin_ptr": "*fp32"},
+        dict(NUM_Q_HEADS=32, Q_HEADS_P=32, NUM_KV_HEADS=8, KV_HEADS_P=8, HEAD_DIM=128, HEAD_DIM_P=128, HALF=64,
+             HALF_P=64, PAGE_SIZE=16),
+    ),
+    "rotary_cache_partial": lambda: compile_variant(
+        rotary_cache._rotary_cache_kernel,
+        {"positions_ptr": "*i32", "q_ptr": BF16, "k_ptr": BF16, "v_ptr": BF16, "key_cache_ptr": BF16,
+         "value_cache_ptr": BF16, "slot_mapping_ptr": "*i64", "cos_sin_ptr": "*fp32"},
+        dict(NUM_Q_HEADS=24, Q_HEADS_P=32, NUM_KV_HEADS=8, KV_HEADS_P=8, HEAD_DIM=96, HEAD_DIM_P=128, HALF=16,
+             HALF_P=16, PAGE_SIZE=32),
     ),
     "moe_gemm_up_bf16": lambda: compile_variant(
         moe_gemm._moe_gemm_kernel,

@@ -19,6 +19,7 @@ from kernels_cases import (
     check_reshape_and_cache,
     check_rms_norm,
     check_rotary,
+    check_rotary_cache,
     check_silu_and_mul,
     check_token_bitmask,
 )
@@ -73,6 +74,9 @@ OTHER_CASES: dict[str, Callable[[], Metrics | dict[str, list[str]]]] = {
     "rotary_neox_partial": lambda: check_rotary(7, 4, 2, 64, 32, True, "cpu", F32),
     "rotary_gptj_full": lambda: check_rotary(9, 4, 2, 64, 64, False, "cpu", F32),
     "rotary_gptj_partial": lambda: check_rotary(5, 2, 1, 128, 96, False, "cpu", F32),
+    # tokens, q heads, kv heads, head dim, rotary dim, block size, padding tokens
+    "rotary_cache_full": lambda: check_rotary_cache(9, 4, 2, 64, 64, 16, 2, "cpu", F32),
+    "rotary_cache_partial_block32": lambda: check_rotary_cache(7, 6, 3, 80, 32, 32, 1, "cpu", F32),
     "silu_and_mul_wide": lambda: check_silu_and_mul(7, 1000, "cpu", F32),
     "silu_and_mul_narrow": lambda: check_silu_and_mul(3, 64, "cpu", F32),
     "input_validation": lambda: check_input_validation("cpu"),

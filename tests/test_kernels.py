@@ -31,6 +31,7 @@ from kernels_cases import (  # noqa: E402
     check_reshape_and_cache,
     check_rms_norm,
     check_rotary,
+    check_rotary_cache,
     check_silu_and_mul,
     check_token_bitmask,
 )
@@ -296,6 +297,17 @@ def test_rms_norms_on_gpu_bf16(shape: tuple[int, ...]) -> None:
 def test_rotary_on_gpu_bf16(head_dim: int, rotary_dim: int, is_neox: bool) -> None:
     metrics = check_rotary(512, 32, 8, head_dim, rotary_dim, is_neox, "cuda", torch.bfloat16)
     assert_metrics(metrics, BF16_ELEMENTWISE_TOLERANCE)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize(("num_tokens", "num_padding", "rotary_dim", "block_size"),
+                         [(1, 0, 128, 16), (8, 3, 128, 16), (512, 7, 128, 32), (33, 0, 64, 16)])
+def test_rotary_with_cache_write_matches_the_two_kernels_on_gpu_bf16(
+    num_tokens: int, num_padding: int, rotary_dim: int, block_size: int
+) -> None:
+    metrics = check_rotary_cache(num_tokens, 32, 8, 128, rotary_dim, block_size, num_padding, "cuda", torch.bfloat16)
+    assert_metrics(metrics, 0.0)
 
 
 @pytest.mark.gpu
