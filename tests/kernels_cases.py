@@ -374,6 +374,50 @@ def check_rotary(
     }
 
 
+def check_rotary_cache(num_tokens: int, num_heads: int, num_kv_heads: int, head_dim: int, rotary_dim: int,
+                       block_size: int, num_padding: int, device: str, dtype: torch.dtype, seed: int = 0) -> Metrics:
+    """``rotary_and_cache`` against ``rotary_embedding`` then ``reshape_and_cache`` on q/k/v views of a
+    fused qkv tensor, NaN-filled caches, shuffled slots (``num_padding`` of them -1). The kernels round
+    alike, so everything must match exactly. Metrics: ``mismatch`` = q entries that differ,
+    ``cache_mismatch`` = cache entries that differ (NaN-aware), ``written`` = cache entries written."""
+    from worker.kernels import reshape_and_cache, rotary_embedding
+    from worker.kernels.rotary_cache import rotary_and_cache
+
+    g = torch.Generator().manual_seed(seed)
+    max_position = 2048
+    inv_freq = 1.0 / (500000.0 ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
+    freqs = torch.outer(torch.arange(max_position, dtype=torch.float32), inv_freq)
+    cos_sin_cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1).to(device)
+    positions = torch.randint(0, max_position, (num_tokens,), generator=g).to(device)
+    q_width, kv_width = num_heads * head_dim, num_kv_heads * head_dim
+    qkv = _randn(g, num_tokens, q_width + 2 * kv_width, dtype=dtype, device=device)
+    num_blocks = math.ceil(num_tokens / block_size) + 2
+    key_cache = torch.full((num_blocks, block_size, num_kv_heads, head_dim), float("nan"), dtype=dtype, device=device)
+    value_cache = torch.full_like(key_cache, float("nan"))
+    slots = torch.randperm(num_blocks * block_size, generator=g)[:num_tokens]
+    slots[torch.randperm(num_tokens, generator=g)[:num_padding]] = -1
+    slot_mapping = torch.cat([slots, torch.full((2,), -1, dtype=torch.int64)]).to(device)  # graph-padded
+
+    def views(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q = t[:, :q_width].view(num_tokens, num_heads, head_dim)
+        k = t[:, q_width : q_width + kv_width].view(num_tokens, num_kv_heads, head_dim)
+        return q, k, t[:, q_width + kv_width :].view(num_tokens, num_kv_heads, head_dim)
+
+    ref_qkv, ref_caches = qkv.clone(), (key_cache.clone(), value_cache.clone())
+    q_ref, k_ref, v_ref = views(ref_qkv)
+    rotary_embedding(positions, q_ref, k_ref, cos_sin_cache, rotary_dim, True)
+    reshape_and_cache(k_ref, v_ref, *ref_caches, slot_mapping)
+    q, k, v = views(qkv)
+    rotary_and_cache(positions, q, k, v, key_cache, value_cache, slot_mapping, cos_sin_cache, rotary_dim)
+    written = float((~torch.isnan(key_cache.float())).sum() + (~torch.isnan(value_cache.float())).sum())
+    return {
+        "mismatch": float((q != q_ref).sum()),
+        "cache_mismatch": _cache_mismatch((key_cache, value_cache), ref_caches),
+        "written": written,
+        "expected_written": float(2 * (num_tokens - num_padding) * kv_width),
+    }
+
+
 def check_silu_and_mul(num_tokens: int, intermediate: int, device: str, dtype: torch.dtype, seed: int = 0) -> Metrics:
     """``silu_and_mul`` against ``F.silu(gate) * up``. Metrics: rel_err, unwritten."""
     from worker.kernels import silu_and_mul
@@ -421,6 +465,43 @@ def check_fused_moe(num_tokens: int, num_experts: int, top_k: int, hidden: int, 
     return {"rel_err": rel_err(out, ref), "unwritten": nan_count(out)}
 
 
+# ---------------------------------------------------------------- decode GEMV
+
+
+def check_decode_gemv(rows: int, n: int, k: int, device: str, dtype: torch.dtype, silu: bool = False,
+                      bias: bool = False, plan: tuple[int, int, int, int, int] | None = None, seed: int = 0) -> Metrics:
+    """``decode_gemv`` against ``F.linear`` (then ``F.silu(gate) * up`` with ``silu``), twice in a row.
+
+    ``n`` is the output width (with ``silu`` the intermediate size: the weight has 2n rows); ``plan``
+    = (block_n, block_k, warps, stages, split_k), else the kernel's own choice. The reference is
+    computed in float64 from the same (rounded) operands. Metrics: ``rel_err``; ``unwritten``;
+    ``repeat_mismatch`` = entries of a second call that differ from the first (split-K sums are in a
+    fixed order); ``tickets_left`` = split tickets not re-armed to zero after the calls.
+    """
+    from worker.kernels.decode_gemv import decode_gemv, workspace
+    from worker.kernels.decode_gemv_config import GemvPlan
+
+    g = torch.Generator().manual_seed(seed)
+    width = 2 * n if silu else n
+    x = _randn(g, rows, k, dtype=dtype, device=device)
+    w = _randn(g, width, k, dtype=dtype, device=device) * k**-0.5
+    b = _randn(g, width, dtype=dtype, device=device) if bias else None
+    gemv_plan = GemvPlan(*plan) if plan is not None else None
+    out = torch.full((rows, n), float("nan"), dtype=dtype, device=device)
+    decode_gemv(x, w, b, silu=silu, plan=gemv_plan, out=out)
+    again = decode_gemv(x, w, b, silu=silu, plan=gemv_plan)
+    ref = F.linear(x.double(), w.double(), None if b is None else b.double())
+    if silu:
+        gate, up = ref.to(dtype).chunk(2, dim=-1)
+        ref = F.silu(gate.double()).to(dtype).double() * up.double()
+    return {
+        "rel_err": rel_err(out, ref),
+        "unwritten": nan_count(out),
+        "repeat_mismatch": float((again != out).sum()),
+        "tickets_left": float(workspace(torch.device(device)).tickets.count_nonzero()),
+    }
+
+
 # ---------------------------------------------------------------- host-side input checks
 
 
@@ -436,6 +517,8 @@ def check_input_validation(device: str) -> dict[str, list[str]]:
         silu_and_mul,
         unified_attention,
     )
+    from worker.kernels.decode_gemv import decode_gemv
+    from worker.kernels.rotary_cache import rotary_and_cache
 
     def t(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return torch.ones(*shape, dtype=dtype, device=device)
@@ -471,6 +554,19 @@ def check_input_validation(device: str) -> dict[str, list[str]]:
         "rotary_dim_too_large": lambda: rotary_embedding(t(3, dtype=torch.int64), t(3, 4, 16), t(3, 2, 16), t(8, 32)),
         "rotary_float_positions": lambda: rotary_embedding(t(3), t(3, 4, 16), t(3, 2, 16), t(8, 16)),
         "silu_odd_width": lambda: silu_and_mul(t(3, 7)),
+        "gemv_too_many_rows": lambda: decode_gemv(t(9, 16), t(32, 16)),
+        "gemv_k_mismatch": lambda: decode_gemv(t(2, 16), t(32, 24)),
+        "gemv_dtype_mismatch": lambda: decode_gemv(t(2, 16), t(32, 16, dtype=torch.float16)),
+        "gemv_silu_odd_rows": lambda: decode_gemv(t(2, 16), t(33, 16), silu=True),
+        "gemv_bias_size": lambda: decode_gemv(t(2, 16), t(32, 16), t(31)),
+        "rotary_cache_row_shape": lambda: rotary_and_cache(t(3, dtype=i64), t(3, 4, 16), t(3, 4, 16), t(3, 4, 16),
+                                                           cache, cache, t(3, dtype=i64), t(8, 16)),
+        "rotary_cache_short_slots": lambda: rotary_and_cache(t(3, dtype=i64), t(3, 4, 16), t(3, 2, 16), t(3, 2, 16),
+                                                             cache, cache, t(2, dtype=i64), t(8, 16)),
+        "rotary_cache_fp8": lambda: rotary_and_cache(t(3, dtype=i64), t(3, 4, 16), t(3, 2, 16), t(3, 2, 16),
+                                                     t(4, 16, 2, 16, dtype=torch.float8_e4m3fn),
+                                                     t(4, 16, 2, 16, dtype=torch.float8_e4m3fn), t(3, dtype=i64),
+                                                     t(8, 16)),
     }
     unraised = []
     for name, call in bad_calls.items():

@@ -23,7 +23,9 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from worker.kernels import activation, fp8_gemm, fp8_gemv, int4_gemm, kv_cache, moe_gemm, norm, rotary, token_bitmask  # noqa: E402
+from worker.kernels import (  # noqa: E402
+    activation, decode_gemv, fp8_gemm, fp8_gemv, int4_gemm, kv_cache, moe_gemm, norm, rotary, rotary_cache, token_bitmask,
+)
 from worker.kernels.attention_config import choose_tile_config, next_power_of_2  # noqa: E402
 from worker.kernels.attention_kernels import merge_splits_kernel, paged_attention_kernel  # noqa: E402
 
@@ -31,7 +33,8 @@ HOPPER = GPUTarget("cuda", 90, 32)
 
 
 def compile_variant(
-    fn: Any, pointers: dict[str, str], constexprs: dict[str, Any], floats: tuple[str, ...] = (), **options: int
+    fn: Any, pointers: dict[str, str], constexprs: dict[str, Any], floats: tuple[str, ...] = (),
+    divisible: tuple[str, ...] = (), **options: int
 ) -> dict[str, int]:
     signature = {}
     for name in fn.arg_names:
@@ -45,6 +48,7 @@ def compile_variant(
         (i,): [["tt.divisibility", 16]]
         for i, name in enumerate(fn.arg_names)
         if signature[name].startswith("*") or (name.startswith("stride") and name != "stride_bt_req")
+        or name in divisible
     }
     source = ASTSource(fn, signature=signature, constexprs=constexprs, attrs=aligned)
     kernel = triton.compile(source, target=HOPPER, options=options)
@@ -85,6 +89,18 @@ def attention_variant(
 
 
 BF16 = "*bf16"
+
+
+def decode_gemv_variant(block_n: int, block_k: int, split_k: int, silu: bool, bias: bool, stages: int,
+                        even: bool = True) -> dict[str, int]:
+    return compile_variant(
+        decode_gemv._decode_gemv_kernel,
+        {"x_ptr": BF16, "w_ptr": BF16, "b_ptr": BF16, "y_ptr": BF16, "part_ptr": "*fp32", "ticket_ptr": "*i32"},
+        dict(BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, SILU=silu, HAS_BIAS=bias, EVEN_N=even,
+             EVEN_K=even, EXACT_FP32=False),
+        # a launch specialises sizes that are multiples of 16 as such (Llama's N and K, the split length)
+        divisible=("N", "K", "K_PER_SPLIT") if even else ("K_PER_SPLIT",), num_warps=4, num_stages=stages,
+    )
 VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     "attention_decode_group4_d128": attention_variant(1, 4, 128, False, False, BF16),
     "attention_decode_split_group4_d128": attention_variant(1, 4, 128, True, False, BF16),
@@ -166,6 +182,13 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
         {"a_ptr": "*fp8e4nv", "as_ptr": "*fp32", "b_ptr": "*fp8e4nv", "bs_ptr": "*fp32", "y_ptr": BF16},
         dict(SCALE_N=128, BLOCK_M=64, BLOCK_N=128, BLOCK_K=128), num_warps=4, num_stages=3,
     ),
+    "decode_gemv_qkv_split2": lambda: decode_gemv_variant(32, 256, 2, silu=False, bias=False, stages=3),
+    "decode_gemv_o_split4_bias": lambda: decode_gemv_variant(32, 256, 4, silu=False, bias=True, stages=4),
+    "decode_gemv_down_split4": lambda: decode_gemv_variant(32, 512, 4, silu=False, bias=False, stages=4),
+    "decode_gemv_gate_up_unfused": lambda: decode_gemv_variant(32, 512, 1, silu=False, bias=False, stages=4),
+    "decode_gemv_gate_up_silu": lambda: decode_gemv_variant(32, 256, 1, silu=True, bias=False, stages=4),
+    "decode_gemv_silu_split_ragged": lambda: decode_gemv_variant(32, 256, 2, silu=True, bias=True, stages=3,
+                                                                 even=False),
     "rms_norm": lambda: compile_variant(
         norm._rms_norm_kernel,
         {"x_ptr": BF16, "residual_ptr": BF16, "weight_ptr": BF16, "out_ptr": BF16, "residual_out_ptr": BF16},
@@ -185,6 +208,20 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
         rotary._rotary_kernel,
         {"positions_ptr": "*i32", "q_ptr": BF16, "k_ptr": BF16, "cos_sin_ptr": "*fp32"},
         dict(NUM_Q_HEADS=32, Q_HEADS_P=32, NUM_K_HEADS=8, K_HEADS_P=8, HALF=32, HALF_P=32, IS_NEOX=False),
+    ),
+    "rotary_cache_llama": lambda: compile_variant(
+        rotary_cache._rotary_cache_kernel,
+        {"positions_ptr": "*i64", "q_ptr": BF16, "k_ptr": BF16, "v_ptr": BF16, "key_cache_ptr": BF16,
+         "value_cache_ptr": BF16, "slot_mapping_ptr": "*i64", "cos_sin_ptr": "*fp32"},
+        dict(NUM_Q_HEADS=32, Q_HEADS_P=32, NUM_KV_HEADS=8, KV_HEADS_P=8, HEAD_DIM=128, HEAD_DIM_P=128, HALF=64,
+             HALF_P=64, PAGE_SIZE=16),
+    ),
+    "rotary_cache_partial": lambda: compile_variant(
+        rotary_cache._rotary_cache_kernel,
+        {"positions_ptr": "*i32", "q_ptr": BF16, "k_ptr": BF16, "v_ptr": BF16, "key_cache_ptr": BF16,
+         "value_cache_ptr": BF16, "slot_mapping_ptr": "*i64", "cos_sin_ptr": "*fp32"},
+        dict(NUM_Q_HEADS=24, Q_HEADS_P=32, NUM_KV_HEADS=8, KV_HEADS_P=8, HEAD_DIM=96, HEAD_DIM_P=128, HALF=16,
+             HALF_P=16, PAGE_SIZE=32),
     ),
     "moe_gemm_up_bf16": lambda: compile_variant(
         moe_gemm._moe_gemm_kernel,

@@ -37,3 +37,16 @@ def test_every_bench_line_parses_with_known_shapes_and_workloads(args):
     ns = parser.parse_args(["offline", *args])
     assert ns.model in SHAPES, ns.model
     assert set(ns.workloads.split(",")) <= set(WORKLOADS) | {"structured"}
+
+
+def test_the_decode_fusion_script_runs_a_known_offline_bench():
+    import ast
+
+    tree = ast.parse((ROOT / "bench" / "decode_fusion.py").read_text())
+    args = next(ast.literal_eval(node.value) for node in tree.body
+                if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "OFFLINE_ARGS")
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_arguments(parser)
+    ns = parser.parse_args([*args, "--out", "x"])
+    assert ns.suite == "offline" and ns.model in SHAPES
+    assert set(ns.workloads.split(",")) == {"latency", "batch1"} <= set(WORKLOADS)

@@ -26,10 +26,12 @@ if str(TESTS_DIR) not in sys.path:
 from kernels_cases import (  # noqa: E402
     AttentionCase,
     check_attention,
+    check_decode_gemv,
     check_fused_moe,
     check_reshape_and_cache,
     check_rms_norm,
     check_rotary,
+    check_rotary_cache,
     check_silu_and_mul,
     check_token_bitmask,
 )
@@ -41,6 +43,7 @@ from worker.kernels.attention_config import (  # noqa: E402  (plain Python: no T
     choose_tile_config,
     next_power_of_2,
 )
+from worker.kernels.decode_gemv_config import LLAMA_8B_PLANS, MAX_SPLIT_K, choose_plan, k_per_split  # noqa: E402
 
 INTERPRETER_TOLERANCE = 1e-4  # float32 in the interpreter
 BF16_ATTENTION_TOLERANCE = 1e-2
@@ -56,6 +59,8 @@ ZERO_METRICS = (
     "pass_through_changed",
     "v_changed",
     "mismatched",
+    "repeat_mismatch",
+    "tickets_left",
 )
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU: CUDA is not available")
@@ -199,6 +204,22 @@ def test_tile_config_by_step_shape() -> None:
     assert choose_tile_config(2048, 4, 128, element_size=4).tile_n == 32  # so do float32 caches
 
 
+@pytest.mark.parametrize(("n", "k"), [*LLAMA_8B_PLANS, (1024, 1024), (3072, 3072), (2048, 8192), (100, 60),
+                                       (5120, 13824), (8192, 28672)])
+def test_decode_gemv_plan_covers_k_with_nonempty_splits(n: int, k: int) -> None:
+    plan = choose_plan(n, k, 132)
+    per = k_per_split(k, plan)
+    assert 1 <= plan.split_k <= MAX_SPLIT_K and per % plan.block_k == 0
+    assert per * plan.split_k >= k > per * (plan.split_k - 1)  # every split has work, together all of K
+
+
+def test_decode_gemv_splits_narrow_layers_only() -> None:
+    assert choose_plan(4096, 4096, 132).split_k > 1  # o_proj: 128 column tiles for 132 SMs
+    assert choose_plan(28672, 4096, 132).split_k == 1  # gate_up: 896 tiles fill the card
+    assert choose_plan(3072, 3072, 132).split_k > 1  # a narrow layer outside the table, by rule
+    assert choose_plan(32768, 4096, 132).split_k == 1
+
+
 # ---------------------------------------------------------------- GPU: compiled kernels, bfloat16
 
 
@@ -280,6 +301,17 @@ def test_rotary_on_gpu_bf16(head_dim: int, rotary_dim: int, is_neox: bool) -> No
 
 @pytest.mark.gpu
 @requires_cuda
+@pytest.mark.parametrize(("num_tokens", "num_padding", "rotary_dim", "block_size"),
+                         [(1, 0, 128, 16), (8, 3, 128, 16), (512, 7, 128, 32), (33, 0, 64, 16)])
+def test_rotary_with_cache_write_matches_the_two_kernels_on_gpu_bf16(
+    num_tokens: int, num_padding: int, rotary_dim: int, block_size: int
+) -> None:
+    metrics = check_rotary_cache(num_tokens, 32, 8, 128, rotary_dim, block_size, num_padding, "cuda", torch.bfloat16)
+    assert_metrics(metrics, 0.0)
+
+
+@pytest.mark.gpu
+@requires_cuda
 @pytest.mark.parametrize(("num_tokens", "intermediate"), [(512, 14336), (1, 14336), (7, 1000)])
 def test_silu_and_mul_on_gpu_bf16(num_tokens: int, intermediate: int) -> None:
     assert_metrics(check_silu_and_mul(num_tokens, intermediate, "cuda", torch.bfloat16), BF16_ELEMENTWISE_TOLERANCE)
@@ -304,6 +336,39 @@ def test_token_bitmask_matches_torch_path_on_gpu(num_rows: int, vocab: int, gram
 def test_fused_moe_matches_reference_on_gpu_bf16(num_tokens, num_experts, top_k, hidden, intermediate) -> None:
     assert_metrics(check_fused_moe(num_tokens, num_experts, top_k, hidden, intermediate, "cuda", torch.bfloat16),
                    BF16_ATTENTION_TOLERANCE)
+
+
+LLAMA_8B_GEMV = {  # name: (output width, K, SiLU epilogue)
+    "qkv": (6144, 4096, False), "o": (4096, 4096, False), "gate_up": (28672, 4096, False),
+    "gate_up_silu": (14336, 4096, True), "down": (4096, 14336, False),
+}
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("rows", [1, 2, 5, 8])
+@pytest.mark.parametrize("name", list(LLAMA_8B_GEMV))
+def test_decode_gemv_matches_torch_on_gpu_bf16(name: str, rows: int) -> None:
+    n, k, silu = LLAMA_8B_GEMV[name]
+    assert_metrics(check_decode_gemv(rows, n, k, "cuda", torch.bfloat16, silu=silu), BF16_ATTENTION_TOLERANCE)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("plan", [(32, 256, 4, 4, 1), (32, 256, 4, 3, 4), (64, 128, 4, 4, 8), (16, 512, 4, 2, 3)])
+def test_decode_gemv_every_plan_shape_on_gpu_bf16(plan: tuple[int, int, int, int, int]) -> None:
+    assert_metrics(check_decode_gemv(3, 4096, 4096, "cuda", torch.bfloat16, bias=True, plan=plan),
+                   BF16_ATTENTION_TOLERANCE)
+    assert_metrics(check_decode_gemv(8, 1000, 1500, "cuda", torch.bfloat16, silu=True, plan=plan),
+                   BF16_ATTENTION_TOLERANCE)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_decode_gemv_captures_in_cuda_graph_and_replays_new_inputs() -> None:
+    from kernels_graph import check_decode_gemv_graph
+
+    assert_metrics(check_decode_gemv_graph(), BF16_ATTENTION_TOLERANCE)
 
 
 @pytest.mark.gpu

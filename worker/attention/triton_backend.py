@@ -4,8 +4,13 @@ Per layer and step: one kernel writes the step's K/V into the paged cache, one l
 unified paged-attention kernel (plus a merge kernel when the context is split) computes every
 request's output, whatever mix of prefill, chunked prefill and decode the step holds. Nothing here
 synchronises with the device, so a whole step can be captured in a CUDA graph.
+
+``forward_rotary`` also applies the model's (neox) rotary embedding, in the same launch as the cache
+write (``WARD_ROPE_CACHE_FUSION=0``: rotary as its own kernel, for A/B timing).
 """
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -34,6 +39,7 @@ class TritonAttention:
         # FP8 KV cache: float32 [1] or [num_kv_heads] scales (set by worker.model.quant.kv_cache)
         self.k_scale: torch.Tensor | None = None
         self.v_scale: torch.Tensor | None = None
+        self.fuse_rotary = os.environ.get("WARD_ROPE_CACHE_FUSION", "1") != "0"
 
     def forward(
         self,
@@ -47,11 +53,40 @@ class TritonAttention:
 
         Rows past ``meta.num_tokens`` (graph padding) come back as zeros, like the torch backend's.
         """
-        from worker.kernels.attention import unified_attention
         from worker.kernels.kv_cache import reshape_and_cache
 
         key_cache, value_cache = kv_cache
         reshape_and_cache(k, v, key_cache, value_cache, meta.slot_mapping, self.k_scale, self.v_scale)
+        return self._attend(q, kv_cache, meta)
+
+    def forward_rotary(
+        self,
+        positions: torch.Tensor,  # [T]
+        q: torch.Tensor,  # [T, num_heads, head_dim], rotated in place
+        k: torch.Tensor,  # [T, num_kv_heads, head_dim]
+        v: torch.Tensor,  # [T, num_kv_heads, head_dim]
+        cos_sin_cache: torch.Tensor,  # [max_position, rotary_dim]
+        rotary_dim: int,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """``forward`` after a neox rotary embedding of q and k, which rides on the cache write."""
+        if self.fuse_rotary and self.k_scale is None:
+            from worker.kernels.rotary_cache import rotary_and_cache
+
+            key_cache, value_cache = kv_cache
+            rotary_and_cache(positions, q, k, v, key_cache, value_cache, meta.slot_mapping, cos_sin_cache, rotary_dim)
+            return self._attend(q, kv_cache, meta)
+        from worker.kernels.rotary import rotary_embedding
+
+        q, k = rotary_embedding(positions, q, k, cos_sin_cache, rotary_dim=rotary_dim, is_neox=True)
+        return self.forward(q, k, v, kv_cache, meta)
+
+    def _attend(self, q: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor],
+                meta: AttentionMetadata) -> torch.Tensor:
+        from worker.kernels.attention import unified_attention
+
+        key_cache, value_cache = kv_cache
         out = torch.empty_like(q)
         if q.shape[0] > meta.num_tokens:
             out[meta.num_tokens :].zero_()

@@ -1,5 +1,6 @@
 """Triton kernels of the worker's hot path: paged attention, KV-cache writes, norms, rotary, activation,
-fused mixture of experts.
+fused mixture of experts (the decode GEMV is imported from its module, ``worker.kernels.decode_gemv``,
+whose name it shares).
 
 Every public function takes torch tensors and launches Triton kernels without host<->device
 synchronisation, so it can be captured in a CUDA graph. Names resolve lazily: importing this package

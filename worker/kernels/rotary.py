@@ -11,8 +11,10 @@ from worker.kernels.errors import KernelInputError
 
 @triton.jit
 def _rotate_heads(
-    base_ptr,
-    stride_head,
+    src_ptr,
+    stride_src_head,
+    dst_ptr,
+    stride_dst_head,
     cos,
     sin,
     NUM_HEADS: tl.constexpr,
@@ -21,6 +23,8 @@ def _rotate_heads(
     HALF_P: tl.constexpr,
     IS_NEOX: tl.constexpr,
 ):
+    """Rotate the first 2 * HALF dims of each head at ``src_ptr`` and store them at ``dst_ptr`` (which
+    may be ``src_ptr``: every load happens before the stores)."""
     heads = tl.arange(0, HEADS_P)[:, None]
     offs = tl.arange(0, HALF_P)[None, :]
     mask = (heads < NUM_HEADS) & (offs < HALF)
@@ -30,8 +34,8 @@ def _rotate_heads(
     else:
         first = 2 * offs
         second = 2 * offs + 1
-    x1 = tl.load(base_ptr + heads * stride_head + first, mask=mask, other=0.0)
-    x2 = tl.load(base_ptr + heads * stride_head + second, mask=mask, other=0.0)
+    x1 = tl.load(src_ptr + heads * stride_src_head + first, mask=mask, other=0.0)
+    x2 = tl.load(src_ptr + heads * stride_src_head + second, mask=mask, other=0.0)
     dtype = x1.dtype
     # Round where the torch formula (x * cos + rotate_half(x) * sin, in x's dtype) rounds: cos/sin to
     # x's dtype, each product, then the sum. In float32 these casts are no-ops.
@@ -41,8 +45,9 @@ def _rotate_heads(
     x2f = x2.to(tl.float32)
     out1 = (x1f * c).to(dtype).to(tl.float32) - (x2f * s).to(dtype).to(tl.float32)
     out2 = (x2f * c).to(dtype).to(tl.float32) + (x1f * s).to(dtype).to(tl.float32)
-    tl.store(base_ptr + heads * stride_head + first, out1.to(dtype), mask=mask)
-    tl.store(base_ptr + heads * stride_head + second, out2.to(dtype), mask=mask)
+    out_dtype = dst_ptr.dtype.element_ty
+    tl.store(dst_ptr + heads * stride_dst_head + first, out1.to(dtype).to(out_dtype), mask=mask)
+    tl.store(dst_ptr + heads * stride_dst_head + second, out2.to(dtype).to(out_dtype), mask=mask)
 
 
 @triton.jit
@@ -70,8 +75,10 @@ def _rotary_kernel(
     offs = tl.arange(0, HALF_P)
     cos = tl.load(cos_sin_ptr + pos * stride_cs_pos + offs, mask=offs < HALF, other=0.0)
     sin = tl.load(cos_sin_ptr + pos * stride_cs_pos + HALF + offs, mask=offs < HALF, other=0.0)
-    _rotate_heads(q_ptr + token * stride_q_tok, stride_q_head, cos, sin, NUM_Q_HEADS, Q_HEADS_P, HALF, HALF_P, IS_NEOX)
-    _rotate_heads(k_ptr + token * stride_k_tok, stride_k_head, cos, sin, NUM_K_HEADS, K_HEADS_P, HALF, HALF_P, IS_NEOX)
+    q_row = q_ptr + token * stride_q_tok
+    k_row = k_ptr + token * stride_k_tok
+    _rotate_heads(q_row, stride_q_head, q_row, stride_q_head, cos, sin, NUM_Q_HEADS, Q_HEADS_P, HALF, HALF_P, IS_NEOX)
+    _rotate_heads(k_row, stride_k_head, k_row, stride_k_head, cos, sin, NUM_K_HEADS, K_HEADS_P, HALF, HALF_P, IS_NEOX)
 
 
 def rotary_embedding(

@@ -65,8 +65,13 @@ class Attention(nn.Module):
         v = v.reshape(T, self.num_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.ops.rotary_embedding(positions, q, k, cos_sin_cache, self.rotary_dim)
-        out = self.attn.forward(q, k, v, kv_cache, meta.for_group(self.kv_group))  # [T, Hq, D]
+        meta = meta.for_group(self.kv_group)
+        rotary_in_attention = getattr(self.attn, "forward_rotary", None)  # a backend may fuse it
+        if rotary_in_attention is not None:
+            out = rotary_in_attention(positions, q, k, v, cos_sin_cache, self.rotary_dim, kv_cache, meta)
+        else:
+            q, k = self.ops.rotary_embedding(positions, q, k, cos_sin_cache, self.rotary_dim)
+            out = self.attn.forward(q, k, v, kv_cache, meta)  # [T, Hq, D]
         return self.o_proj(out.reshape(T, self.q_size))
 
 
@@ -78,6 +83,10 @@ class MLP(nn.Module):
         self.ops = ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # a gate_up layer swapped in from outside may fuse the activation into its matmul
+        fused = getattr(self.gate_up_proj, "forward_silu_and_mul", None)
+        if fused is not None:
+            return self.down_proj(fused(x))
         return self.down_proj(self.ops.silu_and_mul(self.gate_up_proj(x)))
 
 

@@ -92,6 +92,12 @@ class ModelRunner:
         else:
             load_weights(self.model, mspec, model_dir, read=None if parallel is None else parallel.read)
         finalize_quantized(self.model, mspec, self.quant, None if parallel is None else parallel.group.all_reduce_max)
+        if self.device.type == "cuda" and ops.__name__ == "worker.kernels.model_ops":
+            # decode-sized float projections through the Triton GEMV (WARD_DECODE_GEMV=0: cuBLAS), after
+            # every quantized swap and before the tensor-parallel hooks are put on the layers
+            from worker.model.decode_linear import use_decode_gemv
+
+            use_decode_gemv(self.model)
         if parallel is not None:  # after every module swap (FP8 at load too): the all-reduce hooks stay on
             from worker.parallel.layers import parallelize
 

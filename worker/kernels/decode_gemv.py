@@ -1,0 +1,237 @@
+"""Decode GEMV: ``y = x @ W.T (+ bias)`` for x [M, K] with M <= 8 rows and W in the checkpoint's
+[N, K] layout (no copy), optionally with the Llama MLP's ``silu(gate) * up`` applied on the way out.
+
+At a few rows a projection is a read of its weights, and cuBLAS leaves bandwidth unused on the
+narrow layers (a 4096 x 4096 ``o_proj`` has too few output tiles to keep every SM streaming). Here
+each program streams ``block_n`` weight rows over its K range; narrow layers split K across programs.
+A split's partial sums go to a float32 workspace and the program that finishes a column tile last
+(an atomic ticket per tile) adds them in split order and writes the output, then re-arms the ticket:
+one launch, no zeroing kernel, deterministic sums, nothing allocated per call, nothing read back on
+the host, so a call can be captured in a CUDA graph.
+
+With ``silu=True`` the weight is a fused gate_up [2I, K]: the program owning output columns j reads
+gate rows j and up rows I + j, so ``silu_and_mul`` and the [M, 2I] intermediate disappear.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from worker.kernels.attention import num_sms
+from worker.kernels.decode_gemv_config import BLOCK_M, MAX_ROWS, GemvPlan, choose_plan, k_per_split
+from worker.kernels.errors import KernelInputError
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@triton.jit
+def _decode_gemv_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, ticket_ptr,
+    M, N, K, K_PER_SPLIT,
+    stride_xm, stride_wn, stride_ym,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    SILU: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+    EXACT_FP32: tl.constexpr,
+):
+    """Grid (cdiv(N, BLOCK_N), SPLIT_K). N is the output width (with SILU the intermediate size; the
+    up rows start at row N of W). The loop's bounds are plain ints, never program-dependent."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    rows = tl.arange(0, BLOCK_M)
+    r_ok = rows < M
+    cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = cols < N
+    k_lo = pid_k * K_PER_SPLIT
+    w_rows = w_ptr + cols.to(tl.int64)[:, None] * stride_wn
+    up_rows = w_ptr + (cols + N).to(tl.int64)[:, None] * stride_wn
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for kk in range(0, K_PER_SPLIT, BLOCK_K):
+        offs_k = k_lo + kk + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < K
+        x = tl.load(x_ptr + rows[:, None] * stride_xm + offs_k[None, :], mask=r_ok[:, None] & k_ok[None, :],
+                    other=0.0)
+        if EVEN_N and EVEN_K:  # unmasked weight loads vectorise best
+            w = tl.load(w_rows + offs_k[None, :])
+        else:
+            w = tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+        if EXACT_FP32:
+            acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(x, tl.trans(w), acc)
+        if SILU:
+            if EVEN_N and EVEN_K:
+                u = tl.load(up_rows + offs_k[None, :])
+            else:
+                u = tl.load(up_rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            if EXACT_FP32:
+                acc_up = tl.dot(x, tl.trans(u), acc_up, input_precision="ieee")
+            else:
+                acc_up = tl.dot(x, tl.trans(u), acc_up)
+    if SPLIT_K > 1:
+        # partials [SPLIT_K, tiles, 2, BLOCK_M, BLOCK_N]; only the M real rows are written and read
+        tile = BLOCK_M * BLOCK_N
+        here = (rows[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]).to(tl.int64)
+        tile_base = pid_n.to(tl.int64) * (2 * tile)
+        split_stride = tl.num_programs(0).to(tl.int64) * (2 * tile)
+        tl.store(part_ptr + pid_k * split_stride + tile_base + here, acc, mask=r_ok[:, None])
+        if SILU:
+            tl.store(part_ptr + pid_k * split_stride + tile_base + tile + here, acc_up, mask=r_ok[:, None])
+        # every thread's partial is written before one thread takes the ticket (release at GPU scope)
+        tl.debug_barrier()
+        ticket = tl.atomic_add(ticket_ptr + pid_n, 1, sem="acq_rel", scope="gpu")
+        if ticket == SPLIT_K - 1:
+            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for s in tl.static_range(SPLIT_K):  # split order: the same sum on every call
+                acc += tl.load(part_ptr + s * split_stride + tile_base + here, mask=r_ok[:, None], other=0.0,
+                               cache_modifier=".cg")
+                if SILU:
+                    acc_up += tl.load(part_ptr + s * split_stride + tile_base + tile + here, mask=r_ok[:, None],
+                                      other=0.0, cache_modifier=".cg")
+            tl.atomic_xchg(ticket_ptr + pid_n, 0)  # re-armed for the next call (or graph replay)
+            _epilogue(acc, acc_up, b_ptr, y_ptr, rows, cols, r_ok, n_ok, N, stride_ym, SILU, HAS_BIAS)
+    else:
+        _epilogue(acc, acc_up, b_ptr, y_ptr, rows, cols, r_ok, n_ok, N, stride_ym, SILU, HAS_BIAS)
+
+
+@triton.jit
+def _epilogue(acc, acc_up, b_ptr, y_ptr, rows, cols, r_ok, n_ok, N, stride_ym,
+              SILU: tl.constexpr, HAS_BIAS: tl.constexpr):
+    dtype = y_ptr.dtype.element_ty
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + cols, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    if SILU:
+        if HAS_BIAS:
+            acc_up += tl.load(b_ptr + N + cols, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+        # Round where a gate_up projection followed by silu_and_mul would: gate and up to the
+        # activations' dtype, then silu, then the product.
+        gate = acc.to(dtype).to(tl.float32)
+        up = acc_up.to(dtype).to(tl.float32)
+        acc = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32) * up
+    tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], acc.to(dtype), mask=r_ok[:, None] & n_ok[None, :])
+
+
+class GemvWorkspace:
+    """Partial sums and per-tile tickets of split-K launches on one device, shared by every layer
+    (launches on one stream run one after another, and each leaves its tickets at zero).
+
+    Sized up front (``reserve``) by whoever knows the layers, so that nothing is allocated while a
+    CUDA graph is being captured."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.partials = torch.empty(0, dtype=torch.float32, device=device)
+        self.tickets = torch.zeros(0, dtype=torch.int32, device=device)
+
+    def reserve(self, partial_floats: int, tickets: int) -> None:
+        if partial_floats > self.partials.numel():
+            self._refuse_while_capturing()
+            self.partials = torch.empty(partial_floats, dtype=torch.float32, device=self.device)
+        if tickets > self.tickets.numel():
+            self._refuse_while_capturing()
+            self.tickets = torch.zeros(tickets, dtype=torch.int32, device=self.device)
+
+    def _refuse_while_capturing(self) -> None:
+        if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise KernelInputError("the decode GEMV's workspace must be reserved before CUDA-graph capture")
+
+
+_WORKSPACES: dict[torch.device, GemvWorkspace] = {}
+
+
+def workspace(device: torch.device) -> GemvWorkspace:
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if device not in _WORKSPACES:
+        _WORKSPACES[device] = GemvWorkspace(device)
+    return _WORKSPACES[device]
+
+
+def plan_for(weight: torch.Tensor, silu: bool = False, plan: GemvPlan | None = None) -> GemvPlan:
+    n = weight.shape[0] // 2 if silu else weight.shape[0]
+    return plan or choose_plan(n, weight.shape[1], num_sms(weight.device))
+
+
+def workspace_need(weight: torch.Tensor, silu: bool = False, plan: GemvPlan | None = None) -> tuple[int, int]:
+    """(float32 partials, tickets) a split launch on ``weight`` needs (zeros when it does not split)."""
+    plan = plan_for(weight, silu, plan)
+    if plan.split_k == 1:
+        return 0, 0
+    n = weight.shape[0] // 2 if silu else weight.shape[0]
+    tiles = triton.cdiv(n, plan.block_n)
+    return plan.split_k * tiles * 2 * BLOCK_M * plan.block_n, tiles
+
+
+def reserve_workspace(weight: torch.Tensor, silu: bool = False, plan: GemvPlan | None = None) -> None:
+    """Sizes the device's shared workspace for launches on ``weight`` (call before graph capture)."""
+    workspace(weight.device).reserve(*workspace_need(weight, silu, plan))
+
+
+def decode_gemv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    silu: bool = False,
+    plan: GemvPlan | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``x @ weight.T + bias`` for x [M, K] (1 <= M <= 8), weight [N, K], bias [N]; with ``silu`` the
+    weight is a fused gate_up [2I, K] (bias [2I]) and the result ``silu(gate) * up`` [M, I].
+
+    float16/bfloat16/float32, one dtype for all; last dims contiguous. Returns a new tensor of x's
+    dtype (or fills ``out``). ``plan`` overrides the tile plan (benchmarks); a split plan needs the
+    device workspace reserved first (``reserve_workspace``) when it runs under CUDA-graph capture.
+    """
+    n_out = _check(x, weight, bias, silu, out)
+    M, K = x.shape
+    plan = plan_for(weight, silu, plan)
+    if out is None:
+        out = torch.empty(M, n_out, dtype=x.dtype, device=x.device)
+    if M == 0 or n_out == 0:
+        return out
+    tiles = triton.cdiv(n_out, plan.block_n)
+    per = k_per_split(K, plan)
+    if plan.split_k > 1:
+        space = workspace(x.device)
+        space.reserve(*workspace_need(weight, silu, plan))
+        partials, tickets = space.partials, space.tickets
+    else:
+        partials, tickets = out, out  # never read: SPLIT_K == 1 compiles the split path away
+    _decode_gemv_kernel[(tiles, plan.split_k)](
+        x, weight, bias if bias is not None else weight, out, partials, tickets,
+        M, n_out, K, per,
+        x.stride(0), weight.stride(0), out.stride(0),
+        BLOCK_M=BLOCK_M, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT_K=plan.split_k,
+        SILU=silu, HAS_BIAS=bias is not None, EVEN_N=n_out % plan.block_n == 0,
+        EVEN_K=K % plan.block_k == 0 and per * plan.split_k == K,
+        EXACT_FP32=x.dtype == torch.float32,
+        num_warps=plan.num_warps, num_stages=plan.num_stages,
+    )
+    return out
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool,
+           out: torch.Tensor | None) -> int:
+    if x.dim() != 2 or x.stride(-1) != 1:
+        raise KernelInputError(f"x must be [M, K] with a contiguous last dim, got {tuple(x.shape)}")
+    M, K = x.shape
+    if M > MAX_ROWS:
+        raise KernelInputError(f"the decode GEMV takes at most {MAX_ROWS} rows, got {M}")
+    if weight.dim() != 2 or weight.shape[1] != K or weight.stride(-1) != 1:
+        raise KernelInputError(f"weight must be [N, {K}] with a contiguous last dim, got {tuple(weight.shape)}")
+    if x.dtype not in _DTYPES or weight.dtype != x.dtype:
+        raise KernelInputError(f"x and weight must share a float dtype, got {x.dtype} and {weight.dtype}")
+    if silu and weight.shape[0] % 2:
+        raise KernelInputError(f"a fused gate_up weight has an even number of rows, got {weight.shape[0]}")
+    n_out = weight.shape[0] // 2 if silu else weight.shape[0]
+    if bias is not None and (bias.shape != (weight.shape[0],) or bias.stride(0) != 1 or bias.dtype != x.dtype):
+        raise KernelInputError(f"bias must be contiguous [{weight.shape[0]}] {x.dtype}, got {tuple(bias.shape)}")
+    for name, t in (("weight", weight), ("bias", bias), ("out", out)):
+        if t is not None and t.device != x.device:
+            raise KernelInputError(f"{name} is on {t.device}, x on {x.device}")
+    if out is not None and (out.shape != (M, n_out) or out.dtype != x.dtype or out.stride(-1) != 1):
+        raise KernelInputError(f"out must be [{M}, {n_out}] {x.dtype} with a contiguous last dim")
+    return n_out

@@ -1,0 +1,74 @@
+"""Launch plans of the decode GEMV (``decode_gemv.py``), made on the host from Python ints only.
+
+A plan never changes what is computed beyond the order of the float32 additions (a split adds K
+ranges in a fixed order), so every plan gives the same result to rounding. Nothing here imports
+Triton or reads a device tensor: the choice is free under CUDA-graph capture and testable anywhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_ROWS = 8  # decode and latency batches; more rows go to cuBLAS
+BLOCK_M = 16  # a tensor-core dot needs at least 16 rows: x is padded to them in registers
+MAX_SPLIT_K = 8
+MIN_K_PER_SPLIT = 1024  # shorter K ranges spend more on partial sums than they gain in parallelism
+TARGET_PROGRAMS_PER_SM = 3  # enough programs per SM to keep loads in flight and the last wave short
+
+
+@dataclass(frozen=True)
+class GemvPlan:
+    """One compiled shape of the kernel: ``block_n`` output columns (with the SiLU epilogue: gate and
+    up columns each) and ``block_k`` inputs per step, ``split_k`` programs along K."""
+
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    split_k: int
+
+
+# Llama-3.1-8B projections (N, K) at batch 1..8. Tile widths from the H100 sweep of
+# bench/gemv_tune.py (un-split, 2026-11-25). The narrow layers (qkv 192, o and down 128 column tiles
+# for 132 SMs) split K about three ways, with stages that leave room for three programs per SM
+# (~74 KB of shared memory each). The splits are not yet timed on a GPU: bench/decode_fusion.py --sweep.
+LLAMA_8B_PLANS: dict[tuple[int, int], GemvPlan] = {
+    (6144, 4096): GemvPlan(32, 256, 4, 3, 2),  # qkv
+    (4096, 4096): GemvPlan(32, 256, 4, 4, 3),  # o
+    (28672, 4096): GemvPlan(32, 512, 4, 4, 1),  # gate_up unfused (the sweep's best)
+    (14336, 4096): GemvPlan(32, 256, 4, 3, 1),  # gate_up with the SiLU epilogue (N = intermediate, 2 x 32 rows)
+    (4096, 14336): GemvPlan(32, 256, 4, 4, 3),  # down
+}
+
+
+def choose_plan(n: int, k: int, num_sms: int) -> GemvPlan:
+    """The plan for an [n, k] weight (n = output columns one program family covers; with the SiLU
+    epilogue the intermediate size): the table's, else by rule."""
+    plan = LLAMA_8B_PLANS.get((n, k))
+    if plan is not None:
+        return _fit_split(plan, k)
+    block_n = 32
+    block_k = 256 if k >= 256 else max(16, _pow2_at_least(k))
+    tiles = -(-n // block_n)
+    split = 1
+    while (split < MAX_SPLIT_K and tiles * split < TARGET_PROGRAMS_PER_SM * num_sms
+           and k // (2 * split) >= MIN_K_PER_SPLIT):
+        split *= 2
+    return _fit_split(GemvPlan(block_n, block_k, 4, 4 if block_k <= 256 else 3, split), k)
+
+
+def k_per_split(k: int, plan: GemvPlan) -> int:
+    """Inputs each program along K covers: whole ``block_k`` steps, so only the last may be ragged."""
+    steps = -(-k // plan.block_k)
+    return -(-steps // plan.split_k) * plan.block_k
+
+
+def _fit_split(plan: GemvPlan, k: int) -> GemvPlan:
+    """The plan with at most as many K programs as whole K ranges exist (none of them empty)."""
+    per = k_per_split(k, plan)
+    split = -(-k // per)
+    return plan if split == plan.split_k else GemvPlan(plan.block_n, plan.block_k, plan.num_warps,
+                                                       plan.num_stages, split)
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
