@@ -10,8 +10,9 @@
 #   serving    the governed stack at LEVELS (bench/gpu_serving.sh; .gpu/gw-wheels and .peer's tools)
 #   serving_ab the same with routing.multiplex on, then off (a Generate call per request)
 #   serving_ep the same with the worker's engine core in its own process (ward worker --engine-process)
-#   budget     the governed stack at LEVELS with each step budget in BUDGETS (default "2048 4096
-#              16384"; the worker's default is 8192): chunked-prefill sizing against TTFT and ITL
+#   variants   the governed stack at VARIANT_LEVELS (default "64 256") once per entry of
+#              WORKER_VARIANTS (worker arguments, entries separated by ';', an empty entry for the
+#              defaults), e.g. "--max-num-batched-tokens 2048;--decode-step-tokens 2048;"
 #   seqs       1,000 x 256/256 and 1,000 x 1,024/128 with 512 and 1,024 sequences per step (vLLM's
 #              default on this class of card is 1,024), each without and with a KV reserve of 256 outputs
 set -u
@@ -34,7 +35,7 @@ RUNS=0
 serving() {  # name, then environment assignments for the stack (a step named twice keeps both runs)
   local name=$1; shift
   RUNS=$((RUNS + 1)); [ -e "$OUT/$name" ] && name="$name-$RUNS"
-  if [ ! -d .gpu/gw-wheels ] || [ "$(left)" -lt 150 ]; then echo "$name: not run ($(left) s left)"; return; fi
+  if [ ! -d .gpu/gw-wheels ] || [ "$(left)" -lt "${SERVING_NEED:-150}" ]; then echo "$name: not run ($(left) s left)"; return; fi
   env OUT="$OUT/$name" LEVELS="${LEVELS:-1 64 256}" "$@" timeout 140 bash bench/gpu_serving.sh > "$OUT/$name.txt" 2>&1
   echo "$name ($SECONDS s):"; python3 bench/level_summary.py < "$OUT/$name.txt"
 }
@@ -56,10 +57,11 @@ for s in $STEPS; do
     serving) serving serving WARD_ROUTING__MULTIPLEX=true ;;
     serving_ab) serving serving_mux WARD_ROUTING__MULTIPLEX=true; serving serving_calls WARD_ROUTING__MULTIPLEX=false ;;
     serving_ep) serving serving_ep WARD_ROUTING__MULTIPLEX=true ENGINE_PROCESS=1 ;;
-    budget) for b in ${BUDGETS:-2048 4096 16384}; do
-              serving "budget$b" WARD_ROUTING__MULTIPLEX=true WORKER_ARGS="--max-num-batched-tokens $b" \
-                LEVELS="${BUDGET_LEVELS:-64 256}"
-            done ;;
+    variants) IFS=';' read -ra VARIANT_LIST <<< "${WORKER_VARIANTS:-}"
+              for v in "${VARIANT_LIST[@]}"; do
+                echo "worker args: '${v}'"
+                SERVING_NEED=80 serving variant WARD_ROUTING__MULTIPLEX=true WORKER_ARGS="$v" LEVELS="${VARIANT_LEVELS:-64 256}"
+              done ;;
     seqs) for n in ${SEQS:-512 1024}; do
             bench "seqs$n" 110 --workloads offline_256_256,offline_1024_128 --max-num-seqs "$n"
             bench "seqs$n-reserve" 110 --workloads offline_256_256,offline_1024_128 --max-num-seqs "$n" \

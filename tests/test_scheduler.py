@@ -179,3 +179,31 @@ def test_length_limit_from_max_model_len():
     s.add_request(req("a", 8, max_tokens=100))
     done, _ = run_to_end(s, r)
     assert len(done["a"]) == 2
+
+
+def test_decode_step_tokens_caps_a_step_only_while_a_request_is_decoding():
+    kv = KVCacheManager(64, BS)
+    s = Scheduler(kv, max_num_seqs=8, max_num_batched_tokens=32, max_model_len=256, decode_step_tokens=8)
+    r = FakeRunner()
+    s.add_request(req("first", 40, max_tokens=20))
+    out = s.schedule()
+    assert out.num_scheduled_tokens == {"first": 32}  # nothing decoding yet: the whole budget
+    s.update_from_output(out, r.execute(out))
+    out = s.schedule()
+    assert out.num_scheduled_tokens == {"first": 8}  # the rest of its prompt
+    s.update_from_output(out, r.execute(out))
+    s.add_request(req("second", 40, max_tokens=5, seed=1, arrival=1e12))
+    out = s.schedule()
+    assert out.num_scheduled_tokens == {"first": 1, "second": 7}  # first decodes: 8 tokens in all
+    s.update_from_output(out, r.execute(out))
+    finished, steps = run_to_end(s, r)
+    assert all(sum(o.num_scheduled_tokens.values()) <= 8 for o in steps if "first" in o.num_scheduled_tokens)
+    assert len(finished["second"]) == 5
+
+
+def test_decode_step_tokens_must_be_positive():
+    import pytest
+
+    with pytest.raises(ValueError, match="decode_step_tokens"):
+        Scheduler(KVCacheManager(8, BS), max_num_seqs=1, max_num_batched_tokens=8, max_model_len=64,
+                  decode_step_tokens=0)

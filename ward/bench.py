@@ -45,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--enforce-eager", action="store_true")
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=16384)
+    p.add_argument("--decode-step-tokens", type=int, default=None,
+                   help="offline: a step's token budget while any request is decoding (default: no cap)")
     p.add_argument("--reserved-output-tokens", type=int, default=0,
                    help="offline: KV room kept for every running request's first N outputs (0: none, preempt)")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="offline: GPUs the model is split over")
@@ -170,11 +172,12 @@ def run(args: argparse.Namespace) -> int:
                   quantization=args.quantization, kv_cache_dtype=args.kv_cache_dtype,
                   gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
                   max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-                  reserved_output_tokens=args.reserved_output_tokens,
+                  reserved_output_tokens=args.reserved_output_tokens, decode_step_tokens=args.decode_step_tokens,
                   tensor_parallel_size=args.tensor_parallel_size)
         report["startup_s"] = round(time.perf_counter() - t0, 1)
         report["config"] = {"max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
-                            "reserved_output_tokens": args.reserved_output_tokens}
+                            "reserved_output_tokens": args.reserved_output_tokens,
+                            "decode_step_tokens": args.decode_step_tokens}
         report["engine"] = {"kv_blocks": llm.engine.kv.num_blocks, "memory": llm.engine.runner.memory_report,
                             "graph_capture_s": round(llm.engine.runner.graph_capture_seconds, 1)}
         print("startup", report["startup_s"], "s", report["engine"], flush=True)

@@ -26,6 +26,9 @@ class EngineConfig:
     max_num_seqs: int = 256
     max_num_batched_tokens: int = 16384  # offline default; `ward worker` uses 8192 for latency
     enable_chunked_prefill: bool = True
+    # while any request is decoding, a step holds at most this many tokens (None: max_num_batched_tokens
+    # always); prefill chunks shrink so decodes keep a steady pace under load
+    decode_step_tokens: int | None = None
     # > 0: admission keeps KV room for every running request's prompt and first this-many outputs, so
     # a new request does not force a running one out to be recomputed; 0 (default, as vLLM): admit
     # while blocks are free and preempt when they run out
@@ -66,6 +69,8 @@ class EngineConfig:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens must be >= 1, got {self.max_num_batched_tokens}")
+        if self.decode_step_tokens is not None and self.decode_step_tokens < 1:
+            raise ValueError(f"decode_step_tokens must be >= 1, got {self.decode_step_tokens}")
         if self.reserved_output_tokens < 0:
             raise ValueError(f"reserved_output_tokens must be >= 0, got {self.reserved_output_tokens}")
         if self.tensor_parallel_size < 1:

@@ -48,10 +48,17 @@ class Scheduler:
         max_model_len: int,
         enable_chunked_prefill: bool = True,
         reserved_output_tokens: int = 0,
+        decode_step_tokens: int | None = None,
     ) -> None:
         if reserved_output_tokens < 0:
             raise ValueError(f"reserved_output_tokens must be >= 0, got {reserved_output_tokens}")
+        if decode_step_tokens is not None and decode_step_tokens < 1:
+            raise ValueError(f"decode_step_tokens must be >= 1, got {decode_step_tokens}")
         self.kv = kv
+        # While a request is decoding, a step holds at most this many tokens: prefill chunks shrink
+        # so the decoding requests keep a steady pace (time per output token); with none decoding,
+        # a prompt takes the whole max_num_batched_tokens (time to first token).
+        self.decode_step_tokens = decode_step_tokens
         self.reserved_output_tokens = reserved_output_tokens
         self.num_reserve_waits = 0  # steps whose admissions stopped to keep the running requests' room
         self.max_num_seqs = max_num_seqs
@@ -106,6 +113,9 @@ class Scheduler:
 
     def schedule(self) -> SchedulerOutput:
         budget = self.max_num_batched_tokens
+        if self.decode_step_tokens is not None and self.decode_step_tokens < budget and any(
+                r.num_computed_tokens >= r.num_prompt_tokens for r in self.running):
+            budget = self.decode_step_tokens
         num_scheduled: dict[str, int] = {}
         new_reqs: dict[str, NewRequestData] = {}
         cached_reqs: dict[str, CachedRequestData] = {}
