@@ -207,3 +207,15 @@ def test_decode_step_tokens_must_be_positive():
     with pytest.raises(ValueError, match="decode_step_tokens"):
         Scheduler(KVCacheManager(8, BS), max_num_seqs=1, max_num_batched_tokens=8, max_model_len=64,
                   decode_step_tokens=0)
+
+
+def test_the_worker_caps_decode_steps_at_2048_by_default_and_0_turns_the_cap_off():
+    import argparse
+
+    from worker.server.cli import add_arguments, engine_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    default = engine_config(parser.parse_args(["--model", "m"]), "m")
+    assert (default.decode_step_tokens, default.max_num_batched_tokens) == (2048, 8192)
+    assert engine_config(parser.parse_args(["--model", "m", "--decode-step-tokens", "0"]), "m").decode_step_tokens is None

@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from worker.config import BACKEND_NAMES, KV_CACHE_DTYPES, QUANTIZATION_CHOICES
+from worker.config import BACKEND_NAMES, KV_CACHE_DTYPES, QUANTIZATION_CHOICES, EngineConfig
 
 log = logging.getLogger("ward.worker")
 
@@ -25,10 +25,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-model-len", type=int, default=None)
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=8192)
-    p.add_argument("--decode-step-tokens", type=int, default=None,
-                   help="while any request is decoding, a step holds at most this many tokens (prefill chunks "
-                        "shrink so output keeps a steady pace); with none decoding a prompt takes the whole "
-                        "--max-num-batched-tokens (default: that budget always)")
+    p.add_argument("--decode-step-tokens", type=int, default=2048,
+                   help="while any request is decoding, a step holds at most this many tokens, so prefill chunks "
+                        "shrink and output keeps a steady pace under load; a prompt with none decoding takes the "
+                        "whole --max-num-batched-tokens (default 2048; 0: that budget always)")
     p.add_argument("--reserved-output-tokens", type=int, default=0,
                    help="N > 0: admission keeps KV room for every running request's prompt and first N outputs "
                         "instead of preempting later (default 0: admit while blocks are free, preempt when they run out)")
@@ -116,6 +116,21 @@ def _set_cpu_threads(args) -> None:
         torch.set_num_threads(threads)
 
 
+def engine_config(args: argparse.Namespace, name: str) -> EngineConfig:
+    """The generation engine's configuration from the worker's arguments (ValueError when invalid)."""
+    return EngineConfig(
+        model=args.model, served_model_name=name, dtype=args.dtype, device=args.device,
+        load_format=args.load_format, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+        max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size,
+        reserved_output_tokens=args.reserved_output_tokens, decode_step_tokens=args.decode_step_tokens or None,
+        num_kv_blocks=args.num_kv_blocks, kv_cache_memory_bytes=args.kv_cache_memory,
+        gpu_memory_utilization=args.gpu_memory_utilization, enable_prefix_caching=not args.no_prefix_caching,
+        attention_backend=args.attention_backend, enforce_eager=args.enforce_eager,
+        tensor_parallel_size=args.tensor_parallel_size,
+        quantization=args.quantization, kv_cache_dtype=args.kv_cache_dtype,
+    )
+
+
 def _build(args):
     from worker.errors import ModelLoadError
     from worker.model.registry import packaged_task, resolve_model
@@ -135,20 +150,9 @@ def _build(args):
             raise ModelLoadError("--engine-process applies to generation models only")
 
         return task, name, EmbeddingModel(resolve_model(args.model), device=args.device)
-    from worker.config import EngineConfig
     from worker.engine.llm_engine import LLMEngine
 
-    config = EngineConfig(
-        model=args.model, served_model_name=name, dtype=args.dtype, device=args.device,
-        load_format=args.load_format, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size,
-        reserved_output_tokens=args.reserved_output_tokens, decode_step_tokens=args.decode_step_tokens,
-        num_kv_blocks=args.num_kv_blocks, kv_cache_memory_bytes=args.kv_cache_memory,
-        gpu_memory_utilization=args.gpu_memory_utilization, enable_prefix_caching=not args.no_prefix_caching,
-        attention_backend=args.attention_backend, enforce_eager=args.enforce_eager,
-        tensor_parallel_size=args.tensor_parallel_size,
-        quantization=args.quantization, kv_cache_dtype=args.kv_cache_dtype,
-    )
+    config = engine_config(args, name)
     if args.engine_process:
         from worker.server.engine_process import EngineProcess
 
