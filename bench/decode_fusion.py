@@ -191,6 +191,10 @@ def main() -> int:
     parser.add_argument("--gemv-only-run", action="store_true",
                         help="also run the model with the GEMV on and the rotary fusion off")
     parser.add_argument("--sweep", action="store_true", help="time a grid of tile plans per projection")
+    parser.add_argument("--projection-sets", default="",
+                        help="more model runs, one per WARD_DECODE_GEMV value in this ';'-separated list "
+                             "(e.g. 'all;gate_up;qkv,gate_up'), each with the rotary fusion on")
+    parser.add_argument("--skip-kernels", action="store_true", help="no per-projection timings")
     args = parser.parse_args()
     report: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
     import triton
@@ -205,14 +209,16 @@ def main() -> int:
     bw = copy_bandwidth()
     report["copy_bandwidth_tb_s"] = round(bw / 1e12, 3)
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
-    report["projections"] = projections(bw)
-    report["rotary_cache"] = rotary_rows()
+    report["projections"] = [] if args.skip_kernels else projections(bw)
+    report["rotary_cache"] = [] if args.skip_kernels else rotary_rows()
     if args.sweep:
         report["sweep"] = sweep()
     if not args.skip_model:
         settings = {"off": ("0", "0"), "on": ("1", "1")}
         if args.gemv_only_run:
             settings = {"off": ("0", "0"), "gemv_only": ("1", "0"), "on": ("1", "1")}
+        for value in filter(None, args.projection_sets.split(";")):
+            settings[f"on[{value}]"] = (value, "1")
         report["model"] = model_runs(settings)
     summarize(report)
     with open(args.out, "w") as f:

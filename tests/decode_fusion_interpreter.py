@@ -26,7 +26,7 @@ from worker.attention.triton_backend import TritonAttention, TritonBackend  # no
 from worker.kernels import decode_gemv as gemv_module  # noqa: E402
 from worker.kernels import model_ops  # noqa: E402
 from worker.kernels import rotary_cache as rotary_cache_module  # noqa: E402
-from worker.model.decode_linear import use_decode_gemv  # noqa: E402
+from worker.model.decode_linear import PROJECTIONS, use_decode_gemv  # noqa: E402
 from worker.model.loader import build_model, load_weights  # noqa: E402
 from worker.model.spec import load_spec  # noqa: E402
 
@@ -93,7 +93,7 @@ def run(name: str) -> dict:
     counting(rotary_cache_module, "rotary_and_cache", calls)
     tokens_off, logits_off = greedy(model, spec)
     calls_off = dict(calls)
-    swapped = use_decode_gemv(model)
+    swapped = use_decode_gemv(model, tuple(PROJECTIONS))
     for attn in attns:
         attn.fuse_rotary = True
     tokens_on, logits_on = greedy(model, spec)

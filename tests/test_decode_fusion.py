@@ -74,6 +74,20 @@ def test_swap_is_off_with_the_environment_switch(monkeypatch: pytest.MonkeyPatch
     assert type(model.layers[0].mlp.down_proj) is nn.Linear
 
 
+def test_the_environment_switch_names_the_projections_to_swap(monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = nn.Module()
+    layer.mlp = nn.Module()
+    layer.mlp.gate_up_proj, layer.mlp.down_proj = nn.Linear(8, 16), nn.Linear(8, 8)
+    model = nn.Module()
+    model.layers = nn.ModuleList([layer])
+    monkeypatch.setenv("WARD_DECODE_GEMV", "gate_up")
+    assert use_decode_gemv(model) == 1
+    assert isinstance(layer.mlp.gate_up_proj, DecodeGemvLinear) and type(layer.mlp.down_proj) is nn.Linear
+    monkeypatch.setenv("WARD_DECODE_GEMV", "gate_up,mlp")
+    with pytest.raises(ValueError, match="unknown projections"):
+        use_decode_gemv(model)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 def test_engine_with_fusions_on_and_off_on_gpu_bf16(default_model_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:

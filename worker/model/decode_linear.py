@@ -7,8 +7,9 @@ in float16/bfloat16 on CUDA (the decode and latency batches); other inputs go to
 (cuBLAS). A gate_up layer also offers ``forward_silu_and_mul``: the GEMV with the SiLU epilogue,
 which the Llama MLP uses when its gate_up layer has it.
 
-``WARD_DECODE_GEMV=0`` keeps the plain layers (A/B timing); the default is on where the runner
-uses the Triton ops on CUDA. Under Triton's interpreter (``TRITON_INTERPRET=1``) CPU tensors take
+``WARD_DECODE_GEMV`` chooses the projections: ``0`` none (A/B timing), ``all``, or a comma list of
+``qkv``, ``o``, ``gate_up``, ``down``; unset, ``DEFAULT_PROJECTIONS`` where the runner uses the
+Triton ops on CUDA. Under Triton's interpreter (``TRITON_INTERPRET=1``) CPU tensors take
 the GEMV too, so the swapped model can be checked on a machine without a GPU.
 """
 from __future__ import annotations
@@ -21,13 +22,28 @@ from torch import nn
 
 from worker.kernels.decode_gemv_config import MAX_ROWS
 
-PROJECTIONS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
+PROJECTIONS = {"qkv": "self_attn.qkv_proj", "o": "self_attn.o_proj", "gate_up": "mlp.gate_up_proj",
+               "down": "mlp.down_proj"}
+DEFAULT_PROJECTIONS = ("qkv", "o", "gate_up", "down")
 _GEMV_DTYPES = (torch.float16, torch.bfloat16)  # float32 keeps cuBLAS (and its exact-parity tests)
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def decode_gemv_enabled() -> bool:
-    return os.environ.get("WARD_DECODE_GEMV", "1") != "0"
+def decode_gemv_projections() -> tuple[str, ...]:
+    """The projections ``WARD_DECODE_GEMV`` names (ValueError for an unknown one)."""
+    value = os.environ.get("WARD_DECODE_GEMV", "").strip()
+    if value in ("", "1"):
+        return DEFAULT_PROJECTIONS
+    if value == "0":
+        return ()
+    if value == "all":
+        return tuple(PROJECTIONS)
+    names = tuple(n.strip() for n in value.split(",") if n.strip())
+    unknown = [n for n in names if n not in PROJECTIONS]
+    if unknown:
+        raise ValueError(f"WARD_DECODE_GEMV names unknown projections {unknown}; known: 0, all, "
+                         f"or a comma list of {', '.join(PROJECTIONS)}")
+    return names
 
 
 class DecodeGemvLinear(nn.Linear):
@@ -68,17 +84,19 @@ class DecodeGemvLinear(nn.Linear):
         return decode_gemv(x2, self.weight, self.bias, silu=True).reshape(*x.shape[:-1], self.out_features // 2)
 
 
-def use_decode_gemv(model: nn.Module) -> int:
-    """Swaps every decoder layer's float projection for a ``DecodeGemvLinear`` (quantized layers and
-    MoE experts are left alone) and reserves the GEMV's workspace, so that nothing is allocated
-    during CUDA-graph capture. Returns the number of layers swapped (0 with ``WARD_DECODE_GEMV=0``)."""
-    if not decode_gemv_enabled():
+def use_decode_gemv(model: nn.Module, projections: tuple[str, ...] | None = None) -> int:
+    """Swaps the named float projections of every decoder layer (default: ``WARD_DECODE_GEMV``'s) for
+    ``DecodeGemvLinear`` (quantized layers and MoE experts are left alone) and reserves the GEMV's
+    workspace, so that nothing is allocated during CUDA-graph capture. Returns the number of layers
+    swapped."""
+    names = decode_gemv_projections() if projections is None else projections
+    if not names:
         return 0
     from worker.kernels.decode_gemv import reserve_workspace
 
     swapped = 0
     for layer in model.layers:
-        for name in PROJECTIONS:
+        for name in (PROJECTIONS[n] for n in names):
             try:
                 module = layer.get_submodule(name)
             except AttributeError:
