@@ -350,12 +350,9 @@ def check_rotary(
 
     g = torch.Generator().manual_seed(seed)
     max_position = 4096
-    inv_freq = 1.0 / (500000.0 ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
-    freqs = torch.outer(torch.arange(max_position, dtype=torch.float32), inv_freq)
-    cos_sin_cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1).to(device)
-    positions = torch.randint(0, max_position, (num_tokens,), generator=g).to(device)
+    cos_sin_cache, positions, qkv = _rotary_inputs(g, max_position, num_tokens, num_heads, num_kv_heads, head_dim,
+                                                   rotary_dim, dtype, device)
     q_width, kv_width = num_heads * head_dim, num_kv_heads * head_dim
-    qkv = _randn(g, num_tokens, q_width + 2 * kv_width, dtype=dtype, device=device)
     original = qkv.clone()
     q = qkv[:, :q_width].view(num_tokens, num_heads, head_dim)
     k = qkv[:, q_width : q_width + kv_width].view(num_tokens, num_kv_heads, head_dim)
@@ -374,6 +371,17 @@ def check_rotary(
     }
 
 
+def _rotary_inputs(g: torch.Generator, max_position: int, num_tokens: int, num_heads: int, num_kv_heads: int,
+                   head_dim: int, rotary_dim: int, dtype: torch.dtype, device: str):
+    """A Llama-3 rope cache, random positions and a random fused qkv [tokens, (heads + 2 kv heads) * dim]."""
+    inv_freq = 1.0 / (500000.0 ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
+    freqs = torch.outer(torch.arange(max_position, dtype=torch.float32), inv_freq)
+    cos_sin_cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1).to(device)
+    positions = torch.randint(0, max_position, (num_tokens,), generator=g).to(device)
+    qkv = _randn(g, num_tokens, (num_heads + 2 * num_kv_heads) * head_dim, dtype=dtype, device=device)
+    return cos_sin_cache, positions, qkv
+
+
 def check_rotary_cache(num_tokens: int, num_heads: int, num_kv_heads: int, head_dim: int, rotary_dim: int,
                        block_size: int, num_padding: int, device: str, dtype: torch.dtype, seed: int = 0) -> Metrics:
     """``rotary_and_cache`` against ``rotary_embedding`` then ``reshape_and_cache`` on q/k/v views of a
@@ -385,12 +393,9 @@ def check_rotary_cache(num_tokens: int, num_heads: int, num_kv_heads: int, head_
 
     g = torch.Generator().manual_seed(seed)
     max_position = 2048
-    inv_freq = 1.0 / (500000.0 ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
-    freqs = torch.outer(torch.arange(max_position, dtype=torch.float32), inv_freq)
-    cos_sin_cache = torch.cat([freqs.cos(), freqs.sin()], dim=-1).to(device)
-    positions = torch.randint(0, max_position, (num_tokens,), generator=g).to(device)
+    cos_sin_cache, positions, qkv = _rotary_inputs(g, max_position, num_tokens, num_heads, num_kv_heads, head_dim,
+                                                   rotary_dim, dtype, device)
     q_width, kv_width = num_heads * head_dim, num_kv_heads * head_dim
-    qkv = _randn(g, num_tokens, q_width + 2 * kv_width, dtype=dtype, device=device)
     num_blocks = math.ceil(num_tokens / block_size) + 2
     key_cache = torch.full((num_blocks, block_size, num_kv_heads, head_dim), float("nan"), dtype=dtype, device=device)
     value_cache = torch.full_like(key_cache, float("nan"))

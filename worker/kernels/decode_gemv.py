@@ -23,6 +23,7 @@ import triton.language as tl
 from worker.kernels.attention import num_sms
 from worker.kernels.decode_gemv_config import BLOCK_M, MAX_ROWS, GemvPlan, choose_plan, k_per_split
 from worker.kernels.errors import KernelInputError
+from worker.kernels.gemv_checks import check_gemv_operands
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -217,13 +218,7 @@ def decode_gemv(
 
 def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool,
            out: torch.Tensor | None) -> int:
-    if x.dim() != 2 or x.stride(-1) != 1:
-        raise KernelInputError(f"x must be [M, K] with a contiguous last dim, got {tuple(x.shape)}")
-    M, K = x.shape
-    if M > MAX_ROWS:
-        raise KernelInputError(f"the decode GEMV takes at most {MAX_ROWS} rows, got {M}")
-    if weight.dim() != 2 or weight.shape[1] != K or weight.stride(-1) != 1:
-        raise KernelInputError(f"weight must be [N, {K}] with a contiguous last dim, got {tuple(weight.shape)}")
+    M, K = check_gemv_operands(x, weight, MAX_ROWS, "decode GEMV")
     if x.dtype not in _DTYPES or weight.dtype != x.dtype:
         raise KernelInputError(f"x and weight must share a float dtype, got {x.dtype} and {weight.dtype}")
     if silu and weight.shape[0] % 2:

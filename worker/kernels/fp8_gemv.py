@@ -19,6 +19,7 @@ import triton.language as tl
 
 from worker.kernels.attention import num_sms
 from worker.kernels.errors import KernelInputError
+from worker.kernels.gemv_checks import check_gemv_operands
 
 FP8_GEMV_MAX_ROWS = 8
 
@@ -53,13 +54,7 @@ def _fp8_gemv_kernel(
 
 def fp8_gemv(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """[M, K] (M <= 8) @ (e4m3 [N, K] * float scale [N] or [N, 1]).T -> [M, N] in x's dtype."""
-    if x.dim() != 2 or x.stride(-1) != 1:
-        raise KernelInputError(f"x must be [M, K] with a contiguous last dim, got {tuple(x.shape)}")
-    M, K = x.shape
-    if M > FP8_GEMV_MAX_ROWS:
-        raise KernelInputError(f"the FP8 GEMV takes at most {FP8_GEMV_MAX_ROWS} rows, got {M}")
-    if weight.dim() != 2 or weight.shape[1] != K or weight.stride(-1) != 1:
-        raise KernelInputError(f"weight must be [N, {K}] with a contiguous last dim, got {tuple(weight.shape)}")
+    M, K = check_gemv_operands(x, weight, FP8_GEMV_MAX_ROWS, "FP8 GEMV")
     N = weight.shape[0]
     if scale.numel() != N:
         raise KernelInputError(f"scale must hold one value per output channel ({N}), got {tuple(scale.shape)}")
