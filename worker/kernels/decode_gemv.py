@@ -55,23 +55,42 @@ def _decode_gemv_kernel(
         k_ok = offs_k < K
         x = tl.load(x_ptr + rows[:, None] * stride_xm + offs_k[None, :], mask=r_ok[:, None] & k_ok[None, :],
                     other=0.0)
-        if EVEN_N and EVEN_K:  # unmasked weight loads vectorise best
-            w = tl.load(w_rows + offs_k[None, :])
+        acc, acc_up = _dot_step(x, w_rows, up_rows, offs_k, n_ok, k_ok, acc, acc_up, SILU, EVEN_N, EVEN_K,
+                                EXACT_FP32)
+    _finish(acc, acc_up, b_ptr, y_ptr, part_ptr, ticket_ptr, pid_n, pid_k, rows, cols, r_ok, n_ok, N, stride_ym,
+            BLOCK_M, BLOCK_N, SPLIT_K, SILU, HAS_BIAS)
+
+
+@triton.jit
+def _dot_step(x, w_rows, up_rows, offs_k, n_ok, k_ok, acc, acc_up,
+              SILU: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, EXACT_FP32: tl.constexpr):
+    """One K step: acc += x @ W[cols, offs_k].T (and acc_up with the up rows when SILU)."""
+    if EVEN_N and EVEN_K:  # unmasked weight loads vectorise best
+        w = tl.load(w_rows + offs_k[None, :])
+    else:
+        w = tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+    if EXACT_FP32:
+        acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
+    else:
+        acc = tl.dot(x, tl.trans(w), acc)
+    if SILU:
+        if EVEN_N and EVEN_K:
+            u = tl.load(up_rows + offs_k[None, :])
         else:
-            w = tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            u = tl.load(up_rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
         if EXACT_FP32:
-            acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
+            acc_up = tl.dot(x, tl.trans(u), acc_up, input_precision="ieee")
         else:
-            acc = tl.dot(x, tl.trans(w), acc)
-        if SILU:
-            if EVEN_N and EVEN_K:
-                u = tl.load(up_rows + offs_k[None, :])
-            else:
-                u = tl.load(up_rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-            if EXACT_FP32:
-                acc_up = tl.dot(x, tl.trans(u), acc_up, input_precision="ieee")
-            else:
-                acc_up = tl.dot(x, tl.trans(u), acc_up)
+            acc_up = tl.dot(x, tl.trans(u), acc_up)
+    return acc, acc_up
+
+
+@triton.jit
+def _finish(acc, acc_up, b_ptr, y_ptr, part_ptr, ticket_ptr, pid_n, pid_k, rows, cols, r_ok, n_ok, N, stride_ym,
+            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, SILU: tl.constexpr,
+            HAS_BIAS: tl.constexpr):
+    """Writes the output tile: directly, or with SPLIT_K > 1 through the partials and the tile's ticket
+    (the last program to finish adds the splits in order and re-arms the ticket)."""
     if SPLIT_K > 1:
         # partials [SPLIT_K, tiles, 2, BLOCK_M, BLOCK_N]; only the M real rows are written and read
         tile = BLOCK_M * BLOCK_N
