@@ -3,11 +3,11 @@ for x [M, K] with M <= 8 rows, and the new residual ``x + residual``, in one lau
 
 Before a decoder layer's qkv and gate_up projections the model adds the residual and normalises; at
 a few rows that is a separate launch whose output is read back at once. Here every program first
-reads the M full rows (16-64 KiB, from L2 after the first programs) for each row's sum of squares,
-then rebuilds the normed input of its own K range step by step and runs the decode GEMV's loop,
-split-K ticket scheme and epilogue (``decode_gemv.py``) unchanged. The programs of the first
-column tile write the new residual, each its K range, to a separate tensor (never over the inputs:
-other programs are still reading them).
+reads the M full rows (x and residual: 16 KiB a row at K = 4096 in bf16, from L2 after the first
+programs) for each row's sum of squares, then rebuilds the normed input of its own K range step by
+step and runs the decode GEMV's loop, split-K ticket scheme and epilogue (``decode_gemv.py``)
+unchanged. The programs of the first column tile write the new residual, each its K range, to a
+separate tensor (never over the inputs: other programs are still reading them).
 
 Rounding follows ``norm.fused_add_rms_norm`` then ``decode_gemv``: the sum in the activations'
 dtype, the statistics in float32, the normed value rounded to the dtype, times the norm weight,

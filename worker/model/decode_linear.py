@@ -59,7 +59,9 @@ def decode_gemv_projections() -> tuple[str, ...]:
 class DecodeGemvLinear(nn.Linear):
     """An ``nn.Linear`` (same ``weight`` [out, in] and ``bias``) whose decode-sized calls run the GEMV."""
 
-    norm_fusion = False  # set where the layer before is a norm the model may hand to forward_add_rms_norm
+    # set on qkv and gate_up (with its SiLU epilogue): a Llama decoder layer then hands the norm before
+    # the projection to forward_add_rms_norm (other families ignore it)
+    norm_fusion = False
 
     def __init__(self, linear: nn.Linear) -> None:
         nn.Module.__init__(self)  # not nn.Linear's: it would allocate a second weight
