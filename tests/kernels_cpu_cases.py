@@ -95,8 +95,9 @@ OTHER_CASES: dict[str, Callable[[], Metrics | dict[str, list[str]]]] = {
     "decode_gemv_rows8_silu_split2": lambda: check_decode_gemv(8, 64, 256, "cpu", F32, silu=True,
                                                                plan=(32, 64, 4, 2, 2)),
     # the norm in the GEMV's prologue: every row count, with and without a residual (the first layer),
-    # split and unsplit, ragged K and N, the SiLU epilogue, bias (float32 only: the interpreter neither
-    # rounds nor multiplies bfloat16 as a GPU does; the GPU cases cover it)
+    # split and unsplit, ragged K and N, the SiLU epilogue, bias; float16 checks the roundings of the
+    # sum, the normed value and its product with the weight (bfloat16 not: the interpreter neither
+    # rounds nor multiplies it as a GPU does; the GPU cases cover it)
     "norm_gemv_rows1_ragged": lambda: check_norm_decode_gemv(1, 72, 200, "cpu", F32, plan=(32, 64, 4, 2, 1)),
     "norm_gemv_rows2_split4_first_layer": lambda: check_norm_decode_gemv(2, 64, 512, "cpu", F32, residual=False,
                                                                          plan=(32, 64, 4, 2, 4)),
@@ -110,6 +111,11 @@ OTHER_CASES: dict[str, Callable[[], Metrics | dict[str, list[str]]]] = {
                                                                       plan=(16, 32, 4, 2, 3)),
     "norm_gemv_rows8_silu_split2": lambda: check_norm_decode_gemv(8, 64, 256, "cpu", F32, silu=True,
                                                                   plan=(32, 64, 4, 2, 2)),
+    "norm_gemv_rows8_fp16_split2_bias": lambda: check_norm_decode_gemv(8, 64, 256, "cpu", torch.float16, bias=True,
+                                                                       plan=(32, 64, 4, 2, 2)),
+    "norm_gemv_rows3_fp16_silu_first_layer": lambda: check_norm_decode_gemv(3, 40, 160, "cpu", torch.float16,
+                                                                            silu=True, residual=False,
+                                                                            plan=(16, 32, 4, 2, 3)),
     "token_bitmask_odd_vocab": lambda: check_token_bitmask(5, 1000, (0, 2, 3), "cpu"),
     "token_bitmask_padded_words": lambda: check_token_bitmask(3, 4100, (2, 0), "cpu"),
 }

@@ -65,6 +65,9 @@ ZERO_METRICS = (
     "inputs_changed",
 )
 
+HALF_TOLERANCE = 1e-3  # float16 interpreter cases: a few output roundings (2^-11 relative each)
+HALF_CASES = ("norm_gemv_rows8_fp16_split2_bias", "norm_gemv_rows3_fp16_silu_first_layer")
+
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU: CUDA is not available")
 
 
@@ -122,7 +125,7 @@ def test_kernel_matches_torch_reference_in_interpreter(case: str, interpreter_re
     result = interpreter_results.get(case)
     assert result is not None, f"case {case} did not run"
     assert "error" not in result, result.get("error")
-    assert_metrics(result["metrics"], INTERPRETER_TOLERANCE)
+    assert_metrics(result["metrics"], HALF_TOLERANCE if case in HALF_CASES else INTERPRETER_TOLERANCE)
 
 
 def test_every_kernel_variant_compiles_for_hopper() -> None:
