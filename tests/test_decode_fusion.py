@@ -182,7 +182,8 @@ def test_engine_with_fusions_on_and_off_on_gpu_bf16(default_model_dir: str, monk
     same = sum(a == b for a, b in zip(tokens["on"], tokens["off"]))
     same_norm = sum(a == b for a, b in zip(tokens["on"], tokens["no_norm"]))
     print(f"identical greedy generations {same}/{len(prompts)} (with the norms fused against without: "
-          f"{same_norm}); worst gap off {gaps['off']:.3f}, without the norms {gaps['no_norm']:.3f}, on {gaps['on']:.3f}")
+          f"{same_norm}); worst gap off {gaps['off']:.3f}, without the norms {gaps['no_norm']:.3f}, "
+          f"on {gaps['on']:.3f}")
     assert swapped["off"] == 0 and swapped["on"] > 0
     assert norm_fused["no_norm"] == 0 and norm_fused["on"] > 0
     assert gaps["no_norm"] <= max(0.1, 1.5 * gaps["off"]), gaps
