@@ -1,18 +1,14 @@
 """A/B of the decode fusions on a GPU: the Triton decode GEMV (with its SiLU epilogue) against cuBLAS,
-the residual add + RMSNorm in the qkv and gate_up GEMVs' prologue against the norm kernel then the
-GEMV, rotary fused into the KV-cache write against the two kernels, then the whole Llama-3.1-8B shape
+rotary fused into the KV-cache write against the two kernels, then the whole Llama-3.1-8B shape
 (dummy bf16 weights) at batch 1 and in the latency workload with the fusions off and on. A script
 that prints figures and writes them as JSON, not a test.
 
 1. (unless --skip-tests) the GPU correctness tests of the new kernels and of the engine with the
    fusions on and off, the command printed first;
 2. per projection at M = 1 and 8 rows: microseconds per call as CUDA-graph replays of 50 calls, and
-   the share of the measured copy bandwidth (weights read once); the same for the norm-fused qkv and
-   gate_up (SiLU) against ``fused_add_rms_norm`` then the GEMV;
+   the share of the measured copy bandwidth (weights read once);
 3. (unless --skip-model) ``ward bench offline --model llama-3.1-8b --workloads latency,batch1`` in a
-   subprocess per setting: WARD_DECODE_GEMV / WARD_ROPE_CACHE_FUSION / WARD_NORM_GEMV_FUSION all 0,
-   then all 1 (``--projection-sets`` adds runs with other GEMV projections; ``--norm-ab`` follows
-   each run that has the GEMV on with its twin without the norm fusion).
+   subprocess per setting: WARD_DECODE_GEMV / WARD_ROPE_CACHE_FUSION both 0, then both 1.
 
 ``--sweep`` also times a grid of tile plans per projection (minutes more) to retune
 ``worker/kernels/decode_gemv_config.py``.
@@ -41,15 +37,11 @@ sys.path.insert(0, str(ROOT))
 from worker.kernels import reshape_and_cache, rotary_embedding, silu_and_mul  # noqa: E402
 from worker.kernels.decode_gemv import decode_gemv, reserve_workspace  # noqa: E402
 from worker.kernels.decode_gemv_config import GemvPlan, choose_plan  # noqa: E402
-from worker.kernels.norm import fused_add_rms_norm  # noqa: E402
-from worker.kernels.norm_gemv import rms_norm_decode_gemv  # noqa: E402
 from worker.kernels.rotary_cache import rotary_and_cache  # noqa: E402
 
 PROJECTIONS = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}  # N, K
 LAYERS = 32
 OFFLINE_ARGS = ["offline", "--model", "llama-3.1-8b", "--workloads", "latency,batch1"]  # ward bench's
-NORM_FUSED = {"qkv": False, "gate_up": True}  # projections that take the norm before them: SiLU epilogue?
-EPS = 1e-5
 TEST_COMMAND = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "tests/test_kernels.py",
                 "tests/test_decode_fusion.py", "-k", "decode_gemv or rotary_with_cache or synchronise or fusions"]
 
@@ -115,31 +107,6 @@ def projections(bw: float) -> list[dict]:
     return rows
 
 
-def norm_rows(bw: float) -> list[dict]:
-    """Per call at M = 1 and 8: the norm kernel then the GEMV, against one norm-fused GEMV."""
-    rows = []
-    for (name, silu), m in itertools.product(NORM_FUSED.items(), (1, 8)):
-        n, k = PROJECTIONS[name]
-        w = torch.randn(n, k, dtype=torch.bfloat16, device="cuda") * k**-0.5
-        x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
-        res = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
-        g = 1 + 0.1 * torch.randn(k, dtype=torch.bfloat16, device="cuda")
-        reserve_workspace(w, silu=silu)
-
-        def separate():
-            return decode_gemv(fused_add_rms_norm(x, res, g, EPS)[0], w, silu=silu)
-
-        fused = rms_norm_decode_gemv(x, res, g, EPS, w, silu=silu)[0]
-        row = {"norm_fused": name + ("_silu" if silu else ""), "rows": m, "floor_us": round(n * k * 2 / bw * 1e6, 1),
-               "separate_us": round(timed_us(separate), 2),
-               "fused_us": round(timed_us(lambda: rms_norm_decode_gemv(x, res, g, EPS, w, silu=silu)), 2),
-               "err": rel(fused, separate())}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        del w, x, res
-    return rows
-
-
 def rotary_rows() -> list[dict]:
     rows = []
     heads, kv_heads, dim, block = 32, 8, 128, 16
@@ -171,44 +138,31 @@ def sweep() -> list[dict]:
     results = []
     grid = list(itertools.product((16, 32, 64), (128, 256, 512), (4, 8), (3, 4), (1, 2, 3, 4, 8)))
     for (name, (n, k)), m in itertools.product(PROJECTIONS.items(), (1, 8)):
-        options = [(False, False), (True, False)] if name == "gate_up" else [(False, False)]
-        if name in NORM_FUSED:  # the norm-fused launch: (silu, norm)
-            options.append((NORM_FUSED[name], True))
-        for silu, norm in options:
+        silu_options = (False, True) if name == "gate_up" else (False,)
+        for silu in silu_options:
             w = torch.randn(n, k, dtype=torch.bfloat16, device="cuda") * k**-0.5
             x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
-            g = torch.ones(k, dtype=torch.bfloat16, device="cuda")
             best = None
             for bn, bk, warps, stages, split in grid:
                 plan = GemvPlan(bn, bk, warps, stages, split)
-
-                def call():
-                    if norm:
-                        return rms_norm_decode_gemv(x, x, g, EPS, w, silu=silu, plan=plan)
-                    return decode_gemv(x, w, silu=silu, plan=plan)
-
                 try:
                     reserve_workspace(w, silu, plan)
-                    us = timed_us(call, iters=20)
+                    us = timed_us(lambda: decode_gemv(x, w, silu=silu, plan=plan), iters=20)
                 except Exception:  # a plan that does not fit (shared memory) is skipped
                     continue
                 if best is None or us < best[0]:
                     best = (us, [bn, bk, warps, stages, split])
-            label = name + ("_silu" if silu else "") + ("+norm" if norm else "")
-            row = {"sweep": label, "rows": m, "best_us": round(best[0], 2), "plan": best[1]}
+            row = {"sweep": name + ("_silu" if silu else ""), "rows": m, "best_us": round(best[0], 2), "plan": best[1]}
             results.append(row)
             print(json.dumps(row), flush=True)
             del w, x
     return results
 
 
-def model_runs(settings: dict[str, tuple[str, str, str]]) -> dict:
-    """One ``ward bench offline`` process per setting: label -> (WARD_DECODE_GEMV, WARD_ROPE_CACHE_FUSION,
-    WARD_NORM_GEMV_FUSION)."""
+def model_runs(settings: dict[str, str]) -> dict:
     out = {}
     for label, value in settings.items():
         env = {**os.environ, "WARD_DECODE_GEMV": value[0], "WARD_ROPE_CACHE_FUSION": value[1],
-               "WARD_NORM_GEMV_FUSION": value[2],
                "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         with tempfile.TemporaryDirectory() as d:
             t0 = time.monotonic()
@@ -235,13 +189,11 @@ def main() -> int:
     parser.add_argument("--skip-tests", action="store_true")
     parser.add_argument("--skip-model", action="store_true")
     parser.add_argument("--gemv-only-run", action="store_true",
-                        help="also run the model with the GEMV on and the rotary and norm fusions off")
+                        help="also run the model with the GEMV on and the rotary fusion off")
     parser.add_argument("--sweep", action="store_true", help="time a grid of tile plans per projection")
     parser.add_argument("--projection-sets", default="",
                         help="more model runs, one per WARD_DECODE_GEMV value in this ';'-separated list "
-                             "(e.g. 'all;gate_up;qkv,gate_up'), each with the rotary and norm fusions on")
-    parser.add_argument("--norm-ab", action="store_true",
-                        help="follow every model run with the GEMV on by the same run with WARD_NORM_GEMV_FUSION=0")
+                             "(e.g. 'all;gate_up;qkv,gate_up'), each with the rotary fusion on")
     parser.add_argument("--skip-kernels", action="store_true", help="no per-projection timings")
     args = parser.parse_args()
     report: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
@@ -258,20 +210,15 @@ def main() -> int:
     report["copy_bandwidth_tb_s"] = round(bw / 1e12, 3)
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
     report["projections"] = [] if args.skip_kernels else projections(bw)
-    report["norm_fused"] = [] if args.skip_kernels else norm_rows(bw)
     report["rotary_cache"] = [] if args.skip_kernels else rotary_rows()
     if args.sweep:
         report["sweep"] = sweep()
     if not args.skip_model:
-        settings = {"off": ("0", "0", "0"), "on": ("1", "1", "1")}
-        if args.gemv_only_run:  # the GEMV alone: neither rotary nor norms fused
-            settings = {"off": ("0", "0", "0"), "gemv_only": ("1", "0", "0"), "on": ("1", "1", "1")}
+        settings = {"off": ("0", "0"), "on": ("1", "1")}
+        if args.gemv_only_run:
+            settings = {"off": ("0", "0"), "gemv_only": ("1", "0"), "on": ("1", "1")}
         for value in filter(None, args.projection_sets.split(";")):
-            settings[f"on[{value}]"] = (value, "1", "1")
-        if args.norm_ab:  # each twin right after its run, so that drift in the card's clocks hits both alike
-            settings = {label: setting for key, value in settings.items()
-                        for label, setting in ((key, value), (f"{key}/no_norm", (*value[:2], "0")))
-                        if label == key or value[0] != "0"}
+            settings[f"on[{value}]"] = (value, "1")
         report["model"] = model_runs(settings)
     summarize(report)
     with open(args.out, "w") as f:
@@ -297,9 +244,6 @@ def summarize(report: dict) -> None:
             per_step[r["rows"]][1] += r["gemv_us"]
     for m, (a, b) in per_step.items():
         print(f"per layer x {LAYERS} at M={m}: cuBLAS path {a * LAYERS / 1000:.3f} ms, GEMV path {b * LAYERS / 1000:.3f} ms")
-    for r in report.get("norm_fused", []):
-        print(f"norm + {r['norm_fused']}, {r['rows']} rows: norm kernel then GEMV {r['separate_us']} us, "
-              f"fused {r['fused_us']} us (floor {r['floor_us']} us)")
     for r in report["rotary_cache"]:
         print(f"rotary + cache write, {r['rotary_cache_tokens']} tokens: separate {r['separate_us']} us, "
               f"fused {r['fused_us']} us")
@@ -307,7 +251,7 @@ def summarize(report: dict) -> None:
         if "error" in m:
             print(f"model {label}: failed: {m['error'][-300:]}")
         else:
-            print(f"model {label:17s}: batch-1 {m['batch1_tok_s']} tok/s ({m['batch1_step_ms']} ms/step), "
+            print(f"model {label:9s}: batch-1 {m['batch1_tok_s']} tok/s ({m['batch1_step_ms']} ms/step), "
                   f"latency {m['latency_ms']} ms")
 
 

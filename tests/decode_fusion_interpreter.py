@@ -1,8 +1,7 @@
 """Greedy decoding of tiny random models through the CUDA code path on the CPU (Triton's interpreter),
-with the decode fusions off (plain projections, rotary as its own kernel), on (projections swapped
-for the decode GEMV with the SiLU epilogue, rotary fused into the cache write), and on with the
-norms fused into the qkv and gate_up GEMVs too. Prints, per family, whether the greedy tokens match,
-the logits' relative differences and how often each fused kernel ran.
+with the decode fusions off (plain projections, rotary as its own kernel) and on (projections swapped
+for the decode GEMV with the SiLU epilogue, rotary fused into the cache write). Prints, per family,
+whether the greedy tokens match, the logits' relative difference and how often each fused kernel ran.
 
 ``tests/test_decode_fusion.py`` runs this file in a fresh process with ``TRITON_INTERPRET=1``.
 
@@ -26,9 +25,8 @@ from tests.test_model_families import COMMON, FAMILIES, _random_hf  # noqa: E402
 from worker.attention.triton_backend import TritonAttention, TritonBackend  # noqa: E402
 from worker.kernels import decode_gemv as gemv_module  # noqa: E402
 from worker.kernels import model_ops  # noqa: E402
-from worker.kernels import norm_gemv as norm_gemv_module  # noqa: E402
 from worker.kernels import rotary_cache as rotary_cache_module  # noqa: E402
-from worker.model.decode_linear import PROJECTIONS, DecodeGemvLinear, use_decode_gemv  # noqa: E402
+from worker.model.decode_linear import PROJECTIONS, use_decode_gemv  # noqa: E402
 from worker.model.loader import build_model, load_weights  # noqa: E402
 from worker.model.spec import load_spec  # noqa: E402
 
@@ -93,25 +91,15 @@ def run(name: str) -> dict:
     calls: Counter = Counter()
     counting(gemv_module, "decode_gemv", calls)
     counting(rotary_cache_module, "rotary_and_cache", calls)
-    counting(norm_gemv_module, "rms_norm_decode_gemv", calls)
     tokens_off, logits_off = greedy(model, spec)
     calls_off = dict(calls)
-    swapped = use_decode_gemv(model, tuple(PROJECTIONS), norm_fusion=True)
-    norm_fused = [m for m in model.modules() if isinstance(m, DecodeGemvLinear) and m.norm_fusion]
+    swapped = use_decode_gemv(model, tuple(PROJECTIONS))
     for attn in attns:
         attn.fuse_rotary = True
-    for m in norm_fused:  # first the GEMV without the norms in it
-        m.norm_fusion = False
     tokens_on, logits_on = greedy(model, spec)
-    calls_on = {k: v - calls_off.get(k, 0) for k, v in calls.items()}
-    for m in norm_fused:
-        m.norm_fusion = True
-    tokens_norm, logits_norm = greedy(model, spec)
     return {"same_tokens": tokens_on == tokens_off, "tokens": tokens_on, "rel_err": rel_err(logits_on, logits_off),
-            "swapped": swapped, "calls_off": calls_off, "calls_on": calls_on,
-            "norm_fused": len(norm_fused), "norm_same_tokens": tokens_norm == tokens_on,
-            "norm_rel_err": rel_err(logits_norm, logits_on), "norm_rel_err_off": rel_err(logits_norm, logits_off),
-            "calls_norm": {k: v - calls_off.get(k, 0) - calls_on.get(k, 0) for k, v in calls.items()}}
+            "swapped": swapped, "calls_off": calls_off,
+            "calls_on": {k: v - calls_off.get(k, 0) for k, v in calls.items()}}
 
 
 if __name__ == "__main__":

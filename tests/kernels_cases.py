@@ -507,54 +507,6 @@ def check_decode_gemv(rows: int, n: int, k: int, device: str, dtype: torch.dtype
     }
 
 
-def check_norm_decode_gemv(rows: int, n: int, k: int, device: str, dtype: torch.dtype, silu: bool = False,
-                           bias: bool = False, residual: bool = True,
-                           plan: tuple[int, int, int, int, int] | None = None, seed: int = 0) -> Metrics:
-    """``rms_norm_decode_gemv`` (residual add + RMSNorm in the GEMV's prologue) twice in a row, against
-    the unfused kernels (``fused_add_rms_norm`` or ``rms_norm``, then ``decode_gemv`` on the same plan)
-    and against the Hugging Face norm then ``F.linear`` in float64 on the dtype-rounded normed input.
-
-    ``n``, ``silu`` and ``plan`` as ``check_decode_gemv``'s; ``residual=False`` is a model's first layer.
-    Metrics: ``rel_err`` (float64 reference), ``unfused_rel_err``; ``residual_mismatch`` = entries of
-    the returned residual that differ from ``x + residual`` as torch rounds it (from ``x`` itself
-    without a residual); ``inputs_changed``; ``repeat_mismatch``; ``tickets_left``.
-    """
-    from worker.kernels import fused_add_rms_norm, rms_norm
-    from worker.kernels.decode_gemv import decode_gemv, workspace
-    from worker.kernels.decode_gemv_config import GemvPlan
-    from worker.kernels.norm_gemv import rms_norm_decode_gemv
-
-    g = torch.Generator().manual_seed(seed)
-    eps = 1e-5
-    width = 2 * n if silu else n
-    x = _randn(g, rows, k, dtype=dtype, device=device) * 3.0
-    res = _randn(g, rows, k, dtype=dtype, device=device) if residual else None
-    norm_w = (1.0 + 0.3 * _randn(g, k, dtype=torch.float32, device="cpu")).to(dtype=dtype, device=device)
-    w = _randn(g, width, k, dtype=dtype, device=device) * k**-0.5
-    b = _randn(g, width, dtype=dtype, device=device) if bias else None
-    gemv_plan = GemvPlan(*plan) if plan is not None else None
-    x_before, res_before = x.clone(), None if res is None else res.clone()
-    out, new_res = rms_norm_decode_gemv(x, res, norm_w, eps, w, b, silu=silu, plan=gemv_plan)
-    again, _ = rms_norm_decode_gemv(x, res, norm_w, eps, w, b, silu=silu, plan=gemv_plan)
-
-    summed = x if res is None else x + res
-    normed = fused_add_rms_norm(x, res, norm_w, eps)[0] if res is not None else rms_norm(x, norm_w, eps)
-    unfused = decode_gemv(normed, w, b, silu=silu, plan=gemv_plan)
-    ref = F.linear(hf_rms_norm(summed, norm_w, eps).double(), w.double(), None if b is None else b.double())
-    if silu:
-        gate, up = ref.to(dtype).chunk(2, dim=-1)
-        ref = F.silu(gate.double()).to(dtype).double() * up.double()
-    changed = (x != x_before).sum() + (0 if res is None else (res != res_before).sum())
-    return {
-        "rel_err": rel_err(out, ref),
-        "unfused_rel_err": rel_err(out, unfused),
-        "residual_mismatch": float((new_res != summed).sum()) + float(new_res.shape != summed.shape),
-        "inputs_changed": float(changed),
-        "repeat_mismatch": float((again != out).sum()),
-        "tickets_left": float(workspace(torch.device(device)).tickets.count_nonzero()),
-    }
-
-
 # ---------------------------------------------------------------- host-side input checks
 
 
@@ -571,7 +523,6 @@ def check_input_validation(device: str) -> dict[str, list[str]]:
         unified_attention,
     )
     from worker.kernels.decode_gemv import decode_gemv
-    from worker.kernels.norm_gemv import rms_norm_decode_gemv
     from worker.kernels.rotary_cache import rotary_and_cache
 
     def t(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -613,18 +564,6 @@ def check_input_validation(device: str) -> dict[str, list[str]]:
         "gemv_dtype_mismatch": lambda: decode_gemv(t(2, 16), t(32, 16, dtype=torch.float16)),
         "gemv_silu_odd_rows": lambda: decode_gemv(t(2, 16), t(33, 16), silu=True),
         "gemv_bias_size": lambda: decode_gemv(t(2, 16), t(32, 16), t(31)),
-        "norm_gemv_too_many_rows": lambda: rms_norm_decode_gemv(t(9, 16), t(9, 16), t(16), 1e-6, t(32, 16)),
-        "norm_gemv_residual_shape": lambda: rms_norm_decode_gemv(t(2, 16), t(3, 16), t(16), 1e-6, t(32, 16)),
-        "norm_gemv_residual_dtype": lambda: rms_norm_decode_gemv(t(2, 16), t(2, 16, dtype=torch.float16), t(16),
-                                                                 1e-6, t(32, 16)),
-        "norm_gemv_residual_strided": lambda: rms_norm_decode_gemv(t(2, 16), t(2, 32)[:, ::2], t(16), 1e-6,
-                                                                   t(32, 16)),
-        "norm_gemv_weight_size": lambda: rms_norm_decode_gemv(t(2, 16), None, t(15), 1e-6, t(32, 16)),
-        "norm_gemv_weight_dtype": lambda: rms_norm_decode_gemv(t(2, 16), None, t(16, dtype=torch.float16), 1e-6,
-                                                               t(32, 16)),
-        "norm_gemv_k_mismatch": lambda: rms_norm_decode_gemv(t(2, 16), t(2, 16), t(16), 1e-6, t(32, 24)),
-        "norm_gemv_silu_odd_rows": lambda: rms_norm_decode_gemv(t(2, 16), t(2, 16), t(16), 1e-6, t(33, 16),
-                                                                silu=True),
         "rotary_cache_row_shape": lambda: rotary_and_cache(t(3, dtype=i64), t(3, 4, 16), t(3, 4, 16), t(3, 4, 16),
                                                            cache, cache, t(3, dtype=i64), t(8, 16)),
         "rotary_cache_short_slots": lambda: rotary_and_cache(t(3, dtype=i64), t(3, 4, 16), t(3, 2, 16), t(3, 2, 16),

@@ -24,8 +24,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from worker.kernels import (  # noqa: E402
-    activation, decode_gemv, fp8_gemm, fp8_gemv, int4_gemm, kv_cache, moe_gemm, norm, norm_gemv, rotary, rotary_cache,
-    token_bitmask,
+    activation, decode_gemv, fp8_gemm, fp8_gemv, int4_gemm, kv_cache, moe_gemm, norm, rotary, rotary_cache, token_bitmask,
 )
 from worker.kernels.attention_config import choose_tile_config, next_power_of_2  # noqa: E402
 from worker.kernels.attention_kernels import merge_splits_kernel, paged_attention_kernel  # noqa: E402
@@ -102,20 +101,6 @@ def decode_gemv_variant(block_n: int, block_k: int, split_k: int, silu: bool, bi
         # a launch specialises sizes that are multiples of 16 as such (Llama's N and K, the split length)
         divisible=("N", "K", "K_PER_SPLIT") if even else ("K_PER_SPLIT",), num_warps=4, num_stages=stages,
     )
-
-
-def norm_gemv_variant(block_n: int, block_k: int, split_k: int, silu: bool, residual: bool, stages: int,
-                      even: bool = True) -> dict[str, int]:
-    return compile_variant(
-        norm_gemv._norm_gemv_kernel,
-        {"x_ptr": BF16, "r_ptr": BF16, "g_ptr": BF16, "w_ptr": BF16, "b_ptr": BF16, "y_ptr": BF16,
-         "r_out_ptr": BF16, "part_ptr": "*fp32", "ticket_ptr": "*i32"},
-        dict(BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, SILU=silu, HAS_BIAS=False,
-             HAS_RESIDUAL=residual, EVEN_N=even, EVEN_K=even, EXACT_FP32=False),
-        ("eps",), divisible=("N", "K", "K_PER_SPLIT") if even else ("K_PER_SPLIT",), num_warps=4, num_stages=stages,
-    )
-
-
 VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     "attention_decode_group4_d128": attention_variant(1, 4, 128, False, False, BF16),
     "attention_decode_split_group4_d128": attention_variant(1, 4, 128, True, False, BF16),
@@ -204,11 +189,6 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     "decode_gemv_gate_up_silu": lambda: decode_gemv_variant(32, 256, 1, silu=True, bias=False, stages=4),
     "decode_gemv_silu_split_ragged": lambda: decode_gemv_variant(32, 256, 2, silu=True, bias=True, stages=3,
                                                                  even=False),
-    "norm_gemv_qkv_split2": lambda: norm_gemv_variant(32, 256, 2, silu=False, residual=True, stages=3),
-    "norm_gemv_qkv_first_layer": lambda: norm_gemv_variant(32, 256, 2, silu=False, residual=False, stages=3),
-    "norm_gemv_gate_up_silu": lambda: norm_gemv_variant(32, 256, 1, silu=True, residual=True, stages=3),
-    "norm_gemv_silu_split_ragged": lambda: norm_gemv_variant(32, 256, 2, silu=True, residual=True, stages=3,
-                                                             even=False),
     "rms_norm": lambda: compile_variant(
         norm._rms_norm_kernel,
         {"x_ptr": BF16, "residual_ptr": BF16, "weight_ptr": BF16, "out_ptr": BF16, "residual_out_ptr": BF16},

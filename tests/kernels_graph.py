@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels_cases import Metrics, hf_rms_norm, rel_err
+from kernels_cases import Metrics, rel_err
 from worker.attention.backend import AttentionMetadata
 from worker.attention.torch_backend import gather_kv, reference_attention
 
@@ -140,13 +140,10 @@ def run_every_kernel(inputs: dict) -> None:
     )
 
     from worker.kernels.decode_gemv import decode_gemv
-    from worker.kernels.norm_gemv import rms_norm_decode_gemv
 
     x = inputs
     decode_gemv(x["gemv_x"], x["o_weight"])  # split K: tickets and partial sums in the workspace
     decode_gemv(x["gemv_x"][:1], x["gate_up_weight"], silu=True)
-    rms_norm_decode_gemv(x["gemv_x"], x["gemv_x"], x["norm_weight"], 1e-5, x["o_weight"])  # split K
-    rms_norm_decode_gemv(x["gemv_x"][:1], None, x["norm_weight"], 1e-5, x["gate_up_weight"], silu=True)
     rms_norm(x["hidden"], x["norm_weight"], 1e-5)
     fused_add_rms_norm(x["hidden"], x["residual"], x["norm_weight"], 1e-5)
     fused_add_rms_norm_(x["hidden"], x["residual"], x["norm_weight"], 1e-5)
@@ -199,51 +196,3 @@ def check_decode_gemv_graph(rows: int = 8, replays: int = 3) -> Metrics:
         gate, up = F.linear(x, w_gu).chunk(2, dim=-1)
         worst = max(worst, rel_err(y_o, F.linear(x, w_o)), rel_err(y_gu, F.silu(gate) * up))
     return {"rel_err": worst, "tickets_left": float(workspace(torch.device(device)).tickets.count_nonzero())}
-
-
-def check_norm_decode_gemv_graph(rows: int = 8, replays: int = 3) -> Metrics:
-    """Capture Llama-3.1-8B's norm + qkv (split K) and norm + gate_up + SiLU as norm-fused decode GEMVs
-    in one CUDA graph, with and without a residual (the first layer's), then replay it on new hidden
-    states and residuals written in place. Metrics (worst over the replays): rel_err against the
-    Hugging Face norm then ``F.linear`` (and ``F.silu(gate) * up``), residual_mismatch (new residual
-    against ``x + residual``), tickets_left (split tickets not re-armed)."""
-    import torch.nn.functional as F
-
-    from worker.kernels.decode_gemv import reserve_workspace, workspace
-    from worker.kernels.norm_gemv import rms_norm_decode_gemv
-
-    device, dtype, hidden, inter, eps = "cuda", torch.bfloat16, 4096, 14336, 1e-5
-    g = torch.Generator(device=device).manual_seed(12)
-    w_qkv = torch.randn(6144, hidden, generator=g, device=device, dtype=dtype) * hidden**-0.5
-    w_gu = torch.randn(2 * inter, hidden, generator=g, device=device, dtype=dtype) * hidden**-0.5
-    norm_w = 1.0 + 0.3 * torch.randn(hidden, generator=g, device=device, dtype=dtype)
-    x = torch.randn(rows, hidden, generator=g, device=device, dtype=dtype)
-    res = torch.randn(rows, hidden, generator=g, device=device, dtype=dtype)
-    reserve_workspace(w_qkv)
-    reserve_workspace(w_gu, silu=True)
-
-    def step() -> tuple[torch.Tensor, ...]:
-        y_qkv, r_qkv = rms_norm_decode_gemv(x, res, norm_w, eps, w_qkv)
-        y_gu, r_gu = rms_norm_decode_gemv(x, res, norm_w, eps, w_gu, silu=True)
-        y_first, _ = rms_norm_decode_gemv(x, None, norm_w, eps, w_qkv)
-        return y_qkv, r_qkv, y_gu, r_gu, y_first
-
-    step()  # compile outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        y_qkv, r_qkv, y_gu, r_gu, y_first = step()
-    worst, mismatch = 0.0, 0.0
-    for _ in range(replays):
-        x.copy_(torch.randn(rows, hidden, generator=g, device=device, dtype=dtype))
-        res.copy_(torch.randn(rows, hidden, generator=g, device=device, dtype=dtype))
-        graph.replay()
-        torch.cuda.synchronize()
-        summed = x + res
-        normed, first = hf_rms_norm(summed, norm_w, eps), hf_rms_norm(x, norm_w, eps)
-        gate, up = F.linear(normed, w_gu).chunk(2, dim=-1)
-        worst = max(worst, rel_err(y_qkv, F.linear(normed, w_qkv)), rel_err(y_gu, F.silu(gate) * up),
-                    rel_err(y_first, F.linear(first, w_qkv)))
-        mismatch += float((r_qkv != summed).sum() + (r_gu != summed).sum())
-    return {"rel_err": worst, "residual_mismatch": mismatch,
-            "tickets_left": float(workspace(torch.device(device)).tickets.count_nonzero())}

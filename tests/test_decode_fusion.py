@@ -1,14 +1,12 @@
-"""The decode fusions (projections through the Triton decode GEMV with the SiLU epilogue, the residual
-add + RMSNorm in the qkv and gate_up GEMVs' prologue, rotary fused into the KV-cache write) change
-kernels, not results.
+"""The decode fusions (projections through the Triton decode GEMV with the SiLU epilogue, rotary fused
+into the KV-cache write) change kernels, not results.
 
 CPU: tiny random models of several families decode greedily through the CUDA code path in Triton's
-interpreter (a fresh process, ``decode_fusion_interpreter.py``) with the fusions off, on without the
-norms, and on with them: same tokens, logits equal to float32 rounding, and each fused kernel seen to
-run. Plain-Python checks of the layer swap. GPU (``@pytest.mark.gpu``): the default model through the
-engine in bf16 with the fusions off (``WARD_DECODE_GEMV=0``, ``WARD_ROPE_CACHE_FUSION=0``), on without
-the norms (``WARD_NORM_GEMV_FUSION=0``) and on, teacher-forced against the float32 transformers model
-as ``test_gpu_engine.py`` does.
+interpreter (a fresh process, ``decode_fusion_interpreter.py``) with the fusions off and on: same
+tokens, logits equal to float32 rounding, and each fused kernel seen to run. Plain-Python checks of
+the layer swap. GPU (``@pytest.mark.gpu``): the default model through the engine in bf16 with the
+fusions on and off (``WARD_DECODE_GEMV=0``, ``WARD_ROPE_CACHE_FUSION=0``), teacher-forced against
+the float32 transformers model as ``test_gpu_engine.py`` does.
 """
 from __future__ import annotations
 
@@ -20,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from worker.model.decode_linear import DecodeGemvLinear, use_decode_gemv
@@ -28,9 +25,6 @@ from worker.model.decode_linear import DecodeGemvLinear, use_decode_gemv
 ROOT = Path(__file__).resolve().parent.parent
 # family: projections swapped (qkv, o, gate_up, down per dense layer; qkv and o per MoE layer)
 SWAPPED = {"llama": 4, "qwen2-qkv-bias": 4, "phi3-partial-rotary": 4, "gemma2-gelu-mlp": 4, "qwen3-moe": 4}
-# projections that take the norm before them, per decode step: qkv and gate_up of a dense Llama-family
-# layer, the qkv of each of Qwen3-MoE's two sparse layers; Gemma's (1 + weight) norms stay separate
-NORM_FUSED = {"llama": 2, "qwen2-qkv-bias": 2, "phi3-partial-rotary": 2, "gemma2-gelu-mlp": 0, "qwen3-moe": 2}
 
 
 @pytest.fixture(scope="module")
@@ -56,20 +50,6 @@ def test_fused_decode_gives_the_same_greedy_tokens_in_the_interpreter(family: st
     # rotary cache write in every attention call (prefill included)
     assert run["calls_on"]["decode_gemv"] == 3 * SWAPPED[family]
     assert run["calls_on"]["rotary_and_cache"] >= 4
-    assert "rms_norm_decode_gemv" not in run["calls_on"]
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the engine test below runs the compiled path")
-@pytest.mark.parametrize("family", list(SWAPPED))
-def test_norm_fused_decode_gives_the_same_greedy_tokens_in_the_interpreter(family: str,
-                                                                           interpreter_runs: dict) -> None:
-    run = interpreter_runs[family]
-    assert run["norm_same_tokens"], run
-    assert run["norm_rel_err"] < 1e-5 and run["norm_rel_err_off"] < 1e-5, run
-    # 3 decode steps: the fused projections' GEMVs become norm-fused ones, the others stay
-    fused = run["calls_norm"].get("rms_norm_decode_gemv", 0)
-    assert fused == 3 * NORM_FUSED[family], run
-    assert run["calls_norm"]["decode_gemv"] == 3 * SWAPPED[family] - fused, run
 
 
 def test_swapped_layer_shares_the_weights_and_falls_back_off_the_gpu() -> None:
@@ -81,51 +61,6 @@ def test_swapped_layer_shares_the_weights_and_falls_back_off_the_gpu() -> None:
     x = torch.randn(3, 32)
     if os.environ.get("TRITON_INTERPRET") != "1":  # a CPU tensor takes F.linear outside the interpreter
         assert torch.equal(layer(x), linear(x))
-
-
-def test_norm_fused_call_falls_back_to_the_norm_and_projection_off_the_gpu() -> None:
-    from worker.model import ops
-    from worker.model.llama import RMSNorm
-
-    torch.manual_seed(0)
-    norm = RMSNorm(32, 1e-5, ops)
-    with torch.no_grad():
-        norm.weight.copy_(1 + 0.3 * torch.randn(32))
-    qkv = DecodeGemvLinear(nn.Linear(32, 48, bias=True))
-    x, residual = torch.randn(3, 32), torch.randn(3, 32)
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        pytest.skip("in the interpreter a CPU tensor takes the fused kernel (the interpreter runs cover it)")
-    # (the SiLU variant's fallback runs the Triton silu_and_mul, as forward_silu_and_mul's does: GPU only)
-    out, new_residual = qkv.forward_add_rms_norm(x, residual, norm)
-    normed, summed = ops.fused_add_rms_norm(x, residual, norm.weight, norm.eps)
-    assert torch.equal(new_residual, summed)
-    assert torch.equal(out, F.linear(normed, qkv.weight, qkv.bias))
-    out, first_residual = qkv.forward_add_rms_norm(x, None, norm)
-    assert first_residual is x
-    assert torch.equal(out, F.linear(ops.rms_norm(x, norm.weight, norm.eps), qkv.weight, qkv.bias))
-
-
-def test_norm_fusion_marks_qkv_and_gate_up_and_is_off_with_its_switch(monkeypatch: pytest.MonkeyPatch) -> None:
-    def model() -> nn.Module:
-        layer = nn.Module()
-        layer.self_attn, layer.mlp = nn.Module(), nn.Module()
-        layer.self_attn.qkv_proj, layer.self_attn.o_proj = nn.Linear(8, 24), nn.Linear(8, 8)
-        layer.mlp.gate_up_proj, layer.mlp.down_proj = nn.Linear(8, 16), nn.Linear(8, 8)
-        m = nn.Module()
-        m.layers = nn.ModuleList([layer])
-        return m
-
-    def fused(m: nn.Module) -> list[str]:
-        return sorted(name for name, mod in m.layers[0].named_modules() if getattr(mod, "norm_fusion", False))
-
-    monkeypatch.delenv("WARD_NORM_GEMV_FUSION", raising=False)
-    on = model()
-    assert use_decode_gemv(on, ("qkv", "o", "gate_up", "down")) == 4
-    assert fused(on) == ["mlp.gate_up_proj", "self_attn.qkv_proj"]
-    monkeypatch.setenv("WARD_NORM_GEMV_FUSION", "0")
-    off = model()
-    assert use_decode_gemv(off, ("qkv", "o", "gate_up", "down")) == 4
-    assert fused(off) == []
 
 
 def test_swap_is_off_with_the_environment_switch(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -165,26 +100,19 @@ def test_engine_with_fusions_on_and_off_on_gpu_bf16(default_model_dir: str, monk
     tok = AutoTokenizer.from_pretrained(default_model_dir)
     hf = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32).cuda().eval()
     prompts = [tok(p).input_ids for p in PROMPTS][:8]  # a batch of at most 8: the GEMV's size
-    gaps, tokens, swapped, norm_fused = {}, {}, {}, {}
-    for label, value, norm in (("off", "0", "0"), ("no_norm", "1", "0"), ("on", "1", "1")):
+    gaps, tokens, swapped = {}, {}, {}
+    for label, value in (("off", "0"), ("on", "1")):
         monkeypatch.setenv("WARD_DECODE_GEMV", value)
         monkeypatch.setenv("WARD_ROPE_CACHE_FUSION", value)
-        monkeypatch.setenv("WARD_NORM_GEMV_FUSION", norm)
         llm = LLM(model=default_model_dir, dtype="bfloat16", device="cuda", gpu_memory_utilization=0.3)
         model = llm.engine.runner.model
         swapped[label] = sum(isinstance(m, DecodeGemvLinear) for m in model.modules())
-        norm_fused[label] = sum(bool(getattr(m, "norm_fusion", False)) for m in model.modules())
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=48))
         tokens[label] = [o.outputs[0].token_ids for o in outs]
         gaps[label] = _worst_gap(hf, prompts, tokens[label])
         del llm
         torch.cuda.empty_cache()
     same = sum(a == b for a, b in zip(tokens["on"], tokens["off"]))
-    same_norm = sum(a == b for a, b in zip(tokens["on"], tokens["no_norm"]))
-    print(f"identical greedy generations {same}/{len(prompts)} (with the norms fused against without: "
-          f"{same_norm}); worst gap off {gaps['off']:.3f}, without the norms {gaps['no_norm']:.3f}, "
-          f"on {gaps['on']:.3f}")
+    print(f"identical greedy generations {same}/{len(prompts)}; worst gap off {gaps['off']:.3f}, on {gaps['on']:.3f}")
     assert swapped["off"] == 0 and swapped["on"] > 0
-    assert norm_fused["no_norm"] == 0 and norm_fused["on"] > 0
-    assert gaps["no_norm"] <= max(0.1, 1.5 * gaps["off"]), gaps
     assert gaps["on"] <= max(0.1, 1.5 * gaps["off"]), gaps

@@ -7,11 +7,6 @@ in float16/bfloat16 on CUDA (the decode and latency batches); other inputs go to
 (cuBLAS). A gate_up layer also offers ``forward_silu_and_mul``: the GEMV with the SiLU epilogue,
 which the Llama MLP uses when its gate_up layer has it.
 
-The qkv and gate_up layers also take the residual add + RMSNorm before them as the GEMV's prologue
-(``forward_add_rms_norm``, used by the Llama decoder layer when the layer's ``norm_fusion`` is set):
-two norm launches fewer per layer at decode sizes. ``WARD_NORM_GEMV_FUSION=0`` turns that off (A/B
-timing); it is on wherever the GEMV takes those projections.
-
 ``WARD_DECODE_GEMV`` chooses the projections: ``0`` none (A/B timing), ``all``, or a comma list of
 ``qkv``, ``o``, ``gate_up``, ``down``; unset, ``DEFAULT_PROJECTIONS`` where the runner uses the
 Triton ops on CUDA. Under Triton's interpreter (``TRITON_INTERPRET=1``) CPU tensors take
@@ -34,11 +29,6 @@ _GEMV_DTYPES = (torch.float16, torch.bfloat16)  # float32 keeps cuBLAS (and its 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def norm_gemv_fusion() -> bool:
-    """Whether ``WARD_NORM_GEMV_FUSION`` lets the GEMV take the norms (anything but ``0``)."""
-    return os.environ.get("WARD_NORM_GEMV_FUSION", "1").strip() != "0"
-
-
 def decode_gemv_projections() -> tuple[str, ...]:
     """The projections ``WARD_DECODE_GEMV`` names (ValueError for an unknown one)."""
     value = os.environ.get("WARD_DECODE_GEMV", "").strip()
@@ -58,10 +48,6 @@ def decode_gemv_projections() -> tuple[str, ...]:
 
 class DecodeGemvLinear(nn.Linear):
     """An ``nn.Linear`` (same ``weight`` [out, in] and ``bias``) whose decode-sized calls run the GEMV."""
-
-    # set on qkv and gate_up (with its SiLU epilogue): a Llama decoder layer then hands the norm before
-    # the projection to forward_add_rms_norm (other families ignore it)
-    norm_fusion = False
 
     def __init__(self, linear: nn.Linear) -> None:
         nn.Module.__init__(self)  # not nn.Linear's: it would allocate a second weight
@@ -97,42 +83,13 @@ class DecodeGemvLinear(nn.Linear):
 
         return decode_gemv(x2, self.weight, self.bias, silu=True).reshape(*x.shape[:-1], self.out_features // 2)
 
-    def forward_add_rms_norm(self, x: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module,
-                             silu: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(self(norm(x + residual)), x + residual)``, with ``silu`` ``forward_silu_and_mul``'s output;
-        without a residual (the first layer) the norm is of x and x is the residual. ``norm`` is an
-        RMSNorm module (``weight``, ``eps``; called as ``norm(x)`` or ``norm(x, residual)``).
 
-        At decode sizes one launch (the norm in the GEMV's prologue), else the norm, then the projection.
-        """
-        x2 = self._gemv_rows(x)
-        weight = norm.weight
-        if (x2 is None or weight.dtype != x.dtype or weight.device != x.device
-                or residual is not None and (residual.shape != x.shape or residual.dtype != x.dtype)):
-            if residual is None:
-                normed, residual = norm(x), x
-            else:
-                normed, residual = norm(x, residual)
-            return (self.forward_silu_and_mul(normed) if silu else self(normed)), residual
-        from worker.kernels.norm_gemv import rms_norm_decode_gemv
-
-        r2 = None if residual is None else residual.reshape(x2.shape)
-        if r2 is not None and r2.stride(-1) != 1:
-            r2 = r2.contiguous()
-        y, new_residual = rms_norm_decode_gemv(x2, r2, weight, norm.eps, self.weight, self.bias, silu=silu)
-        width = self.out_features // 2 if silu else self.out_features
-        return y.reshape(*x.shape[:-1], width), new_residual.reshape(x.shape)
-
-
-def use_decode_gemv(model: nn.Module, projections: tuple[str, ...] | None = None,
-                    norm_fusion: bool | None = None) -> int:
+def use_decode_gemv(model: nn.Module, projections: tuple[str, ...] | None = None) -> int:
     """Swaps the named float projections of every decoder layer (default: ``WARD_DECODE_GEMV``'s) for
     ``DecodeGemvLinear`` (quantized layers and MoE experts are left alone) and reserves the GEMV's
-    workspace, so that nothing is allocated during CUDA-graph capture. The swapped qkv and gate_up
-    layers get ``norm_fusion`` (default: ``WARD_NORM_GEMV_FUSION``'s). Returns the number of layers
+    workspace, so that nothing is allocated during CUDA-graph capture. Returns the number of layers
     swapped."""
     names = decode_gemv_projections() if projections is None else projections
-    fuse_norm = norm_gemv_fusion() if norm_fusion is None else norm_fusion
     if not names:
         return 0
     from worker.kernels.decode_gemv import reserve_workspace
@@ -147,12 +104,9 @@ def use_decode_gemv(model: nn.Module, projections: tuple[str, ...] | None = None
             if type(module) is not nn.Linear:
                 continue
             parent, _, attr = name.rpartition(".")
-            swapped_in = DecodeGemvLinear(module)
-            setattr(layer.get_submodule(parent), attr, swapped_in)
-            reserve_workspace(module.weight)  # the norm-fused launches plan (and split) the same way
-            has_epilogue = name == "mlp.gate_up_proj" and module.out_features % 2 == 0
-            if has_epilogue:
+            setattr(layer.get_submodule(parent), attr, DecodeGemvLinear(module))
+            reserve_workspace(module.weight)
+            if name == "mlp.gate_up_proj" and module.out_features % 2 == 0:
                 reserve_workspace(module.weight, silu=True)
-            swapped_in.norm_fusion = fuse_norm and (name == "self_attn.qkv_proj" or has_epilogue)
             swapped += 1
     return swapped

@@ -57,11 +57,8 @@ class Attention(nn.Module):
         return RMSNorm(self.head_dim, spec.rms_norm_eps, ops)
 
     def forward(self, positions, hidden, kv_cache, meta: AttentionMetadata, cos_sin_cache) -> torch.Tensor:
-        return self.attend(positions, self.qkv_proj(hidden), kv_cache, meta, cos_sin_cache)
-
-    def attend(self, positions, qkv, kv_cache, meta: AttentionMetadata, cos_sin_cache) -> torch.Tensor:
-        """Attention and o_proj from the projected qkv [T, q + 2kv]."""
-        T = qkv.shape[0]
+        T = hidden.shape[0]
+        qkv = self.qkv_proj(hidden)  # [T, q + 2kv]
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.reshape(T, self.num_heads, self.head_dim)
         k = k.reshape(T, self.num_kv_heads, self.head_dim)
@@ -103,23 +100,12 @@ class DecoderLayer(nn.Module):
         self.mlp = SparseMoe(spec.hidden_size, spec.moe, ops) if sparse else MLP(spec, ops)
 
     def forward(self, positions, hidden, residual, kv_cache, meta, cos_sin_cache):
-        # A projection swapped in from outside may take the residual add + norm as its prologue
-        # (``norm_fusion``): then no norm kernel runs and it returns the new residual too.
-        qkv_proj = self.self_attn.qkv_proj
-        if getattr(qkv_proj, "norm_fusion", False):
-            qkv, residual = qkv_proj.forward_add_rms_norm(hidden, residual, self.input_layernorm)
-            hidden = self.self_attn.attend(positions, qkv, kv_cache, meta, cos_sin_cache)
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
         else:
-            if residual is None:
-                residual = hidden
-                hidden = self.input_layernorm(hidden)
-            else:
-                hidden, residual = self.input_layernorm(hidden, residual)
-            hidden = self.self_attn(positions, hidden, kv_cache, meta, cos_sin_cache)
-        gate_up = getattr(self.mlp, "gate_up_proj", None)  # a sparse MoE has none
-        if getattr(gate_up, "norm_fusion", False):
-            act, residual = gate_up.forward_add_rms_norm(hidden, residual, self.post_attention_layernorm, silu=True)
-            return self.mlp.down_proj(act), residual
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, kv_cache, meta, cos_sin_cache)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
