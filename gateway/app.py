@@ -33,6 +33,7 @@ from gateway.auth.authenticator import Authenticator
 from gateway.http.body_limit import BodyLimitMiddleware
 from gateway.http.drain_gate import DrainGate
 from gateway.http.error_boundary import GatewayApp
+from gateway.http.fast_lane import direct_routes
 from gateway.http.error_handlers import ErrorConverter, install_error_handlers
 from gateway.http.openapi import gateway_openapi
 from gateway.hooks import NoopHooks, RequestHooks
@@ -211,6 +212,7 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     app.include_router(operations.router)
     app.include_router(openai_routes.router)
+    app.direct_routes = direct_routes(openai_routes.router)  # the inference routes skip routing (FastLane)
     for router in routers:
         app.include_router(router)
     app.openapi = lambda: gateway_openapi(app)  # type: ignore[method-assign]

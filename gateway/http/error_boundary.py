@@ -66,7 +66,21 @@ async def _send_fallback_500(send: Send) -> None:
 
 
 class GatewayApp(FastAPI):
-    """FastAPI with the :class:`ErrorBoundary` around its whole middleware stack."""
+    """FastAPI with the :class:`ErrorBoundary` around its whole middleware stack, and the routes in
+    ``direct_routes`` (path -> route of a router included without prefix or dependencies of its own)
+    called through :class:`~gateway.http.fast_lane.FastLane` where the router would be."""
+
+    direct_routes: dict = {}
 
     def build_middleware_stack(self) -> ASGIApp:
-        return ErrorBoundary(super().build_middleware_stack())
+        from gateway.http.fast_lane import FastLane
+
+        router = self.router
+        # FastAPI builds its stack around ``self.router``: the lane takes the router's place for the
+        # build only (routes, lifespan and url_path_for keep using the router itself).
+        if self.direct_routes:
+            self.router = FastLane(router, dict(self.direct_routes))  # type: ignore[assignment]
+        try:
+            return ErrorBoundary(super().build_middleware_stack())
+        finally:
+            self.router = router
