@@ -126,26 +126,39 @@ async def parse_body(request: Request, model: type[M]) -> M:
         raise _validation_error(exc) from None
 
 
+# A request still running after this long starts watching for its client's disconnect. Most answers
+# of a fast worker come sooner, and a watcher costs a task, its first step and its cancellation
+# (about 2% of the gateway's CPU per request at 16 clients); a client that leaves is noticed at most
+# this much later than it could be.
+DISCONNECT_WATCH_AFTER_S = 0.02
+
+
 async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     """Awaits ``work``; if the client disconnects first, cancels it and raises ClientDisconnected.
 
     If the gateway's shutdown cuts the request first, cancels it and raises ServerShuttingDown (503).
     The work runs in the caller's task (a task of its own and a wait on both cost two task switches
     and a loop iteration per request): a disconnect cancels the caller's task, and either way the
-    work's own cleanup (cancelling the worker call) has run when this raises.
+    work's own cleanup (cancelling the worker call) has run when this raises. The disconnect watch
+    starts ``DISCONNECT_WATCH_AFTER_S`` into the request.
     """
     task = asyncio.current_task()
     disconnected = False
+    watcher: asyncio.Future | None = None
 
-    def on_disconnect(watcher: asyncio.Future) -> None:
+    def on_disconnect(done: asyncio.Future) -> None:
         nonlocal disconnected
         # Called by the loop, so never while the task runs: the task is suspended inside ``work``.
-        if not watcher.cancelled() and watcher.exception() is None:
+        if not done.cancelled() and done.exception() is None:
             disconnected = True
             task.cancel(msg="client disconnected")
 
-    watcher = asyncio.ensure_future(_disconnect(request))
-    watcher.add_done_callback(on_disconnect)
+    def watch() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(_disconnect(request))
+        watcher.add_done_callback(on_disconnect)
+
+    timer = asyncio.get_running_loop().call_later(DISCONNECT_WATCH_AFTER_S, watch)
     try:
         result = await request.app.state.ward.shutdown.interruptibly(work)
     except asyncio.CancelledError:
@@ -158,8 +171,10 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
             raise ClientDisconnected() from None
         raise
     finally:
-        watcher.remove_done_callback(on_disconnect)
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.remove_done_callback(on_disconnect)
+            watcher.cancel()
     if disconnected:  # the work finished despite the cancellation: its answer is still returned
         task.uncancel()
     return result

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+from functools import cached_property
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -56,9 +57,13 @@ class QuotaLimits(BaseModel):
         """Whether any token limit (per minute, day or month) is set: only then do reservations matter."""
         return any(self.get(kind) is not None for kind in TOKEN_KINDS)
 
-    def kinds(self) -> set[LimitKind]:
-        """The kinds this scope actually limits."""
-        return {kind for kind, name in _KIND_FIELDS if getattr(self, name) is not None}
+    def kinds(self) -> frozenset[LimitKind]:
+        """The kinds this scope actually limits (worked out once: the limits are frozen)."""
+        return self._kinds
+
+    @cached_property
+    def _kinds(self) -> frozenset[LimitKind]:
+        return frozenset(kind for kind, name in _KIND_FIELDS if getattr(self, name) is not None)
 
 
 UNLIMITED = QuotaLimits()

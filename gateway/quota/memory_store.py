@@ -40,6 +40,8 @@ from gateway.quota.store import (
 log = logging.getLogger(__name__)
 _WINDOW_US = int(RATE_WINDOW_S * 1_000_000)
 _IN_FLIGHT_RETRY_US = int(IN_FLIGHT_RETRY_S * 1_000_000)
+# kinds whose reservations stay live until settled (the concurrency and budget checks read them)
+_LIVE_KINDS = frozenset({LimitKind.MAX_CONCURRENT, LimitKind.TOKENS_PER_DAY, LimitKind.TOKENS_PER_MONTH})
 
 
 @dataclass
@@ -166,7 +168,7 @@ class InMemoryQuotaStore:
                     state.rpm.add(now, rid)
                 if limits.tokens_per_minute is not None:
                     state.tpm.add(now, rid, reserve)
-                if limits.kinds() & {LimitKind.MAX_CONCURRENT, LimitKind.TOKENS_PER_DAY, LimitKind.TOKENS_PER_MONTH}:
+                if not _LIVE_KINDS.isdisjoint(limits.kinds()):
                     state.live.add(now + ttl_us, rid, reserve)
             expiry = now + ttl_us + self._settle_grace_us
             self._records[(request.team, rid)] = (expiry, {"day": periods.day, "month": periods.month})
