@@ -10,8 +10,8 @@ from sqlalchemy import insert, select
 
 from gateway.audit.capture import CaptureLevel
 from gateway.audit.chain import CHECKPOINTS, ENTRIES
-from gateway.audit.errors import AuditClosed, AuditInputError
-from gateway.audit.records import OpenRequest, RequestEnd, RequestStatus
+from gateway.audit.errors import AuditClosed, AuditInputError, AuditUnavailable
+from gateway.audit.records import OpenRequest, RequestEnd, RequestStatus, request_draft
 from gateway.audit.team_levels import TeamCaptureLevels
 from gateway.audit.verify import verify_chain
 from gateway.db.models_identity import Team
@@ -194,3 +194,75 @@ def test_idle_writer_writes_time_based_checkpoints(engine, signer, trusted):
     with engine.connect() as conn:
         assert list(conn.execute(select(CHECKPOINTS.c.seq).order_by(CHECKPOINTS.c.seq)).scalars())[-1] == 2
     assert verify_chain(engine, trusted).ok
+
+
+def test_a_lone_requests_entry_is_written_inline_and_durable_at_once(engine, signer, trusted):
+    """alone=True on a log that writes inline: the future is resolved before the call first suspends
+    (no hand-off to the writer thread), the entry is committed, the chain verifies."""
+    seen = {}
+
+    async def body(log):
+        future = log._submit(lambda: request_draft(request_start(1), request_end(1), CaptureLevel.FULL, log.redactor),
+                             alone=True)
+        seen["done_at_once"] = future.done()
+        ref = await future
+        seen["rows"] = _entries(engine)
+        ref2 = await log.record_request(request_start(2), request_end(2), alone=True)
+        return ref, ref2, log.stats
+
+    ref, ref2, stats = run_with_log(make_log(engine, signer, inline_alone=True), body)
+    assert seen["done_at_once"] is True
+    assert [(r.seq, r.request_id) for r in seen["rows"]] == [(ref.seq, "req-1")]
+    assert (ref.seq, ref2.seq) == (1, 2) and stats.entries == 2
+    assert verify_chain(engine, trusted).ok
+
+
+def test_inline_writing_needs_the_logs_consent_an_idle_queue_and_a_working_store(engine, signer):
+    seen = {}
+
+    async def body(log):
+        future = log._submit(lambda: request_draft(request_start(1), request_end(1), CaptureLevel.FULL, log.redactor),
+                             alone=True)
+        seen["not_inline"] = not future.done()  # a log without inline_alone hands it to the writer
+        await future
+
+    run_with_log(make_log(engine, signer), body)
+    assert seen["not_inline"]
+
+    async def queued_first(log):
+        # Entries queued before a lone one are written first: the lone one waits its turn.
+        earlier = [log._submit(lambda i=i: request_draft(request_start(i), request_end(i), CaptureLevel.FULL,
+                                                         log.redactor)) for i in range(10, 15)]
+        lone = log._submit(lambda: request_draft(request_start(20), request_end(20), CaptureLevel.FULL, log.redactor),
+                           alone=True)
+        seen["lone_queued"] = not lone.done()
+        refs = [await f for f in (*earlier, lone)]
+        return [r.seq for r in refs]
+
+    seqs = run_with_log(make_log(engine, signer, inline_alone=True), queued_first)
+    assert seen["lone_queued"]
+    assert seqs == sorted(seqs)  # committed in the order they were submitted
+
+    async def after_a_failure(log):
+        log.available = False  # as after a failed write: the loop never writes inline then
+        future = log._submit(lambda: request_draft(request_start(30), request_end(30), CaptureLevel.FULL,
+                                                   log.redactor), alone=True)
+        seen["after_failure_queued"] = not future.done()
+        await future
+
+    run_with_log(make_log(engine, signer, inline_alone=True), after_a_failure)
+    assert seen["after_failure_queued"]
+
+
+def test_an_inline_write_that_fails_raises_audit_unavailable_and_is_not_kept(engine, signer):
+    async def body(log):
+        def broken_append(drafts):
+            raise AuditUnavailable("the database refused the write")
+
+        log.store.append = broken_append
+        with pytest.raises(AuditUnavailable):
+            await log.record_request(request_start(1), request_end(1), alone=True)
+        return log.available
+
+    assert run_with_log(make_log(engine, signer, inline_alone=True), body) is False
+    assert _entries(engine) == []

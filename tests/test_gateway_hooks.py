@@ -354,10 +354,10 @@ class SlowOpenLog:
             raise AuditUnavailable("database down")
         return ("handle", start.request_id)
 
-    async def complete(self, handle, end) -> None:
+    async def complete(self, handle, end, *, alone: bool = False) -> None:
         self.completed.append((handle, end.status))
 
-    async def record_request(self, start, end) -> None:
+    async def record_request(self, start, end, *, alone: bool = False) -> None:
         self.requests.append((start.request_id, end.status))
 
 
@@ -421,3 +421,25 @@ async def test_a_streams_open_entry_that_cannot_be_written_is_a_503_and_the_work
     assert response.status_code == 503 and response.json()["error"]["code"] == "audit_unavailable"
     assert events == [("start", 503)]
     assert log.completed == [] and log.requests == []  # the database is down: nothing more is tried
+
+
+class AloneRecorder(NoopHooks):
+    """Notes, per finished request, whether the lifecycle found it the only one being served."""
+
+    def __init__(self) -> None:
+        self.alone: list[bool] = []
+
+    async def before_finish(self, ctx) -> None:
+        self.alone.append(ctx.alone)
+
+
+async def test_finishing_requests_are_told_whether_they_are_the_only_one_served():
+    hooks = AloneRecorder()
+    config = FakeConfig(model=MODEL, token_delay_s=0.02, natural_length=4)
+    async with FakeWorker(config) as worker, running_gateway({MODEL: [worker]}, hooks=hooks) as gw:
+        body = {"model": MODEL, "messages": USER, "max_tokens": 4}
+        assert (await gw.client.post("/v1/chat/completions", json=body)).status_code == 200
+        assert hooks.alone == [True]  # the audit may write a lone request's record inline
+        answers = await asyncio.gather(*(gw.client.post("/v1/chat/completions", json=body) for _ in range(4)))
+        assert [a.status_code for a in answers] == [200] * 4
+    assert hooks.alone[1:].count(False) >= 3  # all four were in flight together: at most the last was alone

@@ -140,9 +140,9 @@ class AuditHooks(NoopHooks):
         handle = ctx.extra.get(OPEN_KEY)
         try:
             if handle is not None:
-                await self.log.complete(handle, end)
+                await self.log.complete(handle, end, alone=ctx.alone)
             else:
-                await self.log.record_request(request_start(ctx), end)
+                await self.log.record_request(request_start(ctx), end, alone=ctx.alone)
         except AuditUnavailable as error:
             ctx.extra[FAILED_KEY] = True
             raise _unavailable(error) from None

@@ -123,5 +123,6 @@ def build_audit_services(
         max_batch=settings.max_batch,
         drain_interval_s=settings.spool_drain_interval_s,
         on_close=engine.dispose,
+        inline_alone=engine.dialect.name == "sqlite",  # a local file: no network stall on the event loop
     )
     return AuditServices(log=log, reader=AuditReader(engine), engine=engine)

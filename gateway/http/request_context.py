@@ -51,6 +51,7 @@ class RequestContext:
     cancelled: bool = False  # the client went away before the response was complete
     response_headers: dict[str, str] = field(default_factory=dict)  # from hooks, sent on success and error
     extra: dict[str, Any] = field(default_factory=dict)
+    alone: bool = False  # set on finishing: no other request was being served (the audit may write inline)
     # Counting on dispatch: the serving code sets ``dispatch_can_count`` when the worker can report
     # the prompt's token count in its first message (one Generate call); a hook that would otherwise
     # ask for the count before dispatch may then set ``count_on_dispatch`` and act on ``after_count``.

@@ -59,6 +59,7 @@ class Lifecycle:
         Raises what the hook raises; the caller then reports it through :meth:`fail`.
         """
         ctx.finished_at = time.time()
+        ctx.alone = self.shutdown.in_flight <= 1
         await self.hooks.before_finish(ctx)
         ctx._terminal = True
         ctx.status_code = 200
