@@ -7,13 +7,13 @@ every request hook. Hooks may keep their own state in ``extra``.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.auth.principal import Principal
 from gateway.http.errors import OpenAIError
+from gateway.random_ids import new_hex_id
 
 
 @dataclass(eq=False)
@@ -63,7 +63,7 @@ class RequestContext:
 
     @staticmethod
     def new_id() -> str:
-        return uuid.uuid4().hex
+        return new_hex_id()
 
     def start_choices(self, count: int) -> None:
         """Prepares per-choice accumulators for ``count`` choices."""

@@ -13,6 +13,7 @@ Wiring::
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 
@@ -114,7 +115,7 @@ class QuotaHooks(NoopHooks):
             return prompt
         params = ctx.params
         choices = self._choices(ctx)
-        prompts = len(params.prompts()) if hasattr(params, "prompts") else 1
+        prompts = len(params.prompts()) if _defines(params, "prompts") else 1
         if ctx.max_model_len:
             # With several prompts only their sum is known: cap each by the whole context (safe side).
             room = max(0, ctx.max_model_len - prompt) if prompts == 1 else ctx.max_model_len
@@ -126,7 +127,21 @@ class QuotaHooks(NoopHooks):
     @staticmethod
     def _choices(ctx: RequestContext) -> int:
         params = ctx.params
-        return getattr(params, "candidates", None) or getattr(params, "n", None) or 1  # best_of generates more
+        # best_of generates more
+        candidates = params.candidates if _defines(params, "candidates") else None
+        return candidates or (params.n if _defines(params, "n") else None) or 1
+
+
+@functools.cache
+def _class_defines(cls: type, name: str) -> bool:
+    return any(name in vars(k) for k in cls.__mro__) or name in getattr(cls, "model_fields", {})
+
+
+def _defines(params: object, name: str) -> bool:
+    """Whether the request body's class has this field, property or method. Asked of the class, once:
+    a miss on a pydantic model goes through its ``__getattr__`` and an exception (a few microseconds,
+    three times per request); the request models ignore extra fields, so the class decides."""
+    return _class_defines(type(params), name)
 
 
 def quota_error_converters() -> dict[type[Exception], Callable[[Exception], OpenAIError]]:

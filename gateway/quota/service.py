@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
@@ -30,6 +29,7 @@ from gateway.quota.settings import QuotaSettings
 from gateway.quota.store import AdmitRequest, AdmitResult, QuotaStore, SettleMode, Settlement
 from gateway.quota.usage import UsageGroupBy, UsageRow, check_report_range, group_usage
 from gateway.quota.validation import check_name, check_tokens
+from gateway.random_ids import new_hex_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -143,7 +143,7 @@ class QuotaService:
             await self.start()
         request = AdmitRequest(
             team=team,
-            reservation_id=uuid.uuid4().hex,
+            reservation_id=new_hex_id(),
             reserve_tokens=reserve_tokens,
             model=model,
             scopes=self._limits.for_request(team, key_id, model),
