@@ -10,8 +10,11 @@ ServerErrorMiddleware and stops that exception once the answer is complete.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("ward.gateway")
@@ -70,7 +73,7 @@ class GatewayApp(FastAPI):
     ``direct_routes`` (path -> route of a router included without prefix or dependencies of its own)
     called through :class:`~gateway.http.fast_lane.FastLane` where the router would be."""
 
-    direct_routes: dict = {}
+    direct_routes: Mapping[str, APIRoute] = MappingProxyType({})  # set per app by create_app
 
     def build_middleware_stack(self) -> ASGIApp:
         from gateway.http.fast_lane import FastLane
