@@ -218,6 +218,12 @@ def test_a_full_worker_answers_503_a_team_over_its_share_429_and_another_team_st
         assert {float(line.rsplit(" ", 1)[1]) for line in refusals} == {1.0}  # one of each reason
         assert running.result(timeout=120) == 200
         assert other_team.result(timeout=120) == 200 and all(q.result(timeout=120) == 200 for q in queued)
+        # each team's finished generations, with the worker's whole first-response time and the engine's part
+        after = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+        for team in ("radiology", "cardiology"):
+            for name in ("ward_team_first_response_seconds_count", "ward_team_time_to_first_token_seconds_count"):
+                [line] = [x for x in after.splitlines() if x.startswith(name) and f'team="{team}"' in x]
+                assert float(line.rsplit(" ", 1)[1]) >= 1, line
 
     # refused requests are audited like any other
     from sqlalchemy import create_engine, text

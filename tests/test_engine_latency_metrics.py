@@ -63,3 +63,31 @@ def test_queue_and_prefill_times_split_the_time_to_first_token_and_the_benchmark
     assert engine_means(before, after) == {"engine_ttft_mean_ms": 750.0, "engine_queue_mean_ms": 375.0,
                                            "engine_prefill_mean_ms": 500.0}
     assert engine_means(after, after) == {}  # nothing finished in between: no figure rather than a zero
+
+
+def test_each_teams_first_response_and_engine_times_are_kept_apart_and_the_fairness_bench_reads_them():
+    from ward.benchmarks.fairness import TEAM_HISTOGRAMS, _team_split
+    from ward.benchmarks.worker_metrics import histogram_totals
+
+    m = WorkerMetrics(lambda: stats(), "model-a")
+    empty = m.text()
+    m.observe_team_request("a", 0.9, finished(10.0, 10.5, 10.75).metrics)
+    m.observe_team_request("a", 1.1, finished(20.0, 20.25, 21.0).metrics)
+    m.observe_team_request("b", 0.3, finished(30.0, 30.0, 30.1).metrics)
+    m.observe_team_request("", 0.2, None)  # no engine timings (e.g. aborted): the first response only
+    text = m.text()
+    assert 'ward_team_first_response_seconds_count{model_name="model-a",team="a"} 2.0' in text
+    assert 'ward_team_first_response_seconds_count{model_name="model-a",team="default"} 1.0' in text
+    assert 'ward_team_queue_time_seconds_count{model_name="model-a",team="default"}' not in text
+    before_server, after_server = serve_text(empty), serve_text(text)
+    try:
+        before = histogram_totals(f"http://127.0.0.1:{before_server.server_port}/metrics", TEAM_HISTOGRAMS, "team")
+        after = histogram_totals(f"http://127.0.0.1:{after_server.server_port}/metrics", TEAM_HISTOGRAMS, "team")
+    finally:
+        before_server.shutdown()
+        after_server.shutdown()
+    assert _team_split(before, after, "a") == {"worker_first_response_mean_ms": 1000.0, "engine_queue_mean_ms": 375.0,
+                                               "engine_ttft_mean_ms": 875.0}
+    assert _team_split(before, after, "b") == {"worker_first_response_mean_ms": 300.0, "engine_queue_mean_ms": 0.0,
+                                               "engine_ttft_mean_ms": 100.0}
+    assert _team_split(after, after, "a") == {}  # nothing finished in between: no figure rather than a zero

@@ -35,6 +35,7 @@ from dataclasses import asdict, dataclass, field
 
 import httpx
 
+from ward.benchmarks.worker_metrics import histogram_totals, mean_ms
 
 STREAMS_PER_PROCESS = 256
 SERVER_GAUGES = ("ward_gateway_requests_in_flight", "ward_admission_queue_requests", "ward_num_requests_waiting",
@@ -180,6 +181,29 @@ async def _server_gauges(base: str, window: Window) -> dict:
     return gauges
 
 
+# The worker's per-team split of a first token (worker/server/metrics.py): all of the worker, and the
+# engine's queue and time to first token inside it.
+TEAM_HISTOGRAMS = {"worker_first_response": "ward_team_first_response_seconds",
+                   "engine_queue": "ward_team_queue_time_seconds", "engine_ttft": "ward_team_time_to_first_token_seconds"}
+
+
+async def _team_times(url: str | None, at: float) -> dict:
+    """The worker's per-team histogram totals at monotonic time ``at`` (empty without a worker URL)."""
+    if not url:
+        return {}
+    await asyncio.sleep(max(0.0, at - time.monotonic()))
+    try:
+        return await asyncio.to_thread(histogram_totals, url, TEAM_HISTOGRAMS, "team")
+    except OSError:
+        return {}
+
+
+def _team_split(before: dict, after: dict, team: str) -> dict:
+    """Mean milliseconds of the team's requests that finished inside the window, per histogram."""
+    means = {f"{key}_mean_ms": mean_ms(before, after, key, team) for key in TEAM_HISTOGRAMS}
+    return {k: v for k, v in means.items() if v is not None}
+
+
 async def _phase(base: str, model: str, loops: list[tuple[Client, int, bool]], a: argparse.Namespace) -> dict:
     """Runs ``(client, streams, delayed)`` loops; requests that start in the window are measured to their end.
     Loops of more than one stream run in child processes (``STREAMS_PER_PROCESS`` each)."""
@@ -190,6 +214,8 @@ async def _phase(base: str, model: str, loops: list[tuple[Client, int, bool]], a
     jobs: list[tuple[Client, asyncio.Future]] = []
     local = [_streams(base, model, c, n, 0, a, window, delayed) for c, n, delayed in loops if n == 1]
     gauges = asyncio.ensure_future(_server_gauges(base, window))
+    url = getattr(a, "worker_metrics_url", None)
+    times = [asyncio.ensure_future(_team_times(url, t)) for t in (window.start, window.end)]
     with ProcessPoolExecutor(max(1, processes), mp_context=multiprocessing.get_context("spawn")) as pool:
         for client, n in flood:
             for first in range(0, n, STREAMS_PER_PROCESS):
@@ -201,6 +227,10 @@ async def _phase(base: str, model: str, loops: list[tuple[Client, int, bool]], a
         client.record.merge(TeamRecord(**job.result()))
     result = {c.team: _summary(c.record, a.duration) for c, _, _ in loops}
     result["server"] = await gauges
+    before, after = await asyncio.gather(*times)
+    for c, _, _ in loops:
+        if before or after:
+            result[c.team]["worker"] = _team_split(before, after, c.team)
     return result
 
 
@@ -265,9 +295,12 @@ def run(a: argparse.Namespace) -> int:
         report["phases"] = asyncio.run(measure(a.base_url, a.served_model, {"a": None, "b": None}, weights, a))
     else:
         from ward.benchmarks.models import SHAPES
-        from ward.benchmarks.stack import GovernedStack
+        from ward.benchmarks.stack import GovernedStack, free_port
 
-        worker_args = ["--device", a.device, "--max-num-seqs", str(a.max_num_seqs), "--max-model-len", str(a.max_model_len)]
+        metrics_port = free_port()
+        a.worker_metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        worker_args = ["--device", a.device, "--max-num-seqs", str(a.max_num_seqs), "--max-model-len", str(a.max_model_len),
+                       "--metrics-port", str(metrics_port)]
         teams = {"a": {"weight": wa}, "b": {"weight": wb}}
         stack = GovernedStack(a.model, a.model, worker_args, teams=teams, out=out)
         if a.model in SHAPES:

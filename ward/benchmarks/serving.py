@@ -20,6 +20,7 @@ import time
 import urllib.request
 
 from ward.benchmarks.stack import GovernedStack, free_port
+from ward.benchmarks.worker_metrics import histogram_totals, mean_ms
 
 # The worker's own view of each level: where a request's time to first token went inside the engine.
 _ENGINE_HISTOGRAMS = {"engine_ttft": "ward_time_to_first_token_seconds", "engine_queue": "ward_request_queue_time_seconds",
@@ -28,25 +29,17 @@ _ENGINE_HISTOGRAMS = {"engine_ttft": "ward_time_to_first_token_seconds", "engine
 
 def scrape_engine_times(url: str) -> dict[str, tuple[float, float]]:
     """(sum, count) of the worker's latency histograms at ``url`` (its /metrics)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(url, timeout=10) as r:
-        text = r.read().decode()
-    samples: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[sample.name] = samples.get(sample.name, 0.0) + sample.value
-    return {key: (samples.get(name + "_sum", 0.0), samples.get(name + "_count", 0.0))
-            for key, name in _ENGINE_HISTOGRAMS.items()}
+    totals = histogram_totals(url, _ENGINE_HISTOGRAMS)
+    return {key: totals.get((key, ""), (0.0, 0.0)) for key in _ENGINE_HISTOGRAMS}
 
 
 def engine_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
     """Mean milliseconds of each histogram over the requests finished between two scrapes."""
     out = {}
     for key in _ENGINE_HISTOGRAMS:
-        total, count = after[key][0] - before[key][0], after[key][1] - before[key][1]
-        if count > 0:
-            out[f"{key}_mean_ms"] = round(1000 * total / count, 2)
+        mean = mean_ms({(key, ""): before[key]}, {(key, ""): after[key]}, key)
+        if mean is not None:
+            out[f"{key}_mean_ms"] = mean
     return out
 
 

@@ -196,6 +196,8 @@ async def serve(args) -> int:
     servicer = WorkerServicer(name, engine=engine, embedder=embedder, limits=limits)
     metrics.watch_admission(servicer.admission)
     servicer.metrics_text = metrics.text
+    if engine is not None:
+        servicer.observe_team_request = metrics.observe_team_request
     # SO_REUSEPORT off: gRPC turns it on by default, which lets a second worker start silently on a
     # port already in use and share its connections with the first.
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", MESSAGE_LIMIT_BYTES),

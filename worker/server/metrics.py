@@ -16,7 +16,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from worker.engine.llm_engine import EngineStats
-from worker.outputs import RequestOutput
+from worker.outputs import RequestMetrics, RequestOutput
 from worker.server.admission import Admission
 
 _LATENCY = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
@@ -114,6 +114,18 @@ class WorkerMetrics:
                                buckets=_LATENCY, registry=r)
         self.prefill = Histogram("ward_request_prefill_time_seconds", "First scheduled to first token (prefill).", lbl,
                                  buckets=_LATENCY, registry=r)
+        # Per team, where a request's first token went: the whole worker (the Generate call's arrival
+        # to its first output handed to gRPC: admission, tokenizing, the engine and the output path),
+        # and inside it the engine's queue and time to first token. A team's first token that is slow
+        # while its engine times are short waited in the worker's event loop, not in the scheduler.
+        tl = ["model_name", "team"]
+        self.team_first_response = Histogram(
+            "ward_team_first_response_seconds", "A Generate call's arrival to its first output handed to gRPC, per team.",
+            tl, buckets=_LATENCY, registry=r)
+        self.team_queue = Histogram("ward_team_queue_time_seconds", "Engine arrival to first scheduled, per team.",
+                                    tl, buckets=_LATENCY, registry=r)
+        self.team_ttft = Histogram("ward_team_time_to_first_token_seconds",
+                                   "Engine arrival to first token, per team.", tl, buckets=_LATENCY, registry=r)
 
     def observe_finished(self, out: RequestOutput) -> None:
         m = self.model
@@ -133,6 +145,17 @@ class WorkerMetrics:
                     self.prefill.labels(m).observe(max(0.0, first - scheduled))
             end = out.metrics.last_token_time or time.monotonic()
             self.e2e.labels(m).observe(max(0.0, end - out.metrics.arrival_time))
+
+    def observe_team_request(self, team: str, first_response_s: float, metrics: RequestMetrics | None) -> None:
+        """A finished generation of ``team`` ("" for none): its first-response time and engine timings."""
+        key = (self.model, team or "default")
+        self.team_first_response.labels(*key).observe(max(0.0, first_response_s))
+        if metrics is None:
+            return
+        if metrics.first_scheduled_time is not None:
+            self.team_queue.labels(*key).observe(max(0.0, metrics.first_scheduled_time - metrics.arrival_time))
+        if metrics.first_token_time is not None:
+            self.team_ttft.labels(*key).observe(max(0.0, metrics.first_token_time - metrics.arrival_time))
 
     def watch_admission(self, admission: Admission) -> None:
         self.registry.register(_AdmissionCollector(admission, self.model))

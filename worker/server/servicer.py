@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
+from collections.abc import Callable
 
 import grpc
 
@@ -16,6 +18,7 @@ from proto.ward.worker.v1 import worker_pb2 as pb
 from proto.ward.worker.v1 import worker_pb2_grpc as pb_grpc
 from worker.engine.fair_share import check_policy
 from worker.errors import InvalidRequestError, WardError
+from worker.outputs import RequestMetrics
 from worker.server.admission import Admission, AdmissionLimits, AdmissionRefused
 from worker.server.async_engine import AsyncEngine
 from worker.server.convert import (
@@ -61,6 +64,8 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self._embed_lock = asyncio.Lock()
         self._heavy = FairPrepareExecutor(PREPARE_THREADS)
         self._tokenizing = 0  # Tokenize calls in progress
+        # (team, first response seconds, engine timings) of each finished generation, for the metrics
+        self.observe_team_request: Callable[[str, float, RequestMetrics | None], None] | None = None
 
     async def _off_loop(self, team: str, fn, *args):
         """Runs heavy work (tokenizing, templating, embedding) where it cannot delay the event loop,
@@ -94,6 +99,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
 
     # ---- RPCs ------------------------------------------------------------------------------
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
+        received = time.monotonic()
         ticket = None
         try:
             engine = self._need_engine()
@@ -119,9 +125,16 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                                      team_priority=request.team_priority, team_weight=weight)
             if request.report_prompt_tokens:  # the gateway reserves this exact count meanwhile
                 yield pb.GenerateResponse(prompt_tokens=len(prepared.token_ids))
+            first_response_s = last = None
             async for out in stream:
                 ticket.release()  # it left the queue: the engine produced its first output
-                yield response_from_output(out)
+                response = response_from_output(out)
+                if first_response_s is None:
+                    first_response_s = time.monotonic() - received
+                last = out
+                yield response
+            if first_response_s is not None and self.observe_team_request is not None:
+                self.observe_team_request(request.team, first_response_s, last.metrics)
         except (WardError, ValueError, NotImplementedError) as exc:
             await abort_with(context, exc)
         finally:
