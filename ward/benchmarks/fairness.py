@@ -301,6 +301,8 @@ def run(a: argparse.Namespace) -> int:
         a.worker_metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         worker_args = ["--device", a.device, "--max-num-seqs", str(a.max_num_seqs), "--max-model-len", str(a.max_model_len),
                        "--metrics-port", str(metrics_port)]
+        if getattr(a, "engine_process", False):  # the engine core in a process of its own
+            worker_args.append("--engine-process")
         teams = {"a": {"weight": wa}, "b": {"weight": wb}}
         stack = GovernedStack(a.model, a.model, worker_args, teams=teams, out=out)
         if a.model in SHAPES:
@@ -316,6 +318,7 @@ def run(a: argparse.Namespace) -> int:
                 a.vocab = a.vocab or json.load(f)["vocab_size"]
         with stack:
             report.update(server="ward", model=a.model, device=a.device, weights=weights,
+                          engine_process=bool(getattr(a, "engine_process", False)),
                           max_num_seqs=a.max_num_seqs, stack_ready_s=stack.stack_ready_s)
             report["phases"] = asyncio.run(measure(stack.base, a.model, stack.keys, weights, a))
         report["audit_verify_exit"], report["audit_verify"] = stack.verify_audit()

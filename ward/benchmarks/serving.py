@@ -52,7 +52,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--worker-args", default="",
                     help="serving: more arguments for the worker, one string (e.g. '--max-num-batched-tokens 2048')")
     ap.add_argument("--engine-process", action="store_true",
-                    help="serving: the worker runs its engine core in a process of its own")
+                    help="serving, fairness: the worker runs its engine core in a process of its own")
 
 
 def dummy_model_dir(shape: str, tokenizer_tool: str, directory: pathlib.Path) -> str:
