@@ -86,17 +86,22 @@ class GenerationRun:
                 if self.logprobs is not None and delta.logprobs:
                     self.logprobs[index].extend(delta.logprobs)
             if produced:
-                await self._tokens_arrived()
+                if self._last_token_mono is None:
+                    await self._first_tokens_arrived()
+                else:  # no coroutine per token: only the first one has a hook to await
+                    self._more_tokens_arrived()
             for delta in message.choices:
                 yield base + delta.index, delta
 
-    async def _tokens_arrived(self) -> None:
+    async def _first_tokens_arrived(self) -> None:
+        now = self._last_token_mono = time.perf_counter()
+        self.ctx.first_token_mono = now
+        self.ctx.first_token_at = time.time()
+        await self._hooks.on_first_token(self.ctx)
+
+    def _more_tokens_arrived(self) -> None:
         now = time.perf_counter()
-        if self._last_token_mono is None:
-            self.ctx.first_token_mono = now
-            self.ctx.first_token_at = time.time()
-            await self._hooks.on_first_token(self.ctx)
-        elif self._model_label:
+        if self._model_label:
             self._metrics.observe_inter_token(self._model_label, now - self._last_token_mono)
         self._last_token_mono = now
 
