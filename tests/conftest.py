@@ -16,6 +16,12 @@ settings.register_profile("explore", derandomize=False)
 settings.load_profile("explore" if os.environ.get("WARD_HYPOTHESIS") == "explore" else "ward")
 
 
+@pytest.fixture
+def anyio_backend() -> str:
+    """The event loop of every ``pytest.mark.anyio`` test: asyncio, as the gateway and worker run."""
+    return "asyncio"
+
+
 @pytest.fixture(scope="session")
 def default_model_dir() -> str:
     from worker.model.registry import DEFAULT_GENERATE_MODEL, resolve_model

@@ -78,11 +78,6 @@ MODEL = "fake-chat"
 USER = [{"role": "user", "content": "hello there"}]
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 @pytest.mark.anyio
 async def test_a_refused_request_fails_over_to_another_worker_of_the_model():
     async with FakeWorker(FakeConfig(model=MODEL)) as full, FakeWorker(FakeConfig(model=MODEL)) as free:

@@ -20,11 +20,6 @@ PROMPT = [{"role": "user", "content": "a long shared clinical prompt " * 20}]
 
 
 @pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture
 async def gw(tmp_path):
     engine = create_db_engine(sqlite_url(tmp_path))
     for team in ("radiology", "cardiology"):

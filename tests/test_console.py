@@ -29,11 +29,6 @@ from gateway.console.middleware import CONTENT_SECURITY_POLICY
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
     with database("sqlite", tmp_path_factory.mktemp("console-db")) as url:

@@ -16,11 +16,6 @@ MODEL = "fake-chat"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 200, "ignore_eos": True}
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 async def until(predicate, timeout: float = 3.0) -> float:
     start = time.monotonic()
     while not predicate():

@@ -16,11 +16,6 @@ CHAT = "fake-chat"
 
 
 @pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture
 async def gw():
     async with (
         FakeWorker(FakeConfig(model=EMBED, task="embed", embedding_dim=8)) as embedder,

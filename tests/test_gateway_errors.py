@@ -18,11 +18,6 @@ USER = [{"role": "user", "content": "hello"}]
 
 
 @pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture
 async def gw():
     async with (
         FakeWorker(FakeConfig(model=MODEL, max_model_len=32)) as worker,

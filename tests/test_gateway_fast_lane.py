@@ -19,11 +19,6 @@ MODEL = "fake-lane"
 
 
 @pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture
 async def gw():
     async with FakeWorker(FakeConfig(model=MODEL)) as worker, running_gateway({MODEL: [worker]}) as harness:
         yield harness

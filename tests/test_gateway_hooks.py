@@ -29,11 +29,6 @@ EMBED = "fake-embed"
 USER = [{"role": "user", "content": "three short words"}]
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 class RecordingHooks(NoopHooks):
     """Records each hook call with the context state that matters at that point."""
 

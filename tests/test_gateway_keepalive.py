@@ -20,11 +20,6 @@ CHAT = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "hel
 JSON_HEADERS = {"authorization": f"Bearer {API_KEY}", "content-type": "application/json"}
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 class HookWithABug(NoopHooks):
     """A request hook that fails in a way no handler expects (a bug, not an OpenAIError)."""
 

@@ -13,11 +13,6 @@ MODEL = "fake-chat"
 USER = [{"role": "user", "content": "one two"}]
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 def samples(text: str) -> dict[tuple[str, tuple], float]:
     out = {}
     for family in text_string_to_metric_families(text):

@@ -18,11 +18,6 @@ MODEL = "fake-chat"
 USER = [{"role": "user", "content": "hello"}]
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 def served_by(*workers: FakeWorker) -> Counter:
     return Counter({w.config.worker_id: len(w.servicer.generate_requests) for w in workers})
 

@@ -18,11 +18,6 @@ CHAT, EMBED = "fake-chat", "fake-embed"
 USER = [{"role": "user", "content": "hello"}]
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 async def until(predicate, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

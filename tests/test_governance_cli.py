@@ -165,8 +165,3 @@ async def test_what_the_cli_sets_is_in_force_in_a_running_gateway_on_the_same_da
                     break
                 await anyio.sleep(0.1)
         assert (gw.sent()[-1].team, gw.sent()[-1].team_priority, gw.sent()[-1].team_weight) == ("icu", -5, 4.0)
-
-
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"

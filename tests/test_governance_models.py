@@ -30,11 +30,6 @@ pytestmark = pytest.mark.anyio
 APPROVED, PILOT, RETIRED = ModelStatus.APPROVED, ModelStatus.PILOT, ModelStatus.RETIRED
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 # ---- the rule ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("status,allow_list,allowed,reason", [

@@ -32,11 +32,6 @@ from governance_support import (
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 # ---- the quota file ------------------------------------------------------------------------------
 
 def test_the_file_layers_team_values_over_defaults_over_the_built_in_class_and_weight():

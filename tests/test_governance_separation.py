@@ -32,11 +32,6 @@ pytestmark = pytest.mark.anyio
 SECRET_PROMPT = "Patient 4471 in bed 12 tested positive for HIV; tell the family."
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 @pytest.fixture(params=["sqlite", "postgresql"], scope="module")
 def db(request, tmp_path_factory):
     with database(request.param, tmp_path_factory.mktemp("separation-db")) as url:

@@ -26,11 +26,6 @@ pytestmark = pytest.mark.anyio
 MODEL = "fake-chat"
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 async def until(predicate, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

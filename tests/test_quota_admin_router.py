@@ -36,11 +36,6 @@ teams:
 """
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 class RecordingAudit:
     def __init__(self) -> None:
         self.changes: list[QuotaChange] = []

@@ -27,11 +27,6 @@ USER = [{"role": "user", "content": "three short words"}]
 RATE_HEADERS = {f"x-ratelimit-{what}-{kind}" for what in ("limit", "remaining", "reset") for kind in ("requests", "tokens")}
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 class ShiftedClock:
     """Real time plus an offset the test can move forward."""
 

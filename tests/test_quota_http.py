@@ -22,11 +22,6 @@ from gateway.quota.settings import QuotaSettings
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 @pytest.mark.parametrize(
     "seconds, text",
     [(0, "0s"), (0.0004, "0s"), (0.02, "20ms"), (0.999, "999ms"), (1, "1s"), (8.64, "8.64s"), (59.9999, "1m0s"),

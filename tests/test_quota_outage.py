@@ -27,11 +27,6 @@ teams:
 
 
 @pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
-@pytest.fixture
 def server():
     redis_server = PrivateRedis()
     redis_server.start()

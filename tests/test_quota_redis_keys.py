@@ -23,11 +23,6 @@ ALL_LIMITS = QuotaLimits(
 )
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 @pytest.mark.parametrize("team", ["ed", "team{with}braces", "a:b", "ünïcode team", "x}y{z"])
 async def test_all_keys_written_for_a_team_share_one_cluster_slot(team):
     require_redis(URL)

@@ -23,11 +23,6 @@ pytestmark = pytest.mark.anyio
 URL = redis_url(3)
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 class RecordingAudit:
     def __init__(self, fail: bool = False):
         self.changes: list[QuotaChange] = []

@@ -21,11 +21,6 @@ KEY = Scope(ScopeKind.KEY, "key-1")
 MODEL = Scope(ScopeKind.MODEL, "llama-3.1-8b")
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 @pytest.fixture(params=["memory", "redis"])
 async def env(request):
     """(store, clock) with the clock at T0; a fresh key prefix per test for Redis."""

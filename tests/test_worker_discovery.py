@@ -25,11 +25,6 @@ MODEL = "fake-chat"
 NAME = "workers.ward.test"
 
 
-@pytest.fixture
-def anyio_backend():
-    return "asyncio"
-
-
 class StubResolver:
     """A DNS server the test controls: ``answers[host]`` is the set of IPs the name has now."""
 
