@@ -20,7 +20,7 @@ import time
 import urllib.request
 
 from ward.benchmarks.stack import GovernedStack, free_port
-from ward.benchmarks.worker_metrics import histogram_totals, mean_ms
+from ward.benchmarks.worker_metrics import histogram_totals, pair_mean_ms
 
 # The worker's own view of each level: where a request's time to first token went inside the engine.
 _ENGINE_HISTOGRAMS = {"engine_ttft": "ward_time_to_first_token_seconds", "engine_queue": "ward_request_queue_time_seconds",
@@ -37,7 +37,7 @@ def engine_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[
     """Mean milliseconds of each histogram over the requests finished between two scrapes."""
     out = {}
     for key in _ENGINE_HISTOGRAMS:
-        mean = mean_ms({(key, ""): before[key]}, {(key, ""): after[key]}, key)
+        mean = pair_mean_ms(before[key], after[key])
         if mean is not None:
             out[f"{key}_mean_ms"] = mean
     return out

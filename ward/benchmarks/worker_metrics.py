@@ -28,6 +28,10 @@ def histogram_totals(url: str, names: Mapping[str, str], by: str | None = None) 
 def mean_ms(before: Mapping[tuple[str, str], tuple[float, float]], after: Mapping[tuple[str, str], tuple[float, float]],
             key: str, label: str = "") -> float | None:
     """Mean milliseconds of one histogram over what was observed between two readings (None: nothing)."""
-    s0, c0 = before.get((key, label), (0.0, 0.0))
-    s1, c1 = after.get((key, label), (0.0, 0.0))
+    return pair_mean_ms(before.get((key, label), (0.0, 0.0)), after.get((key, label), (0.0, 0.0)))
+
+
+def pair_mean_ms(before: tuple[float, float], after: tuple[float, float]) -> float | None:
+    """Mean milliseconds between two (sum, count) readings of one series (None: nothing observed)."""
+    (s0, c0), (s1, c1) = before, after
     return round(1000 * (s1 - s0) / (c1 - c0), 2) if c1 > c0 else None
