@@ -13,11 +13,15 @@
 #   variants   the governed stack at VARIANT_LEVELS (default "64 256") once per entry of
 #              WORKER_VARIANTS (worker arguments, entries separated by ';', an empty entry for the
 #              defaults), e.g. "--max-num-batched-tokens 2048;--decode-step-tokens 2048;"
+#   admission  1,000 x 256/256, 1,000 x 1,024/128 and mixed with the defaults, then with SEQS sequences
+#              a step (default "512 1024") whose admission keeps room for RESERVE outputs each (default
+#              4096: a request's whole max_tokens), so more sequences run without preemption
 #   seqs       1,000 x 256/256 and 1,000 x 1,024/128 with 512 and 1,024 sequences per step (vLLM's
 #              default on this class of card is 1,024), each without and with a KV reserve of 256 outputs
 set -u
 OUT=${OUT:-$PWD/bench-out}
 BUDGET=${BUDGET:-570}
+RESERVE=${RESERVE:-4096}
 STEPS=${STEPS:-int4 quant awq serving awq70b fp8 fp8kv}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1
@@ -67,6 +71,11 @@ for s in $STEPS; do
             bench "seqs$n-reserve" 110 --workloads offline_256_256,offline_1024_128 --max-num-seqs "$n" \
               --reserved-output-tokens 256
           done ;;
+    admission) bench admission-base 130 --workloads offline_256_256,offline_1024_128,mixed
+               for n in ${SEQS:-512 1024}; do
+                 bench "admission$n-r$RESERVE" 130 --workloads offline_256_256,offline_1024_128,mixed \
+                   --max-num-seqs "$n" --reserved-output-tokens "$RESERVE"
+               done ;;
     *) echo "unknown step $s" >&2 ;;
   esac
 done

@@ -1,0 +1,82 @@
+"""Whether the host keeps the GPU busy in steady decode as the batch grows: for each batch size, the
+kernel time over the wall time of 30 decode steps (torch profiler) and the host time a step spends in
+the scheduler (schedule + update_from_output). A script, not a test.
+Usage: python bench/decode_busy.py [--model llama-3.1-8b] [--batches 64,256,512,768] [--prompt 384]"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from ward.benchmarks.models import write_config_dir
+from ward.benchmarks.offline import OfflineBench, _sync
+from worker import LLM
+
+
+# kernels only: recording host ops too would slow the host this measures (CPU: a smoke run)
+ACTIVITIES = [ProfilerActivity.CUDA] if torch.cuda.is_available() else [ProfilerActivity.CPU]
+
+
+class SchedulerClock:
+    """Adds up the wall time spent in the scheduler's two per-step calls."""
+
+    def __init__(self, scheduler) -> None:
+        self.seconds = 0.0
+        for name in ("schedule", "update_from_output"):
+            setattr(scheduler, name, self._timed(getattr(scheduler, name)))
+
+    def _timed(self, fn):
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t
+        return timed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="llama-3.1-8b")
+    ap.add_argument("--batches", default="64,256,512,768")
+    ap.add_argument("--prompt", type=int, default=384)
+    args = ap.parse_args()
+    batches = [int(b) for b in args.batches.split(",")]
+    llm = LLM(model=write_config_dir(args.model, tempfile.mkdtemp(prefix="ward-busy-")), load_format="dummy",
+              dtype="bfloat16", max_model_len=4096, max_num_seqs=max(batches), max_num_batched_tokens=16384)
+    bench = OfflineBench(llm)
+    bench.warmup()
+    engine = llm.engine
+    clock = SchedulerClock(engine.scheduler)
+    rows = []
+    for batch in batches:
+        ids = [f"busy{batch}-{i}" for i in range(batch)]
+        for rid, prompt in zip(ids, bench.prompts(batch, args.prompt)):
+            engine.add_request(rid, prompt, bench.params(80))
+        while engine.scheduler.waiting or any(r.num_computed_tokens < r.num_prompt_tokens
+                                              for r in engine.scheduler.requests.values()):
+            engine.step()
+        for _ in range(5):
+            engine.step()
+        _sync()
+        before = clock.seconds
+        with profile(activities=ACTIVITIES) as prof:
+            t = time.perf_counter()
+            for _ in range(30):
+                engine.step()
+            _sync()
+            wall = time.perf_counter() - t
+        kernel_s = sum(e.device_time for e in prof.events() if e.device_type.name == "CUDA") / 1e6
+        engine.abort_request(ids)
+        rows.append({"batch": batch, "step_ms": round(1000 * wall / 30, 3), "busy_fraction": round(kernel_s / wall, 4),
+                     "scheduler_ms_per_step": round(1000 * (clock.seconds - before) / 30, 3)})
+        print(json.dumps(rows[-1]), flush=True)
+    print(json.dumps({"decode_busy": rows}))
+
+
+if __name__ == "__main__":
+    main()
