@@ -39,11 +39,31 @@ class SchedulerClock:
         return timed
 
 
+def host_profile(engine, steps: int) -> str:
+    """The host functions of ``steps`` engine steps by cumulative time (waits on the device included)."""
+    import cProfile
+    import io
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(steps):
+        engine.step()
+    _sync()
+    profiler.disable()
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(35)
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
+    return text.getvalue()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="llama-3.1-8b")
     ap.add_argument("--batches", default="64,256,512,768")
     ap.add_argument("--prompt", type=int, default=384)
+    ap.add_argument("--cprofile", action="store_true",
+                    help="after each batch's timing, 30 more steps under cProfile: where the host's time goes")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     llm = LLM(model=write_config_dir(args.model, tempfile.mkdtemp(prefix="ward-busy-")), load_format="dummy",
@@ -71,6 +91,8 @@ def main() -> None:
             _sync()
             wall = time.perf_counter() - t
         kernel_s = sum(e.device_time for e in prof.events() if e.device_type.name == "CUDA") / 1e6
+        if args.cprofile:
+            print(host_profile(engine, steps=30), flush=True)
         engine.abort_request(ids)
         rows.append({"batch": batch, "step_ms": round(1000 * wall / 30, 3), "busy_fraction": round(kernel_s / wall, 4),
                      "scheduler_ms_per_step": round(1000 * (clock.seconds - before) / 30, 3)})

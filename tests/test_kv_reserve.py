@@ -11,9 +11,10 @@ from worker.engine.kv_cache_manager import KVCacheManager
 from worker.engine.scheduler import Scheduler
 
 
-def scheduler(num_blocks: int, reserve: int, *, budget: int = 64, max_seqs: int = 8) -> Scheduler:
+def scheduler(num_blocks: int, reserve: int, *, budget: int = 64, max_seqs: int = 8,
+              beyond: int | None = None) -> Scheduler:
     return Scheduler(KVCacheManager(num_blocks, BS), max_num_seqs=max_seqs, max_num_batched_tokens=budget,
-                     max_model_len=256, reserved_output_tokens=reserve)
+                     max_model_len=256, reserved_output_tokens=reserve, reserve_beyond_seqs=beyond)
 
 
 def four_requests(s: Scheduler) -> None:
@@ -48,6 +49,35 @@ def test_the_reserve_covers_only_the_first_reserved_outputs():
     _, steps = run_to_end(s, FakeRunner())
     assert max(len(out.num_scheduled_tokens) for out in steps) >= 3
     assert s.num_preemptions > 0
+
+
+def test_beyond_n_running_requests_a_new_one_needs_room_for_every_whole_output():
+    # 12 blocks of 4: each request (6 + 12 tokens) holds 5 at its end. The first two seats are given as
+    # blocks allow; a third only while the free blocks cover both whole outputs besides its own: never.
+    plain = scheduler(12, reserve=0)
+    four_requests(plain)
+    expected, _ = run_to_end(plain, FakeRunner())
+
+    guarded = scheduler(12, reserve=0, beyond=2)
+    four_requests(guarded)
+    got, steps = run_to_end(guarded, FakeRunner())
+    assert got == expected
+    assert guarded.num_preemptions == 0 and guarded.num_reserve_waits > 0
+    assert max(len(out.num_scheduled_tokens) for out in steps) == 2
+
+    # Three seats given freely outgrow the pool: a running request is pushed out and recomputed.
+    loose = scheduler(12, reserve=0, beyond=3)
+    four_requests(loose)
+    assert run_to_end(loose, FakeRunner())[0] == expected
+    assert loose.num_preemptions > 0
+
+
+def test_beyond_n_running_requests_more_run_at_once_where_the_pool_holds_them_all():
+    roomy = scheduler(64, reserve=0, beyond=2)  # 4 x 5 blocks fit: all four run together
+    four_requests(roomy)
+    _, steps = run_to_end(roomy, FakeRunner())
+    assert max(len(out.num_scheduled_tokens) for out in steps) == 4
+    assert roomy.num_preemptions == 0 and roomy.num_reserve_waits == 0
 
 
 def test_an_empty_batch_takes_a_request_larger_than_the_room_it_would_keep():
@@ -103,6 +133,10 @@ def test_a_negative_reserve_is_refused():
         EngineConfig(reserved_output_tokens=-1)
     with pytest.raises(ValueError, match="reserved_output_tokens"):
         scheduler(8, reserve=-1)
+    with pytest.raises(ValueError, match="reserve_beyond_seqs"):
+        EngineConfig(reserve_beyond_seqs=0)
+    with pytest.raises(ValueError, match="reserve_beyond_seqs"):
+        scheduler(8, reserve=0, beyond=0)
 
 
 def test_the_engine_takes_the_reserve_from_its_config_and_a_tight_pool_then_preempts_nothing(default_model_dir):
@@ -119,3 +153,16 @@ def test_the_engine_takes_the_reserve_from_its_config_and_a_tight_pool_then_pree
     stats = kept.engine.stats()
     assert stats.num_preemptions == 0 and stats.num_reserve_waits > 0
     assert kept.engine.kv.pool.num_used_blocks == 0
+
+
+def test_the_worker_takes_reserve_beyond_seqs_from_its_flag_and_leaves_it_off_by_default():
+    import argparse
+
+    from worker.server.cli import add_arguments, engine_config
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert engine_config(parser.parse_args(["--model", "m"]), "m").reserve_beyond_seqs is None
+    flagged = parser.parse_args(["--model", "m", "--max-num-seqs", "1024", "--reserve-beyond-seqs", "256"])
+    config = engine_config(flagged, "m")
+    assert (config.max_num_seqs, config.reserve_beyond_seqs) == (1024, 256)

@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="offline: a step's token budget while any request is decoding (default: no cap)")
     p.add_argument("--reserved-output-tokens", type=int, default=0,
                    help="offline: KV room kept for every running request's first N outputs (0: none, preempt)")
+    p.add_argument("--reserve-beyond-seqs", type=int, default=None,
+                   help="offline: once N requests run, admit another only while the KV pool holds every running "
+                        "request's whole output")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="offline: GPUs the model is split over")
     p.add_argument("--redis-url", help="gateway, quota: a Redis to measure (its keys are removed afterwards)")
     p.add_argument("--postgres", help="gateway, audit: a PostgreSQL server; a scratch database is made there and dropped")
@@ -173,10 +176,11 @@ def run(args: argparse.Namespace) -> int:
                   gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
                   max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
                   reserved_output_tokens=args.reserved_output_tokens, decode_step_tokens=args.decode_step_tokens,
-                  tensor_parallel_size=args.tensor_parallel_size)
+                  reserve_beyond_seqs=args.reserve_beyond_seqs, tensor_parallel_size=args.tensor_parallel_size)
         report["startup_s"] = round(time.perf_counter() - t0, 1)
         report["config"] = {"max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
                             "reserved_output_tokens": args.reserved_output_tokens,
+                            "reserve_beyond_seqs": args.reserve_beyond_seqs,
                             "decode_step_tokens": args.decode_step_tokens}
         report["engine"] = {"kv_blocks": llm.engine.kv.num_blocks, "memory": llm.engine.runner.memory_report,
                             "graph_capture_s": round(llm.engine.runner.graph_capture_seconds, 1)}

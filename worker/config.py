@@ -33,6 +33,9 @@ class EngineConfig:
     # a new request does not force a running one out to be recomputed; 0 (default, as vLLM): admit
     # while blocks are free and preempt when they run out
     reserved_output_tokens: int = 0
+    # N: once N requests run, a further one is admitted only while the KV pool holds every running
+    # request's whole output (max_tokens), so max_num_seqs can be large without preempting; None: off
+    reserve_beyond_seqs: int | None = None
     attention_backend: str = "auto"  # auto, torch, triton, flash_attn, flashinfer
     enforce_eager: bool = False  # True: no CUDA graphs
     cuda_graph_max_batch: int = 512
@@ -73,6 +76,8 @@ class EngineConfig:
             raise ValueError(f"decode_step_tokens must be >= 1, got {self.decode_step_tokens}")
         if self.reserved_output_tokens < 0:
             raise ValueError(f"reserved_output_tokens must be >= 0, got {self.reserved_output_tokens}")
+        if self.reserve_beyond_seqs is not None and self.reserve_beyond_seqs < 1:
+            raise ValueError(f"reserve_beyond_seqs must be >= 1, got {self.reserve_beyond_seqs}")
         if self.tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
         if self.distributed_timeout <= 0:

@@ -187,14 +187,20 @@ TEAM_HISTOGRAMS = {"worker_first_response": "ward_team_first_response_seconds",
                    "engine_queue": "ward_team_queue_time_seconds", "engine_ttft": "ward_team_time_to_first_token_seconds"}
 
 
-async def _team_times(url: str | None, at: float) -> dict:
-    """The worker's per-team histogram totals at monotonic time ``at`` (empty without a worker URL)."""
+# The gateway's durable audit write (queued to committed, every request's records of all teams): a first
+# token waits for its request's open record.
+GATEWAY_HISTOGRAMS = {"audit_write": "ward_audit_write_latency_seconds"}
+
+
+async def _histogram_times(url: str | None, names: dict[str, str], by: str, at: float) -> dict:
+    """Histogram totals (``histogram_totals``) at ``url`` at monotonic time ``at`` (empty without a URL
+    or where the server has no such /metrics)."""
     if not url:
         return {}
     await asyncio.sleep(max(0.0, at - time.monotonic()))
     try:
-        return await asyncio.to_thread(histogram_totals, url, TEAM_HISTOGRAMS, "team")
-    except OSError:
+        return await asyncio.to_thread(histogram_totals, url, names, by)
+    except (OSError, ValueError):
         return {}
 
 
@@ -215,7 +221,9 @@ async def _phase(base: str, model: str, loops: list[tuple[Client, int, bool]], a
     local = [_streams(base, model, c, n, 0, a, window, delayed) for c, n, delayed in loops if n == 1]
     gauges = asyncio.ensure_future(_server_gauges(base, window))
     url = getattr(a, "worker_metrics_url", None)
-    times = [asyncio.ensure_future(_team_times(url, t)) for t in (window.start, window.end)]
+    times = [asyncio.ensure_future(_histogram_times(url, TEAM_HISTOGRAMS, "team", t)) for t in (window.start, window.end)]
+    audit = [asyncio.ensure_future(_histogram_times(f"{base}/metrics", GATEWAY_HISTOGRAMS, "destination", t))
+             for t in (window.start, window.end)]
     with ProcessPoolExecutor(max(1, processes), mp_context=multiprocessing.get_context("spawn")) as pool:
         for client, n in flood:
             for first in range(0, n, STREAMS_PER_PROCESS):
@@ -231,6 +239,10 @@ async def _phase(base: str, model: str, loops: list[tuple[Client, int, bool]], a
     for c, _, _ in loops:
         if before or after:
             result[c.team]["worker"] = _team_split(before, after, c.team)
+    audit_before, audit_after = await asyncio.gather(*audit)
+    audit_ms = mean_ms(audit_before, audit_after, "audit_write", "database")
+    if audit_ms is not None:
+        result["server"]["audit_write_mean_ms"] = audit_ms
     return result
 
 

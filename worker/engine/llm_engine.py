@@ -84,6 +84,7 @@ class LLMEngine(RequestPreparation):
             max_model_len=self.max_model_len,
             enable_chunked_prefill=config.enable_chunked_prefill,
             reserved_output_tokens=config.reserved_output_tokens,
+            reserve_beyond_seqs=config.reserve_beyond_seqs,
             decode_step_tokens=config.decode_step_tokens,
         )
         if not config.enable_chunked_prefill and config.max_num_batched_tokens < self.max_model_len:

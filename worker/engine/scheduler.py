@@ -13,6 +13,10 @@ Preemption recomputes a prompt, so admission can keep room for the requests alre
 ``reserved_output_tokens`` = R > 0 (off by default), a request is admitted only while the free blocks
 cover, after its own prompt and first R output tokens, every running request's rest of prompt and
 first R outputs.
+With ``reserve_beyond_seqs`` = N, the first N running requests are admitted as above, and a further
+one only while the free blocks cover every running request's whole output (max_tokens, within the
+context): many sequences can run at once where the pool holds them all, without the recomputes that
+an optimistic admission of that many costs once it does not.
 A request that may preempt a running one (a more urgent class, a starved team) is not held back by
 that room, and an empty batch always takes its first request.
 
@@ -49,9 +53,12 @@ class Scheduler:
         enable_chunked_prefill: bool = True,
         reserved_output_tokens: int = 0,
         decode_step_tokens: int | None = None,
+        reserve_beyond_seqs: int | None = None,
     ) -> None:
         if reserved_output_tokens < 0:
             raise ValueError(f"reserved_output_tokens must be >= 0, got {reserved_output_tokens}")
+        if reserve_beyond_seqs is not None and reserve_beyond_seqs < 1:
+            raise ValueError(f"reserve_beyond_seqs must be >= 1, got {reserve_beyond_seqs}")
         if decode_step_tokens is not None and decode_step_tokens < 1:
             raise ValueError(f"decode_step_tokens must be >= 1, got {decode_step_tokens}")
         self.kv = kv
@@ -60,6 +67,7 @@ class Scheduler:
         # a prompt takes the whole max_num_batched_tokens (time to first token).
         self.decode_step_tokens = decode_step_tokens
         self.reserved_output_tokens = reserved_output_tokens
+        self.reserve_beyond_seqs = reserve_beyond_seqs
         self.num_reserve_waits = 0  # steps whose admissions stopped to keep the running requests' room
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
@@ -173,6 +181,7 @@ class Scheduler:
         # 2. Waiting requests fill what is left (not in a step that had to preempt).
         exhausted: set[str] = set()  # teams with nothing more to admit in this step
         reserve: int | None = None  # blocks the running requests may still take (counted when first needed)
+        reserve_outputs = 0  # the outputs per request that ``reserve`` was counted for
         while not preempted and budget > 0:
             team = fair.next_team(exhausted)
             if team is None:
@@ -194,10 +203,12 @@ class Scheduler:
             if not self.enable_chunked_prefill and n > budget:
                 break
             n = min(n, budget)
-            if self.reserved_output_tokens and self.running:
-                if reserve is None:
-                    reserve = sum(self.kv.blocks_to_hold(r, self._reserve_target(r)) for r in self.running)
-                need = self.kv.blocks_to_hold(req, self._reserve_target(req), num_hit)
+            outputs = self._outputs_kept()
+            if outputs and self.running:
+                if reserve is None or outputs != reserve_outputs:
+                    reserve = sum(self.kv.blocks_to_hold(r, self._reserve_target(r, outputs)) for r in self.running)
+                    reserve_outputs = outputs
+                need = self.kv.blocks_to_hold(req, self._reserve_target(req, outputs), num_hit)
                 if self.kv.pool.num_free_blocks - need < reserve and not any(
                         fair.may_preempt(r, req) for r in self.running):
                     self.num_reserve_waits += 1
@@ -221,7 +232,7 @@ class Scheduler:
                 req.timings.first_scheduled = time.monotonic()
             self._add_running(req)
             if reserve is not None:
-                reserve += self.kv.blocks_to_hold(req, self._reserve_target(req))
+                reserve += self.kv.blocks_to_hold(req, self._reserve_target(req, reserve_outputs))
             num_scheduled[req.request_id] = n
             fair.charge(req, n)
             new_reqs[req.request_id] = NewRequestData(
@@ -318,10 +329,16 @@ class Scheduler:
         return (req.num_output_tokens + req.num_placeholders >= req.max_tokens
                 or req.num_tokens_with_placeholders >= self.max_model_len)
 
-    def _reserve_target(self, req: Request) -> int:
-        """The tokens a request is kept room for: its prompt and first reserved outputs (at least what
+    def _outputs_kept(self) -> int:
+        """The outputs per running request that admission keeps room for now (0: none)."""
+        if self.reserve_beyond_seqs is not None and len(self.running) >= self.reserve_beyond_seqs:
+            return self.max_model_len  # whole outputs: _reserve_target caps them by max_tokens and the context
+        return self.reserved_output_tokens
+
+    def _reserve_target(self, req: Request, outputs: int) -> int:
+        """The tokens a request is kept room for: its prompt and first ``outputs`` outputs (at least what
         it has, and the next token), within its max_tokens and the context."""
-        first = req.num_prompt_tokens + min(req.max_tokens, self.reserved_output_tokens)
+        first = req.num_prompt_tokens + min(req.max_tokens, outputs)
         return min(max(first, req.num_tokens + 1), self.max_model_len)
 
     def _blocked_by_sibling(self, req: Request) -> bool:

@@ -32,6 +32,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reserved-output-tokens", type=int, default=0,
                    help="N > 0: admission keeps KV room for every running request's prompt and first N outputs "
                         "instead of preempting later (default 0: admit while blocks are free, preempt when they run out)")
+    p.add_argument("--reserve-beyond-seqs", type=int, default=None,
+                   help="N: once N requests run, a further one is admitted only while the KV pool holds every "
+                        "running request's whole output (max_tokens), so a large --max-num-seqs does not preempt")
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--num-kv-blocks", type=int, default=None)
     p.add_argument("--kv-cache-memory", type=int, default=None, help="KV pool budget in bytes")
@@ -123,6 +126,7 @@ def engine_config(args: argparse.Namespace, name: str) -> EngineConfig:
         load_format=args.load_format, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens, block_size=args.block_size,
         reserved_output_tokens=args.reserved_output_tokens, decode_step_tokens=args.decode_step_tokens or None,
+        reserve_beyond_seqs=args.reserve_beyond_seqs,
         num_kv_blocks=args.num_kv_blocks, kv_cache_memory_bytes=args.kv_cache_memory,
         gpu_memory_utilization=args.gpu_memory_utilization, enable_prefix_caching=not args.no_prefix_caching,
         attention_backend=args.attention_backend, enforce_eager=args.enforce_eager,
