@@ -15,7 +15,8 @@
 #              defaults), e.g. "--max-num-batched-tokens 2048;--decode-step-tokens 2048;"
 #   admission  1,000 x 256/256, 1,000 x 1,024/128 and mixed with the defaults, then with SEQS sequences
 #              a step (default "512 1024") whose admission keeps room for RESERVE outputs each (default
-#              4096: a request's whole max_tokens), so more sequences run without preemption
+#              4096: a request's whole max_tokens), so more sequences run without preemption, and with
+#              that room asked only of the seats beyond 256 (--reserve-beyond-seqs 256)
 #   seqs       1,000 x 256/256 and 1,000 x 1,024/128 with 512 and 1,024 sequences per step (vLLM's
 #              default on this class of card is 1,024), each without and with a KV reserve of 256 outputs
 set -u
@@ -75,6 +76,8 @@ for s in $STEPS; do
                for n in ${SEQS:-512 1024}; do
                  bench "admission$n-r$RESERVE" 130 --workloads offline_256_256,offline_1024_128,mixed \
                    --max-num-seqs "$n" --reserved-output-tokens "$RESERVE"
+                 bench "admission$n-beyond256" 130 --workloads offline_256_256,offline_1024_128,mixed \
+                   --max-num-seqs "$n" --reserve-beyond-seqs 256
                done ;;
     *) echo "unknown step $s" >&2 ;;
   esac
