@@ -78,3 +78,21 @@ async def test_errors_in_the_lane_leave_through_the_same_handlers(gw):
     assert r.status_code == 401 and r.json()["error"]["type"] == "invalid_request_error"
     r = await gw.client.get("/v1/chat/completions")  # another method: the router's 405, OpenAI-shaped
     assert r.status_code == 405 and "error" in r.json()
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/completions"])
+def test_pass_through_middlewares_hand_back_the_inner_apps_awaitable_for_inference_routes(path):
+    # No frame of theirs stays on the request's await chain, which each streamed token resumes.
+    from gateway.audit.admin_reads import AuditedAdminReads
+    from gateway.console.middleware import ConsoleSessions
+    from gateway.http.body_limit import BodyLimitMiddleware
+
+    sentinel = object()
+
+    def inner(scope, receive, send):
+        return sentinel
+
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"content-length", b"10")]}
+    for middleware in (AuditedAdminReads(inner, recorder=None), ConsoleSessions(inner, sessions=None),
+                       BodyLimitMiddleware(inner, max_bytes=100)):
+        assert middleware(scope, None, None) is sentinel

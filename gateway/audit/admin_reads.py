@@ -18,6 +18,7 @@ Who records what, so each request has its record:
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from starlette.datastructures import MutableHeaders
@@ -74,10 +75,13 @@ class AuditedAdminReads:
         self.app = app
         self.recorder = recorder
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
         if scope["type"] != "http" or not is_governed(scope["path"]):
-            await self.app(scope, receive, send)
-            return
+            # the inner app's awaitable itself: no frame of this class stays on the request's await chain
+            return self.app(scope, receive, send)
+        return self._governed(scope, receive, send)
+
+    async def _governed(self, scope: Scope, receive: Receive, send: Send) -> None:
         replaced = False
 
         async def send_recorded(message: Message) -> None:

@@ -10,6 +10,7 @@ runs. Pages under ``/console`` carry a strict Content-Security-Policy and are ne
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 from http.cookies import SimpleCookie
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -79,14 +80,17 @@ class ConsoleSessions:
         self.sessions = sessions
         self.public_origin = public_origin
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        if scope["type"] != "http" or not any(_under(scope["path"], p) for p in SESSION_PREFIXES):
+            # /v1 and the rest: the inner app's awaitable itself, no frame of this class on the await chain
+            return self.app(scope, receive, send)
+        return self._session_area(scope, receive, send)
+
+    async def _session_area(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = list(scope["headers"])
         path = scope["path"]
         is_console = _under(path, CONSOLE_PREFIX)
-        if header(headers, b"authorization") is None and any(_under(path, p) for p in SESSION_PREFIXES):
+        if header(headers, b"authorization") is None:
             session = await self.sessions.get(cookie_value(headers, COOKIE))
             if session is not None:
                 if scope["method"] not in SAFE_METHODS:

@@ -12,6 +12,7 @@ The limit holds on every route, before any parsing:
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,18 +40,18 @@ class BodyLimitMiddleware:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        # Returns the inner app's awaitable rather than awaiting it: no frame of this class stays on
+        # the request's await chain, which every resumption (each streamed token) walks.
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+            return self.app(scope, receive, send)
         scope[RECEIVED_KEY] = time.perf_counter()
         limit = self.max_bytes
         declared = _content_length(scope)
         if declared is not None and declared > limit:
             # Answered unread: the server discards the body afterwards, so the connection stays usable.
             error = RequestTooLarge(too_large_message(limit), code="request_too_large")
-            await refuse_before_app(scope, receive, send, error)
-            return
+            return refuse_before_app(scope, receive, send, error)
         seen = 0
 
         async def limited_receive() -> Message:
@@ -62,7 +63,7 @@ class BodyLimitMiddleware:
                     raise BodyTooLarge(limit)
             return message
 
-        await self.app(scope, limited_receive, send)
+        return self.app(scope, limited_receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:
