@@ -4,7 +4,8 @@
 # back on the same card. (2) `ward bench fairness` through the governed stack on the Llama-3.1-8B shape
 # (dummy weights). The gateway's wheels are at .gpu/gw-wheels (bench/gateway_wheels.sh), the shared
 # dummy_tokenizer.py at .peer/tools. Usage: bench/gpu_fairness.sh overhead|fairness (one call each);
-# ENGINE_PROCESS=1 runs the worker's engine core in its own process.
+# ENGINE_PROCESS=1 runs the worker's engine core in its own process; GATEWAYS=N puts N gateway processes
+# in front of the worker (the flood spread over them, as over replicas behind a balancer).
 set -u
 MODE=${1:-overhead}
 OUT=${OUT:-$PWD/bench-out}
@@ -40,6 +41,6 @@ profile_flood() {
 [ "$MODE" = fairness ] && { profile_flood "$OUT/fairness.log" & }
 [ "$MODE" = fairness ] && PYTHONPATH=$PWD:$S python3 -m ward bench fairness --model llama-3.1-8b --device cuda --max-num-seqs 256 \
   --input ${FAIR_INPUT:-256} --output ${FAIR_OUTPUT:-128} --duration ${FAIR_DURATION:-30} --warmup ${FAIR_WARMUP:-10} \
-  --weights 1,2 ${ENGINE_PROCESS:+--engine-process} --tokenizer-tool-for-shape .peer/tools/dummy_tokenizer.py --out "$OUT/fairness-ward" > "$OUT/fairness.log" 2>&1; tail -5 "$OUT/fairness.log"
+  --weights 1,2 ${ENGINE_PROCESS:+--engine-process} --gateways ${GATEWAYS:-1} --tokenizer-tool-for-shape .peer/tools/dummy_tokenizer.py --out "$OUT/fairness-ward" > "$OUT/fairness.log" 2>&1; tail -5 "$OUT/fairness.log"
 [ "$MODE" = fairness ] && grep -iE "error|traceback" "$OUT/fairness-ward/gateway.log" | tail -5
 true

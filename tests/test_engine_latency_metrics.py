@@ -91,3 +91,17 @@ def test_each_teams_first_response_and_engine_times_are_kept_apart_and_the_fairn
     assert _team_split(before, after, "b") == {"worker_first_response_mean_ms": 300.0, "engine_queue_mean_ms": 0.0,
                                                "engine_ttft_mean_ms": 100.0}
     assert _team_split(after, after, "a") == {}  # nothing finished in between: no figure rather than a zero
+
+
+def test_the_fairness_bench_adds_up_several_gateways_without_counting_the_relayed_worker_twice():
+    from ward.benchmarks.fairness import _added, _added_pairs
+    from ward.benchmarks.worker_metrics import mean_ms
+
+    first = {"ward_gateway_requests_in_flight": 600.0, "ward_num_requests_running": 249.0}
+    second = {"ward_gateway_requests_in_flight": 700.0, "ward_num_requests_running": 249.0}
+    assert _added([first, second]) == {"ward_gateway_requests_in_flight": 1300.0, "ward_num_requests_running": 249.0}
+    assert _added([]) == {}
+    key = ("audit_write", "database")
+    before = _added_pairs([{key: (1.0, 100.0)}, {key: (2.0, 100.0)}])
+    after = _added_pairs([{key: (1.5, 200.0)}, {key: (3.5, 300.0)}])
+    assert mean_ms(before, after, "audit_write", "database") == round(1000 * 2.0 / 300, 2)

@@ -210,40 +210,63 @@ def _team_split(before: dict, after: dict, team: str) -> dict:
     return {k: v for k, v in means.items() if v is not None}
 
 
-async def _phase(base: str, model: str, loops: list[tuple[Client, int, bool]], a: argparse.Namespace) -> dict:
+async def _phase(bases: list[str], model: str, loops: list[tuple[Client, int, bool]], a: argparse.Namespace) -> dict:
     """Runs ``(client, streams, delayed)`` loops; requests that start in the window are measured to their end.
-    Loops of more than one stream run in child processes (``STREAMS_PER_PROCESS`` each)."""
+    Loops of more than one stream run in child processes (``STREAMS_PER_PROCESS`` each), spread over the
+    gateways in ``bases`` in turn; a single-stream loop (the prober) uses the first."""
     window = Window.after(a.warmup, a.duration)
     flood = [(c, n) for c, n, _ in loops if n > 1]
     processes = sum(math.ceil(n / STREAMS_PER_PROCESS) for _, n in flood)
     loop = asyncio.get_running_loop()
     jobs: list[tuple[Client, asyncio.Future]] = []
-    local = [_streams(base, model, c, n, 0, a, window, delayed) for c, n, delayed in loops if n == 1]
-    gauges = asyncio.ensure_future(_server_gauges(base, window))
+    local = [_streams(bases[0], model, c, n, 0, a, window, delayed) for c, n, delayed in loops if n == 1]
+    gauges = asyncio.gather(*(_server_gauges(base, window) for base in bases))
     url = getattr(a, "worker_metrics_url", None)
     times = [asyncio.ensure_future(_histogram_times(url, TEAM_HISTOGRAMS, "team", t)) for t in (window.start, window.end)]
-    audit = [asyncio.ensure_future(_histogram_times(f"{base}/metrics", GATEWAY_HISTOGRAMS, "destination", t))
-             for t in (window.start, window.end)]
+    audit = [asyncio.gather(*(_histogram_times(f"{base}/metrics", GATEWAY_HISTOGRAMS, "destination", t)
+                              for base in bases)) for t in (window.start, window.end)]
     with ProcessPoolExecutor(max(1, processes), mp_context=multiprocessing.get_context("spawn")) as pool:
         for client, n in flood:
             for first in range(0, n, STREAMS_PER_PROCESS):
                 count = min(STREAMS_PER_PROCESS, n - first)
+                base = bases[len(jobs) % len(bases)]
                 jobs.append((client, loop.run_in_executor(pool, _flood_process, base, model, client.team, client.key,
                                                           count, first, a, window)))
         await asyncio.gather(*local, *(job for _, job in jobs))
     for client, job in jobs:
         client.record.merge(TeamRecord(**job.result()))
     result = {c.team: _summary(c.record, a.duration) for c, _, _ in loops}
-    result["server"] = await gauges
+    result["server"] = _added(await gauges)
     before, after = await asyncio.gather(*times)
     for c, _, _ in loops:
         if before or after:
             result[c.team]["worker"] = _team_split(before, after, c.team)
-    audit_before, audit_after = await asyncio.gather(*audit)
+    audit_before, audit_after = (_added_pairs(readings) for readings in await asyncio.gather(*audit))
     audit_ms = mean_ms(audit_before, audit_after, "audit_write", "database")
     if audit_ms is not None:
         result["server"]["audit_write_mean_ms"] = audit_ms
     return result
+
+
+def _added(readings: list[dict]) -> dict:
+    """The gauges of several gateways of one stack: each gateway's own (``ward_gateway_*``) added up; the
+    worker's, which every gateway relays alike, from the first."""
+    total = dict(readings[0]) if readings else {}
+    for reading in readings[1:]:
+        for name, value in reading.items():
+            if name.startswith("ward_gateway_"):
+                total[name] = total.get(name, 0.0) + value
+    return total
+
+
+def _added_pairs(readings: list[dict]) -> dict:
+    """(sum, count) histogram readings of several gateways added up per series."""
+    total: dict = {}
+    for reading in readings:
+        for key, (s, c) in reading.items():
+            s0, c0 = total.get(key, (0.0, 0.0))
+            total[key] = (s0 + s, c0 + c)
+    return total
 
 
 def _summary(rec: TeamRecord, duration: float) -> dict:
@@ -254,9 +277,11 @@ def _summary(rec: TeamRecord, duration: float) -> dict:
             "ttft_mean_ms": round(1000 * statistics.fmean(rec.ttft), 1) if rec.ttft else None}
 
 
-async def measure(base: str, model: str, keys: dict[str, str | None], weights: dict[str, float],
+async def measure(base: str | list[str], model: str, keys: dict[str, str | None], weights: dict[str, float],
                   a: argparse.Namespace) -> dict:
-    """The three phases against ``base``; ``keys`` maps team "a" and "b" to their API keys (None: no key)."""
+    """The three phases against ``base`` (or several gateways of one stack, the flood spread over them);
+    ``keys`` maps team "a" and "b" to their API keys (None: no key)."""
+    base = [base] if isinstance(base, str) else base
     phases: dict = {}
     b = Client("b", keys["b"])
     phases["alone"] = await _phase(base, model, [(b, 1, False)], a)
@@ -286,6 +311,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--flood", type=int, default=None,
                     help="fairness: team A's concurrent streams (default: 8 x --max-num-seqs)")
     ap.add_argument("--weights", default="1,2", help="fairness: weights of teams A and B (Ward only)")
+    ap.add_argument("--gateways", type=int, default=1,
+                    help="fairness: gateway processes in front of the worker (Ward only), as replicas behind a "
+                         "balancer: the flood's processes take them in turn, B the first")
     ap.add_argument("--duration", type=float, default=30.0, help="fairness: seconds measured per phase")
     ap.add_argument("--warmup", type=float, default=5.0, help="fairness: seconds of load before measuring")
     ap.add_argument("--vocab", type=int, default=None, help="fairness: prompt token ids are drawn below this")
@@ -316,7 +344,7 @@ def run(a: argparse.Namespace) -> int:
         if getattr(a, "engine_process", False):  # the engine core in a process of its own
             worker_args.append("--engine-process")
         teams = {"a": {"weight": wa}, "b": {"weight": wb}}
-        stack = GovernedStack(a.model, a.model, worker_args, teams=teams, out=out)
+        stack = GovernedStack(a.model, a.model, worker_args, teams=teams, out=out, gateways=a.gateways)
         if a.model in SHAPES:
             from ward.benchmarks.serving import dummy_model_dir
 
@@ -329,10 +357,10 @@ def run(a: argparse.Namespace) -> int:
             with open(pathlib.Path(resolve_model(a.model)) / "config.json") as f:
                 a.vocab = a.vocab or json.load(f)["vocab_size"]
         with stack:
-            report.update(server="ward", model=a.model, device=a.device, weights=weights,
+            report.update(server="ward", model=a.model, device=a.device, weights=weights, gateways=a.gateways,
                           engine_process=bool(getattr(a, "engine_process", False)),
                           max_num_seqs=a.max_num_seqs, stack_ready_s=stack.stack_ready_s)
-            report["phases"] = asyncio.run(measure(stack.base, a.model, stack.keys, weights, a))
+            report["phases"] = asyncio.run(measure(stack.bases, a.model, stack.keys, weights, a))
         report["audit_verify_exit"], report["audit_verify"] = stack.verify_audit()
     path = out / "fairness.json"
     path.write_text(json.dumps(report, indent=1))

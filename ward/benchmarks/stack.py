@@ -50,8 +50,15 @@ class GovernedStack:
     """A worker and a governed gateway for ``teams`` (team name -> scheduling policy, e.g. weight/priority)."""
 
     def __init__(self, model_dir: str, served_name: str, worker_args: Sequence[str], *,
-                 teams: Mapping[str, Mapping[str, Any]], out: pathlib.Path, data_dir: pathlib.Path | None = None) -> None:
+                 teams: Mapping[str, Mapping[str, Any]], out: pathlib.Path, data_dir: pathlib.Path | None = None,
+                 gateways: int = 1) -> None:
+        if gateways < 1:
+            raise ValueError(f"gateways must be >= 1, got {gateways}")
         self.model_dir, self.name, self.worker_args = model_dir, served_name, list(worker_args)
+        # gateway processes sharing the data directory (the audit log's SQLite file, the API keys), each
+        # on its own port, as replicas behind a balancer; quotas stay in each process (generous limits)
+        self.gateways = gateways
+        self.bases: list[str] = []
         self.teams, self.out = dict(teams), out
         self.data = data_dir or pathlib.Path(tempfile.mkdtemp(prefix="ward-stack-"))
         self.env = {**os.environ, "WARD_DATA_DIR": str(self.data), "PYTHONPATH": os.pathsep.join(
@@ -103,16 +110,20 @@ class GovernedStack:
                 created = self.ward("keys", "create", "--team", team, "--json", "--data-dir", str(self.data))
                 self.keys[team] = json.loads(created.stdout)["key"]
             quotas = self.write_quotas()
-            gw_port = free_port()
-            cfg = self.data / "gateway.yaml"
-            cfg.write_text(json.dumps({
-                "host": "127.0.0.1", "port": gw_port, "data_dir": str(self.data),
-                "models": {self.name: {"workers": [f"127.0.0.1:{port}"]}},
-                "quota": {"config_file": str(quotas)}, "audit": {},
-            }))
-            self._start(["gateway", "--config", str(cfg)], "gateway.log")
-            self.base = f"http://127.0.0.1:{gw_port}"
-            wait_http(self.base + "/readyz", 120)
+            for index in range(self.gateways):
+                gw_port = free_port()
+                suffix = "" if index == 0 else f"-{index + 1}"
+                cfg = self.data / f"gateway{suffix}.yaml"
+                cfg.write_text(json.dumps({
+                    "host": "127.0.0.1", "port": gw_port, "data_dir": str(self.data),
+                    "models": {self.name: {"workers": [f"127.0.0.1:{port}"]}},
+                    "quota": {"config_file": str(quotas), "gateway_replicas": self.gateways}, "audit": {},
+                }))
+                self._start(["gateway", "--config", str(cfg)], f"gateway{suffix}.log")
+                self.bases.append(f"http://127.0.0.1:{gw_port}")
+            for base in self.bases:
+                wait_http(base + "/readyz", 120)
+            self.base = self.bases[0]
             self.stack_ready_s = round(time.monotonic() - t0, 1)
             return self
         except BaseException:
