@@ -118,6 +118,14 @@ class GatewayMetrics:
             buckets=TTFT_BUCKETS,
             registry=r,
         )
+        # The same, per team: how a team's first tokens fare beside the others' load (tenancy).
+        self.team_ttft = Histogram(
+            "ward_gateway_team_time_to_first_token_seconds",
+            "Time from arrival to the first generated token, per team.",
+            ["model_name", "team"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
         self.inter_token = Histogram(
             "ward_gateway_inter_token_latency_seconds",
             "Time between successive token deliveries of a request.",
@@ -153,7 +161,10 @@ class GatewayMetrics:
         if not model_label:
             return
         if ctx.first_token_mono is not None:
-            self._child(self.ttft, model_label).observe(ctx.first_token_mono - ctx.received_mono)
+            ttft = ctx.first_token_mono - ctx.received_mono
+            self._child(self.ttft, model_label).observe(ttft)
+            if ctx.principal is not None and ctx.principal.team:
+                self._child(self.team_ttft, model_label, ctx.principal.team).observe(ttft)
         if ctx.prompt_tokens:
             self._child(self.prompt_tokens, model_label).inc(ctx.prompt_tokens)
         if ctx.completion_tokens:

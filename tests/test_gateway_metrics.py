@@ -43,6 +43,9 @@ async def test_metrics_count_requests_tokens_and_latencies(tmp_path):
     assert m[("ward_gateway_prompt_tokens_total", model)] == 3 * prompt_tokens
     assert m[("ward_gateway_generation_tokens_total", model)] == 3 * 6
     assert m[("ward_gateway_time_to_first_token_seconds_count", model)] == 3
+    team_series = [key for key in m if key[0] == "ward_gateway_team_time_to_first_token_seconds_count"]
+    assert len(team_series) == 1 and m[team_series[0]] == 3  # the caller's team, the same three requests
+    assert dict(team_series[0][1])["model_name"] == MODEL and dict(team_series[0][1])["team"]
     assert m[("ward_gateway_inter_token_latency_seconds_count", model)] == 3 * 5
     assert (
         m[
