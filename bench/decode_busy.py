@@ -74,28 +74,20 @@ def main() -> None:
     clock = SchedulerClock(engine.scheduler)
     rows = []
     for batch in batches:
-        ids = [f"busy{batch}-{i}" for i in range(batch)]
-        for rid, prompt in zip(ids, bench.prompts(batch, args.prompt)):
-            engine.add_request(rid, prompt, bench.params(80))
-        while engine.scheduler.waiting or any(r.num_computed_tokens < r.num_prompt_tokens
-                                              for r in engine.scheduler.requests.values()):
-            engine.step()
-        for _ in range(5):
-            engine.step()
-        _sync()
-        before = clock.seconds
-        with profile(activities=ACTIVITIES) as prof:
-            t = time.perf_counter()
-            for _ in range(30):
-                engine.step()
-            _sync()
-            wall = time.perf_counter() - t
-        kernel_s = sum(e.device_time for e in prof.events() if e.device_type.name == "CUDA") / 1e6
-        if args.cprofile:
-            print(host_profile(engine, steps=30), flush=True)
-        engine.abort_request(ids)
+        with bench.steady_decode(batch, args.prompt, steps=60):  # 30 timed, 30 more under --cprofile
+            before = clock.seconds
+            with profile(activities=ACTIVITIES) as prof:
+                t = time.perf_counter()
+                for _ in range(30):
+                    engine.step()
+                _sync()
+                wall = time.perf_counter() - t
+            kernel_s = sum(e.device_time for e in prof.events() if e.device_type.name == "CUDA") / 1e6
+            scheduler_s = clock.seconds - before
+            if args.cprofile:
+                print(host_profile(engine, steps=30), flush=True)
         rows.append({"batch": batch, "step_ms": round(1000 * wall / 30, 3), "busy_fraction": round(kernel_s / wall, 4),
-                     "scheduler_ms_per_step": round(1000 * (clock.seconds - before) / 30, 3)})
+                     "scheduler_ms_per_step": round(1000 * scheduler_s / 30, 3)})
         print(json.dumps(rows[-1]), flush=True)
     print(json.dumps({"decode_busy": rows}))
 

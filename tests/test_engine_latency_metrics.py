@@ -105,3 +105,27 @@ def test_the_fairness_bench_adds_up_several_gateways_without_counting_the_relaye
     before = _added_pairs([{key: (1.0, 100.0)}, {key: (2.0, 100.0)}])
     after = _added_pairs([{key: (1.5, 200.0)}, {key: (3.5, 300.0)}])
     assert mean_ms(before, after, "audit_write", "database") == round(1000 * 2.0 / 300, 2)
+
+
+def test_one_scrape_of_a_gateway_reads_each_histogram_by_its_own_label():
+    from ward.benchmarks.fairness import GATEWAY_HISTOGRAMS, GATEWAY_LABELS
+    from ward.benchmarks.worker_metrics import histogram_totals
+
+    text = "\n".join([
+        "# TYPE ward_audit_write_latency_seconds histogram",
+        'ward_audit_write_latency_seconds_sum{destination="database"} 0.5',
+        'ward_audit_write_latency_seconds_count{destination="database"} 100.0',
+        "# TYPE ward_gateway_team_time_to_first_token_seconds histogram",
+        'ward_gateway_team_time_to_first_token_seconds_sum{model_name="m",team="a"} 3.0',
+        'ward_gateway_team_time_to_first_token_seconds_count{model_name="m",team="a"} 4.0',
+        'ward_gateway_team_time_to_first_token_seconds_sum{model_name="m",team="b"} 0.25',
+        'ward_gateway_team_time_to_first_token_seconds_count{model_name="m",team="b"} 5.0',
+        "",
+    ])
+    server = serve_text(text)
+    try:
+        totals = histogram_totals(f"http://127.0.0.1:{server.server_port}/metrics", GATEWAY_HISTOGRAMS, GATEWAY_LABELS)
+    finally:
+        server.shutdown()
+    assert totals == {("audit_write", "database"): (0.5, 100.0), ("gateway_ttft", "a"): (3.0, 4.0),
+                      ("gateway_ttft", "b"): (0.25, 5.0)}

@@ -187,15 +187,16 @@ TEAM_HISTOGRAMS = {"worker_first_response": "ward_team_first_response_seconds",
                    "engine_queue": "ward_team_queue_time_seconds", "engine_ttft": "ward_team_time_to_first_token_seconds"}
 
 
-# The gateway's durable audit write (queued to committed, every request's records of all teams): a first
-# token waits for its request's open record.
-GATEWAY_HISTOGRAMS = {"audit_write": "ward_audit_write_latency_seconds"}
-# Each team's time to first token at the gateway (arrival to the first token out): the client's figure
-# less the client and the loopback, the worker's figure plus the gateway.
-GATEWAY_TEAM_HISTOGRAMS = {"gateway_ttft": "ward_gateway_team_time_to_first_token_seconds"}
+# Read from each gateway in one scrape: its durable audit write (queued to committed, every request's
+# records of all teams: a first token waits for its request's open record), by destination; and each
+# team's time to first token at the gateway (arrival to the first token out: the client's figure less
+# the client and the loopback, the worker's figure plus the gateway), by team.
+GATEWAY_HISTOGRAMS = {"audit_write": "ward_audit_write_latency_seconds",
+                      "gateway_ttft": "ward_gateway_team_time_to_first_token_seconds"}
+GATEWAY_LABELS = {"audit_write": "destination", "gateway_ttft": "team"}
 
 
-async def _histogram_times(url: str | None, names: dict[str, str], by: str, at: float) -> dict:
+async def _histogram_times(url: str | None, names: dict[str, str], by: str | dict[str, str], at: float) -> dict:
     """Histogram totals (``histogram_totals``) at ``url`` at monotonic time ``at`` (empty without a URL
     or where the server has no such /metrics)."""
     if not url:
@@ -226,10 +227,8 @@ async def _phase(bases: list[str], model: str, loops: list[tuple[Client, int, bo
     gauges = asyncio.gather(*(_server_gauges(base, window) for base in bases))
     url = getattr(a, "worker_metrics_url", None)
     times = [asyncio.ensure_future(_histogram_times(url, TEAM_HISTOGRAMS, "team", t)) for t in (window.start, window.end)]
-    audit = [asyncio.gather(*(_histogram_times(f"{base}/metrics", GATEWAY_HISTOGRAMS, "destination", t)
-                              for base in bases)) for t in (window.start, window.end)]
-    gateway_ttft = [asyncio.gather(*(_histogram_times(f"{base}/metrics", GATEWAY_TEAM_HISTOGRAMS, "team", t)
-                                     for base in bases)) for t in (window.start, window.end)]
+    gateway_times = [asyncio.gather(*(_histogram_times(f"{base}/metrics", GATEWAY_HISTOGRAMS, GATEWAY_LABELS, t)
+                                      for base in bases)) for t in (window.start, window.end)]
     with ProcessPoolExecutor(max(1, processes), mp_context=multiprocessing.get_context("spawn")) as pool:
         for client, n in flood:
             for first in range(0, n, STREAMS_PER_PROCESS):
@@ -246,13 +245,12 @@ async def _phase(bases: list[str], model: str, loops: list[tuple[Client, int, bo
     for c, _, _ in loops:
         if before or after:
             result[c.team]["worker"] = _team_split(before, after, c.team)
-    ttft_before, ttft_after = (_added_pairs(readings) for readings in await asyncio.gather(*gateway_ttft))
+    gw_before, gw_after = (_added_pairs(readings) for readings in await asyncio.gather(*gateway_times))
     for c, _, _ in loops:
-        gateway_ms = mean_ms(ttft_before, ttft_after, "gateway_ttft", c.team)
+        gateway_ms = mean_ms(gw_before, gw_after, "gateway_ttft", c.team)
         if gateway_ms is not None:
             result[c.team]["gateway_ttft_mean_ms"] = gateway_ms
-    audit_before, audit_after = (_added_pairs(readings) for readings in await asyncio.gather(*audit))
-    audit_ms = mean_ms(audit_before, audit_after, "audit_write", "database")
+    audit_ms = mean_ms(gw_before, gw_after, "audit_write", "database")
     if audit_ms is not None:
         result["server"]["audit_write_mean_ms"] = audit_ms
     return result

@@ -3,8 +3,10 @@ script: latency (batch 8, 32 in / 128 out), batch-1 decode, 1,000 x 256/256, 1,0
 and the mixed-length run (256 requests, in and out uniform in 100..1,024). Greedy, EOS ignored."""
 from __future__ import annotations
 
+import contextlib
 import random
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -97,26 +99,37 @@ class OfflineBench:
             out[f"batch{batch}"] = wl.summary(figures["plain"], figures["schema"])
         return out
 
-    def gpu_busy(self, batch: int = 64, prompt: int = 256, steps: int = 60) -> dict:
-        """Kernel time / wall time over steady decode steps (torch profiler, CUDA activity)."""
+    @contextlib.contextmanager
+    def steady_decode(self, batch: int, prompt: int, steps: int) -> Iterator[list[str]]:
+        """``batch`` requests past their prefill and a few decode steps, with room for ``steps`` more;
+        yields their ids and aborts them afterwards."""
         engine = self.llm.engine
-        for i, p in enumerate(self.prompts(batch, prompt)):
-            engine.add_request(f"busy-{i}", p, self.params(steps + 40))
+        ids = [f"busy{batch}-{i}" for i in range(batch)]
+        for rid, p in zip(ids, self.prompts(batch, prompt)):
+            engine.add_request(rid, p, self.params(steps + 40))
         while any(r.num_computed_tokens < r.num_prompt_tokens for r in engine.scheduler.requests.values()) or \
                 engine.scheduler.waiting:
             engine.step()
         for _ in range(5):
             engine.step()
         _sync()
+        try:
+            yield ids
+        finally:
+            engine.abort_request(ids)
+
+    def gpu_busy(self, batch: int = 64, prompt: int = 256, steps: int = 60) -> dict:
+        """Kernel time / wall time over steady decode steps (torch profiler, CUDA activity)."""
+        engine = self.llm.engine
         from torch.profiler import ProfilerActivity, profile
 
-        with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        with self.steady_decode(batch, prompt, steps), \
+                profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
             t = time.perf_counter()
             for _ in range(steps):
                 engine.step()
             _sync()
             wall = time.perf_counter() - t
         kernel_us = sum(e.device_time for e in prof.events() if e.device_type.name == "CUDA")
-        engine.abort_request([f"busy-{i}" for i in range(batch)])
         return {"busy_fraction": round(kernel_us / 1e6 / wall, 4), "step_ms": round(1000 * wall / steps, 3),
                 "batch": batch}

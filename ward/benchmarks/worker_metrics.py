@@ -5,9 +5,11 @@ import urllib.request
 from collections.abc import Mapping
 
 
-def histogram_totals(url: str, names: Mapping[str, str], by: str | None = None) -> dict[tuple[str, str], tuple[float, float]]:
+def histogram_totals(url: str, names: Mapping[str, str], by: str | Mapping[str, str] | None = None
+                     ) -> dict[tuple[str, str], tuple[float, float]]:
     """(sum, count) of each histogram of ``names`` (key -> metric name) at ``url``, per value of the
-    label ``by`` (all series added up under "" when ``by`` is None): {(key, label value): (sum, count)}."""
+    label ``by`` (a mapping: each key's own label; all series added up under "" where there is none):
+    {(key, label value): (sum, count)}. One scrape of ``url`` for all of them."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(url, timeout=10) as r:
@@ -20,7 +22,8 @@ def histogram_totals(url: str, names: Mapping[str, str], by: str | None = None) 
             if hit is None:
                 continue
             key, suffix = hit
-            pair = totals.setdefault((key, sample.labels.get(by, "") if by else ""), [0.0, 0.0])
+            label = by.get(key) if isinstance(by, Mapping) else by
+            pair = totals.setdefault((key, sample.labels.get(label, "") if label else ""), [0.0, 0.0])
             pair[0 if suffix == "_sum" else 1] += sample.value
     return {k: (v[0], v[1]) for k, v in totals.items()}
 
