@@ -50,6 +50,8 @@ class AttentionCase:
     block_size: int = 16
     sliding_window: int | None = None
     num_splits: int | None = None  # None lets the heuristic choose
+    split_tokens: int | None = None  # pieces of this many context tokens instead of num_splits
+    longest_first: bool = False  # programs take the requests in order of falling length
     padding_reqs: int = 0  # trailing requests with one query row and seq_len 0 (CUDA-graph padding)
     padding_rows: int = 0  # rows after the last request, owned by no request
     through_backend: bool = False  # run TritonBackend.forward (cache write + attention) instead of the kernel
@@ -180,6 +182,9 @@ def check_attention(case: AttentionCase, device: str, dtype: torch.dtype) -> Met
             scale=scale,
             sliding_window=case.sliding_window,
             num_splits=case.num_splits,
+            split_tokens=case.split_tokens,
+            request_order=(torch.argsort(batch.seq_lens, descending=True, stable=True).to(torch.int32)
+                           if case.longest_first else None),
             logit_softcap=case.logit_softcap,
         )
 

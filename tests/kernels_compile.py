@@ -63,7 +63,7 @@ def compile_variant(
 
 def attention_variant(
     max_query_len: int, group: int, head_dim: int, split: bool, window: bool, dtype: str, softcap: bool = False,
-    kv_fp8: bool = False,
+    kv_fp8: bool = False, ordered: bool = False,
 ) -> Callable:
     def build() -> dict[str, int]:
         config = choose_tile_config(max_query_len, group, head_dim, 4 if dtype == "*fp32" else 2)
@@ -72,13 +72,14 @@ def attention_variant(
             "q_ptr": dtype, "key_cache_ptr": cache, "value_cache_ptr": cache, "out_ptr": dtype,
             "part_out_ptr": "*fp32", "part_max_ptr": "*fp32", "part_sum_ptr": "*fp32",
             "query_start_loc_ptr": "*i32", "seq_lens_ptr": "*i32", "block_tables_ptr": "*i32",
-            "k_scale_ptr": "*fp32", "v_scale_ptr": "*fp32",
+            "k_scale_ptr": "*fp32", "v_scale_ptr": "*fp32", "order_ptr": "*i32",
         }
         constexprs = dict(
             HEAD_DIM=head_dim, HEAD_DIM_P=next_power_of_2(head_dim), GROUP=group, GROUP_P=next_power_of_2(group),
             BLOCK_M=config.block_m, BLOCK_Q=config.block_q, TILE_N=config.tile_n, PAGE_SIZE=16,
             SINGLE_BLOCK_PER_REQ=max_query_len <= config.block_q, USE_WINDOW=window, SPLIT=split,
             EXACT_FP32=dtype == "*fp32", USE_SOFTCAP=softcap, KV_FP8=kv_fp8, SCALE_STRIDE=int(kv_fp8),
+            USE_ORDER=ordered,
         )
         return compile_variant(
             paged_attention_kernel, pointers, constexprs, ("qk_scale_log2", "softcap_log2"),
@@ -104,6 +105,7 @@ def decode_gemv_variant(block_n: int, block_k: int, split_k: int, silu: bool, bi
 VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     "attention_decode_group4_d128": attention_variant(1, 4, 128, False, False, BF16),
     "attention_decode_split_group4_d128": attention_variant(1, 4, 128, True, False, BF16),
+    "attention_decode_split_ordered_group4_d128": attention_variant(1, 4, 128, True, False, BF16, ordered=True),
     "attention_decode_group8_d64_window": attention_variant(1, 8, 64, False, True, BF16),
     "attention_mid_group4_d128_split_window": attention_variant(16, 4, 128, True, True, BF16),
     "attention_prefill_group4_d128": attention_variant(2048, 4, 128, False, False, BF16),

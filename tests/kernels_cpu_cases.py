@@ -43,6 +43,18 @@ ATTENTION_CASES: dict[str, AttentionCase] = {
     "split_mixed_forced": AttentionCase((1, 12, 40), (200, 90, 0), num_splits=3),
     "split_sliding_window_forced": AttentionCase((1, 1), (300, 40), sliding_window=50, num_splits=4),
     "split_by_heuristic": AttentionCase((1,), (700,)),
+    # pieces of 64 tokens: 5 for the longest, 1 for the shortest, the rest empty
+    "split_tokens_decode": AttentionCase((1, 1, 1), (300, 77, 5), split_tokens=64),
+    "split_tokens_mixed": AttentionCase((1, 12, 40), (200, 90, 0), split_tokens=100),
+    # 22 tiles of 32 in pieces of one tile: capped at MAX_PIECES (16) pieces of two tiles
+    "split_tokens_capped": AttentionCase((1, 1), (700, 40), split_tokens=32),
+    # pieces of one tile, at most three a request (num_splits caps them)
+    "split_tokens_at_most_three": AttentionCase((1, 1, 1), (300, 77, 5), split_tokens=32, num_splits=3),
+    "split_tokens_window": AttentionCase((1, 1), (300, 40), sliding_window=50, split_tokens=32),
+    "split_tokens_padding": AttentionCase((1, 1), (150, 60), split_tokens=64, padding_reqs=2, padding_rows=2),
+    "longest_first_decode": AttentionCase((1,) * 5, (3, 70, 15, 40, 0), longest_first=True),
+    "longest_first_split_tokens_padding": AttentionCase((1, 1, 1), (20, 130, 64), split_tokens=32, longest_first=True,
+                                                        padding_reqs=2, padding_rows=1),
     "padding_decode": AttentionCase((1, 1, 1), (20, 3, 40), padding_reqs=2, padding_rows=3),
     "padding_mixed": AttentionCase((1, 40), (20, 5), num_heads=8, num_kv_heads=2, padding_reqs=2, padding_rows=2),
     "padding_split_forced": AttentionCase((1, 1), (150, 60), num_splits=4, padding_reqs=2, padding_rows=2),

@@ -38,7 +38,9 @@ from kernels_cases import (  # noqa: E402
 from kernels_cpu_cases import all_case_names  # noqa: E402
 
 from worker.kernels.attention_config import (  # noqa: E402  (plain Python: no Triton import)
+    MAX_PIECES,
     MAX_SPLITS,
+    choose_decode_pieces,
     choose_num_splits,
     choose_tile_config,
     next_power_of_2,
@@ -186,6 +188,20 @@ def test_split_count_is_a_bounded_power_of_two() -> None:
             assert splits == 1 or max_seq_len // splits >= 256
 
 
+@pytest.mark.parametrize(
+    ("batch", "expected"),
+    [(17, 8), (32, 8), (48, 4), (64, 4), (96, 2), (128, 2), (192, 1), (256, 1), (1024, 1)],
+)
+def test_decode_pieces_bring_an_8_kv_head_grid_to_about_16_programs_per_sm(batch: int, expected: int) -> None:
+    assert choose_decode_pieces(batch * 8, 132) == expected
+
+
+def test_decode_pieces_are_a_bounded_power_of_two() -> None:
+    for num_programs in (0, 1, 7, 132, 133, 1000, 10**6):
+        pieces = choose_decode_pieces(num_programs, 132)
+        assert 1 <= pieces <= MAX_PIECES and pieces & (pieces - 1) == 0
+
+
 @pytest.mark.parametrize("group", [1, 2, 3, 4, 5, 8, 16, 32, 64])
 @pytest.mark.parametrize("max_query_len", [1, 2, 3, 16, 17, 64, 2048])
 def test_tile_config_rows_hold_whole_query_groups(group: int, max_query_len: int) -> None:
@@ -233,6 +249,10 @@ GPU_ATTENTION_CASES: dict[str, AttentionCase] = {
     "decode_batch64_8b": AttentionCase((1,) * 64, _lengths(1, 64, 1, 4000), **LLAMA_8B),
     "decode_batch2_long_context_heuristic_split": AttentionCase((1, 1), (16000, 5003), **LLAMA_8B),
     "decode_split_forced": AttentionCase((1,) * 4, _lengths(2, 4, 500, 3000), num_splits=8, **LLAMA_8B),
+    "decode_pieces_longest_first_padding": AttentionCase(
+        (1,) * 40, _lengths(5, 40, 1, 3000), split_tokens=256, num_splits=8, longest_first=True, padding_reqs=3,
+        padding_rows=2, **LLAMA_8B
+    ),
     "prefill_8b": AttentionCase((512, 300, 1000), (0, 0, 0), **LLAMA_8B),
     "chunked_prefill_8b": AttentionCase((256, 1, 1, 512), (1024, 700, 3000, 2048), **LLAMA_8B),
     "steady_state_decodes_plus_chunk": AttentionCase((1,) * 60 + (512,), _lengths(3, 60, 1, 3000) + (777,), **LLAMA_8B),

@@ -10,12 +10,39 @@ import functools
 
 import torch
 
-from worker.kernels.attention_config import choose_num_splits, choose_tile_config, next_power_of_2
+import os
+
+from worker.kernels.attention_config import (
+    MAX_PIECES,
+    PIECE_PROGRAMS_PER_SM,
+    PIECE_TOKENS,
+    choose_decode_pieces,
+    choose_num_splits,
+    choose_tile_config,
+    next_power_of_2,
+)
 from worker.kernels.attention_kernels import merge_splits_kernel, paged_attention_kernel
 from worker.kernels.errors import KernelInputError
 
 # Stands in for the SM count off-GPU (Triton's interpreter), so split decisions stay testable there.
 INTERPRETER_NUM_SMS = 4
+
+
+def _decode_piece_policy() -> tuple[int, int] | None:
+    """(piece tokens, programs per SM) for decode steps that fill the card, or None (the default: on an
+    H100 the pieces cut a lone kernel's time at batch 16-32 with spread lengths but not the engine's
+    mixed workload, docs/performance.md). WARD_DECODE_PIECES=1 turns them on with the defaults,
+    WARD_DECODE_PIECES=512:8 sets both (A/B timing)."""
+    value = os.environ.get("WARD_DECODE_PIECES", "0")
+    if value == "0":
+        return None
+    if value == "1":
+        return PIECE_TOKENS, PIECE_PROGRAMS_PER_SM
+    tokens, _, per_sm = value.partition(":")
+    return int(tokens), int(per_sm or PIECE_PROGRAMS_PER_SM)
+
+
+DECODE_PIECES = _decode_piece_policy()
 LOG2_E = 1.4426950408889634
 _INDEX_DTYPES = (torch.int32, torch.int64)
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -49,6 +76,8 @@ def unified_attention(
     *,
     num_reqs: int | None = None,
     num_splits: int | None = None,
+    split_tokens: int | None = None,
+    request_order: torch.Tensor | None = None,
     logit_softcap: float | None = None,
     k_scale: torch.Tensor | None = None,
     v_scale: torch.Tensor | None = None,
@@ -72,6 +101,12 @@ def unified_attention(
     grid); ``max_seq_len`` only feeds the split heuristic, so any upper bound is correct (under CUDA
     graphs, pass the bound the graph must serve). ``num_reqs`` defaults to ``seq_lens.shape[0]``;
     ``num_splits`` forces a split count (1 disables split-KV), otherwise a heuristic picks one.
+    ``split_tokens`` instead cuts each request's context into pieces of about that many tokens (whole
+    tiles), as many as its own length needs and at most ``num_splits`` (default ``MAX_PIECES``; longer
+    contexts get longer pieces): programs get even work whatever the spread of lengths, and pieces
+    past a request's end exit at once.
+    ``request_order`` (int32 [num_reqs], a permutation; decode-like steps only) is the order in which
+    programs take requests; longest first evens out the card's last wave.
     ``logit_softcap`` (Gemma 2) caps scores at cap * tanh(score / cap) before the mask.
     An e4m3 cache (float8_e4m3fn) is read with float32 ``k_scale`` / ``v_scale`` of [1] or [Hkv]
     (a cached value stands for ``value * scale``).
@@ -82,6 +117,11 @@ def unified_attention(
         raise KernelInputError(f"sliding_window must be >= 1 or None, got {sliding_window}")
     if num_splits is not None and num_splits < 1:
         raise KernelInputError(f"num_splits must be >= 1, got {num_splits}")
+    if split_tokens is not None and split_tokens < 1:
+        raise KernelInputError(f"split_tokens must be >= 1, got {split_tokens}")
+    if request_order is not None and (request_order.dtype not in _INDEX_DTYPES or request_order.device != q.device
+                                      or request_order.dim() != 1 or request_order.shape[0] < num_reqs):
+        raise KernelInputError(f"request_order must be an int32/int64 vector of >= {num_reqs} on {q.device}")
     if logit_softcap is not None and not logit_softcap > 0:
         raise KernelInputError(f"logit_softcap must be > 0 or None, got {logit_softcap}")
     num_tokens, num_heads, head_dim = q.shape
@@ -97,9 +137,21 @@ def unified_attention(
     config = choose_tile_config(max_query_len, group, head_dim, key_cache.element_size())
     single_block = max_query_len <= config.block_q
     q_programs = num_reqs if single_block else num_tokens // config.block_q + num_reqs
-    if num_splits is None:
+    split_tiles = 0
+    if split_tokens is None and num_splits is None and single_block and DECODE_PIECES is not None:
+        sms = num_sms(q.device)
+        if q_programs * num_kv_heads >= sms:  # below, the equal splits of choose_num_splits fill the card
+            most = choose_decode_pieces(q_programs * num_kv_heads, sms, DECODE_PIECES[1])
+            if most > 1:
+                split_tokens, num_splits = DECODE_PIECES[0], most
+    if split_tokens is not None:
+        split_tiles = -(-split_tokens // config.tile_n)
+        most = num_splits if num_splits is not None else MAX_PIECES
+        num_splits = max(1, min(most, -(-max_seq_len // (split_tiles * config.tile_n))))
+    elif num_splits is None:
         num_splits = choose_num_splits(q_programs * num_kv_heads, max_seq_len, num_sms(q.device))
     split = num_splits > 1
+    use_order = request_order is not None and single_block
 
     if split:
         part_out = torch.empty((num_tokens, num_heads, num_splits, head_dim), dtype=torch.float32, device=q.device)
@@ -124,8 +176,10 @@ def unified_attention(
         block_tables,
         k_scale if kv_fp8 else seq_lens,
         v_scale if kv_fp8 else seq_lens,
+        request_order if use_order else seq_lens,
         num_reqs,
         num_splits,
+        split_tiles,
         scale * LOG2_E if logit_softcap is None else scale / logit_softcap,
         0.0 if logit_softcap is None else logit_softcap * LOG2_E,
         sliding_window or 0,
@@ -152,6 +206,7 @@ def unified_attention(
         USE_SOFTCAP=logit_softcap is not None,
         KV_FP8=kv_fp8,
         SCALE_STRIDE=int(kv_fp8 and k_scale.numel() > 1),
+        USE_ORDER=use_order,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
     )

@@ -5,6 +5,7 @@ change speed, never results: every tile shape and split count computes the same 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 # Below this many rows a tensor-core dot is not allowed (M, N and K must be at least 16).
@@ -14,6 +15,16 @@ TARGET_PROGRAMS_PER_SM = 2
 # A split shorter than this spends more on writing and merging partial results than it saves.
 MIN_TOKENS_PER_SPLIT = 256
 MAX_SPLITS = 64
+# Opt-in (WARD_DECODE_PIECES, worker/kernels/attention.py): decode steps whose grid already fills the
+# card cut into pieces of at least PIECE_TOKENS context tokens (``split_tokens``), as many per request
+# as bring the grid to about PIECE_PROGRAMS_PER_SM programs per SM, so that with lengths that differ
+# a whole long context in one program does not finish last.
+PIECE_TOKENS = 256
+# Decode tiles: 64 tokens, 4 warps, 3 stages (H100: 8% less time than 32-token tiles at batch 256,
+# bench/attention_splits.py); WARD_DECODE_TILE=32:4:3 sets another shape (A/B timing).
+DECODE_TILE = tuple(int(x) for x in os.environ.get("WARD_DECODE_TILE", "64:4:3").split(":"))
+PIECE_PROGRAMS_PER_SM = 16
+MAX_PIECES = 16
 
 
 def next_power_of_2(n: int) -> int:
@@ -54,7 +65,8 @@ def choose_tile_config(
     decode_rows = max(MIN_DOT_ROWS, group_p)
     rows_needed = max(1, max_query_len) * group_p
     if rows_needed <= decode_rows:
-        config = AttentionTileConfig(decode_rows, decode_rows // group_p, tile_n=32, num_warps=4, num_stages=3)
+        tile_n, warps, stages = DECODE_TILE
+        config = AttentionTileConfig(decode_rows, decode_rows // group_p, tile_n, warps, stages)
     elif rows_needed <= 64:
         config = AttentionTileConfig(64, 64 // group_p, tile_n=64, num_warps=4, num_stages=2)
     else:
@@ -81,3 +93,14 @@ def choose_num_splits(num_programs: int, max_seq_len: int, num_sms: int) -> int:
     by_length = max_seq_len // MIN_TOKENS_PER_SPLIT
     splits = min(wanted, by_length, MAX_SPLITS)
     return prev_power_of_2(splits) if splits >= 2 else 1
+
+
+def choose_decode_pieces(num_programs: int, num_sms: int, programs_per_sm: int = PIECE_PROGRAMS_PER_SM) -> int:
+    """The most pieces a request of a decode step is cut into (1: none), from the unsplit grid size.
+
+    A power of two between 1 and ``MAX_PIECES``: each request then has as many pieces of at least
+    ``PIECE_TOKENS`` as its length gives, up to this bound, so the grid holds about
+    ``programs_per_sm`` programs per SM when contexts are long and fewer when they are short."""
+    if num_programs <= 0 or num_sms <= 0:
+        return 1
+    return max(1, min(MAX_PIECES, prev_power_of_2(max(1, programs_per_sm * num_sms // num_programs))))

@@ -43,7 +43,7 @@ def _tanh(x):
     return tl.where(x < 0, -y, y)
 
 
-@triton.jit(do_not_specialize=["num_reqs", "num_splits", "sliding_window"])
+@triton.jit(do_not_specialize=["num_reqs", "num_splits", "split_tiles", "sliding_window"])
 def paged_attention_kernel(
     q_ptr,
     key_cache_ptr,
@@ -57,8 +57,10 @@ def paged_attention_kernel(
     block_tables_ptr,
     k_scale_ptr,
     v_scale_ptr,
+    order_ptr,
     num_reqs,
     num_splits,
+    split_tiles,
     qk_scale_log2,
     softcap_log2,
     sliding_window,
@@ -93,13 +95,19 @@ def paged_attention_kernel(
     USE_SOFTCAP: tl.constexpr,
     KV_FP8: tl.constexpr = False,
     SCALE_STRIDE: tl.constexpr = 0,
+    USE_ORDER: tl.constexpr = False,
 ):
     """One program: BLOCK_Q queries of one request x the GROUP query heads of one KV head.
 
     Grid: (query programs, num_kv_heads, num_splits). Rows of the Q tile are (query, head-in-group)
     pairs, so each K/V tile is loaded once for the whole group. Without SPLIT the program writes the
     normalised output; with SPLIT it covers one slice of the context tiles and writes its unnormalised
-    accumulator, running max and running sum for ``merge_splits_kernel``.
+    accumulator, running max and running sum for ``merge_splits_kernel``. The request's tiles are cut
+    into ``num_splits`` equal slices, or with ``split_tiles`` > 0 into as many slices of about
+    ``split_tiles`` tiles as its own length needs (at most ``num_splits``); a split past the request's
+    slices writes only its empty statistics.
+    With ``USE_ORDER`` (one block per request), program i serves request ``order[i]``: the host
+    passes the requests longest first, so the last programs the card starts are the shortest.
     """
     program = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -107,7 +115,10 @@ def paged_attention_kernel(
 
     if SINGLE_BLOCK_PER_REQ:
         # Every request's queries fit in one block: program i is request i, no search needed.
-        req = program
+        if USE_ORDER:
+            req = tl.load(order_ptr + program)
+        else:
+            req = program
         q_block = program * 0
     else:
         req = _find_request(query_start_loc_ptr, num_reqs, program, BLOCK_Q)
@@ -145,7 +156,10 @@ def paged_attention_kernel(
     tile_lo = kv_start // TILE_N
     tile_hi = (kv_end + TILE_N - 1) // TILE_N
     if SPLIT:
-        tiles_per_split = (tile_hi - tile_lo + num_splits - 1) // num_splits
+        parts = num_splits
+        if split_tiles > 0:  # pieces of split_tiles tiles, at most num_splits of them
+            parts = tl.maximum(tl.minimum(num_splits, (tile_hi - tile_lo + split_tiles - 1) // split_tiles), 1)
+        tiles_per_split = (tile_hi - tile_lo + parts - 1) // parts
         tile_lo = tile_lo + split * tiles_per_split
         tile_hi = tl.minimum(tile_hi, tile_lo + tiles_per_split)
 
@@ -210,8 +224,10 @@ def paged_attention_kernel(
     if KV_FP8:
         acc = acc * v_scale
     if SPLIT:
+        # An empty split leaves its accumulator unwritten: the merge skips splits whose max is -inf.
         part = token[:, None] * stride_p_tok + q_head[:, None] * stride_p_head + split * stride_p_split
-        tl.store(part_out_ptr + part + offs_d[None, :], acc, mask=row_valid[:, None] & d_valid[None, :])
+        filled = row_valid & (offs_m * 0 + tile_hi > tile_lo)
+        tl.store(part_out_ptr + part + offs_d[None, :], acc, mask=filled[:, None] & d_valid[None, :])
         stat = token * stride_stat_tok + q_head * stride_stat_head + split
         tl.store(part_max_ptr + stat, m_i, mask=row_valid)
         tl.store(part_sum_ptr + stat, l_i, mask=row_valid)
@@ -267,7 +283,7 @@ def merge_splits_kernel(
     denom = tl.sum(weight * l, axis=0)
     acc = tl.load(
         part_out_ptr + base + offs_s[:, None] * stride_p_split + offs_d[None, :],
-        mask=s_valid[:, None] & d_valid[None, :],
+        mask=(s_valid & (m > float("-inf")))[:, None] & d_valid[None, :],
         other=0.0,
     )
     out = tl.sum(acc * weight[:, None], axis=0) / tl.where(denom == 0.0, 1.0, denom)
