@@ -44,6 +44,9 @@ class AttentionMetadata:
     # groups 1.. (each its own block tables and slot mapping, the rest shared).
     kv_group: int = 0
     groups: tuple["AttentionMetadata", ...] = ()
+    # Decode steps: the requests longest first (int32 [num_reqs], a permutation), the order in which
+    # attention programs take them so the card's last wave holds the shortest.
+    request_order: torch.Tensor | None = None
 
     @property
     def is_pure_decode(self) -> bool:

@@ -104,6 +104,7 @@ class TritonAttention:
             sliding_window=self.sliding_window,
             num_reqs=meta.num_reqs,
             num_splits=self.num_splits,
+            request_order=meta.request_order,
             logit_softcap=self.logit_softcap,
             k_scale=self.k_scale,
             v_scale=self.v_scale,

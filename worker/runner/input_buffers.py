@@ -22,6 +22,7 @@ _FIELDS = {  # name -> (shape key, dtype)
     "logits_idx": ("reqs", torch.int64),
     "gather_dst": ("reqs", torch.int64),
     "gather_src": ("reqs", torch.int64),
+    "request_order": ("reqs", torch.int32),
 }
 
 
@@ -62,6 +63,7 @@ class InputBuffers:
         self.logits_idx = dev["logits_idx"]
         self.gather_dst = dev["gather_dst"]
         self.gather_src = dev["gather_src"]
+        self.request_order = dev["request_order"]
         self.group_block_tables = [dev[f"block_tables_{g}"] for g in range(1, num_kv_groups)]
         self.group_slot_mappings = [dev[f"slot_mapping_{g}"] for g in range(1, num_kv_groups)]
         self.max_tokens, self.max_reqs, self.max_blocks = max_tokens, max_reqs, max_blocks
@@ -72,6 +74,7 @@ class InputBuffers:
         self.input_ids_np, self.positions_np, self.slot_mapping_np = a["input_ids"], a["positions"], a["slot_mapping"]
         self.query_start_np, self.seq_lens_np, self.block_tables_np = a["query_start"], a["seq_lens"], a["block_tables"]
         self.logits_idx_np, self.gather_dst_np, self.gather_src_np = a["logits_idx"], a["gather_dst"], a["gather_src"]
+        self.request_order_np = a["request_order"]
         self.group_block_tables_np = [a[f"block_tables_{g}"] for g in range(1, self.num_kv_groups)]
         self.group_slot_mappings_np = [a[f"slot_mapping_{g}"] for g in range(1, self.num_kv_groups)]
 
@@ -84,8 +87,14 @@ class InputBuffers:
         src = self._sets[self._cur].tensors[name]
         dst[:n].copy_(src[:n], non_blocking=self.device.type == "cuda")
 
-    def upload(self, num_tokens: int, num_reqs: int, num_sample: int, num_gather: int = 0) -> None:
-        """Copies the filled prefixes of every host buffer to the device (asynchronously on CUDA)."""
+    def order_longest_first(self, num_reqs: int) -> None:
+        """Fills ``request_order`` with rows 0..num_reqs by falling sequence length (decode steps)."""
+        self.request_order_np[:num_reqs] = np.argsort(-self.seq_lens_np[:num_reqs], kind="stable")
+
+    def upload(self, num_tokens: int, num_reqs: int, num_sample: int, num_gather: int = 0,
+               ordered: bool = False) -> None:
+        """Copies the filled prefixes of every host buffer to the device (asynchronously on CUDA);
+        ``ordered``: ``request_order`` too."""
         self._copy("input_ids", self.input_ids, num_tokens)
         self._copy("positions", self.positions, num_tokens)
         self._copy("slot_mapping", self.slot_mapping, num_tokens)
@@ -95,6 +104,8 @@ class InputBuffers:
         for g in range(1, self.num_kv_groups):
             self._copy(f"slot_mapping_{g}", self.group_slot_mappings[g - 1], num_tokens)
             self._copy(f"block_tables_{g}", self.group_block_tables[g - 1], num_reqs)
+        if ordered:
+            self._copy("request_order", self.request_order, num_reqs)
         self._copy("logits_idx", self.logits_idx, num_sample)
         if num_gather:
             self._copy("gather_dst", self.gather_dst, num_gather)

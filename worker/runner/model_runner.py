@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -119,6 +120,8 @@ class ModelRunner:
         self._last_sampled: torch.Tensor | None = None
         pin = self.device.type == "cuda"
         self._token_host = [torch.zeros(config.max_num_seqs, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
+        # decode steps hand attention the requests longest first (WARD_DECODE_LONGEST_FIRST=0: off, for A/B)
+        self.longest_first = self.backend.name == "triton" and os.environ.get("WARD_DECODE_LONGEST_FIRST", "1") != "0"
 
     def _ops(self):
         if self.device.type == "cuda" and self.backend.name != "torch":
@@ -251,6 +254,7 @@ class ModelRunner:
 
     def metadata(self, num_tokens, num_reqs, max_q, max_seq, starts_cpu, lens_cpu) -> AttentionMetadata:
         b = self.buffers
+        ordered = self.longest_first and max_q == 1
         meta = AttentionMetadata(
             num_tokens=num_tokens,
             num_reqs=num_reqs,
@@ -262,6 +266,7 @@ class ModelRunner:
             max_seq_len=max_seq,
             query_start_loc_cpu=starts_cpu,
             seq_lens_cpu=lens_cpu,
+            request_order=b.request_order[:num_reqs] if ordered else None,
         )
         if b.num_kv_groups > 1:
             meta.groups = tuple(
@@ -335,11 +340,16 @@ class ModelRunner:
             b.gather_dst_np[:num_gather] = b.query_start_np[gather_at]  # decode rows: their single token
             b.gather_src_np[:num_gather] = pend[gather_at]
         padded = self.graphs.padded_size(num_reqs) if (max_q == 1 and self.graphs is not None) else None
+        ordered = self.longest_first and max_q == 1
         if padded is not None:
             b.pad_decode(num_reqs, padded)
-            b.upload(padded, padded, num_sample, num_gather)
+        rows_up = padded if padded is not None else num_reqs
+        if ordered:
+            b.order_longest_first(rows_up)
+        if padded is not None:
+            b.upload(padded, padded, num_sample, num_gather, ordered=ordered)
         else:
-            b.upload(T, num_reqs, num_sample, num_gather)
+            b.upload(T, num_reqs, num_sample, num_gather, ordered=ordered)
         if num_gather:
             prev = self._last_sampled
             b.input_ids.index_copy_(0, b.gather_dst[:num_gather], prev.index_select(0, b.gather_src[:num_gather]))
