@@ -340,16 +340,13 @@ class ModelRunner:
             b.gather_dst_np[:num_gather] = b.query_start_np[gather_at]  # decode rows: their single token
             b.gather_src_np[:num_gather] = pend[gather_at]
         padded = self.graphs.padded_size(num_reqs) if (max_q == 1 and self.graphs is not None) else None
-        ordered = self.longest_first and max_q == 1
         if padded is not None:
             b.pad_decode(num_reqs, padded)
-        rows_up = padded if padded is not None else num_reqs
+        up_tokens, up_reqs = (padded, padded) if padded is not None else (T, num_reqs)
+        ordered = self.longest_first and max_q == 1
         if ordered:
-            b.order_longest_first(rows_up)
-        if padded is not None:
-            b.upload(padded, padded, num_sample, num_gather, ordered=ordered)
-        else:
-            b.upload(T, num_reqs, num_sample, num_gather, ordered=ordered)
+            b.order_longest_first(up_reqs)
+        b.upload(up_tokens, up_reqs, num_sample, num_gather, ordered=ordered)
         if num_gather:
             prev = self._last_sampled
             b.input_ids.index_copy_(0, b.gather_dst[:num_gather], prev.index_select(0, b.gather_src[:num_gather]))
