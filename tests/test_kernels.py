@@ -40,8 +40,12 @@ from kernels_cpu_cases import all_case_names  # noqa: E402
 from worker.kernels.attention_config import (  # noqa: E402  (plain Python: no Triton import)
     MAX_PIECES,
     MAX_SPLITS,
+    PIECE_PROGRAMS_PER_SM,
+    PIECE_TOKENS,
+    decode_tile,
     choose_decode_pieces,
     choose_num_splits,
+    decode_piece_policy,
     choose_tile_config,
     next_power_of_2,
 )
@@ -200,6 +204,20 @@ def test_decode_pieces_are_a_bounded_power_of_two() -> None:
     for num_programs in (0, 1, 7, 132, 133, 1000, 10**6):
         pieces = choose_decode_pieces(num_programs, 132)
         assert 1 <= pieces <= MAX_PIECES and pieces & (pieces - 1) == 0
+
+
+def test_decode_switches_parse_or_say_what_they_expect() -> None:
+    assert decode_piece_policy("0") is None
+    assert decode_piece_policy("1") == (PIECE_TOKENS, PIECE_PROGRAMS_PER_SM)
+    assert decode_piece_policy("512:8") == (512, 8)
+    assert decode_piece_policy("384") == (384, PIECE_PROGRAMS_PER_SM)
+    for bad in ("", "x", "0:4", "256:0", "256:x", "-1"):
+        with pytest.raises(ValueError, match="WARD_DECODE_PIECES"):
+            decode_piece_policy(bad)
+    assert decode_tile("64:4:3") == (64, 4, 3)
+    for bad in ("64:4", "64:0:3", "a:b:c"):
+        with pytest.raises(ValueError, match="WARD_DECODE_TILE"):
+            decode_tile(bad)
 
 
 @pytest.mark.parametrize("group", [1, 2, 3, 4, 5, 8, 16, 32, 64])

@@ -7,18 +7,16 @@ It never reads a device tensor on the host, so it can be captured in a CUDA grap
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
-import os
-
 from worker.kernels.attention_config import (
     MAX_PIECES,
-    PIECE_PROGRAMS_PER_SM,
-    PIECE_TOKENS,
     choose_decode_pieces,
     choose_num_splits,
     choose_tile_config,
+    decode_piece_policy,
     next_power_of_2,
 )
 from worker.kernels.attention_kernels import merge_splits_kernel, paged_attention_kernel
@@ -28,21 +26,8 @@ from worker.kernels.errors import KernelInputError
 INTERPRETER_NUM_SMS = 4
 
 
-def _decode_piece_policy() -> tuple[int, int] | None:
-    """(piece tokens, programs per SM) for decode steps that fill the card, or None (the default: on an
-    H100 the pieces cut a lone kernel's time at batch 16-32 with spread lengths but not the engine's
-    mixed workload, docs/performance.md). WARD_DECODE_PIECES=1 turns them on with the defaults,
-    WARD_DECODE_PIECES=512:8 sets both (A/B timing)."""
-    value = os.environ.get("WARD_DECODE_PIECES", "0")
-    if value == "0":
-        return None
-    if value == "1":
-        return PIECE_TOKENS, PIECE_PROGRAMS_PER_SM
-    tokens, _, per_sm = value.partition(":")
-    return int(tokens), int(per_sm or PIECE_PROGRAMS_PER_SM)
-
-
-DECODE_PIECES = _decode_piece_policy()
+# Pieces for decode steps that fill the card: off unless WARD_DECODE_PIECES asks (attention_config).
+DECODE_PIECES = decode_piece_policy(os.environ.get("WARD_DECODE_PIECES", "0"))
 LOG2_E = 1.4426950408889634
 _INDEX_DTYPES = (torch.int32, torch.int64)
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)

@@ -22,7 +22,16 @@ MAX_SPLITS = 64
 PIECE_TOKENS = 256
 # Decode tiles: 64 tokens, 4 warps, 3 stages (H100: 8% less time than 32-token tiles at batch 256,
 # bench/attention_splits.py); WARD_DECODE_TILE=32:4:3 sets another shape (A/B timing).
-DECODE_TILE = tuple(int(x) for x in os.environ.get("WARD_DECODE_TILE", "64:4:3").split(":"))
+def decode_tile(value: str) -> tuple[int, int, int]:
+    """WARD_DECODE_TILE as (tile tokens, warps, stages); ValueError for anything else."""
+    parts = value.split(":")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"WARD_DECODE_TILE must be TOKENS:WARPS:STAGES (e.g. 64:4:3), got {value!r}")
+    tile_n, warps, stages = (int(p) for p in parts)
+    return tile_n, warps, stages
+
+
+DECODE_TILE = decode_tile(os.environ.get("WARD_DECODE_TILE", "64:4:3"))
 PIECE_PROGRAMS_PER_SM = 16
 MAX_PIECES = 16
 
@@ -104,3 +113,18 @@ def choose_decode_pieces(num_programs: int, num_sms: int, programs_per_sm: int =
     if num_programs <= 0 or num_sms <= 0:
         return 1
     return max(1, min(MAX_PIECES, prev_power_of_2(max(1, programs_per_sm * num_sms // num_programs))))
+
+
+def decode_piece_policy(value: str) -> tuple[int, int] | None:
+    """WARD_DECODE_PIECES as (piece tokens, programs per SM), or None: pieces off, the default (on an
+    H100 they cut a lone kernel's time at batch 16-32 with spread lengths but not the engine's mixed
+    workload, docs/performance.md). "1" takes PIECE_TOKENS and PIECE_PROGRAMS_PER_SM, "512:8" sets
+    both (A/B timing)."""
+    if value == "0":
+        return None
+    if value == "1":
+        return PIECE_TOKENS, PIECE_PROGRAMS_PER_SM
+    tokens, _, per_sm = value.partition(":")
+    if not tokens.isdigit() or int(tokens) < 1 or (per_sm and (not per_sm.isdigit() or int(per_sm) < 1)):
+        raise ValueError(f"WARD_DECODE_PIECES must be 0, 1 or TOKENS[:PROGRAMS_PER_SM], got {value!r}")
+    return int(tokens), int(per_sm or PIECE_PROGRAMS_PER_SM)
