@@ -24,8 +24,6 @@ from worker.kernels.errors import KernelInputError
 
 # Stands in for the SM count off-GPU (Triton's interpreter), so split decisions stay testable there.
 INTERPRETER_NUM_SMS = 4
-
-
 # Pieces for decode steps that fill the card: off unless WARD_DECODE_PIECES asks (attention_config).
 DECODE_PIECES = decode_piece_policy(os.environ.get("WARD_DECODE_PIECES", "0"))
 LOG2_E = 1.4426950408889634

@@ -17,11 +17,13 @@ MIN_TOKENS_PER_SPLIT = 256
 MAX_SPLITS = 64
 # Opt-in (WARD_DECODE_PIECES, worker/kernels/attention.py): decode steps whose grid already fills the
 # card cut into pieces of at least PIECE_TOKENS context tokens (``split_tokens``), as many per request
-# as bring the grid to about PIECE_PROGRAMS_PER_SM programs per SM, so that with lengths that differ
-# a whole long context in one program does not finish last.
+# as bring the grid to about PIECE_PROGRAMS_PER_SM programs per SM (at most MAX_PIECES), so that with
+# lengths that differ a whole long context in one program does not finish last.
 PIECE_TOKENS = 256
-# Decode tiles: 64 tokens, 4 warps, 3 stages (H100: 8% less time than 32-token tiles at batch 256,
-# bench/attention_splits.py); WARD_DECODE_TILE=32:4:3 sets another shape (A/B timing).
+PIECE_PROGRAMS_PER_SM = 16
+MAX_PIECES = 16
+
+
 def decode_tile(value: str) -> tuple[int, int, int]:
     """WARD_DECODE_TILE as (tile tokens, warps, stages); ValueError for anything else."""
     parts = value.split(":")
@@ -31,9 +33,9 @@ def decode_tile(value: str) -> tuple[int, int, int]:
     return tile_n, warps, stages
 
 
+# Decode tiles: 64 tokens, 4 warps, 3 stages (H100: 8% less time than 32-token tiles at batch 256,
+# bench/attention_splits.py); WARD_DECODE_TILE=32:4:3 sets another shape (A/B timing).
 DECODE_TILE = decode_tile(os.environ.get("WARD_DECODE_TILE", "64:4:3"))
-PIECE_PROGRAMS_PER_SM = 16
-MAX_PIECES = 16
 
 
 def next_power_of_2(n: int) -> int:
