@@ -100,6 +100,19 @@ def variant_kwargs(name: str, order: torch.Tensor) -> dict:
     return kwargs
 
 
+def record(row: dict, name: str, us: float, kv_bytes: int) -> None:
+    row[f"{name}_us"] = round(us, 1)
+    row[f"{name}_tb_s"] = round(kv_bytes / us / 1e6, 2)
+
+
+def us_table(rows: list[dict]) -> str:
+    """Microseconds per call, a line per case and a column per variant."""
+    keys = [k[:-3] for k in rows[0] if k.endswith("_us")]
+    lines = ["contexts batch " + " ".join(keys)]
+    lines += [f"{r['contexts']} {r['batch']} " + " ".join(str(r.get(k + "_us", "-")) for k in keys) for r in rows]
+    return "\n".join(lines)
+
+
 def case(batch: int, lens: list[int], variants: list[str], fa) -> dict:
     dev = torch.device("cuda")
     blocks_per = [-(-n // PAGE) for n in lens]
@@ -135,8 +148,7 @@ def case(batch: int, lens: list[int], variants: list[str], fa) -> dict:
             reference = out.clone()
         else:
             torch.testing.assert_close(out, reference, atol=2e-2, rtol=2e-2)
-        row[f"{name}_us"] = round(us, 1)
-        row[f"{name}_tb_s"] = round(kv_bytes / us / 1e6, 2)
+        record(row, name, us, kv_bytes)
     if fa is not None:
         fa_out = torch.empty_like(q)
         def run_fa():
@@ -145,8 +157,7 @@ def case(batch: int, lens: list[int], variants: list[str], fa) -> dict:
         try:
             us = graph_time_us(run_fa)
             torch.testing.assert_close(fa_out, reference, atol=2e-2, rtol=2e-2)
-            row["fa3_us"] = round(us, 1)
-            row["fa3_tb_s"] = round(kv_bytes / us / 1e6, 2)
+            record(row, "fa3", us, kv_bytes)
         except Exception as exc:
             row["fa3_error"] = f"{type(exc).__name__}: {str(exc)[:160]}"
     return row
@@ -168,7 +179,8 @@ def main() -> None:
             row = {"contexts": spec, **case(batch, lengths(spec, batch, rng), variants, fa)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}))
+    print(us_table(rows))
+    print(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}))  # last line: the whole record
 
 
 if __name__ == "__main__":

@@ -13,13 +13,7 @@ mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name --format=csv,noheader
 python3 bench/attention_splits.py ${SPLIT_ARGS:-} > "$OUT/attention_splits.txt" 2>&1
-tail -1 "$OUT/attention_splits.txt" | python3 -c '
-import json, sys
-rows = json.loads(sys.stdin.read())["rows"]
-keys = [k[:-3] for k in rows[0] if k.endswith("_us")]
-print("contexts batch " + " ".join(keys))
-for r in rows:
-    print(r["contexts"], r["batch"], " ".join(str(r[k + "_us"]) for k in keys))'
+grep -v '^{' "$OUT/attention_splits.txt"  # the card, then the table of microseconds per call
 for policy in $POLICIES; do
   IFS=/ read -r tile pieces order <<< "$policy"
   name="engine-tile${tile//:/x}-pieces${pieces//:/x}-order$order"
