@@ -4,7 +4,8 @@ Triton's interpreter checks numerics but not compilation (layouts, loop-carried 
 so ``tests/test_kernels.py`` runs this file in a fresh process (compiled mode, no interpreter) to catch
 code that would only fail on the card. Arguments are declared as a real launch specialises them:
 pointers and strides 16-aligned. For each variant the report also counts the PTX instructions that
-show how the loop was lowered (``cp.async`` = pipelined loads, ``wgmma``/``mma.sync`` = tensor cores).
+show how the loop was lowered (``cp.async`` = pipelined loads, ``wgmma``/``mma.sync`` = tensor cores)
+and the programmatic-dependent-launch instructions (``griddepcontrol``) of the ``USE_PDL`` variants.
 
 Usage: python tests/kernels_compile.py
 """
@@ -36,6 +37,8 @@ def compile_variant(
     fn: Any, pointers: dict[str, str], constexprs: dict[str, Any], floats: tuple[str, ...] = (),
     divisible: tuple[str, ...] = (), **options: int
 ) -> dict[str, int]:
+    # constexprs a variant leaves out take the kernel's defaults, as at a launch (not runtime ints)
+    constexprs = {**{p.name: p.default for p in fn.params if p.is_constexpr and p.has_default}, **constexprs}
     signature = {}
     for name in fn.arg_names:
         if name in constexprs:
@@ -58,12 +61,14 @@ def compile_variant(
         "cp_async": ptx.count("cp.async.cg") + ptx.count("cp.async.ca"),
         "wgmma": ptx.count("wgmma.mma_async"),
         "mma_sync": ptx.count("mma.sync"),
+        "gdc_wait": ptx.count("griddepcontrol.wait"),
+        "gdc_launch": ptx.count("griddepcontrol.launch_dependents"),
     }
 
 
 def attention_variant(
     max_query_len: int, group: int, head_dim: int, split: bool, window: bool, dtype: str, softcap: bool = False,
-    kv_fp8: bool = False, ordered: bool = False,
+    kv_fp8: bool = False, ordered: bool = False, pdl: bool = False,
 ) -> Callable:
     def build() -> dict[str, int]:
         config = choose_tile_config(max_query_len, group, head_dim, 4 if dtype == "*fp32" else 2)
@@ -79,7 +84,7 @@ def attention_variant(
             BLOCK_M=config.block_m, BLOCK_Q=config.block_q, TILE_N=config.tile_n, PAGE_SIZE=16,
             SINGLE_BLOCK_PER_REQ=max_query_len <= config.block_q, USE_WINDOW=window, SPLIT=split,
             EXACT_FP32=dtype == "*fp32", USE_SOFTCAP=softcap, KV_FP8=kv_fp8, SCALE_STRIDE=int(kv_fp8),
-            USE_ORDER=ordered,
+            USE_ORDER=ordered, USE_PDL=pdl,
         )
         return compile_variant(
             paged_attention_kernel, pointers, constexprs, ("qk_scale_log2", "softcap_log2"),
@@ -93,12 +98,12 @@ BF16 = "*bf16"
 
 
 def decode_gemv_variant(block_n: int, block_k: int, split_k: int, silu: bool, bias: bool, stages: int,
-                        even: bool = True) -> dict[str, int]:
+                        even: bool = True, pdl: bool = False) -> dict[str, int]:
     return compile_variant(
         decode_gemv._decode_gemv_kernel,
         {"x_ptr": BF16, "w_ptr": BF16, "b_ptr": BF16, "y_ptr": BF16, "part_ptr": "*fp32", "ticket_ptr": "*i32"},
         dict(BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, SILU=silu, HAS_BIAS=bias, EVEN_N=even,
-             EVEN_K=even, EXACT_FP32=False),
+             EVEN_K=even, EXACT_FP32=False, USE_PDL=pdl),
         # a launch specialises sizes that are multiples of 16 as such (Llama's N and K, the split length)
         divisible=("N", "K", "K_PER_SPLIT") if even else ("K_PER_SPLIT",), num_warps=4, num_stages=stages,
     )
@@ -106,6 +111,8 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     "attention_decode_group4_d128": attention_variant(1, 4, 128, False, False, BF16),
     "attention_decode_split_group4_d128": attention_variant(1, 4, 128, True, False, BF16),
     "attention_decode_split_ordered_group4_d128": attention_variant(1, 4, 128, True, False, BF16, ordered=True),
+    "attention_decode_split_ordered_group4_d128_pdl": attention_variant(1, 4, 128, True, False, BF16, ordered=True,
+                                                                        pdl=True),
     "attention_decode_group8_d64_window": attention_variant(1, 8, 64, False, True, BF16),
     "attention_mid_group4_d128_split_window": attention_variant(16, 4, 128, True, True, BF16),
     "attention_prefill_group4_d128": attention_variant(2048, 4, 128, False, False, BF16),
@@ -122,6 +129,14 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
             "query_start_loc_ptr": "*i32",
         },
         dict(HEAD_DIM=128, HEAD_DIM_P=128, SPLITS_P=16),
+    ),
+    "merge_splits_pdl": lambda: compile_variant(
+        merge_splits_kernel,
+        {
+            "out_ptr": BF16, "part_out_ptr": "*fp32", "part_max_ptr": "*fp32", "part_sum_ptr": "*fp32",
+            "query_start_loc_ptr": "*i32",
+        },
+        dict(HEAD_DIM=128, HEAD_DIM_P=128, SPLITS_P=16, USE_PDL=True),
     ),
     "reshape_and_cache": lambda: compile_variant(
         kv_cache._reshape_and_cache_kernel,
@@ -189,6 +204,12 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     "decode_gemv_down_split4": lambda: decode_gemv_variant(32, 512, 4, silu=False, bias=False, stages=4),
     "decode_gemv_gate_up_unfused": lambda: decode_gemv_variant(32, 512, 1, silu=False, bias=False, stages=4),
     "decode_gemv_gate_up_silu": lambda: decode_gemv_variant(32, 256, 1, silu=True, bias=False, stages=4),
+    "decode_gemv_qkv_split2_pdl": lambda: decode_gemv_variant(32, 256, 2, silu=False, bias=False, stages=3,
+                                                              pdl=True),
+    "decode_gemv_gate_up_silu_pdl": lambda: decode_gemv_variant(32, 256, 1, silu=True, bias=False, stages=4,
+                                                                pdl=True),
+    "decode_gemv_silu_split_ragged_pdl": lambda: decode_gemv_variant(32, 256, 2, silu=True, bias=True, stages=3,
+                                                                     even=False, pdl=True),
     "decode_gemv_silu_split_ragged": lambda: decode_gemv_variant(32, 256, 2, silu=True, bias=True, stages=3,
                                                                  even=False),
     "rms_norm": lambda: compile_variant(
@@ -200,6 +221,11 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
         norm._rms_norm_kernel,
         {"x_ptr": BF16, "residual_ptr": BF16, "weight_ptr": BF16, "out_ptr": BF16, "residual_out_ptr": BF16},
         dict(HIDDEN=4096, BLOCK=4096, ADD_RESIDUAL=True), ("eps",), num_warps=8,
+    ),
+    "fused_add_rms_norm_pdl": lambda: compile_variant(
+        norm._rms_norm_kernel,
+        {"x_ptr": BF16, "residual_ptr": BF16, "weight_ptr": BF16, "out_ptr": BF16, "residual_out_ptr": BF16},
+        dict(HIDDEN=4096, BLOCK=4096, ADD_RESIDUAL=True, USE_PDL=True), ("eps",), num_warps=8,
     ),
     "rotary_neox": lambda: compile_variant(
         rotary._rotary_kernel,
@@ -217,6 +243,13 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
          "value_cache_ptr": BF16, "slot_mapping_ptr": "*i64", "cos_sin_ptr": "*fp32"},
         dict(NUM_Q_HEADS=32, Q_HEADS_P=32, NUM_KV_HEADS=8, KV_HEADS_P=8, HEAD_DIM=128, HEAD_DIM_P=128, HALF=64,
              HALF_P=64, PAGE_SIZE=16),
+    ),
+    "rotary_cache_llama_pdl": lambda: compile_variant(
+        rotary_cache._rotary_cache_kernel,
+        {"positions_ptr": "*i64", "q_ptr": BF16, "k_ptr": BF16, "v_ptr": BF16, "key_cache_ptr": BF16,
+         "value_cache_ptr": BF16, "slot_mapping_ptr": "*i64", "cos_sin_ptr": "*fp32"},
+        dict(NUM_Q_HEADS=32, Q_HEADS_P=32, NUM_KV_HEADS=8, KV_HEADS_P=8, HEAD_DIM=128, HEAD_DIM_P=128, HALF=64,
+             HALF_P=64, PAGE_SIZE=16, USE_PDL=True),
     ),
     "rotary_cache_partial": lambda: compile_variant(
         rotary_cache._rotary_cache_kernel,

@@ -149,6 +149,16 @@ def test_every_kernel_variant_compiles_for_hopper() -> None:
     decode, prefill = report["attention_decode_group4_d128"], report["attention_prefill_group4_d128"]
     assert decode["cp_async"] > 0 and decode["mma_sync"] > 0, decode
     assert prefill["cp_async"] > 0 and prefill["wgmma"] > 0, prefill
+    # PDL variants wait for the kernel before them and release the one after; the others never do.
+    pdl = {name: result for name, result in report.items() if name.endswith("_pdl")}
+    assert len(pdl) == 7, sorted(pdl)
+    for name, result in report.items():
+        expected = 1 if name in pdl else 0
+        assert (result["gdc_wait"] >= expected, result["gdc_launch"] >= expected) == (True, True), (name, result)
+        if not expected:
+            assert result["gdc_wait"] == result["gdc_launch"] == 0, (name, result)
+    # the GEMV keeps its pipelined weight stream behind the prefetched first tile
+    assert pdl["decode_gemv_qkv_split2_pdl"]["cp_async"] > 0, pdl["decode_gemv_qkv_split2_pdl"]
 
 
 def test_importing_the_kernel_package_defines_no_kernel() -> None:

@@ -21,6 +21,7 @@ from worker.kernels.attention_config import (
 )
 from worker.kernels.attention_kernels import merge_splits_kernel, paged_attention_kernel
 from worker.kernels.errors import KernelInputError
+from worker.kernels.pdl import launch_options, use_pdl
 
 # Stands in for the SM count off-GPU (Triton's interpreter), so split decisions stay testable there.
 INTERPRETER_NUM_SMS = 4
@@ -146,6 +147,7 @@ def unified_attention(
         part_strides = (0, 0, 0, 0, 0)
 
     head_dim_p = next_power_of_2(head_dim)
+    pdl = use_pdl(q.device)
     paged_attention_kernel[(q_programs, num_kv_heads, num_splits)](
         q,
         key_cache,
@@ -190,8 +192,10 @@ def unified_attention(
         KV_FP8=kv_fp8,
         SCALE_STRIDE=int(kv_fp8 and k_scale.numel() > 1),
         USE_ORDER=use_order,
+        USE_PDL=pdl,
         num_warps=config.num_warps,
         num_stages=config.num_stages,
+        **launch_options(pdl),
     )
     if split:
         merge_splits_kernel[(num_tokens, num_heads)](
@@ -208,7 +212,9 @@ def unified_attention(
             HEAD_DIM=head_dim,
             HEAD_DIM_P=head_dim_p,
             SPLITS_P=next_power_of_2(num_splits),
+            USE_PDL=pdl,
             num_warps=4 if head_dim_p * next_power_of_2(num_splits) >= 4096 else 2,
+            **launch_options(pdl),
         )
     return out
 

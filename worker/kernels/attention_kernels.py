@@ -96,6 +96,7 @@ def paged_attention_kernel(
     KV_FP8: tl.constexpr = False,
     SCALE_STRIDE: tl.constexpr = 0,
     USE_ORDER: tl.constexpr = False,
+    USE_PDL: tl.constexpr = False,
 ):
     """One program: BLOCK_Q queries of one request x the GROUP query heads of one KV head.
 
@@ -108,7 +109,11 @@ def paged_attention_kernel(
     slices writes only its empty statistics.
     With ``USE_ORDER`` (one block per request), program i serves request ``order[i]``: the host
     passes the requests longest first, so the last programs the card starts are the shortest.
+    With ``USE_PDL`` the program first waits for the kernel before it (pdl.py).
     """
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     program = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -260,11 +265,15 @@ def merge_splits_kernel(
     HEAD_DIM: tl.constexpr,
     HEAD_DIM_P: tl.constexpr,
     SPLITS_P: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
     """Merge the split partials of one (token, query head) into the normalised output.
 
     Grid: (T, Hq). Tokens past ``query_start_loc[num_reqs]`` belong to no request and are left alone.
     """
+    if USE_PDL:  # the partials come from the attention kernel (pdl.py)
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     token = tl.program_id(0)
     head = tl.program_id(1)
     if token >= tl.load(query_start_loc_ptr + num_reqs):

@@ -24,6 +24,7 @@ from worker.kernels.attention import num_sms
 from worker.kernels.decode_gemv_config import BLOCK_M, MAX_ROWS, GemvPlan, choose_plan, k_per_split
 from worker.kernels.errors import KernelInputError
 from worker.kernels.gemv_checks import check_gemv_operands
+from worker.kernels.pdl import launch_options, use_pdl
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -35,10 +36,13 @@ def _decode_gemv_kernel(
     stride_xm, stride_wn, stride_ym,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     SILU: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
-    EXACT_FP32: tl.constexpr,
+    EXACT_FP32: tl.constexpr, USE_PDL: tl.constexpr = False,
 ):
     """Grid (cdiv(N, BLOCK_N), SPLIT_K). N is the output width (with SILU the intermediate size; the
-    up rows start at row N of W). The loop's bounds are plain ints, never program-dependent."""
+    up rows start at row N of W). The loop's bounds are plain ints, never program-dependent.
+
+    With ``USE_PDL`` the program loads its first weight tile, which no kernel writes, while the
+    kernel before it still runs, then waits for that kernel (x, the workspace) before the rest."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
@@ -50,34 +54,67 @@ def _decode_gemv_kernel(
     up_rows = w_ptr + (cols + N).to(tl.int64)[:, None] * stride_wn
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    for kk in range(0, K_PER_SPLIT, BLOCK_K):
-        offs_k = k_lo + kk + tl.arange(0, BLOCK_K)
+    if USE_PDL:
+        offs_k = k_lo + tl.arange(0, BLOCK_K)
         k_ok = offs_k < K
-        x = tl.load(x_ptr + rows[:, None] * stride_xm + offs_k[None, :], mask=r_ok[:, None] & k_ok[None, :],
-                    other=0.0)
-        acc, acc_up = _dot_step(x, w_rows, up_rows, offs_k, n_ok, k_ok, acc, acc_up, SILU, EVEN_N, EVEN_K,
-                                EXACT_FP32)
+        w, u = _load_tiles(w_rows, up_rows, offs_k, n_ok, k_ok, SILU, EVEN_N, EVEN_K)
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+        x = _load_x(x_ptr, rows, r_ok, offs_k, k_ok, stride_xm)
+        acc, acc_up = _dots(x, w, u, acc, acc_up, SILU, EXACT_FP32)
+        for kk in range(BLOCK_K, K_PER_SPLIT, BLOCK_K):
+            acc, acc_up = _k_step(x_ptr, w_rows, up_rows, rows, r_ok, n_ok, k_lo + kk, K, stride_xm, acc, acc_up,
+                                  BLOCK_K, SILU, EVEN_N, EVEN_K, EXACT_FP32)
+    else:
+        for kk in range(0, K_PER_SPLIT, BLOCK_K):
+            acc, acc_up = _k_step(x_ptr, w_rows, up_rows, rows, r_ok, n_ok, k_lo + kk, K, stride_xm, acc, acc_up,
+                                  BLOCK_K, SILU, EVEN_N, EVEN_K, EXACT_FP32)
     _finish(acc, acc_up, b_ptr, y_ptr, part_ptr, ticket_ptr, pid_n, pid_k, rows, cols, r_ok, n_ok, N, stride_ym,
             BLOCK_M, BLOCK_N, SPLIT_K, SILU, HAS_BIAS)
 
 
 @triton.jit
-def _dot_step(x, w_rows, up_rows, offs_k, n_ok, k_ok, acc, acc_up,
-              SILU: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr, EXACT_FP32: tl.constexpr):
-    """One K step: acc += x @ W[cols, offs_k].T (and acc_up with the up rows when SILU)."""
+def _k_step(x_ptr, w_rows, up_rows, rows, r_ok, n_ok, k_start, K, stride_xm, acc, acc_up,
+            BLOCK_K: tl.constexpr, SILU: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+            EXACT_FP32: tl.constexpr):
+    """One K step from ``k_start``: acc += x @ W[cols, k].T (and acc_up with the up rows when SILU)."""
+    offs_k = k_start + tl.arange(0, BLOCK_K)
+    k_ok = offs_k < K
+    x = _load_x(x_ptr, rows, r_ok, offs_k, k_ok, stride_xm)
+    w, u = _load_tiles(w_rows, up_rows, offs_k, n_ok, k_ok, SILU, EVEN_N, EVEN_K)
+    return _dots(x, w, u, acc, acc_up, SILU, EXACT_FP32)
+
+
+@triton.jit
+def _load_x(x_ptr, rows, r_ok, offs_k, k_ok, stride_xm):
+    return tl.load(x_ptr + rows[:, None] * stride_xm + offs_k[None, :], mask=r_ok[:, None] & k_ok[None, :],
+                   other=0.0)
+
+
+@triton.jit
+def _load_tiles(w_rows, up_rows, offs_k, n_ok, k_ok, SILU: tl.constexpr, EVEN_N: tl.constexpr,
+                EVEN_K: tl.constexpr):
+    """The weight tile W[cols, offs_k] (and with SILU the up rows' tile; else the same tile again)."""
     if EVEN_N and EVEN_K:  # unmasked weight loads vectorise best
         w = tl.load(w_rows + offs_k[None, :])
     else:
         w = tl.load(w_rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-    if EXACT_FP32:
-        acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
-    else:
-        acc = tl.dot(x, tl.trans(w), acc)
+    u = w
     if SILU:
         if EVEN_N and EVEN_K:
             u = tl.load(up_rows + offs_k[None, :])
         else:
             u = tl.load(up_rows + offs_k[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+    return w, u
+
+
+@triton.jit
+def _dots(x, w, u, acc, acc_up, SILU: tl.constexpr, EXACT_FP32: tl.constexpr):
+    if EXACT_FP32:
+        acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
+    else:
+        acc = tl.dot(x, tl.trans(w), acc)
+    if SILU:
         if EXACT_FP32:
             acc_up = tl.dot(x, tl.trans(u), acc_up, input_precision="ieee")
         else:
@@ -222,6 +259,7 @@ def decode_gemv(
         partials, tickets = space.partials, space.tickets
     else:
         partials, tickets = out, out  # never read: SPLIT_K == 1 compiles the split path away
+    pdl = use_pdl(x.device)
     _decode_gemv_kernel[(tiles, plan.split_k)](
         x, weight, bias if bias is not None else weight, out, partials, tickets,
         M, n_out, K, per,
@@ -229,8 +267,8 @@ def decode_gemv(
         BLOCK_M=BLOCK_M, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT_K=plan.split_k,
         SILU=silu, HAS_BIAS=bias is not None, EVEN_N=n_out % plan.block_n == 0,
         EVEN_K=K % plan.block_k == 0 and per * plan.split_k == K,
-        EXACT_FP32=x.dtype == torch.float32,
-        num_warps=plan.num_warps, num_stages=plan.num_stages,
+        EXACT_FP32=x.dtype == torch.float32, USE_PDL=pdl,
+        num_warps=plan.num_warps, num_stages=plan.num_stages, **launch_options(pdl),
     )
     return out
 

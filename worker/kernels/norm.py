@@ -12,6 +12,7 @@ import triton.language as tl
 
 from worker.kernels.attention_config import next_power_of_2
 from worker.kernels.errors import KernelInputError
+from worker.kernels.pdl import launch_options, use_pdl
 
 MAX_HIDDEN = 65536  # one row is held in registers; wider rows are not a Llama shape
 
@@ -31,11 +32,17 @@ def _rms_norm_kernel(
     HIDDEN: tl.constexpr,
     BLOCK: tl.constexpr,
     ADD_RESIDUAL: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
-    """One program per row; reads the whole row, so ``out`` and ``residual_out`` may alias the inputs."""
+    """One program per row; reads the whole row, so ``out`` and ``residual_out`` may alias the inputs.
+    With ``USE_PDL`` the norm's weight is read before waiting for the kernel that wrote x (pdl.py)."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < HIDDEN
+    weight = tl.load(weight_ptr + offs, mask=mask, other=0.0)
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
     if ADD_RESIDUAL:
         residual = tl.load(residual_ptr + row * stride_residual + offs, mask=mask, other=0.0)
@@ -45,7 +52,6 @@ def _rms_norm_kernel(
     xf = x.to(tl.float32)
     variance = tl.sum(xf * xf, axis=0) / HIDDEN
     normed = (xf * tl.math.rsqrt(variance + eps)).to(x.dtype)
-    weight = tl.load(weight_ptr + offs, mask=mask, other=0.0)
     out = normed.to(tl.float32) * weight.to(tl.float32)
     tl.store(out_ptr + row * stride_out + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
@@ -135,6 +141,7 @@ def _launch(x, residual, weight, out, residual_out, eps: float, hidden: int, add
     if x2.shape[0] == 0:
         return
     block = next_power_of_2(hidden)
+    pdl = use_pdl(x.device)
     _rms_norm_kernel[(x2.shape[0],)](
         x2,
         r2,
@@ -149,5 +156,7 @@ def _launch(x, residual, weight, out, residual_out, eps: float, hidden: int, add
         HIDDEN=hidden,
         BLOCK=block,
         ADD_RESIDUAL=add_residual,
+        USE_PDL=pdl,
         num_warps=min(max(block // 512, 1), 16),
+        **launch_options(pdl),
     )

@@ -16,6 +16,7 @@ import triton.language as tl
 from worker.kernels.attention_config import next_power_of_2
 from worker.kernels.errors import KernelInputError
 from worker.kernels.kv_cache import reshape_and_cache
+from worker.kernels.pdl import launch_options, use_pdl
 from worker.kernels.rotary import _check_inputs as _check_rotary
 from worker.kernels.rotary import _rotate_heads
 
@@ -29,8 +30,12 @@ def _rotary_cache_kernel(
     NUM_Q_HEADS: tl.constexpr, Q_HEADS_P: tl.constexpr, NUM_KV_HEADS: tl.constexpr, KV_HEADS_P: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr, HALF: tl.constexpr, HALF_P: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
 ):
     """One program per token."""
+    if USE_PDL:  # q, k and v come from the kernel before (pdl.py)
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     token = tl.program_id(0).to(tl.int64)
     pos = tl.load(positions_ptr + token).to(tl.int64)
     offs = tl.arange(0, HALF_P)
@@ -88,6 +93,7 @@ def rotary_and_cache(
     if num_tokens == 0:
         return q
     half = rotary_dim // 2
+    pdl = use_pdl(q.device)
     _rotary_cache_kernel[(num_tokens,)](
         positions, q, k, v, key_cache, value_cache, slot_mapping, cos_sin_cache,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
@@ -95,7 +101,7 @@ def rotary_and_cache(
         NUM_Q_HEADS=q.shape[1], Q_HEADS_P=next_power_of_2(q.shape[1]),
         NUM_KV_HEADS=num_kv_heads, KV_HEADS_P=next_power_of_2(num_kv_heads),
         HEAD_DIM=head_dim, HEAD_DIM_P=next_power_of_2(head_dim), HALF=half, HALF_P=next_power_of_2(half),
-        PAGE_SIZE=key_cache.shape[1],
-        num_warps=4,
+        PAGE_SIZE=key_cache.shape[1], USE_PDL=pdl,
+        num_warps=4, **launch_options(pdl),
     )
     return q
