@@ -26,7 +26,7 @@ def kernel_table(prof, steps: int, top: int = 14) -> list[tuple[str, float, int]
     return rows[:top]
 
 
-def steady(engine, n_req: int, prompt: int, warm_steps: int, steps: int) -> tuple[list, float]:
+def steady(engine, n_req: int, prompt: int, warm_steps: int, steps: int, top: int = 14) -> tuple[list, float]:
     p = SamplingParams(max_tokens=warm_steps + steps + 20, min_tokens=warm_steps + steps + 20, ignore_eos=True,
                        detokenize=False, temperature=0)
     for i in range(n_req):
@@ -38,7 +38,7 @@ def steady(engine, n_req: int, prompt: int, warm_steps: int, steps: int) -> tupl
         for _ in range(steps):
             engine.step()
         torch.cuda.synchronize()
-    table = kernel_table(prof, steps)
+    table = kernel_table(prof, steps, top)
     total = sum(r[1] for r in kernel_table(prof, steps, 10**6))
     engine.abort_request([f"p{n_req}-{i}" for i in range(n_req)])
     while engine.has_unfinished_requests():
@@ -49,15 +49,16 @@ def steady(engine, n_req: int, prompt: int, warm_steps: int, steps: int) -> tupl
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="llama-3.1-8b")
+    ap.add_argument("--top", type=int, default=14, help="kernels listed per case")
     a = ap.parse_args()
     d = write_config_dir(a.model, tempfile.mkdtemp())
     llm = LLM(model=d, load_format="dummy", dtype="bfloat16", max_model_len=4096)
     eng = llm.engine
     report = {}
-    for name, n_req, prompt, warm in [("decode_b1_ctx512", 1, 512, 40), ("decode_b256_ctx1000", 256, 1000, 40),
-                                      ("prefill_8x1024", 8, 1024, 0)]:
+    for name, n_req, prompt, warm in [("decode_b1_ctx512", 1, 512, 40), ("decode_b8_ctx32", 8, 32, 40),
+                                      ("decode_b256_ctx1000", 256, 1000, 40), ("prefill_8x1024", 8, 1024, 0)]:
         steps = 1 if name.startswith("prefill") else 30
-        table, total = steady(eng, n_req, prompt, warm, steps)
+        table, total = steady(eng, n_req, prompt, warm, steps, a.top)
         report[name] = {"kernel_us_per_step": round(total, 1), "top": table}
         print(f"== {name}: {total:.0f} us of kernels per step")
         for k, us, cnt in table:
