@@ -49,7 +49,9 @@ from worker.kernels.attention_config import (  # noqa: E402  (plain Python: no T
     choose_tile_config,
     next_power_of_2,
 )
-from worker.kernels.decode_gemv_config import LLAMA_8B_PLANS, MAX_SPLIT_K, choose_plan, k_per_split  # noqa: E402
+from worker.kernels.decode_gemv_config import (  # noqa: E402
+    LLAMA_8B_PLANS, MAX_SPLIT_K, GemvPlan, choose_plan, k_per_split, parse_plan_overrides,
+)
 
 INTERPRETER_TOLERANCE = 1e-4  # float32 in the interpreter
 BF16_ATTENTION_TOLERANCE = 1e-2
@@ -159,6 +161,9 @@ def test_every_kernel_variant_compiles_for_hopper() -> None:
             assert result["gdc_wait"] == result["gdc_launch"] == 0, (name, result)
     # the GEMV keeps its pipelined weight stream behind the prefetched first tile
     assert pdl["decode_gemv_qkv_split2_pdl"]["cp_async"] > 0, pdl["decode_gemv_qkv_split2_pdl"]
+    # the bulk L2 prefetch of the weight rows (gate and up) only where a variant asks for it
+    assert pdl["decode_gemv_gate_up_silu_pdl"]["l2_prefetch"] >= 2, pdl["decode_gemv_gate_up_silu_pdl"]
+    assert all(r.get("l2_prefetch", 0) == 0 for n, r in report.items() if n != "decode_gemv_gate_up_silu_pdl")
 
 
 def test_importing_the_kernel_package_defines_no_kernel() -> None:
@@ -443,3 +448,12 @@ def test_kernels_never_synchronise_with_the_host() -> None:
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
+
+
+def test_gemv_plan_overrides_parse_and_reject_malformed_entries() -> None:
+    assert parse_plan_overrides(" 4096x4096=32:256:4:4:2, 6144X4096=64:128:8:3:1 ") == {
+        (4096, 4096): GemvPlan(32, 256, 4, 4, 2), (6144, 4096): GemvPlan(64, 128, 8, 3, 1)}
+    assert parse_plan_overrides("") == {}
+    for bad in ("4096x4096=32:256:4:4", "4096=32:256:4:4:2", "4096x4096=24:256:4:4:2", "4096x4096=32:256:4:4:0"):
+        with pytest.raises(ValueError, match="WARD_GEMV_PLANS"):
+            parse_plan_overrides(bad)

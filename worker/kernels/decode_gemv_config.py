@@ -6,6 +6,7 @@ Triton or reads a device tensor: the choice is free under CUDA-graph capture and
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 MAX_ROWS = 8  # decode and latency batches; more rows go to cuBLAS
@@ -40,10 +41,30 @@ LLAMA_8B_PLANS: dict[tuple[int, int], GemvPlan] = {
 }
 
 
+def parse_plan_overrides(text: str) -> dict[tuple[int, int], GemvPlan]:
+    """``WARD_GEMV_PLANS``: comma-separated ``NxK=block_n:block_k:warps:stages:split_k`` entries that
+    replace the table's plan for that shape (tuning a card by A/B). ValueError for a malformed one."""
+    plans: dict[tuple[int, int], GemvPlan] = {}
+    for entry in filter(None, (e.strip() for e in text.split(","))):
+        try:
+            shape, _, fields = entry.partition("=")
+            n, k = (int(v) for v in shape.lower().split("x"))
+            block_n, block_k, warps, stages, split = (int(v) for v in fields.split(":"))
+        except ValueError:
+            raise ValueError(f"WARD_GEMV_PLANS entry {entry!r} is not NxK=block_n:block_k:warps:stages:split_k")
+        if min(n, k, block_n, block_k, warps, stages, split) < 1 or block_n & (block_n - 1) or block_k & (block_k - 1):
+            raise ValueError(f"WARD_GEMV_PLANS entry {entry!r}: sizes >= 1, tile sides powers of two")
+        plans[(n, k)] = GemvPlan(block_n, block_k, warps, stages, split)
+    return plans
+
+
+PLAN_OVERRIDES = parse_plan_overrides(os.environ.get("WARD_GEMV_PLANS", ""))
+
+
 def choose_plan(n: int, k: int, num_sms: int) -> GemvPlan:
     """The plan for an [n, k] weight (n = output columns one program family covers; with the SiLU
-    epilogue the intermediate size): the table's, else by rule."""
-    plan = LLAMA_8B_PLANS.get((n, k))
+    epilogue the intermediate size): ``WARD_GEMV_PLANS``'s, the table's, else by rule."""
+    plan = PLAN_OVERRIDES.get((n, k)) or LLAMA_8B_PLANS.get((n, k))
     if plan is not None:
         return _fit_split(plan, k)
     block_n = 32
