@@ -29,9 +29,9 @@ from worker.kernels.gemv_checks import check_gemv_operands
 from worker.kernels.pdl import launch_options, use_pdl
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# Bulk L2 prefetch of each program's weight range where PDL is on (same card generation);
-# WARD_GEMV_PREFETCH=0 leaves it out (A/B timing).
-PREFETCH_L2 = os.environ.get("WARD_GEMV_PREFETCH", "1") != "0"
+# Bulk L2 prefetch of each program's weight range where PDL is on (same card generation):
+# opt-in (WARD_GEMV_PREFETCH=1) until an A/B on a card shows it ahead.
+PREFETCH_L2 = os.environ.get("WARD_GEMV_PREFETCH", "0") == "1"
 
 
 @triton.jit
