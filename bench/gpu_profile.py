@@ -29,8 +29,12 @@ def kernel_table(prof, steps: int, top: int = 14) -> list[tuple[str, float, int]
 def steady(engine, n_req: int, prompt: int, warm_steps: int, steps: int, top: int = 14) -> tuple[list, float]:
     p = SamplingParams(max_tokens=warm_steps + steps + 20, min_tokens=warm_steps + steps + 20, ignore_eos=True,
                        detokenize=False, temperature=0)
+    # each case its own token range: a prompt sharing blocks with an earlier case's (aborted, still
+    # cached) would be mostly a prefix-cache hit and its "prefill" a short chunk
+    base = 1000 + 10007 * (n_req + prompt)
     for i in range(n_req):
-        engine.add_request(f"p{n_req}-{i}", {"prompt_token_ids": [1000 + (i * 7 + j) % 100000 for j in range(prompt)]}, p)
+        ids = [(base + i * 7 + j) % 100000 + 1000 for j in range(prompt)]
+        engine.add_request(f"p{n_req}-{i}", {"prompt_token_ids": ids}, p)
     for _ in range(warm_steps):
         engine.step()
     torch.cuda.synchronize()
