@@ -281,7 +281,9 @@ def decode_gemv(
     else:
         partials, tickets = out, out  # never read: SPLIT_K == 1 compiles the split path away
     pdl = use_pdl(x.device)
-    prefetch = pdl and PREFETCH_L2 and n_out % plan.block_n == 0 and K % 8 == 0
+    # a bulk prefetch takes 16-byte-aligned starts and sizes: whole rows of tiles, aligned rows
+    prefetch = (pdl and PREFETCH_L2 and n_out % plan.block_n == 0 and K % 8 == 0 and weight.stride(0) % 8 == 0
+                and weight.data_ptr() % 16 == 0)
     _decode_gemv_kernel[(tiles, plan.split_k)](
         x, weight, bias if bias is not None else weight, out, partials, tickets,
         M, n_out, K, per,
