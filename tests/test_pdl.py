@@ -32,7 +32,7 @@ def test_pdl_is_never_used_off_cuda() -> None:
 
 
 def test_pdl_is_never_used_under_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(pdl, "_INTERPRETED", True)
     assert pdl.use_pdl(torch.device("cuda", 0)) is False
 
 

@@ -36,6 +36,8 @@ def pdl_setting(value: str | None = None) -> bool:
 
 
 _ENABLED = pdl_setting()
+# Triton fixes interpreter or compiler when a kernel is defined, so the process's setting holds.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @functools.lru_cache(maxsize=None)
@@ -45,7 +47,7 @@ def _card_has_pdl(device_index: int) -> bool:
 
 def use_pdl(device: torch.device) -> bool:
     """Whether kernels launched on ``device`` take the PDL path (a host-side decision, graph-safe)."""
-    if not _ENABLED or device.type != "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+    if not _ENABLED or _INTERPRETED or device.type != "cuda":
         return False
     index = device.index if device.index is not None else torch.cuda.current_device()
     return _card_has_pdl(index)
