@@ -9,7 +9,9 @@ default choice, then with TunableOp tuned for that shape, as CUDA-graph replays 
 path), and prints the ratio. Nothing in the engine changes: the figures say whether wiring TunableOp
 into the graph warm-up is worth doing.
 
-Usage: python3 bench/gemm_tunable.py [--rows 16,64,128,256] [--out gemm_tunable.json]
+The larger row counts are prefill steps (the 1,024/128 row is mostly prefill GEMMs).
+
+Usage: python3 bench/gemm_tunable.py [--rows 16,64,128,256,2048,16384] [--out gemm_tunable.json]
 """
 from __future__ import annotations
 
@@ -47,7 +49,7 @@ def timed_us(fn, iters: int = 20) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", default="16,64,128,256")
+    parser.add_argument("--rows", default="16,64,128,256,2048,16384")
     parser.add_argument("--out", default=os.path.join(os.environ.get("OUT", "."), "gemm_tunable.json"))
     args = parser.parse_args()
     rows = [int(r) for r in args.rows.split(",")]
