@@ -59,6 +59,8 @@ def main() -> int:
     for name, (n, k) in PROJECTIONS.items():
         w = torch.randn(n, k, dtype=torch.bfloat16, device="cuda") * k**-0.5
         for m in rows:
+            if name == "lm_head" and m > 256:  # the head runs on the sampled rows only
+                continue
             x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
             tunable.enable(False)
             default = timed_us(lambda: F.linear(x, w))
