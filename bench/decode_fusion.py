@@ -39,33 +39,13 @@ from worker.kernels.decode_gemv import decode_gemv, reserve_workspace  # noqa: E
 from worker.kernels.decode_gemv_config import GemvPlan, choose_plan  # noqa: E402
 from worker.kernels.rotary_cache import rotary_and_cache  # noqa: E402
 
+from graph_timing import timed_us  # noqa: E402  (bench/, the script's own folder)
+
 PROJECTIONS = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}  # N, K
 LAYERS = 32
 OFFLINE_ARGS = ["offline", "--model", "llama-3.1-8b", "--workloads", "latency,batch1"]  # ward bench's
 TEST_COMMAND = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "tests/test_kernels.py",
                 "tests/test_decode_fusion.py", "-k", "decode_gemv or rotary_with_cache or synchronise or fusions"]
-
-
-def timed_us(fn, iters: int = 50) -> float:
-    """Microseconds per call: ``iters`` calls captured in one CUDA graph, the median of 5 replays."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(iters):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    runs = []
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        runs.append(start.elapsed_time(end) * 1000 / iters)
-    return sorted(runs)[2]
 
 
 def copy_bandwidth() -> float:

@@ -23,28 +23,10 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
+from graph_timing import timed_us  # bench/, the script's own folder
+
 PROJECTIONS = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336),
                "lm_head": (128256, 4096)}  # N, K
-
-
-def timed_us(fn, iters: int = 20) -> float:
-    """Microseconds per call: ``iters`` calls in one CUDA graph, the median of 5 replays."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(iters):
-            fn()
-    runs = []
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        runs.append(start.elapsed_time(end) * 1000 / iters)
-    return sorted(runs)[2]
 
 
 def main() -> int:
@@ -63,14 +45,14 @@ def main() -> int:
                 continue
             x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
             tunable.enable(False)
-            default = timed_us(lambda: F.linear(x, w))
+            default = timed_us(lambda: F.linear(x, w), iters=20)
             reference = F.linear(x, w)
             tunable.enable(True)
             tunable.tuning_enable(True)
             F.linear(x, w)  # tunes this shape (outside any graph capture)
             torch.cuda.synchronize()
             tunable.tuning_enable(False)
-            tuned = timed_us(lambda: F.linear(x, w))
+            tuned = timed_us(lambda: F.linear(x, w), iters=20)
             err = float((F.linear(x, w).float() - reference.float()).norm() / reference.float().norm())
             tunable.enable(False)
             tflops = 2 * m * n * k / 1e12
