@@ -17,28 +17,13 @@ import triton
 
 from worker.kernels import int4_gemm
 
+from graph_timing import timed_us  # bench/, the script's own folder
+
 SHAPES = {  # name: (K, N) of y = x @ W
     "8b.qkv": (4096, 6144), "8b.o": (4096, 4096), "8b.gate_up": (4096, 28672), "8b.down": (14336, 4096),
     "70b.qkv": (8192, 10240), "70b.o": (8192, 8192), "70b.gate_up": (8192, 57344), "70b.down": (28672, 8192),
 }
 GROUP = 128
-
-
-def timed_us(fn, iters: int = 50) -> float:
-    for _ in range(3):
-        fn()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(iters):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000 / iters
 
 
 def load_variant(path: str):
