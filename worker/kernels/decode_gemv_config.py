@@ -7,6 +7,7 @@ Triton or reads a device tensor: the choice is free under CUDA-graph capture and
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 MAX_ROWS = 8  # decode and latency batches; more rows go to cuBLAS
@@ -42,10 +43,11 @@ LLAMA_8B_PLANS: dict[tuple[int, int], GemvPlan] = {
 
 
 def parse_plan_overrides(text: str) -> dict[tuple[int, int], GemvPlan]:
-    """``WARD_GEMV_PLANS``: comma-separated ``NxK=block_n:block_k:warps:stages:split_k`` entries that
-    replace the table's plan for that shape (tuning a card by A/B). ValueError for a malformed one."""
+    """``WARD_GEMV_PLANS``: ``NxK=block_n:block_k:warps:stages:split_k`` entries separated by commas or
+    semicolons (the latter fit in a comma-separated list of settings) that replace the table's plan
+    for that shape (tuning a card by A/B). ValueError for a malformed one."""
     plans: dict[tuple[int, int], GemvPlan] = {}
-    for entry in filter(None, (e.strip() for e in text.split(","))):
+    for entry in filter(None, (e.strip() for e in re.split("[,;]", text))):
         try:
             shape, _, fields = entry.partition("=")
             n, k = (int(v) for v in shape.lower().split("x"))

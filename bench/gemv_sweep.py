@@ -1,0 +1,155 @@
+"""Retunes the decode GEMV's tile plans (worker/kernels/decode_gemv_config.py) on the card at hand.
+A script for a GPU machine that prints figures, not a test.
+
+For each Llama-3.1-8B projection at one row it starts from the plan the engine would choose and
+walks one axis at a time (split K, tile width, K step, stages, warps), keeping a change only when
+it is at least 1% faster, for up to two passes. Each timing is a CUDA-graph replay of the GEMV over
+enough copies of the weight to exceed three times the L2 cache, so every call reads its weights from
+memory as in the model (a single weight replayed would partly stay in L2). The winner and the
+starting plan are then timed again back to back at one and eight rows, with and without the L2
+prefetch (WARD_GEMV_PREFETCH).
+
+Writes the figures as JSON (--out) and, with --plans-file, a ``WARD_GEMV_PLANS`` value
+(semicolon-separated) with the shapes whose winner beat the starting plan by more than 2%, for an
+A/B of the whole model (bench/pdl_ab.sh).
+
+Usage (from the repository root): python3 bench/gemv_sweep.py --out gemv_sweep.json --plans-file plans.txt
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import worker.kernels.decode_gemv as gemv_module  # noqa: E402
+from worker.kernels.decode_gemv import decode_gemv, reserve_workspace  # noqa: E402
+from worker.kernels.decode_gemv_config import GemvPlan, _fit_split, choose_plan  # noqa: E402
+
+from graph_timing import timed_us  # noqa: E402  (bench/, the script's own folder)
+
+# name: (N as the plan table keys it, K, SiLU epilogue); the SiLU weight has 2N rows
+SHAPES = {"qkv": (6144, 4096, False), "o": (4096, 4096, False), "down": (4096, 14336, False),
+          "gate_up_silu": (14336, 4096, True)}
+AXES = {"split_k": (1, 2, 3, 4, 6, 8), "block_n": (16, 32, 64), "block_k": (128, 256, 512),
+        "num_stages": (2, 3, 4, 5, 6), "num_warps": (2, 4, 8)}
+KEEP_IF_FASTER = 0.99  # a step of the walk must win by 1%: the timer's spread is about that
+REPORT_IF_FASTER = 0.98  # and the final plan by 2% to be proposed
+
+
+class Bench:
+    """Weights and inputs of one shape, and the timer of a plan on them."""
+
+    def __init__(self, n: int, k: int, silu: bool, l2_bytes: int) -> None:
+        rows = 2 * n if silu else n
+        weight_bytes = rows * k * 2
+        copies = max(2, math.ceil(3 * l2_bytes / weight_bytes))
+        self.weights = [torch.randn(rows, k, dtype=torch.bfloat16, device="cuda") * k**-0.5 for _ in range(copies)]
+        self.silu = silu
+        self.n, self.k = n, k
+        self.floor_bytes = weight_bytes
+
+    def time(self, plan: GemvPlan, rows: int = 1, prefetch: bool = False) -> float | None:
+        """Microseconds per call, or None when the plan does not compile or launch (shared memory)."""
+        gemv_module.PREFETCH_L2 = prefetch
+        x = torch.randn(rows, self.k, dtype=torch.bfloat16, device="cuda")
+        out = torch.empty(rows, self.n, dtype=torch.bfloat16, device="cuda")
+        try:
+            for w in self.weights:
+                reserve_workspace(w, self.silu, plan)
+
+            def calls() -> None:
+                for w in self.weights:
+                    decode_gemv(x, w, silu=self.silu, plan=plan, out=out)
+
+            per_replay = max(1, 60 // len(self.weights))
+            return timed_us(calls, iters=per_replay) / len(self.weights)
+        except Exception as exc:  # noqa: BLE001 - a plan that cannot run is skipped, its reason kept
+            print(f"  skip {dataclasses.astuple(plan)}: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+            return None
+        finally:
+            gemv_module.PREFETCH_L2 = False
+
+
+def walk(bench: Bench, start: GemvPlan) -> tuple[GemvPlan, float, list[dict]]:
+    tried: dict[GemvPlan, float | None] = {start: bench.time(start)}
+    best_plan, best = start, tried[start]
+    for _ in range(2):
+        improved = False
+        for axis, values in AXES.items():
+            for value in values:
+                candidate = _fit_split(dataclasses.replace(best_plan, **{axis: value}), bench.k)
+                if candidate in tried:
+                    continue
+                tried[candidate] = us = bench.time(candidate)
+                if us is not None and us < best * KEEP_IF_FASTER:
+                    best_plan, best, improved = candidate, us, True
+        if not improved:
+            break
+    trials = [{"plan": list(dataclasses.astuple(p)), "us": None if us is None else round(us, 2)}
+              for p, us in tried.items()]
+    return best_plan, best, trials
+
+
+def plan_text(n: int, k: int, plan: GemvPlan) -> str:
+    return f"{n}x{k}=" + ":".join(str(v) for v in dataclasses.astuple(plan))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="gemv_sweep.json")
+    parser.add_argument("--plans-file", default="", help="write the proposed WARD_GEMV_PLANS value here")
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of " + ",".join(SHAPES))
+    args = parser.parse_args()
+    props = torch.cuda.get_device_properties(0)
+    copy_bytes = 1 << 30
+    src, dst = torch.empty(copy_bytes, dtype=torch.uint8, device="cuda"), torch.empty(copy_bytes, dtype=torch.uint8,
+                                                                                      device="cuda")
+    copy_us = timed_us(lambda: dst.copy_(src), iters=5)
+    bandwidth = 2 * copy_bytes / (copy_us * 1e-6)  # read + write
+    del src, dst
+    report: dict = {"device": props.name, "sms": props.multi_processor_count, "l2_mb": props.L2_cache_size / 2**20,
+                    "copy_tb_s": round(bandwidth / 1e12, 3), "torch": torch.__version__, "shapes": {}}
+    print(json.dumps({k: v for k, v in report.items() if k != "shapes"}), flush=True)
+    proposals = []
+    for name in args.shapes.split(","):
+        n, k, silu = SHAPES[name]
+        t0 = time.monotonic()
+        bench = Bench(n, k, silu, props.L2_cache_size)
+        start = choose_plan(n, k, props.multi_processor_count)
+        best_plan, _, trials = walk(bench, start)
+        floor_us = bench.floor_bytes / bandwidth * 1e6
+        final = {}
+        for label, plan in (("start", start), ("best", best_plan)):
+            for rows in (1, 8):
+                for prefetch in (False, True):
+                    us = bench.time(plan, rows, prefetch)
+                    final[f"{label}_m{rows}{'_prefetch' if prefetch else ''}_us"] = None if us is None else round(us, 2)
+        row = {"start": list(dataclasses.astuple(start)), "best": list(dataclasses.astuple(best_plan)),
+               "floor_us": round(floor_us, 2), **final, "trials": trials,
+               "seconds": round(time.monotonic() - t0, 1)}
+        report["shapes"][name] = row
+        print(json.dumps({name: {key: v for key, v in row.items() if key != "trials"}}), flush=True)
+        start_us, best_us = final["start_m1_us"], final["best_m1_us"]
+        if best_plan != start and start_us and best_us and best_us < start_us * REPORT_IF_FASTER:
+            proposals.append(plan_text(n, k, best_plan))
+        del bench
+        torch.cuda.empty_cache()
+    report["proposed_plans"] = ";".join(proposals)
+    print("WARD_GEMV_PLANS=" + report["proposed_plans"], flush=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    if args.plans_file:
+        Path(args.plans_file).write_text(report["proposed_plans"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
