@@ -6,8 +6,7 @@ walks one axis at a time (split K, tile width, K step, stages, warps), keeping a
 it is at least 1% faster, for up to two passes. Each timing is a CUDA-graph replay of the GEMV over
 enough copies of the weight to exceed three times the L2 cache, so every call reads its weights from
 memory as in the model (a single weight replayed would partly stay in L2). The winner and the
-starting plan are then timed again back to back at one and eight rows, with and without the L2
-prefetch (WARD_GEMV_PREFETCH).
+starting plan are then timed again back to back at one and eight rows.
 
 Writes the figures as JSON (--out) and, with --plans-file, a ``WARD_GEMV_PLANS`` value
 (semicolon-separated) with the shapes whose winner beat the starting plan by more than 2%, for an
@@ -30,7 +29,6 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import worker.kernels.decode_gemv as gemv_module  # noqa: E402
 from worker.kernels.decode_gemv import decode_gemv, reserve_workspace  # noqa: E402
 from worker.kernels.decode_gemv_config import GemvPlan, _fit_split, choose_plan  # noqa: E402
 
@@ -39,8 +37,8 @@ from graph_timing import timed_us  # noqa: E402  (bench/, the script's own folde
 # name: (N as the plan table keys it, K, SiLU epilogue); the SiLU weight has 2N rows
 SHAPES = {"qkv": (6144, 4096, False), "o": (4096, 4096, False), "down": (4096, 14336, False),
           "gate_up_silu": (14336, 4096, True)}
-AXES = {"split_k": (1, 2, 3, 4, 6, 8), "block_n": (16, 32, 64), "block_k": (128, 256, 512),
-        "num_stages": (2, 3, 4, 5, 6), "num_warps": (2, 4, 8)}
+AXES = {"split_k": (1, 2, 3, 4, 6, 8), "block_n": (16, 32, 64), "block_k": (128, 256, 512, 1024),
+        "num_stages": (2, 3, 4, 5, 6, 8), "num_warps": (1, 2, 4, 8)}
 KEEP_IF_FASTER = 0.99  # a step of the walk must win by 1%: the timer's spread is about that
 REPORT_IF_FASTER = 0.98  # and the final plan by 2% to be proposed
 
@@ -57,9 +55,8 @@ class Bench:
         self.n, self.k = n, k
         self.floor_bytes = weight_bytes
 
-    def time(self, plan: GemvPlan, rows: int = 1, prefetch: bool = False) -> float | None:
+    def time(self, plan: GemvPlan, rows: int = 1) -> float | None:
         """Microseconds per call, or None when the plan does not compile or launch (shared memory)."""
-        gemv_module.PREFETCH_L2 = prefetch
         x = torch.randn(rows, self.k, dtype=torch.bfloat16, device="cuda")
         out = torch.empty(rows, self.n, dtype=torch.bfloat16, device="cuda")
         try:
@@ -75,8 +72,6 @@ class Bench:
         except Exception as exc:  # noqa: BLE001 - a plan that cannot run is skipped, its reason kept
             print(f"  skip {dataclasses.astuple(plan)}: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
             return None
-        finally:
-            gemv_module.PREFETCH_L2 = False
 
 
 def walk(bench: Bench, start: GemvPlan) -> tuple[GemvPlan, float, list[dict]]:
@@ -114,7 +109,7 @@ def main() -> int:
     src, dst = torch.empty(copy_bytes, dtype=torch.uint8, device="cuda"), torch.empty(copy_bytes, dtype=torch.uint8,
                                                                                       device="cuda")
     copy_us = timed_us(lambda: dst.copy_(src), iters=5)
-    bandwidth = 2 * copy_bytes / (copy_us * 1e-6)  # read + write
+    bandwidth = 2 * copy_bytes / (copy_us * 1e-6)  # read + write: a device copy's figure, not a read-only one
     del src, dst
     report: dict = {"device": props.name, "sms": props.multi_processor_count, "l2_mb": props.L2_cache_size / 2**20,
                     "copy_tb_s": round(bandwidth / 1e12, 3), "torch": torch.__version__, "shapes": {}}
@@ -130,9 +125,8 @@ def main() -> int:
         final = {}
         for label, plan in (("start", start), ("best", best_plan)):
             for rows in (1, 8):
-                for prefetch in (False, True):
-                    us = bench.time(plan, rows, prefetch)
-                    final[f"{label}_m{rows}{'_prefetch' if prefetch else ''}_us"] = None if us is None else round(us, 2)
+                us = bench.time(plan, rows)
+                final[f"{label}_m{rows}_us"] = None if us is None else round(us, 2)
         row = {"start": list(dataclasses.astuple(start)), "best": list(dataclasses.astuple(best_plan)),
                "floor_us": round(floor_us, 2), **final, "trials": trials,
                "seconds": round(time.monotonic() - t0, 1)}

@@ -63,7 +63,6 @@ def compile_variant(
         "mma_sync": ptx.count("mma.sync"),
         "gdc_wait": ptx.count("griddepcontrol.wait"),
         "gdc_launch": ptx.count("griddepcontrol.launch_dependents"),
-        "l2_prefetch": ptx.count("cp.async.bulk.prefetch.L2"),
     }
 
 
@@ -99,12 +98,12 @@ BF16 = "*bf16"
 
 
 def decode_gemv_variant(block_n: int, block_k: int, split_k: int, silu: bool, bias: bool, stages: int,
-                        even: bool = True, pdl: bool = False, prefetch: bool = False) -> dict[str, int]:
+                        even: bool = True, pdl: bool = False) -> dict[str, int]:
     return compile_variant(
         decode_gemv._decode_gemv_kernel,
         {"x_ptr": BF16, "w_ptr": BF16, "b_ptr": BF16, "y_ptr": BF16, "part_ptr": "*fp32", "ticket_ptr": "*i32"},
         dict(BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, SILU=silu, HAS_BIAS=bias, EVEN_N=even,
-             EVEN_K=even, EXACT_FP32=False, USE_PDL=pdl, PREFETCH_L2=prefetch),
+             EVEN_K=even, EXACT_FP32=False, USE_PDL=pdl),
         # a launch specialises sizes that are multiples of 16 as such (Llama's N and K, the split length)
         divisible=("N", "K", "K_PER_SPLIT") if even else ("K_PER_SPLIT",), num_warps=4, num_stages=stages,
     )
@@ -208,7 +207,7 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     "decode_gemv_qkv_split2_pdl": lambda: decode_gemv_variant(32, 256, 2, silu=False, bias=False, stages=3,
                                                               pdl=True),
     "decode_gemv_gate_up_silu_pdl": lambda: decode_gemv_variant(32, 256, 1, silu=True, bias=False, stages=4,
-                                                                pdl=True, prefetch=True),
+                                                                pdl=True),
     "decode_gemv_silu_split_ragged_pdl": lambda: decode_gemv_variant(32, 256, 2, silu=True, bias=True, stages=3,
                                                                      even=False, pdl=True),
     "decode_gemv_silu_split_ragged": lambda: decode_gemv_variant(32, 256, 2, silu=True, bias=True, stages=3,

@@ -161,9 +161,6 @@ def test_every_kernel_variant_compiles_for_hopper() -> None:
             assert result["gdc_wait"] == result["gdc_launch"] == 0, (name, result)
     # the GEMV keeps its pipelined weight stream behind the prefetched first tile
     assert pdl["decode_gemv_qkv_split2_pdl"]["cp_async"] > 0, pdl["decode_gemv_qkv_split2_pdl"]
-    # the bulk L2 prefetch of the weight rows (gate and up) only where a variant asks for it
-    assert pdl["decode_gemv_gate_up_silu_pdl"]["l2_prefetch"] >= 2, pdl["decode_gemv_gate_up_silu_pdl"]
-    assert all(r.get("l2_prefetch", 0) == 0 for n, r in report.items() if n != "decode_gemv_gate_up_silu_pdl")
 
 
 def test_importing_the_kernel_package_defines_no_kernel() -> None:
@@ -262,10 +259,11 @@ def test_decode_gemv_plan_covers_k_with_nonempty_splits(n: int, k: int) -> None:
     assert per * plan.split_k >= k > per * (plan.split_k - 1)  # every split has work, together all of K
 
 
-def test_decode_gemv_splits_narrow_layers_only() -> None:
-    assert choose_plan(4096, 4096, 132).split_k > 1  # o_proj: 128 column tiles for 132 SMs
+def test_decode_gemv_splits_only_grids_that_leave_most_sms_idle() -> None:
+    assert choose_plan(4096, 4096, 132).split_k == 1  # o_proj: 128 column tiles for 132 SMs
     assert choose_plan(28672, 4096, 132).split_k == 1  # gate_up: 896 tiles fill the card
-    assert choose_plan(3072, 3072, 132).split_k > 1  # a narrow layer outside the table, by rule
+    assert choose_plan(3072, 3072, 132).split_k == 1  # by rule: 96 tiles, two splits would not fit
+    assert choose_plan(1024, 4096, 132).split_k == 4  # 32 tiles: split while 2 x the grid fits 132 SMs
     assert choose_plan(32768, 4096, 132).split_k == 1
 
 

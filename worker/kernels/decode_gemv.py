@@ -16,8 +16,6 @@ gate rows j and up rows I + j, so ``silu_and_mul`` and the [M, 2I] intermediate 
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -29,9 +27,6 @@ from worker.kernels.gemv_checks import check_gemv_operands
 from worker.kernels.pdl import launch_options, use_pdl
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# Bulk L2 prefetch of each program's weight range where PDL is on (same card generation):
-# opt-in (WARD_GEMV_PREFETCH=1) until an A/B on a card shows it ahead.
-PREFETCH_L2 = os.environ.get("WARD_GEMV_PREFETCH", "0") == "1"
 
 
 @triton.jit
@@ -41,15 +36,13 @@ def _decode_gemv_kernel(
     stride_xm, stride_wn, stride_ym,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     SILU: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
-    EXACT_FP32: tl.constexpr, USE_PDL: tl.constexpr = False, PREFETCH_L2: tl.constexpr = False,
+    EXACT_FP32: tl.constexpr, USE_PDL: tl.constexpr = False,
 ):
     """Grid (cdiv(N, BLOCK_N), SPLIT_K). N is the output width (with SILU the intermediate size; the
     up rows start at row N of W). The loop's bounds are plain ints, never program-dependent.
 
     With ``USE_PDL`` the program loads its first weight tile, which no kernel writes, while the
-    kernel before it still runs, then waits for that kernel (x, the workspace) before the rest.
-    With ``PREFETCH_L2`` (Hopper; rows whole, K a multiple of 8) it first asks L2 for its whole
-    weight range, one bulk prefetch per row, so the range streams in at full depth from the start."""
+    kernel before it still runs, then waits for that kernel (x, the workspace) before the rest."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
@@ -61,11 +54,6 @@ def _decode_gemv_kernel(
     up_rows = w_ptr + (cols + N).to(tl.int64)[:, None] * stride_wn
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    if PREFETCH_L2:
-        row_bytes = tl.minimum(K_PER_SPLIT, K - k_lo) * (w_ptr.dtype.element_ty.primitive_bitwidth // 8)
-        _prefetch_l2(w_ptr + cols.to(tl.int64) * stride_wn + k_lo, row_bytes)
-        if SILU:
-            _prefetch_l2(w_ptr + (cols + N).to(tl.int64) * stride_wn + k_lo, row_bytes)
     if USE_PDL:
         offs_k = k_lo + tl.arange(0, BLOCK_K)
         k_ok = offs_k < K
@@ -83,15 +71,6 @@ def _decode_gemv_kernel(
                                   BLOCK_K, SILU, EVEN_N, EVEN_K, EXACT_FP32)
     _finish(acc, acc_up, b_ptr, y_ptr, part_ptr, ticket_ptr, pid_n, pid_k, rows, cols, r_ok, n_ok, N, stride_ym,
             BLOCK_M, BLOCK_N, SPLIT_K, SILU, HAS_BIAS)
-
-
-@triton.jit
-def _prefetch_l2(row_starts, row_bytes):
-    """One bulk L2 prefetch per row (sm_90): ``row_bytes`` (a multiple of 16) from each 16-byte-aligned
-    start. A hint: nothing waits for it, and it changes no value."""
-    sizes = tl.full(row_starts.shape, 0, tl.int32) + row_bytes
-    tl.inline_asm_elementwise("cp.async.bulk.prefetch.L2.global [$1], $2;\n mov.u32 $0, 0;", "=r,l,r",
-                              [row_starts, sizes], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -281,9 +260,6 @@ def decode_gemv(
     else:
         partials, tickets = out, out  # never read: SPLIT_K == 1 compiles the split path away
     pdl = use_pdl(x.device)
-    # a bulk prefetch takes 16-byte-aligned starts and sizes: whole rows of tiles, aligned rows
-    prefetch = (pdl and PREFETCH_L2 and n_out % plan.block_n == 0 and K % 8 == 0 and weight.stride(0) % 8 == 0
-                and weight.data_ptr() % 16 == 0)
     _decode_gemv_kernel[(tiles, plan.split_k)](
         x, weight, bias if bias is not None else weight, out, partials, tickets,
         M, n_out, K, per,
@@ -291,7 +267,7 @@ def decode_gemv(
         BLOCK_M=BLOCK_M, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT_K=plan.split_k,
         SILU=silu, HAS_BIAS=bias is not None, EVEN_N=n_out % plan.block_n == 0,
         EVEN_K=K % plan.block_k == 0 and per * plan.split_k == K,
-        EXACT_FP32=x.dtype == torch.float32, USE_PDL=pdl, PREFETCH_L2=prefetch,
+        EXACT_FP32=x.dtype == torch.float32, USE_PDL=pdl,
         num_warps=plan.num_warps, num_stages=plan.num_stages, **launch_options(pdl),
     )
     return out

@@ -14,7 +14,9 @@ MAX_ROWS = 8  # decode and latency batches; more rows go to cuBLAS
 BLOCK_M = 16  # a tensor-core dot needs at least 16 rows: x is padded to them in registers
 MAX_SPLIT_K = 8
 MIN_K_PER_SPLIT = 1024  # shorter K ranges spend more on partial sums than they gain in parallelism
-TARGET_PROGRAMS_PER_SM = 3  # enough programs per SM to keep loads in flight and the last wave short
+# K is split only while the doubled grid still fits one program per SM: on an H100 a 128-tile o_proj
+# was 10% faster unsplit than split in two (bench/gemv_sweep.py), so splits serve only grids that
+# would leave most SMs idle.
 
 
 @dataclass(frozen=True)
@@ -29,16 +31,16 @@ class GemvPlan:
     split_k: int
 
 
-# Llama-3.1-8B projections (N, K) at batch 1..8. Tile widths from the H100 sweep of
-# bench/gemv_tune.py (un-split, 2026-11-25). The narrow layers (qkv 192, o and down 128 column tiles
-# for 132 SMs) split K about three ways, with stages that leave room for three programs per SM
-# (~74 KB of shared memory each). The splits are not yet timed on a GPU: bench/decode_fusion.py --sweep.
+# Llama-3.1-8B projections (N, K) at batch 1..8, from bench/gemv_sweep.py on an H100 (2026-12-06:
+# weights beyond L2, one axis at a time from the earlier table). The unsplit plan won on every
+# shape: the partial sums and the last program's add cost more than the shorter wave saves (o_proj 14.8 -> 13.4 us,
+# down 43.1 -> 40.8, qkv 21.4 -> 19.4 at one row).
 LLAMA_8B_PLANS: dict[tuple[int, int], GemvPlan] = {
-    (6144, 4096): GemvPlan(32, 256, 4, 3, 2),  # qkv
-    (4096, 4096): GemvPlan(32, 256, 4, 4, 3),  # o
-    (28672, 4096): GemvPlan(32, 512, 4, 4, 1),  # gate_up unfused (the sweep's best)
+    (6144, 4096): GemvPlan(32, 256, 2, 4, 1),  # qkv
+    (4096, 4096): GemvPlan(32, 512, 4, 4, 1),  # o
+    (28672, 4096): GemvPlan(32, 512, 4, 4, 1),  # gate_up unfused
     (14336, 4096): GemvPlan(32, 256, 4, 3, 1),  # gate_up with the SiLU epilogue (N = intermediate, 2 x 32 rows)
-    (4096, 14336): GemvPlan(32, 256, 4, 4, 3),  # down
+    (4096, 14336): GemvPlan(32, 512, 4, 4, 1),  # down
 }
 
 
@@ -73,7 +75,7 @@ def choose_plan(n: int, k: int, num_sms: int) -> GemvPlan:
     block_k = 256 if k >= 256 else max(16, _pow2_at_least(k))
     tiles = -(-n // block_n)
     split = 1
-    while (split < MAX_SPLIT_K and tiles * split < TARGET_PROGRAMS_PER_SM * num_sms
+    while (split < MAX_SPLIT_K and 2 * tiles * split <= num_sms
            and k // (2 * split) >= MIN_K_PER_SPLIT):
         split *= 2
     return _fit_split(GemvPlan(block_n, block_k, 4, 4 if block_k <= 256 else 3, split), k)
