@@ -119,7 +119,7 @@ def main() -> int:
         n, k, silu = SHAPES[name]
         t0 = time.monotonic()
         bench = Bench(n, k, silu, props.L2_cache_size)
-        start = choose_plan(n, k, props.multi_processor_count)
+        start = choose_plan(n, k, props.multi_processor_count, silu, 2, props.shared_memory_per_block_optin)
         best_plan, _, trials = walk(bench, start)
         floor_us = bench.floor_bytes / bandwidth * 1e6
         final = {}

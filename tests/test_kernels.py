@@ -50,7 +50,7 @@ from worker.kernels.attention_config import (  # noqa: E402  (plain Python: no T
     next_power_of_2,
 )
 from worker.kernels.decode_gemv_config import (  # noqa: E402
-    LLAMA_8B_PLANS, MAX_SPLIT_K, GemvPlan, choose_plan, k_per_split, parse_plan_overrides,
+    LLAMA_8B_PLANS, MAX_SPLIT_K, GemvPlan, choose_plan, k_per_split, parse_plan_overrides, pipeline_bytes,
 )
 
 INTERPRETER_TOLERANCE = 1e-4  # float32 in the interpreter
@@ -250,8 +250,8 @@ def test_tile_config_by_step_shape() -> None:
     assert choose_tile_config(2048, 4, 128, element_size=4).tile_n == 32  # so do float32 caches
 
 
-@pytest.mark.parametrize(("n", "k"), [*LLAMA_8B_PLANS, (1024, 1024), (3072, 3072), (2048, 8192), (100, 60),
-                                       (5120, 13824), (8192, 28672)])
+@pytest.mark.parametrize(("n", "k"), [*(key[:2] for key in LLAMA_8B_PLANS), (1024, 1024), (3072, 3072), (2048, 8192),
+                                       (100, 60), (5120, 13824), (8192, 28672)])
 def test_decode_gemv_plan_covers_k_with_nonempty_splits(n: int, k: int) -> None:
     plan = choose_plan(n, k, 132)
     per = k_per_split(k, plan)
@@ -265,6 +265,29 @@ def test_decode_gemv_splits_only_grids_that_leave_most_sms_idle() -> None:
     assert choose_plan(3072, 3072, 132).split_k == 1  # by rule: 96 tiles, two splits would not fit
     assert choose_plan(1024, 4096, 132).split_k == 4  # 32 tiles: split while 2 x the grid fits 132 SMs
     assert choose_plan(32768, 4096, 132).split_k == 1
+
+
+H100_SHARED_LIMIT = 232448  # bytes a program may use (the limit an H100 reported refusing a launch)
+
+
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("element_size", [2, 4])
+@pytest.mark.parametrize(("n", "k"), [(4096, 4096), (14336, 4096), (6144, 4096), (4096, 14336), (1024, 4096)])
+def test_decode_gemv_plans_fit_shared_memory(n: int, k: int, silu: bool, element_size: int) -> None:
+    plan = choose_plan(n, k, 132, silu, element_size, H100_SHARED_LIMIT)
+    assert pipeline_bytes(plan, silu, element_size) <= H100_SHARED_LIMIT, plan
+    assert plan.num_stages >= 2 and plan.block_k >= 16
+
+
+def test_decode_gemv_silu_launch_never_takes_another_shapes_plan() -> None:
+    # A SiLU gate_up of intermediate 4096 on hidden 4096 has the o_proj's (N, K): the table's o plan
+    # (32 x 512 tiles, 4 stages) would need 245,760 bytes with two weight tiles a step; an H100 refused it.
+    plan = choose_plan(4096, 4096, 132, silu=True, element_size=2, shared_limit=H100_SHARED_LIMIT)
+    assert plan != LLAMA_8B_PLANS[(4096, 4096, False)]
+    assert pipeline_bytes(LLAMA_8B_PLANS[(4096, 4096, False)], True, 2) == 245760
+    # the table's plans are kept as measured where they fit
+    assert choose_plan(4096, 4096, 132, False, 2, H100_SHARED_LIMIT) == LLAMA_8B_PLANS[(4096, 4096, False)]
+    assert choose_plan(14336, 4096, 132, True, 2, H100_SHARED_LIMIT) == LLAMA_8B_PLANS[(14336, 4096, True)]
 
 
 # ---------------------------------------------------------------- GPU: compiled kernels, bfloat16

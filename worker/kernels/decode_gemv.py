@@ -16,6 +16,8 @@ gate rows j and up rows I + j, so ``silu_and_mul`` and the [M, 2I] intermediate 
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -209,9 +211,22 @@ def workspace(device: torch.device) -> GemvWorkspace:
     return _WORKSPACES[device]
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda_shared_limit(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).shared_memory_per_block_optin
+
+
+def shared_memory_limit(device: torch.device) -> int | None:
+    """Shared memory a program may use on ``device`` (None off CUDA: the interpreter has no limit)."""
+    if device.type != "cuda":
+        return None
+    return _cuda_shared_limit(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def plan_for(weight: torch.Tensor, silu: bool = False, plan: GemvPlan | None = None) -> GemvPlan:
     n = weight.shape[0] // 2 if silu else weight.shape[0]
-    return plan or choose_plan(n, weight.shape[1], num_sms(weight.device))
+    return plan or choose_plan(n, weight.shape[1], num_sms(weight.device), silu, weight.element_size(),
+                               shared_memory_limit(weight.device))
 
 
 def workspace_need(weight: torch.Tensor, silu: bool = False, plan: GemvPlan | None = None) -> tuple[int, int]:

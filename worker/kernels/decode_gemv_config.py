@@ -35,12 +35,14 @@ class GemvPlan:
 # weights beyond L2, one axis at a time from the earlier table). The unsplit plan won on every
 # shape: the partial sums and the last program's add cost more than the shorter wave saves (o_proj 14.8 -> 13.4 us,
 # down 43.1 -> 40.8, qkv 21.4 -> 19.4 at one row).
-LLAMA_8B_PLANS: dict[tuple[int, int], GemvPlan] = {
-    (6144, 4096): GemvPlan(32, 256, 2, 4, 1),  # qkv
-    (4096, 4096): GemvPlan(32, 512, 4, 4, 1),  # o
-    (28672, 4096): GemvPlan(32, 512, 4, 4, 1),  # gate_up unfused
-    (14336, 4096): GemvPlan(32, 256, 4, 3, 1),  # gate_up with the SiLU epilogue (N = intermediate, 2 x 32 rows)
-    (4096, 14336): GemvPlan(32, 512, 4, 4, 1),  # down
+# Keyed by (N, K, SiLU epilogue): a SiLU launch streams two tiles a step, so another shape's plan
+# would not fit it.
+LLAMA_8B_PLANS: dict[tuple[int, int, bool], GemvPlan] = {
+    (6144, 4096, False): GemvPlan(32, 256, 2, 4, 1),  # qkv
+    (4096, 4096, False): GemvPlan(32, 512, 4, 4, 1),  # o
+    (28672, 4096, False): GemvPlan(32, 512, 4, 4, 1),  # gate_up unfused
+    (14336, 4096, True): GemvPlan(32, 256, 4, 3, 1),  # gate_up with the SiLU epilogue (N = intermediate)
+    (4096, 14336, False): GemvPlan(32, 512, 4, 4, 1),  # down
 }
 
 
@@ -65,12 +67,41 @@ def parse_plan_overrides(text: str) -> dict[tuple[int, int], GemvPlan]:
 PLAN_OVERRIDES = parse_plan_overrides(os.environ.get("WARD_GEMV_PLANS", ""))
 
 
-def choose_plan(n: int, k: int, num_sms: int) -> GemvPlan:
+def choose_plan(n: int, k: int, num_sms: int, silu: bool = False, element_size: int = 2,
+                shared_limit: int | None = None) -> GemvPlan:
     """The plan for an [n, k] weight (n = output columns one program family covers; with the SiLU
-    epilogue the intermediate size): ``WARD_GEMV_PLANS``'s, the table's, else by rule."""
-    plan = PLAN_OVERRIDES.get((n, k)) or LLAMA_8B_PLANS.get((n, k))
-    if plan is not None:
-        return _fit_split(plan, k)
+    epilogue the intermediate size): ``WARD_GEMV_PLANS``'s, the table's, else by rule; then with
+    fewer stages or a shorter K step where its pipelined tiles of ``element_size``-byte values would
+    not fit ``shared_limit`` bytes of shared memory (None: no limit, as under the interpreter)."""
+    plan = PLAN_OVERRIDES.get((n, k)) or LLAMA_8B_PLANS.get((n, k, silu))
+    if plan is None:
+        plan = _rule_plan(n, k, num_sms)
+    if shared_limit is not None:
+        plan = fit_shared_memory(plan, silu, element_size, shared_limit)
+    return _fit_split(plan, k)
+
+
+def pipeline_bytes(plan: GemvPlan, silu: bool, element_size: int) -> int:
+    """Shared memory the kernel's software pipeline holds: ``num_stages - 1`` buffered K steps of the
+    weight tile (two with SiLU) and the padded x tile (Triton's allocation, checked against a launch
+    refused on an H100: 245,760 bytes for a bfloat16 SiLU plan of 32 x 512 tiles in 4 stages)."""
+    per_step = (plan.block_n * (2 if silu else 1) + BLOCK_M) * plan.block_k * element_size
+    return max(1, plan.num_stages - 1) * per_step
+
+
+def fit_shared_memory(plan: GemvPlan, silu: bool, element_size: int, limit: int) -> GemvPlan:
+    """``plan`` with stages, then the K step, reduced until its pipeline fits ``limit`` bytes."""
+    while pipeline_bytes(plan, silu, element_size) > limit:
+        if plan.num_stages > 2:
+            plan = GemvPlan(plan.block_n, plan.block_k, plan.num_warps, plan.num_stages - 1, plan.split_k)
+        elif plan.block_k > 16:
+            plan = GemvPlan(plan.block_n, plan.block_k // 2, plan.num_warps, plan.num_stages, plan.split_k)
+        else:
+            break
+    return plan
+
+
+def _rule_plan(n: int, k: int, num_sms: int) -> GemvPlan:
     block_n = 32
     block_k = 256 if k >= 256 else max(16, _pow2_at_least(k))
     tiles = -(-n // block_n)
@@ -78,7 +109,7 @@ def choose_plan(n: int, k: int, num_sms: int) -> GemvPlan:
     while (split < MAX_SPLIT_K and 2 * tiles * split <= num_sms
            and k // (2 * split) >= MIN_K_PER_SPLIT):
         split *= 2
-    return _fit_split(GemvPlan(block_n, block_k, 4, 4 if block_k <= 256 else 3, split), k)
+    return GemvPlan(block_n, block_k, 4, 4 if block_k <= 256 else 3, split)
 
 
 def k_per_split(k: int, plan: GemvPlan) -> int:
