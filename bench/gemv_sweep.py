@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from worker.kernels.decode_gemv import decode_gemv, reserve_workspace  # noqa: E402
+from worker.kernels.decode_gemv import decode_gemv, reserve_workspace, shared_memory_limit  # noqa: E402
 from worker.kernels.decode_gemv_config import GemvPlan, _fit_split, choose_plan  # noqa: E402
 
 from graph_timing import timed_us  # noqa: E402  (bench/, the script's own folder)
@@ -119,7 +119,7 @@ def main() -> int:
         n, k, silu = SHAPES[name]
         t0 = time.monotonic()
         bench = Bench(n, k, silu, props.L2_cache_size)
-        start = choose_plan(n, k, props.multi_processor_count, silu, 2, props.shared_memory_per_block_optin)
+        start = choose_plan(n, k, props.multi_processor_count, silu, 2, shared_memory_limit(torch.device("cuda", 0)))
         best_plan, _, trials = walk(bench, start)
         floor_us = bench.floor_bytes / bandwidth * 1e6
         final = {}

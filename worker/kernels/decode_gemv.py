@@ -213,7 +213,9 @@ def workspace(device: torch.device) -> GemvWorkspace:
 
 @functools.lru_cache(maxsize=None)
 def _cuda_shared_limit(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).shared_memory_per_block_optin
+    props = torch.cuda.get_device_properties(device_index)
+    # the opt-in figure is what a kernel may ask for; builds without it report only the default
+    return getattr(props, "shared_memory_per_block_optin", 0) or props.shared_memory_per_block
 
 
 def shared_memory_limit(device: torch.device) -> int | None:
