@@ -38,6 +38,7 @@ from kernels_cases import (  # noqa: E402
 from kernels_cpu_cases import all_case_names  # noqa: E402
 
 from worker.kernels.attention_config import (  # noqa: E402  (plain Python: no Triton import)
+    DECODE_TILE,
     MAX_PIECES,
     MAX_SPLITS,
     PIECE_PROGRAMS_PER_SM,
@@ -48,6 +49,7 @@ from worker.kernels.attention_config import (  # noqa: E402  (plain Python: no T
     decode_piece_policy,
     choose_tile_config,
     next_power_of_2,
+    prefill_tile,
 )
 from worker.kernels.decode_gemv_config import (  # noqa: E402
     LLAMA_8B_PLANS, MAX_SPLIT_K, GemvPlan, choose_plan, k_per_split, parse_plan_overrides, pipeline_bytes,
@@ -230,6 +232,21 @@ def test_decode_switches_parse_or_say_what_they_expect() -> None:
     for bad in ("64:4", "64:0:3", "a:b:c"):
         with pytest.raises(ValueError, match="WARD_DECODE_TILE"):
             decode_tile(bad)
+    assert prefill_tile("") is None
+    assert prefill_tile("128:64:8:3") == (128, 64, 8, 3)
+    for bad in ("128:64:8", "96:64:8:2", "8:64:4:2", "128:48:8:2", "128:64:0:2", "a:b:c:d"):
+        with pytest.raises(ValueError, match="WARD_PREFILL_TILE"):
+            prefill_tile(bad)
+
+
+def test_prefill_tile_override_keeps_whole_query_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    import worker.kernels.attention_config as attention_config
+
+    monkeypatch.setattr(attention_config, "PREFILL_TILE", (64, 128, 4, 3))
+    config = choose_tile_config(2048, 4, 128)
+    assert (config.block_m, config.block_q, config.tile_n, config.num_warps, config.num_stages) == (64, 16, 128, 4, 3)
+    assert choose_tile_config(2048, 128, 128).block_m == 128  # a group wider than the rows asked
+    assert choose_tile_config(1, 4, 128).tile_n == DECODE_TILE[0]  # decode steps keep their tiles
 
 
 @pytest.mark.parametrize("group", [1, 2, 3, 4, 5, 8, 16, 32, 64])

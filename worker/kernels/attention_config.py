@@ -38,6 +38,25 @@ def decode_tile(value: str) -> tuple[int, int, int]:
 DECODE_TILE = decode_tile(os.environ.get("WARD_DECODE_TILE", "64:4:3"))
 
 
+def prefill_tile(value: str) -> tuple[int, int, int, int] | None:
+    """WARD_PREFILL_TILE as (rows, tile tokens, warps, stages), or None when unset (the built-in
+    shapes); ValueError unless four positive ints with rows and tokens powers of two, rows >= 16."""
+    if not value:
+        return None
+    parts = value.split(":")
+    if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"WARD_PREFILL_TILE must be ROWS:TOKENS:WARPS:STAGES (e.g. 128:64:8:2), got {value!r}")
+    rows, tile_n, warps, stages = (int(p) for p in parts)
+    if rows < MIN_DOT_ROWS or rows & (rows - 1) or tile_n < 16 or tile_n & (tile_n - 1):
+        raise ValueError(f"WARD_PREFILL_TILE rows (>= 16) and tokens (>= 16) must be powers of two, got {value!r}")
+    return rows, tile_n, warps, stages
+
+
+# Prefill tiles (query runs longer than 64 rows): built in below, or WARD_PREFILL_TILE for A/B timing
+# on a card (bench/prefill_attention.py sweeps them).
+PREFILL_TILE = prefill_tile(os.environ.get("WARD_PREFILL_TILE", ""))
+
+
 def next_power_of_2(n: int) -> int:
     """Smallest power of two >= n (1 for n <= 1)."""
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
@@ -80,6 +99,10 @@ def choose_tile_config(
         config = AttentionTileConfig(decode_rows, decode_rows // group_p, tile_n, warps, stages)
     elif rows_needed <= 64:
         config = AttentionTileConfig(64, 64 // group_p, tile_n=64, num_warps=4, num_stages=2)
+    elif PREFILL_TILE is not None:
+        rows, tile_n, warps, stages = PREFILL_TILE
+        block_m = max(rows, group_p)
+        config = AttentionTileConfig(block_m, block_m // group_p, tile_n, warps, stages)
     else:
         block_m = max(128, group_p)
         config = AttentionTileConfig(block_m, block_m // group_p, tile_n=64, num_warps=8, num_stages=2)
