@@ -17,6 +17,12 @@
 #              a step (default "512 1024") whose admission keeps room for RESERVE outputs each (default
 #              4096: a request's whole max_tokens), so more sequences run without preemption, and with
 #              that room asked only of the seats beyond 256 (--reserve-beyond-seqs 256)
+#   gemv       the decode GEMV's plans retuned on this card (bench/gemv_sweep.py), then the whole model at
+#              batch 1 and in the latency test with the table's plans and with the sweep's proposal,
+#              alternated twice; GEMV_PLANS overrides the proposal
+#   prefill    prefill attention tile shapes beside FlashAttention-3 (bench/prefill_attention.py; FA3
+#              only when the peer's site is on PYTHONPATH)
+#   tunable    TunableOp against cuBLAS's default for the projections (bench/gemm_tunable.py)
 #   seqs       1,000 x 256/256 and 1,000 x 1,024/128 with 512 and 1,024 sequences per step (vLLM's
 #              default on this class of card is 1,024), each without and with a KV reserve of 256 outputs
 set -u
@@ -32,7 +38,7 @@ step() {  # name, seconds it may take, command...
   local name=$1 need=$2; shift 2
   if [ "$(left)" -lt "$need" ]; then echo "$name: not run ($(left) s left)"; return; fi
   timeout "$need" "$@" > "$OUT/$name.txt" 2>&1
-  echo "$name rc=$? ($SECONDS s): $(grep -E '^(startup|batch1|offline|mixed|[0-9]+ passed|.*(passed|failed))' "$OUT/$name.txt" | cut -c1-260 | tr '\n' ' ')"
+  echo "$name rc=$? ($SECONDS s): $(grep -E '^(startup|latency|batch1|offline|mixed|[0-9]+ passed|.*(passed|failed))' "$OUT/$name.txt" | cut -c1-260 | tr '\n' ' ')"
   grep -iE "error|Traceback" "$OUT/$name.txt" | grep -v "_err" | tail -3
 }
 bench() { local name=$1 need=$2; shift 2; step "$name" "$need" python3 -m ward bench offline --out "$OUT/$name" "$@"; }
@@ -79,6 +85,20 @@ for s in $STEPS; do
                  bench "admission$n-beyond256" 130 --workloads offline_256_256,offline_1024_128,mixed \
                    --max-num-seqs "$n" --reserve-beyond-seqs 256
                done ;;
+    gemv) step gemv_sweep 150 python3 bench/gemv_sweep.py --out "$OUT/gemv_sweep.json" --plans-file "$OUT/plans.txt"
+          grep -E '^\{"(qkv|o|down|gate_up_silu)"|^WARD_GEMV_PLANS' "$OUT/gemv_sweep.txt" | cut -c1-400
+          plans=${GEMV_PLANS:-$(cat "$OUT/plans.txt" 2>/dev/null)}
+          if [ -n "$plans" ] && [ "$(left)" -gt 200 ]; then
+            for round in 1 2; do
+              bench "gemv_table_r$round" 60 --workloads latency,batch1
+              step "gemv_proposal_r$round" 60 env WARD_GEMV_PLANS="$plans" python3 -m ward bench offline \
+                --out "$OUT/gemv_proposal_r$round" --workloads latency,batch1
+            done
+          fi ;;
+    prefill) step prefill_attention 300 python3 bench/prefill_attention.py --out "$OUT/prefill_attention.json"
+             grep -E '^\{"case"' "$OUT/prefill_attention.txt" | cut -c1-600 ;;
+    tunable) step gemm_tunable 240 python3 bench/gemm_tunable.py --out "$OUT/gemm_tunable.json"
+             tail -12 "$OUT/gemm_tunable.txt" ;;
     *) echo "unknown step $s" >&2 ;;
   esac
 done
