@@ -362,7 +362,9 @@ class ModelRunner:
         if not num_sample:
             return StepHandle(self._step_id, [], np.empty(0, np.int64), np.empty(0, np.int64), [], None, None, None,
                               prompt_lps)
-        logits = self.model.compute_logits(hidden.index_select(0, b.logits_idx[:num_sample])).float()
+        # in the model's dtype: a plain greedy step takes the argmax there (exact, and half the bytes of a
+        # float32 copy at 128K vocab); the sampler converts for everything else
+        logits = self.model.compute_logits(hidden.index_select(0, b.logits_idx[:num_sample]))
         sample_ids = [order[i] for i in sampling_rows.tolist()]
         states = [self.requests[r] for r in sample_ids]
         # placeholders: the sampled token's slot in each row, filled on the host at collect
@@ -387,8 +389,8 @@ class ModelRunner:
             out = SamplerOutput(token_ids=torch.zeros(len(h.sample_ids), dtype=torch.int64, device=self.device))
         elif any(st.special for st in h.states):
             # h.positions: each row's token count before this step's token (min_tokens counts outputs)
-            out = sample(logits, build_sampling_batch(h.states, self.batch, logits.shape[-1], self.device,
-                                                      h.positions))
+            out = sample(logits.float(), build_sampling_batch(h.states, self.batch, logits.shape[-1], self.device,
+                                                              h.positions))
         else:
             out = SamplerOutput(token_ids=logits.argmax(dim=-1))
         if self.parallel is not None:  # every rank holds rank 0's tokens: the next step's inputs on the device
