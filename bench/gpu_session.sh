@@ -22,6 +22,8 @@
 #              alternated twice; GEMV_PLANS overrides the proposal
 #   prefill    prefill attention tile shapes beside FlashAttention-3 (bench/prefill_attention.py; FA3
 #              only when the peer's site is on PYTHONPATH)
+#   argmax     the whole model (latency, batch 1, 1,000 x 256/256) with torch.argmax and with the Triton
+#              argmax of greedy steps (WARD_TRITON_ARGMAX=1), alternated twice
 #   tunable    TunableOp against cuBLAS's default for the projections (bench/gemm_tunable.py)
 #   seqs       1,000 x 256/256 and 1,000 x 1,024/128 with 512 and 1,024 sequences per step (vLLM's
 #              default on this class of card is 1,024), each without and with a KV reserve of 256 outputs
@@ -97,6 +99,12 @@ for s in $STEPS; do
           fi ;;
     prefill) step prefill_attention 300 python3 bench/prefill_attention.py --out "$OUT/prefill_attention.json"
              grep -E '^\{"case"' "$OUT/prefill_attention.txt" | cut -c1-600 ;;
+    argmax) for round in 1 2; do
+              for on in 0 1; do
+                step "argmax${on}_r$round" 110 env WARD_TRITON_ARGMAX=$on python3 -m ward bench offline \
+                  --out "$OUT/argmax${on}_r$round" --workloads latency,batch1,offline_256_256
+              done
+            done ;;
     tunable) step gemm_tunable 240 python3 bench/gemm_tunable.py --out "$OUT/gemm_tunable.json"
              tail -12 "$OUT/gemm_tunable.txt" ;;
     *) echo "unknown step $s" >&2 ;;

@@ -456,6 +456,24 @@ def check_token_bitmask(num_rows: int, vocab: int, grammar_rows: tuple[int, ...]
     return {"mismatched": int((ref.isinf() != got.isinf()).sum() + ((ref != got) & ~ref.isinf()).sum())}
 
 
+def check_greedy_argmax(rows: int, vocab: int, device: str, dtype: torch.dtype, seed: int = 0) -> Metrics:
+    """``greedy_argmax`` against ``torch.argmax`` on random logits with planted ties: row 0's largest
+    value twice in different chunks, row 1's twice in one chunk, the last row all -inf (index 0).
+    Metrics: mismatched (rows whose index differs)."""
+    from worker.kernels.argmax import CHUNK, greedy_argmax
+
+    g = torch.Generator().manual_seed(seed)
+    logits = _randn(g, rows, vocab, dtype=dtype, device=device)
+    if rows >= 1 and vocab > CHUNK + 10:
+        logits[0, [7, CHUNK + 9]] = 50.0  # the first of the two wins
+    if rows >= 2 and vocab > 40:
+        logits[1, [vocab - 1, 33]] = 60.0
+    if rows >= 3:
+        logits[-1] = float("-inf")
+    got = greedy_argmax(logits)
+    return {"mismatched": float((got != logits.argmax(dim=-1)).sum()) + float(got.dtype != torch.int64)}
+
+
 def check_fused_moe(num_tokens: int, num_experts: int, top_k: int, hidden: int, intermediate: int, device: str,
                     dtype: torch.dtype, seed: int = 0) -> Metrics:
     """The Triton fused MoE against the torch reference (``worker.model.ops.fused_moe``) on the same
@@ -527,6 +545,7 @@ def check_input_validation(device: str) -> dict[str, list[str]]:
         silu_and_mul,
         unified_attention,
     )
+    from worker.kernels.argmax import greedy_argmax
     from worker.kernels.decode_gemv import decode_gemv
     from worker.kernels.rotary_cache import rotary_and_cache
 
@@ -569,6 +588,9 @@ def check_input_validation(device: str) -> dict[str, list[str]]:
         "gemv_dtype_mismatch": lambda: decode_gemv(t(2, 16), t(32, 16, dtype=torch.float16)),
         "gemv_silu_odd_rows": lambda: decode_gemv(t(2, 16), t(33, 16), silu=True),
         "gemv_bias_size": lambda: decode_gemv(t(2, 16), t(32, 16), t(31)),
+        "argmax_one_dim": lambda: greedy_argmax(t(16)),
+        "argmax_int_logits": lambda: greedy_argmax(t(2, 16, dtype=i32)),
+        "argmax_strided_vocab": lambda: greedy_argmax(t(2, 32)[:, ::2]),
         "rotary_cache_row_shape": lambda: rotary_and_cache(t(3, dtype=i64), t(3, 4, 16), t(3, 4, 16), t(3, 4, 16),
                                                            cache, cache, t(3, dtype=i64), t(8, 16)),
         "rotary_cache_short_slots": lambda: rotary_and_cache(t(3, dtype=i64), t(3, 4, 16), t(3, 2, 16), t(3, 2, 16),

@@ -25,7 +25,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from worker.kernels import (  # noqa: E402
-    activation, decode_gemv, fp8_gemm, fp8_gemv, int4_gemm, kv_cache, moe_gemm, norm, rotary, rotary_cache, token_bitmask,
+    activation, argmax, decode_gemv, fp8_gemm, fp8_gemv, int4_gemm, kv_cache, moe_gemm, norm, rotary, rotary_cache, token_bitmask,
 )
 from worker.kernels.attention_config import choose_tile_config, next_power_of_2  # noqa: E402
 from worker.kernels.attention_kernels import merge_splits_kernel, paged_attention_kernel  # noqa: E402
@@ -292,6 +292,14 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     "token_bitmask": lambda: compile_variant(
         token_bitmask._apply_token_bitmask_kernel, {"logits_ptr": "*fp32", "mask_ptr": "*i32", "rows_ptr": "*i64"},
         dict(BLOCK=2048)
+    ),
+    "greedy_argmax_chunks_bf16": lambda: compile_variant(
+        argmax._chunk_argmax_kernel, {"x_ptr": BF16, "value_ptr": "*fp32", "index_ptr": "*i32"},
+        dict(CHUNK=argmax.CHUNK), num_warps=8,
+    ),
+    "greedy_argmax_pick": lambda: compile_variant(
+        argmax._pick_chunk_kernel, {"value_ptr": "*fp32", "index_ptr": "*i32", "out_ptr": "*i64"},
+        dict(CHUNKS_P=32), num_warps=1,
     ),
 }
 

@@ -15,6 +15,7 @@ from kernels_cases import (
     check_attention,
     check_decode_gemv,
     check_fused_moe,
+    check_greedy_argmax,
     check_input_validation,
     check_reshape_and_cache,
     check_rms_norm,
@@ -105,6 +106,9 @@ OTHER_CASES: dict[str, Callable[[], Metrics | dict[str, list[str]]]] = {
                                                                    plan=(16, 32, 4, 2, 3)),
     "decode_gemv_rows8_silu_split2": lambda: check_decode_gemv(8, 64, 256, "cpu", F32, silu=True,
                                                                plan=(32, 64, 4, 2, 2)),
+    # rows, vocab: several chunks with a ragged last one and planted ties, one chunk, an all -inf row
+    "greedy_argmax_ragged_chunks": lambda: check_greedy_argmax(4, 9000, "cpu", F32),
+    "greedy_argmax_one_chunk": lambda: check_greedy_argmax(3, 100, "cpu", F32),
     "token_bitmask_odd_vocab": lambda: check_token_bitmask(5, 1000, (0, 2, 3), "cpu"),
     "token_bitmask_padded_words": lambda: check_token_bitmask(3, 4100, (2, 0), "cpu"),
 }

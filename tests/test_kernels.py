@@ -28,6 +28,7 @@ from kernels_cases import (  # noqa: E402
     check_attention,
     check_decode_gemv,
     check_fused_moe,
+    check_greedy_argmax,
     check_reshape_and_cache,
     check_rms_norm,
     check_rotary,
@@ -406,6 +407,14 @@ def test_rotary_with_cache_write_matches_the_two_kernels_on_gpu_bf16(
 @pytest.mark.parametrize(("num_tokens", "intermediate"), [(512, 14336), (1, 14336), (7, 1000)])
 def test_silu_and_mul_on_gpu_bf16(num_tokens: int, intermediate: int) -> None:
     assert_metrics(check_silu_and_mul(num_tokens, intermediate, "cuda", torch.bfloat16), BF16_ELEMENTWISE_TOLERANCE)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(("rows", "vocab"), [(1, 128256), (8, 128256), (256, 151936), (3, 100)])
+def test_greedy_argmax_matches_torch_on_gpu(rows: int, vocab: int, dtype: torch.dtype) -> None:
+    assert_metrics(check_greedy_argmax(rows, vocab, "cuda", dtype), 0.0)
 
 
 @pytest.mark.gpu

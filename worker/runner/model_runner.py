@@ -33,6 +33,18 @@ from worker.runner.sampler import SamplerOutput, sample
 from worker.runner.sampling_batch import build_sampling_batch
 
 log = logging.getLogger("ward.worker.runner")
+# Plain greedy steps on CUDA take their argmax from worker/kernels/argmax.py: opt-in
+# (WARD_TRITON_ARGMAX=1) until an A/B on a card shows it ahead of torch.argmax.
+TRITON_ARGMAX = os.environ.get("WARD_TRITON_ARGMAX", "0") == "1"
+
+
+def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
+    """The argmax of each row of [rows, V] logits, as int64."""
+    if TRITON_ARGMAX and logits.is_cuda:
+        from worker.kernels.argmax import greedy_argmax
+
+        return greedy_argmax(logits)
+    return logits.argmax(dim=-1)
 
 
 @dataclass
@@ -392,7 +404,7 @@ class ModelRunner:
             out = sample(logits.float(), build_sampling_batch(h.states, self.batch, logits.shape[-1], self.device,
                                                               h.positions))
         else:
-            out = SamplerOutput(token_ids=logits.argmax(dim=-1))
+            out = SamplerOutput(token_ids=greedy_tokens(logits))
         if self.parallel is not None:  # every rank holds rank 0's tokens: the next step's inputs on the device
             self.parallel.group.broadcast_(out.token_ids, 0)
         self._last_sampled = out.token_ids
