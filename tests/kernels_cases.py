@@ -530,6 +530,35 @@ def check_decode_gemv(rows: int, n: int, k: int, device: str, dtype: torch.dtype
     }
 
 
+def check_decode_gemv_norm_fusion(rows: int, hidden: int, inter: int, device: str, dtype: torch.dtype,
+                                  o_plan: tuple[int, int, int, int, int] | None = None,
+                                  up_plan: tuple[int, int, int, int, int] | None = None, seed: int = 0) -> Metrics:
+    """The post-attention RMSNorm fused away: ``decode_gemv_add_residual`` (o_proj plus the residual,
+    with per-tile sums of squares) then ``decode_gemv_rms_norm`` (gate_up with the SiLU epilogue on
+    the normalised sum), against the unfused chain (``decode_gemv``, the torch ``fused_add_rms_norm``,
+    ``decode_gemv`` with SiLU). Metrics: h_rel_err (the new residual), sums_rel_err (each row's
+    sum of squares), rel_err (the MLP activation), unwritten."""
+    from worker.kernels.decode_gemv import decode_gemv, decode_gemv_add_residual, decode_gemv_rms_norm
+    from worker.kernels.decode_gemv_config import GemvPlan
+    from worker.model.ops import fused_add_rms_norm
+
+    g = torch.Generator().manual_seed(seed)
+    attn = _randn(g, rows, hidden, dtype=dtype, device=device)
+    o_w = _randn(g, hidden, hidden, dtype=dtype, device=device) * hidden**-0.5
+    residual = _randn(g, rows, hidden, dtype=dtype, device=device)
+    norm_w = (1 + 0.1 * _randn(g, hidden, dtype=torch.float32, device="cpu")).to(dtype=dtype, device=device)
+    up_w = _randn(g, 2 * inter, hidden, dtype=dtype, device=device) * hidden**-0.5
+    o_p = GemvPlan(*o_plan) if o_plan else None
+    up_p = GemvPlan(*up_plan) if up_plan else None
+    h, sums = decode_gemv_add_residual(attn, o_w, residual, plan=o_p)
+    act = decode_gemv_rms_norm(h, sums, norm_w, 1e-5, up_w, silu=True, plan=up_p)
+    normed, h_ref = fused_add_rms_norm(decode_gemv(attn, o_w, plan=o_p), residual, norm_w, 1e-5)
+    ref = decode_gemv(normed, up_w, silu=True, plan=up_p)
+    row_sums = sums[:, :rows].sum(dim=0)
+    return {"h_rel_err": rel_err(h, h_ref), "sums_rel_err": rel_err(row_sums, h_ref.double().pow(2).sum(dim=1)),
+            "rel_err": rel_err(act, ref), "unwritten": nan_count(act) + nan_count(h)}
+
+
 # ---------------------------------------------------------------- host-side input checks
 
 
@@ -546,7 +575,7 @@ def check_input_validation(device: str) -> dict[str, list[str]]:
         unified_attention,
     )
     from worker.kernels.argmax import greedy_argmax
-    from worker.kernels.decode_gemv import decode_gemv
+    from worker.kernels.decode_gemv import decode_gemv, decode_gemv_add_residual, decode_gemv_rms_norm
     from worker.kernels.rotary_cache import rotary_and_cache
 
     def t(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -588,6 +617,9 @@ def check_input_validation(device: str) -> dict[str, list[str]]:
         "gemv_dtype_mismatch": lambda: decode_gemv(t(2, 16), t(32, 16, dtype=torch.float16)),
         "gemv_silu_odd_rows": lambda: decode_gemv(t(2, 16), t(33, 16), silu=True),
         "gemv_bias_size": lambda: decode_gemv(t(2, 16), t(32, 16), t(31)),
+        "gemv_residual_shape": lambda: decode_gemv_add_residual(t(2, 16), t(32, 16), t(2, 16)),
+        "gemv_norm_sums_width": lambda: decode_gemv_rms_norm(t(2, 16), t(4, 8), t(16), 1e-6, t(32, 16)),
+        "gemv_norm_weight_size": lambda: decode_gemv_rms_norm(t(2, 16), t(4, 16), t(15), 1e-6, t(32, 16)),
         "argmax_one_dim": lambda: greedy_argmax(t(16)),
         "argmax_int_logits": lambda: greedy_argmax(t(2, 16, dtype=i32)),
         "argmax_strided_vocab": lambda: greedy_argmax(t(2, 32)[:, ::2]),

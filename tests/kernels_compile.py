@@ -98,12 +98,16 @@ BF16 = "*bf16"
 
 
 def decode_gemv_variant(block_n: int, block_k: int, split_k: int, silu: bool, bias: bool, stages: int,
-                        even: bool = True, pdl: bool = False) -> dict[str, int]:
+                        even: bool = True, pdl: bool = False, add_residual: bool = False,
+                        norm_input: bool = False) -> dict[str, int]:
     return compile_variant(
         decode_gemv._decode_gemv_kernel,
-        {"x_ptr": BF16, "w_ptr": BF16, "b_ptr": BF16, "y_ptr": BF16, "part_ptr": "*fp32", "ticket_ptr": "*i32"},
+        {"x_ptr": BF16, "w_ptr": BF16, "b_ptr": BF16, "y_ptr": BF16, "part_ptr": "*fp32", "ticket_ptr": "*i32",
+         "res_ptr": BF16, "sq_ptr": "*fp32", "nw_ptr": BF16},
         dict(BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, SILU=silu, HAS_BIAS=bias, EVEN_N=even,
-             EVEN_K=even, EXACT_FP32=False, USE_PDL=pdl),
+             EVEN_K=even, EXACT_FP32=False, USE_PDL=pdl, ADD_RESIDUAL=add_residual, NORM_INPUT=norm_input,
+             SQ_TILES_P=128),
+        ("eps",),
         # a launch specialises sizes that are multiples of 16 as such (Llama's N and K, the split length)
         divisible=("N", "K", "K_PER_SPLIT") if even else ("K_PER_SPLIT",), num_warps=4, num_stages=stages,
     )
@@ -208,6 +212,14 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
                                                               pdl=True),
     "decode_gemv_gate_up_silu_pdl": lambda: decode_gemv_variant(32, 256, 1, silu=True, bias=False, stages=4,
                                                                 pdl=True),
+    # the post-attention RMSNorm fused away: o_proj adds the residual and writes its sums of squares,
+    # gate_up (SiLU) normalises its input from them
+    "decode_gemv_o_add_residual_pdl": lambda: decode_gemv_variant(32, 512, 1, silu=False, bias=False, stages=4,
+                                                                  pdl=True, add_residual=True),
+    "decode_gemv_o_add_residual_split2": lambda: decode_gemv_variant(32, 256, 2, silu=False, bias=True, stages=3,
+                                                                     add_residual=True),
+    "decode_gemv_gate_up_silu_norm_pdl": lambda: decode_gemv_variant(32, 256, 1, silu=True, bias=False, stages=3,
+                                                                     pdl=True, norm_input=True),
     "decode_gemv_silu_split_ragged_pdl": lambda: decode_gemv_variant(32, 256, 2, silu=True, bias=True, stages=3,
                                                                      even=False, pdl=True),
     "decode_gemv_silu_split_ragged": lambda: decode_gemv_variant(32, 256, 2, silu=True, bias=True, stages=3,

@@ -14,6 +14,7 @@ from kernels_cases import (
     Metrics,
     check_attention,
     check_decode_gemv,
+    check_decode_gemv_norm_fusion,
     check_fused_moe,
     check_greedy_argmax,
     check_input_validation,
@@ -106,6 +107,11 @@ OTHER_CASES: dict[str, Callable[[], Metrics | dict[str, list[str]]]] = {
                                                                    plan=(16, 32, 4, 2, 3)),
     "decode_gemv_rows8_silu_split2": lambda: check_decode_gemv(8, 64, 256, "cpu", F32, silu=True,
                                                                plan=(32, 64, 4, 2, 2)),
+    # rows, hidden, intermediate; o plan, gate_up plan: ragged tiles, a split o_proj, bias-free SiLU
+    "decode_gemv_norm_fusion_rows1": lambda: check_decode_gemv_norm_fusion(1, 96, 40, "cpu", F32,
+                                                                           (32, 32, 4, 2, 1), (16, 32, 4, 2, 1)),
+    "decode_gemv_norm_fusion_rows5_split": lambda: check_decode_gemv_norm_fusion(5, 128, 48, "cpu", F32,
+                                                                                 (32, 32, 4, 2, 2), (32, 64, 4, 2, 2)),
     # rows, vocab: several chunks with a ragged last one and planted ties, one chunk, an all -inf row
     "greedy_argmax_ragged_chunks": lambda: check_greedy_argmax(4, 9000, "cpu", F32),
     "greedy_argmax_one_chunk": lambda: check_greedy_argmax(3, 100, "cpu", F32),

@@ -33,18 +33,24 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 @triton.jit
 def _decode_gemv_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, ticket_ptr,
-    M, N, K, K_PER_SPLIT,
-    stride_xm, stride_wn, stride_ym,
+    x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, ticket_ptr, res_ptr, sq_ptr, nw_ptr,
+    M, N, K, K_PER_SPLIT, SQ_TILES, eps,
+    stride_xm, stride_wn, stride_ym, stride_rm,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     SILU: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
-    EXACT_FP32: tl.constexpr, USE_PDL: tl.constexpr = False,
+    EXACT_FP32: tl.constexpr, USE_PDL: tl.constexpr = False, ADD_RESIDUAL: tl.constexpr = False,
+    NORM_INPUT: tl.constexpr = False, SQ_TILES_P: tl.constexpr = 16,
 ):
     """Grid (cdiv(N, BLOCK_N), SPLIT_K). N is the output width (with SILU the intermediate size; the
     up rows start at row N of W). The loop's bounds are plain ints, never program-dependent.
 
     With ``USE_PDL`` the program loads its first weight tile, which no kernel writes, while the
-    kernel before it still runs, then waits for that kernel (x, the workspace) before the rest."""
+    kernel before it still runs, then waits for that kernel (x, the workspace) before the rest.
+    With ``ADD_RESIDUAL`` the output is ``y + residual`` (res_ptr, row stride stride_rm) and each
+    column tile also writes its rows' sums of squares of that output to ``sq_ptr`` [tiles, BLOCK_M].
+    With ``NORM_INPUT`` x is such an output: the program adds the ``SQ_TILES`` sums of squares of each
+    row and multiplies x by its reciprocal RMS and by the norm weight ``nw_ptr`` on the way in, as
+    the RMSNorm kernel rounds it (worker/kernels/norm.py)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
@@ -62,35 +68,55 @@ def _decode_gemv_kernel(
         w, u = _load_tiles(w_rows, up_rows, offs_k, n_ok, k_ok, SILU, EVEN_N, EVEN_K)
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
-        x = _load_x(x_ptr, rows, r_ok, offs_k, k_ok, stride_xm)
+        rstd = _input_rstd(sq_ptr, rows, r_ok, SQ_TILES, K, eps, BLOCK_M, SQ_TILES_P, NORM_INPUT)
+        x = _load_x(x_ptr, nw_ptr, rows, r_ok, offs_k, k_ok, stride_xm, rstd, NORM_INPUT)
         acc, acc_up = _dots(x, w, u, acc, acc_up, SILU, EXACT_FP32)
         for kk in range(BLOCK_K, K_PER_SPLIT, BLOCK_K):
-            acc, acc_up = _k_step(x_ptr, w_rows, up_rows, rows, r_ok, n_ok, k_lo + kk, K, stride_xm, acc, acc_up,
-                                  BLOCK_K, SILU, EVEN_N, EVEN_K, EXACT_FP32)
+            acc, acc_up = _k_step(x_ptr, nw_ptr, w_rows, up_rows, rows, r_ok, n_ok, k_lo + kk, K, stride_xm, rstd,
+                                  acc, acc_up, BLOCK_K, SILU, EVEN_N, EVEN_K, EXACT_FP32, NORM_INPUT)
     else:
+        rstd = _input_rstd(sq_ptr, rows, r_ok, SQ_TILES, K, eps, BLOCK_M, SQ_TILES_P, NORM_INPUT)
         for kk in range(0, K_PER_SPLIT, BLOCK_K):
-            acc, acc_up = _k_step(x_ptr, w_rows, up_rows, rows, r_ok, n_ok, k_lo + kk, K, stride_xm, acc, acc_up,
-                                  BLOCK_K, SILU, EVEN_N, EVEN_K, EXACT_FP32)
-    _finish(acc, acc_up, b_ptr, y_ptr, part_ptr, ticket_ptr, pid_n, pid_k, rows, cols, r_ok, n_ok, N, stride_ym,
-            BLOCK_M, BLOCK_N, SPLIT_K, SILU, HAS_BIAS)
+            acc, acc_up = _k_step(x_ptr, nw_ptr, w_rows, up_rows, rows, r_ok, n_ok, k_lo + kk, K, stride_xm, rstd,
+                                  acc, acc_up, BLOCK_K, SILU, EVEN_N, EVEN_K, EXACT_FP32, NORM_INPUT)
+    _finish(acc, acc_up, b_ptr, y_ptr, part_ptr, ticket_ptr, res_ptr, sq_ptr, pid_n, pid_k, rows, cols, r_ok, n_ok,
+            N, stride_ym, stride_rm, BLOCK_M, BLOCK_N, SPLIT_K, SILU, HAS_BIAS, ADD_RESIDUAL)
 
 
 @triton.jit
-def _k_step(x_ptr, w_rows, up_rows, rows, r_ok, n_ok, k_start, K, stride_xm, acc, acc_up,
+def _input_rstd(sq_ptr, rows, r_ok, SQ_TILES, K, eps, BLOCK_M: tl.constexpr, SQ_TILES_P: tl.constexpr,
+                NORM_INPUT: tl.constexpr):
+    """Each row's reciprocal RMS from the producer's per-tile sums of squares (tile order: the same
+    sum on every call); ones when the input is not normalised."""
+    if NORM_INPUT:
+        t = tl.arange(0, SQ_TILES_P)
+        sq = tl.load(sq_ptr + t[None, :] * BLOCK_M + rows[:, None], mask=r_ok[:, None] & (t < SQ_TILES)[None, :],
+                     other=0.0)
+        return tl.math.rsqrt(tl.sum(sq, axis=1) / K + eps)
+    return tl.full([BLOCK_M], 1.0, dtype=tl.float32)
+
+
+@triton.jit
+def _k_step(x_ptr, nw_ptr, w_rows, up_rows, rows, r_ok, n_ok, k_start, K, stride_xm, rstd, acc, acc_up,
             BLOCK_K: tl.constexpr, SILU: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
-            EXACT_FP32: tl.constexpr):
+            EXACT_FP32: tl.constexpr, NORM_INPUT: tl.constexpr):
     """One K step from ``k_start``: acc += x @ W[cols, k].T (and acc_up with the up rows when SILU)."""
     offs_k = k_start + tl.arange(0, BLOCK_K)
     k_ok = offs_k < K
-    x = _load_x(x_ptr, rows, r_ok, offs_k, k_ok, stride_xm)
+    x = _load_x(x_ptr, nw_ptr, rows, r_ok, offs_k, k_ok, stride_xm, rstd, NORM_INPUT)
     w, u = _load_tiles(w_rows, up_rows, offs_k, n_ok, k_ok, SILU, EVEN_N, EVEN_K)
     return _dots(x, w, u, acc, acc_up, SILU, EXACT_FP32)
 
 
 @triton.jit
-def _load_x(x_ptr, rows, r_ok, offs_k, k_ok, stride_xm):
-    return tl.load(x_ptr + rows[:, None] * stride_xm + offs_k[None, :], mask=r_ok[:, None] & k_ok[None, :],
-                   other=0.0)
+def _load_x(x_ptr, nw_ptr, rows, r_ok, offs_k, k_ok, stride_xm, rstd, NORM_INPUT: tl.constexpr):
+    """The input tile x[rows, offs_k]; with NORM_INPUT ``weight * (x * rstd)`` rounded as RMSNorm rounds."""
+    x = tl.load(x_ptr + rows[:, None] * stride_xm + offs_k[None, :], mask=r_ok[:, None] & k_ok[None, :], other=0.0)
+    if NORM_INPUT:
+        norm_w = tl.load(nw_ptr + offs_k, mask=k_ok, other=0.0)
+        normed = (x.to(tl.float32) * rstd[:, None]).to(x.dtype)
+        x = (normed.to(tl.float32) * norm_w.to(tl.float32)[None, :]).to(x.dtype)
+    return x
 
 
 @triton.jit
@@ -125,9 +151,9 @@ def _dots(x, w, u, acc, acc_up, SILU: tl.constexpr, EXACT_FP32: tl.constexpr):
 
 
 @triton.jit
-def _finish(acc, acc_up, b_ptr, y_ptr, part_ptr, ticket_ptr, pid_n, pid_k, rows, cols, r_ok, n_ok, N, stride_ym,
-            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr, SILU: tl.constexpr,
-            HAS_BIAS: tl.constexpr):
+def _finish(acc, acc_up, b_ptr, y_ptr, part_ptr, ticket_ptr, res_ptr, sq_ptr, pid_n, pid_k, rows, cols, r_ok, n_ok,
+            N, stride_ym, stride_rm, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
+            SILU: tl.constexpr, HAS_BIAS: tl.constexpr, ADD_RESIDUAL: tl.constexpr):
     """Writes the output tile: directly, or with SPLIT_K > 1 through the partials and the tile's ticket
     (the last program to finish adds the splits in order and re-arms the ticket)."""
     if SPLIT_K > 1:
@@ -152,14 +178,16 @@ def _finish(acc, acc_up, b_ptr, y_ptr, part_ptr, ticket_ptr, pid_n, pid_k, rows,
                     acc_up += tl.load(part_ptr + s * split_stride + tile_base + tile + here, mask=r_ok[:, None],
                                       other=0.0, cache_modifier=".cg")
             tl.atomic_xchg(ticket_ptr + pid_n, 0)  # re-armed for the next call (or graph replay)
-            _epilogue(acc, acc_up, b_ptr, y_ptr, rows, cols, r_ok, n_ok, N, stride_ym, SILU, HAS_BIAS)
+            _epilogue(acc, acc_up, b_ptr, y_ptr, res_ptr, sq_ptr, pid_n, rows, cols, r_ok, n_ok, N, stride_ym,
+                      stride_rm, BLOCK_M, SILU, HAS_BIAS, ADD_RESIDUAL)
     else:
-        _epilogue(acc, acc_up, b_ptr, y_ptr, rows, cols, r_ok, n_ok, N, stride_ym, SILU, HAS_BIAS)
+        _epilogue(acc, acc_up, b_ptr, y_ptr, res_ptr, sq_ptr, pid_n, rows, cols, r_ok, n_ok, N, stride_ym,
+                  stride_rm, BLOCK_M, SILU, HAS_BIAS, ADD_RESIDUAL)
 
 
 @triton.jit
-def _epilogue(acc, acc_up, b_ptr, y_ptr, rows, cols, r_ok, n_ok, N, stride_ym,
-              SILU: tl.constexpr, HAS_BIAS: tl.constexpr):
+def _epilogue(acc, acc_up, b_ptr, y_ptr, res_ptr, sq_ptr, pid_n, rows, cols, r_ok, n_ok, N, stride_ym, stride_rm,
+              BLOCK_M: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, ADD_RESIDUAL: tl.constexpr):
     dtype = y_ptr.dtype.element_ty
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols, mask=n_ok, other=0.0).to(tl.float32)[None, :]
@@ -171,7 +199,16 @@ def _epilogue(acc, acc_up, b_ptr, y_ptr, rows, cols, r_ok, n_ok, N, stride_ym,
         gate = acc.to(dtype).to(tl.float32)
         up = acc_up.to(dtype).to(tl.float32)
         acc = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32) * up
-    tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], acc.to(dtype), mask=r_ok[:, None] & n_ok[None, :])
+    mask = r_ok[:, None] & n_ok[None, :]
+    out = acc.to(dtype)
+    if ADD_RESIDUAL:
+        # the projection rounded to the activations' dtype, then the residual add rounded again, as
+        # a projection followed by the RMSNorm kernel's residual add would round them
+        residual = tl.load(res_ptr + rows[:, None] * stride_rm + cols[None, :], mask=mask, other=0.0)
+        out = (out.to(tl.float32) + residual.to(tl.float32)).to(dtype)
+        summed = tl.where(mask, out.to(tl.float32), 0.0)
+        tl.store(sq_ptr + pid_n * BLOCK_M + rows, tl.sum(summed * summed, axis=1), mask=r_ok)
+    tl.store(y_ptr + rows[:, None] * stride_ym + cols[None, :], out, mask=mask)
 
 
 class GemvWorkspace:
@@ -261,9 +298,65 @@ def decode_gemv(
     dtype (or fills ``out``). ``plan`` overrides the tile plan (benchmarks); a split plan needs the
     device workspace reserved first (``reserve_workspace``) when it runs under CUDA-graph capture.
     """
-    n_out = _check(x, weight, bias, silu, out)
+    _check(x, weight, bias, silu, out)
+    return _launch(x, weight, bias, silu, plan_for(weight, silu, plan), out)
+
+
+def decode_gemv_add_residual(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    residual: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    plan: GemvPlan | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h, sums)``: h = ``x @ weight.T + bias`` rounded to x's dtype, plus ``residual`` [M, N] rounded
+    again (a projection, then the residual add of the next RMSNorm); ``sums`` [tiles, BLOCK_M] float32
+    holds each column tile's sum of squares of h per row (rows past M unwritten), which is all that
+    ``decode_gemv_rms_norm`` needs to normalise h. residual is read, never written."""
+    n_out = _check(x, weight, bias, False, None)
+    if (residual.shape != (x.shape[0], n_out) or residual.dtype != x.dtype or residual.device != x.device
+            or residual.stride(-1) != 1):
+        raise KernelInputError(f"residual must be [{x.shape[0]}, {n_out}] {x.dtype} on {x.device} with a "
+                               f"contiguous last dim, got {tuple(residual.shape)} {residual.dtype}")
+    plan = plan_for(weight, False, plan)
+    sums = torch.empty(triton.cdiv(n_out, plan.block_n), BLOCK_M, dtype=torch.float32, device=x.device)
+    return _launch(x, weight, bias, False, plan, None, residual=residual, sums=sums), sums
+
+
+def decode_gemv_rms_norm(
+    h: torch.Tensor,
+    sums: torch.Tensor,
+    norm_weight: torch.Tensor,
+    eps: float,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    silu: bool = False,
+    plan: GemvPlan | None = None,
+) -> torch.Tensor:
+    """``decode_gemv(rms_norm(h, norm_weight, eps), weight, bias, silu)`` without the norm's own launch:
+    h [M, K] and ``sums`` come from ``decode_gemv_add_residual`` (K its N), and each program scales
+    its input tiles by the row's reciprocal RMS and the norm weight [K] as the RMSNorm kernel rounds
+    them. The sums of squares are added in another order than the norm kernel's, so results may
+    differ from the two launches in the last bit."""
+    _check(h, weight, bias, silu, None)
+    if sums.dim() != 2 or sums.shape[1] != BLOCK_M or sums.dtype != torch.float32 or not sums.is_contiguous():
+        raise KernelInputError(f"sums must be contiguous float32 [tiles, {BLOCK_M}], got {tuple(sums.shape)} "
+                               f"{sums.dtype}")
+    if norm_weight.shape != (h.shape[1],) or norm_weight.dtype != h.dtype or norm_weight.stride(0) != 1:
+        raise KernelInputError(f"norm_weight must be contiguous [{h.shape[1]}] {h.dtype}, got "
+                               f"{tuple(norm_weight.shape)} {norm_weight.dtype}")
+    for name, t in (("sums", sums), ("norm_weight", norm_weight)):
+        if t.device != h.device:
+            raise KernelInputError(f"{name} is on {t.device}, h on {h.device}")
+    return _launch(h, weight, bias, silu, plan_for(weight, silu, plan), None, sums=sums, norm_weight=norm_weight,
+                   eps=eps)
+
+
+def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool, plan: GemvPlan,
+            out: torch.Tensor | None, residual: torch.Tensor | None = None, sums: torch.Tensor | None = None,
+            norm_weight: torch.Tensor | None = None, eps: float = 0.0) -> torch.Tensor:
     M, K = x.shape
-    plan = plan_for(weight, silu, plan)
+    n_out = weight.shape[0] // 2 if silu else weight.shape[0]
     if out is None:
         out = torch.empty(M, n_out, dtype=x.dtype, device=x.device)
     if M == 0 or n_out == 0:
@@ -276,15 +369,19 @@ def decode_gemv(
         partials, tickets = space.partials, space.tickets
     else:
         partials, tickets = out, out  # never read: SPLIT_K == 1 compiles the split path away
+    sum_tiles = sums.shape[0] if sums is not None and norm_weight is not None else 0
     pdl = use_pdl(x.device)
     _decode_gemv_kernel[(tiles, plan.split_k)](
         x, weight, bias if bias is not None else weight, out, partials, tickets,
-        M, n_out, K, per,
-        x.stride(0), weight.stride(0), out.stride(0),
+        residual if residual is not None else out, sums if sums is not None else out,
+        norm_weight if norm_weight is not None else weight,
+        M, n_out, K, per, sum_tiles, float(eps),
+        x.stride(0), weight.stride(0), out.stride(0), residual.stride(0) if residual is not None else 0,
         BLOCK_M=BLOCK_M, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT_K=plan.split_k,
         SILU=silu, HAS_BIAS=bias is not None, EVEN_N=n_out % plan.block_n == 0,
         EVEN_K=K % plan.block_k == 0 and per * plan.split_k == K,
-        EXACT_FP32=x.dtype == torch.float32, USE_PDL=pdl,
+        EXACT_FP32=x.dtype == torch.float32, USE_PDL=pdl, ADD_RESIDUAL=residual is not None,
+        NORM_INPUT=norm_weight is not None, SQ_TILES_P=max(16, triton.next_power_of_2(max(sum_tiles, 1))),
         num_warps=plan.num_warps, num_stages=plan.num_stages, **launch_options(pdl),
     )
     return out
