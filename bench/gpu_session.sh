@@ -22,6 +22,8 @@
 #              alternated twice; GEMV_PLANS overrides the proposal
 #   prefill    prefill attention tile shapes beside FlashAttention-3 (bench/prefill_attention.py; FA3
 #              only when the peer's site is on PYTHONPATH)
+#   norm       the whole model at batch 1 and in the latency test without and with the post-attention
+#              RMSNorm folded into the o_proj and gate_up GEMVs (WARD_NORM_GEMV=1), alternated twice
 #   argmax     the whole model (latency, batch 1, 1,000 x 256/256) with torch.argmax and with the Triton
 #              argmax of greedy steps (WARD_TRITON_ARGMAX=1), alternated twice
 #   tunable    TunableOp against cuBLAS's default for the projections (bench/gemm_tunable.py)
@@ -99,6 +101,12 @@ for s in $STEPS; do
           fi ;;
     prefill) step prefill_attention 300 python3 bench/prefill_attention.py --out "$OUT/prefill_attention.json"
              grep -E '^\{"case"' "$OUT/prefill_attention.txt" | cut -c1-600 ;;
+    norm) for round in 1 2; do
+            for on in 0 1; do
+              step "norm${on}_r$round" 60 env WARD_NORM_GEMV=$on python3 -m ward bench offline \
+                --out "$OUT/norm${on}_r$round" --workloads latency,batch1
+            done
+          done ;;
     argmax) for round in 1 2; do
               for on in 0 1; do
                 step "argmax${on}_r$round" 110 env WARD_TRITON_ARGMAX=$on python3 -m ward bench offline \

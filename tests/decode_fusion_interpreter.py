@@ -26,7 +26,7 @@ from worker.attention.triton_backend import TritonAttention, TritonBackend  # no
 from worker.kernels import decode_gemv as gemv_module  # noqa: E402
 from worker.kernels import model_ops  # noqa: E402
 from worker.kernels import rotary_cache as rotary_cache_module  # noqa: E402
-from worker.model.decode_linear import PROJECTIONS, use_decode_gemv  # noqa: E402
+from worker.model.decode_linear import PROJECTIONS, enable_norm_fusion, use_decode_gemv  # noqa: E402
 from worker.model.loader import build_model, load_weights  # noqa: E402
 from worker.model.spec import load_spec  # noqa: E402
 
@@ -90,6 +90,7 @@ def run(name: str) -> dict:
         attn.fuse_rotary = False
     calls: Counter = Counter()
     counting(gemv_module, "decode_gemv", calls)
+    counting(gemv_module, "decode_gemv_rms_norm", calls)
     counting(rotary_cache_module, "rotary_and_cache", calls)
     tokens_off, logits_off = greedy(model, spec)
     calls_off = dict(calls)
@@ -97,9 +98,15 @@ def run(name: str) -> dict:
     for attn in attns:
         attn.fuse_rotary = True
     tokens_on, logits_on = greedy(model, spec)
+    calls_on = {k: v - calls_off.get(k, 0) for k, v in calls.items()}
+    # then the post-attention norm folded into o_proj and gate_up as well (WARD_NORM_GEMV=1)
+    fused_layers = enable_norm_fusion(model)
+    tokens_norm, logits_norm = greedy(model, spec)
     return {"same_tokens": tokens_on == tokens_off, "tokens": tokens_on, "rel_err": rel_err(logits_on, logits_off),
-            "swapped": swapped, "calls_off": calls_off,
-            "calls_on": {k: v - calls_off.get(k, 0) for k, v in calls.items()}}
+            "swapped": swapped, "calls_off": calls_off, "calls_on": calls_on,
+            "norm_fused_layers": fused_layers, "norm_same_tokens": tokens_norm == tokens_off,
+            "norm_rel_err": rel_err(logits_norm, logits_off),
+            "calls_norm": {k: v - calls_off.get(k, 0) - calls_on.get(k, 0) for k, v in calls.items()}}
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ from worker.model.decode_linear import DecodeGemvLinear, use_decode_gemv
 ROOT = Path(__file__).resolve().parent.parent
 # family: projections swapped (qkv, o, gate_up, down per dense layer; qkv and o per MoE layer)
 SWAPPED = {"llama": 4, "qwen2-qkv-bias": 4, "phi3-partial-rotary": 4, "gemma2-gelu-mlp": 4, "qwen3-moe": 4}
+# layers whose post-attention norm the GEMVs take over (enable_norm_fusion; one layer per tiny model)
+NORM_FUSED = {"llama": 1, "qwen2-qkv-bias": 1, "phi3-partial-rotary": 1, "gemma2-gelu-mlp": 0, "qwen3-moe": 0}
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +52,13 @@ def test_fused_decode_gives_the_same_greedy_tokens_in_the_interpreter(family: st
     # rotary cache write in every attention call (prefill included)
     assert run["calls_on"]["decode_gemv"] == 3 * SWAPPED[family]
     assert run["calls_on"]["rotary_and_cache"] >= 4
+    # the post-attention norm folded into o_proj and gate_up: every dense Llama-family layer, never
+    # Gemma's (its norms differ) or an MoE layer (no gate_up); same tokens, and the fused GEMV ran
+    # once a decode step on each marked layer
+    assert run["norm_fused_layers"] == NORM_FUSED[family], run
+    assert run["norm_same_tokens"], run
+    assert run["norm_rel_err"] < 1e-5, run
+    assert run["calls_norm"].get("decode_gemv_rms_norm", 0) == 3 * NORM_FUSED[family], run
 
 
 def test_swapped_layer_shares_the_weights_and_falls_back_off_the_gpu() -> None:
@@ -100,13 +109,15 @@ def test_engine_with_fusions_on_and_off_on_gpu_bf16(default_model_dir: str, monk
     tok = AutoTokenizer.from_pretrained(default_model_dir)
     hf = AutoModelForCausalLM.from_pretrained(default_model_dir, dtype=torch.float32).cuda().eval()
     prompts = [tok(p).input_ids for p in PROMPTS][:8]  # a batch of at most 8: the GEMV's size
-    gaps, tokens, swapped = {}, {}, {}
-    for label, value in (("off", "0"), ("on", "1")):
+    gaps, tokens, swapped, norm_fused = {}, {}, {}, {}
+    for label, value, norm in (("off", "0", "0"), ("on", "1", "0"), ("on+norm", "1", "1")):
         monkeypatch.setenv("WARD_DECODE_GEMV", value)
         monkeypatch.setenv("WARD_ROPE_CACHE_FUSION", value)
+        monkeypatch.setenv("WARD_NORM_GEMV", norm)
         llm = LLM(model=default_model_dir, dtype="bfloat16", device="cuda", gpu_memory_utilization=0.3)
         model = llm.engine.runner.model
         swapped[label] = sum(isinstance(m, DecodeGemvLinear) for m in model.modules())
+        norm_fused[label] = sum(getattr(layer, "norm_fusion", False) for layer in model.layers)
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=48))
         tokens[label] = [o.outputs[0].token_ids for o in outs]
         gaps[label] = _worst_gap(hf, prompts, tokens[label])
@@ -115,4 +126,6 @@ def test_engine_with_fusions_on_and_off_on_gpu_bf16(default_model_dir: str, monk
     same = sum(a == b for a, b in zip(tokens["on"], tokens["off"]))
     print(f"identical greedy generations {same}/{len(prompts)}; worst gap off {gaps['off']:.3f}, on {gaps['on']:.3f}")
     assert swapped["off"] == 0 and swapped["on"] > 0
+    assert norm_fused["on"] == 0 and norm_fused["on+norm"] == len(model.layers)
     assert gaps["on"] <= max(0.1, 1.5 * gaps["off"]), gaps
+    assert gaps["on+norm"] <= max(0.1, 1.5 * gaps["off"]), gaps

@@ -9,7 +9,10 @@ which the Llama MLP uses when its gate_up layer has it.
 
 ``WARD_DECODE_GEMV`` chooses the projections: ``0`` none (A/B timing), ``all``, or a comma list of
 ``qkv``, ``o``, ``gate_up``, ``down``; unset, ``DEFAULT_PROJECTIONS`` where the runner uses the
-Triton ops on CUDA. Under Triton's interpreter (``TRITON_INTERPRET=1``) CPU tensors take
+Triton ops on CUDA. ``WARD_NORM_GEMV=1`` (opt-in until timed on a card) also fuses each layer's
+post-attention RMSNorm into the GEMVs around it where o_proj and gate_up are both swapped: o_proj
+adds the residual and writes per-tile sums of squares, gate_up normalises its input from them
+(``enable_norm_fusion``), one launch fewer a layer. Under Triton's interpreter (``TRITON_INTERPRET=1``) CPU tensors take
 the GEMV too, so the swapped model can be checked on a machine without a GPU.
 """
 from __future__ import annotations
@@ -55,11 +58,15 @@ class DecodeGemvLinear(nn.Linear):
         self.weight = linear.weight
         self.bias = linear.bias
 
+    def takes(self, rows: int, x: torch.Tensor) -> bool:
+        """Whether ``rows`` rows of x's dtype and device go to the GEMV (decode sizes) rather than cuBLAS."""
+        if x.dtype != self.weight.dtype or not (x.is_cuda and x.dtype in _GEMV_DTYPES or _INTERPRETED):
+            return False
+        return 0 < rows <= MAX_ROWS
+
     def _gemv_rows(self, x: torch.Tensor) -> torch.Tensor | None:
         """x as [rows, in] when the GEMV takes it, else None."""
-        if x.dtype != self.weight.dtype or not (x.is_cuda and x.dtype in _GEMV_DTYPES or _INTERPRETED):
-            return None
-        if x.numel() == 0 or x.numel() > MAX_ROWS * self.in_features:
+        if x.numel() % self.in_features or not self.takes(x.numel() // self.in_features, x):
             return None
         x2 = x.reshape(-1, self.in_features)
         return x2 if x2.stride(-1) == 1 else x2.contiguous()
@@ -82,6 +89,55 @@ class DecodeGemvLinear(nn.Linear):
         from worker.kernels.decode_gemv import decode_gemv
 
         return decode_gemv(x2, self.weight, self.bias, silu=True).reshape(*x.shape[:-1], self.out_features // 2)
+
+
+    def forward_add_residual(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(self(x) + residual, sums)`` for a decode-sized x (``takes``): the new residual of the layer
+        and its per-tile sums of squares, for ``forward_rms_norm_silu_and_mul``."""
+        from worker.kernels.decode_gemv import decode_gemv_add_residual
+
+        x2 = self._gemv_rows(x)
+        if x2 is None:
+            raise ValueError("forward_add_residual takes decode-sized inputs only (see takes)")
+        res2 = residual.reshape(-1, self.out_features)
+        h, sums = decode_gemv_add_residual(x2, self.weight, res2 if res2.stride(-1) == 1 else res2.contiguous(),
+                                           self.bias)
+        return h.reshape(*x.shape[:-1], self.out_features), sums
+
+    def forward_rms_norm_silu_and_mul(self, h: torch.Tensor, sums: torch.Tensor, norm_weight: torch.Tensor,
+                                      eps: float) -> torch.Tensor:
+        """``silu(gate) * up`` of this fused gate_up projection applied to ``rms_norm(h) * norm_weight``,
+        with h and sums from ``forward_add_residual`` of the layer's o_proj."""
+        from worker.kernels.decode_gemv import decode_gemv_rms_norm
+
+        h2 = h.reshape(-1, self.in_features)
+        out = decode_gemv_rms_norm(h2, sums, norm_weight, eps, self.weight, self.bias, silu=True)
+        return out.reshape(*h.shape[:-1], self.out_features // 2)
+
+
+def norm_fusion_requested() -> bool:
+    """``WARD_NORM_GEMV=1``: fuse the post-attention RMSNorm into the GEMVs (off by default until timed)."""
+    return os.environ.get("WARD_NORM_GEMV", "0") == "1"
+
+
+def enable_norm_fusion(model: nn.Module) -> int:
+    """Marks every decoder layer whose o_proj and gate_up are swapped GEMV layers, whose MLP is dense
+    and whose post-attention norm is the plain RMSNorm in the activations' dtype, so that its decode
+    steps skip that norm's launch (``norm_fusion`` on the layer). Returns how many layers it marked."""
+    from worker.model.llama import RMSNorm
+
+    marked = 0
+    for layer in getattr(model, "layers", []):
+        attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+        norm = getattr(layer, "post_attention_layernorm", None)
+        o_proj, gate_up = getattr(attn, "o_proj", None), getattr(mlp, "gate_up_proj", None)
+        if not (hasattr(layer, "norm_fusion") and isinstance(o_proj, DecodeGemvLinear)
+                and isinstance(gate_up, DecodeGemvLinear) and gate_up.out_features % 2 == 0
+                and isinstance(norm, RMSNorm) and norm.weight.dtype == o_proj.weight.dtype):
+            continue
+        layer.norm_fusion = True
+        marked += 1
+    return marked
 
 
 def use_decode_gemv(model: nn.Module, projections: tuple[str, ...] | None = None) -> int:
@@ -109,4 +165,6 @@ def use_decode_gemv(model: nn.Module, projections: tuple[str, ...] | None = None
             if name == "mlp.gate_up_proj" and module.out_features % 2 == 0:
                 reserve_workspace(module.weight, silu=True)
             swapped += 1
+    if norm_fusion_requested():
+        enable_norm_fusion(model)
     return swapped

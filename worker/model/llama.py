@@ -56,7 +56,9 @@ class Attention(nn.Module):
         """The per-head q/k norm of the family (Qwen3's and Gemma 3's differ in their weight's meaning)."""
         return RMSNorm(self.head_dim, spec.rms_norm_eps, ops)
 
-    def forward(self, positions, hidden, kv_cache, meta: AttentionMetadata, cos_sin_cache) -> torch.Tensor:
+    def forward(self, positions, hidden, kv_cache, meta: AttentionMetadata, cos_sin_cache,
+                project: bool = True) -> torch.Tensor:
+        """The attention block's output, through o_proj unless ``project`` is False ([T, q_size] then)."""
         T = hidden.shape[0]
         qkv = self.qkv_proj(hidden)  # [T, q + 2kv]
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
@@ -72,7 +74,8 @@ class Attention(nn.Module):
         else:
             q, k = self.ops.rotary_embedding(positions, q, k, cos_sin_cache, self.rotary_dim)
             out = self.attn.forward(q, k, v, kv_cache, meta)  # [T, Hq, D]
-        return self.o_proj(out.reshape(T, self.q_size))
+        out = out.reshape(T, self.q_size)
+        return self.o_proj(out) if project else out
 
 
 class MLP(nn.Module):
@@ -91,6 +94,10 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    # Set by worker.model.decode_linear.enable_norm_fusion: decode steps fold the post-attention norm
+    # into o_proj (residual add, sums of squares) and gate_up (normalised input).
+    norm_fusion = False
+
     def __init__(self, spec: ModelSpec, layer_idx: int, backend: AttentionBackend, ops: ModuleType):
         super().__init__()
         self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, ops)
@@ -105,6 +112,12 @@ class DecoderLayer(nn.Module):
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
+        if self.norm_fusion and self.self_attn.o_proj.takes(hidden.shape[0], hidden):
+            attended = self.self_attn(positions, hidden, kv_cache, meta, cos_sin_cache, project=False)
+            residual, sums = self.self_attn.o_proj.forward_add_residual(attended, residual)
+            norm = self.post_attention_layernorm
+            activated = self.mlp.gate_up_proj.forward_rms_norm_silu_and_mul(residual, sums, norm.weight, norm.eps)
+            return self.mlp.down_proj(activated), residual
         hidden = self.self_attn(positions, hidden, kv_cache, meta, cos_sin_cache)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
