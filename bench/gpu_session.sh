@@ -22,8 +22,8 @@
 #              alternated twice; GEMV_PLANS overrides the proposal
 #   prefill    prefill attention tile shapes beside FlashAttention-3 (bench/prefill_attention.py; FA3
 #              only when the peer's site is on PYTHONPATH)
-#   norm       the whole model at batch 1 and in the latency test without and with the post-attention
-#              RMSNorm folded into the o_proj and gate_up GEMVs (WARD_NORM_GEMV=1), alternated twice
+#   norm       the whole model at batch 1 and in the latency test without and with the RMSNorms folded
+#              into the GEMVs around them (WARD_NORM_GEMV=1), alternated twice
 #   argmax     the whole model (latency, batch 1, 1,000 x 256/256) with torch.argmax and with the Triton
 #              argmax of greedy steps (WARD_TRITON_ARGMAX=1), alternated twice
 #   tunable    TunableOp against cuBLAS's default for the projections (bench/gemm_tunable.py)

@@ -41,7 +41,7 @@ def _one_layer(make):  # one layer is enough for the checks and keeps the interp
 
 
 CONFIGS = {
-    "llama": lambda: LlamaConfig(**COMMON, num_hidden_layers=1),
+    "llama": lambda: LlamaConfig(**COMMON, num_hidden_layers=2),  # two: a norm folded across layers
     "qwen2-qkv-bias": lambda: Qwen2Config(**COMMON, num_hidden_layers=1),
     "phi3-partial-rotary": _one_layer(FAMILIES["phi3-longrope-partial-rotary"]),
     "gemma2-gelu-mlp": lambda: Gemma2Config(**COMMON, num_hidden_layers=1, head_dim=16, sliding_window=5,
@@ -100,11 +100,11 @@ def run(name: str) -> dict:
     tokens_on, logits_on = greedy(model, spec)
     calls_on = {k: v - calls_off.get(k, 0) for k, v in calls.items()}
     # then the post-attention norm folded into o_proj and gate_up as well (WARD_NORM_GEMV=1)
-    fused_layers = enable_norm_fusion(model)
+    fused_layers, folded_layers = enable_norm_fusion(model)
     tokens_norm, logits_norm = greedy(model, spec)
     return {"same_tokens": tokens_on == tokens_off, "tokens": tokens_on, "rel_err": rel_err(logits_on, logits_off),
             "swapped": swapped, "calls_off": calls_off, "calls_on": calls_on,
-            "norm_fused_layers": fused_layers, "norm_same_tokens": tokens_norm == tokens_off,
+            "norm_fused_layers": fused_layers, "norm_folded_layers": folded_layers, "norm_same_tokens": tokens_norm == tokens_off,
             "norm_rel_err": rel_err(logits_norm, logits_off),
             "calls_norm": {k: v - calls_off.get(k, 0) - calls_on.get(k, 0) for k, v in calls.items()}}
 

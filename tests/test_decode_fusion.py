@@ -23,10 +23,13 @@ from torch import nn
 from worker.model.decode_linear import DecodeGemvLinear, use_decode_gemv
 
 ROOT = Path(__file__).resolve().parent.parent
-# family: projections swapped (qkv, o, gate_up, down per dense layer; qkv and o per MoE layer)
-SWAPPED = {"llama": 4, "qwen2-qkv-bias": 4, "phi3-partial-rotary": 4, "gemma2-gelu-mlp": 4, "qwen3-moe": 4}
-# layers whose post-attention norm the GEMVs take over (enable_norm_fusion; one layer per tiny model)
-NORM_FUSED = {"llama": 1, "qwen2-qkv-bias": 1, "phi3-partial-rotary": 1, "gemma2-gelu-mlp": 0, "qwen3-moe": 0}
+# family: projections swapped (qkv, o, gate_up, down per dense layer; qkv and o per MoE layer; the
+# llama model has two layers)
+SWAPPED = {"llama": 8, "qwen2-qkv-bias": 4, "phi3-partial-rotary": 4, "gemma2-gelu-mlp": 4, "qwen3-moe": 4}
+# layers whose post-attention norm the GEMVs take over, and of those the ones that also fold the next
+# layer's input norm (enable_norm_fusion)
+NORM_FUSED = {"llama": 2, "qwen2-qkv-bias": 1, "phi3-partial-rotary": 1, "gemma2-gelu-mlp": 0, "qwen3-moe": 0}
+NORM_FOLDED = {"llama": 1, "qwen2-qkv-bias": 0, "phi3-partial-rotary": 0, "gemma2-gelu-mlp": 0, "qwen3-moe": 0}
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +55,14 @@ def test_fused_decode_gives_the_same_greedy_tokens_in_the_interpreter(family: st
     # rotary cache write in every attention call (prefill included)
     assert run["calls_on"]["decode_gemv"] == 3 * SWAPPED[family]
     assert run["calls_on"]["rotary_and_cache"] >= 4
-    # the post-attention norm folded into o_proj and gate_up: every dense Llama-family layer, never
-    # Gemma's (its norms differ) or an MoE layer (no gate_up); same tokens, and the fused GEMV ran
-    # once a decode step on each marked layer
-    assert run["norm_fused_layers"] == NORM_FUSED[family], run
+    # the post-attention norm folded into o_proj and gate_up on every dense Llama-family layer, never
+    # Gemma's (its norms differ) or an MoE layer (no gate_up), and the next layer's input norm into
+    # down_proj and qkv; same tokens, and a normalising GEMV ran once a decode step for each fold
+    assert (run["norm_fused_layers"], run["norm_folded_layers"]) == (NORM_FUSED[family], NORM_FOLDED[family]), run
     assert run["norm_same_tokens"], run
     assert run["norm_rel_err"] < 1e-5, run
-    assert run["calls_norm"].get("decode_gemv_rms_norm", 0) == 3 * NORM_FUSED[family], run
+    calls = run["calls_norm"].get("decode_gemv_rms_norm", 0)
+    assert calls == 3 * (NORM_FUSED[family] + NORM_FOLDED[family]), run
 
 
 def test_swapped_layer_shares_the_weights_and_falls_back_off_the_gpu() -> None:
@@ -117,7 +121,8 @@ def test_engine_with_fusions_on_and_off_on_gpu_bf16(default_model_dir: str, monk
         llm = LLM(model=default_model_dir, dtype="bfloat16", device="cuda", gpu_memory_utilization=0.3)
         model = llm.engine.runner.model
         swapped[label] = sum(isinstance(m, DecodeGemvLinear) for m in model.modules())
-        norm_fused[label] = sum(getattr(layer, "norm_fusion", False) for layer in model.layers)
+        norm_fused[label] = (sum(getattr(layer, "norm_fusion", False) for layer in model.layers),
+                             sum(getattr(layer, "fold_output", False) for layer in model.layers))
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=48))
         tokens[label] = [o.outputs[0].token_ids for o in outs]
         gaps[label] = _worst_gap(hf, prompts, tokens[label])
@@ -126,6 +131,6 @@ def test_engine_with_fusions_on_and_off_on_gpu_bf16(default_model_dir: str, monk
     same = sum(a == b for a, b in zip(tokens["on"], tokens["off"]))
     print(f"identical greedy generations {same}/{len(prompts)}; worst gap off {gaps['off']:.3f}, on {gaps['on']:.3f}")
     assert swapped["off"] == 0 and swapped["on"] > 0
-    assert norm_fused["on"] == 0 and norm_fused["on+norm"] == len(model.layers)
+    assert norm_fused["on"] == (0, 0) and norm_fused["on+norm"] == (len(model.layers), len(model.layers) - 1)
     assert gaps["on"] <= max(0.1, 1.5 * gaps["off"]), gaps
     assert gaps["on+norm"] <= max(0.1, 1.5 * gaps["off"]), gaps

@@ -9,11 +9,13 @@ which the Llama MLP uses when its gate_up layer has it.
 
 ``WARD_DECODE_GEMV`` chooses the projections: ``0`` none (A/B timing), ``all``, or a comma list of
 ``qkv``, ``o``, ``gate_up``, ``down``; unset, ``DEFAULT_PROJECTIONS`` where the runner uses the
-Triton ops on CUDA. ``WARD_NORM_GEMV=1`` (opt-in until timed on a card) also fuses each layer's
-post-attention RMSNorm into the GEMVs around it where o_proj and gate_up are both swapped: o_proj
-adds the residual and writes per-tile sums of squares, gate_up normalises its input from them
-(``enable_norm_fusion``), one launch fewer a layer. Under Triton's interpreter (``TRITON_INTERPRET=1``) CPU tensors take
-the GEMV too, so the swapped model can be checked on a machine without a GPU.
+Triton ops on CUDA. Under Triton's interpreter (``TRITON_INTERPRET=1``) CPU tensors take the GEMV
+too, so the swapped model can be checked on a machine without a GPU.
+
+``WARD_NORM_GEMV=1`` (opt-in until timed on a card) also folds the RMSNorms into the GEMVs around
+them on decode steps (``enable_norm_fusion``): o_proj adds the residual and writes per-tile sums of
+squares, and gate_up normalises its input from them; likewise down_proj and the next layer's qkv.
+Two norm launches fewer a layer.
 """
 from __future__ import annotations
 
@@ -104,15 +106,25 @@ class DecodeGemvLinear(nn.Linear):
                                            self.bias)
         return h.reshape(*x.shape[:-1], self.out_features), sums
 
+    def forward_rms_norm(self, h: torch.Tensor, sums: torch.Tensor, norm_weight: torch.Tensor,
+                         eps: float) -> torch.Tensor:
+        """This projection applied to ``rms_norm(h) * norm_weight``, with h and sums from the
+        ``forward_add_residual`` of the projection before it."""
+        return self._normed(h, sums, norm_weight, eps, silu=False)
+
     def forward_rms_norm_silu_and_mul(self, h: torch.Tensor, sums: torch.Tensor, norm_weight: torch.Tensor,
                                       eps: float) -> torch.Tensor:
         """``silu(gate) * up`` of this fused gate_up projection applied to ``rms_norm(h) * norm_weight``,
         with h and sums from ``forward_add_residual`` of the layer's o_proj."""
+        return self._normed(h, sums, norm_weight, eps, silu=True)
+
+    def _normed(self, h: torch.Tensor, sums: torch.Tensor, norm_weight: torch.Tensor, eps: float,
+                silu: bool) -> torch.Tensor:
         from worker.kernels.decode_gemv import decode_gemv_rms_norm
 
-        h2 = h.reshape(-1, self.in_features)
-        out = decode_gemv_rms_norm(h2, sums, norm_weight, eps, self.weight, self.bias, silu=True)
-        return out.reshape(*h.shape[:-1], self.out_features // 2)
+        out = decode_gemv_rms_norm(h.reshape(-1, self.in_features), sums, norm_weight, eps, self.weight, self.bias,
+                                   silu=silu)
+        return out.reshape(*h.shape[:-1], out.shape[-1])
 
 
 def norm_fusion_requested() -> bool:
@@ -120,10 +132,12 @@ def norm_fusion_requested() -> bool:
     return os.environ.get("WARD_NORM_GEMV", "0") == "1"
 
 
-def enable_norm_fusion(model: nn.Module) -> int:
+def enable_norm_fusion(model: nn.Module) -> tuple[int, int]:
     """Marks every decoder layer whose o_proj and gate_up are swapped GEMV layers, whose MLP is dense
     and whose post-attention norm is the plain RMSNorm in the activations' dtype, so that its decode
-    steps skip that norm's launch (``norm_fusion`` on the layer). Returns how many layers it marked."""
+    steps skip that norm's launch (``norm_fusion`` on the layer); then every marked layer followed by
+    a marked layer whose qkv is a GEMV layer too (``fold_output``: the next input norm is skipped as
+    well). Returns how many layers it marked each way."""
     from worker.model.llama import RMSNorm
 
     marked = 0
@@ -137,7 +151,17 @@ def enable_norm_fusion(model: nn.Module) -> int:
             continue
         layer.norm_fusion = True
         marked += 1
-    return marked
+    folded = 0
+    layers = list(getattr(model, "layers", []))
+    for layer, following in zip(layers, layers[1:]):
+        if (getattr(layer, "norm_fusion", False) and getattr(following, "norm_fusion", False)
+                and isinstance(layer.mlp.down_proj, DecodeGemvLinear)
+                and isinstance(following.self_attn.qkv_proj, DecodeGemvLinear)
+                and isinstance(following.input_layernorm, RMSNorm)
+                and following.input_layernorm.weight.dtype == following.self_attn.qkv_proj.weight.dtype):
+            layer.fold_output = True
+            folded += 1
+    return marked, folded
 
 
 def use_decode_gemv(model: nn.Module, projections: tuple[str, ...] | None = None) -> int:

@@ -8,6 +8,7 @@ attention backend.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import ModuleType
 
 import torch
@@ -17,6 +18,15 @@ from worker.attention.backend import AttentionBackend, AttentionMetadata
 from worker.model import ops as torch_ops
 from worker.model.moe import SparseMoe
 from worker.model.spec import ModelSpec
+
+
+@dataclass
+class FoldedResidual:
+    """What a decoder layer passes on as its residual when its down_proj already added the residual
+    (the hidden state it returns is that sum) and wrote the sum's per-tile sums of squares: the next
+    layer's qkv GEMV normalises its input from them, so its input RMSNorm needs no launch."""
+
+    sums: torch.Tensor
 
 
 class RMSNorm(nn.Module):
@@ -57,10 +67,12 @@ class Attention(nn.Module):
         return RMSNorm(self.head_dim, spec.rms_norm_eps, ops)
 
     def forward(self, positions, hidden, kv_cache, meta: AttentionMetadata, cos_sin_cache,
-                project: bool = True) -> torch.Tensor:
-        """The attention block's output, through o_proj unless ``project`` is False ([T, q_size] then)."""
+                project: bool = True, qkv: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention block's output, through o_proj unless ``project`` is False ([T, q_size] then);
+        ``qkv`` given: the projection already made (from a folded norm), hidden unused but for its rows."""
         T = hidden.shape[0]
-        qkv = self.qkv_proj(hidden)  # [T, q + 2kv]
+        if qkv is None:
+            qkv = self.qkv_proj(hidden)  # [T, q + 2kv]
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.reshape(T, self.num_heads, self.head_dim)
         k = k.reshape(T, self.num_kv_heads, self.head_dim)
@@ -95,8 +107,10 @@ class MLP(nn.Module):
 
 class DecoderLayer(nn.Module):
     # Set by worker.model.decode_linear.enable_norm_fusion: decode steps fold the post-attention norm
-    # into o_proj (residual add, sums of squares) and gate_up (normalised input).
+    # into o_proj (residual add, sums of squares) and gate_up (normalised input), and with fold_output
+    # the next layer's input norm into this down_proj and that layer's qkv (FoldedResidual).
     norm_fusion = False
+    fold_output = False
 
     def __init__(self, spec: ModelSpec, layer_idx: int, backend: AttentionBackend, ops: ModuleType):
         super().__init__()
@@ -107,18 +121,26 @@ class DecoderLayer(nn.Module):
         self.mlp = SparseMoe(spec.hidden_size, spec.moe, ops) if sparse else MLP(spec, ops)
 
     def forward(self, positions, hidden, residual, kv_cache, meta, cos_sin_cache):
-        if residual is None:
+        qkv = None
+        if isinstance(residual, FoldedResidual):  # hidden is already the residual sum
+            norm = self.input_layernorm
+            qkv = self.self_attn.qkv_proj.forward_rms_norm(hidden, residual.sums, norm.weight, norm.eps)
+            residual = hidden
+        elif residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
         else:
             hidden, residual = self.input_layernorm(hidden, residual)
         if self.norm_fusion and self.self_attn.o_proj.takes(hidden.shape[0], hidden):
-            attended = self.self_attn(positions, hidden, kv_cache, meta, cos_sin_cache, project=False)
+            attended = self.self_attn(positions, hidden, kv_cache, meta, cos_sin_cache, project=False, qkv=qkv)
             residual, sums = self.self_attn.o_proj.forward_add_residual(attended, residual)
             norm = self.post_attention_layernorm
             activated = self.mlp.gate_up_proj.forward_rms_norm_silu_and_mul(residual, sums, norm.weight, norm.eps)
+            if self.fold_output:
+                hidden, sums = self.mlp.down_proj.forward_add_residual(activated, residual)
+                return hidden, FoldedResidual(sums)
             return self.mlp.down_proj(activated), residual
-        hidden = self.self_attn(positions, hidden, kv_cache, meta, cos_sin_cache)
+        hidden = self.self_attn(positions, hidden, kv_cache, meta, cos_sin_cache, qkv=qkv)
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 
