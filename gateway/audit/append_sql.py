@@ -4,8 +4,9 @@ An append runs once per batch on the request path. Run as SQLAlchemy Core statem
 per-execution work (compiled-cache lookup, parameter processing, result set-up) cost more CPU than
 SQLite spent on the statements themselves: about 0.15 ms of a 0.5 ms append at one request at a
 time (``exec_driver_sql`` still set up a result per statement). Rendered once here, the same SQL
-runs on the driver's cursor inside the transaction the SQLAlchemy connection began (its first
-statement, the lock, goes through SQLAlchemy, so its ``commit`` ends the transaction as before),
+runs on the driver's cursor inside the transaction the SQLAlchemy connection began (on SQLite the
+chain store begins it with ``Connection.begin`` and takes the lock on the driver; elsewhere its first
+statement goes through SQLAlchemy; either way its ``commit`` ends the transaction as before),
 and driver errors are raised as SQLAlchemy's (an outage is still an OperationalError, and a dropped
 connection is invalidated). The datetime columns take the dialect's own conversion, from its
 DateTime type.
@@ -55,8 +56,9 @@ def _on_driver(conn: Connection, sql: str, params: Any, *, many: bool, fetch_one
     """Runs ``sql`` on the connection's driver cursor; driver errors leave as SQLAlchemy's."""
     dialect = conn.dialect
     raw = conn.connection.dbapi_connection
-    cursor = raw.cursor()
+    cursor = None
     try:
+        cursor = raw.cursor()  # fails on a closed connection: a disconnect like any other
         if many:
             cursor.executemany(sql, params)
             return None
@@ -69,8 +71,9 @@ def _on_driver(conn: Connection, sql: str, params: Any, *, many: bool, fetch_one
         raise exc.DBAPIError.instance(sql, params, error, dialect.loaded_dbapi.Error,
                                       connection_invalidated=invalidated, dialect=dialect) from error
     finally:
-        with contextlib.suppress(Exception):  # a dead connection's cursor may fail to close
-            cursor.close()
+        if cursor is not None:
+            with contextlib.suppress(Exception):  # a dead connection's cursor may fail to close
+                cursor.close()
 
 
 class AppendStatements:
@@ -83,6 +86,11 @@ class AppendStatements:
         impl = DateTime(timezone=True).dialect_impl(dialect)
         self._time_to_db: Callable[[datetime | None], Any] | None = impl.bind_processor(dialect)
         self._time_from_db: Callable[[Any], datetime | None] | None = impl.result_processor(dialect, None)
+
+    @staticmethod
+    def on_driver(conn: Connection, sql: str) -> None:
+        """Runs a statement without parameters or results (e.g. SQLite's ``BEGIN IMMEDIATE``) on the driver."""
+        _on_driver(conn, sql, (), many=False, fetch_one=False)
 
     def lock_head(self, conn: Connection) -> Mapping[str, Any]:
         """The head row, locked for this transaction (SQLite: by the BEGIN IMMEDIATE before it)."""

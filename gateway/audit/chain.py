@@ -135,9 +135,13 @@ class ChainStore:
         if self._sqlite:
             info = conn.connection.info  # lives as long as the pooled DBAPI connection
             if info.get("audit_busy_timeout_ms") != timeout_ms:
-                conn.exec_driver_sql(f"PRAGMA busy_timeout = {timeout_ms}")
+                self._sql.on_driver(conn, f"PRAGMA busy_timeout = {timeout_ms}")
                 info["audit_busy_timeout_ms"] = timeout_ms
-            conn.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock, taken up front
+            # The write lock, taken up front, on the driver (without a statement execution's set-up
+            # around it); then SQLAlchemy's transaction, which emits nothing on SQLite, so that its
+            # commit ends the driver's.
+            self._sql.on_driver(conn, "BEGIN IMMEDIATE")
+            conn.begin()
         else:
             # Both limits for this transaction only, in one round trip.
             conn.exec_driver_sql(

@@ -1,7 +1,6 @@
 """The unit of the chain: an entry drafted by a writer, then placed (seq, prev hash) under the chain lock."""
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -10,6 +9,7 @@ from typing import Any
 from gateway.audit.canonical import canonical_json, parse_utc_iso, utc_iso
 from gateway.audit.errors import AuditInputError
 from gateway.identifiers import MODEL_NAME_MAX, REQUEST_ID_MAX, SUBJECT_MAX, TEAM_NAME_MAX
+from gateway.random_ids import new_uuid4
 
 
 class EntryKind(str, Enum):
@@ -73,7 +73,7 @@ class EntryDraft:
         if http_status is not None and not (isinstance(http_status, int) and 100 <= http_status <= 599):
             raise AuditInputError(f"http_status {http_status!r} is not an HTTP status code")
         return cls(
-            entry_id=str(uuid.uuid4()),
+            entry_id=new_uuid4(),
             kind=EntryKind(kind).value,
             occurred_at=occurred_at,
             data=canonical_json(payload),
