@@ -32,7 +32,8 @@ sys.path.insert(0, str(ROOT))
 import worker.kernels.attention as attention  # noqa: E402
 from worker.kernels.attention_config import AttentionTileConfig, next_power_of_2  # noqa: E402
 
-from graph_timing import timed_us  # noqa: E402  (bench/, the script's own folder)
+from attention_splits import fa3  # noqa: E402  (bench/, the script's own folder)
+from graph_timing import timed_us  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM, PAGE = 32, 8, 128, 16
 GROUP = HEADS // KV_HEADS
@@ -76,15 +77,6 @@ def causal_flops(requests: int, new: int, context: int) -> float:
     """QK and PV FLOPs of every query over the keys it sees (its context and the new tokens up to itself)."""
     seen = requests * sum(context + i + 1 for i in range(new))
     return 4.0 * seen * HEAD_DIM * HEADS
-
-
-def fa3():
-    try:
-        from vllm.vllm_flash_attn import flash_attn_varlen_func
-    except Exception as exc:  # the peer's package is optional here
-        print(f"FA3 reference not available: {type(exc).__name__}: {exc}")
-        return None
-    return flash_attn_varlen_func
 
 
 def run_case(spec: str, grid: list[tuple[int, int, int, int]], fa) -> dict:
