@@ -10,8 +10,7 @@ that prints figures and writes them as JSON, not a test.
 3. (unless --skip-model) ``ward bench offline --model llama-3.1-8b --workloads latency,batch1`` in a
    subprocess per setting: WARD_DECODE_GEMV / WARD_ROPE_CACHE_FUSION both 0, then both 1.
 
-``--sweep`` also times a grid of tile plans per projection (minutes more) to retune
-``worker/kernels/decode_gemv_config.py``.
+The tile plans themselves are retuned by ``bench/gemv_sweep.py``.
 
 Usage (from the repository root): python3 bench/decode_fusion.py --out decode_fusion.json
 """
@@ -36,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from worker.kernels import reshape_and_cache, rotary_embedding, silu_and_mul  # noqa: E402
 from worker.kernels.decode_gemv import decode_gemv, reserve_workspace  # noqa: E402
-from worker.kernels.decode_gemv_config import GemvPlan, choose_plan  # noqa: E402
+from worker.kernels.decode_gemv_config import choose_plan  # noqa: E402
 from worker.kernels.rotary_cache import rotary_and_cache  # noqa: E402
 
 from graph_timing import timed_us  # noqa: E402  (bench/, the script's own folder)
@@ -113,32 +112,6 @@ def rotary_rows() -> list[dict]:
     return rows
 
 
-def sweep() -> list[dict]:
-    """Every plan of a small grid per projection at 1 and 8 rows; the best per shape last."""
-    results = []
-    grid = list(itertools.product((16, 32, 64), (128, 256, 512), (4, 8), (3, 4), (1, 2, 3, 4, 8)))
-    for (name, (n, k)), m in itertools.product(PROJECTIONS.items(), (1, 8)):
-        silu_options = (False, True) if name == "gate_up" else (False,)
-        for silu in silu_options:
-            w = torch.randn(n, k, dtype=torch.bfloat16, device="cuda") * k**-0.5
-            x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
-            best = None
-            for bn, bk, warps, stages, split in grid:
-                plan = GemvPlan(bn, bk, warps, stages, split)
-                try:
-                    reserve_workspace(w, silu, plan)
-                    us = timed_us(lambda: decode_gemv(x, w, silu=silu, plan=plan), iters=20)
-                except Exception:  # a plan that does not fit (shared memory) is skipped
-                    continue
-                if best is None or us < best[0]:
-                    best = (us, [bn, bk, warps, stages, split])
-            row = {"sweep": name + ("_silu" if silu else ""), "rows": m, "best_us": round(best[0], 2), "plan": best[1]}
-            results.append(row)
-            print(json.dumps(row), flush=True)
-            del w, x
-    return results
-
-
 def model_runs(settings: dict[str, str]) -> dict:
     out = {}
     for label, value in settings.items():
@@ -170,7 +143,6 @@ def main() -> int:
     parser.add_argument("--skip-model", action="store_true")
     parser.add_argument("--gemv-only-run", action="store_true",
                         help="also run the model with the GEMV on and the rotary fusion off")
-    parser.add_argument("--sweep", action="store_true", help="time a grid of tile plans per projection")
     parser.add_argument("--projection-sets", default="",
                         help="more model runs, one per WARD_DECODE_GEMV value in this ';'-separated list "
                              "(e.g. 'all;gate_up;qkv,gate_up'), each with the rotary fusion on")
@@ -191,8 +163,6 @@ def main() -> int:
     print(f"copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
     report["projections"] = [] if args.skip_kernels else projections(bw)
     report["rotary_cache"] = [] if args.skip_kernels else rotary_rows()
-    if args.sweep:
-        report["sweep"] = sweep()
     if not args.skip_model:
         settings = {"off": ("0", "0"), "on": ("1", "1")}
         if args.gemv_only_run:

@@ -30,13 +30,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import worker.kernels.attention as attention  # noqa: E402
-from worker.kernels.attention_config import AttentionTileConfig, next_power_of_2  # noqa: E402
+import worker.kernels.attention_config as attention_config  # noqa: E402
 
 from attention_splits import fa3  # noqa: E402  (bench/, the script's own folder)
 from graph_timing import timed_us  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM, PAGE = 32, 8, 128, 16
-GROUP = HEADS // KV_HEADS
 
 
 def parse_case(spec: str) -> tuple[int, int, int]:
@@ -55,22 +54,14 @@ def parse_grid(spec: str) -> list[tuple[int, int, int, int]]:
 
 @contextlib.contextmanager
 def forced_tiles(shape: tuple[int, int, int, int] | None):
-    """Prefill launches with (rows, tokens, warps, stages) instead of the built-in choice (None keeps it)."""
-    if shape is None:
-        yield
-        return
-    chosen = attention.choose_tile_config
-    rows, tile_n, warps, stages = shape
-
-    def forced(max_query_len, group, head_dim, element_size=2):
-        block_m = max(rows, next_power_of_2(group))
-        return AttentionTileConfig(block_m, block_m // next_power_of_2(group), tile_n, warps, stages)
-
-    attention.choose_tile_config = forced
+    """Prefill launches with (rows, tokens, warps, stages), as WARD_PREFILL_TILE would set them (None
+    keeps the built-in choice)."""
+    kept = attention_config.PREFILL_TILE
+    attention_config.PREFILL_TILE = shape
     try:
         yield
     finally:
-        attention.choose_tile_config = chosen
+        attention_config.PREFILL_TILE = kept
 
 
 def causal_flops(requests: int, new: int, context: int) -> float:

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 MAX_ROWS = 8  # decode and latency batches; more rows go to cuBLAS
 BLOCK_M = 16  # a tensor-core dot needs at least 16 rows: x is padded to them in registers
 MAX_SPLIT_K = 8
 MIN_K_PER_SPLIT = 1024  # shorter K ranges spend more on partial sums than they gain in parallelism
-# K is split only while the doubled grid still fits one program per SM: on an H100 a 128-tile o_proj
-# was 10% faster unsplit than split in two (bench/gemv_sweep.py), so splits serve only grids that
-# would leave most SMs idle.
 
 
 @dataclass(frozen=True)
@@ -33,8 +30,8 @@ class GemvPlan:
 
 # Llama-3.1-8B projections (N, K) at batch 1..8, from bench/gemv_sweep.py on an H100 (2026-12-06:
 # weights beyond L2, one axis at a time from the earlier table). The unsplit plan won on every
-# shape: the partial sums and the last program's add cost more than the shorter wave saves (o_proj 14.8 -> 13.4 us,
-# down 43.1 -> 40.8, qkv 21.4 -> 19.4 at one row).
+# shape: the partial sums and the last program's add cost more than the shorter wave saves
+# (o_proj 14.8 -> 13.4 us, down 43.1 -> 40.8, qkv 21.4 -> 19.4 at one row).
 # Keyed by (N, K, SiLU epilogue): a SiLU launch streams two tiles a step, so another shape's plan
 # would not fit it.
 LLAMA_8B_PLANS: dict[tuple[int, int, bool], GemvPlan] = {
@@ -93,15 +90,18 @@ def fit_shared_memory(plan: GemvPlan, silu: bool, element_size: int, limit: int)
     """``plan`` with stages, then the K step, reduced until its pipeline fits ``limit`` bytes."""
     while pipeline_bytes(plan, silu, element_size) > limit:
         if plan.num_stages > 2:
-            plan = GemvPlan(plan.block_n, plan.block_k, plan.num_warps, plan.num_stages - 1, plan.split_k)
+            plan = replace(plan, num_stages=plan.num_stages - 1)
         elif plan.block_k > 16:
-            plan = GemvPlan(plan.block_n, plan.block_k // 2, plan.num_warps, plan.num_stages, plan.split_k)
+            plan = replace(plan, block_k=plan.block_k // 2)
         else:
             break
     return plan
 
 
 def _rule_plan(n: int, k: int, num_sms: int) -> GemvPlan:
+    """A shape outside the table. K is split only while the doubled grid still fits one program per
+    SM: on an H100 a 128-tile o_proj was 10% faster unsplit than in two splits (bench/gemv_sweep.py),
+    so splits serve only grids that would leave most SMs idle."""
     block_n = 32
     block_k = 256 if k >= 256 else max(16, _pow2_at_least(k))
     tiles = -(-n // block_n)

@@ -70,8 +70,7 @@ class DecodeGemvLinear(nn.Linear):
         """x as [rows, in] when the GEMV takes it, else None."""
         if x.numel() % self.in_features or not self.takes(x.numel() // self.in_features, x):
             return None
-        x2 = x.reshape(-1, self.in_features)
-        return x2 if x2.stride(-1) == 1 else x2.contiguous()
+        return _rows(x, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = self._gemv_rows(x)
@@ -92,7 +91,6 @@ class DecodeGemvLinear(nn.Linear):
 
         return decode_gemv(x2, self.weight, self.bias, silu=True).reshape(*x.shape[:-1], self.out_features // 2)
 
-
     def forward_add_residual(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(self(x) + residual, sums)`` for a decode-sized x (``takes``): the new residual of the layer
         and its per-tile sums of squares, for ``forward_rms_norm_silu_and_mul``."""
@@ -101,9 +99,7 @@ class DecodeGemvLinear(nn.Linear):
         x2 = self._gemv_rows(x)
         if x2 is None:
             raise ValueError("forward_add_residual takes decode-sized inputs only (see takes)")
-        res2 = residual.reshape(-1, self.out_features)
-        h, sums = decode_gemv_add_residual(x2, self.weight, res2 if res2.stride(-1) == 1 else res2.contiguous(),
-                                           self.bias)
+        h, sums = decode_gemv_add_residual(x2, self.weight, _rows(residual, self.out_features), self.bias)
         return h.reshape(*x.shape[:-1], self.out_features), sums
 
     def forward_rms_norm(self, h: torch.Tensor, sums: torch.Tensor, norm_weight: torch.Tensor,
@@ -127,8 +123,14 @@ class DecodeGemvLinear(nn.Linear):
         return out.reshape(*h.shape[:-1], out.shape[-1])
 
 
+def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
+    """t as [rows, width] with a contiguous last dim (a copy only when it is strided)."""
+    t2 = t.reshape(-1, width)
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
 def norm_fusion_requested() -> bool:
-    """``WARD_NORM_GEMV=1``: fuse the post-attention RMSNorm into the GEMVs (off by default until timed)."""
+    """``WARD_NORM_GEMV=1``: fold the RMSNorms into the GEMVs around them (off by default until timed)."""
     return os.environ.get("WARD_NORM_GEMV", "0") == "1"
 
 
