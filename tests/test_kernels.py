@@ -263,7 +263,8 @@ def test_tile_config_by_step_shape() -> None:
     assert (decode.block_m, decode.block_q) == (16, 4)
     assert choose_tile_config(1, 8, 128).block_q == 2
     assert choose_tile_config(1, 32, 128).block_m == 32
-    assert choose_tile_config(2048, 4, 128).block_m == 128
+    prefill = choose_tile_config(2048, 4, 128)
+    assert (prefill.block_m, prefill.tile_n, prefill.num_warps, prefill.num_stages) == (64, 64, 4, 3)
     assert choose_tile_config(2048, 4, 256).tile_n == 32  # wide heads keep the stages in shared memory
     assert choose_tile_config(2048, 4, 128, element_size=4).tile_n == 32  # so do float32 caches
 
