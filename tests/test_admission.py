@@ -194,7 +194,8 @@ def test_a_full_worker_answers_503_a_team_over_its_share_429_and_another_team_st
                  "ward_prefix_cache_hit_rate", "ward_num_preemptions_total", "ward_num_waiting_prompt_tokens",
                  'ward_team_num_requests_waiting{model_name="smollm2-135m-instruct",team="cardiology"',
                  'ward_team_served_tokens_total{model_name="smollm2-135m-instruct",team="radiology"',
-                 'ward_admission_refusals_total{model_name="smollm2-135m-instruct",reason="team_share_exceeded"')
+                 'ward_admission_refusals_total{model_name="smollm2-135m-instruct",reason="team_share_exceeded"',
+                 "ward_worker_gc_pause_seconds_count", "ward_worker_gc_frozen_objects")
         scraped: dict[str, str] = {}
 
         def engine_has_seen_the_other_team() -> bool:
@@ -209,6 +210,9 @@ def test_a_full_worker_answers_503_a_team_over_its_share_429_and_another_team_st
             for name in names:
                 lines = [line for line in text.splitlines() if line.startswith(name)]
                 assert lines and all(label in line for line in lines), (name, label)
+        # the model, tokenizer and libraries were frozen out of the collector's scans at start-up
+        [frozen] = [line for line in own.splitlines() if line.startswith("ward_worker_gc_frozen_objects ")]
+        assert float(frozen.rsplit(" ", 1)[1]) > 10_000, frozen
         refusals = [line for line in own.splitlines() if line.startswith("ward_admission_refusals_total")]
         assert {float(line.rsplit(" ", 1)[1]) for line in refusals} == {1.0}  # one of each reason
         assert running.result(timeout=120) == 200

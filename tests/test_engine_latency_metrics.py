@@ -5,7 +5,7 @@ from __future__ import annotations
 import http.server
 import threading
 
-from ward.benchmarks.serving import engine_means, scrape_engine_times
+from ward.benchmarks.serving import engine_means, gc_figures, scrape_engine_times, scrape_gc
 from worker.engine.llm_engine import EngineStats
 from worker.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from worker.server.metrics import WorkerMetrics
@@ -129,3 +129,30 @@ def test_one_scrape_of_a_gateway_reads_each_histogram_by_its_own_label():
         server.shutdown()
     assert totals == {("audit_write", "database"): (0.5, 100.0), ("gateway_ttft", "a"): (3.0, 4.0),
                       ("gateway_ttft", "b"): (0.25, 5.0)}
+
+
+def test_the_serving_bench_reads_the_workers_collector_pauses_per_level():
+    import gc
+
+    from worker.gc_heap import GcPauses
+
+    m = WorkerMetrics(lambda: stats(), "model-a")
+    pauses = GcPauses(m.registry)
+    try:
+        empty = m.text()
+        pauses._on_collection("start", {"generation": 2})
+        pauses._on_collection("stop", {"generation": 2})
+        gc.collect(0)
+        text = m.text()
+    finally:
+        pauses.close()
+    before_server, after_server = serve_text(empty), serve_text(text)
+    try:
+        before = scrape_gc(f"http://127.0.0.1:{before_server.server_port}/metrics")
+        after = scrape_gc(f"http://127.0.0.1:{after_server.server_port}/metrics")
+    finally:
+        before_server.shutdown()
+        after_server.shutdown()
+    assert set(before) == {"0", "1", "2"} and after["2"][1] == before["2"][1] + 1 and after["0"][1] >= before["0"][1] + 1
+    figures = gc_figures(before, after)
+    assert figures["worker_gc_full_collections"] == 1 and figures["worker_gc_paused_ms"] >= 0

@@ -43,6 +43,19 @@ def engine_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[
     return out
 
 
+def scrape_gc(url: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the worker's garbage-collection pauses at ``url``, per generation ("0".."2")."""
+    totals = histogram_totals(url, {"gc": "ward_worker_gc_pause_seconds"}, by="generation")
+    return {generation: totals.get(("gc", generation), (0.0, 0.0)) for generation in "012"}
+
+
+def gc_figures(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """The serving process's collector between two scrapes: its pauses in all, and its full collections."""
+    paused = sum(after[g][0] - before[g][0] for g in before)
+    full = after["2"][1] - before["2"][1]
+    return {"worker_gc_paused_ms": round(1000 * paused, 1), "worker_gc_full_collections": int(full)}
+
+
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--load-tool", help="serving: the shared serving_load.py")
     ap.add_argument("--tokenizer-tool", help="serving: the shared dummy_tokenizer.py")
@@ -89,7 +102,7 @@ def run(a: argparse.Namespace) -> int:
         levels = []
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         for c in a.concurrency:
-            before = scrape_engine_times(metrics_url)
+            before, gc_before = scrape_engine_times(metrics_url), scrape_gc(metrics_url)
             res = subprocess.run([sys.executable, a.load_tool, base, name, "--concurrency", str(c), "--input",
                                   str(a.input), "--output", str(a.output), "--api-key", key],
                                  capture_output=True, text=True, env=stack.env, timeout=900)
@@ -101,6 +114,7 @@ def run(a: argparse.Namespace) -> int:
             level = json.loads(line[-1])
             # the load tool's warm-up request finishes inside the level too: one request in 2c+1
             level.update(engine_means(before, scrape_engine_times(metrics_url)))
+            level.update(gc_figures(gc_before, scrape_gc(metrics_url)))
             levels.append(level)
             print(json.dumps(level), flush=True)
         report["levels"] = levels

@@ -169,6 +169,7 @@ async def serve(args) -> int:
 
     from proto.batching import MESSAGE_LIMIT_BYTES
     from proto.ward.worker.v1 import worker_pb2_grpc as pb_grpc
+    from worker.gc_heap import freeze_startup_heap
     from worker.server.admission import AdmissionLimits
     from worker.server.async_engine import AsyncEngine
     from worker.server.metrics import WorkerMetrics
@@ -180,6 +181,7 @@ async def serve(args) -> int:
               "give --tls-cert/--tls-key/--client-ca, or --insecure if you really mean it", file=sys.stderr)
         return 2
     task, name, model = await asyncio.to_thread(_build, args)
+    freeze_startup_heap()  # the model, tokenizer and libraries out of every full collection's scan
     engine = embedder = None
     metrics = None
     if task == "embed":
@@ -199,6 +201,7 @@ async def serve(args) -> int:
         return 2
     servicer = WorkerServicer(name, engine=engine, embedder=embedder, limits=limits)
     metrics.watch_admission(servicer.admission)
+    metrics.watch_gc()
     servicer.metrics_text = metrics.text
     if engine is not None:
         servicer.observe_team_request = metrics.observe_team_request

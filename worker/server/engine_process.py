@@ -34,6 +34,7 @@ from worker import errors
 from worker.config import EngineConfig
 from worker.engine.request_preparation import PreparedRequest, RequestPreparation
 from worker.errors import EngineDeadError, ModelLoadError
+from worker.gc_heap import freeze_startup_heap
 from worker.outputs import CompletionOutput, RequestOutput
 from worker.server.async_engine import outputs_until_finished
 
@@ -110,6 +111,7 @@ def core_main(config: EngineConfig, conn, torch_threads: int | None = None, log_
         conn.send(("failed",) + _error_message(exc))
         conn.close()
         return
+    freeze_startup_heap()  # this process steps the engine: its model and libraries out of the collector's scans
     conn.send(("ready", EngineDescription(engine.kv_capacity_tokens, engine.weight_format, engine.startup_seconds,
                                           engine.stats())))
     try:

@@ -157,6 +157,12 @@ class WorkerMetrics:
         if metrics.first_token_time is not None:
             self.team_ttft.labels(*key).observe(max(0.0, metrics.first_token_time - metrics.arrival_time))
 
+    def watch_gc(self) -> None:
+        """Record the serving process's garbage-collection pauses (worker/gc_heap.py): once per process."""
+        from worker.gc_heap import GcPauses
+
+        self.gc_pauses = GcPauses(self.registry)
+
     def watch_admission(self, admission: Admission) -> None:
         self.registry.register(_AdmissionCollector(admission, self.model))
 

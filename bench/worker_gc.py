@@ -1,0 +1,164 @@
+"""What the garbage collector costs a serving worker: ``ward worker`` (the default model, CPU) as a
+real process under a closed loop of streamed Generate calls over gRPC, with its start-up heap frozen
+(the default) and not (WARD_GC_FREEZE=0), one after the other. Reports each run's collections and
+pauses by generation (the worker's own ward_worker_gc_pause_seconds) and the gaps between tokens as
+the client saw them; then, in this process, what one full collection costs beside a started engine
+before and after the freeze. A script, not a test.
+
+    python bench/worker_gc.py [--seconds 60] [--streams 16] [--tokens 64] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
+
+import grpc
+import httpx
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from proto.ward.worker.v1 import worker_pb2 as pb  # noqa: E402
+from proto.ward.worker.v1 import worker_pb2_grpc as pb_grpc  # noqa: E402
+from worker.model.registry import DEFAULT_GENERATE_MODEL, resolve_model  # noqa: E402
+
+_PAUSE = re.compile(r'^ward_worker_gc_pause_seconds_(count|sum)\{generation="(\d)"\} (\S+)$')
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_worker(freeze: bool, metrics_port: int) -> tuple[subprocess.Popen, int]:
+    env = {**os.environ, "WARD_GC_FREEZE": "1" if freeze else "0", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ward", "worker", "--model", resolve_model(DEFAULT_GENERATE_MODEL),
+         "--served-model-name", DEFAULT_GENERATE_MODEL, "--host", "127.0.0.1", "--port", "0",
+         "--metrics-port", str(metrics_port), "--device", "cpu", "--max-num-seqs", "64"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
+    for line in proc.stdout:
+        if line.startswith("WARD_WORKER_READY"):
+            return proc, int(re.search(r"port=(\d+)", line).group(1))
+    raise RuntimeError("the worker exited before it was ready")
+
+
+def request(tokens: int, n: int) -> pb.GenerateRequest:
+    text = f"Summarise the night's handover for bed {n}, then list the open tasks."
+    return pb.GenerateRequest(
+        model=DEFAULT_GENERATE_MODEL,
+        prompt=pb.Prompt(chat=pb.Conversation(messages=[pb.ChatMessage(role="user", content=text)],
+                                              add_generation_prompt=True)),
+        params=pb.SamplingParams(max_tokens=tokens, ignore_eos=True, temperature=0),
+    )
+
+
+async def load(port: int, streams: int, tokens: int, seconds: float) -> dict:
+    gaps: list[float] = []
+    done = 0
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = pb_grpc.WorkerStub(channel)
+        deadline = time.monotonic() + seconds
+
+        async def one_stream(k: int) -> None:
+            nonlocal done
+            n = k
+            while time.monotonic() < deadline:
+                last = None
+                async for _ in stub.Generate(request(tokens, n)):
+                    now = time.perf_counter()
+                    if last is not None:
+                        gaps.append(now - last)
+                    last = now
+                done += 1
+                n += streams
+
+        await asyncio.gather(*(one_stream(k) for k in range(streams)))
+    gaps.sort()
+    pick = (lambda q: round(1000 * gaps[min(len(gaps) - 1, int(q * len(gaps)))], 2)) if gaps else (lambda q: None)
+    return {"requests": done, "gaps": len(gaps), "gap_p50_ms": pick(0.5), "gap_p99_ms": pick(0.99),
+            "gap_p999_ms": pick(0.999), "gap_max_ms": round(1000 * gaps[-1], 1) if gaps else None}
+
+
+def pauses(metrics_port: int) -> dict:
+    found: dict[str, dict[str, float]] = {}
+    for line in httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text.splitlines():
+        m = _PAUSE.match(line)
+        if m:
+            found.setdefault(m.group(2), {})[m.group(1)] = float(m.group(3))
+        elif line.startswith("ward_worker_gc_frozen_objects "):
+            found["frozen_objects"] = float(line.split()[1])
+    return found
+
+
+def full_collection_ms() -> dict:
+    """A full collection's pause beside a started engine (the default model), before and after the freeze."""
+    import gc
+
+    from worker.engine.llm_engine import LLMEngine
+    from worker.config import EngineConfig
+    from worker.gc_heap import freeze_startup_heap
+
+    engine = LLMEngine(EngineConfig(model=DEFAULT_GENERATE_MODEL, device="cpu"))
+
+    def timed() -> float:
+        started = time.perf_counter()
+        gc.collect()
+        return round(1000 * (time.perf_counter() - started), 2)
+
+    tracked = len(gc.get_objects())
+    before = [timed() for _ in range(3)]
+    frozen = freeze_startup_heap()
+    after = [timed() for _ in range(3)]
+    engine.close()
+    return {"tracked_objects": tracked, "frozen": frozen, "full_collection_ms": before, "frozen_full_collection_ms": after}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--streams", type=int, default=16)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    runs = {}
+    for freeze in (True, False):
+        metrics_port = _free_port()
+        proc, port = start_worker(freeze, metrics_port)
+        try:
+            before = pauses(metrics_port)
+            client = asyncio.run(load(port, args.streams, args.tokens, args.seconds))
+            after = pauses(metrics_port)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+        collections = {}
+        for gen in ("0", "1", "2"):
+            count = after.get(gen, {}).get("count", 0) - before.get(gen, {}).get("count", 0)
+            total = after.get(gen, {}).get("sum", 0) - before.get(gen, {}).get("sum", 0)
+            collections[gen] = {"count": int(count), "total_ms": round(1000 * total, 1),
+                                "mean_ms": round(1000 * total / count, 2) if count else None}
+        label = "frozen" if freeze else "not frozen (WARD_GC_FREEZE=0)"
+        runs[label] = {"frozen_objects": after.get("frozen_objects"), "collections": collections, "client": client}
+        print(json.dumps({label: runs[label]}), flush=True)
+    in_process = full_collection_ms()
+    print(json.dumps(in_process), flush=True)
+    if args.json:
+        pathlib.Path(args.json).write_text(json.dumps({"streams": args.streams, "tokens": args.tokens,
+                                                       "seconds": args.seconds, "runs": runs,
+                                                       "in_process": in_process}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
