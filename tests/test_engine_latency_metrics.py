@@ -42,6 +42,16 @@ def serve_text(text: str):
     return server
 
 
+def scrape_each(scrape, *texts: str) -> list:
+    """``scrape`` of each exposition, each served over HTTP as a worker's /metrics would be."""
+    servers = [serve_text(text) for text in texts]
+    try:
+        return [scrape(f"http://127.0.0.1:{server.server_port}/metrics") for server in servers]
+    finally:
+        for server in servers:
+            server.shutdown()
+
+
 def test_queue_and_prefill_times_split_the_time_to_first_token_and_the_benchmark_reads_their_means():
     m = WorkerMetrics(lambda: stats(num_reserve_waits=3), "model-a")
     empty = m.text()
@@ -52,13 +62,7 @@ def test_queue_and_prefill_times_split_the_time_to_first_token_and_the_benchmark
     assert 'ward_num_reserve_waits_total{model_name="model-a"} 3.0' in text
     assert 'ward_request_queue_time_seconds_count{model_name="model-a"} 2.0' in text
     assert 'ward_request_prefill_time_seconds_count{model_name="model-a"} 2.0' in text
-    before_server, after_server = serve_text(empty), serve_text(text)
-    try:
-        before = scrape_engine_times(f"http://127.0.0.1:{before_server.server_port}/metrics")
-        after = scrape_engine_times(f"http://127.0.0.1:{after_server.server_port}/metrics")
-    finally:
-        before_server.shutdown()
-        after_server.shutdown()
+    before, after = scrape_each(scrape_engine_times, empty, text)
     assert before == {"engine_ttft": (0.0, 0.0), "engine_queue": (0.0, 0.0), "engine_prefill": (0.0, 0.0)}
     assert engine_means(before, after) == {"engine_ttft_mean_ms": 750.0, "engine_queue_mean_ms": 375.0,
                                            "engine_prefill_mean_ms": 500.0}
@@ -146,13 +150,7 @@ def test_the_serving_bench_reads_the_workers_collector_pauses_per_level():
         text = m.text()
     finally:
         pauses.close()
-    before_server, after_server = serve_text(empty), serve_text(text)
-    try:
-        before = scrape_gc(f"http://127.0.0.1:{before_server.server_port}/metrics")
-        after = scrape_gc(f"http://127.0.0.1:{after_server.server_port}/metrics")
-    finally:
-        before_server.shutdown()
-        after_server.shutdown()
+    before, after = scrape_each(scrape_gc, empty, text)
     assert set(before) == {"0", "1", "2"} and after["2"][1] == before["2"][1] + 1 and after["0"][1] >= before["0"][1] + 1
     figures = gc_figures(before, after)
     assert figures["worker_gc_full_collections"] == 1 and figures["worker_gc_paused_ms"] >= 0

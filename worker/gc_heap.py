@@ -1,10 +1,10 @@
 """The worker's long-lived heap kept out of the garbage collector's way, and the collector's pauses
 measured.
 
-A started worker holds some 355,000 objects the collector tracks (the model's modules, the tokenizer,
+A started worker holds some 370,000 objects the collector tracks (the model's modules, the tokenizer,
 torch, Triton, transformers and gRPC internals), all alive as long as the process. A full collection
-scans every one of them while the GIL is held: 180 ms on a 2-core CPU box, during which no step is
-launched and no token is sent. Frozen after start-up (``gc.freeze``), they are no longer scanned; only
+scans every one of them while the GIL is held: 166-207 ms on a 2-core CPU box, during which no step
+is launched and no token is sent (bench/worker_gc.py). Frozen after start-up (``gc.freeze``), they are no longer scanned; only
 what serving allocates is. The gateway does the same for its own heap (gateway/cli.py).
 """
 from __future__ import annotations
