@@ -157,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     print(json.dumps(card), flush=True)
     if args.suite == "offline":
         from worker import LLM
+        from worker.gc_heap import freeze_startup_heap
         from ward.benchmarks.models import SHAPES, copy_tokenizer, write_config_dir
         from ward.benchmarks.offline import OfflineBench
 
@@ -178,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
                   reserved_output_tokens=args.reserved_output_tokens, decode_step_tokens=args.decode_step_tokens,
                   reserve_beyond_seqs=args.reserve_beyond_seqs, tensor_parallel_size=args.tensor_parallel_size)
         report["startup_s"] = round(time.perf_counter() - t0, 1)
+        # as a serving worker does once started (and vLLM's engine core): full collections skip the start-up heap
+        report["gc_frozen_objects"] = freeze_startup_heap()
         report["config"] = {"max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
                             "reserved_output_tokens": args.reserved_output_tokens,
                             "reserve_beyond_seqs": args.reserve_beyond_seqs,
