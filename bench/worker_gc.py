@@ -2,10 +2,11 @@
 real process under a closed loop of streamed Generate calls over gRPC, with its start-up heap frozen
 (the default) and not (WARD_GC_FREEZE=0), one after the other. Reports each run's collections and
 pauses by generation (the worker's own ward_worker_gc_pause_seconds) and the gaps between tokens as
-the client saw them; then, in this process, what one full collection costs beside a started engine
-before and after the freeze. A script, not a test.
+the client saw them; then, in this process beside a started engine, what one full collection costs and
+which collections --in-process-requests short generations cause, before and after the freeze. A
+script, not a test.
 
-    python bench/worker_gc.py [--seconds 60] [--streams 16] [--tokens 64] [--json out.json]
+    python bench/worker_gc.py [--seconds 60] [--streams 16] [--tokens 64] [--in-process-requests 3000] [--json out.json]
 """
 from __future__ import annotations
 
@@ -102,27 +103,46 @@ def pauses(metrics_port: int) -> dict:
     return found
 
 
-def full_collection_ms() -> dict:
-    """A full collection's pause beside a started engine (the default model), before and after the freeze."""
+def in_process(requests: int) -> dict:
+    """Beside a started engine of the default model, in this process: a full collection's pause, and
+    the collections ``requests`` short generations cause, before and after the freeze."""
     import gc
 
-    from worker.engine.llm_engine import LLMEngine
-    from worker.config import EngineConfig
+    from worker import LLM, SamplingParams
     from worker.gc_heap import freeze_startup_heap
 
-    engine = LLMEngine(EngineConfig(model=DEFAULT_GENERATE_MODEL, device="cpu"))
+    llm = LLM(DEFAULT_GENERATE_MODEL, device="cpu")
+    prompts = [{"prompt_token_ids": [100 + i % 50, 200 + i % 70, 300]} for i in range(requests)]
+    params = SamplingParams(max_tokens=2, ignore_eos=True, temperature=0.0)
+    pauses: list[tuple[int, float]] = []
+    started = [0.0]
+
+    def on_collection(phase: str, info: dict) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses.append((info["generation"], time.perf_counter() - started[0]))
 
     def timed() -> float:
-        started = time.perf_counter()
+        begun = time.perf_counter()
         gc.collect()
-        return round(1000 * (time.perf_counter() - started), 2)
+        return round(1000 * (time.perf_counter() - begun), 2)
 
-    tracked = len(gc.get_objects())
-    before = [timed() for _ in range(3)]
-    frozen = freeze_startup_heap()
-    after = [timed() for _ in range(3)]
-    engine.close()
-    return {"tracked_objects": tracked, "frozen": frozen, "full_collection_ms": before, "frozen_full_collection_ms": after}
+    def churn() -> dict:
+        pauses.clear()
+        gc.callbacks.append(on_collection)
+        for k in range(0, requests, 500):
+            llm.generate(prompts[k:k + 500], params)
+        gc.callbacks.remove(on_collection)
+        return {str(g): {"count": sum(1 for x, _ in pauses if x == g),
+                         "total_ms": round(1000 * sum(d for x, d in pauses if x == g), 1)} for g in range(3)}
+
+    report = {"tracked_objects": len(gc.get_objects()), "full_collection_ms": [timed() for _ in range(3)],
+              "requests": requests, "collections": churn()}
+    report["frozen"] = freeze_startup_heap()
+    report["frozen_full_collection_ms"] = [timed() for _ in range(3)]
+    report["frozen_collections"] = churn()
+    return report
 
 
 def main() -> None:
@@ -130,6 +150,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--streams", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--in-process-requests", type=int, default=3000)
     ap.add_argument("--json")
     args = ap.parse_args()
     runs = {}
@@ -152,12 +173,12 @@ def main() -> None:
         label = "frozen" if freeze else "not frozen (WARD_GC_FREEZE=0)"
         runs[label] = {"frozen_objects": after.get("frozen_objects"), "collections": collections, "client": client}
         print(json.dumps({label: runs[label]}), flush=True)
-    in_process = full_collection_ms()
-    print(json.dumps(in_process), flush=True)
+    beside_engine = in_process(args.in_process_requests)
+    print(json.dumps(beside_engine), flush=True)
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps({"streams": args.streams, "tokens": args.tokens,
                                                        "seconds": args.seconds, "runs": runs,
-                                                       "in_process": in_process}, indent=1))
+                                                       "in_process": beside_engine}, indent=1))
 
 
 if __name__ == "__main__":
