@@ -16,6 +16,30 @@ settings.register_profile("explore", derandomize=False)
 settings.load_profile("explore" if os.environ.get("WARD_HYPOTHESIS") == "explore" else "ward")
 
 
+def _ignore_grpc_events_for_closed_loops() -> None:
+    """grpc.aio's poller delivers each completion to the loop its call was made on. A call of an earlier
+    test that completes after that test's loop closed makes the callback, running on the current loop,
+    raise "Event loop is closed" (grpc/grpc#25364 and its kin), which anyio's test runner would charge
+    to whichever test is running. Only that one error, from that one callback, is let through."""
+    try:
+        from anyio._backends._asyncio import TestRunner
+    except ImportError:
+        return
+    charged = TestRunner._exception_handler
+
+    def handler(self, loop, context) -> None:
+        exc = context.get("exception")
+        if (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+                and "PollerCompletionQueue._handle_events" in repr(context.get("handle"))):
+            return
+        charged(self, loop, context)
+
+    TestRunner._exception_handler = handler
+
+
+_ignore_grpc_events_for_closed_loops()
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     """The event loop of every ``pytest.mark.anyio`` test: asyncio, as the gateway and worker run."""
