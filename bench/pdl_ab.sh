@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# On a GPU machine: programmatic dependent launch (worker/kernels/pdl.py) and the decode GEMV's L2
-# prefetch, checked and timed.
+# On a GPU machine: kernel settings switched by environment (programmatic dependent launch,
+# worker/kernels/pdl.py, by default), checked and timed.
 # 1. The GPU tests of the kernels they touch (TESTS, a pytest -k expression; - for none) in
 #    TEST_FILES (default tests/test_pdl.py tests/test_kernels.py), PDL on.
 # 2. Ward's latency and batch-1 workloads for each of VARIANTS (space-separated; each a comma list
@@ -9,7 +9,7 @@
 #    of its text file under $OUT.
 set -u
 OUT=${OUT:-$PWD/bench-out}
-VARIANTS=${VARIANTS:-"WARD_PDL=0 WARD_PDL=1,WARD_GEMV_PREFETCH=0 WARD_PDL=1"}
+VARIANTS=${VARIANTS:-"WARD_PDL=0 WARD_PDL=1"}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader

@@ -28,17 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 from proto.ward.worker.v1 import worker_pb2 as pb  # noqa: E402
 from proto.ward.worker.v1 import worker_pb2_grpc as pb_grpc  # noqa: E402
+from ward.benchmarks.serving import scrape_gc  # noqa: E402
+from ward.benchmarks.stack import free_port  # noqa: E402
 from worker.model.registry import DEFAULT_GENERATE_MODEL, resolve_model  # noqa: E402
-
-_PAUSE = re.compile(r'^ward_worker_gc_pause_seconds_(count|sum)\{generation="(\d)"\} (\S+)$')
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_worker(freeze: bool, metrics_port: int) -> tuple[subprocess.Popen, int]:
@@ -92,15 +84,21 @@ async def load(port: int, streams: int, tokens: int, seconds: float) -> dict:
             "gap_p999_ms": pick(0.999), "gap_max_ms": round(1000 * gaps[-1], 1) if gaps else None}
 
 
-def pauses(metrics_port: int) -> dict:
-    found: dict[str, dict[str, float]] = {}
-    for line in httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text.splitlines():
-        m = _PAUSE.match(line)
-        if m:
-            found.setdefault(m.group(2), {})[m.group(1)] = float(m.group(3))
-        elif line.startswith("ward_worker_gc_frozen_objects "):
-            found["frozen_objects"] = float(line.split()[1])
-    return found
+def frozen_objects(metrics_url: str) -> float | None:
+    for line in httpx.get(metrics_url, timeout=10).text.splitlines():
+        if line.startswith("ward_worker_gc_frozen_objects "):
+            return float(line.split()[1])
+    return None
+
+
+def by_generation(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict:
+    """Collections and their pause between two readings of (sum, count) per generation."""
+    rows = {}
+    for gen in "012":
+        total, count = after[gen][0] - before[gen][0], int(after[gen][1] - before[gen][1])
+        rows[gen] = {"count": count, "total_ms": round(1000 * total, 1),
+                     "mean_ms": round(1000 * total / count, 2) if count else None}
+    return rows
 
 
 def in_process(requests: int) -> dict:
@@ -108,20 +106,14 @@ def in_process(requests: int) -> dict:
     the collections ``requests`` short generations cause, before and after the freeze."""
     import gc
 
+    from prometheus_client import CollectorRegistry
+
     from worker import LLM, SamplingParams
-    from worker.gc_heap import freeze_startup_heap
+    from worker.gc_heap import GcPauses, freeze_startup_heap
 
     llm = LLM(DEFAULT_GENERATE_MODEL, device="cpu")
     prompts = [{"prompt_token_ids": [100 + i % 50, 200 + i % 70, 300]} for i in range(requests)]
     params = SamplingParams(max_tokens=2, ignore_eos=True, temperature=0.0)
-    pauses: list[tuple[int, float]] = []
-    started = [0.0]
-
-    def on_collection(phase: str, info: dict) -> None:
-        if phase == "start":
-            started[0] = time.perf_counter()
-        else:
-            pauses.append((info["generation"], time.perf_counter() - started[0]))
 
     def timed() -> float:
         begun = time.perf_counter()
@@ -129,13 +121,14 @@ def in_process(requests: int) -> dict:
         return round(1000 * (time.perf_counter() - begun), 2)
 
     def churn() -> dict:
-        pauses.clear()
-        gc.callbacks.append(on_collection)
+        registry = CollectorRegistry()
+        recorder = GcPauses(registry)
         for k in range(0, requests, 500):
             llm.generate(prompts[k:k + 500], params)
-        gc.callbacks.remove(on_collection)
-        return {str(g): {"count": sum(1 for x, _ in pauses if x == g),
-                         "total_ms": round(1000 * sum(d for x, d in pauses if x == g), 1)} for g in range(3)}
+        recorder.close()
+        read = {g: (registry.get_sample_value("ward_worker_gc_pause_seconds_sum", {"generation": g}),
+                    registry.get_sample_value("ward_worker_gc_pause_seconds_count", {"generation": g})) for g in "012"}
+        return by_generation({g: (0.0, 0.0) for g in "012"}, read)
 
     report = {"tracked_objects": len(gc.get_objects()), "full_collection_ms": [timed() for _ in range(3)],
               "requests": requests, "collections": churn()}
@@ -155,23 +148,18 @@ def main() -> None:
     args = ap.parse_args()
     runs = {}
     for freeze in (True, False):
-        metrics_port = _free_port()
+        metrics_port = free_port()
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         proc, port = start_worker(freeze, metrics_port)
         try:
-            before = pauses(metrics_port)
+            before = scrape_gc(metrics_url)
             client = asyncio.run(load(port, args.streams, args.tokens, args.seconds))
-            after = pauses(metrics_port)
+            after, frozen = scrape_gc(metrics_url), frozen_objects(metrics_url)
         finally:
             proc.terminate()
             proc.wait(timeout=60)
-        collections = {}
-        for gen in ("0", "1", "2"):
-            count = after.get(gen, {}).get("count", 0) - before.get(gen, {}).get("count", 0)
-            total = after.get(gen, {}).get("sum", 0) - before.get(gen, {}).get("sum", 0)
-            collections[gen] = {"count": int(count), "total_ms": round(1000 * total, 1),
-                                "mean_ms": round(1000 * total / count, 2) if count else None}
         label = "frozen" if freeze else "not frozen (WARD_GC_FREEZE=0)"
-        runs[label] = {"frozen_objects": after.get("frozen_objects"), "collections": collections, "client": client}
+        runs[label] = {"frozen_objects": frozen, "collections": by_generation(before, after), "client": client}
         print(json.dumps({label: runs[label]}), flush=True)
     beside_engine = in_process(args.in_process_requests)
     print(json.dumps(beside_engine), flush=True)
