@@ -5,7 +5,8 @@ from __future__ import annotations
 import http.server
 import threading
 
-from ward.benchmarks.serving import engine_means, gc_figures, scrape_engine_times, scrape_gc
+from ward.benchmarks.serving import (engine_means, gateway_ttft_figure, gc_figures, scrape_engine_times, scrape_gateway_ttft,
+                                     scrape_gc)
 from worker.engine.llm_engine import EngineStats
 from worker.outputs import CompletionOutput, RequestMetrics, RequestOutput
 from worker.server.metrics import WorkerMetrics
@@ -58,15 +59,33 @@ def test_queue_and_prefill_times_split_the_time_to_first_token_and_the_benchmark
     m.observe_finished(finished(10.0, 10.5, 10.75))
     m.observe_finished(finished(20.0, 20.25, 21.0))
     m.observe_finished(finished(30.0, None, 30.5))  # never scheduled (aborted while waiting): no split
+    m.observe_team_request("a", 0.8, None)  # the Generate call's own first response, per team
+    m.observe_team_request("b", 0.6, None)
     text = m.text()
     assert 'ward_num_reserve_waits_total{model_name="model-a"} 3.0' in text
     assert 'ward_request_queue_time_seconds_count{model_name="model-a"} 2.0' in text
     assert 'ward_request_prefill_time_seconds_count{model_name="model-a"} 2.0' in text
     before, after = scrape_each(scrape_engine_times, empty, text)
-    assert before == {"engine_ttft": (0.0, 0.0), "engine_queue": (0.0, 0.0), "engine_prefill": (0.0, 0.0)}
+    assert before == {"engine_ttft": (0.0, 0.0), "engine_queue": (0.0, 0.0), "engine_prefill": (0.0, 0.0),
+                      "worker_first_response": (0.0, 0.0)}
     assert engine_means(before, after) == {"engine_ttft_mean_ms": 750.0, "engine_queue_mean_ms": 375.0,
-                                           "engine_prefill_mean_ms": 500.0}
+                                           "engine_prefill_mean_ms": 500.0, "worker_first_response_mean_ms": 700.0}
     assert engine_means(after, after) == {}  # nothing finished in between: no figure rather than a zero
+
+
+def test_the_serving_bench_reads_the_gateways_mean_time_to_first_token_over_every_model():
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    registry = CollectorRegistry()
+    ttft = Histogram("ward_gateway_time_to_first_token_seconds", "ttft", ["model_name"], registry=registry)
+    empty = generate_latest(registry).decode()
+    ttft.labels("model-a").observe(0.030)
+    ttft.labels("model-a").observe(0.040)
+    ttft.labels("model-b").observe(0.020)
+    before, after = scrape_each(scrape_gateway_ttft, empty, generate_latest(registry).decode())
+    assert before == (0.0, 0.0) and after[1] == 3.0
+    assert gateway_ttft_figure(before, after) == {"gateway_ttft_mean_ms": 30.0}
+    assert gateway_ttft_figure(after, after) == {}
 
 
 def test_each_teams_first_response_and_engine_times_are_kept_apart_and_the_fairness_bench_reads_them():

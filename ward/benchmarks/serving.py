@@ -23,8 +23,12 @@ from ward.benchmarks.stack import GovernedStack, free_port
 from ward.benchmarks.worker_metrics import histogram_totals, pair_mean_ms
 
 # The worker's own view of each level: where a request's time to first token went inside the engine.
+# worker_first_response: from the Generate call's arrival to its first output (every team added up),
+# so the worker's own share of a first token (preparing, queueing to the engine thread, delivering the
+# output) shows beside the engine's.
 _ENGINE_HISTOGRAMS = {"engine_ttft": "ward_time_to_first_token_seconds", "engine_queue": "ward_request_queue_time_seconds",
-                      "engine_prefill": "ward_request_prefill_time_seconds"}
+                      "engine_prefill": "ward_request_prefill_time_seconds",
+                      "worker_first_response": "ward_team_first_response_seconds"}
 
 
 def scrape_engine_times(url: str) -> dict[str, tuple[float, float]]:
@@ -41,6 +45,21 @@ def engine_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[
         if mean is not None:
             out[f"{key}_mean_ms"] = mean
     return out
+
+
+# The gateway's view: from a request's arrival to the first token it got from the worker.
+GATEWAY_TTFT = "ward_gateway_time_to_first_token_seconds"
+
+
+def scrape_gateway_ttft(url: str) -> tuple[float, float]:
+    """(sum, count) of the gateway's time to first token at ``url`` (its /metrics), every model added up."""
+    return histogram_totals(url, {"gateway_ttft": GATEWAY_TTFT}).get(("gateway_ttft", ""), (0.0, 0.0))
+
+
+def gateway_ttft_figure(before: tuple[float, float], after: tuple[float, float]) -> dict[str, float]:
+    """The gateway's mean time to first token between two scrapes ({} when nothing was observed)."""
+    mean = pair_mean_ms(before, after)
+    return {} if mean is None else {"gateway_ttft_mean_ms": mean}
 
 
 def scrape_gc(url: str) -> dict[str, tuple[float, float]]:
@@ -103,6 +122,7 @@ def run(a: argparse.Namespace) -> int:
         metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
         for c in a.concurrency:
             before, gc_before = scrape_engine_times(metrics_url), scrape_gc(metrics_url)
+            gateway_before = scrape_gateway_ttft(base + "/metrics")
             res = subprocess.run([sys.executable, a.load_tool, base, name, "--concurrency", str(c), "--input",
                                   str(a.input), "--output", str(a.output), "--api-key", key],
                                  capture_output=True, text=True, env=stack.env, timeout=900)
@@ -114,6 +134,7 @@ def run(a: argparse.Namespace) -> int:
             level = json.loads(line[-1])
             # the load tool's warm-up request finishes inside the level too: one request in 2c+1
             level.update(engine_means(before, scrape_engine_times(metrics_url)))
+            level.update(gateway_ttft_figure(gateway_before, scrape_gateway_ttft(base + "/metrics")))
             level.update(gc_figures(gc_before, scrape_gc(metrics_url)))
             levels.append(level)
             print(json.dumps(level), flush=True)
