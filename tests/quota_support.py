@@ -1,7 +1,9 @@
 """Helpers for tests of the quota layer and of the gateway around it: a clock to move by hand, a
-private redis-server to stop and start, and cleanup of a key prefix."""
+private redis-server to stop and start, cleanup of a key prefix, and the store-contract fixture that
+runs a test on both stores."""
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import signal
@@ -11,11 +13,21 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
 import redis
+import redis.asyncio as aioredis
 
+from gateway.quota.limits import TEAM_SCOPE, QuotaLimits, Scope, ScopeKind, ScopeLimits
+from gateway.quota.memory_store import InMemoryQuotaStore
+from gateway.quota.redis_store import RedisQuotaStore
+from gateway.quota.store import AdmitRequest, AdmitResult, ExtendRequest, ExtendResult, SettleMode, Settlement
 from ports import free_port
 
 TEST_REDIS_URL = os.environ.get("WARD_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+CONTRACT_DB = 1  # the Redis database of the store-contract tests
+CONTRACT_T0 = dt.datetime(2026, 3, 10, 12, 0, tzinfo=dt.timezone.utc).timestamp()
+KEY = Scope(ScopeKind.KEY, "key-1")
+MODEL = Scope(ScopeKind.MODEL, "llama-3.1-8b")
 
 
 class FakeClock:
@@ -119,3 +131,52 @@ class PrivateRedis:
             self.thaw()
         self.kill()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def env(request):
+    """(store, clock) with the clock at CONTRACT_T0, once per store; a fresh key prefix per test for Redis."""
+    clock = FakeClock(CONTRACT_T0)
+    if request.param == "memory":
+        yield InMemoryQuotaStore(clock=clock), clock
+        return
+    url = redis_url(CONTRACT_DB)
+    require_redis(url)
+    prefix = unique_prefix("sem")
+    store = RedisQuotaStore(aioredis.Redis.from_url(url), key_prefix=prefix, clock=clock)
+    try:
+        yield store, clock
+    finally:
+        await store.aclose()
+        delete_prefix(url, prefix)
+
+
+class Team:
+    """Drives one team against a store: admit with given limits, extend and settle what was admitted."""
+
+    def __init__(self, store, name: str = "emergency", ttl_s: float = 300.0):
+        self.store, self.name, self.ttl_s = store, name, ttl_s
+        self.admitted: dict[str, AdmitResult] = {}
+        self.limits: dict[str, tuple[ScopeLimits, ...]] = {}
+
+    async def admit(self, reserve: int = 0, model_name: str | None = None, **scopes: QuotaLimits) -> tuple[str, AdmitResult]:
+        items = [ScopeLimits(TEAM_SCOPE, scopes.get("team", QuotaLimits()))]
+        if "key" in scopes:
+            items.append(ScopeLimits(KEY, scopes["key"]))
+        if "model" in scopes:
+            items.append(ScopeLimits(MODEL, scopes["model"]))
+        rid = uuid.uuid4().hex
+        result = await self.store.admit(AdmitRequest(self.name, rid, reserve, model_name, tuple(items), self.ttl_s))
+        if result.admitted:
+            self.admitted[rid] = result
+            self.limits[rid] = tuple(items)
+        return rid, result
+
+    async def extend(self, rid: str, total: int) -> ExtendResult:
+        """Raise ``rid`` to ``total`` under the limits it was admitted with."""
+        return await self.store.extend(ExtendRequest(self.name, rid, total, self.limits[rid]))
+
+    async def settle(self, rid: str, prompt: int, completion: int = 0, mode=SettleMode.SETTLE, model: str | None = None) -> bool:
+        r = self.admitted[rid]
+        scopes = tuple(item.scope for item in self.limits[rid])
+        return await self.store.settle(Settlement(self.name, rid, scopes, r.day, r.month, model, prompt, completion, mode))

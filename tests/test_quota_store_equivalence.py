@@ -14,7 +14,7 @@ from gateway.quota.limits import TEAM_SCOPE, QuotaLimits, Scope, ScopeKind, Scop
 from gateway.quota.memory_store import InMemoryQuotaStore
 from gateway.quota.periods import periods_at
 from gateway.quota.redis_store import RedisQuotaStore
-from gateway.quota.store import AdmitRequest, SettleMode, Settlement
+from gateway.quota.store import AdmitRequest, ExtendRequest, SettleMode, Settlement
 from quota_support import FakeClock, delete_prefix, redis_url, require_redis, unique_prefix
 
 URL = redis_url(1)
@@ -39,8 +39,9 @@ settle_op = st.tuples(
     st.just("settle"), st.integers(0, 50), st.sampled_from(RESERVES), st.sampled_from([0, 1, 50, 100]),
     st.sampled_from(list(SettleMode)),
 )
+extend_op = st.tuples(st.just("extend"), st.integers(0, 50), st.sampled_from(RESERVES))
 advance_op = st.tuples(st.just("advance"), st.sampled_from(STEPS))
-ops_strategy = st.lists(st.one_of(admit_op, admit_op, admit_op, settle_op, advance_op), min_size=15, max_size=60)
+ops_strategy = st.lists(st.one_of(admit_op, admit_op, admit_op, settle_op, extend_op, advance_op), min_size=15, max_size=60)
 
 
 async def _replay(store, clock: FakeClock, ops) -> list:
@@ -56,12 +57,15 @@ async def _replay(store, clock: FakeClock, ops) -> list:
             r = await store.admit(AdmitRequest("team", rid, reserve, "m", scopes, 90.0))
             out.append(("admit", r))
             if r.admitted:
-                admitted.append((rid, tuple(s.scope for s in scopes), r))
+                admitted.append((rid, scopes, r, reserve))
             continue
         if not admitted:
             continue
-        rid, scopes, r = admitted[op[1] % len(admitted)]
-        s = Settlement("team", rid, scopes, r.day, r.month, "m", op[2], op[3], op[4])
+        rid, limits, r, reserve = admitted[op[1] % len(admitted)]
+        if op[0] == "extend":  # by a step from RESERVES over what it was admitted with (0: a repeat)
+            out.append(("extend", await store.extend(ExtendRequest("team", rid, reserve + op[2], limits))))
+            continue
+        s = Settlement("team", rid, tuple(item.scope for item in limits), r.day, r.month, "m", op[2], op[3], op[4])
         out.append(("settle", await store.settle(s)))
     out.append(("usage", await store.usage("team", dt.date(2026, 1, 31), dt.date(2026, 2, 2))))
     return out

@@ -6,64 +6,12 @@ import datetime as dt
 import uuid
 
 import pytest
-import redis.asyncio as aioredis
 
-from gateway.quota.limits import TEAM_SCOPE, LimitKind, QuotaLimits, Scope, ScopeKind, ScopeLimits
-from gateway.quota.memory_store import InMemoryQuotaStore
-from gateway.quota.redis_store import RedisQuotaStore
-from gateway.quota.store import AdmitRequest, AdmitResult, SettleMode, Settlement
-from quota_support import FakeClock, delete_prefix, redis_url, require_redis, unique_prefix
+from gateway.quota.limits import TEAM_SCOPE, LimitKind, QuotaLimits, Scope, ScopeKind
+from gateway.quota.store import SettleMode, Settlement
+from quota_support import KEY, MODEL, Team, env  # noqa: F401 - env: the fixture, each test on both stores
 
 pytestmark = pytest.mark.anyio
-URL = redis_url(1)
-T0 = dt.datetime(2026, 3, 10, 12, 0, tzinfo=dt.timezone.utc).timestamp()
-KEY = Scope(ScopeKind.KEY, "key-1")
-MODEL = Scope(ScopeKind.MODEL, "llama-3.1-8b")
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def env(request):
-    """(store, clock) with the clock at T0; a fresh key prefix per test for Redis."""
-    clock = FakeClock(T0)
-    if request.param == "memory":
-        yield InMemoryQuotaStore(clock=clock), clock
-        return
-    require_redis(URL)
-    prefix = unique_prefix("sem")
-    store = RedisQuotaStore(aioredis.Redis.from_url(URL), key_prefix=prefix, clock=clock)
-    try:
-        yield store, clock
-    finally:
-        await store.aclose()
-        delete_prefix(URL, prefix)
-
-
-class Team:
-    """Drives one team against a store: admit with given limits, settle what was admitted."""
-
-    def __init__(self, store, name: str = "emergency", ttl_s: float = 300.0):
-        self.store, self.name, self.ttl_s = store, name, ttl_s
-        self.admitted: dict[str, AdmitResult] = {}
-        self.scopes: dict[str, tuple[Scope, ...]] = {}
-
-    async def admit(self, reserve: int = 0, model_name: str | None = None, **scopes: QuotaLimits) -> tuple[str, AdmitResult]:
-        items = [ScopeLimits(TEAM_SCOPE, scopes.get("team", QuotaLimits()))]
-        if "key" in scopes:
-            items.append(ScopeLimits(KEY, scopes["key"]))
-        if "model" in scopes:
-            items.append(ScopeLimits(MODEL, scopes["model"]))
-        rid = uuid.uuid4().hex
-        result = await self.store.admit(AdmitRequest(self.name, rid, reserve, model_name, tuple(items), self.ttl_s))
-        if result.admitted:
-            self.admitted[rid] = result
-            self.scopes[rid] = tuple(i.scope for i in items)
-        return rid, result
-
-    async def settle(self, rid: str, prompt: int, completion: int = 0, mode=SettleMode.SETTLE, model: str | None = None) -> bool:
-        r = self.admitted[rid]
-        return await self.store.settle(
-            Settlement(self.name, rid, self.scopes[rid], r.day, r.month, model, prompt, completion, mode)
-        )
 
 
 async def test_requests_per_minute_admits_exactly_the_limit_then_refuses_until_the_oldest_leaves(env):

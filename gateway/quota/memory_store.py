@@ -1,6 +1,7 @@
 """The quota store of a single gateway: all state in this process, the same semantics as Redis.
 
-It mirrors lua/admit.lua and lua/settle.lua step by step; keep the two in step when changing either.
+It mirrors lua/admit.lua, lua/extend.lua and lua/settle.lua step by step (its per-limit checks, in
+memory_checks.py, mirror lua/common.lua); keep the two in step when changing either.
 """
 from __future__ import annotations
 
@@ -20,26 +21,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.quota.errors import QuotaUnavailable
-from gateway.quota.headers import WindowState
 from gateway.quota.limits import LimitKind, QuotaLimits, Scope
+from gateway.quota.memory_checks import IN_FLIGHT_RETRY_US, WINDOW_US, Refusals, check_budgets, check_tpm, rate_states
 from gateway.quota.periods import day_id, periods_at
 from gateway.quota.redis_keys import override_field, parse_override_field
 from gateway.quota.scored_log import ScoredLog
 from gateway.quota.store import (
-    IN_FLIGHT_RETRY_S,
-    RATE_WINDOW_S,
     AdmitRequest,
     AdmitResult,
+    ExtendRequest,
+    ExtendResult,
+    ExtendStatus,
     OverrideKey,
-    Rejection,
     SettleMode,
     Settlement,
     UsageRecord,
 )
 
 log = logging.getLogger(__name__)
-_WINDOW_US = int(RATE_WINDOW_S * 1_000_000)
-_IN_FLIGHT_RETRY_US = int(IN_FLIGHT_RETRY_S * 1_000_000)
 # kinds whose reservations stay live until settled (the concurrency and budget checks read them)
 _LIVE_KINDS = frozenset({LimitKind.MAX_CONCURRENT, LimitKind.TOKENS_PER_DAY, LimitKind.TOKENS_PER_MONTH})
 
@@ -50,20 +49,6 @@ class _ScopeState:
     tpm: ScoredLog = field(default_factory=ScoredLog)  # admission times, tokens counted
     live: ScoredLog = field(default_factory=ScoredLog)  # expiry times, tokens reserved
     acct: dict[str, int] = field(default_factory=dict)  # "d:YYYYMMDD" / "m:YYYYMM" -> settled tokens
-
-
-@dataclass
-class _Refusal:
-    kind: LimitKind
-    scope_index: int
-    retry_us: int  # -1: never
-    limit: int
-    used: int
-
-    def outranks(self, other: _Refusal | None) -> bool:
-        if other is None:
-            return True
-        return other.retry_us != -1 and (self.retry_us == -1 or self.retry_us > other.retry_us)
 
 
 class InMemoryQuotaStore:
@@ -98,6 +83,10 @@ class InMemoryQuotaStore:
         with self._lock:
             return self._admit(request)
 
+    async def extend(self, request: ExtendRequest) -> ExtendResult:
+        with self._lock:
+            return self._extend(request)
+
     async def settle(self, settlement: Settlement) -> bool:
         with self._lock:
             return self._settle(settlement)
@@ -110,56 +99,32 @@ class InMemoryQuotaStore:
             raise ValueError(f"reservation id {request.reservation_id} was already admitted")
         reserve = request.reserve_tokens
         states = [self._scopes[(request.team, item.scope)] for item in request.scopes]
-        best: _Refusal | None = None
-
-        def refuse(kind: LimitKind, index: int, retry_us: int, limit: int, used: int) -> None:
-            nonlocal best
-            candidate = _Refusal(kind, index, retry_us, limit, used)
-            if candidate.outranks(best):
-                best = candidate
+        refusals = Refusals()
 
         # 1. Check.
         for index, (item, state) in enumerate(zip(request.scopes, states)):
             limits = item.limits
             rpm = limits.requests_per_minute
             if rpm is not None:
-                state.rpm.purge_upto(now - _WINDOW_US)
+                state.rpm.purge_upto(now - WINDOW_US)
                 count = len(state.rpm)
                 if count + 1 > rpm:
-                    retry = -1 if rpm == 0 else state.rpm.score_at(count - rpm) + _WINDOW_US - now
-                    refuse(LimitKind.REQUESTS_PER_MINUTE, index, retry, rpm, count)
+                    retry = -1 if rpm == 0 else state.rpm.score_at(count - rpm) + WINDOW_US - now
+                    refusals.add(LimitKind.REQUESTS_PER_MINUTE, index, retry, rpm, count)
             tpm = limits.tokens_per_minute
             if tpm is not None:
-                state.tpm.purge_upto(now - _WINDOW_US)
-                total = state.tpm.total
-                if reserve > tpm:
-                    refuse(LimitKind.TOKENS_PER_MINUTE, index, -1, tpm, total)
-                elif total + reserve > tpm:
-                    retry = self._tokens_retry(state.tpm, total + reserve - tpm, now)
-                    refuse(LimitKind.TOKENS_PER_MINUTE, index, retry, tpm, total)
+                state.tpm.purge_upto(now - WINDOW_US)
+                check_tpm(refusals, index, tpm, state.tpm, state.tpm.total, reserve, now)
             conc, per_day, per_month = limits.max_concurrent, limits.tokens_per_day, limits.tokens_per_month
             if conc is not None or per_day is not None or per_month is not None:
                 state.live.purge_upto(now)
                 if conc is not None and len(state.live) + 1 > conc:
-                    retry = -1 if conc == 0 else _IN_FLIGHT_RETRY_US
-                    refuse(LimitKind.MAX_CONCURRENT, index, retry, conc, len(state.live))
-                live = state.live.total
-                for kind, limit, fld, period_end in (
-                    (LimitKind.TOKENS_PER_DAY, per_day, "d:" + periods.day, periods.day_end_us),
-                    (LimitKind.TOKENS_PER_MONTH, per_month, "m:" + periods.month, periods.month_end_us),
-                ):
-                    if limit is None:
-                        continue
-                    settled = state.acct.get(fld, 0)
-                    if reserve > limit:
-                        refuse(kind, index, -1, limit, settled + live)
-                    elif settled + reserve > limit:
-                        refuse(kind, index, period_end, limit, settled + live)
-                    elif settled + live + reserve > limit:
-                        refuse(kind, index, _IN_FLIGHT_RETRY_US, limit, settled + live)
+                    retry = -1 if conc == 0 else IN_FLIGHT_RETRY_US
+                    refusals.add(LimitKind.MAX_CONCURRENT, index, retry, conc, len(state.live))
+                check_budgets(refusals, index, per_day, per_month, state.acct, state.live.total, reserve, periods)
 
         # 2. Record, only when nothing refused.
-        if best is None:
+        if refusals.best is None:
             rid = request.reservation_id
             ttl_us = int(request.ttl_s * 1_000_000)
             for item, state in zip(request.scopes, states):
@@ -171,45 +136,69 @@ class InMemoryQuotaStore:
                 if not _LIVE_KINDS.isdisjoint(limits.kinds()):
                     state.live.add(now + ttl_us, rid, reserve)
             expiry = now + ttl_us + self._settle_grace_us
-            self._records[(request.team, rid)] = (expiry, {"day": periods.day, "month": periods.month})
+            record = {"day": periods.day, "month": periods.month, "reserve": reserve, "expires": now + ttl_us}
+            self._records[(request.team, rid)] = (expiry, record)
             heapq.heappush(self._record_expiry, (expiry, request.team, rid))
 
         # 3. What the client sees.
-        requests_state = tokens_state = None
-        for item, state in zip(request.scopes, states):
-            rpm, tpm = item.limits.requests_per_minute, item.limits.tokens_per_minute
-            if rpm is not None:
-                w = _window_state(state.rpm, rpm, len(state.rpm), now)
-                if requests_state is None or w.remaining < requests_state.remaining:
-                    requests_state = w
-            if tpm is not None:
-                w = _window_state(state.tpm, tpm, state.tpm.total, now)
-                if tokens_state is None or w.remaining < tokens_state.remaining:
-                    tokens_state = w
-        rejection = None
-        if best is not None:
-            rejection = Rejection(
-                kind=best.kind,
-                scope=request.scopes[best.scope_index].scope,
-                limit=best.limit,
-                used=best.used,
-                retry_after_s=None if best.retry_us < 0 else best.retry_us / 1_000_000,
-            )
+        requests_state, tokens_state = rate_states(
+            ((item, state.rpm, state.tpm) for item, state in zip(request.scopes, states)), now
+        )
         return AdmitResult(
-            rejection=rejection,
-            requests=_clamped(requests_state),
-            tokens=_clamped(tokens_state),
+            rejection=refusals.rejection(request.scopes),
+            requests=requests_state,
+            tokens=tokens_state,
             day=periods.day,
             month=periods.month,
         )
 
-    @staticmethod
-    def _tokens_retry(log: ScoredLog, need: int, now: int) -> int:
-        for score, entry_id in log.ordered():
-            need -= log.amounts.get(entry_id, 0)
-            if need <= 0:
-                return score + _WINDOW_US - now
-        return _WINDOW_US
+    def _extend(self, request: ExtendRequest) -> ExtendResult:
+        """Mirrors lua/extend.lua."""
+        now = self._now_us()
+        self._expire_records(now)
+        entry = self._records.get((request.team, request.reservation_id))
+        if entry is None or entry[1]["expires"] <= now:
+            return ExtendResult(ExtendStatus.UNKNOWN, None, None, None)
+        record, rid, total = entry[1], request.reservation_id, request.reserve_tokens
+        more = total > record["reserve"]
+        periods = periods_at(now)
+        states = [self._scopes[(request.team, item.scope)] for item in request.scopes]
+        refusals = Refusals()
+
+        # 1. Check, leaving the request's own tokens out: the new total replaces them.
+        for index, (item, state) in enumerate(zip(request.scopes, states)):
+            limits = item.limits
+            if limits.requests_per_minute is not None:
+                state.rpm.purge_upto(now - WINDOW_US)  # only for the headers
+            tpm = limits.tokens_per_minute
+            if tpm is not None:
+                state.tpm.purge_upto(now - WINDOW_US)
+                others = state.tpm.total - state.tpm.amounts.get(rid, 0)
+                check_tpm(refusals, index, tpm, state.tpm, others, total, now, skip=rid)
+            if not _LIVE_KINDS.isdisjoint(limits.kinds()):
+                state.live.purge_upto(now)
+                if rid not in state.live.amounts:
+                    return ExtendResult(ExtendStatus.UNKNOWN, None, None, None)
+                others = state.live.total - state.live.amounts[rid]
+                check_budgets(refusals, index, limits.tokens_per_day, limits.tokens_per_month, state.acct, others, total, periods)
+        if not more:
+            refusals = Refusals()
+
+        # 2. Record, only when nothing refused.
+        if refusals.best is None and more:
+            for item, state in zip(request.scopes, states):
+                if item.limits.tokens_per_minute is not None:
+                    state.tpm.add(now, rid, total)  # moves the entry to now
+                if rid in state.live.amounts:
+                    state.live.set_amount(rid, total)
+            record["reserve"] = total
+
+        # 3. What the client sees.
+        requests_state, tokens_state = rate_states(
+            ((item, state.rpm, state.tpm) for item, state in zip(request.scopes, states)), now
+        )
+        status = ExtendStatus.EXTENDED if refusals.best is None else ExtendStatus.REFUSED
+        return ExtendResult(status, refusals.rejection(request.scopes), requests_state, tokens_state)
 
     def _settle(self, s: Settlement) -> bool:
         now = self._now_us()
@@ -326,13 +315,3 @@ class InMemoryQuotaStore:
         os.replace(tmp, self._overrides_path)
         self._overrides_signature = self._file_signature()
 
-
-def _window_state(log: ScoredLog, limit: int, used: int, now: int) -> WindowState:
-    reset = max(0, log.score_at(0) + _WINDOW_US - now) if len(log) else 0
-    return WindowState(limit=limit, remaining=limit - used, reset_s=reset / 1_000_000)
-
-
-def _clamped(state: WindowState | None) -> WindowState | None:
-    if state is None:
-        return None
-    return WindowState(limit=state.limit, remaining=max(0, state.remaining), reset_s=state.reset_s)

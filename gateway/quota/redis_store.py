@@ -1,4 +1,4 @@
-"""The quota store shared by many gateway processes: Redis, one Lua script per admit and per settle."""
+"""The quota store shared by many gateway processes: Redis, one Lua script per admit, extend and settle."""
 from __future__ import annotations
 
 import asyncio
@@ -17,7 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.quota.errors import QuotaStoreError
 from gateway.quota.headers import WindowState
-from gateway.quota.limits import LIMIT_KINDS, QuotaLimits, Scope
+from gateway.quota.limits import LIMIT_KINDS, QuotaLimits, Scope, ScopeLimits
 from gateway.quota.periods import day_id
 from gateway.quota.redis_keys import (
     RedisKeys,
@@ -30,6 +30,9 @@ from gateway.quota.store import (
     RATE_WINDOW_S,
     AdmitRequest,
     AdmitResult,
+    ExtendRequest,
+    ExtendResult,
+    ExtendStatus,
     OverrideKey,
     Rejection,
     Settlement,
@@ -72,6 +75,7 @@ class RedisQuotaStore:
         self._usage_ttl_ms = usage_retention_days * 86_400_000
         self._settle_grace_s = settle_grace_s
         self._admit = client.register_script(_load_script("admit.lua"))
+        self._extend = client.register_script(_load_script("extend.lua"))
         self._settle = client.register_script(_load_script("settle.lua"))
 
     @classmethod
@@ -103,30 +107,38 @@ class RedisQuotaStore:
             int((request.ttl_s + self._settle_grace_s) * 1000),
             request.model or "",
         ]
-        for item in request.scopes:
-            keys += self.keys.scope_keys(request.team, item.scope)
-            args += [-1 if item.limits.get(kind) is None else item.limits.get(kind) for kind in LIMIT_KINDS]
+        keys, args = self._add_scopes(request.team, request.scopes, keys, args)
         raw = await self._call(self._admit, keys, args)
         status = int(raw[0])
         if status == 2:
             raise ValueError(f"reservation id {request.reservation_id} was already admitted")
-        rejection = None
-        if status == 0:
-            retry_us = int(raw[3])
-            rejection = Rejection(
-                kind=LIMIT_KINDS[int(raw[1]) - 1],
-                scope=request.scopes[int(raw[2]) - 1].scope,
-                limit=int(raw[4]),
-                used=int(raw[5]),
-                retry_after_s=None if retry_us < 0 else retry_us / 1_000_000,
-            )
         return AdmitResult(
-            rejection=rejection,
+            rejection=_rejection(raw[1:6], request.scopes) if status == 0 else None,
             requests=_window(raw[8:11]),
             tokens=_window(raw[11:14]),
             day=_text(raw[6]),
             month=_text(raw[7]),
         )
+
+    async def extend(self, request: ExtendRequest) -> ExtendResult:
+        keys = [self.keys.reservation(request.team, request.reservation_id)]
+        args: list[Any] = [self._now_arg(), request.reservation_id, request.reserve_tokens, int(RATE_WINDOW_S * 1_000_000)]
+        keys, args = self._add_scopes(request.team, request.scopes, keys, args)
+        raw = await self._call(self._extend, keys, args)
+        status = _EXTEND_STATUS[int(raw[0])]
+        return ExtendResult(
+            status=status,
+            rejection=_rejection(raw[1:6], request.scopes) if status is ExtendStatus.REFUSED else None,
+            requests=_window(raw[6:9]),
+            tokens=_window(raw[9:12]),
+        )
+
+    def _add_scopes(self, team: str, scopes: tuple[ScopeLimits, ...], keys: list[str], args: list[Any]) -> tuple[list[str], list[Any]]:
+        """Each scope's keys after ``keys`` and its five limits (-1: none) after ``args``."""
+        for item in scopes:
+            keys += self.keys.scope_keys(team, item.scope)
+            args += [-1 if item.limits.get(kind) is None else item.limits.get(kind) for kind in LIMIT_KINDS]
+        return keys, args
 
     async def settle(self, settlement: Settlement) -> bool:
         team = settlement.team
@@ -211,6 +223,22 @@ class RedisQuotaStore:
 def _store_error(exc: BaseException) -> QuotaStoreError:
     timed_out = isinstance(exc, (RedisTimeoutError, asyncio.TimeoutError))
     return QuotaStoreError(f"quota store unavailable: {exc!r}", maybe_applied=timed_out)
+
+
+_EXTEND_STATUS = {1: ExtendStatus.EXTENDED, 0: ExtendStatus.REFUSED, 3: ExtendStatus.UNKNOWN}
+
+
+def _rejection(values: list[Any], scopes: tuple[ScopeLimits, ...]) -> Rejection:
+    """A refusal as the scripts return it: kind (1-based in LIMIT_KINDS), scope (1-based), retry_us
+    (-1: never), limit, used."""
+    kind, scope, retry_us, limit, used = (int(v) for v in values)
+    return Rejection(
+        kind=LIMIT_KINDS[kind - 1],
+        scope=scopes[scope - 1].scope,
+        limit=limit,
+        used=used,
+        retry_after_s=None if retry_us < 0 else retry_us / 1_000_000,
+    )
 
 
 def _window(values: list[Any]) -> WindowState | None:

@@ -12,6 +12,11 @@ Semantics, identical in both stores (the tests run the same cases against each):
   counts live reservations; day and month budgets count settled tokens of the UTC calendar period
   plus the tokens of live reservations.
 - ``settle`` is idempotent: the second and later calls for one reservation return False and change nothing.
+- ``extend`` raises a live reservation to a new total, checked against every token limit exactly as
+  ``admit`` would check that total now beside everything else in flight; a refusal changes nothing.
+  The request's entries for requests_per_minute and max_concurrent stay as admitted (it holds its
+  slot); its tokens_per_minute entry moves to the time of the extension, as if admitted then. It never
+  lowers a reservation, so repeating an extension changes nothing and answers the same.
 - Windows and budgets are tracked only for the kinds a scope limits at admission; settled tokens are
   always added to every scope's day and month counters and to the team's usage record.
 """
@@ -62,6 +67,28 @@ class AdmitResult:
         return self.rejection is None
 
 
+@dataclass(frozen=True)
+class ExtendRequest:
+    team: str
+    reservation_id: str
+    reserve_tokens: int  # the total the reservation is to hold, not the increase
+    scopes: tuple[ScopeLimits, ...]  # the limits the reservation was admitted under
+
+
+class ExtendStatus(str, Enum):
+    EXTENDED = "extended"  # the reservation now holds reserve_tokens (or already did: a repeat)
+    REFUSED = "refused"  # a token limit refused; nothing changed
+    UNKNOWN = "unknown"  # no live reservation by that id (settled, released, expired or never admitted)
+
+
+@dataclass(frozen=True)
+class ExtendResult:
+    status: ExtendStatus
+    rejection: Rejection | None  # set when REFUSED
+    requests: WindowState | None  # as in AdmitResult; None for UNKNOWN
+    tokens: WindowState | None
+
+
 class SettleMode(str, Enum):
     SETTLE = "settle"  # end of a request: lower the reservation to the true usage and record it
     RELEASE = "release"  # the request never ran: give everything back, record no usage
@@ -100,6 +127,11 @@ class QuotaStore(Protocol):
 
     async def admit(self, request: AdmitRequest) -> AdmitResult:
         """Check and, if every limit allows, record one admission. Raises QuotaStoreError if unreachable."""
+        ...
+
+    async def extend(self, request: ExtendRequest) -> ExtendResult:
+        """Raise a live reservation to ``request.reserve_tokens`` if every token limit allows it (see
+        the module's docstring). Raises QuotaStoreError if unreachable."""
         ...
 
     async def settle(self, settlement: Settlement) -> bool:

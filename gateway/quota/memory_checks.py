@@ -1,0 +1,116 @@
+"""The limit checks of the in-process store, shared by its admit and extend: the Python twin of the
+helpers in lua/common.lua (keep the two in step)."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gateway.quota.headers import WindowState
+from gateway.quota.limits import LimitKind, ScopeLimits
+from gateway.quota.periods import Periods
+from gateway.quota.scored_log import ScoredLog
+from gateway.quota.store import IN_FLIGHT_RETRY_S, RATE_WINDOW_S, Rejection
+
+WINDOW_US = int(RATE_WINDOW_S * 1_000_000)
+IN_FLIGHT_RETRY_US = int(IN_FLIGHT_RETRY_S * 1_000_000)
+
+
+@dataclass
+class Refusal:
+    kind: LimitKind
+    scope_index: int
+    retry_us: int  # -1: never
+    limit: int
+    used: int
+
+
+class Refusals:
+    """Collects the refusals of one check; the one that keeps the request out longest wins (-1,
+    never, beats everything)."""
+
+    def __init__(self) -> None:
+        self.best: Refusal | None = None
+
+    def add(self, kind: LimitKind, index: int, retry_us: int, limit: int, used: int) -> None:
+        best = self.best
+        if best is None or (best.retry_us != -1 and (retry_us == -1 or retry_us > best.retry_us)):
+            self.best = Refusal(kind, index, retry_us, limit, used)
+
+    def rejection(self, scopes: tuple[ScopeLimits, ...]) -> Rejection | None:
+        best = self.best
+        if best is None:
+            return None
+        return Rejection(
+            kind=best.kind,
+            scope=scopes[best.scope_index].scope,
+            limit=best.limit,
+            used=best.used,
+            retry_after_s=None if best.retry_us < 0 else best.retry_us / 1_000_000,
+        )
+
+
+def tokens_retry(log: ScoredLog, need: int, now: int, skip: str | None = None) -> int:
+    """When the tokens window frees room for ``need`` more tokens; ``skip``'s leaving frees nothing."""
+    for score, entry_id in log.ordered():
+        if entry_id == skip:
+            continue
+        need -= log.amounts.get(entry_id, 0)
+        if need <= 0:
+            return score + WINDOW_US - now
+    return WINDOW_US
+
+
+def check_tpm(refusals: Refusals, index: int, tpm: int, log: ScoredLog, others: int, reserve: int, now: int,
+              skip: str | None = None) -> None:
+    """tokens_per_minute: ``reserve`` more tokens beside the ``others`` held in the window."""
+    if reserve > tpm:
+        refusals.add(LimitKind.TOKENS_PER_MINUTE, index, -1, tpm, others)
+    elif others + reserve > tpm:
+        refusals.add(LimitKind.TOKENS_PER_MINUTE, index, tokens_retry(log, others + reserve - tpm, now, skip), tpm, others)
+
+
+def check_budgets(refusals: Refusals, index: int, per_day: int | None, per_month: int | None, acct: dict[str, int],
+                  live: int, reserve: int, periods: Periods) -> None:
+    """tokens_per_day and tokens_per_month: ``reserve`` more tokens beside the settled ones and the
+    ``live`` tokens other requests hold in flight."""
+    for kind, limit, fld, period_end in (
+        (LimitKind.TOKENS_PER_DAY, per_day, "d:" + periods.day, periods.day_end_us),
+        (LimitKind.TOKENS_PER_MONTH, per_month, "m:" + periods.month, periods.month_end_us),
+    ):
+        if limit is None:
+            continue
+        settled = acct.get(fld, 0)
+        if reserve > limit:
+            refusals.add(kind, index, -1, limit, settled + live)
+        elif settled + reserve > limit:
+            refusals.add(kind, index, period_end, limit, settled + live)
+        elif settled + live + reserve > limit:
+            refusals.add(kind, index, IN_FLIGHT_RETRY_US, limit, settled + live)
+
+
+def rate_states(scopes: Iterable[tuple[ScopeLimits, ScoredLog, ScoredLog]], now: int) -> tuple[WindowState | None, WindowState | None]:
+    """What the client sees: for requests and for tokens per minute, the scope with the least room.
+    ``scopes``: each scope's limits with its requests log and its tokens log."""
+    requests_state = tokens_state = None
+    for item, rpm_log, tpm_log in scopes:
+        rpm, tpm = item.limits.requests_per_minute, item.limits.tokens_per_minute
+        if rpm is not None:
+            w = _window_state(rpm_log, rpm, len(rpm_log), now)
+            if requests_state is None or w.remaining < requests_state.remaining:
+                requests_state = w
+        if tpm is not None:
+            w = _window_state(tpm_log, tpm, tpm_log.total, now)
+            if tokens_state is None or w.remaining < tokens_state.remaining:
+                tokens_state = w
+    return _clamped(requests_state), _clamped(tokens_state)
+
+
+def _window_state(log: ScoredLog, limit: int, used: int, now: int) -> WindowState:
+    reset = max(0, log.score_at(0) + WINDOW_US - now) if len(log) else 0
+    return WindowState(limit=limit, remaining=limit - used, reset_s=reset / 1_000_000)
+
+
+def _clamped(state: WindowState | None) -> WindowState | None:
+    if state is None:
+        return None
+    return WindowState(limit=state.limit, remaining=max(0, state.remaining), reset_s=state.reset_s)
