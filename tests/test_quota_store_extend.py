@@ -54,8 +54,8 @@ async def test_a_refusal_by_tokens_per_minute_changes_nothing(env):
     r = refused.rejection
     assert (r.kind, r.scope, r.limit, r.used) == (LimitKind.TOKENS_PER_MINUTE, TEAM_SCOPE, 1000, 500)
     assert r.retry_after_s == pytest.approx(60.0)
-    assert refused.tokens.remaining == 400
-    assert await room(team, limits) == 400
+    assert refused.tokens.remaining == 500  # the headers of that refusal: as if the request were released
+    assert await room(team, limits) == 400  # it is not until its caller releases it
     assert (await team.extend(rid, 500)).status is ExtendStatus.EXTENDED  # exactly the limit
 
 
@@ -98,7 +98,7 @@ async def test_the_narrowest_scope_refuses_and_the_others_are_untouched(env):
     rid, _ = await team.admit(100, **scopes)
     refused = await team.extend(rid, 501)
     assert refused.rejection.scope == MODEL and refused.rejection.used == 0
-    assert refused.tokens.remaining == 400  # the tightest scope is reported
+    assert refused.tokens.remaining == 500  # the tightest scope, without the refused request
     assert (await team.extend(rid, 500)).tokens.remaining == 0
 
 
@@ -112,6 +112,20 @@ async def test_the_retry_after_of_a_refusal_ignores_the_requests_own_entry(env):
     clock.advance(10)
     refused = await team.extend(rid, 600)  # t = 20: needs 100 more than the 500 of t = 10 leave
     assert refused.rejection.retry_after_s == pytest.approx(50.0)
+
+
+async def test_a_refusal_reports_the_windows_without_the_request(env):
+    store, clock = env
+    team, limits = Team(store), QuotaLimits(requests_per_minute=10, tokens_per_minute=1000)
+    rid, _ = await team.admit(100, team=limits)  # t = 0
+    clock.advance(5)
+    await team.admit(800, team=limits)  # t = 5
+    refused = await team.extend(rid, 300)
+    assert (refused.requests.remaining, refused.tokens.remaining) == (9, 200)
+    assert refused.tokens.reset_s == pytest.approx(60.0) and refused.requests.reset_s == pytest.approx(60.0)
+    extended = await team.extend(rid, 200)
+    assert (extended.requests.remaining, extended.tokens.remaining) == (8, 0)
+    assert extended.requests.reset_s == pytest.approx(55.0)
 
 
 async def test_the_extended_tokens_count_in_the_window_from_the_time_of_the_extension(env):

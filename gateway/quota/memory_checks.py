@@ -88,25 +88,33 @@ def check_budgets(refusals: Refusals, index: int, per_day: int | None, per_month
             refusals.add(kind, index, IN_FLIGHT_RETRY_US, limit, settled + live)
 
 
-def rate_states(scopes: Iterable[tuple[ScopeLimits, ScoredLog, ScoredLog]], now: int) -> tuple[WindowState | None, WindowState | None]:
+def rate_states(scopes: Iterable[tuple[ScopeLimits, ScoredLog, ScoredLog]], now: int,
+                skip: str | None = None) -> tuple[WindowState | None, WindowState | None]:
     """What the client sees: for requests and for tokens per minute, the scope with the least room.
-    ``scopes``: each scope's limits with its requests log and its tokens log."""
+    ``scopes``: each scope's limits with its requests log and its tokens log; ``skip`` is left out, as
+    if it were already released."""
     requests_state = tokens_state = None
     for item, rpm_log, tpm_log in scopes:
         rpm, tpm = item.limits.requests_per_minute, item.limits.tokens_per_minute
         if rpm is not None:
-            w = _window_state(rpm_log, rpm, len(rpm_log), now)
+            w = _window_state(rpm_log, rpm, len(rpm_log) - (skip in rpm_log), now, skip)
             if requests_state is None or w.remaining < requests_state.remaining:
                 requests_state = w
         if tpm is not None:
-            w = _window_state(tpm_log, tpm, tpm_log.total, now)
+            w = _window_state(tpm_log, tpm, tpm_log.total - tpm_log.amounts.get(skip, 0), now, skip)
             if tokens_state is None or w.remaining < tokens_state.remaining:
                 tokens_state = w
     return _clamped(requests_state), _clamped(tokens_state)
 
 
-def _window_state(log: ScoredLog, limit: int, used: int, now: int) -> WindowState:
-    reset = max(0, log.score_at(0) + WINDOW_US - now) if len(log) else 0
+def _window_state(log: ScoredLog, limit: int, used: int, now: int, skip: str | None) -> WindowState:
+    oldest = None
+    for index in range(min(2, len(log))):
+        score, entry_id = log.entry_at(index)
+        if entry_id != skip:
+            oldest = score
+            break
+    reset = 0 if oldest is None else max(0, oldest + WINDOW_US - now)
     return WindowState(limit=limit, remaining=limit - used, reset_s=reset / 1_000_000)
 
 

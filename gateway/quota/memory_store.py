@@ -193,11 +193,12 @@ class InMemoryQuotaStore:
                     state.live.set_amount(rid, total)
             record["reserve"] = total
 
-        # 3. What the client sees.
+        # 3. What the client sees; after a refusal, as if the request were already released (as it will be).
+        refused = refusals.best is not None
         requests_state, tokens_state = rate_states(
-            ((item, state.rpm, state.tpm) for item, state in zip(request.scopes, states)), now
+            ((item, state.rpm, state.tpm) for item, state in zip(request.scopes, states)), now, rid if refused else None
         )
-        status = ExtendStatus.EXTENDED if refusals.best is None else ExtendStatus.REFUSED
+        status = ExtendStatus.REFUSED if refused else ExtendStatus.EXTENDED
         return ExtendResult(status, refusals.rejection(request.scopes), requests_state, tokens_state)
 
     def _settle(self, s: Settlement) -> bool:

@@ -23,6 +23,9 @@ class ScoredLog:
     def __len__(self) -> int:
         return len(self._entries) - self._head
 
+    def __contains__(self, entry_id: object) -> bool:
+        return entry_id in self._scores
+
     def add(self, score: int, entry_id: str, amount: int | None = None) -> None:
         self.remove(entry_id)
         bisect.insort(self._entries, (score, entry_id), lo=self._head)
@@ -63,6 +66,10 @@ class ScoredLog:
 
     def score_at(self, index: int) -> int:
         return self._entries[self._head + index if index >= 0 else index][0]
+
+    def entry_at(self, index: int) -> tuple[int, str]:
+        """``(score, id)`` of the entry at ``index`` (>= 0) in order."""
+        return self._entries[self._head + index]
 
     def ordered(self) -> list[tuple[int, str]]:
         return self._entries[self._head:]

@@ -90,7 +90,7 @@ if best == nil then
 end
 
 -- 3. What the client sees.
-local req, tok = rate_states(nscopes, scope_keys, scope_limits, now, window)
+local req, tok = rate_states(nscopes, scope_keys, scope_limits, now, window, nil)
 best = best or {-1, -1, -1, -1, -1}
 return {status, best[1], best[2], best[3], best[4], best[5], day, month,
         req[1], req[2], req[3], tok[1], tok[2], tok[3]}

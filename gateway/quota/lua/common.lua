@@ -150,12 +150,13 @@ end
 
 -- What the client sees: for each rate kind the scope with the least room, as {limit, remaining,
 -- reset_us} ({-1, -1, -1} when no scope limits it). keys_of(s) and limits_of(s) give a scope's keys
--- and limits.
-local function rate_states(nscopes, keys_of, limits_of, now, window)
+-- and limits; `skip` (an id or nil) is left out, as if it were already released.
+local function rate_states(nscopes, keys_of, limits_of, now, window, skip)
   local function window_state(zkey, limit, used)
     local reset = 0
-    local oldest = redis.call('ZRANGE', zkey, 0, 0, 'WITHSCORES')
-    if #oldest > 0 then reset = math.max(0, tonumber(oldest[2]) + window - now) end
+    local oldest = redis.call('ZRANGE', zkey, 0, skip and 1 or 0, 'WITHSCORES')
+    if skip and oldest[1] == skip then oldest = {oldest[3], oldest[4]} end
+    if oldest[2] then reset = math.max(0, tonumber(oldest[2]) + window - now) end
     return {limit, limit - used, reset}
   end
   local req, tok = nil, nil
@@ -163,11 +164,15 @@ local function rate_states(nscopes, keys_of, limits_of, now, window)
     local rpm_key, tpm_key, tamt_key = keys_of(s)
     local rpm, tpm = limits_of(s)
     if rpm >= 0 then
-      local w = window_state(rpm_key, rpm, redis.call('ZCARD', rpm_key))
+      local count = redis.call('ZCARD', rpm_key)
+      if skip and redis.call('ZSCORE', rpm_key, skip) then count = count - 1 end
+      local w = window_state(rpm_key, rpm, count)
       if req == nil or w[2] < req[2] then req = w end
     end
     if tpm >= 0 then
-      local w = window_state(tpm_key, tpm, hget_number(tamt_key, 'sum'))
+      local sum = hget_number(tamt_key, 'sum')
+      if skip then sum = sum - (tonumber(redis.call('HGET', tamt_key, skip) or '0') or 0) end
+      local w = window_state(tpm_key, tpm, sum)
       if tok == nil or w[2] < tok[2] then tok = w end
     end
   end

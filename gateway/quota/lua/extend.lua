@@ -73,7 +73,7 @@ if best == nil then
   end
 end
 
--- 3. What the client sees.
-local req, tok = rate_states(nscopes, scope_keys, scope_limits, now, window)
+-- 3. What the client sees; after a refusal, as if the request were already released (as it will be).
+local req, tok = rate_states(nscopes, scope_keys, scope_limits, now, window, status == 0 and id or nil)
 best = best or {-1, -1, -1, -1, -1}
 return {status, best[1], best[2], best[3], best[4], best[5], req[1], req[2], req[3], tok[1], tok[2], tok[3]}
