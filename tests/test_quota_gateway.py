@@ -270,9 +270,10 @@ async def test_a_refusal_after_dispatch_cancels_the_worker_call_and_withdraws_th
 
 
 async def test_a_prompt_of_token_ids_is_counted_by_its_ids_without_a_tokenize_call():
-    """Even where the shortcut is closed (a concurrency limit is in play, so every request is admitted
-    before dispatch), a token-id prompt's count is its length: no Tokenize round trip, the same exact
-    reservation and usage; ids outside the vocabulary are refused before the quota reserves anything."""
+    """A token-id prompt's count is its length, known before dispatch: it is admitted with the exact
+    reservation at once (no Tokenize round trip, no count asked of the worker on dispatch), and ids
+    outside the vocabulary are refused before the quota reserves anything. A text prompt is counted by
+    the worker on dispatch (a concurrency limit is in play: admitted first, extended once counted)."""
     quotas = quota_service("defaults: {tokens_per_minute: 100000, max_concurrent: 10}")
     ids = [1000, 1001, 1002, 1003, 1004, 1005, 1006]
     async with FakeWorker(FakeConfig(model=MODEL)) as chat:
@@ -293,7 +294,8 @@ async def test_a_prompt_of_token_ids_is_counted_by_its_ids_without_a_tokenize_ca
             assert "out of range" in beyond.json()["error"]["message"]
             assert len(chat.servicer.generate_requests) == dispatched
             text = await gw.client.post("/v1/completions", json={"model": MODEL, "prompt": "three short words", "max_tokens": 2})
-            assert text.status_code == 200 and len(chat.servicer.tokenize_requests) == 1  # text is still counted by the worker
+            assert text.status_code == 200 and chat.servicer.tokenize_requests == []
+            assert chat.servicer.generate_requests[-1].report_prompt_tokens
     today = dt.datetime.now(dt.timezone.utc).date()
     [row] = await quotas.usage(TEAM, today, today, UsageGroupBy.DAY)
     assert row.prompt_tokens == len(ids) + (len(ids) + 3) + 3 and row.requests == 3

@@ -1,4 +1,4 @@
-"""Whether a request may go to a worker before its tokens are reserved.
+"""Whether a request may go to a worker before its exact reservation is made.
 
 With a token limit in play, the exact reservation needs the prompt's token count, which only the
 worker knows. The plain path asks it first (a Tokenize call), then reserves, then dispatches. When the
@@ -7,7 +7,18 @@ the worker report the count in its first message; the reservation is then made e
 atomically against every limit, so no limit can be exceeded either way. What this guards is only the
 cost of a late refusal: a request refused after dispatch was tokenized (and perhaps started) on the
 worker for nothing. So the shortcut is offered only while the last admission of the same team, key
-and model left ample room, and is withdrawn by the first refusal until an admission finds room again.
+and model left ample room, and is withdrawn by the first refusal (but see concurrency below) until an
+admission finds room again.
+
+A max_concurrent limit changes when, not whether, the shortcut is taken: admitting after dispatch
+would let a flood of requests reach workers before any of them holds a slot. So such a request is
+admitted before dispatch as always (taking its slot and its requests entry in one atomic step) with
+a reservation that does not depend on the prompt, the least any prompt could reserve, and that
+reservation is extended to the exact one once the worker has counted the prompt (``QuotaStore.extend``:
+atomic against every token limit; refused, the request is refused as before and gives everything back).
+Concurrency room is therefore not judged here: that check is always made before dispatch, and a
+refusal by it costs the worker nothing, so it does not withdraw the shortcut either. Only a token
+limit can refuse late, and the token room recorded here is what guards against that.
 """
 from __future__ import annotations
 

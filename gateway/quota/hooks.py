@@ -30,11 +30,15 @@ log = logging.getLogger(__name__)
 _ADMISSION = "quota.admission"  # keys of this layer's state in RequestContext.extra
 _DISPATCHED = "quota.dispatched"
 _DEFERRED = "quota.deferred"  # admission left to after_count: the worker counts the prompt
+_EXTEND = "quota.extend"  # admitted with a floor before dispatch; extended to the exact reservation in after_count
 
 
 class QuotaHooks(NoopHooks):
     """Reserves the exact prompt tokens plus the most the completion may use (max_tokens per choice,
     capped by the context length) before dispatch, and settles to the worker's usage at the end.
+    With ample room (gateway.quota.headroom) the worker counts the prompt on dispatch instead of a
+    Tokenize call: the same exact reservation is then made in ``after_count``, or, with a
+    max_concurrent limit in play, admitted before dispatch with ``least_to_reserve`` and extended to it.
 
     ``fallback_completion_tokens`` is reserved per choice only when neither max_tokens nor the model's
     context length is known.
@@ -57,18 +61,31 @@ class QuotaHooks(NoopHooks):
         # Counting the prompt costs the worker a Tokenize call; without a token limit in play the
         # reservation changes nothing, so it is skipped (the usage is settled from the worker's count).
         counts = self.service.counts_tokens(team, key_id=key_id, model=ctx.model)
-        if counts and ctx.dispatch_can_count and ctx.max_model_len:
+        if counts and ctx.dispatch_can_count and ctx.max_model_len and not ctx.prompt_token_count_known:
             # The reservation is at most n full contexts; with ample room for that, the worker counts
             # the prompt on dispatch and the same exact reservation is made in after_count.
             most = self._choices(ctx) * ctx.max_model_len
             if self.service.has_headroom(team, key_id=key_id, model=ctx.model, most_tokens=most):
+                if self.service.limits_concurrency(team, key_id=key_id, model=ctx.model):
+                    # Its slot must be taken before dispatch, or a flood would overshoot max_concurrent:
+                    # admitted now with what any prompt reserves at least, extended in after_count.
+                    floor = self.least_to_reserve(ctx)
+                    ctx.extra[_ADMISSION] = await self.service.admit(team, key_id=key_id, model=ctx.model, reserve_tokens=floor)
+                    ctx.extra[_EXTEND] = True
+                else:
+                    ctx.extra[_DEFERRED] = True
                 ctx.count_on_dispatch = True
-                ctx.extra[_DEFERRED] = True
                 return
         reserve = await self.tokens_to_reserve(ctx) if counts else 0
         ctx.extra[_ADMISSION] = await self.service.admit(team, key_id=key_id, model=ctx.model, reserve_tokens=reserve)
 
     async def after_count(self, ctx: RequestContext) -> None:
+        if ctx.extra.pop(_EXTEND, False):
+            # Refused: QuotaExceeded, the Generate call is cancelled and on_failure releases the
+            # admission (on_start has not run). The store failing: the outage policy decides.
+            reserve = await self.tokens_to_reserve(ctx)  # the worker's count: no Tokenize call
+            ctx.extra[_ADMISSION] = await self.service.extend(ctx.extra[_ADMISSION], reserve_tokens=reserve)
+            return
         if not ctx.extra.pop(_DEFERRED, False):
             return
         team, key_id = ctx.principal.team, ctx.principal.key_id
@@ -113,9 +130,7 @@ class QuotaHooks(NoopHooks):
             return 0
         if ctx.endpoint.endswith("/embeddings"):
             return prompt
-        params = ctx.params
-        choices = self._choices(ctx)
-        prompts = len(params.prompts()) if _defines(params, "prompts") else 1
+        choices, prompts = self._choices(ctx), self._prompts(ctx)
         if ctx.max_model_len:
             # With several prompts only their sum is known: cap each by the whole context (safe side).
             room = max(0, ctx.max_model_len - prompt) if prompts == 1 else ctx.max_model_len
@@ -123,6 +138,27 @@ class QuotaHooks(NoopHooks):
         else:
             per_choice = self._fallback if ctx.max_tokens is None else ctx.max_tokens
         return prompt + prompts * choices * per_choice
+
+    def least_to_reserve(self, ctx: RequestContext) -> int:
+        """The least ``tokens_to_reserve`` can answer for this request, whatever its prompt: what is
+        reserved before the prompt is counted, so the exact reservation only ever adds to it."""
+        if ctx.endpoint.endswith("/embeddings"):
+            return 0
+        choices, prompts = self._choices(ctx), self._prompts(ctx)
+        if not ctx.max_model_len:
+            return prompts * choices * (self._fallback if ctx.max_tokens is None else ctx.max_tokens)
+        context = ctx.max_model_len
+        per_choice = context if ctx.max_tokens is None else min(ctx.max_tokens, context)
+        if prompts > 1:  # each prompt's completion is capped by the whole context, not by its room
+            return prompts * choices * per_choice
+        # prompt + choices x min(max_tokens, context - prompt) is least for an empty prompt
+        # (choices x max_tokens) or for one that fills the context (the context length)
+        return min(choices * per_choice, context)
+
+    @staticmethod
+    def _prompts(ctx: RequestContext) -> int:
+        params = ctx.params
+        return len(params.prompts()) if _defines(params, "prompts") else 1
 
     @staticmethod
     def _choices(ctx: RequestContext) -> int:

@@ -11,7 +11,7 @@ from gateway.quota.errors import QuotaUnavailable
 from gateway.quota.limits import LimitKind, QuotaLimits, ScopeLimits
 from gateway.quota.memory_store import InMemoryQuotaStore
 from gateway.quota.settings import OutagePolicies, OutagePolicy
-from gateway.quota.store import AdmitRequest, AdmitResult, Settlement
+from gateway.quota.store import AdmitRequest, AdmitResult, ExtendRequest, ExtendResult, Settlement
 
 
 class OutageLimiter:
@@ -37,8 +37,15 @@ class OutageLimiter:
                 "cannot be checked. Please try again shortly.",
                 retry_after_s=retry_after_s,
             )
-        local = tuple(ScopeLimits(item.scope, self.local_share(item.limits)) for item in request.scopes)
-        return await self._local.admit(replace(request, scopes=local))
+        return await self._local.admit(replace(request, scopes=self._local_scopes(request.scopes)))
+
+    async def extend(self, request: ExtendRequest) -> ExtendResult:
+        """The local answer for raising a reservation this limiter admitted (fail-closed limits were
+        refused at its admission)."""
+        return await self._local.extend(replace(request, scopes=self._local_scopes(request.scopes)))
+
+    def _local_scopes(self, scopes: tuple[ScopeLimits, ...]) -> tuple[ScopeLimits, ...]:
+        return tuple(ScopeLimits(item.scope, self.local_share(item.limits)) for item in scopes)
 
     async def settle(self, settlement: Settlement) -> None:
         await self._local.settle(settlement)

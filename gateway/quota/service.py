@@ -1,4 +1,5 @@
-"""QuotaService: what the gateway calls per request (admit before dispatch, settle at the end) and what
+"""QuotaService: what the gateway calls per request (admit before dispatch, perhaps extend once the
+prompt is counted, settle at the end) and what
 the admin API calls to read and change limits. It owns the outage behaviour: circuit breaker, outage
 policy per limit kind, the local limiter, and settlements replayed once the store is back."""
 from __future__ import annotations
@@ -20,13 +21,23 @@ from gateway.quota.config import QuotaConfig, diff_configs, diff_scheduling
 from gateway.quota.errors import InvalidQuotaRequest, QuotaExceeded, QuotaStoreError, QuotaUnavailable
 from gateway.quota.headers import rate_limit_headers
 from gateway.quota.headroom import Headroom
-from gateway.quota.limits import TEAM_SCOPE, LimitKind, QuotaLimits, Scope
+from gateway.quota.limits import TEAM_SCOPE, LimitKind, QuotaLimits, Scope, ScopeLimits
 from gateway.quota.limits_in_force import LimitsInForce, QuotaConfigSource, ScopeView
 from gateway.quota.outage import OutageLimiter, PendingSettlements
 from gateway.quota.scheduling import SchedulingOverride, SchedulingView, TeamScheduling
 from gateway.quota.scheduling_store import SchedulingStore
 from gateway.quota.settings import QuotaSettings
-from gateway.quota.store import AdmitRequest, AdmitResult, QuotaStore, SettleMode, Settlement
+from gateway.quota.store import (
+    AdmitRequest,
+    AdmitResult,
+    ExtendRequest,
+    ExtendResult,
+    ExtendStatus,
+    QuotaStore,
+    Rejection,
+    SettleMode,
+    Settlement,
+)
 from gateway.quota.usage import UsageGroupBy, UsageRow, check_report_range, group_usage
 from gateway.quota.validation import check_name, check_tokens
 from gateway.random_ids import new_hex_id
@@ -54,6 +65,7 @@ class Admission:
     headers: dict[str, str]
     degraded: bool = False
     settled: bool = field(default=False, repr=False)
+    limits: tuple[ScopeLimits, ...] = field(default=(), repr=False)  # as admitted: what ``extend`` checks
 
 
 class QuotaService:
@@ -161,16 +173,57 @@ class QuotaService:
                 return self._admission(request, result, key_id, degraded=False)
         return await self._admit_degraded(request, key_id)
 
+    async def extend(self, admission: Admission, *, reserve_tokens: int) -> Admission:
+        """Raise a live admission's reservation to ``reserve_tokens`` in total (the exact reservation,
+        once the prompt is counted), checked in one atomic step against every token limit as ``admit``
+        would check that total; the request keeps its concurrency slot and request entry. Returns the
+        admission to settle from now on.
+
+        - A token limit refuses: QuotaExceeded, as ``admit`` raises it; nothing changed and
+          ``admission`` is still live (release it).
+        - The reservation is no longer live (its TTL passed): it is admitted afresh with the total,
+          every limit checked again, as if it had just arrived.
+        - The store is unreachable: the first reservation's release is queued (its TTL frees it
+          otherwise) and the request is admitted by the outage policy, as ``admit`` would be now
+          (QuotaUnavailable when a fail-closed limit is in play).
+        """
+        check_tokens(reserve_tokens, "reserve_tokens")
+        if admission.settled:  # given back already: nothing is held to extend
+            return await self.admit(admission.team, key_id=admission.key_id, model=admission.model, reserve_tokens=reserve_tokens)
+        request = ExtendRequest(admission.team, admission.id, reserve_tokens, admission.limits)
+        if admission.degraded:  # held by the local limiter: extended there
+            return await self._extended(admission, request, await self._outage.extend(request))
+        if self._breaker.allow():
+            try:
+                result = await self._store.extend(request)
+            except QuotaStoreError as exc:
+                self._store_failed("extend", exc)
+            else:
+                self._store_ok()
+                return await self._extended(admission, request, result)
+        # The store went away since the admission: its slot is given back once the store answers again
+        # (extended or not: the reply may have been lost after the script ran), and the request is
+        # decided as admit would decide it now.
+        admission.settled = True
+        self._queue(Settlement(admission.team, admission.id, admission.scopes, admission.day, admission.month,
+                               admission.model, 0, 0, SettleMode.RELEASE))
+        again = AdmitRequest(admission.team, new_hex_id(), reserve_tokens, admission.model, admission.limits,
+                             self._settings.reservation_ttl_s)
+        return await self._admit_degraded(again, admission.key_id)
+
     def has_headroom(self, team: str, *, key_id: str | None = None, model: str | None = None, most_tokens: int) -> bool:
         """Whether a request of this team, key and model that can reserve at most ``most_tokens`` may
-        be dispatched before its reservation (see gateway.quota.headroom): the store is reachable, no
-        concurrency limit is in play (one is checked only by admitting), and the latest admission of
-        the same team, key and model left ample room."""
+        be dispatched before its exact reservation (see gateway.quota.headroom): the store is reachable
+        and the latest admission of the same team, key and model left ample room. When a concurrency
+        limit is in play (``limits_concurrency``) it must still be admitted before dispatch, with a
+        reservation its prompt can only add to, and extended to the exact one (``extend``)."""
         if self.degraded:
             return False
-        if any(item.limits.max_concurrent is not None for item in self._limits.for_request(team, key_id, model)):
-            return False
         return self._headroom.allows((team, key_id, model), most_tokens)
+
+    def limits_concurrency(self, team: str, *, key_id: str | None = None, model: str | None = None) -> bool:
+        """Whether a max_concurrent limit applies to a request of this team, key and model right now."""
+        return any(item.limits.max_concurrent is not None for item in self._limits.for_request(team, key_id, model))
 
     def counts_tokens(self, team: str, *, key_id: str | None = None, model: str | None = None) -> bool:
         """Whether a token limit applies to a request of this team, key and model right now. When none
@@ -414,16 +467,12 @@ class QuotaService:
     def _admission(self, request: AdmitRequest, result: AdmitResult, key_id: str | None, *, degraded: bool) -> Admission:
         headers = rate_limit_headers(result.requests, result.tokens)
         mode = "degraded" if degraded else "exact"
-        self._headroom.record((request.team, key_id, request.model), admitted=result.rejection is None and not degraded,
+        # A concurrency refusal leaves the shortcut open: that limit is always checked before dispatch.
+        room = result.rejection is None or result.rejection.kind is LimitKind.MAX_CONCURRENT
+        self._headroom.record((request.team, key_id, request.model), admitted=room and not degraded,
                               requests=result.requests, tokens=result.tokens)
         if result.rejection is not None:
-            r = result.rejection
-            metrics.REJECTED.labels(team=request.team, limit_kind=r.kind.value).inc()
-            raise QuotaExceeded(
-                team=request.team, limit_kind=r.kind, scope=r.scope, limit=r.limit, used=r.used,
-                requested=1 if r.kind in (LimitKind.REQUESTS_PER_MINUTE, LimitKind.MAX_CONCURRENT) else request.reserve_tokens,
-                retry_after_s=r.retry_after_s, headers=headers,
-            )
+            raise _refused(request.team, result.rejection, request.reserve_tokens, headers)
         if degraded:
             metrics.ADMITTED.labels(team=request.team, mode=mode).inc()
         else:
@@ -431,8 +480,25 @@ class QuotaService:
         return Admission(
             id=request.reservation_id, team=request.team, key_id=key_id, model=request.model,
             reserved_tokens=request.reserve_tokens, scopes=_scopes(request), day=result.day,
-            month=result.month, headers=headers, degraded=degraded,
+            month=result.month, headers=headers, degraded=degraded, limits=request.scopes,
         )
+
+    async def _extended(self, admission: Admission, request: ExtendRequest, result: ExtendResult) -> Admission:
+        if result.status is ExtendStatus.UNKNOWN:
+            log.warning("reservation %s of team %r was no longer live when extended; admitting it afresh",
+                        admission.id, admission.team)
+            admission.settled = True  # nothing is left to give back
+            return await self.admit(admission.team, key_id=admission.key_id, model=admission.model,
+                                    reserve_tokens=request.reserve_tokens)
+        headers = rate_limit_headers(result.requests, result.tokens)
+        self._headroom.record((admission.team, admission.key_id, admission.model),
+                              admitted=result.rejection is None and not admission.degraded,
+                              requests=result.requests, tokens=result.tokens)
+        if result.rejection is not None:
+            raise _refused(admission.team, result.rejection, request.reserve_tokens, headers)
+        admission.reserved_tokens = max(admission.reserved_tokens, request.reserve_tokens)
+        admission.headers = headers
+        return admission
 
     async def _settle_shared(self, settlement: Settlement) -> None:
         if not self._breaker.allow():
@@ -523,4 +589,13 @@ class QuotaService:
 
 def _scopes(request: AdmitRequest) -> tuple[Scope, ...]:
     return tuple(item.scope for item in request.scopes)
+
+
+def _refused(team: str, r: Rejection, reserve_tokens: int, headers: dict[str, str]) -> QuotaExceeded:
+    metrics.REJECTED.labels(team=team, limit_kind=r.kind.value).inc()
+    return QuotaExceeded(
+        team=team, limit_kind=r.kind, scope=r.scope, limit=r.limit, used=r.used,
+        requested=1 if r.kind in (LimitKind.REQUESTS_PER_MINUTE, LimitKind.MAX_CONCURRENT) else reserve_tokens,
+        retry_after_s=r.retry_after_s, headers=headers,
+    )
 

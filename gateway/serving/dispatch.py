@@ -103,6 +103,14 @@ class OpenGeneration:
         self._leases.close()
 
 
+def counted_by_ids(prompts: Sequence[pb.Prompt]) -> int | None:
+    """The exact token count of prompts that are all token ids (the worker takes them as they are),
+    known without asking a worker; None when any must be tokenized."""
+    if all(prompt.WhichOneof("kind") == "token_ids" for prompt in prompts):
+        return sum(len(prompt.token_ids.ids) for prompt in prompts)
+    return None
+
+
 def _count_only(message: pb.GenerateResponse) -> bool:
     """A message carrying only the prompt's token count (no output, no usage)."""
     return not message.choices and not message.HasField("usage") and not message.prompt_logprobs

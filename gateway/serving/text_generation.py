@@ -10,7 +10,7 @@ from gateway.http.errors import ClientDisconnected, InvalidRequest, ModelNotFoun
 from gateway.http.request_context import RequestContext
 from gateway.metrics import GatewayMetrics
 from gateway.policy.team_policy import OpenTeamPolicy, SchedulingSource
-from gateway.serving.dispatch import Dispatcher
+from gateway.serving.dispatch import Dispatcher, counted_by_ids
 from gateway.serving.generation import GenerationRun
 from gateway.serving.lifecycle import Lifecycle
 from gateway.serving.prompt_size import check_prompt_sizes
@@ -94,6 +94,9 @@ class GenerationService:
         check_prompt_sizes(self.pool.model_info(model), prompts, param=prompt_param)
         team = ctx.principal.team if ctx.principal else ""
         ctx.set_token_counter(lambda: self.dispatcher.count_tokens(model, prompts, prompt_param=prompt_param, team=team))
+        known = counted_by_ids(prompts)
+        if known is not None:  # admission needs no worker's count: none is asked for on dispatch either
+            ctx.set_prompt_token_count(known)
         self.lifecycle.begin(ctx)
         info = self.pool.model_info(model)
         ctx.max_model_len = info.max_model_len if info is not None and info.max_model_len else None
