@@ -133,8 +133,8 @@ class PrivateRedis:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def env(request):
+@pytest.fixture(params=["memory", "redis"], name="env")
+async def store_env(request):
     """(store, clock) with the clock at CONTRACT_T0, once per store; a fresh key prefix per test for Redis."""
     clock = FakeClock(CONTRACT_T0)
     if request.param == "memory":

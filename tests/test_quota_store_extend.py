@@ -9,7 +9,7 @@ import pytest
 
 from gateway.quota.limits import TEAM_SCOPE, LimitKind, QuotaLimits, ScopeLimits
 from gateway.quota.store import ExtendRequest, ExtendStatus, SettleMode
-from quota_support import MODEL, Team, env  # noqa: F401 - env: the fixture, each test on both stores
+from quota_support import MODEL, Team, store_env  # noqa: F401 - the fixture `env`: each test on both stores
 
 pytestmark = pytest.mark.anyio
 EVERY_TOKEN_LIMIT = QuotaLimits(tokens_per_minute=1000, tokens_per_day=2000, tokens_per_month=3000, max_concurrent=5)

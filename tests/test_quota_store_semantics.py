@@ -9,7 +9,7 @@ import pytest
 
 from gateway.quota.limits import TEAM_SCOPE, LimitKind, QuotaLimits, Scope, ScopeKind
 from gateway.quota.store import SettleMode, Settlement
-from quota_support import KEY, MODEL, Team, env  # noqa: F401 - env: the fixture, each test on both stores
+from quota_support import KEY, MODEL, Team, store_env  # noqa: F401 - the fixture `env`: each test on both stores
 
 pytestmark = pytest.mark.anyio
 
