@@ -8,7 +8,9 @@ The gateway uses, per request::
     await quotas.settle(admission, prompt_tokens=p, completion_tokens=c)   # also on cancel and error
 
 ``admit`` raises QuotaExceeded (429) or QuotaUnavailable (503); ``install_quota_error_handlers`` turns
-them into OpenAI-shaped responses. ``make_quota_admin_router`` gives the admin endpoints.
+them into OpenAI-shaped responses. A request admitted before its prompt was counted (a reservation the
+prompt can only add to) is raised to the exact reservation with ``quotas.extend(admission,
+reserve_tokens=...)``, which refuses and fails as ``admit`` does. ``make_quota_admin_router`` gives the admin endpoints.
 
 A team's scheduling class and weight are quota configuration too (``scheduling``: the file's values,
 admin-set ones in the gateway database through ``scheduling_store``); ``quotas.scheduling(team)`` gives
