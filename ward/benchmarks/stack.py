@@ -51,10 +51,13 @@ class GovernedStack:
 
     def __init__(self, model_dir: str, served_name: str, worker_args: Sequence[str], *,
                  teams: Mapping[str, Mapping[str, Any]], out: pathlib.Path, data_dir: pathlib.Path | None = None,
-                 gateways: int = 1) -> None:
+                 gateways: int = 1, tree: pathlib.Path | None = None) -> None:
         if gateways < 1:
             raise ValueError(f"gateways must be >= 1, got {gateways}")
         self.model_dir, self.name, self.worker_args = model_dir, served_name, list(worker_args)
+        # another checkout to run the processes from; `python -m` looks in its working directory
+        # before PYTHONPATH, so both point there (None: this checkout, from the caller's directory)
+        self.tree = tree.resolve() if tree is not None else None
         # gateway processes sharing the data directory (the audit log's SQLite file, the API keys), each
         # on its own port, as replicas behind a balancer; quotas stay in each process (generous limits)
         self.gateways = gateways
@@ -62,7 +65,7 @@ class GovernedStack:
         self.teams, self.out = dict(teams), out
         self.data = data_dir or pathlib.Path(tempfile.mkdtemp(prefix="ward-stack-"))
         self.env = {**os.environ, "WARD_DATA_DIR": str(self.data), "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+            filter(None, [str(self.tree or ROOT), os.environ.get("PYTHONPATH")]))}
         self.env.pop("WARD_DATABASE_URL", None)
         self.env.pop("WARD_REDIS_URL", None)  # the embedded, in-process quota store
         self.procs: list[subprocess.Popen] = []
@@ -72,11 +75,12 @@ class GovernedStack:
 
     def ward(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "ward", *args], env=self.env, capture_output=True, text=True,
-                              check=True)
+                              check=True, cwd=self.tree)
 
     def _start(self, args: list[str], log_name: str) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, "-m", "ward", *args], env=self.env, stdout=subprocess.PIPE,
-                                stderr=open(self.out / log_name, "w"), text=True, start_new_session=True)
+                                stderr=open(self.out / log_name, "w"), text=True, start_new_session=True,
+                                cwd=self.tree)
         self.procs.append(proc)
         return proc
 
@@ -148,5 +152,5 @@ class GovernedStack:
     def verify_audit(self) -> tuple[int, str]:
         """``ward audit verify`` over the stack's log: (exit status, the end of what it printed)."""
         verify = subprocess.run([sys.executable, "-m", "ward", "audit", "verify", "--data-dir", str(self.data)],
-                                capture_output=True, text=True, env=self.env)
+                                capture_output=True, text=True, env=self.env, cwd=self.tree)
         return verify.returncode, (verify.stdout + verify.stderr).strip()[-400:]
