@@ -4,9 +4,18 @@
 # $STASH/vllm-site by bench/peer_and_ward.sh (or is unpacked here from $STASH/part00 and
 # .peer/vllm/part01); the server's extra wheels are at .peer/server-wheels (vllm-peer-server.sh).
 set -u
+# FIRST_STREAM=1 (the default): Ward's governed stack also runs one stream before the peer starts, so
+# the one-stream level is measured in turns (Ward, the peer, Ward): Ward's own levels come after the
+# peer's 256 streams on a hot card, whose first tokens then run slower (2026-12-06: engine prefill 57.7
+# ms there against 29-31 ms in turns). FIRST_STREAM=0 skips it.
 STASH=${STASH:-${TMPDIR:-/tmp}/ward-stash}
 OUT=${OUT:-$PWD/bench-out}
 LEVELS=${LEVELS:-1 64 256}
+if [ "${FIRST_STREAM:-1}" = 1 ]; then
+  env WARD_ROUTING__MULTIPLEX=${MULTIPLEX:-true} OUT="$OUT/ward-first" LEVELS=1 timeout 120 bash bench/gpu_serving.sh \
+    > "$OUT/ward-first-stream.txt" 2>&1
+  echo "ward, one stream before the peer:"; python3 bench/level_summary.py < "$OUT/ward-first-stream.txt"
+fi
 . bench/peer_server.sh
 peer_server_start .peer/server-wheels .peer/dummy_tokenizer.py || exit 1
 echo "peer server ready after $SECONDS s"
