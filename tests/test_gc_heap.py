@@ -40,17 +40,23 @@ def test_each_collection_is_recorded_by_generation_until_closed() -> None:
     assert _sample(registry, 'ward_worker_gc_pause_seconds_count{generation="2"}') == before + 1
 
 
-def _freeze_in_a_child(env_value: str) -> str:
+def _freeze_in_a_child(env_value: str, threshold: str | None = None, expect_ok: bool = True) -> str:
     # gc.freeze is for a whole process's life: checked in a child, not in the test process
     code = textwrap.dedent("""
         import gc, json
         from worker.gc_heap import freeze_startup_heap
         kept = [[i] for i in range(1000)]  # a heap with something in it
         frozen = freeze_startup_heap()
-        print(json.dumps({"frozen": frozen, "freeze_count": gc.get_freeze_count(), "tracked": len(gc.get_objects())}))
+        print(json.dumps({"frozen": frozen, "freeze_count": gc.get_freeze_count(), "tracked": len(gc.get_objects()),
+                          "threshold": gc.get_threshold()}))
     """)
     env = {"PATH": "/usr/bin:/bin", "WARD_GC_FREEZE": env_value, "PYTHONPATH": str(ROOT)}
+    if threshold is not None:
+        env["WARD_GC_THRESHOLD"] = threshold
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
+    if not expect_ok:
+        assert done.returncode != 0
+        return done.stderr
     assert done.returncode == 0, done.stderr
     return done.stdout.strip().splitlines()[-1]
 
@@ -64,3 +70,17 @@ def test_the_start_up_heap_is_frozen_out_of_full_collections() -> None:
 def test_ward_gc_freeze_0_leaves_the_heap_to_the_collector() -> None:
     result = json.loads(_freeze_in_a_child("0"))
     assert result["frozen"] == result["freeze_count"] == 0 and result["tracked"] > 1000
+
+
+def test_ward_gc_threshold_sets_the_collectors_thresholds_at_start_up() -> None:
+    default = json.loads(_freeze_in_a_child("1"))
+    assert tuple(default["threshold"]) == gc.get_threshold()  # unset: Python's own, untouched
+    result = json.loads(_freeze_in_a_child("1", "5000,20,100"))
+    assert tuple(result["threshold"]) == (5000, 20, 100) and result["frozen"] > 1000
+    assert tuple(json.loads(_freeze_in_a_child("0", "700,10,50"))["threshold"]) == (700, 10, 50)
+
+
+def test_a_malformed_ward_gc_threshold_stops_start_up_with_a_clear_error() -> None:
+    for bad in ("700,10", "700,10,ten", "700,0,10", "-1,10,10"):
+        stderr = _freeze_in_a_child("1", bad, expect_ok=False)
+        assert "ValueError: WARD_GC_THRESHOLD must be three positive integers" in stderr, stderr

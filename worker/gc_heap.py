@@ -20,13 +20,36 @@ log = logging.getLogger("ward.worker.gc")
 
 # WARD_GC_FREEZE=0 leaves the heap unfrozen (to measure what the freeze saves).
 FREEZE = os.environ.get("WARD_GC_FREEZE", "1") != "0"
+# WARD_GC_THRESHOLD="G0,G1,G2": the collector's thresholds from start-up on (unset: Python's own,
+# 700,10,10). Under 256 streams a GPU worker's serving process ran three full collections of about
+# 70 ms each a level (docs/performance.md); a larger G2 makes them rarer. Opt-in until timed there.
+THRESHOLD_ENV = "WARD_GC_THRESHOLD"
 _PAUSES = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+def collector_thresholds(value: str | None) -> tuple[int, int, int] | None:
+    """The thresholds a WARD_GC_THRESHOLD value names (None for unset or empty); ValueError otherwise."""
+    if value is None or not value.strip():
+        return None
+    parts = value.split(",")
+    try:
+        numbers = tuple(int(part) for part in parts)
+    except ValueError:
+        numbers = ()
+    if len(numbers) != 3 or min(numbers) < 1:
+        raise ValueError(f"{THRESHOLD_ENV} must be three positive integers G0,G1,G2 (Python's own are "
+                         f"700,10,10), got {value!r}")
+    return numbers  # type: ignore[return-value]
 
 
 def freeze_startup_heap() -> int:
     """Collect once, then move every object alive into the collector's permanent generation. Call
     once a process has built what it keeps for its whole life; returns the number of objects frozen
-    (0 with WARD_GC_FREEZE=0)."""
+    (0 with WARD_GC_FREEZE=0). Applies WARD_GC_THRESHOLD first, when set (ValueError when malformed)."""
+    thresholds = collector_thresholds(os.environ.get(THRESHOLD_ENV))
+    if thresholds is not None:
+        gc.set_threshold(*thresholds)
+        log.info("garbage-collection thresholds set to %s", thresholds)
     if not FREEZE:
         return 0
     started = time.perf_counter()
