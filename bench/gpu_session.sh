@@ -10,6 +10,8 @@
 #   serving    the governed stack at LEVELS (bench/gpu_serving.sh; .gpu/gw-wheels and .peer's tools)
 #   serving_ab the same with routing.multiplex on, then off (a Generate call per request)
 #   serving_ep the same with the worker's engine core in its own process (ward worker --engine-process)
+#   serving_gc the same with the worker's collector thresholds at GC_THRESHOLD (default 700,10,100:
+#              full collections about ten times rarer), e.g. STEPS="serving serving_gc serving serving_gc"
 #   variants   the governed stack at VARIANT_LEVELS (default "64 256") once per entry of
 #              WORKER_VARIANTS (worker arguments, entries separated by ';', an empty entry for the
 #              defaults), e.g. "--max-num-batched-tokens 2048;--decode-step-tokens 2048;"
@@ -72,6 +74,7 @@ for s in $STEPS; do
     serving) serving serving WARD_ROUTING__MULTIPLEX=true ;;
     serving_ab) serving serving_mux WARD_ROUTING__MULTIPLEX=true; serving serving_calls WARD_ROUTING__MULTIPLEX=false ;;
     serving_ep) serving serving_ep WARD_ROUTING__MULTIPLEX=true ENGINE_PROCESS=1 ;;
+    serving_gc) serving serving_gc WARD_ROUTING__MULTIPLEX=true WARD_GC_THRESHOLD=${GC_THRESHOLD:-700,10,100} ;;
     variants) IFS=';' read -ra VARIANT_LIST <<< "${WORKER_VARIANTS:-}"
               for v in "${VARIANT_LIST[@]}"; do
                 echo "worker args: '${v}'"
