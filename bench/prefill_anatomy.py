@@ -123,7 +123,7 @@ def main() -> None:
 
     for _ in range(5):
         one_request(engine, fresh(), params, f"w{next(counter)}")
-    smi_path = tempfile.mktemp(suffix=".csv")
+    smi_path = tempfile.NamedTemporaryFile(suffix=".csv", delete=False).name
     smi = sampler(smi_path)
     time.sleep(0.3)
     report: dict = {"card": torch.cuda.get_device_name() if CUDA else "cpu", "prompt": args.prompt, "gaps": {}}
