@@ -6,8 +6,8 @@
 set -u
 # FIRST_STREAM=1 (the default): Ward's governed stack also runs one stream before the peer starts, so
 # the one-stream level is measured in turns (Ward, the peer, Ward): Ward's own levels come after the
-# peer's 256 streams on a hot card, whose first tokens then run slower (2026-12-06: engine prefill 57.7
-# ms there against 29-31 ms in turns). FIRST_STREAM=0 skips it.
+# peer's 256 streams, where its first tokens ran slower once (2026-12-06: engine prefill 57.7 ms there
+# against 29-31 ms in turns on the same card). FIRST_STREAM=0 skips it.
 STASH=${STASH:-${TMPDIR:-/tmp}/ward-stash}
 OUT=${OUT:-$PWD/bench-out}
 LEVELS=${LEVELS:-1 64 256}
