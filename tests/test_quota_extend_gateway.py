@@ -97,7 +97,7 @@ async def test_a_chat_request_makes_no_tokenize_call_and_reserves_and_settles_as
 
 async def test_a_flood_through_the_shortcut_never_exceeds_max_concurrent():
     quotas = quota_service("defaults: {tokens_per_minute: 1000000, max_concurrent: 3}")
-    async with FakeWorker(FakeConfig(model=MODEL, natural_length=5, token_delay_s=0.01)) as worker:
+    async with FakeWorker(FakeConfig(model=MODEL, natural_length=5, token_delay_s=0.05)) as worker:
         worker.servicer.active = PeakSet()
         async with running_gateway({MODEL: [worker]}, **with_quotas(quotas)) as gw:
             first = await chat(gw, max_tokens=5)  # the admission that opens the shortcut
