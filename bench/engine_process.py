@@ -26,6 +26,8 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from ward.benchmarks.stack import worker_ready_port  # noqa: E402
+
 TINY = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64, "intermediate_size": 128,
         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 2048,
         "max_position_embeddings": 1024, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu",
@@ -40,11 +42,7 @@ def start_worker(model_dir: str, engine_process: bool, max_seqs: int) -> tuple[s
         args.append("--engine-process")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-    for line in proc.stdout:
-        if line.startswith("WARD_WORKER_READY"):
-            port = line.split("port=")[1].split()[0]
-            return proc, f"127.0.0.1:{port}"
-    raise RuntimeError("the worker did not start")
+    return proc, f"127.0.0.1:{worker_ready_port(proc)}"
 
 
 async def one_stream(stub, pb, i: int, n_out: int, t0: float) -> tuple[float, list[float]]:

@@ -15,7 +15,6 @@ import json
 import os
 import pathlib
 import random
-import re
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from proto.ward.worker.v1 import worker_pb2 as pb  # noqa: E402
 from proto.ward.worker.v1 import worker_pb2_grpc as pb_grpc  # noqa: E402
 from ward.benchmarks.models import write_config_dir  # noqa: E402
 from ward.benchmarks.serving import engine_means, scrape_engine_times  # noqa: E402
-from ward.benchmarks.stack import free_port  # noqa: E402
+from ward.benchmarks.stack import free_port, worker_ready_port  # noqa: E402
 
 NAME = "bench-8b"
 
@@ -43,10 +42,7 @@ def start_worker(model_dir: str, metrics_port: int, extra: list[str]) -> tuple[s
          "--dtype", "bfloat16", "--max-model-len", "4096", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
         cwd=ROOT)
-    for line in proc.stdout:
-        if line.startswith("WARD_WORKER_READY"):
-            return proc, int(re.search(r"port=(\d+)", line).group(1))
-    raise RuntimeError("the worker exited before it was ready")
+    return proc, worker_ready_port(proc)
 
 
 async def closed_loop(port: int, prompts: list[list[int]], tokens: int) -> list[tuple[float, float]]:

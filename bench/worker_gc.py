@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import pathlib
-import re
 import subprocess
 import sys
 import time
@@ -29,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from proto.ward.worker.v1 import worker_pb2 as pb  # noqa: E402
 from proto.ward.worker.v1 import worker_pb2_grpc as pb_grpc  # noqa: E402
 from ward.benchmarks.serving import scrape_gc  # noqa: E402
-from ward.benchmarks.stack import free_port  # noqa: E402
+from ward.benchmarks.stack import free_port, worker_ready_port  # noqa: E402
 from worker.model.registry import DEFAULT_GENERATE_MODEL, resolve_model  # noqa: E402
 
 
@@ -40,10 +39,7 @@ def start_worker(freeze: bool, metrics_port: int) -> tuple[subprocess.Popen, int
          "--served-model-name", DEFAULT_GENERATE_MODEL, "--host", "127.0.0.1", "--port", "0",
          "--metrics-port", str(metrics_port), "--device", "cpu", "--max-num-seqs", "64"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=ROOT)
-    for line in proc.stdout:
-        if line.startswith("WARD_WORKER_READY"):
-            return proc, int(re.search(r"port=(\d+)", line).group(1))
-    raise RuntimeError("the worker exited before it was ready")
+    return proc, worker_ready_port(proc)
 
 
 def request(tokens: int, n: int) -> pb.GenerateRequest:

@@ -34,6 +34,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+READY_PREFIX = "WARD_WORKER_READY"  # the line `ward worker` prints once it serves: "... port=N model=..."
+
+
+def ready_line_port(line: str) -> int | None:
+    """The port a worker's ready line names (None for any other line)."""
+    return int(line.split("port=")[1].split()[0]) if line.startswith(READY_PREFIX) else None
+
+
+def worker_ready_port(proc: subprocess.Popen) -> int:
+    """The port of a starting ``ward worker`` process (stdout a text pipe), read from its ready line;
+    RuntimeError if it exits first."""
+    for line in proc.stdout:
+        port = ready_line_port(line)
+        if port is not None:
+            return port
+    raise RuntimeError(f"the worker exited with {proc.wait()} before it was ready")
+
+
 def wait_http(url: str, timeout: float) -> None:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -87,9 +105,9 @@ class GovernedStack:
     def _wait_worker(self, proc: subprocess.Popen, timeout: float) -> int:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            line = proc.stdout.readline()
-            if line.startswith("WARD_WORKER_READY"):
-                return int(line.split("port=")[1].split()[0])
+            port = ready_line_port(proc.stdout.readline())
+            if port is not None:
+                return port
             if proc.poll() is not None:
                 raise SystemExit(f"worker exited with {proc.returncode} before it was ready (log: worker.log)")
         raise SystemExit("worker not ready in time")
