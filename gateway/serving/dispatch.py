@@ -103,12 +103,17 @@ class OpenGeneration:
         self._leases.close()
 
 
+def token_id_count(prompt: pb.Prompt) -> int | None:
+    """A prompt of token ids counts its ids (the worker takes them as they are); None for any other,
+    which only a worker's tokenizer can count."""
+    return len(prompt.token_ids.ids) if prompt.WhichOneof("kind") == "token_ids" else None
+
+
 def counted_by_ids(prompts: Sequence[pb.Prompt]) -> int | None:
-    """The exact token count of prompts that are all token ids (the worker takes them as they are),
-    known without asking a worker; None when any must be tokenized."""
-    if all(prompt.WhichOneof("kind") == "token_ids" for prompt in prompts):
-        return sum(len(prompt.token_ids.ids) for prompt in prompts)
-    return None
+    """The exact token count of prompts that are all token ids, known without asking a worker; None
+    when any must be tokenized."""
+    counts = [token_id_count(prompt) for prompt in prompts]
+    return None if None in counts else sum(counts)
 
 
 def _count_only(message: pb.GenerateResponse) -> bool:
@@ -237,8 +242,9 @@ class Dispatcher:
         other is counted by the worker's Tokenize RPC."""
 
         async def one(prompt: pb.Prompt) -> int:
-            if prompt.WhichOneof("kind") == "token_ids":  # the worker takes the ids as they are
-                return len(prompt.token_ids.ids)
+            known = token_id_count(prompt)
+            if known is not None:
+                return known
             request = pb.TokenizeRequest(model=model, prompt=prompt, team=team)
             response = await self.call(
                 None, model, lambda client: client.tokenize(request, TOKENIZE_TIMEOUT_S), prompt_param=prompt_param
