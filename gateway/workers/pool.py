@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -84,7 +85,12 @@ class WorkerHandle:
 
 def system_fingerprint(info: pb.ModelInfoResponse) -> str:
     """A stable fingerprint of a model's serving configuration (equal across its workers)."""
-    key = f"{info.served_model_name}|{info.max_model_len}|{info.task}|{info.contract_version}"
+    return _fingerprint(info.served_model_name, info.max_model_len, info.task, info.contract_version)
+
+
+@functools.lru_cache(maxsize=256)  # every response carries one; the configurations served are few
+def _fingerprint(served_model_name: str, max_model_len: int, task: str, contract_version: str) -> str:
+    key = f"{served_model_name}|{max_model_len}|{task}|{contract_version}"
     return "fp_" + hashlib.sha256(key.encode()).hexdigest()[:10]
 
 
