@@ -23,6 +23,15 @@ def test_canonical_json_writes_timestamps_as_utc_with_microseconds():
     assert parse_utc_iso(utc_iso(moment)) == moment
 
 
+def test_utc_iso_writes_a_utc_moment_as_the_same_moment_in_any_other_zone():
+    for moment in (datetime(2026, 12, 6, 12, 0, 0, tzinfo=timezone.utc), datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc),
+                   datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc), datetime(1000, 1, 1, tzinfo=timezone.utc)):
+        elsewhere = moment.astimezone(timezone(timedelta(hours=2, minutes=30)))
+        assert utc_iso(moment) == utc_iso(elsewhere) == moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    early = datetime(999, 5, 1, tzinfo=timezone.utc)  # strftime's text (no padding) for years below 1000, as before
+    assert utc_iso(early) == early.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def test_canonical_json_refuses_naive_datetimes_and_nan():
     with pytest.raises(AuditInputError):
         canonical_json({"t": datetime(2025, 1, 1)})
