@@ -11,9 +11,9 @@ def sampling_params(
     request: SamplingRequest, *, logprobs: int | None, structured: pb.StructuredOutput | None = None
 ) -> pb.SamplingParams:
     """The worker's sampling parameters for ``request`` (unset fields stay unset: the engine's defaults)."""
-    return pb.SamplingParams(
+    fields = dict(
         structured=structured,
-        logit_bias=logit_bias(request),
+        logit_bias=logit_bias(request) or None,
         n=request.n,
         temperature=request.temperature,
         top_p=request.top_p,
@@ -25,10 +25,13 @@ def sampling_params(
         seed=request.seed,
         max_tokens=request.completion_budget(),
         min_tokens=request.min_tokens,
-        stop=request.stop_list(),
-        stop_token_ids=request.stop_token_ids,
+        stop=request.stop_list() or None,
+        stop_token_ids=request.stop_token_ids or None,
         ignore_eos=request.ignore_eos,
         logprobs=logprobs,
         include_stop_str_in_output=request.include_stop_str_in_output,
         skip_special_tokens=request.skip_special_tokens,
     )
+    # Only the fields set: protobuf's constructor spends more on a None or an empty map or list
+    # (a map is filled through a Python-level update) than the filter does (7 -> 4 us a request).
+    return pb.SamplingParams(**{name: value for name, value in fields.items() if value is not None})
