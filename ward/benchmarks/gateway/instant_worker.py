@@ -4,7 +4,8 @@ Every Generate yields one token (``ok``, finish reason ``stop``) and the usage; 
 whitespace-separated words (chat messages: their words plus one per message and one for the
 generation prompt). With ``--token-delay S`` it streams slowly instead: ``max_tokens`` tokens (16
 when unset), one every S seconds, the last with finish reason ``length`` (for soak runs that hold
-many streams open at once). It implements the ``ward.worker.v1`` contract only as far as the gateway uses it
+many streams open at once). With ``--first-token-delay S`` the first token (after the prompt count,
+when asked for) comes S seconds after the call, as a prefill would make it. It implements the ``ward.worker.v1`` contract only as far as the gateway uses it
 for chat and completions. Run it as ``python -m ward.benchmarks.gateway.instant_worker --model NAME``; it
 prints ``PORT <n>`` once serving and stops on SIGTERM.
 """
@@ -36,15 +37,18 @@ def prompt_token_count(prompt: pb.Prompt) -> int:
 
 
 class InstantWorkerServicer(pb_grpc.WorkerServicer):
-    def __init__(self, model: str, token_delay_s: float = 0.0) -> None:
+    def __init__(self, model: str, token_delay_s: float = 0.0, first_token_delay_s: float = 0.0) -> None:
         self.model = model
         self.token_delay_s = token_delay_s
+        self.first_token_delay_s = first_token_delay_s
 
     async def Generate(self, request: pb.GenerateRequest, context):  # noqa: N802 - gRPC method names
         prompt = prompt_token_count(request.prompt)
         choices = request.params.n or 1
         if request.report_prompt_tokens:
             yield pb.GenerateResponse(prompt_tokens=prompt)
+        if self.first_token_delay_s > 0:
+            await asyncio.sleep(self.first_token_delay_s)
         if self.token_delay_s > 0:
             async for response in self._slow_stream(request, prompt, choices):
                 yield response
@@ -89,9 +93,9 @@ class InstantWorkerServicer(pb_grpc.WorkerServicer):
         return pb.LoadStatsResponse()
 
 
-async def serve(model: str, port: int = 0, token_delay_s: float = 0.0) -> None:
+async def serve(model: str, port: int = 0, token_delay_s: float = 0.0, first_token_delay_s: float = 0.0) -> None:
     server = grpc.aio.server()
-    pb_grpc.add_WorkerServicer_to_server(InstantWorkerServicer(model, token_delay_s), server)
+    pb_grpc.add_WorkerServicer_to_server(InstantWorkerServicer(model, token_delay_s, first_token_delay_s), server)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     print(f"PORT {bound}", flush=True)
@@ -109,8 +113,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--token-delay", type=float, default=0.0, metavar="S",
                         help="stream max_tokens tokens, one every S seconds (default 0: one token at once)")
+    parser.add_argument("--first-token-delay", type=float, default=0.0, metavar="S",
+                        help="wait S seconds before the first token, as a prefill would (default 0)")
     args = parser.parse_args()
-    asyncio.run(serve(args.model, args.port, args.token_delay))
+    asyncio.run(serve(args.model, args.port, args.token_delay, args.first_token_delay))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,155 @@
+"""Where a lone streamed request's first token goes outside the engine: stage by stage in the gateway.
+
+Starts the instant worker (``ward.benchmarks.gateway.instant_worker``) with ``--first-token-delay``
+standing in for a prefill, then for each delay: the worker alone over gRPC (a client's Generate call
+to its first token), and the gateway in front of it, ``on`` (database key, quotas with a token
+limit, durable SQLite audit, as ``ward bench gateway`` runs it) and ``off`` (static key, nothing
+governed), each run through bench/stream_first_token_tracer.py so every stage is timestamped. One
+client, streamed chat completions of 4 tokens, one at a time. Prints the client's TTFT p50 per
+configuration and the gateway's median stage times (ms after the request's arrival), and writes
+them as JSON (--out). A script, not a test: run it on an otherwise idle machine.
+Usage: python bench/stream_first_token_trace.py [--delays-ms 0,25] [--requests 200] [--out FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import pathlib
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from proto.ward.worker.v1 import worker_pb2 as pb  # noqa: E402
+from proto.ward.worker.v1 import worker_pb2_grpc as pb_grpc  # noqa: E402
+from ward.benchmarks.gateway import overhead  # noqa: E402
+
+TRACER = ROOT / "bench" / "stream_first_token_tracer.py"
+WARM_UP = 20
+CONTENT = "Summarise the handover note for the night team. " * 30  # about 1,500 characters
+
+
+def start_worker(delay_s: float) -> tuple[subprocess.Popen, str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ward.benchmarks.gateway.instant_worker", "--model", overhead.MODEL,
+         "--first-token-delay", str(delay_s), "--token-delay", "0.002"],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    line = process.stdout.readline().split()
+    if not line or line[0] != "PORT":
+        raise RuntimeError("the instant worker did not start")
+    return process, f"127.0.0.1:{line[1]}"
+
+
+def direct_ttft_ms(address: str, requests: int) -> float:
+    """The worker alone: a gRPC client's Generate call to its first token, p50."""
+    import grpc
+
+    async def run() -> float:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.WorkerStub(channel)
+            times = []
+            for i in range(requests + WARM_UP):
+                call = pb.GenerateRequest(request_id=f"direct-{i}", model=overhead.MODEL,
+                                          prompt=pb.Prompt(text=CONTENT), params=pb.SamplingParams(max_tokens=4))
+                start, first = time.perf_counter(), None
+                async for message in stub.Generate(call):
+                    if first is None and message.choices:
+                        first = time.perf_counter()
+                if i >= WARM_UP:
+                    times.append((first - start) * 1000)
+            return statistics.median(times)
+
+    return asyncio.run(run())
+
+
+def traced_gateway(config: overhead.Config, address: str, workdir: pathlib.Path, trace: pathlib.Path) -> overhead.Gateway:
+    """``overhead._start_gateway`` with the gateway's module run through the tracer."""
+    real_popen = subprocess.Popen
+
+    class TracedPopen(real_popen):
+        def __init__(self, argv, *args, **kwargs):
+            if argv[1:2] == ["-m"]:
+                argv = [argv[0], str(TRACER), *argv[1:]]
+                kwargs["env"] = {**kwargs["env"], "TRACE_OUT": str(trace), "TRACE_SKIP": str(WARM_UP),
+                                 "PYTHONPATH": str(ROOT)}
+            super().__init__(argv, *args, **kwargs)
+
+    overhead.subprocess.Popen = TracedPopen
+    try:
+        return overhead._start_gateway(config, address, workdir)
+    finally:
+        overhead.subprocess.Popen = real_popen
+
+
+def client_ttft_ms(gateway: overhead.Gateway, requests: int) -> float:
+    body = {"model": overhead.MODEL, "messages": [{"role": "user", "content": CONTENT}], "max_tokens": 4,
+            "stream": True}
+    times = []
+    with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", timeout=30,
+                      headers={"Authorization": f"Bearer {gateway.api_key}"}) as client:
+        for i in range(requests + WARM_UP):
+            start, first = time.perf_counter(), None
+            with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                if response.status_code != 200:
+                    raise RuntimeError(f"{gateway.config.name}: HTTP {response.status_code}")
+                for line in response.iter_lines():
+                    if first is None and '"content":' in line:
+                        first = time.perf_counter()
+            if i >= WARM_UP:
+                times.append((first - start) * 1000)
+    return statistics.median(times)
+
+
+def measure(delay_ms: float, requests: int, workdir: pathlib.Path) -> dict:
+    worker, address = start_worker(delay_ms / 1000)
+    result: dict = {"first_token_delay_ms": delay_ms}
+    try:
+        result["worker_over_grpc_ttft_p50_ms"] = round(direct_ttft_ms(address, requests), 3)
+        limits = {"requests_per_minute": overhead.HIGH, "tokens_per_minute": overhead.HIGH}
+        for config in (overhead.Config("on", {"defaults": limits}), overhead.Config("off", None)):
+            trace = workdir / f"trace-{config.name}-{delay_ms:g}.json"
+            config.name = f"{config.name}-{delay_ms:g}"
+            gateway = traced_gateway(config, address, workdir, trace)
+            try:
+                ttft = client_ttft_ms(gateway, requests)
+            finally:
+                gateway.process.send_signal(signal.SIGTERM)
+                gateway.process.wait(30)
+            name = config.name.rsplit("-", 1)[0]
+            result[name] = {"client_ttft_p50_ms": round(ttft, 3), **json.loads(trace.read_text())}
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(10)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--delays-ms", default="0,25", help="first-token delays of the worker, comma-separated")
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--out", type=pathlib.Path)
+    args = parser.parse_args()
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="ward-first-token-trace-"))
+    results = [measure(float(d), args.requests, workdir) for d in args.delays_ms.split(",")]
+    for result in results:
+        print(f"first token after {result['first_token_delay_ms']:g} ms in the worker: worker over gRPC "
+              f"{result['worker_over_grpc_ttft_p50_ms']:.2f} ms p50")
+        for name in ("on", "off"):
+            entry = result[name]
+            print(f"  gateway {name}: client TTFT p50 {entry['client_ttft_p50_ms']:.2f} ms; stages (median ms after arrival):")
+            for label, moment in entry["stages_ms"].items():
+                print(f"    {moment:8.3f}  {label}")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
