@@ -1,5 +1,6 @@
-"""Where a step's device time goes: CUDA kernels by total time in steady decode (batch 1 and a
-large batch) and in a full prefill step, from the torch profiler. A script, not a test.
+"""Where a step's device time goes: CUDA kernels by total time in steady decode (batch 1, the latency
+test's batch 8 and a large batch) and in a full prefill step, from the torch profiler, beside each
+case's wall time per step (the same number of steps just before, unprofiled). A script, not a test.
 Usage: python bench/gpu_profile.py [--model llama-3.1-8b]"""
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import collections
 import json
 import os
 import tempfile
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -26,8 +28,8 @@ def kernel_table(prof, steps: int, top: int = 14) -> list[tuple[str, float, int]
     return rows[:top]
 
 
-def steady(engine, n_req: int, prompt: int, warm_steps: int, steps: int, top: int = 14) -> tuple[list, float]:
-    p = SamplingParams(max_tokens=warm_steps + steps + 20, min_tokens=warm_steps + steps + 20, ignore_eos=True,
+def steady(engine, n_req: int, prompt: int, warm_steps: int, steps: int, top: int = 14) -> tuple[list, float, float | None]:
+    p = SamplingParams(max_tokens=warm_steps + 2 * steps + 20, min_tokens=warm_steps + 2 * steps + 20, ignore_eos=True,
                        detokenize=False, temperature=0)
     # each case its own token range: a prompt sharing blocks with an earlier case's (aborted, still
     # cached) would be mostly a prefix-cache hit and its "prefill" a short chunk
@@ -38,6 +40,13 @@ def steady(engine, n_req: int, prompt: int, warm_steps: int, steps: int, top: in
     for _ in range(warm_steps):
         engine.step()
     torch.cuda.synchronize()
+    wall_us = None
+    if warm_steps:  # steady decode: time the same number of steps first (a prefill case has one step only)
+        start = time.perf_counter()
+        for _ in range(steps):
+            engine.step()
+        torch.cuda.synchronize()
+        wall_us = round((time.perf_counter() - start) / steps * 1e6, 1)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(steps):
             engine.step()
@@ -47,7 +56,7 @@ def steady(engine, n_req: int, prompt: int, warm_steps: int, steps: int, top: in
     engine.abort_request([f"p{n_req}-{i}" for i in range(n_req)])
     while engine.has_unfinished_requests():
         engine.step()
-    return table, total
+    return table, total, wall_us
 
 
 def main() -> None:
@@ -62,9 +71,9 @@ def main() -> None:
     for name, n_req, prompt, warm in [("decode_b1_ctx512", 1, 512, 40), ("decode_b8_ctx32", 8, 32, 40),
                                       ("decode_b256_ctx1000", 256, 1000, 40), ("prefill_8x1024", 8, 1024, 0)]:
         steps = 1 if name.startswith("prefill") else 30
-        table, total = steady(eng, n_req, prompt, warm, steps, a.top)
-        report[name] = {"kernel_us_per_step": round(total, 1), "top": table}
-        print(f"== {name}: {total:.0f} us of kernels per step")
+        table, total, wall = steady(eng, n_req, prompt, warm, steps, a.top)
+        report[name] = {"kernel_us_per_step": round(total, 1), "wall_us_per_step": wall, "top": table}
+        print(f"== {name}: {total:.0f} us of kernels per step" + (f", {wall:.0f} us wall per step (unprofiled)" if wall else ""))
         for k, us, cnt in table:
             print(f"  {us:9.1f} us  x{cnt:<4d} {k}")
     json.dump(report, open(os.path.join(os.environ.get("OUT", "."), "gpu_profile.json"), "w"), indent=1)
