@@ -70,23 +70,10 @@ def direct_ttft_ms(address: str, requests: int) -> float:
     return asyncio.run(run())
 
 
-def traced_gateway(config: overhead.Config, address: str, workdir: pathlib.Path, trace: pathlib.Path) -> overhead.Gateway:
-    """``overhead._start_gateway`` with the gateway's module run through the tracer."""
-    real_popen = subprocess.Popen
-
-    class TracedPopen(real_popen):
-        def __init__(self, argv, *args, **kwargs):
-            if argv[1:2] == ["-m"]:
-                argv = [argv[0], str(TRACER), *argv[1:]]
-                kwargs["env"] = {**kwargs["env"], "TRACE_OUT": str(trace), "TRACE_SKIP": str(WARM_UP),
-                                 "PYTHONPATH": str(ROOT)}
-            super().__init__(argv, *args, **kwargs)
-
-    overhead.subprocess.Popen = TracedPopen
-    try:
-        return overhead._start_gateway(config, address, workdir)
-    finally:
-        overhead.subprocess.Popen = real_popen
+def traced_config(name: str, quotas: dict | None, trace: pathlib.Path) -> overhead.Config:
+    """A gateway configuration whose process runs through the tracer, writing its stages to ``trace``."""
+    env = {"TRACE_OUT": str(trace), "TRACE_SKIP": str(WARM_UP), "PYTHONPATH": str(ROOT)}
+    return overhead.Config(name, quotas, env=env, launcher=(str(TRACER),))
 
 
 def client_ttft_ms(gateway: overhead.Gateway, requests: int) -> float:
@@ -109,21 +96,21 @@ def client_ttft_ms(gateway: overhead.Gateway, requests: int) -> float:
 
 
 def measure(delay_ms: float, requests: int, workdir: pathlib.Path) -> dict:
+    workdir = workdir / f"delay-{delay_ms:g}ms"  # each delay's gateways get their own data directories
+    workdir.mkdir()
     worker, address = start_worker(delay_ms / 1000)
     result: dict = {"first_token_delay_ms": delay_ms}
     try:
         result["worker_over_grpc_ttft_p50_ms"] = round(direct_ttft_ms(address, requests), 3)
         limits = {"requests_per_minute": overhead.HIGH, "tokens_per_minute": overhead.HIGH}
-        for config in (overhead.Config("on", {"defaults": limits}), overhead.Config("off", None)):
-            trace = workdir / f"trace-{config.name}-{delay_ms:g}.json"
-            config.name = f"{config.name}-{delay_ms:g}"
-            gateway = traced_gateway(config, address, workdir, trace)
+        for name, quotas in (("on", {"defaults": limits}), ("off", None)):
+            trace = workdir / f"trace-{name}.json"
+            gateway = overhead._start_gateway(traced_config(name, quotas, trace), address, workdir)
             try:
                 ttft = client_ttft_ms(gateway, requests)
             finally:
                 gateway.process.send_signal(signal.SIGTERM)
                 gateway.process.wait(30)
-            name = config.name.rsplit("-", 1)[0]
             result[name] = {"client_ttft_p50_ms": round(ttft, 3), **json.loads(trace.read_text())}
     finally:
         worker.send_signal(signal.SIGTERM)

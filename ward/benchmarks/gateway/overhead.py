@@ -64,6 +64,7 @@ class Config:
     database_url: str | None = None
     peer: bool = False  # not Ward: LiteLLM's proxy
     cwd: str | None = None  # ``python -m ward`` imports from the working directory first
+    launcher: tuple[str, ...] = ()  # a script run before ``-m MODULE`` that runs the module (a tracer)
 
 
 @dataclass
@@ -144,12 +145,12 @@ def _start_gateway(config: Config, worker: str, workdir: pathlib.Path) -> Gatewa
     body: dict[str, Any] = {"port": port, "models": {MODEL: {"workers": [worker]}}}
     if config.quotas is None:
         body["api_keys"] = {STATIC_KEY: TEAM}
-        argv = [sys.executable, "-m", "ward.benchmarks.gateway.serve_plain"]
+        argv = [sys.executable, *config.launcher, "-m", "ward.benchmarks.gateway.serve_plain"]
         api_key = STATIC_KEY
     else:
         (data_dir / "quotas.yaml").write_text(yaml.safe_dump(config.quotas))
         body["quota"] = {"config_file": str(data_dir / "quotas.yaml"), "key_prefix": f"ward:bench:{uuid.uuid4().hex[:8]}"}
-        argv = [sys.executable, "-m", "ward", "gateway", "--data-dir", str(data_dir), "--log-level", "warning"]
+        argv = [sys.executable, *config.launcher, "-m", "ward", "gateway", "--data-dir", str(data_dir), "--log-level", "warning"]
         api_key = _database_key(config.database_url or f"sqlite:///{data_dir / 'ward.db'}")
     config_path = data_dir / "gateway.yaml"
     config_path.write_text(yaml.safe_dump(body))
