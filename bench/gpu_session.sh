@@ -28,6 +28,10 @@
 #              into the GEMVs around them (WARD_NORM_GEMV=1), alternated twice
 #   argmax     the whole model (latency, batch 1, 1,000 x 256/256) with torch.argmax and with the Triton
 #              argmax of greedy steps (WARD_TRITON_ARGMAX=1), alternated twice
+#   ctxgraphs  decode graphs per context bound: their GPU tests, decode attention at batch 1 and 8 over short
+#              contexts with the split counts a graph at the model's length launches ("auto") and forced
+#              ones, then the whole model (latency, batch 1) with WARD_DECODE_CONTEXT_GRAPHS=0 and 1,
+#              alternated twice
 #   tunable    TunableOp against cuBLAS's default for the projections (bench/gemm_tunable.py)
 #   seqs       1,000 x 256/256 and 1,000 x 1,024/128 with 512 and 1,024 sequences per step (vLLM's
 #              default on this class of card is 1,024), each without and with a KV reserve of 256 outputs
@@ -116,6 +120,18 @@ for s in $STEPS; do
                   --out "$OUT/argmax${on}_r$round" --workloads latency,batch1,offline_256_256
               done
             done ;;
+    ctxgraphs) step ctx_tests 150 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu \
+                 tests/test_decode_context_graphs.py tests/test_kernels.py -k "context or attention or graph"
+               tail -3 "$OUT/ctx_tests.txt"
+               step attention_short 120 python3 bench/attention_splits.py --batches 1,8 \
+                 --contexts 100,160,600,u512-768 --variants auto,s1,s2,s4,s8,s16
+               grep -A12 '^contexts batch' "$OUT/attention_short.txt"
+               for round in 1 2; do
+                 for on in 0 1; do
+                   step "ctx${on}_r$round" 70 env WARD_DECODE_CONTEXT_GRAPHS=$on python3 -m ward bench offline \
+                     --out "$OUT/ctx${on}_r$round" --workloads latency,batch1
+                 done
+               done ;;
     tunable) step gemm_tunable 240 python3 bench/gemm_tunable.py --out "$OUT/gemm_tunable.json"
              tail -12 "$OUT/gemm_tunable.txt" ;;
     *) echo "unknown step $s" >&2 ;;

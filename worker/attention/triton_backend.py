@@ -41,6 +41,15 @@ class TritonAttention:
         self.v_scale: torch.Tensor | None = None
         self.fuse_rotary = os.environ.get("WARD_ROPE_CACHE_FUSION", "1") != "0"
 
+    def decode_launch_key(self, num_reqs: int, max_seq_len: int, kv_element_size: int,
+                          device: torch.device) -> tuple[int, int]:
+        """What a decode step of ``num_reqs`` requests with contexts of at most ``max_seq_len`` tokens
+        launches (split plan): equal keys, same kernels, so one captured decode graph serves both."""
+        from worker.kernels.attention import decode_split_plan
+
+        return decode_split_plan(num_reqs, self.num_heads, self.num_kv_heads, self.head_dim, kv_element_size,
+                                 max_seq_len, device, self.num_splits)
+
     def forward(
         self,
         q: torch.Tensor,  # [T, num_heads, head_dim]

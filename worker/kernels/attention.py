@@ -45,6 +45,51 @@ def num_sms(device: torch.device) -> int:
     return _cuda_num_sms(index)
 
 
+def split_plan(
+    q_programs: int,
+    num_kv_heads: int,
+    max_seq_len: int,
+    tile_n: int,
+    single_block: bool,
+    sms: int,
+    num_splits: int | None = None,
+    split_tokens: int | None = None,
+) -> tuple[int, int]:
+    """(KV partitions, tiles per piece; 0 for equal splits) of a launch, from host ints only.
+
+    ``num_splits`` / ``split_tokens`` as in ``unified_attention``; with neither, the pieces policy
+    (``WARD_DECODE_PIECES``) for decode grids that fill the card, else ``choose_num_splits``."""
+    if split_tokens is None and num_splits is None and single_block and DECODE_PIECES is not None:
+        if q_programs * num_kv_heads >= sms:  # below, the equal splits of choose_num_splits fill the card
+            most = choose_decode_pieces(q_programs * num_kv_heads, sms, DECODE_PIECES[1])
+            if most > 1:
+                split_tokens, num_splits = DECODE_PIECES[0], most
+    if split_tokens is not None:
+        split_tiles = -(-split_tokens // tile_n)
+        most = num_splits if num_splits is not None else MAX_PIECES
+        return max(1, min(most, -(-max_seq_len // (split_tiles * tile_n)))), split_tiles
+    if num_splits is None:
+        return choose_num_splits(q_programs * num_kv_heads, max_seq_len, sms), 0
+    return num_splits, 0
+
+
+def decode_split_plan(
+    num_reqs: int,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    kv_element_size: int,
+    max_seq_len: int,
+    device: torch.device,
+    num_splits: int | None = None,
+) -> tuple[int, int]:
+    """``split_plan`` of a decode step (one query a request) of ``num_reqs`` requests whose contexts are
+    at most ``max_seq_len`` tokens: what ``unified_attention`` will launch for it. Two bounds with the
+    same plan launch the same kernels, so one CUDA graph serves both (worker.runner.cuda_graphs)."""
+    config = choose_tile_config(1, num_heads // num_kv_heads, head_dim, kv_element_size)
+    return split_plan(num_reqs, num_kv_heads, max_seq_len, config.tile_n, True, num_sms(device), num_splits)
+
+
 def unified_attention(
     q: torch.Tensor,
     key_cache: torch.Tensor,
@@ -121,19 +166,8 @@ def unified_attention(
     config = choose_tile_config(max_query_len, group, head_dim, key_cache.element_size())
     single_block = max_query_len <= config.block_q
     q_programs = num_reqs if single_block else num_tokens // config.block_q + num_reqs
-    split_tiles = 0
-    if split_tokens is None and num_splits is None and single_block and DECODE_PIECES is not None:
-        sms = num_sms(q.device)
-        if q_programs * num_kv_heads >= sms:  # below, the equal splits of choose_num_splits fill the card
-            most = choose_decode_pieces(q_programs * num_kv_heads, sms, DECODE_PIECES[1])
-            if most > 1:
-                split_tokens, num_splits = DECODE_PIECES[0], most
-    if split_tokens is not None:
-        split_tiles = -(-split_tokens // config.tile_n)
-        most = num_splits if num_splits is not None else MAX_PIECES
-        num_splits = max(1, min(most, -(-max_seq_len // (split_tiles * config.tile_n))))
-    elif num_splits is None:
-        num_splits = choose_num_splits(q_programs * num_kv_heads, max_seq_len, num_sms(q.device))
+    num_splits, split_tiles = split_plan(q_programs, num_kv_heads, max_seq_len, config.tile_n, single_block,
+                                         num_sms(q.device), num_splits, split_tokens)
     split = num_splits > 1
     use_order = request_order is not None and single_block
 

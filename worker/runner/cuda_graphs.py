@@ -1,13 +1,17 @@
-"""CUDA graphs of the decode step over a set of padded batch sizes.
+"""CUDA graphs of the decode step over a set of padded batch sizes and context bounds.
 
 Each graph runs the whole model for B one-token requests against the persistent input buffers
 and writes its hidden states into a fixed output; replay costs one launch instead of hundreds.
+A graph serves steps whose longest context is at most its bound. Attention's launch (how far the
+context is split) depends on that bound, so where a shorter bound launches differently, a size gets a
+graph for it too: a decode step over short contexts then skips the splits (and their merge) that the
+model's longest context would need (``context_bounds``).
 """
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import torch
 
@@ -23,31 +27,66 @@ def capture_sizes(max_batch: int) -> list[int]:
     return sorted(set(sizes))
 
 
+# The shortest bound tried: attention_config.MIN_TOKENS_PER_SPLIT, the shortest context that is ever split.
+FIRST_CONTEXT_BOUND = 256
+
+
+def context_bounds(max_model_len: int, launch_key: Callable[[int], Hashable] | None) -> list[int]:
+    """The context bounds one batch size needs graphs for, ascending, the last ``max_model_len``.
+
+    Bounds are tried at powers of two from ``FIRST_CONTEXT_BOUND``; ``launch_key(bound)`` names what a
+    step under that bound launches. Of a run of bounds with one key only the largest is kept (its
+    graph serves them all). Without ``launch_key`` (a backend whose launch does not depend on the
+    bound) one graph, at ``max_model_len``."""
+    if launch_key is None:
+        return [max_model_len]
+    tried = []
+    bound = FIRST_CONTEXT_BOUND
+    while bound < max_model_len:
+        tried.append(bound)
+        bound *= 2
+    tried.append(max_model_len)
+    kept: list[tuple[int, Hashable]] = []
+    for bound in tried:
+        key = launch_key(bound)
+        if kept and kept[-1][1] == key:
+            kept[-1] = (bound, key)
+        else:
+            kept.append((bound, key))
+    return [bound for bound, _ in kept]
+
+
 class DecodeGraphs:
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[tuple[int, int], torch.Tensor] = {}
+        self.bounds: dict[int, list[int]] = {}  # batch size -> its context bounds, ascending
         self.pool = None
         self.sizes: list[int] = []
 
-    def capture(self, sizes: list[int], forward: Callable[[int], torch.Tensor]) -> float:
-        """Captures ``forward(B)`` for each size, largest first (so smaller ones reuse its memory)."""
+    def capture(self, entries: list[tuple[int, int]], forward: Callable[[int, int], torch.Tensor]) -> float:
+        """Captures ``forward(B, bound)`` for each (batch size, context bound), largest first (so
+        smaller ones reuse its memory)."""
         t0 = time.monotonic()
         self.pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream(self.device)
-        for size in sorted(sizes, reverse=True):
+        for entry in sorted(entries, reverse=True):
             with torch.cuda.stream(stream):
-                forward(size)  # warm up: compiles kernels, settles allocations
+                forward(*entry)  # warm up: compiles kernels, settles allocations
             torch.cuda.synchronize(self.device)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self.pool, stream=stream):
-                self.outputs[size] = forward(size)
-            self.graphs[size] = graph
+                self.outputs[entry] = forward(*entry)
+            self.graphs[entry] = graph
+            self.bounds.setdefault(entry[0], []).append(entry[1])
         torch.cuda.synchronize(self.device)
-        self.sizes = sorted(self.graphs)
+        for bounds in self.bounds.values():
+            bounds.sort()
+        self.sizes = sorted(self.bounds)
         took = time.monotonic() - t0
-        log.info("captured %d decode graphs (batch %d..%d) in %.1fs", len(sizes), self.sizes[0], self.sizes[-1], took)
+        log.info("captured %d decode graphs (batch %d..%d, %d context bounds at most) in %.1fs", len(entries),
+                 self.sizes[0], self.sizes[-1], max(len(b) for b in self.bounds.values()), took)
         return took
 
     def padded_size(self, num_reqs: int) -> int | None:
@@ -56,6 +95,15 @@ class DecodeGraphs:
                 return s
         return None
 
-    def replay(self, size: int) -> torch.Tensor:
-        self.graphs[size].replay()
-        return self.outputs[size]
+    def bound_for(self, size: int, max_seq_len: int) -> int:
+        """The smallest context bound of ``size``'s graphs that holds ``max_seq_len`` (the largest bound,
+        the model's length, holds every step)."""
+        bounds = self.bounds[size]
+        for bound in bounds:
+            if bound >= max_seq_len:
+                return bound
+        return bounds[-1]
+
+    def replay(self, size: int, bound: int) -> torch.Tensor:
+        self.graphs[(size, bound)].replay()
+        return self.outputs[(size, bound)]

@@ -65,7 +65,7 @@ def measure_graph_memory(runner) -> int:
     saved = runner.kv_caches
     runner.kv_caches = runner.scratch_kv(2)
     size = runner.graph_max_batch()
-    probe.capture([size], runner.decode_forward)
+    probe.capture([(size, runner.max_model_len)], runner.decode_forward)
     used = torch.cuda.memory_reserved(runner.device) - before
     del probe
     runner.kv_caches = saved

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,7 +23,7 @@ from worker.model.quant import finalize_quantized, quantize_model, resolve_quant
 from worker.model.quant.apply import fill_dummy_quantized
 from worker.model.quant.kv_cache import attach_kv_scales, fp8_kv_backend, kv_cache_torch_dtype
 from worker.model.spec import ModelSpec
-from worker.runner.cuda_graphs import DecodeGraphs, capture_sizes
+from worker.runner.cuda_graphs import DecodeGraphs, capture_sizes, context_bounds
 from worker.runner.device import pick_device, pick_dtype
 from worker.runner.input_batch import InputBatch
 from worker.runner.input_buffers import InputBuffers
@@ -207,7 +208,21 @@ class ModelRunner:
                  self.block_size, w["kv_tokens"], w["kv_bytes"] / 2**30, self._layout_note())
         if self.use_cuda_graphs:
             self.graphs = DecodeGraphs(self.device)
-            self.graph_capture_seconds = self.graphs.capture(capture_sizes(self.graph_max_batch()), self.decode_forward)
+            entries = [(size, bound) for size in capture_sizes(self.graph_max_batch())
+                       for bound in context_bounds(self.max_model_len, self._decode_launch_key(size))]
+            self.graph_capture_seconds = self.graphs.capture(entries, self.decode_forward)
+
+    def _decode_launch_key(self, size: int) -> Callable[[int], Hashable] | None:
+        """What the model's attention launches in a decode step of ``size`` requests under a context
+        bound, for graphs per bound (worker.runner.cuda_graphs); None where a layer's backend does not
+        say, or with ``WARD_DECODE_CONTEXT_GRAPHS=0`` (one graph a size, at the model's length)."""
+        if os.environ.get("WARD_DECODE_CONTEXT_GRAPHS", "1") == "0":
+            return None
+        impls = [m.attn for m in self.model.modules() if hasattr(m, "attn")]
+        if not impls or not all(hasattr(impl, "decode_launch_key") for impl in impls):
+            return None
+        elem = torch.tensor([], dtype=self.kv_dtype).element_size()
+        return lambda bound: frozenset(impl.decode_launch_key(size, bound, elem, self.device) for impl in impls)
 
     def _startup_report(self, num_blocks: int) -> dict:
         """Weight format and bytes, KV cache dtype and capacity: logged at start, kept for metadata.
@@ -287,10 +302,11 @@ class ModelRunner:
             )
         return meta
 
-    def decode_forward(self, size: int) -> torch.Tensor:
-        """The model over ``size`` one-token requests in the persistent buffers (graph body)."""
+    def decode_forward(self, size: int, max_seq_len: int | None = None) -> torch.Tensor:
+        """The model over ``size`` one-token requests in the persistent buffers, whose contexts are at
+        most ``max_seq_len`` tokens (default: the model's length) (graph body)."""
         b = self.buffers
-        meta = self.metadata(size, size, 1, self.max_model_len, None, None)
+        meta = self.metadata(size, size, 1, max_seq_len or self.max_model_len, None, None)
         return self.model(b.input_ids[:size], b.positions[:size], self.kv_caches, meta)
 
     def _prepare(self, order: list[str], sched: SchedulerOutput) -> tuple[int, int, np.ndarray, np.ndarray]:
@@ -363,7 +379,7 @@ class ModelRunner:
             prev = self._last_sampled
             b.input_ids.index_copy_(0, b.gather_dst[:num_gather], prev.index_select(0, b.gather_src[:num_gather]))
         if padded is not None:
-            hidden = self.graphs.replay(padded)
+            hidden = self.graphs.replay(padded, self.graphs.bound_for(padded, int(b.seq_lens_np[:num_reqs].max())))
         else:
             lens = b.seq_lens_np[:num_reqs]
             meta = self.metadata(T, num_reqs, max_q, int(lens.max()), b.query_start_np[: num_reqs + 1].tolist(),
