@@ -3,6 +3,8 @@ Triton attention launches under a bound, and on a GPU the same greedy tokens wit
 with one graph a size at the model's length."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -48,6 +50,36 @@ def test_a_lone_request_on_one_kv_head_splits_more_as_its_bound_grows() -> None:
     # a grid that fills the card is never split: one graph a size
     assert context_bounds(4096, lambda b: TritonAttention(8, 8, 64, 0.125, None).decode_launch_key(1, b, 2, cpu)) \
         == [4096]
+
+
+def _runner_stand_in(attn_impls: list) -> SimpleNamespace:
+    """What ModelRunner._graph_entries reads: the model's layers (with their ``attn``), the KV dtype,
+    the model's length, the device and the largest graph batch."""
+    layers = torch.nn.ModuleList(torch.nn.Module() for _ in attn_impls)
+    for layer, impl in zip(layers, attn_impls):
+        layer.attn = impl
+    return SimpleNamespace(model=layers, kv_dtype=torch.bfloat16, max_model_len=4096, device=torch.device("cpu"),
+                           graph_max_batch=lambda: 8)
+
+
+def test_the_runner_captures_each_size_at_the_bounds_its_attention_launches_differently(monkeypatch) -> None:
+    from worker.runner.model_runner import ModelRunner
+
+    # one KV head on the stand-in's 4 SMs: batch 1 wants 8 splits, batch 2 four, batch 4 and 8 none
+    runner = _runner_stand_in([TritonAttention(4, 1, 64, 0.125, None) for _ in range(3)])
+    assert ModelRunner._graph_entries(runner) == [(1, 256), (1, 512), (1, 1024), (1, 4096), (2, 256), (2, 512),
+                                                  (2, 4096), (4, 4096), (8, 4096)]
+    monkeypatch.setenv("WARD_DECODE_CONTEXT_GRAPHS", "0")
+    assert ModelRunner._graph_entries(runner) == [(1, 4096), (2, 4096), (4, 4096), (8, 4096)]
+
+
+def test_a_backend_that_does_not_say_what_it_launches_gets_one_graph_a_size() -> None:
+    from worker.attention.torch_backend import TorchBackend
+    from worker.runner.model_runner import ModelRunner
+
+    torch_impl = TorchBackend().make_impl(4, 1, 64, 0.125, None)
+    runner = _runner_stand_in([TritonAttention(4, 1, 64, 0.125, None), torch_impl])
+    assert ModelRunner._graph_entries(runner) == [(1, 4096), (2, 4096), (4, 4096), (8, 4096)]
 
 
 @pytest.mark.gpu

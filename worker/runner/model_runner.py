@@ -208,21 +208,25 @@ class ModelRunner:
                  self.block_size, w["kv_tokens"], w["kv_bytes"] / 2**30, self._layout_note())
         if self.use_cuda_graphs:
             self.graphs = DecodeGraphs(self.device)
-            entries = [(size, bound) for size in capture_sizes(self.graph_max_batch())
-                       for bound in context_bounds(self.max_model_len, self._decode_launch_key(size))]
-            self.graph_capture_seconds = self.graphs.capture(entries, self.decode_forward)
+            self.graph_capture_seconds = self.graphs.capture(self._graph_entries(), self.decode_forward)
 
-    def _decode_launch_key(self, size: int) -> Callable[[int], Hashable] | None:
-        """What the model's attention launches in a decode step of ``size`` requests under a context
-        bound, for graphs per bound (worker.runner.cuda_graphs); None where a layer's backend does not
-        say, or with ``WARD_DECODE_CONTEXT_GRAPHS=0`` (one graph a size, at the model's length)."""
-        if os.environ.get("WARD_DECODE_CONTEXT_GRAPHS", "1") == "0":
-            return None
+    def _graph_entries(self) -> list[tuple[int, int]]:
+        """(batch size, context bound) of every decode graph: each size at the bounds under which the
+        model's attention launches differently (worker.runner.cuda_graphs.context_bounds); one bound,
+        the model's length, where a layer's backend does not say what it launches or with
+        ``WARD_DECODE_CONTEXT_GRAPHS=0``."""
         impls = [m.attn for m in self.model.modules() if hasattr(m, "attn")]
-        if not impls or not all(hasattr(impl, "decode_launch_key") for impl in impls):
-            return None
+        per_bound = (os.environ.get("WARD_DECODE_CONTEXT_GRAPHS", "1") != "0" and bool(impls)
+                     and all(hasattr(impl, "decode_launch_key") for impl in impls))
         elem = torch.tensor([], dtype=self.kv_dtype).element_size()
-        return lambda bound: frozenset(impl.decode_launch_key(size, bound, elem, self.device) for impl in impls)
+
+        def launch_key(size: int) -> Callable[[int], Hashable] | None:
+            if not per_bound:
+                return None
+            return lambda bound: frozenset(impl.decode_launch_key(size, bound, elem, self.device) for impl in impls)
+
+        return [(size, bound) for size in capture_sizes(self.graph_max_batch())
+                for bound in context_bounds(self.max_model_len, launch_key(size))]
 
     def _startup_report(self, num_blocks: int) -> dict:
         """Weight format and bytes, KV cache dtype and capacity: logged at start, kept for metadata.
