@@ -28,7 +28,7 @@
 #              into the GEMVs around them (WARD_NORM_GEMV=1), alternated twice
 #   argmax     the whole model (latency, batch 1, 1,000 x 256/256) with torch.argmax and with the Triton
 #              argmax of greedy steps (WARD_TRITON_ARGMAX=1), alternated twice
-#   ctxgraphs  decode graphs per context bound: their GPU tests, decode attention at batch 1 and 8 over short
+#   ctxgraphs  decode graphs for short contexts: their GPU tests, decode attention at batch 1 and 8 over short
 #              contexts with the split counts a graph at the model's length launches ("auto") and forced
 #              ones, then the whole model (latency, batch 1) with WARD_DECODE_CONTEXT_GRAPHS=0 and 1,
 #              alternated twice

@@ -3,6 +3,7 @@ Triton attention launches under a bound, and on a GPU the same greedy tokens wit
 with one graph a size at the model's length."""
 from __future__ import annotations
 
+import gc
 from types import SimpleNamespace
 
 import pytest
@@ -11,24 +12,26 @@ import torch
 from worker.attention.triton_backend import TritonAttention
 from worker.kernels.attention import decode_split_plan, split_plan
 from worker.kernels.attention_config import choose_num_splits
-from worker.runner.cuda_graphs import FIRST_CONTEXT_BOUND, context_bounds
+from worker.runner.cuda_graphs import SHORT_CONTEXT_BOUND, context_bounds
 
 
 def test_without_a_launch_key_a_size_has_one_graph_at_the_model_length() -> None:
     assert context_bounds(4096, None) == [4096]
 
 
-def test_bounds_keep_the_largest_of_each_run_of_equal_launches() -> None:
-    keys = {256: "a", 512: "a", 1024: "b", 2048: "c", 4096: "c"}
-    assert context_bounds(4096, keys.__getitem__) == [512, 1024, 4096]
+def test_short_contexts_get_a_graph_of_their_own_only_where_they_launch_differently() -> None:
+    keys = {256: "unsplit", 4096: "four splits"}
+    assert context_bounds(4096, keys.__getitem__) == [SHORT_CONTEXT_BOUND, 4096]
+    assert context_bounds(4096, lambda bound: "the same") == [4096]
+    assert SHORT_CONTEXT_BOUND == 256
 
 
-def test_the_model_length_is_the_last_bound_even_off_the_powers_of_two() -> None:
+def test_the_model_length_is_the_last_bound_and_only_bounds_below_it_are_tried() -> None:
     tried: list[int] = []
-    assert context_bounds(3000, lambda b: tried.append(b) or b)[-1] == 3000
-    assert tried == [256, 512, 1024, 2048, 3000]
-    assert context_bounds(100, lambda b: b) == [100]  # shorter than the first bound tried
-    assert FIRST_CONTEXT_BOUND == 256
+    assert context_bounds(3000, lambda b: tried.append(b) or b) == [256, 3000]
+    assert tried == [256, 3000]
+    assert context_bounds(256, lambda b: b) == [256]  # no shorter bound to add
+    assert context_bounds(100, lambda b: b) == [100]
 
 
 def test_split_plan_is_the_heuristic_without_overrides() -> None:
@@ -45,7 +48,7 @@ def test_a_lone_request_on_one_kv_head_splits_more_as_its_bound_grows() -> None:
     cpu = torch.device("cpu")
     plans = {b: attn.decode_launch_key(1, b, 2, cpu) for b in (256, 512, 1024, 2048, 4096)}
     assert plans == {256: (1, 0), 512: (2, 0), 1024: (4, 0), 2048: (8, 0), 4096: (8, 0)}
-    assert context_bounds(4096, lambda b: attn.decode_launch_key(1, b, 2, cpu)) == [256, 512, 1024, 4096]
+    assert context_bounds(4096, lambda b: attn.decode_launch_key(1, b, 2, cpu)) == [256, 4096]
     assert decode_split_plan(1, 4, 1, 64, 2, 4096, cpu, num_splits=2) == (2, 0)  # a forced count holds
     # a grid that fills the card is never split: one graph a size
     assert context_bounds(4096, lambda b: TritonAttention(8, 8, 64, 0.125, None).decode_launch_key(1, b, 2, cpu)) \
@@ -65,10 +68,9 @@ def _runner_stand_in(attn_impls: list) -> SimpleNamespace:
 def test_the_runner_captures_each_size_at_the_bounds_its_attention_launches_differently(monkeypatch) -> None:
     from worker.runner.model_runner import ModelRunner
 
-    # one KV head on the stand-in's 4 SMs: batch 1 wants 8 splits, batch 2 four, batch 4 and 8 none
+    # one KV head on the stand-in's 4 SMs: batch 1 and 2 split long contexts, batch 4 and 8 never
     runner = _runner_stand_in([TritonAttention(4, 1, 64, 0.125, None) for _ in range(3)])
-    assert ModelRunner._graph_entries(runner) == [(1, 256), (1, 512), (1, 1024), (1, 4096), (2, 256), (2, 512),
-                                                  (2, 4096), (4, 4096), (8, 4096)]
+    assert ModelRunner._graph_entries(runner) == [(1, 256), (1, 4096), (2, 256), (2, 4096), (4, 4096), (8, 4096)]
     monkeypatch.setenv("WARD_DECODE_CONTEXT_GRAPHS", "0")
     assert ModelRunner._graph_entries(runner) == [(1, 4096), (2, 4096), (4, 4096), (8, 4096)]
 
@@ -94,18 +96,22 @@ def test_graphs_per_context_bound_give_the_same_greedy_tokens_on_gpu(tmp_path, m
     config = LlamaConfig(hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, vocab_size=211, max_position_embeddings=2048, rms_norm_eps=1e-6)
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
-    # contexts cross 256, 512 and 1,024 tokens while they decode, so steps move from graph to graph
-    prompts = [{"prompt_token_ids": [(7 * i + 3) % 200 + 5 for i in range(n)]} for n in (200, 20, 600)]
-    params = SamplingParams(max_tokens=500, temperature=0, ignore_eos=True)
+    # contexts cross 256 tokens while they decode, so steps move from the short graph to the long one
+    prompts = [{"prompt_token_ids": [(7 * i + 3) % 200 + 5 for i in range(n)]} for n in (100, 20, 180)]
+    params = SamplingParams(max_tokens=300, temperature=0, ignore_eos=True)
     runs = {}
     for on in ("1", "0"):
         monkeypatch.setenv("WARD_DECODE_CONTEXT_GRAPHS", on)
-        llm = LLM(str(tmp_path), device="cuda", dtype="float32", max_model_len=2048, gpu_memory_utilization=0.3)
+        # a fixed KV pool: the budget is not profiled against what the run before still holds
+        llm = LLM(str(tmp_path), device="cuda", dtype="float32", max_model_len=2048, num_kv_blocks=512)
         try:
             runs[on] = [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params)]
-            bounds = llm.engine.runner.graphs.bounds
+            bounds = dict(llm.engine.runner.graphs.bounds)
         finally:
             llm.engine.close()
-        assert bounds[1][-1] == 2048
-        assert len(bounds[1]) > 1 if on == "1" else bounds[1] == [2048]
+            del llm
+            gc.collect()
+            torch.cuda.empty_cache()
+        assert bounds[1] == ([256, 2048] if on == "1" else [2048])
+        assert bounds[4] == bounds[1]  # the three prompts decode in the graph of four
     assert runs["1"] == runs["0"]

@@ -3,9 +3,9 @@
 Each graph runs the whole model for B one-token requests against the persistent input buffers
 and writes its hidden states into a fixed output; replay costs one launch instead of hundreds.
 A graph serves steps whose longest context is at most its bound. Attention's launch (how far the
-context is split) depends on that bound, so where a shorter bound launches differently, a size gets a
-graph for it too: a decode step over short contexts then skips the splits (and their merge) that the
-model's longest context would need (``context_bounds``).
+context is split) depends on that bound, so where short contexts launch differently, a size gets a
+graph for them too: a decode step over short contexts then skips the splits (and their merge) that
+the model's longest context would need (``context_bounds``).
 """
 from __future__ import annotations
 
@@ -27,33 +27,25 @@ def capture_sizes(max_batch: int) -> list[int]:
     return sorted(set(sizes))
 
 
-# The shortest bound tried: attention_config.MIN_TOKENS_PER_SPLIT, the shortest context that is ever split.
-FIRST_CONTEXT_BOUND = 256
+# Steps whose contexts all fit this bound get graphs of their own where attention would launch
+# differently for them (attention_config.MIN_TOKENS_PER_SPLIT: nothing this short is split). Only this
+# one bound: on an H100 at batch 1 and 8, a decode layer's attention over 100-160 tokens took 4.4-5.8 us
+# unsplit against 5.7-7.2 us in the splits a graph at a 4,096-token length launches, but over 600
+# tokens the fewer splits that a 1,024-token bound would give were slower than the long graph's
+# (8.1 against 6.2 us at batch 1; docs/performance.md, 2026-12-06).
+SHORT_CONTEXT_BOUND = 256
 
 
 def context_bounds(max_model_len: int, launch_key: Callable[[int], Hashable] | None) -> list[int]:
-    """The context bounds one batch size needs graphs for, ascending, the last ``max_model_len``.
-
-    Bounds are tried at powers of two from ``FIRST_CONTEXT_BOUND``; ``launch_key(bound)`` names what a
-    step under that bound launches. Of a run of bounds with one key only the largest is kept (its
-    graph serves them all). Without ``launch_key`` (a backend whose launch does not depend on the
-    bound) one graph, at ``max_model_len``."""
-    if launch_key is None:
+    """The context bounds one batch size gets graphs for, ascending, the last ``max_model_len``:
+    ``SHORT_CONTEXT_BOUND`` too where ``launch_key(bound)`` (what a step under that bound launches)
+    differs there from the model's length. Without ``launch_key`` (a backend whose launch does not
+    depend on the bound) one graph, at ``max_model_len``."""
+    if launch_key is None or max_model_len <= SHORT_CONTEXT_BOUND:
         return [max_model_len]
-    tried = []
-    bound = FIRST_CONTEXT_BOUND
-    while bound < max_model_len:
-        tried.append(bound)
-        bound *= 2
-    tried.append(max_model_len)
-    kept: list[tuple[int, Hashable]] = []
-    for bound in tried:
-        key = launch_key(bound)
-        if kept and kept[-1][1] == key:
-            kept[-1] = (bound, key)
-        else:
-            kept.append((bound, key))
-    return [bound for bound, _ in kept]
+    if launch_key(SHORT_CONTEXT_BOUND) == launch_key(max_model_len):
+        return [max_model_len]
+    return [SHORT_CONTEXT_BOUND, max_model_len]
 
 
 class DecodeGraphs:
