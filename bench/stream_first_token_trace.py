@@ -18,7 +18,6 @@ import json
 import pathlib
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,17 +34,6 @@ from ward.benchmarks.gateway import overhead  # noqa: E402
 TRACER = ROOT / "bench" / "stream_first_token_tracer.py"
 WARM_UP = 20
 CONTENT = "Summarise the handover note for the night team. " * 30  # about 1,500 characters
-
-
-def start_worker(delay_s: float) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ward.benchmarks.gateway.instant_worker", "--model", overhead.MODEL,
-         "--first-token-delay", str(delay_s), "--token-delay", "0.002"],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT)
-    line = process.stdout.readline().split()
-    if not line or line[0] != "PORT":
-        raise RuntimeError("the instant worker did not start")
-    return process, f"127.0.0.1:{line[1]}"
 
 
 def direct_ttft_ms(address: str, requests: int) -> float:
@@ -98,7 +86,8 @@ def client_ttft_ms(gateway: overhead.Gateway, requests: int) -> float:
 def measure(delay_ms: float, requests: int, workdir: pathlib.Path) -> dict:
     workdir = workdir / f"delay-{delay_ms:g}ms"  # each delay's gateways get their own data directories
     workdir.mkdir()
-    worker, address = start_worker(delay_ms / 1000)
+    worker, address = overhead._start_worker(
+        workdir, ("--first-token-delay", str(delay_ms / 1000), "--token-delay", "0.002"))
     result: dict = {"first_token_delay_ms": delay_ms}
     try:
         result["worker_over_grpc_ttft_p50_ms"] = round(direct_ttft_ms(address, requests), 3)

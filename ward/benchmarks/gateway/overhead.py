@@ -118,10 +118,11 @@ def _database_key(database_url: str) -> str:
         engine.dispose()
 
 
-def _start_worker(workdir: pathlib.Path) -> tuple[subprocess.Popen, str]:
+def _start_worker(workdir: pathlib.Path, extra_args: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """The instant worker (``extra_args``: its options, e.g. ``--first-token-delay``) and its address."""
     log = open(workdir / "instant-worker.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "ward.benchmarks.gateway.instant_worker", "--model", MODEL],
-                               stdout=subprocess.PIPE, stderr=log, text=True, env=_clean_env({}))
+    process = subprocess.Popen([sys.executable, "-m", "ward.benchmarks.gateway.instant_worker", "--model", MODEL,
+                                *extra_args], stdout=subprocess.PIPE, stderr=log, text=True, env=_clean_env({}))
     line = process.stdout.readline().split()
     if not line or line[0] != "PORT":
         raise RuntimeError("the instant worker did not start")
