@@ -21,7 +21,7 @@
 #              that room asked only of the seats beyond 256 (--reserve-beyond-seqs 256)
 #   gemv       the decode GEMV's plans retuned on this card (bench/gemv_sweep.py), then the whole model at
 #              batch 1 and in the latency test with the table's plans and with the sweep's proposal,
-#              alternated twice; GEMV_PLANS overrides the proposal
+#              alternated twice; GEMV_PLANS overrides the proposal; the winner's name in gemv_verdict.txt
 #   prefill    prefill attention tile shapes beside FlashAttention-3 (bench/prefill_attention.py; FA3
 #              only when the peer's site is on PYTHONPATH)
 #   norm       the whole model at batch 1 and in the latency test without and with the RMSNorms folded
@@ -105,6 +105,7 @@ for s in $STEPS; do
               step "gemv_proposal_r$round" 60 env WARD_GEMV_PLANS="$plans" python3 -m ward bench offline \
                 --out "$OUT/gemv_proposal_r$round" --workloads latency,batch1
             done
+            python3 bench/gemv_verdict.py "$OUT" | tee "$OUT/gemv_verdict.txt"
           fi ;;
     prefill) step prefill_attention 300 python3 bench/prefill_attention.py --out "$OUT/prefill_attention.json"
              grep -E '^\{"case"' "$OUT/prefill_attention.txt" | cut -c1-600 ;;
