@@ -32,9 +32,6 @@
 #              contexts with the split counts a graph at the model's length launches ("auto") and forced
 #              ones, then the whole model (latency, batch 1) with WARD_DECODE_CONTEXT_GRAPHS=0 and 1,
 #              alternated twice
-#   qkvrope    the decode qkv launch with rotary and the cache write in its epilogue: its GPU tests, then the
-#              whole model (latency, batch 1) with WARD_QKV_ROPE_GEMV=0 and 1 alternated twice, then once
-#              with each plan of QKV_ROPE_PLANS (WARD_QKV_ROPE_PLAN values, space-separated)
 #   tunable    TunableOp against cuBLAS's default for the projections (bench/gemm_tunable.py)
 #   seqs       1,000 x 256/256 and 1,000 x 1,024/128 with 512 and 1,024 sequences per step (vLLM's
 #              default on this class of card is 1,024), each without and with a KV reserve of 256 outputs
@@ -136,19 +133,6 @@ for s in $STEPS; do
                      --out "$OUT/ctx${on}_r$round" --workloads latency,batch1
                  done
                done ;;
-    qkvrope) step qkvrope_tests 180 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu \
-               tests/test_qkv_rope_decode.py tests/test_kernels.py -k "qkv_rope or engine or rotary or gemv"
-             tail -3 "$OUT/qkvrope_tests.txt"
-             for round in 1 2; do
-               for on in 0 1; do
-                 step "qkvrope${on}_r$round" 70 env WARD_QKV_ROPE_GEMV=$on python3 -m ward bench offline \
-                   --out "$OUT/qkvrope${on}_r$round" --workloads latency,batch1
-               done
-             done
-             for plan in ${QKV_ROPE_PLANS:-}; do
-               step "qkvrope_plan_${plan//:/-}" 70 env WARD_QKV_ROPE_GEMV=1 WARD_QKV_ROPE_PLAN=$plan python3 -m ward \
-                 bench offline --out "$OUT/qkvrope_plan_${plan//:/-}" --workloads latency,batch1
-             done ;;
     tunable) step gemm_tunable 240 python3 bench/gemm_tunable.py --out "$OUT/gemm_tunable.json"
              tail -12 "$OUT/gemm_tunable.txt" ;;
     *) echo "unknown step $s" >&2 ;;

@@ -428,56 +428,6 @@ def check_rotary_cache(num_tokens: int, num_heads: int, num_kv_heads: int, head_
     }
 
 
-def check_qkv_rope_cache(rows: int, num_heads: int, num_kv_heads: int, head_dim: int, hidden: int, block_size: int,
-                         num_padding: int, device: str, dtype: torch.dtype, bias: bool = False,
-                         plan: tuple[int, int, int, int] | None = None, seed: int = 0) -> Metrics:
-    """``decode_qkv_rope_cache`` against the two launches it replaces (``decode_gemv``, then
-    ``rotary_and_cache``) on NaN-filled caches with shuffled slots (``num_padding`` of them -1). The
-    projection's float32 sums may be added in another order, so values are compared by relative error;
-    which cache entries are written must match exactly. ``plan`` = (block_n, block_k, warps, stages).
-    Metrics: q_rel_err, cache_rel_err (written entries), mismatched (entries written by one and not
-    the other), unwritten (q), written / expected_written."""
-    from worker.kernels.decode_gemv import decode_gemv
-    from worker.kernels.decode_gemv_config import GemvPlan
-    from worker.kernels.qkv_rope_gemv import decode_qkv_rope_cache
-    from worker.kernels.rotary_cache import rotary_and_cache
-
-    g = torch.Generator().manual_seed(seed)
-    width = (num_heads + 2 * num_kv_heads) * head_dim
-    cos_sin_cache, positions, _ = _rotary_inputs(g, 2048, rows, num_heads, num_kv_heads, head_dim, head_dim, dtype,
-                                                 device)
-    x = _randn(g, rows, hidden, dtype=dtype, device=device)
-    w = _randn(g, width, hidden, dtype=dtype, device=device) * hidden**-0.5
-    b = _randn(g, width, dtype=dtype, device=device) if bias else None
-    num_blocks = math.ceil(rows / block_size) + 2
-    caches = tuple(torch.full((num_blocks, block_size, num_kv_heads, head_dim), float("nan"), dtype=dtype,
-                              device=device) for _ in range(2))
-    ref_caches = tuple(c.clone() for c in caches)
-    slots = torch.randperm(num_blocks * block_size, generator=g)[:rows]
-    slots[torch.randperm(rows, generator=g)[:num_padding]] = -1
-    slot_mapping = torch.cat([slots, torch.full((2,), -1, dtype=torch.int64)]).to(device)  # graph-padded
-    kernel_plan = GemvPlan(*plan, 1) if plan else None
-    q = decode_qkv_rope_cache(x, w, b, positions, cos_sin_cache, *caches, slot_mapping, num_heads, num_kv_heads,
-                              head_dim, plan=kernel_plan)
-    qkv = decode_gemv(x, w, b)
-    q_width, kv_width = num_heads * head_dim, num_kv_heads * head_dim
-    q_ref = qkv[:, :q_width].view(rows, num_heads, head_dim)
-    k_ref = qkv[:, q_width : q_width + kv_width].view(rows, num_kv_heads, head_dim)
-    v_ref = qkv[:, q_width + kv_width :].view(rows, num_kv_heads, head_dim)
-    rotary_and_cache(positions, q_ref, k_ref, v_ref, *ref_caches, slot_mapping, cos_sin_cache, head_dim)
-    got = torch.cat([c.float().flatten() for c in caches]).cpu()
-    want = torch.cat([c.float().flatten() for c in ref_caches]).cpu()
-    written = ~torch.isnan(got)
-    return {
-        "q_rel_err": rel_err(q, q_ref),
-        "cache_rel_err": rel_err(torch.where(written, got, 0.0), torch.where(written, want, 0.0)),
-        "mismatched": float((written != ~torch.isnan(want)).sum()),
-        "unwritten": nan_count(q),
-        "written": float(written.sum()),
-        "expected_written": float(2 * (rows - num_padding) * kv_width),
-    }
-
-
 def check_silu_and_mul(num_tokens: int, intermediate: int, device: str, dtype: torch.dtype, seed: int = 0) -> Metrics:
     """``silu_and_mul`` against ``F.silu(gate) * up``. Metrics: rel_err, unwritten."""
     from worker.kernels import silu_and_mul
@@ -626,7 +576,6 @@ def check_input_validation(device: str) -> dict[str, list[str]]:
     )
     from worker.kernels.argmax import greedy_argmax
     from worker.kernels.decode_gemv import decode_gemv, decode_gemv_add_residual, decode_gemv_rms_norm
-    from worker.kernels.qkv_rope_gemv import decode_qkv_rope_cache
     from worker.kernels.rotary_cache import rotary_and_cache
 
     def t(*shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -683,22 +632,6 @@ def check_input_validation(device: str) -> dict[str, list[str]]:
                                                      t(4, 16, 2, 16, dtype=torch.float8_e4m3fn), t(3, dtype=i64),
                                                      t(8, 16)),
     }
-    qkv_rope_ok = dict(x=t(3, 32), weight=t(128, 32), bias=None, positions=t(3, dtype=i64), cos_sin_cache=t(8, 16),
-                       key_cache=cache, value_cache=cache, slot_mapping=t(3, dtype=i64), num_heads=4, num_kv_heads=2,
-                       head_dim=16)
-
-    def qkv_rope(**changes: object) -> None:
-        decode_qkv_rope_cache(**{**qkv_rope_ok, **changes})
-
-    bad_calls.update({
-        "qkv_rope_weight_rows": lambda: qkv_rope(weight=t(120, 32)),
-        "qkv_rope_partial_rotary": lambda: qkv_rope(cos_sin_cache=t(8, 8)),
-        "qkv_rope_short_slots": lambda: qkv_rope(slot_mapping=t(2, dtype=i64)),
-        "qkv_rope_cache_dtype": lambda: qkv_rope(key_cache=t(4, 16, 2, 16, dtype=torch.float16),
-                                                 value_cache=t(4, 16, 2, 16, dtype=torch.float16)),
-        "qkv_rope_float_positions": lambda: qkv_rope(positions=t(3)),
-        "qkv_rope_too_many_rows": lambda: qkv_rope(x=t(9, 32), positions=t(9, dtype=i64), slot_mapping=t(9, dtype=i64)),
-    })
     unraised = []
     for name, call in bad_calls.items():
         try:

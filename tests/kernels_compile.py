@@ -25,8 +25,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from worker.kernels import (  # noqa: E402
-    activation, argmax, decode_gemv, fp8_gemm, fp8_gemv, int4_gemm, kv_cache, moe_gemm, norm, qkv_rope_gemv, rotary,
-    rotary_cache, token_bitmask,
+    activation, argmax, decode_gemv, fp8_gemm, fp8_gemv, int4_gemm, kv_cache, moe_gemm, norm, rotary, rotary_cache, token_bitmask,
 )
 from worker.kernels.attention_config import choose_tile_config, next_power_of_2  # noqa: E402
 from worker.kernels.attention_kernels import merge_splits_kernel, paged_attention_kernel  # noqa: E402
@@ -112,22 +111,7 @@ def decode_gemv_variant(block_n: int, block_k: int, split_k: int, silu: bool, bi
         # a launch specialises sizes that are multiples of 16 as such (Llama's N and K, the split length)
         divisible=("N", "K", "K_PER_SPLIT") if even else ("K_PER_SPLIT",), num_warps=4, num_stages=stages,
     )
-def qkv_rope_variant(block_n: int, block_k: int, stages: int, bias: bool, pdl: bool = False, warps: int = 2,
-                     even: bool = True) -> dict[str, int]:
-    return compile_variant(
-        qkv_rope_gemv._qkv_rope_cache_kernel,
-        {"x_ptr": BF16, "w_ptr": BF16, "b_ptr": BF16, "positions_ptr": "*i64", "cos_sin_ptr": "*fp32", "q_ptr": BF16,
-         "key_cache_ptr": BF16, "value_cache_ptr": BF16, "slot_ptr": "*i64"},
-        dict(NUM_Q_HEADS=32, NUM_KV_HEADS=8, HEAD_DIM=128, PAGE_SIZE=16, BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k,
-             HAS_BIAS=bias, EVEN_K=even, EXACT_FP32=False, USE_PDL=pdl),
-        divisible=("K",) if even else (), num_warps=warps, num_stages=stages,
-    )
-
-
 VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
-    "qkv_rope_cache_llama": lambda: qkv_rope_variant(16, 256, 4, bias=False),
-    "qkv_rope_cache_llama_pdl": lambda: qkv_rope_variant(16, 256, 4, bias=False, pdl=True),
-    "qkv_rope_cache_bias_ragged_pdl": lambda: qkv_rope_variant(32, 128, 3, bias=True, pdl=True, warps=4, even=False),
     "attention_decode_group4_d128": attention_variant(1, 4, 128, False, False, BF16),
     "attention_decode_split_group4_d128": attention_variant(1, 4, 128, True, False, BF16),
     "attention_decode_split_ordered_group4_d128": attention_variant(1, 4, 128, True, False, BF16, ordered=True),

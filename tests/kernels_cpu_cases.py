@@ -18,7 +18,6 @@ from kernels_cases import (
     check_fused_moe,
     check_greedy_argmax,
     check_input_validation,
-    check_qkv_rope_cache,
     check_reshape_and_cache,
     check_rms_norm,
     check_rotary,
@@ -92,10 +91,6 @@ OTHER_CASES: dict[str, Callable[[], Metrics | dict[str, list[str]]]] = {
     # tokens, q heads, kv heads, head dim, rotary dim, block size, padding tokens
     "rotary_cache_full": lambda: check_rotary_cache(9, 4, 2, 64, 64, 16, 2, "cpu", F32),
     "rotary_cache_partial_block32": lambda: check_rotary_cache(7, 6, 3, 80, 32, 32, 1, "cpu", F32),
-    "qkv_rope_cache_rows3_padding": lambda: check_qkv_rope_cache(3, 4, 2, 32, 64, 16, 1, "cpu", F32),
-    "qkv_rope_cache_rows8_bias_ragged_k": lambda: check_qkv_rope_cache(8, 6, 2, 64, 200, 16, 2, "cpu", F32,
-                                                                       bias=True, plan=(16, 64, 4, 2)),
-    "qkv_rope_cache_rows1_narrow_heads": lambda: check_qkv_rope_cache(1, 2, 1, 16, 48, 32, 0, "cpu", F32),
     "silu_and_mul_wide": lambda: check_silu_and_mul(7, 1000, "cpu", F32),
     "silu_and_mul_narrow": lambda: check_silu_and_mul(3, 64, "cpu", F32),
     "input_validation": lambda: check_input_validation("cpu"),

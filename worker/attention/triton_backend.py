@@ -6,10 +6,7 @@ request's output, whatever mix of prefill, chunked prefill and decode the step h
 synchronises with the device, so a whole step can be captured in a CUDA graph.
 
 ``forward_rotary`` also applies the model's (neox) rotary embedding, in the same launch as the cache
-write (``WARD_ROPE_CACHE_FUSION=0``: rotary as its own kernel, for A/B timing). With
-``WARD_QKV_ROPE_GEMV=1`` a decode step goes one launch further: the qkv projection's GEMV rotates q
-and k and writes k and v into the cache in its epilogue (``takes_projected_cache_write``, then
-``attend_written``).
+write (``WARD_ROPE_CACHE_FUSION=0``: rotary as its own kernel, for A/B timing).
 """
 from __future__ import annotations
 
@@ -43,7 +40,6 @@ class TritonAttention:
         self.k_scale: torch.Tensor | None = None
         self.v_scale: torch.Tensor | None = None
         self.fuse_rotary = os.environ.get("WARD_ROPE_CACHE_FUSION", "1") != "0"
-        self.fuse_qkv_rope = os.environ.get("WARD_QKV_ROPE_GEMV", "0") == "1"  # opt-in until timed on a card
 
     def decode_launch_key(self, num_reqs: int, max_seq_len: int, kv_element_size: int,
                           device: torch.device) -> tuple[int, int]:
@@ -94,22 +90,6 @@ class TritonAttention:
 
         q, k = rotary_embedding(positions, q, k, cos_sin_cache, rotary_dim=rotary_dim, is_neox=True)
         return self.forward(q, k, v, kv_cache, meta)
-
-    def takes_projected_cache_write(self, head_dim: int, rotary_dim: int, key_cache: torch.Tensor,
-                                    activations: torch.Tensor) -> bool:
-        """Whether this layer's decode step may take q from the qkv launch that also rotates k and
-        writes k and v into ``key_cache`` (``qkv_rope_gemv.py``): switched on, a float cache of the
-        activations' dtype (an FP8 cache scales its writes), a full-width rotary that launch handles."""
-        if not self.fuse_qkv_rope or self.k_scale is not None or key_cache.dtype != activations.dtype:
-            return False
-        from worker.kernels.qkv_rope_gemv import fusable
-
-        return fusable(head_dim, rotary_dim, key_cache.device)
-
-    def attend_written(self, q: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor],
-                       meta: AttentionMetadata) -> torch.Tensor:
-        """Attention [T, num_heads, head_dim] for a step whose K/V the qkv launch already wrote."""
-        return self._attend(q, kv_cache, meta)
 
     def _attend(self, q: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor],
                 meta: AttentionMetadata) -> torch.Tensor:

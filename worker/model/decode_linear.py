@@ -91,20 +91,6 @@ class DecodeGemvLinear(nn.Linear):
 
         return decode_gemv(x2, self.weight, self.bias, silu=True).reshape(*x.shape[:-1], self.out_features // 2)
 
-    def forward_rope_cache(self, x: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
-                           key_cache: torch.Tensor, value_cache: torch.Tensor, slot_mapping: torch.Tensor,
-                           num_heads: int, num_kv_heads: int, head_dim: int) -> torch.Tensor | None:
-        """For a fused qkv projection: q [T, num_heads, head_dim] rotated at ``positions``, with the
-        rotated k and the v written into the paged caches at ``slot_mapping`` by the same launch
-        (``worker/kernels/qkv_rope_gemv.py``); None when x is not decode-sized (``takes``)."""
-        x2 = self._gemv_rows(x)
-        if x2 is None:
-            return None
-        from worker.kernels.qkv_rope_gemv import decode_qkv_rope_cache
-
-        return decode_qkv_rope_cache(x2, self.weight, self.bias, positions, cos_sin_cache, key_cache, value_cache,
-                                     slot_mapping, num_heads, num_kv_heads, head_dim)
-
     def forward_add_residual(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(self(x) + residual, sums)`` for a decode-sized x (``takes``): the new residual of the layer
         and its per-tile sums of squares, for ``forward_rms_norm_silu_and_mul``."""

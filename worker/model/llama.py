@@ -71,41 +71,23 @@ class Attention(nn.Module):
         """The attention block's output, through o_proj unless ``project`` is False ([T, q_size] then);
         ``qkv`` given: the projection already made (from a folded norm), hidden unused but for its rows."""
         T = hidden.shape[0]
+        if qkv is None:
+            qkv = self.qkv_proj(hidden)  # [T, q + 2kv]
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.reshape(T, self.num_heads, self.head_dim)
+        k = k.reshape(T, self.num_kv_heads, self.head_dim)
+        v = v.reshape(T, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         meta = meta.for_group(self.kv_group)
-        q = self._projected_into_cache(positions, hidden, kv_cache, meta, cos_sin_cache) if qkv is None else None
-        if q is not None:
-            out = self.attn.attend_written(q, kv_cache, meta)
+        rotary_in_attention = getattr(self.attn, "forward_rotary", None)  # a backend may fuse it
+        if rotary_in_attention is not None:
+            out = rotary_in_attention(positions, q, k, v, cos_sin_cache, self.rotary_dim, kv_cache, meta)
         else:
-            if qkv is None:
-                qkv = self.qkv_proj(hidden)  # [T, q + 2kv]
-            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-            q = q.reshape(T, self.num_heads, self.head_dim)
-            k = k.reshape(T, self.num_kv_heads, self.head_dim)
-            v = v.reshape(T, self.num_kv_heads, self.head_dim)
-            if self.q_norm is not None:
-                q, k = self.q_norm(q), self.k_norm(k)
-            rotary_in_attention = getattr(self.attn, "forward_rotary", None)  # a backend may fuse it
-            if rotary_in_attention is not None:
-                out = rotary_in_attention(positions, q, k, v, cos_sin_cache, self.rotary_dim, kv_cache, meta)
-            else:
-                q, k = self.ops.rotary_embedding(positions, q, k, cos_sin_cache, self.rotary_dim)
-                out = self.attn.forward(q, k, v, kv_cache, meta)  # [T, Hq, D]
+            q, k = self.ops.rotary_embedding(positions, q, k, cos_sin_cache, self.rotary_dim)
+            out = self.attn.forward(q, k, v, kv_cache, meta)  # [T, Hq, D]
         out = out.reshape(T, self.q_size)
         return self.o_proj(out) if project else out
-
-    def _projected_into_cache(self, positions, hidden, kv_cache, meta: AttentionMetadata,
-                              cos_sin_cache) -> torch.Tensor | None:
-        """q [T, Hq, D] from the one launch that also rotates k and writes k and v into the cache (a
-        decode step through the decode GEMV, where the backend takes it); None: the usual path."""
-        project = getattr(self.qkv_proj, "forward_rope_cache", None)
-        takes = getattr(self.attn, "takes_projected_cache_write", None)
-        if project is None or takes is None or self.q_norm is not None:
-            return None
-        key_cache, value_cache = kv_cache
-        if not takes(self.head_dim, self.rotary_dim, key_cache, hidden):
-            return None
-        return project(hidden, positions, cos_sin_cache, key_cache, value_cache, meta.slot_mapping,
-                       self.num_heads, self.num_kv_heads, self.head_dim)
 
 
 class MLP(nn.Module):
