@@ -50,3 +50,38 @@ def test_the_decode_fusion_script_runs_a_known_offline_bench():
     ns = parser.parse_args([*args, "--out", "x"])
     assert ns.suite == "offline" and ns.model in SHAPES
     assert set(ns.workloads.split(",")) == {"latency", "batch1"} <= set(WORKLOADS)
+
+
+def _gemv_logs(folder: Path, table: tuple[float, float], proposal: tuple[float, float], rounds: int = 2) -> None:
+    for r in range(1, rounds + 1):
+        for side, (tok_s, mean_ms) in (("table", table), ("proposal", proposal)):
+            (folder / f"gemv_{side}_r{r}.txt").write_text(
+                f"startup 9.1 s {{}}\nlatency {{\"mean_ms\": {mean_ms}, \"runs_ms\": []}}\n"
+                f"batch1 {{\"tok_s\": {tok_s}, \"step_ms\": 4.5}}\n")
+
+
+@pytest.mark.parametrize(("proposal", "verdict"), [
+    ((228.0, 619.0), "proposal"),  # faster at batch 1, latency no slower
+    ((228.0, 640.0), "table"),  # faster at batch 1 but the latency test slowed by 3%
+    ((220.0, 600.0), "table"),  # slower at batch 1
+])
+def test_the_gemv_verdict_names_the_plans_that_won_every_round(tmp_path: Path, proposal, verdict) -> None:
+    import subprocess
+    import sys
+
+    _gemv_logs(tmp_path, (221.0, 620.0), proposal)
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "gemv_verdict.py"), str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == verdict
+    assert len(out) == 3 and out[1].startswith("round 1: table batch1 221.0")
+
+
+def test_the_gemv_verdict_keeps_the_table_without_complete_rounds(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    _gemv_logs(tmp_path, (221.0, 620.0), (228.0, 619.0), rounds=1)
+    (tmp_path / "gemv_proposal_r1.txt").write_text("Traceback: the run failed\n")
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "gemv_verdict.py"), str(tmp_path)],
+                         capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "table"
