@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 import time
 
 import grpc
@@ -156,12 +157,15 @@ def test_a_full_worker_answers_503_a_team_over_its_share_429_and_another_team_st
         return {"model": GENERATE_MODEL, "messages": [{"role": "user", "content": "Summarise the handover."}],
                 "max_tokens": tokens, "ignore_eos": True, "stream": True}
 
-    def stream(key: str, tokens: int, first_chunk: concurrent.futures.Future | None = None) -> int:
+    def stream(key: str, tokens: int, first_chunk: concurrent.futures.Future | None = None,
+               hang_up: threading.Event | None = None) -> int:
         with httpx.Client(timeout=120) as client, client.stream(
                 "POST", url, json=body(tokens), headers={"Authorization": f"Bearer {key}"}) as r:
             for line in r.iter_lines():
                 if first_chunk is not None and line.startswith("data: ") and not first_chunk.done():
                     first_chunk.set_result(True)
+                if hang_up is not None and hang_up.is_set():
+                    break  # the client goes away: the gateway cancels the generation and frees its seat
             return r.status_code
 
     def queued_now() -> float:
@@ -175,8 +179,8 @@ def test_a_full_worker_answers_503_a_team_over_its_share_429_and_another_team_st
         return httpx.post(url, json=b, headers={"Authorization": f"Bearer {key}"}, timeout=120)
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        seated = concurrent.futures.Future()
-        running = pool.submit(stream, keys["a"], 300, seated)  # takes the only seat for a while
+        seated, hang_up = concurrent.futures.Future(), threading.Event()
+        running = pool.submit(stream, keys["a"], 900, seated, hang_up)  # holds the only seat until it hangs up
         seated.result(timeout=60)
         queued = [pool.submit(stream, keys["a"], 2) for _ in range(2)]  # the queue's two places
         assert wait_until(lambda: queued_now() == 2, 60)
@@ -215,6 +219,8 @@ def test_a_full_worker_answers_503_a_team_over_its_share_429_and_another_team_st
         assert float(frozen.rsplit(" ", 1)[1]) > 10_000, frozen
         refusals = [line for line in own.splitlines() if line.startswith("ward_admission_refusals_total")]
         assert {float(line.rsplit(" ", 1)[1]) for line in refusals} == {1.0}  # one of each reason
+        assert not running.done()  # the seat was held throughout
+        hang_up.set()
         assert running.result(timeout=120) == 200
         assert other_team.result(timeout=120) == 200 and all(q.result(timeout=120) == 200 for q in queued)
         # each team's finished generations, with the worker's whole first-response time and the engine's part
