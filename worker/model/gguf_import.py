@@ -4,9 +4,11 @@ generation config) from a GGUF file. transformers reads and de-quantizes the GGU
 layout instead (worker/model/quant/gguf.py), so they stay 4 or 8 bits on disk and on the device."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 
 from worker.errors import ModelLoadError
 
@@ -25,18 +27,20 @@ def import_gguf(gguf_path: str, out_dir: str, dtype: str = "float32", progress: 
 
     folder, name = os.path.split(os.path.abspath(gguf_path))
     steps = tqdm(total=4, desc=f"importing {name}", disable=not progress, unit="step")
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
-        steps.update()
-        model = AutoModelForCausalLM.from_pretrained(
-            folder, gguf_file=name, dtype=getattr(torch, dtype), local_files_only=True
-        )
-        steps.update()
-    except Exception as exc:
-        raise ModelLoadError(f"{gguf_path}: transformers cannot read this GGUF file: {exc}") from exc
-    tied = bool(getattr(model.config, "tie_word_embeddings", False))
-    state = {k: v.contiguous() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
-    quantization = _keep_quantized(gguf_path, state, model.config) if keep_quantized else None
+    with _one_parse_per_file():
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+            steps.update()
+            model = AutoModelForCausalLM.from_pretrained(
+                folder, gguf_file=name, dtype=getattr(torch, dtype), local_files_only=True
+            )
+            steps.update()
+        except Exception as exc:
+            steps.close()
+            raise ModelLoadError(f"{gguf_path}: transformers cannot read this GGUF file: {exc}") from exc
+        tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        state = {k: v.contiguous() for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}
+        quantization = _keep_quantized(gguf_path, state, model.config) if keep_quantized else None
     parent = os.path.dirname(os.path.abspath(out_dir)) or "."
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".import-", dir=parent)
@@ -63,6 +67,32 @@ def import_gguf(gguf_path: str, out_dir: str, dtype: str = "float32", progress: 
     return out_dir
 
 
+@contextlib.contextmanager
+def _one_parse_per_file() -> Iterator[None]:
+    """transformers parses a GGUF's metadata anew for the tokenizer, the config and the weights, each
+    a walk over every vocabulary entry (seconds for a 50,000-token vocabulary, more for larger ones).
+    Within one import the first parse of a file serves every later reader of it (read-only memory
+    maps: nothing a reader hands out can be written)."""
+    import gguf
+
+    original = gguf.GGUFReader
+    parsed: dict[tuple[str, str], object] = {}
+
+    def reader(path: str | os.PathLike, mode: str = "r"):
+        if mode != "r":
+            return original(path, mode)
+        key = (os.path.realpath(path), mode)
+        if key not in parsed:
+            parsed[key] = original(path, mode)
+        return parsed[key]
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
+
+
 _PROJECTIONS = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
                 "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
                 "ffn_down": "mlp.down_proj"}
@@ -86,13 +116,13 @@ def _keep_quantized(gguf_path: str, state: dict, config) -> dict | None:
     import logging
 
     import torch
-    from gguf import GGUFReader
+    import gguf
 
     from worker.model.quant.gguf import KEPT, block_layout, row_order_of_rope_permute, to_ward
     from worker.model.quant.packing import dequantize_int
 
     log = logging.getLogger("ward.worker.model")
-    reader = GGUFReader(gguf_path)
+    reader = gguf.GGUFReader(gguf_path)  # looked up here, so that an import's one parse serves it too
     found = {}
     for t in reader.tensors:
         parts = t.name.split(".")  # blk.N.attn_q.weight
