@@ -2,9 +2,9 @@
 a chain of Llama-3.1-8B decode layers. A script for a GPU machine that prints figures, not a test.
 
 Each layer runs qkv, a spin of ``--gap-us`` on one SM (the rotary, attention and merge launches of a
-decode step, which read next to nothing), o, gate_up with the SiLU epilogue and down, every GEMV
-asking for the next one's weight; enough layers that their weights exceed three times the L2
-cache. The chain is captured in one CUDA graph and replayed; the figure is microseconds per layer
+decode step, which read next to nothing), o, gate_up with the SiLU epilogue and down, the GEMV
+before each projection named by ``--into`` (default o, as the engine's default) asking for its
+weight; enough layers that their weights exceed three times the L2 cache. The chain is captured in one CUDA graph and replayed; the figure is microseconds per layer
 and the rate at which the layers' weights were read. Budgets are compared at one and eight rows,
 with and without the gap; the budget with the lowest sum over the four cases is written to
 ``--best-file`` (0 when none beat no prefetch by 1%).
@@ -45,21 +45,26 @@ class Layer:
         return sum(w.numel() * w.element_size() for w in (self.qkv, self.o, self.gate_up, self.down))
 
 
-def chain(layers: list[Layer], rows: int, budget: int, gap_cycles: int):
+def chain(layers: list[Layer], rows: int, budget: int, gap_cycles: int, into: set[str]):
     x = torch.randn(rows, HIDDEN, dtype=torch.bfloat16, device="cuda")
     q = torch.empty(rows, QKV, dtype=torch.bfloat16, device="cuda")
     h = torch.empty(rows, HIDDEN, dtype=torch.bfloat16, device="cuda")
     act = torch.empty(rows, INTERMEDIATE, dtype=torch.bfloat16, device="cuda")
 
+    def ahead(name: str, weight: torch.Tensor) -> torch.Tensor | None:
+        return weight if name in into else None
+
     def run() -> None:
         for i, layer in enumerate(layers):
             following = layers[(i + 1) % len(layers)].qkv
-            decode_gemv(x, layer.qkv, out=q, prefetch=layer.o, prefetch_budget=budget)
+            decode_gemv(x, layer.qkv, out=q, prefetch=ahead("o", layer.o), prefetch_budget=budget)
             if gap_cycles:
                 torch.cuda._sleep(gap_cycles)
-            decode_gemv(q[:, :HIDDEN], layer.o, out=h, prefetch=layer.gate_up, prefetch_budget=budget)
-            decode_gemv(h, layer.gate_up, silu=True, out=act, prefetch=layer.down, prefetch_budget=budget)
-            decode_gemv(act, layer.down, out=x, prefetch=following, prefetch_budget=budget)
+            decode_gemv(q[:, :HIDDEN], layer.o, out=h, prefetch=ahead("gate_up", layer.gate_up),
+                        prefetch_budget=budget)
+            decode_gemv(h, layer.gate_up, silu=True, out=act, prefetch=ahead("down", layer.down),
+                        prefetch_budget=budget)
+            decode_gemv(act, layer.down, out=x, prefetch=ahead("qkv", following), prefetch_budget=budget)
 
     return run
 
@@ -81,6 +86,7 @@ def main() -> int:
     parser.add_argument("--best-file", default="")
     parser.add_argument("--budgets-mb", default="0,4,8,16,24,32")
     parser.add_argument("--gap-us", type=float, default=10.0)
+    parser.add_argument("--into", default="o", help="comma list of qkv, o, gate_up, down: the weights fetched ahead")
     args = parser.parse_args()
     props = torch.cuda.get_device_properties(0)
     probe = Layer()
@@ -88,14 +94,15 @@ def main() -> int:
     layers = [probe] + [Layer() for _ in range(count - 1)]
     cycles_per_us = spin_cycles_per_us()
     budgets = [float(b) for b in args.budgets_mb.split(",")]
-    report: dict = {"device": props.name, "l2_mb": props.L2_cache_size / 2**20, "layers": count,
+    into = set(args.into.split(","))
+    report: dict = {"device": props.name, "l2_mb": props.L2_cache_size / 2**20, "layers": count, "into": sorted(into),
                     "layer_mb": round(probe.nbytes / 2**20, 1), "gap_us": args.gap_us, "cases": []}
     print(json.dumps({k: v for k, v in report.items() if k != "cases"}), flush=True)
     totals = {b: 0.0 for b in budgets}
     for rows in (1, 8):
         for gap in (0.0, args.gap_us):
             for mb in budgets:
-                run = chain(layers, rows, int(mb * 2**20), int(gap * cycles_per_us))
+                run = chain(layers, rows, int(mb * 2**20), int(gap * cycles_per_us), into)
                 us = timed_us(run, iters=2) / count
                 read_us = us - gap
                 case = {"rows": rows, "gap_us": gap, "budget_mb": mb, "us_per_layer": round(us, 2),

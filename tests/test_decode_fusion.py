@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from worker.kernels.decode_gemv_config import parse_prefetch_budget, prefetch_row_bytes
-from worker.model.decode_linear import DecodeGemvLinear, link_prefetches, use_decode_gemv
+from worker.model.decode_linear import DecodeGemvLinear, link_prefetches, prefetch_targets, use_decode_gemv
 
 ROOT = Path(__file__).resolve().parent.parent
 # family: projections swapped (qkv, o, gate_up, down per dense layer; qkv and o per MoE layer; the
@@ -117,6 +117,7 @@ def _two_layer_model() -> nn.Module:
 def test_each_swapped_projection_prefetches_the_one_a_decode_step_reads_next(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WARD_DECODE_GEMV", raising=False)
+    monkeypatch.setenv("WARD_GEMV_PREFETCH_INTO", "all")
     model = _two_layer_model()
     assert use_decode_gemv(model) == 8
     first, second = model.layers
@@ -132,6 +133,18 @@ def test_each_swapped_projection_prefetches_the_one_a_decode_step_reads_next(
     use_decode_gemv(model)
     assert model.layers[0].self_attn.o_proj.prefetch_next is model.layers[0].mlp.down_proj.weight
     assert link_prefetches(nn.Module()) == 0
+    # by default only o_proj's weight is fetched ahead, by the qkv launch before it
+    monkeypatch.delenv("WARD_DECODE_GEMV")
+    monkeypatch.delenv("WARD_GEMV_PREFETCH_INTO")
+    model = _two_layer_model()
+    use_decode_gemv(model)
+    assert [m.prefetch_next is not None for layer in model.layers for m in
+            (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj)] == [
+        True, False, False, False] * 2
+    assert model.layers[1].self_attn.qkv_proj.prefetch_next is model.layers[1].self_attn.o_proj.weight
+    assert link_prefetches(model, ("gate_up", "qkv")) == 3  # two gate_ups, and the second layer's qkv
+    with pytest.raises(ValueError, match="WARD_GEMV_PREFETCH_INTO"):
+        prefetch_targets("o,attention")
 
 
 def test_prefetch_budget_parses_and_spreads_over_the_rows() -> None:

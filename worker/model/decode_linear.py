@@ -17,9 +17,11 @@ them on decode steps (``enable_norm_fusion``): o_proj adds the residual and writ
 squares, and gate_up normalises its input from them; likewise down_proj and the next layer's qkv.
 Two norm launches fewer a layer.
 
-Each swapped layer also knows the weight that a decode step reads after its own (``prefetch_next``:
+A swapped layer may also know the weight that a decode step reads after its own (``prefetch_next``:
 qkv, o, gate_up, down, then the next layer's qkv), which the GEMV asks the L2 cache for as it
 finishes when ``WARD_GEMV_PREFETCH_MB`` gives it a budget (``link_prefetches``).
+``WARD_GEMV_PREFETCH_INTO`` names the projections so fetched ahead (default ``o``: its weight is
+read after the attention launches, which leave memory idle; ``all`` for every one).
 """
 from __future__ import annotations
 
@@ -176,27 +178,48 @@ def enable_norm_fusion(model: nn.Module) -> tuple[int, int]:
     return marked, folded
 
 
-def link_prefetches(model: nn.Module) -> int:
+DEFAULT_PREFETCH_INTO = ("o",)
+
+
+def prefetch_targets(value: str | None = None) -> tuple[str, ...]:
+    """The projections ``WARD_GEMV_PREFETCH_INTO`` (or ``value``) names: a comma list of ``PROJECTIONS``
+    or ``all``; unset, ``DEFAULT_PREFETCH_INTO``. ValueError for an unknown name."""
+    text = (os.environ.get("WARD_GEMV_PREFETCH_INTO", "") if value is None else value).strip()
+    if not text:
+        return DEFAULT_PREFETCH_INTO
+    if text == "all":
+        return tuple(PROJECTIONS)
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in PROJECTIONS]
+    if unknown:
+        raise ValueError(f"WARD_GEMV_PREFETCH_INTO names unknown projections {unknown}; known: all, "
+                         f"or a comma list of {', '.join(PROJECTIONS)}")
+    return names
+
+
+def link_prefetches(model: nn.Module, into: tuple[str, ...] | None = None) -> int:
     """Points each swapped projection's ``prefetch_next`` at the weight of the swapped projection that
     a decode step runs after it (in ``PROJECTIONS`` order within a layer, then on into the next
-    layer); the last one points at nothing. Returns how many were linked."""
-    chain = [module for layer in getattr(model, "layers", []) for module in _swapped(layer)]
-    for module, following in zip(chain, chain[1:]):
-        module.prefetch_next = following.weight
-    if chain:
-        chain[-1].prefetch_next = None
-    return max(0, len(chain) - 1)
+    layer) where that one is among ``into`` (default: ``prefetch_targets()``); every other one at
+    nothing. Returns how many were linked."""
+    targets = prefetch_targets() if into is None else into
+    chain = [pair for layer in getattr(model, "layers", []) for pair in _swapped(layer)]
+    linked = 0
+    for (_, module), (name, following) in zip(chain, chain[1:] + [("", None)]):
+        module.prefetch_next = following.weight if following is not None and name in targets else None
+        linked += module.prefetch_next is not None
+    return linked
 
 
-def _swapped(layer: nn.Module) -> list[DecodeGemvLinear]:
+def _swapped(layer: nn.Module) -> list[tuple[str, DecodeGemvLinear]]:
     found = []
-    for name in PROJECTIONS.values():
+    for short, name in PROJECTIONS.items():
         try:
             module = layer.get_submodule(name)
         except AttributeError:
             continue
         if isinstance(module, DecodeGemvLinear):
-            found.append(module)
+            found.append((short, module))
     return found
 
 
