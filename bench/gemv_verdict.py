@@ -2,7 +2,7 @@
 by default the `gemv` step's (the table's plans against the sweep's proposal). Prints the candidate's
 name (`proposal`) when it decoded faster at batch 1 in every round and did not slow the latency
 test's mean by more than NOISE, else the base's (`table`); then the figures. A side's name is its
-stem after the last underscore (gemv_table: table; prefetch16: prefetch16).
+stem after the last underscore (gemv_table: table; norm1: norm1).
 
 Usage: python3 bench/gemv_verdict.py OUT_DIR [BASE_STEM CANDIDATE_STEM]
 """

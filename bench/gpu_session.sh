@@ -22,11 +22,6 @@
 #   gemv       the decode GEMV's plans retuned on this card (bench/gemv_sweep.py), then the whole model at
 #              batch 1 and in the latency test with the table's plans and with the sweep's proposal,
 #              alternated twice; GEMV_PLANS overrides the proposal; the winner's name in gemv_verdict.txt
-#   prefetch   the decode GEMV's L2 prefetch of the next weight: its GPU tests, budgets timed on a chain
-#              of decode layers (bench/gemv_prefetch.py), then the whole model at batch 1 and in the
-#              latency test with WARD_GEMV_PREFETCH_MB=0 and the chain's best budget (PREFETCH_MB
-#              overrides it), alternated twice; the winner's name in prefetch_verdict.txt; PREFETCH_INTO
-#              (default o) the projections fetched ahead, PREFETCH_BUDGETS the chain's budgets in MiB
 #   prefill    prefill attention tile shapes beside FlashAttention-3 (bench/prefill_attention.py; FA3
 #              only when the peer's site is on PYTHONPATH)
 #   norm       the whole model at batch 1 and in the latency test without and with the RMSNorms folded
@@ -112,23 +107,6 @@ for s in $STEPS; do
             done
             python3 bench/gemv_verdict.py "$OUT" | tee "$OUT/gemv_verdict.txt"
           fi ;;
-    prefetch) step prefetch_tests 200 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu \
-                tests/test_kernels.py tests/test_pdl.py -k "gemv or pdl"
-              tail -2 "$OUT/prefetch_tests.txt"
-              step gemv_prefetch 150 python3 bench/gemv_prefetch.py --out "$OUT/gemv_prefetch.json" \
-                --best-file "$OUT/prefetch_best.txt" --into "${PREFETCH_INTO:-o}" --budgets-mb "${PREFETCH_BUDGETS:-0,4,8,16,24,32}"
-              grep -E '"(rows|sum_us)"' "$OUT/gemv_prefetch.txt" | cut -c1-200
-              best=${PREFETCH_MB:-$(cat "$OUT/prefetch_best.txt" 2>/dev/null || echo 0)}
-              if [ "$best" != 0 ]; then
-                for round in 1 2; do
-                  for mb in 0 "$best"; do
-                    step "prefetch${mb}_r$round" 60 env WARD_GEMV_PREFETCH_MB="$mb" WARD_GEMV_PREFETCH_INTO="${PREFETCH_INTO:-o}" \
-                      python3 -m ward bench offline \
-                      --out "$OUT/prefetch${mb}_r$round" --workloads latency,batch1
-                  done
-                done
-                python3 bench/gemv_verdict.py "$OUT" prefetch0 "prefetch$best" | tee "$OUT/prefetch_verdict.txt"
-              fi ;;
     prefill) step prefill_attention 300 python3 bench/prefill_attention.py --out "$OUT/prefill_attention.json"
              grep -E '^\{"case"' "$OUT/prefill_attention.txt" | cut -c1-600 ;;
     norm) for round in 1 2; do

@@ -63,7 +63,6 @@ def compile_variant(
         "mma_sync": ptx.count("mma.sync"),
         "gdc_wait": ptx.count("griddepcontrol.wait"),
         "gdc_launch": ptx.count("griddepcontrol.launch_dependents"),
-        "l2_prefetch": ptx.count("cp.async.bulk.prefetch.L2"),
     }
 
 
@@ -100,14 +99,14 @@ BF16 = "*bf16"
 
 def decode_gemv_variant(block_n: int, block_k: int, split_k: int, silu: bool, bias: bool, stages: int,
                         even: bool = True, pdl: bool = False, add_residual: bool = False,
-                        norm_input: bool = False, prefetch: bool = False) -> dict[str, int]:
+                        norm_input: bool = False) -> dict[str, int]:
     return compile_variant(
         decode_gemv._decode_gemv_kernel,
         {"x_ptr": BF16, "w_ptr": BF16, "b_ptr": BF16, "y_ptr": BF16, "part_ptr": "*fp32", "ticket_ptr": "*i32",
-         "res_ptr": BF16, "sq_ptr": "*fp32", "nw_ptr": BF16, "pf_ptr": BF16},
+         "res_ptr": BF16, "sq_ptr": "*fp32", "nw_ptr": BF16},
         dict(BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, SILU=silu, HAS_BIAS=bias, EVEN_N=even,
              EVEN_K=even, EXACT_FP32=False, USE_PDL=pdl, ADD_RESIDUAL=add_residual, NORM_INPUT=norm_input,
-             SQ_TILES_P=128, PREFETCH=prefetch, PF_ROWS_P=256),
+             SQ_TILES_P=128),
         ("eps",),
         # a launch specialises sizes that are multiples of 16 as such (Llama's N and K, the split length)
         divisible=("N", "K", "K_PER_SPLIT") if even else ("K_PER_SPLIT",), num_warps=4, num_stages=stages,
@@ -213,9 +212,6 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
                                                               pdl=True),
     "decode_gemv_gate_up_silu_pdl": lambda: decode_gemv_variant(32, 256, 1, silu=True, bias=False, stages=4,
                                                                 pdl=True),
-    # as it finishes, the o_proj GEMV asks the L2 cache for the start of gate_up's rows
-    "decode_gemv_o_prefetch_pdl": lambda: decode_gemv_variant(32, 512, 1, silu=False, bias=False, stages=4,
-                                                              pdl=True, prefetch=True),
     # the post-attention RMSNorm fused away: o_proj adds the residual and writes its sums of squares,
     # gate_up (SiLU) normalises its input from them
     "decode_gemv_o_add_residual_pdl": lambda: decode_gemv_variant(32, 512, 1, silu=False, bias=False, stages=4,

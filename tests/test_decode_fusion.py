@@ -20,8 +20,7 @@ import pytest
 import torch
 from torch import nn
 
-from worker.kernels.decode_gemv_config import parse_prefetch_budget, prefetch_row_bytes
-from worker.model.decode_linear import DecodeGemvLinear, link_prefetches, prefetch_targets, use_decode_gemv
+from worker.model.decode_linear import DecodeGemvLinear, use_decode_gemv
 
 ROOT = Path(__file__).resolve().parent.parent
 # family: projections swapped (qkv, o, gate_up, down per dense layer; qkv and o per MoE layer; the
@@ -100,70 +99,6 @@ def test_the_environment_switch_names_the_projections_to_swap(monkeypatch: pytes
     monkeypatch.setenv("WARD_DECODE_GEMV", "gate_up,mlp")
     with pytest.raises(ValueError, match="unknown projections"):
         use_decode_gemv(model)
-
-
-def _two_layer_model() -> nn.Module:
-    model = nn.Module()
-    model.layers = nn.ModuleList()
-    for _ in range(2):
-        layer = nn.Module()
-        layer.self_attn, layer.mlp = nn.Module(), nn.Module()
-        layer.self_attn.qkv_proj, layer.self_attn.o_proj = nn.Linear(16, 48), nn.Linear(16, 16)
-        layer.mlp.gate_up_proj, layer.mlp.down_proj = nn.Linear(16, 64), nn.Linear(32, 16)
-        model.layers.append(layer)
-    return model
-
-
-def test_each_swapped_projection_prefetches_the_one_a_decode_step_reads_next(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("WARD_DECODE_GEMV", raising=False)
-    monkeypatch.setenv("WARD_GEMV_PREFETCH_INTO", "all")
-    model = _two_layer_model()
-    assert use_decode_gemv(model) == 8
-    first, second = model.layers
-    order = [first.self_attn.qkv_proj, first.self_attn.o_proj, first.mlp.gate_up_proj, first.mlp.down_proj,
-             second.self_attn.qkv_proj, second.self_attn.o_proj, second.mlp.gate_up_proj, second.mlp.down_proj]
-    for module, following in zip(order, order[1:]):
-        assert module.prefetch_next is following.weight
-    assert order[-1].prefetch_next is None
-    assert "prefetch_next" not in dict(model.named_parameters())  # a hint, not a parameter
-    # a projection left to cuBLAS drops out of the chain: o_proj's successor is then down_proj
-    monkeypatch.setenv("WARD_DECODE_GEMV", "qkv,o,down")
-    model = _two_layer_model()
-    use_decode_gemv(model)
-    assert model.layers[0].self_attn.o_proj.prefetch_next is model.layers[0].mlp.down_proj.weight
-    assert link_prefetches(nn.Module()) == 0
-    # by default only o_proj's weight is fetched ahead, by the qkv launch before it
-    monkeypatch.delenv("WARD_DECODE_GEMV")
-    monkeypatch.delenv("WARD_GEMV_PREFETCH_INTO")
-    model = _two_layer_model()
-    use_decode_gemv(model)
-    assert [m.prefetch_next is not None for layer in model.layers for m in
-            (layer.self_attn.qkv_proj, layer.self_attn.o_proj, layer.mlp.gate_up_proj, layer.mlp.down_proj)] == [
-        True, False, False, False] * 2
-    assert model.layers[1].self_attn.qkv_proj.prefetch_next is model.layers[1].self_attn.o_proj.weight
-    assert link_prefetches(model, ("gate_up", "qkv")) == 3  # two gate_ups, and the second layer's qkv
-    with pytest.raises(ValueError, match="WARD_GEMV_PREFETCH_INTO"):
-        prefetch_targets("o,attention")
-
-
-def test_prefetch_budget_parses_and_spreads_over_the_rows() -> None:
-    assert parse_prefetch_budget("") == 0 and parse_prefetch_budget(" 8 ") == 8 << 20
-    assert parse_prefetch_budget("0.5") == 1 << 19
-    for bad in ("-1", "lots", "nan", "2000"):
-        with pytest.raises(ValueError, match="WARD_GEMV_PREFETCH_MB"):
-            parse_prefetch_budget(bad)
-    assert prefetch_row_bytes(8 << 20, 4096, 8192) == 2048  # o_proj: a quarter of each row
-    assert prefetch_row_bytes(64 << 20, 4096, 8192) == 8192  # never past the row
-    assert prefetch_row_bytes(1000, 10, 8192) == 96  # whole 16-byte units
-    assert prefetch_row_bytes(100, 10, 8192) == 0 and prefetch_row_bytes(0, 10, 8192) == 0
-
-
-def test_no_prefetch_is_asked_for_off_hopper() -> None:
-    from worker.kernels.decode_gemv import _prefetch_target
-
-    x, following = torch.randn(2, 64), torch.randn(128, 64)
-    assert _prefetch_target(x, following, 8 << 20) is None  # a CPU tensor: no bulk prefetch to issue
 
 
 @pytest.mark.gpu

@@ -91,11 +91,11 @@ def test_the_verdict_judges_any_pair_of_alternated_steps(tmp_path: Path) -> None
     import subprocess
     import sys
 
-    for r in (1, 2):  # the prefetch step's A/B: no prefetch against a 16 MiB budget
-        for stem, tok_s, mean_ms in (("prefetch0", 176.5, 742.0), ("prefetch16", 181.0, 730.0)):
+    for r in (1, 2):  # the norm step's A/B: WARD_NORM_GEMV=0 against 1
+        for stem, tok_s, mean_ms in (("norm0", 176.5, 742.0), ("norm1", 181.0, 730.0)):
             (tmp_path / f"{stem}_r{r}.txt").write_text(
                 f"latency {{\"mean_ms\": {mean_ms}}}\nbatch1 {{\"tok_s\": {tok_s}}}\n")
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "gemv_verdict.py"), str(tmp_path), "prefetch0",
-                          "prefetch16"], capture_output=True, text=True, check=True).stdout.splitlines()
-    assert out[0] == "prefetch16"
-    assert out[1] == "round 1: prefetch0 batch1 176.5 tok/s latency 742.0 ms; prefetch16 181.0 tok/s 730.0 ms"
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "gemv_verdict.py"), str(tmp_path), "norm0",
+                          "norm1"], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert out[0] == "norm1"
+    assert out[1] == "round 1: norm0 batch1 176.5 tok/s latency 742.0 ms; norm1 181.0 tok/s 730.0 ms"

@@ -23,26 +23,23 @@ import triton
 import triton.language as tl
 
 from worker.kernels.attention import num_sms
-from worker.kernels.decode_gemv_config import (
-    BLOCK_M, MAX_ROWS, PREFETCH_ALIGN, PREFETCH_BUDGET, GemvPlan, choose_plan, k_per_split, prefetch_row_bytes,
-)
+from worker.kernels.decode_gemv_config import BLOCK_M, MAX_ROWS, GemvPlan, choose_plan, k_per_split
 from worker.kernels.errors import KernelInputError
 from worker.kernels.gemv_checks import check_gemv_operands
-from worker.kernels.pdl import compiled_for_hopper, launch_options, use_pdl
+from worker.kernels.pdl import launch_options, use_pdl
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 @triton.jit
 def _decode_gemv_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, ticket_ptr, res_ptr, sq_ptr, nw_ptr, pf_ptr,
-    M, N, K, K_PER_SPLIT, SQ_TILES, eps, PF_ROWS, PF_BYTES,
-    stride_xm, stride_wn, stride_ym, stride_rm, stride_pf,
+    x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, ticket_ptr, res_ptr, sq_ptr, nw_ptr,
+    M, N, K, K_PER_SPLIT, SQ_TILES, eps,
+    stride_xm, stride_wn, stride_ym, stride_rm,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     SILU: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
     EXACT_FP32: tl.constexpr, USE_PDL: tl.constexpr = False, ADD_RESIDUAL: tl.constexpr = False,
-    NORM_INPUT: tl.constexpr = False, SQ_TILES_P: tl.constexpr = 16, PREFETCH: tl.constexpr = False,
-    PF_ROWS_P: tl.constexpr = 128,
+    NORM_INPUT: tl.constexpr = False, SQ_TILES_P: tl.constexpr = 16,
 ):
     """Grid (cdiv(N, BLOCK_N), SPLIT_K). N is the output width (with SILU the intermediate size; the
     up rows start at row N of W). The loop's bounds are plain ints, never program-dependent.
@@ -53,11 +50,7 @@ def _decode_gemv_kernel(
     column tile also writes its rows' sums of squares of that output to ``sq_ptr`` [tiles, BLOCK_M].
     With ``NORM_INPUT`` x is such an output: the program adds the ``SQ_TILES`` sums of squares of each
     row and multiplies x by its reciprocal RMS and by the norm weight ``nw_ptr`` on the way in, as
-    the RMSNorm kernel rounds it (worker/kernels/norm.py).
-    With ``PREFETCH`` (Hopper) each program, once its output is written, asks the L2 cache for the
-    first ``PF_BYTES`` of its share of the ``PF_ROWS`` rows at ``pf_ptr`` (the weight the decode step
-    reads next): those reads run while the card would otherwise wait on this grid's last programs
-    and on the small kernels in between."""
+    the RMSNorm kernel rounds it (worker/kernels/norm.py)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
@@ -88,29 +81,6 @@ def _decode_gemv_kernel(
                                   acc, acc_up, BLOCK_K, SILU, EVEN_N, EVEN_K, EXACT_FP32, NORM_INPUT)
     _finish(acc, acc_up, b_ptr, y_ptr, part_ptr, ticket_ptr, res_ptr, sq_ptr, pid_n, pid_k, rows, cols, r_ok, n_ok,
             N, stride_ym, stride_rm, BLOCK_M, BLOCK_N, SPLIT_K, SILU, HAS_BIAS, ADD_RESIDUAL)
-    if PREFETCH:
-        _prefetch_rows_l2(pf_ptr, pid_k * tl.num_programs(0) + pid_n, tl.num_programs(0) * tl.num_programs(1),
-                          PF_ROWS, PF_BYTES, stride_pf, PF_ROWS_P)
-
-
-@triton.jit
-def _prefetch_rows_l2(pf_ptr, program, programs, PF_ROWS, PF_BYTES, stride_pf, PF_ROWS_P: tl.constexpr):
-    """Rows ``program``, ``program + programs``, ... of the next weight: one bulk L2 prefetch (no
-    registers, no shared memory, nothing waited for) of each row's first ``PF_BYTES``. PF_ROWS_P is
-    at least the program's thread count, so that no two threads hold the same row."""
-    slot = tl.arange(0, PF_ROWS_P)
-    row = program + slot * programs
-    ok = row < PF_ROWS
-    addr = pf_ptr + tl.where(ok, row, 0).to(tl.int64) * stride_pf
-    size = tl.full([PF_ROWS_P], PF_BYTES, tl.int32)
-    tl.inline_asm_elementwise(
-        """{
-        .reg .pred p;
-        setp.ne.b32 p, $3, 0;
-        @p cp.async.bulk.prefetch.L2.global [$1], $2;
-        mov.u32 $0, 0;
-        }""",
-        "=r,l,r,r", [addr, size, ok.to(tl.int32)], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -320,8 +290,6 @@ def decode_gemv(
     silu: bool = False,
     plan: GemvPlan | None = None,
     out: torch.Tensor | None = None,
-    prefetch: torch.Tensor | None = None,
-    prefetch_budget: int | None = None,
 ) -> torch.Tensor:
     """``x @ weight.T + bias`` for x [M, K] (1 <= M <= 8), weight [N, K], bias [N]; with ``silu`` the
     weight is a fused gate_up [2I, K] (bias [2I]) and the result ``silu(gate) * up`` [M, I].
@@ -329,13 +297,9 @@ def decode_gemv(
     float16/bfloat16/float32, one dtype for all; last dims contiguous. Returns a new tensor of x's
     dtype (or fills ``out``). ``plan`` overrides the tile plan (benchmarks); a split plan needs the
     device workspace reserved first (``reserve_workspace``) when it runs under CUDA-graph capture.
-    ``prefetch`` is the weight the caller reads next: on Hopper the launch asks the L2 cache for the
-    first ``prefetch_budget`` bytes of it (default ``WARD_GEMV_PREFETCH_MB``) spread over its rows
-    (a hint: it changes no result).
     """
     _check(x, weight, bias, silu, out)
-    return _launch(x, weight, bias, silu, plan_for(weight, silu, plan), out,
-                   prefetch=_prefetch_target(x, prefetch, prefetch_budget))
+    return _launch(x, weight, bias, silu, plan_for(weight, silu, plan), out)
 
 
 def decode_gemv_add_residual(
@@ -344,14 +308,11 @@ def decode_gemv_add_residual(
     residual: torch.Tensor,
     bias: torch.Tensor | None = None,
     plan: GemvPlan | None = None,
-    prefetch: torch.Tensor | None = None,
-    prefetch_budget: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, sums)``: h = ``x @ weight.T + bias`` rounded to x's dtype, plus ``residual`` [M, N] rounded
     again (a projection, then the residual add of the next RMSNorm); ``sums`` [tiles, BLOCK_M] float32
     holds each column tile's sum of squares of h per row (rows past M unwritten), which is all that
-    ``decode_gemv_rms_norm`` needs to normalise h. residual is read, never written. ``prefetch`` as in
-    ``decode_gemv``."""
+    ``decode_gemv_rms_norm`` needs to normalise h. residual is read, never written."""
     n_out = _check(x, weight, bias, False, None)
     if (residual.shape != (x.shape[0], n_out) or residual.dtype != x.dtype or residual.device != x.device
             or residual.stride(-1) != 1):
@@ -359,8 +320,7 @@ def decode_gemv_add_residual(
                                f"contiguous last dim, got {tuple(residual.shape)} {residual.dtype}")
     plan = plan_for(weight, False, plan)
     sums = torch.empty(triton.cdiv(n_out, plan.block_n), BLOCK_M, dtype=torch.float32, device=x.device)
-    return _launch(x, weight, bias, False, plan, None, residual=residual, sums=sums,
-                   prefetch=_prefetch_target(x, prefetch, prefetch_budget)), sums
+    return _launch(x, weight, bias, False, plan, None, residual=residual, sums=sums), sums
 
 
 def decode_gemv_rms_norm(
@@ -372,14 +332,12 @@ def decode_gemv_rms_norm(
     bias: torch.Tensor | None = None,
     silu: bool = False,
     plan: GemvPlan | None = None,
-    prefetch: torch.Tensor | None = None,
-    prefetch_budget: int | None = None,
 ) -> torch.Tensor:
     """``decode_gemv(rms_norm(h, norm_weight, eps), weight, bias, silu)`` without the norm's own launch:
     h [M, K] and ``sums`` come from ``decode_gemv_add_residual`` (K its N), and each program scales
     its input tiles by the row's reciprocal RMS and the norm weight [K] as the RMSNorm kernel rounds
     them. The sums of squares are added in another order than the norm kernel's, so results may
-    differ from the two launches in the last bit. ``prefetch`` as in ``decode_gemv``."""
+    differ from the two launches in the last bit."""
     _check(h, weight, bias, silu, None)
     if sums.dim() != 2 or sums.shape[1] != BLOCK_M or sums.dtype != torch.float32 or not sums.is_contiguous():
         raise KernelInputError(f"sums must be contiguous float32 [tiles, {BLOCK_M}], got {tuple(sums.shape)} "
@@ -391,27 +349,12 @@ def decode_gemv_rms_norm(
         if t.device != h.device:
             raise KernelInputError(f"{name} is on {t.device}, h on {h.device}")
     return _launch(h, weight, bias, silu, plan_for(weight, silu, plan), None, sums=sums, norm_weight=norm_weight,
-                   eps=eps, prefetch=_prefetch_target(h, prefetch, prefetch_budget))
-
-
-def _prefetch_target(x: torch.Tensor, weight: torch.Tensor | None, budget: int | None) -> tuple[torch.Tensor, int] | None:
-    """(weight, bytes of each row) to prefetch after a launch on x's device, or None: no weight, no
-    budget, a card without the bulk prefetch (before Hopper, the interpreter), or rows whose address
-    or length is not a multiple of 16 bytes."""
-    budget = PREFETCH_BUDGET if budget is None else budget
-    if weight is None or budget <= 0 or weight.dim() != 2 or weight.device != x.device or not compiled_for_hopper(x.device):
-        return None
-    size = weight.element_size()
-    if weight.stride(1) != 1 or (weight.stride(0) * size) % PREFETCH_ALIGN or weight.data_ptr() % PREFETCH_ALIGN:
-        return None
-    per_row = prefetch_row_bytes(budget, weight.shape[0], weight.shape[1] * size)
-    return (weight, per_row) if per_row else None
+                   eps=eps)
 
 
 def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool, plan: GemvPlan,
             out: torch.Tensor | None, residual: torch.Tensor | None = None, sums: torch.Tensor | None = None,
-            norm_weight: torch.Tensor | None = None, eps: float = 0.0,
-            prefetch: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
+            norm_weight: torch.Tensor | None = None, eps: float = 0.0) -> torch.Tensor:
     M, K = x.shape
     n_out = weight.shape[0] // 2 if silu else weight.shape[0]
     if out is None:
@@ -428,22 +371,17 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, si
         partials, tickets = out, out  # never read: SPLIT_K == 1 compiles the split path away
     sum_tiles = sums.shape[0] if sums is not None and norm_weight is not None else 0
     pdl = use_pdl(x.device)
-    pf_weight, pf_bytes = prefetch if prefetch is not None else (weight, 0)
-    # at least one row slot per thread, so that no two threads of a program prefetch the same row
-    pf_rows_p = max(32 * plan.num_warps, triton.next_power_of_2(triton.cdiv(pf_weight.shape[0], tiles * plan.split_k)))
     _decode_gemv_kernel[(tiles, plan.split_k)](
         x, weight, bias if bias is not None else weight, out, partials, tickets,
         residual if residual is not None else out, sums if sums is not None else out,
-        norm_weight if norm_weight is not None else weight, pf_weight,
-        M, n_out, K, per, sum_tiles, float(eps), pf_weight.shape[0], pf_bytes,
+        norm_weight if norm_weight is not None else weight,
+        M, n_out, K, per, sum_tiles, float(eps),
         x.stride(0), weight.stride(0), out.stride(0), residual.stride(0) if residual is not None else 0,
-        pf_weight.stride(0),
         BLOCK_M=BLOCK_M, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT_K=plan.split_k,
         SILU=silu, HAS_BIAS=bias is not None, EVEN_N=n_out % plan.block_n == 0,
         EVEN_K=K % plan.block_k == 0 and per * plan.split_k == K,
         EXACT_FP32=x.dtype == torch.float32, USE_PDL=pdl, ADD_RESIDUAL=residual is not None,
         NORM_INPUT=norm_weight is not None, SQ_TILES_P=max(16, triton.next_power_of_2(max(sum_tiles, 1))),
-        PREFETCH=prefetch is not None, PF_ROWS_P=pf_rows_p if prefetch is not None else 128,
         num_warps=plan.num_warps, num_stages=plan.num_stages, **launch_options(pdl),
     )
     return out

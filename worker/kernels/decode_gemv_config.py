@@ -64,35 +64,6 @@ def parse_plan_overrides(text: str) -> dict[tuple[int, int], GemvPlan]:
 PLAN_OVERRIDES = parse_plan_overrides(os.environ.get("WARD_GEMV_PLANS", ""))
 
 
-def parse_prefetch_budget(text: str) -> int:
-    """``WARD_GEMV_PREFETCH_MB``: how many MiB of the next projection's weight a decode GEMV asks the
-    L2 cache for as it finishes (0 or unset: none). ValueError for a negative or malformed value."""
-    text = text.strip()
-    if not text:
-        return 0
-    try:
-        mib = float(text)
-    except ValueError:
-        raise ValueError(f"WARD_GEMV_PREFETCH_MB must be a number of MiB, got {text!r}") from None
-    if not mib >= 0 or mib > 1024:
-        raise ValueError(f"WARD_GEMV_PREFETCH_MB must be between 0 and 1024, got {text!r}")
-    return int(mib * 2**20)
-
-
-PREFETCH_BUDGET = parse_prefetch_budget(os.environ.get("WARD_GEMV_PREFETCH_MB", ""))
-PREFETCH_ALIGN = 16  # a bulk prefetch's address and size are multiples of 16 bytes
-
-
-def prefetch_row_bytes(budget: int, rows: int, row_bytes: int) -> int:
-    """Bytes of each of ``rows`` weight rows (``row_bytes`` long) to prefetch for a ``budget`` in bytes:
-    the same prefix of every row (the next GEMV's programs all start at the rows' first K step),
-    whole 16-byte units, at most the row; 0 when not even one unit fits."""
-    if budget <= 0 or rows <= 0 or row_bytes <= 0:
-        return 0
-    per_row = min(budget // rows, row_bytes)
-    return per_row - per_row % PREFETCH_ALIGN
-
-
 def choose_plan(n: int, k: int, num_sms: int, silu: bool = False, element_size: int = 2,
                 shared_limit: int | None = None) -> GemvPlan:
     """The plan for an [n, k] weight (n = output columns one program family covers; with the SiLU

@@ -45,17 +45,12 @@ def _card_has_pdl(device_index: int) -> bool:
     return torch.cuda.get_device_capability(device_index)[0] >= PDL_MIN_CAPABILITY
 
 
-def compiled_for_hopper(device: torch.device) -> bool:
-    """Whether kernels launched on ``device`` are compiled for a card of compute capability 9.0 or
-    newer (PDL, bulk L2 prefetch), never under the interpreter."""
-    if _INTERPRETED or device.type != "cuda":
-        return False
-    return _card_has_pdl(device.index if device.index is not None else torch.cuda.current_device())
-
-
 def use_pdl(device: torch.device) -> bool:
     """Whether kernels launched on ``device`` take the PDL path (a host-side decision, graph-safe)."""
-    return _ENABLED and compiled_for_hopper(device)
+    if not _ENABLED or _INTERPRETED or device.type != "cuda":
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _card_has_pdl(index)
 
 
 def launch_options(enabled: bool) -> dict[str, Any]:

@@ -16,12 +16,6 @@ too, so the swapped model can be checked on a machine without a GPU.
 them on decode steps (``enable_norm_fusion``): o_proj adds the residual and writes per-tile sums of
 squares, and gate_up normalises its input from them; likewise down_proj and the next layer's qkv.
 Two norm launches fewer a layer.
-
-A swapped layer may also know the weight that a decode step reads after its own (``prefetch_next``:
-qkv, o, gate_up, down, then the next layer's qkv), which the GEMV asks the L2 cache for as it
-finishes when ``WARD_GEMV_PREFETCH_MB`` gives it a budget (``link_prefetches``).
-``WARD_GEMV_PREFETCH_INTO`` names the projections so fetched ahead (default ``o``: its weight is
-read after the attention launches, which leave memory idle; ``all`` for every one).
 """
 from __future__ import annotations
 
@@ -65,9 +59,6 @@ class DecodeGemvLinear(nn.Linear):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight
         self.bias = linear.bias
-        # the weight a decode step reads after this one (set by link_prefetches); a plain attribute,
-        # not a parameter, so state dicts and parameter counts are unchanged
-        self.prefetch_next: torch.Tensor | None = None
 
     def takes(self, rows: int, x: torch.Tensor) -> bool:
         """Whether ``rows`` rows of x's dtype and device go to the GEMV (decode sizes) rather than cuBLAS."""
@@ -87,8 +78,7 @@ class DecodeGemvLinear(nn.Linear):
             return F.linear(x, self.weight, self.bias)
         from worker.kernels.decode_gemv import decode_gemv
 
-        return decode_gemv(x2, self.weight, self.bias, prefetch=self.prefetch_next).reshape(
-            *x.shape[:-1], self.out_features)
+        return decode_gemv(x2, self.weight, self.bias).reshape(*x.shape[:-1], self.out_features)
 
     def forward_silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
         """``silu(gate) * up`` of this fused gate_up projection ([..., in] -> [..., out / 2])."""
@@ -99,8 +89,7 @@ class DecodeGemvLinear(nn.Linear):
             return silu_and_mul(F.linear(x, self.weight, self.bias))
         from worker.kernels.decode_gemv import decode_gemv
 
-        return decode_gemv(x2, self.weight, self.bias, silu=True, prefetch=self.prefetch_next).reshape(
-            *x.shape[:-1], self.out_features // 2)
+        return decode_gemv(x2, self.weight, self.bias, silu=True).reshape(*x.shape[:-1], self.out_features // 2)
 
     def forward_add_residual(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(self(x) + residual, sums)`` for a decode-sized x (``takes``): the new residual of the layer
@@ -110,8 +99,7 @@ class DecodeGemvLinear(nn.Linear):
         x2 = self._gemv_rows(x)
         if x2 is None:
             raise ValueError("forward_add_residual takes decode-sized inputs only (see takes)")
-        h, sums = decode_gemv_add_residual(x2, self.weight, _rows(residual, self.out_features), self.bias,
-                                           prefetch=self.prefetch_next)
+        h, sums = decode_gemv_add_residual(x2, self.weight, _rows(residual, self.out_features), self.bias)
         return h.reshape(*x.shape[:-1], self.out_features), sums
 
     def forward_rms_norm(self, h: torch.Tensor, sums: torch.Tensor, norm_weight: torch.Tensor,
@@ -131,7 +119,7 @@ class DecodeGemvLinear(nn.Linear):
         from worker.kernels.decode_gemv import decode_gemv_rms_norm
 
         out = decode_gemv_rms_norm(h.reshape(-1, self.in_features), sums, norm_weight, eps, self.weight, self.bias,
-                                   silu=silu, prefetch=self.prefetch_next)
+                                   silu=silu)
         return out.reshape(*h.shape[:-1], out.shape[-1])
 
 
@@ -178,51 +166,6 @@ def enable_norm_fusion(model: nn.Module) -> tuple[int, int]:
     return marked, folded
 
 
-DEFAULT_PREFETCH_INTO = ("o",)
-
-
-def prefetch_targets(value: str | None = None) -> tuple[str, ...]:
-    """The projections ``WARD_GEMV_PREFETCH_INTO`` (or ``value``) names: a comma list of ``PROJECTIONS``
-    or ``all``; unset, ``DEFAULT_PREFETCH_INTO``. ValueError for an unknown name."""
-    text = (os.environ.get("WARD_GEMV_PREFETCH_INTO", "") if value is None else value).strip()
-    if not text:
-        return DEFAULT_PREFETCH_INTO
-    if text == "all":
-        return tuple(PROJECTIONS)
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    unknown = [n for n in names if n not in PROJECTIONS]
-    if unknown:
-        raise ValueError(f"WARD_GEMV_PREFETCH_INTO names unknown projections {unknown}; known: all, "
-                         f"or a comma list of {', '.join(PROJECTIONS)}")
-    return names
-
-
-def link_prefetches(model: nn.Module, into: tuple[str, ...] | None = None) -> int:
-    """Points each swapped projection's ``prefetch_next`` at the weight of the swapped projection that
-    a decode step runs after it (in ``PROJECTIONS`` order within a layer, then on into the next
-    layer) where that one is among ``into`` (default: ``prefetch_targets()``); every other one at
-    nothing. Returns how many were linked."""
-    targets = prefetch_targets() if into is None else into
-    chain = [pair for layer in getattr(model, "layers", []) for pair in _swapped(layer)]
-    linked = 0
-    for (_, module), (name, following) in zip(chain, chain[1:] + [("", None)]):
-        module.prefetch_next = following.weight if following is not None and name in targets else None
-        linked += module.prefetch_next is not None
-    return linked
-
-
-def _swapped(layer: nn.Module) -> list[tuple[str, DecodeGemvLinear]]:
-    found = []
-    for short, name in PROJECTIONS.items():
-        try:
-            module = layer.get_submodule(name)
-        except AttributeError:
-            continue
-        if isinstance(module, DecodeGemvLinear):
-            found.append((short, module))
-    return found
-
-
 def use_decode_gemv(model: nn.Module, projections: tuple[str, ...] | None = None) -> int:
     """Swaps the named float projections of every decoder layer (default: ``WARD_DECODE_GEMV``'s) for
     ``DecodeGemvLinear`` (quantized layers and MoE experts are left alone) and reserves the GEMV's
@@ -248,7 +191,6 @@ def use_decode_gemv(model: nn.Module, projections: tuple[str, ...] | None = None
             if name == "mlp.gate_up_proj" and module.out_features % 2 == 0:
                 reserve_workspace(module.weight, silu=True)
             swapped += 1
-    link_prefetches(model)
     if norm_fusion_requested():
         enable_norm_fusion(model)
     return swapped
