@@ -75,12 +75,30 @@ def imported(tmp_path_factory):
     root = tmp_path_factory.mktemp("q4km")
     path = str(root / "tiny-Q4_K_M.gguf")
     write_q4_k_m_like(path)
-    return (import_gguf(path, str(root / "kept"), progress=False, keep_quantized=True),
-            import_gguf(path, str(root / "float"), progress=False))
+    parses: list[str] = []  # every real parse of the file, by transformers' readers and Ward's own
+    real_reader = gguf.GGUFReader
+
+    def counting_reader(file, mode="r"):
+        parses.append(os.path.realpath(file))
+        return real_reader(file, mode)
+
+    gguf.GGUFReader = counting_reader
+    try:
+        kept = import_gguf(path, str(root / "kept"), progress=False, keep_quantized=True)
+        after_kept = len(parses)
+        floating = import_gguf(path, str(root / "float"), progress=False)
+    finally:
+        gguf.GGUFReader = real_reader
+    return kept, floating, (after_kept, len(parses) - after_kept)
+
+
+def test_an_import_parses_the_file_once(imported):
+    # the tokenizer, the config, the weights (and the kept layers) are read from one parse per import
+    assert imported[2] == (1, 1)
 
 
 def test_q4_k_projections_are_kept_and_the_odd_layers_qkv_stays_float(imported):
-    kept, _ = imported
+    kept, _, _ = imported
     config = json.loads(open(os.path.join(kept, "config.json")).read())["quantization_config"]
     assert config["bits"] == 4 and config["zero_format"] == "offset" and config["scale_dtype"] == "float32"
     assert config["modules_to_not_convert"] == [f"model.layers.1.self_attn.{p}_proj" for p in ("k", "q", "v")]
@@ -88,7 +106,7 @@ def test_q4_k_projections_are_kept_and_the_odd_layers_qkv_stays_float(imported):
 
 
 def test_a_q4_k_m_file_kept_quantized_gives_the_float_imports_tokens(imported):
-    kept, floating = imported
+    kept, floating, _ = imported
     got, llm = _greedy(kept)
     want, ref = _greedy(floating)
     assert got == want
