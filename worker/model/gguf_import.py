@@ -76,14 +76,14 @@ def _one_parse_per_file() -> Iterator[None]:
     import gguf
 
     original = gguf.GGUFReader
-    parsed: dict[tuple[str, str], object] = {}
+    parsed: dict[str, object] = {}  # by real path; readers that may write ("r+") get their own
 
     def reader(path: str | os.PathLike, mode: str = "r"):
         if mode != "r":
             return original(path, mode)
-        key = (os.path.realpath(path), mode)
+        key = os.path.realpath(path)
         if key not in parsed:
-            parsed[key] = original(path, mode)
+            parsed[key] = original(path)
         return parsed[key]
 
     gguf.GGUFReader = reader
