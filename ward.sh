@@ -2,6 +2,7 @@
 # Ward's two entry points on a fresh Debian/Ubuntu machine with Python >= 3.11:
 #   ./ward.sh up   [ward up options]   create the environment on first use, then start Ward
 #   ./ward.sh test [pytest options]    create the environment on first use, then run the whole test suite
+#                                      (one process per core, up to four; WARD_TEST_WORKERS overrides)
 # Both are idempotent: the environment (.venv) is rebuilt only when pyproject.toml changes.
 # WARD_TORCH_SPEC picks the torch build to install first (default: torch==2.13.0).
 set -euo pipefail
@@ -69,7 +70,12 @@ case "$cmd" in
   test)
     ensure_env dev
     ensure_test_tools
-    exec "$venv/bin/python" -m pytest "$@"
+    # One test process per core, up to four and one per 6 GiB of memory (a process holds a few
+    # models); whole files go to one process so module fixtures load once. `-n 0` runs it serially.
+    workers=${WARD_TEST_WORKERS:-$(python3 -c 'import os
+mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+print(max(1, min(len(os.sched_getaffinity(0)), 4, int(mem // 6))))')}
+    exec "$venv/bin/python" -m pytest -n "$workers" --dist loadfile "$@"
     ;;
   *)
     echo "usage: ./ward.sh up [options] | ./ward.sh test [pytest options]" >&2

@@ -6,6 +6,11 @@ import os
 import pytest
 from hypothesis import settings
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Several test processes share the machine's cores (./ward.sh test runs one per core): one intra-op
+    # thread each, inherited by the servers they start, instead of every process's pool spinning on
+    # every core. Set before anything imports torch.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
