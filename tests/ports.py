@@ -4,12 +4,14 @@ A port found free by binding port 0 comes from the ephemeral range, where the ke
 out ports to outgoing connections (gRPC channels, HTTP clients, the database drivers): between the
 test picking it and the child process binding it, another socket could take it ("Address already in
 use", seen once in a full run). Below that range only listeners bind, and this process never hands
-out the same port twice.
+out the same port twice. When the suite runs in several processes (pytest-xdist), each picks from its
+own slice of that range, so two of them never hand out the same port either.
 """
 from __future__ import annotations
 
 import pathlib
 import random
+import os
 import socket
 
 _handed_out: set[int] = set()
@@ -32,12 +34,22 @@ def _bindable(port: int) -> bool:
     return True
 
 
+def _slice(low: int, high: int) -> tuple[int, int]:
+    """This test process's share of [low, high): the whole of it unless pytest-xdist runs several."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit() and count.isdigit() and int(count) > 1):
+        return low, high
+    width = (high - low) // int(count)
+    start = low + int(worker[2:]) * width
+    return start, start + width
+
+
 def free_port() -> int:
     """A port no socket of this machine holds now, below the ephemeral range where it can."""
-    top = _ephemeral_start()
-    if top - _LOWEST >= 1000:
+    low, top = _slice(_LOWEST, _ephemeral_start())
+    if top - low >= 500:
         for _ in range(200):
-            port = random.randrange(_LOWEST, top)
+            port = random.randrange(low, top)
             if port not in _handed_out and _bindable(port):
                 _handed_out.add(port)
                 return port

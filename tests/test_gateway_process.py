@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ import openai
 import pytest
 from e2e_support import every_model_ready
 from fake_worker import API_KEY
+from ports import free_port
 
 from proto.ward.worker.v1 import worker_pb2 as pb
 from proto.ward.worker.v1 import worker_pb2_grpc as pb_grpc
@@ -94,12 +94,6 @@ class Processes:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def load_stats(address: str) -> pb.LoadStatsResponse:
