@@ -62,3 +62,23 @@ def test_with_redis_postgres_and_a_baseline_the_production_layout_is_measured_be
         assert before.database_url == after.database_url and before.database_url.startswith("postgresql")
         assert before.env["PYTHONPATH"] == before.cwd and "PYTHONPATH" not in after.env
         assert before.env["WARD_REDIS_URL"] == after.env["WARD_REDIS_URL"] == "redis://127.0.0.1:6379/6"
+
+
+def test_a_run_deletes_only_its_own_quota_keys_from_redis():
+    import redis
+
+    from ward.benchmarks.gateway.overhead import BENCH_KEYS, _delete_bench_keys
+
+    url = "redis://127.0.0.1:6379/6"
+    client = redis.Redis.from_url(url)
+    ours, theirs = f"{BENCH_KEYS}:run-a", f"{BENCH_KEYS}:run-b"
+    try:
+        client.set(f"{ours}:gw1:team:bench", 1)
+        client.set(f"{ours}:gw2:key:bench", 1)
+        client.set(f"{theirs}:gw1:team:bench", 1)  # a run beside this one, on the same server
+        _delete_bench_keys(url, ours)
+        assert not list(client.scan_iter(match=f"{ours}:*"))
+        assert client.get(f"{theirs}:gw1:team:bench") == b"1"
+    finally:
+        client.delete(f"{theirs}:gw1:team:bench")
+        client.close()

@@ -50,6 +50,7 @@ TEAM = "bench"
 STATIC_KEY = "sk-bench-static-key-0123456789"
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "Summarise the handover note."}], "max_tokens": 1}
 HIGH = 10**12  # limits far above any load: every request is checked and recorded, none refused
+BENCH_KEYS = "ward:bench"  # the quota keys of benchmark gateways live below it
 # The anchor when LiteLLM is not measured in the run (docs/performance.md): LiteLLM 1.108 proxy,
 # master key only, mock response, 2-core box.
 LITELLM_REQ_S = {1: 73.0, 16: 100.0}
@@ -129,7 +130,9 @@ def _start_worker(workdir: pathlib.Path, extra_args: tuple[str, ...] = ()) -> tu
     return process, f"127.0.0.1:{line[1]}"
 
 
-def _start_gateway(config: Config, worker: str, workdir: pathlib.Path) -> Gateway:
+def _start_gateway(config: Config, worker: str, workdir: pathlib.Path, key_prefix: str = BENCH_KEYS) -> Gateway:
+    """One gateway of ``config``; a governed one keeps its quota counters under its own key below
+    ``key_prefix``."""
     data_dir = workdir / config.name.replace(" ", "-").replace(",", "").replace("+", "")
     data_dir.mkdir(parents=True)
     port = _free_port()
@@ -150,7 +153,7 @@ def _start_gateway(config: Config, worker: str, workdir: pathlib.Path) -> Gatewa
         api_key = STATIC_KEY
     else:
         (data_dir / "quotas.yaml").write_text(yaml.safe_dump(config.quotas))
-        body["quota"] = {"config_file": str(data_dir / "quotas.yaml"), "key_prefix": f"ward:bench:{uuid.uuid4().hex[:8]}"}
+        body["quota"] = {"config_file": str(data_dir / "quotas.yaml"), "key_prefix": f"{key_prefix}:{uuid.uuid4().hex[:8]}"}
         argv = [sys.executable, *config.launcher, "-m", "ward", "gateway", "--data-dir", str(data_dir), "--log-level", "warning"]
         api_key = _database_key(config.database_url or f"sqlite:///{data_dir / 'ward.db'}")
     config_path = data_dir / "gateway.yaml"
@@ -238,12 +241,13 @@ def run_benchmark(*, requests: int, clients: list[int], rounds: int, redis_url: 
                   baseline_tree: str | None = None) -> list[Row]:
     """Starts the worker and one gateway per configuration, measures them in turns, stops them all."""
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="ward-gateway-bench-"))
+    key_prefix = f"{BENCH_KEYS}:{uuid.uuid4().hex[:8]}"  # this run's keys: another run's stay untouched
     worker, address = _start_worker(workdir)
     gateways: list[Gateway] = []
     try:
         with _configs(redis_url, postgres, peer, baseline_tree) as configs:
             try:
-                gateways = [_start_gateway(config, address, workdir) for config in configs]
+                gateways = [_start_gateway(config, address, workdir, key_prefix) for config in configs]
                 for gateway in gateways:  # warm-up: imports, caches, connections
                     _measure(gateway, 1, warmup)
                     _measure(gateway, 16, warmup)
@@ -257,18 +261,18 @@ def run_benchmark(*, requests: int, clients: list[int], rounds: int, redis_url: 
                 for gateway in gateways:
                     gateway.process.wait(30)
                 if redis_url:
-                    _delete_bench_keys(redis_url)
+                    _delete_bench_keys(redis_url, key_prefix)
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(10)
 
 
-def _delete_bench_keys(redis_url: str) -> None:
+def _delete_bench_keys(redis_url: str, key_prefix: str) -> None:
     import redis
 
     client = redis.Redis.from_url(redis_url)
     try:
-        keys = list(client.scan_iter(match="ward:bench:*", count=1000))
+        keys = list(client.scan_iter(match=f"{key_prefix}:*", count=1000))
         for start in range(0, len(keys), 500):
             client.delete(*keys[start:start + 500])
     finally:
