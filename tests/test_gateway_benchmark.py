@@ -80,5 +80,5 @@ def test_a_run_deletes_only_its_own_quota_keys_from_redis():
         assert not list(client.scan_iter(match=f"{ours}:*"))
         assert client.get(f"{theirs}:gw1:team:bench") == b"1"
     finally:
-        client.delete(f"{theirs}:gw1:team:bench")
+        client.delete(f"{ours}:gw1:team:bench", f"{ours}:gw2:key:bench", f"{theirs}:gw1:team:bench")
         client.close()
