@@ -1,7 +1,8 @@
 """Where a step's device time goes: CUDA kernels by total time in steady decode (batch 1, the latency
-test's batch 8 and a large batch) and in a full prefill step, from the torch profiler, beside each
+test's batch 8 and a large batch), in a full prefill step, and in mixed steps (serving's shape: a
+batch decoding while each step also prefills a new prompt), from the torch profiler, beside each
 case's wall time per step (the same number of steps just before, unprofiled). A script, not a test.
-Usage: python bench/gpu_profile.py [--model llama-3.1-8b]"""
+Usage: python bench/gpu_profile.py [--model llama-3.1-8b] [--cases NAME ...]"""
 from __future__ import annotations
 
 import argparse
@@ -59,19 +60,70 @@ def steady(engine, n_req: int, prompt: int, warm_steps: int, steps: int, top: in
     return table, total, wall_us
 
 
+def mixed(engine, n_req: int, prompt: int, chunk: int, warm_steps: int, steps: int,
+          top: int = 14) -> tuple[list, float, float | None]:
+    """n_req requests decode past a prompt-long context; before each timed step one new prompt of
+    ``chunk`` tokens arrives, so every timed step is those decodes plus a whole prefill chunk."""
+    p = SamplingParams(max_tokens=warm_steps + 2 * steps + 20, min_tokens=warm_steps + 2 * steps + 20, ignore_eos=True,
+                       detokenize=False, temperature=0)
+    base = 3000 + 10007 * (n_req + prompt + chunk)
+    ids = lambda k, n: [(base + k * 7919 + j) % 100000 + 1000 for j in range(n)]
+    for i in range(n_req):
+        engine.add_request(f"m{n_req}-{i}", {"prompt_token_ids": ids(i, prompt)}, p)
+    for _ in range(warm_steps):
+        engine.step()
+    arrivals = []
+
+    def timed_steps() -> None:
+        for _ in range(steps):
+            rid = f"m{n_req}-new{len(arrivals)}"
+            engine.add_request(rid, {"prompt_token_ids": ids(n_req + 1 + len(arrivals), chunk)}, p)
+            arrivals.append(rid)
+            engine.step()
+        torch.cuda.synchronize()
+
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    timed_steps()
+    wall_us = round((time.perf_counter() - start) / steps * 1e6, 1)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        timed_steps()
+    table = kernel_table(prof, steps, top)
+    total = sum(r[1] for r in kernel_table(prof, steps, 10**6))
+    engine.abort_request([f"m{n_req}-{i}" for i in range(n_req)] + arrivals)
+    while engine.has_unfinished_requests():
+        engine.step()
+    return table, total, wall_us
+
+
+CASES = {  # name: (requests, prompt, warm-up steps, new prompt per step or 0 for plain steps)
+    "decode_b1_ctx512": (1, 512, 40, 0),
+    "decode_b8_ctx32": (8, 32, 40, 0),
+    "decode_b256_ctx1000": (256, 1000, 40, 0),
+    "prefill_8x1024": (8, 1024, 0, 0),
+    "decode_b64_ctx1000": (64, 1000, 40, 0),
+    "mixed_b64_ctx1000_plus_1024": (64, 1000, 40, 1024),
+    "mixed_b256_ctx1000_plus_1792": (256, 1000, 40, 1792),
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="llama-3.1-8b")
     ap.add_argument("--top", type=int, default=14, help="kernels listed per case")
+    ap.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     a = ap.parse_args()
     d = write_config_dir(a.model, tempfile.mkdtemp())
     llm = LLM(model=d, load_format="dummy", dtype="bfloat16", max_model_len=4096)
     eng = llm.engine
     report = {}
-    for name, n_req, prompt, warm in [("decode_b1_ctx512", 1, 512, 40), ("decode_b8_ctx32", 8, 32, 40),
-                                      ("decode_b256_ctx1000", 256, 1000, 40), ("prefill_8x1024", 8, 1024, 0)]:
-        steps = 1 if name.startswith("prefill") else 30
-        table, total, wall = steady(eng, n_req, prompt, warm, steps, a.top)
+    for name in a.cases:
+        n_req, prompt, warm, chunk = CASES[name]
+        if chunk:
+            table, total, wall = mixed(eng, n_req, prompt, chunk, warm, 10, a.top)
+        else:
+            steps = 1 if name.startswith("prefill") else 30
+            table, total, wall = steady(eng, n_req, prompt, warm, steps, a.top)
         report[name] = {"kernel_us_per_step": round(total, 1), "wall_us_per_step": wall, "top": table}
         print(f"== {name}: {total:.0f} us of kernels per step" + (f", {wall:.0f} us wall per step (unprofiled)" if wall else ""))
         for k, us, cnt in table:
