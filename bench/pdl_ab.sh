@@ -3,7 +3,7 @@
 # worker/kernels/pdl.py, by default), checked and timed.
 # 1. The GPU tests of the kernels they touch (TESTS, a pytest -k expression; - for none) in
 #    TEST_FILES (default tests/test_pdl.py tests/test_kernels.py), PDL on.
-# 2. Ward's latency and batch-1 workloads for each of VARIANTS (space-separated; each a comma list
+# 2. Ward's latency and batch-1 workloads (WORKLOADS: others) for each of VARIANTS (space-separated; each a comma list
 #    of environment settings, "-" for none), alternated for ROUNDS rounds (default 2), in one call
 #    on one card, so the ratios are measured, not quoted. Each run's whole report is the last line
 #    of its text file under $OUT.
@@ -26,6 +26,6 @@ for round in $(seq "${ROUNDS:-2}"); do
     [ "$variant" = "-" ] || IFS=',' read -r -a settings <<< "$variant"
     timeout "${RUN_LIMIT:-120}" env "${settings[@]}" python3 -m ward bench offline --model llama-3.1-8b --workloads "${WORKLOADS:-latency,batch1}" \
       --out "${TMPDIR:-/tmp}/v${n}_r$round" > "$OUT/v${n}_r$round.txt" 2>&1
-    echo "$variant, round $round: $(grep -E '^(latency|batch1) ' "$OUT/v${n}_r$round.txt" | tr '\n' ' ')"
+    echo "$variant, round $round: $(grep -E '^(latency|batch1|offline|mixed)' "$OUT/v${n}_r$round.txt" | cut -c1-200 | tr '\n' ' ')"
   done
 done

@@ -47,6 +47,12 @@ class AttentionMetadata:
     # Decode steps: the requests longest first (int32 [num_reqs], a permutation), the order in which
     # attention programs take them so the card's last wave holds the shortest.
     request_order: torch.Tensor | None = None
+    # Mixed steps (decodes beside prefill chunks): the runner puts the one-token requests first;
+    # ``num_decode_reqs`` counts them, and ``prefill_query_start_loc`` (int32 [num_reqs - num_decode_reqs
+    # + 1]) is the rest's query_start_loc counted from their first row, so a backend can launch each
+    # part with its own tile shape. 0 / None in plain decode or plain prefill steps.
+    num_decode_reqs: int = 0
+    prefill_query_start_loc: torch.Tensor | None = None
 
     @property
     def is_pure_decode(self) -> bool:

@@ -99,6 +99,20 @@ class TritonAttention:
         out = torch.empty_like(q)
         if q.shape[0] > meta.num_tokens:
             out[meta.num_tokens :].zero_()
+        common = dict(scale=self.scale, sliding_window=self.sliding_window, num_splits=self.num_splits,
+                      logit_softcap=self.logit_softcap, k_scale=self.k_scale, v_scale=self.v_scale)
+        d = meta.num_decode_reqs
+        if d and meta.prefill_query_start_loc is not None:
+            # A mixed step: the decodes (rows 0..d) with the decode tile, whose programs hold one
+            # query's heads, then the prefill chunks with the prefill tile, each over its own rows.
+            unified_attention(q[:d], key_cache, value_cache, out[:d], meta.query_start_loc[: d + 1],
+                              meta.seq_lens[:d], meta.block_tables[:d], max_query_len=1,
+                              max_seq_len=meta.max_seq_len, num_reqs=d, **common)
+            unified_attention(q[d : meta.num_tokens], key_cache, value_cache, out[d : meta.num_tokens],
+                              meta.prefill_query_start_loc, meta.seq_lens[d:], meta.block_tables[d:],
+                              max_query_len=meta.max_query_len, max_seq_len=meta.max_seq_len,
+                              num_reqs=meta.num_reqs - d, **common)
+            return out
         unified_attention(
             q,
             key_cache,
@@ -109,14 +123,9 @@ class TritonAttention:
             meta.block_tables,
             max_query_len=meta.max_query_len,
             max_seq_len=meta.max_seq_len,
-            scale=self.scale,
-            sliding_window=self.sliding_window,
             num_reqs=meta.num_reqs,
-            num_splits=self.num_splits,
             request_order=meta.request_order,
-            logit_softcap=self.logit_softcap,
-            k_scale=self.k_scale,
-            v_scale=self.v_scale,
+            **common,
         )
         return out
 

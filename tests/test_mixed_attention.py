@@ -1,0 +1,42 @@
+"""Mixed steps (decodes beside prefill chunks) launch attention in two parts on the Triton path: the
+one-token requests go first and take the decode tile, the prefill chunks the prefill tile. The whole
+engine in Triton's interpreter decodes the same greedy tokens either way as the torch backend."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from worker.runner.model_runner import ModelRunner
+
+HERE = Path(__file__).resolve().parent
+
+
+def test_a_mixed_step_puts_its_one_token_requests_first_in_their_own_order() -> None:
+    scheduled = {"a": 30, "b": 1, "c": 5, "d": 1, "e": 1}
+    assert ModelRunner._decodes_first(list("abcde"), scheduled) == (["b", "d", "e", "a", "c"], 3)
+
+
+def test_a_step_of_one_kind_keeps_its_order() -> None:
+    assert ModelRunner._decodes_first(["x", "y"], {"x": 1, "y": 1}) == (["x", "y"], 0)
+    assert ModelRunner._decodes_first(["x", "y"], {"x": 9, "y": 4}) == (["x", "y"], 0)
+
+
+def test_mixed_steps_in_two_launches_match_one_launch_and_the_torch_backend() -> None:
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    env.pop("WARD_MIXED_ATTENTION_SPLIT", None)
+    done = subprocess.run([sys.executable, str(HERE / "mixed_attention_interpreter.py")], capture_output=True,
+                          text=True, timeout=600, env=env, cwd=HERE.parent)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    split, one, torch_ref = report["triton_split"], report["triton_one_launch"], report["torch"]
+    assert split["split_mixed"] and not one["split_mixed"]
+    assert split["mixed_steps"] >= 2 and split["most_decodes_first"] >= 2  # the runs did mix decodes and prefill
+    assert one["mixed_steps"] == 0
+    assert split["tokens"] == torch_ref["tokens"] == one["tokens"]
+    assert all(len(t) == 8 for t in split["tokens"])
