@@ -10,14 +10,12 @@ the float32 transformers model as ``test_gpu_engine.py`` does.
 """
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from interpreter_run import run_interpreter_script
 from torch import nn
 
 from worker.model.decode_linear import DecodeGemvLinear, use_decode_gemv
@@ -35,12 +33,7 @@ NORM_FOLDED = {"llama": 1, "qwen2-qkv-bias": 0, "phi3-partial-rotary": 0, "gemma
 @pytest.fixture(scope="module")
 def interpreter_runs() -> dict:
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "decode_fusion_interpreter.py"), *SWAPPED],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
-    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr[-4000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreter_script("decode_fusion_interpreter.py", *SWAPPED)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the engine test below runs the compiled path")

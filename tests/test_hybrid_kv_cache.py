@@ -316,20 +316,10 @@ def test_the_triton_kernels_read_each_groups_table_in_the_interpreter():
     """The engine with the Triton attention backend (the GPU path) on the CPU, inside Triton's
     interpreter in a fresh process (``tests/hybrid_kv_interpreter.py``): per-group block tables,
     given-back ids and a prefix hit's stand-ins, against transformers' greedy tokens."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from interpreter_run import run_interpreter_script
 
     pytest.importorskip("triton")
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, str(root / "tests" / "hybrid_kv_interpreter.py")],
-                          capture_output=True, text=True, timeout=400, env=env, cwd=root)
-    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr[-4000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_interpreter_script("hybrid_kv_interpreter.py", timeout=400)
     assert result["groups"] == 6 and result["prefix_hits"] > 0
     assert result["got"] == result["expected"]
 

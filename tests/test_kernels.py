@@ -37,6 +37,7 @@ from kernels_cases import (  # noqa: E402
     check_token_bitmask,
 )
 from kernels_cpu_cases import all_case_names  # noqa: E402
+from interpreter_run import run_interpreter_script  # noqa: E402
 
 from worker.kernels.attention_config import (  # noqa: E402  (plain Python: no Triton import)
     DECODE_TILE,
@@ -107,18 +108,7 @@ def _python_path() -> str:
 
 @pytest.fixture(scope="module")
 def interpreter_results() -> dict:
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": _python_path()}
-    proc = subprocess.run(
-        [sys.executable, str(TESTS_DIR / "kernels_interpreter.py")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-        cwd=TESTS_DIR.parent,
-    )
-    if proc.returncode != 0 or not proc.stdout.strip():
-        pytest.fail(f"interpreter run failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_interpreter_script("kernels_interpreter.py")
 
 
 @pytest.mark.skipif(

@@ -148,18 +148,9 @@ def test_triton_attention_reads_the_fp8_cache_like_the_torch_backend(per_head):
 def test_triton_kernels_over_an_fp8_cache_match_the_torch_backend_in_the_interpreter():
     """The Triton cache write (same e4m3 bytes) and paged attention (split and unsplit, per-tensor and
     per-head scales) in Triton's interpreter, in a fresh process (tests/kv_fp8_interpreter.py)."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from interpreter_run import run_interpreter_script
 
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(root)}
-    done = subprocess.run([sys.executable, str(root / "tests" / "kv_fp8_interpreter.py")], env=env, cwd=str(root),
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    results = json.loads(done.stdout.strip().splitlines()[-1])
+    results = run_interpreter_script("kv_fp8_interpreter.py")
     for name, r in results.items():
         assert r["same_cache_bytes"], name
         assert r["rel_err"] < 1e-5, (name, r["rel_err"])

@@ -3,17 +3,10 @@ one-token requests go first and take the decode tile, the prefill chunks the pre
 engine in Triton's interpreter decodes the same greedy tokens either way as the torch backend."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from interpreter_run import run_interpreter_script
 
 from worker.runner.model_runner import ModelRunner
-
-HERE = Path(__file__).resolve().parent
 
 
 def test_a_mixed_step_puts_its_one_token_requests_first_in_their_own_order() -> None:
@@ -28,12 +21,8 @@ def test_a_step_of_one_kind_keeps_its_order() -> None:
 
 def test_mixed_steps_in_two_launches_match_one_launch_and_the_torch_backend() -> None:
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    env.pop("WARD_MIXED_ATTENTION_SPLIT", None)
-    done = subprocess.run([sys.executable, str(HERE / "mixed_attention_interpreter.py")], capture_output=True,
-                          text=True, timeout=600, env=env, cwd=HERE.parent)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report = run_interpreter_script("mixed_attention_interpreter.py", timeout=600,
+                                    unset=("WARD_MIXED_ATTENTION_SPLIT",))
     split, one, torch_ref = report["triton_split"], report["triton_one_launch"], report["torch"]
     assert split["split_mixed"] and not one["split_mixed"]
     assert split["mixed_steps"] >= 2 and split["most_decodes_first"] >= 2  # the runs did mix decodes and prefill

@@ -337,20 +337,10 @@ def test_cuda_code_path_matches_transformers_in_the_triton_interpreter():
     """The CUDA path (Triton paged attention, norms, rotary with Gemma 3's two RoPE tables, fused MoE
     with a dense layer between sparse ones) run on the CPU by Triton's interpreter in a fresh process
     (``tests/families_interpreter.py``): prefill and paged decode against transformers."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    from interpreter_run import run_interpreter_script
 
     pytest.importorskip("triton")
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, str(root / "tests" / "families_interpreter.py"), *INTERPRETED],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=root)
-    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr[-4000:]
-    errors = json.loads(proc.stdout.strip().splitlines()[-1])
+    errors = run_interpreter_script("families_interpreter.py", *INTERPRETED)
     assert errors.keys() == set(INTERPRETED)
     for name, err in errors.items():
         assert err < 1e-4, f"{name}: relative error {err:.2e}"
