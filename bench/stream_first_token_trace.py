@@ -5,10 +5,12 @@ standing in for a prefill, then for each delay: the worker alone over gRPC (a cl
 to its first token), and the gateway in front of it, ``on`` (database key, quotas with a token
 limit, durable SQLite audit, as ``ward bench gateway`` runs it) and ``off`` (static key, nothing
 governed), each run through bench/stream_first_token_tracer.py so every stage is timestamped. One
-client, streamed chat completions of 4 tokens, one at a time. Prints the client's TTFT p50 per
+client, streamed chat completions of 4 tokens, one at a time (with ``--prompt-token-ids N``, streamed
+text completions of a prompt of N token ids instead: the GPU serving benchmark's request). Prints the client's TTFT p50 per
 configuration and the gateway's median stage times (ms after the request's arrival), and writes
 them as JSON (--out). A script, not a test: run it on an otherwise idle machine.
-Usage: python bench/stream_first_token_trace.py [--delays-ms 0,25] [--requests 200] [--out FILE]
+Usage: python bench/stream_first_token_trace.py [--delays-ms 0,25] [--requests 200] [--prompt-token-ids N]
+       [--out FILE]
 """
 from __future__ import annotations
 
@@ -34,6 +36,12 @@ from ward.benchmarks.gateway import overhead  # noqa: E402
 TRACER = ROOT / "bench" / "stream_first_token_tracer.py"
 WARM_UP = 20
 CONTENT = "Summarise the handover note for the night team. " * 30  # about 1,500 characters
+PROMPT_IDS: list[int] = []  # --prompt-token-ids: a text completion of these ids instead of the chat
+
+
+def token_id_prompt(n: int) -> list[int]:
+    """n token ids inside the instant worker's vocabulary (32,000)."""
+    return [1000 + (i * 7919) % 31000 for i in range(n)]
 
 
 def direct_ttft_ms(address: str, requests: int) -> float:
@@ -45,8 +53,9 @@ def direct_ttft_ms(address: str, requests: int) -> float:
             stub = pb_grpc.WorkerStub(channel)
             times = []
             for i in range(requests + WARM_UP):
+                prompt = pb.Prompt(token_ids=pb.TokenIds(ids=PROMPT_IDS)) if PROMPT_IDS else pb.Prompt(text=CONTENT)
                 call = pb.GenerateRequest(request_id=f"direct-{i}", model=overhead.MODEL,
-                                          prompt=pb.Prompt(text=CONTENT), params=pb.SamplingParams(max_tokens=4))
+                                          prompt=prompt, params=pb.SamplingParams(max_tokens=4))
                 start, first = time.perf_counter(), None
                 async for message in stub.Generate(call):
                     if first is None and message.choices:
@@ -67,16 +76,20 @@ def traced_config(name: str, quotas: dict | None, trace: pathlib.Path) -> overhe
 def client_ttft_ms(gateway: overhead.Gateway, requests: int) -> float:
     body = {"model": overhead.MODEL, "messages": [{"role": "user", "content": CONTENT}], "max_tokens": 4,
             "stream": True}
+    path, marker = "/v1/chat/completions", '"content":'
+    if PROMPT_IDS:
+        body = {"model": overhead.MODEL, "prompt": PROMPT_IDS, "max_tokens": 4, "stream": True}
+        path, marker = "/v1/completions", '"text":'
     times = []
     with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", timeout=30,
                       headers={"Authorization": f"Bearer {gateway.api_key}"}) as client:
         for i in range(requests + WARM_UP):
             start, first = time.perf_counter(), None
-            with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            with client.stream("POST", path, json=body) as response:
                 if response.status_code != 200:
                     raise RuntimeError(f"{gateway.config.name}: HTTP {response.status_code}")
                 for line in response.iter_lines():
-                    if first is None and '"content":' in line:
+                    if first is None and marker in line:
                         first = time.perf_counter()
             if i >= WARM_UP:
                 times.append((first - start) * 1000)
@@ -111,8 +124,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--delays-ms", default="0,25", help="first-token delays of the worker, comma-separated")
     parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--prompt-token-ids", type=int, default=0,
+                        help="N > 0: streamed text completions of N token ids instead of the chat prompt")
     parser.add_argument("--out", type=pathlib.Path)
     args = parser.parse_args()
+    PROMPT_IDS[:] = token_id_prompt(args.prompt_token_ids)
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="ward-first-token-trace-"))
     results = [measure(float(d), args.requests, workdir) for d in args.delays_ms.split(",")]
     for result in results:

@@ -113,3 +113,25 @@ async def test_best_of_must_cover_n_and_cannot_stream(gw):
     for fields in ({"best_of": 1, "n": 2}, {"best_of": 3, "stream": True}):
         r = await complete(gw, prompt="x", **fields)
         assert r.status_code == 400, fields
+
+
+@pytest.mark.parametrize(
+    ("prompt", "message"),
+    [
+        ([5, "six", 7], "Invalid type for 'prompt.token_ids.1': expected an integer, but got a string instead."),
+        (["a", 2], "Invalid type for 'prompt.texts.1': expected a string, but got an integer instead."),
+        ([[5], "x"], "Invalid type for 'prompt.token_id_lists.1': expected an array, but got a string instead."),
+        ([5, -1], "Invalid value for 'prompt.token_ids.1': Input should be greater than or equal to 0"),
+        ({"text": "x"}, "Invalid type for 'prompt.text': expected a string, but got an object instead."),
+        ([], "Invalid value for 'prompt': prompt must not be empty"),
+    ],
+)
+async def test_a_malformed_prompt_is_refused_at_the_item_its_form_gets_wrong(gw, prompt, message):
+    # The prompt's shape picks the form it is checked as (text, texts, token ids, lists of token ids),
+    # so the error names the offending item, and nothing reaches the worker.
+    sent = len(gw.worker.servicer.generate_requests)
+    r = await complete(gw, prompt=prompt)
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["message"] == message and error["param"] == "prompt"
+    assert len(gw.worker.servicer.generate_requests) == sent

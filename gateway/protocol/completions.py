@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
 
-from gateway.protocol.common import LogitBias, SamplingRequest, TokenId, reject_if_set
+from gateway.protocol.common import LogitBias, SamplingRequest, TextOrTokens, reject_if_set
 from gateway.protocol.structured import ResponseFormat
 
 MAX_PROMPTS = 256
@@ -15,7 +15,7 @@ DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
 
 class CompletionRequest(SamplingRequest):
     # a string, several strings, one tokenized prompt, or several tokenized prompts
-    prompt: str | list[str] | list[TokenId] | list[list[TokenId]]
+    prompt: TextOrTokens
     max_tokens: StrictInt = Field(DEFAULT_MAX_TOKENS, ge=1, le=2**31 - 1)
     logprobs: StrictInt | None = Field(None, ge=0, le=20)
     echo: StrictBool = False  # the prompt before each choice's text (and its tokens' logprobs, when asked)

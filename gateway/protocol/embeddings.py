@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from gateway.identifiers import ModelName
-from gateway.protocol.common import UINT32_MAX, TokenId
+from gateway.protocol.common import UINT32_MAX, TextOrTokens
 
 MAX_INPUTS = 2048  # OpenAI's limit per request
 
@@ -16,7 +16,7 @@ class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     model: ModelName
-    input: str | list[str] | list[TokenId] | list[list[TokenId]]
+    input: TextOrTokens
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: StrictInt | None = Field(None, ge=1, le=UINT32_MAX)
     user: str | None = Field(None, max_length=256)
