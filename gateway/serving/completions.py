@@ -18,10 +18,13 @@ from proto.ward.worker.v1 import worker_pb2 as pb
 PROMPT_PARAM = "prompt"
 
 
-def worker_prompt(prompt: str | list[int]) -> pb.Prompt:
+def fill_prompt(message: pb.Prompt, prompt: str | list[int]) -> None:
+    """Writes ``prompt`` into the request's own Prompt: a message passed to a constructor is copied,
+    which for a 1,024-id prompt costs as much again as filling it (about 20 us a copy)."""
     if isinstance(prompt, str):
-        return pb.Prompt(text=prompt)
-    return pb.Prompt(token_ids=pb.TokenIds(ids=prompt))
+        message.text = prompt
+    else:
+        message.token_ids.ids.extend(prompt)
 
 
 def generate_requests(
@@ -40,17 +43,18 @@ def generate_requests(
         # the prompt's own logprobs, and its token strings (a tokenized prompt's echo is made of them)
         params.prompt_logprobs = request.logprobs or 0
     prompts = request.prompts()
-    return [
-        pb.GenerateRequest(
+    calls = []
+    for i, p in enumerate(prompts):
+        call = pb.GenerateRequest(
             request_id=ctx.request_id if len(prompts) == 1 else f"{ctx.request_id}-{i}",
             model=request.model,
-            prompt=worker_prompt(p),
             params=params,
             priority=request.priority,  # orders requests within the caller's team only
             **tenancy,
         )
-        for i, p in enumerate(prompts)
-    ]
+        fill_prompt(call.prompt, p)
+        calls.append(call)
+    return calls
 
 
 class CompletionFormatter:
