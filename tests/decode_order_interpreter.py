@@ -10,26 +10,19 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "1"  # before anything imports the kernels
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
-
+from tests.tiny_llama import tiny_llama_dir  # noqa: E402
 from worker import LLM, SamplingParams  # noqa: E402
 
 PROMPT_LENGTHS = (5, 60, 17, 33)  # rows in this order; longest first is 1, 3, 2, 0
 
 
 def main() -> None:
-    config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
-    torch.manual_seed(0)
-    model_dir = tempfile.mkdtemp(prefix="ward-order-")
-    LlamaForCausalLM(config).save_pretrained(model_dir)
+    model_dir = tiny_llama_dir("ward-order-")
     prompts = [{"prompt_token_ids": list(range(3, 3 + n))} for n in PROMPT_LENGTHS]
     params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
     report = {}

@@ -12,15 +12,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "1"  # before anything imports the kernels
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
-
+from tests.tiny_llama import tiny_llama_dir  # noqa: E402
 from worker import LLM, SamplingParams  # noqa: E402
 
 # With 40 tokens a step: the short prompts finish their prefill first and decode while the long ones
@@ -50,11 +47,7 @@ def run(model_dir: str, backend: str, split: bool) -> dict:
 
 
 def main() -> None:
-    config = LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
-    torch.manual_seed(0)
-    model_dir = tempfile.mkdtemp(prefix="ward-mixed-")
-    LlamaForCausalLM(config).save_pretrained(model_dir)
+    model_dir = tiny_llama_dir("ward-mixed-")
     report = {"torch": run(model_dir, "torch", False), "triton_split": run(model_dir, "triton", True),
               "triton_one_launch": run(model_dir, "triton", False)}
     print(json.dumps(report))
