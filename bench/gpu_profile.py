@@ -29,68 +29,43 @@ def kernel_table(prof, steps: int, top: int = 14) -> list[tuple[str, float, int]
     return rows[:top]
 
 
-def steady(engine, n_req: int, prompt: int, warm_steps: int, steps: int, top: int = 14) -> tuple[list, float, float | None]:
+def profile_case(engine, n_req: int, prompt: int, warm_steps: int, steps: int, chunk: int = 0,
+                 top: int = 14) -> tuple[list, float, float | None]:
+    """n_req requests of ``prompt`` tokens, ``warm_steps`` steps, then ``steps`` steps timed and the same
+    number profiled. With ``chunk``, one new prompt of that many tokens arrives before each timed step,
+    so every timed step is the decodes plus a whole prefill chunk (serving's mixed steps). A case with
+    no warm-up (a prefill) is profiled only."""
     p = SamplingParams(max_tokens=warm_steps + 2 * steps + 20, min_tokens=warm_steps + 2 * steps + 20, ignore_eos=True,
                        detokenize=False, temperature=0)
     # each case its own token range: a prompt sharing blocks with an earlier case's (aborted, still
     # cached) would be mostly a prefix-cache hit and its "prefill" a short chunk
-    base = 1000 + 10007 * (n_req + prompt)
-    for i in range(n_req):
-        ids = [(base + i * 7 + j) % 100000 + 1000 for j in range(prompt)]
-        engine.add_request(f"p{n_req}-{i}", {"prompt_token_ids": ids}, p)
+    base = 1000 + 10007 * (n_req + prompt + chunk)
+    ids = lambda k, n: [(base + k * 7 + j) % 100000 + 1000 for j in range(n)]
+    rids = [f"p{n_req}-{i}" for i in range(n_req)]
+    for i, rid in enumerate(rids):
+        engine.add_request(rid, {"prompt_token_ids": ids(i, prompt)}, p)
     for _ in range(warm_steps):
         engine.step()
-    torch.cuda.synchronize()
-    wall_us = None
-    if warm_steps:  # steady decode: time the same number of steps first (a prefill case has one step only)
-        start = time.perf_counter()
-        for _ in range(steps):
-            engine.step()
-        torch.cuda.synchronize()
-        wall_us = round((time.perf_counter() - start) / steps * 1e6, 1)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            engine.step()
-        torch.cuda.synchronize()
-    table = kernel_table(prof, steps, top)
-    total = sum(r[1] for r in kernel_table(prof, steps, 10**6))
-    engine.abort_request([f"p{n_req}-{i}" for i in range(n_req)])
-    while engine.has_unfinished_requests():
-        engine.step()
-    return table, total, wall_us
-
-
-def mixed(engine, n_req: int, prompt: int, chunk: int, warm_steps: int, steps: int,
-          top: int = 14) -> tuple[list, float, float | None]:
-    """n_req requests decode past a prompt-long context; before each timed step one new prompt of
-    ``chunk`` tokens arrives, so every timed step is those decodes plus a whole prefill chunk."""
-    p = SamplingParams(max_tokens=warm_steps + 2 * steps + 20, min_tokens=warm_steps + 2 * steps + 20, ignore_eos=True,
-                       detokenize=False, temperature=0)
-    base = 3000 + 10007 * (n_req + prompt + chunk)
-    ids = lambda k, n: [(base + k * 7919 + j) % 100000 + 1000 for j in range(n)]
-    for i in range(n_req):
-        engine.add_request(f"m{n_req}-{i}", {"prompt_token_ids": ids(i, prompt)}, p)
-    for _ in range(warm_steps):
-        engine.step()
-    arrivals = []
 
     def timed_steps() -> None:
         for _ in range(steps):
-            rid = f"m{n_req}-new{len(arrivals)}"
-            engine.add_request(rid, {"prompt_token_ids": ids(n_req + 1 + len(arrivals), chunk)}, p)
-            arrivals.append(rid)
+            if chunk:
+                rids.append(f"p{n_req}-new{len(rids)}")
+                engine.add_request(rids[-1], {"prompt_token_ids": ids(len(rids) * 1009, chunk)}, p)
             engine.step()
         torch.cuda.synchronize()
 
     torch.cuda.synchronize()
-    start = time.perf_counter()
-    timed_steps()
-    wall_us = round((time.perf_counter() - start) / steps * 1e6, 1)
+    wall_us = None
+    if warm_steps:
+        start = time.perf_counter()
+        timed_steps()
+        wall_us = round((time.perf_counter() - start) / steps * 1e6, 1)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         timed_steps()
     table = kernel_table(prof, steps, top)
     total = sum(r[1] for r in kernel_table(prof, steps, 10**6))
-    engine.abort_request([f"m{n_req}-{i}" for i in range(n_req)] + arrivals)
+    engine.abort_request(rids)
     while engine.has_unfinished_requests():
         engine.step()
     return table, total, wall_us
@@ -121,11 +96,8 @@ def main() -> None:
     report = {}
     for name in a.cases:
         n_req, prompt, warm, chunk = CASES[name]
-        if chunk:
-            table, total, wall = mixed(eng, n_req, prompt, chunk, warm, 10, a.top)
-        else:
-            steps = 1 if name.startswith("prefill") else 30
-            table, total, wall = steady(eng, n_req, prompt, warm, steps, a.top)
+        steps = 10 if chunk else 1 if not warm else 30
+        table, total, wall = profile_case(eng, n_req, prompt, warm, steps, chunk, a.top)
         report[name] = {"kernel_us_per_step": round(total, 1), "wall_us_per_step": wall, "top": table}
         print(f"== {name}: {total:.0f} us of kernels per step" + (f", {wall:.0f} us wall per step (unprofiled)" if wall else ""))
         for k, us, cnt in table:

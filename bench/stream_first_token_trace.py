@@ -6,7 +6,8 @@ to its first token), and the gateway in front of it, ``on`` (database key, quota
 limit, durable SQLite audit, as ``ward bench gateway`` runs it) and ``off`` (static key, nothing
 governed), each run through bench/stream_first_token_tracer.py so every stage is timestamped. One
 client, streamed chat completions of 4 tokens, one at a time (with ``--prompt-token-ids N``, streamed
-text completions of a prompt of N token ids instead: the GPU serving benchmark's request). Prints the client's TTFT p50 per
+text completions of a prompt of N token ids instead: the GPU serving benchmark's request; the tracer
+times the stages of chat requests only, so then only the TTFTs). Prints the client's TTFT p50 per
 configuration and the gateway's median stage times (ms after the request's arrival), and writes
 them as JSON (--out). A script, not a test: run it on an otherwise idle machine.
 Usage: python bench/stream_first_token_trace.py [--delays-ms 0,25] [--requests 200] [--prompt-token-ids N]
@@ -36,7 +37,6 @@ from ward.benchmarks.gateway import overhead  # noqa: E402
 TRACER = ROOT / "bench" / "stream_first_token_tracer.py"
 WARM_UP = 20
 CONTENT = "Summarise the handover note for the night team. " * 30  # about 1,500 characters
-PROMPT_IDS: list[int] = []  # --prompt-token-ids: a text completion of these ids instead of the chat
 
 
 def token_id_prompt(n: int) -> list[int]:
@@ -44,8 +44,9 @@ def token_id_prompt(n: int) -> list[int]:
     return [1000 + (i * 7919) % 31000 for i in range(n)]
 
 
-def direct_ttft_ms(address: str, requests: int) -> float:
-    """The worker alone: a gRPC client's Generate call to its first token, p50."""
+def direct_ttft_ms(address: str, requests: int, prompt_ids: list[int]) -> float:
+    """The worker alone: a gRPC client's Generate call to its first token, p50 (``prompt_ids``: a
+    tokenized prompt instead of the chat text, when not empty)."""
     import grpc
 
     async def run() -> float:
@@ -53,7 +54,7 @@ def direct_ttft_ms(address: str, requests: int) -> float:
             stub = pb_grpc.WorkerStub(channel)
             times = []
             for i in range(requests + WARM_UP):
-                prompt = pb.Prompt(token_ids=pb.TokenIds(ids=PROMPT_IDS)) if PROMPT_IDS else pb.Prompt(text=CONTENT)
+                prompt = pb.Prompt(token_ids=pb.TokenIds(ids=prompt_ids)) if prompt_ids else pb.Prompt(text=CONTENT)
                 call = pb.GenerateRequest(request_id=f"direct-{i}", model=overhead.MODEL,
                                           prompt=prompt, params=pb.SamplingParams(max_tokens=4))
                 start, first = time.perf_counter(), None
@@ -73,12 +74,12 @@ def traced_config(name: str, quotas: dict | None, trace: pathlib.Path) -> overhe
     return overhead.Config(name, quotas, env=env, launcher=(str(TRACER),))
 
 
-def client_ttft_ms(gateway: overhead.Gateway, requests: int) -> float:
+def client_ttft_ms(gateway: overhead.Gateway, requests: int, prompt_ids: list[int]) -> float:
     body = {"model": overhead.MODEL, "messages": [{"role": "user", "content": CONTENT}], "max_tokens": 4,
             "stream": True}
     path, marker = "/v1/chat/completions", '"content":'
-    if PROMPT_IDS:
-        body = {"model": overhead.MODEL, "prompt": PROMPT_IDS, "max_tokens": 4, "stream": True}
+    if prompt_ids:
+        body = {"model": overhead.MODEL, "prompt": prompt_ids, "max_tokens": 4, "stream": True}
         path, marker = "/v1/completions", '"text":'
     times = []
     with httpx.Client(base_url=f"http://127.0.0.1:{gateway.port}", timeout=30,
@@ -96,20 +97,20 @@ def client_ttft_ms(gateway: overhead.Gateway, requests: int) -> float:
     return statistics.median(times)
 
 
-def measure(delay_ms: float, requests: int, workdir: pathlib.Path) -> dict:
+def measure(delay_ms: float, requests: int, workdir: pathlib.Path, prompt_ids: list[int]) -> dict:
     workdir = workdir / f"delay-{delay_ms:g}ms"  # each delay's gateways get their own data directories
     workdir.mkdir()
     worker, address = overhead._start_worker(
         workdir, ("--first-token-delay", str(delay_ms / 1000), "--token-delay", "0.002"))
     result: dict = {"first_token_delay_ms": delay_ms}
     try:
-        result["worker_over_grpc_ttft_p50_ms"] = round(direct_ttft_ms(address, requests), 3)
+        result["worker_over_grpc_ttft_p50_ms"] = round(direct_ttft_ms(address, requests, prompt_ids), 3)
         limits = {"requests_per_minute": overhead.HIGH, "tokens_per_minute": overhead.HIGH}
         for name, quotas in (("on", {"defaults": limits}), ("off", None)):
             trace = workdir / f"trace-{name}.json"
             gateway = overhead._start_gateway(traced_config(name, quotas, trace), address, workdir)
             try:
-                ttft = client_ttft_ms(gateway, requests)
+                ttft = client_ttft_ms(gateway, requests, prompt_ids)
             finally:
                 gateway.process.send_signal(signal.SIGTERM)
                 gateway.process.wait(30)
@@ -128,16 +129,18 @@ def main() -> None:
                         help="N > 0: streamed text completions of N token ids instead of the chat prompt")
     parser.add_argument("--out", type=pathlib.Path)
     args = parser.parse_args()
-    PROMPT_IDS[:] = token_id_prompt(args.prompt_token_ids)
     workdir = pathlib.Path(tempfile.mkdtemp(prefix="ward-first-token-trace-"))
-    results = [measure(float(d), args.requests, workdir) for d in args.delays_ms.split(",")]
+    prompt_ids = token_id_prompt(args.prompt_token_ids)
+    results = [measure(float(d), args.requests, workdir, prompt_ids) for d in args.delays_ms.split(",")]
     for result in results:
         print(f"first token after {result['first_token_delay_ms']:g} ms in the worker: worker over gRPC "
               f"{result['worker_over_grpc_ttft_p50_ms']:.2f} ms p50")
         for name in ("on", "off"):
             entry = result[name]
-            print(f"  gateway {name}: client TTFT p50 {entry['client_ttft_p50_ms']:.2f} ms; stages (median ms after arrival):")
-            for label, moment in entry["stages_ms"].items():
+            stages = entry["stages_ms"]
+            print(f"  gateway {name}: client TTFT p50 {entry['client_ttft_p50_ms']:.2f} ms; "
+                  + ("stages (median ms after arrival):" if stages else "no stages (the tracer times chat requests)"))
+            for label, moment in stages.items():
                 print(f"    {moment:8.3f}  {label}")
     if args.out:
         args.out.write_text(json.dumps(results, indent=1))

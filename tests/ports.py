@@ -9,9 +9,9 @@ own slice of that range, so two of them never hand out the same port either.
 """
 from __future__ import annotations
 
+import os
 import pathlib
 import random
-import os
 import socket
 
 _handed_out: set[int] = set()
