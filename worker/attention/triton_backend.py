@@ -93,26 +93,26 @@ class TritonAttention:
 
     def _attend(self, q: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor],
                 meta: AttentionMetadata) -> torch.Tensor:
-        from worker.kernels.attention import unified_attention
-
-        key_cache, value_cache = kv_cache
         out = torch.empty_like(q)
         if q.shape[0] > meta.num_tokens:
             out[meta.num_tokens :].zero_()
-        common = dict(scale=self.scale, sliding_window=self.sliding_window, num_splits=self.num_splits,
-                      logit_softcap=self.logit_softcap, k_scale=self.k_scale, v_scale=self.v_scale)
-        d = meta.num_decode_reqs
-        if d and meta.prefill_query_start_loc is not None:
-            # A mixed step: the decodes (rows 0..d) with the decode tile, whose programs hold one
-            # query's heads, then the prefill chunks with the prefill tile, each over its own rows.
-            unified_attention(q[:d], key_cache, value_cache, out[:d], meta.query_start_loc[: d + 1],
-                              meta.seq_lens[:d], meta.block_tables[:d], max_query_len=1,
-                              max_seq_len=meta.max_seq_len, num_reqs=d, **common)
-            unified_attention(q[d : meta.num_tokens], key_cache, value_cache, out[d : meta.num_tokens],
-                              meta.prefill_query_start_loc, meta.seq_lens[d:], meta.block_tables[d:],
-                              max_query_len=meta.max_query_len, max_seq_len=meta.max_seq_len,
-                              num_reqs=meta.num_reqs - d, **common)
+        parts = meta.mixed_parts()
+        if parts is None:
+            self._launch(q, out, kv_cache, meta)
             return out
+        # A mixed step: the decodes with the decode tile, whose programs hold one query's heads, then
+        # the prefill chunks with the prefill tile, each over its own rows.
+        decode, prefill = parts
+        d = decode.num_tokens
+        self._launch(q[:d], out[:d], kv_cache, decode)
+        self._launch(q[d : meta.num_tokens], out[d : meta.num_tokens], kv_cache, prefill)
+        return out
+
+    def _launch(self, q: torch.Tensor, out: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor],
+                meta: AttentionMetadata) -> None:
+        from worker.kernels.attention import unified_attention
+
+        key_cache, value_cache = kv_cache
         unified_attention(
             q,
             key_cache,
@@ -123,11 +123,15 @@ class TritonAttention:
             meta.block_tables,
             max_query_len=meta.max_query_len,
             max_seq_len=meta.max_seq_len,
+            scale=self.scale,
+            sliding_window=self.sliding_window,
             num_reqs=meta.num_reqs,
+            num_splits=self.num_splits,
             request_order=meta.request_order,
-            **common,
+            logit_softcap=self.logit_softcap,
+            k_scale=self.k_scale,
+            v_scale=self.v_scale,
         )
-        return out
 
 
 class TritonBackend:
