@@ -4,7 +4,11 @@ name (`proposal`) when it decoded faster at batch 1 in every round and did not s
 test's mean by more than NOISE, else the base's (`table`); then the figures. A side's name is its
 stem after the last underscore (gemv_table: table; norm1: norm1).
 
-Usage: python3 bench/gemv_verdict.py OUT_DIR [BASE_STEM CANDIDATE_STEM]
+With ``--throughput WORKLOAD:KEY,...`` (e.g. ``offline_1024_128:req_s,mixed:out_tok_s``) it judges
+throughput instead: the candidate wins when, summed over the complete rounds, it was ahead on every
+workload named and no round had it behind by more than NOISE on any of them.
+
+Usage: python3 bench/gemv_verdict.py OUT_DIR [BASE_STEM CANDIDATE_STEM] [--throughput WORKLOAD:KEY,...]
 """
 from __future__ import annotations
 
@@ -45,5 +49,33 @@ def main(out: pathlib.Path, base_stem: str = "gemv_table", candidate_stem: str =
     return verdict
 
 
+def throughput_verdict(out: pathlib.Path, base_stem: str, candidate_stem: str, figures: list[tuple[str, str]]) -> str:
+    """The candidate's name when it won on throughput (see the module's doc), else the base's; then the figures."""
+    base, candidate = base_stem.rsplit("_", 1)[-1], candidate_stem.rsplit("_", 1)[-1]
+    rounds = []
+    for r in (1, 2):
+        row = {side: [figure(out / f"{stem}_r{r}.txt", workload, key) for workload, key in figures]
+               for side, stem in ((base, base_stem), (candidate, candidate_stem))}
+        rounds.append(row)
+    complete = [r for r in rounds if None not in r[base] + r[candidate]]
+    ahead = bool(complete) and all(
+        sum(r[candidate][i] for r in complete) > sum(r[base][i] for r in complete) for i in range(len(figures)))
+    never_behind = all(r[candidate][i] >= r[base][i] * (1 - NOISE) for r in complete for i in range(len(figures)))
+    verdict = candidate if ahead and never_behind else base
+    print(verdict)
+    names = [f"{workload} {key}" for workload, key in figures]
+    for i, r in enumerate(rounds, 1):
+        print(f"round {i}: " + "; ".join(f"{side} " + ", ".join(f"{n} {v}" for n, v in zip(names, r[side]))
+                                         for side in (base, candidate)))
+    return verdict
+
+
 if __name__ == "__main__":
-    main(pathlib.Path(sys.argv[1]), *sys.argv[2:4])
+    args = sys.argv[1:]
+    if "--throughput" in args:
+        at = args.index("--throughput")
+        wanted = [tuple(item.split(":", 1)) for item in args[at + 1].split(",")]
+        del args[at:at + 2]
+        throughput_verdict(pathlib.Path(args[0]), args[1], args[2], wanted)
+    else:
+        main(pathlib.Path(args[0]), *args[1:3])

@@ -35,7 +35,8 @@
 #   tunable    TunableOp against cuBLAS's default for the projections (bench/gemm_tunable.py)
 #   mixedsplit 1,000 x 1,024/128 and mixed with mixed steps' attention in two launches
 #              (WARD_MIXED_ATTENTION_SPLIT=1) and in one, alternated twice, then the profile of mixed
-#              steps at serving's shapes with it on and off (bench/gpu_profile.py)
+#              steps at serving's shapes with it on and off (bench/gpu_profile.py); the winner (split1
+#              or split0) first in mixedsplit_verdict.txt
 #   seqs       1,000 x 256/256 and 1,000 x 1,024/128 with 512 and 1,024 sequences per step (vLLM's
 #              default on this class of card is 1,024), each without and with a KV reserve of 256 outputs
 set -u
@@ -105,6 +106,8 @@ for s in $STEPS; do
                       --out "$OUT/mixed_split${v}_r$round" --workloads offline_1024_128,mixed
                   done
                 done
+                python3 bench/gemv_verdict.py "$OUT" mixed_split0 mixed_split1 \
+                  --throughput offline_1024_128:req_s,mixed:out_tok_s | tee "$OUT/mixedsplit_verdict.txt"
                 for v in 1 0; do
                   mkdir -p "$OUT/profile_split$v"
                   step "mixed_profile_split$v" 120 env WARD_MIXED_ATTENTION_SPLIT=$v OUT="$OUT/profile_split$v" \
