@@ -23,10 +23,13 @@ def test_the_first_token_comes_after_the_delay_and_the_count_before_it():
     first_token_at = next(at for at, m in timed if m.choices)
     assert first_token_at >= 0.05
     assert [m.choices[0].finish_reason for _, m in timed if m.choices] == ["", "length"]
-    assert timed[-1][1].usage.completion_tokens == 2
+    assert timed[-1][1].usage.completion_tokens == 2 and timed[-1][1].choices  # the last token carries the usage
 
 
 def test_without_a_delay_the_answer_is_immediate():
     request = pb.GenerateRequest(request_id="r", model="m", prompt=pb.Prompt(text="one two"))
     timed = asyncio.run(_messages(InstantWorkerServicer("m"), request))
     assert timed[0][1].choices[0].text == "ok" and timed[0][0] < 0.04
+    # one message, as the real worker ends a request: the last token, its finish reason and the usage
+    assert len(timed) == 1 and timed[0][1].choices[0].finish_reason == "stop"
+    assert timed[0][1].usage.completion_tokens == 1

@@ -1,13 +1,15 @@
 """A gRPC worker that answers at once, so a benchmark measures the gateway and nothing behind it.
 
-Every Generate yields one token (``ok``, finish reason ``stop``) and the usage; Tokenize counts
-whitespace-separated words (chat messages: their words plus one per message and one for the
-generation prompt). With ``--token-delay S`` it streams slowly instead: ``max_tokens`` tokens (16
-when unset), one every S seconds, the last with finish reason ``length`` (for soak runs that hold
-many streams open at once). With ``--first-token-delay S`` the first token (after the prompt count,
-when asked for) comes S seconds after the call, as a prefill would make it. It implements the ``ward.worker.v1`` contract only as far as the gateway uses it
-for chat and completions. Run it as ``python -m ward.benchmarks.gateway.instant_worker --model NAME``; it
-prints ``PORT <n>`` once serving and stops on SIGTERM.
+Every Generate answers (after the prompt count, when asked for) in one message: one token (``ok``,
+finish reason ``stop``) with the usage, as the real worker ends a request (its last step's tokens,
+finish reasons and usage together). Tokenize counts whitespace-separated words (chat messages: their
+words plus one per message and one for the generation prompt). With ``--token-delay S`` it streams
+slowly instead: ``max_tokens`` tokens (16 when unset), one every S seconds, the last with finish
+reason ``length`` and the usage (for soak runs that hold many streams open at once). With
+``--first-token-delay S`` the first token (after the prompt count, when asked for) comes S seconds
+after the call, as a prefill would make it. It implements the ``ward.worker.v1`` contract only as far
+as the gateway uses it for chat and completions. Run it as ``python -m
+ward.benchmarks.gateway.instant_worker --model NAME``; it prints ``PORT <n>`` once serving and stops on SIGTERM.
 """
 from __future__ import annotations
 
@@ -53,12 +55,13 @@ class InstantWorkerServicer(pb_grpc.WorkerServicer):
             async for response in self._slow_stream(request, prompt, choices):
                 yield response
             return
+        # One message, as the real worker sends a request's last step: its tokens, finish reasons and usage.
         yield pb.GenerateResponse(
             prompt_tokens=prompt,
             choices=[pb.ChoiceDelta(index=i, token_ids=[1], text="ok", finish_reason="stop", stop_token_id=-1)
                      for i in range(choices)],
+            usage=pb.Usage(prompt_tokens=prompt, completion_tokens=choices),
         )
-        yield pb.GenerateResponse(prompt_tokens=prompt, usage=pb.Usage(prompt_tokens=prompt, completion_tokens=choices))
 
     async def Multiplex(self, request_iterator, context):  # noqa: N802
         async for message in serve_multiplex(self.Generate, request_iterator, context):
@@ -67,15 +70,17 @@ class InstantWorkerServicer(pb_grpc.WorkerServicer):
     async def _slow_stream(self, request: pb.GenerateRequest, prompt: int, choices: int):
         tokens = request.params.max_tokens if request.params.HasField("max_tokens") else 16
         for step in range(1, tokens + 1):
-            finish = "length" if step == tokens else ""
-            yield pb.GenerateResponse(
+            last = step == tokens
+            response = pb.GenerateResponse(
                 prompt_tokens=prompt,
-                choices=[pb.ChoiceDelta(index=i, token_ids=[1], text="ok ", finish_reason=finish, stop_token_id=-1)
-                         for i in range(choices)],
+                choices=[pb.ChoiceDelta(index=i, token_ids=[1], text="ok ", finish_reason="length" if last else "",
+                                        stop_token_id=-1) for i in range(choices)],
             )
-            if step < tokens:
+            if last:
+                response.usage.CopyFrom(pb.Usage(prompt_tokens=prompt, completion_tokens=tokens * choices))
+            yield response
+            if not last:
                 await asyncio.sleep(self.token_delay_s)
-        yield pb.GenerateResponse(prompt_tokens=prompt, usage=pb.Usage(prompt_tokens=prompt, completion_tokens=tokens * choices))
 
     async def Tokenize(self, request: pb.TokenizeRequest, context):  # noqa: N802
         return pb.TokenizeResponse(count=prompt_token_count(request.prompt), max_model_len=MAX_MODEL_LEN)
