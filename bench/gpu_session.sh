@@ -33,10 +33,6 @@
 #              ones, then the whole model (latency, batch 1) with WARD_DECODE_CONTEXT_GRAPHS=0 and 1,
 #              alternated twice
 #   tunable    TunableOp against cuBLAS's default for the projections (bench/gemm_tunable.py)
-#   mixedsplit 1,000 x 1,024/128 and mixed with mixed steps' attention in two launches
-#              (WARD_MIXED_ATTENTION_SPLIT=1) and in one, alternated twice, then the profile of mixed
-#              steps at serving's shapes with it on and off (bench/gpu_profile.py); the winner (split1
-#              or split0) first in mixedsplit_verdict.txt
 #   seqs       1,000 x 256/256 and 1,000 x 1,024/128 with 512 and 1,024 sequences per step (vLLM's
 #              default on this class of card is 1,024), each without and with a KV reserve of 256 outputs
 set -u
@@ -100,21 +96,6 @@ for s in $STEPS; do
                  bench "admission$n-beyond256" 130 --workloads offline_256_256,offline_1024_128,mixed \
                    --max-num-seqs "$n" --reserve-beyond-seqs 256
                done ;;
-    mixedsplit) for round in 1 2; do
-                  for v in 1 0; do
-                    step "mixed_split${v}_r$round" 130 env WARD_MIXED_ATTENTION_SPLIT=$v python3 -m ward bench offline \
-                      --out "$OUT/mixed_split${v}_r$round" --workloads offline_1024_128,mixed
-                  done
-                done
-                python3 bench/gemv_verdict.py "$OUT" mixed_split0 mixed_split1 \
-                  --throughput offline_1024_128:req_s,mixed:out_tok_s | tee "$OUT/mixedsplit_verdict.txt"
-                for v in 1 0; do
-                  mkdir -p "$OUT/profile_split$v"
-                  step "mixed_profile_split$v" 120 env WARD_MIXED_ATTENTION_SPLIT=$v OUT="$OUT/profile_split$v" \
-                    python3 bench/gpu_profile.py --cases decode_b224_ctx1000 mixed_b224_ctx1000_plus_1792 \
-                    mixed_b64_ctx1000_plus_1024
-                  grep -sE "^==" "$OUT/mixed_profile_split$v.txt"
-                done ;;
     gemv) step gemv_sweep 150 python3 bench/gemv_sweep.py --out "$OUT/gemv_sweep.json" --plans-file "$OUT/plans.txt"
           grep -E '^\{"(qkv|o|down|gate_up_silu)"|^WARD_GEMV_PLANS' "$OUT/gemv_sweep.txt" | cut -c1-400
           plans=${GEMV_PLANS:-$(cat "$OUT/plans.txt" 2>/dev/null)}

@@ -14,8 +14,7 @@ must not be written.
 from __future__ import annotations
 
 import logging
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -48,38 +47,10 @@ class AttentionMetadata:
     # Decode steps: the requests longest first (int32 [num_reqs], a permutation), the order in which
     # attention programs take them so the card's last wave holds the shortest.
     request_order: torch.Tensor | None = None
-    # Mixed steps (decodes beside prefill chunks): the runner puts the one-token requests first;
-    # ``num_decode_reqs`` counts them, and ``prefill_query_start_loc`` (int32 [num_reqs - num_decode_reqs
-    # + 1]) is the rest's query_start_loc counted from their first row, so a backend can launch each
-    # part with its own tile shape. 0 / None in plain decode or plain prefill steps.
-    num_decode_reqs: int = 0
-    prefill_query_start_loc: torch.Tensor | None = None
-    _parts: tuple["AttentionMetadata", "AttentionMetadata"] | None = field(default=None, repr=False, compare=False)
 
     @property
     def is_pure_decode(self) -> bool:
         return self.max_query_len == 1
-
-    def mixed_parts(self) -> tuple["AttentionMetadata", "AttentionMetadata"] | None:
-        """A mixed step's decodes (rows 0..num_decode_reqs) and prefill chunks (the rest, counted from
-        their first row) as metadata of their own; None in other steps. Made on the first layer's call
-        and kept for the others (per KV group: each group's metadata has its own block tables)."""
-        d = self.num_decode_reqs
-        if not d or self.prefill_query_start_loc is None:
-            return None
-        if self._parts is None:
-            plain = dict(query_start_loc_cpu=None, seq_lens_cpu=None, groups=(), request_order=None,
-                         num_decode_reqs=0, prefill_query_start_loc=None)
-            decode = dataclasses.replace(
-                self, num_tokens=d, num_reqs=d, query_start_loc=self.query_start_loc[: d + 1],
-                seq_lens=self.seq_lens[:d], block_tables=self.block_tables[:d], slot_mapping=self.slot_mapping[:d],
-                max_query_len=1, **plain)
-            prefill = dataclasses.replace(
-                self, num_tokens=self.num_tokens - d, num_reqs=self.num_reqs - d,
-                query_start_loc=self.prefill_query_start_loc, seq_lens=self.seq_lens[d:],
-                block_tables=self.block_tables[d:], slot_mapping=self.slot_mapping[d : self.num_tokens], **plain)
-            self._parts = (decode, prefill)
-        return self._parts
 
     def for_group(self, group: int) -> "AttentionMetadata":
         """The metadata a layer of KV group ``group`` reads."""

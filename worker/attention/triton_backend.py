@@ -93,26 +93,12 @@ class TritonAttention:
 
     def _attend(self, q: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor],
                 meta: AttentionMetadata) -> torch.Tensor:
-        out = torch.empty_like(q)
-        if q.shape[0] > meta.num_tokens:
-            out[meta.num_tokens :].zero_()
-        parts = meta.mixed_parts()
-        if parts is None:
-            self._launch(q, out, kv_cache, meta)
-            return out
-        # A mixed step: the decodes with the decode tile, whose programs hold one query's heads, then
-        # the prefill chunks with the prefill tile, each over its own rows.
-        decode, prefill = parts
-        d = decode.num_tokens
-        self._launch(q[:d], out[:d], kv_cache, decode)
-        self._launch(q[d : meta.num_tokens], out[d : meta.num_tokens], kv_cache, prefill)
-        return out
-
-    def _launch(self, q: torch.Tensor, out: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor],
-                meta: AttentionMetadata) -> None:
         from worker.kernels.attention import unified_attention
 
         key_cache, value_cache = kv_cache
+        out = torch.empty_like(q)
+        if q.shape[0] > meta.num_tokens:
+            out[meta.num_tokens :].zero_()
         unified_attention(
             q,
             key_cache,
@@ -132,6 +118,7 @@ class TritonAttention:
             k_scale=self.k_scale,
             v_scale=self.v_scale,
         )
+        return out
 
 
 class TritonBackend:

@@ -135,12 +135,6 @@ class ModelRunner:
         self._token_host = [torch.zeros(config.max_num_seqs, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
         # decode steps hand attention the requests longest first (WARD_DECODE_LONGEST_FIRST=0: off, for A/B)
         self.longest_first = self.backend.name == "triton" and os.environ.get("WARD_DECODE_LONGEST_FIRST", "1") != "0"
-        # WARD_MIXED_ATTENTION_SPLIT=1: mixed steps put their one-token requests first, so attention
-        # launches the decodes with the decode tile and the prefill chunks with the prefill tile
-        # (default: one launch with the prefill tile for all: on an H100 the two were level, since the
-        # decodes' KV reads are the same whatever their tile)
-        self.split_mixed = (self.backend.name == "triton"
-                            and os.environ.get("WARD_MIXED_ATTENTION_SPLIT", "0") == "1")
 
     def _ops(self):
         if self.device.type == "cuda" and self.backend.name != "torch":
@@ -289,9 +283,7 @@ class ModelRunner:
             ib.append_blocks(row, cached.new_block_ids)
             ib.num_computed[row] = cached.num_computed_tokens
 
-    def metadata(self, num_tokens, num_reqs, max_q, max_seq, starts_cpu, lens_cpu,
-                 num_decodes: int = 0) -> AttentionMetadata:
-        """``num_decodes``: a mixed step's leading one-token requests (see ``_decodes_first``)."""
+    def metadata(self, num_tokens, num_reqs, max_q, max_seq, starts_cpu, lens_cpu) -> AttentionMetadata:
         b = self.buffers
         ordered = self.longest_first and max_q == 1
         meta = AttentionMetadata(
@@ -307,9 +299,6 @@ class ModelRunner:
             seq_lens_cpu=lens_cpu,
             request_order=b.request_order[:num_reqs] if ordered else None,
         )
-        if num_decodes:
-            meta.num_decode_reqs = num_decodes
-            meta.prefill_query_start_loc = b.query_start_loc[num_decodes : num_reqs + 1] - num_decodes
         if b.num_kv_groups > 1:
             meta.groups = tuple(
                 dataclasses.replace(meta, kv_group=g, block_tables=tables[:num_reqs], slot_mapping=slots[:num_tokens])
@@ -357,15 +346,6 @@ class ModelRunner:
         b.logits_idx_np[: len(sampling_rows)] = starts[1:][sampling_rows] - 1
         return T, max_q, rows, sampling_rows
 
-    @staticmethod
-    def _decodes_first(order: list[str], num_scheduled: dict[str, int]) -> tuple[list[str], int]:
-        """A mixed step's order with its one-token requests first (each group in its own order), and
-        their count; a step of one kind only keeps its order and counts 0."""
-        decodes = [r for r in order if num_scheduled[r] == 1]
-        if not decodes or len(decodes) == len(order):
-            return order, 0
-        return decodes + [r for r in order if num_scheduled[r] != 1], len(decodes)
-
     @torch.inference_mode()
     def launch(self, sched: SchedulerOutput, defer_sampling: bool = False) -> "StepHandle | None":
         """Enqueues one step on the device (inputs, model, sampling) without waiting for it.
@@ -381,9 +361,6 @@ class ModelRunner:
         b, ib = self.buffers, self.batch
         b.flip()
         order = [c.req_id for c in sched.cached_reqs] + [n.req_id for n in sched.new_reqs]
-        num_decodes = 0
-        if self.split_mixed:
-            order, num_decodes = self._decodes_first(order, sched.num_scheduled_tokens)
         num_reqs = len(order)
         T, max_q, rows, sampling_rows = self._prepare(order, sched)
         num_sample = len(sampling_rows)
@@ -410,7 +387,7 @@ class ModelRunner:
         else:
             lens = b.seq_lens_np[:num_reqs]
             meta = self.metadata(T, num_reqs, max_q, int(lens.max()), b.query_start_np[: num_reqs + 1].tolist(),
-                                  lens.tolist(), num_decodes)
+                                  lens.tolist())
             hidden = self.model(b.input_ids[:T], b.positions[:T], self.kv_caches, meta)
         prompt_lps = (self._prompt_logprobs(order, sched, hidden)
                       if any(self.requests[r].params.prompt_logprobs is not None for r in order) else [])
