@@ -29,16 +29,19 @@ def figure(path: pathlib.Path, workload: str, key: str) -> float | None:
     return None
 
 
-def main(out: pathlib.Path, base_stem: str = "gemv_table", candidate_stem: str = "gemv_proposal") -> str:
+def alternated_rounds(out: pathlib.Path, base_stem: str, candidate_stem: str, figures: list[tuple[str, str]]):
+    """The two sides' names, each round's figures per side (None where a log lacks one) and the rounds
+    where every figure is there."""
     base, candidate = base_stem.rsplit("_", 1)[-1], candidate_stem.rsplit("_", 1)[-1]
-    rounds = []
-    for r in (1, 2):
-        row = {}
-        for side, stem in ((base, base_stem), (candidate, candidate_stem)):
-            log = out / f"{stem}_r{r}.txt"
-            row[side] = (figure(log, "batch1", "tok_s"), figure(log, "latency", "mean_ms"))
-        rounds.append(row)
+    rounds = [{side: tuple(figure(out / f"{stem}_r{r}.txt", workload, key) for workload, key in figures)
+               for side, stem in ((base, base_stem), (candidate, candidate_stem))} for r in (1, 2)]
     complete = [r for r in rounds if None not in r[base] + r[candidate]]
+    return base, candidate, rounds, complete
+
+
+def main(out: pathlib.Path, base_stem: str = "gemv_table", candidate_stem: str = "gemv_proposal") -> str:
+    base, candidate, rounds, complete = alternated_rounds(
+        out, base_stem, candidate_stem, [("batch1", "tok_s"), ("latency", "mean_ms")])
     wins = bool(complete) and all(
         r[candidate][0] > r[base][0] and r[candidate][1] <= r[base][1] * (1 + NOISE) for r in complete)
     verdict = candidate if wins else base
@@ -51,16 +54,11 @@ def main(out: pathlib.Path, base_stem: str = "gemv_table", candidate_stem: str =
 
 def throughput_verdict(out: pathlib.Path, base_stem: str, candidate_stem: str, figures: list[tuple[str, str]]) -> str:
     """The candidate's name when it won on throughput (see the module's doc), else the base's; then the figures."""
-    base, candidate = base_stem.rsplit("_", 1)[-1], candidate_stem.rsplit("_", 1)[-1]
-    rounds = []
-    for r in (1, 2):
-        row = {side: [figure(out / f"{stem}_r{r}.txt", workload, key) for workload, key in figures]
-               for side, stem in ((base, base_stem), (candidate, candidate_stem))}
-        rounds.append(row)
-    complete = [r for r in rounds if None not in r[base] + r[candidate]]
-    ahead = bool(complete) and all(
-        sum(r[candidate][i] for r in complete) > sum(r[base][i] for r in complete) for i in range(len(figures)))
-    never_behind = all(r[candidate][i] >= r[base][i] * (1 - NOISE) for r in complete for i in range(len(figures)))
+    base, candidate, rounds, complete = alternated_rounds(out, base_stem, candidate_stem, figures)
+    each = range(len(figures))
+    ahead = bool(complete) and all(sum(r[candidate][i] for r in complete) > sum(r[base][i] for r in complete)
+                                   for i in each)
+    never_behind = all(r[candidate][i] >= r[base][i] * (1 - NOISE) for r in complete for i in each)
     verdict = candidate if ahead and never_behind else base
     print(verdict)
     names = [f"{workload} {key}" for workload, key in figures]

@@ -87,26 +87,26 @@ def test_the_gemv_verdict_keeps_the_table_without_complete_rounds(tmp_path: Path
     assert out[0] == "table"
 
 
-@pytest.mark.parametrize(("split1", "verdict"), [
-    ((30.4, 10100.0, 30.6, 10150.0), "split1"),  # ahead on both workloads in both rounds
-    ((30.4, 10100.0, 29.0, 10150.0), "split0"),  # 1,024/128 behind by 5% in round 2
-    ((30.0, 9900.0, 30.1, 9950.0), "split0"),  # mixed behind overall
+@pytest.mark.parametrize(("candidate", "verdict"), [
+    ((30.4, 10100.0, 30.6, 10150.0), "on"),  # ahead on both workloads in both rounds
+    ((30.4, 10100.0, 29.0, 10150.0), "off"),  # 1,024/128 behind by 5% in round 2
+    ((30.0, 9900.0, 30.1, 9950.0), "off"),  # mixed behind overall
 ])
-def test_the_throughput_verdict_wants_the_candidate_ahead_on_every_workload(tmp_path: Path, split1, verdict) -> None:
+def test_the_throughput_verdict_wants_the_candidate_ahead_on_every_workload(tmp_path: Path, candidate, verdict) -> None:
     import subprocess
     import sys
 
-    for stem, figures in (("mixed_split0", (30.0, 10000.0, 30.2, 10020.0)), ("mixed_split1", split1)):
+    for stem, figures in (("variant_off", (30.0, 10000.0, 30.2, 10020.0)), ("variant_on", candidate)):
         for r in (1, 2):
             req_s, tok_s = figures[2 * (r - 1):2 * r]
             (tmp_path / f"{stem}_r{r}.txt").write_text(
                 f"offline_1024_128 {{\"req_s\": {req_s}}}\nmixed {{\"out_tok_s\": {tok_s}}}\n")
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "gemv_verdict.py"), str(tmp_path), "mixed_split0",
-                          "mixed_split1", "--throughput", "offline_1024_128:req_s,mixed:out_tok_s"],
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "gemv_verdict.py"), str(tmp_path), "variant_off",
+                          "variant_on", "--throughput", "offline_1024_128:req_s,mixed:out_tok_s"],
                          capture_output=True, text=True, check=True).stdout.splitlines()
     assert out[0] == verdict
-    assert out[1] == (f"round 1: split0 offline_1024_128 req_s 30.0, mixed out_tok_s 10000.0; "
-                      f"split1 offline_1024_128 req_s {split1[0]}, mixed out_tok_s {split1[1]}")
+    assert out[1] == (f"round 1: off offline_1024_128 req_s 30.0, mixed out_tok_s 10000.0; "
+                      f"on offline_1024_128 req_s {candidate[0]}, mixed out_tok_s {candidate[1]}")
 
 
 def test_the_verdict_judges_any_pair_of_alternated_steps(tmp_path: Path) -> None:

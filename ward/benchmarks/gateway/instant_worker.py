@@ -8,8 +8,9 @@ slowly instead: ``max_tokens`` tokens (16 when unset), one every S seconds, the 
 reason ``length`` and the usage (for soak runs that hold many streams open at once). With
 ``--first-token-delay S`` the first token (after the prompt count, when asked for) comes S seconds
 after the call, as a prefill would make it. It implements the ``ward.worker.v1`` contract only as far
-as the gateway uses it for chat and completions. Run it as ``python -m
-ward.benchmarks.gateway.instant_worker --model NAME``; it prints ``PORT <n>`` once serving and stops on SIGTERM.
+as the gateway uses it for chat and completions. Run it as
+``python -m ward.benchmarks.gateway.instant_worker --model NAME``; it prints ``PORT <n>`` once
+serving and stops on SIGTERM.
 """
 from __future__ import annotations
 
