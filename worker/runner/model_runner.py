@@ -29,7 +29,7 @@ from worker.runner.input_batch import InputBatch
 from worker.runner.input_buffers import InputBuffers
 from worker.runner.memory import check_weights_fit, checkpoint_weight_bytes, profile_kv_budget
 from worker.runner.request_state import RunnerRequest
-from worker.runner.prompt_logprobs import PromptLogprobs, prompt_logprobs
+from worker.runner.prompt_logprobs import prompt_logprobs
 from worker.runner.sampler import SamplerOutput, sample
 from worker.runner.sampling_batch import build_sampling_batch
 
