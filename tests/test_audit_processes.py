@@ -14,7 +14,8 @@ from gateway.audit.service import create_audit_engine
 from gateway.audit.signing import Signer, TrustedKeys
 from gateway.audit.spool import Spool
 from gateway.audit.verify import verify_chain
-from test_audit_support import db_url, go, make_log, pg_module_url, run_with_log, set_database_available, spawn_writer  # noqa: F401
+from test_audit_support import (  # noqa: F401
+    db_url, go, go_past_first, make_log, pg_module_url, run_with_log, set_database_available, spawn_writer)
 
 ALL = ReadScope(teams=None, content=True, kinds=None)
 
@@ -34,12 +35,13 @@ def _records(url: str) -> dict[str, dict]:
 def test_three_writer_processes_keep_one_complete_chain(db_url, tmp_path):
     Signer.load_or_create(tmp_path / "audit" / "checkpoint-key.pem")  # one key, shared by the gateways
     per_writer = 120
-    writers = [spawn_writer(db_url, tmp_path, f"gw{n}", per_writer, 12) for n in range(3)]
+    writers = [spawn_writer(db_url, tmp_path, f"gw{n}", per_writer, 12, barrier=True) for n in range(3)]
     go(*writers)
+    early = go_past_first(*writers)  # every writer's first request is in the chain before any goes on
     outputs = [w.communicate(timeout=120) for w in writers]
-    for writer, (out, err) in zip(writers, outputs):
+    for writer, lines, (out, err) in zip(writers, early, outputs):
         assert writer.returncode == 0, err
-        assert out.count("DONE") == per_writer
+        assert "".join(lines).count("DONE") + out.count("DONE") == per_writer
     records = _records(db_url)
     assert len(records) == 3 * per_writer  # exactly one record per request
     assert all(r["complete"] and r["status"] == "ok" for r in records.values())
@@ -54,11 +56,13 @@ def test_three_writer_processes_keep_one_complete_chain(db_url, tmp_path):
     assert report.entries == 3 * per_writer + 2 * per_writer  # two of every three requests are streams (open + complete)
     runs = collections.Counter(a for a, b in zip(writers_in_order, writers_in_order[1:] + [None]) if a != b)
     # The processes' appends really interleaved. (SQLite's busy handler is not fair: a waiting writer
-    # sleeps while the holder takes the lock again, so runs are longer there.)
+    # sleeps while the holder takes the lock again, so runs are longer there; on a loaded machine the
+    # three could even run one after another. The barrier rules that out: the two writers whose first
+    # entries are not the last before it have entries on both sides of another's, so at least five runs.)
     if db_url.startswith("postgresql"):
         assert all(runs[f"gw{n}"] >= 3 for n in range(3)), runs
     else:
-        assert sum(runs.values()) >= 4, runs
+        assert sum(runs.values()) >= 5, runs
 
 
 class _Reader(threading.Thread):

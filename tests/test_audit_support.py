@@ -161,8 +161,10 @@ def set_database_available(database_url: str, available: bool) -> None:
         admin.dispose()
 
 
-# A gateway-like writer process: `python -c WRITER_SCRIPT URL DATA_DIR NAME COUNT CONCURRENCY SPOOL_DIR`.
-# It prints READY once started, then waits for a line on stdin (see go()). COUNT 0 runs until killed. Prints "OPEN id" once a stream's open is durable and "DONE id" once its
+# A gateway-like writer process: `python -c WRITER_SCRIPT URL DATA_DIR NAME COUNT CONCURRENCY SPOOL_DIR
+# BARRIER`. It prints READY once started, then waits for a line on stdin (see go()). With BARRIER 1 it
+# then makes one request alone, prints FIRST and waits for another line (see go_past_first()), so that
+# every writer's first entries are in the chain before any writer goes on. COUNT 0 runs until killed. Prints "OPEN id" once a stream's open is durable and "DONE id" once its
 # completion is (the moments a gateway may send the first and the last byte); every third request is
 # a whole one-shot request instead ("DONE id" only).
 WRITER_SCRIPT = r"""
@@ -172,7 +174,7 @@ from gateway.audit.records import Actor, RequestEnd, RequestStart
 from gateway.audit.service import build_audit_services
 from gateway.audit.settings import AuditSettings
 
-url, data_dir, name, count, concurrency, spool_dir = sys.argv[1:7]
+url, data_dir, name, count, concurrency, spool_dir, barrier = sys.argv[1:8]
 count, concurrency = int(count), int(concurrency)
 actor = Actor(subject=f"key-{name}", team="cardiology", auth_method="api_key", key_id=f"key-{name}")
 
@@ -194,18 +196,25 @@ async def main():
     await asyncio.to_thread(sys.stdin.readline)  # start together: wait for the parent's "go"
     numbers = itertools.count() if count == 0 else iter(range(count))
 
+    async def request(i):
+        rid = f"{name}-{i}"
+        if i % 3 == 2:
+            await log.record_request(start(rid), end())
+        else:
+            handle = await log.open(start(rid))
+            print("OPEN", rid, flush=True)
+            await asyncio.sleep(random.random() * 0.01)
+            await log.complete(handle, end())
+        print("DONE", rid, flush=True)
+
     async def client():
         for i in numbers:
-            rid = f"{name}-{i}"
-            if i % 3 == 2:
-                await log.record_request(start(rid), end())
-            else:
-                handle = await log.open(start(rid))
-                print("OPEN", rid, flush=True)
-                await asyncio.sleep(random.random() * 0.01)
-                await log.complete(handle, end())
-            print("DONE", rid, flush=True)
+            await request(i)
 
+    if barrier == "1":
+        await request(next(numbers))
+        print("FIRST", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
     await asyncio.gather(*(client() for _ in range(concurrency)))
     await log.close()
 
@@ -213,13 +222,14 @@ asyncio.run(main())
 """
 
 
-def spawn_writer(url: str, data_dir, name: str, count: int, concurrency: int, spool_dir=None):
+def spawn_writer(url: str, data_dir, name: str, count: int, concurrency: int, spool_dir=None, barrier: bool = False):
     import subprocess
     import sys
 
     root = pathlib.Path(__file__).resolve().parent.parent
     return subprocess.Popen(
-        [sys.executable, "-c", WRITER_SCRIPT, url, str(data_dir), name, str(count), str(concurrency), str(spool_dir or "-")],
+        [sys.executable, "-c", WRITER_SCRIPT, url, str(data_dir), name, str(count), str(concurrency), str(spool_dir or "-"),
+         "1" if barrier else "0"],
         cwd=root,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -236,3 +246,22 @@ def go(*writers) -> None:
     for writer in writers:
         writer.stdin.write("go\n")
         writer.stdin.flush()
+
+
+def go_past_first(*writers) -> list[list[str]]:
+    """For writers spawned with ``barrier=True`` and started with go(): waits until each has made its
+    first request durable (FIRST), then lets them all go on. Returns the lines each printed meanwhile."""
+    early = []
+    for writer in writers:
+        lines = []
+        for line in writer.stdout:
+            if line.strip() == "FIRST":
+                break
+            lines.append(line)
+        else:
+            raise AssertionError(f"writer stopped before its first request: {writer.stderr.read()}")
+        early.append(lines)
+    for writer in writers:
+        writer.stdin.write("go\n")
+        writer.stdin.flush()
+    return early
