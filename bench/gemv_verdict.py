@@ -29,7 +29,11 @@ def figure(path: pathlib.Path, workload: str, key: str) -> float | None:
     return None
 
 
-def alternated_rounds(out: pathlib.Path, base_stem: str, candidate_stem: str, figures: list[tuple[str, str]]):
+Rounds = list[dict[str, tuple[float | None, ...]]]
+
+
+def alternated_rounds(out: pathlib.Path, base_stem: str, candidate_stem: str,
+                      figures: list[tuple[str, str]]) -> tuple[str, str, Rounds, Rounds]:
     """The two sides' names, each round's figures per side (None where a log lacks one) and the rounds
     where every figure is there."""
     base, candidate = base_stem.rsplit("_", 1)[-1], candidate_stem.rsplit("_", 1)[-1]

@@ -1,5 +1,6 @@
-"""A one-layer random Llama (GQA: four query heads over two KV heads) saved as a model directory, for
-engine runs in Triton's interpreter, where every layer costs seconds."""
+"""A one-layer random Llama (GQA: four query heads over two KV heads) saved as a model directory: for
+engine runs in Triton's interpreter, where every layer costs seconds, and for measuring the engine's
+host work (bench/host_step.py), where the model's own arithmetic should be small."""
 from __future__ import annotations
 
 import tempfile
