@@ -45,6 +45,38 @@ def check_fp8_gemv(M: int, K: int, N: int, device: str, dtype=torch.float32) -> 
     return float((got - want).abs().max() / want.abs().max())
 
 
+def check_fp8_quant(T: int, K: int, group: int | None, device: str, dtype=torch.float32, static: bool = False,
+                    representable: bool = False) -> float:
+    """The one-kernel activation quantization (``worker.kernels.fp8_quant``) against the torch
+    reference (``quantize_fp8_per_token`` / ``_block``): scales and e4m3 codes must be the same bits
+    (returns 1.0 if either differs, else 0.0). ``representable``: every value divided by its group's
+    scale is an e4m3 value (each group's largest magnitude is 448 times a power of two), so no value
+    is rounded: Triton's interpreter drops the carry of a float32 -> e4m3 rounding that reaches the
+    next power of two (124.3 becomes 64), which compiled kernels do not."""
+    from worker.kernels.fp8_quant import quantize_fp8_groups
+    from worker.model.quant.linear import quantize_fp8_per_token
+
+    gen = torch.Generator().manual_seed(T * 31 + K + (group or 0))
+    width = group or K
+    if representable:
+        x = torch.randint(-448, 449, (T, K), generator=gen).float().to(torch.float8_e4m3fn).float()
+        for g0 in range(0, K, width):
+            x[:, g0] = 448.0  # the group's amax, so its scale is the power of two below
+            x[:, g0:g0 + width] *= 2.0 ** torch.randint(-8, 4, (T, 1), generator=gen)
+    else:
+        x = torch.randn(T, K, generator=gen) * torch.rand(T, 1, generator=gen) * 8
+    x = x.to(dtype)
+    static_scale = torch.tensor([0.0625]) if static else None
+    if group is None:
+        want_q, want_s = quantize_fp8_per_token(x, static_scale)
+    else:
+        want_q, want_s = quantize_fp8_per_token_block(x, group)
+    dev = torch.device(device)
+    q, s = quantize_fp8_groups(x.to(dev), group, static_scale.to(dev) if static else None)
+    same = torch.equal(q.cpu().view(torch.uint8), want_q.view(torch.uint8)) and torch.equal(s.cpu(), want_s.float())
+    return 0.0 if same else 1.0
+
+
 def block_quantize(w: torch.Tensor, bn: int = 128, bk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     N, K = w.shape
     s = torch.empty(math.ceil(N / bn), math.ceil(K / bk))
@@ -117,6 +149,11 @@ INTERPRETER_CASES = {  # small shapes: the interpreter runs kernels in numpy
     "fp8-block-gemm": lambda: check_fp8_block(20, 384, 200, "cpu"),
     "fp8-gemv-1": lambda: check_fp8_gemv(1, 256, 72, "cpu"),
     "fp8-gemv-ragged": lambda: check_fp8_gemv(5, 200, 40, "cpu"),
+    "fp8-quant-token": lambda: check_fp8_quant(6, 200, None, "cpu", representable=True),
+    "fp8-quant-token-long": lambda: check_fp8_quant(3, 2600, None, "cpu", representable=True),
+    "fp8-quant-blocks": lambda: check_fp8_quant(5, 384, 128, "cpu", representable=True),
+    "fp8-quant-blocks-ragged": lambda: check_fp8_quant(4, 300, 128, "cpu", representable=True),
+    "fp8-quant-static": lambda: check_fp8_quant(3, 96, None, "cpu", static=True, representable=True),
     "fp8-moe-channel": lambda: check_fp8_moe(5, 4, 2, 64, 48, False, "cpu"),
     "fp8-moe-block": lambda: check_fp8_moe(9, 4, 2, 256, 128, True, "cpu"),
 }

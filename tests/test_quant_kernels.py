@@ -1,6 +1,6 @@
 """Quantized GEMM kernels (INT4 de-quantizing GEMM and GEMV, block-scaled FP8 GEMM, the FP8
-``torch._scaled_mm`` layer path, the fused MoE over FP8 experts) against torch references: in Triton's interpreter on the CPU (one
-subprocess with ``TRITON_INTERPRET=1``, small shapes, float32), compiled on CUDA (``gpu``-marked,
+``torch._scaled_mm`` layer path and its activation quantization, the fused MoE over FP8 experts)
+against torch references: in Triton's interpreter on the CPU (one subprocess with ``TRITON_INTERPRET=1``, small shapes, float32), compiled on CUDA (``gpu``-marked,
 bfloat16 at Llama-3.1-8B shapes)."""
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from quant_kernels_cases import (  # noqa: E402
     check_fp8_block,
     check_fp8_gemv,
     check_fp8_moe,
+    check_fp8_quant,
     check_int4,
 )
 
@@ -115,6 +116,18 @@ def test_fp8_scaled_mm_layer_matches_its_reference(M):
     want = (xq.float() * xs) @ (layer.weight.float() * layer.weight_scale).t() + layer.bias.float()
     got = layer(x).float()
     assert float((got - want).abs().max() / want.abs().max()) < 2e-2
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("T", [1, 7, 300, 2048])
+@pytest.mark.parametrize("K, group", [(4096, None), (14336, None), (4096, 128), (7168, 128), (300, 128)])
+def test_fp8_activation_quantization_is_bit_exact_with_torch(T, K, group):
+    """The one-kernel quantization rounds as the torch reference does (random bf16 activations, so
+    values do round), per token and per 128-column block; a static scale per token."""
+    assert check_fp8_quant(T, K, group, "cuda", torch.bfloat16) == 0.0
+    if group is None:
+        assert check_fp8_quant(T, K, None, "cuda", torch.bfloat16, static=True) == 0.0
 
 
 @pytest.mark.gpu

@@ -4,11 +4,12 @@ output channel and ``x`` [M, K] (M at most 8 rows) left in its own precision.
 At a few rows a linear layer is a read of its weights. The W8A8 path (per-token quantization of
 ``x``, then ``torch._scaled_mm``) spends more time on the activation's amax, division and cast, a
 handful of small kernels per layer, than the matmul saves: on an H200 the FP8 Llama-3.1-8B shape
-decoded at batch 1 slower than bf16 (147 against 207 tokens/s). Here one kernel streams the e4m3
-weights once, widens them in registers and applies the channel's scale to the dot product.
+decoded at batch 1 slower than bf16 (147 against 207 tokens/s; the quantization is one kernel now,
+``worker/kernels/fp8_quant.py``). Here one kernel streams the e4m3 weights once, widens them in
+registers and applies the channel's scale to the dot product.
 
 ``Fp8Linear`` takes this path only with ``WARD_FP8_DECODE_GEMV=1`` until it has been timed against
-the W8A8 path on a GPU (``bench/int4_gemv.py`` prints both per layer; ``bench/gpu_session.sh`` step
+the W8A8 path on a GPU (``bench/fp8_layers.py`` prints both per layer; ``bench/gpu_session.sh`` step
 ``fp8gemv`` the whole model at batch 1).
 """
 from __future__ import annotations

@@ -35,6 +35,9 @@ AmaxReduce = Callable[[torch.Tensor], torch.Tensor]
 # Decode (up to 8 rows) through the weight-only FP8 GEMV (worker/kernels/fp8_gemv.py) instead of
 # per-token quantization plus torch._scaled_mm: opt-in until it is measured against that path on a GPU.
 FP8_DECODE_GEMV = os.environ.get("WARD_FP8_DECODE_GEMV") == "1"
+# Activation quantization on CUDA in one Triton kernel (worker/kernels/fp8_quant.py); 0: the torch
+# operations below, the same bits in eight kernels (kept for A/B timing).
+FP8_QUANT_KERNEL = os.environ.get("WARD_FP8_QUANT_KERNEL", "1") != "0"
 
 
 def _cuda_fp8_ok(device: torch.device) -> bool:
@@ -178,7 +181,7 @@ class Fp8Linear(QuantLinear):
             if self.qc.method == "fp8_block":
                 from worker.kernels.fp8_gemm import fp8_block_gemm
 
-                xq, xs = quantize_fp8_per_token_block(x.reshape(-1, x.shape[-1]), self.qc.block_size[1])
+                xq, xs = _quantize_activation(x.reshape(-1, x.shape[-1]), self.qc.block_size[1])
                 y = fp8_block_gemm(xq, xs, self.weight, self.weight_scale_inv, self.qc.block_size, x.dtype)
                 return self._add_bias(y.reshape(*x.shape[:-1], -1))
             if FP8_DECODE_GEMV:
@@ -192,7 +195,7 @@ class Fp8Linear(QuantLinear):
 
     def _scaled_mm(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
-        xq, xs = quantize_fp8_per_token(x2, self.input_scale)
+        xq, xs = _quantize_activation(x2, None, self.input_scale)
         y = torch._scaled_mm(xq, self.weight.t(), scale_a=xs, scale_b=self.weight_scale.reshape(1, -1), out_dtype=x.dtype)
         return y.reshape(*x.shape[:-1], -1)
 
@@ -208,6 +211,19 @@ class Fp8Linear(QuantLinear):
             self.input_scale.data.fill_(0.02)
         if self.bias is not None:
             self.bias.data.zero_()
+
+
+def _quantize_activation(x: torch.Tensor, group: int | None,
+                         static_scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A CUDA activation [T, K] into e4m3 with its scales, per token (``group`` None) or per token and
+    ``group``-column block."""
+    if FP8_QUANT_KERNEL:
+        from worker.kernels.fp8_quant import quantize_fp8_groups
+
+        return quantize_fp8_groups(x.contiguous(), group, static_scale)
+    if group is None:
+        return quantize_fp8_per_token(x, static_scale)
+    return quantize_fp8_per_token_block(x, group)
 
 
 def quantize_fp8_per_token_block(x: torch.Tensor, block_k: int) -> tuple[torch.Tensor, torch.Tensor]:
