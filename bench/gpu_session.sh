@@ -7,6 +7,11 @@
 #   awq        INT4 Llama-3.1-8B shape, batch-1 decode       awq70b   the 70B INT4 shape on one card
 #   fp8        FP8 weights, batch 1 and 1,000 x 256/256      fp8kv    an FP8 KV cache, the same
 #   fp8gemv    FP8 weights at batch 1 through the weight-only decode GEMV (WARD_FP8_DECODE_GEMV=1)
+#   fp8layers  the FP8 projections one at a time from 1 to 2,048 rows: cuBLAS bf16, W8A8 with the
+#              activation quantized by torch operations and by the one kernel, the FP8 GEMV
+#              (bench/fp8_layers.py)
+#   fp8quant   FP8 weights, the whole model (latency, batch 1, 1,000 x 256/256, mixed) with the
+#              activation quantization as torch operations (WARD_FP8_QUANT_KERNEL=0) and as one kernel
 #   serving    the governed stack at LEVELS (bench/gpu_serving.sh; .gpu/gw-wheels and .peer's tools)
 #   serving_ab the same with routing.multiplex on, then off (a Generate call per request)
 #   serving_ep the same with the worker's engine core in its own process (ward worker --engine-process)
@@ -74,6 +79,13 @@ for s in $STEPS; do
     fp8) bench fp8 100 --model llama-3.1-8b --quantization fp8 --workloads batch1,offline_256_256 ;;
     fp8gemv) step fp8gemv 80 env WARD_FP8_DECODE_GEMV=1 python3 -m ward bench offline --out "$OUT/fp8gemv" \
                --model llama-3.1-8b --quantization fp8 --workloads batch1 ;;
+    fp8layers) step fp8_layers 150 python3 bench/fp8_layers.py
+               grep -E '^\{' "$OUT/fp8_layers.txt" | cut -c1-400 ;;
+    fp8quant) for on in 0 1; do
+                step "fp8quant$on" 150 env WARD_FP8_QUANT_KERNEL=$on python3 -m ward bench offline \
+                  --out "$OUT/fp8quant$on" --model llama-3.1-8b --quantization fp8 \
+                  --workloads latency,batch1,offline_256_256,mixed
+              done ;;
     fp8kv) bench fp8kv 80 --model llama-3.1-8b --kv-cache-dtype fp8 --workloads batch1,offline_256_256 ;;
     serving) serving serving WARD_ROUTING__MULTIPLEX=true ;;
     serving_ab) serving serving_mux WARD_ROUTING__MULTIPLEX=true; serving serving_calls WARD_ROUTING__MULTIPLEX=false ;;

@@ -1,7 +1,6 @@
-"""Decode-sized INT4 and FP8 matmuls (M = 1 and 4 rows) of the Llama-3.1-8B and 70B projections:
+"""Decode-sized INT4 matmuls (M = 1 and 4 rows) of the Llama-3.1-8B and 70B projections:
 Ward's ``int4_matmul`` (and any earlier versions of the module given as files) against cuBLAS bf16
 on the same shapes, with the bandwidth each reaches (packed weight, scales and zeros read once);
-the FP8 weight-only GEMV against the W8A8 path (per-token quantization, then ``torch._scaled_mm``);
 then a sweep of the INT4 GEMV's tile plan on the 8B shapes at batch 1. One JSON line per figure.
 
 Usage: python bench/int4_gemv.py [--variant NAME=path/to/int4_gemm.py ...] [--no-sweep]
@@ -59,31 +58,6 @@ def compare(variants: dict, rows_list=(1, 4)) -> None:
             del x
 
 
-def compare_fp8(rows_list=(1, 4)) -> None:
-    from worker.kernels.fp8_gemv import fp8_gemv
-    from worker.model.quant.linear import quantize_fp8_per_channel, quantize_fp8_per_token
-
-    dev = torch.device("cuda")
-    for name, (K, N) in SHAPES.items():
-        w = torch.randn(N, K, dtype=torch.bfloat16, device=dev) * 0.05
-        q, scale = quantize_fp8_per_channel(w)
-        for m in rows_list:
-            x = torch.randn(m, K, dtype=torch.bfloat16, device=dev)
-
-            def w8a8():
-                xq, xs = quantize_fp8_per_token(x)
-                return torch._scaled_mm(xq, q.t(), scale_a=xs, scale_b=scale.reshape(1, -1), out_dtype=x.dtype)
-
-            want = x.float() @ (q.float() * scale).t()
-            got = fp8_gemv(x, q, scale).float()
-            gemv_us = timed_us(lambda: fp8_gemv(x, q, scale))
-            print(json.dumps({"fp8_shape": name, "rows": m,
-                              "bf16_us": round(timed_us(lambda: torch.nn.functional.linear(x, w)), 1),
-                              "w8a8_us": round(timed_us(w8a8), 1), "gemv_us": round(gemv_us, 1),
-                              "gemv_TBps": round(q.numel() / gemv_us / 1e6, 2),
-                              "gemv_err": float((got - want).abs().max() / want.abs().max())}), flush=True)
-
-
 def sweep() -> None:
     dev = torch.device("cuda")
     kernel = int4_gemm._int4_gemv_kernel
@@ -126,7 +100,6 @@ def main() -> None:
     variants = {label: load_variant(path) for label, path in (v.split("=", 1) for v in args.variant)}
     variants["now"] = int4_gemm
     compare(variants)
-    compare_fp8()
     if not args.no_sweep:
         sweep()
 

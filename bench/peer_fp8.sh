@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# On a GPU machine: vLLM 0.26.0 and Ward in one precision other than bf16, back to back on one card,
+# on the five offline workloads (bench/families_peer.py for the peer, `ward bench offline` for Ward).
+# PRECISION: the flags both engines take, default "--quantization fp8" (FP8 weights quantized at load,
+# per-token activations); "--quantization fp8 --kv-cache-dtype fp8" adds the FP8 KV cache. Ward runs
+# once per entry of WARD_ENVS (environment assignments, entries separated by ';'), e.g.
+# "WARD_FP8_QUANT_KERNEL=1;WARD_FP8_QUANT_KERNEL=0". The peer's first part was copied to $STASH by an
+# earlier command (as for bench/peer_and_ward.sh); the second is at .peer/vllm/part01.
+set -u
+STASH=${STASH:-${TMPDIR:-/tmp}/ward-stash}
+OUT=${OUT:-$PWD/bench-out}
+PRECISION=${PRECISION:---quantization fp8}
+WORKLOADS=${WORKLOADS:-latency,batch1,offline_256_256,offline_1024_128,mixed}
+mkdir -p "$STASH/vllm-site" "$OUT"
+[ -d "$STASH/vllm-site/vllm" ] || cat "$STASH/part00" .peer/vllm/part01 | xz -d | tar -x -C "$STASH/vllm-site"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/card.txt"
+# shellcheck disable=SC2086  # PRECISION holds several flags
+PYTHONPATH="$STASH/vllm-site" VLLM_USE_FLASHINFER_SAMPLER=0 timeout "${PEER_TIMEOUT:-300}" \
+  python3 bench/families_peer.py llama-3.1-8b "$OUT/vllm.json" --workloads "$WORKLOADS" $PRECISION > "$OUT/vllm.txt" 2>&1
+echo "vllm rc=$?"; grep -E "^(latency|batch1|offline|mixed)" "$OUT/vllm.txt"; grep -E "Error|Traceback" "$OUT/vllm.txt" | tail -3
+IFS=';' read -ra ENVS <<< "${WARD_ENVS:-}"
+[ ${#ENVS[@]} -eq 0 ] && ENVS=("")
+run=0
+for assignments in "${ENVS[@]}"; do
+  run=$((run + 1))
+  echo "ward $run: ${assignments:-defaults}"
+  # shellcheck disable=SC2086
+  env $assignments PYTHONPATH="$PWD" timeout "${WARD_TIMEOUT:-200}" python3 -m ward bench offline --model llama-3.1-8b \
+    --out "$OUT/ward$run" --workloads "$WORKLOADS" $PRECISION > "$OUT/ward$run.txt" 2>&1
+  echo "rc=$?"; grep -E "^(startup|latency|batch1|offline|mixed)" "$OUT/ward$run.txt" | cut -c1-200
+  grep -E "Error|Traceback" "$OUT/ward$run.txt" | tail -3
+done
