@@ -28,6 +28,8 @@ from worker.kernels import model_ops  # noqa: E402
 from worker.kernels import rotary_cache as rotary_cache_module  # noqa: E402
 from worker.model.decode_linear import PROJECTIONS, enable_norm_fusion, use_decode_gemv  # noqa: E402
 from worker.model.loader import build_model, load_weights  # noqa: E402
+from worker.model.quant.apply import finalize_quantized  # noqa: E402
+from worker.model.quant.config import QuantConfig  # noqa: E402
 from worker.model.spec import load_spec  # noqa: E402
 
 
@@ -48,7 +50,11 @@ CONFIGS = {
                                             query_pre_attn_scalar=24, attn_logit_softcapping=None,
                                             final_logit_softcapping=None),
     "qwen3-moe": FAMILIES["qwen3-moe-renormalised"],
+    # the Llama model quantized to FP8 at load: decode steps read the e4m3 weights through the GEMV,
+    # off it the layers' de-quantizing reference (the CPU's W8A8 stand-in) runs
+    "llama-fp8": lambda: LlamaConfig(**COMMON, num_hidden_layers=2),
 }
+FP8_AT_LOAD = {"llama-fp8"}
 PROMPTS = {"a": [5, 17, 99, 3, 250, 8, 41, 77, 12, 200, 6, 31], "b": [9, 120, 44, 2, 180]}  # 17 rows: cuBLAS-sized
 DECODE_STEPS = 3  # two rows per step: the GEMV's size
 
@@ -84,6 +90,8 @@ def run(name: str) -> dict:
         spec = load_spec(d)
         model = build_model(spec, TritonBackend(), torch.device("cpu"), torch.float32, 64, model_ops)
         load_weights(model, spec, d)
+    if name in FP8_AT_LOAD:
+        finalize_quantized(model, spec, QuantConfig("fp8", "fp8"))
     attns = [layer.self_attn.attn for layer in model.layers]
     assert all(isinstance(a, TritonAttention) for a in attns)
     for attn in attns:

@@ -497,12 +497,14 @@ def check_fused_moe(num_tokens: int, num_experts: int, top_k: int, hidden: int, 
 
 
 def check_decode_gemv(rows: int, n: int, k: int, device: str, dtype: torch.dtype, silu: bool = False,
-                      bias: bool = False, plan: tuple[int, int, int, int, int] | None = None, seed: int = 0) -> Metrics:
+                      bias: bool = False, plan: tuple[int, int, int, int, int] | None = None, seed: int = 0,
+                      fp8: bool = False) -> Metrics:
     """``decode_gemv`` against ``F.linear`` (then ``F.silu(gate) * up`` with ``silu``), twice in a row.
 
     ``n`` is the output width (with ``silu`` the intermediate size: the weight has 2n rows); ``plan``
     = (block_n, block_k, warps, stages, split_k), else the kernel's own choice. The reference is
-    computed in float64 from the same (rounded) operands. Metrics: ``rel_err``; ``unwritten``;
+    computed in float64 from the same (rounded) operands. ``fp8``: the weight is e4m3 with one float32
+    scale per row (as ``Fp8Linear`` quantizes it), the reference its de-quantized value. Metrics: ``rel_err``; ``unwritten``;
     ``repeat_mismatch`` = entries of a second call that differ from the first (split-K sums are in a
     fixed order); ``tickets_left`` = split tickets not re-armed to zero after the calls.
     """
@@ -514,11 +516,18 @@ def check_decode_gemv(rows: int, n: int, k: int, device: str, dtype: torch.dtype
     x = _randn(g, rows, k, dtype=dtype, device=device)
     w = _randn(g, width, k, dtype=dtype, device=device) * k**-0.5
     b = _randn(g, width, dtype=dtype, device=device) if bias else None
+    scale = None
+    if fp8:
+        from worker.model.quant.linear import quantize_fp8_per_channel
+
+        w, scale = quantize_fp8_per_channel(w.float())
+        scale = scale.reshape(-1) * torch.linspace(0.5, 2.0, width, device=device)  # rows differ in scale
     gemv_plan = GemvPlan(*plan) if plan is not None else None
     out = torch.full((rows, n), float("nan"), dtype=dtype, device=device)
-    decode_gemv(x, w, b, silu=silu, plan=gemv_plan, out=out)
-    again = decode_gemv(x, w, b, silu=silu, plan=gemv_plan)
-    ref = F.linear(x.double(), w.double(), None if b is None else b.double())
+    decode_gemv(x, w, b, silu=silu, plan=gemv_plan, out=out, weight_scale=scale)
+    again = decode_gemv(x, w, b, silu=silu, plan=gemv_plan, weight_scale=scale)
+    w_ref = w.double() * scale.double()[:, None] if fp8 else w.double()
+    ref = F.linear(x.double(), w_ref, None if b is None else b.double())
     if silu:
         gate, up = ref.to(dtype).chunk(2, dim=-1)
         ref = F.silu(gate.double()).to(dtype).double() * up.double()

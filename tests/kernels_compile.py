@@ -99,14 +99,14 @@ BF16 = "*bf16"
 
 def decode_gemv_variant(block_n: int, block_k: int, split_k: int, silu: bool, bias: bool, stages: int,
                         even: bool = True, pdl: bool = False, add_residual: bool = False,
-                        norm_input: bool = False) -> dict[str, int]:
+                        norm_input: bool = False, fp8: bool = False) -> dict[str, int]:
     return compile_variant(
         decode_gemv._decode_gemv_kernel,
-        {"x_ptr": BF16, "w_ptr": BF16, "b_ptr": BF16, "y_ptr": BF16, "part_ptr": "*fp32", "ticket_ptr": "*i32",
-         "res_ptr": BF16, "sq_ptr": "*fp32", "nw_ptr": BF16},
+        {"x_ptr": BF16, "w_ptr": "*fp8e4nv" if fp8 else BF16, "b_ptr": BF16, "y_ptr": BF16, "part_ptr": "*fp32",
+         "ticket_ptr": "*i32", "res_ptr": BF16, "sq_ptr": "*fp32", "nw_ptr": BF16, "ws_ptr": "*fp32"},
         dict(BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, SILU=silu, HAS_BIAS=bias, EVEN_N=even,
              EVEN_K=even, EXACT_FP32=False, USE_PDL=pdl, ADD_RESIDUAL=add_residual, NORM_INPUT=norm_input,
-             SQ_TILES_P=128),
+             SQ_TILES_P=128, W_SCALED=fp8),
         ("eps",),
         # a launch specialises sizes that are multiples of 16 as such (Llama's N and K, the split length)
         divisible=("N", "K", "K_PER_SPLIT") if even else ("K_PER_SPLIT",), num_warps=4, num_stages=stages,
@@ -218,6 +218,12 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     "decode_gemv_down_split4": lambda: decode_gemv_variant(32, 512, 4, silu=False, bias=False, stages=4),
     "decode_gemv_gate_up_unfused": lambda: decode_gemv_variant(32, 512, 1, silu=False, bias=False, stages=4),
     "decode_gemv_gate_up_silu": lambda: decode_gemv_variant(32, 256, 1, silu=True, bias=False, stages=4),
+    # e4m3 weights (FP8 layers at decode): the plans of the table, and a split with bias and PDL
+    "decode_gemv_fp8_qkv": lambda: decode_gemv_variant(32, 256, 1, silu=False, bias=False, stages=4, fp8=True),
+    "decode_gemv_fp8_gate_up_silu": lambda: decode_gemv_variant(32, 256, 1, silu=True, bias=False, stages=3,
+                                                                fp8=True),
+    "decode_gemv_fp8_down_split2_bias_pdl": lambda: decode_gemv_variant(32, 512, 2, silu=False, bias=True, stages=4,
+                                                                        pdl=True, fp8=True),
     "decode_gemv_qkv_split2_pdl": lambda: decode_gemv_variant(32, 256, 2, silu=False, bias=False, stages=3,
                                                               pdl=True),
     "decode_gemv_gate_up_silu_pdl": lambda: decode_gemv_variant(32, 256, 1, silu=True, bias=False, stages=4,

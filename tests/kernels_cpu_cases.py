@@ -107,6 +107,13 @@ OTHER_CASES: dict[str, Callable[[], Metrics | dict[str, list[str]]]] = {
                                                                    plan=(16, 32, 4, 2, 3)),
     "decode_gemv_rows8_silu_split2": lambda: check_decode_gemv(8, 64, 256, "cpu", F32, silu=True,
                                                                plan=(32, 64, 4, 2, 2)),
+    # e4m3 weights with per-row scales: ragged, split with bias, the SiLU epilogue (gate and up scaled apart)
+    "decode_gemv_fp8_rows1_ragged": lambda: check_decode_gemv(1, 72, 200, "cpu", F32, plan=(32, 64, 4, 2, 1),
+                                                              fp8=True),
+    "decode_gemv_fp8_rows3_split3_bias": lambda: check_decode_gemv(3, 80, 300, "cpu", F32, bias=True,
+                                                                   plan=(32, 64, 4, 2, 3), fp8=True),
+    "decode_gemv_fp8_rows5_silu_split2_bias": lambda: check_decode_gemv(5, 40, 256, "cpu", F32, silu=True, bias=True,
+                                                                        plan=(16, 32, 4, 2, 2), fp8=True),
     # rows, hidden, intermediate; o plan, gate_up plan: ragged tiles, a split o_proj, bias-free SiLU
     "decode_gemv_norm_fusion_rows1": lambda: check_decode_gemv_norm_fusion(1, 96, 40, "cpu", F32,
                                                                            (32, 32, 4, 2, 1), (16, 32, 4, 2, 1)),

@@ -146,7 +146,7 @@ def test_every_kernel_variant_compiles_for_hopper() -> None:
     assert prefill["cp_async"] > 0 and prefill["wgmma"] > 0, prefill
     # PDL variants wait for the kernel before them and release the one after; the others never do.
     pdl = {name: result for name, result in report.items() if name.endswith("_pdl")}
-    assert len(pdl) == 9, sorted(pdl)
+    assert len(pdl) == 10, sorted(pdl)
     for name, result in report.items():
         expected = 1 if name in pdl else 0
         assert (result["gdc_wait"] >= expected, result["gdc_launch"] >= expected) == (True, True), (name, result)
@@ -442,6 +442,17 @@ LLAMA_8B_GEMV = {  # name: (output width, K, SiLU epilogue)
 def test_decode_gemv_matches_torch_on_gpu_bf16(name: str, rows: int) -> None:
     n, k, silu = LLAMA_8B_GEMV[name]
     assert_metrics(check_decode_gemv(rows, n, k, "cuda", torch.bfloat16, silu=silu), BF16_ATTENTION_TOLERANCE)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("name", list(LLAMA_8B_GEMV))
+def test_decode_gemv_over_fp8_weights_matches_dequantized_on_gpu(name: str, rows: int) -> None:
+    """e4m3 weights with per-row scales (FP8 checkpoints, FP8 at load) widened in registers."""
+    n, k, silu = LLAMA_8B_GEMV[name]
+    assert_metrics(check_decode_gemv(rows, n, k, "cuda", torch.bfloat16, silu=silu, bias=name == "qkv", fp8=True),
+                   BF16_ATTENTION_TOLERANCE)
 
 
 @pytest.mark.gpu

@@ -13,6 +13,12 @@ the host, so a call can be captured in a CUDA graph.
 
 With ``silu=True`` the weight is a fused gate_up [2I, K]: the program owning output columns j reads
 gate rows j and up rows I + j, so ``silu_and_mul`` and the [M, 2I] intermediate disappear.
+
+With ``weight_scale`` the weight is e4m3 (FP8) with one float32 scale per row (per output channel,
+as ``Fp8Linear`` holds it): each tile is widened to the activations' dtype in registers and the
+sums are scaled in the epilogue, before the bias. At a few rows this reads half the bytes of bf16
+without quantizing the activations (the W8A8 path's ``torch._scaled_mm`` at one row reads its
+weights at a fraction of the card's bandwidth).
 """
 from __future__ import annotations
 
@@ -33,13 +39,13 @@ _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 @triton.jit
 def _decode_gemv_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, ticket_ptr, res_ptr, sq_ptr, nw_ptr,
+    x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, ticket_ptr, res_ptr, sq_ptr, nw_ptr, ws_ptr,
     M, N, K, K_PER_SPLIT, SQ_TILES, eps,
     stride_xm, stride_wn, stride_ym, stride_rm,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     SILU: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
     EXACT_FP32: tl.constexpr, USE_PDL: tl.constexpr = False, ADD_RESIDUAL: tl.constexpr = False,
-    NORM_INPUT: tl.constexpr = False, SQ_TILES_P: tl.constexpr = 16,
+    NORM_INPUT: tl.constexpr = False, SQ_TILES_P: tl.constexpr = 16, W_SCALED: tl.constexpr = False,
 ):
     """Grid (cdiv(N, BLOCK_N), SPLIT_K). N is the output width (with SILU the intermediate size; the
     up rows start at row N of W). The loop's bounds are plain ints, never program-dependent.
@@ -50,7 +56,8 @@ def _decode_gemv_kernel(
     column tile also writes its rows' sums of squares of that output to ``sq_ptr`` [tiles, BLOCK_M].
     With ``NORM_INPUT`` x is such an output: the program adds the ``SQ_TILES`` sums of squares of each
     row and multiplies x by its reciprocal RMS and by the norm weight ``nw_ptr`` on the way in, as
-    the RMSNorm kernel rounds it (worker/kernels/norm.py)."""
+    the RMSNorm kernel rounds it (worker/kernels/norm.py). With ``W_SCALED`` W is e4m3 and row r of the
+    product is multiplied by ``ws_ptr[r]`` (the up rows' by ``ws_ptr[N + r]``) before the bias."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
@@ -79,8 +86,8 @@ def _decode_gemv_kernel(
         for kk in range(0, K_PER_SPLIT, BLOCK_K):
             acc, acc_up = _k_step(x_ptr, nw_ptr, w_rows, up_rows, rows, r_ok, n_ok, k_lo + kk, K, stride_xm, rstd,
                                   acc, acc_up, BLOCK_K, SILU, EVEN_N, EVEN_K, EXACT_FP32, NORM_INPUT)
-    _finish(acc, acc_up, b_ptr, y_ptr, part_ptr, ticket_ptr, res_ptr, sq_ptr, pid_n, pid_k, rows, cols, r_ok, n_ok,
-            N, stride_ym, stride_rm, BLOCK_M, BLOCK_N, SPLIT_K, SILU, HAS_BIAS, ADD_RESIDUAL)
+    _finish(acc, acc_up, b_ptr, y_ptr, part_ptr, ticket_ptr, res_ptr, sq_ptr, ws_ptr, pid_n, pid_k, rows, cols, r_ok,
+            n_ok, N, stride_ym, stride_rm, BLOCK_M, BLOCK_N, SPLIT_K, SILU, HAS_BIAS, ADD_RESIDUAL, W_SCALED)
 
 
 @triton.jit
@@ -138,6 +145,8 @@ def _load_tiles(w_rows, up_rows, offs_k, n_ok, k_ok, SILU: tl.constexpr, EVEN_N:
 
 @triton.jit
 def _dots(x, w, u, acc, acc_up, SILU: tl.constexpr, EXACT_FP32: tl.constexpr):
+    w = w.to(x.dtype)  # an e4m3 tile widened in registers (no-op for float weights)
+    u = u.to(x.dtype)
     if EXACT_FP32:
         acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
     else:
@@ -151,9 +160,9 @@ def _dots(x, w, u, acc, acc_up, SILU: tl.constexpr, EXACT_FP32: tl.constexpr):
 
 
 @triton.jit
-def _finish(acc, acc_up, b_ptr, y_ptr, part_ptr, ticket_ptr, res_ptr, sq_ptr, pid_n, pid_k, rows, cols, r_ok, n_ok,
-            N, stride_ym, stride_rm, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
-            SILU: tl.constexpr, HAS_BIAS: tl.constexpr, ADD_RESIDUAL: tl.constexpr):
+def _finish(acc, acc_up, b_ptr, y_ptr, part_ptr, ticket_ptr, res_ptr, sq_ptr, ws_ptr, pid_n, pid_k, rows, cols, r_ok,
+            n_ok, N, stride_ym, stride_rm, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
+            SILU: tl.constexpr, HAS_BIAS: tl.constexpr, ADD_RESIDUAL: tl.constexpr, W_SCALED: tl.constexpr):
     """Writes the output tile: directly, or with SPLIT_K > 1 through the partials and the tile's ticket
     (the last program to finish adds the splits in order and re-arms the ticket)."""
     if SPLIT_K > 1:
@@ -178,17 +187,22 @@ def _finish(acc, acc_up, b_ptr, y_ptr, part_ptr, ticket_ptr, res_ptr, sq_ptr, pi
                     acc_up += tl.load(part_ptr + s * split_stride + tile_base + tile + here, mask=r_ok[:, None],
                                       other=0.0, cache_modifier=".cg")
             tl.atomic_xchg(ticket_ptr + pid_n, 0)  # re-armed for the next call (or graph replay)
-            _epilogue(acc, acc_up, b_ptr, y_ptr, res_ptr, sq_ptr, pid_n, rows, cols, r_ok, n_ok, N, stride_ym,
-                      stride_rm, BLOCK_M, SILU, HAS_BIAS, ADD_RESIDUAL)
+            _epilogue(acc, acc_up, b_ptr, y_ptr, res_ptr, sq_ptr, ws_ptr, pid_n, rows, cols, r_ok, n_ok, N, stride_ym,
+                      stride_rm, BLOCK_M, SILU, HAS_BIAS, ADD_RESIDUAL, W_SCALED)
     else:
-        _epilogue(acc, acc_up, b_ptr, y_ptr, res_ptr, sq_ptr, pid_n, rows, cols, r_ok, n_ok, N, stride_ym,
-                  stride_rm, BLOCK_M, SILU, HAS_BIAS, ADD_RESIDUAL)
+        _epilogue(acc, acc_up, b_ptr, y_ptr, res_ptr, sq_ptr, ws_ptr, pid_n, rows, cols, r_ok, n_ok, N, stride_ym,
+                  stride_rm, BLOCK_M, SILU, HAS_BIAS, ADD_RESIDUAL, W_SCALED)
 
 
 @triton.jit
-def _epilogue(acc, acc_up, b_ptr, y_ptr, res_ptr, sq_ptr, pid_n, rows, cols, r_ok, n_ok, N, stride_ym, stride_rm,
-              BLOCK_M: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr, ADD_RESIDUAL: tl.constexpr):
+def _epilogue(acc, acc_up, b_ptr, y_ptr, res_ptr, sq_ptr, ws_ptr, pid_n, rows, cols, r_ok, n_ok, N, stride_ym,
+              stride_rm, BLOCK_M: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr,
+              ADD_RESIDUAL: tl.constexpr, W_SCALED: tl.constexpr):
     dtype = y_ptr.dtype.element_ty
+    if W_SCALED:
+        acc *= tl.load(ws_ptr + cols, mask=n_ok, other=0.0)[None, :]
+        if SILU:
+            acc_up *= tl.load(ws_ptr + N + cols, mask=n_ok, other=0.0)[None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols, mask=n_ok, other=0.0).to(tl.float32)[None, :]
     if SILU:
@@ -290,16 +304,19 @@ def decode_gemv(
     silu: bool = False,
     plan: GemvPlan | None = None,
     out: torch.Tensor | None = None,
+    weight_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``x @ weight.T + bias`` for x [M, K] (1 <= M <= 8), weight [N, K], bias [N]; with ``silu`` the
     weight is a fused gate_up [2I, K] (bias [2I]) and the result ``silu(gate) * up`` [M, I].
 
-    float16/bfloat16/float32, one dtype for all; last dims contiguous. Returns a new tensor of x's
-    dtype (or fills ``out``). ``plan`` overrides the tile plan (benchmarks); a split plan needs the
-    device workspace reserved first (``reserve_workspace``) when it runs under CUDA-graph capture.
+    float16/bfloat16/float32, one dtype for all; last dims contiguous. With ``weight_scale`` (float32,
+    one value per weight row) the weight is e4m3 and stands for ``weight * weight_scale[:, None]``.
+    Returns a new tensor of x's dtype (or fills ``out``). ``plan`` overrides the tile plan
+    (benchmarks); a split plan needs the device workspace reserved first (``reserve_workspace``) when
+    it runs under CUDA-graph capture.
     """
-    _check(x, weight, bias, silu, out)
-    return _launch(x, weight, bias, silu, plan_for(weight, silu, plan), out)
+    _check(x, weight, bias, silu, out, weight_scale)
+    return _launch(x, weight, bias, silu, plan_for(weight, silu, plan), out, weight_scale=weight_scale)
 
 
 def decode_gemv_add_residual(
@@ -354,7 +371,8 @@ def decode_gemv_rms_norm(
 
 def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool, plan: GemvPlan,
             out: torch.Tensor | None, residual: torch.Tensor | None = None, sums: torch.Tensor | None = None,
-            norm_weight: torch.Tensor | None = None, eps: float = 0.0) -> torch.Tensor:
+            norm_weight: torch.Tensor | None = None, eps: float = 0.0,
+            weight_scale: torch.Tensor | None = None) -> torch.Tensor:
     M, K = x.shape
     n_out = weight.shape[0] // 2 if silu else weight.shape[0]
     if out is None:
@@ -375,6 +393,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, si
         x, weight, bias if bias is not None else weight, out, partials, tickets,
         residual if residual is not None else out, sums if sums is not None else out,
         norm_weight if norm_weight is not None else weight,
+        weight_scale if weight_scale is not None else out,
         M, n_out, K, per, sum_tiles, float(eps),
         x.stride(0), weight.stride(0), out.stride(0), residual.stride(0) if residual is not None else 0,
         BLOCK_M=BLOCK_M, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT_K=plan.split_k,
@@ -382,15 +401,23 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, si
         EVEN_K=K % plan.block_k == 0 and per * plan.split_k == K,
         EXACT_FP32=x.dtype == torch.float32, USE_PDL=pdl, ADD_RESIDUAL=residual is not None,
         NORM_INPUT=norm_weight is not None, SQ_TILES_P=max(16, triton.next_power_of_2(max(sum_tiles, 1))),
-        num_warps=plan.num_warps, num_stages=plan.num_stages, **launch_options(pdl),
+        W_SCALED=weight_scale is not None, num_warps=plan.num_warps, num_stages=plan.num_stages, **launch_options(pdl),
     )
     return out
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool,
-           out: torch.Tensor | None) -> int:
+           out: torch.Tensor | None, weight_scale: torch.Tensor | None = None) -> int:
     M, K = check_gemv_operands(x, weight, MAX_ROWS, "decode GEMV")
-    if x.dtype not in _DTYPES or weight.dtype != x.dtype:
+    if weight_scale is not None:
+        if x.dtype not in _DTYPES or weight.dtype != torch.float8_e4m3fn:
+            raise KernelInputError(f"a scaled weight is e4m3 beside float activations, got {weight.dtype} and {x.dtype}")
+        if (weight_scale.dtype != torch.float32 or weight_scale.numel() != weight.shape[0]
+                or not weight_scale.is_contiguous() or weight_scale.device != x.device):
+            raise KernelInputError(f"weight_scale must be contiguous float32 with one value per weight row "
+                                   f"({weight.shape[0]}) on {x.device}, got {tuple(weight_scale.shape)} "
+                                   f"{weight_scale.dtype}")
+    elif x.dtype not in _DTYPES or weight.dtype != x.dtype:
         raise KernelInputError(f"x and weight must share a float dtype, got {x.dtype} and {weight.dtype}")
     if silu and weight.shape[0] % 2:
         raise KernelInputError(f"a fused gate_up weight has an even number of rows, got {weight.shape[0]}")

@@ -5,7 +5,10 @@
 The new layer keeps the same parameters (no copy) and takes the GEMV for inputs of at most 8 rows
 in float16/bfloat16 on CUDA (the decode and latency batches); other inputs go to ``F.linear``
 (cuBLAS). A gate_up layer also offers ``forward_silu_and_mul``: the GEMV with the SiLU epilogue,
-which the Llama MLP uses when its gate_up layer has it.
+which the Llama MLP uses when its gate_up layer has it. FP8 projections with per-channel scales
+(``Fp8Linear``, checkpoints or FP8 at load) become ``Fp8DecodeGemvLinear``: decode-sized inputs go
+through the same GEMV reading the e4m3 weights (the activations stay in their dtype), larger ones
+through the layer's W8A8 path.
 
 ``WARD_DECODE_GEMV`` chooses the projections: ``0`` none (A/B timing), ``all``, or a comma list of
 ``qkv``, ``o``, ``gate_up``, ``down``; unset, ``DEFAULT_PROJECTIONS`` where the runner uses the
@@ -26,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worker.kernels.decode_gemv_config import MAX_ROWS
+from worker.model.quant.linear import Fp8Linear
 
 PROJECTIONS = {"qkv": "self_attn.qkv_proj", "o": "self_attn.o_proj", "gate_up": "mlp.gate_up_proj",
                "down": "mlp.down_proj"}
@@ -123,6 +127,53 @@ class DecodeGemvLinear(nn.Linear):
         return out.reshape(*h.shape[:-1], out.shape[-1])
 
 
+class Fp8DecodeGemvLinear(Fp8Linear):
+    """An ``Fp8Linear`` with per-channel scales (the same parameters, no copy) whose decode-sized calls
+    on CUDA run the decode GEMV over its e4m3 weights; other calls take the W8A8 path."""
+
+    def __init__(self, layer: Fp8Linear) -> None:
+        nn.Module.__init__(self)  # not Fp8Linear's: it would allocate new tensors
+        for name in ("in_features", "out_features", "shards", "starts", "qc", "dtype", "_device"):
+            setattr(self, name, getattr(layer, name))
+        self.weight, self.weight_scale, self.bias = layer.weight, layer.weight_scale, layer.bias
+        self.input_scale = layer.input_scale
+        self._row_scales = layer.weight_scale.data.reshape(-1)  # [N] float32, the GEMV's view
+
+    @staticmethod
+    def eligible(layer: nn.Module) -> bool:
+        """Per-channel (or per-tensor, stored per channel) e4m3 weights beside float16/bfloat16 activations
+        (any float dtype under the interpreter, as ``DecodeGemvLinear``)."""
+        return (type(layer) is Fp8Linear and layer.qc.method != "fp8_block"
+                and (layer.dtype in _GEMV_DTYPES or _INTERPRETED) and layer.weight.dtype == torch.float8_e4m3fn)
+
+    def _gemv_rows(self, x: torch.Tensor) -> torch.Tensor | None:
+        rows = x.numel() // self.in_features if x.numel() % self.in_features == 0 else 0
+        if not (0 < rows <= MAX_ROWS and x.dtype == self.dtype and (x.is_cuda or _INTERPRETED)):
+            return None
+        return _rows(x, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = self._gemv_rows(x)
+        if x2 is None:
+            return super().forward(x)
+        from worker.kernels.decode_gemv import decode_gemv
+
+        y = decode_gemv(x2, self.weight, self.bias, weight_scale=self._row_scales)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def forward_silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        """``silu(gate) * up`` of this fused gate_up projection ([..., in] -> [..., out / 2])."""
+        x2 = self._gemv_rows(x)
+        if x2 is None:
+            from worker.kernels.activation import silu_and_mul
+
+            return silu_and_mul(super().forward(x))
+        from worker.kernels.decode_gemv import decode_gemv
+
+        y = decode_gemv(x2, self.weight, self.bias, silu=True, weight_scale=self._row_scales)
+        return y.reshape(*x.shape[:-1], self.out_features // 2)
+
+
 def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
     """t as [rows, width] with a contiguous last dim (a copy only when it is strided)."""
     t2 = t.reshape(-1, width)
@@ -168,9 +219,9 @@ def enable_norm_fusion(model: nn.Module) -> tuple[int, int]:
 
 def use_decode_gemv(model: nn.Module, projections: tuple[str, ...] | None = None) -> int:
     """Swaps the named float projections of every decoder layer (default: ``WARD_DECODE_GEMV``'s) for
-    ``DecodeGemvLinear`` (quantized layers and MoE experts are left alone) and reserves the GEMV's
-    workspace, so that nothing is allocated during CUDA-graph capture. Returns the number of layers
-    swapped."""
+    ``DecodeGemvLinear`` and the per-channel FP8 ones for ``Fp8DecodeGemvLinear`` (other quantized
+    layers and MoE experts are left alone) and reserves the GEMV's workspace, so that nothing is
+    allocated during CUDA-graph capture. Returns the number of layers swapped."""
     names = decode_gemv_projections() if projections is None else projections
     if not names:
         return 0
@@ -183,10 +234,14 @@ def use_decode_gemv(model: nn.Module, projections: tuple[str, ...] | None = None
                 module = layer.get_submodule(name)
             except AttributeError:
                 continue
-            if type(module) is not nn.Linear:
+            if type(module) is nn.Linear:
+                swapped_in = DecodeGemvLinear(module)
+            elif Fp8DecodeGemvLinear.eligible(module):
+                swapped_in = Fp8DecodeGemvLinear(module)
+            else:
                 continue
             parent, _, attr = name.rpartition(".")
-            setattr(layer.get_submodule(parent), attr, DecodeGemvLinear(module))
+            setattr(layer.get_submodule(parent), attr, swapped_in)
             reserve_workspace(module.weight)
             if name == "mlp.gate_up_proj" and module.out_features % 2 == 0:
                 reserve_workspace(module.weight, silu=True)
