@@ -41,7 +41,8 @@ def layer_row(name: str, K: int, N: int, m: int) -> dict:
            "w8a8_kernel_quant_us": round(timed_us(lambda: w8a8(quantize_fp8_groups)), 1),
            "quant_torch_us": round(timed_us(lambda: quantize_fp8_per_token(x)), 1),
            "quant_kernel_us": round(timed_us(lambda: quantize_fp8_groups(x)), 1),
-           "paths_agree": bool(torch.equal(got, want))}
+           # the quantized operands are the same bits (tests/test_quant_kernels.py); this is the products' gap
+           "paths_max_rel_diff": float((got.float() - want.float()).abs().max() / want.float().abs().max())}
     if m <= FP8_GEMV_MAX_ROWS:
         row["gemv_us"] = round(timed_us(lambda: fp8_gemv(x, q, scale)), 1)
     return row

@@ -12,6 +12,9 @@
 #              (bench/fp8_layers.py)
 #   fp8quant   FP8 weights, the whole model (latency, batch 1, 1,000 x 256/256, mixed) with the
 #              activation quantization as torch operations (WARD_FP8_QUANT_KERNEL=0) and as one kernel
+#   fp8decode  FP8 weights, latency and batch 1: decode steps through W8A8 (WARD_DECODE_GEMV=0), through
+#              the decode GEMV over the e4m3 weights, and (FP8_GEMV_PLANS set) with those plans,
+#              alternated twice
 #   serving    the governed stack at LEVELS (bench/gpu_serving.sh; .gpu/gw-wheels and .peer's tools)
 #   serving_ab the same with routing.multiplex on, then off (a Generate call per request)
 #   serving_ep the same with the worker's engine core in its own process (ward worker --engine-process)
@@ -86,6 +89,16 @@ for s in $STEPS; do
                   --out "$OUT/fp8quant$on" --model llama-3.1-8b --quantization fp8 \
                   --workloads latency,batch1,offline_256_256,mixed
               done ;;
+    fp8decode) for round in 1 2; do
+                 step "fp8decode_w8a8_r$round" 70 env WARD_DECODE_GEMV=0 python3 -m ward bench offline \
+                   --out "$OUT/fp8decode_w8a8_r$round" --model llama-3.1-8b --quantization fp8 --workloads latency,batch1
+                 bench "fp8decode_gemv_r$round" 70 --model llama-3.1-8b --quantization fp8 --workloads latency,batch1
+                 if [ -n "${FP8_GEMV_PLANS:-}" ]; then
+                   step "fp8decode_plans_r$round" 70 env WARD_GEMV_PLANS="$FP8_GEMV_PLANS" python3 -m ward bench \
+                     offline --out "$OUT/fp8decode_plans_r$round" --model llama-3.1-8b --quantization fp8 \
+                     --workloads latency,batch1
+                 fi
+               done ;;
     fp8kv) bench fp8kv 80 --model llama-3.1-8b --kv-cache-dtype fp8 --workloads batch1,offline_256_256 ;;
     serving) serving serving WARD_ROUTING__MULTIPLEX=true ;;
     serving_ab) serving serving_mux WARD_ROUTING__MULTIPLEX=true; serving serving_calls WARD_ROUTING__MULTIPLEX=false ;;

@@ -5,7 +5,10 @@
 # per-token activations); "--quantization fp8 --kv-cache-dtype fp8" adds the FP8 KV cache. Ward runs
 # once per entry of WARD_ENVS (environment assignments, entries separated by ';'), e.g.
 # "WARD_FP8_QUANT_KERNEL=1;WARD_FP8_QUANT_KERNEL=0". The peer's first part was copied to $STASH by an
-# earlier command (as for bench/peer_and_ward.sh); the second is at .peer/vllm/part01.
+# earlier command (as for bench/peer_and_ward.sh); the second is at .peer/vllm/part01. The peer's
+# build leaves out compressed-tensors, which vLLM's FP8 layers import: its wheel and loguru's
+# (`pip download --no-deps compressed-tensors==0.17.0 loguru -d .peer/fp8-wheels`) are unpacked
+# beside it from .peer/fp8-wheels, or from $STASH/fp8-wheels where an earlier command put them.
 set -u
 STASH=${STASH:-${TMPDIR:-/tmp}/ward-stash}
 OUT=${OUT:-$PWD/bench-out}
@@ -13,6 +16,9 @@ PRECISION=${PRECISION:---quantization fp8}
 WORKLOADS=${WORKLOADS:-latency,batch1,offline_256_256,offline_1024_128,mixed}
 mkdir -p "$STASH/vllm-site" "$OUT"
 [ -d "$STASH/vllm-site/vllm" ] || cat "$STASH/part00" .peer/vllm/part01 | xz -d | tar -x -C "$STASH/vllm-site"
+for wheel in .peer/fp8-wheels/*.whl "$STASH"/fp8-wheels/*.whl; do
+  [ -f "$wheel" ] && python3 -m zipfile -e "$wheel" "$STASH/vllm-site"
+done
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/card.txt"
 # shellcheck disable=SC2086  # PRECISION holds several flags
 PYTHONPATH="$STASH/vllm-site" VLLM_USE_FLASHINFER_SAMPLER=0 timeout "${PEER_TIMEOUT:-300}" \
