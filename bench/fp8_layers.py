@@ -1,7 +1,8 @@
 """FP8 projections of the Llama-3.1-8B shape, one layer at a time, from batch 1 to a prefill chunk:
 cuBLAS bf16 against the W8A8 path (per-token activation quantization, then ``torch._scaled_mm``)
 with the quantization as torch operations and as Ward's one kernel (``worker.kernels.fp8_quant``),
-the quantization alone both ways, and the weight-only FP8 GEMV up to 8 rows. Times are CUDA-graph
+the quantization alone both ways, and up to 8 rows the decode GEMV over the e4m3 weights (what
+decode steps run). Times are CUDA-graph
 replays (``graph_timing.timed_us``); one JSON line per shape and row count.
 
 Usage (GPU, repository root on PYTHONPATH): python bench/fp8_layers.py [--rows 1,8,256,2048]
@@ -13,7 +14,8 @@ import json
 
 import torch
 
-from worker.kernels.fp8_gemv import FP8_GEMV_MAX_ROWS, fp8_gemv
+from worker.kernels.decode_gemv import decode_gemv
+from worker.kernels.decode_gemv_config import MAX_ROWS
 from worker.kernels.fp8_quant import quantize_fp8_groups
 from worker.model.quant.linear import quantize_fp8_per_channel, quantize_fp8_per_token
 
@@ -43,8 +45,9 @@ def layer_row(name: str, K: int, N: int, m: int) -> dict:
            "quant_kernel_us": round(timed_us(lambda: quantize_fp8_groups(x)), 1),
            # the quantized operands are the same bits (tests/test_quant_kernels.py); this is the products' gap
            "paths_max_rel_diff": float((got.float() - want.float()).abs().max() / want.float().abs().max())}
-    if m <= FP8_GEMV_MAX_ROWS:
-        row["gemv_us"] = round(timed_us(lambda: fp8_gemv(x, q, scale)), 1)
+    if m <= MAX_ROWS:
+        row_scales = scale.reshape(-1)
+        row["decode_gemv_us"] = round(timed_us(lambda: decode_gemv(x, q, None, weight_scale=row_scales)), 1)
     return row
 
 

@@ -6,7 +6,6 @@
 #   quant      the quantized kernels' GPU tests (tests/test_quant_kernels.py, tests/test_quantization.py)
 #   awq        INT4 Llama-3.1-8B shape, batch-1 decode       awq70b   the 70B INT4 shape on one card
 #   fp8        FP8 weights, batch 1 and 1,000 x 256/256      fp8kv    an FP8 KV cache, the same
-#   fp8gemv    FP8 weights at batch 1 through the weight-only decode GEMV (WARD_FP8_DECODE_GEMV=1)
 #   fp8layers  the FP8 projections one at a time from 1 to 2,048 rows: cuBLAS bf16, W8A8 with the
 #              activation quantized by torch operations and by the one kernel, the FP8 GEMV
 #              (bench/fp8_layers.py)
@@ -80,8 +79,6 @@ for s in $STEPS; do
     awq) bench awq_b1 80 --model llama-3.1-8b-awq --workloads batch1 ;;
     awq70b) bench awq70b_b1 110 --model llama-3.1-70b-awq --workloads batch1 --max-num-seqs 128 ;;
     fp8) bench fp8 100 --model llama-3.1-8b --quantization fp8 --workloads batch1,offline_256_256 ;;
-    fp8gemv) step fp8gemv 80 env WARD_FP8_DECODE_GEMV=1 python3 -m ward bench offline --out "$OUT/fp8gemv" \
-               --model llama-3.1-8b --quantization fp8 --workloads batch1 ;;
     fp8layers) step fp8_layers 150 python3 bench/fp8_layers.py
                grep -E '^\{' "$OUT/fp8_layers.txt" | cut -c1-400 ;;
     fp8quant) for on in 0 1; do

@@ -25,7 +25,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from worker.kernels import (  # noqa: E402
-    activation, argmax, decode_gemv, fp8_gemm, fp8_gemv, fp8_quant, int4_gemm, kv_cache, moe_gemm, norm, rotary, rotary_cache, token_bitmask,
+    activation, argmax, decode_gemv, fp8_gemm, fp8_quant, int4_gemm, kv_cache, moe_gemm, norm, rotary, rotary_cache, token_bitmask,
 )
 from worker.kernels.attention_config import choose_tile_config, next_power_of_2  # noqa: E402
 from worker.kernels.attention_kernels import merge_splits_kernel, paged_attention_kernel  # noqa: E402
@@ -192,11 +192,6 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
         int4_gemm._int4_gemv_kernel,
         {"x_ptr": BF16, "qw_ptr": "*i32", "s_ptr": "*fp32", "z_ptr": "*fp32", "y_ptr": "*fp32"},
         dict(GROUP=32, ROWS=2, BLOCK_N=32, BLOCK_K=32, HAS_OFFSETS=True, BITS=8, ATOMIC=True), num_warps=4,
-    ),
-    "fp8_gemv": lambda: compile_variant(  # decode with e4m3 weights, per-channel scales
-        fp8_gemv._fp8_gemv_kernel,
-        {"x_ptr": BF16, "w_ptr": "*fp8e4nv", "s_ptr": "*fp32", "y_ptr": BF16},
-        dict(ROWS=2, BLOCK_N=16, BLOCK_K=128), num_warps=4,
     ),
     "fp8_quant_bf16": lambda: compile_variant(  # W8A8 activations, per token or per block
         fp8_quant._quant_kernel,

@@ -31,20 +31,6 @@ def check_int4(M: int, K: int, N: int, group: int, force: str | None, device: st
     return float((got - want).abs().max() / want.abs().max())
 
 
-def check_fp8_gemv(M: int, K: int, N: int, device: str, dtype=torch.float32) -> float:
-    """The weight-only FP8 GEMV of decode against the de-quantized weights."""
-    from worker.kernels.fp8_gemv import fp8_gemv
-    from worker.model.quant.linear import quantize_fp8_per_channel
-
-    gen = torch.Generator().manual_seed(M + K + N)
-    q, scale = quantize_fp8_per_channel(torch.randn(N, K, generator=gen) * 0.05)
-    x = torch.randn(M, K, generator=gen).to(dtype)
-    want = x.float() @ (q.float() * scale).t()
-    dev = torch.device(device)
-    got = fp8_gemv(x.to(dev), q.to(dev), scale.to(dev)).float().cpu()
-    return float((got - want).abs().max() / want.abs().max())
-
-
 def check_fp8_quant(T: int, K: int, group: int | None, device: str, dtype=torch.float32, static: bool = False,
                     representable: bool = False) -> float:
     """The one-kernel activation quantization (``worker.kernels.fp8_quant``) against the torch
@@ -147,8 +133,6 @@ INTERPRETER_CASES = {  # small shapes: the interpreter runs kernels in numpy
     "int8-gemv-g128": lambda: check_int4(3, 256, 128, 128, "gemv", "cpu", bits=8),
     "int8-gemm-offsets": lambda: check_int4(17, 128, 64, 32, "gemm", "cpu", offsets=True, bits=8),
     "fp8-block-gemm": lambda: check_fp8_block(20, 384, 200, "cpu"),
-    "fp8-gemv-1": lambda: check_fp8_gemv(1, 256, 72, "cpu"),
-    "fp8-gemv-ragged": lambda: check_fp8_gemv(5, 200, 40, "cpu"),
     "fp8-quant-token": lambda: check_fp8_quant(6, 200, None, "cpu", representable=True),
     "fp8-quant-token-long": lambda: check_fp8_quant(3, 2600, None, "cpu", representable=True),
     "fp8-quant-blocks": lambda: check_fp8_quant(5, 384, 128, "cpu", representable=True),

@@ -20,7 +20,6 @@ if str(TESTS_DIR) not in sys.path:
 from quant_kernels_cases import (  # noqa: E402
     INTERPRETER_CASES,
     check_fp8_block,
-    check_fp8_gemv,
     check_fp8_moe,
     check_fp8_quant,
     check_int4,
@@ -128,12 +127,3 @@ def test_fp8_activation_quantization_is_bit_exact_with_torch(T, K, group):
     assert check_fp8_quant(T, K, group, "cuda", torch.bfloat16) == 0.0
     if group is None:
         assert check_fp8_quant(T, K, None, "cuda", torch.bfloat16, static=True) == 0.0
-
-
-@pytest.mark.gpu
-@gpu
-@pytest.mark.parametrize("M", [1, 2, 5, 8])
-def test_fp8_gemv_matches_dequantized_reference(M):
-    """Decode with e4m3 weights: Llama-3.1-8B's qkv and down projection shapes."""
-    assert check_fp8_gemv(M, 4096, 6144, "cuda", torch.bfloat16) < 2e-2
-    assert check_fp8_gemv(M, 14336, 4096, "cuda", torch.bfloat16) < 2e-2

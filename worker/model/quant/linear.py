@@ -32,9 +32,6 @@ Placer = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 AmaxReduce = Callable[[torch.Tensor], torch.Tensor]
 
 
-# Decode (up to 8 rows) through the weight-only FP8 GEMV (worker/kernels/fp8_gemv.py) instead of
-# per-token quantization plus torch._scaled_mm: opt-in until it is measured against that path on a GPU.
-FP8_DECODE_GEMV = os.environ.get("WARD_FP8_DECODE_GEMV") == "1"
 # Activation quantization on CUDA in one Triton kernel (worker/kernels/fp8_quant.py); 0: the torch
 # operations below, the same bits in eight kernels (kept for A/B timing).
 FP8_QUANT_KERNEL = os.environ.get("WARD_FP8_QUANT_KERNEL", "1") != "0"
@@ -184,12 +181,6 @@ class Fp8Linear(QuantLinear):
                 xq, xs = _quantize_activation(x.reshape(-1, x.shape[-1]), self.qc.block_size[1])
                 y = fp8_block_gemm(xq, xs, self.weight, self.weight_scale_inv, self.qc.block_size, x.dtype)
                 return self._add_bias(y.reshape(*x.shape[:-1], -1))
-            if FP8_DECODE_GEMV:
-                from worker.kernels.fp8_gemv import FP8_GEMV_MAX_ROWS, fp8_gemv
-
-                if x.numel() <= FP8_GEMV_MAX_ROWS * x.shape[-1]:
-                    y = fp8_gemv(x.reshape(-1, x.shape[-1]).contiguous(), self.weight, self.weight_scale)
-                    return self._add_bias(y.reshape(*x.shape[:-1], -1))
             return self._add_bias(self._scaled_mm(x))
         return nn.functional.linear(x, self.dequantized_weight(x.dtype), self.bias)
 
