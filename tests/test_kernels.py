@@ -280,12 +280,22 @@ H100_SHARED_LIMIT = 232448  # bytes a program may use (the limit an H100 reporte
 
 
 @pytest.mark.parametrize("silu", [False, True])
-@pytest.mark.parametrize("element_size", [2, 4])
+@pytest.mark.parametrize("element_size", [1, 2, 4])
 @pytest.mark.parametrize(("n", "k"), [(4096, 4096), (14336, 4096), (6144, 4096), (4096, 14336), (1024, 4096)])
 def test_decode_gemv_plans_fit_shared_memory(n: int, k: int, silu: bool, element_size: int) -> None:
     plan = choose_plan(n, k, 132, silu, element_size, H100_SHARED_LIMIT)
     assert pipeline_bytes(plan, silu, element_size) <= H100_SHARED_LIMIT, plan
     assert plan.num_stages >= 2 and plan.block_k >= 16
+
+
+def test_decode_gemv_e4m3_weights_take_twice_the_k_step() -> None:
+    # the FP8 plans timed on an H100 (2026-12-07): each step streams the 16-bit plan's bytes
+    for (n, k, silu), plan in LLAMA_8B_PLANS.items():
+        fp8 = choose_plan(n, k, 132, silu, 1, H100_SHARED_LIMIT)
+        assert (fp8.block_n, fp8.block_k, fp8.num_warps, fp8.split_k) == (plan.block_n, 2 * plan.block_k,
+                                                                         plan.num_warps, plan.split_k), (n, k, fp8)
+        assert pipeline_bytes(fp8, silu, 1) <= H100_SHARED_LIMIT
+    assert choose_plan(3072, 3072, 132, element_size=1).block_k == 2 * choose_plan(3072, 3072, 132).block_k
 
 
 def test_decode_gemv_silu_launch_never_takes_another_shapes_plan() -> None:
