@@ -496,22 +496,87 @@ def test_worker_model_info_reports_the_quantization(tmp_path_factory, base):
     assert info.quantization == "gptq" and info.kv_cache_dtype == "fp8"
 
 
+def _w8a8_on_the_torch_path(layer, x: torch.Tensor) -> torch.Tensor:
+    """What an FP8 layer computes on CUDA at more than 8 rows, in float32 torch: the activation
+    quantized per token (per token and 128-column block for block scales), then the product with the
+    de-quantized weight."""
+    from worker.model.quant.linear import quantize_fp8_per_token, quantize_fp8_per_token_block
+
+    x2 = x.reshape(-1, x.shape[-1]).float()
+    if layer.qc.method == "fp8_block":
+        bk = layer.qc.block_size[1]
+        xq, xs = quantize_fp8_per_token_block(x2, bk)
+        xd = xq.float() * xs.repeat_interleave(bk, 1)[:, : x2.shape[1]]
+    else:
+        xq, xs = quantize_fp8_per_token(x2, layer.input_scale)
+        xd = xq.float() * xs
+    y = (xd @ layer.dequantized_weight(torch.float32).t()).to(x.dtype)
+    return layer._add_bias(y.reshape(*x.shape[:-1], -1))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
-def test_quantized_checkpoint_on_cuda_is_close_to_the_dequantized_model(tmp_path_factory, base, fmt):
-    """The GPU paths (torch._scaled_mm, the block FP8 and INT4 Triton kernels, FP8 KV cache) on the
-    whole model, in bfloat16: prefill logits close to the de-quantized model's on the torch path."""
-    if fmt.startswith(("fp8", "ct-fp8")) and torch.cuda.get_device_capability() < (8, 9):
+def test_quantized_checkpoint_on_cuda_is_close_to_the_dequantized_model(tmp_path_factory, base, fmt, monkeypatch):
+    """The GPU paths (torch._scaled_mm after the one-kernel activation quantization, the block FP8
+    and INT4 Triton kernels, FP8 KV cache) on the whole model in bfloat16, over a 12-token prompt
+    (more rows than the decode GEMV takes): prefill logits close to the same arithmetic in float32
+    torch on the CPU. For INT4 (weight-only) that is the de-quantized model; FP8 also quantizes the
+    activations, whose rounding alone moves this random model's logits by 7-10% of their largest
+    value, so its oracle quantizes them as the GPU does. The FP8 KV cache is compared with the
+    bf16-cache run of the same checkpoint."""
+    from worker.model.quant.linear import Fp8Linear
+
+    fp8 = fmt.startswith(("fp8", "ct-fp8"))
+    if fp8 and torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 tensor cores need Ada or Hopper")
     quantized_dir, reference_dir = write_pair(tmp_path_factory, base, fmt)
+    prompt = PROMPTS[2] + PROMPTS[0]
     logits = {}
-    for name, d, kw in (("quantized", quantized_dir, {}), ("kv-fp8", quantized_dir, {"kv_cache_dtype": "fp8"}),
+    for name, d, kw in (("quantized", quantized_dir, {}), ("kv-fp8", quantized_dir, {"kv_cache_dtype": "fp8"})):
+        llm = LLM(model=d, device="cuda", dtype="bfloat16", block_size=16, num_kv_blocks=64, max_model_len=64,
+                  enforce_eager=True, **kw)
+        logits[name] = _prefill_logits(llm, prompt).float().cpu()
+        del llm
+    if fp8:
+        monkeypatch.setattr(Fp8Linear, "forward", _w8a8_on_the_torch_path)
+    oracle = LLM(model=quantized_dir if fp8 else reference_dir, device="cpu", dtype="float32", block_size=16,
+                 num_kv_blocks=64, max_model_len=64, enforce_eager=True)
+    ref = _prefill_logits(oracle, prompt).float()
+    assert (logits["quantized"] - ref).abs().max() <= 0.05 * ref.abs().max()
+    kv_gap = logits["kv-fp8"] - logits["quantized"]
+    assert float(kv_gap.norm() / logits["quantized"].norm()) < 0.1
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("fmt", ["ct-fp8-channel", "ct-fp8-tensor", "fp8-at-load"])
+def test_fp8_decode_rows_through_the_gemv_follow_the_dequantized_model_on_cuda(tmp_path_factory, base, fmt):
+    """Decode steps (one row each) of an FP8 model read the e4m3 weights through the decode GEMV
+    (``Fp8DecodeGemvLinear``); teacher-forced on the same tokens, their logits stay close to the
+    de-quantized model's, as the W8A8 prefill's do."""
+    from tests.paged_driver import PagedDriver
+    from worker.model.decode_linear import Fp8DecodeGemvLinear
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need Ada or Hopper")
+    quantized_dir, reference_dir = write_pair(tmp_path_factory, base, "ct-fp8-channel" if fmt == "fp8-at-load" else fmt)
+    runs = {}
+    for name, d, kw in (("quantized", reference_dir if fmt == "fp8-at-load" else quantized_dir,
+                         {"quantization": "fp8"} if fmt == "fp8-at-load" else {}),
                         ("reference", reference_dir, {})):
         llm = LLM(model=d, device="cuda", dtype="bfloat16", block_size=16, num_kv_blocks=64, max_model_len=64,
                   enforce_eager=True, **kw)
-        logits[name] = _prefill_logits(llm, PROMPTS[2]).float()
-        del llm
-    ref = logits["reference"]
-    assert (logits["quantized"] - ref).abs().max() <= 0.05 * ref.abs().max()
-    assert float((logits["kv-fp8"] - ref).norm() / ref.norm()) < 0.1
+        runner = llm.engine.runner
+        swapped = sum(isinstance(m, Fp8DecodeGemvLinear) for m in runner.model.modules())
+        drv = PagedDriver(runner.model, runner.spec, num_blocks=32, block_size=16, dtype=runner.dtype,
+                          device=runner.device)
+        prompt = PROMPTS[2]
+        steps = [drv.step([("s", prompt, 0)])[0][-1]]
+        for i, token in enumerate([7, 300, 41, 9, 128]):  # the same tokens for both models
+            steps.append(drv.step([("s", [token], len(prompt) + i)])[0][-1])
+        runs[name] = (swapped, torch.stack(steps).float())
+        del llm, drv
+    assert runs["quantized"][0] == 8  # qkv, o, gate_up, down of both layers
+    ref, got = runs["reference"][1], runs["quantized"][1]
+    assert (got - ref).abs().max() <= 0.05 * ref.abs().max()
