@@ -72,7 +72,8 @@ def main(shape: str, out_path: str, workloads: list[str], quantization: str | No
         rng2 = random.Random(1)
         batch, sampling = [], []
         for _ in range(256):
-            batch.append(TokensPrompt(prompt_token_ids=[rng2.randrange(1000, top) for _ in range(rng2.randint(100, 1024))]))
+            length = rng2.randint(100, 1024)
+            batch.append(TokensPrompt(prompt_token_ids=[rng2.randrange(1000, top) for _ in range(length)]))
             sampling.append(params(rng2.randint(100, 1024)))
         dt, n = run(batch, sampling)
         result["mixed"] = {"out_tok_s": round(n / dt, 1), "seconds": round(dt, 2), "out_tokens": n}

@@ -552,9 +552,9 @@ def test_quantized_checkpoint_on_cuda_is_close_to_the_dequantized_model(tmp_path
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 @pytest.mark.parametrize("fmt", ["ct-fp8-channel", "ct-fp8-tensor", "fp8-at-load"])
 def test_fp8_decode_rows_through_the_gemv_follow_the_dequantized_model_on_cuda(tmp_path_factory, base, fmt):
-    """Decode steps (one row each) of an FP8 model read the e4m3 weights through the decode GEMV
-    (``Fp8DecodeGemvLinear``); teacher-forced on the same tokens, their logits stay close to the
-    de-quantized model's, as the W8A8 prefill's do."""
+    """Decode steps (one row each; the 7-token prefill too) of an FP8 model read the e4m3 weights
+    through the decode GEMV (``Fp8DecodeGemvLinear``), the activations left in bf16; teacher-forced
+    on the same tokens, their logits stay close to the de-quantized model's."""
     from tests.paged_driver import PagedDriver
     from worker.model.decode_linear import Fp8DecodeGemvLinear
 
