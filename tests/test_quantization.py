@@ -580,3 +580,44 @@ def test_fp8_decode_rows_through_the_gemv_follow_the_dequantized_model_on_cuda(t
     assert runs["quantized"][0] == 8  # qkv, o, gate_up, down of both layers
     ref, got = runs["reference"][1], runs["quantized"][1]
     assert (got - ref).abs().max() <= 0.05 * ref.abs().max()
+
+
+def test_an_fp8_down_projection_given_the_gate_up_output_applies_silu_and_mul_first():
+    """``layer(gate_up, gated=True)`` is ``layer(silu(gate) * up)``: on the CPU (and on CUDA without
+    WARD_FP8_SILU_QUANT) by the two steps, so the MLP's call is right whichever path it takes."""
+    from torch import nn
+
+    from worker.model.ops import silu_and_mul
+    from worker.model.quant.config import QuantConfig
+    from worker.model.quant.linear import Fp8Linear
+
+    torch.manual_seed(0)
+    layer = Fp8Linear.from_float(nn.Linear(48, 32, bias=True), QuantConfig("fp8", "fp8"))
+    gate_up = torch.randn(2, 5, 96)
+    assert not layer.fuses_activation(gate_up[..., :48])
+    assert torch.equal(layer(gate_up, gated=True), layer(silu_and_mul(gate_up)))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+@pytest.mark.parametrize("fmt", ["ct-fp8-channel", "fp8-block"])
+def test_fp8_silu_quantization_in_one_kernel_gives_the_same_logits_on_cuda(tmp_path_factory, base, fmt, monkeypatch):
+    """WARD_FP8_SILU_QUANT: the down projection quantizes silu(gate) * up straight from the gate_up
+    output over a 12-token prompt (the W8A8 path): the same logits, bit for bit, as silu_and_mul
+    followed by the quantization kernel."""
+    from worker.model.quant import linear
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need Ada or Hopper")
+    quantized_dir, _ = write_pair(tmp_path_factory, base, fmt)
+    prompt = PROMPTS[2] + PROMPTS[0]
+    logits = {}
+    for fused in (False, True):
+        monkeypatch.setattr(linear, "FP8_SILU_QUANT", fused)
+        llm = LLM(model=quantized_dir, device="cuda", dtype="bfloat16", block_size=16, num_kv_blocks=64,
+                  max_model_len=64, enforce_eager=True)
+        assert llm.engine.runner.model.layers[0].mlp.down_proj.fuses_activation(torch.empty(len(prompt), 128,
+                                                                                            device="cuda")) is fused
+        logits[fused] = _prefill_logits(llm, prompt)
+        del llm
+    assert torch.equal(logits[True], logits[False])

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from worker.kernels.activation import silu_mul
 from worker.kernels.errors import KernelInputError
 
 FP8 = torch.float8_e4m3fn  # the kernel's 448 is this type's largest finite value
@@ -75,4 +76,58 @@ def quantize_fp8_groups(x: torch.Tensor, group: int | None = None,
         block = min(1024, triton.next_power_of_2(min(group, K)))
         _quant_kernel[(T, groups)](x, q, scales, static, K, group, x.stride(0), q.stride(0), scales.stride(0),
                                    STATIC=static_scale is not None, BLOCK=block, num_warps=4 if block >= 512 else 1)
+    return q, scales
+
+
+@triton.jit
+def _silu_mul_quant_kernel(
+    x_ptr, q_ptr, s_ptr, I, group, stride_x, stride_q, stride_s, BLOCK: tl.constexpr,
+):
+    """Grid (rows, groups per row): ``silu(gate) * up`` of columns [g * group, min(I, (g + 1) * group))
+    of a [T, 2I] gate_up row (gate in its first I columns), rounded to the row's dtype as
+    ``silu_and_mul`` rounds it, then quantized as ``_quant_kernel`` quantizes (the activation is
+    computed twice, for the amax and for the cast, instead of being written and read back)."""
+    row = tl.program_id(0)
+    g = tl.program_id(1)
+    start = g * group
+    end = tl.minimum(I, start + group)
+    x_row = x_ptr + row.to(tl.int64) * stride_x
+    q_row = q_ptr + row.to(tl.int64) * stride_q
+    amax = tl.zeros([BLOCK], dtype=tl.float32)
+    for k0 in range(start, end, BLOCK):
+        offs = k0 + tl.arange(0, BLOCK)
+        ok = offs < end
+        up = tl.load(x_row + I + offs, mask=ok, other=0.0)
+        act = silu_mul(tl.load(x_row + offs, mask=ok, other=0.0), up).to(up.dtype).to(tl.float32)
+        amax = tl.maximum(amax, tl.abs(act))
+    scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), 448.0), 1e-12)
+    for k0 in range(start, end, BLOCK):
+        offs = k0 + tl.arange(0, BLOCK)
+        ok = offs < end
+        up = tl.load(x_row + I + offs, mask=ok, other=0.0)
+        act = silu_mul(tl.load(x_row + offs, mask=ok, other=0.0), up).to(up.dtype).to(tl.float32)
+        q = tl.minimum(tl.maximum(tl.math.div_rn(act, scale), -448.0), 448.0)
+        tl.store(q_row + offs, q.to(q_ptr.dtype.element_ty), mask=ok)
+    tl.store(s_ptr + row.to(tl.int64) * stride_s + g, scale)
+
+
+def silu_and_mul_quantize_fp8(x: torch.Tensor, group: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``quantize_fp8_groups(silu_and_mul(x), group)`` in one kernel, the same bits: x [T, 2I] is a
+    fused gate_up projection's output (float16/bfloat16/float32, rows contiguous); returns e4m3
+    [T, I] and float32 scales [T, ceil(I / group)] (``group`` None: one per row). The [T, I]
+    activation is never written: what a W8A8 down projection would read and quantize again."""
+    if x.dim() != 2 or x.stride(-1) != 1 or x.shape[1] % 2:
+        raise KernelInputError(f"the gate_up output must be a row-major [T, 2I] matrix, got shape {tuple(x.shape)} "
+                               f"with strides {x.stride()}")
+    T, I = x.shape[0], x.shape[1] // 2
+    group = I if group is None else group
+    if group <= 0:
+        raise KernelInputError(f"FP8 quantization groups must hold at least one column, got {group}")
+    groups = triton.cdiv(I, group) if I else 0
+    q = torch.empty(T, I, dtype=FP8, device=x.device)
+    scales = torch.empty(T, groups, dtype=torch.float32, device=x.device)
+    if T and I:
+        block = min(1024, triton.next_power_of_2(min(group, I)))
+        _silu_mul_quant_kernel[(T, groups)](x, q, scales, I, group, x.stride(0), q.stride(0), scales.stride(0),
+                                            BLOCK=block, num_warps=4 if block >= 512 else 1)
     return q, scales
