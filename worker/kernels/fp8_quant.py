@@ -10,7 +10,8 @@ its own precision twice (the amax, then the cast; the second read comes from L2)
 per value and one float per group. The arithmetic is the torch reference's
 (``worker.model.quant.linear.quantize_fp8_per_token``): float32 amax, the same clamp, a true
 division (``div_rn``: Triton's ``/`` is an approximate one on the GPU), round-to-nearest-even into
-e4m3.
+e4m3. The same kernel also takes a gate_up output and quantizes ``silu(gate) * up`` without writing
+it (``silu_and_mul_quantize_fp8``: an FP8 down projection's input).
 """
 from __future__ import annotations
 
@@ -25,11 +26,23 @@ FP8 = torch.float8_e4m3fn  # the kernel's 448 is this type's largest finite valu
 
 
 @triton.jit
+def _values(x_row, offs, ok, K, GATED: tl.constexpr):
+    """Columns ``offs`` of a row in float32: the row itself, or with GATED ``silu(gate) * up`` of a
+    [2K] gate_up row (gate first) rounded to the row's dtype as ``silu_and_mul`` rounds it."""
+    if GATED:
+        up = tl.load(x_row + K + offs, mask=ok, other=0.0)
+        return silu_mul(tl.load(x_row + offs, mask=ok, other=0.0), up).to(up.dtype).to(tl.float32)
+    return tl.load(x_row + offs, mask=ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _quant_kernel(
     x_ptr, q_ptr, s_ptr, static_ptr, K, group, stride_x, stride_q, stride_s,
-    STATIC: tl.constexpr, BLOCK: tl.constexpr,
+    STATIC: tl.constexpr, BLOCK: tl.constexpr, GATED: tl.constexpr = False,
 ):
-    """Grid (rows, groups per row): the program's group is columns [g * group, min(K, (g + 1) * group))."""
+    """Grid (rows, groups per row): the program's group is columns [g * group, min(K, (g + 1) * group))
+    of the K output columns. With GATED the values are computed twice, for the amax and for the
+    cast, instead of being written and read back."""
     row = tl.program_id(0)
     g = tl.program_id(1)
     start = g * group
@@ -42,14 +55,12 @@ def _quant_kernel(
         amax = tl.zeros([BLOCK], dtype=tl.float32)
         for k0 in range(start, end, BLOCK):
             offs = k0 + tl.arange(0, BLOCK)
-            x = tl.load(x_row + offs, mask=offs < end, other=0.0).to(tl.float32)
-            amax = tl.maximum(amax, tl.abs(x))
+            amax = tl.maximum(amax, tl.abs(_values(x_row, offs, offs < end, K, GATED)))
         scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), 448.0), 1e-12)
     for k0 in range(start, end, BLOCK):
         offs = k0 + tl.arange(0, BLOCK)
         ok = offs < end
-        x = tl.load(x_row + offs, mask=ok, other=0.0).to(tl.float32)
-        q = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -448.0), 448.0)
+        q = tl.minimum(tl.maximum(tl.math.div_rn(_values(x_row, offs, ok, K, GATED), scale), -448.0), 448.0)
         tl.store(q_row + offs, q.to(q_ptr.dtype.element_ty), mask=ok)
     tl.store(s_ptr + row.to(tl.int64) * stride_s + g, scale)
 
@@ -79,38 +90,6 @@ def quantize_fp8_groups(x: torch.Tensor, group: int | None = None,
     return q, scales
 
 
-@triton.jit
-def _silu_mul_quant_kernel(
-    x_ptr, q_ptr, s_ptr, I, group, stride_x, stride_q, stride_s, BLOCK: tl.constexpr,
-):
-    """Grid (rows, groups per row): ``silu(gate) * up`` of columns [g * group, min(I, (g + 1) * group))
-    of a [T, 2I] gate_up row (gate in its first I columns), rounded to the row's dtype as
-    ``silu_and_mul`` rounds it, then quantized as ``_quant_kernel`` quantizes (the activation is
-    computed twice, for the amax and for the cast, instead of being written and read back)."""
-    row = tl.program_id(0)
-    g = tl.program_id(1)
-    start = g * group
-    end = tl.minimum(I, start + group)
-    x_row = x_ptr + row.to(tl.int64) * stride_x
-    q_row = q_ptr + row.to(tl.int64) * stride_q
-    amax = tl.zeros([BLOCK], dtype=tl.float32)
-    for k0 in range(start, end, BLOCK):
-        offs = k0 + tl.arange(0, BLOCK)
-        ok = offs < end
-        up = tl.load(x_row + I + offs, mask=ok, other=0.0)
-        act = silu_mul(tl.load(x_row + offs, mask=ok, other=0.0), up).to(up.dtype).to(tl.float32)
-        amax = tl.maximum(amax, tl.abs(act))
-    scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), 448.0), 1e-12)
-    for k0 in range(start, end, BLOCK):
-        offs = k0 + tl.arange(0, BLOCK)
-        ok = offs < end
-        up = tl.load(x_row + I + offs, mask=ok, other=0.0)
-        act = silu_mul(tl.load(x_row + offs, mask=ok, other=0.0), up).to(up.dtype).to(tl.float32)
-        q = tl.minimum(tl.maximum(tl.math.div_rn(act, scale), -448.0), 448.0)
-        tl.store(q_row + offs, q.to(q_ptr.dtype.element_ty), mask=ok)
-    tl.store(s_ptr + row.to(tl.int64) * stride_s + g, scale)
-
-
 def silu_and_mul_quantize_fp8(x: torch.Tensor, group: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``quantize_fp8_groups(silu_and_mul(x), group)`` in one kernel, the same bits: x [T, 2I] is a
     fused gate_up projection's output (float16/bfloat16/float32, rows contiguous); returns e4m3
@@ -128,6 +107,6 @@ def silu_and_mul_quantize_fp8(x: torch.Tensor, group: int | None = None) -> tupl
     scales = torch.empty(T, groups, dtype=torch.float32, device=x.device)
     if T and I:
         block = min(1024, triton.next_power_of_2(min(group, I)))
-        _silu_mul_quant_kernel[(T, groups)](x, q, scales, I, group, x.stride(0), q.stride(0), scales.stride(0),
-                                            BLOCK=block, num_warps=4 if block >= 512 else 1)
+        _quant_kernel[(T, groups)](x, q, scales, scales, I, group, x.stride(0), q.stride(0), scales.stride(0),
+                                   STATIC=False, BLOCK=block, GATED=True, num_warps=4 if block >= 512 else 1)
     return q, scales
