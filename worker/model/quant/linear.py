@@ -196,7 +196,8 @@ class Fp8Linear(QuantLinear):
 
                 xq, xs = silu_and_mul_quantize_fp8(x2.contiguous(), group)
             else:
-                xq, xs = _quantize_activation(x2, group, self.input_scale)
+                # block scales are dynamic per token and block: a static input scale does not apply
+                xq, xs = _quantize_activation(x2, group, None if block else self.input_scale)
             if block:
                 from worker.kernels.fp8_gemm import fp8_block_gemm
 
