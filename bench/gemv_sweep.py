@@ -10,9 +10,11 @@ starting plan are then timed again back to back at one and eight rows.
 
 Writes the figures as JSON (--out) and, with --plans-file, a ``WARD_GEMV_PLANS`` value
 (semicolon-separated) with the shapes whose winner beat the starting plan by more than 2%, for an
-A/B of the whole model (bench/pdl_ab.sh).
+A/B of the whole model (bench/pdl_ab.sh). With --fp8 the weights are e4m3 with per-row scales (the
+FP8 layers' decode) and the walk starts from their plan (twice the 16-bit K step); the proposal is
+then for an FP8 model's runs (``WARD_GEMV_PLANS`` keys a shape, not its weights' type).
 
-Usage (from the repository root): python3 bench/gemv_sweep.py --out gemv_sweep.json --plans-file plans.txt
+Usage (from the repository root): python3 bench/gemv_sweep.py --out gemv_sweep.json --plans-file plans.txt [--fp8]
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from graph_timing import timed_us  # noqa: E402  (bench/, the script's own folde
 # name: (N as the plan table keys it, K, SiLU epilogue); the SiLU weight has 2N rows
 SHAPES = {"qkv": (6144, 4096, False), "o": (4096, 4096, False), "down": (4096, 14336, False),
           "gate_up_silu": (14336, 4096, True)}
-AXES = {"split_k": (1, 2, 3, 4, 6, 8), "block_n": (16, 32, 64), "block_k": (128, 256, 512, 1024),
+AXES = {"split_k": (1, 2, 3, 4, 6, 8), "block_n": (16, 32, 64), "block_k": (128, 256, 512, 1024, 2048),
         "num_stages": (2, 3, 4, 5, 6, 8), "num_warps": (1, 2, 4, 8)}
 KEEP_IF_FASTER = 0.99  # a step of the walk must win by 1%: the timer's spread is about that
 REPORT_IF_FASTER = 0.98  # and the final plan by 2% to be proposed
@@ -46,11 +48,18 @@ REPORT_IF_FASTER = 0.98  # and the final plan by 2% to be proposed
 class Bench:
     """Weights and inputs of one shape, and the timer of a plan on them."""
 
-    def __init__(self, n: int, k: int, silu: bool, l2_bytes: int) -> None:
+    def __init__(self, n: int, k: int, silu: bool, l2_bytes: int, fp8: bool = False) -> None:
         rows = 2 * n if silu else n
-        weight_bytes = rows * k * 2
+        weight_bytes = rows * k * (1 if fp8 else 2)
         copies = max(2, math.ceil(3 * l2_bytes / weight_bytes))
         self.weights = [torch.randn(rows, k, dtype=torch.bfloat16, device="cuda") * k**-0.5 for _ in range(copies)]
+        self.scales = None
+        if fp8:
+            from worker.model.quant.linear import quantize_fp8_per_channel
+
+            quantized = [quantize_fp8_per_channel(w) for w in self.weights]
+            self.weights = [q for q, _ in quantized]
+            self.scales = [s.reshape(-1) for _, s in quantized]
         self.silu = silu
         self.n, self.k = n, k
         self.floor_bytes = weight_bytes
@@ -64,8 +73,9 @@ class Bench:
                 reserve_workspace(w, self.silu, plan)
 
             def calls() -> None:
-                for w in self.weights:
-                    decode_gemv(x, w, silu=self.silu, plan=plan, out=out)
+                for i, w in enumerate(self.weights):
+                    decode_gemv(x, w, silu=self.silu, plan=plan, out=out,
+                                weight_scale=None if self.scales is None else self.scales[i])
 
             per_replay = max(1, 60 // len(self.weights))
             return timed_us(calls, iters=per_replay) / len(self.weights)
@@ -103,6 +113,7 @@ def main() -> int:
     parser.add_argument("--out", default="gemv_sweep.json")
     parser.add_argument("--plans-file", default="", help="write the proposed WARD_GEMV_PLANS value here")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of " + ",".join(SHAPES))
+    parser.add_argument("--fp8", action="store_true", help="e4m3 weights with per-row scales (FP8 layers)")
     args = parser.parse_args()
     props = torch.cuda.get_device_properties(0)
     copy_bytes = 1 << 30
@@ -112,14 +123,15 @@ def main() -> int:
     bandwidth = 2 * copy_bytes / (copy_us * 1e-6)  # read + write: a device copy's figure, not a read-only one
     del src, dst
     report: dict = {"device": props.name, "sms": props.multi_processor_count, "l2_mb": props.L2_cache_size / 2**20,
-                    "copy_tb_s": round(bandwidth / 1e12, 3), "torch": torch.__version__, "shapes": {}}
+                    "copy_tb_s": round(bandwidth / 1e12, 3), "torch": torch.__version__, "fp8": args.fp8, "shapes": {}}
     print(json.dumps({k: v for k, v in report.items() if k != "shapes"}), flush=True)
     proposals = []
     for name in args.shapes.split(","):
         n, k, silu = SHAPES[name]
         t0 = time.monotonic()
-        bench = Bench(n, k, silu, props.L2_cache_size)
-        start = choose_plan(n, k, props.multi_processor_count, silu, 2, shared_memory_limit(torch.device("cuda", 0)))
+        bench = Bench(n, k, silu, props.L2_cache_size, args.fp8)
+        start = choose_plan(n, k, props.multi_processor_count, silu, 1 if args.fp8 else 2,
+                            shared_memory_limit(torch.device("cuda", 0)))
         best_plan, _, trials = walk(bench, start)
         floor_us = bench.floor_bytes / bandwidth * 1e6
         final = {}

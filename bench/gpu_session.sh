@@ -32,6 +32,8 @@
 #   gemv       the decode GEMV's plans retuned on this card (bench/gemv_sweep.py), then the whole model at
 #              batch 1 and in the latency test with the table's plans and with the sweep's proposal,
 #              alternated twice; GEMV_PLANS overrides the proposal; the winner's name in gemv_verdict.txt
+#   gemvfp8    the same for the FP8 layers' decode (bench/gemv_sweep.py --fp8, e4m3 weights), the whole
+#              model quantized to FP8 at load at batch 1 and in the latency test, alternated twice
 #   prefill    prefill attention tile shapes beside FlashAttention-3 (bench/prefill_attention.py; FA3
 #              only when the peer's site is on PYTHONPATH)
 #   norm       the whole model at batch 1 and in the latency test without and with the RMSNorms folded
@@ -142,6 +144,19 @@ for s in $STEPS; do
             done
             python3 bench/gemv_verdict.py "$OUT" | tee "$OUT/gemv_verdict.txt"
           fi ;;
+    gemvfp8) step gemvfp8_sweep 150 python3 bench/gemv_sweep.py --fp8 --out "$OUT/gemvfp8_sweep.json" \
+               --plans-file "$OUT/plans_fp8.txt"
+             grep -E '^\{"(qkv|o|down|gate_up_silu)"|^WARD_GEMV_PLANS' "$OUT/gemvfp8_sweep.txt" | cut -c1-400
+             plans=${GEMV_PLANS:-$(cat "$OUT/plans_fp8.txt" 2>/dev/null)}
+             if [ -n "$plans" ] && [ "$(left)" -gt 200 ]; then
+               for round in 1 2; do
+                 bench "fp8gemv_rule_r$round" 70 --model llama-3.1-8b --quantization fp8 --workloads latency,batch1
+                 step "fp8gemv_proposal_r$round" 70 env WARD_GEMV_PLANS="$plans" python3 -m ward bench offline \
+                   --out "$OUT/fp8gemv_proposal_r$round" --model llama-3.1-8b --quantization fp8 \
+                   --workloads latency,batch1
+               done
+               python3 bench/gemv_verdict.py "$OUT" fp8gemv_rule fp8gemv_proposal | tee "$OUT/gemvfp8_verdict.txt"
+             fi ;;
     prefill) step prefill_attention 300 python3 bench/prefill_attention.py --out "$OUT/prefill_attention.json"
              grep -E '^\{"case"' "$OUT/prefill_attention.txt" | cut -c1-600 ;;
     norm) for round in 1 2; do
