@@ -73,21 +73,9 @@ def quantize_fp8_groups(x: torch.Tensor, group: int | None = None,
     if x.dim() != 2 or x.stride(-1) != 1:
         raise KernelInputError(f"FP8 quantization takes a row-major [T, K] matrix, got shape {tuple(x.shape)} "
                                f"with strides {x.stride()}")
-    T, K = x.shape
-    group = K if group is None else group
-    if group <= 0:
-        raise KernelInputError(f"FP8 quantization groups must hold at least one column, got {group}")
-    if static_scale is not None and (group != K or static_scale.numel() != 1):
+    if static_scale is not None and (group not in (None, x.shape[1]) or static_scale.numel() != 1):
         raise KernelInputError("a static FP8 input scale is one value for whole rows")
-    groups = triton.cdiv(K, group) if K else 0
-    q = torch.empty(T, K, dtype=FP8, device=x.device)
-    scales = torch.empty(T, groups, dtype=torch.float32, device=x.device)
-    if T and K:
-        static = static_scale if static_scale is not None else scales
-        block = min(1024, triton.next_power_of_2(min(group, K)))
-        _quant_kernel[(T, groups)](x, q, scales, static, K, group, x.stride(0), q.stride(0), scales.stride(0),
-                                   STATIC=static_scale is not None, BLOCK=block, num_warps=4 if block >= 512 else 1)
-    return q, scales
+    return _quantize(x, x.shape[1], group, static_scale, gated=False)
 
 
 def silu_and_mul_quantize_fp8(x: torch.Tensor, group: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,15 +86,23 @@ def silu_and_mul_quantize_fp8(x: torch.Tensor, group: int | None = None) -> tupl
     if x.dim() != 2 or x.stride(-1) != 1 or x.shape[1] % 2:
         raise KernelInputError(f"the gate_up output must be a row-major [T, 2I] matrix, got shape {tuple(x.shape)} "
                                f"with strides {x.stride()}")
-    T, I = x.shape[0], x.shape[1] // 2
-    group = I if group is None else group
+    return _quantize(x, x.shape[1] // 2, group, None, gated=True)
+
+
+def _quantize(x: torch.Tensor, width: int, group: int | None, static_scale: torch.Tensor | None,
+              gated: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The launch both entry points share: ``width`` output columns a row (the activation's, or with
+    ``gated`` half the gate_up row's), quantized per ``group`` of them (None: the whole row)."""
+    T = x.shape[0]
+    group = width if group is None else group
     if group <= 0:
         raise KernelInputError(f"FP8 quantization groups must hold at least one column, got {group}")
-    groups = triton.cdiv(I, group) if I else 0
-    q = torch.empty(T, I, dtype=FP8, device=x.device)
+    groups = triton.cdiv(width, group) if width else 0
+    q = torch.empty(T, width, dtype=FP8, device=x.device)
     scales = torch.empty(T, groups, dtype=torch.float32, device=x.device)
-    if T and I:
-        block = min(1024, triton.next_power_of_2(min(group, I)))
-        _quant_kernel[(T, groups)](x, q, scales, scales, I, group, x.stride(0), q.stride(0), scales.stride(0),
-                                   STATIC=False, BLOCK=block, GATED=True, num_warps=4 if block >= 512 else 1)
+    if T and width:
+        block = min(1024, triton.next_power_of_2(min(group, width)))
+        _quant_kernel[(T, groups)](x, q, scales, static_scale if static_scale is not None else scales, width, group,
+                                   x.stride(0), q.stride(0), scales.stride(0), STATIC=static_scale is not None,
+                                   BLOCK=block, GATED=gated, num_warps=4 if block >= 512 else 1)
     return q, scales
