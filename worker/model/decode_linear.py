@@ -66,15 +66,10 @@ class DecodeGemvLinear(nn.Linear):
 
     def takes(self, rows: int, x: torch.Tensor) -> bool:
         """Whether ``rows`` rows of x's dtype and device go to the GEMV (decode sizes) rather than cuBLAS."""
-        if x.dtype != self.weight.dtype or not (x.is_cuda and x.dtype in _GEMV_DTYPES or _INTERPRETED):
-            return False
-        return 0 < rows <= MAX_ROWS
+        return _gemv_takes(rows, x, self.weight.dtype)
 
     def _gemv_rows(self, x: torch.Tensor) -> torch.Tensor | None:
-        """x as [rows, in] when the GEMV takes it, else None."""
-        if x.numel() % self.in_features or not self.takes(x.numel() // self.in_features, x):
-            return None
-        return _rows(x, self.in_features)
+        return _gemv_rows(x, self.in_features, self.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = self._gemv_rows(x)
@@ -147,10 +142,7 @@ class Fp8DecodeGemvLinear(Fp8Linear):
                 and (layer.dtype in _GEMV_DTYPES or _INTERPRETED) and layer.weight.dtype == torch.float8_e4m3fn)
 
     def _gemv_rows(self, x: torch.Tensor) -> torch.Tensor | None:
-        rows = x.numel() // self.in_features if x.numel() % self.in_features == 0 else 0
-        if not (0 < rows <= MAX_ROWS and x.dtype == self.dtype and (x.is_cuda or _INTERPRETED)):
-            return None
-        return _rows(x, self.in_features)
+        return _gemv_rows(x, self.in_features, self.dtype)
 
     def fuses_activation(self, x: torch.Tensor) -> bool:
         """Decode-sized inputs keep the GEMV (with the SiLU epilogue on gate_up); larger ones may fuse."""
@@ -176,6 +168,21 @@ class Fp8DecodeGemvLinear(Fp8Linear):
 
         y = decode_gemv(x2, self.weight, self.bias, silu=True, weight_scale=self._row_scales)
         return y.reshape(*x.shape[:-1], self.out_features // 2)
+
+
+def _gemv_takes(rows: int, x: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether ``rows`` rows of x go to the GEMV: decode sizes, the layer's activation dtype, float16
+    or bfloat16 on CUDA (any float dtype under the interpreter)."""
+    if x.dtype != dtype or not (x.is_cuda and x.dtype in _GEMV_DTYPES or _INTERPRETED):
+        return False
+    return 0 < rows <= MAX_ROWS
+
+
+def _gemv_rows(x: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """x as [rows, width] when the GEMV takes it, else None."""
+    if x.numel() % width or not _gemv_takes(x.numel() // width, x, dtype):
+        return None
+    return _rows(x, width)
 
 
 def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
