@@ -520,11 +520,13 @@ def _w8a8_on_the_torch_path(layer, x: torch.Tensor) -> torch.Tensor:
 def test_quantized_checkpoint_on_cuda_is_close_to_the_dequantized_model(tmp_path_factory, base, fmt, monkeypatch):
     """The GPU paths (torch._scaled_mm after the one-kernel activation quantization, the block FP8
     and INT4 Triton kernels, FP8 KV cache) on the whole model in bfloat16, over a 12-token prompt
-    (more rows than the decode GEMV takes): prefill logits close to the same arithmetic in float32
-    torch on the CPU. For INT4 (weight-only) that is the de-quantized model; FP8 also quantizes the
-    activations, whose rounding alone moves this random model's logits by 7-10% of their largest
-    value, so its oracle quantizes them as the GPU does. The FP8 KV cache is compared with the
-    bf16-cache run of the same checkpoint."""
+    (more rows than the decode GEMV takes), against the de-quantized model in float32 on the CPU.
+    INT4 is weight-only: its logits are close to the oracle's. FP8 also quantizes the activations,
+    and their rounding alone moves this random model's logits by 7-11% of their largest value (the
+    bf16 hidden states land on other e4m3 steps than float32 ones, so no float32 emulation follows the
+    GPU element by element): its distance from the oracle is held to what the same W8A8 arithmetic
+    in float32 on the CPU shows, which a wrong scale or layout exceeds many times over. The FP8 KV
+    cache is compared with the bf16-cache run of the same checkpoint."""
     from worker.model.quant.linear import Fp8Linear
 
     fp8 = fmt.startswith(("fp8", "ct-fp8"))
@@ -538,12 +540,22 @@ def test_quantized_checkpoint_on_cuda_is_close_to_the_dequantized_model(tmp_path
                   enforce_eager=True, **kw)
         logits[name] = _prefill_logits(llm, prompt).float().cpu()
         del llm
+
+    def cpu_logits(model_dir) -> torch.Tensor:
+        oracle = LLM(model=model_dir, device="cpu", dtype="float32", block_size=16, num_kv_blocks=64,
+                     max_model_len=64, enforce_eager=True)
+        return _prefill_logits(oracle, prompt).float()
+
+    ref = cpu_logits(reference_dir)
+    gap = logits["quantized"] - ref
     if fp8:
         monkeypatch.setattr(Fp8Linear, "forward", _w8a8_on_the_torch_path)
-    oracle = LLM(model=quantized_dir if fp8 else reference_dir, device="cpu", dtype="float32", block_size=16,
-                 num_kv_blocks=64, max_model_len=64, enforce_eager=True)
-    ref = _prefill_logits(oracle, prompt).float()
-    assert (logits["quantized"] - ref).abs().max() <= 0.05 * ref.abs().max()
+        w8a8_gap = cpu_logits(quantized_dir) - ref
+        assert float(w8a8_gap.norm() / ref.norm()) > 0.005  # the emulation did quantize the activations
+        assert float(gap.norm()) <= 1.5 * float(w8a8_gap.norm()) + 0.01 * float(ref.norm())
+        assert gap.abs().max() <= 0.2 * ref.abs().max()
+    else:
+        assert gap.abs().max() <= 0.05 * ref.abs().max()
     kv_gap = logits["kv-fp8"] - logits["quantized"]
     assert float(kv_gap.norm() / logits["quantized"].norm()) < 0.1
 

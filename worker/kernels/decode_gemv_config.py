@@ -42,6 +42,18 @@ LLAMA_8B_PLANS: dict[tuple[int, int, bool], GemvPlan] = {
     (4096, 14336, False): GemvPlan(32, 512, 4, 4, 1),  # down
 }
 
+# The same projections over e4m3 weights (FP8 checkpoints, or bf16 ones quantized at load), from
+# bench/gemv_sweep.py --fp8 on an H100 (2026-12-07). Shorter K steps in three stages beat the
+# 16-bit plans' doubled step, and o_proj and down take three K splits: one-byte weights halve each
+# program's stream, so a wider grid now pays for its partial sums (batch-1 decode 221 -> 250 tokens/s,
+# the latency test 627 -> 582 ms, alternated twice on one card).
+LLAMA_8B_FP8_PLANS: dict[tuple[int, int, bool], GemvPlan] = {
+    (6144, 4096, False): GemvPlan(16, 256, 2, 3, 1),  # qkv
+    (4096, 4096, False): GemvPlan(32, 128, 4, 3, 3),  # o
+    (14336, 4096, True): GemvPlan(32, 256, 4, 3, 1),  # gate_up with the SiLU epilogue
+    (4096, 14336, False): GemvPlan(32, 512, 4, 3, 3),  # down
+}
+
 
 def parse_plan_overrides(text: str) -> dict[tuple[int, int], GemvPlan]:
     """``WARD_GEMV_PLANS``: ``NxK=block_n:block_k:warps:stages:split_k`` entries separated by commas or
@@ -67,14 +79,17 @@ PLAN_OVERRIDES = parse_plan_overrides(os.environ.get("WARD_GEMV_PLANS", ""))
 def choose_plan(n: int, k: int, num_sms: int, silu: bool = False, element_size: int = 2,
                 shared_limit: int | None = None) -> GemvPlan:
     """The plan for an [n, k] weight (n = output columns one program family covers; with the SiLU
-    epilogue the intermediate size): ``WARD_GEMV_PLANS``'s, the table's, else by rule; then with
-    fewer stages or a shorter K step where its pipelined tiles of ``element_size``-byte values would
-    not fit ``shared_limit`` bytes of shared memory (None: no limit, as under the interpreter).
+    epilogue the intermediate size): ``WARD_GEMV_PLANS``'s, the table's (the e4m3 table for one-byte
+    weights), else by rule; then with fewer stages or a shorter K step where its pipelined tiles of
+    ``element_size``-byte values would not fit ``shared_limit`` bytes of shared memory (None: no
+    limit, as under the interpreter).
 
-    One-byte (e4m3) weights take twice the table's or the rule's K step, so that a step streams as
-    many bytes as the 16-bit plan: on an H100 (2026-12-07) that made FP8 batch-1 decode 4.7% faster
-    (211.6 -> 221.5 tokens/s) and the latency test 8% faster than the 16-bit plans."""
+    One-byte (e4m3) weights of a shape outside their table take twice the 16-bit table's or rule's
+    K step, so that a step streams as many bytes as the 16-bit plan: on an H100 (2026-12-07) that
+    made FP8 batch-1 decode 4.7% faster (211.6 -> 221.5 tokens/s) than the 16-bit plans."""
     plan = PLAN_OVERRIDES.get((n, k))
+    if plan is None and element_size == 1:
+        plan = LLAMA_8B_FP8_PLANS.get((n, k, silu))
     if plan is None:
         plan = LLAMA_8B_PLANS.get((n, k, silu)) or _rule_plan(n, k, num_sms)
         if element_size == 1:
