@@ -11,9 +11,6 @@
 #              (bench/fp8_layers.py)
 #   fp8quant   FP8 weights, the whole model (latency, batch 1, 1,000 x 256/256, mixed) with the
 #              activation quantization as torch operations (WARD_FP8_QUANT_KERNEL=0) and as one kernel
-#   fp8silu    FP8 weights, 1,000 x 256/256, 1,000 x 1,024/128 and mixed with the down projection's input
-#              quantized by silu_and_mul then the quantization kernel, and in one kernel
-#              (WARD_FP8_SILU_QUANT=1), alternated twice; then its GPU tests
 #   fp8decode  FP8 weights, latency and batch 1: decode steps through W8A8 (WARD_DECODE_GEMV=0), through
 #              the decode GEMV over the e4m3 weights, and (FP8_GEMV_PLANS set) with those plans,
 #              alternated twice
@@ -101,16 +98,6 @@ for s in $STEPS; do
                      --workloads latency,batch1
                  fi
                done ;;
-    fp8silu) for round in 1 2; do
-               for on in 0 1; do
-                 step "fp8silu${on}_r$round" 110 env WARD_FP8_SILU_QUANT=$on python3 -m ward bench offline \
-                   --out "$OUT/fp8silu${on}_r$round" --model llama-3.1-8b --quantization fp8 \
-                   --workloads offline_256_256,offline_1024_128,mixed
-               done
-             done
-             step fp8silu_tests 100 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu \
-               tests/test_quant_kernels.py tests/test_quantization.py -k "silu"
-             tail -2 "$OUT/fp8silu_tests.txt" ;;
     fp8kv) bench fp8kv 80 --model llama-3.1-8b --kv-cache-dtype fp8 --workloads batch1,offline_256_256 ;;
     serving) serving serving WARD_ROUTING__MULTIPLEX=true ;;
     serving_ab) serving serving_mux WARD_ROUTING__MULTIPLEX=true; serving serving_calls WARD_ROUTING__MULTIPLEX=false ;;

@@ -203,10 +203,6 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
         {"x_ptr": BF16, "q_ptr": "*fp8e4nv", "s_ptr": "*fp32", "static_ptr": "*fp32"},
         dict(STATIC=True, BLOCK=128), num_warps=1,
     ),
-    "fp8_silu_mul_quant": lambda: compile_variant(  # the down projection's input from the gate_up output
-        fp8_quant._quant_kernel, {"x_ptr": BF16, "q_ptr": "*fp8e4nv", "s_ptr": "*fp32", "static_ptr": "*fp32"},
-        dict(STATIC=False, BLOCK=1024, GATED=True), num_warps=4,
-    ),
     "fp8_block_gemm": lambda: compile_variant(
         fp8_gemm._fp8_block_gemm_kernel,
         {"a_ptr": "*fp8e4nv", "as_ptr": "*fp32", "b_ptr": "*fp8e4nv", "bs_ptr": "*fp32", "y_ptr": BF16},

@@ -22,7 +22,6 @@ from quant_kernels_cases import (  # noqa: E402
     check_fp8_block,
     check_fp8_moe,
     check_fp8_quant,
-    check_fp8_silu_quant,
     check_int4,
 )
 
@@ -128,13 +127,3 @@ def test_fp8_activation_quantization_is_bit_exact_with_torch(T, K, group):
     assert check_fp8_quant(T, K, group, "cuda", torch.bfloat16) == 0.0
     if group is None:
         assert check_fp8_quant(T, K, None, "cuda", torch.bfloat16, static=True) == 0.0
-
-
-@pytest.mark.gpu
-@gpu
-@pytest.mark.parametrize("T", [1, 300, 2048])
-@pytest.mark.parametrize("I, group", [(14336, None), (14336, 128), (300, 128)])
-def test_fp8_silu_and_mul_quantization_is_the_two_kernels_bits(T, I, group):
-    """The down projection's input quantized straight from the gate_up output (bf16, Llama-3.1-8B's
-    intermediate size): the bits of silu_and_mul followed by the quantization kernel."""
-    assert check_fp8_silu_quant(T, I, group, "cuda", torch.bfloat16) == 0.0

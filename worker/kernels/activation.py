@@ -11,23 +11,17 @@ BLOCK = 1024
 
 
 @triton.jit
-def silu_mul(gate, up):
-    """``silu(gate) * up`` in float32, rounded like torch's F.silu(gate) * up in up's dtype: silu
-    first (rounded to that dtype), then the product (the caller rounds it)."""
-    gate = gate.to(tl.float32)
-    activated = (gate / (1.0 + tl.exp(-gate))).to(up.dtype).to(tl.float32)
-    return activated * up.to(tl.float32)
-
-
-@triton.jit
 def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, INTERMEDIATE: tl.constexpr, BLOCK: tl.constexpr):
     """Grid (T, cdiv(I, BLOCK)): one program per BLOCK columns of one row."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < INTERMEDIATE
-    gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0)
+    gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_ptr + row * stride_x + INTERMEDIATE + cols, mask=mask, other=0.0)
-    out = silu_mul(gate, up)
+    dtype = up.dtype
+    # Round like torch's F.silu(gate) * up in the activations' dtype: silu first, then the product.
+    activated = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
+    out = activated * up.to(tl.float32)
     tl.store(out_ptr + row * stride_out + cols, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 

@@ -10,8 +10,7 @@ its own precision twice (the amax, then the cast; the second read comes from L2)
 per value and one float per group. The arithmetic is the torch reference's
 (``worker.model.quant.linear.quantize_fp8_per_token``): float32 amax, the same clamp, a true
 division (``div_rn``: Triton's ``/`` is an approximate one on the GPU), round-to-nearest-even into
-e4m3. The same kernel also takes a gate_up output and quantizes ``silu(gate) * up`` without writing
-it (``silu_and_mul_quantize_fp8``: an FP8 down projection's input).
+e4m3.
 """
 from __future__ import annotations
 
@@ -19,30 +18,17 @@ import torch
 import triton
 import triton.language as tl
 
-from worker.kernels.activation import silu_mul
 from worker.kernels.errors import KernelInputError
 
 FP8 = torch.float8_e4m3fn  # the kernel's 448 is this type's largest finite value
 
 
 @triton.jit
-def _values(x_row, offs, ok, K, GATED: tl.constexpr):
-    """Columns ``offs`` of a row in float32: the row itself, or with GATED ``silu(gate) * up`` of a
-    [2K] gate_up row (gate first) rounded to the row's dtype as ``silu_and_mul`` rounds it."""
-    if GATED:
-        up = tl.load(x_row + K + offs, mask=ok, other=0.0)
-        return silu_mul(tl.load(x_row + offs, mask=ok, other=0.0), up).to(up.dtype).to(tl.float32)
-    return tl.load(x_row + offs, mask=ok, other=0.0).to(tl.float32)
-
-
-@triton.jit
 def _quant_kernel(
     x_ptr, q_ptr, s_ptr, static_ptr, K, group, stride_x, stride_q, stride_s,
-    STATIC: tl.constexpr, BLOCK: tl.constexpr, GATED: tl.constexpr = False,
+    STATIC: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """Grid (rows, groups per row): the program's group is columns [g * group, min(K, (g + 1) * group))
-    of the K output columns. With GATED the values are computed twice, for the amax and for the
-    cast, instead of being written and read back."""
+    """Grid (rows, groups per row): the program's group is columns [g * group, min(K, (g + 1) * group))."""
     row = tl.program_id(0)
     g = tl.program_id(1)
     start = g * group
@@ -55,12 +41,13 @@ def _quant_kernel(
         amax = tl.zeros([BLOCK], dtype=tl.float32)
         for k0 in range(start, end, BLOCK):
             offs = k0 + tl.arange(0, BLOCK)
-            amax = tl.maximum(amax, tl.abs(_values(x_row, offs, offs < end, K, GATED)))
+            amax = tl.maximum(amax, tl.abs(tl.load(x_row + offs, mask=offs < end, other=0.0).to(tl.float32)))
         scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), 448.0), 1e-12)
     for k0 in range(start, end, BLOCK):
         offs = k0 + tl.arange(0, BLOCK)
         ok = offs < end
-        q = tl.minimum(tl.maximum(tl.math.div_rn(_values(x_row, offs, ok, K, GATED), scale), -448.0), 448.0)
+        x = tl.load(x_row + offs, mask=ok, other=0.0).to(tl.float32)
+        q = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -448.0), 448.0)
         tl.store(q_row + offs, q.to(q_ptr.dtype.element_ty), mask=ok)
     tl.store(s_ptr + row.to(tl.int64) * stride_s + g, scale)
 
@@ -75,25 +62,7 @@ def quantize_fp8_groups(x: torch.Tensor, group: int | None = None,
                                f"with strides {x.stride()}")
     if static_scale is not None and (group not in (None, x.shape[1]) or static_scale.numel() != 1):
         raise KernelInputError("a static FP8 input scale is one value for whole rows")
-    return _quantize(x, x.shape[1], group, static_scale, gated=False)
-
-
-def silu_and_mul_quantize_fp8(x: torch.Tensor, group: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``quantize_fp8_groups(silu_and_mul(x), group)`` in one kernel, the same bits: x [T, 2I] is a
-    fused gate_up projection's output (float16/bfloat16/float32, rows contiguous); returns e4m3
-    [T, I] and float32 scales [T, ceil(I / group)] (``group`` None: one per row). The [T, I]
-    activation is never written: what a W8A8 down projection would read and quantize again."""
-    if x.dim() != 2 or x.stride(-1) != 1 or x.shape[1] % 2:
-        raise KernelInputError(f"the gate_up output must be a row-major [T, 2I] matrix, got shape {tuple(x.shape)} "
-                               f"with strides {x.stride()}")
-    return _quantize(x, x.shape[1] // 2, group, None, gated=True)
-
-
-def _quantize(x: torch.Tensor, width: int, group: int | None, static_scale: torch.Tensor | None,
-              gated: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The launch both entry points share: ``width`` output columns a row (the activation's, or with
-    ``gated`` half the gate_up row's), quantized per ``group`` of them (None: the whole row)."""
-    T = x.shape[0]
+    T, width = x.shape
     group = width if group is None else group
     if group <= 0:
         raise KernelInputError(f"FP8 quantization groups must hold at least one column, got {group}")
@@ -104,5 +73,5 @@ def _quantize(x: torch.Tensor, width: int, group: int | None, static_scale: torc
         block = min(1024, triton.next_power_of_2(min(group, width)))
         _quant_kernel[(T, groups)](x, q, scales, static_scale if static_scale is not None else scales, width, group,
                                    x.stride(0), q.stride(0), scales.stride(0), STATIC=static_scale is not None,
-                                   BLOCK=block, GATED=gated, num_warps=4 if block >= 512 else 1)
+                                   BLOCK=block, num_warps=4 if block >= 512 else 1)
     return q, scales

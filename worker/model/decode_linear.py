@@ -144,14 +144,10 @@ class Fp8DecodeGemvLinear(Fp8Linear):
     def _gemv_rows(self, x: torch.Tensor) -> torch.Tensor | None:
         return _gemv_rows(x, self.in_features, self.dtype)
 
-    def fuses_activation(self, x: torch.Tensor) -> bool:
-        """Decode-sized inputs keep the GEMV (with the SiLU epilogue on gate_up); larger ones may fuse."""
-        return x.numel() // max(1, x.shape[-1]) > MAX_ROWS and super().fuses_activation(x)
-
-    def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
-        x2 = None if gated else self._gemv_rows(x)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = self._gemv_rows(x)
         if x2 is None:
-            return super().forward(x, gated)
+            return super().forward(x)
         from worker.kernels.decode_gemv import decode_gemv
 
         y = decode_gemv(x2, self.weight, self.bias, weight_scale=self._row_scales)

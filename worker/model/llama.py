@@ -98,10 +98,6 @@ class MLP(nn.Module):
         self.ops = ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # an FP8 down projection may quantize silu(gate) * up straight from the gate_up output (looked
-        # up on the class: a missing attribute on the module costs nn.Module.__getattr__'s exception)
-        if hasattr(type(self.down_proj), "fuses_activation") and self.down_proj.fuses_activation(x):
-            return self.down_proj(self.gate_up_proj(x), gated=True)
         # a gate_up layer swapped in from outside may fuse the activation into its matmul
         fused = getattr(self.gate_up_proj, "forward_silu_and_mul", None)
         if fused is not None:

@@ -35,10 +35,6 @@ AmaxReduce = Callable[[torch.Tensor], torch.Tensor]
 # Activation quantization on CUDA in one Triton kernel (worker/kernels/fp8_quant.py); 0: the torch
 # operations below, the same bits in eight kernels (kept for A/B timing).
 FP8_QUANT_KERNEL = os.environ.get("WARD_FP8_QUANT_KERNEL", "1") != "0"
-# A down projection fed the gate_up output quantizes silu(gate) * up in one kernel
-# (worker/kernels/fp8_quant.py: silu_and_mul_quantize_fp8) instead of silu_and_mul, then its own
-# quantization: the same bits, one launch and one activation pass fewer. Opt-in until timed on a GPU.
-FP8_SILU_QUANT = os.environ.get("WARD_FP8_SILU_QUANT") == "1"
 
 
 def _cuda_fp8_ok(device: torch.device) -> bool:
@@ -177,27 +173,12 @@ class Fp8Linear(QuantLinear):
             return dequantize_fp8_block(self.weight, self.weight_scale_inv, self.qc.block_size, dtype)
         return (self.weight.float() * self.weight_scale).to(dtype)
 
-    def fuses_activation(self, x: torch.Tensor) -> bool:
-        """Whether this layer, as a down projection, takes the MLP's gate_up output for an MLP input
-        ``x`` (``self(gate_up, gated=True)``) and quantizes ``silu(gate) * up`` in one kernel."""
-        return FP8_SILU_QUANT and self.input_scale is None and _cuda_fp8_ok(x.device)
-
-    def forward(self, x: torch.Tensor, gated: bool = False) -> torch.Tensor:
-        """``x @ W.T + bias``; with ``gated`` x is a fused gate_up output [..., 2 * in] and the
-        product is taken of ``silu(gate) * up``."""
-        if gated and not self.fuses_activation(x):
-            x, gated = _silu_and_mul(x), False
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _cuda_fp8_ok(x.device):
             block = self.qc.method == "fp8_block"
             group = self.qc.block_size[1] if block else None
-            x2 = x.reshape(-1, x.shape[-1])
-            if gated:
-                from worker.kernels.fp8_quant import silu_and_mul_quantize_fp8
-
-                xq, xs = silu_and_mul_quantize_fp8(x2.contiguous(), group)
-            else:
-                # block scales are dynamic per token and block: a static input scale does not apply
-                xq, xs = _quantize_activation(x2, group, None if block else self.input_scale)
+            # block scales are dynamic per token and block: a static input scale does not apply
+            xq, xs = _quantize_activation(x.reshape(-1, x.shape[-1]), group, None if block else self.input_scale)
             if block:
                 from worker.kernels.fp8_gemm import fp8_block_gemm
 
@@ -220,17 +201,6 @@ class Fp8Linear(QuantLinear):
             self.input_scale.data.fill_(0.02)
         if self.bias is not None:
             self.bias.data.zero_()
-
-
-def _silu_and_mul(x: torch.Tensor) -> torch.Tensor:
-    """``silu(gate) * up`` of a gate_up output: the Triton kernel on CUDA, torch elsewhere."""
-    if x.is_cuda:
-        from worker.kernels.activation import silu_and_mul
-
-        return silu_and_mul(x)
-    from worker.model.ops import silu_and_mul as torch_silu_and_mul
-
-    return torch_silu_and_mul(x)
 
 
 def _quantize_activation(x: torch.Tensor, group: int | None,
