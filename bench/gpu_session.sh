@@ -11,6 +11,10 @@
 #              (bench/fp8_layers.py)
 #   fp8quant   FP8 weights, the whole model (latency, batch 1, 1,000 x 256/256, mixed) with the
 #              activation quantization as torch operations (WARD_FP8_QUANT_KERNEL=0) and as one kernel
+#   fp8gemm    FP8 weights, latency, 1,000 x 256/256 and mixed with torch._scaled_mm's precise and fast
+#              accumulation (WARD_FP8_FAST_ACCUM=0/1), alternated twice; then the per-channel GEMMs
+#              one shape at a time: torch._scaled_mm both ways against Ward's Triton kernel over a grid
+#              of tile plans (bench/fp8_gemm_sweep.py, FP8_GEMM_ROWS row counts)
 #   fp8decode  FP8 weights, latency and batch 1: decode steps through W8A8 (WARD_DECODE_GEMV=0), through
 #              the decode GEMV over the e4m3 weights, and (FP8_GEMV_PLANS set) with those plans,
 #              alternated twice
@@ -98,6 +102,15 @@ for s in $STEPS; do
                      --workloads latency,batch1
                  fi
                done ;;
+    fp8gemm) for round in 1 2; do
+               for accum in 0 1; do
+                 step "fp8accum${accum}_r$round" 100 env WARD_FP8_FAST_ACCUM=$accum python3 -m ward bench offline \
+                   --out "$OUT/fp8accum${accum}_r$round" --model llama-3.1-8b --quantization fp8 \
+                   --workloads latency,offline_256_256,mixed
+               done
+             done
+             step fp8gemm_sweep 200 python3 bench/fp8_gemm_sweep.py --rows "${FP8_GEMM_ROWS:-64,256,512,2048}"
+             grep '^{' "$OUT/fp8gemm_sweep.txt" | cut -d, -f1,2,5- | cut -c1-330 ;;
     fp8kv) bench fp8kv 80 --model llama-3.1-8b --kv-cache-dtype fp8 --workloads batch1,offline_256_256 ;;
     serving) serving serving WARD_ROUTING__MULTIPLEX=true ;;
     serving_ab) serving serving_mux WARD_ROUTING__MULTIPLEX=true; serving serving_calls WARD_ROUTING__MULTIPLEX=false ;;

@@ -208,6 +208,11 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
         {"a_ptr": "*fp8e4nv", "as_ptr": "*fp32", "b_ptr": "*fp8e4nv", "bs_ptr": "*fp32", "y_ptr": BF16},
         dict(SCALE_N=128, BLOCK_M=64, BLOCK_N=128, BLOCK_K=128), num_warps=4, num_stages=3,
     ),
+    "fp8_channel_gemm": lambda: compile_variant(
+        fp8_gemm._fp8_block_gemm_kernel,
+        {"a_ptr": "*fp8e4nv", "as_ptr": "*fp32", "b_ptr": "*fp8e4nv", "bs_ptr": "*fp32", "y_ptr": BF16},
+        dict(SCALE_N=1, BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, PER_CHANNEL=True), num_warps=4, num_stages=3,
+    ),
     "decode_gemv_qkv_split2": lambda: decode_gemv_variant(32, 256, 2, silu=False, bias=False, stages=3),
     "decode_gemv_o_split4_bias": lambda: decode_gemv_variant(32, 256, 4, silu=False, bias=True, stages=4),
     "decode_gemv_down_split4": lambda: decode_gemv_variant(32, 512, 4, silu=False, bias=False, stages=4),

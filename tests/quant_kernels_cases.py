@@ -88,6 +88,22 @@ def check_fp8_block(M: int, K: int, N: int, device: str, out_dtype=torch.float32
     return float((got - want).abs().max() / want.abs().max())
 
 
+def check_fp8_channel(M: int, K: int, N: int, device: str, plan: tuple[int, int, int, int, int],
+                      out_dtype=torch.float32) -> float:
+    """``fp8_channel_gemm`` (per-token activation scales, per-row weight scales in the epilogue)
+    against the de-quantized product in float32."""
+    from worker.kernels.fp8_gemm import fp8_channel_gemm
+    from worker.model.quant.linear import quantize_fp8_per_channel, quantize_fp8_per_token
+
+    gen = torch.Generator().manual_seed(M * 7 + K + N)
+    q, s = quantize_fp8_per_channel(torch.randn(N, K, generator=gen) * 0.05)
+    xq, xs = quantize_fp8_per_token(torch.randn(M, K, generator=gen))
+    want = (xq.float() * xs) @ (q.float() * s).t()
+    dev = torch.device(device)
+    got = fp8_channel_gemm(xq.to(dev), xs.to(dev), q.to(dev), s.to(dev), out_dtype, plan).float().cpu()
+    return float((got - want).abs().max() / want.abs().max())
+
+
 def check_fp8_moe(T: int, E: int, top_k: int, hidden: int, inter: int, per_block: bool, device: str,
                   dtype=torch.float32) -> float:
     """The fused MoE with FP8 experts (per-channel or 128x128-block scales) against the reference
@@ -133,6 +149,9 @@ INTERPRETER_CASES = {  # small shapes: the interpreter runs kernels in numpy
     "int8-gemv-g128": lambda: check_int4(3, 256, 128, 128, "gemv", "cpu", bits=8),
     "int8-gemm-offsets": lambda: check_int4(17, 128, 64, 32, "gemm", "cpu", offsets=True, bits=8),
     "fp8-block-gemm": lambda: check_fp8_block(20, 384, 200, "cpu"),
+    # ragged in every dimension: rows, columns and a last K step past the end
+    "fp8-channel-gemm-ragged": lambda: check_fp8_channel(20, 200, 72, "cpu", (16, 32, 64, 4, 2)),
+    "fp8-channel-gemm-one-tile": lambda: check_fp8_channel(3, 128, 64, "cpu", (16, 64, 128, 4, 3)),
     "fp8-quant-token": lambda: check_fp8_quant(6, 200, None, "cpu", representable=True),
     "fp8-quant-token-long": lambda: check_fp8_quant(3, 2600, None, "cpu", representable=True),
     "fp8-quant-blocks": lambda: check_fp8_quant(5, 384, 128, "cpu", representable=True),

@@ -20,6 +20,7 @@ if str(TESTS_DIR) not in sys.path:
 from quant_kernels_cases import (  # noqa: E402
     INTERPRETER_CASES,
     check_fp8_block,
+    check_fp8_channel,
     check_fp8_moe,
     check_fp8_quant,
     check_int4,
@@ -82,6 +83,16 @@ def test_fp8_block_gemm_matches_dequantized_reference(M):
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 tensor cores need Ada or Hopper")
     assert check_fp8_block(M, 4096, 6144, "cuda", torch.bfloat16) < 2e-2
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("M", [16, 200, 256, 2048])
+@pytest.mark.parametrize("plan", [(64, 128, 128, 4, 4), (128, 256, 128, 8, 3)])
+def test_fp8_channel_gemm_matches_dequantized_reference(M, plan):
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need Ada or Hopper")
+    assert check_fp8_channel(M, 4096, 6144, "cuda", plan, torch.bfloat16) < 2e-2
 
 
 @pytest.mark.gpu

@@ -35,6 +35,9 @@ AmaxReduce = Callable[[torch.Tensor], torch.Tensor]
 # Activation quantization on CUDA in one Triton kernel (worker/kernels/fp8_quant.py); 0: the torch
 # operations below, the same bits in eight kernels (kept for A/B timing).
 FP8_QUANT_KERNEL = os.environ.get("WARD_FP8_QUANT_KERNEL", "1") != "0"
+# torch._scaled_mm's fast accumulation (the tensor cores' own accumulator between promotions to
+# float32, as the FP8 GEMMs of CUTLASS, FBGEMM and vLLM run): opt-in until timed on a GPU.
+FP8_FAST_ACCUM = os.environ.get("WARD_FP8_FAST_ACCUM") == "1"
 
 
 def _cuda_fp8_ok(device: torch.device) -> bool:
@@ -185,7 +188,7 @@ class Fp8Linear(QuantLinear):
                 y = fp8_block_gemm(xq, xs, self.weight, self.weight_scale_inv, self.qc.block_size, x.dtype)
             else:
                 y = torch._scaled_mm(xq, self.weight.t(), scale_a=xs, scale_b=self.weight_scale.reshape(1, -1),
-                                     out_dtype=x.dtype)
+                                     out_dtype=x.dtype, use_fast_accum=FP8_FAST_ACCUM)
             return self._add_bias(y.reshape(*x.shape[:-1], -1))
         return nn.functional.linear(x, self.dequantized_weight(x.dtype), self.bias)
 
