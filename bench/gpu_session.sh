@@ -12,9 +12,9 @@
 #   fp8quant   FP8 weights, the whole model (latency, batch 1, 1,000 x 256/256, mixed) with the
 #              activation quantization as torch operations (WARD_FP8_QUANT_KERNEL=0) and as one kernel
 #   fp8gemm    FP8 weights, latency, 1,000 x 256/256 and mixed with torch._scaled_mm's precise and fast
-#              accumulation (WARD_FP8_FAST_ACCUM=0/1, the default since 2026-12-07), alternated twice; then the per-channel GEMMs
-#              one shape at a time: torch._scaled_mm both ways against Ward's Triton kernel over a grid
-#              of tile plans (bench/fp8_gemm_sweep.py, FP8_GEMM_ROWS row counts)
+#              accumulation (WARD_FP8_FAST_ACCUM=0/1; 1 is the default), alternated twice; then the
+#              per-channel GEMMs one shape at a time: torch._scaled_mm both ways against Ward's Triton
+#              kernel over a grid of tile plans (bench/fp8_gemm_sweep.py, FP8_GEMM_ROWS row counts)
 #   fp8decode  FP8 weights, latency and batch 1: decode steps through W8A8 (WARD_DECODE_GEMV=0), through
 #              the decode GEMV over the e4m3 weights, and (FP8_GEMV_PLANS set) with those plans,
 #              alternated twice
