@@ -12,7 +12,9 @@ Writes the figures as JSON (--out) and, with --plans-file, a ``WARD_GEMV_PLANS``
 (semicolon-separated) with the shapes whose winner beat the starting plan by more than 2%, for an
 A/B of the whole model (bench/pdl_ab.sh). With --fp8 the weights are e4m3 with per-row scales (the
 FP8 layers' decode) and the walk starts from their plan (twice the 16-bit K step); the proposal is
-then for an FP8 model's runs (``WARD_GEMV_PLANS`` keys a shape, not its weights' type).
+then for an FP8 model's runs (``WARD_GEMV_PLANS`` keys a shape, not its weights' type). With
+--rows R the walk times R rows a launch and starts from the plan a launch of R rows takes; for R of
+at least ``WIDE_ROWS`` the proposal is a ``WARD_GEMV_WIDE_PLANS`` value (plans for those launches only).
 
 Usage (from the repository root): python3 bench/gemv_sweep.py --out gemv_sweep.json --plans-file plans.txt [--fp8]
 """
@@ -32,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from worker.kernels.decode_gemv import decode_gemv, reserve_workspace, shared_memory_limit  # noqa: E402
-from worker.kernels.decode_gemv_config import GemvPlan, _fit_split, choose_plan  # noqa: E402
+from worker.kernels.decode_gemv_config import WIDE_ROWS, GemvPlan, _fit_split, choose_plan  # noqa: E402
 
 from graph_timing import timed_us  # noqa: E402  (bench/, the script's own folder)
 
@@ -84,8 +86,8 @@ class Bench:
             return None
 
 
-def walk(bench: Bench, start: GemvPlan) -> tuple[GemvPlan, float, list[dict]]:
-    tried: dict[GemvPlan, float | None] = {start: bench.time(start)}
+def walk(bench: Bench, start: GemvPlan, rows: int = 1) -> tuple[GemvPlan, float, list[dict]]:
+    tried: dict[GemvPlan, float | None] = {start: bench.time(start, rows)}
     best_plan, best = start, tried[start]
     for _ in range(2):
         improved = False
@@ -94,7 +96,7 @@ def walk(bench: Bench, start: GemvPlan) -> tuple[GemvPlan, float, list[dict]]:
                 candidate = _fit_split(dataclasses.replace(best_plan, **{axis: value}), bench.k)
                 if candidate in tried:
                     continue
-                tried[candidate] = us = bench.time(candidate)
+                tried[candidate] = us = bench.time(candidate, rows)
                 if us is not None and us < best * KEEP_IF_FASTER:
                     best_plan, best, improved = candidate, us, True
         if not improved:
@@ -114,6 +116,7 @@ def main() -> int:
     parser.add_argument("--plans-file", default="", help="write the proposed WARD_GEMV_PLANS value here")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated subset of " + ",".join(SHAPES))
     parser.add_argument("--fp8", action="store_true", help="e4m3 weights with per-row scales (FP8 layers)")
+    parser.add_argument("--rows", type=int, default=1, help="rows a launch while walking (1 to 8)")
     args = parser.parse_args()
     props = torch.cuda.get_device_properties(0)
     copy_bytes = 1 << 30
@@ -131,12 +134,12 @@ def main() -> int:
         t0 = time.monotonic()
         bench = Bench(n, k, silu, props.L2_cache_size, args.fp8)
         start = choose_plan(n, k, props.multi_processor_count, silu, 1 if args.fp8 else 2,
-                            shared_memory_limit(torch.device("cuda", 0)))
-        best_plan, _, trials = walk(bench, start)
+                            shared_memory_limit(torch.device("cuda", 0)), args.rows)
+        best_plan, _, trials = walk(bench, start, args.rows)
         floor_us = bench.floor_bytes / bandwidth * 1e6
         final = {}
         for label, plan in (("start", start), ("best", best_plan)):
-            for rows in (1, 8):
+            for rows in sorted({1, 8, args.rows}):
                 us = bench.time(plan, rows)
                 final[f"{label}_m{rows}_us"] = None if us is None else round(us, 2)
         row = {"start": list(dataclasses.astuple(start)), "best": list(dataclasses.astuple(best_plan)),
@@ -144,13 +147,15 @@ def main() -> int:
                "seconds": round(time.monotonic() - t0, 1)}
         report["shapes"][name] = row
         print(json.dumps({name: {key: v for key, v in row.items() if key != "trials"}}), flush=True)
-        start_us, best_us = final["start_m1_us"], final["best_m1_us"]
+        start_us, best_us = final[f"start_m{args.rows}_us"], final[f"best_m{args.rows}_us"]
         if best_plan != start and start_us and best_us and best_us < start_us * REPORT_IF_FASTER:
             proposals.append(plan_text(n, k, best_plan))
         del bench
         torch.cuda.empty_cache()
     report["proposed_plans"] = ";".join(proposals)
-    print("WARD_GEMV_PLANS=" + report["proposed_plans"], flush=True)
+    variable = "WARD_GEMV_WIDE_PLANS" if args.rows >= WIDE_ROWS else "WARD_GEMV_PLANS"
+    report["proposal_variable"] = variable
+    print(f"{variable}=" + report["proposed_plans"], flush=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     if args.plans_file:
         Path(args.plans_file).write_text(report["proposed_plans"])

@@ -35,6 +35,9 @@
 #              alternated twice; GEMV_PLANS overrides the proposal; the winner's name in gemv_verdict.txt
 #   gemvfp8    the same for the FP8 layers' decode (bench/gemv_sweep.py --fp8, e4m3 weights), the whole
 #              model quantized to FP8 at load at batch 1 and in the latency test, alternated twice
+#   gemvfp8wide the FP8 layers' decode GEMV walked at 8 rows a launch (bench/gemv_sweep.py --fp8 --rows 8,
+#              WIDE_SHAPES, default gate_up_silu and down), then the FP8 model at batch 1 and in the
+#              latency test without and with the proposal as WARD_GEMV_WIDE_PLANS, alternated twice
 #   prefill    prefill attention tile shapes beside FlashAttention-3 (bench/prefill_attention.py; FA3
 #              only when the peer's site is on PYTHONPATH)
 #   norm       the whole model at batch 1 and in the latency test without and with the RMSNorms folded
@@ -157,6 +160,19 @@ for s in $STEPS; do
                done
                python3 bench/gemv_verdict.py "$OUT" fp8gemv_rule fp8gemv_proposal | tee "$OUT/gemvfp8_verdict.txt"
              fi ;;
+    gemvfp8wide) step gemvwide_sweep 120 python3 bench/gemv_sweep.py --fp8 --rows 8 --shapes \
+                   "${WIDE_SHAPES:-gate_up_silu,down}" --out "$OUT/gemvwide_sweep.json" --plans-file "$OUT/plans_wide.txt"
+                 grep -E '^\{"(qkv|o|down|gate_up_silu)"|^WARD_GEMV_WIDE_PLANS' "$OUT/gemvwide_sweep.txt" | cut -c1-400
+                 plans=$(cat "$OUT/plans_wide.txt" 2>/dev/null)
+                 if [ -n "$plans" ]; then
+                   for round in 1 2; do
+                     bench "fp8wide_table_r$round" 50 --model llama-3.1-8b --quantization fp8 --workloads latency,batch1
+                     step "fp8wide_proposal_r$round" 50 env WARD_GEMV_WIDE_PLANS="$plans" python3 -m ward bench offline \
+                       --out "$OUT/fp8wide_proposal_r$round" --model llama-3.1-8b --quantization fp8 \
+                       --workloads latency,batch1
+                   done
+                   python3 bench/gemv_verdict.py "$OUT" fp8wide_table fp8wide_proposal | tee "$OUT/gemvwide_verdict.txt"
+                 fi ;;
     prefill) step prefill_attention 300 python3 bench/prefill_attention.py --out "$OUT/prefill_attention.json"
              grep -E '^\{"case"' "$OUT/prefill_attention.txt" | cut -c1-600 ;;
     norm) for round in 1 2; do

@@ -299,6 +299,23 @@ def test_decode_gemv_e4m3_weights_take_their_own_table_else_twice_the_k_step() -
         assert (fp8.block_n, fp8.block_k, fp8.num_warps) == (bf16.block_n, 2 * bf16.block_k, bf16.num_warps), (n, k)
 
 
+def test_decode_gemv_wide_launches_take_their_own_override(monkeypatch) -> None:
+    from worker.kernels import decode_gemv, decode_gemv_config as config
+
+    wide = GemvPlan(16, 128, 8, 3, 2)
+    monkeypatch.setattr(config, "WIDE_PLAN_OVERRIDES", config.parse_plan_overrides("4096x14336=16:128:8:3:2"))
+    narrow = choose_plan(4096, 14336, 132)
+    assert choose_plan(4096, 14336, 132, rows=config.WIDE_ROWS - 1) == narrow
+    assert choose_plan(4096, 14336, 132, rows=config.WIDE_ROWS) == wide
+    assert choose_plan(4096, 14336, 132, rows=8) == wide
+    assert choose_plan(4096, 4096, 132, rows=8) == choose_plan(4096, 4096, 132)  # other shapes keep theirs
+    # a graph captured at either row count finds the workspace its plan needs already reserved
+    weight = torch.empty(4096, 14336)
+    need = decode_gemv.workspace_need(weight)
+    assert need == decode_gemv.workspace_need(weight, plan=wide) and need[0] > 0
+    assert need[0] >= decode_gemv.workspace_need(weight, plan=decode_gemv.plan_for(weight))[0]
+
+
 def test_decode_gemv_silu_launch_never_takes_another_shapes_plan() -> None:
     # A SiLU gate_up of intermediate 4096 on hidden 4096 has the o_proj's (N, K): the table's o plan
     # (32 x 512 tiles, 4 stages) would need 245,760 bytes with two weight tiles a step; an H100 refused it.

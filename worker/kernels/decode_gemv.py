@@ -276,15 +276,18 @@ def shared_memory_limit(device: torch.device) -> int | None:
     return _cuda_shared_limit(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def plan_for(weight: torch.Tensor, silu: bool = False, plan: GemvPlan | None = None) -> GemvPlan:
+def plan_for(weight: torch.Tensor, silu: bool = False, plan: GemvPlan | None = None, rows: int = 1) -> GemvPlan:
     n = weight.shape[0] // 2 if silu else weight.shape[0]
     return plan or choose_plan(n, weight.shape[1], num_sms(weight.device), silu, weight.element_size(),
-                               shared_memory_limit(weight.device))
+                               shared_memory_limit(weight.device), rows)
 
 
 def workspace_need(weight: torch.Tensor, silu: bool = False, plan: GemvPlan | None = None) -> tuple[int, int]:
-    """(float32 partials, tickets) a split launch on ``weight`` needs (zeros when it does not split)."""
-    plan = plan_for(weight, silu, plan)
+    """(float32 partials, tickets) a split launch on ``weight`` needs (zeros when it does not split);
+    without ``plan``, the most that any row count's plan needs."""
+    if plan is None:
+        needs = [workspace_need(weight, silu, plan_for(weight, silu, None, rows)) for rows in (1, MAX_ROWS)]
+        return max(n for n, _ in needs), max(t for _, t in needs)
     if plan.split_k == 1:
         return 0, 0
     n = weight.shape[0] // 2 if silu else weight.shape[0]
@@ -316,7 +319,7 @@ def decode_gemv(
     it runs under CUDA-graph capture.
     """
     _check(x, weight, bias, silu, out, weight_scale)
-    return _launch(x, weight, bias, silu, plan_for(weight, silu, plan), out, weight_scale=weight_scale)
+    return _launch(x, weight, bias, silu, plan_for(weight, silu, plan, x.shape[0]), out, weight_scale=weight_scale)
 
 
 def decode_gemv_add_residual(
@@ -335,7 +338,7 @@ def decode_gemv_add_residual(
             or residual.stride(-1) != 1):
         raise KernelInputError(f"residual must be [{x.shape[0]}, {n_out}] {x.dtype} on {x.device} with a "
                                f"contiguous last dim, got {tuple(residual.shape)} {residual.dtype}")
-    plan = plan_for(weight, False, plan)
+    plan = plan_for(weight, False, plan, x.shape[0])
     sums = torch.empty(triton.cdiv(n_out, plan.block_n), BLOCK_M, dtype=torch.float32, device=x.device)
     return _launch(x, weight, bias, False, plan, None, residual=residual, sums=sums), sums
 
@@ -365,8 +368,8 @@ def decode_gemv_rms_norm(
     for name, t in (("sums", sums), ("norm_weight", norm_weight)):
         if t.device != h.device:
             raise KernelInputError(f"{name} is on {t.device}, h on {h.device}")
-    return _launch(h, weight, bias, silu, plan_for(weight, silu, plan), None, sums=sums, norm_weight=norm_weight,
-                   eps=eps)
+    return _launch(h, weight, bias, silu, plan_for(weight, silu, plan, h.shape[0]), None, sums=sums,
+                   norm_weight=norm_weight, eps=eps)
 
 
 def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool, plan: GemvPlan,

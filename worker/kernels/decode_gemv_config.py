@@ -14,6 +14,7 @@ MAX_ROWS = 8  # decode and latency batches; more rows go to cuBLAS
 BLOCK_M = 16  # a tensor-core dot needs at least 16 rows: x is padded to them in registers
 MAX_SPLIT_K = 8
 MIN_K_PER_SPLIT = 1024  # shorter K ranges spend more on partial sums than they gain in parallelism
+WIDE_ROWS = 4  # launches of this many rows or more (the latency batch) may take plans of their own
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,13 @@ def parse_plan_overrides(text: str) -> dict[tuple[int, int], GemvPlan]:
 
 
 PLAN_OVERRIDES = parse_plan_overrides(os.environ.get("WARD_GEMV_PLANS", ""))
+# ``WARD_GEMV_WIDE_PLANS``: the same for launches of WIDE_ROWS rows or more only (tuned by
+# bench/gemv_sweep.py --rows 8)
+WIDE_PLAN_OVERRIDES = parse_plan_overrides(os.environ.get("WARD_GEMV_WIDE_PLANS", ""))
 
 
 def choose_plan(n: int, k: int, num_sms: int, silu: bool = False, element_size: int = 2,
-                shared_limit: int | None = None) -> GemvPlan:
+                shared_limit: int | None = None, rows: int = 1) -> GemvPlan:
     """The plan for an [n, k] weight (n = output columns one program family covers; with the SiLU
     epilogue the intermediate size): ``WARD_GEMV_PLANS``'s, the table's (the e4m3 table for one-byte
     weights), else by rule; then with fewer stages or a shorter K step where its pipelined tiles of
@@ -86,8 +90,13 @@ def choose_plan(n: int, k: int, num_sms: int, silu: bool = False, element_size: 
 
     One-byte (e4m3) weights of a shape outside their table take twice the 16-bit table's or rule's
     K step, so that a step streams as many bytes as the 16-bit plan: on an H100 (2026-12-07) that
-    made FP8 batch-1 decode 4.7% faster (211.6 -> 221.5 tokens/s) than the 16-bit plans."""
-    plan = PLAN_OVERRIDES.get((n, k))
+    made FP8 batch-1 decode 4.7% faster (211.6 -> 221.5 tokens/s) than the 16-bit plans.
+
+    A launch of ``rows`` >= WIDE_ROWS takes ``WARD_GEMV_WIDE_PLANS``'s plan for the shape where it
+    names one."""
+    plan = WIDE_PLAN_OVERRIDES.get((n, k)) if rows >= WIDE_ROWS else None
+    if plan is None:
+        plan = PLAN_OVERRIDES.get((n, k))
     if plan is None and element_size == 1:
         plan = LLAMA_8B_FP8_PLANS.get((n, k, silu))
     if plan is None:
