@@ -222,6 +222,9 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     "decode_gemv_fp8_qkv": lambda: decode_gemv_variant(32, 256, 1, silu=False, bias=False, stages=4, fp8=True),
     "decode_gemv_fp8_gate_up_silu": lambda: decode_gemv_variant(32, 256, 1, silu=True, bias=False, stages=3,
                                                                 fp8=True),
+    # the latency batch's e4m3 gate_up plan (LLAMA_8B_FP8_WIDE_PLANS): SiLU after two K splits
+    "decode_gemv_fp8_gate_up_silu_split2": lambda: decode_gemv_variant(32, 256, 2, silu=True, bias=False, stages=3,
+                                                                       fp8=True),
     "decode_gemv_fp8_down_split2_bias_pdl": lambda: decode_gemv_variant(32, 512, 2, silu=False, bias=True, stages=4,
                                                                         pdl=True, fp8=True),
     "decode_gemv_qkv_split2_pdl": lambda: decode_gemv_variant(32, 256, 2, silu=False, bias=False, stages=3,

@@ -54,7 +54,7 @@ from worker.kernels.attention_config import (  # noqa: E402  (plain Python: no T
     prefill_tile,
 )
 from worker.kernels.decode_gemv_config import (  # noqa: E402
-    LLAMA_8B_FP8_PLANS, LLAMA_8B_PLANS, MAX_SPLIT_K, GemvPlan, choose_plan, k_per_split, parse_plan_overrides, pipeline_bytes,
+    LLAMA_8B_FP8_PLANS, LLAMA_8B_FP8_WIDE_PLANS, LLAMA_8B_PLANS, MAX_SPLIT_K, GemvPlan, choose_plan, k_per_split, parse_plan_overrides, pipeline_bytes,
 )
 
 INTERPRETER_TOLERANCE = 1e-4  # float32 in the interpreter
@@ -293,6 +293,11 @@ def test_decode_gemv_e4m3_weights_take_their_own_table_else_twice_the_k_step() -
     for (n, k, silu), plan in LLAMA_8B_FP8_PLANS.items():
         assert choose_plan(n, k, 132, silu, 1, H100_SHARED_LIMIT) == plan, (n, k)
         assert pipeline_bytes(plan, silu, 1) <= H100_SHARED_LIMIT
+    # launches of WIDE_ROWS rows or more take the wide table's where it has the shape
+    for (n, k, silu), plan in LLAMA_8B_FP8_WIDE_PLANS.items():
+        assert choose_plan(n, k, 132, silu, 1, H100_SHARED_LIMIT, rows=8) == plan
+        assert choose_plan(n, k, 132, silu, 1, H100_SHARED_LIMIT, rows=1) == LLAMA_8B_FP8_PLANS[(n, k, silu)]
+        assert choose_plan(n, k, 132, silu, 2, H100_SHARED_LIMIT, rows=8) == LLAMA_8B_PLANS[(n, k, silu)]
     # other shapes: each step streams the 16-bit plan's bytes
     for n, k in ((3072, 3072), (28672, 4096), (5120, 13824)):
         fp8, bf16 = choose_plan(n, k, 132, element_size=1), choose_plan(n, k, 132)

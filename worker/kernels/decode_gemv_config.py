@@ -54,6 +54,13 @@ LLAMA_8B_FP8_PLANS: dict[tuple[int, int, bool], GemvPlan] = {
     (14336, 4096, True): GemvPlan(32, 256, 4, 3, 1),  # gate_up with the SiLU epilogue
     (4096, 14336, False): GemvPlan(32, 512, 4, 3, 3),  # down
 }
+# ... and at WIDE_ROWS rows or more (the latency test's 8): the e4m3 gate_up with SiLU ran 14%
+# slower at 8 rows than at one in its one-row plan; two K splits took it from 55.8 to 53.8 us at 8
+# rows (bench/gemv_sweep.py --fp8 --rows 8) and the latency test from 604.6 to 581.0 ms (means of
+# three alternated rounds on one H100, 2026-12-07), batch 1 unchanged.
+LLAMA_8B_FP8_WIDE_PLANS: dict[tuple[int, int, bool], GemvPlan] = {
+    (14336, 4096, True): GemvPlan(32, 256, 4, 3, 2),
+}
 
 
 def parse_plan_overrides(text: str) -> dict[tuple[int, int], GemvPlan]:
@@ -93,12 +100,11 @@ def choose_plan(n: int, k: int, num_sms: int, silu: bool = False, element_size: 
     made FP8 batch-1 decode 4.7% faster (211.6 -> 221.5 tokens/s) than the 16-bit plans.
 
     A launch of ``rows`` >= WIDE_ROWS takes ``WARD_GEMV_WIDE_PLANS``'s plan for the shape where it
-    names one."""
-    plan = WIDE_PLAN_OVERRIDES.get((n, k)) if rows >= WIDE_ROWS else None
-    if plan is None:
-        plan = PLAN_OVERRIDES.get((n, k))
+    names one, and an e4m3 launch the wide table's before the e4m3 table's."""
+    wide = rows >= WIDE_ROWS
+    plan = (WIDE_PLAN_OVERRIDES.get((n, k)) if wide else None) or PLAN_OVERRIDES.get((n, k))
     if plan is None and element_size == 1:
-        plan = LLAMA_8B_FP8_PLANS.get((n, k, silu))
+        plan = (LLAMA_8B_FP8_WIDE_PLANS.get((n, k, silu)) if wide else None) or LLAMA_8B_FP8_PLANS.get((n, k, silu))
     if plan is None:
         plan = LLAMA_8B_PLANS.get((n, k, silu)) or _rule_plan(n, k, num_sms)
         if element_size == 1:
