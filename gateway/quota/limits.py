@@ -86,6 +86,11 @@ class Scope:
         if (self.kind is ScopeKind.TEAM) != (self.name == ""):
             raise ValueError("the team scope has no name; key and model scopes need one")
 
+    def __hash__(self) -> int:
+        # The stores look scopes up per request; the generated hash goes through the Enum's
+        # Python-level __hash__, the kind's value is hashed in C. Equal scopes still hash equal.
+        return hash((self.kind._value_, self.name))
+
     def label(self) -> str:
         return "team" if self.kind is ScopeKind.TEAM else f"{self.kind.value} {self.name!r}"
 

@@ -22,6 +22,25 @@ class ScopeView:
     source: str  # "admin" (set through the API), "file", "default" or "none" (unlimited)
 
 
+@dataclass(frozen=True)
+class RequestLimits:
+    """The limits of one (team, key, model) with what the request path asks of them, worked out once."""
+
+    scopes: tuple[ScopeLimits, ...]  # the team scope, then the key and model scopes when present
+    names: tuple[Scope, ...]  # the scopes alone, in the same order
+    counts_tokens: bool  # a token limit applies: the prompt's reservation matters
+    limits_concurrency: bool  # a max_concurrent limit applies
+
+
+def _request_limits(scopes: tuple[ScopeLimits, ...]) -> RequestLimits:
+    return RequestLimits(
+        scopes=scopes,
+        names=tuple(item.scope for item in scopes),
+        counts_tokens=any(item.limits.limits_tokens() for item in scopes),
+        limits_concurrency=any(item.limits.max_concurrent is not None for item in scopes),
+    )
+
+
 # Resolved limits kept per (team, key, model) until the file or the admin-set limits change;
 # past this many the cache starts afresh (many keys and models must not grow it without bound).
 REQUEST_CACHE_SIZE = 4096
@@ -36,7 +55,7 @@ class LimitsInForce:
         self._overrides: dict[OverrideKey, QuotaLimits] = {}
         # Every admitted request asks for_request; resolving builds pydantic models, so the answer
         # is kept for as long as the configuration object and the overrides are the same.
-        self._requests: dict[tuple[str, str | None, str | None], tuple[ScopeLimits, ...]] = {}
+        self._requests: dict[tuple[str, str | None, str | None], RequestLimits] = {}
         self._requests_config: QuotaConfig | None = None
 
     def replace_overrides(self, overrides: dict[OverrideKey, QuotaLimits]) -> None:
@@ -61,6 +80,10 @@ class LimitsInForce:
 
     def for_request(self, team: str, key_id: str | None, model: str | None) -> tuple[ScopeLimits, ...]:
         """The team scope, then the key and model scopes when the request has them."""
+        return self.resolve(team, key_id, model).scopes
+
+    def resolve(self, team: str, key_id: str | None, model: str | None) -> RequestLimits:
+        """``for_request``'s scopes with the flags the request path reads (kept as long as they hold)."""
         config = self.config.current()
         if config is not self._requests_config:  # the file was reloaded (or this is the first call)
             self._requests.clear()
@@ -76,7 +99,7 @@ class LimitsInForce:
             scopes.append(Scope(ScopeKind.KEY, key_id))
         if model is not None:
             scopes.append(Scope(ScopeKind.MODEL, model))
-        resolved = tuple(ScopeLimits(s, self.effective(team, s, config).limits) for s in scopes)
+        resolved = _request_limits(tuple(ScopeLimits(s, self.effective(team, s, config).limits) for s in scopes))
         self._requests[cache_key] = resolved
         return resolved
 

@@ -93,21 +93,27 @@ def rate_states(scopes: Iterable[tuple[ScopeLimits, ScoredLog, ScoredLog]], now:
     """What the client sees: for requests and for tokens per minute, the scope with the least room.
     ``scopes``: each scope's limits with its requests log and its tokens log; ``skip`` is left out, as
     if it were already released."""
-    requests_state = tokens_state = None
+    # (limit, remaining, log) of the tightest scope so far; its WindowState is built once, at the end
+    requests = tokens = None
     for item, rpm_log, tpm_log in scopes:
-        rpm, tpm = item.limits.requests_per_minute, item.limits.tokens_per_minute
+        limits = item.limits
+        rpm, tpm = limits.requests_per_minute, limits.tokens_per_minute
         if rpm is not None:
-            w = _window_state(rpm_log, rpm, len(rpm_log) - (skip in rpm_log), now, skip)
-            if requests_state is None or w.remaining < requests_state.remaining:
-                requests_state = w
+            remaining = rpm - (len(rpm_log) - (skip in rpm_log))
+            if requests is None or remaining < requests[1]:
+                requests = (rpm, remaining, rpm_log)
         if tpm is not None:
-            w = _window_state(tpm_log, tpm, tpm_log.total - tpm_log.amounts.get(skip, 0), now, skip)
-            if tokens_state is None or w.remaining < tokens_state.remaining:
-                tokens_state = w
-    return _clamped(requests_state), _clamped(tokens_state)
+            remaining = tpm - (tpm_log.total - tpm_log.amounts.get(skip, 0))
+            if tokens is None or remaining < tokens[1]:
+                tokens = (tpm, remaining, tpm_log)
+    return _window_state(requests, now, skip), _window_state(tokens, now, skip)
 
 
-def _window_state(log: ScoredLog, limit: int, used: int, now: int, skip: str | None) -> WindowState:
+def _window_state(tightest: tuple[int, int, ScoredLog] | None, now: int, skip: str | None) -> WindowState | None:
+    """The client's view of one window (``remaining`` never below 0); None when no limit is in play."""
+    if tightest is None:
+        return None
+    limit, remaining, log = tightest
     oldest = None
     for index in range(min(2, len(log))):
         score, entry_id = log.entry_at(index)
@@ -115,10 +121,4 @@ def _window_state(log: ScoredLog, limit: int, used: int, now: int, skip: str | N
             oldest = score
             break
     reset = 0 if oldest is None else max(0, oldest + WINDOW_US - now)
-    return WindowState(limit=limit, remaining=limit - used, reset_s=reset / 1_000_000)
-
-
-def _clamped(state: WindowState | None) -> WindowState | None:
-    if state is None:
-        return None
-    return WindowState(limit=state.limit, remaining=max(0, state.remaining), reset_s=state.reset_s)
+    return WindowState(limit=limit, remaining=max(0, remaining), reset_s=reset / 1_000_000)

@@ -209,18 +209,23 @@ class InMemoryQuotaStore:
                 return False
         used = 0 if s.mode is SettleMode.RELEASE else s.prompt_tokens + s.completion_tokens
         record = s.mode is not SettleMode.RELEASE
-        today = periods_at(now)
-        keep = {"d:" + s.day, "m:" + s.month, "d:" + today.day, "m:" + today.month}
+        day_field, month_field = "d:" + s.day, "m:" + s.month
+        keep: set[str] | None = None  # worked out only when a counter has stale periods to drop
         for scope in s.scopes:
             state = self._scopes[(s.team, scope)]
             if s.mode is not SettleMode.USAGE_ONLY:
                 state.tpm.set_amount(s.reservation_id, used)
                 state.live.remove(s.reservation_id)
             if record and used > 0:
-                state.acct["d:" + s.day] = state.acct.get("d:" + s.day, 0) + used
-                state.acct["m:" + s.month] = state.acct.get("m:" + s.month, 0) + used
-                for stale in [f for f in state.acct if f not in keep]:
-                    del state.acct[stale]
+                acct = state.acct
+                acct[day_field] = acct.get(day_field, 0) + used
+                acct[month_field] = acct.get(month_field, 0) + used
+                if len(acct) > 2:  # just the two fields above: nothing stale
+                    if keep is None:
+                        today = periods_at(now)
+                        keep = {day_field, month_field, "d:" + today.day, "m:" + today.month}
+                    for stale in [f for f in acct if f not in keep]:
+                        del acct[stale]
         if record:
             counts = self._usage.setdefault((s.team, s.day), {}).setdefault(s.model, [0, 0, 0])
             counts[0] += 1

@@ -153,12 +153,13 @@ class QuotaService:
         check_tokens(reserve_tokens, "reserve_tokens")
         if not self._started:
             await self.start()
+        limits = self._limits.resolve(team, key_id, model)
         request = AdmitRequest(
             team=team,
             reservation_id=new_hex_id(),
             reserve_tokens=reserve_tokens,
             model=model,
-            scopes=self._limits.for_request(team, key_id, model),
+            scopes=limits.scopes,
             ttl_s=self._settings.reservation_ttl_s,
         )
         if self._breaker.allow():
@@ -167,10 +168,10 @@ class QuotaService:
             except QuotaStoreError as exc:
                 self._store_failed("admit", exc)
                 if exc.maybe_applied:  # the script may have run before the reply was lost: give it back
-                    self._queue(Settlement(team, request.reservation_id, _scopes(request), "", "", model, 0, 0, SettleMode.RELEASE))
+                    self._queue(Settlement(team, request.reservation_id, limits.names, "", "", model, 0, 0, SettleMode.RELEASE))
             else:
                 self._store_ok()
-                return self._admission(request, result, key_id, degraded=False)
+                return self._admission(request, result, key_id, degraded=False, names=limits.names)
         return await self._admit_degraded(request, key_id)
 
     async def extend(self, admission: Admission, *, reserve_tokens: int) -> Admission:
@@ -223,13 +224,13 @@ class QuotaService:
 
     def limits_concurrency(self, team: str, *, key_id: str | None = None, model: str | None = None) -> bool:
         """Whether a max_concurrent limit applies to a request of this team, key and model right now."""
-        return any(item.limits.max_concurrent is not None for item in self._limits.for_request(team, key_id, model))
+        return self._limits.resolve(team, key_id, model).limits_concurrency
 
     def counts_tokens(self, team: str, *, key_id: str | None = None, model: str | None = None) -> bool:
         """Whether a token limit applies to a request of this team, key and model right now. When none
         does, its token reservation changes nothing, so callers may reserve 0 and skip counting the
         prompt (its usage is still recorded when it is settled)."""
-        return any(item.limits.limits_tokens() for item in self._limits.for_request(team, key_id, model))
+        return self._limits.resolve(team, key_id, model).counts_tokens
 
     async def settle(self, admission: Admission, *, prompt_tokens: int, completion_tokens: int) -> None:
         """Settle a finished, cancelled or failed request to what it really used: the difference to its
@@ -464,7 +465,8 @@ class QuotaService:
         result = await self._outage.admit(request, retry_after_s=max(1.0, self._breaker.retry_after_s()))
         return self._admission(request, result, key_id, degraded=True)
 
-    def _admission(self, request: AdmitRequest, result: AdmitResult, key_id: str | None, *, degraded: bool) -> Admission:
+    def _admission(self, request: AdmitRequest, result: AdmitResult, key_id: str | None, *, degraded: bool,
+                   names: tuple[Scope, ...] | None = None) -> Admission:
         headers = rate_limit_headers(result.requests, result.tokens)
         mode = "degraded" if degraded else "exact"
         # A concurrency refusal leaves the shortcut open: that limit is always checked before dispatch.
@@ -479,7 +481,7 @@ class QuotaService:
             metrics.team_series(request.team).admitted_exact.inc()
         return Admission(
             id=request.reservation_id, team=request.team, key_id=key_id, model=request.model,
-            reserved_tokens=request.reserve_tokens, scopes=_scopes(request), day=result.day,
+            reserved_tokens=request.reserve_tokens, scopes=names if names is not None else _scopes(request), day=result.day,
             month=result.month, headers=headers, degraded=degraded, limits=request.scopes,
         )
 
