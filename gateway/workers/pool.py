@@ -177,11 +177,16 @@ class WorkerPool:
 
     def model_info(self, model: str) -> pb.ModelInfoResponse | None:
         """What a ready (else any polled) worker of ``model`` reported about it."""
-        handles = self._by_model.get(model, ())
-        for h in sorted(handles, key=lambda h: not h.ready):
-            if h.info is not None:
-                return h.info
-        return None
+        # Asked several times per request: one pass, no sort (a ready worker's answer first, in order).
+        fallback = None
+        for h in self._by_model.get(model, ()):
+            info = h.info
+            if info is not None:
+                if h.ready:
+                    return info
+                if fallback is None:
+                    fallback = info
+        return fallback
 
     # -- routing -----------------------------------------------------------------------------------
 
