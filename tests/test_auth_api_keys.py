@@ -119,6 +119,39 @@ def test_revoked_key_is_rejected_within_the_cache_time(engine):
     assert err.value.code == "revoked_api_key"
 
 
+def test_principal_is_built_once_per_cached_lookup_and_never_outlives_it(engine):
+    teams = TeamStore(engine)
+    teams.create("oncology")
+    keys = KeyStore(engine)
+    record, text_ = keys.create("oncology")
+    authn = ApiKeyAuthenticator(keys, cache_ttl_s=0.3)
+    first = _auth(authn, text_)
+    assert _auth(authn, text_) is first  # the same lookup: the same principal
+    with pytest.raises(AuthenticationError):  # the secret is still checked on every request
+        _auth(authn, f"ward-{record.id}." + "A" * 43)
+    teams.set_disabled("oncology", True)
+    time.sleep(0.35)  # a fresh lookup sees the team disabled: the kept principal is not served
+    with pytest.raises(PermissionDenied):
+        _auth(authn, text_)
+    teams.set_disabled("oncology", False)
+    time.sleep(0.35)
+    again = _auth(authn, text_)
+    assert again == first and again is not first  # built anew from the new lookup
+
+
+def test_forgetting_a_key_drops_its_principal(engine):
+    TeamStore(engine).create("oncology")
+    keys = KeyStore(engine)
+    record, text_ = keys.create("oncology")
+    authn = ApiKeyAuthenticator(keys, cache_ttl_s=60)
+    assert _auth(authn, text_).team == "oncology"
+    keys.revoke(record.id)
+    authn.forget(record.id)  # this gateway's own revocation takes effect at once
+    with pytest.raises(AuthenticationError) as err:
+        _auth(authn, text_)
+    assert err.value.code == "revoked_api_key"
+
+
 def test_revocation_is_idempotent(engine):
     TeamStore(engine).create("oncology")
     keys = KeyStore(engine)

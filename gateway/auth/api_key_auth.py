@@ -33,6 +33,9 @@ class ApiKeyAuthenticator:
     def __init__(self, keys: KeyStore, cache_ttl_s: float = 2.0, admin_key: str | None = None):
         self.keys = keys
         self._cache: TTLCache[str, KeyForAuth | str] = TTLCache(cache_ttl_s)
+        # The Principal of a cached lookup, built once per lookup (roles expanded, dataclass made),
+        # not per request; it is reused only while that same lookup object is the cached one.
+        self._principals: dict[str, tuple[KeyForAuth, Principal]] = {}
         self._admin_digest = hashlib.sha256(admin_key.encode()).digest() if admin_key else None
 
     def is_admin_key(self, text: str) -> bool:
@@ -53,6 +56,7 @@ class ApiKeyAuthenticator:
     def forget(self, key_id: str) -> None:
         """Drops a cached lookup (this gateway's own revocations take effect at once)."""
         self._cache.pop(key_id)
+        self._principals.pop(key_id, None)
 
     async def authenticate_key(self, text: str) -> Principal:
         if self.is_admin_key(text):
@@ -74,10 +78,17 @@ class ApiKeyAuthenticator:
             raise _invalid("This API key has expired.", code="expired_api_key")
         if entry.team_disabled:  # type: ignore[union-attr]
             raise PermissionDenied("The key's team is disabled.", code="team_disabled")
-        return Principal(
+        built = self._principals.get(parsed.key_id)
+        if built is not None and built[0] is entry:
+            return built[1]
+        principal = Principal(
             subject=record.id,
             team=record.team,
             roles=expand_roles([record.role]),
             auth_method=AuthMethod.API_KEY,
             key_id=record.id,
         )
+        if len(self._principals) >= self._cache.max_entries:
+            self._principals.clear()
+        self._principals[parsed.key_id] = (entry, principal)  # type: ignore[assignment]
+        return principal
