@@ -19,7 +19,7 @@ from typing import Any
 
 from gateway.audit.errors import AuditError, AuditUnavailable
 from gateway.audit.log import AuditLog
-from gateway.audit.records import RequestEnd, RequestStart, RequestStatus
+from gateway.audit.records import RequestEnd, RequestStart, RequestStatus, as_actor
 from gateway.http.request_context import RequestContext
 from gateway.http.errors import ServiceUnavailable
 from gateway.hooks import NoopHooks
@@ -53,7 +53,8 @@ def request_start(ctx: RequestContext) -> RequestStart:
         request_id=ctx.request_id,
         endpoint=ctx.endpoint,
         received_at=_time(ctx.received_at),
-        principal=ctx.principal,
+        # The log's snapshot of the principal, taken once: the draft reads it three times.
+        principal=as_actor(ctx.principal),
         client_address=ctx.client_address,
         model=ctx.model,
         worker=ctx.worker,
