@@ -170,3 +170,30 @@ def test_limits_in_force_follow_file_reloads_and_admin_changes_at_once() -> None
     assert team_rpm() == 20
     key_scope = limits.for_request("cardiology", "key-2", None)
     assert [item.scope for item in key_scope] == [TEAM_SCOPE, Scope(ScopeKind.KEY, "key-2")]
+
+
+def test_request_flags_follow_file_reloads_and_admin_changes_at_once() -> None:
+    """The flags kept beside the resolved limits (whether a token or a concurrency limit applies)
+    change with them: a new file and an admin-set limit show in the very next lookup."""
+    from gateway.quota.limits_in_force import LimitsInForce
+
+    source = _SwitchableConfig(parse_quota_config("defaults: {requests_per_minute: 10}"))
+    limits = LimitsInForce(source)
+
+    def flags() -> tuple[bool, bool]:
+        resolved = limits.resolve("cardiology", "key-1", "m")
+        assert resolved.scopes == limits.for_request("cardiology", "key-1", "m")
+        assert resolved.names == (TEAM_SCOPE, Scope(ScopeKind.KEY, "key-1"), Scope(ScopeKind.MODEL, "m"))
+        return resolved.counts_tokens, resolved.limits_concurrency
+
+    assert flags() == (False, False)
+    source.config = parse_quota_config("defaults: {tokens_per_minute: 100}")
+    assert flags() == (True, False)
+    limits.set_override("cardiology", Scope(ScopeKind.MODEL, "m"), QuotaLimits(max_concurrent=2))
+    assert flags() == (True, True)
+    limits.replace_overrides({})
+    assert flags() == (True, False)
+    source.config = parse_quota_config("defaults: {tokens_per_day: 1000}")
+    assert flags() == (True, False)
+    source.config = parse_quota_config("defaults: {requests_per_minute: 10}")
+    assert flags() == (False, False)

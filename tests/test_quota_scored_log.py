@@ -102,3 +102,16 @@ def test_an_entry_scored_below_the_purged_ones_is_found_and_removed() -> None:
     assert log.ordered()[:2] == [(5, "late"), (6, "later")]
     assert log.remove("later")
     assert log.ordered() == [(5, "late")] + [(score, f"r{score}") for score in range(71, 200)]
+
+
+def test_entries_added_out_of_order_stay_sorted_as_insort_keeps_them() -> None:
+    """The append shortcut for an entry at or after the last one must leave the same order as a
+    sorted insert: later scores, equal scores (ordered by id) and earlier ones (a clock stepped back)."""
+    log = ScoredLog()
+    added = [(5, "b"), (5, "a"), (9, "c"), (3, "d"), (9, "c2"), (9, "a2"), (12, "e")]
+    for score, entry_id in added:
+        log.add(score, entry_id, amount=1)
+    assert log.ordered() == sorted(added)
+    log.purge_upto(5)
+    log.add(4, "f")  # before the purged head's scores: still kept in order after it
+    assert log.ordered() == sorted([(4, "f"), (9, "c"), (9, "c2"), (9, "a2"), (12, "e")])

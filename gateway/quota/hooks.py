@@ -60,13 +60,14 @@ class QuotaHooks(NoopHooks):
         team, key_id = ctx.principal.team, ctx.principal.key_id
         # Counting the prompt costs the worker a Tokenize call; without a token limit in play the
         # reservation changes nothing, so it is skipped (the usage is settled from the worker's count).
-        counts = self.service.counts_tokens(team, key_id=key_id, model=ctx.model)
+        limits = self.service.request_limits(team, key_id=key_id, model=ctx.model)
+        counts = limits.counts_tokens
         if counts and ctx.dispatch_can_count and ctx.max_model_len and not ctx.prompt_token_count_known:
             # The reservation is at most n full contexts; with ample room for that, the worker counts
             # the prompt on dispatch and the same exact reservation is made in after_count.
             most = self._choices(ctx) * ctx.max_model_len
             if self.service.has_headroom(team, key_id=key_id, model=ctx.model, most_tokens=most):
-                if self.service.limits_concurrency(team, key_id=key_id, model=ctx.model):
+                if limits.limits_concurrency:
                     # Its slot must be taken before dispatch, or a flood would overshoot max_concurrent:
                     # admitted now with what any prompt reserves at least, extended in after_count.
                     floor = self.least_to_reserve(ctx)

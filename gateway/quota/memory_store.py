@@ -98,11 +98,15 @@ class InMemoryQuotaStore:
         if (request.team, request.reservation_id) in self._records:
             raise ValueError(f"reservation id {request.reservation_id} was already admitted")
         reserve = request.reserve_tokens
-        states = [self._scopes[(request.team, item.scope)] for item in request.scopes]
+        # Only the scopes that limit something are checked and record anything here (a scope without
+        # limits keeps only settled usage, which settle adds); the index stays the request's own.
+        team = request.team
+        active = [(index, item, self._scopes[(team, item.scope)])
+                  for index, item in enumerate(request.scopes) if item.limits.kinds()]
         refusals = Refusals()
 
         # 1. Check.
-        for index, (item, state) in enumerate(zip(request.scopes, states)):
+        for index, item, state in active:
             limits = item.limits
             rpm = limits.requests_per_minute
             if rpm is not None:
@@ -127,7 +131,7 @@ class InMemoryQuotaStore:
         if refusals.best is None:
             rid = request.reservation_id
             ttl_us = int(request.ttl_s * 1_000_000)
-            for item, state in zip(request.scopes, states):
+            for _, item, state in active:
                 limits = item.limits
                 if limits.requests_per_minute is not None:
                     state.rpm.add(now, rid)
@@ -141,9 +145,7 @@ class InMemoryQuotaStore:
             heapq.heappush(self._record_expiry, (expiry, request.team, rid))
 
         # 3. What the client sees.
-        requests_state, tokens_state = rate_states(
-            ((item, state.rpm, state.tpm) for item, state in zip(request.scopes, states)), now
-        )
+        requests_state, tokens_state = rate_states(((item, state.rpm, state.tpm) for _, item, state in active), now)
         return AdmitResult(
             rejection=refusals.rejection(request.scopes),
             requests=requests_state,

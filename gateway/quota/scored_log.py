@@ -28,7 +28,11 @@ class ScoredLog:
 
     def add(self, score: int, entry_id: str, amount: int | None = None) -> None:
         self.remove(entry_id)
-        bisect.insort(self._entries, (score, entry_id), lo=self._head)
+        entries, entry = self._entries, (score, entry_id)
+        if len(entries) == self._head or entries[-1] <= entry:
+            entries.append(entry)  # the usual case, an admission now: where insort would put it, found at once
+        else:
+            bisect.insort(entries, entry, lo=self._head)
         self._scores[entry_id] = score
         if amount is not None:
             self.amounts[entry_id] = amount

@@ -22,7 +22,7 @@ from gateway.quota.errors import InvalidQuotaRequest, QuotaExceeded, QuotaStoreE
 from gateway.quota.headers import rate_limit_headers
 from gateway.quota.headroom import Headroom
 from gateway.quota.limits import TEAM_SCOPE, LimitKind, QuotaLimits, Scope, ScopeLimits
-from gateway.quota.limits_in_force import LimitsInForce, QuotaConfigSource, ScopeView
+from gateway.quota.limits_in_force import LimitsInForce, QuotaConfigSource, RequestLimits, ScopeView
 from gateway.quota.outage import OutageLimiter, PendingSettlements
 from gateway.quota.scheduling import SchedulingOverride, SchedulingView, TeamScheduling
 from gateway.quota.scheduling_store import SchedulingStore
@@ -221,6 +221,11 @@ class QuotaService:
         if self.degraded:
             return False
         return self._headroom.allows((team, key_id, model), most_tokens)
+
+    def request_limits(self, team: str, *, key_id: str | None = None, model: str | None = None) -> RequestLimits:
+        """The limits in force for a request of this team, key and model, with ``counts_tokens`` and
+        ``limits_concurrency`` worked out (one lookup for callers that need both)."""
+        return self._limits.resolve(team, key_id, model)
 
     def limits_concurrency(self, team: str, *, key_id: str | None = None, model: str | None = None) -> bool:
         """Whether a max_concurrent limit applies to a request of this team, key and model right now."""
