@@ -126,6 +126,21 @@ async def test_bad_input_raises_invalid_quota_request():
     await quotas.aclose()
 
 
+async def test_names_are_checked_once_per_valid_triple_and_bad_ones_every_time():
+    quotas = service_with()
+    for _ in range(2):  # refused again: a bad name is never remembered as checked
+        with pytest.raises(InvalidQuotaRequest):
+            await quotas.admit("ed", key_id="bad\nkey", model="m", reserve_tokens=1)
+        with pytest.raises(InvalidQuotaRequest):
+            await quotas.admit("ed", model="", reserve_tokens=1)
+    for _ in range(2):  # a valid triple admitted twice; its tokens are still checked every time
+        admission = await quotas.admit("ed", key_id="k1", model="m", reserve_tokens=1)
+        await quotas.release(admission)
+        with pytest.raises(InvalidQuotaRequest):
+            await quotas.admit("ed", key_id="k1", model="m", reserve_tokens=-1)
+    await quotas.aclose()
+
+
 async def test_admin_limits_replace_the_file_for_that_scope_and_are_audited():
     audit = RecordingAudit()
     quotas = QuotaService(

@@ -36,15 +36,19 @@ def format_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
+# The header names per kind, spelled once: every admitted request sends them.
+_NAMES = tuple((f"x-ratelimit-limit-{k}", f"x-ratelimit-remaining-{k}", f"x-ratelimit-reset-{k}") for k in ("requests", "tokens"))
+
+
 def rate_limit_headers(requests: WindowState | None, tokens: WindowState | None) -> dict[str, str]:
     """x-ratelimit-{limit,remaining,reset}-{requests,tokens}; a kind with no limit in play is left out."""
     headers: dict[str, str] = {}
-    for suffix, state in (("requests", requests), ("tokens", tokens)):
+    for (limit, remaining, reset), state in zip(_NAMES, (requests, tokens)):
         if state is None:
             continue
-        headers[f"x-ratelimit-limit-{suffix}"] = str(state.limit)
-        headers[f"x-ratelimit-remaining-{suffix}"] = str(max(0, state.remaining))
-        headers[f"x-ratelimit-reset-{suffix}"] = format_duration(state.reset_s)
+        headers[limit] = str(state.limit)
+        headers[remaining] = str(max(0, state.remaining))
+        headers[reset] = format_duration(state.reset_s)
     return headers
 
 

@@ -44,6 +44,7 @@ from gateway.random_ids import new_hex_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+_CHECKED_NAMES_SIZE = 4096  # (team, key, model) triples whose names admit() has already checked
 
 
 @dataclass
@@ -90,6 +91,7 @@ class QuotaService:
         self._scheduling_cache: dict[str, tuple[QuotaConfig, SchedulingOverride | None, TeamScheduling]] = {}
         self._scheduling_stale = False
         self._limits = LimitsInForce(config)
+        self._checked_names: set[tuple[str, str | None, str | None]] = set()
         self._headroom = Headroom()
         self._settings = settings or QuotaSettings(redis_url=None)
         self._audit = audit
@@ -145,11 +147,15 @@ class QuotaService:
         Raises QuotaExceeded (429) when a limit refuses, consuming nothing; QuotaUnavailable (503)
         when the store is unreachable and a fail-closed limit is in play; InvalidQuotaRequest on bad input.
         """
-        check_name(team, "team")
-        if key_id is not None:
-            check_name(key_id, "key_id")
-        if model is not None:
-            check_name(model, "model")
+        if (team, key_id, model) not in self._checked_names:
+            check_name(team, "team")
+            if key_id is not None:
+                check_name(key_id, "key_id")
+            if model is not None:
+                check_name(model, "model")
+            if len(self._checked_names) >= _CHECKED_NAMES_SIZE:
+                self._checked_names.clear()
+            self._checked_names.add((team, key_id, model))  # valid names stay valid: checked once
         check_tokens(reserve_tokens, "reserve_tokens")
         if not self._started:
             await self.start()
