@@ -14,7 +14,9 @@ MAX_ROWS = 8  # decode and latency batches; more rows go to cuBLAS
 BLOCK_M = 16  # a tensor-core dot needs at least 16 rows: x is padded to them in registers
 MAX_SPLIT_K = 8
 MIN_K_PER_SPLIT = 1024  # shorter K ranges spend more on partial sums than they gain in parallelism
-WIDE_ROWS = 4  # launches of this many rows or more (the latency batch) may take plans of their own
+# Launches of this many rows (the latency batch; decode graphs pad 5-7 sequences to 8) may take plans
+# of their own: measured at 8 rows; the one-row plans stay below, where none was timed
+WIDE_ROWS = 8
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ LLAMA_8B_FP8_PLANS: dict[tuple[int, int, bool], GemvPlan] = {
     (14336, 4096, True): GemvPlan(32, 256, 4, 3, 1),  # gate_up with the SiLU epilogue
     (4096, 14336, False): GemvPlan(32, 512, 4, 3, 3),  # down
 }
-# ... and at WIDE_ROWS rows or more (the latency test's 8): the e4m3 gate_up with SiLU ran 14%
+# ... and at WIDE_ROWS rows (the latency test's 8): the e4m3 gate_up with SiLU ran 14%
 # slower at 8 rows than at one in its one-row plan; two K splits took it from 55.8 to 53.8 us at 8
 # rows (bench/gemv_sweep.py --fp8 --rows 8) and the latency test from 604.6 to 581.0 ms (means of
 # three alternated rounds on one H100, 2026-12-07), batch 1 unchanged.
