@@ -32,7 +32,8 @@
 #              that room asked only of the seats beyond 256 (--reserve-beyond-seqs 256)
 #   gemv       the decode GEMV's plans retuned on this card (bench/gemv_sweep.py), then the whole model at
 #              batch 1 and in the latency test with the table's plans and with the sweep's proposal,
-#              alternated twice; GEMV_PLANS overrides the proposal; the winner's name in gemv_verdict.txt
+#              alternated twice; GEMV_PLANS overrides the proposal (here and in the two below); the
+#              winner's name in gemv_verdict.txt
 #   gemvfp8    the same for the FP8 layers' decode (bench/gemv_sweep.py --fp8, e4m3 weights), the whole
 #              model quantized to FP8 at load at batch 1 and in the latency test, alternated twice
 #   gemvfp8wide the FP8 layers' decode GEMV walked at 8 rows a launch (bench/gemv_sweep.py --fp8 --rows 8,
@@ -76,6 +77,23 @@ serving() {  # name, then environment assignments for the stack (a step named tw
   env OUT="$OUT/$name" LEVELS="${LEVELS:-1 64 256}" "$@" timeout 140 bash bench/gpu_serving.sh > "$OUT/$name.txt" 2>&1
   echo "$name ($SECONDS s):"; python3 bench/level_summary.py < "$OUT/$name.txt"
 }
+retune_gemv() {  # name, plan variable, base and candidate step stems, then bench/gemv_sweep.py's flags
+  # The sweep, then the whole model (MODEL_ARGS) at batch 1 and in the latency test with the plans in
+  # force and with the proposal (or GEMV_PLANS) in the plan variable, alternated twice; the verdict.
+  local name=$1 variable=$2 base=$3 candidate=$4 plans round; shift 4
+  step "${name}_sweep" 150 python3 bench/gemv_sweep.py "$@" --out "$OUT/${name}_sweep.json" \
+    --plans-file "$OUT/${name}_plans.txt"
+  grep -E '^\{"(qkv|o|down|gate_up_silu)"|^WARD_GEMV' "$OUT/${name}_sweep.txt" | cut -c1-400
+  plans=${GEMV_PLANS:-$(cat "$OUT/${name}_plans.txt" 2>/dev/null)}
+  [ -n "$plans" ] && [ "$(left)" -gt 160 ] || return
+  for round in 1 2; do
+    bench "${base}_r$round" 70 "${MODEL_ARGS[@]}" --workloads latency,batch1
+    step "${candidate}_r$round" 70 env "$variable=$plans" python3 -m ward bench offline \
+      --out "$OUT/${candidate}_r$round" "${MODEL_ARGS[@]}" --workloads latency,batch1
+  done
+  python3 bench/gemv_verdict.py "$OUT" "$base" "$candidate" | tee "$OUT/${name}_verdict.txt"
+}
+MODEL_ARGS=()
 for s in $STEPS; do
   case $s in
     int4)
@@ -136,43 +154,14 @@ for s in $STEPS; do
                  bench "admission$n-beyond256" 130 --workloads offline_256_256,offline_1024_128,mixed \
                    --max-num-seqs "$n" --reserve-beyond-seqs 256
                done ;;
-    gemv) step gemv_sweep 150 python3 bench/gemv_sweep.py --out "$OUT/gemv_sweep.json" --plans-file "$OUT/plans.txt"
-          grep -E '^\{"(qkv|o|down|gate_up_silu)"|^WARD_GEMV_PLANS' "$OUT/gemv_sweep.txt" | cut -c1-400
-          plans=${GEMV_PLANS:-$(cat "$OUT/plans.txt" 2>/dev/null)}
-          if [ -n "$plans" ] && [ "$(left)" -gt 200 ]; then
-            for round in 1 2; do
-              bench "gemv_table_r$round" 60 --workloads latency,batch1
-              step "gemv_proposal_r$round" 60 env WARD_GEMV_PLANS="$plans" python3 -m ward bench offline \
-                --out "$OUT/gemv_proposal_r$round" --workloads latency,batch1
-            done
-            python3 bench/gemv_verdict.py "$OUT" | tee "$OUT/gemv_verdict.txt"
-          fi ;;
-    gemvfp8) step gemvfp8_sweep 150 python3 bench/gemv_sweep.py --fp8 --out "$OUT/gemvfp8_sweep.json" \
-               --plans-file "$OUT/plans_fp8.txt"
-             grep -E '^\{"(qkv|o|down|gate_up_silu)"|^WARD_GEMV_PLANS' "$OUT/gemvfp8_sweep.txt" | cut -c1-400
-             plans=${GEMV_PLANS:-$(cat "$OUT/plans_fp8.txt" 2>/dev/null)}
-             if [ -n "$plans" ] && [ "$(left)" -gt 200 ]; then
-               for round in 1 2; do
-                 bench "fp8gemv_rule_r$round" 70 --model llama-3.1-8b --quantization fp8 --workloads latency,batch1
-                 step "fp8gemv_proposal_r$round" 70 env WARD_GEMV_PLANS="$plans" python3 -m ward bench offline \
-                   --out "$OUT/fp8gemv_proposal_r$round" --model llama-3.1-8b --quantization fp8 \
-                   --workloads latency,batch1
-               done
-               python3 bench/gemv_verdict.py "$OUT" fp8gemv_rule fp8gemv_proposal | tee "$OUT/gemvfp8_verdict.txt"
-             fi ;;
-    gemvfp8wide) step gemvwide_sweep 120 python3 bench/gemv_sweep.py --fp8 --rows 8 --shapes \
-                   "${WIDE_SHAPES:-gate_up_silu,down}" --out "$OUT/gemvwide_sweep.json" --plans-file "$OUT/plans_wide.txt"
-                 grep -E '^\{"(qkv|o|down|gate_up_silu)"|^WARD_GEMV_WIDE_PLANS' "$OUT/gemvwide_sweep.txt" | cut -c1-400
-                 plans=$(cat "$OUT/plans_wide.txt" 2>/dev/null)
-                 if [ -n "$plans" ]; then
-                   for round in 1 2; do
-                     bench "fp8wide_table_r$round" 50 --model llama-3.1-8b --quantization fp8 --workloads latency,batch1
-                     step "fp8wide_proposal_r$round" 50 env WARD_GEMV_WIDE_PLANS="$plans" python3 -m ward bench offline \
-                       --out "$OUT/fp8wide_proposal_r$round" --model llama-3.1-8b --quantization fp8 \
-                       --workloads latency,batch1
-                   done
-                   python3 bench/gemv_verdict.py "$OUT" fp8wide_table fp8wide_proposal | tee "$OUT/gemvwide_verdict.txt"
-                 fi ;;
+    gemv) retune_gemv gemv WARD_GEMV_PLANS gemv_table gemv_proposal ;;
+    gemvfp8) MODEL_ARGS=(--model llama-3.1-8b --quantization fp8)
+             retune_gemv gemvfp8 WARD_GEMV_PLANS fp8gemv_rule fp8gemv_proposal --fp8
+             MODEL_ARGS=() ;;
+    gemvfp8wide) MODEL_ARGS=(--model llama-3.1-8b --quantization fp8)
+                 retune_gemv gemvwide WARD_GEMV_WIDE_PLANS fp8wide_table fp8wide_proposal --fp8 --rows 8 \
+                   --shapes "${WIDE_SHAPES:-gate_up_silu,down}"
+                 MODEL_ARGS=() ;;
     prefill) step prefill_attention 300 python3 bench/prefill_attention.py --out "$OUT/prefill_attention.json"
              grep -E '^\{"case"' "$OUT/prefill_attention.txt" | cut -c1-600 ;;
     norm) for round in 1 2; do
