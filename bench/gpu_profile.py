@@ -2,7 +2,8 @@
 test's batch 8 and a large batch), in a full prefill step, and in mixed steps (serving's shape: a
 batch decoding while each step also prefills a new prompt), from the torch profiler, beside each
 case's wall time per step (the same number of steps just before, unprofiled). A script, not a test.
-Usage: python bench/gpu_profile.py [--model llama-3.1-8b] [--cases NAME ...]"""
+Usage: python bench/gpu_profile.py [--model llama-3.1-8b] [--quantization fp8] [--kv-cache-dtype fp8]
+[--cases NAME ...]"""
 from __future__ import annotations
 
 import argparse
@@ -89,9 +90,13 @@ def main() -> None:
     ap.add_argument("--model", default="llama-3.1-8b")
     ap.add_argument("--top", type=int, default=14, help="kernels listed per case")
     ap.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    ap.add_argument("--quantization", default="auto", choices=["auto", "fp8", "none"],
+                    help="fp8: the weights quantized to FP8 at load, as `ward bench offline --quantization fp8`")
+    ap.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"])
     a = ap.parse_args()
     d = write_config_dir(a.model, tempfile.mkdtemp())
-    llm = LLM(model=d, load_format="dummy", dtype="bfloat16", max_model_len=4096)
+    llm = LLM(model=d, load_format="dummy", dtype="bfloat16", max_model_len=4096, quantization=a.quantization,
+              kv_cache_dtype=a.kv_cache_dtype)
     eng = llm.engine
     report = {}
     for name in a.cases:
@@ -102,7 +107,8 @@ def main() -> None:
         print(f"== {name}: {total:.0f} us of kernels per step" + (f", {wall:.0f} us wall per step (unprofiled)" if wall else ""))
         for k, us, cnt in table:
             print(f"  {us:9.1f} us  x{cnt:<4d} {k}")
-    json.dump(report, open(os.path.join(os.environ.get("OUT", "."), "gpu_profile.json"), "w"), indent=1)
+    precision = "".join(f"_{k}-{v}" for k, v in (("weights", a.quantization), ("kv", a.kv_cache_dtype)) if v != "auto")
+    json.dump(report, open(os.path.join(os.environ.get("OUT", "."), f"gpu_profile{precision}.json"), "w"), indent=1)
 
 
 if __name__ == "__main__":

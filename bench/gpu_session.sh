@@ -15,6 +15,9 @@
 #              accumulation (WARD_FP8_FAST_ACCUM=0/1; 1 is the default), alternated twice; then the
 #              per-channel GEMMs one shape at a time: torch._scaled_mm both ways against Ward's Triton
 #              kernel over a grid of tile plans (bench/fp8_gemm_sweep.py, FP8_GEMM_ROWS row counts)
+#   fp8profile where an FP8 step's device time goes, kernel by kernel (bench/gpu_profile.py --quantization fp8)
+#              at the latency test's batch, at 256 sequences and in a prefill, then the same with
+#              the FP8 cache
 #   fp8decode  FP8 weights, latency and batch 1: decode steps through W8A8 (WARD_DECODE_GEMV=0), through
 #              the decode GEMV over the e4m3 weights, and (FP8_GEMV_PLANS set) with those plans,
 #              alternated twice
@@ -132,6 +135,12 @@ for s in $STEPS; do
              done
              step fp8gemm_sweep 200 python3 bench/fp8_gemm_sweep.py --rows "${FP8_GEMM_ROWS:-64,256,512,2048}"
              grep '^{' "$OUT/fp8gemm_sweep.txt" | cut -d, -f1,2,5- | cut -c1-330 ;;
+    fp8profile) step fp8profile 150 python3 bench/gpu_profile.py --quantization fp8 --cases decode_b8_ctx32 \
+                  decode_b256_ctx1000 prefill_8x1024
+                grep -E "^(==|  )" "$OUT/fp8profile.txt" | head -60
+                step fp8kvprofile 120 python3 bench/gpu_profile.py --quantization fp8 --kv-cache-dtype fp8 --cases \
+                  decode_b256_ctx1000
+                grep -E "^(==|  )" "$OUT/fp8kvprofile.txt" | head -20 ;;
     fp8kv) bench fp8kv 80 --model llama-3.1-8b --kv-cache-dtype fp8 --workloads batch1,offline_256_256 ;;
     serving) serving serving WARD_ROUTING__MULTIPLEX=true ;;
     serving_ab) serving serving_mux WARD_ROUTING__MULTIPLEX=true; serving serving_calls WARD_ROUTING__MULTIPLEX=false ;;
