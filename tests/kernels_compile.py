@@ -99,7 +99,7 @@ BF16 = "*bf16"
 
 def decode_gemv_variant(block_n: int, block_k: int, split_k: int, silu: bool, bias: bool, stages: int,
                         even: bool = True, pdl: bool = False, add_residual: bool = False,
-                        norm_input: bool = False, fp8: bool = False) -> dict[str, int]:
+                        norm_input: bool = False, fp8: bool = False, warps: int = 4) -> dict[str, int]:
     return compile_variant(
         decode_gemv._decode_gemv_kernel,
         {"x_ptr": BF16, "w_ptr": "*fp8e4nv" if fp8 else BF16, "b_ptr": BF16, "y_ptr": BF16, "part_ptr": "*fp32",
@@ -109,8 +109,10 @@ def decode_gemv_variant(block_n: int, block_k: int, split_k: int, silu: bool, bi
              SQ_TILES_P=128, W_SCALED=fp8),
         ("eps",),
         # a launch specialises sizes that are multiples of 16 as such (Llama's N and K, the split length)
-        divisible=("N", "K", "K_PER_SPLIT") if even else ("K_PER_SPLIT",), num_warps=4, num_stages=stages,
+        divisible=("N", "K", "K_PER_SPLIT") if even else ("K_PER_SPLIT",), num_warps=warps, num_stages=stages,
     )
+
+
 VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     "attention_decode_group4_d128": attention_variant(1, 4, 128, False, False, BF16),
     "attention_decode_split_group4_d128": attention_variant(1, 4, 128, True, False, BF16),
@@ -218,8 +220,11 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     "decode_gemv_down_split4": lambda: decode_gemv_variant(32, 512, 4, silu=False, bias=False, stages=4),
     "decode_gemv_gate_up_unfused": lambda: decode_gemv_variant(32, 512, 1, silu=False, bias=False, stages=4),
     "decode_gemv_gate_up_silu": lambda: decode_gemv_variant(32, 256, 1, silu=True, bias=False, stages=4),
-    # e4m3 weights (FP8 layers at decode): the plans of the table, and a split with bias and PDL
-    "decode_gemv_fp8_qkv": lambda: decode_gemv_variant(32, 256, 1, silu=False, bias=False, stages=4, fp8=True),
+    # e4m3 weights (FP8 layers at decode): plans of LLAMA_8B_FP8_PLANS (qkv's 16-wide tiles in two warps,
+    # o's three K splits), and a split with bias and PDL
+    "decode_gemv_fp8_qkv": lambda: decode_gemv_variant(16, 256, 1, silu=False, bias=False, stages=3, fp8=True,
+                                                       warps=2),
+    "decode_gemv_fp8_o_split3": lambda: decode_gemv_variant(32, 128, 3, silu=False, bias=False, stages=3, fp8=True),
     "decode_gemv_fp8_gate_up_silu": lambda: decode_gemv_variant(32, 256, 1, silu=True, bias=False, stages=3,
                                                                 fp8=True),
     # the latency batch's e4m3 gate_up plan (LLAMA_8B_FP8_WIDE_PLANS): SiLU after two K splits
