@@ -32,7 +32,8 @@
 #   admission  1,000 x 256/256, 1,000 x 1,024/128 and mixed with the defaults, then with SEQS sequences
 #              a step (default "512 1024") whose admission keeps room for RESERVE outputs each (default
 #              4096: a request's whole max_tokens), so more sequences run without preemption, and with
-#              that room asked only of the seats beyond 256 (--reserve-beyond-seqs 256)
+#              that room asked only of the seats beyond 256 (--reserve-beyond-seqs 256); ADMISSION_ARGS:
+#              more flags for every run, e.g. "--quantization fp8" (a smaller model leaves a larger pool)
 #   gemv       the decode GEMV's plans retuned on this card (bench/gemv_sweep.py), then the whole model at
 #              batch 1 and in the latency test with the table's plans and with the sweep's proposal,
 #              alternated twice; GEMV_PLANS overrides the proposal (here and in the two below); the
@@ -156,12 +157,15 @@ for s in $STEPS; do
             bench "seqs$n-reserve" 110 --workloads offline_256_256,offline_1024_128 --max-num-seqs "$n" \
               --reserved-output-tokens 256
           done ;;
-    admission) bench admission-base 130 --workloads offline_256_256,offline_1024_128,mixed
+    admission) # shellcheck disable=SC2086  # ADMISSION_ARGS holds several flags
+               bench admission-base 130 --workloads offline_256_256,offline_1024_128,mixed ${ADMISSION_ARGS:-}
                for n in ${SEQS:-512 1024}; do
+                 # shellcheck disable=SC2086
                  bench "admission$n-r$RESERVE" 130 --workloads offline_256_256,offline_1024_128,mixed \
-                   --max-num-seqs "$n" --reserved-output-tokens "$RESERVE"
+                   --max-num-seqs "$n" --reserved-output-tokens "$RESERVE" ${ADMISSION_ARGS:-}
+                 # shellcheck disable=SC2086
                  bench "admission$n-beyond256" 130 --workloads offline_256_256,offline_1024_128,mixed \
-                   --max-num-seqs "$n" --reserve-beyond-seqs 256
+                   --max-num-seqs "$n" --reserve-beyond-seqs 256 ${ADMISSION_ARGS:-}
                done ;;
     gemv) retune_gemv gemv WARD_GEMV_PLANS gemv_table gemv_proposal ;;
     gemvfp8) MODEL_ARGS=(--model llama-3.1-8b --quantization fp8)
