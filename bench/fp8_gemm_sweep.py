@@ -1,11 +1,13 @@
 """The per-channel FP8 GEMM of W8A8 layers (per-token activation scales, per-row weight scales) on the
 Llama-3.1-8B projections, from a decode batch to a prefill chunk: ``torch._scaled_mm`` as Ward calls
 it, with fast accumulation, and Ward's Triton kernel (``worker.kernels.fp8_gemm.fp8_channel_gemm``)
-over a grid of tile plans. Times are CUDA-graph replays over enough copies of the weight to spill
+over a grid of tile plans, and with ``--peer`` vLLM's CUTLASS kernel (``cutlass_scaled_mm``, what its FP8
+layers run on Hopper; the peer's site on PYTHONPATH). Times are CUDA-graph replays over enough copies of the weight to spill
 the L2 (the engine reads each layer's weight once a step); one JSON line per shape and row count
 with the best Triton plan, and how far each product is from the precise ``torch._scaled_mm``.
 
 Usage (GPU, repository root on PYTHONPATH): python bench/fp8_gemm_sweep.py [--rows 16,64,128,256,512,2048]
+[--peer] [--no-triton]
 """
 from __future__ import annotations
 
@@ -36,7 +38,17 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).abs().max() / b.float().abs().max())
 
 
-def shape_row(name: str, K: int, N: int, m: int) -> dict:
+def peer_gemm():
+    """vLLM's ``cutlass_scaled_mm`` (a [M, K] e4m3, b [K, N] column-major, per-token and per-channel
+    scales), or None where the peer's site is not importable."""
+    try:
+        from vllm import _custom_ops
+    except ImportError:
+        return None
+    return _custom_ops.cutlass_scaled_mm
+
+
+def shape_row(name: str, K: int, N: int, m: int, peer=None, triton_plans: bool = True) -> dict:
     dev = torch.device("cuda")
     q, scale = quantize_fp8_per_channel(torch.randn(N, K, dtype=torch.bfloat16, device=dev) * 0.05)
     copies = [q] + [q.clone() for _ in range(max(0, math.ceil(SPILL_BYTES / q.numel()) - 1))]
@@ -54,8 +66,12 @@ def shape_row(name: str, K: int, N: int, m: int) -> dict:
            "scaled_mm_us": per_call(lambda w: scaled_mm(w, False)),
            "scaled_mm_fast_accum_us": per_call(lambda w: scaled_mm(w, True)),
            "fast_accum_max_rel_diff": rel(scaled_mm(q, True), want)}
+    if peer is not None:
+        scale_col = scale.reshape(-1, 1).contiguous()
+        row.update(peer_cutlass_us=per_call(lambda w: peer(xq, w.t(), xs, scale_col, torch.bfloat16)),
+                   peer_cutlass_max_rel_diff=rel(peer(xq, q.t(), xs, scale_col, torch.bfloat16), want))
     best = None
-    for plan in plans_for(m):
+    for plan in plans_for(m) if triton_plans else []:
         try:
             got = fp8_channel_gemm(xq, xs, q, scale, torch.bfloat16, plan)
             us = per_call(lambda w: fp8_channel_gemm(xq, xs, w, scale, torch.bfloat16, plan))
@@ -74,11 +90,16 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", default="16,64,128,256,512,2048", help="row counts, comma-separated")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="of " + ", ".join(SHAPES))
+    parser.add_argument("--peer", action="store_true", help="also vLLM's cutlass_scaled_mm (its site on PYTHONPATH)")
+    parser.add_argument("--no-triton", action="store_true", help="leave out Ward's Triton kernel's plan grid")
     args = parser.parse_args()
+    peer = peer_gemm() if args.peer else None
+    if args.peer and peer is None:
+        raise SystemExit("--peer: vllm is not importable (put the peer's site on PYTHONPATH)")
     for m in (int(r) for r in args.rows.split(",")):
         for name in args.shapes.split(","):
             K, N = SHAPES[name]
-            print(json.dumps(shape_row(name, K, N, m)), flush=True)
+            print(json.dumps(shape_row(name, K, N, m, peer, not args.no_triton)), flush=True)
 
 
 if __name__ == "__main__":
