@@ -1,10 +1,11 @@
 """The per-channel FP8 GEMM of W8A8 layers (per-token activation scales, per-row weight scales) on the
 Llama-3.1-8B projections, from a decode batch to a prefill chunk: ``torch._scaled_mm`` as Ward calls
 it, with fast accumulation, and Ward's Triton kernel (``worker.kernels.fp8_gemm.fp8_channel_gemm``)
-over a grid of tile plans, and with ``--peer`` vLLM's CUTLASS kernel (``cutlass_scaled_mm``, what its FP8
-layers run on Hopper; the peer's site on PYTHONPATH). Times are CUDA-graph replays over enough copies of the weight to spill
-the L2 (the engine reads each layer's weight once a step); one JSON line per shape and row count
-with the best Triton plan, and how far each product is from the precise ``torch._scaled_mm``.
+over a grid of tile plans; with ``--peer`` also vLLM's CUTLASS kernel (``cutlass_scaled_mm``, what its
+FP8 layers run on Hopper; the peer's site on PYTHONPATH). Times are CUDA-graph replays over enough
+copies of the weight to spill the L2 (the engine reads each layer's weight once a step); one JSON
+line per shape and row count with the best Triton plan, and how far each product is from the
+precise ``torch._scaled_mm``.
 
 Usage (GPU, repository root on PYTHONPATH): python bench/fp8_gemm_sweep.py [--rows 16,64,128,256,512,2048]
 [--peer] [--no-triton]
