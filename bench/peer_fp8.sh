@@ -32,8 +32,12 @@ for entry in "${ENVS[@]}"; do
   run=$((run + 1))
   echo "ward $run: ${entry:-defaults}"
   assignments=() flags=()
-  for word in $entry; do
-    if [ ${#flags[@]} -eq 0 ] && [[ $word =~ ^[A-Za-z_][A-Za-z0-9_]*= ]]; then assignments+=("$word"); else flags+=("$word"); fi
+  for word in $entry; do  # assignments up to the first word that is not one, then flags
+    if [ ${#flags[@]} -eq 0 ] && [[ $word =~ ^[A-Za-z_][A-Za-z0-9_]*= ]]; then
+      assignments+=("$word")
+    else
+      flags+=("$word")
+    fi
   done
   # shellcheck disable=SC2086
   env "${assignments[@]}" PYTHONPATH="$PWD" timeout "${WARD_TIMEOUT:-200}" python3 -m ward bench offline --model llama-3.1-8b \
