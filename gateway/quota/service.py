@@ -177,8 +177,8 @@ class QuotaService:
                     self._queue(Settlement(team, request.reservation_id, limits.names, "", "", model, 0, 0, SettleMode.RELEASE))
             else:
                 self._store_ok()
-                return self._admission(request, result, key_id, degraded=False, names=limits.names)
-        return await self._admit_degraded(request, key_id)
+                return self._admission(request, result, key_id, limits.names, degraded=False)
+        return await self._admit_degraded(request, key_id, limits.names)
 
     async def extend(self, admission: Admission, *, reserve_tokens: int) -> Admission:
         """Raise a live admission's reservation to ``reserve_tokens`` in total (the exact reservation,
@@ -216,7 +216,7 @@ class QuotaService:
                                admission.model, 0, 0, SettleMode.RELEASE))
         again = AdmitRequest(admission.team, new_hex_id(), reserve_tokens, admission.model, admission.limits,
                              self._settings.reservation_ttl_s)
-        return await self._admit_degraded(again, admission.key_id)
+        return await self._admit_degraded(again, admission.key_id, admission.scopes)
 
     def has_headroom(self, team: str, *, key_id: str | None = None, model: str | None = None, most_tokens: int) -> bool:
         """Whether a request of this team, key and model that can reserve at most ``most_tokens`` may
@@ -472,12 +472,13 @@ class QuotaService:
 
     # ---- outage handling ---------------------------------------------------------------------
 
-    async def _admit_degraded(self, request: AdmitRequest, key_id: str | None) -> Admission:
+    async def _admit_degraded(self, request: AdmitRequest, key_id: str | None, names: tuple[Scope, ...]) -> Admission:
         result = await self._outage.admit(request, retry_after_s=max(1.0, self._breaker.retry_after_s()))
-        return self._admission(request, result, key_id, degraded=True)
+        return self._admission(request, result, key_id, names, degraded=True)
 
-    def _admission(self, request: AdmitRequest, result: AdmitResult, key_id: str | None, *, degraded: bool,
-                   names: tuple[Scope, ...] | None = None) -> Admission:
+    def _admission(self, request: AdmitRequest, result: AdmitResult, key_id: str | None, names: tuple[Scope, ...],
+                   *, degraded: bool) -> Admission:
+        """``names``: the request's scopes alone, in ``request.scopes``' order (what settling needs)."""
         headers = rate_limit_headers(result.requests, result.tokens)
         mode = "degraded" if degraded else "exact"
         # A concurrency refusal leaves the shortcut open: that limit is always checked before dispatch.
@@ -492,7 +493,7 @@ class QuotaService:
             metrics.team_series(request.team).admitted_exact.inc()
         return Admission(
             id=request.reservation_id, team=request.team, key_id=key_id, model=request.model,
-            reserved_tokens=request.reserve_tokens, scopes=names if names is not None else _scopes(request), day=result.day,
+            reserved_tokens=request.reserve_tokens, scopes=names, day=result.day,
             month=result.month, headers=headers, degraded=degraded, limits=request.scopes,
         )
 
@@ -598,10 +599,6 @@ class QuotaService:
         task = loop.create_task(coro)  # type: ignore[arg-type]
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-def _scopes(request: AdmitRequest) -> tuple[Scope, ...]:
-    return tuple(item.scope for item in request.scopes)
 
 
 def _refused(team: str, r: Rejection, reserve_tokens: int, headers: dict[str, str]) -> QuotaExceeded:
