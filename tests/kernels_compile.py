@@ -263,6 +263,13 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
         {"x_ptr": BF16, "residual_ptr": BF16, "weight_ptr": BF16, "out_ptr": BF16, "residual_out_ptr": BF16},
         dict(HIDDEN=4096, BLOCK=4096, ADD_RESIDUAL=True, USE_PDL=True), ("eps",), num_warps=8,
     ),
+    # a W8A8 projection's input: the norm quantizes its own output to e4m3 (scales per row)
+    "fused_add_rms_norm_fp8_pdl": lambda: compile_variant(
+        norm._rms_norm_kernel,
+        {"x_ptr": BF16, "residual_ptr": BF16, "weight_ptr": BF16, "out_ptr": "*fp8e4nv", "residual_out_ptr": BF16,
+         "scale_ptr": "*fp32"},
+        dict(HIDDEN=4096, BLOCK=4096, ADD_RESIDUAL=True, USE_PDL=True, QUANT_FP8=True), ("eps",), num_warps=8,
+    ),
     "rotary_neox": lambda: compile_variant(
         rotary._rotary_kernel,
         {"positions_ptr": "*i64", "q_ptr": BF16, "k_ptr": BF16, "cos_sin_ptr": "*fp32"},
@@ -324,6 +331,10 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     ),
     "silu_and_mul": lambda: compile_variant(
         activation._silu_and_mul_kernel, {"x_ptr": BF16, "out_ptr": BF16}, dict(INTERMEDIATE=14336, BLOCK=1024)
+    ),
+    "silu_and_mul_fp8": lambda: compile_variant(
+        activation._silu_and_mul_fp8_kernel, {"x_ptr": BF16, "q_ptr": "*fp8e4nv", "s_ptr": "*fp32"},
+        dict(INTERMEDIATE=14336, BLOCK=1024)
     ),
     "token_bitmask": lambda: compile_variant(
         token_bitmask._apply_token_bitmask_kernel, {"logits_ptr": "*fp32", "mask_ptr": "*i32", "rows_ptr": "*i64"},

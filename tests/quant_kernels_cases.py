@@ -63,6 +63,42 @@ def check_fp8_quant(T: int, K: int, group: int | None, device: str, dtype=torch.
     return 0.0 if same else 1.0
 
 
+def check_fp8_fused_input(kind: str, T: int, width: int, device: str, dtype=torch.float32) -> float:
+    """A W8A8 projection's input quantized by the kernel that makes it, in one launch (``rms_norm_fp8``
+    with and without a residual, ``silu_and_mul_fp8``), against the two launches it replaces (the norm
+    or ``silu_and_mul`` kernel, then ``quantize_fp8_groups``): codes, scales and the residual sum must
+    be the same bits (returns 1.0 if any differs, else 0.0). ``width``: the hidden size, or the
+    intermediate size of the SiLU's [T, 2 * width] input."""
+    from worker.kernels.activation import silu_and_mul, silu_and_mul_fp8
+    from worker.kernels.fp8_quant import quantize_fp8_groups
+    from worker.kernels.norm import fused_add_rms_norm, rms_norm, rms_norm_fp8
+
+    gen = torch.Generator().manual_seed(T * 13 + width + len(kind))
+    dev = torch.device(device)
+
+    def rows(n: int) -> torch.Tensor:  # rows of different magnitudes, so the scales differ
+        return (torch.randn(T, n, generator=gen) * torch.rand(T, 1, generator=gen) * 4).to(dtype).to(dev)
+
+    residual = got_residual = want_residual = None
+    if kind == "silu":
+        x = rows(2 * width)
+        codes, scales = silu_and_mul_fp8(x)
+        want_codes, want_scales = quantize_fp8_groups(silu_and_mul(x))
+    else:
+        x = rows(width)
+        weight = (1.0 + 0.1 * torch.randn(width, generator=gen)).to(dtype).to(dev)
+        if kind == "norm-residual":
+            residual = rows(width)
+            normed, want_residual = fused_add_rms_norm(x, residual, weight, 1e-6)
+        else:
+            normed, want_residual = rms_norm(x, weight, 1e-6), x
+        codes, scales, got_residual = rms_norm_fp8(x, residual, weight, 1e-6)
+        want_codes, want_scales = quantize_fp8_groups(normed)
+    same = (torch.equal(codes.view(torch.uint8), want_codes.view(torch.uint8)) and torch.equal(scales, want_scales)
+            and (got_residual is None or torch.equal(got_residual, want_residual)))
+    return 0.0 if same else 1.0
+
+
 def block_quantize(w: torch.Tensor, bn: int = 128, bk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     N, K = w.shape
     s = torch.empty(math.ceil(N / bn), math.ceil(K / bk))
@@ -157,6 +193,10 @@ INTERPRETER_CASES = {  # small shapes: the interpreter runs kernels in numpy
     "fp8-quant-blocks": lambda: check_fp8_quant(5, 384, 128, "cpu", representable=True),
     "fp8-quant-blocks-ragged": lambda: check_fp8_quant(4, 300, 128, "cpu", representable=True),
     "fp8-quant-static": lambda: check_fp8_quant(3, 96, None, "cpu", static=True, representable=True),
+    # the norm's and the SiLU's quantization in one launch; a ragged last block of the SiLU's row
+    "fp8-norm-quant": lambda: check_fp8_fused_input("norm", 5, 200, "cpu"),
+    "fp8-norm-residual-quant": lambda: check_fp8_fused_input("norm-residual", 4, 256, "cpu"),
+    "fp8-silu-quant": lambda: check_fp8_fused_input("silu", 3, 2304, "cpu"),
     "fp8-moe-channel": lambda: check_fp8_moe(5, 4, 2, 64, 48, False, "cpu"),
     "fp8-moe-block": lambda: check_fp8_moe(9, 4, 2, 256, 128, True, "cpu"),
 }

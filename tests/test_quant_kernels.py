@@ -21,6 +21,7 @@ from quant_kernels_cases import (  # noqa: E402
     INTERPRETER_CASES,
     check_fp8_block,
     check_fp8_channel,
+    check_fp8_fused_input,
     check_fp8_moe,
     check_fp8_quant,
     check_int4,
@@ -138,3 +139,13 @@ def test_fp8_activation_quantization_is_bit_exact_with_torch(T, K, group):
     assert check_fp8_quant(T, K, group, "cuda", torch.bfloat16) == 0.0
     if group is None:
         assert check_fp8_quant(T, K, None, "cuda", torch.bfloat16, static=True) == 0.0
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("T", [1, 9, 300, 2048])
+@pytest.mark.parametrize("kind, width", [("norm", 4096), ("norm-residual", 4096), ("norm-residual", 5120),
+                                         ("silu", 14336), ("silu", 1000)])
+def test_fp8_input_quantized_in_the_norm_or_silu_is_bit_exact(T, kind, width):
+    """Compiled, in bfloat16: the one-launch norm/SiLU + quantization gives the bits of the two launches."""
+    assert check_fp8_fused_input(kind, T, width, "cuda", torch.bfloat16) == 0.0

@@ -254,6 +254,68 @@ def test_fp8_at_load_quantizes_a_float_checkpoint(tmp_path_factory, base):
     assert (a - b).abs().max() <= 1e-4 * b.abs().max()
 
 
+def test_fp8_inputs_quantized_by_the_norms_and_the_silu_give_the_layers_own_result(tmp_path_factory, base,
+                                                                                  monkeypatch):
+    """``WARD_FP8_FUSED_INPUT``'s wiring: the RMSNorms hand qkv and gate_up their input already
+    quantized, and the SiLU-and-mul hands it to down_proj (``Fp8Activation`` through the layers'
+    calls). Run on the CPU, where ``torch._scaled_mm`` runs as well, with the torch ops quantizing as
+    the layers themselves do: the logits are the bits the layers give when they quantize their inputs
+    themselves, and the fused path did run (counted)."""
+    from worker.model import ops
+    from worker.model.quant import linear
+
+    cfg, state = base
+    model_dir = _write(tmp_path_factory.mktemp("fused") / "float", cfg, state, None)
+    monkeypatch.setattr(linear, "_cuda_fp8_ok", lambda device: True)  # W8A8 through _scaled_mm on the CPU
+    monkeypatch.setattr(linear, "FP8_QUANT_KERNEL", False)  # the layers quantize with torch operations
+    calls = {"norm": 0, "silu": 0}
+
+    def counted(name, fn):
+        def wrapper(*args):
+            calls[name] += 1
+            return fn(*args)
+        return wrapper
+
+    monkeypatch.setattr(ops, "rms_norm_fp8", counted("norm", ops.rms_norm_fp8))
+    monkeypatch.setattr(ops, "silu_and_mul_fp8", counted("silu", ops.silu_and_mul_fp8))
+    llm = LLM(model=model_dir, device="cpu", dtype="float32", block_size=4, num_kv_blocks=64, max_model_len=64,
+              enable_prefix_caching=False, quantization="fp8")
+    logits = {}
+    for fused in (False, True):
+        monkeypatch.setattr(linear, "FP8_FUSED_INPUT", fused)
+        logits[fused] = _prefill_logits(llm, PROMPTS[2])
+    assert calls == {"norm": 2 * cfg.num_hidden_layers, "silu": cfg.num_hidden_layers}
+    assert torch.equal(logits[True], logits[False])
+    assert logits[True].abs().max() > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
+def test_fp8_inputs_quantized_by_the_norm_and_silu_kernels_on_cuda_give_the_same_logits(tmp_path_factory, base,
+                                                                                       monkeypatch):
+    """The same on the card, in bfloat16: the Triton norm and SiLU kernels quantizing their outputs
+    (one launch each) against the layers' own one-kernel quantization, over a 12-token prompt (more
+    rows than the decode GEMV takes): the same logits, bit for bit."""
+    from worker.kernels import model_ops
+    from worker.model.quant import linear
+
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need Ada or Hopper")
+    cfg, state = base
+    model_dir = _write(tmp_path_factory.mktemp("fused-cuda") / "float", cfg, state, None)
+    llm = LLM(model=model_dir, device="cuda", dtype="bfloat16", block_size=16, num_kv_blocks=64, max_model_len=64,
+              enforce_eager=True, quantization="fp8")
+    calls = []
+    norm_fp8 = model_ops.rms_norm_fp8
+    monkeypatch.setattr(model_ops, "rms_norm_fp8", lambda *args: calls.append(1) or norm_fp8(*args))
+    logits = {}
+    for fused in (False, True):
+        monkeypatch.setattr(linear, "FP8_FUSED_INPUT", fused)
+        logits[fused] = _prefill_logits(llm, PROMPTS[2] + PROMPTS[0]).float().cpu()
+    assert len(calls) == 2 * cfg.num_hidden_layers
+    assert torch.equal(logits[True], logits[False])
+
+
 def test_quantization_none_refuses_a_quantized_checkpoint(tmp_path_factory, base):
     quantized_dir, _ = write_pair(tmp_path_factory, base, "ct-fp8-tensor")
     with pytest.raises(ModelLoadError, match="quantized"):

@@ -49,3 +49,53 @@ def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
         x2, out2, x2.stride(0), out2.stride(0), INTERMEDIATE=intermediate, BLOCK=BLOCK, num_warps=4
     )
     return out
+
+
+@triton.jit
+def _silu_and_mul_fp8_kernel(x_ptr, q_ptr, s_ptr, stride_x, stride_q, INTERMEDIATE: tl.constexpr,
+                             BLOCK: tl.constexpr):
+    """Grid (T,): one program per row, two passes over it (the amax, then the codes; the second
+    reads the row again, mostly from L2) so no [T, I] product is written in between."""
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_x
+    amax = tl.zeros([BLOCK], dtype=tl.float32)
+    for c0 in range(0, INTERMEDIATE, BLOCK):
+        amax = tl.maximum(amax, tl.abs(_silu_mul_block(x_row, c0, INTERMEDIATE, BLOCK)))
+    scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), 448.0), 1e-12)
+    for c0 in range(0, INTERMEDIATE, BLOCK):
+        cols = c0 + tl.arange(0, BLOCK)
+        codes = tl.minimum(tl.maximum(tl.math.div_rn(_silu_mul_block(x_row, c0, INTERMEDIATE, BLOCK), scale),
+                                      -448.0), 448.0)
+        tl.store(q_ptr + row * stride_q + cols, codes.to(q_ptr.dtype.element_ty), mask=cols < INTERMEDIATE)
+    tl.store(s_ptr + row, scale)
+
+
+@triton.jit
+def _silu_mul_block(x_row, c0, INTERMEDIATE: tl.constexpr, BLOCK: tl.constexpr):
+    """``silu(gate) * up`` of columns [c0, c0 + BLOCK) rounded as ``_silu_and_mul_kernel`` stores it,
+    as float32 (0 past the row's end)."""
+    cols = c0 + tl.arange(0, BLOCK)
+    mask = cols < INTERMEDIATE
+    gate = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(x_row + INTERMEDIATE + cols, mask=mask, other=0.0)
+    activated = (gate / (1.0 + tl.exp(-gate))).to(up.dtype).to(tl.float32)
+    return (activated * up.to(tl.float32)).to(up.dtype).to(tl.float32)
+
+
+def silu_and_mul_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The input of a W8A8 down projection in one launch: ``silu_and_mul(x)`` in x's dtype, quantized
+    to e4m3 per row with a dynamic scale, as ``silu_and_mul`` followed by
+    ``worker.kernels.fp8_quant.quantize_fp8_groups`` would give it.
+
+    x: [T, 2 * I] with a contiguous last dim. Returns (codes e4m3 [T, I], scales float32 [T, 1])."""
+    if x.dim() != 2 or x.shape[-1] % 2 or x.stride(-1) != 1:
+        raise KernelInputError(f"x must be [T, 2 * I] with a contiguous last dim, got {tuple(x.shape)}")
+    rows, intermediate = x.shape[0], x.shape[1] // 2
+    codes = torch.empty(rows, intermediate, dtype=torch.float8_e4m3fn, device=x.device)
+    scales = torch.empty(rows, 1, dtype=torch.float32, device=x.device)
+    if rows and intermediate:
+        _silu_and_mul_fp8_kernel[(rows,)](x, codes, scales, x.stride(0), codes.stride(0),
+                                          INTERMEDIATE=intermediate, BLOCK=BLOCK, num_warps=4)
+    elif rows:
+        scales.fill_(1e-12)
+    return codes, scales

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import torch
 
-from worker.kernels.activation import silu_and_mul
+from worker.kernels.activation import silu_and_mul, silu_and_mul_fp8
 from worker.kernels.moe_gemm import fused_moe
-from worker.kernels.norm import fused_add_rms_norm
+from worker.kernels.norm import fused_add_rms_norm, rms_norm_fp8
 from worker.kernels.norm import rms_norm as _rms_norm
 from worker.kernels.rotary import rotary_embedding as _rotary
 from worker.model.ops import build_cos_sin_cache, build_rope_cache, gelu_tanh_and_mul  # torch: no kernel yet
 
-__all__ = ["rms_norm", "fused_add_rms_norm", "silu_and_mul", "rotary_embedding", "build_cos_sin_cache",
-           "build_rope_cache", "gelu_tanh_and_mul", "fused_moe"]
+__all__ = ["rms_norm", "fused_add_rms_norm", "rms_norm_fp8", "silu_and_mul", "silu_and_mul_fp8", "rotary_embedding",
+           "build_cos_sin_cache", "build_rope_cache", "gelu_tanh_and_mul", "fused_moe"]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

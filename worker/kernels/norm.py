@@ -24,6 +24,7 @@ def _rms_norm_kernel(
     weight_ptr,
     out_ptr,
     residual_out_ptr,
+    scale_ptr,
     stride_x,
     stride_residual,
     stride_out,
@@ -33,9 +34,13 @@ def _rms_norm_kernel(
     BLOCK: tl.constexpr,
     ADD_RESIDUAL: tl.constexpr,
     USE_PDL: tl.constexpr = False,
+    QUANT_FP8: tl.constexpr = False,
 ):
     """One program per row; reads the whole row, so ``out`` and ``residual_out`` may alias the inputs.
-    With ``USE_PDL`` the norm's weight is read before waiting for the kernel that wrote x (pdl.py)."""
+    With ``USE_PDL`` the norm's weight is read before waiting for the kernel that wrote x (pdl.py).
+    With ``QUANT_FP8`` the normed row, rounded to x's dtype as the plain norm stores it, is quantized
+    to e4m3 with its own scale (``fp8_quant``'s arithmetic): ``out`` takes the codes, ``scale_ptr``
+    the row's scale."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < HIDDEN
@@ -53,7 +58,14 @@ def _rms_norm_kernel(
     variance = tl.sum(xf * xf, axis=0) / HIDDEN
     normed = (xf * tl.math.rsqrt(variance + eps)).to(x.dtype)
     out = normed.to(tl.float32) * weight.to(tl.float32)
-    tl.store(out_ptr + row * stride_out + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
+    if QUANT_FP8:
+        rounded = out.to(x.dtype).to(tl.float32)
+        scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(rounded), axis=0), 448.0), 1e-12)
+        codes = tl.minimum(tl.maximum(tl.math.div_rn(rounded, scale), -448.0), 448.0)
+        tl.store(out_ptr + row * stride_out + offs, codes.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(scale_ptr + row, scale)
+    else:
+        tl.store(out_ptr + row * stride_out + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -102,6 +114,32 @@ def fused_add_rms_norm_(x: torch.Tensor, residual: torch.Tensor, weight: torch.T
     _launch(x, residual, weight, x, residual, eps, hidden, add_residual=True)
 
 
+def rms_norm_fp8(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The input of a W8A8 projection in one launch: ``weight * rmsnorm(x + residual)`` (no residual
+    given: of x) rounded to x's dtype, then quantized to e4m3 per row with a dynamic scale, as
+    ``fused_add_rms_norm`` followed by ``worker.kernels.fp8_quant.quantize_fp8_groups`` would give it.
+
+    x, residual: [T, H] of one float dtype, weight [H] of that dtype too. Returns (codes e4m3 [T, H],
+    scales float32 [T, 1], the residual sum, which is x itself when no residual is given)."""
+    hidden = _check_row_input(x, weight)
+    if x.dim() != 2:
+        raise KernelInputError(f"rms_norm_fp8 takes [T, H] rows, got shape {tuple(x.shape)}")
+    if residual is not None:
+        _check_residual(x, residual)
+    dtypes = {x.dtype, weight.dtype} | ({residual.dtype} if residual is not None else set())
+    if len(dtypes) != 1:
+        raise KernelInputError(f"rms_norm_fp8 needs one dtype for x, residual and weight, got {sorted(map(str, dtypes))}")
+    codes = torch.empty(x.shape, dtype=torch.float8_e4m3fn, device=x.device)
+    scales = torch.empty(x.shape[0], 1, dtype=torch.float32, device=x.device)
+    if residual is None:
+        _launch(x, x, weight, codes, x, eps, hidden, add_residual=False, scales=scales)
+        return codes, scales, x
+    residual_out = torch.empty_like(x)
+    _launch(x, residual, weight, codes, residual_out, eps, hidden, add_residual=True, scales=scales)
+    return codes, scales, residual_out
+
+
 def _check_row_input(x: torch.Tensor, weight: torch.Tensor) -> int:
     if x.dim() < 1 or x.stride(-1) != 1:
         raise KernelInputError("x must have a contiguous last dimension")
@@ -136,7 +174,9 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
         raise KernelInputError("tensor rows must be viewable as [N, H] (uniform row stride)") from err
 
 
-def _launch(x, residual, weight, out, residual_out, eps: float, hidden: int, add_residual: bool) -> None:
+def _launch(x, residual, weight, out, residual_out, eps: float, hidden: int, add_residual: bool,
+            scales: torch.Tensor | None = None) -> None:
+    """``scales`` given: ``out`` takes e4m3 codes and ``scales`` [rows, 1] their per-row scales."""
     x2, r2, o2, ro2 = _rows(x), _rows(residual), _rows(out), _rows(residual_out)
     if x2.shape[0] == 0:
         return
@@ -148,6 +188,7 @@ def _launch(x, residual, weight, out, residual_out, eps: float, hidden: int, add
         weight,
         o2,
         ro2,
+        o2 if scales is None else scales,
         x2.stride(0),
         r2.stride(0),
         o2.stride(0),
@@ -157,6 +198,7 @@ def _launch(x, residual, weight, out, residual_out, eps: float, hidden: int, add
         BLOCK=block,
         ADD_RESIDUAL=add_residual,
         USE_PDL=pdl,
+        QUANT_FP8=scales is not None,
         num_warps=min(max(block // 512, 1), 16),
         **launch_options(pdl),
     )

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worker.kernels.decode_gemv_config import MAX_ROWS
-from worker.model.quant.linear import Fp8Linear
+from worker.model.quant.linear import Fp8Activation, Fp8Linear
 
 PROJECTIONS = {"qkv": "self_attn.qkv_proj", "o": "self_attn.o_proj", "gate_up": "mlp.gate_up_proj",
                "down": "mlp.down_proj"}
@@ -144,8 +144,11 @@ class Fp8DecodeGemvLinear(Fp8Linear):
     def _gemv_rows(self, x: torch.Tensor) -> torch.Tensor | None:
         return _gemv_rows(x, self.in_features, self.dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = self._gemv_rows(x)
+    def takes_fp8_activation(self, rows: int, x: torch.Tensor) -> bool:
+        return not _gemv_takes(rows, x, self.dtype) and super().takes_fp8_activation(rows, x)
+
+    def forward(self, x: torch.Tensor | Fp8Activation) -> torch.Tensor:
+        x2 = None if isinstance(x, Fp8Activation) else self._gemv_rows(x)
         if x2 is None:
             return super().forward(x)
         from worker.kernels.decode_gemv import decode_gemv

@@ -17,6 +17,7 @@ from torch import nn
 from worker.attention.backend import AttentionBackend, AttentionMetadata
 from worker.model import ops as torch_ops
 from worker.model.moe import SparseMoe
+from worker.model.quant.linear import Fp8Activation
 from worker.model.spec import ModelSpec
 
 
@@ -40,6 +41,18 @@ class RMSNorm(nn.Module):
         if residual is None:
             return self.ops.rms_norm(x, self.weight, self.eps)
         return self.ops.fused_add_rms_norm(x, residual, self.weight, self.eps)
+
+    def feeds_fp8(self, projection: nn.Module, x: torch.Tensor) -> bool:
+        """Whether this norm hands ``projection`` its input of x's rows already quantized to FP8
+        (``forward_fp8``): a W8A8 layer that would quantize them per row itself (the norm and the
+        quantization in one launch instead of two)."""
+        takes = getattr(projection, "takes_fp8_activation", None)
+        return takes is not None and x.dim() == 2 and self.weight.dtype == x.dtype and takes(x.shape[0], x)
+
+    def forward_fp8(self, x: torch.Tensor, residual: torch.Tensor | None) -> tuple[Fp8Activation, torch.Tensor]:
+        """(the normed input as e4m3 codes with per-row scales, the residual sum)."""
+        codes, scales, residual = self.ops.rms_norm_fp8(x, residual, self.weight, self.eps)
+        return Fp8Activation(codes, scales, x.dtype), residual
 
 
 class Attention(nn.Module):
@@ -97,7 +110,13 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(spec.intermediate_size, spec.hidden_size, bias=spec.mlp_bias)
         self.ops = ops
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | Fp8Activation) -> torch.Tensor:
+        if isinstance(x, Fp8Activation):  # W8A8 gate_up: its output feeds down_proj quantized as well
+            gate_up = self.gate_up_proj(x)
+            takes = getattr(self.down_proj, "takes_fp8_activation", None)
+            if takes is not None and takes(gate_up.shape[0], gate_up):
+                return self.down_proj(Fp8Activation(*self.ops.silu_and_mul_fp8(gate_up), x.dtype))
+            return self.down_proj(self.ops.silu_and_mul(gate_up))
         # a gate_up layer swapped in from outside may fuse the activation into its matmul
         fused = getattr(self.gate_up_proj, "forward_silu_and_mul", None)
         if fused is not None:
@@ -126,6 +145,9 @@ class DecoderLayer(nn.Module):
             norm = self.input_layernorm
             qkv = self.self_attn.qkv_proj.forward_rms_norm(hidden, residual.sums, norm.weight, norm.eps)
             residual = hidden
+        elif self.input_layernorm.feeds_fp8(self.self_attn.qkv_proj, hidden):
+            quantized, residual = self.input_layernorm.forward_fp8(hidden, residual)
+            qkv = self.self_attn.qkv_proj(quantized)
         elif residual is None:
             residual = hidden
             hidden = self.input_layernorm(hidden)
@@ -141,6 +163,9 @@ class DecoderLayer(nn.Module):
                 return hidden, FoldedResidual(sums)
             return self.mlp.down_proj(activated), residual
         hidden = self.self_attn(positions, hidden, kv_cache, meta, cos_sin_cache, qkv=qkv)
+        if isinstance(self.mlp, MLP) and self.post_attention_layernorm.feeds_fp8(self.mlp.gate_up_proj, hidden):
+            quantized, residual = self.post_attention_layernorm.forward_fp8(hidden, residual)
+            return self.mlp(quantized), residual
         hidden, residual = self.post_attention_layernorm(hidden, residual)
         return self.mlp(hidden), residual
 

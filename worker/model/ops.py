@@ -25,6 +25,25 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     return F.silu(x[..., :d]) * x[..., d:]
 
 
+def rms_norm_fp8(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A W8A8 projection's input from the norm before it: (e4m3 codes, per-row scales, residual sum)."""
+    from worker.model.quant.linear import quantize_fp8_per_token
+
+    if residual is None:
+        normed, residual = rms_norm(x, weight, eps), x
+    else:
+        normed, residual = fused_add_rms_norm(x, residual, weight, eps)
+    return (*quantize_fp8_per_token(normed), residual)
+
+
+def silu_and_mul_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A W8A8 down projection's input: ``silu_and_mul(x)`` as e4m3 codes with per-row scales."""
+    from worker.model.quant.linear import quantize_fp8_per_token
+
+    return quantize_fp8_per_token(silu_and_mul(x))
+
+
 def build_cos_sin_cache(inv_freq: torch.Tensor, max_position: int, scaling: float) -> torch.Tensor:
     """[max_position, rotary_dim]: cos in the first half, sin in the second (float32)."""
     t = torch.arange(max_position, dtype=torch.float32)

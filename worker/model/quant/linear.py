@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -39,6 +40,22 @@ FP8_QUANT_KERNEL = os.environ.get("WARD_FP8_QUANT_KERNEL", "1") != "0"
 # float32, as the FP8 GEMMs of CUTLASS, FBGEMM and vLLM run): +5% on the FP8 throughput rows on an
 # H100 (2026-12-07), products within 1.3% of the precise ones; 0 restores the precise accumulation.
 FP8_FAST_ACCUM = os.environ.get("WARD_FP8_FAST_ACCUM", "1") != "0"
+# The per-row quantization of a W8A8 projection's input done by the kernel that makes the input (the
+# RMSNorm before qkv and gate_up, the SiLU-and-mul before down_proj: one launch instead of two, the
+# bf16 activation never written); 1 turns it on (off until timed on a card).
+FP8_FUSED_INPUT = os.environ.get("WARD_FP8_FUSED_INPUT", "0") == "1"
+
+
+@dataclass(frozen=True)
+class Fp8Activation:
+    """A W8A8 projection's input already quantized per row by the kernel before it (the norm's or the
+    activation's, ``rms_norm_fp8`` / ``silu_and_mul_fp8``): e4m3 ``codes`` [T, K], float32 ``scales``
+    [T, 1], and the activations' dtype, which the projection's output takes. Passed to the layer's
+    call (not to a method), so hooks on the layer (the tensor-parallel all-reduce) still run."""
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+    dtype: torch.dtype
 
 
 def _cuda_fp8_ok(device: torch.device) -> bool:
@@ -177,7 +194,16 @@ class Fp8Linear(QuantLinear):
             return dequantize_fp8_block(self.weight, self.weight_scale_inv, self.qc.block_size, dtype)
         return (self.weight.float() * self.weight_scale).to(dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def takes_fp8_activation(self, rows: int, x: torch.Tensor) -> bool:
+        """Whether ``rows`` rows of x would be quantized per row with dynamic scales by ``forward`` (W8A8
+        through ``torch._scaled_mm``, the one-kernel quantization), so the kernel before the layer may
+        hand them over already quantized (``Fp8Activation``)."""
+        return (FP8_FUSED_INPUT and self.qc.method != "fp8_block" and self.input_scale is None
+                and x.dtype == self.dtype and _cuda_fp8_ok(x.device))
+
+    def forward(self, x: torch.Tensor | Fp8Activation) -> torch.Tensor:
+        if isinstance(x, Fp8Activation):
+            return self._add_bias(self._scaled_mm(x.codes, x.scales, x.dtype))
         if _cuda_fp8_ok(x.device):
             block = self.qc.method == "fp8_block"
             group = self.qc.block_size[1] if block else None
@@ -188,10 +214,13 @@ class Fp8Linear(QuantLinear):
 
                 y = fp8_block_gemm(xq, xs, self.weight, self.weight_scale_inv, self.qc.block_size, x.dtype)
             else:
-                y = torch._scaled_mm(xq, self.weight.t(), scale_a=xs, scale_b=self.weight_scale.reshape(1, -1),
-                                     out_dtype=x.dtype, use_fast_accum=FP8_FAST_ACCUM)
+                y = self._scaled_mm(xq, xs, x.dtype)
             return self._add_bias(y.reshape(*x.shape[:-1], -1))
         return nn.functional.linear(x, self.dequantized_weight(x.dtype), self.bias)
+
+    def _scaled_mm(self, codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return torch._scaled_mm(codes, self.weight.t(), scale_a=scales, scale_b=self.weight_scale.reshape(1, -1),
+                                out_dtype=dtype, use_fast_accum=FP8_FAST_ACCUM)
 
     def fill_dummy(self, gen):
         w = torch.empty(self.out_features, self.in_features, device=self.weight.device).uniform_(-0.02, 0.02, generator=gen)
