@@ -66,9 +66,13 @@ def check_fp8_quant(T: int, K: int, group: int | None, device: str, dtype=torch.
 def check_fp8_fused_input(kind: str, T: int, width: int, device: str, dtype=torch.float32) -> float:
     """A W8A8 projection's input quantized by the kernel that makes it, in one launch (``rms_norm_fp8``
     with and without a residual, ``silu_and_mul_fp8``), against the two launches it replaces (the norm
-    or ``silu_and_mul`` kernel, then ``quantize_fp8_groups``): codes, scales and the residual sum must
-    be the same bits (returns 1.0 if any differs, else 0.0). ``width``: the hidden size, or the
-    intermediate size of the SiLU's [T, 2 * width] input."""
+    or ``silu_and_mul`` kernel, then ``quantize_fp8_groups``). Returns the share of e4m3 codes that
+    differ (0.0: the same bits), or 1.0 if the residual sum differs at all, a scale by more than one
+    bf16 step, or a code by more than one e4m3 step. Compiled, the norm's sum of squares may be
+    reduced in another order inside the larger kernel (a last-bit difference of the variance, as
+    between the norm kernel and torch), which moves a rare value by one step; in the interpreter the
+    two paths are the same bits. ``width``: the hidden size, or the intermediate size of the SiLU's
+    [T, 2 * width] input."""
     from worker.kernels.activation import silu_and_mul, silu_and_mul_fp8
     from worker.kernels.fp8_quant import quantize_fp8_groups
     from worker.kernels.norm import fused_add_rms_norm, rms_norm, rms_norm_fp8
@@ -94,9 +98,17 @@ def check_fp8_fused_input(kind: str, T: int, width: int, device: str, dtype=torc
             normed, want_residual = rms_norm(x, weight, 1e-6), x
         codes, scales, got_residual = rms_norm_fp8(x, residual, weight, 1e-6)
         want_codes, want_scales = quantize_fp8_groups(normed)
-    same = (torch.equal(codes.view(torch.uint8), want_codes.view(torch.uint8)) and torch.equal(scales, want_scales)
-            and (got_residual is None or torch.equal(got_residual, want_residual)))
-    return 0.0 if same else 1.0
+    if got_residual is not None and not torch.equal(got_residual, want_residual):
+        return 1.0
+    if not torch.allclose(scales, want_scales, rtol=2.0**-7, atol=0.0):
+        return 1.0
+    got, want = codes.view(torch.uint8).int(), want_codes.view(torch.uint8).int()
+    # e4m3 is sign and magnitude: neighbouring values of one sign are neighbouring integers
+    same_sign = (got >> 7) == (want >> 7)
+    steps = torch.where(same_sign, ((got & 0x7F) - (want & 0x7F)).abs(), (got & 0x7F) + (want & 0x7F))
+    if int(steps.max()) > 1:
+        return 1.0
+    return float((steps > 0).float().mean())
 
 
 def block_quantize(w: torch.Tensor, bn: int = 128, bk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
