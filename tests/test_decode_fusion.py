@@ -97,6 +97,29 @@ def test_the_environment_switch_names_the_projections_to_swap(monkeypatch: pytes
         use_decode_gemv(model)
 
 
+def test_fp8_gemv_rows_bound_which_rows_read_the_e4m3_weights_through_the_gemv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``WARD_FP8_GEMV_ROWS``: an FP8 projection's GEMV takes at most that many rows (more go to W8A8,
+    where the norm and the SiLU quantize the input); a value outside 0..8 is refused by name."""
+    from worker.model import decode_linear
+    from worker.model.decode_linear import Fp8DecodeGemvLinear, fp8_gemv_max_rows
+    from worker.model.quant.config import QuantConfig
+    from worker.model.quant.linear import Fp8Linear
+
+    monkeypatch.setattr(decode_linear, "_INTERPRETED", True)  # CPU tensors as the GEMV's, as in the interpreter
+    monkeypatch.delenv("WARD_FP8_GEMV_ROWS", raising=False)
+    fp8 = Fp8Linear.from_float(nn.Linear(32, 48, dtype=torch.bfloat16), QuantConfig("fp8", "fp8"))
+    assert fp8_gemv_max_rows() == 8
+    monkeypatch.setenv("WARD_FP8_GEMV_ROWS", "4")
+    layer = Fp8DecodeGemvLinear(fp8)
+    assert layer.max_rows == 4
+    assert layer._gemv_rows(torch.zeros(4, 32, dtype=torch.bfloat16)) is not None
+    assert layer._gemv_rows(torch.zeros(5, 32, dtype=torch.bfloat16)) is None
+    for bad in ("9", "-1", "four"):
+        monkeypatch.setenv("WARD_FP8_GEMV_ROWS", bad)
+        with pytest.raises(ValueError, match="WARD_FP8_GEMV_ROWS"):
+            fp8_gemv_max_rows()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 def test_engine_with_fusions_on_and_off_on_gpu_bf16(default_model_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,9 @@ too, so the swapped model can be checked on a machine without a GPU.
 them on decode steps (``enable_norm_fusion``): o_proj adds the residual and writes per-tile sums of
 squares, and gate_up normalises its input from them; likewise down_proj and the next layer's qkv.
 Two norm launches fewer a layer.
+
+``WARD_FP8_GEMV_ROWS`` (0-8, default 8) bounds the rows an FP8 projection's GEMV takes: more go
+through W8A8 (``torch._scaled_mm``), with their input quantized by the norm or the SiLU before it.
 """
 from __future__ import annotations
 
@@ -122,9 +125,21 @@ class DecodeGemvLinear(nn.Linear):
         return out.reshape(*h.shape[:-1], out.shape[-1])
 
 
+def fp8_gemv_max_rows() -> int:
+    """``WARD_FP8_GEMV_ROWS``: the most rows an FP8 projection's GEMV takes (default and at most the
+    GEMV's ``MAX_ROWS``); more go through W8A8, where the norm and the SiLU quantize the input."""
+    value = os.environ.get("WARD_FP8_GEMV_ROWS", "").strip()
+    if not value:
+        return MAX_ROWS
+    if not value.isdigit() or not 0 <= int(value) <= MAX_ROWS:
+        raise ValueError(f"WARD_FP8_GEMV_ROWS must be a whole number from 0 to {MAX_ROWS}, got {value!r}")
+    return int(value)
+
+
 class Fp8DecodeGemvLinear(Fp8Linear):
     """An ``Fp8Linear`` with per-channel scales (the same parameters, no copy) whose decode-sized calls
-    on CUDA run the decode GEMV over its e4m3 weights; other calls take the W8A8 path."""
+    on CUDA (up to ``max_rows``) run the decode GEMV over its e4m3 weights; other calls take the W8A8
+    path."""
 
     def __init__(self, layer: Fp8Linear) -> None:
         nn.Module.__init__(self)  # not Fp8Linear's: it would allocate new tensors
@@ -133,6 +148,7 @@ class Fp8DecodeGemvLinear(Fp8Linear):
         self.weight, self.weight_scale, self.bias = layer.weight, layer.weight_scale, layer.bias
         self.input_scale = layer.input_scale
         self._row_scales = layer.weight_scale.data.reshape(-1)  # [N] float32, the GEMV's view
+        self.max_rows = fp8_gemv_max_rows()
 
     @staticmethod
     def eligible(layer: nn.Module) -> bool:
@@ -142,10 +158,10 @@ class Fp8DecodeGemvLinear(Fp8Linear):
                 and (layer.dtype in _GEMV_DTYPES or _INTERPRETED) and layer.weight.dtype == torch.float8_e4m3fn)
 
     def _gemv_rows(self, x: torch.Tensor) -> torch.Tensor | None:
-        return _gemv_rows(x, self.in_features, self.dtype)
+        return _gemv_rows(x, self.in_features, self.dtype, self.max_rows)
 
     def takes_fp8_activation(self, rows: int, x: torch.Tensor) -> bool:
-        return not _gemv_takes(rows, x, self.dtype) and super().takes_fp8_activation(rows, x)
+        return not _gemv_takes(rows, x, self.dtype, self.max_rows) and super().takes_fp8_activation(rows, x)
 
     def forward(self, x: torch.Tensor | Fp8Activation) -> torch.Tensor:
         x2 = None if isinstance(x, Fp8Activation) else self._gemv_rows(x)
@@ -169,17 +185,17 @@ class Fp8DecodeGemvLinear(Fp8Linear):
         return y.reshape(*x.shape[:-1], self.out_features // 2)
 
 
-def _gemv_takes(rows: int, x: torch.Tensor, dtype: torch.dtype) -> bool:
-    """Whether ``rows`` rows of x go to the GEMV: decode sizes, the layer's activation dtype, float16
-    or bfloat16 on CUDA (any float dtype under the interpreter)."""
+def _gemv_takes(rows: int, x: torch.Tensor, dtype: torch.dtype, max_rows: int = MAX_ROWS) -> bool:
+    """Whether ``rows`` rows of x go to the GEMV: decode sizes (up to ``max_rows``), the layer's
+    activation dtype, float16 or bfloat16 on CUDA (any float dtype under the interpreter)."""
     if x.dtype != dtype or not (x.is_cuda and x.dtype in _GEMV_DTYPES or _INTERPRETED):
         return False
-    return 0 < rows <= MAX_ROWS
+    return 0 < rows <= max_rows
 
 
-def _gemv_rows(x: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor | None:
+def _gemv_rows(x: torch.Tensor, width: int, dtype: torch.dtype, max_rows: int = MAX_ROWS) -> torch.Tensor | None:
     """x as [rows, width] when the GEMV takes it, else None."""
-    if x.numel() % width or not _gemv_takes(x.numel() // width, x, dtype):
+    if x.numel() % width or not _gemv_takes(x.numel() // width, x, dtype, max_rows):
         return None
     return _rows(x, width)
 
