@@ -2,12 +2,14 @@
 Llama-3.1-8B projections, from a decode batch to a prefill chunk: ``torch._scaled_mm`` as Ward calls
 it, with fast accumulation, and Ward's Triton kernel (``worker.kernels.fp8_gemm.fp8_channel_gemm``)
 over a grid of tile plans; with ``--peer`` also vLLM's CUTLASS kernel (``cutlass_scaled_mm``, what its
-FP8 layers run on Hopper; the peer's site on PYTHONPATH). Times are CUDA-graph replays over enough
+FP8 layers run on Hopper; the peer's site on PYTHONPATH). At up to 8 rows also the decode GEMV over the
+same e4m3 weights with the activations left in bf16 (what Ward's FP8 layers run there: the latency
+test's 8 rows and batch 1). Times are CUDA-graph replays over enough
 copies of the weight to spill the L2 (the engine reads each layer's weight once a step); one JSON
 line per shape and row count with the best Triton plan, and how far each product is from the
 precise ``torch._scaled_mm``.
 
-Usage (GPU, repository root on PYTHONPATH): python bench/fp8_gemm_sweep.py [--rows 16,64,128,256,512,2048]
+Usage (GPU, repository root on PYTHONPATH): python bench/fp8_gemm_sweep.py [--rows 8,16,64,128,256,512,2048]
 [--peer] [--no-triton]
 """
 from __future__ import annotations
@@ -19,6 +21,8 @@ import math
 
 import torch
 
+from worker.kernels.decode_gemv import decode_gemv
+from worker.kernels.decode_gemv_config import MAX_ROWS
 from worker.kernels.fp8_gemm import fp8_channel_gemm
 from worker.kernels.fp8_quant import quantize_fp8_groups
 from worker.model.quant.linear import quantize_fp8_per_channel
@@ -67,6 +71,13 @@ def shape_row(name: str, K: int, N: int, m: int, peer=None, triton_plans: bool =
            "scaled_mm_us": per_call(lambda w: scaled_mm(w, False)),
            "scaled_mm_fast_accum_us": per_call(lambda w: scaled_mm(w, True)),
            "fast_accum_max_rel_diff": rel(scaled_mm(q, True), want)}
+    if m <= MAX_ROWS:
+        x = torch.randn(m, K, dtype=torch.bfloat16, device=dev)
+        row_scales = scale.reshape(-1).contiguous()
+        want_gemv = x.float() @ (q.float() * scale).t()
+        got = decode_gemv(x, q, weight_scale=row_scales)  # also reserves a split plan's workspace before capture
+        row.update(gemv_bf16_activations_us=per_call(lambda w: decode_gemv(x, w, weight_scale=row_scales)),
+                   gemv_max_rel_diff_from_float=rel(got, want_gemv))
     if peer is not None:
         scale_col = scale.reshape(-1, 1).contiguous()
         row.update(peer_cutlass_us=per_call(lambda w: peer(xq, w.t(), xs, scale_col, torch.bfloat16)),
