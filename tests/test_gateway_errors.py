@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 
 import grpc
 import pytest
@@ -241,7 +242,16 @@ def _requests(draw):
 
 
 def test_fuzzed_bodies_never_cause_a_5xx():
+    # The gateway, its workers and their health polls run on a loop of their own thread, never
+    # stopped between examples: a poll whose gRPC deadline passed while the loop stood still (the
+    # next example being drawn on a slow box) would mark a worker unready, and its requests 503.
     loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="fuzzed-gateway", daemon=True)
+    thread.start()
+
+    def run(coro):
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=60)
+
     worker = FakeWorker(FakeConfig(model=MODEL, max_model_len=64))
     embedder = FakeWorker(FakeConfig(model=EMBED, task="embed"))
     gateway = running_gateway({MODEL: [worker], EMBED: [embedder]})
@@ -251,15 +261,13 @@ def test_fuzzed_bodies_never_cause_a_5xx():
         await embedder.start()
         return await gateway.__aenter__()
 
-    harness = loop.run_until_complete(start())
+    harness = run(start())
 
     @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
     @given(request=_requests())
     def check(request):
         path, body = request
-        r = loop.run_until_complete(
-            harness.client.post(path, content=body, headers={"content-type": "application/json"})
-        )
+        r = run(harness.client.post(path, content=body, headers={"content-type": "application/json"}))
         assert r.status_code < 500, (path, body, r.status_code, r.text)
         statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
         if r.status_code >= 400:
@@ -270,7 +278,9 @@ def test_fuzzed_bodies_never_cause_a_5xx():
         check()
         assert statuses.get(200, 0) > 0 and statuses.get(400, 0) > 0  # both valid and invalid bodies ran
     finally:
-        loop.run_until_complete(gateway.__aexit__(None, None, None))
-        loop.run_until_complete(worker.stop())
-        loop.run_until_complete(embedder.stop())
+        run(gateway.__aexit__(None, None, None))
+        run(worker.stop())
+        run(embedder.stop())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
         loop.close()
