@@ -30,6 +30,14 @@ class FoldedResidual:
     sums: torch.Tensor
 
 
+def _takes_fp8_activation(projection: nn.Module):
+    """The projection's ``takes_fp8_activation`` (W8A8 layers), or None. Looked up on the class: every
+    layer of every step asks, and a miss on the instance goes through ``nn.Module.__getattr__``'s
+    exception (a few µs each, on float models too)."""
+    method = getattr(type(projection), "takes_fp8_activation", None)
+    return None if method is None else method.__get__(projection)
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float, ops: ModuleType):
         super().__init__()
@@ -46,7 +54,7 @@ class RMSNorm(nn.Module):
         """Whether this norm hands ``projection`` its input of x's rows already quantized to FP8
         (``forward_fp8``): a W8A8 layer that would quantize them per row itself (the norm and the
         quantization in one launch instead of two)."""
-        takes = getattr(projection, "takes_fp8_activation", None)
+        takes = _takes_fp8_activation(projection)
         return takes is not None and x.dim() == 2 and self.weight.dtype == x.dtype and takes(x.shape[0], x)
 
     def forward_fp8(self, x: torch.Tensor, residual: torch.Tensor | None) -> tuple[Fp8Activation, torch.Tensor]:
@@ -113,7 +121,7 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor | Fp8Activation) -> torch.Tensor:
         if isinstance(x, Fp8Activation):  # W8A8 gate_up: its output feeds down_proj quantized as well
             gate_up = self.gate_up_proj(x)
-            takes = getattr(self.down_proj, "takes_fp8_activation", None)
+            takes = _takes_fp8_activation(self.down_proj)
             if takes is not None and takes(gate_up.shape[0], gate_up):
                 return self.down_proj(Fp8Activation(*self.ops.silu_and_mul_fp8(gate_up), x.dtype))
             return self.down_proj(self.ops.silu_and_mul(gate_up))
