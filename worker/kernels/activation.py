@@ -6,6 +6,7 @@ import triton
 import triton.language as tl
 
 from worker.kernels.errors import KernelInputError
+from worker.kernels.fp8_quant import e4m3_codes, e4m3_scale
 
 BLOCK = 1024
 
@@ -14,15 +15,10 @@ BLOCK = 1024
 def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, INTERMEDIATE: tl.constexpr, BLOCK: tl.constexpr):
     """Grid (T, cdiv(I, BLOCK)): one program per BLOCK columns of one row."""
     row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < INTERMEDIATE
-    gate = tl.load(x_ptr + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    up = tl.load(x_ptr + row * stride_x + INTERMEDIATE + cols, mask=mask, other=0.0)
-    dtype = up.dtype
-    # Round like torch's F.silu(gate) * up in the activations' dtype: silu first, then the product.
-    activated = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)
-    out = activated * up.to(tl.float32)
-    tl.store(out_ptr + row * stride_out + cols, out.to(out_ptr.dtype.element_ty), mask=mask)
+    c0 = tl.program_id(1) * BLOCK
+    cols = c0 + tl.arange(0, BLOCK)
+    out = _silu_mul_block(x_ptr + row * stride_x, c0, INTERMEDIATE, BLOCK)
+    tl.store(out_ptr + row * stride_out + cols, out.to(out_ptr.dtype.element_ty), mask=cols < INTERMEDIATE)
 
 
 def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -61,19 +57,18 @@ def _silu_and_mul_fp8_kernel(x_ptr, q_ptr, s_ptr, stride_x, stride_q, INTERMEDIA
     amax = tl.zeros([BLOCK], dtype=tl.float32)
     for c0 in range(0, INTERMEDIATE, BLOCK):
         amax = tl.maximum(amax, tl.abs(_silu_mul_block(x_row, c0, INTERMEDIATE, BLOCK)))
-    scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), 448.0), 1e-12)
+    scale = e4m3_scale(tl.max(amax, axis=0))
     for c0 in range(0, INTERMEDIATE, BLOCK):
         cols = c0 + tl.arange(0, BLOCK)
-        codes = tl.minimum(tl.maximum(tl.math.div_rn(_silu_mul_block(x_row, c0, INTERMEDIATE, BLOCK), scale),
-                                      -448.0), 448.0)
-        tl.store(q_ptr + row * stride_q + cols, codes.to(q_ptr.dtype.element_ty), mask=cols < INTERMEDIATE)
+        codes = e4m3_codes(_silu_mul_block(x_row, c0, INTERMEDIATE, BLOCK), scale, q_ptr.dtype.element_ty)
+        tl.store(q_ptr + row * stride_q + cols, codes, mask=cols < INTERMEDIATE)
     tl.store(s_ptr + row, scale)
 
 
 @triton.jit
 def _silu_mul_block(x_row, c0, INTERMEDIATE: tl.constexpr, BLOCK: tl.constexpr):
-    """``silu(gate) * up`` of columns [c0, c0 + BLOCK) rounded as ``_silu_and_mul_kernel`` stores it,
-    as float32 (0 past the row's end)."""
+    """``silu(gate) * up`` of columns [c0, c0 + BLOCK) of one row, rounded as torch's ``F.silu(gate) *
+    up`` in the activations' dtype (silu first, then the product), as float32 (0 past the row's end)."""
     cols = c0 + tl.arange(0, BLOCK)
     mask = cols < INTERMEDIATE
     gate = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)

@@ -24,6 +24,19 @@ FP8 = torch.float8_e4m3fn  # the kernel's 448 is this type's largest finite valu
 
 
 @triton.jit
+def e4m3_scale(amax):
+    """A row's (or group's) scale from its float32 amax: ``max(amax / 448, 1e-12)``, a true division
+    (Triton's ``/`` is an approximate one on the GPU), as the torch reference computes it."""
+    return tl.maximum(tl.math.div_rn(amax, 448.0), 1e-12)
+
+
+@triton.jit
+def e4m3_codes(x, scale, dtype: tl.constexpr):
+    """float32 values divided by their scale, clamped to e4m3's range, rounded to nearest even."""
+    return tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -448.0), 448.0).to(dtype)
+
+
+@triton.jit
 def _quant_kernel(
     x_ptr, q_ptr, s_ptr, static_ptr, K, group, stride_x, stride_q, stride_s,
     STATIC: tl.constexpr, BLOCK: tl.constexpr,
@@ -42,13 +55,12 @@ def _quant_kernel(
         for k0 in range(start, end, BLOCK):
             offs = k0 + tl.arange(0, BLOCK)
             amax = tl.maximum(amax, tl.abs(tl.load(x_row + offs, mask=offs < end, other=0.0).to(tl.float32)))
-        scale = tl.maximum(tl.math.div_rn(tl.max(amax, axis=0), 448.0), 1e-12)
+        scale = e4m3_scale(tl.max(amax, axis=0))
     for k0 in range(start, end, BLOCK):
         offs = k0 + tl.arange(0, BLOCK)
         ok = offs < end
         x = tl.load(x_row + offs, mask=ok, other=0.0).to(tl.float32)
-        q = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -448.0), 448.0)
-        tl.store(q_row + offs, q.to(q_ptr.dtype.element_ty), mask=ok)
+        tl.store(q_row + offs, e4m3_codes(x, scale, q_ptr.dtype.element_ty), mask=ok)
     tl.store(s_ptr + row.to(tl.int64) * stride_s + g, scale)
 
 

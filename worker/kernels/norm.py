@@ -12,6 +12,7 @@ import triton.language as tl
 
 from worker.kernels.attention_config import next_power_of_2
 from worker.kernels.errors import KernelInputError
+from worker.kernels.fp8_quant import e4m3_codes, e4m3_scale
 from worker.kernels.pdl import launch_options, use_pdl
 
 MAX_HIDDEN = 65536  # one row is held in registers; wider rows are not a Llama shape
@@ -60,9 +61,8 @@ def _rms_norm_kernel(
     out = normed.to(tl.float32) * weight.to(tl.float32)
     if QUANT_FP8:
         rounded = out.to(x.dtype).to(tl.float32)
-        scale = tl.maximum(tl.math.div_rn(tl.max(tl.abs(rounded), axis=0), 448.0), 1e-12)
-        codes = tl.minimum(tl.maximum(tl.math.div_rn(rounded, scale), -448.0), 448.0)
-        tl.store(out_ptr + row * stride_out + offs, codes.to(out_ptr.dtype.element_ty), mask=mask)
+        scale = e4m3_scale(tl.max(tl.abs(rounded), axis=0))
+        tl.store(out_ptr + row * stride_out + offs, e4m3_codes(rounded, scale, out_ptr.dtype.element_ty), mask=mask)
         tl.store(scale_ptr + row, scale)
     else:
         tl.store(out_ptr + row * stride_out + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
