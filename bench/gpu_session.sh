@@ -38,6 +38,10 @@
 #              batch 1 and in the latency test with the table's plans and with the sweep's proposal,
 #              alternated twice; GEMV_PLANS overrides the proposal (here and in the two below); the
 #              winner's name in gemv_verdict.txt
+#   gemvall    the 16-bit decode GEMV walked at one row and at 8 rows a launch (bench/gemv_sweep.py, then
+#              --rows 8), then the whole model at batch 1 and in the latency test with the tables' plans
+#              and with both proposals (WARD_GEMV_PLANS and WARD_GEMV_WIDE_PLANS), alternated twice; the
+#              verdict and the two proposals also in $STASH (default /tmp/ward-stash) for a next call
 #   gemvfp8    the same for the FP8 layers' decode (bench/gemv_sweep.py --fp8, e4m3 weights), the whole
 #              model quantized to FP8 at load at batch 1 and in the latency test, alternated twice
 #   gemvfp8wide the FP8 layers' decode GEMV walked at 8 rows a launch (bench/gemv_sweep.py --fp8 --rows 8,
@@ -168,6 +172,22 @@ for s in $STEPS; do
                    --max-num-seqs "$n" --reserve-beyond-seqs 256 ${ADMISSION_ARGS:-}
                done ;;
     gemv) retune_gemv gemv WARD_GEMV_PLANS gemv_table gemv_proposal ;;
+    gemvall) step gemvall_sweep1 170 python3 bench/gemv_sweep.py --out "$OUT/gemvall_sweep1.json" \
+               --plans-file "$OUT/gemvall_plans1.txt"
+             step gemvall_sweep8 170 python3 bench/gemv_sweep.py --rows 8 --out "$OUT/gemvall_sweep8.json" \
+               --plans-file "$OUT/gemvall_plans8.txt"
+             grep -hE '^\{"(qkv|o|down|gate_up_silu)"|^WARD_GEMV' "$OUT"/gemvall_sweep[18].txt | cut -c1-400
+             one=$(cat "$OUT/gemvall_plans1.txt" 2>/dev/null); wide=$(cat "$OUT/gemvall_plans8.txt" 2>/dev/null)
+             if [ -n "$one$wide" ]; then
+               for round in 1 2; do
+                 bench "gemvall_table_r$round" 70 --workloads latency,batch1
+                 step "gemvall_proposal_r$round" 70 env WARD_GEMV_PLANS="$one" WARD_GEMV_WIDE_PLANS="$wide" \
+                   python3 -m ward bench offline --out "$OUT/gemvall_proposal_r$round" --workloads latency,batch1
+               done
+               python3 bench/gemv_verdict.py "$OUT" gemvall_table gemvall_proposal | tee "$OUT/gemvall_verdict.txt"
+             fi
+             mkdir -p "${STASH:-/tmp/ward-stash}"
+             cp "$OUT"/gemvall_plans[18].txt "$OUT/gemvall_verdict.txt" "${STASH:-/tmp/ward-stash}/" 2>/dev/null ;;
     gemvfp8) MODEL_ARGS=(--model llama-3.1-8b --quantization fp8)
              retune_gemv gemvfp8 WARD_GEMV_PLANS fp8gemv_rule fp8gemv_proposal --fp8
              MODEL_ARGS=() ;;
