@@ -42,6 +42,8 @@
 #              --rows 8), then the whole model at batch 1 and in the latency test with the tables' plans
 #              and with both proposals (WARD_GEMV_PLANS and WARD_GEMV_WIDE_PLANS), alternated twice; the
 #              verdict and the two proposals also in $STASH (default /tmp/ward-stash) for a next call
+#   tmaprobe   the decode GEMV with its weight tiles fetched by TMA beside the engine's, per projection at
+#              1 and 8 rows (bench/gemv_tma_probe.py --quick; TMA_PROBE_ARGS= for the whole grid)
 #   gemvfp8    the same for the FP8 layers' decode (bench/gemv_sweep.py --fp8, e4m3 weights), the whole
 #              model quantized to FP8 at load at batch 1 and in the latency test, alternated twice
 #   gemvfp8wide the FP8 layers' decode GEMV walked at 8 rows a launch (bench/gemv_sweep.py --fp8 --rows 8,
@@ -188,6 +190,9 @@ for s in $STEPS; do
              fi
              mkdir -p "${STASH:-/tmp/ward-stash}"
              cp "$OUT"/gemvall_plans[18].txt "$OUT/gemvall_verdict.txt" "${STASH:-/tmp/ward-stash}/" 2>/dev/null ;;
+    tmaprobe) step tma_probe "${TMA_PROBE_NEED:-120}" python3 bench/gemv_tma_probe.py ${TMA_PROBE_ARGS---quick} \
+                --out "$OUT/tma_probe.json"
+              grep -E '^\{"(qkv|o|down|gate_up_silu)"' "$OUT/tma_probe.txt" | cut -c1-600 ;;
     gemvfp8) MODEL_ARGS=(--model llama-3.1-8b --quantization fp8)
              retune_gemv gemvfp8 WARD_GEMV_PLANS fp8gemv_rule fp8gemv_proposal --fp8
              MODEL_ARGS=() ;;
