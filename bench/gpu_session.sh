@@ -44,6 +44,8 @@
 #              verdict and the two proposals also in $STASH (default /tmp/ward-stash) for a next call
 #   tmaprobe   the decode GEMV with its weight tiles fetched by TMA beside the engine's, per projection at
 #              1 and 8 rows (bench/gemv_tma_probe.py --quick; TMA_PROBE_ARGS= for the whole grid)
+#   fp8math    the FP8 decode GEMV's three ways to meet e4m3 weights (widened to bf16, to f16, or an
+#              e4m3-by-e4m3 dot over x quantized per row) per projection at 1 and 8 rows (bench/gemv_fp8_math.py)
 #   gemvfp8    the same for the FP8 layers' decode (bench/gemv_sweep.py --fp8, e4m3 weights), the whole
 #              model quantized to FP8 at load at batch 1 and in the latency test, alternated twice
 #   gemvfp8wide the FP8 layers' decode GEMV walked at 8 rows a launch (bench/gemv_sweep.py --fp8 --rows 8,
@@ -190,6 +192,8 @@ for s in $STEPS; do
              fi
              mkdir -p "${STASH:-/tmp/ward-stash}"
              cp "$OUT"/gemvall_plans[18].txt "$OUT/gemvall_verdict.txt" "${STASH:-/tmp/ward-stash}/" 2>/dev/null ;;
+    fp8math) step fp8_math "${FP8_MATH_NEED:-240}" python3 bench/gemv_fp8_math.py --out "$OUT/fp8_math.json"
+             grep -E '^\{"(qkv|o|down|gate_up_silu)"' "$OUT/fp8_math.txt" | cut -c1-900 ;;
     tmaprobe) step tma_probe "${TMA_PROBE_NEED:-120}" python3 bench/gemv_tma_probe.py ${TMA_PROBE_ARGS---quick} \
                 --out "$OUT/tma_probe.json"
               grep -E '^\{"(qkv|o|down|gate_up_silu)"' "$OUT/tma_probe.txt" | cut -c1-600 ;;

@@ -498,13 +498,16 @@ def check_fused_moe(num_tokens: int, num_experts: int, top_k: int, hidden: int, 
 
 def check_decode_gemv(rows: int, n: int, k: int, device: str, dtype: torch.dtype, silu: bool = False,
                       bias: bool = False, plan: tuple[int, int, int, int, int] | None = None, seed: int = 0,
-                      fp8: bool = False) -> Metrics:
+                      fp8: bool = False, fp8_math: int = 0) -> Metrics:
     """``decode_gemv`` against ``F.linear`` (then ``F.silu(gate) * up`` with ``silu``), twice in a row.
 
     ``n`` is the output width (with ``silu`` the intermediate size: the weight has 2n rows); ``plan``
     = (block_n, block_k, warps, stages, split_k), else the kernel's own choice. The reference is
     computed in float64 from the same (rounded) operands. ``fp8``: the weight is e4m3 with one float32
-    scale per row (as ``Fp8Linear`` quantizes it), the reference its de-quantized value. Metrics: ``rel_err``; ``unwritten``;
+    scale per row (as ``Fp8Linear`` quantizes it), the reference its de-quantized value; ``fp8_math`` 1
+    meets it in float16 (x first rounded to float16, so the reference is the same product), 2 quantizes x
+    to e4m3 per row too (no bias; the reference is the de-quantized x's product, written in x's dtype).
+    Metrics: ``rel_err``; ``unwritten``;
     ``repeat_mismatch`` = entries of a second call that differ from the first (split-K sums are in a
     fixed order); ``tickets_left`` = split tickets not re-armed to zero after the calls.
     """
@@ -524,8 +527,17 @@ def check_decode_gemv(rows: int, n: int, k: int, device: str, dtype: torch.dtype
         scale = scale.reshape(-1) * torch.linspace(0.5, 2.0, width, device=device)  # rows differ in scale
     gemv_plan = GemvPlan(*plan) if plan is not None else None
     out = torch.full((rows, n), float("nan"), dtype=dtype, device=device)
-    decode_gemv(x, w, b, silu=silu, plan=gemv_plan, out=out, weight_scale=scale)
-    again = decode_gemv(x, w, b, silu=silu, plan=gemv_plan, weight_scale=scale)
+    x_in, x_scale, extra = x, None, {}
+    if fp8_math == 1:
+        x = x_in = x.half().to(dtype)
+        extra = {"fp8_math": 1}
+    elif fp8_math == 2:
+        x_scale = (x.float().abs().amax(1) / 448.0).clamp_min(1e-12)
+        x_in = (x.float() / x_scale[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn)
+        x = x_in.double() * x_scale.double()[:, None]
+        extra = {"x_scale": x_scale}
+    decode_gemv(x_in, w, b, silu=silu, plan=gemv_plan, out=out, weight_scale=scale, **extra)
+    again = decode_gemv(x_in, w, b, silu=silu, plan=gemv_plan, weight_scale=scale, out=torch.empty_like(out), **extra)
     w_ref = w.double() * scale.double()[:, None] if fp8 else w.double()
     ref = F.linear(x.double(), w_ref, None if b is None else b.double())
     if silu:

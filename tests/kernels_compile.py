@@ -99,14 +99,16 @@ BF16 = "*bf16"
 
 def decode_gemv_variant(block_n: int, block_k: int, split_k: int, silu: bool, bias: bool, stages: int,
                         even: bool = True, pdl: bool = False, add_residual: bool = False,
-                        norm_input: bool = False, fp8: bool = False, warps: int = 4) -> dict[str, int]:
+                        norm_input: bool = False, fp8: bool = False, warps: int = 4,
+                        fp8_math: int = 0) -> dict[str, int]:
     return compile_variant(
         decode_gemv._decode_gemv_kernel,
-        {"x_ptr": BF16, "w_ptr": "*fp8e4nv" if fp8 else BF16, "b_ptr": BF16, "y_ptr": BF16, "part_ptr": "*fp32",
-         "ticket_ptr": "*i32", "res_ptr": BF16, "sq_ptr": "*fp32", "nw_ptr": BF16, "ws_ptr": "*fp32"},
-        dict(BLOCK_M=16, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, SILU=silu, HAS_BIAS=bias, EVEN_N=even,
-             EVEN_K=even, EXACT_FP32=False, USE_PDL=pdl, ADD_RESIDUAL=add_residual, NORM_INPUT=norm_input,
-             SQ_TILES_P=128, W_SCALED=fp8),
+        {"x_ptr": "*fp8e4nv" if fp8_math == 2 else BF16, "w_ptr": "*fp8e4nv" if fp8 else BF16, "b_ptr": BF16,
+         "y_ptr": BF16, "part_ptr": "*fp32", "ticket_ptr": "*i32", "res_ptr": BF16, "sq_ptr": "*fp32", "nw_ptr": BF16,
+         "ws_ptr": "*fp32", "xs_ptr": "*fp32"},
+        dict(BLOCK_M=decode_gemv.W8A8_BLOCK_M if fp8_math == 2 else 16, BLOCK_N=block_n, BLOCK_K=block_k,
+             SPLIT_K=split_k, SILU=silu, HAS_BIAS=bias, EVEN_N=even, EVEN_K=even, EXACT_FP32=False, USE_PDL=pdl,
+             ADD_RESIDUAL=add_residual, NORM_INPUT=norm_input, SQ_TILES_P=128, W_SCALED=fp8, FP8_MATH=fp8_math),
         ("eps",),
         # a launch specialises sizes that are multiples of 16 as such (Llama's N and K, the split length)
         divisible=("N", "K", "K_PER_SPLIT") if even else ("K_PER_SPLIT",), num_warps=warps, num_stages=stages,
@@ -232,6 +234,13 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
                                                                        fp8=True),
     "decode_gemv_fp8_down_split2_bias_pdl": lambda: decode_gemv_variant(32, 512, 2, silu=False, bias=True, stages=4,
                                                                         pdl=True, fp8=True),
+    # e4m3 weights met in float16 (FP8_MATH 1) and e4m3 x by e4m3 weights (FP8_MATH 2, W8A8 at decode)
+    "decode_gemv_fp8_f16_gate_up_silu_pdl": lambda: decode_gemv_variant(32, 256, 1, silu=True, bias=False, stages=3,
+                                                                        pdl=True, fp8=True, fp8_math=1),
+    "decode_gemv_fp8_w8a8_gate_up_silu_pdl": lambda: decode_gemv_variant(32, 256, 1, silu=True, bias=False,
+                                                                         stages=3, pdl=True, fp8=True, fp8_math=2),
+    "decode_gemv_fp8_w8a8_down_split3": lambda: decode_gemv_variant(32, 512, 3, silu=False, bias=False, stages=3,
+                                                                    fp8=True, fp8_math=2),
     "decode_gemv_qkv_split2_pdl": lambda: decode_gemv_variant(32, 256, 2, silu=False, bias=False, stages=3,
                                                               pdl=True),
     "decode_gemv_gate_up_silu_pdl": lambda: decode_gemv_variant(32, 256, 1, silu=True, bias=False, stages=4,

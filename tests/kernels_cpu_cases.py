@@ -114,6 +114,17 @@ OTHER_CASES: dict[str, Callable[[], Metrics | dict[str, list[str]]]] = {
                                                                    plan=(32, 64, 4, 2, 3), fp8=True),
     "decode_gemv_fp8_rows5_silu_split2_bias": lambda: check_decode_gemv(5, 40, 256, "cpu", F32, silu=True, bias=True,
                                                                         plan=(16, 32, 4, 2, 2), fp8=True),
+    # the same met in float16 (FP8_MATH 1) and as e4m3 by e4m3 over x quantized per row (FP8_MATH 2)
+    "decode_gemv_fp8_f16_rows3_split3_bias": lambda: check_decode_gemv(3, 80, 300, "cpu", F32, bias=True,
+                                                                       plan=(32, 64, 4, 2, 3), fp8=True, fp8_math=1),
+    "decode_gemv_fp8_f16_rows5_silu": lambda: check_decode_gemv(5, 40, 256, "cpu", F32, silu=True,
+                                                                plan=(16, 32, 4, 2, 1), fp8=True, fp8_math=1),
+    "decode_gemv_fp8_w8a8_rows1_ragged": lambda: check_decode_gemv(1, 72, 200, "cpu", F32, plan=(32, 64, 4, 2, 1),
+                                                                   fp8=True, fp8_math=2),
+    "decode_gemv_fp8_w8a8_rows8_silu_split2": lambda: check_decode_gemv(8, 40, 256, "cpu", F32, silu=True,
+                                                                        plan=(16, 32, 4, 2, 2), fp8=True, fp8_math=2),
+    "decode_gemv_fp8_w8a8_rows4_split3": lambda: check_decode_gemv(4, 64, 384, "cpu", F32, plan=(32, 64, 4, 2, 3),
+                                                                   fp8=True, fp8_math=2),
     # rows, hidden, intermediate; o plan, gate_up plan: ragged tiles, a split o_proj, bias-free SiLU
     "decode_gemv_norm_fusion_rows1": lambda: check_decode_gemv_norm_fusion(1, 96, 40, "cpu", F32,
                                                                            (32, 32, 4, 2, 1), (16, 32, 4, 2, 1)),

@@ -146,7 +146,7 @@ def test_every_kernel_variant_compiles_for_hopper() -> None:
     assert prefill["cp_async"] > 0 and prefill["wgmma"] > 0, prefill
     # PDL variants wait for the kernel before them and release the one after; the others never do.
     pdl = {name: result for name, result in report.items() if name.endswith("_pdl")}
-    assert len(pdl) == 11, sorted(pdl)
+    assert len(pdl) == 13, sorted(pdl)
     for name, result in report.items():
         expected = 1 if name in pdl else 0
         assert (result["gdc_wait"] >= expected, result["gdc_launch"] >= expected) == (True, True), (name, result)
@@ -154,6 +154,9 @@ def test_every_kernel_variant_compiles_for_hopper() -> None:
             assert result["gdc_wait"] == result["gdc_launch"] == 0, (name, result)
     # the GEMV keeps its pipelined weight stream behind the prefetched first tile
     assert pdl["decode_gemv_qkv_split2_pdl"]["cp_async"] > 0, pdl["decode_gemv_qkv_split2_pdl"]
+    # an e4m3-by-e4m3 decode GEMV runs on the warpgroup MMA (no per-warp MMA over widened operands)
+    for name in ("decode_gemv_fp8_w8a8_gate_up_silu_pdl", "decode_gemv_fp8_w8a8_down_split3"):
+        assert report[name]["wgmma"] > 0 and report[name]["mma_sync"] == 0, (name, report[name])
 
 
 def test_importing_the_kernel_package_defines_no_kernel() -> None:
@@ -486,6 +489,19 @@ def test_decode_gemv_over_fp8_weights_matches_dequantized_on_gpu(name: str, rows
     n, k, silu = LLAMA_8B_GEMV[name]
     assert_metrics(check_decode_gemv(rows, n, k, "cuda", torch.bfloat16, silu=silu, bias=name == "qkv", fp8=True),
                    BF16_ATTENTION_TOLERANCE)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("fp8_math", [1, 2])
+@pytest.mark.parametrize("rows", [1, 8])
+@pytest.mark.parametrize("name", list(LLAMA_8B_GEMV))
+def test_decode_gemv_fp8_other_maths_match_dequantized_on_gpu(name: str, rows: int, fp8_math: int) -> None:
+    """The e4m3 weights met in float16 (FP8_MATH 1) or by e4m3 x on the warpgroup MMA (FP8_MATH 2)."""
+    n, k, silu = LLAMA_8B_GEMV[name]
+    bias = name == "qkv" and fp8_math == 1  # an e4m3 x takes no bias
+    assert_metrics(check_decode_gemv(rows, n, k, "cuda", torch.bfloat16, silu=silu, bias=bias, fp8=True,
+                                     fp8_math=fp8_math), BF16_ATTENTION_TOLERANCE)
 
 
 @pytest.mark.gpu

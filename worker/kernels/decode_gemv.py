@@ -23,6 +23,7 @@ weights at a fraction of the card's bandwidth).
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -35,17 +36,25 @@ from worker.kernels.gemv_checks import check_gemv_operands
 from worker.kernels.pdl import launch_options, use_pdl
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# WARD_FP8_GEMV_MATH: how the decode GEMV's e4m3 weights meet bfloat16 activations, "bf16" (widened to
+# them) or "f16" (both widened to float16; see the kernel's FP8_MATH), for an A/B on a card
+FP8_GEMV_MATH = {"bf16": 0, "f16": 1}.get(os.environ.get("WARD_FP8_GEMV_MATH", "bf16"), 0)
+# Rows an e4m3-by-e4m3 launch pads x to: Hopper's warpgroup MMA takes e4m3 operands as they are from 64
+# rows; below that Triton's per-warp MMA widens both operands to float16 first (sm_90 PTX, checked by
+# tests/kernels_compile.py), the conversion work the W8A8 dot is there to avoid
+W8A8_BLOCK_M = 64
 
 
 @triton.jit
 def _decode_gemv_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, ticket_ptr, res_ptr, sq_ptr, nw_ptr, ws_ptr,
+    x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, ticket_ptr, res_ptr, sq_ptr, nw_ptr, ws_ptr, xs_ptr,
     M, N, K, K_PER_SPLIT, SQ_TILES, eps,
     stride_xm, stride_wn, stride_ym, stride_rm,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
     SILU: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
     EXACT_FP32: tl.constexpr, USE_PDL: tl.constexpr = False, ADD_RESIDUAL: tl.constexpr = False,
     NORM_INPUT: tl.constexpr = False, SQ_TILES_P: tl.constexpr = 16, W_SCALED: tl.constexpr = False,
+    FP8_MATH: tl.constexpr = 0,
 ):
     """Grid (cdiv(N, BLOCK_N), SPLIT_K). N is the output width (with SILU the intermediate size; the
     up rows start at row N of W). The loop's bounds are plain ints, never program-dependent.
@@ -57,7 +66,11 @@ def _decode_gemv_kernel(
     With ``NORM_INPUT`` x is such an output: the program adds the ``SQ_TILES`` sums of squares of each
     row and multiplies x by its reciprocal RMS and by the norm weight ``nw_ptr`` on the way in, as
     the RMSNorm kernel rounds it (worker/kernels/norm.py). With ``W_SCALED`` W is e4m3 and row r of the
-    product is multiplied by ``ws_ptr[r]`` (the up rows' by ``ws_ptr[N + r]``) before the bias."""
+    product is multiplied by ``ws_ptr[r]`` (the up rows' by ``ws_ptr[N + r]``) before the bias.
+    ``FP8_MATH`` (e4m3 weights only) says how their dot is taken: 0, widened to x's dtype; 1, the
+    weight and x widened to float16 (one conversion instruction per two e4m3 values instead of
+    three; the same products while x is within float16's range); 2, x is e4m3 codes too, with one
+    float32 scale per row at ``xs_ptr``, and the dot is e4m3 by e4m3 (W8A8, no widening)."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
@@ -77,17 +90,18 @@ def _decode_gemv_kernel(
         tl.extra.cuda.gdc_launch_dependents()
         rstd = _input_rstd(sq_ptr, rows, r_ok, SQ_TILES, K, eps, BLOCK_M, SQ_TILES_P, NORM_INPUT)
         x = _load_x(x_ptr, nw_ptr, rows, r_ok, offs_k, k_ok, stride_xm, rstd, NORM_INPUT)
-        acc, acc_up = _dots(x, w, u, acc, acc_up, SILU, EXACT_FP32)
+        acc, acc_up = _dots(x, w, u, acc, acc_up, SILU, EXACT_FP32, FP8_MATH)
         for kk in range(BLOCK_K, K_PER_SPLIT, BLOCK_K):
             acc, acc_up = _k_step(x_ptr, nw_ptr, w_rows, up_rows, rows, r_ok, n_ok, k_lo + kk, K, stride_xm, rstd,
-                                  acc, acc_up, BLOCK_K, SILU, EVEN_N, EVEN_K, EXACT_FP32, NORM_INPUT)
+                                  acc, acc_up, BLOCK_K, SILU, EVEN_N, EVEN_K, EXACT_FP32, NORM_INPUT, FP8_MATH)
     else:
         rstd = _input_rstd(sq_ptr, rows, r_ok, SQ_TILES, K, eps, BLOCK_M, SQ_TILES_P, NORM_INPUT)
         for kk in range(0, K_PER_SPLIT, BLOCK_K):
             acc, acc_up = _k_step(x_ptr, nw_ptr, w_rows, up_rows, rows, r_ok, n_ok, k_lo + kk, K, stride_xm, rstd,
-                                  acc, acc_up, BLOCK_K, SILU, EVEN_N, EVEN_K, EXACT_FP32, NORM_INPUT)
-    _finish(acc, acc_up, b_ptr, y_ptr, part_ptr, ticket_ptr, res_ptr, sq_ptr, ws_ptr, pid_n, pid_k, rows, cols, r_ok,
-            n_ok, N, stride_ym, stride_rm, BLOCK_M, BLOCK_N, SPLIT_K, SILU, HAS_BIAS, ADD_RESIDUAL, W_SCALED)
+                                  acc, acc_up, BLOCK_K, SILU, EVEN_N, EVEN_K, EXACT_FP32, NORM_INPUT, FP8_MATH)
+    _finish(acc, acc_up, b_ptr, y_ptr, part_ptr, ticket_ptr, res_ptr, sq_ptr, ws_ptr, xs_ptr, pid_n, pid_k, rows, cols,
+            r_ok, n_ok, N, stride_ym, stride_rm, BLOCK_M, BLOCK_N, SPLIT_K, SILU, HAS_BIAS, ADD_RESIDUAL, W_SCALED,
+            FP8_MATH == 2)
 
 
 @triton.jit
@@ -106,13 +120,13 @@ def _input_rstd(sq_ptr, rows, r_ok, SQ_TILES, K, eps, BLOCK_M: tl.constexpr, SQ_
 @triton.jit
 def _k_step(x_ptr, nw_ptr, w_rows, up_rows, rows, r_ok, n_ok, k_start, K, stride_xm, rstd, acc, acc_up,
             BLOCK_K: tl.constexpr, SILU: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
-            EXACT_FP32: tl.constexpr, NORM_INPUT: tl.constexpr):
+            EXACT_FP32: tl.constexpr, NORM_INPUT: tl.constexpr, FP8_MATH: tl.constexpr = 0):
     """One K step from ``k_start``: acc += x @ W[cols, k].T (and acc_up with the up rows when SILU)."""
     offs_k = k_start + tl.arange(0, BLOCK_K)
     k_ok = offs_k < K
     x = _load_x(x_ptr, nw_ptr, rows, r_ok, offs_k, k_ok, stride_xm, rstd, NORM_INPUT)
     w, u = _load_tiles(w_rows, up_rows, offs_k, n_ok, k_ok, SILU, EVEN_N, EVEN_K)
-    return _dots(x, w, u, acc, acc_up, SILU, EXACT_FP32)
+    return _dots(x, w, u, acc, acc_up, SILU, EXACT_FP32, FP8_MATH)
 
 
 @triton.jit
@@ -144,9 +158,14 @@ def _load_tiles(w_rows, up_rows, offs_k, n_ok, k_ok, SILU: tl.constexpr, EVEN_N:
 
 
 @triton.jit
-def _dots(x, w, u, acc, acc_up, SILU: tl.constexpr, EXACT_FP32: tl.constexpr):
-    w = w.to(x.dtype)  # an e4m3 tile widened in registers (no-op for float weights)
-    u = u.to(x.dtype)
+def _dots(x, w, u, acc, acc_up, SILU: tl.constexpr, EXACT_FP32: tl.constexpr, FP8_MATH: tl.constexpr = 0):
+    if FP8_MATH == 1:
+        x = x.to(tl.float16)
+        w = w.to(tl.float16)
+        u = u.to(tl.float16)
+    elif FP8_MATH == 0:
+        w = w.to(x.dtype)  # an e4m3 tile widened in registers (no-op for float weights)
+        u = u.to(x.dtype)
     if EXACT_FP32:
         acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
     else:
@@ -160,9 +179,10 @@ def _dots(x, w, u, acc, acc_up, SILU: tl.constexpr, EXACT_FP32: tl.constexpr):
 
 
 @triton.jit
-def _finish(acc, acc_up, b_ptr, y_ptr, part_ptr, ticket_ptr, res_ptr, sq_ptr, ws_ptr, pid_n, pid_k, rows, cols, r_ok,
-            n_ok, N, stride_ym, stride_rm, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
-            SILU: tl.constexpr, HAS_BIAS: tl.constexpr, ADD_RESIDUAL: tl.constexpr, W_SCALED: tl.constexpr):
+def _finish(acc, acc_up, b_ptr, y_ptr, part_ptr, ticket_ptr, res_ptr, sq_ptr, ws_ptr, xs_ptr, pid_n, pid_k, rows, cols,
+            r_ok, n_ok, N, stride_ym, stride_rm, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
+            SILU: tl.constexpr, HAS_BIAS: tl.constexpr, ADD_RESIDUAL: tl.constexpr, W_SCALED: tl.constexpr,
+            X_SCALED: tl.constexpr):
     """Writes the output tile: directly, or with SPLIT_K > 1 through the partials and the tile's ticket
     (the last program to finish adds the splits in order and re-arms the ticket)."""
     if SPLIT_K > 1:
@@ -187,18 +207,23 @@ def _finish(acc, acc_up, b_ptr, y_ptr, part_ptr, ticket_ptr, res_ptr, sq_ptr, ws
                     acc_up += tl.load(part_ptr + s * split_stride + tile_base + tile + here, mask=r_ok[:, None],
                                       other=0.0, cache_modifier=".cg")
             tl.atomic_xchg(ticket_ptr + pid_n, 0)  # re-armed for the next call (or graph replay)
-            _epilogue(acc, acc_up, b_ptr, y_ptr, res_ptr, sq_ptr, ws_ptr, pid_n, rows, cols, r_ok, n_ok, N, stride_ym,
-                      stride_rm, BLOCK_M, SILU, HAS_BIAS, ADD_RESIDUAL, W_SCALED)
+            _epilogue(acc, acc_up, b_ptr, y_ptr, res_ptr, sq_ptr, ws_ptr, xs_ptr, pid_n, rows, cols, r_ok, n_ok, N,
+                      stride_ym, stride_rm, BLOCK_M, SILU, HAS_BIAS, ADD_RESIDUAL, W_SCALED, X_SCALED)
     else:
-        _epilogue(acc, acc_up, b_ptr, y_ptr, res_ptr, sq_ptr, ws_ptr, pid_n, rows, cols, r_ok, n_ok, N, stride_ym,
-                  stride_rm, BLOCK_M, SILU, HAS_BIAS, ADD_RESIDUAL, W_SCALED)
+        _epilogue(acc, acc_up, b_ptr, y_ptr, res_ptr, sq_ptr, ws_ptr, xs_ptr, pid_n, rows, cols, r_ok, n_ok, N,
+                  stride_ym, stride_rm, BLOCK_M, SILU, HAS_BIAS, ADD_RESIDUAL, W_SCALED, X_SCALED)
 
 
 @triton.jit
-def _epilogue(acc, acc_up, b_ptr, y_ptr, res_ptr, sq_ptr, ws_ptr, pid_n, rows, cols, r_ok, n_ok, N, stride_ym,
+def _epilogue(acc, acc_up, b_ptr, y_ptr, res_ptr, sq_ptr, ws_ptr, xs_ptr, pid_n, rows, cols, r_ok, n_ok, N, stride_ym,
               stride_rm, BLOCK_M: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr,
-              ADD_RESIDUAL: tl.constexpr, W_SCALED: tl.constexpr):
+              ADD_RESIDUAL: tl.constexpr, W_SCALED: tl.constexpr, X_SCALED: tl.constexpr = False):
     dtype = y_ptr.dtype.element_ty
+    if X_SCALED:
+        x_scale = tl.load(xs_ptr + rows, mask=r_ok, other=0.0)[:, None]
+        acc *= x_scale
+        if SILU:
+            acc_up *= x_scale
     if W_SCALED:
         acc *= tl.load(ws_ptr + cols, mask=n_ok, other=0.0)[None, :]
         if SILU:
@@ -282,17 +307,19 @@ def plan_for(weight: torch.Tensor, silu: bool = False, plan: GemvPlan | None = N
                                shared_memory_limit(weight.device), rows)
 
 
-def workspace_need(weight: torch.Tensor, silu: bool = False, plan: GemvPlan | None = None) -> tuple[int, int]:
+def workspace_need(weight: torch.Tensor, silu: bool = False, plan: GemvPlan | None = None,
+                   block_m: int = BLOCK_M) -> tuple[int, int]:
     """(float32 partials, tickets) a split launch on ``weight`` needs (zeros when it does not split);
-    without ``plan``, the most that any row count's plan needs."""
+    without ``plan``, the most that any row count's plan needs. ``block_m``: the rows x is padded to
+    (``W8A8_BLOCK_M`` for an e4m3 x)."""
     if plan is None:
-        needs = [workspace_need(weight, silu, plan_for(weight, silu, None, rows)) for rows in (1, MAX_ROWS)]
+        needs = [workspace_need(weight, silu, plan_for(weight, silu, None, rows), block_m) for rows in (1, MAX_ROWS)]
         return max(n for n, _ in needs), max(t for _, t in needs)
     if plan.split_k == 1:
         return 0, 0
     n = weight.shape[0] // 2 if silu else weight.shape[0]
     tiles = triton.cdiv(n, plan.block_n)
-    return plan.split_k * tiles * 2 * BLOCK_M * plan.block_n, tiles
+    return plan.split_k * tiles * 2 * block_m * plan.block_n, tiles
 
 
 def reserve_workspace(weight: torch.Tensor, silu: bool = False, plan: GemvPlan | None = None) -> None:
@@ -308,18 +335,33 @@ def decode_gemv(
     plan: GemvPlan | None = None,
     out: torch.Tensor | None = None,
     weight_scale: torch.Tensor | None = None,
+    x_scale: torch.Tensor | None = None,
+    fp8_math: int | None = None,
 ) -> torch.Tensor:
     """``x @ weight.T + bias`` for x [M, K] (1 <= M <= 8), weight [N, K], bias [N]; with ``silu`` the
     weight is a fused gate_up [2I, K] (bias [2I]) and the result ``silu(gate) * up`` [M, I].
 
     float16/bfloat16/float32, one dtype for all; last dims contiguous. With ``weight_scale`` (float32,
     one value per weight row) the weight is e4m3 and stands for ``weight * weight_scale[:, None]``.
+    With ``x_scale`` (float32, one value per row) x is e4m3 codes too, standing for ``x * x_scale[:, None]``,
+    and the dot is taken in e4m3; the result is ``out``'s float dtype (bfloat16 without ``out``).
+    ``fp8_math`` picks how an e4m3 weight meets float activations (the kernel's ``FP8_MATH``: 0 widens it
+    to x's dtype, 1 widens both to float16; None: ``FP8_GEMV_MATH``).
     Returns a new tensor of x's dtype (or fills ``out``). ``plan`` overrides the tile plan
     (benchmarks); a split plan needs the device workspace reserved first (``reserve_workspace``) when
     it runs under CUDA-graph capture.
     """
-    _check(x, weight, bias, silu, out, weight_scale)
-    return _launch(x, weight, bias, silu, plan_for(weight, silu, plan, x.shape[0]), out, weight_scale=weight_scale)
+    _check(x, weight, bias, silu, out, weight_scale, x_scale)
+    if x_scale is not None:
+        math = 2
+    elif weight_scale is not None:
+        math = FP8_GEMV_MATH if fp8_math is None else fp8_math
+        if math not in (0, 1):
+            raise KernelInputError(f"fp8_math is 0 or 1 beside float activations, got {fp8_math}")
+    else:
+        math = 0
+    return _launch(x, weight, bias, silu, plan_for(weight, silu, plan, x.shape[0]), out, weight_scale=weight_scale,
+                   x_scale=x_scale, fp8_math=math)
 
 
 def decode_gemv_add_residual(
@@ -375,18 +417,20 @@ def decode_gemv_rms_norm(
 def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool, plan: GemvPlan,
             out: torch.Tensor | None, residual: torch.Tensor | None = None, sums: torch.Tensor | None = None,
             norm_weight: torch.Tensor | None = None, eps: float = 0.0,
-            weight_scale: torch.Tensor | None = None) -> torch.Tensor:
+            weight_scale: torch.Tensor | None = None, x_scale: torch.Tensor | None = None,
+            fp8_math: int = 0) -> torch.Tensor:
     M, K = x.shape
     n_out = weight.shape[0] // 2 if silu else weight.shape[0]
     if out is None:
-        out = torch.empty(M, n_out, dtype=x.dtype, device=x.device)
+        out = torch.empty(M, n_out, dtype=torch.bfloat16 if x_scale is not None else x.dtype, device=x.device)
     if M == 0 or n_out == 0:
         return out
     tiles = triton.cdiv(n_out, plan.block_n)
     per = k_per_split(K, plan)
+    block_m = W8A8_BLOCK_M if x_scale is not None else BLOCK_M
     if plan.split_k > 1:
         space = workspace(x.device)
-        space.reserve(*workspace_need(weight, silu, plan))
+        space.reserve(*workspace_need(weight, silu, plan, block_m))
         partials, tickets = space.partials, space.tickets
     else:
         partials, tickets = out, out  # never read: SPLIT_K == 1 compiles the split path away
@@ -396,24 +440,37 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, si
         x, weight, bias if bias is not None else weight, out, partials, tickets,
         residual if residual is not None else out, sums if sums is not None else out,
         norm_weight if norm_weight is not None else weight,
-        weight_scale if weight_scale is not None else out,
+        weight_scale if weight_scale is not None else out, x_scale if x_scale is not None else out,
         M, n_out, K, per, sum_tiles, float(eps),
         x.stride(0), weight.stride(0), out.stride(0), residual.stride(0) if residual is not None else 0,
-        BLOCK_M=BLOCK_M, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT_K=plan.split_k,
+        BLOCK_M=block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k, SPLIT_K=plan.split_k,
         SILU=silu, HAS_BIAS=bias is not None, EVEN_N=n_out % plan.block_n == 0,
         EVEN_K=K % plan.block_k == 0 and per * plan.split_k == K,
         EXACT_FP32=x.dtype == torch.float32, USE_PDL=pdl, ADD_RESIDUAL=residual is not None,
         NORM_INPUT=norm_weight is not None, SQ_TILES_P=max(16, triton.next_power_of_2(max(sum_tiles, 1))),
-        W_SCALED=weight_scale is not None, num_warps=plan.num_warps, num_stages=plan.num_stages, **launch_options(pdl),
+        W_SCALED=weight_scale is not None, FP8_MATH=fp8_math, num_warps=plan.num_warps, num_stages=plan.num_stages,
+        **launch_options(pdl),
     )
     return out
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, silu: bool,
-           out: torch.Tensor | None, weight_scale: torch.Tensor | None = None) -> int:
+           out: torch.Tensor | None, weight_scale: torch.Tensor | None = None,
+           x_scale: torch.Tensor | None = None) -> int:
     M, K = check_gemv_operands(x, weight, MAX_ROWS, "decode GEMV")
+    if x_scale is not None:  # W8A8: e4m3 x with per-row scales beside an e4m3 weight
+        if weight_scale is None or x.dtype != torch.float8_e4m3fn:
+            raise KernelInputError(f"an x_scale goes with e4m3 x and an e4m3 weight with its weight_scale, got x "
+                                   f"{x.dtype}")
+        if (x_scale.dtype != torch.float32 or x_scale.numel() != M or not x_scale.is_contiguous()
+                or x_scale.device != x.device):
+            raise KernelInputError(f"x_scale must be contiguous float32 with one value per row ({M}) on {x.device}, "
+                                   f"got {tuple(x_scale.shape)} {x_scale.dtype}")
+        if bias is not None:
+            raise KernelInputError("an e4m3 x takes no bias")
+    x_float = x.dtype in _DTYPES or x_scale is not None
     if weight_scale is not None:
-        if x.dtype not in _DTYPES or weight.dtype != torch.float8_e4m3fn:
+        if not x_float or weight.dtype != torch.float8_e4m3fn:
             raise KernelInputError(f"a scaled weight is e4m3 beside float activations, got {weight.dtype} and {x.dtype}")
         if (weight_scale.dtype != torch.float32 or weight_scale.numel() != weight.shape[0]
                 or not weight_scale.is_contiguous() or weight_scale.device != x.device):
@@ -430,6 +487,9 @@ def _check(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, sil
     for name, t in (("weight", weight), ("bias", bias), ("out", out)):
         if t is not None and t.device != x.device:
             raise KernelInputError(f"{name} is on {t.device}, x on {x.device}")
-    if out is not None and (out.shape != (M, n_out) or out.dtype != x.dtype or out.stride(-1) != 1):
-        raise KernelInputError(f"out must be [{M}, {n_out}] {x.dtype} with a contiguous last dim")
+    out_dtype = torch.bfloat16 if x_scale is not None else x.dtype
+    if x_scale is not None and out is not None and out.dtype in _DTYPES:
+        out_dtype = out.dtype
+    if out is not None and (out.shape != (M, n_out) or out.dtype != out_dtype or out.stride(-1) != 1):
+        raise KernelInputError(f"out must be [{M}, {n_out}] {out_dtype} with a contiguous last dim")
     return n_out
