@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from worker.kernels.attention import num_sms
-from worker.kernels.decode_gemv_config import BLOCK_M, MAX_ROWS, GemvPlan, choose_plan, k_per_split
+from worker.kernels.decode_gemv_config import BLOCK_M, MAX_ROWS, GemvPlan, choose_plan, choose_w8a8_plan, k_per_split
 from worker.kernels.errors import KernelInputError
 from worker.kernels.gemv_checks import check_gemv_operands
 from worker.kernels.pdl import launch_options, use_pdl
@@ -360,6 +360,8 @@ def decode_gemv(
             raise KernelInputError(f"fp8_math is 0 or 1 beside float activations, got {fp8_math}")
     else:
         math = 0
+    if plan is None and x_scale is not None:
+        plan = choose_w8a8_plan(weight.shape[0] // 2 if silu else weight.shape[0], weight.shape[1], silu)
     return _launch(x, weight, bias, silu, plan_for(weight, silu, plan, x.shape[0]), out, weight_scale=weight_scale,
                    x_scale=x_scale, fp8_math=math)
 

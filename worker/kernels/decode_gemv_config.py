@@ -65,6 +65,23 @@ LLAMA_8B_FP8_WIDE_PLANS: dict[tuple[int, int, bool], GemvPlan] = {
 }
 
 
+# e4m3 x by e4m3 weights (the kernel's FP8_MATH 2, x padded to 64 rows for the warpgroup MMA): the
+# fastest of bench/gemv_fp8_math.py's grid on an H100 (2026-12-07), the same at one and at 8 rows. The
+# 16-row plans above do not fit this kernel's shared memory (the gate_up plan asked 491,520 bytes).
+LLAMA_8B_W8A8_PLANS: dict[tuple[int, int, bool], GemvPlan] = {
+    (6144, 4096, False): GemvPlan(64, 256, 4, 4, 1),  # qkv
+    (4096, 4096, False): GemvPlan(32, 256, 4, 4, 1),  # o
+    (14336, 4096, True): GemvPlan(64, 128, 4, 3, 1),  # gate_up with the SiLU epilogue
+    (4096, 14336, False): GemvPlan(64, 256, 4, 4, 2),  # down
+}
+W8A8_FALLBACK_PLAN = GemvPlan(32, 128, 4, 3, 1)  # other shapes: the smallest pipeline of that grid
+
+
+def choose_w8a8_plan(n: int, k: int, silu: bool = False) -> GemvPlan:
+    """The plan of an e4m3-by-e4m3 launch on an [n, k] weight (n as ``choose_plan`` takes it)."""
+    return _fit_split(LLAMA_8B_W8A8_PLANS.get((n, k, silu), W8A8_FALLBACK_PLAN), k)
+
+
 def parse_plan_overrides(text: str) -> dict[tuple[int, int], GemvPlan]:
     """``WARD_GEMV_PLANS``: ``NxK=block_n:block_k:warps:stages:split_k`` entries separated by commas or
     semicolons (the latter fit in a comma-separated list of settings) that replace the table's plan
