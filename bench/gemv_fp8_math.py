@@ -39,7 +39,7 @@ from worker.kernels.decode_gemv import decode_gemv, reserve_workspace, shared_me
 from worker.kernels.decode_gemv_config import GemvPlan, _fit_split, choose_plan  # noqa: E402
 from worker.model.quant.linear import quantize_fp8_per_channel  # noqa: E402
 
-from graph_timing import timed_us  # noqa: E402  (bench/, the script's own folder)
+from graph_timing import copy_bandwidth, timed_us  # noqa: E402  (bench/, the script's own folder)
 
 SHAPES = {"qkv": (6144, 4096, False), "o": (4096, 4096, False), "gate_up_silu": (14336, 4096, True),
           "down": (4096, 14336, False)}
@@ -56,10 +56,7 @@ def main() -> int:
     parser.add_argument("--shapes", default=",".join(SHAPES))
     args = parser.parse_args()
     props = torch.cuda.get_device_properties(0)
-    copy_bytes = 1 << 30
-    src, dst = (torch.empty(copy_bytes, dtype=torch.uint8, device="cuda") for _ in range(2))
-    bandwidth = 2 * copy_bytes / (timed_us(lambda: dst.copy_(src), iters=5) * 1e-6)
-    src = dst = None  # 2 GiB back before the weights
+    bandwidth = copy_bandwidth()
     report: dict = {"device": props.name, "copy_tb_s": round(bandwidth / 1e12, 3), "torch": torch.__version__,
                     "shapes": {}}
     print(json.dumps({key: v for key, v in report.items() if key != "shapes"}), flush=True)

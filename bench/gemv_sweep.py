@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from worker.kernels.decode_gemv import decode_gemv, reserve_workspace, shared_memory_limit  # noqa: E402
 from worker.kernels.decode_gemv_config import WIDE_ROWS, GemvPlan, _fit_split, choose_plan  # noqa: E402
 
-from graph_timing import timed_us  # noqa: E402  (bench/, the script's own folder)
+from graph_timing import copy_bandwidth, timed_us  # noqa: E402  (bench/, the script's own folder)
 
 # name: (N as the plan table keys it, K, SiLU epilogue); the SiLU weight has 2N rows
 SHAPES = {"qkv": (6144, 4096, False), "o": (4096, 4096, False), "down": (4096, 14336, False),
@@ -119,12 +119,7 @@ def main() -> int:
     parser.add_argument("--rows", type=int, default=1, help="rows a launch while walking (1 to 8)")
     args = parser.parse_args()
     props = torch.cuda.get_device_properties(0)
-    copy_bytes = 1 << 30
-    src, dst = torch.empty(copy_bytes, dtype=torch.uint8, device="cuda"), torch.empty(copy_bytes, dtype=torch.uint8,
-                                                                                      device="cuda")
-    copy_us = timed_us(lambda: dst.copy_(src), iters=5)
-    bandwidth = 2 * copy_bytes / (copy_us * 1e-6)  # read + write: a device copy's figure, not a read-only one
-    del src, dst
+    bandwidth = copy_bandwidth()  # read + write: a device copy's figure, not a read-only one
     report: dict = {"device": props.name, "sms": props.multi_processor_count, "l2_mb": props.L2_cache_size / 2**20,
                     "copy_tb_s": round(bandwidth / 1e12, 3), "torch": torch.__version__, "fp8": args.fp8, "shapes": {}}
     print(json.dumps({k: v for k, v in report.items() if k != "shapes"}), flush=True)

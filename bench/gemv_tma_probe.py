@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from worker.kernels.decode_gemv import decode_gemv, reserve_workspace, shared_memory_limit  # noqa: E402
 from worker.kernels.decode_gemv_config import BLOCK_M, choose_plan  # noqa: E402
 
-from graph_timing import timed_us  # noqa: E402  (bench/, the script's own folder)
+from graph_timing import copy_bandwidth, timed_us  # noqa: E402  (bench/, the script's own folder)
 
 SHAPES = {"qkv": (6144, 4096, False), "o": (4096, 4096, False), "gate_up_silu": (14336, 4096, True),
           "down": (4096, 14336, False)}
@@ -99,11 +99,7 @@ def main() -> int:
     if hasattr(triton, "set_allocator"):
         triton.set_allocator(_allocator)
     props = torch.cuda.get_device_properties(0)
-    copy_bytes = 1 << 30
-    src, dst = (torch.empty(copy_bytes, dtype=torch.uint8, device="cuda") for _ in range(2))
-    copy_us = timed_us(lambda: dst.copy_(src), iters=5)
-    bandwidth = 2 * copy_bytes / (copy_us * 1e-6)
-    src = dst = None  # 2 GiB back before the weights
+    bandwidth = copy_bandwidth()
     report: dict = {"device": props.name, "sms": props.multi_processor_count, "copy_tb_s": round(bandwidth / 1e12, 3),
                     "torch": torch.__version__, "triton": triton.__version__, "shapes": {}}
     print(json.dumps({key: v for key, v in report.items() if key != "shapes"}), flush=True)

@@ -27,3 +27,10 @@ def timed_us(fn: Callable[[], object], iters: int = 50) -> float:
         torch.cuda.synchronize()
         runs.append(start.elapsed_time(end) * 1000 / iters)
     return sorted(runs)[2]
+
+
+def copy_bandwidth(nbytes: int = 1 << 30) -> float:
+    """Bytes a second of a device-to-device copy of ``nbytes`` (read + write counted: a copy's figure,
+    which a read-only stream may exceed), timed as above; the buffers are freed before returning."""
+    src, dst = (torch.empty(nbytes, dtype=torch.uint8, device="cuda") for _ in range(2))
+    return 2 * nbytes / (timed_us(lambda: dst.copy_(src), iters=5) * 1e-6)
