@@ -551,6 +551,57 @@ def check_decode_gemv(rows: int, n: int, k: int, device: str, dtype: torch.dtype
     }
 
 
+def check_fp8_w8a8_gemv_layer(rows: int, in_features: int, out_features: int, bias: bool, device: str,
+                              dtype: torch.dtype) -> Metrics:
+    """``Fp8DecodeGemvLinear`` with ``WARD_FP8_GEMV_W8A8=1`` against W8A8 computed in float64 from the
+    same e4m3 operands (the input quantized per row as the layer's W8A8 path quantizes it): a float
+    input (quantized in the layer), an ``Fp8Activation`` (quantized by the kernel before it) and,
+    for a fused gate_up, ``forward_silu_and_mul``. Off CUDA the check says FP8 tensor cores are there
+    (the e4m3 GEMV runs in the interpreter) and the layer quantizes with torch operations (the
+    interpreter rounds the quantization kernel's e4m3 casts otherwise than the card). Metrics: ``rel_err`` (the worst of the three),
+    ``not_w8a8`` (1 when the layer did not take the e4m3-x path)."""
+    import os
+
+    import torch.nn.functional as F
+    from torch import nn
+
+    from worker.model import decode_linear
+    from worker.model.quant import linear
+    from worker.model.quant.config import QuantConfig
+    from worker.model.quant.linear import Fp8Activation, Fp8Linear, quantize_fp8_per_token
+
+    g = torch.Generator().manual_seed(3)
+    dense = nn.Linear(in_features, out_features, bias=bias, dtype=dtype)
+    with torch.no_grad():
+        dense.weight.copy_(_randn(g, out_features, in_features, dtype=dtype, device="cpu") * in_features**-0.5)
+        if bias:
+            dense.bias.copy_(_randn(g, out_features, dtype=dtype, device="cpu"))
+    saved = (os.environ.get("WARD_FP8_GEMV_W8A8"), linear._cuda_fp8_ok, linear.FP8_QUANT_KERNEL)
+    os.environ["WARD_FP8_GEMV_W8A8"] = "1"
+    if device == "cpu":
+        linear._cuda_fp8_ok = lambda _device: True
+        linear.FP8_QUANT_KERNEL = False
+    try:
+        layer = decode_linear.Fp8DecodeGemvLinear(Fp8Linear.from_float(dense, QuantConfig("fp8", "fp8")).to(device))
+        x = _randn(g, rows, in_features, dtype=dtype, device=device)
+        codes, scales = quantize_fp8_per_token(x)
+        w64 = layer.weight.double() * layer.weight_scale.double().reshape(-1, 1)
+        ref = F.linear(codes.double() * scales.double(), w64, None if layer.bias is None else layer.bias.double())
+        errors = [rel_err(layer(x), ref), rel_err(layer(Fp8Activation(codes, scales, dtype)), ref)]
+        if out_features % 2 == 0:
+            half = out_features // 2
+            gate, up = ref.to(dtype).double().split(half, dim=-1)
+            errors.append(rel_err(layer.forward_silu_and_mul(x), F.silu(gate).to(dtype).double() * up))
+        took = layer.w8a8 and layer.takes_fp8_activation(rows, x)
+    finally:
+        if saved[0] is None:
+            os.environ.pop("WARD_FP8_GEMV_W8A8", None)
+        else:
+            os.environ["WARD_FP8_GEMV_W8A8"] = saved[0]
+        linear._cuda_fp8_ok, linear.FP8_QUANT_KERNEL = saved[1], saved[2]
+    return {"rel_err": max(errors), "not_w8a8": 0.0 if took else 1.0}
+
+
 def check_decode_gemv_norm_fusion(rows: int, hidden: int, inter: int, device: str, dtype: torch.dtype,
                                   o_plan: tuple[int, int, int, int, int] | None = None,
                                   up_plan: tuple[int, int, int, int, int] | None = None, seed: int = 0) -> Metrics:

@@ -120,6 +120,35 @@ def test_fp8_gemv_rows_bound_which_rows_read_the_e4m3_weights_through_the_gemv(m
             fp8_gemv_max_rows()
 
 
+def test_fp8_gemv_w8a8_setting_is_read_once_per_layer_and_refuses_other_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``WARD_FP8_GEMV_W8A8``: 1 makes a swapped FP8 layer's decode GEMV take its input quantized per row
+    (the layers before it asked for it through ``takes_fp8_activation``), 0 or unset keeps the widening
+    GEMV (the norms then hand it float rows); a layer with a static input scale never takes it; any
+    other value is refused by name."""
+    from worker.model import decode_linear
+    from worker.model.decode_linear import Fp8DecodeGemvLinear, fp8_gemv_w8a8
+    from worker.model.quant import linear
+    from worker.model.quant.config import QuantConfig
+    from worker.model.quant.linear import Fp8Linear
+
+    monkeypatch.setattr(decode_linear, "_INTERPRETED", True)
+    monkeypatch.setattr(linear, "_cuda_fp8_ok", lambda device: True)
+    fp8 = Fp8Linear.from_float(nn.Linear(32, 48, dtype=torch.bfloat16), QuantConfig("fp8", "fp8"))
+    rows = torch.zeros(4, 32, dtype=torch.bfloat16)
+    monkeypatch.delenv("WARD_FP8_GEMV_W8A8", raising=False)
+    assert not fp8_gemv_w8a8()
+    assert not Fp8DecodeGemvLinear(fp8).takes_fp8_activation(4, rows)
+    monkeypatch.setenv("WARD_FP8_GEMV_W8A8", "1")
+    layer = Fp8DecodeGemvLinear(fp8)
+    assert layer.w8a8 and layer.takes_fp8_activation(4, rows)
+    fp8.input_scale = nn.Parameter(torch.ones(1), requires_grad=False)
+    assert not Fp8DecodeGemvLinear(fp8).w8a8
+    for bad in ("2", "yes"):
+        monkeypatch.setenv("WARD_FP8_GEMV_W8A8", bad)
+        with pytest.raises(ValueError, match="WARD_FP8_GEMV_W8A8"):
+            fp8_gemv_w8a8()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU")
 def test_engine_with_fusions_on_and_off_on_gpu_bf16(default_model_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,6 +27,7 @@ from kernels_cases import (  # noqa: E402
     AttentionCase,
     check_attention,
     check_decode_gemv,
+    check_fp8_w8a8_gemv_layer,
     check_fused_moe,
     check_greedy_argmax,
     check_reshape_and_cache,
@@ -73,6 +74,7 @@ ZERO_METRICS = (
     "mismatched",
     "repeat_mismatch",
     "tickets_left",
+    "not_w8a8",
 )
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU: CUDA is not available")
@@ -488,6 +490,18 @@ def test_decode_gemv_over_fp8_weights_matches_dequantized_on_gpu(name: str, rows
     """e4m3 weights with per-row scales (FP8 checkpoints, FP8 at load) widened in registers."""
     n, k, silu = LLAMA_8B_GEMV[name]
     assert_metrics(check_decode_gemv(rows, n, k, "cuda", torch.bfloat16, silu=silu, bias=name == "qkv", fp8=True),
+                   BF16_ATTENTION_TOLERANCE)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("rows", [1, 8])
+def test_fp8_layer_with_the_w8a8_gemv_matches_w8a8_on_gpu(rows: int) -> None:
+    """``WARD_FP8_GEMV_W8A8=1``: the FP8 layer's decode GEMV over its input quantized per row (in the
+    layer, or handed over as ``Fp8Activation``; the gate_up shape's fused SiLU too) at qkv's width."""
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need Ada or Hopper")
+    assert_metrics(check_fp8_w8a8_gemv_layer(rows, 4096, 6144, False, "cuda", torch.bfloat16),
                    BF16_ATTENTION_TOLERANCE)
 
 

@@ -322,9 +322,17 @@ def workspace_need(weight: torch.Tensor, silu: bool = False, plan: GemvPlan | No
     return plan.split_k * tiles * 2 * block_m * plan.block_n, tiles
 
 
-def reserve_workspace(weight: torch.Tensor, silu: bool = False, plan: GemvPlan | None = None) -> None:
-    """Sizes the device's shared workspace for launches on ``weight`` (call before graph capture)."""
-    workspace(weight.device).reserve(*workspace_need(weight, silu, plan))
+def reserve_workspace(weight: torch.Tensor, silu: bool = False, plan: GemvPlan | None = None,
+                      block_m: int = BLOCK_M) -> None:
+    """Sizes the device's shared workspace for launches on ``weight`` (call before graph capture);
+    ``block_m`` as ``workspace_need`` takes it."""
+    workspace(weight.device).reserve(*workspace_need(weight, silu, plan, block_m))
+
+
+def reserve_w8a8_workspace(weight: torch.Tensor, silu: bool = False) -> None:
+    """``reserve_workspace`` for e4m3-x launches on ``weight`` in their own plan."""
+    n = weight.shape[0] // 2 if silu else weight.shape[0]
+    reserve_workspace(weight, silu, choose_w8a8_plan(n, weight.shape[1], silu), W8A8_BLOCK_M)
 
 
 def decode_gemv(

@@ -73,6 +73,9 @@ LLAMA_8B_W8A8_PLANS: dict[tuple[int, int, bool], GemvPlan] = {
     (4096, 4096, False): GemvPlan(32, 256, 4, 4, 1),  # o
     (14336, 4096, True): GemvPlan(64, 128, 4, 3, 1),  # gate_up with the SiLU epilogue
     (4096, 14336, False): GemvPlan(64, 256, 4, 4, 2),  # down
+    # gate_up without the epilogue (the W8A8 MLP hands its output to silu_and_mul_fp8 for down_proj):
+    # the SiLU plan's bytes a step (one 128-row tile for its two 64-row ones), not timed on its own
+    (28672, 4096, False): GemvPlan(128, 128, 4, 3, 1),
 }
 W8A8_FALLBACK_PLAN = GemvPlan(32, 128, 4, 3, 1)  # other shapes: the smallest pipeline of that grid
 

@@ -22,6 +22,11 @@ Two norm launches fewer a layer.
 
 ``WARD_FP8_GEMV_ROWS`` (0-8, default 8) bounds the rows an FP8 projection's GEMV takes: more go
 through W8A8 (``torch._scaled_mm``), with their input quantized by the norm or the SiLU before it.
+
+``WARD_FP8_GEMV_W8A8=1`` makes the FP8 GEMV W8A8 as well: its input quantized per row (by the norm
+before qkv and gate_up, the SiLU before down_proj, a quantization launch before o_proj) and the dot
+taken e4m3 by e4m3 on the warpgroup MMA, no weight widened (13-18% less time a layer's projections on
+an H100, bench/gemv_fp8_math.py); the numerics of the W8A8 path above 8 rows.
 """
 from __future__ import annotations
 
@@ -32,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worker.kernels.decode_gemv_config import MAX_ROWS
+from worker.model.quant import linear as fp8_linear
 from worker.model.quant.linear import Fp8Activation, Fp8Linear
 
 PROJECTIONS = {"qkv": "self_attn.qkv_proj", "o": "self_attn.o_proj", "gate_up": "mlp.gate_up_proj",
@@ -136,6 +142,15 @@ def fp8_gemv_max_rows() -> int:
     return int(value)
 
 
+def fp8_gemv_w8a8() -> bool:
+    """``WARD_FP8_GEMV_W8A8``: whether the FP8 decode GEMV takes its input quantized per row (``1``)
+    or widens its e4m3 weights to the activations' dtype (``0``)."""
+    value = os.environ.get("WARD_FP8_GEMV_W8A8", "0").strip() or "0"
+    if value not in ("0", "1"):
+        raise ValueError(f"WARD_FP8_GEMV_W8A8 must be 0 or 1, got {value!r}")
+    return value == "1"
+
+
 class Fp8DecodeGemvLinear(Fp8Linear):
     """An ``Fp8Linear`` with per-channel scales (the same parameters, no copy) whose decode-sized calls
     on CUDA (up to ``max_rows``) run the decode GEMV over its e4m3 weights; other calls take the W8A8
@@ -149,6 +164,8 @@ class Fp8DecodeGemvLinear(Fp8Linear):
         self.input_scale = layer.input_scale
         self._row_scales = layer.weight_scale.data.reshape(-1)  # [N] float32, the GEMV's view
         self.max_rows = fp8_gemv_max_rows()
+        # dynamic per-row input scales only: a checkpoint's static input scale keeps the widening GEMV
+        self.w8a8 = fp8_gemv_w8a8() and layer.input_scale is None
 
     @staticmethod
     def eligible(layer: nn.Module) -> bool:
@@ -161,12 +178,21 @@ class Fp8DecodeGemvLinear(Fp8Linear):
         return _gemv_rows(x, self.in_features, self.dtype, self.max_rows)
 
     def takes_fp8_activation(self, rows: int, x: torch.Tensor) -> bool:
-        return not _gemv_takes(rows, x, self.dtype, self.max_rows) and super().takes_fp8_activation(rows, x)
+        if _gemv_takes(rows, x, self.dtype, self.max_rows):
+            return self.w8a8 and super().takes_fp8_activation(rows, x)
+        return super().takes_fp8_activation(rows, x)
 
     def forward(self, x: torch.Tensor | Fp8Activation) -> torch.Tensor:
-        x2 = None if isinstance(x, Fp8Activation) else self._gemv_rows(x)
+        if isinstance(x, Fp8Activation):
+            if self.w8a8 and 0 < x.codes.shape[0] <= self.max_rows:
+                return self._w8a8_gemv(x.codes, x.scales, x.dtype)
+            return super().forward(x)
+        x2 = self._gemv_rows(x)
         if x2 is None:
             return super().forward(x)
+        if self._quantizes(x2):
+            codes, scales = fp8_linear._quantize_activation(x2, None)
+            return self._w8a8_gemv(codes, scales, x.dtype).reshape(*x.shape[:-1], self.out_features)
         from worker.kernels.decode_gemv import decode_gemv
 
         y = decode_gemv(x2, self.weight, self.bias, weight_scale=self._row_scales)
@@ -181,8 +207,32 @@ class Fp8DecodeGemvLinear(Fp8Linear):
             return silu_and_mul(super().forward(x))
         from worker.kernels.decode_gemv import decode_gemv
 
-        y = decode_gemv(x2, self.weight, self.bias, silu=True, weight_scale=self._row_scales)
+        if self._quantizes(x2):
+            codes, scales = fp8_linear._quantize_activation(x2, None)
+            y = self._w8a8_gemv(codes, scales, x.dtype, silu=True)
+        else:
+            y = decode_gemv(x2, self.weight, self.bias, silu=True, weight_scale=self._row_scales)
         return y.reshape(*x.shape[:-1], self.out_features // 2)
+
+    def _quantizes(self, x: torch.Tensor) -> bool:
+        """Whether a decode-sized float input is quantized per row here for the e4m3-by-e4m3 GEMV."""
+        return self.w8a8 and fp8_linear._cuda_fp8_ok(x.device)
+
+    def _w8a8_gemv(self, codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype,
+                   silu: bool = False) -> torch.Tensor:
+        """The GEMV over e4m3 ``codes`` [T, K] with per-row ``scales`` [T, 1]; the bias added after (the
+        e4m3-x kernel takes none)."""
+        from worker.kernels.decode_gemv import decode_gemv
+
+        if silu and self.bias is not None:  # the SiLU comes after the bias: through the unfused product
+            from worker.kernels.activation import silu_and_mul
+
+            return silu_and_mul(self._w8a8_gemv(codes, scales, dtype))
+        width = self.out_features // 2 if silu else self.out_features
+        out = torch.empty(codes.shape[0], width, dtype=dtype, device=codes.device)
+        decode_gemv(codes, self.weight, silu=silu, out=out, weight_scale=self._row_scales,
+                    x_scale=scales.reshape(-1))
+        return self._add_bias(out)
 
 
 def _gemv_takes(rows: int, x: torch.Tensor, dtype: torch.dtype, max_rows: int = MAX_ROWS) -> bool:
@@ -251,7 +301,7 @@ def use_decode_gemv(model: nn.Module, projections: tuple[str, ...] | None = None
     names = decode_gemv_projections() if projections is None else projections
     if not names:
         return 0
-    from worker.kernels.decode_gemv import reserve_workspace
+    from worker.kernels.decode_gemv import reserve_w8a8_workspace, reserve_workspace
 
     swapped = 0
     for layer in model.layers:
@@ -269,8 +319,13 @@ def use_decode_gemv(model: nn.Module, projections: tuple[str, ...] | None = None
             parent, _, attr = name.rpartition(".")
             setattr(layer.get_submodule(parent), attr, swapped_in)
             reserve_workspace(module.weight)
-            if name == "mlp.gate_up_proj" and module.out_features % 2 == 0:
+            gate_up = name == "mlp.gate_up_proj" and module.out_features % 2 == 0
+            if gate_up:
                 reserve_workspace(module.weight, silu=True)
+            if getattr(swapped_in, "w8a8", False):  # its e4m3-x launches have plans of their own
+                reserve_w8a8_workspace(module.weight)
+                if gate_up:
+                    reserve_w8a8_workspace(module.weight, silu=True)
             swapped += 1
     if norm_fusion_requested():
         enable_norm_fusion(model)
