@@ -23,7 +23,6 @@ weights at a fraction of the card's bandwidth).
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
@@ -36,9 +35,6 @@ from worker.kernels.gemv_checks import check_gemv_operands
 from worker.kernels.pdl import launch_options, use_pdl
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# WARD_FP8_GEMV_MATH: how the decode GEMV's e4m3 weights meet bfloat16 activations, "bf16" (widened to
-# them) or "f16" (both widened to float16; see the kernel's FP8_MATH), for an A/B on a card
-FP8_GEMV_MATH = {"bf16": 0, "f16": 1}.get(os.environ.get("WARD_FP8_GEMV_MATH", "bf16"), 0)
 # Rows an e4m3-by-e4m3 launch pads x to: Hopper's warpgroup MMA takes e4m3 operands as they are from 64
 # rows; below that Triton's per-warp MMA widens both operands to float16 first (sm_90 PTX, checked by
 # tests/kernels_compile.py), the conversion work the W8A8 dot is there to avoid
@@ -344,7 +340,7 @@ def decode_gemv(
     out: torch.Tensor | None = None,
     weight_scale: torch.Tensor | None = None,
     x_scale: torch.Tensor | None = None,
-    fp8_math: int | None = None,
+    fp8_math: int = 0,
 ) -> torch.Tensor:
     """``x @ weight.T + bias`` for x [M, K] (1 <= M <= 8), weight [N, K], bias [N]; with ``silu`` the
     weight is a fused gate_up [2I, K] (bias [2I]) and the result ``silu(gate) * up`` [M, I].
@@ -353,8 +349,9 @@ def decode_gemv(
     one value per weight row) the weight is e4m3 and stands for ``weight * weight_scale[:, None]``.
     With ``x_scale`` (float32, one value per row) x is e4m3 codes too, standing for ``x * x_scale[:, None]``,
     and the dot is taken in e4m3; the result is ``out``'s float dtype (bfloat16 without ``out``).
-    ``fp8_math`` picks how an e4m3 weight meets float activations (the kernel's ``FP8_MATH``: 0 widens it
-    to x's dtype, 1 widens both to float16; None: ``FP8_GEMV_MATH``).
+    ``fp8_math`` picks how an e4m3 weight meets float activations (the kernel's ``FP8_MATH``): 0 widens it
+    to x's dtype, 1 widens both to float16 (for benchmarks only: x beyond float16's range would
+    overflow there, so the layers never ask for it).
     Returns a new tensor of x's dtype (or fills ``out``). ``plan`` overrides the tile plan
     (benchmarks); a split plan needs the device workspace reserved first (``reserve_workspace``) when
     it runs under CUDA-graph capture.
@@ -363,7 +360,7 @@ def decode_gemv(
     if x_scale is not None:
         math = 2
     elif weight_scale is not None:
-        math = FP8_GEMV_MATH if fp8_math is None else fp8_math
+        math = fp8_math
         if math not in (0, 1):
             raise KernelInputError(f"fp8_math is 0 or 1 beside float activations, got {fp8_math}")
     else:
