@@ -44,6 +44,8 @@
 #              verdict and the two proposals also in $STASH (default /tmp/ward-stash) for a next call
 #   tmaprobe   the decode GEMV with its weight tiles fetched by TMA beside the engine's, per projection at
 #              1 and 8 rows (bench/gemv_tma_probe.py --quick; TMA_PROBE_ARGS= for the whole grid)
+#   silufp8    the FP8 model (1,000 x 1,024/128, mixed, 1,000 x 256/256) with the SiLU-and-quantize row read
+#              twice and once (WARD_SILU_FP8_ONE_PASS=0/1), alternated twice; the throughput verdict
 #   fp8math    the FP8 decode GEMV's three ways to meet e4m3 weights (widened to bf16, to f16, or an
 #              e4m3-by-e4m3 dot over x quantized per row) per projection at 1 and 8 rows (bench/gemv_fp8_math.py)
 #   gemvfp8    the same for the FP8 layers' decode (bench/gemv_sweep.py --fp8, e4m3 weights), the whole
@@ -192,6 +194,15 @@ for s in $STEPS; do
              fi
              mkdir -p "${STASH:-/tmp/ward-stash}"
              cp "$OUT"/gemvall_plans[18].txt "$OUT/gemvall_verdict.txt" "${STASH:-/tmp/ward-stash}/" 2>/dev/null ;;
+    silufp8) for round in 1 2; do
+               for one in 0 1; do
+                 step "silufp8_pass${one}_r$round" 130 env WARD_SILU_FP8_ONE_PASS=$one python3 -m ward bench offline \
+                   --out "$OUT/silufp8_pass${one}_r$round" --model llama-3.1-8b --quantization fp8 \
+                   --workloads offline_1024_128,mixed,offline_256_256
+               done
+             done
+             python3 bench/gemv_verdict.py "$OUT" silufp8_pass0 silufp8_pass1 \
+               --throughput offline_1024_128:req_s,mixed:out_tok_s,offline_256_256:req_s ;;
     fp8math) step fp8_math "${FP8_MATH_NEED:-240}" python3 bench/gemv_fp8_math.py --out "$OUT/fp8_math.json"
              grep -E '^\{"(qkv|o|down|gate_up_silu)"' "$OUT/fp8_math.txt" | cut -c1-900 ;;
     tmaprobe) step tma_probe "${TMA_PROBE_NEED:-120}" python3 bench/gemv_tma_probe.py ${TMA_PROBE_ARGS---quick} \

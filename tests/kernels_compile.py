@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -63,7 +66,22 @@ def compile_variant(
         "mma_sync": ptx.count("mma.sync"),
         "gdc_wait": ptx.count("griddepcontrol.wait"),
         "gdc_launch": ptx.count("griddepcontrol.launch_dependents"),
+        "local_bytes": _local_bytes(kernel.asm.get("cubin")),
     }
+
+
+def _local_bytes(cubin: bytes | None) -> int:
+    """Thread-local memory the assembled kernel uses (register spills), from cuobjdump's resource
+    report when Triton ships the tool; -1 when it cannot be read."""
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not cubin or not os.path.exists(tool):
+        return -1
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        report = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    found = re.search(r"LOCAL:(\d+)", report)
+    return int(found.group(1)) if found else -1
 
 
 def attention_variant(
@@ -344,6 +362,11 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     "silu_and_mul_fp8": lambda: compile_variant(
         activation._silu_and_mul_fp8_kernel, {"x_ptr": BF16, "q_ptr": "*fp8e4nv", "s_ptr": "*fp32"},
         dict(INTERMEDIATE=14336, BLOCK=1024)
+    ),
+    # Llama-3.1-8B's 14,336-wide row held in registers (16 warps), as silu_and_mul_fp8 launches it
+    "silu_and_mul_fp8_one_pass": lambda: compile_variant(
+        activation._silu_and_mul_fp8_kernel, {"x_ptr": BF16, "q_ptr": "*fp8e4nv", "s_ptr": "*fp32"},
+        dict(INTERMEDIATE=14336, BLOCK=16384, ONE_PASS=True), num_warps=16
     ),
     "token_bitmask": lambda: compile_variant(
         token_bitmask._apply_token_bitmask_kernel, {"logits_ptr": "*fp32", "mask_ptr": "*i32", "rows_ptr": "*i64"},

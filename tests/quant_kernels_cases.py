@@ -65,7 +65,7 @@ def check_fp8_quant(T: int, K: int, group: int | None, device: str, dtype=torch.
 
 def check_fp8_fused_input(kind: str, T: int, width: int, device: str, dtype=torch.float32) -> float:
     """A W8A8 projection's input quantized by the kernel that makes it, in one launch (``rms_norm_fp8``
-    with and without a residual, ``silu_and_mul_fp8``), against the two launches it replaces (the norm
+    with and without a residual, ``silu_and_mul_fp8``; ``silu-one-pass``: its row read once), against the two launches it replaces (the norm
     or ``silu_and_mul`` kernel, then ``quantize_fp8_groups``). Returns the share of e4m3 codes that
     differ (0.0: the same bits), or 1.0 if the residual sum differs at all, a scale by more than one
     bf16 step, or a code by more than one e4m3 step. Compiled, the norm's sum of squares may be
@@ -84,9 +84,9 @@ def check_fp8_fused_input(kind: str, T: int, width: int, device: str, dtype=torc
         return (torch.randn(T, n, generator=gen) * torch.rand(T, 1, generator=gen) * 4).to(dtype).to(dev)
 
     residual = got_residual = want_residual = None
-    if kind == "silu":
+    if kind in ("silu", "silu-one-pass"):  # the row read twice, or once (held in registers)
         x = rows(2 * width)
-        codes, scales = silu_and_mul_fp8(x)
+        codes, scales = silu_and_mul_fp8(x, one_pass=kind == "silu-one-pass")
         want_codes, want_scales = quantize_fp8_groups(silu_and_mul(x))
     else:
         x = rows(width)
@@ -209,6 +209,7 @@ INTERPRETER_CASES = {  # small shapes: the interpreter runs kernels in numpy
     "fp8-norm-quant": lambda: check_fp8_fused_input("norm", 5, 200, "cpu"),
     "fp8-norm-residual-quant": lambda: check_fp8_fused_input("norm-residual", 4, 256, "cpu"),
     "fp8-silu-quant": lambda: check_fp8_fused_input("silu", 3, 2304, "cpu"),
+    "fp8-silu-quant-one-pass": lambda: check_fp8_fused_input("silu-one-pass", 3, 2304, "cpu"),
     "fp8-moe-channel": lambda: check_fp8_moe(5, 4, 2, 64, 48, False, "cpu"),
     "fp8-moe-block": lambda: check_fp8_moe(9, 4, 2, 256, 128, True, "cpu"),
 }

@@ -156,6 +156,11 @@ def test_every_kernel_variant_compiles_for_hopper() -> None:
             assert result["gdc_wait"] == result["gdc_launch"] == 0, (name, result)
     # the GEMV keeps its pipelined weight stream behind the prefetched first tile
     assert pdl["decode_gemv_qkv_split2_pdl"]["cp_async"] > 0, pdl["decode_gemv_qkv_split2_pdl"]
+    # no variant spills registers to local memory; the one-pass SiLU-and-quantize holds a whole
+    # 14,336-wide row in registers, so its report must have been read (cuobjdump ships with Triton)
+    assert report["silu_and_mul_fp8_one_pass"]["local_bytes"] == 0, report["silu_and_mul_fp8_one_pass"]
+    spilling = {name: result["local_bytes"] for name, result in report.items() if result["local_bytes"] > 0}
+    assert not spilling, spilling
     # an e4m3-by-e4m3 decode GEMV runs on the warpgroup MMA (no per-warp MMA over widened operands)
     for name in ("decode_gemv_fp8_w8a8_gate_up_silu_pdl", "decode_gemv_fp8_w8a8_down_split3"):
         assert report[name]["wgmma"] > 0 and report[name]["mma_sync"] == 0, (name, report[name])

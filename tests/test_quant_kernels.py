@@ -145,12 +145,28 @@ def test_fp8_activation_quantization_is_bit_exact_with_torch(T, K, group):
 @gpu
 @pytest.mark.parametrize("T", [1, 9, 300, 2048])
 @pytest.mark.parametrize("kind, width", [("norm", 4096), ("norm-residual", 4096), ("norm-residual", 5120),
-                                         ("silu", 14336), ("silu", 1000)])
+                                         ("silu", 14336), ("silu", 1000), ("silu-one-pass", 14336),
+                                         ("silu-one-pass", 1000)])
 def test_fp8_input_quantized_in_the_norm_or_silu_matches_the_two_launches(T, kind, width):
     """Compiled, in bfloat16: the one-launch norm/SiLU + quantization gives the codes of the two launches
     but for rare values one e4m3 step away (the norm's sum of squares reduced in another order: on an
     H100, 2,048 rows of 4,096 showed such values, fewer rows none; a row whose scale moves a step moves
     many), the same residual sums, and scales within a bf16 step; in the interpreter the two are the
-    same bits. The SiLU path has no sum before its amax and stays bit-exact."""
+    same bits. The SiLU path has no sum before its amax and stays bit-exact, its row read twice or
+    once."""
     differing = check_fp8_fused_input(kind, T, width, "cuda", torch.bfloat16)
-    assert differing == 0.0 if kind == "silu" else differing < 1e-2
+    assert differing == 0.0 if kind.startswith("silu") else differing < 1e-2
+
+
+def test_silu_fp8_one_pass_setting_is_0_or_1(monkeypatch):
+    """``WARD_SILU_FP8_ONE_PASS``: unset or 0 reads a row twice, 1 once; anything else is refused by name."""
+    from worker.kernels.activation import silu_fp8_one_pass
+
+    monkeypatch.delenv("WARD_SILU_FP8_ONE_PASS", raising=False)
+    assert silu_fp8_one_pass() is False
+    monkeypatch.setenv("WARD_SILU_FP8_ONE_PASS", "1")
+    assert silu_fp8_one_pass() is True
+    for bad in ("2", "on"):
+        monkeypatch.setenv("WARD_SILU_FP8_ONE_PASS", bad)
+        with pytest.raises(ValueError, match="WARD_SILU_FP8_ONE_PASS"):
+            silu_fp8_one_pass()
