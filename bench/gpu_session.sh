@@ -44,6 +44,9 @@
 #              verdict and the two proposals also in $STASH (default /tmp/ward-stash) for a next call
 #   tmaprobe   the decode GEMV with its weight tiles fetched by TMA beside the engine's, per projection at
 #              1 and 8 rows (bench/gemv_tma_probe.py --quick; TMA_PROBE_ARGS= for the whole grid)
+#   fp8w8a8    the FP8 model at batch 1 and in the latency test with the decode GEMV widening its e4m3
+#              weights and with W8A8_MODE (default normed: qkv and gate_up over the norm's e4m3 rows) as
+#              WARD_FP8_GEMV_W8A8, alternated twice; the verdict
 #   silufp8    the FP8 model (1,000 x 1,024/128, mixed, 1,000 x 256/256) with the SiLU-and-quantize row read
 #              twice and once (WARD_SILU_FP8_ONE_PASS=0/1), alternated twice; the throughput verdict
 #   fp8math    the FP8 decode GEMV's three ways to meet e4m3 weights (widened to bf16, to f16, or an
@@ -194,6 +197,14 @@ for s in $STEPS; do
              fi
              mkdir -p "${STASH:-/tmp/ward-stash}"
              cp "$OUT"/gemvall_plans[18].txt "$OUT/gemvall_verdict.txt" "${STASH:-/tmp/ward-stash}/" 2>/dev/null ;;
+    fp8w8a8) for round in 1 2; do
+               for mode in 0 "${W8A8_MODE:-normed}"; do
+                 side=w8a8; [ "$mode" = 0 ] && side=widen
+                 step "fp8w8a8_${side}_r$round" 80 env WARD_FP8_GEMV_W8A8="$mode" python3 -m ward bench offline \
+                   --out "$OUT/fp8w8a8_${side}_r$round" --model llama-3.1-8b --quantization fp8 --workloads latency,batch1
+               done
+             done
+             python3 bench/gemv_verdict.py "$OUT" fp8w8a8_widen fp8w8a8_w8a8 ;;
     silufp8) for round in 1 2; do
                for one in 0 1; do
                  step "silufp8_pass${one}_r$round" 130 env WARD_SILU_FP8_ONE_PASS=$one python3 -m ward bench offline \

@@ -553,15 +553,15 @@ def check_decode_gemv(rows: int, n: int, k: int, device: str, dtype: torch.dtype
 
 def check_fp8_w8a8_gemv_layer(rows: int, in_features: int, out_features: int, bias: bool, device: str,
                               dtype: torch.dtype) -> Metrics:
-    """``Fp8DecodeGemvLinear`` with ``WARD_FP8_GEMV_W8A8=1`` against W8A8 computed in float64 from the
-    same e4m3 operands (the input quantized per row as the layer's W8A8 path quantizes it): a float
-    input (quantized in the layer), an ``Fp8Activation`` (quantized by the kernel before it) and,
-    for a fused gate_up, ``forward_silu_and_mul``. Off CUDA the check says FP8 tensor cores are there
-    (the e4m3 GEMV runs in the interpreter) and the layer quantizes with torch operations (the
-    interpreter rounds the quantization kernel's e4m3 casts otherwise than the card). Metrics: ``rel_err`` (the worst of the three),
-    ``not_w8a8`` (1 when the layer did not take the e4m3-x path)."""
-    import os
-
+    """``Fp8DecodeGemvLinear`` taking the e4m3-by-e4m3 GEMV (``WARD_FP8_GEMV_W8A8``) against W8A8
+    computed in float64 from the same e4m3 operands (the input quantized per row as the layer's W8A8
+    path quantizes it): a float input (quantized in the layer), an ``Fp8Activation`` (quantized by the
+    kernel before it) and, for a fused gate_up, ``forward_silu_and_mul`` of both (the quantized rows
+    through the SiLU epilogue, as the MLP hands them over when its down_proj widens). Off CUDA the
+    check says FP8 tensor cores are there (the e4m3 GEMV runs in the interpreter) and the layer
+    quantizes with torch operations (the interpreter rounds the quantization kernel's e4m3 casts
+    otherwise than the card). Metrics: ``rel_err`` (the worst of them), ``not_w8a8`` (1 when the layer
+    did not take the e4m3-x path)."""
     import torch.nn.functional as F
     from torch import nn
 
@@ -576,30 +576,78 @@ def check_fp8_w8a8_gemv_layer(rows: int, in_features: int, out_features: int, bi
         dense.weight.copy_(_randn(g, out_features, in_features, dtype=dtype, device="cpu") * in_features**-0.5)
         if bias:
             dense.bias.copy_(_randn(g, out_features, dtype=dtype, device="cpu"))
-    saved = (os.environ.get("WARD_FP8_GEMV_W8A8"), linear._cuda_fp8_ok, linear.FP8_QUANT_KERNEL)
-    os.environ["WARD_FP8_GEMV_W8A8"] = "1"
+    saved = (linear._cuda_fp8_ok, linear.FP8_QUANT_KERNEL)
     if device == "cpu":
         linear._cuda_fp8_ok = lambda _device: True
         linear.FP8_QUANT_KERNEL = False
     try:
-        layer = decode_linear.Fp8DecodeGemvLinear(Fp8Linear.from_float(dense, QuantConfig("fp8", "fp8")).to(device))
+        fp8 = Fp8Linear.from_float(dense, QuantConfig("fp8", "fp8")).to(device)
+        layer = decode_linear.Fp8DecodeGemvLinear(fp8, w8a8=True, silu_epilogue_w8a8=out_features % 2 == 0)
         x = _randn(g, rows, in_features, dtype=dtype, device=device)
         codes, scales = quantize_fp8_per_token(x)
+        quantized = Fp8Activation(codes, scales, dtype)
         w64 = layer.weight.double() * layer.weight_scale.double().reshape(-1, 1)
         ref = F.linear(codes.double() * scales.double(), w64, None if layer.bias is None else layer.bias.double())
-        errors = [rel_err(layer(x), ref), rel_err(layer(Fp8Activation(codes, scales, dtype)), ref)]
+        errors = [rel_err(layer(x), ref), rel_err(layer(quantized), ref)]
         if out_features % 2 == 0:
-            half = out_features // 2
-            gate, up = ref.to(dtype).double().split(half, dim=-1)
-            errors.append(rel_err(layer.forward_silu_and_mul(x), F.silu(gate).to(dtype).double() * up))
+            gate, up = ref.to(dtype).double().split(out_features // 2, dim=-1)
+            activated = F.silu(gate).to(dtype).double() * up
+            errors += [rel_err(layer.forward_silu_and_mul(x), activated),
+                       rel_err(layer.forward_silu_and_mul(quantized), activated)]
         took = layer.w8a8 and layer.takes_fp8_activation(rows, x)
     finally:
-        if saved[0] is None:
-            os.environ.pop("WARD_FP8_GEMV_W8A8", None)
-        else:
-            os.environ["WARD_FP8_GEMV_W8A8"] = saved[0]
-        linear._cuda_fp8_ok, linear.FP8_QUANT_KERNEL = saved[1], saved[2]
+        linear._cuda_fp8_ok, linear.FP8_QUANT_KERNEL = saved
     return {"rel_err": max(errors), "not_w8a8": 0.0 if took else 1.0}
+
+
+def check_fp8_w8a8_mlp_normed(rows: int, hidden: int, inter: int, device: str, dtype: torch.dtype) -> Metrics:
+    """The Llama MLP with ``WARD_FP8_GEMV_W8A8=normed``'s layers: rows the norm handed over quantized go
+    through gate_up's e4m3-by-e4m3 GEMV with the SiLU epilogue, and down_proj widens its e4m3 weights
+    over the bf16 product (no launch added). Against float64 from the same operands. Metrics:
+    ``rel_err``; ``unfused`` (1 when the MLP took gate_up's product instead of the SiLU epilogue)."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from worker.model import decode_linear
+    from worker.model import ops as torch_ops
+    from worker.model.llama import MLP
+    from worker.model.quant import linear
+    from worker.model.quant.config import QuantConfig
+    from worker.model.quant.linear import Fp8Activation, Fp8Linear, quantize_fp8_per_token
+
+    g = torch.Generator().manual_seed(5)
+    layers = {}
+    for name, (n, k) in {"gate_up": (2 * inter, hidden), "down": (hidden, inter)}.items():
+        dense = nn.Linear(k, n, bias=False, dtype=dtype)
+        with torch.no_grad():
+            dense.weight.copy_(_randn(g, n, k, dtype=dtype, device="cpu") * k**-0.5)
+        layers[name] = Fp8Linear.from_float(dense, QuantConfig("fp8", "fp8")).to(device)
+    saved = (linear._cuda_fp8_ok, linear.FP8_QUANT_KERNEL)
+    if device == "cpu":
+        linear._cuda_fp8_ok = lambda _device: True
+        linear.FP8_QUANT_KERNEL = False
+    try:
+        mlp = MLP.__new__(MLP)
+        nn.Module.__init__(mlp)
+        mlp.gate_up_proj = decode_linear.Fp8DecodeGemvLinear(layers["gate_up"], w8a8=True, silu_epilogue_w8a8=True)
+        mlp.down_proj = decode_linear.Fp8DecodeGemvLinear(layers["down"])
+        mlp.ops = torch_ops
+        fused = []
+        silu_gemv = mlp.gate_up_proj.forward_silu_and_mul
+        mlp.gate_up_proj.forward_silu_and_mul = lambda x: fused.append(1) or silu_gemv(x)
+        x = _randn(g, rows, hidden, dtype=dtype, device=device)
+        codes, scales = quantize_fp8_per_token(x)
+        got = mlp(Fp8Activation(codes, scales, dtype))
+    finally:
+        linear._cuda_fp8_ok, linear.FP8_QUANT_KERNEL = saved
+
+    def dequantized(layer: Fp8Linear) -> torch.Tensor:
+        return layer.weight.double() * layer.weight_scale.double().reshape(-1, 1)
+
+    gate, up = F.linear(codes.double() * scales.double(), dequantized(layers["gate_up"])).to(dtype).double().chunk(2, -1)
+    activated = (F.silu(gate).to(dtype).double() * up).to(dtype)
+    ref = F.linear(activated.double(), dequantized(layers["down"]))
+    return {"rel_err": rel_err(got, ref), "unfused": 0.0 if fused else 1.0}
 
 
 def check_decode_gemv_norm_fusion(rows: int, hidden: int, inter: int, device: str, dtype: torch.dtype,

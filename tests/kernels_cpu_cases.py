@@ -16,6 +16,7 @@ from kernels_cases import (
     check_decode_gemv,
     check_decode_gemv_norm_fusion,
     check_fp8_w8a8_gemv_layer,
+    check_fp8_w8a8_mlp_normed,
     check_fused_moe,
     check_greedy_argmax,
     check_input_validation,
@@ -129,6 +130,7 @@ OTHER_CASES: dict[str, Callable[[], Metrics | dict[str, list[str]]]] = {
     # the FP8 layer with WARD_FP8_GEMV_W8A8=1: float and pre-quantized inputs, the fused SiLU, a bias
     "fp8_w8a8_gemv_layer_rows3_bias": lambda: check_fp8_w8a8_gemv_layer(3, 96, 80, True, "cpu", F32),
     "fp8_w8a8_gemv_layer_rows8": lambda: check_fp8_w8a8_gemv_layer(8, 128, 64, False, "cpu", F32),
+    "fp8_w8a8_mlp_normed_rows2": lambda: check_fp8_w8a8_mlp_normed(2, 64, 96, "cpu", F32),
     # rows, hidden, intermediate; o plan, gate_up plan: ragged tiles, a split o_proj, bias-free SiLU
     "decode_gemv_norm_fusion_rows1": lambda: check_decode_gemv_norm_fusion(1, 96, 40, "cpu", F32,
                                                                            (32, 32, 4, 2, 1), (16, 32, 4, 2, 1)),

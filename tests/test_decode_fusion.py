@@ -120,11 +120,11 @@ def test_fp8_gemv_rows_bound_which_rows_read_the_e4m3_weights_through_the_gemv(m
             fp8_gemv_max_rows()
 
 
-def test_fp8_gemv_w8a8_setting_is_read_once_per_layer_and_refuses_other_values(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``WARD_FP8_GEMV_W8A8``: 1 makes a swapped FP8 layer's decode GEMV take its input quantized per row
-    (the layers before it asked for it through ``takes_fp8_activation``), 0 or unset keeps the widening
-    GEMV (the norms then hand it float rows); a layer with a static input scale never takes it; any
-    other value is refused by name."""
+def test_fp8_gemv_w8a8_setting_picks_the_projections_that_take_quantized_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``WARD_FP8_GEMV_W8A8``: ``normed`` gives qkv and gate_up the e4m3-by-e4m3 GEMV (their rows come
+    quantized from the norm before them; gate_up keeps its SiLU epilogue since down_proj widens),
+    ``all`` every projection (gate_up then hands down_proj quantized rows: no epilogue), ``0`` or unset
+    none; a layer with a static input scale never takes it; other values are refused by name."""
     from worker.model import decode_linear
     from worker.model.decode_linear import Fp8DecodeGemvLinear, fp8_gemv_w8a8
     from worker.model.quant import linear
@@ -133,17 +133,43 @@ def test_fp8_gemv_w8a8_setting_is_read_once_per_layer_and_refuses_other_values(m
 
     monkeypatch.setattr(decode_linear, "_INTERPRETED", True)
     monkeypatch.setattr(linear, "_cuda_fp8_ok", lambda device: True)
-    fp8 = Fp8Linear.from_float(nn.Linear(32, 48, dtype=torch.bfloat16), QuantConfig("fp8", "fp8"))
+
+    def fp8(n_in: int, n_out: int) -> Fp8Linear:
+        return Fp8Linear.from_float(nn.Linear(n_in, n_out, bias=False, dtype=torch.bfloat16), QuantConfig("fp8", "fp8"))
+
+    def model() -> nn.Module:
+        layer = nn.Module()
+        layer.self_attn, layer.mlp = nn.Module(), nn.Module()
+        layer.self_attn.qkv_proj, layer.self_attn.o_proj = fp8(32, 96), fp8(32, 32)
+        layer.mlp.gate_up_proj, layer.mlp.down_proj = fp8(32, 128), fp8(64, 32)
+        holder = nn.Module()
+        holder.layers = nn.ModuleList([layer])
+        return holder
+
+    def roles(mode: str | None) -> dict[str, tuple[bool, bool]]:
+        if mode is None:
+            monkeypatch.delenv("WARD_FP8_GEMV_W8A8", raising=False)
+        else:
+            monkeypatch.setenv("WARD_FP8_GEMV_W8A8", mode)
+        m = model()
+        assert use_decode_gemv(m, ("qkv", "o", "gate_up", "down")) == 4
+        layer = m.layers[0]
+        found = {"qkv": layer.self_attn.qkv_proj, "o": layer.self_attn.o_proj, "gate_up": layer.mlp.gate_up_proj,
+                 "down": layer.mlp.down_proj}
+        assert all(isinstance(p, Fp8DecodeGemvLinear) for p in found.values())
+        return {name: (p.w8a8, p.silu_epilogue_w8a8) for name, p in found.items()}
+
+    off = {"qkv": (False, False), "o": (False, False), "gate_up": (False, False), "down": (False, False)}
+    assert roles(None) == roles("0") == off
+    assert roles("normed") == {**off, "qkv": (True, False), "gate_up": (True, True)}
+    assert roles("all") == {"qkv": (True, False), "o": (True, False), "gate_up": (True, False), "down": (True, False)}
     rows = torch.zeros(4, 32, dtype=torch.bfloat16)
-    monkeypatch.delenv("WARD_FP8_GEMV_W8A8", raising=False)
-    assert not fp8_gemv_w8a8()
-    assert not Fp8DecodeGemvLinear(fp8).takes_fp8_activation(4, rows)
-    monkeypatch.setenv("WARD_FP8_GEMV_W8A8", "1")
-    layer = Fp8DecodeGemvLinear(fp8)
-    assert layer.w8a8 and layer.takes_fp8_activation(4, rows)
-    fp8.input_scale = nn.Parameter(torch.ones(1), requires_grad=False)
-    assert not Fp8DecodeGemvLinear(fp8).w8a8
-    for bad in ("2", "yes"):
+    assert Fp8DecodeGemvLinear(fp8(32, 48), w8a8=True).takes_fp8_activation(4, rows)
+    assert not Fp8DecodeGemvLinear(fp8(32, 48)).takes_fp8_activation(4, rows)
+    static = fp8(32, 48)
+    static.input_scale = nn.Parameter(torch.ones(1), requires_grad=False)
+    assert not Fp8DecodeGemvLinear(static, w8a8=True).w8a8
+    for bad in ("1", "yes"):
         monkeypatch.setenv("WARD_FP8_GEMV_W8A8", bad)
         with pytest.raises(ValueError, match="WARD_FP8_GEMV_W8A8"):
             fp8_gemv_w8a8()

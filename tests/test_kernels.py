@@ -28,6 +28,7 @@ from kernels_cases import (  # noqa: E402
     check_attention,
     check_decode_gemv,
     check_fp8_w8a8_gemv_layer,
+    check_fp8_w8a8_mlp_normed,
     check_fused_moe,
     check_greedy_argmax,
     check_reshape_and_cache,
@@ -75,6 +76,7 @@ ZERO_METRICS = (
     "repeat_mismatch",
     "tickets_left",
     "not_w8a8",
+    "unfused",
 )
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU: CUDA is not available")
@@ -508,6 +510,17 @@ def test_fp8_layer_with_the_w8a8_gemv_matches_w8a8_on_gpu(rows: int) -> None:
         pytest.skip("FP8 tensor cores need Ada or Hopper")
     assert_metrics(check_fp8_w8a8_gemv_layer(rows, 4096, 6144, False, "cuda", torch.bfloat16),
                    BF16_ATTENTION_TOLERANCE)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("rows", [1, 8])
+def test_fp8_mlp_with_normed_w8a8_matches_w8a8_on_gpu(rows: int) -> None:
+    """``WARD_FP8_GEMV_W8A8=normed``'s MLP at Llama-3.1-8B's widths: quantized rows through gate_up's
+    e4m3-by-e4m3 GEMV with the SiLU epilogue, down_proj widening."""
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("FP8 tensor cores need Ada or Hopper")
+    assert_metrics(check_fp8_w8a8_mlp_normed(rows, 4096, 14336, "cuda", torch.bfloat16), BF16_ATTENTION_TOLERANCE)
 
 
 @pytest.mark.gpu

@@ -23,12 +23,14 @@ Two norm launches fewer a layer.
 ``WARD_FP8_GEMV_ROWS`` (0-8, default 8) bounds the rows an FP8 projection's GEMV takes: more go
 through W8A8 (``torch._scaled_mm``), with their input quantized by the norm or the SiLU before it.
 
-``WARD_FP8_GEMV_W8A8=1`` makes the FP8 GEMV W8A8 as well: its input quantized per row (by the norm
-before qkv and gate_up, the SiLU before down_proj, a quantization launch before o_proj) and the dot
+``WARD_FP8_GEMV_W8A8`` makes the FP8 GEMV W8A8 as well: its input quantized per row and the dot
 taken e4m3 by e4m3 on the warpgroup MMA, no weight widened (13-18% less time a layer's projections on
-an H100, bench/gemv_fp8_math.py); the numerics of the W8A8 path above 8 rows. Off by default: in the
-whole model on an H100 the launches it adds (the quantization before o_proj, the SiLU-and-quantize
-after an unfused gate_up) left the latency test 1.3% faster and batch 1 3.4% slower.
+an H100, bench/gemv_fp8_math.py), with the numerics of the W8A8 path above 8 rows. ``all``: every
+projection (the norm quantizes qkv's and gate_up's rows, the SiLU down_proj's after an unfused
+gate_up, o_proj its own): on an H100 the launches that adds left the latency test 1.3% faster and
+batch 1 3.4% slower. ``normed``: only qkv and gate_up, whose rows the RMSNorm before them quantizes
+in the launch it makes anyway (gate_up keeps its SiLU epilogue, down_proj and o_proj widen): no launch
+added (not yet timed). ``0`` or unset: off.
 """
 from __future__ import annotations
 
@@ -144,13 +146,16 @@ def fp8_gemv_max_rows() -> int:
     return int(value)
 
 
-def fp8_gemv_w8a8() -> bool:
-    """``WARD_FP8_GEMV_W8A8``: whether the FP8 decode GEMV takes its input quantized per row (``1``)
-    or widens its e4m3 weights to the activations' dtype (``0``)."""
+W8A8_GEMV_PROJECTIONS = {"0": (), "normed": ("qkv", "gate_up"), "all": ("qkv", "o", "gate_up", "down")}
+
+
+def fp8_gemv_w8a8() -> tuple[str, ...]:
+    """``WARD_FP8_GEMV_W8A8``: the projections whose FP8 decode GEMV takes its input quantized per row
+    (``0`` or unset: none, ``normed``: qkv and gate_up, ``all``); any other value is refused."""
     value = os.environ.get("WARD_FP8_GEMV_W8A8", "0").strip() or "0"
-    if value not in ("0", "1"):
-        raise ValueError(f"WARD_FP8_GEMV_W8A8 must be 0 or 1, got {value!r}")
-    return value == "1"
+    if value not in W8A8_GEMV_PROJECTIONS:
+        raise ValueError(f"WARD_FP8_GEMV_W8A8 must be one of {', '.join(W8A8_GEMV_PROJECTIONS)}, got {value!r}")
+    return W8A8_GEMV_PROJECTIONS[value]
 
 
 class Fp8DecodeGemvLinear(Fp8Linear):
@@ -158,7 +163,9 @@ class Fp8DecodeGemvLinear(Fp8Linear):
     on CUDA (up to ``max_rows``) run the decode GEMV over its e4m3 weights; other calls take the W8A8
     path."""
 
-    def __init__(self, layer: Fp8Linear) -> None:
+    def __init__(self, layer: Fp8Linear, w8a8: bool = False, silu_epilogue_w8a8: bool = False) -> None:
+        """``w8a8``: decode rows go through the e4m3-by-e4m3 GEMV; ``silu_epilogue_w8a8`` (a gate_up
+        whose down_proj widens): rows handed over quantized take the GEMV with the SiLU epilogue."""
         nn.Module.__init__(self)  # not Fp8Linear's: it would allocate new tensors
         for name in ("in_features", "out_features", "shards", "starts", "qc", "dtype", "_device"):
             setattr(self, name, getattr(layer, name))
@@ -167,7 +174,8 @@ class Fp8DecodeGemvLinear(Fp8Linear):
         self._row_scales = layer.weight_scale.data.reshape(-1)  # [N] float32, the GEMV's view
         self.max_rows = fp8_gemv_max_rows()
         # dynamic per-row input scales only: a checkpoint's static input scale keeps the widening GEMV
-        self.w8a8 = fp8_gemv_w8a8() and layer.input_scale is None
+        self.w8a8 = w8a8 and layer.input_scale is None
+        self.silu_epilogue_w8a8 = self.w8a8 and silu_epilogue_w8a8
 
     @staticmethod
     def eligible(layer: nn.Module) -> bool:
@@ -200,8 +208,17 @@ class Fp8DecodeGemvLinear(Fp8Linear):
         y = decode_gemv(x2, self.weight, self.bias, weight_scale=self._row_scales)
         return y.reshape(*x.shape[:-1], self.out_features)
 
-    def forward_silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+    def fp8_rows_with_silu(self, x: Fp8Activation) -> bool:
+        """Whether the MLP should hand these quantized rows to ``forward_silu_and_mul`` (the GEMV with the
+        SiLU epilogue) rather than take gate_up's product for a SiLU-and-quantize launch."""
+        return self.silu_epilogue_w8a8 and 0 < x.codes.shape[0] <= self.max_rows
+
+    def forward_silu_and_mul(self, x: torch.Tensor | Fp8Activation) -> torch.Tensor:
         """``silu(gate) * up`` of this fused gate_up projection ([..., in] -> [..., out / 2])."""
+        if isinstance(x, Fp8Activation):
+            if not self.fp8_rows_with_silu(x):
+                raise ValueError("forward_silu_and_mul takes quantized rows only where fp8_rows_with_silu says so")
+            return self._w8a8_gemv(x.codes, x.scales, x.dtype, silu=True)
         x2 = self._gemv_rows(x)
         if x2 is None:
             from worker.kernels.activation import silu_and_mul
@@ -303,11 +320,13 @@ def use_decode_gemv(model: nn.Module, projections: tuple[str, ...] | None = None
     names = decode_gemv_projections() if projections is None else projections
     if not names:
         return 0
+    w8a8 = fp8_gemv_w8a8()
     from worker.kernels.decode_gemv import reserve_w8a8_workspace, reserve_workspace
 
     swapped = 0
     for layer in model.layers:
-        for name in (PROJECTIONS[n] for n in names):
+        for role in names:
+            name = PROJECTIONS[role]
             try:
                 module = layer.get_submodule(name)
             except AttributeError:
@@ -315,7 +334,8 @@ def use_decode_gemv(model: nn.Module, projections: tuple[str, ...] | None = None
             if type(module) is nn.Linear:
                 swapped_in = DecodeGemvLinear(module)
             elif Fp8DecodeGemvLinear.eligible(module):
-                swapped_in = Fp8DecodeGemvLinear(module)
+                swapped_in = Fp8DecodeGemvLinear(module, w8a8=role in w8a8,
+                                                 silu_epilogue_w8a8=role == "gate_up" and "down" not in w8a8)
             else:
                 continue
             parent, _, attr = name.rpartition(".")

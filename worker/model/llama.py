@@ -34,8 +34,13 @@ def _takes_fp8_activation(projection: nn.Module):
     """The projection's ``takes_fp8_activation`` (W8A8 layers), or None. Looked up on the class: every
     layer of every step asks, and a miss on the instance goes through ``nn.Module.__getattr__``'s
     exception (a few µs each, on float models too)."""
-    method = getattr(type(projection), "takes_fp8_activation", None)
-    return None if method is None else method.__get__(projection)
+    return _bound_method(projection, "takes_fp8_activation")
+
+
+def _bound_method(module: nn.Module, name: str):
+    """``module``'s method ``name`` looked up on its class (see ``_takes_fp8_activation``), or None."""
+    method = getattr(type(module), name, None)
+    return None if method is None else method.__get__(module)
 
 
 class RMSNorm(nn.Module):
@@ -120,6 +125,9 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor | Fp8Activation) -> torch.Tensor:
         if isinstance(x, Fp8Activation):  # W8A8 gate_up: its output feeds down_proj quantized as well
+            with_silu = _bound_method(self.gate_up_proj, "fp8_rows_with_silu")
+            if with_silu is not None and with_silu(x):  # decode rows: the GEMV's SiLU epilogue, down widens
+                return self.down_proj(self.gate_up_proj.forward_silu_and_mul(x))
             gate_up = self.gate_up_proj(x)
             takes = _takes_fp8_activation(self.down_proj)
             if takes is not None and takes(gate_up.shape[0], gate_up):
