@@ -117,6 +117,58 @@ def run(name: str) -> dict:
             "calls_norm": {k: v - calls_off.get(k, 0) - calls_on.get(k, 0) for k, v in calls.items()}}
 
 
+def run_w8a8() -> dict:
+    """The FP8 Llama model decoding with ``WARD_FP8_GEMV_W8A8`` (``normed``, ``all``) against the W8A8
+    path for every row (``torch._scaled_mm``, which runs on the CPU; the layers quantize with torch
+    operations as the interpreter's e4m3 casts differ from the card's). With ``all`` the decode rows
+    take the same quantized operands through the e4m3-by-e4m3 GEMV: the same tokens, logits equal
+    to float32 rounding. With ``normed`` o_proj and down_proj widen instead (their inputs not
+    quantized), so only the tokens and the launches are compared. Counts the GEMV's launches over
+    e4m3 rows (``x_scale``) and over float rows per decode run, those with the SiLU epilogue apart."""
+    from worker.model.quant import linear
+
+    linear._cuda_fp8_ok = lambda device: True
+    linear.FP8_QUANT_KERNEL = False
+    torch.manual_seed(0)
+    hf = _random_hf(CONFIGS["llama-fp8"]())
+    with tempfile.TemporaryDirectory() as d:
+        hf.save_pretrained(d)
+        spec = load_spec(d)
+
+        def fresh():
+            model = build_model(spec, TritonBackend(), torch.device("cpu"), torch.float32, 64, model_ops)
+            load_weights(model, spec, d)
+            finalize_quantized(model, spec, QuantConfig("fp8", "fp8"))
+            return model
+
+        tokens_ref, logits_ref = greedy(fresh(), spec)
+        launches: Counter = Counter()
+        original = gemv_module.decode_gemv
+
+        def counted(*args, **kwargs):
+            kind = "e4m3_rows" if kwargs.get("x_scale") is not None else "float_rows"
+            launches[kind + ("_silu" if kwargs.get("silu") else "")] += 1
+            return original(*args, **kwargs)
+
+        gemv_module.decode_gemv = counted
+        result = {}
+        for mode in ("normed", "all"):
+            os.environ["WARD_FP8_GEMV_W8A8"] = mode
+            model = fresh()
+            use_decode_gemv(model, tuple(PROJECTIONS))
+            launches.clear()
+            tokens, logits = greedy(model, spec)
+            result[mode] = {"same_tokens": tokens == tokens_ref, "rel_err": rel_err(logits, logits_ref),
+                            "launches": dict(launches)}
+        gemv_module.decode_gemv = original
+        os.environ.pop("WARD_FP8_GEMV_W8A8", None)
+    return result
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["w8a8"]:
+        torch.set_num_threads(1)
+        print(json.dumps(run_w8a8()))
+        sys.exit(0)
     torch.set_num_threads(1)  # tiny models: one thread is fastest, and steady on a busy machine
     print(json.dumps({name: run(name) for name in sys.argv[1:] or CONFIGS}))

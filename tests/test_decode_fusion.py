@@ -120,6 +120,22 @@ def test_fp8_gemv_rows_bound_which_rows_read_the_e4m3_weights_through_the_gemv(m
             fp8_gemv_max_rows()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the GPU cases run the compiled path")
+def test_fp8_decode_through_the_w8a8_gemv_in_the_interpreter() -> None:
+    """The FP8 Llama model's decode steps with ``WARD_FP8_GEMV_W8A8``: ``all`` gives the W8A8 path's
+    own logits (the same quantized operands through the e4m3-by-e4m3 GEMV instead of
+    ``torch._scaled_mm``) and tokens; ``normed`` the same tokens, with gate_up's e4m3 rows through the
+    SiLU epilogue and o_proj and down_proj widening (2 layers x 3 decode steps)."""
+    pytest.importorskip("triton")
+    runs = run_interpreter_script("decode_fusion_interpreter.py", "w8a8")
+    launches = 2 * 3
+    assert runs["all"]["same_tokens"] and runs["all"]["rel_err"] < 1e-5, runs["all"]
+    assert runs["all"]["launches"] == {"e4m3_rows": 4 * launches}, runs["all"]
+    assert runs["normed"]["same_tokens"], runs["normed"]
+    assert runs["normed"]["launches"] == {"e4m3_rows": launches, "e4m3_rows_silu": launches,
+                                          "float_rows": 2 * launches}, runs["normed"]
+
+
 def test_fp8_gemv_w8a8_setting_picks_the_projections_that_take_quantized_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     """``WARD_FP8_GEMV_W8A8``: ``normed`` gives qkv and gate_up the e4m3-by-e4m3 GEMV (their rows come
     quantized from the norm before them; gate_up keeps its SiLU epilogue since down_proj widens),
