@@ -8,6 +8,7 @@ the test module, see ``kernels_interpreter.py``); on CUDA they run the compiled 
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -551,22 +552,36 @@ def check_decode_gemv(rows: int, n: int, k: int, device: str, dtype: torch.dtype
     }
 
 
+@contextlib.contextmanager
+def _fp8_layers_on(device: str):
+    """Off CUDA: the FP8 layers believe FP8 tensor cores are there (their e4m3 GEMV runs in the
+    interpreter) and quantize with torch operations (the interpreter rounds the quantization kernel's
+    e4m3 casts otherwise than the card); restored after. On CUDA, nothing changes."""
+    from worker.model.quant import linear
+
+    saved = (linear._cuda_fp8_ok, linear.FP8_QUANT_KERNEL)
+    if device == "cpu":
+        linear._cuda_fp8_ok = lambda _device: True
+        linear.FP8_QUANT_KERNEL = False
+    try:
+        yield
+    finally:
+        linear._cuda_fp8_ok, linear.FP8_QUANT_KERNEL = saved
+
+
 def check_fp8_w8a8_gemv_layer(rows: int, in_features: int, out_features: int, bias: bool, device: str,
                               dtype: torch.dtype) -> Metrics:
     """``Fp8DecodeGemvLinear`` taking the e4m3-by-e4m3 GEMV (``WARD_FP8_GEMV_W8A8``) against W8A8
     computed in float64 from the same e4m3 operands (the input quantized per row as the layer's W8A8
     path quantizes it): a float input (quantized in the layer), an ``Fp8Activation`` (quantized by the
     kernel before it) and, for a fused gate_up, ``forward_silu_and_mul`` of both (the quantized rows
-    through the SiLU epilogue, as the MLP hands them over when its down_proj widens). Off CUDA the
-    check says FP8 tensor cores are there (the e4m3 GEMV runs in the interpreter) and the layer
-    quantizes with torch operations (the interpreter rounds the quantization kernel's e4m3 casts
-    otherwise than the card). Metrics: ``rel_err`` (the worst of them), ``not_w8a8`` (1 when the layer
+    through the SiLU epilogue, as the MLP hands them over when its down_proj widens); off CUDA as
+    ``_fp8_layers_on`` sets the layers up. Metrics: ``rel_err`` (the worst of them), ``not_w8a8`` (1 when the layer
     did not take the e4m3-x path)."""
     import torch.nn.functional as F
     from torch import nn
 
     from worker.model import decode_linear
-    from worker.model.quant import linear
     from worker.model.quant.config import QuantConfig
     from worker.model.quant.linear import Fp8Activation, Fp8Linear, quantize_fp8_per_token
 
@@ -576,11 +591,7 @@ def check_fp8_w8a8_gemv_layer(rows: int, in_features: int, out_features: int, bi
         dense.weight.copy_(_randn(g, out_features, in_features, dtype=dtype, device="cpu") * in_features**-0.5)
         if bias:
             dense.bias.copy_(_randn(g, out_features, dtype=dtype, device="cpu"))
-    saved = (linear._cuda_fp8_ok, linear.FP8_QUANT_KERNEL)
-    if device == "cpu":
-        linear._cuda_fp8_ok = lambda _device: True
-        linear.FP8_QUANT_KERNEL = False
-    try:
+    with _fp8_layers_on(device):
         fp8 = Fp8Linear.from_float(dense, QuantConfig("fp8", "fp8")).to(device)
         layer = decode_linear.Fp8DecodeGemvLinear(fp8, w8a8=True, silu_epilogue_w8a8=out_features % 2 == 0)
         x = _randn(g, rows, in_features, dtype=dtype, device=device)
@@ -595,8 +606,6 @@ def check_fp8_w8a8_gemv_layer(rows: int, in_features: int, out_features: int, bi
             errors += [rel_err(layer.forward_silu_and_mul(x), activated),
                        rel_err(layer.forward_silu_and_mul(quantized), activated)]
         took = layer.w8a8 and layer.takes_fp8_activation(rows, x)
-    finally:
-        linear._cuda_fp8_ok, linear.FP8_QUANT_KERNEL = saved
     return {"rel_err": max(errors), "not_w8a8": 0.0 if took else 1.0}
 
 
@@ -611,7 +620,6 @@ def check_fp8_w8a8_mlp_normed(rows: int, hidden: int, inter: int, device: str, d
     from worker.model import decode_linear
     from worker.model import ops as torch_ops
     from worker.model.llama import MLP
-    from worker.model.quant import linear
     from worker.model.quant.config import QuantConfig
     from worker.model.quant.linear import Fp8Activation, Fp8Linear, quantize_fp8_per_token
 
@@ -622,11 +630,7 @@ def check_fp8_w8a8_mlp_normed(rows: int, hidden: int, inter: int, device: str, d
         with torch.no_grad():
             dense.weight.copy_(_randn(g, n, k, dtype=dtype, device="cpu") * k**-0.5)
         layers[name] = Fp8Linear.from_float(dense, QuantConfig("fp8", "fp8")).to(device)
-    saved = (linear._cuda_fp8_ok, linear.FP8_QUANT_KERNEL)
-    if device == "cpu":
-        linear._cuda_fp8_ok = lambda _device: True
-        linear.FP8_QUANT_KERNEL = False
-    try:
+    with _fp8_layers_on(device):
         mlp = MLP.__new__(MLP)
         nn.Module.__init__(mlp)
         mlp.gate_up_proj = decode_linear.Fp8DecodeGemvLinear(layers["gate_up"], w8a8=True, silu_epilogue_w8a8=True)
@@ -638,8 +642,6 @@ def check_fp8_w8a8_mlp_normed(rows: int, hidden: int, inter: int, device: str, d
         x = _randn(g, rows, hidden, dtype=dtype, device=device)
         codes, scales = quantize_fp8_per_token(x)
         got = mlp(Fp8Activation(codes, scales, dtype))
-    finally:
-        linear._cuda_fp8_ok, linear.FP8_QUANT_KERNEL = saved
 
     def dequantized(layer: Fp8Linear) -> torch.Tensor:
         return layer.weight.double() * layer.weight_scale.double().reshape(-1, 1)
