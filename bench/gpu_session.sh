@@ -110,6 +110,16 @@ retune_gemv() {  # name, plan variable, base and candidate step stems, then benc
   done
   python3 bench/gemv_verdict.py "$OUT" "$base" "$candidate" | tee "$OUT/${name}_verdict.txt"
 }
+alternate() {  # name prefix, seconds a run may take, variable, value A, side A, value B, side B, bench args...
+  # `ward bench offline` with the variable at each value in turn, two rounds: steps <prefix><side>_r<round>
+  local prefix=$1 need=$2 variable=$3 value_a=$4 side_a=$5 value_b=$6 side_b=$7 round; shift 7
+  for round in 1 2; do
+    step "${prefix}${side_a}_r$round" "$need" env "$variable=$value_a" python3 -m ward bench offline \
+      --out "$OUT/${prefix}${side_a}_r$round" "$@"
+    step "${prefix}${side_b}_r$round" "$need" env "$variable=$value_b" python3 -m ward bench offline \
+      --out "$OUT/${prefix}${side_b}_r$round" "$@"
+  done
+}
 MODEL_ARGS=()
 for s in $STEPS; do
   case $s in
@@ -140,13 +150,8 @@ for s in $STEPS; do
                      --workloads latency,batch1
                  fi
                done ;;
-    fp8gemm) for round in 1 2; do
-               for accum in 0 1; do
-                 step "fp8accum${accum}_r$round" 100 env WARD_FP8_FAST_ACCUM=$accum python3 -m ward bench offline \
-                   --out "$OUT/fp8accum${accum}_r$round" --model llama-3.1-8b --quantization fp8 \
-                   --workloads latency,offline_256_256,mixed
-               done
-             done
+    fp8gemm) alternate fp8accum 100 WARD_FP8_FAST_ACCUM 0 0 1 1 --model llama-3.1-8b --quantization fp8 \
+               --workloads latency,offline_256_256,mixed
              step fp8gemm_sweep 200 python3 bench/fp8_gemm_sweep.py --rows "${FP8_GEMM_ROWS:-64,256,512,2048}"
              grep '^{' "$OUT/fp8gemm_sweep.txt" | cut -d, -f1,2,5- | cut -c1-330 ;;
     fp8profile) step fp8profile 150 python3 bench/gpu_profile.py --quantization fp8 --cases decode_b8_ctx32 \
@@ -197,21 +202,11 @@ for s in $STEPS; do
              fi
              mkdir -p "${STASH:-/tmp/ward-stash}"
              cp "$OUT"/gemvall_plans[18].txt "$OUT/gemvall_verdict.txt" "${STASH:-/tmp/ward-stash}/" 2>/dev/null ;;
-    fp8w8a8) for round in 1 2; do
-               for mode in 0 "${W8A8_MODE:-normed}"; do
-                 side=w8a8; [ "$mode" = 0 ] && side=widen
-                 step "fp8w8a8_${side}_r$round" 80 env WARD_FP8_GEMV_W8A8="$mode" python3 -m ward bench offline \
-                   --out "$OUT/fp8w8a8_${side}_r$round" --model llama-3.1-8b --quantization fp8 --workloads latency,batch1
-               done
-             done
+    fp8w8a8) alternate fp8w8a8_ 80 WARD_FP8_GEMV_W8A8 0 widen "${W8A8_MODE:-normed}" w8a8 --model llama-3.1-8b \
+               --quantization fp8 --workloads latency,batch1
              python3 bench/gemv_verdict.py "$OUT" fp8w8a8_widen fp8w8a8_w8a8 ;;
-    silufp8) for round in 1 2; do
-               for one in 0 1; do
-                 step "silufp8_pass${one}_r$round" 130 env WARD_SILU_FP8_ONE_PASS=$one python3 -m ward bench offline \
-                   --out "$OUT/silufp8_pass${one}_r$round" --model llama-3.1-8b --quantization fp8 \
-                   --workloads offline_1024_128,mixed,offline_256_256
-               done
-             done
+    silufp8) alternate silufp8_pass 130 WARD_SILU_FP8_ONE_PASS 0 0 1 1 --model llama-3.1-8b --quantization fp8 \
+               --workloads offline_1024_128,mixed,offline_256_256
              python3 bench/gemv_verdict.py "$OUT" silufp8_pass0 silufp8_pass1 \
                --throughput offline_1024_128:req_s,mixed:out_tok_s,offline_256_256:req_s ;;
     fp8math) step fp8_math "${FP8_MATH_NEED:-240}" python3 bench/gemv_fp8_math.py --out "$OUT/fp8_math.json"
