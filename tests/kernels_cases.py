@@ -552,6 +552,88 @@ def check_decode_gemv(rows: int, n: int, k: int, device: str, dtype: torch.dtype
     }
 
 
+def check_split_gemm(rows: int, n: int, k: int, device: str, dtype: torch.dtype, bias: bool = False,
+                     plan: tuple[int, int, int, int, int, int] | None = None, seed: int = 0) -> Metrics:
+    """``split_gemm`` against ``F.linear`` in float64 from the same (rounded) operands, twice in a row.
+
+    ``plan`` = (block_m, block_n, block_k, warps, stages, split_k), else the kernel's own choice.
+    Metrics: ``rel_err``; ``unwritten``; ``repeat_mismatch`` = entries of a second call that differ
+    from the first (split sums are in a fixed order); ``tickets_left`` = split tickets not re-armed.
+    """
+    from worker.kernels.decode_gemv import workspace
+    from worker.kernels.split_gemm import split_gemm
+    from worker.kernels.split_gemm_config import SplitGemmPlan
+
+    g = torch.Generator().manual_seed(seed)
+    x = _randn(g, rows, k, dtype=dtype, device=device)
+    w = _randn(g, n, k, dtype=dtype, device=device) * k**-0.5
+    b = _randn(g, n, dtype=dtype, device=device) if bias else None
+    gemm_plan = SplitGemmPlan(*plan) if plan is not None else None
+    out = torch.full((rows, n), float("nan"), dtype=dtype, device=device)
+    split_gemm(x, w, b, plan=gemm_plan, out=out)
+    again = split_gemm(x, w, b, plan=gemm_plan)
+    ref = F.linear(x.double(), w.double(), None if b is None else b.double())
+    return {
+        "rel_err": rel_err(out, ref),
+        "unwritten": nan_count(out),
+        "repeat_mismatch": float((again != out).sum()),
+        "tickets_left": float(workspace(torch.device(device)).tickets.count_nonzero()),
+    }
+
+
+def check_split_gemm_layers(hidden: int, inter: int, device: str, dtype: torch.dtype) -> Metrics:
+    """A decoder layer's projections swapped by ``use_decode_gemv`` with ``WARD_SPLIT_GEMM=1``: o_proj
+    and down_proj take the split GEMM for 9-512 rows (the GEMV below, cuBLAS above), qkv keeps cuBLAS
+    there. Against float64 from the same operands. Metrics: ``rel_err`` over every call; ``misrouted``
+    = calls whose rows went to another kernel than the setting says."""
+    import os
+    from unittest import mock
+
+    import torch.nn.functional as F
+    from torch import nn
+
+    from worker.kernels import split_gemm as split_module
+    from worker.model.decode_linear import use_decode_gemv
+
+    g = torch.Generator().manual_seed(7)
+
+    def linear(n: int, k: int, bias: bool = False) -> nn.Linear:
+        layer = nn.Linear(k, n, bias=bias, dtype=dtype, device=device)
+        with torch.no_grad():
+            layer.weight.copy_(_randn(g, n, k, dtype=dtype, device=device) * k**-0.5)
+            if bias:
+                layer.bias.copy_(_randn(g, n, dtype=dtype, device=device))
+        return layer
+
+    layer = nn.Module()
+    layer.self_attn, layer.mlp = nn.Module(), nn.Module()
+    layer.self_attn.qkv_proj, layer.self_attn.o_proj = linear(3 * hidden, hidden, bias=True), linear(hidden, hidden)
+    layer.mlp.gate_up_proj, layer.mlp.down_proj = linear(2 * inter, hidden), linear(hidden, inter)
+    model = nn.Module()
+    model.layers = nn.ModuleList([layer])
+    with mock.patch.dict(os.environ, {"WARD_SPLIT_GEMM": "1", "WARD_DECODE_GEMV": "all"}):
+        use_decode_gemv(model)
+    calls = []
+    real = split_module.split_gemm
+
+    def counted(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        calls.append(x.shape[0])
+        return real(x, *args, **kwargs)
+
+    errors, misrouted = [], 0
+    with mock.patch.object(split_module, "split_gemm", counted), torch.no_grad():
+        for rows in (8, 9, 37, 513):
+            for projection, split_on in ((layer.self_attn.o_proj, True), (layer.mlp.down_proj, True),
+                                         (layer.self_attn.qkv_proj, False)):
+                x = _randn(g, rows, projection.in_features, dtype=dtype, device=device)
+                before = len(calls)
+                out = projection(x)
+                bias = None if projection.bias is None else projection.bias.double()
+                errors.append(rel_err(out, F.linear(x.double(), projection.weight.double(), bias)))
+                misrouted += (len(calls) > before) != (split_on and 9 <= rows <= 512)
+    return {"rel_err": max(errors), "misrouted": float(misrouted)}
+
+
 @contextlib.contextmanager
 def _fp8_layers_on(device: str):
     """Off CUDA: the FP8 layers believe FP8 tensor cores are there (their e4m3 GEMV runs in the
