@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -37,13 +38,13 @@ from worker.kernels.decode_gemv import decode_gemv, reserve_workspace, shared_me
 from worker.kernels.decode_gemv_config import WIDE_ROWS, GemvPlan, _fit_split, choose_plan  # noqa: E402
 
 from graph_timing import copy_bandwidth, timed_us  # noqa: E402  (bench/, the script's own folder)
+from plan_walk import walk  # noqa: E402
 
 # name: (N as the plan table keys it, K, SiLU epilogue); the SiLU weight has 2N rows
 SHAPES = {"qkv": (6144, 4096, False), "o": (4096, 4096, False), "down": (4096, 14336, False),
           "gate_up_silu": (14336, 4096, True)}
 AXES = {"split_k": (1, 2, 3, 4, 6, 8), "block_n": (16, 32, 64), "block_k": (128, 256, 512, 1024, 2048),
         "num_stages": (2, 3, 4, 5, 6, 8), "num_warps": (1, 2, 4, 8)}
-KEEP_IF_FASTER = 0.99  # a step of the walk must win by 1%: the timer's spread is about that
 REPORT_IF_FASTER = 0.98  # and the final plan by 2% to be proposed
 
 
@@ -86,26 +87,6 @@ class Bench:
             return None
 
 
-def walk(bench: Bench, start: GemvPlan, rows: int = 1) -> tuple[GemvPlan, float, list[dict]]:
-    tried: dict[GemvPlan, float | None] = {start: bench.time(start, rows)}
-    best_plan, best = start, tried[start]
-    for _ in range(2):
-        improved = False
-        for axis, values in AXES.items():
-            for value in values:
-                candidate = _fit_split(dataclasses.replace(best_plan, **{axis: value}), bench.k)
-                if candidate in tried:
-                    continue
-                tried[candidate] = us = bench.time(candidate, rows)
-                if us is not None and us < best * KEEP_IF_FASTER:
-                    best_plan, best, improved = candidate, us, True
-        if not improved:
-            break
-    trials = [{"plan": list(dataclasses.astuple(p)), "us": None if us is None else round(us, 2)}
-              for p, us in tried.items()]
-    return best_plan, best, trials
-
-
 def plan_text(n: int, k: int, plan: GemvPlan) -> str:
     return f"{n}x{k}=" + ":".join(str(v) for v in dataclasses.astuple(plan))
 
@@ -130,7 +111,8 @@ def main() -> int:
         bench = Bench(n, k, silu, props.L2_cache_size, args.fp8)
         start = choose_plan(n, k, props.multi_processor_count, silu, 1 if args.fp8 else 2,
                             shared_memory_limit(torch.device("cuda", 0)), args.rows)
-        best_plan, _, trials = walk(bench, start, args.rows)
+        best_plan, _, trials = walk(functools.partial(bench.time, rows=args.rows), start, AXES,
+                                    functools.partial(_fit_split, k=k))
         floor_us = bench.floor_bytes / bandwidth * 1e6
         final = {}
         for label, plan in (("start", start), ("best", best_plan)):

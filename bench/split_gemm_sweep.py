@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -35,11 +36,11 @@ from worker.kernels.split_gemm import split_gemm  # noqa: E402
 from worker.kernels.split_gemm_config import SplitGemmPlan, choose_plan, fit_split, row_bucket  # noqa: E402
 
 from graph_timing import copy_bandwidth, timed_us  # noqa: E402  (bench/, the script's own folder)
+from plan_walk import walk  # noqa: E402
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 AXES = {"split_k": (1, 2, 3, 4, 6, 8), "block_m": (64, 128), "block_n": (64, 128, 256), "block_k": (32, 64, 128),
         "num_stages": (3, 4, 5), "num_warps": (4, 8)}
-KEEP_IF_FASTER = 0.99  # a step of the walk must win by 1%: the timer's spread is about that
 REPORT_IF_FASTER = 0.98  # and the final plan must beat cuBLAS by 2% to be proposed
 
 
@@ -79,26 +80,6 @@ class Bench:
         return float((split_gemm(x, self.weights[0], plan=plan).float() - ref).abs().max() / ref.abs().max())
 
 
-def walk(bench: Bench, start: SplitGemmPlan, rows: int) -> tuple[SplitGemmPlan, float | None, list[dict]]:
-    tried: dict[SplitGemmPlan, float | None] = {start: bench.time(start, rows)}
-    best_plan, best = start, tried[start]
-    for _ in range(2):
-        improved = False
-        for axis, values in AXES.items():
-            for value in values:
-                candidate = fit_split(dataclasses.replace(best_plan, **{axis: value}), bench.k)
-                if candidate in tried:
-                    continue
-                tried[candidate] = us = bench.time(candidate, rows)
-                if us is not None and (best is None or us < best * KEEP_IF_FASTER):
-                    best_plan, best, improved = candidate, us, True
-        if not improved:
-            break
-    trials = [{"plan": list(dataclasses.astuple(p)), "us": None if us is None else round(us, 2)}
-              for p, us in tried.items()]
-    return best_plan, best, trials
-
-
 def matmul_flops() -> float:
     """The card's bf16 matmul figure (8192^3, as ``ward bench`` measures it), FLOP/s."""
     a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
@@ -125,7 +106,8 @@ def main() -> int:
         for rows in (int(r) for r in args.rows.split(",")):
             t0 = time.monotonic()
             start = choose_plan(rows, n, k, props.multi_processor_count)
-            best_plan, best_us, trials = walk(bench, start, rows)
+            best_plan, best_us, trials = walk(functools.partial(bench.time, rows=rows), start, AXES,
+                                              functools.partial(fit_split, k=k))
             cublas_us = bench.cublas(rows)
             floor_us = max(n * k * 2 / bandwidth, 2 * rows * n * k / flops) * 1e6
             row = {"shape": name, "rows": rows, "floor_us": round(floor_us, 2), "cublas_us": round(cublas_us, 2),

@@ -59,19 +59,7 @@ _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 def decode_gemv_projections() -> tuple[str, ...]:
     """The projections ``WARD_DECODE_GEMV`` names (ValueError for an unknown one)."""
-    value = os.environ.get("WARD_DECODE_GEMV", "").strip()
-    if value in ("", "1"):
-        return DEFAULT_PROJECTIONS
-    if value == "0":
-        return ()
-    if value == "all":
-        return tuple(PROJECTIONS)
-    names = tuple(n.strip() for n in value.split(",") if n.strip())
-    unknown = [n for n in names if n not in PROJECTIONS]
-    if unknown:
-        raise ValueError(f"WARD_DECODE_GEMV names unknown projections {unknown}; known: 0, all, "
-                         f"or a comma list of {', '.join(PROJECTIONS)}")
-    return names
+    return _named_projections("WARD_DECODE_GEMV", {"": DEFAULT_PROJECTIONS, "1": DEFAULT_PROJECTIONS, "0": ()})
 
 
 SPLIT_GEMM_DEFAULT = ("o", "down")
@@ -79,17 +67,21 @@ SPLIT_GEMM_DEFAULT = ("o", "down")
 
 def split_gemm_projections() -> tuple[str, ...]:
     """The projections ``WARD_SPLIT_GEMM`` names (ValueError for an unknown one)."""
-    value = os.environ.get("WARD_SPLIT_GEMM", "").strip()
-    if value in ("", "0"):
-        return ()
-    if value == "1":
-        return SPLIT_GEMM_DEFAULT
+    return _named_projections("WARD_SPLIT_GEMM", {"": (), "0": (), "1": SPLIT_GEMM_DEFAULT})
+
+
+def _named_projections(variable: str, words: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """The projections a setting names: one of ``words``, ``all``, or a comma list of PROJECTIONS' keys."""
+    value = os.environ.get(variable, "").strip()
+    if value in words:
+        return words[value]
     if value == "all":
         return tuple(PROJECTIONS)
     names = tuple(n.strip() for n in value.split(",") if n.strip())
     unknown = [n for n in names if n not in PROJECTIONS]
     if unknown:
-        raise ValueError(f"WARD_SPLIT_GEMM names unknown projections {unknown}; known: 0, 1, all, "
+        known = ", ".join(w for w in words if w)
+        raise ValueError(f"{variable} names unknown projections {unknown}; known: {known}, all, "
                          f"or a comma list of {', '.join(PROJECTIONS)}")
     return names
 
