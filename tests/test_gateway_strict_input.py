@@ -201,3 +201,38 @@ def test_after_a_413_the_connection_serves_the_next_request(gateway):
         listed = connection.request("GET", "/admin/teams", headers=headers)
     assert refused.status == 413 and refused.json()["error"]["code"] == "request_too_large"
     assert listed.status == 200
+
+
+@pytest.mark.parametrize("who,path,misspelt", [
+    ("auditor", "/audit/records?tem=cardiology", "tem"),  # would have answered every team's records
+    ("auditor", "/audit/records?team=cardiology&=false", ""),
+    ("auditor", "/audit/export?format=jsonl&sined=true", "sined"),
+    ("admin", "/admin/usage/series?bucket=hour&teem=cardiology", "teem"),
+    ("admin", "/admin/teams/cardiology/usage?from=2026-12-01&group_by=model&until=2026-12-07", "until"),
+    # reading the quotas takes no scope: every scope of the team is answered, never the team's alone as one model's
+    ("admin", "/admin/teams/cardiology/quotas?model=fake-chat", "model"),
+    ("admin", "/admin/teams?limit=5", "limit"),
+])
+def test_wards_own_apis_refuse_query_parameters_they_do_not_take(gateway, who, path, misspelt):
+    with client(gateway, who) as http:
+        error = openai_error(http.get(path), 400)
+    assert error["code"] == "unknown_parameter" and error["param"] == misspelt, error
+    assert f"Unknown query parameter `{misspelt}`" in error["message"], error
+
+
+def test_declared_query_parameters_pass_and_the_openai_routes_stay_lenient(gateway):
+    with client(gateway, "auditor") as http:
+        page = http.get("/audit/records", params={"team": "cardiology", "status": "ok", "limit": 5})
+        assert page.status_code == 200, page.text
+    with client(gateway, "admin") as http:
+        series = http.get("/admin/usage/series", params={"bucket": "day", "team": "cardiology"})
+        assert series.status_code == 200, series.text
+        usage = http.get("/admin/teams/cardiology/usage", params={"from": "2026-12-01", "to": "2026-12-07",
+                                                                   "group_by": "model"})
+        assert usage.status_code == 200, usage.text
+        assert http.get("/admin/teams/cardiology/quotas").status_code == 200
+    with client(gateway, "user") as http:
+        assert http.get("/v1/models", params={"limit": 5}).status_code == 200  # as OpenAI's own
+    # who may not read is told so before anything else: no key is a 401, whatever the query
+    anonymous = httpx.get(f"{gateway.url}/audit/records", params={"tem": "cardiology"}, timeout=30)
+    assert openai_error(anonymous, 401)["code"] != "unknown_parameter"

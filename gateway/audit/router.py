@@ -34,6 +34,7 @@ from gateway.audit.reader import MAX_PAGE, ReadScope, RecordFilter
 from gateway.audit.service import AuditServices
 from gateway.auth.errors import PermissionDenied
 from gateway.auth.principal import Principal
+from gateway.http.query_params import declared_query_only
 from gateway.identifiers import MODEL_NAME_MAX, REQUEST_ID_MAX, SUBJECT_MAX, TEAM_NAME_MAX
 
 
@@ -74,7 +75,7 @@ def create_audit_router(
     prefix: str = "/audit",
 ) -> APIRouter:
     """The auditor router; principal and services are FastAPI dependencies (see the module docstring)."""
-    router = APIRouter(prefix=prefix, tags=["audit"])
+    router = APIRouter(prefix=prefix, tags=["audit"], dependencies=[declared_query_only(principal)])
     Caller = Annotated[Principal, Depends(principal)]
     Services = Annotated[AuditServices, Depends(services)]
     Filters = Annotated[dict[str, Any], Depends(_filters)]

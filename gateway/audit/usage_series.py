@@ -24,6 +24,7 @@ from gateway.audit.entries import EntryKind
 from gateway.auth.errors import PermissionDenied
 from gateway.auth.principal import Principal, Role
 from gateway.http.errors import InvalidRequest, ServiceUnavailable
+from gateway.http.query_params import declared_query_only
 from gateway.identifiers import MODEL_NAME_MAX, TEAM_NAME_MAX
 
 BUCKETS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
@@ -109,7 +110,7 @@ def usage_series(engine: Engine, since: datetime, until: datetime, bucket: str,
 
 def make_usage_series_router(*, principal: Callable[..., Any], engine: Callable[..., Engine]) -> APIRouter:
     """``principal`` and ``engine`` are dependencies: the caller and the audit database's engine."""
-    router = APIRouter(prefix="/admin/usage", tags=["admin: usage"])
+    router = APIRouter(prefix="/admin/usage", tags=["admin: usage"], dependencies=[declared_query_only(principal)])
     PrincipalDep = Annotated[Principal, Depends(principal)]
     EngineDep = Annotated[Engine, Depends(engine)]
 

@@ -27,6 +27,7 @@ from gateway.audit.signing import TrustedKeys
 from gateway.audit.verify import VerifyReport, read_checkpoints, verify_chain
 from gateway.auth.errors import PermissionDenied
 from gateway.auth.principal import Principal, Role
+from gateway.http.query_params import declared_query_only
 
 
 def report_view(report: VerifyReport, started: datetime, finished: datetime) -> dict[str, Any]:
@@ -50,7 +51,7 @@ def report_view(report: VerifyReport, started: datetime, finished: datetime) -> 
 def make_verification_router(
     *, principal: Callable[..., Any], services: Callable[..., AuditServices], trusted: TrustedKeys
 ) -> APIRouter:
-    router = APIRouter(prefix="/audit", tags=["audit"])
+    router = APIRouter(prefix="/audit", tags=["audit"], dependencies=[declared_query_only(principal)])
     Caller = Annotated[Principal, Depends(principal)]
     Services = Annotated[AuditServices, Depends(services)]
     last: dict[str, Any] = {}

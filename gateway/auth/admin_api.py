@@ -14,11 +14,12 @@ from starlette.responses import JSONResponse
 
 from gateway.auth.admin_service import IdentityAdmin
 from gateway.auth.api_key_auth import ApiKeyAuthenticator
-from gateway.auth.dependencies import CurrentPrincipal
+from gateway.auth.dependencies import CurrentPrincipal, current_principal
 from gateway.auth.http_errors import openai_error
 from gateway.auth.principal import Role
 from gateway.auth.records import InvalidIdentityInput
 from gateway.auth.stores import KeyNotFound, TeamExists, TeamNotFound
+from gateway.http.query_params import declared_query_only
 from gateway.identifiers import TEAM_NAME_MAX, TEAM_NAME_PATTERN, KeyId, TeamName
 
 
@@ -49,7 +50,7 @@ def _not_found(what: str, param: str) -> JSONResponse:
 
 def build_admin_router(admin: IdentityAdmin, api_keys: ApiKeyAuthenticator | None = None) -> APIRouter:
     """The /admin router. api_keys, when given, forgets a revoked key at once on this gateway."""
-    router = APIRouter(prefix="/admin", tags=["admin"])
+    router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[declared_query_only(current_principal)])
 
     @router.post("/teams", status_code=201)
     async def create_team(body: CreateTeam, principal: CurrentPrincipal) -> Any:

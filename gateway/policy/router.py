@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.auth.principal import Principal
 from gateway.auth.stores import TeamNotFound
 from gateway.http.errors import InvalidRequest, NotFound, ServiceUnavailable
+from gateway.http.query_params import declared_query_only
 from gateway.identifiers import ModelName, TeamName
 from gateway.policy.model_access import ModelStatus
 from gateway.policy.service import ModelPolicy, PolicyUnavailable
@@ -66,7 +67,7 @@ async def _answer(call: Awaitable[T]) -> T:
 def make_policy_admin_router(*, principal: Callable[..., Any], policy: Callable[..., Any]) -> APIRouter:
     """``principal`` and ``policy`` are FastAPI dependencies returning a ``Principal`` and the process's
     ``ModelPolicy``."""
-    router = APIRouter(prefix="/admin", tags=["admin: model approval"])
+    router = APIRouter(prefix="/admin", tags=["admin: model approval"], dependencies=[declared_query_only(principal)])
     PrincipalDep = Annotated[Principal, Depends(principal)]
     PolicyDep = Annotated[ModelPolicy, Depends(policy)]
 

@@ -18,6 +18,7 @@ from gateway.auth.errors import PermissionDenied
 from gateway.auth.principal import Principal, Role
 from gateway.auth.stores import TeamNotFound
 from gateway.http.errors import NotFound
+from gateway.http.query_params import declared_query_only
 from gateway.identifiers import KeyId, ModelName, TeamName
 from gateway.quota.errors import InvalidQuotaRequest
 from gateway.quota.limits import TEAM_SCOPE, QuotaLimits, Scope, ScopeKind
@@ -46,7 +47,7 @@ def make_quota_admin_router(
     ``Principal`` and a ``QuotaService``. ``team_exists``, when given, is a dependency returning an
     async ``team -> bool``: a team it does not know is a 404 (after the permission check).
     """
-    router = APIRouter(prefix="/admin/teams", tags=["admin: quotas"])
+    router = APIRouter(prefix="/admin/teams", tags=["admin: quotas"], dependencies=[declared_query_only(principal)])
     PrincipalDep = Annotated[Principal, Depends(principal)]
     ServiceDep = Annotated[QuotaService, Depends(service)]
     KnownTeams = Annotated[TeamExists | None, Depends(team_exists or _no_team_check)]

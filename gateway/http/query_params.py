@@ -1,0 +1,59 @@
+"""Ward's own APIs (admin, audit, usage) refuse a query parameter their route does not take.
+
+A misspelt filter would otherwise be dropped without a word: ``GET /audit/records?tem=cardiology``
+would answer every record the caller may read as if it were the team's. Each such router takes
+``declared_query_only(principal)`` as a dependency: after the caller's authentication (so an
+anonymous caller still gets its 401), a query naming a parameter the route does not declare is a 400
+``unknown_parameter`` naming it and the ones the route takes. The OpenAI routes stay as lenient as
+OpenAI's own.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import Depends, Request
+from fastapi.routing import APIRoute
+
+from gateway.http.errors import InvalidRequest
+
+_DECLARED = "ward_declared_query"  # the route attribute that keeps its query parameters once found
+
+
+def declared_query_only(principal: Callable[..., Any]) -> Any:
+    """A router dependency refusing undeclared query parameters once ``principal`` (the router's own
+    authentication dependency, which FastAPI solves once a request) has let the caller in."""
+
+    # the dependency as a default: an Annotated hint naming this closure's variable would not resolve
+    async def refuse_undeclared_query(request: Request, _caller: Any = Depends(principal)) -> None:
+        check_declared_query(request)
+
+    return Depends(refuse_undeclared_query)
+
+
+def check_declared_query(request: Request) -> None:
+    """Raises InvalidRequest (400, ``unknown_parameter``) for a query parameter the route does not take."""
+    route = request.scope.get("route")
+    if not request.query_params or not isinstance(route, APIRoute):
+        return
+    declared = getattr(route, _DECLARED, None)
+    if declared is None:
+        declared = _query_names(route.dependant)
+        setattr(route, _DECLARED, declared)
+    for name in request.query_params.keys():
+        if name not in declared:
+            takes = ", ".join(f"`{n}`" for n in sorted(declared)) or "none"
+            raise InvalidRequest(f"Unknown query parameter `{name}` for {request.method} {route.path_format} "
+                                 f"(it takes: {takes}).", param=name, code="unknown_parameter")
+
+
+def _query_names(dependant: Any) -> frozenset[str]:
+    """The query parameters (by alias) of a route's dependency tree: its own and its dependencies'.
+    (A query parameter declared as one pydantic model would need its fields here; no route has one.)"""
+    names: set[str] = set()
+    pending = [dependant]
+    while pending:
+        current = pending.pop()
+        names.update(field.alias for field in current.query_params)
+        pending.extend(current.dependencies)
+    return frozenset(names)
