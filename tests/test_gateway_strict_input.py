@@ -236,3 +236,17 @@ def test_declared_query_parameters_pass_and_the_openai_routes_stay_lenient(gatew
     # who may not read is told so before anything else: no key is a 401, whatever the query
     anonymous = httpx.get(f"{gateway.url}/audit/records", params={"tem": "cardiology"}, timeout=30)
     assert openai_error(anonymous, 401)["code"] != "unknown_parameter"
+
+
+@pytest.mark.parametrize("who,path,param", [
+    ("auditor", "/audit/records?since=0.0", "since"),  # pydantic alone would read 1970-01-01
+    ("auditor", "/audit/export?until=1733600000", "until"),
+    ("admin", "/admin/usage/series?since=1.7e9", "since"),
+    ("admin", "/admin/teams/cardiology/usage?from=0", "from"),
+])
+def test_times_in_wards_own_queries_are_iso_text_never_a_number(gateway, who, path, param):
+    with client(gateway, who) as http:
+        error = openai_error(http.get(path), 400)
+    assert error["param"] == param and "ISO-8601" in error["message"], error
+    with client(gateway, "auditor") as http:  # the same moment as text is served
+        assert http.get("/audit/records", params={"since": "1970-01-01T00:00:00Z", "limit": 1}).status_code == 200

@@ -34,7 +34,7 @@ from gateway.audit.reader import MAX_PAGE, ReadScope, RecordFilter
 from gateway.audit.service import AuditServices
 from gateway.auth.errors import PermissionDenied
 from gateway.auth.principal import Principal
-from gateway.http.query_params import declared_query_only
+from gateway.http.query_params import IsoDateTime, declared_query_only
 from gateway.identifiers import MODEL_NAME_MAX, REQUEST_ID_MAX, SUBJECT_MAX, TEAM_NAME_MAX
 
 
@@ -55,8 +55,8 @@ def _unavailable(error: AuditUnavailable) -> JSONResponse:
 
 
 def _filters(
-    since: Annotated[datetime | None, Query(description="records received at or after (ISO-8601 with zone)")] = None,
-    until: Annotated[datetime | None, Query(description="records received before")] = None,
+    since: Annotated[IsoDateTime | None, Query(description="records received at or after (ISO-8601 with zone)")] = None,
+    until: Annotated[IsoDateTime | None, Query(description="records received before")] = None,
     team: Annotated[str | None, Query(max_length=TEAM_NAME_MAX)] = None,
     subject: Annotated[str | None, Query(max_length=SUBJECT_MAX)] = None,
     model: Annotated[str | None, Query(max_length=MODEL_NAME_MAX)] = None,

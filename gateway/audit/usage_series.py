@@ -24,7 +24,7 @@ from gateway.audit.entries import EntryKind
 from gateway.auth.errors import PermissionDenied
 from gateway.auth.principal import Principal, Role
 from gateway.http.errors import InvalidRequest, ServiceUnavailable
-from gateway.http.query_params import declared_query_only
+from gateway.http.query_params import IsoDateTime, declared_query_only
 from gateway.identifiers import MODEL_NAME_MAX, TEAM_NAME_MAX
 
 BUCKETS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
@@ -118,8 +118,8 @@ def make_usage_series_router(*, principal: Callable[..., Any], engine: Callable[
     async def series(
         who: PrincipalDep,
         audit_engine: EngineDep,
-        since: Annotated[datetime | None, Query(description="start (default: `until` minus 24 buckets)")] = None,
-        until: Annotated[datetime | None, Query(description="end, excluded (default: now)")] = None,
+        since: Annotated[IsoDateTime | None, Query(description="start (default: `until` minus 24 buckets)")] = None,
+        until: Annotated[IsoDateTime | None, Query(description="end, excluded (default: now)")] = None,
         bucket: Literal["hour", "day"] = "hour",
         team: Annotated[str | None, Query(max_length=TEAM_NAME_MAX)] = None,
         model: Annotated[str | None, Query(max_length=MODEL_NAME_MAX)] = None,

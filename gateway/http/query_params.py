@@ -1,4 +1,4 @@
-"""Ward's own APIs (admin, audit, usage) refuse a query parameter their route does not take.
+"""Query parameters of Ward's own APIs (admin, audit, usage): none a route does not take, times as text.
 
 A misspelt filter would otherwise be dropped without a word: ``GET /audit/records?tem=cardiology``
 would answer every record the caller may read as if it were the team's. Each such router takes
@@ -6,17 +6,25 @@ would answer every record the caller may read as if it were the team's. Each suc
 anonymous caller still gets its 401), a query naming a parameter the route does not declare is a 400
 ``unknown_parameter`` naming it and the ones the route takes. The OpenAI routes stay as lenient as
 OpenAI's own.
+
+Times and days in those queries are ISO-8601 text (``IsoDateTime``, ``IsoDate``): pydantic would read a
+bare number as Unix seconds, or milliseconds past a size, so ``since=0.0`` or a mistyped stamp would
+be a guess the caller never sees.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from typing import Any
+from datetime import date, datetime
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from pydantic import BeforeValidator
 from fastapi.routing import APIRoute
 
 from gateway.http.errors import InvalidRequest
 
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _DECLARED = "ward_declared_query"  # the route attribute that keeps its query parameters once found
 
 
@@ -57,3 +65,13 @@ def _query_names(dependant: Any) -> frozenset[str]:
         names.update(field.alias for field in current.query_params)
         pending.extend(current.dependencies)
     return frozenset(names)
+
+
+def _iso_text(value: object) -> object:
+    if isinstance(value, (int, float)) or (isinstance(value, str) and _NUMBER.fullmatch(value.strip())):
+        raise ValueError("expected ISO-8601 text such as 2026-12-01T00:00:00Z (or 2026-12-01 for a day), not a number")
+    return value
+
+
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_text)]
+IsoDate = Annotated[date, BeforeValidator(_iso_text)]

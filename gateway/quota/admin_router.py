@@ -18,7 +18,7 @@ from gateway.auth.errors import PermissionDenied
 from gateway.auth.principal import Principal, Role
 from gateway.auth.stores import TeamNotFound
 from gateway.http.errors import NotFound
-from gateway.http.query_params import declared_query_only
+from gateway.http.query_params import IsoDate, declared_query_only
 from gateway.identifiers import KeyId, ModelName, TeamName
 from gateway.quota.errors import InvalidQuotaRequest
 from gateway.quota.limits import TEAM_SCOPE, QuotaLimits, Scope, ScopeKind
@@ -140,8 +140,8 @@ def make_quota_admin_router(
         who: PrincipalDep,
         quotas: ServiceDep,
         known: KnownTeams,
-        first_day: Annotated[dt.date | None, Query(alias="from", description="first UTC day (default: 1st of `to`'s month)")] = None,
-        last_day: Annotated[dt.date | None, Query(alias="to", description="last UTC day, included (default: today)")] = None,
+        first_day: Annotated[IsoDate | None, Query(alias="from", description="first UTC day (default: 1st of `to`'s month)")] = None,
+        last_day: Annotated[IsoDate | None, Query(alias="to", description="last UTC day, included (default: today)")] = None,
         group_by: UsageGroupBy = UsageGroupBy.DAY,
     ) -> dict:
         """Settled requests and tokens of the team per UTC day or per model."""
