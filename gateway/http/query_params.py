@@ -19,8 +19,8 @@ from datetime import date, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from pydantic import BeforeValidator
 from fastapi.routing import APIRoute
+from pydantic import BeforeValidator
 
 from gateway.http.errors import InvalidRequest
 
