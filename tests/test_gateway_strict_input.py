@@ -250,3 +250,36 @@ def test_times_in_wards_own_queries_are_iso_text_never_a_number(gateway, who, pa
     assert error["param"] == param and "ISO-8601" in error["message"], error
     with client(gateway, "auditor") as http:  # the same moment as text is served
         assert http.get("/audit/records", params={"since": "1970-01-01T00:00:00Z", "limit": 1}).status_code == 200
+
+
+def test_a_single_valued_query_parameter_given_twice_is_refused_not_guessed(gateway):
+    with client(gateway, "admin") as http:
+        error = openai_error(http.get("/admin/usage/series?team=cardiology&team=platform"), 400)
+    assert (error["param"], error["code"]) == ("team", "duplicate_parameter"), error
+
+
+def test_the_query_check_reads_each_routes_own_parameters_lists_included():
+    from fastapi import APIRouter, FastAPI, Query
+    from fastapi.responses import JSONResponse
+    from fastapi.testclient import TestClient
+
+    from gateway.http.errors import InvalidRequest
+    from gateway.http.query_params import declared_query_only
+
+    async def caller() -> str:
+        return "someone"
+
+    app = FastAPI()  # the refusal's own shape; the gateway's handlers are exercised above
+    app.add_exception_handler(InvalidRequest, lambda request, error: JSONResponse(error.body(), error.status_code))
+    router = APIRouter(dependencies=[declared_query_only(caller)])
+
+    @router.get("/tags")
+    async def tags(tag: list[str] | None = Query(default=None), limit: int = 10) -> dict:
+        return {"tag": tag, "limit": limit}
+
+    app.include_router(router)
+    with TestClient(app) as http:
+        assert http.get("/tags?tag=a&tag=b&limit=2").json() == {"tag": ["a", "b"], "limit": 2}
+        assert http.get("/tags?limit=2&limit=3").json()["error"]["code"] == "duplicate_parameter"
+        refused = http.get("/tags?tags=a").json()["error"]
+        assert refused["code"] == "unknown_parameter" and "`limit`, `tag`" in refused["message"]

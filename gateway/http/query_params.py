@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import date, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args, get_origin
 
 from fastapi import Depends, Request
 from fastapi.routing import APIRoute
@@ -40,31 +40,49 @@ def declared_query_only(principal: Callable[..., Any]) -> Any:
 
 
 def check_declared_query(request: Request) -> None:
-    """Raises InvalidRequest (400, ``unknown_parameter``) for a query parameter the route does not take."""
+    """Raises InvalidRequest (400) for a query parameter the route does not take (``unknown_parameter``)
+    or one that takes a single value given more than once (``duplicate_parameter``: which of them
+    would count is a guess)."""
     route = request.scope.get("route")
     if not request.query_params or not isinstance(route, APIRoute):
         return
     declared = getattr(route, _DECLARED, None)
     if declared is None:
-        declared = _query_names(route.dependant)
+        declared = _query_parameters(route.dependant)
         setattr(route, _DECLARED, declared)
-    for name in request.query_params.keys():
+    seen: set[str] = set()
+    for name, _ in request.query_params.multi_items():
         if name not in declared:
             takes = ", ".join(f"`{n}`" for n in sorted(declared)) or "none"
             raise InvalidRequest(f"Unknown query parameter `{name}` for {request.method} {route.path_format} "
                                  f"(it takes: {takes}).", param=name, code="unknown_parameter")
+        if name in seen and not declared[name]:
+            raise InvalidRequest(f"The query parameter `{name}` takes one value; it was given more than once.",
+                                 param=name, code="duplicate_parameter")
+        seen.add(name)
 
 
-def _query_names(dependant: Any) -> frozenset[str]:
-    """The query parameters (by alias) of a route's dependency tree: its own and its dependencies'.
-    (A query parameter declared as one pydantic model would need its fields here; no route has one.)"""
-    names: set[str] = set()
+def _query_parameters(dependant: Any) -> dict[str, bool]:
+    """The query parameters (by alias) of a route's dependency tree, its own and its dependencies',
+    each with whether it takes several values (a list). (A query parameter declared as one pydantic
+    model would need its fields here; no route has one.)"""
+    parameters: dict[str, bool] = {}
     pending = [dependant]
     while pending:
         current = pending.pop()
-        names.update(field.alias for field in current.query_params)
+        for field in current.query_params:
+            parameters[field.alias] = _takes_several(getattr(getattr(field, "field_info", None), "annotation", None))
         pending.extend(current.dependencies)
-    return frozenset(names)
+    return parameters
+
+
+def _takes_several(annotation: Any) -> bool:
+    origin = get_origin(annotation)
+    if origin in (list, tuple, set, frozenset):
+        return True
+    if origin is Annotated:
+        return _takes_several(get_args(annotation)[0])
+    return any(_takes_several(arg) for arg in get_args(annotation))  # a union: list[str] | None
 
 
 def _iso_text(value: object) -> object:
