@@ -38,7 +38,7 @@ from worker.kernels.decode_gemv import decode_gemv, reserve_workspace, shared_me
 from worker.kernels.decode_gemv_config import WIDE_ROWS, GemvPlan, _fit_split, choose_plan  # noqa: E402
 
 from graph_timing import copy_bandwidth, timed_us  # noqa: E402  (bench/, the script's own folder)
-from plan_walk import walk  # noqa: E402
+from plan_walk import walk, write_report  # noqa: E402
 
 # name: (N as the plan table keys it, K, SiLU epilogue); the SiLU weight has 2N rows
 SHAPES = {"qkv": (6144, 4096, False), "o": (4096, 4096, False), "down": (4096, 14336, False),
@@ -129,13 +129,9 @@ def main() -> int:
             proposals.append(plan_text(n, k, best_plan))
         del bench
         torch.cuda.empty_cache()
-    report["proposed_plans"] = ";".join(proposals)
     variable = "WARD_GEMV_WIDE_PLANS" if args.rows >= WIDE_ROWS else "WARD_GEMV_PLANS"
     report["proposal_variable"] = variable
-    print(f"{variable}=" + report["proposed_plans"], flush=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
-    if args.plans_file:
-        Path(args.plans_file).write_text(report["proposed_plans"])
+    write_report(report, proposals, variable, args.out, args.plans_file)
     return 0
 
 

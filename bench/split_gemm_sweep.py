@@ -36,7 +36,7 @@ from worker.kernels.split_gemm import split_gemm  # noqa: E402
 from worker.kernels.split_gemm_config import SplitGemmPlan, choose_plan, fit_split, row_bucket  # noqa: E402
 
 from graph_timing import copy_bandwidth, timed_us  # noqa: E402  (bench/, the script's own folder)
-from plan_walk import walk  # noqa: E402
+from plan_walk import walk, write_report  # noqa: E402
 
 SHAPES = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
 AXES = {"split_k": (1, 2, 3, 4, 6, 8), "block_m": (64, 128), "block_n": (64, 128, 256), "block_k": (32, 64, 128),
@@ -122,11 +122,7 @@ def main() -> int:
                 proposals.append(f"{n}x{k}@{row_bucket(rows)}={best_plan.fields()}")
         del bench
         torch.cuda.empty_cache()
-    report["proposed_plans"] = ";".join(proposals)
-    print("WARD_SPLIT_GEMM_PLANS=" + report["proposed_plans"], flush=True)
-    Path(args.out).write_text(json.dumps(report, indent=1))
-    if args.plans_file:
-        Path(args.plans_file).write_text(report["proposed_plans"])
+    write_report(report, proposals, "WARD_SPLIT_GEMM_PLANS", args.out, args.plans_file)
     return 0
 
 
