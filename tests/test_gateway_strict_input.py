@@ -203,6 +203,12 @@ def test_after_a_413_the_connection_serves_the_next_request(gateway):
     assert listed.status == 200
 
 
+def refused_read(gateway, who: str, path: str) -> dict:
+    """The OpenAI error of a GET that must be a 400 (the query as written, repeats and all)."""
+    with client(gateway, who) as http:
+        return openai_error(http.get(path), 400)
+
+
 @pytest.mark.parametrize("who,path,misspelt", [
     ("auditor", "/audit/records?tem=cardiology", "tem"),  # would have answered every team's records
     ("auditor", "/audit/records?team=cardiology&=false", ""),
@@ -214,8 +220,7 @@ def test_after_a_413_the_connection_serves_the_next_request(gateway):
     ("admin", "/admin/teams?limit=5", "limit"),
 ])
 def test_wards_own_apis_refuse_query_parameters_they_do_not_take(gateway, who, path, misspelt):
-    with client(gateway, who) as http:
-        error = openai_error(http.get(path), 400)
+    error = refused_read(gateway, who, path)
     assert error["code"] == "unknown_parameter" and error["param"] == misspelt, error
     assert f"Unknown query parameter `{misspelt}`" in error["message"], error
 
@@ -245,16 +250,14 @@ def test_declared_query_parameters_pass_and_the_openai_routes_stay_lenient(gatew
     ("admin", "/admin/teams/cardiology/usage?from=0", "from"),
 ])
 def test_times_in_wards_own_queries_are_iso_text_never_a_number(gateway, who, path, param):
-    with client(gateway, who) as http:
-        error = openai_error(http.get(path), 400)
+    error = refused_read(gateway, who, path)
     assert error["param"] == param and "ISO-8601" in error["message"], error
     with client(gateway, "auditor") as http:  # the same moment as text is served
         assert http.get("/audit/records", params={"since": "1970-01-01T00:00:00Z", "limit": 1}).status_code == 200
 
 
 def test_a_single_valued_query_parameter_given_twice_is_refused_not_guessed(gateway):
-    with client(gateway, "admin") as http:
-        error = openai_error(http.get("/admin/usage/series?team=cardiology&team=platform"), 400)
+    error = refused_read(gateway, "admin", "/admin/usage/series?team=cardiology&team=platform")
     assert (error["param"], error["code"]) == ("team", "duplicate_parameter"), error
 
 
