@@ -9,6 +9,7 @@ import threading
 import grpc
 import pytest
 from fake_worker import FakeConfig, FakeWorker, running_gateway
+from gateway.settings import RoutingSettings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -254,7 +255,10 @@ def test_fuzzed_bodies_never_cause_a_5xx():
 
     worker = FakeWorker(FakeConfig(model=MODEL, max_model_len=64))
     embedder = FakeWorker(FakeConfig(model=EMBED, task="embed"))
-    gateway = running_gateway({MODEL: [worker], EMBED: [embedder]})
+    # Even on its own loop a poll can miss a 0.5 s deadline when the box is saturated (CI runs two
+    # test processes on two cores): this test is about bodies, not health, so its polls are patient.
+    patient = RoutingSettings(poll_interval_s=0.5, poll_timeout_s=15.0, dead_after_s=60.0)
+    gateway = running_gateway({MODEL: [worker], EMBED: [embedder]}, routing=patient)
 
     async def start():
         await worker.start()
