@@ -150,8 +150,8 @@ def test_split_gemm_in_the_model_gives_the_same_tokens_in_the_interpreter() -> N
 def test_fp8_gemv_w8a8_setting_picks_the_projections_that_take_quantized_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     """``WARD_FP8_GEMV_W8A8``: ``normed`` gives qkv and gate_up the e4m3-by-e4m3 GEMV (their rows come
     quantized from the norm before them; gate_up keeps its SiLU epilogue since down_proj widens),
-    ``all`` every projection (gate_up then hands down_proj quantized rows: no epilogue), ``0`` or unset
-    none; a layer with a static input scale never takes it; other values are refused by name."""
+    ``all`` every projection (gate_up then hands down_proj quantized rows: no epilogue), ``0`` none;
+    unset means ``normed``; a layer with a static input scale never takes it; other values are refused by name."""
     from worker.model import decode_linear
     from worker.model.decode_linear import Fp8DecodeGemvLinear, fp8_gemv_w8a8
     from worker.model.quant import linear
@@ -187,8 +187,8 @@ def test_fp8_gemv_w8a8_setting_picks_the_projections_that_take_quantized_rows(mo
         return {name: (p.w8a8, p.silu_epilogue_w8a8) for name, p in found.items()}
 
     off = {"qkv": (False, False), "o": (False, False), "gate_up": (False, False), "down": (False, False)}
-    assert roles(None) == roles("0") == off
-    assert roles("normed") == {**off, "qkv": (True, False), "gate_up": (True, True)}
+    assert roles("0") == off
+    assert roles(None) == roles("normed") == {**off, "qkv": (True, False), "gate_up": (True, True)}
     assert roles("all") == {"qkv": (True, False), "o": (True, False), "gate_up": (True, False), "down": (True, False)}
     rows = torch.zeros(4, 32, dtype=torch.bfloat16)
     assert Fp8DecodeGemvLinear(fp8(32, 48), w8a8=True).takes_fp8_activation(4, rows)

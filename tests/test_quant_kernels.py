@@ -159,10 +159,12 @@ def test_fp8_input_quantized_in_the_norm_or_silu_matches_the_two_launches(T, kin
 
 
 def test_silu_fp8_one_pass_setting_is_0_or_1(monkeypatch):
-    """``WARD_SILU_FP8_ONE_PASS``: unset or 0 reads a row twice, 1 once; anything else is refused by name."""
+    """``WARD_SILU_FP8_ONE_PASS``: 0 reads a row twice, unset or 1 once; anything else is refused by name."""
     from worker.kernels.activation import silu_fp8_one_pass
 
     monkeypatch.delenv("WARD_SILU_FP8_ONE_PASS", raising=False)
+    assert silu_fp8_one_pass() is True
+    monkeypatch.setenv("WARD_SILU_FP8_ONE_PASS", "0")
     assert silu_fp8_one_pass() is False
     monkeypatch.setenv("WARD_SILU_FP8_ONE_PASS", "1")
     assert silu_fp8_one_pass() is True

@@ -15,10 +15,10 @@ through the layer's W8A8 path.
 Triton ops on CUDA. Under Triton's interpreter (``TRITON_INTERPRET=1``) CPU tensors take the GEMV
 too, so the swapped model can be checked on a machine without a GPU.
 
-``WARD_NORM_GEMV=1`` (opt-in until timed on a card) also folds the RMSNorms into the GEMVs around
-them on decode steps (``enable_norm_fusion``): o_proj adds the residual and writes per-tile sums of
-squares, and gate_up normalises its input from them; likewise down_proj and the next layer's qkv.
-Two norm launches fewer a layer.
+``WARD_NORM_GEMV=1`` (opt-in: on an H100 it did not pay at batch 1) also folds the RMSNorms into the
+GEMVs around them on decode steps (``enable_norm_fusion``): o_proj adds the residual and writes
+per-tile sums of squares, and gate_up normalises its input from them; likewise down_proj and the
+next layer's qkv. Two norm launches fewer a layer.
 
 ``WARD_FP8_GEMV_ROWS`` (0-8, default 8) bounds the rows an FP8 projection's GEMV takes: more go
 through W8A8 (``torch._scaled_mm``), with their input quantized by the norm or the SiLU before it.
@@ -28,13 +28,14 @@ taken e4m3 by e4m3 on the warpgroup MMA, no weight widened (13-18% less time a l
 an H100, bench/gemv_fp8_math.py), with the numerics of the W8A8 path above 8 rows. ``all``: every
 projection (the norm quantizes qkv's and gate_up's rows, the SiLU down_proj's after an unfused
 gate_up, o_proj its own): on an H100 the launches that adds left the latency test 1.3% faster and
-batch 1 3.4% slower. ``normed``: only qkv and gate_up, whose rows the RMSNorm before them quantizes
-in the launch it makes anyway (gate_up keeps its SiLU epilogue, down_proj and o_proj widen): no launch
-added (not yet timed). ``0`` or unset: off.
+batch 1 3.4% slower. ``normed`` (the default): only qkv and gate_up, whose rows the RMSNorm before
+them quantizes in the launch it makes anyway (gate_up keeps its SiLU epilogue, down_proj and o_proj
+widen): no launch added, and on an H100 the latency test 9-12% faster and batch 1 7% faster than
+widening every weight. ``0``: off (every FP8 GEMV widens its weights).
 
-``WARD_SPLIT_GEMM`` (opt-in until timed against cuBLAS on a card) sends the float projections' inputs
-of 9 to 512 rows (the decode batches past the GEMV's, up to the largest decode graph) through the
-split-K GEMM (``worker/kernels/split_gemm.py``) instead of cuBLAS: ``1`` o_proj and down_proj, whose
+``WARD_SPLIT_GEMM`` (opt-in: on an H100 it ran at 0.76-1.01x cuBLAS's speed at 64-512 rows) sends
+the float projections' inputs of 9 to 512 rows (the decode batches past the GEMV's, up to the largest
+decode graph) through the split-K GEMM (``worker/kernels/split_gemm.py``) instead of cuBLAS: ``1`` o_proj and down_proj, whose
 4,096 output columns leave most of the card idle at those rows; ``all``; or a comma list of
 projections as above. ``0`` or unset: off. It applies to the projections swapped for the GEMV.
 """
@@ -183,8 +184,8 @@ W8A8_GEMV_PROJECTIONS = {"0": (), "normed": ("qkv", "gate_up"), "all": ("qkv", "
 
 def fp8_gemv_w8a8() -> tuple[str, ...]:
     """``WARD_FP8_GEMV_W8A8``: the projections whose FP8 decode GEMV takes its input quantized per row
-    (``0`` or unset: none, ``normed``: qkv and gate_up, ``all``); any other value is refused."""
-    value = os.environ.get("WARD_FP8_GEMV_W8A8", "0").strip() or "0"
+    (``0``: none, ``normed`` or unset: qkv and gate_up, ``all``); any other value is refused."""
+    value = os.environ.get("WARD_FP8_GEMV_W8A8", "normed").strip() or "normed"
     if value not in W8A8_GEMV_PROJECTIONS:
         raise ValueError(f"WARD_FP8_GEMV_W8A8 must be one of {', '.join(W8A8_GEMV_PROJECTIONS)}, got {value!r}")
     return W8A8_GEMV_PROJECTIONS[value]
@@ -314,7 +315,7 @@ def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def norm_fusion_requested() -> bool:
-    """``WARD_NORM_GEMV=1``: fold the RMSNorms into the GEMVs around them (off by default until timed)."""
+    """``WARD_NORM_GEMV=1``: fold the RMSNorms into the GEMVs around them (off by default: no gain timed)."""
     return os.environ.get("WARD_NORM_GEMV", "0") == "1"
 
 
