@@ -56,8 +56,10 @@
 #              proposal in $STASH, else the rule), alternated twice; the throughput verdict
 #   fp8math    the FP8 decode GEMV's three ways to meet e4m3 weights (widened to bf16, to f16, or an
 #              e4m3-by-e4m3 dot over x quantized per row) per projection at 1 and 8 rows (bench/gemv_fp8_math.py)
-#   gemvfp8    the same for the FP8 layers' decode (bench/gemv_sweep.py --fp8, e4m3 weights), the whole
-#              model quantized to FP8 at load at batch 1 and in the latency test, alternated twice
+#   gemvfp8    the same for the FP8 layers' decode (bench/gemv_sweep.py --fp8, e4m3 weights widened), the
+#              whole model quantized to FP8 at load at batch 1 and in the latency test, alternated twice
+#              (by default qkv and gate_up take the e4m3-by-e4m3 plans: their proposals count only
+#              with WARD_FP8_GEMV_W8A8=0)
 #   gemvfp8wide the FP8 layers' decode GEMV walked at 8 rows a launch (bench/gemv_sweep.py --fp8 --rows 8,
 #              WIDE_SHAPES, default gate_up_silu and down), then the FP8 model at batch 1 and in the
 #              latency test without and with the proposal as WARD_GEMV_WIDE_PLANS, alternated twice

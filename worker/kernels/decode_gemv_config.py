@@ -49,7 +49,9 @@ LLAMA_8B_PLANS: dict[tuple[int, int, bool], GemvPlan] = {
 # bench/gemv_sweep.py --fp8 on an H100 (2026-12-07). Shorter K steps in three stages beat the
 # 16-bit plans' doubled step, and o_proj and down take three K splits: one-byte weights halve each
 # program's stream, so a wider grid now pays for its partial sums (batch-1 decode 221 -> 250 tokens/s,
-# the latency test 627 -> 582 ms, alternated twice on one card).
+# the latency test 627 -> 582 ms, alternated twice on one card). Since WARD_FP8_GEMV_W8A8=normed became
+# the default, qkv and gate_up decode e4m3 by e4m3 (LLAMA_8B_W8A8_PLANS below): their rows here serve
+# WARD_FP8_GEMV_W8A8=0 and layers with a static input scale.
 LLAMA_8B_FP8_PLANS: dict[tuple[int, int, bool], GemvPlan] = {
     (6144, 4096, False): GemvPlan(16, 256, 2, 3, 1),  # qkv
     (4096, 4096, False): GemvPlan(32, 128, 4, 3, 3),  # o
