@@ -49,11 +49,6 @@
 #              WARD_FP8_GEMV_W8A8, alternated twice; the verdict
 #   silufp8    the FP8 model (1,000 x 1,024/128, mixed, 1,000 x 256/256) with the SiLU-and-quantize row read
 #              twice and once (WARD_SILU_FP8_ONE_PASS=0/1), alternated twice; the throughput verdict
-#   splitgemm  the split-K GEMM against cuBLAS for o_proj and down_proj at 64-512 rows (bench/split_gemm_sweep.py;
-#              SPLIT_SHAPES, SPLIT_ROWS to widen it), its GPU tests; the proposal also in $STASH
-#   splitgemm_ab  1,000 x 256/256 and mixed with o_proj and down_proj through cuBLAS and through the split
-#              GEMM at 9-512 rows (WARD_SPLIT_GEMM=0/1; the plans: SPLIT_GEMM_PLANS, else the splitgemm step's
-#              proposal in $STASH, else the rule), alternated twice; the throughput verdict
 #   fp8math    the FP8 decode GEMV's three ways to meet e4m3 weights (widened to bf16, to f16, or an
 #              e4m3-by-e4m3 dot over x quantized per row) per projection at 1 and 8 rows (bench/gemv_fp8_math.py)
 #   gemvfp8    the same for the FP8 layers' decode (bench/gemv_sweep.py --fp8, e4m3 weights widened), the
@@ -216,21 +211,6 @@ for s in $STEPS; do
                --workloads offline_1024_128,mixed,offline_256_256
              python3 bench/gemv_verdict.py "$OUT" silufp8_pass0 silufp8_pass1 \
                --throughput offline_1024_128:req_s,mixed:out_tok_s,offline_256_256:req_s ;;
-    splitgemm) step split_gemm_tests 150 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu \
-                 tests/test_split_gemm.py
-               tail -1 "$OUT/split_gemm_tests.txt"
-               step split_gemm_sweep 300 python3 bench/split_gemm_sweep.py --shapes "${SPLIT_SHAPES:-o,down}" \
-                 --rows "${SPLIT_ROWS:-64,128,256,512}" --out "$OUT/split_gemm_sweep.json" \
-                 --plans-file "$OUT/split_gemm_plans.txt"
-               grep -E '^\{"shape"|^WARD_SPLIT' "$OUT/split_gemm_sweep.txt" | cut -c1-400
-               mkdir -p "${STASH:-/tmp/ward-stash}"
-               cp "$OUT/split_gemm_plans.txt" "${STASH:-/tmp/ward-stash}/" 2>/dev/null ;;
-    splitgemm_ab) export WARD_SPLIT_GEMM_PLANS="${SPLIT_GEMM_PLANS:-$(cat "${STASH:-/tmp/ward-stash}/split_gemm_plans.txt" 2>/dev/null)}"
-                  echo "WARD_SPLIT_GEMM_PLANS=$WARD_SPLIT_GEMM_PLANS"
-                  alternate splitgemm_ 130 WARD_SPLIT_GEMM 0 cublas 1 split --workloads offline_256_256,mixed
-                  unset WARD_SPLIT_GEMM_PLANS
-                  python3 bench/gemv_verdict.py "$OUT" splitgemm_cublas splitgemm_split \
-                    --throughput offline_256_256:req_s,mixed:out_tok_s ;;
     fp8math) step fp8_math "${FP8_MATH_NEED:-240}" python3 bench/gemv_fp8_math.py --out "$OUT/fp8_math.json"
              grep -E '^\{"(qkv|o|down|gate_up_silu)"' "$OUT/fp8_math.txt" | cut -c1-900 ;;
     tmaprobe) step tma_probe "${TMA_PROBE_NEED:-120}" python3 bench/gemv_tma_probe.py ${TMA_PROBE_ARGS---quick} \

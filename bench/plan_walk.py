@@ -1,7 +1,7 @@
-"""What the plan sweeps share (bench/gemv_sweep.py, bench/split_gemm_sweep.py): the axis-by-axis walk
-over a kernel's tile plans (from a starting plan, each axis's values in turn, a change kept only when
-it is at least 1% faster, about the timer's spread, for up to two passes), and the report with its
-proposal written out."""
+"""The plan sweep's walk (bench/gemv_sweep.py; apart so that another kernel's sweep can take it): the
+axis-by-axis walk over a kernel's tile plans (from a starting plan, each axis's values in turn, a
+change kept only when it is at least 1% faster, about the timer's spread, for up to two passes), and
+the report with its proposal written out."""
 from __future__ import annotations
 
 import dataclasses

@@ -5,7 +5,7 @@ whether the greedy tokens match, the logits' relative difference and how often e
 
 ``tests/test_decode_fusion.py`` runs this file in a fresh process with ``TRITON_INTERPRET=1``.
 
-Usage: python tests/decode_fusion_interpreter.py FAMILY [FAMILY ...] | w8a8 | split
+Usage: python tests/decode_fusion_interpreter.py FAMILY [FAMILY ...]
 """
 from __future__ import annotations
 
@@ -165,41 +165,10 @@ def run_w8a8() -> dict:
     return result
 
 
-def run_split() -> dict:
-    """The Llama model with the decode GEMV and ``WARD_SPLIT_GEMM=1``: the prompts' step (17 rows) sends
-    o_proj and down_proj through the split-K GEMM, the decode steps (2 rows) through the GEMV; against
-    the same model with cuBLAS for those rows. Counts the split GEMM's launches."""
-    from worker.kernels import split_gemm as split_module
-
-    torch.manual_seed(0)
-    hf = _random_hf(CONFIGS["llama"]())
-    with tempfile.TemporaryDirectory() as d:
-        hf.save_pretrained(d)
-        spec = load_spec(d)
-        runs = {}
-        calls: Counter = Counter()
-        counting(split_module, "split_gemm", calls)
-        for setting in ("0", "1"):
-            os.environ["WARD_SPLIT_GEMM"] = setting
-            model = build_model(spec, TritonBackend(), torch.device("cpu"), torch.float32, 64, model_ops)
-            load_weights(model, spec, d)
-            use_decode_gemv(model, tuple(PROJECTIONS))
-            calls.clear()
-            runs[setting] = (*greedy(model, spec), calls["split_gemm"])
-        os.environ.pop("WARD_SPLIT_GEMM", None)
-    (tokens_off, logits_off, calls_off), (tokens_on, logits_on, calls_on) = runs["0"], runs["1"]
-    return {"same_tokens": tokens_on == tokens_off, "rel_err": rel_err(logits_on, logits_off),
-            "split_launches_off": calls_off, "split_launches_on": calls_on}
-
-
 if __name__ == "__main__":
     if sys.argv[1:] == ["w8a8"]:
         torch.set_num_threads(1)
         print(json.dumps(run_w8a8()))
-        sys.exit(0)
-    if sys.argv[1:] == ["split"]:
-        torch.set_num_threads(1)
-        print(json.dumps(run_split()))
         sys.exit(0)
     torch.set_num_threads(1)  # tiny models: one thread is fastest, and steady on a busy machine
     print(json.dumps({name: run(name) for name in sys.argv[1:] or CONFIGS}))

@@ -28,8 +28,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from worker.kernels import (  # noqa: E402
-    activation, argmax, decode_gemv, fp8_gemm, fp8_quant, int4_gemm, kv_cache, moe_gemm, norm, rotary, rotary_cache,
-    split_gemm, token_bitmask,
+    activation, argmax, decode_gemv, fp8_gemm, fp8_quant, int4_gemm, kv_cache, moe_gemm, norm, rotary, rotary_cache, token_bitmask,
 )
 from worker.kernels.attention_config import choose_tile_config, next_power_of_2  # noqa: E402
 from worker.kernels.attention_kernels import merge_splits_kernel, paged_attention_kernel  # noqa: E402
@@ -131,18 +130,6 @@ def decode_gemv_variant(block_n: int, block_k: int, split_k: int, silu: bool, bi
         ("eps",),
         # a launch specialises sizes that are multiples of 16 as such (Llama's N and K, the split length)
         divisible=("N", "K", "K_PER_SPLIT") if even else ("K_PER_SPLIT",), num_warps=warps, num_stages=stages,
-    )
-
-
-def split_gemm_variant(block_m: int, split_k: int, bias: bool = False, even: bool = True) -> dict[str, int]:
-    """The split GEMM in the rule's tile (128 columns, 64 inputs a step, four stages)."""
-    return compile_variant(
-        split_gemm._split_gemm_kernel,
-        {"x_ptr": BF16, "w_ptr": BF16, "b_ptr": BF16, "y_ptr": BF16, "part_ptr": "*fp32", "ticket_ptr": "*i32"},
-        dict(BLOCK_M=block_m, BLOCK_N=128, BLOCK_K=64, SPLIT_K=split_k, HAS_BIAS=bias, EVEN_N=even, EVEN_K=even,
-             EXACT_FP32=False),
-        divisible=("N", "K", "K_PER_SPLIT") if even else ("K_PER_SPLIT",),
-        num_warps=4 if block_m == 64 else 8, num_stages=4,
     )
 
 
@@ -248,10 +235,6 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
         {"a_ptr": "*fp8e4nv", "as_ptr": "*fp32", "b_ptr": "*fp8e4nv", "bs_ptr": "*fp32", "y_ptr": BF16},
         dict(SCALE_N=1, BLOCK_M=128, BLOCK_N=128, BLOCK_K=128, PER_CHANNEL=True), num_warps=4, num_stages=3,
     ),
-    # the split GEMM at 64 and 128 rows a tile (o_proj and down_proj at 9-512 rows), split and not, ragged
-    "split_gemm_m64_split2": lambda: split_gemm_variant(64, 2),
-    "split_gemm_m128_split4": lambda: split_gemm_variant(128, 4),
-    "split_gemm_m128_bias_ragged": lambda: split_gemm_variant(128, 1, bias=True, even=False),
     "decode_gemv_qkv_split2": lambda: decode_gemv_variant(32, 256, 2, silu=False, bias=False, stages=3),
     "decode_gemv_o_split4_bias": lambda: decode_gemv_variant(32, 256, 4, silu=False, bias=True, stages=4),
     "decode_gemv_down_split4": lambda: decode_gemv_variant(32, 512, 4, silu=False, bias=False, stages=4),

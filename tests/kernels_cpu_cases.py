@@ -25,8 +25,6 @@ from kernels_cases import (
     check_rotary,
     check_rotary_cache,
     check_silu_and_mul,
-    check_split_gemm,
-    check_split_gemm_layers,
     check_token_bitmask,
 )
 
@@ -138,15 +136,6 @@ OTHER_CASES: dict[str, Callable[[], Metrics | dict[str, list[str]]]] = {
                                                                            (32, 32, 4, 2, 1), (16, 32, 4, 2, 1)),
     "decode_gemv_norm_fusion_rows5_split": lambda: check_decode_gemv_norm_fusion(5, 128, 48, "cpu", F32,
                                                                                  (32, 32, 4, 2, 2), (32, 64, 4, 2, 2)),
-    # rows, N, K; plan = (block_m, block_n, block_k, warps, stages, split_k): ragged row and column tiles,
-    # K ragged inside a split and across splits, several row tiles sharing a column tile's ticket, bias
-    "split_gemm_rows9_ragged": lambda: check_split_gemm(9, 72, 200, "cpu", F32, plan=(16, 32, 32, 4, 2, 1)),
-    "split_gemm_rows40_split3_ragged_bias": lambda: check_split_gemm(40, 80, 300, "cpu", F32, bias=True,
-                                                                    plan=(16, 32, 32, 4, 2, 3)),
-    "split_gemm_rows33_split2": lambda: check_split_gemm(33, 64, 256, "cpu", F32, plan=(32, 32, 32, 4, 2, 2)),
-    "split_gemm_rows17_own_plan": lambda: check_split_gemm(17, 48, 96, "cpu", F32),
-    # WARD_SPLIT_GEMM=1 through use_decode_gemv: o_proj and down_proj at 9-512 rows, the GEMV and cuBLAS around
-    "split_gemm_layers_routed": lambda: check_split_gemm_layers(64, 96, "cpu", F32),
     # rows, vocab: several chunks with a ragged last one and planted ties, one chunk, an all -inf row
     "greedy_argmax_ragged_chunks": lambda: check_greedy_argmax(4, 9000, "cpu", F32),
     "greedy_argmax_one_chunk": lambda: check_greedy_argmax(3, 100, "cpu", F32),

@@ -136,17 +136,6 @@ def test_fp8_decode_through_the_w8a8_gemv_in_the_interpreter() -> None:
                                           "float_rows": 2 * launches}, runs["normed"]
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the GPU cases run the compiled path")
-def test_split_gemm_in_the_model_gives_the_same_tokens_in_the_interpreter() -> None:
-    """The Llama model with ``WARD_SPLIT_GEMM=1``: the prompts' 17-row step takes the split-K GEMM for
-    o_proj and down_proj (2 layers x 2 launches), the decode steps the GEMV; tokens and logits as with
-    cuBLAS for those rows."""
-    pytest.importorskip("triton")
-    run = run_interpreter_script("decode_fusion_interpreter.py", "split")
-    assert run["same_tokens"] and run["rel_err"] < 1e-5, run
-    assert (run["split_launches_off"], run["split_launches_on"]) == (0, 4), run
-
-
 def test_fp8_gemv_w8a8_setting_picks_the_projections_that_take_quantized_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     """``WARD_FP8_GEMV_W8A8``: ``normed`` gives qkv and gate_up the e4m3-by-e4m3 GEMV (their rows come
     quantized from the norm before them; gate_up keeps its SiLU epilogue since down_proj widens),

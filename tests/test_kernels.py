@@ -77,7 +77,6 @@ ZERO_METRICS = (
     "tickets_left",
     "not_w8a8",
     "unfused",
-    "misrouted",
 )
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU: CUDA is not available")
@@ -167,11 +166,6 @@ def test_every_kernel_variant_compiles_for_hopper() -> None:
     # an e4m3-by-e4m3 decode GEMV runs on the warpgroup MMA (no per-warp MMA over widened operands)
     for name in ("decode_gemv_fp8_w8a8_gate_up_silu_pdl", "decode_gemv_fp8_w8a8_down_split3"):
         assert report[name]["wgmma"] > 0 and report[name]["mma_sync"] == 0, (name, report[name])
-    # the split GEMM's tiles run on the warpgroup MMA, its even tiles' loads pipelined
-    for name in ("split_gemm_m64_split2", "split_gemm_m128_split4", "split_gemm_m128_bias_ragged"):
-        assert report[name]["wgmma"] > 0 and report[name]["mma_sync"] == 0, (name, report[name])
-    for name in ("split_gemm_m64_split2", "split_gemm_m128_split4"):
-        assert report[name]["cp_async"] > 0, (name, report[name])
 
 
 def test_importing_the_kernel_package_defines_no_kernel() -> None:

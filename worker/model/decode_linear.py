@@ -32,12 +32,6 @@ batch 1 3.4% slower. ``normed`` (the default): only qkv and gate_up, whose rows 
 them quantizes in the launch it makes anyway (gate_up keeps its SiLU epilogue, down_proj and o_proj
 widen): no launch added, and on an H100 the latency test 9-12% faster and batch 1 7% faster than
 widening every weight. ``0``: off (every FP8 GEMV widens its weights).
-
-``WARD_SPLIT_GEMM`` (opt-in: on an H100 it ran at 0.76-1.01x cuBLAS's speed at 64-512 rows) sends
-the float projections' inputs of 9 to 512 rows (the decode batches past the GEMV's, up to the largest
-decode graph) through the split-K GEMM (``worker/kernels/split_gemm.py``) instead of cuBLAS: ``1`` o_proj and down_proj, whose
-4,096 output columns leave most of the card idle at those rows; ``all``; or a comma list of
-projections as above. ``0`` or unset: off. It applies to the projections swapped for the GEMV.
 """
 from __future__ import annotations
 
@@ -60,29 +54,17 @@ _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 def decode_gemv_projections() -> tuple[str, ...]:
     """The projections ``WARD_DECODE_GEMV`` names (ValueError for an unknown one)."""
-    return _named_projections("WARD_DECODE_GEMV", {"": DEFAULT_PROJECTIONS, "1": DEFAULT_PROJECTIONS, "0": ()})
-
-
-SPLIT_GEMM_DEFAULT = ("o", "down")
-
-
-def split_gemm_projections() -> tuple[str, ...]:
-    """The projections ``WARD_SPLIT_GEMM`` names (ValueError for an unknown one)."""
-    return _named_projections("WARD_SPLIT_GEMM", {"": (), "0": (), "1": SPLIT_GEMM_DEFAULT})
-
-
-def _named_projections(variable: str, words: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
-    """The projections a setting names: one of ``words``, ``all``, or a comma list of PROJECTIONS' keys."""
-    value = os.environ.get(variable, "").strip()
-    if value in words:
-        return words[value]
+    value = os.environ.get("WARD_DECODE_GEMV", "").strip()
+    if value in ("", "1"):
+        return DEFAULT_PROJECTIONS
+    if value == "0":
+        return ()
     if value == "all":
         return tuple(PROJECTIONS)
     names = tuple(n.strip() for n in value.split(",") if n.strip())
     unknown = [n for n in names if n not in PROJECTIONS]
     if unknown:
-        known = ", ".join(w for w in words if w)
-        raise ValueError(f"{variable} names unknown projections {unknown}; known: {known}, all, "
+        raise ValueError(f"WARD_DECODE_GEMV names unknown projections {unknown}; known: 0, all, "
                          f"or a comma list of {', '.join(PROJECTIONS)}")
     return names
 
@@ -95,7 +77,6 @@ class DecodeGemvLinear(nn.Linear):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight = linear.weight
         self.bias = linear.bias
-        self.split_gemm = False  # 9-512 rows through the split-K GEMM (use_decode_gemv sets it)
 
     def takes(self, rows: int, x: torch.Tensor) -> bool:
         """Whether ``rows`` rows of x's dtype and device go to the GEMV (decode sizes) rather than cuBLAS."""
@@ -107,23 +88,10 @@ class DecodeGemvLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = self._gemv_rows(x)
         if x2 is None:
-            return self._dense(x)
+            return F.linear(x, self.weight, self.bias)
         from worker.kernels.decode_gemv import decode_gemv
 
         return decode_gemv(x2, self.weight, self.bias).reshape(*x.shape[:-1], self.out_features)
-
-    def _dense(self, x: torch.Tensor) -> torch.Tensor:
-        """The projection of rows the GEMV does not take: the split-K GEMM where it is on and takes
-        them, else cuBLAS."""
-        if self.split_gemm:
-            from worker.kernels.split_gemm_config import MAX_ROWS, MIN_ROWS
-
-            x2 = _rows_within(x, self.in_features, self.weight.dtype, MIN_ROWS, MAX_ROWS)
-            if x2 is not None:
-                from worker.kernels.split_gemm import split_gemm
-
-                return split_gemm(x2, self.weight, self.bias).reshape(*x.shape[:-1], self.out_features)
-        return F.linear(x, self.weight, self.bias)
 
     def forward_silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
         """``silu(gate) * up`` of this fused gate_up projection ([..., in] -> [..., out / 2])."""
@@ -131,7 +99,7 @@ class DecodeGemvLinear(nn.Linear):
         if x2 is None:
             from worker.kernels.activation import silu_and_mul
 
-            return silu_and_mul(self._dense(x))
+            return silu_and_mul(F.linear(x, self.weight, self.bias))
         from worker.kernels.decode_gemv import decode_gemv
 
         return decode_gemv(x2, self.weight, self.bias, silu=True).reshape(*x.shape[:-1], self.out_features // 2)
@@ -287,23 +255,17 @@ class Fp8DecodeGemvLinear(Fp8Linear):
         return self._add_bias(out)
 
 
-def _gemv_takes(rows: int, x: torch.Tensor, dtype: torch.dtype, max_rows: int = MAX_ROWS,
-                min_rows: int = 1) -> bool:
-    """Whether ``rows`` rows of x go to the GEMV: decode sizes (``min_rows`` to ``max_rows``), the
-    layer's activation dtype, float16 or bfloat16 on CUDA (any float dtype under the interpreter)."""
+def _gemv_takes(rows: int, x: torch.Tensor, dtype: torch.dtype, max_rows: int = MAX_ROWS) -> bool:
+    """Whether ``rows`` rows of x go to the GEMV: decode sizes (up to ``max_rows``), the layer's
+    activation dtype, float16 or bfloat16 on CUDA (any float dtype under the interpreter)."""
     if x.dtype != dtype or not (x.is_cuda and x.dtype in _GEMV_DTYPES or _INTERPRETED):
         return False
-    return min_rows <= rows <= max_rows
+    return 0 < rows <= max_rows
 
 
 def _gemv_rows(x: torch.Tensor, width: int, dtype: torch.dtype, max_rows: int = MAX_ROWS) -> torch.Tensor | None:
     """x as [rows, width] when the GEMV takes it, else None."""
-    return _rows_within(x, width, dtype, 1, max_rows)
-
-
-def _rows_within(x: torch.Tensor, width: int, dtype: torch.dtype, min_rows: int, max_rows: int) -> torch.Tensor | None:
-    """x as [rows, width] when it holds ``min_rows`` to ``max_rows`` rows the Triton kernels take, else None."""
-    if x.numel() % width or not _gemv_takes(x.numel() // width, x, dtype, max_rows, min_rows):
+    if x.numel() % width or not _gemv_takes(x.numel() // width, x, dtype, max_rows):
         return None
     return _rows(x, width)
 
@@ -353,15 +315,13 @@ def enable_norm_fusion(model: nn.Module) -> tuple[int, int]:
 
 def use_decode_gemv(model: nn.Module, projections: tuple[str, ...] | None = None) -> int:
     """Swaps the named float projections of every decoder layer (default: ``WARD_DECODE_GEMV``'s) for
-    ``DecodeGemvLinear`` (those ``WARD_SPLIT_GEMM`` names with the split GEMM on) and the per-channel
-    FP8 ones for ``Fp8DecodeGemvLinear`` (other quantized layers and MoE experts are left alone) and
-    reserves the kernels' workspace, so that nothing is allocated during CUDA-graph capture. Returns
-    the number of layers swapped."""
+    ``DecodeGemvLinear`` and the per-channel FP8 ones for ``Fp8DecodeGemvLinear`` (other quantized
+    layers and MoE experts are left alone) and reserves the GEMV's workspace, so that nothing is
+    allocated during CUDA-graph capture. Returns the number of layers swapped."""
     names = decode_gemv_projections() if projections is None else projections
     if not names:
         return 0
     w8a8 = fp8_gemv_w8a8()
-    split = split_gemm_projections()
     from worker.kernels.decode_gemv import reserve_w8a8_workspace, reserve_workspace
 
     swapped = 0
@@ -389,11 +349,6 @@ def use_decode_gemv(model: nn.Module, projections: tuple[str, ...] | None = None
                 reserve_w8a8_workspace(module.weight)
                 if gate_up:
                     reserve_w8a8_workspace(module.weight, silu=True)
-            if role in split and isinstance(swapped_in, DecodeGemvLinear):
-                from worker.kernels.split_gemm import reserve_workspace as reserve_split_workspace
-
-                swapped_in.split_gemm = True
-                reserve_split_workspace(module.weight)
             swapped += 1
     if norm_fusion_requested():
         enable_norm_fusion(model)
