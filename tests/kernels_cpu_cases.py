@@ -127,7 +127,7 @@ OTHER_CASES: dict[str, Callable[[], Metrics | dict[str, list[str]]]] = {
                                                                         plan=(16, 32, 4, 2, 2), fp8=True, fp8_math=2),
     "decode_gemv_fp8_w8a8_rows4_split3": lambda: check_decode_gemv(4, 64, 384, "cpu", F32, plan=(32, 64, 4, 2, 3),
                                                                    fp8=True, fp8_math=2),
-    # the FP8 layer with WARD_FP8_GEMV_W8A8=1: float and pre-quantized inputs, the fused SiLU, a bias
+    # an FP8 layer WARD_FP8_GEMV_W8A8 names: float and pre-quantized inputs, the fused SiLU, a bias
     "fp8_w8a8_gemv_layer_rows3_bias": lambda: check_fp8_w8a8_gemv_layer(3, 96, 80, True, "cpu", F32),
     "fp8_w8a8_gemv_layer_rows8": lambda: check_fp8_w8a8_gemv_layer(8, 128, 64, False, "cpu", F32),
     "fp8_w8a8_mlp_normed_rows2": lambda: check_fp8_w8a8_mlp_normed(2, 64, 96, "cpu", F32),

@@ -504,7 +504,7 @@ def test_decode_gemv_over_fp8_weights_matches_dequantized_on_gpu(name: str, rows
 @requires_cuda
 @pytest.mark.parametrize("rows", [1, 8])
 def test_fp8_layer_with_the_w8a8_gemv_matches_w8a8_on_gpu(rows: int) -> None:
-    """``WARD_FP8_GEMV_W8A8=1``: the FP8 layer's decode GEMV over its input quantized per row (in the
+    """``WARD_FP8_GEMV_W8A8`` (a layer it names): the FP8 layer's decode GEMV over its input quantized per row (in the
     layer, or handed over as ``Fp8Activation``; the gate_up shape's fused SiLU too) at qkv's width."""
     if torch.cuda.get_device_capability() < (8, 9):
         pytest.skip("FP8 tensor cores need Ada or Hopper")
