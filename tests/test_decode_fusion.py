@@ -140,7 +140,8 @@ def test_fp8_gemv_w8a8_setting_picks_the_projections_that_take_quantized_rows(mo
     """``WARD_FP8_GEMV_W8A8``: ``normed`` gives qkv and gate_up the e4m3-by-e4m3 GEMV (their rows come
     quantized from the norm before them; gate_up keeps its SiLU epilogue since down_proj widens),
     ``all`` every projection (gate_up then hands down_proj quantized rows: no epilogue), ``0`` none;
-    unset means ``normed``; a layer with a static input scale never takes it; other values are refused by name."""
+    unset means ``normed``; a layer with a static input scale never takes it; other values are refused
+    by name."""
     from worker.model import decode_linear
     from worker.model.decode_linear import Fp8DecodeGemvLinear, fp8_gemv_w8a8
     from worker.model.quant import linear
