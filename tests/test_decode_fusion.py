@@ -140,10 +140,11 @@ def test_fp8_gemv_w8a8_setting_picks_the_projections_that_take_quantized_rows(mo
     """``WARD_FP8_GEMV_W8A8``: ``normed`` gives qkv and gate_up the e4m3-by-e4m3 GEMV (their rows come
     quantized from the norm before them; gate_up keeps its SiLU epilogue since down_proj widens),
     ``all`` every projection (gate_up then hands down_proj quantized rows: no epilogue), ``0`` none;
-    unset means ``normed``; a layer with a static input scale never takes it; other values are refused
-    by name."""
+    unset means ``normed``. ``normed`` passes over a layer whose norms write no e4m3 rows (Gemma's:
+    no ``fp8_normed_projections``), where the projections would quantize their own input. A layer with
+    a static input scale never takes it; other values are refused by name."""
     from worker.model import decode_linear
-    from worker.model.decode_linear import Fp8DecodeGemvLinear, fp8_gemv_w8a8
+    from worker.model.decode_linear import Fp8DecodeGemvLinear, fp8_gemv_w8a8_setting
     from worker.model.quant import linear
     from worker.model.quant.config import QuantConfig
     from worker.model.quant.linear import Fp8Linear
@@ -154,8 +155,10 @@ def test_fp8_gemv_w8a8_setting_picks_the_projections_that_take_quantized_rows(mo
     def fp8(n_in: int, n_out: int) -> Fp8Linear:
         return Fp8Linear.from_float(nn.Linear(n_in, n_out, bias=False, dtype=torch.bfloat16), QuantConfig("fp8", "fp8"))
 
-    def model() -> nn.Module:
+    def model(norms_quantize: bool) -> nn.Module:
         layer = nn.Module()
+        if norms_quantize:  # as the Llama family's DecoderLayer declares
+            layer.fp8_normed_projections = ("qkv", "gate_up")
         layer.self_attn, layer.mlp = nn.Module(), nn.Module()
         layer.self_attn.qkv_proj, layer.self_attn.o_proj = fp8(32, 96), fp8(32, 32)
         layer.mlp.gate_up_proj, layer.mlp.down_proj = fp8(32, 128), fp8(64, 32)
@@ -163,12 +166,12 @@ def test_fp8_gemv_w8a8_setting_picks_the_projections_that_take_quantized_rows(mo
         holder.layers = nn.ModuleList([layer])
         return holder
 
-    def roles(mode: str | None) -> dict[str, tuple[bool, bool]]:
+    def roles(mode: str | None, norms_quantize: bool = True) -> dict[str, tuple[bool, bool]]:
         if mode is None:
             monkeypatch.delenv("WARD_FP8_GEMV_W8A8", raising=False)
         else:
             monkeypatch.setenv("WARD_FP8_GEMV_W8A8", mode)
-        m = model()
+        m = model(norms_quantize)
         assert use_decode_gemv(m, ("qkv", "o", "gate_up", "down")) == 4
         layer = m.layers[0]
         found = {"qkv": layer.self_attn.qkv_proj, "o": layer.self_attn.o_proj, "gate_up": layer.mlp.gate_up_proj,
@@ -179,7 +182,9 @@ def test_fp8_gemv_w8a8_setting_picks_the_projections_that_take_quantized_rows(mo
     off = {"qkv": (False, False), "o": (False, False), "gate_up": (False, False), "down": (False, False)}
     assert roles("0") == off
     assert roles(None) == roles("normed") == {**off, "qkv": (True, False), "gate_up": (True, True)}
-    assert roles("all") == {"qkv": (True, False), "o": (True, False), "gate_up": (True, False), "down": (True, False)}
+    every = {"qkv": (True, False), "o": (True, False), "gate_up": (True, False), "down": (True, False)}
+    assert roles("all") == roles("all", norms_quantize=False) == every
+    assert roles(None, norms_quantize=False) == roles("normed", norms_quantize=False) == off
     rows = torch.zeros(4, 32, dtype=torch.bfloat16)
     assert Fp8DecodeGemvLinear(fp8(32, 48), w8a8=True).takes_fp8_activation(4, rows)
     assert not Fp8DecodeGemvLinear(fp8(32, 48)).takes_fp8_activation(4, rows)
@@ -189,7 +194,7 @@ def test_fp8_gemv_w8a8_setting_picks_the_projections_that_take_quantized_rows(mo
     for bad in ("1", "yes"):
         monkeypatch.setenv("WARD_FP8_GEMV_W8A8", bad)
         with pytest.raises(ValueError, match="WARD_FP8_GEMV_W8A8"):
-            fp8_gemv_w8a8()
+            fp8_gemv_w8a8_setting()
 
 
 @pytest.mark.gpu

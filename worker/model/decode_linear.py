@@ -28,10 +28,11 @@ taken e4m3 by e4m3 on the warpgroup MMA, no weight widened (13-18% less time a l
 an H100, bench/gemv_fp8_math.py), with the numerics of the W8A8 path above 8 rows. ``all``: every
 projection (the norm quantizes qkv's and gate_up's rows, the SiLU down_proj's after an unfused
 gate_up, o_proj its own): on an H100 the launches that adds left the latency test 1.3% faster and
-batch 1 3.4% slower. ``normed`` (the default): only qkv and gate_up, whose rows the RMSNorm before
-them quantizes in the launch it makes anyway (gate_up keeps its SiLU epilogue, down_proj and o_proj
-widen): no launch added, and on an H100 the latency test 9-12% faster and batch 1 7% faster than
-widening every weight. ``0``: off (every FP8 GEMV widens its weights).
+batch 1 3.4% slower. ``normed`` (the default): only qkv and gate_up, and only in layers whose RMSNorm
+before them quantizes their rows in the launch it makes anyway (the Llama family's; Gemma's widen),
+gate_up keeping its SiLU epilogue, down_proj and o_proj widening: no launch added, and on an H100
+the latency test 9-12% faster and batch 1 7% faster than widening every weight. ``0``: off (every FP8
+GEMV widens its weights).
 """
 from __future__ import annotations
 
@@ -150,13 +151,24 @@ def fp8_gemv_max_rows() -> int:
 W8A8_GEMV_PROJECTIONS = {"0": (), "normed": ("qkv", "gate_up"), "all": ("qkv", "o", "gate_up", "down")}
 
 
-def fp8_gemv_w8a8() -> tuple[str, ...]:
-    """``WARD_FP8_GEMV_W8A8``: the projections whose FP8 decode GEMV takes its input quantized per row
-    (``0``: none, ``normed`` or unset: qkv and gate_up, ``all``); any other value is refused."""
+def fp8_gemv_w8a8_setting() -> str:
+    """``WARD_FP8_GEMV_W8A8``: ``0``, ``normed`` (also when unset) or ``all``; any other value is refused."""
     value = os.environ.get("WARD_FP8_GEMV_W8A8", "normed").strip() or "normed"
     if value not in W8A8_GEMV_PROJECTIONS:
         raise ValueError(f"WARD_FP8_GEMV_W8A8 must be one of {', '.join(W8A8_GEMV_PROJECTIONS)}, got {value!r}")
-    return W8A8_GEMV_PROJECTIONS[value]
+    return value
+
+
+def w8a8_projections(layer: nn.Module, setting: str) -> tuple[str, ...]:
+    """The projections of ``layer`` that take the e4m3-by-e4m3 GEMV under ``setting``. ``normed`` names
+    only those whose norm writes their rows in e4m3 (the layer's ``fp8_normed_projections``): in a
+    layer whose norm does not (Gemma's), the projection would quantize its own input, the added launch
+    that ``normed`` is there to avoid."""
+    roles = W8A8_GEMV_PROJECTIONS[setting]
+    if setting == "normed":
+        fed = getattr(layer, "fp8_normed_projections", ())
+        roles = tuple(role for role in roles if role in fed)
+    return roles
 
 
 class Fp8DecodeGemvLinear(Fp8Linear):
@@ -321,11 +333,12 @@ def use_decode_gemv(model: nn.Module, projections: tuple[str, ...] | None = None
     names = decode_gemv_projections() if projections is None else projections
     if not names:
         return 0
-    w8a8 = fp8_gemv_w8a8()
+    setting = fp8_gemv_w8a8_setting()
     from worker.kernels.decode_gemv import reserve_w8a8_workspace, reserve_workspace
 
     swapped = 0
     for layer in model.layers:
+        w8a8 = w8a8_projections(layer, setting)
         for role in names:
             name = PROJECTIONS[role]
             try:

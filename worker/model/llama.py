@@ -146,6 +146,9 @@ class DecoderLayer(nn.Module):
     # the next layer's input norm into this down_proj and that layer's qkv (FoldedResidual).
     norm_fusion = False
     fold_output = False
+    # The projections whose norm hands a W8A8 layer its rows as e4m3 codes (RMSNorm.forward_fp8):
+    # WARD_FP8_GEMV_W8A8=normed gives exactly these the e4m3-by-e4m3 decode GEMV
+    fp8_normed_projections = ("qkv", "gate_up")
 
     def __init__(self, spec: ModelSpec, layer_idx: int, backend: AttentionBackend, ops: ModuleType):
         super().__init__()
