@@ -441,6 +441,49 @@ def check_silu_and_mul(num_tokens: int, intermediate: int, device: str, dtype: t
     return {"rel_err": rel_err(out, ref), "unwritten": nan_count(out)}
 
 
+def check_gelu_tanh_and_mul(num_tokens: int, intermediate: int, device: str, dtype: torch.dtype,
+                            seed: int = 0) -> Metrics:
+    """``gelu_tanh_and_mul`` (Gemma's GeGLU) against ``F.gelu(gate, approximate="tanh") * up``.
+    Metrics: rel_err, unwritten."""
+    from worker.kernels.activation import gelu_tanh_and_mul
+
+    g = torch.Generator().manual_seed(seed)
+    x = _randn(g, num_tokens, 2 * intermediate, dtype=dtype, device=device) * 4.0
+    out = torch.full((num_tokens, intermediate), float("nan"), dtype=dtype, device=device)
+    gelu_tanh_and_mul(x, out=out)
+    ref = F.gelu(x[:, :intermediate], approximate="tanh") * x[:, intermediate:]
+    return {"rel_err": rel_err(out, ref), "unwritten": nan_count(out)}
+
+
+def check_gemma_norms(shape: tuple[int, ...], device: str, dtype: torch.dtype, seed: int = 0) -> Metrics:
+    """``gemma_rms_norm`` and ``gemma_add_rms_norm`` (with and without the next norm) against the torch
+    ops of ``worker.model.ops`` (transformers' formula), the weights around 0 as Gemma's are.
+
+    Metrics: rel_err of the plain norm, of the sandwich's residual sum and of its next norm;
+    ``unwritten`` = NaNs left in any output."""
+    from worker.kernels.norm import gemma_add_rms_norm, gemma_rms_norm
+    from worker.model import ops
+
+    g = torch.Generator().manual_seed(seed)
+    eps = 1e-6
+    hidden = shape[-1]
+    x = _randn(g, *shape, dtype=dtype, device=device) * 3.0
+    residual = _randn(g, *shape, dtype=dtype, device=device) * 20.0
+    weight = (0.3 * _randn(g, hidden, dtype=torch.float32, device="cpu")).to(dtype=dtype, device=device)
+    next_weight = (0.3 * _randn(g, hidden, dtype=torch.float32, device="cpu")).to(dtype=dtype, device=device)
+
+    plain = gemma_rms_norm(x, weight, eps)
+    normed, summed = gemma_add_rms_norm(x, residual, weight, eps, next_weight)
+    none, summed_alone = gemma_add_rms_norm(x, residual, weight, eps)
+    normed_ref, summed_ref = ops.gemma_add_rms_norm(x, residual, weight, eps, next_weight)
+    return {
+        "rel_err": rel_err(plain, ops.gemma_rms_norm(x, weight, eps)),
+        "sum_rel_err": max(rel_err(summed, summed_ref), rel_err(summed_alone, summed_ref)),
+        "next_rel_err": rel_err(normed, normed_ref),
+        "unwritten": nan_count(plain) + nan_count(normed) + nan_count(summed) + float(none is not None),
+    }
+
+
 def check_token_bitmask(num_rows: int, vocab: int, grammar_rows: tuple[int, ...], device: str, seed: int = 0) -> Metrics:
     """``apply_token_bitmask_`` against the torch path (``worker.structured.bitmask.apply_bitmask_torch``):
     random masks, some rows without a grammar. Metrics: mismatched (entries that differ)."""

@@ -290,6 +290,19 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
         {"x_ptr": BF16, "residual_ptr": BF16, "weight_ptr": BF16, "out_ptr": BF16, "residual_out_ptr": BF16},
         dict(HIDDEN=4096, BLOCK=4096, ADD_RESIDUAL=True, USE_PDL=True), ("eps",), num_warps=8,
     ),
+    # Gemma 3 27B's hidden size: a sandwich norm, its residual add and the next norm in one launch
+    "gemma_add_rms_norm_next_pdl": lambda: compile_variant(
+        norm._gemma_norm_kernel,
+        {"x_ptr": BF16, "residual_ptr": BF16, "weight_ptr": BF16, "next_weight_ptr": BF16, "out_ptr": BF16,
+         "residual_out_ptr": BF16},
+        dict(HIDDEN=5376, BLOCK=8192, ADD_TO_RESIDUAL=True, NORM_AGAIN=True, USE_PDL=True), ("eps",), num_warps=16,
+    ),
+    "gemma_rms_norm_head": lambda: compile_variant(
+        norm._gemma_norm_kernel,
+        {"x_ptr": BF16, "residual_ptr": BF16, "weight_ptr": BF16, "next_weight_ptr": BF16, "out_ptr": BF16,
+         "residual_out_ptr": BF16},
+        dict(HIDDEN=128, BLOCK=128, ADD_TO_RESIDUAL=False, NORM_AGAIN=False), ("eps",), num_warps=1,
+    ),
     # a W8A8 projection's input: the norm quantizes its own output to e4m3 (scales per row)
     "fused_add_rms_norm_fp8_pdl": lambda: compile_variant(
         norm._rms_norm_kernel,
@@ -358,6 +371,10 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     ),
     "silu_and_mul": lambda: compile_variant(
         activation._silu_and_mul_kernel, {"x_ptr": BF16, "out_ptr": BF16}, dict(INTERMEDIATE=14336, BLOCK=1024)
+    ),
+    "gelu_tanh_and_mul": lambda: compile_variant(
+        activation._silu_and_mul_kernel, {"x_ptr": BF16, "out_ptr": BF16},
+        dict(INTERMEDIATE=21504, BLOCK=1024, GELU_TANH=True),
     ),
     "silu_and_mul_fp8": lambda: compile_variant(
         activation._silu_and_mul_fp8_kernel, {"x_ptr": BF16, "q_ptr": "*fp8e4nv", "s_ptr": "*fp32"},

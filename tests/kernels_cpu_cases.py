@@ -18,6 +18,8 @@ from kernels_cases import (
     check_fp8_w8a8_gemv_layer,
     check_fp8_w8a8_mlp_normed,
     check_fused_moe,
+    check_gelu_tanh_and_mul,
+    check_gemma_norms,
     check_greedy_argmax,
     check_input_validation,
     check_reshape_and_cache,
@@ -95,6 +97,9 @@ OTHER_CASES: dict[str, Callable[[], Metrics | dict[str, list[str]]]] = {
     "rotary_cache_partial_block32": lambda: check_rotary_cache(7, 6, 3, 80, 32, 32, 1, "cpu", F32),
     "silu_and_mul_wide": lambda: check_silu_and_mul(7, 1000, "cpu", F32),
     "silu_and_mul_narrow": lambda: check_silu_and_mul(3, 64, "cpu", F32),
+    "gelu_tanh_and_mul_wide": lambda: check_gelu_tanh_and_mul(7, 1000, "cpu", F32),
+    "gemma_norms_2d": lambda: check_gemma_norms((5, 96), "cpu", F32),
+    "gemma_norms_3d_ragged": lambda: check_gemma_norms((3, 2, 100), "cpu", F32),
     "input_validation": lambda: check_input_validation("cpu"),
     # rows, N, K; plan = (block_n, block_k, warps, stages, split_k): every row count, masks on N and K,
     # split K with an even and a ragged last range, the SiLU epilogue with and without a split, bias

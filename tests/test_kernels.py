@@ -30,6 +30,8 @@ from kernels_cases import (  # noqa: E402
     check_fp8_w8a8_gemv_layer,
     check_fp8_w8a8_mlp_normed,
     check_fused_moe,
+    check_gelu_tanh_and_mul,
+    check_gemma_norms,
     check_greedy_argmax,
     check_reshape_and_cache,
     check_rms_norm,
@@ -150,7 +152,7 @@ def test_every_kernel_variant_compiles_for_hopper() -> None:
     assert prefill["cp_async"] > 0 and prefill["wgmma"] > 0, prefill
     # PDL variants wait for the kernel before them and release the one after; the others never do.
     pdl = {name: result for name, result in report.items() if name.endswith("_pdl")}
-    assert len(pdl) == 13, sorted(pdl)
+    assert len(pdl) == 14, sorted(pdl)
     for name, result in report.items():
         expected = 1 if name in pdl else 0
         assert (result["gdc_wait"] >= expected, result["gdc_launch"] >= expected) == (True, True), (name, result)
@@ -443,6 +445,21 @@ def test_rotary_with_cache_write_matches_the_two_kernels_on_gpu_bf16(
 @pytest.mark.parametrize(("num_tokens", "intermediate"), [(512, 14336), (1, 14336), (7, 1000)])
 def test_silu_and_mul_on_gpu_bf16(num_tokens: int, intermediate: int) -> None:
     assert_metrics(check_silu_and_mul(num_tokens, intermediate, "cuda", torch.bfloat16), BF16_ELEMENTWISE_TOLERANCE)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize(("num_tokens", "intermediate"), [(512, 21504), (1, 21504), (7, 1000)])  # Gemma 3 27B
+def test_gelu_tanh_and_mul_on_gpu_bf16(num_tokens: int, intermediate: int) -> None:
+    metrics = check_gelu_tanh_and_mul(num_tokens, intermediate, "cuda", torch.bfloat16)
+    assert_metrics(metrics, BF16_ELEMENTWISE_TOLERANCE)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("shape", [(512, 5376), (1, 5376), (8, 32, 128)])  # Gemma 3 27B's hidden and heads
+def test_gemma_norms_on_gpu_bf16(shape: tuple[int, ...]) -> None:
+    assert_metrics(check_gemma_norms(shape, "cuda", torch.bfloat16), BF16_ELEMENTWISE_TOLERANCE)
 
 
 @pytest.mark.gpu

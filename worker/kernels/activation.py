@@ -1,4 +1,5 @@
-"""Gated activation of the Llama MLP: silu(gate) * up on a fused gate_up projection."""
+"""Gated activations on a fused gate_up projection: silu(gate) * up (the Llama MLP) and
+gelu_tanh(gate) * up (Gemma's GeGLU)."""
 from __future__ import annotations
 
 import os
@@ -19,12 +20,17 @@ ONE_PASS_MAX = 16384
 
 
 @triton.jit
-def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, INTERMEDIATE: tl.constexpr, BLOCK: tl.constexpr):
-    """Grid (T, cdiv(I, BLOCK)): one program per BLOCK columns of one row."""
+def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_out, INTERMEDIATE: tl.constexpr, BLOCK: tl.constexpr,
+                         GELU_TANH: tl.constexpr = False):
+    """Grid (T, cdiv(I, BLOCK)): one program per BLOCK columns of one row. ``GELU_TANH``: Gemma's
+    tanh-approximated GELU in place of SiLU."""
     row = tl.program_id(0).to(tl.int64)
     c0 = tl.program_id(1) * BLOCK
     cols = c0 + tl.arange(0, BLOCK)
-    out = _silu_mul_block(x_ptr + row * stride_x, c0, INTERMEDIATE, BLOCK)
+    if GELU_TANH:
+        out = _gelu_tanh_mul_block(x_ptr + row * stride_x, c0, INTERMEDIATE, BLOCK)
+    else:
+        out = _silu_mul_block(x_ptr + row * stride_x, c0, INTERMEDIATE, BLOCK)
     tl.store(out_ptr + row * stride_out + cols, out.to(out_ptr.dtype.element_ty), mask=cols < INTERMEDIATE)
 
 
@@ -33,6 +39,16 @@ def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
 
     Returns a new [..., I] tensor of x's dtype, or fills ``out`` of that shape and dtype.
     """
+    return _gated(x, out, gelu_tanh=False)
+
+
+def gelu_tanh_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``gelu(x[..., :I], approximate="tanh") * x[..., I:]`` (Gemma's GeGLU), as ``silu_and_mul``
+    takes and returns: one launch where the torch expression makes several."""
+    return _gated(x, out, gelu_tanh=True)
+
+
+def _gated(x: torch.Tensor, out: torch.Tensor | None, gelu_tanh: bool) -> torch.Tensor:
     if x.dim() < 1 or x.shape[-1] % 2 or x.stride(-1) != 1:
         raise KernelInputError(f"x must be [..., 2 * I] with a contiguous last dim, got {tuple(x.shape)}")
     intermediate = x.shape[-1] // 2
@@ -49,7 +65,8 @@ def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tens
         return out
     grid = (x2.shape[0], triton.cdiv(intermediate, BLOCK))
     _silu_and_mul_kernel[grid](
-        x2, out2, x2.stride(0), out2.stride(0), INTERMEDIATE=intermediate, BLOCK=BLOCK, num_warps=4
+        x2, out2, x2.stride(0), out2.stride(0), INTERMEDIATE=intermediate, BLOCK=BLOCK, GELU_TANH=gelu_tanh,
+        num_warps=4,
     )
     return out
 
@@ -89,6 +106,21 @@ def _silu_mul_block(x_row, c0, INTERMEDIATE: tl.constexpr, BLOCK: tl.constexpr):
     gate = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_row + INTERMEDIATE + cols, mask=mask, other=0.0)
     activated = (gate / (1.0 + tl.exp(-gate))).to(up.dtype).to(tl.float32)
+    return (activated * up.to(tl.float32)).to(up.dtype).to(tl.float32)
+
+
+@triton.jit
+def _gelu_tanh_mul_block(x_row, c0, INTERMEDIATE: tl.constexpr, BLOCK: tl.constexpr):
+    """``gelu_tanh(gate) * up`` of columns [c0, c0 + BLOCK) of one row, rounded as torch's
+    ``F.gelu(gate, approximate="tanh") * up`` (the GELU in float32, rounded to the activations' dtype,
+    then the product), as float32. 0.5 * (1 + tanh(z)) is computed as sigmoid(2z): the same value
+    without tanh's cancellation near 0."""
+    cols = c0 + tl.arange(0, BLOCK)
+    mask = cols < INTERMEDIATE
+    gate = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(x_row + INTERMEDIATE + cols, mask=mask, other=0.0)
+    z = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)  # sqrt(2 / pi) * (x + 0.044715 x^3)
+    activated = (gate / (1.0 + tl.exp(-2.0 * z))).to(up.dtype).to(tl.float32)
     return (activated * up.to(tl.float32)).to(up.dtype).to(tl.float32)
 
 

@@ -202,3 +202,92 @@ def _launch(x, residual, weight, out, residual_out, eps: float, hidden: int, add
         num_warps=min(max(block // 512, 1), 16),
         **launch_options(pdl),
     )
+
+
+# -- Gemma: x / rms(x) * (1 + weight), all in float32 and cast once; sandwich norms around each block --
+
+
+@triton.jit
+def _gemma_normed(xf, weight, eps, HIDDEN: tl.constexpr):
+    """Gemma's RMSNorm of a float32 row (0 past its end): ``x * rsqrt(mean(x²) + eps) * (1 + w)``
+    in float32, as transformers computes it before the one cast."""
+    variance = tl.sum(xf * xf, axis=0) / HIDDEN
+    return xf * tl.math.rsqrt(variance + eps) * (1.0 + weight.to(tl.float32))
+
+
+@triton.jit
+def _gemma_norm_kernel(
+    x_ptr, residual_ptr, weight_ptr, next_weight_ptr, out_ptr, residual_out_ptr,
+    stride_x, stride_residual, stride_out, stride_residual_out, eps,
+    HIDDEN: tl.constexpr, BLOCK: tl.constexpr, ADD_TO_RESIDUAL: tl.constexpr, NORM_AGAIN: tl.constexpr,
+    USE_PDL: tl.constexpr = False,
+):
+    """One program per row. Plain: ``out = norm(x)``. ``ADD_TO_RESIDUAL``: ``residual_out = residual +
+    norm(x)`` (the norm cast to the activations' dtype, then the add rounded as a torch add), and
+    with ``NORM_AGAIN`` also ``out = norm'(residual_out)`` with ``next_weight``: a Gemma layer's
+    post-attention norm, residual add and pre-feedforward norm in one launch."""
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < HIDDEN
+    weight = tl.load(weight_ptr + offs, mask=mask, other=0.0)
+    if NORM_AGAIN:
+        next_weight = tl.load(next_weight_ptr + offs, mask=mask, other=0.0)
+    if USE_PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
+    dtype = out_ptr.dtype.element_ty
+    y = _gemma_normed(x.to(tl.float32), weight, eps, HIDDEN).to(dtype)
+    if ADD_TO_RESIDUAL:
+        residual = tl.load(residual_ptr + row * stride_residual + offs, mask=mask, other=0.0)
+        y = (residual.to(tl.float32) + y.to(tl.float32)).to(dtype)
+        tl.store(residual_out_ptr + row * stride_residual_out + offs, y, mask=mask)
+        if NORM_AGAIN:
+            y = _gemma_normed(y.to(tl.float32), next_weight, eps, HIDDEN).to(dtype)
+            tl.store(out_ptr + row * stride_out + offs, y, mask=mask)
+    else:
+        tl.store(out_ptr + row * stride_out + offs, y, mask=mask)
+
+
+def gemma_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Gemma's RMSNorm over the last dimension: ``x / rms(x) * (1 + weight)`` in float32, cast to x's
+    dtype. x: [..., H] with a contiguous last dim and rows viewable as [N, H]; weight: [H]."""
+    hidden = _check_row_input(x, weight)
+    out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    _launch_gemma(x, x, weight, weight, out, out, eps, hidden, add_to_residual=False, norm_again=False)
+    return out
+
+
+def gemma_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+                       next_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A Gemma sandwich norm and its residual add in one launch: ``residual_out = residual +
+    gemma_rms_norm(x, weight)``, and with ``next_weight`` also ``gemma_rms_norm(residual_out,
+    next_weight)``, the next block's input. x, residual: [T, H] of one dtype; weights [H]. Returns
+    (that next input or None, residual_out). Inputs are not modified."""
+    hidden = _check_row_input(x, weight)
+    _check_residual(x, residual)
+    if next_weight is not None and (next_weight.shape != weight.shape or next_weight.stride(0) != 1
+                                    or next_weight.device != x.device):
+        raise KernelInputError(f"next_weight must be contiguous [{hidden}] on {x.device}")
+    if residual.dtype != x.dtype:
+        raise KernelInputError(f"x and residual must share a dtype, got {x.dtype} and {residual.dtype}")
+    residual_out = torch.empty_like(x, memory_format=torch.contiguous_format)
+    normed = torch.empty_like(residual_out) if next_weight is not None else None
+    _launch_gemma(x, residual, weight, weight if next_weight is None else next_weight,
+                  residual_out if normed is None else normed, residual_out, eps, hidden,
+                  add_to_residual=True, norm_again=next_weight is not None)
+    return normed, residual_out
+
+
+def _launch_gemma(x, residual, weight, next_weight, out, residual_out, eps: float, hidden: int,
+                  add_to_residual: bool, norm_again: bool) -> None:
+    x2, r2, o2, ro2 = _rows(x), _rows(residual), _rows(out), _rows(residual_out)
+    if x2.shape[0] == 0:
+        return
+    block = next_power_of_2(hidden)
+    pdl = use_pdl(x.device)
+    _gemma_norm_kernel[(x2.shape[0],)](
+        x2, r2, weight, next_weight, o2, ro2, x2.stride(0), r2.stride(0), o2.stride(0), ro2.stride(0), eps,
+        HIDDEN=hidden, BLOCK=block, ADD_TO_RESIDUAL=add_to_residual, NORM_AGAIN=norm_again, USE_PDL=pdl,
+        num_warps=min(max(block // 512, 1), 16), **launch_options(pdl),
+    )

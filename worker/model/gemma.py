@@ -23,17 +23,17 @@ from worker.model.spec import ModelSpec
 
 
 class GemmaRMSNorm(nn.Module):
-    """x / rms(x) * (1 + weight), in float32 then cast, exactly as transformers computes it."""
+    """x / rms(x) * (1 + weight), in float32 then cast, exactly as transformers computes it (one
+    kernel with the Triton ops)."""
 
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, ops: ModuleType = torch_ops):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(dim))
         self.eps = eps
+        self.ops = ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float()
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (h * (1.0 + self.weight.float())).to(x.dtype)
+        return self.ops.gemma_rms_norm(x, self.weight, self.eps)
 
 
 class GemmaAttention(Attention):
@@ -45,7 +45,7 @@ class GemmaAttention(Attention):
         self.rope = spec.layer_rope(layer_idx)
 
     def head_norm(self, spec: ModelSpec, ops: ModuleType) -> nn.Module:
-        return GemmaRMSNorm(self.head_dim, spec.rms_norm_eps)
+        return GemmaRMSNorm(self.head_dim, spec.rms_norm_eps, ops)
 
     def forward(self, positions, hidden, kv_cache, meta: AttentionMetadata, rope_caches) -> torch.Tensor:
         return super().forward(positions, hidden, kv_cache, meta, rope_caches[self.rope])
@@ -66,18 +66,22 @@ class GemmaDecoderLayer(nn.Module):
     def __init__(self, spec: ModelSpec, layer_idx: int, backend: AttentionBackend, ops: ModuleType):
         super().__init__()
         eps = spec.rms_norm_eps
-        self.input_layernorm = GemmaRMSNorm(spec.hidden_size, eps)
+        self.ops = ops
+        self.input_layernorm = GemmaRMSNorm(spec.hidden_size, eps, ops)
         self.self_attn = GemmaAttention(spec, layer_idx, backend, ops)
-        self.post_attention_layernorm = GemmaRMSNorm(spec.hidden_size, eps)
-        self.pre_feedforward_layernorm = GemmaRMSNorm(spec.hidden_size, eps)
+        self.post_attention_layernorm = GemmaRMSNorm(spec.hidden_size, eps, ops)
+        self.pre_feedforward_layernorm = GemmaRMSNorm(spec.hidden_size, eps, ops)
         self.mlp = GemmaMLP(spec, ops)
-        self.post_feedforward_layernorm = GemmaRMSNorm(spec.hidden_size, eps)
+        self.post_feedforward_layernorm = GemmaRMSNorm(spec.hidden_size, eps, ops)
 
     def forward(self, positions, hidden, kv_cache, meta, rope_caches) -> torch.Tensor:
         attn = self.self_attn(positions, self.input_layernorm(hidden), kv_cache, meta, rope_caches)
-        hidden = hidden + self.post_attention_layernorm(attn)
-        mlp = self.mlp(self.pre_feedforward_layernorm(hidden))
-        return hidden + self.post_feedforward_layernorm(mlp)
+        # the post-attention norm, its residual add and the pre-feedforward norm: one launch
+        post, pre = self.post_attention_layernorm, self.pre_feedforward_layernorm
+        mlp_input, hidden = self.ops.gemma_add_rms_norm(attn, hidden, post.weight, post.eps, pre.weight)
+        mlp = self.mlp(mlp_input)
+        after = self.post_feedforward_layernorm
+        return self.ops.gemma_add_rms_norm(mlp, hidden, after.weight, after.eps)[1]
 
 
 class GemmaForCausalLM(nn.Module):
@@ -86,7 +90,7 @@ class GemmaForCausalLM(nn.Module):
         self.spec = spec
         self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
         self.layers = nn.ModuleList(GemmaDecoderLayer(spec, i, backend, ops) for i in range(spec.num_layers))
-        self.norm = GemmaRMSNorm(spec.hidden_size, spec.rms_norm_eps)
+        self.norm = GemmaRMSNorm(spec.hidden_size, spec.rms_norm_eps, ops)
         self.lm_head = None if spec.tie_word_embeddings else nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
         self.max_position = max_position
         for i in range(len(spec.ropes)):

@@ -61,6 +61,21 @@ def build_rope_cache(rope, max_position: int) -> torch.Tensor:
     return cache
 
 
+def gemma_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Gemma's RMSNorm: ``x / rms(x) * (1 + weight)`` in float32, cast to x's dtype."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return (h * (1.0 + weight.float())).to(x.dtype)
+
+
+def gemma_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+                       next_weight: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """A Gemma sandwich norm's residual add, ``residual + gemma_rms_norm(x, weight)``, and with
+    ``next_weight`` the next block's input normed from it. Returns (that input or None, the sum)."""
+    residual = residual + gemma_rms_norm(x, weight, eps)
+    return (None if next_weight is None else gemma_rms_norm(residual, next_weight, eps)), residual
+
+
 def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
     """GeGLU (Gemma): gelu(gate, tanh approximation) * up."""
     d = x.shape[-1] // 2
