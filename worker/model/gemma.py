@@ -74,14 +74,17 @@ class GemmaDecoderLayer(nn.Module):
         self.mlp = GemmaMLP(spec, ops)
         self.post_feedforward_layernorm = GemmaRMSNorm(spec.hidden_size, eps, ops)
 
-    def forward(self, positions, hidden, kv_cache, meta, rope_caches) -> torch.Tensor:
-        attn = self.self_attn(positions, self.input_layernorm(hidden), kv_cache, meta, rope_caches)
-        # the post-attention norm, its residual add and the pre-feedforward norm: one launch
+    def forward(self, positions, normed, hidden, kv_cache, meta, rope_caches,
+                next_norm: GemmaRMSNorm) -> tuple[torch.Tensor, torch.Tensor]:
+        """``normed``: ``input_layernorm(hidden)``, made by the layer before (or the model for the
+        first). Returns (``next_norm`` of the layer's output, that output)."""
+        attn = self.self_attn(positions, normed, kv_cache, meta, rope_caches)
+        # each sandwich norm, its residual add and the norm after it: one launch
         post, pre = self.post_attention_layernorm, self.pre_feedforward_layernorm
         mlp_input, hidden = self.ops.gemma_add_rms_norm(attn, hidden, post.weight, post.eps, pre.weight)
         mlp = self.mlp(mlp_input)
         after = self.post_feedforward_layernorm
-        return self.ops.gemma_add_rms_norm(mlp, hidden, after.weight, after.eps)[1]
+        return self.ops.gemma_add_rms_norm(mlp, hidden, after.weight, after.eps, next_norm.weight)
 
 
 class GemmaForCausalLM(nn.Module):
@@ -113,9 +116,11 @@ class GemmaForCausalLM(nn.Module):
         # transformers rounds sqrt(hidden) to the weights' dtype before scaling
         hidden = hidden * torch.tensor(self.spec.hidden_size**0.5, dtype=hidden.dtype)
         rope_caches = [getattr(self, f"rope_cache_{i}") for i in range(len(self.spec.ropes))]
-        for layer, kv in zip(self.layers, kv_caches):
-            hidden = layer(positions, hidden, kv, meta, rope_caches)
-        return self.norm(hidden)
+        normed = self.layers[0].input_layernorm(hidden)
+        follows = [layer.input_layernorm for layer in self.layers[1:]] + [self.norm]
+        for layer, kv, next_norm in zip(self.layers, kv_caches, follows):
+            normed, hidden = layer(positions, normed, hidden, kv, meta, rope_caches, next_norm)
+        return normed
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:  # [N, vocab]
         weight = self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
