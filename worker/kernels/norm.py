@@ -174,33 +174,29 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
         raise KernelInputError("tensor rows must be viewable as [N, H] (uniform row stride)") from err
 
 
+def _row_launch(x, residual, out, residual_out, hidden: int):
+    """The [N, H] views of a one-program-per-row launch and the launch options (block, PDL, warps);
+    None when there are no rows."""
+    views = tuple(_rows(t) for t in (x, residual, out, residual_out))
+    if views[0].shape[0] == 0:
+        return None
+    block = next_power_of_2(hidden)
+    pdl = use_pdl(x.device)
+    return views, dict(HIDDEN=hidden, BLOCK=block, USE_PDL=pdl, num_warps=min(max(block // 512, 1), 16),
+                       **launch_options(pdl))
+
+
 def _launch(x, residual, weight, out, residual_out, eps: float, hidden: int, add_residual: bool,
             scales: torch.Tensor | None = None) -> None:
     """``scales`` given: ``out`` takes e4m3 codes and ``scales`` [rows, 1] their per-row scales."""
-    x2, r2, o2, ro2 = _rows(x), _rows(residual), _rows(out), _rows(residual_out)
-    if x2.shape[0] == 0:
+    launch = _row_launch(x, residual, out, residual_out, hidden)
+    if launch is None:
         return
-    block = next_power_of_2(hidden)
-    pdl = use_pdl(x.device)
+    (x2, r2, o2, ro2), options = launch
     _rms_norm_kernel[(x2.shape[0],)](
-        x2,
-        r2,
-        weight,
-        o2,
-        ro2,
-        o2 if scales is None else scales,
-        x2.stride(0),
-        r2.stride(0),
-        o2.stride(0),
-        ro2.stride(0),
-        eps,
-        HIDDEN=hidden,
-        BLOCK=block,
-        ADD_RESIDUAL=add_residual,
-        USE_PDL=pdl,
-        QUANT_FP8=scales is not None,
-        num_warps=min(max(block // 512, 1), 16),
-        **launch_options(pdl),
+        x2, r2, weight, o2, ro2, o2 if scales is None else scales,
+        x2.stride(0), r2.stride(0), o2.stride(0), ro2.stride(0), eps,
+        ADD_RESIDUAL=add_residual, QUANT_FP8=scales is not None, **options,
     )
 
 
@@ -281,13 +277,11 @@ def gemma_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Te
 
 def _launch_gemma(x, residual, weight, next_weight, out, residual_out, eps: float, hidden: int,
                   add_to_residual: bool, norm_again: bool) -> None:
-    x2, r2, o2, ro2 = _rows(x), _rows(residual), _rows(out), _rows(residual_out)
-    if x2.shape[0] == 0:
+    launch = _row_launch(x, residual, out, residual_out, hidden)
+    if launch is None:
         return
-    block = next_power_of_2(hidden)
-    pdl = use_pdl(x.device)
+    (x2, r2, o2, ro2), options = launch
     _gemma_norm_kernel[(x2.shape[0],)](
         x2, r2, weight, next_weight, o2, ro2, x2.stride(0), r2.stride(0), o2.stride(0), ro2.stride(0), eps,
-        HIDDEN=hidden, BLOCK=block, ADD_TO_RESIDUAL=add_to_residual, NORM_AGAIN=norm_again, USE_PDL=pdl,
-        num_warps=min(max(block // 512, 1), 16), **launch_options(pdl),
+        ADD_TO_RESIDUAL=add_to_residual, NORM_AGAIN=norm_again, **options,
     )
