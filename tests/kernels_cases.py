@@ -484,6 +484,33 @@ def check_gemma_norms(shape: tuple[int, ...], device: str, dtype: torch.dtype, s
     }
 
 
+def check_head_norms(tokens: int, heads: int, kv_heads: int, head_dim: int, device: str, dtype: torch.dtype,
+                     seed: int = 0) -> Metrics:
+    """The q/k norms as the attention block calls them: ``rms_norm`` and ``gemma_rms_norm`` on [T, heads,
+    D] views of a fused qkv output (rows not uniformly strided, read in place) against the torch ops
+    on contiguous copies. Metrics: rel_err (Llama's), gemma_rel_err, ``plain_rows`` = 1 if the view
+    could have been read as plain rows (the case would not test the per-head path)."""
+    from worker.kernels.norm import gemma_rms_norm, rms_norm
+    from worker.model import ops
+
+    g = torch.Generator().manual_seed(seed)
+    qkv = _randn(g, tokens, (heads + 2 * kv_heads) * head_dim, dtype=dtype, device=device) * 3.0
+    q = qkv[:, : heads * head_dim].reshape(tokens, heads, head_dim)
+    k = qkv[:, heads * head_dim : (heads + kv_heads) * head_dim].reshape(tokens, kv_heads, head_dim)
+    weight = (1.0 + 0.3 * _randn(g, head_dim, dtype=torch.float32, device="cpu")).to(dtype=dtype, device=device)
+    errors, gemma_errors = [], []
+    for view in (q, k):
+        errors.append(rel_err(rms_norm(view, weight, 1e-6), ops.rms_norm(view.contiguous(), weight, 1e-6)))
+        gemma_errors.append(rel_err(gemma_rms_norm(view, weight, 1e-6),
+                                    ops.gemma_rms_norm(view.contiguous(), weight, 1e-6)))
+    try:
+        q.view(-1, head_dim)
+        plain = 1.0
+    except RuntimeError:
+        plain = 0.0
+    return {"rel_err": max(errors), "gemma_rel_err": max(gemma_errors), "plain_rows": plain}
+
+
 def check_token_bitmask(num_rows: int, vocab: int, grammar_rows: tuple[int, ...], device: str, seed: int = 0) -> Metrics:
     """``apply_token_bitmask_`` against the torch path (``worker.structured.bitmask.apply_bitmask_torch``):
     random masks, some rows without a grammar. Metrics: mismatched (entries that differ)."""

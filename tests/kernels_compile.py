@@ -280,6 +280,12 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
         {"x_ptr": BF16, "residual_ptr": BF16, "weight_ptr": BF16, "out_ptr": BF16, "residual_out_ptr": BF16},
         dict(HIDDEN=4096, BLOCK=4096, ADD_RESIDUAL=False), ("eps",), num_warps=8,
     ),
+    # a q/k norm over a [T, 32, 128] per-head view of the fused qkv output, read in place
+    "rms_norm_qk_heads": lambda: compile_variant(
+        norm._rms_norm_kernel,
+        {"x_ptr": BF16, "residual_ptr": BF16, "weight_ptr": BF16, "out_ptr": BF16, "residual_out_ptr": BF16},
+        dict(HIDDEN=128, BLOCK=128, ADD_RESIDUAL=False, HEADS=32), ("eps",), num_warps=1,
+    ),
     "fused_add_rms_norm": lambda: compile_variant(
         norm._rms_norm_kernel,
         {"x_ptr": BF16, "residual_ptr": BF16, "weight_ptr": BF16, "out_ptr": BF16, "residual_out_ptr": BF16},

@@ -21,6 +21,7 @@ from kernels_cases import (
     check_gelu_tanh_and_mul,
     check_gemma_norms,
     check_greedy_argmax,
+    check_head_norms,
     check_input_validation,
     check_reshape_and_cache,
     check_rms_norm,
@@ -100,6 +101,8 @@ OTHER_CASES: dict[str, Callable[[], Metrics | dict[str, list[str]]]] = {
     "gelu_tanh_and_mul_wide": lambda: check_gelu_tanh_and_mul(7, 1000, "cpu", F32),
     "gemma_norms_2d": lambda: check_gemma_norms((5, 96), "cpu", F32),
     "gemma_norms_3d_ragged": lambda: check_gemma_norms((3, 2, 100), "cpu", F32),
+    # tokens, q heads, kv heads, head dim: per-head views of a fused qkv output, read in place
+    "head_norms_qkv_views": lambda: check_head_norms(5, 4, 2, 16, "cpu", F32),
     "input_validation": lambda: check_input_validation("cpu"),
     # rows, N, K; plan = (block_n, block_k, warps, stages, split_k): every row count, masks on N and K,
     # split K with an even and a ragged last range, the SiLU epilogue with and without a split, bias

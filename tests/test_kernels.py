@@ -33,6 +33,7 @@ from kernels_cases import (  # noqa: E402
     check_gelu_tanh_and_mul,
     check_gemma_norms,
     check_greedy_argmax,
+    check_head_norms,
     check_reshape_and_cache,
     check_rms_norm,
     check_rotary,
@@ -79,6 +80,7 @@ ZERO_METRICS = (
     "tickets_left",
     "not_w8a8",
     "unfused",
+    "plain_rows",
 )
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU: CUDA is not available")
@@ -452,6 +454,14 @@ def test_silu_and_mul_on_gpu_bf16(num_tokens: int, intermediate: int) -> None:
 @pytest.mark.parametrize(("num_tokens", "intermediate"), [(512, 21504), (1, 21504), (7, 1000)])  # Gemma 3 27B
 def test_gelu_tanh_and_mul_on_gpu_bf16(num_tokens: int, intermediate: int) -> None:
     metrics = check_gelu_tanh_and_mul(num_tokens, intermediate, "cuda", torch.bfloat16)
+    assert_metrics(metrics, BF16_ELEMENTWISE_TOLERANCE)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("tokens", [2, 8, 512])  # one token's heads are plain rows
+def test_head_norms_on_per_head_views_on_gpu_bf16(tokens: int) -> None:
+    metrics = check_head_norms(tokens, 32, 16, 128, "cuda", torch.bfloat16)  # Gemma 3 27B's heads
     assert_metrics(metrics, BF16_ELEMENTWISE_TOLERANCE)
 
 

@@ -5,28 +5,14 @@ import torch
 
 from worker.kernels.activation import gelu_tanh_and_mul, silu_and_mul, silu_and_mul_fp8
 from worker.kernels.moe_gemm import fused_moe
-from worker.kernels.norm import fused_add_rms_norm, gemma_add_rms_norm, rms_norm_fp8
-from worker.kernels.norm import gemma_rms_norm as _gemma_rms_norm
-from worker.kernels.norm import rms_norm as _rms_norm
+# the norms read q/k norms' per-head views of the fused qkv output in place
+from worker.kernels.norm import fused_add_rms_norm, gemma_add_rms_norm, gemma_rms_norm, rms_norm, rms_norm_fp8
 from worker.kernels.rotary import rotary_embedding as _rotary
 from worker.model.ops import build_cos_sin_cache, build_rope_cache
 
 __all__ = ["rms_norm", "fused_add_rms_norm", "rms_norm_fp8", "gemma_rms_norm", "gemma_add_rms_norm", "silu_and_mul",
            "silu_and_mul_fp8", "rotary_embedding", "build_cos_sin_cache", "build_rope_cache", "gelu_tanh_and_mul",
            "fused_moe"]
-
-
-def _rows_viewable(x: torch.Tensor) -> torch.Tensor:
-    # q/k norms see per-head views of the fused qkv output, whose rows are not uniformly strided
-    return x.contiguous() if x.dim() > 2 and not x.is_contiguous() else x
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return _rms_norm(_rows_viewable(x), weight, eps)
-
-
-def gemma_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return _gemma_rms_norm(_rows_viewable(x), weight, eps)
 
 
 def rotary_embedding(positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor,

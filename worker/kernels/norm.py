@@ -19,6 +19,15 @@ MAX_HIDDEN = 65536  # one row is held in registers; wider rows are not a Llama s
 
 
 @triton.jit
+def _x_row_offset(row, stride_x, stride_x_head, HEADS: tl.constexpr):
+    """Where row ``row`` of x starts: rows of a [N, H] tensor, or with HEADS > 1 the heads of a
+    [T, HEADS, H] view (token row // HEADS, head row % HEADS)."""
+    if HEADS == 1:
+        return row * stride_x
+    return (row // HEADS) * stride_x + (row % HEADS) * stride_x_head
+
+
+@triton.jit
 def _rms_norm_kernel(
     x_ptr,
     residual_ptr,
@@ -36,12 +45,15 @@ def _rms_norm_kernel(
     ADD_RESIDUAL: tl.constexpr,
     USE_PDL: tl.constexpr = False,
     QUANT_FP8: tl.constexpr = False,
+    HEADS: tl.constexpr = 1,
+    stride_x_head=0,
 ):
     """One program per row; reads the whole row, so ``out`` and ``residual_out`` may alias the inputs.
     With ``USE_PDL`` the norm's weight is read before waiting for the kernel that wrote x (pdl.py).
     With ``QUANT_FP8`` the normed row, rounded to x's dtype as the plain norm stores it, is quantized
     to e4m3 with its own scale (``fp8_quant``'s arithmetic): ``out`` takes the codes, ``scale_ptr``
-    the row's scale."""
+    the row's scale. ``HEADS`` > 1: x is [T, HEADS, HIDDEN] with strides (stride_x, stride_x_head, 1),
+    a per-head view of a fused qkv output (q/k norms), read in place; row r is token r // HEADS."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < HIDDEN
@@ -49,7 +61,7 @@ def _rms_norm_kernel(
     if USE_PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
-    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
+    x = tl.load(x_ptr + _x_row_offset(row, stride_x, stride_x_head, HEADS) + offs, mask=mask, other=0.0)
     if ADD_RESIDUAL:
         residual = tl.load(residual_ptr + row * stride_residual + offs, mask=mask, other=0.0)
         # Rounded to the sum's dtype, as a torch add of the two tensors would be.
@@ -71,14 +83,15 @@ def _rms_norm_kernel(
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, out: torch.Tensor | None = None) -> torch.Tensor:
     """``weight * rmsnorm(x)`` over the last dimension.
 
-    x: [..., H] float16/bfloat16/float32 with a contiguous last dim; weight: [H].
+    x: [..., H] float16/bfloat16/float32 with a contiguous last dim (rows viewable as [N, H], or a
+    [T, heads, H] per-head view, read in place); weight: [H].
     Returns a new tensor (or fills ``out``, which may be ``x`` itself) of dtype
     ``torch.promote_types(x.dtype, weight.dtype)`` and x's shape.
     """
     hidden = _check_row_input(x, weight)
     out_dtype = torch.promote_types(x.dtype, weight.dtype)
     out = _output_like(x, out_dtype, out, "out")
-    _launch(x, x, weight, out, out, eps, hidden, add_residual=False)
+    _launch(x, out, weight, out, out, eps, hidden, add_residual=False)
     return out
 
 
@@ -175,15 +188,31 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def _row_launch(x, residual, out, residual_out, hidden: int):
-    """The [N, H] views of a one-program-per-row launch and the launch options (block, PDL, warps);
-    None when there are no rows."""
-    views = tuple(_rows(t) for t in (x, residual, out, residual_out))
-    if views[0].shape[0] == 0:
+    """The [N, H] views of a one-program-per-row launch (x's as (view, row stride, head stride,
+    heads): a [T, heads, H] view whose rows are not uniformly strided is read in place) and the
+    launch options (block, PDL, warps, heads); None when there are no rows."""
+    heads, head_stride = 1, 0
+    if x.dim() == 3 and x.shape[1] > 1 and not _viewable_as_rows(x):
+        heads, head_stride = x.shape[1], x.stride(1)
+        x2 = x
+    else:
+        x2 = _rows(x)
+    views = (x2, *(_rows(t) for t in (residual, out, residual_out)))
+    rows = views[2].shape[0]
+    if rows == 0:
         return None
     block = next_power_of_2(hidden)
     pdl = use_pdl(x.device)
-    return views, dict(HIDDEN=hidden, BLOCK=block, USE_PDL=pdl, num_warps=min(max(block // 512, 1), 16),
-                       **launch_options(pdl))
+    return views, rows, dict(HIDDEN=hidden, BLOCK=block, USE_PDL=pdl, HEADS=heads, stride_x_head=head_stride,
+                             num_warps=min(max(block // 512, 1), 16), **launch_options(pdl))
+
+
+def _viewable_as_rows(t: torch.Tensor) -> bool:
+    try:
+        t.view(-1, t.shape[-1])
+    except RuntimeError:
+        return False
+    return True
 
 
 def _launch(x, residual, weight, out, residual_out, eps: float, hidden: int, add_residual: bool,
@@ -192,8 +221,8 @@ def _launch(x, residual, weight, out, residual_out, eps: float, hidden: int, add
     launch = _row_launch(x, residual, out, residual_out, hidden)
     if launch is None:
         return
-    (x2, r2, o2, ro2), options = launch
-    _rms_norm_kernel[(x2.shape[0],)](
+    (x2, r2, o2, ro2), rows, options = launch
+    _rms_norm_kernel[(rows,)](
         x2, r2, weight, o2, ro2, o2 if scales is None else scales,
         x2.stride(0), r2.stride(0), o2.stride(0), ro2.stride(0), eps,
         ADD_RESIDUAL=add_residual, QUANT_FP8=scales is not None, **options,
@@ -216,12 +245,13 @@ def _gemma_norm_kernel(
     x_ptr, residual_ptr, weight_ptr, next_weight_ptr, out_ptr, residual_out_ptr,
     stride_x, stride_residual, stride_out, stride_residual_out, eps,
     HIDDEN: tl.constexpr, BLOCK: tl.constexpr, ADD_TO_RESIDUAL: tl.constexpr, NORM_AGAIN: tl.constexpr,
-    USE_PDL: tl.constexpr = False,
+    USE_PDL: tl.constexpr = False, HEADS: tl.constexpr = 1, stride_x_head=0,
 ):
     """One program per row. Plain: ``out = norm(x)``. ``ADD_TO_RESIDUAL``: ``residual_out = residual +
     norm(x)`` (the norm cast to the activations' dtype, then the add rounded as a torch add), and
     with ``NORM_AGAIN`` also ``out = norm'(residual_out)`` with ``next_weight``: a Gemma layer's
-    post-attention norm, residual add and pre-feedforward norm in one launch."""
+    post-attention norm, residual add and pre-feedforward norm in one launch. ``HEADS``: as in
+    ``_rms_norm_kernel`` (Gemma 3's q/k norms)."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < HIDDEN
@@ -231,7 +261,7 @@ def _gemma_norm_kernel(
     if USE_PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
-    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
+    x = tl.load(x_ptr + _x_row_offset(row, stride_x, stride_x_head, HEADS) + offs, mask=mask, other=0.0)
     dtype = out_ptr.dtype.element_ty
     y = _gemma_normed(x.to(tl.float32), weight, eps, HIDDEN).to(dtype)
     if ADD_TO_RESIDUAL:
@@ -247,10 +277,11 @@ def _gemma_norm_kernel(
 
 def gemma_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Gemma's RMSNorm over the last dimension: ``x / rms(x) * (1 + weight)`` in float32, cast to x's
-    dtype. x: [..., H] with a contiguous last dim and rows viewable as [N, H]; weight: [H]."""
+    dtype (a new contiguous tensor). x: [..., H] with a contiguous last dim, rows viewable as [N, H]
+    or a [T, heads, H] per-head view; weight: [H]."""
     hidden = _check_row_input(x, weight)
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    _launch_gemma(x, x, weight, weight, out, out, eps, hidden, add_to_residual=False, norm_again=False)
+    _launch_gemma(x, out, weight, weight, out, out, eps, hidden, add_to_residual=False, norm_again=False)
     return out
 
 
@@ -280,8 +311,8 @@ def _launch_gemma(x, residual, weight, next_weight, out, residual_out, eps: floa
     launch = _row_launch(x, residual, out, residual_out, hidden)
     if launch is None:
         return
-    (x2, r2, o2, ro2), options = launch
-    _gemma_norm_kernel[(x2.shape[0],)](
+    (x2, r2, o2, ro2), rows, options = launch
+    _gemma_norm_kernel[(rows,)](
         x2, r2, weight, next_weight, o2, ro2, x2.stride(0), r2.stride(0), o2.stride(0), ro2.stride(0), eps,
         ADD_TO_RESIDUAL=add_to_residual, NORM_AGAIN=norm_again, **options,
     )
