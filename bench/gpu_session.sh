@@ -49,6 +49,8 @@
 #              WARD_FP8_GEMV_W8A8, alternated twice; the verdict
 #   silufp8    the FP8 model (1,000 x 1,024/128, mixed, 1,000 x 256/256) with the SiLU-and-quantize row read
 #              twice and once (WARD_SILU_FP8_ONE_PASS=0/1), alternated twice; the throughput verdict
+#   gemma      Gemma 3 27B (batch 1, mixed) with its norms and GeGLU as torch expressions and as the Triton
+#              kernels (WARD_GEMMA_KERNELS=0/1), alternated twice, after their GPU tests; the verdict
 #   fp8math    the FP8 decode GEMV's three ways to meet e4m3 weights (widened to bf16, to f16, or an
 #              e4m3-by-e4m3 dot over x quantized per row) per projection at 1 and 8 rows (bench/gemv_fp8_math.py)
 #   gemvfp8    the same for the FP8 layers' decode (bench/gemv_sweep.py --fp8, e4m3 weights widened), the
@@ -211,6 +213,12 @@ for s in $STEPS; do
                --workloads offline_1024_128,mixed,offline_256_256
              python3 bench/gemv_verdict.py "$OUT" silufp8_pass0 silufp8_pass1 \
                --throughput offline_1024_128:req_s,mixed:out_tok_s,offline_256_256:req_s ;;
+    gemma) step gemma_tests 120 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/test_kernels.py \
+             -k "gemma or gelu or head_norms"
+           tail -1 "$OUT/gemma_tests.txt"
+           alternate gemma_ "${GEMMA_NEED:-150}" WARD_GEMMA_KERNELS 0 torch 1 kernels --model gemma-3-27b \
+             --workloads batch1,mixed
+           python3 bench/gemv_verdict.py "$OUT" gemma_torch gemma_kernels --throughput batch1:tok_s,mixed:out_tok_s ;;
     fp8math) step fp8_math "${FP8_MATH_NEED:-240}" python3 bench/gemv_fp8_math.py --out "$OUT/fp8_math.json"
              grep -E '^\{"(qkv|o|down|gate_up_silu)"' "$OUT/fp8_math.txt" | cut -c1-900 ;;
     tmaprobe) step tma_probe "${TMA_PROBE_NEED:-120}" python3 bench/gemv_tma_probe.py ${TMA_PROBE_ARGS---quick} \

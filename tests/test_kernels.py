@@ -186,6 +186,27 @@ def test_importing_the_kernel_package_defines_no_kernel() -> None:
     assert proc.stdout.strip() == "[]"
 
 
+def test_gemma_kernels_setting_swaps_in_the_torch_expressions_for_a_b() -> None:
+    """``WARD_GEMMA_KERNELS=0``: the Triton ops give Gemma's norms and GeGLU their torch expressions;
+    unset or 1, the kernels."""
+    code = (
+        "from worker.kernels import model_ops; from worker.model import ops; "
+        "names = ('gemma_rms_norm', 'gemma_add_rms_norm', 'gelu_tanh_and_mul'); "
+        "print(sum(getattr(model_ops, n) is getattr(ops, n) for n in names))"
+    )
+    seen = {}
+    for value in (None, "1", "0"):
+        env = {**os.environ, "PYTHONPATH": _python_path()}
+        env.pop("WARD_GEMMA_KERNELS", None)
+        if value is not None:
+            env["WARD_GEMMA_KERNELS"] = value
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              cwd=TESTS_DIR.parent, env=env)
+        assert proc.returncode == 0, proc.stderr
+        seen[value] = proc.stdout.strip()
+    assert seen == {None: "0", "1": "0", "0": "3"}, seen
+
+
 # ---------------------------------------------------------------- launch heuristics (plain Python)
 
 

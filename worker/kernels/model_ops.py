@@ -1,14 +1,26 @@
-"""The model's ops (same contracts as worker/model/ops.py) backed by the Triton kernels."""
+"""The model's ops (same contracts as worker/model/ops.py) backed by the Triton kernels.
+
+``WARD_GEMMA_KERNELS=0`` gives Gemma's norms and GeGLU their torch expressions instead (for A/B on a
+card: those kernels were built without one)."""
 from __future__ import annotations
+
+import os
 
 import torch
 
-from worker.kernels.activation import gelu_tanh_and_mul, silu_and_mul, silu_and_mul_fp8
+from worker.kernels import activation, norm
+from worker.kernels.activation import silu_and_mul, silu_and_mul_fp8
 from worker.kernels.moe_gemm import fused_moe
 # the norms read q/k norms' per-head views of the fused qkv output in place
-from worker.kernels.norm import fused_add_rms_norm, gemma_add_rms_norm, gemma_rms_norm, rms_norm, rms_norm_fp8
+from worker.kernels.norm import fused_add_rms_norm, rms_norm, rms_norm_fp8
 from worker.kernels.rotary import rotary_embedding as _rotary
+from worker.model import ops as torch_ops
 from worker.model.ops import build_cos_sin_cache, build_rope_cache
+
+_GEMMA = norm if os.environ.get("WARD_GEMMA_KERNELS", "1").strip() != "0" else torch_ops
+gemma_rms_norm = _GEMMA.gemma_rms_norm
+gemma_add_rms_norm = _GEMMA.gemma_add_rms_norm
+gelu_tanh_and_mul = (activation if _GEMMA is norm else torch_ops).gelu_tanh_and_mul
 
 __all__ = ["rms_norm", "fused_add_rms_norm", "rms_norm_fp8", "gemma_rms_norm", "gemma_add_rms_norm", "silu_and_mul",
            "silu_and_mul_fp8", "rotary_embedding", "build_cos_sin_cache", "build_rope_cache", "gelu_tanh_and_mul",
