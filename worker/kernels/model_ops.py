@@ -17,10 +17,12 @@ from worker.kernels.rotary import rotary_embedding as _rotary
 from worker.model import ops as torch_ops
 from worker.model.ops import build_cos_sin_cache, build_rope_cache
 
-_GEMMA = norm if os.environ.get("WARD_GEMMA_KERNELS", "1").strip() != "0" else torch_ops
-gemma_rms_norm = _GEMMA.gemma_rms_norm
-gemma_add_rms_norm = _GEMMA.gemma_add_rms_norm
-gelu_tanh_and_mul = (activation if _GEMMA is norm else torch_ops).gelu_tanh_and_mul
+if os.environ.get("WARD_GEMMA_KERNELS", "1").strip() != "0":
+    gemma_rms_norm, gemma_add_rms_norm = norm.gemma_rms_norm, norm.gemma_add_rms_norm
+    gelu_tanh_and_mul = activation.gelu_tanh_and_mul
+else:  # the torch expressions, for an A/B against the kernels
+    gemma_rms_norm, gemma_add_rms_norm = torch_ops.gemma_rms_norm, torch_ops.gemma_add_rms_norm
+    gelu_tanh_and_mul = torch_ops.gelu_tanh_and_mul
 
 __all__ = ["rms_norm", "fused_add_rms_norm", "rms_norm_fp8", "gemma_rms_norm", "gemma_add_rms_norm", "silu_and_mul",
            "silu_and_mul_fp8", "rotary_embedding", "build_cos_sin_cache", "build_rope_cache", "gelu_tanh_and_mul",

@@ -188,11 +188,11 @@ def _rows(t: torch.Tensor) -> torch.Tensor:
 
 
 def _row_launch(x, residual, out, residual_out, hidden: int):
-    """The [N, H] views of a one-program-per-row launch (x's as (view, row stride, head stride,
-    heads): a [T, heads, H] view whose rows are not uniformly strided is read in place) and the
-    launch options (block, PDL, warps, heads); None when there are no rows."""
+    """(the four tensors as [N, H] row views, N, the launch options: block, PDL, warps, heads) of a
+    one-program-per-row launch; x stays a [T, heads, H] view where its rows are not evenly spaced (a
+    per-head slice of a fused qkv output, read in place). None when there are no rows."""
     heads, head_stride = 1, 0
-    if x.dim() == 3 and x.shape[1] > 1 and not _viewable_as_rows(x):
+    if _uneven_heads(x):
         heads, head_stride = x.shape[1], x.stride(1)
         x2 = x
     else:
@@ -207,12 +207,9 @@ def _row_launch(x, residual, out, residual_out, hidden: int):
                              num_warps=min(max(block // 512, 1), 16), **launch_options(pdl))
 
 
-def _viewable_as_rows(t: torch.Tensor) -> bool:
-    try:
-        t.view(-1, t.shape[-1])
-    except RuntimeError:
-        return False
-    return True
+def _uneven_heads(t: torch.Tensor) -> bool:
+    """A [T, heads, H] tensor whose heads cannot be viewed as evenly spaced [T * heads, H] rows."""
+    return t.dim() == 3 and t.shape[0] > 1 and t.shape[1] > 1 and t.stride(0) != t.shape[1] * t.stride(1)
 
 
 def _launch(x, residual, weight, out, residual_out, eps: float, hidden: int, add_residual: bool,
@@ -286,7 +283,7 @@ def gemma_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.T
 
 
 def gemma_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
-                       next_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       next_weight: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
     """A Gemma sandwich norm and its residual add in one launch: ``residual_out = residual +
     gemma_rms_norm(x, weight)``, and with ``next_weight`` also ``gemma_rms_norm(residual_out,
     next_weight)``, the next block's input. x, residual: [T, H] of one dtype; weights [H]. Returns

@@ -35,6 +35,11 @@ class GemmaRMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.ops.gemma_rms_norm(x, self.weight, self.eps)
 
+    def add_to(self, x: torch.Tensor, residual: torch.Tensor,
+               next_norm: GemmaRMSNorm) -> tuple[torch.Tensor, torch.Tensor]:
+        """A sandwich norm: (``next_norm(residual + self(x))``, ``residual + self(x)``) in one launch."""
+        return self.ops.gemma_add_rms_norm(x, residual, self.weight, self.eps, next_norm.weight)
+
 
 class GemmaAttention(Attention):
     """Llama's attention with Gemma's (1 + weight) head norms and a RoPE table per layer kind (local or
@@ -66,7 +71,6 @@ class GemmaDecoderLayer(nn.Module):
     def __init__(self, spec: ModelSpec, layer_idx: int, backend: AttentionBackend, ops: ModuleType):
         super().__init__()
         eps = spec.rms_norm_eps
-        self.ops = ops
         self.input_layernorm = GemmaRMSNorm(spec.hidden_size, eps, ops)
         self.self_attn = GemmaAttention(spec, layer_idx, backend, ops)
         self.post_attention_layernorm = GemmaRMSNorm(spec.hidden_size, eps, ops)
@@ -79,12 +83,8 @@ class GemmaDecoderLayer(nn.Module):
         """``normed``: ``input_layernorm(hidden)``, made by the layer before (or the model for the
         first). Returns (``next_norm`` of the layer's output, that output)."""
         attn = self.self_attn(positions, normed, kv_cache, meta, rope_caches)
-        # each sandwich norm, its residual add and the norm after it: one launch
-        post, pre = self.post_attention_layernorm, self.pre_feedforward_layernorm
-        mlp_input, hidden = self.ops.gemma_add_rms_norm(attn, hidden, post.weight, post.eps, pre.weight)
-        mlp = self.mlp(mlp_input)
-        after = self.post_feedforward_layernorm
-        return self.ops.gemma_add_rms_norm(mlp, hidden, after.weight, after.eps, next_norm.weight)
+        mlp_input, hidden = self.post_attention_layernorm.add_to(attn, hidden, self.pre_feedforward_layernorm)
+        return self.post_feedforward_layernorm.add_to(self.mlp(mlp_input), hidden, next_norm)
 
 
 class GemmaForCausalLM(nn.Module):
