@@ -38,7 +38,7 @@ from worker.kernels.decode_gemv import decode_gemv, reserve_workspace  # noqa: E
 from worker.kernels.decode_gemv_config import choose_plan  # noqa: E402
 from worker.kernels.rotary_cache import rotary_and_cache  # noqa: E402
 
-from graph_timing import timed_us  # noqa: E402  (bench/, the script's own folder)
+from worker.tuning.graph_timing import timed_us  # noqa: E402
 
 PROJECTIONS = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}  # N, K
 LAYERS = 32

@@ -27,7 +27,7 @@ from worker.kernels.fp8_gemm import fp8_channel_gemm
 from worker.kernels.fp8_quant import quantize_fp8_groups
 from worker.model.quant.linear import quantize_fp8_per_channel
 
-from graph_timing import timed_us  # bench/, the script's own folder
+from worker.tuning.graph_timing import timed_us
 
 SHAPES = {"qkv": (4096, 6144), "o": (4096, 4096), "gate_up": (4096, 28672), "down": (14336, 4096)}  # (K, N)
 SPILL_BYTES = 150 * 2**20  # three times an H100's or H200's L2

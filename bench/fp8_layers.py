@@ -19,7 +19,7 @@ from worker.kernels.decode_gemv_config import MAX_ROWS
 from worker.kernels.fp8_quant import quantize_fp8_groups
 from worker.model.quant.linear import quantize_fp8_per_channel, quantize_fp8_per_token
 
-from graph_timing import timed_us  # bench/, the script's own folder
+from worker.tuning.graph_timing import timed_us
 
 SHAPES = {"qkv": (4096, 6144), "o": (4096, 4096), "gate_up": (4096, 28672), "down": (14336, 4096)}  # (K, N)
 

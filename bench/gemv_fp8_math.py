@@ -39,7 +39,7 @@ from worker.kernels.decode_gemv import decode_gemv, reserve_workspace, shared_me
 from worker.kernels.decode_gemv_config import GemvPlan, _fit_split, choose_plan  # noqa: E402
 from worker.model.quant.linear import quantize_fp8_per_channel  # noqa: E402
 
-from graph_timing import copy_bandwidth, timed_us  # noqa: E402  (bench/, the script's own folder)
+from worker.tuning.graph_timing import copy_bandwidth, timed_us  # noqa: E402
 
 SHAPES = {"qkv": (6144, 4096, False), "o": (4096, 4096, False), "gate_up_silu": (14336, 4096, True),
           "down": (4096, 14336, False)}

@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import functools
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -34,57 +33,28 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from worker.kernels.decode_gemv import decode_gemv, reserve_workspace, shared_memory_limit  # noqa: E402
+from worker.kernels.decode_gemv import shared_memory_limit  # noqa: E402
 from worker.kernels.decode_gemv_config import WIDE_ROWS, GemvPlan, _fit_split, choose_plan  # noqa: E402
+from worker.kernels.gemv_tuned import TunedShape  # noqa: E402
+from worker.tuning.gemv_tuner import AXES, GemvTimer  # noqa: E402
 
-from graph_timing import copy_bandwidth, timed_us  # noqa: E402  (bench/, the script's own folder)
-from plan_walk import walk, write_report  # noqa: E402
+from worker.tuning.graph_timing import copy_bandwidth  # noqa: E402
+from worker.tuning.plan_walk import walk  # noqa: E402
 
 # name: (N as the plan table keys it, K, SiLU epilogue); the SiLU weight has 2N rows
 SHAPES = {"qkv": (6144, 4096, False), "o": (4096, 4096, False), "down": (4096, 14336, False),
           "gate_up_silu": (14336, 4096, True)}
-AXES = {"split_k": (1, 2, 3, 4, 6, 8), "block_n": (16, 32, 64), "block_k": (128, 256, 512, 1024, 2048),
-        "num_stages": (2, 3, 4, 5, 6, 8), "num_warps": (1, 2, 4, 8)}
 REPORT_IF_FASTER = 0.98  # and the final plan by 2% to be proposed
 
 
-class Bench:
-    """Weights and inputs of one shape, and the timer of a plan on them."""
-
-    def __init__(self, n: int, k: int, silu: bool, l2_bytes: int, fp8: bool = False) -> None:
-        rows = 2 * n if silu else n
-        weight_bytes = rows * k * (1 if fp8 else 2)
-        copies = max(2, math.ceil(3 * l2_bytes / weight_bytes))
-        self.weights = [torch.randn(rows, k, dtype=torch.bfloat16, device="cuda") * k**-0.5 for _ in range(copies)]
-        self.scales = None
-        if fp8:
-            from worker.model.quant.linear import quantize_fp8_per_channel
-
-            quantized = [quantize_fp8_per_channel(w) for w in self.weights]
-            self.weights = [q for q, _ in quantized]
-            self.scales = [s.reshape(-1) for _, s in quantized]
-        self.silu = silu
-        self.n, self.k = n, k
-        self.floor_bytes = weight_bytes
-
-    def time(self, plan: GemvPlan, rows: int = 1) -> float | None:
-        """Microseconds per call, or None when the plan does not compile or launch (shared memory)."""
-        x = torch.randn(rows, self.k, dtype=torch.bfloat16, device="cuda")
-        out = torch.empty(rows, self.n, dtype=torch.bfloat16, device="cuda")
-        try:
-            for w in self.weights:
-                reserve_workspace(w, self.silu, plan)
-
-            def calls() -> None:
-                for i, w in enumerate(self.weights):
-                    decode_gemv(x, w, silu=self.silu, plan=plan, out=out,
-                                weight_scale=None if self.scales is None else self.scales[i])
-
-            per_replay = max(1, 60 // len(self.weights))
-            return timed_us(calls, iters=per_replay) / len(self.weights)
-        except Exception as exc:  # noqa: BLE001 - a plan that cannot run is skipped, its reason kept
-            print(f"  skip {dataclasses.astuple(plan)}: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
-            return None
+def write_report(report: dict, proposals: list[str], variable: str, out: str, plans_file: str = "") -> None:
+    """Adds the proposal (``variable``'s value: the entries joined by ';') to the report, prints it as
+    ``variable=value``, writes the report as JSON to ``out`` and the bare value to ``plans_file``."""
+    report["proposed_plans"] = ";".join(proposals)
+    print(f"{variable}=" + report["proposed_plans"], flush=True)
+    Path(out).write_text(json.dumps(report, indent=1))
+    if plans_file:
+        Path(plans_file).write_text(report["proposed_plans"])
 
 
 def plan_text(n: int, k: int, plan: GemvPlan) -> str:
@@ -108,7 +78,7 @@ def main() -> int:
     for name in args.shapes.split(","):
         n, k, silu = SHAPES[name]
         t0 = time.monotonic()
-        bench = Bench(n, k, silu, props.L2_cache_size, args.fp8)
+        bench = GemvTimer(TunedShape(n, k, silu, 1 if args.fp8 else 2, args.rows >= WIDE_ROWS), props.L2_cache_size)
         start = choose_plan(n, k, props.multi_processor_count, silu, 1 if args.fp8 else 2,
                             shared_memory_limit(torch.device("cuda", 0)), args.rows)
         best_plan, _, trials = walk(functools.partial(bench.time, rows=args.rows), start, AXES,

@@ -42,6 +42,11 @@
 #              --rows 8), then the whole model at batch 1 and in the latency test with the tables' plans
 #              and with both proposals (WARD_GEMV_PLANS and WARD_GEMV_WIDE_PLANS), alternated twice; the
 #              verdict and the two proposals also in $STASH (default /tmp/ward-stash) for a next call
+#   tune       `ward tune gemv` for Llama-3.1-8B on this card (TUNE_ARGS: more flags, e.g. "--rows one"),
+#              its file in $OUT/tuned and in $STASH/tuned for a next call
+#   tuneab     the whole model at batch 1 and in the latency test without and with the tuned file
+#              (TUNED_FOLDER, default $OUT/tuned, else $STASH/tuned) as WARD_TUNED_CONFIG_FOLDER,
+#              alternated twice; the verdict
 #   tmaprobe   the decode GEMV with its weight tiles fetched by TMA beside the engine's, per projection at
 #              1 and 8 rows (bench/gemv_tma_probe.py --quick; TMA_PROBE_ARGS= for the whole grid)
 #   fp8w8a8    the FP8 model at batch 1 and in the latency test with the decode GEMV widening its e4m3
@@ -213,6 +218,16 @@ for s in $STEPS; do
                --workloads offline_1024_128,mixed,offline_256_256
              python3 bench/gemv_verdict.py "$OUT" silufp8_pass0 silufp8_pass1 \
                --throughput offline_1024_128:req_s,mixed:out_tok_s,offline_256_256:req_s ;;
+    tune) step tune_gemv 420 python3 -m ward tune gemv --model llama-3.1-8b --folder "$OUT/tuned" \
+            --report "$OUT/tune_gemv.json" ${TUNE_ARGS:-}
+          grep -E " -> |written|unchanged|ward tune" "$OUT/tune_gemv.txt" | cut -c1-200
+          mkdir -p "${STASH:-/tmp/ward-stash}" && cp -r "$OUT/tuned" "${STASH:-/tmp/ward-stash}/" 2>/dev/null ;;
+    tuneab) folder=${TUNED_FOLDER:-$OUT/tuned}; [ -d "$folder" ] || folder=${STASH:-/tmp/ward-stash}/tuned
+            if ls "$folder"/*.json > /dev/null 2>&1; then
+              alternate tune_ 70 WARD_TUNED_CONFIG_FOLDER "$OUT/no-tuned-configs" tables "$folder" tuned \
+                --workloads latency,batch1
+              python3 bench/gemv_verdict.py "$OUT" tune_tables tune_tuned
+            else echo "tuneab: no tuned file in $folder"; fi ;;
     gemma) step gemma_tests 120 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/test_kernels.py \
              -k "gemma or gelu or head_norms"
            tail -1 "$OUT/gemma_tests.txt"

@@ -16,7 +16,7 @@ import triton
 
 from worker.kernels import int4_gemm
 
-from graph_timing import timed_us  # bench/, the script's own folder
+from worker.tuning.graph_timing import timed_us
 
 SHAPES = {  # name: (K, N) of y = x @ W
     "8b.qkv": (4096, 6144), "8b.o": (4096, 4096), "8b.gate_up": (4096, 28672), "8b.down": (14336, 4096),

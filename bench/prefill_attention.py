@@ -33,7 +33,7 @@ import worker.kernels.attention as attention  # noqa: E402
 import worker.kernels.attention_config as attention_config  # noqa: E402
 
 from attention_splits import fa3  # noqa: E402  (bench/, the script's own folder)
-from graph_timing import timed_us  # noqa: E402
+from worker.tuning.graph_timing import timed_us  # noqa: E402
 
 HEADS, KV_HEADS, HEAD_DIM, PAGE = 32, 8, 128, 16
 

@@ -622,6 +622,51 @@ def check_decode_gemv(rows: int, n: int, k: int, device: str, dtype: torch.dtype
     }
 
 
+def check_decode_gemv_tuned_plan(rows: int, n: int, k: int, device: str, dtype: torch.dtype,
+                                 tuned: tuple[int, int, int, int, int]) -> Metrics:
+    """A card's tuned-config file (``ward tune gemv``) in the folder ``WARD_TUNED_CONFIG_FOLDER`` names,
+    for a card named as this test's device is made to report: ``decode_gemv`` without a plan must
+    take the file's plan for its shape and row class and compute what ``F.linear`` does.
+    Metrics: ``rel_err``, ``unwritten``, ``tuned_plan_not_taken`` (1 when the launch's plan is not the
+    file's), ``tickets_left``."""
+    import os
+    import tempfile
+
+    from worker.kernels import decode_gemv as gemv
+    from worker.kernels import gemv_tuned
+    from worker.kernels.decode_gemv_config import WIDE_ROWS, GemvPlan
+
+    card = "Test Card 80GB"
+    plan = GemvPlan(*tuned)
+    g = torch.Generator().manual_seed(0)
+    x = _randn(g, rows, k, dtype=dtype, device=device)
+    w = _randn(g, n, k, dtype=dtype, device=device) * k**-0.5
+    shape = gemv_tuned.TunedShape(n, k, False, w.element_size(), rows >= WIDE_ROWS)
+    saved = (os.environ.get(gemv_tuned.FOLDER_ENV), gemv.device_name)
+    with tempfile.TemporaryDirectory() as folder:
+        os.environ[gemv_tuned.FOLDER_ENV] = folder
+        gemv_tuned.write_plans(gemv_tuned.device_config_path(card), card, [gemv_tuned.TunedPlan(shape, plan, 1.0, 2.0)])
+        gemv_tuned.forget_loaded()
+        gemv.device_name = lambda _device: card
+        try:
+            taken = gemv.plan_for(w, rows=rows)
+            out = torch.full((rows, n), float("nan"), dtype=dtype, device=device)
+            gemv.decode_gemv(x, w, out=out)
+        finally:
+            if saved[0] is None:
+                os.environ.pop(gemv_tuned.FOLDER_ENV, None)
+            else:
+                os.environ[gemv_tuned.FOLDER_ENV] = saved[0]
+            gemv.device_name = saved[1]
+            gemv_tuned.forget_loaded()
+    return {
+        "rel_err": rel_err(out, F.linear(x.double(), w.double())),
+        "unwritten": nan_count(out),
+        "tuned_plan_not_taken": float(taken != plan),
+        "tickets_left": float(gemv.workspace(torch.device(device)).tickets.count_nonzero()),
+    }
+
+
 @contextlib.contextmanager
 def _fp8_layers_on(device: str):
     """Off CUDA: the FP8 layers believe FP8 tensor cores are there (their e4m3 GEMV runs in the

@@ -15,6 +15,7 @@ from kernels_cases import (
     check_attention,
     check_decode_gemv,
     check_decode_gemv_norm_fusion,
+    check_decode_gemv_tuned_plan,
     check_fp8_w8a8_gemv_layer,
     check_fp8_w8a8_mlp_normed,
     check_fused_moe,
@@ -111,6 +112,8 @@ OTHER_CASES: dict[str, Callable[[], Metrics | dict[str, list[str]]]] = {
     "decode_gemv_rows3_split3_ragged_bias": lambda: check_decode_gemv(3, 80, 300, "cpu", F32, bias=True,
                                                                       plan=(32, 64, 4, 2, 3)),
     "decode_gemv_rows4_own_plan": lambda: check_decode_gemv(4, 96, 128, "cpu", F32),
+    # a card's tuned file: its three-way split (the rule would not split K = 384) at 8 rows, ragged N
+    "decode_gemv_tuned_plan_rows8": lambda: check_decode_gemv_tuned_plan(8, 80, 384, "cpu", F32, (16, 64, 4, 2, 3)),
     "decode_gemv_rows5_split2": lambda: check_decode_gemv(5, 48, 256, "cpu", F32, plan=(16, 32, 4, 2, 2)),
     "decode_gemv_rows6_silu": lambda: check_decode_gemv(6, 64, 192, "cpu", F32, silu=True, plan=(32, 64, 4, 2, 1)),
     "decode_gemv_rows7_silu_split_bias": lambda: check_decode_gemv(7, 40, 160, "cpu", F32, silu=True, bias=True,

@@ -281,6 +281,23 @@ def test_extra_volumes_reach_the_gateway_pod(tmp_path):
     kubernetes_validate.validate(one(docs, "Deployment", "ward-gateway"), KUBE_VERSION, strict=True)
 
 
+def test_workers_read_tuned_kernel_plans_from_a_configmap_when_one_is_named(rendered, tmp_path):
+    docs = render(deep_merge(REQUIRED_VALUES, {"models": MODELS, "worker": {"tunedConfigMap": "ward-tuned"}}), tmp_path)
+    workers = [d for d in by_kind(docs, "Deployment") if d["spec"]["template"]["spec"]["containers"][0]["name"] == "worker"]
+    assert len(workers) == len(MODELS)
+    for deployment in workers:
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        assert {"name": "tuned-configs", "configMap": {"name": "ward-tuned"}} in pod["volumes"]
+        assert {"name": "tuned-configs", "mountPath": "/etc/ward/tuned-configs", "readOnly": True} in container["volumeMounts"]
+        assert {"name": "WARD_TUNED_CONFIG_FOLDER", "value": "/etc/ward/tuned-configs"} in container["env"]
+        kubernetes_validate.validate(deployment, KUBE_VERSION, strict=True)
+    # not named (the default): nothing mounted, the shipped plans
+    for deployment in by_kind(rendered["everything-on"], "Deployment"):
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert all(e["name"] != "WARD_TUNED_CONFIG_FOLDER" for e in container.get("env", []))
+
+
 def test_the_audit_purge_job_runs_ward_audit_purge_with_the_retention(rendered):
     job = one(rendered["everything-on"], "CronJob", "ward-audit-purge")
     container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]

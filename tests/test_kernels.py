@@ -81,6 +81,7 @@ ZERO_METRICS = (
     "not_w8a8",
     "unfused",
     "plain_rows",
+    "tuned_plan_not_taken",
 )
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU: CUDA is not available")

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "approvals": ("gateway.policy.cli", "model approval: models' statuses and teams' allowed models"),
     "audit": ("gateway.audit.cli", "verify, export and purge the audit log"),
     "bench": ("ward.bench", "benchmarks: print a table and write JSON"),
+    "tune": ("worker.tuning.cli", "tune kernels on this machine's card for a model (decode GEMV plans)"),
 }
 
 

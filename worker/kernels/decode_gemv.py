@@ -32,6 +32,7 @@ from worker.kernels.attention import num_sms
 from worker.kernels.decode_gemv_config import BLOCK_M, MAX_ROWS, GemvPlan, choose_plan, choose_w8a8_plan, k_per_split
 from worker.kernels.errors import KernelInputError
 from worker.kernels.gemv_checks import check_gemv_operands
+from worker.kernels.gemv_tuned import tuned_table
 from worker.kernels.pdl import launch_options, use_pdl
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -297,10 +298,26 @@ def shared_memory_limit(device: torch.device) -> int | None:
     return _cuda_shared_limit(device.index if device.index is not None else torch.cuda.current_device())
 
 
+@functools.lru_cache(maxsize=None)
+def _cuda_device_name(device_index: int) -> str:
+    return torch.cuda.get_device_name(device_index)
+
+
+def device_name(device: torch.device) -> str | None:
+    """The card's name as CUDA reports it (``NVIDIA H200``), which keys its tuned plans; None off CUDA."""
+    if device.type != "cuda":
+        return None
+    return _cuda_device_name(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def plan_for(weight: torch.Tensor, silu: bool = False, plan: GemvPlan | None = None, rows: int = 1) -> GemvPlan:
+    """``plan``, else the plan ``choose_plan`` gives a launch of ``rows`` rows on ``weight``, with the
+    card's tuned plans (``ward tune gemv``) where it has them."""
+    if plan is not None:
+        return plan
     n = weight.shape[0] // 2 if silu else weight.shape[0]
-    return plan or choose_plan(n, weight.shape[1], num_sms(weight.device), silu, weight.element_size(),
-                               shared_memory_limit(weight.device), rows)
+    return choose_plan(n, weight.shape[1], num_sms(weight.device), silu, weight.element_size(),
+                       shared_memory_limit(weight.device), rows, tuned_table(device_name(weight.device)))
 
 
 def workspace_need(weight: torch.Tensor, silu: bool = False, plan: GemvPlan | None = None,

@@ -6,8 +6,10 @@ Triton or reads a device tensor: the choice is free under CUDA-graph capture and
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 MAX_ROWS = 8  # decode and latency batches; more rows go to cuBLAS
@@ -99,10 +101,24 @@ def parse_plan_overrides(text: str) -> dict[tuple[int, int], GemvPlan]:
             block_n, block_k, warps, stages, split = (int(v) for v in fields.split(":"))
         except ValueError:
             raise ValueError(f"WARD_GEMV_PLANS entry {entry!r} is not NxK=block_n:block_k:warps:stages:split_k")
-        if min(n, k, block_n, block_k, warps, stages, split) < 1 or block_n & (block_n - 1) or block_k & (block_k - 1):
+        plan = GemvPlan(block_n, block_k, warps, stages, split)
+        if min(n, k) < 1 or plan_problem(plan):
             raise ValueError(f"WARD_GEMV_PLANS entry {entry!r}: sizes >= 1, tile sides powers of two")
-        plans[(n, k)] = GemvPlan(block_n, block_k, warps, stages, split)
+        plans[(n, k)] = plan
     return plans
+
+
+def plan_problem(plan: GemvPlan) -> str | None:
+    """Why ``plan`` cannot be launched whatever the shape (None when it can): every size at least 1,
+    tile sides and warps powers of two, at most ``MAX_SPLIT_K`` splits."""
+    values = dataclasses.astuple(plan)
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values) or min(values) < 1:
+        return "every size must be an integer of at least 1"
+    if any(v & (v - 1) for v in (plan.block_n, plan.block_k, plan.num_warps)):
+        return "block_n, block_k and num_warps must be powers of two"
+    if plan.split_k > MAX_SPLIT_K:
+        return f"split_k must be at most {MAX_SPLIT_K}"
+    return None
 
 
 PLAN_OVERRIDES = parse_plan_overrides(os.environ.get("WARD_GEMV_PLANS", ""))
@@ -111,8 +127,12 @@ PLAN_OVERRIDES = parse_plan_overrides(os.environ.get("WARD_GEMV_PLANS", ""))
 WIDE_PLAN_OVERRIDES = parse_plan_overrides(os.environ.get("WARD_GEMV_WIDE_PLANS", ""))
 
 
+# A card's tuned plans (``worker.kernels.gemv_tuned``) keyed by (n, k, SiLU, weight element size, wide)
+TunedTable = Mapping[tuple[int, int, bool, int, bool], GemvPlan]
+
+
 def choose_plan(n: int, k: int, num_sms: int, silu: bool = False, element_size: int = 2,
-                shared_limit: int | None = None, rows: int = 1) -> GemvPlan:
+                shared_limit: int | None = None, rows: int = 1, tuned: TunedTable | None = None) -> GemvPlan:
     """The plan for an [n, k] weight (n = output columns one program family covers; with the SiLU
     epilogue the intermediate size): ``WARD_GEMV_PLANS``'s, the table's (the e4m3 table for one-byte
     weights), else by rule; then with fewer stages or a shorter K step where its pipelined tiles of
@@ -124,9 +144,14 @@ def choose_plan(n: int, k: int, num_sms: int, silu: bool = False, element_size: 
     made FP8 batch-1 decode 4.7% faster (211.6 -> 221.5 tokens/s) than the 16-bit plans.
 
     A launch of ``rows`` >= WIDE_ROWS takes ``WARD_GEMV_WIDE_PLANS``'s plan for the shape where it
-    names one, and an e4m3 launch the wide table's before the e4m3 table's."""
+    names one, and an e4m3 launch the wide table's before the e4m3 table's.
+
+    ``tuned``: the card's own plans (``ward tune gemv``), after the environment's and before the
+    tables, which were measured on an H100."""
     wide = rows >= WIDE_ROWS
     plan = (WIDE_PLAN_OVERRIDES.get((n, k)) if wide else None) or PLAN_OVERRIDES.get((n, k))
+    if plan is None and tuned:
+        plan = tuned.get((n, k, silu, element_size, wide))
     if plan is None and element_size == 1:
         plan = (LLAMA_8B_FP8_WIDE_PLANS.get((n, k, silu)) if wide else None) or LLAMA_8B_FP8_PLANS.get((n, k, silu))
     if plan is None:

@@ -37,6 +37,7 @@ GEMV widens its weights).
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,9 @@ from torch import nn
 from worker.kernels.decode_gemv_config import MAX_ROWS
 from worker.model.quant import linear as fp8_linear
 from worker.model.quant.linear import Fp8Activation, Fp8Linear
+
+if TYPE_CHECKING:
+    from worker.kernels.gemv_tuned import TunedShape
 
 PROJECTIONS = {"qkv": "self_attn.qkv_proj", "o": "self_attn.o_proj", "gate_up": "mlp.gate_up_proj",
                "down": "mlp.down_proj"}
@@ -325,18 +329,10 @@ def enable_norm_fusion(model: nn.Module) -> tuple[int, int]:
     return marked, folded
 
 
-def use_decode_gemv(model: nn.Module, projections: tuple[str, ...] | None = None) -> int:
-    """Swaps the named float projections of every decoder layer (default: ``WARD_DECODE_GEMV``'s) for
-    ``DecodeGemvLinear`` and the per-channel FP8 ones for ``Fp8DecodeGemvLinear`` (other quantized
-    layers and MoE experts are left alone) and reserves the GEMV's workspace, so that nothing is
-    allocated during CUDA-graph capture. Returns the number of layers swapped."""
-    names = decode_gemv_projections() if projections is None else projections
-    if not names:
-        return 0
-    setting = fp8_gemv_w8a8_setting()
-    from worker.kernels.decode_gemv import reserve_w8a8_workspace, reserve_workspace
-
-    swapped = 0
+def _decode_swaps(model: nn.Module, names: tuple[str, ...], setting: str):
+    """(layer, attribute path, role, module, its GEMV stand-in) for every projection named in ``names``
+    that the decode GEMV takes: float ``nn.Linear`` and per-channel FP8 layers (other quantized
+    layers and MoE experts are left alone)."""
     for layer in model.layers:
         w8a8 = w8a8_projections(layer, setting)
         for role in names:
@@ -352,17 +348,71 @@ def use_decode_gemv(model: nn.Module, projections: tuple[str, ...] | None = None
                                                  silu_epilogue_w8a8=role == "gate_up" and "down" not in w8a8)
             else:
                 continue
-            parent, _, attr = name.rpartition(".")
-            setattr(layer.get_submodule(parent), attr, swapped_in)
-            reserve_workspace(module.weight)
-            gate_up = name == "mlp.gate_up_proj" and module.out_features % 2 == 0
+            yield layer, name, role, module, swapped_in
+
+
+def _is_gate_up(name: str, module: nn.Module) -> bool:
+    return name == PROJECTIONS["gate_up"] and module.out_features % 2 == 0
+
+
+def use_decode_gemv(model: nn.Module, projections: tuple[str, ...] | None = None) -> int:
+    """Swaps the named float projections of every decoder layer (default: ``WARD_DECODE_GEMV``'s) for
+    ``DecodeGemvLinear`` and the per-channel FP8 ones for ``Fp8DecodeGemvLinear`` (other quantized
+    layers and MoE experts are left alone) and reserves the GEMV's workspace, so that nothing is
+    allocated during CUDA-graph capture. Returns the number of layers swapped."""
+    names = decode_gemv_projections() if projections is None else projections
+    if not names:
+        return 0
+    from worker.kernels.decode_gemv import reserve_w8a8_workspace, reserve_workspace
+
+    _read_tuned_plans(next(model.parameters()).device)
+    swapped = 0
+    for layer, name, _role, module, swapped_in in _decode_swaps(model, names, fp8_gemv_w8a8_setting()):
+        parent, _, attr = name.rpartition(".")
+        setattr(layer.get_submodule(parent), attr, swapped_in)
+        reserve_workspace(module.weight)
+        gate_up = _is_gate_up(name, module)
+        if gate_up:
+            reserve_workspace(module.weight, silu=True)
+        if getattr(swapped_in, "w8a8", False):  # its e4m3-x launches have plans of their own
+            reserve_w8a8_workspace(module.weight)
             if gate_up:
-                reserve_workspace(module.weight, silu=True)
-            if getattr(swapped_in, "w8a8", False):  # its e4m3-x launches have plans of their own
-                reserve_w8a8_workspace(module.weight)
-                if gate_up:
-                    reserve_w8a8_workspace(module.weight, silu=True)
-            swapped += 1
+                reserve_w8a8_workspace(module.weight, silu=True)
+        swapped += 1
     if norm_fusion_requested():
         enable_norm_fusion(model)
     return swapped
+
+
+def _read_tuned_plans(device: torch.device) -> None:
+    """The card's tuned plans (``ward tune gemv``) read now, so that a malformed file stops the load
+    with a ModelLoadError naming it rather than failing the first launch."""
+    from worker.errors import ModelLoadError
+    from worker.kernels.decode_gemv import device_name
+    from worker.kernels.gemv_tuned import TunedConfigError, tuned_table
+
+    try:
+        tuned_table(device_name(device))
+    except TunedConfigError as error:
+        raise ModelLoadError(f"the card's tuned kernel plans cannot be used: {error}") from None
+
+
+def decode_gemv_shapes(model: nn.Module, projections: tuple[str, ...] | None = None) -> list["TunedShape"]:
+    """The launch shapes whose plans ``choose_plan`` picks for the projections ``use_decode_gemv``
+    would swap in ``model`` (which it leaves as it is; its tensors may be on the meta device): each
+    weight at one row and at ``WIDE_ROWS``, a gate_up with the SiLU epilogue where its MLP takes it
+    (``gate_up_silu_epilogue``). The e4m3-by-e4m3
+    launches of W8A8 projections take plans of their own and are not among them. For ``ward tune gemv``."""
+    from worker.kernels.gemv_tuned import TunedShape
+
+    names = decode_gemv_projections() if projections is None else projections
+    shapes: dict[TunedShape, None] = {}
+    for layer, name, _role, module, swapped_in in _decode_swaps(model, names, fp8_gemv_w8a8_setting()):
+        if getattr(swapped_in, "w8a8", False):
+            continue
+        n, k = module.weight.shape
+        # a gate_up launches either with the SiLU epilogue (the Llama MLP) or plain (Gemma's GeGLU)
+        silu = _is_gate_up(name, module) and getattr(getattr(layer, "mlp", None), "gate_up_silu_epilogue", False)
+        for wide in (False, True):
+            shapes[TunedShape(n // 2 if silu else n, k, silu, module.weight.element_size(), wide)] = None
+    return list(shapes)

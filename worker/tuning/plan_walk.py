@@ -1,13 +1,10 @@
-"""The plan sweep's walk (bench/gemv_sweep.py; apart so that another kernel's sweep can take it): the
-axis-by-axis walk over a kernel's tile plans (from a starting plan, each axis's values in turn, a
-change kept only when it is at least 1% faster, about the timer's spread, for up to two passes), and
-the report with its proposal written out."""
+"""The axis-by-axis walk over a kernel's tile plans (``ward tune gemv``, bench/gemv_sweep.py): from a
+starting plan, each axis's values in turn, a change kept only when it is at least 1% faster (about
+the timer's spread), for up to two passes: tens of timings where the whole grid has hundreds."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 KEEP_IF_FASTER = 0.99
@@ -36,13 +33,3 @@ def walk(time_plan: Callable[[Plan], float | None], start: Plan, axes: Mapping[s
     trials = [{"plan": list(dataclasses.astuple(p)), "us": None if us is None else round(us, 2)}
               for p, us in tried.items()]
     return best_plan, best, trials
-
-
-def write_report(report: dict[str, Any], proposals: list[str], variable: str, out: str, plans_file: str = "") -> None:
-    """Adds the proposal (``variable``'s value: the entries joined by ';') to the report, prints it as
-    ``variable=value``, writes the report as JSON to ``out`` and the bare value to ``plans_file``."""
-    report["proposed_plans"] = ";".join(proposals)
-    print(f"{variable}=" + report["proposed_plans"], flush=True)
-    Path(out).write_text(json.dumps(report, indent=1))
-    if plans_file:
-        Path(plans_file).write_text(report["proposed_plans"])
