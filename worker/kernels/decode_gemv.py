@@ -342,10 +342,16 @@ def reserve_workspace(weight: torch.Tensor, silu: bool = False, plan: GemvPlan |
     workspace(weight.device).reserve(*workspace_need(weight, silu, plan, block_m))
 
 
-def reserve_w8a8_workspace(weight: torch.Tensor, silu: bool = False) -> None:
-    """``reserve_workspace`` for e4m3-x launches on ``weight`` in their own plan."""
+def w8a8_plan_for(weight: torch.Tensor, silu: bool = False, rows: int = 1) -> GemvPlan:
+    """The plan of an e4m3-x launch of ``rows`` rows on ``weight``, the card's tuned plans included."""
     n = weight.shape[0] // 2 if silu else weight.shape[0]
-    reserve_workspace(weight, silu, choose_w8a8_plan(n, weight.shape[1], silu), W8A8_BLOCK_M)
+    return choose_w8a8_plan(n, weight.shape[1], silu, rows, tuned_table(device_name(weight.device)))
+
+
+def reserve_w8a8_workspace(weight: torch.Tensor, silu: bool = False) -> None:
+    """``reserve_workspace`` for e4m3-x launches on ``weight`` in their own plans (any row count's)."""
+    for rows in (1, MAX_ROWS):
+        reserve_workspace(weight, silu, w8a8_plan_for(weight, silu, rows), W8A8_BLOCK_M)
 
 
 def decode_gemv(
@@ -383,7 +389,7 @@ def decode_gemv(
     else:
         math = 0
     if plan is None and x_scale is not None:
-        plan = choose_w8a8_plan(weight.shape[0] // 2 if silu else weight.shape[0], weight.shape[1], silu)
+        plan = w8a8_plan_for(weight, silu, x.shape[0])
     return _launch(x, weight, bias, silu, plan_for(weight, silu, plan, x.shape[0]), out, weight_scale=weight_scale,
                    x_scale=x_scale, fp8_math=math)
 

@@ -33,6 +33,11 @@ class GemvPlan:
     split_k: int
 
 
+# A card's tuned plans (``worker.kernels.gemv_tuned``) keyed by (n, k, SiLU, weight element size, wide,
+# e4m3 x): the last true for the e4m3-by-e4m3 launches (``choose_w8a8_plan``)
+TunedTable = Mapping[tuple[int, int, bool, int, bool, bool], GemvPlan]
+
+
 # Llama-3.1-8B projections (N, K) at batch 1..8, from bench/gemv_sweep.py on an H100 (2026-12-06:
 # weights beyond L2, one axis at a time from the earlier table). The unsplit plan won on every
 # shape: the partial sums and the last program's add cost more than the shorter wave saves
@@ -84,9 +89,11 @@ LLAMA_8B_W8A8_PLANS: dict[tuple[int, int, bool], GemvPlan] = {
 W8A8_FALLBACK_PLAN = GemvPlan(32, 128, 4, 3, 1)  # other shapes: the smallest pipeline of that grid
 
 
-def choose_w8a8_plan(n: int, k: int, silu: bool = False) -> GemvPlan:
-    """The plan of an e4m3-by-e4m3 launch on an [n, k] weight (n as ``choose_plan`` takes it)."""
-    return _fit_split(LLAMA_8B_W8A8_PLANS.get((n, k, silu), W8A8_FALLBACK_PLAN), k)
+def choose_w8a8_plan(n: int, k: int, silu: bool = False, rows: int = 1, tuned: TunedTable | None = None) -> GemvPlan:
+    """The plan of an e4m3-by-e4m3 launch of ``rows`` rows on an [n, k] weight (n as ``choose_plan``
+    takes it): the card's tuned plan (``tuned``), else the table's, else the fallback."""
+    plan = tuned.get((n, k, silu, 1, rows >= WIDE_ROWS, True)) if tuned else None
+    return _fit_split(plan or LLAMA_8B_W8A8_PLANS.get((n, k, silu), W8A8_FALLBACK_PLAN), k)
 
 
 def parse_plan_overrides(text: str) -> dict[tuple[int, int], GemvPlan]:
@@ -127,10 +134,6 @@ PLAN_OVERRIDES = parse_plan_overrides(os.environ.get("WARD_GEMV_PLANS", ""))
 WIDE_PLAN_OVERRIDES = parse_plan_overrides(os.environ.get("WARD_GEMV_WIDE_PLANS", ""))
 
 
-# A card's tuned plans (``worker.kernels.gemv_tuned``) keyed by (n, k, SiLU, weight element size, wide)
-TunedTable = Mapping[tuple[int, int, bool, int, bool], GemvPlan]
-
-
 def choose_plan(n: int, k: int, num_sms: int, silu: bool = False, element_size: int = 2,
                 shared_limit: int | None = None, rows: int = 1, tuned: TunedTable | None = None) -> GemvPlan:
     """The plan for an [n, k] weight (n = output columns one program family covers; with the SiLU
@@ -151,7 +154,7 @@ def choose_plan(n: int, k: int, num_sms: int, silu: bool = False, element_size: 
     wide = rows >= WIDE_ROWS
     plan = (WIDE_PLAN_OVERRIDES.get((n, k)) if wide else None) or PLAN_OVERRIDES.get((n, k))
     if plan is None and tuned:
-        plan = tuned.get((n, k, silu, element_size, wide))
+        plan = tuned.get((n, k, silu, element_size, wide, False))
     if plan is None and element_size == 1:
         plan = (LLAMA_8B_FP8_WIDE_PLANS.get((n, k, silu)) if wide else None) or LLAMA_8B_FP8_PLANS.get((n, k, silu))
     if plan is None:

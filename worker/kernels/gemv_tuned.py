@@ -40,18 +40,19 @@ class TunedConfigError(ValueError):
 class TunedShape:
     """One launch shape of the GEMV: ``n`` output columns (with SiLU: the intermediate size), ``k``
     inputs, weights of ``weight_bytes`` a value (2: 16-bit, 1: e4m3; 4 only in Triton's interpreter),
-    launches of fewer than
-    ``WIDE_ROWS`` rows or (``wide``) of at least that many."""
+    launches of fewer than ``WIDE_ROWS`` rows or (``wide``) of at least that many; ``e4m3_x``: x is
+    e4m3 codes too and the dot e4m3 by e4m3 (the W8A8 decode, ``choose_w8a8_plan``)."""
 
     n: int
     k: int
     silu: bool
     weight_bytes: int
     wide: bool
+    e4m3_x: bool = False
 
     @property
-    def key(self) -> tuple[int, int, bool, int, bool]:
-        return (self.n, self.k, self.silu, self.weight_bytes, self.wide)
+    def key(self) -> tuple[int, int, bool, int, bool, bool]:
+        return (self.n, self.k, self.silu, self.weight_bytes, self.wide, self.e4m3_x)
 
     @property
     def rows(self) -> int:
@@ -120,8 +121,11 @@ def _entry(path: Path, index: int, entry: Any) -> TunedPlan:
     if weight_bytes not in (1, 2, 4) or isinstance(weight_bytes, bool):
         raise TunedConfigError(f"{where}: weight_bytes must be 1 (e4m3), 2 (16-bit) or 4 (float32, as in "
                                "Triton's interpreter)")
-    if not isinstance(silu, bool) or not isinstance(wide, bool):
-        raise TunedConfigError(f"{where}: silu and wide must be true or false")
+    e4m3_x = entry.get("e4m3_x", False)
+    if not all(isinstance(flag, bool) for flag in (silu, wide, e4m3_x)):
+        raise TunedConfigError(f"{where}: silu, wide and e4m3_x must be true or false")
+    if e4m3_x and weight_bytes != 1:
+        raise TunedConfigError(f"{where}: an e4m3 x (e4m3_x) meets e4m3 weights only (weight_bytes 1)")
     fields = [f.name for f in dataclasses.fields(GemvPlan)]
     if not isinstance(values, list) or len(values) != len(fields):
         raise TunedConfigError(f"{where}: plan must be [{', '.join(fields)}]")
@@ -130,7 +134,8 @@ def _entry(path: Path, index: int, entry: Any) -> TunedPlan:
     if problem:
         raise TunedConfigError(f"{where}: {problem}")
     us, start_us = entry.get("us"), entry.get("start_us")
-    return TunedPlan(TunedShape(n, k, silu, weight_bytes, wide), plan, _figure(where, us), _figure(where, start_us))
+    return TunedPlan(TunedShape(n, k, silu, weight_bytes, wide, e4m3_x), plan, _figure(where, us),
+                     _figure(where, start_us))
 
 
 def _figure(where: str, value: Any) -> float | None:
@@ -167,7 +172,7 @@ def write_plans(path: str | os.PathLike, device_name: str, plans: list[TunedPlan
 
 def _as_json(p: TunedPlan) -> dict[str, Any]:
     s = p.shape
-    return {"n": s.n, "k": s.k, "silu": s.silu, "weight_bytes": s.weight_bytes, "wide": s.wide,
+    return {"n": s.n, "k": s.k, "silu": s.silu, "weight_bytes": s.weight_bytes, "wide": s.wide, "e4m3_x": s.e4m3_x,
             "plan": list(dataclasses.astuple(p.plan)), "us": p.us, "start_us": p.start_us}
 
 

@@ -398,21 +398,23 @@ def _read_tuned_plans(device: torch.device) -> None:
 
 
 def decode_gemv_shapes(model: nn.Module, projections: tuple[str, ...] | None = None) -> list["TunedShape"]:
-    """The launch shapes whose plans ``choose_plan`` picks for the projections ``use_decode_gemv``
-    would swap in ``model`` (which it leaves as it is; its tensors may be on the meta device): each
+    """The launch shapes whose plans ``choose_plan`` (or ``choose_w8a8_plan``) picks for the
+    projections ``use_decode_gemv`` would swap in ``model`` (which it leaves as it is; its tensors may be on the meta device): each
     weight at one row and at ``WIDE_ROWS``, a gate_up with the SiLU epilogue where its MLP takes it
-    (``gate_up_silu_epilogue``). The e4m3-by-e4m3
-    launches of W8A8 projections take plans of their own and are not among them. For ``ward tune gemv``."""
+    (``gate_up_silu_epilogue``), and the e4m3-by-e4m3 launches of W8A8 projections (``e4m3_x``, their
+    own plans). For ``ward tune gemv``."""
     from worker.kernels.gemv_tuned import TunedShape
 
     names = decode_gemv_projections() if projections is None else projections
     shapes: dict[TunedShape, None] = {}
     for layer, name, _role, module, swapped_in in _decode_swaps(model, names, fp8_gemv_w8a8_setting()):
-        if getattr(swapped_in, "w8a8", False):
-            continue
         n, k = module.weight.shape
-        # a gate_up launches either with the SiLU epilogue (the Llama MLP) or plain (Gemma's GeGLU)
-        silu = _is_gate_up(name, module) and getattr(getattr(layer, "mlp", None), "gate_up_silu_epilogue", False)
+        gate_up = _is_gate_up(name, module)
+        e4m3_x = getattr(swapped_in, "w8a8", False)
+        if e4m3_x:  # a W8A8 gate_up takes the SiLU epilogue only where down_proj widens
+            silu = gate_up and swapped_in.silu_epilogue_w8a8
+        else:  # a gate_up launches with the SiLU epilogue (the Llama MLP) or plain (Gemma's GeGLU)
+            silu = gate_up and getattr(getattr(layer, "mlp", None), "gate_up_silu_epilogue", False)
         for wide in (False, True):
-            shapes[TunedShape(n // 2 if silu else n, k, silu, module.weight.element_size(), wide)] = None
+            shapes[TunedShape(n // 2 if silu else n, k, silu, module.weight.element_size(), wide, e4m3_x)] = None
     return list(shapes)

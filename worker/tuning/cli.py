@@ -1,7 +1,7 @@
 """`ward tune gemv`: the decode GEMV's plans tuned for a model on this machine's card.
 
     ward tune gemv --model llama-3.1-8b                  tune every launch shape of the model, write the card's file
-    ward tune gemv --model DIR --quantization fp8        the shapes of the model quantized to FP8 at load
+    ward tune gemv --model DIR --quantization fp8        the model quantized to FP8 at load (e4m3 x e4m3 launches too)
     ward tune gemv --model DIR --tensor-parallel-size 2  the shapes of one rank's part
     ward tune gemv --model DIR --list                    the shapes and the plans a worker takes now (no GPU needed)
 
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _shape_text(s) -> str:
-    kind = "e4m3" if s.weight_bytes == 1 else "16-bit"
+    kind = "e4m3 x e4m3" if s.e4m3_x else "e4m3" if s.weight_bytes == 1 else "16-bit"
     return f"{s.n}x{s.k}{' +SiLU' if s.silu else ''} {kind} {'8 rows' if s.wide else '1 row'}"
 
 

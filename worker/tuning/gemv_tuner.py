@@ -24,6 +24,10 @@ from worker.tuning.plan_walk import walk
 
 AXES = {"split_k": (1, 2, 3, 4, 6, 8), "block_n": (16, 32, 64), "block_k": (128, 256, 512, 1024, 2048),
         "num_stages": (2, 3, 4, 5, 6, 8), "num_warps": (1, 2, 4, 8)}
+# The e4m3-by-e4m3 launches pad x to 64 rows for the warpgroup MMA: wider column tiles, shorter K steps
+# (the grid bench/gemv_fp8_math.py searched on an H100, and one step beyond it on each side)
+W8A8_AXES = {"split_k": (1, 2, 3, 4), "block_n": (32, 64, 128), "block_k": (64, 128, 256, 512),
+             "num_stages": (2, 3, 4, 5), "num_warps": (4, 8)}
 KEEP_IF_FASTER = 0.98  # the winner against the starting plan, timed again back to back
 
 PlanTimer = Callable[[GemvPlan], "float | None"]
@@ -73,7 +77,8 @@ def tune_shape(shape: TunedShape, start: GemvPlan, time_plan: PlanTimer) -> tupl
     """The shape's plan after a walk from ``start`` (``time_plan``: microseconds a launch, None for a
     plan that cannot run), and every plan tried. The walk's winner replaces ``start`` only when,
     timed again back to back with it, it is at least 2% faster."""
-    best, _, trials = walk(time_plan, start, AXES, functools.partial(_fit_split, k=shape.k))
+    axes = W8A8_AXES if shape.e4m3_x else AXES
+    best, _, trials = walk(time_plan, start, axes, functools.partial(_fit_split, k=shape.k))
     start_us = time_plan(start)
     if best == start:
         return TunedPlan(shape, start, start_us, start_us), trials
@@ -110,19 +115,25 @@ class GemvTimer:
     def time(self, plan: GemvPlan, rows: int | None = None) -> float | None:
         """Microseconds a launch of ``rows`` rows (default: the shape's row class), or None when the
         plan does not compile or launch (shared memory, registers)."""
-        from worker.kernels.decode_gemv import decode_gemv, reserve_workspace
+        from worker.kernels.decode_gemv import W8A8_BLOCK_M, decode_gemv, reserve_workspace
+        from worker.kernels.decode_gemv_config import BLOCK_M
         from worker.tuning.graph_timing import timed_us
 
         rows = rows or self.shape.rows
         x = torch.randn(rows, self.shape.k, dtype=self.dtype, device="cuda")
+        x_scale = None
+        if self.shape.e4m3_x:
+            x_scale = torch.full((rows,), 1 / 64, dtype=torch.float32, device="cuda")
+            x = (x * 64).to(torch.float8_e4m3fn)
         out = torch.empty(rows, self.shape.n, dtype=self.dtype, device="cuda")
+        block_m = W8A8_BLOCK_M if self.shape.e4m3_x else BLOCK_M
         try:
             for w in self.weights:
-                reserve_workspace(w, self.shape.silu, plan)
+                reserve_workspace(w, self.shape.silu, plan, block_m)
 
             def calls() -> None:
                 for i, w in enumerate(self.weights):
-                    decode_gemv(x, w, silu=self.shape.silu, plan=plan, out=out,
+                    decode_gemv(x, w, silu=self.shape.silu, plan=plan, out=out, x_scale=x_scale,
                                 weight_scale=None if self.scales is None else self.scales[i])
 
             per_replay = max(1, 60 // len(self.weights))
@@ -134,10 +145,13 @@ class GemvTimer:
 
 def start_plan(shape: TunedShape, device: torch.device) -> GemvPlan:
     """The plan a worker on ``device`` takes for the shape now (its tuned file included)."""
-    from worker.kernels.decode_gemv import device_name, shared_memory_limit
     from worker.kernels.attention import num_sms
-    from worker.kernels.decode_gemv_config import choose_plan
+    from worker.kernels.decode_gemv import device_name, shared_memory_limit
+    from worker.kernels.decode_gemv_config import choose_plan, choose_w8a8_plan
     from worker.kernels.gemv_tuned import tuned_table
 
+    tuned = tuned_table(device_name(device))
+    if shape.e4m3_x:
+        return choose_w8a8_plan(shape.n, shape.k, shape.silu, shape.rows, tuned)
     return choose_plan(shape.n, shape.k, num_sms(device), shape.silu, shape.weight_bytes,
-                       shared_memory_limit(device), shape.rows, tuned_table(device_name(device)))
+                       shared_memory_limit(device), shape.rows, tuned)
