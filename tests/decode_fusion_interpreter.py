@@ -1,6 +1,6 @@
 """Greedy decoding of tiny random models through the CUDA code path on the CPU (Triton's interpreter),
 with the decode fusions off (plain projections, rotary as its own kernel) and on (projections swapped
-for the decode GEMV with the SiLU epilogue, rotary fused into the cache write). Prints, per family,
+for the decode GEMV with the SiLU or GeGLU epilogue, rotary fused into the cache write). Prints, per family,
 whether the greedy tokens match, the logits' relative difference and how often each fused kernel ran.
 
 ``tests/test_decode_fusion.py`` runs this file in a fresh process with ``TRITON_INTERPRET=1``.
@@ -64,6 +64,8 @@ def counting(module, name: str, calls: Counter) -> None:
 
     def wrapper(*args, **kwargs):
         calls[name] += 1
+        if kwargs.get("gelu_tanh"):  # Gemma's GeGLU in the GEMV's epilogue
+            calls[name + "_gelu_tanh"] += 1
         return original(*args, **kwargs)
 
     setattr(module, name, wrapper)

@@ -569,8 +569,9 @@ def check_fused_moe(num_tokens: int, num_experts: int, top_k: int, hidden: int, 
 
 def check_decode_gemv(rows: int, n: int, k: int, device: str, dtype: torch.dtype, silu: bool = False,
                       bias: bool = False, plan: tuple[int, int, int, int, int] | None = None, seed: int = 0,
-                      fp8: bool = False, fp8_math: int = 0) -> Metrics:
-    """``decode_gemv`` against ``F.linear`` (then ``F.silu(gate) * up`` with ``silu``), twice in a row.
+                      fp8: bool = False, fp8_math: int = 0, gelu_tanh: bool = False) -> Metrics:
+    """``decode_gemv`` against ``F.linear`` (then ``F.silu(gate) * up`` with ``silu``, or with
+    ``gelu_tanh`` as well ``F.gelu(gate, approximate="tanh") * up``), twice in a row.
 
     ``n`` is the output width (with ``silu`` the intermediate size: the weight has 2n rows); ``plan``
     = (block_n, block_k, warps, stages, split_k), else the kernel's own choice. The reference is
@@ -607,13 +608,16 @@ def check_decode_gemv(rows: int, n: int, k: int, device: str, dtype: torch.dtype
         x_in = (x.float() / x_scale[:, None]).clamp(-448, 448).to(torch.float8_e4m3fn)
         x = x_in.double() * x_scale.double()[:, None]
         extra = {"x_scale": x_scale}
+    if gelu_tanh:
+        extra["gelu_tanh"] = True
     decode_gemv(x_in, w, b, silu=silu, plan=gemv_plan, out=out, weight_scale=scale, **extra)
     again = decode_gemv(x_in, w, b, silu=silu, plan=gemv_plan, weight_scale=scale, out=torch.empty_like(out), **extra)
     w_ref = w.double() * scale.double()[:, None] if fp8 else w.double()
     ref = F.linear(x.double(), w_ref, None if b is None else b.double())
     if silu:
         gate, up = ref.to(dtype).chunk(2, dim=-1)
-        ref = F.silu(gate.double()).to(dtype).double() * up.double()
+        activated = F.gelu(gate.double(), approximate="tanh") if gelu_tanh else F.silu(gate.double())
+        ref = activated.to(dtype).double() * up.double()
     return {
         "rel_err": rel_err(out, ref),
         "unwritten": nan_count(out),

@@ -118,7 +118,7 @@ BF16 = "*bf16"
 def decode_gemv_variant(block_n: int, block_k: int, split_k: int, silu: bool, bias: bool, stages: int,
                         even: bool = True, pdl: bool = False, add_residual: bool = False,
                         norm_input: bool = False, fp8: bool = False, warps: int = 4,
-                        fp8_math: int = 0) -> dict[str, int]:
+                        fp8_math: int = 0, gelu_tanh: bool = False) -> dict[str, int]:
     return compile_variant(
         decode_gemv._decode_gemv_kernel,
         {"x_ptr": "*fp8e4nv" if fp8_math == 2 else BF16, "w_ptr": "*fp8e4nv" if fp8 else BF16, "b_ptr": BF16,
@@ -126,7 +126,8 @@ def decode_gemv_variant(block_n: int, block_k: int, split_k: int, silu: bool, bi
          "ws_ptr": "*fp32", "xs_ptr": "*fp32"},
         dict(BLOCK_M=decode_gemv.W8A8_BLOCK_M if fp8_math == 2 else 16, BLOCK_N=block_n, BLOCK_K=block_k,
              SPLIT_K=split_k, SILU=silu, HAS_BIAS=bias, EVEN_N=even, EVEN_K=even, EXACT_FP32=False, USE_PDL=pdl,
-             ADD_RESIDUAL=add_residual, NORM_INPUT=norm_input, SQ_TILES_P=128, W_SCALED=fp8, FP8_MATH=fp8_math),
+             ADD_RESIDUAL=add_residual, NORM_INPUT=norm_input, SQ_TILES_P=128, W_SCALED=fp8, FP8_MATH=fp8_math,
+             GELU_TANH=gelu_tanh),
         ("eps",),
         # a launch specialises sizes that are multiples of 16 as such (Llama's N and K, the split length)
         divisible=("N", "K", "K_PER_SPLIT") if even else ("K_PER_SPLIT",), num_warps=warps, num_stages=stages,
@@ -240,6 +241,9 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     "decode_gemv_down_split4": lambda: decode_gemv_variant(32, 512, 4, silu=False, bias=False, stages=4),
     "decode_gemv_gate_up_unfused": lambda: decode_gemv_variant(32, 512, 1, silu=False, bias=False, stages=4),
     "decode_gemv_gate_up_silu": lambda: decode_gemv_variant(32, 256, 1, silu=True, bias=False, stages=4),
+    # Gemma's GeGLU epilogue (Gemma 3 27B's gate_up: 2 x 21,504 rows over K = 5,376), split in two
+    "decode_gemv_gate_up_gelu_tanh_split2": lambda: decode_gemv_variant(32, 256, 2, silu=True, bias=False, stages=4,
+                                                                        gelu_tanh=True),
     # e4m3 weights (FP8 layers at decode): plans of LLAMA_8B_FP8_PLANS (qkv's 16-wide tiles in two warps,
     # o's three K splits), and a split with bias and PDL
     "decode_gemv_fp8_qkv": lambda: decode_gemv_variant(16, 256, 1, silu=False, bias=False, stages=3, fp8=True,

@@ -116,6 +116,11 @@ OTHER_CASES: dict[str, Callable[[], Metrics | dict[str, list[str]]]] = {
     "decode_gemv_tuned_plan_rows8": lambda: check_decode_gemv_tuned_plan(8, 80, 384, "cpu", F32, (16, 64, 4, 2, 3)),
     "decode_gemv_rows5_split2": lambda: check_decode_gemv(5, 48, 256, "cpu", F32, plan=(16, 32, 4, 2, 2)),
     "decode_gemv_rows6_silu": lambda: check_decode_gemv(6, 64, 192, "cpu", F32, silu=True, plan=(32, 64, 4, 2, 1)),
+    # Gemma's GeGLU epilogue: ragged N, split K with a ragged last range
+    "decode_gemv_rows3_gelu_tanh_split2_ragged": lambda: check_decode_gemv(3, 40, 200, "cpu", F32, silu=True,
+                                                                           plan=(32, 64, 4, 2, 2), gelu_tanh=True),
+    "decode_gemv_fp8_rows2_gelu_tanh": lambda: check_decode_gemv(2, 64, 256, "cpu", F32, silu=True, fp8=True,
+                                                                 plan=(32, 64, 4, 2, 1), gelu_tanh=True),
     "decode_gemv_rows7_silu_split_bias": lambda: check_decode_gemv(7, 40, 160, "cpu", F32, silu=True, bias=True,
                                                                    plan=(16, 32, 4, 2, 3)),
     "decode_gemv_rows8_silu_split2": lambda: check_decode_gemv(8, 64, 256, "cpu", F32, silu=True,

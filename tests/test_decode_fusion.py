@@ -50,6 +50,8 @@ def test_fused_decode_gives_the_same_greedy_tokens_in_the_interpreter(family: st
     # on: 3 decode steps of 2 rows through the GEMV (the 17-row prefill stays on F.linear), and the
     # rotary cache write in every attention call (prefill included)
     assert run["calls_on"]["decode_gemv"] == 3 * SWAPPED[family]
+    # Gemma's gate_up takes the GeGLU epilogue each decode step (its one layer); no other family does
+    assert run["calls_on"].get("decode_gemv_gelu_tanh", 0) == (3 if family.startswith("gemma") else 0), run
     assert run["calls_on"]["rotary_and_cache"] >= 4
     # the post-attention norm folded into o_proj and gate_up on every dense Llama-family layer, never
     # Gemma's (its norms differ) or an MoE layer (no gate_up), and the next layer's input norm into

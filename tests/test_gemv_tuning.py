@@ -213,9 +213,9 @@ def test_the_shapes_are_the_models_own_launches() -> None:
     tp2 = model_shapes("llama-3.1-8b", tensor_parallel_size=2)
     assert {(s.n, s.k, s.silu) for s in tp2} == {(3072, 4096, False), (4096, 2048, False), (7168, 4096, True),
                                                   (4096, 7168, False)}
-    # Gemma's GeGLU launches gate_up plain, never with the SiLU epilogue
+    # Gemma's gate_up takes the gated (GeGLU) epilogue, never a plain launch
     gemma = {(s.n, s.k, s.silu) for s in model_shapes("gemma-3-27b")}
-    assert (43008, 5376, False) in gemma and not any(silu for _, _, silu in gemma)
+    assert gemma == {(8192, 5376, False), (5376, 4096, False), (21504, 5376, True), (5376, 21504, False)}
     assert model_shapes("llama-3.1-70b-awq") == []  # INT4 layers keep their own kernels
 
 

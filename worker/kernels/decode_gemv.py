@@ -1,5 +1,6 @@
 """Decode GEMV: ``y = x @ W.T (+ bias)`` for x [M, K] with M <= 8 rows and W in the checkpoint's
-[N, K] layout (no copy), optionally with the Llama MLP's ``silu(gate) * up`` applied on the way out.
+[N, K] layout (no copy), optionally with the Llama MLP's ``silu(gate) * up`` (or Gemma's GeGLU)
+applied on the way out.
 
 At a few rows a projection is a read of its weights. Each program streams ``block_n`` weight rows
 over its K range; narrow layers split K across programs. Measured on an H200 as CUDA-graph replays
@@ -51,7 +52,7 @@ def _decode_gemv_kernel(
     SILU: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
     EXACT_FP32: tl.constexpr, USE_PDL: tl.constexpr = False, ADD_RESIDUAL: tl.constexpr = False,
     NORM_INPUT: tl.constexpr = False, SQ_TILES_P: tl.constexpr = 16, W_SCALED: tl.constexpr = False,
-    FP8_MATH: tl.constexpr = 0,
+    FP8_MATH: tl.constexpr = 0, GELU_TANH: tl.constexpr = False,
 ):
     """Grid (cdiv(N, BLOCK_N), SPLIT_K). N is the output width (with SILU the intermediate size; the
     up rows start at row N of W). The loop's bounds are plain ints, never program-dependent.
@@ -67,7 +68,8 @@ def _decode_gemv_kernel(
     ``FP8_MATH`` (e4m3 weights only) says how their dot is taken: 0, widened to x's dtype; 1, the
     weight and x widened to float16 (one conversion instruction per two e4m3 values instead of
     three; the same products while x is within float16's range); 2, x is e4m3 codes too, with one
-    float32 scale per row at ``xs_ptr``, and the dot is e4m3 by e4m3 (W8A8, no widening)."""
+    float32 scale per row at ``xs_ptr``, and the dot is e4m3 by e4m3 (W8A8, no widening). With SILU
+    and ``GELU_TANH`` the gated epilogue takes Gemma's tanh-approximated GELU in place of SiLU."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
@@ -98,7 +100,7 @@ def _decode_gemv_kernel(
                                   acc, acc_up, BLOCK_K, SILU, EVEN_N, EVEN_K, EXACT_FP32, NORM_INPUT, FP8_MATH)
     _finish(acc, acc_up, b_ptr, y_ptr, part_ptr, ticket_ptr, res_ptr, sq_ptr, ws_ptr, xs_ptr, pid_n, pid_k, rows, cols,
             r_ok, n_ok, N, stride_ym, stride_rm, BLOCK_M, BLOCK_N, SPLIT_K, SILU, HAS_BIAS, ADD_RESIDUAL, W_SCALED,
-            FP8_MATH == 2)
+            FP8_MATH == 2, GELU_TANH)
 
 
 @triton.jit
@@ -179,7 +181,7 @@ def _dots(x, w, u, acc, acc_up, SILU: tl.constexpr, EXACT_FP32: tl.constexpr, FP
 def _finish(acc, acc_up, b_ptr, y_ptr, part_ptr, ticket_ptr, res_ptr, sq_ptr, ws_ptr, xs_ptr, pid_n, pid_k, rows, cols,
             r_ok, n_ok, N, stride_ym, stride_rm, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SPLIT_K: tl.constexpr,
             SILU: tl.constexpr, HAS_BIAS: tl.constexpr, ADD_RESIDUAL: tl.constexpr, W_SCALED: tl.constexpr,
-            X_SCALED: tl.constexpr):
+            X_SCALED: tl.constexpr, GELU_TANH: tl.constexpr = False):
     """Writes the output tile: directly, or with SPLIT_K > 1 through the partials and the tile's ticket
     (the last program to finish adds the splits in order and re-arms the ticket)."""
     if SPLIT_K > 1:
@@ -205,16 +207,17 @@ def _finish(acc, acc_up, b_ptr, y_ptr, part_ptr, ticket_ptr, res_ptr, sq_ptr, ws
                                       other=0.0, cache_modifier=".cg")
             tl.atomic_xchg(ticket_ptr + pid_n, 0)  # re-armed for the next call (or graph replay)
             _epilogue(acc, acc_up, b_ptr, y_ptr, res_ptr, sq_ptr, ws_ptr, xs_ptr, pid_n, rows, cols, r_ok, n_ok, N,
-                      stride_ym, stride_rm, BLOCK_M, SILU, HAS_BIAS, ADD_RESIDUAL, W_SCALED, X_SCALED)
+                      stride_ym, stride_rm, BLOCK_M, SILU, HAS_BIAS, ADD_RESIDUAL, W_SCALED, X_SCALED, GELU_TANH)
     else:
         _epilogue(acc, acc_up, b_ptr, y_ptr, res_ptr, sq_ptr, ws_ptr, xs_ptr, pid_n, rows, cols, r_ok, n_ok, N,
-                  stride_ym, stride_rm, BLOCK_M, SILU, HAS_BIAS, ADD_RESIDUAL, W_SCALED, X_SCALED)
+                  stride_ym, stride_rm, BLOCK_M, SILU, HAS_BIAS, ADD_RESIDUAL, W_SCALED, X_SCALED, GELU_TANH)
 
 
 @triton.jit
 def _epilogue(acc, acc_up, b_ptr, y_ptr, res_ptr, sq_ptr, ws_ptr, xs_ptr, pid_n, rows, cols, r_ok, n_ok, N, stride_ym,
               stride_rm, BLOCK_M: tl.constexpr, SILU: tl.constexpr, HAS_BIAS: tl.constexpr,
-              ADD_RESIDUAL: tl.constexpr, W_SCALED: tl.constexpr, X_SCALED: tl.constexpr = False):
+              ADD_RESIDUAL: tl.constexpr, W_SCALED: tl.constexpr, X_SCALED: tl.constexpr = False,
+              GELU_TANH: tl.constexpr = False):
     dtype = y_ptr.dtype.element_ty
     if X_SCALED:
         x_scale = tl.load(xs_ptr + rows, mask=r_ok, other=0.0)[:, None]
@@ -230,11 +233,15 @@ def _epilogue(acc, acc_up, b_ptr, y_ptr, res_ptr, sq_ptr, ws_ptr, xs_ptr, pid_n,
     if SILU:
         if HAS_BIAS:
             acc_up += tl.load(b_ptr + N + cols, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-        # Round where a gate_up projection followed by silu_and_mul would: gate and up to the
-        # activations' dtype, then silu, then the product.
+        # Round where a gate_up projection followed by silu_and_mul (gelu_tanh_and_mul) would: gate
+        # and up to the activations' dtype, then the activation, then the product.
         gate = acc.to(dtype).to(tl.float32)
         up = acc_up.to(dtype).to(tl.float32)
-        acc = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32) * up
+        if GELU_TANH:  # gate * sigmoid(2z), z = sqrt(2 / pi) * (gate + 0.044715 gate^3): 0.5 (1 + tanh z) gate
+            z = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
+            acc = (gate / (1.0 + tl.exp(-2.0 * z))).to(dtype).to(tl.float32) * up
+        else:
+            acc = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32) * up
     mask = r_ok[:, None] & n_ok[None, :]
     out = acc.to(dtype)
     if ADD_RESIDUAL:
@@ -364,9 +371,11 @@ def decode_gemv(
     weight_scale: torch.Tensor | None = None,
     x_scale: torch.Tensor | None = None,
     fp8_math: int = 0,
+    gelu_tanh: bool = False,
 ) -> torch.Tensor:
     """``x @ weight.T + bias`` for x [M, K] (1 <= M <= 8), weight [N, K], bias [N]; with ``silu`` the
-    weight is a fused gate_up [2I, K] (bias [2I]) and the result ``silu(gate) * up`` [M, I].
+    weight is a fused gate_up [2I, K] (bias [2I]) and the result ``silu(gate) * up`` [M, I], or with
+    ``gelu_tanh`` as well Gemma's ``gelu_tanh(gate) * up`` (GeGLU; same plans: same bytes).
 
     float16/bfloat16/float32, one dtype for all; last dims contiguous. With ``weight_scale`` (float32,
     one value per weight row) the weight is e4m3 and stands for ``weight * weight_scale[:, None]``.
@@ -380,6 +389,8 @@ def decode_gemv(
     it runs under CUDA-graph capture.
     """
     _check(x, weight, bias, silu, out, weight_scale, x_scale)
+    if gelu_tanh and not silu:
+        raise KernelInputError("gelu_tanh is the gated epilogue's activation: it needs silu=True (a gate_up weight)")
     if x_scale is not None:
         math = 2
     elif weight_scale is not None:
@@ -391,7 +402,7 @@ def decode_gemv(
     if plan is None and x_scale is not None:
         plan = w8a8_plan_for(weight, silu, x.shape[0])
     return _launch(x, weight, bias, silu, plan_for(weight, silu, plan, x.shape[0]), out, weight_scale=weight_scale,
-                   x_scale=x_scale, fp8_math=math)
+                   x_scale=x_scale, fp8_math=math, gelu_tanh=gelu_tanh)
 
 
 def decode_gemv_add_residual(
@@ -448,7 +459,7 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, si
             out: torch.Tensor | None, residual: torch.Tensor | None = None, sums: torch.Tensor | None = None,
             norm_weight: torch.Tensor | None = None, eps: float = 0.0,
             weight_scale: torch.Tensor | None = None, x_scale: torch.Tensor | None = None,
-            fp8_math: int = 0) -> torch.Tensor:
+            fp8_math: int = 0, gelu_tanh: bool = False) -> torch.Tensor:
     M, K = x.shape
     n_out = weight.shape[0] // 2 if silu else weight.shape[0]
     if out is None:
@@ -478,7 +489,8 @@ def _launch(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, si
         EVEN_K=K % plan.block_k == 0 and per * plan.split_k == K,
         EXACT_FP32=x.dtype == torch.float32, USE_PDL=pdl, ADD_RESIDUAL=residual is not None,
         NORM_INPUT=norm_weight is not None, SQ_TILES_P=max(16, triton.next_power_of_2(max(sum_tiles, 1))),
-        W_SCALED=weight_scale is not None, FP8_MATH=fp8_math, num_warps=plan.num_warps, num_stages=plan.num_stages,
+        W_SCALED=weight_scale is not None, FP8_MATH=fp8_math, GELU_TANH=gelu_tanh,
+        num_warps=plan.num_warps, num_stages=plan.num_stages,
         **launch_options(pdl),
     )
     return out

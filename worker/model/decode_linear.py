@@ -100,14 +100,22 @@ class DecodeGemvLinear(nn.Linear):
 
     def forward_silu_and_mul(self, x: torch.Tensor) -> torch.Tensor:
         """``silu(gate) * up`` of this fused gate_up projection ([..., in] -> [..., out / 2])."""
+        return self._gated(x, gelu_tanh=False)
+
+    def forward_gelu_tanh_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        """``gelu_tanh(gate) * up`` (Gemma's GeGLU) of this fused gate_up projection."""
+        return self._gated(x, gelu_tanh=True)
+
+    def _gated(self, x: torch.Tensor, gelu_tanh: bool) -> torch.Tensor:
         x2 = self._gemv_rows(x)
         if x2 is None:
-            from worker.kernels.activation import silu_and_mul
+            from worker.kernels.activation import gelu_tanh_and_mul, silu_and_mul
 
-            return silu_and_mul(F.linear(x, self.weight, self.bias))
+            return (gelu_tanh_and_mul if gelu_tanh else silu_and_mul)(F.linear(x, self.weight, self.bias))
         from worker.kernels.decode_gemv import decode_gemv
 
-        return decode_gemv(x2, self.weight, self.bias, silu=True).reshape(*x.shape[:-1], self.out_features // 2)
+        y = decode_gemv(x2, self.weight, self.bias, silu=True, gelu_tanh=gelu_tanh)
+        return y.reshape(*x.shape[:-1], self.out_features // 2)
 
     def forward_add_residual(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(self(x) + residual, sums)`` for a decode-sized x (``takes``): the new residual of the layer
@@ -400,8 +408,8 @@ def _read_tuned_plans(device: torch.device) -> None:
 def decode_gemv_shapes(model: nn.Module, projections: tuple[str, ...] | None = None) -> list["TunedShape"]:
     """The launch shapes whose plans ``choose_plan`` (or ``choose_w8a8_plan``) picks for the
     projections ``use_decode_gemv`` would swap in ``model`` (which it leaves as it is; its tensors may be on the meta device): each
-    weight at one row and at ``WIDE_ROWS``, a gate_up with the SiLU epilogue where its MLP takes it
-    (``gate_up_silu_epilogue``), and the e4m3-by-e4m3 launches of W8A8 projections (``e4m3_x``, their
+    weight at one row and at ``WIDE_ROWS``, a gate_up with the gated epilogue where its MLP takes it
+    (``gate_up_gated_epilogue``: SiLU and GeGLU launches share plans), and the e4m3-by-e4m3 launches of W8A8 projections (``e4m3_x``, their
     own plans). For ``ward tune gemv``."""
     from worker.kernels.gemv_tuned import TunedShape
 
@@ -413,8 +421,8 @@ def decode_gemv_shapes(model: nn.Module, projections: tuple[str, ...] | None = N
         e4m3_x = getattr(swapped_in, "w8a8", False)
         if e4m3_x:  # a W8A8 gate_up takes the SiLU epilogue only where down_proj widens
             silu = gate_up and swapped_in.silu_epilogue_w8a8
-        else:  # a gate_up launches with the SiLU epilogue (the Llama MLP) or plain (Gemma's GeGLU)
-            silu = gate_up and getattr(getattr(layer, "mlp", None), "gate_up_silu_epilogue", False)
+        else:  # a gate_up launches with the gated epilogue where its MLP takes it (Llama's SiLU, Gemma's GeGLU)
+            silu = gate_up and getattr(getattr(layer, "mlp", None), "gate_up_gated_epilogue", False)
         for wide in (False, True):
             shapes[TunedShape(n // 2 if silu else n, k, silu, module.weight.element_size(), wide, e4m3_x)] = None
     return list(shapes)

@@ -57,6 +57,10 @@ class GemmaAttention(Attention):
 
 
 class GemmaMLP(nn.Module):
+    # decode-sized rows take gate_up's gated (GeGLU) epilogue where the layer offers it
+    # (forward_gelu_tanh_and_mul): no [T, 2I] product and no activation launch a decode step
+    gate_up_gated_epilogue = True
+
     def __init__(self, spec: ModelSpec, ops: ModuleType):
         super().__init__()
         self.gate_up_proj = nn.Linear(spec.hidden_size, 2 * spec.intermediate_size, bias=False)
@@ -64,6 +68,9 @@ class GemmaMLP(nn.Module):
         self.ops = ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = getattr(self.gate_up_proj, "forward_gelu_tanh_and_mul", None)
+        if fused is not None and self.gate_up_proj.takes(x.numel() // x.shape[-1], x):
+            return self.down_proj(fused(x))
         return self.down_proj(self.ops.gelu_tanh_and_mul(self.gate_up_proj(x)))
 
 

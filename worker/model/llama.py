@@ -117,9 +117,9 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    # decode-sized rows take gate_up's SiLU epilogue where the layer offers it (forward_silu_and_mul),
-    # never its plain launch: what ``ward tune gemv`` times for this MLP
-    gate_up_silu_epilogue = True
+    # decode-sized rows take gate_up's gated (SiLU) epilogue where the layer offers it
+    # (forward_silu_and_mul), never its plain launch: what ``ward tune gemv`` times for this MLP
+    gate_up_gated_epilogue = True
 
     def __init__(self, spec: ModelSpec, ops: ModuleType):
         super().__init__()
