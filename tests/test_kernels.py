@@ -481,6 +481,15 @@ def test_gelu_tanh_and_mul_on_gpu_bf16(num_tokens: int, intermediate: int) -> No
 
 @pytest.mark.gpu
 @requires_cuda
+@pytest.mark.parametrize("rows", [1, 8])
+def test_decode_gemv_gelu_tanh_epilogue_on_gpu_bf16(rows: int) -> None:
+    """Gemma 3 27B's gate_up (2 x 21,504 rows over 5,376) with the GeGLU epilogue, in the plan it takes."""
+    assert_metrics(check_decode_gemv(rows, 21504, 5376, "cuda", torch.bfloat16, silu=True, gelu_tanh=True),
+                   BF16_ATTENTION_TOLERANCE)
+
+
+@pytest.mark.gpu
+@requires_cuda
 @pytest.mark.parametrize("tokens", [2, 8, 512])  # one token's heads are plain rows
 def test_head_norms_on_per_head_views_on_gpu_bf16(tokens: int) -> None:
     metrics = check_head_norms(tokens, 32, 16, 128, "cuda", torch.bfloat16)  # Gemma 3 27B's heads
