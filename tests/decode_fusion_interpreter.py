@@ -53,8 +53,12 @@ CONFIGS = {
     # the Llama model quantized to FP8 at load: decode steps read the e4m3 weights through the GEMV,
     # off it the layers' de-quantizing reference (the CPU's W8A8 stand-in) runs
     "llama-fp8": lambda: LlamaConfig(**COMMON, num_hidden_layers=2),
+    # the Gemma model quantized to FP8 at load: its gate_up's GeGLU epilogue over e4m3 weights
+    "gemma2-fp8": lambda: Gemma2Config(**COMMON, num_hidden_layers=1, head_dim=16, sliding_window=5,
+                                       query_pre_attn_scalar=24, attn_logit_softcapping=None,
+                                       final_logit_softcapping=None),
 }
-FP8_AT_LOAD = {"llama-fp8"}
+FP8_AT_LOAD = {"llama-fp8", "gemma2-fp8"}
 PROMPTS = {"a": [5, 17, 99, 3, 250, 8, 41, 77, 12, 200, 6, 31], "b": [9, 120, 44, 2, 180]}  # 17 rows: cuBLAS-sized
 DECODE_STEPS = 3  # two rows per step: the GEMV's size
 

@@ -24,13 +24,13 @@ ROOT = Path(__file__).resolve().parent.parent
 # family: projections swapped (qkv, o, gate_up, down per dense layer; qkv and o per MoE layer; the
 # llama model has two layers)
 SWAPPED = {"llama": 8, "qwen2-qkv-bias": 4, "phi3-partial-rotary": 4, "gemma2-gelu-mlp": 4, "qwen3-moe": 4,
-           "llama-fp8": 8}
+           "llama-fp8": 8, "gemma2-fp8": 4}
 # layers whose post-attention norm the GEMVs take over, and of those the ones that also fold the next
 # layer's input norm (enable_norm_fusion)
 NORM_FUSED = {"llama": 2, "qwen2-qkv-bias": 1, "phi3-partial-rotary": 1, "gemma2-gelu-mlp": 0, "qwen3-moe": 0,
-              "llama-fp8": 0}  # the FP8 layers' GEMV takes no norm
+              "llama-fp8": 0, "gemma2-fp8": 0}  # the FP8 layers' GEMV takes no norm
 NORM_FOLDED = {"llama": 1, "qwen2-qkv-bias": 0, "phi3-partial-rotary": 0, "gemma2-gelu-mlp": 0, "qwen3-moe": 0,
-               "llama-fp8": 0}
+               "llama-fp8": 0, "gemma2-fp8": 0}
 
 
 @pytest.fixture(scope="module")

@@ -228,7 +228,7 @@ def _ward(*argv: str) -> int:
 def test_ward_tune_lists_the_shapes_without_a_gpu(capsys) -> None:
     assert _ward("tune", "gemv", "--model", "llama-3.1-8b", "--list", "--rows", "wide") == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 5 and "14336x4096 +SiLU 16-bit 8 rows" in lines[3]
+    assert len(lines) == 5 and "14336x4096 gated 16-bit 8 rows" in lines[3]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")

@@ -212,6 +212,10 @@ class Fp8DecodeGemvLinear(Fp8Linear):
     def _gemv_rows(self, x: torch.Tensor) -> torch.Tensor | None:
         return _gemv_rows(x, self.in_features, self.dtype, self.max_rows)
 
+    def takes(self, rows: int, x: torch.Tensor) -> bool:
+        """Whether ``rows`` float rows like x go to the GEMV (decode sizes up to ``max_rows``)."""
+        return _gemv_takes(rows, x, self.dtype, self.max_rows)
+
     def takes_fp8_activation(self, rows: int, x: torch.Tensor) -> bool:
         if _gemv_takes(rows, x, self.dtype, self.max_rows):
             return self.w8a8 and super().takes_fp8_activation(rows, x)
@@ -244,18 +248,25 @@ class Fp8DecodeGemvLinear(Fp8Linear):
             if not self.fp8_rows_with_silu(x):
                 raise ValueError("forward_silu_and_mul takes quantized rows only where fp8_rows_with_silu says so")
             return self._w8a8_gemv(x.codes, x.scales, x.dtype, silu=True)
+        return self._gated(x, gelu_tanh=False)
+
+    def forward_gelu_tanh_and_mul(self, x: torch.Tensor) -> torch.Tensor:
+        """``gelu_tanh(gate) * up`` (Gemma's GeGLU) of this fused gate_up projection (float rows)."""
+        return self._gated(x, gelu_tanh=True)
+
+    def _gated(self, x: torch.Tensor, gelu_tanh: bool) -> torch.Tensor:
         x2 = self._gemv_rows(x)
         if x2 is None:
-            from worker.kernels.activation import silu_and_mul
+            from worker.kernels.activation import gelu_tanh_and_mul, silu_and_mul
 
-            return silu_and_mul(super().forward(x))
+            return (gelu_tanh_and_mul if gelu_tanh else silu_and_mul)(super().forward(x))
         from worker.kernels.decode_gemv import decode_gemv
 
         if self._quantizes(x2):
             codes, scales = fp8_linear._quantize_activation(x2, None)
-            y = self._w8a8_gemv(codes, scales, x.dtype, silu=True)
+            y = self._w8a8_gemv(codes, scales, x.dtype, silu=True, gelu_tanh=gelu_tanh)
         else:
-            y = decode_gemv(x2, self.weight, self.bias, silu=True, weight_scale=self._row_scales)
+            y = decode_gemv(x2, self.weight, self.bias, silu=True, gelu_tanh=gelu_tanh, weight_scale=self._row_scales)
         return y.reshape(*x.shape[:-1], self.out_features // 2)
 
     def _quantizes(self, x: torch.Tensor) -> bool:
@@ -263,19 +274,19 @@ class Fp8DecodeGemvLinear(Fp8Linear):
         return self.w8a8 and fp8_linear._cuda_fp8_ok(x.device)
 
     def _w8a8_gemv(self, codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype,
-                   silu: bool = False) -> torch.Tensor:
+                   silu: bool = False, gelu_tanh: bool = False) -> torch.Tensor:
         """The GEMV over e4m3 ``codes`` [T, K] with per-row ``scales`` [T, 1]; the bias added after (the
-        e4m3-x kernel takes none)."""
+        e4m3-x kernel takes none). ``silu``: the gated epilogue (in Gemma's GELU with ``gelu_tanh``)."""
         from worker.kernels.decode_gemv import decode_gemv
 
-        if silu and self.bias is not None:  # the SiLU comes after the bias: through the unfused product
-            from worker.kernels.activation import silu_and_mul
+        if silu and self.bias is not None:  # the activation comes after the bias: through the unfused product
+            from worker.kernels.activation import gelu_tanh_and_mul, silu_and_mul
 
-            return silu_and_mul(self._w8a8_gemv(codes, scales, dtype))
+            return (gelu_tanh_and_mul if gelu_tanh else silu_and_mul)(self._w8a8_gemv(codes, scales, dtype))
         width = self.out_features // 2 if silu else self.out_features
         out = torch.empty(codes.shape[0], width, dtype=dtype, device=codes.device)
         decode_gemv(codes, self.weight, silu=silu, out=out, weight_scale=self._row_scales,
-                    x_scale=scales.reshape(-1))
+                    x_scale=scales.reshape(-1), gelu_tanh=gelu_tanh)
         return self._add_bias(out)
 
 

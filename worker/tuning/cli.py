@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _shape_text(s) -> str:
     kind = "e4m3 x e4m3" if s.e4m3_x else "e4m3" if s.weight_bytes == 1 else "16-bit"
-    return f"{s.n}x{s.k}{' +SiLU' if s.silu else ''} {kind} {'8 rows' if s.wide else '1 row'}"
+    return f"{s.n}x{s.k}{' gated' if s.silu else ''} {kind} {'8 rows' if s.wide else '1 row'}"
 
 
 def _plan_text(plan) -> str:
