@@ -54,6 +54,7 @@ def test_written_plans_read_back_and_a_second_tuning_merges(folder) -> None:
     assert plans[QKV] == again  # tuned again: the new plan
     assert plans[first[1].shape] == first[1]  # not tuned again: kept
     assert [p.name for p in folder.iterdir()] == [path.name]  # written by rename: no temporary left
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by workers running as another user
     assert json.loads(path.read_text())["device_name"] == CARD
 
 

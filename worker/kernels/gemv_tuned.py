@@ -166,6 +166,7 @@ def write_plans(path: str | os.PathLike, device_name: str, plans: list[TunedPlan
     with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".tuning-", suffix=".json", delete=False) as out:
         json.dump(data, out, indent=1)
         temporary = out.name
+    os.chmod(temporary, 0o644)  # workers may run as another user than the one who tuned
     os.replace(temporary, path)
     return path
 
