@@ -301,3 +301,24 @@ def test_a_malformed_file_of_the_card_stops_the_model_load_naming_it(folder, mon
     with pytest.raises(ModelLoadError, match="tuned kernel plans cannot be used") as refused:
         use_decode_gemv(model)
     assert str(path) in str(refused.value) and type(model.layers[0].mlp.down_proj) is nn.Linear
+
+
+def test_a_worker_says_which_tuned_file_it_read(folder, monkeypatch, caplog) -> None:
+    import logging
+
+    from torch import nn
+
+    from worker.kernels import decode_gemv
+    from worker.model.decode_linear import use_decode_gemv
+
+    path = gemv_tuned.device_config_path(CARD)
+    gemv_tuned.write_plans(path, CARD, [TunedPlan(TunedShape(8, 8, False, 4, False), GemvPlan(16, 16, 1, 2, 1))])
+    monkeypatch.setattr(decode_gemv, "device_name", lambda _device: CARD)
+    layer = nn.Module()
+    layer.mlp = nn.Module()
+    layer.mlp.down_proj = nn.Linear(8, 8)
+    model = nn.Module()
+    model.layers = nn.ModuleList([layer])
+    with caplog.at_level(logging.INFO, logger="worker.model.decode_linear"):
+        use_decode_gemv(model)
+    assert f"decode GEMV: 1 tuned plans for {CARD} from {path}" in caplog.text

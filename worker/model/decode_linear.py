@@ -36,6 +36,7 @@ GEMV widens its weights).
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import TYPE_CHECKING
 
@@ -408,12 +409,16 @@ def _read_tuned_plans(device: torch.device) -> None:
     with a ModelLoadError naming it rather than failing the first launch."""
     from worker.errors import ModelLoadError
     from worker.kernels.decode_gemv import device_name
-    from worker.kernels.gemv_tuned import TunedConfigError, tuned_table
+    from worker.kernels.gemv_tuned import TunedConfigError, device_config_path, tuned_table
 
+    card = device_name(device)
     try:
-        tuned_table(device_name(device))
+        table = tuned_table(card)
     except TunedConfigError as error:
         raise ModelLoadError(f"the card's tuned kernel plans cannot be used: {error}") from None
+    if table:  # so that an operator can see the file was found
+        logging.getLogger(__name__).info("decode GEMV: %d tuned plans for %s from %s", len(table), card,
+                                         device_config_path(card))
 
 
 def decode_gemv_shapes(model: nn.Module, projections: tuple[str, ...] | None = None) -> list["TunedShape"]:

@@ -19,6 +19,7 @@ import sys
 import time
 
 ROW_CLASSES = {"one": (False,), "wide": (True,), "both": (False, True)}
+BUSY_CARD_BYTES = 2 << 30  # memory in use before tuning starts above which the card is not idle
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -107,6 +108,10 @@ def _tune(args: argparse.Namespace, shapes) -> int:
     card = device_name(device)
     props = torch.cuda.get_device_properties(device)
     dtype = torch.float16 if args.dtype == "float16" else torch.bfloat16
+    free, total = torch.cuda.mem_get_info(device)
+    if total - free > BUSY_CARD_BYTES:  # a worker (or anything else) on the card disturbs every timing
+        print(f"ward tune: warning: other processes hold {(total - free) / 2**30:.1f} GiB of this card; their work "
+              "makes the timings noisy (tune on an idle card)", file=sys.stderr)
     print(f"tuning {len(shapes)} decode GEMV shapes of {args.model} on {card}", flush=True)
     results, report = [], []
     for s in shapes:
