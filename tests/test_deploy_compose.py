@@ -74,6 +74,10 @@ def test_workers_and_stores_sit_on_internal_networks_shared_only_with_the_gatewa
     worker = compose["services"]["worker"]
     assert worker["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert any(v.endswith(":/models:ro") for v in worker["volumes"])  # weights mounted, read-only
+    # the card's tuned plans: a folder of this directory, read-only, where the worker looks for them
+    assert "./tuned-configs:/etc/ward/tuned-configs:ro" in worker["volumes"]
+    assert worker["environment"]["WARD_TUNED_CONFIG_FOLDER"] == "/etc/ward/tuned-configs"
+    assert (COMPOSE_DIR / "tuned-configs").is_dir()
 
 
 def test_the_gateway_config_is_a_valid_ward_config_routing_to_the_workers_through_dns(compose, monkeypatch):
