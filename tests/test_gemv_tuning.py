@@ -322,3 +322,40 @@ def test_a_worker_says_which_tuned_file_it_read(folder, monkeypatch, caplog) -> 
     with caplog.at_level(logging.INFO, logger="worker.model.decode_linear"):
         use_decode_gemv(model)
     assert f"decode GEMV: 1 tuned plans for {CARD} from {path}" in caplog.text
+
+
+def test_ward_tune_writes_each_faster_plan_as_it_finds_it(folder, monkeypatch, capsys, tmp_path) -> None:
+    """The command's flow with the card stood in for (the timings made up): a shape whose walk finds a
+    faster plan lands in the card's file under --folder, one that does not stays out, and the report
+    holds every shape."""
+    from types import SimpleNamespace
+
+    from worker.kernels import decode_gemv
+    from worker.tuning import gemv_tuner
+
+    fast = GemvPlan(64, 512, 2, 3, 2)
+    start = GemvPlan(32, 256, 4, 4, 1)
+
+    class MadeUpTimer:
+        def __init__(self, shape, l2_bytes, dtype):
+            self.floor_bytes = shape.n * shape.k * shape.weight_bytes
+            # o_proj's shape can go faster; every other shape is at its best already
+            self.time = _made_up_timer(fast if shape.n == shape.k == 4096 else start)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _d: SimpleNamespace(L2_cache_size=50 << 20))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda _d: (80 << 30, 80 << 30))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(decode_gemv, "device_name", lambda _device: CARD)
+    monkeypatch.setattr(gemv_tuner, "GemvTimer", MadeUpTimer)
+    monkeypatch.setattr(gemv_tuner, "start_plan", lambda shape, device: start)
+    out = tmp_path / "tuned"
+    report = tmp_path / "report.json"
+    assert _ward("tune", "gemv", "--model", "llama-3.1-8b", "--rows", "one", "--folder", str(out),
+                 "--report", str(report)) == 0
+    printed = capsys.readouterr().out
+    assert "1 of 4 shapes took a faster plan" in printed
+    plans = gemv_tuned.read_plans(gemv_tuned.device_config_path(CARD, out), CARD)
+    assert [(p.shape, p.plan) for p in plans] == [(TunedShape(4096, 4096, False, 2, False), fast)]
+    assert len(json.loads(report.read_text())["shapes"]) == 4

@@ -97,15 +97,21 @@ def _list(shapes, cuda: bool) -> None:
 
 
 def _tune(args: argparse.Namespace, shapes) -> int:
+    import os
+
     import torch
     import triton
 
     from worker.kernels.decode_gemv import device_name
-    from worker.kernels.gemv_tuned import device_config_path, forget_loaded, write_plans
+    from worker.kernels.gemv_tuned import FOLDER_ENV, device_config_path, forget_loaded, write_plans
     from worker.tuning.gemv_tuner import GemvTimer, improved, start_plan, tune_shape
 
+    if args.folder:  # each walk starts from what a worker reading this folder takes
+        os.environ[FOLDER_ENV] = args.folder
+        forget_loaded()
     device = torch.device("cuda", torch.cuda.current_device())
     card = device_name(device)
+    path = device_config_path(card)
     props = torch.cuda.get_device_properties(device)
     dtype = torch.float16 if args.dtype == "float16" else torch.bfloat16
     free, total = torch.cuda.mem_get_info(device)
@@ -113,34 +119,34 @@ def _tune(args: argparse.Namespace, shapes) -> int:
         print(f"ward tune: warning: other processes hold {(total - free) / 2**30:.1f} GiB of this card; their work "
               "makes the timings noisy (tune on an idle card)", file=sys.stderr)
     print(f"tuning {len(shapes)} decode GEMV shapes of {args.model} on {card}", flush=True)
-    results, report = [], []
+    about = dict(model=args.model, quantization=args.quantization, tensor_parallel_size=args.tensor_parallel_size,
+                 torch=torch.__version__, triton=triton.__version__)
+    better, report = [], []
     for s in shapes:
         t0 = time.monotonic()
         timer = GemvTimer(s, props.L2_cache_size, dtype)
         start = start_plan(s, device)
         tuned, trials = tune_shape(s, start, timer.time)
-        results.append(tuned)
         gain = f"{tuned.start_us / tuned.us:.3f}x" if tuned.us and tuned.start_us else "-"
         print(f"{_shape_text(s):44} {_plan_text(start)} {_us(tuned.start_us)} -> {_plan_text(tuned.plan)} "
               f"{_us(tuned.us)}  {gain}  ({time.monotonic() - t0:.0f} s, {len(trials)} plans)", flush=True)
+        if improved([tuned]):  # written at once: an interrupted run keeps what it found
+            write_plans(path, card, [tuned], **about)
+            better.append(tuned)
         report.append({"shape": dataclasses.asdict(s), "start": list(dataclasses.astuple(start)),
                        "plan": list(dataclasses.astuple(tuned.plan)), "us": tuned.us, "start_us": tuned.start_us,
                        "floor_bytes": timer.floor_bytes, "trials": trials})
+        if args.report:
+            with open(args.report, "w") as f:
+                json.dump({"device_name": card, "model": args.model, "shapes": report}, f, indent=1)
         del timer
         torch.cuda.empty_cache()
-    better = improved(results)
-    path = device_config_path(card, args.folder)
+    forget_loaded()
     if better:
-        write_plans(path, card, better, model=args.model, quantization=args.quantization,
-                    tensor_parallel_size=args.tensor_parallel_size, torch=torch.__version__, triton=triton.__version__)
-        forget_loaded()
-        print(f"{len(better)} of {len(results)} shapes took a faster plan: written to {path}")
+        print(f"{len(better)} of {len(shapes)} shapes took a faster plan: written to {path}")
         print(f"workers on {card} read it at start-up (WARD_TUNED_CONFIG_FOLDER={path.parent})")
     else:
         print(f"no shape found a plan at least 2% faster than the one it takes now; {path} unchanged")
-    if args.report:
-        with open(args.report, "w") as f:
-            json.dump({"device_name": card, "model": args.model, "shapes": report}, f, indent=1)
     return 0
 
 
