@@ -644,6 +644,9 @@ def test_gemv_plan_overrides_parse_and_reject_malformed_entries() -> None:
     assert parse_plan_overrides("4096x4096=32:256:4:4:2;6144x4096=64:128:8:3:1") == {
         (4096, 4096): GemvPlan(32, 256, 4, 4, 2), (6144, 4096): GemvPlan(64, 128, 8, 3, 1)}
     assert parse_plan_overrides("") == {}
-    for bad in ("4096x4096=32:256:4:4", "4096=32:256:4:4:2", "4096x4096=24:256:4:4:2", "4096x4096=32:256:4:4:0"):
+    for bad in ("4096x4096=32:256:4:4", "4096=32:256:4:4:2", "4096x4096=24:256:4:4:2", "4096x4096=32:256:4:4:0",
+                "4096x4096=32:256:3:4:1", "4096x4096=32:256:4:4:16", "0x4096=32:256:4:4:1"):
         with pytest.raises(ValueError, match="WARD_GEMV_PLANS"):
             parse_plan_overrides(bad)
+    with pytest.raises(ValueError, match="num_warps must be powers of two"):
+        parse_plan_overrides("4096x4096=32:256:3:4:1")

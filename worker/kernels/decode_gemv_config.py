@@ -109,8 +109,9 @@ def parse_plan_overrides(text: str) -> dict[tuple[int, int], GemvPlan]:
         except ValueError:
             raise ValueError(f"WARD_GEMV_PLANS entry {entry!r} is not NxK=block_n:block_k:warps:stages:split_k")
         plan = GemvPlan(block_n, block_k, warps, stages, split)
-        if min(n, k) < 1 or plan_problem(plan):
-            raise ValueError(f"WARD_GEMV_PLANS entry {entry!r}: sizes >= 1, tile sides powers of two")
+        problem = "N and K must be at least 1" if min(n, k) < 1 else plan_problem(plan)
+        if problem:
+            raise ValueError(f"WARD_GEMV_PLANS entry {entry!r}: {problem}")
         plans[(n, k)] = plan
     return plans
 
