@@ -429,6 +429,61 @@ def check_rotary_cache(num_tokens: int, num_heads: int, num_kv_heads: int, head_
     }
 
 
+def check_rotary_cache_head_norms(num_tokens: int, num_heads: int, num_kv_heads: int, head_dim: int, block_size: int,
+                                  num_padding: int, device: str, dtype: torch.dtype, adds_one: bool,
+                                  seed: int = 0) -> Metrics:
+    """``rotary_and_cache`` with per-head q/k norms (Qwen3's, or Gemma's with ``adds_one``) against the
+    norm (worker.model.ops) on each head, then ``rotary_embedding`` and ``reshape_and_cache``, on views
+    of a fused qkv tensor, shuffled slots (``num_padding`` of them -1). The sums of squares are added
+    in another order, so q and the key cache are compared by relative error; v must match exactly.
+    Metrics: ``q_rel_err``, ``key_cache_rel_err`` (over the written slots), ``cache_mismatch`` (the value
+    cache, NaN-aware), ``written``; ``k_changed`` (k's own rows must stay as they were)."""
+    from worker.kernels import reshape_and_cache, rotary_embedding
+    from worker.kernels.rotary_cache import HeadNorms, rotary_and_cache
+    from worker.model import ops
+
+    g = torch.Generator().manual_seed(seed)
+    cos_sin_cache, positions, qkv = _rotary_inputs(g, 2048, num_tokens, num_heads, num_kv_heads, head_dim,
+                                                   head_dim, dtype, device)
+    qkv *= 3.0  # rows far from unit RMS: the norm's scale matters
+    q_width, kv_width = num_heads * head_dim, num_kv_heads * head_dim
+    num_blocks = math.ceil(num_tokens / block_size) + 2
+    key_cache = torch.full((num_blocks, block_size, num_kv_heads, head_dim), float("nan"), dtype=dtype, device=device)
+    value_cache = torch.full_like(key_cache, float("nan"))
+    slots = torch.randperm(num_blocks * block_size, generator=g)[:num_tokens]
+    slots[torch.randperm(num_tokens, generator=g)[:num_padding]] = -1
+    slot_mapping = slots.to(device)
+    centre = 0.0 if adds_one else 1.0
+    q_w, k_w = ((centre + 0.2 * _randn(g, head_dim, dtype=torch.float32, device=device)).to(dtype) for _ in range(2))
+    norm = ops.gemma_rms_norm if adds_one else ops.rms_norm
+    eps = 1e-6
+
+    def views(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        q = t[:, :q_width].view(num_tokens, num_heads, head_dim)
+        k = t[:, q_width : q_width + kv_width].view(num_tokens, num_kv_heads, head_dim)
+        return q, k, t[:, q_width + kv_width :].view(num_tokens, num_kv_heads, head_dim)
+
+    ref_caches = (key_cache.clone(), value_cache.clone())
+    q_ref, k_ref, v_ref = views(qkv.clone())
+    q_ref, k_ref = norm(q_ref, q_w, eps).contiguous(), norm(k_ref, k_w, eps).contiguous()
+    rotary_embedding(positions, q_ref, k_ref, cos_sin_cache, head_dim, True)
+    reshape_and_cache(k_ref, v_ref, *ref_caches, slot_mapping)
+    q, k, v = views(qkv)
+    k_before = k.clone()
+    rotary_and_cache(positions, q, k, v, key_cache, value_cache, slot_mapping, cos_sin_cache, head_dim,
+                     HeadNorms(q_w, k_w, eps, adds_one))
+    written = ~torch.isnan(ref_caches[0].float())
+    return {
+        "q_rel_err": rel_err(q, q_ref),
+        "key_cache_rel_err": rel_err(key_cache[written], ref_caches[0][written]),
+        "cache_mismatch": _cache_mismatch((value_cache,), (ref_caches[1],)) + float(
+            (torch.isnan(key_cache.float()) != ~written).sum()),
+        "written": float(written.sum() + (~torch.isnan(value_cache.float())).sum()),
+        "expected_written": float(2 * (num_tokens - num_padding) * kv_width),
+        "k_changed": float((k != k_before).sum()),
+    }
+
+
 def check_silu_and_mul(num_tokens: int, intermediate: int, device: str, dtype: torch.dtype, seed: int = 0) -> Metrics:
     """``silu_and_mul`` against ``F.silu(gate) * up``. Metrics: rel_err, unwritten."""
     from worker.kernels import silu_and_mul

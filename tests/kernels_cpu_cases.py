@@ -28,6 +28,7 @@ from kernels_cases import (
     check_rms_norm,
     check_rotary,
     check_rotary_cache,
+    check_rotary_cache_head_norms,
     check_silu_and_mul,
     check_token_bitmask,
 )
@@ -97,6 +98,10 @@ OTHER_CASES: dict[str, Callable[[], Metrics | dict[str, list[str]]]] = {
     # tokens, q heads, kv heads, head dim, rotary dim, block size, padding tokens
     "rotary_cache_full": lambda: check_rotary_cache(9, 4, 2, 64, 64, 16, 2, "cpu", F32),
     "rotary_cache_partial_block32": lambda: check_rotary_cache(7, 6, 3, 80, 32, 32, 1, "cpu", F32),
+    # tokens, q heads, kv heads, head dim, block size, padding; Qwen3's head norms and Gemma 3's
+    "rotary_cache_head_norms": lambda: check_rotary_cache_head_norms(9, 4, 2, 64, 16, 2, "cpu", F32, False),
+    "rotary_cache_gemma_head_norms_odd_heads": lambda: check_rotary_cache_head_norms(5, 6, 3, 32, 16, 1, "cpu", F32,
+                                                                                     True),
     "silu_and_mul_wide": lambda: check_silu_and_mul(7, 1000, "cpu", F32),
     "silu_and_mul_narrow": lambda: check_silu_and_mul(3, 64, "cpu", F32),
     "gelu_tanh_and_mul_wide": lambda: check_gelu_tanh_and_mul(7, 1000, "cpu", F32),

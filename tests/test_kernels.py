@@ -38,6 +38,7 @@ from kernels_cases import (  # noqa: E402
     check_rms_norm,
     check_rotary,
     check_rotary_cache,
+    check_rotary_cache_head_norms,
     check_silu_and_mul,
     check_token_bitmask,
 )
@@ -82,6 +83,7 @@ ZERO_METRICS = (
     "unfused",
     "plain_rows",
     "tuned_plan_not_taken",
+    "k_changed",
 )
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU: CUDA is not available")
@@ -462,6 +464,18 @@ def test_rotary_with_cache_write_matches_the_two_kernels_on_gpu_bf16(
 ) -> None:
     metrics = check_rotary_cache(num_tokens, 32, 8, 128, rotary_dim, block_size, num_padding, "cuda", torch.bfloat16)
     assert_metrics(metrics, 0.0)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize(("num_tokens", "num_kv_heads", "adds_one"), [(1, 8, False), (512, 8, False), (1, 16, True),
+                                                                     (300, 16, True)])  # Qwen3-8B, Gemma 3 27B
+def test_rotary_cache_write_with_head_norms_matches_the_three_kernels_on_gpu_bf16(
+    num_tokens: int, num_kv_heads: int, adds_one: bool
+) -> None:
+    metrics = check_rotary_cache_head_norms(num_tokens, 32, num_kv_heads, 128, 16, 3 if num_tokens > 3 else 0, "cuda",
+                                            torch.bfloat16, adds_one)
+    assert_metrics(metrics, BF16_ELEMENTWISE_TOLERANCE)
 
 
 @pytest.mark.gpu

@@ -340,7 +340,9 @@ def test_cuda_code_path_matches_transformers_in_the_triton_interpreter():
     from interpreter_run import run_interpreter_script
 
     pytest.importorskip("triton")
-    errors = run_interpreter_script("families_interpreter.py", *INTERPRETED)
-    assert errors.keys() == set(INTERPRETED)
-    for name, err in errors.items():
-        assert err < 1e-4, f"{name}: relative error {err:.2e}"
+    runs = run_interpreter_script("families_interpreter.py", *INTERPRETED)
+    assert runs.keys() == set(INTERPRETED)
+    for name, run in runs.items():
+        assert run["rel_err"] < 1e-4, f"{name}: relative error {run['rel_err']:.2e}"
+        # both families norm q and k per head: every layer's cache write of the four steps took the norms
+        assert run["head_norms_fused"] == run["cache_writes"] == 4 * run["layers"], run

@@ -40,6 +40,8 @@ class TritonAttention:
         self.k_scale: torch.Tensor | None = None
         self.v_scale: torch.Tensor | None = None
         self.fuse_rotary = os.environ.get("WARD_ROPE_CACHE_FUSION", "1") != "0"
+        # Qwen3's and Gemma 3's q/k head norms in the same launch (WARD_QK_NORM_FUSION=0: their own launches)
+        self.fuse_head_norms = os.environ.get("WARD_QK_NORM_FUSION", "1") != "0"
 
     def decode_launch_key(self, num_reqs: int, max_seq_len: int, kv_element_size: int,
                           device: torch.device) -> tuple[int, int]:
@@ -90,6 +92,30 @@ class TritonAttention:
 
         q, k = rotary_embedding(positions, q, k, cos_sin_cache, rotary_dim=rotary_dim, is_neox=True)
         return self.forward(q, k, v, kv_cache, meta)
+
+    def forward_rotary_head_norms(
+        self,
+        positions: torch.Tensor,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cos_sin_cache: torch.Tensor,
+        rotary_dim: int,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        meta: AttentionMetadata,
+        head_norms,  # worker.kernels.rotary_cache.HeadNorms
+    ) -> torch.Tensor | None:
+        """``forward_rotary`` after per-head norms of q and k (q normed and rotated in place), all in the
+        cache write's launch; None where that launch cannot take them (an FP8 cache, a partial rotary,
+        the fusion switched off): the caller then norms q and k itself."""
+        if not (self.fuse_rotary and self.fuse_head_norms and self.k_scale is None and rotary_dim == q.shape[-1]):
+            return None
+        from worker.kernels.rotary_cache import rotary_and_cache
+
+        key_cache, value_cache = kv_cache
+        rotary_and_cache(positions, q, k, v, key_cache, value_cache, meta.slot_mapping, cos_sin_cache, rotary_dim,
+                         head_norms)
+        return self._attend(q, kv_cache, meta)
 
     def _attend(self, q: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor],
                 meta: AttentionMetadata) -> torch.Tensor:

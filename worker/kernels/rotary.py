@@ -10,6 +10,19 @@ from worker.kernels.errors import KernelInputError
 
 
 @triton.jit
+def _rotated(x1f, x2f, cos, sin, like):
+    """(x1 cos - x2 sin, x2 cos + x1 sin) of float32 halves [heads, half], rounded where the torch
+    formula (x * cos + rotate_half(x) * sin, in x's dtype: ``like``'s) rounds: cos/sin to x's dtype,
+    each product, then the sum. In float32 these casts are no-ops."""
+    dtype = like.dtype
+    c = cos.to(dtype).to(tl.float32)[None, :]
+    s = sin.to(dtype).to(tl.float32)[None, :]
+    out1 = (x1f * c).to(dtype).to(tl.float32) - (x2f * s).to(dtype).to(tl.float32)
+    out2 = (x2f * c).to(dtype).to(tl.float32) + (x1f * s).to(dtype).to(tl.float32)
+    return out1, out2
+
+
+@triton.jit
 def _rotate_heads(
     src_ptr,
     stride_src_head,
@@ -37,14 +50,7 @@ def _rotate_heads(
     x1 = tl.load(src_ptr + heads * stride_src_head + first, mask=mask, other=0.0)
     x2 = tl.load(src_ptr + heads * stride_src_head + second, mask=mask, other=0.0)
     dtype = x1.dtype
-    # Round where the torch formula (x * cos + rotate_half(x) * sin, in x's dtype) rounds: cos/sin to
-    # x's dtype, each product, then the sum. In float32 these casts are no-ops.
-    c = cos.to(dtype).to(tl.float32)[None, :]
-    s = sin.to(dtype).to(tl.float32)[None, :]
-    x1f = x1.to(tl.float32)
-    x2f = x2.to(tl.float32)
-    out1 = (x1f * c).to(dtype).to(tl.float32) - (x2f * s).to(dtype).to(tl.float32)
-    out2 = (x2f * c).to(dtype).to(tl.float32) + (x1f * s).to(dtype).to(tl.float32)
+    out1, out2 = _rotated(x1.to(tl.float32), x2.to(tl.float32), cos, sin, x1)
     out_dtype = dst_ptr.dtype.element_ty
     tl.store(dst_ptr + heads * stride_dst_head + first, out1.to(dtype).to(out_dtype), mask=mask)
     tl.store(dst_ptr + heads * stride_dst_head + second, out2.to(dtype).to(out_dtype), mask=mask)

@@ -6,8 +6,14 @@ written). The rotation is ``rotary.py``'s, rounding included, so the cache and q
 ``rotary_embedding`` followed by ``reshape_and_cache`` would leave there. Neox (rotate-half) only,
 any even ``rotary_dim`` <= head_dim (dims past it are copied as they are); caches of the
 activations' float dtypes (an FP8 cache keeps the two-kernel path).
+
+With ``head_norms`` (Qwen3's and Gemma 3's per-head RMSNorms of q and k, ``HeadNorms``) each head
+is normalised on the way in, rounded as the norm kernels round it (norm.py), before it is rotated:
+two launches fewer a layer. Full rotary only (every dim of a head is rotated).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -18,7 +24,19 @@ from worker.kernels.errors import KernelInputError
 from worker.kernels.kv_cache import reshape_and_cache
 from worker.kernels.pdl import launch_options, use_pdl
 from worker.kernels.rotary import _check_inputs as _check_rotary
-from worker.kernels.rotary import _rotate_heads
+from worker.kernels.rotary import _rotate_heads, _rotated
+
+
+@dataclass(frozen=True)
+class HeadNorms:
+    """Per-head RMSNorms of q and k before the rotation: weights [head_dim] in the activations' dtype,
+    ``eps``, and ``adds_one`` for Gemma's ``x / rms(x) * (1 + w)`` (computed in float32, cast once)
+    in place of ``(x / rms(x)).to(dtype) * w``."""
+
+    q_weight: torch.Tensor
+    k_weight: torch.Tensor
+    eps: float
+    adds_one: bool = False
 
 
 @triton.jit
@@ -26,13 +44,14 @@ def _rotary_cache_kernel(
     positions_ptr, q_ptr, k_ptr, v_ptr, key_cache_ptr, value_cache_ptr, slot_mapping_ptr, cos_sin_ptr,
     stride_q_tok, stride_q_head, stride_k_tok, stride_k_head, stride_v_tok, stride_v_head,
     stride_kc_block, stride_kc_slot, stride_kc_head, stride_vc_block, stride_vc_slot, stride_vc_head,
-    stride_cs_pos,
+    stride_cs_pos, qn_ptr, kn_ptr, eps,
     NUM_Q_HEADS: tl.constexpr, Q_HEADS_P: tl.constexpr, NUM_KV_HEADS: tl.constexpr, KV_HEADS_P: tl.constexpr,
     HEAD_DIM: tl.constexpr, HEAD_DIM_P: tl.constexpr, HALF: tl.constexpr, HALF_P: tl.constexpr,
     PAGE_SIZE: tl.constexpr,
-    USE_PDL: tl.constexpr = False,
+    USE_PDL: tl.constexpr = False, HEAD_NORM: tl.constexpr = 0,
 ):
-    """One program per token."""
+    """One program per token. ``HEAD_NORM``: 0 none, 1 RMSNorm of each q and k head (weights at
+    qn_ptr and kn_ptr) before the rotation, 2 Gemma's (1 + w) RMSNorm."""
     if USE_PDL:  # q, k and v come from the kernel before (pdl.py)
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
@@ -42,7 +61,12 @@ def _rotary_cache_kernel(
     cos = tl.load(cos_sin_ptr + pos * stride_cs_pos + offs, mask=offs < HALF, other=0.0)
     sin = tl.load(cos_sin_ptr + pos * stride_cs_pos + HALF + offs, mask=offs < HALF, other=0.0)
     q_row = q_ptr + token * stride_q_tok
-    _rotate_heads(q_row, stride_q_head, q_row, stride_q_head, cos, sin, NUM_Q_HEADS, Q_HEADS_P, HALF, HALF_P, True)
+    if HEAD_NORM:
+        _norm_rotate_heads(q_row, stride_q_head, q_row, stride_q_head, cos, sin, qn_ptr, eps, NUM_Q_HEADS, Q_HEADS_P,
+                           HALF, HALF_P, HEAD_NORM)
+    else:
+        _rotate_heads(q_row, stride_q_head, q_row, stride_q_head, cos, sin, NUM_Q_HEADS, Q_HEADS_P, HALF, HALF_P,
+                      True)
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
     if slot < 0:  # graph padding: q is rotated (harmless), the cache is left alone
         return
@@ -50,7 +74,12 @@ def _rotary_cache_kernel(
     offset = slot % PAGE_SIZE
     k_row = k_ptr + token * stride_k_tok
     k_dst = key_cache_ptr + page * stride_kc_block + offset * stride_kc_slot
-    _rotate_heads(k_row, stride_k_head, k_dst, stride_kc_head, cos, sin, NUM_KV_HEADS, KV_HEADS_P, HALF, HALF_P, True)
+    if HEAD_NORM:
+        _norm_rotate_heads(k_row, stride_k_head, k_dst, stride_kc_head, cos, sin, kn_ptr, eps, NUM_KV_HEADS,
+                           KV_HEADS_P, HALF, HALF_P, HEAD_NORM)
+    else:
+        _rotate_heads(k_row, stride_k_head, k_dst, stride_kc_head, cos, sin, NUM_KV_HEADS, KV_HEADS_P, HALF, HALF_P,
+                      True)
     heads = tl.arange(0, KV_HEADS_P)[:, None]
     dims = tl.arange(0, HEAD_DIM_P)[None, :]
     in_rows = (heads < NUM_KV_HEADS) & (dims < HEAD_DIM)
@@ -63,6 +92,37 @@ def _rotary_cache_kernel(
     tl.store(v_dst, v.to(value_cache_ptr.dtype.element_ty), mask=in_rows)
 
 
+@triton.jit
+def _norm_rotate_heads(src_ptr, stride_src_head, dst_ptr, stride_dst_head, cos, sin, w_ptr, eps,
+                       NUM_HEADS: tl.constexpr, HEADS_P: tl.constexpr, HALF: tl.constexpr, HALF_P: tl.constexpr,
+                       HEAD_NORM: tl.constexpr):
+    """Each head at ``src_ptr`` (2 * HALF dims, all rotated) normalised over its dims, then neox-rotated
+    into ``dst_ptr`` (which may be ``src_ptr``: every load happens before the stores). The norm rounds
+    as norm.py's kernels: HEAD_NORM 1, ``(x * rstd).to(dtype) * w`` to dtype; 2, ``x * rstd * (1 + w)``
+    in float32 to dtype; the rotation then reads the rounded head, as after the norm's launch."""
+    heads = tl.arange(0, HEADS_P)[:, None]
+    offs = tl.arange(0, HALF_P)[None, :]
+    mask = (heads < NUM_HEADS) & (offs < HALF)
+    x1 = tl.load(src_ptr + heads * stride_src_head + offs, mask=mask, other=0.0)
+    x2 = tl.load(src_ptr + heads * stride_src_head + HALF + offs, mask=mask, other=0.0)
+    dtype = x1.dtype
+    x1f, x2f = x1.to(tl.float32), x2.to(tl.float32)
+    variance = (tl.sum(x1f * x1f, axis=1) + tl.sum(x2f * x2f, axis=1)) / (2 * HALF)
+    rstd = tl.math.rsqrt(variance + eps)[:, None]
+    w1 = tl.load(w_ptr + offs, mask=offs < HALF, other=0.0).to(tl.float32)
+    w2 = tl.load(w_ptr + HALF + offs, mask=offs < HALF, other=0.0).to(tl.float32)
+    if HEAD_NORM == 2:
+        n1 = (x1f * rstd * (1.0 + w1)).to(dtype).to(tl.float32)
+        n2 = (x2f * rstd * (1.0 + w2)).to(dtype).to(tl.float32)
+    else:
+        n1 = ((x1f * rstd).to(dtype).to(tl.float32) * w1).to(dtype).to(tl.float32)
+        n2 = ((x2f * rstd).to(dtype).to(tl.float32) * w2).to(dtype).to(tl.float32)
+    out1, out2 = _rotated(n1, n2, cos, sin, x1)
+    out_dtype = dst_ptr.dtype.element_ty
+    tl.store(dst_ptr + heads * stride_dst_head + offs, out1.to(dtype).to(out_dtype), mask=mask)
+    tl.store(dst_ptr + heads * stride_dst_head + HALF + offs, out2.to(dtype).to(out_dtype), mask=mask)
+
+
 def rotary_and_cache(
     positions: torch.Tensor,
     q: torch.Tensor,
@@ -73,13 +133,15 @@ def rotary_and_cache(
     slot_mapping: torch.Tensor,
     cos_sin_cache: torch.Tensor,
     rotary_dim: int | None = None,
+    head_norms: HeadNorms | None = None,
 ) -> torch.Tensor:
     """Neox-rotate q in place and write rotated k and v at ``slot_mapping`` into the paged cache.
 
     Shapes and rules are ``rotary_embedding``'s (q [T, Hq, D], k [T, Hkv, D], positions [T]) and
     ``reshape_and_cache``'s (v like k; caches [num_blocks, block_size, Hkv, D] of a float dtype;
     slot_mapping >= T entries, negative = skip). k itself is left as it was: its rotated rows go only
-    to the cache. Returns q.
+    to the cache. With ``head_norms`` q and k are normalised per head first (q in place; k's normed
+    and rotated rows to the cache); the rotary must then cover the whole head. Returns q.
     """
     rotary_dim = cos_sin_cache.shape[-1] if rotary_dim is None else rotary_dim
     _check_rotary(positions, q, k, cos_sin_cache, rotary_dim)
@@ -90,6 +152,8 @@ def rotary_and_cache(
     if v.shape != k.shape or slot_mapping.shape[0] < k.shape[0]:
         raise KernelInputError(f"v must match k {tuple(k.shape)} and slot_mapping cover its {k.shape[0]} tokens")
     num_tokens, num_kv_heads, head_dim = k.shape
+    if head_norms is not None:
+        _check_head_norms(head_norms, q, rotary_dim)
     if num_tokens == 0:
         return q
     half = rotary_dim // 2
@@ -98,10 +162,23 @@ def rotary_and_cache(
         positions, q, k, v, key_cache, value_cache, slot_mapping, cos_sin_cache,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         *key_cache.stride()[:3], *value_cache.stride()[:3], cos_sin_cache.stride(0),
+        head_norms.q_weight if head_norms is not None else q, head_norms.k_weight if head_norms is not None else q,
+        float(head_norms.eps) if head_norms is not None else 0.0,
         NUM_Q_HEADS=q.shape[1], Q_HEADS_P=next_power_of_2(q.shape[1]),
         NUM_KV_HEADS=num_kv_heads, KV_HEADS_P=next_power_of_2(num_kv_heads),
         HEAD_DIM=head_dim, HEAD_DIM_P=next_power_of_2(head_dim), HALF=half, HALF_P=next_power_of_2(half),
         PAGE_SIZE=key_cache.shape[1], USE_PDL=pdl,
+        HEAD_NORM=0 if head_norms is None else 2 if head_norms.adds_one else 1,
         num_warps=4, **launch_options(pdl),
     )
     return q
+
+
+def _check_head_norms(norms: HeadNorms, q: torch.Tensor, rotary_dim: int) -> None:
+    head_dim = q.shape[-1]
+    if rotary_dim != head_dim:
+        raise KernelInputError(f"head norms ride on a rotary over the whole head ({head_dim} dims), got {rotary_dim}")
+    for name, w in (("q", norms.q_weight), ("k", norms.k_weight)):
+        if w.shape != (head_dim,) or w.dtype != q.dtype or w.device != q.device or w.stride(0) != 1:
+            raise KernelInputError(f"the {name} head norm's weight must be contiguous [{head_dim}] {q.dtype} on "
+                                   f"{q.device}, got {tuple(w.shape)} {w.dtype} on {w.device}")

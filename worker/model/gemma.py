@@ -26,6 +26,8 @@ class GemmaRMSNorm(nn.Module):
     """x / rms(x) * (1 + weight), in float32 then cast, exactly as transformers computes it (one
     kernel with the Triton ops)."""
 
+    adds_one = True  # the normed row is scaled by 1 + weight (as a fused head norm must know)
+
     def __init__(self, dim: int, eps: float, ops: ModuleType = torch_ops):
         super().__init__()
         self.weight = nn.Parameter(torch.zeros(dim))

@@ -44,6 +44,8 @@ def _bound_method(module: nn.Module, name: str):
 
 
 class RMSNorm(nn.Module):
+    adds_one = False  # the weight scales the normed row as it is (Gemma's norm scales by 1 + weight)
+
     def __init__(self, dim: int, eps: float, ops: ModuleType):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
@@ -92,6 +94,11 @@ class Attention(nn.Module):
         """The per-head q/k norm of the family (Qwen3's and Gemma 3's differ in their weight's meaning)."""
         return RMSNorm(self.head_dim, spec.rms_norm_eps, ops)
 
+    def _head_norms(self):
+        from worker.kernels.rotary_cache import HeadNorms
+
+        return HeadNorms(self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, self.q_norm.adds_one)
+
     def forward(self, positions, hidden, kv_cache, meta: AttentionMetadata, cos_sin_cache,
                 project: bool = True, qkv: torch.Tensor | None = None) -> torch.Tensor:
         """The attention block's output, through o_proj unless ``project`` is False ([T, q_size] then);
@@ -103,15 +110,22 @@ class Attention(nn.Module):
         q = q.reshape(T, self.num_heads, self.head_dim)
         k = k.reshape(T, self.num_kv_heads, self.head_dim)
         v = v.reshape(T, self.num_kv_heads, self.head_dim)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
         meta = meta.for_group(self.kv_group)
-        rotary_in_attention = getattr(self.attn, "forward_rotary", None)  # a backend may fuse it
-        if rotary_in_attention is not None:
-            out = rotary_in_attention(positions, q, k, v, cos_sin_cache, self.rotary_dim, kv_cache, meta)
-        else:
-            q, k = self.ops.rotary_embedding(positions, q, k, cos_sin_cache, self.rotary_dim)
-            out = self.attn.forward(q, k, v, kv_cache, meta)  # [T, Hq, D]
+        out = None
+        if self.q_norm is not None:
+            # a backend may take the q/k head norms into its rotary cache write (None: it cannot here)
+            fused = getattr(self.attn, "forward_rotary_head_norms", None)
+            if fused is not None:
+                out = fused(positions, q, k, v, cos_sin_cache, self.rotary_dim, kv_cache, meta, self._head_norms())
+            if out is None:
+                q, k = self.q_norm(q), self.k_norm(k)
+        if out is None:
+            rotary_in_attention = getattr(self.attn, "forward_rotary", None)  # a backend may fuse it
+            if rotary_in_attention is not None:
+                out = rotary_in_attention(positions, q, k, v, cos_sin_cache, self.rotary_dim, kv_cache, meta)
+            else:
+                q, k = self.ops.rotary_embedding(positions, q, k, cos_sin_cache, self.rotary_dim)
+                out = self.attn.forward(q, k, v, kv_cache, meta)  # [T, Hq, D]
         out = out.reshape(T, self.q_size)
         return self.o_proj(out) if project else out
 
