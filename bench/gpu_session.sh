@@ -42,6 +42,8 @@
 #              --rows 8), then the whole model at batch 1 and in the latency test with the tables' plans
 #              and with both proposals (WARD_GEMV_PLANS and WARD_GEMV_WIDE_PLANS), alternated twice; the
 #              verdict and the two proposals also in $STASH (default /tmp/ward-stash) for a next call
+#   qknorm     Gemma 3 27B (batch 1, mixed) with its q/k head norms launched apart and in the rotary cache
+#              write (WARD_QK_NORM_FUSION=0/1), alternated twice, after their GPU tests; the verdict
 #   tune       `ward tune gemv` for Llama-3.1-8B on this card (TUNE_ARGS: more flags, e.g. "--rows one"),
 #              its file in $OUT/tuned and in $STASH/tuned for a next call
 #   tuneab     the whole model at batch 1 and in the latency test without and with the tuned file
@@ -228,6 +230,12 @@ for s in $STEPS; do
                 --workloads latency,batch1
               python3 bench/gemv_verdict.py "$OUT" tune_tables tune_tuned
             else echo "tuneab: no tuned file in $folder"; fi ;;
+    qknorm) step qknorm_tests 90 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/test_kernels.py \
+              -k "head_norms"
+            tail -1 "$OUT/qknorm_tests.txt"
+            alternate qknorm_ "${GEMMA_NEED:-150}" WARD_QK_NORM_FUSION 0 apart 1 fused --model gemma-3-27b \
+              --workloads batch1,mixed
+            python3 bench/gemv_verdict.py "$OUT" qknorm_apart qknorm_fused ;;
     gemma) step gemma_tests 120 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/test_kernels.py \
              -k "gemma or gelu or head_norms"
            tail -1 "$OUT/gemma_tests.txt"
