@@ -235,7 +235,7 @@ for s in $STEPS; do
             tail -1 "$OUT/qknorm_tests.txt"
             alternate qknorm_ "${GEMMA_NEED:-150}" WARD_QK_NORM_FUSION 0 apart 1 fused --model gemma-3-27b \
               --workloads batch1,mixed
-            python3 bench/gemv_verdict.py "$OUT" qknorm_apart qknorm_fused ;;
+            python3 bench/gemv_verdict.py "$OUT" qknorm_apart qknorm_fused --throughput batch1:tok_s,mixed:out_tok_s ;;
     gemma) step gemma_tests 120 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/test_kernels.py \
              -k "gemma or gelu or head_norms"
            tail -1 "$OUT/gemma_tests.txt"
