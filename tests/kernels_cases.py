@@ -389,11 +389,13 @@ def _rotary_inputs(g: torch.Generator, max_position: int, num_tokens: int, num_h
 
 
 def check_rotary_cache(num_tokens: int, num_heads: int, num_kv_heads: int, head_dim: int, rotary_dim: int,
-                       block_size: int, num_padding: int, device: str, dtype: torch.dtype, seed: int = 0) -> Metrics:
+                       block_size: int, num_padding: int, device: str, dtype: torch.dtype, seed: int = 0,
+                       fp8_scales: str | None = None) -> Metrics:
     """``rotary_and_cache`` against ``rotary_embedding`` then ``reshape_and_cache`` on q/k/v views of a
     fused qkv tensor, NaN-filled caches, shuffled slots (``num_padding`` of them -1). The kernels round
-    alike, so everything must match exactly. Metrics: ``mismatch`` = q entries that differ,
-    ``cache_mismatch`` = cache entries that differ (NaN-aware), ``written`` = cache entries written."""
+    alike, so everything must match exactly. ``fp8_scales`` ("tensor" or "head"): e4m3 caches with
+    per-tensor or per-head k/v scales, compared byte for byte. Metrics: ``mismatch`` = q entries that
+    differ, ``cache_mismatch`` = cache entries that differ (NaN-aware), ``written`` = cache entries written."""
     from worker.kernels import reshape_and_cache, rotary_embedding
     from worker.kernels.rotary_cache import rotary_and_cache
 
@@ -403,11 +405,17 @@ def check_rotary_cache(num_tokens: int, num_heads: int, num_kv_heads: int, head_
                                                    rotary_dim, dtype, device)
     q_width, kv_width = num_heads * head_dim, num_kv_heads * head_dim
     num_blocks = math.ceil(num_tokens / block_size) + 2
-    key_cache = torch.full((num_blocks, block_size, num_kv_heads, head_dim), float("nan"), dtype=dtype, device=device)
+    cache_dtype = torch.float8_e4m3fn if fp8_scales else dtype
+    key_cache = torch.full((num_blocks, block_size, num_kv_heads, head_dim), float("nan"), device=device).to(cache_dtype)
     value_cache = torch.full_like(key_cache, float("nan"))
     slots = torch.randperm(num_blocks * block_size, generator=g)[:num_tokens]
     slots[torch.randperm(num_tokens, generator=g)[:num_padding]] = -1
     slot_mapping = torch.cat([slots, torch.full((2,), -1, dtype=torch.int64)]).to(device)  # graph-padded
+    scales = {}
+    if fp8_scales:
+        count = num_kv_heads if fp8_scales == "head" else 1
+        scales = {"k_scale": (0.01 + 0.02 * torch.rand(count, generator=g)).to(device),
+                  "v_scale": (0.01 + 0.02 * torch.rand(count, generator=g)).to(device)}
 
     def views(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q = t[:, :q_width].view(num_tokens, num_heads, head_dim)
@@ -417,9 +425,9 @@ def check_rotary_cache(num_tokens: int, num_heads: int, num_kv_heads: int, head_
     ref_qkv, ref_caches = qkv.clone(), (key_cache.clone(), value_cache.clone())
     q_ref, k_ref, v_ref = views(ref_qkv)
     rotary_embedding(positions, q_ref, k_ref, cos_sin_cache, rotary_dim, True)
-    reshape_and_cache(k_ref, v_ref, *ref_caches, slot_mapping)
+    reshape_and_cache(k_ref, v_ref, *ref_caches, slot_mapping, *scales.values())
     q, k, v = views(qkv)
-    rotary_and_cache(positions, q, k, v, key_cache, value_cache, slot_mapping, cos_sin_cache, rotary_dim)
+    rotary_and_cache(positions, q, k, v, key_cache, value_cache, slot_mapping, cos_sin_cache, rotary_dim, **scales)
     written = float((~torch.isnan(key_cache.float())).sum() + (~torch.isnan(value_cache.float())).sum())
     return {
         "mismatch": float((q != q_ref).sum()),

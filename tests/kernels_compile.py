@@ -344,6 +344,15 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
         dict(NUM_Q_HEADS=32, Q_HEADS_P=32, NUM_KV_HEADS=8, KV_HEADS_P=8, HEAD_DIM=128, HEAD_DIM_P=128, HALF=64,
              HALF_P=64, PAGE_SIZE=16, USE_PDL=True),
     ),
+    # an e4m3 cache (FP8 KV) with per-head scales
+    "rotary_cache_llama_fp8": lambda: compile_variant(
+        rotary_cache._rotary_cache_kernel,
+        {"positions_ptr": "*i64", "q_ptr": BF16, "k_ptr": BF16, "v_ptr": BF16, "key_cache_ptr": "*fp8e4nv",
+         "value_cache_ptr": "*fp8e4nv", "slot_mapping_ptr": "*i64", "cos_sin_ptr": "*fp32", "k_scale_ptr": "*fp32",
+         "v_scale_ptr": "*fp32"},
+        dict(NUM_Q_HEADS=32, Q_HEADS_P=32, NUM_KV_HEADS=8, KV_HEADS_P=8, HEAD_DIM=128, HEAD_DIM_P=128, HALF=64,
+             HALF_P=64, PAGE_SIZE=16, FP8=True, SCALE_STRIDE=1),
+    ),
     # Qwen3-8B's q/k head norms (HEAD_NORM 1) and Gemma 3 27B's (1 + w) ones (2) in the cache write
     "rotary_cache_qwen3_head_norms": lambda: compile_variant(
         rotary_cache._rotary_cache_kernel,

@@ -98,6 +98,11 @@ OTHER_CASES: dict[str, Callable[[], Metrics | dict[str, list[str]]]] = {
     # tokens, q heads, kv heads, head dim, rotary dim, block size, padding tokens
     "rotary_cache_full": lambda: check_rotary_cache(9, 4, 2, 64, 64, 16, 2, "cpu", F32),
     "rotary_cache_partial_block32": lambda: check_rotary_cache(7, 6, 3, 80, 32, 32, 1, "cpu", F32),
+    # an e4m3 cache (FP8 KV), per-tensor and per-head scales: the same bytes as the two kernels
+    "rotary_cache_fp8_tensor_scale": lambda: check_rotary_cache(9, 4, 2, 64, 64, 16, 2, "cpu", F32,
+                                                                fp8_scales="tensor"),
+    "rotary_cache_fp8_head_scales_partial": lambda: check_rotary_cache(7, 6, 3, 80, 32, 32, 1, "cpu", F32,
+                                                                       fp8_scales="head"),
     # tokens, q heads, kv heads, head dim, block size, padding; Qwen3's head norms and Gemma 3's
     "rotary_cache_head_norms": lambda: check_rotary_cache_head_norms(9, 4, 2, 64, 16, 2, "cpu", F32, False),
     "rotary_cache_gemma_head_norms_odd_heads": lambda: check_rotary_cache_head_norms(5, 6, 3, 32, 16, 1, "cpu", F32,

@@ -468,6 +468,15 @@ def test_rotary_with_cache_write_matches_the_two_kernels_on_gpu_bf16(
 
 @pytest.mark.gpu
 @requires_cuda
+@pytest.mark.parametrize(("num_tokens", "fp8_scales"), [(1, "head"), (512, "head"), (33, "tensor")])
+def test_rotary_with_fp8_cache_write_matches_the_two_kernels_on_gpu_bf16(num_tokens: int, fp8_scales: str) -> None:
+    metrics = check_rotary_cache(num_tokens, 32, 8, 128, 128, 16, 3 if num_tokens > 3 else 0, "cuda", torch.bfloat16,
+                                 fp8_scales=fp8_scales)
+    assert_metrics(metrics, 0.0)
+
+
+@pytest.mark.gpu
+@requires_cuda
 @pytest.mark.parametrize(("num_tokens", "num_kv_heads", "adds_one"), [(1, 8, False), (512, 8, False), (1, 16, True),
                                                                      (300, 16, True)])  # Qwen3-8B, Gemma 3 27B
 def test_rotary_cache_write_with_head_norms_matches_the_three_kernels_on_gpu_bf16(

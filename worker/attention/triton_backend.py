@@ -82,11 +82,12 @@ class TritonAttention:
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         """``forward`` after a neox rotary embedding of q and k, which rides on the cache write."""
-        if self.fuse_rotary and self.k_scale is None:
+        if self.fuse_rotary:
             from worker.kernels.rotary_cache import rotary_and_cache
 
             key_cache, value_cache = kv_cache
-            rotary_and_cache(positions, q, k, v, key_cache, value_cache, meta.slot_mapping, cos_sin_cache, rotary_dim)
+            rotary_and_cache(positions, q, k, v, key_cache, value_cache, meta.slot_mapping, cos_sin_cache, rotary_dim,
+                             k_scale=self.k_scale, v_scale=self.v_scale)
             return self._attend(q, kv_cache, meta)
         from worker.kernels.rotary import rotary_embedding
 
@@ -106,15 +107,15 @@ class TritonAttention:
         head_norms,  # worker.kernels.rotary_cache.HeadNorms
     ) -> torch.Tensor | None:
         """``forward_rotary`` after per-head norms of q and k (q normed and rotated in place), all in the
-        cache write's launch; None where that launch cannot take them (an FP8 cache, a partial rotary,
-        the fusion switched off): the caller then norms q and k itself."""
-        if not (self.fuse_rotary and self.fuse_head_norms and self.k_scale is None and rotary_dim == q.shape[-1]):
+        cache write's launch; None where that launch cannot take them (a partial rotary, the fusion
+        switched off): the caller then norms q and k itself."""
+        if not (self.fuse_rotary and self.fuse_head_norms and rotary_dim == q.shape[-1]):
             return None
         from worker.kernels.rotary_cache import rotary_and_cache
 
         key_cache, value_cache = kv_cache
         rotary_and_cache(positions, q, k, v, key_cache, value_cache, meta.slot_mapping, cos_sin_cache, rotary_dim,
-                         head_norms)
+                         head_norms, self.k_scale, self.v_scale)
         return self._attend(q, kv_cache, meta)
 
     def _attend(self, q: torch.Tensor, kv_cache: tuple[torch.Tensor, torch.Tensor],
