@@ -42,6 +42,8 @@
 #              --rows 8), then the whole model at batch 1 and in the latency test with the tables' plans
 #              and with both proposals (WARD_GEMV_PLANS and WARD_GEMV_WIDE_PLANS), alternated twice; the
 #              verdict and the two proposals also in $STASH (default /tmp/ward-stash) for a next call
+#   fp8kvrope  the model with an FP8 KV cache (batch 1, latency) with the rotary and the e4m3 cache write as
+#              two launches and as one (WARD_ROPE_CACHE_FUSION=0/1), alternated twice, after their GPU tests
 #   qknorm     Gemma 3 27B (batch 1, mixed) with its q/k head norms launched apart and in the rotary cache
 #              write (WARD_QK_NORM_FUSION=0/1), alternated twice, after their GPU tests; the verdict
 #   tune       `ward tune gemv` for Llama-3.1-8B on this card (TUNE_ARGS: more flags, e.g. "--rows one"),
@@ -230,6 +232,12 @@ for s in $STEPS; do
                 --workloads latency,batch1
               python3 bench/gemv_verdict.py "$OUT" tune_tables tune_tuned
             else echo "tuneab: no tuned file in $folder"; fi ;;
+    fp8kvrope) step fp8kvrope_tests 90 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu \
+                 tests/test_kernels.py -k "fp8_cache_write"
+               tail -1 "$OUT/fp8kvrope_tests.txt"
+               alternate fp8kvrope_ 80 WARD_ROPE_CACHE_FUSION 0 apart 1 fused --model llama-3.1-8b \
+                 --kv-cache-dtype fp8 --workloads latency,batch1
+               python3 bench/gemv_verdict.py "$OUT" fp8kvrope_apart fp8kvrope_fused ;;
     qknorm) step qknorm_tests 90 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/test_kernels.py \
               -k "head_norms"
             tail -1 "$OUT/qknorm_tests.txt"
