@@ -627,6 +627,25 @@ def check_fused_moe(num_tokens: int, num_experts: int, top_k: int, hidden: int, 
     return {"rel_err": rel_err(out, ref), "unwritten": nan_count(out)}
 
 
+def check_moe_align(tokens: int, experts: int, top_k: int, block_m: int, device: str, chunk: int | None = None,
+                    seed: int = 0) -> Metrics:
+    """The one-launch grouping (``moe_align_kernel.align``) against the torch one (``moe_align``) on a
+    random routing: every output element equal. ``chunk``: pairs a step of the program takes (small
+    ones make the ranks carry across steps). Metrics: ``mismatch`` = elements that differ (a size
+    difference counts every element)."""
+    from worker.kernels.moe_align import moe_align
+    from worker.kernels.moe_align_kernel import align
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.stack([torch.randperm(experts, generator=g)[:top_k] for _ in range(tokens)]).to(device)
+    want = moe_align(ids, experts, block_m)
+    got = align(ids, experts, block_m, max_pairs=tokens * top_k, chunk=chunk)
+    wrong = 0.0
+    for a, b in zip(got, want, strict=True):
+        wrong += float((a.cpu().long() != b.cpu().long()).sum()) if a.shape == b.shape else float(max(a.numel(), 1))
+    return {"mismatch": wrong}
+
+
 # ---------------------------------------------------------------- decode GEMV
 
 

@@ -28,7 +28,8 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from worker.kernels import (  # noqa: E402
-    activation, argmax, decode_gemv, fp8_gemm, fp8_quant, int4_gemm, kv_cache, moe_gemm, norm, rotary, rotary_cache, token_bitmask,
+    activation, argmax, decode_gemv, fp8_gemm, fp8_quant, int4_gemm, kv_cache, moe_align_kernel, moe_gemm, norm, rotary,
+    rotary_cache, token_bitmask,
 )
 from worker.kernels.attention_config import choose_tile_config, next_power_of_2  # noqa: E402
 from worker.kernels.attention_kernels import merge_splits_kernel, paged_attention_kernel  # noqa: E402
@@ -374,6 +375,17 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
          "value_cache_ptr": BF16, "slot_mapping_ptr": "*i64", "cos_sin_ptr": "*fp32"},
         dict(NUM_Q_HEADS=24, Q_HEADS_P=32, NUM_KV_HEADS=8, KV_HEADS_P=8, HEAD_DIM=96, HEAD_DIM_P=128, HALF=16,
              HALF_P=16, PAGE_SIZE=32),
+    ),
+    # the one-launch expert grouping: Mixtral's 8 experts, Qwen3-MoE's 128
+    "moe_align_mixtral": lambda: compile_variant(
+        moe_align_kernel._moe_align_kernel,
+        {"ids_ptr": "*i64", "sorted_ptr": "*i32", "block_experts_ptr": "*i32", "num_rows_ptr": "*i32"},
+        dict(E=8, E_P=8, BLOCK_M=16, CHUNK=1024), num_warps=4,
+    ),
+    "moe_align_qwen3_moe": lambda: compile_variant(
+        moe_align_kernel._moe_align_kernel,
+        {"ids_ptr": "*i64", "sorted_ptr": "*i32", "block_experts_ptr": "*i32", "num_rows_ptr": "*i32"},
+        dict(E=128, E_P=128, BLOCK_M=16, CHUNK=64), num_warps=4,
     ),
     "moe_gemm_up_bf16": lambda: compile_variant(
         moe_gemm._moe_gemm_kernel,

@@ -24,6 +24,7 @@ from kernels_cases import (
     check_greedy_argmax,
     check_head_norms,
     check_input_validation,
+    check_moe_align,
     check_reshape_and_cache,
     check_rms_norm,
     check_rotary,
@@ -115,6 +116,12 @@ OTHER_CASES: dict[str, Callable[[], Metrics | dict[str, list[str]]]] = {
     # tokens, q heads, kv heads, head dim: per-head views of a fused qkv output, read in place
     "head_norms_qkv_views": lambda: check_head_norms(5, 4, 2, 16, "cpu", F32),
     "input_validation": lambda: check_input_validation("cpu"),
+    # tokens, experts, top_k, block_m: the one-launch expert grouping against the torch one (decode,
+    # many experts, an expert count not a power of two, ranks carried across 16-pair steps)
+    "moe_align_decode_mixtral": lambda: check_moe_align(1, 8, 2, 16, "cpu"),
+    "moe_align_qwen3_moe": lambda: check_moe_align(5, 128, 8, 16, "cpu"),
+    "moe_align_odd_experts": lambda: check_moe_align(37, 6, 3, 16, "cpu"),
+    "moe_align_chunks_carry": lambda: check_moe_align(60, 8, 2, 16, "cpu", chunk=16),
     # rows, N, K; plan = (block_n, block_k, warps, stages, split_k): every row count, masks on N and K,
     # split K with an even and a ragged last range, the SiLU epilogue with and without a split, bias
     "decode_gemv_rows1_ragged": lambda: check_decode_gemv(1, 72, 200, "cpu", F32, plan=(32, 64, 4, 2, 1)),

@@ -34,6 +34,7 @@ from kernels_cases import (  # noqa: E402
     check_gemma_norms,
     check_greedy_argmax,
     check_head_norms,
+    check_moe_align,
     check_reshape_and_cache,
     check_rms_norm,
     check_rotary,
@@ -464,6 +465,14 @@ def test_rotary_with_cache_write_matches_the_two_kernels_on_gpu_bf16(
 ) -> None:
     metrics = check_rotary_cache(num_tokens, 32, 8, 128, rotary_dim, block_size, num_padding, "cuda", torch.bfloat16)
     assert_metrics(metrics, 0.0)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize(("tokens", "experts", "top_k"), [(1, 8, 2), (8, 8, 2), (1, 128, 8), (512, 128, 8), (2048, 8, 2)])
+def test_one_launch_moe_align_matches_the_torch_grouping_on_gpu(tokens: int, experts: int, top_k: int) -> None:
+    """Mixtral's and Qwen3-MoE's routings at decode and prefill sizes (up to the 4,096 pairs it takes)."""
+    assert_metrics(check_moe_align(tokens, experts, top_k, 16 if tokens * top_k <= 1024 else 64, "cuda"), 0.0)
 
 
 @pytest.mark.gpu

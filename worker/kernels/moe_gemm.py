@@ -19,7 +19,7 @@ import triton.language as tl
 
 from worker.kernels.activation import silu_and_mul
 from worker.kernels.errors import KernelInputError
-from worker.kernels.moe_align import moe_align
+from worker.kernels.moe_align_kernel import align
 
 
 @triton.jit
@@ -141,7 +141,7 @@ def fused_moe(
         raise KernelInputError("fused_moe: FP8 expert weights need their scales (and float ones none)")
     x, w13, w2 = x.contiguous(), w13.contiguous(), w2.contiguous()
     block_m = 16 if T * top_k <= 1024 else 64  # small steps: less padding per expert
-    sorted_ids, block_experts, num_rows = moe_align(topk_ids, E, block_m)
+    sorted_ids, block_experts, num_rows = align(topk_ids, E, block_m)  # one launch at decode sizes
     weights = topk_weights.reshape(-1).float().contiguous()
     inter = torch.empty((T * top_k, two_i), dtype=x.dtype, device=x.device)
     _gemm(x, w13, inter, weights, sorted_ids, block_experts, num_rows, top_k, False, block_m, w13_scale, block)
