@@ -44,6 +44,8 @@
 #              verdict and the two proposals also in $STASH (default /tmp/ward-stash) for a next call
 #   fp8kvrope  the model with an FP8 KV cache (batch 1, latency) with the rotary and the e4m3 cache write as
 #              two launches and as one (WARD_ROPE_CACHE_FUSION=0/1), alternated twice, after their GPU tests
+#   moealign   Qwen3-30B-A3B (batch 1, latency) with the expert grouping in torch and in one launch
+#              (WARD_MOE_ALIGN_KERNEL=0/1), alternated twice, after its GPU tests; the verdict
 #   qknorm     Gemma 3 27B (batch 1, mixed) with its q/k head norms launched apart and in the rotary cache
 #              write (WARD_QK_NORM_FUSION=0/1), alternated twice, after their GPU tests; the verdict
 #   tune       `ward tune gemv` for Llama-3.1-8B on this card (TUNE_ARGS: more flags, e.g. "--rows one"),
@@ -238,6 +240,12 @@ for s in $STEPS; do
                alternate fp8kvrope_ 80 WARD_ROPE_CACHE_FUSION 0 apart 1 fused --model llama-3.1-8b \
                  --kv-cache-dtype fp8 --workloads latency,batch1
                python3 bench/gemv_verdict.py "$OUT" fp8kvrope_apart fp8kvrope_fused ;;
+    moealign) step moealign_tests 90 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/test_kernels.py \
+                -k "moe"
+              tail -1 "$OUT/moealign_tests.txt"
+              alternate moealign_ 120 WARD_MOE_ALIGN_KERNEL 0 torch 1 kernel --model qwen3-30b-a3b \
+                --workloads latency,batch1
+              python3 bench/gemv_verdict.py "$OUT" moealign_torch moealign_kernel ;;
     qknorm) step qknorm_tests 90 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/test_kernels.py \
               -k "head_norms"
             tail -1 "$OUT/qknorm_tests.txt"

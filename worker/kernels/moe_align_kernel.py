@@ -13,6 +13,8 @@ dwarf the torch launches) ``align`` hands the step to the torch version.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -20,7 +22,8 @@ import triton.language as tl
 from worker.kernels.attention_config import next_power_of_2
 from worker.kernels.moe_align import moe_align, padded_rows
 
-MAX_PAIRS = 4096  # above: the torch grouping (one program would walk them all)
+# above: the torch grouping (one program would walk them all); WARD_MOE_ALIGN_KERNEL=0: always (A/B timing)
+MAX_PAIRS = 4096 if os.environ.get("WARD_MOE_ALIGN_KERNEL", "1") != "0" else 0
 ELEMENTS = 8192  # a chunk's one-hot [CHUNK, experts] tile held at once
 
 
@@ -60,12 +63,12 @@ def _moe_align_kernel(ids_ptr, sorted_ptr, block_experts_ptr, num_rows_ptr, n, t
 
 
 def align(topk_ids: torch.Tensor, num_experts: int, block_m: int,
-          max_pairs: int = MAX_PAIRS, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``moe_align``'s result (see there), in one launch for at most ``max_pairs`` pairs; ``chunk``
-    overrides the pairs a step of the program takes (tests)."""
+          max_pairs: int | None = None, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``moe_align``'s result (see there), in one launch for at most ``max_pairs`` pairs (default
+    ``MAX_PAIRS``); ``chunk`` overrides the pairs a step of the program takes (tests)."""
     flat = topk_ids.reshape(-1)
     n = flat.numel()
-    if n > max_pairs or n == 0:
+    if n > (MAX_PAIRS if max_pairs is None else max_pairs) or n == 0:
         return moe_align(topk_ids, num_experts, block_m)
     flat = flat.contiguous()
     total = padded_rows(n, num_experts, block_m)
