@@ -46,6 +46,7 @@
 #              two launches and as one (WARD_ROPE_CACHE_FUSION=0/1), alternated twice, after their GPU tests
 #   moealign   Qwen3-30B-A3B (batch 1, latency) with the expert grouping in torch and in one launch
 #              (WARD_MOE_ALIGN_KERNEL=0/1), alternated twice, after its GPU tests; the verdict
+#   moeroute   the same with the MoE router in torch and in one launch (WARD_MOE_ROUTING_KERNEL=0/1)
 #   qknorm     Gemma 3 27B (batch 1, mixed) with its q/k head norms launched apart and in the rotary cache
 #              write (WARD_QK_NORM_FUSION=0/1), alternated twice, after their GPU tests; the verdict
 #   tune       `ward tune gemv` for Llama-3.1-8B on this card (TUNE_ARGS: more flags, e.g. "--rows one"),
@@ -246,6 +247,9 @@ for s in $STEPS; do
               alternate moealign_ 120 WARD_MOE_ALIGN_KERNEL 0 torch 1 kernel --model qwen3-30b-a3b \
                 --workloads latency,batch1
               python3 bench/gemv_verdict.py "$OUT" moealign_torch moealign_kernel ;;
+    moeroute) alternate moeroute_ 120 WARD_MOE_ROUTING_KERNEL 0 torch 1 kernel --model qwen3-30b-a3b \
+                --workloads latency,batch1
+              python3 bench/gemv_verdict.py "$OUT" moeroute_torch moeroute_kernel ;;
     qknorm) step qknorm_tests 90 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/test_kernels.py \
               -k "head_norms"
             tail -1 "$OUT/qknorm_tests.txt"

@@ -613,7 +613,7 @@ def check_fused_moe(num_tokens: int, num_experts: int, top_k: int, hidden: int, 
     """The Triton fused MoE against the torch reference (``worker.model.ops.fused_moe``) on the same
     routing. Metrics: rel_err, unwritten."""
     from worker.kernels import fused_moe
-    from worker.model.moe import select_experts
+    from worker.model.ops import select_experts
     from worker.model.ops import fused_moe as reference
 
     g = torch.Generator().manual_seed(seed)
@@ -625,6 +625,30 @@ def check_fused_moe(num_tokens: int, num_experts: int, top_k: int, hidden: int, 
     out = fused_moe(x, w13, w2, weights, ids)
     ref = reference(x.float().cpu(), w13.float().cpu(), w2.float().cpu(), weights.cpu(), ids.cpu())
     return {"rel_err": rel_err(out, ref), "unwritten": nan_count(out)}
+
+
+def check_moe_routing(tokens: int, experts: int, top_k: int, renormalize: bool, device: str,
+                      dtype: torch.dtype = torch.float32, seed: int = 0) -> Metrics:
+    """The one-launch router (``moe_routing.select_experts``) against the torch one on shuffled
+    logits (no ties), and on a row of equal logits (the lower expert indices win). Metrics: ``mismatch`` =
+    expert ids that differ (either row set), ``rel_err`` of the weights, ``unwritten`` (NaN weights)."""
+    from worker.kernels.moe_routing import select_experts as route
+    from worker.model.ops import select_experts
+
+    g = torch.Generator().manual_seed(seed)
+    # each row a shuffle of values far enough apart to stay distinct in bfloat16: no tie to break
+    levels = torch.linspace(-4.0, 4.0, experts)
+    logits = torch.stack([levels[torch.randperm(experts, generator=g)] for _ in range(tokens)]).to(device, dtype)
+    weights, ids = route(logits, top_k, renormalize)
+    ref_weights, ref_ids = select_experts(logits, top_k, renormalize)
+    tied_weights, tied_ids = route(torch.zeros(2, experts, dtype=dtype, device=device), top_k, renormalize)
+    expected_tied = torch.arange(top_k, device=device).expand(2, top_k)
+    return {
+        "mismatch": float((ids != ref_ids).sum() + (tied_ids != expected_tied).sum()),
+        "rel_err": rel_err(weights, ref_weights),
+        "tied_rel_err": rel_err(tied_weights, torch.full_like(tied_weights, 1 / top_k if renormalize else 1 / experts)),
+        "unwritten": nan_count(weights),
+    }
 
 
 def check_moe_align(tokens: int, experts: int, top_k: int, block_m: int, device: str, chunk: int | None = None,

@@ -28,7 +28,8 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from worker.kernels import (  # noqa: E402
-    activation, argmax, decode_gemv, fp8_gemm, fp8_quant, int4_gemm, kv_cache, moe_align_kernel, moe_gemm, norm, rotary,
+    activation, argmax, decode_gemv, fp8_gemm, fp8_quant, int4_gemm, kv_cache, moe_align_kernel, moe_gemm, moe_routing, norm,
+    rotary,
     rotary_cache, token_bitmask,
 )
 from worker.kernels.attention_config import choose_tile_config, next_power_of_2  # noqa: E402
@@ -386,6 +387,15 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
         moe_align_kernel._moe_align_kernel,
         {"ids_ptr": "*i64", "sorted_ptr": "*i32", "block_experts_ptr": "*i32", "num_rows_ptr": "*i32"},
         dict(E=128, E_P=128, BLOCK_M=16, CHUNK=64), num_warps=4,
+    ),
+    # the router: Mixtral's 8 experts (bf16 logits, top 2, renormalised), Qwen3-MoE's 128 (top 8)
+    "moe_routing_mixtral": lambda: compile_variant(
+        moe_routing._route_kernel, {"logits_ptr": BF16, "weights_ptr": "*fp32", "ids_ptr": "*i64"},
+        dict(E=8, E_P=8, TOP_K=2, K_P=2, RENORMALIZE=True), num_warps=1,
+    ),
+    "moe_routing_qwen3_moe": lambda: compile_variant(
+        moe_routing._route_kernel, {"logits_ptr": BF16, "weights_ptr": "*fp32", "ids_ptr": "*i64"},
+        dict(E=128, E_P=128, TOP_K=8, K_P=8, RENORMALIZE=False), num_warps=1,
     ),
     "moe_gemm_up_bf16": lambda: compile_variant(
         moe_gemm._moe_gemm_kernel,

@@ -25,6 +25,7 @@ from kernels_cases import (
     check_head_norms,
     check_input_validation,
     check_moe_align,
+    check_moe_routing,
     check_reshape_and_cache,
     check_rms_norm,
     check_rotary,
@@ -119,6 +120,10 @@ OTHER_CASES: dict[str, Callable[[], Metrics | dict[str, list[str]]]] = {
     # tokens, experts, top_k, block_m: the one-launch expert grouping against the torch one (decode,
     # many experts, an expert count not a power of two, ranks carried across 16-pair steps)
     "moe_align_decode_mixtral": lambda: check_moe_align(1, 8, 2, 16, "cpu"),
+    # tokens, experts, top_k, renormalised: the one-launch router against the torch one
+    "moe_routing_mixtral": lambda: check_moe_routing(9, 8, 2, True, "cpu"),
+    "moe_routing_qwen3_moe_not_renormalised": lambda: check_moe_routing(4, 128, 8, False, "cpu"),
+    "moe_routing_odd_experts": lambda: check_moe_routing(3, 6, 3, True, "cpu"),
     "moe_align_qwen3_moe": lambda: check_moe_align(5, 128, 8, 16, "cpu"),
     "moe_align_odd_experts": lambda: check_moe_align(37, 6, 3, 16, "cpu"),
     "moe_align_chunks_carry": lambda: check_moe_align(60, 8, 2, 16, "cpu", chunk=16),

@@ -157,7 +157,7 @@ def check_fp8_moe(T: int, E: int, top_k: int, hidden: int, inter: int, per_block
     """The fused MoE with FP8 experts (per-channel or 128x128-block scales) against the reference
     on the same experts de-quantized."""
     from worker.kernels.moe_gemm import fused_moe
-    from worker.model.moe import select_experts
+    from worker.model.ops import select_experts
     from worker.model.ops import fused_moe as reference
 
     gen = torch.Generator().manual_seed(T + E + hidden + inter + per_block)

@@ -35,6 +35,7 @@ from kernels_cases import (  # noqa: E402
     check_greedy_argmax,
     check_head_norms,
     check_moe_align,
+    check_moe_routing,
     check_reshape_and_cache,
     check_rms_norm,
     check_rotary,
@@ -465,6 +466,15 @@ def test_rotary_with_cache_write_matches_the_two_kernels_on_gpu_bf16(
 ) -> None:
     metrics = check_rotary_cache(num_tokens, 32, 8, 128, rotary_dim, block_size, num_padding, "cuda", torch.bfloat16)
     assert_metrics(metrics, 0.0)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize(("tokens", "experts", "top_k", "renormalize"), [(1, 8, 2, True), (512, 8, 2, True),
+                                                                          (1, 128, 8, False), (300, 128, 8, True)])
+def test_one_launch_moe_router_matches_the_torch_router_on_gpu(tokens: int, experts: int, top_k: int,
+                                                                renormalize: bool) -> None:
+    assert_metrics(check_moe_routing(tokens, experts, top_k, renormalize, "cuda", torch.bfloat16), 1e-5)
 
 
 @pytest.mark.gpu

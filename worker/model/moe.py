@@ -1,5 +1,6 @@
 """Sparse mixture-of-experts MLP (Mixtral, Qwen3-MoE): a softmax router picks the top-k experts
-per token; the experts run through ``ops.fused_moe`` (a loop over experts in torch on the CPU, a
+per token (``ops.select_experts``: torch on the CPU, one Triton launch on CUDA); the experts run
+through ``ops.fused_moe`` (a loop over experts in torch on the CPU, a
 grouped GEMM over expert-sorted tokens in Triton on CUDA).
 
 Expert weights are stacked so one kernel sees them all: ``w13`` [E, 2 * I, hidden] holds each
@@ -16,16 +17,6 @@ from torch import nn
 from worker.model.spec import MoeSpec
 
 
-def select_experts(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k weights (float32) and expert ids (int64), each [T, top_k], as transformers routes:
-    softmax over all experts in float32, top-k, then optionally divided by their sum."""
-    probs = torch.softmax(router_logits.float(), dim=-1)
-    weights, ids = torch.topk(probs, top_k, dim=-1)
-    if renormalize:
-        weights = weights / weights.sum(dim=-1, keepdim=True)
-    return weights, ids
-
-
 class SparseMoe(nn.Module):
     def __init__(self, hidden_size: int, moe: MoeSpec, ops: ModuleType):
         super().__init__()
@@ -36,5 +27,5 @@ class SparseMoe(nn.Module):
         self.ops = ops
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, hidden] -> [T, hidden]
-        weights, ids = select_experts(self.gate(x), self.moe.top_k, self.moe.renormalize)
+        weights, ids = self.ops.select_experts(self.gate(x), self.moe.top_k, self.moe.renormalize)
         return self.ops.fused_moe(x, self.w13, self.w2, weights, ids)

@@ -61,6 +61,16 @@ def build_rope_cache(rope, max_position: int) -> torch.Tensor:
     return cache
 
 
+def select_experts(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k weights (float32) and expert ids (int64), each [T, top_k], as transformers routes:
+    softmax over all experts in float32, top-k, then optionally divided by their sum."""
+    probs = torch.softmax(router_logits.float(), dim=-1)
+    weights, ids = torch.topk(probs, top_k, dim=-1)
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, ids
+
+
 def gemma_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Gemma's RMSNorm: ``x / rms(x) * (1 + weight)`` in float32, cast to x's dtype."""
     h = x.float()

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from worker.errors import ModelLoadError
-from worker.model.moe import SparseMoe, select_experts
+from worker.model.moe import SparseMoe
 from worker.model.quant.config import QuantConfig
 from worker.model.quant.linear import FP8, FP8_MAX, Placer
 
@@ -101,7 +101,7 @@ class Fp8SparseMoe(SparseMoe):
 
     # ---- forward -----------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights, ids = select_experts(self.gate(x), self.moe.top_k, self.moe.renormalize)
+        weights, ids = self.ops.select_experts(self.gate(x), self.moe.top_k, self.moe.renormalize)
         if x.is_cuda and self._kernel_ok(x.device):
             from worker.kernels.moe_gemm import fused_moe
 
