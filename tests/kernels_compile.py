@@ -136,6 +136,21 @@ def decode_gemv_variant(block_n: int, block_k: int, split_k: int, silu: bool, bi
     )
 
 
+def rotary_cache_variant(q_heads: int, kv_heads: int, head_dim: int, half: int, page: int, cache: str = BF16,
+                         positions: str = "*i64", **constexprs: Any) -> dict[str, int]:
+    """The rotary cache write over bf16 q/k/v into a ``cache``-typed cache (``constexprs``: USE_PDL,
+    HEAD_NORM, FP8 with SCALE_STRIDE)."""
+    pointers = {"positions_ptr": positions, "q_ptr": BF16, "k_ptr": BF16, "v_ptr": BF16, "key_cache_ptr": cache,
+                "value_cache_ptr": cache, "slot_mapping_ptr": "*i64", "cos_sin_ptr": "*fp32", "qn_ptr": BF16,
+                "kn_ptr": BF16, "k_scale_ptr": "*fp32", "v_scale_ptr": "*fp32"}
+    return compile_variant(
+        rotary_cache._rotary_cache_kernel, pointers,
+        dict(NUM_Q_HEADS=q_heads, Q_HEADS_P=next_power_of_2(q_heads), NUM_KV_HEADS=kv_heads,
+             KV_HEADS_P=next_power_of_2(kv_heads), HEAD_DIM=head_dim, HEAD_DIM_P=next_power_of_2(head_dim),
+             HALF=half, HALF_P=next_power_of_2(half), PAGE_SIZE=page, **constexprs), ("eps",),
+    )
+
+
 VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
     "attention_decode_group4_d128": attention_variant(1, 4, 128, False, False, BF16),
     "attention_decode_split_group4_d128": attention_variant(1, 4, 128, True, False, BF16),
@@ -332,51 +347,15 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
         {"positions_ptr": "*i32", "q_ptr": BF16, "k_ptr": BF16, "cos_sin_ptr": "*fp32"},
         dict(NUM_Q_HEADS=32, Q_HEADS_P=32, NUM_K_HEADS=8, K_HEADS_P=8, HALF=32, HALF_P=32, IS_NEOX=False),
     ),
-    "rotary_cache_llama": lambda: compile_variant(
-        rotary_cache._rotary_cache_kernel,
-        {"positions_ptr": "*i64", "q_ptr": BF16, "k_ptr": BF16, "v_ptr": BF16, "key_cache_ptr": BF16,
-         "value_cache_ptr": BF16, "slot_mapping_ptr": "*i64", "cos_sin_ptr": "*fp32"},
-        dict(NUM_Q_HEADS=32, Q_HEADS_P=32, NUM_KV_HEADS=8, KV_HEADS_P=8, HEAD_DIM=128, HEAD_DIM_P=128, HALF=64,
-             HALF_P=64, PAGE_SIZE=16),
-    ),
-    "rotary_cache_llama_pdl": lambda: compile_variant(
-        rotary_cache._rotary_cache_kernel,
-        {"positions_ptr": "*i64", "q_ptr": BF16, "k_ptr": BF16, "v_ptr": BF16, "key_cache_ptr": BF16,
-         "value_cache_ptr": BF16, "slot_mapping_ptr": "*i64", "cos_sin_ptr": "*fp32"},
-        dict(NUM_Q_HEADS=32, Q_HEADS_P=32, NUM_KV_HEADS=8, KV_HEADS_P=8, HEAD_DIM=128, HEAD_DIM_P=128, HALF=64,
-             HALF_P=64, PAGE_SIZE=16, USE_PDL=True),
-    ),
+    "rotary_cache_llama": lambda: rotary_cache_variant(32, 8, 128, 64, 16),
+    "rotary_cache_llama_pdl": lambda: rotary_cache_variant(32, 8, 128, 64, 16, USE_PDL=True),
     # an e4m3 cache (FP8 KV) with per-head scales
-    "rotary_cache_llama_fp8": lambda: compile_variant(
-        rotary_cache._rotary_cache_kernel,
-        {"positions_ptr": "*i64", "q_ptr": BF16, "k_ptr": BF16, "v_ptr": BF16, "key_cache_ptr": "*fp8e4nv",
-         "value_cache_ptr": "*fp8e4nv", "slot_mapping_ptr": "*i64", "cos_sin_ptr": "*fp32", "k_scale_ptr": "*fp32",
-         "v_scale_ptr": "*fp32"},
-        dict(NUM_Q_HEADS=32, Q_HEADS_P=32, NUM_KV_HEADS=8, KV_HEADS_P=8, HEAD_DIM=128, HEAD_DIM_P=128, HALF=64,
-             HALF_P=64, PAGE_SIZE=16, FP8=True, SCALE_STRIDE=1),
-    ),
+    "rotary_cache_llama_fp8": lambda: rotary_cache_variant(32, 8, 128, 64, 16, cache="*fp8e4nv", FP8=True,
+                                                           SCALE_STRIDE=1),
     # Qwen3-8B's q/k head norms (HEAD_NORM 1) and Gemma 3 27B's (1 + w) ones (2) in the cache write
-    "rotary_cache_qwen3_head_norms": lambda: compile_variant(
-        rotary_cache._rotary_cache_kernel,
-        {"positions_ptr": "*i64", "q_ptr": BF16, "k_ptr": BF16, "v_ptr": BF16, "key_cache_ptr": BF16,
-         "value_cache_ptr": BF16, "slot_mapping_ptr": "*i64", "cos_sin_ptr": "*fp32", "qn_ptr": BF16, "kn_ptr": BF16},
-        dict(NUM_Q_HEADS=32, Q_HEADS_P=32, NUM_KV_HEADS=8, KV_HEADS_P=8, HEAD_DIM=128, HEAD_DIM_P=128, HALF=64,
-             HALF_P=64, PAGE_SIZE=16, HEAD_NORM=1), ("eps",),
-    ),
-    "rotary_cache_gemma3_head_norms": lambda: compile_variant(
-        rotary_cache._rotary_cache_kernel,
-        {"positions_ptr": "*i64", "q_ptr": BF16, "k_ptr": BF16, "v_ptr": BF16, "key_cache_ptr": BF16,
-         "value_cache_ptr": BF16, "slot_mapping_ptr": "*i64", "cos_sin_ptr": "*fp32", "qn_ptr": BF16, "kn_ptr": BF16},
-        dict(NUM_Q_HEADS=32, Q_HEADS_P=32, NUM_KV_HEADS=16, KV_HEADS_P=16, HEAD_DIM=128, HEAD_DIM_P=128, HALF=64,
-             HALF_P=64, PAGE_SIZE=16, HEAD_NORM=2), ("eps",),
-    ),
-    "rotary_cache_partial": lambda: compile_variant(
-        rotary_cache._rotary_cache_kernel,
-        {"positions_ptr": "*i32", "q_ptr": BF16, "k_ptr": BF16, "v_ptr": BF16, "key_cache_ptr": BF16,
-         "value_cache_ptr": BF16, "slot_mapping_ptr": "*i64", "cos_sin_ptr": "*fp32"},
-        dict(NUM_Q_HEADS=24, Q_HEADS_P=32, NUM_KV_HEADS=8, KV_HEADS_P=8, HEAD_DIM=96, HEAD_DIM_P=128, HALF=16,
-             HALF_P=16, PAGE_SIZE=32),
-    ),
+    "rotary_cache_qwen3_head_norms": lambda: rotary_cache_variant(32, 8, 128, 64, 16, HEAD_NORM=1),
+    "rotary_cache_gemma3_head_norms": lambda: rotary_cache_variant(32, 16, 128, 64, 16, HEAD_NORM=2),
+    "rotary_cache_partial": lambda: rotary_cache_variant(24, 8, 96, 16, 32, positions="*i32"),
     # the one-launch expert grouping: Mixtral's 8 experts, Qwen3-MoE's 128
     "moe_align_mixtral": lambda: compile_variant(
         moe_align_kernel._moe_align_kernel,

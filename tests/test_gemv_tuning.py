@@ -283,6 +283,18 @@ def test_tuning_on_the_card_keeps_a_plan_that_runs_and_is_not_slower(folder, sha
     assert ((out.float() - ref).norm() / ref.norm()).item() < 1e-2
 
 
+def _one_down_proj_model():
+    """A model of one layer with one projection the decode GEMV takes (float32: as in the interpreter)."""
+    from torch import nn
+
+    layer = nn.Module()
+    layer.mlp = nn.Module()
+    layer.mlp.down_proj = nn.Linear(8, 8)
+    model = nn.Module()
+    model.layers = nn.ModuleList([layer])
+    return model
+
+
 def test_a_malformed_file_of_the_card_stops_the_model_load_naming_it(folder, monkeypatch) -> None:
     from torch import nn
 
@@ -293,11 +305,7 @@ def test_a_malformed_file_of_the_card_stops_the_model_load_naming_it(folder, mon
     path = gemv_tuned.device_config_path(CARD)
     path.write_text(json.dumps({"kernel": "decode_gemv", "format": 1, "device_name": CARD, "plans": [{"n": 8}]}))
     monkeypatch.setattr(decode_gemv, "device_name", lambda _device: CARD)
-    layer = nn.Module()
-    layer.mlp = nn.Module()
-    layer.mlp.down_proj = nn.Linear(8, 8)
-    model = nn.Module()
-    model.layers = nn.ModuleList([layer])
+    model = _one_down_proj_model()
     with pytest.raises(ModelLoadError, match="tuned kernel plans cannot be used") as refused:
         use_decode_gemv(model)
     assert str(path) in str(refused.value) and type(model.layers[0].mlp.down_proj) is nn.Linear
@@ -306,19 +314,13 @@ def test_a_malformed_file_of_the_card_stops_the_model_load_naming_it(folder, mon
 def test_a_worker_says_which_tuned_file_it_read(folder, monkeypatch, caplog) -> None:
     import logging
 
-    from torch import nn
-
     from worker.kernels import decode_gemv
     from worker.model.decode_linear import use_decode_gemv
 
     path = gemv_tuned.device_config_path(CARD)
     gemv_tuned.write_plans(path, CARD, [TunedPlan(TunedShape(8, 8, False, 4, False), GemvPlan(16, 16, 1, 2, 1))])
     monkeypatch.setattr(decode_gemv, "device_name", lambda _device: CARD)
-    layer = nn.Module()
-    layer.mlp = nn.Module()
-    layer.mlp.down_proj = nn.Linear(8, 8)
-    model = nn.Module()
-    model.layers = nn.ModuleList([layer])
+    model = _one_down_proj_model()
     with caplog.at_level(logging.INFO, logger="worker.model.decode_linear"):
         use_decode_gemv(model)
     assert f"decode GEMV: 1 tuned plans for {CARD} from {path}" in caplog.text
