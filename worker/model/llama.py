@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -19,6 +20,9 @@ from worker.model import ops as torch_ops
 from worker.model.moe import SparseMoe
 from worker.model.quant.linear import Fp8Activation
 from worker.model.spec import ModelSpec
+
+if TYPE_CHECKING:  # the kernels import Triton: only where a backend fuses the norms
+    from worker.kernels.rotary_cache import HeadNorms
 
 
 @dataclass
@@ -94,7 +98,8 @@ class Attention(nn.Module):
         """The per-head q/k norm of the family (Qwen3's and Gemma 3's differ in their weight's meaning)."""
         return RMSNorm(self.head_dim, spec.rms_norm_eps, ops)
 
-    def _head_norms(self):
+    def _head_norms(self) -> HeadNorms:
+        """The q/k norms as a backend's fused rotary cache write takes them."""
         from worker.kernels.rotary_cache import HeadNorms
 
         return HeadNorms(self.q_norm.weight, self.k_norm.weight, self.q_norm.eps, self.q_norm.adds_one)
