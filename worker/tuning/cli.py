@@ -39,10 +39,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
     import torch
 
     from worker.errors import ModelLoadError
-    from worker.kernels.gemv_tuned import TunedConfigError
+    from worker.kernels.gemv_tuned import FOLDER_ENV, TunedConfigError, forget_loaded
 
     if args.tensor_parallel_size < 1:
         print("ward tune: --tensor-parallel-size must be at least 1", file=sys.stderr)
@@ -60,14 +62,17 @@ def run(args: argparse.Namespace) -> int:
               "GEMV does not take, or WARD_DECODE_GEMV=0)", file=sys.stderr)
         return 2
     cuda = torch.cuda.is_available()
-    if args.list:
-        _list(shapes, cuda)
-        return 0
-    if not cuda:
+    if not cuda and not args.list:
         print("ward tune: timing plans needs a CUDA device, and this machine has none (--list shows the shapes)",
               file=sys.stderr)
         return 2
+    if args.folder:  # the plans taken now, and each walk's start, are what a worker reading this folder takes
+        os.environ[FOLDER_ENV] = args.folder
+        forget_loaded()
     try:
+        if args.list:
+            _list(shapes, cuda)
+            return 0
         return _tune(args, shapes)
     except TunedConfigError as error:
         print(f"ward tune: {error}", file=sys.stderr)
@@ -97,18 +102,13 @@ def _list(shapes, cuda: bool) -> None:
 
 
 def _tune(args: argparse.Namespace, shapes) -> int:
-    import os
-
     import torch
     import triton
 
     from worker.kernels.decode_gemv import device_name
-    from worker.kernels.gemv_tuned import FOLDER_ENV, device_config_path, forget_loaded, write_plans
+    from worker.kernels.gemv_tuned import device_config_path, forget_loaded, write_plans
     from worker.tuning.gemv_tuner import GemvTimer, improved, start_plan, tune_shape
 
-    if args.folder:  # each walk starts from what a worker reading this folder takes
-        os.environ[FOLDER_ENV] = args.folder
-        forget_loaded()
     device = torch.device("cuda", torch.cuda.current_device())
     card = device_name(device)
     path = device_config_path(card)
