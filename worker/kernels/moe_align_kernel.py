@@ -8,8 +8,9 @@ expert, then every pair placed at its expert's start plus its rank among that ex
 in pair order, as the stable argsort gives them), after the padding sentinel is written everywhere.
 The results are equal to ``moe_align``'s, element for element.
 
-One program walks all the pairs, so past ``MAX_PAIRS`` (large prefill steps, where the expert GEMMs
-dwarf the torch launches) ``align`` hands the step to the torch version.
+One program walks all the pairs, a one-hot row of the expert count each, so past ``MAX_PAIRS`` pairs
+or ``MAX_ONE_HOT`` one-hot elements (larger steps, where the expert GEMMs dwarf the torch launches)
+``align`` hands the step to the torch version.
 """
 from __future__ import annotations
 
@@ -24,6 +25,9 @@ from worker.kernels.moe_align import moe_align, padded_rows
 
 # above: the torch grouping (one program would walk them all); WARD_MOE_ALIGN_KERNEL=0: always (A/B timing)
 MAX_PAIRS = 4096 if os.environ.get("WARD_MOE_ALIGN_KERNEL", "1") != "0" else 0
+# ... and no more pairs than make this many one-hot elements in all (a pair costs a row of E of them):
+# 4,096 pairs of Mixtral's 8 experts, 1,024 of Qwen3-MoE's 128 (128 decoding sequences at top 8)
+MAX_ONE_HOT = 1 << 17
 ELEMENTS = 8192  # a chunk's one-hot [CHUNK, experts] tile held at once
 
 
@@ -64,11 +68,15 @@ def _moe_align_kernel(ids_ptr, sorted_ptr, block_experts_ptr, num_rows_ptr, n, t
 
 def align(topk_ids: torch.Tensor, num_experts: int, block_m: int,
           max_pairs: int | None = None, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``moe_align``'s result (see there), in one launch for at most ``max_pairs`` pairs (default
-    ``MAX_PAIRS``); ``chunk`` overrides the pairs a step of the program takes (tests)."""
+    """``moe_align``'s result (see there), in one launch for at most ``max_pairs`` pairs (default:
+    ``MAX_PAIRS``, fewer with many experts); ``chunk`` overrides the pairs a step of the program
+    takes (tests)."""
     flat = topk_ids.reshape(-1)
     n = flat.numel()
-    if n > (MAX_PAIRS if max_pairs is None else max_pairs) or n == 0:
+    experts_p = next_power_of_2(num_experts)
+    if max_pairs is None:
+        max_pairs = min(MAX_PAIRS, MAX_ONE_HOT // experts_p)
+    if n > max_pairs or n == 0:
         return moe_align(topk_ids, num_experts, block_m)
     flat = flat.contiguous()
     total = padded_rows(n, num_experts, block_m)
@@ -76,7 +84,6 @@ def align(topk_ids: torch.Tensor, num_experts: int, block_m: int,
     sorted_ids = torch.empty(total, dtype=torch.int32, device=device)
     block_experts = torch.empty(total // block_m, dtype=torch.int32, device=device)
     num_rows = torch.empty(1, dtype=torch.int32, device=device)
-    experts_p = next_power_of_2(num_experts)
     chunk = chunk or max(16, min(1024, ELEMENTS // experts_p))
     _moe_align_kernel[(1,)](flat, sorted_ids, block_experts, num_rows, n, total, total // block_m,
                             E=num_experts, E_P=experts_p, BLOCK_M=block_m, CHUNK=chunk, num_warps=4)
