@@ -376,6 +376,11 @@ VARIANTS: dict[str, Callable[[], dict[str, int]]] = {
         moe_routing._route_kernel, {"logits_ptr": BF16, "weights_ptr": "*fp32", "ids_ptr": "*i64"},
         dict(E=128, E_P=128, TOP_K=8, K_P=8, RENORMALIZE=False), num_warps=1,
     ),
+    # each token's top-k expert rows summed and cast (Qwen3-MoE: hidden 2,048, top 8)
+    "moe_sum_rows_qwen3_moe": lambda: compile_variant(
+        moe_gemm._sum_rows_kernel, {"rows_ptr": "*fp32", "y_ptr": BF16}, dict(HIDDEN=2048, TOP_K=8, BLOCK=1024),
+        num_warps=4,
+    ),
     "moe_gemm_up_bf16": lambda: compile_variant(
         moe_gemm._moe_gemm_kernel,
         {"a_ptr": BF16, "b_ptr": BF16, "c_ptr": BF16, "weights_ptr": "*fp32", "sorted_ids_ptr": "*i32",

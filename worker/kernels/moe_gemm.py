@@ -4,7 +4,7 @@
   gemm 1     x[token] @ w13[e].T          -> [rows, 2I]
   activation silu(gate) * up               -> [rows, I]
   gemm 2     h @ w2[e].T * routing weight  -> [rows, hidden] (float32)
-  sum over each token's top_k rows         -> [T, hidden]
+  sum over each token's top_k rows         -> [T, hidden], in x's dtype (one launch: _sum_rows_kernel)
 
 Same contract as ``worker.model.ops.fused_moe`` (the CPU reference and the oracle of this kernel).
 FP8 experts (e4m3 weights with per-channel or 128x128-block scales, as FP8 checkpoints ship them)
@@ -148,4 +148,28 @@ def fused_moe(
     h = silu_and_mul(inter)
     out = torch.empty((T * top_k, hidden), dtype=torch.float32, device=x.device)
     _gemm(h, w2, out, weights, sorted_ids, block_experts, num_rows, 1, True, block_m, w2_scale, block)
-    return out.view(T, top_k, hidden).sum(dim=1).to(x.dtype)
+    return _sum_rows(out, T, top_k, x.dtype)
+
+
+@triton.jit
+def _sum_rows_kernel(rows_ptr, y_ptr, HIDDEN: tl.constexpr, TOP_K: tl.constexpr, BLOCK: tl.constexpr):
+    """Grid (T, cdiv(HIDDEN, BLOCK)): y[t] = sum of rows t * TOP_K .. + TOP_K - 1 (float32, in slot
+    order, as torch sums them), cast once to y's dtype."""
+    t = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < HIDDEN
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for k in tl.static_range(TOP_K):
+        acc += tl.load(rows_ptr + (t * TOP_K + k) * HIDDEN + cols, mask=mask, other=0.0)
+    tl.store(y_ptr + t * HIDDEN + cols, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _sum_rows(rows: torch.Tensor, tokens: int, top_k: int, dtype: torch.dtype) -> torch.Tensor:
+    """Each token's top_k float32 rows [T * top_k, hidden] summed and cast: one launch instead of a
+    sum and a cast."""
+    hidden = rows.shape[1]
+    y = torch.empty((tokens, hidden), dtype=dtype, device=rows.device)
+    block = min(1024, triton.next_power_of_2(hidden))
+    _sum_rows_kernel[(tokens, triton.cdiv(hidden, block))](rows, y, HIDDEN=hidden, TOP_K=top_k, BLOCK=block,
+                                                          num_warps=4)
+    return y
