@@ -126,6 +126,10 @@ retune_gemv() {  # name, plan variable, base and candidate step stems, then benc
   done
   python3 bench/gemv_verdict.py "$OUT" "$base" "$candidate" | tee "$OUT/${name}_verdict.txt"
 }
+gpu_tests() {  # step name, seconds it may take, pytest -k expression: tests/test_kernels.py's GPU cases
+  step "$1" "$2" python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/test_kernels.py -k "$3"
+  tail -1 "$OUT/$1.txt"
+}
 alternate() {  # name prefix, seconds a run may take, variable, value A, side A, value B, side B, bench args...
   # `ward bench offline` with the variable at each value in turn, two rounds: steps <prefix><side>_r<round>
   local prefix=$1 need=$2 variable=$3 value_a=$4 side_a=$5 value_b=$6 side_b=$7 round; shift 7
@@ -235,30 +239,22 @@ for s in $STEPS; do
                 --workloads latency,batch1
               python3 bench/gemv_verdict.py "$OUT" tune_tables tune_tuned
             else echo "tuneab: no tuned file in $folder"; fi ;;
-    fp8kvrope) step fp8kvrope_tests 90 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu \
-                 tests/test_kernels.py -k "fp8_cache_write"
-               tail -1 "$OUT/fp8kvrope_tests.txt"
+    fp8kvrope) gpu_tests fp8kvrope_tests 90 "fp8_cache_write"
                alternate fp8kvrope_ 80 WARD_ROPE_CACHE_FUSION 0 apart 1 fused --model llama-3.1-8b \
                  --kv-cache-dtype fp8 --workloads latency,batch1
                python3 bench/gemv_verdict.py "$OUT" fp8kvrope_apart fp8kvrope_fused ;;
-    moealign) step moealign_tests 90 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/test_kernels.py \
-                -k "moe"
-              tail -1 "$OUT/moealign_tests.txt"
+    moealign) gpu_tests moealign_tests 90 "moe"
               alternate moealign_ 120 WARD_MOE_ALIGN_KERNEL 0 torch 1 kernel --model qwen3-30b-a3b \
                 --workloads latency,batch1
               python3 bench/gemv_verdict.py "$OUT" moealign_torch moealign_kernel ;;
     moeroute) alternate moeroute_ 120 WARD_MOE_ROUTING_KERNEL 0 torch 1 kernel --model qwen3-30b-a3b \
                 --workloads latency,batch1
               python3 bench/gemv_verdict.py "$OUT" moeroute_torch moeroute_kernel ;;
-    qknorm) step qknorm_tests 90 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/test_kernels.py \
-              -k "head_norms"
-            tail -1 "$OUT/qknorm_tests.txt"
+    qknorm) gpu_tests qknorm_tests 90 "head_norms"
             alternate qknorm_ "${GEMMA_NEED:-150}" WARD_QK_NORM_FUSION 0 apart 1 fused --model gemma-3-27b \
               --workloads batch1,mixed
             python3 bench/gemv_verdict.py "$OUT" qknorm_apart qknorm_fused --throughput batch1:tok_s,mixed:out_tok_s ;;
-    gemma) step gemma_tests 120 python3 -m pytest -q -p no:cacheprovider -o addopts="" -m gpu tests/test_kernels.py \
-             -k "gemma or gelu or head_norms"
-           tail -1 "$OUT/gemma_tests.txt"
+    gemma) gpu_tests gemma_tests 120 "gemma or gelu or head_norms"
            alternate gemma_ "${GEMMA_NEED:-150}" WARD_GEMMA_KERNELS 0 torch 1 kernels --model gemma-3-27b \
              --workloads batch1,mixed
            python3 bench/gemv_verdict.py "$OUT" gemma_torch gemma_kernels --throughput batch1:tok_s,mixed:out_tok_s ;;
