@@ -98,6 +98,20 @@ def _silu_and_mul_fp8_kernel(x_ptr, q_ptr, s_ptr, stride_x, stride_q, INTERMEDIA
 
 
 @triton.jit
+def silu_f32(gate):
+    """SiLU of a float32 tile, in float32."""
+    return gate / (1.0 + tl.exp(-gate))
+
+
+@triton.jit
+def gelu_tanh_f32(gate):
+    """Gemma's tanh-approximated GELU of a float32 tile, in float32. 0.5 * (1 + tanh(z)) is computed
+    as sigmoid(2z): the same value without tanh's cancellation near 0."""
+    z = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)  # sqrt(2 / pi) * (x + 0.044715 x^3)
+    return gate / (1.0 + tl.exp(-2.0 * z))
+
+
+@triton.jit
 def _silu_mul_block(x_row, c0, INTERMEDIATE: tl.constexpr, BLOCK: tl.constexpr):
     """``silu(gate) * up`` of columns [c0, c0 + BLOCK) of one row, rounded as torch's ``F.silu(gate) *
     up`` in the activations' dtype (silu first, then the product), as float32 (0 past the row's end)."""
@@ -105,7 +119,7 @@ def _silu_mul_block(x_row, c0, INTERMEDIATE: tl.constexpr, BLOCK: tl.constexpr):
     mask = cols < INTERMEDIATE
     gate = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_row + INTERMEDIATE + cols, mask=mask, other=0.0)
-    activated = (gate / (1.0 + tl.exp(-gate))).to(up.dtype).to(tl.float32)
+    activated = silu_f32(gate).to(up.dtype).to(tl.float32)
     return (activated * up.to(tl.float32)).to(up.dtype).to(tl.float32)
 
 
@@ -113,14 +127,12 @@ def _silu_mul_block(x_row, c0, INTERMEDIATE: tl.constexpr, BLOCK: tl.constexpr):
 def _gelu_tanh_mul_block(x_row, c0, INTERMEDIATE: tl.constexpr, BLOCK: tl.constexpr):
     """``gelu_tanh(gate) * up`` of columns [c0, c0 + BLOCK) of one row, rounded as torch's
     ``F.gelu(gate, approximate="tanh") * up`` (the GELU in float32, rounded to the activations' dtype,
-    then the product), as float32. 0.5 * (1 + tanh(z)) is computed as sigmoid(2z): the same value
-    without tanh's cancellation near 0."""
+    then the product), as float32."""
     cols = c0 + tl.arange(0, BLOCK)
     mask = cols < INTERMEDIATE
     gate = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
     up = tl.load(x_row + INTERMEDIATE + cols, mask=mask, other=0.0)
-    z = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)  # sqrt(2 / pi) * (x + 0.044715 x^3)
-    activated = (gate / (1.0 + tl.exp(-2.0 * z))).to(up.dtype).to(tl.float32)
+    activated = gelu_tanh_f32(gate).to(up.dtype).to(tl.float32)
     return (activated * up.to(tl.float32)).to(up.dtype).to(tl.float32)
 
 

@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from worker.kernels.activation import gelu_tanh_f32, silu_f32
 from worker.kernels.attention import num_sms
 from worker.kernels.decode_gemv_config import BLOCK_M, MAX_ROWS, GemvPlan, choose_plan, choose_w8a8_plan, k_per_split
 from worker.kernels.errors import KernelInputError
@@ -237,11 +238,8 @@ def _epilogue(acc, acc_up, b_ptr, y_ptr, res_ptr, sq_ptr, ws_ptr, xs_ptr, pid_n,
         # and up to the activations' dtype, then the activation, then the product.
         gate = acc.to(dtype).to(tl.float32)
         up = acc_up.to(dtype).to(tl.float32)
-        if GELU_TANH:  # gate * sigmoid(2z), z = sqrt(2 / pi) * (gate + 0.044715 gate^3): 0.5 (1 + tanh z) gate
-            z = 0.7978845608028654 * (gate + 0.044715 * gate * gate * gate)
-            acc = (gate / (1.0 + tl.exp(-2.0 * z))).to(dtype).to(tl.float32) * up
-        else:
-            acc = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32) * up
+        activated = gelu_tanh_f32(gate) if GELU_TANH else silu_f32(gate)
+        acc = activated.to(dtype).to(tl.float32) * up
     mask = r_ok[:, None] & n_ok[None, :]
     out = acc.to(dtype)
     if ADD_RESIDUAL:

@@ -110,9 +110,7 @@ class DecodeGemvLinear(nn.Linear):
     def _gated(self, x: torch.Tensor, gelu_tanh: bool) -> torch.Tensor:
         x2 = self._gemv_rows(x)
         if x2 is None:
-            from worker.kernels.activation import gelu_tanh_and_mul, silu_and_mul
-
-            return (gelu_tanh_and_mul if gelu_tanh else silu_and_mul)(F.linear(x, self.weight, self.bias))
+            return _gated_activation(gelu_tanh)(F.linear(x, self.weight, self.bias))
         from worker.kernels.decode_gemv import decode_gemv
 
         y = decode_gemv(x2, self.weight, self.bias, silu=True, gelu_tanh=gelu_tanh)
@@ -258,9 +256,7 @@ class Fp8DecodeGemvLinear(Fp8Linear):
     def _gated(self, x: torch.Tensor, gelu_tanh: bool) -> torch.Tensor:
         x2 = self._gemv_rows(x)
         if x2 is None:
-            from worker.kernels.activation import gelu_tanh_and_mul, silu_and_mul
-
-            return (gelu_tanh_and_mul if gelu_tanh else silu_and_mul)(super().forward(x))
+            return _gated_activation(gelu_tanh)(super().forward(x))
         from worker.kernels.decode_gemv import decode_gemv
 
         if self._quantizes(x2):
@@ -281,14 +277,19 @@ class Fp8DecodeGemvLinear(Fp8Linear):
         from worker.kernels.decode_gemv import decode_gemv
 
         if silu and self.bias is not None:  # the activation comes after the bias: through the unfused product
-            from worker.kernels.activation import gelu_tanh_and_mul, silu_and_mul
-
-            return (gelu_tanh_and_mul if gelu_tanh else silu_and_mul)(self._w8a8_gemv(codes, scales, dtype))
+            return _gated_activation(gelu_tanh)(self._w8a8_gemv(codes, scales, dtype))
         width = self.out_features // 2 if silu else self.out_features
         out = torch.empty(codes.shape[0], width, dtype=dtype, device=codes.device)
         decode_gemv(codes, self.weight, silu=silu, out=out, weight_scale=self._row_scales,
                     x_scale=scales.reshape(-1), gelu_tanh=gelu_tanh)
         return self._add_bias(out)
+
+
+def _gated_activation(gelu_tanh: bool):
+    """The activation-and-multiply kernel of a gate_up product the GEMV does not take: Gemma's GeGLU or SiLU."""
+    from worker.kernels.activation import gelu_tanh_and_mul, silu_and_mul
+
+    return gelu_tanh_and_mul if gelu_tanh else silu_and_mul
 
 
 def _gemv_takes(rows: int, x: torch.Tensor, dtype: torch.dtype, max_rows: int = MAX_ROWS) -> bool:
