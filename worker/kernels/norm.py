@@ -19,6 +19,16 @@ MAX_HIDDEN = 65536  # one row is held in registers; wider rows are not a Llama s
 
 
 @triton.jit
+def scaled_rms(xf, rstd, weight, like, ADDS_ONE: tl.constexpr):
+    """Float32 values ``xf`` normalised by ``rstd`` and scaled by the norm's weight, rounded as these
+    kernels round them (before the final cast to ``like``'s dtype): RMSNorm ``(x * rstd).to(dtype) *
+    w``; with ``ADDS_ONE`` Gemma's ``x * rstd * (1 + w)``, all in float32."""
+    if ADDS_ONE:
+        return xf * rstd * (1.0 + weight.to(tl.float32))
+    return (xf * rstd).to(like.dtype).to(tl.float32) * weight.to(tl.float32)
+
+
+@triton.jit
 def _x_row_offset(row, stride_x, stride_x_head, HEADS: tl.constexpr):
     """Where row ``row`` of x starts: rows of a [N, H] tensor, or with HEADS > 1 the heads of a
     [T, HEADS, H] view (token row // HEADS, head row % HEADS)."""
@@ -69,8 +79,7 @@ def _rms_norm_kernel(
         tl.store(residual_out_ptr + row * stride_residual_out + offs, x, mask=mask)
     xf = x.to(tl.float32)
     variance = tl.sum(xf * xf, axis=0) / HIDDEN
-    normed = (xf * tl.math.rsqrt(variance + eps)).to(x.dtype)
-    out = normed.to(tl.float32) * weight.to(tl.float32)
+    out = scaled_rms(xf, tl.math.rsqrt(variance + eps), weight, x, False)
     if QUANT_FP8:
         rounded = out.to(x.dtype).to(tl.float32)
         scale = e4m3_scale(tl.max(tl.abs(rounded), axis=0))
@@ -234,7 +243,7 @@ def _gemma_normed(xf, weight, eps, HIDDEN: tl.constexpr):
     """Gemma's RMSNorm of a float32 row (0 past its end): ``x * rsqrt(mean(x²) + eps) * (1 + w)``
     in float32, as transformers computes it before the one cast."""
     variance = tl.sum(xf * xf, axis=0) / HIDDEN
-    return xf * tl.math.rsqrt(variance + eps) * (1.0 + weight.to(tl.float32))
+    return scaled_rms(xf, tl.math.rsqrt(variance + eps), weight, xf, True)
 
 
 @triton.jit

@@ -23,6 +23,7 @@ import triton.language as tl
 from worker.kernels.attention_config import next_power_of_2
 from worker.kernels.errors import KernelInputError
 from worker.kernels.kv_cache import reshape_and_cache
+from worker.kernels.norm import scaled_rms
 from worker.kernels.pdl import launch_options, use_pdl
 from worker.kernels.rotary import _check_inputs as _check_rotary
 from worker.kernels.rotary import _rotated
@@ -121,14 +122,10 @@ def _rotate_into(src_ptr, stride_src_head, dst_ptr, stride_dst_head, cos, sin, w
     if HEAD_NORM:
         variance = (tl.sum(n1 * n1, axis=1) + tl.sum(n2 * n2, axis=1)) / (2 * HALF)
         rstd = tl.math.rsqrt(variance + eps)[:, None]
-        w1 = tl.load(w_ptr + offs, mask=offs < HALF, other=0.0).to(tl.float32)
-        w2 = tl.load(w_ptr + HALF + offs, mask=offs < HALF, other=0.0).to(tl.float32)
-        if HEAD_NORM == 2:
-            n1 = (n1 * rstd * (1.0 + w1)).to(dtype).to(tl.float32)
-            n2 = (n2 * rstd * (1.0 + w2)).to(dtype).to(tl.float32)
-        else:
-            n1 = ((n1 * rstd).to(dtype).to(tl.float32) * w1).to(dtype).to(tl.float32)
-            n2 = ((n2 * rstd).to(dtype).to(tl.float32) * w2).to(dtype).to(tl.float32)
+        w1 = tl.load(w_ptr + offs, mask=offs < HALF, other=0.0)
+        w2 = tl.load(w_ptr + HALF + offs, mask=offs < HALF, other=0.0)
+        n1 = scaled_rms(n1, rstd, w1, x1, HEAD_NORM == 2).to(dtype).to(tl.float32)
+        n2 = scaled_rms(n2, rstd, w2, x1, HEAD_NORM == 2).to(dtype).to(tl.float32)
     out1, out2 = _rotated(n1, n2, cos, sin, x1)
     out1 = _cache_values(out1.to(dtype), scale_ptr, heads, NUM_HEADS, FP8, SCALE_STRIDE)
     out2 = _cache_values(out2.to(dtype), scale_ptr, heads, NUM_HEADS, FP8, SCALE_STRIDE)
