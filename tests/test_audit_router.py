@@ -98,6 +98,8 @@ def test_auditor_sees_every_record_with_content_and_streams_merged(client):
         ({"status": "429"}, ["req-4"]),
         ({"status": "ok", "team": "cardiology", "kind": "request"}, ["req-0", "req-2", "req-5"]),
         ({"since": "2025-03-01T12:00:02Z", "until": "2025-03-01T12:00:04Z"}, ["req-2", "req-3"]),
+        # the same moments written with another offset
+        ({"since": "2025-03-01T14:00:02+02:00", "until": "2025-03-01T07:00:04-05:00"}, ["req-2", "req-3"]),
     ],
 )
 def test_filters(client, filters, expected):

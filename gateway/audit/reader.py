@@ -52,6 +52,8 @@ class RecordFilter:
             moment = getattr(self, name)
             if moment is not None and moment.tzinfo is None:
                 raise AuditQueryError(f"{name} must carry a timezone (e.g. 2025-01-31T00:00:00Z)")
+            # SQLite keeps UTC wall-clock text and drops a bound's offset, so bounds are compared in UTC.
+            object.__setattr__(self, name, as_utc(moment))
 
     def to_json(self) -> dict[str, Any]:
         return {k: (utc_iso(v) if isinstance(v, datetime) else v) for k, v in self.__dict__.items() if v is not None}
