@@ -107,6 +107,13 @@ def test_filters(client, filters, expected):
     assert [r["id"] for r in body["data"]] == expected
 
 
+@pytest.mark.parametrize("status", ["okay", "²", "99999999999999999999", "99", "600"])
+def test_a_status_that_no_record_can_have_is_refused_not_read_as_none(client, status):
+    for path in ("/audit/records", "/audit/export"):
+        answer = get(client, "auditor", path, status=status)
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_query", (path, answer.text)
+
+
 def test_cursor_pagination_walks_every_record_once(client):
     seen, cursor = [], None
     while True:

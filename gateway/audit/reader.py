@@ -23,6 +23,8 @@ from gateway.db.models_audit import CHAIN_HEAD_ID
 # What a reader asks for with kind=...: "request" covers the three request entry kinds.
 RECORD_KINDS = ("request", EntryKind.ADMIN.value, EntryKind.ACCESS.value, EntryKind.PURGE.value)
 MAX_PAGE = 1000
+# Every status a record can have, besides an HTTP code.
+RECORD_STATUSES = ("ok", "error", "cancelled", "rejected", "incomplete", "denied")
 
 # Every request record has these fields (None when unknown, e.g. the end of an incomplete stream).
 REQUEST_FIELDS = (
@@ -48,6 +50,9 @@ class RecordFilter:
     def __post_init__(self) -> None:
         if self.kind is not None and self.kind not in RECORD_KINDS:
             raise AuditQueryError(f"kind must be one of {', '.join(RECORD_KINDS)}")
+        # A misspelt status would match nothing and read as "no such records"; refuse it instead.
+        if self.status is not None and self.status not in RECORD_STATUSES and not _is_http_status(self.status):
+            raise AuditQueryError(f"status must be one of {', '.join(RECORD_STATUSES)}, or an HTTP code (100-599)")
         for name in ("since", "until"):
             moment = getattr(self, name)
             if moment is not None and moment.tzinfo is None:
@@ -72,6 +77,10 @@ class ReadScope:
 class RecordPage:
     records: list[dict[str, Any]]
     next_cursor: str | None
+
+
+def _is_http_status(text: str) -> bool:
+    return len(text) == 3 and text.isascii() and text.isdigit() and 100 <= int(text) <= 599
 
 
 def encode_cursor(seq: int) -> str:
