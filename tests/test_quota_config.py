@@ -62,6 +62,10 @@ def test_an_empty_file_means_no_limits():
         ("- a\n- b\n", "the top level must be a mapping"),
         ("teams: [\n", "not valid YAML"),
         ("limits: {}\n", "limits: Extra inputs are not permitted"),
+        # names no team, key or model can have would never match: refused, not silently unused
+        ("teams:\n  Radiology: {}\n", "teams.Radiology.[key]: String should match pattern"),
+        (f"teams:\n  {'a' * 65}: {{}}\n", "String should have at most 64 characters"),
+        (f"teams:\n  ed:\n    keys:\n      {'k' * 33}: {{}}\n", "String should have at most 32 characters"),
     ],
 )
 def test_bad_files_are_refused_with_a_message_that_says_where(text, fragment):

@@ -1,10 +1,9 @@
 """The quota configuration file's schema (config/quotas.yaml) and how it resolves to a scope's limits."""
 from __future__ import annotations
 
-from typing import Annotated
+from pydantic import BaseModel, ConfigDict, Field
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
-
+from gateway.identifiers import KeyId, ModelName, TeamName
 from gateway.quota.limits import UNLIMITED, LimitKind, QuotaLimits, Scope, ScopeKind
 from gateway.quota.scheduling import (
     DEFAULT_PRIORITY,
@@ -15,9 +14,6 @@ from gateway.quota.scheduling import (
     TeamScheduling,
     Weight,
 )
-
-Name = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")]
-
 
 class QuotaDefaults(QuotaLimits):
     """``defaults``: the team-scope limits of every team, and the scheduling class and weight of every
@@ -39,8 +35,9 @@ class TeamQuotaConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     limits: QuotaLimits = Field(default_factory=QuotaLimits)
-    keys: dict[Name, QuotaLimits] = Field(default_factory=dict)
-    models: dict[Name, QuotaLimits] = Field(default_factory=dict)
+    # The names' own rules: an entry no team, key or model could match would never apply.
+    keys: dict[KeyId, QuotaLimits] = Field(default_factory=dict)
+    models: dict[ModelName, QuotaLimits] = Field(default_factory=dict)
     priority: Priority | None = None
     weight: Weight | None = None
 
@@ -51,7 +48,7 @@ class QuotaConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     defaults: QuotaDefaults = Field(default_factory=QuotaDefaults)
-    teams: dict[Name, TeamQuotaConfig] = Field(default_factory=dict)
+    teams: dict[TeamName, TeamQuotaConfig] = Field(default_factory=dict)
 
     def limits_for(self, team: str, scope: Scope) -> tuple[QuotaLimits, str]:
         """The limits this file gives one scope of a team, and where they come from:
