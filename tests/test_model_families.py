@@ -11,6 +11,7 @@ weights, each saved by transformers as a Hugging Face directory and loaded back 
 """
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -346,3 +347,27 @@ def test_cuda_code_path_matches_transformers_in_the_triton_interpreter():
         assert run["rel_err"] < 1e-4, f"{name}: relative error {run['rel_err']:.2e}"
         # both families norm q and k per head: every layer's cache write of the four steps took the norms
         assert run["head_norms_fused"] == run["cache_writes"] == 4 * run["layers"], run
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage"])
+def test_a_corrupt_safetensors_file_is_refused_naming_it(tmp_path, damage):
+    """A half-copied or overwritten weights file stops the load with one line naming the file (the
+    worker prints it and exits 1), not the safetensors library's traceback."""
+    from tests.tiny_llama import tiny_llama_dir
+
+    from worker.runner.memory import checkpoint_weight_bytes
+
+    model_dir = tiny_llama_dir(str(tmp_path / "tiny-"))
+    weights = os.path.join(model_dir, "model.safetensors")
+    if damage == "truncated":
+        os.truncate(weights, os.path.getsize(weights) // 2)
+    else:
+        with open(weights, "wb") as f:
+            f.write(b"\xff" * 4096)
+    with pytest.raises(ModelLoadError) as err:
+        LLM(model=model_dir, device="cpu", num_kv_blocks=8, max_model_len=64)
+    assert weights in str(err.value) and "\n" not in str(err.value)
+    if damage == "garbage":  # the GPU path sizes the weights from the headers before loading them
+        with pytest.raises(ModelLoadError) as err:
+            checkpoint_weight_bytes([weights], torch.float16)
+        assert weights in str(err.value)

@@ -175,7 +175,11 @@ def load_weights(model: CausalLM, spec: ModelSpec, model_dir: str, read=None) ->
     expected = {id(p): n for n, p in model.named_parameters()}
     filled: dict[int, int] = {}  # parameter -> elements filled
     for path in _checkpoint_files(model_dir):
-        with safe_open(path, framework="pt", device="cpu") as f:
+        try:
+            opened = safe_open(path, framework="pt", device="cpu")
+        except Exception as exc:  # SafetensorError: a truncated copy or another file under this name
+            raise ModelLoadError(f"{path}: not a readable safetensors file ({exc})") from exc
+        with opened as f:
             for name in f.keys():
                 target = _target(model, spec, name)
                 if target is None:

@@ -83,14 +83,20 @@ def checkpoint_weight_bytes(files: list[str], dtype: torch.dtype) -> int:
     """Bytes the checkpoint's tensors take on the device, read from the safetensors headers only:
     float tensors at ``dtype``, packed integers and FP8 as stored."""
     import json
+    import os
     import struct
 
     elem = torch.tensor([], dtype=dtype).element_size()
     total = 0
     for path in files:
-        with open(path, "rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(length))
+        try:
+            with open(path, "rb") as f:
+                (length,) = struct.unpack("<Q", f.read(8))
+                if length > os.fstat(f.fileno()).st_size - 8:  # never read (allocate) past the file
+                    raise ValueError(f"header of {length} bytes in a smaller file")
+                header = json.loads(f.read(length))
+        except (struct.error, ValueError) as exc:  # a truncated copy, or another file under this name
+            raise ModelLoadError(f"{path}: not a readable safetensors file (bad header: {exc})") from exc
         for name, entry in header.items():
             if name == "__metadata__":
                 continue
