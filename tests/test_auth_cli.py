@@ -82,3 +82,17 @@ def test_expiry_forms():
     assert parse_expiry("2030-02-01T10:00:00+01:00", now) == datetime(2030, 2, 1, 9, tzinfo=timezone.utc)
     with pytest.raises(InvalidIdentityInput):
         parse_expiry("tomorrow", now)
+
+
+def test_active_lists_only_keys_that_can_still_authenticate(tmp_path):
+    ward(tmp_path, "teams", "create", "ward7")
+    ids = [json.loads(ward(tmp_path, "keys", "create", "--team", "ward7", "--json").stdout)["id"] for _ in range(3)]
+    live, revoked, expired = ids
+    ward(tmp_path, "keys", "revoke", revoked)
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'ward.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE api_keys SET expires_at = '2020-01-01 00:00:00.000000' WHERE id = ?", (expired,))
+    engine.dispose()
+    listed = json.loads(ward(tmp_path, "keys", "list", "--team", "ward7", "--active", "--json").stdout)
+    assert [k["id"] for k in listed] == [live]
+    assert len(json.loads(ward(tmp_path, "keys", "list", "--team", "ward7", "--json").stdout)) == 3

@@ -15,7 +15,7 @@ import sys
 from gateway.audit.errors import AuditError
 from gateway.auth.cli_support import add_database_arguments, identity_admin, open_database, operator, parse_expiry, print_table
 from gateway.auth.principal import OVERSIGHT_ROLES, Role
-from gateway.auth.records import InvalidIdentityInput
+from gateway.auth.records import InvalidIdentityInput, utcnow
 from gateway.auth.stores import KeyNotFound, TeamNotFound
 
 
@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_database_arguments(create)
     ls = sub.add_parser("list", help="list keys (never their secrets)")
     ls.add_argument("--team")
-    ls.add_argument("--active", action="store_true", help="hide revoked keys")
+    ls.add_argument("--active", action="store_true", help="only keys that still authenticate (hide revoked and expired keys)")
     ls.add_argument("--json", action="store_true")
     add_database_arguments(ls)
     revoke = sub.add_parser("revoke", help="revoke a key by its id")
@@ -56,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
             return 0
         if args.action == "list":
             records = admin.keys.list(args.team, include_revoked=not args.active)
+            if args.active:  # an expired key no longer gets in either
+                now = utcnow()
+                records = [r for r in records if r.is_active(now)]
             if args.json:
                 print(json.dumps([r.to_dict() for r in records]))
             else:
