@@ -100,6 +100,9 @@ def test_ward_quotas_sets_only_what_it_is_given_and_each_change_is_an_admin_entr
 BAD_QUOTA_ARGS = [
     ("--priority", "11"), ("--priority", "1.5"), ("--weight", "0"), ("--weight", "nan"), ("--weight", "lots"),
     ("--requests-per-minute", "-1"), ("--tokens-per-day", "many"), (), ("--model", "m", "--priority", "1"),
+    # an empty key id or model (an unset shell variable) must not fall back to the whole team
+    ("--key-id", "", "--requests-per-minute", "0"), ("--model", "", "--requests-per-minute", "0"),
+    ("--key-id", "k" * 33, "--requests-per-minute", "1"), ("--model", "bad\nname", "--requests-per-minute", "1"),
 ]
 
 
@@ -108,6 +111,9 @@ def test_ward_quotas_refuses_bad_values_and_unknown_teams_and_changes_nothing(tm
     for args in BAD_QUOTA_ARGS:
         refused = here("quotas", "set", "icu", *args)
         assert refused.returncode == 2 and refused.stderr and not refused.stdout, args
+    for scope in (("--key-id", ""), ("--model", "")):
+        refused = here("quotas", "clear", "icu", *scope)
+        assert refused.returncode == 2 and refused.stderr and not refused.stdout, scope
     refused = here("quotas", "set", "nobody", "--priority", "1")
     assert refused.returncode == 2 and "no team 'nobody'" in refused.stderr
     assert [e["data"]["action"] for e in admin_entries(tmp_path)] == ["team.create"]

@@ -24,6 +24,7 @@ import sys
 from typing import Any
 
 from gateway.auth.cli_support import add_database_arguments, admin_recorder, open_database, operator, print_table
+from gateway.identifiers import KEY_ID_MAX, MODEL_NAME_MAX, is_key_id, is_model_name
 from gateway.quota.limits import LIMIT_KINDS, TEAM_SCOPE, QuotaLimits, Scope, ScopeKind
 from gateway.quota.scheduling import SchedulingOverride, SchedulingView
 
@@ -57,13 +58,26 @@ def _scheduling_value(kind: type) -> Any:
     return parse
 
 
+def _name(check: Any, rule: str) -> Any:
+    # The API's rules for the same names: an empty one (an unset shell variable) must not fall back
+    # to the team's own limits.
+    def parse(text: str) -> str:
+        if not check(text):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {rule}")
+        return text
+
+    return parse
+
+
 def _add_store_arguments(parser: argparse.ArgumentParser) -> None:
     add_database_arguments(parser)
     parser.add_argument("--config", type=pathlib.Path, help="the gateway's YAML config (its quota section and database)")
     parser.add_argument("--redis-url", help="Redis of the gateways' quotas (default: $WARD_REDIS_URL)")
     scope = parser.add_mutually_exclusive_group()
-    scope.add_argument("--key-id", help="limits of one API key of the team")
-    scope.add_argument("--model", help="limits of the team's use of one model")
+    scope.add_argument("--key-id", type=_name(is_key_id, f"a key id (1-{KEY_ID_MAX} printable characters)"),
+                       help="limits of one API key of the team")
+    scope.add_argument("--model", type=_name(is_model_name, f"a model name (1-{MODEL_NAME_MAX} printable characters)"),
+                       help="limits of the team's use of one model")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -214,9 +228,9 @@ def _require_limit_store(settings: Any, args: argparse.Namespace) -> None:
 
 
 def _scope(args: argparse.Namespace) -> Scope:
-    if getattr(args, "key_id", None):
+    if getattr(args, "key_id", None) is not None:
         return Scope(ScopeKind.KEY, args.key_id)
-    if getattr(args, "model", None):
+    if getattr(args, "model", None) is not None:
         return Scope(ScopeKind.MODEL, args.model)
     return TEAM_SCOPE
 
