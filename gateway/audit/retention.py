@@ -29,7 +29,10 @@ class PurgeResult:
 
 
 def retention_cutoff(retention_days: int, now: datetime | None = None) -> datetime:
-    return (now or datetime.now(timezone.utc)) - timedelta(days=retention_days)
+    try:
+        return (now or datetime.now(timezone.utc)) - timedelta(days=retention_days)
+    except OverflowError:  # a retention reaching before year 1: nothing is old enough
+        return datetime.min.replace(tzinfo=timezone.utc)
 
 
 def purge_expired(store: ChainStore, cutoff: datetime, actor: Actor, *, dry_run: bool = False) -> PurgeResult:
