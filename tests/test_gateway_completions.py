@@ -86,6 +86,13 @@ async def test_legacy_logprobs_format(gw):
     assert lp["text_offset"] == offsets
 
 
+async def test_legacy_top_logprobs_always_hold_the_sampled_token(gw):
+    # OpenAI: "the API will always return the logprob of the sampled token", so up to logprobs + 1
+    # entries; with logprobs=0 the sampled token alone (vLLM's answer too).
+    lp = (await complete(gw, prompt="hello", seed=3, logprobs=0)).json()["choices"][0]["logprobs"]
+    assert lp["top_logprobs"] == [{t: v} for t, v in zip(lp["tokens"], lp["token_logprobs"], strict=True)]
+
+
 async def test_stream_of_text_completion_chunks(gw):
     whole = (await complete(gw, prompt="hello", seed=3, logprobs=1)).json()["choices"][0]
     r = await complete(gw, prompt="hello", seed=3, logprobs=1, stream=True, stream_options={"include_usage": True})

@@ -46,7 +46,12 @@ class CompletionLogprobs:
             tokens.append(lp.token)
             first = math.isnan(lp.logprob)  # an echoed prompt's first token: nothing before it
             token_logprobs.append(None if first else lp.logprob)
-            top_logprobs.append(None if first else {t.token: t.logprob for t in lp.top})
+            top = None
+            if not first:
+                # OpenAI always returns the sampled token's logprob too: up to logprobs + 1 entries
+                top = {t.token: t.logprob for t in lp.top}
+                top.setdefault(lp.token, lp.logprob)
+            top_logprobs.append(top)
             text_offset.append(self.offset)
             self.offset += len(lp.token)
         return {
