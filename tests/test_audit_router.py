@@ -114,6 +114,12 @@ def test_a_status_that_no_record_can_have_is_refused_not_read_as_none(client, st
         assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_query", (path, answer.text)
 
 
+@pytest.mark.parametrize("bound", [{"since": "0001-01-01T00:00:00+05:00"}, {"until": "9999-12-31T23:00:00-05:00"}])
+def test_a_bound_outside_the_utc_calendar_is_a_400(client, bound):
+    answer = get(client, "auditor", "/audit/records", **bound)
+    assert answer.status_code == 400 and answer.json()["error"]["code"] == "invalid_query"
+
+
 def test_cursor_pagination_walks_every_record_once(client):
     seen, cursor = [], None
     while True:

@@ -58,7 +58,10 @@ class RecordFilter:
             if moment is not None and moment.tzinfo is None:
                 raise AuditQueryError(f"{name} must carry a timezone (e.g. 2025-01-31T00:00:00Z)")
             # SQLite keeps UTC wall-clock text and drops a bound's offset, so bounds are compared in UTC.
-            object.__setattr__(self, name, as_utc(moment))
+            try:
+                object.__setattr__(self, name, as_utc(moment))
+            except OverflowError:
+                raise AuditQueryError(f"{name} is outside the years 1-9999 in UTC") from None
 
     def to_json(self) -> dict[str, Any]:
         return {k: (utc_iso(v) if isinstance(v, datetime) else v) for k, v in self.__dict__.items() if v is not None}
