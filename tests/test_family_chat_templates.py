@@ -72,6 +72,15 @@ def test_gemma2_template_refuses_a_system_role_with_its_own_message(tmp_path):
     assert ward.render_chat(CHAT[1:]).startswith("<bos><start_of_turn>user\nwhat is the dose ?<end_of_turn>")
 
 
+def test_a_developer_message_is_rendered_as_the_system_message(tmp_path):
+    # OpenAI's developer role is its system role for these models; a template that knows no such role
+    # would otherwise refuse it (Gemma 3's alternation check) or keep its default system prompt beside it.
+    _tokenizer(GEMMA3_TEMPLATE).save_pretrained(tmp_path)
+    ward = WardTokenizer.load(str(tmp_path))
+    developer = [{**CHAT[0], "role": "developer"}, CHAT[1]]
+    assert ward.render_chat(developer) == ward.render_chat(CHAT)
+
+
 def test_engine_chat_prompt_ids_are_transformers_ids(tmp_path):
     torch.manual_seed(0)
     hf_tok = _tokenizer(GEMMA3_TEMPLATE)

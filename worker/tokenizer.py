@@ -100,6 +100,10 @@ class WardTokenizer:
         for m in messages:
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content", ""), str):
                 raise InvalidRequestError("each message needs a string role and string content")
+        if "developer" not in self.hf.chat_template:
+            # OpenAI's developer role is the system role of models that know no developer role: a
+            # template would otherwise refuse it or keep its default system prompt beside it
+            messages = [{**m, "role": "system"} if m["role"] == "developer" else m for m in messages]
         extra = {}
         if renders_tools(self.hf.chat_template):
             if tools:
