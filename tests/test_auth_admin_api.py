@@ -212,6 +212,9 @@ def test_rejected_admin_calls_change_nothing(world):
     ("get", "/admin/teams/nowhere/keys", None, 404, "not_found"),
     ("delete", "/admin/keys/ffffffffffffffff", None, 404, "not_found"),
     ("post", "/admin/teams/radiology/keys", {"expires_at": "2001-01-01T00:00:00Z"}, 400, "invalid_value"),
+    # times with no UTC equivalent (before year 1, after 9999)
+    ("post", "/admin/teams/radiology/keys", {"expires_at": "0001-01-01T00:00:00+05:00"}, 400, "invalid_value"),
+    ("post", "/admin/teams/radiology/keys", {"expires_at": "9999-12-31T23:00:00-05:00"}, 400, "invalid_value"),
 ])
 def test_admin_errors_in_openai_shape(world, method, path, body, status, code):
     kwargs = {"json": body} if body is not None else {}

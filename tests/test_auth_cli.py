@@ -82,6 +82,9 @@ def test_expiry_forms():
     assert parse_expiry("2030-02-01T10:00:00+01:00", now) == datetime(2030, 2, 1, 9, tzinfo=timezone.utc)
     with pytest.raises(InvalidIdentityInput):
         parse_expiry("tomorrow", now)
+    for beyond in ("99999999d", "999999999999999999999d"):  # past year 9999: refused, not a traceback
+        with pytest.raises(InvalidIdentityInput):
+            parse_expiry(beyond, now)
 
 
 def test_active_lists_only_keys_that_can_still_authenticate(tmp_path):

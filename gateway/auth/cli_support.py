@@ -79,7 +79,10 @@ def parse_expiry(text: str, now: datetime | None = None) -> datetime:
     now = now or datetime.now(timezone.utc)
     m = _DURATION_RE.match(text.strip())
     if m:
-        return now + timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+        try:
+            return now + timedelta(**{_UNITS[m.group(2)]: int(m.group(1))})
+        except OverflowError:
+            raise InvalidIdentityInput(f"expiry {text!r} is past the year 9999") from None
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:

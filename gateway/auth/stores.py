@@ -130,7 +130,10 @@ class KeyStore:
         Raises TeamNotFound or InvalidIdentityInput.
         """
         role = Role(role)
-        expires_at = as_utc(expires_at)
+        try:
+            expires_at = as_utc(expires_at)
+        except OverflowError:  # e.g. 9999-12-31T23:00-05:00: no such time in UTC
+            raise InvalidIdentityInput("expires_at must be a time of the years 1-9999 in UTC") from None
         now = utcnow()
         if expires_at is not None and expires_at <= now:
             raise InvalidIdentityInput("expires_at must be in the future")
