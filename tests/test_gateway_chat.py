@@ -219,3 +219,18 @@ async def test_image_parts_are_refused_with_400(gw):
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "messages"
     assert gw.worker.servicer.generate_requests == []
+
+
+async def test_a_message_without_content_is_refused_unless_it_is_the_assistants(gw):
+    # OpenAI requires content for these roles; a misspelt key would otherwise leave an empty turn
+    for message in ({"role": "user"}, {"role": "user", "contents": "hi"}, {"role": "system", "content": None},
+                    {"role": "developer"}, {"role": "tool", "tool_call_id": "call_1"}):
+        r = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": [message]})
+        assert r.status_code == 400, message
+        assert r.json()["error"]["param"] == "messages" and "content" in r.json()["error"]["message"]
+    assert gw.worker.servicer.generate_requests == []
+    calls = [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "tool_calls": calls},
+                {"role": "tool", "tool_call_id": "call_1", "content": "ok"}]
+    r = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": messages})
+    assert r.status_code == 200

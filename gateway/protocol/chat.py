@@ -63,6 +63,9 @@ class ChatMessage(BaseModel):
             raise ValueError("only assistant messages may carry tool_calls")
         if self.role == "tool" and not self.tool_call_id:
             raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        if self.content is None and self.role != "assistant":
+            # required by OpenAI for every other role: a misspelt key would otherwise send an empty turn
+            raise ValueError(f"a {self.role} message needs content")
         return self
 
     @field_validator("content")
