@@ -61,6 +61,9 @@ def test_plain_create_prints_only_the_key_on_stdout(tmp_path):
     (("keys", "revoke", "ffffffffffffffff"), "no key"),
     (("teams", "create", "Not Valid"), "invalid team name"),
     (("keys", "create", "--team", "platform", "--expires", "soonish"), "cannot read expiry"),
+    # the admin API's limits: refused, not stored past the column (SQLite) or a traceback (PostgreSQL)
+    (("teams", "create", "lab", "--display-name", "x" * 201), "display_name"),
+    (("keys", "create", "--team", "platform", "--description", "d" * 201), "description"),
 ])
 def test_operator_errors_exit_2_with_a_message(tmp_path, args, message):
     out = ward(tmp_path, *args)

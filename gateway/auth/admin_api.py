@@ -19,6 +19,7 @@ from gateway.auth.http_errors import openai_error
 from gateway.auth.principal import Role
 from gateway.auth.records import InvalidIdentityInput
 from gateway.auth.stores import KeyNotFound, TeamExists, TeamNotFound
+from gateway.db.models_identity import DESCRIPTION_MAX, DISPLAY_NAME_MAX
 from gateway.http.query_params import declared_query_only
 from gateway.identifiers import TEAM_NAME_MAX, TEAM_NAME_PATTERN, KeyId, TeamName
 
@@ -32,7 +33,7 @@ class CreateTeam(BaseModel):
 
     # The length here, the pattern in the team store (a 400 from this router, mounted anywhere).
     name: str = Field(min_length=1, max_length=TEAM_NAME_MAX, json_schema_extra={"pattern": TEAM_NAME_PATTERN})
-    display_name: str = Field(default="", max_length=200)
+    display_name: str = Field(default="", max_length=DISPLAY_NAME_MAX)
     capture_level: Literal["full", "redacted", "metadata"] = "full"
 
 
@@ -40,7 +41,7 @@ class CreateKey(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Role = Role.USER
-    description: str = Field(default="", max_length=200)
+    description: str = Field(default="", max_length=DESCRIPTION_MAX)
     expires_at: datetime | None = None  # naive values are taken as UTC
 
 

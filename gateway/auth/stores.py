@@ -19,7 +19,7 @@ from gateway.auth.records import (
     check_team_name,
     utcnow,
 )
-from gateway.db.models_identity import ApiKey, Team
+from gateway.db.models_identity import DESCRIPTION_MAX, DISPLAY_NAME_MAX, ApiKey, Team
 
 
 class TeamExists(Exception):
@@ -67,6 +67,8 @@ class TeamStore:
     def create(self, name: str, display_name: str = "", capture_level: str = "full") -> TeamRecord:
         """Adds a team; raises InvalidIdentityInput or TeamExists."""
         check_team_name(name)
+        if len(display_name) > DISPLAY_NAME_MAX:
+            raise InvalidIdentityInput(f"display_name must be at most {DISPLAY_NAME_MAX} characters")
         if capture_level not in CAPTURE_LEVELS:
             raise InvalidIdentityInput(f"capture_level must be one of {', '.join(CAPTURE_LEVELS)}")
         row = Team(name=name, display_name=display_name, capture_level=capture_level, disabled=False, created_at=utcnow())
@@ -130,6 +132,8 @@ class KeyStore:
         Raises TeamNotFound or InvalidIdentityInput.
         """
         role = Role(role)
+        if len(description) > DESCRIPTION_MAX:
+            raise InvalidIdentityInput(f"description must be at most {DESCRIPTION_MAX} characters")
         try:
             expires_at = as_utc(expires_at)
         except OverflowError:  # e.g. 9999-12-31T23:00-05:00: no such time in UTC
@@ -147,7 +151,7 @@ class KeyStore:
                 team=team,
                 role=role.value,
                 secret_hash=hash_secret(key_id, secret),
-                description=description[:200],
+                description=description,
                 created_at=now,
                 created_by=created_by[:200],
                 expires_at=expires_at,
