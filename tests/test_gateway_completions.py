@@ -125,11 +125,11 @@ async def test_best_of_must_cover_n_and_cannot_stream(gw):
 @pytest.mark.parametrize(
     ("prompt", "message"),
     [
-        ([5, "six", 7], "Invalid type for 'prompt.token_ids.1': expected an integer, but got a string instead."),
-        (["a", 2], "Invalid type for 'prompt.texts.1': expected a string, but got an integer instead."),
-        ([[5], "x"], "Invalid type for 'prompt.token_id_lists.1': expected an array, but got a string instead."),
-        ([5, -1], "Invalid value for 'prompt.token_ids.1': Input should be greater than or equal to 0"),
-        ({"text": "x"}, "Invalid type for 'prompt.text': expected a string, but got an object instead."),
+        ([5, "six", 7], "Invalid type for 'prompt.1': expected an integer, but got a string instead."),
+        (["a", 2], "Invalid type for 'prompt.1': expected a string, but got an integer instead."),
+        ([[5], "x"], "Invalid type for 'prompt.1': expected an array, but got a string instead."),
+        ([5, -1], "Invalid value for 'prompt.1': Input should be greater than or equal to 0"),
+        ({"text": "x"}, "Invalid type for 'prompt': expected a string, but got an object instead."),
         ([], "Invalid value for 'prompt': prompt must not be empty"),
     ],
 )

@@ -95,6 +95,27 @@ async def test_cross_field_rules_are_400(gw):
         assert_openai_error(r, 400)
 
 
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"response_format": {"type": "json_schema"}}, "Missing required parameter: 'response_format.json_schema'."),
+        ({"response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "wat"}}}},
+         "Invalid value for 'response_format.json_schema': "),
+        ({"messages": [{"role": "user", "content": 5}]}, "Invalid type for 'messages.0.content': "),
+    ],
+)
+async def test_error_messages_name_the_field_as_sent_without_union_tags(gw, fields, message):
+    # pydantic puts the union member it tried ("str", a response_format's type) in the error's path;
+    # the caller would read "response_format.json_schema.json_schema" as a field to add
+    r = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": USER, **fields})
+    assert assert_openai_error(r, 400)["message"].startswith(message)
+
+
+async def test_a_tokenized_prompts_bad_item_is_named_by_its_index(gw):
+    r = await gw.client.post("/v1/completions", json={"model": MODEL, "prompt": [1, "a"]})
+    assert assert_openai_error(r, 400, param="prompt")["message"].startswith("Invalid type for 'prompt.1': ")
+
+
 async def test_missing_required_field_is_400(gw):
     r = await gw.client.post("/v1/chat/completions", json={"model": MODEL})
     assert_openai_error(r, 400, param="messages", code="missing_required_parameter")

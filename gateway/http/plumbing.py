@@ -4,8 +4,9 @@ disconnect detection, JSON responses."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -92,13 +93,42 @@ def _json_type(value: Any) -> str:
     return "an object"
 
 
-def _validation_error(exc: ValidationError) -> InvalidRequest:
+def _body_path(error: Mapping[str, Any], body: bytes) -> list[str]:
+    """The error's ``loc`` as the body spells it, without the union members pydantic names in it
+    ("str", a response_format's type): the keys and indexes that lead to the value it refused (for a
+    missing field, to the object that lacks it, then the field)."""
+    loc = error["loc"]
+    missing = error["type"] == "missing"
+    parts = loc[:-1] if missing else loc
+    target = error.get("input")
+
+    def walk(node: Any, i: int) -> list[str] | None:
+        if i == len(parts):
+            return [] if node == target else None
+        part = parts[i]
+        if (isinstance(node, dict) and part in node) or (
+                isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)):
+            rest = walk(node[part], i + 1)
+            if rest is not None:
+                return [str(part), *rest]
+        return walk(node, i + 1)  # a union member's name, or a key the body does not have
+
+    try:
+        path = walk(json.loads(body), 0)
+    except (ValueError, RecursionError):
+        path = None
+    if path is None:  # not found as sent (a NaN, say): pydantic's path as it is
+        return [str(part) for part in loc]
+    return [*path, str(loc[-1])] if missing else path
+
+
+def _validation_error(exc: ValidationError, body: bytes) -> InvalidRequest:
     error = exc.errors(include_url=False)[0]
     if error["type"] == "json_invalid":
         return InvalidRequest(
             "We could not parse the JSON body of your request. Send a valid JSON object.", code="invalid_json"
         )
-    loc = [str(part) for part in error["loc"]]
+    loc = _body_path(error, body)
     message = error["msg"].removeprefix("Value error, ")
     param = loc[0] if loc else None
     if error["type"] == "missing":
@@ -124,7 +154,7 @@ async def parse_body(request: Request, model: type[M]) -> M:
     try:
         return model.model_validate_json(body)
     except ValidationError as exc:
-        raise _validation_error(exc) from None
+        raise _validation_error(exc, body) from None
 
 
 # A request still running after this long starts watching for its client's disconnect. Most answers
