@@ -177,3 +177,22 @@ def test_asked_to_the_worker_reports_the_prompt_count_before_any_output(stack):
         assert sum(len(c.token_ids) for m in rest for c in m.choices) == 3 and rest[-1].usage.prompt_tokens == counted
         plain = list(stub.Generate(generate_request(max_tokens=3), timeout=120))
         assert plain[0].choices, "without the flag the first message carries output, as before"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--block-size", "3"), "block_size must be a power of two, got 3"),
+    (("--max-num-seqs", "0"), "max_num_seqs must be >= 1, got 0"),
+    (("--device", "gpu"), "device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+    (("--port", "99999"), "--port must be 0 (a free port) up to 65535, got 99999"),
+    (("--port", "-1"), "--port must be 0 (a free port) up to 65535, got -1"),
+    (("--metrics-port", "70000"), "--metrics-port must be 0 (off) up to 65535, got 70000"),
+    (("--max-waiting-requests", "-3"), "--max-waiting-requests must be >= 1, got -3"),
+])
+def test_a_bad_flag_is_refused_in_one_line_before_the_model_loads(flags, message):
+    """Out-of-range values stop the worker at once with exit 2 and one line (not a traceback after
+    the model has loaded, nor a silent start on port 99999 % 65536)."""
+    refused = subprocess.run([sys.executable, "-m", "ward", "worker", "--model", GENERATE_MODEL, *flags],
+                             capture_output=True, text=True, env=clean_env(), timeout=60, cwd=ROOT)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip() == f"ward worker: {message}"
+    assert "WARD_WORKER_READY" not in refused.stdout

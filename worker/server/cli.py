@@ -135,16 +135,42 @@ def engine_config(args: argparse.Namespace, name: str) -> EngineConfig:
     )
 
 
-def _build(args):
-    from worker.errors import ModelLoadError
-    from worker.model.registry import packaged_task, resolve_model
-
-    _set_cpu_threads(args)
+def _task_and_name(args: argparse.Namespace) -> tuple[str, str]:
+    from worker.model.registry import packaged_task
 
     task = args.task
     if task == "auto":
         task = packaged_task(args.model) or "generate"
-    name = args.served_model_name or args.model.rstrip("/").split("/")[-1]
+    return task, args.served_model_name or args.model.rstrip("/").split("/")[-1]
+
+
+def flag_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the flags, found before the model loads (minutes for a large one), or None."""
+    for flag, value, zero in (("--port", args.port, "a free port"), ("--metrics-port", args.metrics_port, "off")):
+        if not 0 <= value <= 65535:  # grpc would take 99999 as 99999 % 65536
+            return f"{flag} must be 0 ({zero}) up to 65535, got {value}"
+    for flag, value in (("--max-waiting-requests", args.max_waiting_requests),
+                        ("--max-waiting-tokens", args.max_waiting_tokens), ("--threads", args.threads)):
+        if value is not None and value < 0:  # 0 keeps the default
+            return f"{flag} must be >= 1, got {value}"
+    if args.shutdown_timeout < 0:
+        return f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}"
+    task, name = _task_and_name(args)
+    if task == "generate":
+        try:
+            engine_config(args, name)
+        except ValueError as exc:
+            return str(exc)
+    return None
+
+
+def _build(args):
+    from worker.errors import ModelLoadError
+    from worker.model.registry import resolve_model
+
+    _set_cpu_threads(args)
+
+    task, name = _task_and_name(args)
     if task == "embed":
         from worker.server.embedding import EmbeddingModel
 
@@ -175,6 +201,10 @@ async def serve(args) -> int:
     from worker.server.metrics import WorkerMetrics
     from worker.server.servicer import WorkerServicer, default_limits
 
+    error = flag_error(args)
+    if error is not None:
+        print(f"ward worker: {error}", file=sys.stderr)
+        return 2
     creds = _credentials(args)
     if creds is None and not _is_loopback(args.host) and not args.insecure:
         print(f"ward worker: refusing to serve plaintext on non-loopback address {args.host}; "
