@@ -92,6 +92,11 @@ E2E_BUCKETS = (
 )
 
 
+def counted_route(route: str) -> bool:
+    """Whether ``ward_gateway_requests_total`` and the latency series count a request to ``route``."""
+    return route.startswith("/v1/") or route == "unmatched"
+
+
 class GatewayMetrics:
     """Counters and histograms the serving code updates once per request (inter-token per message)."""
 
@@ -154,8 +159,14 @@ class GatewayMetrics:
         self._child(self.inter_token, model).observe(seconds)
 
     def observe_request(self, ctx: RequestContext, model_label: str) -> None:
-        """Records a finished request; ``model_label`` must be a configured model name or ""."""
+        """Records a finished request; ``model_label`` must be a configured model name or "".
+
+        Only the OpenAI API's routes (and paths no route serves) are counted: the admin, audit and
+        console routes answer their successes outside the request lifecycle, so counting their
+        failures alone would read as a 100% error rate (their failures are in the audit log)."""
         route = ctx.endpoint
+        if not counted_route(route):
+            return
         self._child(self.requests, route, model_label, str(ctx.status_code or 500)).inc()
         self._child(self.e2e_latency, route, model_label).observe(time.perf_counter() - ctx.received_mono)
         if not model_label:

@@ -58,3 +58,30 @@ async def test_metrics_count_requests_tokens_and_latencies(tmp_path):
     )
     assert m[("ward_gateway_requests_in_flight", ())] == 0
     assert m[("ward_gateway_worker_ready", (("model_name", MODEL), ("worker", worker.address)))] == 1
+
+
+async def test_request_counts_cover_the_openai_api_not_the_admin_routes():
+    # Admin routes answer their successes outside the request lifecycle: counting only their failures
+    # would make an error-rate alert read 100% for the model_name="" series.
+    from fastapi import APIRouter
+
+    from gateway.http.errors import InvalidRequest
+
+    admin = APIRouter(prefix="/admin")
+
+    @admin.get("/ok")
+    async def ok() -> dict:
+        return {"ok": True}
+
+    @admin.get("/refused")
+    async def refused() -> dict:
+        raise InvalidRequest("no")
+
+    async with FakeWorker(FakeConfig(model=MODEL)) as worker, running_gateway({MODEL: [worker]}, routers=[admin]) as gw:
+        assert (await gw.client.get("/admin/ok")).status_code == 200
+        assert (await gw.client.get("/admin/refused")).status_code == 400
+        assert (await gw.client.get("/v1/models")).status_code == 200
+        assert (await gw.client.get("/v1/no-such-route")).status_code == 404
+        m = samples((await gw.client.get("/metrics")).text)
+    routes = {dict(labels)["route"] for name, labels in m if name == "ward_gateway_requests_total"}
+    assert routes == {"/v1/models", "unmatched"}
