@@ -225,3 +225,12 @@ def test_admin_errors_in_openai_shape(world, method, path, body, status, code):
 def test_admin_routes_need_credentials(world):
     r = world["client"].get("/admin/teams")
     assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/admin/teams", {"name": "hepatology", "display_name": "Hepatology\x1b]0;owned\x07"}),
+    ("/admin/teams/radiology/keys", {"role": "user", "description": "line one\r\nline two"}),
+])
+def test_free_text_with_control_characters_is_refused(world, path, body):
+    r = world["client"].post(path, json=body, headers=as_(world, "platform_admin"))
+    assert r.status_code == 400 and "control character" in r.json()["error"]["message"]

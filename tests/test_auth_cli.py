@@ -64,6 +64,10 @@ def test_plain_create_prints_only_the_key_on_stdout(tmp_path):
     # the admin API's limits: refused, not stored past the column (SQLite) or a traceback (PostgreSQL)
     (("teams", "create", "lab", "--display-name", "x" * 201), "display_name"),
     (("keys", "create", "--team", "platform", "--description", "d" * 201), "description"),
+    # printed raw by `ward teams list` and `ward keys list`: no terminal escapes, no forged lines
+    (("teams", "create", "lab", "--display-name", "Lab\x1b[2J"), "control character"),
+    (("keys", "create", "--team", "platform", "--description", "ok\nrevoked"), "control character"),
+    (("teams", "create", "lab", "--display-name", "bal\u202eKO"), "control character"),
 ])
 def test_operator_errors_exit_2_with_a_message(tmp_path, args, message):
     out = ward(tmp_path, *args)

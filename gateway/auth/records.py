@@ -1,6 +1,7 @@
 """Plain views of the teams and api_keys rows, safe to pass around and to serialise (no secret hash)."""
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -12,6 +13,22 @@ CAPTURE_LEVELS = ("full", "redacted", "metadata")
 
 class InvalidIdentityInput(ValueError):
     """A team name, role, capture level or expiry that Ward does not accept (HTTP 400 / CLI exit 2)."""
+
+
+# Bidirectional overrides and isolates reorder what a terminal or a page shows (CVE-2021-42574).
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def check_free_text(field: str, value: str, limit: int) -> str:
+    """A display name or description: at most ``limit`` characters and no control characters, since
+    ``ward teams list`` and ``ward keys list`` print it raw (an escape sequence would reach the
+    operator's terminal, a newline would forge a line)."""
+    if len(value) > limit:
+        raise InvalidIdentityInput(f"{field} must be at most {limit} characters")
+    for ch in value:
+        if unicodedata.category(ch) == "Cc" or ch in _BIDI_CONTROLS:
+            raise InvalidIdentityInput(f"{field} must not contain a control character (found U+{ord(ch):04X})")
+    return value
 
 
 def check_team_name(name: str) -> str:

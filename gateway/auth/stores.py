@@ -16,6 +16,7 @@ from gateway.auth.records import (
     KeyRecord,
     TeamRecord,
     as_utc,
+    check_free_text,
     check_team_name,
     utcnow,
 )
@@ -67,8 +68,7 @@ class TeamStore:
     def create(self, name: str, display_name: str = "", capture_level: str = "full") -> TeamRecord:
         """Adds a team; raises InvalidIdentityInput or TeamExists."""
         check_team_name(name)
-        if len(display_name) > DISPLAY_NAME_MAX:
-            raise InvalidIdentityInput(f"display_name must be at most {DISPLAY_NAME_MAX} characters")
+        check_free_text("display_name", display_name, DISPLAY_NAME_MAX)
         if capture_level not in CAPTURE_LEVELS:
             raise InvalidIdentityInput(f"capture_level must be one of {', '.join(CAPTURE_LEVELS)}")
         row = Team(name=name, display_name=display_name, capture_level=capture_level, disabled=False, created_at=utcnow())
@@ -132,8 +132,7 @@ class KeyStore:
         Raises TeamNotFound or InvalidIdentityInput.
         """
         role = Role(role)
-        if len(description) > DESCRIPTION_MAX:
-            raise InvalidIdentityInput(f"description must be at most {DESCRIPTION_MAX} characters")
+        check_free_text("description", description, DESCRIPTION_MAX)
         try:
             expires_at = as_utc(expires_at)
         except OverflowError:  # e.g. 9999-12-31T23:00-05:00: no such time in UTC
