@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from fake_worker import TEAM, FakeConfig, FakeWorker, parse_sse, running_gateway
+
+from gateway.protocol.chat import ChatCompletionRequest
+from gateway.serving.chat import ChatFormatter
+from gateway.serving.constraints import tool_plan
+from gateway.serving.text_generation import ResponseMeta
+from proto.ward.worker.v1 import worker_pb2 as pb
 
 pytestmark = pytest.mark.anyio
 
@@ -234,3 +242,31 @@ async def test_a_message_without_content_is_refused_unless_it_is_the_assistants(
                 {"role": "tool", "tool_call_id": "call_1", "content": "ok"}]
     r = await gw.client.post("/v1/chat/completions", json={"model": MODEL, "messages": messages})
     assert r.status_code == 200
+
+
+TWO_CALLS = ('<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>\n'
+             '<tool_call>\n{"name": "g", "arguments": {}}\n</tool_call>')
+
+
+def _finished_run(text: str) -> SimpleNamespace:
+    ctx = SimpleNamespace(num_choices=1, finish_reasons=["stop"], response_text=lambda i: text)
+    return SimpleNamespace(ctx=ctx, logprobs=None, usage=lambda: {})
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_parallel_tool_calls_false_returns_only_the_first_call_of_a_free_answer(stream):
+    # tool_choice auto leaves the model free to write several calls; OpenAI (and vLLM) then return one
+    tools = [{"type": "function", "function": {"name": name}} for name in ("f", "g")]
+    request = ChatCompletionRequest.model_validate(
+        {"model": MODEL, "messages": MESSAGES, "tools": tools, "parallel_tool_calls": False, "stream": stream})
+    fmt = ChatFormatter(ResponseMeta("chatcmpl-1", MODEL, None), request, tool_plan(request, None))
+    if stream:
+        events = parse_sse((fmt.delta_events(0, pb.ChoiceDelta(text=TWO_CALLS)) + fmt.final_events(
+            _finished_run(TWO_CALLS))).decode())
+        heads = [c for e in events[:-1] for c in e["choices"][0]["delta"].get("tool_calls", ()) if "id" in c]
+        assert [h["function"]["name"] for h in heads] == ["f"] and heads[0]["index"] == 0
+        assert events[-2]["choices"][0]["finish_reason"] == "tool_calls"
+    else:
+        [choice] = fmt.response(_finished_run(TWO_CALLS))["choices"]
+        assert [c["function"]["name"] for c in choice["message"]["tool_calls"]] == ["f"]
+        assert choice["finish_reason"] == "tool_calls"

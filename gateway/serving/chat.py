@@ -118,6 +118,7 @@ class ChatFormatter:
         if stream is None:
             return b"", reason
         rest, calls = stream.finish(complete=reason == "stop")
+        calls = calls if self.tools.parallel else calls[:1]
         out = b""
         if rest:
             out += self._template.encode(
@@ -163,6 +164,7 @@ class ChatFormatter:
             message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
             if self.tools is not None and reason == "stop":
                 content, calls = parse_tool_calls(self.tools.fmt, content or "")
+                calls = calls if self.tools.parallel else calls[:1]
                 if calls:
                     message["content"] = content
                     message["tool_calls"] = [c.openai() for c in calls]

@@ -20,6 +20,7 @@ class ToolPlan:
 
     fmt: str  # the model's tool-call format
     forced: bool  # tool_choice required or named: the grammar makes the whole output calls
+    parallel: bool = True  # False: the first call only (the grammar allows one; a free answer may hold more)
 
 
 def tool_format(info: pb.ModelInfoResponse | None) -> str:
@@ -32,7 +33,7 @@ def tool_plan(request: ChatCompletionRequest, info: pb.ModelInfoResponse | None)
     if not request.tools_in_use():
         return None
     forced = request.tool_choice == "required" or request.forced_function() is not None
-    return ToolPlan(tool_format(info), forced)
+    return ToolPlan(tool_format(info), forced, request.parallel_tool_calls)
 
 
 def _require_support(info: pb.ModelInfoResponse | None, model: str, param: str) -> None:
