@@ -1,6 +1,8 @@
 """The chain store: gap-free sequence, chained hashes, signed head and checkpoints, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import stat
 import time
@@ -197,3 +199,21 @@ def test_concurrent_appends_from_threads_stay_gap_free(engine, signer, trusted):
     assert not errors
     report = verify_chain(engine, trusted)
     assert report.ok and report.entries == 40
+
+
+def test_an_export_signed_before_selections_were_signed_still_checks_out(signer, trusted):
+    # Exports made before the signature line carried the selection end without one: their statement
+    # has no selection and must still verify; the same signature never passes with one added.
+    from gateway.audit.canonical import utc_iso
+    from gateway.audit.export import check_signed_export
+
+    line = b'{"id": "r1"}\n'
+    now = datetime.now(timezone.utc)
+    sha = hashlib.sha256(line).hexdigest()
+    trailer = {"object": "audit.export.signature", "through_seq": 7, "records": 1, "sha256": sha, "time": utc_iso(now),
+               "key_id": signer.key_id, "signature": signer.sign_export(7, sha, 1, now)}
+    assert check_signed_export([line, json.dumps(trailer).encode()], trusted)[1] is None
+    added = {**trailer, "selection": {"filter": {}, "teams": None, "kinds": None}}
+    assert check_signed_export([line, json.dumps(added).encode()], trusted)[1] == "signature is invalid"
+    assert check_signed_export([line, json.dumps({**trailer, "selection": "all"}).encode()], trusted)[1] == (
+        "the export signature is malformed")

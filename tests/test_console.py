@@ -6,6 +6,7 @@ the audit records of sign-in, sign-out and changes, usage over time and the log'
 """
 from __future__ import annotations
 
+import json
 import re
 
 import httpx
@@ -377,6 +378,12 @@ async def test_a_signed_export_checks_out_and_any_change_to_it_does_not(gw, caps
     trusted = trusted_keys(settings.audit, resolve_paths(settings.audit, gw.data_dir))
     trailer, problem = check_signed_export(lines, trusted)
     assert problem is None and trailer["records"] == 2
+    # the signature covers what was selected: a team's records cannot pass for the whole log
+    assert trailer["selection"] == {"filter": {"team": team}, "teams": None, "kinds": None}
+    widened = json.dumps({**trailer, "selection": {"filter": {}, "teams": None, "kinds": None}}).encode() + b"\n"
+    assert check_signed_export([*lines[:-1], widened], trusted)[1] == "signature is invalid"
+    stripped = json.dumps({k: v for k, v in trailer.items() if k != "selection"}).encode() + b"\n"
+    assert check_signed_export([*lines[:-1], stripped], trusted)[1] == "signature is invalid"
     forged = [lines[0].replace(b"first note", b"fifth note"), *lines[1:]]
     assert check_signed_export(forged, trusted)[1] == "the records differ from those that were signed"
     assert check_signed_export(lines[1:], trusted)[1] is not None  # a record left out
@@ -388,6 +395,7 @@ async def test_a_signed_export_checks_out_and_any_change_to_it_does_not(gw, caps
     from ward.cli import main
 
     assert main(["audit", "verify-export", str(exported), "--data-dir", str(gw.data_dir)]) == 0
+    assert f"selected: team={team}" in capsys.readouterr().out
     exported.write_bytes(b"".join(forged))
     assert main(["audit", "verify-export", str(exported), "--data-dir", str(gw.data_dir)]) == 1
     assert "FAILED" in capsys.readouterr().out

@@ -153,7 +153,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _verify_export(args: argparse.Namespace) -> int:
-    from gateway.audit.export import check_signed_export
+    from gateway.audit.export import check_signed_export, describe_selection
     from gateway.audit.service import trusted_keys
 
     settings, paths = _settings_and_paths(args)
@@ -167,7 +167,7 @@ def _verify_export(args: argparse.Namespace) -> int:
         print(f"FAILED: {args.file}: {problem}")
         return 1
     print(f"OK: {trailer['records']} records through seq {trailer['through_seq']}, signed {trailer['time']} "
-          f"by key {trailer['key_id']}")
+          f"by key {trailer['key_id']}; {describe_selection(trailer.get('selection'))}")
     return 0
 
 

@@ -1,9 +1,11 @@
 """Records as JSON Lines or CSV, streamed (an export never holds the whole log in memory).
 
 A signed JSON Lines export ends with one more line, ``{"object": "audit.export.signature",
-"through_seq", "records", "sha256", "time", "key_id", "signature"}``: the audit signing key's Ed25519
-signature over the SHA-256 of every line before it, the number of records and the log position the
-export was fixed to. ``check_signed_export`` (``ward audit verify-export``) checks it.
+"through_seq", "records", "selection", "sha256", "time", "key_id", "signature"}``: the audit signing
+key's Ed25519 signature over the SHA-256 of every line before it, the number of records, the log
+position the export was fixed to and the selection (the filter and the exporter's scope), so a
+filtered export cannot pass for a complete one. ``check_signed_export`` (``ward audit verify-export``)
+checks it.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from gateway.audit.canonical import canonical_json, parse_utc_iso, utc_iso
+from gateway.audit.reader import ReadScope, RecordFilter
 from gateway.audit.signing import Signer, TrustedKeys
 
 SIGNATURE_OBJECT = "audit.export.signature"
@@ -81,8 +84,28 @@ def export_lines(records: Iterable[dict[str, Any]], fmt: str) -> Iterator[str]:
     raise ValueError(f"unknown export format {fmt!r} (jsonl or csv)")
 
 
-def signed_jsonl(records: Iterable[dict[str, Any]], signer: Signer, through_seq: int) -> Iterator[str]:
-    """JSON Lines of records, then the signature line over them."""
+def export_selection(flt: RecordFilter, scope: ReadScope) -> dict[str, Any]:
+    """Which records an export holds: the filter asked for and the exporter's scope (None: every
+    team or kind the log holds)."""
+    return {"filter": flt.to_json(),
+            "teams": None if scope.teams is None else sorted(scope.teams),
+            "kinds": None if scope.kinds is None else sorted(scope.kinds)}
+
+
+def describe_selection(selection: dict[str, Any] | None) -> str:
+    """One line for ``ward audit verify-export``: what the signed export says it holds."""
+    if selection is None:
+        return "selection not signed (an export made before selections were signed)"
+    parts = [f"{k}={v}" for k, v in sorted(selection.get("filter", {}).items())]
+    for scope in ("teams", "kinds"):
+        if selection.get(scope) is not None:
+            parts.append(f"{scope} in scope: {', '.join(selection[scope]) or 'none'}")
+    return "selected: " + ("; ".join(parts) if parts else "every record")
+
+
+def signed_jsonl(records: Iterable[dict[str, Any]], signer: Signer, through_seq: int,
+                 selection: dict[str, Any]) -> Iterator[str]:
+    """JSON Lines of records, then the signature line over them and their selection."""
     digest = hashlib.sha256()
     count = 0
     for line in jsonl_lines(records):
@@ -92,8 +115,8 @@ def signed_jsonl(records: Iterable[dict[str, Any]], signer: Signer, through_seq:
     now = datetime.now(timezone.utc)
     sha = digest.hexdigest()
     yield json.dumps({"object": SIGNATURE_OBJECT, "through_seq": through_seq, "records": count, "sha256": sha,
-                      "time": utc_iso(now), "key_id": signer.key_id,
-                      "signature": signer.sign_export(through_seq, sha, count, now)}, sort_keys=True) + "\n"
+                      "selection": selection, "time": utc_iso(now), "key_id": signer.key_id,
+                      "signature": signer.sign_export(through_seq, sha, count, now, selection)}, sort_keys=True) + "\n"
 
 
 def check_signed_export(lines: Iterable[bytes], trusted: TrustedKeys) -> tuple[dict[str, Any] | None, str | None]:
@@ -114,9 +137,12 @@ def check_signed_export(lines: Iterable[bytes], trusted: TrustedKeys) -> tuple[d
         return None, "the file does not end with an export signature"
     if trailer.get("records") != count or trailer.get("sha256") != digest.hexdigest():
         return trailer, "the records differ from those that were signed"
+    selection = trailer.get("selection")
+    if selection is not None and not isinstance(selection, dict):
+        return trailer, "the export signature is malformed"
     try:
         why = trusted.check_export(int(trailer["through_seq"]), trailer["sha256"], count, parse_utc_iso(trailer["time"]),
-                                   str(trailer["key_id"]), str(trailer["signature"]))
+                                   str(trailer["key_id"]), str(trailer["signature"]), selection)
     except (KeyError, TypeError, ValueError):
         return trailer, "the export signature is malformed"
     return trailer, why

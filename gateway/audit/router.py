@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from gateway.audit.access import scope_for
 from gateway.audit.admin_reads import mark_access_recorded
 from gateway.audit.errors import AuditQueryError, AuditUnavailable
-from gateway.audit.export import MEDIA_TYPES, export_lines, signed_jsonl
+from gateway.audit.export import MEDIA_TYPES, export_lines, export_selection, signed_jsonl
 from gateway.audit.reader import MAX_PAGE, ReadScope, RecordFilter
 from gateway.audit.service import AuditServices
 from gateway.auth.errors import PermissionDenied
@@ -156,7 +156,7 @@ def create_audit_router(
             return _unavailable(error)
         records = svc.reader.iter_records(flt, scope, through_seq=through)
         if signed:
-            lines = signed_jsonl(records, svc.log.store.signer, through)
+            lines = signed_jsonl(records, svc.log.store.signer, through, export_selection(flt, scope))
         else:
             lines = export_lines(records, format)
         filename = f"audit-through-{through}{'-signed' if signed else ''}.{format}"

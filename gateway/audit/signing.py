@@ -13,6 +13,7 @@ import os
 import pathlib
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -35,10 +36,17 @@ def statement(seq: int, entry_hash: str, time: datetime, key_id: str) -> bytes:
     return canonical_json({"seq": seq, "entry_hash": entry_hash, "time": utc_iso(time), "key_id": key_id}).encode()
 
 
-def export_statement(through_seq: int, sha256: str, records: int, time: datetime, key_id: str) -> bytes:
-    """The bytes an export's signature covers (a purpose of its own: never readable as a checkpoint)."""
-    return canonical_json({"purpose": "ward-audit-export", "through_seq": through_seq, "sha256": sha256,
-                           "records": records, "time": utc_iso(time), "key_id": key_id}).encode()
+def export_statement(through_seq: int, sha256: str, records: int, time: datetime, key_id: str,
+                     selection: dict[str, Any] | None = None) -> bytes:
+    """The bytes an export's signature covers (a purpose of its own: never readable as a checkpoint).
+
+    ``selection`` (which records were asked for) is covered too, so a filtered export cannot pass for
+    the whole log; exports signed before it existed have none and keep verifying."""
+    fields = {"purpose": "ward-audit-export", "through_seq": through_seq, "sha256": sha256, "records": records,
+              "time": utc_iso(time), "key_id": key_id}
+    if selection is not None:
+        fields["selection"] = selection
+    return canonical_json(fields).encode()
 
 
 def public_pem(public_key: Ed25519PublicKey) -> str:
@@ -64,9 +72,10 @@ class Signer:
         """Base64 signature of statement(seq, entry_hash, time, self.key_id)."""
         return base64.b64encode(self._private_key.sign(statement(seq, entry_hash, time, self.key_id))).decode("ascii")
 
-    def sign_export(self, through_seq: int, sha256: str, records: int, time: datetime) -> str:
+    def sign_export(self, through_seq: int, sha256: str, records: int, time: datetime,
+                    selection: dict[str, Any] | None = None) -> str:
         """Base64 signature of export_statement(...) with this key."""
-        message = export_statement(through_seq, sha256, records, time, self.key_id)
+        message = export_statement(through_seq, sha256, records, time, self.key_id, selection)
         return base64.b64encode(self._private_key.sign(message)).decode("ascii")
 
     @classmethod
@@ -166,13 +175,15 @@ class TrustedKeys:
             return "signature is invalid"
         return None
 
-    def check_export(self, through_seq: int, sha256: str, records: int, time: datetime, key_id: str, signature: str) -> str | None:
+    def check_export(self, through_seq: int, sha256: str, records: int, time: datetime, key_id: str, signature: str,
+                     selection: dict[str, Any] | None = None) -> str | None:
         """None when an export's signature is valid under a trusted key, else why not."""
         key = self.keys.get(key_id)
         if key is None:
             return f"signed by key {key_id}, which is not trusted"
         try:
-            key.verify(base64.b64decode(signature, validate=True), export_statement(through_seq, sha256, records, time, key_id))
+            message = export_statement(through_seq, sha256, records, time, key_id, selection)
+            key.verify(base64.b64decode(signature, validate=True), message)
         except (InvalidSignature, ValueError):
             return "signature is invalid"
         return None
