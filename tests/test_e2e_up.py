@@ -387,10 +387,15 @@ def test_ward_up_refuses_bad_keys_and_a_busy_port_before_starting_anything(tmp_p
         port, free = str(busy.getsockname()[1]), str(free_port())
         for args, message in ((["--port", free, "--api-key", "sk-not-a-ward-key"], "--api-key must be a Ward key"),
                               (["--port", free, "--admin-key", "short"], "--admin-key must be at least 24 characters"),
-                              (["--port", port], f"127.0.0.1:{port} is in use")):
+                              (["--port", port], f"127.0.0.1:{port} is in use"),
+                              (["--port", "99999"], "--port must be 1 up to 65535, got 99999"),
+                              (["--port", free, "--host", "no-such-host.invalid"],
+                               f"cannot bind no-such-host.invalid:{free}"),
+                              (["--port", free, "--startup-timeout", "0"], "--startup-timeout must be positive")):
             done = subprocess.run([sys.executable, "-m", "ward", "up", "--data-dir", str(tmp_path), *args],
                                   capture_output=True, text=True, env=clean_env(), cwd=ROOT, timeout=60)
-            assert done.returncode == 2 and message in done.stderr
+            assert done.returncode == 2 and message in done.stderr, done.stderr
+            assert "Traceback" not in done.stderr and "is in use" not in done.stderr.replace(message, "")
     assert not (tmp_path / "logs").exists()
 
 

@@ -20,6 +20,7 @@ Every process is separate and they talk real gRPC, exactly as in a multi-machine
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import pathlib
 import signal
@@ -91,9 +92,13 @@ def run(args: argparse.Namespace) -> int:
     if args.restart_limit < 1 or not args.restart_window > 0:
         print("ward up: --restart-limit must be at least 1 and --restart-window positive", file=sys.stderr)
         return 2
+    if not args.startup_timeout > 0:
+        print("ward up: --startup-timeout must be positive", file=sys.stderr)
+        return 2
     policy = RestartPolicy(max_crashes=args.restart_limit, window_s=args.restart_window)
-    if not _can_bind(args.host, args.port):
-        print(f"ward up: {args.host}:{args.port} is in use (another Ward?); choose another --port", file=sys.stderr)
+    bind_error = _bind_error(args.host, args.port)
+    if bind_error is not None:
+        print(f"ward up: {bind_error}", file=sys.stderr)
         return 2
     data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -248,17 +253,22 @@ def _gateway_env(env: dict[str, str], admin_key: str | None) -> dict[str, str]:
     return {**env, "WARD_AUTH__ADMIN_KEY": admin_key} if admin_key else env
 
 
-def _can_bind(host: str, port: int) -> bool:
-    """Whether the gateway's address is free (checked up front, so a Ward already serving there is
-    not mistaken for ours). SO_REUSEADDR as uvicorn sets it, so closed connections do not count."""
+def _bind_error(host: str, port: int) -> str | None:
+    """Why the gateway cannot bind its address, or None (checked up front, so a Ward already serving
+    there is not mistaken for ours). SO_REUSEADDR as uvicorn sets it, so closed connections do not count."""
+    if not 1 <= port <= 65535:
+        return f"--port must be 1 up to 65535, got {port}"
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((host, port))
-        return True
-    except OSError:
-        return False
+        return None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return f"{host}:{port} is in use (another Ward?); choose another --port"
+        # an unknown name, or an address that is not this machine's: not a busy port
+        return f"cannot bind {host}:{port}: {exc.strerror or exc}; check --host"
 
 
 def _probe_host(host: str) -> str:
