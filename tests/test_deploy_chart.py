@@ -311,6 +311,8 @@ def test_the_audit_purge_job_runs_ward_audit_purge_with_the_retention(rendered):
     [
         ({k: v for k, v in REQUIRED_VALUES.items() if k != "audit"}, "audit.signingKey.existingSecret is required"),
         ({k: v for k, v in REQUIRED_VALUES.items() if k != "database"}, "database.existingSecret is required"),
+        # Without Redis each gateway would keep its own counters: every limit multiplied by the replicas.
+        ({k: v for k, v in REQUIRED_VALUES.items() if k != "redis"}, "redis.existingSecret is required"),
         (deep_merge(REQUIRED_VALUES, {"tls": {"gateway": {"existingSecret": ""}}}), "tls.gateway.existingSecret is required"),
         (deep_merge(REQUIRED_VALUES, {"tls": {"workers": {"gatewayClientSecret": ""}}}), "tls.workers.existingSecret and"),
         ({**REQUIRED_VALUES, "models": [{"name": "m", "weights": {}}]}, "model m: weights.persistentVolumeClaim or weights.hostPath is required"),
@@ -322,7 +324,7 @@ def test_the_audit_purge_job_runs_ward_audit_purge_with_the_retention(rendered):
         (deep_merge(REQUIRED_VALUES, {"audit": {"onDatabaseOutage": "spool"}}), "onDatabaseOutage"),
         (deep_merge(REQUIRED_VALUES, {"gateway": {"replicas": 1}}), "replicas"),
     ],
-    ids=["no-signing-key", "no-database", "no-gateway-cert", "no-gateway-client-cert", "no-weights", "weights-unset", "colliding-names",
+    ids=["no-signing-key", "no-database", "no-redis", "no-gateway-cert", "no-gateway-client-cert", "no-weights", "weights-unset", "colliding-names",
          "misspelt-key", "unknown-capture-level", "spool-on-kubernetes", "one-gateway"],
 )
 def test_missing_required_values_fail_with_a_clear_message(values, message, tmp_path):

@@ -87,6 +87,9 @@ capabilities:
 {{- if not (or .Values.database.existingSecret .Values.bundled.postgresql.enabled) -}}
 {{- fail "database.existingSecret is required: a Secret holding the PostgreSQL URL (or bundled.postgresql.enabled for a trial)" -}}
 {{- end -}}
+{{- if not (or .Values.redis.existingSecret .Values.bundled.redis.enabled) -}}
+{{- fail "redis.existingSecret is required: a Secret holding the Redis URL, which every gateway shares for exact quotas (or bundled.redis.enabled for a trial)" -}}
+{{- end -}}
 {{- if not .Values.audit.signingKey.existingSecret -}}
 {{- fail "audit.signingKey.existingSecret is required: a Secret holding the audit log's Ed25519 signing key (see docs/operations.md)" -}}
 {{- end -}}
@@ -110,7 +113,6 @@ capabilities:
       name: {{ include "ward.fullname" . }}-postgresql
       key: url
       {{- end }}
-{{- if or .Values.redis.existingSecret .Values.bundled.redis.enabled }}
 - name: WARD_REDIS_URL
   {{- if .Values.redis.existingSecret }}
   valueFrom:
@@ -120,7 +122,6 @@ capabilities:
   {{- else }}
   value: {{ printf "redis://%s-redis:6379/0" (include "ward.fullname" .) | quote }}
   {{- end }}
-{{- end }}
 - name: WARD_DATA_DIR
   value: /var/lib/ward
 - name: HOME
