@@ -193,6 +193,18 @@ def test_the_quota_file_is_a_valid_ward_quota_file(rendered, tmp_path):
     assert config.teams["radiology"].limits.requests_per_minute == 120
 
 
+def test_a_quota_edit_reaches_the_gateways_in_place_and_a_config_edit_rolls_them(tmp_path):
+    def pod_template(extra: dict) -> dict:
+        docs = render(deep_merge(EVERYTHING_ON, extra), tmp_path)
+        return one(docs, "Deployment", "ward-gateway")["spec"]["template"]
+
+    before = pod_template({})
+    quota_edit = pod_template({"quotas": {"file": "teams:\n  radiology:\n    limits:\n      requests_per_minute: 60\n"}})
+    assert quota_edit == before  # the mounted file changes and is reloaded: no restart, no stream cut
+    config_edit = pod_template({"gateway": {"config": {"routing": {"dns_refresh_s": 3}}}})
+    assert config_edit["metadata"]["annotations"]["checksum/config"] != before["metadata"]["annotations"]["checksum/config"]
+
+
 def test_tls_on_by_default_uses_secrets_for_every_hop(rendered):
     docs = rendered["everything-on"]
     gateway_pod = one(docs, "Deployment", "ward-gateway")["spec"]["template"]["spec"]
