@@ -229,6 +229,18 @@ async def test_image_parts_are_refused_with_400(gw):
     assert gw.worker.servicer.generate_requests == []
 
 
+async def test_modalities_other_than_text_are_refused_with_400(gw):
+    # Ward answers in text only: audio asked for through modalities must not come back as plain text
+    for modalities in (["audio"], ["text", "audio"], ["image"]):
+        r = await chat(gw, modalities=modalities)
+        assert r.status_code == 400, modalities
+        error = r.json()["error"]
+        assert error["param"] == "modalities" and error["type"] == "invalid_request_error", error
+        assert error["code"] == "invalid_value" and "text" in error["message"]
+    assert gw.worker.servicer.generate_requests == []
+    assert (await chat(gw, modalities=["text"])).status_code == 200
+
+
 async def test_a_message_without_content_is_refused_unless_it_is_the_assistants(gw):
     # OpenAI requires content for these roles; a misspelt key would otherwise leave an empty turn
     for message in ({"role": "user"}, {"role": "user", "contents": "hi"}, {"role": "system", "content": None},

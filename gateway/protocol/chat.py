@@ -97,6 +97,7 @@ class ChatCompletionRequest(SamplingRequest):
     parallel_tool_calls: StrictBool = True
     response_format: ResponseFormat | None = None
     logit_bias: LogitBias | None = None
+    modalities: list[str] | None = Field(None, max_length=8)
     # vLLM's chat-template controls
     add_generation_prompt: StrictBool = True
     continue_final_message: StrictBool = False
@@ -106,6 +107,15 @@ class ChatCompletionRequest(SamplingRequest):
     def _unique_tools(cls, tools: list[Tool] | None) -> list[Tool] | None:
         validate_tools(tools)
         return tools
+
+    @field_validator("modalities")
+    @classmethod
+    def _text_only(cls, modalities: list[str] | None) -> list[str] | None:
+        # Ward answers in text only; audio asked for here must be refused, never answered with text
+        other = next((m for m in modalities or () if m != "text"), None)
+        if other is not None:
+            raise ValueError(f'only "text" is supported: Ward does not offer {other!r} output')
+        return modalities
 
     @field_validator("tool_choice")
     @classmethod
