@@ -196,3 +196,16 @@ def test_a_bad_flag_is_refused_in_one_line_before_the_model_loads(flags, message
     assert refused.returncode == 2, refused.stderr
     assert refused.stderr.strip() == f"ward worker: {message}"
     assert "WARD_WORKER_READY" not in refused.stdout
+
+
+def test_a_context_longer_than_the_models_is_refused_in_one_line(tmp_path):
+    from tiny_llama import tiny_llama_dir
+
+    model_dir = tiny_llama_dir(str(tmp_path / "tiny-"))  # a 512-token context
+    refused = subprocess.run([sys.executable, "-m", "ward", "worker", "--model", model_dir, "--device", "cpu",
+                              "--max-model-len", "4096"],
+                             capture_output=True, text=True, env=clean_env(), timeout=120, cwd=ROOT)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "ward worker: max_model_len 4096 exceeds the model's context length 512")
+    assert "Traceback" not in refused.stderr

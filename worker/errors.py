@@ -32,6 +32,12 @@ class ModelLoadError(WardError):
     code = "model_load_error"
 
 
+class ModelConfigMismatch(ModelLoadError, ValueError):
+    """The engine's configuration asks more of the model than it has (a longer context, say)."""
+
+    code = "model_config_mismatch"
+
+
 class BackendUnusable(ModelLoadError, ValueError):
     """An explicitly chosen optional attention backend is missing or failed its start-up self-check."""
 

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 
 from worker.config import EngineConfig
-from worker.errors import InvalidRequestError, PromptTooLongError, RequestTooLargeError
+from worker.errors import InvalidRequestError, ModelConfigMismatch, PromptTooLongError, RequestTooLargeError
 from worker.model.registry import resolve_model
 from worker.model.spec import ModelSpec, load_spec
 from worker.sampling_params import SamplingParams
@@ -47,7 +47,7 @@ class RequestPreparation:
         self.spec = load_spec(self.model_dir)
         limit = self.spec.max_position_embeddings
         if config.max_model_len is not None and config.max_model_len > limit:
-            raise ValueError(f"max_model_len {config.max_model_len} exceeds the model's context length {limit}")
+            raise ModelConfigMismatch(f"max_model_len {config.max_model_len} exceeds the model's context length {limit}")
         self.max_model_len = config.max_model_len or limit
         self.served_model_name = config.served_model_name or os.path.basename(self.model_dir.rstrip("/"))
         self.tokenizer = WardTokenizer.load(self.model_dir)
