@@ -116,6 +116,20 @@ async def test_suffix_is_refused_not_ignored(gw):
     assert (await complete(gw, prompt="x", best_of=1)).status_code == 200
 
 
+async def test_a_token_id_given_twice_in_logit_bias_is_refused_on_both_endpoints(gw):
+    # "1" and "01" are one token: accepting both would let the last silently win
+    for path, fields in (("/v1/completions", {"prompt": "x"}),
+                         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]})):
+        r = await gw.client.post(path, json={"model": MODEL, **fields, "logit_bias": {"1": 5, "01": 6}})
+        assert r.status_code == 400, path
+        error = r.json()["error"]
+        assert error["param"] == "logit_bias" and error["code"] == "invalid_value"
+        assert "'1'" in error["message"] and "'01'" in error["message"]
+    assert gw.worker.servicer.generate_requests == []
+    r = await complete(gw, prompt="x", logit_bias={"1": 5, "2": 6})
+    assert r.status_code == 200 and dict(gw.worker.servicer.generate_requests[-1].params.logit_bias) == {1: 5, 2: 6}
+
+
 async def test_best_of_must_cover_n_and_cannot_stream(gw):
     for fields in ({"best_of": 1, "n": 2}, {"best_of": 3, "stream": True}):
         r = await complete(gw, prompt="x", **fields)

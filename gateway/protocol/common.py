@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -51,9 +52,22 @@ TextOrTokens = Annotated[
     ],
     Discriminator(_text_or_tokens_form),
 ]
+
+
+def _one_key_per_token(bias: dict[str, float]) -> dict[str, float]:
+    """Refuses one token id written twice ("1" and "01"): the worker gets one bias per id, so
+    either value would silently be dropped."""
+    seen: dict[int, str] = {}
+    for key in bias:
+        first = seen.setdefault(int(key), key)
+        if first != key:
+            raise ValueError(f"token id {int(key)} is given twice, as {first!r} and {key!r}")
+    return bias
+
+
 # OpenAI's logit_bias: token id (as a JSON object key) -> bias in [-100, 100], at most 300 entries
 LogitBias = Annotated[dict[Annotated[str, Field(pattern=r"^[0-9]{1,9}$")], Annotated[StrictFloat, Field(ge=-100, le=100)]],
-                      Field(max_length=300)]
+                      Field(max_length=300), AfterValidator(_one_key_per_token)]
 
 
 class StreamOptions(BaseModel):
