@@ -7,6 +7,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import pathlib
+import re
+import shlex
 import subprocess
 import sys
 
@@ -15,6 +18,7 @@ import pytest
 import yaml
 from deploy_support import (
     ALERTS_FILE,
+    ROOT,
     DASHBOARD_FILE,
     KUBE_VERSION,
     MODELS,
@@ -310,6 +314,50 @@ def test_workers_read_tuned_kernel_plans_from_a_configmap_when_one_is_named(rend
         assert all(e["name"] != "WARD_TUNED_CONFIG_FOLDER" for e in container.get("env", []))
 
 
+def _pod_filesystem(container: dict, pod: dict, root: pathlib.Path) -> dict[str, str]:
+    """Each volume mount of ``container`` as a folder under ``root`` (nested mounts nest); Secret
+    volumes hold test stand-ins. Returns the container's environment with its paths under ``root``."""
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in sorted(container["volumeMounts"], key=lambda m: m["mountPath"]):
+        folder = root / mount["mountPath"].lstrip("/")
+        folder.mkdir(parents=True, exist_ok=True)
+        for item in volumes[mount["name"]].get("secret", {}).get("items", []):
+            if item["path"] == "checkpoint-key.pem":
+                from gateway.audit.signing import Signer
+
+                Signer.load_or_create(folder / item["path"])  # the key the operator put in the Secret
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    return {k: str(root / v.lstrip("/")) if v.startswith("/") else v for k, v in env.items()}
+
+
+def test_the_documented_ward_commands_in_a_gateway_pod_sign_with_the_audit_key_the_gateways_use(rendered, tmp_path):
+    # docs/operations.md has the operator run `ward ...` in a gateway pod (the first admin, backups).
+    # They must append to the audit log with the key of the Secret, as the gateways do, and never
+    # make up a key of their own: the log would then fail verification from its first entry on.
+    docs = rendered["everything-on"]
+    pod = one(docs, "Deployment", "ward-gateway")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    root = tmp_path / "pod"
+    env = _pod_filesystem(container, pod, root)
+    gateway_key = root / gateway_config(docs)["audit"]["signing_key_path"].lstrip("/")
+    assert gateway_key.is_file()
+    env["WARD_DATABASE_URL"] = f"sqlite:///{tmp_path / 'ward.db'}"
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    commands = re.findall(r"kubectl -n ward exec deploy/ward-gateway -- ward ([^>`\n#]+)", guide)
+    assert len(commands) >= 3
+    for command in commands:
+        done = subprocess.run([sys.executable, "-m", "ward", *shlex.split(command)], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, **env})
+        assert done.returncode == 0, f"ward {command}: {done.stderr}"
+    public_key = tmp_path / "checkpoint-key.pub.pem"
+    from gateway.audit.signing import Signer, public_pem
+
+    public_key.write_text(public_pem(Signer.load(gateway_key).public_key))
+    done = subprocess.run([sys.executable, "-m", "ward", "audit", "verify", "--public-key", str(public_key)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_the_audit_purge_job_runs_ward_audit_purge_with_the_retention(rendered):
     job = one(rendered["everything-on"], "CronJob", "ward-audit-purge")
     container = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
@@ -378,7 +426,7 @@ def test_the_commands_the_chart_runs_are_commands_ward_accepts(rendered, tmp_pat
     key = tmp_path / "checkpoint-key.pem"
     Signer.load_or_create(key)
     job = one(docs, "CronJob", "ward-audit-purge")["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
-    args = [str(key) if a == "/etc/ward/audit/checkpoint-key.pem" else a for a in job["args"]]
+    args = [str(key) if a == "/var/lib/ward/audit/checkpoint-key.pem" else a for a in job["args"]]
     done = subprocess.run([sys.executable, "-m", "ward", *args], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "WARD_DATABASE_URL": url})
     assert done.returncode == 0, done.stderr
