@@ -338,3 +338,28 @@ def test_provider_outage_keeps_cached_keys_and_retries_after_the_interval():
         assert counter["/jwks"] == 3
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("discovery, jwks", [
+    ([{"issuer": "https://idp.example"}], None),  # a discovery document that is not an object
+    (None, [{"kty": "RSA"}]),  # a JWKS that is not an object
+    (None, {"keys": "k1"}),
+    (None, {"keys": None}),
+])
+def test_a_malformed_provider_document_is_503_not_a_crash(discovery, jwks):
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/.well-known/openid-configuration":
+            return httpx.Response(200, json=discovery or {"issuer": "https://idp.example", "jwks_uri": "https://idp.example/jwks"})
+        return httpx.Response(200, json=jwks)
+
+    keys = ProviderKeys(oidc_settings("https://idp.example"), httpx.AsyncClient(transport=httpx.MockTransport(handler)))
+    with pytest.raises(IdentityProviderUnavailable):
+        asyncio.run(keys.key_for("k1", "RS256"))
+
+
+def test_a_malformed_key_in_the_jwks_does_not_take_the_others_down():
+    good = new_signing_key("good")
+    odd = [{"kty": "RSA", "kid": "odd-alg", "alg": ["RS256"]}, {"kty": ["RSA"], "kid": "odd-kty"},
+           {"kty": "EC", "kid": "odd-crv", "crv": {"name": "P-256"}}, "not-a-key", {"kty": "RSA", "kid": 7}]
+    keys = ProviderKeys(oidc_settings("https://idp.example"), _scripted_provider({"keys": [*odd, good.as_dict(private=False)]}, {}))
+    assert asyncio.run(keys.key_for("good", "RS256")) is not None

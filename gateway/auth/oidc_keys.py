@@ -24,6 +24,18 @@ _ASYMMETRIC_KTY = {"RSA", "EC", "OKP"}
 _DEFAULT_ALG = {"RSA": "RS256", "P-256": "ES256", "P-384": "ES384", "P-521": "ES512", "Ed25519": "EdDSA"}
 
 
+def _well_formed(jwk: Any) -> bool:
+    """A JWK object whose named fields are strings where present; any other key is skipped, not fatal."""
+    return isinstance(jwk, dict) and all(isinstance(jwk.get(name, ""), str) for name in ("kty", "alg", "crv", "kid", "use"))
+
+
+def _json_object(resp: httpx.Response, what: str) -> dict[str, Any]:
+    data = resp.json()
+    if not isinstance(data, dict):
+        raise ValueError(f"the provider's {what} is not a JSON object")
+    return data
+
+
 def _key_algorithms(jwk: dict[str, Any]) -> set[str]:
     """The algorithms a published key may be used with: its `alg`, else the usual one for its type."""
     if jwk.get("alg"):
@@ -108,7 +120,7 @@ class ProviderKeys:
                 if self._jwks_uri is None:
                     await self._discover()
                 await self._fetch_jwks()
-            except (httpx.HTTPError, ValueError, KeyError) as exc:
+            except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
                 # keep serving with the cached keys, if any; the next attempt waits for the interval
                 log.warning("could not refresh the OpenID provider's keys: %s", type(exc).__name__)
 
@@ -117,17 +129,24 @@ class ProviderKeys:
         url = issuer.rstrip("/") + "/.well-known/openid-configuration"
         resp = await self.client.get(url)
         resp.raise_for_status()
-        meta = resp.json()
+        meta = _json_object(resp, "discovery document")
         if meta.get("issuer") != issuer:
             raise ValueError("discovery document names another issuer")
         self._jwks_uri = check_provider_url(str(meta["jwks_uri"]), "jwks_uri")
-        self._metadata_algs = set(meta.get("id_token_signing_alg_values_supported") or [])
+        algs = meta.get("id_token_signing_alg_values_supported")
+        self._metadata_algs = {a for a in algs if isinstance(a, str)} if isinstance(algs, list) else set()
 
     async def _fetch_jwks(self) -> None:
         resp = await self.client.get(self._jwks_uri)  # type: ignore[arg-type]
         resp.raise_for_status()
         keys: dict[str, tuple[AsymmetricKey, set[str]]] = {}
-        for i, jwk in enumerate(resp.json().get("keys", [])):
+        published = _json_object(resp, "JWKS").get("keys")
+        if not isinstance(published, list):
+            raise ValueError("the provider's JWKS has no list of keys")
+        for i, jwk in enumerate(published):
+            if not _well_formed(jwk):
+                log.warning("ignoring a malformed key in the provider's JWKS")
+                continue
             if jwk.get("kty") not in _ASYMMETRIC_KTY or jwk.get("use", "sig") != "sig":
                 continue
             algs = _key_algorithms(jwk)
