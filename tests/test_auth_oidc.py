@@ -363,3 +363,40 @@ def test_a_malformed_key_in_the_jwks_does_not_take_the_others_down():
            {"kty": "EC", "kid": "odd-crv", "crv": {"name": "P-256"}}, "not-a-key", {"kty": "RSA", "kid": 7}]
     keys = ProviderKeys(oidc_settings("https://idp.example"), _scripted_provider({"keys": [*odd, good.as_dict(private=False)]}, {}))
     assert asyncio.run(keys.key_for("good", "RS256")) is not None
+
+
+def test_a_rotated_key_while_the_provider_is_unreachable_is_503_not_401():
+    """The IdP rotated to a key we have not fetched and its JWKS endpoint is down: the token may be
+    genuine, so the caller is told to retry (503 with Retry-After), not that its token is invalid."""
+    old, new = new_signing_key("old"), new_signing_key("new")
+    state = {"up": True, "keys": [old]}
+    now = [0.0]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if not state["up"]:
+            raise httpx.ConnectError("down")
+        if request.url.path == "/.well-known/openid-configuration":
+            return httpx.Response(200, json={"issuer": "https://idp.example", "jwks_uri": "https://idp.example/jwks"})
+        return httpx.Response(200, json={"keys": [k.as_dict(private=False) for k in state["keys"]]})
+
+    settings = oidc_settings("https://idp.example", jwks_refresh_min_interval_s=30)
+    keys = ProviderKeys(settings, httpx.AsyncClient(transport=httpx.MockTransport(handler)), clock=lambda: now[0])
+    authn = OIDCAuthenticator(settings, keys)
+    token = signed(new, {"iss": "https://idp.example", "aud": AUD, "sub": "svc", "groups": ["grp-radiology"],
+                         "iat": int(time.time()), "exp": int(time.time()) + 300})
+
+    async def scenario():
+        assert await keys.key_for("old", "RS256") is not None
+        state.update(up=False, keys=[new, old])
+        now[0] = 31
+        with pytest.raises(IdentityProviderUnavailable):
+            await authn.authenticate_token(token)
+        now[0] = 40  # within the interval: no new attempt, and still no way to check the token
+        with pytest.raises(IdentityProviderUnavailable):
+            await authn.authenticate_token(token)
+        assert await keys.key_for("old", "RS256") is not None  # cached keys keep serving meanwhile
+        state["up"] = True
+        now[0] = 62
+        assert (await authn.authenticate_token(token)).team == "radiology"
+
+    asyncio.run(scenario())

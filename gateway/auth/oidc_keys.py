@@ -58,6 +58,7 @@ class ProviderKeys:
         self._keys: dict[str, tuple[AsymmetricKey, set[str]]] = {}  # kid -> (key, algorithms)
         self._fetched_at: float | None = None  # last successful JWKS fetch
         self._attempted_at: float | None = None  # last fetch attempt, successful or not
+        self._last_attempt_failed = False
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -82,15 +83,17 @@ class ProviderKeys:
         """The verification key for a token header, re-fetching the JWKS when the kid is unknown.
 
         None when no published key fits (the caller answers 401). Raises IdentityProviderUnavailable
-        when the provider cannot be reached and no keys are cached.
+        when the provider cannot be reached and no keys are cached, or no cached key fits: the token
+        may be signed by a key the provider rotated in since, which only the provider can tell.
         """
         now = self._clock()
         stale = self._fetched_at is None or now - self._fetched_at >= self.settings.jwks_max_age_s
         if (stale or self._find(kid, alg) is None) and self._may_attempt(now):
             await self._refresh()
-        if self._fetched_at is None:
+        key = self._find(kid, alg)
+        if self._fetched_at is None or (key is None and self._last_attempt_failed):
             raise IdentityProviderUnavailable()
-        return self._find(kid, alg)
+        return key
 
     def _find(self, kid: str | None, alg: str) -> AsymmetricKey | None:
         if kid is not None:
@@ -120,8 +123,10 @@ class ProviderKeys:
                 if self._jwks_uri is None:
                     await self._discover()
                 await self._fetch_jwks()
+                self._last_attempt_failed = False
             except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
                 # keep serving with the cached keys, if any; the next attempt waits for the interval
+                self._last_attempt_failed = True
                 log.warning("could not refresh the OpenID provider's keys: %s", type(exc).__name__)
 
     async def _discover(self) -> None:
