@@ -5,7 +5,10 @@ valid Ward, Prometheus and Grafana configuration."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
+import re
+import shlex
 import subprocess
 import sys
 
@@ -115,3 +118,34 @@ def test_every_file_the_stack_mounts_is_in_the_repository_and_wired_to_its_servi
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
     dashboard = json.loads((COMPOSE_DIR / compose["configs"]["ward-dashboard"]["file"]).read_text())
     assert dashboard["uid"] == "ward-overview"
+
+
+def test_the_documented_ward_commands_in_the_gateway_container_sign_with_the_audit_key_the_gateway_uses(compose, tmp_path):
+    # docs/operations.md has the operator make the first admin with `docker compose exec gateway ward ...`:
+    # the commands must sign the audit log with the gateway's key (the secret), not make up their own.
+    from gateway.audit.signing import Signer, public_pem
+
+    gateway = compose["services"]["gateway"]
+    root = tmp_path / "container"
+    image_env = dict(re.findall(r"(WARD_DATA_DIR)=(\S+)", (ROOT / "deploy" / "images" / "gateway.Dockerfile").read_text()))
+    data_dir = image_env["WARD_DATA_DIR"]
+    assert any(v.endswith(f":{data_dir}") for v in gateway["volumes"])  # a volume, kept across restarts
+    (key_target,) = [s["target"] for s in gateway["secrets"] if s["source"] == "audit-signing-key"]
+    key = root / key_target.lstrip("/")
+    key.parent.mkdir(parents=True)
+    Signer.load_or_create(key)
+    settings = yaml.safe_load((COMPOSE_DIR / "gateway.yaml").read_text())
+    assert settings["audit"]["signing_key_path"] == key_target
+    env = {**os.environ, "WARD_DATA_DIR": str(root / data_dir.lstrip("/")), "WARD_DATABASE_URL": f"sqlite:///{tmp_path / 'ward.db'}"}
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    commands = re.findall(r"docker compose exec gateway ward ([^>`\n#]+)", guide)
+    assert len(commands) >= 2
+    for command in commands:
+        done = subprocess.run([sys.executable, "-m", "ward", *shlex.split(command)], capture_output=True, text=True,
+                              timeout=120, env=env)
+        assert done.returncode == 0, f"ward {command}: {done.stderr}"
+    public_key = tmp_path / "checkpoint-key.pub.pem"
+    public_key.write_text(public_pem(Signer.load(key).public_key))
+    done = subprocess.run([sys.executable, "-m", "ward", "audit", "verify", "--public-key", str(public_key)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
