@@ -462,3 +462,28 @@ async def test_an_unreachable_provider_is_a_503_not_a_crash():
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
         answer = await client.get("/console/oidc/start")
     assert answer.status_code == 503 and answer.json()["error"]["code"] == "identity_provider_unavailable"
+
+
+async def test_an_unreachable_session_store_is_a_503_not_a_crash(db):
+    """Sessions live in the quota store's Redis; while it is down, a signed-in browser's calls, a key
+    sign-in and an SSO start are answered 503 with Retry-After in OpenAI's shape, never a 500."""
+    from gateway.cli import build_app
+    from gateway.settings import GatewaySettings
+
+    url, data_dir = db
+    settings = GatewaySettings(database_url=url, data_dir=data_dir, auth={"admin_key": ADMIN_KEY},
+                               quota={"redis_url": "redis://127.0.0.1:9/0"})
+    app = build_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gateway",
+                                     headers={"sec-fetch-site": "same-origin", "origin": "http://gateway"}) as client:
+            client.cookies.set("ward_console", "a-session-id")
+            answers = [await client.get("/console/session"), await client.get("/admin/teams"),
+                       await client.post("/admin/teams", json={"name": "x"}, headers={"x-csrf-token": "t"})]
+            client.cookies.clear()
+            answers.append(await client.post("/console/session", json={"api_key": ADMIN_KEY}))
+    for answer in answers:
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "session_store_unavailable" and answer.headers["retry-after"]
+    assert answers[0].headers["content-security-policy"] == CONTENT_SECURITY_POLICY

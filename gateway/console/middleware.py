@@ -15,7 +15,8 @@ from http.cookies import SimpleCookie
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.console.sessions import COOKIE, SessionStore
+from gateway.console.sessions import COOKIE, SessionStore, SessionStoreUnavailable
+from gateway.http.error_handlers import refuse_before_app
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CSRF_HEADER = b"x-csrf-token"
@@ -91,7 +92,11 @@ class ConsoleSessions:
         path = scope["path"]
         is_console = _under(path, CONSOLE_PREFIX)
         if header(headers, b"authorization") is None:
-            session = await self.sessions.get(cookie_value(headers, COOKIE))
+            try:
+                session = await self.sessions.get(cookie_value(headers, COOKIE))
+            except SessionStoreUnavailable as exc:
+                await refuse_before_app(scope, receive, _with_security_headers(send) if is_console else send, exc)
+                return
             if session is not None:
                 if scope["method"] not in SAFE_METHODS:
                     if not same_origin(headers, self.public_origin) or not session.csrf_matches(header(headers, CSRF_HEADER)):
@@ -102,18 +107,20 @@ class ConsoleSessions:
                     headers = [(k, v) for k, v in headers if k != b"x-ward-team"]
                     headers.append((b"x-ward-team", session.team_choice.encode()))
                 scope = {**scope, "headers": headers, "ward.console_session": session}
-        if not is_console:
-            await self.app(scope, receive, send)
-            return
+        await self.app(scope, receive, _with_security_headers(send) if is_console else send)
 
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                present = {k.lower() for k, _ in message.get("headers", [])}
-                extra = [(k, v) for k, v in SECURITY_HEADERS if k not in present]
-                message = {**message, "headers": [*message.get("headers", []), *extra]}
-            await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+def _with_security_headers(send: Send) -> Send:
+    """``send`` adding the console's security headers to a response that lacks them."""
+
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            present = {k.lower() for k, _ in message.get("headers", [])}
+            extra = [(k, v) for k, v in SECURITY_HEADERS if k not in present]
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return send_with_headers
 
 
 def _under(path: str, prefix: str) -> bool:

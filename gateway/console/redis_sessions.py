@@ -11,13 +11,16 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from redis.exceptions import RedisError
 
-from gateway.console.sessions import Session, new_session
+from gateway.console.sessions import Session, SessionStoreUnavailable, new_session
 
 PREFIX = "ward:console:"
 
@@ -40,6 +43,15 @@ def unseal(session_id: str, sealed: str) -> str:
     return AESGCM(_key(session_id)).decrypt(raw[:12], raw[12:], None).decode()
 
 
+@contextmanager
+def _reachable() -> Iterator[None]:
+    """Redis down or timing out is the console's 503, not a crash of every request with a cookie."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise SessionStoreUnavailable() from exc
+
+
 class RedisSessions:
     def __init__(self, url: str, ttl_s: float, idle_s: float, *, timeout_s: float = 1.0, clock=time.time):
         self.ttl_s = ttl_s
@@ -58,14 +70,16 @@ class RedisSessions:
 
     async def update(self, session: Session) -> None:
         stored = {**asdict(session), "id": None, "credential": seal(session.id, session.credential)}
-        await self.redis.set(PREFIX + "session:" + _digest(session.id), json.dumps(stored),
-                             px=self._expiry_ms(session, self.clock()))
+        with _reachable():
+            await self.redis.set(PREFIX + "session:" + _digest(session.id), json.dumps(stored),
+                                 px=self._expiry_ms(session, self.clock()))
 
     async def get(self, session_id: str | None) -> Session | None:
         if not session_id or len(session_id) > 128:
             return None
         key = PREFIX + "session:" + _digest(session_id)
-        raw = await self.redis.get(key)
+        with _reachable():
+            raw = await self.redis.get(key)
         if raw is None:
             return None
         stored = json.loads(raw)
@@ -75,23 +89,27 @@ class RedisSessions:
             return None
         session = Session(**{**stored, "id": session_id, "credential": credential})
         now = self.clock()
-        if now - session.created > self.ttl_s:
-            await self.redis.delete(key)
-            return None
-        session.last_seen = now
-        await self.redis.pexpire(key, self._expiry_ms(session, now))
+        with _reachable():
+            if now - session.created > self.ttl_s:
+                await self.redis.delete(key)
+                return None
+            session.last_seen = now
+            await self.redis.pexpire(key, self._expiry_ms(session, now))
         return session
 
     async def end(self, session_id: str) -> Session | None:
         session = await self.get(session_id)
-        await self.redis.delete(PREFIX + "session:" + _digest(session_id))
+        with _reachable():
+            await self.redis.delete(PREFIX + "session:" + _digest(session_id))
         return session
 
     async def save_login(self, state: str, login: dict[str, Any], ttl_s: float) -> None:
-        await self.redis.set(PREFIX + "login:" + _digest(state), json.dumps(login), px=int(ttl_s * 1000))
+        with _reachable():
+            await self.redis.set(PREFIX + "login:" + _digest(state), json.dumps(login), px=int(ttl_s * 1000))
 
     async def take_login(self, state: str) -> dict[str, Any] | None:
-        raw = await self.redis.getdel(PREFIX + "login:" + _digest(state))
+        with _reachable():
+            raw = await self.redis.getdel(PREFIX + "login:" + _digest(state))
         return json.loads(raw) if raw is not None else None
 
     async def shutdown(self) -> None:

@@ -17,7 +17,17 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gateway.http.errors import ServiceUnavailable
+
 COOKIE = "ward_console"
+
+
+class SessionStoreUnavailable(ServiceUnavailable):
+    """503: the shared session store (Redis) cannot be reached; the browser may retry shortly."""
+
+    def __init__(self) -> None:
+        super().__init__("The console's session store is unavailable; try again shortly.",
+                         code="session_store_unavailable", retry_after_s=5)
 
 
 @dataclass
@@ -44,6 +54,8 @@ def new_session(credential: str, subject: str, team: str, method: str, now: floa
 
 
 class SessionStore(Protocol):
+    """Every method may raise SessionStoreUnavailable."""
+
     ttl_s: float
     idle_s: float
 
