@@ -141,6 +141,24 @@ def test_gateway_runs_at_least_two_replicas_with_an_autoscaler_on_requests_in_fl
     assert one(trial, "Deployment", "ward-gateway")["spec"]["replicas"] == 3
 
 
+@pytest.mark.parametrize("grace_period", [None, 300])
+def test_a_stopping_gateway_ends_its_drain_before_kubernetes_kills_it(grace_period, tmp_path):
+    # SIGTERM comes after the pre-stop pause; the gateway then drains for shutdown.grace_s, ends what
+    # is left and gives those requests CUT_SETTLE_S to send their last bytes and be audited. All of it
+    # must fit the grace period, or SIGKILL cuts streams with no error event and no audit entry.
+    from gateway.http.server import CUT_SETTLE_S
+    from gateway.settings import ShutdownSettings
+
+    values = EVERYTHING_ON if grace_period is None else deep_merge(EVERYTHING_ON, {"gateway": {"terminationGracePeriodSeconds": grace_period}})
+    docs = render(values, tmp_path)
+    pod = one(docs, "Deployment", "ward-gateway")["spec"]["template"]["spec"]
+    pause = int(pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1])
+    drain = gateway_config(docs).get("shutdown", {}).get("grace_s", ShutdownSettings().grace_s)
+    assert drain >= 10 and pause + drain + CUT_SETTLE_S < pod["terminationGracePeriodSeconds"]
+    if grace_period:
+        assert drain >= grace_period - 30  # a longer grace period is a longer drain
+
+
 def test_each_model_gets_a_worker_deployment_with_its_gpus_weights_and_a_headless_service(rendered):
     docs = rendered["everything-on"]
     big = one(docs, "Deployment", "ward-worker-llama-3-1-70b-instruct")
@@ -383,9 +401,11 @@ def test_the_audit_purge_job_runs_ward_audit_purge_with_the_retention(rendered):
         (deep_merge(REQUIRED_VALUES, {"audit": {"defaultCaptureLevel": "everything"}}), "must be one of 'metadata', 'redacted', 'full'"),
         (deep_merge(REQUIRED_VALUES, {"audit": {"onDatabaseOutage": "spool"}}), "onDatabaseOutage"),
         (deep_merge(REQUIRED_VALUES, {"gateway": {"replicas": 1}}), "replicas"),
+        (deep_merge(REQUIRED_VALUES, {"gateway": {"terminationGracePeriodSeconds": 20}}),
+         "gateway.terminationGracePeriodSeconds must be at least gateway.preStopSleepSeconds \\+ 20 \\(25\\)"),
     ],
     ids=["no-signing-key", "no-database", "no-redis", "no-gateway-cert", "no-gateway-client-cert", "no-weights", "weights-unset", "colliding-names",
-         "misspelt-key", "unknown-capture-level", "spool-on-kubernetes", "one-gateway"],
+         "misspelt-key", "unknown-capture-level", "spool-on-kubernetes", "one-gateway", "no-time-to-drain"],
 )
 def test_missing_required_values_fail_with_a_clear_message(values, message, tmp_path):
     with pytest.raises(HelmError, match=message):
