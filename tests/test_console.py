@@ -462,6 +462,7 @@ async def test_an_unreachable_provider_is_a_503_not_a_crash():
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
         answer = await client.get("/console/oidc/start")
     assert answer.status_code == 503 and answer.json()["error"]["code"] == "identity_provider_unavailable"
+    assert answer.json()["error"]["type"] != "invalid_request_error" and int(answer.headers["retry-after"]) > 0
 
 
 async def test_an_unreachable_session_store_is_a_503_not_a_crash(db):

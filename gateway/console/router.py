@@ -27,7 +27,8 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.audit.records import Actor
-from gateway.auth.errors import AuthenticationError, PermissionDenied
+from gateway.auth.errors import AuthenticationError, IdentityProviderUnavailable, PermissionDenied
+from gateway.auth.http_errors import auth_error_response
 from gateway.auth.principal import Principal
 from gateway.console.middleware import same_origin
 from gateway.console.oidc_login import OIDCLogin, SignInFailed
@@ -208,7 +209,7 @@ def build_console_router(settings: ConsoleSettings, sessions: SessionStore, oidc
             url, state = await oidc.start(redirect_uri)
         except SignInFailed as exc:
             log.warning("console sign-in could not start: %s", exc)
-            return _error(503, "The identity provider is unavailable; try again shortly.", "identity_provider_unavailable")
+            return auth_error_response(IdentityProviderUnavailable())  # 503 with Retry-After, as for API calls
         response = RedirectResponse(url, status_code=303)
         # Lax, not Strict: the browser must send it back on the provider's redirect to the callback.
         response.set_cookie(LOGIN_COOKIE, state, max_age=600, path=LOGIN_PATH, httponly=True,
