@@ -99,6 +99,24 @@ def test_the_gateway_config_is_a_valid_ward_config_routing_to_the_workers_throug
     assert load_quota_config(COMPOSE_DIR / "quotas.yaml") is not None
 
 
+def _seconds(duration: str) -> float:
+    value, unit = re.fullmatch(r"(\d+)(s|m)", duration).groups()
+    return float(value) * (60 if unit == "m" else 1)
+
+
+def test_docker_waits_for_the_gateway_and_the_worker_to_drain_before_killing_them(compose):
+    # Docker sends SIGKILL stop_grace_period (default 10 s) after SIGTERM: the gateway's drain and the
+    # time it takes to end and audit what is left, and the worker's drain, must fit.
+    from gateway.http.server import CUT_SETTLE_S
+
+    settings = GatewaySettings.load(COMPOSE_DIR / "gateway.yaml", models={"m": {"workers": ["worker:50051"]}})
+    gateway = compose["services"]["gateway"]
+    assert _seconds(gateway.get("stop_grace_period", "10s")) >= settings.shutdown.grace_s + CUT_SETTLE_S + 5
+    worker = compose["services"]["worker"]
+    drain = float(worker["command"][worker["command"].index("--shutdown-timeout") + 1])
+    assert _seconds(worker["stop_grace_period"]) >= drain + 10
+
+
 def test_every_file_the_stack_mounts_is_in_the_repository_and_wired_to_its_service(compose):
     for name, config in compose["configs"].items():
         path = config["file"].replace("${WARD_QUOTAS_FILE:-./quotas.yaml}", "./quotas.yaml")
