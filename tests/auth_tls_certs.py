@@ -80,9 +80,10 @@ class TestCA:
         ips: tuple[str, ...] = (),
         uris: tuple[str, ...] = (),
         org: str = "Ward Test Hospital",
+        days_from_now: int = 0,  # shifts the validity window: -2 gives an expired certificate, 2 a future one
     ) -> CertFiles:
         key = ec.generate_private_key(ec.SECP256R1())
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=days_from_now)
         usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
         builder = (
             x509.CertificateBuilder()

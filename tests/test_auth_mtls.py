@@ -34,6 +34,8 @@ def env(tmp_path_factory):
         "pacs": pki.ca.issue("pacs-bridge", client=True),
         "unmapped": pki.ca.issue("stranger", client=True, dns=("stranger.ward.test",)),
         "foreign_lab": pki.other_ca.issue("lab-results", client=True, dns=("lab.ward.test",)),
+        "expired_lab": pki.ca.issue("lab-expired", client=True, dns=("lab.ward.test",), days_from_now=-2),
+        "future_lab": pki.ca.issue("lab-future", client=True, dns=("lab.ward.test",), days_from_now=2),
     }
     url = sqlite_url(work)
     engine = create_db_engine(url)
@@ -92,6 +94,11 @@ def test_bearer_credential_wins_over_the_certificate(env, mtls_gateway):
 
 def test_certificate_from_another_ca_fails_the_handshake(env, mtls_gateway):
     with tls_client(env["pki"], env["certs"]["foreign_lab"]) as c, pytest.raises(httpx.TransportError):
+        c.post(f"{mtls_gateway.url}/v1/chat/completions")
+
+
+def test_expired_certificate_fails_the_handshake(env, mtls_gateway):
+    with tls_client(env["pki"], env["certs"]["expired_lab"]) as c, pytest.raises(httpx.TransportError):
         c.post(f"{mtls_gateway.url}/v1/chat/completions")
 
 
@@ -159,6 +166,14 @@ def test_forwarded_certificate_from_another_ca_is_rejected(env, behind_trusted_p
     value = urllib.parse.quote(pem_of(env["certs"]["foreign_lab"]))
     r = httpx.post(f"{behind_trusted_proxy.url}/v1/chat/completions", headers={"X-Forwarded-Client-Cert": value})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_client_certificate"
+
+
+@pytest.mark.parametrize("name", ["expired_lab", "future_lab"])
+def test_forwarded_certificate_outside_its_validity_is_rejected(env, behind_trusted_proxy, name):
+    value = urllib.parse.quote(pem_of(env["certs"][name]))
+    r = httpx.post(f"{behind_trusted_proxy.url}/v1/chat/completions", headers={"X-Forwarded-Client-Cert": value})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_client_certificate"
+    assert "expired or is not yet valid" in r.json()["error"]["message"]
 
 
 def test_forwarded_header_from_an_untrusted_address_is_ignored(env, behind_untrusted_peer):

@@ -10,6 +10,7 @@ Configured CertIdentity rules then map the certificate's subject or a SAN to a s
 from __future__ import annotations
 
 import base64
+import datetime
 import ipaddress
 import logging
 import re
@@ -108,6 +109,11 @@ def is_trusted_proxy(scope: Scope, networks: list[ipaddress.IPv4Network | ipaddr
     return any(addr in net for net in networks)
 
 
+def _within_validity(cert: x509.Certificate) -> bool:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
+
+
 class CertificateMapper:
     """CertIdentity rules, indexed by what they match."""
 
@@ -159,8 +165,13 @@ class MTLSAuthenticator:
         der = parse_forwarded_cert(value)
         if der is None:
             raise AuthenticationError("The forwarded client certificate could not be read.", code="invalid_client_certificate")
-        if self._forward_ca is not None and not self._issued_by_forward_ca(der):
-            raise AuthenticationError("The forwarded client certificate is not from the configured CA.", code="invalid_client_certificate")
+        if self._forward_ca is not None:
+            if not self._issued_by_forward_ca(der):
+                raise AuthenticationError("The forwarded client certificate is not from the configured CA.", code="invalid_client_certificate")
+            # the check our own TLS handshake makes too: a proxy that does not verify must not revive an expired certificate
+            if not _within_validity(cert_info_from_der(der).cert):
+                raise AuthenticationError("The forwarded client certificate has expired or is not yet valid.",
+                                          code="invalid_client_certificate")
         return der
 
     def _issued_by_forward_ca(self, der: bytes) -> bool:

@@ -166,7 +166,7 @@ class MTLSSettings(BaseModel):
     forwarded_cert_header: str | None = None
     # peers allowed to send that header; from any other address it is ignored and stripped
     trusted_proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = Field(default_factory=list)
-    # when set, a forwarded certificate must also be issued by this CA (defence in depth)
+    # when set, a forwarded certificate must also be issued by this CA and be within its validity (defence in depth)
     forwarded_cert_ca_file: str | None = None
 
     @field_validator("forwarded_cert_header")
