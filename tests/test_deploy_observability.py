@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import httpx
@@ -103,6 +104,78 @@ def test_the_queries_name_metrics_ward_defines():
     assert len(names) >= 30
     assert {"ward_gateway_requests_total", "ward_audit_write_latency_seconds_bucket", "ward_kv_cache_usage_perc",
             "ward_tls_certificate_expiry_timestamp_seconds", "ward_quota_degraded"} <= names
+
+
+def _children(node) -> list:
+    import promql_parser
+
+    if isinstance(node, promql_parser.Call):
+        return list(node.args)
+    if isinstance(node, promql_parser.MatrixSelector):
+        return [node.vector_selector]
+    return [getattr(node, a) for a in ("expr", "lhs", "rhs") if getattr(node, a, None) is not None]
+
+
+def _result_labels(node) -> set[str] | None:
+    """The labels the result of a query keeps for sure: its outer aggregation's `by`; None when unknown."""
+    import promql_parser
+
+    if isinstance(node, promql_parser.AggregateExpr):
+        return set(node.modifier.labels) - {"le"} if node.modifier is not None and str(node.modifier.type).endswith("By") else set()
+    for child in _children(node):
+        labels = _result_labels(child)
+        if labels is not None:
+            return labels
+    return None
+
+
+def _parsed(expr: str):
+    import promql_parser
+    from deploy_support import _GRAFANA_VARIABLES
+
+    for variable, value in _GRAFANA_VARIABLES.items():
+        expr = expr.replace(variable, value)
+    return promql_parser.parse(expr)
+
+
+def dashboard_targets() -> list[tuple[str, dict]]:
+    import json
+
+    dashboard = json.loads((ROOT / "deploy" / "helm" / "ward" / "files" / "ward-dashboard.json").read_text())
+    return [(p["title"], t) for p in dashboard["panels"] for t in p.get("targets", ())]
+
+
+def test_every_dashboard_legend_names_labels_its_query_keeps():
+    for title, target in dashboard_targets():
+        named = set(re.findall(r"{{\s*(\w+)\s*}}", target.get("legendFormat", "")))
+        if named:
+            assert named <= (_result_labels(_parsed(target["expr"])) or set()), f"{title}: legend {target['legendFormat']}"
+
+
+def _summed_worker_series(node, in_sum: bool = False) -> set[str]:
+    """Per-worker series (every gateway reports each worker) that a sum or count adds up without a
+    `max by (..., worker)` first: with N gateways each worker would count N times."""
+    import promql_parser
+
+    if isinstance(node, promql_parser.VectorSelector):
+        per_worker = node.name.startswith("ward_gateway_worker_") or not node.name.startswith(
+            ("ward_gateway_", "ward_audit_", "ward_quota_", "ward_tls_"))  # else the worker's, relayed
+        return {node.name} if per_worker and in_sum else set()
+    if isinstance(node, promql_parser.AggregateExpr):
+        labels = node.modifier.labels if node.modifier is not None else []
+        if str(node.op) in ("max", "min", "avg") and "worker" in labels:
+            return set()  # one value per worker from here on
+        in_sum = in_sum or str(node.op) in ("sum", "count")
+    found: set[str] = set()
+    for child in _children(node):
+        found |= _summed_worker_series(child, in_sum)
+    return found
+
+
+def test_worker_figures_are_taken_once_per_worker_never_summed_across_gateways():
+    queries = [(r["alert"], r["expr"]) for r in alert_rules()] + [(title, t["expr"]) for title, t in dashboard_targets()]
+    for where, expr in queries:
+        assert not _summed_worker_series(_parsed(expr)), f"{where}: {expr}"
 
 
 def test_every_alert_has_a_runbook_section_in_the_operations_guide():
