@@ -122,7 +122,15 @@ def test_gateways_probe_healthz_and_readyz_and_workers_probe_their_health_rpc(re
     liveness = worker["livenessProbe"]["exec"]["command"]
     assert liveness[:3] == ["ward-worker-health", "--address", "127.0.0.1:50051"]
     assert "--tls-dir" in liveness and "--ready" not in liveness  # alive: answers; ready: serves
-    assert worker["readinessProbe"]["exec"]["command"] == [*liveness, "--ready"]
+    readiness = worker["readinessProbe"]["exec"]["command"]
+    assert readiness[-1] == "--ready" and readiness[:readiness.index("--timeout")] == liveness[:liveness.index("--timeout")]
+    # The Health call waits as long as the probe does (less the program's start): a busy worker
+    # answering in 6 s is alive for a liveness probe of 10 s, not cut at the program's default 4 s.
+    for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
+        probe = worker[kind]
+        command = probe["exec"]["command"]
+        wait = float(command[command.index("--timeout") + 1])
+        assert probe["timeoutSeconds"] - 2 <= wait < probe["timeoutSeconds"], kind
     assert worker["startupProbe"]["failureThreshold"] * worker["startupProbe"]["periodSeconds"] >= 600
 
 

@@ -47,6 +47,12 @@ app.kubernetes.io/component: worker
 {{- printf "%s-worker-%s" (include "ward.fullname" .root) (include "ward.modelSlug" .model.name) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* Seconds ward-worker-health waits for the Health RPC under a probe: its timeoutSeconds less 2 s
+for the program to start. Call with the probe's values. */}}
+{{- define "ward.worker.healthWait" -}}
+{{- max 1 (sub (int (default 1 .timeoutSeconds)) 2) -}}
+{{- end -}}
+
 {{- define "ward.image" -}}
 {{- $image := index .root.Values.image .component -}}
 {{- if $image.digest -}}
