@@ -7,7 +7,7 @@ import math
 import pytest
 
 from worker import LLM, SamplingParams
-from worker.errors import InvalidRequestError, PromptTooLongError, RequestTooLargeError
+from worker.errors import InvalidRequestError, PromptTooLongError, RequestTooLargeError, TokenIdsOutOfRangeError
 
 
 @pytest.fixture(scope="module")
@@ -197,7 +197,7 @@ def test_bad_prompts_raise_typed_errors_and_harm_no_other_request(llm):
         engine.add_request("too-long-2", {"prompt_token_ids": [5] * 500}, SamplingParams(max_tokens=100))
     with pytest.raises(InvalidRequestError):
         engine.add_request("empty", "", SamplingParams())
-    with pytest.raises(InvalidRequestError):
+    with pytest.raises(TokenIdsOutOfRangeError, match="token ids out of range"):  # the gateway names the prompt
         engine.add_request("bad-ids", {"prompt_token_ids": [10**9]}, SamplingParams())
     with pytest.raises(InvalidRequestError):
         engine.add_request("bad-shape", {"nonsense": 1}, SamplingParams())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grpc
 import pytest
 from fake_worker import TEAM, FakeConfig, FakeWorker, parse_sse, running_gateway
 
@@ -128,6 +129,19 @@ async def test_a_token_id_given_twice_in_logit_bias_is_refused_on_both_endpoints
     assert gw.worker.servicer.generate_requests == []
     r = await complete(gw, prompt="x", logit_bias={"1": 5, "2": 6})
     assert r.status_code == 200 and dict(gw.worker.servicer.generate_requests[-1].params.logit_bias) == {1: 5, 2: 6}
+
+
+async def test_token_ids_out_of_range_are_400_naming_prompt_from_the_gateway_or_the_worker(gw):
+    r = await complete(gw, prompt=[5, 10**6])  # the gateway knows the vocabulary from ModelInfo
+    error = r.json()["error"]
+    assert r.status_code == 400 and (error["code"], error["param"]) == ("invalid_value", "prompt")
+    assert error["message"].startswith("token ids out of range") and gw.worker.servicer.generate_requests == []
+    # a worker's own refusal (the gateway had no vocabulary to check against) names the prompt too
+    gw.worker.servicer.fail_generate = (grpc.StatusCode.INVALID_ARGUMENT, "token ids out of range [0, 9): [9]",
+                                        "token_ids_out_of_range")
+    r = await complete(gw, prompt=[5, 6])
+    error = r.json()["error"]
+    assert r.status_code == 400 and (error["code"], error["param"]) == ("invalid_value", "prompt")
 
 
 async def test_best_of_must_cover_n_and_cannot_stream(gw):

@@ -6,6 +6,7 @@ import base64
 import math
 import struct
 
+import grpc
 import pytest
 from fake_worker import FakeConfig, FakeWorker, fake_embedding, running_gateway
 
@@ -89,3 +90,24 @@ async def test_chat_model_refuses_embeddings_and_embedding_model_refuses_chat(gw
         "/v1/chat/completions", json={"model": EMBED, "messages": [{"role": "user", "content": "x"}]}
     )
     assert r.status_code == 400 and r.json()["error"]["code"] == "model_not_supported"
+
+
+async def test_token_ids_beyond_the_vocabulary_are_400_naming_input_before_the_worker(gw):
+    for bad in ([5, 10**6], [[5], [6, 10**6]]):
+        r = await embed(gw, input=bad)
+        assert r.status_code == 400, bad
+        error = r.json()["error"]
+        assert error["param"] == "input" and error["code"] == "invalid_value"
+        assert error["message"].startswith("token ids out of range")
+    assert gw.embedder.servicer.embed_requests == []
+
+
+@pytest.mark.parametrize(("code", "expected"), [("context_length_exceeded", "context_length_exceeded"),
+                                                ("token_ids_out_of_range", "invalid_value")])
+async def test_a_workers_refusal_of_the_input_names_input(gw, code, expected):
+    # what the worker alone can judge: a text's token count, ids when the gateway has no vocabulary yet
+    gw.embedder.servicer.fail_embed = (grpc.StatusCode.INVALID_ARGUMENT, "input 0 is too long or out of range", code)
+    r = await embed(gw, input="a b c")
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert (error["code"], error["param"]) == (expected, "input")

@@ -20,6 +20,12 @@ class PromptTooLongError(InvalidRequestError):
     code = "context_length_exceeded"
 
 
+class TokenIdsOutOfRangeError(InvalidRequestError):
+    """A prompt or embedding input holds token ids beyond the model's vocabulary."""
+
+    code = "token_ids_out_of_range"
+
+
 class RequestTooLargeError(InvalidRequestError):
     """The request could never fit in the KV cache pool, even alone."""
 

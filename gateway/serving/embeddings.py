@@ -12,7 +12,7 @@ from gateway.http.request_context import RequestContext
 from gateway.protocol.embeddings import EmbeddingRequest
 from gateway.serving.dispatch import Dispatcher
 from gateway.serving.lifecycle import Lifecycle
-from gateway.serving.prompt_size import check_prompt_sizes
+from gateway.serving.prompt_size import check_prompt_sizes, check_token_ids
 from gateway.serving.text_generation import GenerationService
 from proto.ward.worker.v1 import worker_pb2 as pb
 
@@ -48,10 +48,12 @@ class EmbeddingService:
         ctx.params = request
         ctx.prompt = request.input
         self.generation.check_model(request.model, "embed")
-        check_dimensions(request.dimensions, self.generation.pool.model_info(request.model))
+        info = self.generation.pool.model_info(request.model)
+        check_dimensions(request.dimensions, info)
         texts, token_inputs = request.texts(), request.token_inputs()
+        check_token_ids(info, token_inputs, param=PROMPT_PARAM)
         prompts = [pb.Prompt(text=t) for t in texts] or [pb.Prompt(token_ids=pb.TokenIds(ids=t)) for t in token_inputs]
-        check_prompt_sizes(self.generation.pool.model_info(request.model), prompts, param=PROMPT_PARAM)
+        check_prompt_sizes(info, prompts, param=PROMPT_PARAM)
         ctx.set_token_counter(lambda: self.dispatcher.count_tokens(request.model, prompts, prompt_param=PROMPT_PARAM,
                                                                       team=ctx.principal.team if ctx.principal else ""))
         self.lifecycle.begin(ctx)

@@ -2,9 +2,9 @@
 
 A worker reports ``max_prompt_bytes`` in ModelInfo: a prompt whose text is longer than that cannot
 fit in ``max_model_len`` tokens whatever it says, so a multi-megabyte body is answered 400 at once,
-without a Tokenize call or a place in a worker's queue. Token-id prompts are checked by length, and a
-completion's against the vocabulary (their count needs no Tokenize call either, so nothing else would
-check them before the quota reserves for them).
+without a Tokenize call or a place in a worker's queue. Token-id prompts and embedding inputs are
+checked by length and against the vocabulary (their count needs no Tokenize call either, so nothing
+else would check them before the quota reserves for them).
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def check_token_ids(info: pb.ModelInfoResponse | None, prompts: Sequence[str | l
     for prompt in prompts:
         if vocab and isinstance(prompt, list) and prompt and max(prompt) >= vocab:
             bad = [t for t in prompt if t >= vocab][:5]
-            raise InvalidRequest(f"token ids out of range [0, {vocab}): {bad}", param=param)
+            raise InvalidRequest(f"token ids out of range [0, {vocab}): {bad}", param=param, code="invalid_value")
 
 
 def check_prompt_sizes(info: pb.ModelInfoResponse | None, prompts: Sequence[pb.Prompt], *, param: str) -> None:

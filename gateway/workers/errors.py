@@ -28,6 +28,9 @@ TEAM_SHARE_EXCEEDED = "team_share_exceeded"  # the caller's team holds its share
 
 # the request field a worker's grammar refusal is about
 GRAMMAR_ERROR_PARAMS = {"invalid_json_schema": "response_format", "invalid_grammar": "tools"}
+# a prompt's or embedding input's token ids beyond the vocabulary (the gateway checks them itself
+# once it knows the vocabulary; this is the worker's word when it did not yet)
+TOKEN_IDS_OUT_OF_RANGE = "token_ids_out_of_range"
 
 log = logging.getLogger("ward.gateway.workers")
 
@@ -96,6 +99,8 @@ def to_openai_error(err: WorkerError, *, model: str, prompt_param: str = "messag
             return ContextLengthExceeded(err.message or "The prompt is too long for this model.", param=prompt_param)
         if status is grpc.StatusCode.NOT_FOUND:
             return ModelNotFound(model)
+        if err.code == TOKEN_IDS_OUT_OF_RANGE:  # as the gateway's own check words it
+            return InvalidRequest(err.message, param=prompt_param, code="invalid_value")
         if err.code in GRAMMAR_ERROR_PARAMS:  # a schema the worker's grammar library cannot enforce
             return InvalidRequest(err.message, param=GRAMMAR_ERROR_PARAMS[err.code], code=err.code)
         return InvalidRequest(err.message or "The worker rejected the request.", code=err.code)

@@ -9,7 +9,13 @@ import os
 from dataclasses import dataclass
 
 from worker.config import EngineConfig
-from worker.errors import InvalidRequestError, ModelConfigMismatch, PromptTooLongError, RequestTooLargeError
+from worker.errors import (
+    InvalidRequestError,
+    ModelConfigMismatch,
+    PromptTooLongError,
+    RequestTooLargeError,
+    TokenIdsOutOfRangeError,
+)
 from worker.model.registry import resolve_model
 from worker.model.spec import ModelSpec, load_spec
 from worker.sampling_params import SamplingParams
@@ -67,7 +73,7 @@ class RequestPreparation:
             ids = list(prompt["prompt_token_ids"])
             bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < self.spec.vocab_size]
             if bad:
-                raise InvalidRequestError(f"token ids out of range [0, {self.spec.vocab_size}): {bad[:5]}")
+                raise TokenIdsOutOfRangeError(f"token ids out of range [0, {self.spec.vocab_size}): {bad[:5]}")
             return prompt.get("prompt"), ids
         if self.tokenizer is None:
             raise InvalidRequestError("this model has no tokenizer: send prompt_token_ids")

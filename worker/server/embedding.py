@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from worker.errors import InvalidRequestError, ModelLoadError, PromptTooLongError
+from worker.errors import InvalidRequestError, ModelLoadError, PromptTooLongError, TokenIdsOutOfRangeError
 from worker.tokenizer import BYTES_PER_TOKEN_SLACK
 
 
@@ -94,14 +94,13 @@ class EmbeddingModel:
             if not ids:
                 raise InvalidRequestError("an embedding input is empty")
             if len(ids) > self.max_model_len:
-                raise InvalidRequestError(
-                    f"an input has {len(ids)} tokens; this model embeds at most {self.max_model_len}"
-                )
+                raise PromptTooLongError(f"an input has {len(ids)} tokens; this model embeds at most {self.max_model_len}")
         if dimensions and not 0 < dimensions <= self.dim:
             raise InvalidRequestError(f"dimensions must be between 1 and {self.dim}")
         vocab = self.model.config.vocab_size
-        if any(not 0 <= t < vocab for ids in inputs for t in ids):
-            raise InvalidRequestError(f"token ids must be in [0, {vocab})")
+        bad = [t for ids in inputs for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise TokenIdsOutOfRangeError(f"token ids out of range [0, {vocab}): {bad[:5]}")
         out: list[list[float]] = []
         for start in range(0, len(inputs), self.max_batch):
             chunk = inputs[start : start + self.max_batch]
