@@ -146,7 +146,8 @@ def build_app(settings: GatewaySettings, *, registry: Any = None) -> Any:
     readers = console_read_routers(settings)
     authenticator: Any = identity.authenticator
     if settings.api_keys:
-        static = StaticKeyAuthenticator({key.get_secret_value(): team for key, team in settings.api_keys.items()})
+        static = StaticKeyAuthenticator({key.get_secret_value(): team for key, team in settings.api_keys.items()},
+                                        teams=identity.authenticator.teams)
         authenticator = ConfiguredKeysThenIdentity(static, identity.authenticator)
     registry = registry if registry is not None else CollectorRegistry()
     for collector in [*governance.collectors, CertificateExpiryCollector(settings.auth)]:

@@ -15,6 +15,7 @@ from starlette.requests import Request
 
 from gateway.auth.errors import AuthenticationError
 from gateway.auth.principal import AuthMethod, Principal, Role
+from gateway.auth.team_directory import TeamDirectory
 
 ADMIN_TEAM = "admin"
 
@@ -37,8 +38,10 @@ def bearer_token(request: Request) -> str | None:
 class StaticKeyAuthenticator:
     """Authenticates ``Authorization: Bearer <key>`` against a fixed key -> team mapping."""
 
-    def __init__(self, keys: Mapping[str, str], *, admin_key: str | None = None) -> None:
-        """``keys`` maps API keys to team names; ``admin_key`` (optional) is a platform admin's key."""
+    def __init__(self, keys: Mapping[str, str], *, admin_key: str | None = None, teams: TeamDirectory | None = None) -> None:
+        """``keys`` maps API keys to team names; ``admin_key`` (optional) is a platform admin's key;
+        ``teams`` (with the identity layer) refuses a key whose team is unknown or disabled (403)."""
+        self._teams = teams
         self._entries: list[tuple[bytes, Principal]] = []
         for key, team in keys.items():
             self._entries.append((_digest(key), self._principal(key, team, frozenset({Role.USER}))))
@@ -65,4 +68,6 @@ class StaticKeyAuthenticator:
                 found = principal
         if found is None:
             raise AuthenticationError("Incorrect API key provided.", code="invalid_api_key")
+        if self._teams is not None:
+            await self._teams.require_active(found.team)  # `ward teams disable` cuts off config keys too
         return found

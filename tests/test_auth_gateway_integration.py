@@ -67,3 +67,26 @@ async def test_admin_router_works_inside_the_gateway_app(gw):
     assert gone.status_code == 401
     user = await gw.client.get("/admin/teams", headers=bearer(gw.keys["radiology"]))
     assert user.status_code == 403
+
+
+async def test_a_static_key_of_the_config_file_stops_working_when_its_team_is_disabled(tmp_path):
+    """`ward teams disable` cuts a team off for the config file's static api_keys too, as for its other keys."""
+    import httpx
+    from governance_support import database, fake_workers
+
+    from gateway.cli import build_app
+    from gateway.settings import GatewaySettings
+
+    static = "static-key-of-the-laboratory-0123456789"
+    with database("sqlite", tmp_path) as url:
+        async with fake_workers() as workers:
+            settings = GatewaySettings(database_url=url, data_dir=tmp_path, api_keys={static: "laboratory"},
+                                       auth={"team_cache_ttl_s": 0},
+                                       models={name: {"workers": [w.address]} for name, w in workers.items()})
+            app = build_app(settings)
+            async with app.router.lifespan_context(app):
+                async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+                    assert (await client.get("/v1/models", headers=bearer(static))).status_code == 200
+                    TeamStore(app.state.database).set_disabled("laboratory", True)
+                    refused = await client.get("/v1/models", headers=bearer(static))
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "team_disabled"
