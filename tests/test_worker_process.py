@@ -209,3 +209,20 @@ def test_a_context_longer_than_the_models_is_refused_in_one_line(tmp_path):
     assert refused.stderr.strip().splitlines()[-1] == (
         "ward worker: max_model_len 4096 exceeds the model's context length 512")
     assert "Traceback" not in refused.stderr
+
+
+def test_sigterm_drains_in_flight_embedding_requests_too(stack):
+    """--shutdown-timeout covers an embedding worker's requests as a generation worker's: requests
+    queued behind one another on the device finish (a fixed second of grace cut them)."""
+    worker = stack.start_worker("drain-embed", "--shutdown-timeout", "60", task="embed")
+    stack.wait_ready(worker)
+    texts = [f"note {i}: " + "the patient slept well and ate breakfast " * 25 for i in range(64)]
+    with grpc.insecure_channel(worker.address) as channel:
+        stub = pb_grpc.WorkerStub(channel)
+        embed = stub.Embed.future  # each call embeds 64 texts of ~250 tokens; they run one at a time
+        calls = [embed(pb.EmbedRequest(model=EMBED_MODEL, texts=texts), timeout=120) for _ in range(6)]
+        calls[0].result()  # the first is done: the others are queued or running
+        worker.process.send_signal(signal.SIGTERM)
+        answers = [call.result() for call in calls]
+    assert [len(a.data) for a in answers] == [64] * 6
+    assert worker.process.wait(60) == 0

@@ -270,7 +270,7 @@ async def serve(args) -> int:
     # Drain: refuse new work (readiness turns false), let in-flight requests finish.
     servicer.draining = True
     deadline = loop.time() + args.shutdown_timeout
-    while engine is not None and engine.num_in_flight and loop.time() < deadline:
+    while (servicer.num_in_flight or (engine is not None and engine.num_in_flight)) and loop.time() < deadline:
         await asyncio.sleep(0.05)
     await server.stop(grace=1.0)
     servicer.close()

@@ -64,6 +64,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self._embed_lock = asyncio.Lock()
         self._heavy = FairPrepareExecutor(PREPARE_THREADS)
         self._tokenizing = 0  # Tokenize calls in progress
+        self.num_in_flight = 0  # Generate and Embed calls under way: SIGTERM's drain waits for them
         # (team, first response seconds, engine timings) of each finished generation, for the metrics
         self.observe_team_request: Callable[[str, float, RequestMetrics | None], None] | None = None
 
@@ -101,6 +102,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
     async def Generate(self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext):
         received = time.monotonic()
         ticket = None
+        self.num_in_flight += 1
         try:
             engine = self._need_engine()
             self._check_model(request.model)
@@ -138,6 +140,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         except (WardError, ValueError, NotImplementedError) as exc:
             await abort_with(context, exc)
         finally:
+            self.num_in_flight -= 1
             if ticket is not None:
                 ticket.release()
 
@@ -162,12 +165,14 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self.embedder.check_input_sizes(texts, token_inputs)  # cheap: bytes and lengths, no tokenizer
         bound = sum(len(t.encode("utf-8", "surrogatepass")) + 2 for t in texts) + sum(map(len, token_inputs))
         ticket = self.admission.admit("", 1.0, bound)
+        self.num_in_flight += 1
         try:
             async with self._embed_lock:  # one request at a time on the device, in bounded batches
                 ticket.release()
                 vectors, count = await self._off_loop("", self.embedder.embed_batched, texts, token_inputs,
                                                       request.dimensions)
         finally:
+            self.num_in_flight -= 1
             ticket.release()
         return pb.EmbedResponse(data=[pb.Embedding(values=v) for v in vectors], prompt_tokens=count)
 
