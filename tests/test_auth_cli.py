@@ -15,6 +15,7 @@ from gateway.auth.api_key_auth import ApiKeyAuthenticator
 from gateway.auth.cli_support import parse_expiry
 from gateway.auth.errors import AuthenticationError
 from gateway.auth.records import InvalidIdentityInput
+from gateway.audit.signing import Signer
 from gateway.auth.stores import KeyStore
 from gateway.db import create_db_engine
 
@@ -106,3 +107,19 @@ def test_active_lists_only_keys_that_can_still_authenticate(tmp_path):
     listed = json.loads(ward(tmp_path, "keys", "list", "--team", "ward7", "--active", "--json").stdout)
     assert [k["id"] for k in listed] == [live]
     assert len(json.loads(ward(tmp_path, "keys", "list", "--team", "ward7", "--json").stdout)) == 3
+
+
+def test_commands_sign_with_the_key_the_gateway_is_told_of_in_the_environment(tmp_path):
+    # The gateway reads WARD_AUDIT__SIGNING_KEY_PATH; an admin command run beside it (a container's
+    # shell) must sign with that key too, not make a throwaway one under the data directory.
+    key = tmp_path / "secrets" / "audit-key.pem"
+    key.parent.mkdir()
+    Signer.load_or_create(key)
+    env = {**os.environ, "WARD_DATA_DIR": str(tmp_path / "data"), "PYTHONPATH": str(ROOT),
+           "WARD_AUDIT__SIGNING_KEY_PATH": str(key)}
+    env.pop("WARD_DATABASE_URL", None)
+    for args in (("teams", "create", "lab"), ("audit", "verify")):
+        out = subprocess.run([sys.executable, "-m", "ward", *args], capture_output=True, text=True, env=env, timeout=60, cwd=ROOT)
+        assert out.returncode == 0, out.stdout + out.stderr
+    assert not (tmp_path / "data" / "audit" / "checkpoint-key.pem").exists()
+    assert "head signed" in out.stdout

@@ -19,14 +19,15 @@ import sys
 
 from gateway.audit.canonical import parse_utc_iso
 from gateway.audit.errors import AuditError
-from gateway.audit.settings import AuditSettings
+from gateway.audit.settings import AuditSettings, signing_key_path
 
 
 def _add_database_args(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--data-dir", help="Ward's data directory (SQLite database ward.db and the audit key)")
     where.add_argument("--database-url", help="SQLAlchemy URL of the database (default: $WARD_DATABASE_URL)")
-    parser.add_argument("--signing-key", help="the checkpoint signing key (default: <data dir>/audit/checkpoint-key.pem)")
+    parser.add_argument("--signing-key", help="the checkpoint signing key (default: $WARD_AUDIT__SIGNING_KEY_PATH, "
+                        "else <data dir>/audit/checkpoint-key.pem)")
 
 
 def _utc_time(text: str):
@@ -100,8 +101,9 @@ def _settings_and_paths(args: argparse.Namespace):
     elif getattr(args, "data_dir", None):
         # An explicit data directory means its own SQLite file, whatever $WARD_DATABASE_URL says.
         settings = settings.model_copy(update={"database_url": f"sqlite:///{pathlib.Path(args.data_dir).resolve() / 'ward.db'}"})
-    if getattr(args, "signing_key", None):
-        settings = settings.model_copy(update={"signing_key_path": args.signing_key})
+    key = signing_key_path(getattr(args, "signing_key", None))
+    if key:
+        settings = settings.model_copy(update={"signing_key_path": key})
     return settings, resolve_paths(settings, getattr(args, "data_dir", None))
 
 

@@ -1,6 +1,7 @@
 """Settings of the audit log (section `audit` of the gateway config). Owned by gateway/audit."""
 from __future__ import annotations
 
+import os
 import re
 from typing import Literal
 
@@ -57,6 +58,17 @@ DEFAULT_REDACTION_PATTERNS: tuple[RedactionPattern, ...] = (
         pattern=r"(?<![\w+])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)|\d{2,4})[\s.-]?\d{3,4}[\s.-]?\d{3,4}(?!\w)",
     ),
 )
+
+
+# What the gateway reads for audit.signing_key_path (its nested settings from the environment); the
+# admin commands read it too, so one run beside a gateway signs with the gateway's key.
+SIGNING_KEY_ENV = "WARD_AUDIT__SIGNING_KEY_PATH"
+
+
+def signing_key_path(flag: str | None) -> str | None:
+    """The audit signing key a command uses: its ``--signing-key``, else $WARD_AUDIT__SIGNING_KEY_PATH,
+    else None (the data directory's key)."""
+    return flag or os.environ.get(SIGNING_KEY_ENV) or None
 
 
 class AuditSettings(BaseModel):

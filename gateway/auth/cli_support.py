@@ -22,7 +22,8 @@ _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 def add_database_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database-url", help="gateway database (default: $WARD_DATABASE_URL, else SQLite in the data directory)")
     parser.add_argument("--data-dir", help="Ward's data directory (default: $WARD_DATA_DIR or ~/.local/share/ward)")
-    parser.add_argument("--signing-key", help="the audit log's signing key (default: <data dir>/audit/checkpoint-key.pem)")
+    parser.add_argument("--signing-key", help="the audit log's signing key (default: $WARD_AUDIT__SIGNING_KEY_PATH, "
+                        "else <data dir>/audit/checkpoint-key.pem)")
 
 
 def open_database(args: argparse.Namespace) -> Engine:
@@ -53,10 +54,10 @@ def admin_recorder(engine: Engine, args: argparse.Namespace, *, signing_key_must
     from gateway.audit.admin_recorder import DirectAdminRecorder
     from gateway.audit.errors import SigningKeyError
     from gateway.audit.service import build_chain_store, resolve_paths
-    from gateway.audit.settings import AuditSettings
+    from gateway.audit.settings import AuditSettings, signing_key_path
 
     url = engine.url.render_as_string(hide_password=False)
-    settings = AuditSettings(database_url=url, signing_key_path=args.signing_key)
+    settings = AuditSettings(database_url=url, signing_key_path=signing_key_path(args.signing_key))
     paths = resolve_paths(settings, args.data_dir)
     if signing_key_must_exist and not paths.signing_key.exists():
         raise SigningKeyError(
