@@ -79,3 +79,21 @@ def test_batch_refuses_a_malformed_input_file(tmp_path):
     src.write_text('{"custom_id": "a"}\n{"custom_id": "a"}\n')
     run = ward("batch", str(src), str(tmp_path / "out.jsonl"), "--device", "cpu")
     assert run.returncode != 0 and "duplicate custom_id" in run.stderr
+
+
+def test_batch_refuses_a_missing_input_an_unwritable_output_and_a_bad_model_in_one_line(tmp_path):
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps(LINES[1]) + "\n")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    empty_model = tmp_path / "empty-model"
+    empty_model.mkdir()
+    for args, message in (
+        ([str(tmp_path / "missing.jsonl"), str(tmp_path / "out.jsonl")], "missing.jsonl: No such file or directory"),
+        ([str(src), str(tmp_path / "out.jsonl"), "--max-num-seqs", "0"], "max_num_seqs must be >= 1, got 0"),
+        ([str(src), str(blocker / "out.jsonl")], "out.jsonl: Not a directory"),
+        ([str(src), str(tmp_path / "out.jsonl"), "--model", str(empty_model)], "no config.json"),
+    ):
+        run = ward("batch", *args, "--device", "cpu", "--no-progress", timeout=120)
+        assert run.returncode == 1, run.stderr
+        assert "Traceback" not in run.stderr and message in run.stderr.strip().splitlines()[-1]

@@ -76,10 +76,23 @@ def _error_body(message: str, code: str) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from worker.errors import ModelLoadError
+
+    try:
+        return _run(args)
+    except OSError as exc:  # the input, the output or a model file: one line naming it
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"ward batch: {where}{exc.strerror or exc}", file=sys.stderr)
+    except ModelLoadError as exc:
+        print(f"ward batch: {exc}", file=sys.stderr)
+    return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from worker import LLM
-    from worker.errors import WardError
+    from worker.errors import ModelLoadError, WardError
 
     items = _read_input(args.input)
     done = _done_ids(args.output)
@@ -87,11 +100,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"ward batch: {len(items)} requests, {len(items) - len(todo)} already done", file=sys.stderr)
     if not todo:
         return 0
-    llm = LLM(model=args.model, device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs)
-    engine, model = llm.engine, llm.engine.served_model_name
-    bar = tqdm(total=len(todo), desc="batch", unit="req", disable=args.no_progress)
     pending: dict[str, tuple[str, str]] = {}  # engine id -> (custom_id, url)
-    with open(args.output, "a") as out:
+    with open(args.output, "a") as out:  # opened before the model loads, so a bad path fails at once
+        try:
+            llm = LLM(model=args.model, device=args.device, dtype=args.dtype, max_num_seqs=args.max_num_seqs)
+        except ValueError as exc:  # flags EngineConfig refuses (ModelLoadError is reported by run)
+            if isinstance(exc, ModelLoadError):
+                raise
+            raise SystemExit(f"ward batch: {exc}") from None
+        engine, model = llm.engine, llm.engine.served_model_name
+        bar = tqdm(total=len(todo), desc="batch", unit="req", disable=args.no_progress)
+
         def write(text: str) -> None:
             out.write(text)
             out.flush()
