@@ -218,3 +218,13 @@ def test_a_request_that_can_never_fit_the_pool_is_refused(default_model_dir):
     out = tiny.generate({"prompt_token_ids": [7] * 40}, SamplingParams(max_tokens=None, ignore_eos=True))[0]
     assert len(out.outputs[0].token_ids) == 24 and out.outputs[0].finish_reason == "length"
     assert not math.isnan(tiny.engine.stats().kv_usage)
+
+
+def test_logprobs_carry_the_bytes_of_tokens_that_hold_part_of_a_character(llm):
+    # byte-level BPE splits "你好" into tokens that alone decode to U+FFFD; their bytes joined are the text
+    text = "你好 🙂 é"
+    out = llm.generate(text, SamplingParams(max_tokens=1, prompt_logprobs=0, logprobs=0))[0]
+    prompt = out.prompt_logprobs
+    assert any(lp.token == "\ufffd" for lp in prompt)
+    assert b"".join(lp.token_bytes for lp in prompt).decode() == text
+    assert all(lp.token_bytes == lp.token.encode() for lp in prompt if "\ufffd" not in lp.token)

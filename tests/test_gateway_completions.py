@@ -6,6 +6,9 @@ import grpc
 import pytest
 from fake_worker import TEAM, FakeConfig, FakeWorker, parse_sse, running_gateway
 
+from gateway.serving.logprobs import CompletionLogprobs
+from proto.ward.worker.v1 import worker_pb2 as pb
+
 pytestmark = pytest.mark.anyio
 
 MODEL = "fake-chat"
@@ -85,6 +88,27 @@ async def test_legacy_logprobs_format(gw):
     assert all(len(top) == 2 and token in top for token, top in zip(lp["tokens"], lp["top_logprobs"], strict=True))
     offsets = [sum(len(t) for t in lp["tokens"][:i]) for i in range(len(lp["tokens"]))]
     assert lp["text_offset"] == offsets
+
+
+def _partial_character_tokens() -> list[pb.TokenLogprob]:
+    """Tokens of " é 你好!" as a byte-level tokenizer splits them: "é" across two tokens and "你好" across
+    three, each part alone decoding to U+FFFD (the worker sends the bytes each token stands for)."""
+    pieces = [b" ", b"\xc3", b"\xa9 ", b"\xe4\xbd", b"\xa0\xe5", b"\xa5\xbd!"]
+    return [pb.TokenLogprob(token_id=i, token=raw.decode("utf-8", "replace"), logprob=-0.5, token_bytes=raw)
+            for i, raw in enumerate(pieces)]
+
+
+def test_text_offsets_of_tokens_holding_part_of_a_character_point_into_the_returned_text():
+    # each offset is where the token's contribution starts in the text: the character it begins or
+    # continues, never past the text (counting each U+FFFD of the tokens ran past it)
+    tokens = _partial_character_tokens()
+    text = b"".join(t.token_bytes for t in tokens).decode()
+    assert text == " é 你好!"
+    whole = CompletionLogprobs().format(tokens)["text_offset"]
+    assert whole == [0, 1, 1, 3, 3, 4]
+    assert all(0 <= o < len(text) for o in whole)
+    streamed = CompletionLogprobs()  # one chunk per token: the offsets run on across chunks
+    assert [o for t in tokens for o in streamed.format([t])["text_offset"]] == whole
 
 
 async def test_legacy_top_logprobs_always_hold_the_sampled_token(gw):

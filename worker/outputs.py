@@ -9,6 +9,7 @@ class TopLogprob:
     token_id: int
     token: str
     logprob: float
+    token_bytes: bytes = b""  # what the token stands for (part of a character's bytes: token is U+FFFD)
 
 
 @dataclass
@@ -17,6 +18,7 @@ class TokenLogprob:
     token: str
     logprob: float
     top: list[TopLogprob] = field(default_factory=list)
+    token_bytes: bytes = b""  # what the token stands for (part of a character's bytes: token is U+FFFD)
 
 
 @dataclass

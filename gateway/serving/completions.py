@@ -96,7 +96,10 @@ class CompletionFormatter:
         prompt = index // self.candidates
         lps = run.prompt_logprobs[prompt] or []
         text = self._prompts[prompt]
-        return (text if isinstance(text, str) else "".join(lp.token for lp in lps)), lps
+        if not isinstance(text, str):  # a tokenized prompt: its tokens' bytes, decoded as generated text is
+            text = b"".join(lp.token_bytes or lp.token.encode("utf-8", "surrogatepass") for lp in lps).decode(
+                "utf-8", "replace")
+        return text, lps
 
     def delta_events(self, index: int, delta: pb.ChoiceDelta) -> bytes:
         text, lps = delta.text, list(delta.logprobs)

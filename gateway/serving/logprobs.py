@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -33,12 +34,18 @@ def chat_logprobs(logprobs: Iterable[pb.TokenLogprob]) -> dict[str, Any]:
 
 class CompletionLogprobs:
     """Builds the completions format (tokens, token_logprobs, top_logprobs, text_offset) of one choice,
-    keeping the running text offset across stream chunks."""
+    keeping the running text offset across stream chunks.
 
-    __slots__ = ("offset",)
+    A token's offset is where its contribution starts in the returned text, counted in characters of
+    its bytes decoded as the text is: a token holding part of a multi-byte character (its text alone
+    is U+FFFD) starts at that character, and the character counts once, when its last byte arrives.
+    vLLM adds each token's text length to the last offset, so such tokens run past the text."""
+
+    __slots__ = ("offset", "_text")
 
     def __init__(self) -> None:
         self.offset = 0
+        self._text = codecs.getincrementaldecoder("utf-8")("replace")  # holds a partial character
 
     def format(self, logprobs: Iterable[pb.TokenLogprob]) -> dict[str, Any]:
         tokens, token_logprobs, top_logprobs, text_offset = [], [], [], []
@@ -53,7 +60,7 @@ class CompletionLogprobs:
                 top.setdefault(lp.token, lp.logprob)
             top_logprobs.append(top)
             text_offset.append(self.offset)
-            self.offset += len(lp.token)
+            self.offset += len(self._text.decode(lp.token_bytes or lp.token.encode("utf-8", "surrogatepass")))
         return {
             "tokens": tokens,
             "token_logprobs": token_logprobs,

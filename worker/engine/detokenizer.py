@@ -3,11 +3,39 @@ included (a partial UTF-8 sequence is held until it completes), and stop strings
 straddle token boundaries (text that could still become a stop string is held back)."""
 from __future__ import annotations
 
+import re
+
 from tokenizers.decoders import DecodeStream
 
 # Prompt tokens fed to the stream first, so the first generated token decodes with its context
 # (e.g. a leading space that a sentencepiece decoder would strip at the start of a text).
 _PROMPT_CONTEXT = 8
+_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # sentencepiece's byte tokens
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """Byte-level BPE's spelling of bytes (GPT-2's table: printable bytes as themselves, the others
+    shifted past U+0100), inverted: character -> byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1),
+                 *range(ord("\xae"), ord("\xff") + 1)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
+
+
+_BYTE_LEVEL = _byte_level_alphabet()
+
+
+def token_bytes(tokenizer, token_id: int, text: str) -> bytes:
+    """The bytes a token stands for; ``text`` is the token decoded alone. A token holding part of a
+    multi-byte character decodes to U+FFFD, so its bytes are read from its vocabulary spelling: a
+    byte-fallback token (``<0xE4>``) or a byte-level BPE piece. Any other token: its text's UTF-8."""
+    if "\ufffd" in text:
+        piece = tokenizer.id_to_token(token_id) or ""
+        if (match := _BYTE_FALLBACK.fullmatch(piece)) is not None:
+            return bytes([int(match.group(1), 16)])
+        if piece and all(c in _BYTE_LEVEL for c in piece) and "ByteLevel" in repr(tokenizer.decoder):
+            return bytes(_BYTE_LEVEL[c] for c in piece)
+    return text.encode("utf-8", "surrogatepass")
 
 
 class IncrementalDetokenizer:

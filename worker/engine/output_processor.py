@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from worker.engine.detokenizer import IncrementalDetokenizer
+from worker.engine.detokenizer import IncrementalDetokenizer, token_bytes
 from worker.engine.request import Request
 from worker.engine.scheduler_output import EngineCoreOutput, SampledLogprobs
 from worker.outputs import CompletionOutput, RequestMetrics, RequestOutput, TokenLogprob, TopLogprob
@@ -38,7 +38,7 @@ class OutputProcessor:
         self._tok = tokenizer  # tokenizers.Tokenizer, or None when the model has none
         self.parents: dict[str, ParentState] = {}
         self.choices: dict[str, ChoiceState] = {}  # child request id -> choice
-        self._token_text: dict[int, str] = {}
+        self._token_text: dict[int, tuple[str, bytes]] = {}  # token id -> its text alone, its bytes
 
     def add(self, parent: ParentState, index: int, request: Request) -> None:
         p = request.sampling_params
@@ -55,17 +55,29 @@ class OutputProcessor:
         self.parents[parent.request_id] = parent
         self.choices[request.request_id] = choice
 
-    def token_text(self, token_id: int) -> str:
-        text = self._token_text.get(token_id)
-        if text is None:
-            text = self._tok.decode([token_id], skip_special_tokens=False) if self._tok is not None else ""
-            self._token_text[token_id] = text
-        return text
+    def token_text(self, token_id: int) -> tuple[str, bytes]:
+        """The token's text decoded alone, and the bytes it stands for."""
+        known = self._token_text.get(token_id)
+        if known is None:
+            if self._tok is None:
+                known = ("", b"")
+            else:
+                text = self._tok.decode([token_id], skip_special_tokens=False)
+                known = (text, token_bytes(self._tok, token_id, text))
+            self._token_text[token_id] = known
+        return known
+
+    def _logprob(self, token_id: int, logprob: float, top: list[TopLogprob]) -> TokenLogprob:
+        text, raw = self.token_text(token_id)
+        return TokenLogprob(token_id, text, logprob, top, token_bytes=raw)
+
+    def _top(self, token_id: int, logprob: float) -> TopLogprob:
+        text, raw = self.token_text(token_id)
+        return TopLogprob(token_id, text, logprob, token_bytes=raw)
 
     def _logprobs(self, token_ids: list[int], lps: list[SampledLogprobs]) -> list[TokenLogprob]:
         return [
-            TokenLogprob(t, self.token_text(t), lp.token_logprob,
-                         [TopLogprob(i, self.token_text(i), v) for i, v in zip(lp.top_ids, lp.top_logprobs)])
+            self._logprob(t, lp.token_logprob, [self._top(i, v) for i, v in zip(lp.top_ids, lp.top_logprobs)])
             for t, lp in zip(token_ids, lps)
         ]
 
@@ -80,7 +92,7 @@ class OutputProcessor:
             out = choice.output
             if co.prompt_logprobs is not None:
                 ids = choice.parent.prompt_token_ids
-                first = TokenLogprob(ids[0], self.token_text(ids[0]), float("nan"), [])  # nothing before it
+                first = self._logprob(ids[0], float("nan"), [])  # nothing before it
                 choice.parent.prompt_logprobs = [first] + self._logprobs(ids[1:], co.prompt_logprobs)
                 choice.parent.prompt_logprobs_new = True
             out.token_ids.extend(co.new_token_ids)

@@ -97,9 +97,9 @@ def _logprob(lp: TokenLogprob) -> pb.TokenLogprob:
         token_id=lp.token_id,
         token=lp.token,
         logprob=lp.logprob,
-        token_bytes=lp.token.encode("utf-8", "surrogatepass"),
+        token_bytes=lp.token_bytes or lp.token.encode("utf-8", "surrogatepass"),
         top=[pb.TopLogprob(token_id=t.token_id, token=t.token, logprob=t.logprob,
-                           token_bytes=t.token.encode("utf-8", "surrogatepass")) for t in lp.top],
+                           token_bytes=t.token_bytes or t.token.encode("utf-8", "surrogatepass")) for t in lp.top],
     )
 
 
