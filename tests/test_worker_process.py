@@ -3,6 +3,7 @@ and what an engine failure does to readiness and the exit status."""
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -226,3 +227,17 @@ def test_sigterm_drains_in_flight_embedding_requests_too(stack):
         answers = [call.result() for call in calls]
     assert [len(a.data) for a in answers] == [64] * 6
     assert worker.process.wait(60) == 0
+
+
+def test_a_metrics_port_in_use_is_an_error_in_one_line_before_serving():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = subprocess.run(
+            [sys.executable, "-m", "ward", "worker", "--model", EMBED_MODEL, "--port", "0", "--metrics-port", str(port)],
+            capture_output=True, text=True, env=clean_env(), timeout=120, cwd=ROOT,
+        )
+    assert taken.returncode == 2 and "WARD_WORKER_READY" not in taken.stdout
+    assert f"ward worker: cannot bind the metrics port 127.0.0.1:{port}: Address already in use" in taken.stderr
+    assert "Traceback" not in taken.stderr

@@ -249,9 +249,14 @@ async def serve(args) -> int:
     if port == 0:
         print(f"ward worker: cannot bind {address}", file=sys.stderr)
         return 2
+    if args.metrics_port:  # bound before serving, so a busy port is an error like the gRPC port's
+        try:
+            metrics.serve(args.host, args.metrics_port)
+        except OSError as exc:
+            print(f"ward worker: cannot bind the metrics port {args.host}:{args.metrics_port}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return 2
     await server.start()
-    if metrics is not None and args.metrics_port:
-        metrics.serve(args.host, args.metrics_port)
     print(f"WARD_WORKER_READY port={port} model={name} task={task}", flush=True)
     log.info("worker serving %s (%s) on %s:%d", name, task, args.host, port)
 
