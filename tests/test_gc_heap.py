@@ -84,3 +84,25 @@ def test_a_malformed_ward_gc_threshold_stops_start_up_with_a_clear_error() -> No
     for bad in ("700,10", "700,10,ten", "700,0,10", "-1,10,10"):
         stderr = _freeze_in_a_child("1", bad, expect_ok=False)
         assert "ValueError: WARD_GC_THRESHOLD must be three positive integers" in stderr, stderr
+
+
+def test_a_frozen_heap_is_released_at_exit_so_the_log_ends_with_the_workers_own_words() -> None:
+    """Objects left frozen at exit made nanobind (Triton's bindings) print some thirty "leaked ..."
+    lines after every worker's last message."""
+    child = textwrap.dedent(
+        """
+        import sys
+
+        import triton.language  # noqa: F401  (nanobind objects alive at exit)
+
+        from worker.gc_heap import freeze_startup_heap
+
+        assert freeze_startup_heap() > 1000
+        print("ward worker: the last line", file=sys.stderr)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={"PATH": "/usr/bin:/bin", "WARD_GC_FREEZE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "ward worker: the last line"
+    assert "leaked" not in done.stderr

@@ -9,6 +9,7 @@ what serving allocates is. The gateway does the same for its own heap (gateway/c
 """
 from __future__ import annotations
 
+import atexit
 import gc
 import logging
 import os
@@ -55,6 +56,9 @@ def freeze_startup_heap() -> int:
     started = time.perf_counter()
     gc.collect()
     gc.freeze()
+    # Frozen objects are never collected, not even at exit, where nanobind (Triton's bindings) then
+    # reports them as a wall of "leaked" lines that buries the worker's own last words in its log.
+    atexit.register(gc.unfreeze)
     frozen = gc.get_freeze_count()
     log.info("froze %d start-up objects out of the collector's scans (%.0f ms)", frozen,
              1000 * (time.perf_counter() - started))
