@@ -170,3 +170,36 @@ def test_an_embedding_worker_refuses_the_flag():
                            "--port", "0", "--engine-process"], capture_output=True, text=True, env=clean_env(),
                           timeout=120, cwd=ROOT)
     assert done.returncode == 1 and "--engine-process applies to generation models only" in done.stderr
+
+
+PARENT = """
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; from worker.parent_watch import exit_with_parent; "
+                          "exit_with_parent(); print('watching', flush=True); time.sleep(120)"],
+                         stdout=subprocess.PIPE, text=True)
+assert child.stdout.readline().strip() == "watching"
+print(child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_busy_core_ends_with_its_killed_worker_without_reading_its_pipe(tmp_path):
+    """The core reads end-of-file on its pipe only between commands; one still loading a model (minutes
+    for a large one, holding GPU memory a restarted worker needs) ends at once with its parent too."""
+    import subprocess
+    import sys
+
+    from e2e_support import ROOT, clean_env
+
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True, cwd=ROOT,
+                              env=clean_env())
+    try:
+        child = int(parent.stdout.readline())
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{child}") and not _is_zombie(child):
+            assert time.monotonic() < deadline, "the child outlived its parent"
+            time.sleep(0.1)
+    finally:
+        parent.kill()

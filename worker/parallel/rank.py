@@ -19,6 +19,9 @@ log = logging.getLogger("ward.worker.parallel")
 def rank_main(conn, config, model_dir: str, max_model_len: int, rank: int, size: int, store_port: int,
               threads: int) -> None:
     """Entry point of the rank's process."""
+    from worker.parent_watch import exit_with_parent
+
+    exit_with_parent()  # also while the model loads, when the pipe is not read
     try:
         code = _serve(conn, config, model_dir, max_model_len, rank, size, store_port, threads)
     except (EOFError, BrokenPipeError, KeyboardInterrupt):

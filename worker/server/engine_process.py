@@ -36,6 +36,7 @@ from worker.engine.request_preparation import PreparedRequest, RequestPreparatio
 from worker.errors import EngineDeadError, ModelLoadError
 from worker.gc_heap import freeze_startup_heap
 from worker.outputs import CompletionOutput, RequestOutput
+from worker.parent_watch import exit_with_parent
 from worker.server.async_engine import outputs_until_finished
 
 log = logging.getLogger("ward.worker.engine_process")
@@ -99,6 +100,7 @@ def _rebuild_error(name: str, message: str) -> Exception:
 def core_main(config: EngineConfig, conn, torch_threads: int | None = None, log_level: str = "INFO") -> None:
     """Entry point of the core process: build the engine, then serve commands and step."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s [core]: %(message)s")
+    exit_with_parent()  # also while the model loads, when the pipe is not read
     if torch_threads:  # a CPU engine: the serving process's threads are not this process's
         import torch
 
