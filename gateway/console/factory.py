@@ -31,9 +31,11 @@ def build_console(settings: GatewaySettings) -> Console | None:
     if settings.quota.redis_url and not settings.quota.redis_cluster:
         from gateway.console.redis_sessions import RedisSessions
 
-        sessions = RedisSessions(settings.quota.redis_url, options.session_ttl_s, options.idle_timeout_s)
+        sessions = RedisSessions(settings.quota.redis_url, options.session_ttl_s, options.idle_timeout_s,
+                                 max_pending_sign_ins=options.max_pending_sign_ins)
     else:
-        sessions = MemorySessions(options.session_ttl_s, options.idle_timeout_s, options.max_sessions)
+        sessions = MemorySessions(options.session_ttl_s, options.idle_timeout_s, options.max_sessions,
+                                  max_pending_sign_ins=options.max_pending_sign_ins)
     oidc = settings.auth.oidc
     login = OIDCLogin(oidc, sessions) if oidc is not None and oidc.client_id else None
     return Console(sessions, [build_console_router(options, sessions, login)], [(ConsoleSessions, {"sessions": sessions, "public_origin": options.public_url})])

@@ -13,6 +13,10 @@ gateway.console.middleware for how the session cookie reaches them).
 | ``POST /console/sign-out`` | end the session (CSRF token needed) |
 | ``GET /console/oidc/start`` → provider → ``GET /console/oidc/callback`` | sign in with the identity provider |
 
+Anyone may start a single sign-on, and each start keeps a login in flight until the browser returns:
+starts are limited per client address (429 with Retry-After, ``console.sign_in_starts_per_minute``)
+and the store keeps at most ``console.max_pending_sign_ins`` of them.
+
 Sign-in, sign-out and a refused sign-in are written to the audit log (``console.sign_in``,
 ``console.sign_out``, ``console.sign_in_refused``).
 """
@@ -32,14 +36,21 @@ from gateway.auth.http_errors import auth_error_response
 from gateway.auth.principal import Principal
 from gateway.console.middleware import same_origin
 from gateway.console.oidc_login import OIDCLogin, SignInFailed
+from gateway.console.rate_limit import AddressRateLimit
 from gateway.console.sessions import COOKIE, Session, SessionStore
 from gateway.console.settings import ConsoleSettings
+from gateway.http.errors import OpenAIError, RateLimited
+from gateway.http.plumbing import context_for
 from gateway.identifiers import TEAM_NAME_MAX
+from gateway.quota.headers import retry_after_headers
 
 log = logging.getLogger("ward.console")
 
 LOGIN_COOKIE = "ward_console_login"
 LOGIN_PATH = "/console/oidc"
+# The longest redirect URI a login in flight may keep: it is built from the request's Host (without
+# console.public_url), so this bounds every record a caller can make the store keep.
+MAX_REDIRECT_URI = 512
 STATIC = {"console.js": "text/javascript; charset=utf-8", "console.css": "text/css; charset=utf-8"}
 
 
@@ -63,6 +74,10 @@ def _error(status: int, message: str, code: str) -> JSONResponse:
     body = {"error": {"message": message, "type": "authentication_error" if status == 401 else "invalid_request_error",
                       "param": None, "code": code}}
     return JSONResponse(body, status_code=status)
+
+
+def _openai_error(exc: OpenAIError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status_code, headers=exc.headers)
 
 
 def _with_bearer(request: Request, credential: str, team: str | None = None) -> Request:
@@ -93,6 +108,7 @@ def _view(principal: Principal, session: Session) -> dict[str, Any]:
 
 def build_console_router(settings: ConsoleSettings, sessions: SessionStore, oidc: OIDCLogin | None) -> APIRouter:
     router = APIRouter(prefix="/console", include_in_schema=False)
+    starts = AddressRateLimit(settings.sign_in_starts_per_minute)
 
     def authenticator(request: Request):
         return request.app.state.ward.authenticator
@@ -203,8 +219,15 @@ def build_console_router(settings: ConsoleSettings, sessions: SessionStore, oidc
     async def oidc_start(request: Request) -> Any:
         if oidc is None:
             return _error(404, "No identity provider is configured for the console.", "oidc_not_configured")
+        wait_s = starts.acquire(context_for(request).client_address)
+        if wait_s > 0:
+            return _openai_error(RateLimited(
+                "Too many sign-ins were started from this address; try again shortly.",
+                error_type="requests", code="rate_limit_exceeded", headers=retry_after_headers(wait_s)))
         redirect_uri = (settings.public_url + LOGIN_PATH + "/callback" if settings.public_url
                         else str(request.url_for("console_oidc_callback")))
+        if len(redirect_uri) > MAX_REDIRECT_URI:
+            return _error(400, "The request's Host is too long.", "invalid_host")
         try:
             url, state = await oidc.start(redirect_uri)
         except SignInFailed as exc:

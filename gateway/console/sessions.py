@@ -6,7 +6,9 @@ request from that credential, so a revoked key or an expired token ends the cons
 
 Two stores with one interface: ``MemorySessions`` (one gateway process: a restart signs everybody out)
 and ``gateway.console.redis_sessions.RedisSessions`` (every gateway sharing the quota Redis, so any
-replica serves any session). Both also keep the OIDC logins in flight (state -> PKCE verifier).
+replica serves any session). Both also keep the OIDC logins in flight (state -> PKCE verifier, nonce),
+which anyone may start: at most ``max_pending_sign_ins`` of them, the oldest going first when a new one
+comes, each for its own short lifetime.
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ class SessionStore(Protocol):
 
     ttl_s: float
     idle_s: float
+    max_pending_sign_ins: int
 
     async def create(self, credential: str, subject: str, team: str, method: str) -> Session: ...
 
@@ -69,19 +72,25 @@ class SessionStore(Protocol):
     async def update(self, session: Session) -> None:
         """Keeps a changed session (e.g. another team chosen)."""
 
-    async def save_login(self, state: str, login: dict[str, Any], ttl_s: float) -> None: ...
+    async def save_login(self, state: str, login: dict[str, Any], ttl_s: float) -> None:
+        """Keeps a login in flight for ``ttl_s``; beyond ``max_pending_sign_ins`` the oldest is dropped."""
 
     async def take_login(self, state: str) -> dict[str, Any] | None:
         """The login started with ``state``, at most once, or None (unknown or expired)."""
+
+    async def pending_sign_ins(self) -> int:
+        """How many logins are kept (at most ``max_pending_sign_ins``; some may have expired)."""
 
 
 class MemorySessions:
     """Sessions in this process, with an absolute and an idle lifetime."""
 
-    def __init__(self, ttl_s: float, idle_s: float, max_sessions: int = 10_000, clock=time.time):
+    def __init__(self, ttl_s: float, idle_s: float, max_sessions: int = 10_000, clock=time.time, *,
+                 max_pending_sign_ins: int = 10_000):
         self.ttl_s = ttl_s
         self.idle_s = idle_s
         self.max_sessions = max_sessions
+        self.max_pending_sign_ins = max_pending_sign_ins
         self.clock = clock
         self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._logins: OrderedDict[str, tuple[float, dict[str, Any]]] = OrderedDict()
@@ -115,10 +124,12 @@ class MemorySessions:
 
     async def save_login(self, state: str, login: dict[str, Any], ttl_s: float) -> None:
         now = self.clock()
-        for key in [k for k, (expires, _) in self._logins.items() if expires <= now]:
-            del self._logins[key]
+        # oldest first: with one lifetime for every login, the expired ones are at the front
+        while self._logins and next(iter(self._logins.values()))[0] <= now:
+            self._logins.popitem(last=False)
+        self._logins.pop(state, None)
         self._logins[state] = (now + ttl_s, login)
-        while len(self._logins) > self.max_sessions:
+        while len(self._logins) > self.max_pending_sign_ins:
             self._logins.popitem(last=False)
 
     async def take_login(self, state: str) -> dict[str, Any] | None:
@@ -126,6 +137,9 @@ class MemorySessions:
         if found is None or found[0] <= self.clock():
             return None
         return found[1]
+
+    async def pending_sign_ins(self) -> int:
+        return len(self._logins)
 
     def __len__(self) -> int:
         return len(self._sessions)
