@@ -16,7 +16,7 @@ the pipe no more per step than a short one. Compiled grammars stay where they ar
 core compiles a request's grammar again (cached by the schema's hash).
 
 ``EngineProcess`` offers ``AsyncEngine``'s interface. The core dies with the serving process (it
-reads end-of-file on the pipe), and a core that dies fails every stream and sets ``dead``, so the
+reads end-of-file on the pipe, or, while loading, ``exit_with_parent`` sees the parent gone), and a core that dies fails every stream and sets ``dead``, so the
 worker exits non-zero for its supervisor.
 """
 from __future__ import annotations
