@@ -391,7 +391,10 @@ def test_ward_up_refuses_bad_keys_and_a_busy_port_before_starting_anything(tmp_p
                               (["--port", "99999"], "--port must be 1 up to 65535, got 99999"),
                               (["--port", free, "--host", "no-such-host.invalid"],
                                f"cannot bind no-such-host.invalid:{free}"),
-                              (["--port", free, "--startup-timeout", "0"], "--startup-timeout must be positive")):
+                              (["--port", free, "--startup-timeout", "0"], "--startup-timeout must be positive"),
+                              (["--port", free, "--data-dir", str(tmp_path / "a-file")],
+                               f"--data-dir {tmp_path / 'a-file'} is not a directory")):
+            (tmp_path / "a-file").write_text("")
             done = subprocess.run([sys.executable, "-m", "ward", "up", "--data-dir", str(tmp_path), *args],
                                   capture_output=True, text=True, env=clean_env(), cwd=ROOT, timeout=60)
             assert done.returncode == 2 and message in done.stderr, done.stderr

@@ -101,7 +101,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"ward up: {bind_error}", file=sys.stderr)
         return 2
     data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    if data_dir.exists() and not data_dir.is_dir():
+        print(f"ward up: --data-dir {data_dir} is not a directory", file=sys.stderr)
+        return 2
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file on the way, no permission, a read-only disk
+        print(f"ward up: cannot create --data-dir {data_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     stop = _StopRequested()
     stop.install()
 
