@@ -241,3 +241,23 @@ def test_a_metrics_port_in_use_is_an_error_in_one_line_before_serving():
     assert taken.returncode == 2 and "WARD_WORKER_READY" not in taken.stdout
     assert f"ward worker: cannot bind the metrics port 127.0.0.1:{port}: Address already in use" in taken.stderr
     assert "Traceback" not in taken.stderr
+
+
+def test_unusable_tls_files_are_refused_by_name_before_the_model_loads(tmp_path):
+    pki = TestPKI(tmp_path / "pki")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    missing = tmp_path / "missing.key"
+    for flags, message in (
+        (["--tls-cert", str(pki.server.cert), "--tls-key", str(missing)],
+         f"cannot use --tls-cert {pki.server.cert} with --tls-key {missing}"),
+        (["--tls-cert", str(junk), "--tls-key", str(junk)], f"cannot use --tls-cert {junk} with --tls-key {junk}"),
+        (["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key), "--client-ca", str(junk)],
+         f"cannot use --client-ca {junk}"),
+        (["--tls-cert", str(pki.server.cert)], "--tls-cert and --tls-key go together"),
+    ):
+        refused = subprocess.run([sys.executable, "-m", "ward", "worker", "--model", GENERATE_MODEL, *flags],
+                                 capture_output=True, text=True, env=clean_env(), timeout=60, cwd=ROOT)
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.strip().splitlines()[-1].startswith(f"ward worker: {message}"), refused.stderr
+        assert "Traceback" not in refused.stderr and "WARD_WORKER_READY" not in refused.stdout

@@ -81,12 +81,8 @@ def _is_loopback(host: str) -> bool:
 def _credentials(args):
     import grpc
 
-    if not (args.tls_cert or args.tls_key):
-        if args.client_ca:
-            raise SystemExit("ward worker: --client-ca needs --tls-cert and --tls-key")
+    if not (args.tls_cert or args.tls_key):  # flag_error has refused incomplete or unreadable TLS flags
         return None
-    if not (args.tls_cert and args.tls_key):
-        raise SystemExit("ward worker: --tls-cert and --tls-key go together")
     with open(args.tls_key, "rb") as f:
         key = f.read()
     with open(args.tls_cert, "rb") as f:
@@ -144,6 +140,28 @@ def _task_and_name(args: argparse.Namespace) -> tuple[str, str]:
     return task, args.served_model_name or args.model.rstrip("/").split("/")[-1]
 
 
+def _tls_error(args: argparse.Namespace) -> str | None:
+    """Why the TLS flags cannot serve, or None. Read here with ssl, since grpc reports a missing or
+    malformed file only as a failure to bind the port."""
+    import ssl
+
+    if not (args.tls_cert or args.tls_key):
+        return "--client-ca needs --tls-cert and --tls-key" if args.client_ca else None
+    if not (args.tls_cert and args.tls_key):
+        return "--tls-cert and --tls-key go together"
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        return f"cannot use --tls-cert {args.tls_cert} with --tls-key {args.tls_key}: {exc}"
+    if args.client_ca:
+        try:
+            context.load_verify_locations(args.client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            return f"cannot use --client-ca {args.client_ca}: {exc}"
+    return None
+
+
 def flag_error(args: argparse.Namespace) -> str | None:
     """What is wrong with the flags, found before the model loads (minutes for a large one), or None."""
     for flag, value, zero in (("--port", args.port, "a free port"), ("--metrics-port", args.metrics_port, "off")):
@@ -155,6 +173,9 @@ def flag_error(args: argparse.Namespace) -> str | None:
             return f"{flag} must be >= 1, got {value}"
     if args.shutdown_timeout < 0:
         return f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}"
+    tls_error = _tls_error(args)
+    if tls_error is not None:
+        return tls_error
     task, name = _task_and_name(args)
     if task == "generate":
         try:
