@@ -392,6 +392,9 @@ def test_ward_up_refuses_bad_keys_and_a_busy_port_before_starting_anything(tmp_p
                               (["--port", free, "--host", "no-such-host.invalid"],
                                f"cannot bind no-such-host.invalid:{free}"),
                               (["--port", free, "--startup-timeout", "0"], "--startup-timeout must be positive"),
+                              (["--port", free, "--tls-cert", str(tmp_path / "a-file"), "--tls-key",
+                                str(tmp_path / "missing.key")],
+                               f"cannot use --tls-cert {tmp_path / 'a-file'} with --tls-key {tmp_path / 'missing.key'}"),
                               (["--port", free, "--data-dir", str(tmp_path / "a-file")],
                                f"--data-dir {tmp_path / 'a-file'} is not a directory")):
             (tmp_path / "a-file").write_text("")

@@ -89,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"ward up: {exc}", file=sys.stderr)
         return 2
+    tls_error = _tls_files_error(tls)
+    if tls_error is not None:
+        print(f"ward up: {tls_error}", file=sys.stderr)
+        return 2
     if args.restart_limit < 1 or not args.restart_window > 0:
         print("ward up: --restart-limit must be at least 1 and --restart-window positive", file=sys.stderr)
         return 2
@@ -276,6 +280,24 @@ def _bind_error(host: str, port: int) -> str | None:
             return f"{host}:{port} is in use (another Ward?); choose another --port"
         # an unknown name, or an address that is not this machine's: not a busy port
         return f"cannot bind {host}:{port}: {exc.strerror or exc}; check --host"
+
+
+def _tls_files_error(tls) -> str | None:
+    """Why the gateway could not serve with these TLS files, or None; read before anything starts,
+    instead of the gateway failing with a traceback once the workers have loaded."""
+    if tls is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        return f"cannot use --tls-cert {tls.cert_file} with --tls-key {tls.key_file}: {exc}"
+    if tls.client_ca_file:
+        try:
+            context.load_verify_locations(tls.client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            return f"cannot use --client-ca {tls.client_ca_file}: {exc}"
+    return None
 
 
 def _probe_host(host: str) -> str:
