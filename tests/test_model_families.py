@@ -202,6 +202,9 @@ def test_phi3_longrope_switches_to_long_factors_past_the_original_context(tmp_pa
     (lambda: Qwen3MoeConfig(**COMMON, num_hidden_layers=2, num_experts=4, use_sliding_window=True, sliding_window=8),
      "use_sliding_window"),
     (lambda: Phi3Config(**COMMON, num_hidden_layers=2, pad_token_id=0, hidden_act="relu"), "hidden_act"),
+    # each family's MLP has one activation: another one named in the config is refused, not ignored
+    (lambda: Phi3Config(**COMMON, num_hidden_layers=2, pad_token_id=0, hidden_act="gelu_pytorch_tanh"), "hidden_act"),
+    (lambda: Gemma2Config(**COMMON, num_hidden_layers=2, head_dim=16, hidden_activation="silu"), "hidden_activation"),
     (lambda: MixtralConfig(**COMMON, num_hidden_layers=2, rope_parameters={"rope_type": "dynamic", "factor": 2.0,
                                                                            "rope_theta": 10000.0}), "rope_type"),
 ])

@@ -145,9 +145,12 @@ def load_spec(model_dir: str) -> ModelSpec:
         dtype = getattr(torch, dtype, None)
     attention_bias = bool(getattr(config, "attention_bias", False))
     gemma = family in GEMMA_FAMILIES
-    hidden_act = getattr(config, "hidden_activation", None) or getattr(config, "hidden_act", "silu")
-    if hidden_act not in ("silu", *_GELU_TANH):
-        raise ModelLoadError(f"{model_dir}: hidden_act {hidden_act!r} is not supported (silu, gelu_pytorch_tanh)")
+    act_field = "hidden_activation" if getattr(config, "hidden_activation", None) else "hidden_act"
+    hidden_act = getattr(config, act_field, None) or "silu"
+    # each family's MLP has one activation (SiLU, or Gemma's tanh GELU); any other is refused, not ignored
+    if hidden_act not in (_GELU_TANH if gemma else ("silu",)):
+        raise ModelLoadError(f"{model_dir}: {act_field} {hidden_act!r} is not supported for {family} "
+                             f"({'gelu_pytorch_tanh' if gemma else 'silu'})")
     scalar = getattr(config, "query_pre_attn_scalar", None) if gemma else None
     return ModelSpec(
         family=family,
