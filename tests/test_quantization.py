@@ -318,6 +318,47 @@ def test_fp8_inputs_quantized_by_the_norm_and_silu_kernels_on_cuda_give_the_same
     assert (logits[True] - logits[False]).abs().max() <= 0.01 * logits[False].abs().max()
 
 
+def fp8_static(w: torch.Tensor):
+    """Per-tensor e4m3 with a static activation scale (``activation_scheme: static``)."""
+    tensors, deq = fp8_scaled(w, False)
+    return {**tensors, "input_scale": torch.tensor([0.05])}, deq
+
+
+PHI3_FORMATS = {**FORMATS, "fp8-static": ({"quant_method": "fp8", "activation_scheme": "static"}, fp8_static)}
+
+
+@pytest.mark.parametrize("fmt", ["gptq-g64-act-order", "awq-g128", "fp8-block", "fp8-static"])
+def test_phi3_checkpoints_quantize_the_fused_projections_as_they_ship(tmp_path_factory, fmt):
+    """Phi-3 checkpoints hold ``qkv_proj`` and ``gate_up_proj`` fused, quantized whole: each of their
+    tensors fills every shard of Ward's fused layer, GPTQ's input order and a static input scale
+    included (these were refused as missing), and the model gives the de-quantized one's tokens."""
+    from transformers import Phi3Config
+
+    cfg = Phi3Config(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2,
+                     num_key_value_heads=2, vocab_size=512, max_position_embeddings=128, rms_norm_eps=1e-6,
+                     pad_token_id=0, tie_word_embeddings=False)
+    qcfg, writer = PHI3_FORMATS[fmt]
+    quantized, dequantized = {}, {}
+    for name, t in random_state(cfg).items():
+        module, _, kind = name.rpartition(".")
+        if kind == "weight" and module.rpartition(".")[2] in ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"):
+            tensors, deq = writer(t)
+            quantized.update({f"{module}.{k}": v.contiguous() for k, v in tensors.items()})
+            dequantized[name] = deq.float().contiguous()
+        else:
+            quantized[name] = dequantized[name] = t
+    root = tmp_path_factory.mktemp(f"phi3-{fmt}")
+    arch = ("Phi3ForCausalLM",)
+    got, llm = _greedy(_write(root / "quantized", cfg, quantized, qcfg, arch))
+    want, ref = _greedy(_write(root / "dequantized", cfg, dequantized, None, arch))
+    assert got == want
+    a, b = _prefill_logits(llm, PROMPTS[2]), _prefill_logits(ref, PROMPTS[2])
+    assert (a - b).abs().max() <= 1e-4 * b.abs().max()
+    qkv = llm.engine.runner.model.layers[0].self_attn.qkv_proj
+    if fmt == "fp8-static":
+        assert qkv.input_scale.tolist() == [pytest.approx(0.05)]
+
+
 def test_quantization_none_refuses_a_quantized_checkpoint(tmp_path_factory, base):
     quantized_dir, _ = write_pair(tmp_path_factory, base, "ct-fp8-tensor")
     with pytest.raises(ModelLoadError, match="quantized"):

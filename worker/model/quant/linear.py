@@ -180,7 +180,8 @@ class Fp8Linear(QuantLinear):
                 return self.weight_scale.data[start : start + n], t.expand(n, 1) if t.shape[0] == 1 else t
             return self.weight_scale, place
         if kind == "input_scale" and self.input_scale is not None:
-            return self.input_scale, lambda t: (self.input_scale.data[i : i + 1], t.reshape(1).float())
+            k = len(self.shards) if rows is None else 1  # fused in the checkpoint (Phi-3): every shard's
+            return self.input_scale, lambda t: (self.input_scale.data[i : i + k], t.reshape(1).float().expand(k))
         return super().placer(kind, rows, name)
 
     def finalize(self) -> None:
@@ -315,6 +316,8 @@ class IntLinear(QuantLinear):
         if kind == "scales":
             return self.scales, lambda t: (self.scales.data[:, start : start + n], t)
         if kind == "g_idx" and self.qc.method == "gptq":
+            if rows is None:  # fused in the checkpoint (Phi-3): one input order for every shard
+                return self.g_idx, lambda t: (self.g_idx.data, t.expand_as(self.g_idx))
             return self.g_idx, lambda t: (self.g_idx.data[i], t)
         return super().placer(kind, rows, name)
 
