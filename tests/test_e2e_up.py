@@ -452,3 +452,13 @@ def test_a_given_key_is_stored_once_and_must_not_clash(tmp_path):
     KeyStore(engine).revoke(key_id)
     with pytest.raises(KeySetupError, match="revoked"):
         store_given_key(engine, given, DEFAULT_TEAM, Role.USER)
+
+
+def test_the_ready_line_of_a_model_whose_directory_name_holds_spaces_keeps_the_whole_name():
+    """A worker names its model after its directory; ``My Model`` read as ``My`` gave the gateway a
+    route the worker refuses, and ward up waited for readiness until its start-up timeout."""
+    from ward.up import _ready_fields
+
+    line = "WARD_WORKER_READY port=44687 model=My Model task=generate"
+    assert _ready_fields(line) == {"port": "44687", "model": "My Model", "task": "generate"}
+    assert _ready_fields("WARD_WORKER_READY port=1 model=m task=embed") == {"port": "1", "model": "m", "task": "embed"}

@@ -208,8 +208,12 @@ def _worker_argv(model: str, task: str, port: int) -> list[str]:
 
 
 def _ready_fields(line: str) -> dict[str, str]:
-    """``WARD_WORKER_READY port=N model=NAME task=T`` as a dict."""
-    return dict(part.split("=", 1) for part in line.split()[1:] if "=" in part)
+    """``WARD_WORKER_READY port=N model=NAME task=T`` as a dict. NAME is a directory's name when not
+    given, so it may hold spaces: it is everything between ``model=`` and `` task=``."""
+    head, _, task = line.rpartition(" task=")
+    head, _, model = head.partition(" model=")
+    fields = dict(part.split("=", 1) for part in head.split()[1:] if "=" in part)
+    return {**fields, "model": model, "task": task}
 
 
 QUOTA_FILE_NAME = "quotas.yaml"
