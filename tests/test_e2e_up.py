@@ -396,7 +396,9 @@ def test_ward_up_refuses_bad_keys_and_a_busy_port_before_starting_anything(tmp_p
                                 str(tmp_path / "missing.key")],
                                f"cannot use --tls-cert {tmp_path / 'a-file'} with --tls-key {tmp_path / 'missing.key'}"),
                               (["--port", free, "--data-dir", str(tmp_path / "a-file")],
-                               f"--data-dir {tmp_path / 'a-file'} is not a directory")):
+                               f"--data-dir {tmp_path / 'a-file'} is not a directory"),
+                              # keys and prompts in the clear on the network: only with TLS, or said outright
+                              (["--port", free, "--host", "0.0.0.0"], "refusing to serve plaintext on 0.0.0.0")):
             (tmp_path / "a-file").write_text("")
             done = subprocess.run([sys.executable, "-m", "ward", "up", "--data-dir", str(tmp_path), *args],
                                   capture_output=True, text=True, env=clean_env(), cwd=ROOT, timeout=60)

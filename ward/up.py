@@ -37,6 +37,7 @@ from ward.paths import default_data_dir
 from ward.restart_policy import RestartPolicy
 from ward.supervised_worker import SupervisedWorker
 from ward.supervisor import Child, ChildFailed, Supervisor, describe_exit
+from worker.server.addresses import is_loopback
 
 DEFAULT_PORT = 8000
 READY_PREFIX = "WARD_WORKER_READY"
@@ -62,6 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--restart-window", type=float, default=RestartPolicy.window_s, metavar="SECONDS",
         help=f"the crash-loop window of --restart-limit (default {RestartPolicy.window_s:.0f})")
     add_tls_arguments(parser)
+    add("--insecure", action="store_true",
+        help="serve plaintext HTTP on a non-loopback --host (API keys and prompts in the clear)")
 
 
 class _StopRequested:
@@ -103,6 +106,11 @@ def run(args: argparse.Namespace) -> int:
     bind_error = _bind_error(args.host, args.port)
     if bind_error is not None:
         print(f"ward up: {bind_error}", file=sys.stderr)
+        return 2
+    if tls is None and not is_loopback(args.host) and not args.insecure:
+        print(f"ward up: refusing to serve plaintext on {args.host}: API keys and prompts would cross the network "
+              "in the clear; give --tls-cert/--tls-key [--client-ca], or --insecure if you really mean it",
+              file=sys.stderr)
         return 2
     data_dir = (args.data_dir or default_data_dir()).expanduser().resolve()
     if data_dir.exists() and not data_dir.is_dir():

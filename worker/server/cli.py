@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
 import signal
 import sys
 
 from worker.config import BACKEND_NAMES, KV_CACHE_DTYPES, QUANTIZATION_CHOICES, EngineConfig
+from worker.server.addresses import is_loopback
 
 log = logging.getLogger("ward.worker")
 
@@ -67,15 +67,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads on a CPU device (default: cores - 1, leaving one core to gRPC)")
     p.add_argument("--log-level", default="INFO")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _credentials(args):
@@ -227,7 +218,7 @@ async def serve(args) -> int:
         print(f"ward worker: {error}", file=sys.stderr)
         return 2
     creds = _credentials(args)
-    if creds is None and not _is_loopback(args.host) and not args.insecure:
+    if creds is None and not is_loopback(args.host) and not args.insecure:
         print(f"ward worker: refusing to serve plaintext on non-loopback address {args.host}; "
               "give --tls-cert/--tls-key/--client-ca, or --insecure if you really mean it", file=sys.stderr)
         return 2
