@@ -29,13 +29,16 @@ def test_a_callback_runs_after_the_delay_and_not_before():
 
 def test_a_cancelled_callback_never_runs_and_the_later_ones_still_do():
     # Checked against the loop's clock, not against sleeps of fixed length, which a loaded machine
-    # can stretch past the second callback's due time.
+    # can stretch past the second callback's due time; the delay is long enough that the first is
+    # cancelled before it is due even when the 10 ms sleep below runs ten times late.
     async def main():
         loop = asyncio.get_running_loop()
-        starts = DelayedStarts(loop, 0.03)
+        starts = DelayedStarts(loop, 0.3)
         ran = []
         first = starts.add(lambda: ran.append(("first", loop.time())))
+        first_due = loop.time() + starts.delay_s
         await asyncio.sleep(0.01)
+        assert loop.time() < first_due, "the box stalled past the first callback's due time"
         second_due = loop.time() + starts.delay_s
         starts.add(lambda: ran.append(("second", loop.time())))
         starts.cancel(first)
