@@ -103,6 +103,44 @@ def test_each_grammar_accepts_its_own_format_and_parses_back(fmt, sentence):
     assert calls_of(parse_tool_calls(fmt, sentence)) == [("f", {"n": 3})]
 
 
+@pytest.fixture(scope="module")
+def accepts(default_model_dir):
+    """Whether a grammar takes ``text`` whole, through the default model's tokenizer (as the worker would)."""
+    llguidance = pytest.importorskip("llguidance")
+    import llguidance.hf
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(default_model_dir)
+    tokenizer = llguidance.hf.from_tokenizer(hf)
+
+    def check(grammar: str, text: str) -> bool:
+        matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+        assert not matcher.is_error(), matcher.get_error()
+        ids = hf.encode(text, add_special_tokens=False)
+        return matcher.try_consume_tokens(ids) == len(ids) and matcher.is_accepting()
+
+    return check
+
+
+POINT = {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"], "additionalProperties": False}
+# as pydantic writes a model's schema: references into the parameters' own root
+WITH_REFS = {"type": "object", "$defs": {"Point": POINT},
+             "properties": {"at": {"$ref": "#/$defs/Point"}, "again": {"$ref": "#/properties/at"}},
+             "required": ["at"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("fmt, call", [
+    (HERMES, '<tool_call>\n{"name": "f", "arguments": %s}\n</tool_call>'),
+    (LLAMA3_JSON, '{"name": "f", "parameters": %s}'),
+    (MISTRAL, '[TOOL_CALLS][{"name": "f", "arguments": %s}]'),
+])
+def test_forced_call_grammars_resolve_references_within_the_parameters(accepts, fmt, call):
+    grammar = tool_call_grammar(fmt, {"f": WITH_REFS, "g": {"type": "object"}}, parallel=False)
+    assert accepts(grammar, call % '{"at": {"x": 1}, "again": {"x": 2}}')
+    assert not accepts(grammar, call % '{"at": {"x": "1"}}')
+    assert not accepts(grammar, call % '{"again": {"x": 2}}')
+
+
 def test_template_formats_and_the_fallback_for_templates_without_tools():
     assert tool_call_format("{{ '[TOOL_CALLS]' }}") == MISTRAL
     assert tool_call_format("<|python_tag|>{{ x }}") == LLAMA3_JSON

@@ -12,30 +12,34 @@ FORMATS = (HERMES, LLAMA3_JSON, MISTRAL)
 JSON_STYLE = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
-def call_schema(name: str, parameters: dict[str, Any], arguments_key: str = "arguments") -> dict[str, Any]:
-    """One call's JSON: ``{"name": <name>, "<arguments_key>": <matching parameters>}``."""
-    return {
-        "type": "object",
-        "properties": {"name": {"const": name}, arguments_key: parameters},
-        "required": ["name", arguments_key],
-        "additionalProperties": False,
-    }
+def _literal(text: str) -> str:
+    """``text`` as a Lark string literal (JSON's escapes are Lark's)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def call_rules(index: int, name: str, parameters: dict[str, Any], arguments_key: str = "arguments") -> str:
+    """Rule ``call_<index>``: one call's JSON, ``{"name": <name>, "<arguments_key>": <matching parameters>}``.
+
+    The parameters are the root of their own %json schema, so their references (``#/$defs/...``, as
+    pydantic writes them, or ``#/properties/...``) resolve as they do for the caller."""
+    head = _literal(f'{{"name": {json.dumps(name)}, "{arguments_key}": ')
+    arguments = json.dumps({**parameters, "x-guidance": JSON_STYLE})
+    return f'call_{index}: {head} args_{index} "}}"\nargs_{index}: %json {arguments}\n'
 
 
 def tool_call_grammar(fmt: str, functions: dict[str, dict[str, Any]], *, parallel: bool) -> str:
     """A grammar whose every sentence is one call (several when ``parallel``) of one of ``functions``
     (name -> parameters schema), written in ``fmt``."""
     key = "parameters" if fmt == LLAMA3_JSON else "arguments"
-    calls = [call_schema(name, params, key) for name, params in functions.items()]
-    schema = calls[0] if len(calls) == 1 else {"anyOf": calls}
-    body = json.dumps({**schema, "x-guidance": JSON_STYLE})
+    rules = "".join(call_rules(i, name, params, key) for i, (name, params) in enumerate(functions.items()))
+    body = "body: " + " | ".join(f"call_{i}" for i in range(len(functions)))
     if fmt == HERMES:
         call = 'call: "<tool_call>\\n" body "\\n</tool_call>"'
         start = 'start: call ("\\n" call)*' if parallel else "start: call"
-        return f"{start}\n{call}\nbody: %json {body}\n"
+        return f"{start}\n{call}\n{body}\n{rules}"
     if fmt == MISTRAL:
         start = 'start: "[TOOL_CALLS][" body (", " body)* "]"' if parallel else 'start: "[TOOL_CALLS][" body "]"'
-        return f"{start}\nbody: %json {body}\n"
+        return f"{start}\n{body}\n{rules}"
     if fmt == LLAMA3_JSON:  # Llama 3.x writes one JSON call per message
-        return f"start: body\nbody: %json {body}\n"
+        return f"start: body\n{body}\n{rules}"
     raise ValueError(f"unknown tool call format {fmt!r}")
