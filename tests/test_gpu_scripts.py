@@ -121,3 +121,19 @@ def test_the_verdict_judges_any_pair_of_alternated_steps(tmp_path: Path) -> None
                           "norm1"], capture_output=True, text=True, check=True).stdout.splitlines()
     assert out[0] == "norm1"
     assert out[1] == "round 1: norm0 batch1 176.5 tok/s latency 742.0 ms; norm1 181.0 tok/s 730.0 ms"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["offline", "--model", "no-such-model"], "is neither a model directory nor a known model name"),
+    (["offline", "--workloads", "latency,latancy"], "unknown workload 'latancy'"),
+    (["hf-mixed", "--model", "no-such-shape"], "hf-mixed takes a shape"),
+    (["hf", "--device", "gpu"], "--device must be auto, cpu or cuda"),
+])
+def test_bench_refuses_bad_arguments_before_measuring_anything(tmp_path: Path, args, message) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "ward", "bench", *args, "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()

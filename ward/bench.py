@@ -117,7 +117,42 @@ def run_all(args: argparse.Namespace) -> int:
     return run(report)
 
 
+def _model_suites_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the engine suites' arguments, found before any card is measured or model
+    loaded (the offline suite takes minutes to reach its workloads)."""
+    from ward.benchmarks.models import SHAPES
+
+    if args.suite in ("offline", "all"):
+        unknown = [w.strip() for w in args.workloads.split(",") if w.strip() and w.strip() not in (*WORKLOADS, "structured")]
+        if unknown:
+            return f"unknown workload {unknown[0]!r} (known: {', '.join(WORKLOADS)}, structured)"
+        if args.model not in SHAPES:
+            from worker.errors import ModelLoadError
+            from worker.model.registry import resolve_model
+
+            try:
+                args.model = resolve_model(args.model)
+            except ModelLoadError as exc:
+                return f"{exc} (or a shape: {', '.join(SHAPES)})"
+            if not os.path.isfile(os.path.join(args.model, "config.json")):
+                return f"{args.model} has no config.json: not a Hugging Face model directory"
+    if args.suite == "hf-mixed" and args.model not in SHAPES:
+        return f"hf-mixed takes a shape ({', '.join(SHAPES)}), not {args.model!r}"
+    if args.suite == "hf" and args.device not in ("auto", "cpu", "cuda"):
+        return f"--device must be auto, cpu or cuda, not {args.device!r}"
+    if args.suite == "hf" and args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            return "--device cuda, but this machine has no CUDA device"
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
+    problem = _model_suites_problem(args) if args.suite in ("offline", "all", "hf", "hf-mixed") else None
+    if problem is not None:
+        print(f"ward bench: {problem}", file=sys.stderr)
+        return 2
     if args.suite == "all":
         return run_all(args)
     if args.suite in ("gateway", "quota", "audit"):
