@@ -73,6 +73,10 @@ async def test_empty_body_and_non_object_bodies_are_400(gw):
         ({"priority": 2**40}, "priority"),
         ({"stop_token_ids": [-1]}, "stop_token_ids"),
         ({"model": ""}, "model"),
+        # arguments are a JSON object (OpenAI's rule too): a schema that excludes one is refused
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]}, "tools"),
+        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": ["array", "null"]}}}]},
+         "tools"),
     ],
 )
 async def test_invalid_fields_are_400_with_the_param(gw, fields, param):

@@ -141,6 +141,16 @@ def test_forced_call_grammars_resolve_references_within_the_parameters(accepts, 
     assert not accepts(grammar, call % '{"again": {"x": 2}}')
 
 
+@pytest.mark.parametrize("params", [{}, {"properties": {"a": {"type": "integer"}}}, {"type": ["object", "null"]}])
+def test_forced_call_arguments_are_always_an_object(accepts, params):
+    # JSON Schema lets a typeless schema match any value; the parsers (and OpenAI) take only an object
+    grammar = tool_call_grammar(HERMES, {"f": params}, parallel=True)
+    call = '<tool_call>\n{"name": "f", "arguments": %s}\n</tool_call>'
+    assert accepts(grammar, call % '{"a": 1}')
+    for arguments in ("5", "null", '"x"', '"{\\"a\\": \\"not an integer\\"}"'):
+        assert not accepts(grammar, call % arguments), arguments
+
+
 def test_template_formats_and_the_fallback_for_templates_without_tools():
     assert tool_call_format("{{ '[TOOL_CALLS]' }}") == MISTRAL
     assert tool_call_format("<|python_tag|>{{ x }}") == LLAMA3_JSON

@@ -82,7 +82,12 @@ class FunctionDefinition(BaseModel):
     @model_validator(mode="after")
     def _valid_parameters(self) -> FunctionDefinition:
         if self.parameters is not None:
-            check_schema(self.parameters, f"the parameters of function '{self.name}'")
+            what = f"the parameters of function '{self.name}'"
+            check_schema(self.parameters, what)
+            # arguments are a JSON object: a call with other arguments could never be returned
+            kind = self.parameters.get("type", "object")
+            if kind != "object" and not (isinstance(kind, list) and "object" in kind):
+                raise ValueError(f"{what} must be a JSON Schema of type \"object\", got type {json.dumps(kind)}")
         return self
 
     def parameters_schema(self) -> dict[str, Any]:

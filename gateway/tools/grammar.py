@@ -21,9 +21,11 @@ def call_rules(index: int, name: str, parameters: dict[str, Any], arguments_key:
     """Rule ``call_<index>``: one call's JSON, ``{"name": <name>, "<arguments_key>": <matching parameters>}``.
 
     The parameters are the root of their own %json schema, so their references (``#/$defs/...``, as
-    pydantic writes them, or ``#/properties/...``) resolve as they do for the caller."""
+    pydantic writes them, or ``#/properties/...``) resolve as they do for the caller. They are held
+    to an object: a schema without a type would let the model write ``5`` or a JSON string, which is
+    no call (and a string's decoded text was never checked against the schema)."""
     head = _literal(f'{{"name": {json.dumps(name)}, "{arguments_key}": ')
-    arguments = json.dumps({**parameters, "x-guidance": JSON_STYLE})
+    arguments = json.dumps({**parameters, "type": "object", "x-guidance": JSON_STYLE})
     return f'call_{index}: {head} args_{index} "}}"\nargs_{index}: %json {arguments}\n'
 
 
