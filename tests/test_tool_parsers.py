@@ -36,6 +36,24 @@ def test_hermes_never_invents_a_call(text):
     assert parse_hermes(text) == (text, [])
 
 
+def test_hermes_arguments_may_hold_the_tags_themselves():
+    # the grammar lets a string argument hold any text: a call ends where its JSON ends
+    args = {"html": "a</tool_call>b", "note": "<tool_call>\n"}
+    one = f'<tool_call>\n{json.dumps({"name": "f", "arguments": args})}\n</tool_call>'
+    assert parse_hermes(one)[0] is None and calls_of(parse_hermes(one)) == [("f", args)]
+    two = f'Sure. {one}\n<tool_call>{{"name": "g", "arguments": {{}}}}</tool_call> done'
+    assert parse_hermes(two)[0] == "Sure. \n done" and calls_of(parse_hermes(two)) == [("f", args), ("g", {})]
+    stream = ToolCallStream(HERMES, forced=True)
+    assert feed_all(stream, [one[:20], one[20:]]) == ""
+    assert [(c.name, json.loads(c.arguments)) for c in stream.finish()[1]] == [("f", args)]
+
+
+def test_hermes_keeps_a_call_cut_off_in_free_text_as_content():
+    text = 'A <tool_call>{"name": "f", "arguments": {}}</tool_call> then <tool_call>{"name": "g"'
+    content, calls = parse_hermes(text)
+    assert content == 'A  then <tool_call>{"name": "g"' and [c.name for c in calls] == ["f"]
+
+
 def test_llama3_json_one_or_several_calls():
     assert calls_of(parse_llama3_json('{"name": "f", "parameters": {"q": "x"}}')) == [("f", {"q": "x"})]
     two = parse_llama3_json('<|python_tag|>{"name": "f", "parameters": {}}; {"name": "g", "parameters": {"n": 2}}')

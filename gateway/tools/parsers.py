@@ -6,7 +6,6 @@ Text that does not form a complete, well-formed call stays content: a parser nev
 from __future__ import annotations
 
 import json
-import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,24 +44,38 @@ def _call(obj: Any, arguments_keys: tuple[str, ...]) -> ParsedCall | None:
     return None
 
 
-_HERMES_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+_OPEN, _CLOSE = "<tool_call>", "</tool_call>"
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos].isspace():
+        pos += 1
+    return pos
 
 
 def parse_hermes(text: str) -> tuple[str | None, list[ParsedCall]]:
-    """Hermes / Qwen: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, any number of them."""
-    calls = []
-    for m in _HERMES_CALL.finditer(text):
+    """Hermes / Qwen: ``<tool_call>{"name": ..., "arguments": {...}}</tool_call>``, any number of them.
+
+    A call ends where its JSON ends, not at the first closing tag: a string argument may hold the
+    tags themselves. An opening tag never closed is left as content."""
+    decoder = json.JSONDecoder()
+    calls, content, pos = [], [], 0
+    while (at := text.find(_OPEN, pos)) >= 0 and text.find(_CLOSE, at) >= 0:
         try:
-            call = _call(json.loads(m.group(1)), ("arguments", "parameters"))
+            obj, end = decoder.raw_decode(text, _skip_space(text, at + len(_OPEN)))
         except ValueError:
-            call = None
-        if call is None:
             return text, []  # a malformed call: the whole text is content
+        end = _skip_space(text, end)
+        call = _call(obj, ("arguments", "parameters"))
+        if call is None or not text.startswith(_CLOSE, end):
+            return text, []
+        content.append(text[pos:at])
         calls.append(call)
+        pos = end + len(_CLOSE)
     if not calls:
         return text, []
-    content = _HERMES_CALL.sub("", text).strip()
-    return content or None, calls
+    rest = ("".join(content) + text[pos:]).strip()
+    return rest or None, calls
 
 
 def parse_llama3_json(text: str) -> tuple[str | None, list[ParsedCall]]:
