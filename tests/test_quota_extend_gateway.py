@@ -149,6 +149,24 @@ async def test_a_refused_extension_is_a_429_that_cancels_the_generation_and_give
     await quotas.aclose()
 
 
+async def test_a_refused_extension_gives_back_its_requests_entry_as_its_429_said():
+    quotas = quota_service("defaults: {requests_per_minute: 3, tokens_per_minute: 100000, max_concurrent: 1}")
+    async with FakeWorker(FakeConfig(model=MODEL)) as worker:
+        async with running_gateway({MODEL: [worker]}, **with_quotas(quotas)) as gw:
+            first = await chat(gw, max_tokens=5)
+            used = first.json()["usage"]["total_tokens"]
+            limits = QuotaLimits(requests_per_minute=3, tokens_per_minute=used + 9, max_concurrent=1)
+            quotas._limits.set_override(TEAM, TEAM_SCOPE, limits)
+            refused = await chat(gw, max_tokens=5)  # the shortcut: admitted with 5 tokens, refused at 10
+            assert refused.status_code == 429 and worker.servicer.generate_requests[-1].report_prompt_tokens
+            assert refused.headers["x-ratelimit-remaining-requests"] == "2"
+            fits = await chat(gw, max_tokens=1)
+            assert fits.status_code == 200
+            assert fits.headers["x-ratelimit-remaining-requests"] == "1"  # the refused request holds no entry
+            assert fits.headers["x-ratelimit-remaining-tokens"] == str(9 - (PROMPT + 1))
+    await quotas.aclose()
+
+
 async def wait_until_replayed(quotas: QuotaService) -> None:
     deadline = time.monotonic() + 5
     while quotas.pending_settlements:

@@ -3,6 +3,7 @@ admit would check that total now; a refusal changes nothing, a repeat changes no
 reservation that is no longer live is a typed answer. Each test runs on Redis and in-process."""
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 
 import pytest
@@ -126,6 +127,21 @@ async def test_a_refusal_reports_the_windows_without_the_request(env):
     extended = await team.extend(rid, 200)
     assert (extended.requests.remaining, extended.tokens.remaining) == (8, 0)
     assert extended.requests.reset_s == pytest.approx(55.0)
+
+
+async def test_a_refused_request_withdrawn_leaves_the_windows_as_its_refusal_reported_them(env):
+    store, clock = env
+    team, limits = Team(store), QuotaLimits(requests_per_minute=2, tokens_per_minute=1000, max_concurrent=1)
+    rid, _ = await team.admit(100, team=limits)  # t = 0
+    clock.advance(5)
+    refused = await team.extend(rid, 1001)
+    assert (refused.requests.remaining, refused.tokens.remaining) == (2, 1000)
+    assert await team.settle(rid, prompt=0, mode=SettleMode.WITHDRAW)
+    assert not await team.settle(rid, prompt=0, mode=SettleMode.WITHDRAW)  # once
+    _, first = await team.admit(900, team=limits)  # t = 5: its slot, entry and tokens are free
+    assert first.admitted and (first.requests.remaining, first.tokens.remaining) == (1, 100)
+    assert first.requests.reset_s == pytest.approx(60.0) and first.tokens.reset_s == pytest.approx(60.0)
+    assert await store.usage(team.name, *[dt.datetime.fromtimestamp(clock.now, dt.timezone.utc).date()] * 2) == []
 
 
 async def test_the_extended_tokens_count_in_the_window_from_the_time_of_the_extension(env):

@@ -82,10 +82,15 @@ class QuotaHooks(NoopHooks):
 
     async def after_count(self, ctx: RequestContext) -> None:
         if ctx.extra.pop(_EXTEND, False):
-            # Refused: QuotaExceeded, the Generate call is cancelled and on_failure releases the
-            # admission (on_start has not run). The store failing: the outage policy decides.
+            # Refused: QuotaExceeded, the admission is withdrawn (its slot, its requests entry and its
+            # first reservation) and the Generate call cancelled. The store failing: the outage policy decides.
             reserve = await self.tokens_to_reserve(ctx)  # the worker's count: no Tokenize call
-            ctx.extra[_ADMISSION] = await self.service.extend(ctx.extra[_ADMISSION], reserve_tokens=reserve)
+            admission = ctx.extra[_ADMISSION]
+            try:
+                ctx.extra[_ADMISSION] = await self.service.extend(admission, reserve_tokens=reserve)
+            except QuotaExceeded:
+                await self.service.withdraw(admission)
+                raise
             return
         if not ctx.extra.pop(_DEFERRED, False):
             return

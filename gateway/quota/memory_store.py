@@ -209,13 +209,18 @@ class InMemoryQuotaStore:
         if s.mode is not SettleMode.USAGE_ONLY:
             if self._records.pop((s.team, s.reservation_id), None) is None:
                 return False
-        used = 0 if s.mode is SettleMode.RELEASE else s.prompt_tokens + s.completion_tokens
-        record = s.mode is not SettleMode.RELEASE
+        withdraw = s.mode is SettleMode.WITHDRAW
+        record = s.mode is not SettleMode.RELEASE and not withdraw
+        used = s.prompt_tokens + s.completion_tokens if record else 0
         day_field, month_field = "d:" + s.day, "m:" + s.month
         keep: set[str] | None = None  # worked out only when a counter has stale periods to drop
         for scope in s.scopes:
             state = self._scopes[(s.team, scope)]
-            if s.mode is not SettleMode.USAGE_ONLY:
+            if withdraw:  # out of the rate windows too, as if never admitted
+                state.rpm.remove(s.reservation_id)
+                state.tpm.remove(s.reservation_id)
+                state.live.remove(s.reservation_id)
+            elif s.mode is not SettleMode.USAGE_ONLY:
                 state.tpm.set_amount(s.reservation_id, used)
                 state.live.remove(s.reservation_id)
             if record and used > 0:

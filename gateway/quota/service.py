@@ -187,7 +187,7 @@ class QuotaService:
         admission to settle from now on.
 
         - A token limit refuses: QuotaExceeded, as ``admit`` raises it; nothing changed and
-          ``admission`` is still live (release it).
+          ``admission`` is still live (``withdraw`` it: the refusal's headers count it out).
         - The reservation is no longer live (its TTL passed): it is admitted afresh with the total,
           every limit checked again, as if it had just arrived.
         - The store is unreachable: the first reservation's release is queued (its TTL frees it
@@ -268,12 +268,20 @@ class QuotaService:
 
     async def release(self, admission: Admission) -> None:
         """Give back everything of a request that never reached a worker; no usage is recorded."""
+        await self._give_back(admission, SettleMode.RELEASE)
+
+    async def withdraw(self, admission: Admission) -> None:
+        """Give back everything of a request refused after its admission (its extension was refused),
+        its entries in the requests and tokens windows included, as if it had never been admitted."""
+        await self._give_back(admission, SettleMode.WITHDRAW)
+
+    async def _give_back(self, admission: Admission, mode: SettleMode) -> None:
         if admission.settled:
             return
         admission.settled = True
         settlement = Settlement(
             admission.team, admission.id, admission.scopes, admission.day, admission.month,
-            admission.model, 0, 0, SettleMode.RELEASE,
+            admission.model, 0, 0, mode,
         )
         if admission.degraded:
             await self._outage.settle(settlement)

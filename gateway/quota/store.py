@@ -92,6 +92,7 @@ class ExtendResult:
 class SettleMode(str, Enum):
     SETTLE = "settle"  # end of a request: lower the reservation to the true usage and record it
     RELEASE = "release"  # the request never ran: give everything back, record no usage
+    WITHDRAW = "withdraw"  # refused after its admission (an extension): as RELEASE, and out of the rate windows
     USAGE_ONLY = "usage"  # record usage admitted elsewhere (e.g. by the local limiter during an outage)
 
 

@@ -6,7 +6,7 @@
 -- ARGV[2]      reservation id
 -- ARGV[3]      prompt tokens used
 -- ARGV[4]      completion tokens used
--- ARGV[5]      mode: 'settle', 'release' or 'usage'
+-- ARGV[5]      mode: 'settle', 'release', 'withdraw' (release, and leave the rate windows) or 'usage'
 -- ARGV[6]      UTC day of the admission (YYYYMMDD)
 -- ARGV[7]      UTC month of the admission (YYYYMM)
 -- ARGV[8]      model field of the usage record
@@ -26,18 +26,27 @@ if mode ~= 'usage' then
 end
 
 local used = prompt + completion
-if mode == 'release' then used = 0 end
-local record = mode ~= 'release'
+local withdraw = mode == 'withdraw'
+if mode == 'release' or withdraw then used = 0 end
+local record = mode ~= 'release' and not withdraw
 local today, this_month = periods(now_us(ARGV[1]))
 local keep = {['d:' .. adm_day] = true, ['m:' .. adm_month] = true, ['d:' .. today] = true, ['m:' .. this_month] = true}
 
 for s = 1, nscopes do
   local b = 2 + (s - 1) * KEYS_PER_SCOPE
+  local rpm_key, tpm_key = KEYS[b + 1], KEYS[b + 2]
   local tamt_key, live_key, lamt_key, acct_key = KEYS[b + 3], KEYS[b + 4], KEYS[b + 5], KEYS[b + 6]
   if mode ~= 'usage' then
-    -- The tokens window counts what was used, no longer what was reserved.
+    -- The tokens window counts what was used, no longer what was reserved; a withdrawn request, nothing.
     local counted = redis.call('HGET', tamt_key, id)
-    if counted then
+    if withdraw then
+      redis.call('ZREM', rpm_key, id)
+      redis.call('ZREM', tpm_key, id)
+      if counted then
+        redis.call('HDEL', tamt_key, id)
+        redis.call('HINCRBY', tamt_key, 'sum', 0 - tonumber(counted))
+      end
+    elseif counted then
       redis.call('HSET', tamt_key, id, used)
       redis.call('HINCRBY', tamt_key, 'sum', used - tonumber(counted))
     end
