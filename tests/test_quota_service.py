@@ -10,6 +10,7 @@ from prometheus_client import REGISTRY
 from gateway.quota.audit import ChangeSource, QuotaChange
 from gateway.quota.config_file import QuotaConfigFile, StaticQuotaConfig, parse_quota_config
 from gateway.quota.errors import InvalidQuotaRequest, QuotaExceeded, QuotaStoreError, QuotaUnavailable
+from gateway.quota.hooks import exceeded_error
 from gateway.quota.limits import TEAM_SCOPE, LimitKind, QuotaLimits, Scope, ScopeKind
 from gateway.quota.memory_store import InMemoryQuotaStore
 from gateway.quota.redis_store import RedisQuotaStore
@@ -261,6 +262,32 @@ teams:
     today = dt.datetime.now(dt.timezone.utc).date()
     rows = await quotas.usage("rated", today, today, UsageGroupBy.DAY)
     assert [(r.requests, r.prompt_tokens, r.completion_tokens) for r in rows] == [(1, 3, 4)]
+    await quotas.aclose()
+
+
+async def test_outage_a_request_only_this_gateways_share_refuses_may_retry_rather_than_never_fit():
+    """8 gateways share a limit of 4 (the chart sets gateway_replicas to the HPA's maximum): each keeps
+    4 // 8 = 0 while the store is away, which must not tell clients that the request can never fit."""
+    store = SwitchableStore()
+    yaml_text = """
+teams:
+  batch: {limits: {max_concurrent: 4}}
+  rated: {limits: {tokens_per_minute: 800}}
+"""
+    quotas = service_with(yaml_text, store, gateway_replicas=8, breaker_failure_threshold=1, breaker_reset_s=5.0)
+    await quotas.start()
+    store.down = True
+    with pytest.raises(QuotaExceeded) as share:
+        await quotas.admit("batch", reserve_tokens=10)
+    assert share.value.limit_kind is LimitKind.MAX_CONCURRENT
+    assert not share.value.never_fits and 1.0 <= share.value.retry_after_s <= 5.0  # once the store is back
+    assert "x-should-retry" not in exceeded_error(share.value).headers
+    with pytest.raises(QuotaExceeded) as tokens:  # 500 fit the limit of 800, not the share of 100
+        await quotas.admit("rated", reserve_tokens=500)
+    assert not tokens.value.never_fits and tokens.value.retry_after_s >= 1.0
+    with pytest.raises(QuotaExceeded) as never:  # more than the whole limit: no wait helps
+        await quotas.admit("rated", reserve_tokens=801)
+    assert never.value.never_fits
     await quotas.aclose()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import TypeVar
 
 from gateway.quota import metrics
 from gateway.quota.errors import QuotaUnavailable
@@ -12,6 +13,8 @@ from gateway.quota.limits import LimitKind, QuotaLimits, ScopeLimits
 from gateway.quota.memory_store import InMemoryQuotaStore
 from gateway.quota.settings import OutagePolicies, OutagePolicy
 from gateway.quota.store import AdmitRequest, AdmitResult, ExtendRequest, ExtendResult, Settlement
+
+T = TypeVar("T", AdmitResult, ExtendResult)
 
 
 class OutageLimiter:
@@ -37,12 +40,28 @@ class OutageLimiter:
                 "cannot be checked. Please try again shortly.",
                 retry_after_s=retry_after_s,
             )
-        return await self._local.admit(replace(request, scopes=self._local_scopes(request.scopes)))
+        result = await self._local.admit(replace(request, scopes=self._local_scopes(request.scopes)))
+        return self._until_back(result, request.scopes, request.reserve_tokens, retry_after_s)
 
-    async def extend(self, request: ExtendRequest) -> ExtendResult:
+    async def extend(self, request: ExtendRequest, *, retry_after_s: float) -> ExtendResult:
         """The local answer for raising a reservation this limiter admitted (fail-closed limits were
         refused at its admission)."""
-        return await self._local.extend(replace(request, scopes=self._local_scopes(request.scopes)))
+        result = await self._local.extend(replace(request, scopes=self._local_scopes(request.scopes)))
+        return self._until_back(result, request.scopes, request.reserve_tokens, retry_after_s)
+
+    def _until_back(self, result: T, scopes: tuple[ScopeLimits, ...], tokens: int, retry_after_s: float) -> T:
+        """A request that only this process's share refuses for good (a limit under ``replicas`` leaves
+        a share of 0) fits the whole limit: it may retry once the store is back, in ``retry_after_s``.
+        One that a whole limit could never take (more than the limit, or a limit of 0) still never fits."""
+        rejection = result.rejection
+        if rejection is None or rejection.retry_after_s is not None:
+            return result
+        for item in scopes:
+            for kind in item.limits.kinds():
+                limit = item.limits.get(kind)
+                if self._policies.of(kind) is OutagePolicy.LOCAL and (tokens if kind.counts_tokens else 1) > limit:
+                    return result
+        return replace(result, rejection=replace(rejection, retry_after_s=retry_after_s))
 
     def _local_scopes(self, scopes: tuple[ScopeLimits, ...]) -> tuple[ScopeLimits, ...]:
         return tuple(ScopeLimits(item.scope, self.local_share(item.limits)) for item in scopes)

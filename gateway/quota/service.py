@@ -199,7 +199,8 @@ class QuotaService:
             return await self.admit(admission.team, key_id=admission.key_id, model=admission.model, reserve_tokens=reserve_tokens)
         request = ExtendRequest(admission.team, admission.id, reserve_tokens, admission.limits)
         if admission.degraded:  # held by the local limiter: extended there
-            return await self._extended(admission, request, await self._outage.extend(request))
+            result = await self._outage.extend(request, retry_after_s=max(1.0, self._breaker.retry_after_s()))
+            return await self._extended(admission, request, result)
         if self._breaker.allow():
             try:
                 result = await self._store.extend(request)
