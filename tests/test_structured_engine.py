@@ -121,6 +121,13 @@ def test_inconsistent_combination_is_refused():
         SamplingParams(min_tokens=3, structured=GrammarSpec("json_object"))
 
 
+@pytest.mark.parametrize("cut", [{"stop": [", "]}, {"stop_token_ids": [28]}])
+def test_stop_strings_and_tokens_are_refused_beside_a_grammar(cut):
+    # either would end the output inside the JSON ('{"a": 1' for ", ") with finish_reason "stop"
+    with pytest.raises(InvalidRequestError, match=next(iter(cut))):
+        SamplingParams(structured=GrammarSpec("json_object"), **cut)
+
+
 def test_logit_bias_steers_and_bans_tokens(llm):
     prompt = "The capital of France is"
     greedy = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=1))[0].outputs[0].token_ids[0]

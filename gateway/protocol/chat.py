@@ -25,6 +25,7 @@ from gateway.protocol.structured import (
     ResponseFormat,
     Tool,
     ToolChoice,
+    check_constrainable,
     forced_tool,
     validate_tool_choice,
     validate_tools,
@@ -155,8 +156,8 @@ class ChatCompletionRequest(SamplingRequest):
             raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
         structured = self.tool_choice == "required" or self.forced_function() is not None or isinstance(
             self.response_format, (JsonObjectFormat, JsonSchemaFormat))
-        if structured and self.min_tokens:
-            raise ValueError("min_tokens cannot be combined with a JSON response format or a required tool call")
+        if structured:
+            check_constrainable(self.min_tokens, self.stop_list(), self.stop_token_ids)
         return self
 
     def completion_budget(self) -> int | None:

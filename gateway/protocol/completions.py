@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import Field, StrictBool, StrictInt, field_validator, model_validator
 
 from gateway.protocol.common import LogitBias, SamplingRequest, TextOrTokens, reject_if_set
-from gateway.protocol.structured import ResponseFormat
+from gateway.protocol.structured import JsonObjectFormat, JsonSchemaFormat, ResponseFormat, check_constrainable
 
 MAX_PROMPTS = 256
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
@@ -31,6 +31,8 @@ class CompletionRequest(SamplingRequest):
                 raise ValueError("best_of must be greater than or equal to n")
             if self.best_of > self.n and self.stream:
                 raise ValueError("best_of cannot be used with stream (candidates are ranked once they are complete)")
+        if isinstance(self.response_format, (JsonObjectFormat, JsonSchemaFormat)):
+            check_constrainable(self.min_tokens, self.stop_list(), self.stop_token_ids)
         return self
 
     @property
