@@ -263,3 +263,45 @@ async def test_one_teams_burst_of_long_prompts_never_queues_another_team_behind_
     await asyncio.gather(*flood)
     executor.shutdown()
     assert order.index("quiet") <= 2  # served at its first turn, not after the whole flood
+
+
+@pytest.mark.anyio
+async def test_one_teams_burst_of_long_tokenize_calls_never_refuses_another_teams_count():
+    """The gateway counts a prompt (Tokenize) before it admits the request: a flood of long prompts
+    holding every tokenization place must not turn another team's one count away."""
+    from types import SimpleNamespace
+
+    from proto.ward.worker.v1 import worker_pb2 as pb
+    from worker.server.servicer import WorkerServicer
+
+    def encode_prompt(prompt):
+        if "flood" in prompt:
+            time.sleep(0.2)
+        return prompt, [1, 2, 3]
+
+    engine = SimpleNamespace(check_prompt_size=lambda prompt: None, encode_prompt=encode_prompt, max_model_len=64)
+    servicer = WorkerServicer("m", engine=SimpleNamespace(engine=engine),
+                              limits=AdmissionLimits(max_waiting_requests=4, max_waiting_tokens=1 << 30))
+
+    class Context:
+        def set_trailing_metadata(self, trailers):
+            self.trailers = dict(trailers)
+
+        async def abort(self, status, message):
+            raise grpc.RpcError(self.trailers.get("ward-error-code"))
+
+    async def count(team: str, text: str) -> int | str:
+        request = pb.TokenizeRequest(model="m", prompt=pb.Prompt(text=text), team=team)
+        try:
+            return (await servicer.Tokenize(request, Context())).count
+        except grpc.RpcError as exc:
+            return exc.args[0]
+
+    flood = [asyncio.ensure_future(count("flood", "flood " * 2000)) for _ in range(8)]
+    await asyncio.sleep(0.05)  # the flood holds its places first
+    try:
+        assert await count("quiet", "quiet " * 2000) == 3
+        answers = await asyncio.gather(*flood)
+    finally:
+        servicer.close()
+    assert answers.count(3) == 4 and set(answers) == {3, "worker_overloaded"}  # alone, it filled the 4 places

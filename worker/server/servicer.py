@@ -63,7 +63,9 @@ class WorkerServicer(pb_grpc.WorkerServicer):
         self.admission = Admission(limits or default_limits(engine, embedder))
         self._embed_lock = asyncio.Lock()
         self._heavy = FairPrepareExecutor(PREPARE_THREADS)
-        self._tokenizing = 0  # Tokenize calls in progress
+        # Tokenize calls in progress, bounded as the queue is and shared alike among the teams counting
+        # (equal shares: a count carries no weight), so one team's flood cannot turn another's count away
+        self._tokenizing = Admission(AdmissionLimits(self.admission.limits.max_waiting_requests, 1 << 62))
         self.num_in_flight = 0  # Generate and Embed calls under way: SIGTERM's drain waits for them
         # (team, first response seconds, engine timings) of each finished generation, for the metrics
         self.observe_team_request: Callable[[str, float, RequestMetrics | None], None] | None = None
@@ -179,10 +181,11 @@ class WorkerServicer(pb_grpc.WorkerServicer):
     @mapped_errors
     async def Tokenize(self, request: pb.TokenizeRequest, context) -> pb.TokenizeResponse:
         self._check_model(request.model)
-        if self._tokenizing >= self.admission.limits.max_waiting_requests:
-            self.admission.refusals["worker_overloaded"] += 1
-            raise AdmissionRefused("this worker has too many tokenizations in progress", "worker_overloaded")
-        self._tokenizing += 1
+        try:
+            ticket = self._tokenizing.admit(request.team, 1.0, 0)
+        except AdmissionRefused as refused:
+            self.admission.refusals[refused.code] += 1
+            raise
         try:
             if self.embedder is not None:
                 kind = request.prompt.WhichOneof("kind")
@@ -202,7 +205,7 @@ class WorkerServicer(pb_grpc.WorkerServicer):
                 _, ids = await self._prepare(request.team, prompt, engine.encode_prompt, prompt)
                 max_len = engine.max_model_len
         finally:
-            self._tokenizing -= 1
+            ticket.release()
         return pb.TokenizeResponse(count=len(ids), token_ids=ids if request.return_token_ids else [],
                                    max_model_len=max_len)
 
