@@ -143,6 +143,24 @@ def test_named_tool_choice_calls_that_function_streamed_as_openai_streams_it(cli
     assert all(e["id"] for e in streamed.values())
 
 
+def test_forced_calls_take_parameters_with_references_as_pydantic_writes_them(client):
+    # openai.pydantic_function_tool and model_json_schema() put nested models under $defs
+    move = {"type": "object", "$defs": {"Bed": {"type": "object", "properties": {
+                "ward": {"enum": ["cardiology", "oncology"]}, "number": {"type": "integer", "minimum": 1, "maximum": 40}},
+                "required": ["ward", "number"], "additionalProperties": False}},
+            "properties": {"patient_id": {"type": "integer", "minimum": 1, "maximum": 9999},
+                           "to": {"$ref": "#/$defs/Bed"}},
+            "required": ["patient_id", "to"], "additionalProperties": False}
+    tools = [{"type": "function", "function": {"name": "move_patient", "parameters": move}}]
+    r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Move patient 7 to bed 3."}],
+                                       tools=tools, tool_choice="required", parallel_tool_calls=False, n=3,
+                                       temperature=1.0, max_tokens=60, seed=8)
+    for choice in r.choices:
+        assert choice.finish_reason == "tool_calls", choice.message.content
+        (call,) = choice.message.tool_calls
+        jsonschema.validate(json.loads(call.function.arguments), move)
+
+
 def test_tool_history_is_accepted_and_auto_may_answer_in_text(client):
     history = [
         {"role": "user", "content": "Weather in Oslo?"},
