@@ -45,7 +45,8 @@ def run(name: str) -> dict:
         return original(*args, **kwargs)
 
     rotary_cache.rotary_and_cache = counted
-    tokens = [random.Random(11).randrange(VOCAB) for _ in range(22)]
+    rng = random.Random(11)
+    tokens = [rng.randrange(VOCAB) for _ in range(22)]  # distinct tokens: the rotary's positions matter
     drv = PagedDriver(ours, spec, num_blocks=8, block_size=16)
     got = [drv.step([("a", tokens[:19], 0)])[0]] + [drv.step([("a", tokens[p : p + 1], p)])[0] for p in range(19, 22)]
     rotary_cache.rotary_and_cache = original

@@ -105,6 +105,11 @@ def _random_hf(cfg):
     return hf
 
 
+# Engine context per family where it matters: within Phi-3's original context its LongRoPE takes the
+# short factors, as transformers does for these short sequences (the long ones: the LongRoPE test).
+CONTEXT = {"phi3-longrope-partial-rotary": PHI_ORIGINAL_CONTEXT}
+
+
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
 def family(request, tmp_path_factory):
     torch.manual_seed(0)
@@ -112,7 +117,7 @@ def family(request, tmp_path_factory):
     d = tmp_path_factory.mktemp(request.param)
     hf.save_pretrained(d)
     spec = load_spec(str(d))
-    ours = build_model(spec, TorchBackend(), torch.device("cpu"), torch.float32, 128)
+    ours = build_model(spec, TorchBackend(), torch.device("cpu"), torch.float32, CONTEXT.get(request.param, 128))
     load_weights(ours, spec, str(d))
     return request.param, hf, ours, spec, str(d)
 
@@ -160,39 +165,48 @@ def test_engine_greedy_tokens_equal_transformers(family):
         for _ in range(new):  # greedy decoding with transformers' full forward
             seq.append(int(hf_logits(hf, seq)[-1].argmax()))
         expected.append(seq[len(ids):])
-    llm = LLM(model=model_dir, device="cpu", dtype="float32", block_size=4, num_kv_blocks=48, max_model_len=64,
+    llm = LLM(model=model_dir, device="cpu", dtype="float32", block_size=4, num_kv_blocks=48,
+              max_model_len=CONTEXT.get(name, 64),
               max_num_batched_tokens=16)  # 16 tokens a step: the longer prompt is prefilled in chunks
     outs = llm.generate([{"prompt_token_ids": p} for p in prompts],
                         SamplingParams(temperature=0.0, max_tokens=new, ignore_eos=True))
     assert [o.outputs[0].token_ids for o in outs] == expected, name
 
 
-def test_phi3_longrope_switches_to_long_factors_past_the_original_context(tmp_path):
-    """Decoding across the original context: transformers (with its KV cache) rotates each new token
-    with the long factors once the sequence passes it, keeping earlier keys as they were; Ward's
-    per-position table does the same, so tokens and logits agree on both sides of the switch."""
+@pytest.mark.parametrize("max_position, prompt_len", [
+    (128, PHI_ORIGINAL_CONTEXT + 20),  # a long prompt: transformers rotates every position with the long factors
+    (128, PHI_ORIGINAL_CONTEXT - 4),  # decoding across the original context, the long factors from the start
+    (PHI_ORIGINAL_CONTEXT, PHI_ORIGINAL_CONTEXT - 12),  # a context within the original one: the short factors
+])
+def test_phi3_longrope_takes_one_table_for_the_whole_context_as_vllm_does(tmp_path, max_position, prompt_len):
+    """LongRoPE picks one table from the engine's context length (vLLM's rule): the long factors for
+    every position when the context may pass the original one, else the short. Each sequence is then
+    rotated consistently, so its logits are transformers' for a sequence of the same kind."""
     torch.manual_seed(5)
     hf = _random_hf(_phi3())
     hf.save_pretrained(tmp_path)
     spec = load_spec(str(tmp_path))
-    ours = build_model(spec, TorchBackend(), torch.device("cpu"), torch.float32, 128)
+    ours = build_model(spec, TorchBackend(), torch.device("cpu"), torch.float32, max_position)
     load_weights(ours, spec, str(tmp_path))
-    prompt = [random.Random(6).randrange(VOCAB) for _ in range(PHI_ORIGINAL_CONTEXT - 4)]
-    drv = PagedDriver(ours, spec, num_blocks=30, block_size=4)
+    rng = random.Random(6)
+    prompt = [rng.randrange(VOCAB) for _ in range(prompt_len)]  # distinct tokens: positions matter
+    drv = PagedDriver(ours, spec, num_blocks=40, block_size=4)
     ours_logits = [drv.step([("a", prompt, 0)])[0][-1]]
+    steps = min(10, max_position - prompt_len)
+    long_context = max_position > PHI_ORIGINAL_CONTEXT
     with torch.no_grad():
-        out = hf(input_ids=torch.tensor([prompt]), use_cache=True)
-        hf_logits_ = [out.logits[0, -1]]
+        # transformers takes the long factors once a sequence passes the original context (and
+        # recomputes its cache when generation crosses): a whole-sequence forward at the final
+        # length is its answer for every prefix of a sequence that ends past it
         seq = list(prompt)
-        for _ in range(10):  # positions 36..45: the switch happens at 40
-            nxt = int(hf_logits_[-1].argmax())
-            assert nxt == int(ours_logits[-1].argmax())
-            seq.append(nxt)
-            out = hf(input_ids=torch.tensor([[nxt]]), cache=out.past_key_values, use_cache=True)
-            hf_logits_.append(out.logits[0, -1])
-            ours_logits.append(drv.step([("a", [nxt], len(seq) - 1)])[0][-1])
-    for i, (got, ref) in enumerate(zip(ours_logits, hf_logits_)):
-        assert rel_err(got, ref) < 1e-4, f"step {i}"
+        for _ in range(steps):
+            seq.append(int(ours_logits[-1].argmax()))
+            ours_logits.append(drv.step([("a", [seq[-1]], len(seq) - 1)])[0][-1])
+        if long_context and len(seq) <= PHI_ORIGINAL_CONTEXT:
+            pytest.fail("the case must end past the original context")
+        ref = hf(input_ids=torch.tensor([seq])).logits[0]
+    for i, got in enumerate(ours_logits):
+        assert rel_err(got, ref[prompt_len - 1 + i]) < 1e-4, f"step {i}"
     rope = spec.ropes[0]
     assert rope.long_from == PHI_ORIGINAL_CONTEXT and not torch.allclose(rope.inv_freq, rope.long_inv_freq)
 

@@ -3,8 +3,12 @@
 On CUDA the model swaps in fused Triton kernels with the same contracts (worker/kernels)."""
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger("ward.worker.model")
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -52,13 +56,19 @@ def build_cos_sin_cache(inv_freq: torch.Tensor, max_position: int, scaling: floa
 
 
 def build_rope_cache(rope, max_position: int) -> torch.Tensor:
-    """The cos/sin table of a ``spec.Rope``; with LongRoPE, rows from ``long_from`` on use the
-    long-context frequencies."""
-    cache = build_cos_sin_cache(rope.inv_freq, max_position, rope.scaling)
-    if rope.long_inv_freq is not None and rope.long_from < max_position:
-        long = build_cos_sin_cache(rope.long_inv_freq, max_position, rope.scaling)
-        cache[rope.long_from :] = long[rope.long_from :]
-    return cache
+    """The cos/sin table of a ``spec.Rope`` for contexts of up to ``max_position`` tokens. LongRoPE
+    takes one set of frequencies for every position, as vLLM does: the long-context set when the
+    context may pass the original one (``long_from``), else the short. transformers switches a whole
+    sequence to the long set once it passes the original context (recomputing its cache), so a table
+    that changed at that position would rotate a long prompt's first part with the wrong set."""
+    if rope.long_inv_freq is None:
+        return build_cos_sin_cache(rope.inv_freq, max_position, rope.scaling)
+    long = max_position > rope.long_from
+    log.info("LongRoPE: the %s factors for every position (context %d, original context %d)%s",
+             "long" if long else "short", max_position, rope.long_from,
+             "; prompts within the original context then differ slightly from the short factors' rotation"
+             if long else "")
+    return build_cos_sin_cache(rope.long_inv_freq if long else rope.inv_freq, max_position, rope.scaling)
 
 
 def select_experts(router_logits: torch.Tensor, top_k: int, renormalize: bool) -> tuple[torch.Tensor, torch.Tensor]:

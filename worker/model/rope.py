@@ -16,8 +16,8 @@ class Rope:
 
     inv_freq: torch.Tensor  # [rotary_dim // 2], float32
     scaling: float
-    # LongRoPE (Phi-3): positions >= ``long_from`` use ``long_inv_freq`` (transformers switches once
-    # the sequence passes the original context; a per-position table keeps the cache valid).
+    # LongRoPE (Phi-3): ``long_inv_freq`` for every position when the engine's context may pass the
+    # original one, ``long_from`` (ops.build_rope_cache).
     long_inv_freq: torch.Tensor | None = None
     long_from: int | None = None
 
