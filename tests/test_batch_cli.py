@@ -31,6 +31,9 @@ LINES = [
               "max_tokens": 12, "temperature": 0}},
     {"custom_id": "cmpl-1", "method": "POST", "url": "/v1/completions",
      "body": {"model": "m", "prompt": "1, 2, 3,", "max_tokens": 6, "temperature": 0, "logprobs": 2}},
+    {"custom_id": "json-1", "method": "POST", "url": "/v1/chat/completions",
+     "body": {"model": "m", "messages": [{"role": "user", "content": "Is water wet?"}], "max_tokens": 12,
+              "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"enum": ["yes", "no"]}}}}},
     {"custom_id": "bad-1", "method": "POST", "url": "/v1/completions", "body": {"model": "m", "prompt": "x", "top_p": 7}},
     {"custom_id": "bad-url", "method": "POST", "url": "/v1/embeddings", "body": {"input": "x"}},
 ]
@@ -47,7 +50,9 @@ def test_batch_writes_openai_batch_output_and_resumes(tmp_path):
     run = ward("batch", str(src), str(dst), "--device", "cpu", "--no-progress")
     assert run.returncode == 0, run.stderr
     out = read(dst)
-    assert set(out) == {"chat-1", "cmpl-1", "bad-1", "bad-url"}
+    assert set(out) == {"chat-1", "cmpl-1", "json-1", "bad-1", "bad-url"}
+    answer = out["json-1"]["response"]["body"]["choices"][0]
+    assert json.loads(answer["message"]["content"]) in ("yes", "no") and answer["finish_reason"] == "stop"
     chat = out["chat-1"]
     assert chat["id"].startswith("batch_req_") and chat["error"] is None
     body = chat["response"]["body"]
@@ -69,9 +74,9 @@ def test_batch_writes_openai_batch_output_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "2 already done" in again.stderr
     resumed = read(dst)
-    assert set(resumed) == {"chat-1", "cmpl-1", "bad-1", "bad-url"}
+    assert set(resumed) == {"chat-1", "cmpl-1", "json-1", "bad-1", "bad-url"}
     assert resumed["chat-1"]["id"] == out["chat-1"]["id"]  # not redone
-    assert len(dst.read_text().splitlines()) == 4
+    assert len(dst.read_text().splitlines()) == 5
 
 
 def test_batch_refuses_a_malformed_input_file(tmp_path):

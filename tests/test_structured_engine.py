@@ -128,6 +128,26 @@ def test_stop_strings_and_tokens_are_refused_beside_a_grammar(cut):
         SamplingParams(structured=GrammarSpec("json_object"), **cut)
 
 
+def test_batch_lines_keep_their_response_format_and_refuse_tools():
+    # the batch runner builds SamplingParams from OpenAI bodies: a JSON format must not be dropped
+    from worker.openai_batch import CHAT_URL, COMPLETIONS_URL, params_from_body
+
+    fmt = {"type": "json_schema", "json_schema": {"name": "p", "schema": PERSON, "strict": True}}
+    assert params_from_body(CHAT_URL, {"response_format": fmt}).structured == GrammarSpec("json_schema", json.dumps(PERSON))
+    json_object = params_from_body(COMPLETIONS_URL, {"response_format": {"type": "json_object"}})
+    assert json_object.structured == GrammarSpec("json_object")
+    assert params_from_body(CHAT_URL, {"response_format": {"type": "text"}}).structured is None
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    assert params_from_body(CHAT_URL, {"tools": tools, "tool_choice": "none"}).structured is None
+    for body, words in (({"response_format": {"type": "xml"}}, "response_format"),
+                        ({"response_format": "json_object"}, "response_format"),
+                        ({"response_format": {"type": "json_schema"}}, "json_schema"),
+                        ({"tools": tools}, "tools"),
+                        ({"tools": tools, "tool_choice": "required"}, "tools")):
+        with pytest.raises(InvalidRequestError, match=words):
+            params_from_body(CHAT_URL, body)
+
+
 def test_logit_bias_steers_and_bans_tokens(llm):
     prompt = "The capital of France is"
     greedy = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=1))[0].outputs[0].token_ids[0]

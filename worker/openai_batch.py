@@ -2,6 +2,7 @@
 for the batch runner. The gateway has its own, richer translation at the HTTP edge."""
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 from worker.errors import InvalidRequestError
 from worker.outputs import RequestOutput
 from worker.sampling_params import SamplingParams
+from worker.structured.spec import GrammarSpec
 from worker.tokenizer import PromptInput
 
 CHAT_URL = "/v1/chat/completions"
@@ -49,6 +51,27 @@ def prompt_from_body(url: str, body: dict) -> PromptInput:
     raise InvalidRequestError("'prompt' must be a string or a list of token ids (one prompt per batch line)")
 
 
+def structured_from_body(body: dict) -> GrammarSpec | None:
+    """The grammar of a line's ``response_format``; tool calls are the gateway's (it parses them), so a
+    line that would use tools is refused rather than answered as if it had none."""
+    if body.get("tools") and body.get("tool_choice", "auto") != "none":
+        raise InvalidRequestError("tools are not available in a batch: send the request through the gateway")
+    fmt = body.get("response_format")
+    if fmt is None:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return GrammarSpec("json_object")
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict):
+            raise InvalidRequestError("response_format json_schema needs a 'json_schema' object")
+        return GrammarSpec("json_schema", json.dumps(spec.get("schema", {})))
+    raise InvalidRequestError("response_format must be {'type': 'text' | 'json_object' | 'json_schema', ...}")
+
+
 def params_from_body(url: str, body: dict) -> SamplingParams:
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if url == COMPLETIONS_URL and max_tokens is None:
@@ -65,7 +88,7 @@ def params_from_body(url: str, body: dict) -> SamplingParams:
             presence_penalty=body.get("presence_penalty", 0.0), frequency_penalty=body.get("frequency_penalty", 0.0),
             repetition_penalty=body.get("repetition_penalty", 1.0), seed=body.get("seed"), max_tokens=max_tokens,
             min_tokens=body.get("min_tokens", 0), stop=body.get("stop"), ignore_eos=body.get("ignore_eos", False),
-            logprobs=logprobs,
+            logprobs=logprobs, structured=structured_from_body(body),
         )
     except TypeError as exc:
         raise InvalidRequestError(f"invalid parameter: {exc}") from exc
