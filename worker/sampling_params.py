@@ -99,9 +99,6 @@ class SamplingParams:
         if self.structured is not None and self.min_tokens:
             # the grammar may allow only the end token before min_tokens are out: the two cannot both hold
             raise bad("min_tokens cannot be combined with structured output")
-        if self.structured is not None and (self.stop or self.stop_token_ids):
-            # either would end the output inside the grammar's sentence, unfinished, as a "stop"
-            raise bad(f"{'stop' if self.stop else 'stop_token_ids'} cannot be combined with structured output")
 
     @property
     def greedy(self) -> bool:

@@ -157,7 +157,7 @@ class ChatCompletionRequest(SamplingRequest):
         structured = self.tool_choice == "required" or self.forced_function() is not None or isinstance(
             self.response_format, (JsonObjectFormat, JsonSchemaFormat))
         if structured:
-            check_constrainable(self.min_tokens, self.stop_list(), self.stop_token_ids)
+            check_constrainable(self.min_tokens)
         return self
 
     def completion_budget(self) -> int | None:

@@ -32,7 +32,7 @@ class CompletionRequest(SamplingRequest):
             if self.best_of > self.n and self.stream:
                 raise ValueError("best_of cannot be used with stream (candidates are ranked once they are complete)")
         if isinstance(self.response_format, (JsonObjectFormat, JsonSchemaFormat)):
-            check_constrainable(self.min_tokens, self.stop_list(), self.stop_token_ids)
+            check_constrainable(self.min_tokens)
         return self
 
     @property

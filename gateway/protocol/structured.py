@@ -135,18 +135,12 @@ class AssistantToolCall(BaseModel):
     function: ToolCallFunction
 
 
-def check_constrainable(min_tokens: int, stop: list[str], stop_token_ids: list[int] | None) -> None:
-    """Raises ValueError for fields that a grammar-constrained output cannot honour: a stop string or
-    token inside the JSON would end it unfinished (with finish_reason "stop"), and min_tokens may
-    outlast a grammar that allows only the end."""
+def check_constrainable(min_tokens: int) -> None:
+    """Raises ValueError for a field that a grammar-constrained output cannot honour: min_tokens may
+    outlast a grammar that allows only the end. (Stop strings and stop_token_ids are honoured as at
+    OpenAI and vLLM: one met inside the JSON ends the output there, with finish_reason "stop".)"""
     if min_tokens:
         raise ValueError("min_tokens cannot be combined with a JSON response format or a required tool call")
-    if stop:
-        raise ValueError("stop cannot be combined with a JSON response format or a required tool call: "
-                         "it would end the output inside the JSON")
-    if stop_token_ids:
-        raise ValueError("stop_token_ids cannot be combined with a JSON response format or a required tool call: "
-                         "they would end the output inside the JSON")
 
 
 def forced_tool(tools: list[Tool] | None, choice: ToolChoice | None) -> str | None:
