@@ -38,6 +38,7 @@ from ward.restart_policy import RestartPolicy
 from ward.supervised_worker import SupervisedWorker
 from ward.supervisor import Child, ChildFailed, Supervisor, describe_exit
 from worker.server.addresses import is_loopback
+from worker.server.tls_files import tls_files_problem
 
 DEFAULT_PORT = 8000
 READY_PREFIX = "WARD_WORKER_READY"
@@ -299,17 +300,7 @@ def _tls_files_error(tls) -> str | None:
     instead of the gateway failing with a traceback once the workers have loaded."""
     if tls is None:
         return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(tls.cert_file, tls.key_file)
-    except (OSError, ssl.SSLError) as exc:
-        return f"cannot use --tls-cert {tls.cert_file} with --tls-key {tls.key_file}: {exc}"
-    if tls.client_ca_file:
-        try:
-            context.load_verify_locations(tls.client_ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            return f"cannot use --client-ca {tls.client_ca_file}: {exc}"
-    return None
+    return tls_files_problem(tls.cert_file, tls.key_file, tls.client_ca_file)
 
 
 def _probe_host(host: str) -> str:

@@ -132,25 +132,15 @@ def _task_and_name(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def _tls_error(args: argparse.Namespace) -> str | None:
-    """Why the TLS flags cannot serve, or None. Read here with ssl, since grpc reports a missing or
-    malformed file only as a failure to bind the port."""
-    import ssl
+    """Why the TLS flags cannot serve, or None (grpc would report a bad file only as a failure to
+    bind the port)."""
+    from worker.server.tls_files import tls_files_problem
 
     if not (args.tls_cert or args.tls_key):
         return "--client-ca needs --tls-cert and --tls-key" if args.client_ca else None
     if not (args.tls_cert and args.tls_key):
         return "--tls-cert and --tls-key go together"
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(args.tls_cert, args.tls_key)
-    except (OSError, ssl.SSLError) as exc:
-        return f"cannot use --tls-cert {args.tls_cert} with --tls-key {args.tls_key}: {exc}"
-    if args.client_ca:
-        try:
-            context.load_verify_locations(args.client_ca)
-        except (OSError, ssl.SSLError) as exc:
-            return f"cannot use --client-ca {args.client_ca}: {exc}"
-    return None
+    return tls_files_problem(args.tls_cert, args.tls_key, args.client_ca)
 
 
 def flag_error(args: argparse.Namespace) -> str | None:
