@@ -3,6 +3,7 @@ included (a partial UTF-8 sequence is held until it completes), and stop strings
 straddle token boundaries (text that could still become a stop string is held back)."""
 from __future__ import annotations
 
+import functools
 import re
 
 from tokenizers.decoders import DecodeStream
@@ -13,16 +14,13 @@ _PROMPT_CONTEXT = 8
 _BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # sentencepiece's byte tokens
 
 
+@functools.cache
 def _byte_level_alphabet() -> dict[str, int]:
-    """Byte-level BPE's spelling of bytes (GPT-2's table: printable bytes as themselves, the others
-    shifted past U+0100), inverted: character -> byte."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1),
-                 *range(ord("\xae"), ord("\xff") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
+    """Byte-level BPE's spelling of bytes (GPT-2's table, as transformers defines it), inverted:
+    character -> byte. Loaded on first need: only a token holding part of a character reads it."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-
-_BYTE_LEVEL = _byte_level_alphabet()
+    return {char: byte for byte, char in bytes_to_unicode().items()}
 
 
 def token_bytes(tokenizer, token_id: int, text: str) -> bytes:
@@ -33,8 +31,9 @@ def token_bytes(tokenizer, token_id: int, text: str) -> bytes:
         piece = tokenizer.id_to_token(token_id) or ""
         if (match := _BYTE_FALLBACK.fullmatch(piece)) is not None:
             return bytes([int(match.group(1), 16)])
-        if piece and all(c in _BYTE_LEVEL for c in piece) and "ByteLevel" in repr(tokenizer.decoder):
-            return bytes(_BYTE_LEVEL[c] for c in piece)
+        alphabet = _byte_level_alphabet()
+        if piece and all(c in alphabet for c in piece) and "ByteLevel" in repr(tokenizer.decoder):
+            return bytes(alphabet[c] for c in piece)
     return text.encode("utf-8", "surrogatepass")
 
 
