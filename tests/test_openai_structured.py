@@ -111,11 +111,20 @@ def test_required_tool_choice_always_calls_with_valid_arguments(client):
     r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "What is the weather in Oslo?"}],
                                        tools=TOOLS, tool_choice="required", parallel_tool_calls=False, n=4,
                                        temperature=1.0, max_tokens=60, seed=4)
-    for choice in r.choices:
+    for call in _one_valid_call_per_choice(r, PARAMS.__getitem__):
+        assert call.type == "function" and call.id.startswith("call_")
+
+
+def _one_valid_call_per_choice(response, schema_of) -> list:
+    """Each choice's one tool call, after checking it ended in a call whose arguments validate
+    against ``schema_of(function name)``."""
+    calls = []
+    for choice in response.choices:
         assert choice.finish_reason == "tool_calls", choice.message.content
         (call,) = choice.message.tool_calls
-        assert call.type == "function" and call.id.startswith("call_")
-        jsonschema.validate(json.loads(call.function.arguments), PARAMS[call.function.name])
+        jsonschema.validate(json.loads(call.function.arguments), schema_of(call.function.name))
+        calls.append(call)
+    return calls
 
 
 def test_named_tool_choice_calls_that_function_streamed_as_openai_streams_it(client):
@@ -155,10 +164,7 @@ def test_forced_calls_take_parameters_with_references_as_pydantic_writes_them(cl
     r = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Move patient 7 to bed 3."}],
                                        tools=tools, tool_choice="required", parallel_tool_calls=False, n=3,
                                        temperature=1.0, max_tokens=60, seed=8)
-    for choice in r.choices:
-        assert choice.finish_reason == "tool_calls", choice.message.content
-        (call,) = choice.message.tool_calls
-        jsonschema.validate(json.loads(call.function.arguments), move)
+    assert len(_one_valid_call_per_choice(r, lambda _name: move)) == 3
 
 
 def test_tool_history_is_accepted_and_auto_may_answer_in_text(client):
